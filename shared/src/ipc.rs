@@ -1,0 +1,66 @@
+//! The local link between the control plane and the data plane: JSON lines over a Unix
+//! stream socket. Jobs flow down; block candidates and share counters flow up. Volumes are
+//! small (a job per block or template change, a counter update per second), so a readable
+//! format costs nothing that matters and makes the link easy to inspect.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobTemplate;
+use crate::sv1::BlockCandidate;
+
+/// Longest IPC line accepted; a job with a few thousand branch hashes fits easily.
+pub const IPC_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Control plane → data plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Downstream {
+    Job(JobTemplate),
+}
+
+/// Data plane → control plane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Upstream {
+    BlockCandidate(BlockCandidate),
+    Counters(DataplaneCounters),
+}
+
+/// Running totals since the data plane started; the control plane keeps the latest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataplaneCounters {
+    pub connections: u64,
+    pub shares_accepted: u64,
+    pub shares_rejected: u64,
+    pub shares_rejected_by_code: Vec<(i32, u64)>,
+    /// Sum of the difficulty of accepted shares, for hashrate estimates.
+    pub accepted_difficulty_sum: f64,
+    pub block_candidates: u64,
+}
+
+/// Encodes one message as a line.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec(message).expect("IPC messages always serialize");
+    out.push(b'\n');
+    out
+}
+
+/// Decodes one line (without its newline).
+pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let job = Downstream::Job(crate::job::tests::template(5, true));
+        let line = encode(&job);
+        assert_eq!(decode::<Downstream>(&line[..line.len() - 1]).unwrap(), job);
+        let up = Upstream::Counters(DataplaneCounters { connections: 3, ..Default::default() });
+        let line = encode(&up);
+        assert_eq!(decode::<Upstream>(&line[..line.len() - 1]).unwrap(), up);
+    }
+}

@@ -1,0 +1,33 @@
+//! Named limits of the Stratum front end. Every limit carries its unit last and has a test
+//! at its edge in the module that enforces it.
+
+/// Longest JSON-RPC line a miner may send, newline included. `mining.submit` with version
+/// rolling is under 250 bytes; 4 KiB leaves room for long worker names and passwords.
+pub const STRATUM_LINE_BYTES_MAX: usize = 4096;
+
+/// Longest worker name accepted by `mining.authorize`.
+pub const WORKER_NAME_BYTES_MAX: usize = 128;
+
+/// Distinct workers one connection may authorize (proxies multiplex many workers).
+pub const WORKERS_PER_CONNECTION_MAX: usize = 64;
+
+/// Jobs a connection remembers the difficulty of; older job ids are reported stale.
+pub const JOBS_REMEMBERED_MAX: usize = 16;
+
+/// Seconds a share's ntime may run ahead of the pool's clock (Bitcoin's own future limit).
+pub const NTIME_FUTURE_SECONDS_MAX: u64 = 7200;
+
+/// Size in bytes of the extranonce1 the pool assigns to each connection.
+pub const EXTRANONCE1_BYTES: usize = 4;
+
+/// Size in bytes of the extranonce2 a miner rolls.
+pub const EXTRANONCE2_BYTES: usize = 4;
+
+/// Largest coinbase scriptSig consensus allows.
+pub const COINBASE_SCRIPT_SIG_BYTES_MAX: usize = 100;
+
+/// Lowest and highest difficulty a miner may be given, by suggestion or by the operator.
+pub const DIFFICULTY_MIN: f64 = 1e-6;
+pub const DIFFICULTY_MAX: f64 = 1e15;
+
+const _: () = assert!(EXTRANONCE1_BYTES + EXTRANONCE2_BYTES + 8 + 40 <= COINBASE_SCRIPT_SIG_BYTES_MAX);

@@ -1,0 +1,251 @@
+//! Share validation (pure), the record the share log keeps, and the duplicate filter.
+//!
+//! Validation rebuilds the coinbase from the job's midstate, folds it up the merkle branch,
+//! hashes the 80-byte header with the job's algorithm and compares it with the share and
+//! network targets. It is the same for every protocol front end.
+
+use std::collections::{HashMap, HashSet};
+
+use otedama_kernels::scrypt::scrypt_pow;
+use otedama_kernels::{merkle_root_from_branch, sha256d, Algorithm, Target};
+
+use crate::job::Job;
+
+/// The miner-chosen fields of one share, already decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShareSubmission<'a> {
+    pub extranonce1: &'a [u8],
+    pub extranonce2: &'a [u8],
+    pub ntime: u32,
+    pub nonce: u32,
+    pub version: u32,
+}
+
+/// A share that met its target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidShare {
+    pub header: [u8; 80],
+    /// SHA256d of the header, internal order: the block hash, and the duplicate key.
+    pub header_hash: [u8; 32],
+    /// The difficulty the proof-of-work value achieved.
+    pub achieved_difficulty: f64,
+    /// Whether the proof-of-work value also meets the network target.
+    pub is_block: bool,
+}
+
+/// Builds the 80-byte header for a submission.
+pub fn build_header(job: &Job, submission: &ShareSubmission<'_>) -> [u8; 80] {
+    let coinbase_hash = job.coinbase_prefix_midstate.finish_sha256d(&[
+        submission.extranonce1,
+        submission.extranonce2,
+        &job.template.coinbase_suffix,
+    ]);
+    let merkle_root = merkle_root_from_branch(&coinbase_hash, &job.merkle_branch);
+    let mut header = [0u8; 80];
+    header[0..4].copy_from_slice(&submission.version.to_le_bytes());
+    header[4..36].copy_from_slice(&job.template.prevhash);
+    header[36..68].copy_from_slice(&merkle_root);
+    header[68..72].copy_from_slice(&submission.ntime.to_le_bytes());
+    header[72..76].copy_from_slice(&job.template.bits.to_le_bytes());
+    header[76..80].copy_from_slice(&submission.nonce.to_le_bytes());
+    header
+}
+
+/// The proof-of-work value of a header under an algorithm.
+pub fn pow_hash(algorithm: Algorithm, header: &[u8; 80], header_hash: &[u8; 32]) -> [u8; 32] {
+    match algorithm {
+        Algorithm::Sha256d => *header_hash,
+        Algorithm::Scrypt => scrypt_pow(header),
+    }
+}
+
+/// Hashes a submission and checks it against `share_target`. `Err` carries the difficulty
+/// the share did reach, for the low-difficulty reply.
+pub fn validate_share(
+    job: &Job,
+    submission: &ShareSubmission<'_>,
+    share_target: &Target,
+) -> Result<ValidShare, f64> {
+    let header = build_header(job, submission);
+    let header_hash = sha256d(&header);
+    let pow = pow_hash(job.algorithm, &header, &header_hash);
+    let achieved_difficulty = Target::hash_difficulty(job.algorithm, &pow);
+    if !share_target.is_met_by(&pow) {
+        return Err(achieved_difficulty);
+    }
+    Ok(ValidShare {
+        header,
+        header_hash,
+        achieved_difficulty,
+        is_block: job.network_target.is_met_by(&pow),
+    })
+}
+
+/// Remembers the header hashes of accepted shares per job. The header commits to the job,
+/// both extranonces, ntime, nonce and version, so equal hashes mean the same decoded share.
+/// Each core owns one; extranonce1 values are partitioned per core, so a share can only
+/// ever collide with one accepted on the same core, and no cross-core lookup is needed.
+#[derive(Debug, Default)]
+pub struct DuplicateFilter {
+    by_job: HashMap<u64, HashSet<[u8; 32]>>,
+}
+
+impl DuplicateFilter {
+    /// Records the share; `false` if it was already there.
+    pub fn insert(&mut self, job_id: u64, header_hash: [u8; 32]) -> bool {
+        self.by_job.entry(job_id).or_default().insert(header_hash)
+    }
+
+    /// Forgets jobs that can no longer receive shares.
+    pub fn retire(&mut self, job_ids: &[u64]) {
+        for id in job_ids {
+            self.by_job.remove(id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_job.values().map(HashSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One accepted share as the share log stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShareRecord {
+    pub accepted_at_ms: u64,
+    pub job_id: u64,
+    pub height: u64,
+    pub worker: String,
+    pub difficulty: f64,
+    pub achieved_difficulty: f64,
+    pub is_block: bool,
+    pub header: [u8; 80],
+    pub extranonce1: Vec<u8>,
+    pub extranonce2: Vec<u8>,
+}
+
+/// Why stored share bytes could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("share record is truncated or malformed at byte {0}")]
+pub struct ShareDecodeError(pub usize);
+
+const SHARE_RECORD_VERSION: u8 = 1;
+
+impl ShareRecord {
+    /// A compact, versioned binary form: fixed fields first, then length-prefixed ones.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.worker.len());
+        out.push(SHARE_RECORD_VERSION);
+        out.extend_from_slice(&self.accepted_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.job_id.to_le_bytes());
+        out.extend_from_slice(&self.height.to_le_bytes());
+        out.extend_from_slice(&self.difficulty.to_le_bytes());
+        out.extend_from_slice(&self.achieved_difficulty.to_le_bytes());
+        out.push(self.is_block as u8);
+        out.extend_from_slice(&self.header);
+        for field in [self.extranonce1.as_slice(), self.extranonce2.as_slice(), self.worker.as_bytes()] {
+            out.push(u8::try_from(field.len()).expect("fields are bounded by named limits"));
+            out.extend_from_slice(field);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ShareDecodeError> {
+        let mut reader = Reader { bytes, at: 0 };
+        if reader.take(1)?[0] != SHARE_RECORD_VERSION {
+            return Err(ShareDecodeError(0));
+        }
+        let accepted_at_ms = reader.u64()?;
+        let job_id = reader.u64()?;
+        let height = reader.u64()?;
+        let difficulty = f64::from_bits(reader.u64()?);
+        let achieved_difficulty = f64::from_bits(reader.u64()?);
+        let is_block = reader.take(1)?[0] != 0;
+        let header: [u8; 80] = reader.take(80)?.try_into().expect("80 bytes");
+        let extranonce1 = reader.prefixed()?.to_vec();
+        let extranonce2 = reader.prefixed()?.to_vec();
+        let at = reader.at;
+        let worker = String::from_utf8(reader.prefixed()?.to_vec()).map_err(|_| ShareDecodeError(at))?;
+        Ok(ShareRecord {
+            accepted_at_ms,
+            job_id,
+            height,
+            worker,
+            difficulty,
+            achieved_difficulty,
+            is_block,
+            header,
+            extranonce1,
+            extranonce2,
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], ShareDecodeError> {
+        let end = self.at.checked_add(count).filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or(ShareDecodeError(self.at))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+    fn u64(&mut self) -> Result<u64, ShareDecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn prefixed(&mut self) -> Result<&'a [u8], ShareDecodeError> {
+        let len = self.take(1)?[0] as usize;
+        self.take(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ShareRecord {
+        ShareRecord {
+            accepted_at_ms: 1_700_000_000_123,
+            job_id: 42,
+            height: 431,
+            worker: "rltc1qexample.rig1".into(),
+            difficulty: 0.001,
+            achieved_difficulty: 3.5,
+            is_block: true,
+            header: [9; 80],
+            extranonce1: vec![0, 1, 2, 3],
+            extranonce2: vec![4, 5, 6, 7],
+        }
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let bytes = record().encode();
+        assert_eq!(ShareRecord::decode(&bytes).unwrap(), record());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = record().encode();
+        for cut in 0..bytes.len() {
+            assert!(ShareRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn duplicate_filter_keys_on_job_and_hash() {
+        let mut filter = DuplicateFilter::default();
+        assert!(filter.insert(1, [1; 32]));
+        assert!(!filter.insert(1, [1; 32]));
+        assert!(filter.insert(2, [1; 32]));
+        filter.retire(&[1]);
+        assert_eq!(filter.len(), 1);
+    }
+}

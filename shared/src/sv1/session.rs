@@ -1,0 +1,288 @@
+//! The server side of one Stratum V1 connection, as a state machine.
+//!
+//! The glue feeds it one line at a time with `handle_line(line, now, …)` and new work with
+//! `handle_new_job`; it drains bytes to send with `poll_transmit`. A share that passes every
+//! check comes back as `Outcome::ShareAccepted`: the glue stores it and only then calls
+//! `handle_share_durable`, so the miner's `true` always means "on disk".
+
+use serde_json::{json, Value};
+
+use otedama_kernels::{Algorithm, Target};
+
+use crate::job::{Job, JobBook};
+use crate::limits::{
+    DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX, WORKERS_PER_CONNECTION_MAX,
+    WORKER_NAME_BYTES_MAX,
+};
+use crate::share::{DuplicateFilter, ShareRecord};
+
+use super::{line, set_difficulty_line, ErrorCode};
+
+/// Per-connection settings chosen by the core that accepted it.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub extranonce1: Vec<u8>,
+    pub extranonce2_size: usize,
+    pub start_difficulty: f64,
+    /// Version bits the pool lets miners roll (BIP310); 0x1fffe000 is the common choice.
+    pub version_rolling_mask: u32,
+    pub algorithm: Algorithm,
+}
+
+/// What the glue must do after a line.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Nothing beyond sending what `poll_transmit` holds.
+    Continue,
+    /// A request was refused with this Stratum code (already queued as a reply).
+    Rejected(ErrorCode),
+    /// Store the share durably, then call `handle_share_durable(request_id)`.
+    ShareAccepted(Box<AcceptedShare>),
+    /// Close this connection (the reason is for logs and counters).
+    Close(CloseReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    NotJson,
+}
+
+/// A share that passed validation and awaits durability.
+#[derive(Debug, PartialEq)]
+pub struct AcceptedShare {
+    pub request_id: Value,
+    pub record: ShareRecord,
+    pub block: Option<BlockCandidate>,
+}
+
+/// A share that also met the network target: everything the control plane needs, with
+/// the template it kept, to assemble and submit the block.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockCandidate {
+    pub job_id: u64,
+    pub height: u64,
+    #[serde(with = "hex::serde")]
+    pub header: Vec<u8>,
+    /// The coinbase without its witness, exactly as hashed into the merkle root.
+    #[serde(with = "hex::serde")]
+    pub coinbase: Vec<u8>,
+    pub worker: String,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub(super) config: SessionConfig,
+    pub(super) subscribed: bool,
+    pub(super) workers: Vec<String>,
+    pub(super) difficulty: f64,
+    /// Difficulty last announced with `mining.set_difficulty`, if any.
+    announced_difficulty: Option<f64>,
+    /// Jobs sent to this miner, with the difficulty each was sent at (oldest first).
+    pub(super) sent_jobs: Vec<(u64, f64)>,
+    pub(super) version_mask: Option<u32>,
+    pub(super) extranonce_subscribed: bool,
+    outbox: Vec<u8>,
+}
+
+impl Session {
+    pub fn new(config: SessionConfig) -> Self {
+        let difficulty = config.start_difficulty.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
+        Session {
+            config,
+            subscribed: false,
+            workers: Vec::new(),
+            difficulty,
+            announced_difficulty: None,
+            sent_jobs: Vec::new(),
+            version_mask: None,
+            extranonce_subscribed: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Bytes to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.outbox.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.outbox))
+        }
+    }
+
+    pub fn is_mining(&self) -> bool {
+        self.subscribed && !self.workers.is_empty()
+    }
+
+    pub fn difficulty(&self) -> f64 {
+        self.difficulty
+    }
+
+    pub fn extranonce1(&self) -> &[u8] {
+        &self.config.extranonce1
+    }
+
+    /// Handles one request line. `now_s` is Unix time in seconds.
+    pub fn handle_line(
+        &mut self,
+        line_bytes: &[u8],
+        now_s: u64,
+        jobs: &JobBook,
+        duplicates: &mut DuplicateFilter,
+    ) -> Outcome {
+        let Ok(message) = serde_json::from_slice::<Value>(line_bytes) else {
+            return Outcome::Close(CloseReason::NotJson);
+        };
+        let Value::Object(request) = message else {
+            return self.reject(&Value::Null, ErrorCode::Other, "request must be a JSON object");
+        };
+        let id = request.get("id").cloned().unwrap_or(Value::Null);
+        let Some(method) = request.get("method") else {
+            // A reply to something we sent (we send only notifications): nothing to do.
+            return Outcome::Continue;
+        };
+        let Some(method) = method.as_str() else {
+            return self.reject(&id, ErrorCode::Other, "method must be a string");
+        };
+        let empty = Vec::new();
+        let params = match request.get("params") {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Array(params)) => params,
+            Some(_) => return self.reject(&id, ErrorCode::Other, "params must be an array"),
+        };
+        match method {
+            "mining.subscribe" => self.handle_subscribe(&id, params, jobs),
+            "mining.authorize" => self.handle_authorize(&id, params, jobs),
+            "mining.configure" => self.handle_configure(&id, params),
+            "mining.suggest_difficulty" => self.handle_suggest_difficulty(&id, params, jobs),
+            "mining.extranonce.subscribe" => {
+                self.extranonce_subscribed = true;
+                self.reply(&id, json!(true));
+                Outcome::Continue
+            }
+            "mining.submit" => self.handle_submit(&id, params, now_s, jobs, duplicates),
+            _ => self.reject(&id, ErrorCode::Other, "unknown method"),
+        }
+    }
+
+    fn handle_subscribe(&mut self, id: &Value, params: &[Value], jobs: &JobBook) -> Outcome {
+        if params.iter().take(2).any(|p| !(p.is_string() || p.is_null())) {
+            return self.reject(id, ErrorCode::Other, "subscribe params must be strings");
+        }
+        let extranonce1 = hex::encode(&self.config.extranonce1);
+        let result = json!([
+            [["mining.set_difficulty", extranonce1], ["mining.notify", extranonce1]],
+            extranonce1,
+            self.config.extranonce2_size,
+        ]);
+        self.reply(id, result);
+        let was_mining = self.is_mining();
+        self.subscribed = true;
+        if !was_mining {
+            self.start_work(jobs);
+        }
+        Outcome::Continue
+    }
+
+    fn handle_authorize(&mut self, id: &Value, params: &[Value], jobs: &JobBook) -> Outcome {
+        let (Some(Value::String(name)), password) = (params.first(), params.get(1)) else {
+            return self.reject(id, ErrorCode::Other, "authorize needs [worker, password]");
+        };
+        if !matches!(password, None | Some(Value::String(_)) | Some(Value::Null)) {
+            return self.reject(id, ErrorCode::Other, "password must be a string");
+        }
+        if name.is_empty() || name.len() > WORKER_NAME_BYTES_MAX || name.chars().any(char::is_control) {
+            return self.reject(id, ErrorCode::UnauthorizedWorker, "invalid worker name");
+        }
+        if !self.workers.contains(name) {
+            if self.workers.len() >= WORKERS_PER_CONNECTION_MAX {
+                return self.reject(id, ErrorCode::Other, "too many workers on one connection");
+            }
+            self.workers.push(name.clone());
+        }
+        self.reply(id, json!(true));
+        if self.workers.len() == 1 && self.subscribed {
+            self.start_work(jobs);
+        }
+        Outcome::Continue
+    }
+
+    fn handle_suggest_difficulty(&mut self, id: &Value, params: &[Value], jobs: &JobBook) -> Outcome {
+        let Some(suggested) = params.first().and_then(Value::as_f64) else {
+            return self.reject(id, ErrorCode::Other, "suggest_difficulty needs [number]");
+        };
+        if !(suggested.is_finite() && suggested > 0.0) {
+            return self.reject(id, ErrorCode::Other, "difficulty must be positive");
+        }
+        self.difficulty = suggested.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
+        self.reply(id, json!(true));
+        if self.is_mining() {
+            // Re-send the newest job so the new difficulty takes effect now.
+            if let Some(job) = jobs.newest().cloned() {
+                self.handle_new_job(&job);
+            }
+        }
+        Outcome::Continue
+    }
+
+    fn start_work(&mut self, jobs: &JobBook) {
+        if let Some(job) = jobs.newest().cloned() {
+            self.handle_new_job(&job);
+        } else {
+            self.announce_difficulty();
+        }
+    }
+
+    /// Sends a job (and the difficulty, if it changed) to a miner that is ready for work.
+    pub fn handle_new_job(&mut self, job: &Job) {
+        if !self.is_mining() {
+            return;
+        }
+        self.announce_difficulty();
+        let job_id = job.job_id();
+        if job.template.clean_jobs {
+            self.sent_jobs.clear();
+        }
+        // A job re-sent at a new difficulty keeps the easier one, since shares already in
+        // flight were found against it.
+        if let Some(entry) = self.sent_jobs.iter_mut().find(|(id, _)| *id == job_id) {
+            entry.1 = entry.1.min(self.difficulty);
+        } else {
+            if self.sent_jobs.len() >= JOBS_REMEMBERED_MAX {
+                self.sent_jobs.remove(0);
+            }
+            self.sent_jobs.push((job_id, self.difficulty));
+        }
+        self.outbox.extend_from_slice(&job.notify_line);
+    }
+
+    fn announce_difficulty(&mut self) {
+        if self.announced_difficulty != Some(self.difficulty) {
+            self.outbox.extend_from_slice(&set_difficulty_line(self.difficulty));
+            self.announced_difficulty = Some(self.difficulty);
+        }
+    }
+
+    /// The accepted share is durable: acknowledge it.
+    pub fn handle_share_durable(&mut self, request_id: &Value) {
+        self.reply(request_id, json!(true));
+    }
+
+    /// The accepted share could not be stored: tell the miner it was not credited.
+    pub fn handle_share_store_failed(&mut self, request_id: &Value) {
+        self.reject(request_id, ErrorCode::Other, "share could not be stored");
+    }
+
+    pub(super) fn share_target(&self, difficulty: f64) -> Target {
+        Target::from_difficulty(self.config.algorithm, difficulty).unwrap_or(Target::MAX)
+    }
+
+    pub(super) fn reply(&mut self, id: &Value, result: Value) {
+        self.outbox.extend_from_slice(&line(&json!({"id": id, "result": result, "error": null})));
+    }
+
+    pub(super) fn reject(&mut self, id: &Value, code: ErrorCode, message: &str) -> Outcome {
+        let error = json!([code as i32, message, null]);
+        self.outbox.extend_from_slice(&line(&json!({"id": id, "result": null, "error": error})));
+        Outcome::Rejected(code)
+    }
+}

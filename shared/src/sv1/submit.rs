@@ -1,0 +1,131 @@
+//! `mining.submit`: every check a share must pass, in the order that gives the miner the
+//! most useful code: subscription (25), shape (20), worker (24), job (21), field sizes and
+//! ranges (20), target (23), duplicate (22).
+
+use serde_json::Value;
+
+use crate::hex32::decode_u32_be;
+use crate::job::JobLookup;
+use crate::limits::{EXTRANONCE2_BYTES, NTIME_FUTURE_SECONDS_MAX};
+use crate::share::{validate_share, DuplicateFilter, ShareRecord, ShareSubmission};
+use crate::JobBook;
+
+use super::session::{AcceptedShare, BlockCandidate, Outcome, Session};
+use super::{job_id_from_stratum, ErrorCode};
+
+impl Session {
+    pub(super) fn handle_submit(
+        &mut self,
+        id: &Value,
+        params: &[Value],
+        now_s: u64,
+        jobs: &JobBook,
+        duplicates: &mut DuplicateFilter,
+    ) -> Outcome {
+        if !self.subscribed {
+            return self.reject(id, ErrorCode::NotSubscribed, "not subscribed");
+        }
+        let fields: Option<Vec<&str>> = params.iter().map(Value::as_str).collect();
+        let fields = match fields {
+            Some(fields) if (5..=6).contains(&fields.len()) => fields,
+            _ => return self.reject(id, ErrorCode::Other, "submit needs 5 or 6 string params"),
+        };
+        let worker = fields[0];
+        if !self.workers.iter().any(|w| w == worker) {
+            return self.reject(id, ErrorCode::UnauthorizedWorker, "unauthorized worker");
+        }
+        let Some(job_id) = job_id_from_stratum(fields[1]) else {
+            return self.reject(id, ErrorCode::JobNotFound, "job not found");
+        };
+        let job = match (jobs.lookup(job_id), self.sent_job_difficulty(job_id)) {
+            (JobLookup::Current(job), Some(_)) => job.clone(),
+            (JobLookup::Unknown, None) => return self.reject(id, ErrorCode::JobNotFound, "job not found"),
+            _ => return self.reject(id, ErrorCode::JobNotFound, "stale job"),
+        };
+        let difficulty = self.sent_job_difficulty(job_id).expect("checked above");
+        let extranonce2_size = self.config.extranonce2_size;
+        let Some(extranonce2) = decode_en2(fields[2], extranonce2_size) else {
+            let message = format!("extranonce2 must be {extranonce2_size} bytes of hex");
+            return self.reject(id, ErrorCode::Other, &message);
+        };
+        let Some(ntime) = decode_u32_be(fields[3]) else {
+            return self.reject(id, ErrorCode::Other, "ntime must be 8 hex digits");
+        };
+        if (ntime as u64) < job.template.ntime as u64 || ntime as u64 > now_s + NTIME_FUTURE_SECONDS_MAX {
+            return self.reject(id, ErrorCode::Other, "ntime out of range");
+        }
+        let Some(nonce) = decode_u32_be(fields[4]) else {
+            return self.reject(id, ErrorCode::Other, "nonce must be 8 hex digits");
+        };
+        let version = match fields.get(5) {
+            None => job.template.version,
+            Some(text) => match self.rolled_version(job.template.version, text) {
+                Ok(version) => version,
+                Err(message) => return self.reject(id, ErrorCode::Other, message),
+            },
+        };
+        let submission = ShareSubmission {
+            extranonce1: &self.config.extranonce1,
+            extranonce2: &extranonce2[..extranonce2_size],
+            ntime,
+            nonce,
+            version,
+        };
+        let share_target = self.share_target(difficulty);
+        let valid = match validate_share(&job, &submission, &share_target) {
+            Ok(valid) => valid,
+            Err(_) => return self.reject(id, ErrorCode::LowDifficulty, "low difficulty share"),
+        };
+        if !duplicates.insert(job_id, valid.header_hash) {
+            return self.reject(id, ErrorCode::Duplicate, "duplicate share");
+        }
+        let record = ShareRecord {
+            accepted_at_ms: now_s * 1000,
+            job_id,
+            height: job.template.height,
+            worker: worker.to_string(),
+            difficulty,
+            achieved_difficulty: valid.achieved_difficulty,
+            is_block: valid.is_block,
+            header: valid.header,
+            extranonce1: self.config.extranonce1.clone(),
+            extranonce2: submission.extranonce2.to_vec(),
+        };
+        let block = valid.is_block.then(|| BlockCandidate {
+            job_id,
+            height: job.template.height,
+            header: valid.header.to_vec(),
+            coinbase: job.coinbase(&self.config.extranonce1, submission.extranonce2),
+            worker: worker.to_string(),
+        });
+        Outcome::ShareAccepted(Box::new(AcceptedShare { request_id: id.clone(), record, block }))
+    }
+
+    fn sent_job_difficulty(&self, job_id: u64) -> Option<f64> {
+        self.sent_jobs.iter().rev().find(|(id, _)| *id == job_id).map(|(_, d)| *d)
+    }
+
+    /// BIP310: the block version is the job's version with the masked bits replaced. A
+    /// miner may send only the rolled bits or the whole version; either way, no bit outside
+    /// the negotiated mask may differ from the job's.
+    fn rolled_version(&self, job_version: u32, text: &str) -> Result<u32, &'static str> {
+        let Some(mask) = self.version_mask else {
+            return Err("version rolling was not negotiated");
+        };
+        let bits = decode_u32_be(text).ok_or("version must be 8 hex digits")?;
+        let outside = bits & !mask;
+        if outside != 0 && outside != job_version & !mask {
+            return Err("version bits outside the negotiated mask");
+        }
+        Ok((job_version & !mask) | (bits & mask))
+    }
+}
+
+fn decode_en2(text: &str, size: usize) -> Option<[u8; EXTRANONCE2_BYTES * 2]> {
+    let mut out = [0u8; EXTRANONCE2_BYTES * 2];
+    if size > out.len() || text.len() != size * 2 {
+        return None;
+    }
+    hex::decode_to_slice(text, &mut out[..size]).ok()?;
+    Some(out)
+}

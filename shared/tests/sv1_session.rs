@@ -1,0 +1,303 @@
+//! Byte-level tests of the Stratum V1 session: each method, each error code 20–25, and the
+//! limits at their edges. Shares are mined for real with the client helpers at a difficulty
+//! where almost every nonce passes.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use otedama_kernels::Algorithm;
+use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
+use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
+use otedama_shared::sv1::{ErrorCode, Outcome, Session, SessionConfig};
+use otedama_shared::{DuplicateFilter, Job, JobBook};
+
+const NOW_S: u64 = 1_700_000_100;
+
+fn template(job_id: u64, clean_jobs: bool) -> JobTemplate {
+    JobTemplate {
+        job_id,
+        height: 431,
+        prevhash: [0x11; 32],
+        coinbase_prefix: hex::decode("02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff0e02af01").unwrap(),
+        coinbase_suffix: hex::decode("ffffffff0100f2052a01000000160014000000000000000000000000000000000000000000000000").unwrap(),
+        merkle_branch: vec![HexHash([0x22; 32]), HexHash([0x33; 32])],
+        version: 0x2000_0000,
+        bits: 0x207fffff,
+        ntime: 1_700_000_000,
+        clean_jobs,
+        algorithm: AlgorithmName::Sha256d,
+    }
+}
+
+struct Harness {
+    session: Session,
+    jobs: JobBook,
+    duplicates: DuplicateFilter,
+}
+
+impl Harness {
+    fn new(start_difficulty: f64) -> Self {
+        let mut jobs = JobBook::default();
+        jobs.insert(Arc::new(Job::new(template(1, true)).unwrap()));
+        let session = Session::new(SessionConfig {
+            extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
+            extranonce2_size: 4,
+            start_difficulty,
+            version_rolling_mask: 0x1fff_e000,
+            algorithm: Algorithm::Sha256d,
+        });
+        Harness { session, jobs, duplicates: DuplicateFilter::default() }
+    }
+
+    fn send(&mut self, line: &[u8]) -> (Outcome, Vec<Value>) {
+        let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+        let outcome = self.session.handle_line(trimmed, NOW_S, &self.jobs, &mut self.duplicates);
+        (outcome, self.drain())
+    }
+
+    fn drain(&mut self) -> Vec<Value> {
+        let bytes = self.session.poll_transmit().unwrap_or_default();
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    fn ready(&mut self) -> NotifiedJob {
+        self.send(&request_line(1, "mining.subscribe", json!(["test/1.0"])));
+        let (_, out) = self.send(&request_line(2, "mining.authorize", json!(["addr.rig", "x"])));
+        let notify = out.iter().find(|m| m["method"] == "mining.notify").unwrap();
+        NotifiedJob::from_params(&notify["params"]).unwrap()
+    }
+}
+
+fn error_code(message: &Value) -> Option<i64> {
+    message["error"][0].as_i64()
+}
+
+/// Finds a nonce whose header meets the job's share target, as a miner would.
+fn mine(job: &NotifiedJob, extranonce2: &[u8], ntime: u32, version: u32, difficulty: f64) -> u32 {
+    let target = otedama_kernels::Target::from_difficulty(Algorithm::Sha256d, difficulty).unwrap();
+    let mut header = job.header(&[0xde, 0xad, 0xbe, 0xef], extranonce2, ntime, version);
+    for nonce in 0u32.. {
+        header[76..80].copy_from_slice(&nonce.to_le_bytes());
+        if target.is_met_by(&otedama_kernels::sha256d(&header)) {
+            return nonce;
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn subscribe_reply_is_byte_exact() {
+    let mut h = Harness::new(1.0);
+    h.session.handle_line(br#"{"id":1,"method":"mining.subscribe","params":[]}"#, NOW_S, &h.jobs, &mut h.duplicates);
+    let bytes = h.session.poll_transmit().unwrap();
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        concat!(
+            r#"{"error":null,"id":1,"result":[[["mining.set_difficulty","deadbeef"],["mining.notify","deadbeef"]],"deadbeef",4]}"#,
+            "\n"
+        )
+    );
+}
+
+#[test]
+fn authorize_then_work_arrives_with_difficulty_first() {
+    let mut h = Harness::new(0.5);
+    h.send(&request_line(1, "mining.subscribe", json!([])));
+    let (_, out) = h.send(&request_line(2, "mining.authorize", json!(["w", null])));
+    assert_eq!(out[0], json!({"id": 2, "result": true, "error": null}));
+    assert_eq!(out[1], json!({"id": null, "method": "mining.set_difficulty", "params": [0.5]}));
+    assert_eq!(out[2]["method"], "mining.notify");
+}
+
+#[test]
+fn valid_share_is_accepted_only_after_durability() {
+    let mut h = Harness::new(0.0001);
+    let job = h.ready();
+    let en2 = [0, 0, 0, 1];
+    let nonce = mine(&job, &en2, job.ntime, job.version, 0.0001);
+    let (outcome, out) = h.send(&submit_line(7, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None));
+    assert!(out.is_empty(), "no reply before the share is durable");
+    let Outcome::ShareAccepted(accepted) = outcome else { panic!("{outcome:?}") };
+    assert_eq!(accepted.record.worker, "addr.rig");
+    assert_eq!(accepted.record.extranonce2, en2);
+    assert!(accepted.block.is_some(), "regtest bits: every share is a block");
+    h.session.handle_share_durable(&accepted.request_id);
+    assert_eq!(h.drain(), vec![json!({"id": 7, "result": true, "error": null})]);
+
+    // The same share again, in upper-case hex, is the same decoded share: 22.
+    let line = String::from_utf8(submit_line(8, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None))
+        .unwrap()
+        .replace(&format!("{nonce:08x}"), &format!("{nonce:08X}"));
+    let (outcome, out) = h.send(line.as_bytes());
+    assert_eq!(outcome, Outcome::Rejected(ErrorCode::Duplicate));
+    assert_eq!(error_code(&out[0]), Some(22));
+}
+
+#[test]
+fn low_difficulty_share_gets_23() {
+    let mut h = Harness::new(1e12);
+    let job = h.ready();
+    let (outcome, out) = h.send(&submit_line(3, "addr.rig", &job.job_id, &[0; 4], job.ntime, 0, None));
+    assert_eq!(outcome, Outcome::Rejected(ErrorCode::LowDifficulty));
+    assert_eq!(error_code(&out[0]), Some(23));
+}
+
+#[test]
+fn submit_before_subscribe_gets_25() {
+    let mut h = Harness::new(1.0);
+    let (_, out) = h.send(&submit_line(3, "w", "1", &[0; 4], 0, 0, None));
+    assert_eq!(error_code(&out[0]), Some(25));
+}
+
+#[test]
+fn submit_for_an_unauthorized_worker_gets_24() {
+    let mut h = Harness::new(1.0);
+    let job = h.ready();
+    let (_, out) = h.send(&submit_line(3, "someone.else", &job.job_id, &[0; 4], job.ntime, 0, None));
+    assert_eq!(error_code(&out[0]), Some(24));
+}
+
+#[test]
+fn unknown_and_stale_jobs_get_21() {
+    let mut h = Harness::new(0.0001);
+    let job = h.ready();
+    let (_, out) = h.send(&submit_line(3, "addr.rig", "ff", &[0; 4], job.ntime, 0, None));
+    assert_eq!(error_code(&out[0]), Some(21));
+    assert_eq!(out[0]["error"][1], "job not found");
+
+    let next = Arc::new(Job::new(template(2, true)).unwrap());
+    h.jobs.insert(next.clone());
+    h.session.handle_new_job(&next);
+    h.drain();
+    let nonce = mine(&job, &[0; 4], job.ntime, job.version, 0.0001);
+    let (_, out) = h.send(&submit_line(4, "addr.rig", &job.job_id, &[0; 4], job.ntime, nonce, None));
+    assert_eq!(error_code(&out[0]), Some(21));
+    assert_eq!(out[0]["error"][1], "stale job");
+}
+
+#[test]
+fn field_sizes_and_ntime_window_are_enforced_with_20() {
+    let mut h = Harness::new(0.0001);
+    let job = h.ready();
+    let id = &job.job_id;
+    let cases: Vec<Value> = vec![
+        json!(["addr.rig", id, "000000", "6553f100", "00000000"]),     // extranonce2 3 bytes
+        json!(["addr.rig", id, "0000000000", "6553f100", "00000000"]), // extranonce2 5 bytes
+        json!(["addr.rig", id, "0000000g", "6553f100", "00000000"]),   // not hex
+        json!(["addr.rig", id, "00000000", "6553f0ff", "00000000"]),   // ntime before the job
+        json!(["addr.rig", id, "00000000", format!("{:08x}", NOW_S + 7201), "00000000"]),
+        json!(["addr.rig", id, "00000000", "6553f100", "0000000"]),    // short nonce
+        json!(["addr.rig", id, "00000000", "6553f100", 0]),            // number for hex
+        json!(["addr.rig", id, "00000000"]),                           // too few
+        json!(["addr.rig", id, "00000000", "6553f100", "00000000", "00002000"]), // no configure
+    ];
+    for params in cases {
+        let (outcome, out) = h.send(&request_line(9, "mining.submit", params.clone()));
+        assert_eq!(outcome, Outcome::Rejected(ErrorCode::Other), "{params}");
+        assert_eq!(error_code(&out[0]), Some(20), "{params}");
+    }
+    // ntime at both edges of the window is fine (it then fails or passes on difficulty).
+    for ntime in [job.ntime as u64, NOW_S + 7200] {
+        let nonce = mine(&job, &[0, 0, 0, 9], ntime as u32, job.version, 0.0001);
+        let line = submit_line(10, "addr.rig", id, &[0, 0, 0, 9], ntime as u32, nonce, None);
+        assert!(matches!(h.send(&line).0, Outcome::ShareAccepted(_)), "ntime {ntime}");
+    }
+}
+
+#[test]
+fn malformed_requests_get_20_and_the_connection_stays_open() {
+    let mut h = Harness::new(1.0);
+    for line in [
+        &br#"{"id":1,"method":"mining.fly","params":[]}"#[..],
+        br#"{"id":2,"method":"mining.subscribe","params":{"a":1}}"#,
+        br#"{"id":3,"method":"mining.authorize","params":[]}"#,
+        br#"{"id":4,"method":"mining.authorize","params":[5,"x"]}"#,
+        br#"{"id":5,"method":7}"#,
+        br#"[1,2,3]"#,
+        br#"{"id":6,"method":"mining.suggest_difficulty","params":["high"]}"#,
+    ] {
+        let (outcome, out) = h.send(line);
+        assert_eq!(outcome, Outcome::Rejected(ErrorCode::Other), "{}", String::from_utf8_lossy(line));
+        assert_eq!(error_code(&out[0]), Some(20));
+    }
+    let (outcome, _) = h.send(br#"{"id":7,"method":"mining.subscribe","params":[]}"#);
+    assert_eq!(outcome, Outcome::Continue);
+}
+
+#[test]
+fn non_json_closes_the_connection() {
+    let mut h = Harness::new(1.0);
+    assert!(matches!(h.send(b"GET / HTTP/1.1").0, Outcome::Close(_)));
+}
+
+#[test]
+fn version_rolling_negotiates_the_common_mask_and_rejects_bits_outside_it() {
+    let mut h = Harness::new(0.0001);
+    let (_, out) = h.send(&request_line(
+        1,
+        "mining.configure",
+        json!([["version-rolling", "minimum-difficulty"], {"version-rolling.mask": "ffffffff", "version-rolling.min-bit-count": 2}]),
+    ));
+    assert_eq!(
+        out[0]["result"],
+        json!({"version-rolling": true, "version-rolling.mask": "1fffe000", "minimum-difficulty": false})
+    );
+    let job = h.ready();
+    let rolled = 0x0000_6000u32;
+    let version = (job.version & !0x1fff_e000) | rolled;
+    let nonce = mine(&job, &[0; 4], job.ntime, version, 0.0001);
+    let line = submit_line(5, "addr.rig", &job.job_id, &[0; 4], job.ntime, nonce, Some(rolled));
+    assert!(matches!(h.send(&line).0, Outcome::ShareAccepted(_)));
+    // The full rolled version is accepted too: nothing outside the mask differs.
+    let nonce = mine(&job, &[0, 0, 0, 1], job.ntime, version, 0.0001);
+    let line = submit_line(6, "addr.rig", &job.job_id, &[0, 0, 0, 1], job.ntime, nonce, Some(version));
+    assert!(matches!(h.send(&line).0, Outcome::ShareAccepted(_)));
+    // Bit 0 lies outside the mask.
+    let line = submit_line(7, "addr.rig", &job.job_id, &[0; 4], job.ntime, 0, Some(0x0000_2001));
+    let (_, out) = h.send(&line);
+    assert_eq!(error_code(&out[0]), Some(20));
+    assert_eq!(out[0]["error"][1], "version bits outside the negotiated mask");
+}
+
+#[test]
+fn configure_refuses_when_min_bit_count_cannot_be_met() {
+    let mut h = Harness::new(1.0);
+    let (_, out) = h.send(&request_line(
+        1,
+        "mining.configure",
+        json!([["version-rolling"], {"version-rolling.mask": "00006000", "version-rolling.min-bit-count": 3}]),
+    ));
+    assert_eq!(out[0]["result"], json!({"version-rolling": false}));
+}
+
+#[test]
+fn suggest_difficulty_applies_to_the_next_notify() {
+    let mut h = Harness::new(1.0);
+    h.ready();
+    let (_, out) = h.send(&request_line(4, "mining.suggest_difficulty", json!([0.001])));
+    assert_eq!(out[0]["result"], true);
+    assert_eq!(out[1], json!({"id": null, "method": "mining.set_difficulty", "params": [0.001]}));
+    assert_eq!(out[2]["method"], "mining.notify");
+}
+
+#[test]
+fn extranonce_subscribe_is_acknowledged() {
+    let mut h = Harness::new(1.0);
+    let (_, out) = h.send(&request_line(4, "mining.extranonce.subscribe", json!([])));
+    assert_eq!(out[0], json!({"id": 4, "result": true, "error": null}));
+}
+
+#[test]
+fn worker_name_limit_is_enforced_at_its_edge() {
+    let limit = otedama_shared::limits::WORKER_NAME_BYTES_MAX;
+    let mut h = Harness::new(1.0);
+    let (_, out) = h.send(&request_line(1, "mining.authorize", json!(["w".repeat(limit), ""])));
+    assert_eq!(out[0]["result"], true);
+    let (_, out) = h.send(&request_line(2, "mining.authorize", json!(["w".repeat(limit + 1), ""])));
+    assert_eq!(error_code(&out[0]), Some(24));
+}
