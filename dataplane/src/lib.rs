@@ -1,1 +1,38 @@
-//! placeholder
+//! Otedama's data plane: it terminates miner connections and validates their shares.
+//!
+//! One pinned glommio executor per core listens on every Stratum port through
+//! SO_REUSEPORT, owns its connections, its buffers and its copy of the live jobs, and
+//! validates shares on the core that received them, without locks. Accepted shares go to
+//! the RocksDB share log (group commit) before the miner hears `true`. Jobs arrive from the
+//! control plane over a local socket; block candidates and counters go back up.
+//!
+//! It never talks to the chain node, never pays anyone and never blocks a core on I/O.
+
+pub mod counters;
+pub mod ipc;
+pub mod net;
+pub mod rt;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use otedama_kernels::Algorithm;
+
+/// What the data plane needs to run.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    pub stratum_listen: Vec<SocketAddr>,
+    /// Cores to run on; empty means every online core.
+    pub cores: Vec<usize>,
+    pub start_difficulty: f64,
+    pub algorithm: Algorithm,
+    pub share_log_path: PathBuf,
+    /// Wait for the WAL to reach the disk before acknowledging shares.
+    pub share_log_sync: bool,
+    pub ipc_socket: PathBuf,
+    pub version_rolling_mask: u32,
+    pub connection_idle_timeout_s: u64,
+}
+
+pub use rt::run;

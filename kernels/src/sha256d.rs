@@ -6,8 +6,7 @@ use sha2::{Digest, Sha256};
 
 /// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
 const SHA256_INITIAL_STATE: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-    0x5be0cd19,
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 const BLOCK_BYTES: usize = 64;
 
@@ -42,7 +41,12 @@ impl Midstate {
         let mut pending = [0u8; BLOCK_BYTES];
         let pending_len = prefix.len() - whole;
         pending[..pending_len].copy_from_slice(&prefix[whole..]);
-        Midstate { state, blocks_done: (whole / BLOCK_BYTES) as u64, pending, pending_len }
+        Midstate {
+            state,
+            blocks_done: (whole / BLOCK_BYTES) as u64,
+            pending,
+            pending_len,
+        }
     }
 
     /// Length in bytes of the prefix this midstate stands for.

@@ -44,7 +44,9 @@ pub enum CompactError {
 }
 
 impl Target {
-    pub const MAX: Target = Target { limbs: [u64::MAX; 4] };
+    pub const MAX: Target = Target {
+        limbs: [u64::MAX; 4],
+    };
 
     pub fn from_le_bytes(bytes: &[u8; 32]) -> Self {
         let mut limbs = [0u64; 4];
@@ -253,8 +255,14 @@ mod tests {
 
     #[test]
     fn compact_rejects_negative_overflow_and_zero() {
-        assert_eq!(Target::from_compact(0x04923456), Err(CompactError::Negative));
-        assert_eq!(Target::from_compact(0xff123456), Err(CompactError::Overflow));
+        assert_eq!(
+            Target::from_compact(0x04923456),
+            Err(CompactError::Negative)
+        );
+        assert_eq!(
+            Target::from_compact(0xff123456),
+            Err(CompactError::Overflow)
+        );
         assert_eq!(Target::from_compact(0x01003456), Err(CompactError::Zero));
         assert_eq!(Target::from_compact(0), Err(CompactError::Zero));
     }
@@ -279,11 +287,17 @@ mod tests {
         for difficulty in [0.001, 0.5, 1.0, 3.75, 1024.0, 1e12] {
             let target = Target::from_difficulty(Algorithm::Scrypt, difficulty).unwrap();
             let back = target.to_difficulty(Algorithm::Scrypt);
-            assert!((back / difficulty - 1.0).abs() < 1e-12, "{difficulty} -> {back}");
+            assert!(
+                (back / difficulty - 1.0).abs() < 1e-12,
+                "{difficulty} -> {back}"
+            );
         }
         assert_eq!(Target::from_difficulty(Algorithm::Scrypt, 0.0), None);
         assert_eq!(Target::from_difficulty(Algorithm::Scrypt, f64::NAN), None);
-        assert_eq!(Target::from_difficulty(Algorithm::Sha256d, 1e-80), Some(Target::MAX));
+        assert_eq!(
+            Target::from_difficulty(Algorithm::Sha256d, 1e-80),
+            Some(Target::MAX)
+        );
     }
 
     #[test]

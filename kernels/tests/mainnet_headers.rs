@@ -24,7 +24,10 @@ fn rows() -> Vec<Row> {
         .map(|row| Row {
             chain: row["chain"].as_str().unwrap().to_string(),
             height: row["height"].as_u64().unwrap(),
-            header: hex::decode(row["header"].as_str().unwrap()).unwrap().try_into().unwrap(),
+            header: hex::decode(row["header"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap(),
             bits: u32::from_str_radix(row["bits"].as_str().unwrap(), 16).unwrap(),
             block_hash: row["block_hash"].as_str().unwrap().to_string(),
             scrypt_pow: row["scrypt_pow"].as_str().map(str::to_string),
@@ -49,10 +52,19 @@ fn there_are_at_least_three_headers_per_chain() {
 #[test]
 fn every_header_hashes_to_its_block_hash() {
     for row in rows() {
-        assert_eq!(display(sha256d(&row.header)), row.block_hash, "{} {}", row.chain, row.height);
+        assert_eq!(
+            display(sha256d(&row.header)),
+            row.block_hash,
+            "{} {}",
+            row.chain,
+            row.height
+        );
         // The midstate path over the first 64 bytes must agree with the one-shot hash.
         let midstate = Midstate::new(&row.header[..64]);
-        assert_eq!(midstate.finish_sha256d(&[&row.header[64..]]), sha256d(&row.header));
+        assert_eq!(
+            midstate.finish_sha256d(&[&row.header[64..]]),
+            sha256d(&row.header)
+        );
     }
 }
 
@@ -62,7 +74,13 @@ fn every_header_bits_field_matches_its_row_and_round_trips() {
         let bits_in_header = u32::from_le_bytes(row.header[72..76].try_into().unwrap());
         assert_eq!(bits_in_header, row.bits);
         let target = Target::from_compact(row.bits).unwrap();
-        assert_eq!(target.to_compact(), row.bits, "{} {}", row.chain, row.height);
+        assert_eq!(
+            target.to_compact(),
+            row.bits,
+            "{} {}",
+            row.chain,
+            row.height
+        );
     }
 }
 
@@ -70,7 +88,11 @@ fn every_header_bits_field_matches_its_row_and_round_trips() {
 fn bitcoin_hashes_meet_their_targets() {
     for row in rows().into_iter().filter(|r| r.chain == "bitcoin") {
         let target = Target::from_compact(row.bits).unwrap();
-        assert!(target.is_met_by(&sha256d(&row.header)), "bitcoin {}", row.height);
+        assert!(
+            target.is_met_by(&sha256d(&row.header)),
+            "bitcoin {}",
+            row.height
+        );
     }
 }
 
@@ -85,6 +107,10 @@ fn litecoin_scrypt_values_meet_their_targets() {
         assert!(target.is_met_by(&pow), "litecoin {}", row.height);
         // The SHA256d hash of an early Litecoin header does not meet the target: only the
         // scrypt value is the proof of work.
-        assert!(!target.is_met_by(&sha256d(&row.header)), "litecoin {}", row.height);
+        assert!(
+            !target.is_met_by(&sha256d(&row.header)),
+            "litecoin {}",
+            row.height
+        );
     }
 }

@@ -59,7 +59,10 @@ mod tests {
         let job = Downstream::Job(crate::job::tests::template(5, true));
         let line = encode(&job);
         assert_eq!(decode::<Downstream>(&line[..line.len() - 1]).unwrap(), job);
-        let up = Upstream::Counters(DataplaneCounters { connections: 3, ..Default::default() });
+        let up = Upstream::Counters(DataplaneCounters {
+            connections: 3,
+            ..Default::default()
+        });
         let line = encode(&up);
         assert_eq!(decode::<Upstream>(&line[..line.len() - 1]).unwrap(), up);
     }

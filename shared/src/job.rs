@@ -98,7 +98,10 @@ impl Job {
     pub fn coinbase(&self, extranonce1: &[u8], extranonce2: &[u8]) -> Vec<u8> {
         let t = &self.template;
         let mut out = Vec::with_capacity(
-            t.coinbase_prefix.len() + extranonce1.len() + extranonce2.len() + t.coinbase_suffix.len(),
+            t.coinbase_prefix.len()
+                + extranonce1.len()
+                + extranonce2.len()
+                + t.coinbase_suffix.len(),
         );
         out.extend_from_slice(&t.coinbase_prefix);
         out.extend_from_slice(extranonce1);

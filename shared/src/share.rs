@@ -146,7 +146,11 @@ impl ShareRecord {
         out.extend_from_slice(&self.achieved_difficulty.to_le_bytes());
         out.push(self.is_block as u8);
         out.extend_from_slice(&self.header);
-        for field in [self.extranonce1.as_slice(), self.extranonce2.as_slice(), self.worker.as_bytes()] {
+        for field in [
+            self.extranonce1.as_slice(),
+            self.extranonce2.as_slice(),
+            self.worker.as_bytes(),
+        ] {
             out.push(u8::try_from(field.len()).expect("fields are bounded by named limits"));
             out.extend_from_slice(field);
         }
@@ -168,7 +172,8 @@ impl ShareRecord {
         let extranonce1 = reader.prefixed()?.to_vec();
         let extranonce2 = reader.prefixed()?.to_vec();
         let at = reader.at;
-        let worker = String::from_utf8(reader.prefixed()?.to_vec()).map_err(|_| ShareDecodeError(at))?;
+        let worker =
+            String::from_utf8(reader.prefixed()?.to_vec()).map_err(|_| ShareDecodeError(at))?;
         Ok(ShareRecord {
             accepted_at_ms,
             job_id,
@@ -191,14 +196,19 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, count: usize) -> Result<&'a [u8], ShareDecodeError> {
-        let end = self.at.checked_add(count).filter(|end| *end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(count)
+            .filter(|end| *end <= self.bytes.len());
         let end = end.ok_or(ShareDecodeError(self.at))?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
     fn u64(&mut self) -> Result<u64, ShareDecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn prefixed(&mut self) -> Result<&'a [u8], ShareDecodeError> {
         let len = self.take(1)?[0] as usize;

@@ -47,12 +47,18 @@ impl Harness {
             version_rolling_mask: 0x1fff_e000,
             algorithm: Algorithm::Sha256d,
         });
-        Harness { session, jobs, duplicates: DuplicateFilter::default() }
+        Harness {
+            session,
+            jobs,
+            duplicates: DuplicateFilter::default(),
+        }
     }
 
     fn send(&mut self, line: &[u8]) -> (Outcome, Vec<Value>) {
         let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
-        let outcome = self.session.handle_line(trimmed, NOW_S, &self.jobs, &mut self.duplicates);
+        let outcome = self
+            .session
+            .handle_line(trimmed, NOW_S, &self.jobs, &mut self.duplicates);
         (outcome, self.drain())
     }
 
@@ -67,7 +73,11 @@ impl Harness {
 
     fn ready(&mut self) -> NotifiedJob {
         self.send(&request_line(1, "mining.subscribe", json!(["test/1.0"])));
-        let (_, out) = self.send(&request_line(2, "mining.authorize", json!(["addr.rig", "x"])));
+        let (_, out) = self.send(&request_line(
+            2,
+            "mining.authorize",
+            json!(["addr.rig", "x"]),
+        ));
         let notify = out.iter().find(|m| m["method"] == "mining.notify").unwrap();
         NotifiedJob::from_params(&notify["params"]).unwrap()
     }
@@ -93,7 +103,12 @@ fn mine(job: &NotifiedJob, extranonce2: &[u8], ntime: u32, version: u32, difficu
 #[test]
 fn subscribe_reply_is_byte_exact() {
     let mut h = Harness::new(1.0);
-    h.session.handle_line(br#"{"id":1,"method":"mining.subscribe","params":[]}"#, NOW_S, &h.jobs, &mut h.duplicates);
+    h.session.handle_line(
+        br#"{"id":1,"method":"mining.subscribe","params":[]}"#,
+        NOW_S,
+        &h.jobs,
+        &mut h.duplicates,
+    );
     let bytes = h.session.poll_transmit().unwrap();
     assert_eq!(
         String::from_utf8(bytes).unwrap(),
@@ -110,7 +125,10 @@ fn authorize_then_work_arrives_with_difficulty_first() {
     h.send(&request_line(1, "mining.subscribe", json!([])));
     let (_, out) = h.send(&request_line(2, "mining.authorize", json!(["w", null])));
     assert_eq!(out[0], json!({"id": 2, "result": true, "error": null}));
-    assert_eq!(out[1], json!({"id": null, "method": "mining.set_difficulty", "params": [0.5]}));
+    assert_eq!(
+        out[1],
+        json!({"id": null, "method": "mining.set_difficulty", "params": [0.5]})
+    );
     assert_eq!(out[2]["method"], "mining.notify");
 }
 
@@ -120,19 +138,43 @@ fn valid_share_is_accepted_only_after_durability() {
     let job = h.ready();
     let en2 = [0, 0, 0, 1];
     let nonce = mine(&job, &en2, job.ntime, job.version, 0.0001);
-    let (outcome, out) = h.send(&submit_line(7, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None));
+    let (outcome, out) = h.send(&submit_line(
+        7,
+        "addr.rig",
+        &job.job_id,
+        &en2,
+        job.ntime,
+        nonce,
+        None,
+    ));
     assert!(out.is_empty(), "no reply before the share is durable");
-    let Outcome::ShareAccepted(accepted) = outcome else { panic!("{outcome:?}") };
+    let Outcome::ShareAccepted(accepted) = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(accepted.record.worker, "addr.rig");
     assert_eq!(accepted.record.extranonce2, en2);
-    assert!(accepted.block.is_some(), "regtest bits: every share is a block");
+    assert!(
+        accepted.block.is_some(),
+        "regtest bits: every share is a block"
+    );
     h.session.handle_share_durable(&accepted.request_id);
-    assert_eq!(h.drain(), vec![json!({"id": 7, "result": true, "error": null})]);
+    assert_eq!(
+        h.drain(),
+        vec![json!({"id": 7, "result": true, "error": null})]
+    );
 
     // The same share again, in upper-case hex, is the same decoded share: 22.
-    let line = String::from_utf8(submit_line(8, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None))
-        .unwrap()
-        .replace(&format!("{nonce:08x}"), &format!("{nonce:08X}"));
+    let line = String::from_utf8(submit_line(
+        8,
+        "addr.rig",
+        &job.job_id,
+        &en2,
+        job.ntime,
+        nonce,
+        None,
+    ))
+    .unwrap()
+    .replace(&format!("{nonce:08x}"), &format!("{nonce:08X}"));
     let (outcome, out) = h.send(line.as_bytes());
     assert_eq!(outcome, Outcome::Rejected(ErrorCode::Duplicate));
     assert_eq!(error_code(&out[0]), Some(22));
@@ -142,7 +184,15 @@ fn valid_share_is_accepted_only_after_durability() {
 fn low_difficulty_share_gets_23() {
     let mut h = Harness::new(1e12);
     let job = h.ready();
-    let (outcome, out) = h.send(&submit_line(3, "addr.rig", &job.job_id, &[0; 4], job.ntime, 0, None));
+    let (outcome, out) = h.send(&submit_line(
+        3,
+        "addr.rig",
+        &job.job_id,
+        &[0; 4],
+        job.ntime,
+        0,
+        None,
+    ));
     assert_eq!(outcome, Outcome::Rejected(ErrorCode::LowDifficulty));
     assert_eq!(error_code(&out[0]), Some(23));
 }
@@ -158,7 +208,15 @@ fn submit_before_subscribe_gets_25() {
 fn submit_for_an_unauthorized_worker_gets_24() {
     let mut h = Harness::new(1.0);
     let job = h.ready();
-    let (_, out) = h.send(&submit_line(3, "someone.else", &job.job_id, &[0; 4], job.ntime, 0, None));
+    let (_, out) = h.send(&submit_line(
+        3,
+        "someone.else",
+        &job.job_id,
+        &[0; 4],
+        job.ntime,
+        0,
+        None,
+    ));
     assert_eq!(error_code(&out[0]), Some(24));
 }
 
@@ -166,7 +224,9 @@ fn submit_for_an_unauthorized_worker_gets_24() {
 fn unknown_and_stale_jobs_get_21() {
     let mut h = Harness::new(0.0001);
     let job = h.ready();
-    let (_, out) = h.send(&submit_line(3, "addr.rig", "ff", &[0; 4], job.ntime, 0, None));
+    let (_, out) = h.send(&submit_line(
+        3, "addr.rig", "ff", &[0; 4], job.ntime, 0, None,
+    ));
     assert_eq!(error_code(&out[0]), Some(21));
     assert_eq!(out[0]["error"][1], "job not found");
 
@@ -175,7 +235,15 @@ fn unknown_and_stale_jobs_get_21() {
     h.session.handle_new_job(&next);
     h.drain();
     let nonce = mine(&job, &[0; 4], job.ntime, job.version, 0.0001);
-    let (_, out) = h.send(&submit_line(4, "addr.rig", &job.job_id, &[0; 4], job.ntime, nonce, None));
+    let (_, out) = h.send(&submit_line(
+        4,
+        "addr.rig",
+        &job.job_id,
+        &[0; 4],
+        job.ntime,
+        nonce,
+        None,
+    ));
     assert_eq!(error_code(&out[0]), Some(21));
     assert_eq!(out[0]["error"][1], "stale job");
 }
@@ -186,14 +254,20 @@ fn field_sizes_and_ntime_window_are_enforced_with_20() {
     let job = h.ready();
     let id = &job.job_id;
     let cases: Vec<Value> = vec![
-        json!(["addr.rig", id, "000000", "6553f100", "00000000"]),     // extranonce2 3 bytes
+        json!(["addr.rig", id, "000000", "6553f100", "00000000"]), // extranonce2 3 bytes
         json!(["addr.rig", id, "0000000000", "6553f100", "00000000"]), // extranonce2 5 bytes
-        json!(["addr.rig", id, "0000000g", "6553f100", "00000000"]),   // not hex
-        json!(["addr.rig", id, "00000000", "6553f0ff", "00000000"]),   // ntime before the job
-        json!(["addr.rig", id, "00000000", format!("{:08x}", NOW_S + 7201), "00000000"]),
-        json!(["addr.rig", id, "00000000", "6553f100", "0000000"]),    // short nonce
-        json!(["addr.rig", id, "00000000", "6553f100", 0]),            // number for hex
-        json!(["addr.rig", id, "00000000"]),                           // too few
+        json!(["addr.rig", id, "0000000g", "6553f100", "00000000"]), // not hex
+        json!(["addr.rig", id, "00000000", "6553f0ff", "00000000"]), // ntime before the job
+        json!([
+            "addr.rig",
+            id,
+            "00000000",
+            format!("{:08x}", NOW_S + 7201),
+            "00000000"
+        ]),
+        json!(["addr.rig", id, "00000000", "6553f100", "0000000"]), // short nonce
+        json!(["addr.rig", id, "00000000", "6553f100", 0]),         // number for hex
+        json!(["addr.rig", id, "00000000"]),                        // too few
         json!(["addr.rig", id, "00000000", "6553f100", "00000000", "00002000"]), // no configure
     ];
     for params in cases {
@@ -205,7 +279,10 @@ fn field_sizes_and_ntime_window_are_enforced_with_20() {
     for ntime in [job.ntime as u64, NOW_S + 7200] {
         let nonce = mine(&job, &[0, 0, 0, 9], ntime as u32, job.version, 0.0001);
         let line = submit_line(10, "addr.rig", id, &[0, 0, 0, 9], ntime as u32, nonce, None);
-        assert!(matches!(h.send(&line).0, Outcome::ShareAccepted(_)), "ntime {ntime}");
+        assert!(
+            matches!(h.send(&line).0, Outcome::ShareAccepted(_)),
+            "ntime {ntime}"
+        );
     }
 }
 
@@ -222,7 +299,12 @@ fn malformed_requests_get_20_and_the_connection_stays_open() {
         br#"{"id":6,"method":"mining.suggest_difficulty","params":["high"]}"#,
     ] {
         let (outcome, out) = h.send(line);
-        assert_eq!(outcome, Outcome::Rejected(ErrorCode::Other), "{}", String::from_utf8_lossy(line));
+        assert_eq!(
+            outcome,
+            Outcome::Rejected(ErrorCode::Other),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
         assert_eq!(error_code(&out[0]), Some(20));
     }
     let (outcome, _) = h.send(br#"{"id":7,"method":"mining.subscribe","params":[]}"#);
@@ -251,17 +333,44 @@ fn version_rolling_negotiates_the_common_mask_and_rejects_bits_outside_it() {
     let rolled = 0x0000_6000u32;
     let version = (job.version & !0x1fff_e000) | rolled;
     let nonce = mine(&job, &[0; 4], job.ntime, version, 0.0001);
-    let line = submit_line(5, "addr.rig", &job.job_id, &[0; 4], job.ntime, nonce, Some(rolled));
+    let line = submit_line(
+        5,
+        "addr.rig",
+        &job.job_id,
+        &[0; 4],
+        job.ntime,
+        nonce,
+        Some(rolled),
+    );
     assert!(matches!(h.send(&line).0, Outcome::ShareAccepted(_)));
     // The full rolled version is accepted too: nothing outside the mask differs.
     let nonce = mine(&job, &[0, 0, 0, 1], job.ntime, version, 0.0001);
-    let line = submit_line(6, "addr.rig", &job.job_id, &[0, 0, 0, 1], job.ntime, nonce, Some(version));
+    let line = submit_line(
+        6,
+        "addr.rig",
+        &job.job_id,
+        &[0, 0, 0, 1],
+        job.ntime,
+        nonce,
+        Some(version),
+    );
     assert!(matches!(h.send(&line).0, Outcome::ShareAccepted(_)));
     // Bit 0 lies outside the mask.
-    let line = submit_line(7, "addr.rig", &job.job_id, &[0; 4], job.ntime, 0, Some(0x0000_2001));
+    let line = submit_line(
+        7,
+        "addr.rig",
+        &job.job_id,
+        &[0; 4],
+        job.ntime,
+        0,
+        Some(0x0000_2001),
+    );
     let (_, out) = h.send(&line);
     assert_eq!(error_code(&out[0]), Some(20));
-    assert_eq!(out[0]["error"][1], "version bits outside the negotiated mask");
+    assert_eq!(
+        out[0]["error"][1],
+        "version bits outside the negotiated mask"
+    );
 }
 
 #[test]
@@ -279,9 +388,16 @@ fn configure_refuses_when_min_bit_count_cannot_be_met() {
 fn suggest_difficulty_applies_to_the_next_notify() {
     let mut h = Harness::new(1.0);
     h.ready();
-    let (_, out) = h.send(&request_line(4, "mining.suggest_difficulty", json!([0.001])));
+    let (_, out) = h.send(&request_line(
+        4,
+        "mining.suggest_difficulty",
+        json!([0.001]),
+    ));
     assert_eq!(out[0]["result"], true);
-    assert_eq!(out[1], json!({"id": null, "method": "mining.set_difficulty", "params": [0.001]}));
+    assert_eq!(
+        out[1],
+        json!({"id": null, "method": "mining.set_difficulty", "params": [0.001]})
+    );
     assert_eq!(out[2]["method"], "mining.notify");
 }
 
@@ -296,8 +412,16 @@ fn extranonce_subscribe_is_acknowledged() {
 fn worker_name_limit_is_enforced_at_its_edge() {
     let limit = otedama_shared::limits::WORKER_NAME_BYTES_MAX;
     let mut h = Harness::new(1.0);
-    let (_, out) = h.send(&request_line(1, "mining.authorize", json!(["w".repeat(limit), ""])));
+    let (_, out) = h.send(&request_line(
+        1,
+        "mining.authorize",
+        json!(["w".repeat(limit), ""]),
+    ));
     assert_eq!(out[0]["result"], true);
-    let (_, out) = h.send(&request_line(2, "mining.authorize", json!(["w".repeat(limit + 1), ""])));
+    let (_, out) = h.send(&request_line(
+        2,
+        "mining.authorize",
+        json!(["w".repeat(limit + 1), ""]),
+    ));
     assert_eq!(error_code(&out[0]), Some(24));
 }

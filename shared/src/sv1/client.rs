@@ -50,7 +50,13 @@ impl NotifiedJob {
     }
 
     /// The 80-byte header for these extranonces, with the nonce left at zero.
-    pub fn header(&self, extranonce1: &[u8], extranonce2: &[u8], ntime: u32, version: u32) -> [u8; 80] {
+    pub fn header(
+        &self,
+        extranonce1: &[u8],
+        extranonce2: &[u8],
+        ntime: u32,
+        version: u32,
+    ) -> [u8; 80] {
         let mut coinbase = self.coinbase_prefix.clone();
         coinbase.extend_from_slice(extranonce1);
         coinbase.extend_from_slice(extranonce2);

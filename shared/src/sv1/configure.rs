@@ -9,13 +9,19 @@ use super::ErrorCode;
 impl Session {
     pub(super) fn handle_configure(&mut self, id: &Value, params: &[Value]) -> Outcome {
         let (Some(Value::Array(extensions)), options) = (params.first(), params.get(1)) else {
-            return self.reject(id, ErrorCode::Other, "configure needs [extensions, options]");
+            return self.reject(
+                id,
+                ErrorCode::Other,
+                "configure needs [extensions, options]",
+            );
         };
         let empty = Map::new();
         let options = match options {
             None | Some(Value::Null) => &empty,
             Some(Value::Object(options)) => options,
-            Some(_) => return self.reject(id, ErrorCode::Other, "configure options must be an object"),
+            Some(_) => {
+                return self.reject(id, ErrorCode::Other, "configure options must be an object")
+            }
         };
         let mut result = Map::new();
         for extension in extensions {
@@ -28,11 +34,21 @@ impl Session {
             }
             let requested_mask = match options.get("version-rolling.mask") {
                 None => u32::MAX,
-                Some(Value::String(text)) => match crate::hex32::decode_u32_be(&format!("{text:0>8}")) {
-                    Some(mask) if text.len() <= 8 => mask,
-                    _ => return self.reject(id, ErrorCode::Other, "version-rolling.mask must be hex"),
-                },
-                Some(_) => return self.reject(id, ErrorCode::Other, "version-rolling.mask must be hex"),
+                Some(Value::String(text)) => {
+                    match crate::hex32::decode_u32_be(&format!("{text:0>8}")) {
+                        Some(mask) if text.len() <= 8 => mask,
+                        _ => {
+                            return self.reject(
+                                id,
+                                ErrorCode::Other,
+                                "version-rolling.mask must be hex",
+                            )
+                        }
+                    }
+                }
+                Some(_) => {
+                    return self.reject(id, ErrorCode::Other, "version-rolling.mask must be hex")
+                }
             };
             let min_bit_count = match options.get("version-rolling.min-bit-count") {
                 None => 0,
@@ -48,7 +64,10 @@ impl Session {
             } else {
                 self.version_mask = Some(mask);
                 result.insert(name.to_string(), Value::Bool(true));
-                result.insert("version-rolling.mask".to_string(), Value::String(format!("{mask:08x}")));
+                result.insert(
+                    "version-rolling.mask".to_string(),
+                    Value::String(format!("{mask:08x}")),
+                );
             }
         }
         self.reply(id, Value::Object(result));

@@ -16,7 +16,12 @@ pub struct LineFramer {
 
 impl LineFramer {
     pub fn new(line_bytes_max: usize) -> Self {
-        LineFramer { buffer: Vec::new(), consumed: 0, scanned: 0, line_bytes_max }
+        LineFramer {
+            buffer: Vec::new(),
+            consumed: 0,
+            scanned: 0,
+            line_bytes_max,
+        }
     }
 
     /// Appends received bytes.

@@ -86,7 +86,9 @@ pub struct Session {
 
 impl Session {
     pub fn new(config: SessionConfig) -> Self {
-        let difficulty = config.start_difficulty.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
+        let difficulty = config
+            .start_difficulty
+            .clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
         Session {
             config,
             subscribed: false,
@@ -133,7 +135,11 @@ impl Session {
             return Outcome::Close(CloseReason::NotJson);
         };
         let Value::Object(request) = message else {
-            return self.reject(&Value::Null, ErrorCode::Other, "request must be a JSON object");
+            return self.reject(
+                &Value::Null,
+                ErrorCode::Other,
+                "request must be a JSON object",
+            );
         };
         let id = request.get("id").cloned().unwrap_or(Value::Null);
         let Some(method) = request.get("method") else {
@@ -165,12 +171,19 @@ impl Session {
     }
 
     fn handle_subscribe(&mut self, id: &Value, params: &[Value], jobs: &JobBook) -> Outcome {
-        if params.iter().take(2).any(|p| !(p.is_string() || p.is_null())) {
+        if params
+            .iter()
+            .take(2)
+            .any(|p| !(p.is_string() || p.is_null()))
+        {
             return self.reject(id, ErrorCode::Other, "subscribe params must be strings");
         }
         let extranonce1 = hex::encode(&self.config.extranonce1);
         let result = json!([
-            [["mining.set_difficulty", extranonce1], ["mining.notify", extranonce1]],
+            [
+                ["mining.set_difficulty", extranonce1],
+                ["mining.notify", extranonce1]
+            ],
             extranonce1,
             self.config.extranonce2_size,
         ]);
@@ -190,7 +203,10 @@ impl Session {
         if !matches!(password, None | Some(Value::String(_)) | Some(Value::Null)) {
             return self.reject(id, ErrorCode::Other, "password must be a string");
         }
-        if name.is_empty() || name.len() > WORKER_NAME_BYTES_MAX || name.chars().any(char::is_control) {
+        if name.is_empty()
+            || name.len() > WORKER_NAME_BYTES_MAX
+            || name.chars().any(char::is_control)
+        {
             return self.reject(id, ErrorCode::UnauthorizedWorker, "invalid worker name");
         }
         if !self.workers.contains(name) {
@@ -206,7 +222,12 @@ impl Session {
         Outcome::Continue
     }
 
-    fn handle_suggest_difficulty(&mut self, id: &Value, params: &[Value], jobs: &JobBook) -> Outcome {
+    fn handle_suggest_difficulty(
+        &mut self,
+        id: &Value,
+        params: &[Value],
+        jobs: &JobBook,
+    ) -> Outcome {
         let Some(suggested) = params.first().and_then(Value::as_f64) else {
             return self.reject(id, ErrorCode::Other, "suggest_difficulty needs [number]");
         };
@@ -257,7 +278,8 @@ impl Session {
 
     fn announce_difficulty(&mut self) {
         if self.announced_difficulty != Some(self.difficulty) {
-            self.outbox.extend_from_slice(&set_difficulty_line(self.difficulty));
+            self.outbox
+                .extend_from_slice(&set_difficulty_line(self.difficulty));
             self.announced_difficulty = Some(self.difficulty);
         }
     }
@@ -277,12 +299,14 @@ impl Session {
     }
 
     pub(super) fn reply(&mut self, id: &Value, result: Value) {
-        self.outbox.extend_from_slice(&line(&json!({"id": id, "result": result, "error": null})));
+        self.outbox
+            .extend_from_slice(&line(&json!({"id": id, "result": result, "error": null})));
     }
 
     pub(super) fn reject(&mut self, id: &Value, code: ErrorCode, message: &str) -> Outcome {
         let error = json!([code as i32, message, null]);
-        self.outbox.extend_from_slice(&line(&json!({"id": id, "result": null, "error": error})));
+        self.outbox
+            .extend_from_slice(&line(&json!({"id": id, "result": null, "error": error})));
         Outcome::Rejected(code)
     }
 }

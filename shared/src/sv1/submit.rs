@@ -39,7 +39,9 @@ impl Session {
         };
         let job = match (jobs.lookup(job_id), self.sent_job_difficulty(job_id)) {
             (JobLookup::Current(job), Some(_)) => job.clone(),
-            (JobLookup::Unknown, None) => return self.reject(id, ErrorCode::JobNotFound, "job not found"),
+            (JobLookup::Unknown, None) => {
+                return self.reject(id, ErrorCode::JobNotFound, "job not found")
+            }
             _ => return self.reject(id, ErrorCode::JobNotFound, "stale job"),
         };
         let difficulty = self.sent_job_difficulty(job_id).expect("checked above");
@@ -51,7 +53,9 @@ impl Session {
         let Some(ntime) = decode_u32_be(fields[3]) else {
             return self.reject(id, ErrorCode::Other, "ntime must be 8 hex digits");
         };
-        if (ntime as u64) < job.template.ntime as u64 || ntime as u64 > now_s + NTIME_FUTURE_SECONDS_MAX {
+        if (ntime as u64) < job.template.ntime as u64
+            || ntime as u64 > now_s + NTIME_FUTURE_SECONDS_MAX
+        {
             return self.reject(id, ErrorCode::Other, "ntime out of range");
         }
         let Some(nonce) = decode_u32_be(fields[4]) else {
@@ -98,11 +102,19 @@ impl Session {
             coinbase: job.coinbase(&self.config.extranonce1, submission.extranonce2),
             worker: worker.to_string(),
         });
-        Outcome::ShareAccepted(Box::new(AcceptedShare { request_id: id.clone(), record, block }))
+        Outcome::ShareAccepted(Box::new(AcceptedShare {
+            request_id: id.clone(),
+            record,
+            block,
+        }))
     }
 
     fn sent_job_difficulty(&self, job_id: u64) -> Option<f64> {
-        self.sent_jobs.iter().rev().find(|(id, _)| *id == job_id).map(|(_, d)| *d)
+        self.sent_jobs
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == job_id)
+            .map(|(_, d)| *d)
     }
 
     /// BIP310: the block version is the job's version with the masked bits replaced. A

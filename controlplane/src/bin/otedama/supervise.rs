@@ -1,0 +1,120 @@
+//! `otedama run`: starts the control plane and the data plane as child processes of this
+//! binary, restarts whichever exits, and stops both on SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use otedama_controlplane::config::PoolConfig;
+
+/// Delay before restarting a child that exited, doubled up to the maximum while it keeps
+/// failing quickly.
+const RESTART_DELAY_MIN_MS: u64 = 200;
+const RESTART_DELAY_MAX_MS: u64 = 10_000;
+
+struct Role {
+    name: &'static str,
+    child: Option<Child>,
+    started_at: Instant,
+    delay_ms: u64,
+}
+
+pub fn run(config: PoolConfig) -> anyhow::Result<()> {
+    config.payout_script().context("checking payout_address")?;
+    let data_dir = config.ensure_data_dir()?.to_path_buf();
+    let effective = data_dir.join("effective.toml");
+    write_private(&effective, &toml::to_string(&config)?)?;
+    crate::signals::install_stop_handler();
+    let executable = std::env::current_exe().context("finding our own executable")?;
+    let mut roles = [
+        Role {
+            name: "controlplane",
+            child: None,
+            started_at: Instant::now(),
+            delay_ms: RESTART_DELAY_MIN_MS,
+        },
+        Role {
+            name: "dataplane",
+            child: None,
+            started_at: Instant::now(),
+            delay_ms: RESTART_DELAY_MIN_MS,
+        },
+    ];
+    for role in &mut roles {
+        role.child = Some(spawn(&executable, role.name, &effective)?);
+    }
+    while !crate::signals::stop_requested() {
+        for role in &mut roles {
+            let exited = match role.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(error)) => Some(error.to_string()),
+                None => Some("not running".into()),
+                Some(Ok(None)) => None,
+            };
+            let Some(status) = exited else { continue };
+            if role.child.is_some() {
+                tracing::error!(role = role.name, %status, "child exited; restarting");
+                role.delay_ms = if role.started_at.elapsed() < Duration::from_secs(10) {
+                    (role.delay_ms * 2).min(RESTART_DELAY_MAX_MS)
+                } else {
+                    RESTART_DELAY_MIN_MS
+                };
+                role.child = None;
+                role.started_at = Instant::now();
+            }
+            if role.started_at.elapsed() >= Duration::from_millis(role.delay_ms) {
+                role.child = Some(spawn(&executable, role.name, &effective)?);
+                role.started_at = Instant::now();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for role in &mut roles {
+        if let Some(mut child) = role.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    Ok(())
+}
+
+fn spawn(executable: &Path, role: &str, config: &Path) -> anyhow::Result<Child> {
+    tracing::info!(role, "starting");
+    let mut command = Command::new(executable);
+    command.arg(role).arg("--config").arg(config);
+    // SAFETY: prctl is async-signal-safe; it makes the child stop if the supervisor dies,
+    // so a killed `otedama run` leaves no orphan holding the ports.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("starting the {role}"))
+}
+
+/// Writes a file only the owner can read: it holds the node's RPC password.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}

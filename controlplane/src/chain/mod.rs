@@ -1,0 +1,6 @@
+//! Everything that talks to, or about, the chain node.
+
+pub mod address;
+pub mod coin;
+pub mod rpc;
+pub mod template;

@@ -1,0 +1,180 @@
+//! A Bitcoin Core-compatible JSON-RPC client (Litecoin Core speaks the same dialect).
+//! Blocking on purpose: each caller is a dedicated control-plane thread, and long-poll
+//! holds its request open for up to a couple of minutes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// How the node expects us to authenticate.
+#[derive(Clone, Debug)]
+pub enum RpcAuth {
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    /// The `.cookie` file the node writes at start; re-read on every call because the node
+    /// rewrites it on restart.
+    Cookie(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error(
+        "node at {url} is unreachable for RPC ({detail}): is it running, and is the URL right?"
+    )]
+    Unreachable { url: String, detail: String },
+    #[error("node at {url} refused our RPC credentials (HTTP 401): check node_rpc_user/node_rpc_password or node_rpc_cookie")]
+    Unauthorized { url: String },
+    #[error("cannot read the node's RPC cookie {path}: {detail}")]
+    Cookie { path: String, detail: String },
+    #[error("RPC {method} failed with code {code}: {message}")]
+    Node {
+        method: String,
+        code: i64,
+        message: String,
+    },
+    #[error("RPC {method} returned a malformed reply: {detail}")]
+    Malformed { method: String, detail: String },
+}
+
+impl RpcError {
+    /// The node's error code, if the node answered with one.
+    pub fn node_code(&self) -> Option<i64> {
+        match self {
+            RpcError::Node { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcClient {
+    url: String,
+    auth: RpcAuth,
+    agent: ureq::Agent,
+}
+
+/// Seconds a plain RPC may take; long-poll uses its own, longer timeout.
+const RPC_TIMEOUT_S: u64 = 30;
+
+impl RpcClient {
+    pub fn new(url: &str, auth: RpcAuth) -> Self {
+        Self::with_timeout(url, auth, Duration::from_secs(RPC_TIMEOUT_S))
+    }
+
+    pub fn with_timeout(url: &str, auth: RpcAuth, timeout: Duration) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(timeout)
+            .timeout_write(Duration::from_secs(RPC_TIMEOUT_S))
+            .build();
+        RpcClient {
+            url: url.to_string(),
+            auth,
+            agent,
+        }
+    }
+
+    /// The same endpoint and credentials with another read timeout (for long-poll).
+    pub fn with_read_timeout(&self, timeout: Duration) -> Self {
+        Self::with_timeout(&self.url, self.auth.clone(), timeout)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn authorization(&self) -> Result<String, RpcError> {
+        let credentials = match &self.auth {
+            RpcAuth::UserPassword { user, password } => format!("{user}:{password}"),
+            RpcAuth::Cookie(path) => std::fs::read_to_string(path)
+                .map_err(|e| RpcError::Cookie {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?
+                .trim()
+                .to_string(),
+        };
+        Ok(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        ))
+    }
+
+    /// Calls `method` and returns its `result`.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let body = json!({"jsonrpc": "1.0", "id": "otedama", "method": method, "params": params});
+        let response = self
+            .agent
+            .post(&self.url)
+            .set("Authorization", &self.authorization()?)
+            .send_json(body);
+        let reply: Value = match response {
+            Ok(response) => response.into_json(),
+            // Bitcoin Core answers RPC errors with HTTP 500 (or 404 for unknown methods) and
+            // a JSON body that carries the real error.
+            Err(ureq::Error::Status(401, _)) => {
+                return Err(RpcError::Unauthorized {
+                    url: self.url.clone(),
+                })
+            }
+            Err(ureq::Error::Status(_, response)) => response.into_json(),
+            Err(ureq::Error::Transport(transport)) => {
+                return Err(RpcError::Unreachable {
+                    url: self.url.clone(),
+                    detail: transport.to_string(),
+                })
+            }
+        }
+        .map_err(|e| RpcError::Malformed {
+            method: method.into(),
+            detail: e.to_string(),
+        })?;
+        if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
+            return Err(RpcError::Node {
+                method: method.into(),
+                code: error["code"].as_i64().unwrap_or(0),
+                message: error["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// getblocktemplate with the rules this coin needs, optionally as a long-poll.
+    pub fn get_block_template(
+        &self,
+        rules: &[&str],
+        long_poll_id: Option<&str>,
+    ) -> Result<Value, RpcError> {
+        let mut request =
+            json!({"rules": rules, "capabilities": ["coinbasetxn", "workid", "coinbase/append"]});
+        if let Some(id) = long_poll_id {
+            request["longpollid"] = json!(id);
+        }
+        self.call("getblocktemplate", json!([request]))
+    }
+
+    /// submitblock: `None` when the node accepted the block, or its reason otherwise.
+    pub fn submit_block(&self, block_hex: &str) -> Result<Option<String>, RpcError> {
+        match self.call("submitblock", json!([block_hex]))? {
+            Value::Null => Ok(None),
+            Value::String(reason) => Ok(Some(reason)),
+            other => Ok(Some(other.to_string())),
+        }
+    }
+
+    pub fn get_block_count(&self) -> Result<u64, RpcError> {
+        let value = self.call("getblockcount", json!([]))?;
+        value.as_u64().ok_or_else(|| RpcError::Malformed {
+            method: "getblockcount".into(),
+            detail: value.to_string(),
+        })
+    }
+
+    pub fn get_blockchain_info(&self) -> Result<Value, RpcError> {
+        self.call("getblockchaininfo", json!([]))
+    }
+}

@@ -1,0 +1,255 @@
+//! The pool's configuration: a TOML file, overridden by environment variables, overridden
+//! by command-line flags. Every key has a flag of the same name with dashes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::chain::address::script_for_address;
+use crate::chain::coin::{Coin, CoinParams, Network};
+use crate::chain::rpc::{RpcAuth, RpcClient};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub coin: Coin,
+    pub network: Network,
+    /// Defaults to the coin's RPC port on 127.0.0.1 for the chosen network.
+    pub node_rpc_url: Option<String>,
+    pub node_rpc_user: Option<String>,
+    pub node_rpc_password: Option<String>,
+    pub node_rpc_cookie: Option<PathBuf>,
+    /// Where block rewards go; checked against the coin and network at start.
+    pub payout_address: String,
+    pub stratum_listen: Vec<SocketAddr>,
+    pub start_difficulty: f64,
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub coinbase_tag: String,
+    /// CPU cores the data plane pins one executor to each; empty means all.
+    pub cores: Vec<usize>,
+    /// fsync the share log's WAL before acknowledging a share. Off, an acknowledged share
+    /// survives a process crash but not a power loss; on, it survives both.
+    pub share_log_sync: bool,
+    pub version_rolling_mask: u32,
+    pub connection_idle_timeout_s: u64,
+    /// Seconds between template refreshes when no new block arrives (new transactions).
+    pub template_refresh_s: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            coin: Coin::Litecoin,
+            network: Network::Regtest,
+            node_rpc_url: None,
+            node_rpc_user: None,
+            node_rpc_password: None,
+            node_rpc_cookie: None,
+            payout_address: String::new(),
+            stratum_listen: vec!["0.0.0.0:3333".parse().expect("literal address")],
+            start_difficulty: 1.0,
+            data_dir: PathBuf::from("otedama-data"),
+            api_listen: "127.0.0.1:8080".parse().expect("literal address"),
+            coinbase_tag: "/otedama/".into(),
+            cores: Vec::new(),
+            share_log_sync: true,
+            version_rolling_mask: 0x1fff_e000,
+            connection_idle_timeout_s: 900,
+            template_refresh_s: 30,
+        }
+    }
+}
+
+/// Flags shared by `run`, `dataplane` and `controlplane`. Each overrides the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "OTEDAMA_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "OTEDAMA_COIN", value_enum)]
+    pub coin: Option<Coin>,
+    #[arg(long, env = "OTEDAMA_NETWORK", value_enum)]
+    pub network: Option<Network>,
+    #[arg(long, env = "OTEDAMA_NODE_RPC_URL")]
+    pub node_rpc_url: Option<String>,
+    #[arg(long, env = "OTEDAMA_NODE_RPC_USER")]
+    pub node_rpc_user: Option<String>,
+    #[arg(long, env = "OTEDAMA_NODE_RPC_PASSWORD")]
+    pub node_rpc_password: Option<String>,
+    #[arg(long, env = "OTEDAMA_NODE_RPC_COOKIE")]
+    pub node_rpc_cookie: Option<PathBuf>,
+    /// Address that block rewards are paid to.
+    #[arg(long, env = "OTEDAMA_PAYOUT_ADDRESS")]
+    pub payout_address: Option<String>,
+    /// Stratum V1 listen address; repeat the flag for several.
+    #[arg(long, env = "OTEDAMA_STRATUM_LISTEN", value_delimiter = ',')]
+    pub stratum_listen: Vec<SocketAddr>,
+    /// Difficulty new connections start at; fractions such as 0.001 are fine.
+    #[arg(long, env = "OTEDAMA_START_DIFFICULTY")]
+    pub start_difficulty: Option<f64>,
+    #[arg(long, env = "OTEDAMA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API and /metrics listen address.
+    #[arg(long, env = "OTEDAMA_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    #[arg(long, env = "OTEDAMA_COINBASE_TAG")]
+    pub coinbase_tag: Option<String>,
+    /// Cores for the data plane, comma separated (default: all).
+    #[arg(long, env = "OTEDAMA_CORES", value_delimiter = ',')]
+    pub cores: Vec<usize>,
+    /// fsync the share log before each acknowledgement (true/false).
+    #[arg(long, env = "OTEDAMA_SHARE_LOG_SYNC")]
+    pub share_log_sync: Option<bool>,
+    #[arg(long, env = "OTEDAMA_CONNECTION_IDLE_TIMEOUT_S")]
+    pub connection_idle_timeout_s: Option<u64>,
+    #[arg(long, env = "OTEDAMA_TEMPLATE_REFRESH_S")]
+    pub template_refresh_s: Option<u64>,
+}
+
+impl ConfigArgs {
+    pub fn load(&self) -> anyhow::Result<PoolConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => PoolConfig::default(),
+        };
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if let Some(value) = &self.$field { config.$field = value.clone().into(); }
+            )*};
+        }
+        take!(
+            coin,
+            network,
+            payout_address,
+            start_difficulty,
+            data_dir,
+            api_listen,
+            coinbase_tag
+        );
+        take!(
+            share_log_sync,
+            connection_idle_timeout_s,
+            template_refresh_s
+        );
+        if self.node_rpc_url.is_some() {
+            config.node_rpc_url = self.node_rpc_url.clone();
+        }
+        if self.node_rpc_user.is_some() {
+            config.node_rpc_user = self.node_rpc_user.clone();
+        }
+        if self.node_rpc_password.is_some() {
+            config.node_rpc_password = self.node_rpc_password.clone();
+        }
+        if self.node_rpc_cookie.is_some() {
+            config.node_rpc_cookie = self.node_rpc_cookie.clone();
+        }
+        if !self.stratum_listen.is_empty() {
+            config.stratum_listen = self.stratum_listen.clone();
+        }
+        if !self.cores.is_empty() {
+            config.cores = self.cores.clone();
+        }
+        config.validate_basic()?;
+        Ok(config)
+    }
+}
+
+impl PoolConfig {
+    fn validate_basic(&self) -> anyhow::Result<()> {
+        if !(self.start_difficulty.is_finite() && self.start_difficulty > 0.0) {
+            bail!(
+                "start_difficulty must be a positive number, not {}",
+                self.start_difficulty
+            );
+        }
+        if self.stratum_listen.is_empty() {
+            bail!("at least one stratum_listen address is needed");
+        }
+        if self.coinbase_tag.len() > crate::jobs::builder::COINBASE_TAG_BYTES_MAX {
+            bail!(
+                "coinbase_tag is longer than {} bytes",
+                crate::jobs::builder::COINBASE_TAG_BYTES_MAX
+            );
+        }
+        Ok(())
+    }
+
+    pub fn coin_params(&self) -> CoinParams {
+        CoinParams::new(self.coin, self.network)
+    }
+
+    /// The payout script, or an error naming the address and the expected network.
+    pub fn payout_script(&self) -> anyhow::Result<Vec<u8>> {
+        if self.payout_address.is_empty() {
+            bail!("payout_address is required (--payout-address ADDR)");
+        }
+        Ok(script_for_address(
+            &self.coin_params(),
+            &self.payout_address,
+        )?)
+    }
+
+    pub fn rpc_url(&self) -> String {
+        if let Some(url) = &self.node_rpc_url {
+            return url.clone();
+        }
+        let port = match (self.coin, self.network) {
+            (Coin::Litecoin, Network::Mainnet) => 9332,
+            (Coin::Litecoin, Network::Testnet) => 19332,
+            (Coin::Litecoin, Network::Regtest) => 19443,
+            (Coin::Bitcoin, Network::Mainnet) => 8332,
+            (Coin::Bitcoin, Network::Testnet) => 18332,
+            (Coin::Bitcoin, Network::Regtest) => 18443,
+        };
+        format!("http://127.0.0.1:{port}")
+    }
+
+    pub fn rpc_client(&self) -> anyhow::Result<RpcClient> {
+        let auth = match (&self.node_rpc_cookie, &self.node_rpc_user, &self.node_rpc_password) {
+            (Some(cookie), _, _) => RpcAuth::Cookie(cookie.clone()),
+            (None, Some(user), Some(password)) => RpcAuth::UserPassword { user: user.clone(), password: password.clone() },
+            _ => bail!("node RPC credentials are missing: give --node-rpc-user and --node-rpc-password, or --node-rpc-cookie"),
+        };
+        Ok(RpcClient::new(&self.rpc_url(), auth))
+    }
+
+    pub fn ipc_socket(&self) -> PathBuf {
+        self.data_dir.join("ipc.sock")
+    }
+
+    pub fn share_log_path(&self) -> PathBuf {
+        self.data_dir.join("shares")
+    }
+
+    pub fn control_db_path(&self) -> PathBuf {
+        self.data_dir.join("control")
+    }
+
+    pub fn ensure_data_dir(&self) -> anyhow::Result<&Path> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating data directory {}", self.data_dir.display()))?;
+        Ok(&self.data_dir)
+    }
+
+    /// The data plane's share of this configuration.
+    pub fn dataplane_config(&self) -> otedama_dataplane::DataplaneConfig {
+        otedama_dataplane::DataplaneConfig {
+            stratum_listen: self.stratum_listen.clone(),
+            cores: self.cores.clone(),
+            start_difficulty: self.start_difficulty,
+            algorithm: self.coin_params().algorithm,
+            share_log_path: self.share_log_path(),
+            share_log_sync: self.share_log_sync,
+            ipc_socket: self.ipc_socket(),
+            version_rolling_mask: self.version_rolling_mask,
+            connection_idle_timeout_s: self.connection_idle_timeout_s,
+        }
+    }
+}

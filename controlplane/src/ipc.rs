@@ -1,0 +1,98 @@
+//! The control plane's end of the data-plane link: a Unix socket that data planes connect
+//! to. Each gets the current job at once and every new one after; its block candidates go
+//! to the submitter and its counters into the pool state.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use otedama_shared::ipc::{self, Downstream, Upstream, IPC_LINE_BYTES_MAX};
+use otedama_shared::sv1::BlockCandidate;
+
+use crate::stats::PoolState;
+
+pub async fn serve(
+    socket: &Path,
+    state: Arc<PoolState>,
+    candidates: crossbeam_channel::Sender<BlockCandidate>,
+) -> anyhow::Result<()> {
+    // A socket file left by a crashed run would make bind fail.
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("binding IPC socket {}", socket.display()))?;
+    static NEXT_LINK: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let (stream, _) = listener.accept().await.context("accepting a data plane")?;
+        let link_id = NEXT_LINK.fetch_add(1, Relaxed);
+        tracing::info!(link_id, "data plane connected");
+        let (state, candidates) = (state.clone(), candidates.clone());
+        tokio::spawn(async move {
+            serve_link(link_id, stream, state.clone(), candidates).await;
+            state.dataplane_gone(link_id);
+            tracing::warn!(link_id, "data plane disconnected");
+        });
+    }
+}
+
+async fn serve_link(
+    link_id: u64,
+    stream: UnixStream,
+    state: Arc<PoolState>,
+    candidates: crossbeam_channel::Sender<BlockCandidate>,
+) {
+    let (read_half, mut write_half) = stream.into_split();
+    let mut jobs = state.job_broadcast.subscribe();
+    let first = state.current_job();
+    let writer = tokio::spawn(async move {
+        if let Some(job) = first {
+            if write_half
+                .write_all(&ipc::encode(&Downstream::Job(job)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        loop {
+            let job = match jobs.recv().await {
+                Ok(job) => job,
+                // Missed jobs are superseded by the next one; the newest is what matters.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if write_half
+                .write_all(&ipc::encode(&Downstream::Job(job)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut reader = BufReader::new(read_half);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(IPC_LINE_BYTES_MAX as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.last() != Some(&b'\n') => break,
+            Ok(_) => {}
+        }
+        match ipc::decode::<Upstream>(&line[..line.len() - 1]) {
+            Ok(Upstream::BlockCandidate(candidate)) => {
+                let _ = candidates.send(candidate);
+            }
+            Ok(Upstream::Counters(counters)) => state.update_dataplane(link_id, counters),
+            Err(error) => tracing::error!(%error, "undecodable message from a data plane"),
+        }
+    }
+    writer.abort();
+}

@@ -1,0 +1,16 @@
+//! Otedama's control plane: the process that owns the pool's relationship with the chain.
+//!
+//! It fetches block templates from the node, turns them into jobs for the data plane,
+//! assembles and submits blocks from winning shares, records every submitblock answer,
+//! and serves the HTTP API and Prometheus metrics. It never validates shares itself and
+//! never holds a miner connection; that is the data plane's work.
+
+pub mod api;
+pub mod blocks;
+pub mod chain;
+pub mod config;
+pub mod ipc;
+pub mod jobs;
+pub mod regtest;
+pub mod service;
+pub mod stats;

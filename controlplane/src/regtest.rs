@@ -1,0 +1,245 @@
+//! Litecoin Core regtest nodes for the demo and the end-to-end tests: start a real
+//! `litecoind` in a directory of our own, wait for its RPC, peer two of them (a template
+//! needs a peer even on regtest), and stop them again.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::chain::rpc::{RpcAuth, RpcClient};
+
+const NODE_START_TIMEOUT_S: u64 = 60;
+const RPC_USER: &str = "otedama";
+const RPC_PASSWORD: &str = "otedama-regtest";
+
+/// A port that was free a moment ago on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Makes sure `litecoind` and `litecoin-cli` exist, installing Debian's package when we are
+/// root, and otherwise saying exactly what to install.
+pub fn ensure_litecoind() -> anyhow::Result<()> {
+    if on_path("litecoind") {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if !is_root {
+        bail!("litecoind is not installed; run: sudo apt-get install -y litecoind");
+    }
+    eprintln!("litecoind is missing; installing Debian's litecoind package with apt-get");
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", "litecoind"][..],
+    ] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!(
+                "apt-get {} failed; install litecoind by hand: apt-get install -y litecoind",
+                args.join(" ")
+            );
+        }
+    }
+    if !on_path("litecoind") {
+        bail!("apt-get installed litecoind but it is not on PATH");
+    }
+    Ok(())
+}
+
+pub struct RegtestNode {
+    pub datadir: PathBuf,
+    pub rpc_port: u16,
+    pub p2p_port: u16,
+    pub rpc: RpcClient,
+    child: Option<Child>,
+}
+
+impl RegtestNode {
+    /// Starts a node whose data lives in `datadir` (created if needed).
+    pub fn start(datadir: &Path) -> anyhow::Result<Self> {
+        ensure_litecoind()?;
+        std::fs::create_dir_all(datadir)
+            .with_context(|| format!("creating {}", datadir.display()))?;
+        let (rpc_port, p2p_port) = (free_port(), free_port());
+        let child = Command::new("litecoind")
+            .arg("-regtest")
+            .arg(format!("-datadir={}", datadir.display()))
+            .arg(format!("-port={p2p_port}"))
+            .arg(format!("-rpcport={rpc_port}"))
+            .arg(format!("-rpcuser={RPC_USER}"))
+            .arg(format!("-rpcpassword={RPC_PASSWORD}"))
+            .args([
+                "-server=1",
+                "-listen=1",
+                "-bind=127.0.0.1",
+                "-rpcbind=127.0.0.1",
+                "-rpcallowip=127.0.0.1",
+            ])
+            .args([
+                "-dnsseed=0",
+                "-discover=0",
+                "-fallbackfee=0.0002",
+                "-printtoconsole=0",
+                "-rpcthreads=8",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting litecoind")?;
+        let rpc = RpcClient::new(
+            &format!("http://127.0.0.1:{rpc_port}"),
+            RpcAuth::UserPassword {
+                user: RPC_USER.into(),
+                password: RPC_PASSWORD.into(),
+            },
+        );
+        let mut node = RegtestNode {
+            datadir: datadir.to_path_buf(),
+            rpc_port,
+            p2p_port,
+            rpc,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(NODE_START_TIMEOUT_S);
+        loop {
+            match node.rpc.get_blockchain_info() {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => {
+                    if let Some(status) = node
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        bail!(
+                            "litecoind exited at start ({status}); see {}/regtest/debug.log",
+                            datadir.display()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => {
+                    bail!("litecoind did not answer RPC within {NODE_START_TIMEOUT_S} s: {error}")
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn rpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.rpc_port)
+    }
+
+    pub fn rpc_user(&self) -> &'static str {
+        RPC_USER
+    }
+
+    pub fn rpc_password(&self) -> &'static str {
+        RPC_PASSWORD
+    }
+
+    pub fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        Ok(self.rpc.call(method, params)?)
+    }
+
+    /// Peers this node with `other` and waits until the connection is up.
+    pub fn connect(&self, other: &RegtestNode) -> anyhow::Result<()> {
+        self.call(
+            "addnode",
+            json!([format!("127.0.0.1:{}", other.p2p_port), "onetry"]),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.call("getconnectioncount", json!([]))?.as_u64() == Some(0) {
+            if Instant::now() > deadline {
+                bail!("regtest nodes did not connect");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Creates (or loads) a wallet and returns a new bech32 address from it.
+    pub fn wallet_address(&self) -> anyhow::Result<String> {
+        if self.call("createwallet", json!(["otedama"])).is_err() {
+            let _ = self.call("loadwallet", json!(["otedama"]));
+        }
+        let address = self.call("getnewaddress", json!(["", "bech32"]))?;
+        Ok(address
+            .as_str()
+            .context("getnewaddress returned no string")?
+            .to_string())
+    }
+
+    pub fn generate_to(&self, address: &str, blocks: u64) -> anyhow::Result<()> {
+        self.call("generatetoaddress", json!([blocks, address]))?;
+        Ok(())
+    }
+
+    pub fn block_count(&self) -> anyhow::Result<u64> {
+        Ok(self.rpc.get_block_count()?)
+    }
+
+    /// Asks the node to stop and waits for it; kills it if it will not.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = self.rpc.call("stop", json!([]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for RegtestNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Two peered regtest nodes, the first with a wallet and `mature_blocks` blocks mined to
+/// it, ready for getblocktemplate.
+pub struct RegtestPair {
+    pub miner: RegtestNode,
+    pub peer: RegtestNode,
+    pub wallet_address: String,
+}
+
+impl RegtestPair {
+    pub fn start(root: &Path, mature_blocks: u64) -> anyhow::Result<Self> {
+        let miner = RegtestNode::start(&root.join("node-a"))?;
+        let peer = RegtestNode::start(&root.join("node-b"))?;
+        miner.connect(&peer)?;
+        let wallet_address = miner.wallet_address()?;
+        miner.generate_to(&wallet_address, mature_blocks)?;
+        Ok(RegtestPair {
+            miner,
+            peer,
+            wallet_address,
+        })
+    }
+}

@@ -1,0 +1,277 @@
+//! The control-plane process: template polling, job publishing, block submission, the IPC
+//! server and the HTTP API, wired together.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
+
+use otedama_kernels::sha256d;
+use otedama_shared::hex32::display_hex;
+use otedama_shared::job::AlgorithmName;
+use otedama_shared::sv1::BlockCandidate;
+
+use crate::blocks::{BlockRecord, BlockStore};
+use crate::chain::rpc::{RpcClient, RpcError};
+use crate::chain::template::BlockTemplate;
+use crate::config::PoolConfig;
+use crate::jobs::{assemble_block, build_job};
+use crate::stats::PoolState;
+
+/// Shortest gap between two template fetches, so that a long-poll that returns at once
+/// (as Litecoin Core's does right after a restart) cannot become a busy loop.
+const TEMPLATE_FETCH_INTERVAL_MIN_MS: u64 = 100;
+/// How long a long-poll may stay open before we ask again.
+const LONG_POLL_TIMEOUT_S: u64 = 120;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Waits until the node answers RPC and can produce a template, explaining what is wrong
+/// while it cannot.
+fn wait_for_node(rpc: &RpcClient, rules: &[&str]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let error = match rpc.get_block_template(rules, None) {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        let hint = match error.node_code() {
+            Some(-9) => "the node has no peers (getblocktemplate needs one, even on regtest)",
+            Some(-10) => {
+                "the node is still in initial block download (regtest: mine one block first)"
+            }
+            Some(-8) => "the node refused our template rules",
+            _ => "",
+        };
+        if matches!(error, RpcError::Unauthorized { .. }) || Instant::now() > deadline {
+            return Err(anyhow::anyhow!("{error} {hint}"));
+        }
+        tracing::warn!(%error, hint, "waiting for the node");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+struct TemplateKey {
+    prevhash: String,
+    txids: Vec<String>,
+    has_mweb: bool,
+}
+
+impl TemplateKey {
+    fn of(template: &BlockTemplate) -> Self {
+        TemplateKey {
+            prevhash: template.previousblockhash.clone(),
+            txids: template
+                .transactions
+                .iter()
+                .map(|t| t.txid.clone())
+                .collect(),
+            has_mweb: template.mweb.is_some(),
+        }
+    }
+}
+
+/// Builds and publishes jobs from templates. Fetches on a trigger (a long-poll return or an
+/// accepted block) and every `template_refresh_s`.
+fn template_loop(
+    config: PoolConfig,
+    rpc: RpcClient,
+    state: Arc<PoolState>,
+    triggers: Receiver<()>,
+) {
+    let params = config.coin_params();
+    let payout_script = config.payout_script().expect("validated at start");
+    let algorithm = match params.algorithm {
+        otedama_kernels::Algorithm::Scrypt => AlgorithmName::Scrypt,
+        otedama_kernels::Algorithm::Sha256d => AlgorithmName::Sha256d,
+    };
+    let mut next_job_id = now_ms();
+    let mut last: Option<TemplateKey> = None;
+    let refresh = Duration::from_secs(config.template_refresh_s.max(1));
+    loop {
+        let fetched_at = Instant::now();
+        match rpc
+            .get_block_template(params.template_rules(), None)
+            .map(BlockTemplate::parse)
+        {
+            Ok(Ok(template)) => {
+                let key = TemplateKey::of(&template);
+                let clean = last.as_ref().is_none_or(|l| l.prevhash != key.prevhash);
+                let changed = clean
+                    || last
+                        .as_ref()
+                        .is_some_and(|l| l.txids != key.txids || l.has_mweb != key.has_mweb);
+                if changed {
+                    match build_job(
+                        &template,
+                        next_job_id,
+                        &payout_script,
+                        config.coinbase_tag.as_bytes(),
+                        clean,
+                        algorithm,
+                    ) {
+                        Ok(job) => {
+                            tracing::info!(
+                                job_id = next_job_id,
+                                height = template.height,
+                                clean,
+                                txs = template.transactions.len(),
+                                mweb = key.has_mweb,
+                                "new job"
+                            );
+                            next_job_id += 1;
+                            state.publish_job(Arc::new(job));
+                            last = Some(key);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "cannot build a job from the template")
+                        }
+                    }
+                }
+            }
+            Ok(Err(error)) => tracing::error!(%error, "node sent a template we cannot read"),
+            Err(error) => tracing::warn!(%error, "getblocktemplate failed"),
+        }
+        let floor = Duration::from_millis(TEMPLATE_FETCH_INTERVAL_MIN_MS)
+            .saturating_sub(fetched_at.elapsed());
+        std::thread::sleep(floor);
+        let _ = triggers.recv_timeout(refresh);
+        while triggers.try_recv().is_ok() {}
+    }
+}
+
+/// Holds a long-poll open and triggers a template fetch whenever it returns.
+fn long_poll_loop(config: PoolConfig, triggers: Sender<()>) {
+    let Ok(rpc) = config.rpc_client() else { return };
+    let long_poll_rpc = rpc.with_read_timeout(Duration::from_secs(LONG_POLL_TIMEOUT_S));
+    let rules = config.coin_params().template_rules();
+    let mut long_poll_id: Option<String> = None;
+    loop {
+        let started = Instant::now();
+        match long_poll_rpc.get_block_template(rules, long_poll_id.as_deref()) {
+            Ok(value) => {
+                long_poll_id = value
+                    .get("longpollid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let _ = triggers.send(());
+            }
+            Err(_) => long_poll_id = None,
+        }
+        // A long-poll that returns at once must not spin.
+        let floor = Duration::from_millis(250).saturating_sub(started.elapsed());
+        std::thread::sleep(floor);
+    }
+}
+
+/// Assembles and submits each block candidate, and records what the node said.
+fn submit_loop(
+    rpc: RpcClient,
+    state: Arc<PoolState>,
+    store: Arc<BlockStore>,
+    candidates: Receiver<BlockCandidate>,
+    triggers: Sender<()>,
+) {
+    for candidate in candidates {
+        let header: [u8; 80] = match candidate.header.as_slice().try_into() {
+            Ok(header) => header,
+            Err(_) => continue,
+        };
+        let hash = display_hex(&sha256d(&header));
+        let Some(job) = state.job(candidate.job_id) else {
+            tracing::warn!(%hash, job_id = candidate.job_id, "block candidate for a job no longer kept");
+            continue;
+        };
+        let reason = match assemble_block(&job, &candidate) {
+            Ok(block) => match rpc.submit_block(&hex::encode(&block)) {
+                Ok(reason) => reason,
+                Err(error) => Some(format!("rpc-error: {error}")),
+            },
+            Err(error) => Some(format!("assembly-failed: {error}")),
+        };
+        let record = BlockRecord {
+            hash: hash.clone(),
+            height: candidate.height,
+            worker: candidate.worker.clone(),
+            job_id: candidate.job_id,
+            submitted_at_ms: now_ms(),
+            rejected_reason: reason.clone(),
+            reward: job.coinbase_value,
+        };
+        let first_time = store.record(&record).unwrap_or_else(|error| {
+            tracing::error!(%error, %hash, "cannot record block outcome");
+            true
+        });
+        match (&reason, first_time) {
+            (None, true) => {
+                state
+                    .blocks_found
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(%hash, height = candidate.height, worker = %candidate.worker, "block accepted by the node");
+                let _ = triggers.send(());
+            }
+            (Some(reason), true) => {
+                state
+                    .blocks_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%hash, height = candidate.height, reason = %reason, "block rejected by the node");
+            }
+            (_, false) => tracing::info!(%hash, "block already recorded"),
+        }
+    }
+}
+
+/// Runs the control plane until the process is stopped.
+pub fn run(config: PoolConfig) -> anyhow::Result<()> {
+    config.ensure_data_dir()?;
+    config.payout_script().context("checking payout_address")?;
+    let rpc = config.rpc_client()?;
+    let params = config.coin_params();
+    wait_for_node(&rpc, params.template_rules())?;
+    let store = Arc::new(
+        BlockStore::open(&config.control_db_path())
+            .with_context(|| format!("opening {}", config.control_db_path().display()))?,
+    );
+    let (found, rejected) = store.counts();
+    let state = PoolState::new(found, rejected);
+    let (trigger_tx, trigger_rx) = crossbeam_channel::unbounded();
+    let (candidate_tx, candidate_rx) = crossbeam_channel::unbounded();
+    {
+        let (config, rpc, state) = (config.clone(), rpc.clone(), state.clone());
+        std::thread::Builder::new()
+            .name("templates".into())
+            .spawn(move || template_loop(config, rpc, state, trigger_rx))?;
+    }
+    {
+        let (config, triggers) = (config.clone(), trigger_tx.clone());
+        std::thread::Builder::new()
+            .name("long-poll".into())
+            .spawn(move || long_poll_loop(config, triggers))?;
+    }
+    {
+        let (rpc, state, store) = (rpc.clone(), state.clone(), store.clone());
+        std::thread::Builder::new()
+            .name("submitter".into())
+            .spawn(move || submit_loop(rpc, state, store, candidate_rx, trigger_tx))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let api = crate::api::serve(config.api_listen, state.clone(), store.clone());
+        let socket = config.ipc_socket();
+        let ipc = crate::ipc::serve(&socket, state.clone(), candidate_tx);
+        tokio::select! {
+            result = api => result,
+            result = ipc => result,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,120 @@
+//! The control plane's shared view of the pool: counters from every data plane, block
+//! outcomes, the node's height, and the recent jobs a block candidate may refer to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use otedama_shared::ipc::DataplaneCounters;
+use otedama_shared::job::JobTemplate;
+
+use crate::jobs::BuiltJob;
+
+/// Jobs kept for block assembly; a candidate for an older job is stale anyway.
+pub const JOBS_KEPT_MAX: usize = 256;
+
+pub struct PoolState {
+    dataplanes: Mutex<HashMap<u64, DataplaneCounters>>,
+    pub blocks_found: AtomicU64,
+    pub blocks_rejected: AtomicU64,
+    /// Height of the node's best block, as of the last template.
+    pub height: AtomicU64,
+    jobs: Mutex<BTreeMap<u64, Arc<BuiltJob>>>,
+    current_job: Mutex<Option<JobTemplate>>,
+    pub job_broadcast: tokio::sync::broadcast::Sender<JobTemplate>,
+    pub started_at: std::time::Instant,
+}
+
+/// Totals across data planes, as the API reports them.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PoolTotals {
+    pub connections: u64,
+    pub shares_accepted: u64,
+    pub shares_rejected: u64,
+    pub shares_rejected_by_code: BTreeMap<i32, u64>,
+    pub accepted_difficulty_sum: f64,
+    pub block_candidates: u64,
+}
+
+impl PoolState {
+    pub fn new(blocks_found: u64, blocks_rejected: u64) -> Arc<Self> {
+        let (job_broadcast, _) = tokio::sync::broadcast::channel(64);
+        Arc::new(PoolState {
+            dataplanes: Mutex::new(HashMap::new()),
+            blocks_found: AtomicU64::new(blocks_found),
+            blocks_rejected: AtomicU64::new(blocks_rejected),
+            height: AtomicU64::new(0),
+            jobs: Mutex::new(BTreeMap::new()),
+            current_job: Mutex::new(None),
+            job_broadcast,
+            started_at: std::time::Instant::now(),
+        })
+    }
+
+    pub fn update_dataplane(&self, link_id: u64, counters: DataplaneCounters) {
+        self.dataplanes
+            .lock()
+            .expect("stats lock")
+            .insert(link_id, counters);
+    }
+
+    /// A data plane that disconnected holds no connections any more; its share counts stay.
+    pub fn dataplane_gone(&self, link_id: u64) {
+        if let Some(counters) = self
+            .dataplanes
+            .lock()
+            .expect("stats lock")
+            .get_mut(&link_id)
+        {
+            counters.connections = 0;
+        }
+    }
+
+    pub fn totals(&self) -> PoolTotals {
+        let planes = self.dataplanes.lock().expect("stats lock");
+        let mut totals = PoolTotals::default();
+        for counters in planes.values() {
+            totals.connections += counters.connections;
+            totals.shares_accepted += counters.shares_accepted;
+            totals.shares_rejected += counters.shares_rejected;
+            totals.accepted_difficulty_sum += counters.accepted_difficulty_sum;
+            totals.block_candidates += counters.block_candidates;
+            for (code, count) in &counters.shares_rejected_by_code {
+                *totals.shares_rejected_by_code.entry(*code).or_default() += count;
+            }
+        }
+        totals
+    }
+
+    pub fn publish_job(&self, job: Arc<BuiltJob>) {
+        let template = job.job.clone();
+        {
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            jobs.insert(template.job_id, job);
+            while jobs.len() > JOBS_KEPT_MAX {
+                jobs.pop_first();
+            }
+        }
+        self.height
+            .store(template.height.saturating_sub(1), Relaxed);
+        *self.current_job.lock().expect("jobs lock") = Some(template.clone());
+        // No data plane listening is fine: it gets the current job when it connects.
+        let _ = self.job_broadcast.send(template);
+    }
+
+    pub fn job(&self, job_id: u64) -> Option<Arc<BuiltJob>> {
+        self.jobs.lock().expect("jobs lock").get(&job_id).cloned()
+    }
+
+    /// The newest job, marked clean, for a data plane that just connected.
+    pub fn current_job(&self) -> Option<JobTemplate> {
+        self.current_job
+            .lock()
+            .expect("jobs lock")
+            .clone()
+            .map(|mut job| {
+                job.clean_jobs = true;
+                job
+            })
+    }
+}

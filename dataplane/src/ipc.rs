@@ -1,0 +1,117 @@
+//! The data plane's end of the control-plane link: a reader thread that fans jobs out to
+//! every core, and a writer thread that sends block candidates at once and counters every
+//! second. Both reconnect on their own if the control plane restarts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use futures_channel::mpsc::UnboundedSender;
+
+use otedama_shared::ipc::{self, Downstream, Upstream, IPC_LINE_BYTES_MAX};
+use otedama_shared::job::JobTemplate;
+
+use crate::counters::Counters;
+
+const RECONNECT_DELAY_MS: u64 = 200;
+const COUNTERS_INTERVAL_MS: u64 = 1000;
+
+/// Starts the link. Jobs go to `cores`; `upstream` carries block candidates from the cores.
+pub fn start(
+    socket: PathBuf,
+    cores: Vec<UnboundedSender<JobTemplate>>,
+    upstream: Receiver<Upstream>,
+    counters: Arc<Counters>,
+) {
+    std::thread::Builder::new()
+        .name("ipc".into())
+        .spawn(move || link_loop(socket, cores, upstream, counters))
+        .expect("spawning the IPC thread");
+}
+
+fn link_loop(
+    socket: PathBuf,
+    cores: Vec<UnboundedSender<JobTemplate>>,
+    upstream: Receiver<Upstream>,
+    counters: Arc<Counters>,
+) {
+    let mut warned = false;
+    loop {
+        let stream = match UnixStream::connect(&socket) {
+            Ok(stream) => stream,
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(%error, socket = %socket.display(), "waiting for the control plane");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(RECONNECT_DELAY_MS));
+                continue;
+            }
+        };
+        warned = false;
+        tracing::info!(socket = %socket.display(), "connected to the control plane");
+        let reader = stream.try_clone().expect("cloning a Unix socket");
+        let cores_for_reader = cores.clone();
+        let reader_thread = std::thread::spawn(move || read_jobs(reader, &cores_for_reader));
+        write_upstream(stream, &upstream, &counters);
+        let _ = reader_thread.join();
+        tracing::warn!("control plane link lost; reconnecting");
+    }
+}
+
+fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<JobTemplate>]) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader
+            .by_ref()
+            .take(IPC_LINE_BYTES_MAX as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            tracing::error!("IPC line too long or truncated; dropping the link");
+            break;
+        }
+        match ipc::decode::<Downstream>(&line[..line.len() - 1]) {
+            Ok(Downstream::Job(job)) => {
+                for core in cores {
+                    let _ = core.unbounded_send(job.clone());
+                }
+            }
+            Err(error) => tracing::error!(%error, "undecodable IPC message"),
+        }
+    }
+    let _ = reader.into_inner().shutdown(std::net::Shutdown::Both);
+}
+
+fn write_upstream(mut stream: UnixStream, upstream: &Receiver<Upstream>, counters: &Counters) {
+    let mut next_counters = Instant::now();
+    loop {
+        let wait = next_counters.saturating_duration_since(Instant::now());
+        let message = match upstream.recv_timeout(wait) {
+            Ok(message) => message,
+            Err(_) => {
+                next_counters = Instant::now() + Duration::from_millis(COUNTERS_INTERVAL_MS);
+                Upstream::Counters(counters.snapshot())
+            }
+        };
+        if stream.write_all(&ipc::encode(&message)).is_err() {
+            if let Upstream::BlockCandidate(candidate) = message {
+                // The share log still holds it; a later control plane can replay it.
+                tracing::error!(
+                    height = candidate.height,
+                    "block candidate not delivered: link down"
+                );
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The per-core runtime: one pinned glommio executor per core, each with its own listeners
+//! (SO_REUSEPORT), job book, duplicate filter and connections. This module is the only
+//! place that knows about glommio, so the runtime can be swapped without touching the
+//! protocol code.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_channel::mpsc::{unbounded, UnboundedReceiver};
+use futures_lite::StreamExt;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use otedama_shared::ipc::Upstream;
+use otedama_shared::job::JobTemplate;
+use otedama_shared::{DuplicateFilter, Job, JobBook};
+
+use crate::counters::Counters;
+use crate::net::sv1::{serve_connection, Connection};
+use crate::store::{ShareLog, ShareLogHandle};
+use crate::DataplaneConfig;
+
+/// Registered-buffer memory per executor. We do no file I/O through glommio, and a small
+/// value keeps the data plane inside the 8 MiB memlock limit of unprivileged users.
+const IO_MEMORY_BYTES: usize = 1 << 20;
+/// Pause after a failed accept (for example EMFILE), so the core does not spin.
+const ACCEPT_RETRY_DELAY_MS: u64 = 50;
+/// Block candidates and other upstream messages waiting for the IPC thread.
+const UPSTREAM_QUEUE_MAX: usize = 1024;
+
+/// Everything one core owns. Only that core's executor ever touches it.
+pub struct Core {
+    pub index: usize,
+    pub config: Rc<DataplaneConfig>,
+    pub jobs: RefCell<JobBook>,
+    pub duplicates: RefCell<DuplicateFilter>,
+    connections: RefCell<HashMap<u64, Rc<Connection>>>,
+    next_connection_id: Cell<u64>,
+    next_extranonce: Cell<u32>,
+    pub share_log: ShareLogHandle,
+    pub upstream: crossbeam_channel::Sender<Upstream>,
+    pub counters: Arc<Counters>,
+}
+
+impl Core {
+    /// Extranonce1 is `core index ‖ 24-bit counter`: cores never hand out the same value,
+    /// which is what lets each core check duplicates on its own. The counter starts at a
+    /// random point so a restarted data plane does not reuse the last run's values.
+    pub fn next_extranonce1(&self) -> Vec<u8> {
+        let counter = self.next_extranonce.get();
+        self.next_extranonce
+            .set(counter.wrapping_add(1) & 0x00ff_ffff);
+        let mut value = (counter & 0x00ff_ffff).to_be_bytes();
+        value[0] = self.index as u8;
+        value.to_vec()
+    }
+
+    pub fn register(&self, connection: Rc<Connection>) -> u64 {
+        let id = self.next_connection_id.get();
+        self.next_connection_id.set(id + 1);
+        self.connections.borrow_mut().insert(id, connection);
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.connections.borrow_mut().remove(&id);
+    }
+
+    fn publish_job(&self, template: JobTemplate) {
+        let job = match Job::new(template) {
+            Ok(job) => Arc::new(job),
+            Err(error) => {
+                tracing::error!(%error, "control plane sent an unusable job");
+                return;
+            }
+        };
+        let retired = self.jobs.borrow_mut().insert(job.clone());
+        self.duplicates.borrow_mut().retire(&retired);
+        let connections: Vec<Rc<Connection>> =
+            self.connections.borrow().values().cloned().collect();
+        for connection in connections {
+            connection.send_job(&job);
+        }
+    }
+}
+
+/// Runs the data plane until it fails; it never returns on its own.
+pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
+    let cores = if config.cores.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        config.cores.clone()
+    };
+    anyhow::ensure!(
+        cores.len() <= 256,
+        "at most 256 cores: extranonce1 gives each core one byte"
+    );
+    let share_log =
+        ShareLog::open(&config.share_log_path, config.share_log_sync).with_context(|| {
+            format!(
+                "opening the share log at {}",
+                config.share_log_path.display()
+            )
+        })?;
+    let counters = Arc::new(Counters::default());
+    let (upstream_tx, upstream_rx) = crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX);
+    let mut job_senders = Vec::new();
+    let mut handles = Vec::new();
+    let config = Arc::new(config);
+    for (index, cpu) in cores.iter().copied().enumerate() {
+        let (job_tx, job_rx) = unbounded();
+        job_senders.push(job_tx);
+        let (config, share_log, upstream, counters) = (
+            config.clone(),
+            share_log.handle(),
+            upstream_tx.clone(),
+            counters.clone(),
+        );
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("core-{index}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let core = Rc::new(Core {
+                    index,
+                    config: Rc::new((*config).clone()),
+                    jobs: RefCell::new(JobBook::default()),
+                    duplicates: RefCell::new(DuplicateFilter::default()),
+                    connections: RefCell::new(HashMap::new()),
+                    next_connection_id: Cell::new(0),
+                    next_extranonce: Cell::new(rand::random::<u32>() & 0x00ff_ffff),
+                    share_log,
+                    upstream,
+                    counters,
+                });
+                core_main(core, job_rx).await
+            })
+            .map_err(|e| anyhow::anyhow!("starting the executor for core {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    crate::ipc::start(
+        config.ipc_socket.clone(),
+        job_senders,
+        upstream_rx,
+        counters,
+    );
+    tracing::info!(cores = ?cores, listen = ?config.stratum_listen, "data plane running");
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("core executor failed: {e}"))??;
+    }
+    share_log.close();
+    Ok(())
+}
+
+async fn core_main(core: Rc<Core>, mut jobs: UnboundedReceiver<JobTemplate>) -> anyhow::Result<()> {
+    let mut accept_tasks = Vec::new();
+    for address in core.config.stratum_listen.clone() {
+        let listener = TcpListener::bind(address)
+            .map_err(|e| anyhow::anyhow!("binding stratum listener {address}: {e}"))?;
+        let core = core.clone();
+        accept_tasks.push(glommio::spawn_local(accept_loop(core, listener)));
+    }
+    while let Some(template) = jobs.next().await {
+        core.publish_job(template);
+    }
+    Ok(())
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve_connection(core.clone(), stream)).detach();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+            }
+        }
+    }
+}
