@@ -1,1 +1,209 @@
-//! placeholder
+//! Helpers for Otedama's end-to-end tests: real `litecoind` regtest nodes, the real
+//! `otedama` binary in its roles, real sockets on loopback. Nothing here is mocked.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+pub use otedama_controlplane::regtest::{free_port, RegtestNode, RegtestPair};
+
+/// The `otedama` binary built beside this test executable.
+pub fn otedama_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join("otedama");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build --workspace --bins` (`cargo xtask test` does this)",
+        path.display()
+    );
+    path
+}
+
+/// A child process that is killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Process {
+    /// SIGKILL, as a crash or the OOM killer would.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill_9();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill_9();
+        }
+    }
+}
+
+/// Ports and paths of one pool under test.
+pub struct PoolSetup {
+    pub stratum_port: u16,
+    pub api_port: u16,
+    pub data_dir: PathBuf,
+    pub payout_address: String,
+    pub rpc_url: String,
+    pub start_difficulty: f64,
+}
+
+impl PoolSetup {
+    pub fn new(nodes: &RegtestPair, data_dir: &Path, start_difficulty: f64) -> Self {
+        PoolSetup {
+            stratum_port: free_port(),
+            api_port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            payout_address: nodes.wallet_address.clone(),
+            rpc_url: nodes.miner.rpc_url(),
+            start_difficulty,
+        }
+    }
+
+    fn command(&self, role: &str) -> Command {
+        let mut command = Command::new(otedama_binary());
+        command
+            .arg(role)
+            .args(["--coin", "litecoin", "--network", "regtest"])
+            .args(["--node-rpc-url", &self.rpc_url])
+            .args([
+                "--node-rpc-user",
+                "otedama",
+                "--node-rpc-password",
+                "otedama-regtest",
+            ])
+            .args(["--payout-address", &self.payout_address])
+            .args([
+                "--stratum-listen",
+                &format!("127.0.0.1:{}", self.stratum_port),
+            ])
+            .args(["--api-listen", &format!("127.0.0.1:{}", self.api_port)])
+            .args(["--start-difficulty", &self.start_difficulty.to_string()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts `otedama <role>` (run, dataplane or controlplane).
+    pub fn spawn(&self, role: &str) -> anyhow::Result<Process> {
+        let child = self
+            .command(role)
+            .spawn()
+            .with_context(|| format!("starting otedama {role}"))?;
+        Ok(Process {
+            child,
+            name: role.into(),
+        })
+    }
+
+    pub fn stratum_address(&self) -> String {
+        format!("127.0.0.1:{}", self.stratum_port)
+    }
+
+    pub fn stratum_url(&self) -> String {
+        format!("stratum+tcp://127.0.0.1:{}", self.stratum_port)
+    }
+
+    /// `GET /api/v1/stats`.
+    pub fn stats(&self) -> anyhow::Result<Value> {
+        let url = format!("http://127.0.0.1:{}/api/v1/stats", self.api_port);
+        Ok(ureq::get(&url).call()?.into_json()?)
+    }
+
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
+        Ok(ureq::get(&url).call()?.into_string()?)
+    }
+
+    /// Waits until the Stratum port accepts connections and the pool has a job.
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_until(timeout, "the pool to accept miners", || {
+            TcpStream::connect(self.stratum_address()).is_ok()
+                && self.stats().is_ok_and(|s| s["height"].as_u64() > Some(0))
+        })
+    }
+
+    /// Starts `otedama miner` against this pool.
+    pub fn spawn_miner(&self, worker: &str, threads: usize) -> anyhow::Result<Process> {
+        let child = Command::new(otedama_binary())
+            .arg("miner")
+            .args(["--url", &self.stratum_url()])
+            .args(["--user", &format!("{}.{worker}", self.payout_address)])
+            .args(["--algo", "scrypt", "--threads", &threads.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting otedama miner")?;
+        Ok(Process {
+            child,
+            name: format!("miner {worker}"),
+        })
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The addresses paid by the coinbase of the block at `height`.
+pub fn coinbase_addresses(node: &RegtestNode, height: u64) -> anyhow::Result<Vec<String>> {
+    let hash = node.call("getblockhash", json!([height]))?;
+    let block = node.call("getblock", json!([hash, 2]))?;
+    let outputs = block["tx"][0]["vout"]
+        .as_array()
+        .context("coinbase has outputs")?;
+    // Litecoin Core 0.21 lists `addresses`; newer Core versions give a single `address`.
+    Ok(outputs
+        .iter()
+        .flat_map(|o| {
+            let script = &o["scriptPubKey"];
+            let single = script["address"].as_str().map(str::to_string);
+            let listed = script["addresses"].as_array().cloned().unwrap_or_default();
+            single.into_iter().chain(
+                listed
+                    .into_iter()
+                    .filter_map(|a| a.as_str().map(str::to_string)),
+            )
+        })
+        .collect())
+}
