@@ -207,3 +207,128 @@ pub fn coinbase_addresses(node: &RegtestNode, height: u64) -> anyhow::Result<Vec
         })
         .collect())
 }
+
+/// A minimal blocking Stratum V1 client for tests that need to see each reply.
+pub struct StratumTestClient {
+    writer: TcpStream,
+    reader: std::io::BufReader<TcpStream>,
+    pub extranonce1: Vec<u8>,
+    pub extranonce2_size: usize,
+    pub difficulty: f64,
+    pub job: Option<otedama_shared::sv1::client::NotifiedJob>,
+    next_id: u64,
+}
+
+impl StratumTestClient {
+    pub fn connect(address: &str) -> anyhow::Result<Self> {
+        let writer =
+            TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+        writer.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let reader = std::io::BufReader::new(writer.try_clone()?);
+        Ok(StratumTestClient {
+            writer,
+            reader,
+            extranonce1: Vec::new(),
+            extranonce2_size: 0,
+            difficulty: 1.0,
+            job: None,
+            next_id: 1,
+        })
+    }
+
+    /// Sends a raw line (newline added if missing).
+    pub fn send_raw(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        self.writer.write_all(line)?;
+        if line.last() != Some(&b'\n') {
+            self.writer.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Reads one message, applying notifications to the client's state.
+    pub fn read_message(&mut self) -> anyhow::Result<Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("pool closed the connection");
+        }
+        let message: Value =
+            serde_json::from_str(&line).with_context(|| format!("pool sent {line:?}"))?;
+        match message["method"].as_str() {
+            Some("mining.notify") => {
+                self.job =
+                    otedama_shared::sv1::client::NotifiedJob::from_params(&message["params"]);
+            }
+            Some("mining.set_difficulty") => {
+                self.difficulty = message["params"][0].as_f64().unwrap_or(1.0)
+            }
+            _ => {}
+        }
+        Ok(message)
+    }
+
+    /// Sends a request and returns its reply, handling notifications that come first.
+    pub fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_raw(&otedama_shared::sv1::client::request_line(
+            id, method, params,
+        ))?;
+        loop {
+            let message = self.read_message()?;
+            if message["id"] == json!(id) {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// Subscribes and authorizes `worker`, then waits for the first job.
+    pub fn start(&mut self, worker: &str) -> anyhow::Result<()> {
+        let reply = self.request("mining.subscribe", json!(["otedama-tests"]))?;
+        self.extranonce1 = hex::decode(reply["result"][1].as_str().context("extranonce1")?)?;
+        self.extranonce2_size = reply["result"][2].as_u64().context("extranonce2 size")? as usize;
+        let reply = self.request("mining.authorize", json!([worker, "x"]))?;
+        anyhow::ensure!(reply["result"] == json!(true), "authorize refused: {reply}");
+        while self.job.is_none() {
+            self.read_message()?;
+        }
+        Ok(())
+    }
+
+    /// Finds a scrypt nonce that meets the current difficulty on the current job.
+    pub fn mine(&self, extranonce2: &[u8]) -> (u32, u32) {
+        let job = self.job.as_ref().expect("a job");
+        let target = otedama_kernels::Target::from_difficulty(
+            otedama_kernels::Algorithm::Scrypt,
+            self.difficulty,
+        )
+        .unwrap();
+        let mut header = job.header(&self.extranonce1, extranonce2, job.ntime, job.version);
+        for nonce in 0u32.. {
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            if target.is_met_by(&otedama_kernels::scrypt::scrypt_pow(&header)) {
+                return (job.ntime, nonce);
+            }
+        }
+        unreachable!("the nonce space holds a share at test difficulties")
+    }
+
+    /// Mines and submits one share on the current job; returns the reply.
+    pub fn submit_share(
+        &mut self,
+        worker: &str,
+        extranonce2: &[u8],
+    ) -> anyhow::Result<(Value, u32)> {
+        let (ntime, nonce) = self.mine(extranonce2);
+        let job_id = self.job.as_ref().expect("a job").job_id.clone();
+        let params = json!([
+            worker,
+            job_id,
+            hex::encode(extranonce2),
+            format!("{ntime:08x}"),
+            format!("{nonce:08x}")
+        ]);
+        Ok((self.request("mining.submit", params)?, nonce))
+    }
+}

@@ -12,8 +12,9 @@ use std::env;
 use std::path::PathBuf;
 use std::process::{exit, Command};
 
-/// Debian packages: clang and libclang-dev build RocksDB's bindings; litecoind is the node.
-const PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind"];
+/// Debian packages: clang and libclang-dev build RocksDB's bindings, litecoind is the node,
+/// python3 runs the clean-room Stratum client test.
+const PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind", "python3"];
 
 fn main() {
     let mut args = env::args().skip(1);
