@@ -167,7 +167,8 @@ impl Target {
 
     /// The largest target not above `value`, saturating at `Target::MAX`.
     fn from_f64(value: f64) -> Self {
-        if !(value >= 1.0) {
+        // NaN and anything below one give the zero target.
+        if value.is_nan() || value < 1.0 {
             return Target::default();
         }
         if value >= 2f64.powi(256) {
@@ -186,7 +187,7 @@ impl Target {
     /// The share target for a pool difficulty: difficulty-1 target / difficulty.
     /// Difficulties at or below zero, or not finite, give `None`.
     pub fn from_difficulty(algorithm: Algorithm, difficulty: f64) -> Option<Self> {
-        if !(difficulty > 0.0) || !difficulty.is_finite() {
+        if difficulty.is_nan() || difficulty <= 0.0 || !difficulty.is_finite() {
             return None;
         }
         let quotient = 65535.0 / difficulty;

@@ -113,6 +113,16 @@ def main():
     while client.job is None:
         client.read()
 
+    # Overlong and non-JSON lines close that connection only; this one carries on below.
+    for garbage in (b"x" * 5000 + b"\n", b"GET / HTTP/1.1\r\n\r\n"):
+        bad = Client(host, port)
+        bad.sock.sendall(garbage)
+        try:
+            closed = bad.sock.recv(1024) == b""
+        except ConnectionResetError:
+            closed = True
+        results.setdefault("bad_lines_closed", []).append(closed)
+
     # 20: an unknown method; the connection stays open.
     reply = client.request("mining.fly", [])
     results["unknown_method"] = reply["error"][0]
@@ -154,6 +164,7 @@ def main():
 
     expected = {
         "submit_before_subscribe": 25, "authorize": True, "unknown_method": 20,
+        "bad_lines_closed": [True, True],
         "valid_share": True, "duplicate": 22, "low_difficulty": 23, "unknown_job": 21,
         "bad_extranonce2": 20, "unauthorized_worker": 24,
     }
