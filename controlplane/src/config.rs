@@ -37,6 +37,9 @@ pub struct PoolConfig {
     pub connection_idle_timeout_s: u64,
     /// Seconds between template refreshes when no new block arrives (new transactions).
     pub template_refresh_s: u64,
+    /// Seconds per share that variable difficulty aims for on each connection; 0 turns it
+    /// off and keeps every miner at its start (or suggested) difficulty.
+    pub vardiff_share_interval_s: f64,
 }
 
 impl Default for PoolConfig {
@@ -59,6 +62,7 @@ impl Default for PoolConfig {
             version_rolling_mask: 0x1fff_e000,
             connection_idle_timeout_s: 900,
             template_refresh_s: 30,
+            vardiff_share_interval_s: 10.0,
         }
     }
 }
@@ -107,6 +111,9 @@ pub struct ConfigArgs {
     pub connection_idle_timeout_s: Option<u64>,
     #[arg(long, env = "OTEDAMA_TEMPLATE_REFRESH_S")]
     pub template_refresh_s: Option<u64>,
+    /// Target seconds per share for variable difficulty; 0 turns it off.
+    #[arg(long, env = "OTEDAMA_VARDIFF_SHARE_INTERVAL_S")]
+    pub vardiff_share_interval_s: Option<f64>,
 }
 
 impl ConfigArgs {
@@ -168,6 +175,9 @@ impl PoolConfig {
                 "start_difficulty must be a positive number, not {}",
                 self.start_difficulty
             );
+        }
+        if !(self.vardiff_share_interval_s.is_finite() && self.vardiff_share_interval_s >= 0.0) {
+            bail!("vardiff_share_interval_s must be zero or a positive number of seconds");
         }
         if self.stratum_listen.is_empty() {
             bail!("at least one stratum_listen address is needed");
@@ -250,6 +260,12 @@ impl PoolConfig {
             ipc_socket: self.ipc_socket(),
             version_rolling_mask: self.version_rolling_mask,
             connection_idle_timeout_s: self.connection_idle_timeout_s,
+            vardiff: (self.vardiff_share_interval_s > 0.0).then(|| {
+                otedama_shared::vardiff::VardiffConfig {
+                    share_interval_target_s: self.vardiff_share_interval_s,
+                    ..Default::default()
+                }
+            }),
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct DataplaneConfig {
     pub ipc_socket: PathBuf,
     pub version_rolling_mask: u32,
     pub connection_idle_timeout_s: u64,
+    /// `None` turns variable difficulty off.
+    pub vardiff: Option<otedama_shared::vardiff::VardiffConfig>,
 }
 
 pub use rt::run;

@@ -11,6 +11,7 @@ pub mod job;
 pub mod limits;
 pub mod share;
 pub mod sv1;
+pub mod vardiff;
 
 pub use job::{Job, JobBook, JobLookup};
 pub use share::{DuplicateFilter, ShareRecord};

@@ -46,6 +46,7 @@ impl Harness {
             start_difficulty,
             version_rolling_mask: 0x1fff_e000,
             algorithm: Algorithm::Sha256d,
+            vardiff: None,
         });
         Harness {
             session,
@@ -55,10 +56,14 @@ impl Harness {
     }
 
     fn send(&mut self, line: &[u8]) -> (Outcome, Vec<Value>) {
+        self.send_at(line, NOW_S)
+    }
+
+    fn send_at(&mut self, line: &[u8], now_s: u64) -> (Outcome, Vec<Value>) {
         let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
         let outcome = self
             .session
-            .handle_line(trimmed, NOW_S, &self.jobs, &mut self.duplicates);
+            .handle_line(trimmed, now_s, &self.jobs, &mut self.duplicates);
         (outcome, self.drain())
     }
 
@@ -157,7 +162,8 @@ fn valid_share_is_accepted_only_after_durability() {
         accepted.block.is_some(),
         "regtest bits: every share is a block"
     );
-    h.session.handle_share_durable(&accepted.request_id);
+    h.session
+        .handle_share_durable(&accepted.request_id, NOW_S, &h.jobs);
     assert_eq!(
         h.drain(),
         vec![json!({"id": 7, "result": true, "error": null})]
@@ -232,7 +238,7 @@ fn unknown_and_stale_jobs_get_21() {
 
     let next = Arc::new(Job::new(template(2, true)).unwrap());
     h.jobs.insert(next.clone());
-    h.session.handle_new_job(&next);
+    h.session.handle_new_job(&next, NOW_S);
     h.drain();
     let nonce = mine(&job, &[0; 4], job.ntime, job.version, 0.0001);
     let (_, out) = h.send(&submit_line(
@@ -424,4 +430,57 @@ fn worker_name_limit_is_enforced_at_its_edge() {
         json!(["w".repeat(limit + 1), ""]),
     ));
     assert_eq!(error_code(&out[0]), Some(24));
+}
+
+#[test]
+fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
+    let mut h = Harness::new(0.0001);
+    h.session = Session::new(SessionConfig {
+        extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
+        extranonce2_size: 4,
+        start_difficulty: 0.0001,
+        version_rolling_mask: 0x1fff_e000,
+        algorithm: Algorithm::Sha256d,
+        vardiff: Some(otedama_shared::vardiff::VardiffConfig::default()),
+    });
+    let job = h.ready();
+    let burst = otedama_shared::vardiff::VARDIFF_BURST_SHARES_MAX;
+    let mut retargeted = Vec::new();
+    for i in 0..burst {
+        let en2 = (i + 1).to_be_bytes();
+        let nonce = mine(&job, &en2, job.ntime, job.version, 0.0001);
+        let line = submit_line(
+            100 + i as u64,
+            "addr.rig",
+            &job.job_id,
+            &en2,
+            job.ntime,
+            nonce,
+            None,
+        );
+        let Outcome::ShareAccepted(accepted) = h.send_at(&line, NOW_S + 2).0 else {
+            panic!("share {i}")
+        };
+        assert_eq!(accepted.record.difficulty, 0.0001);
+        h.session
+            .handle_share_durable(&accepted.request_id, NOW_S + 2, &h.jobs);
+        retargeted.extend(
+            h.drain()
+                .into_iter()
+                .filter(|m| m["method"] == "mining.set_difficulty"),
+        );
+    }
+    // Twenty shares in two seconds against a 10 s target: the step limit (x4) applies.
+    assert_eq!(
+        retargeted,
+        vec![json!({"id": null, "method": "mining.set_difficulty", "params": [0.0004]})]
+    );
+    // A share that meets the new difficulty is credited at it.
+    let en2 = [9, 9, 9, 9];
+    let nonce = mine(&job, &en2, job.ntime, job.version, 0.0004);
+    let line = submit_line(500, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
+    let Outcome::ShareAccepted(accepted) = h.send_at(&line, NOW_S + 3).0 else {
+        panic!()
+    };
+    assert_eq!(accepted.record.difficulty, 0.0004);
 }

@@ -104,6 +104,7 @@ impl PoolSetup {
             ])
             .args(["--api-listen", &format!("127.0.0.1:{}", self.api_port)])
             .args(["--start-difficulty", &self.start_difficulty.to_string()])
+            .args(["--vardiff-share-interval-s", "1"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("RUST_LOG", "warn")

@@ -27,9 +27,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn send_job(&self, job: &Job) {
+    pub fn send_job(&self, job: &Job, now_s: u64) {
         let mut session = self.session.borrow_mut();
-        session.handle_new_job(job);
+        session.handle_new_job(job, now_s);
         self.flush(&mut session);
     }
 
@@ -41,7 +41,7 @@ impl Connection {
     }
 }
 
-fn now_s() -> u64 {
+pub fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -61,6 +61,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         start_difficulty: core.config.start_difficulty,
         version_rolling_mask: core.config.version_rolling_mask,
         algorithm: core.config.algorithm,
+        vardiff: core.config.vardiff,
     });
     let connection = Rc::new(Connection {
         session: RefCell::new(session),
@@ -123,7 +124,11 @@ async fn read_loop(
                     };
                     let mut session = connection.session.borrow_mut();
                     if stored {
-                        session.handle_share_durable(&accepted.request_id);
+                        session.handle_share_durable(
+                            &accepted.request_id,
+                            now_s(),
+                            &core.jobs.borrow(),
+                        );
                         core.counters.accepted(accepted.record.difficulty);
                         if let Some(block) = accepted.block {
                             core.counters.block_candidates.fetch_add(1, Relaxed);

@@ -82,8 +82,9 @@ impl Core {
         self.duplicates.borrow_mut().retire(&retired);
         let connections: Vec<Rc<Connection>> =
             self.connections.borrow().values().cloned().collect();
+        let now_s = crate::net::sv1::now_s();
         for connection in connections {
-            connection.send_job(&job);
+            connection.send_job(&job, now_s);
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::limits::{
     WORKER_NAME_BYTES_MAX,
 };
 use crate::share::{DuplicateFilter, ShareRecord};
+use crate::vardiff::{Vardiff, VardiffConfig};
 
 use super::{line, set_difficulty_line, ErrorCode};
 
@@ -27,6 +28,8 @@ pub struct SessionConfig {
     /// Version bits the pool lets miners roll (BIP310); 0x1fffe000 is the common choice.
     pub version_rolling_mask: u32,
     pub algorithm: Algorithm,
+    /// `None` keeps the difficulty where the start value or the miner's suggestion put it.
+    pub vardiff: Option<VardiffConfig>,
 }
 
 /// What the glue must do after a line.
@@ -69,6 +72,14 @@ pub struct BlockCandidate {
     pub worker: String,
 }
 
+/// A job as this connection received it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SentJob {
+    pub job_id: u64,
+    pub difficulty_min: f64,
+    pub difficulty_latest: f64,
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub(super) config: SessionConfig,
@@ -77,10 +88,11 @@ pub struct Session {
     pub(super) difficulty: f64,
     /// Difficulty last announced with `mining.set_difficulty`, if any.
     announced_difficulty: Option<f64>,
-    /// Jobs sent to this miner, with the difficulty each was sent at (oldest first).
-    pub(super) sent_jobs: Vec<(u64, f64)>,
+    /// Jobs sent to this miner, with the difficulties each was sent at (oldest first).
+    pub(super) sent_jobs: Vec<SentJob>,
     pub(super) version_mask: Option<u32>,
     pub(super) extranonce_subscribed: bool,
+    vardiff: Option<Vardiff>,
     outbox: Vec<u8>,
 }
 
@@ -89,6 +101,7 @@ impl Session {
         let difficulty = config
             .start_difficulty
             .clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
+        let vardiff = config.vardiff.map(Vardiff::new);
         Session {
             config,
             subscribed: false,
@@ -98,6 +111,7 @@ impl Session {
             sent_jobs: Vec::new(),
             version_mask: None,
             extranonce_subscribed: false,
+            vardiff,
             outbox: Vec::new(),
         }
     }
@@ -156,10 +170,10 @@ impl Session {
             Some(_) => return self.reject(&id, ErrorCode::Other, "params must be an array"),
         };
         match method {
-            "mining.subscribe" => self.handle_subscribe(&id, params, jobs),
-            "mining.authorize" => self.handle_authorize(&id, params, jobs),
+            "mining.subscribe" => self.handle_subscribe(&id, params, jobs, now_s),
+            "mining.authorize" => self.handle_authorize(&id, params, jobs, now_s),
             "mining.configure" => self.handle_configure(&id, params),
-            "mining.suggest_difficulty" => self.handle_suggest_difficulty(&id, params, jobs),
+            "mining.suggest_difficulty" => self.handle_suggest_difficulty(&id, params, jobs, now_s),
             "mining.extranonce.subscribe" => {
                 self.extranonce_subscribed = true;
                 self.reply(&id, json!(true));
@@ -170,7 +184,13 @@ impl Session {
         }
     }
 
-    fn handle_subscribe(&mut self, id: &Value, params: &[Value], jobs: &JobBook) -> Outcome {
+    fn handle_subscribe(
+        &mut self,
+        id: &Value,
+        params: &[Value],
+        jobs: &JobBook,
+        now_s: u64,
+    ) -> Outcome {
         if params
             .iter()
             .take(2)
@@ -191,12 +211,18 @@ impl Session {
         let was_mining = self.is_mining();
         self.subscribed = true;
         if !was_mining {
-            self.start_work(jobs);
+            self.start_work(jobs, now_s);
         }
         Outcome::Continue
     }
 
-    fn handle_authorize(&mut self, id: &Value, params: &[Value], jobs: &JobBook) -> Outcome {
+    fn handle_authorize(
+        &mut self,
+        id: &Value,
+        params: &[Value],
+        jobs: &JobBook,
+        now_s: u64,
+    ) -> Outcome {
         let (Some(Value::String(name)), password) = (params.first(), params.get(1)) else {
             return self.reject(id, ErrorCode::Other, "authorize needs [worker, password]");
         };
@@ -217,7 +243,7 @@ impl Session {
         }
         self.reply(id, json!(true));
         if self.workers.len() == 1 && self.subscribed {
-            self.start_work(jobs);
+            self.start_work(jobs, now_s);
         }
         Outcome::Continue
     }
@@ -227,6 +253,7 @@ impl Session {
         id: &Value,
         params: &[Value],
         jobs: &JobBook,
+        now_s: u64,
     ) -> Outcome {
         let Some(suggested) = params.first().and_then(Value::as_f64) else {
             return self.reject(id, ErrorCode::Other, "suggest_difficulty needs [number]");
@@ -239,39 +266,57 @@ impl Session {
         if self.is_mining() {
             // Re-send the newest job so the new difficulty takes effect now.
             if let Some(job) = jobs.newest().cloned() {
-                self.handle_new_job(&job);
+                self.handle_new_job(&job, now_s);
             }
         }
         Outcome::Continue
     }
 
-    fn start_work(&mut self, jobs: &JobBook) {
+    fn start_work(&mut self, jobs: &JobBook, now_s: u64) {
         if let Some(job) = jobs.newest().cloned() {
-            self.handle_new_job(&job);
+            self.handle_new_job(&job, now_s);
         } else {
             self.announce_difficulty();
         }
     }
 
     /// Sends a job (and the difficulty, if it changed) to a miner that is ready for work.
-    pub fn handle_new_job(&mut self, job: &Job) {
+    pub fn handle_new_job(&mut self, job: &Job, now_s: u64) {
         if !self.is_mining() {
             return;
+        }
+        // Retargeting here catches miners that stopped sending shares altogether.
+        if let Some(next) = self
+            .vardiff
+            .as_mut()
+            .and_then(|v| v.retarget(now_s, self.difficulty))
+        {
+            self.difficulty = next;
         }
         self.announce_difficulty();
         let job_id = job.job_id();
         if job.template.clean_jobs {
             self.sent_jobs.clear();
         }
-        // A job re-sent at a new difficulty keeps the easier one, since shares already in
-        // flight were found against it.
-        if let Some(entry) = self.sent_jobs.iter_mut().find(|(id, _)| *id == job_id) {
-            entry.1 = entry.1.min(self.difficulty);
+        // A job re-sent at a new difficulty still accepts shares at the easiest difficulty it
+        // was sent at (they may be in flight), but credits the newest one to shares that
+        // meet it, so neither side gains from the change.
+        if let Some(entry) = self
+            .sent_jobs
+            .iter_mut()
+            .find(|entry| entry.job_id == job_id)
+        {
+            entry.difficulty_min = entry.difficulty_min.min(self.difficulty);
+            entry.difficulty_latest = self.difficulty;
         } else {
             if self.sent_jobs.len() >= JOBS_REMEMBERED_MAX {
                 self.sent_jobs.remove(0);
             }
-            self.sent_jobs.push((job_id, self.difficulty));
+            self.sent_jobs.push(SentJob {
+                job_id,
+                difficulty_min: self.difficulty,
+                difficulty_latest: self.difficulty,
+            });
         }
         self.outbox.extend_from_slice(&job.notify_line);
     }
@@ -285,8 +330,19 @@ impl Session {
     }
 
     /// The accepted share is durable: acknowledge it.
-    pub fn handle_share_durable(&mut self, request_id: &Value) {
+    pub fn handle_share_durable(&mut self, request_id: &Value, now_s: u64, jobs: &JobBook) {
         self.reply(request_id, json!(true));
+        let Some(vardiff) = self.vardiff.as_mut() else {
+            return;
+        };
+        vardiff.on_share();
+        if let Some(next) = vardiff.retarget(now_s, self.difficulty) {
+            self.difficulty = next;
+            // Re-send the newest job so the new difficulty applies at once.
+            if let Some(job) = jobs.newest().cloned() {
+                self.handle_new_job(&job, now_s);
+            }
+        }
     }
 
     /// The accepted share could not be stored: tell the miner it was not credited.

@@ -10,7 +10,7 @@ use crate::limits::{EXTRANONCE2_BYTES, NTIME_FUTURE_SECONDS_MAX};
 use crate::share::{validate_share, DuplicateFilter, ShareRecord, ShareSubmission};
 use crate::JobBook;
 
-use super::session::{AcceptedShare, BlockCandidate, Outcome, Session};
+use super::session::{AcceptedShare, BlockCandidate, Outcome, SentJob, Session};
 use super::{job_id_from_stratum, ErrorCode};
 
 impl Session {
@@ -37,14 +37,15 @@ impl Session {
         let Some(job_id) = job_id_from_stratum(fields[1]) else {
             return self.reject(id, ErrorCode::JobNotFound, "job not found");
         };
-        let job = match (jobs.lookup(job_id), self.sent_job_difficulty(job_id)) {
+        let sent = self.sent_job(job_id);
+        let job = match (jobs.lookup(job_id), sent) {
             (JobLookup::Current(job), Some(_)) => job.clone(),
             (JobLookup::Unknown, None) => {
                 return self.reject(id, ErrorCode::JobNotFound, "job not found")
             }
             _ => return self.reject(id, ErrorCode::JobNotFound, "stale job"),
         };
-        let difficulty = self.sent_job_difficulty(job_id).expect("checked above");
+        let sent = sent.expect("checked above");
         let extranonce2_size = self.config.extranonce2_size;
         let Some(extranonce2) = decode_en2(fields[2], extranonce2_size) else {
             let message = format!("extranonce2 must be {extranonce2_size} bytes of hex");
@@ -75,10 +76,15 @@ impl Session {
             nonce,
             version,
         };
-        let share_target = self.share_target(difficulty);
+        let share_target = self.share_target(sent.difficulty_min);
         let valid = match validate_share(&job, &submission, &share_target) {
             Ok(valid) => valid,
             Err(_) => return self.reject(id, ErrorCode::LowDifficulty, "low difficulty share"),
+        };
+        let difficulty = if valid.achieved_difficulty >= sent.difficulty_latest {
+            sent.difficulty_latest
+        } else {
+            sent.difficulty_min
         };
         if !duplicates.insert(job_id, valid.header_hash) {
             return self.reject(id, ErrorCode::Duplicate, "duplicate share");
@@ -109,12 +115,12 @@ impl Session {
         }))
     }
 
-    fn sent_job_difficulty(&self, job_id: u64) -> Option<f64> {
+    fn sent_job(&self, job_id: u64) -> Option<SentJob> {
         self.sent_jobs
             .iter()
             .rev()
-            .find(|(id, _)| *id == job_id)
-            .map(|(_, d)| *d)
+            .find(|entry| entry.job_id == job_id)
+            .copied()
     }
 
     /// BIP310: the block version is the job's version with the masked bits replaced. A

@@ -21,6 +21,9 @@ pub struct DemoArgs {
     /// Share difficulty the miners start at (scrypt difficulty 1 is 65536 hashes).
     #[arg(long, default_value_t = 0.01)]
     pub start_difficulty: f64,
+    /// Seconds per share that variable difficulty aims for on each miner.
+    #[arg(long, default_value_t = 2.0)]
+    pub vardiff_share_interval_s: f64,
 }
 
 struct Children(Vec<Child>);
@@ -75,6 +78,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .args(["--stratum-listen", &format!("127.0.0.1:{stratum_port}")])
         .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
         .args(["--start-difficulty", &args.start_difficulty.to_string()])
+        .args([
+            "--vardiff-share-interval-s",
+            &args.vardiff_share_interval_s.to_string(),
+        ])
         .arg("--data-dir")
         .arg(root.path().join("pool"))
         .env(
