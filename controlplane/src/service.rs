@@ -189,10 +189,7 @@ fn submit_loop(
             continue;
         };
         let reason = match assemble_block(&job, &candidate) {
-            Ok(block) => match rpc.submit_block(&hex::encode(&block)) {
-                Ok(reason) => reason,
-                Err(error) => Some(format!("rpc-error: {error}")),
-            },
+            Ok(block) => submit_with_retry(&rpc, &hex::encode(&block)),
             Err(error) => Some(format!("assembly-failed: {error}")),
         };
         let record = BlockRecord {
@@ -223,6 +220,28 @@ fn submit_loop(
                 tracing::warn!(%hash, height = candidate.height, reason = %reason, "block rejected by the node");
             }
             (_, false) => tracing::info!(%hash, "block already recorded"),
+        }
+    }
+}
+
+/// Attempts at submitblock while the node is unreachable: a found block is worth waiting a
+/// few seconds for a node that is restarting.
+const SUBMIT_ATTEMPTS_MAX: u32 = 10;
+const SUBMIT_RETRY_DELAY_MS: u64 = 500;
+
+/// submitblock, retried only when the request never reached the node; the node's own
+/// answer, accepting or not, is final.
+fn submit_with_retry(rpc: &RpcClient, block_hex: &str) -> Option<String> {
+    let mut attempt = 1;
+    loop {
+        match rpc.submit_block(block_hex) {
+            Ok(reason) => return reason,
+            Err(error @ RpcError::Unreachable { .. }) if attempt < SUBMIT_ATTEMPTS_MAX => {
+                tracing::warn!(%error, attempt, "submitblock did not reach the node; retrying");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(SUBMIT_RETRY_DELAY_MS));
+            }
+            Err(error) => return Some(format!("rpc-error: {error}")),
         }
     }
 }

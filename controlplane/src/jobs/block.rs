@@ -61,3 +61,128 @@ pub fn assemble_block(
     }
     Ok(block)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::template::{BlockTemplate, TemplateTransaction};
+    use crate::jobs::build_job;
+    use bitcoin::hashes::Hash;
+    use otedama_kernels::merkle::merkle_root_from_branch;
+    use otedama_shared::job::AlgorithmName;
+
+    /// A template shaped like litecoind's after MWEB activation: one transaction (standing
+    /// in for the HogEx), a witness commitment and an `mweb` blob.
+    fn template(mweb: Option<&str>) -> BlockTemplate {
+        let tx = "0200000001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa0000000000ffffffff0100e1f50500000000160014bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb00000000";
+        let txid = otedama_shared::hex32::display_hex(&sha256d(&hex::decode(tx).unwrap()));
+        BlockTemplate {
+            version: 0x2000_0000,
+            previousblockhash: "11".repeat(32),
+            transactions: vec![TemplateTransaction {
+                data: tx.into(),
+                txid,
+            }],
+            coinbasevalue: 5_000_000_000,
+            bits: "207fffff".into(),
+            height: 432,
+            curtime: 1_795_331_232,
+            mintime: None,
+            longpollid: None,
+            default_witness_commitment: Some("6a24aa21a9ed".to_string() + &"cc".repeat(32)),
+            mweb: mweb.map(str::to_string),
+        }
+    }
+
+    fn candidate(job: &BuiltJob) -> BlockCandidate {
+        let coinbase = {
+            let mut c = job.job.coinbase_prefix.clone();
+            c.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+            c.extend_from_slice(&job.job.coinbase_suffix);
+            c
+        };
+        let branch: Vec<[u8; 32]> = job.job.merkle_branch.iter().map(|h| h.0).collect();
+        let root = merkle_root_from_branch(&sha256d(&coinbase), &branch);
+        let mut header = vec![0u8; 80];
+        header[36..68].copy_from_slice(&root);
+        BlockCandidate {
+            job_id: 1,
+            height: 432,
+            header,
+            coinbase,
+            worker: "w".into(),
+        }
+    }
+
+    #[test]
+    fn mweb_block_is_header_txs_then_0x01_and_the_mweb_bytes() {
+        let job = build_job(
+            &template(Some("deadbeef")),
+            1,
+            &[0x51],
+            b"",
+            true,
+            AlgorithmName::Scrypt,
+        )
+        .unwrap();
+        let candidate = candidate(&job);
+        let block = assemble_block(&job, &candidate).unwrap();
+        assert_eq!(&block[..80], &candidate.header[..]);
+        assert_eq!(block[80], 2, "coinbase plus one transaction");
+        // The coinbase carries its witness: version, then the segwit marker and flag.
+        assert_eq!(&block[81..87], &[1, 0, 0, 0, 0x00, 0x01]);
+        let coinbase_end = block.len() - job.transactions[0].len() - "deadbeef".len() / 2 - 1;
+        let coinbase: bitcoin::Transaction =
+            bitcoin::consensus::deserialize(&block[81..coinbase_end]).unwrap();
+        assert_eq!(coinbase.input[0].witness.to_vec(), vec![vec![0u8; 32]]);
+        assert_eq!(
+            coinbase.compute_txid().to_byte_array(),
+            sha256d(&candidate.coinbase)
+        );
+        assert!(block.ends_with(&[0x01, 0xde, 0xad, 0xbe, 0xef]));
+        let tx_end = block.len() - 5;
+        assert_eq!(
+            &block[tx_end - job.transactions[0].len()..tx_end],
+            &job.transactions[0][..]
+        );
+    }
+
+    #[test]
+    fn block_before_mweb_has_no_suffix() {
+        let job = build_job(
+            &template(None),
+            1,
+            &[0x51],
+            b"",
+            true,
+            AlgorithmName::Scrypt,
+        )
+        .unwrap();
+        let block = assemble_block(&job, &candidate(&job)).unwrap();
+        assert!(block.ends_with(&job.transactions[0]));
+    }
+
+    #[test]
+    fn a_header_that_commits_to_other_transactions_is_refused() {
+        let job = build_job(
+            &template(None),
+            1,
+            &[0x51],
+            b"",
+            true,
+            AlgorithmName::Scrypt,
+        )
+        .unwrap();
+        let mut candidate = candidate(&job);
+        candidate.header[40] ^= 1;
+        assert!(matches!(
+            assemble_block(&job, &candidate),
+            Err(BlockAssemblyError::MerkleMismatch)
+        ));
+        candidate.header.pop();
+        assert!(matches!(
+            assemble_block(&job, &candidate),
+            Err(BlockAssemblyError::BadHeader(79))
+        ));
+    }
+}
