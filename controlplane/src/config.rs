@@ -73,16 +73,22 @@ pub struct ConfigArgs {
     /// TOML configuration file.
     #[arg(long, env = "OTEDAMA_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Coin to mine.
     #[arg(long, env = "OTEDAMA_COIN", value_enum)]
     pub coin: Option<Coin>,
+    /// Chain network; addresses and RPC ports follow it.
     #[arg(long, env = "OTEDAMA_NETWORK", value_enum)]
     pub network: Option<Network>,
+    /// Node JSON-RPC URL (default: the coin's port on 127.0.0.1).
     #[arg(long, env = "OTEDAMA_NODE_RPC_URL")]
     pub node_rpc_url: Option<String>,
+    /// Node RPC user (with --node-rpc-password).
     #[arg(long, env = "OTEDAMA_NODE_RPC_USER")]
     pub node_rpc_user: Option<String>,
+    /// Node RPC password.
     #[arg(long, env = "OTEDAMA_NODE_RPC_PASSWORD")]
     pub node_rpc_password: Option<String>,
+    /// The node's .cookie file, instead of a user and password.
     #[arg(long, env = "OTEDAMA_NODE_RPC_COOKIE")]
     pub node_rpc_cookie: Option<PathBuf>,
     /// Address that block rewards are paid to.
@@ -94,11 +100,13 @@ pub struct ConfigArgs {
     /// Difficulty new connections start at; fractions such as 0.001 are fine.
     #[arg(long, env = "OTEDAMA_START_DIFFICULTY")]
     pub start_difficulty: Option<f64>,
+    /// Directory for the share log, block records and the IPC socket.
     #[arg(long, env = "OTEDAMA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// HTTP API and /metrics listen address.
     #[arg(long, env = "OTEDAMA_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
+    /// Text placed in every coinbase (at most 64 bytes).
     #[arg(long, env = "OTEDAMA_COINBASE_TAG")]
     pub coinbase_tag: Option<String>,
     /// Cores for the data plane, comma separated (default: all).
@@ -107,8 +115,10 @@ pub struct ConfigArgs {
     /// fsync the share log before each acknowledgement (true/false).
     #[arg(long, env = "OTEDAMA_SHARE_LOG_SYNC")]
     pub share_log_sync: Option<bool>,
+    /// Seconds of silence after which a miner is disconnected.
     #[arg(long, env = "OTEDAMA_CONNECTION_IDLE_TIMEOUT_S")]
     pub connection_idle_timeout_s: Option<u64>,
+    /// Seconds between template refreshes when no new block arrives.
     #[arg(long, env = "OTEDAMA_TEMPLATE_REFRESH_S")]
     pub template_refresh_s: Option<u64>,
     /// Target seconds per share for variable difficulty; 0 turns it off.
