@@ -1,2 +1,2 @@
 //! Otedama's benchmarks and, later, its load generator. Benchmarks print their figures
-//! and the ratio to a baseline measured in the same run; nothing here asserts on speed.
+//! next to a baseline measured in the same run; nothing here asserts on speed.

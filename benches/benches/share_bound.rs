@@ -1,0 +1,92 @@
+//! Full SHA256d share validation against the SHA-256 compression bound, in one run.
+//!
+//! A V1 share costs a fixed number of SHA-256 compressions: the coinbase tail after the
+//! midstate, its second hash, 12 merkle levels of 3 compressions each, and the header's 3.
+//! The bound is the compression rate measured here divided by that count; the figure that
+//! matters is how close full validation (parsing aside) comes to it.
+//!
+//! Run: `cargo bench -p otedama-benches --bench share_bound`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use otedama_kernels::{sha256d::compress_only, Algorithm, Target};
+use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
+use otedama_shared::share::{validate_share, ShareSubmission};
+use otedama_shared::Job;
+
+const COINBASE_PREFIX_BYTES: usize = 64;
+const COINBASE_SUFFIX_BYTES: usize = 90;
+const MERKLE_DEPTH: usize = 12;
+/// Shares timed under `cargo bench`; `cargo test` runs the same code once, briefly.
+const SHARES_BENCH: u32 = 2_000_000;
+const SHARES_SMOKE: u32 = 1_000;
+
+fn compressions_per_share() -> u64 {
+    // Tail after a one-block midstate: en1 + en2 + suffix + 9 bytes of padding, rounded up.
+    let tail_bytes = 4 + 4 + COINBASE_SUFFIX_BYTES + 9;
+    let coinbase = tail_bytes.div_ceil(64) as u64 + 1;
+    let merkle = MERKLE_DEPTH as u64 * 3;
+    let header = 3;
+    coinbase + merkle + header
+}
+
+fn main() {
+    let shares = if std::env::args().any(|arg| arg == "--bench") {
+        SHARES_BENCH
+    } else {
+        SHARES_SMOKE
+    };
+    let template = JobTemplate {
+        job_id: 1,
+        height: 800_000,
+        prevhash: [3; 32],
+        coinbase_prefix: vec![0x11; COINBASE_PREFIX_BYTES],
+        coinbase_suffix: vec![0x22; COINBASE_SUFFIX_BYTES],
+        merkle_branch: (0..MERKLE_DEPTH).map(|i| HexHash([i as u8; 32])).collect(),
+        version: 0x2000_0000,
+        bits: 0x1703_a30c,
+        ntime: 1_700_000_000,
+        clean_jobs: true,
+        algorithm: AlgorithmName::Sha256d,
+    };
+    let job = Arc::new(Job::new(template).expect("valid job"));
+    let target = Target::from_difficulty(Algorithm::Sha256d, 1.0).expect("difficulty 1");
+
+    let started = Instant::now();
+    let mut met = 0u32;
+    for nonce in 0..shares {
+        let submission = ShareSubmission {
+            extranonce1: &[1, 2, 3, 4],
+            extranonce2: &[5, 6, 7, 8],
+            ntime: 1_700_000_000,
+            nonce,
+            version: 0x2000_0000,
+        };
+        met += validate_share(black_box(&job), &submission, &target).is_ok() as u32;
+    }
+    let shares_per_s = shares as f64 / started.elapsed().as_secs_f64();
+
+    let blocks = shares as u64 * compressions_per_share();
+    let block = [0x5au8; 64];
+    let mut state = [0x6a09_e667u32; 8];
+    let started = Instant::now();
+    for _ in 0..blocks {
+        compress_only(&mut state, black_box(&block));
+    }
+    black_box(state);
+    let compressions_per_s = blocks as f64 / started.elapsed().as_secs_f64();
+    let bound_shares_per_s = compressions_per_s / compressions_per_share() as f64;
+
+    println!("compressions per share: {}", compressions_per_share());
+    println!(
+        "full V1 share validation (one core): {shares_per_s:.0} shares/s ({met} met difficulty 1)"
+    );
+    println!("raw SHA-256 compression (one core):  {compressions_per_s:.0} blocks/s");
+    println!("compression bound:                   {bound_shares_per_s:.0} shares/s");
+    println!(
+        "validation / bound:                  {:.1} %",
+        100.0 * shares_per_s / bound_shares_per_s
+    );
+}
