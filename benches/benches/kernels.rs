@@ -5,34 +5,13 @@
 //!
 //! Run: `cargo bench -p otedama-benches --bench kernels`.
 
-use std::sync::Arc;
-
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 use otedama_kernels::{sha256d::compress_only, Algorithm, Target};
-use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
 use otedama_shared::share::{validate_share, ShareSubmission};
-use otedama_shared::Job;
-
-fn job() -> Arc<Job> {
-    let template = JobTemplate {
-        job_id: 1,
-        height: 800_000,
-        prevhash: [3; 32],
-        coinbase_prefix: vec![0x11; 60],
-        coinbase_suffix: vec![0x22; 90],
-        merkle_branch: (0..12).map(|i| HexHash([i as u8; 32])).collect(),
-        version: 0x2000_0000,
-        bits: 0x1703_a30c,
-        ntime: 1_700_000_000,
-        clean_jobs: true,
-        algorithm: AlgorithmName::Sha256d,
-    };
-    Arc::new(Job::new(template).unwrap())
-}
 
 fn sha256d_share(c: &mut Criterion) {
-    let job = job();
+    let job = otedama_benches::sample_sha256d_job(60, 90, 12);
     let target = Target::from_difficulty(Algorithm::Sha256d, 1.0).unwrap();
     let mut group = c.benchmark_group("sha256d");
     group.throughput(Throughput::Elements(1));

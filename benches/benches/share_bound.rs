@@ -8,13 +8,10 @@
 //! Run: `cargo bench -p otedama-benches --bench share_bound`.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
 use otedama_kernels::{sha256d::compress_only, Algorithm, Target};
-use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
 use otedama_shared::share::{validate_share, ShareSubmission};
-use otedama_shared::Job;
 
 const COINBASE_PREFIX_BYTES: usize = 64;
 const COINBASE_SUFFIX_BYTES: usize = 90;
@@ -38,20 +35,11 @@ fn main() {
     } else {
         SHARES_SMOKE
     };
-    let template = JobTemplate {
-        job_id: 1,
-        height: 800_000,
-        prevhash: [3; 32],
-        coinbase_prefix: vec![0x11; COINBASE_PREFIX_BYTES],
-        coinbase_suffix: vec![0x22; COINBASE_SUFFIX_BYTES],
-        merkle_branch: (0..MERKLE_DEPTH).map(|i| HexHash([i as u8; 32])).collect(),
-        version: 0x2000_0000,
-        bits: 0x1703_a30c,
-        ntime: 1_700_000_000,
-        clean_jobs: true,
-        algorithm: AlgorithmName::Sha256d,
-    };
-    let job = Arc::new(Job::new(template).expect("valid job"));
+    let job = otedama_benches::sample_sha256d_job(
+        COINBASE_PREFIX_BYTES,
+        COINBASE_SUFFIX_BYTES,
+        MERKLE_DEPTH,
+    );
     let target = Target::from_difficulty(Algorithm::Sha256d, 1.0).expect("difficulty 1");
 
     let started = Instant::now();
