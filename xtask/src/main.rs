@@ -89,8 +89,9 @@ fn run(command: &mut Command) -> Result<(), String> {
 
 /// Every build selects the whole workspace and all its targets. Cargo unifies dependency
 /// features per selection, and another selection changes the features of RocksDB's build
-/// dependencies, which recompiles RocksDB (about 20 minutes on 2 cores). One selection for
-/// every command keeps a single cached build.
+/// dependencies, which recompiles RocksDB (about 20 minutes on 2 cores). With one
+/// selection everywhere, RocksDB is built once for `cargo clippy` and once for `cargo
+/// build`/`cargo test` (their build-script runs are not shared), and both stay cached.
 const SELECTION: &[&str] = &["--workspace", "--all-targets"];
 
 fn target_dir() -> PathBuf {
