@@ -147,26 +147,21 @@ impl ConfigArgs {
             payout_address,
             start_difficulty,
             data_dir,
-            api_listen,
-            coinbase_tag
+            api_listen
         );
         take!(
+            coinbase_tag,
             share_log_sync,
             connection_idle_timeout_s,
             template_refresh_s
         );
-        if self.node_rpc_url.is_some() {
-            config.node_rpc_url = self.node_rpc_url.clone();
-        }
-        if self.node_rpc_user.is_some() {
-            config.node_rpc_user = self.node_rpc_user.clone();
-        }
-        if self.node_rpc_password.is_some() {
-            config.node_rpc_password = self.node_rpc_password.clone();
-        }
-        if self.node_rpc_cookie.is_some() {
-            config.node_rpc_cookie = self.node_rpc_cookie.clone();
-        }
+        take!(vardiff_share_interval_s);
+        take!(
+            node_rpc_url,
+            node_rpc_user,
+            node_rpc_password,
+            node_rpc_cookie
+        );
         if !self.stratum_listen.is_empty() {
             config.stratum_listen = self.stratum_listen.clone();
         }
@@ -277,5 +272,40 @@ impl PoolConfig {
                 }
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+
+    #[test]
+    fn every_flag_overrides_the_default() {
+        let flags = Flags::parse_from([
+            "otedama",
+            "--vardiff-share-interval-s",
+            "2.5",
+            "--node-rpc-url",
+            "http://127.0.0.1:1",
+            "--start-difficulty",
+            "0.001",
+            "--stratum-listen",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--share-log-sync",
+            "false",
+        ]);
+        let config = flags.config.load().unwrap();
+        assert_eq!(config.vardiff_share_interval_s, 2.5);
+        assert_eq!(config.node_rpc_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(config.start_difficulty, 0.001);
+        assert_eq!(config.stratum_listen.len(), 2);
+        assert!(!config.share_log_sync);
     }
 }
