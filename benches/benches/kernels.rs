@@ -8,7 +8,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 use otedama_kernels::{sha256d::compress_only, Algorithm, Target};
-use otedama_shared::share::{validate_share, ShareSubmission};
+use otedama_shared::share::validate_share;
 
 fn sha256d_share(c: &mut Criterion) {
     let job = otedama_benches::sample_sha256d_job(60, 90, 12);
@@ -19,13 +19,7 @@ fn sha256d_share(c: &mut Criterion) {
     group.bench_function("full_v1_share_validation", |b| {
         b.iter(|| {
             nonce = nonce.wrapping_add(1);
-            let submission = ShareSubmission {
-                extranonce1: &[1, 2, 3, 4],
-                extranonce2: &[5, 6, 7, 8],
-                ntime: 1_700_000_000,
-                nonce,
-                version: 0x2000_0000,
-            };
+            let submission = otedama_benches::sample_submission(nonce);
             black_box(validate_share(&job, &submission, &target).is_ok())
         })
     });

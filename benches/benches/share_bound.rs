@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use otedama_kernels::{sha256d::compress_only, Algorithm, Target};
-use otedama_shared::share::{validate_share, ShareSubmission};
+use otedama_shared::share::validate_share;
 
 const COINBASE_PREFIX_BYTES: usize = 64;
 const COINBASE_SUFFIX_BYTES: usize = 90;
@@ -45,13 +45,7 @@ fn main() {
     let started = Instant::now();
     let mut met = 0u32;
     for nonce in 0..shares {
-        let submission = ShareSubmission {
-            extranonce1: &[1, 2, 3, 4],
-            extranonce2: &[5, 6, 7, 8],
-            ntime: 1_700_000_000,
-            nonce,
-            version: 0x2000_0000,
-        };
+        let submission = otedama_benches::sample_submission(nonce);
         met += validate_share(black_box(&job), &submission, &target).is_ok() as u32;
     }
     let shares_per_s = shares as f64 / started.elapsed().as_secs_f64();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
+use otedama_shared::share::ShareSubmission;
 use otedama_shared::Job;
 
 /// A SHA256d job shaped like a mainnet one: a coinbase split around the extranonce and a
@@ -27,4 +28,15 @@ pub fn sample_sha256d_job(
         algorithm: AlgorithmName::Sha256d,
     };
     Arc::new(Job::new(template).expect("constant bits are valid"))
+}
+
+/// A submission for `sample_sha256d_job` that differs only in its nonce.
+pub fn sample_submission(nonce: u32) -> ShareSubmission<'static> {
+    ShareSubmission {
+        extranonce1: &[1, 2, 3, 4],
+        extranonce2: &[5, 6, 7, 8],
+        ntime: 1_700_000_000,
+        nonce,
+        version: 0x2000_0000,
+    }
 }

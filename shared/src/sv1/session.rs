@@ -263,20 +263,25 @@ impl Session {
         }
         self.difficulty = suggested.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
         self.reply(id, json!(true));
-        if self.is_mining() {
-            // Re-send the newest job so the new difficulty takes effect now.
-            if let Some(job) = jobs.newest().cloned() {
-                self.handle_new_job(&job, now_s);
-            }
-        }
+        self.resend_newest_job(jobs, now_s);
         Outcome::Continue
     }
 
     fn start_work(&mut self, jobs: &JobBook, now_s: u64) {
-        if let Some(job) = jobs.newest().cloned() {
-            self.handle_new_job(&job, now_s);
-        } else {
+        if !self.resend_newest_job(jobs, now_s) {
             self.announce_difficulty();
+        }
+    }
+
+    /// Sends the newest job again, so a difficulty change takes effect at once rather than
+    /// at the next block. Returns false when there is no job yet.
+    fn resend_newest_job(&mut self, jobs: &JobBook, now_s: u64) -> bool {
+        match jobs.newest().cloned() {
+            Some(job) => {
+                self.handle_new_job(&job, now_s);
+                true
+            }
+            None => false,
         }
     }
 
@@ -338,10 +343,7 @@ impl Session {
         vardiff.on_share();
         if let Some(next) = vardiff.retarget(now_s, self.difficulty) {
             self.difficulty = next;
-            // Re-send the newest job so the new difficulty applies at once.
-            if let Some(job) = jobs.newest().cloned() {
-                self.handle_new_job(&job, now_s);
-            }
+            self.resend_newest_job(jobs, now_s);
         }
     }
 
