@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use otedama_shared::limits::{DATAPLANE_PROCESSES_MAX, DIFFICULTY_MAX, DIFFICULTY_MIN};
+
 use crate::chain::address::script_for_address;
 use crate::chain::coin::{Coin, CoinParams, Network};
 use crate::chain::rpc::{RpcAuth, RpcClient};
@@ -40,6 +42,32 @@ pub struct PoolConfig {
     /// Seconds per share that variable difficulty aims for on each connection; 0 turns it
     /// off and keeps every miner at its start (or suggested) difficulty.
     pub vardiff_share_interval_s: f64,
+    /// Lowest difficulty a miner may be given, by suggestion, vardiff or `start_difficulty`.
+    /// Every share costs the pool one validation whatever its difficulty, so this floor is
+    /// what bounds the validation work a miner can ask of it. Load tests set it near
+    /// `DIFFICULTY_MIN`, where every hash is a valid share.
+    pub difficulty_min: f64,
+    /// Data-plane processes on this host. They share the Stratum ports through SO_REUSEPORT
+    /// and each takes its own slice of the extranonce1 space and its own share log. More
+    /// than one is needed where a per-process open-files limit caps the connections one
+    /// process can hold; it is also how a data plane restarts without closing the port.
+    pub dataplane_processes: usize,
+    /// Where jobs come from: the node (`node`), or, for load tests only, a generator that
+    /// needs no node (`synthetic`) and never submits a block.
+    pub chain: ChainSource,
+    /// With `chain = "synthetic"`: milliseconds between new blocks (clean jobs).
+    pub synthetic_job_interval_ms: u64,
+}
+
+/// The source of block templates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainSource {
+    /// getblocktemplate from the configured node; found blocks go to submitblock.
+    Node,
+    /// Made-up templates with a realistic merkle branch (12 levels), a new one every
+    /// `synthetic_job_interval_ms`; blocks are logged, never submitted. Load tests only.
+    Synthetic,
 }
 
 impl Default for PoolConfig {
@@ -63,6 +91,10 @@ impl Default for PoolConfig {
             connection_idle_timeout_s: 900,
             template_refresh_s: 30,
             vardiff_share_interval_s: 10.0,
+            difficulty_min: 1e-6,
+            dataplane_processes: 1,
+            chain: ChainSource::Node,
+            synthetic_job_interval_ms: 10_000,
         }
     }
 }
@@ -124,6 +156,18 @@ pub struct ConfigArgs {
     /// Target seconds per share for variable difficulty; 0 turns it off.
     #[arg(long, env = "OTEDAMA_VARDIFF_SHARE_INTERVAL_S")]
     pub vardiff_share_interval_s: Option<f64>,
+    /// Lowest difficulty a miner may be given.
+    #[arg(long, env = "OTEDAMA_DIFFICULTY_MIN")]
+    pub difficulty_min: Option<f64>,
+    /// Data-plane processes sharing the Stratum ports (SO_REUSEPORT).
+    #[arg(long, env = "OTEDAMA_DATAPLANE_PROCESSES")]
+    pub dataplane_processes: Option<usize>,
+    /// Job source: the node, or synthetic jobs for load tests.
+    #[arg(long, env = "OTEDAMA_CHAIN")]
+    pub chain: Option<ChainSource>,
+    /// Milliseconds between synthetic blocks.
+    #[arg(long, env = "OTEDAMA_SYNTHETIC_JOB_INTERVAL_MS")]
+    pub synthetic_job_interval_ms: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -155,7 +199,8 @@ impl ConfigArgs {
             connection_idle_timeout_s,
             template_refresh_s
         );
-        take!(vardiff_share_interval_s);
+        take!(vardiff_share_interval_s, difficulty_min, dataplane_processes);
+        take!(chain, synthetic_job_interval_ms);
         take!(
             node_rpc_url,
             node_rpc_user,
@@ -183,6 +228,14 @@ impl PoolConfig {
         }
         if !(self.vardiff_share_interval_s.is_finite() && self.vardiff_share_interval_s >= 0.0) {
             bail!("vardiff_share_interval_s must be zero or a positive number of seconds");
+        }
+        if !(self.difficulty_min.is_finite()
+            && (DIFFICULTY_MIN..=DIFFICULTY_MAX).contains(&self.difficulty_min))
+        {
+            bail!("difficulty_min must lie between {DIFFICULTY_MIN:e} and {DIFFICULTY_MAX:e}");
+        }
+        if !(1..=DATAPLANE_PROCESSES_MAX).contains(&self.dataplane_processes) {
+            bail!("dataplane_processes must lie between 1 and {DATAPLANE_PROCESSES_MAX}");
         }
         if self.stratum_listen.is_empty() {
             bail!("at least one stratum_listen address is needed");
@@ -239,8 +292,12 @@ impl PoolConfig {
         self.data_dir.join("ipc.sock")
     }
 
-    pub fn share_log_path(&self) -> PathBuf {
-        self.data_dir.join("shares")
+    /// Each data-plane process has a share log of its own: RocksDB allows one writer.
+    pub fn share_log_path(&self, process_index: usize) -> PathBuf {
+        match process_index {
+            0 => self.data_dir.join("shares"),
+            index => self.data_dir.join(format!("shares-{index}")),
+        }
     }
 
     pub fn control_db_path(&self) -> PathBuf {
@@ -253,14 +310,17 @@ impl PoolConfig {
         Ok(&self.data_dir)
     }
 
-    /// The data plane's share of this configuration.
-    pub fn dataplane_config(&self) -> otedama_dataplane::DataplaneConfig {
+    /// What data-plane process `process_index` (of `dataplane_processes`) needs.
+    pub fn dataplane_config(&self, process_index: usize) -> otedama_dataplane::DataplaneConfig {
         otedama_dataplane::DataplaneConfig {
             stratum_listen: self.stratum_listen.clone(),
             cores: self.cores.clone(),
+            process_index,
+            processes: self.dataplane_processes,
+            difficulty_min: self.difficulty_min,
             start_difficulty: self.start_difficulty,
             algorithm: self.coin_params().algorithm,
-            share_log_path: self.share_log_path(),
+            share_log_path: self.share_log_path(process_index),
             share_log_sync: self.share_log_sync,
             ipc_socket: self.ipc_socket(),
             version_rolling_mask: self.version_rolling_mask,
@@ -268,6 +328,7 @@ impl PoolConfig {
             vardiff: (self.vardiff_share_interval_s > 0.0).then(|| {
                 otedama_shared::vardiff::VardiffConfig {
                     share_interval_target_s: self.vardiff_share_interval_s,
+                    difficulty_min: self.difficulty_min,
                     ..Default::default()
                 }
             }),
@@ -300,6 +361,14 @@ mod tests {
             "127.0.0.1:1,127.0.0.1:2",
             "--share-log-sync",
             "false",
+            "--difficulty-min",
+            "1e-10",
+            "--dataplane-processes",
+            "3",
+            "--chain",
+            "synthetic",
+            "--synthetic-job-interval-ms",
+            "500",
         ]);
         let config = flags.config.load().unwrap();
         assert_eq!(config.vardiff_share_interval_s, 2.5);
@@ -307,5 +376,31 @@ mod tests {
         assert_eq!(config.start_difficulty, 0.001);
         assert_eq!(config.stratum_listen.len(), 2);
         assert!(!config.share_log_sync);
+        assert_eq!(config.difficulty_min, 1e-10);
+        assert_eq!(config.dataplane_processes, 3);
+        assert_eq!(config.chain, ChainSource::Synthetic);
+        assert_eq!(config.synthetic_job_interval_ms, 500);
+    }
+
+    #[test]
+    fn limits_are_enforced_at_their_edges() {
+        let at = |processes: &str, difficulty: &str| {
+            Flags::parse_from([
+                "otedama",
+                "--dataplane-processes",
+                processes,
+                "--difficulty-min",
+                difficulty,
+            ])
+            .config
+            .load()
+        };
+        let max = DATAPLANE_PROCESSES_MAX.to_string();
+        let over = (DATAPLANE_PROCESSES_MAX + 1).to_string();
+        let min = format!("{DIFFICULTY_MIN:e}");
+        assert!(at(&max, &min).is_ok());
+        assert!(at(&over, "1").is_err());
+        assert!(at("0", "1").is_err());
+        assert!(at("1", &format!("{:e}", DIFFICULTY_MIN / 2.0)).is_err());
     }
 }

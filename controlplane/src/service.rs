@@ -16,7 +16,8 @@ use otedama_shared::sv1::BlockCandidate;
 use crate::blocks::{BlockRecord, BlockStore};
 use crate::chain::rpc::{RpcClient, RpcError};
 use crate::chain::template::BlockTemplate;
-use crate::config::PoolConfig;
+use crate::chain::synthetic;
+use crate::config::{ChainSource, PoolConfig};
 use crate::jobs::{assemble_block, build_job};
 use crate::stats::PoolState;
 
@@ -87,10 +88,7 @@ fn template_loop(
 ) {
     let params = config.coin_params();
     let payout_script = config.payout_script().expect("validated at start");
-    let algorithm = match params.algorithm {
-        otedama_kernels::Algorithm::Scrypt => AlgorithmName::Scrypt,
-        otedama_kernels::Algorithm::Sha256d => AlgorithmName::Sha256d,
-    };
+    let algorithm = algorithm_name(&config);
     let mut next_job_id = now_ms();
     let mut last: Option<TemplateKey> = None;
     let refresh = Duration::from_secs(config.template_refresh_s.max(1));
@@ -246,21 +244,84 @@ fn submit_with_retry(rpc: &RpcClient, block_hex: &str) -> Option<String> {
     }
 }
 
+fn algorithm_name(config: &PoolConfig) -> AlgorithmName {
+    match config.coin_params().algorithm {
+        otedama_kernels::Algorithm::Scrypt => AlgorithmName::Scrypt,
+        otedama_kernels::Algorithm::Sha256d => AlgorithmName::Sha256d,
+    }
+}
+
+/// Publishes a synthetic block every `synthetic_job_interval_ms` (load tests only).
+fn synthetic_loop(config: PoolConfig, state: Arc<PoolState>) {
+    let payout_script = config.payout_script().expect("validated at start");
+    let algorithm = algorithm_name(&config);
+    let interval = Duration::from_millis(config.synthetic_job_interval_ms.max(1));
+    let mut job_id = now_ms();
+    for sequence in 0.. {
+        let now = now_ms();
+        let template = synthetic::template(sequence, now);
+        let tag = synthetic::coinbase_tag(now);
+        match build_job(&template, job_id, &payout_script, tag.as_bytes(), true, algorithm) {
+            Ok(job) => {
+                tracing::debug!(job_id, height = template.height, "new synthetic job");
+                state.publish_job(Arc::new(job));
+                job_id += 1;
+            }
+            Err(error) => tracing::error!(%error, "cannot build a synthetic job"),
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// With a synthetic chain there is no node to take blocks: count and log them.
+fn discard_candidates(state: Arc<PoolState>, candidates: Receiver<BlockCandidate>) {
+    for candidate in candidates {
+        state
+            .blocks_rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(height = candidate.height, worker = %candidate.worker, "synthetic chain: block candidate not submitted");
+    }
+}
+
 /// Runs the control plane until the process is stopped.
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     config.ensure_data_dir()?;
     config.payout_script().context("checking payout_address")?;
-    let rpc = config.rpc_client()?;
-    let params = config.coin_params();
-    wait_for_node(&rpc, params.template_rules())?;
     let store = Arc::new(
         BlockStore::open(&config.control_db_path())
             .with_context(|| format!("opening {}", config.control_db_path().display()))?,
     );
     let (found, rejected) = store.counts();
     let state = PoolState::new(found, rejected);
-    let (trigger_tx, trigger_rx) = crossbeam_channel::unbounded();
     let (candidate_tx, candidate_rx) = crossbeam_channel::unbounded();
+    match config.chain {
+        ChainSource::Node => start_node_threads(&config, &state, &store, candidate_rx)?,
+        ChainSource::Synthetic => {
+            tracing::warn!("synthetic chain: jobs are made up and no block is ever submitted");
+            let (config, state_for_jobs) = (config.clone(), state.clone());
+            std::thread::Builder::new()
+                .name("synthetic".into())
+                .spawn(move || synthetic_loop(config, state_for_jobs))?;
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("submitter".into())
+                .spawn(move || discard_candidates(state, candidate_rx))?;
+        }
+    }
+    serve(config, state, store, candidate_tx)
+}
+
+/// Template polling, long-polling and block submission against the node.
+fn start_node_threads(
+    config: &PoolConfig,
+    state: &Arc<PoolState>,
+    store: &Arc<BlockStore>,
+    candidate_rx: Receiver<BlockCandidate>,
+) -> anyhow::Result<()> {
+    let rpc = config.rpc_client()?;
+    let params = config.coin_params();
+    wait_for_node(&rpc, params.template_rules())?;
+    let (trigger_tx, trigger_rx) = crossbeam_channel::unbounded();
     {
         let (config, rpc, state) = (config.clone(), rpc.clone(), state.clone());
         std::thread::Builder::new()
@@ -279,6 +340,16 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             .name("submitter".into())
             .spawn(move || submit_loop(rpc, state, store, candidate_rx, trigger_tx))?;
     }
+    Ok(())
+}
+
+/// The API and the IPC server, until the process is stopped.
+fn serve(
+    config: PoolConfig,
+    state: Arc<PoolState>,
+    store: Arc<BlockStore>,
+    candidate_tx: Sender<BlockCandidate>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -25,7 +25,12 @@ pub struct DataplaneConfig {
     pub stratum_listen: Vec<SocketAddr>,
     /// Cores to run on; empty means every online core.
     pub cores: Vec<usize>,
+    /// This process's place among the host's data-plane processes; with `cores`, it picks
+    /// the slices of the extranonce1 space this process hands out.
+    pub process_index: usize,
+    pub processes: usize,
     pub start_difficulty: f64,
+    pub difficulty_min: f64,
     pub algorithm: Algorithm,
     pub share_log_path: PathBuf,
     /// Wait for the WAL to reach the disk before acknowledging shares.

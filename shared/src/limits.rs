@@ -26,9 +26,16 @@ pub const EXTRANONCE2_BYTES: usize = 4;
 /// Largest coinbase scriptSig consensus allows.
 pub const COINBASE_SCRIPT_SIG_BYTES_MAX: usize = 100;
 
-/// Lowest and highest difficulty a miner may be given, by suggestion or by the operator.
-pub const DIFFICULTY_MIN: f64 = 1e-6;
+/// Lowest difficulty an operator may configure as the pool's floor (`difficulty_min`).
+/// Below about 2^-32 every SHA256d hash meets the share target, so nothing lower means
+/// anything; load tests run there so that a generator needs no mining.
+pub const DIFFICULTY_MIN: f64 = 1e-10;
+/// Highest difficulty a miner may be given.
 pub const DIFFICULTY_MAX: f64 = 1e15;
 
 const _: () =
     assert!(EXTRANONCE1_BYTES + EXTRANONCE2_BYTES + 8 + 40 <= COINBASE_SCRIPT_SIG_BYTES_MAX);
+
+/// Data-plane processes on one host. Each process takes `cores` slices of the one-byte
+/// extranonce1 partition space, so processes × cores must also stay within 256.
+pub const DATAPLANE_PROCESSES_MAX: usize = 64;

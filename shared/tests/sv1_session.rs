@@ -36,6 +36,9 @@ struct Harness {
     duplicates: DuplicateFilter,
 }
 
+/// The pool floor these sessions run with (the configured default).
+const DIFFICULTY_FLOOR_FOR_TESTS: f64 = 1e-6;
+
 impl Harness {
     fn new(start_difficulty: f64) -> Self {
         let mut jobs = JobBook::default();
@@ -44,6 +47,7 @@ impl Harness {
             extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
             extranonce2_size: 4,
             start_difficulty,
+            difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
             version_rolling_mask: 0x1fff_e000,
             algorithm: Algorithm::Sha256d,
             vardiff: None,
@@ -408,6 +412,26 @@ fn suggest_difficulty_applies_to_the_next_notify() {
 }
 
 #[test]
+fn suggestions_below_the_pool_floor_get_the_floor() {
+    let mut h = Harness::new(1.0);
+    h.ready();
+    let (_, out) = h.send(&request_line(
+        4,
+        "mining.suggest_difficulty",
+        json!([DIFFICULTY_FLOOR_FOR_TESTS / 10.0]),
+    ));
+    assert_eq!(out[0]["result"], true);
+    assert_eq!(out[1]["params"], json!([DIFFICULTY_FLOOR_FOR_TESTS]));
+    let (_, out) = h.send(&request_line(
+        5,
+        "mining.suggest_difficulty",
+        json!([DIFFICULTY_FLOOR_FOR_TESTS]),
+    ));
+    assert_eq!(out[0]["result"], true);
+    assert_eq!(out[1]["method"], "mining.notify", "no change, no set_difficulty");
+}
+
+#[test]
 fn extranonce_subscribe_is_acknowledged() {
     let mut h = Harness::new(1.0);
     let (_, out) = h.send(&request_line(4, "mining.extranonce.subscribe", json!([])));
@@ -439,6 +463,7 @@ fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
         extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
         extranonce2_size: 4,
         start_difficulty: 0.0001,
+        difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
         version_rolling_mask: 0x1fff_e000,
         algorithm: Algorithm::Sha256d,
         vardiff: Some(otedama_shared::vardiff::VardiffConfig::default()),

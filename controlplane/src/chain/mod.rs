@@ -3,4 +3,5 @@
 pub mod address;
 pub mod coin;
 pub mod rpc;
+pub mod synthetic;
 pub mod template;

@@ -59,6 +59,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         extranonce1: core.next_extranonce1(),
         extranonce2_size: EXTRANONCE2_BYTES,
         start_difficulty: core.config.start_difficulty,
+        difficulty_min: core.config.difficulty_min,
         version_rolling_mask: core.config.version_rolling_mask,
         algorithm: core.config.algorithm,
         vardiff: core.config.vardiff,

@@ -35,6 +35,9 @@ const UPSTREAM_QUEUE_MAX: usize = 1024;
 /// Everything one core owns. Only that core's executor ever touches it.
 pub struct Core {
     pub index: usize,
+    /// First byte of every extranonce1 this core hands out: unique across the host's
+    /// processes and cores, so a share can only ever be a duplicate of one seen here.
+    pub partition: u8,
     pub config: Rc<DataplaneConfig>,
     pub jobs: RefCell<JobBook>,
     pub duplicates: RefCell<DuplicateFilter>,
@@ -47,15 +50,18 @@ pub struct Core {
 }
 
 impl Core {
-    /// Extranonce1 is `core index ‖ 24-bit counter`: cores never hand out the same value,
-    /// which is what lets each core check duplicates on its own. The counter starts at a
+    /// Extranonce1 is `partition ‖ 24-bit counter`, where the partition byte is unique per
+    /// process and core. Two cores never hand out the same value, and the header commits to
+    /// extranonce1, so equal shares can only arrive on one core: each core checks
+    /// duplicates on its own, with no shared table. (Routing by share hash would need a
+    /// cross-core hop for every share; partitioning needs none.) The counter starts at a
     /// random point so a restarted data plane does not reuse the last run's values.
     pub fn next_extranonce1(&self) -> Vec<u8> {
         let counter = self.next_extranonce.get();
         self.next_extranonce
             .set(counter.wrapping_add(1) & 0x00ff_ffff);
         let mut value = (counter & 0x00ff_ffff).to_be_bytes();
-        value[0] = self.index as u8;
+        value[0] = self.partition;
         value.to_vec()
     }
 
@@ -96,10 +102,14 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
     } else {
         config.cores.clone()
     };
+    let partitions = config.processes * cores.len();
     anyhow::ensure!(
-        cores.len() <= 256,
-        "at most 256 cores: extranonce1 gives each core one byte"
+        config.process_index < config.processes && partitions <= 256,
+        "processes × cores must be at most 256 (extranonce1 gives each one a byte), not {} × {}",
+        config.processes,
+        cores.len()
     );
+    let partition_first = config.process_index * cores.len();
     let share_log =
         ShareLog::open(&config.share_log_path, config.share_log_sync).with_context(|| {
             format!(
@@ -127,6 +137,7 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
             .spawn(move || async move {
                 let core = Rc::new(Core {
                     index,
+                    partition: (partition_first + index) as u8,
                     config: Rc::new((*config).clone()),
                     jobs: RefCell::new(JobBook::default()),
                     duplicates: RefCell::new(DuplicateFilter::default()),

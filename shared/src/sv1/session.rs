@@ -25,6 +25,8 @@ pub struct SessionConfig {
     pub extranonce1: Vec<u8>,
     pub extranonce2_size: usize,
     pub start_difficulty: f64,
+    /// The pool's floor for this miner's difficulty (at least `limits::DIFFICULTY_MIN`).
+    pub difficulty_min: f64,
     /// Version bits the pool lets miners roll (BIP310); 0x1fffe000 is the common choice.
     pub version_rolling_mask: u32,
     pub algorithm: Algorithm,
@@ -100,7 +102,7 @@ impl Session {
     pub fn new(config: SessionConfig) -> Self {
         let difficulty = config
             .start_difficulty
-            .clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
+            .clamp(config.difficulty_min.max(DIFFICULTY_MIN), DIFFICULTY_MAX);
         let vardiff = config.vardiff.map(Vardiff::new);
         Session {
             config,
@@ -261,7 +263,7 @@ impl Session {
         if !(suggested.is_finite() && suggested > 0.0) {
             return self.reject(id, ErrorCode::Other, "difficulty must be positive");
         }
-        self.difficulty = suggested.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
+        self.difficulty = suggested.clamp(self.difficulty_floor(), DIFFICULTY_MAX);
         self.reply(id, json!(true));
         self.resend_newest_job(jobs, now_s);
         Outcome::Continue
@@ -350,6 +352,10 @@ impl Session {
     /// The accepted share could not be stored: tell the miner it was not credited.
     pub fn handle_share_store_failed(&mut self, request_id: &Value) {
         self.reject(request_id, ErrorCode::Other, "share could not be stored");
+    }
+
+    fn difficulty_floor(&self) -> f64 {
+        self.config.difficulty_min.max(DIFFICULTY_MIN)
     }
 
     pub(super) fn share_target(&self, difficulty: f64) -> Target {

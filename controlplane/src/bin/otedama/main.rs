@@ -26,13 +26,22 @@ enum Command {
     /// Run the control plane and the data plane on this host, restarting either if it dies.
     Run(ConfigArgs),
     /// Run only the data plane (Stratum front end, share validation, share log).
-    Dataplane(ConfigArgs),
+    Dataplane(DataplaneArgs),
     /// Run only the control plane (node RPC, jobs, block submission, API).
     Controlplane(ConfigArgs),
     /// Start a regtest litecoind, a pool and two CPU miners, and show blocks being found.
     Demo(demo::DemoArgs),
     /// Mine over Stratum V1 with the CPU.
     Miner(miner::MinerArgs),
+}
+
+#[derive(clap::Args)]
+struct DataplaneArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Which of the host's `dataplane_processes` this one is (0-based); `otedama run` sets it.
+    #[arg(long, default_value_t = 0)]
+    process_index: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,9 +54,15 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => supervise::run(args.load()?),
         Command::Dataplane(args) => {
-            let config = args.load()?;
+            let config = args.config.load()?;
             config.ensure_data_dir()?;
-            otedama_dataplane::run(config.dataplane_config())
+            anyhow::ensure!(
+                args.process_index < config.dataplane_processes,
+                "--process-index {} is not below dataplane_processes ({})",
+                args.process_index,
+                config.dataplane_processes
+            );
+            otedama_dataplane::run(config.dataplane_config(args.process_index))
         }
         Command::Controlplane(args) => otedama_controlplane::service::run(args.load()?),
         Command::Demo(args) => demo::run(args),

@@ -18,7 +18,8 @@ const RESTART_DELAY_MIN_MS: u64 = 200;
 const RESTART_DELAY_MAX_MS: u64 = 10_000;
 
 struct Role {
-    name: &'static str,
+    name: String,
+    args: Vec<String>,
     child: Option<Child>,
     started_at: Instant,
     delay_ms: u64,
@@ -31,22 +32,26 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     write_private(&effective, &toml::to_string(&config)?)?;
     crate::signals::install_stop_handler();
     let executable = std::env::current_exe().context("finding our own executable")?;
-    let mut roles = [
-        Role {
-            name: "controlplane",
-            child: None,
-            started_at: Instant::now(),
-            delay_ms: RESTART_DELAY_MIN_MS,
-        },
-        Role {
-            name: "dataplane",
-            child: None,
-            started_at: Instant::now(),
-            delay_ms: RESTART_DELAY_MIN_MS,
-        },
-    ];
+    let new_role = |name: String, args: Vec<String>| Role {
+        name,
+        args,
+        child: None,
+        started_at: Instant::now(),
+        delay_ms: RESTART_DELAY_MIN_MS,
+    };
+    let mut roles = vec![new_role("controlplane".into(), vec!["controlplane".into()])];
+    for index in 0..config.dataplane_processes {
+        roles.push(new_role(
+            format!("dataplane-{index}"),
+            vec![
+                "dataplane".into(),
+                "--process-index".into(),
+                index.to_string(),
+            ],
+        ));
+    }
     for role in &mut roles {
-        role.child = Some(spawn(&executable, role.name, &effective)?);
+        role.child = Some(spawn(&executable, role, &effective)?);
     }
     while !crate::signals::stop_requested() {
         for role in &mut roles {
@@ -58,7 +63,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             };
             let Some(status) = exited else { continue };
             if role.child.is_some() {
-                tracing::error!(role = role.name, %status, "child exited; restarting");
+                tracing::error!(role = %role.name, %status, "child exited; restarting");
                 role.delay_ms = if role.started_at.elapsed() < Duration::from_secs(10) {
                     (role.delay_ms * 2).min(RESTART_DELAY_MAX_MS)
                 } else {
@@ -68,7 +73,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
                 role.started_at = Instant::now();
             }
             if role.started_at.elapsed() >= Duration::from_millis(role.delay_ms) {
-                role.child = Some(spawn(&executable, role.name, &effective)?);
+                role.child = Some(spawn(&executable, role, &effective)?);
                 role.started_at = Instant::now();
             }
         }
@@ -89,10 +94,10 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(executable: &Path, role: &str, config: &Path) -> anyhow::Result<Child> {
-    tracing::info!(role, "starting");
+fn spawn(executable: &Path, role: &Role, config: &Path) -> anyhow::Result<Child> {
+    tracing::info!(role = %role.name, "starting");
     let mut command = Command::new(executable);
-    command.arg(role).arg("--config").arg(config);
+    command.args(&role.args).arg("--config").arg(config);
     // SAFETY: prctl is async-signal-safe; it makes the child stop if the supervisor dies,
     // so a killed `otedama run` leaves no orphan holding the ports.
     unsafe {
@@ -103,7 +108,7 @@ fn spawn(executable: &Path, role: &str, config: &Path) -> anyhow::Result<Child> 
     }
     command
         .spawn()
-        .with_context(|| format!("starting the {role}"))
+        .with_context(|| format!("starting the {}", role.name))
 }
 
 /// Writes a file only the owner can read: it holds the node's RPC password.
