@@ -199,7 +199,11 @@ impl ConfigArgs {
             connection_idle_timeout_s,
             template_refresh_s
         );
-        take!(vardiff_share_interval_s, difficulty_min, dataplane_processes);
+        take!(
+            vardiff_share_interval_s,
+            difficulty_min,
+            dataplane_processes
+        );
         take!(chain, synthetic_job_interval_ms);
         take!(
             node_rpc_url,

@@ -15,8 +15,8 @@ use otedama_shared::sv1::BlockCandidate;
 
 use crate::blocks::{BlockRecord, BlockStore};
 use crate::chain::rpc::{RpcClient, RpcError};
-use crate::chain::template::BlockTemplate;
 use crate::chain::synthetic;
+use crate::chain::template::BlockTemplate;
 use crate::config::{ChainSource, PoolConfig};
 use crate::jobs::{assemble_block, build_job};
 use crate::stats::PoolState;
@@ -261,7 +261,14 @@ fn synthetic_loop(config: PoolConfig, state: Arc<PoolState>) {
         let now = now_ms();
         let template = synthetic::template(sequence, now);
         let tag = synthetic::coinbase_tag(now);
-        match build_job(&template, job_id, &payout_script, tag.as_bytes(), true, algorithm) {
+        match build_job(
+            &template,
+            job_id,
+            &payout_script,
+            tag.as_bytes(),
+            true,
+            algorithm,
+        ) {
             Ok(job) => {
                 tracing::debug!(job_id, height = template.height, "new synthetic job");
                 state.publish_job(Arc::new(job));

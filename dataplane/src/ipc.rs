@@ -12,7 +12,7 @@ use crossbeam_channel::Receiver;
 use futures_channel::mpsc::UnboundedSender;
 
 use otedama_shared::ipc::{self, Downstream, Upstream, IPC_LINE_BYTES_MAX};
-use otedama_shared::job::JobTemplate;
+use otedama_shared::Job;
 
 use crate::counters::Counters;
 
@@ -22,7 +22,7 @@ const COUNTERS_INTERVAL_MS: u64 = 1000;
 /// Starts the link. Jobs go to `cores`; `upstream` carries block candidates from the cores.
 pub fn start(
     socket: PathBuf,
-    cores: Vec<UnboundedSender<JobTemplate>>,
+    cores: Vec<UnboundedSender<Arc<Job>>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
 ) {
@@ -34,7 +34,7 @@ pub fn start(
 
 fn link_loop(
     socket: PathBuf,
-    cores: Vec<UnboundedSender<JobTemplate>>,
+    cores: Vec<UnboundedSender<Arc<Job>>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
 ) {
@@ -62,7 +62,7 @@ fn link_loop(
     }
 }
 
-fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<JobTemplate>]) {
+fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<Arc<Job>>]) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -80,11 +80,17 @@ fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<JobTemplate>]) {
             break;
         }
         match ipc::decode::<Downstream>(&line[..line.len() - 1]) {
-            Ok(Downstream::Job(job)) => {
-                for core in cores {
-                    let _ = core.unbounded_send(job.clone());
+            // Built once here and shared read-only: every core swaps the same immutable
+            // snapshot into its job book.
+            Ok(Downstream::Job(template)) => match Job::new(template) {
+                Ok(job) => {
+                    let job = Arc::new(job);
+                    for core in cores {
+                        let _ = core.unbounded_send(job.clone());
+                    }
                 }
-            }
+                Err(error) => tracing::error!(%error, "control plane sent an unusable job"),
+            },
             Err(error) => tracing::error!(%error, "undecodable IPC message"),
         }
     }

@@ -1,25 +1,31 @@
 //! The share log: accepted shares in RocksDB, written by one thread with group commit.
 //!
-//! Cores hand records over a bounded crossbeam queue. The writer drains whatever is queued
-//! (up to `SHARE_BATCH_MAX`), writes it as one `WriteBatch` and, when `sync` is on, waits
-//! for the WAL to reach the disk before completing every share in the batch. A miner's
-//! `true` therefore means the share survives `kill -9` and power loss alike; with `sync`
-//! off it survives a process crash only (the WAL is in the page cache).
+//! Cores hand records over one bounded crossbeam queue. The writer drains whatever is
+//! queued (up to `SHARE_BATCH_MAX`), writes it as one `WriteBatch` and, when `sync` is on,
+//! waits for the WAL to reach the disk. Only then does it tell each core how many of its
+//! shares the batch held, in one message per core, and the core acknowledges them in order.
+//! A miner's `true` therefore means the share survives `kill -9` and, with `sync`, power
+//! loss too; with `sync` off the WAL sits in the page cache and survives a process crash
+//! only. The cost of `sync` is measured in BENCHMARKS.md.
+//!
+//! A core's shares reach the writer in the order the core queued them and the writer keeps
+//! that order, so completions carry only a count: no per-share channel or allocation.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use futures_channel::oneshot;
+use futures_channel::mpsc::UnboundedSender;
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
 use otedama_shared::ShareRecord;
 
 /// Shares written in one batch at most.
 pub const SHARE_BATCH_MAX: usize = 4096;
-/// Shares waiting for the writer at most; a full queue rejects shares instead of growing.
-pub const SHARE_QUEUE_MAX: usize = 65_536;
+/// Shares one core may have queued or in the writer at once. A core at the limit stops
+/// reading from its miners until the writer catches up: back-pressure, not memory growth.
+pub const SHARES_AWAITING_DURABILITY_PER_CORE_MAX: usize = 16_384;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -31,9 +37,19 @@ pub enum StoreError {
     Write(String),
 }
 
-struct PendingShare {
-    value: Vec<u8>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+/// One encoded share on its way to the writer.
+pub struct PendingShare {
+    /// The core (index within this process) to tell when it is durable.
+    pub core: usize,
+    pub value: Vec<u8>,
+}
+
+/// The writer's word to one core: its next `shares` shares, in queue order, are durable
+/// (or, on `Err`, were not stored).
+#[derive(Debug)]
+pub struct Completed {
+    pub shares: usize,
+    pub result: Result<(), StoreError>,
 }
 
 /// A cloneable handle that cores use to append shares.
@@ -43,26 +59,47 @@ pub struct ShareLogHandle {
 }
 
 impl ShareLogHandle {
-    /// Queues a record; the returned receiver completes once it is durable.
-    pub fn append(
-        &self,
-        record: &ShareRecord,
-    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
-        let (done, wait) = oneshot::channel();
+    /// Queues a record from `core`. Its completion arrives on that core's channel.
+    pub fn append(&self, core: usize, record: &ShareRecord) -> Result<(), StoreError> {
         match self.queue.try_send(PendingShare {
+            core,
             value: record.encode(),
-            done,
         }) {
-            Ok(()) => Ok(wait),
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StoreError::QueueFull),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
         }
     }
 }
 
+/// Where batches go. RocksDB in production; tests put a faulty one in its place to check
+/// that nothing is acknowledged when a write fails.
+pub trait BatchSink: Send + 'static {
+    /// Stores the batch, whose first share gets sequence number `first_sequence`. Returns
+    /// only once the batch is as durable as the sink promises.
+    fn write(&mut self, batch: &[PendingShare], first_sequence: u64) -> Result<(), StoreError>;
+}
+
+struct RocksSink {
+    db: Arc<DB>,
+    options: WriteOptions,
+}
+
+impl BatchSink for RocksSink {
+    fn write(&mut self, batch: &[PendingShare], first_sequence: u64) -> Result<(), StoreError> {
+        let mut write = WriteBatch::default();
+        for (offset, item) in batch.iter().enumerate() {
+            write.put(key(first_sequence + offset as u64), &item.value);
+        }
+        self.db
+            .write_opt(write, &self.options)
+            .map_err(|e| StoreError::Write(e.to_string()))
+    }
+}
+
 /// The open share log and its writer thread.
 pub struct ShareLog {
-    db: Arc<DB>,
+    db: Option<Arc<DB>>,
     writer: Option<JoinHandle<()>>,
     handle: Option<ShareLogHandle>,
 }
@@ -73,23 +110,48 @@ fn key(sequence: u64) -> [u8; 8] {
 }
 
 impl ShareLog {
-    pub fn open(path: &Path, sync: bool) -> Result<Self, rocksdb::Error> {
+    /// Opens (or creates) the log at `path`. `cores[i]` receives the completions of the
+    /// shares core `i` appends.
+    pub fn open(
+        path: &Path,
+        sync: bool,
+        cores: Vec<UnboundedSender<Completed>>,
+    ) -> Result<Self, rocksdb::Error> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_max_background_jobs(2);
         let db = Arc::new(DB::open(&options, path)?);
         let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
-        let (queue, receiver) = bounded(SHARE_QUEUE_MAX);
-        let writer_db = db.clone();
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(sync);
+        let sink = RocksSink {
+            db: db.clone(),
+            options: write_options,
+        };
+        let mut log = ShareLog::with_sink(sink, next_sequence, cores);
+        log.db = Some(db);
+        Ok(log)
+    }
+
+    /// A log that writes through `sink`; for fault-injection tests.
+    pub fn with_sink(
+        sink: impl BatchSink,
+        next_sequence: u64,
+        cores: Vec<UnboundedSender<Completed>>,
+    ) -> Self {
+        // Every core may have its full allowance queued; the queue never refuses a share a
+        // core was allowed to accept.
+        let (queue, receiver) =
+            bounded(cores.len().max(1) * SHARES_AWAITING_DURABILITY_PER_CORE_MAX);
         let writer = std::thread::Builder::new()
             .name("share-log".into())
-            .spawn(move || write_loop(&writer_db, receiver, next_sequence, sync))
+            .spawn(move || write_loop(sink, receiver, next_sequence, cores))
             .expect("spawning the share log writer");
-        Ok(ShareLog {
-            db,
+        ShareLog {
+            db: None,
             writer: Some(writer),
             handle: Some(ShareLogHandle { queue }),
-        })
+        }
     }
 
     pub fn handle(&self) -> ShareLogHandle {
@@ -98,7 +160,7 @@ impl ShareLog {
 
     /// Every stored record, in arrival order. For tests and recovery tools, not the hot path.
     pub fn read_all(&self) -> Vec<ShareRecord> {
-        read_all(&self.db)
+        self.db.as_deref().map(read_all).unwrap_or_default()
     }
 
     /// Stops the writer after it has drained the queue.
@@ -129,32 +191,39 @@ fn last_sequence(db: &DB) -> Option<u64> {
     Some(u64::from_be_bytes(key.as_ref().try_into().ok()?))
 }
 
-fn write_loop(db: &DB, receiver: Receiver<PendingShare>, mut next_sequence: u64, sync: bool) {
-    let mut write_options = WriteOptions::default();
-    write_options.set_sync(sync);
-    let mut batch_items: Vec<PendingShare> = Vec::with_capacity(SHARE_BATCH_MAX);
+fn write_loop(
+    mut sink: impl BatchSink,
+    receiver: Receiver<PendingShare>,
+    mut next_sequence: u64,
+    cores: Vec<UnboundedSender<Completed>>,
+) {
+    let mut batch: Vec<PendingShare> = Vec::with_capacity(SHARE_BATCH_MAX);
+    let mut per_core = vec![0usize; cores.len()];
     while let Ok(first) = receiver.recv() {
-        batch_items.push(first);
-        while batch_items.len() < SHARE_BATCH_MAX {
+        batch.push(first);
+        while batch.len() < SHARE_BATCH_MAX {
             match receiver.try_recv() {
-                Ok(item) => batch_items.push(item),
+                Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let mut batch = WriteBatch::default();
-        for item in &batch_items {
-            batch.put(key(next_sequence), &item.value);
-            next_sequence += 1;
+        let result = sink.write(&batch, next_sequence);
+        match &result {
+            Ok(()) => next_sequence += batch.len() as u64,
+            Err(error) => tracing::error!(%error, shares = batch.len(), "share log batch failed"),
         }
-        let result = db
-            .write_opt(batch, &write_options)
-            .map_err(|e| StoreError::Write(e.to_string()));
-        if let Err(error) = &result {
-            tracing::error!(%error, shares = batch_items.len(), "share log batch failed");
+        for item in batch.drain(..) {
+            per_core[item.core] += 1;
         }
-        for item in batch_items.drain(..) {
-            // A miner that disconnected no longer waits; its share is stored all the same.
-            let _ = item.done.send(result.clone());
+        for (core, shares) in per_core.iter_mut().enumerate() {
+            if *shares > 0 {
+                // A core that has stopped no longer waits; its shares are stored all the same.
+                let _ = cores[core].unbounded_send(Completed {
+                    shares: *shares,
+                    result: result.clone(),
+                });
+                *shares = 0;
+            }
         }
     }
 }
@@ -178,21 +247,59 @@ mod tests {
         }
     }
 
+    fn completions_of(log_path: &Path, records: std::ops::Range<u64>) -> Vec<Completed> {
+        let (tx, mut rx) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::open(log_path, true, vec![tx]).unwrap();
+        for i in records.clone() {
+            log.handle().append(0, &record(i)).unwrap();
+        }
+        log.close();
+        let mut completions = Vec::new();
+        while let Ok(completed) = rx.try_recv() {
+            completions.push(completed);
+        }
+        completions
+    }
+
     #[test]
     fn shares_are_durable_and_ordered_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ShareLog::open(dir.path(), true).unwrap();
-        let waits: Vec<_> = (0..100)
-            .map(|i| log.handle().append(&record(i)).unwrap())
+        let completions = completions_of(dir.path(), 0..100);
+        assert_eq!(completions.iter().map(|c| c.shares).sum::<usize>(), 100);
+        assert!(completions.iter().all(|c| c.result.is_ok()));
+        completions_of(dir.path(), 100..101);
+        let ids: Vec<u64> = read_share_log(dir.path())
+            .unwrap()
+            .iter()
+            .map(|r| r.job_id)
             .collect();
-        for wait in waits {
-            futures_lite::future::block_on(wait).unwrap().unwrap();
+        assert_eq!(ids, (0..=100).collect::<Vec<_>>());
+    }
+
+    /// A sink whose writes fail: every completion must say so.
+    struct FailingSink;
+    impl BatchSink for FailingSink {
+        fn write(&mut self, _: &[PendingShare], _: u64) -> Result<(), StoreError> {
+            Err(StoreError::Write("injected".into()))
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_is_reported_to_each_core_and_never_as_durable() {
+        let (tx0, mut rx0) = futures_channel::mpsc::unbounded();
+        let (tx1, mut rx1) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::with_sink(FailingSink, 0, vec![tx0, tx1]);
+        for i in 0..10 {
+            log.handle().append((i % 2) as usize, &record(i)).unwrap();
         }
         log.close();
-        let log = ShareLog::open(dir.path(), true).unwrap();
-        let wait = log.handle().append(&record(100)).unwrap();
-        futures_lite::future::block_on(wait).unwrap().unwrap();
-        let ids: Vec<u64> = log.read_all().iter().map(|r| r.job_id).collect();
-        assert_eq!(ids, (0..=100).collect::<Vec<_>>());
+        for rx in [&mut rx0, &mut rx1] {
+            let mut shares = 0;
+            while let Ok(completed) = rx.try_recv() {
+                assert!(completed.result.is_err());
+                shares += completed.shares;
+            }
+            assert_eq!(shares, 5);
+        }
     }
 }

@@ -122,7 +122,7 @@ fn subscribe_reply_is_byte_exact() {
     assert_eq!(
         String::from_utf8(bytes).unwrap(),
         concat!(
-            r#"{"error":null,"id":1,"result":[[["mining.set_difficulty","deadbeef"],["mining.notify","deadbeef"]],"deadbeef",4]}"#,
+            r#"{"id":1,"result":[[["mining.set_difficulty","deadbeef"],["mining.notify","deadbeef"]],"deadbeef",4],"error":null}"#,
             "\n"
         )
     );
@@ -428,7 +428,10 @@ fn suggestions_below_the_pool_floor_get_the_floor() {
         json!([DIFFICULTY_FLOOR_FOR_TESTS]),
     ));
     assert_eq!(out[0]["result"], true);
-    assert_eq!(out[1]["method"], "mining.notify", "no change, no set_difficulty");
+    assert_eq!(
+        out[1]["method"], "mining.notify",
+        "no change, no set_difficulty"
+    );
 }
 
 #[test]

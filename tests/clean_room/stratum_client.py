@@ -32,6 +32,9 @@ class Client:
         self.job = None
         self.difficulty = 1.0
         self.jobs_seen = 0
+        # JSON-RPC matches replies by id, not by order: a pool may answer a rejected share
+        # before an accepted one that is still being written to disk.
+        self.replies = {}
 
     def send(self, obj):
         self.sock.sendall((json.dumps(obj) + "\n").encode())
@@ -58,10 +61,11 @@ class Client:
         return self.reply(request_id)
 
     def reply(self, request_id):
-        while True:
+        while request_id not in self.replies:
             message = self.read()
-            if message.get("id") == request_id:
-                return message
+            if "method" not in message and message.get("id") is not None:
+                self.replies[message["id"]] = message
+        return self.replies.pop(request_id)
 
 
 def header_for(job, extranonce1, extranonce2, nonce):

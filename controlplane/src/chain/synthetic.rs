@@ -26,7 +26,9 @@ pub fn template(sequence: u64, now_ms: u64) -> BlockTemplate {
         .map(|index| TemplateTransaction {
             // Never serialized into a block: synthetic blocks are not submitted.
             data: String::new(),
-            txid: hex::encode(sha256(&[sequence.to_le_bytes(), index.to_le_bytes()].concat())),
+            txid: hex::encode(sha256(
+                &[sequence.to_le_bytes(), index.to_le_bytes()].concat(),
+            )),
         })
         .collect();
     BlockTemplate {

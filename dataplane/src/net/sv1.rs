@@ -1,44 +1,151 @@
-//! Stratum V1 over TCP: reads lines into the session, stores accepted shares and waits for
-//! durability before the reply, and writes what the session queues.
+//! Stratum V1 over TCP: the glue between a socket and the `Session` state machine.
+//!
+//! Reads land in the core's one receive buffer and are cut into lines in place; only a line
+//! split across reads is copied, into a buffer freed when it completes. Replies are sent
+//! straight from the session's outbox with a non-blocking `send`; only what the kernel does
+//! not take waits in a per-connection backlog, drained by a task that exists only while
+//! there is a backlog. So an idle connection owns a session and a socket, and no buffers.
+//!
+//! Accepted shares go to the share log and the reader moves on; the core acknowledges them
+//! when the writer reports their batch durable (see `rt::Core::complete_shares`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::ops::ControlFlow;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalSender};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use otedama_shared::ipc::Upstream;
 use otedama_shared::limits::{EXTRANONCE2_BYTES, STRATUM_LINE_BYTES_MAX};
-use otedama_shared::sv1::{LineFramer, Outcome, Session, SessionConfig};
+use otedama_shared::sv1::{ErrorCode, LineFramer, Outcome, Session, SessionConfig};
 use otedama_shared::Job;
 
-use crate::rt::Core;
+use crate::rt::gate::Gate;
+use crate::rt::{AwaitingAck, Core};
 
-/// Bytes read from the socket per call.
-const READ_CHUNK_BYTES: usize = 4096;
+/// Shares one connection may have awaiting durability. At the limit the connection is not
+/// read until acknowledgements arrive, so a flooding miner slows itself, not its core.
+pub const SHARES_AWAITING_ACK_PER_CONNECTION_MAX: usize = 256;
+/// Bytes the kernel refused that a connection may queue; a miner that stops reading while
+/// jobs keep coming is disconnected at this point instead of growing the pool's memory.
+pub const SEND_BACKLOG_BYTES_MAX: usize = 256 * 1024;
 
-/// One connection's state that the core's job broadcast can reach.
+/// One connection's state that the core (job broadcast, acknowledgements) can reach.
 pub struct Connection {
-    session: RefCell<Session>,
-    outbound: LocalSender<Vec<u8>>,
+    stream: RefCell<TcpStream>,
+    pub(crate) session: RefCell<Session>,
+    backlog: RefCell<Vec<u8>>,
+    backlog_writer_running: Cell<bool>,
+    closed: Cell<bool>,
+    pub(crate) awaiting_ack: Gate,
 }
 
 impl Connection {
-    pub fn send_job(&self, job: &Job, now_s: u64) {
+    pub fn send_job(self: &Rc<Self>, job: &Job, now_s: u64) {
         let mut session = self.session.borrow_mut();
         session.handle_new_job(job, now_s);
         self.flush(&mut session);
     }
 
-    fn flush(&self, session: &mut Session) {
-        if let Some(bytes) = session.poll_transmit() {
-            // Fails only once the writer has gone, and then the reader is closing too.
-            let _ = self.outbound.try_send(bytes);
+    /// Sends what the session queued: straight to the socket if nothing is waiting before
+    /// it, else behind the backlog.
+    pub(crate) fn flush(self: &Rc<Self>, session: &mut Session) {
+        let bytes = session.transmit_pending();
+        if bytes.is_empty() || self.closed.get() {
+            session.transmitted();
+            return;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        let sent = if backlog.is_empty() {
+            match send_now(self.stream.borrow().as_raw_fd(), bytes) {
+                Ok(sent) => sent,
+                Err(_) => {
+                    drop(backlog);
+                    session.transmitted();
+                    self.close();
+                    return;
+                }
+            }
+        } else {
+            0
+        };
+        if sent < bytes.len() {
+            if backlog.len() + bytes.len() - sent > SEND_BACKLOG_BYTES_MAX {
+                drop(backlog);
+                session.transmitted();
+                tracing::debug!("miner is not reading; disconnecting");
+                self.close();
+                return;
+            }
+            backlog.extend_from_slice(&bytes[sent..]);
+        }
+        session.transmitted();
+        if !backlog.is_empty() && !self.backlog_writer_running.get() {
+            self.backlog_writer_running.set(true);
+            glommio::spawn_local(drain_backlog(self.clone())).detach();
         }
     }
+
+    /// Ends the connection: the reader sees end-of-stream and unregisters it.
+    fn close(&self) {
+        if !self.closed.replace(true) {
+            // SAFETY: shutdown(2) on a socket this connection owns.
+            unsafe { libc::shutdown(self.stream.borrow().as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+}
+
+/// A non-blocking send of as much as the kernel takes now; `Ok(0)` when its buffer is full.
+fn send_now(fd: i32, bytes: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: send(2) reads `bytes.len()` bytes from a live slice.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent >= 0 {
+        return Ok(sent as usize);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(error),
+    }
+}
+
+/// Writes the backlog as the socket becomes writable, then ends (and frees the backlog).
+async fn drain_backlog(connection: Rc<Connection>) {
+    loop {
+        if connection.backlog.borrow().is_empty() || connection.closed.get() {
+            break;
+        }
+        let written = poll_fn(|cx| {
+            let mut stream = connection.stream.borrow_mut();
+            let backlog = connection.backlog.borrow();
+            Pin::new(&mut *stream).poll_write(cx, &backlog)
+        })
+        .await;
+        match written {
+            Ok(0) | Err(_) => {
+                connection.close();
+                break;
+            }
+            Ok(written) => {
+                connection.backlog.borrow_mut().drain(..written);
+            }
+        }
+    }
+    *connection.backlog.borrow_mut() = Vec::new();
+    connection.backlog_writer_running.set(false);
 }
 
 pub fn now_s() -> u64 {
@@ -53,8 +160,6 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(
         core.config.connection_idle_timeout_s,
     )));
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (outbound, outbound_rx) = local_channel::new_unbounded::<Vec<u8>>();
     let session = Session::new(SessionConfig {
         extranonce1: core.next_extranonce1(),
         extranonce2_size: EXTRANONCE2_BYTES,
@@ -65,90 +170,108 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         vardiff: core.config.vardiff,
     });
     let connection = Rc::new(Connection {
+        stream: RefCell::new(stream),
         session: RefCell::new(session),
-        outbound,
+        backlog: RefCell::new(Vec::new()),
+        backlog_writer_running: Cell::new(false),
+        closed: Cell::new(false),
+        awaiting_ack: Gate::new(SHARES_AWAITING_ACK_PER_CONNECTION_MAX),
     });
     let id = core.register(connection.clone());
     core.counters.connections.fetch_add(1, Relaxed);
-    glommio::spawn_local(async move {
-        while let Some(bytes) = outbound_rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.close().await;
-    })
-    .detach();
-
-    let reason = read_loop(&core, &connection, &mut reader).await;
+    let reason = read_loop(&core, &connection).await;
     tracing::debug!(?peer, reason, "connection closed");
+    connection.close();
     core.unregister(id);
     core.counters.connections.fetch_sub(1, Relaxed);
 }
 
-async fn read_loop(
-    core: &Core,
-    connection: &Connection,
-    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
-) -> &'static str {
+async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str {
     let mut framer = LineFramer::new(STRATUM_LINE_BYTES_MAX);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
-        let read = match reader.read(&mut chunk).await {
+        // Back-pressure: read no more while this miner or this core has too many shares
+        // waiting for the disk.
+        connection.awaiting_ack.below_limit().await;
+        core.awaiting_durability.below_limit().await;
+        let read = poll_fn(|cx| {
+            let mut stream = connection.stream.borrow_mut();
+            let mut scratch = core.receive_buffer.borrow_mut();
+            Pin::new(&mut *stream).poll_read(cx, &mut scratch[..])
+        })
+        .await;
+        let read = match read {
             Ok(0) => return "peer closed",
             Ok(read) => read,
             Err(_) => return "read error or idle timeout",
         };
-        framer.push(&chunk[..read]);
-        loop {
-            let line = match framer.next_line() {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(_) => return "line too long",
-            };
-            let outcome = {
-                let mut session = connection.session.borrow_mut();
-                let jobs = core.jobs.borrow();
-                let mut duplicates = core.duplicates.borrow_mut();
-                let outcome = session.handle_line(line, now_s(), &jobs, &mut duplicates);
-                connection.flush(&mut session);
-                outcome
-            };
-            match outcome {
-                Outcome::Continue => {}
-                Outcome::Rejected(code) => core.counters.rejected(code),
-                Outcome::Close(_) => return "not JSON",
-                Outcome::ShareAccepted(accepted) => {
-                    let stored = match core.share_log.append(&accepted.record) {
-                        Ok(wait) => matches!(wait.await, Ok(Ok(()))),
-                        Err(_) => false,
-                    };
-                    let mut session = connection.session.borrow_mut();
-                    if stored {
-                        session.handle_share_durable(
-                            &accepted.request_id,
-                            now_s(),
-                            &core.jobs.borrow(),
-                        );
-                        core.counters.accepted(accepted.record.difficulty);
-                        if let Some(block) = accepted.block {
-                            core.counters.block_candidates.fetch_add(1, Relaxed);
-                            if core
-                                .upstream
-                                .try_send(Upstream::BlockCandidate(block))
-                                .is_err()
-                            {
-                                tracing::error!("upstream queue full: block candidate dropped");
-                            }
+        if connection.closed.get() {
+            return "closed by the pool";
+        }
+        let scratch = core.receive_buffer.borrow();
+        let mut close_reason = None;
+        let fed = framer.feed(&scratch[..read], |line| {
+            match handle_line(core, connection, line) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(reason) => {
+                    close_reason = Some(reason);
+                    ControlFlow::Break(())
+                }
+            }
+        });
+        match (fed, close_reason) {
+            (Err(_), _) => return "line too long",
+            (Ok(_), Some(reason)) => return reason,
+            (Ok(_), None) => {}
+        }
+    }
+}
+
+/// Runs one line through the session; accepted shares go to the share log.
+fn handle_line(
+    core: &Rc<Core>,
+    connection: &Rc<Connection>,
+    line: &[u8],
+) -> Result<(), &'static str> {
+    let mut session = connection.session.borrow_mut();
+    let outcome = {
+        let jobs = core.jobs.borrow();
+        let mut duplicates = core.duplicates.borrow_mut();
+        session.handle_line(line, now_s(), &jobs, &mut duplicates)
+    };
+    match outcome {
+        Outcome::Continue => {}
+        Outcome::Rejected(code) => core.counters.rejected(code),
+        Outcome::Close(_) => return Err("not JSON"),
+        Outcome::ShareAccepted(mut accepted) => {
+            match core.share_log.append(core.index, &accepted.record) {
+                Ok(()) => {
+                    // A block goes to the control plane now, not after the share's fsync: the
+                    // block is valid whether or not the share log keeps the share.
+                    if let Some(block) = accepted.block.take() {
+                        core.counters.block_candidates.fetch_add(1, Relaxed);
+                        if core
+                            .upstream
+                            .try_send(Upstream::BlockCandidate(block))
+                            .is_err()
+                        {
+                            tracing::error!("upstream queue full: block candidate dropped");
                         }
-                    } else {
-                        session.handle_share_store_failed(&accepted.request_id);
-                        core.counters
-                            .rejected(otedama_shared::sv1::ErrorCode::Other);
                     }
-                    connection.flush(&mut session);
+                    connection.awaiting_ack.take(1);
+                    core.awaiting_durability.take(1);
+                    core.awaiting.borrow_mut().push_back(AwaitingAck {
+                        connection: connection.clone(),
+                        share: accepted,
+                    });
+                }
+                Err(error) => {
+                    tracing::error!(%error, "share not stored");
+                    session.handle_share_store_failed(&accepted.request_id);
+                    core.counters.rejected(ErrorCode::Other);
                 }
             }
         }
     }
+    connection.flush(&mut session);
+    Ok(())
 }

@@ -3,8 +3,10 @@
 //! place that knows about glommio, so the runtime can be swapped without touching the
 //! protocol code.
 
+pub mod gate;
+
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +18,14 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use otedama_shared::ipc::Upstream;
-use otedama_shared::job::JobTemplate;
+use otedama_shared::sv1::{AcceptedShare, ErrorCode};
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 
 use crate::counters::Counters;
-use crate::net::sv1::{serve_connection, Connection};
-use crate::store::{ShareLog, ShareLogHandle};
+use crate::net::sv1::{now_s, serve_connection, Connection};
+use crate::store::{Completed, ShareLog, ShareLogHandle, SHARES_AWAITING_DURABILITY_PER_CORE_MAX};
 use crate::DataplaneConfig;
+use gate::Gate;
 
 /// Registered-buffer memory per executor. We do no file I/O through glommio, and a small
 /// value keeps the data plane inside the 8 MiB memlock limit of unprivileged users.
@@ -31,6 +34,17 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 /// Block candidates and other upstream messages waiting for the IPC thread.
 const UPSTREAM_QUEUE_MAX: usize = 1024;
+/// The core's one receive buffer; every connection's reads land here in turn.
+const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
+/// Connections a job broadcast serves before it lets the core's other tasks run, so that
+/// sending a job to 100,000 miners does not hold up their shares.
+const BROADCAST_CONNECTIONS_PER_SLICE: usize = 512;
+
+/// An accepted share waiting for its batch to be durable before the miner hears `true`.
+pub struct AwaitingAck {
+    pub connection: Rc<Connection>,
+    pub share: Box<AcceptedShare>,
+}
 
 /// Everything one core owns. Only that core's executor ever touches it.
 pub struct Core {
@@ -42,6 +56,11 @@ pub struct Core {
     pub jobs: RefCell<JobBook>,
     pub duplicates: RefCell<DuplicateFilter>,
     connections: RefCell<HashMap<u64, Rc<Connection>>>,
+    /// Accepted shares in the order they went to the share log, which is the order the
+    /// writer completes them in.
+    pub awaiting: RefCell<VecDeque<AwaitingAck>>,
+    pub awaiting_durability: Gate,
+    pub receive_buffer: RefCell<Box<[u8]>>,
     next_connection_id: Cell<u64>,
     next_extranonce: Cell<u32>,
     pub share_log: ShareLogHandle,
@@ -76,22 +95,46 @@ impl Core {
         self.connections.borrow_mut().remove(&id);
     }
 
-    fn publish_job(&self, template: JobTemplate) {
-        let job = match Job::new(template) {
-            Ok(job) => Arc::new(job),
-            Err(error) => {
-                tracing::error!(%error, "control plane sent an unusable job");
-                return;
-            }
-        };
+    /// Makes `job` current and sends it to every miner, in slices so that shares keep
+    /// flowing on this core while a broadcast to many connections is under way.
+    async fn publish_job(&self, job: Arc<Job>) {
         let retired = self.jobs.borrow_mut().insert(job.clone());
         self.duplicates.borrow_mut().retire(&retired);
         let connections: Vec<Rc<Connection>> =
             self.connections.borrow().values().cloned().collect();
-        let now_s = crate::net::sv1::now_s();
-        for connection in connections {
-            connection.send_job(&job, now_s);
+        let now_s = now_s();
+        for slice in connections.chunks(BROADCAST_CONNECTIONS_PER_SLICE) {
+            for connection in slice {
+                connection.send_job(&job, now_s);
+            }
+            glommio::yield_if_needed().await;
         }
+    }
+
+    /// The share log made the next `done.shares` of this core's shares durable (or failed
+    /// to): answer each miner, in order, and let readers go on.
+    fn complete_shares(&self, done: Completed) {
+        let now_s = now_s();
+        for _ in 0..done.shares {
+            let Some(AwaitingAck { connection, share }) = self.awaiting.borrow_mut().pop_front()
+            else {
+                tracing::error!("share log completed more shares than this core sent");
+                break;
+            };
+            {
+                let mut session = connection.session.borrow_mut();
+                if done.result.is_ok() {
+                    session.handle_share_durable(&share.request_id, now_s, &self.jobs.borrow());
+                    self.counters.accepted(share.record.difficulty);
+                } else {
+                    session.handle_share_store_failed(&share.request_id);
+                    self.counters.rejected(ErrorCode::Other);
+                }
+                connection.flush(&mut session);
+            }
+            connection.awaiting_ack.give_back(1);
+        }
+        self.awaiting_durability.give_back(done.shares);
     }
 }
 
@@ -110,19 +153,25 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
         cores.len()
     );
     let partition_first = config.process_index * cores.len();
-    let share_log =
-        ShareLog::open(&config.share_log_path, config.share_log_sync).with_context(|| {
-            format!(
-                "opening the share log at {}",
-                config.share_log_path.display()
-            )
-        })?;
+    let (completion_senders, completion_receivers): (Vec<_>, Vec<_>) =
+        cores.iter().map(|_| unbounded::<Completed>()).unzip();
+    let share_log = ShareLog::open(
+        &config.share_log_path,
+        config.share_log_sync,
+        completion_senders,
+    )
+    .with_context(|| {
+        format!(
+            "opening the share log at {}",
+            config.share_log_path.display()
+        )
+    })?;
     let counters = Arc::new(Counters::default());
     let (upstream_tx, upstream_rx) = crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX);
     let mut job_senders = Vec::new();
     let mut handles = Vec::new();
     let config = Arc::new(config);
-    for (index, cpu) in cores.iter().copied().enumerate() {
+    for ((index, cpu), completions) in cores.iter().copied().enumerate().zip(completion_receivers) {
         let (job_tx, job_rx) = unbounded();
         job_senders.push(job_tx);
         let (config, share_log, upstream, counters) = (
@@ -142,13 +191,16 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
                     jobs: RefCell::new(JobBook::default()),
                     duplicates: RefCell::new(DuplicateFilter::default()),
                     connections: RefCell::new(HashMap::new()),
+                    awaiting: RefCell::new(VecDeque::new()),
+                    awaiting_durability: Gate::new(SHARES_AWAITING_DURABILITY_PER_CORE_MAX),
+                    receive_buffer: RefCell::new(vec![0; RECEIVE_BUFFER_BYTES].into()),
                     next_connection_id: Cell::new(0),
                     next_extranonce: Cell::new(rand::random::<u32>() & 0x00ff_ffff),
                     share_log,
                     upstream,
                     counters,
                 });
-                core_main(core, job_rx).await
+                core_main(core, job_rx, completions).await
             })
             .map_err(|e| anyhow::anyhow!("starting the executor for core {cpu}: {e}"))?;
         handles.push(handle);
@@ -169,7 +221,18 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn core_main(core: Rc<Core>, mut jobs: UnboundedReceiver<JobTemplate>) -> anyhow::Result<()> {
+async fn core_main(
+    core: Rc<Core>,
+    mut jobs: UnboundedReceiver<Arc<Job>>,
+    mut completions: UnboundedReceiver<Completed>,
+) -> anyhow::Result<()> {
+    let acknowledger = core.clone();
+    glommio::spawn_local(async move {
+        while let Some(done) = completions.next().await {
+            acknowledger.complete_shares(done);
+        }
+    })
+    .detach();
     let mut accept_tasks = Vec::new();
     for address in core.config.stratum_listen.clone() {
         let listener = TcpListener::bind(address)
@@ -177,8 +240,8 @@ async fn core_main(core: Rc<Core>, mut jobs: UnboundedReceiver<JobTemplate>) -> 
         let core = core.clone();
         accept_tasks.push(glommio::spawn_local(accept_loop(core, listener)));
     }
-    while let Some(template) = jobs.next().await {
-        core.publish_job(template);
+    while let Some(job) = jobs.next().await {
+        core.publish_job(job).await;
     }
     Ok(())
 }

@@ -7,7 +7,11 @@ use super::session::{Outcome, Session};
 use super::ErrorCode;
 
 impl Session {
-    pub(super) fn handle_configure(&mut self, id: &Value, params: &[Value]) -> Outcome {
+    pub(super) fn handle_configure(
+        &mut self,
+        id: &super::request::RequestId,
+        params: &[Value],
+    ) -> Outcome {
         let (Some(Value::Array(extensions)), options) = (params.first(), params.get(1)) else {
             return self.reject(
                 id,

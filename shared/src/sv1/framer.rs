@@ -1,5 +1,7 @@
 //! Splits a Stratum byte stream into lines, enforcing `STRATUM_LINE_BYTES_MAX`.
 
+use std::ops::ControlFlow;
+
 /// A line grew past the limit without a newline; the connection must be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("line longer than {0} bytes")]
@@ -22,6 +24,71 @@ impl LineFramer {
             scanned: 0,
             line_bytes_max,
         }
+    }
+
+    /// Cuts a received chunk into lines for `on_line`, reading complete lines straight out
+    /// of `chunk`. Only a line split across chunks is copied, into a buffer that is freed
+    /// once the line completes, so an idle connection holds no receive buffer. Stops early
+    /// when `on_line` breaks (the rest of the chunk is dropped: the connection is closing).
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        mut on_line: impl FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, LineTooLong> {
+        let mut deliver = |raw: &[u8]| {
+            let mut line = raw.strip_suffix(b"\n").unwrap_or(raw);
+            if let [rest @ .., b'\r'] = line {
+                line = rest;
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                ControlFlow::Continue(())
+            } else {
+                on_line(line)
+            }
+        };
+        let mut rest = chunk;
+        if self.consumed > 0 {
+            self.buffer.drain(..self.consumed);
+            self.consumed = 0;
+            self.scanned = 0;
+        }
+        if !self.buffer.is_empty() {
+            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                self.buffer.extend_from_slice(rest);
+                if self.buffer.len() >= self.line_bytes_max {
+                    return Err(LineTooLong(self.line_bytes_max));
+                }
+                return Ok(ControlFlow::Continue(()));
+            };
+            self.buffer.extend_from_slice(&rest[..=end]);
+            rest = &rest[end + 1..];
+            if self.buffer.len() > self.line_bytes_max {
+                return Err(LineTooLong(self.line_bytes_max));
+            }
+            let line = std::mem::take(&mut self.buffer);
+            if deliver(&line).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            if end + 1 > self.line_bytes_max {
+                return Err(LineTooLong(self.line_bytes_max));
+            }
+            if deliver(&rest[..=end]).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            rest = &rest[end + 1..];
+        }
+        if rest.len() >= self.line_bytes_max {
+            return Err(LineTooLong(self.line_bytes_max));
+        }
+        self.buffer.extend_from_slice(rest);
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Bytes of a partial line held between chunks.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len() - self.consumed
     }
 
     /// Appends received bytes.
@@ -112,5 +179,57 @@ mod tests {
         assert_eq!(framer.next_line(), Ok(None));
         framer.push(b"x");
         assert_eq!(framer.next_line(), Err(LineTooLong(16)));
+    }
+
+    fn fed_lines(framer: &mut LineFramer, chunks: &[&[u8]]) -> Result<Vec<Vec<u8>>, LineTooLong> {
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            let _ = framer.feed(chunk, |line| {
+                lines.push(line.to_vec());
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(lines)
+    }
+
+    #[test]
+    fn feed_splits_lines_across_any_chunking_and_frees_the_carry() {
+        let stream = b"{\"a\":1}\r\n\n{\"b\":2}\n{\"c\":3}\n";
+        for split in 0..stream.len() {
+            let mut framer = LineFramer::new(64);
+            let lines = fed_lines(&mut framer, &[&stream[..split], &stream[split..]]).unwrap();
+            assert_eq!(
+                lines,
+                vec![
+                    b"{\"a\":1}".to_vec(),
+                    b"{\"b\":2}".to_vec(),
+                    b"{\"c\":3}".to_vec()
+                ]
+            );
+            assert_eq!(framer.buffered_bytes(), 0);
+            assert_eq!(framer.buffer.capacity(), 0, "no buffer kept once idle");
+        }
+    }
+
+    #[test]
+    fn feed_enforces_the_limit_at_its_edge() {
+        let limit = 16;
+        let exact = [vec![b'x'; limit - 1], b"\n".to_vec()].concat();
+        let over = [vec![b'x'; limit], b"\n".to_vec()].concat();
+        assert_eq!(
+            fed_lines(&mut LineFramer::new(limit), &[&exact])
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            fed_lines(&mut LineFramer::new(limit), &[&exact[..5], &exact[5..]])
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(fed_lines(&mut LineFramer::new(limit), &[&over]).is_err());
+        assert!(fed_lines(&mut LineFramer::new(limit), &[&over[..5], &over[5..]]).is_err());
+        assert!(fed_lines(&mut LineFramer::new(limit), &[&over[..limit]]).is_err());
     }
 }

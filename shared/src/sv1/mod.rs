@@ -6,6 +6,7 @@
 pub mod client;
 mod configure;
 mod framer;
+pub mod request;
 mod session;
 mod submit;
 

@@ -17,7 +17,12 @@ use crate::limits::{
 use crate::share::{DuplicateFilter, ShareRecord};
 use crate::vardiff::{Vardiff, VardiffConfig};
 
-use super::{line, set_difficulty_line, ErrorCode};
+use super::request::{parse_borrowed, RequestId};
+use super::{set_difficulty_line, ErrorCode};
+
+/// Outbox capacity a connection keeps between messages: enough for share replies, less
+/// than a notify (about 1.3 KB with a 12-level branch), which is freed after sending.
+const OUTBOX_KEEP_BYTES_MAX: usize = 256;
 
 /// Per-connection settings chosen by the core that accepted it.
 #[derive(Clone, Debug)]
@@ -55,7 +60,7 @@ pub enum CloseReason {
 /// A share that passed validation and awaits durability.
 #[derive(Debug, PartialEq)]
 pub struct AcceptedShare {
-    pub request_id: Value,
+    pub request_id: RequestId,
     pub record: ShareRecord,
     pub block: Option<BlockCandidate>,
 }
@@ -127,6 +132,22 @@ impl Session {
         }
     }
 
+    /// Bytes waiting to be sent, for glue that writes them in place; follow with
+    /// `transmitted`.
+    pub fn transmit_pending(&self) -> &[u8] {
+        &self.outbox
+    }
+
+    /// The bytes from `transmit_pending` are sent (or copied elsewhere). An idle connection
+    /// should not keep a notify-sized buffer, so a large outbox is given back.
+    pub fn transmitted(&mut self) {
+        if self.outbox.capacity() > OUTBOX_KEEP_BYTES_MAX {
+            self.outbox = Vec::new();
+        } else {
+            self.outbox.clear();
+        }
+    }
+
     pub fn is_mining(&self) -> bool {
         self.subscribed && !self.workers.is_empty()
     }
@@ -147,17 +168,29 @@ impl Session {
         jobs: &JobBook,
         duplicates: &mut DuplicateFilter,
     ) -> Outcome {
+        // Shares are nearly every line a miner sends: read them in place, without a Value.
+        if let Some(request) = parse_borrowed(line_bytes) {
+            if request.method == "mining.submit" {
+                let Some(id) = request
+                    .id
+                    .map_or(Some(RequestId::Null), |raw| RequestId::from_json(raw.get()))
+                else {
+                    return self.reject(&RequestId::Null, ErrorCode::Other, "request id too long");
+                };
+                return self.handle_submit(&id, request.params.as_slice(), now_s, jobs, duplicates);
+            }
+        }
         let Ok(message) = serde_json::from_slice::<Value>(line_bytes) else {
             return Outcome::Close(CloseReason::NotJson);
         };
         let Value::Object(request) = message else {
             return self.reject(
-                &Value::Null,
+                &RequestId::Null,
                 ErrorCode::Other,
                 "request must be a JSON object",
             );
         };
-        let id = request.get("id").cloned().unwrap_or(Value::Null);
+        let id = RequestId::from_value(request.get("id"));
         let Some(method) = request.get("method") else {
             // A reply to something we sent (we send only notifications): nothing to do.
             return Outcome::Continue;
@@ -181,14 +214,20 @@ impl Session {
                 self.reply(&id, json!(true));
                 Outcome::Continue
             }
-            "mining.submit" => self.handle_submit(&id, params, now_s, jobs, duplicates),
+            "mining.submit" => {
+                let Some(fields) = params.iter().map(Value::as_str).collect::<Option<Vec<_>>>()
+                else {
+                    return self.reject(&id, ErrorCode::Other, "submit needs 5 or 6 string params");
+                };
+                self.handle_submit(&id, &fields, now_s, jobs, duplicates)
+            }
             _ => self.reject(&id, ErrorCode::Other, "unknown method"),
         }
     }
 
     fn handle_subscribe(
         &mut self,
-        id: &Value,
+        id: &RequestId,
         params: &[Value],
         jobs: &JobBook,
         now_s: u64,
@@ -220,7 +259,7 @@ impl Session {
 
     fn handle_authorize(
         &mut self,
-        id: &Value,
+        id: &RequestId,
         params: &[Value],
         jobs: &JobBook,
         now_s: u64,
@@ -252,7 +291,7 @@ impl Session {
 
     fn handle_suggest_difficulty(
         &mut self,
-        id: &Value,
+        id: &RequestId,
         params: &[Value],
         jobs: &JobBook,
         now_s: u64,
@@ -337,8 +376,8 @@ impl Session {
     }
 
     /// The accepted share is durable: acknowledge it.
-    pub fn handle_share_durable(&mut self, request_id: &Value, now_s: u64, jobs: &JobBook) {
-        self.reply(request_id, json!(true));
+    pub fn handle_share_durable(&mut self, request_id: &RequestId, now_s: u64, jobs: &JobBook) {
+        self.reply_raw(request_id, b"true");
         let Some(vardiff) = self.vardiff.as_mut() else {
             return;
         };
@@ -350,7 +389,7 @@ impl Session {
     }
 
     /// The accepted share could not be stored: tell the miner it was not credited.
-    pub fn handle_share_store_failed(&mut self, request_id: &Value) {
+    pub fn handle_share_store_failed(&mut self, request_id: &RequestId) {
         self.reject(request_id, ErrorCode::Other, "share could not be stored");
     }
 
@@ -362,15 +401,31 @@ impl Session {
         Target::from_difficulty(self.config.algorithm, difficulty).unwrap_or(Target::MAX)
     }
 
-    pub(super) fn reply(&mut self, id: &Value, result: Value) {
-        self.outbox
-            .extend_from_slice(&line(&json!({"id": id, "result": result, "error": null})));
+    pub(super) fn reply(&mut self, id: &RequestId, result: Value) {
+        let result = serde_json::to_vec(&result).expect("JSON values serialize");
+        self.reply_raw(id, &result);
     }
 
-    pub(super) fn reject(&mut self, id: &Value, code: ErrorCode, message: &str) -> Outcome {
-        let error = json!([code as i32, message, null]);
+    /// `{"id":…,"result":…,"error":null}`, written straight into the outbox.
+    fn reply_raw(&mut self, id: &RequestId, result_json: &[u8]) {
+        self.outbox.extend_from_slice(b"{\"id\":");
+        id.write_to(&mut self.outbox);
+        self.outbox.extend_from_slice(b",\"result\":");
+        self.outbox.extend_from_slice(result_json);
+        self.outbox.extend_from_slice(b",\"error\":null}\n");
+    }
+
+    pub(super) fn reject(&mut self, id: &RequestId, code: ErrorCode, message: &str) -> Outcome {
+        self.outbox.extend_from_slice(b"{\"id\":");
+        id.write_to(&mut self.outbox);
         self.outbox
-            .extend_from_slice(&line(&json!({"id": id, "result": null, "error": error})));
+            .extend_from_slice(b",\"result\":null,\"error\":[");
+        let mut code_text = itoa::Buffer::new();
+        self.outbox
+            .extend_from_slice(code_text.format(code as i32).as_bytes());
+        self.outbox.push(b',');
+        serde_json::to_writer(&mut self.outbox, message).expect("a string serializes");
+        self.outbox.extend_from_slice(b",null]}\n");
         Outcome::Rejected(code)
     }
 }

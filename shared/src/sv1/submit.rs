@@ -2,22 +2,21 @@
 //! most useful code: subscription (25), shape (20), worker (24), job (21), field sizes and
 //! ranges (20), target (23), duplicate (22).
 
-use serde_json::Value;
-
 use crate::hex32::decode_u32_be;
 use crate::job::JobLookup;
 use crate::limits::{EXTRANONCE2_BYTES, NTIME_FUTURE_SECONDS_MAX};
 use crate::share::{validate_share, DuplicateFilter, ShareRecord, ShareSubmission};
 use crate::JobBook;
 
+use super::request::RequestId;
 use super::session::{AcceptedShare, BlockCandidate, Outcome, SentJob, Session};
 use super::{job_id_from_stratum, ErrorCode};
 
 impl Session {
     pub(super) fn handle_submit(
         &mut self,
-        id: &Value,
-        params: &[Value],
+        id: &RequestId,
+        fields: &[&str],
         now_s: u64,
         jobs: &JobBook,
         duplicates: &mut DuplicateFilter,
@@ -25,11 +24,9 @@ impl Session {
         if !self.subscribed {
             return self.reject(id, ErrorCode::NotSubscribed, "not subscribed");
         }
-        let fields: Option<Vec<&str>> = params.iter().map(Value::as_str).collect();
-        let fields = match fields {
-            Some(fields) if (5..=6).contains(&fields.len()) => fields,
-            _ => return self.reject(id, ErrorCode::Other, "submit needs 5 or 6 string params"),
-        };
+        if !(5..=6).contains(&fields.len()) {
+            return self.reject(id, ErrorCode::Other, "submit needs 5 or 6 string params");
+        }
         let worker = fields[0];
         if !self.workers.iter().any(|w| w == worker) {
             return self.reject(id, ErrorCode::UnauthorizedWorker, "unauthorized worker");

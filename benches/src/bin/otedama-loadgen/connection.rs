@@ -36,7 +36,10 @@ const FIRST_SUBMIT_ID: u64 = 16;
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
     Ramp,
-    Measure { started: Instant, started_unix_us: u64 },
+    Measure {
+        started: Instant,
+        started_unix_us: u64,
+    },
     Drain,
     Stop,
 }
@@ -483,9 +486,7 @@ fn record_broadcast(
         None => {
             worker.unstamped.set(true);
             let mut first = worker.first_receipt_us.borrow_mut();
-            let reference = *first
-                .entry(job_id.to_string())
-                .or_insert(received_unix_us);
+            let reference = *first.entry(job_id.to_string()).or_insert(received_unix_us);
             let _ = worker
                 .broadcast_us
                 .borrow_mut()
@@ -506,7 +507,9 @@ fn publish_stamp_us(line: &[u8]) -> Option<u64> {
         if !byte.is_ascii_digit() {
             break;
         }
-        millis = millis.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
+        millis = millis
+            .checked_mul(10)?
+            .checked_add(u64::from(byte - b'0'))?;
         rest = &rest[2..];
     }
     Some(millis * 1000)

@@ -81,12 +81,12 @@ pub struct SourceIps {
 }
 
 impl SourceIps {
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         (u32::from(self.last) - u32::from(self.first)) as usize + 1
     }
 
     pub fn nth(&self, index: usize) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.first) + (index % self.len()) as u32)
+        Ipv4Addr::from(u32::from(self.first) + (index % self.count()) as u32)
     }
 }
 
