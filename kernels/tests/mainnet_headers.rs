@@ -114,3 +114,17 @@ fn litecoin_scrypt_values_meet_their_targets() {
         );
     }
 }
+
+#[test]
+fn multi_lane_scrypt_matches_the_crate_on_litecoin_headers() {
+    let headers: Vec<[u8; 80]> = rows()
+        .into_iter()
+        .filter(|r| r.chain == "litecoin")
+        .map(|r| r.header)
+        .collect();
+    let mut many = vec![[0u8; 32]; headers.len()];
+    otedama_kernels::scrypt::scrypt_pow_many(&headers, &mut many);
+    for (header, value) in headers.iter().zip(&many) {
+        assert_eq!(*value, scrypt_pow(header));
+    }
+}
