@@ -59,6 +59,11 @@ pub struct ShareLogHandle {
 }
 
 impl ShareLogHandle {
+    /// Shares waiting for the writer right now.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Queues a record from `core`. Its completion arrives on that core's channel.
     pub fn append(&self, core: usize, record: &ShareRecord) -> Result<(), StoreError> {
         match self.queue.try_send(PendingShare {

@@ -237,6 +237,12 @@ impl StratumTestClient {
         })
     }
 
+    /// The socket and a reader positioned after everything read so far, for tests that
+    /// pipeline raw lines.
+    pub fn into_raw(self) -> (TcpStream, std::io::BufReader<TcpStream>) {
+        (self.writer, self.reader)
+    }
+
     /// Sends a raw line (newline added if missing).
     pub fn send_raw(&mut self, line: &[u8]) -> anyhow::Result<()> {
         use std::io::Write;

@@ -35,7 +35,7 @@ const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 /// Block candidates and other upstream messages waiting for the IPC thread.
 const UPSTREAM_QUEUE_MAX: usize = 1024;
 /// The core's one receive buffer; every connection's reads land here in turn.
-const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
+pub const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
 /// Connections a job broadcast serves before it lets the core's other tasks run, so that
 /// sending a job to 100,000 miners does not hold up their shares.
 const BROADCAST_CONNECTIONS_PER_SLICE: usize = 512;
@@ -138,34 +138,54 @@ impl Core {
     }
 }
 
-/// Runs the data plane until it fails; it never returns on its own.
+/// The extranonce1 partition byte of core `core_index` of process `process_index`, where
+/// each process runs `cores` executors: unique across the host, or an error if the host's
+/// processes × cores exceed the one-byte space.
+pub fn extranonce1_partition(
+    process_index: usize,
+    processes: usize,
+    cores: usize,
+    core_index: usize,
+) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        process_index < processes && core_index < cores && processes * cores <= 256,
+        "processes × cores must be at most 256 (extranonce1 gives each one a byte), not {processes} × {cores}"
+    );
+    Ok((process_index * cores + core_index) as u8)
+}
+
+/// Runs the data plane with the RocksDB share log from the configuration, until it fails;
+/// it never returns on its own.
 pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
+    let (path, sync) = (config.share_log_path.clone(), config.share_log_sync);
+    run_with_share_log(config, move |cores| {
+        ShareLog::open(&path, sync, cores)
+            .with_context(|| format!("opening the share log at {}", path.display()))
+    })
+}
+
+/// Runs the data plane with the share log `open_share_log` returns for the cores'
+/// completion channels. Tests use it to put a faulty or stalled sink under a real data
+/// plane.
+pub fn run_with_share_log(
+    config: DataplaneConfig,
+    open_share_log: impl FnOnce(
+        Vec<futures_channel::mpsc::UnboundedSender<Completed>>,
+    ) -> anyhow::Result<ShareLog>,
+) -> anyhow::Result<()> {
     let cores = if config.cores.is_empty() {
         (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
     } else {
         config.cores.clone()
     };
-    let partitions = config.processes * cores.len();
-    anyhow::ensure!(
-        config.process_index < config.processes && partitions <= 256,
-        "processes × cores must be at most 256 (extranonce1 gives each one a byte), not {} × {}",
-        config.processes,
-        cores.len()
-    );
-    let partition_first = config.process_index * cores.len();
+    let partitions = (0..cores.len())
+        .map(|core| {
+            extranonce1_partition(config.process_index, config.processes, cores.len(), core)
+        })
+        .collect::<anyhow::Result<Vec<u8>>>()?;
     let (completion_senders, completion_receivers): (Vec<_>, Vec<_>) =
         cores.iter().map(|_| unbounded::<Completed>()).unzip();
-    let share_log = ShareLog::open(
-        &config.share_log_path,
-        config.share_log_sync,
-        completion_senders,
-    )
-    .with_context(|| {
-        format!(
-            "opening the share log at {}",
-            config.share_log_path.display()
-        )
-    })?;
+    let share_log = open_share_log(completion_senders)?;
     let counters = Arc::new(Counters::default());
     let (upstream_tx, upstream_rx) = crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX);
     let mut job_senders = Vec::new();
@@ -174,6 +194,7 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
     for ((index, cpu), completions) in cores.iter().copied().enumerate().zip(completion_receivers) {
         let (job_tx, job_rx) = unbounded();
         job_senders.push(job_tx);
+        let partition = partitions[index];
         let (config, share_log, upstream, counters) = (
             config.clone(),
             share_log.handle(),
@@ -186,7 +207,7 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
             .spawn(move || async move {
                 let core = Rc::new(Core {
                     index,
-                    partition: (partition_first + index) as u8,
+                    partition,
                     config: Rc::new((*config).clone()),
                     jobs: RefCell::new(JobBook::default()),
                     duplicates: RefCell::new(DuplicateFilter::default()),
@@ -257,5 +278,30 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
                 glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_unique_across_processes_and_cores_up_to_the_limit() {
+        for (processes, cores) in [(1, 1), (6, 2), (64, 4), (1, 256), (16, 16)] {
+            let mut seen = std::collections::HashSet::new();
+            for process in 0..processes {
+                for core in 0..cores {
+                    let partition = extranonce1_partition(process, processes, cores, core).unwrap();
+                    assert!(
+                        seen.insert(partition),
+                        "{processes}×{cores}: {partition} twice"
+                    );
+                }
+            }
+            assert_eq!(seen.len(), processes * cores);
+        }
+        assert!(extranonce1_partition(0, 257, 1, 0).is_err());
+        assert!(extranonce1_partition(0, 65, 4, 0).is_err());
+        assert!(extranonce1_partition(2, 2, 1, 0).is_err());
     }
 }
