@@ -8,6 +8,7 @@
 pub mod merkle;
 pub mod scrypt;
 pub mod sha256d;
+pub mod sha_ni;
 pub mod target;
 
 pub use merkle::merkle_root_from_branch;

@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -43,6 +43,9 @@ pub struct Connection {
     backlog: RefCell<Vec<u8>>,
     backlog_writer_running: Cell<bool>,
     closed: Cell<bool>,
+    /// Unix seconds of the last read; the core's idle sweep closes silent connections.
+    /// (A per-read timeout would keep a timer per idle connection; one sweep keeps none.)
+    last_read_s: Cell<u64>,
     pub(crate) awaiting_ack: Gate,
 }
 
@@ -90,6 +93,15 @@ impl Connection {
             self.backlog_writer_running.set(true);
             glommio::spawn_local(drain_backlog(self.clone())).detach();
         }
+    }
+
+    /// Closes the connection if it has sent nothing since `cutoff_s`.
+    pub(crate) fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
+        let idle = self.last_read_s.get() < cutoff_s;
+        if idle {
+            self.close();
+        }
+        idle
     }
 
     /// Ends the connection: the reader sees end-of-stream and unregisters it.
@@ -155,11 +167,7 @@ pub fn now_s() -> u64 {
 }
 
 pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
-    let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(
-        core.config.connection_idle_timeout_s,
-    )));
     let session = Session::new(SessionConfig {
         extranonce1: core.next_extranonce1(),
         extranonce2_size: EXTRANONCE2_BYTES,
@@ -175,12 +183,13 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         backlog: RefCell::new(Vec::new()),
         backlog_writer_running: Cell::new(false),
         closed: Cell::new(false),
+        last_read_s: Cell::new(now_s()),
         awaiting_ack: Gate::new(SHARES_AWAITING_ACK_PER_CONNECTION_MAX),
     });
     let id = core.register(connection.clone());
     core.counters.connections.fetch_add(1, Relaxed);
     let reason = read_loop(&core, &connection).await;
-    tracing::debug!(?peer, reason, "connection closed");
+    tracing::debug!(peer = ?connection.stream.borrow().peer_addr().ok(), reason, "connection closed");
     connection.close();
     core.unregister(id);
     core.counters.connections.fetch_sub(1, Relaxed);
@@ -202,8 +211,9 @@ async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str
         let read = match read {
             Ok(0) => return "peer closed",
             Ok(read) => read,
-            Err(_) => return "read error or idle timeout",
+            Err(_) => return "read error",
         };
+        connection.last_read_s.set(now_s());
         if connection.closed.get() {
             return "closed by the pool";
         }

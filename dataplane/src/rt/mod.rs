@@ -111,6 +111,20 @@ impl Core {
         }
     }
 
+    /// Closes every connection that has sent nothing for `connection_idle_timeout_s`.
+    fn close_idle_connections(&self) {
+        let cutoff_s = now_s().saturating_sub(self.config.connection_idle_timeout_s);
+        let closed = self
+            .connections
+            .borrow()
+            .values()
+            .filter(|connection| connection.close_if_idle_since(cutoff_s))
+            .count();
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle connections");
+        }
+    }
+
     /// The share log made the next `done.shares` of this core's shares durable (or failed
     /// to): answer each miner, in order, and let readers go on.
     fn complete_shares(&self, done: Completed) {
@@ -247,6 +261,16 @@ async fn core_main(
     mut jobs: UnboundedReceiver<Arc<Job>>,
     mut completions: UnboundedReceiver<Completed>,
 ) -> anyhow::Result<()> {
+    let sweeper = core.clone();
+    glommio::spawn_local(async move {
+        // A quarter of the timeout: a silent miner is closed within 1.25 timeouts.
+        let period_s = (sweeper.config.connection_idle_timeout_s / 4).max(1);
+        loop {
+            glommio::timer::sleep(Duration::from_secs(period_s)).await;
+            sweeper.close_idle_connections();
+        }
+    })
+    .detach();
     let acknowledger = core.clone();
     glommio::spawn_local(async move {
         while let Some(done) = completions.next().await {

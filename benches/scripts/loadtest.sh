@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs `otedama run` on a synthetic chain (no node needed, SHA256d, every hash a valid share)
+# and drives it with `otedama-loadgen` on loopback. Prints the load generator's summary, then
+# the data plane's memory (VmRSS summed over its processes, from /proc/PID/status) and the
+# kernel's slab growth while the connections were held.
+#
+# Usage: benches/scripts/loadtest.sh [pool flags...] -- [loadgen flags...]
+# Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default 33333).
+set -euo pipefail
+
+bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
+port=${PORT:-33333}
+api_port=$((port + 1))
+pool_flags=()
+while [[ $# -gt 0 && $1 != "--" ]]; do pool_flags+=("$1"); shift; done
+[[ ${1:-} == "--" ]] && shift
+loadgen_flags=("$@")
+
+data_dir=$(mktemp -d /tmp/otedama-loadtest.XXXXXX)
+cleanup() { kill "$pool_pid" 2>/dev/null || true; wait "$pool_pid" 2>/dev/null || true; rm -rf "$data_dir"; }
+trap cleanup EXIT
+
+dataplane_rss_kib() {
+  local total=0
+  for pid in $(pgrep -f "otedama dataplane --process-index .* --config $data_dir/" || true); do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")))
+  done
+  echo "$total"
+}
+slab_kib() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
+
+RUST_LOG=${RUST_LOG:-warn} "$bin_dir/otedama" run \
+  --chain synthetic --coin bitcoin --network regtest \
+  --payout-address bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt \
+  --data-dir "$data_dir" --stratum-listen "127.0.0.1:$port" --api-listen "127.0.0.1:$api_port" \
+  --difficulty-min 1e-10 --start-difficulty 1e-10 --vardiff-share-interval-s 0 \
+  "${pool_flags[@]}" >"$data_dir/pool.log" 2>&1 &
+pool_pid=$!
+for _ in $(seq 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  sleep 0.1
+done
+sleep 1
+rss_before=$(dataplane_rss_kib)
+slab_before=$(slab_kib)
+
+"$bin_dir/otedama-loadgen" --target "127.0.0.1:$port" "${loadgen_flags[@]}" &
+loadgen_pid=$!
+# Sample memory while the connections are held: the peak over the run.
+rss_peak=$rss_before
+slab_peak=$slab_before
+while kill -0 "$loadgen_pid" 2>/dev/null; do
+  rss=$(dataplane_rss_kib); slab=$(slab_kib)
+  ((rss > rss_peak)) && rss_peak=$rss
+  ((slab > slab_peak)) && slab_peak=$slab
+  sleep 1
+done
+wait "$loadgen_pid"
+connections=$(curl -s "http://127.0.0.1:$api_port/api/v1/stats" | sed -n 's/.*"connections":\([0-9]*\).*/\1/p')
+echo "data plane VmRSS: ${rss_before} KiB before, ${rss_peak} KiB peak ($(( (rss_peak - rss_before) )) KiB for the connections)"
+echo "kernel slab: ${slab_before} KiB before, ${slab_peak} KiB peak ($(( slab_peak - slab_before )) KiB)"
+echo "pool connections after the run (should be 0 or falling): ${connections:-unknown}"
