@@ -13,12 +13,17 @@ pub use otedama_controlplane::regtest::{free_port, RegtestNode, RegtestPair};
 
 /// The `otedama` binary built beside this test executable.
 pub fn otedama_binary() -> PathBuf {
+    workspace_binary("otedama")
+}
+
+/// A binary of this workspace, built beside this test executable.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let path = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps")
-        .join("otedama");
+        .join(name);
     assert!(
         path.is_file(),
         "{} is missing: build it first with `cargo build --workspace --bins` (`cargo xtask test` does this)",
