@@ -68,6 +68,10 @@ fn serve_jobs(socket: PathBuf) {
     });
 }
 
+/// Idle timeout of the test data planes: long enough that no test's miner goes quiet for it
+/// by accident, short enough for the idle test to watch a sweep.
+const IDLE_TIMEOUT_S: u64 = 4;
+
 /// Starts a one-core data plane whose share log `open` builds; returns its Stratum address.
 fn start_dataplane(
     open: impl FnOnce(
@@ -94,7 +98,7 @@ fn start_dataplane(
         share_log_sync: false,
         ipc_socket,
         version_rolling_mask: 0x1fff_e000,
-        connection_idle_timeout_s: 120,
+        connection_idle_timeout_s: IDLE_TIMEOUT_S,
         vardiff: None,
     };
     std::thread::spawn(move || {
@@ -326,4 +330,35 @@ fn duplicates_are_caught_on_the_owning_connection_and_equal_fields_elsewhere_are
     // and processes (see `rt::extranonce1_partition`).
     let other = second.submit_and_wait(10, 5);
     assert_eq!(other["result"], json!(true), "{other}");
+}
+
+#[test]
+fn a_silent_miner_is_closed_after_the_idle_timeout_and_a_talking_one_is_not() {
+    let address = start_dataplane(real_share_log());
+    let mut silent = RawClient::start(&address);
+    let mut talking = RawClient::start(&address);
+    silent
+        .reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(IDLE_TIMEOUT_S * 5)))
+        .unwrap();
+    // The talking miner sends a share every second, well inside the timeout, for twice
+    // the timeout; the silent one sends nothing.
+    let rounds = IDLE_TIMEOUT_S * 2;
+    for round in 0..rounds {
+        let reply = talking.submit_and_wait(100 + round, round as u32);
+        assert_eq!(reply["result"], json!(true), "{reply}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // By now (2 × timeout) the silent miner's socket has been shut: reading hits its end
+    // (sweeps run every timeout / 4, so the close comes by 1.25 × timeout).
+    let mut line = String::new();
+    let read = silent.reader.read_line(&mut line).unwrap_or(0);
+    assert_eq!(read, 0, "the silent miner is still open: got {line:?}");
+    let reply = talking.submit_and_wait(999, 999);
+    assert_eq!(
+        reply["result"],
+        json!(true),
+        "the talking miner was closed: {reply}"
+    );
 }

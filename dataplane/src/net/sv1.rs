@@ -89,7 +89,11 @@ impl Connection {
             backlog.extend_from_slice(&bytes[sent..]);
         }
         session.transmitted();
-        if !backlog.is_empty() && !self.backlog_writer_running.get() {
+        let start_writer = !backlog.is_empty() && !self.backlog_writer_running.get();
+        // No borrow may be held across the spawn: the new task can be polled before this
+        // function's caller lets go of anything.
+        drop(backlog);
+        if start_writer {
             self.backlog_writer_running.set(true);
             glommio::spawn_local(drain_backlog(self.clone())).detach();
         }
