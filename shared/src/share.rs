@@ -69,15 +69,27 @@ pub fn validate_share(
     let header = build_header(job, submission);
     let header_hash = sha256d(&header);
     let pow = pow_hash(job.algorithm, &header, &header_hash);
-    let achieved_difficulty = Target::hash_difficulty(job.algorithm, &pow);
-    if !share_target.is_met_by(&pow) {
+    check_pow(job, header, header_hash, &pow, share_target)
+}
+
+/// The target checks on an already computed proof-of-work value: the second half of
+/// `validate_share`, for callers that compute `pow` in batches (multi-lane scrypt).
+pub fn check_pow(
+    job: &Job,
+    header: [u8; 80],
+    header_hash: [u8; 32],
+    pow: &[u8; 32],
+    share_target: &Target,
+) -> Result<ValidShare, f64> {
+    let achieved_difficulty = Target::hash_difficulty(job.algorithm, pow);
+    if !share_target.is_met_by(pow) {
         return Err(achieved_difficulty);
     }
     Ok(ValidShare {
         header,
         header_hash,
         achieved_difficulty,
-        is_block: job.network_target.is_met_by(&pow),
+        is_block: job.network_target.is_met_by(pow),
     })
 }
 

@@ -51,6 +51,7 @@ impl Harness {
             version_rolling_mask: 0x1fff_e000,
             algorithm: Algorithm::Sha256d,
             vardiff: None,
+            batch_scrypt: false,
         });
         Harness {
             session,
@@ -470,6 +471,7 @@ fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
         version_rolling_mask: 0x1fff_e000,
         algorithm: Algorithm::Sha256d,
         vardiff: Some(otedama_shared::vardiff::VardiffConfig::default()),
+        batch_scrypt: false,
     });
     let job = h.ready();
     let burst = otedama_shared::vardiff::VARDIFF_BURST_SHARES_MAX;
@@ -511,4 +513,62 @@ fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
         panic!()
     };
     assert_eq!(accepted.record.difficulty, 0.0004);
+}
+
+/// A scrypt session that hands proof of work to the glue ends exactly where one that hashes
+/// for itself does: accepted with the same record, then duplicate.
+#[test]
+fn batched_scrypt_shares_finish_like_hashed_ones() {
+    let mut outcomes = Vec::new();
+    for batch_scrypt in [false, true] {
+        let mut jobs = JobBook::default();
+        let mut scrypt_template = template(1, true);
+        scrypt_template.algorithm = AlgorithmName::Scrypt;
+        jobs.insert(Arc::new(Job::new(scrypt_template).unwrap()));
+        let mut h = Harness {
+            session: Session::new(SessionConfig {
+                extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
+                extranonce2_size: 4,
+                start_difficulty: DIFFICULTY_FLOOR_FOR_TESTS,
+                difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
+                version_rolling_mask: 0x1fff_e000,
+                algorithm: Algorithm::Scrypt,
+                vardiff: None,
+                batch_scrypt,
+            }),
+            jobs,
+            duplicates: DuplicateFilter::default(),
+        };
+        let job = h.ready();
+        let line = submit_line(
+            7,
+            "addr.rig",
+            &job.job_id,
+            &[0, 0, 0, 1],
+            job.ntime,
+            42,
+            None,
+        );
+        let finish = |h: &mut Harness| {
+            let (outcome, _) = h.send(&line);
+            match outcome {
+                Outcome::NeedsPow(pending) => {
+                    assert!(batch_scrypt, "only batching sessions defer the hash");
+                    let pow = otedama_kernels::scrypt::scrypt_pow(&pending.header);
+                    h.session
+                        .handle_pow(pending, &pow, NOW_S, &mut h.duplicates)
+                }
+                outcome => {
+                    assert!(!batch_scrypt, "a batching session must defer scrypt");
+                    outcome
+                }
+            }
+        };
+        let first = finish(&mut h);
+        let second = finish(&mut h);
+        assert!(matches!(first, Outcome::ShareAccepted(_)), "{first:?}");
+        assert_eq!(second, Outcome::Rejected(ErrorCode::Duplicate));
+        outcomes.push(first);
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
 }

@@ -180,6 +180,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         version_rolling_mask: core.config.version_rolling_mask,
         algorithm: core.config.algorithm,
         vardiff: core.config.vardiff,
+        batch_scrypt: true,
     });
     let connection = Rc::new(Connection {
         stream: RefCell::new(stream),
@@ -252,10 +253,29 @@ fn handle_line(
         let mut duplicates = core.duplicates.borrow_mut();
         session.handle_line(line, now_s(), &jobs, &mut duplicates)
     };
+    let result = apply_outcome(core, connection, &mut session, outcome);
+    connection.flush(&mut session);
+    result
+}
+
+/// Acts on what the session decided: count a rejection, store an accepted share (and send
+/// its block at once), or queue a scrypt share for the core's batch hasher.
+pub(crate) fn apply_outcome(
+    core: &Rc<Core>,
+    connection: &Rc<Connection>,
+    session: &mut Session,
+    outcome: Outcome,
+) -> Result<(), &'static str> {
     match outcome {
         Outcome::Continue => {}
         Outcome::Rejected(code) => core.counters.rejected(code),
         Outcome::Close(_) => return Err("not JSON"),
+        Outcome::NeedsPow(pending) => {
+            // Counts against the miner's allowance like a share awaiting the disk, so a
+            // flood of scrypt shares stops the reader too.
+            connection.awaiting_ack.take(1);
+            core.queue_pow(connection.clone(), pending);
+        }
         Outcome::ShareAccepted(mut accepted) => {
             match core.share_log.append(core.index, &accepted.record) {
                 Ok(()) => {
@@ -286,6 +306,5 @@ fn handle_line(
             }
         }
     }
-    connection.flush(&mut session);
     Ok(())
 }

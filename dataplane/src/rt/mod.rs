@@ -18,7 +18,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use otedama_shared::ipc::Upstream;
-use otedama_shared::sv1::{AcceptedShare, ErrorCode};
+use otedama_shared::sv1::{AcceptedShare, ErrorCode, PendingPow};
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 
 use crate::counters::Counters;
@@ -26,6 +26,7 @@ use crate::net::sv1::{now_s, serve_connection, Connection};
 use crate::store::{Completed, ShareLog, ShareLogHandle, SHARES_AWAITING_DURABILITY_PER_CORE_MAX};
 use crate::DataplaneConfig;
 use gate::Gate;
+use otedama_kernels::scrypt::SCRYPT_LANES_MAX;
 
 /// Registered-buffer memory per executor. We do no file I/O through glommio, and a small
 /// value keeps the data plane inside the 8 MiB memlock limit of unprivileged users.
@@ -61,6 +62,9 @@ pub struct Core {
     pub awaiting: RefCell<VecDeque<AwaitingAck>>,
     pub awaiting_durability: Gate,
     pub receive_buffer: RefCell<Box<[u8]>>,
+    /// Scrypt shares waiting for the batch hasher, and the hasher's waker.
+    pow_queue: RefCell<Vec<(Rc<Connection>, Box<PendingPow>)>>,
+    pow_waiter: RefCell<Option<std::task::Waker>>,
     next_connection_id: Cell<u64>,
     next_extranonce: Cell<u32>,
     pub share_log: ShareLogHandle,
@@ -106,6 +110,64 @@ impl Core {
         for slice in connections.chunks(BROADCAST_CONNECTIONS_PER_SLICE) {
             for connection in slice {
                 connection.send_job(&job, now_s);
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Queues a scrypt share for the batch hasher.
+    pub fn queue_pow(&self, connection: Rc<Connection>, pending: Box<PendingPow>) {
+        self.pow_queue.borrow_mut().push((connection, pending));
+        if let Some(waker) = self.pow_waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Hashes queued scrypt shares, up to `SCRYPT_LANES_MAX` at a time, and finishes them.
+    /// The hasher runs after the tasks already woken (the readers), so shares that arrive
+    /// together are hashed together; a lone share goes through the one-lane crate, which is
+    /// cheaper than a mostly empty multi-lane pass.
+    async fn hash_scrypt_shares(self: Rc<Self>) {
+        let mut batch: Vec<(Rc<Connection>, Box<PendingPow>)> =
+            Vec::with_capacity(SCRYPT_LANES_MAX);
+        let mut headers = Vec::with_capacity(SCRYPT_LANES_MAX);
+        let mut pows = Vec::with_capacity(SCRYPT_LANES_MAX);
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.pow_queue.borrow().is_empty() {
+                    *self.pow_waiter.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            futures_lite::future::yield_now().await;
+            {
+                let mut queue = self.pow_queue.borrow_mut();
+                let take = queue.len().min(SCRYPT_LANES_MAX);
+                batch.extend(queue.drain(..take));
+            }
+            headers.clear();
+            headers.extend(batch.iter().map(|(_, pending)| pending.header));
+            pows.clear();
+            pows.resize(headers.len(), [0u8; 32]);
+            if headers.len() == 1 {
+                pows[0] = otedama_kernels::scrypt::scrypt_pow(&headers[0]);
+            } else {
+                otedama_kernels::scrypt::scrypt_pow_many(&headers, &mut pows);
+            }
+            let now_s = now_s();
+            for ((connection, pending), pow) in batch.drain(..).zip(&pows) {
+                let mut session = connection.session.borrow_mut();
+                let outcome = {
+                    let mut duplicates = self.duplicates.borrow_mut();
+                    session.handle_pow(pending, pow, now_s, &mut duplicates)
+                };
+                // Not a close: handle_pow never asks for one.
+                let _ = crate::net::sv1::apply_outcome(&self, &connection, &mut session, outcome);
+                connection.flush(&mut session);
+                connection.awaiting_ack.give_back(1);
             }
             glommio::yield_if_needed().await;
         }
@@ -229,6 +291,8 @@ pub fn run_with_share_log(
                     awaiting: RefCell::new(VecDeque::new()),
                     awaiting_durability: Gate::new(SHARES_AWAITING_DURABILITY_PER_CORE_MAX),
                     receive_buffer: RefCell::new(vec![0; RECEIVE_BUFFER_BYTES].into()),
+                    pow_queue: RefCell::new(Vec::new()),
+                    pow_waiter: RefCell::new(None),
                     next_connection_id: Cell::new(0),
                     next_extranonce: Cell::new(rand::random::<u32>() & 0x00ff_ffff),
                     share_log,
@@ -271,6 +335,7 @@ async fn core_main(
         }
     })
     .detach();
+    glommio::spawn_local(core.clone().hash_scrypt_shares()).detach();
     let acknowledger = core.clone();
     glommio::spawn_local(async move {
         while let Some(done) = completions.next().await {

@@ -11,7 +11,9 @@ mod session;
 mod submit;
 
 pub use framer::{LineFramer, LineTooLong};
-pub use session::{AcceptedShare, BlockCandidate, CloseReason, Outcome, Session, SessionConfig};
+pub use session::{
+    AcceptedShare, BlockCandidate, CloseReason, Outcome, PendingPow, Session, SessionConfig,
+};
 
 use serde_json::{json, Value};
 

@@ -37,6 +37,9 @@ pub struct SessionConfig {
     pub algorithm: Algorithm,
     /// `None` keeps the difficulty where the start value or the miner's suggestion put it.
     pub vardiff: Option<VardiffConfig>,
+    /// Hand scrypt shares back as `Outcome::NeedsPow` so the glue can hash several at once;
+    /// off, the session hashes each share itself.
+    pub batch_scrypt: bool,
 }
 
 /// What the glue must do after a line.
@@ -48,6 +51,10 @@ pub enum Outcome {
     Rejected(ErrorCode),
     /// Store the share durably, then call `handle_share_durable(request_id)`.
     ShareAccepted(Box<AcceptedShare>),
+    /// A scrypt share passed every check but the proof of work: compute
+    /// `scrypt_pow(&pending.header)` (batched with others, if the glue likes) and pass it to
+    /// `handle_pow`. Only with `SessionConfig::batch_scrypt`.
+    NeedsPow(Box<PendingPow>),
     /// Close this connection (the reason is for logs and counters).
     Close(CloseReason),
 }
@@ -63,6 +70,28 @@ pub struct AcceptedShare {
     pub request_id: RequestId,
     pub record: ShareRecord,
     pub block: Option<BlockCandidate>,
+}
+
+/// A share waiting for its proof-of-work value; everything `handle_pow` needs to finish it,
+/// so the session's state may move on (new jobs, more shares) in between.
+#[derive(Debug)]
+pub struct PendingPow {
+    pub(super) request_id: RequestId,
+    /// The header to hash with the job's algorithm.
+    pub header: [u8; 80],
+    pub(super) header_hash: [u8; 32],
+    pub(super) job: std::sync::Arc<Job>,
+    pub(super) job_id: u64,
+    pub(super) sent: SentJob,
+    pub(super) worker: String,
+    pub(super) extranonce2: [u8; crate::limits::EXTRANONCE2_BYTES * 2],
+    pub(super) extranonce2_len: usize,
+}
+
+impl PartialEq for PendingPow {
+    fn eq(&self, other: &Self) -> bool {
+        self.request_id == other.request_id && self.header == other.header
+    }
 }
 
 /// A share that also met the network target: everything the control plane needs, with

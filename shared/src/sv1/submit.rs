@@ -5,11 +5,15 @@
 use crate::hex32::decode_u32_be;
 use crate::job::JobLookup;
 use crate::limits::{EXTRANONCE2_BYTES, NTIME_FUTURE_SECONDS_MAX};
-use crate::share::{validate_share, DuplicateFilter, ShareRecord, ShareSubmission};
+use otedama_kernels::{sha256d, Algorithm};
+
+use crate::share::{
+    build_header, check_pow, pow_hash, DuplicateFilter, ShareRecord, ShareSubmission,
+};
 use crate::JobBook;
 
 use super::request::RequestId;
-use super::session::{AcceptedShare, BlockCandidate, Outcome, SentJob, Session};
+use super::session::{AcceptedShare, BlockCandidate, Outcome, PendingPow, SentJob, Session};
 use super::{job_id_from_stratum, ErrorCode};
 
 impl Session {
@@ -73,10 +77,51 @@ impl Session {
             nonce,
             version,
         };
+        let header = build_header(&job, &submission);
+        let pending = Box::new(PendingPow {
+            request_id: id.clone(),
+            header_hash: sha256d(&header),
+            header,
+            job,
+            job_id,
+            sent,
+            worker: worker.to_string(),
+            extranonce2,
+            extranonce2_len: extranonce2_size,
+        });
+        match pending.job.algorithm {
+            Algorithm::Scrypt if self.config.batch_scrypt => Outcome::NeedsPow(pending),
+            algorithm => {
+                let pow = pow_hash(algorithm, &pending.header, &pending.header_hash);
+                self.handle_pow(pending, &pow, now_s, duplicates)
+            }
+        }
+    }
+
+    /// Finishes a share whose proof-of-work value the glue computed (`Outcome::NeedsPow`),
+    /// or that `handle_submit` hashed itself: target, duplicate, record.
+    pub fn handle_pow(
+        &mut self,
+        pending: Box<PendingPow>,
+        pow: &[u8; 32],
+        now_s: u64,
+        duplicates: &mut DuplicateFilter,
+    ) -> Outcome {
+        let PendingPow {
+            request_id: id,
+            header,
+            header_hash,
+            job,
+            job_id,
+            sent,
+            worker,
+            extranonce2,
+            extranonce2_len,
+        } = *pending;
         let share_target = self.share_target(sent.difficulty_min);
-        let valid = match validate_share(&job, &submission, &share_target) {
+        let valid = match check_pow(&job, header, header_hash, pow, &share_target) {
             Ok(valid) => valid,
-            Err(_) => return self.reject(id, ErrorCode::LowDifficulty, "low difficulty share"),
+            Err(_) => return self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share"),
         };
         let difficulty = if valid.achieved_difficulty >= sent.difficulty_latest {
             sent.difficulty_latest
@@ -84,29 +129,30 @@ impl Session {
             sent.difficulty_min
         };
         if !duplicates.insert(job_id, valid.header_hash) {
-            return self.reject(id, ErrorCode::Duplicate, "duplicate share");
+            return self.reject(&id, ErrorCode::Duplicate, "duplicate share");
         }
+        let extranonce2 = &extranonce2[..extranonce2_len];
+        let block = valid.is_block.then(|| BlockCandidate {
+            job_id,
+            height: job.template.height,
+            header: valid.header.to_vec(),
+            coinbase: job.coinbase(&self.config.extranonce1, extranonce2),
+            worker: worker.clone(),
+        });
         let record = ShareRecord {
             accepted_at_ms: now_s * 1000,
             job_id,
             height: job.template.height,
-            worker: worker.to_string(),
+            worker,
             difficulty,
             achieved_difficulty: valid.achieved_difficulty,
             is_block: valid.is_block,
             header: valid.header,
             extranonce1: self.config.extranonce1.clone(),
-            extranonce2: submission.extranonce2.to_vec(),
+            extranonce2: extranonce2.to_vec(),
         };
-        let block = valid.is_block.then(|| BlockCandidate {
-            job_id,
-            height: job.template.height,
-            header: valid.header.to_vec(),
-            coinbase: job.coinbase(&self.config.extranonce1, submission.extranonce2),
-            worker: worker.to_string(),
-        });
         Outcome::ShareAccepted(Box::new(AcceptedShare {
-            request_id: id.clone(),
+            request_id: id,
             record,
             block,
         }))
