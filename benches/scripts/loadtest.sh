@@ -5,7 +5,9 @@
 # kernel's slab growth while the connections were held.
 #
 # Usage: benches/scripts/loadtest.sh [pool flags...] -- [loadgen flags...]
-# Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default 33333).
+# Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default 33333),
+# COIN (bitcoin: SHA256d shares, the default; litecoin: scrypt shares), LOADGEN_PREFIX (a
+# command to run the generator under, such as `taskset -c 1`).
 set -euo pipefail
 
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
@@ -29,9 +31,14 @@ dataplane_rss_kib() {
 }
 slab_kib() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 
+coin=${COIN:-bitcoin}
+case $coin in
+  bitcoin) payout=bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt ;;
+  litecoin) payout=rltc1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5l62ze4 ;;
+  *) echo "COIN must be bitcoin or litecoin" >&2; exit 2 ;;
+esac
 RUST_LOG=${RUST_LOG:-warn} "$bin_dir/otedama" run \
-  --chain synthetic --coin bitcoin --network regtest \
-  --payout-address bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt \
+  --chain synthetic --coin "$coin" --network regtest --payout-address "$payout" \
   --data-dir "$data_dir" --stratum-listen "127.0.0.1:$port" --api-listen "127.0.0.1:$api_port" \
   --difficulty-min 1e-10 --start-difficulty 1e-10 --vardiff-share-interval-s 0 \
   "${pool_flags[@]}" >"$data_dir/pool.log" 2>&1 &
