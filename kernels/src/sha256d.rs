@@ -88,15 +88,88 @@ impl Midstate {
 
     /// Double SHA-256 of `prefix ‖ parts…`.
     pub fn finish_sha256d(&self, parts: &[&[u8]]) -> [u8; 32] {
-        sha256(&self.finish_sha256(parts))
+        second_hash(&self.finish_sha256(parts))
     }
+}
+
+/// The share path hashes only three lengths: 32 (the second hash), 64 (a merkle pair) and
+/// 80 (a header). For those, padding is fixed, so these helpers go straight to the
+/// compression function with precomputed padding, skipping the streaming API's buffering;
+/// the `_x2` forms run two messages through `sha_ni::compress2`, interleaved.
+fn padding_block(message_bytes: u64, tail: &[u8]) -> [u8; BLOCK_BYTES] {
+    let mut block = [0u8; BLOCK_BYTES];
+    block[..tail.len()].copy_from_slice(tail);
+    block[tail.len()] = 0x80;
+    block[BLOCK_BYTES - 8..].copy_from_slice(&(message_bytes * 8).to_be_bytes());
+    block
+}
+
+/// SHA-256 of a 32-byte digest: the second half of every SHA256d.
+fn second_hash(first: &[u8; 32]) -> [u8; 32] {
+    let mut state = SHA256_INITIAL_STATE;
+    crate::sha_ni::compress(&mut state, &padding_block(32, first));
+    state_to_bytes(&state)
+}
+
+fn second_hash_x2(a: &[u8; 32], b: &[u8; 32]) -> [[u8; 32]; 2] {
+    let (mut state_a, mut state_b) = (SHA256_INITIAL_STATE, SHA256_INITIAL_STATE);
+    crate::sha_ni::compress2(
+        &mut state_a,
+        &padding_block(32, a),
+        &mut state_b,
+        &padding_block(32, b),
+    );
+    [state_to_bytes(&state_a), state_to_bytes(&state_b)]
+}
+
+/// SHA256d of exactly 64 bytes (a merkle node's two children).
+pub fn sha256d_64(data: &[u8; 64]) -> [u8; 32] {
+    let mut state = SHA256_INITIAL_STATE;
+    crate::sha_ni::compress(&mut state, data);
+    crate::sha_ni::compress(&mut state, &padding_block(64, &[]));
+    second_hash(&state_to_bytes(&state))
+}
+
+/// `sha256d_64` of two messages at once.
+pub fn sha256d_64_x2(a: &[u8; 64], b: &[u8; 64]) -> [[u8; 32]; 2] {
+    let (mut state_a, mut state_b) = (SHA256_INITIAL_STATE, SHA256_INITIAL_STATE);
+    crate::sha_ni::compress2(&mut state_a, a, &mut state_b, b);
+    let padding = padding_block(64, &[]);
+    crate::sha_ni::compress2(&mut state_a, &padding, &mut state_b, &padding);
+    second_hash_x2(&state_to_bytes(&state_a), &state_to_bytes(&state_b))
+}
+
+/// SHA256d of an 80-byte block header.
+pub fn sha256d_80(header: &[u8; 80]) -> [u8; 32] {
+    let mut state = SHA256_INITIAL_STATE;
+    let (first, tail) = header.split_at(BLOCK_BYTES);
+    crate::sha_ni::compress(&mut state, first.try_into().expect("64 bytes"));
+    crate::sha_ni::compress(&mut state, &padding_block(80, tail));
+    second_hash(&state_to_bytes(&state))
+}
+
+/// `sha256d_80` of two headers at once.
+pub fn sha256d_80_x2(a: &[u8; 80], b: &[u8; 80]) -> [[u8; 32]; 2] {
+    let (mut state_a, mut state_b) = (SHA256_INITIAL_STATE, SHA256_INITIAL_STATE);
+    crate::sha_ni::compress2(
+        &mut state_a,
+        a[..BLOCK_BYTES].try_into().expect("64 bytes"),
+        &mut state_b,
+        b[..BLOCK_BYTES].try_into().expect("64 bytes"),
+    );
+    crate::sha_ni::compress2(
+        &mut state_a,
+        &padding_block(80, &a[BLOCK_BYTES..]),
+        &mut state_b,
+        &padding_block(80, &b[BLOCK_BYTES..]),
+    );
+    second_hash_x2(&state_to_bytes(&state_a), &state_to_bytes(&state_b))
 }
 
 fn compress_blocks(state: &mut [u32; 8], data: &[u8]) {
     debug_assert_eq!(data.len() % BLOCK_BYTES, 0);
     for chunk in data.chunks_exact(BLOCK_BYTES) {
-        let block = sha2::digest::generic_array::GenericArray::from_slice(chunk);
-        sha2::compress256(state, std::slice::from_ref(block));
+        crate::sha_ni::compress(state, chunk.try_into().expect("whole blocks"));
     }
 }
 
@@ -138,6 +211,27 @@ mod tests {
                 sha256d(&message),
                 "prefix {prefix_len}"
             );
+        }
+    }
+
+    #[test]
+    fn fixed_length_forms_match_the_streaming_hash() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut byte = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        };
+        for _ in 0..100 {
+            let a64: [u8; 64] = std::array::from_fn(|_| byte());
+            let b64: [u8; 64] = std::array::from_fn(|_| byte());
+            let a80: [u8; 80] = std::array::from_fn(|_| byte());
+            let b80: [u8; 80] = std::array::from_fn(|_| byte());
+            assert_eq!(sha256d_64(&a64), sha256d(&a64));
+            assert_eq!(sha256d_64_x2(&a64, &b64), [sha256d(&a64), sha256d(&b64)]);
+            assert_eq!(sha256d_80(&a80), sha256d(&a80));
+            assert_eq!(sha256d_80_x2(&a80, &b80), [sha256d(&a80), sha256d(&b80)]);
         }
     }
 }

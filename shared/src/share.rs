@@ -6,8 +6,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use otedama_kernels::merkle::merkle_roots_from_branches_x2;
 use otedama_kernels::scrypt::scrypt_pow;
-use otedama_kernels::{merkle_root_from_branch, sha256d, Algorithm, Target};
+use otedama_kernels::sha256d::{sha256d_80, sha256d_80_x2};
+use otedama_kernels::{merkle_root_from_branch, Algorithm, Target};
 
 use crate::job::Job;
 
@@ -35,16 +37,27 @@ pub struct ValidShare {
 
 /// Builds the 80-byte header for a submission.
 pub fn build_header(job: &Job, submission: &ShareSubmission<'_>) -> [u8; 80] {
-    let coinbase_hash = job.coinbase_prefix_midstate.finish_sha256d(&[
+    let merkle_root = merkle_root_from_branch(&coinbase_hash(job, submission), &job.merkle_branch);
+    header_with_root(job, submission, &merkle_root)
+}
+
+fn coinbase_hash(job: &Job, submission: &ShareSubmission<'_>) -> [u8; 32] {
+    job.coinbase_prefix_midstate.finish_sha256d(&[
         submission.extranonce1,
         submission.extranonce2,
         &job.template.coinbase_suffix,
-    ]);
-    let merkle_root = merkle_root_from_branch(&coinbase_hash, &job.merkle_branch);
+    ])
+}
+
+fn header_with_root(
+    job: &Job,
+    submission: &ShareSubmission<'_>,
+    merkle_root: &[u8; 32],
+) -> [u8; 80] {
     let mut header = [0u8; 80];
     header[0..4].copy_from_slice(&submission.version.to_le_bytes());
     header[4..36].copy_from_slice(&job.template.prevhash);
-    header[36..68].copy_from_slice(&merkle_root);
+    header[36..68].copy_from_slice(merkle_root);
     header[68..72].copy_from_slice(&submission.ntime.to_le_bytes());
     header[72..76].copy_from_slice(&job.template.bits.to_le_bytes());
     header[76..80].copy_from_slice(&submission.nonce.to_le_bytes());
@@ -67,9 +80,30 @@ pub fn validate_share(
     share_target: &Target,
 ) -> Result<ValidShare, f64> {
     let header = build_header(job, submission);
-    let header_hash = sha256d(&header);
+    let header_hash = sha256d_80(&header);
     let pow = pow_hash(job.algorithm, &header, &header_hash);
     check_pow(job, header, header_hash, &pow, share_target)
+}
+
+/// `validate_share` for two SHA256d shares of one job, their merkle paths and headers
+/// hashed as two interleaved streams (`sha_ni::compress2`). Same results as two calls.
+pub fn validate_share_pair(
+    job: &Job,
+    submissions: [&ShareSubmission<'_>; 2],
+    share_target: &Target,
+) -> [Result<ValidShare, f64>; 2] {
+    debug_assert_eq!(job.algorithm, Algorithm::Sha256d);
+    let coinbases = submissions.map(|submission| coinbase_hash(job, submission));
+    let roots = merkle_roots_from_branches_x2(
+        [&coinbases[0], &coinbases[1]],
+        [&job.merkle_branch, &job.merkle_branch],
+    );
+    let headers = [
+        header_with_root(job, submissions[0], &roots[0]),
+        header_with_root(job, submissions[1], &roots[1]),
+    ];
+    let hashes = sha256d_80_x2(&headers[0], &headers[1]);
+    [0, 1].map(|i| check_pow(job, headers[i], hashes[i], &hashes[i], share_target))
 }
 
 /// The target checks on an already computed proof-of-work value: the second half of
@@ -245,6 +279,48 @@ mod tests {
             extranonce1: vec![0, 1, 2, 3],
             extranonce2: vec![4, 5, 6, 7],
         }
+    }
+
+    #[test]
+    fn paired_validation_matches_single_validation() {
+        use crate::job::{AlgorithmName, HexHash, JobTemplate};
+        let job = Job::new(JobTemplate {
+            job_id: 1,
+            height: 800_000,
+            prevhash: [3; 32],
+            coinbase_prefix: vec![0x11; 64],
+            coinbase_suffix: vec![0x22; 90],
+            merkle_branch: (0..12).map(|i| HexHash([i as u8; 32])).collect(),
+            version: 0x2000_0000,
+            bits: 0x1d00_ffff,
+            ntime: 1_700_000_000,
+            clean_jobs: true,
+            algorithm: AlgorithmName::Sha256d,
+        })
+        .unwrap();
+        // Difficulty 2^-24: some nonces pass, most fail, so both outcomes are compared.
+        let target = Target::from_difficulty(Algorithm::Sha256d, 1.0 / 16_777_216.0).unwrap();
+        let (mut passed, mut failed) = (0, 0);
+        for nonce in 0..400u32 {
+            let submissions = [nonce * 2, nonce * 2 + 1].map(|nonce| ShareSubmission {
+                extranonce1: &[1, 2, 3, 4],
+                extranonce2: &[5, 6, 7, 8],
+                ntime: 1_700_000_000,
+                nonce,
+                version: 0x2000_0000,
+            });
+            let paired = validate_share_pair(&job, [&submissions[0], &submissions[1]], &target);
+            for (pair_result, submission) in paired.iter().zip(&submissions) {
+                let single = validate_share(&job, submission, &target);
+                assert_eq!(*pair_result, single);
+                if single.is_ok() {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+        assert!(passed > 0 && failed > 0, "{passed} passed, {failed} failed");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use crate::hex32::decode_u32_be;
 use crate::job::JobLookup;
 use crate::limits::{EXTRANONCE2_BYTES, NTIME_FUTURE_SECONDS_MAX};
-use otedama_kernels::{sha256d, Algorithm};
+use otedama_kernels::sha256d::sha256d_80;
+use otedama_kernels::Algorithm;
 
 use crate::share::{
     build_header, check_pow, pow_hash, DuplicateFilter, ShareRecord, ShareSubmission,
@@ -80,7 +81,7 @@ impl Session {
         let header = build_header(&job, &submission);
         let pending = Box::new(PendingPow {
             request_id: id.clone(),
-            header_hash: sha256d(&header),
+            header_hash: sha256d_80(&header),
             header,
             job,
             job_id,
