@@ -90,8 +90,8 @@ impl Connection {
         }
         session.transmitted();
         let start_writer = !backlog.is_empty() && !self.backlog_writer_running.get();
-        // No borrow may be held across the spawn: the new task can be polled before this
-        // function's caller lets go of anything.
+        // No borrow of the backlog may be held across the spawn: glommio's `spawn_local`
+        // polls the new task right away, inside this call.
         drop(backlog);
         if start_writer {
             self.backlog_writer_running.set(true);
