@@ -7,7 +7,10 @@
 # Usage: benches/scripts/loadtest.sh [pool flags...] -- [loadgen flags...]
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default 33333),
 # COIN (bitcoin: SHA256d shares, the default; litecoin: scrypt shares), LOADGEN_PREFIX (a
-# command to run the generator under, such as `taskset -c 1`).
+# command to run the generator under, such as `taskset -c 1`), POOL_LOG (where the pool's log
+# goes; by default it is deleted with the run's data directory). With
+# RUST_LOG=otedama_dataplane=info the log has one "job broadcast" line per core and job,
+# with the longest time the core went without serving shares (longest_slice_us).
 set -euo pipefail
 
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
@@ -41,7 +44,7 @@ RUST_LOG=${RUST_LOG:-warn} "$bin_dir/otedama" run \
   --chain synthetic --coin "$coin" --network regtest --payout-address "$payout" \
   --data-dir "$data_dir" --stratum-listen "127.0.0.1:$port" --api-listen "127.0.0.1:$api_port" \
   --difficulty-min 1e-10 --start-difficulty 1e-10 --vardiff-share-interval-s 0 \
-  "${pool_flags[@]}" >"$data_dir/pool.log" 2>&1 &
+  "${pool_flags[@]}" >"${POOL_LOG:-$data_dir/pool.log}" 2>&1 &
 pool_pid=$!
 for _ in $(seq 100); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi

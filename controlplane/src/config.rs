@@ -30,7 +30,9 @@ pub struct PoolConfig {
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
     pub coinbase_tag: String,
-    /// CPU cores the data plane pins one executor to each; empty means all.
+    /// CPU cores the data plane pins one executor to each; empty means all. With several
+    /// data-plane processes, each takes its share of these (one each, round robin, when
+    /// there are more processes than cores).
     pub cores: Vec<usize>,
     /// fsync the share log's WAL before acknowledging a share. Off, an acknowledged share
     /// survives a process crash but not a power loss; on, it survives both.
@@ -316,9 +318,18 @@ impl PoolConfig {
 
     /// What data-plane process `process_index` (of `dataplane_processes`) needs.
     pub fn dataplane_config(&self, process_index: usize) -> otedama_dataplane::DataplaneConfig {
+        let host_cores: Vec<usize> = if self.cores.is_empty() {
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+        } else {
+            self.cores.clone()
+        };
         otedama_dataplane::DataplaneConfig {
             stratum_listen: self.stratum_listen.clone(),
-            cores: self.cores.clone(),
+            cores: otedama_dataplane::rt::cores_for_process(
+                &host_cores,
+                process_index,
+                self.dataplane_processes,
+            ),
             process_index,
             processes: self.dataplane_processes,
             difficulty_min: self.difficulty_min,

@@ -107,12 +107,25 @@ impl Core {
         let connections: Vec<Rc<Connection>> =
             self.connections.borrow().values().cloned().collect();
         let now_s = now_s();
+        let started = std::time::Instant::now();
+        let mut longest_slice = Duration::ZERO;
         for slice in connections.chunks(BROADCAST_CONNECTIONS_PER_SLICE) {
+            let slice_started = std::time::Instant::now();
             for connection in slice {
                 connection.send_job(&job, now_s);
             }
+            longest_slice = longest_slice.max(slice_started.elapsed());
             glommio::yield_if_needed().await;
         }
+        // The longest slice is the longest this core went without serving shares.
+        tracing::info!(
+            core = self.index,
+            job_id = job.job_id(),
+            connections = connections.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            longest_slice_us = longest_slice.as_micros() as u64,
+            "job broadcast"
+        );
     }
 
     /// Queues a scrypt share for the batch hasher.
@@ -215,8 +228,9 @@ impl Core {
 }
 
 /// The extranonce1 partition byte of core `core_index` of process `process_index`, where
-/// each process runs `cores` executors: unique across the host, or an error if the host's
-/// processes × cores exceed the one-byte space.
+/// this process runs `cores` executors: `process_index + processes × core_index`. That is
+/// unique across the host even when processes run different numbers of cores, and an
+/// error if it would not fit the one-byte space.
 pub fn extranonce1_partition(
     process_index: usize,
     processes: usize,
@@ -227,7 +241,25 @@ pub fn extranonce1_partition(
         process_index < processes && core_index < cores && processes * cores <= 256,
         "processes × cores must be at most 256 (extranonce1 gives each one a byte), not {processes} × {cores}"
     );
-    Ok((process_index * cores + core_index) as u8)
+    Ok((process_index + processes * core_index) as u8)
+}
+
+/// The cores data-plane process `process_index` of `processes` pins executors to, out of
+/// the host's data-plane `cores`: a share of them each, or, with more processes than
+/// cores, one core each, round robin. Every core then runs as few executors as it can.
+pub fn cores_for_process(cores: &[usize], process_index: usize, processes: usize) -> Vec<usize> {
+    if cores.is_empty() {
+        return Vec::new();
+    }
+    if processes >= cores.len() {
+        return vec![cores[process_index % cores.len()]];
+    }
+    cores
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % processes == process_index)
+        .map(|(_, &core)| core)
+        .collect()
 }
 
 /// Runs the data plane with the RocksDB share log from the configuration, until it fails;
@@ -389,8 +421,34 @@ mod tests {
             }
             assert_eq!(seen.len(), processes * cores);
         }
+        // Processes with different numbers of cores (5 cores over 2 processes: 3 and 2).
+        let cores: Vec<usize> = (0..5).collect();
+        let mut seen = std::collections::HashSet::new();
+        for process in 0..2 {
+            let mine = cores_for_process(&cores, process, 2);
+            for core in 0..mine.len() {
+                assert!(seen.insert(extranonce1_partition(process, 2, mine.len(), core).unwrap()));
+            }
+        }
+        assert_eq!(seen.len(), 5);
         assert!(extranonce1_partition(0, 257, 1, 0).is_err());
         assert!(extranonce1_partition(0, 65, 4, 0).is_err());
         assert!(extranonce1_partition(2, 2, 1, 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod core_assignment_tests {
+    use super::cores_for_process;
+
+    #[test]
+    fn processes_share_the_cores_without_doubling_up() {
+        assert_eq!(cores_for_process(&[0, 1], 0, 1), vec![0, 1]);
+        assert_eq!(cores_for_process(&[0, 1, 2, 3], 1, 2), vec![1, 3]);
+        let six: Vec<Vec<usize>> = (0..6).map(|p| cores_for_process(&[0, 1], p, 6)).collect();
+        assert_eq!(
+            six,
+            vec![vec![0], vec![1], vec![0], vec![1], vec![0], vec![1]]
+        );
     }
 }
