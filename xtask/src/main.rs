@@ -106,6 +106,8 @@ fn target_dir() -> PathBuf {
 
 fn demo(rest: &[String]) -> Result<(), String> {
     run(cargo().arg("build").args(SELECTION))?;
+    // `cargo xtask demo -- --duration 60`: the `--` separates our flags from the demo's.
+    let rest = rest.strip_prefix(&["--".to_string()]).unwrap_or(rest);
     run(Command::new(target_dir().join("debug/otedama"))
         .arg("demo")
         .args(rest))
