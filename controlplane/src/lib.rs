@@ -11,6 +11,7 @@ pub mod chain;
 pub mod config;
 pub mod ipc;
 pub mod jobs;
+pub mod payouts;
 pub mod regtest;
 pub mod service;
 pub mod stats;
