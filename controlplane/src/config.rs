@@ -59,6 +59,36 @@ pub struct PoolConfig {
     pub chain: ChainSource,
     /// With `chain = "synthetic"`: milliseconds between new blocks (clean jobs).
     pub synthetic_job_interval_ms: u64,
+    /// How found blocks become miners' balances (see `payouts::schemes`).
+    pub payout_scheme: PayoutScheme,
+    /// The pool's fee, in percent of each reward (PPS/FPPS: of each share's value).
+    pub pool_fee_percent: f64,
+    /// Where the pool fee goes; empty means the payout address.
+    pub pool_fee_address: String,
+    /// Confirmations before a found block's reward is mature (payable).
+    pub coinbase_maturity: u64,
+    /// Seconds between payout runs.
+    pub payout_interval_s: u64,
+    /// Smallest mature balance paid out, in coins (`0.01`); miners may set a higher one.
+    pub payout_min: String,
+    /// PPLNS: the window, as a multiple of the network difficulty.
+    pub pplns_window_factor: f64,
+    /// PPLNT: below this fraction of the round, a miner's shares are scaled by its presence.
+    pub pplnt_presence_min: f64,
+    /// A file holding the admin API token in plain text; the server keeps only its hash.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// The payout schemes, as config and flags name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PayoutScheme {
+    Pplns,
+    Pps,
+    Fpps,
+    Prop,
+    Solo,
+    Pplnt,
 }
 
 /// The source of block templates.
@@ -97,6 +127,15 @@ impl Default for PoolConfig {
             dataplane_processes: 1,
             chain: ChainSource::Node,
             synthetic_job_interval_ms: 10_000,
+            payout_scheme: PayoutScheme::Pplns,
+            pool_fee_percent: 1.0,
+            pool_fee_address: String::new(),
+            coinbase_maturity: 100,
+            payout_interval_s: 3600,
+            payout_min: "0.01".into(),
+            pplns_window_factor: 2.0,
+            pplnt_presence_min: 0.5,
+            admin_token_file: None,
         }
     }
 }
@@ -170,6 +209,33 @@ pub struct ConfigArgs {
     /// Milliseconds between synthetic blocks.
     #[arg(long, env = "OTEDAMA_SYNTHETIC_JOB_INTERVAL_MS")]
     pub synthetic_job_interval_ms: Option<u64>,
+    /// Payout scheme.
+    #[arg(long, env = "OTEDAMA_PAYOUT_SCHEME")]
+    pub payout_scheme: Option<PayoutScheme>,
+    /// Pool fee in percent.
+    #[arg(long, env = "OTEDAMA_POOL_FEE_PERCENT")]
+    pub pool_fee_percent: Option<f64>,
+    /// Address the pool fee is paid to (default: the payout address).
+    #[arg(long, env = "OTEDAMA_POOL_FEE_ADDRESS")]
+    pub pool_fee_address: Option<String>,
+    /// Confirmations before a block's reward is payable.
+    #[arg(long, env = "OTEDAMA_COINBASE_MATURITY")]
+    pub coinbase_maturity: Option<u64>,
+    /// Seconds between payout runs.
+    #[arg(long, env = "OTEDAMA_PAYOUT_INTERVAL_S")]
+    pub payout_interval_s: Option<u64>,
+    /// Smallest balance paid out, in coins (for example 0.01).
+    #[arg(long, env = "OTEDAMA_PAYOUT_MIN")]
+    pub payout_min: Option<String>,
+    /// PPLNS window as a multiple of the network difficulty.
+    #[arg(long, env = "OTEDAMA_PPLNS_WINDOW_FACTOR")]
+    pub pplns_window_factor: Option<f64>,
+    /// PPLNT presence below which shares are scaled.
+    #[arg(long, env = "OTEDAMA_PPLNT_PRESENCE_MIN")]
+    pub pplnt_presence_min: Option<f64>,
+    /// File with the admin API token (plain text; only its hash is kept).
+    #[arg(long, env = "OTEDAMA_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -208,6 +274,18 @@ impl ConfigArgs {
         );
         take!(chain, synthetic_job_interval_ms);
         take!(
+            payout_scheme,
+            pool_fee_percent,
+            pool_fee_address,
+            coinbase_maturity,
+            payout_interval_s,
+            payout_min
+        );
+        take!(pplns_window_factor, pplnt_presence_min);
+        if let Some(path) = &self.admin_token_file {
+            config.admin_token_file = Some(path.clone());
+        }
+        take!(
             node_rpc_url,
             node_rpc_user,
             node_rpc_password,
@@ -226,6 +304,19 @@ impl ConfigArgs {
 
 impl PoolConfig {
     fn validate_basic(&self) -> anyhow::Result<()> {
+        if !(self.pool_fee_percent.is_finite() && (0.0..=100.0).contains(&self.pool_fee_percent)) {
+            bail!("pool_fee_percent must lie between 0 and 100");
+        }
+        parse_amount(&self.payout_min).context("payout_min")?;
+        if !(self.pplns_window_factor.is_finite() && self.pplns_window_factor > 0.0) {
+            bail!("pplns_window_factor must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.pplnt_presence_min) {
+            bail!("pplnt_presence_min must lie between 0 and 1");
+        }
+        if self.coinbase_maturity == 0 || self.payout_interval_s == 0 {
+            bail!("coinbase_maturity and payout_interval_s must be at least 1");
+        }
         if !(self.start_difficulty.is_finite() && self.start_difficulty > 0.0) {
             bail!(
                 "start_difficulty must be a positive number, not {}",
@@ -316,6 +407,28 @@ impl PoolConfig {
         Ok(&self.data_dir)
     }
 
+    /// The pool fee in parts per million, as the payout code takes it.
+    pub fn pool_fee_ppm(&self) -> u64 {
+        (self.pool_fee_percent * 10_000.0).round() as u64
+    }
+
+    /// The scheme with its parameters.
+    pub fn scheme(&self) -> crate::payouts::schemes::Scheme {
+        use crate::payouts::schemes::Scheme;
+        match self.payout_scheme {
+            PayoutScheme::Pplns => Scheme::Pplns {
+                window_factor: self.pplns_window_factor,
+            },
+            PayoutScheme::Pps => Scheme::Pps,
+            PayoutScheme::Fpps => Scheme::Fpps,
+            PayoutScheme::Prop => Scheme::Prop,
+            PayoutScheme::Solo => Scheme::Solo,
+            PayoutScheme::Pplnt => Scheme::Pplnt {
+                presence_min: self.pplnt_presence_min,
+            },
+        }
+    }
+
     /// What data-plane process `process_index` (of `dataplane_processes`) needs.
     pub fn dataplane_config(&self, process_index: usize) -> otedama_dataplane::DataplaneConfig {
         let host_cores: Vec<usize> = if self.cores.is_empty() {
@@ -349,6 +462,34 @@ impl PoolConfig {
             }),
         }
     }
+}
+
+/// Decimal places of the coins Otedama serves (1 coin = 10^8 satoshis or litoshis).
+const COIN_DECIMALS: u32 = 8;
+
+/// Parses a coin amount written in decimal (`0.01`, `12`, `1.5`) into the smallest unit,
+/// exactly: no float ever touches it.
+pub fn parse_amount(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty()
+        || !digits_only(whole)
+        || !digits_only(fraction)
+        || fraction.len() > COIN_DECIMALS as usize
+    {
+        bail!("{text:?} is not an amount in coins with at most {COIN_DECIMALS} decimals");
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse()? };
+    let fraction_units: u64 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u64>()? * 10u64.pow(COIN_DECIMALS - fraction.len() as u32)
+    };
+    whole
+        .checked_mul(10u64.pow(COIN_DECIMALS))
+        .and_then(|units| units.checked_add(fraction_units))
+        .ok_or_else(|| anyhow::anyhow!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -395,6 +536,54 @@ mod tests {
         assert_eq!(config.dataplane_processes, 3);
         assert_eq!(config.chain, ChainSource::Synthetic);
         assert_eq!(config.synthetic_job_interval_ms, 500);
+    }
+
+    #[test]
+    fn payout_flags_use_the_names_scripts_rely_on() {
+        let flags = Flags::parse_from([
+            "otedama",
+            "--payout-scheme",
+            "solo",
+            "--pool-fee-percent",
+            "1.5",
+            "--coinbase-maturity",
+            "10",
+            "--payout-interval-s",
+            "60",
+            "--payout-min",
+            "0.001",
+            "--admin-token-file",
+            "/tmp/token",
+        ]);
+        let config = flags.config.load().unwrap();
+        assert_eq!(config.payout_scheme, PayoutScheme::Solo);
+        assert_eq!(config.pool_fee_ppm(), 15_000);
+        assert_eq!(config.coinbase_maturity, 10);
+        assert_eq!(config.payout_interval_s, 60);
+        assert_eq!(parse_amount(&config.payout_min).unwrap(), 100_000);
+        assert_eq!(config.admin_token_file, Some(PathBuf::from("/tmp/token")));
+        let bad_fee = Flags::parse_from(["otedama", "--pool-fee-percent", "100.5"]);
+        assert!(bad_fee.config.load().is_err());
+    }
+
+    #[test]
+    fn amounts_are_parsed_exactly() {
+        assert_eq!(parse_amount("0.01").unwrap(), 1_000_000);
+        assert_eq!(parse_amount("12").unwrap(), 1_200_000_000);
+        assert_eq!(parse_amount(".5").unwrap(), 50_000_000);
+        assert_eq!(parse_amount("0.00000001").unwrap(), 1);
+        assert_eq!(parse_amount("184467440737.09551615").unwrap(), u64::MAX);
+        for bad in [
+            "",
+            ".",
+            "0.000000001",
+            "1e3",
+            "-1",
+            "1.2.3",
+            "184467440737.09551616",
+        ] {
+            assert!(parse_amount(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
