@@ -6,6 +6,8 @@ use std::path::Path;
 use rocksdb::{Options, DB};
 use serde::{Deserialize, Serialize};
 
+use crate::payouts::lifecycle::BlockStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRecord {
     /// Display-order block hash.
@@ -17,6 +19,13 @@ pub struct BlockRecord {
     /// `None` when the node accepted the block; otherwise the node's reason.
     pub rejected_reason: Option<String>,
     pub reward: u64,
+    /// Pending until mature, then confirmed; orphaned if it left the best chain. Records
+    /// written before this field existed read as pending and are checked again.
+    #[serde(default)]
+    pub status: BlockStatus,
+    /// Confirmations at the last check (-1: outside the best chain).
+    #[serde(default)]
+    pub confirmations: i64,
 }
 
 pub struct BlockStore {
@@ -42,6 +51,38 @@ impl BlockStore {
         options.set_sync(true);
         self.db.put_opt(record.hash.as_bytes(), value, &options)?;
         Ok(true)
+    }
+
+    /// Stores a block's latest status and confirmations (the record must exist).
+    pub fn update_status(
+        &self,
+        hash: &str,
+        status: BlockStatus,
+        confirmations: i64,
+    ) -> Result<(), rocksdb::Error> {
+        let Some(bytes) = self.db.get(hash.as_bytes())? else {
+            return Ok(());
+        };
+        let Ok(mut record) = serde_json::from_slice::<BlockRecord>(&bytes) else {
+            return Ok(());
+        };
+        record.status = status;
+        record.confirmations = confirmations;
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.put_opt(
+            hash.as_bytes(),
+            serde_json::to_vec(&record).expect("block records serialize"),
+            &options,
+        )
+    }
+
+    /// Blocks the node accepted whose status can still change.
+    pub fn pending(&self) -> Vec<BlockRecord> {
+        self.all()
+            .into_iter()
+            .filter(|r| r.rejected_reason.is_none() && !r.status.is_final())
+            .collect()
     }
 
     pub fn all(&self) -> Vec<BlockRecord> {

@@ -19,6 +19,7 @@ use crate::chain::synthetic;
 use crate::chain::template::BlockTemplate;
 use crate::config::{ChainSource, PoolConfig};
 use crate::jobs::{assemble_block, build_job};
+use crate::payouts::lifecycle::{classify, BlockStatus};
 use crate::stats::PoolState;
 
 /// Shortest gap between two template fetches, so that a long-poll that returns at once
@@ -198,6 +199,8 @@ fn submit_loop(
             submitted_at_ms: now_ms(),
             rejected_reason: reason.clone(),
             reward: job.coinbase_value,
+            status: BlockStatus::Pending,
+            confirmations: 0,
         };
         let first_time = store.record(&record).unwrap_or_else(|error| {
             tracing::error!(%error, %hash, "cannot record block outcome");
@@ -219,6 +222,35 @@ fn submit_loop(
             }
             (_, false) => tracing::info!(%hash, "block already recorded"),
         }
+    }
+}
+
+/// Seconds between checks of found blocks' confirmations.
+const BLOCK_STATUS_CHECK_INTERVAL_S: u64 = 10;
+
+/// Follows every accepted, not yet final block on the node: pending → confirmed once it
+/// has `coinbase_maturity` confirmations, or orphaned once it leaves the best chain.
+fn block_status_loop(rpc: RpcClient, store: Arc<BlockStore>, coinbase_maturity: u64) {
+    loop {
+        for block in store.pending() {
+            let confirmations = match rpc.call("getblockheader", serde_json::json!([block.hash])) {
+                Ok(header) => header["confirmations"].as_i64().unwrap_or(0),
+                Err(error) => {
+                    tracing::warn!(%error, hash = %block.hash, "cannot check a found block");
+                    continue;
+                }
+            };
+            let status = classify(confirmations, coinbase_maturity);
+            if status != block.status || confirmations != block.confirmations {
+                if status != block.status {
+                    tracing::info!(hash = %block.hash, height = block.height, ?status, confirmations, "block status changed");
+                }
+                if let Err(error) = store.update_status(&block.hash, status, confirmations) {
+                    tracing::error!(%error, hash = %block.hash, "cannot record block status");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(BLOCK_STATUS_CHECK_INTERVAL_S));
     }
 }
 
@@ -346,6 +378,12 @@ fn start_node_threads(
         std::thread::Builder::new()
             .name("submitter".into())
             .spawn(move || submit_loop(rpc, state, store, candidate_rx, trigger_tx))?;
+    }
+    {
+        let (rpc, store, maturity) = (rpc.clone(), store.clone(), config.coinbase_maturity);
+        std::thread::Builder::new()
+            .name("block-status".into())
+            .spawn(move || block_status_loop(rpc, store, maturity))?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use otedama_tests::{coinbase_addresses, wait_until, PoolSetup, RegtestPair};
 
@@ -107,6 +107,43 @@ fn pool_finds_blocks_the_node_accepts_before_and_after_mweb() -> anyhow::Result<
         block["tx"].as_array().unwrap().len() >= 2,
         "block 432 holds the peg-in and the HogEx: {block}"
     );
+
+    // Block lifecycle: the first phase's blocks now have over 300 confirmations, so they
+    // turn confirmed; invalidating the newest pool block on the node makes it an orphan.
+    let found_blocks = || -> anyhow::Result<Vec<Value>> {
+        let blocks: Value = serde_json::from_str(&pool.get_text("/api/v1/blocks")?)?;
+        let mut accepted: Vec<Value> = blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["rejected_reason"].is_null())
+            .cloned()
+            .collect();
+        accepted.sort_by_key(|b| b["height"].as_u64());
+        Ok(accepted)
+    };
+    let accepted = found_blocks()?;
+    let (oldest, newest) = (
+        accepted.first().unwrap()["hash"].clone(),
+        accepted.last().unwrap()["hash"].clone(),
+    );
+    nodes.miner.call("invalidateblock", json!([newest]))?;
+    let status_of = |blocks: &[Value], hash: &Value| {
+        blocks
+            .iter()
+            .find(|b| &b["hash"] == hash)
+            .map(|b| b["status"].clone())
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "found blocks to turn confirmed and orphaned",
+        || {
+            found_blocks().is_ok_and(|blocks| {
+                status_of(&blocks, &oldest) == Some(json!("confirmed"))
+                    && status_of(&blocks, &newest) == Some(json!("orphaned"))
+            })
+        },
+    )?;
 
     // Metrics are served in the Prometheus text format.
     let metrics = pool.get_text("/metrics")?;

@@ -2,4 +2,5 @@
 //! The ledger, the block lifecycle and payments build on this (issue 4, in progress).
 
 pub mod ledger;
+pub mod lifecycle;
 pub mod schemes;
