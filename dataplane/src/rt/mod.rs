@@ -272,6 +272,28 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
     })
 }
 
+/// Lifts this process's soft open-files limit to its hard limit, so the number of miners
+/// it can hold is what the host allows (`otedama-tune` raises the hard limit), not the
+/// 1,024 most distributions start processes with. Returns the limit now in force.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the local struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// Runs the data plane with the share log `open_share_log` returns for the cores'
 /// completion channels. Tests use it to put a faulty or stalled sink under a real data
 /// plane.
@@ -286,6 +308,10 @@ pub fn run_with_share_log(
     } else {
         config.cores.clone()
     };
+    match raise_open_files_limit() {
+        Ok(limit) => tracing::info!(open_files_max = limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+    }
     let partitions = (0..cores.len())
         .map(|core| {
             extranonce1_partition(config.process_index, config.processes, cores.len(), core)
@@ -434,6 +460,25 @@ mod tests {
         assert!(extranonce1_partition(0, 257, 1, 0).is_err());
         assert!(extranonce1_partition(0, 65, 4, 0).is_err());
         assert!(extranonce1_partition(2, 2, 1, 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod open_files_tests {
+    #[test]
+    fn the_soft_limit_ends_at_the_hard_limit() {
+        let raised = super::raise_open_files_limit().unwrap();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the local struct.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(raised, limit.rlim_cur);
     }
 }
 
