@@ -361,18 +361,7 @@ mod tests {
     fn the_fee_comes_off_first_and_everything_adds_up() {
         let shares = [share("a", 1.0, 2), share("b", 2.0, 1)];
         // 1 % of 1,000,001 is 10,000 (rounded down); 990,001 split 1:2.
-        let split = split_block(
-            Scheme::Prop,
-            1_000_001,
-            10_000,
-            &Round {
-                finder: "a",
-                shares_newest_first: &shares,
-                network_difficulty: 1.0,
-                start_ms: 0,
-                end_ms: 2,
-            },
-        );
+        let split = split(Scheme::Prop, 1_000_001, 10_000, "a", &shares, 1.0, 0, 2);
         assert_eq!(split.pool, 10_000);
         assert_eq!(split.credits, credits(&[("a", 330_000), ("b", 660_001)]));
         assert_eq!(split.pool + split.credits.values().sum::<u64>(), 1_000_001);
@@ -380,18 +369,7 @@ mod tests {
 
     #[test]
     fn solo_pays_the_finder_less_the_fee() {
-        let split = split_block(
-            Scheme::Solo,
-            625_000_000,
-            5_000,
-            &Round {
-                finder: "finder",
-                shares_newest_first: &[],
-                network_difficulty: 1.0,
-                start_ms: 0,
-                end_ms: 1,
-            },
-        );
+        let split = split(Scheme::Solo, 625_000_000, 5_000, "finder", &[], 1.0, 0, 1);
         assert_eq!(split.pool, 3_125_000);
         assert_eq!(split.credits, credits(&[("finder", 621_875_000)]));
     }
@@ -403,18 +381,7 @@ mod tests {
             share("b", 1.0, 150),
             share("old", 5.0, 50),
         ];
-        let split = split_block(
-            Scheme::Prop,
-            100,
-            0,
-            &Round {
-                finder: "a",
-                shares_newest_first: &shares,
-                network_difficulty: 1.0,
-                start_ms: 100,
-                end_ms: 200,
-            },
-        );
+        let split = split(Scheme::Prop, 100, 0, "a", &shares, 1.0, 100, 200);
         assert_eq!(split.credits, credits(&[("a", 50), ("b", 50)]));
     }
 
