@@ -79,7 +79,7 @@ impl Session {
             version,
         };
         let header = build_header(&job, &submission);
-        let pending = Box::new(PendingPow {
+        let pending = PendingPow {
             request_id: id.clone(),
             header_hash: sha256d_80(&header),
             header,
@@ -89,21 +89,32 @@ impl Session {
             worker: worker.to_string(),
             extranonce2,
             extranonce2_len: extranonce2_size,
-        });
+        };
         match pending.job.algorithm {
-            Algorithm::Scrypt if self.config.batch_scrypt => Outcome::NeedsPow(pending),
+            // Boxed only here: a share hashed at once never leaves the stack.
+            Algorithm::Scrypt if self.config.batch_scrypt => Outcome::NeedsPow(Box::new(pending)),
             algorithm => {
                 let pow = pow_hash(algorithm, &pending.header, &pending.header_hash);
-                self.handle_pow(pending, &pow, now_s, duplicates)
+                self.finish_share(pending, &pow, now_s, duplicates)
             }
         }
     }
 
-    /// Finishes a share whose proof-of-work value the glue computed (`Outcome::NeedsPow`),
-    /// or that `handle_submit` hashed itself: target, duplicate, record.
+    /// Finishes a share whose proof-of-work value the glue computed (`Outcome::NeedsPow`).
     pub fn handle_pow(
         &mut self,
         pending: Box<PendingPow>,
+        pow: &[u8; 32],
+        now_s: u64,
+        duplicates: &mut DuplicateFilter,
+    ) -> Outcome {
+        self.finish_share(*pending, pow, now_s, duplicates)
+    }
+
+    /// The checks after the proof of work: target, duplicate, record.
+    fn finish_share(
+        &mut self,
+        pending: PendingPow,
         pow: &[u8; 32],
         now_s: u64,
         duplicates: &mut DuplicateFilter,
@@ -118,7 +129,7 @@ impl Session {
             worker,
             extranonce2,
             extranonce2_len,
-        } = *pending;
+        } = pending;
         let share_target = self.share_target(sent.difficulty_min);
         let valid = match check_pow(&job, header, header_hash, pow, &share_target) {
             Ok(valid) => valid,
