@@ -22,8 +22,9 @@ use tokio::time::{Interval, MissedTickBehavior};
 use crate::report::{encode_histogram, latency_histogram, WorkerReport};
 use crate::Args;
 
-/// Marker the pool's synthetic chain writes before the publish time in the coinbase.
-const PUBLISH_TIME_MARKER: &[u8] = b"/otedama-synthetic/t=";
+/// Marker the pool's synthetic chain writes before the publish time in the coinbase, as
+/// it appears in the notify line: hex-encoded inside coinb1 (`/otedama-synthetic/t=`).
+const PUBLISH_TIME_MARKER_HEX: &[u8] = b"2f6f746564616d612d73796e7468657469632f743d";
 /// Time allowed for one TCP connect.
 const CONNECT_TIMEOUT_S: u64 = 10;
 /// After the measured run, how long acknowledgements for shares already sent may take.
@@ -498,8 +499,7 @@ fn record_broadcast(
 /// The publish time the synthetic chain put in the coinbase, in Unix microseconds. It sits
 /// hex-encoded inside coinb1, which is itself inside the notify line.
 fn publish_stamp_us(line: &[u8]) -> Option<u64> {
-    let marker = hex::encode(PUBLISH_TIME_MARKER);
-    let start = find(line, marker.as_bytes())? + marker.len();
+    let start = find(line, PUBLISH_TIME_MARKER_HEX)? + PUBLISH_TIME_MARKER_HEX.len();
     let mut millis: u64 = 0;
     let mut rest = &line[start..];
     while rest.len() >= 2 {
@@ -522,6 +522,14 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_marker_is_the_hex_of_the_pools_tag() {
+        assert_eq!(
+            PUBLISH_TIME_MARKER_HEX,
+            hex::encode(b"/otedama-synthetic/t=").as_bytes()
+        );
+    }
 
     #[test]
     fn publish_stamp_is_read_from_the_coinbase_hex() {
