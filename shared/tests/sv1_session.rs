@@ -39,22 +39,27 @@ struct Harness {
 /// The pool floor these sessions run with (the configured default).
 const DIFFICULTY_FLOOR_FOR_TESTS: f64 = 1e-6;
 
+/// The session settings every test starts from: SHA256d, extranonce1 `deadbeef`, no
+/// vardiff; tests change the fields they are about.
+fn config(start_difficulty: f64) -> SessionConfig {
+    SessionConfig {
+        extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
+        extranonce2_size: 4,
+        start_difficulty,
+        difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
+        version_rolling_mask: 0x1fff_e000,
+        algorithm: Algorithm::Sha256d,
+        vardiff: None,
+        batch_scrypt: false,
+    }
+}
+
 impl Harness {
     fn new(start_difficulty: f64) -> Self {
         let mut jobs = JobBook::default();
         jobs.insert(Arc::new(Job::new(template(1, true)).unwrap()));
-        let session = Session::new(SessionConfig {
-            extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
-            extranonce2_size: 4,
-            start_difficulty,
-            difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
-            version_rolling_mask: 0x1fff_e000,
-            algorithm: Algorithm::Sha256d,
-            vardiff: None,
-            batch_scrypt: false,
-        });
         Harness {
-            session,
+            session: Session::new(config(start_difficulty)),
             jobs,
             duplicates: DuplicateFilter::default(),
         }
@@ -464,14 +469,8 @@ fn worker_name_limit_is_enforced_at_its_edge() {
 fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
     let mut h = Harness::new(0.0001);
     h.session = Session::new(SessionConfig {
-        extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
-        extranonce2_size: 4,
-        start_difficulty: 0.0001,
-        difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
-        version_rolling_mask: 0x1fff_e000,
-        algorithm: Algorithm::Sha256d,
         vardiff: Some(otedama_shared::vardiff::VardiffConfig::default()),
-        batch_scrypt: false,
+        ..config(0.0001)
     });
     let job = h.ready();
     let burst = otedama_shared::vardiff::VARDIFF_BURST_SHARES_MAX;
@@ -527,14 +526,9 @@ fn batched_scrypt_shares_finish_like_hashed_ones() {
         jobs.insert(Arc::new(Job::new(scrypt_template).unwrap()));
         let mut h = Harness {
             session: Session::new(SessionConfig {
-                extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
-                extranonce2_size: 4,
-                start_difficulty: DIFFICULTY_FLOOR_FOR_TESTS,
-                difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
-                version_rolling_mask: 0x1fff_e000,
                 algorithm: Algorithm::Scrypt,
-                vardiff: None,
                 batch_scrypt,
+                ..config(DIFFICULTY_FLOOR_FOR_TESTS)
             }),
             jobs,
             duplicates: DuplicateFilter::default(),
