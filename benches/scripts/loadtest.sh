@@ -54,7 +54,8 @@ sleep 1
 rss_before=$(dataplane_rss_kib)
 slab_before=$(slab_kib)
 
-${LOADGEN_PREFIX:-} "$bin_dir/otedama-loadgen" --target "127.0.0.1:$port" "${loadgen_flags[@]}" &
+${LOADGEN_PREFIX:-} "$bin_dir/otedama-loadgen" --target "127.0.0.1:$port" --user "$payout.loadgen" \
+  "${loadgen_flags[@]}" &
 loadgen_pid=$!
 # Sample memory while the connections are held: the peak over the run.
 rss_peak=$rss_before

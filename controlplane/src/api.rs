@@ -1,49 +1,252 @@
-//! The HTTP API: `GET /api/v1/stats` (JSON), `GET /api/v1/blocks`, `GET /health`, and
-//! `GET /metrics` in the Prometheus text exposition format.
+//! The HTTP API, described by the OpenAPI document it serves at `/api/v1/openapi.json`.
+//!
+//! Public: pool stats, blocks, payments, per-miner balances and hashrate, `/health`,
+//! Prometheus `/metrics` and the `/ws` feed. Admin (`/api/v1/admin/...`): payout runs,
+//! payout settings, the miner list and the audit trail, behind a bearer token of which
+//! only the SHA-256 is kept.
+//!
+//! The request path is normalized (percent-decoding, `.` and `..`, repeated slashes)
+//! before routing, and the token check is a layer on the admin routes themselves: a
+//! request reaches an admin handler only through that check, whatever its path looked
+//! like on the wire. No route answers with a secret, and no log line holds one.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
+use otedama_kernels::Algorithm;
+use otedama_shared::address::{script_for_address, AddressRule};
+
+use crate::audit::AuditLog;
 use crate::blocks::BlockStore;
+use crate::payouts::ledger::{IntentState, Ledger};
+use crate::payouts::runner::{PayoutSettings, RunNow};
+use crate::payouts::shares::ShareHistory;
 use crate::stats::PoolState;
 
+/// Hashrate windows reported, in seconds.
+pub const HASHRATE_WINDOWS_S: [u64; 3] = [60, 600, 3600];
+/// How long the admin payout route waits for the payout thread.
+const PAYOUT_RUN_TIMEOUT_S: u64 = 120;
+/// Seconds between stats messages on `/ws`.
+const WS_STATS_INTERVAL_S: u64 = 5;
+/// Audit entries one request may list.
+const AUDIT_ENTRIES_PER_REQUEST_MAX: usize = 1000;
+
+/// What the payout side shares with the API.
 #[derive(Clone)]
-struct ApiState {
-    pool: Arc<PoolState>,
-    blocks: Arc<BlockStore>,
+pub struct PayoutHandles {
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub history: Arc<Mutex<ShareHistory>>,
+    pub settings: Arc<RwLock<PayoutSettings>>,
+    pub run_now: crossbeam_channel::Sender<RunNow>,
 }
 
-pub async fn serve(
-    address: SocketAddr,
-    pool: Arc<PoolState>,
-    blocks: Arc<BlockStore>,
-) -> anyhow::Result<()> {
-    let app = Router::new()
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: Arc<PoolState>,
+    pub blocks: Arc<BlockStore>,
+    pub payouts: PayoutHandles,
+    pub audit: Arc<AuditLog>,
+    /// SHA-256 of the admin token; `None` turns the admin API off.
+    pub admin_token_sha256: Option<[u8; 32]>,
+    pub address_rule: AddressRule,
+    pub algorithm: Algorithm,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let admin = Router::new()
+        .route("/api/v1/admin/payouts/run", post(admin_run_payout))
+        .route(
+            "/api/v1/admin/config",
+            get(admin_config).put(admin_set_config),
+        )
+        .route("/api/v1/admin/miners", get(admin_miners))
+        .route(
+            "/api/v1/admin/miners/{address}/settings",
+            axum::routing::put(admin_set_miner_settings),
+        )
+        .route("/api/v1/admin/audit", get(admin_audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/blocks", get(blocks_list))
+        .route("/api/v1/payments", get(payments_list))
+        .route("/api/v1/miners/{address}", get(miner))
+        .route("/api/v1/miners/{address}/settings", get(miner_settings))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .with_state(ApiState { pool, blocks });
+        .route("/ws", get(websocket))
+        .route("/", get(dashboard))
+        .merge(admin)
+        .with_state(state)
+}
+
+pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
+    use tower::Layer;
+    let app = middleware::map_request(normalize_request_path).layer(router(state));
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the API on {address}"))?;
     tracing::info!(%address, "API listening");
-    axum::serve(listener, app).await.context("serving the API")
+    axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(app),
+    )
+    .await
+    .context("serving the API")
 }
 
-async fn stats(State(state): State<ApiState>) -> impl IntoResponse {
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The canonical form of a request path: percent-decoded once, `.` segments dropped, `..`
+/// taking the segment before it, empty segments (repeated or trailing slashes) dropped.
+/// `None` for a path that does not decode to UTF-8 or climbs above the root.
+pub fn normalize_path(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            at += 3;
+        } else {
+            decoded.push(bytes[at]);
+            at += 1;
+        }
+    }
+    let decoded = String::from_utf8(decoded).ok()?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop()?;
+            }
+            other => segments.push(other),
+        }
+    }
+    Some(format!("/{}", segments.join("/")))
+}
+
+async fn normalize_request_path(mut request: Request) -> Result<Request, StatusCode> {
+    let uri = request.uri();
+    let Some(path) = normalize_path(uri.path()) else {
+        return Err(StatusCode::BAD_REQUEST);
+    };
+    if path != uri.path() {
+        let rebuilt = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        };
+        *request.uri_mut() = rebuilt
+            .parse::<Uri>()
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+    }
+    Ok(request)
+}
+
+/// Constant-time comparison, so the check leaks nothing about how much of a guess was right.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_admin(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.admin_token_sha256 else {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "the admin API is off: set admin_token_file"})),
+        )
+            .into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())));
+    match presented {
+        Some(digest) if same_digest(&digest, &expected) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "a valid admin bearer token is required"})),
+        )
+            .into_response(),
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Hashes per unit of share difficulty for the coin's algorithm: 2^256 / difficulty-1 target.
+fn hashes_per_difficulty(algorithm: Algorithm) -> f64 {
+    2f64.powi(256) / algorithm.difficulty_one().to_f64()
+}
+
+fn hashrate(difficulty_sum: f64, window_s: u64, algorithm: Algorithm) -> f64 {
+    difficulty_sum * hashes_per_difficulty(algorithm) / window_s.max(1) as f64
+}
+
+/// Pool figures over each hashrate window: hashrate, miners, workers, shares.
+fn pool_windows(state: &ApiState, now: u64) -> Value {
+    let history = state.payouts.history.lock().expect("history lock");
+    let mut windows = serde_json::Map::new();
+    for window_s in HASHRATE_WINDOWS_S {
+        let activity = history.activity(now, window_s * 1000);
+        let difficulty: f64 = activity.values().map(|a| a.difficulty_sum).sum();
+        windows.insert(
+            format!("{window_s}s"),
+            json!({
+                "hashrate": hashrate(difficulty, window_s, state.algorithm),
+                "miners": activity.len(),
+                "workers": activity.values().map(|a| a.workers.len()).sum::<usize>(),
+                "shares": activity.values().map(|a| a.shares).sum::<u64>(),
+            }),
+        );
+    }
+    Value::Object(windows)
+}
+
+fn stats_json(state: &ApiState) -> Value {
     let totals = state.pool.totals();
-    Json(json!({
+    let settings = state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .clone();
+    let (pps_credited, pool_account) = {
+        let ledger = state.payouts.ledger.lock().expect("ledger lock");
+        (
+            ledger.pps_credited().unwrap_or(0),
+            ledger.balances(&settings.fee_account).unwrap_or_default(),
+        )
+    };
+    let windows = pool_windows(state, now_ms());
+    let block_value = state.pool.block_value().unwrap_or_default();
+    json!({
         "shares_accepted": totals.shares_accepted,
         "shares_rejected": totals.shares_rejected,
         "shares_rejected_by_code": totals.shares_rejected_by_code,
@@ -54,79 +257,476 @@ async fn stats(State(state): State<ApiState>) -> impl IntoResponse {
         "height": state.pool.height.load(Relaxed),
         "accepted_difficulty_sum": totals.accepted_difficulty_sum,
         "uptime_s": state.pool.started_at.elapsed().as_secs(),
-    }))
+        "hashrate": windows["600s"]["hashrate"],
+        "windows": windows,
+        "network": {
+            "difficulty": block_value.network_difficulty,
+            "subsidy": block_value.subsidy,
+            "fees_mean": block_value.fees_mean,
+        },
+        "payout_scheme": format!("{:?}", settings.scheme),
+        "pool_fee_ppm": settings.pool_fee_ppm,
+        "payout_min": settings.policy.payout_min,
+        // PPS/FPPS: what the pool has credited for shares against what its blocks brought.
+        "pps": {
+            "credited": pps_credited,
+            "rewards_received": pool_account.total(),
+            "balance": pool_account.total() as i128 - pps_credited as i128,
+        },
+    })
 }
 
-async fn blocks_list(State(state): State<ApiState>) -> impl IntoResponse {
-    Json(state.blocks.all())
+async fn stats(State(state): State<ApiState>) -> Response {
+    Json(stats_json(&state)).into_response()
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    let totals = state.pool.totals();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+async fn blocks_list(State(state): State<ApiState>) -> Response {
+    Json(state.blocks.all()).into_response()
+}
+
+fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
+    json!({
+        "batch_id": intent.batch_id,
+        "txid": intent.txid,
+        "state": match intent.state { IntentState::Open => "pending", IntentState::Sent => "sent" },
+        "created_at_ms": intent.created_at_ms,
+        "sent_at_ms": intent.sent_at_ms,
+        "total": intent.outputs.values().sum::<u64>(),
+        "outputs": intent.outputs,
+        "broadcast_attempts": intent.broadcast_attempts,
+        "last_error": intent.last_error,
+    })
+}
+
+async fn payments_list(State(state): State<ApiState>) -> Response {
+    let intents = state.payouts.ledger.lock().expect("ledger lock").intents();
+    match intents {
+        Ok(intents) => {
+            Json(intents.iter().rev().map(payment_json).collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The 400 answer for an address the pool could never pay, if it is one.
+fn address_refusal(state: &ApiState, address: &str) -> Option<Response> {
+    script_for_address(&state.address_rule, address)
+        .err()
+        .map(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Response {
+    if let Some(response) = address_refusal(&state, &address) {
+        return response;
+    }
+    let now = now_ms();
+    let (balances, payout_min, intents) = {
+        let ledger = state.payouts.ledger.lock().expect("ledger lock");
+        (
+            ledger.balances(&address).unwrap_or_default(),
+            ledger.payout_min(&address).ok().flatten(),
+            ledger.intents().unwrap_or_default(),
+        )
     };
-    metric(
-        "otedama_shares_accepted_total",
-        "counter",
-        "Shares acknowledged after being stored durably.",
-        totals.shares_accepted.to_string(),
-    );
-    metric(
-        "otedama_accepted_difficulty_total",
-        "counter",
-        "Sum of the difficulty of accepted shares.",
-        totals.accepted_difficulty_sum.to_string(),
-    );
-    metric(
-        "otedama_blocks_found_total",
-        "counter",
-        "Blocks the node accepted.",
-        state.pool.blocks_found.load(Relaxed).to_string(),
-    );
-    metric(
-        "otedama_blocks_rejected_total",
-        "counter",
-        "Block candidates the node refused.",
-        state.pool.blocks_rejected.load(Relaxed).to_string(),
-    );
-    metric(
-        "otedama_connections",
-        "gauge",
-        "Open miner connections.",
-        totals.connections.to_string(),
-    );
-    metric(
-        "otedama_chain_height",
-        "gauge",
-        "Height of the node's best block.",
-        state.pool.height.load(Relaxed).to_string(),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP otedama_shares_rejected_total Shares refused, by Stratum error code."
-    );
-    let _ = writeln!(out, "# TYPE otedama_shares_rejected_total counter");
-    for code in 20..=25 {
-        let count = totals
-            .shares_rejected_by_code
-            .get(&code)
-            .copied()
-            .unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "otedama_shares_rejected_total{{code=\"{code}\"}} {count}"
+    let payments: Vec<Value> = intents
+        .iter()
+        .rev()
+        .filter_map(|intent| {
+            let amount = intent.outputs.get(&address)?;
+            Some(json!({
+                "batch_id": intent.batch_id,
+                "txid": intent.txid,
+                "amount": amount,
+                "state": match intent.state { IntentState::Open => "pending", IntentState::Sent => "sent" },
+                "created_at_ms": intent.created_at_ms,
+                "sent_at_ms": intent.sent_at_ms,
+            }))
+        })
+        .collect();
+    let (mut windows, mut workers) = (serde_json::Map::new(), BTreeMap::new());
+    {
+        let history = state.payouts.history.lock().expect("history lock");
+        for window_s in HASHRATE_WINDOWS_S {
+            let activity = history.activity(now, window_s * 1000);
+            let mine = activity.get(address.as_str()).cloned().unwrap_or_default();
+            windows.insert(
+                format!("{window_s}s"),
+                json!({"hashrate": hashrate(mine.difficulty_sum, window_s, state.algorithm), "shares": mine.shares}),
+            );
+            if window_s == 3600 {
+                for (name, (shares, last_ms)) in &mine.workers {
+                    workers.insert(
+                        name.clone(),
+                        json!({"shares_1h": shares, "last_share_ms": last_ms}),
+                    );
+                }
+            }
+        }
+    }
+    let pool_min = state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .policy
+        .payout_min;
+    Json(json!({
+        "address": address,
+        "balance_immature": balances.immature,
+        "balance_mature": balances.mature,
+        "balance_paying": balances.paying,
+        "paid": balances.paid,
+        "payout_min": payout_min.unwrap_or(pool_min).max(pool_min),
+        "hashrate": windows["600s"]["hashrate"],
+        "windows": windows,
+        "workers": workers,
+        "payments": payments,
+    }))
+    .into_response()
+}
+
+async fn miner_settings(State(state): State<ApiState>, Path(address): Path<String>) -> Response {
+    if let Some(response) = address_refusal(&state, &address) {
+        return response;
+    }
+    let own = state
+        .payouts
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .payout_min(&address)
+        .ok()
+        .flatten();
+    let pool_min = state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .policy
+        .payout_min;
+    Json(json!({
+        "address": address,
+        "payout_min": own.unwrap_or(pool_min).max(pool_min),
+        "payout_min_own": own,
+        "payout_min_pool": pool_min,
+    }))
+    .into_response()
+}
+
+fn audit(state: &ApiState, action: &str, detail: Value) {
+    if let Err(e) = state.audit.append(now_ms(), "admin", action, detail) {
+        tracing::error!(error = %e, action, "cannot write the audit log");
+    }
+}
+
+async fn admin_run_payout(State(state): State<ApiState>) -> Response {
+    audit(&state, "payouts.run", json!({}));
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    if state.payouts.run_now.send(RunNow { reply }).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the payout thread is not running",
         );
     }
+    let outcome = tokio::task::spawn_blocking(move || {
+        answer.recv_timeout(Duration::from_secs(PAYOUT_RUN_TIMEOUT_S))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Ok(report))) => {
+            let batch = report.batch.as_ref().map(payment_json);
+            audit(
+                &state,
+                "payouts.ran",
+                json!({"batch": batch.as_ref().map(|b| b["batch_id"].clone()), "completed": report.completed, "still_open": report.still_open}),
+            );
+            if let Some(batch) = &batch {
+                state
+                    .pool
+                    .publish_event(json!({"type": "payment", "payment": batch}));
+            }
+            Json(json!({
+                "batch": batch,
+                "completed": report.completed,
+                "still_open": report.still_open,
+            }))
+            .into_response()
+        }
+        Ok(Ok(Err(message))) => error(StatusCode::BAD_GATEWAY, message),
+        _ => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the payout run did not finish in time",
+        ),
+    }
+}
+
+fn config_json(settings: &PayoutSettings) -> Value {
+    json!({
+        "payout_scheme": format!("{:?}", settings.scheme),
+        "pool_fee_percent": settings.pool_fee_ppm as f64 / 10_000.0,
+        "fee_account": settings.fee_account,
+        "payout_interval_s": settings.payout_interval_s,
+        "payout_min": settings.policy.payout_min,
+    })
+}
+
+async fn admin_config(State(state): State<ApiState>) -> Response {
+    Json(config_json(
+        &state.payouts.settings.read().expect("settings lock"),
+    ))
+    .into_response()
+}
+
+/// Changes take effect at once and last until restart; the config file is the lasting record.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigChange {
+    pool_fee_percent: Option<f64>,
+    payout_min: Option<String>,
+    payout_interval_s: Option<u64>,
+    pplns_window_factor: Option<f64>,
+    pplnt_presence_min: Option<f64>,
+}
+
+async fn admin_set_config(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let change: ConfigChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    use crate::payouts::schemes::Scheme;
+    let mut settings = state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .clone();
+    if let Some(percent) = change.pool_fee_percent {
+        if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "pool_fee_percent must lie between 0 and 100",
+            );
+        }
+        settings.pool_fee_ppm = (percent * 10_000.0).round() as u64;
+    }
+    if let Some(text) = &change.payout_min {
+        match crate::config::parse_amount(text) {
+            Ok(amount) => settings.policy.payout_min = amount,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
+        }
+    }
+    if let Some(interval) = change.payout_interval_s {
+        if interval == 0 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "payout_interval_s must be at least 1",
+            );
+        }
+        settings.payout_interval_s = interval;
+    }
+    match (
+        &mut settings.scheme,
+        change.pplns_window_factor,
+        change.pplnt_presence_min,
+    ) {
+        (_, Some(f), _) if !(f.is_finite() && f > 0.0) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "pplns_window_factor must be positive",
+            )
+        }
+        (_, _, Some(p)) if !(0.0..=1.0).contains(&p) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "pplnt_presence_min must lie between 0 and 1",
+            )
+        }
+        (Scheme::Pplns { window_factor }, Some(f), _) => *window_factor = f,
+        (Scheme::Pplnt { presence_min }, _, Some(p)) => *presence_min = p,
+        _ => {}
+    }
+    *state.payouts.settings.write().expect("settings lock") = settings.clone();
+    let detail = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+    audit(&state, "config.set", detail);
+    Json(config_json(&settings)).into_response()
+}
+
+async fn admin_miners(State(state): State<ApiState>) -> Response {
+    let balances = state
+        .payouts
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .all_balances();
+    match balances {
+        Ok(all) => Json(
+            all.into_iter()
+                .map(|(account, b)| json!({"address": account, "balance_immature": b.immature, "balance_mature": b.mature, "balance_paying": b.paying, "paid": b.paid}))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinerSettingsChange {
+    payout_min: String,
+}
+
+async fn admin_set_miner_settings(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(response) = address_refusal(&state, &address) {
+        return response;
+    }
+    let change: MinerSettingsChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let amount = match crate::config::parse_amount(&change.payout_min) {
+        Ok(amount) => amount,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
+    };
+    let pool_min = state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .policy
+        .payout_min;
+    if amount < pool_min {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("payout_min may not go below the pool's {pool_min}"),
+        );
+    }
+    if let Err(e) = state
+        .payouts
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .set_payout_min(&address, amount)
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    audit(
+        &state,
+        "miner.settings.set",
+        json!({"address": address, "payout_min": amount}),
+    );
+    Json(json!({"address": address, "payout_min": amount})).into_response()
+}
+
+async fn admin_audit(State(state): State<ApiState>) -> Response {
+    match state.audit.recent(AUDIT_ENTRIES_PER_REQUEST_MAX) {
+        Ok(entries) => Json(entries).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn websocket(State(state): State<ApiState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| feed(state, socket))
+}
+
+/// Pool stats every few seconds, and new-block and payment events as they happen.
+async fn feed(state: ApiState, mut socket: WebSocket) {
+    let mut events = state.pool.subscribe_events();
+    let mut ticker = tokio::time::interval(Duration::from_secs(WS_STATS_INTERVAL_S));
+    loop {
+        let message = tokio::select! {
+            _ = ticker.tick() => {
+                let state = state.clone();
+                let stats = tokio::task::spawn_blocking(move || stats_json(&state)).await;
+                json!({"type": "stats", "stats": stats.unwrap_or(Value::Null)})
+            }
+            event = events.recv() => match event {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
+        };
+        if socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        Body::from(include_str!("dashboard.html")),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let text = crate::metrics::render(&state);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        out,
+        text,
     )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_normalize_before_routing() {
+        for (raw, normal) in [
+            (
+                "/api/v1/admin/payouts/run",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            (
+                "//api//v1/admin/payouts/run/",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            (
+                "/api/v1/./admin/payouts/run",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            (
+                "/api/v1/public/../admin/payouts/run",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            (
+                "/api/v1/%61dmin/payouts/run",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            (
+                "/api/v1%2fadmin%2Fpayouts/run",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            (
+                "/api/v1/%2e%2e/v1/admin/payouts/run",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            (
+                "/api\\v1\\admin/payouts/run",
+                Some("/api/v1/admin/payouts/run"),
+            ),
+            ("/..", None),
+            ("/api/%zz", None),
+            ("/api/%ff", None),
+        ] {
+            assert_eq!(normalize_path(raw).as_deref(), normal, "{raw}");
+        }
+    }
 }

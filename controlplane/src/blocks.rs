@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::payouts::lifecycle::BlockStatus;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockRecord {
     /// Display-order block hash.
     pub hash: String,
@@ -26,6 +26,10 @@ pub struct BlockRecord {
     /// Confirmations at the last check (-1: outside the best chain).
     #[serde(default)]
     pub confirmations: i64,
+    /// The network difficulty of the block's job, on the pool's share-difficulty scale:
+    /// the PPLNS window is a multiple of it.
+    #[serde(default)]
+    pub network_difficulty: f64,
 }
 
 pub struct BlockStore {

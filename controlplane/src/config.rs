@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use otedama_shared::limits::{DATAPLANE_PROCESSES_MAX, DIFFICULTY_MAX, DIFFICULTY_MIN};
 
-use crate::chain::address::script_for_address;
 use crate::chain::coin::{Coin, CoinParams, Network};
 use crate::chain::rpc::{RpcAuth, RpcClient};
+use otedama_shared::address::script_for_address;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +23,9 @@ pub struct PoolConfig {
     pub node_rpc_user: Option<String>,
     pub node_rpc_password: Option<String>,
     pub node_rpc_cookie: Option<PathBuf>,
+    /// The node wallet that receives block rewards and funds payouts; needed when the node
+    /// has more than one wallet loaded.
+    pub node_wallet: Option<String>,
     /// Where block rewards go; checked against the coin and network at start.
     pub payout_address: String,
     pub stratum_listen: Vec<SocketAddr>,
@@ -111,6 +114,7 @@ impl Default for PoolConfig {
             node_rpc_user: None,
             node_rpc_password: None,
             node_rpc_cookie: None,
+            node_wallet: None,
             payout_address: String::new(),
             stratum_listen: vec!["0.0.0.0:3333".parse().expect("literal address")],
             start_difficulty: 1.0,
@@ -164,6 +168,9 @@ pub struct ConfigArgs {
     /// The node's .cookie file, instead of a user and password.
     #[arg(long, env = "OTEDAMA_NODE_RPC_COOKIE")]
     pub node_rpc_cookie: Option<PathBuf>,
+    /// The node wallet that receives rewards and funds payouts (multi-wallet nodes).
+    #[arg(long, env = "OTEDAMA_NODE_WALLET")]
+    pub node_wallet: Option<String>,
     /// Address that block rewards are paid to.
     #[arg(long, env = "OTEDAMA_PAYOUT_ADDRESS")]
     pub payout_address: Option<String>,
@@ -289,7 +296,8 @@ impl ConfigArgs {
             node_rpc_url,
             node_rpc_user,
             node_rpc_password,
-            node_rpc_cookie
+            node_rpc_cookie,
+            node_wallet
         );
         if !self.stratum_listen.is_empty() {
             config.stratum_listen = self.stratum_listen.clone();
@@ -356,7 +364,7 @@ impl PoolConfig {
             bail!("payout_address is required (--payout-address ADDR)");
         }
         Ok(script_for_address(
-            &self.coin_params(),
+            &self.coin_params().address,
             &self.payout_address,
         )?)
     }
@@ -383,6 +391,21 @@ impl PoolConfig {
             _ => bail!("node RPC credentials are missing: give --node-rpc-user and --node-rpc-password, or --node-rpc-cookie"),
         };
         Ok(RpcClient::new(&self.rpc_url(), auth))
+    }
+
+    /// The RPC client for wallet calls: the node's `/wallet/NAME` endpoint when a wallet
+    /// is named.
+    pub fn wallet_rpc_client(&self) -> anyhow::Result<RpcClient> {
+        let rpc = self.rpc_client()?;
+        Ok(match &self.node_wallet {
+            Some(name) => rpc.for_path(&format!("/wallet/{name}")),
+            None => rpc,
+        })
+    }
+
+    /// The ledger's RocksDB.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.data_dir.join("ledger")
     }
 
     pub fn ipc_socket(&self) -> PathBuf {
@@ -460,6 +483,7 @@ impl PoolConfig {
                     ..Default::default()
                 }
             }),
+            payout_address_rule: Some(self.coin_params().address),
         }
     }
 }

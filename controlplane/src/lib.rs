@@ -6,11 +6,14 @@
 //! never holds a miner connection; that is the data plane's work.
 
 pub mod api;
+pub mod audit;
 pub mod blocks;
 pub mod chain;
 pub mod config;
 pub mod ipc;
 pub mod jobs;
+pub mod metrics;
+pub mod openapi;
 pub mod payouts;
 pub mod regtest;
 pub mod service;

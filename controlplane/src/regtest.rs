@@ -160,6 +160,14 @@ impl RegtestNode {
         Ok(self.rpc.call(method, params)?)
     }
 
+    /// A wallet RPC against the named wallet (the node may have several loaded).
+    pub fn call_wallet(&self, wallet: &str, method: &str, params: Value) -> anyhow::Result<Value> {
+        Ok(self
+            .rpc
+            .for_path(&format!("/wallet/{wallet}"))
+            .call(method, params)?)
+    }
+
     /// Peers this node with `other` and waits until the connection is up.
     pub fn connect(&self, other: &RegtestNode) -> anyhow::Result<()> {
         self.call(

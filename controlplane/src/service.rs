@@ -13,14 +13,27 @@ use otedama_shared::hex32::display_hex;
 use otedama_shared::job::AlgorithmName;
 use otedama_shared::sv1::BlockCandidate;
 
+use std::sync::{Mutex, RwLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::api::{ApiState, PayoutHandles};
+use crate::audit::AuditLog;
 use crate::blocks::{BlockRecord, BlockStore};
 use crate::chain::rpc::{RpcClient, RpcError};
 use crate::chain::synthetic;
 use crate::chain::template::BlockTemplate;
+use crate::chain::wallet::NodeWallet;
+use crate::config::parse_amount;
 use crate::config::{ChainSource, PoolConfig};
 use crate::jobs::{assemble_block, build_job};
+use crate::payouts::ledger::Ledger;
 use crate::payouts::lifecycle::{classify, BlockStatus};
-use crate::stats::PoolState;
+use crate::payouts::payments::PayoutPolicy;
+use crate::payouts::runner::{fault_file_hook, share_log_tails, PayoutRunner, PayoutSettings};
+use crate::payouts::schemes::Scheme;
+use crate::payouts::shares::ShareHistory;
+use crate::stats::{BlockValue, PoolState};
 
 /// Shortest gap between two template fetches, so that a long-poll that returns at once
 /// (as Litecoin Core's does right after a restart) cannot become a busy loop.
@@ -79,6 +92,37 @@ impl TemplateKey {
     }
 }
 
+/// Blocks whose fees FPPS averages over.
+const FEE_HISTORY_BLOCKS_MAX: usize = 144;
+
+/// The fees of the newest template at each recent height.
+#[derive(Default)]
+struct FeeHistory {
+    by_height: std::collections::BTreeMap<u64, u64>,
+}
+
+impl FeeHistory {
+    fn record(&mut self, height: u64, fees: u64) {
+        self.by_height.insert(height, fees);
+        while self.by_height.len() > FEE_HISTORY_BLOCKS_MAX {
+            self.by_height.pop_first();
+        }
+    }
+
+    fn mean(&self) -> u64 {
+        let count = self.by_height.len().max(1) as u64;
+        self.by_height.values().sum::<u64>() / count
+    }
+}
+
+/// The network difficulty for compact `bits` (hex), on the pool's share-difficulty scale.
+pub fn network_difficulty(bits_hex: &str, algorithm: otedama_kernels::Algorithm) -> f64 {
+    u32::from_str_radix(bits_hex, 16)
+        .ok()
+        .and_then(|bits| otedama_kernels::Target::from_compact(bits).ok())
+        .map_or(0.0, |target| target.to_difficulty(algorithm))
+}
+
 /// Builds and publishes jobs from templates. Fetches on a trigger (a long-poll return or an
 /// accepted block) and every `template_refresh_s`.
 fn template_loop(
@@ -92,6 +136,7 @@ fn template_loop(
     let algorithm = algorithm_name(&config);
     let mut next_job_id = now_ms();
     let mut last: Option<TemplateKey> = None;
+    let mut fees = FeeHistory::default();
     let refresh = Duration::from_secs(config.template_refresh_s.max(1));
     loop {
         let fetched_at = Instant::now();
@@ -100,6 +145,12 @@ fn template_loop(
             .map(BlockTemplate::parse)
         {
             Ok(Ok(template)) => {
+                fees.record(template.height, template.fees());
+                state.set_block_value(BlockValue {
+                    subsidy: template.coinbasevalue.saturating_sub(template.fees()),
+                    fees_mean: fees.mean(),
+                    network_difficulty: network_difficulty(&template.bits, params.algorithm),
+                });
                 let key = TemplateKey::of(&template);
                 let clean = last.as_ref().is_none_or(|l| l.prevhash != key.prevhash);
                 let changed = clean
@@ -201,6 +252,8 @@ fn submit_loop(
             reward: job.coinbase_value,
             status: BlockStatus::Pending,
             confirmations: 0,
+            network_difficulty: otedama_kernels::Target::from_compact(job.job.bits)
+                .map_or(0.0, |t| t.to_difficulty(job.job.algorithm.into())),
         };
         let first_time = store.record(&record).unwrap_or_else(|error| {
             tracing::error!(%error, %hash, "cannot record block outcome");
@@ -212,6 +265,7 @@ fn submit_loop(
                     .blocks_found
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(%hash, height = candidate.height, worker = %candidate.worker, "block accepted by the node");
+                state.publish_event(serde_json::json!({"type": "block", "block": record}));
                 let _ = triggers.send(());
             }
             (Some(reason), true) => {
@@ -347,8 +401,72 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
                 .spawn(move || discard_candidates(state, candidate_rx))?;
         }
     }
-    serve(config, state, store, candidate_tx)
+    let payouts = start_payouts(&config, &state, &store)?;
+    serve(config, state, store, payouts, candidate_tx)
 }
+
+/// The ledger and the payout thread.
+fn start_payouts(
+    config: &PoolConfig,
+    state: &Arc<PoolState>,
+    store: &Arc<BlockStore>,
+) -> anyhow::Result<PayoutHandles> {
+    let params = config.coin_params();
+    let fee_account = if config.pool_fee_address.is_empty() {
+        config.payout_address.clone()
+    } else {
+        otedama_shared::address::script_for_address(&params.address, &config.pool_fee_address)
+            .context("checking pool_fee_address")?;
+        config.pool_fee_address.clone()
+    };
+    let settings = PayoutSettings {
+        scheme: config.scheme(),
+        pool_fee_ppm: config.pool_fee_ppm(),
+        fee_account,
+        payout_interval_s: config.payout_interval_s,
+        policy: PayoutPolicy {
+            payout_min: parse_amount(&config.payout_min)?,
+            address_rule: params.address,
+            // The pool's own wallet receives the rewards; paying it would move coins in a circle.
+            never_pay: vec![config.payout_address.clone()],
+        },
+    };
+    let ledger = Ledger::open(&config.ledger_path())
+        .with_context(|| format!("opening the ledger {}", config.ledger_path().display()))?;
+    let logs: Vec<_> = (0..config.dataplane_processes)
+        .map(|index| config.share_log_path(index))
+        .collect();
+    let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
+    let tails = share_log_tails(&ledger, &logs, &config.data_dir, per_share)?;
+    let wallet: Option<Box<dyn crate::payouts::payments::Wallet + Send>> = match config.chain {
+        ChainSource::Node => Some(Box::new(NodeWallet::new(config.wallet_rpc_client()?))),
+        ChainSource::Synthetic => None,
+    };
+    let handles = PayoutHandles {
+        ledger: Arc::new(Mutex::new(ledger)),
+        history: Arc::new(Mutex::new(ShareHistory::default())),
+        settings: Arc::new(RwLock::new(settings)),
+        run_now: crossbeam_channel::bounded(0).0,
+    };
+    let (run_now, requests) = crossbeam_channel::bounded(PAYOUT_REQUESTS_QUEUED_MAX);
+    let runner = PayoutRunner {
+        ledger: handles.ledger.clone(),
+        history: handles.history.clone(),
+        settings: handles.settings.clone(),
+        blocks: store.clone(),
+        pool: state.clone(),
+        tails,
+        wallet,
+        fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
+    };
+    std::thread::Builder::new()
+        .name("payouts".into())
+        .spawn(move || runner.run(requests))?;
+    Ok(PayoutHandles { run_now, ..handles })
+}
+
+/// Payout runs the admin API may have waiting at once.
+const PAYOUT_REQUESTS_QUEUED_MAX: usize = 8;
 
 /// Template polling, long-polling and block submission against the node.
 fn start_node_threads(
@@ -393,14 +511,43 @@ fn serve(
     config: PoolConfig,
     state: Arc<PoolState>,
     store: Arc<BlockStore>,
+    payouts: PayoutHandles,
     candidate_tx: Sender<BlockCandidate>,
 ) -> anyhow::Result<()> {
+    let admin_token_sha256 = match &config.admin_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading admin_token_file {}", path.display()))?;
+            let token = token.trim();
+            if token.len() < ADMIN_TOKEN_BYTES_MIN {
+                anyhow::bail!(
+                    "the admin token in {} is shorter than {ADMIN_TOKEN_BYTES_MIN} characters",
+                    path.display()
+                );
+            }
+            Some(<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
+        }
+        None => None,
+    };
+    let audit = Arc::new(
+        AuditLog::open(&config.data_dir.join("audit"))
+            .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?,
+    );
+    let api_state = ApiState {
+        pool: state.clone(),
+        blocks: store,
+        payouts,
+        audit,
+        admin_token_sha256,
+        address_rule: config.coin_params().address,
+        algorithm: config.coin_params().algorithm,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let api = crate::api::serve(config.api_listen, state.clone(), store.clone());
+        let api = crate::api::serve(config.api_listen, api_state);
         let socket = config.ipc_socket();
         let ipc = crate::ipc::serve(&socket, state.clone(), candidate_tx);
         tokio::select! {
@@ -410,3 +557,6 @@ fn serve(
         }
     })
 }
+
+/// Shortest admin token accepted: 32 characters of a random token are well past guessing.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;

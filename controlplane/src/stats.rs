@@ -12,8 +12,21 @@ use crate::jobs::BuiltJob;
 
 /// Jobs kept for block assembly; a candidate for an older job is stale anyway.
 pub const JOBS_KEPT_MAX: usize = 256;
+/// Events a slow `/ws` subscriber may fall behind by before it skips ahead.
+pub const EVENTS_QUEUED_MAX: usize = 256;
+
+/// What a block is worth now, from the newest template: PPS pays shares against it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct BlockValue {
+    pub subsidy: u64,
+    /// Mean fees per block over the recent blocks' templates (FPPS).
+    pub fees_mean: u64,
+    /// On the pool's share-difficulty scale.
+    pub network_difficulty: f64,
+}
 
 pub struct PoolState {
+    block_value: Mutex<Option<BlockValue>>,
     dataplanes: Mutex<HashMap<u64, DataplaneCounters>>,
     pub blocks_found: AtomicU64,
     pub blocks_rejected: AtomicU64,
@@ -22,6 +35,8 @@ pub struct PoolState {
     jobs: Mutex<BTreeMap<u64, Arc<BuiltJob>>>,
     current_job: Mutex<Option<JobTemplate>>,
     pub job_broadcast: tokio::sync::broadcast::Sender<JobTemplate>,
+    /// New-block and payment events for the `/ws` feed.
+    events: tokio::sync::broadcast::Sender<serde_json::Value>,
     pub started_at: std::time::Instant,
 }
 
@@ -39,7 +54,9 @@ pub struct PoolTotals {
 impl PoolState {
     pub fn new(blocks_found: u64, blocks_rejected: u64) -> Arc<Self> {
         let (job_broadcast, _) = tokio::sync::broadcast::channel(64);
+        let (events, _) = tokio::sync::broadcast::channel(EVENTS_QUEUED_MAX);
         Arc::new(PoolState {
+            block_value: Mutex::new(None),
             dataplanes: Mutex::new(HashMap::new()),
             blocks_found: AtomicU64::new(blocks_found),
             blocks_rejected: AtomicU64::new(blocks_rejected),
@@ -47,6 +64,7 @@ impl PoolState {
             jobs: Mutex::new(BTreeMap::new()),
             current_job: Mutex::new(None),
             job_broadcast,
+            events,
             started_at: std::time::Instant::now(),
         })
     }
@@ -84,6 +102,23 @@ impl PoolState {
             }
         }
         totals
+    }
+
+    /// Sends an event to every `/ws` subscriber (none listening is fine).
+    pub fn publish_event(&self, event: serde_json::Value) {
+        let _ = self.events.send(event);
+    }
+
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<serde_json::Value> {
+        self.events.subscribe()
+    }
+
+    pub fn block_value(&self) -> Option<BlockValue> {
+        *self.block_value.lock().expect("stats lock")
+    }
+
+    pub fn set_block_value(&self, value: BlockValue) {
+        *self.block_value.lock().expect("stats lock") = Some(value);
     }
 
     pub fn publish_job(&self, job: Arc<BuiltJob>) {

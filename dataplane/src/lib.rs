@@ -40,6 +40,9 @@ pub struct DataplaneConfig {
     pub connection_idle_timeout_s: u64,
     /// `None` turns variable difficulty off.
     pub vardiff: Option<otedama_shared::vardiff::VardiffConfig>,
+    /// Refuse at authorize a worker whose name does not start with a payout address of
+    /// this coin and network.
+    pub payout_address_rule: Option<otedama_shared::address::AddressRule>,
 }
 
 pub use rt::run;

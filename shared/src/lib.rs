@@ -5,6 +5,7 @@
 //! send and events for the rest of the pool. Nothing in this crate opens a socket, reads a
 //! clock or spawns a thread, so every protocol rule is testable with plain byte vectors.
 
+pub mod address;
 pub mod hex32;
 pub mod ipc;
 pub mod job;

@@ -51,6 +51,7 @@ fn config(start_difficulty: f64) -> SessionConfig {
         algorithm: Algorithm::Sha256d,
         vardiff: None,
         batch_scrypt: false,
+        payout_address_rule: None,
     }
 }
 
@@ -565,4 +566,37 @@ fn batched_scrypt_shares_finish_like_hashed_ones() {
         outcomes.push(first);
     }
     assert_eq!(outcomes[0], outcomes[1]);
+}
+
+#[test]
+fn a_worker_without_a_payout_address_of_the_network_is_refused_at_authorize() {
+    let rule = otedama_shared::address::AddressRule {
+        network_name: "litecoin regtest",
+        pubkey_hash_prefix: 111,
+        script_hash_prefixes: &[58, 196],
+        bech32_hrp: "rltc",
+    };
+    let mut h = Harness::new(0.5);
+    h.session = Session::new(SessionConfig {
+        payout_address_rule: Some(rule),
+        ..config(0.5)
+    });
+    h.send(&request_line(1, "mining.subscribe", json!([])));
+    // Printed by litecoind -regtest getnewaddress; the checksum of the second is broken,
+    // the third is a Bitcoin mainnet address.
+    for (id, worker) in [
+        (2, "rltc1qhpuak4f6hryvjxpu5k08xgu99mwkmyzr40vf4k.rig"),
+        (3, "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"),
+        (4, "w"),
+    ] {
+        let (outcome, out) = h.send(&request_line(id, "mining.authorize", json!([worker, "x"])));
+        assert_eq!(outcome, Outcome::Rejected(ErrorCode::UnauthorizedWorker));
+        assert_eq!(error_code(&out[0]), Some(24), "{worker}");
+    }
+    let (_, out) = h.send(&request_line(
+        5,
+        "mining.authorize",
+        json!(["rltc1qhpuak4f6hryvjxpu5k08xgu99mwkmyzr40vf4j.rig", "x"]),
+    ));
+    assert_eq!(out[0], json!({"id": 5, "result": true, "error": null}));
 }

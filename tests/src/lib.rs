@@ -76,6 +76,10 @@ pub struct PoolSetup {
     pub payout_address: String,
     pub rpc_url: String,
     pub start_difficulty: f64,
+    /// More flags for `otedama <role>`, after the ones every test needs.
+    pub extra_args: Vec<String>,
+    /// Environment for `otedama <role>`.
+    pub env: Vec<(String, String)>,
 }
 
 impl PoolSetup {
@@ -87,6 +91,8 @@ impl PoolSetup {
             payout_address: nodes.wallet_address.clone(),
             rpc_url: nodes.miner.rpc_url(),
             start_difficulty,
+            extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -112,7 +118,9 @@ impl PoolSetup {
             .args(["--vardiff-share-interval-s", "1"])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         command
     }
@@ -156,12 +164,38 @@ impl PoolSetup {
         })
     }
 
-    /// Starts `otedama miner` against this pool.
+    /// `GET path` on the API, as JSON.
+    pub fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
+        Ok(ureq::get(&url).call()?.into_json()?)
+    }
+
+    /// `POST path` on the API with a bearer token; the status and the JSON body, whatever
+    /// the status.
+    pub fn post_admin(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
+        let request = ureq::post(&url).set("Authorization", &format!("Bearer {token}"));
+        match request.call() {
+            Ok(response) => Ok((response.status(), response.into_json()?)),
+            Err(ureq::Error::Status(status, response)) => {
+                Ok((status, response.into_json().unwrap_or(Value::Null)))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Starts `otedama miner` against this pool, mining for the pool's own address.
     pub fn spawn_miner(&self, worker: &str, threads: usize) -> anyhow::Result<Process> {
+        self.spawn_miner_as(&format!("{}.{worker}", self.payout_address), threads)
+    }
+
+    /// Starts `otedama miner` authorizing as `user` (`ADDRESS.RIG`).
+    pub fn spawn_miner_as(&self, user: &str, threads: usize) -> anyhow::Result<Process> {
+        let worker = user;
         let child = Command::new(otedama_binary())
             .arg("miner")
             .args(["--url", &self.stratum_url()])
-            .args(["--user", &format!("{}.{worker}", self.payout_address)])
+            .args(["--user", user])
             .args(["--algo", "scrypt", "--threads", &threads.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -173,6 +207,15 @@ impl PoolSetup {
             name: format!("miner {worker}"),
         })
     }
+}
+
+/// `GET path` on the admin API with the bearer token.
+pub fn admin_get(pool: &PoolSetup, path: &str, token: &str) -> anyhow::Result<Value> {
+    let url = format!("http://127.0.0.1:{}{path}", pool.api_port);
+    Ok(ureq::get(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()?
+        .into_json()?)
 }
 
 /// Polls `condition` every 100 ms until it holds or `timeout` passes.

@@ -100,6 +100,7 @@ fn start_dataplane(
         version_rolling_mask: 0x1fff_e000,
         connection_idle_timeout_s: IDLE_TIMEOUT_S,
         vardiff: None,
+        payout_address_rule: None,
     };
     std::thread::spawn(move || {
         let result =

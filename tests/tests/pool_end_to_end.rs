@@ -147,6 +147,6 @@ fn pool_finds_blocks_the_node_accepts_before_and_after_mweb() -> anyhow::Result<
 
     // Metrics are served in the Prometheus text format.
     let metrics = pool.get_text("/metrics")?;
-    assert!(metrics.contains("# TYPE otedama_blocks_found_total counter"));
+    assert!(metrics.contains("# TYPE otedama_blocks_total counter"));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Everything that talks to, or about, the chain node.
 
-pub mod address;
 pub mod coin;
 pub mod rpc;
 pub mod synthetic;
 pub mod template;
+pub mod wallet;

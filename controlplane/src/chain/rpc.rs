@@ -3,6 +3,7 @@
 //! holds its request open for up to a couple of minutes.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use base64::Engine;
@@ -57,6 +58,44 @@ pub struct RpcClient {
     agent: ureq::Agent,
 }
 
+/// Upper bounds, in seconds, of the node RPC latency histogram's buckets.
+pub const RPC_LATENCY_BUCKETS_S: [f64; 10] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// Every node RPC this process made: counts, errors and a latency histogram, for
+/// `/metrics`. Long-polls are left out: they wait on purpose.
+pub struct RpcStats {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    /// Cumulative counts per bucket of `RPC_LATENCY_BUCKETS_S`.
+    pub latency_buckets: [AtomicU64; RPC_LATENCY_BUCKETS_S.len()],
+    pub latency_sum_us: AtomicU64,
+}
+
+pub static RPC_STATS: RpcStats = RpcStats {
+    requests: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+    latency_buckets: [const { AtomicU64::new(0) }; RPC_LATENCY_BUCKETS_S.len()],
+    latency_sum_us: AtomicU64::new(0),
+};
+
+impl RpcStats {
+    fn record(&self, elapsed: Duration, failed: bool) {
+        self.requests.fetch_add(1, Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        for (bound, count) in RPC_LATENCY_BUCKETS_S.iter().zip(&self.latency_buckets) {
+            if seconds <= *bound {
+                count.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
 /// Seconds a plain RPC may take; long-poll uses its own, longer timeout.
 const RPC_TIMEOUT_S: u64 = 30;
 
@@ -83,6 +122,16 @@ impl RpcClient {
         Self::with_timeout(&self.url, self.auth.clone(), timeout)
     }
 
+    /// The same node and credentials at `path` under its URL (`/wallet/NAME`).
+    pub fn for_path(&self, path: &str) -> Self {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        RpcClient {
+            url,
+            auth: self.auth.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -106,6 +155,22 @@ impl RpcClient {
 
     /// Calls `method` and returns its `result`.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let started = std::time::Instant::now();
+        let long_poll = method == "getblocktemplate" && params[0].get("longpollid").is_some();
+        let result = self.call_unmeasured(method, params);
+        if !long_poll {
+            // A node's refusal is an answer, not a failure of the link; only transport and
+            // credential errors count as errors.
+            let failed = matches!(
+                result,
+                Err(RpcError::Unreachable { .. } | RpcError::Unauthorized { .. })
+            );
+            RPC_STATS.record(started.elapsed(), failed);
+        }
+        result
+    }
+
+    fn call_unmeasured(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let body = json!({"jsonrpc": "1.0", "id": "otedama", "method": method, "params": params});
         let response = self
             .agent

@@ -29,6 +29,7 @@ pub fn template(sequence: u64, now_ms: u64) -> BlockTemplate {
             txid: hex::encode(sha256(
                 &[sequence.to_le_bytes(), index.to_le_bytes()].concat(),
             )),
+            fee: 0,
         })
         .collect();
     BlockTemplate {

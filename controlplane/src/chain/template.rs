@@ -8,6 +8,9 @@ pub struct TemplateTransaction {
     pub data: String,
     /// Transaction id (without witness), display order.
     pub txid: String,
+    /// Fee the transaction pays, in the smallest unit.
+    #[serde(default)]
+    pub fee: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -28,6 +31,11 @@ pub struct BlockTemplate {
 }
 
 impl BlockTemplate {
+    /// Fees of every template transaction; the coinbase value less this is the subsidy.
+    pub fn fees(&self) -> u64 {
+        self.transactions.iter().map(|t| t.fee).sum()
+    }
+
     pub fn parse(value: serde_json::Value) -> Result<Self, serde_json::Error> {
         serde_json::from_value(value)
     }

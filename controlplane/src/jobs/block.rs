@@ -82,6 +82,7 @@ mod tests {
             transactions: vec![TemplateTransaction {
                 data: tx.into(),
                 txid,
+                fee: 0,
             }],
             coinbasevalue: 5_000_000_000,
             bits: "207fffff".into(),

@@ -1,11 +1,16 @@
 //! The ledger: an append-only log of balance changes in RocksDB, with each account's
 //! balances kept beside it and written in the same atomic batch. Amounts are integers in
-//! the coin's smallest unit. Immature (the block may still be orphaned), mature (payable)
-//! and paid are kept apart.
+//! the coin's smallest unit. Immature (the block may still be orphaned), mature (payable),
+//! paying (in a payout transaction the node has not confirmed to know yet) and paid are
+//! kept apart, and their sum over every account only grows by credited rewards.
 //!
 //! Each block's credits and state (immature, mature, orphaned) are stored under its hash in
 //! the same batch as the balance changes they cause: a block is credited, matured or
 //! orphaned at most once, however often it is seen and whenever the process dies.
+//!
+//! A payout is an intent written in one batch with its debits: the batch id, the outputs,
+//! the funded and signed transaction and its txid. Whatever happens after that batch, the
+//! only transaction that can pay those outputs is the one in the intent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,14 +18,21 @@ use std::path::Path;
 use rocksdb::{IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use super::schemes::BlockSplit;
-
 /// One account's balances.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balances {
     pub immature: u64,
     pub mature: u64,
+    /// In a payout intent whose transaction the node has not yet been seen to hold.
+    #[serde(default)]
+    pub paying: u64,
     pub paid: u64,
+}
+
+impl Balances {
+    pub fn total(&self) -> u64 {
+        self.immature + self.mature + self.paying + self.paid
+    }
 }
 
 /// Why a balance changed.
@@ -33,6 +45,12 @@ pub enum EntryKind {
     Matured,
     /// The block left the best chain: its immature credit is taken back.
     Orphaned,
+    /// PPS/FPPS: shares credited at once, mature, from the pool's funds.
+    ShareCredit,
+    /// A payout intent: mature → paying.
+    PayoutDebit,
+    /// The node holds the payout transaction: paying → paid.
+    PayoutSent,
 }
 
 /// One line of the append-only log.
@@ -42,8 +60,9 @@ pub struct LedgerEntry {
     pub account: String,
     pub kind: EntryKind,
     pub amount: u64,
-    /// The block hash (display hex) the entry belongs to.
-    pub block: String,
+    /// What the entry belongs to: a block hash (display hex), `batch:N` or `shares`.
+    #[serde(alias = "block")]
+    pub reference: String,
 }
 
 /// What a ledger step did.
@@ -62,11 +81,21 @@ pub enum LedgerError {
     Storage(#[from] rocksdb::Error),
     #[error("ledger record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("payout of {amount} to {account} exceeds its mature balance {mature}")]
+    Overdraft {
+        account: String,
+        amount: u64,
+        mature: u64,
+    },
 }
 
 const ENTRY_PREFIX: &[u8] = b"e/";
 const BALANCE_PREFIX: &[u8] = b"b/";
 const BLOCK_PREFIX: &[u8] = b"k/";
+const INTENT_PREFIX: &[u8] = b"p/";
+const CURSOR_PREFIX: &[u8] = b"c/";
+const SETTING_PREFIX: &[u8] = b"s/";
+const PPS_CREDITED_KEY: &[u8] = b"m/pps_credited";
 
 /// A block's split, as credited, and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,10 +106,37 @@ struct CreditedBlock {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum BlockState {
+pub enum BlockState {
     Immature,
     Mature,
     Orphaned,
+}
+
+/// Where a payout transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentState {
+    /// Written with its debits; the node may or may not have the transaction yet.
+    Open,
+    /// The node has the transaction (mempool or chain); the outputs are paid.
+    Sent,
+}
+
+/// A payout batch: written before its transaction is broadcast, and the only transaction
+/// that may ever pay its outputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutIntent {
+    pub batch_id: u64,
+    pub created_at_ms: u64,
+    pub outputs: BTreeMap<String, u64>,
+    /// The funded, signed transaction, hex.
+    pub raw_tx: String,
+    pub txid: String,
+    pub state: IntentState,
+    pub broadcast_attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+    pub sent_at_ms: Option<u64>,
 }
 
 pub struct Ledger {
@@ -107,59 +163,77 @@ impl Ledger {
         Ok(Ledger { db, next_sequence })
     }
 
-    pub fn balances(&self, account: &str) -> Result<Balances, LedgerError> {
-        Ok(
-            match self.db.get(key(BALANCE_PREFIX, account.as_bytes()))? {
-                Some(bytes) => serde_json::from_slice(&bytes)?,
-                None => Balances::default(),
-            },
-        )
+    fn get<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
+        Ok(match self.db.get(key)? {
+            Some(bytes) => Some(serde_json::from_slice(&bytes)?),
+            None => None,
+        })
     }
 
-    /// Every account with its balances.
-    pub fn all_balances(&self) -> Result<BTreeMap<String, Balances>, LedgerError> {
-        let mut all = BTreeMap::new();
-        for item in self.db.prefix_iterator(BALANCE_PREFIX) {
+    fn scan<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, LedgerError> {
+        let mut all = Vec::new();
+        for item in self.db.prefix_iterator(prefix) {
             let (k, v) = item?;
-            if !k.starts_with(BALANCE_PREFIX) {
+            if !k.starts_with(prefix) {
                 break;
             }
-            let account = String::from_utf8_lossy(&k[BALANCE_PREFIX.len()..]).into_owned();
-            all.insert(account, serde_json::from_slice(&v)?);
+            all.push((k[prefix.len()..].to_vec(), serde_json::from_slice(&v)?));
         }
         Ok(all)
     }
 
-    /// The whole log, oldest first.
-    pub fn entries(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
-        let mut entries = Vec::new();
-        for item in self.db.prefix_iterator(ENTRY_PREFIX) {
-            let (k, v) = item?;
-            if !k.starts_with(ENTRY_PREFIX) {
-                break;
-            }
-            entries.push(serde_json::from_slice(&v)?);
-        }
-        Ok(entries)
+    pub fn balances(&self, account: &str) -> Result<Balances, LedgerError> {
+        Ok(self
+            .get(&key(BALANCE_PREFIX, account.as_bytes()))?
+            .unwrap_or_default())
     }
 
-    /// Credits a found block's split as immature, once per block hash.
+    /// Every account with its balances.
+    pub fn all_balances(&self) -> Result<BTreeMap<String, Balances>, LedgerError> {
+        Ok(self
+            .scan(BALANCE_PREFIX)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    /// The whole log, oldest first.
+    pub fn entries(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
+        Ok(self
+            .scan(ENTRY_PREFIX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Where a credited block stands; `None` if it was never credited.
+    pub fn block_state(&self, block: &str) -> Result<Option<BlockState>, LedgerError> {
+        Ok(self
+            .get::<CreditedBlock>(&key(BLOCK_PREFIX, block.as_bytes()))?
+            .map(|b| b.state))
+    }
+
+    /// Credits a found block's `credits` (miners' and the pool's parts, adding up to the
+    /// reward) as immature, once per block hash.
     pub fn credit_block(
         &mut self,
         block: &str,
-        split: &BlockSplit,
+        credits: &BTreeMap<String, u64>,
     ) -> Result<Applied, LedgerError> {
         if self.db.get(key(BLOCK_PREFIX, block.as_bytes()))?.is_some() {
             return Ok(Applied::AlreadyDone);
         }
         let mut change = Change::new(self);
-        for (account, amount) in &split.credits {
+        for (account, amount) in credits {
             change.apply(account, EntryKind::BlockCredit, *amount, block, |b| {
                 b.immature += amount
             })?;
         }
         let record = CreditedBlock {
-            credits: split.credits.clone(),
+            credits: credits.clone(),
             state: BlockState::Immature,
         };
         change.batch.put(
@@ -184,10 +258,9 @@ impl Ledger {
 
     fn settle(&mut self, block: &str, to: BlockState) -> Result<Applied, LedgerError> {
         let block_key = key(BLOCK_PREFIX, block.as_bytes());
-        let Some(bytes) = self.db.get(&block_key)? else {
+        let Some(mut record) = self.get::<CreditedBlock>(&block_key)? else {
             return Ok(Applied::NotApplicable);
         };
-        let mut record: CreditedBlock = serde_json::from_slice(&bytes)?;
         match (record.state, to) {
             (state, to) if state == to => return Ok(Applied::AlreadyDone),
             (BlockState::Immature, _) => {}
@@ -211,6 +284,160 @@ impl Ledger {
         change.commit()?;
         Ok(Applied::Done)
     }
+
+    /// The next share-log sequence not yet credited under PPS/FPPS, per data-plane process.
+    pub fn share_cursor(&self, process: u32) -> Result<Option<u64>, LedgerError> {
+        self.get(&key(CURSOR_PREFIX, &process.to_be_bytes()))
+    }
+
+    /// Everything PPS/FPPS has credited so far: the pool's side of its risk.
+    pub fn pps_credited(&self) -> Result<u64, LedgerError> {
+        Ok(self.get(PPS_CREDITED_KEY)?.unwrap_or(0))
+    }
+
+    /// PPS/FPPS: credits shares at once (mature), and moves each process's cursor past
+    /// them in the same batch, so a share is credited exactly once across crashes. A
+    /// cursor that would not advance means the shares were credited already.
+    pub fn credit_shares(
+        &mut self,
+        cursors: &BTreeMap<u32, u64>,
+        credits: &BTreeMap<String, u64>,
+    ) -> Result<Applied, LedgerError> {
+        for (process, next) in cursors {
+            if self
+                .share_cursor(*process)?
+                .is_some_and(|stored| stored >= *next)
+            {
+                return Ok(Applied::AlreadyDone);
+            }
+        }
+        let total: u64 = credits.values().sum();
+        let pps_credited = self.pps_credited()? + total;
+        let mut change = Change::new(self);
+        for (account, amount) in credits {
+            change.apply(account, EntryKind::ShareCredit, *amount, "shares", |b| {
+                b.mature += amount
+            })?;
+        }
+        for (process, next) in cursors {
+            change.batch.put(
+                key(CURSOR_PREFIX, &process.to_be_bytes()),
+                serde_json::to_vec(next)?,
+            );
+        }
+        change
+            .batch
+            .put(PPS_CREDITED_KEY, serde_json::to_vec(&pps_credited)?);
+        change.commit()?;
+        Ok(Applied::Done)
+    }
+
+    /// A miner's own payout threshold, if it set one.
+    pub fn payout_min(&self, account: &str) -> Result<Option<u64>, LedgerError> {
+        self.get(&key(SETTING_PREFIX, account.as_bytes()))
+    }
+
+    pub fn set_payout_min(&self, account: &str, amount: u64) -> Result<(), LedgerError> {
+        self.db.put(
+            key(SETTING_PREFIX, account.as_bytes()),
+            serde_json::to_vec(&amount)?,
+        )?;
+        Ok(())
+    }
+
+    /// Every payout intent, oldest first.
+    pub fn intents(&self) -> Result<Vec<PayoutIntent>, LedgerError> {
+        Ok(self
+            .scan(INTENT_PREFIX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    pub fn open_intents(&self) -> Result<Vec<PayoutIntent>, LedgerError> {
+        let mut intents = self.intents()?;
+        intents.retain(|i| i.state == IntentState::Open);
+        Ok(intents)
+    }
+
+    /// The id the next payout batch gets.
+    pub fn next_batch_id(&self) -> Result<u64, LedgerError> {
+        Ok(self.intents()?.last().map_or(1, |i| i.batch_id + 1))
+    }
+
+    /// Writes a payout intent and its debits (mature → paying) in one batch. Refuses, and
+    /// writes nothing, if any output exceeds its account's mature balance.
+    pub fn open_intent(&mut self, intent: &PayoutIntent) -> Result<Applied, LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &intent.batch_id.to_be_bytes());
+        if self.db.get(&intent_key)?.is_some() {
+            return Ok(Applied::AlreadyDone);
+        }
+        let reference = format!("batch:{}", intent.batch_id);
+        let mut change = Change::new(self);
+        for (account, amount) in &intent.outputs {
+            let mature = change.balances_of(account)?.mature;
+            if mature < *amount {
+                return Err(LedgerError::Overdraft {
+                    account: account.clone(),
+                    amount: *amount,
+                    mature,
+                });
+            }
+            change.apply(account, EntryKind::PayoutDebit, *amount, &reference, |b| {
+                b.mature -= amount;
+                b.paying += amount;
+            })?;
+        }
+        change.batch.put(intent_key, serde_json::to_vec(intent)?);
+        change.commit()?;
+        Ok(Applied::Done)
+    }
+
+    /// The node holds the intent's transaction: its outputs move from paying to paid.
+    pub fn complete_intent(&mut self, batch_id: u64, now_ms: u64) -> Result<Applied, LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
+            return Ok(Applied::NotApplicable);
+        };
+        if intent.state == IntentState::Sent {
+            return Ok(Applied::AlreadyDone);
+        }
+        let reference = format!("batch:{batch_id}");
+        let mut change = Change::new(self);
+        for (account, amount) in &intent.outputs {
+            change.apply(account, EntryKind::PayoutSent, *amount, &reference, |b| {
+                b.paying -= amount;
+                b.paid += amount;
+            })?;
+        }
+        intent.state = IntentState::Sent;
+        intent.sent_at_ms = Some(now_ms);
+        intent.last_error = None;
+        change.batch.put(intent_key, serde_json::to_vec(&intent)?);
+        change.commit()?;
+        Ok(Applied::Done)
+    }
+
+    /// Records a failed broadcast and when to try again.
+    pub fn note_broadcast_failure(
+        &mut self,
+        batch_id: u64,
+        error: &str,
+        next_attempt_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
+            return Ok(());
+        };
+        intent.broadcast_attempts += 1;
+        intent.next_attempt_ms = next_attempt_ms;
+        intent.last_error = Some(error.to_string());
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .put_opt(intent_key, serde_json::to_vec(&intent)?, &options)?;
+        Ok(())
+    }
 }
 
 /// One atomic ledger change: log entries and the balances they move, in one batch.
@@ -232,12 +459,20 @@ impl<'a> Change<'a> {
         }
     }
 
+    fn balances_of(&mut self, account: &str) -> Result<&mut Balances, LedgerError> {
+        if !self.balances.contains_key(account) {
+            let current = self.ledger.balances(account)?;
+            self.balances.insert(account.to_string(), current);
+        }
+        Ok(self.balances.get_mut(account).expect("inserted above"))
+    }
+
     fn apply(
         &mut self,
         account: &str,
         kind: EntryKind,
         amount: u64,
-        block: &str,
+        reference: &str,
         update: impl FnOnce(&mut Balances),
     ) -> Result<(), LedgerError> {
         let entry = LedgerEntry {
@@ -245,18 +480,14 @@ impl<'a> Change<'a> {
             account: account.to_string(),
             kind,
             amount,
-            block: block.to_string(),
+            reference: reference.to_string(),
         };
         self.batch.put(
             key(ENTRY_PREFIX, &self.next_sequence.to_be_bytes()),
             serde_json::to_vec(&entry)?,
         );
         self.next_sequence += 1;
-        if !self.balances.contains_key(account) {
-            let current = self.ledger.balances(account)?;
-            self.balances.insert(account.to_string(), current);
-        }
-        update(self.balances.get_mut(account).expect("inserted above"));
+        update(self.balances_of(account)?);
         Ok(())
     }
 
@@ -281,11 +512,8 @@ impl<'a> Change<'a> {
 mod tests {
     use super::*;
 
-    fn split(pairs: &[(&str, u64)]) -> BlockSplit {
-        BlockSplit {
-            pool: 0,
-            credits: pairs.iter().map(|(a, v)| (a.to_string(), *v)).collect(),
-        }
+    fn split(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(a, v)| (a.to_string(), *v)).collect()
     }
 
     #[test]
@@ -308,8 +536,7 @@ mod tests {
             ledger.balances("a").unwrap(),
             Balances {
                 immature: 600,
-                mature: 0,
-                paid: 0
+                ..Balances::default()
             }
         );
         assert_eq!(ledger.entries().unwrap().len(), 2);
@@ -349,28 +576,105 @@ mod tests {
         assert_eq!(
             ledger.balances("a").unwrap(),
             Balances {
-                immature: 0,
                 mature: 600,
-                paid: 0
+                ..Balances::default()
             }
         );
         assert_eq!(
             ledger.balances("b").unwrap(),
             Balances {
-                immature: 0,
                 mature: 400,
-                paid: 0
+                ..Balances::default()
             }
         );
         let total: u64 = ledger
             .all_balances()
             .unwrap()
             .values()
-            .map(|b| b.immature + b.mature + b.paid)
+            .map(Balances::total)
             .sum();
         assert_eq!(
             total, 1000,
             "the orphan's 50 is gone, the good block's 1000 is all there"
         );
+    }
+
+    fn intent(batch_id: u64, outputs: &[(&str, u64)]) -> PayoutIntent {
+        PayoutIntent {
+            batch_id,
+            created_at_ms: 1,
+            outputs: split(outputs),
+            raw_tx: "00".into(),
+            txid: format!("tx{batch_id}"),
+            state: IntentState::Open,
+            broadcast_attempts: 0,
+            next_attempt_ms: 0,
+            last_error: None,
+            sent_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn an_intent_debits_once_and_completes_once_and_cannot_overdraw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .credit_block("h", &split(&[("a", 700), ("b", 300)]))
+            .unwrap();
+        ledger.mature_block("h").unwrap();
+        assert!(matches!(
+            ledger.open_intent(&intent(1, &[("a", 701)])),
+            Err(LedgerError::Overdraft { .. })
+        ));
+        assert_eq!(
+            ledger.balances("a").unwrap().mature,
+            700,
+            "a refused intent writes nothing"
+        );
+        assert_eq!(ledger.next_batch_id().unwrap(), 1);
+        let paying = intent(1, &[("a", 700), ("b", 300)]);
+        assert_eq!(ledger.open_intent(&paying).unwrap(), Applied::Done);
+        assert_eq!(ledger.open_intent(&paying).unwrap(), Applied::AlreadyDone);
+        assert_eq!(
+            ledger.balances("a").unwrap(),
+            Balances {
+                paying: 700,
+                ..Balances::default()
+            }
+        );
+        assert_eq!(ledger.open_intents().unwrap().len(), 1);
+        ledger.note_broadcast_failure(1, "node down", 99).unwrap();
+        assert_eq!(ledger.open_intents().unwrap()[0].broadcast_attempts, 1);
+        assert_eq!(ledger.complete_intent(1, 5).unwrap(), Applied::Done);
+        assert_eq!(ledger.complete_intent(1, 6).unwrap(), Applied::AlreadyDone);
+        assert_eq!(
+            ledger.balances("b").unwrap(),
+            Balances {
+                paid: 300,
+                ..Balances::default()
+            }
+        );
+        assert!(ledger.open_intents().unwrap().is_empty());
+        assert_eq!(ledger.next_batch_id().unwrap(), 2);
+    }
+
+    #[test]
+    fn share_credits_move_the_cursor_in_the_same_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let cursors = BTreeMap::from([(0u32, 10u64)]);
+        let credits = split(&[("a", 5)]);
+        assert_eq!(
+            ledger.credit_shares(&cursors, &credits).unwrap(),
+            Applied::Done
+        );
+        assert_eq!(
+            ledger.credit_shares(&cursors, &credits).unwrap(),
+            Applied::AlreadyDone
+        );
+        assert_eq!(ledger.share_cursor(0).unwrap(), Some(10));
+        assert_eq!(ledger.share_cursor(1).unwrap(), None);
+        assert_eq!(ledger.pps_credited().unwrap(), 5);
+        assert_eq!(ledger.balances("a").unwrap().mature, 5);
     }
 }

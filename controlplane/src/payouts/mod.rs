@@ -1,6 +1,10 @@
-//! Payouts: how a found block's reward is divided (schemes), kept as integers to the unit.
-//! The ledger, the block lifecycle and payments build on this (issue 4, in progress).
+//! Payouts: found blocks and shares become integer balances in the ledger (schemes,
+//! lifecycle, shares), and mature balances become batched wallet payments that are paid
+//! exactly once (payments), driven by one thread (runner).
 
 pub mod ledger;
 pub mod lifecycle;
+pub mod payments;
+pub mod runner;
 pub mod schemes;
+pub mod shares;

@@ -181,6 +181,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         algorithm: core.config.algorithm,
         vardiff: core.config.vardiff,
         batch_scrypt: true,
+        payout_address_rule: core.config.payout_address_rule,
     });
     let connection = Rc::new(Connection {
         stream: RefCell::new(stream),

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use otedama_kernels::{Algorithm, Target};
 
+use crate::address::{payout_address_of, script_for_address, AddressRule};
 use crate::job::{Job, JobBook};
 use crate::limits::{
     DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX, WORKERS_PER_CONNECTION_MAX,
@@ -40,6 +41,9 @@ pub struct SessionConfig {
     /// Hand scrypt shares back as `Outcome::NeedsPow` so the glue can hash several at once;
     /// off, the session hashes each share itself.
     pub batch_scrypt: bool,
+    /// When set, a worker name must start with a payout address of this coin and network
+    /// (`ADDRESS` or `ADDRESS.RIG`): a share is only worth taking if it can be paid.
+    pub payout_address_rule: Option<AddressRule>,
 }
 
 /// What the glue must do after a line.
@@ -304,6 +308,12 @@ impl Session {
             || name.chars().any(char::is_control)
         {
             return self.reject(id, ErrorCode::UnauthorizedWorker, "invalid worker name");
+        }
+        if let Some(rule) = &self.config.payout_address_rule {
+            if let Err(error) = script_for_address(rule, payout_address_of(name)) {
+                let message = format!("worker name must be ADDRESS or ADDRESS.RIG: {error}");
+                return self.reject(id, ErrorCode::UnauthorizedWorker, &message);
+            }
         }
         if !self.workers.contains(name) {
             if self.workers.len() >= WORKERS_PER_CONNECTION_MAX {

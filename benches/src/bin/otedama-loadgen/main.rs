@@ -45,8 +45,12 @@ pub struct Args {
     /// Seconds of measured load, after every connection is up.
     #[arg(long, default_value_t = 30)]
     pub duration: u64,
-    /// Worker name to authorize.
-    #[arg(long, default_value = "loadgen")]
+    /// Worker name to authorize: the pool takes only `ADDRESS` or `ADDRESS.RIG` with an
+    /// address of its coin and network. The default suits a Bitcoin regtest pool.
+    #[arg(
+        long,
+        default_value = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt.loadgen"
+    )]
     pub user: String,
     /// Processes to spread the connections over (each has its own open-files limit).
     #[arg(long, default_value_t = 1)]

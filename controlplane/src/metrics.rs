@@ -1,0 +1,197 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4): every family has
+//! its HELP and TYPE lines, counters end in `_total`, and the RPC latency histogram has
+//! cumulative buckets, `+Inf`, `_sum` and `_count`, as `promtool check metrics` requires.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::api::ApiState;
+use crate::chain::rpc::{RPC_LATENCY_BUCKETS_S, RPC_STATS};
+use crate::payouts::ledger::IntentState;
+
+struct Families(String);
+
+impl Families {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(self.0, "{name}{labels} {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, "", value);
+    }
+}
+
+pub fn render(state: &ApiState) -> String {
+    let totals = state.pool.totals();
+    let mut out = Families(String::new());
+    out.family(
+        "otedama_shares_total",
+        "counter",
+        "Shares by result: accepted (stored durably, then acknowledged) or rejected, by Stratum error code.",
+    );
+    out.sample(
+        "otedama_shares_total",
+        "result=\"accepted\",code=\"\"",
+        totals.shares_accepted,
+    );
+    for code in 20..=25 {
+        let count = totals
+            .shares_rejected_by_code
+            .get(&code)
+            .copied()
+            .unwrap_or(0);
+        out.sample(
+            "otedama_shares_total",
+            &format!("result=\"rejected\",code=\"{code}\""),
+            count,
+        );
+    }
+    out.single(
+        "otedama_accepted_difficulty_total",
+        "counter",
+        "Sum of the difficulty of accepted shares.",
+        totals.accepted_difficulty_sum,
+    );
+    out.family(
+        "otedama_blocks_total",
+        "counter",
+        "Blocks submitted, by the node's answer.",
+    );
+    out.sample(
+        "otedama_blocks_total",
+        "result=\"accepted\"",
+        state.pool.blocks_found.load(Relaxed),
+    );
+    out.sample(
+        "otedama_blocks_total",
+        "result=\"rejected\"",
+        state.pool.blocks_rejected.load(Relaxed),
+    );
+    let mut by_status =
+        std::collections::BTreeMap::from([("pending", 0), ("confirmed", 0), ("orphaned", 0)]);
+    for block in state
+        .blocks
+        .all()
+        .iter()
+        .filter(|b| b.rejected_reason.is_none())
+    {
+        let status = match block.status {
+            crate::payouts::lifecycle::BlockStatus::Pending => "pending",
+            crate::payouts::lifecycle::BlockStatus::Confirmed => "confirmed",
+            crate::payouts::lifecycle::BlockStatus::Orphaned => "orphaned",
+        };
+        *by_status.entry(status).or_default() += 1;
+    }
+    out.family(
+        "otedama_found_blocks",
+        "gauge",
+        "Blocks the node accepted, by where they stand now.",
+    );
+    for (status, count) in by_status {
+        out.sample(
+            "otedama_found_blocks",
+            &format!("status=\"{status}\""),
+            count,
+        );
+    }
+    out.single(
+        "otedama_connections",
+        "gauge",
+        "Open miner connections.",
+        totals.connections,
+    );
+    out.single(
+        "otedama_chain_height",
+        "gauge",
+        "Height of the node's best block.",
+        state.pool.height.load(Relaxed),
+    );
+
+    out.single(
+        "otedama_node_rpc_requests_total",
+        "counter",
+        "Node RPC calls made (long-polls excluded).",
+        RPC_STATS.requests.load(Relaxed),
+    );
+    out.single(
+        "otedama_node_rpc_errors_total",
+        "counter",
+        "Node RPC calls that did not reach the node or were refused its credentials.",
+        RPC_STATS.errors.load(Relaxed),
+    );
+    out.family(
+        "otedama_node_rpc_latency_seconds",
+        "histogram",
+        "Node RPC round-trip time.",
+    );
+    for (bound, count) in RPC_LATENCY_BUCKETS_S.iter().zip(&RPC_STATS.latency_buckets) {
+        out.sample(
+            "otedama_node_rpc_latency_seconds_bucket",
+            &format!("le=\"{bound}\""),
+            count.load(Relaxed),
+        );
+    }
+    let requests = RPC_STATS.requests.load(Relaxed);
+    out.sample(
+        "otedama_node_rpc_latency_seconds_bucket",
+        "le=\"+Inf\"",
+        requests,
+    );
+    out.sample(
+        "otedama_node_rpc_latency_seconds_sum",
+        "",
+        RPC_STATS.latency_sum_us.load(Relaxed) as f64 / 1e6,
+    );
+    out.sample("otedama_node_rpc_latency_seconds_count", "", requests);
+
+    let intents = state
+        .payouts
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .intents()
+        .unwrap_or_default();
+    let open: Vec<_> = intents
+        .iter()
+        .filter(|i| i.state == IntentState::Open)
+        .collect();
+    out.single(
+        "otedama_payout_queue_batches",
+        "gauge",
+        "Payout batches written but not yet seen by the node (retried with back-off).",
+        open.len(),
+    );
+    out.single(
+        "otedama_payout_queue_amount",
+        "gauge",
+        "Smallest units in those batches.",
+        open.iter().flat_map(|i| i.outputs.values()).sum::<u64>(),
+    );
+    out.single(
+        "otedama_payout_batches_total",
+        "counter",
+        "Payout batches the node holds.",
+        intents.len() - open.len(),
+    );
+    out.single(
+        "otedama_paid_total",
+        "counter",
+        "Smallest units paid to miners in batches the node holds.",
+        intents
+            .iter()
+            .filter(|i| i.state == IntentState::Sent)
+            .flat_map(|i| i.outputs.values())
+            .sum::<u64>(),
+    );
+    out.0
+}

@@ -1,0 +1,234 @@
+//! Payout runs: mature balances become one batched transaction from the node's wallet,
+//! paid exactly once whatever crashes in between.
+//!
+//! A run has three steps, and a crash between any two is safe:
+//! 1. the wallet funds and signs a transaction paying every account at or above its
+//!    threshold (nothing is broadcast, nothing is written);
+//! 2. the intent (batch id, outputs, raw transaction, txid) is written in the same atomic
+//!    batch as the debits (mature → paying);
+//! 3. the transaction is broadcast, and once the node holds it the intent is completed
+//!    (paying → paid).
+//!
+//! On every run, and so after every restart, open intents are reconciled first: if the
+//! node knows the txid the intent completes; otherwise the same raw transaction is
+//! broadcast again, with exponential back-off between failures. A new batch is never
+//! built while an intent is open, so no second transaction can spend what the first one
+//! was built from, and the first stays the only one that can pay its outputs.
+
+use std::collections::BTreeMap;
+
+use otedama_shared::address::{script_for_address, AddressRule};
+
+use super::ledger::{IntentState, Ledger, LedgerError, PayoutIntent};
+
+/// Outputs in one payout transaction; larger runs pay the biggest balances first and
+/// leave the rest for the next run.
+pub const PAYOUT_OUTPUTS_PER_BATCH_MAX: usize = 500;
+/// Back-off between broadcast attempts of one intent: doubles from the first, capped.
+pub const BROADCAST_RETRY_FIRST_MS: u64 = 5_000;
+pub const BROADCAST_RETRY_MAX_MS: u64 = 600_000;
+
+/// A funded, signed transaction from the wallet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedPayment {
+    pub raw_tx: String,
+    pub txid: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The request may not have reached the node; trying again is safe.
+    #[error("wallet unreachable: {0}")]
+    Unreachable(String),
+    /// The node refused (insufficient funds, a rejected transaction...).
+    #[error("wallet refused: {0}")]
+    Refused(String),
+}
+
+/// What the payer needs from the node's wallet. Real: `chain::wallet::NodeWallet`.
+pub trait Wallet {
+    /// Funds (fee from the wallet's change) and signs a transaction paying `outputs`.
+    fn build_payment(
+        &mut self,
+        outputs: &BTreeMap<String, u64>,
+    ) -> Result<SignedPayment, WalletError>;
+    /// Sends a raw transaction; one the node already has counts as sent.
+    fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError>;
+    /// Whether the node holds `txid`, in its mempool or its chain.
+    fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError>;
+}
+
+/// Where the run may stop on purpose, for crash tests. `Fault` returns `true` to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayoutStep {
+    /// The intent and its debits are written; nothing was broadcast.
+    IntentWritten,
+    /// The transaction was broadcast; the intent is still open.
+    Broadcast,
+}
+
+/// The payout policy: thresholds and what must never be paid.
+#[derive(Clone, Debug)]
+pub struct PayoutPolicy {
+    /// Pool-wide threshold; a miner's own setting may only raise it.
+    pub payout_min: u64,
+    pub address_rule: AddressRule,
+    /// Accounts kept, not paid: the pool's own wallet address (its fee and PPS funds).
+    pub never_pay: Vec<String>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunReport {
+    /// Intents that the node now holds, including ones from earlier runs.
+    pub completed: Vec<u64>,
+    /// Intents still open (broadcast failed; they are retried).
+    pub still_open: Vec<u64>,
+    /// The batch this run created, if any.
+    pub batch: Option<PayoutIntent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayoutError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    #[error("stopped at {0:?} (fault injection)")]
+    Stopped(PayoutStep),
+}
+
+/// Back-off after `attempts` failed broadcasts.
+pub fn retry_delay_ms(attempts: u32) -> u64 {
+    BROADCAST_RETRY_FIRST_MS
+        .saturating_mul(1u64 << attempts.min(20))
+        .min(BROADCAST_RETRY_MAX_MS)
+}
+
+/// Brings every open intent whose retry time has come in line with the node.
+pub fn reconcile(
+    ledger: &mut Ledger,
+    wallet: &mut dyn Wallet,
+    now_ms: u64,
+    report: &mut RunReport,
+) -> Result<(), PayoutError> {
+    for intent in ledger.open_intents()? {
+        if intent.next_attempt_ms > now_ms {
+            report.still_open.push(intent.batch_id);
+            continue;
+        }
+        let sent = match wallet.knows_transaction(&intent.txid) {
+            Ok(true) => Ok(()),
+            Ok(false) => wallet.broadcast(&intent.raw_tx),
+            Err(error) => Err(error),
+        };
+        match sent {
+            Ok(()) => {
+                ledger.complete_intent(intent.batch_id, now_ms)?;
+                tracing::info!(batch_id = intent.batch_id, txid = %intent.txid, "payout sent");
+                report.completed.push(intent.batch_id);
+            }
+            Err(error) => {
+                let next = now_ms + retry_delay_ms(intent.broadcast_attempts);
+                tracing::warn!(batch_id = intent.batch_id, txid = %intent.txid, %error, retry_at_ms = next, "payout broadcast failed");
+                ledger.note_broadcast_failure(intent.batch_id, &error.to_string(), next)?;
+                report.still_open.push(intent.batch_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The accounts a run pays now and how much: every valid address at or above its
+/// threshold, biggest first, up to `PAYOUT_OUTPUTS_PER_BATCH_MAX`.
+pub fn payable(
+    ledger: &Ledger,
+    policy: &PayoutPolicy,
+) -> Result<BTreeMap<String, u64>, LedgerError> {
+    let mut candidates = Vec::new();
+    for (account, balances) in ledger.all_balances()? {
+        if balances.mature == 0 || policy.never_pay.contains(&account) {
+            continue;
+        }
+        let threshold = ledger
+            .payout_min(&account)?
+            .unwrap_or(0)
+            .max(policy.payout_min)
+            .max(1);
+        if balances.mature < threshold {
+            continue;
+        }
+        if script_for_address(&policy.address_rule, &account).is_err() {
+            continue;
+        }
+        candidates.push((balances.mature, account));
+    }
+    candidates.sort_by(|a, b| b.cmp(a));
+    Ok(candidates
+        .into_iter()
+        .take(PAYOUT_OUTPUTS_PER_BATCH_MAX)
+        .map(|(amount, account)| (account, amount))
+        .collect())
+}
+
+/// One payout run. `stop_at` lets a crash test end the run at a step as a `kill -9`
+/// would; production passes `|_| false`.
+pub fn run(
+    ledger: &mut Ledger,
+    wallet: &mut dyn Wallet,
+    policy: &PayoutPolicy,
+    now_ms: u64,
+    stop_at: &mut dyn FnMut(PayoutStep) -> bool,
+) -> Result<RunReport, PayoutError> {
+    let mut report = RunReport::default();
+    reconcile(ledger, wallet, now_ms, &mut report)?;
+    if !report.still_open.is_empty() {
+        return Ok(report);
+    }
+    let outputs = payable(ledger, policy)?;
+    if outputs.is_empty() {
+        return Ok(report);
+    }
+    let signed = wallet.build_payment(&outputs)?;
+    let intent = PayoutIntent {
+        batch_id: ledger.next_batch_id()?,
+        created_at_ms: now_ms,
+        outputs,
+        raw_tx: signed.raw_tx,
+        txid: signed.txid,
+        state: IntentState::Open,
+        broadcast_attempts: 0,
+        next_attempt_ms: now_ms,
+        last_error: None,
+        sent_at_ms: None,
+    };
+    ledger.open_intent(&intent)?;
+    tracing::info!(batch_id = intent.batch_id, txid = %intent.txid, outputs = intent.outputs.len(), total = intent.outputs.values().sum::<u64>(), "payout intent written");
+    if stop_at(PayoutStep::IntentWritten) {
+        return Err(PayoutError::Stopped(PayoutStep::IntentWritten));
+    }
+    let batch_id = intent.batch_id;
+    match wallet.broadcast(&intent.raw_tx) {
+        Ok(()) => {
+            if stop_at(PayoutStep::Broadcast) {
+                return Err(PayoutError::Stopped(PayoutStep::Broadcast));
+            }
+            ledger.complete_intent(batch_id, now_ms)?;
+            report.completed.push(batch_id);
+        }
+        Err(error) => {
+            tracing::warn!(batch_id, %error, "payout broadcast failed; it will be retried");
+            ledger.note_broadcast_failure(
+                batch_id,
+                &error.to_string(),
+                now_ms + retry_delay_ms(0),
+            )?;
+            report.still_open.push(batch_id);
+        }
+    }
+    report.batch = ledger
+        .intents()?
+        .into_iter()
+        .find(|i| i.batch_id == batch_id);
+    Ok(report)
+}

@@ -1,0 +1,316 @@
+//! The payout thread: reads accepted shares from the data planes' logs, credits found
+//! blocks (or, under PPS/FPPS, shares) into the ledger, follows blocks to maturity or
+//! orphanhood, and runs payouts on schedule or when the admin API asks.
+//!
+//! Every step is idempotent and keyed by what it acts on (a block hash, a log position, a
+//! batch id), so the thread can die anywhere and pick up where the ledger says it was.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::blocks::{BlockRecord, BlockStore};
+use crate::payouts::ledger::{BlockState, Ledger};
+use crate::payouts::lifecycle::BlockStatus;
+use crate::payouts::payments::{self, PayoutPolicy, PayoutStep, RunReport, Wallet};
+use crate::payouts::schemes::{per_share_credit, split_block, Round, Scheme};
+use crate::payouts::shares::{HistoryShare, ShareHistory, ShareLogTail, SHARE_HISTORY_MAX};
+use crate::stats::PoolState;
+
+/// How long after a block's submission its round is cut: every share accepted before it
+/// is durable by then (the data plane's durability wait is milliseconds).
+pub const BLOCK_CREDIT_DELAY_MS: u64 = 2_000;
+/// Pause between passes of the payout thread.
+const PASS_INTERVAL_MS: u64 = 500;
+
+/// The payout parameters an operator may change at run time through the admin API.
+#[derive(Clone, Debug)]
+pub struct PayoutSettings {
+    pub scheme: Scheme,
+    pub pool_fee_ppm: u64,
+    /// Account credited with the pool's fee (and, under PPS/FPPS, the blocks' rewards).
+    pub fee_account: String,
+    pub payout_interval_s: u64,
+    pub policy: PayoutPolicy,
+}
+
+/// A request for a payout run now, answered on `reply`.
+pub struct RunNow {
+    pub reply: Sender<Result<RunReport, String>>,
+}
+
+/// Where the crash tests may stop the process (see `fault_file`).
+pub type FaultHook = Box<dyn FnMut(PayoutStep) -> bool + Send>;
+
+pub struct PayoutRunner {
+    pub ledger: Arc<Mutex<Ledger>>,
+    pub history: Arc<Mutex<ShareHistory>>,
+    pub settings: Arc<RwLock<PayoutSettings>>,
+    pub blocks: Arc<BlockStore>,
+    pub pool: Arc<PoolState>,
+    pub tails: Vec<ShareLogTail>,
+    pub wallet: Option<Box<dyn Wallet + Send>>,
+    pub fault: FaultHook,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tails for every data-plane process, starting where the ledger's PPS cursors say (per
+/// share schemes) or with enough history to cut the next round.
+pub fn share_log_tails(
+    ledger: &Ledger,
+    logs: &[PathBuf],
+    secondary_root: &std::path::Path,
+    per_share: bool,
+) -> anyhow::Result<Vec<ShareLogTail>> {
+    let backfill = SHARE_HISTORY_MAX / logs.len().max(1);
+    logs.iter()
+        .enumerate()
+        .map(|(index, primary)| {
+            let process = index as u32;
+            let start = if per_share {
+                Some(ledger.share_cursor(process)?.unwrap_or(0))
+            } else {
+                None
+            };
+            Ok(ShareLogTail::new(
+                process,
+                primary.clone(),
+                secondary_root.join(format!("share-tail-{index}")),
+                start,
+                backfill,
+            ))
+        })
+        .collect()
+}
+
+impl PayoutRunner {
+    pub fn run(mut self, requests: Receiver<RunNow>) {
+        // Whatever a crash left open is settled before anything new is built.
+        if let Some(wallet) = self.wallet.as_mut() {
+            let mut ledger = self.ledger.lock().expect("ledger lock");
+            let mut report = RunReport::default();
+            if let Err(error) =
+                payments::reconcile(&mut ledger, wallet.as_mut(), now_ms(), &mut report)
+            {
+                tracing::error!(%error, "reconciling open payouts at start failed; retrying on the next run");
+            } else if !report.completed.is_empty() || !report.still_open.is_empty() {
+                tracing::info!(completed = ?report.completed, still_open = ?report.still_open, "open payouts reconciled at start");
+            }
+        }
+        let mut next_run_ms = now_ms() + self.interval_ms();
+        loop {
+            let now = now_ms();
+            if let Err(error) = self.pass(now) {
+                tracing::error!(%error, "payout pass failed; retrying");
+            }
+            let scheduled = now >= next_run_ms;
+            let request = match requests.recv_timeout(Duration::from_millis(PASS_INTERVAL_MS)) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if scheduled || request.is_some() {
+                if scheduled {
+                    next_run_ms = now_ms() + self.interval_ms();
+                }
+                let result = self.pay(now_ms()).map_err(|e| e.to_string());
+                if let Err(error) = &result {
+                    tracing::error!(%error, "payout run failed");
+                }
+                if let Some(request) = request {
+                    let _ = request.reply.send(result);
+                }
+            }
+        }
+    }
+
+    fn interval_ms(&self) -> u64 {
+        self.settings
+            .read()
+            .expect("settings lock")
+            .payout_interval_s
+            .max(1)
+            * 1000
+    }
+
+    /// Reads new shares, credits what can be credited and settles blocks that changed.
+    pub fn pass(&mut self, now_ms: u64) -> anyhow::Result<()> {
+        let settings = self.settings.read().expect("settings lock").clone();
+        let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
+        let block_value = self.pool.block_value();
+        // Per-share schemes need the current block's value; until a template has given it,
+        // shares wait in the log. Other schemes only keep the history.
+        match (per_share, block_value) {
+            (false, _) => self.read_shares(&settings, None)?,
+            (true, Some(value)) => self.read_shares(&settings, Some(value))?,
+            (true, None) => {}
+        }
+        self.credit_blocks(&settings, now_ms)?;
+        Ok(())
+    }
+
+    fn read_shares(
+        &mut self,
+        settings: &PayoutSettings,
+        block_value: Option<crate::stats::BlockValue>,
+    ) -> anyhow::Result<()> {
+        let mut batch = Vec::new();
+        let mut cursors = BTreeMap::new();
+        let mut credits: BTreeMap<String, u64> = BTreeMap::new();
+        for tail in &mut self.tails {
+            let read = tail.poll()?;
+            if read.is_empty() {
+                continue;
+            }
+            for (sequence, record) in read {
+                let share = HistoryShare::from_record(tail.process, sequence, &record);
+                if let Some(value) = block_value {
+                    let block_value = match settings.scheme {
+                        Scheme::Fpps => value.subsidy + value.fees_mean,
+                        _ => value.subsidy,
+                    };
+                    let credit = per_share_credit(
+                        block_value,
+                        settings.pool_fee_ppm,
+                        share.difficulty,
+                        value.network_difficulty,
+                    );
+                    if credit > 0 {
+                        *credits.entry(share.address.to_string()).or_default() += credit;
+                    }
+                }
+                batch.push(share);
+            }
+            if let Some(next) = tail.next_sequence() {
+                cursors.insert(tail.process, next);
+            }
+        }
+        if matches!(settings.scheme, Scheme::Pps | Scheme::Fpps) && !cursors.is_empty() {
+            self.ledger
+                .lock()
+                .expect("ledger lock")
+                .credit_shares(&cursors, &credits)?;
+        }
+        if !batch.is_empty() {
+            self.history.lock().expect("history lock").insert(batch);
+        }
+        Ok(())
+    }
+
+    fn credit_blocks(&mut self, settings: &PayoutSettings, now_ms: u64) -> anyhow::Result<()> {
+        let accepted: Vec<BlockRecord> = self
+            .blocks
+            .all()
+            .into_iter()
+            .filter(|b| b.rejected_reason.is_none())
+            .collect();
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        for (index, block) in accepted.iter().enumerate() {
+            let state = ledger.block_state(&block.hash)?;
+            if state.is_none() {
+                if now_ms < block.submitted_at_ms + BLOCK_CREDIT_DELAY_MS {
+                    continue;
+                }
+                let round_start_ms = index
+                    .checked_sub(1)
+                    .map_or(0, |previous| accepted[previous].submitted_at_ms);
+                let credits = self.block_credits(settings, block, round_start_ms);
+                ledger.credit_block(&block.hash, &credits)?;
+                tracing::info!(hash = %block.hash, height = block.height, reward = block.reward, accounts = credits.len(), "block credited");
+            }
+            let settled = match (ledger.block_state(&block.hash)?, block.status) {
+                (Some(BlockState::Immature), BlockStatus::Confirmed) => {
+                    ledger.mature_block(&block.hash)?;
+                    "matured"
+                }
+                (Some(BlockState::Immature), BlockStatus::Orphaned) => {
+                    ledger.orphan_block(&block.hash)?;
+                    "orphaned"
+                }
+                _ => continue,
+            };
+            tracing::info!(hash = %block.hash, height = block.height, settled, "block settled in the ledger");
+        }
+        Ok(())
+    }
+
+    /// Every account's part of a block's reward, the pool's fee included: they add up to
+    /// the reward exactly.
+    fn block_credits(
+        &self,
+        settings: &PayoutSettings,
+        block: &BlockRecord,
+        round_start_ms: u64,
+    ) -> BTreeMap<String, u64> {
+        let history = self.history.lock().expect("history lock");
+        if history
+            .oldest_ms()
+            .is_some_and(|oldest| oldest > round_start_ms && history.evicted > 0)
+        {
+            tracing::warn!(hash = %block.hash, "the round is longer than the share history kept; its oldest shares are not counted");
+        }
+        let shares = history.round_newest_first(block.submitted_at_ms);
+        drop(history);
+        let finder = otedama_shared::address::payout_address_of(&block.worker);
+        let round = Round {
+            finder,
+            shares_newest_first: &shares,
+            network_difficulty: block.network_difficulty,
+            start_ms: round_start_ms,
+            end_ms: block.submitted_at_ms,
+        };
+        let split = split_block(settings.scheme, block.reward, settings.pool_fee_ppm, &round);
+        let mut credits = split.credits;
+        if split.pool > 0 {
+            *credits.entry(settings.fee_account.clone()).or_default() += split.pool;
+        }
+        credits
+    }
+
+    /// One payout run.
+    pub fn pay(&mut self, now_ms: u64) -> anyhow::Result<RunReport> {
+        let Some(wallet) = self.wallet.as_mut() else {
+            anyhow::bail!("no wallet: payouts need chain = \"node\"");
+        };
+        let policy = self.settings.read().expect("settings lock").policy.clone();
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        let report = payments::run(
+            &mut ledger,
+            wallet.as_mut(),
+            &policy,
+            now_ms,
+            &mut self.fault,
+        )?;
+        Ok(report)
+    }
+}
+
+/// The crash-test hook: when the file named by `OTEDAMA_FAULT_FILE` exists and holds
+/// `payout:intent-written` or `payout:broadcast`, the process aborts at that step, as a
+/// `kill -9` would, after removing the file so that the restarted process runs clean.
+pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
+    Box::new(move |step| {
+        let Some(path) = &path else { return false };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let wanted = match step {
+            PayoutStep::IntentWritten => "payout:intent-written",
+            PayoutStep::Broadcast => "payout:broadcast",
+        };
+        if text.trim() == wanted {
+            let _ = std::fs::remove_file(path);
+            tracing::error!(?step, "fault injection: aborting");
+            std::process::abort();
+        }
+        false
+    })
+}

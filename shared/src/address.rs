@@ -1,0 +1,124 @@
+//! Payout addresses: decode and check an address for one coin and network, and produce
+//! the output script that pays it. Base58Check and bech32/bech32m decoding come from the
+//! `bitcoin` crate; only the per-coin prefixes are ours. The data plane checks a miner's
+//! address with this at authorize time; the control plane builds coinbases and payouts
+//! with it.
+
+use bitcoin::bech32;
+
+/// What makes an address belong to one coin on one network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressRule {
+    /// For error messages: `litecoin regtest`.
+    pub network_name: &'static str,
+    pub pubkey_hash_prefix: u8,
+    /// Script-hash prefixes; Litecoin accepts its old one (the Bitcoin value) as well.
+    pub script_hash_prefixes: &'static [u8],
+    pub bech32_hrp: &'static str,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AddressError {
+    #[error("address {address:?} is not valid base58check or bech32")]
+    Undecodable { address: String },
+    #[error("address {address:?} belongs to another coin or network (expected {expected})")]
+    WrongNetwork { address: String, expected: String },
+    #[error("address {address:?} has an unsupported form: {why}")]
+    Unsupported { address: String, why: &'static str },
+}
+
+/// Longest address accepted; bech32 addresses are at most 90 characters.
+pub const ADDRESS_BYTES_MAX: usize = 90;
+
+/// The payout address in a worker name: miners authorize as `ADDRESS` or `ADDRESS.RIG`.
+pub fn payout_address_of(worker: &str) -> &str {
+    worker
+        .split_once('.')
+        .map_or(worker, |(address, _)| address)
+}
+
+/// Returns the scriptPubKey that pays `address`.
+pub fn script_for_address(rule: &AddressRule, address: &str) -> Result<Vec<u8>, AddressError> {
+    let undecodable = || AddressError::Undecodable {
+        address: address.to_string(),
+    };
+    // MWEB addresses are longer than any address we accept, so name them before the
+    // length check turns them into a vaguer "undecodable".
+    let mweb_hrp = address
+        .get(..12)
+        .is_some_and(|head| head.to_ascii_lowercase().contains("mweb1"));
+    if mweb_hrp {
+        return Err(AddressError::Unsupported {
+            address: address.to_string(),
+            why: "MWEB addresses cannot receive coinbase outputs",
+        });
+    }
+    if address.len() > ADDRESS_BYTES_MAX {
+        return Err(undecodable());
+    }
+    let lower = address.to_ascii_lowercase();
+    let wrong_network = || AddressError::WrongNetwork {
+        address: address.to_string(),
+        expected: rule.network_name.to_string(),
+    };
+    if lower.starts_with(&format!("{}1", rule.bech32_hrp)) {
+        let (hrp, version, program) = bech32::segwit::decode(address).map_err(|_| undecodable())?;
+        if hrp.to_lowercase() != rule.bech32_hrp {
+            return Err(wrong_network());
+        }
+        let version = version.to_u8();
+        let mut script = Vec::with_capacity(program.len() + 2);
+        script.push(if version == 0 { 0x00 } else { 0x50 + version });
+        script.push(program.len() as u8);
+        script.extend_from_slice(&program);
+        return Ok(script);
+    }
+    if bech32::segwit::decode(address).is_ok() {
+        return Err(wrong_network());
+    }
+    let payload = bitcoin::base58::decode_check(address).map_err(|_| undecodable())?;
+    if payload.len() != 21 {
+        return Err(undecodable());
+    }
+    let (prefix, hash) = (payload[0], &payload[1..]);
+    if prefix == rule.pubkey_hash_prefix {
+        let mut script = vec![0x76, 0xa9, 0x14];
+        script.extend_from_slice(hash);
+        script.extend_from_slice(&[0x88, 0xac]);
+        Ok(script)
+    } else if rule.script_hash_prefixes.contains(&prefix) {
+        let mut script = vec![0xa9, 0x14];
+        script.extend_from_slice(hash);
+        script.push(0x87);
+        Ok(script)
+    } else {
+        Err(wrong_network())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_is_the_worker_name_up_to_the_first_dot() {
+        assert_eq!(payout_address_of("rltc1qabc.rig.7"), "rltc1qabc");
+        assert_eq!(payout_address_of("rltc1qabc"), "rltc1qabc");
+        assert_eq!(payout_address_of(".rig"), "");
+    }
+
+    #[test]
+    fn an_address_over_the_limit_is_refused_before_decoding() {
+        let rule = AddressRule {
+            network_name: "test",
+            pubkey_hash_prefix: 0,
+            script_hash_prefixes: &[5],
+            bech32_hrp: "bc",
+        };
+        let long = format!("bc1q{}", "q".repeat(ADDRESS_BYTES_MAX));
+        assert!(matches!(
+            script_for_address(&rule, &long),
+            Err(AddressError::Undecodable { .. })
+        ));
+    }
+}
