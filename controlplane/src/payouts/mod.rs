@@ -8,3 +8,5 @@ pub mod payments;
 pub mod runner;
 pub mod schemes;
 pub mod shares;
+#[cfg(test)]
+mod simulation;

@@ -295,6 +295,84 @@ mod tests {
         assert_eq!(activity["b"].shares, 1);
     }
 
+    fn record(index: u64) -> ShareRecord {
+        ShareRecord {
+            accepted_at_ms: 1_000 + index,
+            job_id: 1,
+            height: 100,
+            worker: format!("miner{}.rig", index % 3),
+            difficulty: index as f64 + 1.0,
+            achieved_difficulty: index as f64 + 1.0,
+            is_block: false,
+            header: [0; 80],
+            extranonce1: vec![0; 4],
+            extranonce2: vec![0; 4],
+        }
+    }
+
+    fn sequences(read: &[(u64, ShareRecord)]) -> Vec<u64> {
+        read.iter().map(|(sequence, _)| *sequence).collect()
+    }
+
+    #[test]
+    fn tails_follow_a_live_share_log_from_where_they_are_told() {
+        use otedama_dataplane::store::ShareLog;
+        let dir = tempfile::tempdir().unwrap();
+        let primary = dir.path().join("shares");
+        let tail_at = |name: &str, start: Option<u64>, backfill: usize| {
+            ShareLogTail::new(0, primary.clone(), dir.path().join(name), start, backfill)
+        };
+        let mut from_start = tail_at("from-start", Some(0), 0);
+        assert!(
+            from_start.poll().unwrap().is_empty(),
+            "a log that does not exist yet reads as empty"
+        );
+
+        let (completions, mut durable) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::open(&primary, true, vec![completions]).unwrap();
+        let mut stored = 0;
+        let mut append = |range: std::ops::Range<u64>| {
+            for index in range.clone() {
+                log.handle().append(0, &record(index)).unwrap();
+            }
+            // The tail may only see what the writer has made durable.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while stored < range.end as usize {
+                match durable.try_recv() {
+                    Ok(done) => stored += done.shares,
+                    _ if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    _ => panic!("the share log never made {range:?} durable"),
+                }
+            }
+        };
+        append(0..10);
+        let read = from_start.poll().unwrap();
+        assert_eq!(sequences(&read), (0..10).collect::<Vec<_>>());
+        assert_eq!(read[7].1, record(7));
+        assert_eq!(from_start.next_sequence(), Some(10));
+
+        // While the data plane keeps writing, each poll reads only what is new.
+        append(10..15);
+        assert_eq!(
+            sequences(&from_start.poll().unwrap()),
+            (10..15).collect::<Vec<_>>()
+        );
+        assert!(from_start.poll().unwrap().is_empty());
+
+        // A PPS restart resumes at the ledger's cursor; other schemes backfill history.
+        let mut resumed = tail_at("resumed", Some(12), 0);
+        assert_eq!(sequences(&resumed.poll().unwrap()), vec![12, 13, 14]);
+        let mut backfilled = tail_at("backfilled", None, 4);
+        assert_eq!(sequences(&backfilled.poll().unwrap()), vec![11, 12, 13, 14]);
+        append(15..16);
+        assert_eq!(sequences(&backfilled.poll().unwrap()), vec![15]);
+        let mut past_the_end = tail_at("past-the-end", Some(100), 0);
+        assert!(past_the_end.poll().unwrap().is_empty());
+        log.close();
+    }
+
     #[test]
     fn the_history_is_bounded_at_its_limit() {
         let mut history = ShareHistory::default();
