@@ -32,6 +32,7 @@ use otedama_kernels::Algorithm;
 use otedama_shared::address::{script_for_address, AddressRule};
 
 use crate::audit::AuditLog;
+use crate::bans::{BanChange, BanStore};
 use crate::blocks::BlockStore;
 use crate::payouts::ledger::{IntentState, Ledger};
 use crate::payouts::runner::{PayoutSettings, RunNow};
@@ -62,6 +63,7 @@ pub struct ApiState {
     pub blocks: Arc<BlockStore>,
     pub payouts: PayoutHandles,
     pub audit: Arc<AuditLog>,
+    pub bans: Arc<BanStore>,
     /// SHA-256 of the admin token; `None` turns the admin API off.
     pub admin_token_sha256: Option<[u8; 32]>,
     pub address_rule: AddressRule,
@@ -81,6 +83,9 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::put(admin_set_miner_settings),
         )
         .route("/api/v1/admin/audit", get(admin_audit))
+        .route("/api/v1/admin/bans", get(admin_bans))
+        .route("/api/v1/admin/bans/add", post(admin_ban))
+        .route("/api/v1/admin/bans/remove", post(admin_unban))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/api/v1/stats", get(stats))
@@ -551,6 +556,11 @@ async fn admin_set_config(State(state): State<ApiState>, body: axum::body::Bytes
     Json(config_json(&settings)).into_response()
 }
 
+/// Seconds of share history that make a miner "active" in the admin list.
+const ADMIN_ACTIVE_WINDOW_S: u64 = 3600;
+
+/// Every account the ledger holds, every miner seen in the last hour and every banned
+/// address, with balances, active workers and whether the address is banned.
 async fn admin_miners(State(state): State<ApiState>) -> Response {
     let balances = state
         .payouts
@@ -558,13 +568,85 @@ async fn admin_miners(State(state): State<ApiState>) -> Response {
         .lock()
         .expect("ledger lock")
         .all_balances();
-    match balances {
-        Ok(all) => Json(
-            all.into_iter()
-                .map(|(account, b)| json!({"address": account, "balance_immature": b.immature, "balance_mature": b.mature, "balance_paying": b.paying, "paid": b.paid}))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+    let mut balances = match balances {
+        Ok(all) => all,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let activity = state
+        .payouts
+        .history
+        .lock()
+        .expect("history lock")
+        .activity(now_ms(), ADMIN_ACTIVE_WINDOW_S * 1000);
+    let bans = state.bans.current();
+    let listed = activity
+        .keys()
+        .map(|address| address.to_string())
+        .chain(bans.addresses.iter().cloned());
+    for address in listed {
+        balances.entry(address).or_default();
+    }
+    Json(
+        balances
+            .into_iter()
+            .map(|(account, b)| {
+                let workers = activity
+                    .get(account.as_str())
+                    .map_or(0, |a| a.workers.len());
+                json!({
+                    "address": account,
+                    "balance_immature": b.immature,
+                    "balance_mature": b.mature,
+                    "balance_paying": b.paying,
+                    "paid": b.paid,
+                    "workers_active": workers,
+                    "banned": bans.addresses.contains(&account),
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
+}
+
+async fn admin_bans(State(state): State<ApiState>) -> Response {
+    Json(&*state.bans.current()).into_response()
+}
+
+async fn admin_ban(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    change_bans(state, body, true)
+}
+
+async fn admin_unban(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    change_bans(state, body, false)
+}
+
+/// Adds or removes bans. Addresses must be payable addresses of the pool's coin and
+/// network, so a typo cannot ban nothing while looking like it worked.
+fn change_bans(state: ApiState, body: axum::body::Bytes, ban: bool) -> Response {
+    let change: BanChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if let Some(refusal) = change
+        .addresses
+        .iter()
+        .find_map(|address| address_refusal(&state, address))
+    {
+        return refusal;
+    }
+    match state.bans.apply(&change, ban) {
+        Ok(list) => {
+            let action = if ban { "bans.add" } else { "bans.remove" };
+            audit(&state, action, json!(change));
+            tracing::info!(
+                action,
+                addresses = change.addresses.len(),
+                networks = change.networks.len(),
+                "ban list changed"
+            );
+            Json(&*list).into_response()
+        }
+        Err(e @ crate::bans::BanError::TooMany(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -13,11 +13,15 @@ use tokio::net::{UnixListener, UnixStream};
 use otedama_shared::ipc::{self, Downstream, Upstream, IPC_LINE_BYTES_MAX};
 use otedama_shared::sv1::BlockCandidate;
 
+use otedama_shared::bans::BanList;
+
+use crate::bans::BanStore;
 use crate::stats::PoolState;
 
 pub async fn serve(
     socket: &Path,
     state: Arc<PoolState>,
+    bans: Arc<BanStore>,
     candidates: crossbeam_channel::Sender<BlockCandidate>,
 ) -> anyhow::Result<()> {
     // A socket file left by a crashed run would make bind fail.
@@ -29,9 +33,9 @@ pub async fn serve(
         let (stream, _) = listener.accept().await.context("accepting a data plane")?;
         let link_id = NEXT_LINK.fetch_add(1, Relaxed);
         tracing::info!(link_id, "data plane connected");
-        let (state, candidates) = (state.clone(), candidates.clone());
+        let (state, candidates, bans) = (state.clone(), candidates.clone(), bans.subscribe());
         tokio::spawn(async move {
-            serve_link(link_id, stream, state.clone(), candidates).await;
+            serve_link(link_id, stream, state.clone(), bans, candidates).await;
             state.dataplane_gone(link_id);
             tracing::warn!(link_id, "data plane disconnected");
         });
@@ -42,33 +46,35 @@ async fn serve_link(
     link_id: u64,
     stream: UnixStream,
     state: Arc<PoolState>,
+    mut bans: tokio::sync::watch::Receiver<Arc<BanList>>,
     candidates: crossbeam_channel::Sender<BlockCandidate>,
 ) {
     let (read_half, mut write_half) = stream.into_split();
     let mut jobs = state.job_broadcast.subscribe();
     let first = state.current_job();
     let writer = tokio::spawn(async move {
-        if let Some(job) = first {
-            if write_half
-                .write_all(&ipc::encode(&Downstream::Job(job)))
-                .await
-                .is_err()
-            {
+        // The bans go first, so no miner of a banned address is served even briefly.
+        let mut first_messages = vec![Downstream::Bans((**bans.borrow_and_update()).clone())];
+        first_messages.extend(first.map(Downstream::Job));
+        for message in first_messages {
+            if write_half.write_all(&ipc::encode(&message)).await.is_err() {
                 return;
             }
         }
         loop {
-            let job = match jobs.recv().await {
-                Ok(job) => job,
-                // Missed jobs are superseded by the next one; the newest is what matters.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            let message = tokio::select! {
+                job = jobs.recv() => match job {
+                    Ok(job) => Downstream::Job(job),
+                    // Missed jobs are superseded by the next one; the newest is what matters.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                changed = bans.changed() => match changed {
+                    Ok(()) => Downstream::Bans((**bans.borrow_and_update()).clone()),
+                    Err(_) => return,
+                },
             };
-            if write_half
-                .write_all(&ipc::encode(&Downstream::Job(job)))
-                .await
-                .is_err()
-            {
+            if write_half.write_all(&ipc::encode(&message)).await.is_err() {
                 return;
             }
         }

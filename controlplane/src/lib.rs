@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bans;
 pub mod blocks;
 pub mod chain;
 pub mod config;

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api::ApiState;
+use otedama_shared::ipc::ACK_LATENCY_BUCKETS_S;
+
 use crate::chain::rpc::{RPC_LATENCY_BUCKETS_S, RPC_STATS};
 use crate::payouts::ledger::IntentState;
 
@@ -104,6 +106,35 @@ pub fn render(state: &ApiState) -> String {
             count,
         );
     }
+    out.family(
+        "otedama_share_ack_latency_seconds",
+        "histogram",
+        "From a share passing validation to its acknowledgement being sent (the share log's durability wait).",
+    );
+    let mut cumulative = 0;
+    for (index, bound) in ACK_LATENCY_BUCKETS_S.iter().enumerate() {
+        cumulative += totals.ack_latency_buckets.get(index).copied().unwrap_or(0);
+        out.sample(
+            "otedama_share_ack_latency_seconds_bucket",
+            &format!("le=\"{bound}\""),
+            cumulative,
+        );
+    }
+    out.sample(
+        "otedama_share_ack_latency_seconds_bucket",
+        "le=\"+Inf\"",
+        totals.ack_latency_count,
+    );
+    out.sample(
+        "otedama_share_ack_latency_seconds_sum",
+        "",
+        totals.ack_latency_sum_us as f64 / 1e6,
+    );
+    out.sample(
+        "otedama_share_ack_latency_seconds_count",
+        "",
+        totals.ack_latency_count,
+    );
     out.single(
         "otedama_connections",
         "gauge",

@@ -47,7 +47,10 @@ pub fn document() -> Value {
             "/api/v1/openapi.json": get("This document", json!([])),
             "/api/v1/admin/payouts/run": {"post": admin("Run a payout now; returns the batch it paid")},
             "/api/v1/admin/config": {"get": admin("Payout settings"), "put": admin("Change pool_fee_percent, payout_min, payout_interval_s, pplns_window_factor or pplnt_presence_min until restart")},
-            "/api/v1/admin/miners": {"get": admin("Every account with its balances")},
+            "/api/v1/admin/miners": {"get": admin("Every account and every miner active in the last hour: balances, active workers, banned")},
+            "/api/v1/admin/bans": {"get": admin("The ban list: payout addresses and IP networks")},
+            "/api/v1/admin/bans/add": {"post": admin("Ban {addresses: [...], networks: [\"10.0.0.0/8\", \"2001:db8::1\"]}: refused at authorize or accept; connections they cover are closed")},
+            "/api/v1/admin/bans/remove": {"post": admin("Lift bans, same body as bans/add")},
             "/api/v1/admin/miners/{address}/settings": {"put": admin("Set a miner's payout_min (not below the pool's)")},
             "/api/v1/admin/audit": {"get": admin("The audit trail, newest first")}
         }

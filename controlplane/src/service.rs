@@ -533,11 +533,15 @@ fn serve(
         AuditLog::open(&config.data_dir.join("audit"))
             .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?,
     );
+    let bans = Arc::new(crate::bans::BanStore::open(
+        config.data_dir.join("bans.json"),
+    )?);
     let api_state = ApiState {
         pool: state.clone(),
         blocks: store,
         payouts,
         audit,
+        bans: bans.clone(),
         admin_token_sha256,
         address_rule: config.coin_params().address,
         algorithm: config.coin_params().algorithm,
@@ -549,7 +553,7 @@ fn serve(
     runtime.block_on(async move {
         let api = crate::api::serve(config.api_listen, api_state);
         let socket = config.ipc_socket();
-        let ipc = crate::ipc::serve(&socket, state.clone(), candidate_tx);
+        let ipc = crate::ipc::serve(&socket, state.clone(), bans, candidate_tx);
         tokio::select! {
             result = api => result,
             result = ipc => result,

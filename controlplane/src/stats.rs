@@ -49,6 +49,10 @@ pub struct PoolTotals {
     pub shares_rejected_by_code: BTreeMap<i32, u64>,
     pub accepted_difficulty_sum: f64,
     pub block_candidates: u64,
+    /// Summed over data planes, as in `DataplaneCounters`.
+    pub ack_latency_buckets: Vec<u64>,
+    pub ack_latency_count: u64,
+    pub ack_latency_sum_us: u64,
 }
 
 impl PoolState {
@@ -97,6 +101,18 @@ impl PoolState {
             totals.shares_rejected += counters.shares_rejected;
             totals.accepted_difficulty_sum += counters.accepted_difficulty_sum;
             totals.block_candidates += counters.block_candidates;
+            totals.ack_latency_count += counters.ack_latency_count;
+            totals.ack_latency_sum_us += counters.ack_latency_sum_us;
+            totals
+                .ack_latency_buckets
+                .resize(otedama_shared::ipc::ACK_LATENCY_BUCKETS_S.len(), 0);
+            for (total, count) in totals
+                .ack_latency_buckets
+                .iter_mut()
+                .zip(&counters.ack_latency_buckets)
+            {
+                *total += count;
+            }
             for (code, count) in &counters.shares_rejected_by_code {
                 *totals.shares_rejected_by_code.entry(*code).or_default() += count;
             }

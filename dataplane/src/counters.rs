@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use otedama_shared::ipc::DataplaneCounters;
+use otedama_shared::ipc::{DataplaneCounters, ACK_LATENCY_BUCKETS_S};
 use otedama_shared::sv1::ErrorCode;
 
 const REJECT_CODES: [ErrorCode; 6] = [
@@ -23,6 +23,9 @@ pub struct Counters {
     pub accepted_difficulty_micro: AtomicU64,
     pub block_candidates: AtomicU64,
     rejected: [AtomicU64; 6],
+    ack_latency_buckets: [AtomicU64; ACK_LATENCY_BUCKETS_S.len()],
+    ack_latency_count: AtomicU64,
+    ack_latency_sum_us: AtomicU64,
 }
 
 impl Counters {
@@ -40,6 +43,16 @@ impl Counters {
             .fetch_add((difficulty * 1e6) as u64, Relaxed);
     }
 
+    /// Records one acknowledgement `latency_us` after its share passed validation.
+    pub fn acknowledged(&self, latency_us: u64) {
+        let seconds = latency_us as f64 / 1e6;
+        if let Some(bucket) = ACK_LATENCY_BUCKETS_S.iter().position(|b| seconds <= *b) {
+            self.ack_latency_buckets[bucket].fetch_add(1, Relaxed);
+        }
+        self.ack_latency_count.fetch_add(1, Relaxed);
+        self.ack_latency_sum_us.fetch_add(latency_us, Relaxed);
+    }
+
     pub fn snapshot(&self) -> DataplaneCounters {
         let by_code: Vec<(i32, u64)> = REJECT_CODES
             .iter()
@@ -53,6 +66,13 @@ impl Counters {
             shares_rejected_by_code: by_code,
             accepted_difficulty_sum: self.accepted_difficulty_micro.load(Relaxed) as f64 / 1e6,
             block_candidates: self.block_candidates.load(Relaxed),
+            ack_latency_buckets: self
+                .ack_latency_buckets
+                .iter()
+                .map(|b| b.load(Relaxed))
+                .collect(),
+            ack_latency_count: self.ack_latency_count.load(Relaxed),
+            ack_latency_sum_us: self.ack_latency_sum_us.load(Relaxed),
         }
     }
 }

@@ -14,6 +14,8 @@ use futures_channel::mpsc::UnboundedSender;
 use otedama_shared::ipc::{self, Downstream, Upstream, IPC_LINE_BYTES_MAX};
 use otedama_shared::Job;
 
+use crate::rt::CoreCommand;
+
 use crate::counters::Counters;
 
 const RECONNECT_DELAY_MS: u64 = 200;
@@ -22,7 +24,7 @@ const COUNTERS_INTERVAL_MS: u64 = 1000;
 /// Starts the link. Jobs go to `cores`; `upstream` carries block candidates from the cores.
 pub fn start(
     socket: PathBuf,
-    cores: Vec<UnboundedSender<Arc<Job>>>,
+    cores: Vec<UnboundedSender<CoreCommand>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
 ) {
@@ -34,7 +36,7 @@ pub fn start(
 
 fn link_loop(
     socket: PathBuf,
-    cores: Vec<UnboundedSender<Arc<Job>>>,
+    cores: Vec<UnboundedSender<CoreCommand>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
 ) {
@@ -62,7 +64,7 @@ fn link_loop(
     }
 }
 
-fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<Arc<Job>>]) {
+fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<CoreCommand>]) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -86,11 +88,17 @@ fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<Arc<Job>>]) {
                 Ok(job) => {
                     let job = Arc::new(job);
                     for core in cores {
-                        let _ = core.unbounded_send(job.clone());
+                        let _ = core.unbounded_send(CoreCommand::Job(job.clone()));
                     }
                 }
                 Err(error) => tracing::error!(%error, "control plane sent an unusable job"),
             },
+            Ok(Downstream::Bans(bans)) => {
+                let bans = Arc::new(bans);
+                for core in cores {
+                    let _ = core.unbounded_send(CoreCommand::Bans(bans.clone()));
+                }
+            }
             Err(error) => tracing::error!(%error, "undecodable IPC message"),
         }
     }

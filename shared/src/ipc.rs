@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bans::BanList;
 use crate::job::JobTemplate;
 use crate::sv1::BlockCandidate;
 
@@ -16,6 +17,8 @@ pub const IPC_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Downstream {
     Job(JobTemplate),
+    /// The whole ban list, sent at link start and on every change.
+    Bans(BanList),
 }
 
 /// Data plane → control plane.
@@ -25,6 +28,12 @@ pub enum Upstream {
     BlockCandidate(BlockCandidate),
     Counters(DataplaneCounters),
 }
+
+/// Upper bounds, in seconds, of the share acknowledgement latency histogram: from a share
+/// passing validation to its `true` being sent, which is the share log's durability wait.
+pub const ACK_LATENCY_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Running totals since the data plane started; the control plane keeps the latest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -36,6 +45,14 @@ pub struct DataplaneCounters {
     /// Sum of the difficulty of accepted shares, for hashrate estimates.
     pub accepted_difficulty_sum: f64,
     pub block_candidates: u64,
+    /// Acknowledged shares per `ACK_LATENCY_BUCKETS_S` bucket (not cumulative); slower
+    /// ones are only in `ack_latency_count`.
+    #[serde(default)]
+    pub ack_latency_buckets: Vec<u64>,
+    #[serde(default)]
+    pub ack_latency_count: u64,
+    #[serde(default)]
+    pub ack_latency_sum_us: u64,
 }
 
 /// Encodes one message as a line.

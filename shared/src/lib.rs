@@ -6,6 +6,7 @@
 //! clock or spawns a thread, so every protocol rule is testable with plain byte vectors.
 
 pub mod address;
+pub mod bans;
 pub mod hex32;
 pub mod ipc;
 pub mod job;

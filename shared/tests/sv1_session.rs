@@ -52,6 +52,7 @@ fn config(start_difficulty: f64) -> SessionConfig {
         vardiff: None,
         batch_scrypt: false,
         payout_address_rule: None,
+        bans: Default::default(),
     }
 }
 
@@ -599,4 +600,43 @@ fn a_worker_without_a_payout_address_of_the_network_is_refused_at_authorize() {
         json!(["rltc1qhpuak4f6hryvjxpu5k08xgu99mwkmyzr40vf4j.rig", "x"]),
     ));
     assert_eq!(out[0], json!({"id": 5, "result": true, "error": null}));
+}
+
+#[test]
+fn a_banned_address_is_refused_at_authorize_and_a_new_ban_names_the_connection() {
+    let mut bans = otedama_shared::bans::BanList::default();
+    bans.addresses.insert("banned".into());
+    let mut h = Harness::new(0.5);
+    h.session = Session::new(SessionConfig {
+        bans: std::sync::Arc::new(bans.clone()),
+        ..config(0.5)
+    });
+    h.send(&request_line(1, "mining.subscribe", json!([])));
+    let (outcome, out) = h.send(&request_line(
+        2,
+        "mining.authorize",
+        json!(["banned.rig1", "x"]),
+    ));
+    assert_eq!(outcome, Outcome::Rejected(ErrorCode::UnauthorizedWorker));
+    assert_eq!(error_code(&out[0]), Some(24));
+    let (outcome, _) = h.send(&request_line(
+        3,
+        "mining.authorize",
+        json!(["fine.rig1", "x"]),
+    ));
+    assert_eq!(outcome, Outcome::Continue);
+    // Unrelated bans leave the connection alone; a ban of its address names it.
+    bans.addresses.insert("other".into());
+    assert!(!h.session.update_bans(std::sync::Arc::new(bans.clone())));
+    bans.addresses.insert("fine".into());
+    assert!(h.session.update_bans(std::sync::Arc::new(bans.clone())));
+    // Lifting the ban lets the address authorize again.
+    bans.addresses.clear();
+    h.session.update_bans(std::sync::Arc::new(bans));
+    let (outcome, _) = h.send(&request_line(
+        4,
+        "mining.authorize",
+        json!(["banned.rig2", "x"]),
+    ));
+    assert_eq!(outcome, Outcome::Continue);
 }

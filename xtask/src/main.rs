@@ -12,17 +12,19 @@ use std::env;
 use std::path::PathBuf;
 use std::process::{exit, Command};
 
-/// Debian packages: clang and libclang-dev build RocksDB's bindings, litecoind is the node,
-/// python3 runs the clean-room Stratum client test.
-const PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind", "python3"];
-
+/// Debian packages the demo needs: clang and libclang-dev build RocksDB's bindings, and
+/// litecoind is the node.
+const DEMO_PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind"];
+/// And what the tests add: python3 runs the clean-room Stratum client test, prometheus
+/// brings `promtool` for the metrics check, chromium renders the dashboard headless.
+const TEST_PACKAGES: &[&str] = &["python3", "prometheus", "chromium"];
 fn main() {
     let mut args = env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     let result = match task.as_str() {
-        "demo" => ensure_packages().and_then(|()| demo(&rest)),
-        "test" => ensure_packages().and_then(|()| test(&rest)),
+        "demo" => ensure_packages(&[DEMO_PACKAGES]).and_then(|()| demo(&rest)),
+        "test" => ensure_packages(&[DEMO_PACKAGES, TEST_PACKAGES]).and_then(|()| test(&rest)),
         _ => Err("usage: cargo xtask demo [-- demo flags] | cargo xtask test".into()),
     };
     if let Err(message) = result {
@@ -39,10 +41,10 @@ fn package_installed(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn ensure_packages() -> Result<(), String> {
-    let missing: Vec<&str> = PACKAGES
+fn ensure_packages(lists: &[&[&'static str]]) -> Result<(), String> {
+    let missing: Vec<&str> = lists
         .iter()
-        .copied()
+        .flat_map(|list| list.iter().copied())
         .filter(|p| !package_installed(p))
         .collect();
     if missing.is_empty() {

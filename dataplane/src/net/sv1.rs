@@ -16,11 +16,13 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use otedama_shared::bans::BanList;
 use otedama_shared::ipc::Upstream;
 use otedama_shared::limits::{EXTRANONCE2_BYTES, STRATUM_LINE_BYTES_MAX};
 use otedama_shared::sv1::{ErrorCode, LineFramer, Outcome, Session, SessionConfig};
@@ -47,6 +49,7 @@ pub struct Connection {
     /// (A per-read timeout would keep a timer per idle connection; one sweep keeps none.)
     last_read_s: Cell<u64>,
     pub(crate) awaiting_ack: Gate,
+    peer_ip: Option<std::net::IpAddr>,
 }
 
 impl Connection {
@@ -97,6 +100,17 @@ impl Connection {
             self.backlog_writer_running.set(true);
             glommio::spawn_local(drain_backlog(self.clone())).detach();
         }
+    }
+
+    /// Applies a new ban list; closes the connection, and returns `true`, if it covers the
+    /// peer's network or a worker this connection authorized.
+    pub(crate) fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
+        let by_worker = self.session.borrow_mut().update_bans(bans.clone());
+        let banned = by_worker || self.peer_ip.is_some_and(|ip| bans.bans_ip(ip));
+        if banned {
+            self.close();
+        }
+        banned
     }
 
     /// Closes the connection if it has sent nothing since `cutoff_s`.
@@ -171,6 +185,12 @@ pub fn now_s() -> u64 {
 }
 
 pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
+    let peer_ip = stream.peer_addr().ok().map(|peer| peer.ip());
+    let bans = core.bans.borrow().clone();
+    if peer_ip.is_some_and(|ip| bans.bans_ip(ip)) {
+        tracing::debug!(?peer_ip, "connection from a banned network refused");
+        return;
+    }
     let _ = stream.set_nodelay(true);
     let session = Session::new(SessionConfig {
         extranonce1: core.next_extranonce1(),
@@ -182,6 +202,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         vardiff: core.config.vardiff,
         batch_scrypt: true,
         payout_address_rule: core.config.payout_address_rule,
+        bans,
     });
     let connection = Rc::new(Connection {
         stream: RefCell::new(stream),
@@ -191,6 +212,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         closed: Cell::new(false),
         last_read_s: Cell::new(now_s()),
         awaiting_ack: Gate::new(SHARES_AWAITING_ACK_PER_CONNECTION_MAX),
+        peer_ip,
     });
     let id = core.register(connection.clone());
     core.counters.connections.fetch_add(1, Relaxed);
@@ -297,6 +319,7 @@ pub(crate) fn apply_outcome(
                     core.awaiting.borrow_mut().push_back(AwaitingAck {
                         connection: connection.clone(),
                         share: accepted,
+                        validated_at: std::time::Instant::now(),
                     });
                 }
                 Err(error) => {

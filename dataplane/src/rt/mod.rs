@@ -17,6 +17,7 @@ use futures_lite::StreamExt;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use otedama_shared::bans::BanList;
 use otedama_shared::ipc::Upstream;
 use otedama_shared::sv1::{AcceptedShare, ErrorCode, PendingPow};
 use otedama_shared::{DuplicateFilter, Job, JobBook};
@@ -41,10 +42,18 @@ pub const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
 /// sending a job to 100,000 miners does not hold up their shares.
 const BROADCAST_CONNECTIONS_PER_SLICE: usize = 512;
 
+/// What the control plane link hands each core.
+pub enum CoreCommand {
+    Job(Arc<Job>),
+    Bans(Arc<BanList>),
+}
+
 /// An accepted share waiting for its batch to be durable before the miner hears `true`.
 pub struct AwaitingAck {
     pub connection: Rc<Connection>,
     pub share: Box<AcceptedShare>,
+    /// When the share passed validation, for the acknowledgement latency histogram.
+    pub validated_at: std::time::Instant,
 }
 
 /// Everything one core owns. Only that core's executor ever touches it.
@@ -70,6 +79,8 @@ pub struct Core {
     pub share_log: ShareLogHandle,
     pub upstream: crossbeam_channel::Sender<Upstream>,
     pub counters: Arc<Counters>,
+    /// The newest ban list: new connections and sessions start from it.
+    pub bans: RefCell<Arc<BanList>>,
 }
 
 impl Core {
@@ -125,6 +136,26 @@ impl Core {
             elapsed_ms = started.elapsed().as_millis() as u64,
             longest_slice_us = longest_slice.as_micros() as u64,
             "job broadcast"
+        );
+    }
+
+    /// Takes a new ban list and closes every connection it now covers, by peer network or
+    /// by an authorized worker's address.
+    fn apply_bans(&self, bans: Arc<BanList>) {
+        *self.bans.borrow_mut() = bans.clone();
+        let connections: Vec<Rc<Connection>> =
+            self.connections.borrow().values().cloned().collect();
+        let mut closed = 0;
+        for connection in connections {
+            if connection.apply_bans(&bans) {
+                closed += 1;
+            }
+        }
+        tracing::info!(
+            core = self.index,
+            bans = bans.len(),
+            closed,
+            "ban list applied"
         );
     }
 
@@ -204,8 +235,13 @@ impl Core {
     /// to): answer each miner, in order, and let readers go on.
     fn complete_shares(&self, done: Completed) {
         let now_s = now_s();
+        let now = std::time::Instant::now();
         for _ in 0..done.shares {
-            let Some(AwaitingAck { connection, share }) = self.awaiting.borrow_mut().pop_front()
+            let Some(AwaitingAck {
+                connection,
+                share,
+                validated_at,
+            }) = self.awaiting.borrow_mut().pop_front()
             else {
                 tracing::error!("share log completed more shares than this core sent");
                 break;
@@ -215,6 +251,8 @@ impl Core {
                 if done.result.is_ok() {
                     session.handle_share_durable(&share.request_id, now_s, &self.jobs.borrow());
                     self.counters.accepted(share.record.difficulty);
+                    self.counters
+                        .acknowledged(now.duration_since(validated_at).as_micros() as u64);
                 } else {
                     session.handle_share_store_failed(&share.request_id);
                     self.counters.rejected(ErrorCode::Other);
@@ -356,6 +394,7 @@ pub fn run_with_share_log(
                     share_log,
                     upstream,
                     counters,
+                    bans: RefCell::new(Arc::default()),
                 });
                 core_main(core, job_rx, completions).await
             })
@@ -380,7 +419,7 @@ pub fn run_with_share_log(
 
 async fn core_main(
     core: Rc<Core>,
-    mut jobs: UnboundedReceiver<Arc<Job>>,
+    mut commands: UnboundedReceiver<CoreCommand>,
     mut completions: UnboundedReceiver<Completed>,
 ) -> anyhow::Result<()> {
     let sweeper = core.clone();
@@ -408,8 +447,11 @@ async fn core_main(
         let core = core.clone();
         accept_tasks.push(glommio::spawn_local(accept_loop(core, listener)));
     }
-    while let Some(job) = jobs.next().await {
-        core.publish_job(job).await;
+    while let Some(command) = commands.next().await {
+        match command {
+            CoreCommand::Job(job) => core.publish_job(job).await,
+            CoreCommand::Bans(bans) => core.apply_bans(bans),
+        }
     }
     Ok(())
 }

@@ -5,11 +5,14 @@
 //! check comes back as `Outcome::ShareAccepted`: the glue stores it and only then calls
 //! `handle_share_durable`, so the miner's `true` always means "on disk".
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use otedama_kernels::{Algorithm, Target};
 
 use crate::address::{payout_address_of, script_for_address, AddressRule};
+use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::{
     DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX, WORKERS_PER_CONNECTION_MAX,
@@ -44,6 +47,9 @@ pub struct SessionConfig {
     /// When set, a worker name must start with a payout address of this coin and network
     /// (`ADDRESS` or `ADDRESS.RIG`): a share is only worth taking if it can be paid.
     pub payout_address_rule: Option<AddressRule>,
+    /// Addresses refused at authorize; `Session::update_bans` replaces it when the
+    /// operator changes the list.
+    pub bans: Arc<BanList>,
 }
 
 /// What the glue must do after a line.
@@ -315,6 +321,13 @@ impl Session {
                 return self.reject(id, ErrorCode::UnauthorizedWorker, &message);
             }
         }
+        if self.config.bans.bans_worker(name) {
+            return self.reject(
+                id,
+                ErrorCode::UnauthorizedWorker,
+                "this payout address is banned",
+            );
+        }
         if !self.workers.contains(name) {
             if self.workers.len() >= WORKERS_PER_CONNECTION_MAX {
                 return self.reject(id, ErrorCode::Other, "too many workers on one connection");
@@ -366,6 +379,14 @@ impl Session {
     }
 
     /// Sends a job (and the difficulty, if it changed) to a miner that is ready for work.
+    /// Takes a new ban list. Returns `true` if a worker this connection authorized is now
+    /// banned: the glue closes the connection, since its shares can no longer be paid.
+    pub fn update_bans(&mut self, bans: Arc<BanList>) -> bool {
+        let banned = self.workers.iter().any(|worker| bans.bans_worker(worker));
+        self.config.bans = bans;
+        banned
+    }
+
     pub fn handle_new_job(&mut self, job: &Job, now_s: u64) {
         if !self.is_mining() {
             return;

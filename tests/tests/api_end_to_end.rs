@@ -1,0 +1,493 @@
+//! The HTTP API of a running pool on litecoind regtest, over real sockets:
+//! - admin auth, with the path written every way a proxy or an attacker might write it;
+//! - bans, which must reach the data plane: refused at authorize and at accept, and
+//!   closing connections that a new ban covers;
+//! - `/metrics`, which must pass `promtool check metrics`;
+//! - the dashboard, rendered by headless Chromium, which must show the API's numbers,
+//!   after a real payout so that the miner lookup has a payment to show.
+
+use std::io::{BufRead, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use otedama_tests::{wait_until, PoolSetup, RegtestPair, StratumTestClient};
+
+const START_DIFFICULTY: f64 = 0.01;
+const ADMIN_TOKEN: &str = "api-test-admin-token-0123456789abcdef012345";
+const COINBASE_MATURITY: u64 = 100;
+
+/// One HTTP/1.1 request written byte for byte as given (no client library rewrites the
+/// path); returns the status and the body.
+fn http(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("API reachable");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+/// A TCP connection to `target` from the loopback source address `source`.
+fn connect_from(source: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let to_sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let SocketAddr::V4(target) = target else {
+        panic!("IPv4 only")
+    };
+    let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = to_sockaddr(source, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), length) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = to_sockaddr(*target.ip(), target.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), length) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// Whether the pool closes `stream` (end of stream or reset) within a few seconds, with
+/// nothing else arriving first but Stratum notifications.
+fn closed_by_pool(stream: &TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) => {
+                return matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            }
+        }
+    }
+}
+
+fn admin_paths_written_every_way() -> Vec<&'static str> {
+    vec![
+        "/api/v1/admin/miners",
+        "/api/v1/admin/miners/",
+        "/api/v1//admin/miners",
+        "//api/v1/admin//miners",
+        "/api/v1/./admin/miners",
+        "/api/v1/x/../admin/miners",
+        "/api/v1/stats/../admin/miners",
+        "/api/v1/%61dmin/miners",
+        "/api/v1/admin%2fminers",
+        "/api/v1/admin%2Fminers",
+        "/api/v1/admin\\miners",
+        "/api/v1/admin/miners?x=1",
+        "/api/v1/admin/miners;x",
+    ]
+}
+
+fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
+    let marker = format!("id=\"{id}\"");
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in the page"));
+    let after = &dom[start..];
+    let open_end = after.find('>').unwrap() + 1;
+    let close = after[open_end..].find("</").unwrap();
+    &after[open_end..open_end + close]
+}
+
+/// Coins as the dashboard prints them: the integer amount with 8 decimals.
+fn coins(units: u64) -> String {
+    format!("{}.{:08}", units / 100_000_000, units % 100_000_000)
+}
+
+fn chromium_dom(url: &str) -> anyhow::Result<String> {
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            url,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .context("running chromium (Debian: apt-get install -y chromium; `cargo xtask test` installs it)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "chromium failed: {:?}",
+        output.status
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[test]
+fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let nodes = RegtestPair::start(root.path(), 101)?;
+    nodes.miner.call("createwallet", json!(["miners"]))?;
+    let new_address = || -> anyhow::Result<String> {
+        Ok(nodes
+            .miner
+            .call_wallet("miners", "getnewaddress", json!(["", "bech32"]))?
+            .as_str()
+            .context("address")?
+            .to_string())
+    };
+    let (alice, bob) = (new_address()?, new_address()?);
+    let token_file = root.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN)?;
+    let mut pool = PoolSetup::new(&nodes, &root.path().join("pool"), START_DIFFICULTY);
+    pool.extra_args = vec![
+        "--payout-scheme".into(),
+        "solo".into(),
+        "--coinbase-maturity".into(),
+        COINBASE_MATURITY.to_string(),
+        "--payout-interval-s".into(),
+        "86400".into(),
+        "--node-wallet".into(),
+        "otedama".into(),
+        "--admin-token-file".into(),
+        token_file.display().to_string(),
+    ];
+    let _run = pool.spawn("run")?;
+    pool.wait_ready(Duration::from_secs(60))?;
+    let port = pool.api_port;
+
+    // Admin auth: however the path is written, no token means no admin handler.
+    for path in admin_paths_written_every_way() {
+        let (status, body) = http(port, "GET", path, &[], "");
+        assert!(
+            matches!(status, 400 | 401 | 404),
+            "{path} without a token answered {status}: {body}"
+        );
+        assert!(!body.contains("balance_mature"), "{path} leaked: {body}");
+        let (status, _) = http(port, "GET", path, &[&bearer("wrong-token")], "");
+        assert!(
+            matches!(status, 400 | 401 | 404),
+            "{path} with a wrong token answered {status}"
+        );
+    }
+    for path in [
+        "/api/v1/admin/miners",
+        "/api/v1//admin/miners",
+        "/api/v1/x/../admin/miners",
+        "/api/v1/%61dmin/miners",
+        "/api/v1/admin%2Fminers",
+    ] {
+        let (status, body) = http(port, "GET", path, &[&bearer(ADMIN_TOKEN)], "");
+        assert_eq!(status, 200, "{path} with the token: {body}");
+    }
+    for header in [
+        format!("Authorization: Basic {ADMIN_TOKEN}"),
+        format!("Authorization: bearer{ADMIN_TOKEN}"),
+        format!("Authorization: Bearer {ADMIN_TOKEN}x"),
+        format!("X-Authorization: Bearer {ADMIN_TOKEN}"),
+    ] {
+        let (status, _) = http(port, "GET", "/api/v1/admin/audit", &[&header], "");
+        assert_eq!(status, 401, "{header}");
+    }
+    let (status, _) = http(port, "GET", "/../api/v1/admin/miners", &[], "");
+    assert_eq!(status, 400, "a path above the root is refused");
+    let (status, _) = http(port, "POST", "/api/v1/admin/payouts/run", &[], "");
+    assert_eq!(status, 401);
+    let (status, _) = http(port, "POST", "/api/v1/admin//payouts/./run", &[], "");
+    assert_eq!(status, 401);
+    let (_, audit) = http(
+        port,
+        "GET",
+        "/api/v1/admin/audit",
+        &[&bearer(ADMIN_TOKEN)],
+        "",
+    );
+    assert!(
+        !audit.contains("payouts.run"),
+        "refused requests must not have run: {audit}"
+    );
+    let (status, body) = http(port, "GET", "/api/v1/miners/not-an-address", &[], "");
+    assert_eq!(status, 400, "{body}");
+
+    // Mining for alice, so there are blocks, shares and a balance to show.
+    let mut miner = pool.spawn_miner_as(&format!("{alice}.rig1"), 1)?;
+    wait_until(Duration::from_secs(240), "two blocks", || {
+        pool.stats()
+            .is_ok_and(|s| s["blocks_found"].as_u64().unwrap_or(0) >= 2)
+    })?;
+    miner.terminate();
+
+    // Bans reach the data plane.
+    let ban = |path: &str, body: Value| {
+        http(
+            port,
+            "POST",
+            path,
+            &[&bearer(ADMIN_TOKEN)],
+            &body.to_string(),
+        )
+    };
+    let (status, body) = ban("/api/v1/admin/bans/add", json!({"addresses": ["garbage"]}));
+    assert_eq!(
+        status, 400,
+        "an address the pool could never pay is not a ban: {body}"
+    );
+    let (status, _) = ban(
+        "/api/v1/admin/bans/add",
+        json!({"networks": ["10.0.0.0/33"]}),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = http(
+        port,
+        "POST",
+        "/api/v1/admin/bans/add",
+        &[],
+        &json!({"addresses": [bob]}).to_string(),
+    );
+    assert_eq!(status, 401);
+
+    let mut connected_bob = StratumTestClient::connect(&pool.stratum_address())?;
+    connected_bob.start(&format!("{bob}.rig1"))?;
+    let (status, body) = ban("/api/v1/admin/bans/add", json!({"addresses": [bob]}));
+    assert_eq!(status, 200, "{body}");
+    let (bob_stream, _) = connected_bob.into_raw();
+    assert!(
+        closed_by_pool(&bob_stream),
+        "a new ban closes the miner's connection"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the ban to be refused at authorize",
+        || {
+            let Ok(mut client) = StratumTestClient::connect(&pool.stratum_address()) else {
+                return false;
+            };
+            let _ = client.request("mining.subscribe", json!([]));
+            client
+                .request("mining.authorize", json!([format!("{bob}.rig2"), "x"]))
+                .is_ok_and(|reply| reply["error"][0] == 24)
+        },
+    )?;
+    // The list holds banned addresses and the miners the payout thread has seen shares
+    // from (it reads the share logs every half second).
+    wait_until(
+        Duration::from_secs(10),
+        "the admin list to show both",
+        || {
+            let Ok(miners) = otedama_tests::admin_get(&pool, "/api/v1/admin/miners", ADMIN_TOKEN)
+            else {
+                return false;
+            };
+            let banned = |address: &str| {
+                miners
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["address"] == address)
+                    .map(|m| m["banned"].clone())
+            };
+            banned(&bob) == Some(json!(true)) && banned(&alice) == Some(json!(false))
+        },
+    )?;
+    let (status, _) = ban("/api/v1/admin/bans/remove", json!({"addresses": [bob]}));
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(10), "bob to be welcome again", || {
+        StratumTestClient::connect(&pool.stratum_address())
+            .and_then(|mut c| c.start(&format!("{bob}.rig3")))
+            .is_ok()
+    })?;
+
+    let stratum: SocketAddr = pool.stratum_address().parse()?;
+    let banned_source = Ipv4Addr::new(127, 0, 0, 77);
+    let from_banned = connect_from(banned_source, stratum)?;
+    let (status, body) = ban(
+        "/api/v1/admin/bans/add",
+        json!({"networks": ["127.0.0.77/32"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        closed_by_pool(&from_banned),
+        "a network ban closes open connections"
+    );
+    let refused = connect_from(banned_source, stratum)?;
+    assert!(closed_by_pool(&refused), "and refuses new ones");
+    let mut elsewhere = StratumTestClient::connect(&pool.stratum_address())?;
+    elsewhere.start(&format!("{alice}.rig2"))?;
+    let (status, _) = ban(
+        "/api/v1/admin/bans/remove",
+        json!({"networks": ["127.0.0.77"]}),
+    );
+    assert_eq!(status, 200);
+    let (_, audit) = http(
+        port,
+        "GET",
+        "/api/v1/admin/audit",
+        &[&bearer(ADMIN_TOKEN)],
+        "",
+    );
+    for action in ["bans.add", "bans.remove"] {
+        assert!(audit.contains(action), "{action} is audited: {audit}");
+    }
+
+    // The metrics count what happened (data planes report once a second) and pass promtool.
+    let accepted_shares = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("otedama_shares_total{result=\"accepted\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "accepted shares in the metrics",
+        || {
+            pool.get_text("/metrics").is_ok_and(|m| {
+                accepted_shares(&m) > 0
+                    && !m.contains("otedama_share_ack_latency_seconds_count 0\n")
+            })
+        },
+    )?;
+    let metrics = pool.get_text("/metrics")?;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian: apt-get install -y prometheus; `cargo xtask test` installs it)")?;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // Mature alice's blocks and pay her, so the dashboard has a payment to show.
+    let burn = nodes
+        .miner
+        .call_wallet("otedama", "getnewaddress", json!([]))?;
+    nodes
+        .miner
+        .generate_to(burn.as_str().unwrap(), COINBASE_MATURITY)?;
+    wait_until(Duration::from_secs(90), "alice's balance to mature", || {
+        pool.get_json(&format!("/api/v1/miners/{alice}"))
+            .is_ok_and(|m| m["balance_immature"] == 0 && m["balance_mature"].as_u64() > Some(0))
+    })?;
+    let (status, body) = pool.post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)?;
+    assert_eq!(status, 200, "{body}");
+    let txid = body["batch"]["txid"]
+        .as_str()
+        .context("a batch was paid")?
+        .to_string();
+    wait_until(Duration::from_secs(30), "the payment to be sent", || {
+        pool.get_json(&format!("/api/v1/miners/{alice}"))
+            .is_ok_and(|m| m["paid"].as_u64() > Some(0))
+    })?;
+
+    // The dashboard shows the numbers the API gives.
+    let stats = pool.stats()?;
+    let alice_now = pool.get_json(&format!("/api/v1/miners/{alice}"))?;
+    let blocks = pool.get_json("/api/v1/blocks")?;
+    let url = format!("http://127.0.0.1:{port}/#miner={alice}");
+    let dom = chromium_dom(&url)?;
+    assert_eq!(
+        element_text(&dom, "blocks-found"),
+        stats["blocks_found"].to_string()
+    );
+    assert_eq!(element_text(&dom, "height"), stats["height"].to_string());
+    assert_eq!(
+        element_text(&dom, "error"),
+        "",
+        "the page reported an error"
+    );
+    assert_eq!(
+        element_text(&dom, "miner-balance-mature"),
+        coins(alice_now["balance_mature"].as_u64().unwrap())
+    );
+    assert_eq!(
+        element_text(&dom, "miner-balance-immature"),
+        coins(alice_now["balance_immature"].as_u64().unwrap())
+    );
+    assert_eq!(
+        element_text(&dom, "miner-paid"),
+        coins(alice_now["paid"].as_u64().unwrap())
+    );
+    assert!(element_text(&dom, "hashrate").ends_with("H/s"));
+    let payments_start = dom.find("id=\"miner-payments\"").unwrap();
+    assert!(
+        dom[payments_start..].contains(&txid),
+        "the payment's txid is listed"
+    );
+    let accepted_blocks = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["rejected_reason"].is_null())
+        .count();
+    let table_start = dom.find("id=\"blocks\"").unwrap();
+    let table = &dom[table_start..table_start + dom[table_start..].find("</tbody>").unwrap()];
+    assert_eq!(
+        table.matches("<tr>").count(),
+        accepted_blocks.min(20),
+        "{table}"
+    );
+    assert!(table.contains("confirmed"));
+    Ok(())
+}
