@@ -1,6 +1,9 @@
 //! `otedama demo`: a whole pool on one machine. It starts two peered Litecoin regtest
-//! nodes, mines 101 blocks so the wallet has mature coins, runs `otedama run` against them
-//! with two CPU miners, and prints progress until Ctrl-C or `--duration`.
+//! nodes, mines 101 blocks so the pool's wallet has mature coins, runs `otedama run`
+//! against them with two CPU miners, each mining for its own address in a second wallet,
+//! and prints the pool's progress and each miner's balances until Ctrl-C or `--duration`.
+//! Once the first blocks have their 100 confirmations the pool pays the miners from the
+//! node's wallet, and the demo shows each payment and what the node says each miner got.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +27,20 @@ pub struct DemoArgs {
     /// Seconds per share that variable difficulty aims for on each miner.
     #[arg(long, default_value_t = 2.0)]
     pub vardiff_share_interval_s: f64,
+    /// pplns, pps, fpps, prop, solo or pplnt.
+    #[arg(long, default_value = "pplns")]
+    pub payout_scheme: String,
+    /// PPLNS window in multiples of the network difficulty. Regtest's network difficulty
+    /// is far below one CPU share, so mainnet's usual 2 would be a fraction of a share.
+    #[arg(long, default_value_t = 100_000.0)]
+    pub pplns_window_factor: f64,
+    /// Seconds between payout runs.
+    #[arg(long, default_value_t = 20)]
+    pub payout_interval_s: u64,
 }
+
+/// Seconds between the demo's balance reports.
+const BALANCES_EVERY_S: u64 = 10;
 
 struct Children(Vec<Child>);
 
@@ -58,7 +74,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let nodes = RegtestPair::start(root.path(), 101)?;
     let payout = nodes.wallet_address.clone();
     let start_height = nodes.miner.block_count()?;
-    println!("demo: node height {start_height}; pool pays {payout}");
+    // The miners' addresses live in a wallet of their own, so what the node says they
+    // received is exactly what the pool paid them.
+    nodes
+        .miner
+        .call("createwallet", serde_json::json!(["miners"]))?;
+    let miners = ["cpu1", "cpu2"]
+        .iter()
+        .map(|name| {
+            let address = nodes.miner.call_wallet(
+                "miners",
+                "getnewaddress",
+                serde_json::json!([name, "bech32"]),
+            )?;
+            Ok((
+                name.to_string(),
+                address.as_str().context("address")?.to_string(),
+            ))
+        })
+        .collect::<anyhow::Result<Vec<(String, String)>>>()?;
+    println!("demo: node height {start_height}; the pool's wallet is {payout}");
+    for (name, address) in &miners {
+        println!("demo: miner {name} mines for {address}");
+    }
+    let token_file = root.path().join("admin-token");
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    std::fs::write(&token_file, &token)?;
 
     let stratum_port = free_port();
     let api_port = free_port();
@@ -75,6 +116,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             nodes.miner.rpc_password(),
         ])
         .args(["--payout-address", &payout])
+        .args(["--node-wallet", "otedama"])
+        .args(["--payout-scheme", &args.payout_scheme])
+        .args([
+            "--pplns-window-factor",
+            &args.pplns_window_factor.to_string(),
+        ])
+        .args(["--pool-fee-percent", "1"])
+        .args(["--payout-min", "0.001"])
+        .args(["--payout-interval-s", &args.payout_interval_s.to_string()])
+        .arg("--admin-token-file")
+        .arg(&token_file)
         .args(["--stratum-listen", &format!("127.0.0.1:{stratum_port}")])
         .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
         .args(["--start-difficulty", &args.start_difficulty.to_string()])
@@ -92,12 +144,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("starting the pool")?;
     children.0.push(pool);
     wait_for_port(stratum_port, Duration::from_secs(60))?;
-    println!("demo: pool listening on stratum+tcp://127.0.0.1:{stratum_port}, API on http://127.0.0.1:{api_port}/api/v1/stats");
-    for name in ["cpu1", "cpu2"] {
+    println!("demo: pool listening on stratum+tcp://127.0.0.1:{stratum_port}");
+    println!("demo: dashboard http://127.0.0.1:{api_port}/  API http://127.0.0.1:{api_port}/api/v1/stats");
+    println!(
+        "demo: admin token in {} (curl -H \"Authorization: Bearer $(cat {})\" -X POST http://127.0.0.1:{api_port}/api/v1/admin/payouts/run)",
+        token_file.display(),
+        token_file.display()
+    );
+    println!(
+        "demo: {} payouts every {}s, 1% fee; a block's reward is payable after 100 confirmations",
+        args.payout_scheme, args.payout_interval_s
+    );
+    for (name, address) in &miners {
         let miner = Command::new(&executable)
             .arg("miner")
             .args(["--url", &format!("stratum+tcp://127.0.0.1:{stratum_port}")])
-            .args(["--user", &format!("{payout}.{name}"), "--algo", "scrypt"])
+            .args(["--user", &format!("{address}.{name}"), "--algo", "scrypt"])
             .args(["--threads", &args.threads.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -109,7 +171,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
     let started = Instant::now();
-    let api = format!("http://127.0.0.1:{api_port}/api/v1/stats");
+    let api_base = format!("http://127.0.0.1:{api_port}/api/v1");
+    let api = format!("{api_base}/stats");
+    let get = |url: &str| -> Value {
+        ureq::get(url)
+            .call()
+            .ok()
+            .and_then(|r| r.into_json().ok())
+            .unwrap_or(Value::Null)
+    };
+    let mut next_balances_s = BALANCES_EVERY_S;
+    let mut payments_shown = 0;
     let mut stats = Value::Null;
     while !crate::signals::stop_requested() && deadline.is_none_or(|d| Instant::now() < d) {
         std::thread::sleep(Duration::from_secs(2));
@@ -130,6 +202,47 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             stats["blocks_found"],
             stats["blocks_rejected"],
             height
+        );
+        if started.elapsed().as_secs() >= next_balances_s {
+            next_balances_s += BALANCES_EVERY_S;
+            for (name, address) in &miners {
+                let miner = get(&format!("{api_base}/miners/{address}"));
+                println!(
+                    "demo:        {name}: immature {} mature {} paid {} (units of 1e-8 LTC)",
+                    miner["balance_immature"], miner["balance_mature"], miner["paid"]
+                );
+            }
+        }
+        let payments = get(&format!("{api_base}/payments"));
+        let payments = payments.as_array().cloned().unwrap_or_default();
+        // Newest first: show the ones not shown yet, oldest of them first.
+        for payment in payments
+            .iter()
+            .take(payments.len().saturating_sub(payments_shown))
+            .rev()
+        {
+            println!(
+                "demo: payment batch {} txid {} state {} total {}",
+                payment["batch_id"], payment["txid"], payment["state"], payment["total"]
+            );
+        }
+        payments_shown = payments_shown.max(payments.len());
+    }
+    for (name, address) in &miners {
+        let miner = get(&format!("{api_base}/miners/{address}"));
+        let received = nodes
+            .miner
+            .call_wallet(
+                "miners",
+                "getreceivedbyaddress",
+                serde_json::json!([address, 0]),
+            )
+            .ok()
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        println!(
+            "demo: {name} {address}: the pool says paid {} + immature {} + mature {} (1e-8 LTC); the node says it received {received:.8} LTC",
+            miner["paid"], miner["balance_immature"], miner["balance_mature"]
         );
     }
     drop(children);
