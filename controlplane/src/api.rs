@@ -289,7 +289,7 @@ async fn blocks_list(State(state): State<ApiState>) -> Response {
     Json(state.blocks.all()).into_response()
 }
 
-fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
+pub(crate) fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
     json!({
         "batch_id": intent.batch_id,
         "txid": intent.txid,
@@ -445,11 +445,6 @@ async fn admin_run_payout(State(state): State<ApiState>) -> Response {
                 "payouts.ran",
                 json!({"batch": batch.as_ref().map(|b| b["batch_id"].clone()), "completed": report.completed, "still_open": report.still_open}),
             );
-            if let Some(batch) = &batch {
-                state
-                    .pool
-                    .publish_event(json!({"type": "payment", "payment": batch}));
-            }
             Json(json!({
                 "batch": batch,
                 "completed": report.completed,

@@ -401,8 +401,12 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
                 .spawn(move || discard_candidates(state, candidate_rx))?;
         }
     }
-    let payouts = start_payouts(&config, &state, &store)?;
-    serve(config, state, store, payouts, candidate_tx)
+    let audit = Arc::new(
+        AuditLog::open(&config.data_dir.join("audit"))
+            .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?,
+    );
+    let payouts = start_payouts(&config, &state, &store, &audit)?;
+    serve(config, state, store, payouts, audit, candidate_tx)
 }
 
 /// The ledger and the payout thread.
@@ -410,6 +414,7 @@ fn start_payouts(
     config: &PoolConfig,
     state: &Arc<PoolState>,
     store: &Arc<BlockStore>,
+    audit: &Arc<AuditLog>,
 ) -> anyhow::Result<PayoutHandles> {
     let params = config.coin_params();
     let fee_account = if config.pool_fee_address.is_empty() {
@@ -442,19 +447,20 @@ fn start_payouts(
         ChainSource::Node => Some(Box::new(NodeWallet::new(config.wallet_rpc_client()?))),
         ChainSource::Synthetic => None,
     };
+    let (run_now, requests) = crossbeam_channel::bounded(PAYOUT_REQUESTS_QUEUED_MAX);
     let handles = PayoutHandles {
         ledger: Arc::new(Mutex::new(ledger)),
         history: Arc::new(Mutex::new(ShareHistory::default())),
         settings: Arc::new(RwLock::new(settings)),
-        run_now: crossbeam_channel::bounded(0).0,
+        run_now,
     };
-    let (run_now, requests) = crossbeam_channel::bounded(PAYOUT_REQUESTS_QUEUED_MAX);
     let runner = PayoutRunner {
         ledger: handles.ledger.clone(),
         history: handles.history.clone(),
         settings: handles.settings.clone(),
         blocks: store.clone(),
         pool: state.clone(),
+        audit: audit.clone(),
         tails,
         wallet,
         fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
@@ -462,7 +468,7 @@ fn start_payouts(
     std::thread::Builder::new()
         .name("payouts".into())
         .spawn(move || runner.run(requests))?;
-    Ok(PayoutHandles { run_now, ..handles })
+    Ok(handles)
 }
 
 /// Payout runs the admin API may have waiting at once.
@@ -512,6 +518,7 @@ fn serve(
     state: Arc<PoolState>,
     store: Arc<BlockStore>,
     payouts: PayoutHandles,
+    audit: Arc<AuditLog>,
     candidate_tx: Sender<BlockCandidate>,
 ) -> anyhow::Result<()> {
     let admin_token_sha256 = match &config.admin_token_file {
@@ -529,10 +536,6 @@ fn serve(
         }
         None => None,
     };
-    let audit = Arc::new(
-        AuditLog::open(&config.data_dir.join("audit"))
-            .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?,
-    );
     let bans = Arc::new(crate::bans::BanStore::open(
         config.data_dir.join("bans.json"),
     )?);

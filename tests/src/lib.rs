@@ -80,6 +80,8 @@ pub struct PoolSetup {
     pub extra_args: Vec<String>,
     /// Environment for `otedama <role>`.
     pub env: Vec<(String, String)>,
+    /// Where `otedama <role>` writes its log (stderr); inherited when `None`.
+    pub log_file: Option<PathBuf>,
 }
 
 impl PoolSetup {
@@ -93,6 +95,7 @@ impl PoolSetup {
             start_difficulty,
             extra_args: Vec::new(),
             env: Vec::new(),
+            log_file: None,
         }
     }
 
@@ -127,8 +130,13 @@ impl PoolSetup {
 
     /// Starts `otedama <role>` (run, dataplane or controlplane).
     pub fn spawn(&self, role: &str) -> anyhow::Result<Process> {
-        let child = self
-            .command(role)
+        let mut command = self.command(role);
+        if let Some(path) = &self.log_file {
+            let log = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            command.stderr(log);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting otedama {role}"))?;
         Ok(Process {

@@ -203,6 +203,10 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
         "--admin-token-file".into(),
         token_file.display().to_string(),
     ];
+    // Everything the pool logs at info level goes to a file the test reads at the end.
+    let log_path = root.path().join("pool.log");
+    pool.log_file = Some(log_path.clone());
+    pool.env = vec![("RUST_LOG".into(), "info".into())];
     let _run = pool.spawn("run")?;
     pool.wait_ready(Duration::from_secs(60))?;
     let port = pool.api_port;
@@ -430,12 +434,55 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
         pool.get_json(&format!("/api/v1/miners/{alice}"))
             .is_ok_and(|m| m["balance_immature"] == 0 && m["balance_mature"].as_u64() > Some(0))
     })?;
+    // The feed: stats first, then the payment as it happens.
+    let feed_stream = TcpStream::connect(("127.0.0.1", port))?;
+    feed_stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let (mut feed, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), feed_stream)
+        .map_err(|e| anyhow::anyhow!("WebSocket handshake: {e}"))?;
+    let mut next_event = || -> anyhow::Result<Value> {
+        let message = feed.read()?;
+        Ok(serde_json::from_str(message.to_text()?)?)
+    };
+    let first = next_event()?;
+    assert_eq!(first["type"], "stats", "{first}");
+    assert_eq!(
+        first["stats"]["blocks_found"],
+        pool.stats()?["blocks_found"]
+    );
+
+    // Runtime settings: the fee changes, and the change is audited.
+    let (status, body) = http(
+        port,
+        "PUT",
+        "/api/v1/admin/config",
+        &[&bearer(ADMIN_TOKEN)],
+        &json!({"pool_fee_percent": 2.5}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let config = otedama_tests::admin_get(&pool, "/api/v1/admin/config", ADMIN_TOKEN)?;
+    assert_eq!(config["pool_fee_percent"], 2.5, "{config}");
+    let (status, _) = http(
+        port,
+        "PUT",
+        "/api/v1/admin/config",
+        &[&bearer(ADMIN_TOKEN)],
+        &json!({"pool_fee_percent": 100.5}).to_string(),
+    );
+    assert_eq!(status, 400, "a fee above 100 % is refused");
+
     let (status, body) = pool.post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)?;
     assert_eq!(status, 200, "{body}");
     let txid = body["batch"]["txid"]
         .as_str()
         .context("a batch was paid")?
         .to_string();
+    let payment = loop {
+        let event = next_event()?;
+        if event["type"] == "payment" {
+            break event;
+        }
+    };
+    assert_eq!(payment["payment"]["txid"], txid.as_str());
     wait_until(Duration::from_secs(30), "the payment to be sent", || {
         pool.get_json(&format!("/api/v1/miners/{alice}"))
             .is_ok_and(|m| m["paid"].as_u64() > Some(0))
@@ -489,5 +536,38 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
         "{table}"
     );
     assert!(table.contains("confirmed"));
+
+    // Every admin action and the batch are in the audit trail; no secret is in any
+    // response or log line.
+    let (_, audit) = http(
+        port,
+        "GET",
+        "/api/v1/admin/audit",
+        &[&bearer(ADMIN_TOKEN)],
+        "",
+    );
+    for action in ["config.set", "payouts.run", "payouts.batch_written"] {
+        assert!(audit.contains(action), "{action} is audited: {audit}");
+    }
+    let rpc_password = "otedama-regtest";
+    let log = std::fs::read_to_string(&log_path)?;
+    assert!(log.contains("payout intent written"), "the log is captured");
+    for (what, text) in [
+        ("the log", log),
+        ("the audit trail", audit),
+        ("the config", config.to_string()),
+        ("the stats", pool.stats()?.to_string()),
+        (
+            "the OpenAPI document",
+            pool.get_text("/api/v1/openapi.json")?,
+        ),
+        ("the metrics", pool.get_text("/metrics")?),
+    ] {
+        assert!(!text.contains(ADMIN_TOKEN), "the admin token is in {what}");
+        assert!(
+            !text.contains(rpc_password),
+            "the RPC password is in {what}"
+        );
+    }
     Ok(())
 }

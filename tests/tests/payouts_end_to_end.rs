@@ -1,9 +1,9 @@
 //! Payouts end to end on litecoind regtest: three miners with their own addresses mine
 //! through `otedama run`, the test matures the blocks, and the pool pays from the node's
 //! wallet. The node's `getreceivedbyaddress` must show exactly what the ledger owed each
-//! miner, under PPLNS and under SOLO, and again when the control plane is killed (abort,
-//! as `kill -9`) between writing the payout intent and broadcasting it, and between
-//! broadcasting it and recording it as sent.
+//! miner, under PPLNS and under SOLO, and again when the control plane is killed (it sends
+//! itself SIGKILL at the step) between writing the payout intent and broadcasting it, and
+//! between broadcasting it and recording it as sent.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -289,7 +289,7 @@ fn pays_each_miner_exactly_once(scheme: &str, fault: &str) -> anyhow::Result<()>
     scenario.check_conservation()?;
     let owed_now = scenario.owed()?;
     std::fs::write(&scenario.fault_file, fault)?;
-    // The control plane aborts in the middle of the request; the API may answer with an
+    // The control plane dies by SIGKILL in the middle of the request; the API may answer with an
     // error or not at all.
     let _ = scenario.run_payout();
     wait_until(Duration::from_secs(30), "the fault to fire", || {

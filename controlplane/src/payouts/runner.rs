@@ -51,6 +51,8 @@ pub struct PayoutRunner {
     pub settings: Arc<RwLock<PayoutSettings>>,
     pub blocks: Arc<BlockStore>,
     pub pool: Arc<PoolState>,
+    /// Every batch written and every batch the node took is recorded here.
+    pub audit: Arc<crate::audit::AuditLog>,
     pub tails: Vec<ShareLogTail>,
     pub wallet: Option<Box<dyn Wallet + Send>>,
     pub fault: FaultHook,
@@ -104,6 +106,8 @@ impl PayoutRunner {
             } else if !report.completed.is_empty() || !report.still_open.is_empty() {
                 tracing::info!(completed = ?report.completed, still_open = ?report.still_open, "open payouts reconciled at start");
             }
+            drop(ledger);
+            self.announce(&report);
         }
         let mut next_run_ms = now_ms() + self.interval_ms();
         loop {
@@ -289,13 +293,50 @@ impl PayoutRunner {
             now_ms,
             &mut self.fault,
         )?;
+        drop(ledger);
+        self.announce(&report);
         Ok(report)
+    }
+
+    /// Audits and publishes (on `/ws`) each batch a run wrote or saw reach the node.
+    fn announce(&self, report: &RunReport) {
+        let intents = self
+            .ledger
+            .lock()
+            .expect("ledger lock")
+            .intents()
+            .unwrap_or_default();
+        let written = report.batch.as_ref().map(|b| b.batch_id);
+        for intent in intents
+            .iter()
+            .filter(|i| Some(i.batch_id) == written || report.completed.contains(&i.batch_id))
+        {
+            let payment = crate::api::payment_json(intent);
+            let action = if Some(intent.batch_id) == written {
+                "payouts.batch_written"
+            } else {
+                "payouts.batch_sent"
+            };
+            let detail = serde_json::json!({
+                "batch_id": intent.batch_id,
+                "txid": intent.txid,
+                "total": payment["total"],
+                "outputs": intent.outputs.len(),
+                "state": payment["state"],
+            });
+            if let Err(error) = self.audit.append(now_ms(), "system", action, detail) {
+                tracing::error!(%error, action, "cannot write the audit log");
+            }
+            self.pool
+                .publish_event(serde_json::json!({"type": "payment", "payment": payment}));
+        }
     }
 }
 
 /// The crash-test hook: when the file named by `OTEDAMA_FAULT_FILE` exists and holds
-/// `payout:intent-written` or `payout:broadcast`, the process aborts at that step, as a
-/// `kill -9` would, after removing the file so that the restarted process runs clean.
+/// `payout:intent-written` or `payout:broadcast`, the process sends itself SIGKILL at that
+/// step, after removing the file so that the restarted process runs clean. It is a real
+/// `kill -9`, timed to the step, which a signal from outside could not be.
 pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
     Box::new(move |step| {
         let Some(path) = &path else { return false };
@@ -308,7 +349,10 @@ pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
         };
         if text.trim() == wanted {
             let _ = std::fs::remove_file(path);
-            tracing::error!(?step, "fault injection: aborting");
+            tracing::error!(?step, "fault injection: kill -9");
+            // SAFETY: kill(2) on this process; SIGKILL cannot be caught, so nothing after
+            // it runs (abort is only the fallback should the signal somehow not land).
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
             std::process::abort();
         }
         false
