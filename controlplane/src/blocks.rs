@@ -30,6 +30,10 @@ pub struct BlockRecord {
     /// the PPLNS window is a multiple of it.
     #[serde(default)]
     pub network_difficulty: f64,
+    /// The share that found the block: its 80-byte header (version, previous hash, merkle
+    /// root, ntime, bits, nonce), hex.
+    #[serde(default)]
+    pub header: String,
 }
 
 pub struct BlockStore {

@@ -31,7 +31,7 @@ pub fn document() -> Value {
                     "workers": {"type": "object"},
                     "payments": {"type": "array"}
                 }},
-                "Block": {"type": "object", "properties": {"hash": {"type": "string"}, "height": {"type": "integer"}, "worker": {"type": "string"}, "reward": {"type": "integer"}, "status": {"enum": ["pending", "confirmed", "orphaned"]}, "confirmations": {"type": "integer"}, "rejected_reason": {"type": ["string", "null"]}}},
+                "Block": {"type": "object", "properties": {"hash": {"type": "string"}, "height": {"type": "integer"}, "worker": {"type": "string", "description": "The finder, ADDRESS.RIG"}, "header": {"type": "string", "description": "The 80-byte header of the share that found the block, hex"}, "reward": {"type": "integer"}, "status": {"enum": ["pending", "confirmed", "orphaned"]}, "confirmations": {"type": "integer"}, "rejected_reason": {"type": ["string", "null"]}}},
                 "Payment": {"type": "object", "properties": {"batch_id": {"type": "integer"}, "txid": {"type": "string"}, "state": {"enum": ["pending", "sent"]}, "total": {"type": "integer"}, "outputs": {"type": "object", "additionalProperties": {"type": "integer"}}}}
             }
         },

@@ -254,6 +254,7 @@ fn submit_loop(
             confirmations: 0,
             network_difficulty: otedama_kernels::Target::from_compact(job.job.bits)
                 .map_or(0.0, |t| t.to_difficulty(job.job.algorithm.into())),
+            header: hex::encode(&candidate.header),
         };
         let first_time = store.record(&record).unwrap_or_else(|error| {
             tracing::error!(%error, %hash, "cannot record block outcome");

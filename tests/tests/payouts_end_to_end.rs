@@ -165,8 +165,10 @@ impl Scenario {
         otedama_controlplane::config::parse_amount(&format!("{coins:.8}"))
     }
 
+    /// The blocks the node accepted; each record's header (the share that found it)
+    /// must hash to the block's hash.
     fn accepted_blocks(&self) -> anyhow::Result<Vec<Value>> {
-        Ok(self
+        let blocks: Vec<Value> = self
             .pool
             .get_json("/api/v1/blocks")?
             .as_array()
@@ -174,7 +176,14 @@ impl Scenario {
             .iter()
             .filter(|b| b["rejected_reason"].is_null())
             .cloned()
-            .collect())
+            .collect();
+        for block in &blocks {
+            let header = hex::decode(block["header"].as_str().unwrap_or_default())?;
+            let mut hash = otedama_kernels::sha256d::sha256d(&header);
+            hash.reverse();
+            assert_eq!(block["hash"], hex::encode(hash), "{block}");
+        }
+        Ok(blocks)
     }
 
     /// Every unit of every accepted block is credited to someone: miners plus the pool's
