@@ -13,6 +13,7 @@ pub mod job;
 pub mod limits;
 pub mod share;
 pub mod sv1;
+pub mod sv2;
 pub mod vardiff;
 
 pub use job::{Job, JobBook, JobLookup};
