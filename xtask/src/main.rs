@@ -3,7 +3,8 @@
 //! - `cargo xtask demo`: installs what the demo needs, builds Otedama and runs
 //!   `otedama demo` (a pool on a Litecoin regtest node with two CPU miners).
 //! - `cargo xtask test`: installs what the tests need, then runs the gates CI runs:
-//!   `cargo fmt --check`, `cargo clippy -D warnings`, the build, and every test.
+//!   `cargo fmt --check`, `cargo clippy -D warnings`, the build, every test, and the SV2
+//!   codec against the Stratum V2 Reference Implementation (`tests/sv2-reference`).
 //!
 //! It depends on nothing but std, so it builds in seconds on a fresh machine before any
 //! system package is present.
@@ -123,5 +124,26 @@ fn test(rest: &[String]) -> Result<(), String> {
         .args(["--", "-D", "warnings"]))?;
     // The end-to-end tests start the `otedama` binary, so it must exist before they run.
     run(cargo().arg("build").args(SELECTION))?;
-    run(cargo().arg("test").args(SELECTION).args(rest))
+    run(cargo().arg("test").args(SELECTION).args(rest))?;
+    // The SV2 codec against the Stratum V2 Reference Implementation's crates, in a
+    // workspace (and target directory) of its own so that they never touch the product.
+    let manifest =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/sv2-reference/Cargo.toml");
+    run(cargo()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(&manifest))?;
+    run(cargo()
+        .env("CARGO_TARGET_DIR", sibling_target_dir("sv2-reference"))
+        .args(["test", "--manifest-path"])
+        .arg(&manifest))
+}
+
+/// A target directory next to the main one, for a separate workspace.
+fn sibling_target_dir(name: &str) -> PathBuf {
+    let main = target_dir();
+    let file_name = main
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "otedama-target".into());
+    main.with_file_name(format!("{file_name}-{name}"))
 }
