@@ -3,8 +3,9 @@
 //! - `cargo xtask demo`: installs what the demo needs, builds Otedama and runs
 //!   `otedama demo` (a pool on a Litecoin regtest node with two CPU miners).
 //! - `cargo xtask test`: installs what the tests need, then runs the gates CI runs:
-//!   `cargo fmt --check`, `cargo clippy -D warnings`, the build, every test, and the SV2
-//!   codec against the Stratum V2 Reference Implementation (`tests/sv2-reference`).
+//!   `cargo fmt --check`, `cargo clippy -D warnings`, the build, every test, the SV2
+//!   codec against the Stratum V2 Reference Implementation (`tests/sv2-reference`), and
+//!   each cargo-fuzz target for `FUZZ_SECONDS_PER_TARGET` seconds.
 //!
 //! It depends on nothing but std, so it builds in seconds on a fresh machine before any
 //! system package is present.
@@ -135,7 +136,42 @@ fn test(rest: &[String]) -> Result<(), String> {
     run(cargo()
         .env("CARGO_TARGET_DIR", sibling_target_dir("sv2-reference"))
         .args(["test", "--manifest-path"])
-        .arg(&manifest))
+        .arg(&manifest))?;
+    fuzz()
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test`: long enough to reach every
+/// decoder's error paths from an empty corpus, short enough for CI.
+const FUZZ_SECONDS_PER_TARGET: u32 = 20;
+const FUZZ_TARGETS: &[&str] = &["sv2_message", "sv2_frames", "sv1_session"];
+
+/// Runs every cargo-fuzz target for a bounded time (installing cargo-fuzz if needed).
+fn fuzz() -> Result<(), String> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        return Err(
+            "the fuzz targets need a nightly toolchain: rustup toolchain install nightly".into(),
+        );
+    }
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let fuzz_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    for target in FUZZ_TARGETS {
+        run(Command::new("cargo")
+            .current_dir(&fuzz_dir)
+            .env("CARGO_TARGET_DIR", sibling_target_dir("fuzz"))
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={FUZZ_SECONDS_PER_TARGET}")))?;
+    }
+    Ok(())
 }
 
 /// A target directory next to the main one, for a separate workspace.
