@@ -145,16 +145,21 @@ fn test(rest: &[String]) -> Result<(), String> {
 const FUZZ_SECONDS_PER_TARGET: u32 = 20;
 const FUZZ_TARGETS: &[&str] = &["sv2_message", "sv2_frames", "sv1_session"];
 
-/// Runs every cargo-fuzz target for a bounded time (installing cargo-fuzz if needed).
+/// Runs every cargo-fuzz target for a bounded time (installing a nightly toolchain and
+/// cargo-fuzz first if they are missing).
 fn fuzz() -> Result<(), String> {
     let nightly = Command::new("rustup")
         .args(["run", "nightly", "rustc", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !nightly {
-        return Err(
-            "the fuzz targets need a nightly toolchain: rustup toolchain install nightly".into(),
-        );
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let installed = Command::new("cargo")
         .args(["fuzz", "--version"])
