@@ -76,7 +76,78 @@ fn ensure_packages(lists: &[&[&'static str]]) -> Result<(), String> {
 fn cargo() -> Command {
     let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.env("CARGO_TARGET_DIR", target_dir());
+    if let Some(dir) = prebuilt_rocksdb().filter(|dir| dir.join(ROCKSDB_ARCHIVE).exists()) {
+        command
+            .env("ROCKSDB_LIB_DIR", dir)
+            .env("ROCKSDB_STATIC", "1");
+    }
     command
+}
+
+const ROCKSDB_ARCHIVE: &str = "librocksdb.a";
+
+/// Where the RocksDB archive that `librocksdb-sys` compiled is kept, per version of it.
+///
+/// `cargo clippy` and `cargo build` each run `librocksdb-sys`'s build script under their
+/// own fingerprint, and each compiled RocksDB's C++ from scratch: about 20 minutes apiece
+/// on 2 cores. The first compile's archive is kept here and handed to every later cargo
+/// run through `ROCKSDB_LIB_DIR`, so a cold `cargo xtask test` compiles RocksDB once.
+fn prebuilt_rocksdb() -> Option<PathBuf> {
+    let lock =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"))
+            .ok()?;
+    let version = lock
+        .split("[[package]]")
+        .find(|package| package.contains("name = \"librocksdb-sys\""))?
+        .lines()
+        .find_map(|line| line.strip_prefix("version = "))?
+        .trim_matches('"')
+        .to_string();
+    Some(
+        env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join(".cache/otedama-rocksdb")
+            .join(version),
+    )
+}
+
+/// Keeps the archive the last cargo run compiled, if none is kept yet. Debug info is
+/// stripped (1.2 GB to about a tenth); a failed strip keeps the archive as it is.
+fn keep_prebuilt_rocksdb() -> Result<(), String> {
+    let Some(dir) = prebuilt_rocksdb() else {
+        return Ok(());
+    };
+    if dir.join(ROCKSDB_ARCHIVE).exists() {
+        return Ok(());
+    }
+    let build = target_dir().join("debug/build");
+    let newest = std::fs::read_dir(&build)
+        .map_err(|e| format!("reading {}: {e}", build.display()))?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("librocksdb-sys-")
+        })
+        .map(|entry| entry.path().join("out").join(ROCKSDB_ARCHIVE))
+        .filter_map(|archive| Some((archive.metadata().ok()?.modified().ok()?, archive)))
+        .max();
+    let Some((_, archive)) = newest else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let partial = dir.join(format!("{ROCKSDB_ARCHIVE}.partial"));
+    std::fs::copy(&archive, &partial).map_err(|e| format!("copying {}: {e}", archive.display()))?;
+    let _ = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(&partial)
+        .status();
+    std::fs::rename(&partial, dir.join(ROCKSDB_ARCHIVE))
+        .map_err(|e| format!("keeping the RocksDB archive: {e}"))?;
+    eprintln!("xtask: kept the RocksDB archive in {}", dir.display());
+    Ok(())
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
@@ -110,6 +181,7 @@ fn target_dir() -> PathBuf {
 
 fn demo(rest: &[String]) -> Result<(), String> {
     run(cargo().arg("build").args(SELECTION))?;
+    keep_prebuilt_rocksdb()?;
     // `cargo xtask demo -- --duration 60`: the `--` separates our flags from the demo's.
     let rest = rest.strip_prefix(&["--".to_string()]).unwrap_or(rest);
     run(Command::new(target_dir().join("debug/otedama"))
@@ -123,6 +195,7 @@ fn test(rest: &[String]) -> Result<(), String> {
         .arg("clippy")
         .args(SELECTION)
         .args(["--", "-D", "warnings"]))?;
+    keep_prebuilt_rocksdb()?;
     // The end-to-end tests start the `otedama` binary, so it must exist before they run.
     run(cargo().arg("build").args(SELECTION))?;
     run(cargo().arg("test").args(SELECTION).args(rest))?;
