@@ -313,6 +313,17 @@ async fn payments_list(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// The pool-wide payout threshold; a miner's own setting may only raise it.
+fn pool_payout_min(state: &ApiState) -> u64 {
+    state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .policy
+        .payout_min
+}
+
 /// The 400 answer for an address the pool could never pay, if it is one.
 fn address_refusal(state: &ApiState, address: &str) -> Option<Response> {
     script_for_address(&state.address_rule, address)
@@ -368,13 +379,7 @@ async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Re
             }
         }
     }
-    let pool_min = state
-        .payouts
-        .settings
-        .read()
-        .expect("settings lock")
-        .policy
-        .payout_min;
+    let pool_min = pool_payout_min(&state);
     Json(json!({
         "address": address,
         "balance_immature": balances.immature,
@@ -402,13 +407,7 @@ async fn miner_settings(State(state): State<ApiState>, Path(address): Path<Strin
         .payout_min(&address)
         .ok()
         .flatten();
-    let pool_min = state
-        .payouts
-        .settings
-        .read()
-        .expect("settings lock")
-        .policy
-        .payout_min;
+    let pool_min = pool_payout_min(&state);
     Json(json!({
         "address": address,
         "payout_min": own.unwrap_or(pool_min).max(pool_min),
@@ -668,13 +667,7 @@ async fn admin_set_miner_settings(
         Ok(amount) => amount,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
     };
-    let pool_min = state
-        .payouts
-        .settings
-        .read()
-        .expect("settings lock")
-        .policy
-        .payout_min;
+    let pool_min = pool_payout_min(&state);
     if amount < pool_min {
         return error(
             StatusCode::BAD_REQUEST,
