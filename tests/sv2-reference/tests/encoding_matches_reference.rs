@@ -2,29 +2,16 @@
 //! Reference Implementation's, must encode to the same bytes; and the reference decoder
 //! must read Otedama's bytes back to the same message. A failure prints its seed.
 
+#[path = "../../../shared/tests/common/sv2_random.rs"]
+mod sv2_random;
+
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use binary_sv2::{
     Seq0255, Seq064K, Sv2Option, B032 as RefB032, B064K as RefB064K, U256 as RefU256,
 };
-use otedama_shared::sv2::messages::{self as ours, Message};
-use otedama_shared::sv2::wire::{Seq0255U256, Seq064KU32, Str0255, B032, B064K};
-
-fn leak_bytes(rng: &mut StdRng, max: usize) -> &'static [u8] {
-    let length = rng.gen_range(0..=max);
-    Box::leak((0..length).map(|_| rng.gen()).collect::<Box<[u8]>>())
-}
-
-fn leak_str(rng: &mut StdRng) -> &'static str {
-    let length = rng.gen_range(0..=255);
-    Box::leak(
-        (0..length)
-            .map(|_| rng.gen_range(b' '..=b'~') as char)
-            .collect::<String>()
-            .into_boxed_str(),
-    )
-}
+use otedama_shared::sv2::messages::Message;
 
 fn rs(text: &str) -> binary_sv2::Str0255<'_> {
     text.try_into().expect("at most 255 bytes")
@@ -248,159 +235,6 @@ fn reference_round_trip(message: &Message<'_>, payload: &[u8]) -> Vec<u8> {
     .expect("the reference re-encodes")
 }
 
-fn random_message(rng: &mut StdRng) -> Message<'static> {
-    let s = |rng: &mut StdRng| Str0255::new(leak_str(rng)).unwrap();
-    let b032 = |rng: &mut StdRng| B032::new(leak_bytes(rng, 32)).unwrap();
-    let u256 = |rng: &mut StdRng| -> [u8; 32] { rng.gen() };
-    let option = |rng: &mut StdRng| -> Option<u32> { rng.gen::<bool>().then(|| rng.gen()) };
-    match rng.gen_range(0..23) {
-        0 => Message::SetupConnection(ours::SetupConnection {
-            protocol: rng.gen_range(0..=2),
-            min_version: rng.gen(),
-            max_version: rng.gen(),
-            flags: rng.gen(),
-            endpoint_host: s(rng),
-            endpoint_port: rng.gen(),
-            vendor: s(rng),
-            hardware_version: s(rng),
-            firmware: s(rng),
-            device_id: s(rng),
-        }),
-        1 => Message::SetupConnectionSuccess(ours::SetupConnectionSuccess {
-            used_version: rng.gen(),
-            flags: rng.gen(),
-        }),
-        2 => Message::SetupConnectionError(ours::SetupConnectionError {
-            flags: rng.gen(),
-            error_code: s(rng),
-        }),
-        3 => Message::ChannelEndpointChanged(ours::ChannelEndpointChanged {
-            channel_id: rng.gen(),
-        }),
-        4 => Message::Reconnect(ours::Reconnect {
-            new_host: s(rng),
-            new_port: rng.gen(),
-        }),
-        5 => Message::OpenStandardMiningChannel(ours::OpenStandardMiningChannel {
-            request_id: rng.gen(),
-            user_identity: s(rng),
-            nominal_hash_rate: rng.gen(),
-            max_target: u256(rng),
-        }),
-        6 => Message::OpenStandardMiningChannelSuccess(ours::OpenStandardMiningChannelSuccess {
-            request_id: rng.gen(),
-            channel_id: rng.gen(),
-            target: u256(rng),
-            extranonce_prefix: b032(rng),
-            group_channel_id: rng.gen(),
-        }),
-        7 => Message::OpenMiningChannelError(ours::OpenMiningChannelError {
-            request_id: rng.gen(),
-            error_code: s(rng),
-        }),
-        8 => Message::OpenExtendedMiningChannel(ours::OpenExtendedMiningChannel {
-            request_id: rng.gen(),
-            user_identity: s(rng),
-            nominal_hash_rate: rng.gen(),
-            max_target: u256(rng),
-            min_extranonce_size: rng.gen(),
-        }),
-        9 => Message::OpenExtendedMiningChannelSuccess(ours::OpenExtendedMiningChannelSuccess {
-            request_id: rng.gen(),
-            channel_id: rng.gen(),
-            target: u256(rng),
-            extranonce_size: rng.gen(),
-            extranonce_prefix: b032(rng),
-            group_channel_id: rng.gen(),
-        }),
-        10 => Message::NewMiningJob(ours::NewMiningJob {
-            channel_id: rng.gen(),
-            job_id: rng.gen(),
-            min_ntime: option(rng),
-            version: rng.gen(),
-            merkle_root: u256(rng),
-        }),
-        11 => Message::UpdateChannel(ours::UpdateChannel {
-            channel_id: rng.gen(),
-            nominal_hash_rate: rng.gen(),
-            maximum_target: u256(rng),
-        }),
-        12 => Message::UpdateChannelError(ours::UpdateChannelError {
-            channel_id: rng.gen(),
-            error_code: s(rng),
-        }),
-        13 => Message::CloseChannel(ours::CloseChannel {
-            channel_id: rng.gen(),
-            reason_code: s(rng),
-        }),
-        14 => Message::SetExtranoncePrefix(ours::SetExtranoncePrefix {
-            channel_id: rng.gen(),
-            extranonce_prefix: b032(rng),
-        }),
-        15 => Message::SubmitSharesStandard(ours::SubmitSharesStandard {
-            channel_id: rng.gen(),
-            sequence_number: rng.gen(),
-            job_id: rng.gen(),
-            nonce: rng.gen(),
-            ntime: rng.gen(),
-            version: rng.gen(),
-        }),
-        16 => Message::SubmitSharesExtended(ours::SubmitSharesExtended {
-            channel_id: rng.gen(),
-            sequence_number: rng.gen(),
-            job_id: rng.gen(),
-            nonce: rng.gen(),
-            ntime: rng.gen(),
-            version: rng.gen(),
-            extranonce: b032(rng),
-        }),
-        17 => Message::SubmitSharesSuccess(ours::SubmitSharesSuccess {
-            channel_id: rng.gen(),
-            last_sequence_number: rng.gen(),
-            new_submits_accepted_count: rng.gen(),
-            new_shares_sum: rng.gen(),
-        }),
-        18 => Message::SubmitSharesError(ours::SubmitSharesError {
-            channel_id: rng.gen(),
-            sequence_number: rng.gen(),
-            error_code: s(rng),
-        }),
-        19 => {
-            let branches = rng.gen_range(0..=24usize);
-            let path = Box::leak((0..branches * 32).map(|_| rng.gen()).collect::<Box<[u8]>>());
-            Message::NewExtendedMiningJob(ours::NewExtendedMiningJob {
-                channel_id: rng.gen(),
-                job_id: rng.gen(),
-                min_ntime: option(rng),
-                version: rng.gen(),
-                version_rolling_allowed: rng.gen(),
-                merkle_path: Seq0255U256::from_bytes(path).unwrap(),
-                coinbase_tx_prefix: B064K::new(leak_bytes(rng, 3000)).unwrap(),
-                coinbase_tx_suffix: B064K::new(leak_bytes(rng, 3000)).unwrap(),
-            })
-        }
-        20 => Message::SetNewPrevHash(ours::SetNewPrevHash {
-            channel_id: rng.gen(),
-            job_id: rng.gen(),
-            prev_hash: u256(rng),
-            min_ntime: rng.gen(),
-            nbits: rng.gen(),
-        }),
-        21 => Message::SetTarget(ours::SetTarget {
-            channel_id: rng.gen(),
-            maximum_target: u256(rng),
-        }),
-        _ => {
-            let ids = rng.gen_range(0..=100usize);
-            let bytes = Box::leak((0..ids * 4).map(|_| rng.gen()).collect::<Box<[u8]>>());
-            Message::SetGroupChannel(ours::SetGroupChannel {
-                group_channel_id: rng.gen(),
-                channel_ids: Seq064KU32::from_bytes(bytes).unwrap(),
-            })
-        }
-    }
-}
-
 #[test]
 fn every_message_encodes_as_the_reference_does_and_decodes_there() {
     let seed = std::env::var("OTEDAMA_SV2_SEED")
@@ -410,7 +244,7 @@ fn every_message_encodes_as_the_reference_does_and_decodes_there() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut seen = std::collections::BTreeSet::new();
     for round in 0..3_000 {
-        let message = random_message(&mut rng);
+        let message = sv2_random::random_message(&mut rng);
         seen.insert(message.name());
         let frame = message.to_frame();
         let payload = &frame[6..];
