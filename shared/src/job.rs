@@ -155,6 +155,17 @@ impl JobBook {
         }
     }
 
+    /// The full id of a live or recently retired job whose low 32 bits are
+    /// `job_id_low32`: Stratum V2 carries job ids as U32.
+    pub fn full_id_of_low32(&self, job_id_low32: u32) -> Option<u64> {
+        self.live
+            .iter()
+            .rev()
+            .map(|job| job.job_id())
+            .chain(self.stale_ids.iter().rev().copied())
+            .find(|id| *id as u32 == job_id_low32)
+    }
+
     pub fn newest(&self) -> Option<&Arc<Job>> {
         self.live.last()
     }

@@ -15,6 +15,7 @@ pub mod share;
 pub mod sv1;
 pub mod sv2;
 pub mod vardiff;
+pub mod work;
 
 pub use job::{Job, JobBook, JobLookup};
 pub use share::{DuplicateFilter, ShareRecord};

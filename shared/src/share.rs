@@ -54,14 +54,44 @@ fn header_with_root(
     submission: &ShareSubmission<'_>,
     merkle_root: &[u8; 32],
 ) -> [u8; 80] {
+    header_from_root(
+        job,
+        submission.version,
+        submission.ntime,
+        submission.nonce,
+        merkle_root,
+    )
+}
+
+/// The 80-byte header for a merkle root computed earlier: a Stratum V2 standard channel's
+/// root is fixed per channel and job, so its shares cost the header hash alone.
+pub fn header_from_root(
+    job: &Job,
+    version: u32,
+    ntime: u32,
+    nonce: u32,
+    merkle_root: &[u8; 32],
+) -> [u8; 80] {
     let mut header = [0u8; 80];
-    header[0..4].copy_from_slice(&submission.version.to_le_bytes());
+    header[0..4].copy_from_slice(&version.to_le_bytes());
     header[4..36].copy_from_slice(&job.template.prevhash);
     header[36..68].copy_from_slice(merkle_root);
-    header[68..72].copy_from_slice(&submission.ntime.to_le_bytes());
+    header[68..72].copy_from_slice(&ntime.to_le_bytes());
     header[72..76].copy_from_slice(&job.template.bits.to_le_bytes());
-    header[76..80].copy_from_slice(&submission.nonce.to_le_bytes());
+    header[76..80].copy_from_slice(&nonce.to_le_bytes());
     header
+}
+
+/// The merkle root of a job for the given extranonces.
+pub fn merkle_root(job: &Job, extranonce1: &[u8], extranonce2: &[u8]) -> [u8; 32] {
+    let submission = ShareSubmission {
+        extranonce1,
+        extranonce2,
+        ntime: 0,
+        nonce: 0,
+        version: 0,
+    };
+    merkle_root_from_branch(&coinbase_hash(job, &submission), &job.merkle_branch)
 }
 
 /// The proof-of-work value of a header under an algorithm.

@@ -9,17 +9,15 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use otedama_kernels::{Algorithm, Target};
+use otedama_kernels::Algorithm;
 
-use crate::address::{payout_address_of, script_for_address, AddressRule};
+use crate::address::AddressRule;
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
-use crate::limits::{
-    DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX, WORKERS_PER_CONNECTION_MAX,
-    WORKER_NAME_BYTES_MAX,
-};
+use crate::limits::WORKERS_PER_CONNECTION_MAX;
 use crate::share::{DuplicateFilter, ShareRecord};
-use crate::vardiff::{Vardiff, VardiffConfig};
+use crate::vardiff::VardiffConfig;
+use crate::work::{vet_worker_name, SentJob, WorkState};
 
 use super::request::{parse_borrowed, RequestId};
 use super::{set_difficulty_line, ErrorCode};
@@ -118,46 +116,35 @@ pub struct BlockCandidate {
     pub worker: String,
 }
 
-/// A job as this connection received it.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct SentJob {
-    pub job_id: u64,
-    pub difficulty_min: f64,
-    pub difficulty_latest: f64,
-}
-
 #[derive(Debug)]
 pub struct Session {
     pub(super) config: SessionConfig,
     pub(super) subscribed: bool,
     pub(super) workers: Vec<String>,
-    pub(super) difficulty: f64,
+    /// Difficulty, vardiff and the jobs sent: the rules V1 and V2 share.
+    pub(super) work: WorkState,
     /// Difficulty last announced with `mining.set_difficulty`, if any.
     announced_difficulty: Option<f64>,
-    /// Jobs sent to this miner, with the difficulties each was sent at (oldest first).
-    pub(super) sent_jobs: Vec<SentJob>,
     pub(super) version_mask: Option<u32>,
     pub(super) extranonce_subscribed: bool,
-    vardiff: Option<Vardiff>,
     outbox: Vec<u8>,
 }
 
 impl Session {
     pub fn new(config: SessionConfig) -> Self {
-        let difficulty = config
-            .start_difficulty
-            .clamp(config.difficulty_min.max(DIFFICULTY_MIN), DIFFICULTY_MAX);
-        let vardiff = config.vardiff.map(Vardiff::new);
+        let work = WorkState::new(
+            config.start_difficulty,
+            config.difficulty_min,
+            config.vardiff,
+        );
         Session {
             config,
             subscribed: false,
             workers: Vec::new(),
-            difficulty,
+            work,
             announced_difficulty: None,
-            sent_jobs: Vec::new(),
             version_mask: None,
             extranonce_subscribed: false,
-            vardiff,
             outbox: Vec::new(),
         }
     }
@@ -192,7 +179,7 @@ impl Session {
     }
 
     pub fn difficulty(&self) -> f64 {
-        self.difficulty
+        self.work.difficulty()
     }
 
     pub fn extranonce1(&self) -> &[u8] {
@@ -309,24 +296,12 @@ impl Session {
         if !matches!(password, None | Some(Value::String(_)) | Some(Value::Null)) {
             return self.reject(id, ErrorCode::Other, "password must be a string");
         }
-        if name.is_empty()
-            || name.len() > WORKER_NAME_BYTES_MAX
-            || name.chars().any(char::is_control)
-        {
-            return self.reject(id, ErrorCode::UnauthorizedWorker, "invalid worker name");
-        }
-        if let Some(rule) = &self.config.payout_address_rule {
-            if let Err(error) = script_for_address(rule, payout_address_of(name)) {
-                let message = format!("worker name must be ADDRESS or ADDRESS.RIG: {error}");
-                return self.reject(id, ErrorCode::UnauthorizedWorker, &message);
-            }
-        }
-        if self.config.bans.bans_worker(name) {
-            return self.reject(
-                id,
-                ErrorCode::UnauthorizedWorker,
-                "this payout address is banned",
-            );
+        if let Err(refusal) = vet_worker_name(
+            name,
+            self.config.payout_address_rule.as_ref(),
+            &self.config.bans,
+        ) {
+            return self.reject(id, ErrorCode::UnauthorizedWorker, &refusal.to_string());
         }
         if !self.workers.contains(name) {
             if self.workers.len() >= WORKERS_PER_CONNECTION_MAX {
@@ -354,7 +329,7 @@ impl Session {
         if !(suggested.is_finite() && suggested > 0.0) {
             return self.reject(id, ErrorCode::Other, "difficulty must be positive");
         }
-        self.difficulty = suggested.clamp(self.difficulty_floor(), DIFFICULTY_MAX);
+        self.work.set_difficulty(suggested);
         self.reply(id, json!(true));
         self.resend_newest_job(jobs, now_s);
         Outcome::Continue
@@ -391,59 +366,25 @@ impl Session {
         if !self.is_mining() {
             return;
         }
-        // Retargeting here catches miners that stopped sending shares altogether.
-        if let Some(next) = self
-            .vardiff
-            .as_mut()
-            .and_then(|v| v.retarget(now_s, self.difficulty))
-        {
-            self.difficulty = next;
-        }
+        self.work.retarget_before_job(now_s);
         self.announce_difficulty();
-        let job_id = job.job_id();
-        if job.template.clean_jobs {
-            self.sent_jobs.clear();
-        }
-        // A job re-sent at a new difficulty still accepts shares at the easiest difficulty it
-        // was sent at (they may be in flight), but credits the newest one to shares that
-        // meet it, so neither side gains from the change.
-        if let Some(entry) = self
-            .sent_jobs
-            .iter_mut()
-            .find(|entry| entry.job_id == job_id)
-        {
-            entry.difficulty_min = entry.difficulty_min.min(self.difficulty);
-            entry.difficulty_latest = self.difficulty;
-        } else {
-            if self.sent_jobs.len() >= JOBS_REMEMBERED_MAX {
-                self.sent_jobs.remove(0);
-            }
-            self.sent_jobs.push(SentJob {
-                job_id,
-                difficulty_min: self.difficulty,
-                difficulty_latest: self.difficulty,
-            });
-        }
+        self.work.record_sent(job);
         self.outbox.extend_from_slice(&job.notify_line);
     }
 
     fn announce_difficulty(&mut self) {
-        if self.announced_difficulty != Some(self.difficulty) {
+        let difficulty = self.work.difficulty();
+        if self.announced_difficulty != Some(difficulty) {
             self.outbox
-                .extend_from_slice(&set_difficulty_line(self.difficulty));
-            self.announced_difficulty = Some(self.difficulty);
+                .extend_from_slice(&set_difficulty_line(difficulty));
+            self.announced_difficulty = Some(difficulty);
         }
     }
 
     /// The accepted share is durable: acknowledge it.
     pub fn handle_share_durable(&mut self, request_id: &RequestId, now_s: u64, jobs: &JobBook) {
         self.reply_raw(request_id, b"true");
-        let Some(vardiff) = self.vardiff.as_mut() else {
-            return;
-        };
-        vardiff.on_share();
-        if let Some(next) = vardiff.retarget(now_s, self.difficulty) {
-            self.difficulty = next;
+        if self.work.on_share_durable(now_s) {
             self.resend_newest_job(jobs, now_s);
         }
     }
@@ -451,14 +392,6 @@ impl Session {
     /// The accepted share could not be stored: tell the miner it was not credited.
     pub fn handle_share_store_failed(&mut self, request_id: &RequestId) {
         self.reject(request_id, ErrorCode::Other, "share could not be stored");
-    }
-
-    fn difficulty_floor(&self) -> f64 {
-        self.config.difficulty_min.max(DIFFICULTY_MIN)
-    }
-
-    pub(super) fn share_target(&self, difficulty: f64) -> Target {
-        Target::from_difficulty(self.config.algorithm, difficulty).unwrap_or(Target::MAX)
     }
 
     pub(super) fn reply(&mut self, id: &RequestId, result: Value) {

@@ -3,18 +3,16 @@
 //! ranges (20), target (23), duplicate (22).
 
 use crate::hex32::decode_u32_be;
-use crate::job::JobLookup;
-use crate::limits::{EXTRANONCE2_BYTES, NTIME_FUTURE_SECONDS_MAX};
+use crate::limits::EXTRANONCE2_BYTES;
 use otedama_kernels::sha256d::sha256d_80;
 use otedama_kernels::Algorithm;
 
-use crate::share::{
-    build_header, check_pow, pow_hash, DuplicateFilter, ShareRecord, ShareSubmission,
-};
+use crate::share::{build_header, pow_hash, DuplicateFilter, ShareRecord, ShareSubmission};
+use crate::work::{check_ntime, check_version, credit_share, CreditedShare, Rejection};
 use crate::JobBook;
 
 use super::request::RequestId;
-use super::session::{AcceptedShare, BlockCandidate, Outcome, PendingPow, SentJob, Session};
+use super::session::{AcceptedShare, BlockCandidate, Outcome, PendingPow, Session};
 use super::{job_id_from_stratum, ErrorCode};
 
 impl Session {
@@ -39,15 +37,13 @@ impl Session {
         let Some(job_id) = job_id_from_stratum(fields[1]) else {
             return self.reject(id, ErrorCode::JobNotFound, "job not found");
         };
-        let sent = self.sent_job(job_id);
-        let job = match (jobs.lookup(job_id), sent) {
-            (JobLookup::Current(job), Some(_)) => job.clone(),
-            (JobLookup::Unknown, None) => {
+        let (job, sent) = match self.work.resolve(jobs, job_id) {
+            Ok(resolved) => resolved,
+            Err(Rejection::UnknownJob) => {
                 return self.reject(id, ErrorCode::JobNotFound, "job not found")
             }
-            _ => return self.reject(id, ErrorCode::JobNotFound, "stale job"),
+            Err(_) => return self.reject(id, ErrorCode::JobNotFound, "stale job"),
         };
-        let sent = sent.expect("checked above");
         let extranonce2_size = self.config.extranonce2_size;
         let Some(extranonce2) = decode_en2(fields[2], extranonce2_size) else {
             let message = format!("extranonce2 must be {extranonce2_size} bytes of hex");
@@ -56,9 +52,7 @@ impl Session {
         let Some(ntime) = decode_u32_be(fields[3]) else {
             return self.reject(id, ErrorCode::Other, "ntime must be 8 hex digits");
         };
-        if (ntime as u64) < job.template.ntime as u64
-            || ntime as u64 > now_s + NTIME_FUTURE_SECONDS_MAX
-        {
+        if check_ntime(&job, ntime, now_s).is_err() {
             return self.reject(id, ErrorCode::Other, "ntime out of range");
         }
         let Some(nonce) = decode_u32_be(fields[4]) else {
@@ -130,19 +124,16 @@ impl Session {
             extranonce2,
             extranonce2_len,
         } = pending;
-        let share_target = self.share_target(sent.difficulty_min);
-        let valid = match check_pow(&job, header, header_hash, pow, &share_target) {
-            Ok(valid) => valid,
-            Err(_) => return self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share"),
-        };
-        let difficulty = if valid.achieved_difficulty >= sent.difficulty_latest {
-            sent.difficulty_latest
-        } else {
-            sent.difficulty_min
-        };
-        if !duplicates.insert(job_id, valid.header_hash) {
-            return self.reject(&id, ErrorCode::Duplicate, "duplicate share");
-        }
+        let CreditedShare { valid, difficulty } =
+            match credit_share(&job, sent, header, header_hash, pow, duplicates) {
+                Ok(credited) => credited,
+                Err(Rejection::Duplicate) => {
+                    return self.reject(&id, ErrorCode::Duplicate, "duplicate share")
+                }
+                Err(_) => {
+                    return self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share")
+                }
+            };
         let extranonce2 = &extranonce2[..extranonce2_len];
         let block = valid.is_block.then(|| BlockCandidate {
             job_id,
@@ -170,27 +161,21 @@ impl Session {
         }))
     }
 
-    fn sent_job(&self, job_id: u64) -> Option<SentJob> {
-        self.sent_jobs
-            .iter()
-            .rev()
-            .find(|entry| entry.job_id == job_id)
-            .copied()
-    }
-
     /// BIP310: the block version is the job's version with the masked bits replaced. A
-    /// miner may send only the rolled bits or the whole version; either way, no bit outside
-    /// the negotiated mask may differ from the job's.
+    /// V1 miner may send only the rolled bits or the whole version; either way, the rule
+    /// V1 and V2 share then holds: no bit outside the negotiated mask may differ.
     fn rolled_version(&self, job_version: u32, text: &str) -> Result<u32, &'static str> {
         let Some(mask) = self.version_mask else {
             return Err("version rolling was not negotiated");
         };
         let bits = decode_u32_be(text).ok_or("version must be 8 hex digits")?;
-        let outside = bits & !mask;
-        if outside != 0 && outside != job_version & !mask {
-            return Err("version bits outside the negotiated mask");
-        }
-        Ok((job_version & !mask) | (bits & mask))
+        let full = if bits & !mask == 0 {
+            (job_version & !mask) | bits
+        } else {
+            bits
+        };
+        check_version(job_version, Some(mask), full)
+            .map_err(|_| "version bits outside the negotiated mask")
     }
 }
 

@@ -11,6 +11,8 @@
 
 pub mod frame;
 pub mod messages;
+pub mod noise;
+pub mod server;
 pub mod wire;
 
 pub use frame::{Frame, FrameDecoder, FrameError, FrameHeader};
