@@ -60,6 +60,8 @@ pub struct PayoutHandles {
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: Arc<PoolState>,
+    /// The Stratum V2 authority public key (base58check), when V2 is served.
+    pub sv2_authority_key: Option<String>,
     pub blocks: Arc<BlockStore>,
     pub payouts: PayoutHandles,
     pub audit: Arc<AuditLog>,
@@ -253,6 +255,8 @@ fn stats_json(state: &ApiState) -> Value {
     let block_value = state.pool.block_value().unwrap_or_default();
     json!({
         "shares_accepted": totals.shares_accepted,
+        "shares_accepted_by_protocol": totals.shares_accepted_by_protocol,
+        "sv2_authority_key": state.sv2_authority_key,
         "shares_rejected": totals.shares_rejected,
         "shares_rejected_by_code": totals.shares_rejected_by_code,
         "blocks_found": state.pool.blocks_found.load(Relaxed),

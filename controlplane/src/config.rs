@@ -12,6 +12,7 @@ use otedama_shared::limits::{DATAPLANE_PROCESSES_MAX, DIFFICULTY_MAX, DIFFICULTY
 use crate::chain::coin::{Coin, CoinParams, Network};
 use crate::chain::rpc::{RpcAuth, RpcClient};
 use otedama_shared::address::script_for_address;
+use otedama_shared::sv2::noise::AuthorityKey;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +30,13 @@ pub struct PoolConfig {
     /// Where block rewards go; checked against the coin and network at start.
     pub payout_address: String,
     pub stratum_listen: Vec<SocketAddr>,
+    /// Stratum V2 (Noise over TCP) listen addresses; none by default.
+    pub sv2_listen: Vec<SocketAddr>,
+    /// The pool authority's secret key (64 hex digits) for Stratum V2; created, readable by
+    /// the owner only, on first start. Default: `sv2-authority.key` in `data_dir`.
+    pub sv2_authority_key_file: Option<PathBuf>,
+    /// Seconds each V2 connection's Noise certificate is valid from its handshake.
+    pub sv2_certificate_validity_s: u32,
     pub start_difficulty: f64,
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
@@ -117,6 +125,9 @@ impl Default for PoolConfig {
             node_wallet: None,
             payout_address: String::new(),
             stratum_listen: vec!["0.0.0.0:3333".parse().expect("literal address")],
+            sv2_listen: Vec::new(),
+            sv2_authority_key_file: None,
+            sv2_certificate_validity_s: 3600,
             start_difficulty: 1.0,
             data_dir: PathBuf::from("otedama-data"),
             api_listen: "127.0.0.1:8080".parse().expect("literal address"),
@@ -177,6 +188,15 @@ pub struct ConfigArgs {
     /// Stratum V1 listen address; repeat the flag for several.
     #[arg(long, env = "OTEDAMA_STRATUM_LISTEN", value_delimiter = ',')]
     pub stratum_listen: Vec<SocketAddr>,
+    /// Stratum V2 (Noise over TCP) listen address; repeat the flag for several.
+    #[arg(long, env = "OTEDAMA_SV2_LISTEN", value_delimiter = ',')]
+    pub sv2_listen: Vec<SocketAddr>,
+    /// File with the pool authority's secret key (created if missing).
+    #[arg(long, env = "OTEDAMA_SV2_AUTHORITY_KEY_FILE")]
+    pub sv2_authority_key_file: Option<PathBuf>,
+    /// Seconds each V2 Noise certificate is valid.
+    #[arg(long, env = "OTEDAMA_SV2_CERTIFICATE_VALIDITY_S")]
+    pub sv2_certificate_validity_s: Option<u32>,
     /// Difficulty new connections start at; fractions such as 0.001 are fine.
     #[arg(long, env = "OTEDAMA_START_DIFFICULTY")]
     pub start_difficulty: Option<f64>,
@@ -289,6 +309,13 @@ impl ConfigArgs {
             payout_min
         );
         take!(pplns_window_factor, pplnt_presence_min);
+        take!(sv2_certificate_validity_s);
+        if let Some(path) = &self.sv2_authority_key_file {
+            config.sv2_authority_key_file = Some(path.clone());
+        }
+        if !self.sv2_listen.is_empty() {
+            config.sv2_listen = self.sv2_listen.clone();
+        }
         if let Some(path) = &self.admin_token_file {
             config.admin_token_file = Some(path.clone());
         }
@@ -344,6 +371,9 @@ impl PoolConfig {
         }
         if self.stratum_listen.is_empty() {
             bail!("at least one stratum_listen address is needed");
+        }
+        if self.sv2_certificate_validity_s < 60 {
+            bail!("sv2_certificate_validity_s must be at least 60 (miners' clocks drift)");
         }
         if self.coinbase_tag.len() > crate::jobs::builder::COINBASE_TAG_BYTES_MAX {
             bail!(
@@ -430,6 +460,53 @@ impl PoolConfig {
         Ok(&self.data_dir)
     }
 
+    pub fn sv2_authority_key_path(&self) -> PathBuf {
+        self.sv2_authority_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("sv2-authority.key"))
+    }
+
+    /// The Stratum V2 authority key: read from its file, or made and written there (mode
+    /// 0600, created exclusively, so two processes starting together agree on one key).
+    pub fn sv2_authority(&self) -> anyhow::Result<AuthorityKey> {
+        let path = self.sv2_authority_key_path();
+        let read = |path: &Path| -> anyhow::Result<AuthorityKey> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let secret: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .with_context(|| format!("{} must hold 64 hex digits", path.display()))?;
+            AuthorityKey::from_secret(secret)
+                .with_context(|| format!("{} is not a valid secp256k1 key", path.display()))
+        };
+        if path.exists() {
+            return read(&path);
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let key = AuthorityKey::generate(&mut rand::rngs::OsRng);
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                file.write_all(format!("{}\n", hex::encode(key.secret_bytes())).as_bytes())?;
+                file.sync_all()?;
+                tracing::info!(path = %path.display(), "created the Stratum V2 authority key");
+                Ok(key)
+            }
+            // Another process made it first: use theirs.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+            Err(error) => Err(error).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+
     /// The pool fee in parts per million, as the payout code takes it.
     pub fn pool_fee_ppm(&self) -> u64 {
         (self.pool_fee_percent * 10_000.0).round() as u64
@@ -453,14 +530,25 @@ impl PoolConfig {
     }
 
     /// What data-plane process `process_index` (of `dataplane_processes`) needs.
-    pub fn dataplane_config(&self, process_index: usize) -> otedama_dataplane::DataplaneConfig {
+    pub fn dataplane_config(
+        &self,
+        process_index: usize,
+    ) -> anyhow::Result<otedama_dataplane::DataplaneConfig> {
         let host_cores: Vec<usize> = if self.cores.is_empty() {
             (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
         } else {
             self.cores.clone()
         };
-        otedama_dataplane::DataplaneConfig {
+        let sv2_authority = if self.sv2_listen.is_empty() {
+            None
+        } else {
+            Some(self.sv2_authority()?)
+        };
+        Ok(otedama_dataplane::DataplaneConfig {
             stratum_listen: self.stratum_listen.clone(),
+            sv2_listen: self.sv2_listen.clone(),
+            sv2_authority,
+            sv2_certificate_validity_s: self.sv2_certificate_validity_s,
             cores: otedama_dataplane::rt::cores_for_process(
                 &host_cores,
                 process_index,
@@ -484,7 +572,7 @@ impl PoolConfig {
                 }
             }),
             payout_address_rule: Some(self.coin_params().address),
-        }
+        })
     }
 }
 

@@ -540,8 +540,22 @@ fn serve(
     let bans = Arc::new(crate::bans::BanStore::open(
         config.data_dir.join("bans.json"),
     )?);
+    // Miners pin this key in their stratum2+tcp URL; the data plane signs with its secret.
+    let sv2_authority_key = if config.sv2_listen.is_empty() {
+        None
+    } else {
+        let key = config.sv2_authority()?.public_base58();
+        for address in &config.sv2_listen {
+            tracing::info!(
+                url = %format!("stratum2+tcp://{address}/{key}"),
+                "Stratum V2 listening; authority public key {key}"
+            );
+        }
+        Some(key)
+    };
     let api_state = ApiState {
         pool: state.clone(),
+        sv2_authority_key,
         blocks: store,
         payouts,
         audit,

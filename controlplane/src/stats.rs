@@ -45,6 +45,7 @@ pub struct PoolState {
 pub struct PoolTotals {
     pub connections: u64,
     pub shares_accepted: u64,
+    pub shares_accepted_by_protocol: otedama_shared::ipc::SharesByProtocol,
     pub shares_rejected: u64,
     pub shares_rejected_by_code: BTreeMap<i32, u64>,
     pub accepted_difficulty_sum: f64,
@@ -98,6 +99,7 @@ impl PoolState {
         for counters in planes.values() {
             totals.connections += counters.connections;
             totals.shares_accepted += counters.shares_accepted;
+            totals.shares_accepted_by_protocol += counters.shares_accepted_by_protocol;
             totals.shares_rejected += counters.shares_rejected;
             totals.accepted_difficulty_sum += counters.accepted_difficulty_sum;
             totals.block_candidates += counters.block_candidates;

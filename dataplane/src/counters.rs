@@ -3,8 +3,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use otedama_shared::ipc::{DataplaneCounters, ACK_LATENCY_BUCKETS_S};
+use otedama_shared::ipc::{DataplaneCounters, SharesByProtocol, ACK_LATENCY_BUCKETS_S};
 use otedama_shared::sv1::ErrorCode;
+
+use crate::rt::Protocol;
 
 const REJECT_CODES: [ErrorCode; 6] = [
     ErrorCode::Other,
@@ -19,6 +21,8 @@ const REJECT_CODES: [ErrorCode; 6] = [
 pub struct Counters {
     pub connections: AtomicU64,
     pub shares_accepted: AtomicU64,
+    /// Accepted shares by front end: V1, V2 over TCP, V2 over QUIC.
+    shares_accepted_by_protocol: [AtomicU64; 3],
     /// Accepted difficulty, in millionths, so it can be summed atomically as an integer.
     pub accepted_difficulty_micro: AtomicU64,
     pub block_candidates: AtomicU64,
@@ -37,8 +41,14 @@ impl Counters {
         self.rejected[index].fetch_add(1, Relaxed);
     }
 
-    pub fn accepted(&self, difficulty: f64) {
+    pub fn accepted(&self, difficulty: f64, protocol: Protocol) {
         self.shares_accepted.fetch_add(1, Relaxed);
+        let index = match protocol {
+            Protocol::V1 => 0,
+            Protocol::V2 => 1,
+            Protocol::Quic => 2,
+        };
+        self.shares_accepted_by_protocol[index].fetch_add(1, Relaxed);
         self.accepted_difficulty_micro
             .fetch_add((difficulty * 1e6) as u64, Relaxed);
     }
@@ -62,6 +72,11 @@ impl Counters {
         DataplaneCounters {
             connections: self.connections.load(Relaxed),
             shares_accepted: self.shares_accepted.load(Relaxed),
+            shares_accepted_by_protocol: SharesByProtocol {
+                v1: self.shares_accepted_by_protocol[0].load(Relaxed),
+                v2: self.shares_accepted_by_protocol[1].load(Relaxed),
+                quic: self.shares_accepted_by_protocol[2].load(Relaxed),
+            },
             shares_rejected: by_code.iter().map(|(_, n)| n).sum(),
             shares_rejected_by_code: by_code,
             accepted_difficulty_sum: self.accepted_difficulty_micro.load(Relaxed) as f64 / 1e6,

@@ -23,6 +23,12 @@ use otedama_kernels::Algorithm;
 #[derive(Clone, Debug)]
 pub struct DataplaneConfig {
     pub stratum_listen: Vec<SocketAddr>,
+    /// Stratum V2 over TCP (Noise) listeners.
+    pub sv2_listen: Vec<SocketAddr>,
+    /// The key that signs each V2 connection's Noise certificate.
+    pub sv2_authority: Option<otedama_shared::sv2::noise::AuthorityKey>,
+    /// How long each Noise certificate is valid from its handshake.
+    pub sv2_certificate_validity_s: u32,
     /// Cores to run on; empty means every online core.
     pub cores: Vec<usize>,
     /// This process's place among the host's data-plane processes; with `cores`, it picks

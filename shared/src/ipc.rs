@@ -40,6 +40,8 @@ pub const ACK_LATENCY_BUCKETS_S: [f64; 12] = [
 pub struct DataplaneCounters {
     pub connections: u64,
     pub shares_accepted: u64,
+    #[serde(default)]
+    pub shares_accepted_by_protocol: SharesByProtocol,
     pub shares_rejected: u64,
     pub shares_rejected_by_code: Vec<(i32, u64)>,
     /// Sum of the difficulty of accepted shares, for hashrate estimates.
@@ -53,6 +55,24 @@ pub struct DataplaneCounters {
     pub ack_latency_count: u64,
     #[serde(default)]
     pub ack_latency_sum_us: u64,
+}
+
+/// Accepted shares by the front end they came through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharesByProtocol {
+    pub v1: u64,
+    /// Stratum V2 over TCP (Noise).
+    pub v2: u64,
+    /// Stratum V2 over QUIC.
+    pub quic: u64,
+}
+
+impl std::ops::AddAssign for SharesByProtocol {
+    fn add_assign(&mut self, other: Self) {
+        self.v1 += other.v1;
+        self.v2 += other.v2;
+        self.quic += other.quic;
+    }
 }
 
 /// Encodes one message as a line.

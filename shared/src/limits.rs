@@ -39,3 +39,8 @@ const _: () =
 /// Data-plane processes on one host. Each process takes `cores` slices of the one-byte
 /// extranonce1 partition space, so processes × cores must also stay within 256.
 pub const DATAPLANE_PROCESSES_MAX: usize = 64;
+
+/// Largest Stratum V2 frame payload the pool accepts from a miner. The largest message a
+/// miner sends is SetupConnection, under 1.3 KB with every string at its 255-byte limit;
+/// anything longer is refused as soon as its header is decrypted.
+pub const SV2_PAYLOAD_BYTES_MAX: usize = 4096;

@@ -199,22 +199,26 @@ impl PoolSetup {
 
     /// Starts `otedama miner` authorizing as `user` (`ADDRESS.RIG`).
     pub fn spawn_miner_as(&self, user: &str, threads: usize) -> anyhow::Result<Process> {
-        let worker = user;
-        let child = Command::new(otedama_binary())
-            .arg("miner")
-            .args(["--url", &self.stratum_url()])
-            .args(["--user", user])
-            .args(["--algo", "scrypt", "--threads", &threads.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting otedama miner")?;
-        Ok(Process {
-            child,
-            name: format!("miner {worker}"),
-        })
+        spawn_miner_at(&self.stratum_url(), user, threads)
     }
+}
+
+/// Starts `otedama miner --url URL` (any protocol it speaks) as `user`, mining scrypt.
+pub fn spawn_miner_at(url: &str, user: &str, threads: usize) -> anyhow::Result<Process> {
+    let child = Command::new(otedama_binary())
+        .arg("miner")
+        .args(["--url", url])
+        .args(["--user", user])
+        .args(["--algo", "scrypt", "--threads", &threads.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting otedama miner")?;
+    Ok(Process {
+        child,
+        name: format!("miner {user}"),
+    })
 }
 
 /// `GET path` on the admin API with the bearer token.

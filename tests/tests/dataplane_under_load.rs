@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use otedama_dataplane::net::sv1::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
+use otedama_dataplane::net::wire::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
 use otedama_dataplane::rt::RECEIVE_BUFFER_BYTES;
 use otedama_dataplane::store::{BatchSink, PendingShare, ShareLog, ShareLogHandle, StoreError};
 use otedama_dataplane::DataplaneConfig;
@@ -88,6 +88,9 @@ fn start_dataplane(
     let share_log_path = dir.join("shares");
     let config = DataplaneConfig {
         stratum_listen: vec![format!("127.0.0.1:{port}").parse().unwrap()],
+        sv2_listen: Vec::new(),
+        sv2_authority: None,
+        sv2_certificate_validity_s: 3600,
         cores: vec![0],
         process_index: 0,
         processes: 1,

@@ -19,11 +19,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use otedama_shared::bans::BanList;
 use otedama_shared::ipc::Upstream;
-use otedama_shared::sv1::{AcceptedShare, ErrorCode, PendingPow};
-use otedama_shared::{DuplicateFilter, Job, JobBook};
+use otedama_shared::sv1::{BlockCandidate, ErrorCode};
+use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 
 use crate::counters::Counters;
-use crate::net::sv1::{now_s, serve_connection, Connection};
+use crate::net::now_s;
+use crate::net::wire::Wire;
+use crate::net::{sv1, sv2};
 use crate::store::{Completed, ShareLog, ShareLogHandle, SHARES_AWAITING_DURABILITY_PER_CORE_MAX};
 use crate::DataplaneConfig;
 use gate::Gate;
@@ -48,12 +50,79 @@ pub enum CoreCommand {
     Bans(Arc<BanList>),
 }
 
+/// Which front end a share came in through, for the per-protocol counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    V1,
+    /// Stratum V2 over TCP with Noise.
+    V2,
+    /// Stratum V2 over QUIC.
+    Quic,
+}
+
+/// A connection of any front end, as the core's broadcasts and sweeps see it.
+#[derive(Clone)]
+pub enum Peer {
+    V1(Rc<sv1::Connection>),
+    V2(Rc<sv2::Connection>),
+}
+
+impl Peer {
+    fn send_job(&self, job: &Job, now_s: u64) {
+        match self {
+            Peer::V1(connection) => connection.send_job(job, now_s),
+            Peer::V2(connection) => connection.send_job(job, now_s),
+        }
+    }
+
+    fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
+        match self {
+            Peer::V1(connection) => connection.apply_bans(bans),
+            Peer::V2(connection) => connection.apply_bans(bans),
+        }
+    }
+
+    fn wire(&self) -> &Rc<Wire> {
+        match self {
+            Peer::V1(connection) => &connection.wire,
+            Peer::V2(connection) => &connection.wire,
+        }
+    }
+}
+
+/// A share whose acknowledgement waits for the disk, with the session that will send it.
+pub enum Acknowledge {
+    V1(Rc<sv1::Connection>, Box<otedama_shared::sv1::AcceptedShare>),
+    V2(
+        Rc<sv2::Connection>,
+        Box<otedama_shared::sv2::server::AcceptedShare>,
+    ),
+}
+
 /// An accepted share waiting for its batch to be durable before the miner hears `true`.
 pub struct AwaitingAck {
-    pub connection: Rc<Connection>,
-    pub share: Box<AcceptedShare>,
+    pub share: Acknowledge,
+    pub protocol: Protocol,
     /// When the share passed validation, for the acknowledgement latency histogram.
     pub validated_at: std::time::Instant,
+}
+
+/// A scrypt share waiting for the core's batch hasher.
+pub enum PowWork {
+    V1(Rc<sv1::Connection>, Box<otedama_shared::sv1::PendingPow>),
+    V2(
+        Rc<sv2::Connection>,
+        Box<otedama_shared::sv2::server::PendingPow>,
+    ),
+}
+
+impl PowWork {
+    fn header(&self) -> [u8; 80] {
+        match self {
+            PowWork::V1(_, pending) => pending.header,
+            PowWork::V2(_, pending) => pending.header,
+        }
+    }
 }
 
 /// Everything one core owns. Only that core's executor ever touches it.
@@ -65,17 +134,19 @@ pub struct Core {
     pub config: Rc<DataplaneConfig>,
     pub jobs: RefCell<JobBook>,
     pub duplicates: RefCell<DuplicateFilter>,
-    connections: RefCell<HashMap<u64, Rc<Connection>>>,
+    connections: RefCell<HashMap<u64, Peer>>,
     /// Accepted shares in the order they went to the share log, which is the order the
     /// writer completes them in.
     pub awaiting: RefCell<VecDeque<AwaitingAck>>,
     pub awaiting_durability: Gate,
     pub receive_buffer: RefCell<Box<[u8]>>,
     /// Scrypt shares waiting for the batch hasher, and the hasher's waker.
-    pow_queue: RefCell<Vec<(Rc<Connection>, Box<PendingPow>)>>,
+    pow_queue: RefCell<Vec<PowWork>>,
     pow_waiter: RefCell<Option<std::task::Waker>>,
     next_connection_id: Cell<u64>,
     next_extranonce: Cell<u32>,
+    /// Randomness for Noise handshakes (ephemeral and static keys, signatures).
+    pub rng: RefCell<rand::rngs::StdRng>,
     pub share_log: ShareLogHandle,
     pub upstream: crossbeam_channel::Sender<Upstream>,
     pub counters: Arc<Counters>,
@@ -99,7 +170,7 @@ impl Core {
         value.to_vec()
     }
 
-    pub fn register(&self, connection: Rc<Connection>) -> u64 {
+    pub fn register(&self, connection: Peer) -> u64 {
         let id = self.next_connection_id.get();
         self.next_connection_id.set(id + 1);
         self.connections.borrow_mut().insert(id, connection);
@@ -115,8 +186,7 @@ impl Core {
     async fn publish_job(&self, job: Arc<Job>) {
         let retired = self.jobs.borrow_mut().insert(job.clone());
         self.duplicates.borrow_mut().retire(&retired);
-        let connections: Vec<Rc<Connection>> =
-            self.connections.borrow().values().cloned().collect();
+        let connections: Vec<Peer> = self.connections.borrow().values().cloned().collect();
         let now_s = now_s();
         let started = std::time::Instant::now();
         let mut longest_slice = Duration::ZERO;
@@ -143,8 +213,7 @@ impl Core {
     /// by an authorized worker's address.
     fn apply_bans(&self, bans: Arc<BanList>) {
         *self.bans.borrow_mut() = bans.clone();
-        let connections: Vec<Rc<Connection>> =
-            self.connections.borrow().values().cloned().collect();
+        let connections: Vec<Peer> = self.connections.borrow().values().cloned().collect();
         let mut closed = 0;
         for connection in connections {
             if connection.apply_bans(&bans) {
@@ -160,8 +229,8 @@ impl Core {
     }
 
     /// Queues a scrypt share for the batch hasher.
-    pub fn queue_pow(&self, connection: Rc<Connection>, pending: Box<PendingPow>) {
-        self.pow_queue.borrow_mut().push((connection, pending));
+    pub fn queue_pow(&self, work: PowWork) {
+        self.pow_queue.borrow_mut().push(work);
         if let Some(waker) = self.pow_waiter.borrow_mut().take() {
             waker.wake();
         }
@@ -172,8 +241,7 @@ impl Core {
     /// together are hashed together; a lone share goes through the one-lane crate, which is
     /// cheaper than a mostly empty multi-lane pass.
     async fn hash_scrypt_shares(self: Rc<Self>) {
-        let mut batch: Vec<(Rc<Connection>, Box<PendingPow>)> =
-            Vec::with_capacity(SCRYPT_LANES_MAX);
+        let mut batch: Vec<PowWork> = Vec::with_capacity(SCRYPT_LANES_MAX);
         let mut headers = Vec::with_capacity(SCRYPT_LANES_MAX);
         let mut pows = Vec::with_capacity(SCRYPT_LANES_MAX);
         loop {
@@ -193,7 +261,7 @@ impl Core {
                 batch.extend(queue.drain(..take));
             }
             headers.clear();
-            headers.extend(batch.iter().map(|(_, pending)| pending.header));
+            headers.extend(batch.iter().map(PowWork::header));
             pows.clear();
             pows.resize(headers.len(), [0u8; 32]);
             if headers.len() == 1 {
@@ -202,16 +270,34 @@ impl Core {
                 otedama_kernels::scrypt::scrypt_pow_many(&headers, &mut pows);
             }
             let now_s = now_s();
-            for ((connection, pending), pow) in batch.drain(..).zip(&pows) {
-                let mut session = connection.session.borrow_mut();
-                let outcome = {
-                    let mut duplicates = self.duplicates.borrow_mut();
-                    session.handle_pow(pending, pow, now_s, &mut duplicates)
-                };
-                // Not a close: handle_pow never asks for one.
-                let _ = crate::net::sv1::apply_outcome(&self, &connection, &mut session, outcome);
-                connection.flush(&mut session);
-                connection.awaiting_ack.give_back(1);
+            for (work, pow) in batch.drain(..).zip(&pows) {
+                // Neither session asks to close from handle_pow.
+                match work {
+                    PowWork::V1(connection, pending) => {
+                        let mut session = connection.session.borrow_mut();
+                        let outcome = {
+                            let mut duplicates = self.duplicates.borrow_mut();
+                            session.handle_pow(pending, pow, now_s, &mut duplicates)
+                        };
+                        let _ = sv1::apply_outcome(&self, &connection, &mut session, outcome);
+                        connection.flush(&mut session);
+                        connection.wire.awaiting_ack.give_back(1);
+                    }
+                    PowWork::V2(connection, pending) => {
+                        let outcome = {
+                            let mut duplicates = self.duplicates.borrow_mut();
+                            connection.session.borrow_mut().handle_pow(
+                                *pending,
+                                pow,
+                                now_s,
+                                &mut duplicates,
+                            )
+                        };
+                        let _ = sv2::apply_outcome(&self, &connection, outcome);
+                        connection.flush();
+                        connection.wire.awaiting_ack.give_back(1);
+                    }
+                }
             }
             glommio::yield_if_needed().await;
         }
@@ -224,42 +310,110 @@ impl Core {
             .connections
             .borrow()
             .values()
-            .filter(|connection| connection.close_if_idle_since(cutoff_s))
+            .filter(|connection| connection.wire().close_if_idle_since(cutoff_s))
             .count();
         if closed > 0 {
             tracing::debug!(closed, "closed idle connections");
         }
     }
 
+    /// Appends an accepted share to the share log and sends its block up at once (the
+    /// block is valid whether or not the share log keeps the share). On success the share
+    /// counts against the connection's and the core's allowances until it is durable;
+    /// `false` if it could not be stored.
+    pub fn store_share(
+        &self,
+        wire: &Wire,
+        record: &ShareRecord,
+        block: Option<BlockCandidate>,
+    ) -> bool {
+        if let Err(error) = self.share_log.append(self.index, record) {
+            tracing::error!(%error, "share not stored");
+            return false;
+        }
+        if let Some(block) = block {
+            self.counters
+                .block_candidates
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self
+                .upstream
+                .try_send(Upstream::BlockCandidate(block))
+                .is_err()
+            {
+                tracing::error!("upstream queue full: block candidate dropped");
+            }
+        }
+        wire.awaiting_ack.take(1);
+        self.awaiting_durability.take(1);
+        true
+    }
+
+    /// Queues the acknowledgement of a share `store_share` took.
+    pub fn await_durability(&self, awaiting: AwaitingAck) {
+        self.awaiting.borrow_mut().push_back(awaiting);
+    }
+
     /// The share log made the next `done.shares` of this core's shares durable (or failed
-    /// to): answer each miner, in order, and let readers go on.
+    /// to): answer each miner, in order, and let readers go on. Each connection's replies
+    /// are sent once at the end, so a batch's acknowledgements share a send (and, in V2,
+    /// fold into one SubmitShares.Success per channel).
     fn complete_shares(&self, done: Completed) {
         let now_s = now_s();
         let now = std::time::Instant::now();
+        let mut touched: Vec<Peer> = Vec::new();
+        let mut touched_wires: std::collections::HashSet<*const Wire> = Default::default();
         for _ in 0..done.shares {
             let Some(AwaitingAck {
-                connection,
                 share,
+                protocol,
                 validated_at,
             }) = self.awaiting.borrow_mut().pop_front()
             else {
                 tracing::error!("share log completed more shares than this core sent");
                 break;
             };
-            {
-                let mut session = connection.session.borrow_mut();
-                if done.result.is_ok() {
-                    session.handle_share_durable(&share.request_id, now_s, &self.jobs.borrow());
-                    self.counters.accepted(share.record.difficulty);
-                    self.counters
-                        .acknowledged(now.duration_since(validated_at).as_micros() as u64);
-                } else {
-                    session.handle_share_store_failed(&share.request_id);
-                    self.counters.rejected(ErrorCode::Other);
+            let (peer, difficulty) = match share {
+                Acknowledge::V1(connection, share) => {
+                    let mut session = connection.session.borrow_mut();
+                    if done.result.is_ok() {
+                        session.handle_share_durable(&share.request_id, now_s, &self.jobs.borrow());
+                    } else {
+                        session.handle_share_store_failed(&share.request_id);
+                    }
+                    drop(session);
+                    (Peer::V1(connection), share.record.difficulty)
                 }
-                connection.flush(&mut session);
+                Acknowledge::V2(connection, share) => {
+                    let mut session = connection.session.borrow_mut();
+                    if done.result.is_ok() {
+                        session.handle_share_durable(&share, now_s);
+                    } else {
+                        session.handle_share_store_failed(&share);
+                    }
+                    drop(session);
+                    (Peer::V2(connection), share.record.difficulty)
+                }
+            };
+            if done.result.is_ok() {
+                self.counters.accepted(difficulty, protocol);
+                self.counters
+                    .acknowledged(now.duration_since(validated_at).as_micros() as u64);
+            } else {
+                self.counters.rejected(ErrorCode::Other);
             }
-            connection.awaiting_ack.give_back(1);
+            peer.wire().awaiting_ack.give_back(1);
+            if touched_wires.insert(Rc::as_ptr(peer.wire())) {
+                touched.push(peer);
+            }
+        }
+        for peer in touched {
+            match peer {
+                Peer::V1(connection) => {
+                    let mut session = connection.session.borrow_mut();
+                    connection.flush(&mut session);
+                }
+                Peer::V2(connection) => connection.flush(),
+            }
         }
         self.awaiting_durability.give_back(done.shares);
     }
@@ -391,6 +545,7 @@ pub fn run_with_share_log(
                     pow_waiter: RefCell::new(None),
                     next_connection_id: Cell::new(0),
                     next_extranonce: Cell::new(rand::random::<u32>() & 0x00ff_ffff),
+                    rng: RefCell::new(rand::SeedableRng::from_entropy()),
                     share_log,
                     upstream,
                     counters,
@@ -407,7 +562,12 @@ pub fn run_with_share_log(
         upstream_rx,
         counters,
     );
-    tracing::info!(cores = ?cores, listen = ?config.stratum_listen, "data plane running");
+    tracing::info!(
+        cores = ?cores,
+        stratum_listen = ?config.stratum_listen,
+        sv2_listen = ?config.sv2_listen,
+        "data plane running"
+    );
     for handle in handles {
         handle
             .join()
@@ -441,11 +601,23 @@ async fn core_main(
     })
     .detach();
     let mut accept_tasks = Vec::new();
-    for address in core.config.stratum_listen.clone() {
+    let front_ends = core
+        .config
+        .stratum_listen
+        .iter()
+        .map(|address| (*address, FrontEnd::V1))
+        .chain(
+            core.config
+                .sv2_listen
+                .iter()
+                .map(|address| (*address, FrontEnd::V2)),
+        )
+        .collect::<Vec<_>>();
+    for (address, front_end) in front_ends {
         let listener = TcpListener::bind(address)
-            .map_err(|e| anyhow::anyhow!("binding stratum listener {address}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("binding {front_end:?} listener {address}: {e}"))?;
         let core = core.clone();
-        accept_tasks.push(glommio::spawn_local(accept_loop(core, listener)));
+        accept_tasks.push(glommio::spawn_local(accept_loop(core, listener, front_end)));
     }
     while let Some(command) = commands.next().await {
         match command {
@@ -456,11 +628,26 @@ async fn core_main(
     Ok(())
 }
 
-async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+/// The protocol a TCP listener speaks.
+#[derive(Clone, Copy, Debug)]
+enum FrontEnd {
+    V1,
+    V2,
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, front_end: FrontEnd) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(serve_connection(core.clone(), stream)).detach();
+                let core = core.clone();
+                match front_end {
+                    FrontEnd::V1 => {
+                        glommio::spawn_local(sv1::serve_connection(core, stream)).detach()
+                    }
+                    FrontEnd::V2 => {
+                        glommio::spawn_local(sv2::serve_connection(core, stream)).detach()
+                    }
+                };
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");

@@ -9,6 +9,7 @@
 //! peer in our interop tests, and the byte vectors in `tests/sv2_codec.rs` come from the
 //! specification's field tables.
 
+pub mod client;
 pub mod frame;
 pub mod messages;
 pub mod noise;

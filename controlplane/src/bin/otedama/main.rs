@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                 args.process_index,
                 config.dataplane_processes
             );
-            otedama_dataplane::run(config.dataplane_config(args.process_index))
+            otedama_dataplane::run(config.dataplane_config(args.process_index)?)
         }
         Command::Controlplane(args) => otedama_controlplane::service::run(args.load()?),
         Command::Demo(args) => demo::run(args),

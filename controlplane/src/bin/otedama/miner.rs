@@ -1,6 +1,8 @@
-//! `otedama miner`: a multi-threaded CPU miner that speaks Stratum V1 the way cpuminer
-//! does. One thread owns the connection; worker threads scan nonces on the newest job,
-//! each with its own extranonce2, and hand winning nonces back as `mining.submit`.
+//! `otedama miner`: a multi-threaded CPU miner. Over Stratum V1 it speaks the way cpuminer
+//! does; over Stratum V2 (`stratum2+tcp://HOST:PORT/KEY`, Noise pinned to the pool's
+//! authority key) it is a header-only device on a standard channel. One thread owns the
+//! connection; worker threads scan nonces on the newest work, each on its own extranonce2
+//! (V1) or version bits (V2), and hand what they find back to it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -13,7 +15,10 @@ use serde_json::{json, Value};
 
 use otedama_kernels::scrypt::scrypt_pow;
 use otedama_kernels::{sha256d, Algorithm, Target};
+use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
 use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
+use otedama_shared::sv2::client::{ClientEvent, StandardClient};
+use otedama_shared::sv2::noise::{decode_authority_public_key, NoiseClient, NoiseTransport};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum AlgoArg {
@@ -23,7 +28,8 @@ pub enum AlgoArg {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct MinerArgs {
-    /// Pool URL, stratum+tcp://HOST:PORT.
+    /// Pool URL: stratum+tcp://HOST:PORT (V1) or stratum2+tcp://HOST:PORT/KEY (V2 with
+    /// Noise, KEY being the pool's authority public key).
     #[arg(long)]
     pub url: String,
     /// Worker name to authorize, such as ADDRESS.WORKER.
@@ -44,11 +50,69 @@ pub struct MinerArgs {
 /// What the worker threads mine on; replaced whenever a job or difficulty arrives.
 #[derive(Clone)]
 struct Work {
-    job: NotifiedJob,
-    extranonce1: Vec<u8>,
-    extranonce2_size: usize,
+    template: WorkTemplate,
     target: Target,
     generation: u64,
+}
+
+#[derive(Clone)]
+enum WorkTemplate {
+    /// V1: the miner builds the coinbase and merkle root for each extranonce2.
+    V1 {
+        job: NotifiedJob,
+        extranonce1: Vec<u8>,
+        extranonce2_size: usize,
+    },
+    /// V2 standard channel: the header is given, nonce 0; the miner rolls the nonce and
+    /// the BIP320 version bits.
+    V2 {
+        header: [u8; 80],
+        channel_id: u32,
+        job_id: u32,
+    },
+}
+
+/// A share a worker thread found, for the connection thread to submit.
+struct Found {
+    template: WorkTemplate,
+    extranonce2: Vec<u8>,
+    ntime: u32,
+    nonce: u32,
+    version: u32,
+}
+
+/// Version bits a V2 miner rolls (BIP320), as the pool allows by default.
+const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
+
+/// The pool a URL names.
+enum Endpoint {
+    V1 {
+        address: String,
+    },
+    V2 {
+        address: String,
+        authority: [u8; 32],
+    },
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Endpoint> {
+    if let Some(rest) = url.strip_prefix("stratum+tcp://") {
+        return Ok(Endpoint::V1 {
+            address: rest.trim_end_matches('/').to_string(),
+        });
+    }
+    if let Some(rest) = url.strip_prefix("stratum2+tcp://") {
+        let (address, key) = rest.split_once('/').context(
+            "a stratum2+tcp URL needs the pool's authority key: stratum2+tcp://HOST:PORT/KEY",
+        )?;
+        let authority = decode_authority_public_key(key)
+            .context("the authority key in the URL is not a valid base58check SV2 key")?;
+        return Ok(Endpoint::V2 {
+            address: address.to_string(),
+            authority,
+        });
+    }
+    bail!("--url must be stratum+tcp://HOST:PORT or stratum2+tcp://HOST:PORT/KEY")
 }
 
 struct Shared {
@@ -61,12 +125,7 @@ struct Shared {
 }
 
 pub fn run(args: MinerArgs) -> anyhow::Result<()> {
-    let address = args
-        .url
-        .strip_prefix("stratum+tcp://")
-        .context("--url must look like stratum+tcp://HOST:PORT")?
-        .trim_end_matches('/')
-        .to_string();
+    let endpoint = parse_url(&args.url)?;
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
@@ -82,11 +141,11 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         rejected: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
-    let (submit_tx, submit_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let (found_tx, found_rx) = crossbeam_channel::unbounded::<Found>();
     let workers: Vec<_> = (0..args.threads)
         .map(|index| {
-            let (shared, submit_tx, user) = (shared.clone(), submit_tx.clone(), args.user.clone());
-            std::thread::spawn(move || mine(index, algorithm, &shared, &submit_tx, &user))
+            let (shared, found_tx) = (shared.clone(), found_tx.clone());
+            std::thread::spawn(move || mine(index, algorithm, &shared, &found_tx))
         })
         .collect();
     let deadline = args
@@ -95,15 +154,28 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_report = Instant::now();
     while deadline.is_none_or(|d| Instant::now() < d) {
-        if let Err(error) = session(
-            &address,
-            &args,
-            &shared,
-            &submit_rx,
-            deadline,
-            &mut last_report,
-            started,
-        ) {
+        let result = match &endpoint {
+            Endpoint::V1 { address } => session(
+                address,
+                &args,
+                &shared,
+                &found_rx,
+                deadline,
+                &mut last_report,
+                started,
+            ),
+            Endpoint::V2 { address, authority } => session_v2(
+                address,
+                *authority,
+                &args,
+                &shared,
+                &found_rx,
+                deadline,
+                &mut last_report,
+                started,
+            ),
+        };
+        if let Err(error) = result {
             eprintln!("miner: {error:#}; reconnecting in 1 s");
             *shared.work.lock().expect("work lock") = None;
             std::thread::sleep(Duration::from_secs(1));
@@ -127,7 +199,7 @@ fn session(
     address: &str,
     args: &MinerArgs,
     shared: &Shared,
-    submits: &crossbeam_channel::Receiver<Vec<u8>>,
+    found: &crossbeam_channel::Receiver<Found>,
     deadline: Option<Instant>,
     last_report: &mut Instant,
     started: Instant,
@@ -152,18 +224,21 @@ fn session(
     let mut pending_job: Option<NotifiedJob> = None;
     let mut line = String::new();
     while deadline.is_none_or(|d| Instant::now() < d) {
-        while let Ok(submit) = submits.try_recv() {
-            stream.write_all(&submit)?;
+        while let Ok(share) = found.try_recv() {
+            if let WorkTemplate::V1 { job, .. } = &share.template {
+                let id = NEXT_SUBMIT_ID.fetch_add(1, Relaxed);
+                stream.write_all(&submit_line(
+                    id,
+                    &args.user,
+                    &job.job_id,
+                    &share.extranonce2,
+                    share.ntime,
+                    share.nonce,
+                    None,
+                ))?;
+            }
         }
-        if last_report.elapsed() >= Duration::from_secs(10) {
-            *last_report = Instant::now();
-            eprintln!(
-                "miner: accepted {} rejected {} hashrate {:.0} H/s",
-                shared.accepted.load(Relaxed),
-                shared.rejected.load(Relaxed),
-                shared.hashes.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
-            );
-        }
+        report(shared, last_report, started);
         match reader.read_line(&mut line) {
             Ok(0) => bail!("pool closed the connection"),
             Ok(_) => {}
@@ -219,12 +294,192 @@ fn session(
             let target =
                 Target::from_difficulty(algorithm_of(args), difficulty).unwrap_or(Target::MAX);
             *shared.work.lock().expect("work lock") = Some(Work {
-                job,
-                extranonce1: extranonce1.clone(),
-                extranonce2_size: *size,
+                template: WorkTemplate::V1 {
+                    job,
+                    extranonce1: extranonce1.clone(),
+                    extranonce2_size: *size,
+                },
                 target,
                 generation,
             });
+        }
+    }
+    Ok(())
+}
+
+fn report(shared: &Shared, last_report: &mut Instant, started: Instant) {
+    if last_report.elapsed() >= Duration::from_secs(10) {
+        *last_report = Instant::now();
+        eprintln!(
+            "miner: accepted {} rejected {} hashrate {:.0} H/s",
+            shared.accepted.load(Relaxed),
+            shared.rejected.load(Relaxed),
+            shared.hashes.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Noise over TCP, carrying plaintext SV2 frames both ways.
+struct NoiseLink {
+    stream: TcpStream,
+    transport: NoiseTransport,
+    buffer: Vec<u8>,
+}
+
+impl NoiseLink {
+    fn connect(address: &str, authority: [u8; 32]) -> anyhow::Result<Self> {
+        let mut stream =
+            TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true)?;
+        let (mut noise, request) = NoiseClient::start(
+            authority,
+            SV2_PAYLOAD_BYTES_MAX * 16,
+            &mut rand::rngs::OsRng,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        stream.write_all(&request)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let transport = loop {
+            let read = std::io::Read::read(&mut stream, &mut buffer)?;
+            if read == 0 {
+                bail!("the pool closed the connection during the Noise handshake");
+            }
+            if let Some(transport) = noise
+                .feed(&buffer[..read], unix_now_s() as u32)
+                .map_err(|e| anyhow::anyhow!("Noise handshake with {address}: {e}"))?
+            {
+                break transport;
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok(NoiseLink {
+            stream,
+            transport,
+            buffer,
+        })
+    }
+
+    fn send(&mut self, frames: &[u8]) -> anyhow::Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(frames.len() + 64);
+        self.transport.encrypt_frames(frames, &mut out);
+        self.stream.write_all(&out)?;
+        Ok(())
+    }
+
+    /// Waits up to the read timeout for bytes and hands each whole frame to `on_frame`.
+    fn receive(
+        &mut self,
+        on_frame: &mut dyn FnMut(&otedama_shared::sv2::FrameHeader, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        match std::io::Read::read(&mut self.stream, &mut self.buffer) {
+            Ok(0) => bail!("pool closed the connection"),
+            Ok(read) => self.transport.feed(&self.buffer[..read]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        while let Some((header, payload)) = self
+            .transport
+            .next_frame()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            on_frame(&header, payload)?;
+        }
+        Ok(())
+    }
+}
+
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One Stratum V2 connection: a standard channel, work in, shares out.
+#[allow(clippy::too_many_arguments)]
+fn session_v2(
+    address: &str,
+    authority: [u8; 32],
+    args: &MinerArgs,
+    shared: &Shared,
+    found: &crossbeam_channel::Receiver<Found>,
+    deadline: Option<Instant>,
+    last_report: &mut Instant,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let mut link = NoiseLink::connect(address, authority)?;
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
+    // The hash rate the pool sizes the first target for; vardiff corrects it.
+    let nominal_hash_rate = match args.algo {
+        AlgoArg::Scrypt => 5_000.0 * args.threads as f32,
+        AlgoArg::Sha256d => 5_000_000.0 * args.threads as f32,
+    };
+    let mut client = StandardClient::new(
+        &args.user,
+        nominal_hash_rate,
+        host,
+        port.parse().unwrap_or(0),
+    );
+    let mut published_generation = None;
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        while let Ok(share) = found.try_recv() {
+            if let WorkTemplate::V2 {
+                channel_id, job_id, ..
+            } = share.template
+            {
+                let work = otedama_shared::sv2::client::MiningWork {
+                    header: [0; 80],
+                    channel_id,
+                    job_id,
+                    target: Target::MAX,
+                    generation: 0,
+                };
+                client.submit(&work, share.nonce, share.ntime, share.version);
+            }
+        }
+        link.send(client.transmit_pending())?;
+        client.transmitted();
+        report(shared, last_report, started);
+        link.receive(&mut |header, payload| {
+            match client
+                .handle_frame(header, payload)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                ClientEvent::SharesAccepted(count) => {
+                    shared.accepted.fetch_add(count as u64, Relaxed);
+                }
+                ClientEvent::ShareRejected(code) => {
+                    shared.rejected.fetch_add(1, Relaxed);
+                    eprintln!("miner: share rejected: {code}");
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        if let Some(work) = client.work() {
+            if published_generation != Some(work.generation) {
+                published_generation = Some(work.generation);
+                let generation = shared.generation.fetch_add(1, Relaxed) + 1;
+                *shared.work.lock().expect("work lock") = Some(Work {
+                    template: WorkTemplate::V2 {
+                        header: work.header,
+                        channel_id: work.channel_id,
+                        job_id: work.job_id,
+                    },
+                    target: work.target,
+                    generation,
+                });
+            }
         }
     }
     Ok(())
@@ -243,34 +498,52 @@ fn mine(
     index: usize,
     algorithm: Algorithm,
     shared: &Shared,
-    submits: &crossbeam_channel::Sender<Vec<u8>>,
-    user: &str,
+    found: &crossbeam_channel::Sender<Found>,
 ) {
     // Hashes between checks for new work: scrypt is ~1000x slower than SHA256d.
     let check_every = match algorithm {
         Algorithm::Scrypt => 64,
         Algorithm::Sha256d => 65_536,
     };
-    let mut extranonce2_counter: u64 = 0;
+    let mut roll_counter: u64 = 0;
     while !shared.stop.load(Relaxed) {
         let Some(work) = shared.work.lock().expect("work lock").clone() else {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
-        // Thread index in the top byte keeps threads on disjoint extranonce2 ranges.
-        extranonce2_counter += 1;
-        let mut extranonce2 = vec![0u8; work.extranonce2_size];
-        let counter_bytes = ((index as u64) << 56 | extranonce2_counter).to_be_bytes();
-        let take = extranonce2.len().min(8);
-        extranonce2[..take].copy_from_slice(&counter_bytes[8 - take..]);
-        if take > 0 {
-            extranonce2[0] = index as u8;
-        }
-        let ntime = work.job.ntime;
-        let version = work.job.version;
-        let mut header = work
-            .job
-            .header(&work.extranonce1, &extranonce2, ntime, version);
+        roll_counter += 1;
+        // Each pass over the nonce space gets new coinbase bytes (V1: extranonce2, thread
+        // index in its top byte) or new version bits (V2: BIP320's 16 bits, thread index
+        // in the top four), so threads never hash the same header.
+        let (mut header, extranonce2, ntime, version) = match &work.template {
+            WorkTemplate::V1 {
+                job,
+                extranonce1,
+                extranonce2_size,
+            } => {
+                let mut extranonce2 = vec![0u8; *extranonce2_size];
+                let counter_bytes = ((index as u64) << 56 | roll_counter).to_be_bytes();
+                let take = extranonce2.len().min(8);
+                extranonce2[..take].copy_from_slice(&counter_bytes[8 - take..]);
+                if take > 0 {
+                    extranonce2[0] = index as u8;
+                }
+                let header = job.header(extranonce1, &extranonce2, job.ntime, job.version);
+                (header, extranonce2, job.ntime, job.version)
+            }
+            WorkTemplate::V2 { header, .. } => {
+                let base_version = u32::from_le_bytes(header[0..4].try_into().expect("4"));
+                let bits = ((index as u32 & 0xf) << 12 | (roll_counter as u32 & 0xfff)) << 13;
+                let version =
+                    (base_version & !VERSION_ROLLING_MASK) | (bits & VERSION_ROLLING_MASK);
+                let min_ntime = u32::from_le_bytes(header[68..72].try_into().expect("4"));
+                let ntime = min_ntime.max(unix_now_s() as u32);
+                let mut header = *header;
+                header[0..4].copy_from_slice(&version.to_le_bytes());
+                header[68..72].copy_from_slice(&ntime.to_le_bytes());
+                (header, Vec::new(), ntime, version)
+            }
+        };
         let mut nonce: u32 = 0;
         loop {
             header[76..80].copy_from_slice(&nonce.to_le_bytes());
@@ -279,16 +552,13 @@ fn mine(
                 Algorithm::Sha256d => sha256d(&header),
             };
             if work.target.is_met_by(&pow) {
-                let id = NEXT_SUBMIT_ID.fetch_add(1, Relaxed);
-                let _ = submits.send(submit_line(
-                    id,
-                    user,
-                    &work.job.job_id,
-                    &extranonce2,
+                let _ = found.send(Found {
+                    template: work.template.clone(),
+                    extranonce2: extranonce2.clone(),
                     ntime,
                     nonce,
-                    None,
-                ));
+                    version,
+                });
             }
             nonce = nonce.wrapping_add(1);
             if nonce % check_every == 0 {
@@ -298,7 +568,7 @@ fn mine(
                 }
             }
             if nonce == 0 {
-                break; // nonce space exhausted: next extranonce2
+                break; // nonce space exhausted: roll the coinbase or the version
             }
         }
     }

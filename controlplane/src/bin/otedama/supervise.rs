@@ -28,6 +28,13 @@ struct Role {
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     config.payout_script().context("checking payout_address")?;
     let data_dir = config.ensure_data_dir()?.to_path_buf();
+    if !config.sv2_listen.is_empty() {
+        // Made here, before the children start, so every process reads the same key.
+        let key = config.sv2_authority()?.public_base58();
+        for address in &config.sv2_listen {
+            println!("Stratum V2: stratum2+tcp://{address}/{key}");
+        }
+    }
     let effective = data_dir.join("effective.toml");
     write_private(&effective, &toml::to_string(&config)?)?;
     crate::signals::install_stop_handler();

@@ -1,0 +1,238 @@
+//! Stratum V2 over TCP: the Noise handshake and transport (`NoiseServer`), then frames
+//! into the sans-IO `sv2::server::Session`. Reads land in the core's receive buffer;
+//! replies are encrypted into one buffer per flush and sent through the connection's
+//! `Wire`, so a batch of acknowledgements costs one send.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use glommio::net::TcpStream;
+
+use otedama_shared::bans::BanList;
+use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
+use otedama_shared::sv1::ErrorCode;
+use otedama_shared::sv2::noise::NoiseServer;
+use otedama_shared::sv2::server::{error_code, Context, Outcome, ServerConfig, Session};
+use otedama_shared::Job;
+
+use super::now_s;
+use super::wire::Wire;
+use crate::rt::{Acknowledge, AwaitingAck, Core, Peer, PowWork, Protocol};
+
+pub struct Connection {
+    pub(crate) wire: Rc<Wire>,
+    pub(crate) session: RefCell<Session>,
+    noise: RefCell<NoiseServer>,
+    protocol: Protocol,
+}
+
+impl Connection {
+    pub fn send_job(&self, job: &Job, now_s: u64) {
+        self.session.borrow_mut().handle_new_job(job, now_s);
+        self.flush();
+    }
+
+    /// Encrypts and sends what the session queued. Nothing goes out before the handshake
+    /// is done (the session cannot have queued anything before SetupConnection).
+    pub(crate) fn flush(&self) {
+        let mut session = self.session.borrow_mut();
+        let plaintext = session.transmit_pending();
+        if plaintext.is_empty() {
+            return;
+        }
+        let mut noise = self.noise.borrow_mut();
+        let Some(transport) = noise.transport() else {
+            session.transmitted();
+            return;
+        };
+        let mut ciphertext = Vec::with_capacity(plaintext.len() + 64);
+        transport.encrypt_frames(plaintext, &mut ciphertext);
+        session.transmitted();
+        drop(noise);
+        drop(session);
+        self.wire.send(&ciphertext);
+    }
+
+    pub(crate) fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
+        let by_worker = self.session.borrow_mut().update_bans(bans.clone());
+        let banned = by_worker || self.wire.peer_ip.is_some_and(|ip| bans.bans_ip(ip));
+        if banned {
+            self.wire.close();
+        }
+        banned
+    }
+}
+
+/// The session settings of the core's front end.
+pub(crate) fn server_config(core: &Core) -> ServerConfig {
+    ServerConfig {
+        start_difficulty: core.config.start_difficulty,
+        difficulty_min: core.config.difficulty_min,
+        version_rolling_mask: core.config.version_rolling_mask,
+        algorithm: core.config.algorithm,
+        vardiff: core.config.vardiff,
+        batch_scrypt: true,
+        payout_address_rule: core.config.payout_address_rule,
+        bans: core.bans.borrow().clone(),
+    }
+}
+
+pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
+    let wire = Wire::new(stream, now_s());
+    if wire
+        .peer_ip
+        .is_some_and(|ip| core.bans.borrow().bans_ip(ip))
+    {
+        tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
+        return;
+    }
+    let Some(authority) = core.config.sv2_authority.as_ref() else {
+        tracing::error!("an SV2 listener without an authority key");
+        return;
+    };
+    let noise = NoiseServer::new(
+        authority,
+        core.config.sv2_certificate_validity_s,
+        SV2_PAYLOAD_BYTES_MAX,
+        &mut *core.rng.borrow_mut(),
+    );
+    let connection = Rc::new(Connection {
+        wire,
+        session: RefCell::new(Session::new(server_config(&core))),
+        noise: RefCell::new(noise),
+        protocol: Protocol::V2,
+    });
+    let id = core.register(Peer::V2(connection.clone()));
+    core.counters.connections.fetch_add(1, Relaxed);
+    let reason = read_loop(&core, &connection).await;
+    tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "SV2 connection closed");
+    connection.wire.close();
+    core.unregister(id);
+    core.counters.connections.fetch_sub(1, Relaxed);
+}
+
+async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str {
+    let mut handshake_reply = Vec::new();
+    loop {
+        connection.wire.awaiting_ack.below_limit().await;
+        core.awaiting_durability.below_limit().await;
+        let read = match connection.wire.read(&core.receive_buffer).await {
+            Ok(0) => return "peer closed",
+            Ok(read) => read,
+            Err(_) => return "read error",
+        };
+        if connection.wire.is_closed() {
+            return "closed by the pool";
+        }
+        let now_s = now_s();
+        {
+            let received = core.receive_buffer.borrow();
+            let mut noise = connection.noise.borrow_mut();
+            let fed = noise.feed(
+                &received[..read],
+                now_s as u32,
+                &mut *core.rng.borrow_mut(),
+                &mut handshake_reply,
+            );
+            if fed.is_err() {
+                return "noise handshake failed";
+            }
+        }
+        if !handshake_reply.is_empty() {
+            connection.wire.send(&handshake_reply);
+            handshake_reply = Vec::new();
+        }
+        if let Err(reason) = handle_frames(core, connection, now_s) {
+            connection.flush();
+            return reason;
+        }
+        connection.flush();
+    }
+}
+
+/// Runs every whole frame received so far through the session.
+fn handle_frames(
+    core: &Rc<Core>,
+    connection: &Rc<Connection>,
+    now_s: u64,
+) -> Result<(), &'static str> {
+    let mut noise = connection.noise.borrow_mut();
+    let Some(transport) = noise.transport() else {
+        return Ok(());
+    };
+    loop {
+        let (header, payload) = match transport.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                tracing::debug!(%error, "SV2 transport error");
+                return Err("noise transport error");
+            }
+        };
+        let outcome = {
+            let jobs = core.jobs.borrow();
+            let mut duplicates = core.duplicates.borrow_mut();
+            let mut allocate = || core.next_extranonce1();
+            let mut context = Context {
+                now_s,
+                jobs: &jobs,
+                duplicates: &mut duplicates,
+                allocate_extranonce_prefix: &mut allocate,
+            };
+            connection
+                .session
+                .borrow_mut()
+                .handle_frame(&header, payload, &mut context)
+        };
+        apply_outcome(core, connection, outcome)?;
+    }
+}
+
+/// The Stratum V1 code family a V2 rejection is counted under, so the rejection metrics
+/// cover both protocols with one label set.
+fn counted_as(code: &str) -> ErrorCode {
+    match code {
+        error_code::DIFFICULTY_TOO_LOW => ErrorCode::LowDifficulty,
+        error_code::DUPLICATE_SHARE => ErrorCode::Duplicate,
+        error_code::STALE_SHARE | error_code::INVALID_JOB_ID => ErrorCode::JobNotFound,
+        error_code::UNKNOWN_USER | error_code::INVALID_USER_IDENTITY => {
+            ErrorCode::UnauthorizedWorker
+        }
+        _ => ErrorCode::Other,
+    }
+}
+
+pub(crate) fn apply_outcome(
+    core: &Rc<Core>,
+    connection: &Rc<Connection>,
+    outcome: Outcome,
+) -> Result<(), &'static str> {
+    match outcome {
+        Outcome::Continue => {}
+        Outcome::Rejected(code) => core.counters.rejected(counted_as(code)),
+        Outcome::Close(reason) => return Err(reason),
+        Outcome::NeedsPow(pending) => {
+            connection.wire.awaiting_ack.take(1);
+            core.queue_pow(PowWork::V2(connection.clone(), pending));
+        }
+        Outcome::ShareAccepted(mut accepted) => {
+            let block = accepted.block.take();
+            if core.store_share(&connection.wire, &accepted.record, block) {
+                core.await_durability(AwaitingAck {
+                    share: Acknowledge::V2(connection.clone(), accepted),
+                    protocol: connection.protocol,
+                    validated_at: std::time::Instant::now(),
+                });
+            } else {
+                connection
+                    .session
+                    .borrow_mut()
+                    .handle_share_store_failed(&accepted);
+                core.counters.rejected(ErrorCode::Other);
+            }
+        }
+    }
+    Ok(())
+}
