@@ -257,6 +257,7 @@ fn stats_json(state: &ApiState) -> Value {
         "shares_accepted": totals.shares_accepted,
         "shares_accepted_by_protocol": totals.shares_accepted_by_protocol,
         "sv2_authority_key": state.sv2_authority_key,
+        "quic_datagrams_forwarded": totals.quic_datagrams_forwarded,
         "shares_rejected": totals.shares_rejected,
         "shares_rejected_by_code": totals.shares_rejected_by_code,
         "blocks_found": state.pool.blocks_found.load(Relaxed),

@@ -37,6 +37,16 @@ pub struct PoolConfig {
     pub sv2_authority_key_file: Option<PathBuf>,
     /// Seconds each V2 connection's Noise certificate is valid from its handshake.
     pub sv2_certificate_validity_s: u32,
+    /// Stratum V2 over QUIC listen addresses (UDP); none by default.
+    pub quic_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for QUIC's TLS 1.3. Without it (and `quic_key_file`), a
+    /// self-signed pair is made in `data_dir` (`quic-cert.pem`, `quic-key.pem`) on first start.
+    pub quic_cert_file: Option<PathBuf>,
+    /// PEM private key for `quic_cert_file`.
+    pub quic_key_file: Option<PathBuf>,
+    /// QUIC connections one data-plane core holds at most; more are refused. (TCP miners
+    /// are bounded by the open-files limit; QUIC ones by this.)
+    pub quic_connections_per_core_max: usize,
     pub start_difficulty: f64,
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
@@ -128,6 +138,10 @@ impl Default for PoolConfig {
             sv2_listen: Vec::new(),
             sv2_authority_key_file: None,
             sv2_certificate_validity_s: 3600,
+            quic_listen: Vec::new(),
+            quic_cert_file: None,
+            quic_key_file: None,
+            quic_connections_per_core_max: 200_000,
             start_difficulty: 1.0,
             data_dir: PathBuf::from("otedama-data"),
             api_listen: "127.0.0.1:8080".parse().expect("literal address"),
@@ -197,6 +211,18 @@ pub struct ConfigArgs {
     /// Seconds each V2 Noise certificate is valid.
     #[arg(long, env = "OTEDAMA_SV2_CERTIFICATE_VALIDITY_S")]
     pub sv2_certificate_validity_s: Option<u32>,
+    /// Stratum V2 over QUIC listen address (UDP); repeat the flag for several.
+    #[arg(long, env = "OTEDAMA_QUIC_LISTEN", value_delimiter = ',')]
+    pub quic_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for QUIC (default: a self-signed one in the data directory).
+    #[arg(long, env = "OTEDAMA_QUIC_CERT_FILE")]
+    pub quic_cert_file: Option<PathBuf>,
+    /// PEM private key for --quic-cert-file.
+    #[arg(long, env = "OTEDAMA_QUIC_KEY_FILE")]
+    pub quic_key_file: Option<PathBuf>,
+    /// QUIC connections one data-plane core holds at most.
+    #[arg(long, env = "OTEDAMA_QUIC_CONNECTIONS_PER_CORE_MAX")]
+    pub quic_connections_per_core_max: Option<usize>,
     /// Difficulty new connections start at; fractions such as 0.001 are fine.
     #[arg(long, env = "OTEDAMA_START_DIFFICULTY")]
     pub start_difficulty: Option<f64>,
@@ -309,7 +335,18 @@ impl ConfigArgs {
             payout_min
         );
         take!(pplns_window_factor, pplnt_presence_min);
-        take!(sv2_certificate_validity_s);
+        take!(sv2_certificate_validity_s, quic_connections_per_core_max);
+        for (flag, field) in [
+            (&self.quic_cert_file, &mut config.quic_cert_file),
+            (&self.quic_key_file, &mut config.quic_key_file),
+        ] {
+            if let Some(path) = flag {
+                *field = Some(path.clone());
+            }
+        }
+        if !self.quic_listen.is_empty() {
+            config.quic_listen = self.quic_listen.clone();
+        }
         if let Some(path) = &self.sv2_authority_key_file {
             config.sv2_authority_key_file = Some(path.clone());
         }
@@ -371,6 +408,12 @@ impl PoolConfig {
         }
         if self.stratum_listen.is_empty() {
             bail!("at least one stratum_listen address is needed");
+        }
+        if self.quic_cert_file.is_some() != self.quic_key_file.is_some() {
+            bail!("quic_cert_file and quic_key_file go together");
+        }
+        if self.quic_connections_per_core_max == 0 {
+            bail!("quic_connections_per_core_max must be at least 1");
         }
         if self.sv2_certificate_validity_s < 60 {
             bail!("sv2_certificate_validity_s must be at least 60 (miners' clocks drift)");
@@ -507,6 +550,57 @@ impl PoolConfig {
         }
     }
 
+    /// Where the QUIC certificate and key are: the configured pair, or the self-signed one
+    /// kept in the data directory.
+    pub fn quic_tls_paths(&self) -> (PathBuf, PathBuf) {
+        match (&self.quic_cert_file, &self.quic_key_file) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => (
+                self.data_dir.join("quic-cert.pem"),
+                self.data_dir.join("quic-key.pem"),
+            ),
+        }
+    }
+
+    /// The QUIC certificate chain and key, DER encoded. Without configured files, a
+    /// self-signed certificate for localhost and the listen addresses is made once and kept
+    /// in the data directory, so miners can trust it with `--quic-ca`.
+    pub fn quic_tls(&self) -> anyhow::Result<otedama_dataplane::net::quic::QuicTls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert_path, key_path) = self.quic_tls_paths();
+        if self.quic_cert_file.is_none() && !cert_path.exists() {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+            for address in &self.quic_listen {
+                if !address.ip().is_unspecified() {
+                    names.push(address.ip().to_string());
+                }
+            }
+            names.dedup();
+            let generated = rcgen::generate_simple_self_signed(names)
+                .context("making a self-signed QUIC certificate")?;
+            write_new_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
+            write_new_private(&cert_path, generated.cert.pem().as_bytes())?;
+            tracing::info!(certificate = %cert_path.display(), "created a self-signed QUIC certificate");
+        }
+        let certificates = CertificateDer::pem_file_iter(&cert_path)
+            .with_context(|| format!("reading {}", cert_path.display()))?
+            .map(|certificate| certificate.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {}", cert_path.display()))?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "{} holds no certificate",
+            cert_path.display()
+        );
+        let key = PrivateKeyDer::from_pem_file(&key_path)
+            .with_context(|| format!("reading the private key in {}", key_path.display()))?;
+        Ok(otedama_dataplane::net::quic::QuicTls {
+            certificate_chain_der: certificates,
+            private_key_der: key.secret_der().to_vec(),
+        })
+    }
+
     /// The pool fee in parts per million, as the payout code takes it.
     pub fn pool_fee_ppm(&self) -> u64 {
         (self.pool_fee_percent * 10_000.0).round() as u64
@@ -544,11 +638,19 @@ impl PoolConfig {
         } else {
             Some(self.sv2_authority()?)
         };
+        let quic_tls = if self.quic_listen.is_empty() {
+            None
+        } else {
+            Some(self.quic_tls()?)
+        };
         Ok(otedama_dataplane::DataplaneConfig {
             stratum_listen: self.stratum_listen.clone(),
             sv2_listen: self.sv2_listen.clone(),
             sv2_authority,
             sv2_certificate_validity_s: self.sv2_certificate_validity_s,
+            quic_listen: self.quic_listen.clone(),
+            quic_tls,
+            quic_connections_per_core_max: self.quic_connections_per_core_max,
             cores: otedama_dataplane::rt::cores_for_process(
                 &host_cores,
                 process_index,
@@ -574,6 +676,25 @@ impl PoolConfig {
             payout_address_rule: Some(self.coin_params().address),
         })
     }
+}
+
+/// Writes a new file readable by its owner only; an existing file is an error, so two
+/// processes starting together cannot overwrite each other's key.
+fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 /// Decimal places of the coins Otedama serves (1 coin = 10^8 satoshis or litoshis).

@@ -50,6 +50,7 @@ pub struct PoolTotals {
     pub shares_rejected_by_code: BTreeMap<i32, u64>,
     pub accepted_difficulty_sum: f64,
     pub block_candidates: u64,
+    pub quic_datagrams_forwarded: u64,
     /// Summed over data planes, as in `DataplaneCounters`.
     pub ack_latency_buckets: Vec<u64>,
     pub ack_latency_count: u64,
@@ -103,6 +104,7 @@ impl PoolState {
             totals.shares_rejected += counters.shares_rejected;
             totals.accepted_difficulty_sum += counters.accepted_difficulty_sum;
             totals.block_candidates += counters.block_candidates;
+            totals.quic_datagrams_forwarded += counters.quic_datagrams_forwarded;
             totals.ack_latency_count += counters.ack_latency_count;
             totals.ack_latency_sum_us += counters.ack_latency_sum_us;
             totals

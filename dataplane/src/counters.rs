@@ -26,6 +26,8 @@ pub struct Counters {
     /// Accepted difficulty, in millionths, so it can be summed atomically as an integer.
     pub accepted_difficulty_micro: AtomicU64,
     pub block_candidates: AtomicU64,
+    /// QUIC datagrams a core passed to the core owning their connection (migrations).
+    pub quic_datagrams_forwarded: AtomicU64,
     rejected: [AtomicU64; 6],
     ack_latency_buckets: [AtomicU64; ACK_LATENCY_BUCKETS_S.len()],
     ack_latency_count: AtomicU64,
@@ -81,6 +83,7 @@ impl Counters {
             shares_rejected_by_code: by_code,
             accepted_difficulty_sum: self.accepted_difficulty_micro.load(Relaxed) as f64 / 1e6,
             block_candidates: self.block_candidates.load(Relaxed),
+            quic_datagrams_forwarded: self.quic_datagrams_forwarded.load(Relaxed),
             ack_latency_buckets: self
                 .ack_latency_buckets
                 .iter()

@@ -29,6 +29,12 @@ pub struct DataplaneConfig {
     pub sv2_authority: Option<otedama_shared::sv2::noise::AuthorityKey>,
     /// How long each Noise certificate is valid from its handshake.
     pub sv2_certificate_validity_s: u32,
+    /// Stratum V2 over QUIC listeners (UDP).
+    pub quic_listen: Vec<SocketAddr>,
+    /// The QUIC listeners' certificate chain and key.
+    pub quic_tls: Option<net::quic::QuicTls>,
+    /// QUIC connections one core holds at most; more are refused.
+    pub quic_connections_per_core_max: usize,
     /// Cores to run on; empty means every online core.
     pub cores: Vec<usize>,
     /// This process's place among the host's data-plane processes; with `cores`, it picks

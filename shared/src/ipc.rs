@@ -47,6 +47,10 @@ pub struct DataplaneCounters {
     /// Sum of the difficulty of accepted shares, for hashrate estimates.
     pub accepted_difficulty_sum: f64,
     pub block_candidates: u64,
+    /// QUIC datagrams handed from the core that received them to the core owning their
+    /// connection (a migrated client).
+    #[serde(default)]
+    pub quic_datagrams_forwarded: u64,
     /// Acknowledged shares per `ACK_LATENCY_BUCKETS_S` bucket (not cumulative); slower
     /// ones are only in `ack_latency_count`.
     #[serde(default)]

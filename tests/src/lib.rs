@@ -199,17 +199,24 @@ impl PoolSetup {
 
     /// Starts `otedama miner` authorizing as `user` (`ADDRESS.RIG`).
     pub fn spawn_miner_as(&self, user: &str, threads: usize) -> anyhow::Result<Process> {
-        spawn_miner_at(&self.stratum_url(), user, threads)
+        spawn_miner_at(&self.stratum_url(), user, threads, &[])
     }
 }
 
-/// Starts `otedama miner --url URL` (any protocol it speaks) as `user`, mining scrypt.
-pub fn spawn_miner_at(url: &str, user: &str, threads: usize) -> anyhow::Result<Process> {
+/// Starts `otedama miner --url URL` (any protocol it speaks) as `user`, mining scrypt,
+/// with `extra_args` (such as `--quic-ca FILE`).
+pub fn spawn_miner_at(
+    url: &str,
+    user: &str,
+    threads: usize,
+    extra_args: &[&str],
+) -> anyhow::Result<Process> {
     let child = Command::new(otedama_binary())
         .arg("miner")
         .args(["--url", url])
         .args(["--user", user])
         .args(["--algo", "scrypt", "--threads", &threads.to_string()])
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

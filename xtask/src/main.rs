@@ -206,8 +206,10 @@ fn test(rest: &[String]) -> Result<(), String> {
     run(cargo()
         .args(["fmt", "--check", "--manifest-path"])
         .arg(&manifest))?;
+    // Its live test runs the reference client against the `otedama` built above.
     run(cargo()
         .env("CARGO_TARGET_DIR", sibling_target_dir("sv2-reference"))
+        .env("OTEDAMA_BINARY", target_dir().join("debug/otedama"))
         .args(["test", "--manifest-path"])
         .arg(&manifest))?;
     fuzz()

@@ -158,7 +158,7 @@ pub(crate) fn apply_outcome(
         }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
-            if core.store_share(&connection.wire, &accepted.record, block) {
+            if core.store_share(&connection.wire.awaiting_ack, &accepted.record, block) {
                 core.await_durability(AwaitingAck {
                     share: Acknowledge::V1(connection.clone(), accepted),
                     protocol: Protocol::V1,

@@ -4,6 +4,7 @@
 //! `Wire`, so a batch of acknowledgements costs one send.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,28 +16,79 @@ use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
 use otedama_shared::sv1::ErrorCode;
 use otedama_shared::sv2::noise::NoiseServer;
 use otedama_shared::sv2::server::{error_code, Context, Outcome, ServerConfig, Session};
+use otedama_shared::sv2::FrameHeader;
 use otedama_shared::Job;
 
 use super::now_s;
 use super::wire::Wire;
+use crate::rt::gate::Gate;
 use crate::rt::{Acknowledge, AwaitingAck, Core, Peer, PowWork, Protocol};
 
-pub struct Connection {
-    pub(crate) wire: Rc<Wire>,
-    pub(crate) session: RefCell<Session>,
-    noise: RefCell<NoiseServer>,
-    protocol: Protocol,
+/// A Stratum V2 connection as the core sees it, whatever carries its frames.
+pub trait V2Link {
+    fn session(&self) -> &RefCell<Session>;
+    /// Sends what the session queued.
+    fn flush(&self);
+    /// Shares of this connection awaiting durability.
+    fn awaiting_ack(&self) -> &Gate;
+    fn protocol(&self) -> Protocol;
+    fn peer_ip(&self) -> Option<IpAddr>;
+    fn close(&self);
+    /// Closes the connection if it has sent nothing since `cutoff_s`.
+    fn close_if_idle_since(&self, cutoff_s: u64) -> bool;
+
+    fn send_job(&self, job: &Job, now_s: u64) {
+        self.session().borrow_mut().handle_new_job(job, now_s);
+        self.flush();
+    }
+
+    /// Applies a new ban list; closes the connection, and returns `true`, if it covers the
+    /// peer's network or a worker on one of its channels.
+    fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
+        let by_worker = self.session().borrow_mut().update_bans(bans.clone());
+        let banned = by_worker || self.peer_ip().is_some_and(|ip| bans.bans_ip(ip));
+        if banned {
+            self.close();
+        }
+        banned
+    }
 }
 
-impl Connection {
-    pub fn send_job(&self, job: &Job, now_s: u64) {
-        self.session.borrow_mut().handle_new_job(job, now_s);
-        self.flush();
+/// Stratum V2 over TCP with Noise.
+pub struct Connection {
+    wire: Rc<Wire>,
+    session: RefCell<Session>,
+    noise: RefCell<NoiseServer>,
+}
+
+impl V2Link for Connection {
+    fn session(&self) -> &RefCell<Session> {
+        &self.session
+    }
+
+    fn awaiting_ack(&self) -> &Gate {
+        &self.wire.awaiting_ack
+    }
+
+    fn protocol(&self) -> Protocol {
+        Protocol::V2
+    }
+
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.wire.peer_ip
+    }
+
+    fn close(&self) {
+        self.wire.close();
+    }
+
+    fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
+        self.wire.close_if_idle_since(cutoff_s)
     }
 
     /// Encrypts and sends what the session queued. Nothing goes out before the handshake
     /// is done (the session cannot have queued anything before SetupConnection).
-    pub(crate) fn flush(&self) {
+    fn flush(&self) {
         let mut session = self.session.borrow_mut();
         let plaintext = session.transmit_pending();
         if plaintext.is_empty() {
@@ -53,15 +105,6 @@ impl Connection {
         drop(noise);
         drop(session);
         self.wire.send(&ciphertext);
-    }
-
-    pub(crate) fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
-        let by_worker = self.session.borrow_mut().update_bans(bans.clone());
-        let banned = by_worker || self.wire.peer_ip.is_some_and(|ip| bans.bans_ip(ip));
-        if banned {
-            self.wire.close();
-        }
-        banned
     }
 }
 
@@ -102,18 +145,22 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         wire,
         session: RefCell::new(Session::new(server_config(&core))),
         noise: RefCell::new(noise),
-        protocol: Protocol::V2,
     });
-    let id = core.register(Peer::V2(connection.clone()));
+    let link: Rc<dyn V2Link> = connection.clone();
+    let id = core.register(Peer::V2(link.clone()));
     core.counters.connections.fetch_add(1, Relaxed);
-    let reason = read_loop(&core, &connection).await;
+    let reason = read_loop(&core, &connection, &link).await;
     tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "SV2 connection closed");
     connection.wire.close();
     core.unregister(id);
     core.counters.connections.fetch_sub(1, Relaxed);
 }
 
-async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str {
+async fn read_loop(
+    core: &Rc<Core>,
+    connection: &Rc<Connection>,
+    link: &Rc<dyn V2Link>,
+) -> &'static str {
     let mut handshake_reply = Vec::new();
     loop {
         connection.wire.awaiting_ack.below_limit().await;
@@ -144,7 +191,7 @@ async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str
             connection.wire.send(&handshake_reply);
             handshake_reply = Vec::new();
         }
-        if let Err(reason) = handle_frames(core, connection, now_s) {
+        if let Err(reason) = handle_frames(core, connection, link, now_s) {
             connection.flush();
             return reason;
         }
@@ -155,7 +202,8 @@ async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str
 /// Runs every whole frame received so far through the session.
 fn handle_frames(
     core: &Rc<Core>,
-    connection: &Rc<Connection>,
+    connection: &Connection,
+    link: &Rc<dyn V2Link>,
     now_s: u64,
 ) -> Result<(), &'static str> {
     let mut noise = connection.noise.borrow_mut();
@@ -171,6 +219,19 @@ fn handle_frames(
                 return Err("noise transport error");
             }
         };
+        handle_frame(core, link, &header, payload, now_s)?;
+    }
+}
+
+/// Runs one frame through a connection's session and acts on the outcome.
+pub(crate) fn handle_frame(
+    core: &Rc<Core>,
+    link: &Rc<dyn V2Link>,
+    header: &FrameHeader,
+    payload: &[u8],
+    now_s: u64,
+) -> Result<(), &'static str> {
+    {
         let outcome = {
             let jobs = core.jobs.borrow();
             let mut duplicates = core.duplicates.borrow_mut();
@@ -181,12 +242,11 @@ fn handle_frames(
                 duplicates: &mut duplicates,
                 allocate_extranonce_prefix: &mut allocate,
             };
-            connection
-                .session
+            link.session()
                 .borrow_mut()
-                .handle_frame(&header, payload, &mut context)
+                .handle_frame(header, payload, &mut context)
         };
-        apply_outcome(core, connection, outcome)?;
+        apply_outcome(core, link, outcome)
     }
 }
 
@@ -206,7 +266,7 @@ fn counted_as(code: &str) -> ErrorCode {
 
 pub(crate) fn apply_outcome(
     core: &Rc<Core>,
-    connection: &Rc<Connection>,
+    connection: &Rc<dyn V2Link>,
     outcome: Outcome,
 ) -> Result<(), &'static str> {
     match outcome {
@@ -214,20 +274,20 @@ pub(crate) fn apply_outcome(
         Outcome::Rejected(code) => core.counters.rejected(counted_as(code)),
         Outcome::Close(reason) => return Err(reason),
         Outcome::NeedsPow(pending) => {
-            connection.wire.awaiting_ack.take(1);
+            connection.awaiting_ack().take(1);
             core.queue_pow(PowWork::V2(connection.clone(), pending));
         }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
-            if core.store_share(&connection.wire, &accepted.record, block) {
+            if core.store_share(connection.awaiting_ack(), &accepted.record, block) {
                 core.await_durability(AwaitingAck {
                     share: Acknowledge::V2(connection.clone(), accepted),
-                    protocol: connection.protocol,
+                    protocol: connection.protocol(),
                     validated_at: std::time::Instant::now(),
                 });
             } else {
                 connection
-                    .session
+                    .session()
                     .borrow_mut()
                     .handle_share_store_failed(&accepted);
                 core.counters.rejected(ErrorCode::Other);

@@ -24,8 +24,8 @@ use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 
 use crate::counters::Counters;
 use crate::net::now_s;
-use crate::net::wire::Wire;
-use crate::net::{sv1, sv2};
+use crate::net::sv2::V2Link;
+use crate::net::{quic, sv1, sv2};
 use crate::store::{Completed, ShareLog, ShareLogHandle, SHARES_AWAITING_DURABILITY_PER_CORE_MAX};
 use crate::DataplaneConfig;
 use gate::Gate;
@@ -64,7 +64,8 @@ pub enum Protocol {
 #[derive(Clone)]
 pub enum Peer {
     V1(Rc<sv1::Connection>),
-    V2(Rc<sv2::Connection>),
+    /// Stratum V2 over any transport (Noise/TCP or QUIC).
+    V2(Rc<dyn V2Link>),
 }
 
 impl Peer {
@@ -82,10 +83,25 @@ impl Peer {
         }
     }
 
-    fn wire(&self) -> &Rc<Wire> {
+    fn awaiting_ack(&self) -> &Gate {
         match self {
-            Peer::V1(connection) => &connection.wire,
-            Peer::V2(connection) => &connection.wire,
+            Peer::V1(connection) => &connection.wire.awaiting_ack,
+            Peer::V2(connection) => connection.awaiting_ack(),
+        }
+    }
+
+    fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
+        match self {
+            Peer::V1(connection) => connection.wire.close_if_idle_since(cutoff_s),
+            Peer::V2(connection) => connection.close_if_idle_since(cutoff_s),
+        }
+    }
+
+    /// The connection's address, to tell connections apart.
+    fn identity(&self) -> *const () {
+        match self {
+            Peer::V1(connection) => Rc::as_ptr(connection).cast(),
+            Peer::V2(connection) => Rc::as_ptr(connection).cast(),
         }
     }
 }
@@ -94,7 +110,7 @@ impl Peer {
 pub enum Acknowledge {
     V1(Rc<sv1::Connection>, Box<otedama_shared::sv1::AcceptedShare>),
     V2(
-        Rc<sv2::Connection>,
+        Rc<dyn V2Link>,
         Box<otedama_shared::sv2::server::AcceptedShare>,
     ),
 }
@@ -110,10 +126,7 @@ pub struct AwaitingAck {
 /// A scrypt share waiting for the core's batch hasher.
 pub enum PowWork {
     V1(Rc<sv1::Connection>, Box<otedama_shared::sv1::PendingPow>),
-    V2(
-        Rc<sv2::Connection>,
-        Box<otedama_shared::sv2::server::PendingPow>,
-    ),
+    V2(Rc<dyn V2Link>, Box<otedama_shared::sv2::server::PendingPow>),
 }
 
 impl PowWork {
@@ -286,7 +299,7 @@ impl Core {
                     PowWork::V2(connection, pending) => {
                         let outcome = {
                             let mut duplicates = self.duplicates.borrow_mut();
-                            connection.session.borrow_mut().handle_pow(
+                            connection.session().borrow_mut().handle_pow(
                                 *pending,
                                 pow,
                                 now_s,
@@ -295,7 +308,7 @@ impl Core {
                         };
                         let _ = sv2::apply_outcome(&self, &connection, outcome);
                         connection.flush();
-                        connection.wire.awaiting_ack.give_back(1);
+                        connection.awaiting_ack().give_back(1);
                     }
                 }
             }
@@ -310,7 +323,7 @@ impl Core {
             .connections
             .borrow()
             .values()
-            .filter(|connection| connection.wire().close_if_idle_since(cutoff_s))
+            .filter(|connection| connection.close_if_idle_since(cutoff_s))
             .count();
         if closed > 0 {
             tracing::debug!(closed, "closed idle connections");
@@ -323,7 +336,7 @@ impl Core {
     /// `false` if it could not be stored.
     pub fn store_share(
         &self,
-        wire: &Wire,
+        awaiting_ack: &Gate,
         record: &ShareRecord,
         block: Option<BlockCandidate>,
     ) -> bool {
@@ -343,7 +356,7 @@ impl Core {
                 tracing::error!("upstream queue full: block candidate dropped");
             }
         }
-        wire.awaiting_ack.take(1);
+        awaiting_ack.take(1);
         self.awaiting_durability.take(1);
         true
     }
@@ -361,7 +374,7 @@ impl Core {
         let now_s = now_s();
         let now = std::time::Instant::now();
         let mut touched: Vec<Peer> = Vec::new();
-        let mut touched_wires: std::collections::HashSet<*const Wire> = Default::default();
+        let mut touched_wires: std::collections::HashSet<*const ()> = Default::default();
         for _ in 0..done.shares {
             let Some(AwaitingAck {
                 share,
@@ -384,7 +397,7 @@ impl Core {
                     (Peer::V1(connection), share.record.difficulty)
                 }
                 Acknowledge::V2(connection, share) => {
-                    let mut session = connection.session.borrow_mut();
+                    let mut session = connection.session().borrow_mut();
                     if done.result.is_ok() {
                         session.handle_share_durable(&share, now_s);
                     } else {
@@ -401,8 +414,8 @@ impl Core {
             } else {
                 self.counters.rejected(ErrorCode::Other);
             }
-            peer.wire().awaiting_ack.give_back(1);
-            if touched_wires.insert(Rc::as_ptr(peer.wire())) {
+            peer.awaiting_ack().give_back(1);
+            if touched_wires.insert(peer.identity()) {
                 touched.push(peer);
             }
         }
@@ -514,6 +527,28 @@ pub fn run_with_share_log(
     let share_log = open_share_log(completion_senders)?;
     let counters = Arc::new(Counters::default());
     let (upstream_tx, upstream_rx) = crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX);
+    // QUIC: one endpoint per core and listen address, with a channel from every core to
+    // every other for datagrams of migrated connections.
+    let quic_shared = match (&config.quic_tls, config.quic_listen.is_empty()) {
+        (_, true) => None,
+        (Some(tls), false) => Some(Arc::new(quic::QuicShared::new(
+            tls,
+            config.connection_idle_timeout_s,
+            config.quic_connections_per_core_max,
+        )?)),
+        (None, false) => anyhow::bail!("QUIC listeners need a certificate and key"),
+    };
+    let mut quic_forward_senders = Vec::new();
+    let mut quic_forward_receivers: Vec<Vec<_>> = cores.iter().map(|_| Vec::new()).collect();
+    for _ in &config.quic_listen {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            cores.iter().map(|_| unbounded::<quic::Forwarded>()).unzip();
+        quic_forward_senders.push(senders);
+        for (core, receiver) in receivers.into_iter().enumerate() {
+            quic_forward_receivers[core].push(receiver);
+        }
+    }
+    let mut quic_forward_receivers = quic_forward_receivers.into_iter();
     let mut job_senders = Vec::new();
     let mut handles = Vec::new();
     let config = Arc::new(config);
@@ -521,6 +556,13 @@ pub fn run_with_share_log(
         let (job_tx, job_rx) = unbounded();
         job_senders.push(job_tx);
         let partition = partitions[index];
+        let quic = quic_shared.clone().map(|shared| {
+            (
+                shared,
+                quic_forward_senders.clone(),
+                quic_forward_receivers.next().expect("one per core"),
+            )
+        });
         let (config, share_log, upstream, counters) = (
             config.clone(),
             share_log.handle(),
@@ -551,7 +593,7 @@ pub fn run_with_share_log(
                     counters,
                     bans: RefCell::new(Arc::default()),
                 });
-                core_main(core, job_rx, completions).await
+                core_main(core, job_rx, completions, quic).await
             })
             .map_err(|e| anyhow::anyhow!("starting the executor for core {cpu}: {e}"))?;
         handles.push(handle);
@@ -566,6 +608,7 @@ pub fn run_with_share_log(
         cores = ?cores,
         stratum_listen = ?config.stratum_listen,
         sv2_listen = ?config.sv2_listen,
+        quic_listen = ?config.quic_listen,
         "data plane running"
     );
     for handle in handles {
@@ -577,10 +620,19 @@ pub fn run_with_share_log(
     Ok(())
 }
 
+/// What one core needs to serve QUIC: the shared configuration, every core's forwarding
+/// sender per listen address, and this core's receiver per listen address.
+type CoreQuic = (
+    Arc<quic::QuicShared>,
+    Vec<Vec<futures_channel::mpsc::UnboundedSender<quic::Forwarded>>>,
+    Vec<UnboundedReceiver<quic::Forwarded>>,
+);
+
 async fn core_main(
     core: Rc<Core>,
     mut commands: UnboundedReceiver<CoreCommand>,
     mut completions: UnboundedReceiver<Completed>,
+    quic: Option<CoreQuic>,
 ) -> anyhow::Result<()> {
     let sweeper = core.clone();
     glommio::spawn_local(async move {
@@ -618,6 +670,18 @@ async fn core_main(
             .map_err(|e| anyhow::anyhow!("binding {front_end:?} listener {address}: {e}"))?;
         let core = core.clone();
         accept_tasks.push(glommio::spawn_local(accept_loop(core, listener, front_end)));
+    }
+    if let Some((shared, senders, receivers)) = quic {
+        for ((address, forward_to), forwarded) in core
+            .config
+            .quic_listen
+            .clone()
+            .into_iter()
+            .zip(senders)
+            .zip(receivers)
+        {
+            quic::start(&core, address, shared.clone(), forward_to, forwarded)?;
+        }
     }
     while let Some(command) = commands.next().await {
         match command {

@@ -28,10 +28,15 @@ pub enum AlgoArg {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct MinerArgs {
-    /// Pool URL: stratum+tcp://HOST:PORT (V1) or stratum2+tcp://HOST:PORT/KEY (V2 with
-    /// Noise, KEY being the pool's authority public key).
+    /// Pool URL: stratum+tcp://HOST:PORT (V1), stratum2+tcp://HOST:PORT/KEY (V2 with
+    /// Noise, KEY being the pool's authority public key) or stratum2+quic://HOST:PORT (V2
+    /// over QUIC, TLS 1.3).
     #[arg(long)]
     pub url: String,
+    /// For stratum2+quic: a PEM certificate to trust, such as the pool's self-signed
+    /// `quic-cert.pem` (default: the system's CA bundle).
+    #[arg(long)]
+    pub quic_ca: Option<std::path::PathBuf>,
     /// Worker name to authorize, such as ADDRESS.WORKER.
     #[arg(long)]
     pub user: String,
@@ -93,6 +98,9 @@ enum Endpoint {
         address: String,
         authority: [u8; 32],
     },
+    Quic {
+        address: String,
+    },
 }
 
 fn parse_url(url: &str) -> anyhow::Result<Endpoint> {
@@ -112,7 +120,12 @@ fn parse_url(url: &str) -> anyhow::Result<Endpoint> {
             authority,
         });
     }
-    bail!("--url must be stratum+tcp://HOST:PORT or stratum2+tcp://HOST:PORT/KEY")
+    if let Some(rest) = url.strip_prefix("stratum2+quic://") {
+        return Ok(Endpoint::Quic {
+            address: rest.trim_end_matches('/').to_string(),
+        });
+    }
+    bail!("--url must be stratum+tcp://HOST:PORT, stratum2+tcp://HOST:PORT/KEY or stratum2+quic://HOST:PORT")
 }
 
 struct Shared {
@@ -126,6 +139,11 @@ struct Shared {
 
 pub fn run(args: MinerArgs) -> anyhow::Result<()> {
     let endpoint = parse_url(&args.url)?;
+    // Built once: its session store lets every reconnection resume, with 0-RTT.
+    let quic_client = match &endpoint {
+        Endpoint::Quic { .. } => Some(quic_client_config(args.quic_ca.as_deref())?),
+        _ => None,
+    };
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
@@ -164,16 +182,34 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
                 &mut last_report,
                 started,
             ),
-            Endpoint::V2 { address, authority } => session_v2(
-                address,
-                *authority,
-                &args,
-                &shared,
-                &found_rx,
-                deadline,
-                &mut last_report,
-                started,
-            ),
+            Endpoint::V2 { address, authority } => NoiseLink::connect(address, *authority)
+                .and_then(|mut link| {
+                    session_v2(
+                        &mut link,
+                        address,
+                        &args,
+                        &shared,
+                        &found_rx,
+                        deadline,
+                        &mut last_report,
+                        started,
+                    )
+                }),
+            Endpoint::Quic { address } => {
+                let config = quic_client.as_ref().expect("made for QUIC URLs");
+                QuicLink::connect(address, config).and_then(|mut link| {
+                    session_v2(
+                        &mut link,
+                        address,
+                        &args,
+                        &shared,
+                        &found_rx,
+                        deadline,
+                        &mut last_report,
+                        started,
+                    )
+                })
+            }
         };
         if let Err(error) = result {
             eprintln!("miner: {error:#}; reconnecting in 1 s");
@@ -319,7 +355,17 @@ fn report(shared: &Shared, last_report: &mut Instant, started: Instant) {
     }
 }
 
-/// Noise over TCP, carrying plaintext SV2 frames both ways.
+/// A transport carrying plaintext SV2 frames both ways.
+trait FrameLink {
+    fn send(&mut self, frames: &[u8]) -> anyhow::Result<()>;
+    /// Waits a short while for bytes and hands each whole frame to `on_frame`.
+    fn receive(
+        &mut self,
+        on_frame: &mut dyn FnMut(&otedama_shared::sv2::FrameHeader, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()>;
+}
+
+/// Noise over TCP.
 struct NoiseLink {
     stream: TcpStream,
     transport: NoiseTransport,
@@ -359,7 +405,9 @@ impl NoiseLink {
             buffer,
         })
     }
+}
 
+impl FrameLink for NoiseLink {
     fn send(&mut self, frames: &[u8]) -> anyhow::Result<()> {
         if frames.is_empty() {
             return Ok(());
@@ -370,7 +418,6 @@ impl NoiseLink {
         Ok(())
     }
 
-    /// Waits up to the read timeout for bytes and hands each whole frame to `on_frame`.
     fn receive(
         &mut self,
         on_frame: &mut dyn FnMut(&otedama_shared::sv2::FrameHeader, &[u8]) -> anyhow::Result<()>,
@@ -399,6 +446,137 @@ impl NoiseLink {
     }
 }
 
+/// TLS for stratum2+quic: TLS 1.3, the `sv2` ALPN, early data on, trusting `ca` or the
+/// system's CA bundle.
+fn quic_client_config(ca: Option<&std::path::Path>) -> anyhow::Result<quinn::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bundle = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let path = ca.unwrap_or(bundle);
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        roots.add(certificate.with_context(|| format!("parsing {}", path.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"sv2".to_vec()];
+    tls.enable_early_data = true;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// SV2 frames on one bidirectional QUIC stream (quinn on a current-thread runtime that
+/// runs while this thread waits for frames).
+struct QuicLink {
+    runtime: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    receive: quinn::RecvStream,
+    decoder: otedama_shared::sv2::FrameDecoder,
+    buffer: Vec<u8>,
+}
+
+impl QuicLink {
+    fn connect(address: &str, config: &quinn::ClientConfig) -> anyhow::Result<Self> {
+        use std::net::ToSocketAddrs;
+        let remote = address
+            .to_socket_addrs()?
+            .next()
+            .with_context(|| format!("{address} resolves to nothing"))?;
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (endpoint, connection, send, receive) = runtime.block_on(async {
+            let local: std::net::SocketAddr = if remote.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let mut endpoint = quinn::Endpoint::client(local)?;
+            endpoint.set_default_client_config(config.clone());
+            let connecting = endpoint.connect(remote, host)?;
+            // A resumed session sends SetupConnection as 0-RTT data.
+            let connection = match connecting.into_0rtt() {
+                Ok((connection, _)) => connection,
+                Err(connecting) => tokio::time::timeout(Duration::from_secs(10), connecting)
+                    .await
+                    .context("QUIC handshake timed out")??,
+            };
+            let (send, receive) = connection.open_bi().await?;
+            anyhow::Ok((endpoint, connection, send, receive))
+        })?;
+        Ok(QuicLink {
+            runtime,
+            endpoint,
+            connection,
+            send,
+            receive,
+            decoder: otedama_shared::sv2::FrameDecoder::new(SV2_PAYLOAD_BYTES_MAX * 16),
+            buffer: vec![0u8; 64 * 1024],
+        })
+    }
+}
+
+impl Drop for QuicLink {
+    /// Closes the connection so the pool frees it now, not at its idle timeout.
+    fn drop(&mut self) {
+        self.connection.close(0u32.into(), b"miner stopped");
+        let endpoint = self.endpoint.clone();
+        self.runtime.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        });
+    }
+}
+
+impl FrameLink for QuicLink {
+    fn send(&mut self, frames: &[u8]) -> anyhow::Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.runtime.block_on(self.send.write_all(frames))?;
+        Ok(())
+    }
+
+    fn receive(
+        &mut self,
+        on_frame: &mut dyn FnMut(&otedama_shared::sv2::FrameHeader, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let read = self.runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_millis(50),
+                self.receive.read(&mut self.buffer),
+            )
+            .await
+        });
+        match read {
+            Err(_elapsed) => return Ok(()),
+            Ok(Ok(Some(length))) => self.decoder.feed(&self.buffer[..length]),
+            Ok(Ok(None)) => bail!("the pool ended the stream"),
+            Ok(Err(error)) => return Err(error.into()),
+        }
+        while let Some(frame) = self
+            .decoder
+            .next_frame()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            on_frame(&frame.header, frame.payload)?;
+        }
+        Ok(())
+    }
+}
+
 fn unix_now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -408,8 +586,8 @@ fn unix_now_s() -> u64 {
 /// One Stratum V2 connection: a standard channel, work in, shares out.
 #[allow(clippy::too_many_arguments)]
 fn session_v2(
+    link: &mut dyn FrameLink,
     address: &str,
-    authority: [u8; 32],
     args: &MinerArgs,
     shared: &Shared,
     found: &crossbeam_channel::Receiver<Found>,
@@ -417,7 +595,6 @@ fn session_v2(
     last_report: &mut Instant,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let mut link = NoiseLink::connect(address, authority)?;
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
     // The hash rate the pool sizes the first target for; vardiff corrects it.
     let nominal_hash_rate = match args.algo {

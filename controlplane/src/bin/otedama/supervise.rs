@@ -35,6 +35,17 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             println!("Stratum V2: stratum2+tcp://{address}/{key}");
         }
     }
+    if !config.quic_listen.is_empty() {
+        // Likewise the QUIC certificate, self-signed on first start unless configured.
+        config.quic_tls()?;
+        let (certificate, _) = config.quic_tls_paths();
+        for address in &config.quic_listen {
+            println!(
+                "Stratum V2 over QUIC: stratum2+quic://{address} (certificate {})",
+                certificate.display()
+            );
+        }
+    }
     let effective = data_dir.join("effective.toml");
     write_private(&effective, &toml::to_string(&config)?)?;
     crate::signals::install_stop_handler();

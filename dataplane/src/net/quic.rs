@@ -1,0 +1,643 @@
+//! Stratum V2 over QUIC, on the per-core design: every core binds the QUIC port with
+//! SO_REUSEPORT and drives its own `quinn_proto::Endpoint` from that UDP socket, so a
+//! connection lives, like a TCP one, on the core the kernel gave its first packet to. The
+//! mining protocol runs on one bidirectional stream per connection, as plaintext SV2 frames
+//! (QUIC's TLS 1.3 replaces Noise here) into the same `sv2::server::Session` as over TCP.
+//!
+//! Connection migration: a client that changes address sends from a new 4-tuple, which the
+//! kernel may hash to another core. Our connection IDs carry the owning core's extranonce
+//! partition byte, masked with a keyed hash so that an observer cannot read or correlate it
+//! (the QUIC-LB idea), and a core that receives a short-header packet for another core's
+//! connection forwards the datagram to it. Only migrated connections pay that hop. Across
+//! data-plane processes there is no forwarding: with several processes, a migrated
+//! connection whose new path lands on another process times out and reconnects.
+//!
+//! 0-RTT: the server accepts early data on resumed sessions. Tickets are single-use entries
+//! in one session cache all cores share (rustls allows early data only with such stateful
+//! tickets, which is what stops a replay at the TLS layer). A replay that got through
+//! could earn nothing anyway: a replayed share is the same header, which the duplicate
+//! filter refuses, and SetupConnection and channel opens are harmless to repeat.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures_lite::StreamExt;
+use glommio::net::UdpSocket;
+use quinn_proto::{
+    ConnectionHandle, ConnectionId, ConnectionIdGenerator, DatagramEvent, Dir, EndpointConfig,
+    Event, ReadError, ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
+};
+use sha2::{Digest, Sha256};
+
+use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
+use otedama_shared::sv2::server::Session;
+use otedama_shared::sv2::FrameDecoder;
+
+use super::now_s;
+use super::sv2::{handle_frame, server_config, V2Link};
+use super::wire::{SEND_BACKLOG_BYTES_MAX, SHARES_AWAITING_ACK_PER_CONNECTION_MAX};
+use crate::rt::gate::Gate;
+use crate::rt::{Core, Peer, Protocol};
+
+/// Bytes in our connection IDs: one masked partition byte and seven random ones.
+const CONNECTION_ID_BYTES: usize = 8;
+/// Largest UDP datagram read.
+const DATAGRAM_BYTES_MAX: usize = 65_535;
+/// TLS sessions the QUIC listeners remember for resumption (and 0-RTT), across all cores
+/// of a process; the oldest are forgotten first. A few hundred bytes each.
+pub const QUIC_RESUMABLE_SESSIONS_MAX: usize = 65_536;
+/// ALPN the pool and `otedama miner` agree on for SV2 over QUIC.
+pub const QUIC_ALPN: &[u8] = b"sv2";
+
+/// TLS material for the QUIC listeners, DER encoded.
+#[derive(Clone)]
+pub struct QuicTls {
+    pub certificate_chain_der: Vec<Vec<u8>>,
+    pub private_key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for QuicTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTls")
+            .field("certificates", &self.certificate_chain_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every core's QUIC endpoints share: one TLS server configuration (so a session
+/// ticket from one core resumes on another), the stateless-reset key and the key that
+/// masks the partition byte in connection IDs.
+pub struct QuicShared {
+    server_config: Arc<ServerConfig>,
+    reset_key: Arc<ring::hmac::Key>,
+    connection_id_key: [u8; 32],
+    pub connections_per_core_max: usize,
+}
+
+impl QuicShared {
+    pub fn new(
+        tls: &QuicTls,
+        idle_timeout_s: u64,
+        connections_per_core_max: usize,
+    ) -> anyhow::Result<Self> {
+        use quinn_proto::crypto::rustls::QuicServerConfig;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certificates = tls
+            .certificate_chain_der
+            .iter()
+            .map(|der| rustls::pki_types::CertificateDer::from(der.clone()))
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(tls.private_key_der.clone())
+            .map_err(|e| anyhow::anyhow!("the QUIC private key: {e}"))?;
+        let mut tls_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(certificates, key)?;
+        tls_config.alpn_protocols = vec![QUIC_ALPN.to_vec()];
+        // QUIC allows only 0 or u32::MAX here; u32::MAX turns 0-RTT on.
+        tls_config.max_early_data_size = u32::MAX;
+        tls_config.session_storage =
+            rustls::server::ServerSessionMemoryCache::new(QUIC_RESUMABLE_SESSIONS_MAX);
+        let crypto = QuicServerConfig::try_from(tls_config)?;
+        let mut transport = TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_idle_timeout(Some(
+                VarInt::from_u64(idle_timeout_s.saturating_mul(1000))?.into(),
+            ))
+            .enable_segmentation_offload(false)
+            .mtu_discovery_config(None);
+        let mut server_config = ServerConfig::with_crypto(Arc::new(crypto));
+        server_config
+            .transport_config(Arc::new(transport))
+            .migration(true);
+        let mut reset_secret = [0u8; 32];
+        let mut connection_id_key = [0u8; 32];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut reset_secret);
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut connection_id_key);
+        Ok(QuicShared {
+            server_config: Arc::new(server_config),
+            reset_key: Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_secret)),
+            connection_id_key,
+            connections_per_core_max,
+        })
+    }
+}
+
+/// The mask over a connection ID's first byte: a keyed hash of the other seven.
+fn partition_mask(key: &[u8; 32], rest: &[u8]) -> u8 {
+    let mut hasher = Sha256::new();
+    hasher.update(key);
+    hasher.update(rest);
+    hasher.finalize()[0]
+}
+
+/// The partition byte a connection ID of ours carries.
+pub fn partition_of(key: &[u8; 32], connection_id: &[u8]) -> Option<u8> {
+    (connection_id.len() == CONNECTION_ID_BYTES)
+        .then(|| connection_id[0] ^ partition_mask(key, &connection_id[1..]))
+}
+
+struct PartitionedIds {
+    partition: u8,
+    key: [u8; 32],
+}
+
+impl ConnectionIdGenerator for PartitionedIds {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut bytes = [0u8; CONNECTION_ID_BYTES];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut bytes[1..]);
+        bytes[0] = self.partition ^ partition_mask(&self.key, &bytes[1..]);
+        ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CONNECTION_ID_BYTES
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A datagram one core received for a connection another core owns.
+pub struct Forwarded {
+    data: BytesMut,
+    remote: SocketAddr,
+}
+
+/// One core's endpoint on one QUIC listen address.
+pub struct QuicFrontEnd {
+    endpoint: RefCell<quinn_proto::Endpoint>,
+    /// A non-blocking handle on the socket for sends: a send that would block drops the
+    /// datagram, which QUIC's loss recovery retransmits.
+    sender: std::net::UdpSocket,
+    connections: RefCell<HashMap<ConnectionHandle, Rc<QuicConnection>>>,
+    /// The other cores of this process, by core index, for migrated connections.
+    forward_to: Vec<UnboundedSender<Forwarded>>,
+    shared: Arc<QuicShared>,
+    send_buffer: RefCell<Vec<u8>>,
+}
+
+impl QuicFrontEnd {
+    fn send(&self, transmit: &quinn_proto::Transmit, bytes: &[u8]) {
+        if let Err(error) = self
+            .sender
+            .send_to(&bytes[..transmit.size], transmit.destination)
+        {
+            if error.kind() != std::io::ErrorKind::WouldBlock {
+                tracing::debug!(%error, "QUIC send failed");
+            }
+        }
+    }
+
+    /// Which of this process's cores owns a short-header packet, if not this one.
+    fn owner_core(&self, core: &Core, datagram: &[u8]) -> Option<usize> {
+        let short_header = datagram.first().is_some_and(|b| b & 0x80 == 0);
+        if !short_header || datagram.len() < 1 + CONNECTION_ID_BYTES {
+            return None;
+        }
+        let partition = partition_of(
+            &self.shared.connection_id_key,
+            &datagram[1..1 + CONNECTION_ID_BYTES],
+        )? as usize;
+        let (process, processes) = (core.config.process_index, core.config.processes);
+        // partition = process_index + processes × core_index (see rt::extranonce1_partition)
+        let offset = partition.checked_sub(process)?;
+        if offset % processes != 0 {
+            return None;
+        }
+        let owner = offset / processes;
+        (owner != core.index && owner < self.forward_to.len()).then_some(owner)
+    }
+
+    fn receive(self: &Rc<Self>, core: &Rc<Core>, data: &[u8], remote: SocketAddr) {
+        if let Some(owner) = self.owner_core(core, data) {
+            let forwarded = Forwarded {
+                data: BytesMut::from(data),
+                remote,
+            };
+            if self.forward_to[owner].unbounded_send(forwarded).is_err() {
+                tracing::debug!(owner, "QUIC forward to a stopped core");
+            }
+            core.counters.quic_datagrams_forwarded.fetch_add(1, Relaxed);
+            return;
+        }
+        self.handle_datagram(core, BytesMut::from(data), remote);
+    }
+
+    fn handle_datagram(self: &Rc<Self>, core: &Rc<Core>, data: BytesMut, remote: SocketAddr) {
+        let now = Instant::now();
+        let event = {
+            let mut buffer = self.send_buffer.borrow_mut();
+            buffer.clear();
+            let event =
+                self.endpoint
+                    .borrow_mut()
+                    .handle(now, remote, None, None, data, &mut buffer);
+            if let Some(DatagramEvent::Response(transmit)) = &event {
+                self.send(transmit, &buffer);
+                return;
+            }
+            event
+        };
+        match event {
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                let connection = self.connections.borrow().get(&handle).cloned();
+                if let Some(connection) = connection {
+                    connection.quic.borrow_mut().handle_event(event);
+                    connection.drive(core);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => self.accept(core, incoming, now),
+            Some(DatagramEvent::Response(_)) | None => {}
+        }
+    }
+
+    fn accept(self: &Rc<Self>, core: &Rc<Core>, incoming: quinn_proto::Incoming, now: Instant) {
+        let remote = incoming.remote_address();
+        let banned = core.bans.borrow().bans_ip(remote.ip());
+        let full = self.connections.borrow().len() >= self.shared.connections_per_core_max;
+        let mut buffer = self.send_buffer.borrow_mut();
+        buffer.clear();
+        if banned || full {
+            tracing::debug!(%remote, banned, full, "QUIC connection refused");
+            let transmit = self.endpoint.borrow_mut().refuse(incoming, &mut buffer);
+            self.send(&transmit, &buffer);
+            return;
+        }
+        let accepted = self
+            .endpoint
+            .borrow_mut()
+            .accept(incoming, now, &mut buffer, None);
+        let (handle, quic) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                if let Some(transmit) = error.response {
+                    self.send(&transmit, &buffer);
+                }
+                return;
+            }
+        };
+        drop(buffer);
+        let connection = Rc::new(QuicConnection {
+            front: self.clone(),
+            handle,
+            quic: RefCell::new(quic),
+            session: RefCell::new(Session::new(server_config(core))),
+            stream: Cell::new(None),
+            decoder: RefCell::new(FrameDecoder::new(SV2_PAYLOAD_BYTES_MAX)),
+            pending_send: RefCell::new(Vec::new()),
+            awaiting_ack: Gate::new(SHARES_AWAITING_ACK_PER_CONNECTION_MAX),
+            last_read_s: Cell::new(now_s()),
+            peer_ip: Cell::new(remote.ip()),
+            registration: Cell::new(None),
+            drained: Cell::new(false),
+            timer_waker: RefCell::new(None),
+            timer_notified: Cell::new(false),
+            core: Rc::downgrade(core),
+        });
+        self.connections
+            .borrow_mut()
+            .insert(handle, connection.clone());
+        let link: Rc<dyn V2Link> = connection.clone();
+        connection
+            .registration
+            .set(Some(core.register(Peer::V2(link))));
+        core.counters.connections.fetch_add(1, Relaxed);
+        glommio::spawn_local(timer_task(connection.clone())).detach();
+        connection.drive(core);
+    }
+}
+
+/// One QUIC connection and its SV2 session.
+pub struct QuicConnection {
+    front: Rc<QuicFrontEnd>,
+    handle: ConnectionHandle,
+    quic: RefCell<quinn_proto::Connection>,
+    session: RefCell<Session>,
+    /// The bidirectional stream the mining protocol runs on.
+    stream: Cell<Option<StreamId>>,
+    decoder: RefCell<FrameDecoder>,
+    /// Frames the stream's flow control did not take yet.
+    pending_send: RefCell<Vec<u8>>,
+    awaiting_ack: Gate,
+    last_read_s: Cell<u64>,
+    peer_ip: Cell<IpAddr>,
+    registration: Cell<Option<u64>>,
+    drained: Cell<bool>,
+    timer_waker: RefCell<Option<Waker>>,
+    timer_notified: Cell<bool>,
+    core: std::rc::Weak<Core>,
+}
+
+impl QuicConnection {
+    /// After input (a datagram, a timeout): take the application's events, run received
+    /// frames through the session, then send.
+    fn drive(self: &Rc<Self>, core: &Rc<Core>) {
+        let mut readable = false;
+        loop {
+            let event = self.quic.borrow_mut().poll();
+            match event {
+                None => break,
+                Some(Event::Stream(StreamEvent::Opened { dir: Dir::Bi })) => {
+                    let accepted = self.quic.borrow_mut().streams().accept(Dir::Bi);
+                    if self.stream.get().is_none() {
+                        self.stream.set(accepted);
+                    }
+                    readable = true;
+                }
+                Some(Event::Stream(StreamEvent::Readable { .. })) => readable = true,
+                Some(Event::ConnectionLost { reason }) => {
+                    tracing::debug!(%reason, "QUIC connection lost");
+                }
+                Some(_) => {}
+            }
+        }
+        if readable {
+            if let Err(reason) = self.read_frames(core) {
+                tracing::debug!(reason, "closing QUIC connection");
+                self.close_with(reason);
+            }
+        }
+        self.flush();
+    }
+
+    /// Reads what the stream holds and runs each whole frame through the session.
+    fn read_frames(self: &Rc<Self>, core: &Rc<Core>) -> Result<(), &'static str> {
+        let Some(id) = self.stream.get() else {
+            return Ok(());
+        };
+        {
+            let mut quic = self.quic.borrow_mut();
+            let mut stream = quic.recv_stream(id);
+            let mut chunks = stream.read(true).map_err(|_| "stream closed")?;
+            let mut decoder = self.decoder.borrow_mut();
+            let mut finished = false;
+            loop {
+                match chunks.next(usize::MAX) {
+                    Ok(Some(chunk)) => decoder.feed(&chunk.bytes),
+                    Ok(None) => {
+                        finished = true;
+                        break;
+                    }
+                    Err(ReadError::Blocked) => break,
+                    Err(ReadError::Reset(_)) => {
+                        finished = true;
+                        break;
+                    }
+                }
+            }
+            // Whether a flow-control update must go out; `flush` transmits anyway.
+            let _ = chunks.finalize();
+            if finished {
+                return Err("the miner ended the stream");
+            }
+        }
+        self.last_read_s.set(now_s());
+        let link: Rc<dyn V2Link> = self.clone();
+        let now_s = now_s();
+        let mut decoder = self.decoder.borrow_mut();
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(_) => return Err("frame too large"),
+            };
+            handle_frame(core, &link, &frame.header, frame.payload, now_s)?;
+        }
+    }
+
+    fn close_with(&self, reason: &'static str) {
+        self.quic.borrow_mut().close(
+            Instant::now(),
+            VarInt::from_u32(0),
+            bytes::Bytes::from_static(reason.as_bytes()),
+        );
+    }
+
+    /// Moves queued frames into the stream, then packets onto the wire, then endpoint
+    /// bookkeeping; unregisters the connection once QUIC has drained it.
+    fn send_and_account(&self) {
+        if let Some(id) = self.stream.get() {
+            let mut pending = self.pending_send.borrow_mut();
+            if !pending.is_empty() {
+                match self.quic.borrow_mut().send_stream(id).write(&pending) {
+                    Ok(written) => {
+                        pending.drain(..written);
+                    }
+                    Err(quinn_proto::WriteError::Blocked) => {}
+                    Err(_) => pending.clear(),
+                }
+            }
+            if pending.len() > SEND_BACKLOG_BYTES_MAX {
+                pending.clear();
+                drop(pending);
+                tracing::debug!("QUIC miner is not reading; disconnecting");
+                self.close_with("not reading");
+            }
+        }
+        let now = Instant::now();
+        let front = &self.front;
+        {
+            let mut buffer = front.send_buffer.borrow_mut();
+            loop {
+                buffer.clear();
+                let transmit = self.quic.borrow_mut().poll_transmit(now, 1, &mut buffer);
+                match transmit {
+                    Some(transmit) => front.send(&transmit, &buffer),
+                    None => break,
+                }
+            }
+        }
+        loop {
+            let event = self.quic.borrow_mut().poll_endpoint_events();
+            let Some(event) = event else { break };
+            let reply = front.endpoint.borrow_mut().handle_event(self.handle, event);
+            if let Some(reply) = reply {
+                self.quic.borrow_mut().handle_event(reply);
+            }
+        }
+        if self.quic.borrow().is_drained() && !self.drained.replace(true) {
+            front.connections.borrow_mut().remove(&self.handle);
+            if let (Some(core), Some(id)) = (self.core.upgrade(), self.registration.take()) {
+                core.unregister(id);
+                core.counters.connections.fetch_sub(1, Relaxed);
+            }
+        }
+        self.timer_notified.set(true);
+        if let Some(waker) = self.timer_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl V2Link for QuicConnection {
+    fn session(&self) -> &RefCell<Session> {
+        &self.session
+    }
+
+    fn flush(&self) {
+        {
+            let mut session = self.session.borrow_mut();
+            let frames = session.transmit_pending();
+            if !frames.is_empty() {
+                self.pending_send.borrow_mut().extend_from_slice(frames);
+            }
+            session.transmitted();
+        }
+        self.send_and_account();
+    }
+
+    fn awaiting_ack(&self) -> &Gate {
+        &self.awaiting_ack
+    }
+
+    fn protocol(&self) -> Protocol {
+        Protocol::Quic
+    }
+
+    fn peer_ip(&self) -> Option<IpAddr> {
+        Some(self.peer_ip.get())
+    }
+
+    fn close(&self) {
+        self.close_with("closed by the pool");
+        self.send_and_account();
+    }
+
+    fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
+        let idle = self.last_read_s.get() < cutoff_s;
+        if idle {
+            self.close();
+        }
+        idle
+    }
+}
+
+/// Sleeps until the connection's next QUIC deadline (loss detection, acks, idle), or
+/// until `drive` changed it, and handles it; ends once the connection has drained.
+async fn timer_task(connection: Rc<QuicConnection>) {
+    while !connection.drained.get() {
+        let deadline = connection.quic.borrow_mut().poll_timeout();
+        let notified = std::future::poll_fn(|cx| {
+            if connection.timer_notified.replace(false) {
+                Poll::Ready(())
+            } else {
+                *connection.timer_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        match deadline {
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                futures_lite::future::or(notified, glommio::timer::sleep(wait)).await;
+                if Instant::now() >= deadline {
+                    connection.quic.borrow_mut().handle_timeout(Instant::now());
+                    if let Some(core) = connection.core.upgrade() {
+                        connection.drive(&core);
+                    }
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+/// Binds `address` on this core and serves QUIC there until the process ends.
+pub fn start(
+    core: &Rc<Core>,
+    address: SocketAddr,
+    shared: Arc<QuicShared>,
+    forward_to: Vec<UnboundedSender<Forwarded>>,
+    mut forwarded: UnboundedReceiver<Forwarded>,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(address)
+        .map_err(|e| anyhow::anyhow!("binding QUIC listener {address}: {e}"))?;
+    // SAFETY: dup(2) of a socket this core owns; the std socket closes its own descriptor.
+    let sender = unsafe {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = libc::dup(socket.as_raw_fd());
+        anyhow::ensure!(fd >= 0, "dup of the QUIC socket failed");
+        std::net::UdpSocket::from_raw_fd(fd)
+    };
+    sender.set_nonblocking(true)?;
+    let mut endpoint_config = EndpointConfig::new(shared.reset_key.clone());
+    let (partition, key) = (core.partition, shared.connection_id_key);
+    endpoint_config.cid_generator(move || -> Box<dyn ConnectionIdGenerator> {
+        Box::new(PartitionedIds { partition, key })
+    });
+    let endpoint = quinn_proto::Endpoint::new(
+        Arc::new(endpoint_config),
+        Some(shared.server_config.clone()),
+        false,
+        None,
+    );
+    let front = Rc::new(QuicFrontEnd {
+        endpoint: RefCell::new(endpoint),
+        sender,
+        connections: RefCell::new(HashMap::new()),
+        forward_to,
+        shared,
+        send_buffer: RefCell::new(Vec::with_capacity(1500)),
+    });
+    let receiver = (core.clone(), front.clone());
+    glommio::spawn_local(async move {
+        let (core, front) = receiver;
+        let mut buffer = vec![0u8; DATAGRAM_BYTES_MAX];
+        loop {
+            match socket.recv_from(&mut buffer).await {
+                Ok((length, remote)) => front.receive(&core, &buffer[..length], remote),
+                Err(error) => {
+                    tracing::warn!(%error, "QUIC receive failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+    .detach();
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        while let Some(datagram) = forwarded.next().await {
+            front.handle_datagram(&core, datagram.data, datagram.remote);
+        }
+    })
+    .detach();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn connection_ids_carry_the_partition_only_to_the_key_holder() {
+        let key = [7u8; 32];
+        let mut ids = PartitionedIds { partition: 42, key };
+        let (mut first_bytes, mut wrong_key_reads) = (HashSet::new(), HashSet::new());
+        for _ in 0..200 {
+            let id = ids.generate_cid();
+            assert_eq!(partition_of(&key, &id), Some(42));
+            // Without the key, the first byte and what it decodes to look random.
+            first_bytes.insert(id[0]);
+            wrong_key_reads.insert(partition_of(&[8u8; 32], &id));
+        }
+        assert!(
+            first_bytes.len() > 100,
+            "{} distinct first bytes",
+            first_bytes.len()
+        );
+        assert!(wrong_key_reads.len() > 100);
+        assert_eq!(partition_of(&key, &[1, 2, 3]), None);
+    }
+}

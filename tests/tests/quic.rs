@@ -1,0 +1,349 @@
+//! Stratum V2 over QUIC against a real `otedama run` (synthetic chain, SHA256d), with
+//! `quinn` as the client: shares accepted over one bidirectional stream, the per-core
+//! connection limit at its edge, session resumption with 0-RTT, and a client that changes
+//! its address sixteen times mid-session (connection migration, which crosses cores when
+//! the kernel hashes the new address to the other one).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use otedama_shared::sv2::client::{ClientEvent, MiningWork, StandardClient};
+use otedama_shared::sv2::FrameDecoder;
+use otedama_tests::{free_port, otedama_binary, wait_until, Process};
+
+const PAYOUT_ADDRESS: &str = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt";
+
+struct QuicPool {
+    _process: Process,
+    quic: SocketAddr,
+    api_port: u16,
+    certificate: std::path::PathBuf,
+    _data_dir: tempfile::TempDir,
+}
+
+fn start_pool(cores: &str, connections_per_core_max: usize) -> QuicPool {
+    let data_dir = tempfile::tempdir().unwrap();
+    let quic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let api_port = free_port();
+    let child = Command::new(otedama_binary())
+        .args([
+            "run",
+            "--chain",
+            "synthetic",
+            "--coin",
+            "bitcoin",
+            "--network",
+            "regtest",
+        ])
+        .args(["--payout-address", PAYOUT_ADDRESS])
+        .args(["--stratum-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--quic-listen", &quic.to_string()])
+        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--cores", cores])
+        .args([
+            "--quic-connections-per-core-max",
+            &connections_per_core_max.to_string(),
+        ])
+        .args(["--start-difficulty", "1e-6", "--difficulty-min", "1e-9"])
+        .args([
+            "--vardiff-share-interval-s",
+            "0",
+            "--share-log-sync",
+            "false",
+        ])
+        .args(["--synthetic-job-interval-ms", "60000"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting otedama run");
+    let process = Process {
+        child,
+        name: "run".into(),
+    };
+    let stats_url = format!("http://127.0.0.1:{api_port}/api/v1/stats");
+    wait_until(Duration::from_secs(60), "the pool's first job", || {
+        ureq::get(&stats_url)
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<serde_json::Value>().ok())
+            .is_some_and(|s| s["height"].as_u64() > Some(0))
+    })
+    .unwrap();
+    let certificate = data_dir.path().join("quic-cert.pem");
+    assert!(certificate.exists(), "a self-signed certificate was made");
+    QuicPool {
+        _process: process,
+        quic,
+        api_port,
+        certificate,
+        _data_dir: data_dir,
+    }
+}
+
+impl QuicPool {
+    fn stats(&self) -> serde_json::Value {
+        ureq::get(&format!("http://127.0.0.1:{}/api/v1/stats", self.api_port))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+}
+
+/// The client's TLS session store, counting the session tickets the pool issues.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// A client configuration trusting the pool's certificate; one per test, so that its
+/// session store carries tickets from one connection to the next.
+fn client_config(certificate: &Path) -> quinn::ClientConfig {
+    client_config_with_store(certificate).0
+}
+
+fn client_config_with_store(certificate: &Path) -> (quinn::ClientConfig, Arc<CountingStore>) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_file_iter(certificate).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"sv2".to_vec()];
+    tls.enable_early_data = true;
+    let store = Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(32),
+        tickets: 0.into(),
+    });
+    tls.resumption = rustls::client::Resumption::store(store.clone());
+    let config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    (config, store)
+}
+
+/// A header-only miner on one QUIC stream.
+struct Miner {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    receive: quinn::RecvStream,
+    decoder: FrameDecoder,
+    client: StandardClient,
+    accepted: u32,
+}
+
+impl Miner {
+    async fn connect(pool: &QuicPool, config: &quinn::ClientConfig) -> Result<Self, String> {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(config.clone());
+        let connection = endpoint
+            .connect(pool.quic, "localhost")
+            .unwrap()
+            .await
+            .map_err(|e| e.to_string())?;
+        Self::start(endpoint, connection).await
+    }
+
+    async fn start(
+        endpoint: quinn::Endpoint,
+        connection: quinn::Connection,
+    ) -> Result<Self, String> {
+        let (send, receive) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let mut miner = Miner {
+            endpoint,
+            connection,
+            send,
+            receive,
+            decoder: FrameDecoder::new(1 << 20),
+            client: StandardClient::new(&format!("{PAYOUT_ADDRESS}.quic"), 0.0, "localhost", 0),
+            accepted: 0,
+        };
+        miner.flush().await;
+        while miner.client.work().is_none() {
+            miner.read_event().await?;
+            // SetupConnection.Success makes the client queue OpenStandardMiningChannel.
+            miner.flush().await;
+        }
+        Ok(miner)
+    }
+
+    async fn flush(&mut self) {
+        let frames = self.client.transmit_pending().to_vec();
+        self.client.transmitted();
+        if !frames.is_empty() {
+            self.send.write_all(&frames).await.unwrap();
+        }
+    }
+
+    async fn read_event(&mut self) -> Result<ClientEvent, String> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                let event = self
+                    .client
+                    .handle_frame(&frame.header, frame.payload)
+                    .map_err(|e| e.to_string())?;
+                if let ClientEvent::SharesAccepted(count) = event {
+                    self.accepted += count;
+                }
+                return Ok(event);
+            }
+            let mut buffer = [0u8; 4096];
+            let read =
+                tokio::time::timeout(Duration::from_secs(20), self.receive.read(&mut buffer))
+                    .await
+                    .map_err(|_| "no frame within 20 s".to_string())?
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the pool ended the stream")?;
+            self.decoder.feed(&buffer[..read]);
+        }
+    }
+
+    /// Mines one share on the current work, submits it and waits for its acknowledgement.
+    async fn mine_one(&mut self, start_nonce: u32) {
+        let work: MiningWork = self.client.work().unwrap();
+        let mut header = work.header;
+        let nonce = (start_nonce..)
+            .find(|nonce| {
+                header[76..80].copy_from_slice(&nonce.to_le_bytes());
+                work.target.is_met_by(&otedama_kernels::sha256d(&header))
+            })
+            .unwrap();
+        let version = u32::from_le_bytes(header[0..4].try_into().unwrap());
+        let ntime = u32::from_le_bytes(header[68..72].try_into().unwrap());
+        self.client.submit(&work, nonce, ntime, version);
+        self.flush().await;
+        let before = self.accepted;
+        while self.accepted == before {
+            match self.read_event().await.unwrap() {
+                ClientEvent::ShareRejected(code) => panic!("share rejected: {code}"),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn quic_limit_edge_and_zero_rtt_resumption() {
+    let pool = start_pool("0", 1);
+    let (config, store) = client_config_with_store(&pool.certificate);
+
+    let mut first = Miner::connect(&pool, &config).await.unwrap();
+    first.mine_one(0).await;
+    // At the limit (one connection on the pool's one core), a second is refused.
+    let refused = Miner::connect(&pool, &config).await;
+    assert!(refused.is_err(), "a connection over the limit was served");
+
+    assert!(
+        store.tickets.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the pool issued no session ticket"
+    );
+    first.close().await;
+    wait_until(
+        Duration::from_secs(10),
+        "the first connection to go",
+        || pool.stats()["connections"] == 0,
+    )
+    .unwrap();
+
+    // Below the limit again, and with a ticket from the first session: 0-RTT.
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config.clone());
+    let connecting = endpoint.connect(pool.quic, "localhost").unwrap();
+    let (connection, zero_rtt_accepted) = connecting
+        .into_0rtt()
+        .unwrap_or_else(|_| panic!("the client holds no ticket for 0-RTT"));
+    let mut resumed = Miner::start(endpoint, connection).await.unwrap();
+    assert!(zero_rtt_accepted.await, "the pool refused 0-RTT data");
+    resumed.mine_one(1_000_000).await;
+    wait_until(Duration::from_secs(10), "both shares in the stats", || {
+        pool.stats()["shares_accepted_by_protocol"]["quic"] == 2
+    })
+    .unwrap();
+    resumed.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_quic_miner_keeps_mining_across_address_changes() {
+    let pool = start_pool("0,1", 1000);
+    let config = client_config(&pool.certificate);
+    let mut miner = Miner::connect(&pool, &config).await.unwrap();
+    miner.mine_one(0).await;
+    let rebinds = 16;
+    for round in 1..=rebinds {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        miner.endpoint.rebind(socket).unwrap();
+        miner.mine_one(round * 1_000_000).await;
+    }
+    // Counters reach the API once a second.
+    wait_until(Duration::from_secs(10), "the shares in the stats", || {
+        pool.stats()["shares_accepted_by_protocol"]["quic"] == rebinds as u64 + 1
+    })
+    .unwrap();
+    let stats = pool.stats();
+    // Sixteen new source ports over two cores: the chance that the kernel sent every one
+    // to the connection's own core is 2^-16.
+    assert!(
+        stats["quic_datagrams_forwarded"].as_u64().unwrap() > 0,
+        "no datagram crossed cores: {stats}"
+    );
+    miner.close().await;
+}
