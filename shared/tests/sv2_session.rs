@@ -11,7 +11,7 @@ use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
 use otedama_shared::sv2::messages::*;
 use otedama_shared::sv2::server::{
     error_code, Context, Outcome, ServerConfig, Session, CHANNELS_PER_CONNECTION_MAX,
-    SETUP_FLAG_REQUIRES_WORK_SELECTION,
+    SETUP_FLAG_REQUIRES_STANDARD_JOBS, SETUP_FLAG_REQUIRES_WORK_SELECTION,
 };
 use otedama_shared::sv2::wire::{Str0255, B032};
 use otedama_shared::sv2::{Decoded, FrameDecoder, FrameHeader, Message};
@@ -452,7 +452,7 @@ fn every_share_error_code_as_the_reference_implementation_spells_it() {
 
     // A new block: the old job's shares are stale.
     let out = h.new_block(2);
-    assert!(matches!(out[0].message(), Message::NewMiningJob(j) if j.min_ntime.is_none()));
+    assert!(matches!(out[0].message(), Message::NewExtendedMiningJob(j) if j.min_ntime.is_none()));
     assert!(matches!(out[1].message(), Message::SetNewPrevHash(p) if p.job_id == 2));
     let (_, out) = h.send(submit_standard(id, 7, channel.job_id, nonce, 0x2000_0000));
     assert_eq!(error_of(&out), "stale-share");
@@ -560,6 +560,74 @@ fn extended_channel_rolls_its_own_extranonce_after_the_pool_prefix() {
     assert!(
         matches!(out[0].message(), Message::NewExtendedMiningJob(j) if j.min_ntime == Some(1_700_000_000))
     );
+}
+
+/// Whether the frames are one job for the group, with its SetNewPrevHash.
+fn is_group_job(out: &[Sent], group_id: u32) -> bool {
+    out.len() == 2
+        && matches!(out[0].message(), Message::NewExtendedMiningJob(j) if j.channel_id == group_id)
+        && matches!(out[1].message(), Message::SetNewPrevHash(p) if p.channel_id == group_id)
+}
+
+#[test]
+fn standard_channels_share_one_group_job_unless_the_client_needs_standard_jobs() {
+    // A proxy (no REQUIRES_STANDARD_JOBS): its standard channels form one group, and a new
+    // block is one NewExtendedMiningJob for all of them.
+    let mut h = Harness::new(config(EASY));
+    h.setup();
+    let mut channels = Vec::new();
+    let mut group_id = None;
+    for request_id in 0..3 {
+        let (_, out) = h.send(open_standard(request_id, "w", [0xff; 32]));
+        let Message::OpenStandardMiningChannelSuccess(success) = out[0].message() else {
+            panic!()
+        };
+        assert_ne!(success.group_channel_id, 0);
+        assert_eq!(
+            *group_id.get_or_insert(success.group_channel_id),
+            success.group_channel_id
+        );
+        assert_ne!(success.channel_id, success.group_channel_id);
+        channels.push((
+            success.channel_id,
+            success.extranonce_prefix.as_bytes().to_vec(),
+        ));
+    }
+    let group_id = group_id.unwrap();
+    let out = h.new_block(2);
+    assert!(is_group_job(&out, group_id), "{} frames", out.len());
+    // Each channel mines the root its prefix gives, and the pool checks it against its own.
+    let template = template(2, true);
+    for (sequence, (channel_id, prefix)) in channels.iter().enumerate() {
+        let root = reference_merkle_root(&template, prefix);
+        let nonce = mine(&root, 0x2000_0000, EASY, true);
+        let (outcome, _) = h.send(submit_standard(
+            *channel_id,
+            sequence as u32,
+            2,
+            nonce,
+            0x2000_0000,
+        ));
+        assert!(matches!(outcome, Outcome::ShareAccepted(_)), "{outcome:?}");
+    }
+
+    // A header-only device: each channel gets its own NewMiningJob.
+    let mut h = Harness::new(config(EASY));
+    let (outcome, _) = h.send(setup_connection(SETUP_FLAG_REQUIRES_STANDARD_JOBS));
+    assert_eq!(outcome, Outcome::Continue);
+    for request_id in 0..2 {
+        let (_, out) = h.send(open_standard(request_id, "w", [0xff; 32]));
+        let Message::OpenStandardMiningChannelSuccess(success) = out[0].message() else {
+            panic!()
+        };
+        assert_eq!(success.group_channel_id, 0);
+    }
+    let out = h.new_block(2);
+    let jobs = out
+        .iter()
+        .filter(|sent| matches!(sent.message(), Message::NewMiningJob(_)))
+        .count();
+    assert_eq!(jobs, 2);
 }
 
 #[test]

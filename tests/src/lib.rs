@@ -237,6 +237,107 @@ pub fn admin_get(pool: &PoolSetup, path: &str, token: &str) -> anyhow::Result<Va
         .into_json()?)
 }
 
+/// A Bitcoin regtest address, for pools on the synthetic chain.
+pub const SYNTHETIC_PAYOUT_ADDRESS: &str = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt";
+
+/// `otedama run` on the synthetic chain (SHA256d jobs, no node), listening for Stratum V1,
+/// V2 over Noise and V2 over QUIC on free loopback ports.
+pub struct SyntheticPool {
+    pub process: Process,
+    pub v1: String,
+    pub sv2: String,
+    pub quic: std::net::SocketAddr,
+    pub api_port: u16,
+    /// The authority key the pool printed, base58check.
+    pub authority_key: String,
+    /// The self-signed QUIC certificate the pool made.
+    pub quic_certificate: PathBuf,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl SyntheticPool {
+    /// Starts the pool with `extra_args` after the listeners (difficulty, cores, …) and
+    /// waits until it has a job.
+    pub fn start(extra_args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().expect("a temporary directory");
+        let v1 = format!("127.0.0.1:{}", free_port());
+        let sv2 = format!("127.0.0.1:{}", free_port());
+        let quic: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("an address");
+        let api_port = free_port();
+        let mut child = Command::new(otedama_binary())
+            .args(["run", "--chain", "synthetic", "--coin", "bitcoin"])
+            .args(["--network", "regtest"])
+            .args(["--payout-address", SYNTHETIC_PAYOUT_ADDRESS])
+            .args(["--stratum-listen", &v1, "--sv2-listen", &sv2])
+            .args(["--quic-listen", &quic.to_string()])
+            .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--share-log-sync", "false"])
+            .args(extra_args)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting otedama run");
+        let authority_key = first_stdout_line(&mut child)
+            .trim()
+            .rsplit('/')
+            .next()
+            .expect("a URL")
+            .to_string();
+        let pool = SyntheticPool {
+            process: Process {
+                child,
+                name: "run".into(),
+            },
+            v1,
+            sv2,
+            quic,
+            api_port,
+            authority_key,
+            quic_certificate: data_dir.path().join("quic-cert.pem"),
+            data_dir,
+        };
+        wait_until(Duration::from_secs(60), "the pool's first job", || {
+            pool.try_stats()
+                .is_some_and(|s| s["height"].as_u64() > Some(0))
+        })
+        .expect("the synthetic pool started");
+        pool
+    }
+
+    fn try_stats(&self) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}/api/v1/stats", self.api_port);
+        ureq::get(&url).call().ok()?.into_json().ok()
+    }
+
+    /// `GET /api/v1/stats`.
+    pub fn stats(&self) -> Value {
+        self.try_stats().expect("the stats answer")
+    }
+}
+
+/// The first line a child prints on stdout; the rest is read and dropped on a thread, so
+/// the child never writes into a pipe nobody reads.
+pub fn first_stdout_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = first_tx.send(first);
+        }
+        for _ in lines {}
+    });
+    first_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the child printed a first line")
+}
+
 /// Polls `condition` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(
     timeout: Duration,

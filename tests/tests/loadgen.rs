@@ -1,18 +1,21 @@
-//! `otedama-loadgen` against a real `otedama run` on the synthetic chain: it holds its
-//! connections across several processes, gets every share acknowledged, sees new jobs,
-//! ends by itself and prints the JSON line scripts read. It refuses non-loopback targets.
+//! `otedama-loadgen` against a real `otedama run` on the synthetic chain: over Stratum V1,
+//! V2 over Noise/TCP and V2 over QUIC it holds its connections across several processes,
+//! gets every share acknowledged, sees new jobs, counts the bytes on the wire, ends by
+//! itself and prints the JSON line scripts read. It refuses non-loopback targets.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use otedama_tests::{free_port, otedama_binary, wait_until, workspace_binary, Process};
+use otedama_tests::{workspace_binary, SyntheticPool};
 
-const LOADGEN_JSON_KEYS: [&str; 8] = [
+const LOADGEN_JSON_KEYS: [&str; 10] = [
     "connections",
+    "protocol",
     "shares_acked",
     "shares_per_s",
+    "wire_bytes_per_share",
     "ack_p50_us",
     "ack_p99_us",
     "ack_p999_us",
@@ -22,93 +25,69 @@ const LOADGEN_JSON_KEYS: [&str; 8] = [
 
 #[test]
 fn loadgen_drives_a_synthetic_pool_and_reports_fixed_keys() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let (stratum_port, api_port) = (free_port(), free_port());
-    let pool = Command::new(otedama_binary())
-        .args([
-            "run",
-            "--chain",
-            "synthetic",
-            "--coin",
-            "bitcoin",
-            "--network",
-            "regtest",
-        ])
-        .args([
-            "--payout-address",
-            "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt",
-        ])
-        .args(["--stratum-listen", &format!("127.0.0.1:{stratum_port}")])
-        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--difficulty-min", "1e-10", "--start-difficulty", "1e-10"])
-        .args([
-            "--vardiff-share-interval-s",
-            "0",
-            "--share-log-sync",
-            "false",
-        ])
-        .args([
-            "--synthetic-job-interval-ms",
-            "1000",
-            "--dataplane-processes",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting otedama run");
-    let mut pool = Process {
-        child: pool,
-        name: "run".into(),
-    };
-    let address = format!("127.0.0.1:{stratum_port}");
-    wait_until(Duration::from_secs(60), "the pool to listen", || {
-        std::net::TcpStream::connect(&address).is_ok()
-    })
-    .unwrap();
+    let mut pool = SyntheticPool::start(&[
+        "--difficulty-min",
+        "1e-10",
+        "--start-difficulty",
+        "1e-10",
+        "--vardiff-share-interval-s",
+        "0",
+        "--synthetic-job-interval-ms",
+        "1000",
+        "--dataplane-processes",
+        "2",
+    ]);
     // Give both data-plane processes time to receive their first job.
     std::thread::sleep(Duration::from_secs(2));
-    let output = Command::new(workspace_binary("otedama-loadgen"))
-        .args([
-            "--target",
-            &address,
-            "--connections",
-            "200",
-            "--rate",
-            "2000",
-        ])
-        .args(["--duration", "4", "--processes", "2"])
-        .output()
-        .expect("running otedama-loadgen");
-    pool.terminate();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let last = stdout.lines().last().expect("a summary");
-    let summary: Value = serde_json::from_str(last).expect("the last line is JSON");
-    let mut keys: Vec<&str> = summary
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    let mut expected = LOADGEN_JSON_KEYS.to_vec();
-    expected.sort_unstable();
-    assert_eq!(keys, expected, "{last}");
-    assert_eq!(summary["connections"], 200, "{stdout}");
-    assert_eq!(summary["errors"], 0, "{stdout}");
-    let acked = summary["shares_acked"].as_u64().unwrap();
-    assert!(acked > 1000, "only {acked} shares acknowledged: {stdout}");
-    assert!(
-        summary["broadcast_p99_ms"].is_number(),
-        "a new job reached the miners during the run: {stdout}"
-    );
+    for (protocol, target) in [
+        ("v1", pool.v1.clone()),
+        ("v2", pool.sv2.clone()),
+        ("quic", pool.quic.to_string()),
+    ] {
+        let output = Command::new(workspace_binary("otedama-loadgen"))
+            .args(["--target", &target, "--protocol", protocol])
+            .args(["--authority-key", &pool.authority_key])
+            .arg("--quic-ca")
+            .arg(&pool.quic_certificate)
+            .args(["--connections", "200", "--rate", "2000"])
+            .args(["--duration", "4", "--processes", "2"])
+            .output()
+            .expect("running otedama-loadgen");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{protocol}: loadgen failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let last = stdout.lines().last().expect("a summary");
+        let summary: Value = serde_json::from_str(last).expect("the last line is JSON");
+        let mut keys: Vec<&str> = summary
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        let mut expected = LOADGEN_JSON_KEYS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{last}");
+        assert_eq!(summary["protocol"], protocol, "{stdout}");
+        assert_eq!(summary["connections"], 200, "{protocol}: {stdout}");
+        assert_eq!(summary["errors"], 0, "{protocol}: {stdout}");
+        let acked = summary["shares_acked"].as_u64().unwrap();
+        assert!(
+            acked > 1000,
+            "{protocol}: only {acked} shares acknowledged: {stdout}"
+        );
+        assert!(
+            summary["broadcast_p99_ms"].is_number(),
+            "{protocol}: a new job reached the miners during the run: {stdout}"
+        );
+        // A share costs at least its own bytes and an acknowledgement's, with headers.
+        let wire = summary["wire_bytes_per_share"].as_f64().unwrap();
+        assert!(wire > 60.0, "{protocol}: {wire} bytes per share: {stdout}");
+    }
+    pool.process.terminate();
 }
 
 #[test]

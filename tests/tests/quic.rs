@@ -4,96 +4,32 @@
 //! its address sixteen times mid-session (connection migration, which crosses cores when
 //! the kernel hashes the new address to the other one).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use otedama_shared::sv2::client::{ClientEvent, MiningWork, StandardClient};
 use otedama_shared::sv2::FrameDecoder;
-use otedama_tests::{free_port, otedama_binary, wait_until, Process};
+use otedama_tests::{wait_until, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
 
-const PAYOUT_ADDRESS: &str = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt";
+const PAYOUT_ADDRESS: &str = SYNTHETIC_PAYOUT_ADDRESS;
 
-struct QuicPool {
-    _process: Process,
-    quic: SocketAddr,
-    api_port: u16,
-    certificate: std::path::PathBuf,
-    _data_dir: tempfile::TempDir,
-}
-
-fn start_pool(cores: &str, connections_per_core_max: usize) -> QuicPool {
-    let data_dir = tempfile::tempdir().unwrap();
-    let quic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let api_port = free_port();
-    let child = Command::new(otedama_binary())
-        .args([
-            "run",
-            "--chain",
-            "synthetic",
-            "--coin",
-            "bitcoin",
-            "--network",
-            "regtest",
-        ])
-        .args(["--payout-address", PAYOUT_ADDRESS])
-        .args(["--stratum-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--quic-listen", &quic.to_string()])
-        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--cores", cores])
-        .args([
-            "--quic-connections-per-core-max",
-            &connections_per_core_max.to_string(),
-        ])
-        .args(["--start-difficulty", "1e-6", "--difficulty-min", "1e-9"])
-        .args([
-            "--vardiff-share-interval-s",
-            "0",
-            "--share-log-sync",
-            "false",
-        ])
-        .args(["--synthetic-job-interval-ms", "60000"])
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting otedama run");
-    let process = Process {
-        child,
-        name: "run".into(),
-    };
-    let stats_url = format!("http://127.0.0.1:{api_port}/api/v1/stats");
-    wait_until(Duration::from_secs(60), "the pool's first job", || {
-        ureq::get(&stats_url)
-            .call()
-            .ok()
-            .and_then(|r| r.into_json::<serde_json::Value>().ok())
-            .is_some_and(|s| s["height"].as_u64() > Some(0))
-    })
-    .unwrap();
-    let certificate = data_dir.path().join("quic-cert.pem");
-    assert!(certificate.exists(), "a self-signed certificate was made");
-    QuicPool {
-        _process: process,
-        quic,
-        api_port,
-        certificate,
-        _data_dir: data_dir,
-    }
-}
-
-impl QuicPool {
-    fn stats(&self) -> serde_json::Value {
-        ureq::get(&format!("http://127.0.0.1:{}/api/v1/stats", self.api_port))
-            .call()
-            .unwrap()
-            .into_json()
-            .unwrap()
-    }
+fn start_pool(cores: &str, connections_per_core_max: usize) -> SyntheticPool {
+    let limit = connections_per_core_max.to_string();
+    SyntheticPool::start(&[
+        "--cores",
+        cores,
+        "--quic-connections-per-core-max",
+        &limit,
+        "--start-difficulty",
+        "1e-6",
+        "--difficulty-min",
+        "1e-9",
+        "--vardiff-share-interval-s",
+        "0",
+        "--synthetic-job-interval-ms",
+        "60000",
+    ])
 }
 
 /// The client's TLS session store, counting the session tickets the pool issues.
@@ -187,7 +123,7 @@ struct Miner {
 }
 
 impl Miner {
-    async fn connect(pool: &QuicPool, config: &quinn::ClientConfig) -> Result<Self, String> {
+    async fn connect(pool: &SyntheticPool, config: &quinn::ClientConfig) -> Result<Self, String> {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config.clone());
         let connection = endpoint
@@ -236,7 +172,7 @@ impl Miner {
                     .client
                     .handle_frame(&frame.header, frame.payload)
                     .map_err(|e| e.to_string())?;
-                if let ClientEvent::SharesAccepted(count) = event {
+                if let ClientEvent::SharesAccepted { count, .. } = event {
                     self.accepted += count;
                 }
                 return Ok(event);
@@ -269,7 +205,7 @@ impl Miner {
         let before = self.accepted;
         while self.accepted == before {
             match self.read_event().await.unwrap() {
-                ClientEvent::ShareRejected(code) => panic!("share rejected: {code}"),
+                ClientEvent::ShareRejected { code, .. } => panic!("share rejected: {code}"),
                 _ => continue,
             }
         }
@@ -284,7 +220,7 @@ impl Miner {
 #[tokio::test(flavor = "current_thread")]
 async fn quic_limit_edge_and_zero_rtt_resumption() {
     let pool = start_pool("0", 1);
-    let (config, store) = client_config_with_store(&pool.certificate);
+    let (config, store) = client_config_with_store(&pool.quic_certificate);
 
     let mut first = Miner::connect(&pool, &config).await.unwrap();
     first.mine_one(0).await;
@@ -324,7 +260,7 @@ async fn quic_limit_edge_and_zero_rtt_resumption() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_quic_miner_keeps_mining_across_address_changes() {
     let pool = start_pool("0,1", 1000);
-    let config = client_config(&pool.certificate);
+    let config = client_config(&pool.quic_certificate);
     let mut miner = Miner::connect(&pool, &config).await.unwrap();
     miner.mine_one(0).await;
     let rebinds = 16;

@@ -26,6 +26,11 @@ fn v1_v2_and_quic_miners_find_blocks_the_node_accepts() -> anyhow::Result<()> {
         format!("127.0.0.1:{sv2_port}"),
         "--quic-listen".into(),
         format!("127.0.0.1:{quic_port}"),
+        // A PPLNS window of every share in the run (regtest's network difficulty is tiny):
+        // each block then credits all three miners, whichever found it, so every miner
+        // shows credit even if the node turned down its own blocks as height races.
+        "--pplns-window-factor".into(),
+        "1e12".into(),
     ];
     let _run = pool.spawn("run")?;
     pool.wait_ready(Duration::from_secs(60))?;

@@ -218,7 +218,12 @@ fn test(rest: &[String]) -> Result<(), String> {
 /// Seconds each fuzz target runs in `cargo xtask test`: long enough to reach every
 /// decoder's error paths from an empty corpus, short enough for CI.
 const FUZZ_SECONDS_PER_TARGET: u32 = 20;
-const FUZZ_TARGETS: &[&str] = &["sv2_message", "sv2_frames", "sv1_session"];
+const FUZZ_TARGETS: &[&str] = &[
+    "sv2_message",
+    "sv2_frames",
+    "sv1_session",
+    "sv2_server_session",
+];
 
 /// Runs every cargo-fuzz target for a bounded time (installing a nightly toolchain and
 /// cargo-fuzz first if they are missing).

@@ -90,18 +90,10 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
 async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str {
     let mut framer = LineFramer::new(STRATUM_LINE_BYTES_MAX);
     loop {
-        // Back-pressure: read no more while this miner or this core has too many shares
-        // waiting for the disk.
-        connection.wire.awaiting_ack.below_limit().await;
-        core.awaiting_durability.below_limit().await;
-        let read = match connection.wire.read(&core.receive_buffer).await {
-            Ok(0) => return "peer closed",
+        let read = match connection.wire.read_for_session(core).await {
             Ok(read) => read,
-            Err(_) => return "read error",
+            Err(reason) => return reason,
         };
-        if connection.wire.is_closed() {
-            return "closed by the pool";
-        }
         let scratch = core.receive_buffer.borrow();
         let mut close_reason = None;
         let fed = framer.feed(&scratch[..read], |line| {

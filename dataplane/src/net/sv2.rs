@@ -163,16 +163,10 @@ async fn read_loop(
 ) -> &'static str {
     let mut handshake_reply = Vec::new();
     loop {
-        connection.wire.awaiting_ack.below_limit().await;
-        core.awaiting_durability.below_limit().await;
-        let read = match connection.wire.read(&core.receive_buffer).await {
-            Ok(0) => return "peer closed",
+        let read = match connection.wire.read_for_session(core).await {
             Ok(read) => read,
-            Err(_) => return "read error",
+            Err(reason) => return reason,
         };
-        if connection.wire.is_closed() {
-            return "closed by the pool";
-        }
         let now_s = now_s();
         {
             let received = core.receive_buffer.borrow();

@@ -111,6 +111,23 @@ impl Wire {
         Ok(read)
     }
 
+    /// The next read for a session, once this connection and its core are below their
+    /// limits of shares awaiting the disk (back-pressure: a flooding miner slows itself);
+    /// the reason to close when the stream ended or the pool closed it.
+    pub async fn read_for_session(&self, core: &crate::rt::Core) -> Result<usize, &'static str> {
+        self.awaiting_ack.below_limit().await;
+        core.awaiting_durability.below_limit().await;
+        let read = match self.read(&core.receive_buffer).await {
+            Ok(0) => return Err("peer closed"),
+            Ok(read) => read,
+            Err(_) => return Err("read error"),
+        };
+        if self.is_closed() {
+            return Err("closed by the pool");
+        }
+        Ok(read)
+    }
+
     /// Closes the connection if it has sent nothing since `cutoff_s`.
     pub(crate) fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
         let idle = self.last_read_s.get() < cutoff_s;

@@ -37,10 +37,17 @@ pub enum ClientEvent {
     },
     /// New work (a job, a new block, or a new target).
     NewWork,
-    /// The pool acknowledged this many shares.
-    SharesAccepted(u32),
+    /// The pool acknowledged `count` shares, the last of them `last_sequence_number`
+    /// (acknowledgements come in order, but rejections may overtake them).
+    SharesAccepted {
+        count: u32,
+        last_sequence_number: u32,
+    },
     /// The pool refused a share with this code.
-    ShareRejected(String),
+    ShareRejected {
+        sequence_number: u32,
+        code: String,
+    },
 }
 
 /// Why the pool's side of the conversation cannot go on.
@@ -232,12 +239,14 @@ impl StandardClient {
                 self.generation += 1;
                 ClientEvent::NewWork
             }
-            Message::SubmitSharesSuccess(success) => {
-                ClientEvent::SharesAccepted(success.new_submits_accepted_count)
-            }
-            Message::SubmitSharesError(error) => {
-                ClientEvent::ShareRejected(error.error_code.as_str().into())
-            }
+            Message::SubmitSharesSuccess(success) => ClientEvent::SharesAccepted {
+                count: success.new_submits_accepted_count,
+                last_sequence_number: success.last_sequence_number,
+            },
+            Message::SubmitSharesError(error) => ClientEvent::ShareRejected {
+                sequence_number: error.sequence_number,
+                code: error.error_code.as_str().into(),
+            },
             _ => ClientEvent::Nothing,
         })
     }

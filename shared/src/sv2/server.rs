@@ -11,6 +11,13 @@
 //! the same core, as in V1. A standard channel's extranonce is the prefix and 4 zero
 //! bytes, fixed, so the pool computes its merkle root once per job and each share costs
 //! one header hash. An extended channel rolls the other 4 bytes itself.
+//!
+//! Group channel: when the client can take extended jobs (it did not set
+//! REQUIRES_STANDARD_JOBS, as a proxy would not), all its standard channels join one
+//! group, and each new job goes out once, as a NewExtendedMiningJob to the group, instead
+//! of one NewMiningJob per channel; the client derives each channel's merkle root from its
+//! extranonce prefix (the pool computes the same roots to check shares). A device that
+//! mines headers only sets the flag and gets per-channel jobs.
 
 use std::sync::Arc;
 
@@ -151,6 +158,14 @@ enum ChannelKind {
     Extended,
 }
 
+/// The group channel all standard channels of a connection belong to.
+#[derive(Debug)]
+struct Group {
+    id: u32,
+    /// Whether SetNewPrevHash has gone out to the group.
+    has_prev_hash: bool,
+}
+
 #[derive(Debug)]
 struct Channel {
     id: u32,
@@ -162,6 +177,8 @@ struct Channel {
     merkle_roots: Vec<(u64, [u8; 32])>,
     /// Whether SetNewPrevHash has gone out, so that later jobs may be active at once.
     has_prev_hash: bool,
+    /// A standard channel in the connection's group gets its jobs through the group.
+    in_group: bool,
     /// Target last sent (in Success or SetTarget).
     announced_difficulty: f64,
 }
@@ -173,12 +190,56 @@ pub struct Session {
     setup_done: bool,
     /// The client asked for version rolling and the pool allows it.
     version_rolling: bool,
+    /// The client can only take NewMiningJob (header-only device): no group channel.
+    requires_standard_jobs: bool,
+    /// The group of this connection's standard channels, once one is open.
+    group: Option<Group>,
     channels: Vec<Channel>,
     next_channel_id: u32,
     outbox: Vec<u8>,
     /// Where the last frame in the outbox, a SubmitShares.Success, starts, so the next
     /// acknowledgement for the same channel folds into it.
     last_success_at: Option<usize>,
+}
+
+/// Outbox capacity a connection keeps between flushes: acknowledgements fit, a job's
+/// frames (over a kilobyte for an extended channel) are given back after sending.
+const OUTBOX_KEEP_BYTES_MAX: usize = 256;
+
+/// NewExtendedMiningJob for a channel or a group.
+fn encode_extended_job(
+    channel_id: u32,
+    job: &Job,
+    min_ntime: Option<u32>,
+    version_rolling_allowed: bool,
+    out: &mut Vec<u8>,
+) {
+    let path = Seq0255U256::from_bytes(job.merkle_branch.as_flattened())
+        .expect("a block's merkle branch is under 255 levels");
+    Message::NewExtendedMiningJob(NewExtendedMiningJob {
+        channel_id,
+        job_id: job.job_id() as u32,
+        min_ntime,
+        version: job.template.version,
+        version_rolling_allowed,
+        merkle_path: path,
+        coinbase_tx_prefix: B064K::new(&job.template.coinbase_prefix)
+            .expect("a coinbase prefix is under 64 KiB"),
+        coinbase_tx_suffix: B064K::new(&job.template.coinbase_suffix)
+            .expect("a coinbase suffix is under 64 KiB"),
+    })
+    .encode(out);
+}
+
+fn encode_set_new_prev_hash(channel_id: u32, job: &Job, out: &mut Vec<u8>) {
+    Message::SetNewPrevHash(SetNewPrevHash {
+        channel_id,
+        job_id: job.job_id() as u32,
+        prev_hash: job.template.prevhash,
+        min_ntime: job.template.ntime,
+        nbits: job.template.bits,
+    })
+    .encode(out);
 }
 
 /// Bytes of a SubmitShares.Success frame: header and four fixed fields.
@@ -190,6 +251,8 @@ impl Session {
             config,
             setup_done: false,
             version_rolling: false,
+            requires_standard_jobs: false,
+            group: None,
             channels: Vec::new(),
             next_channel_id: 1,
             outbox: Vec::new(),
@@ -203,11 +266,12 @@ impl Session {
     }
 
     pub fn transmitted(&mut self) {
-        self.outbox.clear();
-        self.last_success_at = None;
-        if self.outbox.capacity() > 4096 {
+        if self.outbox.capacity() > OUTBOX_KEEP_BYTES_MAX {
             self.outbox = Vec::new();
+        } else {
+            self.outbox.clear();
         }
+        self.last_success_at = None;
     }
 
     pub fn channel_count(&self) -> usize {
@@ -308,6 +372,7 @@ impl Session {
         }
         self.setup_done = true;
         self.version_rolling = rolling_allowed;
+        self.requires_standard_jobs = setup.flags & SETUP_FLAG_REQUIRES_STANDARD_JOBS != 0;
         let flags = if rolling_allowed {
             0
         } else {
@@ -375,8 +440,23 @@ impl Session {
         }
         let prefix = (context.allocate_extranonce_prefix)();
         debug_assert_eq!(prefix.len(), EXTRANONCE1_BYTES);
-        let id = self.next_channel_id;
-        self.next_channel_id = self.next_channel_id.wrapping_add(1).max(1);
+        let id = self.allocate_channel_id();
+        let in_group = kind == ChannelKind::Standard && !self.requires_standard_jobs;
+        let group_channel_id = if in_group {
+            match &self.group {
+                Some(group) => group.id,
+                None => {
+                    let group_id = self.allocate_channel_id();
+                    self.group = Some(Group {
+                        id: group_id,
+                        has_prev_hash: false,
+                    });
+                    group_id
+                }
+            }
+        } else {
+            0
+        };
         let target = share_target(algorithm, work.difficulty()).to_le_bytes();
         let channel = Channel {
             id,
@@ -387,6 +467,7 @@ impl Session {
             work,
             merkle_roots: Vec::new(),
             has_prev_hash: false,
+            in_group,
         };
         match kind {
             ChannelKind::Standard => {
@@ -398,7 +479,7 @@ impl Session {
                         channel_id: id,
                         target,
                         extranonce_prefix: B032::new(&extranonce).expect("8 bytes"),
-                        group_channel_id: 0,
+                        group_channel_id,
                     },
                 ));
             }
@@ -416,11 +497,20 @@ impl Session {
             }
         }
         self.channels.push(channel);
+        // The first job goes to the channel itself, even in a group: the group's next job
+        // may be a block away.
         if let Some(job) = context.jobs.newest().cloned() {
             let index = self.channels.len() - 1;
-            self.send_job_to_channel(index, &job, context.now_s);
+            self.send_job_to_channel(index, &job, context.now_s, false);
         }
         Outcome::Continue
+    }
+
+    /// Channel and group ids share one space: 1, 2, 3, … (0 means "no group").
+    fn allocate_channel_id(&mut self) -> u32 {
+        let id = self.next_channel_id;
+        self.next_channel_id = self.next_channel_id.wrapping_add(1).max(1);
+        id
     }
 
     /// The first difficulty of a channel: from the hash rate the miner states, so that it
@@ -467,14 +557,44 @@ impl Session {
         self.channels.iter().position(|c| c.id == channel_id)
     }
 
-    /// Sends a job to every channel.
+    /// Sends a job to every channel: once to the group for the grouped standard channels,
+    /// and to each other channel on its own.
     pub fn handle_new_job(&mut self, job: &Job, now_s: u64) {
+        let mut grouped = 0;
         for index in 0..self.channels.len() {
-            self.send_job_to_channel(index, job, now_s);
+            let via_group = self.channels[index].in_group;
+            grouped += via_group as usize;
+            self.send_job_to_channel(index, job, now_s, via_group);
+        }
+        if grouped > 0 {
+            self.send_job_to_group(job);
         }
     }
 
-    fn send_job_to_channel(&mut self, index: usize, job: &Job, now_s: u64) {
+    fn send_job_to_group(&mut self, job: &Job) {
+        let version_rolling = self.version_rolling;
+        let Some(group) = self.group.as_mut() else {
+            return;
+        };
+        let activate_with_prev_hash = job.template.clean_jobs || !group.has_prev_hash;
+        group.has_prev_hash = true;
+        let group_id = group.id;
+        encode_extended_job(
+            group_id,
+            job,
+            (!activate_with_prev_hash).then_some(job.template.ntime),
+            version_rolling,
+            &mut self.outbox,
+        );
+        if activate_with_prev_hash {
+            encode_set_new_prev_hash(group_id, job, &mut self.outbox);
+        }
+        self.last_success_at = None;
+    }
+
+    /// Records `job` on a channel (retarget, the jobs it holds, its merkle root) and, unless
+    /// the group carries it, sends it.
+    fn send_job_to_channel(&mut self, index: usize, job: &Job, now_s: u64, via_group: bool) {
         if self.channels[index].work.retarget_before_job(now_s) {
             self.announce_target(index);
         }
@@ -484,7 +604,8 @@ impl Session {
         let job_id_wire = job.job_id() as u32;
         // A job on a new previous block goes out as a future job activated by
         // SetNewPrevHash; one on the current block is active at once.
-        let activate_with_prev_hash = job.template.clean_jobs || !channel.has_prev_hash;
+        let activate_with_prev_hash =
+            job.template.clean_jobs || !(channel.has_prev_hash || via_group);
         let min_ntime = (!activate_with_prev_hash).then_some(job.template.ntime);
         let mut frame = Vec::new();
         match channel.kind {
@@ -497,6 +618,11 @@ impl Session {
                     channel.merkle_roots.remove(0);
                 }
                 channel.merkle_roots.push((job.job_id(), root));
+                if via_group {
+                    // The group's SetNewPrevHash covers this channel too.
+                    channel.has_prev_hash = true;
+                    return;
+                }
                 Message::NewMiningJob(NewMiningJob {
                     channel_id: channel.id,
                     job_id: job_id_wire,
@@ -507,33 +633,12 @@ impl Session {
                 .encode(&mut frame);
             }
             ChannelKind::Extended => {
-                let path = Seq0255U256::from_bytes(job.merkle_branch.as_flattened())
-                    .expect("a block's merkle branch is under 255 levels");
-                Message::NewExtendedMiningJob(NewExtendedMiningJob {
-                    channel_id: channel.id,
-                    job_id: job_id_wire,
-                    min_ntime,
-                    version: job.template.version,
-                    version_rolling_allowed: version_rolling,
-                    merkle_path: path,
-                    coinbase_tx_prefix: B064K::new(&job.template.coinbase_prefix)
-                        .expect("a coinbase prefix is under 64 KiB"),
-                    coinbase_tx_suffix: B064K::new(&job.template.coinbase_suffix)
-                        .expect("a coinbase suffix is under 64 KiB"),
-                })
-                .encode(&mut frame);
+                encode_extended_job(channel.id, job, min_ntime, version_rolling, &mut frame);
             }
         }
         if activate_with_prev_hash {
             channel.has_prev_hash = true;
-            Message::SetNewPrevHash(SetNewPrevHash {
-                channel_id: channel.id,
-                job_id: job_id_wire,
-                prev_hash: job.template.prevhash,
-                min_ntime: job.template.ntime,
-                nbits: job.template.bits,
-            })
-            .encode(&mut frame);
+            encode_set_new_prev_hash(channel.id, job, &mut frame);
         }
         self.outbox.extend_from_slice(&frame);
         self.last_success_at = None;

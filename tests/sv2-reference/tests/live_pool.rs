@@ -4,8 +4,9 @@
 //! the protocol, and `channels_sv2`'s client channels track the jobs and check each share
 //! before it is sent (their own merkle roots and header hashes, with the `bitcoin` crate).
 //! The pool must accept what the reference client considers a valid share on a standard
-//! and an extended channel, and reject stale, duplicate and low-difficulty shares with the
-//! reference implementation's error codes.
+//! channel (which, the client taking extended jobs, gets new blocks through its group
+//! channel) and an extended channel, and reject stale, duplicate and low-difficulty shares
+//! with the reference implementation's error codes.
 //!
 //! The pool runs on its synthetic chain (SHA256d, a new block every few seconds), so the
 //! test needs no node. `cargo xtask test` sets `OTEDAMA_BINARY` to the `otedama` it built.
@@ -133,10 +134,10 @@ fn start_pool() -> Pool {
         .spawn()
         .expect("starting otedama run");
     // `otedama run` prints the URL with the authority key before it starts the planes.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    // The rest of its stdout is drained on a thread, so it never writes into a closed pipe.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
     let key = line
         .trim()
         .rsplit('/')
@@ -281,6 +282,12 @@ impl Channel {
                 channel
                     .on_new_extended_mining_job(job.into_owned())
                     .unwrap();
+            }
+            // The pool sends a proxy's standard channels their jobs through their group:
+            // the reference channel derives its merkle root from its extranonce prefix.
+            (MESSAGE_TYPE_NEW_EXTENDED_MINING_JOB, Channel::Standard(channel)) => {
+                let job: NewExtendedMiningJob = from_bytes(&mut payload).unwrap();
+                channel.on_new_group_channel_job(job.into_owned()).unwrap();
             }
             (MESSAGE_TYPE_MINING_SET_NEW_PREV_HASH, channel) => {
                 let prev: SetNewPrevHash = from_bytes(&mut payload).unwrap();

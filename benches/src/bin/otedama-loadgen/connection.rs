@@ -35,7 +35,7 @@ const READ_BUFFER_BYTES: usize = 2048;
 const FIRST_SUBMIT_ID: u64 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Phase {
+pub(crate) enum Phase {
     Ramp,
     Measure {
         started: Instant,
@@ -46,23 +46,25 @@ enum Phase {
 }
 
 /// State shared by every connection of this process (one thread, so `Cell`/`RefCell`).
-struct Worker {
-    args: Args,
-    target: SocketAddr,
-    phase: watch::Sender<Phase>,
-    ack_us: RefCell<Histogram<u64>>,
-    broadcast_us: RefCell<Histogram<u64>>,
+pub(crate) struct Worker {
+    pub(crate) args: Args,
+    pub(crate) target: SocketAddr,
+    pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) ack_us: RefCell<Histogram<u64>>,
+    pub(crate) broadcast_us: RefCell<Histogram<u64>>,
     /// Fallback reference when jobs carry no publish stamp: the first receipt of each job.
-    first_receipt_us: RefCell<std::collections::HashMap<String, u64>>,
-    stamped: Cell<bool>,
-    unstamped: Cell<bool>,
-    report: RefCell<WorkerReport>,
-    ready: Cell<usize>,
-    settled: Cell<usize>,
-    pending_total: Cell<usize>,
+    pub(crate) first_receipt_us: RefCell<std::collections::HashMap<String, u64>>,
+    pub(crate) stamped: Cell<bool>,
+    pub(crate) unstamped: Cell<bool>,
+    pub(crate) report: RefCell<WorkerReport>,
+    pub(crate) ready: Cell<usize>,
+    pub(crate) settled: Cell<usize>,
+    pub(crate) pending_total: Cell<usize>,
+    /// The transport's shared parts for V2 and QUIC runs.
+    pub(crate) v2: Option<crate::v2::Transport>,
 }
 
-fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -86,6 +88,7 @@ pub fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let (phase, _) = watch::channel(Phase::Ramp);
+        let v2 = crate::v2::Transport::new(args, target)?;
         let worker = Rc::new(Worker {
             args: args.clone(),
             target,
@@ -99,6 +102,7 @@ pub fn run_worker(
             ready: Cell::new(0),
             settled: Cell::new(0),
             pending_total: Cell::new(0),
+            v2,
         });
         worker.report.borrow_mut().connections_attempted = mine.len() as u64;
         let ramp_deadline = Instant::now() + Duration::from_secs(args.connect_timeout_s);
@@ -113,10 +117,16 @@ pub fn run_worker(
             if Instant::now() > ramp_deadline {
                 break;
             }
-            tasks.push(tokio::task::spawn_local(run_connection(
-                worker.clone(),
-                global_index,
-            )));
+            let task = match args.protocol {
+                crate::Protocol::V1 => {
+                    tokio::task::spawn_local(run_connection(worker.clone(), global_index))
+                }
+                _ => tokio::task::spawn_local(crate::v2::run_connection(
+                    worker.clone(),
+                    global_index,
+                )),
+            };
+            tasks.push(task);
         }
         while worker.settled.get() < tasks.len() && Instant::now() < ramp_deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -145,7 +155,7 @@ pub fn run_worker(
     })
 }
 
-async fn connect(worker: &Worker, global_index: usize) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(worker: &Worker, global_index: usize) -> std::io::Result<TcpStream> {
     let source = worker.args.source_ips.nth(global_index);
     let socket = TcpSocket::new_v4()?;
     // Let connect() pick the port, so each source address's ports are shared per target
@@ -170,6 +180,31 @@ async fn connect(worker: &Worker, global_index: usize) -> std::io::Result<TcpStr
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// IPv4 and TCP header bytes per segment on loopback (TCP timestamps on: 20 + 20 + 12).
+pub(crate) const TCP_HEADER_BYTES: u64 = 52;
+
+/// Bytes a TCP socket has carried both ways, headers included: payload acknowledged and
+/// received, plus a header per segment sent and received (pure ACKs too).
+pub(crate) fn tcp_wire_bytes(fd: i32) -> Option<u64> {
+    // SAFETY: a zeroed tcp_info is a valid value; getsockopt writes at most `length` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let status = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut length,
+        )
+    };
+    (status == 0).then(|| {
+        info.tcpi_bytes_acked
+            + info.tcpi_bytes_received
+            + (info.tcpi_segs_out as u64 + info.tcpi_segs_in as u64) * TCP_HEADER_BYTES
+    })
 }
 
 /// One connection's client state.
@@ -237,6 +272,8 @@ async fn run_connection(worker: Rc<Worker>, global_index: usize) {
             return;
         }
     };
+    let fd = stream.as_raw_fd();
+    let mut wire_at_start = None;
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let mut out = Vec::with_capacity(256);
@@ -318,16 +355,18 @@ async fn run_connection(worker: Rc<Worker>, global_index: usize) {
                 }
                 let phase = *phase_rx.borrow_and_update();
                 match phase {
-                    Phase::Measure { .. } if worker.args.rate > 0.0 => {
-                        let period_s = worker.args.connections as f64 / worker.args.rate;
-                        // Spread the connections' first submits over one period.
-                        let offset_s = period_s * ((global_index as f64 * 0.618_033_988_7) % 1.0);
-                        let started = Instant::now() + Duration::from_secs_f64(offset_s);
-                        let tick = Duration::from_secs_f64(period_s.max(0.001));
-                        let mut interval = tokio::time::interval_at(started.into(), tick);
-                        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        ticker = Some((interval, started, period_s));
+                    Phase::Measure { .. } => wire_at_start = tcp_wire_bytes(fd),
+                    // A run whose shares are all acknowledged goes from Drain to Stop at
+                    // once, and a watch receiver may see only the last.
+                    Phase::Drain | Phase::Stop => {
+                        if let (Some(start), Some(end)) = (wire_at_start.take(), tcp_wire_bytes(fd)) {
+                            worker.report.borrow_mut().wire_bytes += end.saturating_sub(start);
+                        }
                     }
+                    _ => {}
+                }
+                match phase {
+                    Phase::Measure { .. } => ticker = submit_schedule(&worker, global_index),
                     Phase::Drain => ticker = None,
                     Phase::Stop => break false,
                     _ => {}
@@ -348,7 +387,26 @@ async fn run_connection(worker: Rc<Worker>, global_index: usize) {
     settle(&worker, &mut client);
 }
 
-async fn next_tick(ticker: &mut Option<(Interval, Instant, f64)>) {
+/// The submit schedule of one connection for the measured run: one share per
+/// `connections / rate` seconds, the connections' first submits spread over one period.
+/// `None` at rate 0. Every protocol's connections use it, so they submit alike.
+pub(crate) fn submit_schedule(
+    worker: &Worker,
+    global_index: usize,
+) -> Option<(Interval, Instant, f64)> {
+    if worker.args.rate <= 0.0 {
+        return None;
+    }
+    let period_s = worker.args.connections as f64 / worker.args.rate;
+    let offset_s = period_s * ((global_index as f64 * 0.618_033_988_7) % 1.0);
+    let started = Instant::now() + Duration::from_secs_f64(offset_s);
+    let tick = Duration::from_secs_f64(period_s.max(0.001));
+    let mut interval = tokio::time::interval_at(started.into(), tick);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    Some((interval, started, period_s))
+}
+
+pub(crate) async fn next_tick(ticker: &mut Option<(Interval, Instant, f64)>) {
     match ticker {
         Some((interval, _, _)) => {
             interval.tick().await;
@@ -359,8 +417,13 @@ async fn next_tick(ticker: &mut Option<(Interval, Instant, f64)>) {
 
 /// Marks the connection as done with ramp-up (ready or failed), once.
 fn settle(worker: &Worker, client: &mut Client) {
-    if !client.settled {
-        client.settled = true;
+    settle_once(worker, &mut client.settled);
+}
+
+/// Marks a connection as done with ramp-up, once.
+pub(crate) fn settle_once(worker: &Worker, settled: &mut bool) {
+    if !*settled {
+        *settled = true;
         worker.settled.set(worker.settled.get() + 1);
     }
 }
@@ -458,7 +521,7 @@ fn handle_line(
 }
 
 /// Records how long a new job took to reach this connection.
-fn record_broadcast(
+pub(crate) fn record_broadcast(
     worker: &Worker,
     job_id: &str,
     line: &[u8],

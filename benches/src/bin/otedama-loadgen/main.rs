@@ -1,6 +1,7 @@
-//! `otedama-loadgen`: holds many Stratum V1 connections to a pool on loopback, submits valid
-//! shares at a set total rate, and reports what it measured: connections held, shares
-//! acknowledged per second, acknowledgement latency, how long a new job takes to reach
+//! `otedama-loadgen`: holds many miner connections to a pool on loopback (Stratum V1,
+//! Stratum V2 over Noise/TCP, or Stratum V2 over QUIC), submits valid shares at a set total
+//! rate, and reports what it measured: connections held, shares acknowledged per second,
+//! acknowledgement latency, bytes on the wire per share, how long a new job takes to reach
 //! every miner, and errors.
 //!
 //! It never mines. Run the pool with a difficulty floor below 2^-32 (`--difficulty-min
@@ -14,6 +15,7 @@
 
 mod connection;
 mod report;
+mod v2;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -30,12 +32,22 @@ use report::{Summary, WorkerReport};
 #[command(
     name = "otedama-loadgen",
     version,
-    about = "Stratum V1 load generator for loopback pools"
+    about = "Stratum V1/V2/QUIC load generator for loopback pools"
 )]
 pub struct Args {
-    /// The pool's Stratum address; must be a loopback address.
+    /// The pool's address for the chosen protocol; must be a loopback address.
     #[arg(long)]
     pub target: String,
+    /// Protocol: v1 (JSON lines), v2 (SV2 over Noise/TCP; needs --authority-key) or quic
+    /// (SV2 over QUIC; needs --quic-ca for a self-signed pool).
+    #[arg(long, value_enum, default_value = "v1")]
+    pub protocol: Protocol,
+    /// The pool's SV2 authority key (base58check), for --protocol v2.
+    #[arg(long)]
+    pub authority_key: Option<String>,
+    /// A PEM certificate to trust for --protocol quic (default: the system's CA bundle).
+    #[arg(long)]
+    pub quic_ca: Option<std::path::PathBuf>,
     /// Connections to open and hold, over all processes.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
@@ -75,6 +87,23 @@ pub struct Args {
     /// Internal: run as child number N of a multi-process run.
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    V1,
+    V2,
+    Quic,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V1 => "v1",
+            Protocol::V2 => "v2",
+            Protocol::Quic => "quic",
+        }
+    }
 }
 
 /// An inclusive range of IPv4 loopback source addresses.

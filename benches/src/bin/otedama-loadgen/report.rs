@@ -38,6 +38,10 @@ pub struct WorkerReport {
     pub broadcast_stamped: bool,
     pub ack_us: String,
     pub broadcast_us: String,
+    /// Bytes on the wire during the measured run, both directions, headers included
+    /// (see `connection::TCP_HEADER_BYTES` and `v2::UDP_HEADER_BYTES`).
+    #[serde(default)]
+    pub wire_bytes: u64,
 }
 
 pub fn encode_histogram(histogram: &Histogram<u64>) -> String {
@@ -82,6 +86,7 @@ impl Summary {
             total.shares_stale += report.shares_stale;
             total.shares_rejected += report.shares_rejected;
             total.throttled += report.throttled;
+            total.wire_bytes += report.wire_bytes;
             total.broadcast_stamped &= report.broadcast_stamped;
             ack_us.add(decode_histogram(&report.ack_us)?)?;
             broadcast_us.add(decode_histogram(&report.broadcast_us)?)?;
@@ -99,6 +104,10 @@ impl Summary {
         t.connect_errors + t.authorize_errors + t.disconnects + t.shares_rejected
     }
 
+    fn wire_bytes_per_share(&self) -> f64 {
+        self.total.wire_bytes as f64 / (self.total.shares_acked.max(1)) as f64
+    }
+
     fn shares_per_s(&self) -> f64 {
         self.total.shares_acked as f64 / self.duration.as_secs_f64().max(1e-9)
     }
@@ -107,8 +116,13 @@ impl Summary {
         let t = &self.total;
         let quantile_us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
         println!(
-            "target {}  connections {}  rate {}/s  duration {} s  processes {}",
-            args.target, args.connections, args.rate, args.duration, args.processes
+            "target {}  protocol {}  connections {}  rate {}/s  duration {} s  processes {}",
+            args.target,
+            args.protocol.name(),
+            args.connections,
+            args.rate,
+            args.duration,
+            args.processes
         );
         println!(
             "connections held     {} of {} (connect errors {}, authorize errors {}, disconnects {})",
@@ -123,6 +137,10 @@ impl Summary {
             t.shares_sent, t.shares_acked, t.shares_stale, t.shares_rejected, t.throttled
         );
         println!("shares acked/s       {:.0}", self.shares_per_s());
+        println!(
+            "wire bytes per share {:.1}  (both directions, IP and TCP/UDP headers included)",
+            self.wire_bytes_per_share()
+        );
         println!(
             "ack latency          p50 {} us  p99 {} us  p999 {} us  max {} us",
             quantile_us(&self.ack_us, 0.5),
@@ -153,6 +171,8 @@ impl Summary {
             "connections": t.connections_held,
             "shares_acked": t.shares_acked,
             "shares_per_s": (self.shares_per_s() * 10.0).round() / 10.0,
+            "wire_bytes_per_share": (self.wire_bytes_per_share() * 10.0).round() / 10.0,
+            "protocol": args.protocol.name(),
             "ack_p50_us": quantile_us(&self.ack_us, 0.5),
             "ack_p99_us": quantile_us(&self.ack_us, 0.99),
             "ack_p999_us": quantile_us(&self.ack_us, 0.999),

@@ -1,6 +1,6 @@
 //! `otedama`: one binary for every role. `run` supervises a control plane and a data plane
 //! on one host; `dataplane` and `controlplane` run one half; `demo` runs a whole pool on a
-//! Litecoin regtest node with CPU miners; `miner` is a Stratum V1 CPU miner.
+//! Litecoin regtest node with CPU miners; `miner` is a CPU miner over Stratum V1, V2 (Noise) or V2 over QUIC.
 
 mod demo;
 mod miner;
@@ -31,7 +31,7 @@ enum Command {
     Controlplane(ConfigArgs),
     /// Start a regtest litecoind, a pool and two CPU miners, and show blocks being found.
     Demo(demo::DemoArgs),
-    /// Mine over Stratum V1 with the CPU.
+    /// Mine with the CPU over Stratum V1, Stratum V2 (Noise) or Stratum V2 over QUIC.
     Miner(miner::MinerArgs),
 }
 

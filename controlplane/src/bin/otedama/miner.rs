@@ -182,24 +182,10 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
                 &mut last_report,
                 started,
             ),
-            Endpoint::V2 { address, authority } => NoiseLink::connect(address, *authority)
-                .and_then(|mut link| {
+            Endpoint::V2 { address, .. } | Endpoint::Quic { address } => {
+                connect_v2(&endpoint, quic_client.as_ref()).and_then(|mut link| {
                     session_v2(
-                        &mut link,
-                        address,
-                        &args,
-                        &shared,
-                        &found_rx,
-                        deadline,
-                        &mut last_report,
-                        started,
-                    )
-                }),
-            Endpoint::Quic { address } => {
-                let config = quic_client.as_ref().expect("made for QUIC URLs");
-                QuicLink::connect(address, config).and_then(|mut link| {
-                    session_v2(
-                        &mut link,
+                        link.as_mut(),
                         address,
                         &args,
                         &shared,
@@ -353,6 +339,21 @@ fn report(shared: &Shared, last_report: &mut Instant, started: Instant) {
             shared.hashes.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// The V2 transport a URL names: Noise over TCP, or QUIC.
+fn connect_v2(
+    endpoint: &Endpoint,
+    quic_client: Option<&quinn::ClientConfig>,
+) -> anyhow::Result<Box<dyn FrameLink>> {
+    Ok(match endpoint {
+        Endpoint::V2 { address, authority } => Box::new(NoiseLink::connect(address, *authority)?),
+        Endpoint::Quic { address } => Box::new(QuicLink::connect(
+            address,
+            quic_client.context("no QUIC client configuration")?,
+        )?),
+        Endpoint::V1 { .. } => bail!("a stratum+tcp URL is Stratum V1, not V2"),
+    })
 }
 
 /// A transport carrying plaintext SV2 frames both ways.
@@ -632,10 +633,10 @@ fn session_v2(
                 .handle_frame(header, payload)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
-                ClientEvent::SharesAccepted(count) => {
+                ClientEvent::SharesAccepted { count, .. } => {
                     shared.accepted.fetch_add(count as u64, Relaxed);
                 }
-                ClientEvent::ShareRejected(code) => {
+                ClientEvent::ShareRejected { code, .. } => {
                     shared.rejected.fetch_add(1, Relaxed);
                     eprintln!("miner: share rejected: {code}");
                 }

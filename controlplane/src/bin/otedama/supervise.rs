@@ -17,6 +17,13 @@ use otedama_controlplane::config::PoolConfig;
 const RESTART_DELAY_MIN_MS: u64 = 200;
 const RESTART_DELAY_MAX_MS: u64 = 10_000;
 
+/// Prints a line for the operator on stdout. A closed stdout (a reader that went away) must
+/// not stop the pool, so write errors are ignored; the control plane logs the same URLs.
+fn announce(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
 struct Role {
     name: String,
     args: Vec<String>,
@@ -32,7 +39,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         // Made here, before the children start, so every process reads the same key.
         let key = config.sv2_authority()?.public_base58();
         for address in &config.sv2_listen {
-            println!("Stratum V2: stratum2+tcp://{address}/{key}");
+            announce(&format!("Stratum V2: stratum2+tcp://{address}/{key}"));
         }
     }
     if !config.quic_listen.is_empty() {
@@ -40,10 +47,10 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         config.quic_tls()?;
         let (certificate, _) = config.quic_tls_paths();
         for address in &config.quic_listen {
-            println!(
+            announce(&format!(
                 "Stratum V2 over QUIC: stratum2+quic://{address} (certificate {})",
                 certificate.display()
-            );
+            ));
         }
     }
     let effective = data_dir.join("effective.toml");
