@@ -102,6 +102,12 @@ impl BatchSink for RocksSink {
     }
 }
 
+/// One memtable; with [`MEMTABLES_MAX`] of them this is the share log's largest buffer,
+/// which `otedama-tune` sizes `vm.nr_hugepages` for (128 MiB per process).
+pub const MEMTABLE_BYTES: usize = 64 << 20;
+pub const MEMTABLES_MAX: i32 = 2;
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+
 /// The open share log and its writer thread.
 pub struct ShareLog {
     db: Option<Arc<DB>>,
@@ -125,6 +131,11 @@ impl ShareLog {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_max_background_jobs(2);
+        options.set_write_buffer_size(MEMTABLE_BYTES);
+        options.set_max_write_buffer_number(MEMTABLES_MAX);
+        // The memtables take huge pages where `otedama-tune` reserved them (vm.nr_hugepages);
+        // RocksDB falls back to malloc where none are free.
+        options.set_memtable_huge_page_size(HUGE_PAGE_BYTES);
         let db = Arc::new(DB::open(&options, path)?);
         let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
         let mut write_options = WriteOptions::default();

@@ -137,13 +137,15 @@ def main():
     nonce = find_nonce(job, extranonce1, extranonce2, client.difficulty)
     first = {"id": 1000, "method": "mining.submit", "params": submit_params(worker, job, extranonce2, nonce)}
     again = dict(first, id=1001, params=submit_params(worker, job, extranonce2, nonce)[:4] + ["%08X" % nonce])
+    # On regtest that share is a block, and the pool's next job may arrive before the
+    # replies do: count jobs from before the submit.
+    seen = client.jobs_seen
     client.sock.sendall((json.dumps(first) + "\n" + json.dumps(again) + "\n").encode())
     results["valid_share"] = client.reply(1000)["result"]
     duplicate = client.reply(1001)
     results["duplicate"] = duplicate["error"][0] if duplicate.get("error") else None
 
-    # On regtest that share was a block: wait for the pool's next job.
-    seen = client.jobs_seen
+    # Wait for the job that follows the block.
     while client.jobs_seen == seen:
         client.read()
     job = client.job

@@ -3,7 +3,8 @@
 //! - `cargo xtask demo`: installs what the demo needs, builds Otedama and runs
 //!   `otedama demo` (a pool on a Litecoin regtest node with two CPU miners).
 //! - `cargo xtask test`: installs what the tests need, then runs the gates CI runs:
-//!   `cargo fmt --check`, `cargo clippy -D warnings`, the build, every test, the SV2
+//!   `cargo fmt --check`, `cargo clippy -D warnings`, the build, every test (the Ansible
+//!   ones with ansible-core and ansible-lint from PyPI in a virtualenv it makes), the SV2
 //!   codec against the Stratum V2 Reference Implementation (`tests/sv2-reference`), and
 //!   each cargo-fuzz target for `FUZZ_SECONDS_PER_TARGET` seconds.
 //!
@@ -17,9 +18,12 @@ use std::process::{exit, Command};
 /// Debian packages the demo needs: clang and libclang-dev build RocksDB's bindings, and
 /// litecoind is the node.
 const DEMO_PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind"];
-/// And what the tests add: python3 runs the clean-room Stratum client test, prometheus
-/// brings `promtool` for the metrics check, chromium renders the dashboard headless.
-const TEST_PACKAGES: &[&str] = &["python3", "prometheus", "chromium"];
+/// And what the tests add: python3 runs the clean-room Stratum client test and Ansible,
+/// prometheus brings `promtool` for the metrics check, chromium renders the dashboard
+/// headless, systemd brings `systemd-analyze verify` for the deployed units.
+const TEST_PACKAGES: &[&str] = &["python3", "prometheus", "chromium", "systemd"];
+/// Ansible from PyPI, pinned, in a virtualenv beside the target directory.
+const ANSIBLE_PACKAGES: &[&str] = &["ansible-core==2.19.14", "ansible-lint==26.10.1"];
 fn main() {
     let mut args = env::args().skip(1);
     let task = args.next().unwrap_or_default();
@@ -198,7 +202,12 @@ fn test(rest: &[String]) -> Result<(), String> {
     keep_prebuilt_rocksdb()?;
     // The end-to-end tests start the `otedama` binary, so it must exist before they run.
     run(cargo().arg("build").args(SELECTION))?;
-    run(cargo().arg("test").args(SELECTION).args(rest))?;
+    let venv = ensure_ansible()?;
+    run(cargo()
+        .env("OTEDAMA_ANSIBLE_VENV", &venv)
+        .arg("test")
+        .args(SELECTION)
+        .args(rest))?;
     // The SV2 codec against the Stratum V2 Reference Implementation's crates, in a
     // workspace (and target directory) of its own so that they never touch the product.
     let manifest =
@@ -213,6 +222,28 @@ fn test(rest: &[String]) -> Result<(), String> {
         .args(["test", "--manifest-path"])
         .arg(&manifest))?;
     fuzz()
+}
+
+/// Creates the Ansible virtualenv the deployment tests use, unless it is already there.
+fn ensure_ansible() -> Result<PathBuf, String> {
+    let venv = sibling_target_dir("ansible-venv");
+    let pip = venv.join("bin/pip");
+    let ready = Command::new(&pip).arg("freeze").output().is_ok_and(|o| {
+        let freeze = String::from_utf8_lossy(&o.stdout).into_owned();
+        ANSIBLE_PACKAGES.iter().all(|p| freeze.contains(p))
+    });
+    if !ready {
+        eprintln!(
+            "xtask: installing {} into {}",
+            ANSIBLE_PACKAGES.join(" "),
+            venv.display()
+        );
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(&pip)
+            .args(["install", "--quiet"])
+            .args(ANSIBLE_PACKAGES))?;
+    }
+    Ok(venv)
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test`: long enough to reach every

@@ -699,10 +699,31 @@ enum FrontEnd {
     V2,
 }
 
+/// Keepalive probes (timed by the host's `tcp_keepalive_*`, which `otedama-tune` sets) find
+/// miners that vanished without a FIN while the pool had nothing to send them.
+fn enable_keepalive(stream: &glommio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is open for the stream's lifetime and `on` outlives the call.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_KEEPALIVE");
+    }
+}
+
 async fn accept_loop(core: Rc<Core>, listener: TcpListener, front_end: FrontEnd) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                enable_keepalive(&stream);
                 let core = core.clone();
                 match front_end {
                     FrontEnd::V1 => {

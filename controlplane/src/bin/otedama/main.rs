@@ -7,6 +7,7 @@ mod miner;
 mod signals;
 mod supervise;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use otedama_controlplane::config::ConfigArgs;
@@ -33,6 +34,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Mine with the CPU over Stratum V1, Stratum V2 (Noise) or Stratum V2 over QUIC.
     Miner(miner::MinerArgs),
+    /// Check the configuration (file, environment and flags) without starting anything,
+    /// and print it as TOML with every default filled in. Exits non-zero on a bad one.
+    Config(ConfigArgs),
 }
 
 #[derive(clap::Args)]
@@ -67,5 +71,13 @@ fn main() -> anyhow::Result<()> {
         Command::Controlplane(args) => otedama_controlplane::service::run(args.load()?),
         Command::Demo(args) => demo::run(args),
         Command::Miner(args) => miner::run(args),
+        Command::Config(args) => {
+            let config = args.load()?;
+            config
+                .payout_script()
+                .context("payout_address does not fit the coin and network")?;
+            print!("{}", toml::to_string(&config)?);
+            Ok(())
+        }
     }
 }
