@@ -2,6 +2,10 @@
 //! and quantities (lots). Sans-IO and deterministic: the same commands in the same order
 //! give the same events and the same state, which the journal's replay depends on.
 //!
+//! Accounts here are small dense numbers, not the ids the rest of the pool uses: the
+//! exchange numbers its accounts and maps them back in the events it returns, so the book
+//! can count each account's orders in a plain array.
+//!
 //! Layout, for a hot path that allocates nothing once warm: orders live in a slab and are
 //! linked into a FIFO per price level; levels live in a slab too and are found through a
 //! `BTreeMap` per side; an order id finds its slot through a hash map with a cheap hasher
@@ -135,10 +139,13 @@ pub enum Event {
         price: u64,
         remaining: u64,
     },
-    /// The order is finished; `remaining` lots never traded.
+    /// The order is finished; `remaining` lots never traded. `price` is its limit (0 for a
+    /// market order): with `side` and `remaining`, what its reservation still holds.
     Done {
         order_id: OrderId,
         account: AccountId,
+        side: Side,
+        price: u64,
         remaining: u64,
         reason: DoneReason,
     },
@@ -223,7 +230,8 @@ pub struct Book {
     bids: BTreeMap<u64, u32>,
     asks: BTreeMap<u64, u32>,
     by_id: IdMap<u32>,
-    open_per_account: IdMap<u32>,
+    /// Resting orders per account; accounts are small dense numbers (the exchange's).
+    open_per_account: Vec<u32>,
 }
 
 /// The order book's content, for views and snapshots: levels best first, orders in time
@@ -249,7 +257,7 @@ impl Book {
             bids: BTreeMap::new(),
             asks: BTreeMap::new(),
             by_id: IdMap::default(),
-            open_per_account: IdMap::default(),
+            open_per_account: Vec::new(),
         }
     }
 
@@ -311,6 +319,20 @@ impl Book {
             side: order.side,
             quantity: order.quantity,
         });
+        let taker_price = match order.kind {
+            OrderKind::Limit { price, .. } => price,
+            OrderKind::Market { .. } => 0,
+        };
+        let taker_done = |events: &mut Vec<Event>, remaining, reason| {
+            events.push(Event::Done {
+                order_id,
+                account: order.account,
+                side: order.side,
+                price: taker_price,
+                remaining,
+                reason,
+            })
+        };
         let (limit, quote_max) = match order.kind {
             OrderKind::Limit {
                 price,
@@ -318,22 +340,10 @@ impl Book {
             } => {
                 match time_in_force {
                     TimeInForce::PostOnly if self.crosses(order.side, price) => {
-                        return self.done(
-                            order_id,
-                            order.account,
-                            order.quantity,
-                            DoneReason::WouldTake,
-                            events,
-                        );
+                        return taker_done(events, order.quantity, DoneReason::WouldTake);
                     }
                     TimeInForce::Fok if self.fillable(order, price) < order.quantity => {
-                        return self.done(
-                            order_id,
-                            order.account,
-                            order.quantity,
-                            DoneReason::Killed,
-                            events,
-                        );
+                        return taker_done(events, order.quantity, DoneReason::Killed);
                     }
                     _ => {}
                 }
@@ -343,10 +353,10 @@ impl Book {
         };
         let (remaining, stopped) = self.match_against(order_id, order, limit, quote_max, events);
         if remaining == 0 {
-            return self.done(order_id, order.account, 0, DoneReason::Filled, events);
+            return taker_done(events, 0, DoneReason::Filled);
         }
         if let Some(reason) = stopped {
-            return self.done(order_id, order.account, remaining, reason, events);
+            return taker_done(events, remaining, reason);
         }
         match order.kind {
             OrderKind::Limit {
@@ -362,13 +372,7 @@ impl Book {
                     remaining,
                 });
             }
-            _ => self.done(
-                order_id,
-                order.account,
-                remaining,
-                DoneReason::Unfilled,
-                events,
-            ),
+            _ => taker_done(events, remaining, DoneReason::Unfilled),
         }
     }
 
@@ -380,9 +384,7 @@ impl Book {
         events: &mut Vec<Event>,
     ) -> Result<(), Reject> {
         let slot = self.owned_slot(account, order_id)?;
-        let remaining = self.orders[slot as usize].remaining;
-        self.unlink(slot);
-        self.done(order_id, account, remaining, DoneReason::Canceled, events);
+        self.remove(slot, DoneReason::Canceled, events);
         Ok(())
     }
 
@@ -412,11 +414,7 @@ impl Book {
     /// Takes a resting order out for cancel-replace.
     pub fn take_out_for_replace(&mut self, order_id: OrderId, events: &mut Vec<Event>) {
         let slot = self.by_id[&order_id];
-        let Order {
-            account, remaining, ..
-        } = self.orders[slot as usize];
-        self.unlink(slot);
-        self.done(order_id, account, remaining, DoneReason::Replaced, events);
+        self.remove(slot, DoneReason::Replaced, events);
     }
 
     pub fn best_bid(&self) -> Option<u64> {
@@ -428,7 +426,10 @@ impl Book {
     }
 
     pub fn open_orders(&self, account: AccountId) -> u32 {
-        self.open_per_account.get(&account).copied().unwrap_or(0)
+        self.open_per_account
+            .get(account as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn order_count(&self) -> usize {
@@ -590,14 +591,7 @@ impl Book {
                         return (remaining, Some(DoneReason::SelfTrade));
                     }
                     SelfTradePrevention::CancelOldest | SelfTradePrevention::CancelBoth => {
-                        self.unlink(maker_slot);
-                        self.done(
-                            maker.id,
-                            maker.account,
-                            maker.remaining,
-                            DoneReason::SelfTrade,
-                            events,
-                        );
+                        self.remove(maker_slot, DoneReason::SelfTrade, events);
                         if order.self_trade_prevention == SelfTradePrevention::CancelBoth {
                             return (remaining, Some(DoneReason::SelfTrade));
                         }
@@ -620,8 +614,7 @@ impl Book {
                 quantity,
             });
             if quantity == maker.remaining {
-                self.unlink(maker_slot);
-                self.done(maker.id, maker.account, 0, DoneReason::Filled, events);
+                self.remove_filled(maker_slot, quantity, events);
             } else {
                 self.orders[maker_slot as usize].remaining -= quantity;
                 self.levels[level_slot as usize].total -= quantity;
@@ -630,19 +623,32 @@ impl Book {
         (remaining, None)
     }
 
-    fn done(
-        &mut self,
-        order_id: OrderId,
-        account: AccountId,
-        remaining: u64,
-        reason: DoneReason,
-        events: &mut Vec<Event>,
-    ) {
+    /// Takes a resting order off the book and reports it done with what it had left.
+    fn remove(&mut self, slot: u32, reason: DoneReason, events: &mut Vec<Event>) {
+        let order = self.orders[slot as usize];
+        self.unlink(slot);
         events.push(Event::Done {
-            order_id,
-            account,
-            remaining,
+            order_id: order.id,
+            account: order.account,
+            side: order.side,
+            price: order.price,
+            remaining: order.remaining,
             reason,
+        });
+    }
+
+    /// A maker whose last `quantity` lots just traded.
+    fn remove_filled(&mut self, slot: u32, quantity: u64, events: &mut Vec<Event>) {
+        let order = self.orders[slot as usize];
+        debug_assert_eq!(order.remaining, quantity);
+        self.unlink(slot);
+        events.push(Event::Done {
+            order_id: order.id,
+            account: order.account,
+            side: order.side,
+            price: order.price,
+            remaining: 0,
+            reason: DoneReason::Filled,
         });
     }
 
@@ -700,7 +706,11 @@ impl Book {
         level.tail = slot;
         level.total += remaining;
         self.by_id.insert(order_id, slot);
-        *self.open_per_account.entry(order.account).or_insert(0) += 1;
+        let account = order.account as usize;
+        if self.open_per_account.len() <= account {
+            self.open_per_account.resize(account + 1, 0);
+        }
+        self.open_per_account[account] += 1;
     }
 
     /// Takes an order off the book, dropping its level if it was the last.
@@ -737,13 +747,6 @@ impl Book {
         }
         self.by_id.remove(&id);
         self.free_orders.push(slot);
-        let open = self
-            .open_per_account
-            .get_mut(&account)
-            .expect("an order's account has an open count");
-        *open -= 1;
-        if *open == 0 {
-            self.open_per_account.remove(&account);
-        }
+        self.open_per_account[account as usize] -= 1;
     }
 }

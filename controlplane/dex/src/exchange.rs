@@ -108,12 +108,6 @@ pub struct TradeRecord {
     pub quantity: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Reservation {
-    asset: AssetId,
-    amount: u64,
-}
-
 struct Market {
     spec: MarketSpec,
     book: Book,
@@ -123,13 +117,15 @@ struct Market {
 pub struct Exchange {
     assets: Vec<AssetSpec>,
     markets: Vec<Market>,
-    balances: IdMap<Vec<Balance>>,
-    reservations: IdMap<Reservation>,
+    /// Where each account's balances start in `balances`, in units of `assets.len()`.
+    accounts: IdMap<u32>,
+    /// Account ids in order of first appearance, to list balances.
+    account_ids: Vec<AccountId>,
+    balances: Vec<Balance>,
     next_order_id: OrderId,
     /// Commands applied so far; the journal's sequence.
     applied: u64,
     trades: u64,
-    scratch: Vec<Event>,
 }
 
 /// Everything an exchange holds, in a canonical order: what a snapshot stores.
@@ -139,8 +135,6 @@ pub struct State {
     pub markets: Vec<MarketState>,
     /// `(account, balances per asset)`, by account.
     pub balances: Vec<(AccountId, Vec<Balance>)>,
-    /// `(order, asset, amount)`, by order.
-    pub reservations: Vec<(OrderId, AssetId, u64)>,
     pub next_order_id: OrderId,
     pub applied: u64,
     pub trades: u64,
@@ -178,12 +172,12 @@ impl Exchange {
                 })
                 .collect(),
             assets,
-            balances: IdMap::default(),
-            reservations: IdMap::default(),
+            accounts: IdMap::default(),
+            account_ids: Vec::new(),
+            balances: Vec::new(),
             next_order_id: 1,
             applied: 0,
             trades: 0,
-            scratch: Vec::new(),
         }
     }
 
@@ -202,10 +196,57 @@ impl Exchange {
             .map(|i| i as MarketId)
     }
 
-    pub fn book(&self, market: MarketId) -> Option<&Book> {
-        self.markets.get(usize::from(market)).map(|m| &m.book)
+    /// Aggregated depth, `(price in ticks, lots)` per level, best first.
+    pub fn depth(&self, market: MarketId, side: Side, levels_max: usize) -> Vec<(u64, u64)> {
+        self.markets
+            .get(usize::from(market))
+            .map_or_else(Vec::new, |m| m.book.depth(side, levels_max))
     }
 
+    /// Every resting order of the market, bids then asks, each best first and in time
+    /// priority.
+    pub fn resting_orders(&self, market: MarketId) -> Vec<RestingOrder> {
+        self.markets
+            .get(usize::from(market))
+            .map_or_else(Vec::new, |m| {
+                m.book
+                    .resting_orders()
+                    .into_iter()
+                    .map(|o| RestingOrder {
+                        account: self.account_ids[o.account as usize],
+                        ..o
+                    })
+                    .collect()
+            })
+    }
+
+    /// A resting order, if `account` owns it.
+    pub fn resting_order(
+        &self,
+        market: MarketId,
+        account: AccountId,
+        order_id: OrderId,
+    ) -> Result<RestingOrder, ExchangeReject> {
+        let order = self
+            .market(market)?
+            .book
+            .resting(self.book_account(account), order_id)?;
+        Ok(RestingOrder { account, ..order })
+    }
+
+    pub fn open_orders(&self, market: MarketId, account: AccountId) -> u32 {
+        self.markets
+            .get(usize::from(market))
+            .map_or(0, |m| m.book.open_orders(self.book_account(account)))
+    }
+
+    pub fn order_count(&self, market: MarketId) -> usize {
+        self.markets
+            .get(usize::from(market))
+            .map_or(0, |m| m.book.order_count())
+    }
+
+    /// The market's latest trades, newest first.
     pub fn recent_trades(&self, market: MarketId) -> impl Iterator<Item = &TradeRecord> {
         self.markets
             .get(usize::from(market))
@@ -214,11 +255,10 @@ impl Exchange {
     }
 
     pub fn balance(&self, account: AccountId, asset: AssetId) -> Balance {
-        self.balances
-            .get(&account)
-            .and_then(|b| b.get(usize::from(asset)))
-            .copied()
-            .unwrap_or_default()
+        match self.accounts.get(&account) {
+            Some(&index) => self.balances[self.at(index, asset)],
+            None => Balance::default(),
+        }
     }
 
     /// Commands applied so far.
@@ -267,7 +307,10 @@ impl Exchange {
             }
             Command::Place { market, order } => {
                 let m = self.market(market)?;
-                m.book.check_place(&order)?;
+                m.book.check_place(&NewOrder {
+                    account: self.book_account(order.account),
+                    ..order
+                })?;
                 let (asset, amount) = reservation(&m.spec, &order)?;
                 if self.balance(order.account, asset).available < amount {
                     return Err(ExchangeReject::InsufficientBalance);
@@ -279,7 +322,9 @@ impl Exchange {
                 account,
                 order_id,
             } => {
-                self.market(market)?.book.resting(account, order_id)?;
+                self.market(market)?
+                    .book
+                    .resting(self.book_account(account), order_id)?;
                 Ok(())
             }
             Command::Replace {
@@ -290,7 +335,7 @@ impl Exchange {
                 quantity,
             } => {
                 let m = self.market(market)?;
-                let old = m.book.resting(account, order_id)?;
+                let old = m.book.resting(self.book_account(account), order_id)?;
                 if price == old.price && quantity < old.remaining && quantity > 0 {
                     return Ok(());
                 }
@@ -298,7 +343,7 @@ impl Exchange {
                 m.book.check_replace(order_id, &new)?;
                 let (asset, amount) = reservation(&m.spec, &new)?;
                 // The old order's reservation comes back before the new one is taken.
-                let freed = self.reservations.get(&order_id).map_or(0, |r| r.amount);
+                let freed = old.remaining * per_lot(&m.spec, old.side, old.price);
                 if self.balance(account, asset).available + freed < amount {
                     return Err(ExchangeReject::InsufficientBalance);
                 }
@@ -307,8 +352,9 @@ impl Exchange {
         }
     }
 
-    /// Applies a command `check` accepted. Events go to `events` as `(market, event)`.
-    pub fn apply(&mut self, command: &Command, events: &mut Vec<(MarketId, Event)>) {
+    /// Applies a command `check` accepted; what it caused goes to `events` (all of one
+    /// market, the command's).
+    pub fn apply(&mut self, command: &Command, events: &mut Vec<Event>) {
         debug_assert_eq!(self.check(command), Ok(()));
         self.applied += 1;
         match *command {
@@ -316,14 +362,23 @@ impl Exchange {
                 account,
                 asset,
                 amount,
-            } => self.balance_mut(account, asset).available += amount,
+            } => {
+                let index = self.account_index(account);
+                let at = self.at(index, asset);
+                self.balances[at].available += amount;
+            }
             Command::Withdraw {
                 account,
                 asset,
                 amount,
-            } => self.balance_mut(account, asset).available -= amount,
-            Command::Place { market, order } => {
+            } => {
+                let index = self.account_index(account);
+                let at = self.at(index, asset);
+                self.balances[at].available -= amount;
+            }
+            Command::Place { market, mut order } => {
                 let order_id = self.take_order_id();
+                order.account = u64::from(self.account_index(order.account));
                 self.place(market, order_id, &order, events);
             }
             Command::Cancel {
@@ -331,13 +386,13 @@ impl Exchange {
                 account,
                 order_id,
             } => {
-                let mut scratch = std::mem::take(&mut self.scratch);
-                scratch.clear();
-                let book = &mut self.markets[usize::from(market)].book;
-                book.cancel(account, order_id, &mut scratch)
+                let start = events.len();
+                let index = u64::from(self.account_index(account));
+                self.markets[usize::from(market)]
+                    .book
+                    .cancel(index, order_id, events)
                     .expect("checked before apply");
-                self.settle(market, &scratch, events);
-                self.scratch = scratch;
+                self.settle(market, None, start, events);
             }
             Command::Replace {
                 market,
@@ -346,29 +401,19 @@ impl Exchange {
                 price,
                 quantity,
             } => {
-                let mut scratch = std::mem::take(&mut self.scratch);
-                scratch.clear();
+                let index = self.account_index(account);
                 let m = &mut self.markets[usize::from(market)];
-                let old = m.book.resting(account, order_id).expect("checked");
+                let old = m.book.resting(u64::from(index), order_id).expect("checked");
                 if price == old.price && quantity < old.remaining {
-                    m.book.reduce(order_id, quantity, &mut scratch);
-                    // Release what the cut lots had reserved.
-                    let per_lot = reservation_per_lot(&m.spec, old.side, price);
-                    let cut = (old.remaining - quantity) * per_lot;
+                    m.book.reduce(order_id, quantity, events);
+                    // What the cut lots held comes back.
+                    let cut = (old.remaining - quantity) * per_lot(&m.spec, old.side, price);
                     let asset = reserved_asset(&m.spec, old.side);
-                    self.reservations
-                        .get_mut(&order_id)
-                        .expect("a resting order has a reservation")
-                        .amount -= cut;
-                    let balance = self.balance_mut(account, asset);
-                    balance.reserved -= cut;
-                    balance.available += cut;
-                    events.extend(scratch.drain(..).map(|e| (market, e)));
-                    self.scratch = scratch;
+                    self.release(index, asset, cut);
                 } else {
-                    m.book.take_out_for_replace(order_id, &mut scratch);
-                    self.settle(market, &scratch, events);
-                    self.scratch = scratch;
+                    let start = events.len();
+                    m.book.take_out_for_replace(order_id, events);
+                    self.settle(market, None, start, events);
                     let new = replacement(&old, price, quantity);
                     let new_id = self.take_order_id();
                     self.place(market, new_id, &new, events);
@@ -381,7 +426,7 @@ impl Exchange {
     pub fn handle(
         &mut self,
         command: &Command,
-        events: &mut Vec<(MarketId, Event)>,
+        events: &mut Vec<Event>,
     ) -> Result<(), ExchangeReject> {
         self.check(command)?;
         self.apply(command, events);
@@ -399,39 +444,45 @@ impl Exchange {
         market: MarketId,
         order_id: OrderId,
         order: &NewOrder,
-        events: &mut Vec<(MarketId, Event)>,
+        events: &mut Vec<Event>,
     ) {
-        let m = &self.markets[usize::from(market)];
-        let (asset, amount) = reservation(&m.spec, order).expect("checked before apply");
-        let balance = self.balance_mut(order.account, asset);
-        balance.available -= amount;
-        balance.reserved += amount;
-        self.reservations
-            .insert(order_id, Reservation { asset, amount });
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
         let m = &mut self.markets[usize::from(market)];
-        let mut order = *order;
-        if let OrderKind::Market { quote_max } = &mut order.kind {
+        let (asset, amount) = reservation(&m.spec, order).expect("checked before apply");
+        let mut for_book = *order;
+        if let OrderKind::Market { quote_max } = &mut for_book.kind {
             // The book counts in ticks × lots.
             *quote_max /= m.spec.tick_size;
         }
-        m.book.place(order_id, &order, &mut scratch);
-        self.settle(market, &scratch, events);
-        self.scratch = scratch;
+        let start = events.len();
+        m.book.place(order_id, &for_book, events);
+        let at = self.at(order.account as u32, asset);
+        let balance = &mut self.balances[at];
+        balance.available -= amount;
+        balance.reserved += amount;
+        let taker = Taker {
+            order_id,
+            reserved: amount,
+            spent: 0,
+        };
+        self.settle(market, Some(taker), start, events);
     }
 
-    /// Moves balances for what the book did, and passes its events on.
+    /// Moves balances for what the book did. A resting order's reservation is always its
+    /// remaining lots at its own price (makers trade at their price), so only the arriving
+    /// order's is tracked, in `taker`.
+    /// The book's events from `start` on name accounts by number; settling works on the
+    /// numbers, then each event gets the account ids back.
     fn settle(
         &mut self,
         market: MarketId,
-        book_events: &[Event],
-        events: &mut Vec<(MarketId, Event)>,
+        mut taker: Option<Taker>,
+        start: usize,
+        events: &mut [Event],
     ) {
         let spec = &self.markets[usize::from(market)].spec;
         let (base, quote, lot_size, tick_size) =
             (spec.base, spec.quote, spec.lot_size, spec.tick_size);
-        for event in book_events {
+        for event in &mut events[start..] {
             match *event {
                 Event::Trade {
                     taker_order,
@@ -444,14 +495,23 @@ impl Exchange {
                 } => {
                     let base_amount = quantity * lot_size;
                     let quote_amount = quantity * price * tick_size;
-                    let ((buyer, buy_order), (seller, sell_order)) = match taker_side {
-                        Side::Buy => ((taker_account, taker_order), (maker_account, maker_order)),
-                        Side::Sell => ((maker_account, maker_order), (taker_account, taker_order)),
+                    let (taker_pays, taker_gets, pay, get) = match taker_side {
+                        Side::Buy => (quote, base, quote_amount, base_amount),
+                        Side::Sell => (base, quote, base_amount, quote_amount),
                     };
-                    self.consume(buy_order, buyer, quote, quote_amount);
-                    self.balance_mut(buyer, base).available += base_amount;
-                    self.consume(sell_order, seller, base, base_amount);
-                    self.balance_mut(seller, quote).available += quote_amount;
+                    let (taker_index, maker_index) = (taker_account as u32, maker_account as u32);
+                    // The maker pays what the taker gets, from its reservation.
+                    let at = self.at(taker_index, taker_pays);
+                    self.balances[at].reserved -= pay;
+                    let at = self.at(taker_index, taker_gets);
+                    self.balances[at].available += get;
+                    let at = self.at(maker_index, taker_gets);
+                    self.balances[at].reserved -= get;
+                    let at = self.at(maker_index, taker_pays);
+                    self.balances[at].available += pay;
+                    if let Some(taker) = taker.as_mut() {
+                        taker.spent += pay;
+                    }
                     self.trades += 1;
                     let recent = &mut self.markets[usize::from(market)].recent_trades;
                     if recent.len() == RECENT_TRADES_MAX {
@@ -467,40 +527,91 @@ impl Exchange {
                     });
                 }
                 Event::Done {
-                    order_id, account, ..
+                    order_id,
+                    account,
+                    side,
+                    price,
+                    remaining,
+                    ..
                 } => {
-                    if let Some(left) = self.reservations.remove(&order_id) {
-                        let balance = self.balance_mut(account, left.asset);
-                        balance.reserved -= left.amount;
-                        balance.available += left.amount;
+                    let spec = &self.markets[usize::from(market)].spec;
+                    let asset = reserved_asset(spec, side);
+                    let left = match taker {
+                        Some(t) if t.order_id == order_id => t.reserved - t.spent,
+                        _ => remaining * per_lot(spec, side, price),
+                    };
+                    self.release(account as u32, asset, left);
+                }
+                Event::Rested {
+                    order_id,
+                    account,
+                    side,
+                    price,
+                    remaining,
+                } => {
+                    // The arriving order keeps what its rest needs; a buy that traded below
+                    // its limit gets the difference back.
+                    if let Some(t) = taker.filter(|t| t.order_id == order_id) {
+                        let spec = &self.markets[usize::from(market)].spec;
+                        let keep = remaining * per_lot(spec, side, price);
+                        let asset = reserved_asset(spec, side);
+                        self.release(account as u32, asset, t.reserved - t.spent - keep);
                     }
                 }
-                Event::Accepted { .. } | Event::Rested { .. } | Event::Reduced { .. } => {}
+                Event::Accepted { .. } | Event::Reduced { .. } => {}
             }
-            events.push((market, *event));
+            self.name_accounts(event);
         }
     }
 
-    /// Spends `amount` of an order's reservation.
-    fn consume(&mut self, order_id: OrderId, account: AccountId, asset: AssetId, amount: u64) {
-        let reservation = self
-            .reservations
-            .get_mut(&order_id)
-            .expect("a trading order has a reservation");
-        debug_assert_eq!(reservation.asset, asset);
-        reservation.amount = reservation
-            .amount
-            .checked_sub(amount)
-            .expect("a fill never costs more than its reservation");
-        self.balance_mut(account, asset).reserved -= amount;
+    /// Puts account ids in place of the book's account numbers.
+    fn name_accounts(&self, event: &mut Event) {
+        let id = |number: &mut AccountId| *number = self.account_ids[*number as usize];
+        match event {
+            Event::Trade {
+                taker_account,
+                maker_account,
+                ..
+            } => {
+                id(taker_account);
+                id(maker_account);
+            }
+            Event::Accepted { account, .. }
+            | Event::Rested { account, .. }
+            | Event::Done { account, .. } => id(account),
+            Event::Reduced { .. } => {}
+        }
     }
 
-    fn balance_mut(&mut self, account: AccountId, asset: AssetId) -> &mut Balance {
+    /// The book's number for `account`, or one that owns nothing if it has none yet.
+    fn book_account(&self, account: AccountId) -> AccountId {
+        self.accounts
+            .get(&account)
+            .map_or(u64::MAX, |&index| u64::from(index))
+    }
+
+    fn release(&mut self, index: u32, asset: AssetId, amount: u64) {
+        let at = self.at(index, asset);
+        let balance = &mut self.balances[at];
+        balance.reserved -= amount;
+        balance.available += amount;
+    }
+
+    /// The account's slot, made on first use.
+    fn account_index(&mut self, account: AccountId) -> u32 {
         let assets = self.assets.len();
-        &mut self
-            .balances
-            .entry(account)
-            .or_insert_with(|| vec![Balance::default(); assets])[usize::from(asset)]
+        let next = self.account_ids.len() as u32;
+        let index = *self.accounts.entry(account).or_insert(next);
+        if index == next {
+            self.account_ids.push(account);
+            self.balances
+                .extend(std::iter::repeat_n(Balance::default(), assets));
+        }
+        index
+    }
+
+    fn at(&self, index: u32, asset: AssetId) -> usize {
+        index as usize * self.assets.len() + usize::from(asset)
     }
 
     fn asset(&self, asset: AssetId) -> Result<&AssetSpec, ExchangeReject> {
@@ -518,38 +629,36 @@ impl Exchange {
     /// Sum of every account's balance (available + reserved) of `asset`.
     pub fn total(&self, asset: AssetId) -> u128 {
         self.balances
-            .values()
-            .map(|b| {
-                let b = b[usize::from(asset)];
-                u128::from(b.available) + u128::from(b.reserved)
-            })
+            .iter()
+            .skip(usize::from(asset))
+            .step_by(self.assets.len())
+            .map(|b| u128::from(b.available) + u128::from(b.reserved))
             .sum()
     }
 
     /// Everything, in canonical order.
     pub fn state(&self) -> State {
-        let mut balances: Vec<(AccountId, Vec<Balance>)> =
-            self.balances.iter().map(|(a, b)| (*a, b.clone())).collect();
-        balances.sort_unstable_by_key(|(a, _)| *a);
-        let mut reservations: Vec<(OrderId, AssetId, u64)> = self
-            .reservations
+        let assets = self.assets.len();
+        let mut balances: Vec<(AccountId, Vec<Balance>)> = self
+            .account_ids
             .iter()
-            .map(|(o, r)| (*o, r.asset, r.amount))
+            .enumerate()
+            .map(|(i, a)| (*a, self.balances[i * assets..(i + 1) * assets].to_vec()))
             .collect();
-        reservations.sort_unstable_by_key(|(o, _, _)| *o);
+        balances.sort_unstable_by_key(|(a, _)| *a);
         State {
             assets: self.assets.clone(),
             markets: self
                 .markets
                 .iter()
-                .map(|m| MarketState {
+                .enumerate()
+                .map(|(i, m)| MarketState {
                     spec: m.spec.clone(),
-                    resting: m.book.resting_orders(),
+                    resting: self.resting_orders(i as MarketId),
                     recent_trades: m.recent_trades.iter().copied().collect(),
                 })
                 .collect(),
             balances,
-            reservations,
             next_order_id: self.next_order_id,
             applied: self.applied,
             trades: self.trades,
@@ -561,29 +670,30 @@ impl Exchange {
             state.assets.clone(),
             state.markets.iter().map(|m| m.spec.clone()).collect(),
         );
+        for (account, balances) in &state.balances {
+            let index = exchange.account_index(*account);
+            for (asset, balance) in balances.iter().enumerate() {
+                let at = exchange.at(index, asset as AssetId);
+                exchange.balances[at] = *balance;
+            }
+        }
         for (market, saved) in exchange.markets.iter_mut().zip(&state.markets) {
+            let numbered: Vec<RestingOrder> = saved
+                .resting
+                .iter()
+                .map(|o| RestingOrder {
+                    account: u64::from(exchange.accounts[&o.account]),
+                    ..o.clone()
+                })
+                .collect();
             market.book = Book::restore(
                 BookLimits {
                     min_size: saved.spec.min_size,
                 },
-                &saved.resting,
+                &numbered,
             );
             market.recent_trades = saved.recent_trades.iter().copied().collect();
         }
-        exchange.balances = state.balances.iter().cloned().collect();
-        exchange.reservations = state
-            .reservations
-            .iter()
-            .map(|(o, asset, amount)| {
-                (
-                    *o,
-                    Reservation {
-                        asset: *asset,
-                        amount: *amount,
-                    },
-                )
-            })
-            .collect();
         exchange.next_order_id = state.next_order_id;
         exchange.applied = state.applied;
         exchange.trades = state.trades;
@@ -604,11 +714,6 @@ impl Exchange {
                 hasher.update(b.reserved.to_le_bytes());
             }
         }
-        for (order, asset, amount) in &state.reservations {
-            hasher.update(order.to_le_bytes());
-            hasher.update(asset.to_le_bytes());
-            hasher.update(amount.to_le_bytes());
-        }
         for market in &state.markets {
             hasher.update(market.spec.symbol.as_bytes());
             for o in &market.resting {
@@ -628,6 +733,14 @@ impl Exchange {
         }
         hasher.finalize().into()
     }
+}
+
+/// The arriving order's reservation while it matches.
+#[derive(Clone, Copy)]
+struct Taker {
+    order_id: OrderId,
+    reserved: u64,
+    spent: u64,
 }
 
 /// What an order must hold while it lives: quote for buys (at its limit, or its
@@ -654,7 +767,7 @@ fn reserved_asset(spec: &MarketSpec, side: Side) -> AssetId {
     }
 }
 
-fn reservation_per_lot(spec: &MarketSpec, side: Side, price: u64) -> u64 {
+fn per_lot(spec: &MarketSpec, side: Side, price: u64) -> u64 {
     match side {
         Side::Buy => price * spec.tick_size,
         Side::Sell => spec.lot_size,

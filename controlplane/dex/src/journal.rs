@@ -9,7 +9,7 @@ use rocksdb::{IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use crate::book::Event;
 use crate::book::{NewOrder, OrderKind, SelfTradePrevention, Side, TimeInForce};
-use crate::exchange::{Command, Exchange, ExchangeReject, MarketId, State};
+use crate::exchange::{Command, Exchange, ExchangeReject, State};
 
 const JOURNAL_PREFIX: u8 = b'j';
 const SNAPSHOT_PREFIX: u8 = b's';
@@ -350,15 +350,17 @@ pub struct Dex {
 }
 
 impl Dex {
-    /// Opens the journal at `path` and recovers the exchange from it.
+    /// Opens the journal at `path` and recovers the exchange from it; `empty` is the
+    /// exchange before the journal's first entry.
     pub fn open(path: &Path, sync: bool, empty: Exchange) -> Result<Self, JournalError> {
         let journal = Journal::open(path, sync)?;
         let exchange = journal.recover(empty)?;
-        assert_eq!(
-            exchange.applied() + 1,
-            journal.next_sequence(),
-            "recovery applied every journal entry"
-        );
+        if exchange.applied() + 1 != journal.next_sequence() {
+            return Err(JournalError::Gap {
+                expected: exchange.applied() + 1,
+                found: journal.next_sequence(),
+            });
+        }
         Ok(Dex { exchange, journal })
     }
 
@@ -367,7 +369,7 @@ impl Dex {
     pub fn submit(
         &mut self,
         command: &Command,
-        events: &mut Vec<(MarketId, Event)>,
+        events: &mut Vec<Event>,
     ) -> Result<Result<(), ExchangeReject>, JournalError> {
         if let Err(reject) = self.exchange.check(command) {
             return Ok(Err(reject));

@@ -65,7 +65,11 @@ pub struct Workload {
     /// Orders known to rest, for cancels, with each one's place in `open`.
     open: Vec<(OrderId, AccountId)>,
     open_index: HashMap<OrderId, usize>,
+    /// Resting orders' prices, for replaces at the same price.
+    prices: HashMap<OrderId, u64>,
     funded: u64,
+    /// Of the cancels, this percentage become cancel-replaces instead.
+    replace_percent: u64,
 }
 
 /// What each account starts with, in minor units: enough that balances rarely bind.
@@ -80,8 +84,17 @@ impl Workload {
             mid: 1_200,
             open: Vec::new(),
             open_index: HashMap::new(),
+            prices: HashMap::new(),
             funded: 0,
+            replace_percent: 0,
         }
+    }
+
+    /// Turns `percent` of the cancels into cancel-replaces (same price and fewer lots,
+    /// or a new price).
+    pub fn with_replaces(mut self, percent: u64) -> Self {
+        self.replace_percent = percent;
+        self
     }
 
     /// The next command. The first `2 × accounts` fund the accounts.
@@ -116,6 +129,19 @@ impl Workload {
         if roll < 20 && !self.open.is_empty() {
             let pick = self.rng.below(self.open.len() as u64) as usize;
             let (order_id, owner) = self.open[pick];
+            if self.rng.below(100) < self.replace_percent {
+                let price = match self.rng.below(2) {
+                    0 => self.mid - 10 + self.rng.below(21),
+                    _ => self.exchange_price_hint(order_id),
+                };
+                return Command::Replace {
+                    market: self.market,
+                    account: owner,
+                    order_id,
+                    price,
+                    quantity: 1 + self.rng.below(3),
+                };
+            }
             return Command::Cancel {
                 market: self.market,
                 account: owner,
@@ -163,17 +189,26 @@ impl Workload {
         }
     }
 
+    fn exchange_price_hint(&self, order_id: OrderId) -> u64 {
+        self.prices.get(&order_id).copied().unwrap_or(self.mid)
+    }
+
     /// Learns which orders rest and which are gone.
-    pub fn observe(&mut self, events: &[(MarketId, Event)]) {
-        for (_, event) in events {
+    pub fn observe(&mut self, events: &[Event]) {
+        for event in events {
             match *event {
                 Event::Rested {
-                    order_id, account, ..
+                    order_id,
+                    account,
+                    price,
+                    ..
                 } => {
                     self.open_index.insert(order_id, self.open.len());
                     self.open.push((order_id, account));
+                    self.prices.insert(order_id, price);
                 }
                 Event::Done { order_id, .. } => {
+                    self.prices.remove(&order_id);
                     if let Some(at) = self.open_index.remove(&order_id) {
                         self.open.swap_remove(at);
                         if let Some((moved, _)) = self.open.get(at) {

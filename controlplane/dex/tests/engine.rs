@@ -1,7 +1,7 @@
 //! Each order type and each self-trade prevention mode, crossing and not, with balances.
 
 use otedama_dex::book::{DoneReason, Event, Reject, ORDERS_PER_ACCOUNT_MAX};
-use otedama_dex::exchange::{Balance, Command, Exchange, ExchangeReject, MarketId};
+use otedama_dex::exchange::{Balance, Command, Exchange, ExchangeReject};
 use otedama_dex::sim::ltc_btc;
 use otedama_dex::{NewOrder, OrderKind, SelfTradePrevention as Stp, Side, TimeInForce as Tif};
 
@@ -15,7 +15,7 @@ const LOT: u64 = 1_000_000;
 
 struct Harness {
     exchange: Exchange,
-    events: Vec<(MarketId, Event)>,
+    events: Vec<Event>,
 }
 
 impl Harness {
@@ -40,7 +40,7 @@ impl Harness {
     fn run(&mut self, command: Command) -> Result<Vec<Event>, ExchangeReject> {
         self.events.clear();
         self.exchange.handle(&command, &mut self.events)?;
-        Ok(self.events.iter().map(|(_, e)| *e).collect())
+        Ok(self.events.clone())
     }
 
     fn order(
@@ -89,7 +89,7 @@ impl Harness {
     }
 
     fn depth(&self, side: Side) -> Vec<(u64, u64)> {
-        self.exchange.book(0).unwrap().depth(side, 10)
+        self.exchange.depth(0, side, 10)
     }
 }
 
@@ -265,8 +265,11 @@ fn self_trade_prevention_modes() {
             )
             .unwrap();
         assert_eq!(trades(&events), expected_trades, "{stp:?}");
-        let book = h.exchange.book(0).unwrap();
-        assert_eq!(book.open_orders(ALICE), alice_orders_left, "{stp:?}");
+        assert_eq!(
+            h.exchange.open_orders(0, ALICE),
+            alice_orders_left,
+            "{stp:?}"
+        );
         assert_eq!(done(&events).last().unwrap().2, taker_reason, "{stp:?}");
         // No self-trade ever happened, and reservations add up.
         assert!(events.iter().all(|e| !matches!(
@@ -290,7 +293,7 @@ fn self_trade_prevention_modes() {
         )
         .unwrap();
     assert!(done(&events).is_empty());
-    assert_eq!(h.exchange.book(0).unwrap().open_orders(ALICE), 2);
+    assert_eq!(h.exchange.open_orders(0, ALICE), 2);
 }
 
 #[test]
