@@ -608,7 +608,7 @@ async fn admin_miners(State(state): State<ApiState>) -> Response {
 }
 
 async fn admin_bans(State(state): State<ApiState>) -> Response {
-    Json(&*state.bans.current()).into_response()
+    Json(&state.bans.operator_list()).into_response()
 }
 
 async fn admin_ban(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {

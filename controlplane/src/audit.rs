@@ -1,6 +1,11 @@
 //! The audit trail: an append-only, hash-chained log of admin actions and payout batches
 //! in RocksDB. Each entry carries the SHA-256 of the one before it, so an entry edited or
 //! removed on disk breaks the chain at that point and `verify` names it.
+//!
+//! Retention never edits the chain: `prune_before` cuts it at a checkpoint that keeps the
+//! first kept entry's sequence and the hash it links to, and verification starts there.
+//! The head (sequence and hash of the newest entry) is published so it can be anchored
+//! outside the host; an anchored head later proves the chain up to it was not rewritten.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -12,6 +17,29 @@ use sha2::{Digest, Sha256};
 
 /// The hash the first entry links to.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Entries are keyed by their 8-byte big-endian sequence; the checkpoint has this key,
+/// which sorts after every entry key.
+const CHECKPOINT_KEY: &[u8] = b"~checkpoint";
+
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+/// Where the kept chain starts after pruning.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The first entry still kept.
+    pub first_sequence: u64,
+    /// The hash that entry links to (the last pruned entry's hash).
+    pub previous_hash: String,
+    pub pruned_at_ms: u64,
+}
+
+/// The newest entry's sequence and hash: what gets anchored outside the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainHead {
+    /// Entries ever appended (the next sequence).
+    pub entries: u64,
+    pub hash: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -46,6 +74,8 @@ pub enum AuditError {
     Storage(#[from] rocksdb::Error),
     #[error("audit entry is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("cannot prune before {0}: the chain has no such entry")]
+    NoSuchEntry(u64),
 }
 
 /// Where the chain first fails to hold.
@@ -66,17 +96,78 @@ impl AuditLog {
         let mut options = Options::default();
         options.create_if_missing(true);
         let db = DB::open(&options, path)?;
-        let head = match db.iterator(IteratorMode::End).next().transpose()? {
-            Some((_, value)) => {
-                let last: AuditEntry = serde_json::from_slice(&value)?;
-                (last.sequence + 1, last.hash)
-            }
-            None => (0, GENESIS_HASH.to_string()),
-        };
+        let head = read_head(&db)?;
         Ok(AuditLog {
             db,
             head: Mutex::new(head),
         })
+    }
+
+    /// Opens a log another process may be writing, to read or verify it.
+    pub fn open_read_only(path: &Path) -> Result<Self, AuditError> {
+        let db = DB::open_for_read_only(&Options::default(), path, false)?;
+        let head = read_head(&db)?;
+        Ok(AuditLog {
+            db,
+            head: Mutex::new(head),
+        })
+    }
+
+    pub fn head(&self) -> ChainHead {
+        let head = self.head.lock().expect("audit lock");
+        ChainHead {
+            entries: head.0,
+            hash: head.1.clone(),
+        }
+    }
+
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        Ok(match self.db.get(CHECKPOINT_KEY)? {
+            Some(value) => Some(serde_json::from_slice(&value)?),
+            None => None,
+        })
+    }
+
+    /// Drops every entry before `first_kept` (which must exist), keeping a checkpoint
+    /// with the hash the first kept entry links to, in one atomic write.
+    pub fn prune_before(&self, first_kept: u64, now_ms: u64) -> Result<u64, AuditError> {
+        let _append = self.head.lock().expect("audit lock");
+        let kept: AuditEntry = match self.db.get(first_kept.to_be_bytes())? {
+            Some(value) => serde_json::from_slice(&value)?,
+            None => return Err(AuditError::NoSuchEntry(first_kept)),
+        };
+        let from = self.checkpoint()?.map_or(0, |c| c.first_sequence);
+        let checkpoint = Checkpoint {
+            first_sequence: first_kept,
+            previous_hash: kept.previous_hash,
+            pruned_at_ms: now_ms,
+        };
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range(from.to_be_bytes(), first_kept.to_be_bytes());
+        batch.put(CHECKPOINT_KEY, serde_json::to_vec(&checkpoint)?);
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(first_kept.saturating_sub(from))
+    }
+
+    /// The first entry at or after `at_ms`, if any: where a retention cut may go.
+    pub fn first_at_or_after(&self, at_ms: u64) -> Result<Option<u64>, AuditError> {
+        for item in self.entries() {
+            let (_, value) = item?;
+            let entry: AuditEntry = serde_json::from_slice(&value)?;
+            if entry.at_ms >= at_ms {
+                return Ok(Some(entry.sequence));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every entry in sequence order (not the checkpoint).
+    fn entries(&self) -> impl Iterator<Item = Result<KeyValue, rocksdb::Error>> + '_ {
+        self.db
+            .iterator(IteratorMode::Start)
+            .take_while(|item| item.as_ref().map_or(true, |(key, _)| key.len() == 8))
     }
 
     pub fn append(
@@ -111,7 +202,12 @@ impl AuditLog {
     /// The newest `limit` entries, newest first.
     pub fn recent(&self, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
         let mut entries = Vec::new();
-        for item in self.db.iterator(IteratorMode::End).take(limit) {
+        for item in self
+            .db
+            .iterator(IteratorMode::End)
+            .filter(|item| item.as_ref().map_or(true, |(key, _)| key.len() == 8))
+            .take(limit)
+        {
             let (_, value) = item?;
             entries.push(serde_json::from_slice(&value)?);
         }
@@ -119,10 +215,14 @@ impl AuditLog {
     }
 
     /// Walks the chain from the start; `Err` names the first entry that does not hold.
+    /// Returns how many entries hold (from the checkpoint, if the chain was pruned).
     pub fn verify(&self) -> Result<Result<u64, BrokenLink>, AuditError> {
-        let mut previous = GENESIS_HASH.to_string();
-        let mut expected_sequence = 0;
-        for item in self.db.iterator(IteratorMode::Start) {
+        let (mut expected_sequence, mut previous) = match self.checkpoint()? {
+            Some(c) => (c.first_sequence, c.previous_hash),
+            None => (0, GENESIS_HASH.to_string()),
+        };
+        let first = expected_sequence;
+        for item in self.entries() {
             let (key, value) = item?;
             let at =
                 <[u8; 8]>::try_from(key.as_ref()).map_or(expected_sequence, u64::from_be_bytes);
@@ -147,8 +247,28 @@ impl AuditLog {
             previous = entry.hash;
             expected_sequence += 1;
         }
-        Ok(Ok(expected_sequence))
+        Ok(Ok(expected_sequence - first))
     }
+}
+
+/// The next sequence and the newest entry's hash (or the checkpoint's, if every entry
+/// after it was pruned, or the genesis hash).
+fn read_head(db: &DB) -> Result<(u64, String), AuditError> {
+    let newest = db
+        .iterator(IteratorMode::End)
+        .find(|item| item.as_ref().map_or(true, |(key, _)| key.len() == 8))
+        .transpose()?;
+    if let Some((_, value)) = newest {
+        let last: AuditEntry = serde_json::from_slice(&value)?;
+        return Ok((last.sequence + 1, last.hash));
+    }
+    Ok(match db.get(CHECKPOINT_KEY)? {
+        Some(value) => {
+            let checkpoint: Checkpoint = serde_json::from_slice(&value)?;
+            (checkpoint.first_sequence, checkpoint.previous_hash)
+        }
+        None => (0, GENESIS_HASH.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -180,5 +300,42 @@ mod tests {
             .unwrap();
         let broken = log.verify().unwrap().unwrap_err();
         assert_eq!(broken.sequence, 0);
+    }
+
+    #[test]
+    fn pruning_cuts_at_a_checkpoint_and_the_rest_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        for i in 0..10 {
+            log.append(i * 1000, "admin", "fee.set", serde_json::json!({"n": i}))
+                .unwrap();
+        }
+        let head = log.head();
+        assert_eq!(log.first_at_or_after(4_500).unwrap(), Some(5));
+        assert_eq!(log.prune_before(5, 99).unwrap(), 5);
+        assert_eq!(log.verify().unwrap(), Ok(5));
+        assert_eq!(log.recent(100).unwrap().len(), 5);
+        assert_eq!(log.head(), head, "pruning never moves the head");
+        drop(log);
+        // Reopened: appends carry on from the head; a second cut starts at the first.
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert_eq!(log.head(), head);
+        assert_eq!(
+            log.append(1, "system", "x", Value::Null).unwrap().sequence,
+            10
+        );
+        assert_eq!(log.prune_before(8, 100).unwrap(), 3);
+        assert_eq!(log.verify().unwrap(), Ok(3));
+        assert!(matches!(
+            log.prune_before(2, 0),
+            Err(AuditError::NoSuchEntry(2))
+        ));
+        // Editing the checkpoint's hash breaks the first kept entry.
+        let mut checkpoint = log.checkpoint().unwrap().unwrap();
+        checkpoint.previous_hash = GENESIS_HASH.into();
+        log.db
+            .put(CHECKPOINT_KEY, serde_json::to_vec(&checkpoint).unwrap())
+            .unwrap();
+        assert_eq!(log.verify().unwrap().unwrap_err().sequence, 8);
     }
 }

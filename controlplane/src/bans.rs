@@ -4,7 +4,12 @@
 //! data planes at once, which close the connections it covers.
 //!
 //! A ban stops mining, not payment: what a banned miner earned before stays its own.
+//!
+//! The compliance deny list (see `otedama_compliance::deny_list`) joins the operator's
+//! list in what the data planes receive, so a denied address cannot authorize either; it
+//! is never written to `bans.json`, because it is re-read from its own files.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -33,8 +38,10 @@ pub enum BanError {
 
 pub struct BanStore {
     path: PathBuf,
-    /// Serializes changes, so two admin requests cannot lose one another's edit.
-    edit: Mutex<()>,
+    /// The operator's list and the deny list's addresses; the lock serializes changes, so
+    /// two admin requests cannot lose one another's edit.
+    lists: Mutex<(BanList, BTreeSet<String>)>,
+    /// What the data planes enforce: both lists together.
     current: watch::Sender<Arc<BanList>>,
 }
 
@@ -49,13 +56,31 @@ impl BanStore {
         };
         Ok(BanStore {
             path,
-            edit: Mutex::new(()),
-            current: watch::Sender::new(Arc::new(list)),
+            current: watch::Sender::new(Arc::new(list.clone())),
+            lists: Mutex::new((list, BTreeSet::new())),
         })
     }
 
+    /// What the data planes enforce: the operator's bans and the deny list.
     pub fn current(&self) -> Arc<BanList> {
         self.current.borrow().clone()
+    }
+
+    /// The operator's own bans (what the admin API edits and `bans.json` holds).
+    pub fn operator_list(&self) -> BanList {
+        self.lists.lock().expect("ban list lock").0.clone()
+    }
+
+    /// Replaces the deny list's addresses and publishes the merged list.
+    pub fn set_denied(&self, denied: BTreeSet<String>) -> Result<(), BanError> {
+        let mut lists = self.lists.lock().expect("ban list lock");
+        let merged = merge(&lists.0, &denied);
+        if merged.len() > BANS_MAX {
+            return Err(BanError::TooMany(merged.len()));
+        }
+        lists.1 = denied;
+        self.current.send_replace(Arc::new(merged));
+        Ok(())
     }
 
     /// Every new list, starting with the current one.
@@ -65,13 +90,15 @@ impl BanStore {
 
     /// Adds (`ban`) or removes the change's entries, saves the list and publishes it.
     pub fn apply(&self, change: &BanChange, ban: bool) -> Result<Arc<BanList>, BanError> {
-        let _edit = self.edit.lock().expect("ban list lock");
-        let mut list = (*self.current()).clone();
+        let mut lists = self.lists.lock().expect("ban list lock");
+        let mut list = lists.0.clone();
         for address in &change.addresses {
+            // Stored as the data planes compare them (bech32 in lower case).
+            let address = otedama_shared::address::canonical_address(address).into_owned();
             if ban {
-                list.addresses.insert(address.clone());
+                list.addresses.insert(address);
             } else {
-                list.addresses.remove(address);
+                list.addresses.remove(&address);
             }
         }
         for network in &change.networks {
@@ -81,14 +108,16 @@ impl BanStore {
                 list.networks.remove(network);
             }
         }
-        if list.len() > BANS_MAX {
-            return Err(BanError::TooMany(list.len()));
+        let merged = merge(&list, &lists.1);
+        if merged.len() > BANS_MAX {
+            return Err(BanError::TooMany(merged.len()));
         }
         self.save(&list)
             .map_err(|e| BanError::Storage(format!("{e:#}")))?;
-        let list = Arc::new(list);
-        self.current.send_replace(list.clone());
-        Ok(list)
+        lists.0 = list;
+        let merged = Arc::new(merged);
+        self.current.send_replace(merged.clone());
+        Ok(merged)
     }
 
     fn save(&self, list: &BanList) -> anyhow::Result<()> {
@@ -100,6 +129,12 @@ impl BanStore {
         std::fs::rename(&temporary, &self.path)?;
         Ok(())
     }
+}
+
+fn merge(operator: &BanList, denied: &BTreeSet<String>) -> BanList {
+    let mut merged = operator.clone();
+    merged.addresses.extend(denied.iter().cloned());
+    merged
 }
 
 #[cfg(test)]
@@ -130,8 +165,28 @@ mod tests {
                 false,
             )
             .unwrap();
-        let list = BanStore::open(path).unwrap().current();
+        let list = BanStore::open(path.clone()).unwrap().current();
         assert!(list.addresses.is_empty() && list.networks.len() == 1);
+
+        // Denied addresses are enforced with the operator's bans but never saved.
+        let store = BanStore::open(path.clone()).unwrap();
+        store
+            .set_denied(BTreeSet::from(["denied".to_string()]))
+            .unwrap();
+        assert!(store.current().bans_worker("denied.rig"));
+        store
+            .apply(
+                &BanChange {
+                    addresses: vec!["operator".into()],
+                    ..Default::default()
+                },
+                true,
+            )
+            .unwrap();
+        assert!(store.current().bans_worker("denied.rig"));
+        assert!(!store.operator_list().addresses.contains("denied"));
+        let saved = BanStore::open(path).unwrap().current();
+        assert!(saved.addresses.contains("operator") && !saved.addresses.contains("denied"));
     }
 
     #[test]

@@ -98,6 +98,15 @@ pub struct PoolConfig {
     pub pplnt_presence_min: f64,
     /// A file holding the admin API token in plain text; the server keeps only its hash.
     pub admin_token_file: Option<PathBuf>,
+    /// Days of audit entries kept; older ones are pruned at a checkpoint that keeps the
+    /// chain verifiable. 0 keeps everything.
+    pub audit_retention_days: u64,
+    /// Deny lists: OFAC SDN XML or CSV (the pool coin's "Digital Currency Address"
+    /// entries), or plain files of one address per line. Denied addresses cannot
+    /// authorize, and their balances are held, not paid.
+    pub deny_list_file: Vec<PathBuf>,
+    /// Seconds between re-reads of the deny lists.
+    pub deny_list_reload_s: u64,
 }
 
 /// The payout schemes, as config and flags name them.
@@ -165,6 +174,9 @@ impl Default for PoolConfig {
             pplns_window_factor: 2.0,
             pplnt_presence_min: 0.5,
             admin_token_file: None,
+            audit_retention_days: 0,
+            deny_list_file: Vec::new(),
+            deny_list_reload_s: 3600,
         }
     }
 }
@@ -289,6 +301,15 @@ pub struct ConfigArgs {
     /// File with the admin API token (plain text; only its hash is kept).
     #[arg(long, env = "OTEDAMA_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Days of audit entries kept (0: all).
+    #[arg(long, env = "OTEDAMA_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u64>,
+    /// A deny list (OFAC SDN XML or CSV, or one address per line); repeatable.
+    #[arg(long = "deny-list-file")]
+    pub deny_list_file: Vec<PathBuf>,
+    /// Seconds between re-reads of the deny lists.
+    #[arg(long, env = "OTEDAMA_DENY_LIST_RELOAD_S")]
+    pub deny_list_reload_s: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -334,7 +355,15 @@ impl ConfigArgs {
             payout_interval_s,
             payout_min
         );
-        take!(pplns_window_factor, pplnt_presence_min);
+        take!(
+            pplns_window_factor,
+            pplnt_presence_min,
+            audit_retention_days,
+            deny_list_reload_s
+        );
+        if !self.deny_list_file.is_empty() {
+            config.deny_list_file = self.deny_list_file.clone();
+        }
         take!(sv2_certificate_validity_s, quic_connections_per_core_max);
         for (flag, field) in [
             (&self.quic_cert_file, &mut config.quic_cert_file),
@@ -385,6 +414,9 @@ impl PoolConfig {
         }
         if !(0.0..=1.0).contains(&self.pplnt_presence_min) {
             bail!("pplnt_presence_min must lie between 0 and 1");
+        }
+        if self.deny_list_reload_s == 0 {
+            bail!("deny_list_reload_s must be at least 1");
         }
         if self.coinbase_maturity == 0 || self.payout_interval_s == 0 {
             bail!("coinbase_maturity and payout_interval_s must be at least 1");

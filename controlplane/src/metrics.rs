@@ -224,5 +224,16 @@ pub fn render(state: &ApiState) -> String {
             .flat_map(|i| i.outputs.values())
             .sum::<u64>(),
     );
+    let head = state.audit.head();
+    out.family(
+        "otedama_audit_chain_entries",
+        "gauge",
+        "Audit entries ever appended; the label is the newest entry's SHA-256, the chain head to anchor outside the host.",
+    );
+    out.sample(
+        "otedama_audit_chain_entries",
+        &format!("head=\"{}\"", head.hash),
+        head.entries,
+    );
     out.0
 }

@@ -407,7 +407,112 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?,
     );
     let payouts = start_payouts(&config, &state, &store, &audit)?;
+    {
+        let (audit, retention_days) = (audit.clone(), config.audit_retention_days);
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || audit_housekeeping(&audit, retention_days))?;
+    }
     serve(config, state, store, payouts, audit, candidate_tx)
+}
+
+/// The OFAC ticker of the pool's coin, as the SDN list names it.
+fn deny_list_ticker(config: &PoolConfig) -> &'static str {
+    match config.coin {
+        crate::chain::coin::Coin::Litecoin => "LTC",
+        crate::chain::coin::Coin::Bitcoin => "XBT",
+    }
+}
+
+/// Puts a deny list in force: the data planes refuse its addresses at authorize (and
+/// drop their connections), payouts hold their balances, and the audit log records the
+/// import and every denied address that holds a balance.
+fn apply_deny_list(
+    list: &otedama_compliance::deny_list::DenyList,
+    bans: &crate::bans::BanStore,
+    payouts: &PayoutHandles,
+    audit: &AuditLog,
+    previous: Option<&otedama_compliance::deny_list::DenyList>,
+) -> anyhow::Result<()> {
+    bans.set_denied(list.addresses.clone())?;
+    payouts
+        .settings
+        .write()
+        .expect("settings lock")
+        .policy
+        .frozen = list.addresses.clone();
+    let added = previous.map_or(list.addresses.len(), |p| {
+        list.addresses.difference(&p.addresses).count()
+    });
+    let removed = previous.map_or(0, |p| p.addresses.difference(&list.addresses).count());
+    let files: serde_json::Map<String, serde_json::Value> = list
+        .per_file
+        .iter()
+        .map(|(path, count)| (path.display().to_string(), (*count).into()))
+        .collect();
+    tracing::info!(
+        addresses = list.addresses.len(),
+        added,
+        removed,
+        "deny list in force"
+    );
+    audit.append(
+        now_ms(),
+        "system",
+        "deny_list.import",
+        serde_json::json!({"addresses": list.addresses.len(), "added": added, "removed": removed, "files": files}),
+    )?;
+    let balances = payouts.ledger.lock().expect("ledger lock").all_balances()?;
+    for (address, balance) in balances {
+        let newly = previous.is_none_or(|p| !p.addresses.contains(&address));
+        if newly && list.addresses.contains(&address) {
+            tracing::warn!(%address, mature = balance.mature, immature = balance.immature, "denied address holds a balance; it is frozen");
+            audit.append(
+                now_ms(),
+                "system",
+                "deny_list.hit",
+                serde_json::json!({"address": address, "mature": balance.mature, "immature": balance.immature, "frozen": true}),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Seconds between exports of the audit chain's head (a log line; `/metrics` has it always)
+/// and retention passes.
+const AUDIT_HOUSEKEEPING_INTERVAL_S: u64 = 300;
+
+/// Publishes the audit chain's head so it can be anchored outside the host, and prunes
+/// entries older than the retention at a checkpoint.
+fn audit_housekeeping(audit: &AuditLog, retention_days: u64) {
+    loop {
+        let head = audit.head();
+        tracing::info!(entries = head.entries, head = %head.hash, "audit chain head");
+        if retention_days > 0 {
+            let cutoff_ms = now_ms().saturating_sub(retention_days * 86_400_000);
+            match audit.first_at_or_after(cutoff_ms) {
+                Ok(Some(first_kept)) => match audit.prune_before(first_kept, now_ms()) {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(
+                        pruned,
+                        first_kept,
+                        "audit entries past retention pruned at a checkpoint"
+                    ),
+                    Err(error) => tracing::error!(%error, "audit retention failed"),
+                },
+                // Everything is older than the cutoff: keep the newest entry, so the head
+                // stays provable from the log itself.
+                Ok(None) if head.entries > 0 => {
+                    if let Err(error) = audit.prune_before(head.entries - 1, now_ms()) {
+                        tracing::error!(%error, "audit retention failed");
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => tracing::error!(%error, "audit retention failed"),
+            }
+        }
+        std::thread::sleep(Duration::from_secs(AUDIT_HOUSEKEEPING_INTERVAL_S));
+    }
 }
 
 /// The ledger and the payout thread.
@@ -435,6 +540,7 @@ fn start_payouts(
             address_rule: params.address,
             // The pool's own wallet receives the rewards; paying it would move coins in a circle.
             never_pay: vec![config.payout_address.clone()],
+            frozen: Default::default(),
         },
     };
     let ledger = Ledger::open(&config.ledger_path())
@@ -540,6 +646,35 @@ fn serve(
     let bans = Arc::new(crate::bans::BanStore::open(
         config.data_dir.join("bans.json"),
     )?);
+    if !config.deny_list_file.is_empty() {
+        let ticker = deny_list_ticker(&config);
+        // A deny list that cannot be read at start stops the start: running without the
+        // screening the operator asked for is worse than not running.
+        let first = otedama_compliance::deny_list::load(&config.deny_list_file, ticker)
+            .context("reading the deny lists")?;
+        apply_deny_list(&first, &bans, &payouts, &audit, None)?;
+        let (paths, reload_s) = (config.deny_list_file.clone(), config.deny_list_reload_s);
+        let (bans, payouts, audit) = (bans.clone(), payouts.clone(), audit.clone());
+        std::thread::Builder::new()
+            .name("deny-list".into())
+            .spawn(move || {
+                let mut current = first;
+                loop {
+                    std::thread::sleep(Duration::from_secs(reload_s));
+                    match otedama_compliance::deny_list::load(&paths, ticker) {
+                        Ok(list) if list == current => {}
+                        Ok(list) => {
+                            match apply_deny_list(&list, &bans, &payouts, &audit, Some(&current)) {
+                                Ok(()) => current = list,
+                                Err(error) => tracing::error!(%error, "deny list not applied; the previous one stays"),
+                            }
+                        }
+                        // Never let the list lapse because a file was briefly unreadable.
+                        Err(error) => tracing::error!(%error, "deny list re-read failed; the previous one stays"),
+                    }
+                }
+            })?;
+    }
     // Miners pin this key in their stratum2+tcp URL; the data plane signs with its secret.
     let sv2_authority_key = if config.sv2_listen.is_empty() {
         None

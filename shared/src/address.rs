@@ -31,6 +31,20 @@ pub enum AddressError {
 pub const ADDRESS_BYTES_MAX: usize = 90;
 
 /// The payout address in a worker name: miners authorize as `ADDRESS` or `ADDRESS.RIG`.
+/// The form lists compare addresses in: bech32 is case-insensitive, so it is lower-cased;
+/// base58 is case-sensitive and stays as it is.
+pub fn canonical_address(address: &str) -> std::borrow::Cow<'_, str> {
+    const BECH32_PREFIXES: [&str; 6] = ["bc1", "tb1", "bcrt1", "ltc1", "tltc1", "rltc1"];
+    let bech32 = BECH32_PREFIXES
+        .iter()
+        .any(|hrp| address.len() > hrp.len() && address[..hrp.len()].eq_ignore_ascii_case(hrp));
+    if bech32 && address.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(address.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(address)
+    }
+}
+
 pub fn payout_address_of(worker: &str) -> &str {
     worker
         .split_once('.')

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::address::payout_address_of;
+use crate::address::{canonical_address, payout_address_of};
 
 /// Entries one list may hold (addresses and networks together): the whole list travels to
 /// every data plane on each change.
@@ -129,7 +129,10 @@ impl BanList {
 
     /// Whether the worker (`ADDRESS` or `ADDRESS.RIG`) mines for a banned address.
     pub fn bans_worker(&self, worker: &str) -> bool {
-        !self.addresses.is_empty() && self.addresses.contains(payout_address_of(worker))
+        !self.addresses.is_empty()
+            && self
+                .addresses
+                .contains(canonical_address(payout_address_of(worker)).as_ref())
     }
 
     pub fn bans_ip(&self, ip: IpAddr) -> bool {

@@ -75,6 +75,8 @@ pub struct PayoutPolicy {
     pub address_rule: AddressRule,
     /// Accounts kept, not paid: the pool's own wallet address (its fee and PPS funds).
     pub never_pay: Vec<String>,
+    /// Accounts on the deny list: their balances are held (frozen), never paid.
+    pub frozen: std::collections::BTreeSet<String>,
 }
 
 /// What a run did.
@@ -147,7 +149,12 @@ pub fn payable(
 ) -> Result<BTreeMap<String, u64>, LedgerError> {
     let mut candidates = Vec::new();
     for (account, balances) in ledger.all_balances()? {
-        if balances.mature == 0 || policy.never_pay.contains(&account) {
+        if balances.mature == 0
+            || policy.never_pay.contains(&account)
+            || policy
+                .frozen
+                .contains(otedama_shared::address::canonical_address(&account).as_ref())
+        {
             continue;
         }
         let threshold = ledger
@@ -231,4 +238,35 @@ pub fn run(
         .into_iter()
         .find(|i| i.batch_id == batch_id);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::coin::{Coin, CoinParams, Network};
+    use crate::payouts::simulation::regtest_address;
+
+    #[test]
+    fn a_frozen_account_keeps_its_balance_and_is_not_paid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let (free, denied) = (regtest_address(1), regtest_address(2));
+        let split: BTreeMap<String, u64> = [(free.clone(), 5_000), (denied.clone(), 7_000)]
+            .into_iter()
+            .collect();
+        ledger.credit_block("block", &split).unwrap();
+        ledger.mature_block("block").unwrap();
+        let mut policy = PayoutPolicy {
+            payout_min: 1_000,
+            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            never_pay: Vec::new(),
+            frozen: Default::default(),
+        };
+        assert_eq!(payable(&ledger, &policy).unwrap().len(), 2);
+        // The list holds the canonical form; the ledger may hold another case of it.
+        policy.frozen.insert(denied.clone());
+        let paid = payable(&ledger, &policy).unwrap();
+        assert_eq!(paid.keys().collect::<Vec<_>>(), [&free]);
+        assert_eq!(ledger.balances(&denied).unwrap().mature, 7_000);
+    }
 }

@@ -140,7 +140,7 @@ struct Simulation {
     crashes: u32,
 }
 
-fn regtest_address(index: u8) -> String {
+pub(crate) fn regtest_address(index: u8) -> String {
     let hrp = Hrp::parse("rltc").expect("valid hrp");
     bech32::segwit::encode_v0(hrp, &[index + 1; 20]).expect("valid program")
 }
@@ -168,6 +168,7 @@ impl Simulation {
                 payout_min: PAYOUT_MIN,
                 address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
                 never_pay: vec![FEE_ACCOUNT.to_string()],
+                frozen: Default::default(),
             },
             miners: (0..MINERS).map(regtest_address).collect(),
             shares: Vec::new(),

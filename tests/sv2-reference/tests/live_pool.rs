@@ -596,10 +596,17 @@ fn reference_client_mines_on_standard_and_extended_channels() {
 
     let mut extended = Miner::open_extended(&pool);
     extended.accepted_then_duplicate();
-    // The miner's extranonce must be exactly the size the pool gave.
-    extended.wait_for_job();
-    let mut short = extended.find_share(true, 9);
-    short.extranonce.pop();
-    let reply = extended.submit(&short);
+    // The miner's extranonce must be exactly the size the pool gave. A new block between
+    // finding the share and submitting it makes it stale first; then try on the new job.
+    let mut reply = Reply::Rejected("stale-share".into());
+    for attempt in 0..5 {
+        extended.wait_for_job();
+        let mut short = extended.find_share(true, 9 + attempt);
+        short.extranonce.pop();
+        reply = extended.submit(&short);
+        if reply != Reply::Rejected("stale-share".into()) {
+            break;
+        }
+    }
     assert_eq!(reply, Reply::Rejected("bad-extranonce-size".into()));
 }

@@ -34,9 +34,25 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Mine with the CPU over Stratum V1, Stratum V2 (Noise) or Stratum V2 over QUIC.
     Miner(miner::MinerArgs),
+    /// The audit log: `otedama audit verify --data-dir DIR`.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Check the configuration (file, environment and flags) without starting anything,
     /// and print it as TOML with every default filled in. Exits non-zero on a bad one.
     Config(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain from its start (or its retention checkpoint); exit 0 if every
+    /// entry holds, otherwise exit 1 naming the first broken entry. Safe while the pool runs.
+    Verify {
+        /// The pool's data directory (the log is in its `audit/`).
+        #[arg(long, env = "OTEDAMA_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -71,6 +87,33 @@ fn main() -> anyhow::Result<()> {
         Command::Controlplane(args) => otedama_controlplane::service::run(args.load()?),
         Command::Demo(args) => demo::run(args),
         Command::Miner(args) => miner::run(args),
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => {
+            let path = data_dir.join("audit");
+            anyhow::ensure!(path.is_dir(), "no audit log at {}", path.display());
+            let log = otedama_controlplane::audit::AuditLog::open_read_only(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let from = log.checkpoint()?.map_or(0, |c| c.first_sequence);
+            match log.verify()? {
+                Ok(count) => {
+                    let head = log.head();
+                    println!(
+                        "audit chain intact: {count} entries from sequence {from}; head {} (entry {})",
+                        head.hash,
+                        head.entries.saturating_sub(1)
+                    );
+                    Ok(())
+                }
+                Err(broken) => {
+                    eprintln!(
+                        "audit chain broken at entry {}: {}",
+                        broken.sequence, broken.why
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Config(args) => {
             let config = args.load()?;
             config
