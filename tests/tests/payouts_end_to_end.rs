@@ -3,7 +3,8 @@
 //! wallet. The node's `getreceivedbyaddress` must show exactly what the ledger owed each
 //! miner, under PPLNS and under SOLO, and again when the control plane is killed (it sends
 //! itself SIGKILL at the step) between writing the payout intent and broadcasting it, and
-//! between broadcasting it and recording it as sent.
+//! between broadcasting it and recording it as sent. A miner put on the deny list keeps its
+//! balance and is not paid, while the others are.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,6 +30,14 @@ struct Scenario {
 }
 
 fn start(scheme: &str) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
+    start_with(scheme, &[])
+}
+
+/// `start` with more `otedama run` flags.
+fn start_with(
+    scheme: &str,
+    extra_args: &[&str],
+) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
     let root = tempfile::tempdir()?;
     let nodes = RegtestPair::start(root.path(), 101)?;
     nodes.miner.call("createwallet", json!([MINERS_WALLET]))?;
@@ -69,6 +78,7 @@ fn start(scheme: &str) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
         "--admin-token-file".into(),
         token_file.display().to_string(),
     ])
+    .chain(extra_args.iter().map(|s| s.to_string()))
     .collect();
     pool.env = vec![(
         "OTEDAMA_FAULT_FILE".into(),
@@ -348,4 +358,68 @@ fn pplns_pays_each_miner_once_across_a_crash_between_intent_and_broadcast() -> a
 #[test]
 fn solo_pays_each_miner_once_across_a_crash_between_broadcast_and_record() -> anyhow::Result<()> {
     pays_each_miner_exactly_once("solo", "payout:broadcast")
+}
+
+#[test]
+fn a_denied_miner_keeps_its_balance_and_is_not_paid() -> anyhow::Result<()> {
+    let lists = tempfile::tempdir()?;
+    let deny = lists.path().join("deny.txt");
+    std::fs::write(&deny, "# nobody yet\n")?;
+    let (scenario, _run) = start_with(
+        "pplns",
+        &[
+            "--deny-list-file",
+            deny.to_str().unwrap(),
+            "--deny-list-reload-s",
+            "1",
+        ],
+    )?;
+    scenario.mine(3)?;
+    scenario.mature()?;
+    let owed = scenario.owed()?;
+    let denied = scenario
+        .miners
+        .iter()
+        .max_by_key(|m| owed[*m])
+        .unwrap()
+        .clone();
+    assert!(owed[&denied] > 0, "{owed:?}");
+    let expected: BTreeMap<String, u64> = owed
+        .iter()
+        .filter(|(m, v)| **m != denied && **v > 0)
+        .map(|(m, v)| (m.clone(), *v))
+        .collect();
+    assert!(!expected.is_empty(), "PPLNS credits every miner: {owed:?}");
+
+    // The list is re-read; the hit on an address with a balance is audited.
+    std::fs::write(&deny, format!("{denied}\n"))?;
+    wait_until(Duration::from_secs(30), "the deny list hit", || {
+        otedama_tests::admin_get(&scenario.pool, "/api/v1/admin/audit", ADMIN_TOKEN).is_ok_and(
+            |audit| {
+                audit.as_array().unwrap().iter().any(|e| {
+                    e["action"] == "deny_list.hit" && e["detail"]["address"] == denied.as_str()
+                })
+            },
+        )
+    })?;
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    scenario.wait_paid(&expected)?;
+    assert_eq!(
+        scenario.received(&denied)?,
+        0,
+        "a denied address is never paid"
+    );
+    let balances = scenario.balances()?;
+    assert_eq!(
+        balances[&denied]["balance_mature"].as_u64(),
+        Some(owed[&denied]),
+        "its balance stays, frozen"
+    );
+    // A later run still holds it.
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["batch"].is_null(), "{body}");
+    scenario.check_conservation()?;
+    Ok(())
 }

@@ -23,8 +23,8 @@ use quick_xml::Reader;
 pub const FEATURE_PREFIX: &str = "Digital Currency Address - ";
 /// Longest address kept; anything longer in a list is not an address of ours.
 pub const ADDRESS_BYTES_MAX: usize = 128;
-/// Addresses one deny list may hold (all files together).
-pub const DENIED_ADDRESSES_MAX: usize = 1_000_000;
+/// Addresses the deny lists may hold together: what the data planes take in one ban list.
+pub const DENIED_ADDRESSES_MAX: usize = otedama_shared::bans::BANS_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -352,6 +352,29 @@ mod tests {
         assert!(matches!(
             load(&[dir.path().join("missing")], "LTC"),
             Err(DenyListError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn the_lists_hold_denied_addresses_max_and_refuse_one_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("full.txt");
+        let lines: String = (0..DENIED_ADDRESSES_MAX)
+            .map(|i| format!("L{i}\n"))
+            .collect();
+        std::fs::write(&full, lines).unwrap();
+        assert_eq!(
+            load(std::slice::from_ref(&full), "LTC")
+                .unwrap()
+                .addresses
+                .len(),
+            DENIED_ADDRESSES_MAX
+        );
+        let one_more = dir.path().join("one-more.txt");
+        std::fs::write(&one_more, "Lextra\n").unwrap();
+        assert!(matches!(
+            load(&[full, one_more], "LTC"),
+            Err(DenyListError::TooMany)
         ));
     }
 }

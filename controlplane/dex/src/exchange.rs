@@ -279,10 +279,7 @@ impl Exchange {
                 asset,
                 amount,
             } => {
-                self.asset(asset)?;
-                if amount == 0 {
-                    return Err(ExchangeReject::AmountZero);
-                }
+                self.check_transfer(asset, amount)?;
                 let balance = self.balance(account, asset);
                 balance
                     .available
@@ -296,10 +293,7 @@ impl Exchange {
                 asset,
                 amount,
             } => {
-                self.asset(asset)?;
-                if amount == 0 {
-                    return Err(ExchangeReject::AmountZero);
-                }
+                self.check_transfer(asset, amount)?;
                 if self.balance(account, asset).available < amount {
                     return Err(ExchangeReject::InsufficientBalance);
                 }
@@ -614,10 +608,15 @@ impl Exchange {
         index as usize * self.assets.len() + usize::from(asset)
     }
 
-    fn asset(&self, asset: AssetId) -> Result<&AssetSpec, ExchangeReject> {
-        self.assets
-            .get(usize::from(asset))
-            .ok_or(ExchangeReject::UnknownAsset)
+    /// A deposit or withdrawal names a known asset and a positive amount.
+    fn check_transfer(&self, asset: AssetId, amount: u64) -> Result<(), ExchangeReject> {
+        if usize::from(asset) >= self.assets.len() {
+            return Err(ExchangeReject::UnknownAsset);
+        }
+        if amount == 0 {
+            return Err(ExchangeReject::AmountZero);
+        }
+        Ok(())
     }
 
     fn market(&self, market: MarketId) -> Result<&Market, ExchangeReject> {

@@ -652,7 +652,7 @@ async fn core_main(
         }
     })
     .detach();
-    let mut accept_tasks = Vec::new();
+    let mut listeners = Vec::new();
     let front_ends = core
         .config
         .stratum_listen
@@ -668,25 +668,35 @@ async fn core_main(
     for (address, front_end) in front_ends {
         let listener = TcpListener::bind(address)
             .map_err(|e| anyhow::anyhow!("binding {front_end:?} listener {address}: {e}"))?;
-        let core = core.clone();
-        accept_tasks.push(glommio::spawn_local(accept_loop(core, listener, front_end)));
+        listeners.push((listener, front_end));
     }
-    if let Some((shared, senders, receivers)) = quic {
-        for ((address, forward_to), forwarded) in core
-            .config
-            .quic_listen
-            .clone()
-            .into_iter()
-            .zip(senders)
-            .zip(receivers)
-        {
-            quic::start(&core, address, shared.clone(), forward_to, forwarded)?;
-        }
-    }
+    // Miners are accepted only once the control plane's ban and deny list has arrived (it
+    // comes first on every link), so no denied address can authorize in the gap after a
+    // start. Until then connections wait in the listen backlog.
+    let mut quic = quic;
+    let mut accept_tasks = Vec::new();
     while let Some(command) = commands.next().await {
         match command {
             CoreCommand::Job(job) => core.publish_job(job).await,
-            CoreCommand::Bans(bans) => core.apply_bans(bans),
+            CoreCommand::Bans(bans) => {
+                core.apply_bans(bans);
+                for (listener, front_end) in listeners.drain(..) {
+                    let core = core.clone();
+                    accept_tasks.push(glommio::spawn_local(accept_loop(core, listener, front_end)));
+                }
+                if let Some((shared, senders, receivers)) = quic.take() {
+                    for ((address, forward_to), forwarded) in core
+                        .config
+                        .quic_listen
+                        .clone()
+                        .into_iter()
+                        .zip(senders)
+                        .zip(receivers)
+                    {
+                        quic::start(&core, address, shared.clone(), forward_to, forwarded)?;
+                    }
+                }
+            }
         }
     }
     Ok(())
