@@ -8,29 +8,18 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use otedama_kernels::Algorithm;
-use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
 use otedama_shared::sv2::messages::*;
 use otedama_shared::sv2::server::{Context, ServerConfig, Session};
 use otedama_shared::sv2::wire::Str0255;
 use otedama_shared::sv2::{FrameDecoder, Message};
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 
+#[path = "../../shared/tests/common/job_template.rs"]
+mod job_template;
+
 fn jobs() -> JobBook {
-    let template = JobTemplate {
-        job_id: 1,
-        height: 431,
-        prevhash: [0x11; 32],
-        coinbase_prefix: hex::decode("02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff0e02af01").unwrap(),
-        coinbase_suffix: hex::decode("ffffffff0100f2052a01000000160014000000000000000000000000000000000000000000000000").unwrap(),
-        merkle_branch: vec![HexHash([0x22; 32])],
-        version: 0x2000_0000,
-        bits: 0x207f_ffff,
-        ntime: 1_700_000_000,
-        clean_jobs: true,
-        algorithm: AlgorithmName::Sha256d,
-    };
     let mut book = JobBook::default();
-    book.insert(Arc::new(Job::new(template).unwrap()));
+    book.insert(Arc::new(Job::new(job_template::template(1, true)).unwrap()));
     book
 }
 

@@ -7,28 +7,16 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use otedama_kernels::Algorithm;
-use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
+use otedama_shared::job::AlgorithmName;
 use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
 use otedama_shared::sv1::{ErrorCode, Outcome, Session, SessionConfig};
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 
 const NOW_S: u64 = 1_700_000_100;
 
-fn template(job_id: u64, clean_jobs: bool) -> JobTemplate {
-    JobTemplate {
-        job_id,
-        height: 431,
-        prevhash: [0x11; 32],
-        coinbase_prefix: hex::decode("02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff0e02af01").unwrap(),
-        coinbase_suffix: hex::decode("ffffffff0100f2052a01000000160014000000000000000000000000000000000000000000000000").unwrap(),
-        merkle_branch: vec![HexHash([0x22; 32]), HexHash([0x33; 32])],
-        version: 0x2000_0000,
-        bits: 0x207fffff,
-        ntime: 1_700_000_000,
-        clean_jobs,
-        algorithm: AlgorithmName::Sha256d,
-    }
-}
+#[path = "common/job_template.rs"]
+mod job_template;
+use job_template::template;
 
 struct Harness {
     session: Session,

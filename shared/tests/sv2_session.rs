@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bitcoin::hashes::{sha256d, Hash};
 use otedama_kernels::{Algorithm, Target};
-use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
+use otedama_shared::job::JobTemplate;
 use otedama_shared::sv2::messages::*;
 use otedama_shared::sv2::server::{
     error_code, Context, Outcome, ServerConfig, Session, CHANNELS_PER_CONNECTION_MAX,
@@ -21,21 +21,9 @@ use otedama_shared::{DuplicateFilter, Job, JobBook};
 const NOW_S: u64 = 1_700_000_100;
 const EASY: f64 = 1e-6;
 
-fn template(job_id: u64, clean_jobs: bool) -> JobTemplate {
-    JobTemplate {
-        job_id,
-        height: 431,
-        prevhash: [0x11; 32],
-        coinbase_prefix: hex::decode("02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff0e02af01").unwrap(),
-        coinbase_suffix: hex::decode("ffffffff0100f2052a01000000160014000000000000000000000000000000000000000000000000").unwrap(),
-        merkle_branch: vec![HexHash([0x22; 32]), HexHash([0x33; 32])],
-        version: 0x2000_0000,
-        bits: 0x207fffff,
-        ntime: 1_700_000_000,
-        clean_jobs,
-        algorithm: AlgorithmName::Sha256d,
-    }
-}
+#[path = "common/job_template.rs"]
+mod job_template;
+use job_template::template;
 
 fn config(start_difficulty: f64) -> ServerConfig {
     ServerConfig {
