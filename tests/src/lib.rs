@@ -237,6 +237,24 @@ pub fn admin_get(pool: &PoolSetup, path: &str, token: &str) -> anyhow::Result<Va
         .into_json()?)
 }
 
+/// Waits until in-flight block candidates have settled: neither the pool's count of found
+/// blocks nor the node's height moves across two reads 1.5 s apart.
+pub fn wait_blocks_settled(pool: &PoolSetup, nodes: &RegtestPair) -> anyhow::Result<()> {
+    let mut last = (u64::MAX, u64::MAX);
+    wait_until(Duration::from_secs(30), "block counts to settle", || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = (
+            pool.stats()
+                .map(|s| s["blocks_found"].as_u64().unwrap())
+                .unwrap_or(0),
+            nodes.miner.block_count().unwrap_or(0),
+        );
+        let settled = now == last;
+        last = now;
+        settled
+    })
+}
+
 /// A Bitcoin regtest address, for pools on the synthetic chain.
 pub const SYNTHETIC_PAYOUT_ADDRESS: &str = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt";
 

@@ -27,20 +27,7 @@ fn mine_phase(pool: &PoolSetup, nodes: &RegtestPair, blocks: u64) -> anyhow::Res
     for miner in &mut miners {
         miner.terminate();
     }
-    // Let in-flight candidates settle: the count must not move for a while.
-    let mut last = (u64::MAX, u64::MAX);
-    wait_until(Duration::from_secs(30), "block counts to settle", || {
-        std::thread::sleep(Duration::from_millis(1500));
-        let now = (
-            pool.stats()
-                .map(|s| s["blocks_found"].as_u64().unwrap())
-                .unwrap_or(0),
-            nodes.miner.block_count().unwrap_or(0),
-        );
-        let settled = now == last;
-        last = now;
-        settled
-    })?;
+    otedama_tests::wait_blocks_settled(pool, nodes)?;
     let found = pool.stats()?["blocks_found"].as_u64().unwrap() - found_before;
     let height_after = nodes.miner.block_count()?;
     assert_eq!(

@@ -93,19 +93,7 @@ fn v1_v2_and_quic_miners_find_blocks_the_node_accepts() -> anyhow::Result<()> {
     for miner in &mut miners {
         miner.terminate();
     }
-    let mut last = (u64::MAX, u64::MAX);
-    wait_until(Duration::from_secs(30), "block counts to settle", || {
-        std::thread::sleep(Duration::from_millis(1500));
-        let now = (
-            pool.stats()
-                .map(|s| s["blocks_found"].as_u64().unwrap())
-                .unwrap_or(0),
-            nodes.miner.block_count().unwrap_or(0),
-        );
-        let settled = now == last;
-        last = now;
-        settled
-    })?;
+    otedama_tests::wait_blocks_settled(&pool, &nodes)?;
     let stats = pool.stats()?;
     let found = stats["blocks_found"].as_u64().unwrap() - found_before;
     assert_eq!(
