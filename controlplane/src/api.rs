@@ -70,6 +70,13 @@ pub struct ApiState {
     pub admin_token_sha256: Option<[u8; 32]>,
     pub address_rule: AddressRule,
     pub algorithm: Algorithm,
+    /// The coin's name in its signed-message magic (`Litecoin`).
+    pub coin_name: &'static str,
+    /// The exchange, when `dex_enabled`.
+    pub dex: Option<Arc<Mutex<crate::dex::DexService>>>,
+    pub key_challenges: Arc<Mutex<crate::api_dex::KeyChallenges>>,
+    /// The secret shared with the KYC provider, when one is configured.
+    pub kyc_secret: Option<Arc<Vec<u8>>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -88,6 +95,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/admin/bans", get(admin_bans))
         .route("/api/v1/admin/bans/add", post(admin_ban))
         .route("/api/v1/admin/bans/remove", post(admin_unban))
+        .merge(crate::api_dex::admin_routes())
+        .merge(crate::api_compliance::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/api/v1/stats", get(stats))
@@ -100,6 +109,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
         .route("/", get(dashboard))
+        .merge(crate::api_dex::routes())
+        .merge(crate::api_compliance::routes())
         .merge(admin)
         .with_state(state)
 }
@@ -119,7 +130,7 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
     .context("serving the API")
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -203,7 +214,7 @@ async fn require_admin(State(state): State<ApiState>, request: Request, next: Ne
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
@@ -330,7 +341,7 @@ fn pool_payout_min(state: &ApiState) -> u64 {
 }
 
 /// The 400 answer for an address the pool could never pay, if it is one.
-fn address_refusal(state: &ApiState, address: &str) -> Option<Response> {
+pub(crate) fn address_refusal(state: &ApiState, address: &str) -> Option<Response> {
     script_for_address(&state.address_rule, address)
         .err()
         .map(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
@@ -423,7 +434,12 @@ async fn miner_settings(State(state): State<ApiState>, Path(address): Path<Strin
 }
 
 fn audit(state: &ApiState, action: &str, detail: Value) {
-    if let Err(e) = state.audit.append(now_ms(), "admin", action, detail) {
+    audit_as(state, "admin", action, detail)
+}
+
+/// Appends to the audit log as `actor` (`admin`, `miner`, `provider`).
+pub(crate) fn audit_as(state: &ApiState, actor: &str, action: &str, detail: Value) {
+    if let Err(e) = state.audit.append(now_ms(), actor, action, detail) {
         tracing::error!(error = %e, action, "cannot write the audit log");
     }
 }

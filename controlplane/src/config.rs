@@ -107,7 +107,25 @@ pub struct PoolConfig {
     pub deny_list_file: Vec<PathBuf>,
     /// Seconds between re-reads of the deny lists.
     pub deny_list_reload_s: u64,
+    /// The exchange, where miners convert their balances: off unless set.
+    pub dex_enabled: bool,
+    /// The exchange's markets; each trades the pool's coin. Empty: `LTC-BTC` (or `BTC-LTC`
+    /// on a Bitcoin pool) with 0.01-coin lots, 1-satoshi ticks per lot, 1 lot minimum.
+    pub dex_markets: Vec<crate::dex::MarketConfig>,
+    /// KYC thresholds in coins, by coin ticker (`LTC = "25"`): an address paid more than
+    /// this within `kyc_period_days` is paid only once verified. None: no holds.
+    pub kyc_threshold: std::collections::BTreeMap<String, String>,
+    /// The rolling period the KYC threshold counts payouts over.
+    pub kyc_period_days: u64,
+    /// Where each new hold is posted (JSON, signed with the webhook secret), for an
+    /// external KYC provider. Its answer comes to `POST /api/v1/kyc/callback`.
+    pub kyc_webhook_url: Option<String>,
+    /// A file with the secret shared with the KYC provider (HMAC-SHA256, both ways).
+    pub kyc_webhook_secret_file: Option<PathBuf>,
 }
+
+/// The shortest KYC webhook secret accepted.
+pub const KYC_WEBHOOK_SECRET_BYTES_MIN: usize = 32;
 
 /// The payout schemes, as config and flags name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -177,6 +195,12 @@ impl Default for PoolConfig {
             audit_retention_days: 0,
             deny_list_file: Vec::new(),
             deny_list_reload_s: 3600,
+            dex_enabled: false,
+            dex_markets: Vec::new(),
+            kyc_threshold: Default::default(),
+            kyc_period_days: 30,
+            kyc_webhook_url: None,
+            kyc_webhook_secret_file: None,
         }
     }
 }
@@ -310,6 +334,28 @@ pub struct ConfigArgs {
     /// Seconds between re-reads of the deny lists.
     #[arg(long, env = "OTEDAMA_DENY_LIST_RELOAD_S")]
     pub deny_list_reload_s: Option<u64>,
+    /// Run the exchange (true/false); markets come from the config file.
+    #[arg(long, env = "OTEDAMA_DEX_ENABLED")]
+    pub dex_enabled: Option<bool>,
+    /// A KYC threshold, COIN=AMOUNT in coins (LTC=25); repeatable.
+    #[arg(long = "kyc-threshold", value_parser = parse_threshold)]
+    pub kyc_threshold: Vec<(String, String)>,
+    /// Days the KYC threshold counts payouts over.
+    #[arg(long, env = "OTEDAMA_KYC_PERIOD_DAYS")]
+    pub kyc_period_days: Option<u64>,
+    /// URL each new KYC hold is posted to.
+    #[arg(long, env = "OTEDAMA_KYC_WEBHOOK_URL")]
+    pub kyc_webhook_url: Option<String>,
+    /// File with the secret shared with the KYC provider.
+    #[arg(long, env = "OTEDAMA_KYC_WEBHOOK_SECRET_FILE")]
+    pub kyc_webhook_secret_file: Option<PathBuf>,
+}
+
+fn parse_threshold(text: &str) -> Result<(String, String), String> {
+    let (coin, amount) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not COIN=AMOUNT"))?;
+    Ok((coin.trim().to_ascii_uppercase(), amount.trim().to_string()))
 }
 
 impl ConfigArgs {
@@ -364,6 +410,16 @@ impl ConfigArgs {
         if !self.deny_list_file.is_empty() {
             config.deny_list_file = self.deny_list_file.clone();
         }
+        take!(dex_enabled, kyc_period_days);
+        if !self.kyc_threshold.is_empty() {
+            config.kyc_threshold = self.kyc_threshold.iter().cloned().collect();
+        }
+        if let Some(url) = &self.kyc_webhook_url {
+            config.kyc_webhook_url = Some(url.clone());
+        }
+        if let Some(path) = &self.kyc_webhook_secret_file {
+            config.kyc_webhook_secret_file = Some(path.clone());
+        }
         take!(sv2_certificate_validity_s, quic_connections_per_core_max);
         for (flag, field) in [
             (&self.quic_cert_file, &mut config.quic_cert_file),
@@ -404,6 +460,58 @@ impl ConfigArgs {
 }
 
 impl PoolConfig {
+    /// The KYC rule for the pool's coin, if a threshold is set.
+    pub fn kyc_rule(&self) -> anyhow::Result<Option<crate::kyc::KycRule>> {
+        let ours = self.coin.symbol();
+        if let Some(other) = self.kyc_threshold.keys().find(|coin| *coin != ours) {
+            bail!("kyc_threshold names {other}, but this pool pays only {ours}");
+        }
+        if self.kyc_period_days == 0 {
+            bail!("kyc_period_days must be at least 1");
+        }
+        let Some(text) = self.kyc_threshold.get(ours) else {
+            return Ok(None);
+        };
+        Ok(Some(crate::kyc::KycRule {
+            threshold: parse_amount(text).context("kyc_threshold")?,
+            period_ms: self.kyc_period_days * 86_400_000,
+        }))
+    }
+
+    /// The shared KYC secret, when a webhook is configured.
+    pub fn kyc_webhook_secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(path) = &self.kyc_webhook_secret_file else {
+            return Ok(None);
+        };
+        let secret = std::fs::read_to_string(path)
+            .with_context(|| format!("reading kyc_webhook_secret_file {}", path.display()))?;
+        let secret = secret.trim();
+        if secret.len() < KYC_WEBHOOK_SECRET_BYTES_MIN {
+            bail!(
+                "the KYC webhook secret in {} is shorter than {KYC_WEBHOOK_SECRET_BYTES_MIN} characters",
+                path.display()
+            );
+        }
+        Ok(Some(secret.as_bytes().to_vec()))
+    }
+
+    /// The exchange's markets: the configured ones, or the default one.
+    pub fn markets(&self) -> Vec<crate::dex::MarketConfig> {
+        if !self.dex_markets.is_empty() {
+            return self.dex_markets.clone();
+        }
+        let other = match self.coin {
+            Coin::Litecoin => "BTC",
+            Coin::Bitcoin => "LTC",
+        };
+        vec![crate::dex::MarketConfig {
+            symbol: format!("{}-{other}", self.coin.symbol()),
+            lot_size: "0.01".into(),
+            tick_size: "0.00000001".into(),
+            min_size: 1,
+        }]
+    }
+
     fn validate_basic(&self) -> anyhow::Result<()> {
         if !(self.pool_fee_percent.is_finite() && (0.0..=100.0).contains(&self.pool_fee_percent)) {
             bail!("pool_fee_percent must lie between 0 and 100");
@@ -417,6 +525,14 @@ impl PoolConfig {
         }
         if self.deny_list_reload_s == 0 {
             bail!("deny_list_reload_s must be at least 1");
+        }
+        self.kyc_rule()?;
+        if self.kyc_webhook_url.is_some() != self.kyc_webhook_secret_file.is_some() {
+            bail!("kyc_webhook_url and kyc_webhook_secret_file go together");
+        }
+        if self.dex_enabled {
+            crate::dex::build_exchange(self.coin.symbol(), &self.markets())
+                .context("dex_markets")?;
         }
         if self.coinbase_maturity == 0 || self.payout_interval_s == 0 {
             bail!("coinbase_maturity and payout_interval_s must be at least 1");
@@ -801,6 +917,65 @@ mod tests {
         assert_eq!(config.dataplane_processes, 3);
         assert_eq!(config.chain, ChainSource::Synthetic);
         assert_eq!(config.synthetic_job_interval_ms, 500);
+    }
+
+    #[test]
+    fn exchange_markets_and_kyc_thresholds_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("otedama.toml");
+        std::fs::write(
+            &file,
+            "dex_enabled = true\nkyc_threshold = { LTC = \"25\" }\n\
+             [[dex_markets]]\nsymbol = \"LTC-BTC\"\nlot_size = \"0.1\"\n\
+             tick_size = \"0.00000010\"\nmin_size = 2\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let config = Flags::parse_from(["otedama", "--config", path])
+            .config
+            .load()
+            .unwrap();
+        assert!(config.dex_enabled);
+        assert_eq!(config.markets()[0].min_size, 2);
+        let rule = config.kyc_rule().unwrap().unwrap();
+        assert_eq!(rule.threshold, 25 * 100_000_000);
+        assert_eq!(rule.period_ms, 30 * 86_400_000);
+        let flags = Flags::parse_from([
+            "otedama",
+            "--config",
+            path,
+            "--kyc-threshold",
+            "ltc=0.5",
+            "--kyc-period-days",
+            "7",
+        ]);
+        let rule = flags.config.load().unwrap().kyc_rule().unwrap().unwrap();
+        assert_eq!(rule.threshold, 50_000_000);
+        assert_eq!(rule.period_ms, 7 * 86_400_000);
+        for refused in [
+            vec!["--kyc-threshold", "BTC=1"],
+            vec!["--kyc-threshold", "LTC=-1"],
+            vec!["--kyc-period-days", "0"],
+            vec!["--kyc-webhook-url", "http://127.0.0.1:1/"],
+        ] {
+            let args = ["otedama", "--config", path]
+                .into_iter()
+                .chain(refused.clone());
+            assert!(
+                Flags::parse_from(args).config.load().is_err(),
+                "{refused:?}"
+            );
+        }
+        std::fs::write(
+            &file,
+            "dex_enabled = true\n[[dex_markets]]\nsymbol = \"BTC-DOGE\"\n\
+             lot_size = \"1\"\ntick_size = \"1\"\nmin_size = 1\n",
+        )
+        .unwrap();
+        let refused = Flags::parse_from(["otedama", "--config", path])
+            .config
+            .load();
+        assert!(refused.is_err(), "a market without the pool's coin");
     }
 
     #[test]

@@ -6,16 +6,21 @@
 //! never holds a miner connection; that is the data plane's work.
 
 pub mod api;
+pub mod api_compliance;
+pub mod api_dex;
 pub mod audit;
 pub mod bans;
 pub mod blocks;
 pub mod chain;
 pub mod config;
+pub mod dex;
 pub mod ipc;
 pub mod jobs;
+pub mod kyc;
 pub mod metrics;
 pub mod openapi;
 pub mod payouts;
 pub mod regtest;
 pub mod service;
+pub mod signed_message;
 pub mod stats;

@@ -541,6 +541,7 @@ fn start_payouts(
             // The pool's own wallet receives the rewards; paying it would move coins in a circle.
             never_pay: vec![config.payout_address.clone()],
             frozen: Default::default(),
+            kyc: config.kyc_rule()?,
         },
     };
     let ledger = Ledger::open(&config.ledger_path())
@@ -571,11 +572,53 @@ fn start_payouts(
         tails,
         wallet,
         fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
+        kyc_notices: start_kyc_webhook(config)?,
     };
     std::thread::Builder::new()
         .name("payouts".into())
         .spawn(move || runner.run(requests))?;
     Ok(handles)
+}
+
+/// KYC notices waiting for the webhook at most; past that, new ones are dropped (and
+/// logged): the admin API's pending list still has every hold.
+const KYC_NOTICES_QUEUED_MAX: usize = 10_000;
+/// Attempts per KYC notice, with doubling pauses from one second.
+const KYC_WEBHOOK_ATTEMPTS_MAX: u32 = 6;
+
+/// The thread that posts new KYC holds to the provider, signed with the shared secret.
+fn start_kyc_webhook(config: &PoolConfig) -> anyhow::Result<Option<Sender<serde_json::Value>>> {
+    let (Some(url), Some(secret)) = (config.kyc_webhook_url.clone(), config.kyc_webhook_secret()?)
+    else {
+        return Ok(None);
+    };
+    let (notices, queue) = crossbeam_channel::bounded::<serde_json::Value>(KYC_NOTICES_QUEUED_MAX);
+    std::thread::Builder::new()
+        .name("kyc-webhook".into())
+        .spawn(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(10))
+                .build();
+            for notice in queue {
+                let body = notice.to_string();
+                for attempt in 0..KYC_WEBHOOK_ATTEMPTS_MAX {
+                    let signature = crate::kyc::sign(&secret, now_ms() / 1000, body.as_bytes());
+                    let sent = agent
+                        .post(&url)
+                        .set("content-type", "application/json")
+                        .set(crate::kyc::SIGNATURE_HEADER, &signature)
+                        .send_string(&body);
+                    match sent {
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, attempt, "KYC webhook failed");
+                            std::thread::sleep(Duration::from_secs(1 << attempt));
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(Some(notices))
 }
 
 /// Payout runs the admin API may have waiting at once.
@@ -688,6 +731,21 @@ fn serve(
         }
         Some(key)
     };
+    let dex = if config.dex_enabled {
+        let empty = crate::dex::build_exchange(config.coin.symbol(), &config.markets())?;
+        let mut ledger = payouts.ledger.lock().expect("ledger lock");
+        let service =
+            crate::dex::DexService::open(&config.data_dir.join("dex"), empty, &mut ledger)
+                .context("opening the exchange")?;
+        tracing::info!(
+            markets = service.exchange().market_specs().count(),
+            applied = service.exchange().applied(),
+            "exchange open"
+        );
+        Some(Arc::new(Mutex::new(service)))
+    } else {
+        None
+    };
     let api_state = ApiState {
         pool: state.clone(),
         sv2_authority_key,
@@ -698,6 +756,10 @@ fn serve(
         admin_token_sha256,
         address_rule: config.coin_params().address,
         algorithm: config.coin_params().algorithm,
+        coin_name: config.coin.name(),
+        dex,
+        key_challenges: Default::default(),
+        kyc_secret: config.kyc_webhook_secret()?.map(Arc::new),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

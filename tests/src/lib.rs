@@ -192,6 +192,55 @@ impl PoolSetup {
         }
     }
 
+    /// Any request on the API: the status and the body as text, whatever the status.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.api_port);
+        let mut request = ureq::request(method, &url);
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        let answer = match body {
+            Some(body) => request
+                .set("Content-Type", "application/json")
+                .send_string(body),
+            None => request.call(),
+        };
+        match answer {
+            Ok(response) => Ok((response.status(), response.into_string()?)),
+            Err(ureq::Error::Status(status, response)) => {
+                Ok((status, response.into_string().unwrap_or_default()))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// `http` with an optional bearer token and a JSON body; the answer as JSON (or the
+    /// text as a JSON string when it is not JSON).
+    pub fn json_call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let authorization = bearer.map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect();
+        let body = body.map(Value::to_string);
+        let (status, text) = self.http(method, path, &headers, body.as_deref())?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
     /// Starts `otedama miner` against this pool, mining for the pool's own address.
     pub fn spawn_miner(&self, worker: &str, threads: usize) -> anyhow::Result<Process> {
         self.spawn_miner_as(&format!("{}.{worker}", self.payout_address), threads)

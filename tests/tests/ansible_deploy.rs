@@ -12,7 +12,8 @@ use std::process::{Command, Output};
 use otedama_tests::workspace_binary;
 
 fn ansible_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("../ansible")
 }
 
 fn venv() -> PathBuf {

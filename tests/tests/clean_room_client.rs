@@ -9,7 +9,10 @@ use otedama_tests::{wait_until, PoolSetup, RegtestPair};
 
 #[test]
 fn clean_room_client_finds_a_block_and_gets_the_right_codes() -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clean_room/stratum_client.py");
+    let script = format!(
+        "{}/clean_room/stratum_client.py",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
+    );
     let root = tempfile::tempdir()?;
     let nodes = RegtestPair::start(root.path(), 101)?;
     let pool = PoolSetup::new(&nodes, &root.path().join("pool"), 0.001);

@@ -6,7 +6,10 @@ use otedama_tune::facts::Facts;
 use otedama_tune::plan::{self, Kind, Plan, PlanError, Target};
 
 fn facts(name: &str) -> Facts {
-    let path = format!("{}/tests/facts/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    // Read at run time: a test binary built from another checkout that shares the target
+    // directory would carry that checkout's path.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let path = format!("{manifest_dir}/tests/facts/{name}.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 

@@ -42,9 +42,9 @@ fn write(root: &Path, path: &str, contents: &str) {
 fn scratch_host() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     let facts: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/facts/vm-2cpu-24gib.json"
+        &fs::read_to_string(format!(
+            "{}/tests/facts/vm-2cpu-24gib.json",
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")
         ))
         .unwrap(),
     )

@@ -97,9 +97,7 @@ const ROCKSDB_ARCHIVE: &str = "librocksdb.a";
 /// on 2 cores. The first compile's archive is kept here and handed to every later cargo
 /// run through `ROCKSDB_LIB_DIR`, so a cold `cargo xtask test` compiles RocksDB once.
 fn prebuilt_rocksdb() -> Option<PathBuf> {
-    let lock =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"))
-            .ok()?;
+    let lock = std::fs::read_to_string(manifest_dir().join("../Cargo.lock")).ok()?;
     let version = lock
         .split("[[package]]")
         .find(|package| package.contains("name = \"librocksdb-sys\""))?
@@ -173,6 +171,14 @@ fn run(command: &mut Command) -> Result<(), String> {
 /// build`/`cargo test` (their build-script runs are not shared), and both stay cached.
 const SELECTION: &[&str] = &["--workspace", "--all-targets"];
 
+/// The xtask crate's directory, read at run time (`cargo run` sets it): a binary built
+/// from another checkout sharing the target directory would carry that checkout's path.
+fn manifest_dir() -> PathBuf {
+    env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("xtask"))
+}
+
 fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
@@ -210,8 +216,7 @@ fn test(rest: &[String]) -> Result<(), String> {
         .args(rest))?;
     // The SV2 codec against the Stratum V2 Reference Implementation's crates, in a
     // workspace (and target directory) of its own so that they never touch the product.
-    let manifest =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/sv2-reference/Cargo.toml");
+    let manifest = manifest_dir().join("../tests/sv2-reference/Cargo.toml");
     run(cargo()
         .args(["fmt", "--check", "--manifest-path"])
         .arg(&manifest))?;
@@ -279,7 +284,7 @@ fn fuzz() -> Result<(), String> {
     if !installed {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    let fuzz_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let fuzz_dir = manifest_dir().join("../fuzz");
     for target in FUZZ_TARGETS {
         run(Command::new("cargo")
             .current_dir(&fuzz_dir)

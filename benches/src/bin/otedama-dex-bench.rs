@@ -7,7 +7,9 @@
 //! the same commands in the same order:
 //!
 //! - throughput without per-command timing, engine only (journal off);
-//! - latency per command (a clock read around each), engine only;
+//! - latency per command (a clock read around each), engine only, and beside it the same
+//!   measurement of a fixed piece of arithmetic that takes as long as the engine's median
+//!   command: what the machine alone does to the tail (interrupts, the hypervisor);
 //! - throughput with the RocksDB journal on: one write per command, no fsync (a process
 //!   crash loses nothing the OS has; a power loss may), and in groups of 1,000 with fsync
 //!   (events held until their group is durable).
@@ -133,6 +135,16 @@ fn main() -> anyhow::Result<()> {
         clock.value_at_quantile(0.5),
         clock.value_at_quantile(0.9999),
     );
+    let control = fixed_work_latency(histogram.value_at_quantile(0.5), stream.len())?;
+    println!(
+        "control, fixed arithmetic timed the same way ({} times): p50 {} p99 {} p99.9 {} p99.99 {} max {}",
+        stream.len(),
+        control.value_at_quantile(0.5),
+        control.value_at_quantile(0.99),
+        control.value_at_quantile(0.999),
+        control.value_at_quantile(0.9999),
+        control.max(),
+    );
 
     // Journal on.
     let journaled = &stream[..args.journaled.min(stream.len())];
@@ -187,6 +199,36 @@ fn main() -> anyhow::Result<()> {
         best_rate / best_baseline
     );
     Ok(())
+}
+
+/// A dependent chain of `steps` multiply-xorshift rounds: work with no memory access and
+/// no branch to mispredict, so its time varies only with what the machine does around it.
+fn arithmetic(steps: u64, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for _ in 0..steps {
+        x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 29;
+    }
+    x
+}
+
+/// Times `count` runs of arithmetic sized to take `target_ns` each, as the engine's
+/// commands are timed.
+fn fixed_work_latency(target_ns: u64, count: usize) -> anyhow::Result<Histogram<u64>> {
+    const CALIBRATION_STEPS: u64 = 1_000_000;
+    let started = Instant::now();
+    std::hint::black_box(arithmetic(CALIBRATION_STEPS, 7));
+    let ns_per_step = started.elapsed().as_nanos() as f64 / CALIBRATION_STEPS as f64;
+    let steps = (target_ns as f64 / ns_per_step).max(1.0) as u64;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut sum = 0u64;
+    for i in 0..count as u64 {
+        let started = Instant::now();
+        sum = sum.wrapping_add(arithmetic(std::hint::black_box(steps), i));
+        histogram.record(started.elapsed().as_nanos().max(1) as u64)?;
+    }
+    std::hint::black_box(sum);
+    Ok(histogram)
 }
 
 /// The baseline: a std `HashMap` holding about as many live entries as the book (25,000),

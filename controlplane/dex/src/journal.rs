@@ -260,6 +260,16 @@ impl Journal {
         Ok(sequence)
     }
 
+    /// The command at `sequence`, if the journal holds it.
+    pub fn command_at(&self, sequence: u64) -> Result<Option<Command>, JournalError> {
+        match self.db.get(key(JOURNAL_PREFIX, sequence))? {
+            Some(bytes) => decode(&bytes)
+                .map(Some)
+                .ok_or(JournalError::Corrupt(sequence)),
+            None => Ok(None),
+        }
+    }
+
     /// Appends several commands in one write (group commit).
     pub fn append_all(&mut self, commands: &[Command]) -> Result<(), JournalError> {
         let mut batch = WriteBatch::default();

@@ -20,6 +20,24 @@ pub enum Network {
     Regtest,
 }
 
+impl Coin {
+    /// As its wallets spell it, in the signed-message magic.
+    pub fn name(self) -> &'static str {
+        match self {
+            Coin::Litecoin => "Litecoin",
+            Coin::Bitcoin => "Bitcoin",
+        }
+    }
+
+    /// Its ticker, which the exchange's assets and the KYC thresholds go by.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Coin::Litecoin => "LTC",
+            Coin::Bitcoin => "BTC",
+        }
+    }
+}
+
 /// Address prefixes of one coin on one network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoinParams {

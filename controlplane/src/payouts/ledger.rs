@@ -51,6 +51,46 @@ pub enum EntryKind {
     PayoutDebit,
     /// The node holds the payout transaction: paying → paid.
     PayoutSent,
+    /// Into the exchange: the miner's mature → the exchange account's mature.
+    ExchangeDeposit,
+    /// Out of the exchange: the exchange account's mature → the miner's mature.
+    ExchangeWithdrawal,
+}
+
+/// The account holding, as mature, every unit of the pool's coin inside the exchange, so
+/// the ledger's total still only grows by rewards. Not an address: never paid.
+pub const EXCHANGE_ACCOUNT: &str = "@exchange";
+
+/// Which way a transfer between the ledger and the exchange goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferKind {
+    Deposit,
+    Withdrawal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    /// Written; the exchange's journal may or may not hold its command yet.
+    Pending,
+    Done,
+    /// The exchange refused it; a deposit's debit was given back.
+    Failed,
+}
+
+/// A move of the pool's coin between the ledger and the exchange. The exchange command
+/// that carries it is the one at `exchange_sequence` in the exchange's journal, which is
+/// how a restart tells whether it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub id: u64,
+    pub kind: TransferKind,
+    pub account: String,
+    pub amount: u64,
+    pub exchange_sequence: u64,
+    pub state: TransferState,
+    pub created_at_ms: u64,
 }
 
 /// One line of the append-only log.
@@ -81,7 +121,7 @@ pub enum LedgerError {
     Storage(#[from] rocksdb::Error),
     #[error("ledger record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
-    #[error("payout of {amount} to {account} exceeds its mature balance {mature}")]
+    #[error("{amount} for {account} exceeds its mature balance {mature}")]
     Overdraft {
         account: String,
         amount: u64,
@@ -96,6 +136,8 @@ const INTENT_PREFIX: &[u8] = b"p/";
 const CURSOR_PREFIX: &[u8] = b"c/";
 const SETTING_PREFIX: &[u8] = b"s/";
 const PPS_CREDITED_KEY: &[u8] = b"m/pps_credited";
+const TRANSFER_PREFIX: &[u8] = b"t/";
+const KYC_PREFIX: &[u8] = b"y/";
 
 /// A block's split, as credited, and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +460,112 @@ impl Ledger {
         Ok(Applied::Done)
     }
 
+    /// Every ledger ↔ exchange transfer, oldest first.
+    pub fn transfers(&self) -> Result<Vec<Transfer>, LedgerError> {
+        Ok(self
+            .scan(TRANSFER_PREFIX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    pub fn next_transfer_id(&self) -> Result<u64, LedgerError> {
+        let last = self
+            .db
+            .iterator(IteratorMode::From(b"t0", rocksdb::Direction::Reverse))
+            .filter_map(Result::ok)
+            .find(|(k, _)| k.starts_with(TRANSFER_PREFIX))
+            .and_then(|(k, _)| k[TRANSFER_PREFIX.len()..].try_into().ok())
+            .map(u64::from_be_bytes);
+        Ok(last.map_or(1, |id| id + 1))
+    }
+
+    /// Writes a new transfer. A deposit debits the account's mature balance into the
+    /// exchange account in the same batch; a withdrawal moves nothing until `finish_transfer`.
+    pub fn begin_transfer(&mut self, transfer: &Transfer) -> Result<(), LedgerError> {
+        let transfer_key = key(TRANSFER_PREFIX, &transfer.id.to_be_bytes());
+        let reference = format!("transfer:{}", transfer.id);
+        let mut change = Change::new(self);
+        if transfer.kind == TransferKind::Deposit {
+            change.move_mature(
+                &transfer.account,
+                EXCHANGE_ACCOUNT,
+                transfer.amount,
+                EntryKind::ExchangeDeposit,
+                &reference,
+            )?;
+        }
+        change
+            .batch
+            .put(transfer_key, serde_json::to_vec(transfer)?);
+        change.commit()
+    }
+
+    /// Ends a pending transfer: `Done` credits a withdrawal to the account; `Failed` gives
+    /// a deposit's debit back. Anything but a pending transfer is left as it is.
+    pub fn finish_transfer(&mut self, id: u64, to: TransferState) -> Result<Applied, LedgerError> {
+        let transfer_key = key(TRANSFER_PREFIX, &id.to_be_bytes());
+        let Some(mut transfer) = self.get::<Transfer>(&transfer_key)? else {
+            return Ok(Applied::NotApplicable);
+        };
+        if transfer.state != TransferState::Pending || to == TransferState::Pending {
+            return Ok(Applied::AlreadyDone);
+        }
+        let reference = format!("transfer:{id}");
+        let mut change = Change::new(self);
+        match (transfer.kind, to) {
+            (TransferKind::Withdrawal, TransferState::Done) => change.move_mature(
+                EXCHANGE_ACCOUNT,
+                &transfer.account,
+                transfer.amount,
+                EntryKind::ExchangeWithdrawal,
+                &reference,
+            )?,
+            (TransferKind::Deposit, TransferState::Failed) => change.move_mature(
+                EXCHANGE_ACCOUNT,
+                &transfer.account,
+                transfer.amount,
+                EntryKind::ExchangeWithdrawal,
+                &reference,
+            )?,
+            _ => {}
+        }
+        transfer.state = to;
+        change
+            .batch
+            .put(transfer_key, serde_json::to_vec(&transfer)?);
+        change.commit()?;
+        Ok(Applied::Done)
+    }
+
+    pub fn kyc(&self, account: &str) -> Result<Option<crate::kyc::KycRecord>, LedgerError> {
+        self.get(&key(KYC_PREFIX, account.as_bytes()))
+    }
+
+    pub fn set_kyc(
+        &self,
+        account: &str,
+        record: &crate::kyc::KycRecord,
+    ) -> Result<(), LedgerError> {
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.put_opt(
+            key(KYC_PREFIX, account.as_bytes()),
+            serde_json::to_vec(record)?,
+            &options,
+        )?;
+        Ok(())
+    }
+
+    /// Every address with a KYC record.
+    pub fn kyc_records(&self) -> Result<BTreeMap<String, crate::kyc::KycRecord>, LedgerError> {
+        Ok(self
+            .scan(KYC_PREFIX)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
     /// Records a failed broadcast and when to try again.
     pub fn note_broadcast_failure(
         &mut self,
@@ -489,6 +637,27 @@ impl<'a> Change<'a> {
         self.next_sequence += 1;
         update(self.balances_of(account)?);
         Ok(())
+    }
+
+    /// Moves `amount` of mature balance from one account to another, refusing an overdraft.
+    fn move_mature(
+        &mut self,
+        from: &str,
+        to: &str,
+        amount: u64,
+        kind: EntryKind,
+        reference: &str,
+    ) -> Result<(), LedgerError> {
+        let mature = self.balances_of(from)?.mature;
+        if mature < amount {
+            return Err(LedgerError::Overdraft {
+                account: from.to_string(),
+                amount,
+                mature,
+            });
+        }
+        self.apply(from, kind, amount, reference, |b| b.mature -= amount)?;
+        self.apply(to, kind, amount, reference, |b| b.mature += amount)
     }
 
     fn commit(mut self) -> Result<(), LedgerError> {

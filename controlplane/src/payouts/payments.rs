@@ -77,6 +77,8 @@ pub struct PayoutPolicy {
     pub never_pay: Vec<String>,
     /// Accounts on the deny list: their balances are held (frozen), never paid.
     pub frozen: std::collections::BTreeSet<String>,
+    /// Above this within its period, an address is paid only once verified.
+    pub kyc: Option<crate::kyc::KycRule>,
 }
 
 /// What a run did.
@@ -88,6 +90,15 @@ pub struct RunReport {
     pub still_open: Vec<u64>,
     /// The batch this run created, if any.
     pub batch: Option<PayoutIntent>,
+    /// Payable balances held for KYC, by address.
+    pub kyc_held: BTreeMap<String, u64>,
+}
+
+/// What a run may pay, and what KYC holds back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Payable {
+    pub outputs: BTreeMap<String, u64>,
+    pub kyc_held: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,12 +152,31 @@ pub fn reconcile(
     Ok(())
 }
 
+/// What each address was paid in batches written since `since_ms` (sent or not).
+fn paid_since(ledger: &Ledger, since_ms: u64) -> Result<BTreeMap<String, u64>, LedgerError> {
+    let mut paid: BTreeMap<String, u64> = BTreeMap::new();
+    for intent in ledger.intents()? {
+        if intent.created_at_ms >= since_ms {
+            for (account, amount) in intent.outputs {
+                *paid.entry(account).or_default() += amount;
+            }
+        }
+    }
+    Ok(paid)
+}
+
 /// The accounts a run pays now and how much: every valid address at or above its
-/// threshold, biggest first, up to `PAYOUT_OUTPUTS_PER_BATCH_MAX`.
+/// threshold, biggest first, up to `PAYOUT_OUTPUTS_PER_BATCH_MAX`; and the ones KYC holds.
 pub fn payable(
     ledger: &Ledger,
     policy: &PayoutPolicy,
-) -> Result<BTreeMap<String, u64>, LedgerError> {
+    now_ms: u64,
+) -> Result<Payable, LedgerError> {
+    let paid_in_period = match policy.kyc {
+        Some(rule) => paid_since(ledger, now_ms.saturating_sub(rule.period_ms))?,
+        None => BTreeMap::new(),
+    };
+    let mut kyc_held = BTreeMap::new();
     let mut candidates = Vec::new();
     for (account, balances) in ledger.all_balances()? {
         if balances.mature == 0
@@ -168,14 +198,24 @@ pub fn payable(
         if script_for_address(&policy.address_rule, &account).is_err() {
             continue;
         }
+        if let Some(rule) = policy.kyc {
+            let paid = paid_in_period.get(&account).copied().unwrap_or(0);
+            if rule.holds(paid, balances.mature, ledger.kyc(&account)?.as_ref()) {
+                kyc_held.insert(account, balances.mature);
+                continue;
+            }
+        }
         candidates.push((balances.mature, account));
     }
     candidates.sort_by(|a, b| b.cmp(a));
-    Ok(candidates
-        .into_iter()
-        .take(PAYOUT_OUTPUTS_PER_BATCH_MAX)
-        .map(|(amount, account)| (account, amount))
-        .collect())
+    Ok(Payable {
+        outputs: candidates
+            .into_iter()
+            .take(PAYOUT_OUTPUTS_PER_BATCH_MAX)
+            .map(|(amount, account)| (account, amount))
+            .collect(),
+        kyc_held,
+    })
 }
 
 /// One payout run. `stop_at` lets a crash test end the run at a step as a `kill -9`
@@ -192,7 +232,8 @@ pub fn run(
     if !report.still_open.is_empty() {
         return Ok(report);
     }
-    let outputs = payable(ledger, policy)?;
+    let Payable { outputs, kyc_held } = payable(ledger, policy, now_ms)?;
+    report.kyc_held = kyc_held;
     if outputs.is_empty() {
         return Ok(report);
     }
@@ -261,12 +302,79 @@ mod tests {
             address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
             never_pay: Vec::new(),
             frozen: Default::default(),
+            kyc: None,
         };
-        assert_eq!(payable(&ledger, &policy).unwrap().len(), 2);
+        assert_eq!(payable(&ledger, &policy, 0).unwrap().outputs.len(), 2);
         // The list holds the canonical form; the ledger may hold another case of it.
         policy.frozen.insert(denied.clone());
-        let paid = payable(&ledger, &policy).unwrap();
+        let paid = payable(&ledger, &policy, 0).unwrap().outputs;
         assert_eq!(paid.keys().collect::<Vec<_>>(), [&free]);
         assert_eq!(ledger.balances(&denied).unwrap().mature, 7_000);
+    }
+
+    #[test]
+    fn kyc_holds_what_would_pass_the_threshold_in_the_period_until_verified() {
+        use crate::kyc::{KycRecord, KycRule, KycState};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let (small, large) = (regtest_address(1), regtest_address(2));
+        let split: BTreeMap<String, u64> = [(small.clone(), 400), (large.clone(), 1_001)]
+            .into_iter()
+            .collect();
+        ledger.credit_block("block", &split).unwrap();
+        ledger.mature_block("block").unwrap();
+        let day_ms = 86_400_000;
+        let policy = PayoutPolicy {
+            payout_min: 1,
+            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            never_pay: Vec::new(),
+            frozen: Default::default(),
+            kyc: Some(KycRule {
+                threshold: 1_000,
+                period_ms: day_ms,
+            }),
+        };
+        let now_ms = 10 * day_ms;
+        let first = payable(&ledger, &policy, now_ms).unwrap();
+        assert_eq!(first.outputs, BTreeMap::from([(small.clone(), 400)]));
+        assert_eq!(first.kyc_held, BTreeMap::from([(large.clone(), 1_001)]));
+
+        // 400 paid today: another 601 would pass 1,000 within the period, 600 would not.
+        let intent = PayoutIntent {
+            batch_id: 1,
+            created_at_ms: now_ms,
+            outputs: first.outputs.clone(),
+            raw_tx: "00".into(),
+            txid: "t".into(),
+            state: IntentState::Sent,
+            broadcast_attempts: 0,
+            next_attempt_ms: 0,
+            last_error: None,
+            sent_at_ms: Some(now_ms),
+        };
+        ledger.open_intent(&intent).unwrap();
+        let more: BTreeMap<String, u64> = [(small.clone(), 601)].into_iter().collect();
+        ledger.credit_block("block2", &more).unwrap();
+        ledger.mature_block("block2").unwrap();
+        assert_eq!(
+            payable(&ledger, &policy, now_ms + 1).unwrap().kyc_held,
+            BTreeMap::from([(small.clone(), 601), (large.clone(), 1_001)])
+        );
+        // A day later the first payout is out of the period.
+        assert!(payable(&ledger, &policy, now_ms + day_ms + 1)
+            .unwrap()
+            .outputs
+            .contains_key(&small));
+
+        let verified = KycRecord {
+            state: KycState::Verified,
+            updated_at_ms: now_ms,
+            source: "admin".into(),
+            reference: None,
+        };
+        ledger.set_kyc(&large, &verified).unwrap();
+        let after = payable(&ledger, &policy, now_ms + 1).unwrap();
+        assert_eq!(after.outputs.get(&large), Some(&1_001));
+        assert!(!after.kyc_held.contains_key(&large));
     }
 }

@@ -56,6 +56,8 @@ pub struct PayoutRunner {
     pub tails: Vec<ShareLogTail>,
     pub wallet: Option<Box<dyn Wallet + Send>>,
     pub fault: FaultHook,
+    /// New KYC holds, for the provider's webhook.
+    pub kyc_notices: Option<Sender<serde_json::Value>>,
 }
 
 fn now_ms() -> u64 {
@@ -295,7 +297,51 @@ impl PayoutRunner {
         )?;
         drop(ledger);
         self.announce(&report);
+        self.hold_for_kyc(&report.kyc_held, now_ms);
         Ok(report)
+    }
+
+    /// Marks each newly held address pending, audits it and tells the KYC provider. An
+    /// address already pending or rejected is left as it is.
+    fn hold_for_kyc(&self, held: &BTreeMap<String, u64>, now_ms: u64) {
+        for (address, amount) in held {
+            let ledger = self.ledger.lock().expect("ledger lock");
+            match ledger.kyc(address) {
+                Ok(None) => {}
+                Ok(Some(_)) => continue,
+                Err(error) => {
+                    tracing::error!(%error, %address, "cannot read the KYC record");
+                    continue;
+                }
+            }
+            let record = crate::kyc::KycRecord {
+                state: crate::kyc::KycState::Pending,
+                updated_at_ms: now_ms,
+                source: "payouts".into(),
+                reference: None,
+            };
+            if let Err(error) = ledger.set_kyc(address, &record) {
+                tracing::error!(%error, %address, "cannot record the KYC hold");
+                continue;
+            }
+            drop(ledger);
+            tracing::info!(%address, held = amount, "payout held until the address is verified (KYC)");
+            let detail = serde_json::json!({"address": address, "from": null, "to": "pending", "source": "payouts", "held": amount});
+            if let Err(error) = self.audit.append(now_ms, "system", "kyc.state", detail) {
+                tracing::error!(%error, "cannot write the audit log");
+            }
+            if let Some(notices) = &self.kyc_notices {
+                let notice = serde_json::json!({
+                    "event": "kyc.required",
+                    "address": address,
+                    "held": crate::dex::coins(u128::from(*amount)),
+                    "at_ms": now_ms,
+                });
+                if notices.try_send(notice).is_err() {
+                    tracing::warn!(%address, "KYC webhook queue full; the hold is in the admin API's pending list");
+                }
+            }
+        }
     }
 
     /// Audits and publishes (on `/ws`) each batch a run wrote or saw reach the node.

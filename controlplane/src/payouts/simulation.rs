@@ -169,6 +169,7 @@ impl Simulation {
                 address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
                 never_pay: vec![FEE_ACCOUNT.to_string()],
                 frozen: Default::default(),
+                kyc: None,
             },
             miners: (0..MINERS).map(regtest_address).collect(),
             shares: Vec::new(),

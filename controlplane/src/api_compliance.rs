@@ -1,0 +1,372 @@
+//! Compliance routes: KYC holds and their verification (by an operator, or by the
+//! provider's signed callback), and the exports a tax office or regulator asks for: one
+//! address's payments, and the audit log of a period, as CSV or JSON.
+
+// Helpers here answer with the HTTP response itself on refusal; axum's `Response` is big,
+// and boxing it would only add an allocation to the refusal path.
+#![allow(clippy::result_large_err)]
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::api::{address_refusal, audit_as, error, now_ms, ApiState};
+use crate::kyc::{KycRecord, KycState};
+use crate::payouts::ledger::IntentState;
+
+/// Audit entries one export holds at most; a longer period is exported in parts.
+pub const AUDIT_EXPORT_ENTRIES_MAX: usize = 1_000_000;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/api/v1/kyc/callback", post(provider_callback))
+}
+
+pub fn admin_routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/admin/kyc", get(kyc_list))
+        .route("/api/v1/admin/kyc/{address}", put(kyc_set))
+        .route("/api/v1/admin/exports/payments", get(export_payments))
+        .route("/api/v1/admin/exports/audit", get(export_audit))
+}
+
+/// Records a KYC state change and audits it with what it replaced.
+fn change_kyc(
+    state: &ApiState,
+    actor: &str,
+    address: &str,
+    record: KycRecord,
+) -> Result<Value, Response> {
+    let ledger = state.payouts.ledger.lock().expect("ledger lock");
+    let previous = ledger
+        .kyc(address)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    ledger
+        .set_kyc(address, &record)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    drop(ledger);
+    let detail = json!({
+        "address": address,
+        "from": previous.map(|p| p.state),
+        "to": record.state,
+        "source": record.source,
+        "reference": record.reference,
+    });
+    audit_as(state, actor, "kyc.state", detail.clone());
+    tracing::info!(%address, to = ?record.state, source = %record.source, "KYC state changed");
+    Ok(detail)
+}
+
+/// Every address with a KYC record; `pending` lists those a payout waits on, with the
+/// mature balance held.
+async fn kyc_list(State(state): State<ApiState>) -> Response {
+    let ledger = state.payouts.ledger.lock().expect("ledger lock");
+    let records = match ledger.kyc_records() {
+        Ok(records) => records,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut pending = Vec::new();
+    for (address, record) in &records {
+        if record.state != KycState::Verified {
+            let held = ledger.balances(address).map(|b| b.mature).unwrap_or(0);
+            pending.push(json!({
+                "address": address,
+                "state": record.state,
+                "held": held,
+                "since_ms": record.updated_at_ms,
+            }));
+        }
+    }
+    Json(json!({"records": records, "pending": pending})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KycChange {
+    state: KycState,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+async fn kyc_set(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(response) = address_refusal(&state, &address) {
+        return response;
+    }
+    let change: KycChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let record = KycRecord {
+        state: change.state,
+        updated_at_ms: now_ms(),
+        source: "admin".into(),
+        reference: change.reference,
+    };
+    match change_kyc(&state, "admin", &address, record) {
+        Ok(detail) => Json(detail).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The provider's verdict, signed with the shared secret over the raw body.
+async fn provider_callback(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(secret) = state.kyc_secret.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no KYC provider is configured: set kyc_webhook_url and kyc_webhook_secret_file",
+        );
+    };
+    let signature = headers
+        .get(crate::kyc::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let callback = match crate::kyc::verify_callback(&secret, signature, &body, now_ms() / 1000) {
+        Ok(callback) => callback,
+        Err(e @ crate::kyc::CallbackError::BadBody(_)) => {
+            return error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e @ crate::kyc::CallbackError::TooLarge) => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "KYC callback refused");
+            return error(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+    };
+    if let Some(response) = address_refusal(&state, &callback.address) {
+        return response;
+    }
+    let record = KycRecord {
+        state: callback.state,
+        updated_at_ms: now_ms(),
+        source: "provider".into(),
+        reference: callback.reference,
+    };
+    match change_kyc(&state, "provider", &callback.address, record) {
+        Ok(detail) => Json(detail).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ExportQuery {
+    #[serde(default)]
+    format: Option<String>,
+    address: Option<String>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+}
+
+enum Format {
+    Csv,
+    Json,
+}
+
+fn format_of(query: &ExportQuery) -> Result<Format, Response> {
+    match query.format.as_deref() {
+        None | Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv),
+        Some(other) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("format must be csv or json, not {other:?}"),
+        )),
+    }
+}
+
+/// One CSV field: quoted, with inner quotes doubled, whenever it holds a comma, a quote or
+/// a line break (RFC 4180); and a leading `=`, `+`, `-` or `@` is escaped with a `'` so a
+/// spreadsheet never runs it as a formula.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+fn csv_response(filename: &str, header_row: &[&str], rows: Vec<Vec<String>>) -> Response {
+    let mut text = header_row.join(",");
+    text.push_str("\r\n");
+    for row in rows {
+        let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        text.push_str(&fields.join(","));
+        text.push_str("\r\n");
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+/// Every payment to one address: batch, transaction, amount, when, and whether the node
+/// has it.
+async fn export_payments(
+    State(state): State<ApiState>,
+    Query(query): Query<ExportQuery>,
+) -> Response {
+    let format = match format_of(&query) {
+        Ok(format) => format,
+        Err(response) => return response,
+    };
+    let Some(address) = query.address.clone() else {
+        return error(StatusCode::BAD_REQUEST, "address is required");
+    };
+    if let Some(response) = address_refusal(&state, &address) {
+        return response;
+    }
+    let intents = match state.payouts.ledger.lock().expect("ledger lock").intents() {
+        Ok(intents) => intents,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let payments: Vec<Value> = intents
+        .iter()
+        .filter_map(|intent| {
+            let amount = *intent.outputs.get(&address)?;
+            Some(json!({
+                "batch_id": intent.batch_id,
+                "txid": intent.txid,
+                "amount": crate::dex::coins(u128::from(amount)),
+                "amount_units": amount,
+                "state": match intent.state { IntentState::Open => "pending", IntentState::Sent => "sent" },
+                "created_at_ms": intent.created_at_ms,
+                "sent_at_ms": intent.sent_at_ms,
+            }))
+        })
+        .collect();
+    audit_as(
+        &state,
+        "admin",
+        "export.payments",
+        json!({"address": address, "rows": payments.len()}),
+    );
+    match format {
+        Format::Json => Json(json!({"address": address, "payments": payments})).into_response(),
+        Format::Csv => {
+            let columns = [
+                "batch_id",
+                "txid",
+                "amount",
+                "amount_units",
+                "state",
+                "created_at_ms",
+                "sent_at_ms",
+            ];
+            let rows = payments
+                .iter()
+                .map(|p| columns.iter().map(|c| plain(&p[*c])).collect())
+                .collect();
+            csv_response(&format!("payments-{address}.csv"), &columns, rows)
+        }
+    }
+}
+
+/// A JSON value as CSV text: strings bare, null empty, anything else as JSON.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The audit entries of `[from_ms, to_ms)`, each with its hash and its link to the one
+/// before, so the recipient can check the chain over the exported part.
+async fn export_audit(State(state): State<ApiState>, Query(query): Query<ExportQuery>) -> Response {
+    let format = match format_of(&query) {
+        Ok(format) => format,
+        Err(response) => return response,
+    };
+    let from_ms = query.from_ms.unwrap_or(0);
+    let to_ms = query.to_ms.unwrap_or(u64::MAX);
+    if from_ms >= to_ms {
+        return error(StatusCode::BAD_REQUEST, "from_ms must be before to_ms");
+    }
+    let audit = state.audit.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        audit.between(from_ms, to_ms, AUDIT_EXPORT_ENTRIES_MAX)
+    })
+    .await;
+    let entries = match entries {
+        Ok(Ok(entries)) => entries,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "export task failed"),
+    };
+    audit_as(
+        &state,
+        "admin",
+        "export.audit",
+        json!({"from_ms": from_ms, "to_ms": query.to_ms, "rows": entries.len()}),
+    );
+    match format {
+        Format::Json => Json(json!({"from_ms": from_ms, "to_ms": query.to_ms, "entries": entries}))
+            .into_response(),
+        Format::Csv => {
+            let rows = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.sequence.to_string(),
+                        e.at_ms.to_string(),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.detail.to_string(),
+                        e.previous_hash.clone(),
+                        e.hash.clone(),
+                    ]
+                })
+                .collect();
+            csv_response(
+                &format!(
+                    "audit-{from_ms}-{}.csv",
+                    query.to_ms.map_or("now".into(), |t| t.to_string())
+                ),
+                &[
+                    "sequence",
+                    "at_ms",
+                    "actor",
+                    "action",
+                    "detail",
+                    "previous_hash",
+                    "hash",
+                ],
+                rows,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("line\nbreak"), "\"line\nbreak\"");
+        assert_eq!(csv_field("=SUM(A1)"), "'=SUM(A1)");
+        assert_eq!(csv_field("-1,2"), "\"'-1,2\"");
+    }
+}

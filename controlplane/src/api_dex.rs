@@ -1,0 +1,503 @@
+//! The exchange's HTTP routes. Market data is public; a miner's own routes take an API key
+//! (`Authorization: Bearer otd_…`) that the miner creates by signing a one-time challenge
+//! with its payout address's key, as `signmessage` does. Every amount and price is a
+//! decimal string in coins, never a JSON number, so nothing is lost to floats.
+
+// Helpers here answer with the HTTP response itself on refusal; axum's `Response` is big,
+// and boxing it would only add an allocation to the refusal path.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use rand::RngCore;
+use serde_json::{json, Value};
+
+use crate::api::{audit_as, error, now_ms, ApiState};
+use crate::dex::{status_of, DexError, DexService, OrderRequest};
+
+/// Seconds a key challenge may be answered in.
+pub const KEY_CHALLENGE_TTL_S: u64 = 600;
+/// Outstanding key challenges at most (one per address); past it, new ones wait.
+pub const KEY_CHALLENGES_MAX: usize = 100_000;
+
+/// Challenges handed out and not yet answered: address → (message, expiry).
+#[derive(Default)]
+pub struct KeyChallenges {
+    open: HashMap<String, (String, u64)>,
+}
+
+impl KeyChallenges {
+    /// A new single-use challenge for `address`, replacing any earlier one; `None` when
+    /// `KEY_CHALLENGES_MAX` unexpired challenges are outstanding.
+    pub fn issue(&mut self, address: &str, now_ms: u64) -> Option<(String, u64)> {
+        if self.open.len() >= KEY_CHALLENGES_MAX && !self.open.contains_key(address) {
+            self.open.retain(|_, (_, expiry)| *expiry > now_ms);
+            if self.open.len() >= KEY_CHALLENGES_MAX {
+                return None;
+            }
+        }
+        let mut nonce = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let expires_at_ms = now_ms + KEY_CHALLENGE_TTL_S * 1000;
+        let message = format!(
+            "Otedama API key\naddress: {address}\nnonce: {}\nexpires: {expires_at_ms}",
+            hex::encode(nonce)
+        );
+        self.open
+            .insert(address.to_string(), (message.clone(), expires_at_ms));
+        Some((message, expires_at_ms))
+    }
+
+    /// Takes `address`'s challenge if it is `message` and unexpired: each is answered once.
+    pub fn take(&mut self, address: &str, message: &str, now_ms: u64) -> bool {
+        match self.open.get(address) {
+            Some((open, expiry)) if open == message && *expiry > now_ms => {
+                self.open.remove(address);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/dex/markets", get(markets))
+        .route("/api/v1/dex/orderbook/{market}", get(orderbook))
+        .route("/api/v1/dex/trades/{market}", get(trades))
+        .route("/api/v1/dex/keys/challenge", post(key_challenge))
+        .route("/api/v1/dex/keys", post(create_key))
+        .route("/api/v1/dex/account", get(account))
+        .route("/api/v1/dex/orders", post(place_order))
+        .route("/api/v1/dex/orders/{id}", delete(cancel_order))
+        .route("/api/v1/dex/deposits", post(deposit))
+        .route("/api/v1/dex/withdrawals", post(withdraw))
+}
+
+pub fn admin_routes() -> Router<ApiState> {
+    Router::new().route("/api/v1/admin/dex/credits", post(admin_credit))
+}
+
+fn dex_of(state: &ApiState) -> Result<&Arc<Mutex<DexService>>, Response> {
+    state.dex.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "the exchange is off: set dex_enabled",
+        )
+    })
+}
+
+fn refusal(e: DexError) -> Response {
+    let status = StatusCode::from_u16(status_of(&e)).unwrap_or(StatusCode::BAD_REQUEST);
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "exchange request failed");
+    }
+    error(status, e.to_string())
+}
+
+/// The address whose API key the request carries.
+fn miner_of(state: &ApiState, headers: &HeaderMap) -> Result<String, Response> {
+    let dex = dex_of(state)?;
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let unauthorized = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "a valid API key is required (POST /api/v1/dex/keys)"})),
+        )
+            .into_response()
+    };
+    let address = key
+        .and_then(|key| dex.lock().expect("dex lock").authenticate(key))
+        .ok_or_else(unauthorized)?;
+    refuse_denied(state, &address)?;
+    Ok(address)
+}
+
+/// A denied address keeps what it holds but can neither trade nor move it.
+fn refuse_denied(state: &ApiState, address: &str) -> Result<(), Response> {
+    let canonical = otedama_shared::address::canonical_address(address);
+    // The payout policy's frozen set is the deny list alone; operator bans stop mining,
+    // not the use of what was earned.
+    let denied = state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .policy
+        .frozen
+        .contains(canonical.as_ref());
+    if denied {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "this address is on the pool's deny list",
+        ));
+    }
+    Ok(())
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// Runs `f` on the exchange (and the ledger) off the async threads: the journal fsyncs.
+async fn with_dex<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&mut DexService, &ApiState) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let dex = dex_of(state)?.clone();
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&mut dex.lock().expect("dex lock"), &state))
+        .await
+        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "exchange task failed"))
+}
+
+async fn markets(State(state): State<ApiState>) -> Response {
+    match dex_of(&state) {
+        Ok(dex) => Json(dex.lock().expect("dex lock").markets_json()).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn orderbook(State(state): State<ApiState>, Path(market): Path<String>) -> Response {
+    let dex = match dex_of(&state) {
+        Ok(dex) => dex,
+        Err(response) => return response,
+    };
+    let book = dex.lock().expect("dex lock").book_json(&market);
+    match book {
+        Ok(book) => Json(book).into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+async fn trades(State(state): State<ApiState>, Path(market): Path<String>) -> Response {
+    let dex = match dex_of(&state) {
+        Ok(dex) => dex,
+        Err(response) => return response,
+    };
+    let trades = dex.lock().expect("dex lock").trades_json(&market);
+    match trades {
+        Ok(trades) => Json(trades).into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeRequest {
+    address: String,
+}
+
+async fn key_challenge(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    if let Err(response) = dex_of(&state) {
+        return response;
+    }
+    let request: ChallengeRequest = match body_json(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    if let Some(response) = crate::api::address_refusal(&state, &request.address) {
+        return response;
+    }
+    let issued = state
+        .key_challenges
+        .lock()
+        .expect("challenges lock")
+        .issue(&request.address, now_ms());
+    match issued {
+        Some((message, expires_at_ms)) => Json(json!({
+            "address": request.address,
+            "message": message,
+            "expires_at_ms": expires_at_ms,
+        }))
+        .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many open key challenges (KEY_CHALLENGES_MAX); try again later",
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    address: String,
+    message: String,
+    /// Base64 compact signature, as `signmessage` prints it.
+    signature: String,
+}
+
+async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    if let Err(response) = dex_of(&state) {
+        return response;
+    }
+    let request: KeyRequest = match body_json(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    if let Some(response) = crate::api::address_refusal(&state, &request.address) {
+        return response;
+    }
+    if let Err(response) = refuse_denied(&state, &request.address) {
+        return response;
+    }
+    let verified = crate::signed_message::verify(
+        &state.address_rule,
+        &crate::signed_message::message_magic(state.coin_name),
+        &request.address,
+        &request.message,
+        &request.signature,
+    );
+    if let Err(e) = verified {
+        return error(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    // The challenge is spent only by a valid signature: a wrong guess cannot burn it.
+    let fresh = state.key_challenges.lock().expect("challenges lock").take(
+        &request.address,
+        &request.message,
+        now_ms(),
+    );
+    if !fresh {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the message is not an open challenge for this address (POST /api/v1/dex/keys/challenge)",
+        );
+    }
+    let address = request.address.clone();
+    let created = with_dex(&state, move |dex, _| dex.create_key(&address, now_ms())).await;
+    match created {
+        Ok(Ok(key)) => {
+            audit_as(
+                &state,
+                "miner",
+                "dex.key.created",
+                json!({"address": request.address}),
+            );
+            Json(json!({"address": request.address, "api_key": key})).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => response,
+    }
+}
+
+async fn account(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let address = match miner_of(&state, &headers) {
+        Ok(address) => address,
+        Err(response) => return response,
+    };
+    let dex = match dex_of(&state) {
+        Ok(dex) => dex,
+        Err(response) => return response,
+    };
+    let account = dex.lock().expect("dex lock").account_json(&address);
+    match account {
+        Ok(account) => Json(account).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Sends what a command did to the book and trade feed on `/ws`.
+fn publish(state: &ApiState, messages: Vec<Value>) {
+    for message in messages {
+        state.pool.publish_event(message);
+    }
+}
+
+async fn place_order(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let address = match miner_of(&state, &headers) {
+        Ok(address) => address,
+        Err(response) => return response,
+    };
+    let request: OrderRequest = match body_json(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let placed = with_dex(&state, move |dex, state| {
+        dex.place(&address, &request).map(|(market, events)| {
+            publish(state, dex.feed_messages(market, &events));
+            let order_id = events.iter().find_map(|e| match e {
+                otedama_dex::Event::Accepted { order_id, .. } => Some(*order_id),
+                _ => None,
+            });
+            json!({"order_id": order_id, "events": dex.events_json(market, &events)})
+        })
+    })
+    .await;
+    match placed {
+        Ok(Ok(answer)) => (StatusCode::CREATED, Json(answer)).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(response) => response,
+    }
+}
+
+async fn cancel_order(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let address = match miner_of(&state, &headers) {
+        Ok(address) => address,
+        Err(response) => return response,
+    };
+    let Ok(order_id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "an order id is a whole number");
+    };
+    let canceled = with_dex(&state, move |dex, state| {
+        dex.cancel(&address, order_id).map(|(market, events)| {
+            publish(state, dex.feed_messages(market, &events));
+            json!({"order_id": order_id, "events": dex.events_json(market, &events)})
+        })
+    })
+    .await;
+    match canceled {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(response) => response,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    /// Coins of the pool's coin, as a decimal string.
+    amount: String,
+}
+
+async fn deposit(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    transfer(state, headers, body, true).await
+}
+
+async fn withdraw(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    transfer(state, headers, body, false).await
+}
+
+/// Moves the pool's coin between the miner's ledger balance and its exchange account.
+async fn transfer(
+    state: ApiState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    into_exchange: bool,
+) -> Response {
+    let address = match miner_of(&state, &headers) {
+        Ok(address) => address,
+        Err(response) => return response,
+    };
+    let request: TransferRequest = match body_json(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let amount = match crate::config::parse_amount(&request.amount) {
+        Ok(0) => return error(StatusCode::BAD_REQUEST, "amount must be positive"),
+        Ok(amount) => amount,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("amount: {e}")),
+    };
+    let moved = with_dex(&state, move |dex, state| {
+        let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
+        if into_exchange {
+            dex.deposit(&mut ledger, &address, amount, now_ms())
+        } else {
+            dex.withdraw(&mut ledger, &address, amount, now_ms())
+        }
+    })
+    .await;
+    match moved {
+        Ok(Ok(transfer)) => Json(transfer).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(response) => response,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditRequest {
+    address: String,
+    asset: String,
+    amount: String,
+}
+
+/// An operator's deposit of another coin (market-making liquidity) into an address's
+/// exchange account; audited.
+async fn admin_credit(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let request: CreditRequest = match body_json(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    if let Some(response) = crate::api::address_refusal(&state, &request.address) {
+        return response;
+    }
+    let amount = match crate::config::parse_amount(&request.amount) {
+        Ok(0) => return error(StatusCode::BAD_REQUEST, "amount must be positive"),
+        Ok(amount) => amount,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("amount: {e}")),
+    };
+    let (address, asset) = (request.address.clone(), request.asset.clone());
+    let credited = with_dex(&state, move |dex, _| {
+        dex.credit_external(&address, &asset, amount)
+    })
+    .await;
+    match credited {
+        Ok(Ok(())) => {
+            let detail =
+                json!({"address": request.address, "asset": request.asset, "amount": amount});
+            audit_as(&state, "admin", "dex.credit", detail.clone());
+            Json(detail).into_response()
+        }
+        Ok(Err(e)) => refusal(e),
+        Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_challenge_is_answered_once_and_only_before_it_expires() {
+        let mut challenges = KeyChallenges::default();
+        let (message, expiry) = challenges.issue("addr", 1_000).unwrap();
+        assert!(!challenges.take("addr", "another message", 1_001));
+        assert!(!challenges.take("other", &message, 1_001));
+        assert!(
+            !challenges.take("addr", &message, expiry),
+            "expired at its edge"
+        );
+        let (message, _) = challenges.issue("addr", 2_000).unwrap();
+        assert!(challenges.take("addr", &message, 2_001));
+        assert!(!challenges.take("addr", &message, 2_002), "single use");
+    }
+
+    #[test]
+    fn outstanding_challenges_are_bounded() {
+        let mut challenges = KeyChallenges::default();
+        for i in 0..KEY_CHALLENGES_MAX {
+            assert!(challenges.issue(&i.to_string(), 0).is_some());
+        }
+        assert!(challenges.issue("one more", 0).is_none());
+        // Reissuing to an address already holding one is fine; expired ones make room.
+        assert!(challenges.issue("0", 0).is_some());
+        let later_ms = KEY_CHALLENGE_TTL_S * 1000 + 1;
+        assert!(challenges.issue("one more", later_ms).is_some());
+    }
+}

@@ -1,0 +1,981 @@
+//! The exchange as the pool runs it: the journaled engine (`otedama-dex`), the miners'
+//! exchange accounts and API keys, and transfers of the pool's coin between the ledger and
+//! the exchange that neither lose nor double a unit across a crash.
+//!
+//! A transfer is written to the ledger first with the journal sequence its exchange
+//! command will take (a deposit's debit goes in that same write). Nothing else enters the
+//! journal until the transfer is finished, and a restart finishes every pending one before
+//! the exchange takes commands: the journal entry at that sequence says whether the
+//! exchange saw it. Lock order, where both are held: this service, then the ledger.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use rand::RngCore;
+use rocksdb::{Options, DB};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use otedama_dex::journal::Dex;
+use otedama_dex::{
+    AccountId, AssetId, AssetSpec, Command, Event, Exchange, ExchangeReject, MarketId, MarketSpec,
+    NewOrder, OrderId, OrderKind, Reject, SelfTradePrevention, Side, TimeInForce,
+};
+
+use crate::payouts::ledger::{Ledger, Transfer, TransferKind, TransferState};
+
+/// Price levels per side in `/orderbook` and the feed's book messages.
+pub const BOOK_LEVELS_MAX: usize = 50;
+/// Journal entries between snapshots; bounds the replay at start.
+pub const SNAPSHOT_INTERVAL_COMMANDS: u64 = 100_000;
+/// Minor units per whole coin for every asset.
+pub const ASSET_SCALE: u64 = 100_000_000;
+/// Exchange accounts (addresses with an API key) at most.
+pub const ACCOUNTS_MAX: u64 = 10_000_000;
+
+/// One market as the config names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketConfig {
+    /// `LTC-BTC`: base, then quote.
+    pub symbol: String,
+    /// Base coins per lot (`0.01`).
+    pub lot_size: String,
+    /// Quote coins per lot per tick (`0.00000001`).
+    pub tick_size: String,
+    /// Smallest order, in lots.
+    pub min_size: u64,
+}
+
+/// Why an exchange request was refused, as the API reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum DexError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unknown market {0:?}")]
+    UnknownMarket(String),
+    #[error("no open order {0} of yours")]
+    UnknownOrder(OrderId),
+    #[error(transparent)]
+    Refused(#[from] ExchangeReject),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl DexError {
+    fn internal(error: impl std::fmt::Display) -> Self {
+        DexError::Internal(anyhow::anyhow!("{error}"))
+    }
+}
+
+/// What a miner asks for in `POST /api/v1/dex/orders`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub market: String,
+    pub side: Side,
+    /// `limit` (default) or `market`.
+    #[serde(default = "limit")]
+    pub r#type: String,
+    /// Quote coins per whole base coin, as a decimal string.
+    pub price: Option<String>,
+    /// Base coins, as a decimal string; a multiple of the lot size.
+    pub quantity: String,
+    #[serde(default = "gtc")]
+    pub time_in_force: TimeInForce,
+    /// A market buy's most quote coins to spend.
+    pub quote_max: Option<String>,
+    #[serde(default)]
+    pub self_trade_prevention: SelfTradePrevention,
+}
+
+fn limit() -> String {
+    "limit".into()
+}
+
+fn gtc() -> TimeInForce {
+    TimeInForce::Gtc
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct KeyRecord {
+    address: String,
+    created_at_ms: u64,
+}
+
+const ACCOUNT_PREFIX: &[u8] = b"a/";
+const ADDRESS_PREFIX: &[u8] = b"i/";
+const KEY_PREFIX: &[u8] = b"k/";
+const KEY_OF_ADDRESS_PREFIX: &[u8] = b"K/";
+
+pub struct DexService {
+    dex: Dex,
+    /// Address ↔ account id, API keys (by SHA-256).
+    accounts: DB,
+    next_account: AccountId,
+    /// `ACCOUNTS_MAX`, lowered by tests to reach it.
+    accounts_max: u64,
+    pool_asset: AssetId,
+    events: Vec<Event>,
+    /// Set when a journal write failed: whether that command is in the journal is unknown
+    /// until a restart reads it back, so nothing more is taken until then.
+    journal_failed: bool,
+}
+
+/// Formats minor units as a coin amount with 8 decimals.
+pub fn coins(units: u128) -> String {
+    format!(
+        "{}.{:08}",
+        units / u128::from(ASSET_SCALE),
+        units % u128::from(ASSET_SCALE)
+    )
+}
+
+fn parse_positive(what: &str, text: &str) -> Result<u64, DexError> {
+    let units =
+        crate::config::parse_amount(text).map_err(|e| DexError::Invalid(format!("{what}: {e}")))?;
+    if units == 0 {
+        return Err(DexError::Invalid(format!("{what} must be positive")));
+    }
+    Ok(units)
+}
+
+/// The engine's assets and markets for the pool's coin and the configured markets.
+pub fn build_exchange(pool_coin: &str, markets: &[MarketConfig]) -> anyhow::Result<Exchange> {
+    let mut assets = vec![AssetSpec {
+        symbol: pool_coin.to_string(),
+        scale: ASSET_SCALE,
+    }];
+    let mut specs = Vec::new();
+    for market in markets {
+        let (base, quote) = market
+            .symbol
+            .split_once('-')
+            .with_context(|| format!("market {:?} is not BASE-QUOTE", market.symbol))?;
+        if base == quote {
+            anyhow::bail!("market {:?} trades a coin against itself", market.symbol);
+        }
+        if base != pool_coin && quote != pool_coin {
+            anyhow::bail!(
+                "market {:?} must trade {pool_coin}, the coin miners earn here",
+                market.symbol
+            );
+        }
+        let mut asset = |symbol: &str| -> AssetId {
+            match assets.iter().position(|a| a.symbol == symbol) {
+                Some(at) => at as AssetId,
+                None => {
+                    assets.push(AssetSpec {
+                        symbol: symbol.to_string(),
+                        scale: ASSET_SCALE,
+                    });
+                    (assets.len() - 1) as AssetId
+                }
+            }
+        };
+        let (base, quote) = (asset(base), asset(quote));
+        let lot_size = crate::config::parse_amount(&market.lot_size).context("lot_size")?;
+        let tick_size = crate::config::parse_amount(&market.tick_size).context("tick_size")?;
+        if lot_size == 0 || tick_size == 0 || market.min_size == 0 {
+            anyhow::bail!(
+                "market {:?}: lot_size, tick_size and min_size must be positive",
+                market.symbol
+            );
+        }
+        if specs.iter().any(|s: &MarketSpec| s.symbol == market.symbol) {
+            anyhow::bail!("market {:?} is listed twice", market.symbol);
+        }
+        specs.push(MarketSpec {
+            symbol: market.symbol.clone(),
+            base,
+            quote,
+            lot_size,
+            tick_size,
+            min_size: market.min_size,
+        });
+    }
+    Ok(Exchange::new(assets, specs))
+}
+
+fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    [prefix, rest].concat()
+}
+
+fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.trim().as_bytes()).into()
+}
+
+impl DexService {
+    /// Opens the journal and the accounts under `dir`, then finishes every transfer a
+    /// crash left pending.
+    pub fn open(dir: &Path, empty: Exchange, ledger: &mut Ledger) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let configured: Vec<MarketSpec> = empty.market_specs().cloned().collect();
+        let configured_assets = empty.assets().to_vec();
+        let dex = Dex::open(&dir.join("journal"), true, empty)
+            .map_err(|e| anyhow::anyhow!("opening the exchange journal: {e}"))?;
+        let recovered: Vec<MarketSpec> = dex.exchange.market_specs().cloned().collect();
+        if recovered != configured || dex.exchange.assets() != configured_assets {
+            anyhow::bail!(
+                "dex_markets differ from what the exchange journal in {} was started with; \
+                 markets cannot change under open orders and balances",
+                dir.display()
+            );
+        }
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let accounts = DB::open(&options, dir.join("accounts"))?;
+        let next_account = accounts
+            .prefix_iterator(ADDRESS_PREFIX)
+            .filter_map(Result::ok)
+            .take_while(|(k, _)| k.starts_with(ADDRESS_PREFIX))
+            .count() as AccountId
+            + 1;
+        let mut service = DexService {
+            dex,
+            accounts,
+            next_account,
+            accounts_max: ACCOUNTS_MAX,
+            pool_asset: 0,
+            events: Vec::new(),
+            journal_failed: false,
+        };
+        service.recover_transfers(ledger)?;
+        Ok(service)
+    }
+
+    pub fn exchange(&self) -> &Exchange {
+        &self.dex.exchange
+    }
+
+    pub fn pool_coin(&self) -> &str {
+        &self.dex.exchange.assets()[usize::from(self.pool_asset)].symbol
+    }
+
+    fn recover_transfers(&mut self, ledger: &mut Ledger) -> anyhow::Result<()> {
+        for transfer in ledger.transfers()? {
+            if transfer.state != TransferState::Pending {
+                continue;
+            }
+            let account = self
+                .account_id(&transfer.account)?
+                .context("a pending transfer names an address without an exchange account")?;
+            let command = self.transfer_command(&transfer, account);
+            let journaled = self
+                .dex
+                .journal
+                .command_at(transfer.exchange_sequence)
+                .map_err(DexError::internal)?;
+            let outcome = if journaled == Some(command) {
+                TransferState::Done
+            } else if journaled.is_some()
+                || transfer.exchange_sequence != self.dex.journal.next_sequence()
+            {
+                anyhow::bail!(
+                    "transfer {} expects journal entry {} to be its own or the next one",
+                    transfer.id,
+                    transfer.exchange_sequence
+                );
+            } else if transfer.kind == TransferKind::Deposit {
+                // The debit is in the ledger, the credit never reached the exchange: give
+                // it now, under the sequence the transfer names.
+                self.events.clear();
+                match self.dex.submit(&command, &mut self.events) {
+                    Ok(Ok(())) => TransferState::Done,
+                    Ok(Err(_)) => TransferState::Failed,
+                    Err(e) => return Err(anyhow::anyhow!("exchange journal: {e}")),
+                }
+            } else {
+                // A withdrawal the exchange never took: nothing moved.
+                TransferState::Failed
+            };
+            ledger.finish_transfer(transfer.id, outcome)?;
+            tracing::info!(
+                id = transfer.id,
+                ?outcome,
+                "pending exchange transfer finished at start"
+            );
+        }
+        Ok(())
+    }
+
+    fn transfer_command(&self, transfer: &Transfer, account: AccountId) -> Command {
+        match transfer.kind {
+            TransferKind::Deposit => Command::Deposit {
+                account,
+                asset: self.pool_asset,
+                amount: transfer.amount,
+            },
+            TransferKind::Withdrawal => Command::Withdraw {
+                account,
+                asset: self.pool_asset,
+                amount: transfer.amount,
+            },
+        }
+    }
+
+    /// The exchange account of `address`, if it has one.
+    pub fn account_id(&self, address: &str) -> anyhow::Result<Option<AccountId>> {
+        Ok(self
+            .accounts
+            .get(prefixed(ACCOUNT_PREFIX, address.as_bytes()))?
+            .map(|bytes| u64::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8]))))
+    }
+
+    fn ensure_account(&mut self, address: &str) -> anyhow::Result<AccountId> {
+        if let Some(id) = self.account_id(address)? {
+            return Ok(id);
+        }
+        if self.next_account > self.accounts_max {
+            anyhow::bail!("the exchange holds ACCOUNTS_MAX ({ACCOUNTS_MAX}) accounts");
+        }
+        let id = self.next_account;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(
+            prefixed(ACCOUNT_PREFIX, address.as_bytes()),
+            id.to_be_bytes(),
+        );
+        batch.put(
+            prefixed(ADDRESS_PREFIX, &id.to_be_bytes()),
+            address.as_bytes(),
+        );
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        self.accounts.write_opt(batch, &sync)?;
+        self.next_account += 1;
+        Ok(id)
+    }
+
+    /// The address behind an account id.
+    pub fn address_of(&self, account: AccountId) -> Option<String> {
+        self.accounts
+            .get(prefixed(ADDRESS_PREFIX, &account.to_be_bytes()))
+            .ok()
+            .flatten()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A new API key for `address`, which replaces the one it had. Only its SHA-256 is kept.
+    pub fn create_key(&mut self, address: &str, now_ms: u64) -> anyhow::Result<String> {
+        self.ensure_account(address)?;
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let key = format!("otd_{}", hex::encode(secret));
+        let digest = key_digest(&key);
+        let mut batch = rocksdb::WriteBatch::default();
+        if let Some(old) = self
+            .accounts
+            .get(prefixed(KEY_OF_ADDRESS_PREFIX, address.as_bytes()))?
+        {
+            batch.delete(prefixed(KEY_PREFIX, &old));
+        }
+        let record = KeyRecord {
+            address: address.to_string(),
+            created_at_ms: now_ms,
+        };
+        batch.put(prefixed(KEY_PREFIX, &digest), serde_json::to_vec(&record)?);
+        batch.put(prefixed(KEY_OF_ADDRESS_PREFIX, address.as_bytes()), digest);
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        self.accounts.write_opt(batch, &sync)?;
+        Ok(key)
+    }
+
+    /// The address an API key belongs to.
+    pub fn authenticate(&self, key: &str) -> Option<String> {
+        let bytes = self
+            .accounts
+            .get(prefixed(KEY_PREFIX, &key_digest(key)))
+            .ok()??;
+        serde_json::from_slice::<KeyRecord>(&bytes)
+            .ok()
+            .map(|r| r.address)
+    }
+
+    fn submit(&mut self, command: &Command) -> Result<Vec<Event>, DexError> {
+        if self.journal_failed {
+            return Err(DexError::internal(
+                "the exchange journal failed a write; the exchange takes commands again after a restart",
+            ));
+        }
+        self.events.clear();
+        match self.dex.submit(command, &mut self.events) {
+            Ok(Ok(())) => {}
+            Ok(Err(reject)) => return Err(reject.into()),
+            Err(e) => {
+                self.journal_failed = true;
+                tracing::error!(error = %e, "exchange journal write failed; the exchange stops taking commands");
+                return Err(DexError::internal(format!("exchange journal: {e}")));
+            }
+        }
+        let applied = self.dex.exchange.applied();
+        if applied % SNAPSHOT_INTERVAL_COMMANDS == 0 {
+            if let Err(error) = self.dex.journal.save_snapshot(&self.dex.exchange) {
+                tracing::error!(%error, applied, "exchange snapshot failed; replay will be longer");
+            }
+        }
+        Ok(std::mem::take(&mut self.events))
+    }
+
+    /// Moves `amount` of the pool's coin from the address's mature ledger balance into its
+    /// exchange account.
+    pub fn deposit(
+        &mut self,
+        ledger: &mut Ledger,
+        address: &str,
+        amount: u64,
+        now_ms: u64,
+    ) -> Result<Transfer, DexError> {
+        self.transfer(ledger, address, amount, now_ms, TransferKind::Deposit)
+    }
+
+    /// Moves `amount` of the pool's coin from the exchange account back to the address's
+    /// mature ledger balance, where payouts pick it up.
+    pub fn withdraw(
+        &mut self,
+        ledger: &mut Ledger,
+        address: &str,
+        amount: u64,
+        now_ms: u64,
+    ) -> Result<Transfer, DexError> {
+        self.transfer(ledger, address, amount, now_ms, TransferKind::Withdrawal)
+    }
+
+    fn transfer(
+        &mut self,
+        ledger: &mut Ledger,
+        address: &str,
+        amount: u64,
+        now_ms: u64,
+        kind: TransferKind,
+    ) -> Result<Transfer, DexError> {
+        let account = self.ensure_account(address)?;
+        let mut transfer = Transfer {
+            id: ledger.next_transfer_id().map_err(DexError::internal)?,
+            kind,
+            account: address.to_string(),
+            amount,
+            exchange_sequence: self.dex.journal.next_sequence(),
+            state: TransferState::Pending,
+            created_at_ms: now_ms,
+        };
+        let command = self.transfer_command(&transfer, account);
+        // Refuse before writing anything: a refused command never reaches the ledger.
+        self.dex.exchange.check(&command)?;
+        match ledger.begin_transfer(&transfer) {
+            Ok(()) => {}
+            Err(crate::payouts::ledger::LedgerError::Overdraft { mature, .. }) => {
+                return Err(DexError::Invalid(format!(
+                    "the mature balance is {}, less than {}",
+                    coins(u128::from(mature)),
+                    coins(u128::from(amount))
+                )))
+            }
+            Err(e) => return Err(DexError::internal(e)),
+        }
+        let outcome = match self.submit(&command) {
+            Ok(_) => TransferState::Done,
+            Err(DexError::Refused(_)) => TransferState::Failed,
+            // The journal failed: the transfer stays pending, and the next start settles it.
+            Err(e) => return Err(e),
+        };
+        ledger
+            .finish_transfer(transfer.id, outcome)
+            .map_err(DexError::internal)?;
+        transfer.state = outcome;
+        Ok(transfer)
+    }
+
+    /// Credits coins that came from outside the pool (an operator's liquidity) to an
+    /// address's exchange account. The pool's own coin only enters through the ledger.
+    pub fn credit_external(
+        &mut self,
+        address: &str,
+        asset_symbol: &str,
+        amount: u64,
+    ) -> Result<(), DexError> {
+        let asset = self.asset(asset_symbol)?;
+        if asset == self.pool_asset {
+            return Err(DexError::Invalid(format!(
+                "{asset_symbol} enters the exchange from ledger balances (POST /api/v1/dex/deposits)"
+            )));
+        }
+        let account = self.ensure_account(address)?;
+        self.submit(&Command::Deposit {
+            account,
+            asset,
+            amount,
+        })?;
+        Ok(())
+    }
+
+    fn asset(&self, symbol: &str) -> Result<AssetId, DexError> {
+        self.dex
+            .exchange
+            .assets()
+            .iter()
+            .position(|a| a.symbol == symbol)
+            .map(|at| at as AssetId)
+            .ok_or_else(|| DexError::Invalid(format!("unknown asset {symbol:?}")))
+    }
+
+    fn market(&self, symbol: &str) -> Result<(MarketId, &MarketSpec), DexError> {
+        let id = self
+            .dex
+            .exchange
+            .market_id(symbol)
+            .ok_or_else(|| DexError::UnknownMarket(symbol.to_string()))?;
+        let spec = self
+            .dex
+            .exchange
+            .market_specs()
+            .nth(usize::from(id))
+            .expect("market_id names a market");
+        Ok((id, spec))
+    }
+
+    /// Places an order; returns its id (if it got one) and the events it caused.
+    pub fn place(
+        &mut self,
+        address: &str,
+        request: &OrderRequest,
+    ) -> Result<(MarketId, Vec<Event>), DexError> {
+        let (market, spec) = self.market(&request.market)?;
+        let spec = spec.clone();
+        let base_units = parse_positive("quantity", &request.quantity)?;
+        if base_units % spec.lot_size != 0 {
+            return Err(DexError::Invalid(format!(
+                "quantity must be a multiple of the lot size {}",
+                coins(u128::from(spec.lot_size))
+            )));
+        }
+        let quantity = base_units / spec.lot_size;
+        let kind = match request.r#type.as_str() {
+            "limit" => {
+                let text = request
+                    .price
+                    .as_deref()
+                    .ok_or_else(|| DexError::Invalid("a limit order needs a price".into()))?;
+                OrderKind::Limit {
+                    price: price_ticks(&spec, parse_positive("price", text)?)?,
+                    time_in_force: request.time_in_force,
+                }
+            }
+            "market" => {
+                if request.price.is_some() {
+                    return Err(DexError::Invalid("a market order takes no price".into()));
+                }
+                let quote_max = match (request.side, &request.quote_max) {
+                    (Side::Buy, Some(text)) => parse_positive("quote_max", text)?,
+                    (Side::Buy, None) => {
+                        return Err(DexError::Invalid(
+                            "a market buy needs quote_max, the most it may spend".into(),
+                        ))
+                    }
+                    (Side::Sell, _) => 0,
+                };
+                OrderKind::Market { quote_max }
+            }
+            other => {
+                return Err(DexError::Invalid(format!(
+                    "type must be limit or market, not {other:?}"
+                )))
+            }
+        };
+        let account = self.ensure_account(address)?;
+        let order = NewOrder {
+            account,
+            side: request.side,
+            kind,
+            quantity,
+            self_trade_prevention: request.self_trade_prevention,
+        };
+        let events = self.submit(&Command::Place { market, order })?;
+        Ok((market, events))
+    }
+
+    /// Cancels one of the address's open orders, in whichever market it rests.
+    pub fn cancel(
+        &mut self,
+        address: &str,
+        order_id: OrderId,
+    ) -> Result<(MarketId, Vec<Event>), DexError> {
+        let account = self
+            .account_id(address)?
+            .ok_or(DexError::UnknownOrder(order_id))?;
+        let markets = self.dex.exchange.market_specs().count();
+        for market in 0..markets as MarketId {
+            if self
+                .dex
+                .exchange
+                .resting_order(market, account, order_id)
+                .is_ok()
+            {
+                let events = self.submit(&Command::Cancel {
+                    market,
+                    account,
+                    order_id,
+                })?;
+                return Ok((market, events));
+            }
+        }
+        // Another account's order and no order at all look the same from outside.
+        Err(DexError::UnknownOrder(order_id))
+    }
+
+    fn spec(&self, market: MarketId) -> &MarketSpec {
+        self.dex
+            .exchange
+            .market_specs()
+            .nth(usize::from(market))
+            .expect("a known market")
+    }
+
+    fn symbol_of(&self, asset: AssetId) -> &str {
+        &self.dex.exchange.assets()[usize::from(asset)].symbol
+    }
+
+    pub fn markets_json(&self) -> Value {
+        Value::Array(
+            self.dex
+                .exchange
+                .market_specs()
+                .map(|spec| {
+                    json!({
+                        "symbol": spec.symbol,
+                        "base": self.symbol_of(spec.base),
+                        "quote": self.symbol_of(spec.quote),
+                        "lot_size": coins(u128::from(spec.lot_size)),
+                        "price_increment": price_coins(spec, 1),
+                        "min_size": coins(u128::from(spec.min_size * spec.lot_size)),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub fn book_json(&self, symbol: &str) -> Result<Value, DexError> {
+        let (market, _) = self.market(symbol)?;
+        Ok(self.book_of(market))
+    }
+
+    fn book_of(&self, market: MarketId) -> Value {
+        let spec = self.spec(market);
+        let levels = |side| -> Vec<Value> {
+            self.dex
+                .exchange
+                .depth(market, side, BOOK_LEVELS_MAX)
+                .into_iter()
+                .map(|(price, lots)| {
+                    json!([
+                        price_coins(spec, price),
+                        coins(u128::from(lots) * u128::from(spec.lot_size))
+                    ])
+                })
+                .collect()
+        };
+        json!({
+            "market": spec.symbol,
+            "sequence": self.dex.exchange.applied(),
+            "bids": levels(Side::Buy),
+            "asks": levels(Side::Sell),
+        })
+    }
+
+    pub fn trades_json(&self, symbol: &str) -> Result<Value, DexError> {
+        let (market, spec) = self.market(symbol)?;
+        Ok(Value::Array(
+            self.dex
+                .exchange
+                .recent_trades(market)
+                .map(|t| {
+                    json!({
+                        "sequence": t.sequence,
+                        "price": price_coins(spec, t.price),
+                        "quantity": coins(u128::from(t.quantity) * u128::from(spec.lot_size)),
+                        "taker_side": t.taker_side,
+                        "taker_order": t.taker_order,
+                        "maker_order": t.maker_order,
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// The address's balances per asset and its open orders.
+    pub fn account_json(&self, address: &str) -> anyhow::Result<Value> {
+        let account = self.account_id(address)?;
+        let mut balances = serde_json::Map::new();
+        for (asset, spec) in self.dex.exchange.assets().iter().enumerate() {
+            let b = account.map_or_else(Default::default, |a| {
+                self.dex.exchange.balance(a, asset as AssetId)
+            });
+            balances.insert(
+                spec.symbol.clone(),
+                json!({"available": coins(b.available.into()), "reserved": coins(b.reserved.into())}),
+            );
+        }
+        let mut orders = Vec::new();
+        if let Some(account) = account {
+            for (market, spec) in self.dex.exchange.market_specs().enumerate() {
+                for order in self.dex.exchange.resting_orders(market as MarketId) {
+                    if order.account == account {
+                        orders.push(json!({
+                            "id": order.id,
+                            "market": spec.symbol,
+                            "side": order.side,
+                            "price": price_coins(spec, order.price),
+                            "remaining": coins(u128::from(order.remaining) * u128::from(spec.lot_size)),
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(json!({"address": address, "balances": balances, "open_orders": orders}))
+    }
+
+    /// What an order request caused, for its answer: the order's id and fills.
+    pub fn events_json(&self, market: MarketId, events: &[Event]) -> Vec<Value> {
+        let spec = self.spec(market);
+        let lots = |n: u64| coins(u128::from(n) * u128::from(spec.lot_size));
+        events
+            .iter()
+            .map(|event| match *event {
+                Event::Accepted { order_id, side, quantity, .. } => {
+                    json!({"type": "accepted", "order_id": order_id, "side": side, "quantity": lots(quantity)})
+                }
+                Event::Trade { taker_order, maker_order, taker_side, price, quantity, .. } => json!({
+                    "type": "trade", "taker_order": taker_order, "maker_order": maker_order,
+                    "taker_side": taker_side, "price": price_coins(spec, price), "quantity": lots(quantity),
+                }),
+                Event::Rested { order_id, side, price, remaining, .. } => json!({
+                    "type": "rested", "order_id": order_id, "side": side,
+                    "price": price_coins(spec, price), "remaining": lots(remaining),
+                }),
+                Event::Done { order_id, remaining, reason, .. } => json!({
+                    "type": "done", "order_id": order_id, "remaining": lots(remaining), "reason": reason,
+                }),
+                Event::Reduced { order_id, remaining } => {
+                    json!({"type": "reduced", "order_id": order_id, "remaining": lots(remaining)})
+                }
+            })
+            .collect()
+    }
+
+    /// The feed's messages for what a command did: each trade, then the book once.
+    pub fn feed_messages(&self, market: MarketId, events: &[Event]) -> Vec<Value> {
+        let symbol = &self.spec(market).symbol;
+        let mut messages: Vec<Value> = self
+            .events_json(market, events)
+            .into_iter()
+            .filter(|e| e["type"] == "trade")
+            .map(|trade| json!({"type": "dex.trade", "market": symbol, "trade": trade}))
+            .collect();
+        let book_changed = events.iter().any(|e| !matches!(e, Event::Accepted { .. }));
+        if book_changed {
+            messages.push(json!({"type": "dex.book", "book": self.book_of(market)}));
+        }
+        messages
+    }
+
+    /// The sums the exchange holds per asset, for conservation checks and metrics.
+    pub fn totals(&self) -> BTreeMap<String, u128> {
+        self.dex
+            .exchange
+            .assets()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.symbol.clone(), self.dex.exchange.total(i as AssetId)))
+            .collect()
+    }
+}
+
+/// A price given in quote minor units per whole base coin, in ticks: refused unless it is
+/// exactly a whole number of ticks.
+fn price_ticks(spec: &MarketSpec, quote_units_per_coin: u64) -> Result<u64, DexError> {
+    let per_lot = u128::from(quote_units_per_coin) * u128::from(spec.lot_size);
+    let tick = u128::from(spec.tick_size) * u128::from(ASSET_SCALE);
+    if per_lot % tick != 0 {
+        return Err(DexError::Invalid(format!(
+            "price must be a multiple of the price increment {}",
+            price_coins(spec, 1)
+        )));
+    }
+    u64::try_from(per_lot / tick).map_err(|_| DexError::Invalid("price is too large".into()))
+}
+
+/// A price in ticks as quote coins per whole base coin.
+fn price_coins(spec: &MarketSpec, ticks: u64) -> String {
+    let per_coin = u128::from(ticks) * u128::from(spec.tick_size) * u128::from(ASSET_SCALE)
+        / u128::from(spec.lot_size);
+    coins(per_coin)
+}
+
+/// The HTTP status a refusal maps to.
+pub fn status_of(error: &DexError) -> u16 {
+    match error {
+        DexError::Invalid(_) => 400,
+        DexError::UnknownMarket(_) | DexError::UnknownOrder(_) => 404,
+        DexError::Refused(ExchangeReject::Book(Reject::UnknownOrder | Reject::NotYourOrder)) => 404,
+        DexError::Refused(_) => 422,
+        DexError::Internal(_) => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ltc_btc() -> MarketConfig {
+        MarketConfig {
+            symbol: "LTC-BTC".into(),
+            lot_size: "0.01".into(),
+            tick_size: "0.00000001".into(),
+            min_size: 1,
+        }
+    }
+
+    #[test]
+    fn prices_convert_exactly_and_off_tick_prices_are_refused() {
+        let exchange = build_exchange("LTC", &[ltc_btc()]).unwrap();
+        let spec = exchange.market_specs().next().unwrap().clone();
+        // One tick is 1 sat per 0.01 LTC: 0.000001 BTC per LTC.
+        assert_eq!(price_coins(&spec, 1), "0.00000100");
+        assert_eq!(price_ticks(&spec, 1_250_000).unwrap(), 12_500);
+        assert_eq!(price_coins(&spec, 12_500), "0.01250000");
+        assert!(matches!(
+            price_ticks(&spec, 1_250_001),
+            Err(DexError::Invalid(_))
+        ));
+        assert!(build_exchange(
+            "LTC",
+            &[MarketConfig {
+                symbol: "BTC-ETH".into(),
+                ..ltc_btc()
+            }]
+        )
+        .is_err());
+        assert!(build_exchange("LTC", &[ltc_btc(), ltc_btc()]).is_err());
+    }
+
+    /// A deposit whose exchange command never reached the journal (the process died
+    /// between the ledger write and the journal append) is given at the next start; one
+    /// that did is only marked done. The ledger's exchange account always equals what the
+    /// exchange holds of the pool's coin.
+    #[test]
+    fn pending_transfers_finish_exactly_once_after_a_crash() {
+        use crate::payouts::ledger::EXCHANGE_ACCOUNT;
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+        let credits = BTreeMap::from([("miner".to_string(), 5_000_000u64)]);
+        ledger.credit_block("b", &credits).unwrap();
+        ledger.mature_block("b").unwrap();
+        let open = |ledger: &mut Ledger| {
+            DexService::open(
+                &dir.path().join("dex"),
+                build_exchange("LTC", &[ltc_btc()]).unwrap(),
+                ledger,
+            )
+            .unwrap()
+        };
+        let mut service = open(&mut ledger);
+        service.deposit(&mut ledger, "miner", 1_000_000, 1).unwrap();
+        let account = service.account_id("miner").unwrap().unwrap();
+
+        // A crash after the ledger write: the transfer is pending, the journal lacks it.
+        let pending = Transfer {
+            id: ledger.next_transfer_id().unwrap(),
+            kind: TransferKind::Deposit,
+            account: "miner".into(),
+            amount: 2_000_000,
+            exchange_sequence: service.dex.journal.next_sequence(),
+            state: TransferState::Pending,
+            created_at_ms: 2,
+        };
+        ledger.begin_transfer(&pending).unwrap();
+        drop(service);
+        let service = open(&mut ledger);
+        assert_eq!(service.exchange().balance(account, 0).available, 3_000_000);
+        assert_eq!(ledger.balances(EXCHANGE_ACCOUNT).unwrap().mature, 3_000_000);
+        assert_eq!(ledger.balances("miner").unwrap().mature, 2_000_000);
+
+        // A crash after the journal append: the transfer is pending, the journal has it.
+        let mut service = service;
+        let withdrawal = Transfer {
+            id: ledger.next_transfer_id().unwrap(),
+            kind: TransferKind::Withdrawal,
+            account: "miner".into(),
+            amount: 500_000,
+            exchange_sequence: service.dex.journal.next_sequence(),
+            state: TransferState::Pending,
+            created_at_ms: 3,
+        };
+        ledger.begin_transfer(&withdrawal).unwrap();
+        let command = service.transfer_command(&withdrawal, account);
+        service.submit(&command).unwrap();
+        drop(service);
+        let service = open(&mut ledger);
+        assert_eq!(service.exchange().balance(account, 0).available, 2_500_000);
+        assert_eq!(ledger.balances(EXCHANGE_ACCOUNT).unwrap().mature, 2_500_000);
+        assert_eq!(ledger.balances("miner").unwrap().mature, 2_500_000);
+        assert!(ledger
+            .transfers()
+            .unwrap()
+            .iter()
+            .all(|t| t.state == TransferState::Done));
+        // A third start changes nothing.
+        drop(service);
+        let service = open(&mut ledger);
+        assert_eq!(service.exchange().balance(account, 0).available, 2_500_000);
+        assert_eq!(ledger.balances("miner").unwrap().mature, 2_500_000);
+    }
+
+    #[test]
+    fn a_refused_withdrawal_or_an_overdrawn_deposit_moves_nothing() {
+        use crate::payouts::ledger::EXCHANGE_ACCOUNT;
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+        ledger
+            .credit_block("b", &BTreeMap::from([("miner".to_string(), 100u64)]))
+            .unwrap();
+        ledger.mature_block("b").unwrap();
+        let mut service = DexService::open(
+            &dir.path().join("dex"),
+            build_exchange("LTC", &[ltc_btc()]).unwrap(),
+            &mut ledger,
+        )
+        .unwrap();
+        assert!(matches!(
+            service.deposit(&mut ledger, "miner", 101, 1),
+            Err(DexError::Invalid(_))
+        ));
+        assert!(matches!(
+            service.withdraw(&mut ledger, "miner", 1, 1),
+            Err(DexError::Refused(ExchangeReject::InsufficientBalance))
+        ));
+        assert_eq!(ledger.balances("miner").unwrap().mature, 100);
+        assert_eq!(ledger.balances(EXCHANGE_ACCOUNT).unwrap().mature, 0);
+        assert!(ledger.transfers().unwrap().is_empty());
+        let key = service.create_key("miner", 5).unwrap();
+        assert_eq!(service.authenticate(&key).as_deref(), Some("miner"));
+        let newer = service.create_key("miner", 6).unwrap();
+        assert_eq!(
+            service.authenticate(&key),
+            None,
+            "a new key revokes the old"
+        );
+        assert_eq!(service.authenticate(&newer).as_deref(), Some("miner"));
+        assert_eq!(service.authenticate("otd_guess"), None);
+
+        // The account limit at its edge: "miner" is account 1 of 2.
+        service.accounts_max = 2;
+        service.create_key("second", 7).unwrap();
+        assert!(service.create_key("third", 8).is_err());
+        assert!(
+            service.create_key("miner", 9).is_ok(),
+            "existing accounts still work"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! A pool on litecoind regtest with three miners of their own addresses, for the payout,
+//! exchange and KYC tests: start it, mine, mature, and read balances and payments.
+
+// Each test binary that includes this uses a different part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use otedama_tests::{wait_until, PoolSetup, RegtestPair};
+
+/// About 650 scrypt hashes a share: blocks every second or so on a 2-core machine.
+pub const START_DIFFICULTY: f64 = 0.01;
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+pub const MINERS_WALLET: &str = "miners";
+pub const COINBASE_MATURITY: u64 = 100;
+/// 1 % fee, in parts per million.
+pub const POOL_FEE_PPM: u64 = 10_000;
+
+pub struct Scenario {
+    pub root: tempfile::TempDir,
+    pub nodes: RegtestPair,
+    pub pool: PoolSetup,
+    pub miners: Vec<String>,
+    pub fault_file: std::path::PathBuf,
+}
+
+pub fn start(scheme: &str) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
+    start_with(scheme, &[])
+}
+
+/// `start` with more `otedama run` flags.
+pub fn start_with(
+    scheme: &str,
+    extra_args: &[&str],
+) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
+    start_with_addresses(scheme, extra_args, ["bech32"; 3])
+}
+
+/// `start_with`, the miners' addresses of the given types (`legacy`, `p2sh-segwit`,
+/// `bech32`).
+pub fn start_with_addresses(
+    scheme: &str,
+    extra_args: &[&str],
+    address_types: [&str; 3],
+) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
+    let root = tempfile::tempdir()?;
+    let nodes = RegtestPair::start(root.path(), 101)?;
+    nodes.miner.call("createwallet", json!([MINERS_WALLET]))?;
+    let miners = address_types
+        .iter()
+        .map(|address_type| {
+            let address = nodes.miner.call_wallet(
+                MINERS_WALLET,
+                "getnewaddress",
+                json!(["", address_type]),
+            )?;
+            Ok(address.as_str().unwrap().to_string())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let token_file = root.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n"))?;
+    let fault_file = root.path().join("fault");
+    let mut pool = PoolSetup::new(&nodes, &root.path().join("pool"), START_DIFFICULTY);
+    pool.extra_args = [
+        "--payout-scheme",
+        scheme,
+        "--pool-fee-percent",
+        "1",
+        "--coinbase-maturity",
+        &COINBASE_MATURITY.to_string(),
+        "--payout-interval-s",
+        "86400",
+        "--payout-min",
+        "0.001",
+        "--node-wallet",
+        "otedama",
+        // Regtest's network difficulty is ~5e-10: a window of a few shares needs a factor
+        // far above mainnet's 2.
+        "--pplns-window-factor",
+        "200000000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--admin-token-file".into(),
+        token_file.display().to_string(),
+    ])
+    .chain(extra_args.iter().map(|s| s.to_string()))
+    .collect();
+    pool.env = vec![(
+        "OTEDAMA_FAULT_FILE".into(),
+        fault_file.display().to_string(),
+    )];
+    let run = pool.spawn("run")?;
+    pool.wait_ready(Duration::from_secs(60))?;
+    Ok((
+        Scenario {
+            root,
+            nodes,
+            pool,
+            miners,
+            fault_file,
+        },
+        run,
+    ))
+}
+
+impl Scenario {
+    /// Mines with every miner until `blocks` more blocks are found, then lets it settle.
+    pub fn mine(&self, blocks: u64) -> anyhow::Result<()> {
+        let found = self.pool.stats()?["blocks_found"].as_u64().unwrap();
+        let mut processes = self
+            .miners
+            .iter()
+            .enumerate()
+            .map(|(i, address)| self.pool.spawn_miner_as(&format!("{address}.rig{i}"), 1))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        wait_until(Duration::from_secs(240), "blocks to be found", || {
+            self.pool
+                .stats()
+                .is_ok_and(|s| s["blocks_found"].as_u64().unwrap_or(0) >= found + blocks)
+        })?;
+        for process in &mut processes {
+            process.terminate();
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(())
+    }
+
+    /// Mines two blocks at a time until every miner has earned more than `units` (immature
+    /// or mature), at most `rounds_max` times: PPLNS on regtest's second-long blocks can
+    /// leave a miner that connected late out of a few rounds.
+    pub fn mine_until_each_earned(&self, units: u64, rounds_max: usize) -> anyhow::Result<()> {
+        for _ in 0..rounds_max {
+            self.mine(2)?;
+            let earned = self.balances()?;
+            let total = |b: &Value| {
+                b["balance_immature"].as_u64().unwrap_or(0)
+                    + b["balance_mature"].as_u64().unwrap_or(0)
+            };
+            if earned.values().all(|b| total(b) > units) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("after {rounds_max} rounds some miner has not earned {units}")
+    }
+
+    /// Mines past maturity on the node itself and waits until the ledger has matured
+    /// every accepted block.
+    pub fn mature(&self) -> anyhow::Result<()> {
+        let burn = self
+            .nodes
+            .miner
+            .call_wallet("otedama", "getnewaddress", json!([]))?;
+        self.nodes
+            .miner
+            .generate_to(burn.as_str().unwrap(), COINBASE_MATURITY)?;
+        wait_until(
+            Duration::from_secs(90),
+            "every found block to be confirmed",
+            || {
+                self.pool.get_json("/api/v1/blocks").is_ok_and(|blocks| {
+                    blocks
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|b| b["rejected_reason"].is_null())
+                        .all(|b| b["status"] == "confirmed")
+                })
+            },
+        )?;
+        // The payout thread settles confirmed blocks within a pass.
+        wait_until(Duration::from_secs(30), "the ledger to mature them", || {
+            self.balances()
+                .is_ok_and(|b| b.values().all(|m| m["balance_immature"] == 0))
+        })
+    }
+
+    pub fn balances(&self) -> anyhow::Result<BTreeMap<String, Value>> {
+        self.miners
+            .iter()
+            .map(|m| {
+                Ok((
+                    m.clone(),
+                    self.pool.get_json(&format!("/api/v1/miners/{m}"))?,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn received(&self, address: &str) -> anyhow::Result<u64> {
+        let coins = self.nodes.miner.call_wallet(
+            MINERS_WALLET,
+            "getreceivedbyaddress",
+            json!([address, 0]),
+        )?;
+        // JSON gives the amount as a float; 8 decimals recover its exact value (any amount
+        // of coins below 2^53 units survives the round trip).
+        let coins = coins.as_f64().unwrap_or(0.0);
+        otedama_controlplane::config::parse_amount(&format!("{coins:.8}"))
+    }
+
+    /// The blocks the node accepted; each record's header (the share that found it)
+    /// must hash to the block's hash.
+    pub fn accepted_blocks(&self) -> anyhow::Result<Vec<Value>> {
+        let blocks: Vec<Value> = self
+            .pool
+            .get_json("/api/v1/blocks")?
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["rejected_reason"].is_null())
+            .cloned()
+            .collect();
+        for block in &blocks {
+            let header = hex::decode(block["header"].as_str().unwrap_or_default())?;
+            let mut hash = otedama_kernels::sha256d::sha256d(&header);
+            hash.reverse();
+            assert_eq!(block["hash"], hex::encode(hash), "{block}");
+        }
+        Ok(blocks)
+    }
+
+    /// Every unit of every accepted block is credited to someone: miners plus the pool's
+    /// fee account add up to the rewards exactly.
+    pub fn check_conservation(&self) -> anyhow::Result<()> {
+        let rewards: u64 = self
+            .accepted_blocks()?
+            .iter()
+            .map(|b| b["reward"].as_u64().unwrap())
+            .sum();
+        let accounts = otedama_tests::admin_get(&self.pool, "/api/v1/admin/miners", ADMIN_TOKEN)?;
+        let credited: u64 = accounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                [
+                    "balance_immature",
+                    "balance_mature",
+                    "balance_paying",
+                    "paid",
+                ]
+                .iter()
+                .map(|k| a[k].as_u64().unwrap())
+                .sum::<u64>()
+            })
+            .sum();
+        assert_eq!(
+            credited, rewards,
+            "credits must add up to the rewards: {accounts}"
+        );
+        Ok(())
+    }
+
+    /// What each miner is owed now, from the ledger.
+    pub fn owed(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        Ok(self
+            .balances()?
+            .into_iter()
+            .map(|(m, b)| (m, b["balance_mature"].as_u64().unwrap()))
+            .collect())
+    }
+
+    /// Waits until the node has paid each miner `expected` in total, and the ledger agrees.
+    pub fn wait_paid(&self, expected: &BTreeMap<String, u64>) -> anyhow::Result<()> {
+        wait_until(
+            Duration::from_secs(120),
+            "the payout to reach the node",
+            || {
+                expected
+                    .iter()
+                    .all(|(m, amount)| self.received(m).is_ok_and(|r| r == *amount))
+            },
+        )?;
+        wait_until(Duration::from_secs(60), "the ledger to record it", || {
+            self.balances().is_ok_and(|b| {
+                expected.iter().all(|(m, amount)| {
+                    b[m]["paid"].as_u64() == Some(*amount) && b[m]["balance_paying"] == 0
+                })
+            })
+        })
+    }
+
+    pub fn run_payout(&self) -> anyhow::Result<(u16, Value)> {
+        self.pool
+            .post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)
+    }
+}
