@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::api::{audit_as, error, now_ms, ApiState};
 use crate::dex::{status_of, DexError, DexService, OrderRequest};
+use crate::payouts::ledger::TransferKind;
 
 /// Seconds a key challenge may be answered in.
 pub const KEY_CHALLENGE_TTL_S: u64 = 600;
@@ -75,7 +76,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/dex/keys", post(create_key))
         .route("/api/v1/dex/account", get(account))
         .route("/api/v1/dex/orders", post(place_order))
-        .route("/api/v1/dex/orders/{id}", delete(cancel_order))
+        .route(
+            "/api/v1/dex/orders/{id}",
+            delete(cancel_order).put(replace_order),
+        )
         .route("/api/v1/dex/deposits", post(deposit))
         .route("/api/v1/dex/withdrawals", post(withdraw))
 }
@@ -372,6 +376,49 @@ async fn cancel_order(
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ReplaceRequest {
+    price: String,
+    quantity: String,
+}
+
+async fn replace_order(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let address = match miner_of(&state, &headers) {
+        Ok(address) => address,
+        Err(response) => return response,
+    };
+    let Ok(order_id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "an order id is a whole number");
+    };
+    let request: ReplaceRequest = match body_json(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let replaced = with_dex(&state, move |dex, state| {
+        dex.replace(&address, order_id, &request.price, &request.quantity)
+            .map(|(market, events)| {
+                publish(state, dex.feed_messages(market, &events));
+                let new_id = events.iter().find_map(|e| match e {
+                    otedama_dex::Event::Accepted { order_id, .. } => Some(*order_id),
+                    _ => None,
+                });
+                json!({"order_id": new_id.unwrap_or(order_id), "events": dex.events_json(market, &events)})
+            })
+    })
+    .await;
+    match replaced {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(response) => response,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TransferRequest {
     /// Coins of the pool's coin, as a decimal string.
     amount: String,
@@ -382,7 +429,7 @@ async fn deposit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    transfer(state, headers, body, true).await
+    transfer(state, headers, body, TransferKind::Deposit).await
 }
 
 async fn withdraw(
@@ -390,7 +437,7 @@ async fn withdraw(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    transfer(state, headers, body, false).await
+    transfer(state, headers, body, TransferKind::Withdrawal).await
 }
 
 /// Moves the pool's coin between the miner's ledger balance and its exchange account.
@@ -398,7 +445,7 @@ async fn transfer(
     state: ApiState,
     headers: HeaderMap,
     body: axum::body::Bytes,
-    into_exchange: bool,
+    kind: TransferKind,
 ) -> Response {
     let address = match miner_of(&state, &headers) {
         Ok(address) => address,
@@ -415,11 +462,7 @@ async fn transfer(
     };
     let moved = with_dex(&state, move |dex, state| {
         let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
-        if into_exchange {
-            dex.deposit(&mut ledger, &address, amount, now_ms())
-        } else {
-            dex.withdraw(&mut ledger, &address, amount, now_ms())
-        }
+        dex.transfer(&mut ledger, &address, amount, now_ms(), kind)
     })
     .await;
     match moved {

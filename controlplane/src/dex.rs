@@ -419,31 +419,10 @@ impl DexService {
         Ok(std::mem::take(&mut self.events))
     }
 
-    /// Moves `amount` of the pool's coin from the address's mature ledger balance into its
-    /// exchange account.
-    pub fn deposit(
-        &mut self,
-        ledger: &mut Ledger,
-        address: &str,
-        amount: u64,
-        now_ms: u64,
-    ) -> Result<Transfer, DexError> {
-        self.transfer(ledger, address, amount, now_ms, TransferKind::Deposit)
-    }
-
-    /// Moves `amount` of the pool's coin from the exchange account back to the address's
-    /// mature ledger balance, where payouts pick it up.
-    pub fn withdraw(
-        &mut self,
-        ledger: &mut Ledger,
-        address: &str,
-        amount: u64,
-        now_ms: u64,
-    ) -> Result<Transfer, DexError> {
-        self.transfer(ledger, address, amount, now_ms, TransferKind::Withdrawal)
-    }
-
-    fn transfer(
+    /// Moves `amount` of the pool's coin between the address's mature ledger balance and
+    /// its exchange account: in for a deposit, back out (where payouts pick it up) for a
+    /// withdrawal.
+    pub fn transfer(
         &mut self,
         ledger: &mut Ledger,
         address: &str,
@@ -544,14 +523,7 @@ impl DexService {
     ) -> Result<(MarketId, Vec<Event>), DexError> {
         let (market, spec) = self.market(&request.market)?;
         let spec = spec.clone();
-        let base_units = parse_positive("quantity", &request.quantity)?;
-        if base_units % spec.lot_size != 0 {
-            return Err(DexError::Invalid(format!(
-                "quantity must be a multiple of the lot size {}",
-                coins(u128::from(spec.lot_size))
-            )));
-        }
-        let quantity = base_units / spec.lot_size;
+        let quantity = lots(&spec, parse_positive("quantity", &request.quantity)?)?;
         let kind = match request.r#type.as_str() {
             "limit" => {
                 let text = request
@@ -623,6 +595,41 @@ impl DexService {
         }
         // Another account's order and no order at all look the same from outside.
         Err(DexError::UnknownOrder(order_id))
+    }
+
+    /// Cancel-replace of one of the address's open orders: the same price and fewer lots
+    /// keep its place in the queue; anything else takes it out and puts a new order (a new
+    /// id) in at the back.
+    pub fn replace(
+        &mut self,
+        address: &str,
+        order_id: OrderId,
+        price: &str,
+        quantity: &str,
+    ) -> Result<(MarketId, Vec<Event>), DexError> {
+        let account = self
+            .account_id(address)?
+            .ok_or(DexError::UnknownOrder(order_id))?;
+        let markets = self.dex.exchange.market_specs().count() as MarketId;
+        let market = (0..markets)
+            .find(|&m| {
+                self.dex
+                    .exchange
+                    .resting_order(m, account, order_id)
+                    .is_ok()
+            })
+            .ok_or(DexError::UnknownOrder(order_id))?;
+        let spec = self.spec(market).clone();
+        let price = price_ticks(&spec, parse_positive("price", price)?)?;
+        let quantity = lots(&spec, parse_positive("quantity", quantity)?)?;
+        let events = self.submit(&Command::Replace {
+            market,
+            account,
+            order_id,
+            price,
+            quantity,
+        })?;
+        Ok((market, events))
     }
 
     fn spec(&self, market: MarketId) -> &MarketSpec {
@@ -806,6 +813,17 @@ fn price_ticks(spec: &MarketSpec, quote_units_per_coin: u64) -> Result<u64, DexE
     u64::try_from(per_lot / tick).map_err(|_| DexError::Invalid("price is too large".into()))
 }
 
+/// A quantity given in base minor units, in lots: refused unless a whole number of lots.
+fn lots(spec: &MarketSpec, base_units: u64) -> Result<u64, DexError> {
+    if base_units % spec.lot_size != 0 {
+        return Err(DexError::Invalid(format!(
+            "quantity must be a multiple of the lot size {}",
+            coins(u128::from(spec.lot_size))
+        )));
+    }
+    Ok(base_units / spec.lot_size)
+}
+
 /// A price in ticks as quote coins per whole base coin.
 fn price_coins(spec: &MarketSpec, ticks: u64) -> String {
     let per_coin = u128::from(ticks) * u128::from(spec.tick_size) * u128::from(ASSET_SCALE)
@@ -881,7 +899,9 @@ mod tests {
             .unwrap()
         };
         let mut service = open(&mut ledger);
-        service.deposit(&mut ledger, "miner", 1_000_000, 1).unwrap();
+        service
+            .transfer(&mut ledger, "miner", 1_000_000, 1, TransferKind::Deposit)
+            .unwrap();
         let account = service.account_id("miner").unwrap().unwrap();
 
         // A crash after the ledger write: the transfer is pending, the journal lacks it.
@@ -948,11 +968,11 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            service.deposit(&mut ledger, "miner", 101, 1),
+            service.transfer(&mut ledger, "miner", 101, 1, TransferKind::Deposit),
             Err(DexError::Invalid(_))
         ));
         assert!(matches!(
-            service.withdraw(&mut ledger, "miner", 1, 1),
+            service.transfer(&mut ledger, "miner", 1, 1, TransferKind::Withdrawal),
             Err(DexError::Refused(ExchangeReject::InsufficientBalance))
         ));
         assert_eq!(ledger.balances("miner").unwrap().mature, 100);

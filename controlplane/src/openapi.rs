@@ -76,7 +76,7 @@ pub fn document() -> Value {
             "/api/v1/dex/keys": {"post": {"summary": "Create an API key {address, message, signature}", "responses": {"200": {"description": "{address, api_key}"}, "401": {"description": "Bad signature, or not an open challenge"}, "403": {"description": "Address on the deny list"}}}},
             "/api/v1/dex/account": {"get": miner("Balances per asset (available, reserved) and open orders")},
             "/api/v1/dex/orders": {"post": miner("Place {market, side: buy|sell, type: limit|market, price, quantity, time_in_force: gtc|ioc|fok|post_only, quote_max (market buy), self_trade_prevention: cancel_newest|cancel_oldest|cancel_both}. Price in quote coins per base coin on the price increment; quantity in base coins on the lot size. 201 with the order id and its events; 400 for bad input; 404 for an unknown market; 422 when the exchange refuses (balance, limits, post-only, FOK)")},
-            "/api/v1/dex/orders/{id}": {"delete": miner("Cancel one of your open orders; 404 for an order that is not yours or not open")},
+            "/api/v1/dex/orders/{id}": {"delete": miner("Cancel one of your open orders; 404 for an order that is not yours or not open"), "put": miner("Cancel-replace {price, quantity}: the same price and less quantity keeps the order's id and place in the queue; anything else replaces it with a new GTC order (a new id) at the back")},
             "/api/v1/dex/deposits": {"post": miner("Move {amount} of the pool's coin from your mature pool balance into the exchange")},
             "/api/v1/dex/withdrawals": {"post": miner("Move {amount} of the pool's coin from the exchange back to your mature pool balance, where payouts (and KYC holds) apply")}
         }

@@ -335,6 +335,26 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
         None,
     )?;
     assert_eq!(status, 404, "another miner's order: {answer}");
+    let (status, answer) = exchange.call(
+        "PUT",
+        &format!("/api/v1/dex/orders/{resting_id}"),
+        Some(&buyer_key),
+        Some(json!({"price": "0.0125", "quantity": "4"})),
+    )?;
+    assert_eq!(
+        status, 404,
+        "another miner's order cannot be replaced: {answer}"
+    );
+    // The same price and fewer lots keeps the order's id and place in the queue.
+    let (status, answer) = exchange.call(
+        "PUT",
+        &format!("/api/v1/dex/orders/{resting_id}"),
+        Some(&seller_key),
+        Some(json!({"price": "0.0125", "quantity": "4"})),
+    )?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["order_id"].as_u64(), Some(resting_id), "{answer}");
+    assert_eq!(answer["events"][0]["type"], "reduced", "{answer}");
 
     let (status, answer) = exchange.order(
         &buyer_key,
@@ -355,7 +375,7 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
     )?;
     assert_eq!(
         book["asks"],
-        json!([["0.01250000", "3.00000000"]]),
+        json!([["0.01250000", "2.00000000"]]),
         "{book}"
     );
     assert_eq!(

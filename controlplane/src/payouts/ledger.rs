@@ -514,14 +514,8 @@ impl Ledger {
         let reference = format!("transfer:{id}");
         let mut change = Change::new(self);
         match (transfer.kind, to) {
-            (TransferKind::Withdrawal, TransferState::Done) => change.move_mature(
-                EXCHANGE_ACCOUNT,
-                &transfer.account,
-                transfer.amount,
-                EntryKind::ExchangeWithdrawal,
-                &reference,
-            )?,
-            (TransferKind::Deposit, TransferState::Failed) => change.move_mature(
+            (TransferKind::Withdrawal, TransferState::Done)
+            | (TransferKind::Deposit, TransferState::Failed) => change.move_mature(
                 EXCHANGE_ACCOUNT,
                 &transfer.account,
                 transfer.amount,
