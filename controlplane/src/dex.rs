@@ -318,10 +318,17 @@ impl DexService {
 
     /// The exchange account of `address`, if it has one.
     pub fn account_id(&self, address: &str) -> anyhow::Result<Option<AccountId>> {
-        Ok(self
+        let Some(bytes) = self
             .accounts
             .get(prefixed(ACCOUNT_PREFIX, address.as_bytes()))?
-            .map(|bytes| u64::from_be_bytes(bytes.as_slice().try_into().unwrap_or([0; 8]))))
+        else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the exchange account record of {address} is corrupt"))?;
+        Ok(Some(u64::from_be_bytes(bytes)))
     }
 
     fn ensure_account(&mut self, address: &str) -> anyhow::Result<AccountId> {
@@ -346,15 +353,6 @@ impl DexService {
         self.accounts.write_opt(batch, &sync)?;
         self.next_account += 1;
         Ok(id)
-    }
-
-    /// The address behind an account id.
-    pub fn address_of(&self, account: AccountId) -> Option<String> {
-        self.accounts
-            .get(prefixed(ADDRESS_PREFIX, &account.to_be_bytes()))
-            .ok()
-            .flatten()
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// A new API key for `address`, which replaces the one it had. Only its SHA-256 is kept.

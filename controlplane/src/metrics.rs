@@ -235,5 +235,29 @@ pub fn render(state: &ApiState) -> String {
         &format!("head=\"{}\"", head.hash),
         head.entries,
     );
+    if let Some(dex) = &state.dex {
+        let (holdings, applied) = {
+            let dex = dex.lock().expect("dex lock");
+            (dex.totals(), dex.exchange().applied())
+        };
+        out.single(
+            "otedama_exchange_commands_total",
+            "counter",
+            "Commands the exchange journaled and applied.",
+            applied,
+        );
+        out.family(
+            "otedama_exchange_holdings",
+            "gauge",
+            "Everything the exchange's accounts hold (available and reserved), per asset, in minor units. For the pool's coin it equals the ledger's @exchange account.",
+        );
+        for (asset, total) in holdings {
+            out.sample(
+                "otedama_exchange_holdings",
+                &format!("asset=\"{asset}\""),
+                total,
+            );
+        }
+    }
     out.0
 }

@@ -601,6 +601,7 @@ fn start_kyc_webhook(config: &PoolConfig) -> anyhow::Result<Option<Sender<serde_
                 .build();
             for notice in queue {
                 let body = notice.to_string();
+                let mut delivered = false;
                 for attempt in 0..KYC_WEBHOOK_ATTEMPTS_MAX {
                     let signature = crate::kyc::sign(&secret, now_ms() / 1000, body.as_bytes());
                     let sent = agent
@@ -609,12 +610,18 @@ fn start_kyc_webhook(config: &PoolConfig) -> anyhow::Result<Option<Sender<serde_
                         .set(crate::kyc::SIGNATURE_HEADER, &signature)
                         .send_string(&body);
                     match sent {
-                        Ok(_) => break,
+                        Ok(_) => {
+                            delivered = true;
+                            break;
+                        }
                         Err(error) => {
                             tracing::warn!(%error, attempt, "KYC webhook failed");
                             std::thread::sleep(Duration::from_secs(1 << attempt));
                         }
                     }
+                }
+                if !delivered {
+                    tracing::error!(notice = %body, "KYC webhook gave up; the hold is in GET /api/v1/admin/kyc");
                 }
             }
         })?;

@@ -449,6 +449,14 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
         .find(|a| a["address"] == "@exchange")
         .map(|a| a["balance_mature"].as_u64());
     assert_eq!(inside, Some(Some(8 * COIN)), "{accounts}");
+    let metrics = scenario.pool.get_text("/metrics")?;
+    assert!(
+        metrics.contains(&format!(
+            "otedama_exchange_holdings{{asset=\"LTC\"}} {}",
+            8 * COIN
+        )),
+        "{metrics}"
+    );
     scenario.check_conservation()?;
 
     // KYC: a one-litoshi threshold holds every payout, and the provider hears of each.
