@@ -301,7 +301,8 @@ impl Book {
                     return Err(Reject::BookFull);
                 }
                 let side = self.side(order.side);
-                if !side.contains_key(&price) && side.len() >= PRICE_LEVELS_PER_SIDE_MAX {
+                // The level lookup only matters at the limit, so it comes second.
+                if side.len() >= PRICE_LEVELS_PER_SIDE_MAX && !side.contains_key(&price) {
                     return Err(Reject::TooManyPriceLevels);
                 }
             }

@@ -301,12 +301,15 @@ impl Exchange {
             }
             Command::Place { market, order } => {
                 let m = self.market(market)?;
+                // One account lookup serves the book's check and the balance's.
+                let index = self.accounts.get(&order.account).copied();
                 m.book.check_place(&NewOrder {
-                    account: self.book_account(order.account),
+                    account: index.map_or(u64::MAX, u64::from),
                     ..order
                 })?;
                 let (asset, amount) = reservation(&m.spec, &order)?;
-                if self.balance(order.account, asset).available < amount {
+                let available = index.map_or(0, |i| self.balances[self.at(i, asset)].available);
+                if available < amount {
                     return Err(ExchangeReject::InsufficientBalance);
                 }
                 Ok(())

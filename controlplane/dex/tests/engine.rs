@@ -1,6 +1,8 @@
 //! Each order type and each self-trade prevention mode, crossing and not, with balances.
 
-use otedama_dex::book::{DoneReason, Event, Reject, ORDERS_PER_ACCOUNT_MAX};
+use otedama_dex::book::{
+    DoneReason, Event, Reject, BOOK_ORDERS_MAX, ORDERS_PER_ACCOUNT_MAX, PRICE_LEVELS_PER_SIDE_MAX,
+};
 use otedama_dex::exchange::{Balance, Command, Exchange, ExchangeReject};
 use otedama_dex::sim::ltc_btc;
 use otedama_dex::{NewOrder, OrderKind, SelfTradePrevention as Stp, Side, TimeInForce as Tif};
@@ -450,4 +452,65 @@ fn limits_and_bad_input_are_refused_without_change() {
         Stp::CancelNewest,
     )
     .unwrap();
+}
+
+/// Funds `accounts` accounts from 100 on with plenty of BTC, to rest many buy orders.
+fn fund_buyers(h: &mut Harness, accounts: u64) {
+    for account in 100..100 + accounts {
+        h.run(Command::Deposit {
+            account,
+            asset: BTC,
+            amount: 1 << 50,
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn the_price_level_limit_holds_at_its_edge() {
+    let mut h = Harness::new();
+    let per_account = u64::from(ORDERS_PER_ACCOUNT_MAX);
+    let levels = PRICE_LEVELS_PER_SIDE_MAX as u64;
+    fund_buyers(&mut h, levels.div_ceil(per_account));
+    for price in 1..=levels {
+        h.limit(
+            100 + (price - 1) / per_account,
+            Side::Buy,
+            price,
+            1,
+            Tif::Gtc,
+        );
+    }
+    let new_level = OrderKind::Limit {
+        price: levels + 1,
+        time_in_force: Tif::Gtc,
+    };
+    assert_eq!(
+        h.order(ALICE, Side::Buy, new_level, 1, Stp::CancelNewest),
+        Err(Reject::TooManyPriceLevels.into())
+    );
+    // An existing level still takes orders; the other side has its own limit.
+    h.limit(ALICE, Side::Buy, levels, 1, Tif::Gtc);
+    h.limit(ALICE, Side::Sell, levels + 10, 1, Tif::Gtc);
+}
+
+#[test]
+fn the_book_order_limit_holds_at_its_edge() {
+    let mut h = Harness::new();
+    let per_account = u64::from(ORDERS_PER_ACCOUNT_MAX);
+    let orders = BOOK_ORDERS_MAX as u64;
+    fund_buyers(&mut h, orders.div_ceil(per_account) + 1);
+    for n in 0..orders {
+        h.limit(100 + n / per_account, Side::Buy, 1 + n % 1_000, 1, Tif::Gtc);
+    }
+    assert_eq!(h.exchange.order_count(0), BOOK_ORDERS_MAX);
+    let fresh_account = 100 + orders.div_ceil(per_account);
+    let gtc = OrderKind::Limit {
+        price: 1,
+        time_in_force: Tif::Gtc,
+    };
+    assert_eq!(
+        h.order(fresh_account, Side::Buy, gtc, 1, Stp::CancelNewest),
+        Err(Reject::BookFull.into())
+    );
 }
