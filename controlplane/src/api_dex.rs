@@ -127,6 +127,21 @@ fn miner_of(state: &ApiState, headers: &HeaderMap) -> Result<String, Response> {
     Ok(address)
 }
 
+/// The address whose API key authenticated the request; a handler taking it is reached
+/// only with a valid key of an address not on the deny list.
+struct Miner(String);
+
+impl axum::extract::FromRequestParts<ApiState> for Miner {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ApiState,
+    ) -> Result<Self, Response> {
+        miner_of(state, &parts.headers).map(Miner)
+    }
+}
+
 /// A denied address keeps what it holds but can neither trade nor move it.
 fn refuse_denied(state: &ApiState, address: &str) -> Result<(), Response> {
     let canonical = otedama_shared::address::canonical_address(address);
@@ -294,11 +309,7 @@ async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> R
     }
 }
 
-async fn account(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    let address = match miner_of(&state, &headers) {
-        Ok(address) => address,
-        Err(response) => return response,
-    };
+async fn account(State(state): State<ApiState>, Miner(address): Miner) -> Response {
     let dex = match dex_of(&state) {
         Ok(dex) => dex,
         Err(response) => return response,
@@ -319,13 +330,9 @@ fn publish(state: &ApiState, messages: Vec<Value>) {
 
 async fn place_order(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Miner(address): Miner,
     body: axum::body::Bytes,
 ) -> Response {
-    let address = match miner_of(&state, &headers) {
-        Ok(address) => address,
-        Err(response) => return response,
-    };
     let request: OrderRequest = match body_json(&body) {
         Ok(request) => request,
         Err(response) => return response,
@@ -350,13 +357,9 @@ async fn place_order(
 
 async fn cancel_order(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Miner(address): Miner,
     Path(id): Path<String>,
 ) -> Response {
-    let address = match miner_of(&state, &headers) {
-        Ok(address) => address,
-        Err(response) => return response,
-    };
     let Ok(order_id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, "an order id is a whole number");
     };
@@ -383,14 +386,10 @@ struct ReplaceRequest {
 
 async fn replace_order(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Miner(address): Miner,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let address = match miner_of(&state, &headers) {
-        Ok(address) => address,
-        Err(response) => return response,
-    };
     let Ok(order_id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, "an order id is a whole number");
     };
@@ -424,33 +423,25 @@ struct TransferRequest {
     amount: String,
 }
 
-async fn deposit(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    transfer(state, headers, body, TransferKind::Deposit).await
+async fn deposit(State(state): State<ApiState>, miner: Miner, body: axum::body::Bytes) -> Response {
+    transfer(state, miner, body, TransferKind::Deposit).await
 }
 
 async fn withdraw(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    miner: Miner,
     body: axum::body::Bytes,
 ) -> Response {
-    transfer(state, headers, body, TransferKind::Withdrawal).await
+    transfer(state, miner, body, TransferKind::Withdrawal).await
 }
 
 /// Moves the pool's coin between the miner's ledger balance and its exchange account.
 async fn transfer(
     state: ApiState,
-    headers: HeaderMap,
+    Miner(address): Miner,
     body: axum::body::Bytes,
     kind: TransferKind,
 ) -> Response {
-    let address = match miner_of(&state, &headers) {
-        Ok(address) => address,
-        Err(response) => return response,
-    };
     let request: TransferRequest = match body_json(&body) {
         Ok(request) => request,
         Err(response) => return response,
