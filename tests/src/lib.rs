@@ -178,6 +178,20 @@ impl PoolSetup {
         Ok(ureq::get(&url).call()?.into_json()?)
     }
 
+    /// The blocks the pool found that the node accepted, from `/api/v1/blocks`.
+    pub fn accepted_blocks(&self) -> anyhow::Result<Vec<Value>> {
+        let blocks = self.get_json("/api/v1/blocks")?;
+        Ok(blocks
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter(|b| b["rejected_reason"].is_null())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// `POST path` on the API with a bearer token; the status and the JSON body, whatever
     /// the status.
     pub fn post_admin(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {

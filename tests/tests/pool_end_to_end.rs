@@ -98,14 +98,7 @@ fn pool_finds_blocks_the_node_accepts_before_and_after_mweb() -> anyhow::Result<
     // Block lifecycle: the first phase's blocks now have over 300 confirmations, so they
     // turn confirmed; invalidating the newest pool block on the node makes it an orphan.
     let found_blocks = || -> anyhow::Result<Vec<Value>> {
-        let blocks: Value = serde_json::from_str(&pool.get_text("/api/v1/blocks")?)?;
-        let mut accepted: Vec<Value> = blocks
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|b| b["rejected_reason"].is_null())
-            .cloned()
-            .collect();
+        let mut accepted = pool.accepted_blocks()?;
         accepted.sort_by_key(|b| b["height"].as_u64());
         Ok(accepted)
     };

@@ -206,15 +206,7 @@ impl Scenario {
     /// The blocks the node accepted; each record's header (the share that found it)
     /// must hash to the block's hash.
     pub fn accepted_blocks(&self) -> anyhow::Result<Vec<Value>> {
-        let blocks: Vec<Value> = self
-            .pool
-            .get_json("/api/v1/blocks")?
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|b| b["rejected_reason"].is_null())
-            .cloned()
-            .collect();
+        let blocks = self.pool.accepted_blocks()?;
         for block in &blocks {
             let header = hex::decode(block["header"].as_str().unwrap_or_default())?;
             let mut hash = otedama_kernels::sha256d::sha256d(&header);
