@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use otedama_kernels::Algorithm;
-use otedama_shared::address::{script_for_address, AddressRule};
+use otedama_shared::address::{canonical_address_for, AddressRule};
 
 use crate::audit::AuditLog;
 use crate::bans::{BanChange, BanStore};
@@ -302,7 +302,7 @@ async fn stats(State(state): State<ApiState>) -> Response {
 }
 
 async fn blocks_list(State(state): State<ApiState>) -> Response {
-    Json(state.blocks.all()).into_response()
+    Json(state.blocks.submitted()).into_response()
 }
 
 pub(crate) fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
@@ -340,17 +340,20 @@ fn pool_payout_min(state: &ApiState) -> u64 {
         .payout_min
 }
 
-/// The 400 answer for an address the pool could never pay, if it is one.
-pub(crate) fn address_refusal(state: &ApiState, address: &str) -> Option<Response> {
-    script_for_address(&state.address_rule, address)
-        .err()
-        .map(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+/// The account an address names: the address in canonical form, so every encoding of one
+/// output script finds the same balances, bans, KYC record and key. The 400 answer for an
+/// address the pool could never pay.
+#[allow(clippy::result_large_err)] // The error is the answer itself, built once, at once.
+pub(crate) fn canonical_account(state: &ApiState, address: &str) -> Result<String, Response> {
+    canonical_address_for(&state.address_rule, address)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Response {
-    if let Some(response) = address_refusal(&state, &address) {
-        return response;
-    }
+    let address = match canonical_account(&state, &address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let now = now_ms();
     let (balances, payout_min, intents) = {
         let ledger = state.payouts.ledger.lock().expect("ledger lock");
@@ -412,9 +415,10 @@ async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Re
 }
 
 async fn miner_settings(State(state): State<ApiState>, Path(address): Path<String>) -> Response {
-    if let Some(response) = address_refusal(&state, &address) {
-        return response;
-    }
+    let address = match canonical_account(&state, &address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let own = state
         .payouts
         .ledger
@@ -642,13 +646,15 @@ fn change_bans(state: ApiState, body: axum::body::Bytes, ban: bool) -> Response 
         Ok(change) => change,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if let Some(refusal) = change
-        .addresses
-        .iter()
-        .find_map(|address| address_refusal(&state, address))
-    {
-        return refusal;
+    let mut change = change;
+    let mut canonical = std::collections::BTreeSet::new();
+    for address in &change.addresses {
+        match canonical_account(&state, address) {
+            Ok(address) => canonical.insert(address),
+            Err(refusal) => return refusal,
+        };
     }
+    change.addresses = canonical.into_iter().collect();
     match state.bans.apply(&change, ban) {
         Ok(list) => {
             let action = if ban { "bans.add" } else { "bans.remove" };
@@ -677,9 +683,10 @@ async fn admin_set_miner_settings(
     Path(address): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(response) = address_refusal(&state, &address) {
-        return response;
-    }
+    let address = match canonical_account(&state, &address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let change: MinerSettingsChange = match serde_json::from_slice(&body) {
         Ok(change) => change,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),

@@ -13,7 +13,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::api::{address_refusal, audit_as, error, now_ms, ApiState};
+use crate::api::{audit_as, canonical_account, error, now_ms, ApiState};
 use crate::kyc::{KycRecord, KycState};
 use crate::payouts::ledger::IntentState;
 
@@ -95,9 +95,10 @@ async fn kyc_set(
     Path(address): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(response) = address_refusal(&state, &address) {
-        return response;
-    }
+    let address = match canonical_account(&state, &address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let change: KycChange = match serde_json::from_slice(&body) {
         Ok(change) => change,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -129,7 +130,8 @@ async fn provider_callback(
     let signature = headers
         .get(crate::kyc::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
-    let callback = match crate::kyc::verify_callback(&secret, signature, &body, now_ms() / 1000) {
+    let mut callback = match crate::kyc::verify_callback(&secret, signature, &body, now_ms() / 1000)
+    {
         Ok(callback) => callback,
         Err(e @ crate::kyc::CallbackError::BadBody(_)) => {
             return error(StatusCode::BAD_REQUEST, e.to_string())
@@ -142,9 +144,10 @@ async fn provider_callback(
             return error(StatusCode::UNAUTHORIZED, e.to_string());
         }
     };
-    if let Some(response) = address_refusal(&state, &callback.address) {
-        return response;
-    }
+    callback.address = match canonical_account(&state, &callback.address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let record = KycRecord {
         state: callback.state,
         updated_at_ms: now_ms(),
@@ -232,9 +235,10 @@ async fn export_payments(
     let Some(address) = query.address.clone() else {
         return error(StatusCode::BAD_REQUEST, "address is required");
     };
-    if let Some(response) = address_refusal(&state, &address) {
-        return response;
-    }
+    let address = match canonical_account(&state, &address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let intents = match state.payouts.ledger.lock().expect("ledger lock").intents() {
         Ok(intents) => intents,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

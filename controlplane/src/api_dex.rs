@@ -221,13 +221,14 @@ async fn key_challenge(State(state): State<ApiState>, body: axum::body::Bytes) -
     if let Err(response) = dex_of(&state) {
         return response;
     }
-    let request: ChallengeRequest = match body_json(&body) {
+    let mut request: ChallengeRequest = match body_json(&body) {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Some(response) = crate::api::address_refusal(&state, &request.address) {
-        return response;
-    }
+    request.address = match crate::api::canonical_account(&state, &request.address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let issued = state
         .key_challenges
         .lock()
@@ -260,13 +261,14 @@ async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> R
     if let Err(response) = dex_of(&state) {
         return response;
     }
-    let request: KeyRequest = match body_json(&body) {
+    let mut request: KeyRequest = match body_json(&body) {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Some(response) = crate::api::address_refusal(&state, &request.address) {
-        return response;
-    }
+    request.address = match crate::api::canonical_account(&state, &request.address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     if let Err(response) = refuse_denied(&state, &request.address) {
         return response;
     }
@@ -474,13 +476,14 @@ struct CreditRequest {
 /// An operator's deposit of another coin (market-making liquidity) into an address's
 /// exchange account; audited.
 async fn admin_credit(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let request: CreditRequest = match body_json(&body) {
+    let mut request: CreditRequest = match body_json(&body) {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Some(response) = crate::api::address_refusal(&state, &request.address) {
-        return response;
-    }
+    request.address = match crate::api::canonical_account(&state, &request.address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
     let amount = match crate::config::parse_amount(&request.amount) {
         Ok(0) => return error(StatusCode::BAD_REQUEST, "amount must be positive"),
         Ok(amount) => amount,

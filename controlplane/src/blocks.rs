@@ -36,6 +36,26 @@ pub struct BlockRecord {
     pub header: String,
 }
 
+/// The reason given to a candidate that was never submitted because the pool's tip had
+/// moved past its previous block.
+pub const STALE_CANDIDATE_REASON_PREFIX: &str = "stale-prevblk";
+
+impl BlockRecord {
+    /// A candidate that could no longer win and was not submitted: kept so the block scan
+    /// knows it is settled, but not a block the pool found or the node refused.
+    pub fn is_stale_candidate(&self) -> bool {
+        self.rejected_reason
+            .as_deref()
+            .is_some_and(|reason| reason.starts_with(STALE_CANDIDATE_REASON_PREFIX))
+    }
+}
+
+/// Keys other than block hashes start with `~`, which no hex hash does; their values are
+/// not JSON, so `all` passes over them.
+fn scan_cursor_key(process: u32) -> Vec<u8> {
+    format!("~block-scan/{process}").into_bytes()
+}
+
 pub struct BlockStore {
     db: DB,
 }
@@ -49,16 +69,37 @@ impl BlockStore {
         })
     }
 
-    /// Records the outcome; returns false if this hash was already recorded.
-    pub fn record(&self, record: &BlockRecord) -> Result<bool, rocksdb::Error> {
-        if self.db.get(record.hash.as_bytes())?.is_some() {
+    /// Records the outcome; returns false if this hash was already recorded. Synced to
+    /// disk unless `sync` is false, which is for outcomes that may be lost in a power cut
+    /// (a stale candidate: the block scan finds it again and the node is asked).
+    pub fn record(&self, record: &BlockRecord, sync: bool) -> Result<bool, rocksdb::Error> {
+        if self.contains(&record.hash)? {
             return Ok(false);
         }
         let value = serde_json::to_vec(record).expect("block records serialize");
         let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(sync);
         self.db.put_opt(record.hash.as_bytes(), value, &options)?;
         Ok(true)
+    }
+
+    /// Where the block scan of data-plane process `process`'s share log resumes.
+    pub fn scan_cursor(&self, process: u32) -> Result<Option<u64>, rocksdb::Error> {
+        Ok(self
+            .db
+            .get_pinned(scan_cursor_key(process))?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    pub fn set_scan_cursor(&self, process: u32, next_sequence: u64) -> Result<(), rocksdb::Error> {
+        self.db
+            .put(scan_cursor_key(process), next_sequence.to_be_bytes())
+    }
+
+    /// Whether block `hash` (display hex) has a record.
+    pub fn contains(&self, hash: &str) -> Result<bool, rocksdb::Error> {
+        Ok(self.db.get_pinned(hash.as_bytes())?.is_some())
     }
 
     /// Stores a block's latest status and confirmations (the record must exist).
@@ -104,9 +145,16 @@ impl BlockStore {
         records
     }
 
-    /// (accepted, rejected) counts.
+    /// Every record but stale candidates: the blocks the pool submitted.
+    pub fn submitted(&self) -> Vec<BlockRecord> {
+        let mut all = self.all();
+        all.retain(|record| !record.is_stale_candidate());
+        all
+    }
+
+    /// (accepted, rejected) counts of submitted blocks.
     pub fn counts(&self) -> (u64, u64) {
-        let all = self.all();
+        let all = self.submitted();
         let accepted = all.iter().filter(|r| r.rejected_reason.is_none()).count() as u64;
         (accepted, all.len() as u64 - accepted)
     }

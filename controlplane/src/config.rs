@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use otedama_shared::limits::{DATAPLANE_PROCESSES_MAX, DIFFICULTY_MAX, DIFFICULTY_MIN};
 
@@ -126,6 +127,8 @@ pub struct PoolConfig {
 
 /// The shortest KYC webhook secret accepted.
 pub const KYC_WEBHOOK_SECRET_BYTES_MIN: usize = 32;
+/// Shortest admin token accepted: 32 characters of a random token are well past guessing.
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;
 
 /// The payout schemes, as config and flags name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -476,6 +479,53 @@ impl PoolConfig {
             threshold: parse_amount(text).context("kyc_threshold")?,
             period_ms: self.kyc_period_days * 86_400_000,
         }))
+    }
+
+    /// The SHA-256 of the admin token, when an admin token file is configured: the server
+    /// keeps nothing else of it.
+    pub fn admin_token_sha256(&self) -> anyhow::Result<Option<[u8; 32]>> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading admin_token_file {}", path.display()))?;
+        let token = token.trim();
+        if token.len() < ADMIN_TOKEN_BYTES_MIN {
+            bail!(
+                "the admin token in {} is shorter than {ADMIN_TOKEN_BYTES_MIN} characters",
+                path.display()
+            );
+        }
+        Ok(Some(sha2::Sha256::digest(token.as_bytes()).into()))
+    }
+
+    /// Everything a start reads and can find wrong, checked at once: `otedama run` calls
+    /// it before it starts any child, so a bad configuration stops the start with its
+    /// reason instead of a child that fails and is restarted over and over.
+    pub fn check_before_start(&self) -> anyhow::Result<()> {
+        self.payout_script().context("checking payout_address")?;
+        self.admin_token_sha256()?;
+        self.kyc_webhook_secret()?;
+        if self.chain == ChainSource::Node {
+            self.rpc_client().context("node_rpc settings")?;
+        }
+        for index in 0..self.dataplane_processes {
+            self.dataplane_config(index)
+                .with_context(|| format!("the data plane {index}'s settings"))?;
+        }
+        if !self.deny_list_file.is_empty() {
+            otedama_compliance::deny_list::load(&self.deny_list_file, self.deny_list_ticker())
+                .context("reading the deny lists")?;
+        }
+        Ok(())
+    }
+
+    /// The OFAC ticker of the pool's coin, as the SDN list names it.
+    pub fn deny_list_ticker(&self) -> &'static str {
+        match self.coin {
+            Coin::Litecoin => "LTC",
+            Coin::Bitcoin => "XBT",
+        }
     }
 
     /// The shared KYC secret, when a webhook is configured.

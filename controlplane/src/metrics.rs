@@ -151,7 +151,7 @@ pub fn render(state: &ApiState) -> String {
     out.single(
         "otedama_node_rpc_requests_total",
         "counter",
-        "Node RPC calls made (long-polls excluded).",
+        "Node RPC calls made.",
         RPC_STATS.requests.load(Relaxed),
     );
     out.single(

@@ -15,31 +15,37 @@ use otedama_shared::sv1::BlockCandidate;
 
 use std::sync::{Mutex, RwLock};
 
-use sha2::{Digest, Sha256};
-
 use crate::api::{ApiState, PayoutHandles};
 use crate::audit::AuditLog;
-use crate::blocks::{BlockRecord, BlockStore};
+use crate::blocks::{BlockRecord, BlockStore, STALE_CANDIDATE_REASON_PREFIX};
 use crate::chain::rpc::{RpcClient, RpcError};
 use crate::chain::synthetic;
 use crate::chain::template::BlockTemplate;
 use crate::chain::wallet::NodeWallet;
 use crate::config::parse_amount;
 use crate::config::{ChainSource, PoolConfig};
-use crate::jobs::{assemble_block, build_job};
+use crate::jobs::scan::{BlockScan, BLOCK_SCAN_BACKFILL_SHARES};
+use crate::jobs::store::JobStore;
+use crate::jobs::submit::{
+    chain_place_when_answered, submit_until_settled, CandidateQueue, CandidateSource, ChainPlace,
+    Pushed, SUBMITTER_THREADS, SUBMIT_READ_TIMEOUT_S,
+};
+use crate::jobs::{assemble_block, build_job, BuiltJob};
 use crate::payouts::ledger::Ledger;
 use crate::payouts::lifecycle::{classify, BlockStatus};
 use crate::payouts::payments::PayoutPolicy;
 use crate::payouts::runner::{fault_file_hook, share_log_tails, PayoutRunner, PayoutSettings};
 use crate::payouts::schemes::Scheme;
-use crate::payouts::shares::ShareHistory;
+use crate::payouts::shares::{ShareHistory, ShareLogTail};
 use crate::stats::{BlockValue, PoolState};
 
-/// Shortest gap between two template fetches, so that a long-poll that returns at once
-/// (as Litecoin Core's does right after a restart) cannot become a busy loop.
+/// Shortest gap between two template fetches, so that a burst of triggers (blocks found
+/// back to back on regtest) cannot become a busy loop.
 const TEMPLATE_FETCH_INTERVAL_MIN_MS: u64 = 100;
-/// How long a long-poll may stay open before we ask again.
-const LONG_POLL_TIMEOUT_S: u64 = 120;
+/// Milliseconds between two reads of the share logs by the block scan.
+const BLOCK_SCAN_INTERVAL_MS: u64 = 500;
+/// How often the node's best block is polled for a change (a new block, ours or not).
+const BEST_BLOCK_POLL_MS: u64 = 100;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -52,7 +58,7 @@ fn now_ms() -> u64 {
 fn wait_for_node(rpc: &RpcClient, rules: &[&str]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let error = match rpc.get_block_template(rules, None) {
+        let error = match rpc.get_block_template(rules) {
             Ok(_) => return Ok(()),
             Err(error) => error,
         };
@@ -123,25 +129,31 @@ pub fn network_difficulty(bits_hex: &str, algorithm: otedama_kernels::Algorithm)
         .map_or(0.0, |target| target.to_difficulty(algorithm))
 }
 
-/// Builds and publishes jobs from templates. Fetches on a trigger (a long-poll return or an
+/// Builds and publishes jobs from templates. Fetches on a trigger (a new best block or an
 /// accepted block) and every `template_refresh_s`.
 fn template_loop(
     config: PoolConfig,
     rpc: RpcClient,
     state: Arc<PoolState>,
+    jobs: Arc<JobStore>,
     triggers: Receiver<()>,
 ) {
     let params = config.coin_params();
     let payout_script = config.payout_script().expect("validated at start");
     let algorithm = algorithm_name(&config);
-    let mut next_job_id = now_ms();
+    // Ids continue after the stored ones, so one id never names two jobs.
+    let stored_newest = jobs.newest_job_id().unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot read the newest stored job id");
+        None
+    });
+    let mut next_job_id = now_ms().max(stored_newest.map_or(0, |id| id + 1));
     let mut last: Option<TemplateKey> = None;
     let mut fees = FeeHistory::default();
     let refresh = Duration::from_secs(config.template_refresh_s.max(1));
     loop {
         let fetched_at = Instant::now();
         match rpc
-            .get_block_template(params.template_rules(), None)
+            .get_block_template(params.template_rules())
             .map(BlockTemplate::parse)
         {
             Ok(Ok(template)) => {
@@ -176,6 +188,10 @@ fn template_loop(
                                 "new job"
                             );
                             next_job_id += 1;
+                            // On disk before any miner can find a block on it.
+                            if let Err(error) = jobs.put(&job) {
+                                tracing::error!(%error, "cannot store the new job: a block found on it is lost if this process dies before submitting it");
+                            }
                             state.publish_job(Arc::new(job));
                             last = Some(key);
                         }
@@ -196,87 +212,190 @@ fn template_loop(
     }
 }
 
-/// Holds a long-poll open and triggers a template fetch whenever it returns.
-fn long_poll_loop(config: PoolConfig, triggers: Sender<()>) {
-    let Ok(rpc) = config.rpc_client() else { return };
-    let long_poll_rpc = rpc.with_read_timeout(Duration::from_secs(LONG_POLL_TIMEOUT_S));
-    let rules = config.coin_params().template_rules();
-    let mut long_poll_id: Option<String> = None;
+/// Watches the node's best block with `getbestblockhash` every `BEST_BLOCK_POLL_MS` and
+/// triggers a template fetch when it changes, as ckpool's block poll does. Not a
+/// `getblocktemplate` long-poll: the node keeps serving a long-poll on one of its few RPC
+/// threads after the client is gone, until a block or transaction ends it, so every
+/// killed or restarted control plane would take a node thread with it. A poll holds none.
+fn best_block_poll_loop(rpc: RpcClient, triggers: Sender<()>) {
+    let mut last: Option<Value> = None;
     loop {
-        let started = Instant::now();
-        match long_poll_rpc.get_block_template(rules, long_poll_id.as_deref()) {
-            Ok(value) => {
-                long_poll_id = value
-                    .get("longpollid")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                let _ = triggers.send(());
+        match rpc.call("getbestblockhash", serde_json::json!([])) {
+            Ok(best) if last.as_ref() != Some(&best) => {
+                if last.is_some() {
+                    let _ = triggers.send(());
+                }
+                last = Some(best);
             }
-            Err(_) => long_poll_id = None,
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "getbestblockhash failed"),
         }
-        // A long-poll that returns at once must not spin.
-        let floor = Duration::from_millis(250).saturating_sub(started.elapsed());
-        std::thread::sleep(floor);
+        std::thread::sleep(Duration::from_millis(BEST_BLOCK_POLL_MS));
     }
 }
 
-/// Assembles and submits each block candidate, and records what the node said.
-fn submit_loop(
+/// A job by id: the ones this process built are in memory, older ones on disk.
+fn find_job(state: &PoolState, jobs: &JobStore, job_id: u64) -> Option<Arc<BuiltJob>> {
+    state.job(job_id).or_else(|| match jobs.get(job_id) {
+        Ok(job) => job.map(Arc::new),
+        Err(error) => {
+            tracing::error!(%error, job_id, "cannot read a stored job");
+            None
+        }
+    })
+}
+
+/// Reads the share logs for block shares the live path missed (see `jobs::scan`).
+fn block_scan_loop(
+    config: PoolConfig,
+    state: Arc<PoolState>,
+    store: Arc<BlockStore>,
+    jobs: Arc<JobStore>,
+    queue: Arc<Candidates>,
+) {
+    let processes = config.dataplane_processes as u32;
+    let tail = |process: u32, cursor: Option<u64>| {
+        ShareLogTail::new(
+            process,
+            config.share_log_path(process as usize),
+            config.data_dir.join(format!("block-scan-{process}")),
+            cursor,
+            BLOCK_SCAN_BACKFILL_SHARES,
+        )
+    };
+    let mut scan = BlockScan::new(&store, tail, processes);
+    let job = |job_id: u64| find_job(&state, &jobs, job_id);
+    loop {
+        scan.step(&store, &queue, &job);
+        std::thread::sleep(Duration::from_millis(BLOCK_SCAN_INTERVAL_MS));
+    }
+}
+
+/// The block candidates waiting for a submitter, with where each came from.
+type Candidates = CandidateQueue<(BlockCandidate, CandidateSource)>;
+
+/// Moves candidates from the data planes' links into the submitters' queue.
+fn queue_live_candidates(queue: Arc<Candidates>, candidates: Receiver<BlockCandidate>) {
+    for candidate in candidates {
+        let Ok(header) = <[u8; 80]>::try_from(candidate.header.as_slice()) else {
+            tracing::warn!(
+                job_id = candidate.job_id,
+                "block candidate without an 80-byte header"
+            );
+            continue;
+        };
+        let hash = sha256d(&header);
+        let height = candidate.height;
+        if let Pushed::QueuedDropping(dropped) =
+            queue.push(hash, height, (candidate, CandidateSource::Live))
+        {
+            tracing::warn!(dropped = %display_hex(&dropped), "block candidate queue full: dropped the lowest (the block scan finds it again)");
+        }
+    }
+}
+
+/// One of `SUBMITTER_THREADS`: takes the best candidate, settles it with the node and
+/// records the outcome.
+fn submitter_loop(
     rpc: RpcClient,
     state: Arc<PoolState>,
     store: Arc<BlockStore>,
-    candidates: Receiver<BlockCandidate>,
+    jobs: Arc<JobStore>,
+    queue: Arc<Candidates>,
     triggers: Sender<()>,
 ) {
-    for candidate in candidates {
-        let header: [u8; 80] = match candidate.header.as_slice().try_into() {
-            Ok(header) => header,
-            Err(_) => continue,
-        };
-        let hash = display_hex(&sha256d(&header));
-        let Some(job) = state.job(candidate.job_id) else {
-            tracing::warn!(%hash, job_id = candidate.job_id, "block candidate for a job no longer kept");
-            continue;
-        };
-        let reason = match assemble_block(&job, &candidate) {
-            Ok(block) => submit_with_retry(&rpc, &hex::encode(&block)),
-            Err(error) => Some(format!("assembly-failed: {error}")),
-        };
-        let record = BlockRecord {
-            hash: hash.clone(),
-            height: candidate.height,
-            worker: candidate.worker.clone(),
-            job_id: candidate.job_id,
-            submitted_at_ms: now_ms(),
-            rejected_reason: reason.clone(),
-            reward: job.coinbase_value,
-            status: BlockStatus::Pending,
-            confirmations: 0,
-            network_difficulty: otedama_kernels::Target::from_compact(job.job.bits)
-                .map_or(0.0, |t| t.to_difficulty(job.job.algorithm.into())),
-            header: hex::encode(&candidate.header),
-        };
-        let first_time = store.record(&record).unwrap_or_else(|error| {
-            tracing::error!(%error, %hash, "cannot record block outcome");
-            true
-        });
-        match (&reason, first_time) {
-            (None, true) => {
-                state
-                    .blocks_found
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(%hash, height = candidate.height, worker = %candidate.worker, "block accepted by the node");
-                state.publish_event(serde_json::json!({"type": "block", "block": record}));
-                let _ = triggers.send(());
+    loop {
+        let (hash, (candidate, source)) = queue.pop();
+        let job = find_job(&state, &jobs, candidate.job_id);
+        match job {
+            Some(job) => {
+                settle_candidate(&rpc, &state, &store, &job, &candidate, source, &triggers)
             }
-            (Some(reason), true) => {
-                state
-                    .blocks_rejected
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(%hash, height = candidate.height, reason = %reason, "block rejected by the node");
-            }
-            (_, false) => tracing::info!(%hash, "block already recorded"),
+            // The block scan finds it again, and says so if the job is gone for good.
+            None => tracing::warn!(
+                job_id = candidate.job_id,
+                "block candidate for a job neither kept nor stored"
+            ),
         }
+        queue.done(&hash);
+    }
+}
+
+/// Submits one candidate unless it is recorded already or can no longer win, and records
+/// what the node said.
+fn settle_candidate(
+    rpc: &RpcClient,
+    state: &PoolState,
+    store: &BlockStore,
+    job: &BuiltJob,
+    candidate: &BlockCandidate,
+    source: CandidateSource,
+    triggers: &Sender<()>,
+) {
+    let Ok(header) = <[u8; 80]>::try_from(candidate.header.as_slice()) else {
+        return;
+    };
+    let hash = display_hex(&sha256d(&header));
+    if store.contains(&hash).unwrap_or(false) {
+        return;
+    }
+    let prevhash: [u8; 32] = header[4..36].try_into().expect("32 bytes");
+    let can_still_win = || state.tip_prevhash().is_none_or(|tip| tip == prevhash);
+    let stale =
+        format!("{STALE_CANDIDATE_REASON_PREFIX}: the pool's tip moved on before submission");
+    let reason = match (can_still_win(), source) {
+        // Never submitted, and it cannot win: no round trip.
+        (false, CandidateSource::Live) => Some(stale),
+        // A process before this one may have submitted it: ask the node first.
+        (false, CandidateSource::Recovered) => match chain_place_when_answered(rpc, &hash) {
+            ChainPlace::Active => None,
+            _ => Some(stale),
+        },
+        (true, _) => match assemble_block(job, candidate) {
+            Ok(block) => submit_until_settled(rpc, &hex::encode(&block), &hash, &can_still_win),
+            Err(error) => Some(format!("assembly-failed: {error}")),
+        },
+    };
+    let is_stale = reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with(STALE_CANDIDATE_REASON_PREFIX));
+    let record = BlockRecord {
+        hash: hash.clone(),
+        height: candidate.height,
+        worker: candidate.worker.clone(),
+        job_id: candidate.job_id,
+        submitted_at_ms: now_ms(),
+        rejected_reason: reason.clone(),
+        reward: job.coinbase_value,
+        status: BlockStatus::Pending,
+        confirmations: 0,
+        network_difficulty: otedama_kernels::Target::from_compact(job.job.bits)
+            .map_or(0.0, |t| t.to_difficulty(job.job.algorithm.into())),
+        header: hex::encode(&candidate.header),
+    };
+    let first_time = store.record(&record, !is_stale).unwrap_or_else(|error| {
+        tracing::error!(%error, %hash, "cannot record block outcome");
+        true
+    });
+    match (&reason, first_time) {
+        (None, true) => {
+            state
+                .blocks_found
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(%hash, height = candidate.height, worker = %candidate.worker, "block accepted by the node");
+            state.publish_event(serde_json::json!({"type": "block", "block": record}));
+            let _ = triggers.send(());
+        }
+        (Some(_), true) if is_stale => {
+            tracing::debug!(%hash, height = candidate.height, "stale block candidate")
+        }
+        (Some(reason), true) => {
+            state
+                .blocks_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%hash, height = candidate.height, reason = %reason, "block rejected by the node");
+        }
+        (_, false) => tracing::info!(%hash, "block already recorded"),
     }
 }
 
@@ -306,28 +425,6 @@ fn block_status_loop(rpc: RpcClient, store: Arc<BlockStore>, coinbase_maturity: 
             }
         }
         std::thread::sleep(Duration::from_secs(BLOCK_STATUS_CHECK_INTERVAL_S));
-    }
-}
-
-/// Attempts at submitblock while the node is unreachable: a found block is worth waiting a
-/// few seconds for a node that is restarting.
-const SUBMIT_ATTEMPTS_MAX: u32 = 10;
-const SUBMIT_RETRY_DELAY_MS: u64 = 500;
-
-/// submitblock, retried only when the request never reached the node; the node's own
-/// answer, accepting or not, is final.
-fn submit_with_retry(rpc: &RpcClient, block_hex: &str) -> Option<String> {
-    let mut attempt = 1;
-    loop {
-        match rpc.submit_block(block_hex) {
-            Ok(reason) => return reason,
-            Err(error @ RpcError::Unreachable { .. }) if attempt < SUBMIT_ATTEMPTS_MAX => {
-                tracing::warn!(%error, attempt, "submitblock did not reach the node; retrying");
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(SUBMIT_RETRY_DELAY_MS));
-            }
-            Err(error) => return Some(format!("rpc-error: {error}")),
-        }
     }
 }
 
@@ -380,7 +477,7 @@ fn discard_candidates(state: Arc<PoolState>, candidates: Receiver<BlockCandidate
 /// Runs the control plane until the process is stopped.
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     config.ensure_data_dir()?;
-    config.payout_script().context("checking payout_address")?;
+    config.check_before_start()?;
     let store = Arc::new(
         BlockStore::open(&config.control_db_path())
             .with_context(|| format!("opening {}", config.control_db_path().display()))?,
@@ -414,14 +511,6 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             .spawn(move || audit_housekeeping(&audit, retention_days))?;
     }
     serve(config, state, store, payouts, audit, candidate_tx)
-}
-
-/// The OFAC ticker of the pool's coin, as the SDN list names it.
-fn deny_list_ticker(config: &PoolConfig) -> &'static str {
-    match config.coin {
-        crate::chain::coin::Coin::Litecoin => "LTC",
-        crate::chain::coin::Coin::Bitcoin => "XBT",
-    }
 }
 
 /// Puts a deny list in force: the data planes refuse its addresses at authorize (and
@@ -640,25 +729,46 @@ fn start_node_threads(
 ) -> anyhow::Result<()> {
     let rpc = config.rpc_client()?;
     let params = config.coin_params();
+    let jobs_path = config.data_dir.join("jobs");
+    let jobs = Arc::new(
+        JobStore::open(&jobs_path)
+            .with_context(|| format!("opening the job store {}", jobs_path.display()))?,
+    );
     wait_for_node(&rpc, params.template_rules())?;
     let (trigger_tx, trigger_rx) = crossbeam_channel::unbounded();
     {
-        let (config, rpc, state) = (config.clone(), rpc.clone(), state.clone());
+        let (config, rpc, state, jobs) = (config.clone(), rpc.clone(), state.clone(), jobs.clone());
         std::thread::Builder::new()
             .name("templates".into())
-            .spawn(move || template_loop(config, rpc, state, trigger_rx))?;
+            .spawn(move || template_loop(config, rpc, state, jobs, trigger_rx))?;
     }
     {
-        let (config, triggers) = (config.clone(), trigger_tx.clone());
+        let (rpc, triggers) = (rpc.clone(), trigger_tx.clone());
         std::thread::Builder::new()
-            .name("long-poll".into())
-            .spawn(move || long_poll_loop(config, triggers))?;
+            .name("best-block".into())
+            .spawn(move || best_block_poll_loop(rpc, triggers))?;
+    }
+    let queue: Arc<Candidates> = Arc::new(CandidateQueue::default());
+    {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name("candidates".into())
+            .spawn(move || queue_live_candidates(queue, candidate_rx))?;
+    }
+    let submit_rpc = rpc.with_read_timeout(Duration::from_secs(SUBMIT_READ_TIMEOUT_S));
+    for index in 0..SUBMITTER_THREADS {
+        let (rpc, state, store) = (submit_rpc.clone(), state.clone(), store.clone());
+        let (jobs, queue, triggers) = (jobs.clone(), queue.clone(), trigger_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("submitter-{index}"))
+            .spawn(move || submitter_loop(rpc, state, store, jobs, queue, triggers))?;
     }
     {
-        let (rpc, state, store) = (rpc.clone(), state.clone(), store.clone());
+        let (config, state, store) = (config.clone(), state.clone(), store.clone());
+        let (jobs, queue) = (jobs.clone(), queue.clone());
         std::thread::Builder::new()
-            .name("submitter".into())
-            .spawn(move || submit_loop(rpc, state, store, candidate_rx, trigger_tx))?;
+            .name("block-scan".into())
+            .spawn(move || block_scan_loop(config, state, store, jobs, queue))?;
     }
     {
         let (rpc, store, maturity) = (rpc.clone(), store.clone(), config.coinbase_maturity);
@@ -678,30 +788,18 @@ fn serve(
     audit: Arc<AuditLog>,
     candidate_tx: Sender<BlockCandidate>,
 ) -> anyhow::Result<()> {
-    let admin_token_sha256 = match &config.admin_token_file {
-        Some(path) => {
-            let token = std::fs::read_to_string(path)
-                .with_context(|| format!("reading admin_token_file {}", path.display()))?;
-            let token = token.trim();
-            if token.len() < ADMIN_TOKEN_BYTES_MIN {
-                anyhow::bail!(
-                    "the admin token in {} is shorter than {ADMIN_TOKEN_BYTES_MIN} characters",
-                    path.display()
-                );
-            }
-            Some(<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
-        }
-        None => None,
-    };
+    let admin_token_sha256 = config.admin_token_sha256()?;
     let bans = Arc::new(crate::bans::BanStore::open(
         config.data_dir.join("bans.json"),
     )?);
     if !config.deny_list_file.is_empty() {
-        let ticker = deny_list_ticker(&config);
+        let ticker = config.deny_list_ticker();
         // A deny list that cannot be read at start stops the start: running without the
         // screening the operator asked for is worse than not running.
+        let rule = config.coin_params().address;
         let first = otedama_compliance::deny_list::load(&config.deny_list_file, ticker)
-            .context("reading the deny lists")?;
+            .context("reading the deny lists")?
+            .canonical_for(&rule);
         apply_deny_list(&first, &bans, &payouts, &audit, None)?;
         let (paths, reload_s) = (config.deny_list_file.clone(), config.deny_list_reload_s);
         let (bans, payouts, audit) = (bans.clone(), payouts.clone(), audit.clone());
@@ -711,7 +809,9 @@ fn serve(
                 let mut current = first;
                 loop {
                     std::thread::sleep(Duration::from_secs(reload_s));
-                    match otedama_compliance::deny_list::load(&paths, ticker) {
+                    let loaded = otedama_compliance::deny_list::load(&paths, ticker)
+                        .map(|list| list.canonical_for(&rule));
+                    match loaded {
                         Ok(list) if list == current => {}
                         Ok(list) => {
                             match apply_deny_list(&list, &bans, &payouts, &audit, Some(&current)) {
@@ -783,6 +883,3 @@ fn serve(
         }
     })
 }
-
-/// Shortest admin token accepted: 32 characters of a random token are well past guessing.
-pub const ADMIN_TOKEN_BYTES_MIN: usize = 32;

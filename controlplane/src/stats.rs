@@ -161,6 +161,16 @@ impl PoolState {
         self.jobs.lock().expect("jobs lock").get(&job_id).cloned()
     }
 
+    /// The previous block of the newest job: the node's tip as the pool last saw it. A
+    /// block candidate built on anything else can no longer win.
+    pub fn tip_prevhash(&self) -> Option<[u8; 32]> {
+        self.current_job
+            .lock()
+            .expect("jobs lock")
+            .as_ref()
+            .map(|job| job.prevhash)
+    }
+
     /// The newest job, marked clean, for a data plane that just connected.
     pub fn current_job(&self) -> Option<JobTemplate> {
         self.current_job

@@ -45,6 +45,32 @@ pub fn canonical_address(address: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The one text every encoding of the same output script compares as, for this coin and
+/// network: bech32 in lower case, and a script hash under the coin's first (current)
+/// prefix, so Litecoin's `3…` and `M…` (and regtest's `2…` and `Q…`) forms of one P2SH
+/// script are the same party to bans, deny lists, KYC and the ledger. `Err` for text that
+/// is not an address of this coin and network.
+pub fn canonical_address_for(rule: &AddressRule, address: &str) -> Result<String, AddressError> {
+    let script = script_for_address(rule, address)?;
+    let is_script_hash = script.len() == 23 && script[0] == 0xa9 && script[1] == 0x14;
+    let base58 = bitcoin::base58::decode_check(address).is_ok();
+    if !(base58 && is_script_hash) {
+        return Ok(canonical_address(address).into_owned());
+    }
+    let mut payload = Vec::with_capacity(21);
+    payload.push(rule.script_hash_prefixes[0]);
+    payload.extend_from_slice(&script[2..22]);
+    Ok(bitcoin::base58::encode_check(&payload))
+}
+
+/// A worker name (`ADDRESS` or `ADDRESS.RIG`) with its address in canonical form
+/// (`canonical_address_for`).
+pub fn canonical_worker_for(rule: &AddressRule, worker: &str) -> Result<String, AddressError> {
+    let address = payout_address_of(worker);
+    let canonical = canonical_address_for(rule, address)?;
+    Ok(format!("{canonical}{}", &worker[address.len()..]))
+}
+
 pub fn payout_address_of(worker: &str) -> &str {
     worker
         .split_once('.')
@@ -119,6 +145,43 @@ mod tests {
         assert_eq!(payout_address_of("rltc1qabc.rig.7"), "rltc1qabc");
         assert_eq!(payout_address_of("rltc1qabc"), "rltc1qabc");
         assert_eq!(payout_address_of(".rig"), "");
+    }
+
+    /// Litecoin mainnet: one P2SH script in its old (`3…`, Bitcoin's prefix) and current
+    /// (`M…`) encodings, and a bech32 address in upper case.
+    #[test]
+    fn every_encoding_of_one_script_has_one_canonical_form() {
+        let rule = AddressRule {
+            network_name: "litecoin mainnet",
+            pubkey_hash_prefix: 48,
+            script_hash_prefixes: &[50, 5],
+            bech32_hrp: "ltc",
+        };
+        let hash = [0x42u8; 20];
+        let encode = |prefix: u8| {
+            let mut payload = vec![prefix];
+            payload.extend_from_slice(&hash);
+            bitcoin::base58::encode_check(&payload)
+        };
+        let (current, old) = (encode(50), encode(5));
+        assert!(current.starts_with('M') && old.starts_with('3'));
+        assert_eq!(
+            script_for_address(&rule, &current),
+            script_for_address(&rule, &old)
+        );
+        assert_eq!(canonical_address_for(&rule, &old).unwrap(), current);
+        assert_eq!(canonical_address_for(&rule, &current).unwrap(), current);
+        assert_eq!(
+            canonical_worker_for(&rule, &format!("{old}.rig.1")).unwrap(),
+            format!("{current}.rig.1")
+        );
+        let hrp = bech32::Hrp::parse("ltc").unwrap();
+        let bech32 = bech32::segwit::encode(hrp, bech32::segwit::VERSION_0, &[7; 20]).unwrap();
+        assert_eq!(
+            canonical_address_for(&rule, &bech32.to_ascii_uppercase()).unwrap(),
+            bech32
+        );
+        assert!(canonical_address_for(&rule, "not an address").is_err());
     }
 
     #[test]

@@ -169,6 +169,13 @@ impl JobBook {
     pub fn newest(&self) -> Option<&Arc<Job>> {
         self.live.last()
     }
+
+    /// Whether a live job builds on the block `prev_block_hash`.
+    pub fn builds_on(&self, prev_block_hash: &[u8; 32]) -> bool {
+        self.live
+            .iter()
+            .any(|job| &job.template.prevhash == prev_block_hash)
+    }
 }
 
 #[cfg(test)]

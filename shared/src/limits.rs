@@ -14,6 +14,14 @@ pub const WORKERS_PER_CONNECTION_MAX: usize = 64;
 /// Jobs a connection remembers the difficulty of; older job ids are reported stale.
 pub const JOBS_REMEMBERED_MAX: usize = 16;
 
+/// Seconds a job re-sent at a new difficulty (V1 `mining.set_difficulty` with the job
+/// again, V2 `SetTarget`) still takes shares meeting the difficulty it had before, credited
+/// at that difficulty: they were in flight when the miner heard of the change. The pool's
+/// clock has whole seconds, so the grace lasts between this less one and this. Short, since
+/// a miner that raised its difficulty and moved at once is credited at the old, easier one
+/// meanwhile.
+pub const DIFFICULTY_CHANGE_GRACE_S: u64 = 2;
+
 /// Seconds a share's ntime may run ahead of the pool's clock (Bitcoin's own future limit).
 pub const NTIME_FUTURE_SECONDS_MAX: u64 = 7200;
 

@@ -190,30 +190,39 @@ impl std::hash::Hasher for HeaderHasher {
     }
 }
 
-/// Remembers the header hashes of accepted shares per job. The header commits to the job,
-/// both extranonces, ntime, nonce and version, so equal hashes mean the same decoded share.
+/// Remembers the header hashes of accepted shares, grouped by the previous block their
+/// job builds on. The header commits to the job's content (previous block, merkle root
+/// with both extranonces), ntime, nonce and version, so equal hashes mean the same share,
+/// whatever job id it came under. Grouping by previous block, not by job id, is what keeps
+/// a job re-sent under the same id (after a control-plane reconnect, with `clean_jobs`)
+/// from forgetting the shares already taken for it: a set is dropped only once no live
+/// job builds on its block any more, when every share for it is stale anyway.
+///
 /// Each core owns one; extranonce1 values are partitioned per core, so a share can only
 /// ever collide with one accepted on the same core, and no cross-core lookup is needed.
 #[derive(Debug, Default)]
 pub struct DuplicateFilter {
-    by_job: HashMap<u64, HashSet<[u8; 32], HeaderHashBuilder>>,
+    by_prev_block: HashMap<[u8; 32], HashSet<[u8; 32], HeaderHashBuilder>>,
 }
 
 impl DuplicateFilter {
     /// Records the share; `false` if it was already there.
-    pub fn insert(&mut self, job_id: u64, header_hash: [u8; 32]) -> bool {
-        self.by_job.entry(job_id).or_default().insert(header_hash)
+    pub fn insert(&mut self, prev_block_hash: &[u8; 32], header_hash: [u8; 32]) -> bool {
+        self.by_prev_block
+            .entry(*prev_block_hash)
+            .or_default()
+            .insert(header_hash)
     }
 
-    /// Forgets jobs that can no longer receive shares.
-    pub fn retire(&mut self, job_ids: &[u64]) {
-        for id in job_ids {
-            self.by_job.remove(id);
-        }
+    /// Forgets the shares of blocks no live job in `jobs` builds on: they can only be
+    /// stale now.
+    pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
+        self.by_prev_block
+            .retain(|prev_block_hash, _| jobs.builds_on(prev_block_hash));
     }
 
     pub fn len(&self) -> usize {
-        self.by_job.values().map(HashSet::len).sum()
+        self.by_prev_block.values().map(HashSet::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -403,10 +412,15 @@ mod tests {
     #[test]
     fn duplicate_filter_keys_on_job_and_hash() {
         let mut filter = DuplicateFilter::default();
-        assert!(filter.insert(1, [1; 32]));
-        assert!(!filter.insert(1, [1; 32]));
-        assert!(filter.insert(2, [1; 32]));
-        filter.retire(&[1]);
+        assert!(filter.insert(&[1; 32], [1; 32]));
+        assert!(!filter.insert(&[1; 32], [1; 32]));
+        assert!(filter.insert(&[2; 32], [1; 32]));
+        let mut book = crate::job::JobBook::default();
+        let mut template = crate::job::tests::template(5, true);
+        template.prevhash = [2; 32];
+        book.insert(std::sync::Arc::new(Job::new(template).unwrap()));
+        filter.retire_unlisted(&book);
         assert_eq!(filter.len(), 1);
+        assert!(!filter.insert(&[2; 32], [1; 32]));
     }
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use otedama_kernels::{Algorithm, Target};
 
-use crate::address::{payout_address_of, script_for_address, AddressRule};
+use crate::address::{canonical_worker_for, AddressRule};
 use crate::bans::BanList;
 use crate::job::{Job, JobBook, JobLookup};
 use crate::limits::{
-    DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX, NTIME_FUTURE_SECONDS_MAX,
-    WORKER_NAME_BYTES_MAX,
+    DIFFICULTY_CHANGE_GRACE_S, DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX,
+    NTIME_FUTURE_SECONDS_MAX, WORKER_NAME_BYTES_MAX,
 };
 use crate::share::{check_pow, DuplicateFilter, ValidShare};
 use crate::vardiff::{Vardiff, VardiffConfig};
@@ -48,34 +48,101 @@ pub enum WorkerRefusal {
 
 /// A worker name is 1 to `WORKER_NAME_BYTES_MAX` bytes without control characters, starts
 /// with a payable address when the pool requires one (a share is only worth taking if it
-/// can be paid), and is not banned.
+/// can be paid), and is not banned. Returns the name the pool records the miner's shares
+/// under: with a payout rule, its address in canonical form (`canonical_worker_for`), so
+/// every encoding of one output script is one party to the ledger, bans, deny lists and
+/// KYC.
 pub fn vet_worker_name(
     name: &str,
     payout_address_rule: Option<&AddressRule>,
     bans: &BanList,
-) -> Result<(), WorkerRefusal> {
+) -> Result<String, WorkerRefusal> {
     if name.is_empty() || name.len() > WORKER_NAME_BYTES_MAX || name.chars().any(char::is_control) {
         return Err(WorkerRefusal::Malformed);
     }
-    if let Some(rule) = payout_address_rule {
-        script_for_address(rule, payout_address_of(name))
-            .map_err(|error| WorkerRefusal::NotAPayoutAddress(error.to_string()))?;
-    }
-    if bans.bans_worker(name) {
+    let recorded = match payout_address_rule {
+        Some(rule) => canonical_worker_for(rule, name)
+            .map_err(|error| WorkerRefusal::NotAPayoutAddress(error.to_string()))?,
+        None => name.to_string(),
+    };
+    if bans.bans_worker(&recorded) {
         return Err(WorkerRefusal::Banned);
     }
-    Ok(())
+    Ok(recorded)
 }
 
-/// A job as one miner (V1 connection or V2 channel) received it, with the difficulties it
-/// was sent at.
+/// A job as one miner (V1 connection or V2 channel) received it, with the difficulty it
+/// was sent at and, for a short while after a change, the easier one it was sent at before.
+///
+/// Invariant (the credit rule): a share's credit is fixed before its hash is known. It is
+/// the difficulty of the target the share was required to meet when it arrived
+/// (`required_difficulty`), never a function of how far the hash beat that target. For
+/// every miner and every strategy the expected credit per hash is then
+/// `diff1_target / 2^256` difficulty units: a miner that submits only part of what meets
+/// the target earns less, never more. The old rule (accept at the easiest difficulty ever
+/// sent, credit the newest when the hash met it) paid about twice the work to a miner that
+/// asked for D, then 1000·D, and kept mining at D.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SentJob {
     pub job_id: u64,
-    /// The easiest difficulty this job was sent at: shares meeting it are accepted.
-    pub difficulty_min: f64,
-    /// The newest difficulty: shares meeting it are credited at it.
-    pub difficulty_latest: f64,
+    /// The difficulty the job was last sent at (or last moved to by a target change).
+    pub difficulty: f64,
+    /// Until `grace_until_s`, shares only have to meet this easier difficulty (and are
+    /// credited at it): they were mined before the miner heard of the change.
+    pub grace_difficulty: f64,
+    pub grace_until_s: u64,
+}
+
+impl SentJob {
+    fn new(job_id: u64, difficulty: f64) -> Self {
+        SentJob {
+            job_id,
+            difficulty,
+            grace_difficulty: difficulty,
+            grace_until_s: 0,
+        }
+    }
+
+    /// The difficulty a share arriving at `now_s` must meet and is credited at: during the
+    /// grace after a change, the easier of the old and new; afterwards the new one.
+    pub fn required_difficulty(&self, now_s: u64) -> f64 {
+        if now_s < self.grace_until_s {
+            self.grace_difficulty.min(self.difficulty)
+        } else {
+            self.difficulty
+        }
+    }
+
+    /// Moves the job to `difficulty`. Shares mined for the difficulty required until now
+    /// are still taken (at that difficulty) for `DIFFICULTY_CHANGE_GRACE_S`. A change during
+    /// a grace keeps the easiest difficulty of the grace but starts it again, so a miner
+    /// that changes its difficulty over and over is held to, and credited at, the easiest
+    /// one: never more than its work.
+    fn change_difficulty(&mut self, difficulty: f64, now_s: u64) {
+        if difficulty == self.difficulty {
+            return;
+        }
+        self.grace_difficulty = self.required_difficulty(now_s);
+        self.grace_until_s = now_s + DIFFICULTY_CHANGE_GRACE_S;
+        self.difficulty = difficulty;
+    }
+
+    /// What a share for this job arriving at `now_s` must meet.
+    pub fn terms(&self, now_s: u64) -> ShareTerms {
+        ShareTerms {
+            job_id: self.job_id,
+            difficulty: self.required_difficulty(now_s),
+        }
+    }
+}
+
+/// The terms of one share, fixed when it arrives and before its hash is computed: the job
+/// it names and the difficulty it must meet, which is also the difficulty it is credited
+/// at (see `SentJob` for the rule).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ShareTerms {
+    pub job_id: u64,
+    pub difficulty: f64,
 }
 
 /// The difficulty of one miner and the jobs it holds.
@@ -156,38 +223,29 @@ impl WorkState {
     }
 
     /// Records that `job` goes out at the current difficulty. A clean job forgets every
-    /// earlier one. A job sent again at a new difficulty still accepts shares at the
-    /// easiest difficulty it was sent at (they may be in flight) but credits the newest to
-    /// shares that meet it, so neither side gains from the change.
-    pub fn record_sent(&mut self, job: &Job) {
+    /// earlier one. A job sent again at a new difficulty changes as `SentJob` describes.
+    pub fn record_sent(&mut self, job: &Job, now_s: u64) {
         let job_id = job.job_id();
         if job.template.clean_jobs {
-            self.sent_jobs.clear();
+            self.sent_jobs.retain(|e| e.job_id == job_id);
         }
         let difficulty = self.difficulty;
         if let Some(entry) = self.sent_jobs.iter_mut().find(|e| e.job_id == job_id) {
-            entry.difficulty_min = entry.difficulty_min.min(difficulty);
-            entry.difficulty_latest = difficulty;
+            entry.change_difficulty(difficulty, now_s);
         } else {
             if self.sent_jobs.len() >= JOBS_REMEMBERED_MAX {
                 self.sent_jobs.remove(0);
             }
-            self.sent_jobs.push(SentJob {
-                job_id,
-                difficulty_min: difficulty,
-                difficulty_latest: difficulty,
-            });
+            self.sent_jobs.push(SentJob::new(job_id, difficulty));
         }
     }
 
     /// The current difficulty now applies to every job the miner holds (Stratum V2's
-    /// SetTarget covers all of a channel's jobs), with the same in-flight rule as
-    /// `record_sent`.
-    pub fn apply_difficulty_to_sent_jobs(&mut self) {
+    /// SetTarget covers all of a channel's jobs), with the same grace as `record_sent`.
+    pub fn apply_difficulty_to_sent_jobs(&mut self, now_s: u64) {
         let difficulty = self.difficulty;
         for entry in &mut self.sent_jobs {
-            entry.difficulty_min = entry.difficulty_min.min(difficulty);
-            entry.difficulty_latest = difficulty;
+            entry.change_difficulty(difficulty, now_s);
         }
     }
 
@@ -209,11 +267,17 @@ impl WorkState {
             .copied()
     }
 
-    /// The job a share names, if this miner may still submit to it.
-    pub fn resolve(&self, jobs: &JobBook, job_id: u64) -> Result<(Arc<Job>, SentJob), Rejection> {
+    /// The job a share arriving at `now_s` names, if this miner may still submit to it,
+    /// with the terms the share is held to.
+    pub fn resolve(
+        &self,
+        jobs: &JobBook,
+        job_id: u64,
+        now_s: u64,
+    ) -> Result<(Arc<Job>, ShareTerms), Rejection> {
         let sent = self.sent_job(job_id);
         match (jobs.lookup(job_id), sent) {
-            (JobLookup::Current(job), Some(sent)) => Ok((job.clone(), sent)),
+            (JobLookup::Current(job), Some(sent)) => Ok((job.clone(), sent.terms(now_s))),
             (JobLookup::Unknown, None) => Err(Rejection::UnknownJob),
             _ => Err(Rejection::StaleJob),
         }
@@ -246,29 +310,27 @@ pub struct CreditedShare {
     pub difficulty: f64,
 }
 
-/// The checks after the proof of work: the target of the easiest difficulty the job was
-/// sent at, the credit, and the duplicate filter (last, so a rejected share is never
-/// remembered).
+/// The checks after the proof of work: the target of the share's terms, then the
+/// duplicate filter (last, so a rejected share is never remembered). The credit is the
+/// terms' difficulty, whatever the hash achieved (the credit rule on `SentJob`).
 pub fn credit_share(
     job: &Job,
-    sent: SentJob,
+    terms: ShareTerms,
     header: [u8; 80],
     header_hash: [u8; 32],
     pow: &[u8; 32],
     duplicates: &mut DuplicateFilter,
 ) -> Result<CreditedShare, Rejection> {
-    let share_target = share_target(job.algorithm, sent.difficulty_min);
+    let share_target = share_target(job.algorithm, terms.difficulty);
     let valid = check_pow(job, header, header_hash, pow, &share_target)
         .map_err(|_| Rejection::LowDifficulty)?;
-    let difficulty = if valid.achieved_difficulty >= sent.difficulty_latest {
-        sent.difficulty_latest
-    } else {
-        sent.difficulty_min
-    };
-    if !duplicates.insert(sent.job_id, valid.header_hash) {
+    if !duplicates.insert(&job.template.prevhash, valid.header_hash) {
         return Err(Rejection::Duplicate);
     }
-    Ok(CreditedShare { valid, difficulty })
+    Ok(CreditedShare {
+        valid,
+        difficulty: terms.difficulty,
+    })
 }
 
 /// The target of a difficulty; `Target::MAX` for difficulties too low to express.
@@ -326,18 +388,70 @@ mod tests {
     }
 
     #[test]
-    fn a_target_change_keeps_in_flight_shares_at_the_easier_difficulty() {
+    fn a_target_change_takes_the_old_difficulty_only_during_the_grace() {
         let job = Job::new(template(1, true)).unwrap();
         let mut work = WorkState::new(4.0, 1.0, None);
-        work.record_sent(&job);
+        let changed_at_s = 1_000;
+        work.record_sent(&job, changed_at_s - 10);
         work.set_difficulty(8.0);
-        work.apply_difficulty_to_sent_jobs();
+        work.apply_difficulty_to_sent_jobs(changed_at_s);
         let sent = work.sent_job(1).unwrap();
-        assert_eq!((sent.difficulty_min, sent.difficulty_latest), (4.0, 8.0));
+        let grace_end_s = changed_at_s + DIFFICULTY_CHANGE_GRACE_S;
+        assert_eq!(sent.required_difficulty(changed_at_s), 4.0);
+        assert_eq!(sent.required_difficulty(grace_end_s - 1), 4.0);
+        assert_eq!(sent.required_difficulty(grace_end_s), 8.0);
+        // Lower, inside the grace: the easier one at once.
         work.set_difficulty(2.0);
-        work.apply_difficulty_to_sent_jobs();
+        work.apply_difficulty_to_sent_jobs(changed_at_s + 1);
         let sent = work.sent_job(1).unwrap();
-        assert_eq!((sent.difficulty_min, sent.difficulty_latest), (2.0, 2.0));
+        assert_eq!(sent.required_difficulty(changed_at_s + 1), 2.0);
+        assert_eq!(sent.required_difficulty(changed_at_s + 100), 2.0);
+    }
+
+    #[test]
+    fn repeated_changes_hold_a_miner_to_the_easiest_difficulty_of_the_grace() {
+        let job = Job::new(template(1, true)).unwrap();
+        let mut work = WorkState::new(1.0, 1.0, None);
+        work.record_sent(&job, 0);
+        for step_s in 1..50 {
+            let difficulty = if step_s % 2 == 1 { 1000.0 } else { 1.0 };
+            work.set_difficulty(difficulty);
+            work.apply_difficulty_to_sent_jobs(step_s);
+            let terms = work.sent_job(1).unwrap().terms(step_s);
+            assert_eq!(terms.difficulty, 1.0, "step {step_s}");
+        }
+    }
+
+    #[test]
+    fn a_share_is_credited_at_its_terms_whatever_its_hash_achieved() {
+        let job = Job::new(template(1, true)).unwrap();
+        let terms = ShareTerms {
+            job_id: 1,
+            difficulty: 0.5,
+        };
+        let mut duplicates = DuplicateFilter::default();
+        // A proof-of-work value of zero meets every target.
+        let credited =
+            credit_share(&job, terms, [0; 80], [9; 32], &[0; 32], &mut duplicates).unwrap();
+        assert_eq!(credited.difficulty, 0.5);
+        assert!(credited.valid.achieved_difficulty > 1e9);
+        assert_eq!(
+            credit_share(&job, terms, [0; 80], [9; 32], &[0; 32], &mut duplicates),
+            Err(Rejection::Duplicate)
+        );
+    }
+
+    #[test]
+    fn a_clean_resend_of_the_same_job_keeps_its_difficulty_history() {
+        let job = Job::new(template(1, true)).unwrap();
+        let mut work = WorkState::new(4.0, 1.0, None);
+        work.record_sent(&job, 0);
+        work.set_difficulty(400.0);
+        work.record_sent(&job, 10);
+        assert_eq!(work.sent_job(1).unwrap().required_difficulty(10), 4.0);
+        // The same clean job again (a control-plane reconnect): no new grace, no reset.
+        work.record_sent(&job, 20);
+        assert_eq!(work.sent_job(1).unwrap().required_difficulty(20), 400.0);
     }
 
     #[test]
@@ -346,14 +460,17 @@ mod tests {
         let mut work = WorkState::new(1.0, 1.0, None);
         let first = Arc::new(Job::new(template(7, true)).unwrap());
         book.insert(first.clone());
-        work.record_sent(&first);
-        assert!(work.resolve(&book, 7).is_ok());
+        work.record_sent(&first, 0);
+        assert!(work.resolve(&book, 7, 0).is_ok());
         assert_eq!(work.sent_job_by_low32(7).unwrap().job_id, 7);
         let second = Arc::new(Job::new(template(8, true)).unwrap());
         book.insert(second.clone());
-        work.record_sent(&second);
-        assert_eq!(work.resolve(&book, 7).unwrap_err(), Rejection::StaleJob);
-        assert_eq!(work.resolve(&book, 99).unwrap_err(), Rejection::UnknownJob);
+        work.record_sent(&second, 0);
+        assert_eq!(work.resolve(&book, 7, 0).unwrap_err(), Rejection::StaleJob);
+        assert_eq!(
+            work.resolve(&book, 99, 0).unwrap_err(),
+            Rejection::UnknownJob
+        );
     }
 
     #[test]

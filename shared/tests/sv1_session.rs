@@ -494,14 +494,50 @@ fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
         retargeted,
         vec![json!({"id": null, "method": "mining.set_difficulty", "params": [0.0004]})]
     );
-    // A share that meets the new difficulty is credited at it.
+    // The job went out again at the new difficulty at NOW_S + 2. During the grace a share
+    // is held to, and credited at, the old one, whatever its hash reached.
+    let grace_end_s = NOW_S + 2 + otedama_shared::limits::DIFFICULTY_CHANGE_GRACE_S;
     let en2 = [9, 9, 9, 9];
     let nonce = mine(&job, &en2, job.ntime, job.version, 0.0004);
     let line = submit_line(500, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
-    let Outcome::ShareAccepted(accepted) = h.send_at(&line, NOW_S + 3).0 else {
+    let Outcome::ShareAccepted(accepted) = h.send_at(&line, grace_end_s - 1).0 else {
+        panic!()
+    };
+    assert_eq!(accepted.record.difficulty, 0.0001);
+    // After it, the new difficulty: a share that meets it is credited at it, one that
+    // meets only the old one is refused (23).
+    let en2 = [9, 9, 9, 8];
+    let nonce = mine(&job, &en2, job.ntime, job.version, 0.0004);
+    let line = submit_line(501, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
+    let Outcome::ShareAccepted(accepted) = h.send_at(&line, grace_end_s).0 else {
         panic!()
     };
     assert_eq!(accepted.record.difficulty, 0.0004);
+    let en2 = [9, 9, 9, 7];
+    let target = |difficulty| {
+        otedama_kernels::Target::from_difficulty(Algorithm::Sha256d, difficulty).unwrap()
+    };
+    let (old, new) = (target(0.0001), target(0.0004));
+    let mut header = job.header(&[0xde, 0xad, 0xbe, 0xef], &en2, job.ntime, job.version);
+    let only_old = (0u32..)
+        .find(|nonce| {
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            let hash = otedama_kernels::sha256d(&header);
+            old.is_met_by(&hash) && !new.is_met_by(&hash)
+        })
+        .unwrap();
+    let line = submit_line(
+        502,
+        "addr.rig",
+        &job.job_id,
+        &en2,
+        job.ntime,
+        only_old,
+        None,
+    );
+    let (outcome, out) = h.send_at(&line, grace_end_s);
+    assert_eq!(outcome, Outcome::Rejected(ErrorCode::LowDifficulty));
+    assert_eq!(error_code(&out[0]), Some(23));
 }
 
 /// A scrypt session that hands proof of work to the glue ends exactly where one that hashes

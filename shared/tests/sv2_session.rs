@@ -11,7 +11,8 @@ use otedama_shared::job::JobTemplate;
 use otedama_shared::sv2::messages::*;
 use otedama_shared::sv2::server::{
     error_code, Context, Outcome, ServerConfig, Session, CHANNELS_PER_CONNECTION_MAX,
-    SETUP_FLAG_REQUIRES_STANDARD_JOBS, SETUP_FLAG_REQUIRES_WORK_SELECTION,
+    CHANNEL_OPENS_PER_CONNECTION_MAX, SETUP_FLAG_REQUIRES_STANDARD_JOBS,
+    SETUP_FLAG_REQUIRES_WORK_SELECTION,
 };
 use otedama_shared::sv2::wire::{Str0255, B032};
 use otedama_shared::sv2::{Decoded, FrameDecoder, FrameHeader, Message};
@@ -115,8 +116,8 @@ impl Harness {
 
     fn new_block(&mut self, job_id: u64) -> Vec<Sent> {
         let job = Arc::new(Job::new(template(job_id, true)).unwrap());
-        let retired = self.jobs.insert(job.clone());
-        self.duplicates.retire(&retired);
+        self.jobs.insert(job.clone());
+        self.duplicates.retire_unlisted(&self.jobs);
         self.session.handle_new_job(&job, NOW_S);
         self.drain()
     }
@@ -631,6 +632,35 @@ fn channels_per_connection_stop_at_the_limit() {
     assert_eq!(h.session.channel_count(), CHANNELS_PER_CONNECTION_MAX);
 }
 
+/// Issue 15, point 6: closed channels give their extranonce prefix back (so the core can
+/// reuse it without ever handing out a held one), and the opens one connection may make
+/// over its life stop at `CHANNEL_OPENS_PER_CONNECTION_MAX`.
+#[test]
+fn closed_channels_release_their_prefix_and_lifetime_opens_stop_at_the_limit() {
+    let mut h = Harness::new(config(EASY));
+    h.setup();
+    let mut held = std::collections::HashSet::new();
+    for request in 0..CHANNEL_OPENS_PER_CONNECTION_MAX as u32 {
+        let (outcome, out) = h.send(open_standard(request, "w", [0xff; 32]));
+        assert_eq!(outcome, Outcome::Continue, "open {request}");
+        let Message::OpenStandardMiningChannelSuccess(success) = out[0].message() else {
+            panic!()
+        };
+        let prefix: Vec<u8> = h.session.extranonce_prefixes().next().unwrap().to_vec();
+        assert!(held.insert(prefix.clone()), "prefix handed out twice");
+        let (outcome, _) = h.send(Message::CloseChannel(CloseChannel {
+            channel_id: success.channel_id,
+            reason_code: Str0255::new("done").unwrap(),
+        }));
+        assert_eq!(outcome, Outcome::Continue);
+        assert_eq!(h.session.poll_released_extranonce_prefix(), Some(prefix));
+        assert_eq!(h.session.poll_released_extranonce_prefix(), None);
+        assert_eq!(h.session.channel_count(), 0);
+    }
+    let (outcome, _) = h.send(open_standard(99_999, "w", [0xff; 32]));
+    assert_eq!(outcome, Outcome::Rejected("channel-capacity-exhausted"));
+}
+
 #[test]
 fn max_target_raises_the_floor_and_vardiff_moves_the_target() {
     let mut vardiff = config(EASY);
@@ -692,6 +722,89 @@ fn max_target_raises_the_floor_and_vardiff_moves_the_target() {
         })
         .expect("vardiff sent SetTarget");
     assert!(Target::from_le_bytes(&set_target) < Target::from_le_bytes(&success.target));
+}
+
+/// Issue 15, point 1, as the reference implementation's device played it: raise the
+/// channel's difficulty with UpdateChannel and keep mining at the old target. During the
+/// grace such shares are taken at the old difficulty; afterwards they are refused, and a
+/// share that happens to meet the new target is still credited at the difficulty it was
+/// required to meet, never more.
+#[test]
+fn update_channel_cannot_buy_credit_above_the_work() {
+    use otedama_shared::limits::DIFFICULTY_CHANGE_GRACE_S;
+    let low = 1e-7;
+    let mut h = Harness::new(config(low));
+    h.setup();
+    let channel = open_standard_channel(&mut h);
+    let raised = Target::from_difficulty(Algorithm::Sha256d, low * 100.0)
+        .unwrap()
+        .to_le_bytes();
+    let (outcome, out) = h.send(Message::UpdateChannel(UpdateChannel {
+        channel_id: channel.channel_id,
+        nominal_hash_rate: 0.0,
+        maximum_target: raised,
+    }));
+    assert_eq!(outcome, Outcome::Continue);
+    assert!(matches!(out[0].message(), Message::SetTarget(_)));
+    let root = &channel.merkle_root;
+    let submit = |h: &mut Harness, sequence_number: u32, nonce: u32, now_s: u64| {
+        h.send_at(
+            submit_standard(
+                channel.channel_id,
+                sequence_number,
+                channel.job_id,
+                nonce,
+                0x2000_0000,
+            ),
+            now_s,
+        )
+        .0
+    };
+    // In flight: meets the old target only, taken at the old difficulty.
+    let only_low = (0u32..)
+        .find(|n| {
+            let hash = otedama_kernels::sha256d(&header(root, 0x2000_0000, *n));
+            Target::from_difficulty(Algorithm::Sha256d, low)
+                .unwrap()
+                .is_met_by(&hash)
+                && !Target::from_le_bytes(&raised).is_met_by(&hash)
+        })
+        .unwrap();
+    let Outcome::ShareAccepted(share) = submit(&mut h, 1, only_low, NOW_S) else {
+        panic!()
+    };
+    assert_eq!(share.record.difficulty, low);
+    // One that beats the new target inside the grace is still credited at the old one.
+    let high = mine(root, 0x2000_0000, low * 100.0, true);
+    let Outcome::ShareAccepted(share) = submit(&mut h, 2, high, NOW_S) else {
+        panic!()
+    };
+    assert_eq!(share.record.difficulty, low);
+    // After the grace: the old target is refused, the new one credited at the new one.
+    let after_s = NOW_S + DIFFICULTY_CHANGE_GRACE_S;
+    let another_low = (only_low + 1..)
+        .find(|n| {
+            let hash = otedama_kernels::sha256d(&header(root, 0x2000_0000, *n));
+            Target::from_difficulty(Algorithm::Sha256d, low)
+                .unwrap()
+                .is_met_by(&hash)
+                && !Target::from_le_bytes(&raised).is_met_by(&hash)
+        })
+        .unwrap();
+    assert_eq!(
+        submit(&mut h, 3, another_low, after_s),
+        Outcome::Rejected(error_code::DIFFICULTY_TOO_LOW)
+    );
+    let another_high = (high + 1..)
+        .find(|n| {
+            let hash = otedama_kernels::sha256d(&header(root, 0x2000_0000, *n));
+            Target::from_le_bytes(&raised).is_met_by(&hash)
+        })
+        .unwrap();
+    let Outcome::ShareAccepted(share) = submit(&mut h, 4, another_high, after_s) else {
+        panic!()
+    };
+    assert_eq!(share.record.difficulty, low * 100.0);
 }
 
 #[test]

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 pub use otedama_controlplane::regtest::{free_port, RegtestNode, RegtestPair};
 
+pub mod fault_proxy;
+
 /// The `otedama` binary built beside this test executable.
 pub fn otedama_binary() -> PathBuf {
     workspace_binary("otedama")
@@ -484,6 +486,12 @@ impl StratumTestClient {
             job: None,
             next_id: 1,
         })
+    }
+
+    /// How long `read_message` waits for a line before it fails.
+    pub fn set_read_timeout(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        Ok(())
     }
 
     /// The socket and a reader positioned after everything read so far, for tests that

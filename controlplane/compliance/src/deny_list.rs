@@ -58,6 +58,24 @@ impl DenyList {
     pub fn contains(&self, address: &str) -> bool {
         self.addresses.contains(&normalize(address))
     }
+
+    /// The list with every address of the pool's coin and network in its canonical form
+    /// (`canonical_address_for`): a sanctioned script is refused and frozen whichever of
+    /// its encodings a miner uses. Entries that are not addresses of this coin and network
+    /// stay as they are (they can never match a payable miner).
+    pub fn canonical_for(self, rule: &otedama_shared::address::AddressRule) -> DenyList {
+        let addresses = self
+            .addresses
+            .into_iter()
+            .map(|address| {
+                otedama_shared::address::canonical_address_for(rule, &address).unwrap_or(address)
+            })
+            .collect();
+        DenyList {
+            addresses,
+            per_file: self.per_file,
+        }
+    }
 }
 
 /// Lists keep and compare addresses in canonical form (bech32 lower-cased).

@@ -1,6 +1,5 @@
 //! A Bitcoin Core-compatible JSON-RPC client (Litecoin Core speaks the same dialect).
-//! Blocking on purpose: each caller is a dedicated control-plane thread, and long-poll
-//! holds its request open for up to a couple of minutes.
+//! Blocking on purpose: each caller is a dedicated control-plane thread.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -63,7 +62,7 @@ pub const RPC_LATENCY_BUCKETS_S: [f64; 10] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// Every node RPC this process made: counts, errors and a latency histogram, for
-/// `/metrics`. Long-polls are left out: they wait on purpose.
+/// `/metrics`.
 pub struct RpcStats {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
@@ -96,7 +95,7 @@ impl RpcStats {
     }
 }
 
-/// Seconds a plain RPC may take; long-poll uses its own, longer timeout.
+/// Seconds an RPC may take.
 const RPC_TIMEOUT_S: u64 = 30;
 
 impl RpcClient {
@@ -117,7 +116,7 @@ impl RpcClient {
         }
     }
 
-    /// The same endpoint and credentials with another read timeout (for long-poll).
+    /// The same endpoint and credentials with another read timeout.
     pub fn with_read_timeout(&self, timeout: Duration) -> Self {
         Self::with_timeout(&self.url, self.auth.clone(), timeout)
     }
@@ -156,17 +155,14 @@ impl RpcClient {
     /// Calls `method` and returns its `result`.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let started = std::time::Instant::now();
-        let long_poll = method == "getblocktemplate" && params[0].get("longpollid").is_some();
         let result = self.call_unmeasured(method, params);
-        if !long_poll {
-            // A node's refusal is an answer, not a failure of the link; only transport and
-            // credential errors count as errors.
-            let failed = matches!(
-                result,
-                Err(RpcError::Unreachable { .. } | RpcError::Unauthorized { .. })
-            );
-            RPC_STATS.record(started.elapsed(), failed);
-        }
+        // A node's refusal is an answer, not a failure of the link; only transport and
+        // credential errors count as errors.
+        let failed = matches!(
+            result,
+            Err(RpcError::Unreachable { .. } | RpcError::Unauthorized { .. })
+        );
+        RPC_STATS.record(started.elapsed(), failed);
         result
     }
 
@@ -208,17 +204,10 @@ impl RpcClient {
         Ok(reply.get("result").cloned().unwrap_or(Value::Null))
     }
 
-    /// getblocktemplate with the rules this coin needs, optionally as a long-poll.
-    pub fn get_block_template(
-        &self,
-        rules: &[&str],
-        long_poll_id: Option<&str>,
-    ) -> Result<Value, RpcError> {
-        let mut request =
+    /// getblocktemplate with the rules this coin needs.
+    pub fn get_block_template(&self, rules: &[&str]) -> Result<Value, RpcError> {
+        let request =
             json!({"rules": rules, "capabilities": ["coinbasetxn", "workid", "coinbase/append"]});
-        if let Some(id) = long_poll_id {
-            request["longpollid"] = json!(id);
-        }
         self.call("getblocktemplate", json!([request]))
     }
 

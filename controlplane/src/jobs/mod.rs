@@ -2,6 +2,9 @@
 
 pub mod block;
 pub mod builder;
+pub mod scan;
+pub mod store;
+pub mod submit;
 
 pub use block::{assemble_block, BlockAssemblyError};
 pub use builder::{build_job, BuiltJob, JobBuildError};

@@ -127,6 +127,10 @@ pub enum LedgerError {
         amount: u64,
         mature: u64,
     },
+    /// A write refused by `Ledger::fail_next_commits`, for fault-injection tests: RocksDB
+    /// itself fails a write only on a full or broken disk, which a test cannot arrange.
+    #[error("injected ledger write failure")]
+    InjectedFault,
 }
 
 const ENTRY_PREFIX: &[u8] = b"e/";
@@ -184,6 +188,8 @@ pub struct PayoutIntent {
 pub struct Ledger {
     db: DB,
     next_sequence: u64,
+    /// Commits still to refuse (see `fail_next_commits`).
+    commits_to_fail: u32,
 }
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -202,7 +208,17 @@ impl Ledger {
             .find(|(k, _)| k.starts_with(ENTRY_PREFIX))
             .and_then(|(k, _)| k[ENTRY_PREFIX.len()..].try_into().ok())
             .map_or(0, |bytes: [u8; 8]| u64::from_be_bytes(bytes) + 1);
-        Ok(Ledger { db, next_sequence })
+        Ok(Ledger {
+            db,
+            next_sequence,
+            commits_to_fail: 0,
+        })
+    }
+
+    /// Makes the next `count` batch commits fail as a full disk would, writing nothing:
+    /// for fault-injection tests of the callers.
+    pub fn fail_next_commits(&mut self, count: u32) {
+        self.commits_to_fail = count;
     }
 
     fn get<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
@@ -660,6 +676,10 @@ impl<'a> Change<'a> {
                 key(BALANCE_PREFIX, account.as_bytes()),
                 serde_json::to_vec(balances)?,
             );
+        }
+        if self.ledger.commits_to_fail > 0 {
+            self.ledger.commits_to_fail -= 1;
+            return Err(LedgerError::InjectedFault);
         }
         let mut options = rocksdb::WriteOptions::default();
         options.set_sync(true);

@@ -163,7 +163,27 @@ impl PayoutRunner {
         Ok(())
     }
 
+    /// Reads every log's new shares into the history and, under PPS/FPPS, credits them.
+    /// Invariant: the shares read and the log positions after them are one ledger write
+    /// (`Ledger::credit_shares`). If reading or that write fails, every tail goes back to
+    /// where this pass started, so the next pass reads the same shares again: none is
+    /// skipped, and none is credited twice (the stored cursors guard a replay).
     fn read_shares(
+        &mut self,
+        settings: &PayoutSettings,
+        block_value: Option<crate::stats::BlockValue>,
+    ) -> anyhow::Result<()> {
+        let starts: Vec<Option<u64>> = self.tails.iter().map(ShareLogTail::next_sequence).collect();
+        let result = self.read_and_credit_shares(settings, block_value);
+        if result.is_err() {
+            for (tail, start) in self.tails.iter_mut().zip(starts) {
+                tail.rewind(start);
+            }
+        }
+        result
+    }
+
+    fn read_and_credit_shares(
         &mut self,
         settings: &PayoutSettings,
         block_value: Option<crate::stats::BlockValue>,
@@ -403,4 +423,109 @@ pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
         }
         false
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::coin::{Coin, CoinParams, Network};
+    use crate::payouts::simulation::regtest_address;
+    use crate::stats::BlockValue;
+    use otedama_shared::ShareRecord;
+
+    const SHARES: u64 = 10;
+
+    fn share(worker: &str) -> ShareRecord {
+        ShareRecord {
+            accepted_at_ms: 1_700_000_000_000,
+            job_id: 1,
+            height: 200,
+            worker: worker.into(),
+            difficulty: 0.5,
+            achieved_difficulty: 0.7,
+            is_block: false,
+            header: [0; 80],
+            extranonce1: vec![1, 2, 3, 4],
+            extranonce2: vec![0; 4],
+        }
+    }
+
+    /// A runner over a real share log written by the data plane's writer, a real ledger
+    /// and block store, under PPS.
+    fn pps_runner(dir: &std::path::Path, miner: &str) -> PayoutRunner {
+        let log_path = dir.join("shares");
+        let (completions, _ignored) = futures_channel::mpsc::unbounded();
+        let log =
+            otedama_dataplane::store::ShareLog::open(&log_path, false, vec![completions]).unwrap();
+        for _ in 0..SHARES {
+            log.handle().append(0, &share(miner)).unwrap();
+        }
+        log.close();
+        let ledger = Ledger::open(&dir.join("ledger")).unwrap();
+        let tails = share_log_tails(&ledger, &[log_path], dir, true).unwrap();
+        let pool = PoolState::new(0, 0);
+        pool.set_block_value(BlockValue {
+            subsidy: 50_0000_0000,
+            fees_mean: 0,
+            network_difficulty: 1.0,
+        });
+        PayoutRunner {
+            ledger: Arc::new(Mutex::new(ledger)),
+            history: Arc::new(Mutex::new(ShareHistory::default())),
+            settings: Arc::new(RwLock::new(PayoutSettings {
+                scheme: Scheme::Pps,
+                pool_fee_ppm: 10_000,
+                fee_account: "fee".into(),
+                payout_interval_s: 3600,
+                policy: PayoutPolicy {
+                    payout_min: 1,
+                    address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+                    never_pay: vec!["fee".into()],
+                    frozen: Default::default(),
+                    kyc: None,
+                },
+            })),
+            blocks: Arc::new(BlockStore::open(&dir.join("blocks")).unwrap()),
+            pool,
+            audit: Arc::new(crate::audit::AuditLog::open(&dir.join("audit")).unwrap()),
+            tails,
+            wallet: None,
+            fault: Box::new(|_| false),
+            kyc_notices: None,
+        }
+    }
+
+    /// Issue 15, point 4: a failed credit commit must not move the share cursor past the
+    /// shares it was crediting.
+    #[test]
+    fn a_failed_pps_commit_credits_the_same_shares_on_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let miner = regtest_address(1);
+        let mut runner = pps_runner(dir.path(), &miner);
+        runner.ledger.lock().unwrap().fail_next_commits(1);
+        assert!(runner.pass(0).is_err());
+        assert_eq!(
+            runner
+                .ledger
+                .lock()
+                .unwrap()
+                .balances(&miner)
+                .unwrap()
+                .mature,
+            0
+        );
+        runner.pass(0).unwrap();
+        let each = per_share_credit(50_0000_0000, 10_000, 0.5, 1.0);
+        assert!(each > 0);
+        let ledger = runner.ledger.lock().unwrap();
+        assert_eq!(ledger.balances(&miner).unwrap().mature, each * SHARES);
+        assert_eq!(ledger.share_cursor(0).unwrap(), Some(SHARES));
+        drop(ledger);
+        drop(runner);
+        // A restart, with ten more shares in the log: only the new ones are credited.
+        let mut again = pps_runner(dir.path(), &miner);
+        again.pass(0).unwrap();
+        let ledger = again.ledger.lock().unwrap();
+        assert_eq!(ledger.balances(&miner).unwrap().mature, each * SHARES * 2);
+    }
 }

@@ -182,6 +182,12 @@ impl ShareLogTail {
         self.next_sequence
     }
 
+    /// Reads again from `next_sequence` (a value `next_sequence` gave before), as if the
+    /// polls since had not happened.
+    pub fn rewind(&mut self, next_sequence: Option<u64>) {
+        self.next_sequence = next_sequence;
+    }
+
     /// Shares the data plane has made durable since the last poll, in log order. A log
     /// that does not exist yet (its data plane has not started) reads as empty.
     pub fn poll(&mut self) -> Result<Vec<(u64, ShareRecord)>, rocksdb::Error> {

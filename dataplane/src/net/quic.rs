@@ -471,6 +471,7 @@ impl QuicConnection {
             front.connections.borrow_mut().remove(&self.handle);
             if let (Some(core), Some(id)) = (self.core.upgrade(), self.registration.take()) {
                 core.unregister(id);
+                super::sv2::release_extranonce_prefixes(&core, &mut self.session.borrow_mut());
                 core.counters.connections.fetch_sub(1, Relaxed);
             }
         }

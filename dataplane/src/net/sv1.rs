@@ -62,6 +62,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
         return;
     }
+    // Given back when the connection ends, below.
     let session = Session::new(SessionConfig {
         extranonce1: core.next_extranonce1(),
         extranonce2_size: EXTRANONCE2_BYTES,
@@ -84,6 +85,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "connection closed");
     connection.wire.close();
     core.unregister(id);
+    core.release_extranonce1(connection.session.borrow().extranonce1());
     core.counters.connections.fetch_sub(1, Relaxed);
 }
 

@@ -153,6 +153,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "SV2 connection closed");
     connection.wire.close();
     core.unregister(id);
+    release_extranonce_prefixes(&core, &mut connection.session.borrow_mut());
     core.counters.connections.fetch_sub(1, Relaxed);
 }
 
@@ -217,6 +218,17 @@ fn handle_frames(
     }
 }
 
+/// Gives back every extranonce prefix a session's channels hold or have released: its
+/// connection is gone.
+pub(crate) fn release_extranonce_prefixes(core: &Core, session: &mut Session) {
+    while let Some(prefix) = session.poll_released_extranonce_prefix() {
+        core.release_extranonce1(&prefix);
+    }
+    for prefix in session.extranonce_prefixes() {
+        core.release_extranonce1(prefix);
+    }
+}
+
 /// Runs one frame through a connection's session and acts on the outcome.
 pub(crate) fn handle_frame(
     core: &Rc<Core>,
@@ -236,9 +248,12 @@ pub(crate) fn handle_frame(
                 duplicates: &mut duplicates,
                 allocate_extranonce_prefix: &mut allocate,
             };
-            link.session()
-                .borrow_mut()
-                .handle_frame(header, payload, &mut context)
+            let mut session = link.session().borrow_mut();
+            let outcome = session.handle_frame(header, payload, &mut context);
+            while let Some(prefix) = session.poll_released_extranonce_prefix() {
+                core.release_extranonce1(&prefix);
+            }
+            outcome
         };
         apply_outcome(core, link, outcome)
     }

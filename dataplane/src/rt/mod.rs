@@ -6,7 +6,7 @@
 pub mod gate;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +158,10 @@ pub struct Core {
     pow_waiter: RefCell<Option<std::task::Waker>>,
     next_connection_id: Cell<u64>,
     next_extranonce: Cell<u32>,
+    /// Extranonce1 counters held by a live V1 connection or V2 channel on this core: never
+    /// handed out again until given back (`release_extranonce1`), so no miner can be given
+    /// another's extranonce1 however many connections or channels come and go.
+    live_extranonces: RefCell<HashSet<u32>>,
     /// Randomness for Noise handshakes (ephemeral and static keys, signatures).
     pub rng: RefCell<rand::rngs::StdRng>,
     pub share_log: ShareLogHandle,
@@ -167,6 +171,9 @@ pub struct Core {
     pub bans: RefCell<Arc<BanList>>,
 }
 
+/// Extranonce1 values one core can hand out: the 24 bits after its partition byte.
+const EXTRANONCE1_COUNTERS: usize = 1 << 24;
+
 impl Core {
     /// Extranonce1 is `partition ‖ 24-bit counter`, where the partition byte is unique per
     /// process and core. Two cores never hand out the same value, and the header commits to
@@ -175,12 +182,41 @@ impl Core {
     /// cross-core hop for every share; partitioning needs none.) The counter starts at a
     /// random point so a restarted data plane does not reuse the last run's values.
     pub fn next_extranonce1(&self) -> Vec<u8> {
-        let counter = self.next_extranonce.get();
-        self.next_extranonce
-            .set(counter.wrapping_add(1) & 0x00ff_ffff);
-        let mut value = (counter & 0x00ff_ffff).to_be_bytes();
+        let mut live = self.live_extranonces.borrow_mut();
+        // Fewer values are held than exist (a core holds far fewer than 2^24 connections),
+        // so a free one is found.
+        assert!(
+            live.len() < EXTRANONCE1_COUNTERS,
+            "every extranonce1 of a core is held"
+        );
+        let counter = loop {
+            let counter = self.next_extranonce.get();
+            self.next_extranonce
+                .set(counter.wrapping_add(1) & 0x00ff_ffff);
+            if live.insert(counter & 0x00ff_ffff) {
+                break counter & 0x00ff_ffff;
+            }
+        };
+        let mut value = counter.to_be_bytes();
         value[0] = self.partition;
         value.to_vec()
+    }
+
+    /// Gives back an extranonce1 `next_extranonce1` handed out, once its connection or
+    /// channel is gone.
+    pub fn release_extranonce1(&self, extranonce1: &[u8]) {
+        let Ok(bytes) = <[u8; 4]>::try_from(extranonce1) else {
+            return;
+        };
+        if bytes[0] == self.partition {
+            let counter = u32::from_be_bytes(bytes) & 0x00ff_ffff;
+            self.live_extranonces.borrow_mut().remove(&counter);
+        }
+    }
+
+    /// How many extranonce1 values this core's connections and channels hold.
+    pub fn extranonces_held(&self) -> usize {
+        self.live_extranonces.borrow().len()
     }
 
     pub fn register(&self, connection: Peer) -> u64 {
@@ -197,8 +233,10 @@ impl Core {
     /// Makes `job` current and sends it to every miner, in slices so that shares keep
     /// flowing on this core while a broadcast to many connections is under way.
     async fn publish_job(&self, job: Arc<Job>) {
-        let retired = self.jobs.borrow_mut().insert(job.clone());
-        self.duplicates.borrow_mut().retire(&retired);
+        self.jobs.borrow_mut().insert(job.clone());
+        self.duplicates
+            .borrow_mut()
+            .retire_unlisted(&self.jobs.borrow());
         let connections: Vec<Peer> = self.connections.borrow().values().cloned().collect();
         let now_s = now_s();
         let started = std::time::Instant::now();
@@ -330,8 +368,10 @@ impl Core {
         }
     }
 
-    /// Appends an accepted share to the share log and sends its block up at once (the
-    /// block is valid whether or not the share log keeps the share). On success the share
+    /// Sends an accepted share's block up at once, then appends the share to the share
+    /// log. The block goes first and whatever the share log says: a valid block is worth
+    /// submitting even if its share cannot be kept, and one that the link loses is found
+    /// again in the share log by the control plane's block scan. On success the share
     /// counts against the connection's and the core's allowances until it is durable;
     /// `false` if it could not be stored.
     pub fn store_share(
@@ -340,10 +380,6 @@ impl Core {
         record: &ShareRecord,
         block: Option<BlockCandidate>,
     ) -> bool {
-        if let Err(error) = self.share_log.append(self.index, record) {
-            tracing::error!(%error, "share not stored");
-            return false;
-        }
         if let Some(block) = block {
             self.counters
                 .block_candidates
@@ -353,8 +389,12 @@ impl Core {
                 .try_send(Upstream::BlockCandidate(block))
                 .is_err()
             {
-                tracing::error!("upstream queue full: block candidate dropped");
+                tracing::error!("upstream queue full: block candidate left to the block scan");
             }
+        }
+        if let Err(error) = self.share_log.append(self.index, record) {
+            tracing::error!(%error, "share not stored");
+            return false;
         }
         awaiting_ack.take(1);
         self.awaiting_durability.take(1);
@@ -587,6 +627,7 @@ pub fn run_with_share_log(
                     pow_waiter: RefCell::new(None),
                     next_connection_id: Cell::new(0),
                     next_extranonce: Cell::new(rand::random::<u32>() & 0x00ff_ffff),
+                    live_extranonces: RefCell::new(HashSet::new()),
                     rng: RefCell::new(rand::SeedableRng::from_entropy()),
                     share_log,
                     upstream,

@@ -17,7 +17,7 @@ use crate::job::{Job, JobBook};
 use crate::limits::WORKERS_PER_CONNECTION_MAX;
 use crate::share::{DuplicateFilter, ShareRecord};
 use crate::vardiff::VardiffConfig;
-use crate::work::{vet_worker_name, SentJob, WorkState};
+use crate::work::{vet_worker_name, ShareTerms, WorkState};
 
 use super::request::{parse_borrowed, RequestId};
 use super::{set_difficulty_line, ErrorCode};
@@ -90,7 +90,7 @@ pub struct PendingPow {
     pub(super) header_hash: [u8; 32],
     pub(super) job: std::sync::Arc<Job>,
     pub(super) job_id: u64,
-    pub(super) sent: SentJob,
+    pub(super) terms: ShareTerms,
     pub(super) worker: String,
     pub(super) extranonce2: [u8; crate::limits::EXTRANONCE2_BYTES * 2],
     pub(super) extranonce2_len: usize,
@@ -120,7 +120,9 @@ pub struct BlockCandidate {
 pub struct Session {
     pub(super) config: SessionConfig,
     pub(super) subscribed: bool,
-    pub(super) workers: Vec<String>,
+    /// Authorized workers: the name the miner submits with, and the name its shares are
+    /// recorded under (its address in canonical form, see `vet_worker_name`).
+    pub(super) workers: Vec<(String, String)>,
     /// Difficulty, vardiff and the jobs sent: the rules V1 and V2 share.
     pub(super) work: WorkState,
     /// Difficulty last announced with `mining.set_difficulty`, if any.
@@ -296,18 +298,21 @@ impl Session {
         if !matches!(password, None | Some(Value::String(_)) | Some(Value::Null)) {
             return self.reject(id, ErrorCode::Other, "password must be a string");
         }
-        if let Err(refusal) = vet_worker_name(
+        let recorded = match vet_worker_name(
             name,
             self.config.payout_address_rule.as_ref(),
             &self.config.bans,
         ) {
-            return self.reject(id, ErrorCode::UnauthorizedWorker, &refusal.to_string());
-        }
-        if !self.workers.contains(name) {
+            Ok(recorded) => recorded,
+            Err(refusal) => {
+                return self.reject(id, ErrorCode::UnauthorizedWorker, &refusal.to_string())
+            }
+        };
+        if !self.workers.iter().any(|(given, _)| given == name) {
             if self.workers.len() >= WORKERS_PER_CONNECTION_MAX {
                 return self.reject(id, ErrorCode::Other, "too many workers on one connection");
             }
-            self.workers.push(name.clone());
+            self.workers.push((name.clone(), recorded));
         }
         self.reply(id, json!(true));
         if self.workers.len() == 1 && self.subscribed {
@@ -357,7 +362,10 @@ impl Session {
     /// Takes a new ban list. Returns `true` if a worker this connection authorized is now
     /// banned: the glue closes the connection, since its shares can no longer be paid.
     pub fn update_bans(&mut self, bans: Arc<BanList>) -> bool {
-        let banned = self.workers.iter().any(|worker| bans.bans_worker(worker));
+        let banned = self
+            .workers
+            .iter()
+            .any(|(_, recorded)| bans.bans_worker(recorded));
         self.config.bans = bans;
         banned
     }
@@ -368,7 +376,7 @@ impl Session {
         }
         self.work.retarget_before_job(now_s);
         self.announce_difficulty();
-        self.work.record_sent(job);
+        self.work.record_sent(job, now_s);
         self.outbox.extend_from_slice(&job.notify_line);
     }
 

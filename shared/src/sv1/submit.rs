@@ -30,14 +30,18 @@ impl Session {
         if !(5..=6).contains(&fields.len()) {
             return self.reject(id, ErrorCode::Other, "submit needs 5 or 6 string params");
         }
-        let worker = fields[0];
-        if !self.workers.iter().any(|w| w == worker) {
+        let Some(worker) = self
+            .workers
+            .iter()
+            .find(|(given, _)| given == fields[0])
+            .map(|(_, recorded)| recorded.clone())
+        else {
             return self.reject(id, ErrorCode::UnauthorizedWorker, "unauthorized worker");
-        }
+        };
         let Some(job_id) = job_id_from_stratum(fields[1]) else {
             return self.reject(id, ErrorCode::JobNotFound, "job not found");
         };
-        let (job, sent) = match self.work.resolve(jobs, job_id) {
+        let (job, terms) = match self.work.resolve(jobs, job_id, now_s) {
             Ok(resolved) => resolved,
             Err(Rejection::UnknownJob) => {
                 return self.reject(id, ErrorCode::JobNotFound, "job not found")
@@ -79,8 +83,8 @@ impl Session {
             header,
             job,
             job_id,
-            sent,
-            worker: worker.to_string(),
+            terms,
+            worker,
             extranonce2,
             extranonce2_len: extranonce2_size,
         };
@@ -119,13 +123,13 @@ impl Session {
             header_hash,
             job,
             job_id,
-            sent,
+            terms,
             worker,
             extranonce2,
             extranonce2_len,
         } = pending;
         let CreditedShare { valid, difficulty } =
-            match credit_share(&job, sent, header, header_hash, pow, duplicates) {
+            match credit_share(&job, terms, header, header_hash, pow, duplicates) {
                 Ok(credited) => credited,
                 Err(Rejection::Duplicate) => {
                     return self.reject(&id, ErrorCode::Duplicate, "duplicate share")

@@ -34,7 +34,7 @@ use crate::sv1::BlockCandidate;
 use crate::vardiff::VardiffConfig;
 use crate::work::{
     check_ntime, check_version, credit_share, share_target, vet_worker_name, CreditedShare,
-    Rejection, SentJob, WorkState,
+    Rejection, ShareTerms, WorkState,
 };
 
 use super::frame::FrameHeader;
@@ -45,6 +45,11 @@ use super::{Decoded, Message};
 /// Channels one connection may open (a proxy opens one per device behind it, or one
 /// extended channel for all of them).
 pub const CHANNELS_PER_CONNECTION_MAX: usize = 64;
+
+/// Channels one connection may open over its life, closed ones included. Each open takes
+/// an extranonce prefix from its core; opening and closing without end would churn that
+/// space for nothing a miner needs.
+pub const CHANNEL_OPENS_PER_CONNECTION_MAX: usize = 1024;
 
 /// Mining-protocol SetupConnection flags a client may set (spec 5.3.1): standard jobs only,
 /// its own work selection, version rolling.
@@ -139,7 +144,7 @@ pub struct PendingPow {
     pub header: [u8; 80],
     header_hash: [u8; 32],
     job: Arc<Job>,
-    sent: SentJob,
+    terms: ShareTerms,
     channel_id: u32,
     sequence_number: u32,
     extranonce2: [u8; EXTRANONCE2_BYTES],
@@ -195,6 +200,11 @@ pub struct Session {
     /// The group of this connection's standard channels, once one is open.
     group: Option<Group>,
     channels: Vec<Channel>,
+    /// Channels opened so far, closed ones included (`CHANNEL_OPENS_PER_CONNECTION_MAX`).
+    channel_opens: usize,
+    /// Extranonce prefixes of channels closed since the glue last asked: it gives them
+    /// back to its core (`poll_released_extranonce_prefix`).
+    released_prefixes: Vec<Vec<u8>>,
     next_channel_id: u32,
     outbox: Vec<u8>,
     /// Where the last frame in the outbox, a SubmitShares.Success, starts, so the next
@@ -254,6 +264,8 @@ impl Session {
             requires_standard_jobs: false,
             group: None,
             channels: Vec::new(),
+            channel_opens: 0,
+            released_prefixes: Vec::new(),
             next_channel_id: 1,
             outbox: Vec::new(),
             last_success_at: None,
@@ -276,6 +288,20 @@ impl Session {
 
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// An extranonce prefix no open channel holds any more (its channel was closed): the
+    /// glue gives it back to the allocator, which never hands out a prefix that is held.
+    pub fn poll_released_extranonce_prefix(&mut self) -> Option<Vec<u8>> {
+        self.released_prefixes.pop()
+    }
+
+    /// The extranonce prefixes the open channels hold, to give back when the connection
+    /// ends.
+    pub fn extranonce_prefixes(&self) -> impl Iterator<Item = &[u8]> {
+        self.channels
+            .iter()
+            .map(|channel| channel.extranonce_prefix.as_slice())
     }
 
     /// Handles one received frame.
@@ -337,9 +363,12 @@ impl Session {
                 Some(share.extranonce.as_bytes()),
                 context,
             ),
-            Message::UpdateChannel(update) => self.handle_update_channel(&update),
+            Message::UpdateChannel(update) => self.handle_update_channel(&update, context.now_s),
             Message::CloseChannel(close) => {
-                self.channels.retain(|c| c.id != close.channel_id);
+                if let Some(index) = self.channel_index(close.channel_id) {
+                    let channel = self.channels.remove(index);
+                    self.released_prefixes.push(channel.extranonce_prefix);
+                }
                 Outcome::Continue
             }
             Message::SetupConnection(_) => Outcome::Close("SetupConnection sent twice"),
@@ -403,20 +432,25 @@ impl Session {
             }));
             Outcome::Rejected(code)
         };
-        if self.channels.len() >= CHANNELS_PER_CONNECTION_MAX {
+        if self.channels.len() >= CHANNELS_PER_CONNECTION_MAX
+            || self.channel_opens >= CHANNEL_OPENS_PER_CONNECTION_MAX
+        {
             return refuse(self, error_code::CHANNEL_CAPACITY_EXHAUSTED);
         }
-        if let Err(refusal) = vet_worker_name(
+        let worker = match vet_worker_name(
             user_identity,
             self.config.payout_address_rule.as_ref(),
             &self.config.bans,
         ) {
-            let code = match refusal {
-                crate::work::WorkerRefusal::Banned => error_code::UNKNOWN_USER,
-                _ => error_code::INVALID_USER_IDENTITY,
-            };
-            return refuse(self, code);
-        }
+            Ok(worker) => worker,
+            Err(refusal) => {
+                let code = match refusal {
+                    crate::work::WorkerRefusal::Banned => error_code::UNKNOWN_USER,
+                    _ => error_code::INVALID_USER_IDENTITY,
+                };
+                return refuse(self, code);
+            }
+        };
         if kind == ChannelKind::Extended && min_extranonce_size as usize > EXTRANONCE2_BYTES {
             return refuse(self, error_code::MIN_EXTRANONCE_SIZE_TOO_LARGE);
         }
@@ -438,6 +472,7 @@ impl Session {
         if miner_floor > work.difficulty() {
             work.set_difficulty_floor(miner_floor.max(self.config.difficulty_min));
         }
+        self.channel_opens += 1;
         let prefix = (context.allocate_extranonce_prefix)();
         debug_assert_eq!(prefix.len(), EXTRANONCE1_BYTES);
         let id = self.allocate_channel_id();
@@ -461,7 +496,7 @@ impl Session {
         let channel = Channel {
             id,
             kind,
-            worker: user_identity.to_string(),
+            worker,
             extranonce_prefix: prefix,
             announced_difficulty: work.difficulty(),
             work,
@@ -527,7 +562,7 @@ impl Session {
         }
     }
 
-    fn handle_update_channel(&mut self, update: &UpdateChannel) -> Outcome {
+    fn handle_update_channel(&mut self, update: &UpdateChannel, now_s: u64) -> Outcome {
         let algorithm = self.config.algorithm;
         let pool_floor = self.config.difficulty_min;
         let Some(index) = self.channel_index(update.channel_id) else {
@@ -549,7 +584,7 @@ impl Session {
         self.channels[index]
             .work
             .set_difficulty_floor(miner_floor.max(pool_floor));
-        self.announce_target(index);
+        self.announce_target(index, now_s);
         Outcome::Continue
     }
 
@@ -596,11 +631,11 @@ impl Session {
     /// the group carries it, sends it.
     fn send_job_to_channel(&mut self, index: usize, job: &Job, now_s: u64, via_group: bool) {
         if self.channels[index].work.retarget_before_job(now_s) {
-            self.announce_target(index);
+            self.announce_target(index, now_s);
         }
         let version_rolling = self.version_rolling;
         let channel = &mut self.channels[index];
-        channel.work.record_sent(job);
+        channel.work.record_sent(job, now_s);
         let job_id_wire = job.job_id() as u32;
         // A job on a new previous block goes out as a future job activated by
         // SetNewPrevHash; one on the current block is active at once.
@@ -646,7 +681,7 @@ impl Session {
 
     /// Sends SetTarget if the channel's difficulty moved since it was last announced, and
     /// makes it apply to every job the channel holds, as SetTarget does.
-    fn announce_target(&mut self, index: usize) {
+    fn announce_target(&mut self, index: usize, now_s: u64) {
         let algorithm = self.config.algorithm;
         let channel = &mut self.channels[index];
         let difficulty = channel.work.difficulty();
@@ -654,7 +689,7 @@ impl Session {
             return;
         }
         channel.announced_difficulty = difficulty;
-        channel.work.apply_difficulty_to_sent_jobs();
+        channel.work.apply_difficulty_to_sent_jobs(now_s);
         let message = Message::SetTarget(SetTarget {
             channel_id: channel.id,
             maximum_target: share_target(algorithm, difficulty).to_le_bytes(),
@@ -684,10 +719,10 @@ impl Session {
             .map(|sent| sent.job_id)
             .or_else(|| context.jobs.full_id_of_low32(job_id));
         let resolved = match full_job_id {
-            Some(full) => channel.work.resolve(context.jobs, full),
+            Some(full) => channel.work.resolve(context.jobs, full, context.now_s),
             None => Err(Rejection::UnknownJob),
         };
-        let (job, sent) = match resolved {
+        let (job, terms) = match resolved {
             Ok(resolved) => resolved,
             Err(rejection) => {
                 return self.reject(channel_id, sequence_number, rejection_code(rejection))
@@ -699,7 +734,7 @@ impl Session {
                 let Some((_, root)) = channel
                     .merkle_roots
                     .iter()
-                    .find(|(id, _)| *id == sent.job_id)
+                    .find(|(id, _)| *id == terms.job_id)
                 else {
                     return self.reject(channel_id, sequence_number, error_code::STALE_SHARE);
                 };
@@ -740,7 +775,7 @@ impl Session {
             header_hash: sha256d_80(&header),
             header,
             job,
-            sent,
+            terms,
             channel_id,
             sequence_number,
             extranonce2,
@@ -791,7 +826,7 @@ impl Session {
             header,
             header_hash,
             job,
-            sent,
+            terms,
             channel_id,
             sequence_number,
             extranonce2,
@@ -801,7 +836,7 @@ impl Session {
             return self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID);
         };
         let CreditedShare { valid, difficulty } =
-            match credit_share(&job, sent, header, header_hash, pow, duplicates) {
+            match credit_share(&job, terms, header, header_hash, pow, duplicates) {
                 Ok(credited) => credited,
                 Err(rejection) => {
                     return self.reject(channel_id, sequence_number, rejection_code(rejection))
@@ -809,7 +844,7 @@ impl Session {
             };
         let channel = &self.channels[index];
         let block = valid.is_block.then(|| BlockCandidate {
-            job_id: sent.job_id,
+            job_id: terms.job_id,
             height: job.template.height,
             header: valid.header.to_vec(),
             coinbase: job.coinbase(&channel.extranonce_prefix, &extranonce2),
@@ -817,7 +852,7 @@ impl Session {
         });
         let record = ShareRecord {
             accepted_at_ms: now_s * 1000,
-            job_id: sent.job_id,
+            job_id: terms.job_id,
             height: job.template.height,
             worker: channel.worker.clone(),
             difficulty,
@@ -864,7 +899,7 @@ impl Session {
         if let Some(index) = self.channel_index(share.channel_id) {
             // SetTarget covers the jobs the channel holds, so no job is sent again.
             if self.channels[index].work.on_share_durable(now_s) {
-                self.announce_target(index);
+                self.announce_target(index, now_s);
             }
         }
     }

@@ -116,9 +116,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config(args) => {
             let config = args.load()?;
-            config
-                .payout_script()
-                .context("payout_address does not fit the coin and network")?;
+            config.check_before_start()?;
             print!("{}", toml::to_string(&config)?);
             Ok(())
         }

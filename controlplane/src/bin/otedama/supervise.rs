@@ -16,6 +16,12 @@ use otedama_controlplane::config::PoolConfig;
 /// failing quickly.
 const RESTART_DELAY_MIN_MS: u64 = 200;
 const RESTART_DELAY_MAX_MS: u64 = 10_000;
+/// A child that exits within this long of its start failed at start.
+const QUICK_EXIT_S: u64 = 10;
+/// Failures at start in a row after which `otedama run` stops everything and exits
+/// non-zero instead of restarting for ever: something outside the pool (a file, the node,
+/// a port) needs the operator.
+const QUICK_EXITS_IN_A_ROW_MAX: u32 = 5;
 
 /// Prints a line for the operator on stdout. A closed stdout (a reader that went away) must
 /// not stop the pool, so write errors are ignored; the control plane logs the same URLs.
@@ -30,11 +36,12 @@ struct Role {
     child: Option<Child>,
     started_at: Instant,
     delay_ms: u64,
+    quick_exits_in_a_row: u32,
 }
 
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
-    config.payout_script().context("checking payout_address")?;
     let data_dir = config.ensure_data_dir()?.to_path_buf();
+    config.check_before_start()?;
     if !config.sv2_listen.is_empty() {
         // Made here, before the children start, so every process reads the same key.
         let key = config.sv2_authority()?.public_base58();
@@ -63,6 +70,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         child: None,
         started_at: Instant::now(),
         delay_ms: RESTART_DELAY_MIN_MS,
+        quick_exits_in_a_row: 0,
     };
     let mut roles = vec![new_role("controlplane".into(), vec!["controlplane".into()])];
     for index in 0..config.dataplane_processes {
@@ -78,28 +86,12 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     for role in &mut roles {
         role.child = Some(spawn(&executable, role, &effective)?);
     }
-    while !crate::signals::stop_requested() {
+    let mut outcome = Ok(());
+    while !crate::signals::stop_requested() && outcome.is_ok() {
         for role in &mut roles {
-            let exited = match role.child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
-                Some(Err(error)) => Some(error.to_string()),
-                None => Some("not running".into()),
-                Some(Ok(None)) => None,
-            };
-            let Some(status) = exited else { continue };
-            if role.child.is_some() {
-                tracing::error!(role = %role.name, %status, "child exited; restarting");
-                role.delay_ms = if role.started_at.elapsed() < Duration::from_secs(10) {
-                    (role.delay_ms * 2).min(RESTART_DELAY_MAX_MS)
-                } else {
-                    RESTART_DELAY_MIN_MS
-                };
-                role.child = None;
-                role.started_at = Instant::now();
-            }
-            if role.started_at.elapsed() >= Duration::from_millis(role.delay_ms) {
-                role.child = Some(spawn(&executable, role, &effective)?);
-                role.started_at = Instant::now();
+            if let Err(error) = supervise_role(role, &executable, &effective) {
+                outcome = Err(error);
+                break;
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -115,6 +107,49 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+    outcome
+}
+
+/// Restarts `role`'s child if it exited, with back-off; gives up (an error for the
+/// operator) once it has failed at start `QUICK_EXITS_IN_A_ROW_MAX` times in a row.
+fn supervise_role(role: &mut Role, executable: &Path, config: &Path) -> anyhow::Result<()> {
+    let exited = match role.child.as_mut().map(Child::try_wait) {
+        Some(Ok(Some(status))) => Some(status.to_string()),
+        Some(Err(error)) => Some(error.to_string()),
+        None => Some("not running".into()),
+        Some(Ok(None)) => None,
+    };
+    let Some(status) = exited else {
+        return Ok(());
+    };
+    if role.child.is_some() {
+        let quick = role.started_at.elapsed() < Duration::from_secs(QUICK_EXIT_S);
+        role.quick_exits_in_a_row = if quick {
+            role.quick_exits_in_a_row + 1
+        } else {
+            0
+        };
+        if role.quick_exits_in_a_row >= QUICK_EXITS_IN_A_ROW_MAX {
+            anyhow::bail!(
+                "the {} exited within {QUICK_EXIT_S} s of its start {} times in a row (last: {status}); \
+                 stopping instead of restarting it again: see its log above",
+                role.name,
+                role.quick_exits_in_a_row
+            );
+        }
+        tracing::error!(role = %role.name, %status, "child exited; restarting");
+        role.delay_ms = if quick {
+            (role.delay_ms * 2).min(RESTART_DELAY_MAX_MS)
+        } else {
+            RESTART_DELAY_MIN_MS
+        };
+        role.child = None;
+        role.started_at = Instant::now();
+    }
+    if role.started_at.elapsed() >= Duration::from_millis(role.delay_ms) {
+        role.child = Some(spawn(executable, role, config)?);
+        role.started_at = Instant::now();
     }
     Ok(())
 }

@@ -1,0 +1,345 @@
+//! Found blocks on their way to the node: what each answer to `submitblock` means, and a
+//! bounded queue that a few submitter threads drain, the candidates that can still win
+//! first.
+//!
+//! Guarantees (issue 15):
+//! - A block is only called rejected on a final answer from the node. A lost request, a
+//!   lost or late reply, an HTTP error page, or a node still warming up (-28) are retried,
+//!   and before each retry the node is asked (`getblockheader`) whether it has the block
+//!   already, so a block the node took before its answer was lost is credited, once.
+//! - `duplicate` means the node has the block, and `inconclusive` that it kept the block
+//!   off its best chain for now: either way the chain is asked, and the block is accepted
+//!   if it is on the active chain. (A block the node took before its answer was lost comes
+//!   back as `duplicate` and is on the chain; one that lost a race at its height is not.)
+//! - A candidate whose previous block is no longer the pool's tip cannot win: it is
+//!   recorded as stale without a round trip to the node, unless it may have been submitted
+//!   before (recovered after a restart), in which case the node is asked first.
+//! - Candidates at the greatest height go first; a flood of candidates from one miner
+//!   cannot hold an honest miner's newer block behind it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crate::blocks::STALE_CANDIDATE_REASON_PREFIX;
+use crate::chain::rpc::{RpcClient, RpcError};
+
+/// Bitcoin Core's RPC_IN_WARMUP: the node is loading and will answer later.
+const RPC_IN_WARMUP: i64 = -28;
+/// Bitcoin Core's RPC_INVALID_ADDRESS_OR_KEY, which `getblockheader` answers for a block
+/// the node does not know.
+const RPC_INVALID_ADDRESS_OR_KEY: i64 = -5;
+
+/// Candidates waiting for a submitter. Past this the lowest one (the oldest height, the
+/// latest to arrive) is dropped: it is still in the share log, where the block scan finds
+/// it again.
+pub const BLOCK_CANDIDATES_QUEUED_MAX: usize = 4096;
+/// Threads that submit at once, so one slow `submitblock` does not hold the others.
+pub const SUBMITTER_THREADS: usize = 4;
+/// Seconds a `submitblock` may take before the node is asked whether it has the block.
+pub const SUBMIT_READ_TIMEOUT_S: u64 = 10;
+/// Back-off between attempts while the node gives no final answer.
+const SUBMIT_RETRY_DELAY_MIN_MS: u64 = 200;
+const SUBMIT_RETRY_DELAY_MAX_MS: u64 = 5_000;
+
+/// What one answer to `submitblock` means for the block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The node has the block and found it valid.
+    Accepted,
+    /// A final refusal, with the node's reason.
+    Rejected(String),
+    /// The node took the block but did not say it is on its best chain: ask the chain.
+    AskChain(String),
+    /// No answer the block can be judged by: ask whether the node has it, then retry.
+    NoAnswer(String),
+}
+
+/// Reads one answer to `submitblock` (BIP22 results, Bitcoin Core error codes).
+pub fn judge_submit_answer(answer: &Result<Option<String>, RpcError>) -> Verdict {
+    match answer {
+        Ok(None) => Verdict::Accepted,
+        // The node has the block already. Litecoin Core 0.21 (Bitcoin Core 0.21's code)
+        // also says `duplicate` for a block it keeps off its best chain, so the chain is
+        // asked: on it, the block is ours to credit; beside it, it lost a race.
+        Ok(Some(reason))
+            if reason == "duplicate"
+                || reason == "inconclusive"
+                || reason == "duplicate-inconclusive" =>
+        {
+            Verdict::AskChain(reason.clone())
+        }
+        Ok(Some(reason)) => Verdict::Rejected(reason.clone()),
+        Err(RpcError::Node { code, message, .. }) if *code != RPC_IN_WARMUP => {
+            Verdict::Rejected(format!("rpc-error {code}: {message}"))
+        }
+        Err(error) => Verdict::NoAnswer(error.to_string()),
+    }
+}
+
+/// Where the node has a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainPlace {
+    /// On its active chain.
+    Active,
+    /// Known, but off the active chain (a side branch, or invalid).
+    Aside,
+    /// Not known to the node.
+    Unknown,
+}
+
+/// Asks the node where block `hash` (display hex) is. `Err` when it did not answer.
+pub fn chain_place(rpc: &RpcClient, hash: &str) -> Result<ChainPlace, RpcError> {
+    match rpc.call("getblockheader", serde_json::json!([hash])) {
+        Ok(header) if header["confirmations"].as_i64().unwrap_or(-1) >= 1 => Ok(ChainPlace::Active),
+        Ok(_) => Ok(ChainPlace::Aside),
+        Err(RpcError::Node { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => {
+            Ok(ChainPlace::Unknown)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `chain_place`, asked again (with back-off) until the node answers.
+pub fn chain_place_when_answered(rpc: &RpcClient, hash: &str) -> ChainPlace {
+    let mut delay_ms = SUBMIT_RETRY_DELAY_MIN_MS;
+    loop {
+        match chain_place(rpc, hash) {
+            Ok(place) => return place,
+            Err(error) => {
+                tracing::warn!(%hash, %error, retry_in_ms = delay_ms, "cannot ask the node about a block; retrying");
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                delay_ms = (delay_ms * 2).min(SUBMIT_RETRY_DELAY_MAX_MS);
+            }
+        }
+    }
+}
+
+/// Submits a block until the node gives an answer it can be judged by. Returns `None`
+/// when the block is on the node (accepted), or the reason it is not. `can_still_win`
+/// says whether the block's previous block is still the pool's tip; once the node has
+/// said it does not know the block and it can no longer win, it is recorded stale.
+pub fn submit_until_settled(
+    rpc: &RpcClient,
+    block_hex: &str,
+    hash: &str,
+    can_still_win: &dyn Fn() -> bool,
+) -> Option<String> {
+    let mut delay_ms = SUBMIT_RETRY_DELAY_MIN_MS;
+    loop {
+        let why = match judge_submit_answer(&rpc.submit_block(block_hex)) {
+            Verdict::Accepted => return None,
+            Verdict::Rejected(reason) => return Some(reason),
+            Verdict::AskChain(reason) => match chain_place(rpc, hash) {
+                Ok(ChainPlace::Active) => return None,
+                Ok(_) => return Some(reason),
+                Err(error) => format!("{reason}, then getblockheader: {error}"),
+            },
+            Verdict::NoAnswer(why) => match chain_place(rpc, hash) {
+                Ok(ChainPlace::Active) => return None,
+                Ok(ChainPlace::Unknown) if !can_still_win() => {
+                    return Some(format!("{STALE_CANDIDATE_REASON_PREFIX} (after: {why})"))
+                }
+                _ => why,
+            },
+        };
+        tracing::warn!(%hash, reason = %why, retry_in_ms = delay_ms, "block not settled on the node; retrying");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        delay_ms = (delay_ms * 2).min(SUBMIT_RETRY_DELAY_MAX_MS);
+    }
+}
+
+/// Where a candidate came from, which decides whether it may have been submitted before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CandidateSource {
+    /// Straight from a data plane, in this process's life: never submitted before.
+    Live,
+    /// Found again in a share log (after a restart, or a lost message): a process before
+    /// this one may have submitted it.
+    Recovered,
+}
+
+/// A place in the queue: greater heights first, then earlier arrivals first. The map's
+/// last key is served next and its first key is the one dropped when the queue is full.
+type QueueKey = (u64, std::cmp::Reverse<u64>);
+
+struct QueueState<T> {
+    queued: BTreeMap<QueueKey, ([u8; 32], T)>,
+    /// Hashes queued or being submitted: a candidate seen twice (live and recovered) is
+    /// submitted once.
+    pending: HashSet<[u8; 32]>,
+    arrivals: u64,
+}
+
+/// The submitters' queue: bounded, greatest height first, each block hash once.
+pub struct CandidateQueue<T> {
+    state: Mutex<QueueState<T>>,
+    ready: Condvar,
+}
+
+impl<T> Default for CandidateQueue<T> {
+    fn default() -> Self {
+        CandidateQueue {
+            state: Mutex::new(QueueState {
+                queued: BTreeMap::new(),
+                pending: HashSet::new(),
+                arrivals: 0,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+/// What `CandidateQueue::push` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The same block is queued or being submitted already.
+    AlreadyPending,
+    /// Queued, and the lowest candidate (this block hash) was dropped to stay in bounds.
+    QueuedDropping([u8; 32]),
+}
+
+impl<T> CandidateQueue<T> {
+    pub fn push(&self, hash: [u8; 32], height: u64, item: T) -> Pushed {
+        let mut state = self.state.lock().expect("queue lock");
+        if !state.pending.insert(hash) {
+            return Pushed::AlreadyPending;
+        }
+        state.arrivals += 1;
+        let key = (height, std::cmp::Reverse(state.arrivals));
+        state.queued.insert(key, (hash, item));
+        let mut pushed = Pushed::Queued;
+        if state.queued.len() > BLOCK_CANDIDATES_QUEUED_MAX {
+            let (_, (lowest, _)) = state.queued.pop_first().expect("the queue is not empty");
+            state.pending.remove(&lowest);
+            pushed = Pushed::QueuedDropping(lowest);
+        }
+        drop(state);
+        self.ready.notify_one();
+        pushed
+    }
+
+    /// The best candidate, waiting for one; it stays pending until `done`.
+    pub fn pop(&self) -> ([u8; 32], T) {
+        let mut state = self.state.lock().expect("queue lock");
+        loop {
+            if let Some((_, item)) = state.queued.pop_last() {
+                return item;
+            }
+            state = self.ready.wait(state).expect("queue lock");
+        }
+    }
+
+    /// The candidate `hash` is recorded (or given up): it may be queued again.
+    pub fn done(&self, hash: &[u8; 32]) {
+        self.state.lock().expect("queue lock").pending.remove(hash);
+    }
+
+    pub fn is_pending(&self, hash: &[u8; 32]) -> bool {
+        self.state
+            .lock()
+            .expect("queue lock")
+            .pending
+            .contains(hash)
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().expect("queue lock").queued.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_judged_as_bip22_and_bitcoin_core_give_them() {
+        let node = |code: i64| {
+            Err(RpcError::Node {
+                method: "submitblock".into(),
+                code,
+                message: "m".into(),
+            })
+        };
+        assert_eq!(judge_submit_answer(&Ok(None)), Verdict::Accepted);
+        assert_eq!(
+            judge_submit_answer(&Ok(Some("duplicate".into()))),
+            Verdict::AskChain("duplicate".into())
+        );
+        assert_eq!(
+            judge_submit_answer(&Ok(Some("inconclusive".into()))),
+            Verdict::AskChain("inconclusive".into())
+        );
+        assert_eq!(
+            judge_submit_answer(&Ok(Some("high-hash".into()))),
+            Verdict::Rejected("high-hash".into())
+        );
+        assert!(matches!(
+            judge_submit_answer(&node(-28)),
+            Verdict::NoAnswer(_)
+        ));
+        assert_eq!(
+            judge_submit_answer(&node(-22)),
+            Verdict::Rejected("rpc-error -22: m".into())
+        );
+        let lost = Err(RpcError::Unreachable {
+            url: "u".into(),
+            detail: "timed out reading response".into(),
+        });
+        assert!(matches!(judge_submit_answer(&lost), Verdict::NoAnswer(_)));
+        let error_page = Err(RpcError::Malformed {
+            method: "submitblock".into(),
+            detail: "503".into(),
+        });
+        assert!(matches!(
+            judge_submit_answer(&error_page),
+            Verdict::NoAnswer(_)
+        ));
+    }
+
+    #[test]
+    fn the_queue_serves_the_greatest_height_first_and_each_hash_once() {
+        let queue = CandidateQueue::default();
+        assert_eq!(queue.push([1; 32], 10, "a"), Pushed::Queued);
+        assert_eq!(queue.push([2; 32], 12, "b"), Pushed::Queued);
+        assert_eq!(queue.push([3; 32], 12, "c"), Pushed::Queued);
+        assert_eq!(queue.push([2; 32], 12, "b again"), Pushed::AlreadyPending);
+        assert_eq!(queue.pop(), ([2; 32], "b"));
+        assert_eq!(queue.pop(), ([3; 32], "c"));
+        // Popped but not done: still pending.
+        assert_eq!(queue.push([2; 32], 12, "b"), Pushed::AlreadyPending);
+        queue.done(&[2; 32]);
+        assert_eq!(queue.push([2; 32], 12, "b"), Pushed::Queued);
+        assert_eq!(queue.pop(), ([2; 32], "b"));
+        assert_eq!(queue.pop(), ([1; 32], "a"));
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_lowest_candidate() {
+        let queue = CandidateQueue::default();
+        for index in 0..BLOCK_CANDIDATES_QUEUED_MAX as u64 {
+            let mut hash = [0u8; 32];
+            hash[..8].copy_from_slice(&index.to_le_bytes());
+            assert_eq!(queue.push(hash, 100 + index, ()), Pushed::Queued);
+        }
+        assert_eq!(queue.len(), BLOCK_CANDIDATES_QUEUED_MAX);
+        let lowest = [0u8; 32];
+        assert_eq!(
+            queue.push([0xff; 32], 5, ()),
+            Pushed::QueuedDropping([0xff; 32])
+        );
+        assert!(queue.is_pending(&lowest));
+        assert_eq!(
+            queue.push([0xee; 32], 10_000, ()),
+            Pushed::QueuedDropping(lowest)
+        );
+        assert_eq!(queue.len(), BLOCK_CANDIDATES_QUEUED_MAX);
+        assert!(!queue.is_pending(&lowest));
+        assert_eq!(queue.pop().0, [0xee; 32]);
+    }
+}
