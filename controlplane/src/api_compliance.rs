@@ -47,6 +47,17 @@ fn change_kyc(
         .set_kyc(address, &record)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     drop(ledger);
+    Ok(kyc_changed(state, actor, address, previous, &record))
+}
+
+/// Audits and logs a KYC state change; its audit detail.
+fn kyc_changed(
+    state: &ApiState,
+    actor: &str,
+    address: &str,
+    previous: Option<KycRecord>,
+    record: &KycRecord,
+) -> Value {
     let detail = json!({
         "address": address,
         "from": previous.map(|p| p.state),
@@ -56,7 +67,7 @@ fn change_kyc(
     });
     audit_as(state, actor, "kyc.state", detail.clone());
     tracing::info!(%address, to = ?record.state, source = %record.source, "KYC state changed");
-    Ok(detail)
+    detail
 }
 
 /// Every address with a KYC record; `pending` lists those a payout waits on, with the
@@ -154,10 +165,31 @@ async fn provider_callback(
         source: "provider".into(),
         reference: callback.reference,
     };
-    match change_kyc(&state, "provider", &callback.address, record) {
-        Ok(detail) => Json(detail).into_response(),
-        Err(response) => response,
+    let ledger = state.payouts.ledger.lock().expect("ledger lock");
+    let previous = match ledger.kyc(&callback.address) {
+        Ok(previous) => previous,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match ledger.apply_kyc_callback(&callback.id, &callback.address, &record) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(id = %callback.id, "KYC callback replayed; refused");
+            return error(
+                StatusCode::CONFLICT,
+                format!("callback {} was applied already", callback.id),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+    drop(ledger);
+    Json(kyc_changed(
+        &state,
+        "provider",
+        &callback.address,
+        previous,
+        &record,
+    ))
+    .into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -24,20 +24,23 @@ use crate::payouts::ledger::TransferKind;
 
 /// Seconds a key challenge may be answered in.
 pub const KEY_CHALLENGE_TTL_S: u64 = 600;
-/// Outstanding key challenges at most (one per address); past it, new ones wait.
+/// Outstanding key challenges at most, for all addresses together; past it, new ones
+/// wait until old ones expire or are answered.
 pub const KEY_CHALLENGES_MAX: usize = 100_000;
 
-/// Challenges handed out and not yet answered: address → (message, expiry).
+/// Challenges handed out and not yet answered, by message (each holds a random nonce):
+/// message → (address, expiry). An address may hold several, so asking for a challenge in
+/// someone else's name can never take away the challenge its owner is about to sign.
 #[derive(Default)]
 pub struct KeyChallenges {
     open: HashMap<String, (String, u64)>,
 }
 
 impl KeyChallenges {
-    /// A new single-use challenge for `address`, replacing any earlier one; `None` when
-    /// `KEY_CHALLENGES_MAX` unexpired challenges are outstanding.
+    /// A new single-use challenge for `address`; `None` when `KEY_CHALLENGES_MAX`
+    /// unexpired challenges are outstanding.
     pub fn issue(&mut self, address: &str, now_ms: u64) -> Option<(String, u64)> {
-        if self.open.len() >= KEY_CHALLENGES_MAX && !self.open.contains_key(address) {
+        if self.open.len() >= KEY_CHALLENGES_MAX {
             self.open.retain(|_, (_, expiry)| *expiry > now_ms);
             if self.open.len() >= KEY_CHALLENGES_MAX {
                 return None;
@@ -51,15 +54,16 @@ impl KeyChallenges {
             hex::encode(nonce)
         );
         self.open
-            .insert(address.to_string(), (message.clone(), expires_at_ms));
+            .insert(message.clone(), (address.to_string(), expires_at_ms));
         Some((message, expires_at_ms))
     }
 
-    /// Takes `address`'s challenge if it is `message` and unexpired: each is answered once.
+    /// Takes the challenge `message` if it was issued for `address` and is unexpired: each
+    /// is answered once.
     pub fn take(&mut self, address: &str, message: &str, now_ms: u64) -> bool {
-        match self.open.get(address) {
-            Some((open, expiry)) if open == message && *expiry > now_ms => {
-                self.open.remove(address);
+        match self.open.get(message) {
+            Some((owner, expiry)) if owner == address && *expiry > now_ms => {
+                self.open.remove(message);
                 true
             }
             _ => false,
@@ -139,6 +143,26 @@ impl axum::extract::FromRequestParts<ApiState> for Miner {
         state: &ApiState,
     ) -> Result<Self, Response> {
         miner_of(state, &parts.headers).map(Miner)
+    }
+}
+
+/// An address whose payouts wait on KYC (state pending or rejected) cannot move value
+/// through the exchange either: no deposit, no new order. Otherwise a held balance could
+/// be sold to another address and paid out from there.
+fn refuse_kyc_held(state: &ApiState, address: &str) -> Result<(), Response> {
+    let record = state
+        .payouts
+        .ledger
+        .lock()
+        .expect("ledger lock")
+        .kyc(address)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match record.map(|r| r.state) {
+        Some(crate::kyc::KycState::Pending | crate::kyc::KycState::Rejected) => Err(error(
+            StatusCode::FORBIDDEN,
+            "this address's payouts wait on identity verification (KYC): it cannot deposit or trade until verified",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -339,6 +363,9 @@ async fn place_order(
         Ok(request) => request,
         Err(response) => return response,
     };
+    if let Err(response) = refuse_kyc_held(&state, &address) {
+        return response;
+    }
     let placed = with_dex(&state, move |dex, state| {
         dex.place(&address, &request).map(|(market, events)| {
             publish(state, dex.feed_messages(market, &events));
@@ -399,6 +426,9 @@ async fn replace_order(
         Ok(request) => request,
         Err(response) => return response,
     };
+    if let Err(response) = refuse_kyc_held(&state, &address) {
+        return response;
+    }
     let replaced = with_dex(&state, move |dex, state| {
         dex.replace(&address, order_id, &request.price, &request.quantity)
             .map(|(market, events)| {
@@ -453,6 +483,12 @@ async fn transfer(
         Ok(amount) => amount,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("amount: {e}")),
     };
+    // A withdrawal goes back to the ledger balance, where the payout hold applies.
+    if kind == TransferKind::Deposit {
+        if let Err(response) = refuse_kyc_held(&state, &address) {
+            return response;
+        }
+    }
     let moved = with_dex(&state, move |dex, state| {
         let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
         dex.transfer(&mut ledger, &address, amount, now_ms(), kind)
@@ -529,12 +565,24 @@ mod tests {
     fn outstanding_challenges_are_bounded() {
         let mut challenges = KeyChallenges::default();
         for i in 0..KEY_CHALLENGES_MAX {
-            assert!(challenges.issue(&i.to_string(), 0).is_some());
+            assert!(challenges.issue(&(i % 7).to_string(), 0).is_some());
         }
         assert!(challenges.issue("one more", 0).is_none());
-        // Reissuing to an address already holding one is fine; expired ones make room.
-        assert!(challenges.issue("0", 0).is_some());
+        // Expired ones make room.
         let later_ms = KEY_CHALLENGE_TTL_S * 1000 + 1;
         assert!(challenges.issue("one more", later_ms).is_some());
+    }
+
+    /// Issue 15, point 8: a challenge asked for in someone else's name leaves the owner's
+    /// open challenge as it was.
+    #[test]
+    fn a_second_challenge_for_an_address_does_not_replace_the_first() {
+        let mut challenges = KeyChallenges::default();
+        let (owners, _) = challenges.issue("addr", 1_000).unwrap();
+        let (anyones, _) = challenges.issue("addr", 1_001).unwrap();
+        assert_ne!(owners, anyones);
+        assert!(challenges.take("addr", &owners, 1_002));
+        assert!(challenges.take("addr", &anyones, 1_002));
+        assert!(!challenges.take("addr", &owners, 1_003), "single use");
     }
 }

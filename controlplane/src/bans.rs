@@ -61,6 +61,31 @@ impl BanStore {
         })
     }
 
+    /// Rewrites the operator's list with each address of the pool's coin and network in
+    /// canonical form (`canonical_address_for`), as the data planes compare them: a list
+    /// saved before addresses were compared by output script holds them as typed, and a
+    /// `3…` entry would never match the `M…` form a miner's shares are recorded under.
+    pub fn canonicalize(&self, rule: &otedama_shared::address::AddressRule) -> anyhow::Result<()> {
+        let mut lists = self.lists.lock().expect("ban list lock");
+        let mut list = lists.0.clone();
+        list.addresses = list
+            .addresses
+            .iter()
+            .map(|address| {
+                otedama_shared::address::canonical_address_for(rule, address)
+                    .unwrap_or_else(|_| address.clone())
+            })
+            .collect();
+        if list == lists.0 {
+            return Ok(());
+        }
+        self.save(&list)?;
+        let merged = Arc::new(merge(&list, &lists.1));
+        lists.0 = list;
+        self.current.send_replace(merged);
+        Ok(())
+    }
+
     /// What the data planes enforce: the operator's bans and the deny list.
     pub fn current(&self) -> Arc<BanList> {
         self.current.borrow().clone()
@@ -140,6 +165,36 @@ fn merge(operator: &BanList, denied: &BTreeSet<String>) -> BanList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list saved with a Litecoin P2SH address in its old `3…` form bans the `M…` form a
+    /// miner's shares are recorded under, once canonicalized at start.
+    #[test]
+    fn a_saved_ban_matches_every_encoding_of_its_script() {
+        let rule = crate::chain::coin::CoinParams::new(
+            crate::chain::coin::Coin::Litecoin,
+            crate::chain::coin::Network::Mainnet,
+        )
+        .address;
+        let encode = |prefix: u8| {
+            let mut payload = vec![prefix];
+            payload.extend_from_slice(&[0x42; 20]);
+            bitcoin::base58::encode_check(&payload)
+        };
+        let (old, current) = (encode(5), encode(50));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.json");
+        let saved = BanList {
+            addresses: [old.clone()].into(),
+            networks: Default::default(),
+        };
+        std::fs::write(&path, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let store = BanStore::open(path.clone()).unwrap();
+        assert!(!store.current().bans_worker(&format!("{current}.rig")));
+        store.canonicalize(&rule).unwrap();
+        assert!(store.current().bans_worker(&format!("{current}.rig")));
+        let reopened = BanStore::open(path).unwrap();
+        assert!(reopened.current().bans_worker(&current));
+    }
 
     #[test]
     fn bans_survive_a_reopen_and_are_published() {

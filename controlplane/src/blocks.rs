@@ -34,6 +34,10 @@ pub struct BlockRecord {
     /// root, ntime, bits, nonce), hex.
     #[serde(default)]
     pub header: String,
+    /// When the data plane accepted the share that found the block; 0 in records written
+    /// before this field (their round ends at `submitted_at_ms`).
+    #[serde(default)]
+    pub found_at_ms: u64,
 }
 
 /// The reason given to a candidate that was never submitted because the pool's tip had
@@ -41,6 +45,16 @@ pub struct BlockRecord {
 pub const STALE_CANDIDATE_REASON_PREFIX: &str = "stale-prevblk";
 
 impl BlockRecord {
+    /// Where the block's round ends: when its share was accepted, not when the node took
+    /// the block (which may be much later after retries or a restart).
+    pub fn round_end_ms(&self) -> u64 {
+        if self.found_at_ms > 0 {
+            self.found_at_ms
+        } else {
+            self.submitted_at_ms
+        }
+    }
+
     /// A candidate that could no longer win and was not submitted: kept so the block scan
     /// knows it is settled, but not a block the pool found or the node refused.
     pub fn is_stale_candidate(&self) -> bool {
@@ -141,7 +155,7 @@ impl BlockStore {
             .filter_map(Result::ok)
             .filter_map(|(_, value)| serde_json::from_slice(&value).ok())
             .collect();
-        records.sort_by_key(|r| (r.submitted_at_ms, r.height));
+        records.sort_by_key(|r| (r.round_end_ms(), r.height));
         records
     }
 

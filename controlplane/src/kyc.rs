@@ -85,10 +85,16 @@ pub enum CallbackError {
     BadBody(String),
 }
 
+/// Longest callback id accepted.
+pub const CALLBACK_ID_BYTES_MAX: usize = 128;
+
 /// What a provider says about an address.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Callback {
+    /// The provider's id for this verdict: applied once, so a replay (within the
+    /// signature's clock window) is refused.
+    pub id: String,
     pub address: String,
     pub state: KycState,
     #[serde(default)]
@@ -126,6 +132,11 @@ pub fn verify_callback(
         .map_err(|_| CallbackError::BadSignature)?;
     let callback: Callback =
         serde_json::from_slice(body).map_err(|e| CallbackError::BadBody(e.to_string()))?;
+    if callback.id.is_empty() || callback.id.len() > CALLBACK_ID_BYTES_MAX {
+        return Err(CallbackError::BadBody(format!(
+            "id must be 1 to {CALLBACK_ID_BYTES_MAX} bytes"
+        )));
+    }
     if callback.state == KycState::Pending {
         return Err(CallbackError::BadBody(
             "a provider answers verified or rejected".into(),
@@ -170,7 +181,8 @@ mod tests {
 
     #[test]
     fn callbacks_must_be_signed_fresh_and_well_formed() {
-        let body = br#"{"address":"rltc1qexample","state":"verified","reference":"case-7"}"#;
+        let body =
+            br#"{"id":"v-1","address":"rltc1qexample","state":"verified","reference":"case-7"}"#;
         let now_s = 1_800_000_000;
         let header = sign(SECRET, now_s, body);
         let callback = verify_callback(SECRET, Some(&header), body, now_s + 10).unwrap();
@@ -188,7 +200,8 @@ mod tests {
             verify_callback(b"another secret", Some(&header), body, now_s),
             Err(CallbackError::BadSignature)
         );
-        let edited = br#"{"address":"rltc1qattacker","state":"verified","reference":"case-7"}"#;
+        let edited =
+            br#"{"id":"v-1","address":"rltc1qattacker","state":"verified","reference":"case-7"}"#;
         assert_eq!(
             verify_callback(SECRET, Some(&header), edited, now_s),
             Err(CallbackError::BadSignature)
@@ -214,10 +227,27 @@ mod tests {
             verify_callback(SECRET, Some(&signed), &too_long, now_s),
             Err(CallbackError::TooLarge)
         );
-        let pending = br#"{"address":"a","state":"pending"}"#;
+        let pending = br#"{"id":"p-1","address":"a","state":"pending"}"#;
         let signed = sign(SECRET, now_s, pending);
         assert!(matches!(
             verify_callback(SECRET, Some(&signed), pending, now_s),
+            Err(CallbackError::BadBody(_))
+        ));
+        // The id: required, and at most CALLBACK_ID_BYTES_MAX bytes (edge included).
+        for (id, ok) in [
+            (String::new(), false),
+            ("x".repeat(CALLBACK_ID_BYTES_MAX), true),
+            ("x".repeat(CALLBACK_ID_BYTES_MAX + 1), false),
+        ] {
+            let body = format!(r#"{{"id":"{id}","address":"a","state":"rejected"}}"#);
+            let signed = sign(SECRET, now_s, body.as_bytes());
+            let verdict = verify_callback(SECRET, Some(&signed), body.as_bytes(), now_s);
+            assert_eq!(verdict.is_ok(), ok, "id of {} bytes: {verdict:?}", id.len());
+        }
+        let no_id = br#"{"address":"a","state":"rejected"}"#;
+        let signed = sign(SECRET, now_s, no_id);
+        assert!(matches!(
+            verify_callback(SECRET, Some(&signed), no_id, now_s),
             Err(CallbackError::BadBody(_))
         ));
     }

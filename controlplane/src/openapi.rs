@@ -68,7 +68,7 @@ pub fn document() -> Value {
             "/api/v1/admin/exports/payments": {"get": admin("Every payment to ?address=, as ?format=json (default) or csv: batch, txid, amount, state, times")},
             "/api/v1/admin/exports/audit": {"get": admin("The audit entries of [?from_ms, ?to_ms) with their hashes, as ?format=json (default) or csv")},
             "/api/v1/admin/dex/credits": {"post": admin("Credit another coin (operator liquidity) to an address's exchange account {address, asset, amount}; audited")},
-            "/api/v1/kyc/callback": {"post": {"summary": "The KYC provider's verdict {address, state: verified|rejected, reference}", "security": [{"providerSignature": []}], "responses": {"200": {"description": "Recorded and audited"}, "401": {"description": "Missing, stale or wrong signature"}, "404": {"description": "No provider configured"}}}},
+            "/api/v1/kyc/callback": {"post": {"summary": "The KYC provider's verdict {id, address, state: verified|rejected, reference}; each id is applied once", "security": [{"providerSignature": []}], "responses": {"200": {"description": "Recorded and audited"}, "401": {"description": "Missing, stale or wrong signature"}, "404": {"description": "No provider configured"}, "409": {"description": "This callback id was applied already"}}}},
             "/api/v1/dex/markets": get("Markets: symbol, base, quote, lot_size, price_increment, min_size", json!([])),
             "/api/v1/dex/orderbook/{market}": get("Aggregated book, best first: bids and asks as [price, quantity] in coins, up to 50 levels", market_parameter()),
             "/api/v1/dex/trades/{market}": get("The market's latest trades, newest first", market_parameter()),

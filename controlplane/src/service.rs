@@ -178,23 +178,26 @@ fn template_loop(
                         clean,
                         algorithm,
                     ) {
-                        Ok(job) => {
-                            tracing::info!(
-                                job_id = next_job_id,
-                                height = template.height,
-                                clean,
-                                txs = template.transactions.len(),
-                                mweb = key.has_mweb,
-                                "new job"
-                            );
-                            next_job_id += 1;
-                            // On disk before any miner can find a block on it.
-                            if let Err(error) = jobs.put(&job) {
-                                tracing::error!(%error, "cannot store the new job: a block found on it is lost if this process dies before submitting it");
+                        // On disk before any miner can find a block on it; a job that
+                        // cannot be stored is not published (the next fetch tries again).
+                        Ok(job) => match jobs.put(&job) {
+                            Ok(()) => {
+                                tracing::info!(
+                                    job_id = next_job_id,
+                                    height = template.height,
+                                    clean,
+                                    txs = template.transactions.len(),
+                                    mweb = key.has_mweb,
+                                    "new job"
+                                );
+                                next_job_id += 1;
+                                state.publish_job(Arc::new(job));
+                                last = Some(key);
                             }
-                            state.publish_job(Arc::new(job));
-                            last = Some(key);
-                        }
+                            Err(error) => {
+                                tracing::error!(%error, "cannot store the new job, so it is not sent to miners: a block found on it could not be rebuilt after a restart")
+                            }
+                        },
                         Err(error) => {
                             tracing::error!(%error, "cannot build a job from the template")
                         }
@@ -234,15 +237,17 @@ fn best_block_poll_loop(rpc: RpcClient, triggers: Sender<()>) {
     }
 }
 
-/// A job by id: the ones this process built are in memory, older ones on disk.
-fn find_job(state: &PoolState, jobs: &JobStore, job_id: u64) -> Option<Arc<BuiltJob>> {
-    state.job(job_id).or_else(|| match jobs.get(job_id) {
-        Ok(job) => job.map(Arc::new),
-        Err(error) => {
-            tracing::error!(%error, job_id, "cannot read a stored job");
-            None
-        }
-    })
+/// A job by id: the ones this process built are in memory, older ones on disk. `Err`
+/// when the disk could not say, which is not the same as "no such job".
+fn find_job(
+    state: &PoolState,
+    jobs: &JobStore,
+    job_id: u64,
+) -> Result<Option<Arc<BuiltJob>>, crate::jobs::store::JobStoreError> {
+    match state.job(job_id) {
+        Some(job) => Ok(Some(job)),
+        None => Ok(jobs.get(job_id)?.map(Arc::new)),
+    }
 }
 
 /// Reads the share logs for block shares the live path missed (see `jobs::scan`).
@@ -348,8 +353,13 @@ fn settle_candidate(
         (false, CandidateSource::Live) => Some(stale),
         // A process before this one may have submitted it: ask the node first.
         (false, CandidateSource::Recovered) => match chain_place_when_answered(rpc, &hash) {
-            ChainPlace::Active => None,
-            _ => Some(stale),
+            Ok(ChainPlace::Active) => None,
+            Ok(_) => Some(stale),
+            // Left unrecorded: the block scan hands it over again later.
+            Err(error) => {
+                tracing::error!(%hash, %error, "the node does not say whether it has a recovered block; asking again later");
+                return;
+            }
         },
         (true, _) => match assemble_block(job, candidate) {
             Ok(block) => submit_until_settled(rpc, &hex::encode(&block), &hash, &can_still_win),
@@ -372,6 +382,7 @@ fn settle_candidate(
         network_difficulty: otedama_kernels::Target::from_compact(job.job.bits)
             .map_or(0.0, |t| t.to_difficulty(job.job.algorithm.into())),
         header: hex::encode(&candidate.header),
+        found_at_ms: candidate.found_at_ms,
     };
     let first_time = store.record(&record, !is_stale).unwrap_or_else(|error| {
         tracing::error!(%error, %hash, "cannot record block outcome");
@@ -792,6 +803,7 @@ fn serve(
     let bans = Arc::new(crate::bans::BanStore::open(
         config.data_dir.join("bans.json"),
     )?);
+    bans.canonicalize(&config.coin_params().address)?;
     if !config.deny_list_file.is_empty() {
         let ticker = config.deny_list_ticker();
         // A deny list that cannot be read at start stops the start: running without the

@@ -66,6 +66,32 @@ pub struct Job {
     pub network_target: Target,
     /// The complete `mining.notify` line, newline included.
     pub notify_line: Arc<[u8]>,
+    /// A digest of everything a share's header commits to besides the miner's own fields
+    /// (extranonces, ntime, nonce, rolled version): the previous block, the coinbase around
+    /// the extranonces, the merkle branch and bits. Two jobs with the same key take the same
+    /// headers, so they share one duplicate set, whatever their ids.
+    pub content_key: [u8; 32],
+}
+
+/// See `Job::content_key`. Variable-length fields are length-prefixed, so no two
+/// different templates run together into the same bytes.
+fn content_key(template: &JobTemplate) -> [u8; 32] {
+    let mut bytes = Vec::with_capacity(
+        64 + template.coinbase_prefix.len()
+            + template.coinbase_suffix.len()
+            + 32 * template.merkle_branch.len(),
+    );
+    bytes.extend_from_slice(&template.prevhash);
+    for part in [&template.coinbase_prefix, &template.coinbase_suffix] {
+        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(part);
+    }
+    bytes.extend_from_slice(&(template.merkle_branch.len() as u64).to_le_bytes());
+    for hash in &template.merkle_branch {
+        bytes.extend_from_slice(&hash.0);
+    }
+    bytes.extend_from_slice(&template.bits.to_le_bytes());
+    otedama_kernels::sha256d(&bytes)
 }
 
 /// Why a job template cannot be used.
@@ -80,7 +106,9 @@ impl Job {
         let network_target =
             Target::from_compact(template.bits).map_err(|_| JobError::BadBits(template.bits))?;
         let notify_line = crate::sv1::notify_line(&template, template.clean_jobs).into();
+        let content_key = content_key(&template);
         Ok(Job {
+            content_key,
             algorithm: template.algorithm.into(),
             coinbase_prefix_midstate: Midstate::new(&template.coinbase_prefix),
             merkle_branch: template.merkle_branch.iter().map(|h| h.0).collect(),
@@ -170,11 +198,9 @@ impl JobBook {
         self.live.last()
     }
 
-    /// Whether a live job builds on the block `prev_block_hash`.
-    pub fn builds_on(&self, prev_block_hash: &[u8; 32]) -> bool {
-        self.live
-            .iter()
-            .any(|job| &job.template.prevhash == prev_block_hash)
+    /// Whether a live job has this `Job::content_key`.
+    pub fn holds_content(&self, content_key: &[u8; 32]) -> bool {
+        self.live.iter().any(|job| &job.content_key == content_key)
     }
 }
 

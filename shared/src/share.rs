@@ -190,39 +190,49 @@ impl std::hash::Hasher for HeaderHasher {
     }
 }
 
-/// Remembers the header hashes of accepted shares, grouped by the previous block their
-/// job builds on. The header commits to the job's content (previous block, merkle root
-/// with both extranonces), ntime, nonce and version, so equal hashes mean the same share,
-/// whatever job id it came under. Grouping by previous block, not by job id, is what keeps
-/// a job re-sent under the same id (after a control-plane reconnect, with `clean_jobs`)
-/// from forgetting the shares already taken for it: a set is dropped only once no live
-/// job builds on its block any more, when every share for it is stale anyway.
+/// Remembers the header hashes of shares taken, grouped by their job's content
+/// (`Job::content_key`). The header commits to the job's content and the miner's fields,
+/// so equal hashes mean the same share, whatever job id it came under. Grouping by
+/// content, not by job id, is what keeps a job re-sent under the same id (after a
+/// control-plane reconnect, with `clean_jobs`) from forgetting the shares already taken for
+/// it; a set is dropped once no live job has its content, when its shares are stale.
+///
+/// A share is claimed here when it arrives, before its proof of work is computed (which
+/// for scrypt happens later, in a batch), and released if that fails: a copy sent while
+/// the first waits is refused at once, and one still waiting when a new block drops the
+/// set cannot start a fresh set for it.
 ///
 /// Each core owns one; extranonce1 values are partitioned per core, so a share can only
 /// ever collide with one accepted on the same core, and no cross-core lookup is needed.
 #[derive(Debug, Default)]
 pub struct DuplicateFilter {
-    by_prev_block: HashMap<[u8; 32], HashSet<[u8; 32], HeaderHashBuilder>>,
+    by_content: HashMap<[u8; 32], HashSet<[u8; 32], HeaderHashBuilder>>,
 }
 
 impl DuplicateFilter {
     /// Records the share; `false` if it was already there.
-    pub fn insert(&mut self, prev_block_hash: &[u8; 32], header_hash: [u8; 32]) -> bool {
-        self.by_prev_block
-            .entry(*prev_block_hash)
+    pub fn insert(&mut self, content_key: &[u8; 32], header_hash: [u8; 32]) -> bool {
+        self.by_content
+            .entry(*content_key)
             .or_default()
             .insert(header_hash)
     }
 
-    /// Forgets the shares of blocks no live job in `jobs` builds on: they can only be
-    /// stale now.
+    /// Forgets a share whose claim did not hold (its proof of work fell short).
+    pub fn remove(&mut self, content_key: &[u8; 32], header_hash: &[u8; 32]) {
+        if let Some(set) = self.by_content.get_mut(content_key) {
+            set.remove(header_hash);
+        }
+    }
+
+    /// Forgets the shares of contents no live job in `jobs` has: they can only be stale.
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
-        self.by_prev_block
-            .retain(|prev_block_hash, _| jobs.builds_on(prev_block_hash));
+        self.by_content
+            .retain(|content_key, _| jobs.holds_content(content_key));
     }
 
     pub fn len(&self) -> usize {
-        self.by_prev_block.values().map(HashSet::len).sum()
+        self.by_content.values().map(HashSet::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -410,17 +420,23 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_filter_keys_on_job_and_hash() {
+    fn duplicate_filter_keys_on_job_content_and_hash() {
         let mut filter = DuplicateFilter::default();
+        let mut book = crate::job::JobBook::default();
+        let job = std::sync::Arc::new(Job::new(crate::job::tests::template(5, true)).unwrap());
+        let live = job.content_key;
         assert!(filter.insert(&[1; 32], [1; 32]));
         assert!(!filter.insert(&[1; 32], [1; 32]));
-        assert!(filter.insert(&[2; 32], [1; 32]));
-        let mut book = crate::job::JobBook::default();
-        let mut template = crate::job::tests::template(5, true);
-        template.prevhash = [2; 32];
-        book.insert(std::sync::Arc::new(Job::new(template).unwrap()));
+        assert!(filter.insert(&live, [1; 32]));
+        book.insert(job.clone());
         filter.retire_unlisted(&book);
         assert_eq!(filter.len(), 1);
-        assert!(!filter.insert(&[2; 32], [1; 32]));
+        assert!(!filter.insert(&live, [1; 32]));
+        filter.remove(&live, &[1; 32]);
+        assert!(filter.insert(&live, [1; 32]));
+        // The same content under another id and a later ntime shares the set.
+        let mut again = crate::job::tests::template(6, true);
+        again.ntime += 60;
+        assert_eq!(Job::new(again).unwrap().content_key, live);
     }
 }

@@ -310,9 +310,24 @@ pub struct CreditedShare {
     pub difficulty: f64,
 }
 
-/// The checks after the proof of work: the target of the share's terms, then the
-/// duplicate filter (last, so a rejected share is never remembered). The credit is the
-/// terms' difficulty, whatever the hash achieved (the credit rule on `SentJob`).
+/// Claims a share in the duplicate filter as it arrives, before its proof of work is
+/// computed (see `DuplicateFilter`): `Duplicate` if the same header was taken before or is
+/// waiting for its hash.
+pub fn claim_share(
+    job: &Job,
+    header_hash: [u8; 32],
+    duplicates: &mut DuplicateFilter,
+) -> Result<(), Rejection> {
+    if duplicates.insert(&job.content_key, header_hash) {
+        Ok(())
+    } else {
+        Err(Rejection::Duplicate)
+    }
+}
+
+/// The check after the proof of work of a claimed share: the target of its terms. The
+/// credit is the terms' difficulty, whatever the hash achieved (the credit rule on
+/// `SentJob`). A share that falls short gives its claim back.
 pub fn credit_share(
     job: &Job,
     terms: ShareTerms,
@@ -322,15 +337,16 @@ pub fn credit_share(
     duplicates: &mut DuplicateFilter,
 ) -> Result<CreditedShare, Rejection> {
     let share_target = share_target(job.algorithm, terms.difficulty);
-    let valid = check_pow(job, header, header_hash, pow, &share_target)
-        .map_err(|_| Rejection::LowDifficulty)?;
-    if !duplicates.insert(&job.template.prevhash, valid.header_hash) {
-        return Err(Rejection::Duplicate);
+    match check_pow(job, header, header_hash, pow, &share_target) {
+        Ok(valid) => Ok(CreditedShare {
+            valid,
+            difficulty: terms.difficulty,
+        }),
+        Err(_) => {
+            duplicates.remove(&job.content_key, &header_hash);
+            Err(Rejection::LowDifficulty)
+        }
     }
-    Ok(CreditedShare {
-        valid,
-        difficulty: terms.difficulty,
-    })
 }
 
 /// The target of a difficulty; `Target::MAX` for difficulties too low to express.
@@ -431,14 +447,22 @@ mod tests {
         };
         let mut duplicates = DuplicateFilter::default();
         // A proof-of-work value of zero meets every target.
+        claim_share(&job, [9; 32], &mut duplicates).unwrap();
         let credited =
             credit_share(&job, terms, [0; 80], [9; 32], &[0; 32], &mut duplicates).unwrap();
         assert_eq!(credited.difficulty, 0.5);
         assert!(credited.valid.achieved_difficulty > 1e9);
         assert_eq!(
-            credit_share(&job, terms, [0; 80], [9; 32], &[0; 32], &mut duplicates),
+            claim_share(&job, [9; 32], &mut duplicates),
             Err(Rejection::Duplicate)
         );
+        // One that falls short gives its claim back: sent again, it is judged again.
+        claim_share(&job, [8; 32], &mut duplicates).unwrap();
+        assert_eq!(
+            credit_share(&job, terms, [0; 80], [8; 32], &[0xff; 32], &mut duplicates),
+            Err(Rejection::LowDifficulty)
+        );
+        assert_eq!(claim_share(&job, [8; 32], &mut duplicates), Ok(()));
     }
 
     #[test]
@@ -449,9 +473,16 @@ mod tests {
         work.set_difficulty(400.0);
         work.record_sent(&job, 10);
         assert_eq!(work.sent_job(1).unwrap().required_difficulty(10), 4.0);
-        // The same clean job again (a control-plane reconnect): no new grace, no reset.
-        work.record_sent(&job, 20);
-        assert_eq!(work.sent_job(1).unwrap().required_difficulty(20), 400.0);
+        // The same clean job again inside the grace (a control-plane reconnect): the grace
+        // runs on as it was, neither cleared nor started again.
+        work.record_sent(&job, 11);
+        let sent = work.sent_job(1).unwrap();
+        assert_eq!(sent.required_difficulty(11), 4.0);
+        assert_eq!(sent.grace_until_s, 10 + DIFFICULTY_CHANGE_GRACE_S);
+        assert_eq!(
+            sent.required_difficulty(10 + DIFFICULTY_CHANGE_GRACE_S),
+            400.0
+        );
     }
 
     #[test]

@@ -593,6 +593,65 @@ fn batched_scrypt_shares_finish_like_hashed_ones() {
     assert_eq!(outcomes[0], outcomes[1]);
 }
 
+/// Issue 15 review: copies of a scrypt share sent while the first waits for its batched
+/// hash are refused at once (22), and a copy still waiting when a new block retires the
+/// job cannot start a fresh duplicate set and be credited a second time.
+#[test]
+fn a_share_waiting_for_its_scrypt_hash_cannot_be_taken_twice() {
+    let mut jobs = JobBook::default();
+    let mut scrypt_template = template(1, true);
+    scrypt_template.algorithm = AlgorithmName::Scrypt;
+    jobs.insert(Arc::new(Job::new(scrypt_template.clone()).unwrap()));
+    let mut h = Harness {
+        session: Session::new(SessionConfig {
+            algorithm: Algorithm::Scrypt,
+            batch_scrypt: true,
+            ..config(DIFFICULTY_FLOOR_FOR_TESTS)
+        }),
+        jobs,
+        duplicates: DuplicateFilter::default(),
+    };
+    let job = h.ready();
+    let line = submit_line(
+        7,
+        "addr.rig",
+        &job.job_id,
+        &[0, 0, 0, 1],
+        job.ntime,
+        42,
+        None,
+    );
+    let (Outcome::NeedsPow(first), _) = h.send(&line) else {
+        panic!("a batching session defers scrypt")
+    };
+    let (outcome, out) = h.send(&line);
+    assert_eq!(outcome, Outcome::Rejected(ErrorCode::Duplicate));
+    assert_eq!(error_code(&out[0]), Some(22));
+    // A new block arrives while the first copy waits: the job and its set retire.
+    let mut next = scrypt_template;
+    next.job_id = 2;
+    next.prevhash = [0x99; 32];
+    let next = Arc::new(Job::new(next).unwrap());
+    h.jobs.insert(next.clone());
+    h.duplicates.retire_unlisted(&h.jobs);
+    h.session.handle_new_job(&next, NOW_S);
+    h.drain();
+    // The first copy was sent while its job was live: its work counts, once.
+    let pow = otedama_kernels::scrypt::scrypt_pow(&first.header);
+    let outcome = h.session.handle_pow(first, &pow, NOW_S, &mut h.duplicates);
+    assert!(matches!(outcome, Outcome::ShareAccepted(_)), "{outcome:?}");
+    let (outcome, _) = h.send(&line);
+    assert_eq!(
+        outcome,
+        Outcome::Rejected(ErrorCode::JobNotFound),
+        "stale now"
+    );
+    assert!(
+        h.duplicates.is_empty(),
+        "nothing was left behind for the retired job"
+    );
+}
+
 #[test]
 fn a_worker_without_a_payout_address_of_the_network_is_refused_at_authorize() {
     let rule = otedama_shared::address::AddressRule {

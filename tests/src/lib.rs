@@ -82,7 +82,7 @@ pub struct PoolSetup {
     pub extra_args: Vec<String>,
     /// Environment for `otedama <role>`.
     pub env: Vec<(String, String)>,
-    /// Where `otedama <role>` writes its log (stderr); inherited when `None`.
+    /// Where `otedama <role>` writes its log (stderr, appended); inherited when `None`.
     pub log_file: Option<PathBuf>,
 }
 
@@ -134,8 +134,12 @@ impl PoolSetup {
     pub fn spawn(&self, role: &str) -> anyhow::Result<Process> {
         let mut command = self.command(role);
         if let Some(path) = &self.log_file {
-            let log = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            // Appended to, so a role started again (after a kill) keeps the earlier log.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
             command.stderr(log);
         }
         let child = command

@@ -487,6 +487,23 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
         "{kyc_list}"
     );
 
+    // A held address cannot move value through the exchange (issue 15, point 8): no
+    // deposit and no new order, or its balance could be sold to another address.
+    let (status, answer) = exchange.call(
+        "POST",
+        "/api/v1/dex/deposits",
+        Some(&seller_key),
+        Some(json!({"amount": "0.01"})),
+    )?;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = exchange.call(
+        "POST",
+        "/api/v1/dex/orders",
+        Some(&seller_key),
+        Some(json!({"market": MARKET, "side": "sell", "price": "0.01", "quantity": "1"})),
+    )?;
+    assert_eq!(status, 403, "{answer}");
+
     // The operator verifies the seller; the provider, the buyer.
     let (status, answer) = scenario.pool.json_call(
         "PUT",
@@ -496,7 +513,8 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
     )?;
     assert_eq!(status, 200, "{answer}");
     let callback =
-        json!({"address": buyer, "state": "verified", "reference": "case-42"}).to_string();
+        json!({"id": "verdict-42", "address": buyer, "state": "verified", "reference": "case-42"})
+            .to_string();
     let callback_call = |signature: &str, body: &str| {
         scenario.pool.http(
             "POST",
@@ -526,6 +544,13 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
     assert_eq!(callback_call(&signed, &tampered)?.0, 401, "an edited body");
     let (status, answer) = callback_call(&signed, &callback)?;
     assert_eq!(status, 200, "{answer}");
+    // The same verdict again, freshly signed (a replay inside the clock window): refused.
+    let resigned = kyc::sign(KYC_SECRET.as_bytes(), now_s(), callback.as_bytes());
+    assert_eq!(
+        callback_call(&resigned, &callback)?.0,
+        409,
+        "a replayed callback id"
+    );
 
     let expected: BTreeMap<String, u64> = [
         (seller.clone(), owed_now[&seller]),

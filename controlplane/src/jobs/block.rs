@@ -112,6 +112,7 @@ mod tests {
             header,
             coinbase,
             worker: "w".into(),
+            found_at_ms: 0,
         }
     }
 

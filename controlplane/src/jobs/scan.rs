@@ -16,6 +16,7 @@ use otedama_shared::hex32::display_hex;
 use otedama_shared::sv1::BlockCandidate;
 use otedama_shared::{Job, ShareRecord};
 
+use super::store::JobStoreError;
 use super::submit::{CandidateQueue, CandidateSource, Pushed};
 use super::BuiltJob;
 use crate::blocks::BlockStore;
@@ -71,12 +72,13 @@ impl BlockScan {
     }
 
     /// Reads what the logs gained, hands the block shares the live path has not settled
-    /// in time to `queue`, and saves each cursor. `job` finds a job by id.
+    /// in time to `queue`, and saves each cursor. `job` finds a job by id (`Err` when the
+    /// disk cannot say, and the share stays unsettled).
     pub fn step(
         &mut self,
         store: &BlockStore,
         queue: &CandidateQueue<(BlockCandidate, CandidateSource)>,
-        job: &dyn Fn(u64) -> Option<Arc<BuiltJob>>,
+        job: &dyn Fn(u64) -> Result<Option<Arc<BuiltJob>>, JobStoreError>,
     ) {
         for log in &mut self.logs {
             loop {
@@ -107,9 +109,17 @@ impl BlockScan {
                 if u.seen_at.elapsed() < grace || queue.is_pending(&u.hash) {
                     return true;
                 }
-                let Some(job) = job(u.record.job_id) else {
-                    tracing::error!(hash = %display_hex(&u.hash), job_id = u.record.job_id, "block share for a job that is not stored: cannot rebuild its block");
-                    return false;
+                let job = match job(u.record.job_id) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => {
+                        tracing::error!(hash = %display_hex(&u.hash), job_id = u.record.job_id, "block share for a job that is not stored: cannot rebuild its block");
+                        return false;
+                    }
+                    // The disk could not say: keep it unsettled and ask again next time.
+                    Err(error) => {
+                        tracing::error!(%error, hash = %display_hex(&u.hash), "cannot read the job of a block share; trying again");
+                        return true;
+                    }
                 };
                 match candidate_from_record(&job, &u.record) {
                     Some(candidate) => {
@@ -162,5 +172,6 @@ pub fn candidate_from_record(job: &BuiltJob, record: &ShareRecord) -> Option<Blo
         header: record.header.to_vec(),
         coinbase,
         worker: record.worker.clone(),
+        found_at_ms: record.accepted_at_ms,
     })
 }

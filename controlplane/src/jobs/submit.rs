@@ -100,16 +100,25 @@ pub fn chain_place(rpc: &RpcClient, hash: &str) -> Result<ChainPlace, RpcError> 
     }
 }
 
-/// `chain_place`, asked again (with back-off) until the node answers.
-pub fn chain_place_when_answered(rpc: &RpcClient, hash: &str) -> ChainPlace {
+/// Times `chain_place_when_answered` asks before it gives up, so that a node that keeps
+/// refusing `getblockheader` cannot hold a submitter for ever (about half a minute with
+/// the back-off).
+pub const CHAIN_ASKS_MAX: u32 = 10;
+
+/// `chain_place`, asked again (with back-off) until the node answers, at most
+/// `CHAIN_ASKS_MAX` times; the last error if it never did.
+pub fn chain_place_when_answered(rpc: &RpcClient, hash: &str) -> Result<ChainPlace, RpcError> {
     let mut delay_ms = SUBMIT_RETRY_DELAY_MIN_MS;
+    let mut asked = 1;
     loop {
         match chain_place(rpc, hash) {
-            Ok(place) => return place,
+            Ok(place) => return Ok(place),
+            Err(error) if asked >= CHAIN_ASKS_MAX => return Err(error),
             Err(error) => {
                 tracing::warn!(%hash, %error, retry_in_ms = delay_ms, "cannot ask the node about a block; retrying");
                 std::thread::sleep(Duration::from_millis(delay_ms));
                 delay_ms = (delay_ms * 2).min(SUBMIT_RETRY_DELAY_MAX_MS);
+                asked += 1;
             }
         }
     }

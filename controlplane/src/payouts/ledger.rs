@@ -142,6 +142,7 @@ const SETTING_PREFIX: &[u8] = b"s/";
 const PPS_CREDITED_KEY: &[u8] = b"m/pps_credited";
 const TRANSFER_PREFIX: &[u8] = b"t/";
 const KYC_PREFIX: &[u8] = b"y/";
+const KYC_CALLBACK_PREFIX: &[u8] = b"q/";
 
 /// A block's split, as credited, and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -565,6 +566,31 @@ impl Ledger {
             &options,
         )?;
         Ok(())
+    }
+
+    /// Records a KYC provider's verdict under its callback id, once: `false` (and nothing
+    /// written) if that id was applied before, so a replayed callback cannot undo a later
+    /// verdict. The id and the record are one write.
+    pub fn apply_kyc_callback(
+        &self,
+        callback_id: &str,
+        account: &str,
+        record: &crate::kyc::KycRecord,
+    ) -> Result<bool, LedgerError> {
+        let id_key = key(KYC_CALLBACK_PREFIX, callback_id.as_bytes());
+        if self.db.get_pinned(&id_key)?.is_some() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(&id_key, serde_json::to_vec(&record.updated_at_ms)?);
+        batch.put(
+            key(KYC_PREFIX, account.as_bytes()),
+            serde_json::to_vec(record)?,
+        );
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(true)
     }
 
     /// Every address with a KYC record.

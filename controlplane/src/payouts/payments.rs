@@ -181,9 +181,12 @@ pub fn payable(
     for (account, balances) in ledger.all_balances()? {
         if balances.mature == 0
             || policy.never_pay.contains(&account)
-            || policy
-                .frozen
-                .contains(otedama_shared::address::canonical_address(&account).as_ref())
+            || policy.frozen.contains(
+                &otedama_shared::address::canonical_address_for(&policy.address_rule, &account)
+                    .unwrap_or_else(|_| {
+                        otedama_shared::address::canonical_address(&account).into_owned()
+                    }),
+            )
         {
             continue;
         }

@@ -247,7 +247,7 @@ impl PayoutRunner {
                 }
                 let round_start_ms = index
                     .checked_sub(1)
-                    .map_or(0, |previous| accepted[previous].submitted_at_ms);
+                    .map_or(0, |previous| accepted[previous].round_end_ms());
                 let credits = self.block_credits(settings, block, round_start_ms);
                 ledger.credit_block(&block.hash, &credits)?;
                 tracing::info!(hash = %block.hash, height = block.height, reward = block.reward, accounts = credits.len(), "block credited");
@@ -283,7 +283,7 @@ impl PayoutRunner {
         {
             tracing::warn!(hash = %block.hash, "the round is longer than the share history kept; its oldest shares are not counted");
         }
-        let shares = history.round_newest_first(block.submitted_at_ms);
+        let shares = history.round_newest_first(block.round_end_ms());
         drop(history);
         let finder = otedama_shared::address::payout_address_of(&block.worker);
         let round = Round {
@@ -291,7 +291,7 @@ impl PayoutRunner {
             shares_newest_first: &shares,
             network_difficulty: block.network_difficulty,
             start_ms: round_start_ms,
-            end_ms: block.submitted_at_ms,
+            end_ms: block.round_end_ms(),
         };
         let split = split_block(settings.scheme, block.reward, settings.pool_fee_ppm, &round);
         let mut credits = split.credits;

@@ -3,10 +3,13 @@
 //! place that knows about glommio, so the runtime can be swapped without touching the
 //! protocol code.
 
+pub mod extranonce;
 pub mod gate;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+
+use extranonce::ExtranonceAllocator;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,11 +160,10 @@ pub struct Core {
     pow_queue: RefCell<Vec<PowWork>>,
     pow_waiter: RefCell<Option<std::task::Waker>>,
     next_connection_id: Cell<u64>,
-    next_extranonce: Cell<u32>,
-    /// Extranonce1 counters held by a live V1 connection or V2 channel on this core: never
+    /// Extranonce1 values held by a live V1 connection or V2 channel on this core are never
     /// handed out again until given back (`release_extranonce1`), so no miner can be given
     /// another's extranonce1 however many connections or channels come and go.
-    live_extranonces: RefCell<HashSet<u32>>,
+    extranonces: RefCell<ExtranonceAllocator>,
     /// Randomness for Noise handshakes (ephemeral and static keys, signatures).
     pub rng: RefCell<rand::rngs::StdRng>,
     pub share_log: ShareLogHandle,
@@ -171,52 +173,20 @@ pub struct Core {
     pub bans: RefCell<Arc<BanList>>,
 }
 
-/// Extranonce1 values one core can hand out: the 24 bits after its partition byte.
-const EXTRANONCE1_COUNTERS: usize = 1 << 24;
-
 impl Core {
     /// Extranonce1 is `partition ‖ 24-bit counter`, where the partition byte is unique per
     /// process and core. Two cores never hand out the same value, and the header commits to
     /// extranonce1, so equal shares can only arrive on one core: each core checks
     /// duplicates on its own, with no shared table. (Routing by share hash would need a
-    /// cross-core hop for every share; partitioning needs none.) The counter starts at a
-    /// random point so a restarted data plane does not reuse the last run's values.
+    /// cross-core hop for every share; partitioning needs none.) See `ExtranonceAllocator`.
     pub fn next_extranonce1(&self) -> Vec<u8> {
-        let mut live = self.live_extranonces.borrow_mut();
-        // Fewer values are held than exist (a core holds far fewer than 2^24 connections),
-        // so a free one is found.
-        assert!(
-            live.len() < EXTRANONCE1_COUNTERS,
-            "every extranonce1 of a core is held"
-        );
-        let counter = loop {
-            let counter = self.next_extranonce.get();
-            self.next_extranonce
-                .set(counter.wrapping_add(1) & 0x00ff_ffff);
-            if live.insert(counter & 0x00ff_ffff) {
-                break counter & 0x00ff_ffff;
-            }
-        };
-        let mut value = counter.to_be_bytes();
-        value[0] = self.partition;
-        value.to_vec()
+        self.extranonces.borrow_mut().allocate().to_vec()
     }
 
     /// Gives back an extranonce1 `next_extranonce1` handed out, once its connection or
     /// channel is gone.
     pub fn release_extranonce1(&self, extranonce1: &[u8]) {
-        let Ok(bytes) = <[u8; 4]>::try_from(extranonce1) else {
-            return;
-        };
-        if bytes[0] == self.partition {
-            let counter = u32::from_be_bytes(bytes) & 0x00ff_ffff;
-            self.live_extranonces.borrow_mut().remove(&counter);
-        }
-    }
-
-    /// How many extranonce1 values this core's connections and channels hold.
-    pub fn extranonces_held(&self) -> usize {
-        self.live_extranonces.borrow().len()
+        self.extranonces.borrow_mut().release(extranonce1);
     }
 
     pub fn register(&self, connection: Peer) -> u64 {
@@ -626,8 +596,10 @@ pub fn run_with_share_log(
                     pow_queue: RefCell::new(Vec::new()),
                     pow_waiter: RefCell::new(None),
                     next_connection_id: Cell::new(0),
-                    next_extranonce: Cell::new(rand::random::<u32>() & 0x00ff_ffff),
-                    live_extranonces: RefCell::new(HashSet::new()),
+                    extranonces: RefCell::new(ExtranonceAllocator::new(
+                        partition,
+                        rand::random::<u32>(),
+                    )),
                     rng: RefCell::new(rand::SeedableRng::from_entropy()),
                     share_log,
                     upstream,

@@ -114,6 +114,11 @@ pub struct BlockCandidate {
     #[serde(with = "hex::serde")]
     pub coinbase: Vec<u8>,
     pub worker: String,
+    /// When the data plane accepted the block's share (`ShareRecord::accepted_at_ms`): the
+    /// block's round ends there, however long its submission takes. 0 from a data plane
+    /// older than this field.
+    #[serde(default)]
+    pub found_at_ms: u64,
 }
 
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! `mining.submit`: every check a share must pass, in the order that gives the miner the
 //! most useful code: subscription (25), shape (20), worker (24), job (21), field sizes and
-//! ranges (20), target (23), duplicate (22).
+//! ranges (20), duplicate (22, claimed before the proof of work, see `DuplicateFilter`),
+//! target (23).
 
 use crate::hex32::decode_u32_be;
 use crate::limits::EXTRANONCE2_BYTES;
@@ -8,7 +9,9 @@ use otedama_kernels::sha256d::sha256d_80;
 use otedama_kernels::Algorithm;
 
 use crate::share::{build_header, pow_hash, DuplicateFilter, ShareRecord, ShareSubmission};
-use crate::work::{check_ntime, check_version, credit_share, CreditedShare, Rejection};
+use crate::work::{
+    check_ntime, check_version, claim_share, credit_share, CreditedShare, Rejection,
+};
 use crate::JobBook;
 
 use super::request::RequestId;
@@ -77,9 +80,13 @@ impl Session {
             version,
         };
         let header = build_header(&job, &submission);
+        let header_hash = sha256d_80(&header);
+        if claim_share(&job, header_hash, duplicates).is_err() {
+            return self.reject(id, ErrorCode::Duplicate, "duplicate share");
+        }
         let pending = PendingPow {
             request_id: id.clone(),
-            header_hash: sha256d_80(&header),
+            header_hash,
             header,
             job,
             job_id,
@@ -145,6 +152,7 @@ impl Session {
             header: valid.header.to_vec(),
             coinbase: job.coinbase(&self.config.extranonce1, extranonce2),
             worker: worker.clone(),
+            found_at_ms: now_s * 1000,
         });
         let record = ShareRecord {
             accepted_at_ms: now_s * 1000,

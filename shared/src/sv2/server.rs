@@ -33,8 +33,8 @@ use crate::share::{DuplicateFilter, ShareSubmission};
 use crate::sv1::BlockCandidate;
 use crate::vardiff::VardiffConfig;
 use crate::work::{
-    check_ntime, check_version, credit_share, share_target, vet_worker_name, CreditedShare,
-    Rejection, ShareTerms, WorkState,
+    check_ntime, check_version, claim_share, credit_share, share_target, vet_worker_name,
+    CreditedShare, Rejection, ShareTerms, WorkState,
 };
 
 use super::frame::FrameHeader;
@@ -771,8 +771,12 @@ impl Session {
             // A standard share on an extended channel or the other way round.
             _ => return self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID),
         };
+        let header_hash = sha256d_80(&header);
+        if claim_share(&job, header_hash, context.duplicates).is_err() {
+            return self.reject(channel_id, sequence_number, error_code::DUPLICATE_SHARE);
+        }
         let pending = PendingPow {
-            header_hash: sha256d_80(&header),
+            header_hash,
             header,
             job,
             terms,
@@ -849,6 +853,7 @@ impl Session {
             header: valid.header.to_vec(),
             coinbase: job.coinbase(&channel.extranonce_prefix, &extranonce2),
             worker: channel.worker.clone(),
+            found_at_ms: now_s * 1000,
         });
         let record = ShareRecord {
             accepted_at_ms: now_s * 1000,
