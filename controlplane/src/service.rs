@@ -311,15 +311,20 @@ fn submitter_loop(
 ) {
     loop {
         let (hash, (candidate, source)) = queue.pop();
-        let job = find_job(&state, &jobs, candidate.job_id);
-        match job {
-            Some(job) => {
+        match find_job(&state, &jobs, candidate.job_id) {
+            Ok(Some(job)) => {
                 settle_candidate(&rpc, &state, &store, &job, &candidate, source, &triggers)
             }
-            // The block scan finds it again, and says so if the job is gone for good.
-            None => tracing::warn!(
+            // Not recorded either way: the block scan hands it over again, and says so if
+            // the job is gone for good.
+            Ok(None) => tracing::warn!(
                 job_id = candidate.job_id,
                 "block candidate for a job neither kept nor stored"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                job_id = candidate.job_id,
+                "cannot read the job of a block candidate"
             ),
         }
         queue.done(&hash);
