@@ -309,13 +309,16 @@ pub(crate) fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Val
     json!({
         "batch_id": intent.batch_id,
         "txid": intent.txid,
-        "state": match intent.state { IntentState::Open => "pending", IntentState::Sent => "sent" },
+        "state": intent.state.name(),
         "created_at_ms": intent.created_at_ms,
         "sent_at_ms": intent.sent_at_ms,
         "total": intent.outputs.values().sum::<u64>(),
         "outputs": intent.outputs,
         "broadcast_attempts": intent.broadcast_attempts,
         "last_error": intent.last_error,
+        "confirmations": intent.confirmations,
+        "paid_by_txid": intent.paid_by_txid,
+        "settled_at_ms": intent.settled_at_ms,
     })
 }
 
@@ -372,7 +375,7 @@ async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Re
                 "batch_id": intent.batch_id,
                 "txid": intent.txid,
                 "amount": amount,
-                "state": match intent.state { IntentState::Open => "pending", IntentState::Sent => "sent" },
+                "state": intent.state.name(),
                 "created_at_ms": intent.created_at_ms,
                 "sent_at_ms": intent.sent_at_ms,
             }))

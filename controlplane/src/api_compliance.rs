@@ -284,7 +284,7 @@ async fn export_payments(
                 "txid": intent.txid,
                 "amount": crate::dex::coins(u128::from(amount)),
                 "amount_units": amount,
-                "state": match intent.state { IntentState::Open => "pending", IntentState::Sent => "sent" },
+                "state": intent.state.name(),
                 "created_at_ms": intent.created_at_ms,
                 "sent_at_ms": intent.sent_at_ms,
             }))

@@ -91,6 +91,9 @@ pub struct PoolConfig {
     pub coinbase_maturity: u64,
     /// Seconds between payout runs.
     pub payout_interval_s: u64,
+    /// Confirmations after which a payout transaction is final; until then it is followed,
+    /// sent again if it leaves the mempool, and undone if it is double-spent.
+    pub payout_confirmations: u64,
     /// Smallest mature balance paid out, in coins (`0.01`); miners may set a higher one.
     pub payout_min: String,
     /// PPLNS: the window, as a multiple of the network difficulty.
@@ -191,6 +194,7 @@ impl Default for PoolConfig {
             pool_fee_address: String::new(),
             coinbase_maturity: 100,
             payout_interval_s: 3600,
+            payout_confirmations: 6,
             payout_min: "0.01".into(),
             pplns_window_factor: 2.0,
             pplnt_presence_min: 0.5,
@@ -316,6 +320,9 @@ pub struct ConfigArgs {
     /// Seconds between payout runs.
     #[arg(long, env = "OTEDAMA_PAYOUT_INTERVAL_S")]
     pub payout_interval_s: Option<u64>,
+    /// Confirmations after which a payout transaction is final (6).
+    #[arg(long, env = "OTEDAMA_PAYOUT_CONFIRMATIONS")]
+    pub payout_confirmations: Option<u64>,
     /// Smallest balance paid out, in coins (for example 0.01).
     #[arg(long, env = "OTEDAMA_PAYOUT_MIN")]
     pub payout_min: Option<String>,
@@ -402,6 +409,7 @@ impl ConfigArgs {
             pool_fee_address,
             coinbase_maturity,
             payout_interval_s,
+            payout_confirmations,
             payout_min
         );
         take!(
@@ -584,8 +592,13 @@ impl PoolConfig {
             crate::dex::build_exchange(self.coin.symbol(), &self.markets())
                 .context("dex_markets")?;
         }
-        if self.coinbase_maturity == 0 || self.payout_interval_s == 0 {
-            bail!("coinbase_maturity and payout_interval_s must be at least 1");
+        if self.coinbase_maturity == 0
+            || self.payout_interval_s == 0
+            || self.payout_confirmations == 0
+        {
+            bail!(
+                "coinbase_maturity, payout_interval_s and payout_confirmations must be at least 1"
+            );
         }
         if !(self.start_difficulty.is_finite() && self.start_difficulty > 0.0) {
             bail!(

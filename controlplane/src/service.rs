@@ -640,6 +640,7 @@ fn start_payouts(
         pool_fee_ppm: config.pool_fee_ppm(),
         fee_account,
         payout_interval_s: config.payout_interval_s,
+        payout_confirmations: config.payout_confirmations,
         policy: PayoutPolicy {
             payout_min: parse_amount(&config.payout_min)?,
             address_rule: params.address,
@@ -678,6 +679,7 @@ fn start_payouts(
         wallet,
         fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
         kyc_notices: start_kyc_webhook(config)?,
+        next_follow_ms: 0,
     };
     std::thread::Builder::new()
         .name("payouts".into())

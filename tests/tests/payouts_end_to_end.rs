@@ -175,3 +175,62 @@ fn a_denied_miner_keeps_its_balance_and_is_not_paid() -> anyhow::Result<()> {
     scenario.check_conservation()?;
     Ok(())
 }
+
+/// Issue 15, point 5: a sent payout is followed on the node until it is final. The
+/// operator bumps its fee (`bumpfee`: a replacement with another txid that pays every
+/// output); once the replacement is under `payout_confirmations` blocks the payout is
+/// `confirmed`, paid by the replacement, and every miner received its amount once.
+#[test]
+fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result<()> {
+    let (scenario, _run) = start_with("pplns", &["--payout-confirmations", "3"])?;
+    scenario.mine(3)?;
+    scenario.mature()?;
+    let owed: BTreeMap<String, u64> = scenario
+        .owed()?
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert!(!owed.is_empty());
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    let txid = body["batch"]["txid"].as_str().unwrap().to_string();
+    scenario.wait_paid(&owed)?;
+    let bumped =
+        scenario
+            .nodes
+            .miner
+            .call_wallet("otedama", "bumpfee", serde_json::json!([txid]))?;
+    let replacement = bumped["txid"].as_str().unwrap().to_string();
+    assert_ne!(replacement, txid);
+    let state = || -> anyhow::Result<serde_json::Value> {
+        Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
+    };
+    assert_eq!(state()?["state"], "sent");
+    let burn =
+        scenario
+            .nodes
+            .miner
+            .call_wallet("otedama", "getnewaddress", serde_json::json!([]))?;
+    scenario
+        .nodes
+        .miner
+        .generate_to(burn.as_str().unwrap(), 2)?;
+    // Under two blocks of three: not final yet.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(state()?["state"], "sent", "{}", state()?);
+    scenario
+        .nodes
+        .miner
+        .generate_to(burn.as_str().unwrap(), 1)?;
+    wait_until(Duration::from_secs(60), "the payout to be final", || {
+        state().is_ok_and(|payment| payment["state"] == "confirmed")
+    })?;
+    let payment = state()?;
+    assert_eq!(payment["txid"], txid.as_str(), "{payment}");
+    assert_eq!(payment["paid_by_txid"], replacement.as_str(), "{payment}");
+    for (miner, amount) in &owed {
+        assert_eq!(scenario.received(miner)?, *amount, "{miner} paid once");
+    }
+    scenario.check_conservation()?;
+    Ok(())
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::rpc::{RpcClient, RpcError};
-use crate::payouts::payments::{SignedPayment, Wallet, WalletError};
+use crate::payouts::payments::{SignedPayment, TxStatus, Wallet, WalletError};
 
 /// Bitcoin Core's codes for "already have it": RPC_VERIFY_ALREADY_IN_CHAIN, and the
 /// mempool's own rejection reasons for a transaction it holds.
@@ -53,12 +53,15 @@ impl Wallet for NodeWallet {
             .call("createrawtransaction", json!([[], amounts]))
             .map_err(wallet_error)?;
         // The wallet adds inputs and a change output and pays the fee from the change, so
-        // each miner receives exactly its balance.
+        // each miner receives exactly its balance. The inputs are locked, so the wallet
+        // spends them on nothing else while the payout waits to be sent; the transaction
+        // signals replaceability, so an operator can bump its fee (a replacement that pays
+        // every output still counts as the payout: see `payments::follow_sent`).
         let funded = self
             .rpc
             .call(
                 "fundrawtransaction",
-                json!([unfunded, {"lockUnspents": false}]),
+                json!([unfunded, {"lockUnspents": true, "replaceable": true}]),
             )
             .map_err(wallet_error)?;
         let signed = self
@@ -100,6 +103,72 @@ impl Wallet for NodeWallet {
         }
     }
 
+    fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError> {
+        let tx = match self.rpc.call("gettransaction", json!([txid])) {
+            Ok(tx) => tx,
+            Err(RpcError::Node { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => {
+                return match self.rpc.call("getrawtransaction", json!([txid])) {
+                    Ok(_) => Ok(TxStatus::InMempool),
+                    Err(RpcError::Node { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => {
+                        Ok(TxStatus::Unknown)
+                    }
+                    Err(error) => Err(wallet_error(error)),
+                };
+            }
+            Err(error) => return Err(wallet_error(error)),
+        };
+        let confirmations = tx["confirmations"].as_i64().unwrap_or(0);
+        let conflicts: Vec<String> = tx["walletconflicts"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|c| c.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if confirmations > 0 {
+            return Ok(TxStatus::Confirmed(confirmations as u64));
+        }
+        if confirmations < 0 {
+            return Ok(TxStatus::Conflicted {
+                depth: confirmations.unsigned_abs(),
+                conflicts,
+            });
+        }
+        match self.rpc.call("getmempoolentry", json!([txid])) {
+            Ok(_) => Ok(TxStatus::InMempool),
+            // Out of the mempool, unmined: replaced by a conflict still in the mempool, or
+            // dropped.
+            Err(RpcError::Node { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => {
+                if conflicts.is_empty() {
+                    Ok(TxStatus::Dropped)
+                } else {
+                    Ok(TxStatus::Conflicted {
+                        depth: 0,
+                        conflicts,
+                    })
+                }
+            }
+            Err(error) => Err(wallet_error(error)),
+        }
+    }
+
+    fn pays_outputs(
+        &mut self,
+        txid: &str,
+        outputs: &[(Vec<u8>, u64)],
+    ) -> Result<bool, WalletError> {
+        let Some(transaction) = self.transaction(txid)? else {
+            return Ok(false);
+        };
+        let paid: Vec<(Vec<u8>, u64)> = transaction
+            .output
+            .iter()
+            .map(|out| (out.script_pubkey.to_bytes(), out.value.to_sat()))
+            .collect();
+        Ok(outputs.iter().all(|wanted| paid.contains(wanted)))
+    }
+
     fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError> {
         match self.rpc.call("gettransaction", json!([txid])) {
             // A conflicted transaction (negative confirmations) will never pay.
@@ -112,6 +181,33 @@ impl Wallet for NodeWallet {
             Err(RpcError::Node { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => Ok(false),
             Err(error) => Err(wallet_error(error)),
         }
+    }
+}
+
+impl NodeWallet {
+    /// Transaction `txid` from the wallet's record if it has one, or the mempool, decoded
+    /// here from its bytes so every amount is exact.
+    fn transaction(&self, txid: &str) -> Result<Option<bitcoin::Transaction>, WalletError> {
+        let hex = match self.rpc.call("gettransaction", json!([txid])) {
+            Ok(tx) => tx["hex"].clone(),
+            Err(RpcError::Node { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => {
+                match self.rpc.call("getrawtransaction", json!([txid])) {
+                    Ok(hex) => hex,
+                    Err(RpcError::Node { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => {
+                        return Ok(None)
+                    }
+                    Err(error) => return Err(wallet_error(error)),
+                }
+            }
+            Err(error) => return Err(wallet_error(error)),
+        };
+        let bytes = hex
+            .as_str()
+            .and_then(|text| hex::decode(text).ok())
+            .ok_or_else(|| WalletError::Refused(format!("transaction {txid} has no hex")))?;
+        bitcoin::consensus::deserialize(&bytes)
+            .map(Some)
+            .map_err(|e| WalletError::Refused(format!("transaction {txid} does not decode: {e}")))
     }
 }
 

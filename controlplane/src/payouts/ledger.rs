@@ -51,6 +51,8 @@ pub enum EntryKind {
     PayoutDebit,
     /// The node holds the payout transaction: paying → paid.
     PayoutSent,
+    /// The payout transaction was double-spent and can never pay: paid → mature, once.
+    PayoutReturned,
     /// Into the exchange: the miner's mature → the exchange account's mature.
     ExchangeDeposit,
     /// Out of the exchange: the exchange account's mature → the miner's mature.
@@ -167,6 +169,25 @@ pub enum IntentState {
     Open,
     /// The node has the transaction (mempool or chain); the outputs are paid.
     Sent,
+    /// Buried under `payout_confirmations` blocks (its own, or a replacement's that pays
+    /// every output, such as a fee bump): final.
+    Confirmed,
+    /// Double-spent by a transaction that does not pay its outputs, buried under
+    /// `payout_confirmations` blocks: it can never pay, and its amounts went back to the
+    /// balances (`PayoutReturned`), once. Final.
+    Failed,
+}
+
+impl IntentState {
+    /// As the API shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IntentState::Open => "pending",
+            IntentState::Sent => "sent",
+            IntentState::Confirmed => "confirmed",
+            IntentState::Failed => "failed",
+        }
+    }
 }
 
 /// A payout batch: written before its transaction is broadcast, and the only transaction
@@ -184,6 +205,15 @@ pub struct PayoutIntent {
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
     pub sent_at_ms: Option<u64>,
+    /// Confirmations at the last look (negative: conflicted, that deep).
+    #[serde(default)]
+    pub confirmations: i64,
+    /// The transaction that paid the outputs, when another than `txid` did (a fee bump).
+    #[serde(default)]
+    pub paid_by_txid: Option<String>,
+    /// When the intent became `Confirmed` or `Failed`.
+    #[serde(default)]
+    pub settled_at_ms: Option<u64>,
 }
 
 pub struct Ledger {
@@ -417,6 +447,99 @@ impl Ledger {
         let mut intents = self.intents()?;
         intents.retain(|i| i.state == IntentState::Open);
         Ok(intents)
+    }
+
+    /// Intents the node holds but that are not yet final: followed to their confirmations.
+    pub fn sent_intents(&self) -> Result<Vec<PayoutIntent>, LedgerError> {
+        let mut intents = self.intents()?;
+        intents.retain(|i| i.state == IntentState::Sent);
+        Ok(intents)
+    }
+
+    /// Records a sent intent's confirmations at the last look (no balance moves).
+    pub fn note_confirmations(
+        &mut self,
+        batch_id: u64,
+        confirmations: i64,
+    ) -> Result<(), LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
+            return Ok(());
+        };
+        if intent.confirmations == confirmations {
+            return Ok(());
+        }
+        intent.confirmations = confirmations;
+        self.db.put(intent_key, serde_json::to_vec(&intent)?)?;
+        Ok(())
+    }
+
+    /// A sent intent is final: its transaction (or `paid_by_txid`, a replacement paying
+    /// every output) has the confirmations asked for. No balance moves: it was paid when
+    /// sent.
+    pub fn confirm_intent(
+        &mut self,
+        batch_id: u64,
+        confirmations: i64,
+        paid_by_txid: Option<String>,
+        now_ms: u64,
+    ) -> Result<Applied, LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
+            return Ok(Applied::NotApplicable);
+        };
+        if intent.state != IntentState::Sent {
+            return Ok(Applied::AlreadyDone);
+        }
+        intent.state = IntentState::Confirmed;
+        intent.confirmations = confirmations;
+        intent.paid_by_txid = paid_by_txid;
+        intent.settled_at_ms = Some(now_ms);
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .put_opt(intent_key, serde_json::to_vec(&intent)?, &options)?;
+        Ok(Applied::Done)
+    }
+
+    /// A sent intent's transaction was double-spent, deeply, by one that does not pay its
+    /// outputs: every amount goes back from paid to mature, in the same batch as the
+    /// state change, so it happens exactly once whatever crashes around it.
+    pub fn fail_intent(
+        &mut self,
+        batch_id: u64,
+        confirmations: i64,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Applied, LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
+            return Ok(Applied::NotApplicable);
+        };
+        if intent.state != IntentState::Sent {
+            return Ok(Applied::AlreadyDone);
+        }
+        let reference = format!("batch:{batch_id}");
+        let mut change = Change::new(self);
+        for (account, amount) in &intent.outputs {
+            change.apply(
+                account,
+                EntryKind::PayoutReturned,
+                *amount,
+                &reference,
+                |b| {
+                    b.paid -= amount;
+                    b.mature += amount;
+                },
+            )?;
+        }
+        intent.state = IntentState::Failed;
+        intent.confirmations = confirmations;
+        intent.last_error = Some(reason.to_string());
+        intent.settled_at_ms = Some(now_ms);
+        change.batch.put(intent_key, serde_json::to_vec(&intent)?);
+        change.commit()?;
+        Ok(Applied::Done)
     }
 
     /// The id the next payout batch gets.
@@ -819,6 +942,9 @@ mod tests {
             broadcast_attempts: 0,
             next_attempt_ms: 0,
             last_error: None,
+            confirmations: 0,
+            paid_by_txid: None,
+            settled_at_ms: None,
             sent_at_ms: None,
         }
     }

@@ -56,6 +56,28 @@ pub trait Wallet {
     fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError>;
     /// Whether the node holds `txid`, in its mempool or its chain.
     fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError>;
+    /// Where transaction `txid` stands on the node.
+    fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError>;
+    /// Whether transaction `txid` pays every `(output script, amount)` listed, exactly.
+    fn pays_outputs(&mut self, txid: &str, outputs: &[(Vec<u8>, u64)])
+        -> Result<bool, WalletError>;
+}
+
+/// Where a payout transaction stands on the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxStatus {
+    /// In the active chain, under this many blocks (at least 1).
+    Confirmed(u64),
+    /// In the mempool.
+    InMempool,
+    /// Known to the wallet but in neither the chain nor the mempool (evicted, or lost in a
+    /// node restart): it can be sent again.
+    Dropped,
+    /// Double-spent: these transactions spend some of its inputs, and the first of them
+    /// to be mined is this many blocks deep (0 while none is mined).
+    Conflicted { depth: u64, conflicts: Vec<String> },
+    /// Unknown to the node altogether.
+    Unknown,
 }
 
 /// Where the run may stop on purpose, for crash tests. `Fault` returns `true` to stop.
@@ -150,6 +172,96 @@ pub fn reconcile(
         }
     }
     Ok(())
+}
+
+/// Follows every sent payout until it is final (issue 15: a payout is not paid for good
+/// when the mempool takes it):
+/// - buried under `confirmations_required` blocks: `Confirmed`;
+/// - out of the mempool and unmined: the same raw transaction is sent again;
+/// - double-spent by a transaction that pays every output exactly (a fee bump, say): that
+///   transaction is followed instead, and the intent confirms with it;
+/// - double-spent by anything else, buried under `confirmations_required` blocks: `Failed`,
+///   and every amount goes back to its balance, once (`Ledger::fail_intent`).
+pub fn follow_sent(
+    ledger: &mut Ledger,
+    wallet: &mut dyn Wallet,
+    rule: &AddressRule,
+    confirmations_required: u64,
+    now_ms: u64,
+) -> Result<(), PayoutError> {
+    for intent in ledger.sent_intents()? {
+        let batch_id = intent.batch_id;
+        match wallet.transaction_status(&intent.txid)? {
+            TxStatus::Confirmed(depth) if depth >= confirmations_required => {
+                ledger.confirm_intent(batch_id, depth as i64, None, now_ms)?;
+                tracing::info!(batch_id, txid = %intent.txid, depth, "payout confirmed");
+            }
+            TxStatus::Confirmed(depth) => ledger.note_confirmations(batch_id, depth as i64)?,
+            TxStatus::InMempool => ledger.note_confirmations(batch_id, 0)?,
+            TxStatus::Dropped | TxStatus::Unknown => {
+                // Safe to send again: it is the only transaction that may pay these outputs.
+                match wallet.broadcast(&intent.raw_tx) {
+                    Ok(()) => {
+                        tracing::warn!(batch_id, txid = %intent.txid, "payout had left the mempool unmined; sent again")
+                    }
+                    Err(error) => {
+                        tracing::warn!(batch_id, txid = %intent.txid, %error, "payout left the mempool and cannot be sent again yet")
+                    }
+                }
+            }
+            TxStatus::Conflicted { depth, conflicts } => {
+                let scripts = output_scripts(rule, &intent)?;
+                let mut replacement = None;
+                for conflict in &conflicts {
+                    if wallet.pays_outputs(conflict, &scripts)? {
+                        replacement = Some(conflict.clone());
+                        break;
+                    }
+                }
+                match replacement {
+                    Some(paid_by) => {
+                        if let TxStatus::Confirmed(depth) = wallet.transaction_status(&paid_by)? {
+                            if depth >= confirmations_required {
+                                ledger.confirm_intent(
+                                    batch_id,
+                                    depth as i64,
+                                    Some(paid_by.clone()),
+                                    now_ms,
+                                )?;
+                                tracing::info!(batch_id, txid = %intent.txid, %paid_by, depth, "payout confirmed through a replacement that pays every output");
+                            }
+                        }
+                    }
+                    None if depth >= confirmations_required => {
+                        let reason = format!(
+                            "double-spent by {} ({depth} blocks deep); the amounts are back in the balances",
+                            conflicts.join(", ")
+                        );
+                        ledger.fail_intent(batch_id, -(depth as i64), &reason, now_ms)?;
+                        tracing::error!(batch_id, txid = %intent.txid, %reason, "payout failed");
+                    }
+                    None => ledger.note_confirmations(batch_id, -(depth as i64))?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The output scripts and amounts a payout's transaction must pay.
+fn output_scripts(
+    rule: &AddressRule,
+    intent: &PayoutIntent,
+) -> Result<Vec<(Vec<u8>, u64)>, PayoutError> {
+    intent
+        .outputs
+        .iter()
+        .map(|(address, amount)| {
+            script_for_address(rule, address)
+                .map(|script| (script, *amount))
+                .map_err(|e| PayoutError::Wallet(WalletError::Refused(e.to_string())))
+        })
+        .collect()
 }
 
 /// What each address was paid in batches written since `since_ms` (sent or not).
@@ -252,6 +364,9 @@ pub fn run(
         next_attempt_ms: now_ms,
         last_error: None,
         sent_at_ms: None,
+        confirmations: 0,
+        paid_by_txid: None,
+        settled_at_ms: None,
     };
     ledger.open_intent(&intent)?;
     tracing::info!(batch_id = intent.batch_id, txid = %intent.txid, outputs = intent.outputs.len(), total = intent.outputs.values().sum::<u64>(), "payout intent written");
@@ -354,6 +469,9 @@ mod tests {
             next_attempt_ms: 0,
             last_error: None,
             sent_at_ms: Some(now_ms),
+            confirmations: 0,
+            paid_by_txid: None,
+            settled_at_ms: None,
         };
         ledger.open_intent(&intent).unwrap();
         let more: BTreeMap<String, u64> = [(small.clone(), 601)].into_iter().collect();
@@ -379,5 +497,126 @@ mod tests {
         let after = payable(&ledger, &policy, now_ms + 1).unwrap();
         assert_eq!(after.outputs.get(&large), Some(&1_001));
         assert!(!after.kyc_held.contains_key(&large));
+    }
+
+    /// A node whose answers about transactions the test sets.
+    #[derive(Default)]
+    struct ScriptedNode {
+        status: BTreeMap<String, TxStatus>,
+        /// Transactions that pay every output they are asked about.
+        payers: Vec<String>,
+        broadcasts: Vec<String>,
+    }
+
+    impl Wallet for ScriptedNode {
+        fn build_payment(
+            &mut self,
+            _: &BTreeMap<String, u64>,
+        ) -> Result<SignedPayment, WalletError> {
+            unreachable!("follow_sent builds nothing")
+        }
+        fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError> {
+            self.broadcasts.push(raw_tx.to_string());
+            Ok(())
+        }
+        fn knows_transaction(&mut self, _: &str) -> Result<bool, WalletError> {
+            Ok(true)
+        }
+        fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError> {
+            Ok(self.status.get(txid).cloned().unwrap_or(TxStatus::Unknown))
+        }
+        fn pays_outputs(&mut self, txid: &str, _: &[(Vec<u8>, u64)]) -> Result<bool, WalletError> {
+            Ok(self.payers.iter().any(|payer| payer == txid))
+        }
+    }
+
+    /// A ledger with one sent payout of 300 to `miner` (txid `t1`), from a matured block.
+    fn sent_payout(dir: &std::path::Path, miner: &str) -> Ledger {
+        let mut ledger = Ledger::open(dir).unwrap();
+        let credit: BTreeMap<String, u64> = [(miner.to_string(), 1_000)].into_iter().collect();
+        ledger.credit_block("block", &credit).unwrap();
+        ledger.mature_block("block").unwrap();
+        let intent = PayoutIntent {
+            batch_id: 1,
+            created_at_ms: 0,
+            outputs: [(miner.to_string(), 300)].into_iter().collect(),
+            raw_tx: "raw-t1".into(),
+            txid: "t1".into(),
+            state: IntentState::Open,
+            broadcast_attempts: 0,
+            next_attempt_ms: 0,
+            last_error: None,
+            sent_at_ms: None,
+            confirmations: 0,
+            paid_by_txid: None,
+            settled_at_ms: None,
+        };
+        ledger.open_intent(&intent).unwrap();
+        ledger.complete_intent(1, 0).unwrap();
+        ledger
+    }
+
+    /// Issue 15, point 5: every way a sent payout can end, and that a double-spend gives
+    /// the amounts back exactly once.
+    #[test]
+    fn sent_payouts_end_confirmed_resent_or_failed_once() {
+        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
+        let miner = regtest_address(1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = sent_payout(dir.path(), &miner);
+        let mut node = ScriptedNode::default();
+        let state = |ledger: &Ledger| ledger.intents().unwrap()[0].clone();
+        let balances = |ledger: &Ledger| ledger.balances(&miner).unwrap();
+
+        // Under too few blocks: still sent. Dropped from the mempool: sent again.
+        node.status.insert("t1".into(), TxStatus::Confirmed(2));
+        follow_sent(&mut ledger, &mut node, &rule, 3, 10).unwrap();
+        assert_eq!(
+            (state(&ledger).state, state(&ledger).confirmations),
+            (IntentState::Sent, 2)
+        );
+        node.status.insert("t1".into(), TxStatus::Dropped);
+        follow_sent(&mut ledger, &mut node, &rule, 3, 20).unwrap();
+        assert_eq!(node.broadcasts, vec!["raw-t1".to_string()]);
+        assert_eq!(state(&ledger).state, IntentState::Sent);
+
+        // Double-spent by something that does not pay the miner, not yet deep: waits.
+        let conflicted = |depth| TxStatus::Conflicted {
+            depth,
+            conflicts: vec!["thief".into()],
+        };
+        node.status.insert("t1".into(), conflicted(2));
+        follow_sent(&mut ledger, &mut node, &rule, 3, 30).unwrap();
+        assert_eq!(state(&ledger).state, IntentState::Sent);
+        assert_eq!(balances(&ledger).paid, 300);
+        // Deep enough: failed, and the 300 is back in the mature balance, once.
+        node.status.insert("t1".into(), conflicted(3));
+        follow_sent(&mut ledger, &mut node, &rule, 3, 40).unwrap();
+        follow_sent(&mut ledger, &mut node, &rule, 3, 50).unwrap();
+        assert_eq!(state(&ledger).state, IntentState::Failed);
+        assert_eq!(state(&ledger).settled_at_ms, Some(40));
+        let after = balances(&ledger);
+        assert_eq!((after.mature, after.paying, after.paid), (1_000, 0, 0));
+
+        // Another ledger: the conflict is a fee bump that pays every output.
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = sent_payout(dir.path(), &miner);
+        let mut node = ScriptedNode {
+            payers: vec!["bump".into()],
+            ..ScriptedNode::default()
+        };
+        node.status.insert(
+            "t1".into(),
+            TxStatus::Conflicted {
+                depth: 5,
+                conflicts: vec!["bump".into()],
+            },
+        );
+        node.status.insert("bump".into(), TxStatus::Confirmed(5));
+        follow_sent(&mut ledger, &mut node, &rule, 3, 60).unwrap();
+        let payout = state(&ledger);
+        assert_eq!(payout.state, IntentState::Confirmed);
+        assert_eq!(payout.paid_by_txid.as_deref(), Some("bump"));
+        assert_eq!(balances(&ledger).paid, 300, "paid once, by the replacement");
     }
 }

@@ -23,6 +23,9 @@ use crate::stats::PoolState;
 /// How long after a block's submission its round is cut: every share accepted before it
 /// is durable by then (the data plane's durability wait is milliseconds).
 pub const BLOCK_CREDIT_DELAY_MS: u64 = 2_000;
+/// How often sent payouts are looked up on the node, to follow them to their
+/// confirmations (a lookup is one or two wallet RPCs per payout not yet final).
+pub const PAYOUT_FOLLOW_INTERVAL_MS: u64 = 10_000;
 /// Pause between passes of the payout thread.
 const PASS_INTERVAL_MS: u64 = 500;
 
@@ -34,6 +37,8 @@ pub struct PayoutSettings {
     /// Account credited with the pool's fee (and, under PPS/FPPS, the blocks' rewards).
     pub fee_account: String,
     pub payout_interval_s: u64,
+    /// Confirmations after which a payout is final (`payout_confirmations`).
+    pub payout_confirmations: u64,
     pub policy: PayoutPolicy,
 }
 
@@ -58,6 +63,8 @@ pub struct PayoutRunner {
     pub fault: FaultHook,
     /// New KYC holds, for the provider's webhook.
     pub kyc_notices: Option<Sender<serde_json::Value>>,
+    /// When sent payouts are next looked up on the node (`follow_sent`).
+    pub next_follow_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -160,6 +167,19 @@ impl PayoutRunner {
             (true, None) => {}
         }
         self.credit_blocks(&settings, now_ms)?;
+        if now_ms >= self.next_follow_ms {
+            self.next_follow_ms = now_ms + PAYOUT_FOLLOW_INTERVAL_MS;
+            if let Some(wallet) = self.wallet.as_mut() {
+                let mut ledger = self.ledger.lock().expect("ledger lock");
+                payments::follow_sent(
+                    &mut ledger,
+                    wallet.as_mut(),
+                    &settings.policy.address_rule,
+                    settings.payout_confirmations,
+                    now_ms,
+                )?;
+            }
+        }
         Ok(())
     }
 
@@ -477,6 +497,7 @@ mod tests {
                 pool_fee_ppm: 10_000,
                 fee_account: "fee".into(),
                 payout_interval_s: 3600,
+                payout_confirmations: 6,
                 policy: PayoutPolicy {
                     payout_min: 1,
                     address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
@@ -492,6 +513,7 @@ mod tests {
             wallet: None,
             fault: Box::new(|_| false),
             kyc_notices: None,
+            next_follow_ms: 0,
         }
     }
 

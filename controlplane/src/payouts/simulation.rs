@@ -24,7 +24,9 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use super::ledger::{BlockState, IntentState, Ledger};
-use super::payments::{self, PayoutPolicy, RunReport, SignedPayment, Wallet, WalletError};
+use super::payments::{
+    self, PayoutPolicy, RunReport, SignedPayment, TxStatus, Wallet, WalletError,
+};
 use super::schemes::{per_share_credit, split_block, Round, RoundShare, Scheme};
 use crate::chain::coin::{Coin, CoinParams, Network};
 
@@ -104,6 +106,18 @@ impl Wallet for FlakyWallet<'_> {
             return Err(WalletError::Unreachable("request lost".into()));
         }
         Ok(self.node.held.contains_key(txid))
+    }
+
+    /// This node mines nothing: what it holds stays in its mempool.
+    fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError> {
+        Ok(match self.knows_transaction(txid)? {
+            true => TxStatus::InMempool,
+            false => TxStatus::Unknown,
+        })
+    }
+
+    fn pays_outputs(&mut self, _: &str, _: &[(Vec<u8>, u64)]) -> Result<bool, WalletError> {
+        Ok(false)
     }
 }
 
