@@ -34,7 +34,7 @@ use otedama_shared::address::{canonical_address_for, AddressRule};
 use crate::audit::AuditLog;
 use crate::bans::{BanChange, BanStore};
 use crate::blocks::BlockStore;
-use crate::payouts::ledger::{IntentState, Ledger};
+use crate::payouts::ledger::Ledger;
 use crate::payouts::runner::{PayoutSettings, RunNow};
 use crate::payouts::shares::ShareHistory;
 use crate::stats::PoolState;

@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 
 use crate::api::{audit_as, canonical_account, error, now_ms, ApiState};
 use crate::kyc::{KycRecord, KycState};
-use crate::payouts::ledger::IntentState;
 
 /// Audit entries one export holds at most; a longer period is exported in parts.
 pub const AUDIT_EXPORT_ENTRIES_MAX: usize = 1_000_000;

@@ -99,6 +99,9 @@ impl RegtestNode {
                 "-fallbackfee=0.0002",
                 "-printtoconsole=0",
                 "-rpcthreads=8",
+                // Litecoin Core takes no BIP125 replacements unless asked: the payout tests
+                // bump a payout's fee as an operator with replacement on would.
+                "-mempoolreplacement=1",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -202,6 +202,15 @@ fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result
             .call_wallet("otedama", "bumpfee", serde_json::json!([txid]))?;
     let replacement = bumped["txid"].as_str().unwrap().to_string();
     assert_ne!(replacement, txid);
+    let mempool = scenario
+        .nodes
+        .miner
+        .call("getrawmempool", serde_json::json!([]))?;
+    assert_eq!(
+        mempool,
+        serde_json::json!([replacement]),
+        "the bump replaced the payout"
+    );
     let state = || -> anyhow::Result<serde_json::Value> {
         Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
     };
