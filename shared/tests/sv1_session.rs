@@ -540,25 +540,35 @@ fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
     assert_eq!(error_code(&out[0]), Some(23));
 }
 
+/// The test template as a scrypt job.
+fn scrypt_template() -> otedama_shared::job::JobTemplate {
+    let mut scrypt = template(1, true);
+    scrypt.algorithm = AlgorithmName::Scrypt;
+    scrypt
+}
+
+/// A scrypt session on `scrypt_template`, batching its hashes or not.
+fn scrypt_harness(batch_scrypt: bool) -> Harness {
+    let mut jobs = JobBook::default();
+    jobs.insert(Arc::new(Job::new(scrypt_template()).unwrap()));
+    Harness {
+        session: Session::new(SessionConfig {
+            algorithm: Algorithm::Scrypt,
+            batch_scrypt,
+            ..config(DIFFICULTY_FLOOR_FOR_TESTS)
+        }),
+        jobs,
+        duplicates: DuplicateFilter::default(),
+    }
+}
+
 /// A scrypt session that hands proof of work to the glue ends exactly where one that hashes
 /// for itself does: accepted with the same record, then duplicate.
 #[test]
 fn batched_scrypt_shares_finish_like_hashed_ones() {
     let mut outcomes = Vec::new();
     for batch_scrypt in [false, true] {
-        let mut jobs = JobBook::default();
-        let mut scrypt_template = template(1, true);
-        scrypt_template.algorithm = AlgorithmName::Scrypt;
-        jobs.insert(Arc::new(Job::new(scrypt_template).unwrap()));
-        let mut h = Harness {
-            session: Session::new(SessionConfig {
-                algorithm: Algorithm::Scrypt,
-                batch_scrypt,
-                ..config(DIFFICULTY_FLOOR_FOR_TESTS)
-            }),
-            jobs,
-            duplicates: DuplicateFilter::default(),
-        };
+        let mut h = scrypt_harness(batch_scrypt);
         let job = h.ready();
         let line = submit_line(
             7,
@@ -602,19 +612,7 @@ fn batched_scrypt_shares_finish_like_hashed_ones() {
 /// job cannot start a fresh duplicate set and be credited a second time.
 #[test]
 fn a_share_waiting_for_its_scrypt_hash_cannot_be_taken_twice() {
-    let mut jobs = JobBook::default();
-    let mut scrypt_template = template(1, true);
-    scrypt_template.algorithm = AlgorithmName::Scrypt;
-    jobs.insert(Arc::new(Job::new(scrypt_template.clone()).unwrap()));
-    let mut h = Harness {
-        session: Session::new(SessionConfig {
-            algorithm: Algorithm::Scrypt,
-            batch_scrypt: true,
-            ..config(DIFFICULTY_FLOOR_FOR_TESTS)
-        }),
-        jobs,
-        duplicates: DuplicateFilter::default(),
-    };
+    let mut h = scrypt_harness(true);
     let job = h.ready();
     let line = submit_line(
         7,
@@ -632,7 +630,7 @@ fn a_share_waiting_for_its_scrypt_hash_cannot_be_taken_twice() {
     assert_eq!(outcome, Outcome::Rejected(ErrorCode::Duplicate));
     assert_eq!(error_code(&out[0]), Some(22));
     // A new block arrives while the first copy waits: the job and its set retire.
-    let mut next = scrypt_template;
+    let mut next = scrypt_template();
     next.job_id = 2;
     next.prevhash = [0x99; 32];
     let next = Arc::new(Job::new(next).unwrap());

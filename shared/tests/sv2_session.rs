@@ -761,15 +761,17 @@ fn update_channel_cannot_buy_credit_above_the_work() {
         .0
     };
     // In flight: meets the old target only, taken at the old difficulty.
-    let only_low = (0u32..)
-        .find(|n| {
-            let hash = otedama_kernels::sha256d(&header(root, 0x2000_0000, *n));
-            Target::from_difficulty(Algorithm::Sha256d, low)
-                .unwrap()
-                .is_met_by(&hash)
-                && !Target::from_le_bytes(&raised).is_met_by(&hash)
-        })
-        .unwrap();
+    // A nonce from `start` on whose hash meets the old target and misses the raised one.
+    let low_target = Target::from_difficulty(Algorithm::Sha256d, low).unwrap();
+    let only_low_from = |start: u32| {
+        (start..)
+            .find(|n| {
+                let hash = otedama_kernels::sha256d(&header(root, 0x2000_0000, *n));
+                low_target.is_met_by(&hash) && !Target::from_le_bytes(&raised).is_met_by(&hash)
+            })
+            .unwrap()
+    };
+    let only_low = only_low_from(0);
     let Outcome::ShareAccepted(share) = submit(&mut h, 1, only_low, NOW_S) else {
         panic!()
     };
@@ -782,15 +784,7 @@ fn update_channel_cannot_buy_credit_above_the_work() {
     assert_eq!(share.record.difficulty, low);
     // After the grace: the old target is refused, the new one credited at the new one.
     let after_s = NOW_S + DIFFICULTY_CHANGE_GRACE_S;
-    let another_low = (only_low + 1..)
-        .find(|n| {
-            let hash = otedama_kernels::sha256d(&header(root, 0x2000_0000, *n));
-            Target::from_difficulty(Algorithm::Sha256d, low)
-                .unwrap()
-                .is_met_by(&hash)
-                && !Target::from_le_bytes(&raised).is_met_by(&hash)
-        })
-        .unwrap();
+    let another_low = only_low_from(only_low + 1);
     assert_eq!(
         submit(&mut h, 3, another_low, after_s),
         Outcome::Rejected(error_code::DIFFICULTY_TOO_LOW)

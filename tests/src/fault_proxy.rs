@@ -118,8 +118,9 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Reads one HTTP request: head and body.
-fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+/// Reads one HTTP message (request or reply): its head, and its body by Content-Length.
+/// `None` if the peer closed before a whole head.
+fn read_message(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let mut head = Vec::new();
     let mut content_length = 0usize;
     loop {
@@ -141,33 +142,15 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<(Ve
     Ok(Some((head, body)))
 }
 
-/// Forwards one request to the node and returns its whole reply (the node closes or
-/// keeps the connection; the reply is read by its Content-Length).
+/// Forwards one request to the node and returns its whole reply.
 fn forward(node_port: u16, head: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut node = TcpStream::connect(("127.0.0.1", node_port))?;
     node.write_all(head)?;
     node.write_all(body)?;
-    let mut reader = BufReader::new(node);
-    let mut reply = Vec::new();
-    let mut content_length = 0usize;
-    loop {
-        let mut line = Vec::new();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(reply);
-        }
-        let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
-        if let Some(value) = text.strip_prefix("content-length:") {
-            content_length = value.trim().parse().unwrap_or(0);
-        }
-        reply.extend_from_slice(&line);
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-    }
-    let mut body = vec![0u8; content_length];
-    reader.read_exact(&mut body)?;
-    reply.extend_from_slice(&body);
-    Ok(reply)
+    let reply = read_message(&mut BufReader::new(node))?;
+    Ok(reply
+        .map(|(head, body)| [head, body].concat())
+        .unwrap_or_default())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,7 +166,7 @@ fn serve(
     client.set_nonblocking(false)?;
     let mut writer = client.try_clone()?;
     let mut reader = BufReader::new(client);
-    while let Some((head, body)) = read_request(&mut reader)? {
+    while let Some((head, body)) = read_message(&mut reader)? {
         requests.fetch_add(1, Relaxed);
         let method = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()

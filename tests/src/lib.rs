@@ -306,6 +306,29 @@ pub fn admin_get(pool: &PoolSetup, path: &str, token: &str) -> anyhow::Result<Va
         .into_json()?)
 }
 
+/// What the ledger holds for every account, from `/api/v1/admin/miners`: immature,
+/// mature, paying and paid added up; and the accounts as the API gave them.
+pub fn ledger_total(pool: &PoolSetup, admin_token: &str) -> anyhow::Result<(u64, Value)> {
+    let accounts = admin_get(pool, "/api/v1/admin/miners", admin_token)?;
+    let total = accounts
+        .as_array()
+        .context("the accounts are a list")?
+        .iter()
+        .map(|account| {
+            [
+                "balance_immature",
+                "balance_mature",
+                "balance_paying",
+                "paid",
+            ]
+            .iter()
+            .map(|field| account[field].as_u64().unwrap_or(0))
+            .sum::<u64>()
+        })
+        .sum();
+    Ok((total, accounts))
+}
+
 /// Waits until in-flight block candidates have settled: neither the pool's count of found
 /// blocks nor the node's height moves across two reads 1.5 s apart.
 pub fn wait_blocks_settled(pool: &PoolSetup, nodes: &RegtestPair) -> anyhow::Result<()> {

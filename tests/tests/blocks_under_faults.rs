@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use otedama_tests::fault_proxy::{Fault, FaultMix, FaultProxy};
-use otedama_tests::{admin_get, wait_until, PoolSetup, RegtestPair};
+use otedama_tests::{ledger_total, wait_until, PoolSetup, RegtestPair};
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
 const PREMINED_BLOCKS: u64 = 101;
@@ -142,29 +142,6 @@ fn the_chain_and_the_pools_blocks_match_across_node_faults_and_kill_9() -> anyho
     )
     .map_err(|e| anyhow::anyhow!("{e}: credited {:?}, rewards {rewards}", credited(&pool)))?;
     Ok(())
-}
-
-/// What the ledger holds for every account: immature, mature, paying and paid.
-fn credited(pool: &PoolSetup) -> anyhow::Result<u64> {
-    let accounts = admin_get(pool, "/api/v1/admin/miners", ADMIN_TOKEN)?;
-    Ok(accounts
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .map(|a| {
-                    [
-                        "balance_immature",
-                        "balance_mature",
-                        "balance_paying",
-                        "paid",
-                    ]
-                    .iter()
-                    .map(|k| a[k].as_u64().unwrap_or(0))
-                    .sum::<u64>()
-                })
-                .sum()
-        })
-        .unwrap_or(0))
 }
 
 fn tail(log: &str) -> String {

@@ -474,6 +474,21 @@ impl Ledger {
         Ok(())
     }
 
+    /// Intent `batch_id` with its key if it is `Sent`; otherwise what a step on it does:
+    /// nothing, because it does not exist or is past `Sent` already.
+    #[allow(clippy::type_complexity)]
+    fn sent_intent(
+        &self,
+        batch_id: u64,
+    ) -> Result<Result<(Vec<u8>, PayoutIntent), Applied>, LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        Ok(match self.get::<PayoutIntent>(&intent_key)? {
+            None => Err(Applied::NotApplicable),
+            Some(intent) if intent.state != IntentState::Sent => Err(Applied::AlreadyDone),
+            Some(intent) => Ok((intent_key, intent)),
+        })
+    }
+
     /// A sent intent is final: its transaction (or `paid_by_txid`, a replacement paying
     /// every output) has the confirmations asked for. No balance moves: it was paid when
     /// sent.
@@ -484,13 +499,10 @@ impl Ledger {
         paid_by_txid: Option<String>,
         now_ms: u64,
     ) -> Result<Applied, LedgerError> {
-        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
-        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
-            return Ok(Applied::NotApplicable);
+        let (intent_key, mut intent) = match self.sent_intent(batch_id)? {
+            Ok(sent) => sent,
+            Err(applied) => return Ok(applied),
         };
-        if intent.state != IntentState::Sent {
-            return Ok(Applied::AlreadyDone);
-        }
         intent.state = IntentState::Confirmed;
         intent.confirmations = confirmations;
         intent.paid_by_txid = paid_by_txid;
@@ -512,13 +524,10 @@ impl Ledger {
         reason: &str,
         now_ms: u64,
     ) -> Result<Applied, LedgerError> {
-        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
-        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
-            return Ok(Applied::NotApplicable);
+        let (intent_key, mut intent) = match self.sent_intent(batch_id)? {
+            Ok(sent) => sent,
+            Err(applied) => return Ok(applied),
         };
-        if intent.state != IntentState::Sent {
-            return Ok(Applied::AlreadyDone);
-        }
         let reference = format!("batch:{batch_id}");
         let mut change = Change::new(self);
         for (account, amount) in &intent.outputs {

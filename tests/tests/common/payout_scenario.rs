@@ -224,23 +224,7 @@ impl Scenario {
             .iter()
             .map(|b| b["reward"].as_u64().unwrap())
             .sum();
-        let accounts = otedama_tests::admin_get(&self.pool, "/api/v1/admin/miners", ADMIN_TOKEN)?;
-        let credited: u64 = accounts
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                [
-                    "balance_immature",
-                    "balance_mature",
-                    "balance_paying",
-                    "paid",
-                ]
-                .iter()
-                .map(|k| a[k].as_u64().unwrap())
-                .sum::<u64>()
-            })
-            .sum();
+        let (credited, accounts) = otedama_tests::ledger_total(&self.pool, ADMIN_TOKEN)?;
         assert_eq!(
             credited, rewards,
             "credits must add up to the rewards: {accounts}"
