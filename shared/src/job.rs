@@ -224,6 +224,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every header field the miner does not choose is in the content key; the job id,
+    /// ntime and version (which the miner may set or roll) are not.
+    #[test]
+    fn the_content_key_covers_what_the_header_commits_to_besides_the_miner() {
+        let key = |template: JobTemplate| Job::new(template).unwrap().content_key;
+        let base = key(template(1, true));
+        let changed: [fn(&mut JobTemplate); 5] = [
+            |t| t.prevhash[0] ^= 1,
+            |t| t.coinbase_prefix.push(0),
+            |t| t.coinbase_suffix[0] ^= 1,
+            |t| t.merkle_branch.push(HexHash([9; 32])),
+            |t| t.bits -= 1,
+        ];
+        for change in changed {
+            let mut other = template(1, true);
+            change(&mut other);
+            assert_ne!(key(other), base);
+        }
+        let mut same = template(2, false);
+        same.ntime += 600;
+        same.version ^= 0x2000;
+        assert_eq!(key(same), base);
+    }
+
     #[test]
     fn clean_job_retires_the_rest_and_they_read_as_stale() {
         let mut book = JobBook::default();

@@ -64,16 +64,23 @@ impl Wallet for NodeWallet {
                 json!([unfunded, {"lockUnspents": true, "replaceable": true}]),
             )
             .map_err(wallet_error)?;
-        let signed = self
+        let signed = match self
             .rpc
             .call("signrawtransactionwithwallet", json!([funded["hex"]]))
-            .map_err(wallet_error)?;
-        if signed["complete"] != json!(true) {
-            return Err(WalletError::Refused(format!(
-                "the wallet could not sign every input: {}",
-                signed["errors"]
-            )));
-        }
+        {
+            Ok(signed) if signed["complete"] == json!(true) => signed,
+            failed => {
+                // Nothing will spend the inputs funding locked: give them back.
+                self.unlock_inputs(&funded["hex"]);
+                return Err(match failed {
+                    Err(error) => wallet_error(error),
+                    Ok(signed) => WalletError::Refused(format!(
+                        "the wallet could not sign every input: {}",
+                        signed["errors"]
+                    )),
+                });
+            }
+        };
         let raw_tx = signed["hex"]
             .as_str()
             .ok_or_else(|| WalletError::Refused("signed transaction has no hex".into()))?
@@ -185,6 +192,28 @@ impl Wallet for NodeWallet {
 }
 
 impl NodeWallet {
+    /// Unlocks the inputs of a funded transaction that will not be sent (best effort: a
+    /// node restart unlocks them anyway).
+    fn unlock_inputs(&self, transaction_hex: &Value) {
+        let Ok(decoded) = self
+            .rpc
+            .call("decoderawtransaction", json!([transaction_hex]))
+        else {
+            return;
+        };
+        let inputs: Vec<Value> = decoded["vin"]
+            .as_array()
+            .map(|vin| {
+                vin.iter()
+                    .map(|input| json!({"txid": input["txid"], "vout": input["vout"]}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Err(error) = self.rpc.call("lockunspent", json!([true, inputs])) {
+            tracing::warn!(%error, "cannot unlock the inputs of a payout that was not signed");
+        }
+    }
+
     /// Transaction `txid` from the wallet's record if it has one, or the mempool, decoded
     /// here from its bytes so every amount is exact.
     fn transaction(&self, txid: &str) -> Result<Option<bitcoin::Transaction>, WalletError> {

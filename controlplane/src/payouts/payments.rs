@@ -174,76 +174,164 @@ pub fn reconcile(
     Ok(())
 }
 
-/// Follows every sent payout until it is final (issue 15: a payout is not paid for good
-/// when the mempool takes it):
-/// - buried under `confirmations_required` blocks: `Confirmed`;
-/// - out of the mempool and unmined: the same raw transaction is sent again;
-/// - double-spent by a transaction that pays every output exactly (a fee bump, say): that
-///   transaction is followed instead, and the intent confirms with it;
-/// - double-spent by anything else, buried under `confirmations_required` blocks: `Failed`,
-///   and every amount goes back to its balance, once (`Ledger::fail_intent`).
-pub fn follow_sent(
+/// What following a sent payout found it should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FollowStep {
+    /// Not final yet: record the confirmations seen (negative: conflicted, that deep).
+    Wait(i64),
+    /// Out of the mempool unmined: send the same raw transaction again.
+    SendAgain,
+    /// Final: under enough blocks, itself or through a replacement that pays every output.
+    Confirm {
+        confirmations: i64,
+        paid_by_txid: Option<String>,
+    },
+    /// Double-spent, deeply, by a transaction that pays none of its outputs: give the
+    /// amounts back.
+    Fail { confirmations: i64, reason: String },
+    /// Double-spent by a transaction that pays some of its outputs but not all: neither
+    /// confirming nor failing it is right, so it waits for the operator.
+    Hold { confirmations: i64, reason: String },
+}
+
+/// Decides what to do with one sent payout by asking the node (no ledger access, so the
+/// ledger is not held while the node answers):
+/// - under `confirmations_required` blocks: `Confirm`;
+/// - out of the mempool and unmined: `SendAgain`;
+/// - double-spent: the conflicting transaction that is mined decides. If it pays every
+///   output exactly (a fee bump), the payout confirms with it; if it pays none, the payout
+///   fails once it is `confirmations_required` deep; if it pays some, it is held for the
+///   operator. While no conflict is mined, the payout waits.
+pub fn judge_sent(
+    wallet: &mut dyn Wallet,
+    rule: &AddressRule,
+    intent: &PayoutIntent,
+    confirmations_required: u64,
+) -> Result<FollowStep, PayoutError> {
+    let required = confirmations_required as i64;
+    let conflicts = match wallet.transaction_status(&intent.txid)? {
+        TxStatus::Confirmed(depth) if depth as i64 >= required => {
+            return Ok(FollowStep::Confirm {
+                confirmations: depth as i64,
+                paid_by_txid: None,
+            })
+        }
+        TxStatus::Confirmed(depth) => return Ok(FollowStep::Wait(depth as i64)),
+        TxStatus::InMempool => return Ok(FollowStep::Wait(0)),
+        // Safe to send again: it is the only transaction that may pay these outputs.
+        TxStatus::Dropped | TxStatus::Unknown => return Ok(FollowStep::SendAgain),
+        TxStatus::Conflicted { conflicts, .. } => conflicts,
+    };
+    let mut mined = None;
+    for conflict in &conflicts {
+        if let TxStatus::Confirmed(depth) = wallet.transaction_status(conflict)? {
+            mined = Some((conflict.clone(), depth as i64));
+            break;
+        }
+    }
+    let Some((winner, depth)) = mined else {
+        return Ok(FollowStep::Wait(0));
+    };
+    let scripts = output_scripts(rule, intent)?;
+    if wallet.pays_outputs(&winner, &scripts)? {
+        return Ok(if depth >= required {
+            FollowStep::Confirm {
+                confirmations: depth,
+                paid_by_txid: Some(winner),
+            }
+        } else {
+            FollowStep::Wait(depth)
+        });
+    }
+    let mut pays_some = false;
+    for output in &scripts {
+        pays_some |= wallet.pays_outputs(&winner, std::slice::from_ref(output))?;
+    }
+    if pays_some {
+        let reason = format!(
+            "double-spent by {winner}, which pays some of its outputs but not all: the operator must settle it"
+        );
+        return Ok(FollowStep::Hold {
+            confirmations: -depth,
+            reason,
+        });
+    }
+    if depth < required {
+        return Ok(FollowStep::Wait(-depth));
+    }
+    Ok(FollowStep::Fail {
+        confirmations: -depth,
+        reason: format!(
+            "double-spent by {winner} ({depth} blocks deep); the amounts are back in the balances"
+        ),
+    })
+}
+
+/// Carries out what `judge_sent` decided for `intent`.
+pub fn apply_follow_step(
     ledger: &mut Ledger,
+    wallet: &mut dyn Wallet,
+    intent: &PayoutIntent,
+    step: FollowStep,
+    now_ms: u64,
+) -> Result<(), PayoutError> {
+    let batch_id = intent.batch_id;
+    match step {
+        FollowStep::Wait(confirmations) => ledger.note_confirmations(batch_id, confirmations)?,
+        FollowStep::SendAgain => match wallet.broadcast(&intent.raw_tx) {
+            Ok(()) => {
+                tracing::warn!(batch_id, txid = %intent.txid, "payout had left the mempool unmined; sent again")
+            }
+            Err(error) => {
+                tracing::warn!(batch_id, txid = %intent.txid, %error, "payout left the mempool and cannot be sent again yet")
+            }
+        },
+        FollowStep::Confirm {
+            confirmations,
+            paid_by_txid,
+        } => {
+            ledger.confirm_intent(batch_id, confirmations, paid_by_txid.clone(), now_ms)?;
+            tracing::info!(batch_id, txid = %intent.txid, ?paid_by_txid, confirmations, "payout confirmed");
+        }
+        FollowStep::Fail {
+            confirmations,
+            reason,
+        } => {
+            ledger.fail_intent(batch_id, confirmations, &reason, now_ms)?;
+            tracing::error!(batch_id, txid = %intent.txid, %reason, "payout failed");
+        }
+        FollowStep::Hold {
+            confirmations,
+            reason,
+        } => {
+            ledger.note_confirmations(batch_id, confirmations)?;
+            tracing::error!(batch_id, txid = %intent.txid, %reason, "payout held for the operator");
+        }
+    }
+    Ok(())
+}
+
+/// Follows every sent payout one step (`judge_sent`, then `apply_follow_step`), with the
+/// ledger locked only to read the payouts and to record each step; one payout the node
+/// cannot answer about does not stop the others.
+pub fn follow_sent(
+    ledger: &std::sync::Mutex<Ledger>,
     wallet: &mut dyn Wallet,
     rule: &AddressRule,
     confirmations_required: u64,
     now_ms: u64,
 ) -> Result<(), PayoutError> {
-    for intent in ledger.sent_intents()? {
-        let batch_id = intent.batch_id;
-        match wallet.transaction_status(&intent.txid)? {
-            TxStatus::Confirmed(depth) if depth >= confirmations_required => {
-                ledger.confirm_intent(batch_id, depth as i64, None, now_ms)?;
-                tracing::info!(batch_id, txid = %intent.txid, depth, "payout confirmed");
+    let sent = ledger.lock().expect("ledger lock").sent_intents()?;
+    for intent in sent {
+        let step = match judge_sent(wallet, rule, &intent, confirmations_required) {
+            Ok(step) => step,
+            Err(error) => {
+                tracing::warn!(batch_id = intent.batch_id, %error, "cannot follow a sent payout now");
+                continue;
             }
-            TxStatus::Confirmed(depth) => ledger.note_confirmations(batch_id, depth as i64)?,
-            TxStatus::InMempool => ledger.note_confirmations(batch_id, 0)?,
-            TxStatus::Dropped | TxStatus::Unknown => {
-                // Safe to send again: it is the only transaction that may pay these outputs.
-                match wallet.broadcast(&intent.raw_tx) {
-                    Ok(()) => {
-                        tracing::warn!(batch_id, txid = %intent.txid, "payout had left the mempool unmined; sent again")
-                    }
-                    Err(error) => {
-                        tracing::warn!(batch_id, txid = %intent.txid, %error, "payout left the mempool and cannot be sent again yet")
-                    }
-                }
-            }
-            TxStatus::Conflicted { depth, conflicts } => {
-                let scripts = output_scripts(rule, &intent)?;
-                let mut replacement = None;
-                for conflict in &conflicts {
-                    if wallet.pays_outputs(conflict, &scripts)? {
-                        replacement = Some(conflict.clone());
-                        break;
-                    }
-                }
-                match replacement {
-                    Some(paid_by) => {
-                        if let TxStatus::Confirmed(depth) = wallet.transaction_status(&paid_by)? {
-                            if depth >= confirmations_required {
-                                ledger.confirm_intent(
-                                    batch_id,
-                                    depth as i64,
-                                    Some(paid_by.clone()),
-                                    now_ms,
-                                )?;
-                                tracing::info!(batch_id, txid = %intent.txid, %paid_by, depth, "payout confirmed through a replacement that pays every output");
-                            }
-                        }
-                    }
-                    None if depth >= confirmations_required => {
-                        let reason = format!(
-                            "double-spent by {} ({depth} blocks deep); the amounts are back in the balances",
-                            conflicts.join(", ")
-                        );
-                        ledger.fail_intent(batch_id, -(depth as i64), &reason, now_ms)?;
-                        tracing::error!(batch_id, txid = %intent.txid, %reason, "payout failed");
-                    }
-                    None => ledger.note_confirmations(batch_id, -(depth as i64))?,
-                }
-            }
-        }
+        };
+        let mut ledger = ledger.lock().expect("ledger lock");
+        apply_follow_step(&mut ledger, wallet, &intent, step, now_ms)?;
     }
     Ok(())
 }
@@ -268,7 +356,8 @@ fn output_scripts(
 fn paid_since(ledger: &Ledger, since_ms: u64) -> Result<BTreeMap<String, u64>, LedgerError> {
     let mut paid: BTreeMap<String, u64> = BTreeMap::new();
     for intent in ledger.intents()? {
-        if intent.created_at_ms >= since_ms {
+        // A failed batch paid nothing: its amounts went back to the balances.
+        if intent.created_at_ms >= since_ms && intent.state != IntentState::Failed {
             for (account, amount) in intent.outputs {
                 *paid.entry(account).or_default() += amount;
             }
@@ -503,8 +592,8 @@ mod tests {
     #[derive(Default)]
     struct ScriptedNode {
         status: BTreeMap<String, TxStatus>,
-        /// Transactions that pay every output they are asked about.
-        payers: Vec<String>,
+        /// What each transaction pays: (output script, amount).
+        pays: BTreeMap<String, Vec<(Vec<u8>, u64)>>,
         broadcasts: Vec<String>,
     }
 
@@ -513,7 +602,7 @@ mod tests {
             &mut self,
             _: &BTreeMap<String, u64>,
         ) -> Result<SignedPayment, WalletError> {
-            unreachable!("follow_sent builds nothing")
+            unreachable!("following builds nothing")
         }
         fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError> {
             self.broadcasts.push(raw_tx.to_string());
@@ -525,21 +614,27 @@ mod tests {
         fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError> {
             Ok(self.status.get(txid).cloned().unwrap_or(TxStatus::Unknown))
         }
-        fn pays_outputs(&mut self, txid: &str, _: &[(Vec<u8>, u64)]) -> Result<bool, WalletError> {
-            Ok(self.payers.iter().any(|payer| payer == txid))
+        fn pays_outputs(
+            &mut self,
+            txid: &str,
+            outputs: &[(Vec<u8>, u64)],
+        ) -> Result<bool, WalletError> {
+            let paid = self.pays.get(txid).cloned().unwrap_or_default();
+            Ok(outputs.iter().all(|wanted| paid.contains(wanted)))
         }
     }
 
-    /// A ledger with one sent payout of 300 to `miner` (txid `t1`), from a matured block.
-    fn sent_payout(dir: &std::path::Path, miner: &str) -> Ledger {
+    /// A ledger with one sent payout (txid `t1`) of 300 to each of `miners`, from a
+    /// matured block of 1,000 each.
+    fn sent_payout(dir: &std::path::Path, miners: &[String]) -> std::sync::Mutex<Ledger> {
         let mut ledger = Ledger::open(dir).unwrap();
-        let credit: BTreeMap<String, u64> = [(miner.to_string(), 1_000)].into_iter().collect();
+        let credit: BTreeMap<String, u64> = miners.iter().map(|m| (m.clone(), 1_000)).collect();
         ledger.credit_block("block", &credit).unwrap();
         ledger.mature_block("block").unwrap();
         let intent = PayoutIntent {
             batch_id: 1,
             created_at_ms: 0,
-            outputs: [(miner.to_string(), 300)].into_iter().collect(),
+            outputs: miners.iter().map(|m| (m.clone(), 300)).collect(),
             raw_tx: "raw-t1".into(),
             txid: "t1".into(),
             state: IntentState::Open,
@@ -553,70 +648,107 @@ mod tests {
         };
         ledger.open_intent(&intent).unwrap();
         ledger.complete_intent(1, 0).unwrap();
-        ledger
+        std::sync::Mutex::new(ledger)
     }
 
-    /// Issue 15, point 5: every way a sent payout can end, and that a double-spend gives
-    /// the amounts back exactly once.
-    #[test]
-    fn sent_payouts_end_confirmed_resent_or_failed_once() {
-        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
-        let miner = regtest_address(1);
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = sent_payout(dir.path(), &miner);
-        let mut node = ScriptedNode::default();
-        let state = |ledger: &Ledger| ledger.intents().unwrap()[0].clone();
-        let balances = |ledger: &Ledger| ledger.balances(&miner).unwrap();
+    fn payout(ledger: &std::sync::Mutex<Ledger>) -> PayoutIntent {
+        ledger.lock().unwrap().intents().unwrap()[0].clone()
+    }
 
-        // Under too few blocks: still sent. Dropped from the mempool: sent again.
+    fn conflicted(conflicts: &[&str]) -> TxStatus {
+        TxStatus::Conflicted {
+            depth: 1,
+            conflicts: conflicts.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// Issue 15, point 5: a sent payout waits, is sent again, fails once (the amounts come
+    /// back exactly once) when a transaction paying none of its outputs is mined deep.
+    #[test]
+    fn a_sent_payout_is_resent_and_fails_once_when_double_spent() {
+        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
+        let miners = [regtest_address(1), regtest_address(2)];
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = sent_payout(dir.path(), &miners);
+        let mut node = ScriptedNode::default();
+        let follow =
+            |node: &mut ScriptedNode, now_ms| follow_sent(&ledger, node, &rule, 3, now_ms).unwrap();
+
         node.status.insert("t1".into(), TxStatus::Confirmed(2));
-        follow_sent(&mut ledger, &mut node, &rule, 3, 10).unwrap();
+        follow(&mut node, 10);
         assert_eq!(
-            (state(&ledger).state, state(&ledger).confirmations),
+            (payout(&ledger).state, payout(&ledger).confirmations),
             (IntentState::Sent, 2)
         );
         node.status.insert("t1".into(), TxStatus::Dropped);
-        follow_sent(&mut ledger, &mut node, &rule, 3, 20).unwrap();
+        follow(&mut node, 20);
         assert_eq!(node.broadcasts, vec!["raw-t1".to_string()]);
-        assert_eq!(state(&ledger).state, IntentState::Sent);
+        assert_eq!(payout(&ledger).state, IntentState::Sent);
 
-        // Double-spent by something that does not pay the miner, not yet deep: waits.
-        let conflicted = |depth| TxStatus::Conflicted {
-            depth,
-            conflicts: vec!["thief".into()],
-        };
-        node.status.insert("t1".into(), conflicted(2));
-        follow_sent(&mut ledger, &mut node, &rule, 3, 30).unwrap();
-        assert_eq!(state(&ledger).state, IntentState::Sent);
-        assert_eq!(balances(&ledger).paid, 300);
-        // Deep enough: failed, and the 300 is back in the mature balance, once.
-        node.status.insert("t1".into(), conflicted(3));
-        follow_sent(&mut ledger, &mut node, &rule, 3, 40).unwrap();
-        follow_sent(&mut ledger, &mut node, &rule, 3, 50).unwrap();
-        assert_eq!(state(&ledger).state, IntentState::Failed);
-        assert_eq!(state(&ledger).settled_at_ms, Some(40));
-        let after = balances(&ledger);
-        assert_eq!((after.mature, after.paying, after.paid), (1_000, 0, 0));
-
-        // Another ledger: the conflict is a fee bump that pays every output.
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = sent_payout(dir.path(), &miner);
-        let mut node = ScriptedNode {
-            payers: vec!["bump".into()],
-            ..ScriptedNode::default()
-        };
-        node.status.insert(
-            "t1".into(),
-            TxStatus::Conflicted {
-                depth: 5,
-                conflicts: vec!["bump".into()],
-            },
+        // A thief's spend of an input, mined but not deep: the payout waits.
+        node.status.insert("t1".into(), conflicted(&["thief"]));
+        node.status.insert("thief".into(), TxStatus::Confirmed(2));
+        follow(&mut node, 30);
+        assert_eq!(payout(&ledger).state, IntentState::Sent);
+        // Deep enough: failed, and each 300 is back in its mature balance, once.
+        node.status.insert("thief".into(), TxStatus::Confirmed(3));
+        follow(&mut node, 40);
+        follow(&mut node, 50);
+        let failed = payout(&ledger);
+        assert_eq!(
+            (failed.state, failed.settled_at_ms),
+            (IntentState::Failed, Some(40))
         );
-        node.status.insert("bump".into(), TxStatus::Confirmed(5));
-        follow_sent(&mut ledger, &mut node, &rule, 3, 60).unwrap();
-        let payout = state(&ledger);
-        assert_eq!(payout.state, IntentState::Confirmed);
-        assert_eq!(payout.paid_by_txid.as_deref(), Some("bump"));
-        assert_eq!(balances(&ledger).paid, 300, "paid once, by the replacement");
+        for miner in &miners {
+            let balances = ledger.lock().unwrap().balances(miner).unwrap();
+            assert_eq!(
+                (balances.mature, balances.paying, balances.paid),
+                (1_000, 0, 0)
+            );
+        }
+    }
+
+    /// The mined conflict decides: a fee bump that pays every output confirms the payout
+    /// (whichever order the node lists the conflicts in); one that pays only some outputs
+    /// holds it for the operator, neither confirmed nor failed.
+    #[test]
+    fn a_replacement_confirms_a_payout_only_if_it_pays_every_output() {
+        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
+        let miners = [regtest_address(1), regtest_address(2)];
+        let scripts: Vec<(Vec<u8>, u64)> = miners
+            .iter()
+            .map(|m| (script_for_address(&rule, m).unwrap(), 300))
+            .collect();
+        for (listed, expected) in [
+            (["bump-unmined", "bump-mined"], IntentState::Confirmed),
+            (["bump-mined", "bump-unmined"], IntentState::Confirmed),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let ledger = sent_payout(dir.path(), &miners);
+            let mut node = ScriptedNode::default();
+            node.status.insert("t1".into(), conflicted(&listed));
+            node.status
+                .insert("bump-unmined".into(), TxStatus::InMempool);
+            node.status
+                .insert("bump-mined".into(), TxStatus::Confirmed(3));
+            node.pays.insert("bump-unmined".into(), scripts.clone());
+            node.pays.insert("bump-mined".into(), scripts.clone());
+            follow_sent(&ledger, &mut node, &rule, 3, 60).unwrap();
+            let confirmed = payout(&ledger);
+            assert_eq!(confirmed.state, expected, "{listed:?}");
+            assert_eq!(confirmed.paid_by_txid.as_deref(), Some("bump-mined"));
+        }
+        // A mined replacement that pays the first miner only: held, nothing moves.
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = sent_payout(dir.path(), &miners);
+        let mut node = ScriptedNode::default();
+        node.status.insert("t1".into(), conflicted(&["partial"]));
+        node.status
+            .insert("partial".into(), TxStatus::Confirmed(10));
+        node.pays.insert("partial".into(), vec![scripts[0].clone()]);
+        follow_sent(&ledger, &mut node, &rule, 3, 70).unwrap();
+        assert_eq!(payout(&ledger).state, IntentState::Sent);
+        let balances = ledger.lock().unwrap().balances(&miners[1]).unwrap();
+        assert_eq!((balances.mature, balances.paid), (700, 300));
     }
 }

@@ -170,9 +170,8 @@ impl PayoutRunner {
         if now_ms >= self.next_follow_ms {
             self.next_follow_ms = now_ms + PAYOUT_FOLLOW_INTERVAL_MS;
             if let Some(wallet) = self.wallet.as_mut() {
-                let mut ledger = self.ledger.lock().expect("ledger lock");
                 payments::follow_sent(
-                    &mut ledger,
+                    &self.ledger,
                     wallet.as_mut(),
                     &settings.policy.address_rule,
                     settings.payout_confirmations,

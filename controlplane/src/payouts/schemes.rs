@@ -203,7 +203,9 @@ pub fn split_block(scheme: Scheme, reward: u64, fee_ppm: u64, round: &Round<'_>)
     let in_round = || {
         shares_newest_first
             .iter()
-            .filter(move |s| s.accepted_at_ms >= round_start_ms && s.accepted_at_ms <= round_end_ms)
+            // Half-open, (start, end]: a share in the second a block was found belongs to
+            // that block's round only, not to the next one's as well.
+            .filter(move |s| s.accepted_at_ms > round_start_ms && s.accepted_at_ms <= round_end_ms)
     };
     let weights = match scheme {
         // The per-share schemes already paid; the block belongs to the pool.
