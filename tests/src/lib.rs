@@ -306,6 +306,51 @@ pub fn admin_get(pool: &PoolSetup, path: &str, token: &str) -> anyhow::Result<Va
         .into_json()?)
 }
 
+/// Checks the pool's accepted blocks against the node, not against the pool: each is on
+/// the node's active chain, once, and its coinbase pays exactly the reward the pool
+/// recorded; and every block of the chain at `pool_heights` (where only the pool mined) is
+/// one of them. Returns the accepted blocks.
+pub fn check_blocks_against_chain(
+    pool: &PoolSetup,
+    node: &RegtestNode,
+    pool_heights: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<Vec<Value>> {
+    let accepted = pool.accepted_blocks()?;
+    let mut hashes = std::collections::BTreeSet::new();
+    for block in &accepted {
+        let hash = block["hash"].as_str().context("a block hash")?;
+        anyhow::ensure!(hashes.insert(hash.to_string()), "{hash} recorded twice");
+        let on_node = node.call("getblock", json!([hash, 2]))?;
+        anyhow::ensure!(
+            on_node["confirmations"].as_i64().unwrap_or(-1) >= 1,
+            "accepted block {hash} is not on the node's active chain"
+        );
+        let coinbase_units: u64 = on_node["tx"][0]["vout"]
+            .as_array()
+            .context("a coinbase")?
+            .iter()
+            .map(|out| {
+                let coins = format!("{:.8}", out["value"].as_f64().unwrap_or(0.0));
+                otedama_controlplane::config::parse_amount(&coins).unwrap_or(u64::MAX)
+            })
+            .sum();
+        anyhow::ensure!(
+            Some(coinbase_units) == block["reward"].as_u64(),
+            "block {hash}: the coinbase pays {coinbase_units}, the pool recorded {}",
+            block["reward"]
+        );
+    }
+    for height in pool_heights {
+        let hash = node.call("getblockhash", json!([height]))?;
+        let hash = hash.as_str().context("a block hash")?;
+        anyhow::ensure!(
+            hashes.contains(hash),
+            "the chain's block {hash} at height {height} is not among the pool's accepted blocks"
+        );
+    }
+    Ok(accepted)
+}
+
 /// What the ledger holds for every account, from `/api/v1/admin/miners`: immature,
 /// mature, paying and paid added up; and the accounts as the API gave them.
 pub fn ledger_total(pool: &PoolSetup, admin_token: &str) -> anyhow::Result<(u64, Value)> {

@@ -42,6 +42,13 @@ fn mine_phase(pool: &PoolSetup, nodes: &RegtestPair, blocks: u64) -> anyhow::Res
             "block {height} pays {paid:?}, not the pool"
         );
     }
+    // The pool's own record, checked against the chain: each accepted block on it once,
+    // with the reward its coinbase really pays, and every block of this phase among them.
+    otedama_tests::check_blocks_against_chain(
+        pool,
+        &nodes.miner,
+        height_before + 1..=height_after,
+    )?;
     Ok((height_before, height_after))
 }
 

@@ -96,11 +96,30 @@ fn v1_v2_and_quic_miners_find_blocks_the_node_accepts() -> anyhow::Result<()> {
     otedama_tests::wait_blocks_settled(&pool, &nodes)?;
     let stats = pool.stats()?;
     let found = stats["blocks_found"].as_u64().unwrap() - found_before;
+    let height_after = nodes.miner.block_count()?;
     assert_eq!(
-        nodes.miner.block_count()? - height_before,
+        height_after - height_before,
         found,
         "the node's height rises by exactly the blocks the pool found"
     );
+    // Each protocol's own blocks, on the chain (not the pool's word for it).
+    let accepted = otedama_tests::check_blocks_against_chain(
+        &pool,
+        &nodes.miner,
+        height_before + 1..=height_after,
+    )?;
+    for address in [&v2_address, &quic_address, &v1_address] {
+        let own = accepted
+            .iter()
+            .filter(|b| {
+                b["worker"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(address.as_str())
+            })
+            .count();
+        assert!(own > 0, "no block of {address}'s protocol is on the chain");
+    }
     // One share log, one crediting: every miner shows shares and, once the blocks are
     // credited (a few seconds after they are found), immature credit.
     for address in [&v2_address, &quic_address, &v1_address] {
