@@ -138,9 +138,14 @@ fn the_chain_and_the_pools_blocks_match_across_node_faults_and_kill_9() -> anyho
     wait_until(
         Duration::from_secs(30),
         "every block to be credited",
-        || credited(&pool).is_ok_and(|credited| credited == rewards),
+        || ledger_total(&pool, ADMIN_TOKEN).is_ok_and(|(credited, _)| credited == rewards),
     )
-    .map_err(|e| anyhow::anyhow!("{e}: credited {:?}, rewards {rewards}", credited(&pool)))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: credited {:?}, rewards {rewards}",
+            ledger_total(&pool, ADMIN_TOKEN).map(|(total, _)| total)
+        )
+    })?;
     Ok(())
 }
 
