@@ -389,13 +389,13 @@ mod tests {
 
     #[test]
     fn pplnt_scales_a_miner_present_for_part_of_the_round() {
-        // Round 0–1000 ms. a mines all of it; b only the last 10 %, below a 50 % minimum,
+        // Round (0, 1000] ms. a mines all of it; b only the last 10 %, below a 50 % minimum,
         // so b's 2 difficulty counts as 0.2 against a's 2.
         let shares = [
             share("a", 1.0, 1000),
             share("b", 1.0, 1000),
             share("b", 1.0, 900),
-            share("a", 1.0, 0),
+            share("a", 1.0, 1),
         ];
         let split = split(
             Scheme::Pplnt { presence_min: 0.5 },
@@ -408,6 +408,16 @@ mod tests {
             1000,
         );
         assert_eq!(split.credits, credits(&[("a", 2000), ("b", 200)]));
+    }
+
+    /// Rounds are half-open, (start, end]: a share in the millisecond (or, with the data
+    /// plane's whole-second times, the second) a round starts at belongs to the round
+    /// before, so PROP never pays it from two blocks.
+    #[test]
+    fn a_share_at_the_round_start_belongs_to_the_round_before() {
+        let shares = [share("a", 1.0, 2000), share("b", 1.0, 1000)];
+        let split = split(Scheme::Prop, 100, 0, "a", &shares, 1.0, 1000, 2000);
+        assert_eq!(split.credits, credits(&[("a", 100)]));
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - PPS/FPPS credited exactly the shares before the ledger's cursor.
 //!
 //! At the end, with faults off, everything owed is paid and the node's totals match the
-//! ledger's to the unit. A failure names its seed; `OTEDAMA_SIM_SEED=N` replays one.
+//! ledger's to the unit. Every scheme runs on `SEEDS / 6` seeds, and each must have seen
+//! crashes, payments and wallet refusals. A failure names its seed; `OTEDAMA_SIM_SEED=N`
+//! replays one.
 
 use std::collections::BTreeMap;
 
@@ -31,9 +33,19 @@ use super::schemes::{per_share_credit, split_block, Round, RoundShare, Scheme};
 use crate::chain::coin::{Coin, CoinParams, Network};
 
 const STEPS_PER_SEED: usize = 400;
-const SEEDS: u64 = 12;
+/// Seeds run; each scheme gets `SEEDS / 6` of them (scheme = `SCHEMES[seed % 6]`), and the
+/// coverage (crashes, payments, wallet refusals) is checked per scheme.
+const SEEDS: u64 = 18;
 const MINERS: u8 = 5;
 const FEE_ACCOUNT: &str = "pool-fee";
+const SCHEMES: [Scheme; 6] = [
+    Scheme::Pplns { window_factor: 2.0 },
+    Scheme::Prop,
+    Scheme::Pplnt { presence_min: 0.5 },
+    Scheme::Solo,
+    Scheme::Pps,
+    Scheme::Fpps,
+];
 const POOL_FEE_PPM: u64 = 12_345;
 const PAYOUT_MIN: u64 = 10_000;
 /// PPS/FPPS's value of a block, and the network difficulty the shares are weighed against.
@@ -45,6 +57,8 @@ const NETWORK_DIFFICULTY: f64 = 1_000.0;
 struct Node {
     held: BTreeMap<String, BTreeMap<String, u64>>,
     built: u64,
+    /// Requests the wallet refused outright (funds short, fee too low).
+    refusals: u64,
 }
 
 impl Node {
@@ -59,7 +73,9 @@ impl Node {
     }
 }
 
-/// The node's wallet as the payer sees it, losing requests and replies with `fault_pct`.
+/// The node's wallet as the payer sees it, losing requests and replies with `fault_pct`,
+/// and refusing some outright (a third as often) as a real wallet does when its funds
+/// are short or a fee is too low.
 struct FlakyWallet<'a> {
     node: &'a mut Node,
     rng: &'a mut StdRng,
@@ -69,6 +85,12 @@ struct FlakyWallet<'a> {
 impl FlakyWallet<'_> {
     fn fails(&mut self) -> bool {
         self.rng.gen_range(0..100) < self.fault_pct
+    }
+
+    fn refuses(&mut self) -> bool {
+        let refuses = self.rng.gen_range(0..300) < self.fault_pct;
+        self.node.refusals += refuses as u64;
+        refuses
     }
 }
 
@@ -80,6 +102,9 @@ impl Wallet for FlakyWallet<'_> {
         if self.fails() {
             return Err(WalletError::Unreachable("build lost".into()));
         }
+        if self.refuses() {
+            return Err(WalletError::Refused("insufficient funds".into()));
+        }
         // Each build spends different coins, so it is a different transaction.
         self.node.built += 1;
         let raw_tx = serde_json::to_string(&(self.node.built, outputs)).expect("encodable");
@@ -90,6 +115,9 @@ impl Wallet for FlakyWallet<'_> {
     fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError> {
         if self.fails() {
             return Err(WalletError::Unreachable("request lost".into()));
+        }
+        if self.refuses() {
+            return Err(WalletError::Refused("min relay fee not met".into()));
         }
         let (_, outputs): (u64, BTreeMap<String, u64>) =
             serde_json::from_str(raw_tx).expect("a transaction this wallet built");
@@ -161,15 +189,8 @@ pub(crate) fn regtest_address(index: u8) -> String {
 
 impl Simulation {
     fn new(seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let scheme = match rng.gen_range(0..6) {
-            0 => Scheme::Pplns { window_factor: 2.0 },
-            1 => Scheme::Prop,
-            2 => Scheme::Pplnt { presence_min: 0.5 },
-            3 => Scheme::Solo,
-            4 => Scheme::Pps,
-            _ => Scheme::Fpps,
-        };
+        let rng = StdRng::seed_from_u64(seed);
+        let scheme = SCHEMES[(seed % SCHEMES.len() as u64) as usize];
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger = Ledger::open(&dir.path().join("ledger")).expect("ledger opens");
         Simulation {
@@ -539,14 +560,27 @@ impl Simulation {
     }
 }
 
-fn simulate(seed: u64) -> (u32, usize) {
+/// What one seed's run went through.
+#[derive(Debug, Default, Clone, Copy)]
+struct Coverage {
+    crashes: u32,
+    payments: usize,
+    refusals: u64,
+}
+
+fn simulate(seed: u64) -> Coverage {
     let mut sim = Simulation::new(seed);
     for step in 0..STEPS_PER_SEED {
         sim.step();
         sim.check(&format!("seed {seed}, step {step}"));
     }
+    let refusals = sim.node.refusals;
     sim.drain();
-    (sim.crashes, sim.node.held.len())
+    Coverage {
+        crashes: sim.crashes,
+        payments: sim.node.held.len(),
+        refusals,
+    }
 }
 
 #[test]
@@ -555,23 +589,32 @@ fn seeded_crashes_never_pay_twice_and_never_lose_a_unit() {
         Ok(seed) => vec![seed.parse().expect("OTEDAMA_SIM_SEED is a number")],
         Err(_) => (0..SEEDS).collect(),
     };
-    let mut crashes = 0;
-    let mut payments = 0;
+    let replay_one = seeds.len() == 1;
+    let mut per_scheme: BTreeMap<String, Coverage> = BTreeMap::new();
     for seed in seeds {
+        let scheme = format!("{:?}", SCHEMES[(seed % SCHEMES.len() as u64) as usize]);
         match std::panic::catch_unwind(|| simulate(seed)) {
-            Ok((c, p)) => {
-                crashes += c;
-                payments += p;
+            Ok(run) => {
+                let total = per_scheme.entry(scheme).or_default();
+                total.crashes += run.crashes;
+                total.payments += run.payments;
+                total.refusals += run.refusals;
             }
             Err(_) => panic!(
-                "payout simulation failed with seed {seed}; replay it with OTEDAMA_SIM_SEED={seed}"
+                "payout simulation failed with seed {seed} ({scheme}); replay it with OTEDAMA_SIM_SEED={seed}"
             ),
         }
     }
-    // The simulation must have exercised what it claims to.
-    assert!(
-        crashes > 0 && payments > 0,
-        "crashes {crashes}, payments {payments}"
-    );
-    println!("payout simulation: {crashes} crashes, {payments} payment transactions");
+    println!("payout simulation per scheme: {per_scheme:?}");
+    if replay_one {
+        return;
+    }
+    // Every scheme must have exercised what the simulation claims to.
+    assert_eq!(per_scheme.len(), SCHEMES.len(), "{per_scheme:?}");
+    for (scheme, run) in &per_scheme {
+        assert!(
+            run.crashes > 0 && run.payments > 0 && run.refusals > 0,
+            "{scheme}: {run:?}"
+        );
+    }
 }
