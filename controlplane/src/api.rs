@@ -35,7 +35,7 @@ use crate::audit::AuditLog;
 use crate::bans::{BanChange, BanStore};
 use crate::blocks::BlockStore;
 use crate::payouts::ledger::Ledger;
-use crate::payouts::runner::{PayoutSettings, RunNow};
+use crate::payouts::runner::{PayoutRequest, PayoutSettings};
 use crate::payouts::shares::ShareHistory;
 use crate::stats::PoolState;
 
@@ -54,7 +54,7 @@ pub struct PayoutHandles {
     pub ledger: Arc<Mutex<Ledger>>,
     pub history: Arc<Mutex<ShareHistory>>,
     pub settings: Arc<RwLock<PayoutSettings>>,
-    pub run_now: crossbeam_channel::Sender<RunNow>,
+    pub run_now: crossbeam_channel::Sender<PayoutRequest>,
 }
 
 #[derive(Clone)]
@@ -82,6 +82,10 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let admin = Router::new()
         .route("/api/v1/admin/payouts/run", post(admin_run_payout))
+        .route(
+            "/api/v1/admin/payouts/{batch_id}/cancel",
+            post(admin_cancel_payout),
+        )
         .route(
             "/api/v1/admin/config",
             get(admin_config).put(admin_set_config),
@@ -451,10 +455,43 @@ pub(crate) fn audit_as(state: &ApiState, actor: &str, action: &str, detail: Valu
     }
 }
 
+/// Cancels a pending payout batch whose transaction the node can never take (its inputs
+/// are spent or gone); 409 while it can still be mined.
+async fn admin_cancel_payout(State(state): State<ApiState>, Path(batch_id): Path<u64>) -> Response {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let request = PayoutRequest::Cancel { batch_id, reply };
+    if state.payouts.run_now.send(request).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the payout thread is not running",
+        );
+    }
+    let outcome = tokio::task::spawn_blocking(move || {
+        answer.recv_timeout(Duration::from_secs(PAYOUT_RUN_TIMEOUT_S))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Ok(reason))) => {
+            Json(json!({"batch_id": batch_id, "state": "cancelled", "reason": reason}))
+                .into_response()
+        }
+        Ok(Ok(Err(refusal))) => error(StatusCode::CONFLICT, refusal),
+        _ => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the payout thread did not answer in time",
+        ),
+    }
+}
+
 async fn admin_run_payout(State(state): State<ApiState>) -> Response {
     audit(&state, "payouts.run", json!({}));
     let (reply, answer) = crossbeam_channel::bounded(1);
-    if state.payouts.run_now.send(RunNow { reply }).is_err() {
+    if state
+        .payouts
+        .run_now
+        .send(PayoutRequest::Run { reply })
+        .is_err()
+    {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the payout thread is not running",

@@ -40,6 +40,8 @@ pub struct FaultCounts {
 pub struct FaultProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    /// Once set, every request passes untouched (`heal`).
+    healed: Arc<AtomicBool>,
     pub counts: Arc<FaultCounts>,
     /// Requests seen, any method.
     pub requests: Arc<AtomicU64>,
@@ -65,22 +67,29 @@ impl FaultProxy {
             .expect("a non-blocking listener");
         let port = listener.local_addr().expect("an address").port();
         let stop = Arc::new(AtomicBool::new(false));
+        let healed = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(FaultCounts::default());
         let requests = Arc::new(AtomicU64::new(0));
         let methods: Arc<Vec<String>> = Arc::new(methods.iter().map(|m| m.to_string()).collect());
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
         {
             let (stop, counts, requests) = (stop.clone(), counts.clone(), requests.clone());
+            let healed = healed.clone();
             std::thread::spawn(move || {
                 while !stop.load(Relaxed) {
                     match listener.accept() {
                         Ok((client, _)) => {
                             let (methods, rng) = (methods.clone(), rng.clone());
                             let (counts, requests) = (counts.clone(), requests.clone());
+                            let healed = healed.clone();
                             std::thread::spawn(move || {
-                                let _ = serve(
-                                    client, node_port, &methods, mix, &rng, &counts, &requests,
-                                );
+                                let faulted = Faulted {
+                                    methods: &methods,
+                                    mix,
+                                    rng: &rng,
+                                    healed: &healed,
+                                };
+                                let _ = serve(client, node_port, &faulted, &counts, &requests);
                             });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -91,9 +100,15 @@ impl FaultProxy {
         FaultProxy {
             port,
             stop,
+            healed,
             counts,
             requests,
         }
+    }
+
+    /// From now on every request passes untouched.
+    pub fn heal(&self) {
+        self.healed.store(true, Relaxed);
     }
 
     pub fn url(&self) -> String {
@@ -153,16 +168,27 @@ fn forward(node_port: u16, head: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>>
         .unwrap_or_default())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the proxy spoils and how.
+struct Faulted<'a> {
+    methods: &'a [String],
+    mix: FaultMix,
+    rng: &'a Mutex<StdRng>,
+    healed: &'a AtomicBool,
+}
+
 fn serve(
     client: TcpStream,
     node_port: u16,
-    methods: &[String],
-    mix: FaultMix,
-    rng: &Mutex<StdRng>,
+    faulted: &Faulted<'_>,
     counts: &FaultCounts,
     requests: &AtomicU64,
 ) -> std::io::Result<()> {
+    let Faulted {
+        methods,
+        mix,
+        rng,
+        healed,
+    } = *faulted;
     client.set_nonblocking(false)?;
     let mut writer = client.try_clone()?;
     let mut reader = BufReader::new(client);
@@ -172,7 +198,7 @@ fn serve(
             .ok()
             .and_then(|request| request["method"].as_str().map(str::to_string))
             .unwrap_or_default();
-        let fault = if methods.contains(&method) {
+        let fault = if methods.contains(&method) && !healed.load(Relaxed) {
             let draw = rng.lock().unwrap().gen_range(0..100);
             let mut bound = 0;
             let mut pick = Fault::Pass;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use otedama_tests::wait_until;
-use payout_scenario::{start, start_with, ADMIN_TOKEN, POOL_FEE_PPM};
+use payout_scenario::{start, start_behind_proxy, start_with, ADMIN_TOKEN, POOL_FEE_PPM};
 
 /// Runs one scheme: a clean payout, then a second one with the control plane killed at
 /// `fault`; each miner must end paid exactly what it was owed, once.
@@ -241,5 +241,89 @@ fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result
         assert_eq!(scenario.received(miner)?, *amount, "{miner} paid once");
     }
     scenario.check_conservation()?;
+    Ok(())
+}
+
+/// Issue 15, point 5: a pending payout whose inputs were spent elsewhere can never be
+/// sent, and used to block every later run. The node refuses its broadcast (a fault proxy
+/// answers `sendrawtransaction` with 503) while the wallet spends every coin elsewhere;
+/// cancelling is refused while the transaction could still be mined, then accepted, the
+/// amounts come back once, and the next run pays every miner exactly once.
+#[test]
+fn a_payout_that_can_never_be_sent_is_cancelled_and_paid_again_once() -> anyhow::Result<()> {
+    use otedama_tests::fault_proxy::FaultMix;
+    let (scenario, _run) = start_behind_proxy(
+        "pplns",
+        &["sendrawtransaction"],
+        FaultMix {
+            delay_percent: 0,
+            drop_percent: 0,
+            cut_percent: 0,
+            unavailable_percent: 100,
+            delay: Duration::ZERO,
+        },
+    )?;
+    scenario.mine(3)?;
+    scenario.mature()?;
+    let owed: BTreeMap<String, u64> = scenario
+        .owed()?
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["still_open"], serde_json::json!([1]), "{body}");
+    let cancel = || {
+        scenario.pool.json_call(
+            "POST",
+            "/api/v1/admin/payouts/1/cancel",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+    };
+    let (status, answer) = cancel()?;
+    assert_eq!(status, 409, "still minable: {answer}");
+
+    // The operator's wallet spends every coin, the payout's locked ones included.
+    let node = &scenario.nodes.miner;
+    node.call_wallet("otedama", "lockunspent", serde_json::json!([true]))?;
+    let balance = node.call_wallet("otedama", "getbalance", serde_json::json!([]))?;
+    let sink = node.call_wallet("otedama", "getnewaddress", serde_json::json!([]))?;
+    node.call_wallet(
+        "otedama",
+        "sendtoaddress",
+        serde_json::json!([sink, balance, "", "", true]),
+    )?;
+    node.generate_to(sink.as_str().unwrap(), 1)?;
+    scenario.proxy.as_ref().unwrap().heal();
+
+    let (status, answer) = cancel()?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "cancelled", "{answer}");
+    let (status, _) = cancel()?;
+    assert_eq!(status, 409, "once");
+    assert_eq!(
+        scenario
+            .owed()?
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect::<BTreeMap<_, _>>(),
+        owed
+    );
+    scenario.check_conservation()?;
+
+    // The next run pays every miner what it was owed, once.
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["batch"]["batch_id"], 2, "{body}");
+    scenario.wait_paid(&owed)?;
+    let payments = scenario.pool.get_json("/api/v1/payments")?;
+    let states: Vec<&str> = payments
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["sent", "cancelled"], "{payments}");
     Ok(())
 }

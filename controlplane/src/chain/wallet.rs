@@ -176,6 +176,18 @@ impl Wallet for NodeWallet {
         Ok(outputs.iter().all(|wanted| paid.contains(wanted)))
     }
 
+    fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError> {
+        let verdict = self
+            .rpc
+            .call("testmempoolaccept", json!([[raw_tx]]))
+            .map_err(wallet_error)?;
+        let reason = verdict[0]["reject-reason"].as_str().unwrap_or("");
+        // Only a missing or spent input makes it unminable for ever; a low fee, a full
+        // mempool or a conflict still in the mempool can pass.
+        let never = reason.contains("missing-inputs") || reason.contains("missingorspent");
+        Ok(never.then(|| reason.to_string()))
+    }
+
     fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError> {
         match self.rpc.call("gettransaction", json!([txid])) {
             // A conflicted transaction (negative confirmations) will never pay.

@@ -53,6 +53,9 @@ pub enum EntryKind {
     PayoutSent,
     /// The payout transaction was double-spent and can never pay: paid → mature, once.
     PayoutReturned,
+    /// A pending payout the operator cancelled (its transaction can never be mined):
+    /// paying → mature, once.
+    PayoutCancelled,
     /// Into the exchange: the miner's mature → the exchange account's mature.
     ExchangeDeposit,
     /// Out of the exchange: the exchange account's mature → the miner's mature.
@@ -172,6 +175,10 @@ pub enum IntentState {
     /// Buried under `payout_confirmations` blocks (its own, or a replacement's that pays
     /// every output, such as a fee bump): final.
     Confirmed,
+    /// Cancelled by the operator while pending, once the node said its transaction can
+    /// never be mined (its inputs are spent or gone): every amount went back from paying to
+    /// mature (`PayoutCancelled`), once. Final.
+    Cancelled,
     /// Double-spent by a transaction that does not pay its outputs, buried under
     /// `payout_confirmations` blocks: it can never pay, and its amounts went back to the
     /// balances (`PayoutReturned`), once. Final.
@@ -186,6 +193,7 @@ impl IntentState {
             IntentState::Sent => "sent",
             IntentState::Confirmed => "confirmed",
             IntentState::Failed => "failed",
+            IntentState::Cancelled => "cancelled",
         }
     }
 }
@@ -454,6 +462,44 @@ impl Ledger {
         let mut intents = self.intents()?;
         intents.retain(|i| i.state == IntentState::Sent);
         Ok(intents)
+    }
+
+    /// Cancels a pending (open) intent: every amount goes back from paying to mature in the
+    /// same batch as the state change, so it happens once. The caller has made sure its
+    /// transaction can never be mined.
+    pub fn cancel_intent(
+        &mut self,
+        batch_id: u64,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Applied, LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
+            return Ok(Applied::NotApplicable);
+        };
+        if intent.state != IntentState::Open {
+            return Ok(Applied::AlreadyDone);
+        }
+        let reference = format!("batch:{batch_id}");
+        let mut change = Change::new(self);
+        for (account, amount) in &intent.outputs {
+            change.apply(
+                account,
+                EntryKind::PayoutCancelled,
+                *amount,
+                &reference,
+                |b| {
+                    b.paying -= amount;
+                    b.mature += amount;
+                },
+            )?;
+        }
+        intent.state = IntentState::Cancelled;
+        intent.last_error = Some(reason.to_string());
+        intent.settled_at_ms = Some(now_ms);
+        change.batch.put(intent_key, serde_json::to_vec(&intent)?);
+        change.commit()?;
+        Ok(Applied::Done)
     }
 
     /// Records a sent intent's confirmations at the last look (no balance moves).

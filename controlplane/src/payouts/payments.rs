@@ -61,6 +61,9 @@ pub trait Wallet {
     /// Whether transaction `txid` pays every `(output script, amount)` listed, exactly.
     fn pays_outputs(&mut self, txid: &str, outputs: &[(Vec<u8>, u64)])
         -> Result<bool, WalletError>;
+    /// Why a raw transaction the node does not hold can never be mined (its inputs are
+    /// spent or do not exist), or `None` if it still could be.
+    fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError>;
 }
 
 /// Where a payout transaction stands on the node.
@@ -352,12 +355,73 @@ fn output_scripts(
         .collect()
 }
 
+/// Why a pending payout cannot be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelRefusal {
+    #[error("no payout batch {0}")]
+    NoSuchBatch(u64),
+    #[error("batch {0} is not pending (only a batch the node never took can be cancelled)")]
+    NotPending(u64),
+    #[error(
+        "batch {batch_id}'s transaction can still be mined; it is sent again until it is: {detail}"
+    )]
+    StillMinable { batch_id: u64, detail: String },
+    #[error(transparent)]
+    Payout(#[from] PayoutError),
+}
+
+/// Cancels a pending payout the node cannot take (issue 15: one that can never be
+/// broadcast blocked every later run). Only when the node holds no transaction of it and
+/// says it can never be mined, so the same outputs can never be paid twice; its amounts go
+/// back to the balances once (`Ledger::cancel_intent`).
+pub fn cancel_pending(
+    ledger: &mut Ledger,
+    wallet: &mut dyn Wallet,
+    batch_id: u64,
+    now_ms: u64,
+) -> Result<String, CancelRefusal> {
+    let intent = ledger
+        .intents()
+        .map_err(PayoutError::from)?
+        .into_iter()
+        .find(|intent| intent.batch_id == batch_id)
+        .ok_or(CancelRefusal::NoSuchBatch(batch_id))?;
+    if intent.state != IntentState::Open {
+        return Err(CancelRefusal::NotPending(batch_id));
+    }
+    if wallet
+        .knows_transaction(&intent.txid)
+        .map_err(PayoutError::from)?
+    {
+        return Err(CancelRefusal::StillMinable {
+            batch_id,
+            detail: "the node holds it".into(),
+        });
+    }
+    let Some(reason) = wallet
+        .never_minable(&intent.raw_tx)
+        .map_err(PayoutError::from)?
+    else {
+        return Err(CancelRefusal::StillMinable {
+            batch_id,
+            detail: "the node would accept it".into(),
+        });
+    };
+    let reason = format!("cancelled by the operator: {reason}");
+    ledger
+        .cancel_intent(batch_id, &reason, now_ms)
+        .map_err(PayoutError::from)?;
+    tracing::warn!(batch_id, txid = %intent.txid, %reason, "pending payout cancelled");
+    Ok(reason)
+}
+
 /// What each address was paid in batches written since `since_ms` (sent or not).
 fn paid_since(ledger: &Ledger, since_ms: u64) -> Result<BTreeMap<String, u64>, LedgerError> {
     let mut paid: BTreeMap<String, u64> = BTreeMap::new();
     for intent in ledger.intents()? {
-        // A failed batch paid nothing: its amounts went back to the balances.
-        if intent.created_at_ms >= since_ms && intent.state != IntentState::Failed {
+        // A failed or cancelled batch paid nothing: its amounts went back to the balances.
+        let paid_nothing = matches!(intent.state, IntentState::Failed | IntentState::Cancelled);
+        if intent.created_at_ms >= since_ms && !paid_nothing {
             for (account, amount) in intent.outputs {
                 *paid.entry(account).or_default() += amount;
             }
@@ -595,6 +659,8 @@ mod tests {
         /// What each transaction pays: (output script, amount).
         pays: BTreeMap<String, Vec<(Vec<u8>, u64)>>,
         broadcasts: Vec<String>,
+        /// Raw transactions the node says can never be mined, with its reason.
+        never_minable: BTreeMap<String, String>,
     }
 
     impl Wallet for ScriptedNode {
@@ -621,6 +687,9 @@ mod tests {
         ) -> Result<bool, WalletError> {
             let paid = self.pays.get(txid).cloned().unwrap_or_default();
             Ok(outputs.iter().all(|wanted| paid.contains(wanted)))
+        }
+        fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError> {
+            Ok(self.never_minable.get(raw_tx).cloned())
         }
     }
 
@@ -750,5 +819,64 @@ mod tests {
         assert_eq!(payout(&ledger).state, IntentState::Sent);
         let balances = ledger.lock().unwrap().balances(&miners[1]).unwrap();
         assert_eq!((balances.mature, balances.paid), (700, 300));
+    }
+
+    /// Issue 15, point 5: a pending payout the node can never take is cancelled only when
+    /// the node says so, and its amounts come back once; the next run can then pay again.
+    #[test]
+    fn a_pending_payout_is_cancelled_only_when_it_can_never_be_mined() {
+        let miner = regtest_address(1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let credit: BTreeMap<String, u64> = [(miner.clone(), 1_000)].into_iter().collect();
+        ledger.credit_block("block", &credit).unwrap();
+        ledger.mature_block("block").unwrap();
+        let intent = PayoutIntent {
+            batch_id: 1,
+            created_at_ms: 0,
+            outputs: [(miner.clone(), 400)].into_iter().collect(),
+            raw_tx: "raw-t1".into(),
+            txid: "t1".into(),
+            state: IntentState::Open,
+            broadcast_attempts: 3,
+            next_attempt_ms: 0,
+            last_error: Some("bad-txns-inputs-missingorspent".into()),
+            sent_at_ms: None,
+            confirmations: 0,
+            paid_by_txid: None,
+            settled_at_ms: None,
+        };
+        ledger.open_intent(&intent).unwrap();
+        let mut node = ScriptedNode::default();
+        // The node would still take it: refused, nothing moves.
+        assert!(matches!(
+            cancel_pending(&mut ledger, &mut node, 1, 10),
+            Err(CancelRefusal::StillMinable { .. })
+        ));
+        assert_eq!(ledger.balances(&miner).unwrap().paying, 400);
+        assert!(matches!(
+            cancel_pending(&mut ledger, &mut node, 9, 10),
+            Err(CancelRefusal::NoSuchBatch(9))
+        ));
+        node.never_minable
+            .insert("raw-t1".into(), "missing-inputs".into());
+        let reason = cancel_pending(&mut ledger, &mut node, 1, 20).unwrap();
+        assert!(reason.contains("missing-inputs"), "{reason}");
+        let balances = ledger.balances(&miner).unwrap();
+        assert_eq!(
+            (balances.mature, balances.paying, balances.paid),
+            (1_000, 0, 0)
+        );
+        assert_eq!(ledger.intents().unwrap()[0].state, IntentState::Cancelled);
+        // Once only.
+        assert!(matches!(
+            cancel_pending(&mut ledger, &mut node, 1, 30),
+            Err(CancelRefusal::NotPending(1))
+        ));
+        assert_eq!(ledger.balances(&miner).unwrap().mature, 1_000);
+        assert!(
+            ledger.open_intents().unwrap().is_empty(),
+            "the next run may pay again"
+        );
     }
 }

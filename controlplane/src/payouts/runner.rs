@@ -42,9 +42,17 @@ pub struct PayoutSettings {
     pub policy: PayoutPolicy,
 }
 
-/// A request for a payout run now, answered on `reply`.
-pub struct RunNow {
-    pub reply: Sender<Result<RunReport, String>>,
+/// A request to the payout thread (the one that holds the wallet), answered on `reply`.
+pub enum PayoutRequest {
+    /// A payout run now.
+    Run {
+        reply: Sender<Result<RunReport, String>>,
+    },
+    /// Cancel pending batch `batch_id` (`payments::cancel_pending`); the reason, or why not.
+    Cancel {
+        batch_id: u64,
+        reply: Sender<Result<String, String>>,
+    },
 }
 
 /// Where the crash tests may stop the process (see `fault_file`).
@@ -103,7 +111,7 @@ pub fn share_log_tails(
 }
 
 impl PayoutRunner {
-    pub fn run(mut self, requests: Receiver<RunNow>) {
+    pub fn run(mut self, requests: Receiver<PayoutRequest>) {
         // Whatever a crash left open is settled before anything new is built.
         if let Some(wallet) = self.wallet.as_mut() {
             let mut ledger = self.ledger.lock().expect("ledger lock");
@@ -130,7 +138,15 @@ impl PayoutRunner {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            if scheduled || request.is_some() {
+            let run_reply = match request {
+                Some(PayoutRequest::Cancel { batch_id, reply }) => {
+                    let _ = reply.send(self.cancel(batch_id, now_ms()));
+                    None
+                }
+                Some(PayoutRequest::Run { reply }) => Some(reply),
+                None => None,
+            };
+            if scheduled || run_reply.is_some() {
                 if scheduled {
                     next_run_ms = now_ms() + self.interval_ms();
                 }
@@ -138,11 +154,33 @@ impl PayoutRunner {
                 if let Err(error) = &result {
                     tracing::error!(%error, "payout run failed");
                 }
-                if let Some(request) = request {
-                    let _ = request.reply.send(result);
+                if let Some(reply) = run_reply {
+                    let _ = reply.send(result);
                 }
             }
         }
+    }
+
+    /// Cancels a pending batch the node can never take, and says so on the audit log and
+    /// the live feed.
+    fn cancel(&mut self, batch_id: u64, now_ms: u64) -> Result<String, String> {
+        let Some(wallet) = self.wallet.as_mut() else {
+            return Err("no wallet: payouts need chain = \"node\"".into());
+        };
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        let reason = payments::cancel_pending(&mut ledger, wallet.as_mut(), batch_id, now_ms)
+            .map_err(|e| e.to_string())?;
+        drop(ledger);
+        let detail = serde_json::json!({"batch_id": batch_id, "reason": reason});
+        if let Err(error) = self
+            .audit
+            .append(now_ms, "admin", "payouts.cancelled", detail.clone())
+        {
+            tracing::error!(%error, "cannot audit a cancelled payout");
+        }
+        self.pool
+            .publish_event(serde_json::json!({"type": "payout.cancelled", "payout": detail}));
+        Ok(reason)
     }
 
     fn interval_ms(&self) -> u64 {

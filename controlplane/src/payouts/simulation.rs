@@ -147,6 +147,11 @@ impl Wallet for FlakyWallet<'_> {
     fn pays_outputs(&mut self, _: &str, _: &[(Vec<u8>, u64)]) -> Result<bool, WalletError> {
         Ok(false)
     }
+
+    /// Every transaction this wallet builds stays minable.
+    fn never_minable(&mut self, _: &str) -> Result<Option<String>, WalletError> {
+        Ok(None)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]

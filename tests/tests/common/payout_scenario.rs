@@ -25,6 +25,8 @@ pub struct Scenario {
     pub pool: PoolSetup,
     pub miners: Vec<String>,
     pub fault_file: std::path::PathBuf,
+    /// Between the pool and the node, when the test asked for one.
+    pub proxy: Option<otedama_tests::fault_proxy::FaultProxy>,
 }
 
 pub fn start(scheme: &str) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
@@ -46,6 +48,25 @@ pub fn start_with_addresses(
     extra_args: &[&str],
     address_types: [&str; 3],
 ) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
+    start_full(scheme, extra_args, address_types, None)
+}
+
+/// `start_with`, the pool talking to the node through a fault proxy that spoils `methods`
+/// as `mix` says (`Scenario::proxy` heals it).
+pub fn start_behind_proxy(
+    scheme: &str,
+    methods: &[&str],
+    mix: otedama_tests::fault_proxy::FaultMix,
+) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
+    start_full(scheme, &[], ["bech32"; 3], Some((methods, mix)))
+}
+
+fn start_full(
+    scheme: &str,
+    extra_args: &[&str],
+    address_types: [&str; 3],
+    proxy: Option<(&[&str], otedama_tests::fault_proxy::FaultMix)>,
+) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
     let root = tempfile::tempdir()?;
     let nodes = RegtestPair::start(root.path(), 101)?;
     nodes.miner.call("createwallet", json!([MINERS_WALLET]))?;
@@ -64,6 +85,20 @@ pub fn start_with_addresses(
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n"))?;
     let fault_file = root.path().join("fault");
     let mut pool = PoolSetup::new(&nodes, &root.path().join("pool"), START_DIFFICULTY);
+    let proxy = proxy.map(|(methods, mix)| {
+        let node_port = nodes
+            .miner
+            .rpc_url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        otedama_tests::fault_proxy::FaultProxy::start(node_port, methods, mix, 1)
+    });
+    if let Some(proxy) = &proxy {
+        pool.rpc_url = proxy.url();
+    }
     pool.extra_args = [
         "--payout-scheme",
         scheme,
@@ -103,6 +138,7 @@ pub fn start_with_addresses(
             pool,
             miners,
             fault_file,
+            proxy,
         },
         run,
     ))
