@@ -674,8 +674,11 @@ mod tests {
             self.broadcasts.push(raw_tx.to_string());
             Ok(())
         }
-        fn knows_transaction(&mut self, _: &str) -> Result<bool, WalletError> {
-            Ok(true)
+        fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError> {
+            Ok(!matches!(
+                self.status.get(txid),
+                None | Some(TxStatus::Unknown)
+            ))
         }
         fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError> {
             Ok(self.status.get(txid).cloned().unwrap_or(TxStatus::Unknown))
@@ -848,10 +851,16 @@ mod tests {
         };
         ledger.open_intent(&intent).unwrap();
         let mut node = ScriptedNode::default();
-        // The node would still take it: refused, nothing moves.
+        // The node holds it, or would still take it: refused, nothing moves.
+        node.status.insert("t1".into(), TxStatus::InMempool);
         assert!(matches!(
             cancel_pending(&mut ledger, &mut node, 1, 10),
-            Err(CancelRefusal::StillMinable { .. })
+            Err(CancelRefusal::StillMinable { detail, .. }) if detail.contains("holds")
+        ));
+        node.status.clear();
+        assert!(matches!(
+            cancel_pending(&mut ledger, &mut node, 1, 10),
+            Err(CancelRefusal::StillMinable { detail, .. }) if detail.contains("accept")
         ));
         assert_eq!(ledger.balances(&miner).unwrap().paying, 400);
         assert!(matches!(
