@@ -455,54 +455,51 @@ pub(crate) fn audit_as(state: &ApiState, actor: &str, action: &str, detail: Valu
     }
 }
 
-/// Cancels a pending payout batch whose transaction the node can never take (its inputs
-/// are spent or gone); 409 while it can still be mined.
-async fn admin_cancel_payout(State(state): State<ApiState>, Path(batch_id): Path<u64>) -> Response {
+/// Sends `request` (built around the reply channel) to the payout thread, which holds the
+/// wallet, and waits for its answer; the HTTP error if the thread is gone or silent.
+async fn ask_payout_thread<T: Send + 'static>(
+    state: &ApiState,
+    request: impl FnOnce(crossbeam_channel::Sender<Result<T, String>>) -> PayoutRequest,
+) -> Result<Result<T, String>, Response> {
     let (reply, answer) = crossbeam_channel::bounded(1);
-    let request = PayoutRequest::Cancel { batch_id, reply };
-    if state.payouts.run_now.send(request).is_err() {
-        return error(
+    if state.payouts.run_now.send(request(reply)).is_err() {
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the payout thread is not running",
-        );
+        ));
     }
     let outcome = tokio::task::spawn_blocking(move || {
         answer.recv_timeout(Duration::from_secs(PAYOUT_RUN_TIMEOUT_S))
     })
     .await;
     match outcome {
-        Ok(Ok(Ok(reason))) => {
+        Ok(Ok(answer)) => Ok(answer),
+        _ => Err(error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the payout thread did not answer in time",
+        )),
+    }
+}
+
+/// Cancels a pending payout batch whose transaction the node can never take (its inputs
+/// are spent or gone); 409 while it can still be mined.
+async fn admin_cancel_payout(State(state): State<ApiState>, Path(batch_id): Path<u64>) -> Response {
+    let asked = ask_payout_thread(&state, |reply| PayoutRequest::Cancel { batch_id, reply }).await;
+    match asked {
+        Ok(Ok(reason)) => {
             Json(json!({"batch_id": batch_id, "state": "cancelled", "reason": reason}))
                 .into_response()
         }
-        Ok(Ok(Err(refusal))) => error(StatusCode::CONFLICT, refusal),
-        _ => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "the payout thread did not answer in time",
-        ),
+        Ok(Err(refusal)) => error(StatusCode::CONFLICT, refusal),
+        Err(response) => response,
     }
 }
 
 async fn admin_run_payout(State(state): State<ApiState>) -> Response {
     audit(&state, "payouts.run", json!({}));
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    if state
-        .payouts
-        .run_now
-        .send(PayoutRequest::Run { reply })
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the payout thread is not running",
-        );
-    }
-    let outcome = tokio::task::spawn_blocking(move || {
-        answer.recv_timeout(Duration::from_secs(PAYOUT_RUN_TIMEOUT_S))
-    })
-    .await;
-    match outcome {
-        Ok(Ok(Ok(report))) => {
+    let asked = ask_payout_thread(&state, |reply| PayoutRequest::Run { reply }).await;
+    match asked {
+        Ok(Ok(report)) => {
             let batch = report.batch.as_ref().map(payment_json);
             audit(
                 &state,
@@ -516,11 +513,8 @@ async fn admin_run_payout(State(state): State<ApiState>) -> Response {
             }))
             .into_response()
         }
-        Ok(Ok(Err(message))) => error(StatusCode::BAD_GATEWAY, message),
-        _ => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "the payout run did not finish in time",
-        ),
+        Ok(Err(message)) => error(StatusCode::BAD_GATEWAY, message),
+        Err(response) => response,
     }
 }
 

@@ -547,6 +547,19 @@ fn scrypt_template() -> otedama_shared::job::JobTemplate {
     scrypt
 }
 
+/// A share on `job` (nonce 42, not mined: at the floor difficulty any nonce is a share).
+fn scrypt_share_line(job: &NotifiedJob) -> Vec<u8> {
+    submit_line(
+        7,
+        "addr.rig",
+        &job.job_id,
+        &[0, 0, 0, 1],
+        job.ntime,
+        42,
+        None,
+    )
+}
+
 /// A scrypt session on `scrypt_template`, batching its hashes or not.
 fn scrypt_harness(batch_scrypt: bool) -> Harness {
     let mut jobs = JobBook::default();
@@ -570,15 +583,7 @@ fn batched_scrypt_shares_finish_like_hashed_ones() {
     for batch_scrypt in [false, true] {
         let mut h = scrypt_harness(batch_scrypt);
         let job = h.ready();
-        let line = submit_line(
-            7,
-            "addr.rig",
-            &job.job_id,
-            &[0, 0, 0, 1],
-            job.ntime,
-            42,
-            None,
-        );
+        let line = scrypt_share_line(&job);
         let finish = |h: &mut Harness| {
             let (outcome, _) = h.send(&line);
             match outcome {
@@ -614,15 +619,7 @@ fn batched_scrypt_shares_finish_like_hashed_ones() {
 fn a_share_waiting_for_its_scrypt_hash_cannot_be_taken_twice() {
     let mut h = scrypt_harness(true);
     let job = h.ready();
-    let line = submit_line(
-        7,
-        "addr.rig",
-        &job.job_id,
-        &[0, 0, 0, 1],
-        job.ntime,
-        42,
-        None,
-    );
+    let line = scrypt_share_line(&job);
     let (Outcome::NeedsPow(first), _) = h.send(&line) else {
         panic!("a batching session defers scrypt")
     };

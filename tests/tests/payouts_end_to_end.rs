@@ -185,11 +185,7 @@ fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result
     let (scenario, _run) = start_with("pplns", &["--payout-confirmations", "3"])?;
     scenario.mine(3)?;
     scenario.mature()?;
-    let owed: BTreeMap<String, u64> = scenario
-        .owed()?
-        .into_iter()
-        .filter(|(_, v)| *v > 0)
-        .collect();
+    let owed = scenario.owed_nonzero()?;
     assert!(!owed.is_empty());
     let (status, body) = scenario.run_payout()?;
     assert_eq!(status, 200, "{body}");
@@ -265,11 +261,7 @@ fn a_payout_that_can_never_be_sent_is_cancelled_and_paid_again_once() -> anyhow:
     )?;
     scenario.mine(3)?;
     scenario.mature()?;
-    let owed: BTreeMap<String, u64> = scenario
-        .owed()?
-        .into_iter()
-        .filter(|(_, v)| *v > 0)
-        .collect();
+    let owed = scenario.owed_nonzero()?;
     let (status, body) = scenario.run_payout()?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["still_open"], serde_json::json!([1]), "{body}");
@@ -302,14 +294,7 @@ fn a_payout_that_can_never_be_sent_is_cancelled_and_paid_again_once() -> anyhow:
     assert_eq!(answer["state"], "cancelled", "{answer}");
     let (status, _) = cancel()?;
     assert_eq!(status, 409, "once");
-    assert_eq!(
-        scenario
-            .owed()?
-            .into_iter()
-            .filter(|(_, v)| *v > 0)
-            .collect::<BTreeMap<_, _>>(),
-        owed
-    );
+    assert_eq!(scenario.owed_nonzero()?, owed);
     scenario.check_conservation()?;
 
     // The next run pays every miner what it was owed, once.

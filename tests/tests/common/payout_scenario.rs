@@ -268,6 +268,11 @@ impl Scenario {
         Ok(())
     }
 
+    /// The miners owed something now, with what they are owed.
+    pub fn owed_nonzero(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        Ok(self.owed()?.into_iter().filter(|(_, v)| *v > 0).collect())
+    }
+
     /// What each miner is owed now, from the ledger.
     pub fn owed(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         Ok(self
