@@ -502,6 +502,20 @@ impl Ledger {
         Ok(Applied::Done)
     }
 
+    /// Records why an intent needs the operator (no balance moves).
+    pub fn note_error(&mut self, batch_id: u64, error: &str) -> Result<(), LedgerError> {
+        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
+        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
+            return Ok(());
+        };
+        if intent.last_error.as_deref() == Some(error) {
+            return Ok(());
+        }
+        intent.last_error = Some(error.to_string());
+        self.db.put(intent_key, serde_json::to_vec(&intent)?)?;
+        Ok(())
+    }
+
     /// Records a sent intent's confirmations at the last look (no balance moves).
     pub fn note_confirmations(
         &mut self,

@@ -286,7 +286,22 @@ pub fn apply_follow_step(
                 tracing::warn!(batch_id, txid = %intent.txid, "payout had left the mempool unmined; sent again")
             }
             Err(error) => {
-                tracing::warn!(batch_id, txid = %intent.txid, %error, "payout left the mempool and cannot be sent again yet")
+                // If it can never be mined (its inputs went elsewhere, and no conflicting
+                // transaction the node knows pays it), the miners were not paid although
+                // the ledger says so: say it where the operator looks, every time.
+                let never = wallet.never_minable(&intent.raw_tx).ok().flatten();
+                match never {
+                    Some(reason) => {
+                        let reason = format!(
+                            "sent but gone from the node and never minable ({reason}): the operator must settle it"
+                        );
+                        tracing::error!(batch_id, txid = %intent.txid, %reason, "payout lost");
+                        ledger.note_error(batch_id, &reason)?;
+                    }
+                    None => {
+                        tracing::warn!(batch_id, txid = %intent.txid, %error, "payout left the mempool and cannot be sent again yet")
+                    }
+                }
             }
         },
         FollowStep::Confirm {
@@ -672,7 +687,10 @@ mod tests {
         }
         fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError> {
             self.broadcasts.push(raw_tx.to_string());
-            Ok(())
+            match self.never_minable.get(raw_tx) {
+                Some(reason) => Err(WalletError::Refused(reason.clone())),
+                None => Ok(()),
+            }
         }
         fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError> {
             Ok(!matches!(
@@ -886,6 +904,34 @@ mod tests {
         assert!(
             ledger.open_intents().unwrap().is_empty(),
             "the next run may pay again"
+        );
+    }
+
+    /// A sent payout the node has forgotten and can never mine (its inputs went
+    /// elsewhere) is not silently sent again for ever: the reason lands on the batch for
+    /// the operator, and no balance moves on a guess.
+    #[test]
+    fn a_sent_payout_that_can_never_be_mined_is_flagged_for_the_operator() {
+        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
+        let miners = [regtest_address(1)];
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = sent_payout(dir.path(), &miners);
+        let mut node = ScriptedNode::default();
+        node.never_minable
+            .insert("raw-t1".into(), "missing-inputs".into());
+        follow_sent(&ledger, &mut node, &rule, 3, 10).unwrap();
+        let flagged = payout(&ledger);
+        assert_eq!(flagged.state, IntentState::Sent);
+        assert!(
+            flagged
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("never minable")),
+            "{flagged:?}"
+        );
+        assert_eq!(
+            ledger.lock().unwrap().balances(&miners[0]).unwrap().paid,
+            300
         );
     }
 }
