@@ -480,21 +480,37 @@ impl Ledger {
         if intent.state != IntentState::Open {
             return Ok(Applied::AlreadyDone);
         }
-        let reference = format!("batch:{batch_id}");
+        intent.state = IntentState::Cancelled;
+        self.return_amounts(intent_key, intent, reason, now_ms)
+    }
+
+    /// Puts every output of an intent that paid nothing back in its account's mature
+    /// balance (from paying when `Cancelled`, from paid when `Failed`), with the intent's
+    /// new state and reason, in one batch: it happens once.
+    fn return_amounts(
+        &mut self,
+        intent_key: Vec<u8>,
+        mut intent: PayoutIntent,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Applied, LedgerError> {
+        let (kind, was_paid) = match intent.state {
+            IntentState::Cancelled => (EntryKind::PayoutCancelled, false),
+            IntentState::Failed => (EntryKind::PayoutReturned, true),
+            other => unreachable!("only cancelled or failed intents return amounts, not {other:?}"),
+        };
+        let reference = format!("batch:{}", intent.batch_id);
         let mut change = Change::new(self);
         for (account, amount) in &intent.outputs {
-            change.apply(
-                account,
-                EntryKind::PayoutCancelled,
-                *amount,
-                &reference,
-                |b| {
+            change.apply(account, kind, *amount, &reference, |b| {
+                if was_paid {
+                    b.paid -= amount;
+                } else {
                     b.paying -= amount;
-                    b.mature += amount;
-                },
-            )?;
+                }
+                b.mature += amount;
+            })?;
         }
-        intent.state = IntentState::Cancelled;
         intent.last_error = Some(reason.to_string());
         intent.settled_at_ms = Some(now_ms);
         change.batch.put(intent_key, serde_json::to_vec(&intent)?);
@@ -504,16 +520,11 @@ impl Ledger {
 
     /// Records why an intent needs the operator (no balance moves).
     pub fn note_error(&mut self, batch_id: u64, error: &str) -> Result<(), LedgerError> {
-        let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
-        let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
-            return Ok(());
-        };
-        if intent.last_error.as_deref() == Some(error) {
-            return Ok(());
-        }
-        intent.last_error = Some(error.to_string());
-        self.db.put(intent_key, serde_json::to_vec(&intent)?)?;
-        Ok(())
+        self.note(batch_id, |intent| {
+            let changed = intent.last_error.as_deref() != Some(error);
+            intent.last_error = Some(error.to_string());
+            changed
+        })
     }
 
     /// Records a sent intent's confirmations at the last look (no balance moves).
@@ -522,15 +533,27 @@ impl Ledger {
         batch_id: u64,
         confirmations: i64,
     ) -> Result<(), LedgerError> {
+        self.note(batch_id, |intent| {
+            let changed = intent.confirmations != confirmations;
+            intent.confirmations = confirmations;
+            changed
+        })
+    }
+
+    /// Changes an intent's notes (not its state or amounts); written only if `change`
+    /// says something changed.
+    fn note(
+        &mut self,
+        batch_id: u64,
+        change: impl FnOnce(&mut PayoutIntent) -> bool,
+    ) -> Result<(), LedgerError> {
         let intent_key = key(INTENT_PREFIX, &batch_id.to_be_bytes());
         let Some(mut intent) = self.get::<PayoutIntent>(&intent_key)? else {
             return Ok(());
         };
-        if intent.confirmations == confirmations {
-            return Ok(());
+        if change(&mut intent) {
+            self.db.put(intent_key, serde_json::to_vec(&intent)?)?;
         }
-        intent.confirmations = confirmations;
-        self.db.put(intent_key, serde_json::to_vec(&intent)?)?;
         Ok(())
     }
 
@@ -588,27 +611,9 @@ impl Ledger {
             Ok(sent) => sent,
             Err(applied) => return Ok(applied),
         };
-        let reference = format!("batch:{batch_id}");
-        let mut change = Change::new(self);
-        for (account, amount) in &intent.outputs {
-            change.apply(
-                account,
-                EntryKind::PayoutReturned,
-                *amount,
-                &reference,
-                |b| {
-                    b.paid -= amount;
-                    b.mature += amount;
-                },
-            )?;
-        }
         intent.state = IntentState::Failed;
         intent.confirmations = confirmations;
-        intent.last_error = Some(reason.to_string());
-        intent.settled_at_ms = Some(now_ms);
-        change.batch.put(intent_key, serde_json::to_vec(&intent)?);
-        change.commit()?;
-        Ok(Applied::Done)
+        self.return_amounts(intent_key, intent, reason, now_ms)
     }
 
     /// The id the next payout batch gets.
