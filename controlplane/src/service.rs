@@ -680,6 +680,7 @@ fn start_payouts(
         fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
         kyc_notices: start_kyc_webhook(config)?,
         next_follow_ms: 0,
+        cut_waits: Default::default(),
     };
     std::thread::Builder::new()
         .name("payouts".into())

@@ -10,6 +10,11 @@
 //!
 //! A core's shares reach the writer in the order the core queued them and the writer keeps
 //! that order, so completions carry only a count: no per-share channel or allocation.
+//!
+//! The writer stamps each record's `accepted_at_ms` as it writes it, never below an earlier
+//! stamp, and keeps the log's clock (`SHARE_LOG_CLOCK_KEY`) with each batch and while
+//! idle: the control plane cuts a round exactly at a block's own share record once every
+//! log's clock has passed it (see `otedama_controlplane::payouts::shares`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +24,9 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures_channel::mpsc::UnboundedSender;
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
+use otedama_shared::share::{
+    share_log_key, share_log_sequence, SHARE_LOG_CLOCK_INTERVAL_MS, SHARE_LOG_CLOCK_KEY,
+};
 use otedama_shared::ShareRecord;
 
 /// Shares written in one batch at most.
@@ -80,24 +88,54 @@ impl ShareLogHandle {
 /// Where batches go. RocksDB in production; tests put a faulty one in its place to check
 /// that nothing is acknowledged when a write fails.
 pub trait BatchSink: Send + 'static {
-    /// Stores the batch, whose first share gets sequence number `first_sequence`. Returns
-    /// only once the batch is as durable as the sink promises.
-    fn write(&mut self, batch: &[PendingShare], first_sequence: u64) -> Result<(), StoreError>;
+    /// Stores the batch, whose first share gets sequence number `first_sequence`, with the
+    /// log's clock set to `written_through_ms` in the same write. Returns only once the
+    /// batch is as durable as the sink promises.
+    fn write(
+        &mut self,
+        batch: &[PendingShare],
+        first_sequence: u64,
+        written_through_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Moves the log's clock forward while no share comes (nothing else is written).
+    fn write_clock(&mut self, _written_through_ms: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 struct RocksSink {
     db: Arc<DB>,
     options: WriteOptions,
+    /// The idle clock is not a share: a reader sees it without it reaching the disk, so it
+    /// is never synced.
+    clock_options: WriteOptions,
 }
 
 impl BatchSink for RocksSink {
-    fn write(&mut self, batch: &[PendingShare], first_sequence: u64) -> Result<(), StoreError> {
+    fn write(
+        &mut self,
+        batch: &[PendingShare],
+        first_sequence: u64,
+        written_through_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut write = WriteBatch::default();
         for (offset, item) in batch.iter().enumerate() {
-            write.put(key(first_sequence + offset as u64), &item.value);
+            write.put(share_log_key(first_sequence + offset as u64), &item.value);
         }
+        write.put(SHARE_LOG_CLOCK_KEY, written_through_ms.to_le_bytes());
         self.db
             .write_opt(write, &self.options)
+            .map_err(|e| StoreError::Write(e.to_string()))
+    }
+
+    fn write_clock(&mut self, written_through_ms: u64) -> Result<(), StoreError> {
+        self.db
+            .put_opt(
+                SHARE_LOG_CLOCK_KEY,
+                written_through_ms.to_le_bytes(),
+                &self.clock_options,
+            )
             .map_err(|e| StoreError::Write(e.to_string()))
     }
 }
@@ -113,11 +151,6 @@ pub struct ShareLog {
     db: Option<Arc<DB>>,
     writer: Option<JoinHandle<()>>,
     handle: Option<ShareLogHandle>,
-}
-
-/// Key of the n-th share: its sequence number, big-endian, so keys sort in arrival order.
-fn key(sequence: u64) -> [u8; 8] {
-    sequence.to_be_bytes()
 }
 
 impl ShareLog {
@@ -138,13 +171,20 @@ impl ShareLog {
         options.set_memtable_huge_page_size(HUGE_PAGE_BYTES);
         let db = Arc::new(DB::open(&options, path)?);
         let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
+        // Stamps go on above the clock the last writer left, even if the system clock
+        // stepped back across the restart.
+        let clock_floor_ms = db
+            .get(SHARE_LOG_CLOCK_KEY)?
+            .and_then(|value| <[u8; 8]>::try_from(value.as_slice()).ok())
+            .map_or(0, |value| u64::from_le_bytes(value) + 1);
         let mut write_options = WriteOptions::default();
         write_options.set_sync(sync);
         let sink = RocksSink {
             db: db.clone(),
             options: write_options,
+            clock_options: WriteOptions::default(),
         };
-        let mut log = ShareLog::with_sink(sink, next_sequence, cores);
+        let mut log = ShareLog::start(sink, next_sequence, clock_floor_ms, cores);
         log.db = Some(db);
         Ok(log)
     }
@@ -155,13 +195,22 @@ impl ShareLog {
         next_sequence: u64,
         cores: Vec<UnboundedSender<Completed>>,
     ) -> Self {
+        ShareLog::start(sink, next_sequence, 0, cores)
+    }
+
+    fn start(
+        sink: impl BatchSink,
+        next_sequence: u64,
+        clock_floor_ms: u64,
+        cores: Vec<UnboundedSender<Completed>>,
+    ) -> Self {
         // Every core may have its full allowance queued; the queue never refuses a share a
         // core was allowed to accept.
         let (queue, receiver) =
             bounded(cores.len().max(1) * SHARES_AWAITING_DURABILITY_PER_CORE_MAX);
         let writer = std::thread::Builder::new()
             .name("share-log".into())
-            .spawn(move || write_loop(sink, receiver, next_sequence, cores))
+            .spawn(move || write_loop(sink, receiver, next_sequence, clock_floor_ms, cores))
             .expect("spawning the share log writer");
         ShareLog {
             db: None,
@@ -198,24 +247,77 @@ pub fn read_share_log(path: &Path) -> Result<Vec<ShareRecord>, rocksdb::Error> {
 fn read_all(db: &DB) -> Vec<ShareRecord> {
     db.iterator(rocksdb::IteratorMode::Start)
         .filter_map(Result::ok)
+        .filter(|(key, _)| share_log_sequence(key).is_some())
         .filter_map(|(_, value)| ShareRecord::decode(&value).ok())
         .collect()
 }
 
+/// The last share's sequence (the clock key sorts first, so the last key is a share's).
 fn last_sequence(db: &DB) -> Option<u64> {
     let (key, _) = db.iterator(rocksdb::IteratorMode::End).next()?.ok()?;
-    Some(u64::from_be_bytes(key.as_ref().try_into().ok()?))
+    share_log_sequence(&key)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The writer's stamps. Invariant: a stamp is never below `floor_ms`, and every clock
+/// written is below the floor at that moment, so a record is never stamped at or before
+/// a clock already in the log, even if the system clock steps back.
+struct LogClock {
+    floor_ms: u64,
+}
+
+impl LogClock {
+    /// The stamp for records written now.
+    fn stamp(&mut self, now_ms: u64) -> u64 {
+        self.floor_ms = self.floor_ms.max(now_ms);
+        self.floor_ms
+    }
+
+    /// The clock to write with records stamped `stamp_ms`: more may come at that stamp.
+    fn through_before(stamp_ms: u64) -> u64 {
+        stamp_ms.saturating_sub(1)
+    }
+
+    /// The clock to write while idle, if it moved: everything before now is written.
+    fn idle(&mut self, now_ms: u64, written_ms: u64) -> Option<u64> {
+        let through = Self::through_before(self.stamp(now_ms));
+        (through > written_ms).then_some(through)
+    }
 }
 
 fn write_loop(
     mut sink: impl BatchSink,
     receiver: Receiver<PendingShare>,
     mut next_sequence: u64,
+    clock_floor_ms: u64,
     cores: Vec<UnboundedSender<Completed>>,
 ) {
     let mut batch: Vec<PendingShare> = Vec::with_capacity(SHARE_BATCH_MAX);
     let mut per_core = vec![0usize; cores.len()];
-    while let Ok(first) = receiver.recv() {
+    let mut clock = LogClock {
+        floor_ms: clock_floor_ms,
+    };
+    let mut clock_written_ms = clock_floor_ms.saturating_sub(1);
+    let idle = std::time::Duration::from_millis(SHARE_LOG_CLOCK_INTERVAL_MS);
+    loop {
+        let first = match receiver.recv_timeout(idle) {
+            Ok(first) => first,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if let Some(through) = clock.idle(now_ms(), clock_written_ms) {
+                    match sink.write_clock(through) {
+                        Ok(()) => clock_written_ms = through,
+                        Err(error) => tracing::warn!(%error, "share log clock not written"),
+                    }
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
         batch.push(first);
         while batch.len() < SHARE_BATCH_MAX {
             match receiver.try_recv() {
@@ -223,7 +325,15 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let result = sink.write(&batch, next_sequence);
+        let stamp_ms = clock.stamp(now_ms());
+        for item in &mut batch {
+            ShareRecord::stamp_encoded(&mut item.value, stamp_ms);
+        }
+        let through = LogClock::through_before(stamp_ms);
+        let result = sink.write(&batch, next_sequence, through);
+        if result.is_ok() {
+            clock_written_ms = clock_written_ms.max(through);
+        }
         match &result {
             Ok(()) => next_sequence += batch.len() as u64,
             Err(error) => tracing::error!(%error, shares = batch.len(), "share log batch failed"),
@@ -292,10 +402,61 @@ mod tests {
         assert_eq!(ids, (0..=100).collect::<Vec<_>>());
     }
 
+    fn clock_of(path: &Path) -> u64 {
+        let db = DB::open_for_read_only(&Options::default(), path, false).unwrap();
+        let value = db.get(SHARE_LOG_CLOCK_KEY).unwrap().expect("a clock");
+        u64::from_le_bytes(value.as_slice().try_into().unwrap())
+    }
+
+    #[test]
+    fn stamps_never_go_back_and_the_clock_covers_every_record_written() {
+        let dir = tempfile::tempdir().unwrap();
+        completions_of(dir.path(), 0..50);
+        let stamps = |path: &Path| -> Vec<u64> {
+            read_share_log(path)
+                .unwrap()
+                .iter()
+                .map(|r| r.accepted_at_ms)
+                .collect()
+        };
+        let first = stamps(dir.path());
+        assert_eq!(first.len(), 50);
+        assert!(first.windows(2).all(|w| w[0] <= w[1]), "{first:?}");
+        assert!(first[0] > 1, "the writer's stamp replaces the session's");
+        let clock = clock_of(dir.path());
+        assert!(clock + 1 >= first[49], "clock {clock} behind {}", first[49]);
+
+        // Idle, the clock moves on by itself; records written after it are stamped above.
+        let (tx, _rx) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::open(dir.path(), true, vec![tx]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = log.db.clone().unwrap();
+        let idle_clock = loop {
+            let value = db.get(SHARE_LOG_CLOCK_KEY).unwrap().unwrap();
+            let value = u64::from_le_bytes(value.as_slice().try_into().unwrap());
+            if value > clock {
+                break value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle clock never moved"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        log.handle().append(0, &record(50)).unwrap();
+        log.close();
+        let all = stamps(dir.path());
+        assert!(all[50] > idle_clock, "{} after clock {idle_clock}", all[50]);
+        assert_eq!(
+            last_sequence(&DB::open_for_read_only(&Options::default(), dir.path(), false).unwrap()),
+            Some(50)
+        );
+    }
+
     /// A sink whose writes fail: every completion must say so.
     struct FailingSink;
     impl BatchSink for FailingSink {
-        fn write(&mut self, _: &[PendingShare], _: u64) -> Result<(), StoreError> {
+        fn write(&mut self, _: &[PendingShare], _: u64, _: u64) -> Result<(), StoreError> {
             Err(StoreError::Write("injected".into()))
         }
     }

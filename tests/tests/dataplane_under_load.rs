@@ -196,7 +196,7 @@ impl RawClient {
 fn a_failed_share_log_write_is_never_acknowledged() {
     struct FailingSink;
     impl BatchSink for FailingSink {
-        fn write(&mut self, _: &[PendingShare], _: u64) -> Result<(), StoreError> {
+        fn write(&mut self, _: &[PendingShare], _: u64, _: u64) -> Result<(), StoreError> {
             Err(StoreError::Write("injected fault".into()))
         }
     }
@@ -220,7 +220,7 @@ struct StalledSink {
 }
 
 impl BatchSink for StalledSink {
-    fn write(&mut self, batch: &[PendingShare], _: u64) -> Result<(), StoreError> {
+    fn write(&mut self, batch: &[PendingShare], _: u64, _: u64) -> Result<(), StoreError> {
         self.received.fetch_add(batch.len(), SeqCst);
         while !self.released.load(SeqCst) {
             std::thread::sleep(Duration::from_millis(5));

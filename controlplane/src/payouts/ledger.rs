@@ -18,6 +18,8 @@ use std::path::Path;
 use rocksdb::{IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
+use super::shares::ShareKey;
+
 /// One account's balances.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balances {
@@ -154,6 +156,10 @@ const KYC_CALLBACK_PREFIX: &[u8] = b"q/";
 struct CreditedBlock {
     credits: BTreeMap<String, u64>,
     state: BlockState,
+    /// The block's own share record, where its round ended and the next one starts;
+    /// `None` for blocks credited before rounds were cut at share records.
+    #[serde(default)]
+    round_end: Option<ShareKey>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,12 +319,30 @@ impl Ledger {
             .map(|b| b.state))
     }
 
+    /// Where a credited block's round ended (`credit_block_round`).
+    pub fn round_end(&self, block: &str) -> Result<Option<ShareKey>, LedgerError> {
+        Ok(self
+            .get::<CreditedBlock>(&key(BLOCK_PREFIX, block.as_bytes()))?
+            .and_then(|b| b.round_end))
+    }
+
     /// Credits a found block's `credits` (miners' and the pool's parts, adding up to the
     /// reward) as immature, once per block hash.
     pub fn credit_block(
         &mut self,
         block: &str,
         credits: &BTreeMap<String, u64>,
+    ) -> Result<Applied, LedgerError> {
+        self.credit_block_round(block, credits, None)
+    }
+
+    /// `credit_block`, keeping where the block's round ended in the same write, so the
+    /// next round starts exactly there after any restart.
+    pub fn credit_block_round(
+        &mut self,
+        block: &str,
+        credits: &BTreeMap<String, u64>,
+        round_end: Option<ShareKey>,
     ) -> Result<Applied, LedgerError> {
         if self.db.get(key(BLOCK_PREFIX, block.as_bytes()))?.is_some() {
             return Ok(Applied::AlreadyDone);
@@ -332,6 +356,7 @@ impl Ledger {
         let record = CreditedBlock {
             credits: credits.clone(),
             state: BlockState::Immature,
+            round_end,
         };
         change.batch.put(
             key(BLOCK_PREFIX, block.as_bytes()),

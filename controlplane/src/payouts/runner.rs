@@ -17,12 +17,19 @@ use crate::payouts::ledger::{BlockState, Ledger};
 use crate::payouts::lifecycle::BlockStatus;
 use crate::payouts::payments::{self, PayoutPolicy, PayoutStep, RunReport, Wallet};
 use crate::payouts::schemes::{per_share_credit, split_block, Round, Scheme};
-use crate::payouts::shares::{HistoryShare, ShareHistory, ShareLogTail, SHARE_HISTORY_MAX};
+use crate::payouts::shares::{
+    HistoryShare, ShareHistory, ShareKey, ShareLogTail, SHARE_HISTORY_MAX,
+};
 use crate::stats::PoolState;
+use otedama_shared::hex32::display_hex;
 
-/// How long after a block's submission its round is cut: every share accepted before it
-/// is durable by then (the data plane's durability wait is milliseconds).
-pub const BLOCK_CREDIT_DELAY_MS: u64 = 2_000;
+/// How far past a block's time every share log must be read before the block's round is
+/// cut by time, when its own share record was not found (the share log refused to write
+/// it, or it is older than the history kept). Log time, not wall time: a stalled log
+/// holds the cut back rather than let it fall early.
+pub const BLOCK_SHARE_WAIT_MS: u64 = 10_000;
+/// How long a block may wait for a lagging share log before the wait is logged.
+const BLOCK_CUT_WAIT_WARN_MS: u64 = 60_000;
 /// How often sent payouts are looked up on the node, to follow them to their
 /// confirmations (a lookup is one or two wallet RPCs per payout not yet final).
 pub const PAYOUT_FOLLOW_INTERVAL_MS: u64 = 10_000;
@@ -73,6 +80,8 @@ pub struct PayoutRunner {
     pub kyc_notices: Option<Sender<serde_json::Value>>,
     /// When sent payouts are next looked up on the node (`follow_sent`).
     pub next_follow_ms: u64,
+    /// Blocks whose round cannot be cut yet, and since when (for the lag warning).
+    pub cut_waits: BTreeMap<String, u64>,
 }
 
 fn now_ms() -> u64 {
@@ -230,7 +239,7 @@ impl PayoutRunner {
         settings: &PayoutSettings,
         block_value: Option<crate::stats::BlockValue>,
     ) -> anyhow::Result<()> {
-        let starts: Vec<Option<u64>> = self.tails.iter().map(ShareLogTail::next_sequence).collect();
+        let starts: Vec<_> = self.tails.iter().map(ShareLogTail::position).collect();
         let result = self.read_and_credit_shares(settings, block_value);
         if result.is_err() {
             for (tail, start) in self.tails.iter_mut().zip(starts) {
@@ -246,6 +255,7 @@ impl PayoutRunner {
         block_value: Option<crate::stats::BlockValue>,
     ) -> anyhow::Result<()> {
         let mut batch = Vec::new();
+        let mut block_shares = Vec::new();
         let mut cursors = BTreeMap::new();
         let mut credits: BTreeMap<String, u64> = BTreeMap::new();
         for tail in &mut self.tails {
@@ -255,6 +265,10 @@ impl PayoutRunner {
             }
             for (sequence, record) in read {
                 let share = HistoryShare::from_record(tail.process, sequence, &record);
+                if record.is_block {
+                    let hash = display_hex(&otedama_kernels::sha256d(&record.header));
+                    block_shares.push((hash, share.key()));
+                }
                 if let Some(value) = block_value {
                     let block_value = match settings.scheme {
                         Scheme::Fpps => value.subsidy + value.fees_mean,
@@ -283,11 +297,25 @@ impl PayoutRunner {
                 .credit_shares(&cursors, &credits)?;
         }
         if !batch.is_empty() {
-            self.history.lock().expect("history lock").insert(batch);
+            let mut history = self.history.lock().expect("history lock");
+            history.insert(batch);
+            for (hash, key) in block_shares {
+                history.note_block_share(hash, key);
+            }
         }
         Ok(())
     }
 
+    /// Credits every accepted block whose round can be cut, in round order, then settles
+    /// blocks that matured or left the chain.
+    ///
+    /// Invariant: a round is (previous block's share record, this block's share record] in
+    /// `ShareKey` order, and it is cut only when every share log has been read at least up
+    /// to this block's share's stamp, so each share lands in exactly one round. A block
+    /// whose share has not been read yet is stamped after everything read so far, so it
+    /// sorts after every block that can be cut now; one whose found time is not past the
+    /// candidate's holds it back until it is placed, so a late block can never overlap a
+    /// round already paid.
     fn credit_blocks(&mut self, settings: &PayoutSettings, now_ms: u64) -> anyhow::Result<()> {
         let accepted: Vec<BlockRecord> = self
             .blocks
@@ -295,20 +323,69 @@ impl PayoutRunner {
             .into_iter()
             .filter(|b| b.rejected_reason.is_none())
             .collect();
-        let mut ledger = self.ledger.lock().expect("ledger lock");
-        for (index, block) in accepted.iter().enumerate() {
-            let state = ledger.block_state(&block.hash)?;
-            if state.is_none() {
-                if now_ms < block.submitted_at_ms + BLOCK_CREDIT_DELAY_MS {
-                    continue;
+        let read_through_ms = self
+            .tails
+            .iter()
+            .map(ShareLogTail::written_through_ms)
+            .min()
+            .unwrap_or(u64::MAX);
+        let ledger = self.ledger.clone();
+        let mut ledger = ledger.lock().expect("ledger lock");
+        // Every block's cut: kept with its credit, its share record's place, or (after the
+        // wait) its found time; `None` while its share may still be read.
+        let mut cuts: Vec<(ShareKey, usize)> = Vec::new();
+        let mut unplaced_found_ms: Option<u64> = None;
+        {
+            let history = self.history.lock().expect("history lock");
+            for (index, block) in accepted.iter().enumerate() {
+                let cut = if ledger.block_state(&block.hash)?.is_some() {
+                    Some(
+                        ledger
+                            .round_end(&block.hash)?
+                            .unwrap_or(ShareKey::after_ms(block.round_end_ms())),
+                    )
+                } else if let Some(key) = history.block_share(&block.hash) {
+                    Some(key)
+                } else if read_through_ms
+                    >= block.round_end_ms().saturating_add(BLOCK_SHARE_WAIT_MS)
+                {
+                    tracing::warn!(hash = %block.hash, found_at_ms = block.round_end_ms(), "the block's share record was not read; its round is cut at its found time");
+                    Some(ShareKey::after_ms(block.round_end_ms()))
+                } else {
+                    None
+                };
+                match cut {
+                    Some(cut) => cuts.push((cut, index)),
+                    None => {
+                        let found = block.round_end_ms();
+                        unplaced_found_ms = Some(unplaced_found_ms.map_or(found, |u| u.min(found)));
+                        note_cut_wait(&mut self.cut_waits, &self.tails, &block.hash, now_ms);
+                    }
                 }
-                let round_start_ms = index
-                    .checked_sub(1)
-                    .map_or(0, |previous| accepted[previous].round_end_ms());
-                let credits = self.block_credits(settings, block, round_start_ms);
-                ledger.credit_block(&block.hash, &credits)?;
-                tracing::info!(hash = %block.hash, height = block.height, reward = block.reward, accounts = credits.len(), "block credited");
             }
+        }
+        cuts.sort();
+        for (position, (cut, index)) in cuts.iter().enumerate() {
+            let block = &accepted[*index];
+            if ledger.block_state(&block.hash)?.is_some() {
+                continue;
+            }
+            let lagging = read_through_ms < cut.accepted_at_ms;
+            let behind_unplaced =
+                unplaced_found_ms.is_some_and(|found| found <= cut.accepted_at_ms);
+            if lagging || behind_unplaced {
+                note_cut_wait(&mut self.cut_waits, &self.tails, &block.hash, now_ms);
+                continue;
+            }
+            let start = position
+                .checked_sub(1)
+                .map_or(ShareKey::after_ms(0), |previous| cuts[previous].0);
+            let credits = self.block_credits(settings, block, start, *cut);
+            ledger.credit_block_round(&block.hash, &credits, Some(*cut))?;
+            self.cut_waits.remove(&block.hash);
+            tracing::info!(hash = %block.hash, height = block.height, reward = block.reward, accounts = credits.len(), round_end_ms = cut.accepted_at_ms, "block credited");
+        }
+        for block in &accepted {
             let settled = match (ledger.block_state(&block.hash)?, block.status) {
                 (Some(BlockState::Immature), BlockStatus::Confirmed) => {
                     ledger.mature_block(&block.hash)?;
@@ -331,24 +408,26 @@ impl PayoutRunner {
         &self,
         settings: &PayoutSettings,
         block: &BlockRecord,
-        round_start_ms: u64,
+        start: ShareKey,
+        end: ShareKey,
     ) -> BTreeMap<String, u64> {
         let history = self.history.lock().expect("history lock");
         if history
             .oldest_ms()
-            .is_some_and(|oldest| oldest > round_start_ms && history.evicted > 0)
+            .is_some_and(|oldest| oldest > start.accepted_at_ms && history.evicted > 0)
         {
             tracing::warn!(hash = %block.hash, "the round is longer than the share history kept; its oldest shares are not counted");
         }
-        let shares = history.round_newest_first(block.round_end_ms());
+        let (shares, round_shares) = history.round_newest_first(start, end);
         drop(history);
         let finder = otedama_shared::address::payout_address_of(&block.worker);
         let round = Round {
             finder,
             shares_newest_first: &shares,
+            round_shares,
             network_difficulty: block.network_difficulty,
-            start_ms: round_start_ms,
-            end_ms: block.round_end_ms(),
+            start_ms: start.accepted_at_ms,
+            end_ms: end.accepted_at_ms,
         };
         let split = split_block(settings.scheme, block.reward, settings.pool_fee_ppm, &round);
         let mut credits = split.credits;
@@ -482,6 +561,25 @@ pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
     })
 }
 
+/// Remembers since when a block's round has waited to be cut, and says so once the wait
+/// is long, naming how far each share log has been read.
+fn note_cut_wait(
+    cut_waits: &mut BTreeMap<String, u64>,
+    tails: &[ShareLogTail],
+    hash: &str,
+    now_ms: u64,
+) {
+    let since = *cut_waits.entry(hash.to_string()).or_insert(now_ms);
+    if now_ms.saturating_sub(since) >= BLOCK_CUT_WAIT_WARN_MS {
+        cut_waits.insert(hash.to_string(), now_ms);
+        let logs: Vec<(u32, u64)> = tails
+            .iter()
+            .map(|tail| (tail.process, tail.written_through_ms()))
+            .collect();
+        tracing::warn!(%hash, ?logs, "a found block's round waits for a share log that is not moving (is a data plane down?)");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +649,7 @@ mod tests {
             fault: Box::new(|_| false),
             kyc_notices: None,
             next_follow_ms: 0,
+            cut_waits: BTreeMap::new(),
         }
     }
 

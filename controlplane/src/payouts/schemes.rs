@@ -183,10 +183,14 @@ pub fn pplnt_weights(
 pub struct Round<'a> {
     /// The address whose share was the block.
     pub finder: &'a str,
-    /// The pool's share history, newest first, back to at least the PPLNS window.
+    /// The pool's share history, newest first from the block's own share, back to at
+    /// least the PPLNS window.
     pub shares_newest_first: &'a [RoundShare],
+    /// How many of `shares_newest_first` are the round's (after the previous block's
+    /// share): PROP and PPLNT count only these.
+    pub round_shares: usize,
     pub network_difficulty: f64,
-    /// The previous block's time: PROP and PPLNT count only shares after it.
+    /// The previous block's time and this one's: the round's length, for PPLNT presence.
     pub start_ms: u64,
     pub end_ms: u64,
 }
@@ -196,17 +200,14 @@ pub fn split_block(scheme: Scheme, reward: u64, fee_ppm: u64, round: &Round<'_>)
     let Round {
         finder,
         shares_newest_first,
+        round_shares,
         network_difficulty,
         start_ms: round_start_ms,
         end_ms: round_end_ms,
     } = *round;
-    let in_round = || {
-        shares_newest_first
-            .iter()
-            // Half-open, (start, end]: a share in the second a block was found belongs to
-            // that block's round only, not to the next one's as well.
-            .filter(move |s| s.accepted_at_ms > round_start_ms && s.accepted_at_ms <= round_end_ms)
-    };
+    // The caller cut the round at share records, (previous block's share, this block's
+    // share]: a share belongs to one round, never to two or none.
+    let in_round = || shares_newest_first.iter().take(round_shares);
     let weights = match scheme {
         // The per-share schemes already paid; the block belongs to the pool.
         Scheme::Pps | Scheme::Fpps => {
@@ -277,9 +278,20 @@ mod tests {
         start_ms: u64,
         end_ms: u64,
     ) -> BlockSplit {
+        // As the share history cuts a round: from the block's share back, (start, end].
+        let shares_newest_first: Vec<RoundShare> = shares_newest_first
+            .iter()
+            .filter(|s| s.accepted_at_ms <= end_ms)
+            .cloned()
+            .collect();
+        let round_shares = shares_newest_first
+            .iter()
+            .take_while(|s| s.accepted_at_ms > start_ms)
+            .count();
         let round = Round {
             finder,
-            shares_newest_first,
+            shares_newest_first: &shares_newest_first,
+            round_shares,
             network_difficulty,
             start_ms,
             end_ms,

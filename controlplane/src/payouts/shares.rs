@@ -6,18 +6,25 @@
 //! share that was acknowledged is exactly a share that can be paid: nothing is streamed
 //! twice, and nothing the data plane lost can be credited.
 //!
-//! `ShareHistory` is the sans-IO part: recent shares in a canonical order (accepted time,
-//! then data-plane process, then log sequence), from which rounds and hashrates are cut.
-//! The order does not depend on when the logs were read, so a round recomputed after a
-//! restart is the round computed before it.
+//! `ShareHistory` is the sans-IO part: recent shares in a canonical order (`ShareKey`:
+//! the writer's stamp, then data-plane process, then log sequence), from which rounds and
+//! hashrates are cut. The order does not depend on when the logs were read, so a round
+//! recomputed after a restart is the round computed before it.
+//!
+//! A round ends exactly at its block's own share record. It is cut only once every log
+//! has been read up to that record's stamp (`ShareLogTail::written_through_ms`, from each
+//! log's clock), so no share that belongs before the block can still arrive: a share
+//! before the record is in the round, a share after it in the next, and none in both.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rocksdb::{Direction, IteratorMode, Options, DB};
+use serde::{Deserialize, Serialize};
 
 use otedama_shared::address::payout_address_of;
+use otedama_shared::share::{share_log_key, share_log_sequence, SHARE_LOG_CLOCK_KEY};
 use otedama_shared::ShareRecord;
 
 use super::schemes::RoundShare;
@@ -28,6 +35,26 @@ use super::schemes::RoundShare;
 pub const SHARE_HISTORY_MAX: usize = 1_000_000;
 /// Shares read from one log per poll, so one poll cannot stall the payout loop.
 pub const SHARES_PER_POLL_MAX: usize = 200_000;
+
+/// A share's place in the canonical order across every share log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShareKey {
+    pub accepted_at_ms: u64,
+    pub process: u32,
+    pub sequence: u64,
+}
+
+impl ShareKey {
+    /// After every share stamped at or before `ms`: where a round is cut when its block's
+    /// share record is not known (records from before share keys were kept).
+    pub fn after_ms(ms: u64) -> Self {
+        ShareKey {
+            accepted_at_ms: ms,
+            process: u32::MAX,
+            sequence: u64::MAX,
+        }
+    }
+}
 
 /// One accepted share, as payouts and statistics need it.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,8 +79,12 @@ impl HistoryShare {
         }
     }
 
-    fn order_key(&self) -> (u64, u32, u64) {
-        (self.accepted_at_ms, self.process, self.sequence)
+    pub fn key(&self) -> ShareKey {
+        ShareKey {
+            accepted_at_ms: self.accepted_at_ms,
+            process: self.process,
+            sequence: self.sequence,
+        }
     }
 }
 
@@ -70,6 +101,8 @@ pub struct Activity {
 #[derive(Default)]
 pub struct ShareHistory {
     shares: VecDeque<HistoryShare>,
+    /// The block shares among `shares`, by block hash (display hex): where rounds end.
+    block_shares: BTreeMap<String, ShareKey>,
     /// Shares dropped off the old end since start.
     pub evicted: u64,
 }
@@ -86,14 +119,14 @@ impl ShareHistory {
     /// Adds shares; each log's come in order, but logs interleave, so each share goes to
     /// its place. Almost always that place is the end.
     pub fn insert(&mut self, mut batch: Vec<HistoryShare>) {
-        batch.sort_by_key(HistoryShare::order_key);
+        batch.sort_by_key(HistoryShare::key);
         for share in batch {
-            let key = share.order_key();
-            if self.shares.back().is_none_or(|last| last.order_key() < key) {
+            let key = share.key();
+            if self.shares.back().is_none_or(|last| last.key() < key) {
                 self.shares.push_back(share);
             } else {
-                let at = self.shares.partition_point(|s| s.order_key() < key);
-                if self.shares.get(at).is_some_and(|s| s.order_key() == key) {
+                let at = self.shares.partition_point(|s| s.key() < key);
+                if self.shares.get(at).is_some_and(|s| s.key() == key) {
                     continue;
                 }
                 self.shares.insert(at, share);
@@ -103,6 +136,19 @@ impl ShareHistory {
             self.shares.pop_front();
             self.evicted += 1;
         }
+        if let Some(oldest) = self.shares.front().map(HistoryShare::key) {
+            self.block_shares.retain(|_, key| *key >= oldest);
+        }
+    }
+
+    /// Notes that the share at `key` (inserted with it) found block `hash`.
+    pub fn note_block_share(&mut self, hash: String, key: ShareKey) {
+        self.block_shares.entry(hash).or_insert(key);
+    }
+
+    /// Where block `hash`'s own share record is, if it was read and is still kept.
+    pub fn block_share(&self, hash: &str) -> Option<ShareKey> {
+        self.block_shares.get(hash).copied()
     }
 
     /// The oldest share kept, if any.
@@ -110,18 +156,29 @@ impl ShareHistory {
         self.shares.front().map(|s| s.accepted_at_ms)
     }
 
-    /// Shares accepted at or before `until_ms`, newest first, as the schemes take them.
-    pub fn round_newest_first(&self, until_ms: u64) -> Vec<RoundShare> {
-        self.shares
+    /// The shares at or before `end` (a block's share), newest first, as the schemes take
+    /// them, and how many of them come after `start` (the previous block's share): the
+    /// round, (start, end]. The older ones are there for the PPLNS window.
+    pub fn round_newest_first(&self, start: ShareKey, end: ShareKey) -> (Vec<RoundShare>, usize) {
+        let shares: Vec<RoundShare> = self
+            .shares
             .iter()
             .rev()
-            .skip_while(|s| s.accepted_at_ms > until_ms)
+            .skip_while(|s| s.key() > end)
             .map(|s| RoundShare {
                 address: s.address.to_string(),
                 difficulty: s.difficulty,
                 accepted_at_ms: s.accepted_at_ms,
             })
-            .collect()
+            .collect();
+        let in_round = self
+            .shares
+            .iter()
+            .rev()
+            .skip_while(|s| s.key() > end)
+            .take_while(|s| s.key() > start)
+            .count();
+        (shares, in_round)
     }
 
     /// Every miner's activity over `(now_ms - window_ms, now_ms]`.
@@ -152,9 +209,17 @@ pub struct ShareLogTail {
     primary: PathBuf,
     secondary: PathBuf,
     db: Option<DB>,
-    next_sequence: Option<u64>,
+    position: TailPosition,
     /// With no start sequence: how many of the newest shares to read at first.
     backfill: usize,
+}
+
+/// How far a tail has read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TailPosition {
+    pub next_sequence: Option<u64>,
+    /// Every share stamped at or before this has been read (see `SHARE_LOG_CLOCK_KEY`).
+    pub written_through_ms: u64,
 }
 
 impl ShareLogTail {
@@ -172,27 +237,47 @@ impl ShareLogTail {
             primary,
             secondary,
             db: None,
-            next_sequence,
+            position: TailPosition {
+                next_sequence,
+                written_through_ms: 0,
+            },
             backfill,
         }
     }
 
     /// The next sequence this tail will read.
     pub fn next_sequence(&self) -> Option<u64> {
-        self.next_sequence
+        self.position.next_sequence
     }
 
-    /// Reads again from `next_sequence` (a value `next_sequence` gave before), as if the
-    /// polls since had not happened.
-    pub fn rewind(&mut self, next_sequence: Option<u64>) {
-        self.next_sequence = next_sequence;
+    /// Every share of this log stamped at or before this time has been read by `poll`.
+    pub fn written_through_ms(&self) -> u64 {
+        self.position.written_through_ms
+    }
+
+    pub fn position(&self) -> TailPosition {
+        self.position
+    }
+
+    /// Reads again from `position` (one `position` gave before), as if the polls since had
+    /// not happened.
+    pub fn rewind(&mut self, position: TailPosition) {
+        self.position = position;
     }
 
     /// Shares the data plane has made durable since the last poll, in log order. A log
     /// that does not exist yet (its data plane has not started) reads as empty.
     pub fn poll(&mut self) -> Result<Vec<(u64, ShareRecord)>, rocksdb::Error> {
         if self.db.is_none() {
+            // Taken before the look: a data plane opens its log before it takes a share and
+            // stamps shares when it writes them, so a log that does not exist yet will hold
+            // no share stamped before this moment.
+            let looked_at_ms = now_ms();
             if !self.primary.join("CURRENT").exists() {
+                self.position.written_through_ms = self
+                    .position
+                    .written_through_ms
+                    .max(looked_at_ms.saturating_sub(1));
                 return Ok(Vec::new());
             }
             let mut options = Options::default();
@@ -206,40 +291,67 @@ impl ShareLogTail {
         }
         let db = self.db.as_ref().expect("opened above");
         db.try_catch_up_with_primary()?;
-        let start = match self.next_sequence {
+        // The clock is read first: every record stamped at or before it is already in
+        // what the iterator below sees (catch-up applies the primary's log in order).
+        let clock_ms = db
+            .get(SHARE_LOG_CLOCK_KEY)?
+            .and_then(|value| <[u8; 8]>::try_from(value.as_slice()).ok())
+            .map(u64::from_le_bytes);
+        let start = match self.position.next_sequence {
             Some(next) => next,
             None => {
                 let end = db
                     .iterator(IteratorMode::End)
                     .next()
                     .transpose()?
-                    .and_then(|(k, _)| k.as_ref().try_into().ok())
-                    .map_or(0, |k: [u8; 8]| u64::from_be_bytes(k) + 1);
+                    .and_then(|(k, _)| share_log_sequence(&k))
+                    .map_or(0, |last| last + 1);
                 end.saturating_sub(self.backfill as u64)
             }
         };
         let mut read = Vec::new();
         let mut next = start;
-        for item in db.iterator(IteratorMode::From(&start.to_be_bytes(), Direction::Forward)) {
+        let mut last_stamp_ms = None;
+        let mut reached_end = true;
+        for item in db.iterator(IteratorMode::From(
+            &share_log_key(start),
+            Direction::Forward,
+        )) {
+            if read.len() >= SHARES_PER_POLL_MAX {
+                reached_end = false;
+                break;
+            }
             let (k, v) = item?;
-            let Ok(bytes) = <[u8; 8]>::try_from(k.as_ref()) else {
+            let Some(sequence) = share_log_sequence(&k) else {
                 continue;
             };
-            let sequence = u64::from_be_bytes(bytes);
             next = sequence + 1;
             match ShareRecord::decode(&v) {
-                Ok(record) => read.push((sequence, record)),
+                Ok(record) => {
+                    last_stamp_ms = Some(record.accepted_at_ms);
+                    read.push((sequence, record));
+                }
                 Err(error) => {
                     tracing::error!(process = self.process, sequence, %error, "unreadable share record skipped")
                 }
             }
-            if read.len() >= SHARES_PER_POLL_MAX {
-                break;
-            }
         }
-        self.next_sequence = Some(next);
+        self.position.next_sequence = Some(next);
+        // Stamps never decrease along the log, so every record stamped before the last one
+        // read has been read; having read to the end, so has every record the clock covers.
+        let mut through = last_stamp_ms.map_or(0, |stamp| stamp.saturating_sub(1));
+        if reached_end {
+            through = through.max(clock_ms.unwrap_or(0));
+        }
+        self.position.written_through_ms = self.position.written_through_ms.max(through);
         Ok(read)
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -276,12 +388,52 @@ mod tests {
         };
         assert_eq!(order(&first), vec![(10, 0), (20, 1), (30, 0), (30, 1)]);
         assert_eq!(order(&first), order(&second));
-        let round = first.round_newest_first(25);
+        let (round, _) = first.round_newest_first(ShareKey::after_ms(0), ShareKey::after_ms(25));
         assert_eq!(
             round.iter().map(|s| s.accepted_at_ms).collect::<Vec<_>>(),
             vec![20, 10]
         );
         assert_eq!(round[1].address, "a");
+    }
+
+    #[test]
+    fn a_round_is_cut_exactly_at_its_block_share_in_every_log() {
+        let mut history = ShareHistory::default();
+        // Two logs with shares in the same millisecond as the block share (0, 1).
+        history.insert(vec![
+            share(10, 0, 0, "a"),
+            share(20, 0, 1, "a"),
+            share(20, 1, 0, "b"),
+            share(20, 1, 1, "c"),
+            share(30, 1, 2, "b"),
+            share(40, 0, 2, "a"),
+        ]);
+        let first = ShareKey {
+            accepted_at_ms: 20,
+            process: 0,
+            sequence: 1,
+        };
+        let second = ShareKey {
+            accepted_at_ms: 30,
+            process: 1,
+            sequence: 2,
+        };
+        history.note_block_share("b1".into(), first);
+        assert_eq!(history.block_share("b1"), Some(first));
+        let (shares, in_round) = history.round_newest_first(ShareKey::after_ms(0), first);
+        assert_eq!(in_round, 2);
+        assert_eq!(shares.len(), 2);
+        let (shares, in_round) = history.round_newest_first(first, second);
+        assert_eq!(
+            in_round, 3,
+            "the same millisecond's later shares are the next round's"
+        );
+        assert_eq!(shares.len(), 5, "with the older ones for a PPLNS window");
+        let addresses: Vec<&str> = shares[..in_round]
+            .iter()
+            .map(|s| s.address.as_str())
+            .collect();
+        assert_eq!(addresses, vec!["b", "c", "b"]);
     }
 
     #[test]
@@ -329,9 +481,14 @@ mod tests {
             ShareLogTail::new(0, primary.clone(), dir.path().join(name), start, backfill)
         };
         let mut from_start = tail_at("from-start", Some(0), 0);
+        let before_ms = now_ms();
         assert!(
             from_start.poll().unwrap().is_empty(),
             "a log that does not exist yet reads as empty"
+        );
+        assert!(
+            from_start.written_through_ms() + 1 >= before_ms,
+            "and holds no share stamped before it was looked at"
         );
 
         let (completions, mut durable) = futures_channel::mpsc::unbounded();
@@ -356,16 +513,42 @@ mod tests {
         append(0..10);
         let read = from_start.poll().unwrap();
         assert_eq!(sequences(&read), (0..10).collect::<Vec<_>>());
-        assert_eq!(read[7].1, record(7));
+        let stamped = |index: u64, at_ms: u64| ShareRecord {
+            accepted_at_ms: at_ms,
+            ..record(index)
+        };
+        assert_eq!(read[7].1, stamped(7, read[7].1.accepted_at_ms));
         assert_eq!(from_start.next_sequence(), Some(10));
+        let last_stamp_ms = read[9].1.accepted_at_ms;
+        assert!(from_start.written_through_ms() + 1 >= last_stamp_ms);
+
+        // An idle log's clock moves on, and the tail with it; a share written later is
+        // stamped after everything the tail says it has read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while from_start.written_through_ms() < last_stamp_ms {
+            assert!(from_start.poll().unwrap().is_empty());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock never moved"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let through_ms = from_start.written_through_ms();
+        let position = from_start.position();
 
         // While the data plane keeps writing, each poll reads only what is new.
         append(10..15);
+        let read = from_start.poll().unwrap();
+        assert_eq!(sequences(&read), (10..15).collect::<Vec<_>>());
+        assert!(read.iter().all(|(_, r)| r.accepted_at_ms > through_ms));
+        assert!(from_start.poll().unwrap().is_empty());
+        // A rewound tail reads the same shares again and knows no more than it did then.
+        from_start.rewind(position);
+        assert_eq!(from_start.written_through_ms(), through_ms);
         assert_eq!(
             sequences(&from_start.poll().unwrap()),
             (10..15).collect::<Vec<_>>()
         );
-        assert!(from_start.poll().unwrap().is_empty());
 
         // A PPS restart resumes at the ledger's cursor; other schemes backfill history.
         let mut resumed = tail_at("resumed", Some(12), 0);

@@ -365,11 +365,16 @@ impl Simulation {
             .filter(|s| s.accepted_at_ms <= block.at_ms)
             .cloned()
             .collect();
+        let start_ms = index.checked_sub(1).map_or(0, |p| self.blocks[p].at_ms);
         let round = Round {
             finder: &block.finder,
             shares_newest_first: &shares,
+            round_shares: shares
+                .iter()
+                .take_while(|s| s.accepted_at_ms > start_ms)
+                .count(),
             network_difficulty: block.network_difficulty,
-            start_ms: index.checked_sub(1).map_or(0, |p| self.blocks[p].at_ms),
+            start_ms,
             end_ms: block.at_ms,
         };
         let split = split_block(self.scheme, block.reward, POOL_FEE_PPM, &round);
