@@ -232,12 +232,19 @@ impl Drop for RegtestNode {
     }
 }
 
-/// Two peered regtest nodes, the first with a wallet and `mature_blocks` blocks mined to
-/// it, ready for getblocktemplate.
+/// The wallet that holds the pre-mined coins and whatever the tests mine on the node
+/// itself: never the pool's, so the pool's wallet holds only what its own blocks paid it.
+pub const FUNDING_WALLET: &str = "funding";
+
+/// Two peered regtest nodes, ready for getblocktemplate: the first has the pool's wallet
+/// (`otedama`, empty) and a funding wallet with `mature_blocks` blocks mined to it.
 pub struct RegtestPair {
     pub miner: RegtestNode,
     pub peer: RegtestNode,
+    /// An address of the pool's wallet.
     pub wallet_address: String,
+    /// An address of `FUNDING_WALLET`.
+    pub funding_address: String,
 }
 
 impl RegtestPair {
@@ -245,12 +252,20 @@ impl RegtestPair {
         let miner = RegtestNode::start(&root.join("node-a"))?;
         let peer = RegtestNode::start(&root.join("node-b"))?;
         miner.connect(&peer)?;
+        // The pool's wallet first: `wallet_address` asks the node's only wallet.
         let wallet_address = miner.wallet_address()?;
-        miner.generate_to(&wallet_address, mature_blocks)?;
+        miner.call("createwallet", json!([FUNDING_WALLET]))?;
+        let funding_address = miner
+            .call_wallet(FUNDING_WALLET, "getnewaddress", json!(["", "bech32"]))?
+            .as_str()
+            .context("getnewaddress returned no string")?
+            .to_string();
+        miner.generate_to(&funding_address, mature_blocks)?;
         Ok(RegtestPair {
             miner,
             peer,
             wallet_address,
+            funding_address,
         })
     }
 }

@@ -681,6 +681,7 @@ fn start_payouts(
         kyc_notices: start_kyc_webhook(config)?,
         next_follow_ms: 0,
         cut_waits: Default::default(),
+        block_share_wait_ms: crate::payouts::runner::BLOCK_SHARE_WAIT_MS,
     };
     std::thread::Builder::new()
         .name("payouts".into())

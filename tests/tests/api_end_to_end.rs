@@ -424,12 +424,9 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
     );
 
     // Mature alice's blocks and pay her, so the dashboard has a payment to show.
-    let burn = nodes
-        .miner
-        .call_wallet("otedama", "getnewaddress", json!([]))?;
     nodes
         .miner
-        .generate_to(burn.as_str().unwrap(), COINBASE_MATURITY)?;
+        .generate_to(&nodes.funding_address, COINBASE_MATURITY)?;
     wait_until(Duration::from_secs(90), "alice's balance to mature", || {
         pool.get_json(&format!("/api/v1/miners/{alice}"))
             .is_ok_and(|m| m["balance_immature"] == 0 && m["balance_mature"].as_u64() > Some(0))

@@ -211,22 +211,12 @@ fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result
         Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
     };
     assert_eq!(state()?["state"], "sent");
-    let burn =
-        scenario
-            .nodes
-            .miner
-            .call_wallet("otedama", "getnewaddress", serde_json::json!([]))?;
-    scenario
-        .nodes
-        .miner
-        .generate_to(burn.as_str().unwrap(), 2)?;
+    let funding = &scenario.nodes.funding_address;
+    scenario.nodes.miner.generate_to(funding, 2)?;
     // Under two blocks of three: not final yet.
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(state()?["state"], "sent", "{}", state()?);
-    scenario
-        .nodes
-        .miner
-        .generate_to(burn.as_str().unwrap(), 1)?;
+    scenario.nodes.miner.generate_to(funding, 1)?;
     wait_until(Duration::from_secs(60), "the payout to be final", || {
         state().is_ok_and(|payment| payment["state"] == "confirmed")
     })?;
@@ -286,7 +276,7 @@ fn a_payout_that_can_never_be_sent_is_cancelled_and_paid_again_once() -> anyhow:
         "sendtoaddress",
         serde_json::json!([sink, balance, "", "", true]),
     )?;
-    node.generate_to(sink.as_str().unwrap(), 1)?;
+    node.generate_to(&scenario.nodes.funding_address, 1)?;
     scenario.proxy.as_ref().unwrap().heal();
 
     let (status, answer) = cancel()?;

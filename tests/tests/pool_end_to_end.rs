@@ -74,11 +74,14 @@ fn pool_finds_blocks_the_node_accepts_before_and_after_mweb() -> anyhow::Result<
     let target = MWEB_ACTIVATION_HEIGHT - 1;
     nodes
         .miner
-        .generate_to(&nodes.wallet_address, target - height)?;
-    let mweb_address = nodes.miner.call("getnewaddress", json!(["", "mweb"]))?;
+        .generate_to(&nodes.funding_address, target - height)?;
+    let funding = otedama_controlplane::regtest::FUNDING_WALLET;
+    let mweb_address = nodes
+        .miner
+        .call_wallet(funding, "getnewaddress", json!(["", "mweb"]))?;
     nodes
         .miner
-        .call("sendtoaddress", json!([mweb_address, 1.0]))?;
+        .call_wallet(funding, "sendtoaddress", json!([mweb_address, 1.0]))?;
     wait_until(
         Duration::from_secs(30),
         "the pool to follow the node's blocks",

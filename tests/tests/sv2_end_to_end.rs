@@ -51,7 +51,11 @@ fn v1_v2_and_quic_miners_find_blocks_the_node_accepts() -> anyhow::Result<()> {
     let address = || -> anyhow::Result<String> {
         Ok(nodes
             .miner
-            .call("getnewaddress", json!([]))?
+            .call_wallet(
+                otedama_controlplane::regtest::FUNDING_WALLET,
+                "getnewaddress",
+                json!([]),
+            )?
             .as_str()
             .unwrap()
             .to_string())

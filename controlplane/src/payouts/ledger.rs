@@ -235,6 +235,8 @@ pub struct Ledger {
     next_sequence: u64,
     /// Commits still to refuse (see `fail_next_commits`).
     commits_to_fail: u32,
+    /// Commits left before the process "dies" (see `crash_after_commits`).
+    commits_until_crash: Option<u32>,
 }
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -257,6 +259,7 @@ impl Ledger {
             db,
             next_sequence,
             commits_to_fail: 0,
+            commits_until_crash: None,
         })
     }
 
@@ -264,6 +267,13 @@ impl Ledger {
     /// for fault-injection tests of the callers.
     pub fn fail_next_commits(&mut self, count: u32) {
         self.commits_to_fail = count;
+    }
+
+    /// Lets `commits` more batch commits through and refuses every one after, writing
+    /// nothing, as if the process died there: for crash simulations, which then drop this
+    /// ledger and open it again.
+    pub fn crash_after_commits(&mut self, commits: u32) {
+        self.commits_until_crash = Some(commits);
     }
 
     fn get<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, LedgerError> {
@@ -928,6 +938,12 @@ impl<'a> Change<'a> {
         if self.ledger.commits_to_fail > 0 {
             self.ledger.commits_to_fail -= 1;
             return Err(LedgerError::InjectedFault);
+        }
+        if let Some(left) = self.ledger.commits_until_crash.as_mut() {
+            if *left == 0 {
+                return Err(LedgerError::InjectedFault);
+            }
+            *left -= 1;
         }
         let mut options = rocksdb::WriteOptions::default();
         options.set_sync(true);

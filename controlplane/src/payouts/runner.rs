@@ -82,6 +82,8 @@ pub struct PayoutRunner {
     pub next_follow_ms: u64,
     /// Blocks whose round cannot be cut yet, and since when (for the lag warning).
     pub cut_waits: BTreeMap<String, u64>,
+    /// `BLOCK_SHARE_WAIT_MS`, unless a test says otherwise.
+    pub block_share_wait_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -103,8 +105,16 @@ pub fn share_log_tails(
         .enumerate()
         .map(|(index, primary)| {
             let process = index as u32;
+            // Per-share schemes read the history's backfill before the cursor too (the
+            // runner credits only from the cursor on): a block found before a restart
+            // needs its share record to cut its round.
             let start = if per_share {
-                Some(ledger.share_cursor(process)?.unwrap_or(0))
+                Some(
+                    ledger
+                        .share_cursor(process)?
+                        .unwrap_or(0)
+                        .saturating_sub(backfill as u64),
+                )
             } else {
                 None
             };
@@ -120,21 +130,25 @@ pub fn share_log_tails(
 }
 
 impl PayoutRunner {
-    pub fn run(mut self, requests: Receiver<PayoutRequest>) {
-        // Whatever a crash left open is settled before anything new is built.
-        if let Some(wallet) = self.wallet.as_mut() {
-            let mut ledger = self.ledger.lock().expect("ledger lock");
-            let mut report = RunReport::default();
-            if let Err(error) =
-                payments::reconcile(&mut ledger, wallet.as_mut(), now_ms(), &mut report)
-            {
-                tracing::error!(%error, "reconciling open payouts at start failed; retrying on the next run");
-            } else if !report.completed.is_empty() || !report.still_open.is_empty() {
-                tracing::info!(completed = ?report.completed, still_open = ?report.still_open, "open payouts reconciled at start");
-            }
-            drop(ledger);
-            self.announce(&report);
+    /// What the thread does first after a start: whatever a crash left open is settled
+    /// before anything new is built.
+    pub fn start(&mut self, now_ms: u64) {
+        let Some(wallet) = self.wallet.as_mut() else {
+            return;
+        };
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        let mut report = RunReport::default();
+        if let Err(error) = payments::reconcile(&mut ledger, wallet.as_mut(), now_ms, &mut report) {
+            tracing::error!(%error, "reconciling open payouts at start failed; retrying on the next run");
+        } else if !report.completed.is_empty() || !report.still_open.is_empty() {
+            tracing::info!(completed = ?report.completed, still_open = ?report.still_open, "open payouts reconciled at start");
         }
+        drop(ledger);
+        self.announce(&report);
+    }
+
+    pub fn run(mut self, requests: Receiver<PayoutRequest>) {
+        self.start(now_ms());
         let mut next_run_ms = now_ms() + self.interval_ms();
         loop {
             let now = now_ms();
@@ -258,18 +272,31 @@ impl PayoutRunner {
         let mut block_shares = Vec::new();
         let mut cursors = BTreeMap::new();
         let mut credits: BTreeMap<String, u64> = BTreeMap::new();
-        for tail in &mut self.tails {
+        // Where each log's per-share credit stands: shares before it were credited by an
+        // earlier pass (a tail reads some of them again, for the history, after a start).
+        let credited_to: Vec<u64> = match block_value {
+            Some(_) => {
+                let ledger = self.ledger.lock().expect("ledger lock");
+                self.tails
+                    .iter()
+                    .map(|tail| Ok(ledger.share_cursor(tail.process)?.unwrap_or(0)))
+                    .collect::<anyhow::Result<_>>()?
+            }
+            None => Vec::new(),
+        };
+        for (index, tail) in self.tails.iter_mut().enumerate() {
             let read = tail.poll()?;
             if read.is_empty() {
                 continue;
             }
+            let credit_from = credited_to.get(index).copied().unwrap_or(u64::MAX);
             for (sequence, record) in read {
                 let share = HistoryShare::from_record(tail.process, sequence, &record);
                 if record.is_block {
                     let hash = display_hex(&otedama_kernels::sha256d(&record.header));
                     block_shares.push((hash, share.key()));
                 }
-                if let Some(value) = block_value {
+                if let Some(value) = block_value.filter(|_| sequence >= credit_from) {
                     let block_value = match settings.scheme {
                         Scheme::Fpps => value.subsidy + value.fees_mean,
                         _ => value.subsidy,
@@ -286,7 +313,9 @@ impl PayoutRunner {
                 }
                 batch.push(share);
             }
-            if let Some(next) = tail.next_sequence() {
+            // Only cursors that move: the ledger takes a batch with any cursor that does
+            // not as credited already, whole.
+            if let Some(next) = tail.next_sequence().filter(|next| *next > credit_from) {
                 cursors.insert(tail.process, next);
             }
         }
@@ -347,7 +376,9 @@ impl PayoutRunner {
                 } else if let Some(key) = history.block_share(&block.hash) {
                     Some(key)
                 } else if read_through_ms
-                    >= block.round_end_ms().saturating_add(BLOCK_SHARE_WAIT_MS)
+                    >= block
+                        .round_end_ms()
+                        .saturating_add(self.block_share_wait_ms)
                 {
                     tracing::warn!(hash = %block.hash, found_at_ms = block.round_end_ms(), "the block's share record was not read; its round is cut at its found time");
                     Some(ShareKey::after_ms(block.round_end_ms()))
@@ -650,6 +681,7 @@ mod tests {
             kyc_notices: None,
             next_follow_ms: 0,
             cut_waits: BTreeMap::new(),
+            block_share_wait_ms: BLOCK_SHARE_WAIT_MS,
         }
     }
 

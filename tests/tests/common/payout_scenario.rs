@@ -15,6 +15,8 @@ use otedama_tests::{wait_until, PoolSetup, RegtestPair};
 pub const START_DIFFICULTY: f64 = 0.01;
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
 pub const MINERS_WALLET: &str = "miners";
+/// The node wallet the pool pays from and is paid to (`--node-wallet`).
+pub const POOL_WALLET: &str = "otedama";
 pub const COINBASE_MATURITY: u64 = 100;
 /// 1 % fee, in parts per million.
 pub const POOL_FEE_PPM: u64 = 10_000;
@@ -184,16 +186,12 @@ impl Scenario {
         anyhow::bail!("after {rounds_max} rounds some miner has not earned {units}")
     }
 
-    /// Mines past maturity on the node itself and waits until the ledger has matured
-    /// every accepted block.
+    /// Mines past maturity on the node itself (to the funding wallet, never the pool's)
+    /// and waits until the ledger has matured every accepted block.
     pub fn mature(&self) -> anyhow::Result<()> {
-        let burn = self
-            .nodes
-            .miner
-            .call_wallet("otedama", "getnewaddress", json!([]))?;
         self.nodes
             .miner
-            .generate_to(burn.as_str().unwrap(), COINBASE_MATURITY)?;
+            .generate_to(&self.nodes.funding_address, COINBASE_MATURITY)?;
         wait_until(
             Duration::from_secs(90),
             "every found block to be confirmed",
@@ -233,10 +231,7 @@ impl Scenario {
             "getreceivedbyaddress",
             json!([address, 0]),
         )?;
-        // JSON gives the amount as a float; 8 decimals recover its exact value (any amount
-        // of coins below 2^53 units survives the round trip).
-        let coins = coins.as_f64().unwrap_or(0.0);
-        otedama_controlplane::config::parse_amount(&format!("{coins:.8}"))
+        units(&coins)
     }
 
     /// The blocks the node accepted; each record's header (the share that found it)
@@ -252,8 +247,12 @@ impl Scenario {
         Ok(blocks)
     }
 
-    /// Every unit of every accepted block is credited to someone: miners plus the pool's
-    /// fee account add up to the rewards exactly.
+    /// The ledger against the chain, as the node's wallet of the pool sees it (the pool's
+    /// wallet holds nothing but what its blocks paid it, see `FUNDING_WALLET`):
+    /// - the pool's coinbases add up to every credit, miners' and the pool's fee, to the
+    ///   unit, and so do the rewards the pool recorded;
+    /// - what the wallet still holds, plus every fee its transactions paid, is exactly what
+    ///   the ledger has not paid out (no payout may be in flight when this is called).
     pub fn check_conservation(&self) -> anyhow::Result<()> {
         let rewards: u64 = self
             .accepted_blocks()?
@@ -264,6 +263,60 @@ impl Scenario {
         assert_eq!(
             credited, rewards,
             "credits must add up to the rewards: {accounts}"
+        );
+        let node = &self.nodes.miner;
+        let listed = node.call_wallet(
+            POOL_WALLET,
+            "listtransactions",
+            json!(["*", 100_000, 0, true]),
+        )?;
+        let mut coinbases = 0u64;
+        let mut fees: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in listed.as_array().unwrap() {
+            match entry["category"].as_str().unwrap_or_default() {
+                // "orphan" is a coinbase no longer in the active chain: not received.
+                "generate" | "immature" => coinbases += units(&entry["amount"])?,
+                // Each output of a send repeats its transaction's fee; a transaction
+                // replaced or conflicted out of the chain paid none.
+                "send"
+                    if entry["confirmations"].as_i64().unwrap_or(0) >= 0
+                        && entry["replaced_by_txid"].is_null()
+                        && entry["abandoned"] != true =>
+                {
+                    let txid = entry["txid"].as_str().unwrap().to_string();
+                    fees.insert(txid, units(&entry["fee"])?);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            coinbases, credited,
+            "the pool's coinbases on the chain must equal its credits: {accounts}"
+        );
+        let field = |name: &str| -> u64 {
+            accounts
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a[name].as_u64().unwrap_or(0))
+                .sum()
+        };
+        assert_eq!(
+            field("balance_paying"),
+            0,
+            "no payout in flight: {accounts}"
+        );
+        let unpaid = field("balance_immature") + field("balance_mature");
+        let balances = node.call_wallet(POOL_WALLET, "getbalances", json!([]))?;
+        let held = ["trusted", "untrusted_pending", "immature"]
+            .iter()
+            .map(|kind| units(&balances["mine"][kind]))
+            .sum::<anyhow::Result<u64>>()?;
+        let fees_paid: u64 = fees.values().sum();
+        assert_eq!(
+            held + fees_paid,
+            unpaid,
+            "the pool's wallet ({held} held, {fees_paid} paid in fees) must hold what the ledger has not paid out: {accounts}"
         );
         Ok(())
     }
@@ -306,4 +359,11 @@ impl Scenario {
         self.pool
             .post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)
     }
+}
+
+/// A node's amount in coins as units, sign dropped. JSON gives it as a float; 8 decimals
+/// recover its exact value (any amount below 2^53 units survives the round trip).
+pub fn units(coins: &Value) -> anyhow::Result<u64> {
+    let coins = coins.as_f64().unwrap_or(0.0).abs();
+    otedama_controlplane::config::parse_amount(&format!("{coins:.8}"))
 }
