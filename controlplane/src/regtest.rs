@@ -79,6 +79,34 @@ impl RegtestNode {
         std::fs::create_dir_all(datadir)
             .with_context(|| format!("creating {}", datadir.display()))?;
         let (rpc_port, p2p_port) = (free_port(), free_port());
+        let rpc = RpcClient::new(
+            &format!("http://127.0.0.1:{rpc_port}"),
+            RpcAuth::UserPassword {
+                user: RPC_USER.into(),
+                password: RPC_PASSWORD.into(),
+            },
+        );
+        let mut node = RegtestNode {
+            datadir: datadir.to_path_buf(),
+            rpc_port,
+            p2p_port,
+            rpc,
+            child: None,
+        };
+        node.launch(&[])?;
+        Ok(node)
+    }
+
+    /// Stops the node and starts it again on the same data and ports, with `extra_args`
+    /// (a test's way to make the node forget its mempool: `-persistmempool=0`). Wallets
+    /// must be loaded again.
+    pub fn restart_with(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.stop();
+        self.launch(extra_args)
+    }
+
+    fn launch(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        let (datadir, rpc_port, p2p_port) = (&self.datadir, self.rpc_port, self.p2p_port);
         let child = Command::new("litecoind")
             .arg("-regtest")
             .arg(format!("-datadir={}", datadir.display()))
@@ -103,25 +131,15 @@ impl RegtestNode {
                 // bump a payout's fee as an operator with replacement on would.
                 "-mempoolreplacement=1",
             ])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting litecoind")?;
-        let rpc = RpcClient::new(
-            &format!("http://127.0.0.1:{rpc_port}"),
-            RpcAuth::UserPassword {
-                user: RPC_USER.into(),
-                password: RPC_PASSWORD.into(),
-            },
-        );
-        let mut node = RegtestNode {
-            datadir: datadir.to_path_buf(),
-            rpc_port,
-            p2p_port,
-            rpc,
-            child: Some(child),
-        };
+        self.child = Some(child);
+        let node = self;
+        let datadir = node.datadir.clone();
         let deadline = Instant::now() + Duration::from_secs(NODE_START_TIMEOUT_S);
         loop {
             match node.rpc.get_blockchain_info() {
@@ -144,7 +162,7 @@ impl RegtestNode {
                 }
             }
         }
-        Ok(node)
+        Ok(())
     }
 
     pub fn rpc_url(&self) -> String {

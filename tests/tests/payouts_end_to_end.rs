@@ -12,8 +12,12 @@ mod payout_scenario;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use otedama_controlplane::regtest::FUNDING_WALLET;
 use otedama_tests::wait_until;
-use payout_scenario::{start, start_behind_proxy, start_with, ADMIN_TOKEN, POOL_FEE_PPM};
+use payout_scenario::{
+    start, start_behind_proxy, start_with, units, ADMIN_TOKEN, MINERS_WALLET, POOL_FEE_PPM,
+    POOL_WALLET,
+};
 
 /// Runs one scheme: a clean payout, then a second one with the control plane killed at
 /// `fault`; each miner must end paid exactly what it was owed, once.
@@ -226,6 +230,142 @@ fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result
     for (miner, amount) in &owed {
         assert_eq!(scenario.received(miner)?, *amount, "{miner} paid once");
     }
+    scenario.check_conservation()?;
+    Ok(())
+}
+
+/// Issue 15, point 5: a sent payout the node forgets (restarted without its mempool, its
+/// wallet told not to send anything again itself) is sent again by the pool from its own
+/// record, then followed to its confirmations: every miner is paid exactly once.
+#[test]
+fn a_dropped_payout_is_sent_again_and_pays_once() -> anyhow::Result<()> {
+    let (mut scenario, _run) = start_with("pplns", &["--payout-confirmations", "2"])?;
+    scenario.mine(3)?;
+    scenario.mature()?;
+    let owed = scenario.owed_nonzero()?;
+    assert!(!owed.is_empty());
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    let txid = body["batch"]["txid"].as_str().unwrap().to_string();
+    scenario.wait_paid(&owed)?;
+
+    scenario.nodes.miner.restart_with(&[
+        "-persistmempool=0",
+        "-walletbroadcast=0",
+        // Not even from the peer, which has the payout in its mempool.
+        "-connect=0",
+    ])?;
+    let node = &scenario.nodes.miner;
+    let mempool_size = || -> anyhow::Result<u64> {
+        Ok(node.call("getmempoolinfo", serde_json::json!([]))?["size"]
+            .as_u64()
+            .unwrap())
+    };
+    // The pool cannot look it up before the wallet is back: dropped, for sure, here.
+    assert_eq!(mempool_size()?, 0);
+    for wallet in [POOL_WALLET, MINERS_WALLET, FUNDING_WALLET] {
+        node.call("loadwallet", serde_json::json!([wallet]))?;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the pool to send the payout again",
+        || {
+            node.call("getmempoolentry", serde_json::json!([txid]))
+                .is_ok()
+        },
+    )?;
+    node.generate_to(&scenario.nodes.funding_address, 2)?;
+    let state = || -> anyhow::Result<serde_json::Value> {
+        Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
+    };
+    wait_until(Duration::from_secs(60), "the payout to be final", || {
+        state().is_ok_and(|payment| payment["state"] == "confirmed")
+    })?;
+    let payment = state()?;
+    assert_eq!(payment["txid"], txid.as_str(), "{payment}");
+    assert!(payment["paid_by_txid"].is_null(), "{payment}");
+    for (miner, amount) in &owed {
+        assert_eq!(scenario.received(miner)?, *amount, "{miner} paid once");
+    }
+    scenario.check_conservation()?;
+    Ok(())
+}
+
+/// Issue 15, point 5: a sent payout whose inputs another transaction spends is noticed.
+/// The operator's wallet replaces it (BIP125: the payout signals replacement) with a
+/// transaction that spends the same coins back to the wallet and pays none of the miners;
+/// once that conflict is under `payout_confirmations` blocks the payout is `failed`, its
+/// amounts are owed again exactly once, and the next run pays every miner exactly once.
+#[test]
+fn a_double_spent_payout_fails_and_is_paid_again_once() -> anyhow::Result<()> {
+    let (scenario, _run) = start_with("pplns", &["--payout-confirmations", "2"])?;
+    scenario.mine(3)?;
+    scenario.mature()?;
+    let owed = scenario.owed_nonzero()?;
+    assert!(!owed.is_empty());
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    let txid = body["batch"]["txid"].as_str().unwrap().to_string();
+    scenario.wait_paid(&owed)?;
+
+    // The conflict: the payout's own inputs, to a new address of the pool's wallet, at a
+    // higher fee.
+    let node = &scenario.nodes.miner;
+    let wallet =
+        |method: &str, params: serde_json::Value| node.call_wallet(POOL_WALLET, method, params);
+    let payout = wallet("gettransaction", serde_json::json!([txid]))?;
+    let decoded = wallet(
+        "decoderawtransaction",
+        serde_json::json!([payout["hex"].as_str().unwrap()]),
+    )?;
+    let inputs: Vec<serde_json::Value> = decoded["vin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|input| serde_json::json!({"txid": input["txid"], "vout": input["vout"]}))
+        .collect();
+    let outputs_total: u64 = decoded["vout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|output| units(&output["value"]))
+        .sum::<anyhow::Result<u64>>()?;
+    let inputs_total = outputs_total + units(&payout["fee"])?;
+    let back = wallet("getnewaddress", serde_json::json!([]))?;
+    let conflict_fee = 1_000_000;
+    let raw = wallet(
+        "createrawtransaction",
+        serde_json::json!([inputs, {back.as_str().unwrap(): format!("{:.8}", (inputs_total - conflict_fee) as f64 / 1e8)}]),
+    )?;
+    let signed = wallet("signrawtransactionwithwallet", serde_json::json!([raw]))?;
+    assert_eq!(signed["complete"], true, "{signed}");
+    let conflict = node.call("sendrawtransaction", serde_json::json!([signed["hex"]]))?;
+    assert_ne!(conflict.as_str(), Some(txid.as_str()));
+    let state = || -> anyhow::Result<serde_json::Value> {
+        Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
+    };
+    // Replaced but not buried: the payout may still come back, so it stands.
+    node.generate_to(&scenario.nodes.funding_address, 1)?;
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(state()?["state"], "sent", "{}", state()?);
+    node.generate_to(&scenario.nodes.funding_address, 1)?;
+    wait_until(Duration::from_secs(60), "the payout to be failed", || {
+        state().is_ok_and(|payment| payment["state"] == "failed")
+    })?;
+    assert_eq!(scenario.owed_nonzero()?, owed, "owed again, once");
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(scenario.owed_nonzero()?, owed, "and only once");
+    for miner in owed.keys() {
+        assert_eq!(
+            scenario.received(miner)?,
+            0,
+            "{miner} got nothing from the conflict"
+        );
+    }
+
+    let (status, body) = scenario.run_payout()?;
+    assert_eq!(status, 200, "{body}");
+    scenario.wait_paid(&owed)?;
     scenario.check_conservation()?;
     Ok(())
 }
