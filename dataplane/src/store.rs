@@ -107,8 +107,9 @@ pub trait BatchSink: Send + 'static {
 struct RocksSink {
     db: Arc<DB>,
     options: WriteOptions,
-    /// The idle clock is not a share: a reader sees it without it reaching the disk, so it
-    /// is never synced.
+    /// As durable as the shares: a clock a reader saw must never fall back after a power
+    /// loss, or a share written after the restart could be stamped below it. Idle clock
+    /// writes happen only while no share comes, so syncing them costs nothing that counts.
     clock_options: WriteOptions,
 }
 
@@ -176,13 +177,20 @@ impl ShareLog {
         let clock_floor_ms = db
             .get(SHARE_LOG_CLOCK_KEY)?
             .and_then(|value| <[u8; 8]>::try_from(value.as_slice()).ok())
-            .map_or(0, |value| u64::from_le_bytes(value) + 1);
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(sync);
+            .map_or(0, |value| u64::from_le_bytes(value).saturating_add(1));
+        let ahead_ms = clock_floor_ms.saturating_sub(now_ms());
+        if ahead_ms > 10_000 {
+            tracing::warn!(ahead_ms, "the share log's clock is ahead of the system clock (was the time wrong?); stamps go on from the log's clock at the real rate");
+        }
+        let options_synced = || {
+            let mut options = WriteOptions::default();
+            options.set_sync(sync);
+            options
+        };
         let sink = RocksSink {
             db: db.clone(),
-            options: write_options,
-            clock_options: WriteOptions::default(),
+            options: options_synced(),
+            clock_options: options_synced(),
         };
         let mut log = ShareLog::start(sink, next_sequence, clock_floor_ms, cores);
         log.db = Some(db);
@@ -266,15 +274,29 @@ fn now_ms() -> u64 {
 
 /// The writer's stamps. Invariant: a stamp is never below `floor_ms`, and every clock
 /// written is below the floor at that moment, so a record is never stamped at or before
-/// a clock already in the log, even if the system clock steps back.
+/// a clock already in the log, even if the system clock steps back. The floor moves on at
+/// the real rate (a monotonic clock) when the system clock is behind it, so a log whose
+/// clock was once set ahead (a wrong time, corrected) still moves and its rounds are cut.
 struct LogClock {
     floor_ms: u64,
+    floor_at: std::time::Instant,
 }
 
 impl LogClock {
+    fn new(floor_ms: u64) -> Self {
+        LogClock {
+            floor_ms,
+            floor_at: std::time::Instant::now(),
+        }
+    }
+
     /// The stamp for records written now.
     fn stamp(&mut self, now_ms: u64) -> u64 {
-        self.floor_ms = self.floor_ms.max(now_ms);
+        let carried = self
+            .floor_ms
+            .saturating_add(self.floor_at.elapsed().as_millis() as u64);
+        self.floor_ms = now_ms.max(carried);
+        self.floor_at = std::time::Instant::now();
         self.floor_ms
     }
 
@@ -299,9 +321,7 @@ fn write_loop(
 ) {
     let mut batch: Vec<PendingShare> = Vec::with_capacity(SHARE_BATCH_MAX);
     let mut per_core = vec![0usize; cores.len()];
-    let mut clock = LogClock {
-        floor_ms: clock_floor_ms,
-    };
+    let mut clock = LogClock::new(clock_floor_ms);
     let mut clock_written_ms = clock_floor_ms.saturating_sub(1);
     let idle = std::time::Duration::from_millis(SHARE_LOG_CLOCK_INTERVAL_MS);
     loop {

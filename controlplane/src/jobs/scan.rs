@@ -113,6 +113,7 @@ impl BlockScan {
                     Ok(Some(job)) => job,
                     Ok(None) => {
                         tracing::error!(hash = %display_hex(&u.hash), job_id = u.record.job_id, "block share for a job that is not stored: cannot rebuild its block");
+                        record_unsubmittable(store, u, "its job is not stored");
                         return false;
                     }
                     // The disk could not say: keep it unsettled and ask again next time.
@@ -135,6 +136,7 @@ impl BlockScan {
                     }
                     None => {
                         tracing::error!(hash = %display_hex(&u.hash), "block share does not match its job");
+                        record_unsubmittable(store, u, "it does not match its job");
                         false
                     }
                 }
@@ -151,6 +153,29 @@ impl BlockScan {
                 }
             }
         }
+    }
+}
+
+/// Records a block share whose block cannot be rebuilt, as refused with why: the operator
+/// sees it among the rejected blocks, and the payout thread knows it will never become a
+/// block (rounds after it wait for every block share to be recorded).
+fn record_unsubmittable(store: &BlockStore, unsettled: &Unsettled, why: &str) {
+    let record = crate::blocks::BlockRecord {
+        hash: display_hex(&unsettled.hash),
+        height: unsettled.record.height,
+        worker: unsettled.record.worker.clone(),
+        job_id: unsettled.record.job_id,
+        submitted_at_ms: 0,
+        rejected_reason: Some(format!("unsubmittable: {why}")),
+        reward: 0,
+        status: Default::default(),
+        confirmations: 0,
+        network_difficulty: 0.0,
+        header: hex::encode(unsettled.record.header),
+        found_at_ms: unsettled.record.accepted_at_ms,
+    };
+    if let Err(error) = store.record(&record, true) {
+        tracing::error!(%error, hash = %record.hash, "cannot record an unsubmittable block share");
     }
 }
 

@@ -343,8 +343,10 @@ impl PayoutRunner {
     /// to this block's share's stamp, so each share lands in exactly one round. A block
     /// whose share has not been read yet is stamped after everything read so far, so it
     /// sorts after every block that can be cut now; one whose found time is not past the
-    /// candidate's holds it back until it is placed, so a late block can never overlap a
-    /// round already paid.
+    /// candidate's holds it back until it is placed, and so does any block share read but
+    /// not yet recorded (a block still being submitted), so a block recorded late cannot
+    /// fall inside a round already paid. If one does anyway (its share was older than the
+    /// history kept), it is paid over the round that already holds its shares.
     fn credit_blocks(&mut self, settings: &PayoutSettings, now_ms: u64) -> anyhow::Result<()> {
         let accepted: Vec<BlockRecord> = self
             .blocks
@@ -364,8 +366,21 @@ impl PayoutRunner {
         // wait) its found time; `None` while its share may still be read.
         let mut cuts: Vec<(ShareKey, usize)> = Vec::new();
         let mut unplaced_found_ms: Option<u64> = None;
+        let unrecorded_block_share: Option<ShareKey>;
         {
-            let history = self.history.lock().expect("history lock");
+            let mut history = self.history.lock().expect("history lock");
+            // A block share with no record at all yet (its block is still being submitted,
+            // or the block scan has yet to find it) may become a block: no round after it
+            // is cut until it has a record.
+            let mut unrecorded: Option<ShareKey> = None;
+            for (hash, key) in history.unrecorded_block_shares() {
+                if self.blocks.contains(&hash)? {
+                    history.mark_block_recorded(&hash);
+                } else {
+                    unrecorded = Some(unrecorded.map_or(key, |first| first.min(key)));
+                }
+            }
+            unrecorded_block_share = unrecorded;
             for (index, block) in accepted.iter().enumerate() {
                 let cut = if ledger.block_state(&block.hash)?.is_some() {
                     Some(
@@ -396,23 +411,43 @@ impl PayoutRunner {
             }
         }
         cuts.sort();
-        for (position, (cut, index)) in cuts.iter().enumerate() {
-            let block = &accepted[*index];
-            if ledger.block_state(&block.hash)?.is_some() {
+        let mut credited: Vec<bool> = cuts
+            .iter()
+            .map(|(_, index)| Ok(ledger.block_state(&accepted[*index].hash)?.is_some()))
+            .collect::<anyhow::Result<_>>()?;
+        for position in 0..cuts.len() {
+            let (cut, index) = cuts[position];
+            let block = &accepted[index];
+            if credited[position] {
                 continue;
             }
             let lagging = read_through_ms < cut.accepted_at_ms;
             let behind_unplaced =
                 unplaced_found_ms.is_some_and(|found| found <= cut.accepted_at_ms);
-            if lagging || behind_unplaced {
+            let behind_unrecorded = unrecorded_block_share.is_some_and(|key| key < cut);
+            if lagging || behind_unplaced || behind_unrecorded {
                 note_cut_wait(&mut self.cut_waits, &self.tails, &block.hash, now_ms);
                 continue;
             }
-            let start = position
-                .checked_sub(1)
-                .map_or(ShareKey::after_ms(0), |previous| cuts[previous].0);
-            let credits = self.block_credits(settings, block, start, *cut);
-            ledger.credit_block_round(&block.hash, &credits, Some(*cut))?;
+            let start = (0..position)
+                .rev()
+                .find(|p| credited[*p])
+                .map_or(ShareKey::after_ms(0), |p| cuts[p].0);
+            // A block placed before a round already paid (its share was not read in time,
+            // so it was placed by its found time after the rounds around it were cut): the
+            // shares before it were paid by that round's block, so it is paid over that
+            // same round. The round's miners earned both blocks; no share is paid from a
+            // round twice, and none is left out.
+            let end = match (position + 1..cuts.len()).find(|p| credited[*p]) {
+                Some(absorbing) => {
+                    tracing::warn!(hash = %block.hash, "a block placed before a round already paid is paid over that round");
+                    cuts[absorbing].0
+                }
+                None => cut,
+            };
+            let credits = self.block_credits(settings, block, start, end);
+            ledger.credit_block_round(&block.hash, &credits, Some(cut))?;
+            credited[position] = true;
             self.cut_waits.remove(&block.hash);
             tracing::info!(hash = %block.hash, height = block.height, reward = block.reward, accounts = credits.len(), round_end_ms = cut.accepted_at_ms, "block credited");
         }
@@ -717,5 +752,133 @@ mod tests {
         again.pass(0).unwrap();
         let ledger = again.ledger.lock().unwrap();
         assert_eq!(ledger.balances(&miner).unwrap().mature, each * SHARES * 2);
+    }
+
+    fn history_share(at_ms: u64, sequence: u64, miner: &str) -> HistoryShare {
+        HistoryShare {
+            accepted_at_ms: at_ms,
+            process: 0,
+            sequence,
+            address: miner.into(),
+            worker: format!("{miner}.rig").into(),
+            difficulty: 1.0,
+        }
+    }
+
+    fn block_record(hash: &str, finder: &str, found_at_ms: u64) -> BlockRecord {
+        BlockRecord {
+            hash: hash.into(),
+            height: 300,
+            worker: format!("{finder}.rig"),
+            job_id: 1,
+            submitted_at_ms: found_at_ms,
+            rejected_reason: None,
+            reward: 1_000_000,
+            status: BlockStatus::Pending,
+            confirmations: 0,
+            network_difficulty: 1.0,
+            header: String::new(),
+            found_at_ms,
+        }
+    }
+
+    fn block_credits_of(ledger: &Ledger, hash: &str) -> BTreeMap<String, u64> {
+        let mut credits = BTreeMap::new();
+        for entry in ledger.entries().unwrap() {
+            if entry.kind == crate::payouts::ledger::EntryKind::BlockCredit
+                && entry.reference == hash
+            {
+                *credits.entry(entry.account).or_insert(0) += entry.amount;
+            }
+        }
+        credits
+    }
+
+    /// Issue 15, point 3: a block share read but not yet recorded (its block still being
+    /// submitted) holds every later round back; and a block placed before a round already
+    /// paid (its share older than the history) is paid over that same round, never over
+    /// shares a second round already paid.
+    #[test]
+    fn a_late_block_neither_splits_a_paid_round_nor_pays_its_shares_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (regtest_address(1), regtest_address(2));
+        let mut runner = pps_runner(dir.path(), &a);
+        runner.tails.clear();
+        runner.settings.write().unwrap().scheme = Scheme::Prop;
+        runner.block_share_wait_ms = 0;
+        let key = |at_ms, sequence| ShareKey {
+            accepted_at_ms: at_ms,
+            process: 0,
+            sequence,
+        };
+        {
+            let mut history = runner.history.lock().unwrap();
+            history.insert(vec![
+                history_share(10, 0, &a),
+                history_share(20, 1, &b),
+                history_share(30, 2, &a),
+                history_share(40, 3, &b),
+                history_share(50, 4, &b),
+            ]);
+            history.note_block_share("b1".into(), key(30, 2));
+            history.note_block_share("b2".into(), key(50, 4));
+        }
+        // B2 is recorded first; B1's share is read but its block is still being submitted.
+        runner
+            .blocks
+            .record(&block_record("b2", &b, 50), true)
+            .unwrap();
+        runner.pass(0).unwrap();
+        let state = |runner: &PayoutRunner, hash: &str| {
+            runner.ledger.lock().unwrap().block_state(hash).unwrap()
+        };
+        assert_eq!(
+            state(&runner, "b2"),
+            None,
+            "held behind the unrecorded block share"
+        );
+        runner
+            .blocks
+            .record(&block_record("b1", &a, 30), true)
+            .unwrap();
+        runner.pass(0).unwrap();
+        let ledger = runner.ledger.lock().unwrap();
+        // B1: a's 2 shares of 3 (1 % fee); B2: b's 2 of 2.
+        let first = block_credits_of(&ledger, "b1");
+        assert_eq!((first[&a], first[&b]), (660_000, 330_000), "{first:?}");
+        let second = block_credits_of(&ledger, "b2");
+        assert_eq!((second.get(&a), second[&b]), (None, 990_000), "{second:?}");
+        drop(ledger);
+
+        // B3 is paid first; then B0, whose share the history no longer holds, is placed by
+        // its found time inside B3's round and paid over that round, not over part of it.
+        {
+            let mut history = runner.history.lock().unwrap();
+            history.insert(vec![
+                history_share(60, 5, &a),
+                history_share(70, 6, &b),
+                history_share(80, 7, &b),
+            ]);
+            history.note_block_share("b3".into(), key(80, 7));
+        }
+        runner
+            .blocks
+            .record(&block_record("b3", &b, 80), true)
+            .unwrap();
+        runner.pass(0).unwrap();
+        runner
+            .blocks
+            .record(&block_record("b0", &a, 60), true)
+            .unwrap();
+        runner.pass(0).unwrap();
+        let ledger = runner.ledger.lock().unwrap();
+        assert_eq!(
+            ledger.block_state("b0").unwrap(),
+            Some(BlockState::Immature)
+        );
+        assert_eq!(
+            block_credits_of(&ledger, "b0"),
+            block_credits_of(&ledger, "b3")
+        );
     }
 }

@@ -35,6 +35,11 @@ use super::schemes::RoundShare;
 pub const SHARE_HISTORY_MAX: usize = 1_000_000;
 /// Shares read from one log per poll, so one poll cannot stall the payout loop.
 pub const SHARES_PER_POLL_MAX: usize = 200_000;
+/// How long a hole in a share log's sequence is waited on before it is read past.
+pub const SHARE_LOG_GAP_WAIT_MS: u64 = 30_000;
+/// How long a log's clock may stand still before the tail asks whether its writer is
+/// still there.
+pub const SHARE_LOG_STILL_MS: u64 = 5_000;
 
 /// A share's place in the canonical order across every share log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -101,8 +106,9 @@ pub struct Activity {
 #[derive(Default)]
 pub struct ShareHistory {
     shares: VecDeque<HistoryShare>,
-    /// The block shares among `shares`, by block hash (display hex): where rounds end.
-    block_shares: BTreeMap<String, ShareKey>,
+    /// The block shares among `shares`, by block hash (display hex): where rounds end,
+    /// and whether the block is known to have a record (see `unrecorded_block_shares`).
+    block_shares: BTreeMap<String, (ShareKey, bool)>,
     /// Shares dropped off the old end since start.
     pub evicted: u64,
 }
@@ -116,39 +122,65 @@ impl ShareHistory {
         self.shares.is_empty()
     }
 
-    /// Adds shares; each log's come in order, but logs interleave, so each share goes to
-    /// its place. Almost always that place is the end.
+    /// Adds shares; each log's come in order, but logs interleave, so the batch is merged
+    /// into place in one pass over the kept shares it overlaps (almost always none: it goes
+    /// at the end). A share already kept is kept once.
     pub fn insert(&mut self, mut batch: Vec<HistoryShare>) {
         batch.sort_by_key(HistoryShare::key);
-        for share in batch {
-            let key = share.key();
-            if self.shares.back().is_none_or(|last| last.key() < key) {
-                self.shares.push_back(share);
-            } else {
-                let at = self.shares.partition_point(|s| s.key() < key);
-                if self.shares.get(at).is_some_and(|s| s.key() == key) {
-                    continue;
+        batch.dedup_by_key(|s| s.key());
+        let Some(first) = batch.first().map(HistoryShare::key) else {
+            return;
+        };
+        let overlap_at = self.shares.partition_point(|s| s.key() < first);
+        let overlapped: Vec<HistoryShare> = self.shares.drain(overlap_at..).collect();
+        let mut kept = overlapped.into_iter().peekable();
+        let mut added = batch.into_iter().peekable();
+        loop {
+            let next = match (kept.peek(), added.peek()) {
+                (Some(old), Some(new)) if old.key() == new.key() => {
+                    added.next();
+                    kept.next()
                 }
-                self.shares.insert(at, share);
-            }
+                (Some(old), Some(new)) if old.key() < new.key() => kept.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => added.next(),
+                (Some(_), None) => kept.next(),
+                (None, None) => break,
+            };
+            self.shares.extend(next);
         }
         while self.shares.len() > SHARE_HISTORY_MAX {
             self.shares.pop_front();
             self.evicted += 1;
         }
         if let Some(oldest) = self.shares.front().map(HistoryShare::key) {
-            self.block_shares.retain(|_, key| *key >= oldest);
+            self.block_shares.retain(|_, (key, _)| *key >= oldest);
         }
     }
 
     /// Notes that the share at `key` (inserted with it) found block `hash`.
     pub fn note_block_share(&mut self, hash: String, key: ShareKey) {
-        self.block_shares.entry(hash).or_insert(key);
+        self.block_shares.entry(hash).or_insert((key, false));
     }
 
     /// Where block `hash`'s own share record is, if it was read and is still kept.
     pub fn block_share(&self, hash: &str) -> Option<ShareKey> {
-        self.block_shares.get(hash).copied()
+        self.block_shares.get(hash).map(|(key, _)| *key)
+    }
+
+    /// The block shares kept whose block was not yet seen recorded, in no order.
+    pub fn unrecorded_block_shares(&self) -> Vec<(String, ShareKey)> {
+        self.block_shares
+            .iter()
+            .filter(|(_, (_, recorded))| !recorded)
+            .map(|(hash, (key, _))| (hash.clone(), *key))
+            .collect()
+    }
+
+    /// Block `hash` has a record (records are never removed, so it is asked once).
+    pub fn mark_block_recorded(&mut self, hash: &str) {
+        if let Some((_, recorded)) = self.block_shares.get_mut(hash) {
+            *recorded = true;
+        }
     }
 
     /// The oldest share kept, if any.
@@ -210,6 +242,10 @@ pub struct ShareLogTail {
     secondary: PathBuf,
     db: Option<DB>,
     position: TailPosition,
+    /// A hole in the sequence seen at `next_sequence`, and since when.
+    gap_seen: Option<(u64, std::time::Instant)>,
+    /// The log's clock as last read, and since when it has had that value.
+    clock_seen: Option<(u64, std::time::Instant)>,
     /// With no start sequence: how many of the newest shares to read at first.
     backfill: usize,
 }
@@ -237,6 +273,8 @@ impl ShareLogTail {
             primary,
             secondary,
             db: None,
+            gap_seen: None,
+            clock_seen: None,
             position: TailPosition {
                 next_sequence,
                 written_through_ms: 0,
@@ -268,11 +306,19 @@ impl ShareLogTail {
     /// Shares the data plane has made durable since the last poll, in log order. A log
     /// that does not exist yet (its data plane has not started) reads as empty.
     pub fn poll(&mut self) -> Result<Vec<(u64, ShareRecord)>, rocksdb::Error> {
+        // Taken before the look: a data plane opens its log before it takes a share and
+        // stamps shares when it writes them, never below the system clock, so a log that
+        // does not exist yet, or whose writer is gone, will hold no share stamped before
+        // this moment that is not already written.
+        let looked_at_ms = now_ms();
+        // Asked only when the clock has stood still for long (a live writer moves it every
+        // `SHARE_LOG_CLOCK_INTERVAL_MS`): a stopped data plane must not hold every round
+        // of the pool back.
+        let writer_gone = self
+            .clock_seen
+            .is_some_and(|(_, since)| since.elapsed().as_millis() as u64 >= SHARE_LOG_STILL_MS)
+            && !primary_lock_held(&self.primary);
         if self.db.is_none() {
-            // Taken before the look: a data plane opens its log before it takes a share and
-            // stamps shares when it writes them, so a log that does not exist yet will hold
-            // no share stamped before this moment.
-            let looked_at_ms = now_ms();
             if !self.primary.join("CURRENT").exists() {
                 self.position.written_through_ms = self
                     .position
@@ -325,6 +371,14 @@ impl ShareLogTail {
             let Some(sequence) = share_log_sequence(&k) else {
                 continue;
             };
+            // The writer numbers shares without holes, so a hole is a record this catch-up
+            // did not show yet (a WAL the primary retired while it was being read): stop
+            // before it and read it next time, rather than step past a share for good. A
+            // hole that stays (a log pruned at its start) is stepped over after a while.
+            if sequence > next && !gap_passed(&mut self.gap_seen, self.process, next, sequence) {
+                reached_end = false;
+                break;
+            }
             next = sequence + 1;
             match ShareRecord::decode(&v) {
                 Ok(record) => {
@@ -342,9 +396,68 @@ impl ShareLogTail {
         let mut through = last_stamp_ms.map_or(0, |stamp| stamp.saturating_sub(1));
         if reached_end {
             through = through.max(clock_ms.unwrap_or(0));
+            if writer_gone {
+                through = through.max(looked_at_ms.saturating_sub(1));
+            }
+        }
+        if self
+            .clock_seen
+            .is_none_or(|(seen, _)| Some(seen) != clock_ms)
+        {
+            self.clock_seen = clock_ms.map(|clock| (clock, std::time::Instant::now()));
         }
         self.position.written_through_ms = self.position.written_through_ms.max(through);
         Ok(read)
+    }
+}
+
+/// Whether the hole from `missing` up to `present` has stayed long enough to be a hole
+/// for good (`SHARE_LOG_GAP_WAIT_MS`).
+fn gap_passed(
+    gap_seen: &mut Option<(u64, std::time::Instant)>,
+    process: u32,
+    missing: u64,
+    present: u64,
+) -> bool {
+    match *gap_seen {
+        Some((at, since)) if at == missing => {
+            let passed = since.elapsed().as_millis() as u64 >= SHARE_LOG_GAP_WAIT_MS;
+            if passed {
+                tracing::error!(
+                    process,
+                    missing,
+                    present,
+                    "share log has a hole that never filled; reading past it"
+                );
+                *gap_seen = None;
+            }
+            passed
+        }
+        _ => {
+            *gap_seen = Some((missing, std::time::Instant::now()));
+            false
+        }
+    }
+}
+
+/// Whether a process holds the primary's RocksDB lock: a data plane running on the log.
+/// RocksDB locks its LOCK file with `fcntl`, and `F_GETLK` only asks, taking nothing. It
+/// cannot see a lock this process holds (a data plane in the same process, as in tests);
+/// it is asked only of a log whose clock stood still for `SHARE_LOG_STILL_MS`. When it
+/// cannot tell, the writer is taken to be there.
+fn primary_lock_held(primary: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(primary.join("LOCK")) else {
+        return true;
+    };
+    // SAFETY: `flock` is plain data, zero is a valid value for every field, and `fcntl`
+    // only writes into the struct it is given, for the open descriptor it is given.
+    unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_WRLCK as _;
+        lock.l_whence = libc::SEEK_SET as _;
+        libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) != 0
+            || lock.l_type != libc::F_UNLCK as libc::c_short
     }
 }
 
@@ -560,6 +673,41 @@ mod tests {
         let mut past_the_end = tail_at("past-the-end", Some(100), 0);
         assert!(past_the_end.poll().unwrap().is_empty());
         log.close();
+    }
+
+    /// A hole in the sequence is a record a catch-up did not show yet: the tail stops
+    /// before it, claims nothing past it, and reads on once it is there.
+    #[test]
+    fn a_tail_stops_at_a_hole_and_reads_on_once_it_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = dir.path().join("shares");
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = DB::open(&options, &primary).unwrap();
+        let put = |sequence: u64| {
+            let record = ShareRecord {
+                accepted_at_ms: 1_000 + sequence,
+                ..record(sequence)
+            };
+            db.put(share_log_key(sequence), record.encode()).unwrap();
+        };
+        for sequence in [0, 1, 3] {
+            put(sequence);
+        }
+        db.put(SHARE_LOG_CLOCK_KEY, 5_000u64.to_le_bytes()).unwrap();
+        db.flush_wal(true).unwrap();
+        let mut tail = ShareLogTail::new(0, primary.clone(), dir.path().join("tail"), Some(0), 0);
+        assert_eq!(sequences(&tail.poll().unwrap()), vec![0, 1]);
+        assert_eq!(tail.next_sequence(), Some(2));
+        assert_eq!(
+            tail.written_through_ms(),
+            1_000,
+            "not the clock: the hole may hold older shares"
+        );
+        put(2);
+        db.flush_wal(true).unwrap();
+        assert_eq!(sequences(&tail.poll().unwrap()), vec![2, 3]);
+        assert_eq!(tail.written_through_ms(), 5_000);
     }
 
     #[test]

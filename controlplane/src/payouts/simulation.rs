@@ -105,8 +105,8 @@ impl Node {
 }
 
 /// The node's wallet as the payer sees it, losing requests and replies with `fault_pct`,
-/// and refusing some outright (a third as often) as a real wallet does when its funds
-/// are short or a fee is too low.
+/// and refusing some outright (as often: the coverage check needs some in every scheme
+/// whatever the timing) as a real wallet does when its funds are short or a fee is too low.
 struct FlakyWallet {
     node: Arc<Mutex<Node>>,
     rng: StdRng,
@@ -119,7 +119,7 @@ impl FlakyWallet {
     }
 
     fn refuses(&mut self) -> bool {
-        let refuses = self.rng.gen_range(0..300) < self.fault_pct.load(SeqCst);
+        let refuses = self.rng.gen_range(0..100) < self.fault_pct.load(SeqCst);
         self.node.lock().unwrap().refusals += refuses as u64;
         refuses
     }
@@ -255,7 +255,10 @@ enum Fate {
 struct FoundBlock {
     record: BlockRecord,
     process: usize,
+    /// The block's share, until it is written to its log.
     share: Option<ShareRecord>,
+    /// Whether the block store has its record yet (submission can take a while).
+    recorded: bool,
     fate: Fate,
 }
 
@@ -428,7 +431,8 @@ impl Simulation {
     }
 
     /// A block share: the node may take or refuse the block, and its record may reach the
-    /// block store before or after the share reaches the log.
+    /// block store before the share reaches the log, or some steps after (a submission
+    /// that takes a while, while later blocks are found and their rounds could be cut).
     fn find_block(&mut self) {
         let finder = self.miners[self.rng.gen_range(0..self.miners.len())].clone();
         let process = self.rng.gen_range(0..PROCESSES);
@@ -455,15 +459,27 @@ impl Simulation {
             record,
             process,
             share: Some(share),
+            recorded: false,
             fate: Fate::Pending,
         };
-        if self.rng.gen_bool(0.5) {
-            self.write_block_share(&mut block);
+        match self.rng.gen_range(0..3) {
+            0 => {
+                self.write_block_share(&mut block);
+                self.record_block(&mut block);
+            }
+            1 => self.record_block(&mut block),
+            _ => self.write_block_share(&mut block),
         }
-        self.blocks_store
-            .record(&block.record, true)
-            .expect("block recorded");
         self.blocks.push(block);
+    }
+
+    fn record_block(&mut self, block: &mut FoundBlock) {
+        if !block.recorded {
+            self.blocks_store
+                .record(&block.record, true)
+                .expect("block recorded");
+            block.recorded = true;
+        }
     }
 
     fn write_block_share(&mut self, block: &mut FoundBlock) {
@@ -479,18 +495,23 @@ impl Simulation {
         }
     }
 
-    /// Block shares recorded before they were written reach their logs.
+    /// Block shares recorded before they were written reach their logs, and blocks whose
+    /// shares were written first get their records.
     fn write_late_block_shares(&mut self) {
         let mut blocks = std::mem::take(&mut self.blocks);
         for block in &mut blocks {
             self.write_block_share(block);
+            self.record_block(block);
         }
         self.blocks = blocks;
     }
 
     fn decide_a_fate(&mut self) {
         let pending = self.blocks.iter().position(|b| {
-            b.fate == Fate::Pending && b.record.rejected_reason.is_none() && b.share.is_none()
+            b.fate == Fate::Pending
+                && b.record.rejected_reason.is_none()
+                && b.share.is_none()
+                && b.recorded
         });
         if let Some(index) = pending {
             let (fate, status, confirmations) = if self.rng.gen_range(0..100) < 80 {
