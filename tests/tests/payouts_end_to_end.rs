@@ -116,6 +116,49 @@ fn solo_pays_each_miner_once_across_a_crash_between_broadcast_and_record() -> an
     pays_each_miner_exactly_once("solo", "payout:broadcast")
 }
 
+/// Issue 15, point 5: a control plane killed after the wallet funded and signed a payout
+/// (its coins locked) but before the intent was written has paid nothing; started again,
+/// it unlocks those coins, and the next run pays every miner exactly once.
+#[test]
+fn a_crash_between_funding_and_intent_leaves_no_coin_locked() -> anyhow::Result<()> {
+    let (scenario, _run) = start("pplns")?;
+    scenario.mine(3)?;
+    scenario.mature()?;
+    let owed = scenario.owed_nonzero()?;
+    assert!(!owed.is_empty());
+    std::fs::write(&scenario.fault_file, "payout:funded")?;
+    let _ = scenario.run_payout();
+    wait_until(Duration::from_secs(30), "the fault to fire", || {
+        !scenario.fault_file.exists()
+    })?;
+    let node = &scenario.nodes.miner;
+    wait_until(
+        Duration::from_secs(60),
+        "the funded coins to be unlocked",
+        || {
+            node.call_wallet(POOL_WALLET, "listlockunspent", serde_json::json!([]))
+                .is_ok_and(|locked| locked.as_array().is_some_and(Vec::is_empty))
+        },
+    )?;
+    for miner in owed.keys() {
+        assert_eq!(scenario.received(miner)?, 0, "nothing was sent");
+    }
+    assert_eq!(scenario.owed_nonzero()?, owed);
+    let mut ran = None;
+    wait_until(Duration::from_secs(30), "a payout run", || {
+        ran = scenario
+            .run_payout()
+            .ok()
+            .filter(|(status, _)| *status == 200);
+        ran.is_some()
+    })?;
+    let (_, body) = ran.unwrap();
+    assert!(body["batch"]["txid"].is_string(), "{body}");
+    scenario.wait_paid(&owed)?;
+    scenario.check_conservation()?;
+    Ok(())
+}
+
 #[test]
 fn a_denied_miner_keeps_its_balance_and_is_not_paid() -> anyhow::Result<()> {
     let lists = tempfile::tempdir()?;

@@ -188,6 +188,48 @@ impl Wallet for NodeWallet {
         Ok(never.then(|| reason.to_string()))
     }
 
+    fn release_stale_locks(&mut self, keep: &[&str]) -> Result<usize, WalletError> {
+        let kept: std::collections::HashSet<(String, u32)> = keep
+            .iter()
+            .filter_map(|raw| hex::decode(raw).ok())
+            .filter_map(|bytes| {
+                bitcoin::consensus::deserialize::<bitcoin::Transaction>(&bytes).ok()
+            })
+            .flat_map(|tx| {
+                tx.input.into_iter().map(|input| {
+                    (
+                        input.previous_output.txid.to_string(),
+                        input.previous_output.vout,
+                    )
+                })
+            })
+            .collect();
+        let locked = self
+            .rpc
+            .call("listlockunspent", json!([]))
+            .map_err(wallet_error)?;
+        let stale: Vec<Value> = locked
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|coin| {
+                let outpoint = (
+                    coin["txid"].as_str().unwrap_or_default().to_string(),
+                    coin["vout"].as_u64().unwrap_or(u64::MAX) as u32,
+                );
+                !kept.contains(&outpoint)
+            })
+            .map(|coin| json!({"txid": coin["txid"], "vout": coin["vout"]}))
+            .collect();
+        if !stale.is_empty() {
+            self.rpc
+                .call("lockunspent", json!([true, stale]))
+                .map_err(wallet_error)?;
+        }
+        Ok(stale.len())
+    }
+
     fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError> {
         match self.rpc.call("gettransaction", json!([txid])) {
             // A conflicted transaction (negative confirmations) will never pay.

@@ -64,6 +64,15 @@ pub trait Wallet {
     /// Why a raw transaction the node does not hold can never be mined (its inputs are
     /// spent or do not exist), or `None` if it still could be.
     fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError>;
+
+    /// Unlocks every coin the wallet holds locked that none of `keep` (raw transactions of
+    /// payouts still pending) spends, and says how many: a payout funded just before a
+    /// crash, whose intent was never written, must not keep its coins locked until the node
+    /// restarts. The pool's node wallet is the pool's: a lock the pool does not hold is not
+    /// an operator's to keep.
+    fn release_stale_locks(&mut self, _keep: &[&str]) -> Result<usize, WalletError> {
+        Ok(0)
+    }
 }
 
 /// Where a payout transaction stands on the node.
@@ -86,6 +95,8 @@ pub enum TxStatus {
 /// Where the run may stop on purpose, for crash tests. `Fault` returns `true` to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PayoutStep {
+    /// The wallet funded and signed the transaction (its coins locked); nothing is written.
+    Funded,
     /// The intent and its debits are written; nothing was broadcast.
     IntentWritten,
     /// The transaction was broadcast; the intent is still open.
@@ -175,6 +186,33 @@ pub fn reconcile(
         }
     }
     Ok(())
+}
+
+/// Unlocks the coins of a payout a crash kept from being written (funded, its coins
+/// locked, no intent): every lock but the pending intents' inputs. Best effort, logged: a
+/// node restart unlocks them too. The payout thread is the only one that funds payouts,
+/// and it does so only after this, so no lock it still needs is released.
+pub fn release_stale_locks(ledger: &Ledger, wallet: &mut dyn Wallet) {
+    let pending: Vec<String> = match ledger.open_intents() {
+        Ok(intents) => intents.into_iter().map(|i| i.raw_tx).collect(),
+        Err(error) => {
+            tracing::error!(%error, "cannot read pending payouts");
+            return;
+        }
+    };
+    let keep: Vec<&str> = pending.iter().map(String::as_str).collect();
+    match wallet.release_stale_locks(&keep) {
+        Ok(0) => {}
+        Ok(released) => {
+            tracing::warn!(
+                released,
+                "coins locked for a payout that was never written are unlocked"
+            )
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot release stale coin locks; a node restart does")
+        }
+    }
 }
 
 /// What following a sent payout found it should do.
@@ -520,7 +558,11 @@ pub fn run(
     if outputs.is_empty() {
         return Ok(report);
     }
+    release_stale_locks(ledger, wallet);
     let signed = wallet.build_payment(&outputs)?;
+    if stop_at(PayoutStep::Funded) {
+        return Err(PayoutError::Stopped(PayoutStep::Funded));
+    }
     let intent = PayoutIntent {
         batch_id: ledger.next_batch_id()?,
         created_at_ms: now_ms,

@@ -143,6 +143,7 @@ impl PayoutRunner {
         } else if !report.completed.is_empty() || !report.still_open.is_empty() {
             tracing::info!(completed = ?report.completed, still_open = ?report.still_open, "open payouts reconciled at start");
         }
+        payments::release_stale_locks(&ledger, wallet.as_mut());
         drop(ledger);
         self.announce(&report);
     }
@@ -274,15 +275,19 @@ impl PayoutRunner {
         let mut credits: BTreeMap<String, u64> = BTreeMap::new();
         // Where each log's per-share credit stands: shares before it were credited by an
         // earlier pass (a tail reads some of them again, for the history, after a start).
-        let credited_to: Vec<u64> = match block_value {
+        // Shares in a round a block already paid (before a switch to a per-share scheme)
+        // are not credited again either.
+        let (credited_to, rounds_paid_through): (Vec<u64>, Option<ShareKey>) = match block_value {
             Some(_) => {
                 let ledger = self.ledger.lock().expect("ledger lock");
-                self.tails
+                let cursors = self
+                    .tails
                     .iter()
                     .map(|tail| Ok(ledger.share_cursor(tail.process)?.unwrap_or(0)))
-                    .collect::<anyhow::Result<_>>()?
+                    .collect::<anyhow::Result<_>>()?;
+                (cursors, ledger.rounds_paid_through()?)
             }
-            None => Vec::new(),
+            None => (Vec::new(), None),
         };
         for (index, tail) in self.tails.iter_mut().enumerate() {
             let read = tail.poll()?;
@@ -296,7 +301,9 @@ impl PayoutRunner {
                     let hash = display_hex(&otedama_kernels::sha256d(&record.header));
                     block_shares.push((hash, share.key()));
                 }
-                if let Some(value) = block_value.filter(|_| sequence >= credit_from) {
+                let unpaid = sequence >= credit_from
+                    && rounds_paid_through.is_none_or(|through| share.key() > through);
+                if let Some(value) = block_value.filter(|_| unpaid) {
                     let block_value = match settings.scheme {
                         Scheme::Fpps => value.subsidy + value.fees_mean,
                         _ => value.subsidy,
@@ -362,6 +369,13 @@ impl PayoutRunner {
             .unwrap_or(u64::MAX);
         let ledger = self.ledger.clone();
         let mut ledger = ledger.lock().expect("ledger lock");
+        // Shares a per-share scheme paid (before a switch to this one) are in no round.
+        let mut paid_per_share = BTreeMap::new();
+        for tail in &self.tails {
+            if let Some(cursor) = ledger.share_cursor(tail.process)? {
+                paid_per_share.insert(tail.process, cursor);
+            }
+        }
         // Every block's cut: kept with its credit, its share record's place, or (after the
         // wait) its found time; `None` while its share may still be read.
         let mut cuts: Vec<(ShareKey, usize)> = Vec::new();
@@ -445,7 +459,7 @@ impl PayoutRunner {
                 }
                 None => cut,
             };
-            let credits = self.block_credits(settings, block, start, end);
+            let credits = self.block_credits(settings, block, start, end, &paid_per_share);
             ledger.credit_block_round(&block.hash, &credits, Some(cut))?;
             credited[position] = true;
             self.cut_waits.remove(&block.hash);
@@ -476,6 +490,7 @@ impl PayoutRunner {
         block: &BlockRecord,
         start: ShareKey,
         end: ShareKey,
+        paid_per_share: &BTreeMap<u32, u64>,
     ) -> BTreeMap<String, u64> {
         let history = self.history.lock().expect("history lock");
         if history
@@ -484,7 +499,7 @@ impl PayoutRunner {
         {
             tracing::warn!(hash = %block.hash, "the round is longer than the share history kept; its oldest shares are not counted");
         }
-        let (shares, round_shares) = history.round_newest_first(start, end);
+        let (shares, round_shares) = history.round_newest_first(start, end, paid_per_share);
         drop(history);
         let finder = otedama_shared::address::payout_address_of(&block.worker);
         let round = Round {
@@ -602,7 +617,7 @@ impl PayoutRunner {
 }
 
 /// The crash-test hook: when the file named by `OTEDAMA_FAULT_FILE` exists and holds
-/// `payout:intent-written` or `payout:broadcast`, the process sends itself SIGKILL at that
+/// `payout:funded`, `payout:intent-written` or `payout:broadcast`, the process sends itself SIGKILL at that
 /// step, after removing the file so that the restarted process runs clean. It is a real
 /// `kill -9`, timed to the step, which a signal from outside could not be.
 pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
@@ -612,6 +627,7 @@ pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
             return false;
         };
         let wanted = match step {
+            PayoutStep::Funded => "payout:funded",
             PayoutStep::IntentWritten => "payout:intent-written",
             PayoutStep::Broadcast => "payout:broadcast",
         };
@@ -880,5 +896,78 @@ mod tests {
             block_credits_of(&ledger, "b0"),
             block_credits_of(&ledger, "b3")
         );
+    }
+
+    /// A switch between a per-share and a block scheme never pays a share twice: shares
+    /// PPS credited are in no block's round, and shares a block paid are not credited per
+    /// share after a switch back.
+    #[test]
+    fn switching_between_per_share_and_block_schemes_never_pays_a_share_twice() {
+        use otedama_dataplane::store::ShareLog;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (regtest_address(1), regtest_address(2));
+        let mut runner = pps_runner(dir.path(), &a);
+        let each = per_share_credit(50_0000_0000, 10_000, 0.5, 1.0);
+        let (completions, mut durable) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::open(&dir.path().join("shares"), false, vec![completions]).unwrap();
+        let mut append = |records: Vec<ShareRecord>| {
+            let count = records.len();
+            for record in &records {
+                log.handle().append(0, record).unwrap();
+            }
+            let mut stored = 0;
+            while stored < count {
+                match durable.try_recv() {
+                    Ok(done) => stored += done.shares,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                }
+            }
+        };
+        let pass_until = |runner: &mut PayoutRunner, what: &str, done: &dyn Fn(&Ledger) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                runner.pass(0).unwrap();
+                if done(&runner.ledger.lock().unwrap()) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "never: {what}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        let mature = |ledger: &Ledger, who: &str| ledger.balances(who).unwrap().mature;
+        pass_until(&mut runner, "PPS credits a's shares", &|l| {
+            mature(l, &a) == each * SHARES
+        });
+
+        // PROP: b mines and finds a block; a's shares were paid and are not in its round.
+        runner.settings.write().unwrap().scheme = Scheme::Prop;
+        let mut found = share(&b);
+        found.is_block = true;
+        found.header = [7; 80];
+        append((0..5).map(|_| share(&b)).chain([found.clone()]).collect());
+        let hash = display_hex(&otedama_kernels::sha256d(&found.header));
+        runner
+            .blocks
+            .record(&block_record(&hash, &b, 0), true)
+            .unwrap();
+        pass_until(&mut runner, "the block credited", &|l| {
+            l.block_state(&hash).unwrap().is_some()
+        });
+        let credits = block_credits_of(&runner.ledger.lock().unwrap(), &hash);
+        assert_eq!(credits.get(&a), None, "{credits:?}");
+        assert_eq!(credits[&b], 990_000, "{credits:?}");
+
+        // PPS again: the block paid b's shares; only later shares are credited.
+        runner.settings.write().unwrap().scheme = Scheme::Pps;
+        let credited = runner.ledger.lock().unwrap().pps_credited().unwrap();
+        append((0..3).map(|_| share(&a)).collect());
+        pass_until(&mut runner, "a's new shares", &|l| {
+            mature(l, &a) == each * (SHARES + 3)
+        });
+        let ledger = runner.ledger.lock().unwrap();
+        assert_eq!(ledger.pps_credited().unwrap(), credited + each * 3);
+        assert_eq!(mature(&ledger, &b), 0, "b's shares were paid by the block");
+        drop(ledger);
+        log.close();
     }
 }

@@ -190,13 +190,26 @@ impl ShareHistory {
 
     /// The shares at or before `end` (a block's share), newest first, as the schemes take
     /// them, and how many of them come after `start` (the previous block's share): the
-    /// round, (start, end]. The older ones are there for the PPLNS window.
-    pub fn round_newest_first(&self, start: ShareKey, end: ShareKey) -> (Vec<RoundShare>, usize) {
+    /// round, (start, end]. The older ones are there for the PPLNS window. Shares a
+    /// per-share scheme already paid (before `paid_per_share[process]`, the PPS cursors)
+    /// are left out: after a switch from PPS they must not be paid again by a block.
+    pub fn round_newest_first(
+        &self,
+        start: ShareKey,
+        end: ShareKey,
+        paid_per_share: &BTreeMap<u32, u64>,
+    ) -> (Vec<RoundShare>, usize) {
+        let unpaid = |s: &&HistoryShare| {
+            paid_per_share
+                .get(&s.process)
+                .is_none_or(|cursor| s.sequence >= *cursor)
+        };
         let shares: Vec<RoundShare> = self
             .shares
             .iter()
             .rev()
             .skip_while(|s| s.key() > end)
+            .filter(unpaid)
             .map(|s| RoundShare {
                 address: s.address.to_string(),
                 difficulty: s.difficulty,
@@ -209,6 +222,7 @@ impl ShareHistory {
             .rev()
             .skip_while(|s| s.key() > end)
             .take_while(|s| s.key() > start)
+            .filter(unpaid)
             .count();
         (shares, in_round)
     }
@@ -501,7 +515,11 @@ mod tests {
         };
         assert_eq!(order(&first), vec![(10, 0), (20, 1), (30, 0), (30, 1)]);
         assert_eq!(order(&first), order(&second));
-        let (round, _) = first.round_newest_first(ShareKey::after_ms(0), ShareKey::after_ms(25));
+        let (round, _) = first.round_newest_first(
+            ShareKey::after_ms(0),
+            ShareKey::after_ms(25),
+            &BTreeMap::new(),
+        );
         assert_eq!(
             round.iter().map(|s| s.accepted_at_ms).collect::<Vec<_>>(),
             vec![20, 10]
@@ -533,10 +551,12 @@ mod tests {
         };
         history.note_block_share("b1".into(), first);
         assert_eq!(history.block_share("b1"), Some(first));
-        let (shares, in_round) = history.round_newest_first(ShareKey::after_ms(0), first);
+        let none_paid = BTreeMap::new();
+        let (shares, in_round) =
+            history.round_newest_first(ShareKey::after_ms(0), first, &none_paid);
         assert_eq!(in_round, 2);
         assert_eq!(shares.len(), 2);
-        let (shares, in_round) = history.round_newest_first(first, second);
+        let (shares, in_round) = history.round_newest_first(first, second, &none_paid);
         assert_eq!(
             in_round, 3,
             "the same millisecond's later shares are the next round's"
@@ -708,6 +728,36 @@ mod tests {
         db.flush_wal(true).unwrap();
         assert_eq!(sequences(&tail.poll().unwrap()), vec![2, 3]);
         assert_eq!(tail.written_through_ms(), 5_000);
+    }
+
+    /// A data plane that stopped leaves its log's clock where it was; once it has stood
+    /// still for `SHARE_LOG_STILL_MS` and no process holds the log, the tail counts the log
+    /// as read up to now, so one stopped data plane does not hold every round back.
+    #[test]
+    fn a_log_whose_writer_is_gone_stops_holding_rounds_back() {
+        use otedama_dataplane::store::ShareLog;
+        let dir = tempfile::tempdir().unwrap();
+        let primary = dir.path().join("shares");
+        let (completions, mut durable) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::open(&primary, true, vec![completions]).unwrap();
+        log.handle().append(0, &record(0)).unwrap();
+        while durable.try_recv().is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        log.close();
+        let stopped_ms = now_ms();
+        let mut tail = ShareLogTail::new(0, primary, dir.path().join("tail"), Some(0), 0);
+        assert_eq!(tail.poll().unwrap().len(), 1);
+        assert!(tail.written_through_ms() < stopped_ms);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tail.written_through_ms() < stopped_ms {
+            assert!(tail.poll().unwrap().is_empty());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a stopped log held rounds back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 
     #[test]
