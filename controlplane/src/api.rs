@@ -55,6 +55,9 @@ pub struct PayoutHandles {
     pub history: Arc<Mutex<ShareHistory>>,
     pub settings: Arc<RwLock<PayoutSettings>>,
     pub run_now: crossbeam_channel::Sender<PayoutRequest>,
+    /// The exchange once it is open (`dex_enabled`): holds cancel the held address's
+    /// resting orders there.
+    pub dex: Arc<std::sync::OnceLock<crate::dex::SharedDex>>,
 }
 
 #[derive(Clone)]

@@ -38,6 +38,8 @@ fn change_kyc(
     address: &str,
     record: KycRecord,
 ) -> Result<Value, Response> {
+    // The exchange first (its lock order), held across the change and the cancel.
+    let mut dex = state.dex.as_ref().map(|dex| dex.lock().expect("dex lock"));
     let ledger = state.payouts.ledger.lock().expect("ledger lock");
     let previous = ledger
         .kyc(address)
@@ -46,7 +48,21 @@ fn change_kyc(
         .set_kyc(address, &record)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     drop(ledger);
+    freeze_if_held(state, dex.as_deref_mut(), address, &record);
+    drop(dex);
     Ok(kyc_changed(state, actor, address, previous, &record))
+}
+
+/// A state that holds the address's value takes its resting orders off the exchange.
+fn freeze_if_held(
+    state: &ApiState,
+    dex: Option<&mut crate::dex::DexService>,
+    address: &str,
+    record: &KycRecord,
+) {
+    if let (true, Some(dex)) = (record.state.holds(), dex) {
+        crate::dex::freeze_orders(dex, &state.pool, address);
+    }
 }
 
 /// Audits and logs a KYC state change; its audit detail.
@@ -164,6 +180,7 @@ async fn provider_callback(
         source: "provider".into(),
         reference: callback.reference,
     };
+    let mut dex = state.dex.as_ref().map(|dex| dex.lock().expect("dex lock"));
     let ledger = state.payouts.ledger.lock().expect("ledger lock");
     let previous = match ledger.kyc(&callback.address) {
         Ok(previous) => previous,
@@ -181,6 +198,8 @@ async fn provider_callback(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
     drop(ledger);
+    freeze_if_held(&state, dex.as_deref_mut(), &callback.address, &record);
+    drop(dex);
     Json(kyc_changed(
         &state,
         "provider",

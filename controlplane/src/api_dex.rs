@@ -148,22 +148,29 @@ impl axum::extract::FromRequestParts<ApiState> for Miner {
 
 /// An address whose payouts wait on KYC (state pending or rejected) cannot move value
 /// through the exchange either: no deposit, no new order. Otherwise a held balance could
-/// be sold to another address and paid out from there.
-fn refuse_kyc_held(state: &ApiState, address: &str) -> Result<(), Response> {
+/// be sold to another address and paid out from there. Asked under the exchange's lock,
+/// which a new hold also takes to cancel the address's resting orders (`freeze_orders`),
+/// so an order is either refused here or cancelled there.
+fn refuse_held_inside(state: &ApiState, address: &str) -> Result<(), crate::dex::DexError> {
+    // Again here, under the lock a new deny list takes to cancel resting orders.
+    if refuse_denied(state, address).is_err() {
+        return Err(crate::dex::DexError::Held(
+            "this address is on the pool's deny list".into(),
+        ));
+    }
     let record = state
         .payouts
         .ledger
         .lock()
         .expect("ledger lock")
         .kyc(address)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match record.map(|r| r.state) {
-        Some(crate::kyc::KycState::Pending | crate::kyc::KycState::Rejected) => Err(error(
-            StatusCode::FORBIDDEN,
-            "this address's payouts wait on identity verification (KYC): it cannot deposit or trade until verified",
-        )),
-        _ => Ok(()),
+        .map_err(|e| crate::dex::DexError::Internal(e.into()))?;
+    if record.is_some_and(|r| r.state.holds()) {
+        return Err(crate::dex::DexError::Held(
+            "this address's payouts wait on identity verification (KYC): it cannot deposit or trade until verified".into(),
+        ));
     }
+    Ok(())
 }
 
 /// A denied address keeps what it holds but can neither trade nor move it.
@@ -363,10 +370,8 @@ async fn place_order(
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Err(response) = refuse_kyc_held(&state, &address) {
-        return response;
-    }
     let placed = with_dex(&state, move |dex, state| {
+        refuse_held_inside(state, &address)?;
         dex.place(&address, &request).map(|(market, events)| {
             publish(state, dex.feed_messages(market, &events));
             let order_id = events.iter().find_map(|e| match e {
@@ -426,10 +431,8 @@ async fn replace_order(
         Ok(request) => request,
         Err(response) => return response,
     };
-    if let Err(response) = refuse_kyc_held(&state, &address) {
-        return response;
-    }
     let replaced = with_dex(&state, move |dex, state| {
+        refuse_held_inside(state, &address)?;
         dex.replace(&address, order_id, &request.price, &request.quantity)
             .map(|(market, events)| {
                 publish(state, dex.feed_messages(market, &events));
@@ -483,13 +486,11 @@ async fn transfer(
         Ok(amount) => amount,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("amount: {e}")),
     };
-    // A withdrawal goes back to the ledger balance, where the payout hold applies.
-    if kind == TransferKind::Deposit {
-        if let Err(response) = refuse_kyc_held(&state, &address) {
-            return response;
-        }
-    }
     let moved = with_dex(&state, move |dex, state| {
+        // A withdrawal goes back to the ledger balance, where the payout hold applies.
+        if kind == TransferKind::Deposit {
+            refuse_held_inside(state, &address)?;
+        }
         let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
         dex.transfer(&mut ledger, &address, amount, now_ms(), kind)
     })

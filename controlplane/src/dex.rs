@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use rand::RngCore;
@@ -58,6 +59,9 @@ pub enum DexError {
     UnknownMarket(String),
     #[error("no open order {0} of yours")]
     UnknownOrder(OrderId),
+    /// The address may not move value: its payouts wait on KYC, or it is denied.
+    #[error("{0}")]
+    Held(String),
     #[error(transparent)]
     Refused(#[from] ExchangeReject),
     #[error(transparent)]
@@ -67,6 +71,30 @@ pub enum DexError {
 impl DexError {
     fn internal(error: impl std::fmt::Display) -> Self {
         DexError::Internal(anyhow::anyhow!("{error}"))
+    }
+}
+
+/// The exchange, shared by the API and the payout thread (which holds KYC), once open.
+pub type SharedDex = Arc<Mutex<DexService>>;
+
+/// Takes what `address` has resting off the books (its value is held: KYC or deny list)
+/// and tells the feed. Called with the hold written, under the exchange's lock, so no
+/// order of the address can match between the hold and the cancel.
+pub fn freeze_orders(dex: &mut DexService, pool: &crate::stats::PoolState, address: &str) {
+    match dex.cancel_all_of(address) {
+        Ok(done) => {
+            if !done.is_empty() {
+                tracing::info!(%address, orders = done.len(), "held address's resting orders cancelled");
+            }
+            for (market, events) in done {
+                for message in dex.feed_messages(market, &events) {
+                    pool.publish_event(message);
+                }
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, %address, "cannot cancel a held address's resting orders")
+        }
     }
 }
 
@@ -595,6 +623,40 @@ impl DexService {
         Err(DexError::UnknownOrder(order_id))
     }
 
+    /// Cancels every order the address has resting, in every market: an address whose
+    /// value is held (KYC, deny list) must not have it taken by another's order. Returns
+    /// what each cancel did, for the feed.
+    pub fn cancel_all_of(
+        &mut self,
+        address: &str,
+    ) -> Result<Vec<(MarketId, Vec<Event>)>, DexError> {
+        let Some(account) = self.account_id(address)? else {
+            return Ok(Vec::new());
+        };
+        let resting: Vec<(MarketId, OrderId)> = (0..self.dex.exchange.market_specs().count())
+            .flat_map(|market| {
+                let market = market as MarketId;
+                self.dex
+                    .exchange
+                    .resting_orders(market)
+                    .into_iter()
+                    .filter(|order| order.account == account)
+                    .map(|order| (market, order.id))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut done = Vec::new();
+        for (market, order_id) in resting {
+            let events = self.submit(&Command::Cancel {
+                market,
+                account,
+                order_id,
+            })?;
+            done.push((market, events));
+        }
+        Ok(done)
+    }
+
     /// Cancel-replace of one of the address's open orders: the same price and fewer lots
     /// keep its place in the queue; anything else takes it out and puts a new order (a new
     /// id) in at the back.
@@ -834,6 +896,7 @@ pub fn status_of(error: &DexError) -> u16 {
     match error {
         DexError::Invalid(_) => 400,
         DexError::UnknownMarket(_) | DexError::UnknownOrder(_) => 404,
+        DexError::Held(_) => 403,
         DexError::Refused(ExchangeReject::Book(Reject::UnknownOrder | Reject::NotYourOrder)) => 404,
         DexError::Refused(_) => 422,
         DexError::Internal(_) => 500,

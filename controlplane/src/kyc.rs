@@ -28,6 +28,13 @@ pub enum KycState {
     Rejected,
 }
 
+impl KycState {
+    /// Whether the address's value is held: no payout, deposit or trade.
+    pub fn holds(self) -> bool {
+        matches!(self, KycState::Pending | KycState::Rejected)
+    }
+}
+
 /// Where an address stands, and who put it there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KycRecord {

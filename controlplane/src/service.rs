@@ -529,6 +529,33 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     serve(config, state, store, payouts, audit, candidate_tx)
 }
 
+/// Cancels the resting orders of every address that may not move value now: denied, or
+/// with payouts waiting on KYC. Run when the exchange opens.
+fn freeze_held_orders(dex: &crate::dex::SharedDex, state: &PoolState, payouts: &PayoutHandles) {
+    let mut held: Vec<String> = payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .policy
+        .frozen
+        .iter()
+        .cloned()
+        .collect();
+    match payouts.ledger.lock().expect("ledger lock").kyc_records() {
+        Ok(records) => held.extend(
+            records
+                .into_iter()
+                .filter(|(_, record)| record.state.holds())
+                .map(|(address, _)| address),
+        ),
+        Err(error) => tracing::error!(%error, "cannot read KYC records"),
+    }
+    let mut dex = dex.lock().expect("dex lock");
+    for address in held {
+        crate::dex::freeze_orders(&mut dex, state, &address);
+    }
+}
+
 /// Puts a deny list in force: the data planes refuse its addresses at authorize (and
 /// drop their connections), payouts hold their balances, and the audit log records the
 /// import and every denied address that holds a balance.
@@ -538,6 +565,7 @@ fn apply_deny_list(
     payouts: &PayoutHandles,
     audit: &AuditLog,
     previous: Option<&otedama_compliance::deny_list::DenyList>,
+    state: &PoolState,
 ) -> anyhow::Result<()> {
     bans.set_denied(list.addresses.clone())?;
     payouts
@@ -546,6 +574,16 @@ fn apply_deny_list(
         .expect("settings lock")
         .policy
         .frozen = list.addresses.clone();
+    if let Some(dex) = payouts.dex.get() {
+        let newly: Vec<&String> = match previous {
+            Some(previous) => list.addresses.difference(&previous.addresses).collect(),
+            None => list.addresses.iter().collect(),
+        };
+        let mut dex = dex.lock().expect("dex lock");
+        for address in newly {
+            crate::dex::freeze_orders(&mut dex, state, address);
+        }
+    }
     let added = previous.map_or(list.addresses.len(), |p| {
         list.addresses.difference(&p.addresses).count()
     });
@@ -667,6 +705,7 @@ fn start_payouts(
         history: Arc::new(Mutex::new(ShareHistory::default())),
         settings: Arc::new(RwLock::new(settings)),
         run_now,
+        dex: Default::default(),
     };
     let runner = PayoutRunner {
         ledger: handles.ledger.clone(),
@@ -679,6 +718,7 @@ fn start_payouts(
         wallet,
         fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
         kyc_notices: start_kyc_webhook(config)?,
+        dex: handles.dex.clone(),
         next_follow_ms: 0,
         cut_waits: Default::default(),
         block_share_wait_ms: crate::payouts::runner::BLOCK_SHARE_WAIT_MS,
@@ -821,9 +861,10 @@ fn serve(
         let first = otedama_compliance::deny_list::load(&config.deny_list_file, ticker)
             .context("reading the deny lists")?
             .canonical_for(&rule);
-        apply_deny_list(&first, &bans, &payouts, &audit, None)?;
+        apply_deny_list(&first, &bans, &payouts, &audit, None, &state)?;
         let (paths, reload_s) = (config.deny_list_file.clone(), config.deny_list_reload_s);
         let (bans, payouts, audit) = (bans.clone(), payouts.clone(), audit.clone());
+        let state = state.clone();
         std::thread::Builder::new()
             .name("deny-list".into())
             .spawn(move || {
@@ -835,7 +876,14 @@ fn serve(
                     match loaded {
                         Ok(list) if list == current => {}
                         Ok(list) => {
-                            match apply_deny_list(&list, &bans, &payouts, &audit, Some(&current)) {
+                            match apply_deny_list(
+                                &list,
+                                &bans,
+                                &payouts,
+                                &audit,
+                                Some(&current),
+                                &state,
+                            ) {
                                 Ok(()) => current = list,
                                 Err(error) => tracing::error!(%error, "deny list not applied; the previous one stays"),
                             }
@@ -870,7 +918,12 @@ fn serve(
             applied = service.exchange().applied(),
             "exchange open"
         );
-        Some(Arc::new(Mutex::new(service)))
+        drop(ledger);
+        let service = Arc::new(Mutex::new(service));
+        let _ = payouts.dex.set(service.clone());
+        // Addresses denied or held before this start have no order left resting.
+        freeze_held_orders(&service, &state, &payouts);
+        Some(service)
     } else {
         None
     };

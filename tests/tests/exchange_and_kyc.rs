@@ -458,6 +458,21 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
         "{metrics}"
     );
     scenario.check_conservation()?;
+    // An order resting when the hold starts (below) must not stay on the book, or another
+    // address could buy the held LTC and be paid for it.
+    let (status, answer) = exchange.call(
+        "POST",
+        "/api/v1/dex/orders",
+        Some(&seller_key),
+        Some(json!({"market": MARKET, "side": "sell", "price": "0.02", "quantity": "1"})),
+    )?;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        exchange.account(&seller_key)?["open_orders"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 
     // KYC: a one-litoshi threshold holds every payout, and the provider hears of each.
     let (status, body) = scenario.run_payout()?;
@@ -487,8 +502,15 @@ fn miners_trade_on_the_exchange_and_kyc_holds_payouts_until_verified() -> anyhow
         "{kyc_list}"
     );
 
-    // A held address cannot move value through the exchange (issue 15, point 8): no
-    // deposit and no new order, or its balance could be sold to another address.
+    // A held address cannot move value through the exchange (issue 15, point 8): its
+    // resting order was cancelled as the hold began, and it may not deposit or place an
+    // order, or its balance could be sold to another address.
+    let seller_account = exchange.account(&seller_key)?;
+    assert_eq!(seller_account["open_orders"], json!([]), "{seller_account}");
+    assert_eq!(
+        seller_account["balances"]["LTC"],
+        json!({"available": "8.00000000", "reserved": "0.00000000"})
+    );
     let (status, answer) = exchange.call(
         "POST",
         "/api/v1/dex/deposits",

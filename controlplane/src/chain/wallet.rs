@@ -189,12 +189,19 @@ impl Wallet for NodeWallet {
     }
 
     fn release_stale_locks(&mut self, keep: &[&str]) -> Result<usize, WalletError> {
-        let kept: std::collections::HashSet<(String, u32)> = keep
+        let decoded: Option<Vec<bitcoin::Transaction>> = keep
             .iter()
-            .filter_map(|raw| hex::decode(raw).ok())
-            .filter_map(|bytes| {
+            .map(|raw| {
+                let bytes = hex::decode(raw).ok()?;
                 bitcoin::consensus::deserialize::<bitcoin::Transaction>(&bytes).ok()
             })
+            .collect();
+        // A pending payout whose inputs cannot be told keeps every lock.
+        let Some(decoded) = decoded else {
+            return Ok(0);
+        };
+        let kept: std::collections::HashSet<(String, u32)> = decoded
+            .into_iter()
             .flat_map(|tx| {
                 tx.input.into_iter().map(|input| {
                     (

@@ -147,8 +147,6 @@ const INTENT_PREFIX: &[u8] = b"p/";
 const CURSOR_PREFIX: &[u8] = b"c/";
 const SETTING_PREFIX: &[u8] = b"s/";
 const PPS_CREDITED_KEY: &[u8] = b"m/pps_credited";
-/// The greatest round end of any credited block (`Ledger::rounds_paid_through`).
-const ROUNDS_PAID_THROUGH_KEY: &[u8] = b"m/rounds_paid_through";
 const TRANSFER_PREFIX: &[u8] = b"t/";
 const KYC_PREFIX: &[u8] = b"y/";
 const KYC_CALLBACK_PREFIX: &[u8] = b"q/";
@@ -374,21 +372,8 @@ impl Ledger {
             key(BLOCK_PREFIX, block.as_bytes()),
             serde_json::to_vec(&record)?,
         );
-        let paid_through = change.ledger.rounds_paid_through()?.max(round_end);
-        if let Some(paid_through) = paid_through {
-            change
-                .batch
-                .put(ROUNDS_PAID_THROUGH_KEY, serde_json::to_vec(&paid_through)?);
-        }
         change.commit()?;
         Ok(Applied::Done)
-    }
-
-    /// The greatest round end of any block credited with one: every share at or before it
-    /// belongs to a round a block has paid, so per-share schemes never credit it again
-    /// (after a switch from a block scheme).
-    pub fn rounds_paid_through(&self) -> Result<Option<ShareKey>, LedgerError> {
-        self.get(ROUNDS_PAID_THROUGH_KEY)
     }
 
     /// Moves a credited block's immature credits to mature, once.

@@ -84,6 +84,8 @@ pub struct PayoutRunner {
     pub cut_waits: BTreeMap<String, u64>,
     /// `BLOCK_SHARE_WAIT_MS`, unless a test says otherwise.
     pub block_share_wait_ms: u64,
+    /// The exchange once open: a KYC hold cancels the address's resting orders there.
+    pub dex: Arc<std::sync::OnceLock<crate::dex::SharedDex>>,
 }
 
 fn now_ms() -> u64 {
@@ -285,7 +287,8 @@ impl PayoutRunner {
                     .iter()
                     .map(|tail| Ok(ledger.share_cursor(tail.process)?.unwrap_or(0)))
                     .collect::<anyhow::Result<_>>()?;
-                (cursors, ledger.rounds_paid_through()?)
+                drop(ledger);
+                (cursors, self.rounds_paid_through()?)
             }
             None => (Vec::new(), None),
         };
@@ -340,6 +343,26 @@ impl PayoutRunner {
             }
         }
         Ok(())
+    }
+
+    /// The greatest round end of any credited block (its stored cut, or for a block
+    /// credited before cuts were stored, its found time): every share at or before it is
+    /// in a round a block paid, so a per-share scheme (after a switch, which takes a
+    /// restart) never credits it again. Worked out from the block store and the ledger,
+    /// so a ledger written before this rule has it too.
+    fn rounds_paid_through(&self) -> anyhow::Result<Option<ShareKey>> {
+        let ledger = self.ledger.lock().expect("ledger lock");
+        let mut through = None;
+        for block in self.blocks.all() {
+            if block.rejected_reason.is_some() || ledger.block_state(&block.hash)?.is_none() {
+                continue;
+            }
+            let cut = ledger
+                .round_end(&block.hash)?
+                .unwrap_or(ShareKey::after_ms(block.round_end_ms()));
+            through = through.max(Some(cut));
+        }
+        Ok(through)
     }
 
     /// Credits every accepted block whose round can be cut, in round order, then settles
@@ -459,7 +482,17 @@ impl PayoutRunner {
                 }
                 None => cut,
             };
-            let credits = self.block_credits(settings, block, start, end, &paid_per_share);
+            // A block whose own share a per-share scheme credited (found under PPS, cut
+            // after a switch) had its round paid share by share: it is the pool's, as
+            // under PPS.
+            let paid_as_shares = paid_per_share
+                .get(&cut.process)
+                .is_some_and(|cursor| cut.sequence < *cursor);
+            let credits = if paid_as_shares {
+                BTreeMap::from([(settings.fee_account.clone(), block.reward)])
+            } else {
+                self.block_credits(settings, block, start, end, &paid_per_share)
+            };
             ledger.credit_block_round(&block.hash, &credits, Some(cut))?;
             credited[position] = true;
             self.cut_waits.remove(&block.hash);
@@ -542,6 +575,11 @@ impl PayoutRunner {
     /// address already pending or rejected is left as it is.
     fn hold_for_kyc(&self, held: &BTreeMap<String, u64>, now_ms: u64) {
         for (address, amount) in held {
+            // The exchange's lock first (its lock order: the exchange, then the ledger),
+            // held across the hold and the cancel: no order of the address matches
+            // between the two, and none is placed after the cancel (placing checks the
+            // hold under the same lock).
+            let mut dex = self.dex.get().map(|dex| dex.lock().expect("dex lock"));
             let ledger = self.ledger.lock().expect("ledger lock");
             match ledger.kyc(address) {
                 Ok(None) => {}
@@ -562,6 +600,10 @@ impl PayoutRunner {
                 continue;
             }
             drop(ledger);
+            if let Some(dex) = dex.as_mut() {
+                crate::dex::freeze_orders(dex, &self.pool, address);
+            }
+            drop(dex);
             tracing::info!(%address, held = amount, "payout held until the address is verified (KYC)");
             let detail = serde_json::json!({"address": address, "from": null, "to": "pending", "source": "payouts", "held": amount});
             if let Err(error) = self.audit.append(now_ms, "system", "kyc.state", detail) {
@@ -733,6 +775,7 @@ mod tests {
             next_follow_ms: 0,
             cut_waits: BTreeMap::new(),
             block_share_wait_ms: BLOCK_SHARE_WAIT_MS,
+            dex: Default::default(),
         }
     }
 
@@ -969,5 +1012,32 @@ mod tests {
         assert_eq!(mature(&ledger, &b), 0, "b's shares were paid by the block");
         drop(ledger);
         log.close();
+    }
+
+    /// A pool that paid blocks before round cuts were stored, restarted under PPS: every
+    /// share up to its last paid block's time was paid by that block and is not credited
+    /// per share as well.
+    #[test]
+    fn a_switch_to_pps_credits_no_share_a_block_paid_before_cuts_were_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = regtest_address(1);
+        let mut runner = pps_runner(dir.path(), &a);
+        let paid_at_ms = now_ms();
+        runner
+            .blocks
+            .record(&block_record("legacy", &a, paid_at_ms), true)
+            .unwrap();
+        runner
+            .ledger
+            .lock()
+            .unwrap()
+            .credit_block("legacy", &BTreeMap::from([(a.clone(), 1_000_000u64)]))
+            .unwrap();
+        runner.pass(0).unwrap();
+        let ledger = runner.ledger.lock().unwrap();
+        let balances = ledger.balances(&a).unwrap();
+        assert_eq!((balances.mature, balances.immature), (0, 1_000_000));
+        assert_eq!(ledger.pps_credited().unwrap(), 0);
+        assert_eq!(ledger.share_cursor(0).unwrap(), Some(SHARES));
     }
 }

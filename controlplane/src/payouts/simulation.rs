@@ -375,6 +375,7 @@ impl Simulation {
             cut_waits: BTreeMap::new(),
             // Every block share is written in the end; never cut a round by time here.
             block_share_wait_ms: u64::MAX / 4,
+            dex: Default::default(),
         };
         runner.start(self.now_ms);
         self.runner = Some(runner);
