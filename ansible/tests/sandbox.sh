@@ -74,7 +74,9 @@ systemd-analyze verify "${units[0]}" /run/verify/otedama-dataplane@0.service "${
     id otedama
     id litecoin
     stat -c '%n %U:%G %a' /etc/otedama /etc/otedama/otedama.toml /etc/otedama/admin-token /var/lib/otedama /usr/local/bin/otedama /usr/local/bin/otedama-tune
-    ls "${units[@]}" /srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf /srv/tune-root/etc/sysctl.d/60-otedama.conf 2>&1 || true
+    for file in "${units[@]}" /srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf /srv/tune-root/etc/sysctl.d/60-otedama.conf; do
+        if [ -f "$file" ]; then echo "present: $file"; else echo "missing: $file"; fi
+    done
     echo "--- otedama.toml"
     cat /etc/otedama/otedama.toml
     echo "--- otedama-tune check"

@@ -587,7 +587,7 @@ impl StratumTestClient {
         use std::io::BufRead;
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            bail!("pool closed the connection");
+            return Err(PoolClosed.into());
         }
         let message: Value =
             serde_json::from_str(&line).with_context(|| format!("pool sent {line:?}"))?;
@@ -667,4 +667,36 @@ impl StratumTestClient {
         ]);
         Ok((self.request("mining.submit", params)?, nonce))
     }
+}
+
+/// The pool ended a connection: end of stream where a message was awaited.
+#[derive(Debug)]
+pub struct PoolClosed;
+
+impl std::fmt::Display for PoolClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("pool closed the connection")
+    }
+}
+
+impl std::error::Error for PoolClosed {}
+
+/// Whether reading a connection failed because the peer ended it (end of stream, reset or
+/// abort), not because the read timed out: a test of a disconnect must not count a silent
+/// socket that is still open as closed.
+pub fn closed_by_peer(error: &anyhow::Error) -> bool {
+    if error.downcast_ref::<PoolClosed>().is_some() {
+        return true;
+    }
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        })
+    })
 }

@@ -122,7 +122,8 @@ fn the_playbook_deploys_and_a_second_run_changes_nothing() {
         "/etc/otedama/otedama.toml root:otedama 640",
         "/var/lib/otedama otedama:otedama 750",
         "/usr/local/bin/otedama root:root 755",
-        "/srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf",
+        "present: /srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf",
+        "present: /srv/tune-root/etc/sysctl.d/60-otedama.conf",
         "tune check: ok",
         "config: ok",
     ] {
@@ -131,4 +132,6 @@ fn the_playbook_deploys_and_a_second_run_changes_nothing() {
             "{expected:?} missing from:\n{checks}"
         );
     }
+    // Every unit and drop-in the role installs is there.
+    assert!(!checks.contains("missing: "), "{checks}");
 }

@@ -70,7 +70,12 @@ fn denied_addresses_cannot_mine_and_a_reimport_takes_effect() {
     for _ in 0..200 {
         match miner.read_message() {
             Ok(_) => continue,
-            Err(_) => {
+            Err(error) => {
+                // A read that timed out is a miner still connected, not a dropped one.
+                assert!(
+                    otedama_tests::closed_by_peer(&error),
+                    "the newly denied miner's socket was not closed: {error:#}"
+                );
                 dropped = true;
                 break;
             }

@@ -74,10 +74,12 @@ fn loadgen_drives_a_synthetic_pool_and_reports_fixed_keys() {
         assert_eq!(summary["protocol"], protocol, "{stdout}");
         assert_eq!(summary["connections"], 200, "{protocol}: {stdout}");
         assert_eq!(summary["errors"], 0, "{protocol}: {stdout}");
+        // A count, not a rate: every connection had shares acknowledged (no throughput is
+        // asserted in a test; BENCHMARKS.md has the rates, measured against a baseline).
         let acked = summary["shares_acked"].as_u64().unwrap();
         assert!(
-            acked > 1000,
-            "{protocol}: only {acked} shares acknowledged: {stdout}"
+            acked >= 200,
+            "{protocol}: only {acked} shares acknowledged over 200 connections: {stdout}"
         );
         assert!(
             summary["broadcast_p99_ms"].is_number(),

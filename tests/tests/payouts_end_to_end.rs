@@ -230,14 +230,7 @@ fn a_denied_miner_keeps_its_balance_and_is_not_paid() -> anyhow::Result<()> {
 #[test]
 fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result<()> {
     let (scenario, _run) = start_with("pplns", &["--payout-confirmations", "3"])?;
-    scenario.mine(3)?;
-    scenario.mature()?;
-    let owed = scenario.owed_nonzero()?;
-    assert!(!owed.is_empty());
-    let (status, body) = scenario.run_payout()?;
-    assert_eq!(status, 200, "{body}");
-    let txid = body["batch"]["txid"].as_str().unwrap().to_string();
-    scenario.wait_paid(&owed)?;
+    let (owed, txid) = scenario.pay_once()?;
     let bumped =
         scenario
             .nodes
@@ -254,9 +247,7 @@ fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result
         serde_json::json!([replacement]),
         "the bump replaced the payout"
     );
-    let state = || -> anyhow::Result<serde_json::Value> {
-        Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
-    };
+    let state = || scenario.latest_payment();
     assert_eq!(state()?["state"], "sent");
     let funding = &scenario.nodes.funding_address;
     scenario.nodes.miner.generate_to(funding, 2)?;
@@ -283,14 +274,7 @@ fn a_payout_is_followed_until_final_and_a_fee_bump_pays_once() -> anyhow::Result
 #[test]
 fn a_dropped_payout_is_sent_again_and_pays_once() -> anyhow::Result<()> {
     let (mut scenario, _run) = start_with("pplns", &["--payout-confirmations", "2"])?;
-    scenario.mine(3)?;
-    scenario.mature()?;
-    let owed = scenario.owed_nonzero()?;
-    assert!(!owed.is_empty());
-    let (status, body) = scenario.run_payout()?;
-    assert_eq!(status, 200, "{body}");
-    let txid = body["batch"]["txid"].as_str().unwrap().to_string();
-    scenario.wait_paid(&owed)?;
+    let (owed, txid) = scenario.pay_once()?;
 
     scenario.nodes.miner.restart_with(&[
         "-persistmempool=0",
@@ -318,9 +302,7 @@ fn a_dropped_payout_is_sent_again_and_pays_once() -> anyhow::Result<()> {
         },
     )?;
     node.generate_to(&scenario.nodes.funding_address, 2)?;
-    let state = || -> anyhow::Result<serde_json::Value> {
-        Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
-    };
+    let state = || scenario.latest_payment();
     wait_until(Duration::from_secs(60), "the payout to be final", || {
         state().is_ok_and(|payment| payment["state"] == "confirmed")
     })?;
@@ -342,14 +324,7 @@ fn a_dropped_payout_is_sent_again_and_pays_once() -> anyhow::Result<()> {
 #[test]
 fn a_double_spent_payout_fails_and_is_paid_again_once() -> anyhow::Result<()> {
     let (scenario, _run) = start_with("pplns", &["--payout-confirmations", "2"])?;
-    scenario.mine(3)?;
-    scenario.mature()?;
-    let owed = scenario.owed_nonzero()?;
-    assert!(!owed.is_empty());
-    let (status, body) = scenario.run_payout()?;
-    assert_eq!(status, 200, "{body}");
-    let txid = body["batch"]["txid"].as_str().unwrap().to_string();
-    scenario.wait_paid(&owed)?;
+    let (owed, txid) = scenario.pay_once()?;
 
     // The conflict: the payout's own inputs, to a new address of the pool's wallet, at a
     // higher fee.
@@ -384,9 +359,7 @@ fn a_double_spent_payout_fails_and_is_paid_again_once() -> anyhow::Result<()> {
     assert_eq!(signed["complete"], true, "{signed}");
     let conflict = node.call("sendrawtransaction", serde_json::json!([signed["hex"]]))?;
     assert_ne!(conflict.as_str(), Some(txid.as_str()));
-    let state = || -> anyhow::Result<serde_json::Value> {
-        Ok(scenario.pool.get_json("/api/v1/payments")?[0].clone())
-    };
+    let state = || scenario.latest_payment();
     // Replaced but not buried: the payout may still come back, so it stands.
     node.generate_to(&scenario.nodes.funding_address, 1)?;
     std::thread::sleep(Duration::from_secs(12));

@@ -355,6 +355,25 @@ impl Scenario {
         })
     }
 
+    /// Mines three blocks, matures them, runs a payout and waits until the node has paid
+    /// it: what each miner was owed (someone was), and the payout's txid.
+    pub fn pay_once(&self) -> anyhow::Result<(BTreeMap<String, u64>, String)> {
+        self.mine(3)?;
+        self.mature()?;
+        let owed = self.owed_nonzero()?;
+        assert!(!owed.is_empty());
+        let (status, body) = self.run_payout()?;
+        assert_eq!(status, 200, "{body}");
+        let txid = body["batch"]["txid"].as_str().unwrap().to_string();
+        self.wait_paid(&owed)?;
+        Ok((owed, txid))
+    }
+
+    /// The newest payout batch, as `/api/v1/payments` shows it.
+    pub fn latest_payment(&self) -> anyhow::Result<Value> {
+        Ok(self.pool.get_json("/api/v1/payments")?[0].clone())
+    }
+
     pub fn run_payout(&self) -> anyhow::Result<(u16, Value)> {
         self.pool
             .post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)
