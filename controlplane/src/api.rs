@@ -94,6 +94,8 @@ pub fn router(state: ApiState) -> Router {
             get(admin_config).put(admin_set_config),
         )
         .route("/api/v1/admin/miners", get(admin_miners))
+        .route("/api/v1/admin/blocks", get(admin_blocks))
+        .route("/api/v1/admin/payments", get(admin_payments))
         .route(
             "/api/v1/admin/miners/{address}/settings",
             axum::routing::put(admin_set_miner_settings),
@@ -308,11 +310,66 @@ async fn stats(State(state): State<ApiState>) -> Response {
     Json(stats_json(&state)).into_response()
 }
 
+/// The blocks as the public sees them: a rejection's reason is the node's own short
+/// token (BIP22: `bad-txns-inputs-missingorspent`, `inconclusive`, ...) or the pool's
+/// category (`stale-prevblk`, `unsubmittable`), never an error text, which can name the
+/// node's RPC URL or wallet. `/api/v1/admin/blocks` has the whole reason.
 async fn blocks_list(State(state): State<ApiState>) -> Response {
+    let blocks: Vec<Value> = state
+        .blocks
+        .submitted()
+        .iter()
+        .map(|block| {
+            let mut shown = json!(block);
+            if let Some(reason) = &block.rejected_reason {
+                shown["rejected_reason"] = json!(public_reject_reason(reason));
+            }
+            shown
+        })
+        .collect();
+    Json(blocks).into_response()
+}
+
+async fn admin_blocks(State(state): State<ApiState>) -> Response {
     Json(state.blocks.submitted()).into_response()
 }
 
+/// A rejection reason's leading token, when it is one (lower case, digits, `-`, `_`, at
+/// most 64 bytes), or `rejected`.
+pub(crate) fn public_reject_reason(reason: &str) -> String {
+    let token = reason.split(':').next().unwrap_or_default().trim();
+    let is_token = !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if is_token {
+        token.to_string()
+    } else {
+        "rejected".to_string()
+    }
+}
+
+/// A payment as the public API and the live feed show it: the node's or the wallet's
+/// error text (which can name the node's URL or wallet) stays in the admin API and the
+/// log; the public sees a fixed reason for the state.
 pub(crate) fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
+    use crate::payouts::ledger::IntentState;
+    let mut shown = payment_json_full(intent);
+    let reason = match intent.state {
+        IntentState::Open => Some("not taken by the node yet; retrying"),
+        IntentState::Sent => Some("held for the operator"),
+        IntentState::Failed => Some("double-spent"),
+        IntentState::Cancelled => Some("cancelled by the operator"),
+        IntentState::Confirmed => None,
+    }
+    .filter(|_| intent.last_error.is_some());
+    shown["last_error"] = json!(reason);
+    shown
+}
+
+/// A payment with everything the pool knows of it, for the admin API.
+pub(crate) fn payment_json_full(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
     json!({
         "batch_id": intent.batch_id,
         "txid": intent.txid,
@@ -330,11 +387,20 @@ pub(crate) fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Val
 }
 
 async fn payments_list(State(state): State<ApiState>) -> Response {
+    payments_shown(&state, payment_json)
+}
+
+async fn admin_payments(State(state): State<ApiState>) -> Response {
+    payments_shown(&state, payment_json_full)
+}
+
+fn payments_shown(
+    state: &ApiState,
+    show: fn(&crate::payouts::ledger::PayoutIntent) -> Value,
+) -> Response {
     let intents = state.payouts.ledger.lock().expect("ledger lock").intents();
     match intents {
-        Ok(intents) => {
-            Json(intents.iter().rev().map(payment_json).collect::<Vec<_>>()).into_response()
-        }
+        Ok(intents) => Json(intents.iter().rev().map(show).collect::<Vec<_>>()).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -503,7 +569,7 @@ async fn admin_run_payout(State(state): State<ApiState>) -> Response {
     let asked = ask_payout_thread(&state, |reply| PayoutRequest::Run { reply }).await;
     match asked {
         Ok(Ok(report)) => {
-            let batch = report.batch.as_ref().map(payment_json);
+            let batch = report.batch.as_ref().map(payment_json_full);
             audit(
                 &state,
                 "payouts.ran",
@@ -820,7 +886,35 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_path;
+    use super::{normalize_path, public_reject_reason};
+
+    /// Issue 16: public reasons never carry an error text (a node URL, a wallet path).
+    #[test]
+    fn public_reasons_are_tokens_never_error_texts() {
+        for (reason, shown) in [
+            (
+                "bad-txns-inputs-missingorspent",
+                "bad-txns-inputs-missingorspent",
+            ),
+            ("inconclusive", "inconclusive"),
+            (
+                "stale-prevblk: the pool's tip moved on before submission",
+                "stale-prevblk",
+            ),
+            ("unsubmittable: its job is not stored", "unsubmittable"),
+            (
+                "node at http://127.0.0.1:9332/wallet/otedama is unreachable",
+                "rejected",
+            ),
+            (
+                "assembly-failed: /var/lib/otedama/jobs: I/O error",
+                "assembly-failed",
+            ),
+            ("", "rejected"),
+        ] {
+            assert_eq!(public_reject_reason(reason), shown, "{reason}");
+        }
+    }
 
     #[test]
     fn paths_normalize_before_routing() {

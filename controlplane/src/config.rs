@@ -15,6 +15,9 @@ use crate::chain::rpc::{RpcAuth, RpcClient};
 use otedama_shared::address::script_for_address;
 use otedama_shared::sv2::noise::AuthorityKey;
 
+/// The data directory's mode when `otedama` creates it.
+pub const DATA_DIR_MODE: u32 = 0o750;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
@@ -708,9 +711,25 @@ impl PoolConfig {
         self.data_dir.join("control")
     }
 
+    /// Creates the data directory (and any parent missing) readable by the pool's user and
+    /// group only (0750, as the Ansible role makes it): it holds the ledger, the share logs
+    /// and the authority key.
     pub fn ensure_data_dir(&self) -> anyhow::Result<&Path> {
-        std::fs::create_dir_all(&self.data_dir)
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let existed = self.data_dir.is_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(&self.data_dir)
             .with_context(|| format!("creating data directory {}", self.data_dir.display()))?;
+        if !existed {
+            // Exactly the mode, whatever the umask took away or would have let through.
+            std::fs::set_permissions(
+                &self.data_dir,
+                std::fs::Permissions::from_mode(DATA_DIR_MODE),
+            )
+            .with_context(|| format!("setting the mode of {}", self.data_dir.display()))?;
+        }
         Ok(&self.data_dir)
     }
 
@@ -945,6 +964,22 @@ mod tests {
     struct Flags {
         #[command(flatten)]
         config: ConfigArgs,
+    }
+
+    #[test]
+    fn the_data_dir_is_created_for_the_pool_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let config = PoolConfig {
+            data_dir: root.path().join("var").join("otedama"),
+            ..PoolConfig::default()
+        };
+        config.ensure_data_dir().unwrap();
+        let mode = std::fs::metadata(&config.data_dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, DATA_DIR_MODE);
     }
 
     #[test]

@@ -54,7 +54,7 @@ async fn serve_link(
     let first = state.current_job();
     let writer = tokio::spawn(async move {
         // The bans go first, so no miner of a banned address is served even briefly.
-        let mut first_messages = vec![Downstream::Bans((**bans.borrow_and_update()).clone())];
+        let mut first_messages = ipc::ban_messages(&bans.borrow_and_update());
         first_messages.extend(first.map(Downstream::Job));
         for message in first_messages {
             if write_half.write_all(&ipc::encode(&message)).await.is_err() {
@@ -62,20 +62,22 @@ async fn serve_link(
             }
         }
         loop {
-            let message = tokio::select! {
+            let messages = tokio::select! {
                 job = jobs.recv() => match job {
-                    Ok(job) => Downstream::Job(job),
+                    Ok(job) => vec![Downstream::Job(job)],
                     // Missed jobs are superseded by the next one; the newest is what matters.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 changed = bans.changed() => match changed {
-                    Ok(()) => Downstream::Bans((**bans.borrow_and_update()).clone()),
+                    Ok(()) => ipc::ban_messages(&bans.borrow_and_update()),
                     Err(_) => return,
                 },
             };
-            if write_half.write_all(&ipc::encode(&message)).await.is_err() {
-                return;
+            for message in messages {
+                if write_half.write_all(&ipc::encode(&message)).await.is_err() {
+                    return;
+                }
             }
         }
     });

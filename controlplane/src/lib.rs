@@ -5,6 +5,9 @@
 //! and serves the HTTP API and Prometheus metrics. It never validates shares itself and
 //! never holds a miner connection; that is the data plane's work.
 
+// The OpenAPI document is one `json!` literal, deeper than the default limit allows.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod api_compliance;
 pub mod api_dex;

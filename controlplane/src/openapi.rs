@@ -42,7 +42,7 @@ pub fn document() -> Value {
                     "payments": {"type": "array"}
                 }},
                 "Block": {"type": "object", "properties": {"hash": {"type": "string"}, "height": {"type": "integer"}, "worker": {"type": "string", "description": "The finder, ADDRESS.RIG"}, "header": {"type": "string", "description": "The 80-byte header of the share that found the block, hex"}, "reward": {"type": "integer"}, "status": {"enum": ["pending", "confirmed", "orphaned"]}, "confirmations": {"type": "integer"}, "rejected_reason": {"type": ["string", "null"]}}},
-                "Payment": {"type": "object", "properties": {"batch_id": {"type": "integer"}, "txid": {"type": "string"}, "state": {"enum": ["pending", "sent"]}, "total": {"type": "integer"}, "outputs": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+                "Payment": {"type": "object", "properties": {"batch_id": {"type": "integer"}, "txid": {"type": "string"}, "state": {"enum": ["pending", "sent", "confirmed", "failed", "cancelled"]}, "total": {"type": "integer"}, "outputs": {"type": "object", "additionalProperties": {"type": "integer"}}, "confirmations": {"type": "integer"}, "paid_by_txid": {"type": ["string", "null"], "description": "The replacement that paid every output, when not txid (a fee bump)"}, "last_error": {"type": ["string", "null"], "description": "A fixed reason for the state; the whole text is in /api/v1/admin/payments"}}}
             }
         },
         "paths": {
@@ -64,6 +64,8 @@ pub fn document() -> Value {
             "/api/v1/admin/bans/remove": {"post": admin("Lift bans, same body as bans/add")},
             "/api/v1/admin/miners/{address}/settings": {"put": admin("Set a miner's payout_min (not below the pool's)")},
             "/api/v1/admin/audit": {"get": admin("The audit trail, newest first")},
+            "/api/v1/admin/blocks": {"get": admin("The blocks submitted, with the node's whole rejection text (the public list shows only its reason token)")},
+            "/api/v1/admin/payments": {"get": admin("The payout batches, with the node's or the wallet's whole error text (the public list shows a fixed reason)")},
             "/api/v1/admin/kyc": {"get": admin("KYC records of every address, and `pending`: each address a payout waits on, with the mature balance held")},
             "/api/v1/admin/kyc/{address}": {"put": admin("Set an address's KYC state {state: verified|rejected|pending, reference}; audited")},
             "/api/v1/admin/exports/payments": {"get": admin("Every payment to ?address=, as ?format=json (default) or csv: batch, txid, amount, state, times")},

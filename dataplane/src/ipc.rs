@@ -67,6 +67,8 @@ fn link_loop(
 fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<CoreCommand>]) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
+    // A new link starts a new list: parts of one cut short by a lost link are dropped.
+    let mut ban_parts = ipc::BanListAssembler::default();
     loop {
         line.clear();
         match reader
@@ -93,10 +95,18 @@ fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<CoreCommand>]) {
                 }
                 Err(error) => tracing::error!(%error, "control plane sent an unusable job"),
             },
-            Ok(Downstream::Bans(bans)) => {
-                let bans = Arc::new(bans);
-                for core in cores {
-                    let _ = core.unbounded_send(CoreCommand::Bans(bans.clone()));
+            Ok(Downstream::Bans { part, last }) => {
+                match ban_parts.add(part, last) {
+                    None => {}
+                    Some(Ok(bans)) => {
+                        let bans = Arc::new(bans);
+                        for core in cores {
+                            let _ = core.unbounded_send(CoreCommand::Bans(bans.clone()));
+                        }
+                    }
+                    Some(Err(max)) => {
+                        tracing::error!(max, "the control plane sent a ban list over its limit; the previous one stays")
+                    }
                 }
             }
             Err(error) => tracing::error!(%error, "undecodable IPC message"),

@@ -5,20 +5,91 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bans::BanList;
+use crate::bans::{BanList, BANS_MAX};
 use crate::job::JobTemplate;
 use crate::sv1::BlockCandidate;
 
 /// Longest IPC line accepted; a job with a few thousand branch hashes fits easily.
 pub const IPC_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Bytes of ban entries one message carries at most (an estimate from the entries'
+/// lengths, with room for the JSON around each): a list at `BANS_MAX` goes in several
+/// messages, each far under `IPC_LINE_BYTES_MAX`.
+pub const BAN_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
 /// Control plane → data plane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Downstream {
     Job(JobTemplate),
-    /// The whole ban list, sent at link start and on every change.
-    Bans(BanList),
+    /// One part of the whole ban list, sent at link start and on every change. Parts come
+    /// in order on one link; the list takes effect whole when the `last` part arrives.
+    Bans {
+        part: BanList,
+        last: bool,
+    },
+}
+
+/// The messages that carry `list`, each at most `BAN_MESSAGE_BYTES_MAX` of entries; an
+/// empty list is one message.
+pub fn ban_messages(list: &BanList) -> Vec<Downstream> {
+    let mut messages = Vec::new();
+    let mut part = BanList::default();
+    let mut part_bytes = 0;
+    let flush = |part: &mut BanList, part_bytes: &mut usize, messages: &mut Vec<Downstream>| {
+        messages.push(Downstream::Bans {
+            part: std::mem::take(part),
+            last: false,
+        });
+        *part_bytes = 0;
+    };
+    for address in &list.addresses {
+        let bytes = address.len() + 8;
+        if part_bytes + bytes > BAN_MESSAGE_BYTES_MAX && !part.is_empty() {
+            flush(&mut part, &mut part_bytes, &mut messages);
+        }
+        part.addresses.insert(address.clone());
+        part_bytes += bytes;
+    }
+    for network in &list.networks {
+        // An IPv6 network with its prefix is at most 43 characters.
+        let bytes = 48;
+        if part_bytes + bytes > BAN_MESSAGE_BYTES_MAX && !part.is_empty() {
+            flush(&mut part, &mut part_bytes, &mut messages);
+        }
+        part.networks.insert(*network);
+        part_bytes += bytes;
+    }
+    messages.push(Downstream::Bans { part, last: true });
+    messages
+}
+
+/// Puts a ban list back together from its parts, on the data plane. Bounded: a list that
+/// would pass `BANS_MAX` entries is dropped whole (the control plane never sends one).
+#[derive(Default)]
+pub struct BanListAssembler {
+    pending: BanList,
+    overflowed: bool,
+}
+
+impl BanListAssembler {
+    /// Adds a part; the whole list once the last part is in (`Err` if it overflowed).
+    pub fn add(&mut self, part: BanList, last: bool) -> Option<Result<BanList, usize>> {
+        if self.pending.len() + part.len() > BANS_MAX {
+            self.overflowed = true;
+            self.pending = BanList::default();
+        }
+        if !self.overflowed {
+            self.pending.addresses.extend(part.addresses);
+            self.pending.networks.extend(part.networks);
+        }
+        if !last {
+            return None;
+        }
+        let overflowed = std::mem::take(&mut self.overflowed);
+        let list = std::mem::take(&mut self.pending);
+        Some(if overflowed { Err(BANS_MAX) } else { Ok(list) })
+    }
 }
 
 /// Data plane → control plane.
@@ -93,6 +164,65 @@ pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, serde_json::E
 
 #[cfg(test)]
 mod tests {
+    /// Issue 16: a ban list at `BANS_MAX`, of the longest entries, reaches the data plane
+    /// in messages under `IPC_LINE_BYTES_MAX`, and comes back whole.
+    #[test]
+    fn a_full_ban_list_travels_in_bounded_messages() {
+        use crate::bans::IpNetwork;
+        let mut list = BanList::default();
+        for i in 0..BANS_MAX / 2 {
+            // A bech32m address is at most 90 characters.
+            list.addresses.insert(format!("{i:0>90}"));
+        }
+        for i in 0..BANS_MAX - BANS_MAX / 2 {
+            let network: IpNetwork = format!(
+                "ffff:ffff:ffff:ffff:ffff:ffff:{:x}:{:x}/128",
+                i >> 16,
+                i & 0xffff
+            )
+            .parse()
+            .unwrap();
+            list.networks.insert(network);
+        }
+        assert_eq!(list.len(), BANS_MAX);
+        let messages = ban_messages(&list);
+        assert!(messages.len() > 1);
+        let mut assembler = BanListAssembler::default();
+        let mut whole = None;
+        for (index, message) in messages.iter().enumerate() {
+            let line = encode(message);
+            assert!(
+                line.len() <= IPC_LINE_BYTES_MAX,
+                "message {index}: {} bytes",
+                line.len()
+            );
+            let Downstream::Bans { part, last } = decode(&line[..line.len() - 1]).unwrap() else {
+                panic!("a ban message");
+            };
+            assert_eq!(last, index + 1 == messages.len());
+            if let Some(result) = assembler.add(part, last) {
+                whole = Some(result.unwrap());
+            }
+        }
+        assert_eq!(whole, Some(list));
+
+        // One entry over the limit and the list is refused whole, and the next one is fine.
+        let mut over = assembler.add(
+            BanList {
+                addresses: (0..=BANS_MAX).map(|i| format!("a{i}")).collect(),
+                networks: Default::default(),
+            },
+            true,
+        );
+        assert_eq!(over.take(), Some(Err(BANS_MAX)));
+        let empty = ban_messages(&BanList::default());
+        assert_eq!(empty.len(), 1);
+        let Downstream::Bans { part, last } = empty[0].clone() else {
+            panic!("a ban message");
+        };
+        assert_eq!(assembler.add(part, last), Some(Ok(BanList::default())));
+    }
+
     use super::*;
 
     #[test]

@@ -61,7 +61,9 @@ fn serve_jobs(socket: PathBuf) {
             std::thread::spawn(move || {
                 // As the control plane does: the ban list first (the data plane accepts
                 // miners only once it has one), then the job.
-                let _ = stream.write_all(&ipc::encode(&Downstream::Bans(Default::default())));
+                for message in ipc::ban_messages(&Default::default()) {
+                    let _ = stream.write_all(&ipc::encode(&message));
+                }
                 let _ = stream.write_all(&ipc::encode(&Downstream::Job(template())));
                 // Hold the link open, discarding counters.
                 let mut sink = Vec::new();

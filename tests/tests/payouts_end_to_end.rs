@@ -438,6 +438,19 @@ fn a_payout_that_can_never_be_sent_is_cancelled_and_paid_again_once() -> anyhow:
     let (status, answer) = cancel()?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["state"], "cancelled", "{answer}");
+    // The public sees a fixed reason; the node's words stay with the operator.
+    let public = scenario.latest_payment()?;
+    assert_eq!(
+        public["last_error"], "cancelled by the operator",
+        "{public}"
+    );
+    let full = otedama_tests::admin_get(&scenario.pool, "/api/v1/admin/payments", ADMIN_TOKEN)?;
+    assert!(
+        full[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing-inputs")),
+        "{full}"
+    );
     let (status, _) = cancel()?;
     assert_eq!(status, 409, "once");
     assert_eq!(scenario.owed_nonzero()?, owed);
