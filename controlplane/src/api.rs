@@ -45,6 +45,9 @@ pub const HASHRATE_WINDOWS_S: [u64; 3] = [60, 600, 3600];
 const PAYOUT_RUN_TIMEOUT_S: u64 = 120;
 /// Seconds between stats messages on `/ws`.
 const WS_STATS_INTERVAL_S: u64 = 5;
+/// Live-feed (`/ws`) clients at once; past it the upgrade is refused with 503. Each one
+/// is a task, a socket and a stats snapshot every `WS_STATS_INTERVAL_S`.
+pub const WS_CLIENTS_MAX: usize = 256;
 /// Audit entries one request may list.
 const AUDIT_ENTRIES_PER_REQUEST_MAX: usize = 1000;
 
@@ -80,6 +83,8 @@ pub struct ApiState {
     pub key_challenges: Arc<Mutex<crate::api_dex::KeyChallenges>>,
     /// The secret shared with the KYC provider, when one is configured.
     pub kyc_secret: Option<Arc<Vec<u8>>>,
+    /// Places on the live feed (`WS_CLIENTS_MAX`).
+    pub ws_clients: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -830,7 +835,16 @@ async fn admin_audit(State(state): State<ApiState>) -> Response {
 }
 
 async fn websocket(State(state): State<ApiState>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| feed(state, socket))
+    let Ok(place) = state.ws_clients.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the live feed has its {WS_CLIENTS_MAX} clients; try again later"),
+        );
+    };
+    upgrade.on_upgrade(move |socket| async move {
+        feed(state, socket).await;
+        drop(place);
+    })
 }
 
 /// Pool stats every few seconds, and new-block and payment events as they happen.
@@ -848,6 +862,12 @@ async fn feed(state: ApiState, mut socket: WebSocket) {
                 Ok(event) => event,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
+            },
+            // The client's close (or its connection's end) frees its place at once, not at
+            // the next send.
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => continue,
             },
         };
         if socket

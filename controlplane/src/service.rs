@@ -948,6 +948,7 @@ fn serve(
         dex,
         key_challenges: Default::default(),
         kyc_secret: config.kyc_webhook_secret()?.map(Arc::new),
+        ws_clients: Arc::new(tokio::sync::Semaphore::new(crate::api::WS_CLIENTS_MAX)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
