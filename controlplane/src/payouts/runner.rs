@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::api::now_ms;
 use crate::blocks::{BlockRecord, BlockStore};
 use crate::payouts::ledger::{BlockState, Ledger};
 use crate::payouts::lifecycle::BlockStatus;
@@ -86,12 +87,6 @@ pub struct PayoutRunner {
     pub block_share_wait_ms: u64,
     /// The exchange once open: a KYC hold cancels the address's resting orders there.
     pub dex: Arc<std::sync::OnceLock<crate::dex::SharedDex>>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Tails for every data-plane process, starting where the ledger's PPS cursors say (per

@@ -28,6 +28,7 @@ use otedama_shared::share::{share_log_key, share_log_sequence, SHARE_LOG_CLOCK_K
 use otedama_shared::ShareRecord;
 
 use super::schemes::RoundShare;
+use crate::api::now_ms;
 
 /// Shares kept in memory. PPLNS needs its window and PROP/PPLNT their round; at 100,000
 /// shares/s this is the last ten seconds, at 1,000/s almost an hour. Rounds longer than
@@ -473,12 +474,6 @@ fn primary_lock_held(primary: &std::path::Path) -> bool {
         libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) != 0
             || lock.l_type != libc::F_UNLCK as libc::c_short
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ use super::payments::{self, PayoutPolicy, SignedPayment, TxStatus, Wallet, Walle
 use super::runner::{share_log_tails, PayoutRunner, PayoutSettings};
 use super::schemes::{per_share_credit, split_block, Round, RoundShare, Scheme};
 use super::shares::{ShareHistory, ShareKey};
+use crate::api::now_ms;
 use crate::blocks::{BlockRecord, BlockStore};
 use crate::chain::coin::{Coin, CoinParams, Network};
 use crate::stats::{BlockValue, PoolState};
@@ -289,12 +290,6 @@ fn per_share(scheme: Scheme) -> bool {
     matches!(scheme, Scheme::Pps | Scheme::Fpps)
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Simulation {
     fn new(seed: u64) -> Self {
         let scheme = SCHEMES[(seed % SCHEMES.len() as u64) as usize];
@@ -445,7 +440,7 @@ impl Simulation {
             height: 500 + self.blocks.len() as u64,
             worker: share.worker.clone(),
             job_id: 1,
-            submitted_at_ms: wall_ms(),
+            submitted_at_ms: now_ms(),
             rejected_reason: refused.then(|| "bad-txns-inputs-missingorspent".into()),
             reward: self.rng.gen_range(100_000_000..5_000_000_000),
             status: BlockStatus::Pending,
@@ -454,7 +449,7 @@ impl Simulation {
             network_difficulty: f64::from(self.rng.gen_range(1u32..=8)) * 10.0,
             header: hex::encode(share.header),
             // The session's time, whole seconds: never after the writer's stamp.
-            found_at_ms: wall_ms() / 1000 * 1000,
+            found_at_ms: now_ms() / 1000 * 1000,
         };
         let mut block = FoundBlock {
             record,
