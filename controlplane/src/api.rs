@@ -48,6 +48,12 @@ const WS_STATS_INTERVAL_S: u64 = 5;
 /// Live-feed (`/ws`) clients at once; past it the upgrade is refused with 503. Each one
 /// is a task, a socket and a stats snapshot every `WS_STATS_INTERVAL_S`.
 pub const WS_CLIENTS_MAX: usize = 256;
+/// Largest message (and frame) a live-feed client may send: the feed takes nothing but a
+/// close, so a client cannot make the pool buffer more than this.
+pub const WS_CLIENT_MESSAGE_BYTES_MAX: usize = 4096;
+/// How long one feed message may wait for a client that does not read; then it is
+/// dropped and its place freed.
+const WS_SEND_TIMEOUT_S: u64 = 30;
 /// Audit entries one request may list.
 const AUDIT_ENTRIES_PER_REQUEST_MAX: usize = 1000;
 
@@ -841,10 +847,13 @@ async fn websocket(State(state): State<ApiState>, upgrade: WebSocketUpgrade) -> 
             format!("the live feed has its {WS_CLIENTS_MAX} clients; try again later"),
         );
     };
-    upgrade.on_upgrade(move |socket| async move {
-        feed(state, socket).await;
-        drop(place);
-    })
+    upgrade
+        .max_message_size(WS_CLIENT_MESSAGE_BYTES_MAX)
+        .max_frame_size(WS_CLIENT_MESSAGE_BYTES_MAX)
+        .on_upgrade(move |socket| async move {
+            feed(state, socket).await;
+            drop(place);
+        })
 }
 
 /// Pool stats every few seconds, and new-block and payment events as they happen.
@@ -870,11 +879,12 @@ async fn feed(state: ApiState, mut socket: WebSocket) {
                 Some(Ok(_)) => continue,
             },
         };
-        if socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .is_err()
-        {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(WS_SEND_TIMEOUT_S),
+            socket.send(Message::Text(message.to_string().into())),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
             return;
         }
     }

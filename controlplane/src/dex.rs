@@ -645,16 +645,27 @@ impl DexService {
                     .collect::<Vec<_>>()
             })
             .collect();
+        // Every order is tried: one that fails does not leave the rest on the book.
         let mut done = Vec::new();
+        let mut failed = None;
         for (market, order_id) in resting {
-            let events = self.submit(&Command::Cancel {
+            match self.submit(&Command::Cancel {
                 market,
                 account,
                 order_id,
-            })?;
-            done.push((market, events));
+            }) {
+                Ok(events) => done.push((market, events)),
+                Err(error) => failed = Some(error),
+            }
         }
-        Ok(done)
+        match failed {
+            Some(error) if done.is_empty() => Err(error),
+            Some(error) => {
+                tracing::error!(%error, %address, "a held address's order could not be cancelled");
+                Ok(done)
+            }
+            None => Ok(done),
+        }
     }
 
     /// Cancel-replace of one of the address's open orders: the same price and fewer lots

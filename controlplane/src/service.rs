@@ -574,6 +574,9 @@ fn apply_deny_list(
     previous: Option<&otedama_compliance::deny_list::DenyList>,
     state: &PoolState,
 ) -> anyhow::Result<()> {
+    // The exchange's lock first, held across the freeze and the cancels: no order of a
+    // newly denied address matches in between.
+    let mut dex = payouts.dex.get().map(|dex| dex.lock().expect("dex lock"));
     bans.set_denied(list.addresses.clone())?;
     payouts
         .settings
@@ -581,16 +584,16 @@ fn apply_deny_list(
         .expect("settings lock")
         .policy
         .frozen = list.addresses.clone();
-    if let Some(dex) = payouts.dex.get() {
+    if let Some(dex) = dex.as_deref_mut() {
         let newly: Vec<&String> = match previous {
             Some(previous) => list.addresses.difference(&previous.addresses).collect(),
             None => list.addresses.iter().collect(),
         };
-        let mut dex = dex.lock().expect("dex lock");
         for address in newly {
-            crate::dex::freeze_orders(&mut dex, state, address);
+            crate::dex::freeze_orders(dex, state, address);
         }
     }
+    drop(dex);
     let added = previous.map_or(list.addresses.len(), |p| {
         list.addresses.difference(&p.addresses).count()
     });

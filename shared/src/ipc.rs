@@ -12,9 +12,9 @@ use crate::sv1::BlockCandidate;
 /// Longest IPC line accepted; a job with a few thousand branch hashes fits easily.
 pub const IPC_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Bytes of ban entries one message carries at most (an estimate from the entries'
-/// lengths, with room for the JSON around each): a list at `BANS_MAX` goes in several
-/// messages, each far under `IPC_LINE_BYTES_MAX`.
+/// Bytes of ban entries one message carries at most (each entry measured as JSON, with
+/// its separator): a list at `BANS_MAX` goes in several messages, each far under
+/// `IPC_LINE_BYTES_MAX`.
 pub const BAN_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Control plane → data plane.
@@ -44,7 +44,7 @@ pub fn ban_messages(list: &BanList) -> Vec<Downstream> {
         *part_bytes = 0;
     };
     for address in &list.addresses {
-        let bytes = address.len() + 8;
+        let bytes = json_bytes(address);
         if part_bytes + bytes > BAN_MESSAGE_BYTES_MAX && !part.is_empty() {
             flush(&mut part, &mut part_bytes, &mut messages);
         }
@@ -52,8 +52,7 @@ pub fn ban_messages(list: &BanList) -> Vec<Downstream> {
         part_bytes += bytes;
     }
     for network in &list.networks {
-        // An IPv6 network with its prefix is at most 43 characters.
-        let bytes = 48;
+        let bytes = json_bytes(network);
         if part_bytes + bytes > BAN_MESSAGE_BYTES_MAX && !part.is_empty() {
             flush(&mut part, &mut part_bytes, &mut messages);
         }
@@ -62,6 +61,12 @@ pub fn ban_messages(list: &BanList) -> Vec<Downstream> {
     }
     messages.push(Downstream::Bans { part, last: true });
     messages
+}
+
+/// An entry's size in a message: measured as JSON, not guessed (a control character is
+/// six bytes there), with its separator.
+fn json_bytes<T: Serialize>(entry: &T) -> usize {
+    serde_json::to_string(entry).map_or(BAN_MESSAGE_BYTES_MAX, |json| json.len()) + 1
 }
 
 /// Puts a ban list back together from its parts, on the data plane. Bounded: a list that
@@ -215,6 +220,14 @@ mod tests {
             true,
         );
         assert_eq!(over.take(), Some(Err(BANS_MAX)));
+        // Entries that grow in JSON (a control character is six bytes there) still fit.
+        let escaped = BanList {
+            addresses: (0..20_000).map(|i| format!("{i:\u{1}>128}")).collect(),
+            networks: Default::default(),
+        };
+        for message in ban_messages(&escaped) {
+            assert!(encode(&message).len() <= IPC_LINE_BYTES_MAX);
+        }
         let empty = ban_messages(&BanList::default());
         assert_eq!(empty.len(), 1);
         let Downstream::Bans { part, last } = empty[0].clone() else {
