@@ -71,9 +71,11 @@ pub struct PoolConfig {
     pub vardiff_share_interval_s: f64,
     /// Lowest difficulty a miner may be given, by suggestion, vardiff or `start_difficulty`.
     /// Every share costs the pool one validation whatever its difficulty, so this floor is
-    /// what bounds the validation work a miner can ask of it. Load tests set it near
-    /// `DIFFICULTY_MIN`, where every hash is a valid share.
-    pub difficulty_min: f64,
+    /// what bounds the validation work a miner can ask of it. Unset, it is the coin
+    /// algorithm's `limits::difficulty_floor` (a share there costs the miner 16 times what
+    /// it costs the pool); see `difficulty_floor`. Load tests set it near `DIFFICULTY_MIN`,
+    /// where every hash is a valid share.
+    pub difficulty_min: Option<f64>,
     /// Data-plane processes on this host. They share the Stratum ports through SO_REUSEPORT
     /// and each takes its own slice of the extranonce1 space and its own share log. More
     /// than one is needed where a per-process open-files limit caps the connections one
@@ -188,7 +190,7 @@ impl Default for PoolConfig {
             connection_idle_timeout_s: 900,
             template_refresh_s: 30,
             vardiff_share_interval_s: 10.0,
-            difficulty_min: 1e-6,
+            difficulty_min: None,
             dataplane_processes: 1,
             chain: ChainSource::Node,
             synthetic_job_interval_ms: 10_000,
@@ -612,8 +614,9 @@ impl PoolConfig {
         if !(self.vardiff_share_interval_s.is_finite() && self.vardiff_share_interval_s >= 0.0) {
             bail!("vardiff_share_interval_s must be zero or a positive number of seconds");
         }
-        if !(self.difficulty_min.is_finite()
-            && (DIFFICULTY_MIN..=DIFFICULTY_MAX).contains(&self.difficulty_min))
+        let difficulty_floor = self.difficulty_floor();
+        if !(difficulty_floor.is_finite()
+            && (DIFFICULTY_MIN..=DIFFICULTY_MAX).contains(&difficulty_floor))
         {
             bail!("difficulty_min must lie between {DIFFICULTY_MIN:e} and {DIFFICULTY_MAX:e}");
         }
@@ -639,6 +642,21 @@ impl PoolConfig {
             );
         }
         Ok(())
+    }
+
+    /// The lowest difficulty a miner may be given: `difficulty_min` if the operator set
+    /// one, else the algorithm's default floor (`limits::difficulty_floor`).
+    pub fn difficulty_floor(&self) -> f64 {
+        self.difficulty_min.unwrap_or_else(|| {
+            otedama_shared::limits::difficulty_floor(self.coin_params().algorithm)
+        })
+    }
+
+    /// Whether the operator set a floor below the algorithm's default, where a share can
+    /// cost the pool more than the miner: fine for load tests, worth a warning otherwise.
+    pub fn difficulty_floor_below_default(&self) -> bool {
+        self.difficulty_floor()
+            < otedama_shared::limits::difficulty_floor(self.coin_params().algorithm)
     }
 
     pub fn coin_params(&self) -> CoinParams {
@@ -858,6 +876,13 @@ impl PoolConfig {
         &self,
         process_index: usize,
     ) -> anyhow::Result<otedama_dataplane::DataplaneConfig> {
+        if self.difficulty_floor_below_default() {
+            tracing::warn!(
+                difficulty_min = self.difficulty_floor(),
+                default = otedama_shared::limits::difficulty_floor(self.coin_params().algorithm),
+                "difficulty_min is below the algorithm's floor: a share may cost the pool more than the miner"
+            );
+        }
         let host_cores: Vec<usize> = if self.cores.is_empty() {
             (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
         } else {
@@ -888,7 +913,7 @@ impl PoolConfig {
             ),
             process_index,
             processes: self.dataplane_processes,
-            difficulty_min: self.difficulty_min,
+            difficulty_min: self.difficulty_floor(),
             start_difficulty: self.start_difficulty,
             algorithm: self.coin_params().algorithm,
             share_log_path: self.share_log_path(process_index),
@@ -899,7 +924,7 @@ impl PoolConfig {
             vardiff: (self.vardiff_share_interval_s > 0.0).then(|| {
                 otedama_shared::vardiff::VardiffConfig {
                     share_interval_target_s: self.vardiff_share_interval_s,
-                    difficulty_min: self.difficulty_min,
+                    difficulty_min: self.difficulty_floor(),
                     ..Default::default()
                 }
             }),
@@ -1011,7 +1036,7 @@ mod tests {
         assert_eq!(config.start_difficulty, 0.001);
         assert_eq!(config.stratum_listen.len(), 2);
         assert!(!config.share_log_sync);
-        assert_eq!(config.difficulty_min, 1e-10);
+        assert_eq!(config.difficulty_floor(), 1e-10);
         assert_eq!(config.dataplane_processes, 3);
         assert_eq!(config.chain, ChainSource::Synthetic);
         assert_eq!(config.synthetic_job_interval_ms, 500);

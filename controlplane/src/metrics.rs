@@ -58,6 +58,19 @@ pub fn render(state: &ApiState) -> String {
             count,
         );
     }
+    out.family(
+        "otedama_dataplane_refusals_total",
+        "counter",
+        "Shares and connections the data plane refused for a bound of its own, by reason.",
+    );
+    for reason in otedama_shared::ipc::Refusal::ALL {
+        let count = totals.refusals.get(reason.name()).copied().unwrap_or(0);
+        out.sample(
+            "otedama_dataplane_refusals_total",
+            &format!("reason=\"{}\"", reason.name()),
+            count,
+        );
+    }
     out.single(
         "otedama_accepted_difficulty_total",
         "counter",

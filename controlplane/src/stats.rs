@@ -55,6 +55,8 @@ pub struct PoolTotals {
     pub ack_latency_buckets: Vec<u64>,
     pub ack_latency_count: u64,
     pub ack_latency_sum_us: u64,
+    /// Data-plane refusals by reason (`otedama_shared::ipc::Refusal`).
+    pub refusals: BTreeMap<String, u64>,
 }
 
 impl PoolState {
@@ -119,6 +121,9 @@ impl PoolState {
             }
             for (code, count) in &counters.shares_rejected_by_code {
                 *totals.shares_rejected_by_code.entry(*code).or_default() += count;
+            }
+            for (reason, count) in &counters.refusals {
+                *totals.refusals.entry(reason.clone()).or_default() += count;
             }
         }
         totals

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use otedama_shared::ipc::{DataplaneCounters, SharesByProtocol, ACK_LATENCY_BUCKETS_S};
+use otedama_shared::ipc::{DataplaneCounters, Refusal, SharesByProtocol, ACK_LATENCY_BUCKETS_S};
 use otedama_shared::sv1::ErrorCode;
 
 use crate::rt::Protocol;
@@ -32,6 +32,7 @@ pub struct Counters {
     ack_latency_buckets: [AtomicU64; ACK_LATENCY_BUCKETS_S.len()],
     ack_latency_count: AtomicU64,
     ack_latency_sum_us: AtomicU64,
+    refusals: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl Counters {
@@ -41,6 +42,16 @@ impl Counters {
             .position(|c| *c == code)
             .expect("every code is listed");
         self.rejected[index].fetch_add(1, Relaxed);
+    }
+
+    pub fn refused(&self, reason: Refusal, count: u64) {
+        if count > 0 {
+            let index = Refusal::ALL
+                .iter()
+                .position(|r| *r == reason)
+                .expect("every reason is listed");
+            self.refusals[index].fetch_add(count, Relaxed);
+        }
     }
 
     pub fn accepted(&self, difficulty: f64, protocol: Protocol) {
@@ -91,6 +102,11 @@ impl Counters {
                 .collect(),
             ack_latency_count: self.ack_latency_count.load(Relaxed),
             ack_latency_sum_us: self.ack_latency_sum_us.load(Relaxed),
+            refusals: Refusal::ALL
+                .iter()
+                .zip(&self.refusals)
+                .map(|(reason, count)| (reason.name().to_string(), count.load(Relaxed)))
+                .collect(),
         }
     }
 }

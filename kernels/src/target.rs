@@ -22,6 +22,12 @@ impl Algorithm {
         }
     }
 
+    /// Hashes a miner does on average to find one share at difficulty 1: 2^256 over the
+    /// difficulty-1 target (about 2^32 for SHA256d, 2^16 for Scrypt).
+    pub fn hashes_per_difficulty_one(self) -> f64 {
+        2f64.powi(256 - self.difficulty_one_shift()) / 65535.0
+    }
+
     /// The difficulty-1 target.
     pub fn difficulty_one(self) -> Target {
         Target::from_u64_shifted(0xFFFF, self.difficulty_one_shift() as u32)

@@ -135,6 +135,29 @@ pub struct DataplaneCounters {
     pub ack_latency_count: u64,
     #[serde(default)]
     pub ack_latency_sum_us: u64,
+    /// Refusals by `Refusal::name`.
+    #[serde(default)]
+    pub refusals: std::collections::BTreeMap<String, u64>,
+}
+
+/// Why the data plane refused a share or a connection for a reason of its own (Stratum
+/// rejections by error code are counted apart), for
+/// `otedama_dataplane_refusals_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// A core's duplicate filter was at `DUPLICATE_FILTER_SHARES_PER_CORE_MAX`.
+    ShareFilterFull,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 1] = [Refusal::ShareFilterFull];
+
+    /// The `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::ShareFilterFull => "share_filter_full",
+        }
+    }
 }
 
 /// Accepted shares by the front end they came through.

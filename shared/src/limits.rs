@@ -41,6 +41,47 @@ pub const DIFFICULTY_MIN: f64 = 1e-10;
 /// Highest difficulty a miner may be given.
 pub const DIFFICULTY_MAX: f64 = 1e15;
 
+/// How many times more a share at the default floor costs the miner than it costs the pool.
+///
+/// The rule behind the default `difficulty_min`: every share costs the pool one hash of
+/// its algorithm to validate, plus a fixed cost to parse, check, log durably and
+/// acknowledge it, whatever its difficulty. A share at difficulty D costs the miner
+/// `D × hashes_per_difficulty_one` hashes on average. At the floor that must be at least
+/// `SHARE_COST_MARGIN` times the pool's cost, so a flood of shares at the floor always costs
+/// the flooder more than the pool (and vardiff then raises it within seconds).
+pub const SHARE_COST_MARGIN: f64 = 16.0;
+
+/// What one share costs the pool, in hashes of `algorithm`. Measured on the development
+/// machine (BENCHMARKS.md): the fixed cost is about 16 µs of CPU per durable share (124k
+/// acked shares/s on two cores, generator included); one SHA256d header hash takes about
+/// 0.13 µs (three SHA-NI compressions of 52 ns, less with the midstate), one scrypt hash
+/// about 70 µs (14k/s on eight AVX2 lanes). So about 128 SHA256d hashes, and under 2
+/// scrypt hashes.
+pub fn pool_cost_per_share_hashes(algorithm: otedama_kernels::Algorithm) -> f64 {
+    match algorithm {
+        otedama_kernels::Algorithm::Sha256d => 128.0,
+        otedama_kernels::Algorithm::Scrypt => 2.0,
+    }
+}
+
+/// The default difficulty floor of `algorithm` (see `SHARE_COST_MARGIN`): about 4.8e-7
+/// for SHA256d (2,048 hashes a share) and 4.9e-4 for Scrypt (32 hashes a share). An
+/// operator may set a lower `difficulty_min` (load tests do, to need no mining), down to
+/// `DIFFICULTY_MIN`, and the pool then says so in its log.
+pub fn difficulty_floor(algorithm: otedama_kernels::Algorithm) -> f64 {
+    SHARE_COST_MARGIN * pool_cost_per_share_hashes(algorithm)
+        / algorithm.hashes_per_difficulty_one()
+}
+
+/// How often a miner may move its difficulty below what the pool measured for it
+/// (`mining.suggest_difficulty` under vardiff's value), per
+/// `DIFFICULTY_LOWERING_INTERVAL_S`. A miner that starts high and asks once for what
+/// suits it is served; one that asks again and again to undo vardiff is held at vardiff's
+/// value. A suggestion at or above the measured difficulty is always taken.
+pub const DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX: u32 = 1;
+/// See `DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX`.
+pub const DIFFICULTY_LOWERING_INTERVAL_S: u64 = 300;
+
 const _: () =
     assert!(EXTRANONCE1_BYTES + EXTRANONCE2_BYTES + 8 + 40 <= COINBASE_SCRIPT_SIG_BYTES_MAX);
 

@@ -157,45 +157,72 @@ pub fn check_pow(
     })
 }
 
-/// Hashes a header hash by folding its bytes into 64 bits with a rotate and xor: they are
-/// already SHA256d output, so SipHash over them again (the std default, 3 % of a loaded
-/// core in a profile) buys nothing. Miners cannot aim those bytes without doing the work
-/// of finding them.
+/// Hashes a share's fingerprint as itself: it is already SHA256d output, so SipHash over it
+/// again (the std default, 3 % of a loaded core in a profile) buys nothing. Miners cannot
+/// aim those bytes without doing the work of finding them.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct HeaderHashBuilder;
+pub struct FingerprintHashBuilder;
 
-impl std::hash::BuildHasher for HeaderHashBuilder {
-    type Hasher = HeaderHasher;
-    fn build_hasher(&self) -> HeaderHasher {
-        HeaderHasher(0)
+impl std::hash::BuildHasher for FingerprintHashBuilder {
+    type Hasher = FingerprintHasher;
+    fn build_hasher(&self) -> FingerprintHasher {
+        FingerprintHasher(0)
     }
 }
 
-/// See `HeaderHashBuilder`.
+/// See `FingerprintHashBuilder`.
 #[derive(Debug)]
-pub struct HeaderHasher(u64);
+pub struct FingerprintHasher(u64);
 
-impl std::hash::Hasher for HeaderHasher {
+impl std::hash::Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]` hashes as its bytes in one call; fold any other input in 8-byte words.
+        // A `u64` arrives through `write_u64`; fold anything else in 8-byte words.
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
             self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
         }
     }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
 }
 
-/// Remembers the header hashes of shares taken, grouped by their job's content
-/// (`Job::content_key`). The header commits to the job's content and the miner's fields,
-/// so equal hashes mean the same share, whatever job id it came under. Grouping by
-/// content, not by job id, is what keeps a job re-sent under the same id (after a
-/// control-plane reconnect, with `clean_jobs`) from forgetting the shares already taken for
-/// it; a set is dropped once no live job has its content, when its shares are stale.
+/// Shares one core's duplicate filter remembers at most, over all live jobs. Each costs
+/// about 9 bytes of table (a 64-bit fingerprint and a control byte) and up to twice that
+/// while the table grows, so the filter stays under about 75 MB per core. At 3,000
+/// shares/s on one core that is 23 minutes of shares on one job: a pool whose node stays
+/// away longer than that refuses shares (`Claim::Full`, counted) rather than grow.
+pub const DUPLICATE_FILTER_SHARES_PER_CORE_MAX: usize = 1 << 22;
+
+/// The filter's answer to a share arriving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// First time seen: the share may go on to its proof of work.
+    Taken,
+    /// The same share was taken before (or waits for its hash now).
+    Duplicate,
+    /// The filter is at `DUPLICATE_FILTER_SHARES_PER_CORE_MAX` and cannot tell: refused.
+    Full,
+}
+
+/// Remembers the shares taken, grouped by their job's content (`Job::content_key`). The
+/// header commits to the job's content and the miner's fields, so equal header hashes
+/// mean the same share, whatever job id it came under. Grouping by content, not by job
+/// id, is what keeps a job re-sent under the same id (after a control-plane reconnect,
+/// with `clean_jobs`) from forgetting the shares already taken for it; a set is dropped
+/// once no live job has its content, when its shares are stale.
+///
+/// A share is kept as its fingerprint, the first 64 bits of its header hash. Equal shares
+/// always have equal fingerprints, so a duplicate is never let through; two different
+/// shares share one with odds of about 2^-64 per pair (the hash is SHA256d, which no one
+/// can aim), and then the later one is refused, which costs its miner one share and
+/// gives no one anything.
 ///
 /// A share is claimed here when it arrives, before its proof of work is computed (which
 /// for scrypt happens later, in a batch), and released if that fails: a copy sent while
@@ -204,24 +231,62 @@ impl std::hash::Hasher for HeaderHasher {
 ///
 /// Each core owns one; extranonce1 values are partitioned per core, so a share can only
 /// ever collide with one accepted on the same core, and no cross-core lookup is needed.
-#[derive(Debug, Default)]
+///
+/// Invariant: `len() <= shares_max`; at the bound new shares are refused, never let in
+/// unchecked, and old ones are never forgotten while their job lives.
+#[derive(Debug)]
 pub struct DuplicateFilter {
-    by_content: HashMap<[u8; 32], HashSet<[u8; 32], HeaderHashBuilder>>,
+    by_content: HashMap<[u8; 32], HashSet<u64, FingerprintHashBuilder>>,
+    shares: usize,
+    shares_max: usize,
+    refused_full: u64,
+}
+
+impl Default for DuplicateFilter {
+    fn default() -> Self {
+        DuplicateFilter::with_shares_max(DUPLICATE_FILTER_SHARES_PER_CORE_MAX)
+    }
+}
+
+/// The fingerprint a share is remembered by.
+fn fingerprint(header_hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(header_hash[..8].try_into().expect("8 bytes"))
 }
 
 impl DuplicateFilter {
-    /// Records the share; `false` if it was already there.
-    pub fn insert(&mut self, content_key: &[u8; 32], header_hash: [u8; 32]) -> bool {
-        self.by_content
-            .entry(*content_key)
-            .or_default()
-            .insert(header_hash)
+    pub fn with_shares_max(shares_max: usize) -> Self {
+        DuplicateFilter {
+            by_content: HashMap::new(),
+            shares: 0,
+            shares_max,
+            refused_full: 0,
+        }
     }
 
-    /// Forgets a share whose claim did not hold (its proof of work fell short).
+    /// Claims the share for its job's content.
+    pub fn insert(&mut self, content_key: &[u8; 32], header_hash: [u8; 32]) -> Claim {
+        let fingerprint = fingerprint(&header_hash);
+        let set = self.by_content.entry(*content_key).or_default();
+        if set.contains(&fingerprint) {
+            return Claim::Duplicate;
+        }
+        if self.shares >= self.shares_max {
+            self.refused_full += 1;
+            return Claim::Full;
+        }
+        set.insert(fingerprint);
+        self.shares += 1;
+        debug_assert!(self.shares <= self.shares_max);
+        Claim::Taken
+    }
+
+    /// Forgets a share whose claim did not hold (its proof of work fell short). Only a
+    /// share that was `Taken` may be given back, so this never frees another's claim.
     pub fn remove(&mut self, content_key: &[u8; 32], header_hash: &[u8; 32]) {
         if let Some(set) = self.by_content.get_mut(content_key) {
-            set.remove(header_hash);
+            if set.remove(&fingerprint(header_hash)) {
+                self.shares -= 1;
+            }
         }
     }
 
@@ -229,14 +294,20 @@ impl DuplicateFilter {
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
         self.by_content
             .retain(|content_key, _| jobs.holds_content(content_key));
+        self.shares = self.by_content.values().map(HashSet::len).sum();
     }
 
     pub fn len(&self) -> usize {
-        self.by_content.values().map(HashSet::len).sum()
+        self.shares
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.shares == 0
+    }
+
+    /// Shares refused because the filter was full since the last call.
+    pub fn take_refused_full(&mut self) -> u64 {
+        std::mem::take(&mut self.refused_full)
     }
 }
 
@@ -475,18 +546,46 @@ mod tests {
         let mut book = crate::job::JobBook::default();
         let job = std::sync::Arc::new(Job::new(crate::job::tests::template(5, true)).unwrap());
         let live = job.content_key;
-        assert!(filter.insert(&[1; 32], [1; 32]));
-        assert!(!filter.insert(&[1; 32], [1; 32]));
-        assert!(filter.insert(&live, [1; 32]));
+        assert_eq!(filter.insert(&[1; 32], [1; 32]), Claim::Taken);
+        assert_eq!(filter.insert(&[1; 32], [1; 32]), Claim::Duplicate);
+        assert_eq!(filter.insert(&live, [1; 32]), Claim::Taken);
         book.insert(job.clone());
         filter.retire_unlisted(&book);
         assert_eq!(filter.len(), 1);
-        assert!(!filter.insert(&live, [1; 32]));
+        assert_eq!(filter.insert(&live, [1; 32]), Claim::Duplicate);
         filter.remove(&live, &[1; 32]);
-        assert!(filter.insert(&live, [1; 32]));
+        assert_eq!(filter.insert(&live, [1; 32]), Claim::Taken);
         // The same content under another id and a later ntime shares the set.
         let mut again = crate::job::tests::template(6, true);
         again.ntime += 60;
         assert_eq!(Job::new(again).unwrap().content_key, live);
+    }
+
+    #[test]
+    fn a_full_filter_refuses_new_shares_and_still_knows_the_old() {
+        let mut filter = DuplicateFilter::with_shares_max(3);
+        let hash = |n: u8| {
+            let mut hash = [0u8; 32];
+            hash[0] = n;
+            hash
+        };
+        for n in 0..3 {
+            assert_eq!(filter.insert(&[1; 32], hash(n)), Claim::Taken);
+        }
+        assert_eq!(filter.len(), 3);
+        // At the bound: a new share is refused and counted, a known one is still a duplicate.
+        assert_eq!(filter.insert(&[2; 32], hash(9)), Claim::Full);
+        assert_eq!(filter.insert(&[1; 32], hash(1)), Claim::Duplicate);
+        assert_eq!(filter.take_refused_full(), 1);
+        assert_eq!(filter.take_refused_full(), 0);
+        // A refused claim left nothing behind to give back; a failed one frees its place.
+        filter.remove(&[2; 32], &hash(9));
+        assert_eq!(filter.len(), 3);
+        filter.remove(&[1; 32], &hash(2));
+        assert_eq!(filter.insert(&[2; 32], hash(9)), Claim::Taken);
+        // Retiring every content empties it.
+        filter.retire_unlisted(&crate::job::JobBook::default());
+        assert!(filter.is_empty());
+        assert_eq!(filter.insert(&[1; 32], hash(1)), Claim::Taken);
     }
 }

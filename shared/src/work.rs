@@ -12,10 +12,11 @@ use crate::address::{canonical_worker_for, AddressRule};
 use crate::bans::BanList;
 use crate::job::{Job, JobBook, JobLookup};
 use crate::limits::{
-    DIFFICULTY_CHANGE_GRACE_S, DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX,
+    DIFFICULTY_CHANGE_GRACE_S, DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX,
+    DIFFICULTY_LOWERING_INTERVAL_S, DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX,
     NTIME_FUTURE_SECONDS_MAX, WORKER_NAME_BYTES_MAX,
 };
-use crate::share::{check_pow, DuplicateFilter, ValidShare};
+use crate::share::{check_pow, Claim, DuplicateFilter, ValidShare};
 use crate::vardiff::{Vardiff, VardiffConfig};
 
 /// Why a share was refused, before it is put into a protocol's words.
@@ -33,6 +34,9 @@ pub enum Rejection {
     LowDifficulty,
     /// The same share was accepted before.
     Duplicate,
+    /// The core's duplicate filter is full (`DUPLICATE_FILTER_SHARES_PER_CORE_MAX`): the
+    /// share cannot be checked, so it is refused until a new job retires old shares.
+    FilterFull,
 }
 
 /// Why a worker name (V1 `mining.authorize`, V2 `user_identity`) is refused.
@@ -150,6 +154,13 @@ pub struct ShareTerms {
 pub struct WorkState {
     difficulty: f64,
     difficulty_floor: f64,
+    /// The difficulty the pool chose for this miner: the start value, then each of
+    /// vardiff's retargets (and a lowering it allowed). Suggestions below it are limited
+    /// (`suggest_difficulty`).
+    measured_difficulty: f64,
+    /// Lowerings below `measured_difficulty` taken since `lowering_window_start_s`.
+    lowerings: u32,
+    lowering_window_start_s: u64,
     vardiff: Option<Vardiff>,
     /// Oldest first, at most `JOBS_REMEMBERED_MAX`.
     sent_jobs: Vec<SentJob>,
@@ -163,9 +174,13 @@ impl WorkState {
         vardiff: Option<VardiffConfig>,
     ) -> Self {
         let difficulty_floor = difficulty_floor.max(DIFFICULTY_MIN);
+        let difficulty = start_difficulty.clamp(difficulty_floor, DIFFICULTY_MAX);
         WorkState {
-            difficulty: start_difficulty.clamp(difficulty_floor, DIFFICULTY_MAX),
+            difficulty,
             difficulty_floor,
+            measured_difficulty: difficulty,
+            lowerings: 0,
+            lowering_window_start_s: 0,
             vardiff: vardiff.map(Vardiff::new),
             sent_jobs: Vec::new(),
         }
@@ -180,12 +195,41 @@ impl WorkState {
     pub fn set_difficulty_floor(&mut self, difficulty_floor: f64) {
         self.difficulty_floor = difficulty_floor.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
         self.difficulty = self.difficulty.max(self.difficulty_floor);
+        self.measured_difficulty = self.measured_difficulty.max(self.difficulty_floor);
     }
 
-    /// Sets the difficulty a miner asked for (or one derived from its hash rate), kept
-    /// within the pool's floor and `DIFFICULTY_MAX`.
+    /// Sets the difficulty outright, kept within the pool's floor and `DIFFICULTY_MAX`.
     pub fn set_difficulty(&mut self, difficulty: f64) {
         self.difficulty = difficulty.clamp(self.difficulty_floor, DIFFICULTY_MAX);
+    }
+
+    /// Takes a miner's suggestion (V1 `mining.suggest_difficulty`) as a hint within bounds:
+    /// never below the floor, and below the difficulty the pool measured for the miner at
+    /// most `DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX` times per
+    /// `DIFFICULTY_LOWERING_INTERVAL_S`; past that the miner stays at the measured value.
+    /// So re-sending a tiny suggestion cannot keep undoing vardiff (a flood of nearly free
+    /// shares the pool must validate and store), while a miner that asks once is served.
+    /// Returns whether the suggestion was taken as asked (within the floor and maximum).
+    pub fn suggest_difficulty(&mut self, suggested: f64, now_s: u64) -> bool {
+        let suggested = suggested.clamp(self.difficulty_floor, DIFFICULTY_MAX);
+        if suggested >= self.measured_difficulty {
+            self.difficulty = suggested;
+            return true;
+        }
+        if now_s >= self.lowering_window_start_s + DIFFICULTY_LOWERING_INTERVAL_S {
+            self.lowering_window_start_s = now_s;
+            self.lowerings = 0;
+        }
+        if self.lowerings < DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX {
+            self.lowerings += 1;
+            self.difficulty = suggested;
+            // Asking for the same value again is then no further lowering.
+            self.measured_difficulty = suggested;
+            true
+        } else {
+            self.difficulty = self.measured_difficulty;
+            false
+        }
     }
 
     /// Gives vardiff a chance to retarget before a job goes out, which catches miners that
@@ -199,6 +243,7 @@ impl WorkState {
         {
             Some(next) => {
                 self.difficulty = next;
+                self.measured_difficulty = next;
                 true
             }
             None => false,
@@ -216,6 +261,7 @@ impl WorkState {
         match vardiff.retarget(now_s, current) {
             Some(next) => {
                 self.difficulty = next;
+                self.measured_difficulty = next;
                 true
             }
             None => false,
@@ -312,16 +358,16 @@ pub struct CreditedShare {
 
 /// Claims a share in the duplicate filter as it arrives, before its proof of work is
 /// computed (see `DuplicateFilter`): `Duplicate` if the same header was taken before or is
-/// waiting for its hash.
+/// waiting for its hash, `FilterFull` if the filter is at its bound.
 pub fn claim_share(
     job: &Job,
     header_hash: [u8; 32],
     duplicates: &mut DuplicateFilter,
 ) -> Result<(), Rejection> {
-    if duplicates.insert(&job.content_key, header_hash) {
-        Ok(())
-    } else {
-        Err(Rejection::Duplicate)
+    match duplicates.insert(&job.content_key, header_hash) {
+        Claim::Taken => Ok(()),
+        Claim::Duplicate => Err(Rejection::Duplicate),
+        Claim::Full => Err(Rejection::FilterFull),
     }
 }
 
@@ -502,6 +548,61 @@ mod tests {
             work.resolve(&book, 99, 0).unwrap_err(),
             Rejection::UnknownJob
         );
+    }
+
+    #[test]
+    fn suggestions_lower_the_difficulty_once_per_interval_and_never_below_the_floor() {
+        let vardiff = VardiffConfig {
+            difficulty_min: 0.5,
+            ..VardiffConfig::default()
+        };
+        let mut work = WorkState::new(64.0, 0.5, Some(vardiff));
+        let start_s = 1_000;
+        // Raising is always taken.
+        assert!(work.suggest_difficulty(128.0, start_s));
+        assert_eq!(work.difficulty(), 128.0);
+        // The first lowering below the measured 64 is taken, down to the floor at most.
+        assert!(work.suggest_difficulty(1e-9, start_s));
+        assert_eq!(work.difficulty(), 0.5);
+        // The same value again is no further lowering.
+        assert!(work.suggest_difficulty(0.5, start_s + 1));
+        // Vardiff measures the miner at 2 (a burst of shares at 0.5).
+        work.retarget_before_job(start_s + 1);
+        for _ in 0..crate::vardiff::VARDIFF_BURST_SHARES_MAX {
+            work.on_share_durable(start_s + 2);
+        }
+        assert_eq!(work.difficulty(), 2.0);
+        // A second lowering inside the interval is held at the measured value.
+        let last_s = start_s + DIFFICULTY_LOWERING_INTERVAL_S - 1;
+        assert!(!work.suggest_difficulty(1e-9, last_s));
+        assert_eq!(work.difficulty(), 2.0);
+        assert!(!work.suggest_difficulty(1.0, last_s));
+        assert_eq!(work.difficulty(), 2.0);
+        // Once the interval is over, one more.
+        assert!(work.suggest_difficulty(1.0, start_s + DIFFICULTY_LOWERING_INTERVAL_S));
+        assert_eq!(work.difficulty(), 1.0);
+        assert!(!work.suggest_difficulty(0.5, start_s + DIFFICULTY_LOWERING_INTERVAL_S));
+        assert_eq!(work.difficulty(), 1.0);
+    }
+
+    #[test]
+    fn the_default_floor_makes_a_share_cost_the_miner_more_than_the_pool() {
+        use crate::limits::{difficulty_floor, pool_cost_per_share_hashes, SHARE_COST_MARGIN};
+        for algorithm in [Algorithm::Sha256d, Algorithm::Scrypt] {
+            let floor = difficulty_floor(algorithm);
+            assert!(floor >= DIFFICULTY_MIN, "{algorithm:?}");
+            // Expected hashes per share at the floor, from the target itself.
+            let target = share_target(algorithm, floor);
+            let hashes = 2f64.powi(256) / (target.to_f64() + 1.0);
+            let pool = pool_cost_per_share_hashes(algorithm);
+            assert!(
+                hashes >= SHARE_COST_MARGIN * pool * 0.999,
+                "{algorithm:?}: {hashes} hashes a share at {floor:e}, pool {pool}"
+            );
+            assert!(hashes <= SHARE_COST_MARGIN * pool * 1.001, "{algorithm:?}");
+        }
+        // The old default of 1e-6 gave scrypt a target no hash can miss.
+        assert_eq!(share_target(Algorithm::Scrypt, 1e-6), Target::MAX);
     }
 
     #[test]

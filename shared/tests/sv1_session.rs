@@ -431,6 +431,94 @@ fn suggestions_below_the_pool_floor_get_the_floor() {
 }
 
 #[test]
+fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
+    use otedama_shared::limits::DIFFICULTY_LOWERING_INTERVAL_S;
+    let mut config = config(1.0);
+    config.vardiff = Some(otedama_shared::vardiff::VardiffConfig {
+        share_interval_target_s: 10.0,
+        retarget_interval_s: 60,
+        difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
+        difficulty_max: 1e15,
+    });
+    let mut h = Harness::new(1.0);
+    h.session = Session::new(config);
+    h.ready();
+    let set_difficulty = |out: &[Value]| {
+        out.iter()
+            .find(|m| m["method"] == "mining.set_difficulty")
+            .map(|m| m["params"][0].as_f64().unwrap())
+    };
+    // The first lowering below the measured 1.0 is taken, to the floor.
+    let (_, out) = h.send(&request_line(
+        4,
+        "mining.suggest_difficulty",
+        json!([1e-12]),
+    ));
+    assert_eq!(set_difficulty(&out), Some(DIFFICULTY_FLOOR_FOR_TESTS));
+    // A raise is taken (and becomes what the next lowering is measured against only once
+    // vardiff says so: here, the floor the miner chose stays the measured value).
+    let (_, out) = h.send(&request_line(5, "mining.suggest_difficulty", json!([4.0])));
+    assert_eq!(set_difficulty(&out), Some(4.0));
+    let (_, out) = h.send(&request_line(
+        6,
+        "mining.suggest_difficulty",
+        json!([1e-12]),
+    ));
+    assert_eq!(set_difficulty(&out), Some(DIFFICULTY_FLOOR_FOR_TESTS));
+    // Vardiff then measures the miner higher: a flood of shares at the floor.
+    let job = {
+        let (_, out) = h.send(&request_line(7, "mining.suggest_difficulty", json!([1e-5])));
+        let notify = out.iter().find(|m| m["method"] == "mining.notify").unwrap();
+        NotifiedJob::from_params(&notify["params"]).unwrap()
+    };
+    let mut raised = None;
+    for n in 0u32..64 {
+        let extranonce2 = n.to_be_bytes();
+        let nonce = mine(&job, &extranonce2, job.ntime, job.version, 1e-5);
+        let line = submit_line(
+            10 + n as u64,
+            "addr.rig",
+            &job.job_id,
+            &extranonce2,
+            job.ntime,
+            nonce,
+            None,
+        );
+        let (outcome, _) = h.send_at(&line, NOW_S + 2);
+        if let Outcome::ShareAccepted(accepted) = outcome {
+            let out = {
+                h.session
+                    .handle_share_durable(&accepted.request_id, NOW_S + 2, &h.jobs);
+                h.drain()
+            };
+            if let Some(next) = set_difficulty(&out) {
+                raised = Some(next);
+                break;
+            }
+        }
+    }
+    let measured = raised.expect("vardiff raised the difficulty after a burst");
+    assert!(measured > 1e-5, "{measured}");
+    // Inside the interval a second lowering is refused: the miner stays at what vardiff
+    // measured, however often it asks.
+    for id in 100..110 {
+        let (_, out) = h.send_at(
+            &request_line(id, "mining.suggest_difficulty", json!([1e-12])),
+            NOW_S + 3,
+        );
+        assert_eq!(out[0]["result"], true);
+        assert_eq!(set_difficulty(&out), None, "no change: {out:?}");
+        assert_eq!(h.session.difficulty(), measured);
+    }
+    // After the interval, one more lowering is taken.
+    let (_, out) = h.send_at(
+        &request_line(200, "mining.suggest_difficulty", json!([1e-12])),
+        NOW_S + DIFFICULTY_LOWERING_INTERVAL_S,
+    );
+    assert_eq!(set_difficulty(&out), Some(DIFFICULTY_FLOOR_FOR_TESTS));
+}
+
+#[test]
 fn extranonce_subscribe_is_acknowledged() {
     let mut h = Harness::new(1.0);
     let (_, out) = h.send(&request_line(4, "mining.extranonce.subscribe", json!([])));

@@ -125,7 +125,9 @@ fn handle_line(
     let outcome = {
         let jobs = core.jobs.borrow();
         let mut duplicates = core.duplicates.borrow_mut();
-        session.handle_line(line, now_s(), &jobs, &mut duplicates)
+        let outcome = session.handle_line(line, now_s(), &jobs, &mut duplicates);
+        core.count_filter_refusals(&mut duplicates);
+        outcome
     };
     let result = apply_outcome(core, connection, &mut session, outcome);
     connection.flush(&mut session);

@@ -250,6 +250,7 @@ pub(crate) fn handle_frame(
             };
             let mut session = link.session().borrow_mut();
             let outcome = session.handle_frame(header, payload, &mut context);
+            core.count_filter_refusals(context.duplicates);
             while let Some(prefix) = session.poll_released_extranonce_prefix() {
                 core.release_extranonce1(&prefix);
             }

@@ -249,6 +249,14 @@ impl Core {
         );
     }
 
+    /// Moves the duplicate filter's count of shares it refused when full into the counters.
+    pub fn count_filter_refusals(&self, duplicates: &mut DuplicateFilter) {
+        self.counters.refused(
+            otedama_shared::ipc::Refusal::ShareFilterFull,
+            duplicates.take_refused_full(),
+        );
+    }
+
     /// Queues a scrypt share for the batch hasher.
     pub fn queue_pow(&self, work: PowWork) {
         self.pow_queue.borrow_mut().push(work);

@@ -339,7 +339,9 @@ impl Session {
         if !(suggested.is_finite() && suggested > 0.0) {
             return self.reject(id, ErrorCode::Other, "difficulty must be positive");
         }
-        self.work.set_difficulty(suggested);
+        // A hint within bounds (`WorkState::suggest_difficulty`); the reply is `true`
+        // either way, and the difficulty the miner gets follows in `set_difficulty`.
+        self.work.suggest_difficulty(suggested, now_s);
         self.reply(id, json!(true));
         self.resend_newest_job(jobs, now_s);
         Outcome::Continue

@@ -81,8 +81,13 @@ impl Session {
         };
         let header = build_header(&job, &submission);
         let header_hash = sha256d_80(&header);
-        if claim_share(&job, header_hash, duplicates).is_err() {
-            return self.reject(id, ErrorCode::Duplicate, "duplicate share");
+        match claim_share(&job, header_hash, duplicates) {
+            Ok(()) => {}
+            Err(Rejection::FilterFull) => {
+                // Not a duplicate as far as anyone knows, so code 20, not 22.
+                return self.reject(id, ErrorCode::Other, "share filter full; wait for new work");
+            }
+            Err(_) => return self.reject(id, ErrorCode::Duplicate, "duplicate share"),
         }
         let pending = PendingPow {
             request_id: id.clone(),

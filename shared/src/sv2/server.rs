@@ -77,6 +77,9 @@ pub mod error_code {
     pub const UNSUPPORTED_PROTOCOL: &str = "unsupported-protocol";
     pub const PROTOCOL_VERSION_MISMATCH: &str = "protocol-version-mismatch";
     pub const UNSUPPORTED_FEATURE_FLAGS: &str = "unsupported-feature-flags";
+    /// Not in the specification: the pool cannot check this share for duplicates until a
+    /// new job comes (`Rejection::FilterFull`).
+    pub const SHARE_FILTER_FULL: &str = "share-filter-full";
 }
 
 /// The message a share was refused with.
@@ -88,6 +91,7 @@ pub fn rejection_code(rejection: Rejection) -> &'static str {
         Rejection::VersionBitsNotAllowed => error_code::VERSION_ROLLING_NOT_ALLOWED,
         Rejection::LowDifficulty => error_code::DIFFICULTY_TOO_LOW,
         Rejection::Duplicate => error_code::DUPLICATE_SHARE,
+        Rejection::FilterFull => error_code::SHARE_FILTER_FULL,
     }
 }
 
@@ -772,8 +776,8 @@ impl Session {
             _ => return self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID),
         };
         let header_hash = sha256d_80(&header);
-        if claim_share(&job, header_hash, context.duplicates).is_err() {
-            return self.reject(channel_id, sequence_number, error_code::DUPLICATE_SHARE);
+        if let Err(rejection) = claim_share(&job, header_hash, context.duplicates) {
+            return self.reject(channel_id, sequence_number, rejection_code(rejection));
         }
         let pending = PendingPow {
             header_hash,
