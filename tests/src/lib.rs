@@ -120,10 +120,18 @@ impl PoolSetup {
             ])
             .args(["--api-listen", &format!("127.0.0.1:{}", self.api_port)])
             .args(["--start-difficulty", &self.start_difficulty.to_string()])
-            .args(["--vardiff-share-interval-s", "1"])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(&self.extra_args)
+            .args(&self.extra_args);
+        // Vardiff every second unless the test chose its own interval.
+        if !self
+            .extra_args
+            .iter()
+            .any(|arg| arg == "--vardiff-share-interval-s")
+        {
+            command.args(["--vardiff-share-interval-s", "1"]);
+        }
+        command
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());

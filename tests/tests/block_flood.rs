@@ -24,7 +24,13 @@ fn an_honest_block_reaches_the_node_within_a_second_after_a_candidate_flood() ->
 {
     let root = tempfile::tempdir()?;
     let nodes = RegtestPair::start(root.path(), 101)?;
-    let pool = PoolSetup::new(&nodes, &root.path().join("pool"), 0.001);
+    let mut pool = PoolSetup::new(&nodes, &root.path().join("pool"), 0.001);
+    // The flood needs a floor where every hash is a share (so about every other one a
+    // block), and vardiff off so that it stays there: the default floor and the bound on
+    // lowering by suggestion exist precisely to stop such a miner.
+    pool.extra_args.extend(
+        ["--difficulty-min", "1e-9", "--vardiff-share-interval-s", "0"].map(String::from),
+    );
     let _run = pool.spawn("run")?;
     pool.wait_ready(Duration::from_secs(60))?;
 
