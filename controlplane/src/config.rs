@@ -64,6 +64,11 @@ pub struct PoolConfig {
     pub share_log_sync: bool,
     pub version_rolling_mask: u32,
     pub connection_idle_timeout_s: u64,
+    /// Stratum TCP connections (V1 and V2) the host holds from one IPv4 address or IPv6
+    /// /64; more are refused at accept. Farms behind one NAT address need room, so the
+    /// default is generous; it bounds what one address can hold, with the login deadline
+    /// bounding how long it holds sockets that never log in.
+    pub connections_per_ip_max: u32,
     /// Seconds between template refreshes when no new block arrives (new transactions).
     pub template_refresh_s: u64,
     /// Seconds per share that variable difficulty aims for on each connection; 0 turns it
@@ -188,6 +193,7 @@ impl Default for PoolConfig {
             share_log_sync: true,
             version_rolling_mask: 0x1fff_e000,
             connection_idle_timeout_s: 900,
+            connections_per_ip_max: 4096,
             template_refresh_s: 30,
             vardiff_share_interval_s: 10.0,
             difficulty_min: None,
@@ -292,6 +298,9 @@ pub struct ConfigArgs {
     /// Seconds of silence after which a miner is disconnected.
     #[arg(long, env = "OTEDAMA_CONNECTION_IDLE_TIMEOUT_S")]
     pub connection_idle_timeout_s: Option<u64>,
+    /// Stratum TCP connections one IPv4 address or IPv6 /64 may hold.
+    #[arg(long, env = "OTEDAMA_CONNECTIONS_PER_IP_MAX")]
+    pub connections_per_ip_max: Option<u32>,
     /// Seconds between template refreshes when no new block arrives.
     #[arg(long, env = "OTEDAMA_TEMPLATE_REFRESH_S")]
     pub template_refresh_s: Option<u64>,
@@ -436,7 +445,11 @@ impl ConfigArgs {
         if let Some(path) = &self.kyc_webhook_secret_file {
             config.kyc_webhook_secret_file = Some(path.clone());
         }
-        take!(sv2_certificate_validity_s, quic_connections_per_core_max);
+        take!(
+            sv2_certificate_validity_s,
+            quic_connections_per_core_max,
+            connections_per_ip_max
+        );
         for (flag, field) in [
             (&self.quic_cert_file, &mut config.quic_cert_file),
             (&self.quic_key_file, &mut config.quic_key_file),
@@ -628,6 +641,9 @@ impl PoolConfig {
         }
         if self.quic_cert_file.is_some() != self.quic_key_file.is_some() {
             bail!("quic_cert_file and quic_key_file go together");
+        }
+        if self.connections_per_ip_max == 0 {
+            bail!("connections_per_ip_max must be at least 1");
         }
         if self.quic_connections_per_core_max == 0 {
             bail!("quic_connections_per_core_max must be at least 1");
@@ -921,6 +937,10 @@ impl PoolConfig {
             ipc_socket: self.ipc_socket(),
             version_rolling_mask: self.version_rolling_mask,
             connection_idle_timeout_s: self.connection_idle_timeout_s,
+            // SO_REUSEPORT spreads one address's connections over the processes.
+            connections_per_ip_max: self
+                .connections_per_ip_max
+                .div_ceil(self.dataplane_processes as u32),
             vardiff: (self.vardiff_share_interval_s > 0.0).then(|| {
                 otedama_shared::vardiff::VardiffConfig {
                     share_interval_target_s: self.vardiff_share_interval_s,

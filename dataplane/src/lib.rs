@@ -50,6 +50,8 @@ pub struct DataplaneConfig {
     pub ipc_socket: PathBuf,
     pub version_rolling_mask: u32,
     pub connection_idle_timeout_s: u64,
+    /// TCP connections (V1 and V2) this process holds from one IPv4 address or IPv6 /64.
+    pub connections_per_ip_max: u32,
     /// `None` turns variable difficulty off.
     pub vardiff: Option<otedama_shared::vardiff::VardiffConfig>,
     /// Refuse at authorize a worker whose name does not start with a payout address of

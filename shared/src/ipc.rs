@@ -147,15 +147,33 @@ pub struct DataplaneCounters {
 pub enum Refusal {
     /// A core's duplicate filter was at `DUPLICATE_FILTER_SHARES_PER_CORE_MAX`.
     ShareFilterFull,
+    /// A TCP connection refused at accept: its address had `connections_per_ip_max`.
+    ConnectionsPerIp,
+    /// Closed: not logged in within `STRATUM_LOGIN_DEADLINE_S`.
+    LoginDeadline,
+    /// Closed: a line or frame left unfinished for `STRATUM_PARTIAL_LINE_DEADLINE_S`.
+    PartialLineDeadline,
+    /// Closed: silent for `connection_idle_timeout_s`.
+    IdleTimeout,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 1] = [Refusal::ShareFilterFull];
+    pub const ALL: [Refusal; 5] = [
+        Refusal::ShareFilterFull,
+        Refusal::ConnectionsPerIp,
+        Refusal::LoginDeadline,
+        Refusal::PartialLineDeadline,
+        Refusal::IdleTimeout,
+    ];
 
     /// The `reason` label.
     pub fn name(self) -> &'static str {
         match self {
             Refusal::ShareFilterFull => "share_filter_full",
+            Refusal::ConnectionsPerIp => "connections_per_ip",
+            Refusal::LoginDeadline => "login_deadline",
+            Refusal::PartialLineDeadline => "partial_line_deadline",
+            Refusal::IdleTimeout => "idle_timeout",
         }
     }
 }

@@ -481,6 +481,51 @@ impl SyntheticPool {
     pub fn stats(&self) -> Value {
         self.try_stats().expect("the stats answer")
     }
+
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.api_port);
+        Ok(ureq::get(&url).call()?.into_string()?)
+    }
+}
+
+/// The value of one sample (`name{labels}`) in Prometheus text, if present.
+pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok())?
+    })
+}
+
+/// A TCP connection to `address` from the loopback address `source`.
+pub fn connect_from(source: std::net::Ipv4Addr, address: &str) -> anyhow::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let target: std::net::SocketAddrV4 = address.parse().context("an IPv4 address")?;
+    let socket_address = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a fresh socket; the address structs live across the calls that read them,
+    // and the descriptor is closed on every error path or owned by the returned stream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = socket_address(source, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), length) != 0 {
+            anyhow::bail!("bind {source}: {}", std::io::Error::last_os_error());
+        }
+        let remote = socket_address(*target.ip(), target.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), length) != 0 {
+            anyhow::bail!("connect {address}: {}", std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
 }
 
 /// The first line a child prints on stdout; the rest is read and dropped on a thread, so
@@ -555,6 +600,16 @@ impl StratumTestClient {
     pub fn connect(address: &str) -> anyhow::Result<Self> {
         let writer =
             TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+        Self::over(writer)
+    }
+
+    /// Connects to `address` from `source` (any of 127.0.0.0/8 on loopback), as a miner on
+    /// another host would.
+    pub fn connect_from(source: std::net::Ipv4Addr, address: &str) -> anyhow::Result<Self> {
+        Self::over(connect_from(source, address)?)
+    }
+
+    fn over(writer: TcpStream) -> anyhow::Result<Self> {
         writer.set_read_timeout(Some(Duration::from_secs(30)))?;
         let reader = std::io::BufReader::new(writer.try_clone()?);
         Ok(StratumTestClient {

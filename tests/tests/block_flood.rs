@@ -29,7 +29,13 @@ fn an_honest_block_reaches_the_node_within_a_second_after_a_candidate_flood() ->
     // block), and vardiff off so that it stays there: the default floor and the bound on
     // lowering by suggestion exist precisely to stop such a miner.
     pool.extra_args.extend(
-        ["--difficulty-min", "1e-9", "--vardiff-share-interval-s", "0"].map(String::from),
+        [
+            "--difficulty-min",
+            "1e-9",
+            "--vardiff-share-interval-s",
+            "0",
+        ]
+        .map(String::from),
     );
     let _run = pool.spawn("run")?;
     pool.wait_ready(Duration::from_secs(60))?;

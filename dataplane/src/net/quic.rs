@@ -54,6 +54,13 @@ const DATAGRAM_BYTES_MAX: usize = 65_535;
 /// TLS sessions the QUIC listeners remember for resumption (and 0-RTT), across all cores
 /// of a process; the oldest are forgotten first. A few hundred bytes each.
 pub const QUIC_RESUMABLE_SESSIONS_MAX: usize = 65_536;
+/// Bytes a QUIC miner may send ahead of what the pool has taken into its frame decoder
+/// (the stream's and the connection's flow-control window), and the most the decoder
+/// holds. While the core or the connection is at a bound on shares in flight, frames wait
+/// in the decoder and the rest of the stream in quinn, within this window: a client that
+/// streams shares faster than the pool can hash them is held back by QUIC's own flow
+/// control, as a TCP miner is by its socket.
+pub const QUIC_RECEIVE_WINDOW_BYTES: u32 = 64 * 1024;
 /// ALPN the pool and `otedama miner` agree on for SV2 over QUIC.
 pub const QUIC_ALPN: &[u8] = b"sv2";
 
@@ -111,6 +118,8 @@ impl QuicShared {
         transport
             .max_concurrent_bidi_streams(VarInt::from_u32(1))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(QUIC_RECEIVE_WINDOW_BYTES))
+            .receive_window(VarInt::from_u32(QUIC_RECEIVE_WINDOW_BYTES))
             .max_idle_timeout(Some(
                 VarInt::from_u64(idle_timeout_s.saturating_mul(1000))?.into(),
             ))
@@ -304,6 +313,7 @@ impl QuicFrontEnd {
             drained: Cell::new(false),
             timer_waker: RefCell::new(None),
             timer_notified: Cell::new(false),
+            resume_scheduled: Cell::new(false),
             core: Rc::downgrade(core),
         });
         self.connections
@@ -337,6 +347,8 @@ pub struct QuicConnection {
     drained: Cell<bool>,
     timer_waker: RefCell<Option<Waker>>,
     timer_notified: Cell<bool>,
+    /// Whether a task waits to go on with frames held at a bound (`read_frames`).
+    resume_scheduled: Cell<bool>,
     core: std::rc::Weak<Core>,
 }
 
@@ -372,7 +384,11 @@ impl QuicConnection {
         self.flush();
     }
 
-    /// Reads what the stream holds and runs each whole frame through the session.
+    /// Reads what the stream holds, up to `QUIC_RECEIVE_WINDOW_BYTES` held in the decoder,
+    /// and runs whole frames through the session while the connection and the core have
+    /// room for another share in flight (`Core::has_room`). At a bound the frames left
+    /// wait in the decoder (and the stream in quinn, under flow control) until a task
+    /// that waits for room goes on with them.
     fn read_frames(self: &Rc<Self>, core: &Rc<Core>) -> Result<(), &'static str> {
         let Some(id) = self.stream.get() else {
             return Ok(());
@@ -384,8 +400,15 @@ impl QuicConnection {
             let mut decoder = self.decoder.borrow_mut();
             let mut finished = false;
             loop {
-                match chunks.next(usize::MAX) {
-                    Ok(Some(chunk)) => decoder.feed(&chunk.bytes),
+                let room = (QUIC_RECEIVE_WINDOW_BYTES as usize).saturating_sub(decoder.buffered());
+                if room == 0 {
+                    break;
+                }
+                match chunks.next(room) {
+                    Ok(Some(chunk)) => {
+                        decoder.feed(&chunk.bytes);
+                        self.last_read_s.set(now_s());
+                    }
                     Ok(None) => {
                         finished = true;
                         break;
@@ -403,11 +426,15 @@ impl QuicConnection {
                 return Err("the miner ended the stream");
             }
         }
-        self.last_read_s.set(now_s());
         let link: Rc<dyn V2Link> = self.clone();
         let now_s = now_s();
         let mut decoder = self.decoder.borrow_mut();
         loop {
+            if !core.has_room(&self.awaiting_ack) {
+                drop(decoder);
+                self.resume_when_room(core);
+                return Ok(());
+            }
             let frame = match decoder.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
@@ -415,6 +442,27 @@ impl QuicConnection {
             };
             handle_frame(core, &link, &frame.header, frame.payload, now_s)?;
         }
+    }
+
+    /// Goes on with held frames (and the stream behind them) once there is room.
+    fn resume_when_room(self: &Rc<Self>, core: &Rc<Core>) {
+        if self.resume_scheduled.replace(true) {
+            return;
+        }
+        let (connection, core) = (self.clone(), core.clone());
+        glommio::spawn_local(async move {
+            core.wait_for_room(&connection.awaiting_ack).await;
+            connection.resume_scheduled.set(false);
+            if connection.drained.get() {
+                return;
+            }
+            if let Err(reason) = connection.read_frames(&core) {
+                tracing::debug!(reason, "closing QUIC connection");
+                connection.close_with(reason);
+            }
+            connection.flush();
+        })
+        .detach();
     }
 
     fn close_with(&self, reason: &'static str) {

@@ -8,7 +8,6 @@
 //! when the writer reports their batch durable (see `rt::Core::complete_shares`).
 
 use std::cell::RefCell;
-use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use glommio::net::TcpStream;
 
 use otedama_shared::bans::BanList;
 use otedama_shared::limits::{EXTRANONCE2_BYTES, STRATUM_LINE_BYTES_MAX};
-use otedama_shared::sv1::{ErrorCode, LineFramer, Outcome, Session, SessionConfig};
+use otedama_shared::sv1::{ErrorCode, LineFramer, LineStep, Outcome, Session, SessionConfig};
 use otedama_shared::Job;
 
 use super::now_s;
@@ -62,6 +61,12 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
         return;
     }
+    // Held until the connection ends: its place under the per-address cap.
+    let Some(_address_slot) = core.admit(wire.peer_ip) else {
+        tracing::debug!(peer_ip = ?wire.peer_ip, "too many connections from one address");
+        return;
+    };
+    core.watch_login(&wire, now_s());
     // Given back when the connection ends, below.
     let session = Session::new(SessionConfig {
         extranonce1: core.next_extranonce1(),
@@ -91,26 +96,46 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
 
 async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str {
     let mut framer = LineFramer::new(STRATUM_LINE_BYTES_MAX);
+    let wire = &connection.wire;
     loop {
-        let read = match connection.wire.read_for_session(core).await {
-            Ok(read) => read,
-            Err(reason) => return reason,
-        };
-        let scratch = core.receive_buffer.borrow();
+        // Each line is taken only while the connection and the core have room for another
+        // share in flight (`Core::has_room`); at a bound the rest of the read is held
+        // and handled once there is room, before anything more is read.
         let mut close_reason = None;
-        let fed = framer.feed(&scratch[..read], |line| {
+        let mut on_line = |line: &[u8]| {
+            if !core.has_room(&wire.awaiting_ack) {
+                return LineStep::Pause;
+            }
             match handle_line(core, connection, line) {
-                Ok(()) => ControlFlow::Continue(()),
+                Ok(()) => LineStep::Next,
                 Err(reason) => {
                     close_reason = Some(reason);
-                    ControlFlow::Break(())
+                    LineStep::Stop
                 }
             }
-        });
+        };
+        let fed = if framer.held_bytes() > 0 {
+            wire.wait_for_room(core).await;
+            if wire.is_closed() {
+                return "closed by the pool";
+            }
+            framer.resume(&mut on_line)
+        } else {
+            let read = match wire.read_for_session(core).await {
+                Ok(read) => read,
+                Err(reason) => return reason,
+            };
+            let scratch = core.receive_buffer.borrow();
+            framer.feed_pausable(&scratch[..read], &mut on_line)
+        };
         match (fed, close_reason) {
             (Err(_), _) => return "line too long",
             (Ok(_), Some(reason)) => return reason,
             (Ok(_), None) => {}
+        }
+        core.note_partial_line(wire, framer.buffered_bytes() > 0, now_s());
+        if !wire.logged_in.get() && connection.session.borrow().is_mining() {
+            wire.logged_in.set(true);
         }
     }
 }

@@ -131,6 +131,12 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
         return;
     }
+    // Held until the connection ends: its place under the per-address cap.
+    let Some(_address_slot) = core.admit(wire.peer_ip) else {
+        tracing::debug!(peer_ip = ?wire.peer_ip, "too many connections from one address");
+        return;
+    };
+    core.watch_login(&wire, now_s());
     let Some(authority) = core.config.sv2_authority.as_ref() else {
         tracing::error!("an SV2 listener without an authority key");
         return;
@@ -163,7 +169,25 @@ async fn read_loop(
     link: &Rc<dyn V2Link>,
 ) -> &'static str {
     let mut handshake_reply = Vec::new();
+    let mut paused = false;
     loop {
+        if paused {
+            // Frames read and not yet handled wait in the Noise transport: go on with
+            // them once there is room, before reading more.
+            connection.wire.wait_for_room(core).await;
+            if connection.wire.is_closed() {
+                return "closed by the pool";
+            }
+            paused = match handle_frames(core, connection, link, now_s()) {
+                Ok(paused) => paused,
+                Err(reason) => {
+                    connection.flush();
+                    return reason;
+                }
+            };
+            connection.flush();
+            continue;
+        }
         let read = match connection.wire.read_for_session(core).await {
             Ok(read) => read,
             Err(reason) => return reason,
@@ -186,29 +210,47 @@ async fn read_loop(
             connection.wire.send(&handshake_reply);
             handshake_reply = Vec::new();
         }
-        if let Err(reason) = handle_frames(core, connection, link, now_s) {
-            connection.flush();
-            return reason;
-        }
+        paused = match handle_frames(core, connection, link, now_s) {
+            Ok(paused) => paused,
+            Err(reason) => {
+                connection.flush();
+                return reason;
+            }
+        };
         connection.flush();
+        let wire = &connection.wire;
+        let partial = connection
+            .noise
+            .borrow_mut()
+            .transport()
+            .is_some_and(|transport| transport.has_partial_frame());
+        core.note_partial_line(wire, partial, now_s);
+        if !wire.logged_in.get() && connection.session.borrow().channel_count() > 0 {
+            wire.logged_in.set(true);
+        }
     }
 }
 
-/// Runs every whole frame received so far through the session.
+/// Runs every whole frame received so far through the session, while the connection and
+/// its core have room for another share in flight (`Core::has_room`); `Ok(true)` if it
+/// stopped at a bound with frames left for later.
 fn handle_frames(
     core: &Rc<Core>,
     connection: &Connection,
     link: &Rc<dyn V2Link>,
     now_s: u64,
-) -> Result<(), &'static str> {
+) -> Result<bool, &'static str> {
     let mut noise = connection.noise.borrow_mut();
     let Some(transport) = noise.transport() else {
-        return Ok(());
+        return Ok(false);
     };
     loop {
+        if !core.has_room(&connection.wire.awaiting_ack) {
+            return Ok(transport.has_partial_frame());
+        }
         let (header, payload) = match transport.next_frame() {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(false),
             Err(error) => {
                 tracing::debug!(%error, "SV2 transport error");
                 return Err("noise transport error");

@@ -32,6 +32,16 @@ pub struct Wire {
     /// Unix seconds of the last read; the core's idle sweep closes silent connections.
     /// (A per-read timeout would keep a timer per idle connection; one sweep keeps none.)
     last_read_s: Cell<u64>,
+    /// Set once the session is mining (V1 subscribed and authorized, V2 a channel open);
+    /// until then the login deadline stands (`rt::admission`).
+    pub(crate) logged_in: Cell<bool>,
+    /// When the unfinished line (or frame) now buffered began, if one is.
+    pub(crate) partial_line_since_s: Cell<Option<u64>>,
+    /// Whether this wire has an entry in the core's partial-line deadline queue.
+    pub(crate) partial_line_deadline_queued: Cell<bool>,
+    /// Whether the reader waits at a gate (back-pressure): the pool is not reading, so
+    /// an unfinished line is not the peer's delay.
+    pub(crate) gated: Cell<bool>,
     pub(crate) awaiting_ack: Gate,
     pub(crate) peer_ip: Option<std::net::IpAddr>,
 }
@@ -46,6 +56,10 @@ impl Wire {
             backlog_writer_running: Cell::new(false),
             closed: Cell::new(false),
             last_read_s: Cell::new(now_s),
+            logged_in: Cell::new(false),
+            partial_line_since_s: Cell::new(None),
+            partial_line_deadline_queued: Cell::new(false),
+            gated: Cell::new(false),
             awaiting_ack: Gate::new(SHARES_AWAITING_ACK_PER_CONNECTION_MAX),
             peer_ip,
         })
@@ -115,8 +129,7 @@ impl Wire {
     /// limits of shares awaiting the disk (back-pressure: a flooding miner slows itself);
     /// the reason to close when the stream ended or the pool closed it.
     pub async fn read_for_session(&self, core: &crate::rt::Core) -> Result<usize, &'static str> {
-        self.awaiting_ack.below_limit().await;
-        core.awaiting_durability.below_limit().await;
+        self.wait_for_room(core).await;
         let read = match self.read(&core.receive_buffer).await {
             Ok(0) => return Err("peer closed"),
             Ok(read) => read,
@@ -126,6 +139,15 @@ impl Wire {
             return Err("closed by the pool");
         }
         Ok(read)
+    }
+
+    /// Waits until this connection and its core have room for another share
+    /// (`Core::has_room`); meanwhile the connection counts as gated, so its unfinished
+    /// line's deadline does not run against the miner.
+    pub async fn wait_for_room(&self, core: &crate::rt::Core) {
+        self.gated.set(true);
+        core.wait_for_room(&self.awaiting_ack).await;
+        self.gated.set(false);
     }
 
     /// Closes the connection if it has sent nothing since `cutoff_s`.

@@ -25,6 +25,11 @@ impl Gate {
         self.used.get()
     }
 
+    /// Whether fewer than `limit` units are taken.
+    pub fn has_room(&self) -> bool {
+        self.used.get() < self.limit
+    }
+
     pub fn take(&self, units: usize) {
         self.used.set(self.used.get() + units);
     }

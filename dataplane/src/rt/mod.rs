@@ -3,6 +3,7 @@
 //! place that knows about glommio, so the runtime can be swapped without touching the
 //! protocol code.
 
+pub mod admission;
 pub mod extranonce;
 pub mod gate;
 
@@ -28,11 +29,14 @@ use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 use crate::counters::Counters;
 use crate::net::now_s;
 use crate::net::sv2::V2Link;
+use crate::net::wire::Wire;
 use crate::net::{quic, sv1, sv2};
 use crate::store::{Completed, ShareLog, ShareLogHandle, SHARES_AWAITING_DURABILITY_PER_CORE_MAX};
 use crate::DataplaneConfig;
+use admission::{AddressCounts, AddressSlot, Deadline, Deadlines};
 use gate::Gate;
 use otedama_kernels::scrypt::SCRYPT_LANES_MAX;
+use otedama_shared::ipc::Refusal;
 
 /// Registered-buffer memory per executor. We do no file I/O through glommio, and a small
 /// value keeps the data plane inside the 8 MiB memlock limit of unprivileged users.
@@ -43,6 +47,12 @@ const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 const UPSTREAM_QUEUE_MAX: usize = 1024;
 /// The core's one receive buffer; every connection's reads land here in turn.
 pub const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
+/// Scrypt shares one core holds waiting for its batch hasher: about 0.3 s of hashing at
+/// 14,000 hashes/s. The read path stops taking lines and frames at this bound (as at the
+/// durability bound) and goes on once the hasher has made room, so a flood of shares
+/// with any nonce (scrypt runs before the target check) waits in its own socket instead of
+/// in the pool's memory.
+pub const SCRYPT_SHARES_QUEUED_PER_CORE_MAX: usize = 4096;
 /// Connections a job broadcast serves before it lets the core's other tasks run, so that
 /// sending a job to 100,000 miners does not hold up their shares.
 const BROADCAST_CONNECTIONS_PER_SLICE: usize = 512;
@@ -155,6 +165,8 @@ pub struct Core {
     /// writer completes them in.
     pub awaiting: RefCell<VecDeque<AwaitingAck>>,
     pub awaiting_durability: Gate,
+    /// Scrypt shares queued for the batch hasher (`SCRYPT_SHARES_QUEUED_PER_CORE_MAX`).
+    pub awaiting_pow: Gate,
     pub receive_buffer: RefCell<Box<[u8]>>,
     /// Scrypt shares waiting for the batch hasher, and the hasher's waker.
     pow_queue: RefCell<Vec<PowWork>>,
@@ -171,6 +183,10 @@ pub struct Core {
     pub counters: Arc<Counters>,
     /// The newest ban list: new connections and sessions start from it.
     pub bans: RefCell<Arc<BanList>>,
+    /// TCP connections per peer address, across this process's cores.
+    addresses: Arc<AddressCounts>,
+    /// Login and partial-line deadlines of this core's TCP connections.
+    deadlines: RefCell<Deadlines>,
 }
 
 impl Core {
@@ -187,6 +203,103 @@ impl Core {
     /// channel is gone.
     pub fn release_extranonce1(&self, extranonce1: &[u8]) {
         self.extranonces.borrow_mut().release(extranonce1);
+    }
+
+    /// Admits a new TCP connection from `peer_ip` under the per-address cap; `None`
+    /// (counted) if its address already has `connections_per_ip_max`. The slot is given
+    /// back when dropped, so the caller holds it for the connection's life.
+    pub fn admit(&self, peer_ip: Option<std::net::IpAddr>) -> Option<Option<AddressSlot>> {
+        let Some(ip) = peer_ip else {
+            // No address to count against (the socket is already gone): let the reader
+            // find the closed stream.
+            return Some(None);
+        };
+        match self.addresses.admit(ip) {
+            Some(slot) => Some(Some(slot)),
+            None => {
+                self.counters.refused(Refusal::ConnectionsPerIp, 1);
+                None
+            }
+        }
+    }
+
+    /// Starts a new connection's login deadline (`STRATUM_LOGIN_DEADLINE_S`).
+    pub fn watch_login(&self, wire: &Rc<Wire>, now_s: u64) {
+        self.deadlines.borrow_mut().push(
+            Deadline::Login,
+            now_s + admission::STRATUM_LOGIN_DEADLINE_S,
+            Rc::downgrade(wire),
+        );
+    }
+
+    /// Records, after a read, whether `wire` holds an unfinished line or frame, and starts
+    /// its deadline (`STRATUM_PARTIAL_LINE_DEADLINE_S`) when one begins.
+    pub fn note_partial_line(&self, wire: &Rc<Wire>, partial: bool, now_s: u64) {
+        if !partial {
+            wire.partial_line_since_s.set(None);
+            return;
+        }
+        if wire.partial_line_since_s.get().is_none() {
+            wire.partial_line_since_s.set(Some(now_s));
+        }
+        if !wire.partial_line_deadline_queued.replace(true) {
+            let since_s = wire.partial_line_since_s.get().unwrap_or(now_s);
+            self.deadlines.borrow_mut().push(
+                Deadline::PartialLine,
+                since_s + admission::STRATUM_PARTIAL_LINE_DEADLINE_S,
+                Rc::downgrade(wire),
+            );
+        }
+    }
+
+    /// Closes the connections whose login or partial-line deadline passed.
+    fn enforce_deadlines(&self, now_s: u64) {
+        let due = self.deadlines.borrow_mut().take_due(now_s);
+        for (kind, wire) in due {
+            let Some(wire) = wire.upgrade() else {
+                continue;
+            };
+            match kind {
+                Deadline::Login => {
+                    if !wire.logged_in.get() && !wire.is_closed() {
+                        wire.close();
+                        self.counters.refused(Refusal::LoginDeadline, 1);
+                    }
+                }
+                Deadline::PartialLine => {
+                    wire.partial_line_deadline_queued.set(false);
+                    let Some(since_s) = wire.partial_line_since_s.get() else {
+                        continue;
+                    };
+                    let due_s = since_s + admission::STRATUM_PARTIAL_LINE_DEADLINE_S;
+                    if wire.is_closed() {
+                        continue;
+                    }
+                    if wire.gated.get() {
+                        // The pool holds the reader back: the peer's time starts again
+                        // once it is read.
+                        wire.partial_line_since_s.set(Some(now_s));
+                        wire.partial_line_deadline_queued.set(true);
+                        self.deadlines.borrow_mut().push(
+                            Deadline::PartialLine,
+                            now_s + admission::STRATUM_PARTIAL_LINE_DEADLINE_S,
+                            Rc::downgrade(&wire),
+                        );
+                    } else if due_s <= now_s {
+                        wire.close();
+                        self.counters.refused(Refusal::PartialLineDeadline, 1);
+                    } else {
+                        // A later line is unfinished now: its own deadline.
+                        wire.partial_line_deadline_queued.set(true);
+                        self.deadlines.borrow_mut().push(
+                            Deadline::PartialLine,
+                            due_s,
+                            Rc::downgrade(&wire),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     pub fn register(&self, connection: Peer) -> u64 {
@@ -257,8 +370,26 @@ impl Core {
         );
     }
 
+    /// Whether a connection with `allowance` may have its next line or frame handled: it
+    /// and the core are below every bound on shares in flight (awaiting the disk, awaiting
+    /// the scrypt hasher). Checked before each line or frame, so no read, however large,
+    /// takes a core past a bound by more than the one share being handled.
+    pub fn has_room(&self, allowance: &Gate) -> bool {
+        allowance.has_room() && self.awaiting_durability.has_room() && self.awaiting_pow.has_room()
+    }
+
+    /// Waits until `has_room(allowance)`.
+    pub async fn wait_for_room(&self, allowance: &Gate) {
+        while !self.has_room(allowance) {
+            allowance.below_limit().await;
+            self.awaiting_durability.below_limit().await;
+            self.awaiting_pow.below_limit().await;
+        }
+    }
+
     /// Queues a scrypt share for the batch hasher.
     pub fn queue_pow(&self, work: PowWork) {
+        self.awaiting_pow.take(1);
         self.pow_queue.borrow_mut().push(work);
         if let Some(waker) = self.pow_waiter.borrow_mut().take() {
             waker.wake();
@@ -311,6 +442,7 @@ impl Core {
                         let _ = sv1::apply_outcome(&self, &connection, &mut session, outcome);
                         connection.flush(&mut session);
                         connection.wire.awaiting_ack.give_back(1);
+                        self.awaiting_pow.give_back(1);
                     }
                     PowWork::V2(connection, pending) => {
                         let outcome = {
@@ -325,6 +457,7 @@ impl Core {
                         let _ = sv2::apply_outcome(&self, &connection, outcome);
                         connection.flush();
                         connection.awaiting_ack().give_back(1);
+                        self.awaiting_pow.give_back(1);
                     }
                 }
             }
@@ -342,6 +475,7 @@ impl Core {
             .filter(|connection| connection.close_if_idle_since(cutoff_s))
             .count();
         if closed > 0 {
+            self.counters.refused(Refusal::IdleTimeout, closed as u64);
             tracing::debug!(closed, "closed idle connections");
         }
     }
@@ -544,6 +678,7 @@ pub fn run_with_share_log(
         cores.iter().map(|_| unbounded::<Completed>()).unzip();
     let share_log = open_share_log(completion_senders)?;
     let counters = Arc::new(Counters::default());
+    let addresses = AddressCounts::new(config.connections_per_ip_max);
     let (upstream_tx, upstream_rx) = crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX);
     // QUIC: one endpoint per core and listen address, with a channel from every core to
     // every other for datagrams of migrated connections.
@@ -581,11 +716,12 @@ pub fn run_with_share_log(
                 quic_forward_receivers.next().expect("one per core"),
             )
         });
-        let (config, share_log, upstream, counters) = (
+        let (config, share_log, upstream, counters, addresses) = (
             config.clone(),
             share_log.handle(),
             upstream_tx.clone(),
             counters.clone(),
+            addresses.clone(),
         );
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("core-{index}"))
@@ -600,6 +736,7 @@ pub fn run_with_share_log(
                     connections: RefCell::new(HashMap::new()),
                     awaiting: RefCell::new(VecDeque::new()),
                     awaiting_durability: Gate::new(SHARES_AWAITING_DURABILITY_PER_CORE_MAX),
+                    awaiting_pow: Gate::new(SCRYPT_SHARES_QUEUED_PER_CORE_MAX),
                     receive_buffer: RefCell::new(vec![0; RECEIVE_BUFFER_BYTES].into()),
                     pow_queue: RefCell::new(Vec::new()),
                     pow_waiter: RefCell::new(None),
@@ -613,6 +750,8 @@ pub fn run_with_share_log(
                     upstream,
                     counters,
                     bans: RefCell::new(Arc::default()),
+                    addresses,
+                    deadlines: RefCell::new(Deadlines::default()),
                 });
                 core_main(core, job_rx, completions, quic).await
             })
@@ -662,6 +801,14 @@ async fn core_main(
         loop {
             glommio::timer::sleep(Duration::from_secs(period_s)).await;
             sweeper.close_idle_connections();
+        }
+    })
+    .detach();
+    let enforcer = core.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            enforcer.enforce_deadlines(now_s());
         }
     })
     .detach();

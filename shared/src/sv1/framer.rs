@@ -7,12 +7,27 @@ use std::ops::ControlFlow;
 #[error("line longer than {0} bytes")]
 pub struct LineTooLong(pub usize);
 
+/// What a line handler asks of the framer after a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineStep {
+    /// The line is handled; go on.
+    Next,
+    /// The line was not handled: keep it and everything after it for `resume` (the pool
+    /// is at a bound and waits for room before it takes more).
+    Pause,
+    /// Stop here; the rest is dropped (the connection is closing).
+    Stop,
+}
+
 /// Cuts received bytes into complete lines without their `\n` (and `\r`), skipping blank
-/// ones; it holds only the start of a line that has not ended yet.
+/// ones; it holds only the start of a line that has not ended yet, and, after a pause,
+/// what was read and not yet handled.
 #[derive(Debug)]
 pub struct LineFramer {
     /// The unfinished line from earlier chunks; empty (and unallocated) between lines.
     buffer: Vec<u8>,
+    /// Bytes read but not yet handled, from the line a handler paused at.
+    held: Vec<u8>,
     line_bytes_max: usize,
 }
 
@@ -20,6 +35,7 @@ impl LineFramer {
     pub fn new(line_bytes_max: usize) -> Self {
         LineFramer {
             buffer: Vec::new(),
+            held: Vec::new(),
             line_bytes_max,
         }
     }
@@ -33,13 +49,32 @@ impl LineFramer {
         chunk: &[u8],
         mut on_line: impl FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, LineTooLong> {
+        let step = self.feed_pausable(chunk, |line| match on_line(line) {
+            ControlFlow::Continue(()) => LineStep::Next,
+            ControlFlow::Break(()) => LineStep::Stop,
+        })?;
+        Ok(if step == LineStep::Stop {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// `feed`, where the handler may also pause: the line it paused at and the rest of the
+    /// chunk are held (`held_bytes`) until `resume`. Feed nothing new while bytes are held.
+    pub fn feed_pausable(
+        &mut self,
+        chunk: &[u8],
+        mut on_line: impl FnMut(&[u8]) -> LineStep,
+    ) -> Result<LineStep, LineTooLong> {
+        debug_assert!(self.held.is_empty(), "resume before feeding more");
         let mut deliver = |raw: &[u8]| {
             let mut line = raw.strip_suffix(b"\n").unwrap_or(raw);
             if let [rest @ .., b'\r'] = line {
                 line = rest;
             }
             if line.iter().all(u8::is_ascii_whitespace) {
-                ControlFlow::Continue(())
+                LineStep::Next
             } else {
                 on_line(line)
             }
@@ -51,7 +86,7 @@ impl LineFramer {
                 if self.buffer.len() >= self.line_bytes_max {
                     return Err(LineTooLong(self.line_bytes_max));
                 }
-                return Ok(ControlFlow::Continue(()));
+                return Ok(LineStep::Next);
             };
             self.buffer.extend_from_slice(&rest[..=end]);
             rest = &rest[end + 1..];
@@ -59,16 +94,28 @@ impl LineFramer {
                 return Err(LineTooLong(self.line_bytes_max));
             }
             let line = std::mem::take(&mut self.buffer);
-            if deliver(&line).is_break() {
-                return Ok(ControlFlow::Break(()));
+            match deliver(&line) {
+                LineStep::Next => {}
+                LineStep::Pause => {
+                    let mut held = line;
+                    held.extend_from_slice(rest);
+                    self.held = held;
+                    return Ok(LineStep::Pause);
+                }
+                LineStep::Stop => return Ok(LineStep::Stop),
             }
         }
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
             if end + 1 > self.line_bytes_max {
                 return Err(LineTooLong(self.line_bytes_max));
             }
-            if deliver(&rest[..=end]).is_break() {
-                return Ok(ControlFlow::Break(()));
+            match deliver(&rest[..=end]) {
+                LineStep::Next => {}
+                LineStep::Pause => {
+                    self.held = rest.to_vec();
+                    return Ok(LineStep::Pause);
+                }
+                LineStep::Stop => return Ok(LineStep::Stop),
             }
             rest = &rest[end + 1..];
         }
@@ -76,12 +123,26 @@ impl LineFramer {
             return Err(LineTooLong(self.line_bytes_max));
         }
         self.buffer.extend_from_slice(rest);
-        Ok(ControlFlow::Continue(()))
+        Ok(LineStep::Next)
+    }
+
+    /// Goes on with the bytes held at a pause, as `feed_pausable` would.
+    pub fn resume(
+        &mut self,
+        on_line: impl FnMut(&[u8]) -> LineStep,
+    ) -> Result<LineStep, LineTooLong> {
+        let held = std::mem::take(&mut self.held);
+        self.feed_pausable(&held, on_line)
     }
 
     /// Bytes of a partial line held between chunks.
     pub fn buffered_bytes(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Bytes read and held at a pause, not yet handled.
+    pub fn held_bytes(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -147,6 +208,49 @@ mod tests {
             );
             assert_eq!(framer.buffered_bytes(), 0);
             assert_eq!(framer.buffer.capacity(), 0, "no buffer kept once idle");
+        }
+    }
+
+    #[test]
+    fn a_pause_keeps_the_line_and_the_rest_for_resume_under_any_chunking() {
+        let stream = b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n{\"d\"";
+        for split in 0..stream.len() {
+            let mut framer = LineFramer::new(64);
+            let mut handled = Vec::new();
+            let mut room = 1;
+            let mut handler = |line: &[u8], room: &mut usize| {
+                if *room == 0 {
+                    return LineStep::Pause;
+                }
+                *room -= 1;
+                handled.push(line.to_vec());
+                LineStep::Next
+            };
+            for chunk in [&stream[..split], &stream[split..]] {
+                let mut step = framer
+                    .feed_pausable(chunk, |line| handler(line, &mut room))
+                    .unwrap();
+                // Room for one more line at a time until the held bytes are used up.
+                while step == LineStep::Pause {
+                    room = 1;
+                    step = framer.resume(|line| handler(line, &mut room)).unwrap();
+                }
+                assert_eq!(framer.held_bytes(), 0);
+            }
+            assert_eq!(
+                handled,
+                vec![
+                    b"{\"a\":1}".to_vec(),
+                    b"{\"b\":2}".to_vec(),
+                    b"{\"c\":3}".to_vec()
+                ],
+                "split at {split}"
+            );
+            assert_eq!(
+                framer.buffered_bytes(),
+                4,
+                "the unfinished line stays buffered"
+            );
         }
     }
 

@@ -10,7 +10,7 @@ pub mod request;
 mod session;
 mod submit;
 
-pub use framer::{LineFramer, LineTooLong};
+pub use framer::{LineFramer, LineStep, LineTooLong};
 pub use session::{
     AcceptedShare, BlockCandidate, CloseReason, Outcome, PendingPow, Session, SessionConfig,
 };

@@ -156,6 +156,11 @@ impl NoiseTransport {
         }
     }
 
+    /// Whether a frame has begun to arrive and is not finished.
+    pub fn has_partial_frame(&self) -> bool {
+        self.pending_header.is_some() || self.inbound.len() > self.read_at
+    }
+
     /// Adds received ciphertext.
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.read_at > 0 && self.read_at == self.inbound.len() {
