@@ -54,6 +54,21 @@ pub const WS_CLIENT_MESSAGE_BYTES_MAX: usize = 4096;
 /// How long one feed message may wait for a client that does not read; then it is
 /// dropped and its place freed.
 const WS_SEND_TIMEOUT_S: u64 = 30;
+/// HTTP connections the API holds at once. Past it, new connections wait in the kernel's
+/// backlog (they take no descriptor here), so whatever the API's clients do, the control
+/// plane keeps descriptors for the node, RocksDB and payouts (it raises its own
+/// open-files limit, at least 20,000 on a tuned host).
+pub const API_CONNECTIONS_MAX: usize = 1024;
+/// HTTP connections one IPv4 address or IPv6 /64 may hold; more are closed at accept, so
+/// one scraper cannot take every place.
+pub const API_CONNECTIONS_PER_IP_MAX: u32 = 64;
+/// Seconds a client has to send a request's headers, and that an idle keep-alive
+/// connection stays open waiting for the next request. Then the connection is closed:
+/// a slowloris client holds a place this long at most.
+pub const API_HEADER_READ_TIMEOUT_S: u64 = 10;
+/// Largest request body any route reads (orders, KYC callbacks and admin requests are a
+/// few hundred bytes).
+pub const API_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Audit entries one request may list.
 const AUDIT_ENTRIES_PER_REQUEST_MAX: usize = 1000;
 
@@ -125,7 +140,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/miners/{address}", get(miner))
         .route("/api/v1/miners/{address}/settings", get(miner_settings))
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
         .route("/", get(dashboard))
@@ -135,19 +150,70 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Serves the API with its bounds: at most `API_CONNECTIONS_MAX` connections (and
+/// `API_CONNECTIONS_PER_IP_MAX` per address), `API_HEADER_READ_TIMEOUT_S` to send headers
+/// or the next request, bodies up to `API_BODY_BYTES_MAX`.
 pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
     use tower::Layer;
-    let app = middleware::map_request(normalize_request_path).layer(router(state));
+    let app = middleware::map_request(normalize_request_path)
+        .layer(router(state).layer(axum::extract::DefaultBodyLimit::max(API_BODY_BYTES_MAX)));
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the API on {address}"))?;
     tracing::info!(%address, "API listening");
-    axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service(app),
-    )
-    .await
-    .context("serving the API")
+    let places = Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
+    let per_address = Arc::new(Mutex::new(std::collections::HashMap::<
+        otedama_shared::bans::AddressKey,
+        u32,
+    >::new()));
+    loop {
+        // Waiting here, not after accepting, leaves a connection past the cap in the
+        // kernel's backlog instead of in a descriptor of ours.
+        let place = places.clone().acquire_owned().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and the like: do not spin.
+                tracing::warn!(%error, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let key = otedama_shared::bans::AddressKey::of(peer.ip());
+        {
+            let mut counts = per_address.lock().expect("API address counts");
+            let count = counts.entry(key).or_insert(0);
+            if *count >= API_CONNECTIONS_PER_IP_MAX {
+                tracing::debug!(%peer, "too many API connections from one address");
+                continue;
+            }
+            *count += 1;
+        }
+        let (app, per_address) = (app.clone(), per_address.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    tower::ServiceExt::oneshot(app.clone(), request.map(Body::new))
+                });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(API_HEADER_READ_TIMEOUT_S));
+            let connection = http
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "API connection ended");
+            }
+            let mut counts = per_address.lock().expect("API address counts");
+            if let Some(count) = counts.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&key);
+                }
+            }
+            drop(place);
+        });
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -315,6 +381,20 @@ fn stats_json(state: &ApiState) -> Value {
             "balance": pool_account.total() as i128 - pps_credited as i128,
         },
     })
+}
+
+/// Liveness, and the fact a load balancer or an alert must act on: whether every data
+/// plane's share log can write. While one cannot (a full disk), its shares are refused,
+/// and this answers 503 with the reason.
+async fn health(State(state): State<ApiState>) -> (StatusCode, &'static str) {
+    if state.pool.totals().share_log_failing_planes > 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: a share log cannot write; shares are refused\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 async fn stats(State(state): State<ApiState>) -> Response {

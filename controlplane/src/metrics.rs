@@ -58,6 +58,18 @@ pub fn render(state: &ApiState) -> String {
             count,
         );
     }
+    out.single(
+        "otedama_share_log_failing",
+        "gauge",
+        "Data planes whose share log cannot write (a full disk, an I/O error); their shares are refused.",
+        totals.share_log_failing_planes,
+    );
+    out.single(
+        "otedama_share_log_failed_batches_total",
+        "counter",
+        "Share-log batches whose write failed; their shares were refused, never acknowledged.",
+        totals.share_log_failed_batches,
+    );
     out.family(
         "otedama_dataplane_refusals_total",
         "counter",

@@ -46,7 +46,7 @@ pub fn document() -> Value {
             }
         },
         "paths": {
-            "/health": get("Liveness", json!([])),
+            "/health": get("Liveness; 503 while a share log cannot write", json!([])),
             "/metrics": get("Prometheus metrics (text format 0.0.4)", json!([])),
             "/ws": get("WebSocket feed: {type: stats} every 5 s; {type: block}, {type: payment}, {type: dex.trade} and {type: dex.book} as they happen", json!([])),
             "/api/v1/stats": get("Pool statistics: hashrate over 1 min, 10 min and 1 h, miners, workers, shares, blocks, the network, and the PPS balance", json!([])),

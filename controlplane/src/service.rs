@@ -953,17 +953,32 @@ fn serve(
         kyc_secret: config.kyc_webhook_secret()?.map(Arc::new),
         ws_clients: Arc::new(tokio::sync::Semaphore::new(crate::api::WS_CLIENTS_MAX)),
     };
+    // The data-plane link (jobs down, block candidates up) runs on a thread and runtime of
+    // its own: whatever the API's handlers do, they cannot hold up a found block or a job.
+    let (link_done_tx, link_done) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    let socket = config.ipc_socket();
+    let link_state = state.clone();
+    std::thread::Builder::new()
+        .name("dataplane-link".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| {
+                    runtime.block_on(crate::ipc::serve(&socket, link_state, bans, candidate_tx))
+                });
+            let _ = link_done_tx.send(result);
+        })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let api = crate::api::serve(config.api_listen, api_state);
-        let socket = config.ipc_socket();
-        let ipc = crate::ipc::serve(&socket, state.clone(), bans, candidate_tx);
         tokio::select! {
             result = api => result,
-            result = ipc => result,
+            result = link_done => result.unwrap_or_else(|_| Err(anyhow::anyhow!("the data-plane link thread ended"))),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })

@@ -57,6 +57,9 @@ pub struct PoolTotals {
     pub ack_latency_sum_us: u64,
     /// Data-plane refusals by reason (`otedama_shared::ipc::Refusal`).
     pub refusals: BTreeMap<String, u64>,
+    /// Data planes whose share log cannot write now.
+    pub share_log_failing_planes: u64,
+    pub share_log_failed_batches: u64,
 }
 
 impl PoolState {
@@ -93,6 +96,8 @@ impl PoolState {
             .get_mut(&link_id)
         {
             counters.connections = 0;
+            // Gone, it reports nothing; whatever its log does is its restart's to tell.
+            counters.share_log_failing = false;
         }
     }
 
@@ -122,6 +127,8 @@ impl PoolState {
             for (code, count) in &counters.shares_rejected_by_code {
                 *totals.shares_rejected_by_code.entry(*code).or_default() += count;
             }
+            totals.share_log_failing_planes += counters.share_log_failing as u64;
+            totals.share_log_failed_batches += counters.share_log_failed_batches;
             for (reason, count) in &counters.refusals {
                 *totals.refusals.entry(reason.clone()).or_default() += count;
             }

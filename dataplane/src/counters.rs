@@ -33,6 +33,8 @@ pub struct Counters {
     ack_latency_count: AtomicU64,
     ack_latency_sum_us: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
+    /// The share log's writer status, once the log is open.
+    pub share_log: std::sync::OnceLock<std::sync::Arc<crate::store::ShareLogStatus>>,
 }
 
 impl Counters {
@@ -102,6 +104,14 @@ impl Counters {
                 .collect(),
             ack_latency_count: self.ack_latency_count.load(Relaxed),
             ack_latency_sum_us: self.ack_latency_sum_us.load(Relaxed),
+            share_log_failing: self
+                .share_log
+                .get()
+                .is_some_and(|status| !status.writable()),
+            share_log_failed_batches: self
+                .share_log
+                .get()
+                .map_or(0, |status| status.failed_batches()),
             refusals: Refusal::ALL
                 .iter()
                 .zip(&self.refusals)

@@ -15,8 +15,17 @@
 //! stamp, and keeps the log's clock (`SHARE_LOG_CLOCK_KEY`) with each batch and while
 //! idle: the control plane cuts a round exactly at a block's own share record once every
 //! log's clock has passed it (see `otedama_controlplane::payouts::shares`).
+//!
+//! When a write fails (a full disk, an I/O error: RocksDB then refuses every write), the
+//! batch's shares are refused and the writer closes the database and opens it again, at
+//! most once per `SHARE_LOG_REOPEN_INTERVAL_MS`, until a write works: the pool recovers by
+//! itself once there is space again. `ShareLogStatus` tells the data plane's counters (and
+//! so `/health` and `/metrics`) whether the log can write. After a reopen the next
+//! sequence is read back from the log, so a batch that reached the disk even though its
+//! write reported an error keeps its numbers: none is written twice and none skipped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -34,6 +43,36 @@ pub const SHARE_BATCH_MAX: usize = 4096;
 /// Shares one core may have queued or in the writer at once. A core at the limit stops
 /// reading from its miners until the writer catches up: back-pressure, not memory growth.
 pub const SHARES_AWAITING_DURABILITY_PER_CORE_MAX: usize = 16_384;
+/// Least time between two attempts to reopen a share log whose writes fail.
+pub const SHARE_LOG_REOPEN_INTERVAL_MS: u64 = 1000;
+
+/// Whether the share log can write, for health checks and metrics.
+#[derive(Debug)]
+pub struct ShareLogStatus {
+    writable: AtomicBool,
+    failed_batches: AtomicU64,
+}
+
+impl Default for ShareLogStatus {
+    fn default() -> Self {
+        ShareLogStatus {
+            writable: AtomicBool::new(true),
+            failed_batches: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ShareLogStatus {
+    /// False from a failed write until a write works again.
+    pub fn writable(&self) -> bool {
+        self.writable.load(Relaxed)
+    }
+
+    /// Batches whose write failed (their shares were refused, never acknowledged).
+    pub fn failed_batches(&self) -> u64 {
+        self.failed_batches.load(Relaxed)
+    }
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -43,6 +82,8 @@ pub enum StoreError {
     WriterGone,
     #[error("share log write failed: {0}")]
     Write(String),
+    #[error("share log cannot write until it reopens: {0}")]
+    Unavailable(String),
 }
 
 /// One encoded share on its way to the writer.
@@ -102,10 +143,20 @@ pub trait BatchSink: Send + 'static {
     fn write_clock(&mut self, _written_through_ms: u64) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// After a failed write: makes the sink usable again if it can (RocksDB: close and
+    /// reopen the database) and returns the sequence the next share gets, read back from
+    /// what is stored (`None`: go on with the writer's own count).
+    fn recover(&mut self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 }
 
 struct RocksSink {
-    db: Arc<DB>,
+    /// `None` while closed after a failure, until `recover` opens it again.
+    db: Option<DB>,
+    path: PathBuf,
+    open_options: Options,
     options: WriteOptions,
     /// As durable as the shares: a clock a reader saw must never fall back after a power
     /// loss, or a share written after the restart could be stamped below it. Idle clock
@@ -125,19 +176,39 @@ impl BatchSink for RocksSink {
             write.put(share_log_key(first_sequence + offset as u64), &item.value);
         }
         write.put(SHARE_LOG_CLOCK_KEY, written_through_ms.to_le_bytes());
-        self.db
+        self.open_db()?
             .write_opt(write, &self.options)
             .map_err(|e| StoreError::Write(e.to_string()))
     }
 
     fn write_clock(&mut self, written_through_ms: u64) -> Result<(), StoreError> {
-        self.db
+        self.open_db()?
             .put_opt(
                 SHARE_LOG_CLOCK_KEY,
                 written_through_ms.to_le_bytes(),
                 &self.clock_options,
             )
             .map_err(|e| StoreError::Write(e.to_string()))
+    }
+
+    fn recover(&mut self) -> Result<Option<u64>, StoreError> {
+        // RocksDB keeps refusing writes after an I/O error (it has no resume in its C
+        // API); closing it and opening it again replays its WAL and clears the error, once
+        // the disk lets it write its files.
+        self.db = None;
+        let db = DB::open(&self.open_options, &self.path)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
+        self.db = Some(db);
+        Ok(Some(next_sequence))
+    }
+}
+
+impl RocksSink {
+    fn open_db(&self) -> Result<&DB, StoreError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("closed after a failed write".into()))
     }
 }
 
@@ -149,9 +220,9 @@ const HUGE_PAGE_BYTES: usize = 2 << 20;
 
 /// The open share log and its writer thread.
 pub struct ShareLog {
-    db: Option<Arc<DB>>,
     writer: Option<JoinHandle<()>>,
     handle: Option<ShareLogHandle>,
+    status: Arc<ShareLogStatus>,
 }
 
 impl ShareLog {
@@ -162,15 +233,26 @@ impl ShareLog {
         sync: bool,
         cores: Vec<UnboundedSender<Completed>>,
     ) -> Result<Self, rocksdb::Error> {
+        Self::open_with_memtable(path, sync, cores, MEMTABLE_BYTES)
+    }
+
+    /// `open` with memtables of `memtable_bytes`; RocksDB sizes its WAL preallocation
+    /// from it, so tests of a full disk use a small one to reach the disk's end soon.
+    pub fn open_with_memtable(
+        path: &Path,
+        sync: bool,
+        cores: Vec<UnboundedSender<Completed>>,
+        memtable_bytes: usize,
+    ) -> Result<Self, rocksdb::Error> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_max_background_jobs(2);
-        options.set_write_buffer_size(MEMTABLE_BYTES);
+        options.set_write_buffer_size(memtable_bytes);
         options.set_max_write_buffer_number(MEMTABLES_MAX);
         // The memtables take huge pages where `otedama-tune` reserved them (vm.nr_hugepages);
         // RocksDB falls back to malloc where none are free.
         options.set_memtable_huge_page_size(HUGE_PAGE_BYTES);
-        let db = Arc::new(DB::open(&options, path)?);
+        let db = DB::open(&options, path)?;
         let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
         // Stamps go on above the clock the last writer left, even if the system clock
         // stepped back across the restart.
@@ -188,13 +270,13 @@ impl ShareLog {
             options
         };
         let sink = RocksSink {
-            db: db.clone(),
+            db: Some(db),
+            path: path.to_path_buf(),
+            open_options: options,
             options: options_synced(),
             clock_options: options_synced(),
         };
-        let mut log = ShareLog::start(sink, next_sequence, clock_floor_ms, cores);
-        log.db = Some(db);
-        Ok(log)
+        Ok(ShareLog::start(sink, next_sequence, clock_floor_ms, cores))
     }
 
     /// A log that writes through `sink`; for fault-injection tests.
@@ -216,14 +298,24 @@ impl ShareLog {
         // core was allowed to accept.
         let (queue, receiver) =
             bounded(cores.len().max(1) * SHARES_AWAITING_DURABILITY_PER_CORE_MAX);
+        let status = Arc::new(ShareLogStatus::default());
+        let writer_status = status.clone();
         let writer = std::thread::Builder::new()
             .name("share-log".into())
-            .spawn(move || write_loop(sink, receiver, next_sequence, clock_floor_ms, cores))
+            .spawn(move || {
+                let mut writer = Writer {
+                    sink,
+                    status: writer_status,
+                    next_sequence,
+                    broken_since: None,
+                };
+                writer.run(receiver, clock_floor_ms, cores)
+            })
             .expect("spawning the share log writer");
         ShareLog {
-            db: None,
             writer: Some(writer),
             handle: Some(ShareLogHandle { queue }),
+            status,
         }
     }
 
@@ -231,9 +323,9 @@ impl ShareLog {
         self.handle.clone().expect("handle exists until close")
     }
 
-    /// Every stored record, in arrival order. For tests and recovery tools, not the hot path.
-    pub fn read_all(&self) -> Vec<ShareRecord> {
-        self.db.as_deref().map(read_all).unwrap_or_default()
+    /// Whether the log can write, shared with the writer.
+    pub fn status(&self) -> Arc<ShareLogStatus> {
+        self.status.clone()
     }
 
     /// Stops the writer after it has drained the queue.
@@ -312,63 +404,134 @@ impl LogClock {
     }
 }
 
-fn write_loop(
-    mut sink: impl BatchSink,
-    receiver: Receiver<PendingShare>,
-    mut next_sequence: u64,
-    clock_floor_ms: u64,
-    cores: Vec<UnboundedSender<Completed>>,
-) {
-    let mut batch: Vec<PendingShare> = Vec::with_capacity(SHARE_BATCH_MAX);
-    let mut per_core = vec![0usize; cores.len()];
-    let mut clock = LogClock::new(clock_floor_ms);
-    let mut clock_written_ms = clock_floor_ms.saturating_sub(1);
-    let idle = std::time::Duration::from_millis(SHARE_LOG_CLOCK_INTERVAL_MS);
-    loop {
-        let first = match receiver.recv_timeout(idle) {
-            Ok(first) => first,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if let Some(through) = clock.idle(now_ms(), clock_written_ms) {
-                    match sink.write_clock(through) {
-                        Ok(()) => clock_written_ms = through,
-                        Err(error) => tracing::warn!(%error, "share log clock not written"),
+/// The writer thread: the sink, the next sequence number and whether the sink is broken.
+///
+/// Invariant: `next_sequence` never goes back. A share's number is used once: after a
+/// failed write it is read back from the log (a batch that reached the disk keeps its
+/// numbers), and a log that holds less than the writer counted (lost acknowledged data)
+/// leaves a hole rather than numbers used twice.
+struct Writer<S: BatchSink> {
+    sink: S,
+    status: Arc<ShareLogStatus>,
+    next_sequence: u64,
+    /// When the last write or reopen failed, while the sink is broken.
+    broken_since: Option<std::time::Instant>,
+}
+
+impl<S: BatchSink> Writer<S> {
+    /// Whether the sink may be written to: a broken one is reopened, at most once per
+    /// `SHARE_LOG_REOPEN_INTERVAL_MS`.
+    fn ready(&mut self) -> Result<(), StoreError> {
+        let Some(failed_at) = self.broken_since else {
+            return Ok(());
+        };
+        if failed_at.elapsed() < std::time::Duration::from_millis(SHARE_LOG_REOPEN_INTERVAL_MS) {
+            return Err(StoreError::Unavailable("waiting to reopen".into()));
+        }
+        match self.sink.recover() {
+            Ok(stored_next) => {
+                if let Some(stored_next) = stored_next {
+                    if stored_next < self.next_sequence {
+                        tracing::error!(
+                            stored_next,
+                            counted_next = self.next_sequence,
+                            "the share log holds fewer shares than were written; numbering goes on after the last one written"
+                        );
+                    }
+                    self.next_sequence = self.next_sequence.max(stored_next);
+                }
+                self.broken_since = None;
+                tracing::info!(next_sequence = self.next_sequence, "share log reopened");
+                Ok(())
+            }
+            Err(error) => {
+                self.broken_since = Some(std::time::Instant::now());
+                Err(error)
+            }
+        }
+    }
+
+    fn failed(&mut self, error: &StoreError) {
+        if self.broken_since.is_none() {
+            tracing::error!(%error, "share log cannot write: shares are refused until it reopens");
+        } else {
+            tracing::debug!(%error, "share log still cannot write");
+        }
+        self.broken_since = Some(std::time::Instant::now());
+        self.status.writable.store(false, Relaxed);
+    }
+
+    fn run(
+        &mut self,
+        receiver: Receiver<PendingShare>,
+        clock_floor_ms: u64,
+        cores: Vec<UnboundedSender<Completed>>,
+    ) {
+        let mut batch: Vec<PendingShare> = Vec::with_capacity(SHARE_BATCH_MAX);
+        let mut per_core = vec![0usize; cores.len()];
+        let mut clock = LogClock::new(clock_floor_ms);
+        let mut clock_written_ms = clock_floor_ms.saturating_sub(1);
+        let idle = std::time::Duration::from_millis(SHARE_LOG_CLOCK_INTERVAL_MS);
+        loop {
+            let first = match receiver.recv_timeout(idle) {
+                Ok(first) => first,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Some(through) = clock.idle(now_ms(), clock_written_ms) {
+                        let written = self.ready().and_then(|()| self.sink.write_clock(through));
+                        match written {
+                            Ok(()) => {
+                                clock_written_ms = through;
+                                self.status.writable.store(true, Relaxed);
+                            }
+                            Err(StoreError::Unavailable(_)) => {}
+                            Err(error) => self.failed(&error),
+                        }
+                    }
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            };
+            batch.push(first);
+            while batch.len() < SHARE_BATCH_MAX {
+                match receiver.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let stamp_ms = clock.stamp(now_ms());
+            for item in &mut batch {
+                ShareRecord::stamp_encoded(&mut item.value, stamp_ms);
+            }
+            let through = LogClock::through_before(stamp_ms);
+            let result = self
+                .ready()
+                .and_then(|()| self.sink.write(&batch, self.next_sequence, through));
+            match &result {
+                Ok(()) => {
+                    clock_written_ms = clock_written_ms.max(through);
+                    self.next_sequence += batch.len() as u64;
+                    self.status.writable.store(true, Relaxed);
+                }
+                Err(error) => {
+                    self.status.failed_batches.fetch_add(1, Relaxed);
+                    if !matches!(error, StoreError::Unavailable(_)) {
+                        self.failed(error);
                     }
                 }
-                continue;
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-        };
-        batch.push(first);
-        while batch.len() < SHARE_BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+            for item in batch.drain(..) {
+                per_core[item.core] += 1;
             }
-        }
-        let stamp_ms = clock.stamp(now_ms());
-        for item in &mut batch {
-            ShareRecord::stamp_encoded(&mut item.value, stamp_ms);
-        }
-        let through = LogClock::through_before(stamp_ms);
-        let result = sink.write(&batch, next_sequence, through);
-        if result.is_ok() {
-            clock_written_ms = clock_written_ms.max(through);
-        }
-        match &result {
-            Ok(()) => next_sequence += batch.len() as u64,
-            Err(error) => tracing::error!(%error, shares = batch.len(), "share log batch failed"),
-        }
-        for item in batch.drain(..) {
-            per_core[item.core] += 1;
-        }
-        for (core, shares) in per_core.iter_mut().enumerate() {
-            if *shares > 0 {
-                // A core that has stopped no longer waits; its shares are stored all the same.
-                let _ = cores[core].unbounded_send(Completed {
-                    shares: *shares,
-                    result: result.clone(),
-                });
-                *shares = 0;
+            for (core, shares) in per_core.iter_mut().enumerate() {
+                if *shares > 0 {
+                    // A core that has stopped no longer waits; its shares are stored all
+                    // the same.
+                    let _ = cores[core].unbounded_send(Completed {
+                        shares: *shares,
+                        result: result.clone(),
+                    });
+                    *shares = 0;
+                }
             }
         }
     }
@@ -450,10 +613,9 @@ mod tests {
         let (tx, _rx) = futures_channel::mpsc::unbounded();
         let log = ShareLog::open(dir.path(), true, vec![tx]).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let db = log.db.clone().unwrap();
         let idle_clock = loop {
-            let value = db.get(SHARE_LOG_CLOCK_KEY).unwrap().unwrap();
-            let value = u64::from_le_bytes(value.as_slice().try_into().unwrap());
+            // A read-only open sees what the running writer has put in the WAL.
+            let value = clock_of(dir.path());
             if value > clock {
                 break value;
             }
@@ -471,6 +633,140 @@ mod tests {
             last_sequence(&DB::open_for_read_only(&Options::default(), dir.path(), false).unwrap()),
             Some(50)
         );
+    }
+
+    /// A size-limited tmpfs, unmounted when dropped. Mounting needs root (CAP_SYS_ADMIN);
+    /// without it the test fails and says so, it is never skipped.
+    struct SmallDisk {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallDisk {
+        fn mount(bytes: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .expect("running mount(8)");
+            assert!(
+                status.success(),
+                "mounting a {bytes}-byte tmpfs for the disk-full test failed: it needs root (CAP_SYS_ADMIN)"
+            );
+            SmallDisk { dir }
+        }
+
+        /// Writes a file until the disk is full.
+        fn fill(&self) -> PathBuf {
+            use std::io::Write;
+            let path = self.dir.path().join("filler");
+            let mut file = std::fs::File::create(&path).unwrap();
+            let chunk = vec![0u8; 64 << 10];
+            while file.write_all(&chunk).is_ok() {}
+            let _ = file.sync_all();
+            path
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_refuses_shares_and_the_log_recovers_by_itself_when_space_returns() {
+        let disk = SmallDisk::mount(32 << 20);
+        let path = disk.dir.path().join("shares");
+        let (tx, mut rx) = futures_channel::mpsc::unbounded();
+        // Small memtables: RocksDB preallocates its WAL from their size, and a write past
+        // the preallocation is what meets the full disk.
+        let log = ShareLog::open_with_memtable(&path, true, vec![tx], 256 << 10).unwrap();
+        let status = log.status();
+        let handle = log.handle();
+        // One share at a time, so each completion names it.
+        let mut append = |id: u64| -> bool {
+            handle.append(0, &record(id)).unwrap();
+            loop {
+                match rx.try_recv() {
+                    Ok(completed) => {
+                        assert_eq!(completed.shares, 1);
+                        return completed.result.is_ok();
+                    }
+                    Err(futures_channel::mpsc::TryRecvError::Closed) => {
+                        panic!("the writer stopped")
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                }
+            }
+        };
+        let mut acknowledged = Vec::new();
+        let mut id = 0u64;
+        for _ in 0..100 {
+            assert!(append(id));
+            acknowledged.push(id);
+            id += 1;
+        }
+        let filler = disk.fill();
+        let refused_at = loop {
+            assert!(id < 100_000, "a full disk never refused a share");
+            if append(id) {
+                acknowledged.push(id);
+            } else {
+                break id;
+            }
+            id += 1;
+        };
+        assert!(
+            !status.writable(),
+            "refused at {refused_at}, yet reported writable"
+        );
+        // Still full: every share is refused, none acknowledged.
+        for _ in 0..20 {
+            id += 1;
+            assert!(!append(id));
+        }
+        std::fs::remove_file(filler).unwrap();
+        let freed = std::time::Instant::now();
+        loop {
+            id += 1;
+            if append(id) {
+                acknowledged.push(id);
+                break;
+            }
+            assert!(
+                freed.elapsed() < std::time::Duration::from_secs(30),
+                "the log did not recover after space returned"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(status.writable());
+        assert!(status.failed_batches() >= 21);
+        for _ in 0..100 {
+            id += 1;
+            assert!(append(id));
+            acknowledged.push(id);
+        }
+        // The writer stops once every handle is gone.
+        drop(handle);
+        log.close();
+        // Every acknowledged share is in the log, each once and in order; a refused one
+        // may be there too only if its write reached the disk after all.
+        let stored: Vec<u64> = read_share_log(&path)
+            .unwrap()
+            .iter()
+            .map(|r| r.job_id)
+            .collect();
+        assert!(stored.windows(2).all(|w| w[0] < w[1]), "{stored:?}");
+        for id in &acknowledged {
+            assert!(
+                stored.binary_search(id).is_ok(),
+                "acknowledged share {id} lost"
+            );
+        }
     }
 
     /// A sink whose writes fail: every completion must say so.

@@ -15,6 +15,24 @@ use crate::address::{canonical_address, payout_address_of};
 /// every data plane on each change.
 pub const BANS_MAX: usize = 100_000;
 
+/// What per-address limits count connections by: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's network, which a single host can fill with addresses at will).
+/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddressKey {
+    V4(u32),
+    V6Prefix64(u64),
+}
+
+impl AddressKey {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => AddressKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => AddressKey::V6Prefix64((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
 /// An IP network: an address and how many leading bits of it count. A bare address is a
 /// network of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -138,6 +138,13 @@ pub struct DataplaneCounters {
     /// Refusals by `Refusal::name`.
     #[serde(default)]
     pub refusals: std::collections::BTreeMap<String, u64>,
+    /// Whether the share log cannot write: true from a failed write (a full disk, an I/O
+    /// error) until one works again. Shares are refused meanwhile.
+    #[serde(default)]
+    pub share_log_failing: bool,
+    /// Share-log batches whose write failed; their shares were refused.
+    #[serde(default)]
+    pub share_log_failed_batches: u64,
 }
 
 /// Why the data plane refused a share or a connection for a reason of its own (Stratum

@@ -195,9 +195,12 @@ impl std::hash::Hasher for FingerprintHasher {
 
 /// Shares one core's duplicate filter remembers at most, over all live jobs. Each costs
 /// about 9 bytes of table (a 64-bit fingerprint and a control byte) and up to twice that
-/// while the table grows, so the filter stays under about 75 MB per core. At 3,000
-/// shares/s on one core that is 23 minutes of shares on one job: a pool whose node stays
-/// away longer than that refuses shares (`Claim::Full`, counted) rather than grow.
+/// while the table grows, so the filter stays under about 75 MB per core. At the bound the
+/// oldest job content's shares are forgotten first, and that content's jobs are stale from
+/// then on (`Claim::Forgotten`): so a flood only ages jobs out early. Only one content
+/// alone at the bound refuses new shares (`Claim::Full`): at 3,000 shares/s on one core
+/// that is 23 minutes of one job, and more than a core validates between two template
+/// refreshes at any rate.
 pub const DUPLICATE_FILTER_SHARES_PER_CORE_MAX: usize = 1 << 22;
 
 /// The filter's answer to a share arriving.
@@ -207,8 +210,12 @@ pub enum Claim {
     Taken,
     /// The same share was taken before (or waits for its hash now).
     Duplicate,
-    /// The filter is at `DUPLICATE_FILTER_SHARES_PER_CORE_MAX` and cannot tell: refused.
+    /// The filter is at `DUPLICATE_FILTER_SHARES_PER_CORE_MAX` with this job content's
+    /// shares alone, and cannot tell: refused.
     Full,
+    /// This job content's shares were forgotten to make room for a newer one's: its jobs
+    /// are stale (a duplicate could no longer be told from a new share).
+    Forgotten,
 }
 
 /// Remembers the shares taken, grouped by their job's content (`Job::content_key`). The
@@ -232,11 +239,15 @@ pub enum Claim {
 /// Each core owns one; extranonce1 values are partitioned per core, so a share can only
 /// ever collide with one accepted on the same core, and no cross-core lookup is needed.
 ///
-/// Invariant: `len() <= shares_max`; at the bound new shares are refused, never let in
-/// unchecked, and old ones are never forgotten while their job lives.
+/// Invariant: `len() <= shares_max`, and a share is never let in unchecked: a content
+/// whose shares were forgotten takes no share again (`Forgotten`) until its jobs retire.
 #[derive(Debug)]
 pub struct DuplicateFilter {
     by_content: HashMap<[u8; 32], HashSet<u64, FingerprintHashBuilder>>,
+    /// The contents of `by_content`, oldest first.
+    order: std::collections::VecDeque<[u8; 32]>,
+    /// Contents whose shares were forgotten at the bound.
+    forgotten: HashSet<[u8; 32]>,
     shares: usize,
     shares_max: usize,
     refused_full: u64,
@@ -257,6 +268,8 @@ impl DuplicateFilter {
     pub fn with_shares_max(shares_max: usize) -> Self {
         DuplicateFilter {
             by_content: HashMap::new(),
+            order: Default::default(),
+            forgotten: HashSet::new(),
             shares: 0,
             shares_max,
             refused_full: 0,
@@ -265,15 +278,34 @@ impl DuplicateFilter {
 
     /// Claims the share for its job's content.
     pub fn insert(&mut self, content_key: &[u8; 32], header_hash: [u8; 32]) -> Claim {
+        if self.forgotten.contains(content_key) {
+            self.refused_full += 1;
+            return Claim::Forgotten;
+        }
         let fingerprint = fingerprint(&header_hash);
-        let set = self.by_content.entry(*content_key).or_default();
-        if set.contains(&fingerprint) {
+        if self
+            .by_content
+            .get(content_key)
+            .is_some_and(|set| set.contains(&fingerprint))
+        {
             return Claim::Duplicate;
         }
-        if self.shares >= self.shares_max {
-            self.refused_full += 1;
-            return Claim::Full;
+        while self.shares >= self.shares_max {
+            // Forget the oldest other content; its jobs are stale from now on.
+            let Some(place) = self.order.iter().position(|c| c != content_key) else {
+                self.refused_full += 1;
+                return Claim::Full;
+            };
+            let oldest = self.order.remove(place).expect("position is in range");
+            if let Some(set) = self.by_content.remove(&oldest) {
+                self.shares -= set.len();
+            }
+            self.forgotten.insert(oldest);
         }
+        let set = self.by_content.entry(*content_key).or_insert_with(|| {
+            self.order.push_back(*content_key);
+            HashSet::default()
+        });
         set.insert(fingerprint);
         self.shares += 1;
         debug_assert!(self.shares <= self.shares_max);
@@ -294,6 +326,10 @@ impl DuplicateFilter {
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
         self.by_content
             .retain(|content_key, _| jobs.holds_content(content_key));
+        self.order
+            .retain(|content_key| jobs.holds_content(content_key));
+        self.forgotten
+            .retain(|content_key| jobs.holds_content(content_key));
         self.shares = self.by_content.values().map(HashSet::len).sum();
     }
 
@@ -305,7 +341,8 @@ impl DuplicateFilter {
         self.shares == 0
     }
 
-    /// Shares refused because the filter was full since the last call.
+    /// Shares refused because of the filter's bound (`Full`, `Forgotten`) since the last
+    /// call.
     pub fn take_refused_full(&mut self) -> u64 {
         std::mem::take(&mut self.refused_full)
     }
@@ -573,17 +610,26 @@ mod tests {
             assert_eq!(filter.insert(&[1; 32], hash(n)), Claim::Taken);
         }
         assert_eq!(filter.len(), 3);
-        // At the bound: a new share is refused and counted, a known one is still a duplicate.
-        assert_eq!(filter.insert(&[2; 32], hash(9)), Claim::Full);
+        // At the bound with one content alone: a new share is refused and counted, a known
+        // one is still a duplicate.
+        assert_eq!(filter.insert(&[1; 32], hash(9)), Claim::Full);
         assert_eq!(filter.insert(&[1; 32], hash(1)), Claim::Duplicate);
         assert_eq!(filter.take_refused_full(), 1);
         assert_eq!(filter.take_refused_full(), 0);
         // A refused claim left nothing behind to give back; a failed one frees its place.
-        filter.remove(&[2; 32], &hash(9));
+        filter.remove(&[1; 32], &hash(9));
         assert_eq!(filter.len(), 3);
         filter.remove(&[1; 32], &hash(2));
-        assert_eq!(filter.insert(&[2; 32], hash(9)), Claim::Taken);
-        // Retiring every content empties it.
+        assert_eq!(filter.insert(&[1; 32], hash(9)), Claim::Taken);
+        // A newer content at the bound: the oldest content is forgotten, and its shares
+        // are refused from then on (never let in unchecked, even a copy of an old one).
+        assert_eq!(filter.insert(&[2; 32], hash(5)), Claim::Taken);
+        assert_eq!(filter.len(), 1);
+        assert_eq!(filter.insert(&[1; 32], hash(1)), Claim::Forgotten);
+        assert_eq!(filter.insert(&[1; 32], hash(7)), Claim::Forgotten);
+        assert_eq!(filter.take_refused_full(), 2);
+        assert_eq!(filter.insert(&[2; 32], hash(5)), Claim::Duplicate);
+        // Retiring every content empties it and forgets what was forgotten.
         filter.retire_unlisted(&crate::job::JobBook::default());
         assert!(filter.is_empty());
         assert_eq!(filter.insert(&[1; 32], hash(1)), Claim::Taken);

@@ -209,8 +209,15 @@ impl WorkState {
     /// `DIFFICULTY_LOWERING_INTERVAL_S`; past that the miner stays at the measured value.
     /// So re-sending a tiny suggestion cannot keep undoing vardiff (a flood of nearly free
     /// shares the pool must validate and store), while a miner that asks once is served.
-    /// Returns whether the suggestion was taken as asked (within the floor and maximum).
+    /// A suggestion while a job's difficulty-change grace runs is ignored: every change
+    /// starts the grace again at the easiest difficulty of the one before, so raising a
+    /// little every second would keep a miner held (and credited) at one lowering's
+    /// difficulty for ever. Returns whether the suggestion was taken as asked (within the
+    /// floor and maximum).
     pub fn suggest_difficulty(&mut self, suggested: f64, now_s: u64) -> bool {
+        if self.sent_jobs.iter().any(|sent| now_s < sent.grace_until_s) {
+            return false;
+        }
         let suggested = suggested.clamp(self.difficulty_floor, DIFFICULTY_MAX);
         if suggested >= self.measured_difficulty {
             self.difficulty = suggested;
@@ -368,6 +375,7 @@ pub fn claim_share(
         Claim::Taken => Ok(()),
         Claim::Duplicate => Err(Rejection::Duplicate),
         Claim::Full => Err(Rejection::FilterFull),
+        Claim::Forgotten => Err(Rejection::StaleJob),
     }
 }
 
@@ -583,6 +591,37 @@ mod tests {
         assert_eq!(work.difficulty(), 1.0);
         assert!(!work.suggest_difficulty(0.5, start_s + DIFFICULTY_LOWERING_INTERVAL_S));
         assert_eq!(work.difficulty(), 1.0);
+    }
+
+    #[test]
+    fn suggestions_while_a_grace_runs_cannot_keep_the_easy_difficulty_alive() {
+        let job = Job::new(template(1, true)).unwrap();
+        let mut work = WorkState::new(64.0, 0.5, None);
+        work.record_sent(&job, 0);
+        // The one lowering of the interval, then a raise back up.
+        assert!(work.suggest_difficulty(1.0, 1_000));
+        work.record_sent(&job, 1_000);
+        assert!(work.suggest_difficulty(64.0, 1_000 + DIFFICULTY_CHANGE_GRACE_S));
+        work.record_sent(&job, 1_000 + DIFFICULTY_CHANGE_GRACE_S);
+        // Raising a little every second would restart the grace at 1.0 each time; a
+        // suggestion inside the grace is ignored, so the grace ends and 1.0 with it.
+        let raised_s = 1_000 + DIFFICULTY_CHANGE_GRACE_S;
+        let mut taken = 0;
+        for step_s in 1..DIFFICULTY_CHANGE_GRACE_S * 10 {
+            let now_s = raised_s + step_s;
+            if work.suggest_difficulty(64.0 + step_s as f64, now_s) {
+                taken += 1;
+            }
+            work.record_sent(&job, now_s);
+            if step_s >= DIFFICULTY_CHANGE_GRACE_S {
+                let required = work.sent_job(1).unwrap().required_difficulty(now_s);
+                assert!(required >= 64.0, "step {step_s}: {required}");
+            }
+        }
+        assert!(
+            taken > 0 && taken < DIFFICULTY_CHANGE_GRACE_S * 10 - 1,
+            "{taken}"
+        );
     }
 
     #[test]

@@ -432,7 +432,10 @@ fn suggestions_below_the_pool_floor_get_the_floor() {
 
 #[test]
 fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
-    use otedama_shared::limits::DIFFICULTY_LOWERING_INTERVAL_S;
+    use otedama_shared::limits::{DIFFICULTY_CHANGE_GRACE_S, DIFFICULTY_LOWERING_INTERVAL_S};
+    // Each change starts a grace during which further suggestions are ignored, so the
+    // suggestions below come that far apart.
+    let at = |step: u64| NOW_S + step * DIFFICULTY_CHANGE_GRACE_S;
     let mut config = config(1.0);
     config.vardiff = Some(otedama_shared::vardiff::VardiffConfig {
         share_interval_target_s: 10.0,
@@ -449,25 +452,29 @@ fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
             .map(|m| m["params"][0].as_f64().unwrap())
     };
     // The first lowering below the measured 1.0 is taken, to the floor.
-    let (_, out) = h.send(&request_line(
-        4,
-        "mining.suggest_difficulty",
-        json!([1e-12]),
-    ));
+    let (_, out) = h.send_at(
+        &request_line(4, "mining.suggest_difficulty", json!([1e-12])),
+        at(0),
+    );
     assert_eq!(set_difficulty(&out), Some(DIFFICULTY_FLOOR_FOR_TESTS));
     // A raise is taken (and becomes what the next lowering is measured against only once
     // vardiff says so: here, the floor the miner chose stays the measured value).
-    let (_, out) = h.send(&request_line(5, "mining.suggest_difficulty", json!([4.0])));
+    let (_, out) = h.send_at(
+        &request_line(5, "mining.suggest_difficulty", json!([4.0])),
+        at(1),
+    );
     assert_eq!(set_difficulty(&out), Some(4.0));
-    let (_, out) = h.send(&request_line(
-        6,
-        "mining.suggest_difficulty",
-        json!([1e-12]),
-    ));
+    let (_, out) = h.send_at(
+        &request_line(6, "mining.suggest_difficulty", json!([1e-12])),
+        at(2),
+    );
     assert_eq!(set_difficulty(&out), Some(DIFFICULTY_FLOOR_FOR_TESTS));
     // Vardiff then measures the miner higher: a flood of shares at the floor.
     let job = {
-        let (_, out) = h.send(&request_line(7, "mining.suggest_difficulty", json!([1e-5])));
+        let (_, out) = h.send_at(
+            &request_line(7, "mining.suggest_difficulty", json!([1e-5])),
+            at(3),
+        );
         let notify = out.iter().find(|m| m["method"] == "mining.notify").unwrap();
         NotifiedJob::from_params(&notify["params"]).unwrap()
     };
@@ -484,11 +491,11 @@ fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
             nonce,
             None,
         );
-        let (outcome, _) = h.send_at(&line, NOW_S + 2);
+        let (outcome, _) = h.send_at(&line, at(4));
         if let Outcome::ShareAccepted(accepted) = outcome {
             let out = {
                 h.session
-                    .handle_share_durable(&accepted.request_id, NOW_S + 2, &h.jobs);
+                    .handle_share_durable(&accepted.request_id, at(4), &h.jobs);
                 h.drain()
             };
             if let Some(next) = set_difficulty(&out) {
@@ -504,7 +511,7 @@ fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
     for id in 100..110 {
         let (_, out) = h.send_at(
             &request_line(id, "mining.suggest_difficulty", json!([1e-12])),
-            NOW_S + 3,
+            at(6),
         );
         assert_eq!(out[0]["result"], true);
         assert_eq!(set_difficulty(&out), None, "no change: {out:?}");
@@ -513,7 +520,7 @@ fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
     // After the interval, one more lowering is taken.
     let (_, out) = h.send_at(
         &request_line(200, "mining.suggest_difficulty", json!([1e-12])),
-        NOW_S + DIFFICULTY_LOWERING_INTERVAL_S,
+        NOW_S + DIFFICULTY_LOWERING_INTERVAL_S + at(6) - NOW_S,
     );
     assert_eq!(set_difficulty(&out), Some(DIFFICULTY_FLOOR_FOR_TESTS));
 }

@@ -1,10 +1,13 @@
 //! The API's limits at their edges, against a real `otedama run` on the synthetic chain.
 
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::{Duration, Instant};
 
-use otedama_controlplane::api::WS_CLIENTS_MAX;
-use otedama_tests::SyntheticPool;
+use otedama_controlplane::api::{
+    API_BODY_BYTES_MAX, API_CONNECTIONS_PER_IP_MAX, API_HEADER_READ_TIMEOUT_S, WS_CLIENTS_MAX,
+};
+use otedama_tests::{connect_from, SyntheticPool};
 
 type Feed = tungstenite::WebSocket<TcpStream>;
 
@@ -51,4 +54,92 @@ fn the_live_feed_takes_its_limit_of_clients_and_refuses_one_more() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What the server did with a connection within `within`: `None` if it closed it (end of
+/// stream or reset) without a word, else the start of what it answered. A read timeout
+/// (the connection still held) fails the test.
+fn outcome(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("still open after {within:?}, having sent {answer:?}")
+            }
+            Err(_) => break,
+        }
+    }
+    (!answer.is_empty()).then(|| String::from_utf8_lossy(&answer[..answer.len().min(12)]).into())
+}
+
+/// Issue 16: half a request holds a place at most `API_HEADER_READ_TIMEOUT_S`; one
+/// address holds at most `API_CONNECTIONS_PER_IP_MAX` connections (one more is closed at
+/// once, and other addresses are served meanwhile); a body over `API_BODY_BYTES_MAX` is
+/// refused with 413.
+#[test]
+fn slow_crowding_and_oversized_http_clients_are_bounded() {
+    let pool = SyntheticPool::start(&[]);
+    let api = format!("127.0.0.1:{}", pool.api_port);
+    let crowd = Ipv4Addr::new(127, 0, 0, 41);
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..API_CONNECTIONS_PER_IP_MAX)
+        .map(|_| {
+            let mut stream = connect_from(crowd, &api).unwrap();
+            stream.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+            stream
+        })
+        .collect();
+    let mut one_more = connect_from(crowd, &api).unwrap();
+    let _ = one_more.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        outcome(&mut one_more, Duration::from_secs(5)),
+        None,
+        "one connection over the per-address cap was served"
+    );
+    // Another address is served while the crowd holds its places.
+    let health = ureq::get(&format!("http://{api}/health")).call().unwrap();
+    assert_eq!(health.status(), 200);
+    // The crowd's half requests are cut at the header deadline, not before.
+    let deadline = Duration::from_secs(API_HEADER_READ_TIMEOUT_S);
+    for stream in &mut slow {
+        let answer = outcome(stream, deadline + Duration::from_secs(5));
+        assert!(
+            answer.is_none()
+                || answer
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with("HTTP/1.1 408")),
+            "{answer:?}"
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= deadline - Duration::from_secs(1),
+        "cut after {elapsed:?}"
+    );
+    // The address has its places back.
+    let mut again = connect_from(crowd, &api).unwrap();
+    again
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answer = outcome(&mut again, Duration::from_secs(5)).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A body one byte over the limit is refused before any handler reads it.
+    let oversized = vec![b'x'; API_BODY_BYTES_MAX + 1];
+    let status = match ureq::post(&format!("http://{api}/api/v1/dex/keys/challenge"))
+        .send_bytes(&oversized)
+    {
+        Ok(response) => response.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(status, 413);
 }

@@ -21,10 +21,9 @@ fn worker() -> String {
     format!("{SYNTHETIC_PAYOUT_ADDRESS}.limits")
 }
 
-/// Waits for the pool to end the connection; returns how long that took. A read timeout
-/// (the pool kept it open) or a message fails the test.
-fn wait_for_close(client: &mut StratumTestClient, within: Duration) -> Duration {
-    let started = Instant::now();
+/// Waits for the pool to end the connection; returns when it did. A read timeout (the
+/// pool kept it open) or a message fails the test.
+fn wait_for_close(client: &mut StratumTestClient, within: Duration) -> Instant {
     client.set_read_timeout(within).unwrap();
     loop {
         match client.read_message() {
@@ -33,7 +32,7 @@ fn wait_for_close(client: &mut StratumTestClient, within: Duration) -> Duration 
             Ok(message) => panic!("the pool answered instead of closing: {message}"),
             Err(error) => {
                 assert!(closed_by_peer(&error), "not closed by the pool: {error:#}");
-                return started.elapsed();
+                return Instant::now();
             }
         }
     }
@@ -117,6 +116,7 @@ fn silent_and_half_logged_in_sockets_are_closed_at_the_login_deadline() {
         deadline + Duration::from_secs(3),
     );
     let source = Ipv4Addr::new(127, 0, 0, 23);
+    let connected = Instant::now();
     let mut silent = StratumTestClient::connect_from(source, &pool.v1).unwrap();
     let mut subscribed_only = StratumTestClient::connect_from(source, &pool.v1).unwrap();
     subscribed_only
@@ -125,9 +125,9 @@ fn silent_and_half_logged_in_sockets_are_closed_at_the_login_deadline() {
     let mut miner = StratumTestClient::connect_from(source, &pool.v1).unwrap();
     miner.start(&worker()).unwrap();
     let silent_thread = std::thread::spawn(move || wait_for_close(&mut silent, latest));
-    let elapsed = wait_for_close(&mut subscribed_only, latest);
+    let elapsed = wait_for_close(&mut subscribed_only, latest) - connected;
     assert!(elapsed >= earliest, "closed after {elapsed:?}");
-    let elapsed = silent_thread.join().unwrap();
+    let elapsed = silent_thread.join().unwrap() - connected;
     assert!(elapsed >= earliest, "closed after {elapsed:?}");
     // The miner that logged in at once is still served past the deadline.
     let reply = miner

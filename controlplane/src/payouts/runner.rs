@@ -653,10 +653,22 @@ impl PayoutRunner {
     }
 }
 
+/// Without the `fault-injection` feature (every build but the tests'), no hook: a file
+/// named by `OTEDAMA_FAULT_FILE` cannot make a production pool kill itself.
+#[cfg(not(feature = "fault-injection"))]
+pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
+    if path.is_some() {
+        tracing::warn!("OTEDAMA_FAULT_FILE is ignored: this build has no fault injection");
+    }
+    Box::new(|_| false)
+}
+
 /// The crash-test hook: when the file named by `OTEDAMA_FAULT_FILE` exists and holds
 /// `payout:funded`, `payout:intent-written` or `payout:broadcast`, the process sends itself SIGKILL at that
 /// step, after removing the file so that the restarted process runs clean. It is a real
-/// `kill -9`, timed to the step, which a signal from outside could not be.
+/// `kill -9`, timed to the step, which a signal from outside could not be. Built only
+/// with the `fault-injection` feature, which the end-to-end tests turn on.
+#[cfg(feature = "fault-injection")]
 pub fn fault_file_hook(path: Option<PathBuf>) -> FaultHook {
     Box::new(move |step| {
         let Some(path) = &path else { return false };

@@ -393,55 +393,68 @@ impl QuicConnection {
         let Some(id) = self.stream.get() else {
             return Ok(());
         };
-        {
-            let mut quic = self.quic.borrow_mut();
-            let mut stream = quic.recv_stream(id);
-            let mut chunks = stream.read(true).map_err(|_| "stream closed")?;
+        let link: Rc<dyn V2Link> = self.clone();
+        // Read, then handle, until quinn has nothing more or a bound stops us: a read cut
+        // short by the decoder's window must be followed by another once frames are
+        // handled, since a client whose window is used up sends nothing that would wake
+        // us again.
+        loop {
+            let (drained, finished) = self.read_stream(id)?;
+            let now_s = now_s();
             let mut decoder = self.decoder.borrow_mut();
-            let mut finished = false;
             loop {
-                let room = (QUIC_RECEIVE_WINDOW_BYTES as usize).saturating_sub(decoder.buffered());
-                if room == 0 {
-                    break;
+                if !core.has_room(&self.awaiting_ack) {
+                    drop(decoder);
+                    self.resume_when_room(core);
+                    return Ok(());
                 }
-                match chunks.next(room) {
-                    Ok(Some(chunk)) => {
-                        decoder.feed(&chunk.bytes);
-                        self.last_read_s.set(now_s());
-                    }
-                    Ok(None) => {
-                        finished = true;
-                        break;
-                    }
-                    Err(ReadError::Blocked) => break,
-                    Err(ReadError::Reset(_)) => {
-                        finished = true;
-                        break;
-                    }
-                }
+                let frame = match decoder.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(_) => return Err("frame too large"),
+                };
+                handle_frame(core, &link, &frame.header, frame.payload, now_s)?;
             }
-            // Whether a flow-control update must go out; `flush` transmits anyway.
-            let _ = chunks.finalize();
             if finished {
                 return Err("the miner ended the stream");
             }
-        }
-        let link: Rc<dyn V2Link> = self.clone();
-        let now_s = now_s();
-        let mut decoder = self.decoder.borrow_mut();
-        loop {
-            if !core.has_room(&self.awaiting_ack) {
-                drop(decoder);
-                self.resume_when_room(core);
+            if drained {
                 return Ok(());
             }
-            let frame = match decoder.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
-                Err(_) => return Err("frame too large"),
-            };
-            handle_frame(core, &link, &frame.header, frame.payload, now_s)?;
         }
+    }
+
+    /// Moves what the stream holds into the decoder, up to `QUIC_RECEIVE_WINDOW_BYTES`
+    /// held; returns whether quinn has nothing more now, and whether the stream ended.
+    fn read_stream(&self, id: StreamId) -> Result<(bool, bool), &'static str> {
+        let mut quic = self.quic.borrow_mut();
+        let mut stream = quic.recv_stream(id);
+        let mut chunks = stream.read(true).map_err(|_| "stream closed")?;
+        let mut decoder = self.decoder.borrow_mut();
+        let (mut drained, mut finished) = (false, false);
+        loop {
+            let room = (QUIC_RECEIVE_WINDOW_BYTES as usize).saturating_sub(decoder.buffered());
+            if room == 0 {
+                break;
+            }
+            match chunks.next(room) {
+                Ok(Some(chunk)) => {
+                    decoder.feed(&chunk.bytes);
+                    self.last_read_s.set(now_s());
+                }
+                Ok(None) | Err(ReadError::Reset(_)) => {
+                    (drained, finished) = (true, true);
+                    break;
+                }
+                Err(ReadError::Blocked) => {
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        // Whether a flow-control update must go out; `flush` transmits anyway.
+        let _ = chunks.finalize();
+        Ok((drained, finished))
     }
 
     /// Goes on with held frames (and the stream behind them) once there is room.

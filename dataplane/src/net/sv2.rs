@@ -171,45 +171,39 @@ async fn read_loop(
     let mut handshake_reply = Vec::new();
     let mut paused = false;
     loop {
-        if paused {
+        let now_s = if paused {
             // Frames read and not yet handled wait in the Noise transport: go on with
             // them once there is room, before reading more.
             connection.wire.wait_for_room(core).await;
             if connection.wire.is_closed() {
                 return "closed by the pool";
             }
-            paused = match handle_frames(core, connection, link, now_s()) {
-                Ok(paused) => paused,
-                Err(reason) => {
-                    connection.flush();
-                    return reason;
-                }
+            now_s()
+        } else {
+            let read = match connection.wire.read_for_session(core).await {
+                Ok(read) => read,
+                Err(reason) => return reason,
             };
-            connection.flush();
-            continue;
-        }
-        let read = match connection.wire.read_for_session(core).await {
-            Ok(read) => read,
-            Err(reason) => return reason,
-        };
-        let now_s = now_s();
-        {
-            let received = core.receive_buffer.borrow();
-            let mut noise = connection.noise.borrow_mut();
-            let fed = noise.feed(
-                &received[..read],
-                now_s as u32,
-                &mut *core.rng.borrow_mut(),
-                &mut handshake_reply,
-            );
-            if fed.is_err() {
-                return "noise handshake failed";
+            let now_s = now_s();
+            {
+                let received = core.receive_buffer.borrow();
+                let mut noise = connection.noise.borrow_mut();
+                let fed = noise.feed(
+                    &received[..read],
+                    now_s as u32,
+                    &mut *core.rng.borrow_mut(),
+                    &mut handshake_reply,
+                );
+                if fed.is_err() {
+                    return "noise handshake failed";
+                }
             }
-        }
-        if !handshake_reply.is_empty() {
-            connection.wire.send(&handshake_reply);
-            handshake_reply = Vec::new();
-        }
+            if !handshake_reply.is_empty() {
+                connection.wire.send(&handshake_reply);
+                handshake_reply = Vec::new();
+            }
+            now_s
+        };
         paused = match handle_frames(core, connection, link, now_s) {
             Ok(paused) => paused,
             Err(reason) => {
@@ -218,6 +212,8 @@ async fn read_loop(
             }
         };
         connection.flush();
+        // After a read or a resume alike: the deadlines follow what is left unhandled
+        // and whether a channel is open now.
         let wire = &connection.wire;
         let partial = connection
             .noise

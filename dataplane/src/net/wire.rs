@@ -150,9 +150,10 @@ impl Wire {
         self.gated.set(false);
     }
 
-    /// Closes the connection if it has sent nothing since `cutoff_s`.
+    /// Closes the connection if it has sent nothing since `cutoff_s`; whether this call
+    /// closed it (one closed before, for whatever reason, is not counted again).
     pub(crate) fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
-        let idle = self.last_read_s.get() < cutoff_s;
+        let idle = self.last_read_s.get() < cutoff_s && !self.closed.get();
         if idle {
             self.close();
         }

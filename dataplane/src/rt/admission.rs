@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::rc::Weak;
 use std::sync::{Arc, Mutex};
 
+use otedama_shared::bans::AddressKey;
+
 use crate::net::wire::Wire;
 
 /// Seconds a Stratum connection has to log in (V1: subscribe and authorize; V2: the Noise
@@ -17,23 +19,6 @@ pub const STRATUM_LOGIN_DEADLINE_S: u64 = 10;
 /// Seconds a started line (V1) or frame (V2) may stay unfinished. A 4 KiB line arrives in
 /// one or two segments; a peer trickling bytes to keep a socket open is closed.
 pub const STRATUM_PARTIAL_LINE_DEADLINE_S: u64 = 10;
-
-/// The address a connection counts against: an IPv4 address, or an IPv6 /64 (one
-/// subscriber's network, which a single host can fill with addresses at will).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AddressKey {
-    V4(u32),
-    V6Prefix64(u64),
-}
-
-impl AddressKey {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => AddressKey::V4(u32::from(v4)),
-            IpAddr::V6(v6) => AddressKey::V6Prefix64((u128::from(v6) >> 64) as u64),
-        }
-    }
-}
 
 /// Connections per peer address across this process's cores, capped at
 /// `connections_per_address_max` (the operator's `connections_per_ip_max` shared between
@@ -105,10 +90,11 @@ pub enum Deadline {
     PartialLine,
 }
 
-/// One core's pending deadlines, in due order per kind (each kind has one fixed length,
-/// so entries are pushed in due order). Entries hold the wire weakly: a closed connection
-/// costs nothing until its entry comes due. A wire has at most one entry of each kind, so
-/// the queues never hold more than two entries per connection.
+/// One core's pending deadlines, kept in due order per kind (almost every entry is due
+/// one fixed length from now and goes at the back; one due earlier is put in its place).
+/// Entries hold the wire weakly: a closed connection costs nothing until its entry comes
+/// due. A wire has at most one entry of each kind, so the queues never hold more than two
+/// entries per connection.
 #[derive(Default)]
 pub struct Deadlines {
     login: VecDeque<(u64, Weak<Wire>)>,
@@ -117,10 +103,13 @@ pub struct Deadlines {
 
 impl Deadlines {
     pub fn push(&mut self, kind: Deadline, due_s: u64, wire: Weak<Wire>) {
-        match kind {
-            Deadline::Login => self.login.push_back((due_s, wire)),
-            Deadline::PartialLine => self.partial_line.push_back((due_s, wire)),
-        }
+        let queue = match kind {
+            Deadline::Login => &mut self.login,
+            Deadline::PartialLine => &mut self.partial_line,
+        };
+        // The clock may have stepped, or the deadline began earlier than now.
+        let place = queue.partition_point(|(queued_s, _)| *queued_s <= due_s);
+        queue.insert(place, (due_s, wire));
     }
 
     /// Takes every entry due at `now_s`.
@@ -196,6 +185,9 @@ mod tests {
         deadlines.push(Deadline::Login, 10, Weak::new());
         deadlines.push(Deadline::Login, 11, Weak::new());
         deadlines.push(Deadline::PartialLine, 10, Weak::new());
+        // One due earlier than the queue's back is still taken in time.
+        deadlines.push(Deadline::Login, 5, Weak::new());
+        assert_eq!(deadlines.take_due(5).len(), 1);
         assert!(deadlines.take_due(9).is_empty());
         let due: Vec<Deadline> = deadlines.take_due(10).into_iter().map(|(k, _)| k).collect();
         assert_eq!(due, vec![Deadline::Login, Deadline::PartialLine]);

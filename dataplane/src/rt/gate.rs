@@ -34,14 +34,23 @@ impl Gate {
         self.used.set(self.used.get() + units);
     }
 
+    /// Gives units back. Waiters are woken only once the gate has drained to its low-water
+    /// mark (a quarter below the limit), all at once: woken at every unit, thousands of
+    /// parked readers would each be polled for every share the hasher or the disk
+    /// finishes, and a flood would turn into wake-ups. Nothing is lost by waiting: while
+    /// readers are parked nothing is taken, so the gate always drains that far.
     pub fn give_back(&self, units: usize) {
         let used = self.used.get().saturating_sub(units);
         self.used.set(used);
-        if used < self.limit {
+        if used <= self.low_water() {
             for waker in self.waiters.borrow_mut().drain(..) {
                 waker.wake();
             }
         }
+    }
+
+    fn low_water(&self) -> usize {
+        self.limit - self.limit.div_ceil(4)
     }
 
     /// Resolves once fewer than `limit` units are taken.
@@ -55,5 +64,47 @@ impl Gate {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn waiters_wake_once_the_gate_drains_to_its_low_water_mark() {
+        let gate = Gate::new(8);
+        gate.take(8);
+        assert!(!gate.has_room());
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut waiting = std::pin::pin!(gate.below_limit());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        // Room again, but above the low-water mark (6): not yet woken.
+        gate.give_back(1);
+        assert!(gate.has_room());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        gate.give_back(1);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
+        // A limit of one wakes as soon as it is free.
+        let single = Gate::new(1);
+        single.take(1);
+        let mut waiting = std::pin::pin!(single.below_limit());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        single.give_back(1);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
     }
 }

@@ -261,7 +261,18 @@ impl Core {
             };
             match kind {
                 Deadline::Login => {
-                    if !wire.logged_in.get() && !wire.is_closed() {
+                    if wire.logged_in.get() || wire.is_closed() {
+                        continue;
+                    }
+                    if wire.gated.get() {
+                        // The pool holds the reader back (a stalled disk): the login is
+                        // not the miner's delay. Its time starts again.
+                        self.deadlines.borrow_mut().push(
+                            Deadline::Login,
+                            now_s + admission::STRATUM_LOGIN_DEADLINE_S,
+                            Rc::downgrade(&wire),
+                        );
+                    } else {
                         wire.close();
                         self.counters.refused(Refusal::LoginDeadline, 1);
                     }
@@ -678,6 +689,7 @@ pub fn run_with_share_log(
         cores.iter().map(|_| unbounded::<Completed>()).unzip();
     let share_log = open_share_log(completion_senders)?;
     let counters = Arc::new(Counters::default());
+    let _ = counters.share_log.set(share_log.status());
     let addresses = AddressCounts::new(config.connections_per_ip_max);
     let (upstream_tx, upstream_rx) = crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX);
     // QUIC: one endpoint per core and listen address, with a channel from every core to

@@ -87,6 +87,9 @@ impl Session {
                 // Not a duplicate as far as anyone knows, so code 20, not 22.
                 return self.reject(id, ErrorCode::Other, "share filter full; wait for new work");
             }
+            Err(Rejection::StaleJob) => {
+                return self.reject(id, ErrorCode::JobNotFound, "stale job")
+            }
             Err(_) => return self.reject(id, ErrorCode::Duplicate, "duplicate share"),
         }
         let pending = PendingPow {
