@@ -75,7 +75,11 @@ const AUDIT_ENTRIES_PER_REQUEST_MAX: usize = 1000;
 /// What the payout side shares with the API.
 #[derive(Clone)]
 pub struct PayoutHandles {
+    /// The ledger, for writes (and reads that must be consistent with a write).
     pub ledger: Arc<Mutex<Ledger>>,
+    /// The same ledger for reads, without its lock (`Ledger::reader`): the payout thread
+    /// holds the lock across wallet RPCs, and the API must not wait for them.
+    pub ledger_reader: Arc<Ledger>,
     pub history: Arc<Mutex<ShareHistory>>,
     pub settings: Arc<RwLock<PayoutSettings>>,
     pub run_now: crossbeam_channel::Sender<PayoutRequest>,
@@ -342,7 +346,7 @@ fn stats_json(state: &ApiState) -> Value {
         .expect("settings lock")
         .clone();
     let (pps_credited, pool_account) = {
-        let ledger = state.payouts.ledger.lock().expect("ledger lock");
+        let ledger = &state.payouts.ledger_reader;
         (
             ledger.pps_credited().unwrap_or(0),
             ledger.balances(&settings.fee_account).unwrap_or_default(),
@@ -489,7 +493,7 @@ fn payments_shown(
     state: &ApiState,
     show: fn(&crate::payouts::ledger::PayoutIntent) -> Value,
 ) -> Response {
-    let intents = state.payouts.ledger.lock().expect("ledger lock").intents();
+    let intents = state.payouts.ledger_reader.intents();
     match intents {
         Ok(intents) => Json(intents.iter().rev().map(show).collect::<Vec<_>>()).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -523,7 +527,7 @@ async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Re
     };
     let now = now_ms();
     let (balances, payout_min, intents) = {
-        let ledger = state.payouts.ledger.lock().expect("ledger lock");
+        let ledger = &state.payouts.ledger_reader;
         (
             ledger.balances(&address).unwrap_or_default(),
             ledger.payout_min(&address).ok().flatten(),
@@ -588,9 +592,7 @@ async fn miner_settings(State(state): State<ApiState>, Path(address): Path<Strin
     };
     let own = state
         .payouts
-        .ledger
-        .lock()
-        .expect("ledger lock")
+        .ledger_reader
         .payout_min(&address)
         .ok()
         .flatten();
@@ -775,12 +777,7 @@ const ADMIN_ACTIVE_WINDOW_S: u64 = 3600;
 /// Every account the ledger holds, every miner seen in the last hour and every banned
 /// address, with balances, active workers and whether the address is banned.
 async fn admin_miners(State(state): State<ApiState>) -> Response {
-    let balances = state
-        .payouts
-        .ledger
-        .lock()
-        .expect("ledger lock")
-        .all_balances();
+    let balances = state.payouts.ledger_reader.all_balances();
     let mut balances = match balances {
         Ok(all) => all,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

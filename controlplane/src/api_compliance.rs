@@ -40,7 +40,7 @@ fn change_kyc(
 ) -> Result<Value, Response> {
     // The exchange first (its lock order), held across the change and the cancel.
     let mut dex = state.dex.as_ref().map(|dex| dex.lock().expect("dex lock"));
-    let ledger = state.payouts.ledger.lock().expect("ledger lock");
+    let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
     let previous = ledger
         .kyc(address)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -88,7 +88,7 @@ fn kyc_changed(
 /// Every address with a KYC record; `pending` lists those a payout waits on, with the
 /// mature balance held.
 async fn kyc_list(State(state): State<ApiState>) -> Response {
-    let ledger = state.payouts.ledger.lock().expect("ledger lock");
+    let ledger = &state.payouts.ledger_reader;
     let records = match ledger.kyc_records() {
         Ok(records) => records,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -181,7 +181,7 @@ async fn provider_callback(
         reference: callback.reference,
     };
     let mut dex = state.dex.as_ref().map(|dex| dex.lock().expect("dex lock"));
-    let ledger = state.payouts.ledger.lock().expect("ledger lock");
+    let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
     let previous = match ledger.kyc(&callback.address) {
         Ok(previous) => previous,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -289,7 +289,7 @@ async fn export_payments(
         Ok(canonical) => canonical,
         Err(response) => return response,
     };
-    let intents = match state.payouts.ledger.lock().expect("ledger lock").intents() {
+    let intents = match state.payouts.ledger_reader.intents() {
         Ok(intents) => intents,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };

@@ -210,13 +210,7 @@ pub fn render(state: &ApiState) -> String {
     );
     out.sample("otedama_node_rpc_latency_seconds_count", "", requests);
 
-    let intents = state
-        .payouts
-        .ledger
-        .lock()
-        .expect("ledger lock")
-        .intents()
-        .unwrap_or_default();
+    let intents = state.payouts.ledger_reader.intents().unwrap_or_default();
     let open: Vec<_> = intents
         .iter()
         .filter(|i| i.state == IntentState::Open)

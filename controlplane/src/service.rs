@@ -711,6 +711,7 @@ fn start_payouts(
     };
     let (run_now, requests) = crossbeam_channel::bounded(PAYOUT_REQUESTS_QUEUED_MAX);
     let handles = PayoutHandles {
+        ledger_reader: ledger.reader(),
         ledger: Arc::new(Mutex::new(ledger)),
         history: Arc::new(Mutex::new(ShareHistory::default())),
         settings: Arc::new(RwLock::new(settings)),

@@ -162,15 +162,19 @@ pub enum Refusal {
     PartialLineDeadline,
     /// Closed: silent for `connection_idle_timeout_s`.
     IdleTimeout,
+    /// A QUIC Initial answered with a Retry: too many logins pending on the core, and the
+    /// address not yet validated.
+    QuicRetry,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::ShareFilterFull,
         Refusal::ConnectionsPerIp,
         Refusal::LoginDeadline,
         Refusal::PartialLineDeadline,
         Refusal::IdleTimeout,
+        Refusal::QuicRetry,
     ];
 
     /// The `reason` label.
@@ -181,6 +185,7 @@ impl Refusal {
             Refusal::LoginDeadline => "login_deadline",
             Refusal::PartialLineDeadline => "partial_line_deadline",
             Refusal::IdleTimeout => "idle_timeout",
+            Refusal::QuicRetry => "quic_retry",
         }
     }
 }

@@ -471,3 +471,57 @@ fn a_payout_that_can_never_be_sent_is_cancelled_and_paid_again_once() -> anyhow:
     assert_eq!(states, ["sent", "cancelled"], "{payments}");
     Ok(())
 }
+
+/// Issue 16: the API never waits for the payout thread. The node's `sendrawtransaction`
+/// is held for 15 s by a fault proxy while a payout runs (the payout thread holds the
+/// ledger's lock across that call); meanwhile the public routes that read the ledger
+/// answer well within their deadline.
+#[test]
+fn the_api_answers_while_a_payout_waits_on_the_wallet() -> anyhow::Result<()> {
+    const HELD: Duration = Duration::from_secs(15);
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let (scenario, _run) = start_behind_proxy(
+        "pplns",
+        &["sendrawtransaction"],
+        otedama_tests::fault_proxy::FaultMix {
+            delay_percent: 100,
+            drop_percent: 0,
+            cut_percent: 0,
+            unavailable_percent: 0,
+            delay: HELD,
+        },
+    )?;
+    scenario.mine(3)?;
+    scenario.mature()?;
+    let miner = scenario.miners[0].clone();
+    let payout_started = std::time::Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let payout = scope.spawn(|| scenario.run_payout());
+        // Let the run reach the held call.
+        std::thread::sleep(Duration::from_secs(3));
+        for path in [
+            "/api/v1/stats".to_string(),
+            "/api/v1/payments".to_string(),
+            format!("/api/v1/miners/{miner}"),
+            "/metrics".to_string(),
+            "/health".to_string(),
+        ] {
+            let asked = std::time::Instant::now();
+            scenario.pool.get_text(&path)?;
+            let took = asked.elapsed();
+            assert!(
+                took < DEADLINE,
+                "{path} took {took:?} while the payout waited"
+            );
+        }
+        assert!(
+            payout_started.elapsed() < HELD,
+            "the checks ran after the held call ended"
+        );
+        let (status, body) = payout.join().expect("the payout thread")?;
+        assert_eq!(status, 200, "{body}");
+        Ok(())
+    })?;
+    assert!(payout_started.elapsed() >= HELD, "the call was not held");
+    Ok(())
+}

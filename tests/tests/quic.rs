@@ -328,3 +328,58 @@ async fn a_quic_miner_keeps_mining_across_address_changes() {
     );
     miner.close().await;
 }
+
+/// Issue 16: QUIC connections must log in (a channel open) within the login deadline, and
+/// past `QUIC_LOGINS_PENDING_BEFORE_RETRY` connections waiting to log in on a core, a new
+/// one is answered with a stateless Retry (address validation) before it gets a session;
+/// a real client passes it and connects.
+#[tokio::test(flavor = "current_thread")]
+async fn quic_logins_have_a_deadline_and_a_crowd_of_them_meets_retry() {
+    use otedama_dataplane::net::quic::QUIC_LOGINS_PENDING_BEFORE_RETRY;
+    use otedama_dataplane::rt::admission::STRATUM_LOGIN_DEADLINE_S;
+    let pool = start_pool("0", 10_000);
+    let config = client_config(&pool.quic_certificate);
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config.clone());
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..QUIC_LOGINS_PENDING_BEFORE_RETRY {
+        let connection = endpoint
+            .connect(pool.quic, "localhost")
+            .unwrap()
+            .await
+            .expect("a handshake below the threshold");
+        silent.push(connection);
+    }
+    // One more: validated by a Retry first, then served.
+    let mut miner = Miner::connect(&pool, &config)
+        .await
+        .expect("a connection after Retry");
+    miner.mine_one(0).await;
+    // Counters reach the control plane once a second.
+    wait_until(Duration::from_secs(5), "the Retry in /metrics", || {
+        pool.metrics().is_ok_and(|metrics| {
+            otedama_tests::metric_value(
+                &metrics,
+                r#"otedama_dataplane_refusals_total{reason="quic_retry"}"#,
+            )
+            .is_some_and(|count| count >= 1.0)
+        })
+    })
+    .unwrap();
+    // The silent ones are closed at the login deadline, not before.
+    let deadline = Duration::from_secs(STRATUM_LOGIN_DEADLINE_S);
+    for connection in &silent {
+        let reason = tokio::time::timeout(deadline + Duration::from_secs(5), connection.closed())
+            .await
+            .expect("a silent QUIC connection was held past its login deadline");
+        assert!(
+            matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
+            "{reason:?}"
+        );
+    }
+    assert!(started.elapsed() >= deadline - Duration::from_secs(1));
+    // The miner that logged in is still served (nonces far from the first share's).
+    miner.mine_one(1_000_000).await;
+    miner.close().await;
+}

@@ -230,8 +230,11 @@ pub struct PayoutIntent {
     pub settled_at_ms: Option<u64>,
 }
 
+/// Invariant: every method that writes takes `&mut self`, so a `reader` (shared without
+/// the ledger's lock, for the API) can only read. Reads see whole commits: each write is
+/// one RocksDB batch, and scans read from one implicit snapshot.
 pub struct Ledger {
-    db: DB,
+    db: std::sync::Arc<DB>,
     next_sequence: u64,
     /// Commits still to refuse (see `fail_next_commits`).
     commits_to_fail: u32,
@@ -256,8 +259,21 @@ impl Ledger {
             .and_then(|(k, _)| k[ENTRY_PREFIX.len()..].try_into().ok())
             .map_or(0, |bytes: [u8; 8]| u64::from_be_bytes(bytes) + 1);
         Ok(Ledger {
-            db,
+            db: std::sync::Arc::new(db),
             next_sequence,
+            commits_to_fail: 0,
+            commits_until_crash: None,
+        })
+    }
+
+    /// A handle on the same database for reads, which needs no lock: the API reads
+    /// balances, payments and KYC records through one, so it never waits for the payout
+    /// thread (which holds the ledger's lock across wallet RPCs). It takes `&self`
+    /// methods only, and no `&self` method writes.
+    pub fn reader(&self) -> std::sync::Arc<Ledger> {
+        std::sync::Arc::new(Ledger {
+            db: self.db.clone(),
+            next_sequence: self.next_sequence,
             commits_to_fail: 0,
             commits_until_crash: None,
         })
@@ -469,7 +485,7 @@ impl Ledger {
         self.get(&key(SETTING_PREFIX, account.as_bytes()))
     }
 
-    pub fn set_payout_min(&self, account: &str, amount: u64) -> Result<(), LedgerError> {
+    pub fn set_payout_min(&mut self, account: &str, amount: u64) -> Result<(), LedgerError> {
         self.db.put(
             key(SETTING_PREFIX, account.as_bytes()),
             serde_json::to_vec(&amount)?,
@@ -786,7 +802,7 @@ impl Ledger {
     }
 
     pub fn set_kyc(
-        &self,
+        &mut self,
         account: &str,
         record: &crate::kyc::KycRecord,
     ) -> Result<(), LedgerError> {
@@ -804,7 +820,7 @@ impl Ledger {
     /// written) if that id was applied before, so a replayed callback cannot undo a later
     /// verdict. The id and the record are one write.
     pub fn apply_kyc_callback(
-        &self,
+        &mut self,
         callback_id: &str,
         account: &str,
         record: &crate::kyc::KycRecord,

@@ -575,7 +575,7 @@ impl PayoutRunner {
             // between the two, and none is placed after the cancel (placing checks the
             // hold under the same lock).
             let mut dex = self.dex.get().map(|dex| dex.lock().expect("dex lock"));
-            let ledger = self.ledger.lock().expect("ledger lock");
+            let mut ledger = self.ledger.lock().expect("ledger lock");
             match ledger.kyc(address) {
                 Ok(None) => {}
                 Ok(Some(_)) => continue,

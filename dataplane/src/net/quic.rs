@@ -61,6 +61,14 @@ pub const QUIC_RESUMABLE_SESSIONS_MAX: usize = 65_536;
 /// streams shares faster than the pool can hash them is held back by QUIC's own flow
 /// control, as a TCP miner is by its socket.
 pub const QUIC_RECEIVE_WINDOW_BYTES: u32 = 64 * 1024;
+/// QUIC connections one core's endpoint may have that have not logged in (handshake,
+/// SetupConnection and a first channel). Past it, a new connection from an address that
+/// has not proved it receives our packets gets a stateless Retry (RFC 9000 §8.1) instead
+/// of a connection: spoofed Initials then cost a packet each, not a session.
+pub const QUIC_LOGINS_PENDING_BEFORE_RETRY: usize = 256;
+/// Datagrams one core may have waiting for another core (connections that migrated to an
+/// address the kernel hashes elsewhere). Past it they are dropped; QUIC resends.
+pub const QUIC_FORWARDED_QUEUED_MAX: usize = 4096;
 /// ALPN the pool and `otedama miner` agree on for SV2 over QUIC.
 pub const QUIC_ALPN: &[u8] = b"sv2";
 
@@ -184,6 +192,56 @@ pub struct Forwarded {
     remote: SocketAddr,
 }
 
+/// The sending end of a core's queue of forwarded datagrams, bounded at
+/// `QUIC_FORWARDED_QUEUED_MAX` by a count the receiving end gives back.
+#[derive(Clone)]
+pub struct ForwardSender {
+    sender: UnboundedSender<Forwarded>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The receiving end (see `ForwardSender`).
+pub struct ForwardReceiver {
+    receiver: UnboundedReceiver<Forwarded>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A bounded queue of forwarded datagrams to one core.
+pub fn forward_queue() -> (ForwardSender, ForwardReceiver) {
+    let (sender, receiver) = futures_channel::mpsc::unbounded();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (
+        ForwardSender {
+            sender,
+            queued: queued.clone(),
+        },
+        ForwardReceiver { receiver, queued },
+    )
+}
+
+impl ForwardSender {
+    /// Queues the datagram, or drops it (`false`) at the bound or if the core stopped.
+    fn send(&self, forwarded: Forwarded) -> bool {
+        if self.queued.fetch_add(1, Relaxed) >= QUIC_FORWARDED_QUEUED_MAX {
+            self.queued.fetch_sub(1, Relaxed);
+            return false;
+        }
+        if self.sender.unbounded_send(forwarded).is_err() {
+            self.queued.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl ForwardReceiver {
+    async fn next(&mut self) -> Option<Forwarded> {
+        let forwarded = self.receiver.next().await?;
+        self.queued.fetch_sub(1, Relaxed);
+        Some(forwarded)
+    }
+}
+
 /// One core's endpoint on one QUIC listen address.
 pub struct QuicFrontEnd {
     endpoint: RefCell<quinn_proto::Endpoint>,
@@ -192,7 +250,10 @@ pub struct QuicFrontEnd {
     sender: std::net::UdpSocket,
     connections: RefCell<HashMap<ConnectionHandle, Rc<QuicConnection>>>,
     /// The other cores of this process, by core index, for migrated connections.
-    forward_to: Vec<UnboundedSender<Forwarded>>,
+    forward_to: Vec<ForwardSender>,
+    /// Connections accepted here that have not logged in yet
+    /// (`QUIC_LOGINS_PENDING_BEFORE_RETRY`).
+    logins_pending: Cell<usize>,
     shared: Arc<QuicShared>,
     send_buffer: RefCell<Vec<u8>>,
 }
@@ -235,8 +296,8 @@ impl QuicFrontEnd {
                 data: BytesMut::from(data),
                 remote,
             };
-            if self.forward_to[owner].unbounded_send(forwarded).is_err() {
-                tracing::debug!(owner, "QUIC forward to a stopped core");
+            if !self.forward_to[owner].send(forwarded) {
+                tracing::debug!(owner, "QUIC forward dropped (queue full or core stopped)");
             }
             core.counters.quic_datagrams_forwarded.fetch_add(1, Relaxed);
             return;
@@ -284,6 +345,19 @@ impl QuicFrontEnd {
             self.send(&transmit, &buffer);
             return;
         }
+        if self.logins_pending.get() >= QUIC_LOGINS_PENDING_BEFORE_RETRY
+            && !incoming.remote_address_validated()
+        {
+            match self.endpoint.borrow_mut().retry(incoming, &mut buffer) {
+                Ok(transmit) => self.send(&transmit, &buffer),
+                // Only an Initial that already answered a Retry cannot get one, and that
+                // one is validated; drop it all the same rather than trust it.
+                Err(error) => self.endpoint.borrow_mut().ignore(error.into_incoming()),
+            }
+            core.counters
+                .refused(otedama_shared::ipc::Refusal::QuicRetry, 1);
+            return;
+        }
         let accepted = self
             .endpoint
             .borrow_mut()
@@ -314,6 +388,7 @@ impl QuicFrontEnd {
             timer_waker: RefCell::new(None),
             timer_notified: Cell::new(false),
             resume_scheduled: Cell::new(false),
+            logged_in: Cell::new(false),
             core: Rc::downgrade(core),
         });
         self.connections
@@ -324,7 +399,9 @@ impl QuicFrontEnd {
             .registration
             .set(Some(core.register(Peer::V2(link))));
         core.counters.connections.fetch_add(1, Relaxed);
+        self.logins_pending.set(self.logins_pending.get() + 1);
         glommio::spawn_local(timer_task(connection.clone())).detach();
+        glommio::spawn_local(login_deadline(connection.clone())).detach();
         connection.drive(core);
     }
 }
@@ -349,6 +426,8 @@ pub struct QuicConnection {
     timer_notified: Cell<bool>,
     /// Whether a task waits to go on with frames held at a bound (`read_frames`).
     resume_scheduled: Cell<bool>,
+    /// Set once the session has a channel; until then it counts in `logins_pending`.
+    logged_in: Cell<bool>,
     core: std::rc::Weak<Core>,
 }
 
@@ -414,6 +493,7 @@ impl QuicConnection {
                     Err(_) => return Err("frame too large"),
                 };
                 handle_frame(core, &link, &frame.header, frame.payload, now_s)?;
+                self.note_login();
             }
             if finished {
                 return Err("the miner ended the stream");
@@ -455,6 +535,15 @@ impl QuicConnection {
         // Whether a flow-control update must go out; `flush` transmits anyway.
         let _ = chunks.finalize();
         Ok((drained, finished))
+    }
+
+    /// Counts the connection out of `logins_pending` once its session has a channel.
+    fn note_login(&self) {
+        if !self.logged_in.get() && self.session.borrow().channel_count() > 0 {
+            self.logged_in.set(true);
+            let pending = &self.front.logins_pending;
+            pending.set(pending.get().saturating_sub(1));
+        }
     }
 
     /// Goes on with held frames (and the stream behind them) once there is room.
@@ -530,6 +619,11 @@ impl QuicConnection {
         }
         if self.quic.borrow().is_drained() && !self.drained.replace(true) {
             front.connections.borrow_mut().remove(&self.handle);
+            if !self.logged_in.replace(true) {
+                front
+                    .logins_pending
+                    .set(front.logins_pending.get().saturating_sub(1));
+            }
             if let (Some(core), Some(id)) = (self.core.upgrade(), self.registration.take()) {
                 core.unregister(id);
                 super::sv2::release_extranonce_prefixes(&core, &mut self.session.borrow_mut());
@@ -615,13 +709,31 @@ async fn timer_task(connection: Rc<QuicConnection>) {
     }
 }
 
+/// Closes a connection that has not logged in (handshake, SetupConnection, a channel)
+/// within `STRATUM_LOGIN_DEADLINE_S`, as the TCP front ends do.
+async fn login_deadline(connection: Rc<QuicConnection>) {
+    glommio::timer::sleep(Duration::from_secs(
+        crate::rt::admission::STRATUM_LOGIN_DEADLINE_S,
+    ))
+    .await;
+    if connection.logged_in.get() || connection.drained.get() {
+        return;
+    }
+    connection.close_with("login deadline");
+    connection.flush();
+    if let Some(core) = connection.core.upgrade() {
+        core.counters
+            .refused(otedama_shared::ipc::Refusal::LoginDeadline, 1);
+    }
+}
+
 /// Binds `address` on this core and serves QUIC there until the process ends.
 pub fn start(
     core: &Rc<Core>,
     address: SocketAddr,
     shared: Arc<QuicShared>,
-    forward_to: Vec<UnboundedSender<Forwarded>>,
-    mut forwarded: UnboundedReceiver<Forwarded>,
+    forward_to: Vec<ForwardSender>,
+    mut forwarded: ForwardReceiver,
 ) -> anyhow::Result<()> {
     let socket = UdpSocket::bind(address)
         .map_err(|e| anyhow::anyhow!("binding QUIC listener {address}: {e}"))?;
@@ -649,6 +761,7 @@ pub fn start(
         sender,
         connections: RefCell::new(HashMap::new()),
         forward_to,
+        logins_pending: Cell::new(0),
         shared,
         send_buffer: RefCell::new(Vec::with_capacity(1500)),
     });

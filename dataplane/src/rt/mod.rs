@@ -707,7 +707,7 @@ pub fn run_with_share_log(
     let mut quic_forward_receivers: Vec<Vec<_>> = cores.iter().map(|_| Vec::new()).collect();
     for _ in &config.quic_listen {
         let (senders, receivers): (Vec<_>, Vec<_>) =
-            cores.iter().map(|_| unbounded::<quic::Forwarded>()).unzip();
+            cores.iter().map(|_| quic::forward_queue()).unzip();
         quic_forward_senders.push(senders);
         for (core, receiver) in receivers.into_iter().enumerate() {
             quic_forward_receivers[core].push(receiver);
@@ -796,8 +796,8 @@ pub fn run_with_share_log(
 /// sender per listen address, and this core's receiver per listen address.
 type CoreQuic = (
     Arc<quic::QuicShared>,
-    Vec<Vec<futures_channel::mpsc::UnboundedSender<quic::Forwarded>>>,
-    Vec<UnboundedReceiver<quic::Forwarded>>,
+    Vec<Vec<quic::ForwardSender>>,
+    Vec<quic::ForwardReceiver>,
 );
 
 async fn core_main(

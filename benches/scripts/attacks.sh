@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Runs each attack of issue 16 against `otedama run` (synthetic chain, SHA256d, default
+# bounds) while `otedama-loadgen` keeps honest miners busy, on loopback only and bounded in
+# time. For each attack it prints one row: honest acked shares/s just before and during the
+# attack (two loadgen runs of the same shape, so the ratio is measured in the same run),
+# the pool's peak RSS during the attack and 20 s after it (VmRSS summed over every
+# process of the pool), and what the attacker saw (connections closed by the pool, API
+# answers), then the pool's refusals by reason from /metrics.
+#
+# Usage: benches/scripts/attacks.sh
+# Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
+# 34333), HONEST (loadgen flags for the honest miners), ATTACK_S (default 25).
+set -euo pipefail
+
+bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
+here=$(cd "$(dirname "$0")" && pwd)
+port=${PORT:-34333}
+api_port=$((port + 1))
+attack_s=${ATTACK_S:-25}
+payout=bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt
+read -r -a honest_flags <<<"${HONEST:---connections 200 --rate 5000 --duration 8}"
+
+data_dir=$(mktemp -d /tmp/otedama-attacks.XXXXXX)
+attack_pid=
+cleanup() {
+  [[ -n $attack_pid ]] && kill "$attack_pid" 2>/dev/null || true
+  kill "$pool_pid" 2>/dev/null || true
+  wait "$pool_pid" 2>/dev/null || true
+  rm -rf "$data_dir"
+}
+trap cleanup EXIT
+
+pool_rss_kib() {
+  local total=0 rss
+  for pid in $(pgrep -f "$data_dir" || true); do
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    total=$((total + ${rss:-0}))
+  done
+  echo "$total"
+}
+
+# The pool takes any hash as a share (so the honest generator needs no mining), keeps every
+# other default: the bounds under test are the defaults an operator gets.
+RUST_LOG=${RUST_LOG:-warn} "$bin_dir/otedama" run \
+  --chain synthetic --coin bitcoin --network regtest --payout-address "$payout" \
+  --data-dir "$data_dir" --stratum-listen "127.0.0.1:$port" --api-listen "127.0.0.1:$api_port" \
+  --difficulty-min 1e-10 --start-difficulty 1e-10 --vardiff-share-interval-s 0 \
+  >"$data_dir/pool.log" 2>&1 &
+pool_pid=$!
+for _ in $(seq 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  sleep 0.1
+done
+sleep 2
+
+honest_rate() {
+  "$bin_dir/otedama-loadgen" --target "127.0.0.1:$port" --user "$payout.honest" \
+    --source-ips 127.0.0.10-127.0.0.19 "${honest_flags[@]}" 2>/dev/null |
+    awk '/^shares acked\/s/ {print $3}'
+}
+
+refusals() {
+  curl -s "http://127.0.0.1:$api_port/metrics" |
+    awk '/^otedama_dataplane_refusals_total/ {sub(/.*reason="/, ""); sub(/"}/, ""); printf "%s=%s ", $1, $2}'
+}
+
+printf '%-20s %10s %10s %7s %12s %12s  %s\n' attack honest/s during ratio "peak RSS MB" "after MB" "attacker"
+run_attack() {
+  local name=$1; shift
+  local before during peak=0 rss after result
+  before=$(honest_rate)
+  "$@" >"$data_dir/attack.json" &
+  attack_pid=$!
+  sleep 3
+  during=$(honest_rate)
+  while kill -0 "$attack_pid" 2>/dev/null; do
+    rss=$(pool_rss_kib); ((rss > peak)) && peak=$rss
+    sleep 1
+  done
+  wait "$attack_pid" || true
+  attack_pid=
+  sleep 20
+  after=$(pool_rss_kib)
+  # The attack script prints one JSON line; the share flood is a load generator.
+  result=$(grep -m1 -E '^\{|^shares acked/s' "$data_dir/attack.json" || echo "-")
+  printf '%-20s %10s %10s %7s %12s %12s  %s\n' "$name" "$before" "$during" \
+    "$(awk -v b="$before" -v d="$during" 'BEGIN { if (b > 0) printf "%.2f", d / b; else print "-" }')" \
+    "$((peak / 1024))" "$((after / 1024))" "$result"
+}
+
+attack() { python3 "$here/attack.py" "$@" --duration "$attack_s"; }
+run_attack stratum-idle attack stratum-idle --port "$port" --connections 5000 --sources 1
+run_attack stratum-idle-spread attack stratum-idle --port "$port" --connections 5000 --sources 50
+run_attack stratum-slowloris attack stratum-slowloris --port "$port" --connections 3000 --sources 50
+run_attack share-flood "$bin_dir/otedama-loadgen" --target "127.0.0.1:$port" --user "$payout.flood" \
+  --source-ips 127.0.2.1-127.0.2.4 --connections 50 --rate 1000000 --inflight-max 256 \
+  --suggest-difficulty 1e-9 --duration "$attack_s"
+run_attack http-slowloris attack http-slowloris --port "$api_port" --connections 5000 --sources 50
+run_attack api-flood attack api-flood --port "$api_port" --connections 200 --sources 20
+echo "refusals: $(refusals)"
