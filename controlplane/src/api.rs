@@ -33,7 +33,7 @@ use otedama_shared::address::{canonical_address_for, AddressRule};
 
 use crate::audit::AuditLog;
 use crate::bans::{BanChange, BanStore};
-use crate::blocks::BlockStore;
+use crate::blocks::{BlockRecord, BlockStore};
 use crate::payouts::ledger::Ledger;
 use crate::payouts::runner::{PayoutRequest, PayoutSettings};
 use crate::payouts::shares::ShareHistory;
@@ -66,9 +66,23 @@ pub const API_CONNECTIONS_PER_IP_MAX: u32 = 64;
 /// connection stays open waiting for the next request. Then the connection is closed:
 /// a slowloris client holds a place this long at most.
 pub const API_HEADER_READ_TIMEOUT_S: u64 = 10;
+/// Seconds one HTTP connection may last before its upgrade (a live-feed client then counts
+/// under `WS_CLIENTS_MAX`): a client trickling a body or reading a response a byte at a
+/// time holds its place this long at most.
+pub const API_CONNECTION_LIFETIME_S: u64 = 120;
 /// Largest request body any route reads (orders, KYC callbacks and admin requests are a
 /// few hundred bytes).
 pub const API_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Items one page of a list (`/api/v1/blocks`, `/api/v1/payments` and their admin forms)
+/// holds at most: `?limit=` above it is cut to it. Without `limit`, a page holds
+/// `API_LIST_ITEMS_DEFAULT`. The next page is asked for with `?cursor=`, the value of the
+/// `x-next-cursor` header, which a page has only when more may follow.
+pub const API_LIST_ITEMS_MAX: usize = 1000;
+const API_LIST_ITEMS_DEFAULT: usize = 100;
+/// The response header carrying the cursor of the next page.
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+/// How long one computed stats answer (`/api/v1/stats`, the live feed) is served again.
+const STATS_CACHE_MS: u64 = 1000;
 /// Audit entries one request may list.
 const AUDIT_ENTRIES_PER_REQUEST_MAX: usize = 1000;
 
@@ -110,6 +124,8 @@ pub struct ApiState {
     pub kyc_secret: Option<Arc<Vec<u8>>>,
     /// Places on the live feed (`WS_CLIENTS_MAX`).
     pub ws_clients: Arc<tokio::sync::Semaphore>,
+    /// The last stats computed, and when (`STATS_CACHE_MS`).
+    pub stats_cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -154,6 +170,50 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// One connection's place under `API_CONNECTIONS_PER_IP_MAX`, given back when dropped.
+struct ApiAddressPlace {
+    counts: Arc<Mutex<std::collections::HashMap<otedama_shared::bans::AddressKey, u32>>>,
+    key: otedama_shared::bans::AddressKey,
+}
+
+impl ApiAddressPlace {
+    fn take(
+        counts: &Arc<Mutex<std::collections::HashMap<otedama_shared::bans::AddressKey, u32>>>,
+        key: otedama_shared::bans::AddressKey,
+    ) -> Option<Self> {
+        let mut held = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = held.entry(key).or_insert(0);
+        if *count >= API_CONNECTIONS_PER_IP_MAX {
+            if *count == 0 {
+                held.remove(&key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ApiAddressPlace {
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ApiAddressPlace {
+    fn drop(&mut self) {
+        let mut held = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Serves the API with its bounds: at most `API_CONNECTIONS_MAX` connections (and
 /// `API_CONNECTIONS_PER_IP_MAX` per address), `API_HEADER_READ_TIMEOUT_S` to send headers
 /// or the next request, bodies up to `API_BODY_BYTES_MAX`.
@@ -184,16 +244,11 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
             }
         };
         let key = otedama_shared::bans::AddressKey::of(peer.ip());
-        {
-            let mut counts = per_address.lock().expect("API address counts");
-            let count = counts.entry(key).or_insert(0);
-            if *count >= API_CONNECTIONS_PER_IP_MAX {
-                tracing::debug!(%peer, "too many API connections from one address");
-                continue;
-            }
-            *count += 1;
-        }
-        let (app, per_address) = (app.clone(), per_address.clone());
+        let Some(address_place) = ApiAddressPlace::take(&per_address, key) else {
+            tracing::debug!(%peer, "too many API connections from one address");
+            continue;
+        };
+        let app = app.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -205,17 +260,14 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
             let connection = http
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .with_upgrades();
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "API connection ended");
+            let lifetime = Duration::from_secs(API_CONNECTION_LIFETIME_S);
+            match tokio::time::timeout(lifetime, connection).await {
+                Ok(Err(error)) => tracing::debug!(%error, %peer, "API connection ended"),
+                Err(_) => tracing::debug!(%peer, "API connection outlived its lifetime"),
+                Ok(Ok(())) => {}
             }
-            let mut counts = per_address.lock().expect("API address counts");
-            if let Some(count) = counts.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&key);
-                }
-            }
-            drop(place);
+            // Given back however the task ends (a handler's panic included).
+            drop((address_place, place));
         });
     }
 }
@@ -402,31 +454,98 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, &'static str) {
 }
 
 async fn stats(State(state): State<ApiState>) -> Response {
-    Json(stats_json(&state)).into_response()
+    match cached_stats(&state).await {
+        Some(stats) => Json(stats).into_response(),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "stats failed"),
+    }
+}
+
+/// The pool's stats, computed at most once per `STATS_CACHE_MS` whatever the number of
+/// callers (the HTTP route and every live-feed client): computing them scans the share
+/// history, up to a million shares, off the async workers.
+async fn cached_stats(state: &ApiState) -> Option<Value> {
+    let mut cached = state.stats_cache.lock().await;
+    if let Some((at, stats)) = cached.as_ref() {
+        if at.elapsed() < Duration::from_millis(STATS_CACHE_MS) {
+            return Some(stats.clone());
+        }
+    }
+    let computing = state.clone();
+    let stats = tokio::task::spawn_blocking(move || stats_json(&computing))
+        .await
+        .ok()?;
+    *cached = Some((std::time::Instant::now(), stats.clone()));
+    Some(stats)
 }
 
 /// The blocks as the public sees them: a rejection's reason is the node's own short
 /// token (BIP22: `bad-txns-inputs-missingorspent`, `inconclusive`, ...) or the pool's
 /// category (`stale-prevblk`, `unsubmittable`), never an error text, which can name the
 /// node's RPC URL or wallet. `/api/v1/admin/blocks` has the whole reason.
-async fn blocks_list(State(state): State<ApiState>) -> Response {
-    let blocks: Vec<Value> = state
-        .blocks
-        .submitted()
-        .iter()
-        .map(|block| {
-            let mut shown = json!(block);
-            if let Some(reason) = &block.rejected_reason {
-                shown["rejected_reason"] = json!(public_reject_reason(reason));
-            }
-            shown
-        })
-        .collect();
-    Json(blocks).into_response()
+async fn blocks_list(
+    State(state): State<ApiState>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    blocks_page(&state, &page, |block| {
+        let mut shown = json!(block);
+        if let Some(reason) = &block.rejected_reason {
+            shown["rejected_reason"] = json!(public_reject_reason(reason));
+        }
+        shown
+    })
 }
 
-async fn admin_blocks(State(state): State<ApiState>) -> Response {
-    Json(state.blocks.submitted()).into_response()
+async fn admin_blocks(
+    State(state): State<ApiState>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    blocks_page(&state, &page, |block| json!(block))
+}
+
+/// One page of a list: `limit` items at most (`API_LIST_ITEMS_MAX`), after `cursor`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Page {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+impl Page {
+    fn limit(&self) -> usize {
+        self.limit
+            .unwrap_or(API_LIST_ITEMS_DEFAULT)
+            .clamp(1, API_LIST_ITEMS_MAX)
+    }
+}
+
+/// A page as a JSON array, with the next page's cursor in `NEXT_CURSOR_HEADER` when
+/// the page is full (more may follow).
+fn page_response(items: Vec<Value>, limit: usize, next_cursor: Option<String>) -> Response {
+    let full = items.len() == limit;
+    let mut response = Json(items).into_response();
+    if let (true, Some(cursor)) = (full, next_cursor) {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&cursor) {
+            response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
+        }
+    }
+    response
+}
+
+/// The blocks the pool submitted, newest first (by the end of their round), a page at a
+/// time; the cursor is the hash of a page's last block.
+fn blocks_page(state: &ApiState, page: &Page, show: impl Fn(&BlockRecord) -> Value) -> Response {
+    let mut blocks = state.blocks.submitted();
+    blocks.reverse();
+    let start = match &page.cursor {
+        None => 0,
+        Some(hash) => match blocks.iter().position(|block| &block.hash == hash) {
+            Some(place) => place + 1,
+            None => return error(StatusCode::BAD_REQUEST, "unknown cursor"),
+        },
+    };
+    let limit = page.limit();
+    let shown: Vec<&BlockRecord> = blocks.iter().skip(start).take(limit).collect();
+    let next = shown.last().map(|block| block.hash.clone());
+    page_response(shown.into_iter().map(show).collect(), limit, next)
 }
 
 /// A rejection reason's leading token, when it is one (lower case, digits, `-`, `_`, at
@@ -481,21 +600,42 @@ pub(crate) fn payment_json_full(intent: &crate::payouts::ledger::PayoutIntent) -
     })
 }
 
-async fn payments_list(State(state): State<ApiState>) -> Response {
-    payments_shown(&state, payment_json)
+async fn payments_list(
+    State(state): State<ApiState>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    payments_shown(&state, &page, payment_json)
 }
 
-async fn admin_payments(State(state): State<ApiState>) -> Response {
-    payments_shown(&state, payment_json_full)
+async fn admin_payments(
+    State(state): State<ApiState>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    payments_shown(&state, &page, payment_json_full)
 }
 
+/// Payout batches, newest first, a page at a time; the cursor is the batch id of a
+/// page's last batch. Only the page's batches are read from the ledger.
 fn payments_shown(
     state: &ApiState,
+    page: &Page,
     show: fn(&crate::payouts::ledger::PayoutIntent) -> Value,
 ) -> Response {
-    let intents = state.payouts.ledger_reader.intents();
-    match intents {
-        Ok(intents) => Json(intents.iter().rev().map(show).collect::<Vec<_>>()).into_response(),
+    let before = match page.cursor.as_deref().map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(batch_id)) => Some(batch_id),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "unknown cursor"),
+    };
+    let limit = page.limit();
+    match state
+        .payouts
+        .ledger_reader
+        .intents_newest_first(before, limit)
+    {
+        Ok(intents) => {
+            let next = intents.last().map(|intent| intent.batch_id.to_string());
+            page_response(intents.iter().map(show).collect(), limit, next)
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -940,8 +1080,7 @@ async fn feed(state: ApiState, mut socket: WebSocket) {
     loop {
         let message = tokio::select! {
             _ = ticker.tick() => {
-                let state = state.clone();
-                let stats = tokio::task::spawn_blocking(move || stats_json(&state)).await;
+                let stats = cached_stats(&state).await;
                 json!({"type": "stats", "stats": stats.unwrap_or(Value::Null)})
             }
             event = events.recv() => match event {

@@ -8,6 +8,13 @@ fn get(summary: &str, parameters: Value) -> Value {
     json!({"get": {"summary": summary, "parameters": parameters, "responses": {"200": {"description": "OK", "content": {"application/json": {}}}}}})
 }
 
+fn page_parameters() -> Value {
+    json!([
+        {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "description": "Items in the page (default 100, at most 1000)."},
+        {"name": "cursor", "in": "query", "required": false, "schema": {"type": "string"}, "description": "The x-next-cursor header of the page before."}
+    ])
+}
+
 fn address_parameter() -> Value {
     json!([{"name": "address", "in": "path", "required": true, "schema": {"type": "string"}, "description": "A payout address of the pool's coin and network."}])
 }
@@ -50,8 +57,8 @@ pub fn document() -> Value {
             "/metrics": get("Prometheus metrics (text format 0.0.4)", json!([])),
             "/ws": get("WebSocket feed: {type: stats} every 5 s; {type: block}, {type: payment}, {type: dex.trade} and {type: dex.book} as they happen", json!([])),
             "/api/v1/stats": get("Pool statistics: hashrate over 1 min, 10 min and 1 h, miners, workers, shares, blocks, the network, and the PPS balance", json!([])),
-            "/api/v1/blocks": get("Blocks the pool submitted, with status pending, confirmed or orphaned", json!([])),
-            "/api/v1/payments": get("Payout batches, newest first, each with its txid", json!([])),
+            "/api/v1/blocks": get("Blocks the pool submitted, newest first, with status pending, confirmed or orphaned. Pages: ?limit= (default 100, at most 1000) and ?cursor= from the x-next-cursor header", page_parameters()),
+            "/api/v1/payments": get("Payout batches, newest first, each with its txid. Pages: ?limit= (default 100, at most 1000) and ?cursor= from the x-next-cursor header", page_parameters()),
             "/api/v1/miners/{address}": get("One miner: balances, hashrate, workers, payments", address_parameter()),
             "/api/v1/miners/{address}/settings": get("One miner's payout threshold", address_parameter()),
             "/api/v1/openapi.json": get("This document", json!([])),

@@ -953,6 +953,7 @@ fn serve(
         key_challenges: Default::default(),
         kyc_secret: config.kyc_webhook_secret()?.map(Arc::new),
         ws_clients: Arc::new(tokio::sync::Semaphore::new(crate::api::WS_CLIENTS_MAX)),
+        stats_cache: Default::default(),
     };
     // The data-plane link (jobs down, block candidates up) runs on a thread and runtime of
     // its own: whatever the API's handlers do, they cannot hold up a found block or a job.

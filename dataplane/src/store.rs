@@ -406,10 +406,10 @@ impl LogClock {
 
 /// The writer thread: the sink, the next sequence number and whether the sink is broken.
 ///
-/// Invariant: `next_sequence` never goes back. A share's number is used once: after a
-/// failed write it is read back from the log (a batch that reached the disk keeps its
-/// numbers), and a log that holds less than the writer counted (lost acknowledged data)
-/// leaves a hole rather than numbers used twice.
+/// Invariant: `next_sequence` never goes back, and a number is used once: a batch whose
+/// write failed keeps its numbers (it may have reached the WAL that the control plane
+/// tails), and after a reopen the writer goes on from the larger of its own count and the
+/// log's. A hole is stepped over by the control plane; a number used twice would not be.
 struct Writer<S: BatchSink> {
     sink: S,
     status: Arc<ShareLogStatus>,
@@ -498,23 +498,31 @@ impl<S: BatchSink> Writer<S> {
                     Err(_) => break,
                 }
             }
-            let stamp_ms = clock.stamp(now_ms());
-            for item in &mut batch {
-                ShareRecord::stamp_encoded(&mut item.value, stamp_ms);
-            }
-            let through = LogClock::through_before(stamp_ms);
-            let result = self
-                .ready()
-                .and_then(|()| self.sink.write(&batch, self.next_sequence, through));
+            // Stamped only once the sink is ready: while it was being reopened its lock was
+            // free, and a control plane that took the writer for gone may have moved the
+            // log's clock to its own now; a stamp taken before would fall below it.
+            let result = self.ready().and_then(|()| {
+                let stamp_ms = clock.stamp(now_ms());
+                for item in &mut batch {
+                    ShareRecord::stamp_encoded(&mut item.value, stamp_ms);
+                }
+                let through = LogClock::through_before(stamp_ms);
+                self.sink.write(&batch, self.next_sequence, through)?;
+                clock_written_ms = clock_written_ms.max(through);
+                Ok(())
+            });
             match &result {
                 Ok(()) => {
-                    clock_written_ms = clock_written_ms.max(through);
                     self.next_sequence += batch.len() as u64;
                     self.status.writable.store(true, Relaxed);
                 }
                 Err(error) => {
                     self.status.failed_batches.fetch_add(1, Relaxed);
                     if !matches!(error, StoreError::Unavailable(_)) {
+                        // A write that reported an error may still have reached the WAL a
+                        // reader tails, and then be lost: its numbers are never used again
+                        // (the control plane steps over the hole).
+                        self.next_sequence += batch.len() as u64;
                         self.failed(error);
                     }
                 }

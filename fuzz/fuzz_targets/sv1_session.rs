@@ -1,5 +1,7 @@
 //! The Stratum V1 session on arbitrary lines from a miner: subscribe, authorize, submit or
-//! garbage, in any order. It answers or refuses; it never panics.
+//! garbage, in any order. It answers or refuses; it never panics. The difficulty is below
+//! 2^-32, where every nonce is a share, so submissions reach acceptance, duplicates,
+//! acknowledgement and vardiff (seeds in `fuzz/seeds/sv1_session`).
 
 #![no_main]
 
@@ -25,17 +27,25 @@ fuzz_target!(|data: &[u8]| {
     let mut session = Session::new(SessionConfig {
         extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
         extranonce2_size: 4,
-        start_difficulty: 1e-6,
-        difficulty_min: 1e-9,
+        start_difficulty: 1e-10,
+        difficulty_min: 1e-10,
         version_rolling_mask: 0x1fff_e000,
         algorithm: Algorithm::Sha256d,
-        vardiff: None,
+        vardiff: Some(otedama_shared::vardiff::VardiffConfig {
+            difficulty_min: 1e-10,
+            ..Default::default()
+        }),
         batch_scrypt: false,
         payout_address_rule: None,
         bans: Default::default(),
     });
-    for line in data.split(|b| *b == b'\n') {
-        let _ = session.handle_line(line, 1_700_000_000, &jobs, &mut duplicates);
+    for (index, line) in data.split(|b| *b == b'\n').enumerate() {
+        // Time moves on a second a line, so vardiff's windows turn over.
+        let now_s = 1_700_000_000 + index as u64;
+        let outcome = session.handle_line(line, now_s, &jobs, &mut duplicates);
+        if let otedama_shared::sv1::Outcome::ShareAccepted(share) = outcome {
+            session.handle_share_durable(&share.request_id, now_s, &jobs);
+        }
         let _ = session.poll_transmit();
     }
 });

@@ -60,8 +60,8 @@ fuzz_target!(|data: &[u8]| {
     let jobs = jobs();
     let mut duplicates = DuplicateFilter::default();
     let mut session = Session::new(ServerConfig {
-        start_difficulty: 1e-6,
-        difficulty_min: 1e-9,
+        start_difficulty: 1e-10,
+        difficulty_min: 1e-10,
         version_rolling_mask: 0x1fff_e000,
         algorithm: Algorithm::Sha256d,
         vardiff: Some(Default::default()),
@@ -74,8 +74,24 @@ fuzz_target!(|data: &[u8]| {
         next_prefix += 1;
         next_prefix.to_be_bytes().to_vec()
     };
+    // The preamble must really open both channels, and they get a job, so that the
+    // fuzzed frames reach shares (every nonce is one at this difficulty) and not only
+    // the refusals of a session with no channel.
     let mut decoder = FrameDecoder::new(otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX);
     decoder.feed(&preamble());
+    while let Ok(Some(frame)) = decoder.next_frame() {
+        let mut context = Context {
+            now_s: 1_700_000_100,
+            jobs: &jobs,
+            duplicates: &mut duplicates,
+            allocate_extranonce_prefix: &mut allocate,
+        };
+        let _ = session.handle_frame(&frame.header, frame.payload, &mut context);
+        session.transmitted();
+    }
+    assert_eq!(session.channel_count(), 2, "the preamble opened its channels");
+    session.handle_new_job(jobs.newest().expect("a job"), 1_700_000_100);
+    session.transmitted();
     decoder.feed(data);
     while let Ok(Some(frame)) = decoder.next_frame() {
         let mut context = Context {

@@ -93,6 +93,27 @@ fn pays_each_miner_exactly_once(scheme: &str, fault: &str) -> anyhow::Result<()>
     }
     let payments = scenario.pool.get_json("/api/v1/payments")?;
     assert_eq!(payments.as_array().unwrap().len(), 2, "{payments}");
+    // One batch a page: the first page names the next, which holds the older batch and
+    // is the last.
+    let page = |query: &str| -> anyhow::Result<(serde_json::Value, Option<String>)> {
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/payments{query}",
+            scenario.pool.api_port
+        );
+        let response = ureq::get(&url).call()?;
+        let cursor = response.header("x-next-cursor").map(str::to_string);
+        Ok((response.into_json()?, cursor))
+    };
+    let (first, cursor) = page("?limit=1")?;
+    let cursor = cursor.expect("a full page names the next");
+    let (second, last) = page(&format!("?limit=1&cursor={cursor}"))?;
+    assert_eq!(first[0], payments[0]);
+    assert_eq!(second[0], payments[1]);
+    let (after, _) = page(&format!(
+        "?limit=1&cursor={}",
+        last.expect("second page full")
+    ))?;
+    assert_eq!(after, serde_json::json!([]));
     let audit = otedama_tests::admin_get(&scenario.pool, "/api/v1/admin/audit", ADMIN_TOKEN)?;
     assert!(audit
         .as_array()
@@ -497,8 +518,14 @@ fn the_api_answers_while_a_payout_waits_on_the_wallet() -> anyhow::Result<()> {
     let payout_started = std::time::Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let payout = scope.spawn(|| scenario.run_payout());
-        // Let the run reach the held call.
-        std::thread::sleep(Duration::from_secs(3));
+        // Probe only once the proxy holds the call (so the payout thread holds the lock).
+        let proxy = scenario.proxy.as_ref().expect("the fault proxy");
+        wait_until(HELD, "the payout to reach sendrawtransaction", || {
+            proxy.count(
+                "sendrawtransaction",
+                otedama_tests::fault_proxy::Fault::Delay,
+            ) > 0
+        })?;
         for path in [
             "/api/v1/stats".to_string(),
             "/api/v1/payments".to_string(),

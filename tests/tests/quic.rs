@@ -379,7 +379,25 @@ async fn quic_logins_have_a_deadline_and_a_crowd_of_them_meets_retry() {
         );
     }
     assert!(started.elapsed() >= deadline - Duration::from_secs(1));
-    // The miner that logged in is still served (nonces far from the first share's).
+    // The miner that logged in is still served (nonces far from the first share's), and
+    // with the silent ones gone no logins are pending: a new connection needs no Retry.
     miner.mine_one(1_000_000).await;
+    let retries_now = || {
+        otedama_tests::metric_value(
+            &pool.metrics().unwrap(),
+            r#"otedama_dataplane_refusals_total{reason="quic_retry"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = retries_now();
+    let another = Miner::connect(&pool, &config).await.expect("a connection");
+    another.close().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        retries_now(),
+        before,
+        "a Retry with no login pending: a count leaked"
+    );
     miner.close().await;
 }

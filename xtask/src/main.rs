@@ -286,11 +286,27 @@ fn fuzz() -> Result<(), String> {
     }
     let fuzz_dir = manifest_dir().join("../fuzz");
     for target in FUZZ_TARGETS {
-        run(Command::new("cargo")
+        // New inputs go to a corpus outside the checkout; the committed seeds (valid
+        // sessions that reach shares) and dictionary, where a target has them, are read.
+        let corpus = sibling_target_dir("fuzz").join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)
+            .map_err(|e| format!("creating {}: {e}", corpus.display()))?;
+        let mut command = Command::new("cargo");
+        command
             .current_dir(&fuzz_dir)
             .env("CARGO_TARGET_DIR", sibling_target_dir("fuzz"))
-            .args(["+nightly", "fuzz", "run", target, "--"])
-            .arg(format!("-max_total_time={FUZZ_SECONDS_PER_TARGET}")))?;
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus);
+        let seeds = fuzz_dir.join("seeds").join(target);
+        if seeds.is_dir() {
+            command.arg(&seeds);
+        }
+        command.arg("--");
+        let dictionary = fuzz_dir.join("dict").join(format!("{target}.dict"));
+        if dictionary.is_file() {
+            command.arg(format!("-dict={}", dictionary.display()));
+        }
+        run(command.arg(format!("-max_total_time={FUZZ_SECONDS_PER_TARGET}")))?;
     }
     Ok(())
 }

@@ -502,6 +502,34 @@ impl Ledger {
             .collect())
     }
 
+    /// Up to `limit` intents, newest first, with a batch id below `before` if given; only
+    /// those are read.
+    pub fn intents_newest_first(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<PayoutIntent>, LedgerError> {
+        // Intent keys are the prefix and a big-endian batch id: every one sorts below the
+        // prefix followed by nine 0xff bytes.
+        let upper = match before {
+            Some(batch_id) => key(INTENT_PREFIX, &batch_id.to_be_bytes()),
+            None => key(INTENT_PREFIX, &[0xff; 9]),
+        };
+        let mut intents = Vec::new();
+        let from = IteratorMode::From(&upper, rocksdb::Direction::Reverse);
+        for item in self.db.iterator(from) {
+            let (k, v) = item?;
+            if !k.starts_with(INTENT_PREFIX) || intents.len() == limit {
+                break;
+            }
+            if k.as_ref() >= upper.as_slice() {
+                continue;
+            }
+            intents.push(serde_json::from_slice(&v)?);
+        }
+        Ok(intents)
+    }
+
     pub fn open_intents(&self) -> Result<Vec<PayoutIntent>, LedgerError> {
         let mut intents = self.intents()?;
         intents.retain(|i| i.state == IntentState::Open);
@@ -1078,6 +1106,34 @@ mod tests {
             settled_at_ms: None,
             sent_at_ms: None,
         }
+    }
+
+    #[test]
+    fn intents_page_newest_first_and_a_reader_sees_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let reader = ledger.reader();
+        ledger.credit_block("h", &split(&[("a", 1_000)])).unwrap();
+        ledger.mature_block("h").unwrap();
+        // 300 makes the big-endian batch id's low byte wrap: keys must still sort by id.
+        for batch_id in [1, 2, 3, 255, 256, 300] {
+            ledger.open_intent(&intent(batch_id, &[("a", 1)])).unwrap();
+        }
+        let ids = |page: Vec<PayoutIntent>| page.iter().map(|i| i.batch_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(reader.intents_newest_first(None, 2).unwrap()),
+            [300, 256]
+        );
+        assert_eq!(
+            ids(reader.intents_newest_first(Some(256), 2).unwrap()),
+            [255, 3]
+        );
+        assert_eq!(
+            ids(reader.intents_newest_first(Some(3), 10).unwrap()),
+            [2, 1]
+        );
+        assert!(reader.intents_newest_first(Some(1), 10).unwrap().is_empty());
+        assert_eq!(reader.balances("a").unwrap().paying, 6);
     }
 
     #[test]

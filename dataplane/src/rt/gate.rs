@@ -25,9 +25,11 @@ impl Gate {
         self.used.get()
     }
 
-    /// Whether fewer than `limit` units are taken.
+    /// Whether a unit may be taken now: fewer than `limit` are taken and nobody waits.
+    /// While readers wait for the low-water mark, newcomers wait behind them, so a flood
+    /// cannot keep the gate between the mark and the limit while the waiters starve.
     pub fn has_room(&self) -> bool {
-        self.used.get() < self.limit
+        self.used.get() < self.limit && self.waiters.borrow().is_empty()
     }
 
     pub fn take(&self, units: usize) {
@@ -38,7 +40,8 @@ impl Gate {
     /// mark (a quarter below the limit), all at once: woken at every unit, thousands of
     /// parked readers would each be polled for every share the hasher or the disk
     /// finishes, and a flood would turn into wake-ups. Nothing is lost by waiting: while
-    /// readers are parked nothing is taken, so the gate always drains that far.
+    /// anyone waits `has_room` is false for all, nothing more is taken, and the gate
+    /// drains that far.
     pub fn give_back(&self, units: usize) {
         let used = self.used.get().saturating_sub(units);
         self.used.set(used);
@@ -53,10 +56,10 @@ impl Gate {
         self.limit - self.limit.div_ceil(4)
     }
 
-    /// Resolves once fewer than `limit` units are taken.
+    /// Resolves once a unit may be taken (`has_room`).
     pub async fn below_limit(&self) {
         poll_fn(|cx| {
-            if self.used.get() < self.limit {
+            if self.has_room() {
                 Poll::Ready(())
             } else {
                 self.waiters.borrow_mut().push(cx.waker().clone());
@@ -92,9 +95,10 @@ mod tests {
         let mut cx = std::task::Context::from_waker(&waker);
         let mut waiting = std::pin::pin!(gate.below_limit());
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        // Room again, but above the low-water mark (6): not yet woken.
+        // Below the limit, but above the low-water mark (6): not yet woken, and a newcomer
+        // waits behind the waiter.
         gate.give_back(1);
-        assert!(gate.has_room());
+        assert!(!gate.has_room());
         assert_eq!(woken.0.load(Ordering::SeqCst), 0);
         gate.give_back(1);
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
