@@ -170,50 +170,6 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// One connection's place under `API_CONNECTIONS_PER_IP_MAX`, given back when dropped.
-struct ApiAddressPlace {
-    counts: Arc<Mutex<std::collections::HashMap<otedama_shared::bans::AddressKey, u32>>>,
-    key: otedama_shared::bans::AddressKey,
-}
-
-impl ApiAddressPlace {
-    fn take(
-        counts: &Arc<Mutex<std::collections::HashMap<otedama_shared::bans::AddressKey, u32>>>,
-        key: otedama_shared::bans::AddressKey,
-    ) -> Option<Self> {
-        let mut held = counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = held.entry(key).or_insert(0);
-        if *count >= API_CONNECTIONS_PER_IP_MAX {
-            if *count == 0 {
-                held.remove(&key);
-            }
-            return None;
-        }
-        *count += 1;
-        Some(ApiAddressPlace {
-            counts: counts.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for ApiAddressPlace {
-    fn drop(&mut self) {
-        let mut held = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// Serves the API with its bounds: at most `API_CONNECTIONS_MAX` connections (and
 /// `API_CONNECTIONS_PER_IP_MAX` per address), `API_HEADER_READ_TIMEOUT_S` to send headers
 /// or the next request, bodies up to `API_BODY_BYTES_MAX`.
@@ -226,10 +182,7 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
         .with_context(|| format!("binding the API on {address}"))?;
     tracing::info!(%address, "API listening");
     let places = Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
-    let per_address = Arc::new(Mutex::new(std::collections::HashMap::<
-        otedama_shared::bans::AddressKey,
-        u32,
-    >::new()));
+    let per_address = otedama_shared::bans::AddressCounts::new(API_CONNECTIONS_PER_IP_MAX);
     loop {
         // Waiting here, not after accepting, leaves a connection past the cap in the
         // kernel's backlog instead of in a descriptor of ours.
@@ -243,8 +196,7 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let key = otedama_shared::bans::AddressKey::of(peer.ip());
-        let Some(address_place) = ApiAddressPlace::take(&per_address, key) else {
+        let Some(address_place) = per_address.admit(peer.ip()) else {
             tracing::debug!(%peer, "too many API connections from one address");
             continue;
         };

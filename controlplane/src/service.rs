@@ -42,6 +42,10 @@ use crate::stats::{BlockValue, PoolState};
 /// Shortest gap between two template fetches, so that a burst of triggers (blocks found
 /// back to back on regtest) cannot become a busy loop.
 const TEMPLATE_FETCH_INTERVAL_MIN_MS: u64 = 100;
+/// After a failed `getblocktemplate` (the node busy, a mempool race, a timeout), the next
+/// try comes this soon instead of at the next refresh: until it works, miners hash on
+/// work that may be stale, and no new block may come to trigger a fetch.
+const TEMPLATE_RETRY_AFTER_FAILURE_MS: u64 = 1000;
 /// Milliseconds between two reads of the share logs by the block scan.
 const BLOCK_SCAN_INTERVAL_MS: u64 = 500;
 /// How often the node's best block is polled for a change (a new block, ours or not).
@@ -150,8 +154,10 @@ fn template_loop(
     let mut last: Option<TemplateKey> = None;
     let mut fees = FeeHistory::default();
     let refresh = Duration::from_secs(config.template_refresh_s.max(1));
+    let mut failed = false;
     loop {
         let fetched_at = Instant::now();
+        let failed_before = std::mem::take(&mut failed);
         match rpc
             .get_block_template(params.template_rules())
             .map(BlockTemplate::parse)
@@ -204,13 +210,29 @@ fn template_loop(
                     }
                 }
             }
-            Ok(Err(error)) => tracing::error!(%error, "node sent a template we cannot read"),
-            Err(error) => tracing::warn!(%error, "getblocktemplate failed"),
+            Ok(Err(error)) => {
+                failed = true;
+                tracing::error!(%error, "node sent a template we cannot read")
+            }
+            Err(error) => {
+                failed = true;
+                // Once per outage, not once a second.
+                if failed_before {
+                    tracing::debug!(%error, "getblocktemplate failed again");
+                } else {
+                    tracing::warn!(%error, "getblocktemplate failed; trying again every second");
+                }
+            }
         }
         let floor = Duration::from_millis(TEMPLATE_FETCH_INTERVAL_MIN_MS)
             .saturating_sub(fetched_at.elapsed());
         std::thread::sleep(floor);
-        let _ = triggers.recv_timeout(refresh);
+        let wait = if failed {
+            Duration::from_millis(TEMPLATE_RETRY_AFTER_FAILURE_MS)
+        } else {
+            refresh
+        };
+        let _ = triggers.recv_timeout(wait);
         while triggers.try_recv().is_ok() {}
     }
 }

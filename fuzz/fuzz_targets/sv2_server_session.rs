@@ -78,32 +78,25 @@ fuzz_target!(|data: &[u8]| {
     // fuzzed frames reach shares (every nonce is one at this difficulty) and not only
     // the refusals of a session with no channel.
     let mut decoder = FrameDecoder::new(otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX);
-    decoder.feed(&preamble());
-    while let Ok(Some(frame)) = decoder.next_frame() {
-        let mut context = Context {
-            now_s: 1_700_000_100,
-            jobs: &jobs,
-            duplicates: &mut duplicates,
-            allocate_extranonce_prefix: &mut allocate,
-        };
-        let _ = session.handle_frame(&frame.header, frame.payload, &mut context);
-        session.transmitted();
-    }
+    let mut run = |bytes: &[u8], session: &mut Session| {
+        decoder.feed(bytes);
+        while let Ok(Some(frame)) = decoder.next_frame() {
+            let mut context = Context {
+                now_s: 1_700_000_100,
+                jobs: &jobs,
+                duplicates: &mut duplicates,
+                allocate_extranonce_prefix: &mut allocate,
+            };
+            let outcome = session.handle_frame(&frame.header, frame.payload, &mut context);
+            if let otedama_shared::sv2::server::Outcome::ShareAccepted(share) = outcome {
+                session.handle_share_durable(&share, 1_700_000_100);
+            }
+            session.transmitted();
+        }
+    };
+    run(&preamble(), &mut session);
     assert_eq!(session.channel_count(), 2, "the preamble opened its channels");
     session.handle_new_job(jobs.newest().expect("a job"), 1_700_000_100);
     session.transmitted();
-    decoder.feed(data);
-    while let Ok(Some(frame)) = decoder.next_frame() {
-        let mut context = Context {
-            now_s: 1_700_000_100,
-            jobs: &jobs,
-            duplicates: &mut duplicates,
-            allocate_extranonce_prefix: &mut allocate,
-        };
-        let outcome = session.handle_frame(&frame.header, frame.payload, &mut context);
-        if let otedama_shared::sv2::server::Outcome::ShareAccepted(share) = outcome {
-            session.handle_share_durable(&share, 1_700_000_100);
-        }
-        session.transmitted();
-    }
+    run(data, &mut session);
 });

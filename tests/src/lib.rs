@@ -487,6 +487,16 @@ impl SyntheticPool {
         let url = format!("http://127.0.0.1:{}/metrics", self.api_port);
         Ok(ureq::get(&url).call()?.into_string()?)
     }
+
+    /// Waits (counters come up once a second) until `/metrics` counts at least `at_least`
+    /// data-plane refusals for `reason`.
+    pub fn wait_for_refusals(&self, reason: &str, at_least: f64) -> anyhow::Result<()> {
+        let sample = format!("otedama_dataplane_refusals_total{{reason=\"{reason}\"}}");
+        wait_until(Duration::from_secs(10), &sample, || {
+            self.metrics()
+                .is_ok_and(|m| metric_value(&m, &sample).is_some_and(|count| count >= at_least))
+        })
+    }
 }
 
 /// The value of one sample (`name{labels}`) in Prometheus text, if present.

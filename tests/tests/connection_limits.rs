@@ -11,8 +11,7 @@ use serde_json::json;
 
 use otedama_dataplane::rt::admission::{STRATUM_LOGIN_DEADLINE_S, STRATUM_PARTIAL_LINE_DEADLINE_S};
 use otedama_tests::{
-    closed_by_peer, metric_value, wait_until, StratumTestClient, SyntheticPool,
-    SYNTHETIC_PAYOUT_ADDRESS,
+    closed_by_peer, wait_until, StratumTestClient, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS,
 };
 
 const CONNECTIONS_PER_IP: usize = 4;
@@ -93,16 +92,7 @@ fn connections_per_address_are_capped_and_places_come_back() {
             .unwrap();
         assert_eq!(reply["result"], json!(true));
     }
-    wait_until(Duration::from_secs(10), "the refusal in /metrics", || {
-        pool.metrics().is_ok_and(|m| {
-            metric_value(
-                &m,
-                r#"otedama_dataplane_refusals_total{reason="connections_per_ip"}"#,
-            )
-            .is_some_and(|count| count >= 1.0)
-        })
-    })
-    .unwrap();
+    pool.wait_for_refusals("connections_per_ip", 1.0).unwrap();
 }
 
 #[test]
@@ -134,16 +124,7 @@ fn silent_and_half_logged_in_sockets_are_closed_at_the_login_deadline() {
         .request("mining.extranonce.subscribe", json!([]))
         .unwrap();
     assert_eq!(reply["result"], json!(true));
-    wait_until(Duration::from_secs(10), "both closes in /metrics", || {
-        pool.metrics().is_ok_and(|m| {
-            metric_value(
-                &m,
-                r#"otedama_dataplane_refusals_total{reason="login_deadline"}"#,
-            )
-            .is_some_and(|count| count >= 2.0)
-        })
-    })
-    .unwrap();
+    pool.wait_for_refusals("login_deadline", 2.0).unwrap();
 }
 
 #[test]
@@ -188,14 +169,6 @@ fn a_line_left_unfinished_is_closed_at_its_deadline_however_slowly_it_trickles()
         closed_after >= Duration::from_secs(STRATUM_PARTIAL_LINE_DEADLINE_S - 1),
         "closed after {closed_after:?}"
     );
-    wait_until(Duration::from_secs(10), "the close in /metrics", || {
-        pool.metrics().is_ok_and(|m| {
-            metric_value(
-                &m,
-                r#"otedama_dataplane_refusals_total{reason="partial_line_deadline"}"#,
-            )
-            .is_some_and(|count| count >= 1.0)
-        })
-    })
-    .unwrap();
+    pool.wait_for_refusals("partial_line_deadline", 1.0)
+        .unwrap();
 }

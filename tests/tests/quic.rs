@@ -356,17 +356,7 @@ async fn quic_logins_have_a_deadline_and_a_crowd_of_them_meets_retry() {
         .await
         .expect("a connection after Retry");
     miner.mine_one(0).await;
-    // Counters reach the control plane once a second.
-    wait_until(Duration::from_secs(5), "the Retry in /metrics", || {
-        pool.metrics().is_ok_and(|metrics| {
-            otedama_tests::metric_value(
-                &metrics,
-                r#"otedama_dataplane_refusals_total{reason="quic_retry"}"#,
-            )
-            .is_some_and(|count| count >= 1.0)
-        })
-    })
-    .unwrap();
+    pool.wait_for_refusals("quic_retry", 1.0).unwrap();
     // The silent ones are closed at the login deadline, not before.
     let deadline = Duration::from_secs(STRATUM_LOGIN_DEADLINE_S);
     for connection in &silent {

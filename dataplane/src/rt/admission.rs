@@ -3,12 +3,10 @@
 //! (or frame) it has started and not finished. These keep connection floods and slowloris
 //! peers from holding descriptors and memory for the 900 s idle timeout.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::collections::VecDeque;
 use std::rc::Weak;
-use std::sync::{Arc, Mutex};
 
-use otedama_shared::bans::AddressKey;
+pub use otedama_shared::bans::{AddressCounts, AddressSlot};
 
 use crate::net::wire::Wire;
 
@@ -19,69 +17,6 @@ pub const STRATUM_LOGIN_DEADLINE_S: u64 = 10;
 /// Seconds a started line (V1) or frame (V2) may stay unfinished. A 4 KiB line arrives in
 /// one or two segments; a peer trickling bytes to keep a socket open is closed.
 pub const STRATUM_PARTIAL_LINE_DEADLINE_S: u64 = 10;
-
-/// Connections per peer address across this process's cores, capped at
-/// `connections_per_address_max` (the operator's `connections_per_ip_max` shared between
-/// the host's data-plane processes). Touched once per accept and once per close, under a
-/// mutex: never on the share path.
-///
-/// Invariant: the count of a key is the number of live `AddressSlot`s for it, and never
-/// exceeds the cap; a key with no slot has no entry, so the map holds only live addresses.
-pub struct AddressCounts {
-    counts: Mutex<HashMap<AddressKey, u32>>,
-    connections_per_address_max: u32,
-}
-
-impl AddressCounts {
-    pub fn new(connections_per_address_max: u32) -> Arc<Self> {
-        Arc::new(AddressCounts {
-            counts: Mutex::new(HashMap::new()),
-            connections_per_address_max,
-        })
-    }
-
-    /// A place for one more connection from `ip`, or `None` at the cap.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let key = AddressKey::of(ip);
-        let mut counts = self.counts.lock().expect("address counts");
-        let count = counts.entry(key).or_insert(0);
-        if *count >= self.connections_per_address_max {
-            if *count == 0 {
-                counts.remove(&key);
-            }
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            counts: self.clone(),
-            key,
-        })
-    }
-
-    /// Live connections from `ip`'s address key.
-    pub fn count(&self, ip: IpAddr) -> u32 {
-        let counts = self.counts.lock().expect("address counts");
-        counts.get(&AddressKey::of(ip)).copied().unwrap_or(0)
-    }
-}
-
-/// One admitted connection's place; given back when dropped.
-pub struct AddressSlot {
-    counts: Arc<AddressCounts>,
-    key: AddressKey,
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.counts.lock().expect("address counts");
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
 
 /// What a connection must have done by its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,45 +74,6 @@ impl Deadlines {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_cap_holds_per_address_and_places_come_back() {
-        let counts = AddressCounts::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = counts.admit(a).unwrap();
-        let second = counts.admit(a).unwrap();
-        assert!(counts.admit(a).is_none(), "the third from one address");
-        let other = counts.admit(b).unwrap();
-        drop(first);
-        let third = counts.admit(a).unwrap();
-        assert_eq!(counts.count(a), 2);
-        drop((second, third, other));
-        assert_eq!(counts.count(a), 0);
-        assert!(
-            counts.counts.lock().unwrap().is_empty(),
-            "no entry for gone addresses"
-        );
-        // A cap of zero admits no one and keeps no entry.
-        let closed = AddressCounts::new(0);
-        assert!(closed.admit(a).is_none());
-        assert!(closed.counts.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() {
-        let counts = AddressCounts::new(1);
-        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let next_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        let _held = counts.admit(one).unwrap();
-        assert!(counts.admit(same_64).is_none());
-        let _other = counts.admit(next_64).unwrap();
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        let _v4 = counts.admit(v4).unwrap();
-        assert!(counts.admit(mapped).is_none());
-    }
 
     #[test]
     fn deadlines_come_due_in_order_and_only_when_due() {
