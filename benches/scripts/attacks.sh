@@ -9,7 +9,8 @@
 #
 # Usage: benches/scripts/attacks.sh
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
-# 34333), HONEST (loadgen flags for the honest miners), ATTACK_S (default 25).
+# 34333), HONEST (loadgen flags for the honest miners), ATTACK_S (default 25), ONLY (the
+# names of the attacks to run, space separated; default all).
 set -euo pipefail
 
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
@@ -67,6 +68,7 @@ refusals() {
 printf '%-20s %10s %10s %7s %12s %12s  %s\n' attack honest/s during ratio "peak RSS MB" "after MB" "attacker"
 run_attack() {
   local name=$1; shift
+  [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && return 0
   local before during peak=0 rss after result
   before=$(honest_rate)
   "$@" >"$data_dir/attack.json" &
