@@ -54,6 +54,14 @@ fn ended(socket: &mut std::net::TcpStream) -> bool {
     ended
 }
 
+/// The pool still answers this connection's requests.
+fn assert_served(client: &mut StratumTestClient) {
+    let reply = client
+        .request("mining.extranonce.subscribe", json!([]))
+        .unwrap();
+    assert_eq!(reply["result"], json!(true));
+}
+
 #[test]
 fn connections_per_address_are_capped_and_places_come_back() {
     let pool = SyntheticPool::start(&["--connections-per-ip-max", &CONNECTIONS_PER_IP.to_string()]);
@@ -87,10 +95,7 @@ fn connections_per_address_are_capped_and_places_come_back() {
     .unwrap();
     // The held connections still work.
     for client in &mut held {
-        let reply = client
-            .request("mining.extranonce.subscribe", json!([]))
-            .unwrap();
-        assert_eq!(reply["result"], json!(true));
+        assert_served(client);
     }
     pool.wait_for_refusals("connections_per_ip", 1.0).unwrap();
 }
@@ -120,10 +125,7 @@ fn silent_and_half_logged_in_sockets_are_closed_at_the_login_deadline() {
     let elapsed = silent_thread.join().unwrap() - connected;
     assert!(elapsed >= earliest, "closed after {elapsed:?}");
     // The miner that logged in at once is still served past the deadline.
-    let reply = miner
-        .request("mining.extranonce.subscribe", json!([]))
-        .unwrap();
-    assert_eq!(reply["result"], json!(true));
+    assert_served(&mut miner);
     pool.wait_for_refusals("login_deadline", 2.0).unwrap();
 }
 
@@ -147,10 +149,7 @@ fn a_line_left_unfinished_is_closed_at_its_deadline_however_slowly_it_trickles()
     let closed_after = loop {
         std::thread::sleep(Duration::from_secs(1));
         // The talker sends whole lines meanwhile and is answered every time.
-        let reply = talker
-            .request("mining.extranonce.subscribe", json!([]))
-            .unwrap();
-        assert_eq!(reply["result"], json!(true));
+        assert_served(&mut talker);
         if socket.write_all(b"x").is_err() {
             break started.elapsed();
         }

@@ -558,9 +558,8 @@ impl Session {
         let rate = nominal_hash_rate as f64;
         match self.config.vardiff {
             Some(vardiff) if rate.is_finite() && rate > 0.0 => {
-                let hashes_per_difficulty_one =
-                    2f64.powi(256) / self.config.algorithm.difficulty_one().to_f64();
-                rate * vardiff.share_interval_target_s / hashes_per_difficulty_one
+                rate * vardiff.share_interval_target_s
+                    / self.config.algorithm.hashes_per_difficulty_one()
             }
             _ => self.config.start_difficulty,
         }
