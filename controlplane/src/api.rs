@@ -159,6 +159,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/payments", get(payments_list))
         .route("/api/v1/miners/{address}", get(miner))
         .route("/api/v1/miners/{address}/settings", get(miner_settings))
+        .route("/api/v1/miners/{address}/payments", get(miner_payments))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -306,6 +307,19 @@ async fn require_admin(State(state): State<ApiState>, request: Request, next: Ne
         )
             .into_response(),
     }
+}
+
+/// Runs a handler's body on tokio's blocking pool and answers with what it returns.
+///
+/// Every handler that takes the ledger, share-history or exchange lock, scans the ledger,
+/// or writes to disk (the audit log, the ban list) goes through here. Those locks' holders
+/// write to disk or scan up to a million shares; an async worker waiting on one would
+/// stall every other request, `/health` included. The blocking pool is bounded by tokio
+/// (512 threads) and the requests by `API_CONNECTIONS_MAX`.
+pub(crate) async fn off_the_workers(body: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(body)
+        .await
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"))
 }
 
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -556,14 +570,14 @@ async fn payments_list(
     State(state): State<ApiState>,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Response {
-    payments_shown(&state, &page, payment_json)
+    off_the_workers(move || payments_shown(&state, &page, payment_json)).await
 }
 
 async fn admin_payments(
     State(state): State<ApiState>,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Response {
-    payments_shown(&state, &page, payment_json_full)
+    off_the_workers(move || payments_shown(&state, &page, payment_json_full)).await
 }
 
 /// Payout batches, newest first, a page at a time; the cursor is the batch id of a
@@ -613,68 +627,110 @@ pub(crate) fn canonical_account(state: &ApiState, address: &str) -> Result<Strin
 }
 
 async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Response {
-    let address = match canonical_account(&state, &address) {
-        Ok(canonical) => canonical,
-        Err(response) => return response,
-    };
-    let now = now_ms();
-    let (balances, payout_min, intents) = {
-        let ledger = &state.payouts.ledger_reader;
-        (
-            ledger.balances(&address).unwrap_or_default(),
-            ledger.payout_min(&address).ok().flatten(),
-            ledger.intents().unwrap_or_default(),
-        )
-    };
-    let payments: Vec<Value> = intents
-        .iter()
-        .rev()
-        .filter_map(|intent| {
-            let amount = intent.outputs.get(&address)?;
-            Some(json!({
-                "batch_id": intent.batch_id,
-                "txid": intent.txid,
-                "amount": amount,
-                "state": intent.state.name(),
-                "created_at_ms": intent.created_at_ms,
-                "sent_at_ms": intent.sent_at_ms,
-            }))
-        })
-        .collect();
-    let (mut windows, mut workers) = (serde_json::Map::new(), BTreeMap::new());
-    {
-        let history = state.payouts.history.lock().expect("history lock");
-        for window_s in HASHRATE_WINDOWS_S {
-            let activity = history.activity(now, window_s * 1000);
-            let mine = activity.get(address.as_str()).cloned().unwrap_or_default();
-            windows.insert(
-                format!("{window_s}s"),
-                json!({"hashrate": hashrate(mine.difficulty_sum, window_s, state.algorithm), "shares": mine.shares}),
-            );
-            if window_s == 3600 {
-                for (name, (shares, last_ms)) in &mine.workers {
-                    workers.insert(
-                        name.clone(),
-                        json!({"shares_1h": shares, "last_share_ms": last_ms}),
-                    );
+    off_the_workers(move || {
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let now = now_ms();
+        let (balances, payout_min, payouts) = {
+            let ledger = &state.payouts.ledger_reader;
+            (
+                ledger.balances(&address).unwrap_or_default(),
+                ledger.payout_min(&address).ok().flatten(),
+                ledger
+                    .payouts_of(&address, None, API_LIST_ITEMS_DEFAULT)
+                    .unwrap_or_default(),
+            )
+        };
+        let payments: Vec<Value> = payouts.iter().map(miner_payment_json).collect();
+        let (mut windows, mut workers) = (serde_json::Map::new(), BTreeMap::new());
+        {
+            let history = state.payouts.history.lock().expect("history lock");
+            for window_s in HASHRATE_WINDOWS_S {
+                let activity = history.activity(now, window_s * 1000);
+                let mine = activity.get(address.as_str()).cloned().unwrap_or_default();
+                windows.insert(
+                    format!("{window_s}s"),
+                    json!({"hashrate": hashrate(mine.difficulty_sum, window_s, state.algorithm), "shares": mine.shares}),
+                );
+                if window_s == 3600 {
+                    for (name, (shares, last_ms)) in &mine.workers {
+                        workers.insert(
+                            name.clone(),
+                            json!({"shares_1h": shares, "last_share_ms": last_ms}),
+                        );
+                    }
                 }
             }
         }
-    }
-    let pool_min = pool_payout_min(&state);
-    Json(json!({
-        "address": address,
-        "balance_immature": balances.immature,
-        "balance_mature": balances.mature,
-        "balance_paying": balances.paying,
-        "paid": balances.paid,
-        "payout_min": payout_min.unwrap_or(pool_min).max(pool_min),
-        "hashrate": windows["600s"]["hashrate"],
-        "windows": windows,
-        "workers": workers,
-        "payments": payments,
-    }))
-    .into_response()
+        let pool_min = pool_payout_min(&state);
+        Json(json!({
+            "address": address,
+            "balance_immature": balances.immature,
+            "balance_mature": balances.mature,
+            "balance_paying": balances.paying,
+            "paid": balances.paid,
+            "payout_min": payout_min.unwrap_or(pool_min).max(pool_min),
+            "hashrate": windows["600s"]["hashrate"],
+            "windows": windows,
+            "workers": workers,
+            "payments": payments,
+        }))
+        .into_response()
+    })
+    .await
+}
+
+/// One of a miner's payments, as its page shows it.
+fn miner_payment_json(payout: &crate::payouts::ledger::AccountPayout) -> Value {
+    let intent = &payout.intent;
+    json!({
+        "batch_id": intent.batch_id,
+        "txid": intent.txid,
+        "amount": payout.amount,
+        "state": intent.state.name(),
+        "created_at_ms": intent.created_at_ms,
+        "sent_at_ms": intent.sent_at_ms,
+    })
+}
+
+/// A miner's payments, newest first, a page at a time (the miner's page shows the first
+/// `API_LIST_ITEMS_DEFAULT`); the cursor is the batch id of a page's last payment. Only
+/// the page's payments are read, through the account's own index.
+async fn miner_payments(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    off_the_workers(move || {
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let before = match page.cursor.as_deref().map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(batch_id)) => Some(batch_id),
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "unknown cursor"),
+        };
+        let limit = page.limit();
+        match state
+            .payouts
+            .ledger_reader
+            .payouts_of(&address, before, limit)
+        {
+            Ok(payouts) => {
+                let next = payouts.last().map(|p| p.intent.batch_id.to_string());
+                page_response(
+                    payouts.iter().map(miner_payment_json).collect(),
+                    limit,
+                    next,
+                )
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
+    .await
 }
 
 async fn miner_settings(State(state): State<ApiState>, Path(address): Path<String>) -> Response {
@@ -700,6 +756,18 @@ async fn miner_settings(State(state): State<ApiState>, Path(address): Path<Strin
 
 fn audit(state: &ApiState, action: &str, detail: Value) {
     audit_as(state, "admin", action, detail)
+}
+
+/// `audit_as` from an async handler: the append is a synced write, so it runs on the
+/// blocking pool; the handler answers after it is written.
+pub(crate) async fn audit_from_async(
+    state: &ApiState,
+    actor: &'static str,
+    action: &'static str,
+    detail: Value,
+) {
+    let state = state.clone();
+    let _ = tokio::task::spawn_blocking(move || audit_as(&state, actor, action, detail)).await;
 }
 
 /// Appends to the audit log as `actor` (`admin`, `miner`, `provider`).
@@ -750,16 +818,18 @@ async fn admin_cancel_payout(State(state): State<ApiState>, Path(batch_id): Path
 }
 
 async fn admin_run_payout(State(state): State<ApiState>) -> Response {
-    audit(&state, "payouts.run", json!({}));
+    audit_from_async(&state, "admin", "payouts.run", json!({})).await;
     let asked = ask_payout_thread(&state, |reply| PayoutRequest::Run { reply }).await;
     match asked {
         Ok(Ok(report)) => {
             let batch = report.batch.as_ref().map(payment_json_full);
-            audit(
+            audit_from_async(
                 &state,
+                "admin",
                 "payouts.ran",
                 json!({"batch": batch.as_ref().map(|b| b["batch_id"].clone()), "completed": report.completed, "still_open": report.still_open}),
-            );
+            )
+            .await;
             Json(json!({
                 "batch": batch,
                 "completed": report.completed,
@@ -801,66 +871,69 @@ struct ConfigChange {
 }
 
 async fn admin_set_config(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let change: ConfigChange = match serde_json::from_slice(&body) {
-        Ok(change) => change,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    use crate::payouts::schemes::Scheme;
-    let mut settings = state
-        .payouts
-        .settings
-        .read()
-        .expect("settings lock")
-        .clone();
-    if let Some(percent) = change.pool_fee_percent {
-        if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "pool_fee_percent must lie between 0 and 100",
-            );
+    off_the_workers(move || {
+        let change: ConfigChange = match serde_json::from_slice(&body) {
+            Ok(change) => change,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        use crate::payouts::schemes::Scheme;
+        let mut settings = state
+            .payouts
+            .settings
+            .read()
+            .expect("settings lock")
+            .clone();
+        if let Some(percent) = change.pool_fee_percent {
+            if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "pool_fee_percent must lie between 0 and 100",
+                );
+            }
+            settings.pool_fee_ppm = (percent * 10_000.0).round() as u64;
         }
-        settings.pool_fee_ppm = (percent * 10_000.0).round() as u64;
-    }
-    if let Some(text) = &change.payout_min {
-        match crate::config::parse_amount(text) {
-            Ok(amount) => settings.policy.payout_min = amount,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
+        if let Some(text) = &change.payout_min {
+            match crate::config::parse_amount(text) {
+                Ok(amount) => settings.policy.payout_min = amount,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
+            }
         }
-    }
-    if let Some(interval) = change.payout_interval_s {
-        if interval == 0 {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "payout_interval_s must be at least 1",
-            );
+        if let Some(interval) = change.payout_interval_s {
+            if interval == 0 {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "payout_interval_s must be at least 1",
+                );
+            }
+            settings.payout_interval_s = interval;
         }
-        settings.payout_interval_s = interval;
-    }
-    match (
-        &mut settings.scheme,
-        change.pplns_window_factor,
-        change.pplnt_presence_min,
-    ) {
-        (_, Some(f), _) if !(f.is_finite() && f > 0.0) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "pplns_window_factor must be positive",
-            )
+        match (
+            &mut settings.scheme,
+            change.pplns_window_factor,
+            change.pplnt_presence_min,
+        ) {
+            (_, Some(f), _) if !(f.is_finite() && f > 0.0) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "pplns_window_factor must be positive",
+                )
+            }
+            (_, _, Some(p)) if !(0.0..=1.0).contains(&p) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "pplnt_presence_min must lie between 0 and 1",
+                )
+            }
+            (Scheme::Pplns { window_factor }, Some(f), _) => *window_factor = f,
+            (Scheme::Pplnt { presence_min }, _, Some(p)) => *presence_min = p,
+            _ => {}
         }
-        (_, _, Some(p)) if !(0.0..=1.0).contains(&p) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "pplnt_presence_min must lie between 0 and 1",
-            )
-        }
-        (Scheme::Pplns { window_factor }, Some(f), _) => *window_factor = f,
-        (Scheme::Pplnt { presence_min }, _, Some(p)) => *presence_min = p,
-        _ => {}
-    }
-    *state.payouts.settings.write().expect("settings lock") = settings.clone();
-    let detail = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
-    audit(&state, "config.set", detail);
-    Json(config_json(&settings)).into_response()
+        *state.payouts.settings.write().expect("settings lock") = settings.clone();
+        let detail = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+        audit(&state, "config.set", detail);
+        Json(config_json(&settings)).into_response()
+    })
+    .await
 }
 
 /// Seconds of share history that make a miner "active" in the admin list.
@@ -869,45 +942,48 @@ const ADMIN_ACTIVE_WINDOW_S: u64 = 3600;
 /// Every account the ledger holds, every miner seen in the last hour and every banned
 /// address, with balances, active workers and whether the address is banned.
 async fn admin_miners(State(state): State<ApiState>) -> Response {
-    let balances = state.payouts.ledger_reader.all_balances();
-    let mut balances = match balances {
-        Ok(all) => all,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let activity = state
-        .payouts
-        .history
-        .lock()
-        .expect("history lock")
-        .activity(now_ms(), ADMIN_ACTIVE_WINDOW_S * 1000);
-    let bans = state.bans.current();
-    let listed = activity
-        .keys()
-        .map(|address| address.to_string())
-        .chain(bans.addresses.iter().cloned());
-    for address in listed {
-        balances.entry(address).or_default();
-    }
-    Json(
-        balances
-            .into_iter()
-            .map(|(account, b)| {
-                let workers = activity
-                    .get(account.as_str())
-                    .map_or(0, |a| a.workers.len());
-                json!({
-                    "address": account,
-                    "balance_immature": b.immature,
-                    "balance_mature": b.mature,
-                    "balance_paying": b.paying,
-                    "paid": b.paid,
-                    "workers_active": workers,
-                    "banned": bans.addresses.contains(&account),
+    off_the_workers(move || {
+        let balances = state.payouts.ledger_reader.all_balances();
+        let mut balances = match balances {
+            Ok(all) => all,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let activity = state
+            .payouts
+            .history
+            .lock()
+            .expect("history lock")
+            .activity(now_ms(), ADMIN_ACTIVE_WINDOW_S * 1000);
+        let bans = state.bans.current();
+        let listed = activity
+            .keys()
+            .map(|address| address.to_string())
+            .chain(bans.addresses.iter().cloned());
+        for address in listed {
+            balances.entry(address).or_default();
+        }
+        Json(
+            balances
+                .into_iter()
+                .map(|(account, b)| {
+                    let workers = activity
+                        .get(account.as_str())
+                        .map_or(0, |a| a.workers.len());
+                    json!({
+                        "address": account,
+                        "balance_immature": b.immature,
+                        "balance_mature": b.mature,
+                        "balance_paying": b.paying,
+                        "paid": b.paid,
+                        "workers_active": workers,
+                        "banned": bans.addresses.contains(&account),
+                    })
                 })
-            })
-            .collect::<Vec<_>>(),
-    )
-    .into_response()
+                .collect::<Vec<_>>(),
+        )
+        .into_response()
+    })
+    .await
 }
 
 async fn admin_bans(State(state): State<ApiState>) -> Response {
@@ -915,11 +991,11 @@ async fn admin_bans(State(state): State<ApiState>) -> Response {
 }
 
 async fn admin_ban(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
-    change_bans(state, body, true)
+    off_the_workers(move || change_bans(state, body, true)).await
 }
 
 async fn admin_unban(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
-    change_bans(state, body, false)
+    off_the_workers(move || change_bans(state, body, false)).await
 }
 
 /// Adds or removes bans. Addresses must be payable addresses of the pool's coin and
@@ -966,47 +1042,53 @@ async fn admin_set_miner_settings(
     Path(address): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let address = match canonical_account(&state, &address) {
-        Ok(canonical) => canonical,
-        Err(response) => return response,
-    };
-    let change: MinerSettingsChange = match serde_json::from_slice(&body) {
-        Ok(change) => change,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let amount = match crate::config::parse_amount(&change.payout_min) {
-        Ok(amount) => amount,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
-    };
-    let pool_min = pool_payout_min(&state);
-    if amount < pool_min {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("payout_min may not go below the pool's {pool_min}"),
+    off_the_workers(move || {
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let change: MinerSettingsChange = match serde_json::from_slice(&body) {
+            Ok(change) => change,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let amount = match crate::config::parse_amount(&change.payout_min) {
+            Ok(amount) => amount,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
+        };
+        let pool_min = pool_payout_min(&state);
+        if amount < pool_min {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("payout_min may not go below the pool's {pool_min}"),
+            );
+        }
+        if let Err(e) = state
+            .payouts
+            .ledger
+            .lock()
+            .expect("ledger lock")
+            .set_payout_min(&address, amount)
+        {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        audit(
+            &state,
+            "miner.settings.set",
+            json!({"address": address, "payout_min": amount}),
         );
-    }
-    if let Err(e) = state
-        .payouts
-        .ledger
-        .lock()
-        .expect("ledger lock")
-        .set_payout_min(&address, amount)
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
-    audit(
-        &state,
-        "miner.settings.set",
-        json!({"address": address, "payout_min": amount}),
-    );
-    Json(json!({"address": address, "payout_min": amount})).into_response()
+        Json(json!({"address": address, "payout_min": amount})).into_response()
+    })
+    .await
 }
 
 async fn admin_audit(State(state): State<ApiState>) -> Response {
-    match state.audit.recent(AUDIT_ENTRIES_PER_REQUEST_MAX) {
-        Ok(entries) => Json(entries).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    crate::api::off_the_workers(
+        move || match state.audit.recent(AUDIT_ENTRIES_PER_REQUEST_MAX) {
+            Ok(entries) => Json(entries).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    )
+    .await
 }
 
 async fn websocket(State(state): State<ApiState>, upgrade: WebSocketUpgrade) -> Response {
@@ -1071,15 +1153,18 @@ async fn openapi() -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let text = crate::metrics::render(&state);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    off_the_workers(move || {
+        let text = crate::metrics::render(&state);
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    })
+    .await
 }
 
 #[cfg(test)]

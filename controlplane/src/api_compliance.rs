@@ -88,24 +88,27 @@ fn kyc_changed(
 /// Every address with a KYC record; `pending` lists those a payout waits on, with the
 /// mature balance held.
 async fn kyc_list(State(state): State<ApiState>) -> Response {
-    let ledger = &state.payouts.ledger_reader;
-    let records = match ledger.kyc_records() {
-        Ok(records) => records,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let mut pending = Vec::new();
-    for (address, record) in &records {
-        if record.state != KycState::Verified {
-            let held = ledger.balances(address).map(|b| b.mature).unwrap_or(0);
-            pending.push(json!({
-                "address": address,
-                "state": record.state,
-                "held": held,
-                "since_ms": record.updated_at_ms,
-            }));
+    crate::api::off_the_workers(move || {
+        let ledger = &state.payouts.ledger_reader;
+        let records = match ledger.kyc_records() {
+            Ok(records) => records,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let mut pending = Vec::new();
+        for (address, record) in &records {
+            if record.state != KycState::Verified {
+                let held = ledger.balances(address).map(|b| b.mature).unwrap_or(0);
+                pending.push(json!({
+                    "address": address,
+                    "state": record.state,
+                    "held": held,
+                    "since_ms": record.updated_at_ms,
+                }));
+            }
         }
-    }
-    Json(json!({"records": records, "pending": pending})).into_response()
+        Json(json!({"records": records, "pending": pending})).into_response()
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -121,24 +124,27 @@ async fn kyc_set(
     Path(address): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let address = match canonical_account(&state, &address) {
-        Ok(canonical) => canonical,
-        Err(response) => return response,
-    };
-    let change: KycChange = match serde_json::from_slice(&body) {
-        Ok(change) => change,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let record = KycRecord {
-        state: change.state,
-        updated_at_ms: now_ms(),
-        source: "admin".into(),
-        reference: change.reference,
-    };
-    match change_kyc(&state, "admin", &address, record) {
-        Ok(detail) => Json(detail).into_response(),
-        Err(response) => response,
-    }
+    crate::api::off_the_workers(move || {
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let change: KycChange = match serde_json::from_slice(&body) {
+            Ok(change) => change,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let record = KycRecord {
+            state: change.state,
+            updated_at_ms: now_ms(),
+            source: "admin".into(),
+            reference: change.reference,
+        };
+        match change_kyc(&state, "admin", &address, record) {
+            Ok(detail) => Json(detail).into_response(),
+            Err(response) => response,
+        }
+    })
+    .await
 }
 
 /// The provider's verdict, signed with the shared secret over the raw body.
@@ -147,67 +153,70 @@ async fn provider_callback(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(secret) = state.kyc_secret.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no KYC provider is configured: set kyc_webhook_url and kyc_webhook_secret_file",
-        );
-    };
-    let signature = headers
-        .get(crate::kyc::SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok());
-    let mut callback = match crate::kyc::verify_callback(&secret, signature, &body, now_ms() / 1000)
-    {
-        Ok(callback) => callback,
-        Err(e @ crate::kyc::CallbackError::BadBody(_)) => {
-            return error(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        Err(e @ crate::kyc::CallbackError::TooLarge) => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "KYC callback refused");
-            return error(StatusCode::UNAUTHORIZED, e.to_string());
-        }
-    };
-    callback.address = match canonical_account(&state, &callback.address) {
-        Ok(canonical) => canonical,
-        Err(response) => return response,
-    };
-    let record = KycRecord {
-        state: callback.state,
-        updated_at_ms: now_ms(),
-        source: "provider".into(),
-        reference: callback.reference,
-    };
-    let mut dex = state.dex.as_ref().map(|dex| dex.lock().expect("dex lock"));
-    let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
-    let previous = match ledger.kyc(&callback.address) {
-        Ok(previous) => previous,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    match ledger.apply_kyc_callback(&callback.id, &callback.address, &record) {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(id = %callback.id, "KYC callback replayed; refused");
+    crate::api::off_the_workers(move || {
+        let Some(secret) = state.kyc_secret.clone() else {
             return error(
-                StatusCode::CONFLICT,
-                format!("callback {} was applied already", callback.id),
+                StatusCode::NOT_FOUND,
+                "no KYC provider is configured: set kyc_webhook_url and kyc_webhook_secret_file",
             );
+        };
+        let signature = headers
+            .get(crate::kyc::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let mut callback =
+            match crate::kyc::verify_callback(&secret, signature, &body, now_ms() / 1000) {
+                Ok(callback) => callback,
+                Err(e @ crate::kyc::CallbackError::BadBody(_)) => {
+                    return error(StatusCode::BAD_REQUEST, e.to_string())
+                }
+                Err(e @ crate::kyc::CallbackError::TooLarge) => {
+                    return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "KYC callback refused");
+                    return error(StatusCode::UNAUTHORIZED, e.to_string());
+                }
+            };
+        callback.address = match canonical_account(&state, &callback.address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let record = KycRecord {
+            state: callback.state,
+            updated_at_ms: now_ms(),
+            source: "provider".into(),
+            reference: callback.reference,
+        };
+        let mut dex = state.dex.as_ref().map(|dex| dex.lock().expect("dex lock"));
+        let mut ledger = state.payouts.ledger.lock().expect("ledger lock");
+        let previous = match ledger.kyc(&callback.address) {
+            Ok(previous) => previous,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        match ledger.apply_kyc_callback(&callback.id, &callback.address, &record) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(id = %callback.id, "KYC callback replayed; refused");
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("callback {} was applied already", callback.id),
+                );
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-    drop(ledger);
-    freeze_if_held(&state, dex.as_deref_mut(), &callback.address, &record);
-    drop(dex);
-    Json(kyc_changed(
-        &state,
-        "provider",
-        &callback.address,
-        previous,
-        &record,
-    ))
-    .into_response()
+        drop(ledger);
+        freeze_if_held(&state, dex.as_deref_mut(), &callback.address, &record);
+        drop(dex);
+        Json(kyc_changed(
+            &state,
+            "provider",
+            &callback.address,
+            previous,
+            &record,
+        ))
+        .into_response()
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -278,61 +287,70 @@ async fn export_payments(
     State(state): State<ApiState>,
     Query(query): Query<ExportQuery>,
 ) -> Response {
-    let format = match format_of(&query) {
-        Ok(format) => format,
-        Err(response) => return response,
-    };
-    let Some(address) = query.address.clone() else {
-        return error(StatusCode::BAD_REQUEST, "address is required");
-    };
-    let address = match canonical_account(&state, &address) {
-        Ok(canonical) => canonical,
-        Err(response) => return response,
-    };
-    let intents = match state.payouts.ledger_reader.intents() {
-        Ok(intents) => intents,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let payments: Vec<Value> = intents
-        .iter()
-        .filter_map(|intent| {
-            let amount = *intent.outputs.get(&address)?;
-            Some(json!({
-                "batch_id": intent.batch_id,
-                "txid": intent.txid,
-                "amount": crate::dex::coins(u128::from(amount)),
-                "amount_units": amount,
-                "state": intent.state.name(),
-                "created_at_ms": intent.created_at_ms,
-                "sent_at_ms": intent.sent_at_ms,
-            }))
-        })
-        .collect();
-    audit_as(
-        &state,
-        "admin",
-        "export.payments",
-        json!({"address": address, "rows": payments.len()}),
-    );
-    match format {
-        Format::Json => Json(json!({"address": address, "payments": payments})).into_response(),
-        Format::Csv => {
-            let columns = [
-                "batch_id",
-                "txid",
-                "amount",
-                "amount_units",
-                "state",
-                "created_at_ms",
-                "sent_at_ms",
-            ];
-            let rows = payments
-                .iter()
-                .map(|p| columns.iter().map(|c| plain(&p[*c])).collect())
-                .collect();
-            csv_response(&format!("payments-{address}.csv"), &columns, rows)
+    crate::api::off_the_workers(move || {
+        let format = match format_of(&query) {
+            Ok(format) => format,
+            Err(response) => return response,
+        };
+        let Some(address) = query.address.clone() else {
+            return error(StatusCode::BAD_REQUEST, "address is required");
+        };
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        // Every payout of this address (its own index), oldest first.
+        let payouts = match state
+            .payouts
+            .ledger_reader
+            .payouts_of(&address, None, usize::MAX)
+        {
+            Ok(payouts) => payouts,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let payments: Vec<Value> = payouts
+            .iter()
+            .rev()
+            .map(|crate::payouts::ledger::AccountPayout { amount, intent }| {
+                let amount = *amount;
+                json!({
+                    "batch_id": intent.batch_id,
+                    "txid": intent.txid,
+                    "amount": crate::dex::coins(u128::from(amount)),
+                    "amount_units": amount,
+                    "state": intent.state.name(),
+                    "created_at_ms": intent.created_at_ms,
+                    "sent_at_ms": intent.sent_at_ms,
+                })
+            })
+            .collect();
+        audit_as(
+            &state,
+            "admin",
+            "export.payments",
+            json!({"address": address, "rows": payments.len()}),
+        );
+        match format {
+            Format::Json => Json(json!({"address": address, "payments": payments})).into_response(),
+            Format::Csv => {
+                let columns = [
+                    "batch_id",
+                    "txid",
+                    "amount",
+                    "amount_units",
+                    "state",
+                    "created_at_ms",
+                    "sent_at_ms",
+                ];
+                let rows = payments
+                    .iter()
+                    .map(|p| columns.iter().map(|c| plain(&p[*c])).collect())
+                    .collect();
+                csv_response(&format!("payments-{address}.csv"), &columns, rows)
+            }
         }
-    }
+    })
+    .await
 }
 
 /// A JSON value as CSV text: strings bare, null empty, anything else as JSON.
@@ -366,12 +384,13 @@ async fn export_audit(State(state): State<ApiState>, Query(query): Query<ExportQ
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "export task failed"),
     };
-    audit_as(
+    crate::api::audit_from_async(
         &state,
         "admin",
         "export.audit",
         json!({"from_ms": from_ms, "to_ms": query.to_ms, "rows": entries.len()}),
-    );
+    )
+    .await;
     match format {
         Format::Json => Json(json!({"from_ms": from_ms, "to_ms": query.to_ms, "entries": entries}))
             .into_response(),

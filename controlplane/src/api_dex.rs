@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use rand::RngCore;
 use serde_json::{json, Value};
 
-use crate::api::{audit_as, error, now_ms, ApiState};
+use crate::api::{error, now_ms, ApiState};
 use crate::dex::{status_of, DexError, DexService, OrderRequest};
 use crate::payouts::ledger::TransferKind;
 
@@ -142,7 +142,17 @@ impl axum::extract::FromRequestParts<ApiState> for Miner {
         parts: &mut axum::http::request::Parts,
         state: &ApiState,
     ) -> Result<Self, Response> {
-        miner_of(state, &parts.headers).map(Miner)
+        // The exchange's lock: its holders write its journal, so it is taken off the
+        // async workers.
+        let (state, headers) = (state.clone(), parts.headers.clone());
+        tokio::task::spawn_blocking(move || miner_of(&state, &headers).map(Miner))
+            .await
+            .unwrap_or_else(|_| {
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the request failed",
+                ))
+            })
     }
 }
 
@@ -212,34 +222,41 @@ async fn with_dex<T: Send + 'static>(
 }
 
 async fn markets(State(state): State<ApiState>) -> Response {
-    match dex_of(&state) {
+    crate::api::off_the_workers(move || match dex_of(&state) {
         Ok(dex) => Json(dex.lock().expect("dex lock").markets_json()).into_response(),
         Err(response) => response,
-    }
+    })
+    .await
 }
 
 async fn orderbook(State(state): State<ApiState>, Path(market): Path<String>) -> Response {
-    let dex = match dex_of(&state) {
-        Ok(dex) => dex,
-        Err(response) => return response,
-    };
-    let book = dex.lock().expect("dex lock").book_json(&market);
-    match book {
-        Ok(book) => Json(book).into_response(),
-        Err(e) => refusal(e),
-    }
+    crate::api::off_the_workers(move || {
+        let dex = match dex_of(&state) {
+            Ok(dex) => dex,
+            Err(response) => return response,
+        };
+        let book = dex.lock().expect("dex lock").book_json(&market);
+        match book {
+            Ok(book) => Json(book).into_response(),
+            Err(e) => refusal(e),
+        }
+    })
+    .await
 }
 
 async fn trades(State(state): State<ApiState>, Path(market): Path<String>) -> Response {
-    let dex = match dex_of(&state) {
-        Ok(dex) => dex,
-        Err(response) => return response,
-    };
-    let trades = dex.lock().expect("dex lock").trades_json(&market);
-    match trades {
-        Ok(trades) => Json(trades).into_response(),
-        Err(e) => refusal(e),
-    }
+    crate::api::off_the_workers(move || {
+        let dex = match dex_of(&state) {
+            Ok(dex) => dex,
+            Err(response) => return response,
+        };
+        let trades = dex.lock().expect("dex lock").trades_json(&market);
+        match trades {
+            Ok(trades) => Json(trades).into_response(),
+            Err(e) => refusal(e),
+        }
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -329,12 +346,13 @@ async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> R
     let created = with_dex(&state, move |dex, _| dex.create_key(&address, now_ms())).await;
     match created {
         Ok(Ok(key)) => {
-            audit_as(
+            crate::api::audit_from_async(
                 &state,
                 "miner",
                 "dex.key.created",
                 json!({"address": request.address}),
-            );
+            )
+            .await;
             Json(json!({"address": request.address, "api_key": key})).into_response()
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -343,15 +361,18 @@ async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> R
 }
 
 async fn account(State(state): State<ApiState>, Miner(address): Miner) -> Response {
-    let dex = match dex_of(&state) {
-        Ok(dex) => dex,
-        Err(response) => return response,
-    };
-    let account = dex.lock().expect("dex lock").account_json(&address);
-    match account {
-        Ok(account) => Json(account).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    crate::api::off_the_workers(move || {
+        let dex = match dex_of(&state) {
+            Ok(dex) => dex,
+            Err(response) => return response,
+        };
+        let account = dex.lock().expect("dex lock").account_json(&address);
+        match account {
+            Ok(account) => Json(account).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
+    .await
 }
 
 /// Sends what a command did to the book and trade feed on `/ws`.
@@ -535,7 +556,7 @@ async fn admin_credit(State(state): State<ApiState>, body: axum::body::Bytes) ->
         Ok(Ok(())) => {
             let detail =
                 json!({"address": request.address, "asset": request.asset, "amount": amount});
-            audit_as(&state, "admin", "dex.credit", detail.clone());
+            crate::api::audit_from_async(&state, "admin", "dex.credit", detail.clone()).await;
             Json(detail).into_response()
         }
         Ok(Err(e)) => refusal(e),

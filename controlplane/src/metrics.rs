@@ -210,38 +210,50 @@ pub fn render(state: &ApiState) -> String {
     );
     out.sample("otedama_node_rpc_latency_seconds_count", "", requests);
 
-    let intents = state.payouts.ledger_reader.intents().unwrap_or_default();
-    let open: Vec<_> = intents
-        .iter()
-        .filter(|i| i.state == IntentState::Open)
-        .collect();
+    // Kept by the ledger with every intent's write: no scan of the batches.
+    let totals = state
+        .payouts
+        .ledger_reader
+        .intent_totals()
+        .unwrap_or_default();
+    let tally = |kind: IntentState| totals.get(&kind).copied().unwrap_or_default();
+    // Batches the node took: sent, confirmed, or sent and later double-spent (failed). A
+    // counter never goes down, so a failed batch stays counted and is also counted apart.
+    let taken = [
+        IntentState::Sent,
+        IntentState::Confirmed,
+        IntentState::Failed,
+    ]
+    .map(tally);
     out.single(
         "otedama_payout_queue_batches",
         "gauge",
         "Payout batches written but not yet seen by the node (retried with back-off).",
-        open.len(),
+        tally(IntentState::Open).batches,
     );
     out.single(
         "otedama_payout_queue_amount",
         "gauge",
         "Smallest units in those batches.",
-        open.iter().flat_map(|i| i.outputs.values()).sum::<u64>(),
+        tally(IntentState::Open).amount,
     );
     out.single(
         "otedama_payout_batches_total",
         "counter",
-        "Payout batches the node holds.",
-        intents.len() - open.len(),
+        "Payout batches the node took (sent, confirmed, or later double-spent).",
+        taken.iter().map(|t| t.batches).sum::<u64>(),
     );
     out.single(
         "otedama_paid_total",
         "counter",
-        "Smallest units paid to miners in batches the node holds.",
-        intents
-            .iter()
-            .filter(|i| i.state == IntentState::Sent)
-            .flat_map(|i| i.outputs.values())
-            .sum::<u64>(),
+        "Smallest units sent to miners in batches the node took, including batches later double-spent.",
+        taken.iter().map(|t| t.amount).sum::<u64>(),
+    );
+    out.single(
+        "otedama_payout_failed_amount_total",
+        "counter",
+        "Smallest units of batches double-spent after the node took them; back in the miners' balances.",
+        tally(IntentState::Failed).amount,
     );
     let head = state.audit.head();
     out.family(

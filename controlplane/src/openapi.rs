@@ -61,6 +61,7 @@ pub fn document() -> Value {
             "/api/v1/payments": get("Payout batches, newest first, each with its txid. Pages: ?limit= (default 100, at most 1000) and ?cursor= from the x-next-cursor header", page_parameters()),
             "/api/v1/miners/{address}": get("One miner: balances, hashrate, workers, payments", address_parameter()),
             "/api/v1/miners/{address}/settings": get("One miner's payout threshold", address_parameter()),
+            "/api/v1/miners/{address}/payments": get("One miner's payments, newest first (limit, cursor; x-next-cursor names the next page)", address_parameter()),
             "/api/v1/openapi.json": get("This document", json!([])),
             "/api/v1/admin/payouts/run": {"post": admin("Run a payout now; returns the batch it paid")},
             "/api/v1/admin/payouts/{batch_id}/cancel": {"post": admin("Cancel a pending batch whose transaction the node can never take (its inputs are spent or gone): its amounts go back to the balances, once; 409 while it can still be mined; audited")},

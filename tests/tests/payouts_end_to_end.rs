@@ -93,6 +93,22 @@ fn pays_each_miner_exactly_once(scheme: &str, fault: &str) -> anyhow::Result<()>
     }
     let payments = scenario.pool.get_json("/api/v1/payments")?;
     assert_eq!(payments.as_array().unwrap().len(), 2, "{payments}");
+    // Each miner's own payments (read through its index) add up to what the node paid it,
+    // and its page lists the same.
+    for (miner, amount) in &expected {
+        let own = scenario
+            .pool
+            .get_json(&format!("/api/v1/miners/{miner}/payments"))?;
+        let listed: u64 = own
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["amount"].as_u64().unwrap())
+            .sum();
+        assert_eq!(listed, *amount, "{miner}: {own}");
+        let page = scenario.pool.get_json(&format!("/api/v1/miners/{miner}"))?;
+        assert_eq!(page["payments"], own, "{miner}");
+    }
     // One batch a page: the first page names the next, which holds the older batch and
     // is the last.
     let page = |query: &str| -> anyhow::Result<(serde_json::Value, Option<String>)> {
@@ -526,20 +542,40 @@ fn the_api_answers_while_a_payout_waits_on_the_wallet() -> anyhow::Result<()> {
                 otedama_tests::fault_proxy::Fault::Delay,
             ) > 0
         })?;
-        for path in [
+        // Reads, and writes through the ledger's lock (the operator's and KYC's): the
+        // payout thread holds no lock across the wallet call, so none waits for it.
+        let reads = [
             "/api/v1/stats".to_string(),
             "/api/v1/payments".to_string(),
             format!("/api/v1/miners/{miner}"),
             "/metrics".to_string(),
             "/health".to_string(),
-        ] {
+        ]
+        .map(|path| ("GET", path, None));
+        let writes = [
+            (
+                "PUT",
+                format!("/api/v1/admin/miners/{miner}/settings"),
+                Some(serde_json::json!({"payout_min": "100"})),
+            ),
+            (
+                "PUT",
+                format!("/api/v1/admin/kyc/{miner}"),
+                Some(serde_json::json!({"state": "verified"})),
+            ),
+        ];
+        for (method, path, body) in reads.into_iter().chain(writes) {
             let asked = std::time::Instant::now();
-            scenario.pool.get_text(&path)?;
+            let (status, answer) =
+                scenario
+                    .pool
+                    .json_call(method, &path, Some(ADMIN_TOKEN), body.as_ref())?;
             let took = asked.elapsed();
             assert!(
                 took < DEADLINE,
-                "{path} took {took:?} while the payout waited"
+                "{method} {path} took {took:?} while the payout waited"
             );
+            assert_eq!(status, 200, "{method} {path}: {answer}");
         }
         assert!(
             payout_started.elapsed() < HELD,

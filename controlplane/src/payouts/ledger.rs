@@ -150,6 +150,17 @@ const PPS_CREDITED_KEY: &[u8] = b"m/pps_credited";
 const TRANSFER_PREFIX: &[u8] = b"t/";
 const KYC_PREFIX: &[u8] = b"y/";
 const KYC_CALLBACK_PREFIX: &[u8] = b"q/";
+/// Intents not yet final (open or sent), by batch id: what the payout thread follows on
+/// every pass, read without scanning every batch ever written.
+const UNSETTLED_PREFIX: &[u8] = b"u/";
+/// Each account's payouts: `a/{account}\0{batch id, big-endian}` → the amount, so a
+/// miner's page reads its own payments, newest first, and nothing else.
+const ACCOUNT_PAYOUT_PREFIX: &[u8] = b"a/";
+/// Batches and amounts per intent state (`IntentTotals`), kept in each intent's batch.
+const INTENT_TOTALS_KEY: &[u8] = b"m/intent_totals";
+/// Present once the three indexes above cover every intent (ledgers written before them
+/// are indexed once, at open).
+const INTENT_INDEX_KEY: &[u8] = b"m/intent_index_v1";
 
 /// A block's split, as credited, and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +182,7 @@ pub enum BlockState {
 }
 
 /// Where a payout transaction stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IntentState {
     /// Written with its debits; the node may or may not have the transaction yet.
@@ -202,6 +213,23 @@ impl IntentState {
             IntentState::Cancelled => "cancelled",
         }
     }
+}
+
+/// Batches and the units they pay, in one intent state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentTally {
+    pub batches: u64,
+    pub amount: u64,
+}
+
+/// Every intent, counted by its state: kept in the same batch as each intent's writes.
+pub type IntentTotals = BTreeMap<IntentState, IntentTally>;
+
+/// One of an account's payouts, from the account index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountPayout {
+    pub amount: u64,
+    pub intent: PayoutIntent,
 }
 
 /// A payout batch: written before its transaction is broadcast, and the only transaction
@@ -258,12 +286,135 @@ impl Ledger {
             .find(|(k, _)| k.starts_with(ENTRY_PREFIX))
             .and_then(|(k, _)| k[ENTRY_PREFIX.len()..].try_into().ok())
             .map_or(0, |bytes: [u8; 8]| u64::from_be_bytes(bytes) + 1);
-        Ok(Ledger {
+        let ledger = Ledger {
             db: std::sync::Arc::new(db),
             next_sequence,
             commits_to_fail: 0,
             commits_until_crash: None,
-        })
+        };
+        ledger.index_intents_once()?;
+        Ok(ledger)
+    }
+
+    /// Builds the intent indexes of a ledger written before they existed, in one batch
+    /// with the marker: a crash leaves either no index or the whole one.
+    fn index_intents_once(&self) -> Result<(), LedgerError> {
+        if self.db.get(INTENT_INDEX_KEY)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let mut totals = IntentTotals::new();
+        for (_, intent) in self.scan::<PayoutIntent>(INTENT_PREFIX)? {
+            stage_intent_indexes(&mut batch, &mut totals, None, &intent);
+        }
+        batch.put(INTENT_TOTALS_KEY, serde_json::to_vec(&totals)?);
+        batch.put(INTENT_INDEX_KEY, b"1");
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Payout batch `batch_id`, if there is one.
+    pub fn intent(&self, batch_id: u64) -> Result<Option<PayoutIntent>, LedgerError> {
+        self.get(&key(INTENT_PREFIX, &batch_id.to_be_bytes()))
+    }
+
+    /// Fails unless the intent indexes agree with the intents themselves: the totals,
+    /// the unsettled index, and every account's payouts. For tests and simulations.
+    #[cfg(test)]
+    pub(crate) fn assert_intent_indexes(&self, context: &str) {
+        let intents = self.intents().expect("intents");
+        let mut totals = IntentTotals::new();
+        let mut by_account: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+        for intent in &intents {
+            let tally = totals.entry(intent.state).or_default();
+            tally.batches += 1;
+            tally.amount += intent.outputs.values().sum::<u64>();
+            for (account, amount) in &intent.outputs {
+                by_account
+                    .entry(account)
+                    .or_default()
+                    .push((intent.batch_id, *amount));
+            }
+        }
+        let mut kept = self.intent_totals().expect("totals");
+        kept.retain(|_, tally| tally.batches > 0);
+        assert_eq!(kept, totals, "{context}: intent totals");
+        let unsettled: Vec<u64> = intents
+            .iter()
+            .filter(|i| matches!(i.state, IntentState::Open | IntentState::Sent))
+            .map(|i| i.batch_id)
+            .collect();
+        let indexed: Vec<u64> = self
+            .unsettled_intents()
+            .expect("unsettled")
+            .iter()
+            .map(|i| i.batch_id)
+            .collect();
+        assert_eq!(indexed, unsettled, "{context}: unsettled index");
+        for (account, mut expected) in by_account {
+            expected.reverse();
+            let listed: Vec<(u64, u64)> = self
+                .payouts_of(account, None, usize::MAX)
+                .expect("payouts")
+                .iter()
+                .map(|p| (p.intent.batch_id, p.amount))
+                .collect();
+            assert_eq!(listed, expected, "{context}: {account}'s payouts");
+        }
+        let next = intents.last().map_or(1, |i| i.batch_id + 1);
+        assert_eq!(self.next_batch_id().expect("next id"), next, "{context}");
+    }
+
+    /// Batches and amounts by intent state.
+    pub fn intent_totals(&self) -> Result<IntentTotals, LedgerError> {
+        Ok(self.get(INTENT_TOTALS_KEY)?.unwrap_or_default())
+    }
+
+    /// Intents not final yet (open or sent), oldest first, read through their index.
+    fn unsettled_intents(&self) -> Result<Vec<PayoutIntent>, LedgerError> {
+        let mut intents = Vec::new();
+        for (batch_id, _) in self.scan::<u8>(UNSETTLED_PREFIX)? {
+            let intent_key = key(INTENT_PREFIX, &batch_id);
+            if let Some(intent) = self.get::<PayoutIntent>(&intent_key)? {
+                intents.push(intent);
+            }
+        }
+        Ok(intents)
+    }
+
+    /// Up to `limit` of `account`'s payouts, newest first, with a batch id below
+    /// `before` if given; only those are read.
+    pub fn payouts_of(
+        &self,
+        account: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AccountPayout>, LedgerError> {
+        let prefix = account_payout_prefix(account);
+        let upper = [prefix.as_slice(), &before.unwrap_or(u64::MAX).to_be_bytes()].concat();
+        let mut payouts = Vec::new();
+        let from = IteratorMode::From(&upper, rocksdb::Direction::Reverse);
+        for item in self.db.iterator(from) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || payouts.len() == limit {
+                break;
+            }
+            // `before` itself is excluded (no batch has the id u64::MAX).
+            if k.as_ref() >= upper.as_slice() {
+                continue;
+            }
+            let batch_id = &k[prefix.len()..];
+            let Some(intent) = self.get::<PayoutIntent>(&key(INTENT_PREFIX, batch_id))? else {
+                continue;
+            };
+            payouts.push(AccountPayout {
+                amount: serde_json::from_slice(&v)?,
+                intent,
+            });
+        }
+        Ok(payouts)
     }
 
     /// A handle on the same database for reads, which needs no lock: the API reads
@@ -531,14 +682,14 @@ impl Ledger {
     }
 
     pub fn open_intents(&self) -> Result<Vec<PayoutIntent>, LedgerError> {
-        let mut intents = self.intents()?;
+        let mut intents = self.unsettled_intents()?;
         intents.retain(|i| i.state == IntentState::Open);
         Ok(intents)
     }
 
     /// Intents the node holds but that are not yet final: followed to their confirmations.
     pub fn sent_intents(&self) -> Result<Vec<PayoutIntent>, LedgerError> {
-        let mut intents = self.intents()?;
+        let mut intents = self.unsettled_intents()?;
         intents.retain(|i| i.state == IntentState::Sent);
         Ok(intents)
     }
@@ -573,9 +724,9 @@ impl Ledger {
         reason: &str,
         now_ms: u64,
     ) -> Result<Applied, LedgerError> {
-        let (kind, was_paid) = match intent.state {
-            IntentState::Cancelled => (EntryKind::PayoutCancelled, false),
-            IntentState::Failed => (EntryKind::PayoutReturned, true),
+        let (kind, was_paid, previous) = match intent.state {
+            IntentState::Cancelled => (EntryKind::PayoutCancelled, false, IntentState::Open),
+            IntentState::Failed => (EntryKind::PayoutReturned, true, IntentState::Sent),
             other => unreachable!("only cancelled or failed intents return amounts, not {other:?}"),
         };
         let reference = format!("batch:{}", intent.batch_id);
@@ -592,7 +743,7 @@ impl Ledger {
         }
         intent.last_error = Some(reason.to_string());
         intent.settled_at_ms = Some(now_ms);
-        change.batch.put(intent_key, serde_json::to_vec(&intent)?);
+        change.put_intent(intent_key, Some(previous), &intent)?;
         change.commit()?;
         Ok(Applied::Done)
     }
@@ -669,10 +820,9 @@ impl Ledger {
         intent.confirmations = confirmations;
         intent.paid_by_txid = paid_by_txid;
         intent.settled_at_ms = Some(now_ms);
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.db
-            .put_opt(intent_key, serde_json::to_vec(&intent)?, &options)?;
+        let mut change = Change::new(self);
+        change.put_intent(intent_key, Some(IntentState::Sent), &intent)?;
+        change.commit()?;
         Ok(Applied::Done)
     }
 
@@ -695,9 +845,18 @@ impl Ledger {
         self.return_amounts(intent_key, intent, reason, now_ms)
     }
 
-    /// The id the next payout batch gets.
+    /// The id the next payout batch gets: one past the last intent's (keys sort by id).
     pub fn next_batch_id(&self) -> Result<u64, LedgerError> {
-        Ok(self.intents()?.last().map_or(1, |i| i.batch_id + 1))
+        let upper = key(INTENT_PREFIX, &[0xff; 9]);
+        let last = self
+            .db
+            .iterator(IteratorMode::From(&upper, rocksdb::Direction::Reverse))
+            .next()
+            .transpose()?
+            .filter(|(k, _)| k.starts_with(INTENT_PREFIX))
+            .and_then(|(k, _)| k[INTENT_PREFIX.len()..].try_into().ok())
+            .map(u64::from_be_bytes);
+        Ok(last.map_or(1, |id| id + 1))
     }
 
     /// Writes a payout intent and its debits (mature → paying) in one batch. Refuses, and
@@ -723,7 +882,7 @@ impl Ledger {
                 b.paying += amount;
             })?;
         }
-        change.batch.put(intent_key, serde_json::to_vec(intent)?);
+        change.put_intent(intent_key, None, intent)?;
         change.commit()?;
         Ok(Applied::Done)
     }
@@ -745,10 +904,11 @@ impl Ledger {
                 b.paid += amount;
             })?;
         }
+        let previous = intent.state;
         intent.state = IntentState::Sent;
         intent.sent_at_ms = Some(now_ms);
         intent.last_error = None;
-        change.batch.put(intent_key, serde_json::to_vec(&intent)?);
+        change.put_intent(intent_key, Some(previous), &intent)?;
         change.commit()?;
         Ok(Applied::Done)
     }
@@ -972,6 +1132,22 @@ impl<'a> Change<'a> {
         self.apply(to, kind, amount, reference, |b| b.mature += amount)
     }
 
+    /// Writes an intent whose state was `previous` (`None`: a new one) with its indexes
+    /// and the totals, in this change's batch.
+    fn put_intent(
+        &mut self,
+        intent_key: Vec<u8>,
+        previous: Option<IntentState>,
+        intent: &PayoutIntent,
+    ) -> Result<(), LedgerError> {
+        let mut totals = self.ledger.intent_totals()?;
+        stage_intent_indexes(&mut self.batch, &mut totals, previous, intent);
+        self.batch
+            .put(INTENT_TOTALS_KEY, serde_json::to_vec(&totals)?);
+        self.batch.put(intent_key, serde_json::to_vec(intent)?);
+        Ok(())
+    }
+
     fn commit(mut self) -> Result<(), LedgerError> {
         for (account, balances) in &self.balances {
             self.batch.put(
@@ -996,6 +1172,43 @@ impl<'a> Change<'a> {
             .write_opt(std::mem::take(&mut self.batch), &options)?;
         self.ledger.next_sequence = self.next_sequence;
         Ok(())
+    }
+}
+
+fn account_payout_prefix(account: &str) -> Vec<u8> {
+    [ACCOUNT_PAYOUT_PREFIX, account.as_bytes(), b"\0"].concat()
+}
+
+/// Adds to `batch` what an intent's write changes in the indexes: the unsettled index,
+/// the account index (for a new intent), and `totals` (the caller writes them).
+fn stage_intent_indexes(
+    batch: &mut WriteBatch,
+    totals: &mut IntentTotals,
+    previous: Option<IntentState>,
+    intent: &PayoutIntent,
+) {
+    let amount: u64 = intent.outputs.values().sum();
+    if let Some(previous) = previous {
+        let tally = totals.entry(previous).or_default();
+        tally.batches = tally.batches.saturating_sub(1);
+        tally.amount = tally.amount.saturating_sub(amount);
+    } else {
+        for (account, paid) in &intent.outputs {
+            let account_key = [
+                account_payout_prefix(account).as_slice(),
+                &intent.batch_id.to_be_bytes(),
+            ]
+            .concat();
+            batch.put(account_key, paid.to_string());
+        }
+    }
+    let tally = totals.entry(intent.state).or_default();
+    tally.batches += 1;
+    tally.amount += amount;
+    let unsettled_key = key(UNSETTLED_PREFIX, &intent.batch_id.to_be_bytes());
+    match intent.state {
+        IntentState::Open | IntentState::Sent => batch.put(unsettled_key, b"0"),
+        _ => batch.delete(unsettled_key),
     }
 }
 
@@ -1178,6 +1391,84 @@ mod tests {
         );
         assert!(ledger.open_intents().unwrap().is_empty());
         assert_eq!(ledger.next_batch_id().unwrap(), 2);
+    }
+
+    /// The intent indexes (totals, unsettled, per account) follow every state change, and
+    /// a ledger written before them is indexed once when it opens.
+    #[test]
+    fn intent_indexes_follow_every_state_and_an_old_ledger_is_indexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .credit_block("h", &split(&[("a", 1_000), ("b", 1_000)]))
+            .unwrap();
+        ledger.mature_block("h").unwrap();
+        for batch_id in 1..=4 {
+            ledger
+                .open_intent(&intent(batch_id, &[("a", 10 * batch_id), ("b", 1)]))
+                .unwrap();
+        }
+        ledger.open_intent(&intent(5, &[("b", 7)])).unwrap();
+        ledger.assert_intent_indexes("five open");
+        for batch_id in 1..=3 {
+            ledger.complete_intent(batch_id, 2).unwrap();
+        }
+        ledger.confirm_intent(1, 6, None, 3).unwrap();
+        ledger.fail_intent(2, 6, "double-spent", 4).unwrap();
+        ledger.cancel_intent(4, "never minable", 5).unwrap();
+        ledger.assert_intent_indexes("every state");
+        let totals = ledger.intent_totals().unwrap();
+        assert_eq!(
+            totals[&IntentState::Open],
+            IntentTally {
+                batches: 1,
+                amount: 7
+            }
+        );
+        assert_eq!(
+            totals[&IntentState::Failed],
+            IntentTally {
+                batches: 1,
+                amount: 21
+            }
+        );
+        let unsettled = |ledger: &Ledger| {
+            let sent = ledger.sent_intents().unwrap();
+            let open = ledger.open_intents().unwrap();
+            (sent.iter().chain(&open).map(|i| i.batch_id)).collect::<Vec<_>>()
+        };
+        assert_eq!(unsettled(&ledger), [3, 5]);
+        let page = |ledger: &Ledger, before| {
+            let payouts = ledger.payouts_of("a", before, 2).unwrap();
+            payouts
+                .iter()
+                .map(|p| (p.intent.batch_id, p.amount))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(&ledger, None), [(4, 40), (3, 30)]);
+        assert_eq!(page(&ledger, Some(3)), [(2, 20), (1, 10)]);
+        assert!(page(&ledger, Some(1)).is_empty());
+        assert!(ledger.payouts_of("nobody", None, 10).unwrap().is_empty());
+
+        // A ledger from before the indexes: they are built at open, once.
+        for prefix in [UNSETTLED_PREFIX, ACCOUNT_PAYOUT_PREFIX] {
+            let keys: Vec<Box<[u8]>> = ledger
+                .db
+                .prefix_iterator(prefix)
+                .map(|item| item.unwrap().0)
+                .take_while(|k| k.starts_with(prefix))
+                .collect();
+            for k in keys {
+                ledger.db.delete(k).unwrap();
+            }
+        }
+        ledger.db.delete(INTENT_TOTALS_KEY).unwrap();
+        ledger.db.delete(INTENT_INDEX_KEY).unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.assert_intent_indexes("indexed at open");
+        assert_eq!(unsettled(&ledger), [3, 5]);
+        assert_eq!(page(&ledger, None), [(4, 40), (3, 30)]);
     }
 
     #[test]

@@ -14,8 +14,16 @@
 //! broadcast again, with exponential back-off between failures. A new batch is never
 //! built while an intent is open, so no second transaction can spend what the first one
 //! was built from, and the first stays the only one that can pay its outputs.
+//!
+//! Invariant: no wallet call is made with the ledger locked. A wallet RPC can take its
+//! whole timeout (30 s), and the API, the exchange and the operator write through the same
+//! lock; they must never wait for the node. This holds because intents are written by the
+//! payout thread alone (the API asks it through `PayoutRequest`), so an intent read before
+//! a call is still the ledger's when its outcome is written; and a batch funded with the
+//! ledger free is written only if it still pays exactly what is payable then (`run`).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use otedama_shared::address::{script_for_address, AddressRule};
 
@@ -154,14 +162,23 @@ pub fn retry_delay_ms(attempts: u32) -> u64 {
         .min(BROADCAST_RETRY_MAX_MS)
 }
 
+/// The ledger, locked for one step. A poisoned lock means the payout thread panicked
+/// between two writes; every write is one atomic batch, so what the ledger holds is whole.
+fn locked(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Brings every open intent whose retry time has come in line with the node.
 pub fn reconcile(
-    ledger: &mut Ledger,
+    ledger: &Mutex<Ledger>,
     wallet: &mut dyn Wallet,
     now_ms: u64,
     report: &mut RunReport,
 ) -> Result<(), PayoutError> {
-    for intent in ledger.open_intents()? {
+    let open = locked(ledger).open_intents()?;
+    for intent in open {
         if intent.next_attempt_ms > now_ms {
             report.still_open.push(intent.batch_id);
             continue;
@@ -171,6 +188,7 @@ pub fn reconcile(
             Ok(false) => wallet.broadcast(&intent.raw_tx),
             Err(error) => Err(error),
         };
+        let mut ledger = locked(ledger);
         match sent {
             Ok(()) => {
                 ledger.complete_intent(intent.batch_id, now_ms)?;
@@ -192,8 +210,9 @@ pub fn reconcile(
 /// locked, no intent): every lock but the pending intents' inputs. Best effort, logged: a
 /// node restart unlocks them too. The payout thread is the only one that funds payouts,
 /// and it does so only after this, so no lock it still needs is released.
-pub fn release_stale_locks(ledger: &Ledger, wallet: &mut dyn Wallet) {
-    let pending: Vec<String> = match ledger.open_intents() {
+pub fn release_stale_locks(ledger: &Mutex<Ledger>, wallet: &mut dyn Wallet) {
+    let open = locked(ledger).open_intents();
+    let pending: Vec<String> = match open {
         Ok(intents) => intents.into_iter().map(|i| i.raw_tx).collect(),
         Err(error) => {
             tracing::error!(%error, "cannot read pending payouts");
@@ -308,9 +327,9 @@ pub fn judge_sent(
     })
 }
 
-/// Carries out what `judge_sent` decided for `intent`.
+/// Carries out what `judge_sent` decided for `intent`, locking the ledger only to write.
 pub fn apply_follow_step(
-    ledger: &mut Ledger,
+    ledger: &Mutex<Ledger>,
     wallet: &mut dyn Wallet,
     intent: &PayoutIntent,
     step: FollowStep,
@@ -318,7 +337,9 @@ pub fn apply_follow_step(
 ) -> Result<(), PayoutError> {
     let batch_id = intent.batch_id;
     match step {
-        FollowStep::Wait(confirmations) => ledger.note_confirmations(batch_id, confirmations)?,
+        FollowStep::Wait(confirmations) => {
+            locked(ledger).note_confirmations(batch_id, confirmations)?
+        }
         FollowStep::SendAgain => match wallet.broadcast(&intent.raw_tx) {
             Ok(()) => {
                 tracing::warn!(batch_id, txid = %intent.txid, "payout had left the mempool unmined; sent again")
@@ -334,7 +355,7 @@ pub fn apply_follow_step(
                             "sent but gone from the node and never minable ({reason}): the operator must settle it"
                         );
                         tracing::error!(batch_id, txid = %intent.txid, %reason, "payout lost");
-                        ledger.note_error(batch_id, &reason)?;
+                        locked(ledger).note_error(batch_id, &reason)?;
                     }
                     None => {
                         tracing::warn!(batch_id, txid = %intent.txid, %error, "payout left the mempool and cannot be sent again yet")
@@ -346,21 +367,21 @@ pub fn apply_follow_step(
             confirmations,
             paid_by_txid,
         } => {
-            ledger.confirm_intent(batch_id, confirmations, paid_by_txid.clone(), now_ms)?;
+            locked(ledger).confirm_intent(batch_id, confirmations, paid_by_txid.clone(), now_ms)?;
             tracing::info!(batch_id, txid = %intent.txid, ?paid_by_txid, confirmations, "payout confirmed");
         }
         FollowStep::Fail {
             confirmations,
             reason,
         } => {
-            ledger.fail_intent(batch_id, confirmations, &reason, now_ms)?;
+            locked(ledger).fail_intent(batch_id, confirmations, &reason, now_ms)?;
             tracing::error!(batch_id, txid = %intent.txid, %reason, "payout failed");
         }
         FollowStep::Hold {
             confirmations,
             reason,
         } => {
-            ledger.note_confirmations(batch_id, confirmations)?;
+            locked(ledger).note_confirmations(batch_id, confirmations)?;
             tracing::error!(batch_id, txid = %intent.txid, %reason, "payout held for the operator");
         }
     }
@@ -371,13 +392,13 @@ pub fn apply_follow_step(
 /// ledger locked only to read the payouts and to record each step; one payout the node
 /// cannot answer about does not stop the others.
 pub fn follow_sent(
-    ledger: &std::sync::Mutex<Ledger>,
+    ledger: &Mutex<Ledger>,
     wallet: &mut dyn Wallet,
     rule: &AddressRule,
     confirmations_required: u64,
     now_ms: u64,
 ) -> Result<(), PayoutError> {
-    let sent = ledger.lock().expect("ledger lock").sent_intents()?;
+    let sent = locked(ledger).sent_intents()?;
     for intent in sent {
         let step = match judge_sent(wallet, rule, &intent, confirmations_required) {
             Ok(step) => step,
@@ -386,8 +407,7 @@ pub fn follow_sent(
                 continue;
             }
         };
-        let mut ledger = ledger.lock().expect("ledger lock");
-        apply_follow_step(&mut ledger, wallet, &intent, step, now_ms)?;
+        apply_follow_step(ledger, wallet, &intent, step, now_ms)?;
     }
     Ok(())
 }
@@ -428,16 +448,14 @@ pub enum CancelRefusal {
 /// says it can never be mined, so the same outputs can never be paid twice; its amounts go
 /// back to the balances once (`Ledger::cancel_intent`).
 pub fn cancel_pending(
-    ledger: &mut Ledger,
+    ledger: &Mutex<Ledger>,
     wallet: &mut dyn Wallet,
     batch_id: u64,
     now_ms: u64,
 ) -> Result<String, CancelRefusal> {
-    let intent = ledger
-        .intents()
+    let intent = locked(ledger).intent(batch_id);
+    let intent = intent
         .map_err(PayoutError::from)?
-        .into_iter()
-        .find(|intent| intent.batch_id == batch_id)
         .ok_or(CancelRefusal::NoSuchBatch(batch_id))?;
     if intent.state != IntentState::Open {
         return Err(CancelRefusal::NotPending(batch_id));
@@ -461,9 +479,12 @@ pub fn cancel_pending(
         });
     };
     let reason = format!("cancelled by the operator: {reason}");
-    ledger
+    let cancelled = locked(ledger)
         .cancel_intent(batch_id, &reason, now_ms)
         .map_err(PayoutError::from)?;
+    if cancelled != super::ledger::Applied::Done {
+        return Err(CancelRefusal::NotPending(batch_id));
+    }
     tracing::warn!(batch_id, txid = %intent.txid, %reason, "pending payout cancelled");
     Ok(reason)
 }
@@ -542,7 +563,7 @@ pub fn payable(
 /// One payout run. `stop_at` lets a crash test end the run at a step as a `kill -9`
 /// would; production passes `|_| false`.
 pub fn run(
-    ledger: &mut Ledger,
+    ledger: &Mutex<Ledger>,
     wallet: &mut dyn Wallet,
     policy: &PayoutPolicy,
     now_ms: u64,
@@ -553,7 +574,7 @@ pub fn run(
     if !report.still_open.is_empty() {
         return Ok(report);
     }
-    let Payable { outputs, kyc_held } = payable(ledger, policy, now_ms)?;
+    let Payable { outputs, kyc_held } = payable(&locked(ledger), policy, now_ms)?;
     report.kyc_held = kyc_held;
     if outputs.is_empty() {
         return Ok(report);
@@ -563,8 +584,22 @@ pub fn run(
     if stop_at(PayoutStep::Funded) {
         return Err(PayoutError::Stopped(PayoutStep::Funded));
     }
+    let mut written = locked(ledger);
+    // The ledger was free while the wallet funded the batch: the exchange, the operator or
+    // KYC may have moved a balance, raised a threshold or held an address since. The batch
+    // is written only if it pays exactly what is payable now; otherwise it is dropped
+    // unsent, its coins unlocked, and the next run builds it again from the new balances.
+    if payable(&written, policy, now_ms)?.outputs != outputs {
+        drop(written);
+        tracing::warn!(
+            txid = %signed.txid,
+            "balances changed while the payout was funded; it is dropped unsent and built again on the next run"
+        );
+        release_stale_locks(ledger, wallet);
+        return Ok(report);
+    }
     let intent = PayoutIntent {
-        batch_id: ledger.next_batch_id()?,
+        batch_id: written.next_batch_id()?,
         created_at_ms: now_ms,
         outputs,
         raw_tx: signed.raw_tx,
@@ -578,7 +613,8 @@ pub fn run(
         paid_by_txid: None,
         settled_at_ms: None,
     };
-    ledger.open_intent(&intent)?;
+    written.open_intent(&intent)?;
+    drop(written);
     tracing::info!(batch_id = intent.batch_id, txid = %intent.txid, outputs = intent.outputs.len(), total = intent.outputs.values().sum::<u64>(), "payout intent written");
     if stop_at(PayoutStep::IntentWritten) {
         return Err(PayoutError::Stopped(PayoutStep::IntentWritten));
@@ -589,12 +625,12 @@ pub fn run(
             if stop_at(PayoutStep::Broadcast) {
                 return Err(PayoutError::Stopped(PayoutStep::Broadcast));
             }
-            ledger.complete_intent(batch_id, now_ms)?;
+            locked(ledger).complete_intent(batch_id, now_ms)?;
             report.completed.push(batch_id);
         }
         Err(error) => {
             tracing::warn!(batch_id, %error, "payout broadcast failed; it will be retried");
-            ledger.note_broadcast_failure(
+            locked(ledger).note_broadcast_failure(
                 batch_id,
                 &error.to_string(),
                 now_ms + retry_delay_ms(0),
@@ -602,10 +638,7 @@ pub fn run(
             report.still_open.push(batch_id);
         }
     }
-    report.batch = ledger
-        .intents()?
-        .into_iter()
-        .find(|i| i.batch_id == batch_id);
+    report.batch = locked(ledger).intent(batch_id)?;
     Ok(report)
 }
 
@@ -758,7 +791,7 @@ mod tests {
 
     /// A ledger with one sent payout (txid `t1`) of 300 to each of `miners`, from a
     /// matured block of 1,000 each.
-    fn sent_payout(dir: &std::path::Path, miners: &[String]) -> std::sync::Mutex<Ledger> {
+    fn sent_payout(dir: &std::path::Path, miners: &[String]) -> Mutex<Ledger> {
         let mut ledger = Ledger::open(dir).unwrap();
         let credit: BTreeMap<String, u64> = miners.iter().map(|m| (m.clone(), 1_000)).collect();
         ledger.credit_block("block", &credit).unwrap();
@@ -783,7 +816,7 @@ mod tests {
         std::sync::Mutex::new(ledger)
     }
 
-    fn payout(ledger: &std::sync::Mutex<Ledger>) -> PayoutIntent {
+    fn payout(ledger: &Mutex<Ledger>) -> PayoutIntent {
         ledger.lock().unwrap().intents().unwrap()[0].clone()
     }
 
@@ -910,43 +943,204 @@ mod tests {
             settled_at_ms: None,
         };
         ledger.open_intent(&intent).unwrap();
+        let ledger = Mutex::new(ledger);
         let mut node = ScriptedNode::default();
         // The node holds it, or would still take it: refused, nothing moves.
         node.status.insert("t1".into(), TxStatus::InMempool);
         assert!(matches!(
-            cancel_pending(&mut ledger, &mut node, 1, 10),
+            cancel_pending(&ledger, &mut node, 1, 10),
             Err(CancelRefusal::StillMinable { detail, .. }) if detail.contains("holds")
         ));
         node.status.clear();
         assert!(matches!(
-            cancel_pending(&mut ledger, &mut node, 1, 10),
+            cancel_pending(&ledger, &mut node, 1, 10),
             Err(CancelRefusal::StillMinable { detail, .. }) if detail.contains("accept")
         ));
-        assert_eq!(ledger.balances(&miner).unwrap().paying, 400);
+        assert_eq!(ledger.lock().unwrap().balances(&miner).unwrap().paying, 400);
         assert!(matches!(
-            cancel_pending(&mut ledger, &mut node, 9, 10),
+            cancel_pending(&ledger, &mut node, 9, 10),
             Err(CancelRefusal::NoSuchBatch(9))
         ));
         node.never_minable
             .insert("raw-t1".into(), "missing-inputs".into());
-        let reason = cancel_pending(&mut ledger, &mut node, 1, 20).unwrap();
+        let reason = cancel_pending(&ledger, &mut node, 1, 20).unwrap();
         assert!(reason.contains("missing-inputs"), "{reason}");
-        let balances = ledger.balances(&miner).unwrap();
+        let balances = ledger.lock().unwrap().balances(&miner).unwrap();
         assert_eq!(
             (balances.mature, balances.paying, balances.paid),
             (1_000, 0, 0)
         );
-        assert_eq!(ledger.intents().unwrap()[0].state, IntentState::Cancelled);
+        assert_eq!(
+            ledger.lock().unwrap().intents().unwrap()[0].state,
+            IntentState::Cancelled
+        );
         // Once only.
         assert!(matches!(
-            cancel_pending(&mut ledger, &mut node, 1, 30),
+            cancel_pending(&ledger, &mut node, 1, 30),
             Err(CancelRefusal::NotPending(1))
         ));
-        assert_eq!(ledger.balances(&miner).unwrap().mature, 1_000);
+        assert_eq!(
+            ledger.lock().unwrap().balances(&miner).unwrap().mature,
+            1_000
+        );
         assert!(
-            ledger.open_intents().unwrap().is_empty(),
+            ledger.lock().unwrap().open_intents().unwrap().is_empty(),
             "the next run may pay again"
         );
+    }
+
+    /// A write another part of the pool makes to the ledger.
+    type LedgerWrite = Box<dyn FnOnce(&mut Ledger)>;
+
+    /// A wallet that fails the test if it is called with the ledger locked, and lets the
+    /// test write to the ledger (as the exchange, KYC or the operator would) while it funds.
+    struct WalletBesideTheLedger {
+        ledger: std::sync::Arc<Mutex<Ledger>>,
+        during_build: Vec<LedgerWrite>,
+        built: Vec<BTreeMap<String, u64>>,
+        held: std::collections::BTreeSet<String>,
+        released: usize,
+    }
+
+    impl WalletBesideTheLedger {
+        fn ledger_is_free(&self, call: &str) {
+            assert!(
+                self.ledger.try_lock().is_ok(),
+                "wallet.{call} was called with the ledger locked"
+            );
+        }
+    }
+
+    impl Wallet for WalletBesideTheLedger {
+        fn build_payment(
+            &mut self,
+            outputs: &BTreeMap<String, u64>,
+        ) -> Result<SignedPayment, WalletError> {
+            self.ledger_is_free("build_payment");
+            if !self.during_build.is_empty() {
+                let write = self.during_build.remove(0);
+                write(&mut self.ledger.lock().unwrap());
+            }
+            self.built.push(outputs.clone());
+            let txid = format!("t{}", self.built.len());
+            Ok(SignedPayment {
+                raw_tx: format!("raw-{txid}"),
+                txid,
+            })
+        }
+        fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError> {
+            self.ledger_is_free("broadcast");
+            self.held
+                .insert(raw_tx.trim_start_matches("raw-").to_string());
+            Ok(())
+        }
+        fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError> {
+            self.ledger_is_free("knows_transaction");
+            Ok(self.held.contains(txid))
+        }
+        fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError> {
+            self.ledger_is_free("transaction_status");
+            Ok(match self.held.contains(txid) {
+                true => TxStatus::Confirmed(10),
+                false => TxStatus::Unknown,
+            })
+        }
+        fn pays_outputs(&mut self, _: &str, _: &[(Vec<u8>, u64)]) -> Result<bool, WalletError> {
+            self.ledger_is_free("pays_outputs");
+            Ok(false)
+        }
+        fn never_minable(&mut self, _: &str) -> Result<Option<String>, WalletError> {
+            self.ledger_is_free("never_minable");
+            Ok(None)
+        }
+        fn release_stale_locks(&mut self, _: &[&str]) -> Result<usize, WalletError> {
+            self.ledger_is_free("release_stale_locks");
+            self.released += 1;
+            Ok(0)
+        }
+    }
+
+    /// Issue 16: the payout thread holds no lock across a wallet call, so the API and the
+    /// exchange never wait for the node; and a batch funded while another writer moved a
+    /// balance or raised a threshold is dropped unsent, never paid from the stale view.
+    #[test]
+    fn a_payout_run_never_holds_the_ledger_across_a_wallet_call() {
+        let (a, b) = (regtest_address(1), regtest_address(2));
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let credit: BTreeMap<String, u64> = [(a.clone(), 1_000), (b.clone(), 1_000)]
+            .into_iter()
+            .collect();
+        ledger.credit_block("block", &credit).unwrap();
+        ledger.mature_block("block").unwrap();
+        let ledger = std::sync::Arc::new(Mutex::new(ledger));
+        let policy = PayoutPolicy {
+            payout_min: 100,
+            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            never_pay: Vec::new(),
+            frozen: Default::default(),
+            kyc: None,
+        };
+        let deposit_of_a = a.clone();
+        let threshold_of_b = b.clone();
+        let mut wallet = WalletBesideTheLedger {
+            ledger: ledger.clone(),
+            during_build: vec![
+                // The exchange takes 600 of A's balance while the first batch is funded.
+                Box::new(move |ledger: &mut Ledger| {
+                    let deposit = super::super::ledger::Transfer {
+                        id: 1,
+                        kind: super::super::ledger::TransferKind::Deposit,
+                        account: deposit_of_a,
+                        amount: 600,
+                        exchange_sequence: 1,
+                        state: super::super::ledger::TransferState::Pending,
+                        created_at_ms: 0,
+                    };
+                    ledger.begin_transfer(&deposit).unwrap();
+                }),
+                // The operator raises B's threshold above its balance while the second is.
+                Box::new(move |ledger: &mut Ledger| {
+                    ledger.set_payout_min(&threshold_of_b, 5_000).unwrap();
+                }),
+            ],
+            built: Vec::new(),
+            held: Default::default(),
+            released: 0,
+        };
+        let mut never = |_| false;
+        for now_ms in [10, 20] {
+            let report = run(&ledger, &mut wallet, &policy, now_ms, &mut never).unwrap();
+            assert_eq!(report.batch, None, "run at {now_ms}: {report:?}");
+            assert!(ledger.lock().unwrap().intents().unwrap().is_empty());
+        }
+        // Each dropped batch's coins were unlocked (once before funding, once after).
+        assert_eq!(wallet.released, 4);
+        let report = run(&ledger, &mut wallet, &policy, 30, &mut never).unwrap();
+        let paid = report.batch.expect("the third run pays").outputs;
+        assert_eq!(paid, BTreeMap::from([(a.clone(), 400)]));
+        assert_eq!(
+            wallet.built,
+            [
+                BTreeMap::from([(a.clone(), 1_000), (b.clone(), 1_000)]),
+                BTreeMap::from([(a.clone(), 400), (b.clone(), 1_000)]),
+                BTreeMap::from([(a.clone(), 400)]),
+            ]
+        );
+        let ledger = ledger.lock().unwrap();
+        assert_eq!(ledger.balances(&a).unwrap().paid, 400);
+        assert_eq!(ledger.balances(&b).unwrap().mature, 1_000);
+        drop(ledger);
+        // Following and cancelling call the wallet with the ledger free too.
+        follow_sent(
+            &wallet.ledger.clone(),
+            &mut wallet,
+            &policy.address_rule,
+            3,
+            40,
+        )
+        .unwrap();
+        assert!(cancel_pending(&wallet.ledger.clone(), &mut wallet, 1, 50).is_err());
     }
 
     /// A sent payout the node has forgotten and can never mine (its inputs went

@@ -133,15 +133,14 @@ impl PayoutRunner {
         let Some(wallet) = self.wallet.as_mut() else {
             return;
         };
-        let mut ledger = self.ledger.lock().expect("ledger lock");
         let mut report = RunReport::default();
-        if let Err(error) = payments::reconcile(&mut ledger, wallet.as_mut(), now_ms, &mut report) {
+        if let Err(error) = payments::reconcile(&self.ledger, wallet.as_mut(), now_ms, &mut report)
+        {
             tracing::error!(%error, "reconciling open payouts at start failed; retrying on the next run");
         } else if !report.completed.is_empty() || !report.still_open.is_empty() {
             tracing::info!(completed = ?report.completed, still_open = ?report.still_open, "open payouts reconciled at start");
         }
-        payments::release_stale_locks(&ledger, wallet.as_mut());
-        drop(ledger);
+        payments::release_stale_locks(&self.ledger, wallet.as_mut());
         self.announce(&report);
     }
 
@@ -188,10 +187,8 @@ impl PayoutRunner {
         let Some(wallet) = self.wallet.as_mut() else {
             return Err("no wallet: payouts need chain = \"node\"".into());
         };
-        let mut ledger = self.ledger.lock().expect("ledger lock");
-        let reason = payments::cancel_pending(&mut ledger, wallet.as_mut(), batch_id, now_ms)
+        let reason = payments::cancel_pending(&self.ledger, wallet.as_mut(), batch_id, now_ms)
             .map_err(|e| e.to_string())?;
-        drop(ledger);
         let detail = serde_json::json!({"batch_id": batch_id, "reason": reason});
         if let Err(error) = self
             .audit
@@ -552,15 +549,13 @@ impl PayoutRunner {
             anyhow::bail!("no wallet: payouts need chain = \"node\"");
         };
         let policy = self.settings.read().expect("settings lock").policy.clone();
-        let mut ledger = self.ledger.lock().expect("ledger lock");
         let report = payments::run(
-            &mut ledger,
+            &self.ledger,
             wallet.as_mut(),
             &policy,
             now_ms,
             &mut self.fault,
         )?;
-        drop(ledger);
         self.announce(&report);
         self.hold_for_kyc(&report.kyc_held, now_ms);
         Ok(report)
@@ -620,17 +615,19 @@ impl PayoutRunner {
 
     /// Audits and publishes (on `/ws`) each batch a run wrote or saw reach the node.
     fn announce(&self, report: &RunReport) {
-        let intents = self
-            .ledger
-            .lock()
-            .expect("ledger lock")
-            .intents()
-            .unwrap_or_default();
         let written = report.batch.as_ref().map(|b| b.batch_id);
-        for intent in intents
-            .iter()
-            .filter(|i| Some(i.batch_id) == written || report.completed.contains(&i.batch_id))
-        {
+        let announced: std::collections::BTreeSet<u64> = written
+            .into_iter()
+            .chain(report.completed.iter().copied())
+            .collect();
+        let intents: Vec<_> = {
+            let ledger = self.ledger.lock().expect("ledger lock");
+            announced
+                .iter()
+                .filter_map(|id| ledger.intent(*id).ok().flatten())
+                .collect()
+        };
+        for intent in &intents {
             let payment = crate::api::payment_json(intent);
             let action = if Some(intent.batch_id) == written {
                 "payouts.batch_written"

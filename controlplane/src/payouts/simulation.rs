@@ -108,14 +108,26 @@ impl Node {
 /// The node's wallet as the payer sees it, losing requests and replies with `fault_pct`,
 /// and refusing some outright (as often: the coverage check needs some in every scheme
 /// whatever the timing) as a real wallet does when its funds are short or a fee is too low.
+///
+/// Every call also checks that the runner's ledger is unlocked: the payout thread must
+/// never hold it across a wallet call (issue 16), whichever path a run takes.
 struct FlakyWallet {
     node: Arc<Mutex<Node>>,
     rng: StdRng,
     fault_pct: Arc<AtomicU32>,
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 impl FlakyWallet {
+    fn ledger_is_free(&self) {
+        assert!(
+            self.ledger.try_lock().is_ok(),
+            "a wallet call was made with the ledger locked"
+        );
+    }
+
     fn fails(&mut self) -> bool {
+        self.ledger_is_free();
         self.rng.gen_range(0..100) < self.fault_pct.load(SeqCst)
     }
 
@@ -186,12 +198,19 @@ impl Wallet for FlakyWallet {
     }
 
     fn pays_outputs(&mut self, _: &str, _: &[(Vec<u8>, u64)]) -> Result<bool, WalletError> {
+        self.ledger_is_free();
         Ok(false)
     }
 
     /// Every transaction this wallet builds stays minable.
     fn never_minable(&mut self, _: &str) -> Result<Option<String>, WalletError> {
+        self.ledger_is_free();
         Ok(None)
+    }
+
+    fn release_stale_locks(&mut self, _: &[&str]) -> Result<usize, WalletError> {
+        self.ledger_is_free();
+        Ok(0)
     }
 }
 
@@ -334,8 +353,9 @@ impl Simulation {
         let crash_pct = self.crash_pct.clone();
         let stopped = self.stopped.clone();
         let mut stop_rng = StdRng::seed_from_u64(self.rng.gen());
+        let ledger = Arc::new(Mutex::new(ledger));
         let mut runner = PayoutRunner {
-            ledger: Arc::new(Mutex::new(ledger)),
+            ledger: ledger.clone(),
             history: Arc::new(Mutex::new(ShareHistory::default())),
             settings: Arc::new(RwLock::new(PayoutSettings {
                 scheme: self.scheme,
@@ -359,6 +379,7 @@ impl Simulation {
                 node: self.node.clone(),
                 rng: StdRng::seed_from_u64(self.rng.gen()),
                 fault_pct: self.fault_pct.clone(),
+                ledger,
             })),
             fault: Box::new(move |_| {
                 let stop = stop_rng.gen_range(0..100) < crash_pct.load(SeqCst);
@@ -616,6 +637,7 @@ impl Simulation {
         let intents = ledger.intents().expect("intents");
         let balances = ledger.all_balances().expect("balances");
         let node = self.node.lock().unwrap();
+        ledger.assert_intent_indexes(context);
 
         // Nothing is paid that the ledger does not know about, and no batch twice.
         let mut by_txid = BTreeMap::new();
