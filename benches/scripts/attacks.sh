@@ -3,9 +3,9 @@
 # bounds) while `otedama-loadgen` keeps honest miners busy, on loopback only and bounded in
 # time. For each attack it prints one row: honest acked shares/s just before and during the
 # attack (two loadgen runs of the same shape, so the ratio is measured in the same run),
-# the pool's peak RSS during the attack and 20 s after it (VmRSS summed over every
-# process of the pool), and what the attacker saw (connections closed by the pool, API
-# answers), then the pool's refusals by reason from /metrics.
+# the RSS (VmRSS) of the data plane and of the control plane just before the attack, at
+# its peak during it and 60 s after it ended, and what the attacker saw (connections
+# closed by the pool, API answers), then the pool's refusals by reason from /metrics.
 #
 # Usage: benches/scripts/attacks.sh
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
@@ -31,9 +31,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pool_rss_kib() {
+# VmRSS in KiB summed over the pool's processes of one role (dataplane, controlplane).
+role_rss_kib() {
   local total=0 rss
-  for pid in $(pgrep -f "$data_dir" || true); do
+  for pid in $(pgrep -f "otedama $1 .*$data_dir" || true); do
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     total=$((total + ${rss:-0}))
   done
@@ -65,29 +66,35 @@ refusals() {
     awk '/^otedama_dataplane_refusals_total/ {sub(/.*reason="/, ""); sub(/"}/, ""); printf "%s=%s ", $1, $2}'
 }
 
-printf '%-20s %10s %10s %7s %12s %12s  %s\n' attack honest/s during ratio "peak RSS MB" "after MB" "attacker"
+printf '%-20s %10s %10s %7s %18s %18s  %s\n' attack honest/s during ratio \
+  "dataplane MB b/p/a" "control MB b/p/a" "attacker"
 run_attack() {
   local name=$1; shift
   [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && return 0
-  local before during peak=0 rss after result
+  local before during result rss
+  local data_before data_peak data_after control_before control_peak control_after
   before=$(honest_rate)
+  data_before=$(role_rss_kib dataplane) control_before=$(role_rss_kib controlplane)
+  data_peak=$data_before control_peak=$control_before
   "$@" >"$data_dir/attack.json" &
   attack_pid=$!
   sleep 3
   during=$(honest_rate)
   while kill -0 "$attack_pid" 2>/dev/null; do
-    rss=$(pool_rss_kib); ((rss > peak)) && peak=$rss
+    rss=$(role_rss_kib dataplane); ((rss > data_peak)) && data_peak=$rss
+    rss=$(role_rss_kib controlplane); ((rss > control_peak)) && control_peak=$rss
     sleep 1
   done
   wait "$attack_pid" || true
   attack_pid=
-  sleep 20
-  after=$(pool_rss_kib)
+  sleep 60
+  data_after=$(role_rss_kib dataplane) control_after=$(role_rss_kib controlplane)
   # The attack script prints one JSON line; the share flood is a load generator.
   result=$(grep -m1 -E '^\{|^shares acked/s' "$data_dir/attack.json" || echo "-")
-  printf '%-20s %10s %10s %7s %12s %12s  %s\n' "$name" "$before" "$during" \
+  printf '%-20s %10s %10s %7s %18s %18s  %s\n' "$name" "$before" "$during" \
     "$(awk -v b="$before" -v d="$during" 'BEGIN { if (b > 0) printf "%.2f", d / b; else print "-" }')" \
-    "$((peak / 1024))" "$((after / 1024))" "$result"
+    "$((data_before / 1024))/$((data_peak / 1024))/$((data_after / 1024))" \
+    "$((control_before / 1024))/$((control_peak / 1024))/$((control_after / 1024))" "$result"
 }
 
 attack() { python3 "$here/attack.py" "$@" --duration "$attack_s"; }

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use otedama_kernels::Algorithm;
 use otedama_shared::address::{canonical_address_for, AddressRule};
+use otedama_shared::http_path::{encode_path, normalize_path};
 
 use crate::audit::AuditLog;
 use crate::bans::{BanChange, BanStore};
@@ -231,42 +232,12 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The canonical form of a request path: percent-decoded once, `.` segments dropped, `..`
-/// taking the segment before it, empty segments (repeated or trailing slashes) dropped.
-/// `None` for a path that does not decode to UTF-8 or climbs above the root.
-pub fn normalize_path(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            at += 3;
-        } else {
-            decoded.push(bytes[at]);
-            at += 1;
-        }
-    }
-    let decoded = String::from_utf8(decoded).ok()?;
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split(['/', '\\']) {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop()?;
-            }
-            other => segments.push(other),
-        }
-    }
-    Some(format!("/{}", segments.join("/")))
-}
-
 async fn normalize_request_path(mut request: Request) -> Result<Request, StatusCode> {
     let uri = request.uri();
     let Some(path) = normalize_path(uri.path()) else {
         return Err(StatusCode::BAD_REQUEST);
     };
+    let path = encode_path(&path);
     if path != uri.path() {
         let rebuilt = match uri.query() {
             Some(query) => format!("{path}?{query}"),
@@ -987,7 +958,8 @@ async fn admin_miners(State(state): State<ApiState>) -> Response {
 }
 
 async fn admin_bans(State(state): State<ApiState>) -> Response {
-    Json(&state.bans.operator_list()).into_response()
+    // The ban store's lock is held across its file's fsync by a change.
+    off_the_workers(move || Json(&state.bans.operator_list()).into_response()).await
 }
 
 async fn admin_ban(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
@@ -1169,7 +1141,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{normalize_path, public_reject_reason};
+    use super::public_reject_reason;
 
     /// Issue 16: public reasons never carry an error text (a node URL, a wallet path).
     #[test]
@@ -1196,49 +1168,6 @@ mod tests {
             ("", "rejected"),
         ] {
             assert_eq!(public_reject_reason(reason), shown, "{reason}");
-        }
-    }
-
-    #[test]
-    fn paths_normalize_before_routing() {
-        for (raw, normal) in [
-            (
-                "/api/v1/admin/payouts/run",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            (
-                "//api//v1/admin/payouts/run/",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            (
-                "/api/v1/./admin/payouts/run",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            (
-                "/api/v1/public/../admin/payouts/run",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            (
-                "/api/v1/%61dmin/payouts/run",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            (
-                "/api/v1%2fadmin%2Fpayouts/run",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            (
-                "/api/v1/%2e%2e/v1/admin/payouts/run",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            (
-                "/api\\v1\\admin/payouts/run",
-                Some("/api/v1/admin/payouts/run"),
-            ),
-            ("/..", None),
-            ("/api/%zz", None),
-            ("/api/%ff", None),
-        ] {
-            assert_eq!(normalize_path(raw).as_deref(), normal, "{raw}");
         }
     }
 }

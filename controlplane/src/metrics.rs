@@ -70,6 +70,18 @@ pub fn render(state: &ApiState) -> String {
         "Share-log batches whose write failed; their shares were refused, never acknowledged.",
         totals.share_log_failed_batches,
     );
+    out.single(
+        "otedama_dataplane_scrypt_queued_peak",
+        "gauge",
+        "The most scrypt shares one core held for its hasher at once since start; bounded by SCRYPT_SHARES_QUEUED_PER_CORE_MAX (4096). At the bound, readers wait.",
+        totals.scrypt_queued_peak,
+    );
+    out.single(
+        "otedama_dataplane_durability_queued_peak",
+        "gauge",
+        "The most accepted shares one core held waiting for the share log at once since start; bounded by SHARES_AWAITING_DURABILITY_PER_CORE_MAX (16384).",
+        totals.durability_queued_peak,
+    );
     out.family(
         "otedama_dataplane_refusals_total",
         "counter",

@@ -60,6 +60,9 @@ pub struct PoolTotals {
     /// Data planes whose share log cannot write now.
     pub share_log_failing_planes: u64,
     pub share_log_failed_batches: u64,
+    /// The highest of any data plane's per-core peaks.
+    pub scrypt_queued_peak: u64,
+    pub durability_queued_peak: u64,
 }
 
 impl PoolState {
@@ -129,6 +132,10 @@ impl PoolState {
             }
             totals.share_log_failing_planes += counters.share_log_failing as u64;
             totals.share_log_failed_batches += counters.share_log_failed_batches;
+            totals.scrypt_queued_peak = totals.scrypt_queued_peak.max(counters.scrypt_queued_peak);
+            totals.durability_queued_peak = totals
+                .durability_queued_peak
+                .max(counters.durability_queued_peak);
             for (reason, count) in &counters.refusals {
                 *totals.refusals.entry(reason.clone()).or_default() += count;
             }

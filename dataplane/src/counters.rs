@@ -33,6 +33,12 @@ pub struct Counters {
     ack_latency_count: AtomicU64,
     ack_latency_sum_us: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
+    /// The most scrypt shares one core held for its hasher at once, since start
+    /// (`SCRYPT_SHARES_QUEUED_PER_CORE_MAX` bounds it).
+    pub scrypt_queued_peak: AtomicU64,
+    /// The most accepted shares one core held waiting for the disk at once, since start
+    /// (`SHARES_AWAITING_DURABILITY_PER_CORE_MAX` bounds it).
+    pub durability_queued_peak: AtomicU64,
     /// The share log's writer status, once the log is open.
     pub share_log: std::sync::OnceLock<std::sync::Arc<crate::store::ShareLogStatus>>,
 }
@@ -112,6 +118,8 @@ impl Counters {
                 .share_log
                 .get()
                 .map_or(0, |status| status.failed_batches()),
+            scrypt_queued_peak: self.scrypt_queued_peak.load(Relaxed),
+            durability_queued_peak: self.durability_queued_peak.load(Relaxed),
             refusals: Refusal::ALL
                 .iter()
                 .zip(&self.refusals)

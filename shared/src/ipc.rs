@@ -145,6 +145,12 @@ pub struct DataplaneCounters {
     /// Share-log batches whose write failed; their shares were refused.
     #[serde(default)]
     pub share_log_failed_batches: u64,
+    /// The most scrypt shares one core of this data plane held for its hasher at once.
+    #[serde(default)]
+    pub scrypt_queued_peak: u64,
+    /// The most accepted shares one core of this data plane held for the disk at once.
+    #[serde(default)]
+    pub durability_queued_peak: u64,
 }
 
 /// Why the data plane refused a share or a connection for a reason of its own (Stratum

@@ -5,9 +5,16 @@
 //! send and events for the rest of the pool. Nothing in this crate opens a socket, reads a
 //! clock or spawns a thread, so every protocol rule is testable with plain byte vectors.
 
+// The fuzz harness includes the test fixture, which names this crate by its name.
+#[cfg(any(test, feature = "fuzz-harness"))]
+extern crate self as otedama_shared;
+
 pub mod address;
 pub mod bans;
+#[cfg(any(test, feature = "fuzz-harness"))]
+pub mod fuzz_harness;
 pub mod hex32;
+pub mod http_path;
 pub mod ipc;
 pub mod job;
 pub mod limits;

@@ -402,6 +402,8 @@ pub fn wait_blocks_settled(pool: &PoolSetup, nodes: &RegtestPair) -> anyhow::Res
 
 /// A Bitcoin regtest address, for pools on the synthetic chain.
 pub const SYNTHETIC_PAYOUT_ADDRESS: &str = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt";
+/// A Litecoin regtest address (printed by litecoind), for scrypt pools on the synthetic chain.
+pub const SYNTHETIC_LITECOIN_ADDRESS: &str = "rltc1qhpuak4f6hryvjxpu5k08xgu99mwkmyzr40vf4j";
 
 /// `otedama run` on the synthetic chain (SHA256d jobs, no node), listening for Stratum V1,
 /// V2 over Noise and V2 over QUIC on free loopback ports.
@@ -422,6 +424,15 @@ impl SyntheticPool {
     /// Starts the pool with `extra_args` after the listeners (difficulty, cores, …) and
     /// waits until it has a job.
     pub fn start(extra_args: &[&str]) -> Self {
+        Self::start_coin("bitcoin", SYNTHETIC_PAYOUT_ADDRESS, extra_args)
+    }
+
+    /// The same pool for Litecoin (scrypt shares), paying `SYNTHETIC_LITECOIN_ADDRESS`.
+    pub fn start_litecoin(extra_args: &[&str]) -> Self {
+        Self::start_coin("litecoin", SYNTHETIC_LITECOIN_ADDRESS, extra_args)
+    }
+
+    fn start_coin(coin: &str, payout_address: &str, extra_args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().expect("a temporary directory");
         let v1 = format!("127.0.0.1:{}", free_port());
         let sv2 = format!("127.0.0.1:{}", free_port());
@@ -430,9 +441,9 @@ impl SyntheticPool {
             .expect("an address");
         let api_port = free_port();
         let mut child = Command::new(otedama_binary())
-            .args(["run", "--chain", "synthetic", "--coin", "bitcoin"])
+            .args(["run", "--chain", "synthetic", "--coin", coin])
             .args(["--network", "regtest"])
-            .args(["--payout-address", SYNTHETIC_PAYOUT_ADDRESS])
+            .args(["--payout-address", payout_address])
             .args(["--stratum-listen", &v1, "--sv2-listen", &sv2])
             .args(["--quic-listen", &quic.to_string()])
             .args(["--api-listen", &format!("127.0.0.1:{api_port}")])

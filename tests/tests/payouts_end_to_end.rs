@@ -534,7 +534,7 @@ fn the_api_answers_while_a_payout_waits_on_the_wallet() -> anyhow::Result<()> {
     let payout_started = std::time::Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let payout = scope.spawn(|| scenario.run_payout());
-        // Probe only once the proxy holds the call (so the payout thread holds the lock).
+        // Probe only once the proxy holds the call (the payout thread waits on the node).
         let proxy = scenario.proxy.as_ref().expect("the fault proxy");
         wait_until(HELD, "the payout to reach sendrawtransaction", || {
             proxy.count(

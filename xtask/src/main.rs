@@ -259,6 +259,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "sv2_frames",
     "sv1_session",
     "sv2_server_session",
+    "http_path",
 ];
 
 /// Runs every cargo-fuzz target for a bounded time (installing a nightly toolchain and

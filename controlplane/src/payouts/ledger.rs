@@ -292,15 +292,28 @@ impl Ledger {
             commits_to_fail: 0,
             commits_until_crash: None,
         };
-        ledger.index_intents_once()?;
+        ledger.index_intents_if_stale()?;
         Ok(ledger)
     }
 
-    /// Builds the intent indexes of a ledger written before they existed, in one batch
-    /// with the marker: a crash leaves either no index or the whole one.
-    fn index_intents_once(&self) -> Result<(), LedgerError> {
+    /// Builds the intent indexes where they do not cover every intent: a ledger written
+    /// before they existed, or one an older release wrote to after they were built (a
+    /// downgrade and upgrade again). An older release writes intents without their
+    /// indexes: a new intent shows as a count of batches that is not the last batch id
+    /// (ids run from 1 without gaps, and no intent is ever deleted), and a state change as
+    /// an unsettled entry whose intent is settled (only unsettled intents change state).
+    /// Rebuilt in one batch with the marker: a crash leaves the old index or the new one.
+    fn index_intents_if_stale(&self) -> Result<(), LedgerError> {
         if self.db.get(INTENT_INDEX_KEY)?.is_some() {
-            return Ok(());
+            let counted: u64 = self.intent_totals()?.values().map(|t| t.batches).sum();
+            let unsettled_hold = self
+                .unsettled_intents()?
+                .iter()
+                .all(|i| matches!(i.state, IntentState::Open | IntentState::Sent));
+            if counted + 1 == self.next_batch_id()? && unsettled_hold {
+                return Ok(());
+            }
+            tracing::warn!("payout intents written without their indexes (an older release?); indexing them again");
         }
         let mut batch = WriteBatch::default();
         let mut totals = IntentTotals::new();
@@ -418,9 +431,9 @@ impl Ledger {
     }
 
     /// A handle on the same database for reads, which needs no lock: the API reads
-    /// balances, payments and KYC records through one, so it never waits for the payout
-    /// thread (which holds the ledger's lock across wallet RPCs). It takes `&self`
-    /// methods only, and no `&self` method writes.
+    /// balances, payments and KYC records through one, so it never waits for a writer. It
+    /// takes `&self` methods only, and no public `&self` method writes (indexing at open
+    /// is private to `open`).
     pub fn reader(&self) -> std::sync::Arc<Ledger> {
         std::sync::Arc::new(Ledger {
             db: self.db.clone(),
@@ -1469,6 +1482,28 @@ mod tests {
         ledger.assert_intent_indexes("indexed at open");
         assert_eq!(unsettled(&ledger), [3, 5]);
         assert_eq!(page(&ledger, None), [(4, 40), (3, 30)]);
+
+        // An older release (no indexes) confirms batch 3 and writes batch 6: opened again,
+        // the indexes are rebuilt.
+        let mut confirmed = ledger.intent(3).unwrap().unwrap();
+        confirmed.state = IntentState::Confirmed;
+        let raw_put = |ledger: &Ledger, intent: &PayoutIntent| {
+            let intent_key = key(INTENT_PREFIX, &intent.batch_id.to_be_bytes());
+            ledger
+                .db
+                .put(intent_key, serde_json::to_vec(intent).unwrap())
+                .unwrap();
+        };
+        raw_put(&ledger, &confirmed);
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.assert_intent_indexes("a state changed behind the index");
+        assert_eq!(unsettled(&ledger), [5]);
+        raw_put(&ledger, &intent(6, &[("a", 1)]));
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.assert_intent_indexes("an intent written behind the index");
+        assert_eq!(unsettled(&ledger), [5, 6]);
     }
 
     #[test]

@@ -32,6 +32,11 @@ use super::ledger::{IntentState, Ledger, LedgerError, PayoutIntent};
 /// Outputs in one payout transaction; larger runs pay the biggest balances first and
 /// leave the rest for the next run.
 pub const PAYOUT_OUTPUTS_PER_BATCH_MAX: usize = 500;
+/// Times one run funds a batch again after another writer (the exchange, the operator,
+/// KYC, the deny list) changed what is payable while the wallet funded the last one. Each
+/// attempt leaves out the accounts that changed, so one account moving its balance in
+/// every funding window delays only itself.
+pub const PAYOUT_FUNDING_ATTEMPTS_MAX: u32 = 4;
 /// Back-off between broadcast attempts of one intent: doubles from the first, capped.
 pub const BROADCAST_RETRY_FIRST_MS: u64 = 5_000;
 pub const BROADCAST_RETRY_MAX_MS: u64 = 600_000;
@@ -136,6 +141,8 @@ pub struct RunReport {
     pub batch: Option<PayoutIntent>,
     /// Payable balances held for KYC, by address.
     pub kyc_held: BTreeMap<String, u64>,
+    /// Batches funded and then dropped unsent because what was payable changed meanwhile.
+    pub dropped: u32,
 }
 
 /// What a run may pay, and what KYC holds back.
@@ -540,12 +547,18 @@ pub fn payable(
         if script_for_address(&policy.address_rule, &account).is_err() {
             continue;
         }
-        if let Some(rule) = policy.kyc {
-            let paid = paid_in_period.get(&account).copied().unwrap_or(0);
-            if rule.holds(paid, balances.mature, ledger.kyc(&account)?.as_ref()) {
-                kyc_held.insert(account, balances.mature);
-                continue;
-            }
+        // A pending or rejected record holds every payout, whatever the amount and
+        // whether or not a KYC threshold is set; the threshold holds unverified addresses
+        // that would pass it.
+        let record = ledger.kyc(&account)?;
+        let paid = paid_in_period.get(&account).copied().unwrap_or(0);
+        let held = record.as_ref().is_some_and(|r| r.state.holds())
+            || policy
+                .kyc
+                .is_some_and(|rule| rule.holds(paid, balances.mature, record.as_ref()));
+        if held {
+            kyc_held.insert(account, balances.mature);
+            continue;
         }
         candidates.push((balances.mature, account));
     }
@@ -560,12 +573,13 @@ pub fn payable(
     })
 }
 
-/// One payout run. `stop_at` lets a crash test end the run at a step as a `kill -9`
-/// would; production passes `|_| false`.
+/// One payout run. `policy` is read again each time it is needed (the deny list can change
+/// while the wallet funds a batch). `stop_at` lets a crash test end the run at a step as a
+/// `kill -9` would; production passes `|_| false`.
 pub fn run(
     ledger: &Mutex<Ledger>,
     wallet: &mut dyn Wallet,
-    policy: &PayoutPolicy,
+    policy: &dyn Fn() -> PayoutPolicy,
     now_ms: u64,
     stop_at: &mut dyn FnMut(PayoutStep) -> bool,
 ) -> Result<RunReport, PayoutError> {
@@ -574,30 +588,51 @@ pub fn run(
     if !report.still_open.is_empty() {
         return Ok(report);
     }
-    let Payable { outputs, kyc_held } = payable(&locked(ledger), policy, now_ms)?;
+    let Payable {
+        mut outputs,
+        kyc_held,
+    } = payable(&locked(ledger), &policy(), now_ms)?;
     report.kyc_held = kyc_held;
-    if outputs.is_empty() {
-        return Ok(report);
-    }
-    release_stale_locks(ledger, wallet);
-    let signed = wallet.build_payment(&outputs)?;
-    if stop_at(PayoutStep::Funded) {
-        return Err(PayoutError::Stopped(PayoutStep::Funded));
-    }
-    let mut written = locked(ledger);
-    // The ledger was free while the wallet funded the batch: the exchange, the operator or
-    // KYC may have moved a balance, raised a threshold or held an address since. The batch
-    // is written only if it pays exactly what is payable now; otherwise it is dropped
-    // unsent, its coins unlocked, and the next run builds it again from the new balances.
-    if payable(&written, policy, now_ms)?.outputs != outputs {
+    let (signed, mut written) = loop {
+        if outputs.is_empty() {
+            return Ok(report);
+        }
+        release_stale_locks(ledger, wallet);
+        let signed = wallet.build_payment(&outputs)?;
+        if stop_at(PayoutStep::Funded) {
+            return Err(PayoutError::Stopped(PayoutStep::Funded));
+        }
+        let written = locked(ledger);
+        // The ledger was free while the wallet funded the batch: the exchange, the
+        // operator, KYC or the deny list may have moved a balance, raised a threshold or
+        // held an address since. The batch is written only if every output is payable now,
+        // for the same amount; otherwise it is dropped unsent (its coins unlocked) and
+        // funded again without the accounts that changed.
+        let now_payable = payable(&written, &policy(), now_ms)?.outputs;
+        let changed: Vec<String> = outputs
+            .iter()
+            .filter(|(account, amount)| now_payable.get(*account) != Some(*amount))
+            .map(|(account, _)| account.clone())
+            .collect();
+        if changed.is_empty() {
+            break (signed, written);
+        }
         drop(written);
+        report.dropped += 1;
         tracing::warn!(
             txid = %signed.txid,
-            "balances changed while the payout was funded; it is dropped unsent and built again on the next run"
+            changed = changed.len(),
+            "what is payable changed while the payout was funded; dropped unsent"
         );
         release_stale_locks(ledger, wallet);
-        return Ok(report);
-    }
+        if report.dropped >= PAYOUT_FUNDING_ATTEMPTS_MAX {
+            return Ok(report);
+        }
+        outputs = now_payable;
+        for account in &changed {
+            outputs.remove(account);
+        }
+    };
     let intent = PayoutIntent {
         batch_id: written.next_batch_id()?,
         created_at_ms: now_ms,
@@ -989,7 +1024,7 @@ mod tests {
         );
     }
 
-    /// A write another part of the pool makes to the ledger.
+    /// A write another part of the pool makes to the ledger (or to the policy).
     type LedgerWrite = Box<dyn FnOnce(&mut Ledger)>;
 
     /// A wallet that fails the test if it is called with the ledger locked, and lets the
@@ -999,10 +1034,22 @@ mod tests {
         during_build: Vec<LedgerWrite>,
         built: Vec<BTreeMap<String, u64>>,
         held: std::collections::BTreeSet<String>,
+        refuse_broadcast: bool,
         released: usize,
     }
 
     impl WalletBesideTheLedger {
+        fn new(ledger: &std::sync::Arc<Mutex<Ledger>>, during_build: Vec<LedgerWrite>) -> Self {
+            WalletBesideTheLedger {
+                ledger: ledger.clone(),
+                during_build,
+                built: Vec::new(),
+                held: Default::default(),
+                refuse_broadcast: false,
+                released: 0,
+            }
+        }
+
         fn ledger_is_free(&self, call: &str) {
             assert!(
                 self.ledger.try_lock().is_ok(),
@@ -1030,6 +1077,9 @@ mod tests {
         }
         fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError> {
             self.ledger_is_free("broadcast");
+            if self.refuse_broadcast {
+                return Err(WalletError::Unreachable("node down".into()));
+            }
             self.held
                 .insert(raw_tx.trim_start_matches("raw-").to_string());
             Ok(())
@@ -1060,32 +1110,48 @@ mod tests {
         }
     }
 
-    /// Issue 16: the payout thread holds no lock across a wallet call, so the API and the
-    /// exchange never wait for the node; and a batch funded while another writer moved a
-    /// balance or raised a threshold is dropped unsent, never paid from the stale view.
-    #[test]
-    fn a_payout_run_never_holds_the_ledger_across_a_wallet_call() {
-        let (a, b) = (regtest_address(1), regtest_address(2));
-        let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(dir.path()).unwrap();
-        let credit: BTreeMap<String, u64> = [(a.clone(), 1_000), (b.clone(), 1_000)]
-            .into_iter()
-            .collect();
+    /// A ledger holding `mature` for each of `accounts`.
+    fn matured(dir: &std::path::Path, accounts: &[String], mature: u64) -> Mutex<Ledger> {
+        let mut ledger = Ledger::open(dir).unwrap();
+        let credit: BTreeMap<String, u64> = accounts.iter().map(|a| (a.clone(), mature)).collect();
         ledger.credit_block("block", &credit).unwrap();
         ledger.mature_block("block").unwrap();
-        let ledger = std::sync::Arc::new(Mutex::new(ledger));
-        let policy = PayoutPolicy {
+        Mutex::new(ledger)
+    }
+
+    fn regtest_policy(frozen: std::collections::BTreeSet<String>) -> PayoutPolicy {
+        PayoutPolicy {
             payout_min: 100,
             address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
             never_pay: Vec::new(),
-            frozen: Default::default(),
+            frozen,
             kyc: None,
+        }
+    }
+
+    /// Issue 16: the payout thread holds no lock across a wallet call, so the API and the
+    /// exchange never wait for the node. A batch funded while another writer changed what
+    /// is payable (the exchange took a balance, the operator raised a threshold, the deny
+    /// list took an address) is dropped unsent and funded again without the accounts that
+    /// changed, never paid from the stale view; the others are paid in the same run.
+    #[test]
+    fn a_payout_run_never_holds_the_ledger_across_a_wallet_call() {
+        let (a, b, c) = (regtest_address(1), regtest_address(2), regtest_address(3));
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = std::sync::Arc::new(matured(
+            dir.path(),
+            &[a.clone(), b.clone(), c.clone()],
+            1_000,
+        ));
+        let denied = std::sync::Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let policy = {
+            let denied = denied.clone();
+            move || regtest_policy(denied.lock().unwrap().clone())
         };
-        let deposit_of_a = a.clone();
-        let threshold_of_b = b.clone();
-        let mut wallet = WalletBesideTheLedger {
-            ledger: ledger.clone(),
-            during_build: vec![
+        let (deposit_of_a, threshold_of_b, deny_c) = (a.clone(), b.clone(), c.clone());
+        let mut wallet = WalletBesideTheLedger::new(
+            &ledger,
+            vec![
                 // The exchange takes 600 of A's balance while the first batch is funded.
                 Box::new(move |ledger: &mut Ledger| {
                     let deposit = super::super::ledger::Transfer {
@@ -1099,48 +1165,109 @@ mod tests {
                     };
                     ledger.begin_transfer(&deposit).unwrap();
                 }),
-                // The operator raises B's threshold above its balance while the second is.
+                // The operator raises B's threshold above its balance during the second.
                 Box::new(move |ledger: &mut Ledger| {
                     ledger.set_payout_min(&threshold_of_b, 5_000).unwrap();
                 }),
+                // The deny list takes C during the third.
+                Box::new(move |_: &mut Ledger| {
+                    denied.lock().unwrap().insert(deny_c);
+                }),
             ],
-            built: Vec::new(),
-            held: Default::default(),
-            released: 0,
-        };
+        );
         let mut never = |_| false;
-        for now_ms in [10, 20] {
-            let report = run(&ledger, &mut wallet, &policy, now_ms, &mut never).unwrap();
-            assert_eq!(report.batch, None, "run at {now_ms}: {report:?}");
-            assert!(ledger.lock().unwrap().intents().unwrap().is_empty());
-        }
-        // Each dropped batch's coins were unlocked (once before funding, once after).
-        assert_eq!(wallet.released, 4);
-        let report = run(&ledger, &mut wallet, &policy, 30, &mut never).unwrap();
-        let paid = report.batch.expect("the third run pays").outputs;
+        let report = run(&ledger, &mut wallet, &policy, 10, &mut never).unwrap();
+        assert_eq!(report.dropped, 3, "{report:?}");
+        let paid = report.batch.expect("the fourth funding is written").outputs;
         assert_eq!(paid, BTreeMap::from([(a.clone(), 400)]));
         assert_eq!(
             wallet.built,
             [
-                BTreeMap::from([(a.clone(), 1_000), (b.clone(), 1_000)]),
-                BTreeMap::from([(a.clone(), 400), (b.clone(), 1_000)]),
+                BTreeMap::from([(a.clone(), 1_000), (b.clone(), 1_000), (c.clone(), 1_000)]),
+                BTreeMap::from([(b.clone(), 1_000), (c.clone(), 1_000)]),
+                // A is payable again, for its new balance.
+                BTreeMap::from([(a.clone(), 400), (c.clone(), 1_000)]),
                 BTreeMap::from([(a.clone(), 400)]),
             ]
         );
-        let ledger = ledger.lock().unwrap();
-        assert_eq!(ledger.balances(&a).unwrap().paid, 400);
-        assert_eq!(ledger.balances(&b).unwrap().mature, 1_000);
-        drop(ledger);
-        // Following and cancelling call the wallet with the ledger free too.
+        // Coins unlocked before each funding and after each dropped one.
+        assert_eq!(wallet.released, 4 + 3);
+        {
+            let ledger = ledger.lock().unwrap();
+            assert_eq!(ledger.balances(&a).unwrap().paid, 400);
+            assert_eq!(ledger.balances(&b).unwrap().mature, 1_000);
+            assert_eq!(ledger.balances(&c).unwrap().mature, 1_000);
+            ledger.assert_intent_indexes("after the run");
+        }
+        // Following, retrying and cancelling call the wallet with the ledger free too.
         follow_sent(
-            &wallet.ledger.clone(),
+            &ledger,
             &mut wallet,
-            &policy.address_rule,
+            &regtest_policy(Default::default()).address_rule,
             3,
             40,
         )
         .unwrap();
-        assert!(cancel_pending(&wallet.ledger.clone(), &mut wallet, 1, 50).is_err());
+        {
+            let mut ledger = ledger.lock().unwrap();
+            ledger
+                .credit_block("block 2", &BTreeMap::from([(a.clone(), 500)]))
+                .unwrap();
+            ledger.mature_block("block 2").unwrap();
+        }
+        wallet.refuse_broadcast = true;
+        let report = run(&ledger, &mut wallet, &policy, 50, &mut never).unwrap();
+        assert_eq!(report.still_open, [2]);
+        let report = run(&ledger, &mut wallet, &policy, 100_000, &mut never).unwrap();
+        assert_eq!(report.still_open, [2], "retried, still refused");
+        assert!(matches!(
+            cancel_pending(&ledger, &mut wallet, 2, 100_001),
+            Err(CancelRefusal::StillMinable { .. })
+        ));
+    }
+
+    /// At `PAYOUT_FUNDING_ATTEMPTS_MAX` dropped fundings a run gives up, writing nothing;
+    /// the next run pays everyone.
+    #[test]
+    fn a_run_gives_up_after_its_funding_attempts_and_the_next_one_pays() {
+        let accounts: Vec<String> = (1..=PAYOUT_FUNDING_ATTEMPTS_MAX as u8 + 1)
+            .map(regtest_address)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = std::sync::Arc::new(matured(dir.path(), &accounts, 1_000));
+        // Each funding, one more account takes 1 unit to the exchange.
+        let moves: Vec<LedgerWrite> = accounts
+            .iter()
+            .take(PAYOUT_FUNDING_ATTEMPTS_MAX as usize)
+            .enumerate()
+            .map(|(index, account)| {
+                let account = account.clone();
+                Box::new(move |ledger: &mut Ledger| {
+                    let deposit = super::super::ledger::Transfer {
+                        id: index as u64 + 1,
+                        kind: super::super::ledger::TransferKind::Deposit,
+                        account,
+                        amount: 1,
+                        exchange_sequence: index as u64 + 1,
+                        state: super::super::ledger::TransferState::Pending,
+                        created_at_ms: 0,
+                    };
+                    ledger.begin_transfer(&deposit).unwrap();
+                }) as LedgerWrite
+            })
+            .collect();
+        let mut wallet = WalletBesideTheLedger::new(&ledger, moves);
+        let policy = || regtest_policy(Default::default());
+        let mut never = |_| false;
+        let report = run(&ledger, &mut wallet, &policy, 10, &mut never).unwrap();
+        assert_eq!(
+            (report.dropped, report.batch),
+            (PAYOUT_FUNDING_ATTEMPTS_MAX, None)
+        );
+        assert!(ledger.lock().unwrap().intents().unwrap().is_empty());
+        let report = run(&ledger, &mut wallet, &policy, 20, &mut never).unwrap();
+        let paid = report.batch.expect("the next run pays").outputs;
+        assert_eq!(paid.len(), accounts.len());
     }
 
     /// A sent payout the node has forgotten and can never mine (its inputs went

@@ -548,7 +548,8 @@ impl PayoutRunner {
         let Some(wallet) = self.wallet.as_mut() else {
             anyhow::bail!("no wallet: payouts need chain = \"node\"");
         };
-        let policy = self.settings.read().expect("settings lock").policy.clone();
+        let settings = self.settings.clone();
+        let policy = move || settings.read().expect("settings lock").policy.clone();
         let report = payments::run(
             &self.ledger,
             wallet.as_mut(),

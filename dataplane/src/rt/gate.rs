@@ -8,6 +8,9 @@ use std::task::{Poll, Waker};
 
 pub struct Gate {
     used: Cell<usize>,
+    /// The most ever taken at once: at most `limit` plus what one step takes past a
+    /// `has_room` check (one share), which is what the bound promises.
+    peak: Cell<usize>,
     limit: usize,
     waiters: RefCell<Vec<Waker>>,
 }
@@ -16,6 +19,7 @@ impl Gate {
     pub fn new(limit: usize) -> Self {
         Gate {
             used: Cell::new(0),
+            peak: Cell::new(0),
             limit,
             waiters: RefCell::new(Vec::new()),
         }
@@ -23,6 +27,10 @@ impl Gate {
 
     pub fn used(&self) -> usize {
         self.used.get()
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.get()
     }
 
     /// Whether a unit may be taken now: fewer than `limit` are taken and nobody waits.
@@ -33,7 +41,9 @@ impl Gate {
     }
 
     pub fn take(&self, units: usize) {
-        self.used.set(self.used.get() + units);
+        let used = self.used.get() + units;
+        self.used.set(used);
+        self.peak.set(self.peak.get().max(used));
     }
 
     /// Gives units back. Waiters are woken only once the gate has drained to its low-water

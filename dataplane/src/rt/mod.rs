@@ -401,6 +401,10 @@ impl Core {
     /// Queues a scrypt share for the batch hasher.
     pub fn queue_pow(&self, work: PowWork) {
         self.awaiting_pow.take(1);
+        self.counters.scrypt_queued_peak.fetch_max(
+            self.awaiting_pow.peak() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.pow_queue.borrow_mut().push(work);
         if let Some(waker) = self.pow_waiter.borrow_mut().take() {
             waker.wake();
@@ -521,6 +525,10 @@ impl Core {
         }
         awaiting_ack.take(1);
         self.awaiting_durability.take(1);
+        self.counters.durability_queued_peak.fetch_max(
+            self.awaiting_durability.peak() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         true
     }
 

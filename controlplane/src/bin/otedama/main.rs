@@ -71,6 +71,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // `cargo test --release` builds this binary with the tests' crash hook; such a binary
+    // kills itself on a file's say-so and must never run a pool. Say so on every start.
+    if cfg!(feature = "fault-injection") {
+        tracing::warn!(
+            "built with the fault-injection feature (a test build, e.g. by `cargo test --release`): do not deploy this binary; build it with `cargo build --release`"
+        );
+    }
     match Cli::parse().command {
         Command::Run(args) => supervise::run(args.load()?),
         Command::Dataplane(args) => {

@@ -1,0 +1,8 @@
+//! The API's path normalization: see `otedama_shared::fuzz_harness::http_path`, which `cargo test` also replays
+//! every committed input through.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| otedama_shared::fuzz_harness::http_path(data));
