@@ -755,11 +755,20 @@ async fn ask_payout_thread<T: Send + 'static>(
     request: impl FnOnce(crossbeam_channel::Sender<Result<T, String>>) -> PayoutRequest,
 ) -> Result<Result<T, String>, Response> {
     let (reply, answer) = crossbeam_channel::bounded(1);
-    if state.payouts.run_now.send(request(reply)).is_err() {
-        return Err(error(
+    // Never a blocking send on an async worker: with the queue full (the payout thread
+    // busy on a slow wallet), the caller hears 503 at once.
+    match state.payouts.run_now.try_send(request(reply)) {
+        Ok(()) => {}
+        Err(crossbeam_channel::TrySendError::Full(_)) => return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the payout thread is not running",
-        ));
+            "the payout thread has its queue full (PAYOUT_REQUESTS_QUEUED_MAX); try again later",
+        )),
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the payout thread is not running",
+            ))
+        }
     }
     let outcome = tokio::task::spawn_blocking(move || {
         answer.recv_timeout(Duration::from_secs(PAYOUT_RUN_TIMEOUT_S))

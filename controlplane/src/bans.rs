@@ -54,6 +54,15 @@ impl BanStore {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BanList::default(),
             Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
         };
+        // The data planes refuse a list over the limit whole, so one here would leave them
+        // enforcing none of it.
+        if list.len() > BANS_MAX {
+            anyhow::bail!(
+                "the ban list {} holds {} entries, more than BANS_MAX ({BANS_MAX}); remove some",
+                path.display(),
+                list.len()
+            );
+        }
         Ok(BanStore {
             path,
             current: watch::Sender::new(Arc::new(list.clone())),

@@ -79,7 +79,7 @@ pub fn render(state: &ApiState) -> String {
     out.single(
         "otedama_dataplane_durability_queued_peak",
         "gauge",
-        "The most accepted shares one core held waiting for the share log at once since start; bounded by SHARES_AWAITING_DURABILITY_PER_CORE_MAX (16384).",
+        "The most shares one core held waiting for the share log at once since start (scrypt shares count from when they queue for the hasher); bounded by SHARES_AWAITING_DURABILITY_PER_CORE_MAX (16384).",
         totals.durability_queued_peak,
     );
     out.family(

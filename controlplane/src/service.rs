@@ -599,7 +599,7 @@ fn apply_deny_list(
     // The exchange's lock first, held across the freeze and the cancels: no order of a
     // newly denied address matches in between.
     let mut dex = payouts.dex.get().map(|dex| dex.lock().expect("dex lock"));
-    bans.set_denied(list.addresses.clone())?;
+    // Frozen first: whatever else fails below, no denied address is paid or trades.
     payouts
         .settings
         .write()
@@ -616,6 +616,12 @@ fn apply_deny_list(
         }
     }
     drop(dex);
+    // The data planes refuse the addresses at authorize only if the deny list and the
+    // operator's bans fit BANS_MAX together; the balances are frozen either way.
+    if let Err(error) = bans.set_denied(list.addresses.clone()) {
+        tracing::error!(%error, "the deny list is frozen in payouts but cannot be sent to the data planes with the operator's bans");
+        return Err(error.into());
+    }
     let added = previous.map_or(list.addresses.len(), |p| {
         list.addresses.difference(&p.addresses).count()
     });
@@ -798,7 +804,10 @@ fn start_kyc_webhook(config: &PoolConfig) -> anyhow::Result<Option<Sender<serde_
                         }
                         Err(error) => {
                             tracing::warn!(%error, attempt, "KYC webhook failed");
-                            std::thread::sleep(Duration::from_secs(1 << attempt));
+                            // No wait after the last attempt: the next notice goes at once.
+                            if attempt + 1 < KYC_WEBHOOK_ATTEMPTS_MAX {
+                                std::thread::sleep(Duration::from_secs(1 << attempt));
+                            }
                         }
                     }
                 }

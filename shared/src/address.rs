@@ -25,6 +25,8 @@ pub enum AddressError {
     WrongNetwork { address: String, expected: String },
     #[error("address {address:?} has an unsupported form: {why}")]
     Unsupported { address: String, why: &'static str },
+    #[error("an address of {length} bytes is longer than any ({ADDRESS_BYTES_MAX} at most)")]
+    TooLong { length: usize },
 }
 
 /// Longest address accepted; bech32 addresses are at most 90 characters.
@@ -94,7 +96,9 @@ pub fn script_for_address(rule: &AddressRule, address: &str) -> Result<Vec<u8>, 
         });
     }
     if address.len() > ADDRESS_BYTES_MAX {
-        return Err(undecodable());
+        return Err(AddressError::TooLong {
+            length: address.len(),
+        });
     }
     let lower = address.to_ascii_lowercase();
     let wrong_network = || AddressError::WrongNetwork {
@@ -192,10 +196,18 @@ mod tests {
             script_hash_prefixes: &[5],
             bech32_hrp: "bc",
         };
-        let long = format!("bc1q{}", "q".repeat(ADDRESS_BYTES_MAX));
-        assert!(matches!(
-            script_for_address(&rule, &long),
-            Err(AddressError::Undecodable { .. })
+        // At the limit the length is not what refuses it; one byte more is.
+        let at_limit = format!("bc1q{}", "q".repeat(ADDRESS_BYTES_MAX - 4));
+        assert!(!matches!(
+            script_for_address(&rule, &at_limit),
+            Err(AddressError::TooLong { .. })
         ));
+        let long = format!("{at_limit}q");
+        assert_eq!(
+            script_for_address(&rule, &long),
+            Err(AddressError::TooLong {
+                length: ADDRESS_BYTES_MAX + 1
+            })
+        );
     }
 }

@@ -30,6 +30,15 @@ impl Default for VardiffConfig {
 pub const VARDIFF_BURST_SHARES_MAX: u32 = 20;
 /// Largest factor one retarget may change the difficulty by, up or down.
 pub const VARDIFF_STEP_FACTOR_MAX: f64 = 4.0;
+/// Target share intervals without a share after which a miner is taken to be silent: its
+/// difficulty is lowered by `VARDIFF_STEP_FACTOR_MAX` at once, and again after as many more
+/// (as ckpool does), instead of waiting for a share or a job that may not come for long.
+/// A miner that overstates its hash rate (or suggests a difficulty it cannot reach) is so
+/// brought down to what it can do. Six intervals: an honest miner at the right difficulty
+/// goes that long without a share with probability e^-6 (0.25 %), so it is seldom lowered
+/// by chance. The credit rule is untouched: a lowered difficulty takes effect like any
+/// other change.
+pub const VARDIFF_SILENT_SHARE_INTERVALS: u64 = 6;
 /// Relative changes smaller than this are not worth a `mining.set_difficulty`.
 const VARDIFF_DEAD_BAND: f64 = 0.3;
 
@@ -52,6 +61,26 @@ impl Vardiff {
     /// Counts an accepted share.
     pub fn on_share(&mut self) {
         self.shares = self.shares.saturating_add(1);
+    }
+
+    /// When the miner counts as silent if no share comes: `VARDIFF_SILENT_SHARE_INTERVALS`
+    /// target intervals into a window with no share. `None` once a share came in this
+    /// window (the normal retarget covers it) or before the first window starts.
+    pub fn silent_at_s(&self) -> Option<u64> {
+        let start = self.window_start_s?;
+        let interval_s = self.config.share_interval_target_s.max(1.0).ceil() as u64;
+        (self.shares == 0).then_some(start + VARDIFF_SILENT_SHARE_INTERVALS * interval_s)
+    }
+
+    /// The lowered difficulty if the miner is silent at `now_s` (see `silent_at_s`),
+    /// starting a new window; `None` otherwise or at the floor.
+    pub fn retarget_silent(&mut self, now_s: u64, current: f64) -> Option<f64> {
+        if self.silent_at_s().is_none_or(|at| now_s < at) {
+            return None;
+        }
+        self.window_start_s = Some(now_s);
+        let next = (current / VARDIFF_STEP_FACTOR_MAX).max(self.config.difficulty_min);
+        (next < current).then_some(next)
     }
 
     /// The new difficulty if it is time to change it, starting a new window either way
@@ -128,6 +157,31 @@ mod tests {
         v.on_share(); // 2 shares in 60 s: 30 s each, target 10 s
         let next = v.retarget(60, 100.0).unwrap();
         assert!((next - 100.0 / 3.0).abs() < 1e-9, "{next}");
+    }
+
+    /// A miner that sends nothing is lowered once `VARDIFF_SILENT_SHARE_INTERVALS` target
+    /// intervals pass without a share (not a second earlier), again after as many more,
+    /// never below the floor; a share in the window leaves it to the normal retarget.
+    #[test]
+    fn a_silent_miner_is_lowered_after_its_share_intervals() {
+        let mut v = vardiff();
+        let silent_s = VARDIFF_SILENT_SHARE_INTERVALS * 10;
+        assert_eq!(v.silent_at_s(), None, "no window yet");
+        v.retarget(100, 64.0);
+        assert_eq!(v.silent_at_s(), Some(100 + silent_s));
+        assert_eq!(v.retarget_silent(100 + silent_s - 1, 64.0), None);
+        assert_eq!(v.retarget_silent(100 + silent_s, 64.0), Some(16.0));
+        assert_eq!(v.retarget_silent(100 + 2 * silent_s - 1, 16.0), None);
+        assert_eq!(v.retarget_silent(100 + 2 * silent_s, 16.0), Some(4.0));
+        assert_eq!(
+            v.retarget_silent(100 + 3 * silent_s, 1.0),
+            Some(0.5),
+            "the floor"
+        );
+        assert_eq!(v.retarget_silent(100 + 4 * silent_s, 0.5), None);
+        v.on_share();
+        assert_eq!(v.silent_at_s(), None);
+        assert_eq!(v.retarget_silent(100 + 9 * silent_s, 0.5), None);
     }
 
     #[test]

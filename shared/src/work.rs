@@ -257,6 +257,30 @@ impl WorkState {
         }
     }
 
+    /// When `retarget_if_silent` would lower the difficulty if no share comes first.
+    pub fn silent_at_s(&self) -> Option<u64> {
+        self.vardiff.as_ref()?.silent_at_s()
+    }
+
+    /// Lowers the difficulty of a miner that has sent no share for
+    /// `VARDIFF_SILENT_SHARE_INTERVALS` target intervals. Returns whether it changed; the
+    /// front end announces it (and, for V1, sends the job again so that it applies).
+    pub fn retarget_if_silent(&mut self, now_s: u64) -> bool {
+        let current = self.difficulty;
+        match self
+            .vardiff
+            .as_mut()
+            .and_then(|v| v.retarget_silent(now_s, current))
+        {
+            Some(next) => {
+                self.difficulty = next;
+                self.measured_difficulty = next;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// An accepted share is durable: count it for vardiff. Returns whether the difficulty
     /// changed, so the front end can announce it.
     pub fn on_share_durable(&mut self, now_s: u64) -> bool {

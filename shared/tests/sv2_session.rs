@@ -867,3 +867,34 @@ fn one_share_over_v1_and_v2_is_recorded_and_credited_identically() {
     }
     panic!("V1 did not accept the share V2 accepted");
 }
+
+/// Issue 17: a channel that sends no share for `VARDIFF_SILENT_SHARE_INTERVALS` target
+/// intervals gets a target one step easier (SetTarget, which covers the jobs it holds),
+/// not a second before; the session says when to look again.
+#[test]
+fn a_silent_channel_gets_an_easier_target() {
+    use otedama_shared::vardiff::{VARDIFF_SILENT_SHARE_INTERVALS, VARDIFF_STEP_FACTOR_MAX};
+    let mut h = Harness::new(ServerConfig {
+        vardiff: Some(VardiffConfig {
+            share_interval_target_s: 10.0,
+            difficulty_min: 1e-9,
+            ..VardiffConfig::default()
+        }),
+        ..config(64.0)
+    });
+    h.setup();
+    let channel = open_standard_channel(&mut h);
+    let silent_at = h.session.poll_timeout().expect("a channel is watched");
+    assert_eq!(silent_at, NOW_S + VARDIFF_SILENT_SHARE_INTERVALS * 10);
+    assert!(!h.session.handle_timeout(silent_at - 1));
+    assert!(h.drain().is_empty());
+    assert!(h.session.handle_timeout(silent_at));
+    let out = h.drain();
+    let Message::SetTarget(set) = out[0].message() else {
+        panic!("{:?}", out[0].message())
+    };
+    assert_eq!(set.channel_id, channel.channel_id);
+    let easier =
+        otedama_shared::work::share_target(Algorithm::Sha256d, 64.0 / VARDIFF_STEP_FACTOR_MAX);
+    assert_eq!(set.maximum_target, easier.to_le_bytes());
+}

@@ -1,4 +1,4 @@
-//! Helpers for Otedama's end-to-end tests: real `litecoind` regtest nodes, the real
+//! Helpers for Otedama's end-to-end tests: real `litecoind` and `bitcoind` regtest nodes, the real
 //! `otedama` binary in its roles, real sockets on loopback. Nothing here is mocked.
 
 use std::net::TcpStream;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-pub use otedama_controlplane::regtest::{free_port, RegtestNode, RegtestPair};
+pub use otedama_controlplane::regtest::{free_port, NodeKind, RegtestNode, RegtestPair};
 
 pub mod fault_proxy;
 
@@ -72,6 +72,8 @@ impl Drop for Process {
 
 /// Ports and paths of one pool under test.
 pub struct PoolSetup {
+    /// The pool's `--coin`: the nodes' coin.
+    pub coin: &'static str,
     pub stratum_port: u16,
     pub api_port: u16,
     pub data_dir: PathBuf,
@@ -89,6 +91,7 @@ pub struct PoolSetup {
 impl PoolSetup {
     pub fn new(nodes: &RegtestPair, data_dir: &Path, start_difficulty: f64) -> Self {
         PoolSetup {
+            coin: nodes.miner.kind.coin(),
             stratum_port: free_port(),
             api_port: free_port(),
             data_dir: data_dir.to_path_buf(),
@@ -105,7 +108,7 @@ impl PoolSetup {
         let mut command = Command::new(otedama_binary());
         command
             .arg(role)
-            .args(["--coin", "litecoin", "--network", "regtest"])
+            .args(["--coin", self.coin, "--network", "regtest"])
             .args(["--node-rpc-url", &self.rpc_url])
             .args([
                 "--node-rpc-user",
@@ -274,14 +277,19 @@ impl PoolSetup {
         self.spawn_miner_as(&format!("{}.{worker}", self.payout_address), threads)
     }
 
-    /// Starts `otedama miner` authorizing as `user` (`ADDRESS.RIG`).
+    /// Starts `otedama miner` authorizing as `user` (`ADDRESS.RIG`), hashing the coin's
+    /// algorithm.
     pub fn spawn_miner_as(&self, user: &str, threads: usize) -> anyhow::Result<Process> {
-        spawn_miner_at(&self.stratum_url(), user, threads, &[])
+        let algo = match self.coin {
+            "bitcoin" => "sha256d",
+            _ => "scrypt",
+        };
+        spawn_miner_at(&self.stratum_url(), user, threads, &["--algo", algo])
     }
 }
 
-/// Starts `otedama miner --url URL` (any protocol it speaks) as `user`, mining scrypt,
-/// with `extra_args` (such as `--quic-ca FILE`).
+/// Starts `otedama miner --url URL` (any protocol it speaks) as `user`, mining scrypt
+/// unless `extra_args` name another `--algo`, with `extra_args` (such as `--quic-ca FILE`).
 pub fn spawn_miner_at(
     url: &str,
     user: &str,
@@ -292,7 +300,12 @@ pub fn spawn_miner_at(
         .arg("miner")
         .args(["--url", url])
         .args(["--user", user])
-        .args(["--algo", "scrypt", "--threads", &threads.to_string()])
+        .args(if extra_args.contains(&"--algo") {
+            &[][..]
+        } else {
+            &["--algo", "scrypt"][..]
+        })
+        .args(["--threads", &threads.to_string()])
         .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

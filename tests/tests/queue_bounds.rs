@@ -10,6 +10,7 @@ use serde_json::json;
 
 use otedama_dataplane::net::wire::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
 use otedama_dataplane::rt::SCRYPT_SHARES_QUEUED_PER_CORE_MAX;
+use otedama_dataplane::store::SHARES_AWAITING_DURABILITY_PER_CORE_MAX;
 use otedama_tests::{metric_value, wait_until, StratumTestClient, SyntheticPool};
 
 #[test]
@@ -66,5 +67,13 @@ fn the_scrypt_queue_fills_to_its_bound_and_every_share_is_answered() {
         peak,
         Some(SCRYPT_SHARES_QUEUED_PER_CORE_MAX as f64),
         "the queue reached its bound and never passed it"
+    );
+    // Queued scrypt shares hold their place under the durability bound too.
+    let metrics = pool.metrics().unwrap();
+    let durability = metric_value(&metrics, "otedama_dataplane_durability_queued_peak").unwrap();
+    assert!(
+        durability >= SCRYPT_SHARES_QUEUED_PER_CORE_MAX as f64
+            && durability <= SHARES_AWAITING_DURABILITY_PER_CORE_MAX as f64,
+        "durability peak {durability}"
     );
 }

@@ -32,10 +32,10 @@ use super::ledger::{IntentState, Ledger, LedgerError, PayoutIntent};
 /// Outputs in one payout transaction; larger runs pay the biggest balances first and
 /// leave the rest for the next run.
 pub const PAYOUT_OUTPUTS_PER_BATCH_MAX: usize = 500;
-/// Times one run funds a batch again after another writer (the exchange, the operator,
-/// KYC, the deny list) changed what is payable while the wallet funded the last one. Each
-/// attempt leaves out the accounts that changed, so one account moving its balance in
-/// every funding window delays only itself.
+/// Fundings one run may make: after another writer (the exchange, the operator, KYC, the
+/// deny list) changed what is payable while the wallet funded a batch, the run funds it
+/// again without the accounts that changed, until this many fundings in all. One account
+/// moving its balance in every funding window so delays only itself.
 pub const PAYOUT_FUNDING_ATTEMPTS_MAX: u32 = 4;
 /// Back-off between broadcast attempts of one intent: doubles from the first, capped.
 pub const BROADCAST_RETRY_FIRST_MS: u64 = 5_000;

@@ -103,6 +103,30 @@ impl Peer {
         }
     }
 
+    /// Lets the session act on time passing (a silent miner's lower difficulty) and
+    /// sends what it queued. A session busy elsewhere is left for the next sweep.
+    fn handle_timeout(&self, now_s: u64, jobs: &JobBook) {
+        match self {
+            Peer::V1(connection) => {
+                let Ok(mut session) = connection.session.try_borrow_mut() else {
+                    return;
+                };
+                if session.handle_timeout(now_s, jobs) {
+                    connection.flush(&mut session);
+                }
+            }
+            Peer::V2(connection) => {
+                let queued = match connection.session().try_borrow_mut() {
+                    Ok(mut session) => session.handle_timeout(now_s),
+                    Err(_) => false,
+                };
+                if queued {
+                    connection.flush();
+                }
+            }
+        }
+    }
+
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
         match self {
             Peer::V1(connection) => connection.wire.close_if_idle_since(cutoff_s),
@@ -398,9 +422,18 @@ impl Core {
         }
     }
 
-    /// Queues a scrypt share for the batch hasher.
+    /// Queues a scrypt share for the batch hasher. It also holds a place under the core's
+    /// durability bound while it waits, given back just before its outcome is applied
+    /// (which takes one again if the share is stored): otherwise up to
+    /// `SCRYPT_SHARES_QUEUED_PER_CORE_MAX` hashed shares could land on a core already at
+    /// `SHARES_AWAITING_DURABILITY_PER_CORE_MAX` and fill the share log's queue.
     pub fn queue_pow(&self, work: PowWork) {
         self.awaiting_pow.take(1);
+        self.awaiting_durability.take(1);
+        self.counters.durability_queued_peak.fetch_max(
+            self.awaiting_durability.peak() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.counters.scrypt_queued_peak.fetch_max(
             self.awaiting_pow.peak() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -454,6 +487,7 @@ impl Core {
                             let mut duplicates = self.duplicates.borrow_mut();
                             session.handle_pow(pending, pow, now_s, &mut duplicates)
                         };
+                        self.awaiting_durability.give_back(1);
                         let _ = sv1::apply_outcome(&self, &connection, &mut session, outcome);
                         connection.flush(&mut session);
                         connection.wire.awaiting_ack.give_back(1);
@@ -469,6 +503,7 @@ impl Core {
                                 &mut duplicates,
                             )
                         };
+                        self.awaiting_durability.give_back(1);
                         let _ = sv2::apply_outcome(&self, &connection, outcome);
                         connection.flush();
                         connection.awaiting_ack().give_back(1);
@@ -477,6 +512,18 @@ impl Core {
                 }
             }
             glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Gives every session the time (`handle_timeout`): miners silent for
+    /// `VARDIFF_SILENT_SHARE_INTERVALS` share intervals get a lower difficulty. The peers
+    /// are taken out of the map first, so a send that closes one cannot meet the map
+    /// borrowed.
+    fn retarget_silent_miners(&self, now_s: u64) {
+        let due: Vec<Peer> = self.connections.borrow().values().cloned().collect();
+        let jobs = self.jobs.borrow();
+        for peer in &due {
+            peer.handle_timeout(now_s, &jobs);
         }
     }
 
@@ -829,6 +876,7 @@ async fn core_main(
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             enforcer.enforce_deadlines(now_s());
+            enforcer.retarget_silent_miners(now_s());
         }
     })
     .detach();

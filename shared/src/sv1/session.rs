@@ -396,6 +396,21 @@ impl Session {
         }
     }
 
+    /// When `handle_timeout` has something to do: the moment this miner counts as silent
+    /// (`VARDIFF_SILENT_SHARE_INTERVALS`), while it mines.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.is_mining().then(|| self.work.silent_at_s()).flatten()
+    }
+
+    /// Time has come to `now_s`: a miner silent for too long gets a lower difficulty and
+    /// the newest job again, so the new difficulty applies at once. Returns whether
+    /// anything was queued to send.
+    pub fn handle_timeout(&mut self, now_s: u64, jobs: &JobBook) -> bool {
+        self.is_mining()
+            && self.work.retarget_if_silent(now_s)
+            && self.resend_newest_job(jobs, now_s)
+    }
+
     /// The accepted share is durable: acknowledge it.
     pub fn handle_share_durable(&mut self, request_id: &RequestId, now_s: u64, jobs: &JobBook) {
         self.reply_raw(request_id, b"true");

@@ -912,6 +912,28 @@ impl Session {
         }
     }
 
+    /// When `handle_timeout` has something to do: the earliest moment a channel counts as
+    /// silent (`VARDIFF_SILENT_SHARE_INTERVALS`).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.channels
+            .iter()
+            .filter_map(|channel| channel.work.silent_at_s())
+            .min()
+    }
+
+    /// Time has come to `now_s`: each channel silent for too long gets a lower target
+    /// (SetTarget, which covers the jobs it holds). Returns whether anything was queued.
+    pub fn handle_timeout(&mut self, now_s: u64) -> bool {
+        let mut queued = false;
+        for index in 0..self.channels.len() {
+            if self.channels[index].work.retarget_if_silent(now_s) {
+                self.announce_target(index, now_s);
+                queued = true;
+            }
+        }
+        queued
+    }
+
     /// The share could not be stored: tell the miner it was not credited.
     pub fn handle_share_store_failed(&mut self, share: &AcceptedShare) {
         self.reject(

@@ -1,5 +1,6 @@
-//! A pool on litecoind regtest with three miners of their own addresses, for the payout,
-//! exchange and KYC tests: start it, mine, mature, and read balances and payments.
+//! A pool on regtest (litecoind, or bitcoind for the Bitcoin tests) with miners of their
+//! own addresses, for the payout, exchange and KYC tests: start it, mine, mature, and
+//! read balances and payments.
 
 // Each test binary that includes this uses a different part of it.
 #![allow(dead_code)]
@@ -9,10 +10,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use otedama_tests::{wait_until, PoolSetup, RegtestPair};
+use otedama_tests::{wait_until, NodeKind, PoolSetup, RegtestPair};
 
 /// About 650 scrypt hashes a share: blocks every second or so on a 2-core machine.
 pub const START_DIFFICULTY: f64 = 0.01;
+/// About 4.3 million SHA256d hashes a share: about a second per CPU thread.
+pub const START_DIFFICULTY_SHA256D: f64 = 0.001;
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
 pub const MINERS_WALLET: &str = "miners";
 /// The node wallet the pool pays from and is paid to (`--node-wallet`).
@@ -50,7 +53,17 @@ pub fn start_with_addresses(
     extra_args: &[&str],
     address_types: [&str; 3],
 ) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
-    start_full(scheme, extra_args, address_types, None)
+    start_full(NodeKind::Litecoin, scheme, extra_args, &address_types, None)
+}
+
+/// A pool on `kind`'s regtest, one miner per address type (`legacy`, `p2sh-segwit`,
+/// `bech32`, and on Bitcoin `bech32m`).
+pub fn start_kind(
+    kind: NodeKind,
+    scheme: &str,
+    address_types: &[&str],
+) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
+    start_full(kind, scheme, &[], address_types, None)
 }
 
 /// `start_with`, the pool talking to the node through a fault proxy that spoils `methods`
@@ -60,17 +73,24 @@ pub fn start_behind_proxy(
     methods: &[&str],
     mix: otedama_tests::fault_proxy::FaultMix,
 ) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
-    start_full(scheme, &[], ["bech32"; 3], Some((methods, mix)))
+    start_full(
+        NodeKind::Litecoin,
+        scheme,
+        &[],
+        &["bech32"; 3],
+        Some((methods, mix)),
+    )
 }
 
 fn start_full(
+    kind: NodeKind,
     scheme: &str,
     extra_args: &[&str],
-    address_types: [&str; 3],
+    address_types: &[&str],
     proxy: Option<(&[&str], otedama_tests::fault_proxy::FaultMix)>,
 ) -> anyhow::Result<(Scenario, otedama_tests::Process)> {
     let root = tempfile::tempdir()?;
-    let nodes = RegtestPair::start(root.path(), 101)?;
+    let nodes = RegtestPair::start_kind(root.path(), 101, kind)?;
     nodes.miner.call("createwallet", json!([MINERS_WALLET]))?;
     let miners = address_types
         .iter()
@@ -86,7 +106,11 @@ fn start_full(
     let token_file = root.path().join("admin-token");
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n"))?;
     let fault_file = root.path().join("fault");
-    let mut pool = PoolSetup::new(&nodes, &root.path().join("pool"), START_DIFFICULTY);
+    let start_difficulty = match kind {
+        NodeKind::Litecoin => START_DIFFICULTY,
+        NodeKind::Bitcoin => START_DIFFICULTY_SHA256D,
+    };
+    let mut pool = PoolSetup::new(&nodes, &root.path().join("pool"), start_difficulty);
     let proxy = proxy.map(|(methods, mix)| {
         let node_port = nodes
             .miner

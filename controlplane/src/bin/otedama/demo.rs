@@ -1,5 +1,5 @@
-//! `otedama demo`: a whole pool on one machine. It starts two peered Litecoin regtest
-//! nodes, mines 101 blocks so the pool's wallet has mature coins, runs `otedama run`
+//! `otedama demo`: a whole pool on one machine. It starts two peered regtest nodes
+//! (Litecoin by default, or Bitcoin with `--coin bitcoin`), mines 101 blocks so the pool's wallet has mature coins, runs `otedama run`
 //! against them with two CPU miners, each mining for its own address in a second wallet,
 //! and prints the pool's progress and each miner's balances until Ctrl-C or `--duration`.
 //! Once the first blocks have their 100 confirmations the pool pays the miners from the
@@ -11,19 +11,33 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::Value;
 
-use otedama_controlplane::regtest::{free_port, RegtestPair};
+use otedama_controlplane::regtest::{free_port, NodeKind, RegtestPair};
+
+/// The coins the demo runs: each on its own regtest node.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DemoCoin {
+    /// Litecoin (scrypt) on litecoind.
+    Litecoin,
+    /// Bitcoin (SHA256d) on bitcoind (Bitcoin Knots, fetched and unpacked on first use).
+    Bitcoin,
+}
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
+    /// The coin, and so the node and the algorithm.
+    #[arg(long, value_enum, default_value = "litecoin")]
+    pub coin: DemoCoin,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
     /// Mining threads per CPU miner.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Share difficulty the miners start at (scrypt difficulty 1 is 65536 hashes).
-    #[arg(long, default_value_t = 0.01)]
-    pub start_difficulty: f64,
+    /// Share difficulty the miners start at (scrypt difficulty 1 is 65536 hashes, SHA256d
+    /// difficulty 1 is 2^32). Default: 0.01 for Litecoin, 0.001 for Bitcoin, about a share
+    /// a second per CPU thread.
+    #[arg(long)]
+    pub start_difficulty: Option<f64>,
     /// Seconds per share that variable difficulty aims for on each miner.
     #[arg(long, default_value_t = 2.0)]
     pub vardiff_share_interval_s: f64,
@@ -67,11 +81,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .prefix("otedama-demo-")
         .tempdir()
         .context("creating a temporary directory")?;
+    let (kind, algo, ticker, start_difficulty) = match args.coin {
+        DemoCoin::Litecoin => (NodeKind::Litecoin, "scrypt", "LTC", 0.01),
+        DemoCoin::Bitcoin => (NodeKind::Bitcoin, "sha256d", "BTC", 0.001),
+    };
+    let start_difficulty = args.start_difficulty.unwrap_or(start_difficulty);
     println!(
-        "demo: starting two regtest litecoind nodes in {}",
+        "demo: starting two regtest {} nodes in {}",
+        kind.daemon(),
         root.path().display()
     );
-    let nodes = RegtestPair::start(root.path(), 101)?;
+    let nodes = RegtestPair::start_kind(root.path(), 101, kind)?;
     let payout = nodes.wallet_address.clone();
     let start_height = nodes.miner.block_count()?;
     // The miners' addresses live in a wallet of their own, so what the node says they
@@ -107,7 +127,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut children = Children(Vec::new());
     let pool = Command::new(&executable)
         .arg("run")
-        .args(["--coin", "litecoin", "--network", "regtest"])
+        .args(["--coin", kind.coin(), "--network", "regtest"])
         .args(["--node-rpc-url", &nodes.miner.rpc_url()])
         .args([
             "--node-rpc-user",
@@ -129,7 +149,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .arg(&token_file)
         .args(["--stratum-listen", &format!("127.0.0.1:{stratum_port}")])
         .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--start-difficulty", &args.start_difficulty.to_string()])
+        .args(["--start-difficulty", &start_difficulty.to_string()])
         .args([
             "--vardiff-share-interval-s",
             &args.vardiff_share_interval_s.to_string(),
@@ -159,7 +179,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let miner = Command::new(&executable)
             .arg("miner")
             .args(["--url", &format!("stratum+tcp://127.0.0.1:{stratum_port}")])
-            .args(["--user", &format!("{address}.{name}"), "--algo", "scrypt"])
+            .args(["--user", &format!("{address}.{name}"), "--algo", algo])
             .args(["--threads", &args.threads.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -208,7 +228,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             for (name, address) in &miners {
                 let miner = get(&format!("{api_base}/miners/{address}"));
                 println!(
-                    "demo:        {name}: immature {} mature {} paid {} (units of 1e-8 LTC)",
+                    "demo:        {name}: immature {} mature {} paid {} (units of 1e-8 {ticker})",
                     miner["balance_immature"], miner["balance_mature"], miner["paid"]
                 );
             }
@@ -241,7 +261,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .and_then(|v| v.as_f64())
             .unwrap_or(0.0);
         println!(
-            "demo: {name} {address}: the pool says paid {} + immature {} + mature {} (1e-8 LTC); the node says it received {received:.8} LTC",
+            "demo: {name} {address}: the pool says paid {} + immature {} + mature {} (1e-8 {ticker}); the node says it received {received:.8} {ticker}",
             miner["paid"], miner["balance_immature"], miner["balance_mature"]
         );
     }

@@ -1,6 +1,9 @@
-//! Litecoin Core regtest nodes for the demo and the end-to-end tests: start a real
-//! `litecoind` in a directory of our own, wait for its RPC, peer two of them (a template
-//! needs a peer even on regtest), and stop them again.
+//! Regtest nodes for the demo and the end-to-end tests: start a real `litecoind` (Litecoin
+//! Core, Debian's package) or `bitcoind` (Bitcoin Knots, fetched by `knots`) in a directory
+//! of our own, wait for its RPC, peer two of them (a Litecoin template needs a peer even on
+//! regtest), and stop them again.
+
+pub mod knots;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -64,7 +67,47 @@ pub fn ensure_litecoind() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which node software a regtest node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `litecoind`, from Debian's `litecoind` package.
+    Litecoin,
+    /// `bitcoind`, from Debian unstable's `bitcoin-knots`, unpacked beside the pool.
+    Bitcoin,
+}
+
+impl NodeKind {
+    /// The daemon's name, for messages.
+    pub fn daemon(self) -> &'static str {
+        match self {
+            NodeKind::Litecoin => "litecoind",
+            NodeKind::Bitcoin => "bitcoind",
+        }
+    }
+
+    /// The pool's `--coin` for this node.
+    pub fn coin(self) -> &'static str {
+        match self {
+            NodeKind::Litecoin => "litecoin",
+            NodeKind::Bitcoin => "bitcoin",
+        }
+    }
+
+    /// The daemon, ready to take its arguments: installed (Litecoin) or fetched and
+    /// unpacked (Bitcoin) first if missing.
+    fn command(self) -> anyhow::Result<Command> {
+        Ok(match self {
+            NodeKind::Litecoin => {
+                ensure_litecoind()?;
+                Command::new("litecoind")
+            }
+            NodeKind::Bitcoin => knots::ensure_knots()?.command("bitcoind"),
+        })
+    }
+}
+
 pub struct RegtestNode {
+    pub kind: NodeKind,
     pub datadir: PathBuf,
     pub rpc_port: u16,
     pub p2p_port: u16,
@@ -73,9 +116,13 @@ pub struct RegtestNode {
 }
 
 impl RegtestNode {
-    /// Starts a node whose data lives in `datadir` (created if needed).
+    /// Starts a Litecoin node whose data lives in `datadir` (created if needed).
     pub fn start(datadir: &Path) -> anyhow::Result<Self> {
-        ensure_litecoind()?;
+        Self::start_kind(datadir, NodeKind::Litecoin)
+    }
+
+    /// Starts a node of `kind` whose data lives in `datadir` (created if needed).
+    pub fn start_kind(datadir: &Path, kind: NodeKind) -> anyhow::Result<Self> {
         std::fs::create_dir_all(datadir)
             .with_context(|| format!("creating {}", datadir.display()))?;
         let (rpc_port, p2p_port) = (free_port(), free_port());
@@ -87,6 +134,7 @@ impl RegtestNode {
             },
         );
         let mut node = RegtestNode {
+            kind,
             datadir: datadir.to_path_buf(),
             rpc_port,
             p2p_port,
@@ -107,7 +155,17 @@ impl RegtestNode {
 
     fn launch(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         let (datadir, rpc_port, p2p_port) = (&self.datadir, self.rpc_port, self.p2p_port);
-        let child = Command::new("litecoind")
+        let daemon = self.kind.daemon();
+        let mut command = self.kind.command()?;
+        match self.kind {
+            // Litecoin Core takes no BIP125 replacements unless asked: the payout tests
+            // bump a payout's fee as an operator with replacement on would.
+            NodeKind::Litecoin => command.arg("-mempoolreplacement=1"),
+            // Bitcoin Core binds a Tor listener on the P2P port + 1 by default, which may
+            // be another node's free port here.
+            NodeKind::Bitcoin => command.arg("-listenonion=0"),
+        };
+        let child = command
             .arg("-regtest")
             .arg(format!("-datadir={}", datadir.display()))
             .arg(format!("-port={p2p_port}"))
@@ -127,16 +185,13 @@ impl RegtestNode {
                 "-fallbackfee=0.0002",
                 "-printtoconsole=0",
                 "-rpcthreads=8",
-                // Litecoin Core takes no BIP125 replacements unless asked: the payout tests
-                // bump a payout's fee as an operator with replacement on would.
-                "-mempoolreplacement=1",
             ])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting litecoind")?;
+            .with_context(|| format!("starting {daemon}"))?;
         self.child = Some(child);
         let node = self;
         let datadir = node.datadir.clone();
@@ -151,14 +206,14 @@ impl RegtestNode {
                         .and_then(|c| c.try_wait().ok().flatten())
                     {
                         bail!(
-                            "litecoind exited at start ({status}); see {}/regtest/debug.log",
+                            "{daemon} exited at start ({status}); see {}/regtest/debug.log",
                             datadir.display()
                         );
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(error) => {
-                    bail!("litecoind did not answer RPC within {NODE_START_TIMEOUT_S} s: {error}")
+                    bail!("{daemon} did not answer RPC within {NODE_START_TIMEOUT_S} s: {error}")
                 }
             }
         }
@@ -266,9 +321,15 @@ pub struct RegtestPair {
 }
 
 impl RegtestPair {
+    /// Two Litecoin nodes.
     pub fn start(root: &Path, mature_blocks: u64) -> anyhow::Result<Self> {
-        let miner = RegtestNode::start(&root.join("node-a"))?;
-        let peer = RegtestNode::start(&root.join("node-b"))?;
+        Self::start_kind(root, mature_blocks, NodeKind::Litecoin)
+    }
+
+    /// Two nodes of `kind`.
+    pub fn start_kind(root: &Path, mature_blocks: u64, kind: NodeKind) -> anyhow::Result<Self> {
+        let miner = RegtestNode::start_kind(&root.join("node-a"), kind)?;
+        let peer = RegtestNode::start_kind(&root.join("node-b"), kind)?;
         miner.connect(&peer)?;
         // The pool's wallet first: `wallet_address` asks the node's only wallet.
         let wallet_address = miner.wallet_address()?;
