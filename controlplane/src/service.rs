@@ -587,7 +587,10 @@ fn freeze_held_orders(dex: &crate::dex::SharedDex, state: &PoolState, payouts: &
 
 /// Puts a deny list in force: the data planes refuse its addresses at authorize (and
 /// drop their connections), payouts hold their balances, and the audit log records the
-/// import and every denied address that holds a balance.
+/// import and every denied address that holds a balance. Returns whether the data planes
+/// enforce it too: `false` when it and the operator's bans exceed `BANS_MAX` together, in
+/// which case the balances are frozen (and audited as such) but authorize still goes by
+/// the previous list.
 fn apply_deny_list(
     list: &otedama_compliance::deny_list::DenyList,
     bans: &crate::bans::BanStore,
@@ -595,7 +598,7 @@ fn apply_deny_list(
     audit: &AuditLog,
     previous: Option<&otedama_compliance::deny_list::DenyList>,
     state: &PoolState,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     // The exchange's lock first, held across the freeze and the cancels: no order of a
     // newly denied address matches in between.
     let mut dex = payouts.dex.get().map(|dex| dex.lock().expect("dex lock"));
@@ -618,10 +621,13 @@ fn apply_deny_list(
     drop(dex);
     // The data planes refuse the addresses at authorize only if the deny list and the
     // operator's bans fit BANS_MAX together; the balances are frozen either way.
-    if let Err(error) = bans.set_denied(list.addresses.clone()) {
-        tracing::error!(%error, "the deny list is frozen in payouts but cannot be sent to the data planes with the operator's bans");
-        return Err(error.into());
-    }
+    let enforced = match bans.set_denied(list.addresses.clone()) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, "the deny list's balances are frozen, but with the operator's bans it is too long for the data planes: they still refuse by the previous list; remove operator bans");
+            false
+        }
+    };
     let added = previous.map_or(list.addresses.len(), |p| {
         list.addresses.difference(&p.addresses).count()
     });
@@ -641,7 +647,7 @@ fn apply_deny_list(
         now_ms(),
         "system",
         "deny_list.import",
-        serde_json::json!({"addresses": list.addresses.len(), "added": added, "removed": removed, "files": files}),
+        serde_json::json!({"addresses": list.addresses.len(), "added": added, "removed": removed, "files": files, "enforced_at_authorize": enforced}),
     )?;
     let balances = payouts.ledger.lock().expect("ledger lock").all_balances()?;
     for (address, balance) in balances {
@@ -656,7 +662,7 @@ fn apply_deny_list(
             )?;
         }
     }
-    Ok(())
+    Ok(enforced)
 }
 
 /// Seconds between exports of the audit chain's head (a log line; `/metrics` has it always)
@@ -903,7 +909,12 @@ fn serve(
         let first = otedama_compliance::deny_list::load(&config.deny_list_file, ticker)
             .context("reading the deny lists")?
             .canonical_for(&rule);
-        apply_deny_list(&first, &bans, &payouts, &audit, None, &state)?;
+        if !apply_deny_list(&first, &bans, &payouts, &audit, None, &state)? {
+            anyhow::bail!(
+                "the deny list and the operator's bans exceed BANS_MAX ({}) together; remove operator bans",
+                otedama_shared::bans::BANS_MAX
+            );
+        }
         let (paths, reload_s) = (config.deny_list_file.clone(), config.deny_list_reload_s);
         let (bans, payouts, audit) = (bans.clone(), payouts.clone(), audit.clone());
         let state = state.clone();
@@ -926,8 +937,10 @@ fn serve(
                                 Some(&current),
                                 &state,
                             ) {
-                                Ok(()) => current = list,
-                                Err(error) => tracing::error!(%error, "deny list not applied; the previous one stays"),
+                                // Frozen either way; whether authorize follows is logged
+                                // and audited there.
+                                Ok(_) => current = list,
+                                Err(error) => tracing::error!(%error, "deny list not fully applied"),
                             }
                         }
                         // Never let the list lapse because a file was briefly unreadable.

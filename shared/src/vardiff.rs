@@ -47,6 +47,9 @@ pub struct Vardiff {
     config: VardiffConfig,
     window_start_s: Option<u64>,
     shares: u32,
+    /// Since when the miner has been quiet: its last submission, or the last change of
+    /// its difficulty (silence counts from when it learned what to meet).
+    quiet_since_s: Option<u64>,
 }
 
 impl Vardiff {
@@ -55,7 +58,14 @@ impl Vardiff {
             config,
             window_start_s: None,
             shares: 0,
+            quiet_since_s: None,
         }
+    }
+
+    /// The miner submitted something (any share, good or not), or its difficulty changed:
+    /// it is not silent as of `now_s`.
+    pub fn note_activity(&mut self, now_s: u64) {
+        self.quiet_since_s = Some(now_s);
     }
 
     /// Counts an accepted share.
@@ -63,22 +73,24 @@ impl Vardiff {
         self.shares = self.shares.saturating_add(1);
     }
 
-    /// When the miner counts as silent if no share comes: `VARDIFF_SILENT_SHARE_INTERVALS`
-    /// target intervals into a window with no share. `None` once a share came in this
-    /// window (the normal retarget covers it) or before the first window starts.
+    /// When the miner counts as silent if nothing comes: `VARDIFF_SILENT_SHARE_INTERVALS`
+    /// target intervals after its last submission or difficulty change (or the start of
+    /// its first window). `None` before the first window starts.
     pub fn silent_at_s(&self) -> Option<u64> {
-        let start = self.window_start_s?;
+        let since = self.quiet_since_s.or(self.window_start_s)?;
         let interval_s = self.config.share_interval_target_s.max(1.0).ceil() as u64;
-        (self.shares == 0).then_some(start + VARDIFF_SILENT_SHARE_INTERVALS * interval_s)
+        Some(since + VARDIFF_SILENT_SHARE_INTERVALS * interval_s)
     }
 
     /// The lowered difficulty if the miner is silent at `now_s` (see `silent_at_s`),
-    /// starting a new window; `None` otherwise or at the floor.
+    /// starting a new window and a new quiet period; `None` otherwise or at the floor.
     pub fn retarget_silent(&mut self, now_s: u64, current: f64) -> Option<f64> {
         if self.silent_at_s().is_none_or(|at| now_s < at) {
             return None;
         }
         self.window_start_s = Some(now_s);
+        self.shares = 0;
+        self.quiet_since_s = Some(now_s);
         let next = (current / VARDIFF_STEP_FACTOR_MAX).max(self.config.difficulty_min);
         (next < current).then_some(next)
     }
@@ -161,7 +173,7 @@ mod tests {
 
     /// A miner that sends nothing is lowered once `VARDIFF_SILENT_SHARE_INTERVALS` target
     /// intervals pass without a share (not a second earlier), again after as many more,
-    /// never below the floor; a share in the window leaves it to the normal retarget.
+    /// never below the floor; any submission (or difficulty change) starts the wait again.
     #[test]
     fn a_silent_miner_is_lowered_after_its_share_intervals() {
         let mut v = vardiff();
@@ -179,9 +191,10 @@ mod tests {
             "the floor"
         );
         assert_eq!(v.retarget_silent(100 + 4 * silent_s, 0.5), None);
-        v.on_share();
-        assert_eq!(v.silent_at_s(), None);
-        assert_eq!(v.retarget_silent(100 + 9 * silent_s, 0.5), None);
+        // A submission (or a difficulty change) starts the quiet period again.
+        v.note_activity(100 + 5 * silent_s);
+        assert_eq!(v.silent_at_s(), Some(100 + 6 * silent_s));
+        assert_eq!(v.retarget_silent(100 + 6 * silent_s - 1, 0.5), None);
     }
 
     #[test]

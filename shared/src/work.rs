@@ -219,6 +219,10 @@ impl WorkState {
             return false;
         }
         let suggested = suggested.clamp(self.difficulty_floor, DIFFICULTY_MAX);
+        // Silence is counted from when the miner learns the difficulty it asked for.
+        if let Some(vardiff) = self.vardiff.as_mut() {
+            vardiff.note_activity(now_s);
+        }
         if suggested >= self.measured_difficulty {
             self.difficulty = suggested;
             return true;
@@ -243,17 +247,34 @@ impl WorkState {
     /// stopped sending shares altogether. Returns whether the difficulty changed.
     pub fn retarget_before_job(&mut self, now_s: u64) -> bool {
         let current = self.difficulty;
-        match self
+        let next = self
             .vardiff
             .as_mut()
-            .and_then(|v| v.retarget(now_s, current))
-        {
-            Some(next) => {
-                self.difficulty = next;
-                self.measured_difficulty = next;
-                true
-            }
-            None => false,
+            .and_then(|v| v.retarget(now_s, current));
+        self.take_vardiff(next, now_s)
+    }
+
+    /// Takes vardiff's new difficulty, if any, never below this miner's floor (a V2
+    /// channel's `max_target` can set it above the pool's); whether it changed.
+    fn take_vardiff(&mut self, next: Option<f64>, now_s: u64) -> bool {
+        let Some(next) = next.map(|next| next.max(self.difficulty_floor)) else {
+            return false;
+        };
+        if next == self.difficulty {
+            return false;
+        }
+        self.difficulty = next;
+        self.measured_difficulty = next;
+        if let Some(vardiff) = self.vardiff.as_mut() {
+            vardiff.note_activity(now_s);
+        }
+        true
+    }
+
+    /// The miner submitted a share (any, good or not): it is not silent.
+    pub fn note_submit(&mut self, now_s: u64) {
+        if let Some(vardiff) = self.vardiff.as_mut() {
+            vardiff.note_activity(now_s);
         }
     }
 
@@ -267,18 +288,11 @@ impl WorkState {
     /// front end announces it (and, for V1, sends the job again so that it applies).
     pub fn retarget_if_silent(&mut self, now_s: u64) -> bool {
         let current = self.difficulty;
-        match self
+        let next = self
             .vardiff
             .as_mut()
-            .and_then(|v| v.retarget_silent(now_s, current))
-        {
-            Some(next) => {
-                self.difficulty = next;
-                self.measured_difficulty = next;
-                true
-            }
-            None => false,
-        }
+            .and_then(|v| v.retarget_silent(now_s, current));
+        self.take_vardiff(next, now_s)
     }
 
     /// An accepted share is durable: count it for vardiff. Returns whether the difficulty
@@ -289,14 +303,8 @@ impl WorkState {
             return false;
         };
         vardiff.on_share();
-        match vardiff.retarget(now_s, current) {
-            Some(next) => {
-                self.difficulty = next;
-                self.measured_difficulty = next;
-                true
-            }
-            None => false,
-        }
+        let next = vardiff.retarget(now_s, current);
+        self.take_vardiff(next, now_s)
     }
 
     /// Records that `job` goes out at the current difficulty. A clean job forgets every

@@ -1,9 +1,12 @@
 //! The whole pool against a real Bitcoin regtest node (Bitcoin Knots, fetched and unpacked
 //! by the harness on first use): SHA256d CPU miners mine through `otedama run` under
-//! payout addresses of every type, and the node must accept exactly the blocks the pool
-//! reports, each paying the pool's address, with segwit spends in them so that the node
-//! checks the pool's witness commitment. Then PPLNS through maturity: the node's wallet
-//! pays every address type exactly what the ledger owed it.
+//! payout addresses of every type, over V1, SV2 (Noise) and SV2 over QUIC, and the node
+//! must accept exactly the blocks the pool reports, each paying the pool's address, with
+//! segwit spends in them so that the node checks the pool's witness commitment. A V1
+//! client that negotiates version rolling as ASICs do (BIP310 `mining.configure`, mask
+//! `1fffe000`) finds a block with rolled version bits that the node accepts. Then PPLNS
+//! through maturity: the node's wallet pays every address type exactly what the ledger
+//! owed it.
 
 #[path = "common/payout_scenario.rs"]
 mod payout_scenario;
@@ -13,7 +16,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use otedama_controlplane::regtest::FUNDING_WALLET;
-use otedama_tests::{coinbase_addresses, wait_until, NodeKind, PoolSetup, RegtestPair};
+use otedama_tests::{
+    coinbase_addresses, free_port, spawn_miner_at, wait_until, NodeKind, PoolSetup, RegtestPair,
+};
 
 /// SHA256d difficulty for the miners: about 4.3 million hashes a share, a share or so a
 /// second per CPU thread. On regtest every such share is also a block.
@@ -25,11 +30,47 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
     let nodes = RegtestPair::start_kind(root.path(), 101, NodeKind::Bitcoin)?;
     let version = nodes.miner.call("getnetworkinfo", json!([]))?["subversion"].clone();
     eprintln!("node: {version}");
-    let pool = PoolSetup::new(&nodes, &root.path().join("pool"), START_DIFFICULTY);
+    // The load generator's default worker, and the synthetic chain's payout address (the
+    // same one), are addresses this node takes.
+    let help = std::process::Command::new(otedama_tests::workspace_binary("otedama-loadgen"))
+        .arg("--help")
+        .output()?;
+    let help = String::from_utf8(help.stdout)?;
+    let default_user = help
+        .split("bcrt1")
+        .nth(1)
+        .map(|rest| {
+            format!(
+                "bcrt1{}",
+                rest.split(['.', ']', ' ']).next().unwrap_or_default()
+            )
+        })
+        .expect("the load generator's default worker is a bcrt1 address");
+    for address in [
+        default_user.as_str(),
+        otedama_tests::SYNTHETIC_PAYOUT_ADDRESS,
+    ] {
+        let valid = nodes.miner.call("validateaddress", json!([address]))?;
+        assert_eq!(valid["isvalid"], json!(true), "{address}: {valid}");
+    }
+    let mut pool = PoolSetup::new(&nodes, &root.path().join("pool"), START_DIFFICULTY);
+    let (sv2_port, quic_port) = (free_port(), free_port());
+    pool.extra_args = vec![
+        "--sv2-listen".into(),
+        format!("127.0.0.1:{sv2_port}"),
+        "--quic-listen".into(),
+        format!("127.0.0.1:{quic_port}"),
+    ];
     let _run = pool.spawn("run")?;
     pool.wait_ready(Duration::from_secs(60))?;
     let height_before = nodes.miner.block_count()?;
-    let found_before = pool.stats()?["blocks_found"].as_u64().unwrap();
+    let stats = pool.stats()?;
+    let found_before = stats["blocks_found"].as_u64().unwrap();
+    let key = stats["sv2_authority_key"]
+        .as_str()
+        .expect("an SV2 key")
+        .to_string();
+    let certificate = pool.data_dir.join("quic-cert.pem");
 
     // One miner per payout address type the node's wallet makes.
     let mut miners = Vec::new();
@@ -43,6 +84,25 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
         miners.push(pool.spawn_miner_as(&format!("{address}.{kind}"), 1)?);
         addresses.push((kind, address));
     }
+    // And one over SV2 with Noise, one over SV2 on QUIC (both bech32).
+    let sv2_address = addresses[2].1.clone();
+    miners.push(spawn_miner_at(
+        &format!("stratum2+tcp://127.0.0.1:{sv2_port}/{key}"),
+        &format!("{sv2_address}.v2rig"),
+        1,
+        &["--algo", "sha256d"],
+    )?);
+    miners.push(spawn_miner_at(
+        &format!("stratum2+quic://127.0.0.1:{quic_port}"),
+        &format!("{sv2_address}.quicrig"),
+        1,
+        &[
+            "--algo",
+            "sha256d",
+            "--quic-ca",
+            certificate.to_str().unwrap(),
+        ],
+    )?);
     // Segwit spends in the mempool: the pool's blocks carry them, and the node accepts a
     // block only if its coinbase commits to their witnesses correctly.
     let mut spends = Vec::new();
@@ -68,9 +128,13 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
                     pool.get_json(&format!("/api/v1/miners/{address}"))
                         .is_ok_and(|m| m["windows"]["600s"]["shares"].as_u64() > Some(0))
                 })
-                && pool
-                    .stats()
-                    .is_ok_and(|s| s["blocks_found"].as_u64() >= Some(found_before + 6))
+                && pool.stats().is_ok_and(|s| {
+                    let by_protocol = &s["shares_accepted_by_protocol"];
+                    s["blocks_found"].as_u64() >= Some(found_before + 6)
+                        && ["v1", "v2", "quic"]
+                            .iter()
+                            .all(|p| by_protocol[p].as_u64().unwrap_or(0) >= 2)
+                })
         },
     )?;
     for miner in &mut miners {
@@ -123,6 +187,82 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
         &nodes.miner,
         height_before + 1..=height_after,
     )?;
+
+    // An ASIC's V1 session: version rolling first (BIP310, the mask ASICs send), then a
+    // share with rolled version bits, which on regtest is a block the node must accept
+    // with exactly that version.
+    const ASIC_MASK: u32 = 0x1fff_e000;
+    let mut asic = otedama_tests::StratumTestClient::connect(&pool.stratum_address())?;
+    let configured = asic.request(
+        "mining.configure",
+        json!([["version-rolling"], {"version-rolling.mask": format!("{ASIC_MASK:08x}"), "version-rolling.min-bit-count": 2}]),
+    )?;
+    assert_eq!(
+        configured["result"]["version-rolling"],
+        json!(true),
+        "{configured}"
+    );
+    let mask = u32::from_str_radix(
+        configured["result"]["version-rolling.mask"]
+            .as_str()
+            .unwrap(),
+        16,
+    )?;
+    assert_eq!(
+        mask, ASIC_MASK,
+        "the pool's mask is the BIP320 range ASICs roll"
+    );
+    let worker = format!("{}.asic", addresses[2].1);
+    asic.start(&worker)?;
+    let job = asic.job.clone().expect("a job");
+    let extranonce2 = vec![0u8; asic.extranonce2_size];
+    let rolled_bits = 0x0000_6000 & mask;
+    let version = (job.version & !mask) | rolled_bits;
+    let target = otedama_kernels::Target::from_difficulty(
+        otedama_kernels::Algorithm::Sha256d,
+        asic.difficulty,
+    )
+    .unwrap();
+    let mut header = job.header(&asic.extranonce1, &extranonce2, job.ntime, version);
+    let nonce = (0u32..)
+        .find(|nonce| {
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            target.is_met_by(&otedama_kernels::sha256d(&header))
+        })
+        .unwrap();
+    let reply = asic.request(
+        "mining.submit",
+        json!([
+            worker,
+            job.job_id,
+            hex::encode(&extranonce2),
+            format!("{:08x}", job.ntime),
+            format!("{nonce:08x}"),
+            format!("{rolled_bits:08x}"),
+        ]),
+    )?;
+    assert_eq!(reply["result"], json!(true), "{reply}");
+    let mut hash = otedama_kernels::sha256d(&header);
+    hash.reverse();
+    let hash = hex::encode(hash);
+    let mut on_node = json!(null);
+    wait_until(
+        Duration::from_secs(30),
+        "the rolled block on the node",
+        || match nodes.miner.call("getblockheader", json!([hash])) {
+            Ok(header) => {
+                on_node = header;
+                true
+            }
+            Err(_) => false,
+        },
+    )?;
+    assert_eq!(
+        on_node["version"].as_u64(),
+        Some(u64::from(version)),
+        "{on_node}"
+    );
+    assert!(on_node["confirmations"].as_i64() >= Some(1), "{on_node}");
     Ok(())
 }
 

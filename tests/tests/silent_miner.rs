@@ -1,25 +1,34 @@
 //! A miner that hashes far slower than the difficulty it was given (an ASIC that
 //! overstates its hash rate, a miner that suggests more than it can do) sends no share, so
 //! vardiff never sees one to act on. After `VARDIFF_SILENT_SHARE_INTERVALS` target
-//! intervals without a share the pool lowers the difficulty by itself and sends the job
-//! again so that it applies (issue 17), on a real pool (`otedama run`, synthetic chain).
+//! intervals without a submission the pool lowers the difficulty by itself and sends the
+//! job again, and a share at the lower difficulty is then accepted (issue 17), on a real
+//! pool (`otedama run`, synthetic chain, SHA256d).
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
+use otedama_kernels::{sha256d, Algorithm, Target};
 use otedama_shared::vardiff::{VARDIFF_SILENT_SHARE_INTERVALS, VARDIFF_STEP_FACTOR_MAX};
 use otedama_tests::{StratumTestClient, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
 
 const SHARE_INTERVAL_S: u64 = 1;
-const CLAIMED_DIFFICULTY: f64 = 1_000_000.0;
+/// What the miner asks for: more than it will ever send a share at here.
+const CLAIMED_DIFFICULTY: f64 = 0.004;
 
 #[test]
 fn a_silent_miner_gets_a_lower_difficulty_and_the_job_again() {
-    let pool = SyntheticPool::start(&["--vardiff-share-interval-s", &SHARE_INTERVAL_S.to_string()]);
+    let pool = SyntheticPool::start(&[
+        "--vardiff-share-interval-s",
+        &SHARE_INTERVAL_S.to_string(),
+        "--start-difficulty",
+        "0.0001",
+    ]);
+    let worker = format!("{SYNTHETIC_PAYOUT_ADDRESS}.silent");
     let mut client = StratumTestClient::connect(&pool.v1).unwrap();
-    client
-        .start(&format!("{SYNTHETIC_PAYOUT_ADDRESS}.silent"))
-        .unwrap();
-    // A raise is always taken: the miner now has a target it will never meet here.
+    client.start(&worker).unwrap();
+    // A raise is always taken: the miner now has a target it does not try to meet.
     client
         .send_raw(
             format!(r#"{{"id":50,"method":"mining.suggest_difficulty","params":[{CLAIMED_DIFFICULTY}]}}"#)
@@ -32,7 +41,7 @@ fn a_silent_miner_gets_a_lower_difficulty_and_the_job_again() {
         client.read_message().expect("the raised difficulty");
     }
     let raised_at = Instant::now();
-    // No share: the pool lowers the difficulty by one step, then sends the job again.
+    // No submission: the pool lowers the difficulty by one step, then sends the job again.
     let lowered = loop {
         let message = client
             .read_message()
@@ -43,12 +52,42 @@ fn a_silent_miner_gets_a_lower_difficulty_and_the_job_again() {
     };
     let waited = raised_at.elapsed();
     assert_eq!(lowered, CLAIMED_DIFFICULTY / VARDIFF_STEP_FACTOR_MAX);
-    // The window began with the first job, a moment before the raise; the sweep runs
-    // every second.
+    // Silence counts from the raise, in whole seconds, swept once a second.
     assert!(
-        waited <= silent_for + Duration::from_secs(2),
-        "lowered after {waited:?}"
+        waited + Duration::from_secs(1) >= silent_for
+            && waited <= silent_for + Duration::from_secs(3),
+        "lowered after {waited:?}, silent for {silent_for:?}"
     );
     let next = client.read_message().expect("the job again");
     assert_eq!(next["method"], "mining.notify", "{next}");
+
+    // The lower difficulty applies: a share that meets it but not the claimed one is
+    // accepted.
+    let job = client.job.clone().expect("a job");
+    let extranonce2 = vec![0u8; client.extranonce2_size];
+    let (lower, claimed) = (
+        Target::from_difficulty(Algorithm::Sha256d, lowered).unwrap(),
+        Target::from_difficulty(Algorithm::Sha256d, CLAIMED_DIFFICULTY).unwrap(),
+    );
+    let mut header = job.header(&client.extranonce1, &extranonce2, job.ntime, job.version);
+    let nonce = (0u32..)
+        .find(|nonce| {
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            let hash = sha256d(&header);
+            lower.is_met_by(&hash) && !claimed.is_met_by(&hash)
+        })
+        .unwrap();
+    let reply = client
+        .request(
+            "mining.submit",
+            json!([
+                worker,
+                job.job_id,
+                hex::encode(&extranonce2),
+                format!("{:08x}", job.ntime),
+                format!("{nonce:08x}")
+            ]),
+        )
+        .unwrap();
+    assert_eq!(reply["result"], json!(true), "{reply}");
 }

@@ -81,32 +81,44 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
 
 /// The unpacked Bitcoin Knots, fetching and unpacking it first if this machine has none.
 pub fn ensure_knots() -> anyhow::Result<Knots> {
-    if std::env::consts::ARCH != "x86_64" {
-        bail!(
-            "the Bitcoin regtest node is fetched from Debian's amd64 packages; on {} put an unpacked Bitcoin Knots in {KNOTS_DIR_ENV}",
-            std::env::consts::ARCH
-        );
-    }
     let dir = cache_dir()?;
     let knots = Knots {
         root: dir.join("root"),
     };
-    if dir.join("ready").is_file() {
+    // Ready: the marker, written last, and the daemon it vouches for.
+    let ready = |knots: &Knots| {
+        dir.join("ready").is_file() && knots.root.join("usr/bin/bitcoind").is_file()
+    };
+    if ready(&knots) {
         return Ok(knots);
+    }
+    if std::env::consts::ARCH != "x86_64" {
+        bail!(
+            "the Bitcoin regtest node is fetched from Debian's amd64 packages; on {} there is none to fetch",
+            std::env::consts::ARCH
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Tests start nodes in parallel: one fetches, the others wait for it here.
     let lock = std::fs::File::create(dir.join(".lock"))
         .with_context(|| format!("creating {}", dir.join(".lock").display()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
     // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        bail!(
-            "locking {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "waiting for another process fetching Bitcoin Knots into {}",
+            dir.display()
         );
+        // SAFETY: as above.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            bail!(
+                "locking {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
     }
-    if dir.join("ready").is_file() {
+    if ready(&knots) {
         return Ok(knots);
     }
     eprintln!(
@@ -123,8 +135,9 @@ pub fn ensure_knots() -> anyhow::Result<Knots> {
         )
     })?;
     let version = knots.version()?;
-    let mut ready = std::fs::File::create(dir.join("ready"))?;
-    writeln!(ready, "{version}")?;
+    let mut marker = std::fs::File::create(dir.join("ready"))
+        .with_context(|| format!("creating {}", dir.join("ready").display()))?;
+    writeln!(marker, "{version}")?;
     eprintln!("{version} unpacked in {}", dir.display());
     Ok(knots)
 }
@@ -158,6 +171,10 @@ fn fetch(dir: &Path) -> anyhow::Result<()> {
         ),
         "Debug::NoLocking=1".into(),
         "APT::Architecture=amd64".into(),
+        // Whatever the host's apt.conf says: signatures are checked.
+        "Acquire::AllowInsecureRepositories=false".into(),
+        "Acquire::AllowDowngradeToInsecureRepositories=false".into(),
+        "APT::Get::AllowUnauthenticated=false".into(),
     ]
     .into_iter()
     .flat_map(|option| ["-o".to_string(), option])
@@ -179,7 +196,9 @@ fn fetch(dir: &Path) -> anyhow::Result<()> {
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     };
-    apt("apt-get", &["update", "-qq"])?;
+    // A list that cannot be fetched (no network, a proxy, a mirror down) is an error here,
+    // not a warning followed by "no packages found".
+    apt("apt-get", &["update", "-qq", "--error-on=any"])?;
     let mut wanted = vec![PACKAGE.to_string()];
     let mut fetched = std::collections::BTreeSet::new();
     while let Some(package) = wanted.pop() {
@@ -221,7 +240,9 @@ fn fetch(dir: &Path) -> anyhow::Result<()> {
     }
     let root = dir.join("root");
     let _ = std::fs::remove_dir_all(&root);
-    std::fs::rename(&unpacked, &root)?;
-    std::fs::remove_dir_all(&work)?;
+    std::fs::rename(&unpacked, &root)
+        .with_context(|| format!("moving {} to {}", unpacked.display(), root.display()))?;
+    // The downloads are no longer needed; left behind, they are removed by the next fetch.
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -36,6 +36,11 @@ pub trait V2Link {
     fn close(&self);
     /// Closes the connection if it has sent nothing since `cutoff_s`.
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool;
+    /// Whether the pool holds the reader back (back-pressure): its silence is then the
+    /// pool's, not the miner's.
+    fn held_back(&self) -> bool {
+        false
+    }
 
     fn send_job(&self, job: &Job, now_s: u64) {
         self.session().borrow_mut().handle_new_job(job, now_s);
@@ -84,6 +89,10 @@ impl V2Link for Connection {
 
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
         self.wire.close_if_idle_since(cutoff_s)
+    }
+
+    fn held_back(&self) -> bool {
+        self.wire.gated.get()
     }
 
     /// Encrypts and sends what the session queued. Nothing goes out before the handshake

@@ -104,8 +104,18 @@ impl Peer {
     }
 
     /// Lets the session act on time passing (a silent miner's lower difficulty) and
-    /// sends what it queued. A session busy elsewhere is left for the next sweep.
+    /// sends what it queued. A session busy elsewhere is left for the next sweep, and so
+    /// is one whose silence may be the pool's own: its reader held back by a bound, or
+    /// shares of it still waiting for the hasher or the disk (lowered then, the miner's
+    /// shares queued in the socket at the old difficulty would be credited at the new).
     fn handle_timeout(&self, now_s: u64, jobs: &JobBook) {
+        let held_back = match self {
+            Peer::V1(connection) => connection.wire.gated.get(),
+            Peer::V2(connection) => connection.held_back(),
+        };
+        if held_back || self.awaiting_ack().used() > 0 {
+            return;
+        }
         match self {
             Peer::V1(connection) => {
                 let Ok(mut session) = connection.session.try_borrow_mut() else {
@@ -519,11 +529,18 @@ impl Core {
     /// `VARDIFF_SILENT_SHARE_INTERVALS` share intervals get a lower difficulty. The peers
     /// are taken out of the map first, so a send that closes one cannot meet the map
     /// borrowed.
-    fn retarget_silent_miners(&self, now_s: u64) {
+    async fn retarget_silent_miners(&self, now_s: u64) {
+        if self.config.vardiff.is_none() {
+            return;
+        }
         let due: Vec<Peer> = self.connections.borrow().values().cloned().collect();
-        let jobs = self.jobs.borrow();
-        for peer in &due {
-            peer.handle_timeout(now_s, &jobs);
+        for (index, peer) in due.iter().enumerate() {
+            peer.handle_timeout(now_s, &self.jobs.borrow());
+            // A slice at a time, as a job broadcast goes, so that a core with many
+            // connections keeps reading shares meanwhile.
+            if index % 512 == 511 {
+                glommio::yield_if_needed().await;
+            }
         }
     }
 
@@ -876,7 +893,7 @@ async fn core_main(
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             enforcer.enforce_deadlines(now_s());
-            enforcer.retarget_silent_miners(now_s());
+            enforcer.retarget_silent_miners(now_s()).await;
         }
     })
     .detach();

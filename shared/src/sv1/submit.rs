@@ -33,6 +33,8 @@ impl Session {
         if !(5..=6).contains(&fields.len()) {
             return self.reject(id, ErrorCode::Other, "submit needs 5 or 6 string params");
         }
+        // Any submission shows the miner is not silent (`VARDIFF_SILENT_SHARE_INTERVALS`).
+        self.work.note_submit(now_s);
         let Some(worker) = self
             .workers
             .iter()

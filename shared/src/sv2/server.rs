@@ -715,6 +715,8 @@ impl Session {
         let Some(index) = self.channel_index(channel_id) else {
             return self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID);
         };
+        // Any submission shows the channel is not silent.
+        self.channels[index].work.note_submit(context.now_s);
         let channel = &self.channels[index];
         let full_job_id = channel
             .work
