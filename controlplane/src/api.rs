@@ -1150,7 +1150,23 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::public_reject_reason;
+    use super::{public_reject_reason, Page, API_LIST_ITEMS_DEFAULT, API_LIST_ITEMS_MAX};
+
+    /// A page holds `limit` items up to `API_LIST_ITEMS_MAX`; more asked gets the maximum.
+    #[test]
+    fn a_page_is_capped_at_its_limit() {
+        let page = |limit| Page {
+            limit,
+            cursor: None,
+        };
+        assert_eq!(page(None).limit(), API_LIST_ITEMS_DEFAULT);
+        assert_eq!(page(Some(API_LIST_ITEMS_MAX)).limit(), API_LIST_ITEMS_MAX);
+        assert_eq!(
+            page(Some(API_LIST_ITEMS_MAX + 1)).limit(),
+            API_LIST_ITEMS_MAX
+        );
+        assert_eq!(page(Some(0)).limit(), 1);
+    }
 
     /// Issue 16: public reasons never carry an error text (a node URL, a wallet path).
     #[test]

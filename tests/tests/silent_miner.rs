@@ -3,7 +3,9 @@
 //! vardiff never sees one to act on. After `VARDIFF_SILENT_SHARE_INTERVALS` target
 //! intervals without a submission the pool lowers the difficulty by itself and sends the
 //! job again, and a share at the lower difficulty is then accepted (issue 17), on a real
-//! pool (`otedama run`, synthetic chain, SHA256d).
+//! pool (`otedama run`, synthetic chain, SHA256d). Over Stratum V2, a CPU miner that
+//! declares a hash rate thousands of times its own is brought down by SetTarget until its
+//! shares come.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,9 @@ use serde_json::json;
 
 use otedama_kernels::{sha256d, Algorithm, Target};
 use otedama_shared::vardiff::{VARDIFF_SILENT_SHARE_INTERVALS, VARDIFF_STEP_FACTOR_MAX};
-use otedama_tests::{StratumTestClient, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
+use otedama_tests::{
+    spawn_miner_at, wait_until, StratumTestClient, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS,
+};
 
 const SHARE_INTERVAL_S: u64 = 1;
 /// What the miner asks for: more than it will ever send a share at here.
@@ -90,4 +94,26 @@ fn a_silent_miner_gets_a_lower_difficulty_and_the_job_again() {
         )
         .unwrap();
     assert_eq!(reply["result"], json!(true), "{reply}");
+}
+
+#[test]
+fn an_sv2_miner_that_overstates_its_hash_rate_is_brought_down_until_it_finds_shares() {
+    let pool = SyntheticPool::start(&["--vardiff-share-interval-s", &SHARE_INTERVAL_S.to_string()]);
+    // One CPU thread (about 5 MH/s of SHA256d here) declaring 10 GH/s: the first target
+    // asks for a share every 2,000 s or so of its real work.
+    let _miner = spawn_miner_at(
+        &format!("stratum2+tcp://{}/{}", pool.sv2, pool.authority_key),
+        &format!("{SYNTHETIC_PAYOUT_ADDRESS}.overstated"),
+        1,
+        &["--algo", "sha256d", "--declared-hashrate", "1e10"],
+    )
+    .unwrap();
+    // Each silent period lowers it 4 times: about five of them reach what the miner does.
+    let periods = 12;
+    wait_until(
+        Duration::from_secs(periods * VARDIFF_SILENT_SHARE_INTERVALS * SHARE_INTERVAL_S),
+        "the overstating miner's shares",
+        || pool.stats()["shares_accepted_by_protocol"]["v2"].as_u64() >= Some(3),
+    )
+    .unwrap();
 }

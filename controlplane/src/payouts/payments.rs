@@ -708,6 +708,56 @@ mod tests {
         assert_eq!(ledger.balances(&denied).unwrap().mature, 7_000);
     }
 
+    /// A batch pays at most `PAYOUT_OUTPUTS_PER_BATCH_MAX` accounts, the biggest balances
+    /// first; the rest wait for the next run.
+    #[test]
+    fn a_batch_holds_its_output_limit_biggest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let accounts: Vec<String> = (0..=PAYOUT_OUTPUTS_PER_BATCH_MAX)
+            .map(|i| {
+                let program: Vec<u8> = (i as u32)
+                    .to_be_bytes()
+                    .iter()
+                    .cycle()
+                    .take(20)
+                    .copied()
+                    .collect();
+                bitcoin::bech32::segwit::encode_v0(
+                    bitcoin::bech32::Hrp::parse("rltc").unwrap(),
+                    &program,
+                )
+                .unwrap()
+            })
+            .collect();
+        let credit: BTreeMap<String, u64> = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.clone(), 1_000 + i as u64))
+            .collect();
+        ledger.credit_block("block", &credit).unwrap();
+        ledger.mature_block("block").unwrap();
+        let policy = PayoutPolicy {
+            payout_min: 1,
+            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            never_pay: Vec::new(),
+            frozen: Default::default(),
+            kyc: None,
+        };
+        let outputs = payable(&ledger, &policy, 0).unwrap().outputs;
+        assert_eq!(outputs.len(), PAYOUT_OUTPUTS_PER_BATCH_MAX);
+        assert!(!outputs.contains_key(&accounts[0]), "the smallest waits");
+    }
+
+    /// Broadcast retries back off by doubling up to `BROADCAST_RETRY_MAX_MS`, never past.
+    #[test]
+    fn broadcast_retries_back_off_to_their_cap() {
+        assert_eq!(retry_delay_ms(0), BROADCAST_RETRY_FIRST_MS);
+        assert_eq!(retry_delay_ms(6), 320_000);
+        assert_eq!(retry_delay_ms(7), BROADCAST_RETRY_MAX_MS);
+        assert_eq!(retry_delay_ms(u32::MAX), BROADCAST_RETRY_MAX_MS);
+    }
+
     #[test]
     fn kyc_holds_what_would_pass_the_threshold_in_the_period_until_verified() {
         use crate::kyc::{KycRecord, KycRule, KycState};

@@ -815,4 +815,22 @@ mod tests {
         assert!(wrong_key_reads.len() > 100);
         assert_eq!(partition_of(&key, &[1, 2, 3]), None);
     }
+
+    /// The cross-core queue takes `QUIC_FORWARDED_QUEUED_MAX` datagrams and drops the next;
+    /// each one the receiving core takes makes room for one more.
+    #[test]
+    fn the_forward_queue_holds_its_bound_and_no_more() {
+        let (sender, mut receiver) = forward_queue();
+        let datagram = || Forwarded {
+            data: BytesMut::from(&b"x"[..]),
+            remote: "127.0.0.1:1".parse().unwrap(),
+        };
+        for _ in 0..QUIC_FORWARDED_QUEUED_MAX {
+            assert!(sender.send(datagram()));
+        }
+        assert!(!sender.send(datagram()), "one past the bound is dropped");
+        futures_lite::future::block_on(receiver.next()).expect("a datagram");
+        assert!(sender.send(datagram()), "a taken datagram makes room");
+        assert!(!sender.send(datagram()));
+    }
 }

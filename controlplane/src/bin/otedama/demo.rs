@@ -81,9 +81,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .prefix("otedama-demo-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let (kind, algo, ticker, start_difficulty) = match args.coin {
-        DemoCoin::Litecoin => (NodeKind::Litecoin, "scrypt", "LTC", 0.01),
-        DemoCoin::Bitcoin => (NodeKind::Bitcoin, "sha256d", "BTC", 0.001),
+    let (kind, algo, ticker, start_difficulty, algorithm) = match args.coin {
+        DemoCoin::Litecoin => (
+            NodeKind::Litecoin,
+            "scrypt",
+            "LTC",
+            0.01,
+            otedama_kernels::Algorithm::Scrypt,
+        ),
+        DemoCoin::Bitcoin => (
+            NodeKind::Bitcoin,
+            "sha256d",
+            "BTC",
+            0.001,
+            otedama_kernels::Algorithm::Sha256d,
+        ),
     };
     let start_difficulty = args.start_difficulty.unwrap_or(start_difficulty);
     println!(
@@ -212,7 +224,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .unwrap_or(Value::Null);
         let height = nodes.miner.block_count().unwrap_or(0);
         let difficulty_sum = stats["accepted_difficulty_sum"].as_f64().unwrap_or(0.0);
-        let hashrate = difficulty_sum * 65536.0 / started.elapsed().as_secs_f64();
+        let hashrate = difficulty_sum * algorithm.hashes_per_difficulty_one()
+            / started.elapsed().as_secs_f64();
         println!(
             "demo: {:>4}s  shares {} accepted / {} rejected  ~{:.0} H/s  blocks found {} (rejected {})  node height {}",
             started.elapsed().as_secs(),

@@ -50,6 +50,12 @@ pub struct MinerArgs {
     /// Stop after this many seconds (default: run until killed).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// For stratum2: the hash rate (H/s) to declare when opening the channel, which the
+    /// pool sizes the first target for (default: a CPU's, about 5 kH/s scrypt or
+    /// 5 MH/s SHA256d a thread). Declaring far more than the miner does is how an
+    /// overstating ASIC looks to the pool.
+    #[arg(long)]
+    pub declared_hashrate: Option<f32>,
 }
 
 /// What the worker threads mine on; replaced whenever a job or difficulty arrives.
@@ -598,10 +604,10 @@ fn session_v2(
 ) -> anyhow::Result<()> {
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
     // The hash rate the pool sizes the first target for; vardiff corrects it.
-    let nominal_hash_rate = match args.algo {
+    let nominal_hash_rate = args.declared_hashrate.unwrap_or(match args.algo {
         AlgoArg::Scrypt => 5_000.0 * args.threads as f32,
         AlgoArg::Sha256d => 5_000_000.0 * args.threads as f32,
-    };
+    });
     let mut client = StandardClient::new(
         &args.user,
         nominal_hash_rate,
