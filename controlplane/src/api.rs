@@ -447,6 +447,17 @@ pub struct Page {
 }
 
 impl Page {
+    /// The cursor as a batch id (the last one a page of payments showed); 400 if it is
+    /// not one.
+    #[allow(clippy::result_large_err)] // The error is the answer itself.
+    fn batch_cursor(&self) -> Result<Option<u64>, Response> {
+        self.cursor
+            .as_deref()
+            .map(str::parse::<u64>)
+            .transpose()
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "unknown cursor"))
+    }
+
     fn limit(&self) -> usize {
         self.limit
             .unwrap_or(API_LIST_ITEMS_DEFAULT)
@@ -558,10 +569,9 @@ fn payments_shown(
     page: &Page,
     show: fn(&crate::payouts::ledger::PayoutIntent) -> Value,
 ) -> Response {
-    let before = match page.cursor.as_deref().map(str::parse::<u64>) {
-        None => None,
-        Some(Ok(batch_id)) => Some(batch_id),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "unknown cursor"),
+    let before = match page.batch_cursor() {
+        Ok(before) => before,
+        Err(response) => return response,
     };
     let limit = page.limit();
     match state
@@ -679,10 +689,9 @@ async fn miner_payments(
             Ok(canonical) => canonical,
             Err(response) => return response,
         };
-        let before = match page.cursor.as_deref().map(str::parse::<u64>) {
-            None => None,
-            Some(Ok(batch_id)) => Some(batch_id),
-            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "unknown cursor"),
+        let before = match page.batch_cursor() {
+            Ok(before) => before,
+            Err(response) => return response,
         };
         let limit = page.limit();
         match state

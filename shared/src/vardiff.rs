@@ -34,9 +34,9 @@ pub const VARDIFF_STEP_FACTOR_MAX: f64 = 4.0;
 /// difficulty is lowered by `VARDIFF_STEP_FACTOR_MAX` at once, and again after as many more
 /// (as ckpool does), instead of waiting for a share or a job that may not come for long.
 /// A miner that overstates its hash rate (or suggests a difficulty it cannot reach) is so
-/// brought down to what it can do. Six intervals: an honest miner at the right difficulty
-/// goes that long without a share with probability e^-6 (0.25 %), so it is seldom lowered
-/// by chance. The credit rule is untouched: a lowered difficulty takes effect like any
+/// brought down to what it can do. Six intervals, in a window with no share yet: an honest
+/// miner at the right difficulty goes that long without a share with probability e^-6
+/// (0.25 %), about once every 7 hours at one retarget window a minute. The credit rule is untouched: a lowered difficulty takes effect like any
 /// other change.
 pub const VARDIFF_SILENT_SHARE_INTERVALS: u64 = 6;
 /// Relative changes smaller than this are not worth a `mining.set_difficulty`.
@@ -74,10 +74,16 @@ impl Vardiff {
     }
 
     /// When the miner counts as silent if nothing comes: `VARDIFF_SILENT_SHARE_INTERVALS`
-    /// target intervals after its last submission or difficulty change (or the start of
-    /// its first window). `None` before the first window starts.
+    /// target intervals after its last submission, its last difficulty change or the
+    /// start of the window, whichever is latest. `None` before the first window starts
+    /// and once a share came in this window: the normal retarget then has what it needs,
+    /// and an honest miner's long gap between two shares is not mistaken for silence.
     pub fn silent_at_s(&self) -> Option<u64> {
-        let since = self.quiet_since_s.or(self.window_start_s)?;
+        let start = self.window_start_s?;
+        if self.shares > 0 {
+            return None;
+        }
+        let since = self.quiet_since_s.map_or(start, |quiet| quiet.max(start));
         let interval_s = self.config.share_interval_target_s.max(1.0).ceil() as u64;
         Some(since + VARDIFF_SILENT_SHARE_INTERVALS * interval_s)
     }
@@ -173,7 +179,8 @@ mod tests {
 
     /// A miner that sends nothing is lowered once `VARDIFF_SILENT_SHARE_INTERVALS` target
     /// intervals pass without a share (not a second earlier), again after as many more,
-    /// never below the floor; any submission (or difficulty change) starts the wait again.
+    /// never below the floor; any submission (or difficulty change) starts the wait again,
+    /// and a share in the window leaves it to the normal retarget.
     #[test]
     fn a_silent_miner_is_lowered_after_its_share_intervals() {
         let mut v = vardiff();
@@ -194,7 +201,12 @@ mod tests {
         // A submission (or a difficulty change) starts the quiet period again.
         v.note_activity(100 + 5 * silent_s);
         assert_eq!(v.silent_at_s(), Some(100 + 6 * silent_s));
-        assert_eq!(v.retarget_silent(100 + 6 * silent_s - 1, 0.5), None);
+        assert_eq!(v.retarget_silent(100 + 6 * silent_s - 1, 8.0), None);
+        assert_eq!(v.retarget_silent(100 + 6 * silent_s, 8.0), Some(2.0));
+        // A share in the window: the normal retarget decides, silence does not.
+        v.on_share();
+        assert_eq!(v.silent_at_s(), None);
+        assert_eq!(v.retarget_silent(100 + 20 * silent_s, 8.0), None);
     }
 
     #[test]

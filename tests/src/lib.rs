@@ -748,6 +748,27 @@ impl StratumTestClient {
     }
 
     /// Mines and submits one share on the current job; returns the reply.
+    /// Submits `nonce` on the current job at its ntime (with rolled `version_bits`, the
+    /// BIP310 sixth parameter, if given) and returns the reply.
+    pub fn submit_nonce(
+        &mut self,
+        worker: &str,
+        extranonce2: &[u8],
+        nonce: u32,
+        version_bits: Option<u32>,
+    ) -> anyhow::Result<Value> {
+        let job = self.job.as_ref().expect("a job");
+        let mut params = vec![
+            json!(worker),
+            json!(job.job_id),
+            json!(hex::encode(extranonce2)),
+            json!(format!("{:08x}", job.ntime)),
+            json!(format!("{nonce:08x}")),
+        ];
+        params.extend(version_bits.map(|bits| json!(format!("{bits:08x}"))));
+        self.request("mining.submit", Value::Array(params))
+    }
+
     pub fn submit_share(
         &mut self,
         worker: &str,

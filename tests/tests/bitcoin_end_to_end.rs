@@ -230,17 +230,7 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
             target.is_met_by(&otedama_kernels::sha256d(&header))
         })
         .unwrap();
-    let reply = asic.request(
-        "mining.submit",
-        json!([
-            worker,
-            job.job_id,
-            hex::encode(&extranonce2),
-            format!("{:08x}", job.ntime),
-            format!("{nonce:08x}"),
-            format!("{rolled_bits:08x}"),
-        ]),
-    )?;
+    let reply = asic.submit_nonce(&worker, &extranonce2, nonce, Some(rolled_bits))?;
     assert_eq!(reply["result"], json!(true), "{reply}");
     let mut hash = otedama_kernels::sha256d(&header);
     hash.reverse();

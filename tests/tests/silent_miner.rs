@@ -82,16 +82,7 @@ fn a_silent_miner_gets_a_lower_difficulty_and_the_job_again() {
         })
         .unwrap();
     let reply = client
-        .request(
-            "mining.submit",
-            json!([
-                worker,
-                job.job_id,
-                hex::encode(&extranonce2),
-                format!("{:08x}", job.ntime),
-                format!("{nonce:08x}")
-            ]),
-        )
+        .submit_nonce(&worker, &extranonce2, nonce, None)
         .unwrap();
     assert_eq!(reply["result"], json!(true), "{reply}");
 }

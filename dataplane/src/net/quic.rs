@@ -678,6 +678,11 @@ impl V2Link for QuicConnection {
         }
         idle
     }
+
+    /// Frames wait in the decoder until the core has room (`resume_when_room`).
+    fn held_back(&self) -> bool {
+        self.resume_scheduled.get()
+    }
 }
 
 /// Sleeps until the connection's next QUIC deadline (loss detection, acks, idle), or

@@ -42,6 +42,9 @@ pub struct Wire {
     /// Whether the reader waits at a gate (back-pressure): the pool is not reading, so
     /// an unfinished line is not the peer's delay.
     pub(crate) gated: Cell<bool>,
+    /// When the reader last stopped waiting at a gate: for a moment after, what the miner
+    /// sent meanwhile is still being read, and its silence is still the pool's.
+    pub(crate) ungated_at_s: Cell<u64>,
     pub(crate) awaiting_ack: Gate,
     pub(crate) peer_ip: Option<std::net::IpAddr>,
 }
@@ -60,6 +63,7 @@ impl Wire {
             partial_line_since_s: Cell::new(None),
             partial_line_deadline_queued: Cell::new(false),
             gated: Cell::new(false),
+            ungated_at_s: Cell::new(0),
             awaiting_ack: Gate::new(SHARES_AWAITING_ACK_PER_CONNECTION_MAX),
             peer_ip,
         })
@@ -145,9 +149,13 @@ impl Wire {
     /// (`Core::has_room`); meanwhile the connection counts as gated, so its unfinished
     /// line's deadline does not run against the miner.
     pub async fn wait_for_room(&self, core: &crate::rt::Core) {
+        if core.has_room(&self.awaiting_ack) {
+            return;
+        }
         self.gated.set(true);
         core.wait_for_room(&self.awaiting_ack).await;
         self.gated.set(false);
+        self.ungated_at_s.set(super::now_s());
     }
 
     /// Closes the connection if it has sent nothing since `cutoff_s`; whether this call
