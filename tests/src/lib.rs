@@ -493,6 +493,13 @@ impl SyntheticPool {
                 .is_some_and(|s| s["height"].as_u64() > Some(0))
         })
         .expect("the synthetic pool started");
+        // The control plane answers before the data plane has bound its listeners.
+        wait_until(Duration::from_secs(30), "the Stratum listeners", || {
+            [&pool.v1, &pool.sv2]
+                .iter()
+                .all(|address| TcpStream::connect(address.as_str()).is_ok())
+        })
+        .expect("the synthetic pool listens");
         pool
     }
 
