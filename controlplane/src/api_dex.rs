@@ -222,41 +222,26 @@ async fn with_dex<T: Send + 'static>(
 }
 
 async fn markets(State(state): State<ApiState>) -> Response {
-    crate::api::off_the_workers(move || match dex_of(&state) {
-        Ok(dex) => Json(dex.lock().expect("dex lock").markets_json()).into_response(),
+    match with_dex(&state, |dex, _| dex.markets_json()).await {
+        Ok(markets) => Json(markets).into_response(),
         Err(response) => response,
-    })
-    .await
+    }
 }
 
 async fn orderbook(State(state): State<ApiState>, Path(market): Path<String>) -> Response {
-    crate::api::off_the_workers(move || {
-        let dex = match dex_of(&state) {
-            Ok(dex) => dex,
-            Err(response) => return response,
-        };
-        let book = dex.lock().expect("dex lock").book_json(&market);
-        match book {
-            Ok(book) => Json(book).into_response(),
-            Err(e) => refusal(e),
-        }
-    })
-    .await
+    match with_dex(&state, move |dex, _| dex.book_json(&market)).await {
+        Ok(Ok(book)) => Json(book).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(response) => response,
+    }
 }
 
 async fn trades(State(state): State<ApiState>, Path(market): Path<String>) -> Response {
-    crate::api::off_the_workers(move || {
-        let dex = match dex_of(&state) {
-            Ok(dex) => dex,
-            Err(response) => return response,
-        };
-        let trades = dex.lock().expect("dex lock").trades_json(&market);
-        match trades {
-            Ok(trades) => Json(trades).into_response(),
-            Err(e) => refusal(e),
-        }
-    })
-    .await
+    match with_dex(&state, move |dex, _| dex.trades_json(&market)).await {
+        Ok(Ok(trades)) => Json(trades).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(response) => response,
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -361,18 +346,11 @@ async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> R
 }
 
 async fn account(State(state): State<ApiState>, Miner(address): Miner) -> Response {
-    crate::api::off_the_workers(move || {
-        let dex = match dex_of(&state) {
-            Ok(dex) => dex,
-            Err(response) => return response,
-        };
-        let account = dex.lock().expect("dex lock").account_json(&address);
-        match account {
-            Ok(account) => Json(account).into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
-    })
-    .await
+    match with_dex(&state, move |dex, _| dex.account_json(&address)).await {
+        Ok(Ok(account)) => Json(account).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => response,
+    }
 }
 
 /// Sends what a command did to the book and trade feed on `/ws`.

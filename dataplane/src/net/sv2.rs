@@ -92,7 +92,7 @@ impl V2Link for Connection {
     }
 
     fn held_back(&self) -> bool {
-        self.wire.gated.get() || super::now_s().saturating_sub(self.wire.ungated_at_s.get()) < 2
+        self.wire.held_back(super::now_s())
     }
 
     /// Encrypts and sends what the session queued. Nothing goes out before the handshake

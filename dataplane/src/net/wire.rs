@@ -158,6 +158,13 @@ impl Wire {
         self.ungated_at_s.set(super::now_s());
     }
 
+    /// Whether the pool holds this reader back at `now_s`: it waits at a gate, or left
+    /// one less than 2 s ago and may still be reading what the miner sent meanwhile. Its
+    /// silence is then the pool's, not the miner's.
+    pub(crate) fn held_back(&self, now_s: u64) -> bool {
+        self.gated.get() || now_s.saturating_sub(self.ungated_at_s.get()) < 2
+    }
+
     /// Closes the connection if it has sent nothing since `cutoff_s`; whether this call
     /// closed it (one closed before, for whatever reason, is not counted again).
     pub(crate) fn close_if_idle_since(&self, cutoff_s: u64) -> bool {

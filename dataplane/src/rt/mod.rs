@@ -110,10 +110,7 @@ impl Peer {
     /// shares queued in the socket at the old difficulty would be credited at the new).
     fn handle_timeout(&self, now_s: u64, jobs: &JobBook) {
         let held_back = match self {
-            Peer::V1(connection) => {
-                connection.wire.gated.get()
-                    || now_s.saturating_sub(connection.wire.ungated_at_s.get()) < 2
-            }
+            Peer::V1(connection) => connection.wire.held_back(now_s),
             Peer::V2(connection) => connection.held_back(),
         };
         if held_back || self.awaiting_ack().used() > 0 {
