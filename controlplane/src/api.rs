@@ -36,7 +36,7 @@ use crate::audit::AuditLog;
 use crate::bans::{BanChange, BanStore};
 use crate::blocks::{BlockRecord, BlockStore};
 use crate::payouts::ledger::Ledger;
-use crate::payouts::runner::{PayoutRequest, PayoutSettings};
+use crate::payouts::runner::{PayoutRequest, PayoutSettings, RequestTicket};
 use crate::payouts::shares::ShareHistory;
 use crate::stats::PoolState;
 
@@ -757,16 +757,24 @@ pub(crate) fn audit_as(state: &ApiState, actor: &str, action: &str, detail: Valu
     }
 }
 
-/// Sends `request` (built around the reply channel) to the payout thread, which holds the
-/// wallet, and waits for its answer; the HTTP error if the thread is gone or silent.
+/// Sends `request` (built around its ticket and reply channel) to the payout thread, which
+/// holds the wallet, and waits for its answer. Past `PAYOUT_RUN_TIMEOUT_S` the caller hears
+/// exactly what happened: 504 if the request never started (and now never will: its ticket
+/// is abandoned), 202 if it started and is still running (its outcome goes to the audit
+/// log and the live feed).
 async fn ask_payout_thread<T: Send + 'static>(
     state: &ApiState,
-    request: impl FnOnce(crossbeam_channel::Sender<Result<T, String>>) -> PayoutRequest,
+    request: impl FnOnce(RequestTicket, crossbeam_channel::Sender<Result<T, String>>) -> PayoutRequest,
 ) -> Result<Result<T, String>, Response> {
     let (reply, answer) = crossbeam_channel::bounded(1);
+    let ticket = RequestTicket::default();
     // Never a blocking send on an async worker: with the queue full (the payout thread
     // busy on a slow wallet), the caller hears 503 at once.
-    match state.payouts.run_now.try_send(request(reply)) {
+    match state
+        .payouts
+        .run_now
+        .try_send(request(ticket.clone(), reply))
+    {
         Ok(()) => {}
         Err(crossbeam_channel::TrySendError::Full(_)) => return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -785,17 +793,30 @@ async fn ask_payout_thread<T: Send + 'static>(
     .await;
     match outcome {
         Ok(Ok(answer)) => Ok(answer),
-        _ => Err(error(
+        _ if ticket.abandon() => Err(error(
             StatusCode::GATEWAY_TIMEOUT,
-            "the payout thread did not answer in time",
+            "the payout thread was busy and did not start this request in time; it will not run",
         )),
+        _ => Err((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "state": "running",
+                "detail": "started and still running; its outcome goes to the audit log and the live feed",
+            })),
+        )
+            .into_response()),
     }
 }
 
 /// Cancels a pending payout batch whose transaction the node can never take (its inputs
 /// are spent or gone); 409 while it can still be mined.
 async fn admin_cancel_payout(State(state): State<ApiState>, Path(batch_id): Path<u64>) -> Response {
-    let asked = ask_payout_thread(&state, |reply| PayoutRequest::Cancel { batch_id, reply }).await;
+    let asked = ask_payout_thread(&state, |ticket, reply| PayoutRequest::Cancel {
+        ticket,
+        batch_id,
+        reply,
+    })
+    .await;
     match asked {
         Ok(Ok(reason)) => {
             Json(json!({"batch_id": batch_id, "state": "cancelled", "reason": reason}))
@@ -808,7 +829,8 @@ async fn admin_cancel_payout(State(state): State<ApiState>, Path(batch_id): Path
 
 async fn admin_run_payout(State(state): State<ApiState>) -> Response {
     audit_from_async(&state, "admin", "payouts.run", json!({})).await;
-    let asked = ask_payout_thread(&state, |reply| PayoutRequest::Run { reply }).await;
+    let asked =
+        ask_payout_thread(&state, |ticket, reply| PayoutRequest::Run { ticket, reply }).await;
     match asked {
         Ok(Ok(report)) => {
             let batch = report.batch.as_ref().map(payment_json_full);

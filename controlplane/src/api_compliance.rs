@@ -362,6 +362,34 @@ fn plain(value: &Value) -> String {
     }
 }
 
+/// A period with more audit entries than one export may hold.
+#[derive(Debug, PartialEq)]
+struct TooManyEntries {
+    /// An end for the same start that fits (the time of the first entry left out), if
+    /// the period can be cut on a millisecond at all.
+    shorter_to_ms: Option<u64>,
+}
+
+/// Every audit entry of `[from_ms, to_ms)` if there are at most `limit`; never a silent
+/// prefix: a recipient checking the chain over the export would take a cut for the end.
+fn audit_export_window(
+    audit: &crate::audit::AuditLog,
+    from_ms: u64,
+    to_ms: u64,
+    limit: usize,
+) -> Result<Result<Vec<crate::audit::AuditEntry>, TooManyEntries>, crate::audit::AuditError> {
+    let mut entries = audit.between(from_ms, to_ms, limit + 1)?;
+    if entries.len() <= limit {
+        return Ok(Ok(entries));
+    }
+    // Entries are in time order, so every entry before the first left out that shares
+    // its millisecond is left out by the shorter period as well: it holds at most `limit`.
+    let first_left_out_ms = entries.swap_remove(limit).at_ms;
+    Ok(Err(TooManyEntries {
+        shorter_to_ms: (first_left_out_ms > from_ms).then_some(first_left_out_ms),
+    }))
+}
+
 /// The audit entries of `[from_ms, to_ms)`, each with its hash and its link to the one
 /// before, so the recipient can check the chain over the exported part.
 async fn export_audit(State(state): State<ApiState>, Query(query): Query<ExportQuery>) -> Response {
@@ -376,11 +404,23 @@ async fn export_audit(State(state): State<ApiState>, Query(query): Query<ExportQ
     }
     let audit = state.audit.clone();
     let entries = tokio::task::spawn_blocking(move || {
-        audit.between(from_ms, to_ms, AUDIT_EXPORT_ENTRIES_MAX)
+        audit_export_window(&audit, from_ms, to_ms, AUDIT_EXPORT_ENTRIES_MAX)
     })
     .await;
     let entries = match entries {
-        Ok(Ok(entries)) => entries,
+        Ok(Ok(Ok(entries))) => entries,
+        Ok(Ok(Err(TooManyEntries { shorter_to_ms }))) => {
+            let hint = shorter_to_ms.map_or(String::new(), |to_ms| {
+                format!("; [from_ms, {to_ms}) fits, continue from from_ms={to_ms}")
+            });
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the period holds more than {AUDIT_EXPORT_ENTRIES_MAX} entries \
+                     (AUDIT_EXPORT_ENTRIES_MAX): export it in parts{hint}"
+                ),
+            );
+        }
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "export task failed"),
     };
@@ -431,7 +471,49 @@ async fn export_audit(State(state): State<ApiState>, Query(query): Query<ExportQ
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{audit_export_window, csv_field, TooManyEntries};
+    use serde_json::json;
+
+    /// At exactly the limit the whole period is exported; one entry more is refused with
+    /// an end that fits, never cut short in silence.
+    #[test]
+    fn an_audit_export_is_whole_at_its_limit_and_refused_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = crate::audit::AuditLog::open(dir.path()).unwrap();
+        const LIMIT: usize = 4;
+        for at_ms in [10, 20, 30, 40] {
+            audit.append(at_ms, "admin", "test", json!({})).unwrap();
+        }
+        let whole = audit_export_window(&audit, 0, u64::MAX, LIMIT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(whole.len(), LIMIT);
+        // Two entries in the same millisecond straddle the cut: the shorter period ends
+        // before both.
+        audit.append(40, "admin", "test", json!({})).unwrap();
+        assert_eq!(
+            audit_export_window(&audit, 0, u64::MAX, LIMIT).unwrap(),
+            Err(TooManyEntries {
+                shorter_to_ms: Some(40)
+            })
+        );
+        let part = audit_export_window(&audit, 0, 40, LIMIT).unwrap().unwrap();
+        assert_eq!(part.len(), 3);
+        let rest = audit_export_window(&audit, 40, u64::MAX, LIMIT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest.len(), 2);
+        // A period that cannot be cut on a millisecond says so.
+        for _ in 0..=LIMIT {
+            audit.append(50, "admin", "test", json!({})).unwrap();
+        }
+        assert_eq!(
+            audit_export_window(&audit, 50, u64::MAX, LIMIT).unwrap(),
+            Err(TooManyEntries {
+                shorter_to_ms: None
+            })
+        );
+    }
 
     #[test]
     fn csv_fields_are_quoted_and_never_formulas() {

@@ -7,7 +7,6 @@
 // and boxing it would only add an allocation to the refusal path.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -24,50 +23,94 @@ use crate::payouts::ledger::TransferKind;
 
 /// Seconds a key challenge may be answered in.
 pub const KEY_CHALLENGE_TTL_S: u64 = 600;
-/// Outstanding key challenges at most, for all addresses together; past it, new ones
-/// wait until old ones expire or are answered.
-pub const KEY_CHALLENGES_MAX: usize = 100_000;
 
-/// Challenges handed out and not yet answered, by message (each holds a random nonce):
-/// message → (address, expiry). An address may hold several, so asking for a challenge in
-/// someone else's name can never take away the challenge its owner is about to sign.
-#[derive(Default)]
+/// Issues and checks the one-time challenges a miner signs to get an exchange API key.
+///
+/// Nothing is stored per challenge: each carries its address, serial and expiry under a MAC
+/// with a secret of this process, so asking for challenges (a public route) costs the pool
+/// no memory and cannot crowd out anyone else's (a global table of open challenges could be
+/// filled by one client). A challenge is single use because the key store keeps, per
+/// address, the serial of the last challenge answered, and takes only a newer one
+/// (`DexService::create_key`). A restart makes open challenges invalid (a new secret);
+/// they are asked for again.
 pub struct KeyChallenges {
-    open: HashMap<String, (String, u64)>,
+    secret: [u8; 32],
+    /// The last serial handed out: serials grow strictly, and from the wall clock in
+    /// microseconds, so they keep growing across restarts.
+    last_serial: u64,
+}
+
+impl Default for KeyChallenges {
+    fn default() -> Self {
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        KeyChallenges {
+            secret,
+            last_serial: 0,
+        }
+    }
+}
+
+/// A challenge that checked out: the serial the key store compares.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AnsweredChallenge {
+    pub serial: u64,
 }
 
 impl KeyChallenges {
-    /// A new single-use challenge for `address`; `None` when `KEY_CHALLENGES_MAX`
-    /// unexpired challenges are outstanding.
-    pub fn issue(&mut self, address: &str, now_ms: u64) -> Option<(String, u64)> {
-        if self.open.len() >= KEY_CHALLENGES_MAX {
-            self.open.retain(|_, (_, expiry)| *expiry > now_ms);
-            if self.open.len() >= KEY_CHALLENGES_MAX {
-                return None;
-            }
-        }
-        let mut nonce = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let expires_at_ms = now_ms + KEY_CHALLENGE_TTL_S * 1000;
-        let message = format!(
-            "Otedama API key\naddress: {address}\nnonce: {}\nexpires: {expires_at_ms}",
-            hex::encode(nonce)
-        );
-        self.open
-            .insert(message.clone(), (address.to_string(), expires_at_ms));
-        Some((message, expires_at_ms))
+    fn mac(&self, address: &str, serial: u64, expires_at_ms: u64) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret)
+            .expect("HMAC takes any key length");
+        mac.update(format!("{address}\n{serial}\n{expires_at_ms}").as_bytes());
+        mac
     }
 
-    /// Takes the challenge `message` if it was issued for `address` and is unexpired: each
-    /// is answered once.
-    pub fn take(&mut self, address: &str, message: &str, now_ms: u64) -> bool {
-        match self.open.get(message) {
-            Some((owner, expiry)) if owner == address && *expiry > now_ms => {
-                self.open.remove(message);
-                true
-            }
-            _ => false,
+    fn message(address: &str, serial: u64, expires_at_ms: u64, tag: &str) -> String {
+        format!(
+            "Otedama API key\naddress: {address}\nserial: {serial}\nexpires: {expires_at_ms}\ncheck: {tag}"
+        )
+    }
+
+    /// A new challenge for `address` and its expiry.
+    pub fn issue(&mut self, address: &str, now_ms: u64) -> (String, u64) {
+        self.last_serial = (now_ms.saturating_mul(1000)).max(self.last_serial + 1);
+        let expires_at_ms = now_ms + KEY_CHALLENGE_TTL_S * 1000;
+        use hmac::Mac;
+        let tag = hex::encode(
+            self.mac(address, self.last_serial, expires_at_ms)
+                .finalize()
+                .into_bytes(),
+        );
+        (
+            Self::message(address, self.last_serial, expires_at_ms, &tag),
+            expires_at_ms,
+        )
+    }
+
+    /// The challenge `message` if this process issued it for `address` and it is
+    /// unexpired. Whether it was answered before is the key store's to say.
+    pub fn check(&self, address: &str, message: &str, now_ms: u64) -> Option<AnsweredChallenge> {
+        let mut lines = message.split('\n');
+        if lines.next()? != "Otedama API key" {
+            return None;
         }
+        let mut field = |name: &str| lines.next()?.strip_prefix(name).map(str::to_string);
+        let claimed_address = field("address: ")?;
+        let serial: u64 = field("serial: ")?.parse().ok()?;
+        let expires_at_ms: u64 = field("expires: ")?.parse().ok()?;
+        let tag = field("check: ")?;
+        // The message must be exactly what `issue` wrote (no extra lines, no other
+        // spelling of a number); the MAC is compared in constant time.
+        use hmac::Mac;
+        let genuine = claimed_address == address
+            && message == Self::message(address, serial, expires_at_ms, &tag)
+            && hex::decode(&tag).is_ok_and(|tag| {
+                self.mac(address, serial, expires_at_ms)
+                    .verify_slice(&tag)
+                    .is_ok()
+            });
+        (genuine && expires_at_ms > now_ms).then_some(AnsweredChallenge { serial })
     }
 }
 
@@ -262,23 +305,17 @@ async fn key_challenge(State(state): State<ApiState>, body: axum::body::Bytes) -
         Ok(canonical) => canonical,
         Err(response) => return response,
     };
-    let issued = state
+    let (message, expires_at_ms) = state
         .key_challenges
         .lock()
         .expect("challenges lock")
         .issue(&request.address, now_ms());
-    match issued {
-        Some((message, expires_at_ms)) => Json(json!({
-            "address": request.address,
-            "message": message,
-            "expires_at_ms": expires_at_ms,
-        }))
-        .into_response(),
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many open key challenges (KEY_CHALLENGES_MAX); try again later",
-        ),
-    }
+    Json(json!({
+        "address": request.address,
+        "message": message,
+        "expires_at_ms": expires_at_ms,
+    }))
+    .into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -316,21 +353,27 @@ async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> R
         return error(StatusCode::UNAUTHORIZED, e.to_string());
     }
     // The challenge is spent only by a valid signature: a wrong guess cannot burn it.
-    let fresh = state.key_challenges.lock().expect("challenges lock").take(
+    let Some(challenge) = state.key_challenges.lock().expect("challenges lock").check(
         &request.address,
         &request.message,
         now_ms(),
-    );
-    if !fresh {
+    ) else {
         return error(
             StatusCode::UNAUTHORIZED,
             "the message is not an open challenge for this address (POST /api/v1/dex/keys/challenge)",
         );
-    }
+    };
     let address = request.address.clone();
-    let created = with_dex(&state, move |dex, _| dex.create_key(&address, now_ms())).await;
+    let created = with_dex(&state, move |dex, _| {
+        dex.create_key(&address, challenge.serial, now_ms())
+    })
+    .await;
     match created {
-        Ok(Ok(key)) => {
+        Ok(Ok(None)) => error(
+            StatusCode::UNAUTHORIZED,
+            "this challenge, or a newer one for this address, was answered already: ask for a new one",
+        ),
+        Ok(Ok(Some(key))) => {
             crate::api::audit_from_async(
                 &state,
                 "miner",
@@ -547,42 +590,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_challenge_is_answered_once_and_only_before_it_expires() {
+    fn a_challenge_checks_only_for_its_address_unaltered_and_before_it_expires() {
         let mut challenges = KeyChallenges::default();
-        let (message, expiry) = challenges.issue("addr", 1_000).unwrap();
-        assert!(!challenges.take("addr", "another message", 1_001));
-        assert!(!challenges.take("other", &message, 1_001));
+        let (message, expiry) = challenges.issue("addr", 1_000);
+        assert!(challenges.check("addr", "another message", 1_001).is_none());
+        assert!(challenges.check("other", &message, 1_001).is_none());
+        let altered = message.replace("expires: ", "expires: 9");
+        assert!(challenges.check("addr", &altered, 1_001).is_none());
+        assert!(challenges
+            .check("addr", &format!("{message}\n"), 1_001)
+            .is_none());
+        let retargeted = message.replace("address: addr", "address: other");
+        assert!(challenges.check("other", &retargeted, 1_001).is_none());
         assert!(
-            !challenges.take("addr", &message, expiry),
+            challenges.check("addr", &message, expiry).is_none(),
             "expired at its edge"
         );
-        let (message, _) = challenges.issue("addr", 2_000).unwrap();
-        assert!(challenges.take("addr", &message, 2_001));
-        assert!(!challenges.take("addr", &message, 2_002), "single use");
+        assert!(challenges.check("addr", &message, expiry - 1).is_some());
+        // Another process (or this one after a restart) has another secret.
+        assert!(KeyChallenges::default()
+            .check("addr", &message, 1_001)
+            .is_none());
     }
 
+    /// Issue 16: asking for challenges costs nothing kept, so no number of them can crowd
+    /// out the owner's; serials only grow, which is what makes a challenge single use.
     #[test]
-    fn outstanding_challenges_are_bounded() {
+    fn challenges_keep_no_state_per_request_and_their_serials_grow() {
         let mut challenges = KeyChallenges::default();
-        for i in 0..KEY_CHALLENGES_MAX {
-            assert!(challenges.issue(&(i % 7).to_string(), 0).is_some());
-        }
-        assert!(challenges.issue("one more", 0).is_none());
-        // Expired ones make room.
-        let later_ms = KEY_CHALLENGE_TTL_S * 1000 + 1;
-        assert!(challenges.issue("one more", later_ms).is_some());
-    }
-
-    /// Issue 15, point 8: a challenge asked for in someone else's name leaves the owner's
-    /// open challenge as it was.
-    #[test]
-    fn a_second_challenge_for_an_address_does_not_replace_the_first() {
-        let mut challenges = KeyChallenges::default();
-        let (owners, _) = challenges.issue("addr", 1_000).unwrap();
-        let (anyones, _) = challenges.issue("addr", 1_001).unwrap();
+        let (owners, _) = challenges.issue("addr", 1_000);
+        let mut last = challenges.check("addr", &owners, 1_001).unwrap().serial;
+        // Issue 15, point 8: a challenge asked for in the owner's name leaves the owner's
+        // own as it was.
+        let (anyones, _) = challenges.issue("addr", 1_000);
         assert_ne!(owners, anyones);
-        assert!(challenges.take("addr", &owners, 1_002));
-        assert!(challenges.take("addr", &anyones, 1_002));
-        assert!(!challenges.take("addr", &owners, 1_003), "single use");
+        for i in 0..100_000u64 {
+            let (message, _) = challenges.issue(&(i % 7).to_string(), 1_000);
+            let serial = challenges
+                .check(&(i % 7).to_string(), &message, 1_001)
+                .unwrap()
+                .serial;
+            assert!(serial > last);
+            last = serial;
+        }
+        assert!(challenges.check("addr", &owners, 1_001).is_some());
+        assert_eq!(std::mem::size_of_val(&challenges), 40);
     }
 }

@@ -137,6 +137,8 @@ const ACCOUNT_PREFIX: &[u8] = b"a/";
 const ADDRESS_PREFIX: &[u8] = b"i/";
 const KEY_PREFIX: &[u8] = b"k/";
 const KEY_OF_ADDRESS_PREFIX: &[u8] = b"K/";
+/// Per address, the serial of the last key challenge answered (8 bytes, big-endian).
+const KEY_CHALLENGE_SERIAL_PREFIX: &[u8] = b"S/";
 
 pub struct DexService {
     dex: Dex,
@@ -384,7 +386,28 @@ impl DexService {
     }
 
     /// A new API key for `address`, which replaces the one it had. Only its SHA-256 is kept.
-    pub fn create_key(&mut self, address: &str, now_ms: u64) -> anyhow::Result<String> {
+    /// A new API key for `address`, replacing its old one, made by answering the challenge
+    /// with `challenge_serial`; `None` if that challenge, or a newer one, was answered
+    /// already (challenges are single use: the serial of the last one answered is kept
+    /// with the key, so a replayed signature gets nothing).
+    pub fn create_key(
+        &mut self,
+        address: &str,
+        challenge_serial: u64,
+        now_ms: u64,
+    ) -> anyhow::Result<Option<String>> {
+        let serial_key = prefixed(KEY_CHALLENGE_SERIAL_PREFIX, address.as_bytes());
+        if let Some(answered) = self.accounts.get(&serial_key)? {
+            let answered = u64::from_be_bytes(
+                answered
+                    .as_slice()
+                    .try_into()
+                    .context("a stored challenge serial is not 8 bytes")?,
+            );
+            if challenge_serial <= answered {
+                return Ok(None);
+            }
+        }
         self.ensure_account(address)?;
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -403,10 +426,11 @@ impl DexService {
         };
         batch.put(prefixed(KEY_PREFIX, &digest), serde_json::to_vec(&record)?);
         batch.put(prefixed(KEY_OF_ADDRESS_PREFIX, address.as_bytes()), digest);
+        batch.put(serial_key, challenge_serial.to_be_bytes());
         let mut sync = rocksdb::WriteOptions::default();
         sync.set_sync(true);
         self.accounts.write_opt(batch, &sync)?;
-        Ok(key)
+        Ok(Some(key))
     }
 
     /// The address an API key belongs to.
@@ -1050,9 +1074,13 @@ mod tests {
         assert_eq!(ledger.balances("miner").unwrap().mature, 100);
         assert_eq!(ledger.balances(EXCHANGE_ACCOUNT).unwrap().mature, 0);
         assert!(ledger.transfers().unwrap().is_empty());
-        let key = service.create_key("miner", 5).unwrap();
+        let key = service.create_key("miner", 50, 5).unwrap().unwrap();
         assert_eq!(service.authenticate(&key).as_deref(), Some("miner"));
-        let newer = service.create_key("miner", 6).unwrap();
+        // A challenge answered again, or an older one answered after it, gets nothing.
+        assert_eq!(service.create_key("miner", 50, 6).unwrap(), None);
+        assert_eq!(service.create_key("miner", 49, 6).unwrap(), None);
+        assert_eq!(service.authenticate(&key).as_deref(), Some("miner"));
+        let newer = service.create_key("miner", 51, 6).unwrap().unwrap();
         assert_eq!(
             service.authenticate(&key),
             None,
@@ -1063,10 +1091,10 @@ mod tests {
 
         // The account limit at its edge: "miner" is account 1 of 2.
         service.accounts_max = 2;
-        service.create_key("second", 7).unwrap();
-        assert!(service.create_key("third", 8).is_err());
+        service.create_key("second", 1, 7).unwrap().unwrap();
+        assert!(service.create_key("third", 1, 8).is_err());
         assert!(
-            service.create_key("miner", 9).is_ok(),
+            service.create_key("miner", 52, 9).unwrap().is_some(),
             "existing accounts still work"
         );
     }

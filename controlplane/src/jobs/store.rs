@@ -59,17 +59,22 @@ impl JobStore {
             mweb: job.mweb.as_ref().map(hex::encode),
             coinbase_value: job.coinbase_value,
         };
+        let key = job.job.job_id.to_be_bytes();
         let mut batch = WriteBatch::default();
-        batch.put(
-            job.job.job_id.to_be_bytes(),
-            serde_json::to_vec(&stored).expect("jobs serialize"),
-        );
+        batch.put(key, serde_json::to_vec(&stored).expect("jobs serialize"));
         let stored_ids: Vec<Box<[u8]>> = self
             .db
             .iterator(IteratorMode::Start)
             .map(|item| item.map(|(key, _)| key))
             .collect::<Result<_, _>>()?;
-        let excess = (stored_ids.len() + 1).saturating_sub(JOBS_STORED_MAX);
+        // Keys sort as the ids do (big-endian). Storing an id again replaces it and adds
+        // nothing, so it must not push an older job out.
+        let adds = usize::from(
+            stored_ids
+                .binary_search_by(|stored| stored.as_ref().cmp(&key[..]))
+                .is_err(),
+        );
+        let excess = (stored_ids.len() + adds).saturating_sub(JOBS_STORED_MAX);
         for key in stored_ids.iter().take(excess) {
             batch.delete(key);
         }
@@ -171,5 +176,29 @@ mod tests {
             store.newest_job_id().unwrap(),
             Some(JOBS_STORED_MAX as u64 + 5)
         );
+    }
+
+    /// At exactly `JOBS_STORED_MAX`, storing a kept job again (a restart republishes the
+    /// newest) keeps every job; one new job then pushes out exactly the oldest.
+    #[test]
+    fn storing_a_kept_job_again_at_the_limit_drops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        let newest = JOBS_STORED_MAX as u64;
+        for job_id in 1..=newest {
+            store.put(&job(job_id)).unwrap();
+        }
+        let count = |store: &JobStore| store.db.iterator(IteratorMode::Start).count();
+        assert_eq!(count(&store), JOBS_STORED_MAX);
+        store.put(&job(newest)).unwrap();
+        assert_eq!(count(&store), JOBS_STORED_MAX);
+        assert!(
+            store.get(1).unwrap().is_some(),
+            "the oldest job was dropped"
+        );
+        store.put(&job(newest + 1)).unwrap();
+        assert_eq!(count(&store), JOBS_STORED_MAX);
+        assert!(store.get(1).unwrap().is_none());
+        assert!(store.get(2).unwrap().is_some());
     }
 }

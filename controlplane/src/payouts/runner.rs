@@ -54,13 +54,50 @@ pub struct PayoutSettings {
 pub enum PayoutRequest {
     /// A payout run now.
     Run {
+        ticket: RequestTicket,
         reply: Sender<Result<RunReport, String>>,
     },
     /// Cancel pending batch `batch_id` (`payments::cancel_pending`); the reason, or why not.
     Cancel {
+        ticket: RequestTicket,
         batch_id: u64,
         reply: Sender<Result<String, String>>,
     },
+}
+
+/// Decides a request's fate exactly once: the payout thread starts it, or the asker, tired
+/// of waiting, abandons it. Never both, so an admin who was told "it will not run" can
+/// trust that it did not (a request that sat in a busy queue past the API's deadline used
+/// to run later, after its caller had heard 504 and perhaps asked again).
+#[derive(Clone, Default)]
+pub struct RequestTicket(Arc<std::sync::atomic::AtomicU8>);
+
+impl RequestTicket {
+    const WAITING: u8 = 0;
+    const STARTED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    fn settle(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(
+                Self::WAITING,
+                to,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The payout thread's claim: true if the request is still wanted, and from now on the
+    /// asker can no longer abandon it.
+    pub fn start(&self) -> bool {
+        self.settle(Self::STARTED)
+    }
+
+    /// The asker's withdrawal: true if the request had not started and now never will.
+    pub fn abandon(&self) -> bool {
+        self.settle(Self::ABANDONED)
+    }
 }
 
 /// Where the crash tests may stop the process (see `fault_file`).
@@ -158,13 +195,18 @@ impl PayoutRunner {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
+            // A request its asker abandoned is dropped unanswered: nobody waits for it.
             let run_reply = match request {
-                Some(PayoutRequest::Cancel { batch_id, reply }) => {
+                Some(PayoutRequest::Cancel {
+                    ticket,
+                    batch_id,
+                    reply,
+                }) if ticket.start() => {
                     let _ = reply.send(self.cancel(batch_id, now_ms()));
                     None
                 }
-                Some(PayoutRequest::Run { reply }) => Some(reply),
-                None => None,
+                Some(PayoutRequest::Run { ticket, reply }) if ticket.start() => Some(reply),
+                Some(_) | None => None,
             };
             if scheduled || run_reply.is_some() {
                 if scheduled {
@@ -782,6 +824,50 @@ mod tests {
             block_share_wait_ms: BLOCK_SHARE_WAIT_MS,
             dex: Default::default(),
         }
+    }
+
+    /// A request is started or abandoned, never both; the payout thread drops an
+    /// abandoned one unanswered and answers the next.
+    #[test]
+    fn an_abandoned_request_never_runs_and_a_started_one_cannot_be_abandoned() {
+        let started = RequestTicket::default();
+        assert!(started.start());
+        assert!(!started.abandon());
+        assert!(!started.start());
+        let abandoned = RequestTicket::default();
+        assert!(abandoned.abandon());
+        assert!(!abandoned.start());
+
+        let dir = tempfile::tempdir().unwrap();
+        let runner = pps_runner(dir.path(), &regtest_address(1));
+        let (requests, queue) = crossbeam_channel::bounded(4);
+        let (abandoned_reply, abandoned_answer) = crossbeam_channel::bounded(1);
+        let (live_reply, live_answer) = crossbeam_channel::bounded(1);
+        requests
+            .send(PayoutRequest::Run {
+                ticket: abandoned,
+                reply: abandoned_reply,
+            })
+            .unwrap();
+        let live = RequestTicket::default();
+        requests
+            .send(PayoutRequest::Run {
+                ticket: live.clone(),
+                reply: live_reply,
+            })
+            .unwrap();
+        let thread = std::thread::spawn(move || runner.run(queue));
+        // The live run is answered (no wallet here, so with that error) ...
+        let answer = live_answer.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert!(answer.unwrap_err().contains("no wallet"));
+        assert!(!live.abandon(), "a request the thread answered was started");
+        // ... and the abandoned one was dropped without running.
+        assert!(matches!(
+            abandoned_answer.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        ));
+        drop(requests);
+        thread.join().unwrap();
     }
 
     /// Issue 15, point 4: a failed credit commit must not move the share cursor past the

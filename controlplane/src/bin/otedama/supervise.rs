@@ -12,10 +12,11 @@ use anyhow::Context;
 
 use otedama_controlplane::config::PoolConfig;
 
-/// Delay before restarting a child that exited, doubled up to the maximum while it keeps
-/// failing quickly.
+/// Delay before restarting a child that exited, doubled for each failure at start in a
+/// row. No separate cap: the supervisor gives up after `QUICK_EXITS_IN_A_ROW_MAX` of them,
+/// so the longest delay is `RESTART_DELAY_LONGEST_MS`.
 const RESTART_DELAY_MIN_MS: u64 = 200;
-const RESTART_DELAY_MAX_MS: u64 = 10_000;
+const RESTART_DELAY_LONGEST_MS: u64 = RESTART_DELAY_MIN_MS << (QUICK_EXITS_IN_A_ROW_MAX - 1);
 /// A child that exits within this long of its start failed at start.
 const QUICK_EXIT_S: u64 = 10;
 /// Failures at start in a row after which `otedama run` stops everything and exits
@@ -35,8 +36,42 @@ struct Role {
     args: Vec<String>,
     child: Option<Child>,
     started_at: Instant,
+    backoff: Backoff,
+}
+
+/// The restart policy of one child, apart from processes and clocks.
+#[derive(Debug)]
+struct Backoff {
     delay_ms: u64,
     quick_exits_in_a_row: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay_ms: RESTART_DELAY_MIN_MS,
+            quick_exits_in_a_row: 0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next start after an exit (`quick`: within `QUICK_EXIT_S` of
+    /// its start), or `None` to give up: the child failed at start
+    /// `QUICK_EXITS_IN_A_ROW_MAX` times in a row.
+    fn on_exit(&mut self, quick: bool) -> Option<u64> {
+        if !quick {
+            *self = Backoff::default();
+            return Some(self.delay_ms);
+        }
+        self.quick_exits_in_a_row += 1;
+        if self.quick_exits_in_a_row >= QUICK_EXITS_IN_A_ROW_MAX {
+            return None;
+        }
+        self.delay_ms *= 2;
+        debug_assert!(self.delay_ms <= RESTART_DELAY_LONGEST_MS);
+        Some(self.delay_ms)
+    }
 }
 
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
@@ -69,8 +104,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         args,
         child: None,
         started_at: Instant::now(),
-        delay_ms: RESTART_DELAY_MIN_MS,
-        quick_exits_in_a_row: 0,
+        backoff: Backoff::default(),
     };
     let mut roles = vec![new_role("controlplane".into(), vec!["controlplane".into()])];
     for index in 0..config.dataplane_processes {
@@ -125,29 +159,18 @@ fn supervise_role(role: &mut Role, executable: &Path, config: &Path) -> anyhow::
     };
     if role.child.is_some() {
         let quick = role.started_at.elapsed() < Duration::from_secs(QUICK_EXIT_S);
-        role.quick_exits_in_a_row = if quick {
-            role.quick_exits_in_a_row + 1
-        } else {
-            0
-        };
-        if role.quick_exits_in_a_row >= QUICK_EXITS_IN_A_ROW_MAX {
+        if role.backoff.on_exit(quick).is_none() {
             anyhow::bail!(
-                "the {} exited within {QUICK_EXIT_S} s of its start {} times in a row (last: {status}); \
+                "the {} exited within {QUICK_EXIT_S} s of its start {QUICK_EXITS_IN_A_ROW_MAX} times in a row (last: {status}); \
                  stopping instead of restarting it again: see its log above",
                 role.name,
-                role.quick_exits_in_a_row
             );
         }
-        tracing::error!(role = %role.name, %status, "child exited; restarting");
-        role.delay_ms = if quick {
-            (role.delay_ms * 2).min(RESTART_DELAY_MAX_MS)
-        } else {
-            RESTART_DELAY_MIN_MS
-        };
+        tracing::error!(role = %role.name, %status, delay_ms = role.backoff.delay_ms, "child exited; restarting");
         role.child = None;
         role.started_at = Instant::now();
     }
-    if role.started_at.elapsed() >= Duration::from_millis(role.delay_ms) {
+    if role.started_at.elapsed() >= Duration::from_millis(role.backoff.delay_ms) {
         role.child = Some(spawn(executable, role, config)?);
         role.started_at = Instant::now();
     }
@@ -182,4 +205,32 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fifth failure at start in a row gives up; the fourth still restarts, after the
+    /// longest delay; an exit after a long run starts the count again.
+    #[test]
+    fn the_supervisor_gives_up_exactly_at_the_quick_exit_limit() {
+        let mut backoff = Backoff::default();
+        let mut delays = Vec::new();
+        for _ in 1..QUICK_EXITS_IN_A_ROW_MAX {
+            delays.push(backoff.on_exit(true).expect("restarts below the limit"));
+        }
+        assert_eq!(delays, [400, 800, 1600, RESTART_DELAY_LONGEST_MS]);
+        assert_eq!(backoff.on_exit(true), None);
+
+        let mut backoff = Backoff::default();
+        for _ in 1..QUICK_EXITS_IN_A_ROW_MAX {
+            backoff.on_exit(true).unwrap();
+        }
+        assert_eq!(backoff.on_exit(false), Some(RESTART_DELAY_MIN_MS));
+        for _ in 1..QUICK_EXITS_IN_A_ROW_MAX {
+            assert!(backoff.on_exit(true).is_some());
+        }
+        assert_eq!(backoff.on_exit(true), None);
+    }
 }
