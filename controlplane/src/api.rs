@@ -1129,10 +1129,9 @@ async fn feed(state: ApiState, mut socket: WebSocket) {
                 let stats = cached_stats(&state).await;
                 json!({"type": "stats", "stats": stats.unwrap_or(Value::Null)})
             }
-            event = events.recv() => match event {
-                Ok(event) => event,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
+            event = events.recv() => match feed_event(event) {
+                Some(message) => message,
+                None => return,
             },
             // The client's close (or its connection's end) frees its place at once, not at
             // the next send.
@@ -1149,6 +1148,22 @@ async fn feed(state: ApiState, mut socket: WebSocket) {
         if !matches!(sent, Ok(Ok(()))) {
             return;
         }
+    }
+}
+
+/// What the live feed sends for an event from the pool: the event itself, or, for a
+/// client that fell more than `EVENTS_QUEUED_MAX` events behind, one `lagged` message with
+/// the count it missed, so it knows to read the REST API again instead of trusting a feed
+/// with a hole in it. `None` once the pool's event channel is closed.
+pub(crate) fn feed_event(
+    event: Result<Value, tokio::sync::broadcast::error::RecvError>,
+) -> Option<Value> {
+    match event {
+        Ok(event) => Some(event),
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+            Some(json!({"type": "lagged", "missed": missed}))
+        }
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
     }
 }
 

@@ -1029,3 +1029,26 @@ fn serve(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FPPS averages the fees of the newest `FEE_HISTORY_BLOCKS_MAX` heights: one more
+    /// height drops exactly the oldest, and a new template at a kept height replaces it.
+    #[test]
+    fn the_fee_history_holds_its_limit() {
+        let mut history = FeeHistory::default();
+        let heights = FEE_HISTORY_BLOCKS_MAX as u64;
+        for height in 1..=heights {
+            history.record(height, 1_000);
+        }
+        assert_eq!(history.mean(), 1_000);
+        history.record(heights, 1_000 + heights);
+        assert_eq!(history.by_height.len(), FEE_HISTORY_BLOCKS_MAX);
+        assert_eq!(history.mean(), 1_001);
+        history.record(heights + 1, 1_000);
+        assert_eq!(history.by_height.len(), FEE_HISTORY_BLOCKS_MAX);
+        assert_eq!(history.by_height.first_key_value(), Some((&2, &1_000)));
+    }
+}

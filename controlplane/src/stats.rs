@@ -202,3 +202,60 @@ impl PoolState {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The newest `JOBS_KEPT_MAX` jobs are looked up; one more drops exactly the oldest.
+    #[test]
+    fn jobs_kept_hold_their_limit() {
+        let pool = PoolState::new(0, 0);
+        let newest = JOBS_KEPT_MAX as u64;
+        for job_id in 1..=newest {
+            pool.publish_job(Arc::new(crate::jobs::store::tests::job(job_id)));
+        }
+        assert!(pool.job(1).is_some(), "full, nothing dropped yet");
+        pool.publish_job(Arc::new(crate::jobs::store::tests::job(newest + 1)));
+        assert!(pool.job(1).is_none());
+        assert!(pool.job(2).is_some());
+        assert!(pool.job(newest + 1).is_some());
+    }
+
+    /// A feed client `EVENTS_QUEUED_MAX` events behind misses nothing; one more and it
+    /// hears once how many it missed, then the newest in order.
+    #[test]
+    fn a_lagging_feed_client_is_told_what_it_missed() {
+        let pool = PoolState::new(0, 0);
+        let mut client = pool.subscribe_events();
+        for index in 0..EVENTS_QUEUED_MAX {
+            pool.publish_event(serde_json::json!({ "index": index }));
+        }
+        let first = crate::api::feed_event(
+            client
+                .try_recv()
+                .map_err(|_| tokio::sync::broadcast::error::RecvError::Closed),
+        );
+        assert_eq!(first, Some(serde_json::json!({"index": 0})));
+        for index in 0..=EVENTS_QUEUED_MAX {
+            pool.publish_event(serde_json::json!({ "index": 1000 + index }));
+        }
+        let received = |client: &mut tokio::sync::broadcast::Receiver<serde_json::Value>| {
+            crate::api::feed_event(client.try_recv().map_err(|error| match error {
+                tokio::sync::broadcast::error::TryRecvError::Lagged(missed) => {
+                    tokio::sync::broadcast::error::RecvError::Lagged(missed)
+                }
+                _ => tokio::sync::broadcast::error::RecvError::Closed,
+            }))
+        };
+        // 255 unread + 257 new = 512 events for 256 places: 256 missed.
+        assert_eq!(
+            received(&mut client),
+            Some(serde_json::json!({"type": "lagged", "missed": EVENTS_QUEUED_MAX}))
+        );
+        assert_eq!(
+            received(&mut client),
+            Some(serde_json::json!({"index": 1001}))
+        );
+    }
+}

@@ -532,6 +532,38 @@ fn extranonce_subscribe_is_acknowledged() {
     assert_eq!(out[0], json!({"id": 4, "result": true, "error": null}));
 }
 
+/// One connection authorizes `WORKERS_PER_CONNECTION_MAX` workers and no more; a worker
+/// it has already is authorized again at the limit, and the connection stays open.
+#[test]
+fn workers_per_connection_are_capped_at_their_edge() {
+    let limit = otedama_shared::limits::WORKERS_PER_CONNECTION_MAX;
+    let mut h = Harness::new(1.0);
+    for index in 0..limit {
+        let (_, out) = h.send(&request_line(
+            index as u64 + 1,
+            "mining.authorize",
+            json!([format!("addr.rig{index}"), ""]),
+        ));
+        assert_eq!(out[0]["result"], true, "worker {index}");
+    }
+    let (outcome, out) = h.send(&request_line(
+        1_000,
+        "mining.authorize",
+        json!(["addr.one-more", ""]),
+    ));
+    assert_eq!(error_code(&out[0]), Some(20));
+    assert!(
+        matches!(outcome, Outcome::Rejected(ErrorCode::Other)),
+        "refused, not closed"
+    );
+    let (_, out) = h.send(&request_line(
+        1_001,
+        "mining.authorize",
+        json!(["addr.rig0", ""]),
+    ));
+    assert_eq!(out[0]["result"], true, "a known worker at the limit");
+}
+
 #[test]
 fn worker_name_limit_is_enforced_at_its_edge() {
     let limit = otedama_shared::limits::WORKER_NAME_BYTES_MAX;

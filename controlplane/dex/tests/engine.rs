@@ -514,3 +514,42 @@ fn the_book_order_limit_holds_at_its_edge() {
         Err(Reject::BookFull.into())
     );
 }
+
+/// The market keeps its newest `RECENT_TRADES_MAX` trades: full, one more trade drops
+/// exactly the oldest.
+#[test]
+fn recent_trades_are_kept_to_their_limit() {
+    use otedama_dex::exchange::RECENT_TRADES_MAX;
+    let mut h = Harness::new();
+    let trades_made = RECENT_TRADES_MAX as u64 + 1;
+    for account in [ALICE, BOB] {
+        for asset in [LTC, BTC] {
+            h.run(Command::Deposit {
+                account,
+                asset,
+                amount: 10_000 * LOT,
+            })
+            .unwrap();
+        }
+    }
+    let sequences = |h: &Harness| -> Vec<u64> {
+        h.exchange
+            .recent_trades(0)
+            .map(|trade| trade.sequence)
+            .collect()
+    };
+    for made in 1..=trades_made {
+        h.limit(ALICE, Side::Sell, 1_200, 1, Tif::Gtc);
+        let crossed = h.limit(BOB, Side::Buy, 1_200, 1, Tif::Gtc);
+        assert_eq!(trades(&crossed), [(1_200, 1)]);
+        if made == RECENT_TRADES_MAX as u64 {
+            let kept = sequences(&h);
+            assert_eq!(kept.len(), RECENT_TRADES_MAX);
+            assert_eq!(kept.last(), Some(&1), "newest first, the oldest last");
+        }
+    }
+    let kept = sequences(&h);
+    assert_eq!(kept.len(), RECENT_TRADES_MAX);
+    assert_eq!(kept.last(), Some(&2), "exactly the oldest went");
+    assert_eq!(kept.first(), Some(&trades_made));
+}

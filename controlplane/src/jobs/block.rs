@@ -149,6 +149,38 @@ mod tests {
         );
     }
 
+    /// A tag of exactly `COINBASE_TAG_BYTES_MAX` bytes makes a block whose coinbase
+    /// parses and carries it; one byte more is refused before any job is made.
+    #[test]
+    fn the_coinbase_tag_limit_holds_at_its_edge() {
+        use crate::jobs::builder::{JobBuildError, COINBASE_TAG_BYTES_MAX};
+        let tag = vec![b't'; COINBASE_TAG_BYTES_MAX];
+        let job = build_job(
+            &template(None),
+            1,
+            &[0x51],
+            &tag,
+            true,
+            AlgorithmName::Scrypt,
+        )
+        .unwrap();
+        let candidate = candidate(&job);
+        let block = assemble_block(&job, &candidate).unwrap();
+        let coinbase: bitcoin::Transaction =
+            bitcoin::consensus::deserialize(&candidate.coinbase).unwrap();
+        let script_sig = coinbase.input[0].script_sig.as_bytes();
+        assert!(script_sig.len() <= otedama_shared::limits::COINBASE_SCRIPT_SIG_BYTES_MAX);
+        assert!(script_sig
+            .windows(tag.len())
+            .any(|window| window == &tag[..]));
+        assert!(block.len() > 80);
+        let longer = vec![b't'; COINBASE_TAG_BYTES_MAX + 1];
+        assert!(matches!(
+            build_job(&template(None), 1, &[0x51], &longer, true, AlgorithmName::Scrypt),
+            Err(JobBuildError::TagTooLong(length)) if length == COINBASE_TAG_BYTES_MAX + 1
+        ));
+    }
+
     #[test]
     fn block_before_mweb_has_no_suffix() {
         let job = build_job(

@@ -11,6 +11,13 @@ use crate::chain::template::BlockTemplate;
 /// Longest coinbase tag; with the height and extranonce it stays under 100 bytes.
 pub const COINBASE_TAG_BYTES_MAX: usize = 64;
 
+/// The longest scriptSig `coinbase_parts` writes (a height push of at most 9 bytes, the
+/// tag's push, the extranonce's push) is within consensus's limit.
+const _: () = assert!(
+    9 + 1 + COINBASE_TAG_BYTES_MAX + 1 + EXTRANONCE1_BYTES + EXTRANONCE2_BYTES
+        <= COINBASE_SCRIPT_SIG_BYTES_MAX
+);
+
 /// A job plus what the control plane keeps to turn a winning share into a block.
 #[derive(Clone, Debug)]
 pub struct BuiltJob {

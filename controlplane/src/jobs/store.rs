@@ -129,11 +129,12 @@ impl JobStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use otedama_shared::job::{AlgorithmName, HexHash};
 
-    fn job(job_id: u64) -> BuiltJob {
+    /// A job with id `job_id` and one transaction, for tests across the crate.
+    pub(crate) fn job(job_id: u64) -> BuiltJob {
         BuiltJob {
             job: JobTemplate {
                 job_id,

@@ -108,16 +108,42 @@ pub const CHAIN_ASKS_MAX: u32 = 10;
 /// `chain_place`, asked again (with back-off) until the node answers, at most
 /// `CHAIN_ASKS_MAX` times; the last error if it never did.
 pub fn chain_place_when_answered(rpc: &RpcClient, hash: &str) -> Result<ChainPlace, RpcError> {
-    let mut delay_ms = SUBMIT_RETRY_DELAY_MIN_MS;
+    ask_with_retries(
+        CHAIN_ASKS_MAX,
+        |delay_ms| std::thread::sleep(Duration::from_millis(delay_ms)),
+        |error: &RpcError, retry_in_ms| {
+            tracing::warn!(%hash, %error, retry_in_ms, "cannot ask the node about a block; retrying");
+        },
+        || chain_place(rpc, hash),
+    )
+}
+
+/// The pauses between attempts while the node gives no final answer: doubling from
+/// `SUBMIT_RETRY_DELAY_MIN_MS`, then `SUBMIT_RETRY_DELAY_MAX_MS` for ever.
+fn retry_delays_ms() -> impl Iterator<Item = u64> {
+    std::iter::successors(Some(SUBMIT_RETRY_DELAY_MIN_MS), |delay_ms| {
+        Some((delay_ms * 2).min(SUBMIT_RETRY_DELAY_MAX_MS))
+    })
+}
+
+/// `ask` until it succeeds, at most `asks_max` times, pausing by `retry_delays_ms` in
+/// between; the last error if it never did.
+fn ask_with_retries<T, E>(
+    asks_max: u32,
+    mut pause: impl FnMut(u64),
+    mut note_retry: impl FnMut(&E, u64),
+    mut ask: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut delays_ms = retry_delays_ms();
     let mut asked = 1;
     loop {
-        match chain_place(rpc, hash) {
-            Ok(place) => return Ok(place),
-            Err(error) if asked >= CHAIN_ASKS_MAX => return Err(error),
+        match ask() {
+            Ok(answer) => return Ok(answer),
+            Err(error) if asked >= asks_max => return Err(error),
             Err(error) => {
-                tracing::warn!(%hash, %error, retry_in_ms = delay_ms, "cannot ask the node about a block; retrying");
-                std::thread::sleep(Duration::from_millis(delay_ms));
-                delay_ms = (delay_ms * 2).min(SUBMIT_RETRY_DELAY_MAX_MS);
+                let delay_ms = delays_ms.next().expect("the delays never end");
+                note_retry(&error, delay_ms);
+                pause(delay_ms);
                 asked += 1;
             }
         }
@@ -134,7 +160,7 @@ pub fn submit_until_settled(
     hash: &str,
     can_still_win: &dyn Fn() -> bool,
 ) -> Option<String> {
-    let mut delay_ms = SUBMIT_RETRY_DELAY_MIN_MS;
+    let mut delays_ms = retry_delays_ms();
     loop {
         let why = match judge_submit_answer(&rpc.submit_block(block_hex)) {
             Verdict::Accepted => return None,
@@ -152,9 +178,9 @@ pub fn submit_until_settled(
                 _ => why,
             },
         };
+        let delay_ms = delays_ms.next().expect("the delays never end");
         tracing::warn!(%hash, reason = %why, retry_in_ms = delay_ms, "block not settled on the node; retrying");
         std::thread::sleep(Duration::from_millis(delay_ms));
-        delay_ms = (delay_ms * 2).min(SUBMIT_RETRY_DELAY_MAX_MS);
     }
 }
 
@@ -265,6 +291,45 @@ impl<T> CandidateQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The node is asked exactly `CHAIN_ASKS_MAX` times, with pauses doubling up to
+    /// `SUBMIT_RETRY_DELAY_MAX_MS` and never past it; an answer at the last ask is taken.
+    #[test]
+    fn chain_asks_stop_at_their_limit_and_pauses_at_theirs() {
+        let mut asks = 0;
+        let mut pauses = Vec::new();
+        let outcome: Result<(), u32> = ask_with_retries(
+            CHAIN_ASKS_MAX,
+            |delay_ms| pauses.push(delay_ms),
+            |_, _| {},
+            || {
+                asks += 1;
+                Err(asks)
+            },
+        );
+        assert_eq!(outcome, Err(CHAIN_ASKS_MAX));
+        assert_eq!(asks, CHAIN_ASKS_MAX);
+        assert_eq!(
+            pauses,
+            [200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000, 5_000]
+        );
+        assert_eq!(SUBMIT_RETRY_DELAY_MAX_MS, 5_000);
+        let mut asks = 0;
+        let outcome: Result<u32, ()> = ask_with_retries(
+            CHAIN_ASKS_MAX,
+            |_| {},
+            |_, _| {},
+            || {
+                asks += 1;
+                if asks == CHAIN_ASKS_MAX {
+                    Ok(asks)
+                } else {
+                    Err(())
+                }
+            },
+        );
+        assert_eq!(outcome, Ok(CHAIN_ASKS_MAX));
+    }
 
     #[test]
     fn answers_are_judged_as_bip22_and_bitcoin_core_give_them() {
