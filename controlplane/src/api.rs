@@ -42,8 +42,10 @@ use crate::stats::PoolState;
 
 /// Hashrate windows reported, in seconds.
 pub const HASHRATE_WINDOWS_S: [u64; 3] = [60, 600, 3600];
-/// How long the admin payout route waits for the payout thread.
-const PAYOUT_RUN_TIMEOUT_S: u64 = 120;
+/// How long the admin payout route waits for the payout thread: well within the
+/// connection's lifetime, so the caller always hears whether its request started.
+const PAYOUT_RUN_TIMEOUT_S: u64 = 90;
+const _: () = assert!(PAYOUT_RUN_TIMEOUT_S + 10 <= API_CONNECTION_LIFETIME_S);
 /// Seconds between stats messages on `/ws`.
 const WS_STATS_INTERVAL_S: u64 = 5;
 /// Live-feed (`/ws`) clients at once; past it the upgrade is refused with 503. Each one
@@ -768,6 +770,16 @@ async fn ask_payout_thread<T: Send + 'static>(
 ) -> Result<Result<T, String>, Response> {
     let (reply, answer) = crossbeam_channel::bounded(1);
     let ticket = RequestTicket::default();
+    // However this handler ends (the client gone, the connection's lifetime over, the
+    // answer in), a request that has not started by then never will: nobody would hear
+    // its outcome. After a start, abandoning is a no-op.
+    struct AbandonUnlessStarted(RequestTicket);
+    impl Drop for AbandonUnlessStarted {
+        fn drop(&mut self) {
+            self.0.abandon();
+        }
+    }
+    let _abandon_on_drop = AbandonUnlessStarted(ticket.clone());
     // Never a blocking send on an async worker: with the queue full (the payout thread
     // busy on a slow wallet), the caller hears 503 at once.
     match state
@@ -801,7 +813,7 @@ async fn ask_payout_thread<T: Send + 'static>(
             StatusCode::ACCEPTED,
             Json(json!({
                 "state": "running",
-                "detail": "started and still running; its outcome goes to the audit log and the live feed",
+                "detail": "started and still running; its outcome goes to the audit log (payouts.ran, payouts.cancelled or payouts.cancel_refused)",
             })),
         )
             .into_response()),
@@ -832,15 +844,9 @@ async fn admin_run_payout(State(state): State<ApiState>) -> Response {
     let asked =
         ask_payout_thread(&state, |ticket, reply| PayoutRequest::Run { ticket, reply }).await;
     match asked {
+        // The payout thread audited the outcome (`payouts.ran`).
         Ok(Ok(report)) => {
             let batch = report.batch.as_ref().map(payment_json_full);
-            audit_from_async(
-                &state,
-                "admin",
-                "payouts.ran",
-                json!({"batch": batch.as_ref().map(|b| b["batch_id"].clone()), "completed": report.completed, "still_open": report.still_open}),
-            )
-            .await;
             Json(json!({
                 "batch": batch,
                 "completed": report.completed,

@@ -33,32 +33,42 @@ pub const KEY_CHALLENGE_TTL_S: u64 = 600;
 /// address, the serial of the last challenge answered, and takes only a newer one
 /// (`DexService::create_key`). A restart makes open challenges invalid (a new secret);
 /// they are asked for again.
+///
+/// A serial is the exchange's start count (kept in its store, one more at each start) over
+/// a count of challenges issued since: it grows across restarts whatever the wall clock
+/// does, so a clock set wrong for a while can never leave an address unable to get a key.
 pub struct KeyChallenges {
     secret: [u8; 32],
-    /// The last serial handed out: serials grow strictly, and from the wall clock in
-    /// microseconds, so they keep growing across restarts.
-    last_serial: u64,
+    /// The serial the next challenge gets.
+    next_serial: u128,
 }
 
 impl Default for KeyChallenges {
+    /// Challenges of a pool without the exchange (nobody can answer them).
     fn default() -> Self {
-        let mut secret = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut secret);
-        KeyChallenges {
-            secret,
-            last_serial: 0,
-        }
+        Self::new(0)
     }
 }
 
 /// A challenge that checked out: the serial the key store compares.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AnsweredChallenge {
-    pub serial: u64,
+    pub serial: u128,
 }
 
 impl KeyChallenges {
-    fn mac(&self, address: &str, serial: u64, expires_at_ms: u64) -> hmac::Hmac<sha2::Sha256> {
+    /// Challenges for this start of the exchange, its `start_count`-th
+    /// (`DexService::start_count`).
+    pub fn new(start_count: u64) -> Self {
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        KeyChallenges {
+            secret,
+            next_serial: (u128::from(start_count) << 64) + 1,
+        }
+    }
+
+    fn mac(&self, address: &str, serial: u128, expires_at_ms: u64) -> hmac::Hmac<sha2::Sha256> {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret)
             .expect("HMAC takes any key length");
@@ -66,7 +76,7 @@ impl KeyChallenges {
         mac
     }
 
-    fn message(address: &str, serial: u64, expires_at_ms: u64, tag: &str) -> String {
+    fn message(address: &str, serial: u128, expires_at_ms: u64, tag: &str) -> String {
         format!(
             "Otedama API key\naddress: {address}\nserial: {serial}\nexpires: {expires_at_ms}\ncheck: {tag}"
         )
@@ -74,16 +84,18 @@ impl KeyChallenges {
 
     /// A new challenge for `address` and its expiry.
     pub fn issue(&mut self, address: &str, now_ms: u64) -> (String, u64) {
-        self.last_serial = (now_ms.saturating_mul(1000)).max(self.last_serial + 1);
+        let serial = self.next_serial;
+        // 2^64 challenges in one start: never, at any rate a client can ask.
+        self.next_serial += 1;
         let expires_at_ms = now_ms + KEY_CHALLENGE_TTL_S * 1000;
         use hmac::Mac;
         let tag = hex::encode(
-            self.mac(address, self.last_serial, expires_at_ms)
+            self.mac(address, serial, expires_at_ms)
                 .finalize()
                 .into_bytes(),
         );
         (
-            Self::message(address, self.last_serial, expires_at_ms, &tag),
+            Self::message(address, serial, expires_at_ms, &tag),
             expires_at_ms,
         )
     }
@@ -97,14 +109,15 @@ impl KeyChallenges {
         }
         let mut field = |name: &str| lines.next()?.strip_prefix(name).map(str::to_string);
         let claimed_address = field("address: ")?;
-        let serial: u64 = field("serial: ")?.parse().ok()?;
+        let serial: u128 = field("serial: ")?.parse().ok()?;
         let expires_at_ms: u64 = field("expires: ")?.parse().ok()?;
         let tag = field("check: ")?;
         // The message must be exactly what `issue` wrote (no extra lines, no other
-        // spelling of a number); the MAC is compared in constant time.
+        // spelling of a number or of the tag); the MAC is compared in constant time.
         use hmac::Mac;
         let genuine = claimed_address == address
             && message == Self::message(address, serial, expires_at_ms, &tag)
+            && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             && hex::decode(&tag).is_ok_and(|tag| {
                 self.mac(address, serial, expires_at_ms)
                     .verify_slice(&tag)
@@ -600,6 +613,9 @@ mod tests {
         assert!(challenges
             .check("addr", &format!("{message}\n"), 1_001)
             .is_none());
+        let (_, tag) = message.rsplit_once("check: ").unwrap();
+        let upper = message.replace(tag, &tag.to_uppercase());
+        assert!(challenges.check("addr", &upper, 1_001).is_none());
         let retargeted = message.replace("address: addr", "address: other");
         assert!(challenges.check("other", &retargeted, 1_001).is_none());
         assert!(
@@ -634,6 +650,10 @@ mod tests {
             last = serial;
         }
         assert!(challenges.check("addr", &owners, 1_001).is_some());
-        assert_eq!(std::mem::size_of_val(&challenges), 40);
+        assert_eq!(std::mem::size_of_val(&challenges), 48);
+        // The next start's serials are above every one of this start's.
+        let mut restarted = KeyChallenges::new(1);
+        let (message, _) = restarted.issue("addr", 1_000);
+        assert!(restarted.check("addr", &message, 1_001).unwrap().serial > last);
     }
 }

@@ -87,8 +87,9 @@ pub struct BrokenLink {
 
 pub struct AuditLog {
     db: DB,
-    /// (next sequence, hash of the last entry): appends are serialized through it.
-    head: Mutex<(u64, String)>,
+    /// (next sequence, hash of the last entry, time of the last entry): appends are
+    /// serialized through it.
+    head: Mutex<(u64, String, u64)>,
 }
 
 impl AuditLog {
@@ -202,7 +203,11 @@ impl AuditLog {
         let mut head = self.head.lock().expect("audit lock");
         let mut entry = AuditEntry {
             sequence: head.0,
-            at_ms,
+            // Invariant: entries are in time order. A writer that read the clock before
+            // another took the lock, or a clock stepped back, gets the previous entry's
+            // time, so the entries of any period are one run of the chain and an export
+            // cut at a time loses none between its parts.
+            at_ms: at_ms.max(head.2),
             actor: actor.into(),
             action: action.into(),
             detail,
@@ -217,7 +222,7 @@ impl AuditLog {
             serde_json::to_vec(&entry)?,
             &options,
         )?;
-        *head = (entry.sequence + 1, entry.hash.clone());
+        *head = (entry.sequence + 1, entry.hash.clone(), entry.at_ms);
         Ok(entry)
     }
 
@@ -275,27 +280,47 @@ impl AuditLog {
 
 /// The next sequence and the newest entry's hash (or the checkpoint's, if every entry
 /// after it was pruned, or the genesis hash).
-fn read_head(db: &DB) -> Result<(u64, String), AuditError> {
+fn read_head(db: &DB) -> Result<(u64, String, u64), AuditError> {
     let newest = db
         .iterator(IteratorMode::End)
         .find(|item| item.as_ref().map_or(true, |(key, _)| key.len() == 8))
         .transpose()?;
     if let Some((_, value)) = newest {
         let last: AuditEntry = serde_json::from_slice(&value)?;
-        return Ok((last.sequence + 1, last.hash));
+        return Ok((last.sequence + 1, last.hash, last.at_ms));
     }
     Ok(match db.get(CHECKPOINT_KEY)? {
         Some(value) => {
             let checkpoint: Checkpoint = serde_json::from_slice(&value)?;
-            (checkpoint.first_sequence, checkpoint.previous_hash)
+            (checkpoint.first_sequence, checkpoint.previous_hash, 0)
         }
-        None => (0, GENESIS_HASH.to_string()),
+        None => (0, GENESIS_HASH.to_string(), 0),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry stamped before the one ahead of it (its writer read the clock first, or
+    /// the clock stepped back) takes that entry's time, here and after a reopen.
+    #[test]
+    fn entries_stay_in_time_order_whatever_the_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = AuditLog::open(dir.path()).unwrap();
+            log.append(100, "admin", "a", serde_json::json!({}))
+                .unwrap();
+            let late = log.append(99, "admin", "b", serde_json::json!({})).unwrap();
+            assert_eq!(late.at_ms, 100);
+        }
+        let log = AuditLog::open(dir.path()).unwrap();
+        let after_reopen = log.append(50, "admin", "c", serde_json::json!({})).unwrap();
+        assert_eq!(after_reopen.at_ms, 100);
+        assert_eq!(log.between(0, 100, 10).unwrap().len(), 0);
+        assert_eq!(log.between(100, 101, 10).unwrap().len(), 3);
+        assert_eq!(log.verify().unwrap(), Ok(3));
+    }
 
     #[test]
     fn an_edited_entry_breaks_the_chain_at_that_entry() {

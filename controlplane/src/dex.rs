@@ -137,8 +137,11 @@ const ACCOUNT_PREFIX: &[u8] = b"a/";
 const ADDRESS_PREFIX: &[u8] = b"i/";
 const KEY_PREFIX: &[u8] = b"k/";
 const KEY_OF_ADDRESS_PREFIX: &[u8] = b"K/";
-/// Per address, the serial of the last key challenge answered (8 bytes, big-endian).
+/// Per address, the serial of the last key challenge answered (16 bytes, big-endian).
 const KEY_CHALLENGE_SERIAL_PREFIX: &[u8] = b"S/";
+/// How many times the exchange has started (8 bytes, big-endian): the high half of key
+/// challenge serials.
+const START_COUNT_KEY: &[u8] = b"E/starts";
 
 pub struct DexService {
     dex: Dex,
@@ -147,6 +150,8 @@ pub struct DexService {
     next_account: AccountId,
     /// `ACCOUNTS_MAX`, lowered by tests to reach it.
     accounts_max: u64,
+    /// This start's number, counted in the store (`START_COUNT_KEY`).
+    start_count: u64,
     pool_asset: AssetId,
     events: Vec<Event>,
     /// Set when a journal write failed: whether that command is in the journal is unknown
@@ -263,11 +268,24 @@ impl DexService {
             .take_while(|(k, _)| k.starts_with(ADDRESS_PREFIX))
             .count() as AccountId
             + 1;
+        let start_count = match accounts.get(START_COUNT_KEY)? {
+            Some(stored) => u64::from_be_bytes(
+                stored
+                    .as_slice()
+                    .try_into()
+                    .context("the stored start count is not 8 bytes")?,
+            ),
+            None => 0,
+        } + 1;
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        accounts.put_opt(START_COUNT_KEY, start_count.to_be_bytes(), &sync)?;
         let mut service = DexService {
             dex,
             accounts,
             next_account,
             accounts_max: ACCOUNTS_MAX,
+            start_count,
             pool_asset: 0,
             events: Vec::new(),
             journal_failed: false,
@@ -278,6 +296,12 @@ impl DexService {
 
     pub fn exchange(&self) -> &Exchange {
         &self.dex.exchange
+    }
+
+    /// How many times the exchange has started, this start included: it grows at every
+    /// start, whatever the clock says (`api_dex::KeyChallenges::new`).
+    pub fn start_count(&self) -> u64 {
+        self.start_count
     }
 
     pub fn pool_coin(&self) -> &str {
@@ -393,16 +417,16 @@ impl DexService {
     pub fn create_key(
         &mut self,
         address: &str,
-        challenge_serial: u64,
+        challenge_serial: u128,
         now_ms: u64,
     ) -> anyhow::Result<Option<String>> {
         let serial_key = prefixed(KEY_CHALLENGE_SERIAL_PREFIX, address.as_bytes());
         if let Some(answered) = self.accounts.get(&serial_key)? {
-            let answered = u64::from_be_bytes(
+            let answered = u128::from_be_bytes(
                 answered
                     .as_slice()
                     .try_into()
-                    .context("a stored challenge serial is not 8 bytes")?,
+                    .context("a stored challenge serial is not 16 bytes")?,
             );
             if challenge_serial <= answered {
                 return Ok(None);
@@ -949,6 +973,67 @@ mod tests {
             tick_size: "0.00000001".into(),
             min_size: 1,
         }
+    }
+
+    /// Each start of the exchange counts one more, from the store: key challenge serials
+    /// grow across restarts without the wall clock.
+    #[test]
+    fn the_start_count_grows_at_every_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+        for expected in 1..=3 {
+            let service = DexService::open(
+                &dir.path().join("dex"),
+                build_exchange("LTC", &[ltc_btc()]).unwrap(),
+                &mut ledger,
+            )
+            .unwrap();
+            assert_eq!(service.start_count(), expected);
+        }
+    }
+
+    /// The public book shows the best `BOOK_LEVELS_MAX` price levels of a side, best
+    /// first; a level more stays in the book but off the page.
+    #[test]
+    fn the_public_book_shows_its_level_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+        let mut service = DexService::open(
+            &dir.path().join("dex"),
+            build_exchange("LTC", &[ltc_btc()]).unwrap(),
+            &mut ledger,
+        )
+        .unwrap();
+        service
+            .credit_external("buyer", "BTC", 100_000_000)
+            .unwrap();
+        let bid = |service: &mut DexService, ticks: u64| {
+            let request: OrderRequest = serde_json::from_value(json!({
+                "market": "LTC-BTC",
+                "side": "buy",
+                "price": price_coins(service.spec(0), ticks),
+                "quantity": "0.01",
+            }))
+            .unwrap();
+            service.place("buyer", &request).unwrap();
+        };
+        for ticks in 1..=BOOK_LEVELS_MAX as u64 {
+            bid(&mut service, ticks);
+        }
+        let book = service.book_json("LTC-BTC").unwrap();
+        assert_eq!(book["bids"].as_array().unwrap().len(), BOOK_LEVELS_MAX);
+        bid(&mut service, BOOK_LEVELS_MAX as u64 + 1);
+        let book = service.book_json("LTC-BTC").unwrap();
+        let bids = book["bids"].as_array().unwrap();
+        assert_eq!(bids.len(), BOOK_LEVELS_MAX);
+        let spec = service.spec(0);
+        assert_eq!(
+            bids[0][0],
+            price_coins(spec, BOOK_LEVELS_MAX as u64 + 1),
+            "best first"
+        );
+        assert_eq!(bids[BOOK_LEVELS_MAX - 1][0], price_coins(spec, 2));
+        assert_eq!(service.exchange().order_count(0), BOOK_LEVELS_MAX + 1);
     }
 
     #[test]

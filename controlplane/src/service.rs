@@ -795,34 +795,44 @@ fn start_kyc_webhook(config: &PoolConfig) -> anyhow::Result<Option<Sender<serde_
                 .build();
             for notice in queue {
                 let body = notice.to_string();
-                let mut delivered = false;
-                for attempt in 0..KYC_WEBHOOK_ATTEMPTS_MAX {
+                let post = || {
+                    // Signed at each attempt: the provider refuses an old timestamp.
                     let signature = crate::kyc::sign(&secret, now_ms() / 1000, body.as_bytes());
-                    let sent = agent
+                    agent
                         .post(&url)
                         .set("content-type", "application/json")
                         .set(crate::kyc::SIGNATURE_HEADER, &signature)
-                        .send_string(&body);
-                    match sent {
-                        Ok(_) => {
-                            delivered = true;
-                            break;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, attempt, "KYC webhook failed");
-                            // No wait after the last attempt: the next notice goes at once.
-                            if attempt + 1 < KYC_WEBHOOK_ATTEMPTS_MAX {
-                                std::thread::sleep(Duration::from_secs(1 << attempt));
-                            }
-                        }
-                    }
-                }
-                if !delivered {
+                        .send_string(&body)
+                        .map(drop)
+                        .map_err(|error| error.to_string())
+                };
+                if !deliver_kyc_notice(post, std::thread::sleep) {
                     tracing::error!(notice = %body, "KYC webhook gave up; the hold is in GET /api/v1/admin/kyc");
                 }
             }
         })?;
     Ok(Some(notices))
+}
+
+/// Posts one notice with `post`, up to `KYC_WEBHOOK_ATTEMPTS_MAX` times, pausing 1 s, 2 s,
+/// 4 s … between attempts (none after the last: the next notice goes at once). Whether the
+/// provider took it.
+fn deliver_kyc_notice(
+    mut post: impl FnMut() -> Result<(), String>,
+    mut pause: impl FnMut(Duration),
+) -> bool {
+    for attempt in 0..KYC_WEBHOOK_ATTEMPTS_MAX {
+        match post() {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::warn!(%error, attempt, "KYC webhook failed");
+                if attempt + 1 < KYC_WEBHOOK_ATTEMPTS_MAX {
+                    pause(Duration::from_secs(1 << attempt));
+                }
+            }
+        }
+    }
+    false
 }
 
 /// Payout runs the admin API may have waiting at once.
@@ -982,6 +992,9 @@ fn serve(
     } else {
         None
     };
+    let start_count = dex
+        .as_ref()
+        .map_or(0, |dex| dex.lock().expect("dex lock").start_count());
     let api_state = ApiState {
         pool: state.clone(),
         sv2_authority_key,
@@ -994,7 +1007,7 @@ fn serve(
         algorithm: config.coin_params().algorithm,
         coin_name: config.coin.name(),
         dex,
-        key_challenges: Default::default(),
+        key_challenges: Arc::new(Mutex::new(crate::api_dex::KeyChallenges::new(start_count))),
         kyc_secret: config.kyc_webhook_secret()?.map(Arc::new),
         ws_clients: Arc::new(tokio::sync::Semaphore::new(crate::api::WS_CLIENTS_MAX)),
         stats_cache: Default::default(),
@@ -1033,6 +1046,38 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A notice the provider never takes is posted exactly `KYC_WEBHOOK_ATTEMPTS_MAX`
+    /// times, with doubling pauses and none after the last; one taken at the last attempt
+    /// counts as delivered.
+    #[test]
+    fn a_kyc_notice_is_posted_at_most_its_attempts() {
+        let mut posts = 0;
+        let mut pauses = Vec::new();
+        let delivered = deliver_kyc_notice(
+            || {
+                posts += 1;
+                Err("refused".into())
+            },
+            |pause| pauses.push(pause.as_secs()),
+        );
+        assert!(!delivered);
+        assert_eq!(posts, KYC_WEBHOOK_ATTEMPTS_MAX);
+        assert_eq!(pauses, [1, 2, 4, 8, 16]);
+        let mut posts = 0;
+        let delivered = deliver_kyc_notice(
+            || {
+                posts += 1;
+                if posts == KYC_WEBHOOK_ATTEMPTS_MAX {
+                    Ok(())
+                } else {
+                    Err("refused".into())
+                }
+            },
+            |_| {},
+        );
+        assert!(delivered);
+    }
 
     /// FPPS averages the fees of the newest `FEE_HISTORY_BLOCKS_MAX` heights: one more
     /// height drops exactly the oldest, and a new template at a kept height replaces it.

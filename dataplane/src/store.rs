@@ -777,6 +777,75 @@ mod tests {
         }
     }
 
+    /// A sink that records each batch's size and holds its first write until the test
+    /// lets it go.
+    struct HeldSink {
+        entered: crossbeam_channel::Sender<()>,
+        release: crossbeam_channel::Receiver<()>,
+        batch_sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+    impl BatchSink for HeldSink {
+        fn write(&mut self, batch: &[PendingShare], _: u64, _: u64) -> Result<(), StoreError> {
+            let mut sizes = self.batch_sizes.lock().unwrap();
+            if sizes.is_empty() {
+                self.entered.send(()).unwrap();
+                self.release.recv().unwrap();
+            }
+            sizes.push(batch.len());
+            Ok(())
+        }
+    }
+
+    /// With the writer busy, one core queues exactly its
+    /// `SHARES_AWAITING_DURABILITY_PER_CORE_MAX` shares and is refused the next; the
+    /// writer then takes them in batches of exactly `SHARE_BATCH_MAX`.
+    #[test]
+    fn the_queue_and_the_batch_hold_their_limits_at_the_edge() {
+        let (entered, has_entered) = crossbeam_channel::bounded(1);
+        let (let_go, release) = crossbeam_channel::bounded(1);
+        let batch_sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, mut rx) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::with_sink(
+            HeldSink {
+                entered,
+                release,
+                batch_sizes: batch_sizes.clone(),
+            },
+            0,
+            vec![tx],
+        );
+        let handle = log.handle();
+        handle.append(0, &record(0)).unwrap();
+        has_entered.recv().unwrap();
+        for job_id in 1..=SHARES_AWAITING_DURABILITY_PER_CORE_MAX as u64 {
+            handle.append(0, &record(job_id)).unwrap();
+        }
+        assert_eq!(handle.queued(), SHARES_AWAITING_DURABILITY_PER_CORE_MAX);
+        assert_eq!(
+            handle.append(0, &record(u64::MAX)),
+            Err(StoreError::QueueFull)
+        );
+        let_go.send(()).unwrap();
+        drop(handle);
+        log.close();
+        let sizes = batch_sizes.lock().unwrap().clone();
+        assert_eq!(sizes[0], 1);
+        assert!(
+            sizes.iter().all(|size| *size <= SHARE_BATCH_MAX),
+            "{sizes:?}"
+        );
+        assert_eq!(
+            sizes[1..],
+            vec![SHARE_BATCH_MAX; SHARES_AWAITING_DURABILITY_PER_CORE_MAX / SHARE_BATCH_MAX]
+        );
+        let mut durable = 0;
+        while let Ok(completed) = rx.try_recv() {
+            assert!(completed.result.is_ok());
+            durable += completed.shares;
+        }
+        assert_eq!(durable, SHARES_AWAITING_DURABILITY_PER_CORE_MAX + 1);
+    }
+
     /// A sink whose writes fail: every completion must say so.
     struct FailingSink;
     impl BatchSink for FailingSink {

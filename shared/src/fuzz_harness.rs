@@ -232,8 +232,13 @@ mod tests {
 
     use super::TARGETS;
 
+    /// The checkout's `fuzz/`, found when the test runs (cargo sets the variable for it),
+    /// not where the binary was built: a build cache shared by two checkouts may hand
+    /// this one a binary another compiled.
     fn fuzz_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+        manifest_dir.join("../fuzz")
     }
 
     /// Every committed input of every target (its seeds, and the crash inputs kept as

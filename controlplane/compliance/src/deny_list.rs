@@ -353,6 +353,16 @@ mod tests {
         );
     }
 
+    /// An entry of exactly `ADDRESS_BYTES_MAX` bytes is kept; a longer one is no address
+    /// of any coin and is left out.
+    #[test]
+    fn list_entries_are_kept_up_to_their_length_limit() {
+        let at_limit = "L".repeat(ADDRESS_BYTES_MAX);
+        let over = "M".repeat(ADDRESS_BYTES_MAX + 1);
+        let kept = parse(&format!("{at_limit}\n{over}\n"), "LTC").unwrap();
+        assert_eq!(kept, vec![at_limit]);
+    }
+
     #[test]
     fn broken_xml_is_an_error_and_files_merge() {
         assert!(parse("<sdnList><id><idType>x</idNumber></sdnList>", "LTC").is_err());

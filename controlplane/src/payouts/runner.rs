@@ -217,6 +217,20 @@ impl PayoutRunner {
                     tracing::error!(%error, "payout run failed");
                 }
                 if let Some(reply) = run_reply {
+                    // The outcome of a run an admin asked for is audited here, not by the
+                    // asker: it may have stopped waiting (202) or gone.
+                    let detail = match &result {
+                        Ok(report) => serde_json::json!({
+                            "batch": report.batch.as_ref().map(|b| b.batch_id),
+                            "completed": report.completed,
+                            "still_open": report.still_open,
+                        }),
+                        Err(error) => serde_json::json!({"error": error}),
+                    };
+                    if let Err(error) = self.audit.append(now_ms(), "admin", "payouts.ran", detail)
+                    {
+                        tracing::error!(%error, "cannot audit a payout run");
+                    }
                     let _ = reply.send(result);
                 }
             }
@@ -229,8 +243,21 @@ impl PayoutRunner {
         let Some(wallet) = self.wallet.as_mut() else {
             return Err("no wallet: payouts need chain = \"node\"".into());
         };
-        let reason = payments::cancel_pending(&self.ledger, wallet.as_mut(), batch_id, now_ms)
-            .map_err(|e| e.to_string())?;
+        let reason = match payments::cancel_pending(&self.ledger, wallet.as_mut(), batch_id, now_ms)
+        {
+            Ok(reason) => reason,
+            Err(refusal) => {
+                let refusal = refusal.to_string();
+                let detail = serde_json::json!({"batch_id": batch_id, "refused": refusal});
+                if let Err(error) =
+                    self.audit
+                        .append(now_ms, "admin", "payouts.cancel_refused", detail)
+                {
+                    tracing::error!(%error, "cannot audit a refused cancel");
+                }
+                return Err(refusal);
+            }
+        };
         let detail = serde_json::json!({"batch_id": batch_id, "reason": reason});
         if let Err(error) = self
             .audit

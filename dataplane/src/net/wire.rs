@@ -230,3 +230,43 @@ async fn drain_backlog(wire: Rc<Wire>) {
     *wire.backlog.borrow_mut() = Vec::new();
     wire.backlog_writer_running.set(false);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A miner that stops reading may have exactly `SEND_BACKLOG_BYTES_MAX` bytes queued
+    /// for it past what the kernel took; one byte more closes its connection.
+    #[test]
+    fn a_miner_that_stops_reading_is_closed_exactly_past_the_backlog_limit() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let address = listener.local_addr().unwrap();
+                // The kernel completes the handshake before `accept`; this peer never reads.
+                let silent_peer = std::net::TcpStream::connect(address).unwrap();
+                let stream = listener.accept().await.unwrap();
+                let wire = Wire::new(stream, 0);
+                let chunk = vec![0u8; 64 * 1024];
+                // Fill the kernel's buffers until part of a send is left over.
+                for _ in 0..10_000 {
+                    if !wire.backlog.borrow().is_empty() {
+                        break;
+                    }
+                    wire.send(&chunk);
+                }
+                let queued = wire.backlog.borrow().len();
+                assert!(queued > 0 && queued <= SEND_BACKLOG_BYTES_MAX);
+                assert!(!wire.is_closed());
+                wire.send(&vec![0u8; SEND_BACKLOG_BYTES_MAX - queued]);
+                assert!(!wire.is_closed(), "at the limit the connection stays");
+                assert_eq!(wire.backlog.borrow().len(), SEND_BACKLOG_BYTES_MAX);
+                wire.send(&[0]);
+                assert!(wire.is_closed(), "one byte past the limit closes it");
+                drop(silent_peer);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

@@ -432,6 +432,20 @@ impl Core {
         }
     }
 
+    /// Copies this core's queue peaks to the process's counters. Once a second, not per
+    /// share: the counters are shared by every core, and an atomic read-modify-write on
+    /// one cache line per share would make the cores contend for it at full load.
+    fn publish_queue_peaks(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.counters;
+        counters
+            .durability_queued_peak
+            .fetch_max(self.awaiting_durability.peak() as u64, Relaxed);
+        counters
+            .scrypt_queued_peak
+            .fetch_max(self.awaiting_pow.peak() as u64, Relaxed);
+    }
+
     /// Queues a scrypt share for the batch hasher. It also holds a place under the core's
     /// durability bound while it waits, given back just before its outcome is applied
     /// (which takes one again if the share is stored): otherwise up to
@@ -440,14 +454,6 @@ impl Core {
     pub fn queue_pow(&self, work: PowWork) {
         self.awaiting_pow.take(1);
         self.awaiting_durability.take(1);
-        self.counters.durability_queued_peak.fetch_max(
-            self.awaiting_durability.peak() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.counters.scrypt_queued_peak.fetch_max(
-            self.awaiting_pow.peak() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         self.pow_queue.borrow_mut().push(work);
         if let Some(waker) = self.pow_waiter.borrow_mut().take() {
             waker.wake();
@@ -589,10 +595,6 @@ impl Core {
         }
         awaiting_ack.take(1);
         self.awaiting_durability.take(1);
-        self.counters.durability_queued_peak.fetch_max(
-            self.awaiting_durability.peak() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         true
     }
 
@@ -893,6 +895,7 @@ async fn core_main(
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             enforcer.enforce_deadlines(now_s());
+            enforcer.publish_queue_peaks();
             enforcer.retarget_silent_miners(now_s()).await;
         }
     })
