@@ -17,6 +17,7 @@ bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/rele
 here=$(cd "$(dirname "$0")" && pwd)
 port=${PORT:-34333}
 api_port=$((port + 1))
+quic_port=$((port + 2))
 attack_s=${ATTACK_S:-25}
 payout=bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt
 read -r -a honest_flags <<<"${HONEST:---connections 200 --rate 5000 --duration 8}"
@@ -46,6 +47,7 @@ role_rss_kib() {
 RUST_LOG=${RUST_LOG:-warn} "$bin_dir/otedama" run \
   --chain synthetic --coin bitcoin --network regtest --payout-address "$payout" \
   --data-dir "$data_dir" --stratum-listen "127.0.0.1:$port" --api-listen "127.0.0.1:$api_port" \
+  --quic-listen "127.0.0.1:$quic_port" \
   --difficulty-min 1e-10 --start-difficulty 1e-10 --vardiff-share-interval-s 0 \
   >"$data_dir/pool.log" 2>&1 &
 pool_pid=$!
@@ -104,6 +106,9 @@ run_attack stratum-slowloris attack stratum-slowloris --port "$port" --connectio
 run_attack share-flood "$bin_dir/otedama-loadgen" --target "127.0.0.1:$port" --user "$payout.flood" \
   --source-ips 127.0.2.1-127.0.2.4 --connections 50 --rate 1000000 --inflight-max 256 \
   --suggest-difficulty 1e-9 --duration "$attack_s"
+run_attack quic-initials "$bin_dir/otedama-loadgen" --target "127.0.0.1:$quic_port" \
+  --protocol quic --quic-ca "$data_dir/quic-cert.pem" --quic-initial-flood \
+  --source-ips 127.0.3.1-127.0.3.50 --connect-rate 20000 --duration "$attack_s"
 run_attack http-slowloris attack http-slowloris --port "$api_port" --connections 5000 --sources 50
 run_attack api-flood attack api-flood --port "$api_port" --connections 200 --sources 20
 echo "refusals: $(refusals)"

@@ -217,6 +217,64 @@ impl Miner {
     }
 }
 
+/// Issue 16: QUIC connections count against the per-address cap (shared with TCP) once
+/// their handshake has proved the address; one over it is closed and counted; a place
+/// given back is taken again.
+#[tokio::test(flavor = "current_thread")]
+async fn quic_connections_count_against_the_per_address_cap() {
+    const PER_ADDRESS: usize = 2;
+    let pool = SyntheticPool::start(&[
+        "--cores",
+        "0",
+        "--connections-per-ip-max",
+        &PER_ADDRESS.to_string(),
+        "--start-difficulty",
+        "1e-6",
+        "--difficulty-min",
+        "1e-9",
+        "--vardiff-share-interval-s",
+        "0",
+        "--synthetic-job-interval-ms",
+        "60000",
+    ]);
+    let config = client_config(&pool.quic_certificate);
+    // The harness's readiness probes (TCP, from this address) may hold a place for a
+    // moment after they close.
+    let connect_within = |within: Duration| {
+        let config = config.clone();
+        let pool = &pool;
+        async move {
+            let deadline = std::time::Instant::now() + within;
+            loop {
+                match Miner::connect(pool, &config).await {
+                    Ok(miner) => return miner,
+                    Err(error) if std::time::Instant::now() < deadline => {
+                        eprintln!("{error}; again");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(error) => panic!("no place within {within:?}: {error}"),
+                }
+            }
+        }
+    };
+    let mut held = Vec::new();
+    for index in 0..PER_ADDRESS {
+        let mut miner = connect_within(Duration::from_secs(10)).await;
+        miner.mine_one(index as u32 * 1_000_000).await;
+        held.push(miner);
+    }
+    let refused = Miner::connect(&pool, &config).await;
+    assert!(
+        refused.is_err(),
+        "connection {} from one address was served",
+        PER_ADDRESS + 1
+    );
+    pool.wait_for_refusals("connections_per_ip", 1.0).unwrap();
+    held.pop().unwrap().close().await;
+    let mut again = connect_within(Duration::from_secs(10)).await;
+    again.mine_one(5_000_000).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn quic_limit_edge_and_zero_rtt_resumption() {
     let pool = start_pool("0", 1);

@@ -389,6 +389,7 @@ impl QuicFrontEnd {
             timer_notified: Cell::new(false),
             resume_scheduled: Cell::new(false),
             logged_in: Cell::new(false),
+            address_slot: RefCell::new(None),
             core: Rc::downgrade(core),
         });
         self.connections
@@ -428,6 +429,11 @@ pub struct QuicConnection {
     resume_scheduled: Cell<bool>,
     /// Set once the session has a channel; until then it counts in `logins_pending`.
     logged_in: Cell<bool>,
+    /// The connection's place under the per-address cap, taken once its handshake has
+    /// proved the address (`Event::Connected`) and given back when it drains. Not at the
+    /// first Initial: its source address may be spoofed, and counting it would let anyone
+    /// use up another address's places.
+    address_slot: RefCell<Option<crate::rt::admission::AddressSlot>>,
     core: std::rc::Weak<Core>,
 }
 
@@ -451,10 +457,20 @@ impl QuicConnection {
                 Some(Event::ConnectionLost { reason }) => {
                     tracing::debug!(%reason, "QUIC connection lost");
                 }
+                // The handshake is done: the peer receives at its address. It now counts
+                // against that address's cap (`connections_per_ip_max`, shared with TCP).
+                Some(Event::Connected) => match core.admit(Some(self.peer_ip.get())) {
+                    Some(slot) => *self.address_slot.borrow_mut() = slot,
+                    None => {
+                        tracing::debug!(peer = %self.peer_ip.get(), "too many connections from one address");
+                        self.close_with("too many connections from one address");
+                    }
+                },
                 Some(_) => {}
             }
         }
-        if readable {
+        // A connection closed above (over its address's cap) is not served.
+        if readable && !self.quic.borrow().is_closed() {
             if let Err(reason) = self.read_frames(core) {
                 tracing::debug!(reason, "closing QUIC connection");
                 self.close_with(reason);
@@ -619,6 +635,7 @@ impl QuicConnection {
         }
         if self.quic.borrow().is_drained() && !self.drained.replace(true) {
             front.connections.borrow_mut().remove(&self.handle);
+            self.address_slot.borrow_mut().take();
             if !self.logged_in.replace(true) {
                 front
                     .logins_pending
@@ -717,12 +734,19 @@ async fn timer_task(connection: Rc<QuicConnection>) {
 /// Closes a connection that has not logged in (handshake, SetupConnection, a channel)
 /// within `STRATUM_LOGIN_DEADLINE_S`, as the TCP front ends do.
 async fn login_deadline(connection: Rc<QuicConnection>) {
-    glommio::timer::sleep(Duration::from_secs(
-        crate::rt::admission::STRATUM_LOGIN_DEADLINE_S,
-    ))
-    .await;
-    if connection.logged_in.get() || connection.drained.get() {
-        return;
+    loop {
+        glommio::timer::sleep(Duration::from_secs(
+            crate::rt::admission::STRATUM_LOGIN_DEADLINE_S,
+        ))
+        .await;
+        if connection.logged_in.get() || connection.drained.get() {
+            return;
+        }
+        // The pool holds this connection's frames back (its core at a bound): the login
+        // is not the miner's delay, so its time starts again, as over TCP.
+        if !connection.resume_scheduled.get() {
+            break;
+        }
     }
     connection.close_with("login deadline");
     connection.flush();

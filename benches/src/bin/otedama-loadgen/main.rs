@@ -14,6 +14,7 @@
 //! per-process cap can still open 100,000 connections.
 
 mod connection;
+mod initial_flood;
 mod report;
 mod v2;
 
@@ -84,6 +85,11 @@ pub struct Args {
     /// Send `mining.suggest_difficulty` with this value after authorizing.
     #[arg(long)]
     pub suggest_difficulty: Option<f64>,
+    /// Instead of mining: send QUIC Initials that never continue their handshakes, at
+    /// --connect-rate per second for --duration seconds, from the --source-ips (an
+    /// attacker's spoofed handshakes; see `initial_flood`).
+    #[arg(long)]
+    pub quic_initial_flood: bool,
     /// Internal: run as child number N of a multi-process run.
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,
@@ -202,6 +208,9 @@ fn main() -> anyhow::Result<()> {
         (1..=args.connections).contains(&args.processes),
         "--processes must lie between 1 and --connections"
     );
+    if args.quic_initial_flood {
+        return initial_flood::run(&args, target);
+    }
     match args.worker_index {
         Some(index) => run_child(&args, target, index),
         None if args.processes == 1 => {

@@ -78,7 +78,9 @@ impl Transport {
     }
 }
 
-fn quic_client_config(ca: Option<&std::path::Path>) -> anyhow::Result<quinn::ClientConfig> {
+pub(crate) fn quic_client_config(
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<quinn::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let path = ca.unwrap_or(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
     let mut roots = rustls::RootCertStore::empty();

@@ -167,7 +167,12 @@ fn supervise_role(role: &mut Role, executable: &Path, config: &Path) -> anyhow::
             );
         }
         tracing::error!(role = %role.name, %status, delay_ms = role.backoff.delay_ms, "child exited; restarting");
-        role.child = None;
+        // A child whose state could not be read may still run: stop and reap it before a
+        // second copy is started (two would fight over the ports and the share log).
+        if let Some(mut child) = role.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         role.started_at = Instant::now();
     }
     if role.started_at.elapsed() >= Duration::from_millis(role.backoff.delay_ms) {
