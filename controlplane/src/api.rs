@@ -1202,7 +1202,27 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{public_reject_reason, Page, API_LIST_ITEMS_DEFAULT, API_LIST_ITEMS_MAX};
+    use super::{
+        public_reject_reason, Page, API_LIST_ITEMS_DEFAULT, API_LIST_ITEMS_MAX,
+        AUDIT_ENTRIES_PER_REQUEST_MAX,
+    };
+
+    /// `/api/v1/admin/audit` shows the newest `AUDIT_ENTRIES_PER_REQUEST_MAX` entries: with
+    /// one more in the log, exactly the oldest is left out.
+    #[test]
+    fn the_audit_route_shows_its_limit_of_newest_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = crate::audit::AuditLog::open(dir.path()).unwrap();
+        for at_ms in 0..=AUDIT_ENTRIES_PER_REQUEST_MAX as u64 {
+            audit
+                .append(at_ms, "admin", "test", serde_json::json!({}))
+                .unwrap();
+        }
+        let shown = audit.recent(AUDIT_ENTRIES_PER_REQUEST_MAX).unwrap();
+        assert_eq!(shown.len(), AUDIT_ENTRIES_PER_REQUEST_MAX);
+        assert_eq!(shown[0].sequence, AUDIT_ENTRIES_PER_REQUEST_MAX as u64);
+        assert_eq!(shown.last().unwrap().sequence, 1);
+    }
 
     /// A page holds `limit` items up to `API_LIST_ITEMS_MAX`; more asked gets the maximum.
     #[test]

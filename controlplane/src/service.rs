@@ -36,8 +36,9 @@ use crate::payouts::lifecycle::{classify, BlockStatus};
 use crate::payouts::payments::PayoutPolicy;
 use crate::payouts::runner::{fault_file_hook, share_log_tails, PayoutRunner, PayoutSettings};
 use crate::payouts::schemes::Scheme;
-use crate::payouts::shares::{ShareHistory, ShareLogTail};
+use crate::payouts::shares::ShareHistory;
 use crate::stats::{BlockValue, PoolState};
+use otedama_sharelog::tail::ShareLogTail;
 
 /// Shortest gap between two template fetches, so that a burst of triggers (blocks found
 /// back to back on regtest) cannot become a busy loop.

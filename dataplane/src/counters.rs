@@ -40,7 +40,7 @@ pub struct Counters {
     /// (`SHARES_AWAITING_DURABILITY_PER_CORE_MAX` bounds it).
     pub durability_queued_peak: AtomicU64,
     /// The share log's writer status, once the log is open.
-    pub share_log: std::sync::OnceLock<std::sync::Arc<crate::store::ShareLogStatus>>,
+    pub share_log: std::sync::OnceLock<std::sync::Arc<otedama_sharelog::writer::ShareLogStatus>>,
 }
 
 impl Counters {

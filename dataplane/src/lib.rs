@@ -3,7 +3,8 @@
 //! One pinned glommio executor per core listens on every Stratum port through
 //! SO_REUSEPORT, owns its connections, its buffers and its copy of the live jobs, and
 //! validates shares on the core that received them, without locks. Accepted shares go to
-//! the RocksDB share log (group commit) before the miner hears `true`. Jobs arrive from the
+//! the share log (`otedama_sharelog`, RocksDB with group commit) before the miner hears
+//! `true`. Jobs arrive from the
 //! control plane over a local socket; block candidates and counters go back up.
 //!
 //! It never talks to the chain node, never pays anyone and never blocks a core on I/O.
@@ -12,7 +13,6 @@ pub mod counters;
 pub mod ipc;
 pub mod net;
 pub mod rt;
-pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -354,7 +354,7 @@ pub struct ShareRecord {
     /// When the share log's writer wrote the record (the session's time is replaced then,
     /// `ShareRecord::stamp_encoded`). Invariant: never decreases along one log, so a
     /// log's order and its time order are the same, and rounds can be cut across several
-    /// logs by (time, process, sequence) with `SHARE_LOG_CLOCK_KEY` as the barrier.
+    /// logs by (time, process, sequence) with the share log's clock as the barrier.
     pub accepted_at_ms: u64,
     pub job_id: u64,
     pub height: u64,
@@ -375,28 +375,6 @@ pub struct ShareDecodeError(pub usize);
 const SHARE_RECORD_VERSION: u8 = 1;
 /// Where `accepted_at_ms` sits in an encoded record: right after the version byte.
 const ACCEPTED_AT_OFFSET: usize = 1;
-
-/// The share log's key of the share with sequence number `sequence`: big-endian, so keys
-/// sort in log order.
-pub fn share_log_key(sequence: u64) -> [u8; 8] {
-    sequence.to_be_bytes()
-}
-
-/// The sequence number of a share-log key; `None` for the clock key.
-pub fn share_log_sequence(key: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
-}
-
-/// The share log's clock: a little-endian millisecond time T, written by the log's writer
-/// with every batch and every `SHARE_LOG_CLOCK_INTERVAL_MS` while idle, that promises
-/// every record stamped at or before T is already in the log (records are stamped when
-/// written, never below an earlier clock). A reader that sees the clock sees every record
-/// written before it, so it knows it has read all of the log up to T, even from a log
-/// with no share since. The key is shorter than a sequence key and zero, so it sorts
-/// before every share and the last key is still the last share's.
-pub const SHARE_LOG_CLOCK_KEY: &[u8] = &[0];
-/// How often an idle share-log writer moves its clock forward.
-pub const SHARE_LOG_CLOCK_INTERVAL_MS: u64 = 100;
 
 impl ShareRecord {
     /// A compact, versioned binary form: fixed fields first, then length-prefixed ones.
@@ -560,13 +538,6 @@ mod tests {
         let mut expected = record();
         expected.accepted_at_ms = 1_800_000_000_456;
         assert_eq!(ShareRecord::decode(&bytes).unwrap(), expected);
-    }
-
-    #[test]
-    fn the_clock_key_sorts_before_every_share_and_is_no_sequence() {
-        assert!(SHARE_LOG_CLOCK_KEY < &share_log_key(0)[..]);
-        assert_eq!(share_log_sequence(SHARE_LOG_CLOCK_KEY), None);
-        assert_eq!(share_log_sequence(&share_log_key(77)), Some(77));
     }
 
     #[test]

@@ -153,9 +153,12 @@ mod tests {
     fn burst_raises_early_by_at_most_the_step_limit() {
         let mut v = vardiff();
         v.retarget(100, 8.0);
-        for _ in 0..VARDIFF_BURST_SHARES_MAX {
+        // One share short of the burst: no early retarget.
+        for _ in 1..VARDIFF_BURST_SHARES_MAX {
             v.on_share();
         }
+        assert_eq!(v.retarget(102, 8.0), None);
+        v.on_share();
         assert_eq!(v.retarget(102, 8.0), Some(32.0));
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use otedama_dataplane::store::read_share_log;
+use otedama_sharelog::writer::read_share_log;
 use otedama_tests::{wait_until, PoolSetup, RegtestPair, StratumTestClient};
 
 #[test]

@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use otedama_dataplane::net::wire::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
-use otedama_dataplane::store::{BatchSink, PendingShare, ShareLog, ShareLogHandle, StoreError};
 use otedama_dataplane::DataplaneConfig;
 use otedama_shared::ipc::{self, Downstream};
 use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
+use otedama_sharelog::writer::{BatchSink, PendingShare, ShareLog, ShareLogHandle, StoreError};
 use otedama_tests::{free_port, wait_until, StratumTestClient};
 
 /// Every hash meets this difficulty, so tests submit shares without mining.
@@ -79,7 +79,7 @@ const IDLE_TIMEOUT_S: u64 = 4;
 /// Starts a one-core data plane whose share log `open` builds; returns its Stratum address.
 fn start_dataplane(
     open: impl FnOnce(
-            Vec<futures_channel::mpsc::UnboundedSender<otedama_dataplane::store::Completed>>,
+            Vec<futures_channel::mpsc::UnboundedSender<otedama_sharelog::writer::Completed>>,
             PathBuf,
         ) -> anyhow::Result<ShareLog>
         + Send
@@ -127,7 +127,7 @@ fn start_dataplane(
 }
 
 fn real_share_log() -> impl FnOnce(
-    Vec<futures_channel::mpsc::UnboundedSender<otedama_dataplane::store::Completed>>,
+    Vec<futures_channel::mpsc::UnboundedSender<otedama_sharelog::writer::Completed>>,
     PathBuf,
 ) -> anyhow::Result<ShareLog> {
     |cores, path| Ok(ShareLog::open(&path, false, cores)?)

@@ -80,7 +80,7 @@ fn raising_the_difficulty_and_mining_low_earns_no_more_than_honest_work() {
     let mut pool = pool;
     pool.process.terminate();
     let records =
-        otedama_dataplane::store::read_share_log(&pool.data_dir.path().join("shares")).unwrap();
+        otedama_sharelog::writer::read_share_log(&pool.data_dir.path().join("shares")).unwrap();
     let mut credit: HashMap<String, f64> = HashMap::new();
     for record in &records {
         *credit.entry(record.worker.clone()).or_default() += record.difficulty;

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use otedama_dataplane::net::wire::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
 use otedama_dataplane::rt::SCRYPT_SHARES_QUEUED_PER_CORE_MAX;
-use otedama_dataplane::store::SHARES_AWAITING_DURABILITY_PER_CORE_MAX;
+use otedama_sharelog::writer::SHARES_AWAITING_DURABILITY_PER_CORE_MAX;
 use otedama_tests::{metric_value, wait_until, StratumTestClient, SyntheticPool};
 
 #[test]

@@ -83,6 +83,13 @@ fn commands_round_trip_and_bad_bytes_are_refused() {
         bytes.clear();
         encode(command, &mut bytes);
         assert_eq!(decode(&bytes), Some(*command));
+        // Every kind fits the journal's encode buffer (`COMMAND_BYTES_MAX`) without growing
+        // it; the encoding has a fixed length per kind, so the workload's kinds cover it.
+        assert!(
+            bytes.len() <= otedama_dex::journal::COMMAND_BYTES_MAX,
+            "{command:?} takes {} bytes",
+            bytes.len()
+        );
         assert_eq!(decode(&bytes[..bytes.len() - 1]), None, "truncated");
         let mut longer = bytes.clone();
         longer.push(0);

@@ -20,7 +20,7 @@ use super::store::JobStoreError;
 use super::submit::{CandidateQueue, CandidateSource, Pushed};
 use super::BuiltJob;
 use crate::blocks::BlockStore;
-use crate::payouts::shares::{ShareLogTail, SHARES_PER_POLL_MAX};
+use otedama_sharelog::tail::{ShareLogTail, SHARES_PER_POLL_MAX};
 
 /// How long a block share may wait for the live path to record it before the scan hands
 /// it to the submitters itself.

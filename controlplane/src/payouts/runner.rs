@@ -18,11 +18,10 @@ use crate::payouts::ledger::{BlockState, Ledger};
 use crate::payouts::lifecycle::BlockStatus;
 use crate::payouts::payments::{self, PayoutPolicy, PayoutStep, RunReport, Wallet};
 use crate::payouts::schemes::{per_share_credit, split_block, Round, Scheme};
-use crate::payouts::shares::{
-    HistoryShare, ShareHistory, ShareKey, ShareLogTail, SHARE_HISTORY_MAX,
-};
+use crate::payouts::shares::{HistoryShare, ShareHistory, ShareKey, SHARE_HISTORY_MAX};
 use crate::stats::PoolState;
 use otedama_shared::hex32::display_hex;
+use otedama_sharelog::tail::ShareLogTail;
 
 /// How far past a block's time every share log must be read before the block's round is
 /// cut by time, when its own share record was not found (the share log refused to write
@@ -809,7 +808,7 @@ mod tests {
         let log_path = dir.join("shares");
         let (completions, _ignored) = futures_channel::mpsc::unbounded();
         let log =
-            otedama_dataplane::store::ShareLog::open(&log_path, false, vec![completions]).unwrap();
+            otedama_sharelog::writer::ShareLog::open(&log_path, false, vec![completions]).unwrap();
         for _ in 0..SHARES {
             log.handle().append(0, &share(miner)).unwrap();
         }
@@ -1064,7 +1063,7 @@ mod tests {
     /// share after a switch back.
     #[test]
     fn switching_between_per_share_and_block_schemes_never_pays_a_share_twice() {
-        use otedama_dataplane::store::ShareLog;
+        use otedama_sharelog::writer::ShareLog;
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (regtest_address(1), regtest_address(2));
         let mut runner = pps_runner(dir.path(), &a);

@@ -36,9 +36,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use otedama_dataplane::store::{read_share_log, Completed, ShareLog};
 use otedama_shared::hex32::display_hex;
 use otedama_shared::ShareRecord;
+use otedama_sharelog::writer::{read_share_log, Completed, ShareLog};
 
 use super::ledger::{EntryKind, IntentState, Ledger};
 use super::lifecycle::BlockStatus;

@@ -31,12 +31,14 @@ use crate::net::now_s;
 use crate::net::sv2::V2Link;
 use crate::net::wire::Wire;
 use crate::net::{quic, sv1, sv2};
-use crate::store::{Completed, ShareLog, ShareLogHandle, SHARES_AWAITING_DURABILITY_PER_CORE_MAX};
 use crate::DataplaneConfig;
 use admission::{AddressCounts, AddressSlot, Deadline, Deadlines};
 use gate::Gate;
 use otedama_kernels::scrypt::SCRYPT_LANES_MAX;
 use otedama_shared::ipc::Refusal;
+use otedama_sharelog::writer::{
+    Completed, ShareLog, ShareLogHandle, SHARES_AWAITING_DURABILITY_PER_CORE_MAX,
+};
 
 /// Registered-buffer memory per executor. We do no file I/O through glommio, and a small
 /// value keeps the data plane inside the 8 MiB memlock limit of unprivileged users.

@@ -128,9 +128,14 @@ mod tests {
             id.write_to(&mut out);
             assert_eq!(out, text.as_bytes());
         }
-        assert!(
-            RequestId::from_json(&format!("\"{}\"", "x".repeat(REQUEST_ID_BYTES_MAX))).is_none()
-        );
+        // The limit counts the id's JSON text, quotes included: exactly that many bytes
+        // are echoed, one more is not.
+        let at_limit = format!("\"{}\"", "x".repeat(REQUEST_ID_BYTES_MAX - 2));
+        let mut out = Vec::new();
+        RequestId::from_json(&at_limit).unwrap().write_to(&mut out);
+        assert_eq!(out, at_limit.as_bytes());
+        let over = format!("\"{}\"", "x".repeat(REQUEST_ID_BYTES_MAX - 1));
+        assert!(RequestId::from_json(&over).is_none());
     }
 
     #[test]
@@ -142,6 +147,11 @@ mod tests {
         assert_eq!(request.params.as_slice()[1], "1a");
         assert!(parse_borrowed(br#"{"id":1,"method":"m","params":["a\n"]}"#).is_none());
         assert!(parse_borrowed(br#"{"id":1,"method":"m","params":[1]}"#).is_none());
+        // `SUBMIT_PARAMS_MAX` (a BIP310 submit's six) are read in place; seven are not.
+        let six =
+            parse_borrowed(br#"{"id":1,"method":"m","params":["1","2","3","4","5","6"]}"#).unwrap();
+        assert_eq!(six.params.as_slice().len(), SUBMIT_PARAMS_MAX);
+        assert_eq!(six.params.as_slice()[5], "6");
         assert!(
             parse_borrowed(br#"{"id":1,"method":"m","params":["1","2","3","4","5","6","7"]}"#)
                 .is_none()

@@ -499,10 +499,10 @@ fn handle_line(
             let mut report = worker.report.borrow_mut();
             if ok {
                 report.shares_acked += 1;
-                let _ = worker
+                worker
                     .ack_us
                     .borrow_mut()
-                    .record(sent_at.elapsed().as_micros().max(1) as u64);
+                    .saturating_record(sent_at.elapsed().as_micros().max(1) as u64);
             } else if message.error.is_some_and(|e| e.get().starts_with("[21,")) {
                 report.shares_stale += 1;
             } else {
@@ -542,19 +542,19 @@ pub(crate) fn record_broadcast(
                 return;
             }
             worker.stamped.set(true);
-            let _ = worker
+            worker
                 .broadcast_us
                 .borrow_mut()
-                .record(received_unix_us.saturating_sub(published_us).max(1));
+                .saturating_record(received_unix_us.saturating_sub(published_us).max(1));
         }
         None => {
             worker.unstamped.set(true);
             let mut first = worker.first_receipt_us.borrow_mut();
             let reference = *first.entry(job_id.to_string()).or_insert(received_unix_us);
-            let _ = worker
+            worker
                 .broadcast_us
                 .borrow_mut()
-                .record(received_unix_us.saturating_sub(reference).max(1));
+                .saturating_record(received_unix_us.saturating_sub(reference).max(1));
         }
     }
 }

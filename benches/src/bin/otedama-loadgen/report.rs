@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Args;
 
-/// Highest latency the histograms hold, in microseconds (60 s); larger values saturate.
+/// Highest latency the histograms hold, in microseconds (60 s); larger values are counted
+/// at it (`saturating_record`), never dropped.
 pub const LATENCY_US_MAX: u64 = 60_000_000;
 
 pub fn latency_histogram() -> Histogram<u64> {
@@ -180,5 +181,22 @@ impl Summary {
             "errors": self.errors(),
         });
         println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A latency past `LATENCY_US_MAX` is counted at the top, not lost.
+    #[test]
+    fn latencies_past_the_limit_are_counted_at_it() {
+        let mut histogram = latency_histogram();
+        histogram.saturating_record(LATENCY_US_MAX);
+        histogram.saturating_record(LATENCY_US_MAX + 1);
+        histogram.saturating_record(u64::MAX);
+        assert_eq!(histogram.len(), 3);
+        assert!(histogram.max() >= LATENCY_US_MAX);
+        assert_eq!(histogram.count_at(LATENCY_US_MAX), 3);
     }
 }

@@ -322,10 +322,10 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
                                 acknowledged += 1;
                                 worker.pending_total.set(worker.pending_total.get() - 1);
                                 worker.report.borrow_mut().shares_acked += 1;
-                                let _ = worker
+                                worker
                                     .ack_us
                                     .borrow_mut()
-                                    .record(sent_at.elapsed().as_micros().max(1) as u64);
+                                    .saturating_record(sent_at.elapsed().as_micros().max(1) as u64);
                             }
                         }
                         ClientEvent::ShareRejected { sequence_number, code } => {

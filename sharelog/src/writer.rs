@@ -14,7 +14,7 @@
 //! The writer stamps each record's `accepted_at_ms` as it writes it, never below an earlier
 //! stamp, and keeps the log's clock (`SHARE_LOG_CLOCK_KEY`) with each batch and while
 //! idle: the control plane cuts a round exactly at a block's own share record once every
-//! log's clock has passed it (see `otedama_controlplane::payouts::shares`).
+//! log's clock has passed it (see `crate::tail` and `otedama_controlplane::payouts::shares`).
 //!
 //! When a write fails (a full disk, an I/O error: RocksDB then refuses every write), the
 //! batch's shares are refused and the writer closes the database and opens it again, at
@@ -33,7 +33,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures_channel::mpsc::UnboundedSender;
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
-use otedama_shared::share::{
+use crate::format::{
     share_log_key, share_log_sequence, SHARE_LOG_CLOCK_INTERVAL_MS, SHARE_LOG_CLOCK_KEY,
 };
 use otedama_shared::ShareRecord;
@@ -216,6 +216,9 @@ impl RocksSink {
 /// which `otedama-tune` sizes `vm.nr_hugepages` for (128 MiB per process).
 pub const MEMTABLE_BYTES: usize = 64 << 20;
 pub const MEMTABLES_MAX: i32 = 2;
+// otedama-tune plans hugepages for this much per process (its `SHARE_LOG_MEMTABLE_BYTES`);
+// the two crates do not depend on each other, so the figure is checked here.
+const _: () = assert!(MEMTABLE_BYTES * MEMTABLES_MAX as usize == 128 << 20);
 const HUGE_PAGE_BYTES: usize = 2 << 20;
 
 /// The open share log and its writer thread.

@@ -1,0 +1,8 @@
+//! The share log's one owner: its key format (`format`), the data plane's group-commit
+//! writer (`writer`) and the control plane's follower of it (`tail`). Accepted shares live
+//! in one RocksDB per data-plane process; a miner hears `true` only once its share is
+//! durable here, and payouts read nothing else.
+
+pub mod format;
+pub mod tail;
+pub mod writer;
