@@ -525,19 +525,16 @@ impl PoolConfig {
         Ok(Some(sha2::Sha256::digest(token.as_bytes()).into()))
     }
 
-    /// Everything a start reads and can find wrong, checked at once: `otedama run` calls
-    /// it before it starts any child, so a bad configuration stops the start with its
-    /// reason instead of a child that fails and is restarted over and over.
+    /// Everything the control plane reads at a start and can find wrong, checked at once:
+    /// `otedama run` calls it (and checks each data plane's settings, which the `otedama`
+    /// crate builds) before it starts any child, so a bad configuration stops the start
+    /// with its reason instead of a child that fails and is restarted over and over.
     pub fn check_before_start(&self) -> anyhow::Result<()> {
         self.payout_script().context("checking payout_address")?;
         self.admin_token_sha256()?;
         self.kyc_webhook_secret()?;
         if self.chain == ChainSource::Node {
             self.rpc_client().context("node_rpc settings")?;
-        }
-        for index in 0..self.dataplane_processes {
-            self.dataplane_config(index)
-                .with_context(|| format!("the data plane {index}'s settings"))?;
         }
         if !self.deny_list_file.is_empty() {
             otedama_compliance::deny_list::load(&self.deny_list_file, self.deny_list_ticker())
@@ -826,45 +823,6 @@ impl PoolConfig {
         }
     }
 
-    /// The QUIC certificate chain and key, DER encoded. Without configured files, a
-    /// self-signed certificate for localhost and the listen addresses is made once and kept
-    /// in the data directory, so miners can trust it with `--quic-ca`.
-    pub fn quic_tls(&self) -> anyhow::Result<otedama_dataplane::net::quic::QuicTls> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let (cert_path, key_path) = self.quic_tls_paths();
-        if self.quic_cert_file.is_none() && !cert_path.exists() {
-            let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-            for address in &self.quic_listen {
-                if !address.ip().is_unspecified() {
-                    names.push(address.ip().to_string());
-                }
-            }
-            names.dedup();
-            let generated = rcgen::generate_simple_self_signed(names)
-                .context("making a self-signed QUIC certificate")?;
-            write_new_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
-            write_new_private(&cert_path, generated.cert.pem().as_bytes())?;
-            tracing::info!(certificate = %cert_path.display(), "created a self-signed QUIC certificate");
-        }
-        let certificates = CertificateDer::pem_file_iter(&cert_path)
-            .with_context(|| format!("reading {}", cert_path.display()))?
-            .map(|certificate| certificate.map(|c| c.to_vec()))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("parsing {}", cert_path.display()))?;
-        anyhow::ensure!(
-            !certificates.is_empty(),
-            "{} holds no certificate",
-            cert_path.display()
-        );
-        let key = PrivateKeyDer::from_pem_file(&key_path)
-            .with_context(|| format!("reading the private key in {}", key_path.display()))?;
-        Ok(otedama_dataplane::net::quic::QuicTls {
-            certificate_chain_der: certificates,
-            private_key_der: key.secret_der().to_vec(),
-        })
-    }
-
     /// The pool fee in parts per million, as the payout code takes it.
     pub fn pool_fee_ppm(&self) -> u64 {
         (self.pool_fee_percent * 10_000.0).round() as u64
@@ -886,76 +844,11 @@ impl PoolConfig {
             },
         }
     }
-
-    /// What data-plane process `process_index` (of `dataplane_processes`) needs.
-    pub fn dataplane_config(
-        &self,
-        process_index: usize,
-    ) -> anyhow::Result<otedama_dataplane::DataplaneConfig> {
-        if self.difficulty_floor_below_default() {
-            tracing::warn!(
-                difficulty_min = self.difficulty_floor(),
-                default = otedama_shared::limits::difficulty_floor(self.coin_params().algorithm),
-                "difficulty_min is below the algorithm's floor: a share may cost the pool more than the miner"
-            );
-        }
-        let host_cores: Vec<usize> = if self.cores.is_empty() {
-            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
-        } else {
-            self.cores.clone()
-        };
-        let sv2_authority = if self.sv2_listen.is_empty() {
-            None
-        } else {
-            Some(self.sv2_authority()?)
-        };
-        let quic_tls = if self.quic_listen.is_empty() {
-            None
-        } else {
-            Some(self.quic_tls()?)
-        };
-        Ok(otedama_dataplane::DataplaneConfig {
-            stratum_listen: self.stratum_listen.clone(),
-            sv2_listen: self.sv2_listen.clone(),
-            sv2_authority,
-            sv2_certificate_validity_s: self.sv2_certificate_validity_s,
-            quic_listen: self.quic_listen.clone(),
-            quic_tls,
-            quic_connections_per_core_max: self.quic_connections_per_core_max,
-            cores: otedama_dataplane::rt::cores_for_process(
-                &host_cores,
-                process_index,
-                self.dataplane_processes,
-            ),
-            process_index,
-            processes: self.dataplane_processes,
-            difficulty_min: self.difficulty_floor(),
-            start_difficulty: self.start_difficulty,
-            algorithm: self.coin_params().algorithm,
-            share_log_path: self.share_log_path(process_index),
-            share_log_sync: self.share_log_sync,
-            ipc_socket: self.ipc_socket(),
-            version_rolling_mask: self.version_rolling_mask,
-            connection_idle_timeout_s: self.connection_idle_timeout_s,
-            // SO_REUSEPORT spreads one address's connections over the processes.
-            connections_per_ip_max: self
-                .connections_per_ip_max
-                .div_ceil(self.dataplane_processes as u32),
-            vardiff: (self.vardiff_share_interval_s > 0.0).then(|| {
-                otedama_shared::vardiff::VardiffConfig {
-                    share_interval_target_s: self.vardiff_share_interval_s,
-                    difficulty_min: self.difficulty_floor(),
-                    ..Default::default()
-                }
-            }),
-            payout_address_rule: Some(self.coin_params().address),
-        })
-    }
 }
 
 /// Writes a new file readable by its owner only; an existing file is an error, so two
 /// processes starting together cannot overwrite each other's key.
-fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {

@@ -27,3 +27,7 @@ pub mod regtest;
 pub mod service;
 pub mod signed_message;
 pub mod stats;
+
+/// Whether this build carries the crash-test hook (`fault-injection`, turned on only by the
+/// end-to-end tests): the `otedama` binary warns at every start when it does.
+pub const FAULT_INJECTION_BUILT: bool = cfg!(feature = "fault-injection");

@@ -517,13 +517,6 @@ fn discard_candidates(state: Arc<PoolState>, candidates: Receiver<BlockCandidate
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     config.ensure_data_dir()?;
     config.check_before_start()?;
-    // The control plane holds the node's RPC connections, RocksDB's files, the payout
-    // thread's and the API's clients: at the 1,024 most processes start with, API clients
-    // alone could leave none for the node.
-    match otedama_dataplane::rt::raise_open_files_limit() {
-        Ok(limit) => tracing::info!(open_files_max = limit, "open-files limit"),
-        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
-    }
     let store = Arc::new(
         BlockStore::open(&config.control_db_path())
             .with_context(|| format!("opening {}", config.control_db_path().display()))?,

@@ -244,16 +244,22 @@ impl RegtestNode {
             .call(method, params)?)
     }
 
-    /// Peers this node with `other` and waits until the connection is up.
+    /// Peers this node with `other` and waits until the connection is up. `onetry` makes
+    /// one attempt, which fails while the other node is still opening its P2P port (its RPC
+    /// can answer first), so it is asked again each second until the nodes are connected.
     pub fn connect(&self, other: &RegtestNode) -> anyhow::Result<()> {
-        self.call(
-            "addnode",
-            json!([format!("127.0.0.1:{}", other.p2p_port), "onetry"]),
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut next_attempt = Instant::now();
         while self.call("getconnectioncount", json!([]))?.as_u64() == Some(0) {
             if Instant::now() > deadline {
-                bail!("regtest nodes did not connect");
+                bail!("regtest nodes did not connect within 30 s");
+            }
+            if Instant::now() >= next_attempt {
+                self.call(
+                    "addnode",
+                    json!([format!("127.0.0.1:{}", other.p2p_port), "onetry"]),
+                )?;
+                next_attempt = Instant::now() + Duration::from_secs(1);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -69,8 +69,7 @@ pub const QUIC_LOGINS_PENDING_BEFORE_RETRY: usize = 256;
 /// Datagrams one core may have waiting for another core (connections that migrated to an
 /// address the kernel hashes elsewhere). Past it they are dropped; QUIC resends.
 pub const QUIC_FORWARDED_QUEUED_MAX: usize = 4096;
-/// ALPN the pool and `otedama miner` agree on for SV2 over QUIC.
-pub const QUIC_ALPN: &[u8] = b"sv2";
+pub use otedama_shared::sv2::QUIC_ALPN;
 
 /// TLS material for the QUIC listeners, DER encoded.
 #[derive(Clone)]

@@ -162,7 +162,13 @@ mod tests {
 
     #[test]
     fn line_at_the_limit_passes_and_one_over_fails() {
-        let limit = 16;
+        // The pool's limit, newline included, then a small one.
+        for limit in [crate::limits::STRATUM_LINE_BYTES_MAX, 16] {
+            line_limit_holds_at(limit);
+        }
+    }
+
+    fn line_limit_holds_at(limit: usize) {
         let mut framer = LineFramer::new(limit);
         let mut exact = vec![b'x'; limit - 1];
         exact.push(b'\n');

@@ -452,3 +452,34 @@ impl Session {
         Outcome::Rejected(code)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Between messages a connection keeps an outbox of at most `OUTBOX_KEEP_BYTES_MAX`:
+    /// exactly that is kept, one byte more is given back.
+    #[test]
+    fn the_outbox_kept_between_messages_holds_its_limit() {
+        let mut session = Session::new(SessionConfig {
+            extranonce1: vec![0; 4],
+            extranonce2_size: 4,
+            start_difficulty: 1.0,
+            difficulty_min: 1.0,
+            version_rolling_mask: 0,
+            algorithm: otedama_kernels::Algorithm::Sha256d,
+            vardiff: None,
+            batch_scrypt: false,
+            payout_address_rule: None,
+            bans: Default::default(),
+        });
+        session.outbox = Vec::with_capacity(OUTBOX_KEEP_BYTES_MAX);
+        session.outbox.push(b'x');
+        session.transmitted();
+        assert!(session.outbox.is_empty());
+        assert_eq!(session.outbox.capacity(), OUTBOX_KEEP_BYTES_MAX);
+        session.outbox.reserve_exact(OUTBOX_KEEP_BYTES_MAX + 1);
+        session.transmitted();
+        assert_eq!(session.outbox.capacity(), 0);
+    }
+}

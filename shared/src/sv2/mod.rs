@@ -16,6 +16,10 @@ pub mod noise;
 pub mod server;
 pub mod wire;
 
+/// The ALPN token of Stratum V2 over QUIC: the pool's listener and every client agree on
+/// it.
+pub const QUIC_ALPN: &[u8] = b"sv2";
+
 pub use frame::{Frame, FrameDecoder, FrameError, FrameHeader};
 pub use messages::{Decoded, Message};
 pub use wire::{DecodeError, LengthError};

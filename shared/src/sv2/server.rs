@@ -967,3 +967,32 @@ impl Session {
         self.last_success_at = None;
     }
 }
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+
+    /// Between flushes a connection keeps an outbox of at most `OUTBOX_KEEP_BYTES_MAX`:
+    /// exactly that is kept, one byte more is given back.
+    #[test]
+    fn the_outbox_kept_between_flushes_holds_its_limit() {
+        let mut session = Session::new(ServerConfig {
+            start_difficulty: 1.0,
+            difficulty_min: 1.0,
+            version_rolling_mask: 0,
+            algorithm: otedama_kernels::Algorithm::Sha256d,
+            vardiff: None,
+            batch_scrypt: false,
+            payout_address_rule: None,
+            bans: Default::default(),
+        });
+        session.outbox = Vec::with_capacity(OUTBOX_KEEP_BYTES_MAX);
+        session.outbox.push(1);
+        session.transmitted();
+        assert!(session.outbox.is_empty());
+        assert_eq!(session.outbox.capacity(), OUTBOX_KEEP_BYTES_MAX);
+        session.outbox.reserve_exact(OUTBOX_KEEP_BYTES_MAX + 1);
+        session.transmitted();
+        assert_eq!(session.outbox.capacity(), 0);
+    }
+}

@@ -14,7 +14,7 @@ use anyhow::Context;
 use crate::Args;
 
 pub fn run(args: &Args, target: SocketAddr) -> anyhow::Result<()> {
-    let config = crate::v2::quic_client_config(args.quic_ca.as_deref())?;
+    let config = otedama_client::quic_client_config(args.quic_ca.as_deref())?;
     let mut endpoint = quinn_proto::Endpoint::new(
         Arc::new(quinn_proto::EndpointConfig::default()),
         None,

@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -58,7 +57,7 @@ impl Transport {
                 Ok(Some(Transport::Noise { authority }))
             }
             Protocol::Quic => {
-                let config = quic_client_config(args.quic_ca.as_deref())?;
+                let config = otedama_client::quic_client_config(args.quic_ca.as_deref())?;
                 let sockets = args
                     .connections
                     .div_ceil(args.processes)
@@ -76,33 +75,6 @@ impl Transport {
             }
         }
     }
-}
-
-pub(crate) fn quic_client_config(
-    ca: Option<&std::path::Path>,
-) -> anyhow::Result<quinn::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let path = ca.unwrap_or(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("reading {}", path.display()))?
-    {
-        roots.add(certificate?)?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"sv2".to_vec()];
-    let mut config = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    ));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
 }
 
 enum Reader {

@@ -147,7 +147,7 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
     let endpoint = parse_url(&args.url)?;
     // Built once: its session store lets every reconnection resume, with 0-RTT.
     let quic_client = match &endpoint {
-        Endpoint::Quic { .. } => Some(quic_client_config(args.quic_ca.as_deref())?),
+        Endpoint::Quic { .. } => Some(otedama_client::quic_client_config(args.quic_ca.as_deref())?),
         _ => None,
     };
     if args.threads == 0 {
@@ -451,34 +451,6 @@ impl FrameLink for NoiseLink {
         }
         Ok(())
     }
-}
-
-/// TLS for stratum2+quic: TLS 1.3, the `sv2` ALPN, early data on, trusting `ca` or the
-/// system's CA bundle.
-fn quic_client_config(ca: Option<&std::path::Path>) -> anyhow::Result<quinn::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let bundle = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
-    let path = ca.unwrap_or(bundle);
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("reading {}", path.display()))?
-    {
-        roots.add(certificate.with_context(|| format!("parsing {}", path.display()))?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"sv2".to_vec()];
-    tls.enable_early_data = true;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
 }
 
 /// SV2 frames on one bidirectional QUIC stream (quinn on a current-thread runtime that

@@ -77,6 +77,7 @@ impl Backoff {
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     let data_dir = config.ensure_data_dir()?.to_path_buf();
     config.check_before_start()?;
+    crate::dataplane_config::check_dataplanes(&config)?;
     if !config.sv2_listen.is_empty() {
         // Made here, before the children start, so every process reads the same key.
         let key = config.sv2_authority()?.public_base58();
@@ -86,7 +87,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     }
     if !config.quic_listen.is_empty() {
         // Likewise the QUIC certificate, self-signed on first start unless configured.
-        config.quic_tls()?;
+        crate::dataplane_config::quic_tls(&config)?;
         let (certificate, _) = config.quic_tls_paths();
         for address in &config.quic_listen {
             announce(&format!(

@@ -2,6 +2,7 @@
 //! on one host; `dataplane` and `controlplane` run one half; `demo` runs a whole pool on a
 //! Litecoin regtest node with CPU miners; `miner` is a CPU miner over Stratum V1, V2 (Noise) or V2 over QUIC.
 
+mod dataplane_config;
 mod demo;
 mod miner;
 mod signals;
@@ -73,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     // `cargo test --release` builds this binary with the tests' crash hook; such a binary
     // kills itself on a file's say-so and must never run a pool. Say so on every start.
-    if cfg!(feature = "fault-injection") {
+    if otedama_controlplane::FAULT_INJECTION_BUILT {
         tracing::warn!(
             "built with the fault-injection feature (a test build, e.g. by `cargo test --release`): do not deploy this binary; build it with `cargo build --release`"
         );
@@ -89,9 +90,21 @@ fn main() -> anyhow::Result<()> {
                 args.process_index,
                 config.dataplane_processes
             );
-            otedama_dataplane::run(config.dataplane_config(args.process_index)?)
+            otedama_dataplane::run(dataplane_config::dataplane_config(
+                &config,
+                args.process_index,
+            )?)
         }
-        Command::Controlplane(args) => otedama_controlplane::service::run(args.load()?),
+        Command::Controlplane(args) => {
+            // The control plane holds the node's RPC connections, RocksDB's files, the
+            // payout thread's and the API's clients: at the 1,024 most processes start
+            // with, API clients alone could leave none for the node.
+            match otedama_dataplane::rt::raise_open_files_limit() {
+                Ok(limit) => tracing::info!(open_files_max = limit, "open-files limit"),
+                Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+            }
+            otedama_controlplane::service::run(args.load()?)
+        }
         Command::Demo(args) => demo::run(args),
         Command::Miner(args) => miner::run(args),
         Command::Audit {
@@ -124,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         Command::Config(args) => {
             let config = args.load()?;
             config.check_before_start()?;
+            dataplane_config::check_dataplanes(&config)?;
             print!("{}", toml::to_string(&config)?);
             Ok(())
         }

@@ -1,0 +1,121 @@
+//! What the data plane is started with, built from the pool's configuration: the one
+//! place that knows both planes' settings, so the control-plane library needs nothing of
+//! the data plane's runtime.
+
+use anyhow::Context;
+
+use otedama_controlplane::config::{write_new_private, PoolConfig};
+
+/// Each data-plane process's settings, built as its start would build them: `otedama run`
+/// and `otedama config` refuse a configuration that fails here.
+pub fn check_dataplanes(config: &PoolConfig) -> anyhow::Result<()> {
+    for index in 0..config.dataplane_processes {
+        dataplane_config(config, index)
+            .with_context(|| format!("the data plane {index}'s settings"))?;
+    }
+    Ok(())
+}
+
+/// The QUIC certificate chain and key, DER encoded. Without configured files, a
+/// self-signed certificate for localhost and the listen addresses is made once and kept
+/// in the data directory, so miners can trust it with `--quic-ca`.
+pub fn quic_tls(config: &PoolConfig) -> anyhow::Result<otedama_dataplane::net::quic::QuicTls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert_path, key_path) = config.quic_tls_paths();
+    if config.quic_cert_file.is_none() && !cert_path.exists() {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        for address in &config.quic_listen {
+            if !address.ip().is_unspecified() {
+                names.push(address.ip().to_string());
+            }
+        }
+        names.dedup();
+        let generated = rcgen::generate_simple_self_signed(names)
+            .context("making a self-signed QUIC certificate")?;
+        write_new_private(&key_path, generated.key_pair.serialize_pem().as_bytes())?;
+        write_new_private(&cert_path, generated.cert.pem().as_bytes())?;
+        tracing::info!(certificate = %cert_path.display(), "created a self-signed QUIC certificate");
+    }
+    let certificates = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("reading {}", cert_path.display()))?
+        .map(|certificate| certificate.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert_path.display()))?;
+    anyhow::ensure!(
+        !certificates.is_empty(),
+        "{} holds no certificate",
+        cert_path.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("reading the private key in {}", key_path.display()))?;
+    Ok(otedama_dataplane::net::quic::QuicTls {
+        certificate_chain_der: certificates,
+        private_key_der: key.secret_der().to_vec(),
+    })
+}
+
+/// What data-plane process `process_index` (of `dataplane_processes`) needs.
+pub fn dataplane_config(
+    config: &PoolConfig,
+    process_index: usize,
+) -> anyhow::Result<otedama_dataplane::DataplaneConfig> {
+    if config.difficulty_floor_below_default() {
+        tracing::warn!(
+                difficulty_min = config.difficulty_floor(),
+                default = otedama_shared::limits::difficulty_floor(config.coin_params().algorithm),
+                "difficulty_min is below the algorithm's floor: a share may cost the pool more than the miner"
+            );
+    }
+    let host_cores: Vec<usize> = if config.cores.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        config.cores.clone()
+    };
+    let sv2_authority = if config.sv2_listen.is_empty() {
+        None
+    } else {
+        Some(config.sv2_authority()?)
+    };
+    let quic_tls = if config.quic_listen.is_empty() {
+        None
+    } else {
+        Some(quic_tls(config)?)
+    };
+    Ok(otedama_dataplane::DataplaneConfig {
+        stratum_listen: config.stratum_listen.clone(),
+        sv2_listen: config.sv2_listen.clone(),
+        sv2_authority,
+        sv2_certificate_validity_s: config.sv2_certificate_validity_s,
+        quic_listen: config.quic_listen.clone(),
+        quic_tls,
+        quic_connections_per_core_max: config.quic_connections_per_core_max,
+        cores: otedama_dataplane::rt::cores_for_process(
+            &host_cores,
+            process_index,
+            config.dataplane_processes,
+        ),
+        process_index,
+        processes: config.dataplane_processes,
+        difficulty_min: config.difficulty_floor(),
+        start_difficulty: config.start_difficulty,
+        algorithm: config.coin_params().algorithm,
+        share_log_path: config.share_log_path(process_index),
+        share_log_sync: config.share_log_sync,
+        ipc_socket: config.ipc_socket(),
+        version_rolling_mask: config.version_rolling_mask,
+        connection_idle_timeout_s: config.connection_idle_timeout_s,
+        // SO_REUSEPORT spreads one address's connections over the processes.
+        connections_per_ip_max: config
+            .connections_per_ip_max
+            .div_ceil(config.dataplane_processes as u32),
+        vardiff: (config.vardiff_share_interval_s > 0.0).then(|| {
+            otedama_shared::vardiff::VardiffConfig {
+                share_interval_target_s: config.vardiff_share_interval_s,
+                difficulty_min: config.difficulty_floor(),
+                ..Default::default()
+            }
+        }),
+        payout_address_rule: Some(config.coin_params().address),
+    })
+}
