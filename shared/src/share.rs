@@ -569,6 +569,16 @@ mod tests {
         assert_eq!(Job::new(again).unwrap().content_key, live);
     }
 
+    /// Each core's filter is bounded by `DUPLICATE_FILTER_SHARES_PER_CORE_MAX`; the
+    /// behaviour at a bound is tested below with a small one.
+    #[test]
+    fn the_core_filter_takes_its_named_bound() {
+        assert_eq!(
+            DuplicateFilter::default().shares_max,
+            DUPLICATE_FILTER_SHARES_PER_CORE_MAX
+        );
+    }
+
     #[test]
     fn a_full_filter_refuses_new_shares_and_still_knows_the_old() {
         let mut filter = DuplicateFilter::with_shares_max(3);

@@ -523,37 +523,49 @@ fn the_frame_decoder_cuts_any_chunking_into_the_same_frames() {
 
 #[test]
 fn the_frame_decoder_refuses_a_frame_over_its_limit_from_the_header_alone() {
-    let limit = 100;
-    let header = |length: u32| {
-        let mut bytes = Vec::new();
-        FrameHeader {
-            extension_type: 0,
-            channel_msg: false,
-            msg_type: 0,
-            msg_length: length,
-        }
-        .write(&mut bytes);
-        bytes
-    };
+    // The pool's own limit (the data plane's decoders use it), then a small one.
+    for limit in [otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX, 100] {
+        frame_limit_holds_at(limit);
+    }
+    // The U24 maximum is representable and the decoder's own cap never exceeds it.
+    let mut largest = FrameDecoder::new(usize::MAX);
+    largest.feed(&frame_header(0xff_ffff));
+    assert_eq!(largest.next_frame(), Ok(None));
+}
+
+fn frame_header(length: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    FrameHeader {
+        extension_type: 0,
+        channel_msg: false,
+        msg_type: 0,
+        msg_length: length,
+    }
+    .write(&mut bytes);
+    bytes
+}
+
+fn frame_limit_holds_at(limit: usize) {
+    let header = frame_header;
     let mut at_limit = FrameDecoder::new(limit);
     at_limit.feed(&header(limit as u32));
-    assert_eq!(at_limit.next_frame(), Ok(None), "waits for its 100 bytes");
-    at_limit.feed(&[0; 100]);
-    assert_eq!(at_limit.next_frame().unwrap().unwrap().payload.len(), 100);
+    assert_eq!(
+        at_limit.next_frame(),
+        Ok(None),
+        "waits for its {limit} bytes"
+    );
+    at_limit.feed(&vec![0; limit]);
+    assert_eq!(at_limit.next_frame().unwrap().unwrap().payload.len(), limit);
 
     let mut over = FrameDecoder::new(limit);
     over.feed(&header(limit as u32 + 1));
     assert_eq!(
         over.next_frame(),
         Err(FrameError::TooLarge {
-            length: 101,
-            max: 100
+            length: limit + 1,
+            max: limit
         })
     );
-    // The U24 maximum is representable and the decoder's own cap never exceeds it.
-    let mut largest = FrameDecoder::new(usize::MAX);
-    largest.feed(&header(0xff_ffff));
-    assert_eq!(largest.next_frame(), Ok(None));
 }
 
 #[test]

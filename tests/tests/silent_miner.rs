@@ -23,11 +23,16 @@ const CLAIMED_DIFFICULTY: f64 = 0.004;
 
 #[test]
 fn a_silent_miner_gets_a_lower_difficulty_and_the_job_again() {
+    // No new block while the test runs (the synthetic chain makes one every 10 s by
+    // default): the share at the end must be on the job the silence sweep sent again, not
+    // stale (CI on 7e3e30b saw code 21 here).
     let pool = SyntheticPool::start(&[
         "--vardiff-share-interval-s",
         &SHARE_INTERVAL_S.to_string(),
         "--start-difficulty",
         "0.0001",
+        "--synthetic-job-interval-ms",
+        "600000",
     ]);
     let worker = format!("{SYNTHETIC_PAYOUT_ADDRESS}.silent");
     let mut client = StratumTestClient::connect(&pool.v1).unwrap();

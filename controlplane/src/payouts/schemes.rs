@@ -259,6 +259,33 @@ pub fn per_share_credit(
 mod tests {
     use super::*;
 
+    /// Weights summing to exactly `WEIGHT_BITS_MAX` bits are used unshifted; one bit more
+    /// and they are shifted by one. Either way the largest amount any coin has is split
+    /// without overflow and to the last unit.
+    #[test]
+    fn weights_at_their_bit_limit_split_exactly() {
+        const AMOUNT: u64 = (1 << 51) - 1;
+        let at_limit = BTreeMap::from([
+            ("a".to_string(), (1u128 << 63) - 1),
+            ("b".to_string(), 1u128 << 63),
+        ]);
+        let total: u128 = at_limit.values().sum();
+        assert_eq!(128 - total.leading_zeros(), WEIGHT_BITS_MAX);
+        let split = split_exact(AMOUNT, &at_limit);
+        assert_eq!(split.values().sum::<u64>(), AMOUNT);
+        assert!(split["b"] >= split["a"] && split["b"] - split["a"] <= 1);
+
+        let past = BTreeMap::from([
+            ("a".to_string(), 1u128 << 63),
+            ("b".to_string(), 1u128 << 63),
+        ]);
+        let total: u128 = past.values().sum();
+        assert_eq!(128 - total.leading_zeros(), WEIGHT_BITS_MAX + 1);
+        let split = split_exact(AMOUNT, &past);
+        assert_eq!(split.values().sum::<u64>(), AMOUNT);
+        assert!(split["a"].abs_diff(split["b"]) <= 1);
+    }
+
     fn share(address: &str, difficulty: f64, at_ms: u64) -> RoundShare {
         RoundShare {
             address: address.into(),

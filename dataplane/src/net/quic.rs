@@ -336,10 +336,21 @@ impl QuicFrontEnd {
         let remote = incoming.remote_address();
         let banned = core.bans.borrow().bans_ip(remote.ip());
         let full = self.connections.borrow().len() >= self.shared.connections_per_core_max;
+        // An address a Retry has proved counts against its cap from its first packet, so
+        // it cannot hold more handshakes than connections; an unproved one counts once
+        // its handshake proves it (`Event::Connected`), since its source may be spoofed.
+        let mut proven_slot = None;
+        let mut over_cap = false;
+        if !banned && !full && incoming.remote_address_validated() {
+            match core.admit(Some(remote.ip())) {
+                Some(slot) => proven_slot = slot,
+                None => over_cap = true,
+            }
+        }
         let mut buffer = self.send_buffer.borrow_mut();
         buffer.clear();
-        if banned || full {
-            tracing::debug!(%remote, banned, full, "QUIC connection refused");
+        if banned || full || over_cap {
+            tracing::debug!(%remote, banned, full, over_cap, "QUIC connection refused");
             let transmit = self.endpoint.borrow_mut().refuse(incoming, &mut buffer);
             self.send(&transmit, &buffer);
             return;
@@ -388,7 +399,8 @@ impl QuicFrontEnd {
             timer_notified: Cell::new(false),
             resume_scheduled: Cell::new(false),
             logged_in: Cell::new(false),
-            address_slot: RefCell::new(None),
+            address_proven: Cell::new(proven_slot.is_some()),
+            address_slot: RefCell::new(proven_slot),
             core: Rc::downgrade(core),
         });
         self.connections
@@ -433,6 +445,10 @@ pub struct QuicConnection {
     /// first Initial: its source address may be spoofed, and counting it would let anyone
     /// use up another address's places.
     address_slot: RefCell<Option<crate::rt::admission::AddressSlot>>,
+    /// Whether the peer's address is proved and counted. Until then nothing it sent is
+    /// read: 0-RTT data would otherwise let a client mine on connections that never finish
+    /// their handshake and so never count against the cap.
+    address_proven: Cell<bool>,
     core: std::rc::Weak<Core>,
 }
 
@@ -458,13 +474,20 @@ impl QuicConnection {
                 }
                 // The handshake is done: the peer receives at its address. It now counts
                 // against that address's cap (`connections_per_ip_max`, shared with TCP).
-                Some(Event::Connected) => match core.admit(Some(self.peer_ip.get())) {
-                    Some(slot) => *self.address_slot.borrow_mut() = slot,
-                    None => {
-                        tracing::debug!(peer = %self.peer_ip.get(), "too many connections from one address");
-                        self.close_with("too many connections from one address");
+                Some(Event::Connected) if !self.address_proven.get() => {
+                    match core.admit(Some(self.peer_ip.get())) {
+                        Some(slot) => {
+                            *self.address_slot.borrow_mut() = slot;
+                            self.address_proven.set(true);
+                            // 0-RTT data held until now is read at once.
+                            readable = true;
+                        }
+                        None => {
+                            tracing::debug!(peer = %self.peer_ip.get(), "too many connections from one address");
+                            self.close_with("too many connections from one address");
+                        }
                     }
-                },
+                }
                 Some(_) => {}
             }
         }
@@ -487,6 +510,9 @@ impl QuicConnection {
         let Some(id) = self.stream.get() else {
             return Ok(());
         };
+        if !self.address_proven.get() {
+            return Ok(());
+        }
         let link: Rc<dyn V2Link> = self.clone();
         // Read, then handle, until quinn has nothing more or a bound stops us: a read cut
         // short by the decoder's window must be followed by another once frames are
