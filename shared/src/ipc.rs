@@ -228,6 +228,27 @@ pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, serde_json::E
 
 #[cfg(test)]
 mod tests {
+    /// Entries that fill exactly `BAN_MESSAGE_BYTES_MAX` go in one message; one entry more
+    /// starts a second.
+    #[test]
+    fn a_ban_message_holds_exactly_its_byte_limit() {
+        // Each entry is 61 characters: 64 bytes as JSON with its quotes and separator.
+        let entry = |index: usize| format!("{index:061}");
+        assert_eq!(json_bytes(&entry(0)), 64);
+        let per_message = BAN_MESSAGE_BYTES_MAX / 64;
+        let mut list = BanList::default();
+        list.addresses.extend((0..per_message).map(entry));
+        let messages = ban_messages(&list);
+        assert_eq!(messages.len(), 1, "exactly the limit fits in one");
+        list.addresses.insert(entry(per_message));
+        let messages = ban_messages(&list);
+        assert_eq!(messages.len(), 2);
+        let Downstream::Bans { part, last } = &messages[0] else {
+            panic!("a ban message");
+        };
+        assert_eq!((part.len(), *last), (per_message, false));
+    }
+
     /// Issue 16: a ban list at `BANS_MAX`, of the longest entries, reaches the data plane
     /// in messages under `IPC_LINE_BYTES_MAX`, and comes back whole.
     #[test]

@@ -15,8 +15,13 @@ use otedama_tests::{wait_until, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
 const PAYOUT_ADDRESS: &str = SYNTHETIC_PAYOUT_ADDRESS;
 
 fn start_pool(cores: &str, connections_per_core_max: usize) -> SyntheticPool {
+    start_pool_with(cores, connections_per_core_max, &[])
+}
+
+/// A pool on `cores` where any nonce is a share and jobs stay put, plus `more` flags.
+fn start_pool_with(cores: &str, connections_per_core_max: usize, more: &[&str]) -> SyntheticPool {
     let limit = connections_per_core_max.to_string();
-    SyntheticPool::start(&[
+    let mut flags = vec![
         "--cores",
         cores,
         "--quic-connections-per-core-max",
@@ -29,7 +34,9 @@ fn start_pool(cores: &str, connections_per_core_max: usize) -> SyntheticPool {
         "0",
         "--synthetic-job-interval-ms",
         "60000",
-    ])
+    ];
+    flags.extend_from_slice(more);
+    SyntheticPool::start(&flags)
 }
 
 /// The client's TLS session store, counting the session tickets the pool issues.
@@ -223,20 +230,11 @@ impl Miner {
 #[tokio::test(flavor = "current_thread")]
 async fn quic_connections_count_against_the_per_address_cap() {
     const PER_ADDRESS: usize = 2;
-    let pool = SyntheticPool::start(&[
-        "--cores",
+    let pool = start_pool_with(
         "0",
-        "--connections-per-ip-max",
-        &PER_ADDRESS.to_string(),
-        "--start-difficulty",
-        "1e-6",
-        "--difficulty-min",
-        "1e-9",
-        "--vardiff-share-interval-s",
-        "0",
-        "--synthetic-job-interval-ms",
-        "60000",
-    ]);
+        1_000,
+        &["--connections-per-ip-max", &PER_ADDRESS.to_string()],
+    );
     let config = client_config(&pool.quic_certificate);
     // The harness's readiness probes (TCP, from this address) may hold a place for a
     // moment after they close.
