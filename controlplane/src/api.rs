@@ -762,8 +762,8 @@ pub(crate) fn audit_as(state: &ApiState, actor: &str, action: &str, detail: Valu
 /// Sends `request` (built around its ticket and reply channel) to the payout thread, which
 /// holds the wallet, and waits for its answer. Past `PAYOUT_RUN_TIMEOUT_S` the caller hears
 /// exactly what happened: 504 if the request never started (and now never will: its ticket
-/// is abandoned), 202 if it started and is still running (its outcome goes to the audit
-/// log and the live feed).
+/// is abandoned), 202 if it started and had not finished within the wait (the payout
+/// thread audits its outcome, whoever still waits for it).
 async fn ask_payout_thread<T: Send + 'static>(
     state: &ApiState,
     request: impl FnOnce(RequestTicket, crossbeam_channel::Sender<Result<T, String>>) -> PayoutRequest,
@@ -813,7 +813,7 @@ async fn ask_payout_thread<T: Send + 'static>(
             StatusCode::ACCEPTED,
             Json(json!({
                 "state": "running",
-                "detail": "started and still running; its outcome goes to the audit log (payouts.ran, payouts.cancelled or payouts.cancel_refused)",
+                "detail": "started, not finished within the wait; its outcome goes to the audit log (payouts.ran, payouts.cancelled or payouts.cancel_refused)",
             })),
         )
             .into_response()),

@@ -83,17 +83,7 @@ async fn serve_link(
     });
     let mut reader = BufReader::new(read_half);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut reader)
-            .take(IPC_LINE_BYTES_MAX as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line.last() != Some(&b'\n') => break,
-            Ok(_) => {}
-        }
+    while read_line(&mut reader, &mut line).await {
         match ipc::decode::<Upstream>(&line[..line.len() - 1]) {
             Ok(Upstream::BlockCandidate(candidate)) => {
                 let _ = candidates.send(candidate);
@@ -103,4 +93,49 @@ async fn serve_link(
         }
     }
     writer.abort();
+}
+
+/// Reads the next message line from a data plane, newline included, into `line`: at most
+/// `IPC_LINE_BYTES_MAX` bytes. False at the link's end, on an error, or for a line longer
+/// than that or cut short: the link is then dropped.
+async fn read_line(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+) -> bool {
+    line.clear();
+    match reader
+        .take(IPC_LINE_BYTES_MAX as u64)
+        .read_until(b'\n', line)
+        .await
+    {
+        Ok(0) | Err(_) => false,
+        Ok(_) if line.last() != Some(&b'\n') => {
+            tracing::error!("IPC line too long or truncated from a data plane; dropping the link");
+            false
+        }
+        Ok(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of exactly `IPC_LINE_BYTES_MAX` bytes, newline included, is read; a line
+    /// one byte longer drops the link.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_line_at_the_limit_is_read_and_one_byte_more_is_not() {
+        let mut at_limit = vec![b'x'; IPC_LINE_BYTES_MAX - 1];
+        at_limit.push(b'\n');
+        let mut line = Vec::new();
+        let mut reader = tokio::io::BufReader::new(&at_limit[..]);
+        assert!(read_line(&mut reader, &mut line).await);
+        assert_eq!(line.len(), IPC_LINE_BYTES_MAX);
+        assert!(!read_line(&mut reader, &mut line).await, "then the end");
+
+        let mut over = vec![b'x'; IPC_LINE_BYTES_MAX];
+        over.push(b'\n');
+        let mut reader = tokio::io::BufReader::new(&over[..]);
+        assert!(!read_line(&mut reader, &mut line).await);
+    }
 }

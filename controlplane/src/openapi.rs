@@ -63,7 +63,7 @@ pub fn document() -> Value {
             "/api/v1/miners/{address}/settings": get("One miner's payout threshold", address_parameter()),
             "/api/v1/miners/{address}/payments": get("One miner's payments, newest first (limit, cursor; x-next-cursor names the next page)", address_parameter()),
             "/api/v1/openapi.json": get("This document", json!([])),
-            "/api/v1/admin/payouts/run": {"post": admin("Run a payout now; returns the batch it paid")},
+            "/api/v1/admin/payouts/run": {"post": admin("Run a payout now; returns the batch it paid. 503: the payout queue is full; 504: not started within the wait, and it will not run; 202: started, not finished within the wait (its outcome is audited as payouts.ran)")},
             "/api/v1/admin/payouts/{batch_id}/cancel": {"post": admin("Cancel a pending batch whose transaction the node can never take (its inputs are spent or gone): its amounts go back to the balances, once; 409 while it can still be mined; audited")},
             "/api/v1/admin/config": {"get": admin("Payout settings"), "put": admin("Change pool_fee_percent, payout_min, payout_interval_s, pplns_window_factor or pplnt_presence_min until restart")},
             "/api/v1/admin/miners": {"get": admin("Every account and every miner active in the last hour: balances, active workers, banned")},

@@ -64,23 +64,32 @@ fn link_loop(
     }
 }
 
+/// Reads the next message line, newline included, into `line`: at most
+/// `IPC_LINE_BYTES_MAX` bytes. False at the link's end, on an error, or for a line longer
+/// than that or cut short (logged): the link is then dropped.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> bool {
+    line.clear();
+    match reader
+        .by_ref()
+        .take(IPC_LINE_BYTES_MAX as u64)
+        .read_until(b'\n', line)
+    {
+        Ok(0) | Err(_) => false,
+        Ok(_) if line.last() != Some(&b'\n') => {
+            tracing::error!("IPC line too long or truncated; dropping the link");
+            false
+        }
+        Ok(_) => true,
+    }
+}
+
 fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<CoreCommand>]) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     // A new link starts a new list: parts of one cut short by a lost link are dropped.
     let mut ban_parts = ipc::BanListAssembler::default();
     loop {
-        line.clear();
-        match reader
-            .by_ref()
-            .take(IPC_LINE_BYTES_MAX as u64)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if line.last() != Some(&b'\n') {
-            tracing::error!("IPC line too long or truncated; dropping the link");
+        if !read_line(&mut reader, &mut line) {
             break;
         }
         match ipc::decode::<Downstream>(&line[..line.len() - 1]) {
@@ -137,5 +146,28 @@ fn write_upstream(mut stream: UnixStream, upstream: &Receiver<Upstream>, counter
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of exactly `IPC_LINE_BYTES_MAX` bytes, newline included, is read; a line one
+    /// byte longer drops the link.
+    #[test]
+    fn a_line_at_the_limit_is_read_and_one_byte_more_is_not() {
+        let mut at_limit = vec![b'x'; IPC_LINE_BYTES_MAX - 1];
+        at_limit.push(b'\n');
+        let mut line = Vec::new();
+        let mut reader = std::io::BufReader::new(&at_limit[..]);
+        assert!(read_line(&mut reader, &mut line));
+        assert_eq!(line.len(), IPC_LINE_BYTES_MAX);
+        assert!(!read_line(&mut reader, &mut line), "then the end");
+
+        let mut over = vec![b'x'; IPC_LINE_BYTES_MAX];
+        over.push(b'\n');
+        let mut reader = std::io::BufReader::new(&over[..]);
+        assert!(!read_line(&mut reader, &mut line));
     }
 }
