@@ -771,6 +771,11 @@ fn start_payouts(
 /// KYC notices waiting for the webhook at most; past that, new ones are dropped (and
 /// logged): the admin API's pending list still has every hold.
 const KYC_NOTICES_QUEUED_MAX: usize = 10_000;
+/// The queue between the payout thread (which sends with `try_send`, never waiting) and
+/// the webhook thread.
+fn kyc_notice_queue() -> (Sender<serde_json::Value>, Receiver<serde_json::Value>) {
+    crossbeam_channel::bounded(KYC_NOTICES_QUEUED_MAX)
+}
 /// Attempts per KYC notice, with doubling pauses from one second.
 const KYC_WEBHOOK_ATTEMPTS_MAX: u32 = 6;
 
@@ -780,7 +785,7 @@ fn start_kyc_webhook(config: &PoolConfig) -> anyhow::Result<Option<Sender<serde_
     else {
         return Ok(None);
     };
-    let (notices, queue) = crossbeam_channel::bounded::<serde_json::Value>(KYC_NOTICES_QUEUED_MAX);
+    let (notices, queue) = kyc_notice_queue();
     std::thread::Builder::new()
         .name("kyc-webhook".into())
         .spawn(move || {
@@ -829,8 +834,8 @@ fn deliver_kyc_notice(
     false
 }
 
-/// Payout runs the admin API may have waiting at once.
-const PAYOUT_REQUESTS_QUEUED_MAX: usize = 8;
+/// Payout runs the admin API may have waiting at once; one more hears 503 at once.
+pub const PAYOUT_REQUESTS_QUEUED_MAX: usize = 8;
 
 /// Template polling, long-polling and block submission against the node.
 fn start_node_threads(
@@ -1071,6 +1076,27 @@ mod tests {
             |_| {},
         );
         assert!(delivered);
+    }
+
+    /// The webhook queue holds exactly `KYC_NOTICES_QUEUED_MAX` notices while the provider
+    /// is slow; the payout thread's `try_send` of one more fails at once (the hold stays in
+    /// the admin API's pending list) instead of blocking payouts or growing memory.
+    #[test]
+    fn the_kyc_notice_queue_holds_its_limit() {
+        let (notices, queue) = kyc_notice_queue();
+        for n in 0..KYC_NOTICES_QUEUED_MAX {
+            notices
+                .try_send(serde_json::json!(n))
+                .expect("room up to the limit");
+        }
+        assert!(matches!(
+            notices.try_send(serde_json::json!("one more")),
+            Err(crossbeam_channel::TrySendError::Full(_))
+        ));
+        assert_eq!(queue.recv().unwrap(), serde_json::json!(0));
+        notices
+            .try_send(serde_json::json!("after one left"))
+            .expect("room again");
     }
 
     /// FPPS averages the fees of the newest `FEE_HISTORY_BLOCKS_MAX` heights: one more

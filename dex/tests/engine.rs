@@ -26,17 +26,22 @@ impl Harness {
             exchange: ltc_btc(),
             events: Vec::new(),
         };
+        h.deposit_both(1_000 * LOT);
+        h
+    }
+
+    /// Deposits `amount` of each asset to ALICE and BOB.
+    fn deposit_both(&mut self, amount: u64) {
         for account in [ALICE, BOB] {
             for asset in [LTC, BTC] {
-                h.run(Command::Deposit {
+                self.run(Command::Deposit {
                     account,
                     asset,
-                    amount: 1_000 * LOT,
+                    amount,
                 })
                 .unwrap();
             }
         }
-        h
     }
 
     fn run(&mut self, command: Command) -> Result<Vec<Event>, ExchangeReject> {
@@ -522,16 +527,7 @@ fn recent_trades_are_kept_to_their_limit() {
     use otedama_dex::exchange::RECENT_TRADES_MAX;
     let mut h = Harness::new();
     let trades_made = RECENT_TRADES_MAX as u64 + 1;
-    for account in [ALICE, BOB] {
-        for asset in [LTC, BTC] {
-            h.run(Command::Deposit {
-                account,
-                asset,
-                amount: 10_000 * LOT,
-            })
-            .unwrap();
-        }
-    }
+    h.deposit_both(10_000 * LOT);
     let sequences = |h: &Harness| -> Vec<u64> {
         h.exchange
             .recent_trades(0)

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use otedama_kernels::scrypt::scrypt_pow;
 use otedama_kernels::{sha256d, Algorithm, Target};
-use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
+use otedama_shared::limits::SV2_DEVICE_PAYLOAD_BYTES_MAX;
 use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
 use otedama_shared::sv2::client::{ClientEvent, StandardClient};
 use otedama_shared::sv2::noise::{decode_authority_public_key, NoiseClient, NoiseTransport};
@@ -386,7 +386,7 @@ impl NoiseLink {
         stream.set_nodelay(true)?;
         let (mut noise, request) = NoiseClient::start(
             authority,
-            SV2_PAYLOAD_BYTES_MAX * 16,
+            SV2_DEVICE_PAYLOAD_BYTES_MAX,
             &mut rand::rngs::OsRng,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -502,7 +502,7 @@ impl QuicLink {
             connection,
             send,
             receive,
-            decoder: otedama_shared::sv2::FrameDecoder::new(SV2_PAYLOAD_BYTES_MAX * 16),
+            decoder: otedama_shared::sv2::FrameDecoder::new(SV2_DEVICE_PAYLOAD_BYTES_MAX),
             buffer: vec![0u8; 64 * 1024],
         })
     }

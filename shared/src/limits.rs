@@ -93,3 +93,10 @@ pub const DATAPLANE_PROCESSES_MAX: usize = 64;
 /// miner sends is SetupConnection, under 1.3 KB with every string at its 255-byte limit;
 /// anything longer is refused as soon as its header is decrypted.
 pub const SV2_PAYLOAD_BYTES_MAX: usize = 4096;
+
+/// Largest Stratum V2 frame payload a mining device (the CPU miner, the load generator)
+/// accepts from a pool. What a pool sends a standard channel (NewMiningJob,
+/// SetNewPrevHash, acknowledgements) is under 100 bytes a message; the margin lets a pool
+/// with extension messages through, while a broken one cannot make a device buffer
+/// without bound.
+pub const SV2_DEVICE_PAYLOAD_BYTES_MAX: usize = SV2_PAYLOAD_BYTES_MAX * 16;

@@ -523,8 +523,13 @@ fn the_frame_decoder_cuts_any_chunking_into_the_same_frames() {
 
 #[test]
 fn the_frame_decoder_refuses_a_frame_over_its_limit_from_the_header_alone() {
-    // The pool's own limit (the data plane's decoders use it), then a small one.
-    for limit in [otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX, 100] {
+    // The pool's own limit (the data plane's decoders use it), the devices' (the miner's
+    // and the load generator's), then a small one.
+    for limit in [
+        otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX,
+        otedama_shared::limits::SV2_DEVICE_PAYLOAD_BYTES_MAX,
+        100,
+    ] {
         frame_limit_holds_at(limit);
     }
     // The U24 maximum is representable and the decoder's own cap never exceeds it.

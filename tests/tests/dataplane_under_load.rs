@@ -274,12 +274,13 @@ fn a_stalled_writer_slows_readers_instead_of_queueing_without_bound() {
     )
     .unwrap();
     // Each line is checked against the bound before it is handled, so however much one
-    // read brought, the connection never has more than its allowance in flight.
+    // read brought, the connection has exactly its allowance in flight: not one more, and
+    // (the flood being far larger) not one less.
     let bound = SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
-    assert!(
-        taken() <= bound,
-        "{} shares taken in while the writer was stalled; the bound is {bound}",
-        taken()
+    assert_eq!(
+        taken(),
+        bound,
+        "shares taken in while the writer was stalled, against the bound"
     );
     released.store(true, SeqCst);
     let mut acked = 0;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use otedama_controlplane::regtest::FUNDING_WALLET;
+use otedama_controlplane::service::PAYOUT_REQUESTS_QUEUED_MAX;
 use otedama_tests::wait_until;
 use payout_scenario::{
     start, start_behind_proxy, start_with, units, ADMIN_TOKEN, MINERS_WALLET, POOL_FEE_PPM,
@@ -577,8 +578,45 @@ fn the_api_answers_while_a_payout_waits_on_the_wallet() -> anyhow::Result<()> {
             );
             assert_eq!(status, 200, "{method} {path}: {answer}");
         }
+        let checks_done_at = payout_started.elapsed();
+        // PAYOUT_REQUESTS_QUEUED_MAX at its edge: with the payout thread held, that many
+        // more runs wait in its queue, and every request past them hears 503 at once.
+        let extra = 2;
+        let asks: Vec<_> = (0..PAYOUT_REQUESTS_QUEUED_MAX + extra)
+            .map(|_| {
+                let pool = &scenario.pool;
+                scope.spawn(move || {
+                    let asked = std::time::Instant::now();
+                    pool.post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)
+                        .map(|(status, body)| (status, body, asked.elapsed()))
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        let mut queued = Vec::new();
+        for ask in asks {
+            let (status, body, took) = ask.join().expect("a payout request")?;
+            if status == 503 {
+                assert!(took < DEADLINE, "a refusal took {took:?}");
+                assert!(
+                    body.to_string().contains("PAYOUT_REQUESTS_QUEUED_MAX"),
+                    "{body}"
+                );
+                refused += 1;
+            } else {
+                queued.push((status, body));
+            }
+        }
+        assert_eq!(refused, extra, "{queued:?}");
         assert!(
-            payout_started.elapsed() < HELD,
+            payout_started.elapsed() >= HELD,
+            "the queued runs answered before the held call ended"
+        );
+        for (status, body) in queued {
+            assert_eq!(status, 200, "a queued run: {body}");
+        }
+        assert!(
+            checks_done_at < HELD,
             "the checks ran after the held call ended"
         );
         let (status, body) = payout.join().expect("the payout thread")?;

@@ -447,3 +447,61 @@ async fn quic_logins_have_a_deadline_and_a_crowd_of_them_meets_retry() {
     );
     miner.close().await;
 }
+
+/// Issue 16: a QUIC miner that submits but stops reading cannot grow the pool's memory:
+/// its acknowledgements pile up behind its own flow-control window, and once more than
+/// `SEND_BACKLOG_BYTES_MAX` wait, the pool closes the connection ("not reading"), as it
+/// does on TCP.
+#[tokio::test(flavor = "current_thread")]
+async fn a_quic_miner_that_stops_reading_is_closed_at_its_send_backlog() {
+    use otedama_dataplane::net::wire::SEND_BACKLOG_BYTES_MAX;
+    let pool = start_pool("0", 1000);
+    let mut config = client_config(&pool.quic_certificate);
+    // The client takes only a few KB before the pool's writes block.
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u32(4096))
+        .receive_window(quinn::VarInt::from_u32(8192));
+    config.transport_config(Arc::new(transport));
+    let mut miner = Miner::connect(&pool, &config).await.unwrap();
+    let work = miner.client.work().unwrap();
+    let version = u32::from_le_bytes(work.header[0..4].try_into().unwrap());
+    let ntime = u32::from_le_bytes(work.header[68..72].try_into().unwrap());
+    // A share of every nonce (any hash meets the floor) and never a read; each share is
+    // acknowledged by a SubmitShares.Success frame (header, channel id, sequence number,
+    // count, difficulty sum). Bounded: four times the shares the backlog needs, and a
+    // minute.
+    const ACK_FRAME_BYTES: usize = 6 + 4 + 4 + 4 + 8;
+    let shares_max = (4 * SEND_BACKLOG_BYTES_MAX / ACK_FRAME_BYTES) as u32;
+    let started = std::time::Instant::now();
+    let mut nonce = 0u32;
+    let reason = loop {
+        if let Some(reason) = miner.connection.close_reason() {
+            break reason;
+        }
+        assert!(
+            nonce < shares_max && started.elapsed() < Duration::from_secs(60),
+            "{nonce} shares submitted unread and the connection still open"
+        );
+        for _ in 0..256 {
+            miner.client.submit(&work, nonce, ntime, version);
+            nonce += 1;
+        }
+        let frames = miner.client.transmit_pending().to_vec();
+        miner.client.transmitted();
+        // The pool stops reading while a connection has its allowance awaiting acks; a
+        // closed connection ends the write.
+        let _ = tokio::time::timeout(Duration::from_secs(1), miner.send.write_all(&frames)).await;
+    };
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(&close.reason[..], b"not reading", "{close:?}")
+        }
+        other => panic!("closed otherwise: {other:?}"),
+    }
+    // Not before the backlog could hold its limit: the pool read on until then.
+    assert!(
+        nonce as usize * ACK_FRAME_BYTES > SEND_BACKLOG_BYTES_MAX,
+        "closed after {nonce} shares"
+    );
+}

@@ -15,9 +15,13 @@ pub const KERNEL_BYTES_PER_IDLE_CONNECTION: u64 = 5325;
 /// Under memory pressure a TCP socket keeps at least its `tcp_rmem` minimum; every
 /// connection must be able to hold that much at once.
 pub const SOCKET_BUFFER_FLOOR_BYTES: u64 = 4096;
-/// Ceiling for one TCP socket's buffers under autotuning: the node's RPC and block relay
-/// are the only bulk flows on a pool host.
-pub const SOCKET_BUFFER_AUTOTUNE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// The least ceiling the plan leaves for one TCP socket's buffers under autotuning (an
+/// operator's higher one stands): the node's RPC and block relay, the only bulk flows on
+/// a pool host, need room to grow.
+pub const SOCKET_BUFFER_AUTOTUNE_CEILING_MIN_BYTES: u64 = 4 * 1024 * 1024;
+/// Bulk flows (node RPC, block relay, backups) the kernel's TCP memory ceiling leaves
+/// room for, each at the autotuning ceiling in both directions.
+pub const BULK_FLOWS_BUDGETED: u64 = 64;
 /// One data-plane process before connections: 34 MiB measured (BENCHMARKS.md, 202 MiB over
 /// six processes), plus RocksDB's memtables (two of 64 MiB), rounded up.
 pub const DATAPLANE_PROCESS_BASE_BYTES: u64 = 192 * 1024 * 1024;
@@ -275,7 +279,7 @@ pub fn plan(facts: &Facts, target: &Target) -> Result<Plan, PlanError> {
         let default = now_default
             .min(fit_per_direction)
             .max(SOCKET_BUFFER_FLOOR_BYTES);
-        let max = now_max.max(SOCKET_BUFFER_AUTOTUNE_MAX_BYTES);
+        let max = now_max.max(SOCKET_BUFFER_AUTOTUNE_CEILING_MIN_BYTES);
         starting_bytes += default;
         sysctl(
             key,
@@ -291,8 +295,9 @@ pub fn plan(facts: &Facts, target: &Target) -> Result<Plan, PlanError> {
     }
     // The kernel's own ceiling for all TCP buffers: room for every connection's starting
     // buffers plus bulk flows, never more than the budget leaves.
-    let needed_pages =
-        (connections * starting_bytes + 2 * SOCKET_BUFFER_AUTOTUNE_MAX_BYTES * 64) / 4096;
+    let needed_pages = (connections * starting_bytes
+        + 2 * SOCKET_BUFFER_AUTOTUNE_CEILING_MIN_BYTES * BULK_FLOWS_BUDGETED)
+        / 4096;
     let budget_pages = memory.socket_buffers_bytes / 4096;
     let current_high = current("net.ipv4.tcp_mem")
         .and_then(|v| v.split_whitespace().nth(2)?.parse::<u64>().ok())

@@ -214,3 +214,29 @@ fn targets_the_host_cannot_run_are_refused() {
         PlanError::BadProcessCount(2)
     );
 }
+
+/// The autotuning ceiling of each direction is raised to exactly
+/// `SOCKET_BUFFER_AUTOTUNE_CEILING_MIN_BYTES` from one byte below it, and an operator's
+/// ceiling at or above it stands.
+#[test]
+fn socket_buffer_ceilings_at_their_edge() {
+    use otedama_tune::plan::{SOCKET_BUFFER_AUTOTUNE_CEILING_MIN_BYTES, SOCKET_BUFFER_FLOOR_BYTES};
+    let least = SOCKET_BUFFER_AUTOTUNE_CEILING_MIN_BYTES;
+    for (now_max, planned_max) in [(least - 1, least), (least, least), (least + 1, least + 1)] {
+        let mut facts = facts("vm-2cpu-24gib");
+        for key in ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"] {
+            facts
+                .sysctl
+                .insert(key.into(), format!("4096 16384 {now_max}"));
+        }
+        let plan = plan::plan(&facts, &target(100_000, &[0, 1], 1)).unwrap();
+        for key in ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"] {
+            let values: Vec<u64> = planned(&plan, key)
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            assert_eq!(values[0], SOCKET_BUFFER_FLOOR_BYTES, "{key}");
+            assert_eq!(values[2], planned_max, "{key} from {now_max}");
+        }
+    }
+}

@@ -163,6 +163,14 @@ pub fn share_log_tails(
 }
 
 impl PayoutRunner {
+    /// Appends to the audit log as `actor`. A failed append is logged, never fatal: the
+    /// payout it records has happened (or not) whatever the audit log can take.
+    fn audit(&self, at_ms: u64, actor: &str, action: &str, detail: serde_json::Value) {
+        if let Err(error) = self.audit.append(at_ms, actor, action, detail) {
+            tracing::error!(%error, action, "cannot write the audit log");
+        }
+    }
+
     /// What the thread does first after a start: whatever a crash left open is settled
     /// before anything new is built.
     pub fn start(&mut self, now_ms: u64) {
@@ -226,10 +234,7 @@ impl PayoutRunner {
                         }),
                         Err(error) => serde_json::json!({"error": error}),
                     };
-                    if let Err(error) = self.audit.append(now_ms(), "admin", "payouts.ran", detail)
-                    {
-                        tracing::error!(%error, "cannot audit a payout run");
-                    }
+                    self.audit(now_ms(), "admin", "payouts.ran", detail);
                     let _ = reply.send(result);
                 }
             }
@@ -248,22 +253,12 @@ impl PayoutRunner {
             Err(refusal) => {
                 let refusal = refusal.to_string();
                 let detail = serde_json::json!({"batch_id": batch_id, "refused": refusal});
-                if let Err(error) =
-                    self.audit
-                        .append(now_ms, "admin", "payouts.cancel_refused", detail)
-                {
-                    tracing::error!(%error, "cannot audit a refused cancel");
-                }
+                self.audit(now_ms, "admin", "payouts.cancel_refused", detail);
                 return Err(refusal);
             }
         };
         let detail = serde_json::json!({"batch_id": batch_id, "reason": reason});
-        if let Err(error) = self
-            .audit
-            .append(now_ms, "admin", "payouts.cancelled", detail.clone())
-        {
-            tracing::error!(%error, "cannot audit a cancelled payout");
-        }
+        self.audit(now_ms, "admin", "payouts.cancelled", detail.clone());
         self.pool
             .publish_event(serde_json::json!({"type": "payout.cancelled", "payout": detail}));
         Ok(reason)
@@ -665,9 +660,7 @@ impl PayoutRunner {
             drop(dex);
             tracing::info!(%address, held = amount, "payout held until the address is verified (KYC)");
             let detail = serde_json::json!({"address": address, "from": null, "to": "pending", "source": "payouts", "held": amount});
-            if let Err(error) = self.audit.append(now_ms, "system", "kyc.state", detail) {
-                tracing::error!(%error, "cannot write the audit log");
-            }
+            self.audit(now_ms, "system", "kyc.state", detail);
             if let Some(notices) = &self.kyc_notices {
                 let notice = serde_json::json!({
                     "event": "kyc.required",
@@ -710,9 +703,7 @@ impl PayoutRunner {
                 "outputs": intent.outputs.len(),
                 "state": payment["state"],
             });
-            if let Err(error) = self.audit.append(now_ms(), "system", action, detail) {
-                tracing::error!(%error, action, "cannot write the audit log");
-            }
+            self.audit(now_ms(), "system", action, detail);
             self.pool
                 .publish_event(serde_json::json!({"type": "payment", "payment": payment}));
         }

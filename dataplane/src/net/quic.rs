@@ -49,8 +49,13 @@ use crate::rt::{Core, Peer, Protocol};
 
 /// Bytes in our connection IDs: one masked partition byte and seven random ones.
 const CONNECTION_ID_BYTES: usize = 8;
-/// Largest UDP datagram read.
+/// Largest UDP datagram read: the receive buffer holds any datagram the network can
+/// carry, so none is cut short (a cut one would fail its packet protection anyway).
 const DATAGRAM_BYTES_MAX: usize = 65_535;
+/// The largest UDP payload without jumbograms: IPv6's payload length field (65,535) less
+/// the 8-byte UDP header (IPv4's is smaller still, 65,507).
+const UDP_PAYLOAD_BYTES_LARGEST: usize = 65_535 - 8;
+const _: () = assert!(DATAGRAM_BYTES_MAX >= UDP_PAYLOAD_BYTES_LARGEST);
 /// TLS sessions the QUIC listeners remember for resumption (and 0-RTT), across all cores
 /// of a process; the oldest are forgotten first. A few hundred bytes each.
 pub const QUIC_RESUMABLE_SESSIONS_MAX: usize = 65_536;
@@ -118,8 +123,7 @@ impl QuicShared {
         tls_config.alpn_protocols = vec![QUIC_ALPN.to_vec()];
         // QUIC allows only 0 or u32::MAX here; u32::MAX turns 0-RTT on.
         tls_config.max_early_data_size = u32::MAX;
-        tls_config.session_storage =
-            rustls::server::ServerSessionMemoryCache::new(QUIC_RESUMABLE_SESSIONS_MAX);
+        tls_config.session_storage = resumable_sessions();
         let crypto = QuicServerConfig::try_from(tls_config)?;
         let mut transport = TransportConfig::default();
         transport
@@ -844,10 +848,34 @@ pub fn start(
     Ok(())
 }
 
+/// The listeners' memory of TLS sessions for resumption, bounded by
+/// `QUIC_RESUMABLE_SESSIONS_MAX`: a client that resumes from many addresses, or many clients,
+/// push out the oldest instead of growing it.
+fn resumable_sessions() -> Arc<dyn rustls::server::StoresServerSessions> {
+    rustls::server::ServerSessionMemoryCache::new(QUIC_RESUMABLE_SESSIONS_MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    /// One session more than `QUIC_RESUMABLE_SESSIONS_MAX` forgets exactly one: the
+    /// oldest. Every other stays resumable.
+    #[test]
+    fn resumable_sessions_hold_their_limit() {
+        let sessions = resumable_sessions();
+        let key = |n: usize| (n as u64).to_le_bytes().to_vec();
+        for n in 0..=QUIC_RESUMABLE_SESSIONS_MAX {
+            assert!(sessions.put(key(n), vec![1; 100]));
+        }
+        let kept = (0..=QUIC_RESUMABLE_SESSIONS_MAX)
+            .filter(|&n| sessions.get(&key(n)).is_some())
+            .count();
+        assert_eq!(kept, QUIC_RESUMABLE_SESSIONS_MAX);
+        assert!(sessions.get(&key(0)).is_none(), "the oldest goes first");
+        assert!(sessions.get(&key(QUIC_RESUMABLE_SESSIONS_MAX)).is_some());
+    }
 
     #[test]
     fn connection_ids_carry_the_partition_only_to_the_key_holder() {

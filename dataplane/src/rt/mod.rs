@@ -47,6 +47,15 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 /// Block candidates and other upstream messages waiting for the IPC thread.
 const UPSTREAM_QUEUE_MAX: usize = 1024;
+/// The queue from every core to the IPC thread. Cores only `try_send` on it: a core never
+/// waits for the link, and a block candidate that finds it full is still in the share
+/// log, where the control plane's block scan finds it.
+fn upstream_queue() -> (
+    crossbeam_channel::Sender<Upstream>,
+    crossbeam_channel::Receiver<Upstream>,
+) {
+    crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX)
+}
 /// The core's one receive buffer; every connection's reads land here in turn.
 pub const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
 /// Scrypt shares one core holds waiting for its batch hasher: about 0.3 s of hashing at
@@ -767,7 +776,7 @@ pub fn run_with_share_log(
     let counters = Arc::new(Counters::default());
     let _ = counters.share_log.set(share_log.status());
     let addresses = AddressCounts::new(config.connections_per_ip_max);
-    let (upstream_tx, upstream_rx) = crossbeam_channel::bounded(UPSTREAM_QUEUE_MAX);
+    let (upstream_tx, upstream_rx) = upstream_queue();
     // QUIC: one endpoint per core and listen address, with a channel from every core to
     // every other for datagrams of migrated connections.
     let quic_shared = match (&config.quic_tls, config.quic_listen.is_empty()) {
@@ -1013,6 +1022,26 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, front_end: FrontEnd)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IPC link stalled: the upstream queue holds exactly `UPSTREAM_QUEUE_MAX`
+    /// messages and refuses one more at once, so no core waits on it.
+    #[test]
+    fn the_upstream_queue_holds_its_limit() {
+        let (upstream, link) = upstream_queue();
+        for _ in 0..UPSTREAM_QUEUE_MAX {
+            upstream
+                .try_send(Upstream::Counters(Default::default()))
+                .expect("room up to the limit");
+        }
+        assert!(matches!(
+            upstream.try_send(Upstream::Counters(Default::default())),
+            Err(crossbeam_channel::TrySendError::Full(_))
+        ));
+        link.recv().unwrap();
+        assert!(upstream
+            .try_send(Upstream::Counters(Default::default()))
+            .is_ok());
+    }
 
     #[test]
     fn partitions_are_unique_across_processes_and_cores_up_to_the_limit() {

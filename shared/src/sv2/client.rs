@@ -251,3 +251,75 @@ impl StandardClient {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::FrameDecoder;
+    use super::*;
+
+    fn deliver(client: &mut StandardClient, message: Message) -> ClientEvent {
+        let mut bytes = Vec::new();
+        message.encode(&mut bytes);
+        let mut decoder = FrameDecoder::new(1 << 16);
+        decoder.feed(&bytes);
+        let frame = decoder.next_frame().unwrap().expect("one whole frame");
+        client.handle_frame(&frame.header, frame.payload).unwrap()
+    }
+
+    fn future_job(job_id: u32) -> Message<'static> {
+        Message::NewMiningJob(NewMiningJob {
+            channel_id: 1,
+            job_id,
+            min_ntime: None,
+            version: 0x2000_0000,
+            merkle_root: [job_id as u8; 32],
+        })
+    }
+
+    fn new_block(job_id: u32) -> Message<'static> {
+        Message::SetNewPrevHash(SetNewPrevHash {
+            channel_id: 1,
+            job_id,
+            prev_hash: [7; 32],
+            min_ntime: 1_700_000_000,
+            nbits: 0x207f_ffff,
+        })
+    }
+
+    /// A pool that sends future jobs without ever a new block cannot grow the device's
+    /// memory: it keeps the newest FUTURE_JOBS_MAX, and a block naming one it dropped
+    /// leaves it with no work rather than the wrong work.
+    #[test]
+    fn future_jobs_keep_the_newest_future_jobs_max() {
+        let mut client = StandardClient::new("miner", 1.0, "pool", 3336);
+        for job_id in 1..=FUTURE_JOBS_MAX as u32 {
+            assert_eq!(
+                deliver(&mut client, future_job(job_id)),
+                ClientEvent::Nothing
+            );
+        }
+        assert_eq!(client.jobs.len(), FUTURE_JOBS_MAX);
+        assert_eq!(client.jobs[0].job_id, 1, "at the limit nothing is dropped");
+
+        deliver(&mut client, future_job(FUTURE_JOBS_MAX as u32 + 1));
+        assert_eq!(client.jobs.len(), FUTURE_JOBS_MAX);
+        assert_eq!(client.jobs[0].job_id, 2, "one more drops the oldest");
+        assert_eq!(
+            client.jobs.last().unwrap().job_id,
+            FUTURE_JOBS_MAX as u32 + 1
+        );
+
+        assert_eq!(deliver(&mut client, new_block(1)), ClientEvent::NewWork);
+        assert!(client.active.is_none(), "the dropped job is not mined");
+        assert!(
+            client.jobs.is_empty(),
+            "a new block retires every future job"
+        );
+
+        for job_id in 10..10 + FUTURE_JOBS_MAX as u32 + 1 {
+            deliver(&mut client, future_job(job_id));
+        }
+        deliver(&mut client, new_block(11));
+        assert_eq!(client.active.map(|(job, _)| job.job_id), Some(11));
+    }
+}

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Interval;
 
-use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
+use otedama_shared::limits::SV2_DEVICE_PAYLOAD_BYTES_MAX;
 use otedama_shared::sv2::client::{ClientEvent, StandardClient};
 use otedama_shared::sv2::noise::{decode_authority_public_key, NoiseClient, NoiseTransport};
 use otedama_shared::sv2::FrameDecoder;
@@ -30,9 +30,15 @@ pub(crate) const UDP_HEADER_BYTES: u64 = 28;
 /// QUIC client sockets per process: each is its own 4-tuple toward the pool, so the
 /// kernel spreads connections over the pool's cores as it does TCP ones.
 const QUIC_SOCKETS_PER_PROCESS_MAX: usize = 64;
-/// Largest frame accepted from the pool (a job with a long branch stays far below).
-const FRAME_BYTES_MAX: usize = SV2_PAYLOAD_BYTES_MAX * 16;
 const READ_BUFFER_BYTES: usize = 4096;
+
+/// Client sockets for one process's share of `connections`: one per connection up to
+/// `QUIC_SOCKETS_PER_PROCESS_MAX`, at least one.
+fn quic_sockets(connections: usize, processes: usize) -> usize {
+    connections
+        .div_ceil(processes.max(1))
+        .clamp(1, QUIC_SOCKETS_PER_PROCESS_MAX)
+}
 const HANDSHAKE_TIMEOUT_S: u64 = 10;
 
 /// What every V2 connection of the process shares.
@@ -58,10 +64,7 @@ impl Transport {
             }
             Protocol::Quic => {
                 let config = otedama_client::quic_client_config(args.quic_ca.as_deref())?;
-                let sockets = args
-                    .connections
-                    .div_ceil(args.processes)
-                    .clamp(1, QUIC_SOCKETS_PER_PROCESS_MAX);
+                let sockets = quic_sockets(args.connections, args.processes);
                 let endpoints = (0..sockets)
                     .map(|index| {
                         let local =
@@ -149,9 +152,12 @@ async fn open_link(worker: &Worker, global_index: usize) -> anyhow::Result<Link>
             let stream = crate::connection::connect(worker, global_index).await?;
             let fd = stream.as_raw_fd();
             let (mut read, mut write) = stream.into_split();
-            let (mut noise, request) =
-                NoiseClient::start(*authority, FRAME_BYTES_MAX, &mut rand::rngs::OsRng)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (mut noise, request) = NoiseClient::start(
+                *authority,
+                SV2_DEVICE_PAYLOAD_BYTES_MAX,
+                &mut rand::rngs::OsRng,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             write.write_all(&request).await?;
             let mut buffer = [0u8; 512];
             let transport = tokio::time::timeout(Duration::from_secs(HANDSHAKE_TIMEOUT_S), async {
@@ -187,7 +193,7 @@ async fn open_link(worker: &Worker, global_index: usize) -> anyhow::Result<Link>
             Ok(Link {
                 reader: Reader::Quic(receive),
                 writer: Writer::Quic(send),
-                codec: Codec::Plain(FrameDecoder::new(FRAME_BYTES_MAX)),
+                codec: Codec::Plain(FrameDecoder::new(SV2_DEVICE_PAYLOAD_BYTES_MAX)),
                 meter: WireMeter::Quic(connection.clone()),
                 _quic: Some(connection),
             })
@@ -396,4 +402,20 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
         .pending_total
         .set(worker.pending_total.get() - pending.len());
     settle_once(&worker, &mut settled);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quic_sockets_stop_at_their_limit() {
+        let max = QUIC_SOCKETS_PER_PROCESS_MAX;
+        assert_eq!(quic_sockets(0, 1), 1);
+        assert_eq!(quic_sockets(max, 1), max);
+        assert_eq!(quic_sockets(max + 1, 1), max);
+        assert_eq!(quic_sockets(2 * max, 2), max);
+        assert_eq!(quic_sockets(2 * max + 1, 2), max);
+        assert_eq!(quic_sockets(10, 4), 3);
+    }
 }
