@@ -29,16 +29,17 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use otedama_kernels::Algorithm;
+use otedama_ledger::Amount;
 use otedama_shared::address::{canonical_address_for, AddressRule};
 use otedama_shared::http_path::{encode_path, normalize_path};
 
 use crate::audit::AuditLog;
 use crate::bans::{BanChange, BanStore};
 use crate::blocks::{BlockRecord, BlockStore};
-use crate::payouts::ledger::Ledger;
 use crate::payouts::runner::{PayoutRequest, PayoutSettings, RequestTicket};
-use crate::payouts::shares::ShareHistory;
 use crate::stats::PoolState;
+use otedama_ledger::ledger::Ledger;
+use otedama_ledger::shares::ShareHistory;
 
 /// Hashrate windows reported, in seconds.
 pub const HASHRATE_WINDOWS_S: [u64; 3] = [60, 600, 3600];
@@ -517,8 +518,8 @@ pub(crate) fn public_reject_reason(reason: &str) -> String {
 /// A payment as the public API and the live feed show it: the node's or the wallet's
 /// error text (which can name the node's URL or wallet) stays in the admin API and the
 /// log; the public sees a fixed reason for the state.
-pub(crate) fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
-    use crate::payouts::ledger::IntentState;
+pub(crate) fn payment_json(intent: &otedama_ledger::ledger::PayoutIntent) -> Value {
+    use otedama_ledger::ledger::IntentState;
     let mut shown = payment_json_full(intent);
     let reason = match intent.state {
         IntentState::Open => Some("not taken by the node yet; retrying"),
@@ -533,7 +534,7 @@ pub(crate) fn payment_json(intent: &crate::payouts::ledger::PayoutIntent) -> Val
 }
 
 /// A payment with everything the pool knows of it, for the admin API.
-pub(crate) fn payment_json_full(intent: &crate::payouts::ledger::PayoutIntent) -> Value {
+pub(crate) fn payment_json_full(intent: &otedama_ledger::ledger::PayoutIntent) -> Value {
     json!({
         "batch_id": intent.batch_id,
         "txid": intent.txid,
@@ -569,7 +570,7 @@ async fn admin_payments(
 fn payments_shown(
     state: &ApiState,
     page: &Page,
-    show: fn(&crate::payouts::ledger::PayoutIntent) -> Value,
+    show: fn(&otedama_ledger::ledger::PayoutIntent) -> Value,
 ) -> Response {
     let before = match page.batch_cursor() {
         Ok(before) => before,
@@ -666,7 +667,7 @@ async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Re
 }
 
 /// One of a miner's payments, as its page shows it.
-fn miner_payment_json(payout: &crate::payouts::ledger::AccountPayout) -> Value {
+fn miner_payment_json(payout: &otedama_ledger::ledger::AccountPayout) -> Value {
     let intent = &payout.intent;
     json!({
         "batch_id": intent.batch_id,
@@ -893,7 +894,7 @@ async fn admin_set_config(State(state): State<ApiState>, body: axum::body::Bytes
             Ok(change) => change,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        use crate::payouts::schemes::Scheme;
+        use otedama_ledger::schemes::Scheme;
         let mut settings = state
             .payouts
             .settings
@@ -910,7 +911,7 @@ async fn admin_set_config(State(state): State<ApiState>, body: axum::body::Bytes
             settings.pool_fee_ppm = (percent * 10_000.0).round() as u64;
         }
         if let Some(text) = &change.payout_min {
-            match crate::config::parse_amount(text) {
+            match Amount::parse(text).map(Amount::units) {
                 Ok(amount) => settings.policy.payout_min = amount,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
             }
@@ -1069,7 +1070,7 @@ async fn admin_set_miner_settings(
             Ok(change) => change,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        let amount = match crate::config::parse_amount(&change.payout_min) {
+        let amount = match Amount::parse(&change.payout_min).map(Amount::units) {
             Ok(amount) => amount,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("payout_min: {e}")),
         };

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::api::{audit_as, canonical_account, error, now_ms, ApiState};
-use crate::kyc::{KycRecord, KycState};
+use otedama_compliance::kyc::{KycRecord, KycState};
 
 /// Audit entries one export holds at most; a longer period is exported in parts.
 pub const AUDIT_EXPORT_ENTRIES_MAX: usize = 1_000_000;
@@ -161,22 +161,26 @@ async fn provider_callback(
             );
         };
         let signature = headers
-            .get(crate::kyc::SIGNATURE_HEADER)
+            .get(otedama_compliance::kyc::SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok());
-        let mut callback =
-            match crate::kyc::verify_callback(&secret, signature, &body, now_ms() / 1000) {
-                Ok(callback) => callback,
-                Err(e @ crate::kyc::CallbackError::BadBody(_)) => {
-                    return error(StatusCode::BAD_REQUEST, e.to_string())
-                }
-                Err(e @ crate::kyc::CallbackError::TooLarge) => {
-                    return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "KYC callback refused");
-                    return error(StatusCode::UNAUTHORIZED, e.to_string());
-                }
-            };
+        let mut callback = match otedama_compliance::kyc::verify_callback(
+            &secret,
+            signature,
+            &body,
+            now_ms() / 1000,
+        ) {
+            Ok(callback) => callback,
+            Err(e @ otedama_compliance::kyc::CallbackError::BadBody(_)) => {
+                return error(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            Err(e @ otedama_compliance::kyc::CallbackError::TooLarge) => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "KYC callback refused");
+                return error(StatusCode::UNAUTHORIZED, e.to_string());
+            }
+        };
         callback.address = match canonical_account(&state, &callback.address) {
             Ok(canonical) => canonical,
             Err(response) => return response,
@@ -311,12 +315,12 @@ async fn export_payments(
         let payments: Vec<Value> = payouts
             .iter()
             .rev()
-            .map(|crate::payouts::ledger::AccountPayout { amount, intent }| {
+            .map(|otedama_ledger::ledger::AccountPayout { amount, intent }| {
                 let amount = *amount;
                 json!({
                     "batch_id": intent.batch_id,
                     "txid": intent.txid,
-                    "amount": crate::dex::coins(u128::from(amount)),
+                    "amount": otedama_ledger::amount::coins_text(u128::from(amount)),
                     "amount_units": amount,
                     "state": intent.state.name(),
                     "created_at_ms": intent.created_at_ms,

@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 
 use crate::api::{error, now_ms, ApiState};
 use crate::dex::{status_of, DexError, DexService, OrderRequest};
-use crate::payouts::ledger::TransferKind;
+use otedama_ledger::ledger::TransferKind;
+use otedama_ledger::Amount;
 
 /// Seconds a key challenge may be answered in.
 pub const KEY_CHALLENGE_TTL_S: u64 = 600;
@@ -536,7 +537,7 @@ async fn transfer(
         Ok(request) => request,
         Err(response) => return response,
     };
-    let amount = match crate::config::parse_amount(&request.amount) {
+    let amount = match Amount::parse(&request.amount).map(Amount::units) {
         Ok(0) => return error(StatusCode::BAD_REQUEST, "amount must be positive"),
         Ok(amount) => amount,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("amount: {e}")),
@@ -576,7 +577,7 @@ async fn admin_credit(State(state): State<ApiState>, body: axum::body::Bytes) ->
         Ok(canonical) => canonical,
         Err(response) => return response,
     };
-    let amount = match crate::config::parse_amount(&request.amount) {
+    let amount = match Amount::parse(&request.amount).map(Amount::units) {
         Ok(0) => return error(StatusCode::BAD_REQUEST, "amount must be positive"),
         Ok(amount) => amount,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("amount: {e}")),

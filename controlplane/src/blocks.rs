@@ -6,7 +6,7 @@ use std::path::Path;
 use rocksdb::{Options, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::payouts::lifecycle::BlockStatus;
+use otedama_ledger::lifecycle::BlockStatus;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockRecord {

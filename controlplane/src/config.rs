@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use otedama_ledger::Amount;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -490,7 +491,7 @@ impl ConfigArgs {
 
 impl PoolConfig {
     /// The KYC rule for the pool's coin, if a threshold is set.
-    pub fn kyc_rule(&self) -> anyhow::Result<Option<crate::kyc::KycRule>> {
+    pub fn kyc_rule(&self) -> anyhow::Result<Option<otedama_compliance::kyc::KycRule>> {
         let ours = self.coin.symbol();
         if let Some(other) = self.kyc_threshold.keys().find(|coin| *coin != ours) {
             bail!("kyc_threshold names {other}, but this pool pays only {ours}");
@@ -501,8 +502,8 @@ impl PoolConfig {
         let Some(text) = self.kyc_threshold.get(ours) else {
             return Ok(None);
         };
-        Ok(Some(crate::kyc::KycRule {
-            threshold: parse_amount(text).context("kyc_threshold")?,
+        Ok(Some(otedama_compliance::kyc::KycRule {
+            threshold: Amount::parse(text).context("kyc_threshold")?.units(),
             period_ms: self.kyc_period_days * 86_400_000,
         }))
     }
@@ -589,7 +590,7 @@ impl PoolConfig {
         if !(self.pool_fee_percent.is_finite() && (0.0..=100.0).contains(&self.pool_fee_percent)) {
             bail!("pool_fee_percent must lie between 0 and 100");
         }
-        parse_amount(&self.payout_min).context("payout_min")?;
+        Amount::parse(&self.payout_min).context("payout_min")?;
         if !(self.pplns_window_factor.is_finite() && self.pplns_window_factor > 0.0) {
             bail!("pplns_window_factor must be positive");
         }
@@ -829,8 +830,8 @@ impl PoolConfig {
     }
 
     /// The scheme with its parameters.
-    pub fn scheme(&self) -> crate::payouts::schemes::Scheme {
-        use crate::payouts::schemes::Scheme;
+    pub fn scheme(&self) -> otedama_ledger::schemes::Scheme {
+        use otedama_ledger::schemes::Scheme;
         match self.payout_scheme {
             PayoutScheme::Pplns => Scheme::Pplns {
                 window_factor: self.pplns_window_factor,
@@ -863,34 +864,6 @@ pub fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())
-}
-
-/// Decimal places of the coins Otedama serves (1 coin = 10^8 satoshis or litoshis).
-const COIN_DECIMALS: u32 = 8;
-
-/// Parses a coin amount written in decimal (`0.01`, `12`, `1.5`) into the smallest unit,
-/// exactly: no float ever touches it.
-pub fn parse_amount(text: &str) -> anyhow::Result<u64> {
-    let text = text.trim();
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() && fraction.is_empty()
-        || !digits_only(whole)
-        || !digits_only(fraction)
-        || fraction.len() > COIN_DECIMALS as usize
-    {
-        bail!("{text:?} is not an amount in coins with at most {COIN_DECIMALS} decimals");
-    }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse()? };
-    let fraction_units: u64 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse::<u64>()? * 10u64.pow(COIN_DECIMALS - fraction.len() as u32)
-    };
-    whole
-        .checked_mul(10u64.pow(COIN_DECIMALS))
-        .and_then(|units| units.checked_add(fraction_units))
-        .ok_or_else(|| anyhow::anyhow!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -1036,30 +1009,10 @@ mod tests {
         assert_eq!(config.pool_fee_ppm(), 15_000);
         assert_eq!(config.coinbase_maturity, 10);
         assert_eq!(config.payout_interval_s, 60);
-        assert_eq!(parse_amount(&config.payout_min).unwrap(), 100_000);
+        assert_eq!(Amount::parse(&config.payout_min).unwrap().units(), 100_000);
         assert_eq!(config.admin_token_file, Some(PathBuf::from("/tmp/token")));
         let bad_fee = Flags::parse_from(["otedama", "--pool-fee-percent", "100.5"]);
         assert!(bad_fee.config.load().is_err());
-    }
-
-    #[test]
-    fn amounts_are_parsed_exactly() {
-        assert_eq!(parse_amount("0.01").unwrap(), 1_000_000);
-        assert_eq!(parse_amount("12").unwrap(), 1_200_000_000);
-        assert_eq!(parse_amount(".5").unwrap(), 50_000_000);
-        assert_eq!(parse_amount("0.00000001").unwrap(), 1);
-        assert_eq!(parse_amount("184467440737.09551615").unwrap(), u64::MAX);
-        for bad in [
-            "",
-            ".",
-            "0.000000001",
-            "1e3",
-            "-1",
-            "1.2.3",
-            "184467440737.09551616",
-        ] {
-            assert!(parse_amount(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]
@@ -1082,5 +1035,7 @@ mod tests {
         assert!(at(&over, "1").is_err());
         assert!(at("0", "1").is_err());
         assert!(at("1", &format!("{:e}", DIFFICULTY_MIN / 2.0)).is_err());
+        assert!(at("1", &format!("{DIFFICULTY_MAX:e}")).is_ok());
+        assert!(at("1", &format!("{:e}", DIFFICULTY_MAX * 2.0)).is_err());
     }
 }

@@ -25,14 +25,15 @@ use otedama_dex::{
     NewOrder, OrderId, OrderKind, Reject, SelfTradePrevention, Side, TimeInForce,
 };
 
-use crate::payouts::ledger::{Ledger, Transfer, TransferKind, TransferState};
+use otedama_ledger::amount::{coins_text, Amount, UNITS_PER_COIN};
+use otedama_ledger::ledger::{Ledger, Transfer, TransferKind, TransferState};
 
 /// Price levels per side in `/orderbook` and the feed's book messages.
 pub const BOOK_LEVELS_MAX: usize = 50;
 /// Journal entries between snapshots; bounds the replay at start.
 pub const SNAPSHOT_INTERVAL_COMMANDS: u64 = 100_000;
 /// Minor units per whole coin for every asset.
-pub const ASSET_SCALE: u64 = 100_000_000;
+pub const ASSET_SCALE: u64 = UNITS_PER_COIN;
 /// Exchange accounts (addresses with an API key) at most.
 pub const ACCOUNTS_MAX: u64 = 10_000_000;
 
@@ -159,18 +160,10 @@ pub struct DexService {
     journal_failed: bool,
 }
 
-/// Formats minor units as a coin amount with 8 decimals.
-pub fn coins(units: u128) -> String {
-    format!(
-        "{}.{:08}",
-        units / u128::from(ASSET_SCALE),
-        units % u128::from(ASSET_SCALE)
-    )
-}
-
 fn parse_positive(what: &str, text: &str) -> Result<u64, DexError> {
-    let units =
-        crate::config::parse_amount(text).map_err(|e| DexError::Invalid(format!("{what}: {e}")))?;
+    let units = Amount::parse(text)
+        .map_err(|e| DexError::Invalid(format!("{what}: {e}")))?
+        .units();
     if units == 0 {
         return Err(DexError::Invalid(format!("{what} must be positive")));
     }
@@ -211,8 +204,10 @@ pub fn build_exchange(pool_coin: &str, markets: &[MarketConfig]) -> anyhow::Resu
             }
         };
         let (base, quote) = (asset(base), asset(quote));
-        let lot_size = crate::config::parse_amount(&market.lot_size).context("lot_size")?;
-        let tick_size = crate::config::parse_amount(&market.tick_size).context("tick_size")?;
+        let lot_size = Amount::parse(&market.lot_size).context("lot_size")?.units();
+        let tick_size = Amount::parse(&market.tick_size)
+            .context("tick_size")?
+            .units();
         if lot_size == 0 || tick_size == 0 || market.min_size == 0 {
             anyhow::bail!(
                 "market {:?}: lot_size, tick_size and min_size must be positive",
@@ -519,11 +514,11 @@ impl DexService {
         self.dex.exchange.check(&command)?;
         match ledger.begin_transfer(&transfer) {
             Ok(()) => {}
-            Err(crate::payouts::ledger::LedgerError::Overdraft { mature, .. }) => {
+            Err(otedama_ledger::ledger::LedgerError::Overdraft { mature, .. }) => {
                 return Err(DexError::Invalid(format!(
                     "the mature balance is {}, less than {}",
-                    coins(u128::from(mature)),
-                    coins(u128::from(amount))
+                    coins_text(u128::from(mature)),
+                    coins_text(u128::from(amount))
                 )))
             }
             Err(e) => return Err(DexError::internal(e)),
@@ -773,9 +768,9 @@ impl DexService {
                         "symbol": spec.symbol,
                         "base": self.symbol_of(spec.base),
                         "quote": self.symbol_of(spec.quote),
-                        "lot_size": coins(u128::from(spec.lot_size)),
+                        "lot_size": coins_text(u128::from(spec.lot_size)),
                         "price_increment": price_coins(spec, 1),
-                        "min_size": coins(u128::from(spec.min_size * spec.lot_size)),
+                        "min_size": coins_text(u128::from(spec.min_size * spec.lot_size)),
                     })
                 })
                 .collect(),
@@ -797,7 +792,7 @@ impl DexService {
                 .map(|(price, lots)| {
                     json!([
                         price_coins(spec, price),
-                        coins(u128::from(lots) * u128::from(spec.lot_size))
+                        coins_text(u128::from(lots) * u128::from(spec.lot_size))
                     ])
                 })
                 .collect()
@@ -820,7 +815,7 @@ impl DexService {
                     json!({
                         "sequence": t.sequence,
                         "price": price_coins(spec, t.price),
-                        "quantity": coins(u128::from(t.quantity) * u128::from(spec.lot_size)),
+                        "quantity": coins_text(u128::from(t.quantity) * u128::from(spec.lot_size)),
                         "taker_side": t.taker_side,
                         "taker_order": t.taker_order,
                         "maker_order": t.maker_order,
@@ -840,7 +835,7 @@ impl DexService {
             });
             balances.insert(
                 spec.symbol.clone(),
-                json!({"available": coins(b.available.into()), "reserved": coins(b.reserved.into())}),
+                json!({"available": coins_text(b.available.into()), "reserved": coins_text(b.reserved.into())}),
             );
         }
         let mut orders = Vec::new();
@@ -853,7 +848,7 @@ impl DexService {
                             "market": spec.symbol,
                             "side": order.side,
                             "price": price_coins(spec, order.price),
-                            "remaining": coins(u128::from(order.remaining) * u128::from(spec.lot_size)),
+                            "remaining": coins_text(u128::from(order.remaining) * u128::from(spec.lot_size)),
                         }));
                     }
                 }
@@ -865,7 +860,7 @@ impl DexService {
     /// What an order request caused, for its answer: the order's id and fills.
     pub fn events_json(&self, market: MarketId, events: &[Event]) -> Vec<Value> {
         let spec = self.spec(market);
-        let lots = |n: u64| coins(u128::from(n) * u128::from(spec.lot_size));
+        let lots = |n: u64| coins_text(u128::from(n) * u128::from(spec.lot_size));
         events
             .iter()
             .map(|event| match *event {
@@ -937,7 +932,7 @@ fn lots(spec: &MarketSpec, base_units: u64) -> Result<u64, DexError> {
     if base_units % spec.lot_size != 0 {
         return Err(DexError::Invalid(format!(
             "quantity must be a multiple of the lot size {}",
-            coins(u128::from(spec.lot_size))
+            coins_text(u128::from(spec.lot_size))
         )));
     }
     Ok(base_units / spec.lot_size)
@@ -947,7 +942,7 @@ fn lots(spec: &MarketSpec, base_units: u64) -> Result<u64, DexError> {
 fn price_coins(spec: &MarketSpec, ticks: u64) -> String {
     let per_coin = u128::from(ticks) * u128::from(spec.tick_size) * u128::from(ASSET_SCALE)
         / u128::from(spec.lot_size);
-    coins(per_coin)
+    coins_text(per_coin)
 }
 
 /// The HTTP status a refusal maps to.
@@ -1065,7 +1060,7 @@ mod tests {
     /// exchange holds of the pool's coin.
     #[test]
     fn pending_transfers_finish_exactly_once_after_a_crash() {
-        use crate::payouts::ledger::EXCHANGE_ACCOUNT;
+        use otedama_ledger::ledger::EXCHANGE_ACCOUNT;
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
         let credits = BTreeMap::from([("miner".to_string(), 5_000_000u64)]);
@@ -1135,7 +1130,7 @@ mod tests {
 
     #[test]
     fn a_refused_withdrawal_or_an_overdrawn_deposit_moves_nothing() {
-        use crate::payouts::ledger::EXCHANGE_ACCOUNT;
+        use otedama_ledger::ledger::EXCHANGE_ACCOUNT;
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
         ledger
@@ -1174,7 +1169,9 @@ mod tests {
         assert_eq!(service.authenticate(&newer).as_deref(), Some("miner"));
         assert_eq!(service.authenticate("otd_guess"), None);
 
-        // The account limit at its edge: "miner" is account 1 of 2.
+        // The account limit at its edge: "miner" is account 1 of 2. (A service opens with
+        // the named limit; it is lowered here to reach it.)
+        assert_eq!(service.accounts_max, ACCOUNTS_MAX);
         service.accounts_max = 2;
         service.create_key("second", 1, 7).unwrap().unwrap();
         assert!(service.create_key("third", 1, 8).is_err());

@@ -86,7 +86,15 @@ async fn serve_link(
     while read_line(&mut reader, &mut line).await {
         match ipc::decode::<Upstream>(&line[..line.len() - 1]) {
             Ok(Upstream::BlockCandidate(candidate)) => {
-                let _ = candidates.send(candidate);
+                // Never a blocking send on the async runtime (see CANDIDATES_IN_TRANSIT_MAX).
+                if let Err(crossbeam_channel::TrySendError::Full(candidate)) =
+                    candidates.try_send(candidate)
+                {
+                    tracing::error!(
+                        job_id = candidate.job_id,
+                        "block candidates in transit at their limit: this one is left to the block scan"
+                    );
+                }
             }
             Ok(Upstream::Counters(counters)) => state.update_dataplane(link_id, counters),
             Err(error) => tracing::error!(%error, "undecodable message from a data plane"),

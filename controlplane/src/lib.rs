@@ -19,7 +19,6 @@ pub mod config;
 pub mod dex;
 pub mod ipc;
 pub mod jobs;
-pub mod kyc;
 pub mod metrics;
 pub mod openapi;
 pub mod payouts;

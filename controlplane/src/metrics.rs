@@ -9,7 +9,7 @@ use crate::api::ApiState;
 use otedama_shared::ipc::ACK_LATENCY_BUCKETS_S;
 
 use crate::chain::rpc::{RPC_LATENCY_BUCKETS_S, RPC_STATS};
-use crate::payouts::ledger::IntentState;
+use otedama_ledger::ledger::IntentState;
 
 struct Families(String);
 
@@ -125,9 +125,9 @@ pub fn render(state: &ApiState) -> String {
         .filter(|b| b.rejected_reason.is_none())
     {
         let status = match block.status {
-            crate::payouts::lifecycle::BlockStatus::Pending => "pending",
-            crate::payouts::lifecycle::BlockStatus::Confirmed => "confirmed",
-            crate::payouts::lifecycle::BlockStatus::Orphaned => "orphaned",
+            otedama_ledger::lifecycle::BlockStatus::Pending => "pending",
+            otedama_ledger::lifecycle::BlockStatus::Confirmed => "confirmed",
+            otedama_ledger::lifecycle::BlockStatus::Orphaned => "orphaned",
         };
         *by_status.entry(status).or_default() += 1;
     }

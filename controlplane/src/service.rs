@@ -22,7 +22,6 @@ use crate::chain::rpc::{RpcClient, RpcError};
 use crate::chain::synthetic;
 use crate::chain::template::BlockTemplate;
 use crate::chain::wallet::NodeWallet;
-use crate::config::parse_amount;
 use crate::config::{ChainSource, PoolConfig};
 use crate::jobs::scan::{BlockScan, BLOCK_SCAN_BACKFILL_SHARES};
 use crate::jobs::store::JobStore;
@@ -31,13 +30,14 @@ use crate::jobs::submit::{
     Pushed, SUBMITTER_THREADS, SUBMIT_READ_TIMEOUT_S,
 };
 use crate::jobs::{assemble_block, build_job, BuiltJob};
-use crate::payouts::ledger::Ledger;
-use crate::payouts::lifecycle::{classify, BlockStatus};
-use crate::payouts::payments::PayoutPolicy;
 use crate::payouts::runner::{fault_file_hook, share_log_tails, PayoutRunner, PayoutSettings};
-use crate::payouts::schemes::Scheme;
-use crate::payouts::shares::ShareHistory;
 use crate::stats::{BlockValue, PoolState};
+use otedama_ledger::ledger::Ledger;
+use otedama_ledger::lifecycle::{classify, BlockStatus};
+use otedama_ledger::payments::PayoutPolicy;
+use otedama_ledger::schemes::Scheme;
+use otedama_ledger::shares::ShareHistory;
+use otedama_ledger::Amount;
 use otedama_sharelog::tail::ShareLogTail;
 
 /// Shortest gap between two template fetches, so that a burst of triggers (blocks found
@@ -299,6 +299,16 @@ fn block_scan_loop(
     }
 }
 
+/// Block candidates on their way from the data planes' links to the submitters' queue.
+/// The forwarding thread only hashes a header and pushes it, so this stays near empty; a
+/// link that finds it full drops the candidate (logged), which the block scan finds again
+/// in the share log. A link never waits on it.
+pub const CANDIDATES_IN_TRANSIT_MAX: usize = 4096;
+
+fn candidate_channel() -> (Sender<BlockCandidate>, Receiver<BlockCandidate>) {
+    crossbeam_channel::bounded(CANDIDATES_IN_TRANSIT_MAX)
+}
+
 /// The block candidates waiting for a submitter, with where each came from.
 type Candidates = CandidateQueue<(BlockCandidate, CandidateSource)>;
 
@@ -523,7 +533,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     );
     let (found, rejected) = store.counts();
     let state = PoolState::new(found, rejected);
-    let (candidate_tx, candidate_rx) = crossbeam_channel::unbounded();
+    let (candidate_tx, candidate_rx) = candidate_channel();
     match config.chain {
         ChainSource::Node => start_node_threads(&config, &state, &store, candidate_rx)?,
         ChainSource::Synthetic => {
@@ -718,7 +728,7 @@ fn start_payouts(
         payout_interval_s: config.payout_interval_s,
         payout_confirmations: config.payout_confirmations,
         policy: PayoutPolicy {
-            payout_min: parse_amount(&config.payout_min)?,
+            payout_min: Amount::parse(&config.payout_min)?.units(),
             address_rule: params.address,
             // The pool's own wallet receives the rewards; paying it would move coins in a circle.
             never_pay: vec![config.payout_address.clone()],
@@ -733,7 +743,7 @@ fn start_payouts(
         .collect();
     let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
     let tails = share_log_tails(&ledger, &logs, &config.data_dir, per_share)?;
-    let wallet: Option<Box<dyn crate::payouts::payments::Wallet + Send>> = match config.chain {
+    let wallet: Option<Box<dyn otedama_ledger::payments::Wallet + Send>> = match config.chain {
         ChainSource::Node => Some(Box::new(NodeWallet::new(config.wallet_rpc_client()?))),
         ChainSource::Synthetic => None,
     };
@@ -796,11 +806,11 @@ fn start_kyc_webhook(config: &PoolConfig) -> anyhow::Result<Option<Sender<serde_
                 let body = notice.to_string();
                 let post = || {
                     // Signed at each attempt: the provider refuses an old timestamp.
-                    let signature = crate::kyc::sign(&secret, now_ms() / 1000, body.as_bytes());
+                    let signature = otedama_compliance::kyc::sign(&secret, now_ms() / 1000, body.as_bytes());
                     agent
                         .post(&url)
                         .set("content-type", "application/json")
-                        .set(crate::kyc::SIGNATURE_HEADER, &signature)
+                        .set(otedama_compliance::kyc::SIGNATURE_HEADER, &signature)
                         .send_string(&body)
                         .map(drop)
                         .map_err(|error| error.to_string())
@@ -1076,6 +1086,30 @@ mod tests {
             |_| {},
         );
         assert!(delivered);
+    }
+
+    /// Candidates in transit stop at `CANDIDATES_IN_TRANSIT_MAX`; one more is refused at
+    /// once (the link drops it for the block scan) rather than queued without bound.
+    #[test]
+    fn candidates_in_transit_hold_their_limit() {
+        let (links, forwarder) = candidate_channel();
+        let candidate = || BlockCandidate {
+            job_id: 1,
+            height: 1,
+            header: vec![0; 80],
+            coinbase: Vec::new(),
+            worker: "w".into(),
+            found_at_ms: 0,
+        };
+        for _ in 0..CANDIDATES_IN_TRANSIT_MAX {
+            links.try_send(candidate()).expect("room up to the limit");
+        }
+        assert!(matches!(
+            links.try_send(candidate()),
+            Err(crossbeam_channel::TrySendError::Full(_))
+        ));
+        forwarder.recv().unwrap();
+        links.try_send(candidate()).expect("room again");
     }
 
     /// The webhook queue holds exactly `KYC_NOTICES_QUEUED_MAX` notices while the provider

@@ -14,6 +14,10 @@ use crate::jobs::BuiltJob;
 pub const JOBS_KEPT_MAX: usize = 256;
 /// Events a slow `/ws` subscriber may fall behind by before it skips ahead.
 pub const EVENTS_QUEUED_MAX: usize = 256;
+/// Jobs queued for each data-plane link. A link further behind skips to the oldest job
+/// still queued and goes on from there to the newest: a job superseded by a newer one is
+/// worth nothing to a miner, so nothing of value is lost.
+pub const JOBS_BROADCAST_QUEUED_MAX: usize = 64;
 
 /// What a block is worth now, from the newest template: PPS pays shares against it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -67,7 +71,7 @@ pub struct PoolTotals {
 
 impl PoolState {
     pub fn new(blocks_found: u64, blocks_rejected: u64) -> Arc<Self> {
-        let (job_broadcast, _) = tokio::sync::broadcast::channel(64);
+        let (job_broadcast, _) = tokio::sync::broadcast::channel(JOBS_BROADCAST_QUEUED_MAX);
         let (events, _) = tokio::sync::broadcast::channel(EVENTS_QUEUED_MAX);
         Arc::new(PoolState {
             block_value: Mutex::new(None),
@@ -220,6 +224,46 @@ mod tests {
         assert!(pool.job(1).is_none());
         assert!(pool.job(2).is_some());
         assert!(pool.job(newest + 1).is_some());
+    }
+
+    /// A data-plane link `JOBS_BROADCAST_QUEUED_MAX` jobs behind misses none; one more
+    /// and it skips exactly the oldest, then reads on to the newest.
+    #[test]
+    fn a_lagging_link_skips_only_superseded_jobs() {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let pool = PoolState::new(0, 0);
+        let mut link = pool.job_broadcast.subscribe();
+        let job = |job_id: u64| JobTemplate {
+            job_id,
+            height: 1,
+            prevhash: [0; 32],
+            coinbase_prefix: Vec::new(),
+            coinbase_suffix: Vec::new(),
+            merkle_branch: Vec::new(),
+            version: 0x2000_0000,
+            bits: 0x207f_ffff,
+            ntime: 0,
+            clean_jobs: false,
+            algorithm: otedama_shared::job::AlgorithmName::Sha256d,
+        };
+        let max = JOBS_BROADCAST_QUEUED_MAX as u64;
+        for job_id in 0..max {
+            pool.job_broadcast.send(job(job_id)).unwrap();
+        }
+        assert_eq!(
+            link.try_recv().unwrap().job_id,
+            0,
+            "at the limit none is missed"
+        );
+        // max - 1 unread; two more is one past the limit.
+        for job_id in max..max + 2 {
+            pool.job_broadcast.send(job(job_id)).unwrap();
+        }
+        assert_eq!(link.try_recv(), Err(TryRecvError::Lagged(1)));
+        let rest: Vec<u64> = std::iter::from_fn(|| link.try_recv().ok())
+            .map(|job| job.job_id)
+            .collect();
+        assert_eq!(rest, (2..max + 2).collect::<Vec<_>>());
     }
 
     /// A feed client `EVENTS_QUEUED_MAX` events behind misses nothing; one more and it

@@ -373,6 +373,10 @@ pub struct ShareRecord {
 pub struct ShareDecodeError(pub usize);
 
 const SHARE_RECORD_VERSION: u8 = 1;
+// A record's variable fields carry a one-byte length: each must fit it.
+const _: () = assert!(crate::limits::WORKER_NAME_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(crate::limits::EXTRANONCE1_BYTES <= u8::MAX as usize);
+const _: () = assert!(crate::limits::EXTRANONCE2_BYTES <= u8::MAX as usize);
 /// Where `accepted_at_ms` sits in an encoded record: right after the version byte.
 const ACCEPTED_AT_OFFSET: usize = 1;
 

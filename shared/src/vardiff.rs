@@ -162,6 +162,35 @@ mod tests {
         assert_eq!(v.retarget(102, 8.0), Some(32.0));
     }
 
+    /// One retarget moves by exactly `VARDIFF_STEP_FACTOR_MAX` when the shares call for
+    /// that much, and by no more when they call for more, both ways.
+    #[test]
+    fn a_retarget_steps_at_most_the_step_limit_either_way() {
+        let step = VARDIFF_STEP_FACTOR_MAX;
+        // Shares in one 60 s window against a 10 s target: 6 is on target, so 6 × step
+        // asks for exactly the limit and one more share for more.
+        let on_target = 6.0;
+        let after = |shares: u32, window_s: u64, current: f64| {
+            let mut v = Vardiff::new(VardiffConfig {
+                retarget_interval_s: window_s,
+                difficulty_min: 1e-3,
+                difficulty_max: 1e6,
+                ..VardiffConfig::default()
+            });
+            v.retarget(0, current);
+            for _ in 0..shares {
+                v.on_share();
+            }
+            v.retarget(window_s, current)
+        };
+        let at_limit = (on_target * step) as u32;
+        assert_eq!(after(at_limit, 60, 8.0), Some(8.0 * step));
+        assert_eq!(after(at_limit + 1, 60, 8.0), Some(8.0 * step));
+        // Down: 3 shares in 120 s is 40 s apart, exactly 1/step of the rate; 1 is less.
+        assert_eq!(after(3, 120, 8.0), Some(8.0 / step));
+        assert_eq!(after(1, 120, 8.0), Some(8.0 / step));
+    }
+
     #[test]
     fn silence_lowers_after_a_window_and_respects_the_floor() {
         let mut v = vardiff();

@@ -625,6 +625,34 @@ mod tests {
         assert_eq!(work.difficulty(), 1.0);
     }
 
+    /// A miner's memory of the jobs it was sent holds `JOBS_REMEMBERED_MAX`: one more job
+    /// (not a new block) forgets exactly the oldest, and a job sent again is not counted
+    /// twice.
+    #[test]
+    fn sent_jobs_hold_their_limit() {
+        let mut work = WorkState::new(1.0, 1.0, None);
+        let jobs: Vec<Job> = (1..=JOBS_REMEMBERED_MAX as u64 + 1)
+            .map(|id| Job::new(template(id, id == 1)).unwrap())
+            .collect();
+        let remembered =
+            |work: &WorkState| -> Vec<u64> { work.sent_jobs.iter().map(|e| e.job_id).collect() };
+        for job in &jobs[..JOBS_REMEMBERED_MAX] {
+            work.record_sent(job, 0);
+        }
+        work.record_sent(&jobs[3], 1);
+        assert_eq!(remembered(&work).len(), JOBS_REMEMBERED_MAX);
+        assert_eq!(
+            remembered(&work)[0],
+            jobs[0].job_id(),
+            "nothing forgotten yet"
+        );
+        work.record_sent(&jobs[JOBS_REMEMBERED_MAX], 2);
+        let kept = remembered(&work);
+        assert_eq!(kept.len(), JOBS_REMEMBERED_MAX);
+        assert_eq!(kept[0], jobs[1].job_id(), "the oldest is forgotten");
+        assert_eq!(*kept.last().unwrap(), jobs[JOBS_REMEMBERED_MAX].job_id());
+    }
+
     #[test]
     fn suggestions_while_a_grace_runs_cannot_keep_the_easy_difficulty_alive() {
         let job = Job::new(template(1, true)).unwrap();

@@ -898,3 +898,53 @@ fn a_silent_channel_gets_an_easier_target() {
         otedama_shared::work::share_target(Algorithm::Sha256d, 64.0 / VARDIFF_STEP_FACTOR_MAX);
     assert_eq!(set.maximum_target, easier.to_le_bytes());
 }
+
+/// `DIFFICULTY_MAX` at its edge, for opening a channel and for updating one: a maximum
+/// target whose difficulty is the limit is taken, a harder one is refused with
+/// `max-target-out-of-range` (targets this hard are about 2^174 apart, far below f64's
+/// resolution, so "one more" is the next representable difficulty up).
+#[test]
+fn a_max_target_at_the_difficulty_limit_is_taken_and_a_harder_one_refused() {
+    use otedama_shared::limits::DIFFICULTY_MAX;
+    let at = |difficulty: f64| {
+        Target::from_difficulty(Algorithm::Sha256d, difficulty)
+            .unwrap()
+            .to_le_bytes()
+    };
+    let edge = at(DIFFICULTY_MAX);
+    assert!(Target::from_le_bytes(&edge).to_difficulty(Algorithm::Sha256d) <= DIFFICULTY_MAX);
+    let over = at(DIFFICULTY_MAX * (1.0 + 1e-9));
+
+    let mut h = Harness::new(config(1.0));
+    h.setup();
+    let (outcome, out) = h.send(open_standard(1, "addr.rig", over));
+    assert_eq!(outcome, Outcome::Rejected("max-target-out-of-range"));
+    assert!(matches!(
+        out[0].message(),
+        Message::OpenMiningChannelError(_)
+    ));
+    let (outcome, out) = h.send(open_standard(2, "addr.rig", edge));
+    assert_eq!(outcome, Outcome::Continue);
+    let Message::OpenStandardMiningChannelSuccess(success) = out[0].message() else {
+        panic!("{:?}", out[0].message())
+    };
+    let channel_id = success.channel_id;
+
+    let update = |maximum_target| {
+        Message::UpdateChannel(UpdateChannel {
+            channel_id,
+            nominal_hash_rate: 0.0,
+            maximum_target,
+        })
+    };
+    let (outcome, _) = h.send(update(over));
+    assert_eq!(outcome, Outcome::Rejected("max-target-out-of-range"));
+    // The channel already mines at the limit: taken, with nothing to change.
+    let (outcome, out) = h.send(update(edge));
+    assert_eq!(outcome, Outcome::Continue);
+    assert!(
+        !out.iter()
+            .any(|sent| matches!(sent.message(), Message::UpdateChannelError(_))),
+        "the update at the limit was refused"
+    );
+}

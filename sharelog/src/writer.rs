@@ -14,7 +14,7 @@
 //! The writer stamps each record's `accepted_at_ms` as it writes it, never below an earlier
 //! stamp, and keeps the log's clock (`SHARE_LOG_CLOCK_KEY`) with each batch and while
 //! idle: the control plane cuts a round exactly at a block's own share record once every
-//! log's clock has passed it (see `crate::tail` and `otedama_controlplane::payouts::shares`).
+//! log's clock has passed it (see `crate::tail` and `otedama_ledger::shares`).
 //!
 //! When a write fails (a full disk, an I/O error: RocksDB then refuses every write), the
 //! batch's shares are refused and the writer closes the database and opens it again, at

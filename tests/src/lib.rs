@@ -352,7 +352,8 @@ pub fn check_blocks_against_chain(
             .iter()
             .map(|out| {
                 let coins = format!("{:.8}", out["value"].as_f64().unwrap_or(0.0));
-                otedama_controlplane::config::parse_amount(&coins).unwrap_or(u64::MAX)
+                otedama_ledger::Amount::parse(&coins)
+                    .map_or(u64::MAX, otedama_ledger::Amount::units)
             })
             .sum();
         anyhow::ensure!(

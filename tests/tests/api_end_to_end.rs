@@ -149,7 +149,7 @@ fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
 
 /// Coins as the dashboard prints them: the integer amount with 8 decimals.
 fn coins(units: u64) -> String {
-    format!("{}.{:08}", units / 100_000_000, units % 100_000_000)
+    otedama_ledger::Amount::from_units(units).to_string()
 }
 
 fn chromium_dom(url: &str) -> anyhow::Result<String> {

@@ -22,7 +22,7 @@ use base64::Engine;
 use bitcoin::secp256k1::{Message, Secp256k1};
 use serde_json::{json, Value};
 
-use otedama_controlplane::kyc;
+use otedama_compliance::kyc;
 use otedama_controlplane::signed_message::{message_digest, message_magic};
 use payout_scenario::{start_with_addresses, Scenario, ADMIN_TOKEN, MINERS_WALLET};
 

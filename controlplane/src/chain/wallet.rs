@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::rpc::{RpcClient, RpcError};
-use crate::payouts::payments::{SignedPayment, TxStatus, Wallet, WalletError};
+use otedama_ledger::payments::{SignedPayment, TxStatus, Wallet, WalletError};
+use otedama_ledger::Amount;
 
 /// Bitcoin Core's codes for "already have it": RPC_VERIFY_ALREADY_IN_CHAIN, and the
 /// mempool's own rejection reasons for a transaction it holds.
@@ -17,13 +18,6 @@ const RPC_INVALID_ADDRESS_OR_KEY: i64 = -5;
 
 pub struct NodeWallet {
     rpc: RpcClient,
-}
-
-/// An amount in the smallest unit as the decimal string the node parses exactly
-/// (Bitcoin Core takes amounts as JSON strings as well as numbers; a string never
-/// passes through a float).
-pub fn coins_text(amount: u64) -> String {
-    format!("{}.{:08}", amount / 100_000_000, amount % 100_000_000)
 }
 
 impl NodeWallet {
@@ -46,7 +40,12 @@ impl Wallet for NodeWallet {
     ) -> Result<SignedPayment, WalletError> {
         let amounts: serde_json::Map<String, Value> = outputs
             .iter()
-            .map(|(address, amount)| (address.clone(), json!(coins_text(*amount))))
+            .map(|(address, amount)| {
+                (
+                    address.clone(),
+                    json!(Amount::from_units(*amount).to_string()),
+                )
+            })
             .collect();
         let unfunded = self
             .rpc
@@ -298,18 +297,5 @@ impl NodeWallet {
         bitcoin::consensus::deserialize(&bytes)
             .map(Some)
             .map_err(|e| WalletError::Refused(format!("transaction {txid} does not decode: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn amounts_are_written_as_exact_decimals() {
-        assert_eq!(coins_text(1), "0.00000001");
-        assert_eq!(coins_text(100_000_000), "1.00000000");
-        assert_eq!(coins_text(2_100_000_000_000_000), "21000000.00000000");
-        assert_eq!(coins_text(1_234_567_891), "12.34567891");
     }
 }

@@ -1,12 +1,6 @@
-//! Payouts: found blocks and shares become integer balances in the ledger (schemes,
-//! lifecycle, shares), and mature balances become batched wallet payments that are paid
-//! exactly once (payments), driven by one thread (runner).
+//! The payout thread (`runner`): it drives the ledger crate (`otedama_ledger`) from the
+//! share logs, the block store and the node wallet, and answers the admin API.
 
-pub mod ledger;
-pub mod lifecycle;
-pub mod payments;
 pub mod runner;
-pub mod schemes;
-pub mod shares;
 #[cfg(test)]
 mod simulation;

@@ -14,12 +14,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::api::now_ms;
 use crate::blocks::{BlockRecord, BlockStore};
-use crate::payouts::ledger::{BlockState, Ledger};
-use crate::payouts::lifecycle::BlockStatus;
-use crate::payouts::payments::{self, PayoutPolicy, PayoutStep, RunReport, Wallet};
-use crate::payouts::schemes::{per_share_credit, split_block, Round, Scheme};
-use crate::payouts::shares::{HistoryShare, ShareHistory, ShareKey, SHARE_HISTORY_MAX};
 use crate::stats::PoolState;
+use otedama_ledger::ledger::{BlockState, Ledger};
+use otedama_ledger::lifecycle::BlockStatus;
+use otedama_ledger::payments::{self, PayoutPolicy, PayoutStep, RunReport, Wallet};
+use otedama_ledger::schemes::{per_share_credit, split_block, Round, Scheme};
+use otedama_ledger::shares::{HistoryShare, ShareHistory, ShareKey, SHARE_HISTORY_MAX};
 use otedama_shared::hex32::display_hex;
 use otedama_sharelog::tail::ShareLogTail;
 
@@ -643,8 +643,8 @@ impl PayoutRunner {
                     continue;
                 }
             }
-            let record = crate::kyc::KycRecord {
-                state: crate::kyc::KycState::Pending,
+            let record = otedama_compliance::kyc::KycRecord {
+                state: otedama_compliance::kyc::KycState::Pending,
                 updated_at_ms: now_ms,
                 source: "payouts".into(),
                 reference: None,
@@ -665,7 +665,7 @@ impl PayoutRunner {
                 let notice = serde_json::json!({
                     "event": "kyc.required",
                     "address": address,
-                    "held": crate::dex::coins(u128::from(*amount)),
+                    "held": otedama_ledger::amount::coins_text(u128::from(*amount)),
                     "at_ms": now_ms,
                 });
                 if notices.try_send(notice).is_err() {
@@ -952,7 +952,7 @@ mod tests {
     fn block_credits_of(ledger: &Ledger, hash: &str) -> BTreeMap<String, u64> {
         let mut credits = BTreeMap::new();
         for entry in ledger.entries().unwrap() {
-            if entry.kind == crate::payouts::ledger::EntryKind::BlockCredit
+            if entry.kind == otedama_ledger::ledger::EntryKind::BlockCredit
                 && entry.reference == hash
             {
                 *credits.entry(entry.account).or_insert(0) += entry.amount;

@@ -40,16 +40,16 @@ use otedama_shared::hex32::display_hex;
 use otedama_shared::ShareRecord;
 use otedama_sharelog::writer::{read_share_log, Completed, ShareLog};
 
-use super::ledger::{EntryKind, IntentState, Ledger};
-use super::lifecycle::BlockStatus;
-use super::payments::{self, PayoutPolicy, SignedPayment, TxStatus, Wallet, WalletError};
 use super::runner::{share_log_tails, PayoutRunner, PayoutSettings};
-use super::schemes::{per_share_credit, split_block, Round, RoundShare, Scheme};
-use super::shares::{ShareHistory, ShareKey};
 use crate::api::now_ms;
 use crate::blocks::{BlockRecord, BlockStore};
 use crate::chain::coin::{Coin, CoinParams, Network};
 use crate::stats::{BlockValue, PoolState};
+use otedama_ledger::ledger::{EntryKind, IntentState, Ledger};
+use otedama_ledger::lifecycle::BlockStatus;
+use otedama_ledger::payments::{self, PayoutPolicy, SignedPayment, TxStatus, Wallet, WalletError};
+use otedama_ledger::schemes::{per_share_credit, split_block, Round, RoundShare, Scheme};
+use otedama_ledger::shares::{ShareHistory, ShareKey};
 
 const STEPS_PER_SEED: usize = 300;
 /// Seeds run; each scheme gets `SEEDS / 6` of them (scheme = `SCHEMES[seed % 6]`), and the
@@ -691,7 +691,7 @@ impl Simulation {
         // Balances plus payments equal what was credited.
         let mut credited_rewards = 0u64;
         for block in &self.blocks {
-            use super::ledger::BlockState;
+            use otedama_ledger::ledger::BlockState;
             match ledger.block_state(&block.record.hash).expect("state") {
                 Some(BlockState::Immature | BlockState::Mature) => {
                     credited_rewards += block.record.reward
@@ -811,7 +811,7 @@ impl Simulation {
                     || ledger
                         .block_state(&b.record.hash)
                         .expect("state")
-                        .is_some_and(|s| s != super::ledger::BlockState::Immature)
+                        .is_some_and(|s| s != otedama_ledger::ledger::BlockState::Immature)
             });
             let credited_all = !per_share(self.scheme)
                 || (0..PROCESSES).all(|p| {

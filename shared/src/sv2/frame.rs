@@ -7,6 +7,7 @@
 pub const FRAME_HEADER_BYTES: usize = 6;
 /// The most a U24 length can say.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 0xff_ffff;
+const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX == (1 << 24) - 1);
 /// The `extension_type` bit that marks a channel message.
 pub const CHANNEL_MSG_BIT: u16 = 0x8000;
 

@@ -408,5 +408,5 @@ impl Scenario {
 /// recover its exact value (any amount below 2^53 units survives the round trip).
 pub fn units(coins: &Value) -> anyhow::Result<u64> {
     let coins = coins.as_f64().unwrap_or(0.0).abs();
-    otedama_controlplane::config::parse_amount(&format!("{coins:.8}"))
+    Ok(otedama_ledger::Amount::parse(&format!("{coins:.8}"))?.units())
 }

@@ -127,7 +127,7 @@ pub struct PayoutPolicy {
     /// Accounts on the deny list: their balances are held (frozen), never paid.
     pub frozen: std::collections::BTreeSet<String>,
     /// Above this within its period, an address is paid only once verified.
-    pub kyc: Option<crate::kyc::KycRule>,
+    pub kyc: Option<otedama_compliance::kyc::KycRule>,
 }
 
 /// What a run did.
@@ -680,8 +680,20 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::coin::{Coin, CoinParams, Network};
-    use crate::payouts::simulation::regtest_address;
+
+    /// Litecoin regtest's address rule, as the control plane's coin parameters give it.
+    const LITECOIN_REGTEST: AddressRule = AddressRule {
+        network_name: "litecoin regtest",
+        pubkey_hash_prefix: 111,
+        script_hash_prefixes: &[58, 196],
+        bech32_hrp: "rltc",
+    };
+
+    /// A distinct, valid Litecoin regtest address (P2WPKH) for each index.
+    fn regtest_address(index: u8) -> String {
+        let hrp = bitcoin::bech32::Hrp::parse("rltc").expect("valid hrp");
+        bitcoin::bech32::segwit::encode_v0(hrp, &[index + 1; 20]).expect("valid program")
+    }
 
     #[test]
     fn a_frozen_account_keeps_its_balance_and_is_not_paid() {
@@ -695,7 +707,7 @@ mod tests {
         ledger.mature_block("block").unwrap();
         let mut policy = PayoutPolicy {
             payout_min: 1_000,
-            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            address_rule: LITECOIN_REGTEST,
             never_pay: Vec::new(),
             frozen: Default::default(),
             kyc: None,
@@ -739,7 +751,7 @@ mod tests {
         ledger.mature_block("block").unwrap();
         let policy = PayoutPolicy {
             payout_min: 1,
-            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            address_rule: LITECOIN_REGTEST,
             never_pay: Vec::new(),
             frozen: Default::default(),
             kyc: None,
@@ -760,7 +772,7 @@ mod tests {
 
     #[test]
     fn kyc_holds_what_would_pass_the_threshold_in_the_period_until_verified() {
-        use crate::kyc::{KycRecord, KycRule, KycState};
+        use otedama_compliance::kyc::{KycRecord, KycRule, KycState};
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(dir.path()).unwrap();
         let (small, large) = (regtest_address(1), regtest_address(2));
@@ -772,7 +784,7 @@ mod tests {
         let day_ms = 86_400_000;
         let policy = PayoutPolicy {
             payout_min: 1,
-            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            address_rule: LITECOIN_REGTEST,
             never_pay: Vec::new(),
             frozen: Default::default(),
             kyc: Some(KycRule {
@@ -916,7 +928,7 @@ mod tests {
     /// back exactly once) when a transaction paying none of its outputs is mined deep.
     #[test]
     fn a_sent_payout_is_resent_and_fails_once_when_double_spent() {
-        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
+        let rule = LITECOIN_REGTEST;
         let miners = [regtest_address(1), regtest_address(2)];
         let dir = tempfile::tempdir().unwrap();
         let ledger = sent_payout(dir.path(), &miners);
@@ -963,7 +975,7 @@ mod tests {
     /// holds it for the operator, neither confirmed nor failed.
     #[test]
     fn a_replacement_confirms_a_payout_only_if_it_pays_every_output() {
-        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
+        let rule = LITECOIN_REGTEST;
         let miners = [regtest_address(1), regtest_address(2)];
         let scripts: Vec<(Vec<u8>, u64)> = miners
             .iter()
@@ -1172,7 +1184,7 @@ mod tests {
     fn regtest_policy(frozen: std::collections::BTreeSet<String>) -> PayoutPolicy {
         PayoutPolicy {
             payout_min: 100,
-            address_rule: CoinParams::new(Coin::Litecoin, Network::Regtest).address,
+            address_rule: LITECOIN_REGTEST,
             never_pay: Vec::new(),
             frozen,
             kyc: None,
@@ -1325,7 +1337,7 @@ mod tests {
     /// the operator, and no balance moves on a guess.
     #[test]
     fn a_sent_payout_that_can_never_be_mined_is_flagged_for_the_operator() {
-        let rule = CoinParams::new(Coin::Litecoin, Network::Regtest).address;
+        let rule = LITECOIN_REGTEST;
         let miners = [regtest_address(1)];
         let dir = tempfile::tempdir().unwrap();
         let ledger = sent_payout(dir.path(), &miners);

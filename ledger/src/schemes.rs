@@ -28,8 +28,9 @@ pub const PPM: u64 = 1_000_000;
 /// 10^15 (far above any network) inside 2^82, so sums over millions of shares fit u128.
 const WORK_UNITS_PER_DIFFICULTY: f64 = 4_294_967_296.0;
 /// Weights are shifted down to at most this many bits before multiplying by an amount
-/// (< 2^51 for any coin), so products stay inside u128; the relative error is 2^-64.
+/// (a u64), so products stay inside u128; the relative error is 2^-64.
 const WEIGHT_BITS_MAX: u32 = 64;
+const _: () = assert!(WEIGHT_BITS_MAX + u64::BITS <= u128::BITS);
 
 /// A share as the schemes see it.
 #[derive(Clone, Debug, PartialEq)]

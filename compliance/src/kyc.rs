@@ -203,6 +203,15 @@ mod tests {
             verify_callback(SECRET, Some(&stale), body, now_s),
             Err(CallbackError::Stale)
         );
+        // The same bound ahead of the pool's clock: a callback signed for later cannot be
+        // held back and replayed once its time comes.
+        let ahead = sign(SECRET, now_s + CALLBACK_CLOCK_SKEW_S_MAX, body);
+        assert!(verify_callback(SECRET, Some(&ahead), body, now_s).is_ok());
+        let too_far_ahead = sign(SECRET, now_s + CALLBACK_CLOCK_SKEW_S_MAX + 1, body);
+        assert_eq!(
+            verify_callback(SECRET, Some(&too_far_ahead), body, now_s),
+            Err(CallbackError::Stale)
+        );
         assert_eq!(
             verify_callback(b"another secret", Some(&header), body, now_s),
             Err(CallbackError::BadSignature)
