@@ -294,7 +294,7 @@ impl DexService {
     }
 
     /// How many times the exchange has started, this start included: it grows at every
-    /// start, whatever the clock says (`api_dex::KeyChallenges::new`).
+    /// start, whatever the clock says (`api::dex::KeyChallenges::new`).
     pub fn start_count(&self) -> u64 {
         self.start_count
     }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use otedama_shared::ipc::{self, Downstream, Upstream, IPC_LINE_BYTES_MAX};
+use otedama_shared::job::JobTemplate;
 use otedama_shared::sv1::BlockCandidate;
 
 use otedama_shared::bans::BanList;
@@ -51,6 +52,7 @@ async fn serve_link(
 ) {
     let (read_half, mut write_half) = stream.into_split();
     let mut jobs = state.job_broadcast.subscribe();
+    let mut lagged = false;
     let first = state.current_job();
     let writer = tokio::spawn(async move {
         // The bans go first, so no miner of a banned address is served even briefly.
@@ -63,11 +65,10 @@ async fn serve_link(
         }
         loop {
             let messages = tokio::select! {
-                job = jobs.recv() => match job {
-                    Ok(job) => vec![Downstream::Job(job)],
-                    // Missed jobs are superseded by the next one; the newest is what matters.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                job = jobs.recv() => match link_job(job, &mut lagged) {
+                    LinkJob::Send(job) => vec![Downstream::Job(job)],
+                    LinkJob::Skip => continue,
+                    LinkJob::Closed => return,
                 },
                 changed = bans.changed() => match changed {
                     Ok(()) => ipc::ban_messages(&bans.borrow_and_update()),
@@ -86,14 +87,13 @@ async fn serve_link(
     while read_line(&mut reader, &mut line).await {
         match ipc::decode::<Upstream>(&line[..line.len() - 1]) {
             Ok(Upstream::BlockCandidate(candidate)) => {
-                // Never a blocking send on the async runtime (see CANDIDATES_IN_TRANSIT_MAX).
+                // A full queue holds this link back (it reads nothing more until there is
+                // room) rather than drop a block: the wait runs off the async workers.
                 if let Err(crossbeam_channel::TrySendError::Full(candidate)) =
                     candidates.try_send(candidate)
                 {
-                    tracing::error!(
-                        job_id = candidate.job_id,
-                        "block candidates in transit at their limit: this one is left to the block scan"
-                    );
+                    let candidates = candidates.clone();
+                    let _ = tokio::task::spawn_blocking(move || candidates.send(candidate)).await;
                 }
             }
             Ok(Upstream::Counters(counters)) => state.update_dataplane(link_id, counters),
@@ -101,6 +101,35 @@ async fn serve_link(
         }
     }
     writer.abort();
+}
+
+/// What a link does with what the job broadcast gave it.
+#[derive(Debug, PartialEq)]
+enum LinkJob {
+    Send(JobTemplate),
+    Skip,
+    Closed,
+}
+
+/// A link more than `JOBS_BROADCAST_QUEUED_MAX` jobs behind has missed some, perhaps the
+/// clean job that started the current block; so the first job it sends after the gap is
+/// marked clean, and the data plane retires every job it holds from before it (otherwise
+/// jobs on an old block could stay live and earn credit for stale work).
+fn link_job(
+    received: Result<JobTemplate, tokio::sync::broadcast::error::RecvError>,
+    lagged: &mut bool,
+) -> LinkJob {
+    match received {
+        Ok(mut job) => {
+            job.clean_jobs |= std::mem::take(lagged);
+            LinkJob::Send(job)
+        }
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+            *lagged = true;
+            LinkJob::Skip
+        }
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => LinkJob::Closed,
+    }
 }
 
 /// Reads the next message line from a data plane, newline included, into `line`: at most
@@ -128,6 +157,61 @@ async fn read_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link `JOBS_BROADCAST_QUEUED_MAX` jobs behind misses none and sends them as they
+    /// are; one more and it skips exactly the oldest, sends the next marked clean (the
+    /// skipped one may have been a new block's clean job), then the rest as they are.
+    #[test]
+    fn a_lagging_link_skips_the_oldest_job_and_sends_the_next_clean() {
+        use crate::stats::{PoolState, JOBS_BROADCAST_QUEUED_MAX};
+        let pool = PoolState::new(0, 0);
+        let mut jobs = pool.job_broadcast.subscribe();
+        let job = |job_id: u64| JobTemplate {
+            job_id,
+            height: 1,
+            prevhash: [0; 32],
+            coinbase_prefix: Vec::new(),
+            coinbase_suffix: Vec::new(),
+            merkle_branch: Vec::new(),
+            version: 0x2000_0000,
+            bits: 0x207f_ffff,
+            ntime: 0,
+            clean_jobs: false,
+            algorithm: otedama_shared::job::AlgorithmName::Sha256d,
+        };
+        let mut lagged = false;
+        let mut next = |jobs: &mut tokio::sync::broadcast::Receiver<JobTemplate>| {
+            let received = jobs.try_recv().map_err(|error| match error {
+                tokio::sync::broadcast::error::TryRecvError::Lagged(missed) => {
+                    tokio::sync::broadcast::error::RecvError::Lagged(missed)
+                }
+                _ => tokio::sync::broadcast::error::RecvError::Closed,
+            });
+            link_job(received, &mut lagged)
+        };
+        let max = JOBS_BROADCAST_QUEUED_MAX as u64;
+        for job_id in 0..max {
+            pool.job_broadcast.send(job(job_id)).unwrap();
+        }
+        assert_eq!(
+            next(&mut jobs),
+            LinkJob::Send(job(0)),
+            "at the limit none is missed"
+        );
+        // max - 1 unread; two more is one past the limit.
+        for job_id in max..max + 2 {
+            pool.job_broadcast.send(job(job_id)).unwrap();
+        }
+        assert_eq!(next(&mut jobs), LinkJob::Skip);
+        let mut first_after_gap = job(2);
+        first_after_gap.clean_jobs = true;
+        assert_eq!(next(&mut jobs), LinkJob::Send(first_after_gap));
+        for job_id in 3..max + 2 {
+            assert_eq!(next(&mut jobs), LinkJob::Send(job(job_id)));
+        }
+        drop(pool);
+        assert_eq!(next(&mut jobs), LinkJob::Closed);
+    }
 
     /// A line of exactly `IPC_LINE_BYTES_MAX` bytes, newline included, is read; a line
     /// one byte longer drops the link.

@@ -9,8 +9,6 @@
 #![recursion_limit = "256"]
 
 pub mod api;
-pub mod api_compliance;
-pub mod api_dex;
 pub mod audit;
 pub mod bans;
 pub mod blocks;
@@ -20,12 +18,12 @@ pub mod dex;
 pub mod ipc;
 pub mod jobs;
 pub mod metrics;
-pub mod openapi;
 pub mod payouts;
 pub mod regtest;
 pub mod service;
 pub mod signed_message;
 pub mod stats;
+pub mod tasks;
 
 /// Whether this build carries the crash-test hook (`fault-injection`, turned on only by the
 /// end-to-end tests): the `otedama` binary warns at every start when it does.

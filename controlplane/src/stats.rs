@@ -15,8 +15,8 @@ pub const JOBS_KEPT_MAX: usize = 256;
 /// Events a slow `/ws` subscriber may fall behind by before it skips ahead.
 pub const EVENTS_QUEUED_MAX: usize = 256;
 /// Jobs queued for each data-plane link. A link further behind skips to the oldest job
-/// still queued and goes on from there to the newest: a job superseded by a newer one is
-/// worth nothing to a miner, so nothing of value is lost.
+/// still queued and sends it marked clean (see `ipc::link_job`), then goes on to the
+/// newest: the skipped jobs are superseded by the ones after them.
 pub const JOBS_BROADCAST_QUEUED_MAX: usize = 64;
 
 /// What a block is worth now, from the newest template: PPS pays shares against it.
@@ -226,46 +226,6 @@ mod tests {
         assert!(pool.job(newest + 1).is_some());
     }
 
-    /// A data-plane link `JOBS_BROADCAST_QUEUED_MAX` jobs behind misses none; one more
-    /// and it skips exactly the oldest, then reads on to the newest.
-    #[test]
-    fn a_lagging_link_skips_only_superseded_jobs() {
-        use tokio::sync::broadcast::error::TryRecvError;
-        let pool = PoolState::new(0, 0);
-        let mut link = pool.job_broadcast.subscribe();
-        let job = |job_id: u64| JobTemplate {
-            job_id,
-            height: 1,
-            prevhash: [0; 32],
-            coinbase_prefix: Vec::new(),
-            coinbase_suffix: Vec::new(),
-            merkle_branch: Vec::new(),
-            version: 0x2000_0000,
-            bits: 0x207f_ffff,
-            ntime: 0,
-            clean_jobs: false,
-            algorithm: otedama_shared::job::AlgorithmName::Sha256d,
-        };
-        let max = JOBS_BROADCAST_QUEUED_MAX as u64;
-        for job_id in 0..max {
-            pool.job_broadcast.send(job(job_id)).unwrap();
-        }
-        assert_eq!(
-            link.try_recv().unwrap().job_id,
-            0,
-            "at the limit none is missed"
-        );
-        // max - 1 unread; two more is one past the limit.
-        for job_id in max..max + 2 {
-            pool.job_broadcast.send(job(job_id)).unwrap();
-        }
-        assert_eq!(link.try_recv(), Err(TryRecvError::Lagged(1)));
-        let rest: Vec<u64> = std::iter::from_fn(|| link.try_recv().ok())
-            .map(|job| job.job_id)
-            .collect();
-        assert_eq!(rest, (2..max + 2).collect::<Vec<_>>());
-    }
-
     /// A feed client `EVENTS_QUEUED_MAX` events behind misses nothing; one more and it
     /// hears once how many it missed, then the newest in order.
     #[test]
@@ -275,7 +235,7 @@ mod tests {
         for index in 0..EVENTS_QUEUED_MAX {
             pool.publish_event(serde_json::json!({ "index": index }));
         }
-        let first = crate::api::feed_event(
+        let first = crate::api::ws::feed_event(
             client
                 .try_recv()
                 .map_err(|_| tokio::sync::broadcast::error::RecvError::Closed),
@@ -286,7 +246,7 @@ mod tests {
             pool.publish_event(serde_json::json!({ "index": 1000 + index }));
         }
         let received = |client: &mut tokio::sync::broadcast::Receiver<serde_json::Value>| {
-            crate::api::feed_event(client.try_recv().map_err(|error| match error {
+            crate::api::ws::feed_event(client.try_recv().map_err(|error| match error {
                 tokio::sync::broadcast::error::TryRecvError::Lagged(missed) => {
                     tokio::sync::broadcast::error::RecvError::Lagged(missed)
                 }

@@ -137,7 +137,8 @@ fn write_upstream(mut stream: UnixStream, upstream: &Receiver<Upstream>, counter
         };
         if stream.write_all(&ipc::encode(&message)).is_err() {
             if let Upstream::BlockCandidate(candidate) = message {
-                // The share log still holds it; a later control plane can replay it.
+                // The control plane's block scan finds it in the share log once the link
+                // is back (unless its share could not be stored either: `store_share`).
                 tracing::error!(
                     height = candidate.height,
                     "block candidate not delivered: link down"

@@ -25,7 +25,7 @@ pub struct Amount(u64);
 pub enum AmountError {
     #[error("{0:?} is not an amount in coins with at most {COIN_DECIMALS} decimals")]
     Malformed(String),
-    #[error("{0:?} is more than an amount can hold")]
+    #[error("{0:?} is too large")]
     TooLarge(String),
 }
 

@@ -186,9 +186,11 @@ mod tests {
         let at_limit = (on_target * step) as u32;
         assert_eq!(after(at_limit, 60, 8.0), Some(8.0 * step));
         assert_eq!(after(at_limit + 1, 60, 8.0), Some(8.0 * step));
-        // Down: 3 shares in 120 s is 40 s apart, exactly 1/step of the rate; 1 is less.
-        assert_eq!(after(3, 120, 8.0), Some(8.0 / step));
-        assert_eq!(after(1, 120, 8.0), Some(8.0 / step));
+        // Down: 3 shares in a window of 3 × step target intervals are exactly 1/step of
+        // the rate; 1 share asks for less.
+        let slow_window_s = (3.0 * step * 10.0) as u64;
+        assert_eq!(after(3, slow_window_s, 8.0), Some(8.0 / step));
+        assert_eq!(after(1, slow_window_s, 8.0), Some(8.0 / step));
     }
 
     #[test]

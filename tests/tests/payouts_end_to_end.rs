@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use otedama_controlplane::regtest::FUNDING_WALLET;
-use otedama_controlplane::service::PAYOUT_REQUESTS_QUEUED_MAX;
+use otedama_controlplane::tasks::payouts::PAYOUT_REQUESTS_QUEUED_MAX;
 use otedama_tests::wait_until;
 use payout_scenario::{
     start, start_behind_proxy, start_with, units, ADMIN_TOKEN, MINERS_WALLET, POOL_FEE_PPM,
@@ -543,6 +543,20 @@ fn the_api_answers_while_a_payout_waits_on_the_wallet() -> anyhow::Result<()> {
                 otedama_tests::fault_proxy::Fault::Delay,
             ) > 0
         })?;
+        // PAYOUT_REQUESTS_QUEUED_MAX at its edge: with the payout thread held, that many
+        // more runs wait in its queue, and every request past them hears 503 at once. Sent
+        // first, well inside the hold, so none can be taken from the queue meanwhile.
+        let extra = 2;
+        let asks: Vec<_> = (0..PAYOUT_REQUESTS_QUEUED_MAX + extra)
+            .map(|_| {
+                let pool = &scenario.pool;
+                scope.spawn(move || {
+                    let asked = std::time::Instant::now();
+                    pool.post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)
+                        .map(|(status, body)| (status, body, asked.elapsed()))
+                })
+            })
+            .collect();
         // Reads, and writes through the ledger's lock (the operator's and KYC's): the
         // payout thread holds no lock across the wallet call, so none waits for it.
         let reads = [
@@ -579,19 +593,6 @@ fn the_api_answers_while_a_payout_waits_on_the_wallet() -> anyhow::Result<()> {
             assert_eq!(status, 200, "{method} {path}: {answer}");
         }
         let checks_done_at = payout_started.elapsed();
-        // PAYOUT_REQUESTS_QUEUED_MAX at its edge: with the payout thread held, that many
-        // more runs wait in its queue, and every request past them hears 503 at once.
-        let extra = 2;
-        let asks: Vec<_> = (0..PAYOUT_REQUESTS_QUEUED_MAX + extra)
-            .map(|_| {
-                let pool = &scenario.pool;
-                scope.spawn(move || {
-                    let asked = std::time::Instant::now();
-                    pool.post_admin("/api/v1/admin/payouts/run", ADMIN_TOKEN)
-                        .map(|(status, body)| (status, body, asked.elapsed()))
-                })
-            })
-            .collect();
         let mut refused = 0;
         let mut queued = Vec::new();
         for ask in asks {

@@ -449,7 +449,7 @@ async fn quic_logins_have_a_deadline_and_a_crowd_of_them_meets_retry() {
 }
 
 /// Issue 16: a QUIC miner that submits but stops reading cannot grow the pool's memory:
-/// its acknowledgements pile up behind its own flow-control window, and once more than
+/// the pool's answers pile up behind the miner's own flow-control window, and once more than
 /// `SEND_BACKLOG_BYTES_MAX` wait, the pool closes the connection ("not reading"), as it
 /// does on TCP.
 #[tokio::test(flavor = "current_thread")]
@@ -464,15 +464,19 @@ async fn a_quic_miner_that_stops_reading_is_closed_at_its_send_backlog() {
         .receive_window(quinn::VarInt::from_u32(8192));
     config.transport_config(Arc::new(transport));
     let mut miner = Miner::connect(&pool, &config).await.unwrap();
-    let work = miner.client.work().unwrap();
+    let mut work = miner.client.work().unwrap();
+    // A job the pool never sent: each share is refused at once with its own
+    // SubmitShares.Error (acceptances, by contrast, are merged per share-log write), so the
+    // bytes the pool must send grow by a known amount per share.
+    work.job_id = work.job_id.wrapping_add(1_000);
     let version = u32::from_le_bytes(work.header[0..4].try_into().unwrap());
     let ntime = u32::from_le_bytes(work.header[68..72].try_into().unwrap());
-    // A share of every nonce (any hash meets the floor) and never a read; each share is
-    // acknowledged by a SubmitShares.Success frame (header, channel id, sequence number,
-    // count, difficulty sum). Bounded: four times the shares the backlog needs, and a
-    // minute.
-    const ACK_FRAME_BYTES: usize = 6 + 4 + 4 + 4 + 8;
-    let shares_max = (4 * SEND_BACKLOG_BYTES_MAX / ACK_FRAME_BYTES) as u32;
+    // Frame header, channel id, sequence number, and the code as a Str0255: 29 bytes. The
+    // checks below allow for up to twice that a share (whatever else the pool sends), so
+    // they hold however the pool frames its answers.
+    const REFUSAL_FRAME_BYTES: usize = 6 + 4 + 4 + 1 + "invalid-job-id".len();
+    // Bounded: four times the shares the backlog needs, and a minute.
+    let shares_max = (4 * SEND_BACKLOG_BYTES_MAX / REFUSAL_FRAME_BYTES) as u32;
     let started = std::time::Instant::now();
     let mut nonce = 0u32;
     let reason = loop {
@@ -489,8 +493,7 @@ async fn a_quic_miner_that_stops_reading_is_closed_at_its_send_backlog() {
         }
         let frames = miner.client.transmit_pending().to_vec();
         miner.client.transmitted();
-        // The pool stops reading while a connection has its allowance awaiting acks; a
-        // closed connection ends the write.
+        // A closed connection ends the write.
         let _ = tokio::time::timeout(Duration::from_secs(1), miner.send.write_all(&frames)).await;
     };
     match reason {
@@ -499,9 +502,9 @@ async fn a_quic_miner_that_stops_reading_is_closed_at_its_send_backlog() {
         }
         other => panic!("closed otherwise: {other:?}"),
     }
-    // Not before the backlog could hold its limit: the pool read on until then.
+    // Not long before the backlog could hold its limit: the pool read on until then.
     assert!(
-        nonce as usize * ACK_FRAME_BYTES > SEND_BACKLOG_BYTES_MAX,
+        nonce as usize * 2 * REFUSAL_FRAME_BYTES > SEND_BACKLOG_BYTES_MAX,
         "closed after {nonce} shares"
     );
 }

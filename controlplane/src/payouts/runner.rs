@@ -690,7 +690,7 @@ impl PayoutRunner {
                 .collect()
         };
         for intent in &intents {
-            let payment = crate::api::payment_json(intent);
+            let payment = crate::api::pool::payment_json(intent);
             let action = if Some(intent.batch_id) == written {
                 "payouts.batch_written"
             } else {

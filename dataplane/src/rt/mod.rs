@@ -48,8 +48,10 @@ const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 /// Block candidates and other upstream messages waiting for the IPC thread.
 const UPSTREAM_QUEUE_MAX: usize = 1024;
 /// The queue from every core to the IPC thread. Cores only `try_send` on it: a core never
-/// waits for the link, and a block candidate that finds it full is still in the share
-/// log, where the control plane's block scan finds it.
+/// waits for the link. A block candidate that finds it full is found by the control
+/// plane's block scan in the share log (about 2 s later), if its share is stored; if that
+/// fails too, the candidate is logged whole (`store_share`). Filling it takes
+/// `UPSTREAM_QUEUE_MAX` blocks found while the link is down.
 fn upstream_queue() -> (
     crossbeam_channel::Sender<Upstream>,
     crossbeam_channel::Receiver<Upstream>,
@@ -588,20 +590,26 @@ impl Core {
         record: &ShareRecord,
         block: Option<BlockCandidate>,
     ) -> bool {
+        let mut not_sent_up = None;
         if let Some(block) = block {
             self.counters
                 .block_candidates
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if self
-                .upstream
-                .try_send(Upstream::BlockCandidate(block))
-                .is_err()
-            {
+            if let Err(refused) = self.upstream.try_send(Upstream::BlockCandidate(block)) {
                 tracing::error!("upstream queue full: block candidate left to the block scan");
+                not_sent_up = Some(refused.into_inner());
             }
         }
         if let Err(error) = self.share_log.append(self.index, record) {
             tracing::error!(%error, "share not stored");
+            if let Some(Upstream::BlockCandidate(block)) = not_sent_up {
+                // Neither the link nor the share log has it: the log line is the last copy
+                // of the block, whole, for the operator to submit by hand.
+                tracing::error!(
+                    candidate = %serde_json::to_string(&block).unwrap_or_default(),
+                    "block candidate lost to the pool: neither sent up nor stored"
+                );
+            }
             return false;
         }
         awaiting_ack.take(1);

@@ -1,0 +1,400 @@
+//! The public routes: pool stats, `/health`, blocks, payments, and each miner's balances,
+//! hash rate, payments and settings. Reads only, from snapshots and the ledger's reader:
+//! none waits for the payout thread.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use otedama_kernels::Algorithm;
+
+use super::*;
+use crate::blocks::BlockRecord;
+
+/// Hashes per unit of share difficulty for the coin's algorithm: 2^256 / difficulty-1 target.
+pub(crate) fn hashes_per_difficulty(algorithm: Algorithm) -> f64 {
+    2f64.powi(256) / algorithm.difficulty_one().to_f64()
+}
+
+pub(crate) fn hashrate(difficulty_sum: f64, window_s: u64, algorithm: Algorithm) -> f64 {
+    difficulty_sum * hashes_per_difficulty(algorithm) / window_s.max(1) as f64
+}
+
+/// Pool figures over each hashrate window: hashrate, miners, workers, shares.
+pub(crate) fn pool_windows(state: &ApiState, now: u64) -> Value {
+    let history = state.payouts.history.lock().expect("history lock");
+    let mut windows = serde_json::Map::new();
+    for window_s in HASHRATE_WINDOWS_S {
+        let activity = history.activity(now, window_s * 1000);
+        let difficulty: f64 = activity.values().map(|a| a.difficulty_sum).sum();
+        windows.insert(
+            format!("{window_s}s"),
+            json!({
+                "hashrate": hashrate(difficulty, window_s, state.algorithm),
+                "miners": activity.len(),
+                "workers": activity.values().map(|a| a.workers.len()).sum::<usize>(),
+                "shares": activity.values().map(|a| a.shares).sum::<u64>(),
+            }),
+        );
+    }
+    Value::Object(windows)
+}
+
+pub(crate) fn stats_json(state: &ApiState) -> Value {
+    let totals = state.pool.totals();
+    let settings = state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .clone();
+    let (pps_credited, pool_account) = {
+        let ledger = &state.payouts.ledger_reader;
+        (
+            ledger.pps_credited().unwrap_or(0),
+            ledger.balances(&settings.fee_account).unwrap_or_default(),
+        )
+    };
+    let windows = pool_windows(state, now_ms());
+    let block_value = state.pool.block_value().unwrap_or_default();
+    json!({
+        "shares_accepted": totals.shares_accepted,
+        "shares_accepted_by_protocol": totals.shares_accepted_by_protocol,
+        "sv2_authority_key": state.sv2_authority_key,
+        "quic_datagrams_forwarded": totals.quic_datagrams_forwarded,
+        "shares_rejected": totals.shares_rejected,
+        "shares_rejected_by_code": totals.shares_rejected_by_code,
+        "blocks_found": state.pool.blocks_found.load(Relaxed),
+        "blocks_rejected": state.pool.blocks_rejected.load(Relaxed),
+        "block_candidates": totals.block_candidates,
+        "connections": totals.connections,
+        "height": state.pool.height.load(Relaxed),
+        "accepted_difficulty_sum": totals.accepted_difficulty_sum,
+        "uptime_s": state.pool.started_at.elapsed().as_secs(),
+        "hashrate": windows["600s"]["hashrate"],
+        "windows": windows,
+        "network": {
+            "difficulty": block_value.network_difficulty,
+            "subsidy": block_value.subsidy,
+            "fees_mean": block_value.fees_mean,
+        },
+        "payout_scheme": format!("{:?}", settings.scheme),
+        "pool_fee_ppm": settings.pool_fee_ppm,
+        "payout_min": settings.policy.payout_min,
+        // PPS/FPPS: what the pool has credited for shares against what its blocks brought.
+        "pps": {
+            "credited": pps_credited,
+            "rewards_received": pool_account.total(),
+            "balance": pool_account.total() as i128 - pps_credited as i128,
+        },
+    })
+}
+
+/// Liveness, and the fact a load balancer or an alert must act on: whether every data
+/// plane's share log can write. While one cannot (a full disk), its shares are refused,
+/// and this answers 503 with the reason.
+pub(crate) async fn health(State(state): State<ApiState>) -> (StatusCode, &'static str) {
+    if state.pool.totals().share_log_failing_planes > 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: a share log cannot write; shares are refused\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+pub(crate) async fn stats(State(state): State<ApiState>) -> Response {
+    match cached_stats(&state).await {
+        Some(stats) => Json(stats).into_response(),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "stats failed"),
+    }
+}
+
+/// The pool's stats, computed at most once per `STATS_CACHE_MS` whatever the number of
+/// callers (the HTTP route and every live-feed client): computing them scans the share
+/// history, up to a million shares, off the async workers.
+pub(crate) async fn cached_stats(state: &ApiState) -> Option<Value> {
+    let mut cached = state.stats_cache.lock().await;
+    if let Some((at, stats)) = cached.as_ref() {
+        if at.elapsed() < Duration::from_millis(STATS_CACHE_MS) {
+            return Some(stats.clone());
+        }
+    }
+    let computing = state.clone();
+    let stats = tokio::task::spawn_blocking(move || stats_json(&computing))
+        .await
+        .ok()?;
+    *cached = Some((std::time::Instant::now(), stats.clone()));
+    Some(stats)
+}
+
+/// The blocks as the public sees them: a rejection's reason is the node's own short
+/// token (BIP22: `bad-txns-inputs-missingorspent`, `inconclusive`, ...) or the pool's
+/// category (`stale-prevblk`, `unsubmittable`), never an error text, which can name the
+/// node's RPC URL or wallet. `/api/v1/admin/blocks` has the whole reason.
+pub(crate) async fn blocks_list(
+    State(state): State<ApiState>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    blocks_page(&state, &page, |block| {
+        let mut shown = json!(block);
+        if let Some(reason) = &block.rejected_reason {
+            shown["rejected_reason"] = json!(public_reject_reason(reason));
+        }
+        shown
+    })
+}
+
+/// The blocks the pool submitted, newest first (by the end of their round), a page at a
+/// time; the cursor is the hash of a page's last block.
+pub(crate) fn blocks_page(
+    state: &ApiState,
+    page: &Page,
+    show: impl Fn(&BlockRecord) -> Value,
+) -> Response {
+    let mut blocks = state.blocks.submitted();
+    blocks.reverse();
+    let start = match &page.cursor {
+        None => 0,
+        Some(hash) => match blocks.iter().position(|block| &block.hash == hash) {
+            Some(place) => place + 1,
+            None => return error(StatusCode::BAD_REQUEST, "unknown cursor"),
+        },
+    };
+    let limit = page.limit();
+    let shown: Vec<&BlockRecord> = blocks.iter().skip(start).take(limit).collect();
+    let next = shown.last().map(|block| block.hash.clone());
+    page_response(shown.into_iter().map(show).collect(), limit, next)
+}
+
+/// A rejection reason's leading token, when it is one (lower case, digits, `-`, `_`, at
+/// most 64 bytes), or `rejected`.
+pub(crate) fn public_reject_reason(reason: &str) -> String {
+    let token = reason.split(':').next().unwrap_or_default().trim();
+    let is_token = !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if is_token {
+        token.to_string()
+    } else {
+        "rejected".to_string()
+    }
+}
+
+/// A payment as the public API and the live feed show it: the node's or the wallet's
+/// error text (which can name the node's URL or wallet) stays in the admin API and the
+/// log; the public sees a fixed reason for the state.
+pub(crate) fn payment_json(intent: &otedama_ledger::ledger::PayoutIntent) -> Value {
+    use otedama_ledger::ledger::IntentState;
+    let mut shown = payment_json_full(intent);
+    let reason = match intent.state {
+        IntentState::Open => Some("not taken by the node yet; retrying"),
+        IntentState::Sent => Some("held for the operator"),
+        IntentState::Failed => Some("double-spent"),
+        IntentState::Cancelled => Some("cancelled by the operator"),
+        IntentState::Confirmed => None,
+    }
+    .filter(|_| intent.last_error.is_some());
+    shown["last_error"] = json!(reason);
+    shown
+}
+
+/// A payment with everything the pool knows of it, for the admin API.
+pub(crate) fn payment_json_full(intent: &otedama_ledger::ledger::PayoutIntent) -> Value {
+    json!({
+        "batch_id": intent.batch_id,
+        "txid": intent.txid,
+        "state": intent.state.name(),
+        "created_at_ms": intent.created_at_ms,
+        "sent_at_ms": intent.sent_at_ms,
+        "total": intent.outputs.values().sum::<u64>(),
+        "outputs": intent.outputs,
+        "broadcast_attempts": intent.broadcast_attempts,
+        "last_error": intent.last_error,
+        "confirmations": intent.confirmations,
+        "paid_by_txid": intent.paid_by_txid,
+        "settled_at_ms": intent.settled_at_ms,
+    })
+}
+
+pub(crate) async fn payments_list(
+    State(state): State<ApiState>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    off_the_workers(move || payments_shown(&state, &page, payment_json)).await
+}
+
+/// Payout batches, newest first, a page at a time; the cursor is the batch id of a
+/// page's last batch. Only the page's batches are read from the ledger.
+pub(crate) fn payments_shown(
+    state: &ApiState,
+    page: &Page,
+    show: fn(&otedama_ledger::ledger::PayoutIntent) -> Value,
+) -> Response {
+    let before = match page.batch_cursor() {
+        Ok(before) => before,
+        Err(response) => return response,
+    };
+    let limit = page.limit();
+    match state
+        .payouts
+        .ledger_reader
+        .intents_newest_first(before, limit)
+    {
+        Ok(intents) => {
+            let next = intents.last().map(|intent| intent.batch_id.to_string());
+            page_response(intents.iter().map(show).collect(), limit, next)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The pool-wide payout threshold; a miner's own setting may only raise it.
+pub(crate) fn pool_payout_min(state: &ApiState) -> u64 {
+    state
+        .payouts
+        .settings
+        .read()
+        .expect("settings lock")
+        .policy
+        .payout_min
+}
+
+pub(crate) async fn miner(State(state): State<ApiState>, Path(address): Path<String>) -> Response {
+    off_the_workers(move || {
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let now = now_ms();
+        let (balances, payout_min, payouts) = {
+            let ledger = &state.payouts.ledger_reader;
+            (
+                ledger.balances(&address).unwrap_or_default(),
+                ledger.payout_min(&address).ok().flatten(),
+                ledger
+                    .payouts_of(&address, None, API_LIST_ITEMS_DEFAULT)
+                    .unwrap_or_default(),
+            )
+        };
+        let payments: Vec<Value> = payouts.iter().map(miner_payment_json).collect();
+        let (mut windows, mut workers) = (serde_json::Map::new(), BTreeMap::new());
+        {
+            let history = state.payouts.history.lock().expect("history lock");
+            for window_s in HASHRATE_WINDOWS_S {
+                let activity = history.activity(now, window_s * 1000);
+                let mine = activity.get(address.as_str()).cloned().unwrap_or_default();
+                windows.insert(
+                    format!("{window_s}s"),
+                    json!({"hashrate": hashrate(mine.difficulty_sum, window_s, state.algorithm), "shares": mine.shares}),
+                );
+                if window_s == 3600 {
+                    for (name, (shares, last_ms)) in &mine.workers {
+                        workers.insert(
+                            name.clone(),
+                            json!({"shares_1h": shares, "last_share_ms": last_ms}),
+                        );
+                    }
+                }
+            }
+        }
+        let pool_min = pool_payout_min(&state);
+        Json(json!({
+            "address": address,
+            "balance_immature": balances.immature,
+            "balance_mature": balances.mature,
+            "balance_paying": balances.paying,
+            "paid": balances.paid,
+            "payout_min": payout_min.unwrap_or(pool_min).max(pool_min),
+            "hashrate": windows["600s"]["hashrate"],
+            "windows": windows,
+            "workers": workers,
+            "payments": payments,
+        }))
+        .into_response()
+    })
+    .await
+}
+
+/// One of a miner's payments, as its page shows it.
+pub(crate) fn miner_payment_json(payout: &otedama_ledger::ledger::AccountPayout) -> Value {
+    let intent = &payout.intent;
+    json!({
+        "batch_id": intent.batch_id,
+        "txid": intent.txid,
+        "amount": payout.amount,
+        "state": intent.state.name(),
+        "created_at_ms": intent.created_at_ms,
+        "sent_at_ms": intent.sent_at_ms,
+    })
+}
+
+/// A miner's payments, newest first, a page at a time (the miner's page shows the first
+/// `API_LIST_ITEMS_DEFAULT`); the cursor is the batch id of a page's last payment. Only
+/// the page's payments are read, through the account's own index.
+pub(crate) async fn miner_payments(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
+) -> Response {
+    off_the_workers(move || {
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let before = match page.batch_cursor() {
+            Ok(before) => before,
+            Err(response) => return response,
+        };
+        let limit = page.limit();
+        match state
+            .payouts
+            .ledger_reader
+            .payouts_of(&address, before, limit)
+        {
+            Ok(payouts) => {
+                let next = payouts.last().map(|p| p.intent.batch_id.to_string());
+                page_response(
+                    payouts.iter().map(miner_payment_json).collect(),
+                    limit,
+                    next,
+                )
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
+    .await
+}
+
+pub(crate) async fn miner_settings(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+) -> Response {
+    let address = match canonical_account(&state, &address) {
+        Ok(canonical) => canonical,
+        Err(response) => return response,
+    };
+    let own = state
+        .payouts
+        .ledger_reader
+        .payout_min(&address)
+        .ok()
+        .flatten();
+    let pool_min = pool_payout_min(&state);
+    Json(json!({
+        "address": address,
+        "payout_min": own.unwrap_or(pool_min).max(pool_min),
+        "payout_min_own": own,
+        "payout_min_pool": pool_min,
+    }))
+    .into_response()
+}

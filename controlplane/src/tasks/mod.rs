@@ -1,0 +1,7 @@
+//! The control plane's long-running work, one file per concern; `service` starts it and
+//! wires the threads together.
+
+pub mod blocks;
+pub mod compliance;
+pub mod payouts;
+pub mod templates;

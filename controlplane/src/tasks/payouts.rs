@@ -1,0 +1,97 @@
+//! Starts the payout thread (`payouts::runner`) with its ledger, share-log tails, wallet
+//! and the queue the admin API asks it through.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use std::sync::{Mutex, RwLock};
+
+use crate::api::PayoutHandles;
+use crate::audit::AuditLog;
+use crate::blocks::BlockStore;
+use crate::chain::wallet::NodeWallet;
+use crate::config::{ChainSource, PoolConfig};
+use crate::payouts::runner::{fault_file_hook, share_log_tails, PayoutRunner, PayoutSettings};
+use crate::stats::PoolState;
+use crate::tasks::compliance::start_kyc_webhook;
+use otedama_ledger::ledger::Ledger;
+use otedama_ledger::payments::PayoutPolicy;
+use otedama_ledger::schemes::Scheme;
+use otedama_ledger::shares::ShareHistory;
+use otedama_ledger::Amount;
+
+/// The ledger and the payout thread.
+pub(crate) fn start_payouts(
+    config: &PoolConfig,
+    state: &Arc<PoolState>,
+    store: &Arc<BlockStore>,
+    audit: &Arc<AuditLog>,
+) -> anyhow::Result<PayoutHandles> {
+    let params = config.coin_params();
+    let fee_account = if config.pool_fee_address.is_empty() {
+        config.payout_address.clone()
+    } else {
+        otedama_shared::address::script_for_address(&params.address, &config.pool_fee_address)
+            .context("checking pool_fee_address")?;
+        config.pool_fee_address.clone()
+    };
+    let settings = PayoutSettings {
+        scheme: config.scheme(),
+        pool_fee_ppm: config.pool_fee_ppm(),
+        fee_account,
+        payout_interval_s: config.payout_interval_s,
+        payout_confirmations: config.payout_confirmations,
+        policy: PayoutPolicy {
+            payout_min: Amount::parse(&config.payout_min)?.units(),
+            address_rule: params.address,
+            // The pool's own wallet receives the rewards; paying it would move coins in a circle.
+            never_pay: vec![config.payout_address.clone()],
+            frozen: Default::default(),
+            kyc: config.kyc_rule()?,
+        },
+    };
+    let ledger = Ledger::open(&config.ledger_path())
+        .with_context(|| format!("opening the ledger {}", config.ledger_path().display()))?;
+    let logs: Vec<_> = (0..config.dataplane_processes)
+        .map(|index| config.share_log_path(index))
+        .collect();
+    let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
+    let tails = share_log_tails(&ledger, &logs, &config.data_dir, per_share)?;
+    let wallet: Option<Box<dyn otedama_ledger::payments::Wallet + Send>> = match config.chain {
+        ChainSource::Node => Some(Box::new(NodeWallet::new(config.wallet_rpc_client()?))),
+        ChainSource::Synthetic => None,
+    };
+    let (run_now, requests) = crossbeam_channel::bounded(PAYOUT_REQUESTS_QUEUED_MAX);
+    let handles = PayoutHandles {
+        ledger_reader: ledger.reader(),
+        ledger: Arc::new(Mutex::new(ledger)),
+        history: Arc::new(Mutex::new(ShareHistory::default())),
+        settings: Arc::new(RwLock::new(settings)),
+        run_now,
+        dex: Default::default(),
+    };
+    let runner = PayoutRunner {
+        ledger: handles.ledger.clone(),
+        history: handles.history.clone(),
+        settings: handles.settings.clone(),
+        blocks: store.clone(),
+        pool: state.clone(),
+        audit: audit.clone(),
+        tails,
+        wallet,
+        fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
+        kyc_notices: start_kyc_webhook(config)?,
+        dex: handles.dex.clone(),
+        next_follow_ms: 0,
+        cut_waits: Default::default(),
+        block_share_wait_ms: crate::payouts::runner::BLOCK_SHARE_WAIT_MS,
+    };
+    std::thread::Builder::new()
+        .name("payouts".into())
+        .spawn(move || runner.run(requests))?;
+    Ok(handles)
+}
+
+/// Payout runs the admin API may have waiting at once; one more hears 503 at once.
+pub const PAYOUT_REQUESTS_QUEUED_MAX: usize = 8;

@@ -1,0 +1,291 @@
+//! Work from the node: waits for it at start, fetches block templates when its best
+//! block changes (polled) or on the refresh interval, builds and publishes the jobs, and
+//! keeps the fee history FPPS prices from. The synthetic chain's job loop for load tests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
+
+use otedama_shared::job::AlgorithmName;
+
+use crate::api::now_ms;
+use crate::chain::rpc::{RpcClient, RpcError};
+use crate::chain::synthetic;
+use crate::chain::template::BlockTemplate;
+use crate::config::PoolConfig;
+use crate::jobs::build_job;
+use crate::jobs::store::JobStore;
+use crate::stats::{BlockValue, PoolState};
+
+/// Shortest gap between two template fetches, so that a burst of triggers (blocks found
+/// back to back on regtest) cannot become a busy loop.
+pub(crate) const TEMPLATE_FETCH_INTERVAL_MIN_MS: u64 = 100;
+/// After a failed `getblocktemplate` (the node busy, a mempool race, a timeout), the next
+/// try comes this soon instead of at the next refresh: until it works, miners hash on
+/// work that may be stale, and no new block may come to trigger a fetch.
+pub(crate) const TEMPLATE_RETRY_AFTER_FAILURE_MS: u64 = 1000;
+/// How often the node's best block is polled for a change (a new block, ours or not).
+pub(crate) const BEST_BLOCK_POLL_MS: u64 = 100;
+
+/// Waits until the node answers RPC and can produce a template, explaining what is wrong
+/// while it cannot.
+pub(crate) fn wait_for_node(rpc: &RpcClient, rules: &[&str]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let error = match rpc.get_block_template(rules) {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        let hint = match error.node_code() {
+            Some(-9) => "the node has no peers (getblocktemplate needs one, even on regtest)",
+            Some(-10) => {
+                "the node is still in initial block download (regtest: mine one block first)"
+            }
+            Some(-8) => "the node refused our template rules",
+            _ => "",
+        };
+        if matches!(error, RpcError::Unauthorized { .. }) || Instant::now() > deadline {
+            return Err(anyhow::anyhow!("{error} {hint}"));
+        }
+        tracing::warn!(%error, hint, "waiting for the node");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub(crate) struct TemplateKey {
+    prevhash: String,
+    txids: Vec<String>,
+    has_mweb: bool,
+}
+
+impl TemplateKey {
+    fn of(template: &BlockTemplate) -> Self {
+        TemplateKey {
+            prevhash: template.previousblockhash.clone(),
+            txids: template
+                .transactions
+                .iter()
+                .map(|t| t.txid.clone())
+                .collect(),
+            has_mweb: template.mweb.is_some(),
+        }
+    }
+}
+
+/// Blocks whose fees FPPS averages over.
+pub(crate) const FEE_HISTORY_BLOCKS_MAX: usize = 144;
+
+/// The fees of the newest template at each recent height.
+#[derive(Default)]
+pub(crate) struct FeeHistory {
+    by_height: std::collections::BTreeMap<u64, u64>,
+}
+
+impl FeeHistory {
+    fn record(&mut self, height: u64, fees: u64) {
+        self.by_height.insert(height, fees);
+        while self.by_height.len() > FEE_HISTORY_BLOCKS_MAX {
+            self.by_height.pop_first();
+        }
+    }
+
+    fn mean(&self) -> u64 {
+        let count = self.by_height.len().max(1) as u64;
+        self.by_height.values().sum::<u64>() / count
+    }
+}
+
+/// The network difficulty for compact `bits` (hex), on the pool's share-difficulty scale.
+pub fn network_difficulty(bits_hex: &str, algorithm: otedama_kernels::Algorithm) -> f64 {
+    u32::from_str_radix(bits_hex, 16)
+        .ok()
+        .and_then(|bits| otedama_kernels::Target::from_compact(bits).ok())
+        .map_or(0.0, |target| target.to_difficulty(algorithm))
+}
+
+/// Builds and publishes jobs from templates. Fetches on a trigger (a new best block or an
+/// accepted block) and every `template_refresh_s`.
+pub(crate) fn template_loop(
+    config: PoolConfig,
+    rpc: RpcClient,
+    state: Arc<PoolState>,
+    jobs: Arc<JobStore>,
+    triggers: Receiver<()>,
+) {
+    let params = config.coin_params();
+    let payout_script = config.payout_script().expect("validated at start");
+    let algorithm = algorithm_name(&config);
+    // Ids continue after the stored ones, so one id never names two jobs.
+    let stored_newest = jobs.newest_job_id().unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot read the newest stored job id");
+        None
+    });
+    let mut next_job_id = now_ms().max(stored_newest.map_or(0, |id| id + 1));
+    let mut last: Option<TemplateKey> = None;
+    let mut fees = FeeHistory::default();
+    let refresh = Duration::from_secs(config.template_refresh_s.max(1));
+    let mut failed = false;
+    loop {
+        let fetched_at = Instant::now();
+        let failed_before = std::mem::take(&mut failed);
+        match rpc
+            .get_block_template(params.template_rules())
+            .map(BlockTemplate::parse)
+        {
+            Ok(Ok(template)) => {
+                fees.record(template.height, template.fees());
+                state.set_block_value(BlockValue {
+                    subsidy: template.coinbasevalue.saturating_sub(template.fees()),
+                    fees_mean: fees.mean(),
+                    network_difficulty: network_difficulty(&template.bits, params.algorithm),
+                });
+                let key = TemplateKey::of(&template);
+                let clean = last.as_ref().is_none_or(|l| l.prevhash != key.prevhash);
+                let changed = clean
+                    || last
+                        .as_ref()
+                        .is_some_and(|l| l.txids != key.txids || l.has_mweb != key.has_mweb);
+                if changed {
+                    match build_job(
+                        &template,
+                        next_job_id,
+                        &payout_script,
+                        config.coinbase_tag.as_bytes(),
+                        clean,
+                        algorithm,
+                    ) {
+                        // On disk before any miner can find a block on it; a job that
+                        // cannot be stored is not published (the next fetch tries again).
+                        Ok(job) => match jobs.put(&job) {
+                            Ok(()) => {
+                                tracing::info!(
+                                    job_id = next_job_id,
+                                    height = template.height,
+                                    clean,
+                                    txs = template.transactions.len(),
+                                    mweb = key.has_mweb,
+                                    "new job"
+                                );
+                                next_job_id += 1;
+                                state.publish_job(Arc::new(job));
+                                last = Some(key);
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "cannot store the new job, so it is not sent to miners: a block found on it could not be rebuilt after a restart")
+                            }
+                        },
+                        Err(error) => {
+                            tracing::error!(%error, "cannot build a job from the template")
+                        }
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                failed = true;
+                tracing::error!(%error, "node sent a template we cannot read")
+            }
+            Err(error) => {
+                failed = true;
+                // Once per outage, not once a second.
+                if failed_before {
+                    tracing::debug!(%error, "getblocktemplate failed again");
+                } else {
+                    tracing::warn!(%error, "getblocktemplate failed; trying again every second");
+                }
+            }
+        }
+        let floor = Duration::from_millis(TEMPLATE_FETCH_INTERVAL_MIN_MS)
+            .saturating_sub(fetched_at.elapsed());
+        std::thread::sleep(floor);
+        let wait = if failed {
+            Duration::from_millis(TEMPLATE_RETRY_AFTER_FAILURE_MS)
+        } else {
+            refresh
+        };
+        let _ = triggers.recv_timeout(wait);
+        while triggers.try_recv().is_ok() {}
+    }
+}
+
+/// Watches the node's best block with `getbestblockhash` every `BEST_BLOCK_POLL_MS` and
+/// triggers a template fetch when it changes, as ckpool's block poll does. Not a
+/// `getblocktemplate` long-poll: the node keeps serving a long-poll on one of its few RPC
+/// threads after the client is gone, until a block or transaction ends it, so every
+/// killed or restarted control plane would take a node thread with it. A poll holds none.
+pub(crate) fn best_block_poll_loop(rpc: RpcClient, triggers: Sender<()>) {
+    let mut last: Option<Value> = None;
+    loop {
+        match rpc.call("getbestblockhash", serde_json::json!([])) {
+            Ok(best) if last.as_ref() != Some(&best) => {
+                if last.is_some() {
+                    let _ = triggers.send(());
+                }
+                last = Some(best);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "getbestblockhash failed"),
+        }
+        std::thread::sleep(Duration::from_millis(BEST_BLOCK_POLL_MS));
+    }
+}
+
+pub(crate) fn algorithm_name(config: &PoolConfig) -> AlgorithmName {
+    match config.coin_params().algorithm {
+        otedama_kernels::Algorithm::Scrypt => AlgorithmName::Scrypt,
+        otedama_kernels::Algorithm::Sha256d => AlgorithmName::Sha256d,
+    }
+}
+
+/// Publishes a synthetic block every `synthetic_job_interval_ms` (load tests only).
+pub(crate) fn synthetic_loop(config: PoolConfig, state: Arc<PoolState>) {
+    let payout_script = config.payout_script().expect("validated at start");
+    let algorithm = algorithm_name(&config);
+    let interval = Duration::from_millis(config.synthetic_job_interval_ms.max(1));
+    let mut job_id = now_ms();
+    for sequence in 0.. {
+        let now = now_ms();
+        let template = synthetic::template(sequence, now);
+        let tag = synthetic::coinbase_tag(now);
+        match build_job(
+            &template,
+            job_id,
+            &payout_script,
+            tag.as_bytes(),
+            true,
+            algorithm,
+        ) {
+            Ok(job) => {
+                tracing::debug!(job_id, height = template.height, "new synthetic job");
+                state.publish_job(Arc::new(job));
+                job_id += 1;
+            }
+            Err(error) => tracing::error!(%error, "cannot build a synthetic job"),
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FPPS averages the fees of the newest `FEE_HISTORY_BLOCKS_MAX` heights: one more
+    /// height drops exactly the oldest, and a new template at a kept height replaces it.
+    #[test]
+    fn the_fee_history_holds_its_limit() {
+        let mut history = FeeHistory::default();
+        let heights = FEE_HISTORY_BLOCKS_MAX as u64;
+        for height in 1..=heights {
+            history.record(height, 1_000);
+        }
+        assert_eq!(history.mean(), 1_000);
+        history.record(heights, 1_000 + heights);
+        assert_eq!(history.by_height.len(), FEE_HISTORY_BLOCKS_MAX);
+        assert_eq!(history.mean(), 1_001);
+        history.record(heights + 1, 1_000);
+        assert_eq!(history.by_height.len(), FEE_HISTORY_BLOCKS_MAX);
+        assert_eq!(history.by_height.first_key_value(), Some((&2, &1_000)));
+    }
+}
