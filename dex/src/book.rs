@@ -10,6 +10,9 @@
 //! linked into a FIFO per price level; levels live in a slab too and are found through a
 //! `BTreeMap` per side; an order id finds its slot through a hash map with a cheap hasher
 //! (ids are sequential, not attacker-chosen).
+//!
+//! One file, past the usual length: the slabs, links and index are one data structure whose
+//! invariants every operation must keep together.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};

@@ -4,6 +4,9 @@
 //! spend; each fill moves both sides' balances in the same step that records the trade;
 //! an order's end releases what its reservation has left. The sum of every account's
 //! balances per asset changes only by deposits and withdrawals.
+//!
+//! One file, past the usual length, so that every balance move sits next to the check
+//! that allows it: the conservation above is read off this file alone.
 
 use std::collections::VecDeque;
 

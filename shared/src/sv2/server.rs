@@ -18,6 +18,10 @@
 //! of one NewMiningJob per channel; the client derives each channel's merkle root from its
 //! extranonce prefix (the pool computes the same roots to check shares). A device that
 //! mines headers only sets the flag and gets per-channel jobs.
+//!
+//! One file, past the usual length, because it is one state machine: every handler reads
+//! and writes the same session and channel state, and its invariants (sequence numbers,
+//! the extranonce and job maps, the acknowledgement window) are each checked in one place.
 
 use std::sync::Arc;
 

@@ -16,6 +16,13 @@ use crate::chain::rpc::{RpcAuth, RpcClient};
 use otedama_shared::address::script_for_address;
 use otedama_shared::sv2::noise::AuthorityKey;
 
+mod flags;
+mod secrets;
+mod validate;
+
+pub use flags::ConfigArgs;
+pub use secrets::write_new_private;
+
 /// The data directory's mode when `otedama` creates it.
 pub const DATA_DIR_MODE: u32 = 0o750;
 
@@ -224,271 +231,6 @@ impl Default for PoolConfig {
     }
 }
 
-/// Flags shared by `run`, `dataplane` and `controlplane`. Each overrides the file.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct ConfigArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "OTEDAMA_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Coin to mine.
-    #[arg(long, env = "OTEDAMA_COIN", value_enum)]
-    pub coin: Option<Coin>,
-    /// Chain network; addresses and RPC ports follow it.
-    #[arg(long, env = "OTEDAMA_NETWORK", value_enum)]
-    pub network: Option<Network>,
-    /// Node JSON-RPC URL (default: the coin's port on 127.0.0.1).
-    #[arg(long, env = "OTEDAMA_NODE_RPC_URL")]
-    pub node_rpc_url: Option<String>,
-    /// Node RPC user (with --node-rpc-password).
-    #[arg(long, env = "OTEDAMA_NODE_RPC_USER")]
-    pub node_rpc_user: Option<String>,
-    /// Node RPC password.
-    #[arg(long, env = "OTEDAMA_NODE_RPC_PASSWORD")]
-    pub node_rpc_password: Option<String>,
-    /// The node's .cookie file, instead of a user and password.
-    #[arg(long, env = "OTEDAMA_NODE_RPC_COOKIE")]
-    pub node_rpc_cookie: Option<PathBuf>,
-    /// The node wallet that receives rewards and funds payouts (multi-wallet nodes).
-    #[arg(long, env = "OTEDAMA_NODE_WALLET")]
-    pub node_wallet: Option<String>,
-    /// Address that block rewards are paid to.
-    #[arg(long, env = "OTEDAMA_PAYOUT_ADDRESS")]
-    pub payout_address: Option<String>,
-    /// Stratum V1 listen address; repeat the flag for several.
-    #[arg(long, env = "OTEDAMA_STRATUM_LISTEN", value_delimiter = ',')]
-    pub stratum_listen: Vec<SocketAddr>,
-    /// Stratum V2 (Noise over TCP) listen address; repeat the flag for several.
-    #[arg(long, env = "OTEDAMA_SV2_LISTEN", value_delimiter = ',')]
-    pub sv2_listen: Vec<SocketAddr>,
-    /// File with the pool authority's secret key (created if missing).
-    #[arg(long, env = "OTEDAMA_SV2_AUTHORITY_KEY_FILE")]
-    pub sv2_authority_key_file: Option<PathBuf>,
-    /// Seconds each V2 Noise certificate is valid.
-    #[arg(long, env = "OTEDAMA_SV2_CERTIFICATE_VALIDITY_S")]
-    pub sv2_certificate_validity_s: Option<u32>,
-    /// Stratum V2 over QUIC listen address (UDP); repeat the flag for several.
-    #[arg(long, env = "OTEDAMA_QUIC_LISTEN", value_delimiter = ',')]
-    pub quic_listen: Vec<SocketAddr>,
-    /// PEM certificate chain for QUIC (default: a self-signed one in the data directory).
-    #[arg(long, env = "OTEDAMA_QUIC_CERT_FILE")]
-    pub quic_cert_file: Option<PathBuf>,
-    /// PEM private key for --quic-cert-file.
-    #[arg(long, env = "OTEDAMA_QUIC_KEY_FILE")]
-    pub quic_key_file: Option<PathBuf>,
-    /// QUIC connections one data-plane core holds at most.
-    #[arg(long, env = "OTEDAMA_QUIC_CONNECTIONS_PER_CORE_MAX")]
-    pub quic_connections_per_core_max: Option<usize>,
-    /// Difficulty new connections start at; fractions such as 0.001 are fine.
-    #[arg(long, env = "OTEDAMA_START_DIFFICULTY")]
-    pub start_difficulty: Option<f64>,
-    /// Directory for the share log, block records and the IPC socket.
-    #[arg(long, env = "OTEDAMA_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// HTTP API and /metrics listen address.
-    #[arg(long, env = "OTEDAMA_API_LISTEN")]
-    pub api_listen: Option<SocketAddr>,
-    /// Text placed in every coinbase (at most 64 bytes).
-    #[arg(long, env = "OTEDAMA_COINBASE_TAG")]
-    pub coinbase_tag: Option<String>,
-    /// Cores for the data plane, comma separated (default: all).
-    #[arg(long, env = "OTEDAMA_CORES", value_delimiter = ',')]
-    pub cores: Vec<usize>,
-    /// fsync the share log before each acknowledgement (true/false).
-    #[arg(long, env = "OTEDAMA_SHARE_LOG_SYNC")]
-    pub share_log_sync: Option<bool>,
-    /// Seconds of silence after which a miner is disconnected.
-    #[arg(long, env = "OTEDAMA_CONNECTION_IDLE_TIMEOUT_S")]
-    pub connection_idle_timeout_s: Option<u64>,
-    /// Stratum TCP connections one IPv4 address or IPv6 /64 may hold.
-    #[arg(long, env = "OTEDAMA_CONNECTIONS_PER_IP_MAX")]
-    pub connections_per_ip_max: Option<u32>,
-    /// Seconds between template refreshes when no new block arrives.
-    #[arg(long, env = "OTEDAMA_TEMPLATE_REFRESH_S")]
-    pub template_refresh_s: Option<u64>,
-    /// Target seconds per share for variable difficulty; 0 turns it off.
-    #[arg(long, env = "OTEDAMA_VARDIFF_SHARE_INTERVAL_S")]
-    pub vardiff_share_interval_s: Option<f64>,
-    /// Lowest difficulty a miner may be given.
-    #[arg(long, env = "OTEDAMA_DIFFICULTY_MIN")]
-    pub difficulty_min: Option<f64>,
-    /// Data-plane processes sharing the Stratum ports (SO_REUSEPORT).
-    #[arg(long, env = "OTEDAMA_DATAPLANE_PROCESSES")]
-    pub dataplane_processes: Option<usize>,
-    /// Job source: the node, or synthetic jobs for load tests.
-    #[arg(long, env = "OTEDAMA_CHAIN")]
-    pub chain: Option<ChainSource>,
-    /// Milliseconds between synthetic blocks.
-    #[arg(long, env = "OTEDAMA_SYNTHETIC_JOB_INTERVAL_MS")]
-    pub synthetic_job_interval_ms: Option<u64>,
-    /// Payout scheme.
-    #[arg(long, env = "OTEDAMA_PAYOUT_SCHEME")]
-    pub payout_scheme: Option<PayoutScheme>,
-    /// Pool fee in percent.
-    #[arg(long, env = "OTEDAMA_POOL_FEE_PERCENT")]
-    pub pool_fee_percent: Option<f64>,
-    /// Address the pool fee is paid to (default: the payout address).
-    #[arg(long, env = "OTEDAMA_POOL_FEE_ADDRESS")]
-    pub pool_fee_address: Option<String>,
-    /// Confirmations before a block's reward is payable.
-    #[arg(long, env = "OTEDAMA_COINBASE_MATURITY")]
-    pub coinbase_maturity: Option<u64>,
-    /// Seconds between payout runs.
-    #[arg(long, env = "OTEDAMA_PAYOUT_INTERVAL_S")]
-    pub payout_interval_s: Option<u64>,
-    /// Confirmations after which a payout transaction is final (6).
-    #[arg(long, env = "OTEDAMA_PAYOUT_CONFIRMATIONS")]
-    pub payout_confirmations: Option<u64>,
-    /// Smallest balance paid out, in coins (for example 0.01).
-    #[arg(long, env = "OTEDAMA_PAYOUT_MIN")]
-    pub payout_min: Option<String>,
-    /// PPLNS window as a multiple of the network difficulty.
-    #[arg(long, env = "OTEDAMA_PPLNS_WINDOW_FACTOR")]
-    pub pplns_window_factor: Option<f64>,
-    /// PPLNT presence below which shares are scaled.
-    #[arg(long, env = "OTEDAMA_PPLNT_PRESENCE_MIN")]
-    pub pplnt_presence_min: Option<f64>,
-    /// File with the admin API token (plain text; only its hash is kept).
-    #[arg(long, env = "OTEDAMA_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
-    /// Days of audit entries kept (0: all).
-    #[arg(long, env = "OTEDAMA_AUDIT_RETENTION_DAYS")]
-    pub audit_retention_days: Option<u64>,
-    /// A deny list (OFAC SDN XML or CSV, or one address per line); repeatable.
-    #[arg(long = "deny-list-file")]
-    pub deny_list_file: Vec<PathBuf>,
-    /// Seconds between re-reads of the deny lists.
-    #[arg(long, env = "OTEDAMA_DENY_LIST_RELOAD_S")]
-    pub deny_list_reload_s: Option<u64>,
-    /// Run the exchange (true/false); markets come from the config file.
-    #[arg(long, env = "OTEDAMA_DEX_ENABLED")]
-    pub dex_enabled: Option<bool>,
-    /// A KYC threshold, COIN=AMOUNT in coins (LTC=25); repeatable.
-    #[arg(long = "kyc-threshold", value_parser = parse_threshold)]
-    pub kyc_threshold: Vec<(String, String)>,
-    /// Days the KYC threshold counts payouts over.
-    #[arg(long, env = "OTEDAMA_KYC_PERIOD_DAYS")]
-    pub kyc_period_days: Option<u64>,
-    /// URL each new KYC hold is posted to.
-    #[arg(long, env = "OTEDAMA_KYC_WEBHOOK_URL")]
-    pub kyc_webhook_url: Option<String>,
-    /// File with the secret shared with the KYC provider.
-    #[arg(long, env = "OTEDAMA_KYC_WEBHOOK_SECRET_FILE")]
-    pub kyc_webhook_secret_file: Option<PathBuf>,
-}
-
-fn parse_threshold(text: &str) -> Result<(String, String), String> {
-    let (coin, amount) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not COIN=AMOUNT"))?;
-    Ok((coin.trim().to_ascii_uppercase(), amount.trim().to_string()))
-}
-
-impl ConfigArgs {
-    pub fn load(&self) -> anyhow::Result<PoolConfig> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => PoolConfig::default(),
-        };
-        macro_rules! take {
-            ($($field:ident),*) => {$(
-                if let Some(value) = &self.$field { config.$field = value.clone().into(); }
-            )*};
-        }
-        take!(
-            coin,
-            network,
-            payout_address,
-            start_difficulty,
-            data_dir,
-            api_listen
-        );
-        take!(
-            coinbase_tag,
-            share_log_sync,
-            connection_idle_timeout_s,
-            template_refresh_s
-        );
-        take!(
-            vardiff_share_interval_s,
-            difficulty_min,
-            dataplane_processes
-        );
-        take!(chain, synthetic_job_interval_ms);
-        take!(
-            payout_scheme,
-            pool_fee_percent,
-            pool_fee_address,
-            coinbase_maturity,
-            payout_interval_s,
-            payout_confirmations,
-            payout_min
-        );
-        take!(
-            pplns_window_factor,
-            pplnt_presence_min,
-            audit_retention_days,
-            deny_list_reload_s
-        );
-        if !self.deny_list_file.is_empty() {
-            config.deny_list_file = self.deny_list_file.clone();
-        }
-        take!(dex_enabled, kyc_period_days);
-        if !self.kyc_threshold.is_empty() {
-            config.kyc_threshold = self.kyc_threshold.iter().cloned().collect();
-        }
-        if let Some(url) = &self.kyc_webhook_url {
-            config.kyc_webhook_url = Some(url.clone());
-        }
-        if let Some(path) = &self.kyc_webhook_secret_file {
-            config.kyc_webhook_secret_file = Some(path.clone());
-        }
-        take!(
-            sv2_certificate_validity_s,
-            quic_connections_per_core_max,
-            connections_per_ip_max
-        );
-        for (flag, field) in [
-            (&self.quic_cert_file, &mut config.quic_cert_file),
-            (&self.quic_key_file, &mut config.quic_key_file),
-        ] {
-            if let Some(path) = flag {
-                *field = Some(path.clone());
-            }
-        }
-        if !self.quic_listen.is_empty() {
-            config.quic_listen = self.quic_listen.clone();
-        }
-        if let Some(path) = &self.sv2_authority_key_file {
-            config.sv2_authority_key_file = Some(path.clone());
-        }
-        if !self.sv2_listen.is_empty() {
-            config.sv2_listen = self.sv2_listen.clone();
-        }
-        if let Some(path) = &self.admin_token_file {
-            config.admin_token_file = Some(path.clone());
-        }
-        take!(
-            node_rpc_url,
-            node_rpc_user,
-            node_rpc_password,
-            node_rpc_cookie,
-            node_wallet
-        );
-        if !self.stratum_listen.is_empty() {
-            config.stratum_listen = self.stratum_listen.clone();
-        }
-        if !self.cores.is_empty() {
-            config.cores = self.cores.clone();
-        }
-        config.validate_basic()?;
-        Ok(config)
-    }
-}
-
 impl PoolConfig {
     /// The KYC rule for the pool's coin, if a threshold is set.
     pub fn kyc_rule(&self) -> anyhow::Result<Option<otedama_compliance::kyc::KycRule>> {
@@ -508,65 +250,12 @@ impl PoolConfig {
         }))
     }
 
-    /// The SHA-256 of the admin token, when an admin token file is configured: the server
-    /// keeps nothing else of it.
-    pub fn admin_token_sha256(&self) -> anyhow::Result<Option<[u8; 32]>> {
-        let Some(path) = &self.admin_token_file else {
-            return Ok(None);
-        };
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("reading admin_token_file {}", path.display()))?;
-        let token = token.trim();
-        if token.len() < ADMIN_TOKEN_BYTES_MIN {
-            bail!(
-                "the admin token in {} is shorter than {ADMIN_TOKEN_BYTES_MIN} characters",
-                path.display()
-            );
-        }
-        Ok(Some(sha2::Sha256::digest(token.as_bytes()).into()))
-    }
-
-    /// Everything the control plane reads at a start and can find wrong, checked at once:
-    /// `otedama run` calls it (and checks each data plane's settings, which the `otedama`
-    /// crate builds) before it starts any child, so a bad configuration stops the start
-    /// with its reason instead of a child that fails and is restarted over and over.
-    pub fn check_before_start(&self) -> anyhow::Result<()> {
-        self.payout_script().context("checking payout_address")?;
-        self.admin_token_sha256()?;
-        self.kyc_webhook_secret()?;
-        if self.chain == ChainSource::Node {
-            self.rpc_client().context("node_rpc settings")?;
-        }
-        if !self.deny_list_file.is_empty() {
-            otedama_compliance::deny_list::load(&self.deny_list_file, self.deny_list_ticker())
-                .context("reading the deny lists")?;
-        }
-        Ok(())
-    }
-
     /// The OFAC ticker of the pool's coin, as the SDN list names it.
     pub fn deny_list_ticker(&self) -> &'static str {
         match self.coin {
             Coin::Litecoin => "LTC",
             Coin::Bitcoin => "XBT",
         }
-    }
-
-    /// The shared KYC secret, when a webhook is configured.
-    pub fn kyc_webhook_secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
-        let Some(path) = &self.kyc_webhook_secret_file else {
-            return Ok(None);
-        };
-        let secret = std::fs::read_to_string(path)
-            .with_context(|| format!("reading kyc_webhook_secret_file {}", path.display()))?;
-        let secret = secret.trim();
-        if secret.len() < KYC_WEBHOOK_SECRET_BYTES_MIN {
-            bail!(
-                "the KYC webhook secret in {} is shorter than {KYC_WEBHOOK_SECRET_BYTES_MIN} characters",
-                path.display()
-            );
-        }
-        Ok(Some(secret.as_bytes().to_vec()))
     }
 
     /// The exchange's markets: the configured ones, or the default one.
@@ -584,78 +273,6 @@ impl PoolConfig {
             tick_size: "0.00000001".into(),
             min_size: 1,
         }]
-    }
-
-    fn validate_basic(&self) -> anyhow::Result<()> {
-        if !(self.pool_fee_percent.is_finite() && (0.0..=100.0).contains(&self.pool_fee_percent)) {
-            bail!("pool_fee_percent must lie between 0 and 100");
-        }
-        Amount::parse(&self.payout_min).context("payout_min")?;
-        if !(self.pplns_window_factor.is_finite() && self.pplns_window_factor > 0.0) {
-            bail!("pplns_window_factor must be positive");
-        }
-        if !(0.0..=1.0).contains(&self.pplnt_presence_min) {
-            bail!("pplnt_presence_min must lie between 0 and 1");
-        }
-        if self.deny_list_reload_s == 0 {
-            bail!("deny_list_reload_s must be at least 1");
-        }
-        self.kyc_rule()?;
-        if self.kyc_webhook_url.is_some() != self.kyc_webhook_secret_file.is_some() {
-            bail!("kyc_webhook_url and kyc_webhook_secret_file go together");
-        }
-        if self.dex_enabled {
-            crate::dex::build_exchange(self.coin.symbol(), &self.markets())
-                .context("dex_markets")?;
-        }
-        if self.coinbase_maturity == 0
-            || self.payout_interval_s == 0
-            || self.payout_confirmations == 0
-        {
-            bail!(
-                "coinbase_maturity, payout_interval_s and payout_confirmations must be at least 1"
-            );
-        }
-        if !(self.start_difficulty.is_finite() && self.start_difficulty > 0.0) {
-            bail!(
-                "start_difficulty must be a positive number, not {}",
-                self.start_difficulty
-            );
-        }
-        if !(self.vardiff_share_interval_s.is_finite() && self.vardiff_share_interval_s >= 0.0) {
-            bail!("vardiff_share_interval_s must be zero or a positive number of seconds");
-        }
-        let difficulty_floor = self.difficulty_floor();
-        if !(difficulty_floor.is_finite()
-            && (DIFFICULTY_MIN..=DIFFICULTY_MAX).contains(&difficulty_floor))
-        {
-            bail!("difficulty_min must lie between {DIFFICULTY_MIN:e} and {DIFFICULTY_MAX:e}");
-        }
-        if !(1..=DATAPLANE_PROCESSES_MAX).contains(&self.dataplane_processes) {
-            bail!("dataplane_processes must lie between 1 and {DATAPLANE_PROCESSES_MAX}");
-        }
-        if self.stratum_listen.is_empty() {
-            bail!("at least one stratum_listen address is needed");
-        }
-        if self.quic_cert_file.is_some() != self.quic_key_file.is_some() {
-            bail!("quic_cert_file and quic_key_file go together");
-        }
-        if self.connections_per_ip_max == 0 {
-            bail!("connections_per_ip_max must be at least 1");
-        }
-        if self.quic_connections_per_core_max == 0 {
-            bail!("quic_connections_per_core_max must be at least 1");
-        }
-        if self.sv2_certificate_validity_s < 60 {
-            bail!("sv2_certificate_validity_s must be at least 60 (miners' clocks drift)");
-        }
-        if self.coinbase_tag.len() > crate::jobs::builder::COINBASE_TAG_BYTES_MAX {
-            bail!(
-                "coinbase_tag is longer than {} bytes",
-                crate::jobs::builder::COINBASE_TAG_BYTES_MAX
-            );
-        }
-        Ok(())
     }
 
     /// The lowest difficulty a miner may be given: `difficulty_min` if the operator set
@@ -743,87 +360,6 @@ impl PoolConfig {
         self.data_dir.join("control")
     }
 
-    /// Creates the data directory (and any parent missing) readable by the pool's user and
-    /// group only (0750, as the Ansible role makes it): it holds the ledger, the share logs
-    /// and the authority key.
-    pub fn ensure_data_dir(&self) -> anyhow::Result<&Path> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let existed = self.data_dir.is_dir();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DATA_DIR_MODE)
-            .create(&self.data_dir)
-            .with_context(|| format!("creating data directory {}", self.data_dir.display()))?;
-        if !existed {
-            // Exactly the mode, whatever the umask took away or would have let through.
-            std::fs::set_permissions(
-                &self.data_dir,
-                std::fs::Permissions::from_mode(DATA_DIR_MODE),
-            )
-            .with_context(|| format!("setting the mode of {}", self.data_dir.display()))?;
-        }
-        Ok(&self.data_dir)
-    }
-
-    pub fn sv2_authority_key_path(&self) -> PathBuf {
-        self.sv2_authority_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("sv2-authority.key"))
-    }
-
-    /// The Stratum V2 authority key: read from its file, or made and written there (mode
-    /// 0600, created exclusively, so two processes starting together agree on one key).
-    pub fn sv2_authority(&self) -> anyhow::Result<AuthorityKey> {
-        let path = self.sv2_authority_key_path();
-        let read = |path: &Path| -> anyhow::Result<AuthorityKey> {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let secret: [u8; 32] = hex::decode(text.trim())
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .with_context(|| format!("{} must hold 64 hex digits", path.display()))?;
-            AuthorityKey::from_secret(secret)
-                .with_context(|| format!("{} is not a valid secp256k1 key", path.display()))
-        };
-        if path.exists() {
-            return read(&path);
-        }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let key = AuthorityKey::generate(&mut rand::rngs::OsRng);
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                file.write_all(format!("{}\n", hex::encode(key.secret_bytes())).as_bytes())?;
-                file.sync_all()?;
-                tracing::info!(path = %path.display(), "created the Stratum V2 authority key");
-                Ok(key)
-            }
-            // Another process made it first: use theirs.
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
-            Err(error) => Err(error).with_context(|| format!("creating {}", path.display())),
-        }
-    }
-
-    /// Where the QUIC certificate and key are: the configured pair, or the self-signed one
-    /// kept in the data directory.
-    pub fn quic_tls_paths(&self) -> (PathBuf, PathBuf) {
-        match (&self.quic_cert_file, &self.quic_key_file) {
-            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-            _ => (
-                self.data_dir.join("quic-cert.pem"),
-                self.data_dir.join("quic-key.pem"),
-            ),
-        }
-    }
-
     /// The pool fee in parts per million, as the payout code takes it.
     pub fn pool_fee_ppm(&self) -> u64 {
         (self.pool_fee_percent * 10_000.0).round() as u64
@@ -845,25 +381,6 @@ impl PoolConfig {
             },
         }
     }
-}
-
-/// Writes a new file readable by its owner only; an existing file is an error, so two
-/// processes starting together cannot overwrite each other's key.
-pub fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]

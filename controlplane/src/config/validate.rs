@@ -1,0 +1,96 @@
+//! What a configuration must satisfy before anything starts: every bound within its
+//! named limits, and the files and keys it names usable.
+
+use super::*;
+
+impl PoolConfig {
+    /// Everything the control plane reads at a start and can find wrong, checked at once:
+    /// `otedama run` calls it (and checks each data plane's settings, which the `otedama`
+    /// crate builds) before it starts any child, so a bad configuration stops the start
+    /// with its reason instead of a child that fails and is restarted over and over.
+    pub fn check_before_start(&self) -> anyhow::Result<()> {
+        self.payout_script().context("checking payout_address")?;
+        self.admin_token_sha256()?;
+        self.kyc_webhook_secret()?;
+        if self.chain == ChainSource::Node {
+            self.rpc_client().context("node_rpc settings")?;
+        }
+        if !self.deny_list_file.is_empty() {
+            otedama_compliance::deny_list::load(&self.deny_list_file, self.deny_list_ticker())
+                .context("reading the deny lists")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_basic(&self) -> anyhow::Result<()> {
+        if !(self.pool_fee_percent.is_finite() && (0.0..=100.0).contains(&self.pool_fee_percent)) {
+            bail!("pool_fee_percent must lie between 0 and 100");
+        }
+        Amount::parse(&self.payout_min).context("payout_min")?;
+        if !(self.pplns_window_factor.is_finite() && self.pplns_window_factor > 0.0) {
+            bail!("pplns_window_factor must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.pplnt_presence_min) {
+            bail!("pplnt_presence_min must lie between 0 and 1");
+        }
+        if self.deny_list_reload_s == 0 {
+            bail!("deny_list_reload_s must be at least 1");
+        }
+        self.kyc_rule()?;
+        if self.kyc_webhook_url.is_some() != self.kyc_webhook_secret_file.is_some() {
+            bail!("kyc_webhook_url and kyc_webhook_secret_file go together");
+        }
+        if self.dex_enabled {
+            crate::dex::build_exchange(self.coin.symbol(), &self.markets())
+                .context("dex_markets")?;
+        }
+        if self.coinbase_maturity == 0
+            || self.payout_interval_s == 0
+            || self.payout_confirmations == 0
+        {
+            bail!(
+                "coinbase_maturity, payout_interval_s and payout_confirmations must be at least 1"
+            );
+        }
+        if !(self.start_difficulty.is_finite() && self.start_difficulty > 0.0) {
+            bail!(
+                "start_difficulty must be a positive number, not {}",
+                self.start_difficulty
+            );
+        }
+        if !(self.vardiff_share_interval_s.is_finite() && self.vardiff_share_interval_s >= 0.0) {
+            bail!("vardiff_share_interval_s must be zero or a positive number of seconds");
+        }
+        let difficulty_floor = self.difficulty_floor();
+        if !(difficulty_floor.is_finite()
+            && (DIFFICULTY_MIN..=DIFFICULTY_MAX).contains(&difficulty_floor))
+        {
+            bail!("difficulty_min must lie between {DIFFICULTY_MIN:e} and {DIFFICULTY_MAX:e}");
+        }
+        if !(1..=DATAPLANE_PROCESSES_MAX).contains(&self.dataplane_processes) {
+            bail!("dataplane_processes must lie between 1 and {DATAPLANE_PROCESSES_MAX}");
+        }
+        if self.stratum_listen.is_empty() {
+            bail!("at least one stratum_listen address is needed");
+        }
+        if self.quic_cert_file.is_some() != self.quic_key_file.is_some() {
+            bail!("quic_cert_file and quic_key_file go together");
+        }
+        if self.connections_per_ip_max == 0 {
+            bail!("connections_per_ip_max must be at least 1");
+        }
+        if self.quic_connections_per_core_max == 0 {
+            bail!("quic_connections_per_core_max must be at least 1");
+        }
+        if self.sv2_certificate_validity_s < 60 {
+            bail!("sv2_certificate_validity_s must be at least 60 (miners' clocks drift)");
+        }
+        if self.coinbase_tag.len() > crate::jobs::builder::COINBASE_TAG_BYTES_MAX {
+            bail!(
+                "coinbase_tag is longer than {} bytes",
+                crate::jobs::builder::COINBASE_TAG_BYTES_MAX
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,368 @@
+//! Starting the data plane: the open-files limit, the share log, one pinned executor per
+//! core with its extranonce1 partition, listeners (SO_REUSEPORT), the QUIC endpoints and
+//! the IPC thread, and each core's accept loops and timers.
+
+use std::cell::{Cell, RefCell};
+
+use extranonce::ExtranonceAllocator;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_channel::mpsc::{unbounded, UnboundedReceiver};
+use futures_lite::StreamExt;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use otedama_shared::{DuplicateFilter, JobBook};
+
+use crate::counters::Counters;
+use crate::net::now_s;
+use crate::net::{quic, sv1, sv2};
+use crate::DataplaneConfig;
+use admission::{AddressCounts, Deadlines};
+use gate::Gate;
+use otedama_sharelog::writer::{Completed, ShareLog, SHARES_AWAITING_DURABILITY_PER_CORE_MAX};
+
+use super::*;
+
+/// The extranonce1 partition byte of core `core_index` of process `process_index`, where
+/// this process runs `cores` executors: `process_index + processes × core_index`. That is
+/// unique across the host even when processes run different numbers of cores, and an
+/// error if it would not fit the one-byte space.
+pub fn extranonce1_partition(
+    process_index: usize,
+    processes: usize,
+    cores: usize,
+    core_index: usize,
+) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        process_index < processes && core_index < cores && processes * cores <= 256,
+        "processes × cores must be at most 256 (extranonce1 gives each one a byte), not {processes} × {cores}"
+    );
+    Ok((process_index + processes * core_index) as u8)
+}
+
+/// The cores data-plane process `process_index` of `processes` pins executors to, out of
+/// the host's data-plane `cores`: a share of them each, or, with more processes than
+/// cores, one core each, round robin. Every core then runs as few executors as it can.
+pub fn cores_for_process(cores: &[usize], process_index: usize, processes: usize) -> Vec<usize> {
+    if cores.is_empty() {
+        return Vec::new();
+    }
+    if processes >= cores.len() {
+        return vec![cores[process_index % cores.len()]];
+    }
+    cores
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % processes == process_index)
+        .map(|(_, &core)| core)
+        .collect()
+}
+
+/// Runs the data plane with the RocksDB share log from the configuration, until it fails;
+/// it never returns on its own.
+pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
+    let (path, sync) = (config.share_log_path.clone(), config.share_log_sync);
+    run_with_share_log(config, move |cores| {
+        ShareLog::open(&path, sync, cores)
+            .with_context(|| format!("opening the share log at {}", path.display()))
+    })
+}
+
+/// Lifts this process's soft open-files limit to its hard limit, so the number of miners
+/// it can hold is what the host allows (`otedama-tune` raises the hard limit), not the
+/// 1,024 most distributions start processes with. Returns the limit now in force.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the local struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Runs the data plane with the share log `open_share_log` returns for the cores'
+/// completion channels. Tests use it to put a faulty or stalled sink under a real data
+/// plane.
+pub fn run_with_share_log(
+    config: DataplaneConfig,
+    open_share_log: impl FnOnce(
+        Vec<futures_channel::mpsc::UnboundedSender<Completed>>,
+    ) -> anyhow::Result<ShareLog>,
+) -> anyhow::Result<()> {
+    let cores = if config.cores.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        config.cores.clone()
+    };
+    match raise_open_files_limit() {
+        Ok(limit) => tracing::info!(open_files_max = limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+    }
+    let partitions = (0..cores.len())
+        .map(|core| {
+            extranonce1_partition(config.process_index, config.processes, cores.len(), core)
+        })
+        .collect::<anyhow::Result<Vec<u8>>>()?;
+    let (completion_senders, completion_receivers): (Vec<_>, Vec<_>) =
+        cores.iter().map(|_| unbounded::<Completed>()).unzip();
+    let share_log = open_share_log(completion_senders)?;
+    let counters = Arc::new(Counters::default());
+    let _ = counters.share_log.set(share_log.status());
+    let addresses = AddressCounts::new(config.connections_per_ip_max);
+    let (upstream_tx, upstream_rx) = upstream_queue();
+    // QUIC: one endpoint per core and listen address, with a channel from every core to
+    // every other for datagrams of migrated connections.
+    let quic_shared = match (&config.quic_tls, config.quic_listen.is_empty()) {
+        (_, true) => None,
+        (Some(tls), false) => Some(Arc::new(quic::QuicShared::new(
+            tls,
+            config.connection_idle_timeout_s,
+            config.quic_connections_per_core_max,
+        )?)),
+        (None, false) => anyhow::bail!("QUIC listeners need a certificate and key"),
+    };
+    let mut quic_forward_senders = Vec::new();
+    let mut quic_forward_receivers: Vec<Vec<_>> = cores.iter().map(|_| Vec::new()).collect();
+    for _ in &config.quic_listen {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            cores.iter().map(|_| quic::forward_queue()).unzip();
+        quic_forward_senders.push(senders);
+        for (core, receiver) in receivers.into_iter().enumerate() {
+            quic_forward_receivers[core].push(receiver);
+        }
+    }
+    let mut quic_forward_receivers = quic_forward_receivers.into_iter();
+    let mut job_senders = Vec::new();
+    let mut handles = Vec::new();
+    let config = Arc::new(config);
+    for ((index, cpu), completions) in cores.iter().copied().enumerate().zip(completion_receivers) {
+        let (job_tx, job_rx) = unbounded();
+        job_senders.push(job_tx);
+        let partition = partitions[index];
+        let quic = quic_shared.clone().map(|shared| {
+            (
+                shared,
+                quic_forward_senders.clone(),
+                quic_forward_receivers.next().expect("one per core"),
+            )
+        });
+        let (config, share_log, upstream, counters, addresses) = (
+            config.clone(),
+            share_log.handle(),
+            upstream_tx.clone(),
+            counters.clone(),
+            addresses.clone(),
+        );
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("core-{index}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let core = Rc::new(Core {
+                    index,
+                    partition,
+                    config: Rc::new((*config).clone()),
+                    jobs: RefCell::new(JobBook::default()),
+                    duplicates: RefCell::new(DuplicateFilter::default()),
+                    connections: RefCell::new(HashMap::new()),
+                    awaiting: RefCell::new(VecDeque::new()),
+                    awaiting_durability: Gate::new(SHARES_AWAITING_DURABILITY_PER_CORE_MAX),
+                    awaiting_pow: Gate::new(SCRYPT_SHARES_QUEUED_PER_CORE_MAX),
+                    receive_buffer: RefCell::new(vec![0; RECEIVE_BUFFER_BYTES].into()),
+                    pow_queue: RefCell::new(Vec::new()),
+                    pow_waiter: RefCell::new(None),
+                    next_connection_id: Cell::new(0),
+                    extranonces: RefCell::new(ExtranonceAllocator::new(
+                        partition,
+                        rand::random::<u32>(),
+                    )),
+                    rng: RefCell::new(rand::SeedableRng::from_entropy()),
+                    share_log,
+                    upstream,
+                    counters,
+                    bans: RefCell::new(Arc::default()),
+                    addresses,
+                    deadlines: RefCell::new(Deadlines::default()),
+                });
+                core_main(core, job_rx, completions, quic).await
+            })
+            .map_err(|e| anyhow::anyhow!("starting the executor for core {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    crate::ipc::start(
+        config.ipc_socket.clone(),
+        job_senders,
+        upstream_rx,
+        counters,
+    );
+    tracing::info!(
+        cores = ?cores,
+        stratum_listen = ?config.stratum_listen,
+        sv2_listen = ?config.sv2_listen,
+        quic_listen = ?config.quic_listen,
+        "data plane running"
+    );
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("core executor failed: {e}"))??;
+    }
+    share_log.close();
+    Ok(())
+}
+
+/// What one core needs to serve QUIC: the shared configuration, every core's forwarding
+/// sender per listen address, and this core's receiver per listen address.
+pub(super) type CoreQuic = (
+    Arc<quic::QuicShared>,
+    Vec<Vec<quic::ForwardSender>>,
+    Vec<quic::ForwardReceiver>,
+);
+
+pub(super) async fn core_main(
+    core: Rc<Core>,
+    mut commands: UnboundedReceiver<CoreCommand>,
+    mut completions: UnboundedReceiver<Completed>,
+    quic: Option<CoreQuic>,
+) -> anyhow::Result<()> {
+    let sweeper = core.clone();
+    glommio::spawn_local(async move {
+        // A quarter of the timeout: a silent miner is closed within 1.25 timeouts.
+        let period_s = (sweeper.config.connection_idle_timeout_s / 4).max(1);
+        loop {
+            glommio::timer::sleep(Duration::from_secs(period_s)).await;
+            sweeper.close_idle_connections();
+        }
+    })
+    .detach();
+    let enforcer = core.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            enforcer.enforce_deadlines(now_s());
+            enforcer.publish_queue_peaks();
+            enforcer.retarget_silent_miners(now_s()).await;
+        }
+    })
+    .detach();
+    glommio::spawn_local(core.clone().hash_scrypt_shares()).detach();
+    let acknowledger = core.clone();
+    glommio::spawn_local(async move {
+        while let Some(done) = completions.next().await {
+            acknowledger.complete_shares(done);
+        }
+    })
+    .detach();
+    let mut listeners = Vec::new();
+    let front_ends = core
+        .config
+        .stratum_listen
+        .iter()
+        .map(|address| (*address, FrontEnd::V1))
+        .chain(
+            core.config
+                .sv2_listen
+                .iter()
+                .map(|address| (*address, FrontEnd::V2)),
+        )
+        .collect::<Vec<_>>();
+    for (address, front_end) in front_ends {
+        let listener = TcpListener::bind(address)
+            .map_err(|e| anyhow::anyhow!("binding {front_end:?} listener {address}: {e}"))?;
+        listeners.push((listener, front_end));
+    }
+    // Miners are accepted only once the control plane's ban and deny list has arrived (it
+    // comes first on every link), so no denied address can authorize in the gap after a
+    // start. Until then connections wait in the listen backlog.
+    let mut quic = quic;
+    let mut accept_tasks = Vec::new();
+    while let Some(command) = commands.next().await {
+        match command {
+            CoreCommand::Job(job) => core.publish_job(job).await,
+            CoreCommand::Bans(bans) => {
+                core.apply_bans(bans);
+                for (listener, front_end) in listeners.drain(..) {
+                    let core = core.clone();
+                    accept_tasks.push(glommio::spawn_local(accept_loop(core, listener, front_end)));
+                }
+                if let Some((shared, senders, receivers)) = quic.take() {
+                    for ((address, forward_to), forwarded) in core
+                        .config
+                        .quic_listen
+                        .clone()
+                        .into_iter()
+                        .zip(senders)
+                        .zip(receivers)
+                    {
+                        quic::start(&core, address, shared.clone(), forward_to, forwarded)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The protocol a TCP listener speaks.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum FrontEnd {
+    V1,
+    V2,
+}
+
+/// Keepalive probes (timed by the host's `tcp_keepalive_*`, which `otedama-tune` sets) find
+/// miners that vanished without a FIN while the pool had nothing to send them.
+pub(super) fn enable_keepalive(stream: &glommio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is open for the stream's lifetime and `on` outlives the call.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_KEEPALIVE");
+    }
+}
+
+pub(super) async fn accept_loop(core: Rc<Core>, listener: TcpListener, front_end: FrontEnd) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                enable_keepalive(&stream);
+                let core = core.clone();
+                match front_end {
+                    FrontEnd::V1 => {
+                        glommio::spawn_local(sv1::serve_connection(core, stream)).detach()
+                    }
+                    FrontEnd::V2 => {
+                        glommio::spawn_local(sv2::serve_connection(core, stream)).detach()
+                    }
+                };
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Scrypt shares wait for the core's batch hasher (`SCRYPT_LANES_MAX` lanes at once),
+//! bounded by `SCRYPT_SHARES_QUEUED_PER_CORE_MAX`; SHA256d shares are validated inline.
+
+use super::*;
+
+impl Core {
+    /// Queues a scrypt share for the batch hasher. It also holds a place under the core's
+    /// durability bound while it waits, given back just before its outcome is applied
+    /// (which takes one again if the share is stored): otherwise up to
+    /// `SCRYPT_SHARES_QUEUED_PER_CORE_MAX` hashed shares could land on a core already at
+    /// `SHARES_AWAITING_DURABILITY_PER_CORE_MAX` and fill the share log's queue.
+    pub fn queue_pow(&self, work: PowWork) {
+        self.awaiting_pow.take(1);
+        self.awaiting_durability.take(1);
+        self.pow_queue.borrow_mut().push(work);
+        if let Some(waker) = self.pow_waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Hashes queued scrypt shares, up to `SCRYPT_LANES_MAX` at a time, and finishes them.
+    /// The hasher runs after the tasks already woken (the readers), so shares that arrive
+    /// together are hashed together; a lone share goes through the one-lane crate, which is
+    /// cheaper than a mostly empty multi-lane pass.
+    pub(super) async fn hash_scrypt_shares(self: Rc<Self>) {
+        let mut batch: Vec<PowWork> = Vec::with_capacity(SCRYPT_LANES_MAX);
+        let mut headers = Vec::with_capacity(SCRYPT_LANES_MAX);
+        let mut pows = Vec::with_capacity(SCRYPT_LANES_MAX);
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.pow_queue.borrow().is_empty() {
+                    *self.pow_waiter.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            futures_lite::future::yield_now().await;
+            {
+                let mut queue = self.pow_queue.borrow_mut();
+                let take = queue.len().min(SCRYPT_LANES_MAX);
+                batch.extend(queue.drain(..take));
+            }
+            headers.clear();
+            headers.extend(batch.iter().map(PowWork::header));
+            pows.clear();
+            pows.resize(headers.len(), [0u8; 32]);
+            if headers.len() == 1 {
+                pows[0] = otedama_kernels::scrypt::scrypt_pow(&headers[0]);
+            } else {
+                otedama_kernels::scrypt::scrypt_pow_many(&headers, &mut pows);
+            }
+            let now_s = now_s();
+            for (work, pow) in batch.drain(..).zip(&pows) {
+                // Neither session asks to close from handle_pow.
+                match work {
+                    PowWork::V1(connection, pending) => {
+                        let mut session = connection.session.borrow_mut();
+                        let outcome = {
+                            let mut duplicates = self.duplicates.borrow_mut();
+                            session.handle_pow(pending, pow, now_s, &mut duplicates)
+                        };
+                        self.awaiting_durability.give_back(1);
+                        let _ = sv1::apply_outcome(&self, &connection, &mut session, outcome);
+                        connection.flush(&mut session);
+                        connection.wire.awaiting_ack.give_back(1);
+                        self.awaiting_pow.give_back(1);
+                    }
+                    PowWork::V2(connection, pending) => {
+                        let outcome = {
+                            let mut duplicates = self.duplicates.borrow_mut();
+                            connection.session().borrow_mut().handle_pow(
+                                *pending,
+                                pow,
+                                now_s,
+                                &mut duplicates,
+                            )
+                        };
+                        self.awaiting_durability.give_back(1);
+                        let _ = sv2::apply_outcome(&self, &connection, outcome);
+                        connection.flush();
+                        connection.awaiting_ack().give_back(1);
+                        self.awaiting_pow.give_back(1);
+                    }
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+}
