@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use crate::chain::rpc::{RpcAuth, RpcClient};
 
 const NODE_START_TIMEOUT_S: u64 = 60;
+/// Starts of a new node, each on fresh ports, before its failure is reported.
+const NODE_START_ATTEMPTS_MAX: u32 = 3;
 const RPC_USER: &str = "otedama";
 const RPC_PASSWORD: &str = "otedama-regtest";
 
@@ -125,24 +127,36 @@ impl RegtestNode {
     pub fn start_kind(datadir: &Path, kind: NodeKind) -> anyhow::Result<Self> {
         std::fs::create_dir_all(datadir)
             .with_context(|| format!("creating {}", datadir.display()))?;
-        let (rpc_port, p2p_port) = (free_port(), free_port());
-        let rpc = RpcClient::new(
-            &format!("http://127.0.0.1:{rpc_port}"),
-            RpcAuth::UserPassword {
-                user: RPC_USER.into(),
-                password: RPC_PASSWORD.into(),
-            },
-        );
-        let mut node = RegtestNode {
-            kind,
-            datadir: datadir.to_path_buf(),
-            rpc_port,
-            p2p_port,
-            rpc,
-            child: None,
-        };
-        node.launch(&[])?;
-        Ok(node)
+        // A port found free can be taken before the node binds it (an outgoing
+        // connection's source port comes from the same range): a node that exits at start
+        // gets fresh ports, a few times.
+        let mut attempt = 1;
+        loop {
+            let (rpc_port, p2p_port) = (free_port(), free_port());
+            let rpc = RpcClient::new(
+                &format!("http://127.0.0.1:{rpc_port}"),
+                RpcAuth::UserPassword {
+                    user: RPC_USER.into(),
+                    password: RPC_PASSWORD.into(),
+                },
+            );
+            let mut node = RegtestNode {
+                kind,
+                datadir: datadir.to_path_buf(),
+                rpc_port,
+                p2p_port,
+                rpc,
+                child: None,
+            };
+            match node.launch(&[]) {
+                Ok(()) => return Ok(node),
+                Err(error) if attempt < NODE_START_ATTEMPTS_MAX => {
+                    eprintln!("{error:#}; again on other ports");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Stops the node and starts it again on the same data and ports, with `extra_args`
@@ -159,8 +173,9 @@ impl RegtestNode {
         let mut command = self.kind.command()?;
         match self.kind {
             // Litecoin Core takes no BIP125 replacements unless asked: the payout tests
-            // bump a payout's fee as an operator with replacement on would.
-            NodeKind::Litecoin => command.arg("-mempoolreplacement=1"),
+            // bump a payout's fee as an operator with replacement on would. No Tor: its
+            // listener and control connection would take ports other nodes may be given.
+            NodeKind::Litecoin => command.args(["-mempoolreplacement=1", "-listenonion=0"]),
             // Bitcoin Core binds a Tor listener on the P2P port + 1 by default, which may
             // be another node's free port here.
             NodeKind::Bitcoin => command.arg("-listenonion=0"),
