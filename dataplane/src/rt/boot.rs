@@ -186,6 +186,7 @@ pub fn run_with_share_log(
                     pow_queue: RefCell::new(Vec::new()),
                     pow_waiter: RefCell::new(None),
                     next_connection_id: Cell::new(0),
+                    closed_since_trim: Cell::new(0),
                     extranonces: RefCell::new(ExtranonceAllocator::new(
                         partition,
                         rand::random::<u32>(),
@@ -256,6 +257,7 @@ pub(super) async fn core_main(
             enforcer.enforce_deadlines(now_s());
             enforcer.publish_queue_peaks();
             enforcer.retarget_silent_miners(now_s()).await;
+            enforcer.trim_memory();
         }
     })
     .detach();
