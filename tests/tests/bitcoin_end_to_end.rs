@@ -253,17 +253,28 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
         "{on_node}"
     );
     // Fully validated: on the active chain, or (when another block at its height won a
-    // regtest race) a valid fork the node keeps.
-    if on_node["confirmations"].as_i64() < Some(1) {
-        let tips = nodes.miner.call("getchaintips", json!([]))?;
-        let status = tips
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|tip| tip["hash"] == json!(hash))
-            .map(|tip| tip["status"].clone());
-        assert_eq!(status, Some(json!("valid-fork")), "{on_node} {tips}");
-    }
+    // regtest race) a valid fork the node keeps. The node stores the header before it
+    // connects the block, so a first look can see neither yet: wait for one of them.
+    let mut last_seen = String::new();
+    let settled = wait_until(
+        Duration::from_secs(30),
+        "the rolled block connected or kept as a valid fork",
+        || {
+            let header = nodes.miner.call("getblockheader", json!([hash]));
+            let tips = nodes.miner.call("getchaintips", json!([]));
+            let (Ok(header), Ok(tips)) = (header, tips) else {
+                return false;
+            };
+            let fork_status = tips.as_array().and_then(|tips| {
+                tips.iter()
+                    .find(|tip| tip["hash"] == json!(hash))
+                    .map(|tip| tip["status"].clone())
+            });
+            last_seen = format!("{header} {tips}");
+            header["confirmations"].as_i64() >= Some(1) || fork_status == Some(json!("valid-fork"))
+        },
+    );
+    assert!(settled.is_ok(), "{last_seen}");
     Ok(())
 }
 
