@@ -4,7 +4,7 @@
 //! intervals without a submission the pool lowers the difficulty by itself and sends the
 //! job again, and a share at the lower difficulty is then accepted (issue 17), on a real
 //! pool (`otedama run`, synthetic chain, SHA256d). Over Stratum V2, a CPU miner that
-//! declares a hash rate thousands of times its own is brought down by SetTarget until its
+//! declares a hash rate hundreds of times its own is brought down by SetTarget until its
 //! shares come.
 
 use std::time::{Duration, Instant};
@@ -95,17 +95,19 @@ fn a_silent_miner_gets_a_lower_difficulty_and_the_job_again() {
 #[test]
 fn an_sv2_miner_that_overstates_its_hash_rate_is_brought_down_until_it_finds_shares() {
     let pool = SyntheticPool::start(&["--vardiff-share-interval-s", &SHARE_INTERVAL_S.to_string()]);
-    // One CPU thread (about 5 MH/s of SHA256d here) declaring 10 GH/s: the first target
-    // asks for a share every 2,000 s or so of its real work.
+    // One CPU thread (about 5 MH/s of SHA256d here, less on a busy machine) declaring
+    // 1 GH/s: the first target asks for a share every 200 s or so of its real work.
     let _miner = spawn_miner_at(
         &format!("stratum2+tcp://{}/{}", pool.sv2, pool.authority_key),
         &format!("{SYNTHETIC_PAYOUT_ADDRESS}.overstated"),
         1,
-        &["--algo", "sha256d", "--declared-hashrate", "1e10"],
+        &["--algo", "sha256d", "--declared-hashrate", "1e9"],
     )
     .unwrap();
-    // Each silent period lowers it 4 times: about five of them reach what the miner does.
-    let periods = 12;
+    // Each silent period lowers it 4 times: about four of them reach what the miner does
+    // here; the wait allows for a miner several times slower (CI on aa29f27 ran out of 12
+    // periods at 10 GH/s declared, with the machine busy).
+    let periods = 20;
     wait_until(
         Duration::from_secs(periods * VARDIFF_SILENT_SHARE_INTERVALS * SHARE_INTERVAL_S),
         "the overstating miner's shares",
