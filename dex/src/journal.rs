@@ -13,8 +13,13 @@ use crate::exchange::{Command, Exchange, ExchangeReject, State};
 
 const JOURNAL_PREFIX: u8 = b'j';
 const SNAPSHOT_PREFIX: u8 = b's';
-/// Longest encoded command: tag, market, account, side, kind, price, tif, quantity, stp.
-pub const COMMAND_BYTES_MAX: usize = 40;
+/// Longest encoded command, a `Replace`: tag, market, account, order id, price, quantity
+/// (a limit `Place` takes 31 bytes, a market one 30).
+pub const COMMAND_BYTES_MAX: usize = 1
+    + std::mem::size_of::<crate::exchange::MarketId>()
+    + std::mem::size_of::<crate::book::AccountId>()
+    + std::mem::size_of::<crate::book::OrderId>()
+    + 2 * std::mem::size_of::<u64>();
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -79,9 +79,11 @@ fn commands_round_trip_and_bad_bytes_are_refused() {
         .with_replaces(50)
         .record(&mut ltc_btc(), 5_000);
     let mut bytes = Vec::new();
+    let mut widest = 0;
     for command in &commands {
         bytes.clear();
         encode(command, &mut bytes);
+        widest = widest.max(bytes.len());
         assert_eq!(decode(&bytes), Some(*command));
         // Every kind fits the journal's encode buffer (`COMMAND_BYTES_MAX`) without growing
         // it; the encoding has a fixed length per kind, so the workload's kinds cover it.
@@ -95,6 +97,9 @@ fn commands_round_trip_and_bad_bytes_are_refused() {
         longer.push(0);
         assert_eq!(decode(&longer), None, "trailing byte");
     }
+    // The bound is the widest command exactly: a new field that makes a command longer
+    // must move it, and a bound larger than any command would hide that.
+    assert_eq!(widest, otedama_dex::journal::COMMAND_BYTES_MAX);
     assert_eq!(decode(&[]), None);
     assert_eq!(decode(&[9]), None);
     let mut place = Vec::new();

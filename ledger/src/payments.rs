@@ -40,6 +40,12 @@ pub const PAYOUT_FUNDING_ATTEMPTS_MAX: u32 = 4;
 /// Back-off between broadcast attempts of one intent: doubles from the first, capped.
 pub const BROADCAST_RETRY_FIRST_MS: u64 = 5_000;
 pub const BROADCAST_RETRY_MAX_MS: u64 = 600_000;
+/// Doublings of the first back-off counted at most: the shift stays far inside `u64`,
+/// and the cap is reached well before the count stops (asserted below), so every
+/// attempt past the cap waits `BROADCAST_RETRY_MAX_MS`.
+const BROADCAST_RETRY_DOUBLINGS_MAX: u32 = 20;
+const _: () =
+    assert!(BROADCAST_RETRY_FIRST_MS << BROADCAST_RETRY_DOUBLINGS_MAX >= BROADCAST_RETRY_MAX_MS);
 
 /// A funded, signed transaction from the wallet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,7 +171,7 @@ pub enum PayoutError {
 /// Back-off after `attempts` failed broadcasts.
 pub fn retry_delay_ms(attempts: u32) -> u64 {
     BROADCAST_RETRY_FIRST_MS
-        .saturating_mul(1u64 << attempts.min(20))
+        .saturating_mul(1u64 << attempts.min(BROADCAST_RETRY_DOUBLINGS_MAX))
         .min(BROADCAST_RETRY_MAX_MS)
 }
 
@@ -767,6 +773,14 @@ mod tests {
         assert_eq!(retry_delay_ms(0), BROADCAST_RETRY_FIRST_MS);
         assert_eq!(retry_delay_ms(6), 320_000);
         assert_eq!(retry_delay_ms(7), BROADCAST_RETRY_MAX_MS);
+        assert_eq!(
+            retry_delay_ms(BROADCAST_RETRY_DOUBLINGS_MAX),
+            BROADCAST_RETRY_MAX_MS
+        );
+        assert_eq!(
+            retry_delay_ms(BROADCAST_RETRY_DOUBLINGS_MAX + 1),
+            BROADCAST_RETRY_MAX_MS
+        );
         assert_eq!(retry_delay_ms(u32::MAX), BROADCAST_RETRY_MAX_MS);
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use otedama_kernels::{Algorithm, Midstate, Target};
 use serde::{Deserialize, Serialize};
 
-use crate::limits::JOBS_REMEMBERED_MAX;
+use crate::limits::{JOBS_REMEMBERED_MAX, STALE_JOB_IDS_REMEMBERED_MAX};
 
 /// What the control plane sends down for each new piece of work.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,7 +167,10 @@ impl JobBook {
             retired.push(self.live.remove(0).job_id());
         }
         self.stale_ids.extend(retired.iter().copied());
-        let overflow = self.stale_ids.len().saturating_sub(JOBS_REMEMBERED_MAX * 4);
+        let overflow = self
+            .stale_ids
+            .len()
+            .saturating_sub(STALE_JOB_IDS_REMEMBERED_MAX);
         self.stale_ids.drain(..overflow);
         self.live.push(job);
         retired
@@ -268,6 +271,28 @@ pub(crate) mod tests {
         }
         assert!(matches!(book.lookup(0), JobLookup::Stale));
         assert!(matches!(book.lookup(1), JobLookup::Current(_)));
+    }
+
+    /// Replaced ids are remembered up to `STALE_JOB_IDS_REMEMBERED_MAX`: at the limit the
+    /// oldest still reads stale, one more retired job makes it unknown.
+    #[test]
+    fn stale_ids_hold_their_limit() {
+        let mut book = JobBook::default();
+        let mut next_id = 0u64;
+        let mut clean = |book: &mut JobBook| {
+            next_id += 1;
+            book.insert(Arc::new(Job::new(template(next_id, true)).unwrap()));
+        };
+        // Each clean job retires the one before it: ids 1..=N are stale, N+1 is live.
+        for _ in 0..=STALE_JOB_IDS_REMEMBERED_MAX {
+            clean(&mut book);
+        }
+        assert_eq!(book.stale_ids.len(), STALE_JOB_IDS_REMEMBERED_MAX);
+        assert!(matches!(book.lookup(1), JobLookup::Stale));
+        clean(&mut book);
+        assert_eq!(book.stale_ids.len(), STALE_JOB_IDS_REMEMBERED_MAX);
+        assert!(matches!(book.lookup(1), JobLookup::Unknown));
+        assert!(matches!(book.lookup(2), JobLookup::Stale));
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub const WORKERS_PER_CONNECTION_MAX: usize = 64;
 /// Jobs a connection remembers the difficulty of; older job ids are reported stale.
 pub const JOBS_REMEMBERED_MAX: usize = 16;
 
+/// Ids of replaced jobs a core remembers, so a late share for one is told "stale" (code
+/// 21) rather than "unknown"; older ids read as unknown. Four generations of live jobs:
+/// a miner that lags by more than that is refused either way.
+pub const STALE_JOB_IDS_REMEMBERED_MAX: usize = JOBS_REMEMBERED_MAX * 4;
+
 /// Seconds a job re-sent at a new difficulty (V1 `mining.set_difficulty` with the job
 /// again, V2 `SetTarget`) still takes shares meeting the difficulty it had before, credited
 /// at that difficulty: they were in flight when the miner heard of the change. The pool's

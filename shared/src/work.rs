@@ -625,6 +625,24 @@ mod tests {
         assert_eq!(work.difficulty(), 1.0);
     }
 
+    /// Whatever `DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX` is set to: that many lowerings in
+    /// one interval are taken, each below the last, and the next is held.
+    #[test]
+    fn lowerings_hold_their_limit_per_interval() {
+        let mut work = WorkState::new(1024.0, 1e-3, None);
+        let start_s = 5_000;
+        let mut asked = 1024.0;
+        for _ in 0..DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX {
+            asked /= 2.0;
+            assert!(work.suggest_difficulty(asked, start_s));
+            assert_eq!(work.difficulty(), asked);
+        }
+        assert!(!work.suggest_difficulty(asked / 2.0, start_s + DIFFICULTY_LOWERING_INTERVAL_S - 1));
+        assert_eq!(work.difficulty(), asked);
+        assert!(work.suggest_difficulty(asked / 2.0, start_s + DIFFICULTY_LOWERING_INTERVAL_S));
+        assert_eq!(work.difficulty(), asked / 2.0);
+    }
+
     /// A miner's memory of the jobs it was sent holds `JOBS_REMEMBERED_MAX`: one more job
     /// (not a new block) forgets exactly the oldest, and a job sent again is not counted
     /// twice.

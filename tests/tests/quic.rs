@@ -358,6 +358,33 @@ async fn quic_limit_edge_and_zero_rtt_resumption() {
     panic!("the pool refused 0-RTT data twice");
 }
 
+/// `QUIC_STREAMS_PER_CONNECTION_MAX` streams are open to a miner (its session); it gets
+/// no credit for one more, whose open stays pending while the session goes on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_quic_miner_has_one_stream() {
+    use otedama_dataplane::net::quic::QUIC_STREAMS_PER_CONNECTION_MAX;
+    assert_eq!(
+        QUIC_STREAMS_PER_CONNECTION_MAX, 1,
+        "the session is the one stream"
+    );
+    let pool = start_pool("0", 1000);
+    let config = client_config(&pool.quic_certificate);
+    let mut miner = Miner::connect(&pool, &config).await.unwrap();
+    miner.mine_one(0).await;
+    // The credit for streams comes with the handshake and after a stream closes, so an
+    // open within the credit completes at once; this one must still wait a second later.
+    let second = tokio::time::timeout(Duration::from_secs(1), miner.connection.open_bi()).await;
+    assert!(second.is_err(), "a second stream was opened");
+    let unidirectional =
+        tokio::time::timeout(Duration::from_secs(1), miner.connection.open_uni()).await;
+    assert!(
+        unidirectional.is_err(),
+        "a unidirectional stream was opened"
+    );
+    miner.mine_one(1_000_000).await;
+    miner.close().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_quic_miner_keeps_mining_across_address_changes() {
     let pool = start_pool("0,1", 1000);

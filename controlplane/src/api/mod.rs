@@ -409,7 +409,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 mod tests {
     use super::{
         public_reject_reason, Page, API_LIST_ITEMS_DEFAULT, API_LIST_ITEMS_MAX,
-        AUDIT_ENTRIES_PER_REQUEST_MAX,
+        AUDIT_ENTRIES_PER_REQUEST_MAX, REJECT_TOKEN_BYTES_MAX,
     };
 
     /// `/api/v1/admin/audit` shows the newest `AUDIT_ENTRIES_PER_REQUEST_MAX` entries: with
@@ -471,5 +471,10 @@ mod tests {
         ] {
             assert_eq!(public_reject_reason(reason), shown, "{reason}");
         }
+        // At the edge: a token of `REJECT_TOKEN_BYTES_MAX` bytes is shown, one more is not.
+        let longest = "a".repeat(REJECT_TOKEN_BYTES_MAX);
+        assert_eq!(public_reject_reason(&format!("{longest}: detail")), longest);
+        let longer = "a".repeat(REJECT_TOKEN_BYTES_MAX + 1);
+        assert_eq!(public_reject_reason(&longer), "rejected");
     }
 }

@@ -174,12 +174,17 @@ pub(crate) fn blocks_page(
     page_response(shown.into_iter().map(show).collect(), limit, next)
 }
 
+/// Longest reject token the public sees. BIP22 tokens are short
+/// (`bad-txns-inputs-missingorspent` is 30 bytes); a longer "token" is text the node or
+/// the pool made up, which stays in the admin API and the log.
+pub(crate) const REJECT_TOKEN_BYTES_MAX: usize = 64;
+
 /// A rejection reason's leading token, when it is one (lower case, digits, `-`, `_`, at
-/// most 64 bytes), or `rejected`.
+/// most `REJECT_TOKEN_BYTES_MAX` bytes), or `rejected`.
 pub(crate) fn public_reject_reason(reason: &str) -> String {
     let token = reason.split(':').next().unwrap_or_default().trim();
     let is_token = !token.is_empty()
-        && token.len() <= 64
+        && token.len() <= REJECT_TOKEN_BYTES_MAX
         && token
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');

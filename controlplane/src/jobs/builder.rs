@@ -38,10 +38,17 @@ pub enum JobBuildError {
     TagTooLong(usize),
 }
 
+/// Characters of a malformed template field an error repeats: the node's text reaches
+/// logs and the admin API, and a long one would flood them.
+const MALFORMED_VALUE_SHOWN_CHARS_MAX: usize = 80;
+
 fn malformed(field: &'static str, value: &str) -> JobBuildError {
     JobBuildError::Malformed {
         field,
-        value: value.chars().take(80).collect(),
+        value: value
+            .chars()
+            .take(MALFORMED_VALUE_SHOWN_CHARS_MAX)
+            .collect(),
     }
 }
 
@@ -183,6 +190,19 @@ pub(crate) fn push_compact_size(out: &mut Vec<u8>, value: u64) {
 mod tests {
     use super::*;
     use bitcoin::consensus::deserialize;
+
+    /// A malformed field is repeated up to `MALFORMED_VALUE_SHOWN_CHARS_MAX` characters
+    /// (whole at the limit), never more.
+    #[test]
+    fn malformed_values_are_cut_at_their_limit() {
+        let shown = |value: &str| match malformed("bits", value) {
+            JobBuildError::Malformed { value, .. } => value,
+            other => panic!("{other}"),
+        };
+        let at_limit = "é".repeat(MALFORMED_VALUE_SHOWN_CHARS_MAX);
+        assert_eq!(shown(&at_limit), at_limit);
+        assert_eq!(shown(&format!("{at_limit}x")), at_limit);
+    }
 
     #[test]
     fn coinbase_parses_and_starts_with_the_bip34_height() {

@@ -66,6 +66,10 @@ pub const QUIC_RESUMABLE_SESSIONS_MAX: usize = 65_536;
 /// streams shares faster than the pool can hash them is held back by QUIC's own flow
 /// control, as a TCP miner is by its socket.
 pub const QUIC_RECEIVE_WINDOW_BYTES: u32 = 64 * 1024;
+/// Bidirectional streams a QUIC miner may open: its SV2 session is one ordered stream, as
+/// on TCP. A second stream would be a second session sharing the connection's limits and
+/// state, so the client never gets the credit to open one (and none unidirectional).
+pub const QUIC_STREAMS_PER_CONNECTION_MAX: u32 = 1;
 /// QUIC connections one core's endpoint may have that have not logged in (handshake,
 /// SetupConnection and a first channel). Past it, a new connection from an address that
 /// has not proved it receives our packets gets a stateless Retry (RFC 9000 §8.1) instead
@@ -127,7 +131,7 @@ impl QuicShared {
         let crypto = QuicServerConfig::try_from(tls_config)?;
         let mut transport = TransportConfig::default();
         transport
-            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .max_concurrent_bidi_streams(VarInt::from_u32(QUIC_STREAMS_PER_CONNECTION_MAX))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .stream_receive_window(VarInt::from_u32(QUIC_RECEIVE_WINDOW_BYTES))
             .receive_window(VarInt::from_u32(QUIC_RECEIVE_WINDOW_BYTES))

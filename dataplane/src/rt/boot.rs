@@ -194,6 +194,7 @@ pub fn run_with_share_log(
                     rng: RefCell::new(rand::SeedableRng::from_entropy()),
                     share_log,
                     upstream,
+                    held_candidates: RefCell::default(),
                     counters,
                     bans: RefCell::new(Arc::default()),
                     addresses,
@@ -258,6 +259,7 @@ pub(super) async fn core_main(
             enforcer.publish_queue_peaks();
             enforcer.retarget_silent_miners(now_s()).await;
             enforcer.trim_memory();
+            enforcer.resend_held_candidates();
         }
     })
     .detach();

@@ -4,44 +4,125 @@
 
 use super::*;
 
+/// Block candidates one core holds after the upstream queue refused them, resent every
+/// second. Each is a few hundred bytes; a found block is rare outside regtest, so the
+/// list only fills if the link stays down while the core finds this many blocks.
+pub const BLOCK_CANDIDATES_HELD_MAX: usize = 256;
+
+/// Candidates waiting for room on the upstream queue, oldest first. Holding them here
+/// (besides the block scan, which finds a stored share's block in the share log) means a
+/// block whose share could not be stored either still reaches the node once the link
+/// drains. The control plane submits a block once by its hash, so a candidate that
+/// arrives both ways is not submitted twice.
+#[derive(Default)]
+pub struct HeldCandidates {
+    held: VecDeque<BlockCandidate>,
+}
+
+impl HeldCandidates {
+    /// Holds a refused candidate. At `BLOCK_CANDIDATES_HELD_MAX` the oldest gives way (a
+    /// newer block builds on a newer tip, so it is the one still worth submitting) and is
+    /// returned, for the caller to log whole.
+    pub fn hold(&mut self, candidate: BlockCandidate) -> Option<BlockCandidate> {
+        let evicted = if self.held.len() >= BLOCK_CANDIDATES_HELD_MAX {
+            self.held.pop_front()
+        } else {
+            None
+        };
+        self.held.push_back(candidate);
+        evicted
+    }
+
+    /// Sends held candidates, oldest first, while the queue has room; returns how many
+    /// went.
+    pub fn resend(&mut self, upstream: &crossbeam_channel::Sender<Upstream>) -> usize {
+        let mut sent = 0;
+        while let Some(candidate) = self.held.pop_front() {
+            match upstream.try_send(Upstream::BlockCandidate(candidate)) {
+                Ok(()) => sent += 1,
+                Err(refused) => {
+                    if let Upstream::BlockCandidate(candidate) = refused.into_inner() {
+                        self.held.push_front(candidate);
+                    }
+                    break;
+                }
+            }
+        }
+        sent
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// Logs a candidate the pool can no longer submit by itself, whole, so the operator can.
+fn log_lost_candidate(candidate: &BlockCandidate, why: &str) {
+    tracing::error!(
+        candidate = %serde_json::to_string(candidate).unwrap_or_default(),
+        why,
+        "block candidate lost to the pool; submit it by hand"
+    );
+}
+
 impl Core {
     /// Sends an accepted share's block up at once, then appends the share to the share
     /// log. The block goes first and whatever the share log says: a valid block is worth
-    /// submitting even if its share cannot be kept, and one that the link loses is found
-    /// again in the share log by the control plane's block scan. On success the share
-    /// counts against the connection's and the core's allowances until it is durable;
-    /// `false` if it could not be stored.
+    /// submitting even if its share cannot be kept. One the upstream queue refuses is held
+    /// and resent (`HeldCandidates`), and found in the share log by the control plane's
+    /// block scan as well. On success the share counts against the connection's and the
+    /// core's allowances until it is durable; `false` if it could not be stored.
     pub fn store_share(
         &self,
         awaiting_ack: &Gate,
         record: &ShareRecord,
         block: Option<BlockCandidate>,
     ) -> bool {
-        let mut not_sent_up = None;
         if let Some(block) = block {
             self.counters
                 .block_candidates
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Err(refused) = self.upstream.try_send(Upstream::BlockCandidate(block)) {
-                tracing::error!("upstream queue full: block candidate left to the block scan");
-                not_sent_up = Some(refused.into_inner());
+            // Behind candidates already held, a new one waits its turn.
+            self.resend_held_candidates();
+            let mut held = self.held_candidates.borrow_mut();
+            let refused = if held.is_empty() {
+                self.upstream
+                    .try_send(Upstream::BlockCandidate(block))
+                    .err()
+                    .map(|refused| refused.into_inner())
+            } else {
+                Some(Upstream::BlockCandidate(block))
+            };
+            if let Some(Upstream::BlockCandidate(block)) = refused {
+                tracing::error!(
+                    held = held.len() + 1,
+                    "upstream queue full: block candidate held for resending"
+                );
+                if let Some(evicted) = held.hold(block) {
+                    log_lost_candidate(&evicted, "BLOCK_CANDIDATES_HELD_MAX reached");
+                }
             }
         }
         if let Err(error) = self.share_log.append(self.index, record) {
             tracing::error!(%error, "share not stored");
-            if let Some(Upstream::BlockCandidate(block)) = not_sent_up {
-                // Neither the link nor the share log has it: the log line is the last copy
-                // of the block, whole, for the operator to submit by hand.
-                tracing::error!(
-                    candidate = %serde_json::to_string(&block).unwrap_or_default(),
-                    "block candidate lost to the pool: neither sent up nor stored"
-                );
-            }
             return false;
         }
         awaiting_ack.take(1);
         self.awaiting_durability.take(1);
         true
+    }
+
+    /// Sends what the upstream queue has room for of the held candidates (every second,
+    /// and before a new one).
+    pub fn resend_held_candidates(&self) {
+        let mut held = self.held_candidates.borrow_mut();
+        if !held.is_empty() && held.resend(&self.upstream) > 0 {
+            tracing::info!(still_held = held.len(), "held block candidates sent up");
+        }
     }
 
     /// Queues the acknowledgement of a share `store_share` took.
@@ -112,5 +193,56 @@ impl Core {
             }
         }
         self.awaiting_durability.give_back(done.shares);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(height: u64) -> BlockCandidate {
+        BlockCandidate {
+            job_id: 1,
+            height,
+            header: vec![0; 80],
+            coinbase: vec![1; 60],
+            worker: "w".into(),
+            found_at_ms: 0,
+        }
+    }
+
+    /// `BLOCK_CANDIDATES_HELD_MAX` candidates are held; one more evicts exactly the oldest.
+    /// Once the queue has room they go up oldest first, and what does not fit stays held.
+    #[test]
+    fn held_candidates_hold_their_limit_and_go_up_in_order() {
+        let mut held = HeldCandidates::default();
+        for height in 0..BLOCK_CANDIDATES_HELD_MAX as u64 {
+            assert!(held.hold(candidate(height)).is_none());
+        }
+        assert_eq!(held.len(), BLOCK_CANDIDATES_HELD_MAX);
+        let evicted = held.hold(candidate(BLOCK_CANDIDATES_HELD_MAX as u64));
+        assert_eq!(evicted.map(|c| c.height), Some(0));
+        assert_eq!(held.len(), BLOCK_CANDIDATES_HELD_MAX);
+
+        let room = 10;
+        let (upstream, link) = crossbeam_channel::bounded(room);
+        assert_eq!(held.resend(&upstream), room);
+        assert_eq!(held.len(), BLOCK_CANDIDATES_HELD_MAX - room);
+        let heights: Vec<u64> = link
+            .try_iter()
+            .map(|message| match message {
+                Upstream::BlockCandidate(candidate) => candidate.height,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(heights, (1..=room as u64).collect::<Vec<_>>());
+        // The queue drained: the rest go, next in line first.
+        let (upstream, link) = crossbeam_channel::bounded(BLOCK_CANDIDATES_HELD_MAX);
+        assert_eq!(held.resend(&upstream), BLOCK_CANDIDATES_HELD_MAX - room);
+        assert!(held.is_empty());
+        match link.try_recv().unwrap() {
+            Upstream::BlockCandidate(candidate) => assert_eq!(candidate.height, room as u64 + 1),
+            _ => unreachable!(),
+        }
     }
 }

@@ -49,10 +49,10 @@ const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 /// Block candidates and other upstream messages waiting for the IPC thread.
 const UPSTREAM_QUEUE_MAX: usize = 1024;
 /// The queue from every core to the IPC thread. Cores only `try_send` on it: a core never
-/// waits for the link. A block candidate that finds it full is found by the control
-/// plane's block scan in the share log (about 2 s later), if its share is stored; if that
-/// fails too, the candidate is logged whole (`store_share`). Filling it takes
-/// `UPSTREAM_QUEUE_MAX` blocks found while the link is down.
+/// waits for the link. A block candidate that finds it full is held by its core and
+/// resent (`BLOCK_CANDIDATES_HELD_MAX`), and found by the control plane's block scan in
+/// the share log if its share is stored. Filling it takes `UPSTREAM_QUEUE_MAX` blocks
+/// found while the link is down.
 fn upstream_queue() -> (
     crossbeam_channel::Sender<Upstream>,
     crossbeam_channel::Receiver<Upstream>,
@@ -230,6 +230,8 @@ pub struct Core {
     pub rng: RefCell<rand::rngs::StdRng>,
     pub share_log: ShareLogHandle,
     pub upstream: crossbeam_channel::Sender<Upstream>,
+    /// Block candidates the upstream queue refused, resent every second.
+    held_candidates: RefCell<durability::HeldCandidates>,
     pub counters: Arc<Counters>,
     /// The newest ban list: new connections and sessions start from it.
     pub bans: RefCell<Arc<BanList>>,
