@@ -179,9 +179,9 @@ mod tests {
     /// miner's shares are recorded under, once canonicalized at start.
     #[test]
     fn a_saved_ban_matches_every_encoding_of_its_script() {
-        let rule = crate::chain::coin::CoinParams::new(
-            crate::chain::coin::Coin::Litecoin,
-            crate::chain::coin::Network::Mainnet,
+        let rule = otedama_chain::coin::CoinParams::new(
+            otedama_chain::coin::Coin::Litecoin,
+            otedama_chain::coin::Network::Mainnet,
         )
         .address;
         let encode = |prefix: u8| {

@@ -1,9 +1,9 @@
 //! Otedama's control plane: the process that owns the pool's relationship with the chain.
 //!
-//! It fetches block templates from the node, turns them into jobs for the data plane,
-//! assembles and submits blocks from winning shares, records every submitblock answer,
-//! and serves the HTTP API and Prometheus metrics. It never validates shares itself and
-//! never holds a miner connection; that is the data plane's work.
+//! It wires the chain crate's parts into long-running tasks (templates to jobs for the
+//! data plane, winning shares to blocks, blocks to payouts), and serves the HTTP API and
+//! Prometheus metrics. It never validates shares itself and never holds a miner
+//! connection; that is the data plane's work.
 
 // The OpenAPI document is one `json!` literal, deeper than the default limit allows.
 #![recursion_limit = "256"]
@@ -11,17 +11,14 @@
 pub mod api;
 pub mod audit;
 pub mod bans;
-pub mod blocks;
-pub mod chain;
 pub mod config;
 pub mod dex;
+pub mod events;
 pub mod ipc;
-pub mod jobs;
 pub mod metrics;
 pub mod payouts;
 pub mod regtest;
 pub mod service;
-pub mod signed_message;
 pub mod stats;
 pub mod tasks;
 

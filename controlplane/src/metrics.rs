@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::api::ApiState;
 use otedama_shared::ipc::ACK_LATENCY_BUCKETS_S;
 
-use crate::chain::rpc::{RPC_LATENCY_BUCKETS_S, RPC_STATS};
+use otedama_chain::rpc::{RPC_LATENCY_BUCKETS_S, RPC_STATS};
 use otedama_ledger::ledger::IntentState;
 
 struct Families(String);

@@ -13,10 +13,7 @@ use std::sync::Mutex;
 
 use crate::api::{ApiState, PayoutHandles};
 use crate::audit::AuditLog;
-use crate::blocks::BlockStore;
 use crate::config::{ChainSource, PoolConfig};
-use crate::jobs::store::JobStore;
-use crate::jobs::submit::{CandidateQueue, SUBMITTER_THREADS, SUBMIT_READ_TIMEOUT_S};
 use crate::stats::PoolState;
 use crate::tasks::blocks::{
     block_scan_loop, block_status_loop, candidate_channel, discard_candidates,
@@ -25,6 +22,9 @@ use crate::tasks::blocks::{
 use crate::tasks::compliance::{apply_deny_list, audit_housekeeping, freeze_held_orders};
 use crate::tasks::payouts::start_payouts;
 use crate::tasks::templates::{best_block_poll_loop, synthetic_loop, template_loop, wait_for_node};
+use otedama_chain::blocks::BlockStore;
+use otedama_chain::jobs::store::JobStore;
+use otedama_chain::jobs::submit::{CandidateQueue, SUBMITTER_THREADS, SUBMIT_READ_TIMEOUT_S};
 
 /// Runs the control plane until the process is stopped.
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
@@ -238,6 +238,7 @@ fn serve(
         kyc_secret: config.kyc_webhook_secret()?.map(Arc::new),
         ws_clients: Arc::new(tokio::sync::Semaphore::new(crate::api::WS_CLIENTS_MAX)),
         stats_cache: Default::default(),
+        activity_cache: Default::default(),
     };
     // The data-plane link (jobs down, block candidates up) runs on a thread and runtime of
     // its own: whatever the API's handlers do, they cannot hold up a found block or a job.

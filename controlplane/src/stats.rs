@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use otedama_shared::ipc::DataplaneCounters;
 use otedama_shared::job::JobTemplate;
 
-use crate::jobs::BuiltJob;
+use otedama_chain::jobs::BuiltJob;
+
+use crate::events::PoolEvent;
 
 /// Jobs kept for block assembly; a candidate for an older job is stale anyway.
 pub const JOBS_KEPT_MAX: usize = 256;
@@ -39,8 +41,8 @@ pub struct PoolState {
     jobs: Mutex<BTreeMap<u64, Arc<BuiltJob>>>,
     current_job: Mutex<Option<JobTemplate>>,
     pub job_broadcast: tokio::sync::broadcast::Sender<JobTemplate>,
-    /// New-block and payment events for the `/ws` feed.
-    events: tokio::sync::broadcast::Sender<serde_json::Value>,
+    /// New-block, payment and exchange events for the `/ws` feed.
+    events: tokio::sync::broadcast::Sender<PoolEvent>,
     pub started_at: std::time::Instant,
 }
 
@@ -148,11 +150,11 @@ impl PoolState {
     }
 
     /// Sends an event to every `/ws` subscriber (none listening is fine).
-    pub fn publish_event(&self, event: serde_json::Value) {
+    pub fn publish_event(&self, event: PoolEvent) {
         let _ = self.events.send(event);
     }
 
-    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<serde_json::Value> {
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<PoolEvent> {
         self.events.subscribe()
     }
 
@@ -217,10 +219,10 @@ mod tests {
         let pool = PoolState::new(0, 0);
         let newest = JOBS_KEPT_MAX as u64;
         for job_id in 1..=newest {
-            pool.publish_job(Arc::new(crate::jobs::store::tests::job(job_id)));
+            pool.publish_job(Arc::new(otedama_chain::jobs::test_support::job(job_id)));
         }
         assert!(pool.job(1).is_some(), "full, nothing dropped yet");
-        pool.publish_job(Arc::new(crate::jobs::store::tests::job(newest + 1)));
+        pool.publish_job(Arc::new(otedama_chain::jobs::test_support::job(newest + 1)));
         assert!(pool.job(1).is_none());
         assert!(pool.job(2).is_some());
         assert!(pool.job(newest + 1).is_some());
@@ -233,7 +235,7 @@ mod tests {
         let pool = PoolState::new(0, 0);
         let mut client = pool.subscribe_events();
         for index in 0..EVENTS_QUEUED_MAX {
-            pool.publish_event(serde_json::json!({ "index": index }));
+            pool.publish_event(PoolEvent::Exchange(serde_json::json!({ "index": index })));
         }
         let first = crate::api::ws::feed_event(
             client
@@ -243,9 +245,11 @@ mod tests {
         assert_eq!(first, Some(serde_json::json!({"index": 0})));
         // 255 unread: two more make 257, one past the limit.
         for index in 0..2 {
-            pool.publish_event(serde_json::json!({ "index": 1000 + index }));
+            pool.publish_event(PoolEvent::Exchange(
+                serde_json::json!({ "index": 1000 + index }),
+            ));
         }
-        let received = |client: &mut tokio::sync::broadcast::Receiver<serde_json::Value>| {
+        let received = |client: &mut tokio::sync::broadcast::Receiver<PoolEvent>| {
             crate::api::ws::feed_event(client.try_recv().map_err(|error| match error {
                 tokio::sync::broadcast::error::TryRecvError::Lagged(missed) => {
                     tokio::sync::broadcast::error::RecvError::Lagged(missed)

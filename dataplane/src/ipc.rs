@@ -1,6 +1,11 @@
 //! The data plane's end of the control-plane link: a reader thread that fans jobs out to
 //! every core, and a writer thread that sends block candidates at once and counters every
 //! second. Both reconnect on their own if the control plane restarts.
+//!
+//! The link has no acknowledgement, so a candidate written just before the control plane
+//! died may never have been read. The writer keeps the candidates it sent recently and
+//! sends them again on every new link; the control plane records a block once by its
+//! hash, so a candidate that arrives twice is submitted once.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -20,6 +25,66 @@ use crate::counters::Counters;
 
 const RECONNECT_DELAY_MS: u64 = 200;
 const COUNTERS_INTERVAL_MS: u64 = 1000;
+/// Block candidates the writer keeps to send again on the next link: more than a block
+/// race ever produces while a control plane restarts, a few hundred bytes each.
+pub const CANDIDATES_RESENT_MAX: usize = 64;
+/// How long a sent candidate is kept for resending. A control plane down for longer
+/// finds the block in the share log (if its share is stored), and a block this old has
+/// most likely lost its race anyway.
+pub const CANDIDATE_RESEND_WINDOW_S: u64 = 600;
+
+/// Candidates sent (or being sent) on recent links, oldest first, each with when it was
+/// first taken from the queue and whether any write of it went through.
+#[derive(Default)]
+pub struct RecentCandidates {
+    sent: std::collections::VecDeque<(Instant, bool, otedama_shared::sv1::BlockCandidate)>,
+}
+
+impl RecentCandidates {
+    /// Keeps a candidate about to be written. At `CANDIDATES_RESENT_MAX` the oldest goes;
+    /// one never written at all is logged whole, for the operator to submit by hand.
+    pub fn keep(&mut self, candidate: otedama_shared::sv1::BlockCandidate, now: Instant) {
+        if self.sent.len() >= CANDIDATES_RESENT_MAX {
+            if let Some((_, false, lost)) = self.sent.pop_front() {
+                tracing::error!(
+                    candidate = %serde_json::to_string(&lost).unwrap_or_default(),
+                    "block candidate never delivered and no longer kept; submit it by hand"
+                );
+            }
+        }
+        self.sent.push_back((now, false, candidate));
+    }
+
+    fn mark_newest_written(&mut self) {
+        if let Some(newest) = self.sent.back_mut() {
+            newest.1 = true;
+        }
+    }
+
+    /// Writes every kept candidate younger than `CANDIDATE_RESEND_WINDOW_S` to a new link,
+    /// oldest first, and forgets the older ones. False if the link failed.
+    pub fn resend(&mut self, link: &mut impl Write, now: Instant) -> bool {
+        let window = Duration::from_secs(CANDIDATE_RESEND_WINDOW_S);
+        self.sent
+            .retain(|(taken_at, _, _)| now.saturating_duration_since(*taken_at) < window);
+        for (_, written, candidate) in self.sent.iter_mut() {
+            let line = ipc::encode(&Upstream::BlockCandidate(candidate.clone()));
+            if link.write_all(&line).is_err() {
+                return false;
+            }
+            *written = true;
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+}
 
 /// Starts the link. Jobs go to `cores`; `upstream` carries block candidates from the cores.
 pub fn start(
@@ -41,6 +106,7 @@ fn link_loop(
     counters: Arc<Counters>,
 ) {
     let mut warned = false;
+    let mut recent = RecentCandidates::default();
     loop {
         let stream = match UnixStream::connect(&socket) {
             Ok(stream) => stream,
@@ -58,7 +124,7 @@ fn link_loop(
         let reader = stream.try_clone().expect("cloning a Unix socket");
         let cores_for_reader = cores.clone();
         let reader_thread = std::thread::spawn(move || read_jobs(reader, &cores_for_reader));
-        write_upstream(stream, &upstream, &counters);
+        write_upstream(stream, &upstream, &counters, &mut recent);
         let _ = reader_thread.join();
         tracing::warn!("control plane link lost; reconnecting");
     }
@@ -124,7 +190,34 @@ fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<CoreCommand>]) {
     let _ = reader.into_inner().shutdown(std::net::Shutdown::Both);
 }
 
-fn write_upstream(mut stream: UnixStream, upstream: &Receiver<Upstream>, counters: &Counters) {
+fn write_upstream(
+    mut stream: UnixStream,
+    upstream: &Receiver<Upstream>,
+    counters: &Counters,
+    recent: &mut RecentCandidates,
+) {
+    if !recent.is_empty() {
+        tracing::info!(
+            candidates = recent.len(),
+            "sending recent block candidates again on the new link"
+        );
+    }
+    if pump_upstream(&mut stream, upstream, counters, recent).is_err() {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Sends the recent candidates again, then whatever the cores queue and the counters
+/// every second, until a write fails.
+fn pump_upstream(
+    link: &mut impl Write,
+    upstream: &Receiver<Upstream>,
+    counters: &Counters,
+    recent: &mut RecentCandidates,
+) -> Result<(), ()> {
+    if !recent.resend(link, Instant::now()) {
+        return Err(());
+    }
     let mut next_counters = Instant::now();
     loop {
         let wait = next_counters.saturating_duration_since(Instant::now());
@@ -135,17 +228,21 @@ fn write_upstream(mut stream: UnixStream, upstream: &Receiver<Upstream>, counter
                 Upstream::Counters(counters.snapshot())
             }
         };
-        if stream.write_all(&ipc::encode(&message)).is_err() {
-            if let Upstream::BlockCandidate(candidate) = message {
-                // The control plane's block scan finds it in the share log once the link
-                // is back (unless its share could not be stored either: `store_share`).
+        let line = ipc::encode(&message);
+        let is_candidate = matches!(message, Upstream::BlockCandidate(_));
+        if let Upstream::BlockCandidate(candidate) = message {
+            recent.keep(candidate, Instant::now());
+        }
+        if link.write_all(&line).is_err() {
+            if is_candidate {
                 tracing::error!(
-                    height = candidate.height,
-                    "block candidate not delivered: link down"
+                    "block candidate not delivered: link down; sent again on the next link"
                 );
             }
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            return;
+            return Err(());
+        }
+        if is_candidate {
+            recent.mark_newest_written();
         }
     }
 }
@@ -153,6 +250,100 @@ fn write_upstream(mut stream: UnixStream, upstream: &Receiver<Upstream>, counter
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn candidate(height: u64) -> otedama_shared::sv1::BlockCandidate {
+        otedama_shared::sv1::BlockCandidate {
+            job_id: 1,
+            height,
+            header: vec![0; 80],
+            coinbase: vec![1; 60],
+            worker: "w".into(),
+            found_at_ms: 0,
+        }
+    }
+
+    /// A link that takes `writes_left` writes, then fails as a dead socket does.
+    struct Link {
+        written: Vec<u8>,
+        writes_left: usize,
+    }
+
+    impl Write for Link {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if self.writes_left == 0 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            self.writes_left -= 1;
+            self.written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn heights_in(link: &Link) -> Vec<u64> {
+        link.written
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| match ipc::decode::<Upstream>(line) {
+                Ok(Upstream::BlockCandidate(candidate)) => Some(candidate.height),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A candidate whose write failed, and one written just before the link died (which
+    /// the control plane may never have read), both go first on the next link.
+    #[test]
+    fn candidates_lost_with_a_link_go_again_on_the_next() {
+        let (cores, queue) = crossbeam_channel::bounded(4);
+        let counters = Counters::default();
+        let mut recent = RecentCandidates::default();
+        cores.send(Upstream::BlockCandidate(candidate(1))).unwrap();
+        cores.send(Upstream::BlockCandidate(candidate(2))).unwrap();
+        let mut dying = Link {
+            written: Vec::new(),
+            writes_left: 1,
+        };
+        assert!(pump_upstream(&mut dying, &queue, &counters, &mut recent).is_err());
+        assert_eq!(heights_in(&dying), vec![1], "the second write failed");
+        let mut next = Link {
+            written: Vec::new(),
+            writes_left: 2,
+        };
+        assert!(pump_upstream(&mut next, &queue, &counters, &mut recent).is_err());
+        assert_eq!(heights_in(&next), vec![1, 2]);
+        // Past the window, they are not sent again.
+        let later = Instant::now() + Duration::from_secs(CANDIDATE_RESEND_WINDOW_S);
+        let mut late = Link {
+            written: Vec::new(),
+            writes_left: 10,
+        };
+        assert!(recent.resend(&mut late, later));
+        assert!(heights_in(&late).is_empty());
+        assert!(recent.is_empty());
+    }
+
+    /// `CANDIDATES_RESENT_MAX` are kept; one more lets exactly the oldest go.
+    #[test]
+    fn recent_candidates_hold_their_limit() {
+        let mut recent = RecentCandidates::default();
+        let now = Instant::now();
+        for height in 0..=CANDIDATES_RESENT_MAX as u64 {
+            recent.keep(candidate(height), now);
+        }
+        assert_eq!(recent.len(), CANDIDATES_RESENT_MAX);
+        let mut link = Link {
+            written: Vec::new(),
+            writes_left: usize::MAX,
+        };
+        assert!(recent.resend(&mut link, now));
+        let heights = heights_in(&link);
+        assert_eq!(heights.first(), Some(&1));
+        assert_eq!(heights.len(), CANDIDATES_RESENT_MAX);
+    }
 
     /// A line of exactly `IPC_LINE_BYTES_MAX` bytes, newline included, is read; a line one
     /// byte longer drops the link.

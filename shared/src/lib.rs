@@ -11,6 +11,7 @@ extern crate self as otedama_shared;
 
 pub mod address;
 pub mod bans;
+pub mod clock;
 #[cfg(any(test, feature = "fuzz-harness"))]
 pub mod fuzz_harness;
 pub mod hex32;

@@ -948,3 +948,79 @@ fn a_max_target_at_the_difficulty_limit_is_taken_and_a_harder_one_refused() {
         "the update at the limit was refused"
     );
 }
+
+/// A scrypt share hashed in a batch whose channel closes meanwhile is not credited, but
+/// when it is a block the block still goes up, with the closed channel's coinbase and
+/// worker (`Outcome::BlockOnly`); a share that is not a block is only refused.
+#[test]
+fn a_block_found_as_its_channel_closes_still_goes_up() {
+    let scrypt_template = JobTemplate {
+        algorithm: otedama_shared::job::AlgorithmName::Scrypt,
+        ..template(1, true)
+    };
+    let block_target = Target::from_compact(scrypt_template.bits).unwrap();
+    for (sequence_number, wants_block) in [(1u32, true), (2, false)] {
+        let mut h = Harness::new(ServerConfig {
+            algorithm: Algorithm::Scrypt,
+            batch_scrypt: true,
+            ..config(EASY)
+        });
+        h.jobs = JobBook::default();
+        h.jobs
+            .insert(Arc::new(Job::new(scrypt_template.clone()).unwrap()));
+        h.setup();
+        let channel = open_standard_channel(&mut h);
+        let version = scrypt_template.version;
+        let (nonce, pow) = (0u32..)
+            .map(|nonce| {
+                let pow = otedama_kernels::scrypt::scrypt_pow(&header(
+                    &channel.merkle_root,
+                    version,
+                    nonce,
+                ));
+                (nonce, pow)
+            })
+            .find(|(_, pow)| block_target.is_met_by(pow) == wants_block)
+            .unwrap();
+        let (outcome, _) = h.send(submit_standard(
+            channel.channel_id,
+            sequence_number,
+            channel.job_id,
+            nonce,
+            version,
+        ));
+        let Outcome::NeedsPow(pending) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let (closed, _) = h.send(Message::CloseChannel(CloseChannel {
+            channel_id: channel.channel_id,
+            reason_code: Str0255::new("bye").unwrap(),
+        }));
+        assert_eq!(closed, Outcome::Continue);
+        let outcome = h
+            .session
+            .handle_pow(*pending, &pow, NOW_S, &mut h.duplicates);
+        let refusal = h.drain();
+        assert!(
+            matches!(refusal[0].message(), Message::SubmitSharesError(ref e) if e.error_code.as_str() == error_code::INVALID_CHANNEL_ID),
+            "the miner hears the share was not taken"
+        );
+        if !wants_block {
+            assert_eq!(outcome, Outcome::Rejected(error_code::INVALID_CHANNEL_ID));
+            continue;
+        }
+        let Outcome::BlockOnly(block) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let mut coinbase = scrypt_template.coinbase_prefix.clone();
+        coinbase.extend_from_slice(&channel.extranonce);
+        coinbase.extend_from_slice(&scrypt_template.coinbase_suffix);
+        assert_eq!(block.coinbase, coinbase);
+        assert_eq!(
+            block.header,
+            header(&channel.merkle_root, version, nonce).to_vec()
+        );
+        assert_eq!(block.worker, "addr.rig");
+        assert_eq!(block.height, scrypt_template.height);
+    }
+}

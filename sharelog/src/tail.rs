@@ -12,6 +12,7 @@ use rocksdb::{Direction, IteratorMode, Options, DB};
 use otedama_shared::ShareRecord;
 
 use crate::format::{share_log_key, share_log_sequence, SHARE_LOG_CLOCK_KEY};
+use otedama_shared::clock::now_ms;
 
 /// Shares read from one log per poll, so one poll cannot stall the payout loop.
 pub const SHARES_PER_POLL_MAX: usize = 200_000;
@@ -20,12 +21,6 @@ pub const SHARE_LOG_GAP_WAIT_MS: u64 = 30_000;
 /// How long a log's clock may stand still before the tail asks whether its writer is
 /// still there.
 pub const SHARE_LOG_STILL_MS: u64 = 5_000;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Follows one data-plane process's share log as a RocksDB secondary instance.
 pub struct ShareLogTail {

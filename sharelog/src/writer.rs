@@ -36,6 +36,7 @@ use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 use crate::format::{
     share_log_key, share_log_sequence, SHARE_LOG_CLOCK_INTERVAL_MS, SHARE_LOG_CLOCK_KEY,
 };
+use otedama_shared::clock::now_ms;
 use otedama_shared::ShareRecord;
 
 /// Shares written in one batch at most.
@@ -359,12 +360,6 @@ fn read_all(db: &DB) -> Vec<ShareRecord> {
 fn last_sequence(db: &DB) -> Option<u64> {
     let (key, _) = db.iterator(rocksdb::IteratorMode::End).next()?.ok()?;
     share_log_sequence(&key)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The writer's stamps. Invariant: a stamp is never below `floor_ms`, and every clock

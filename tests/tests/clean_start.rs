@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use otedama_controlplane::chain::rpc::{RpcAuth, RpcClient};
+use otedama_chain::rpc::{RpcAuth, RpcClient};
 use otedama_tests::{wait_until, PoolSetup, RegtestPair};
 
 #[test]

@@ -22,8 +22,8 @@ use base64::Engine;
 use bitcoin::secp256k1::{Message, Secp256k1};
 use serde_json::{json, Value};
 
+use otedama_chain::signed_message::{message_digest, message_magic};
 use otedama_compliance::kyc;
-use otedama_controlplane::signed_message::{message_digest, message_magic};
 use payout_scenario::{start_with_addresses, Scenario, ADMIN_TOKEN, MINERS_WALLET};
 
 const KYC_SECRET: &str = "kyc-provider-shared-secret-0123456789abcdef";

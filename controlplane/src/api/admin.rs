@@ -19,7 +19,7 @@ pub(crate) async fn admin_blocks(
     State(state): State<ApiState>,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Response {
-    blocks_page(&state, &page, |block| json!(block))
+    off_the_workers(move || blocks_page(&state, &page, |block| json!(block))).await
 }
 
 pub(crate) async fn admin_payments(
@@ -231,6 +231,9 @@ pub(crate) async fn admin_set_config(
 
 /// Seconds of share history that make a miner "active" in the admin list.
 pub(crate) const ADMIN_ACTIVE_WINDOW_S: u64 = 3600;
+/// Where `ADMIN_ACTIVE_WINDOW_S` is among the hashrate windows (`activity_windows`).
+const ADMIN_ACTIVE_WINDOW_INDEX: usize = 2;
+const _: () = assert!(HASHRATE_WINDOWS_S[ADMIN_ACTIVE_WINDOW_INDEX] == ADMIN_ACTIVE_WINDOW_S);
 
 /// Every account the ledger holds, every miner seen in the last hour and every banned
 /// address, with balances, active workers and whether the address is banned.
@@ -241,12 +244,8 @@ pub(crate) async fn admin_miners(State(state): State<ApiState>) -> Response {
             Ok(all) => all,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
-        let activity = state
-            .payouts
-            .history
-            .lock()
-            .expect("history lock")
-            .activity(now_ms(), ADMIN_ACTIVE_WINDOW_S * 1000);
+        let windows = activity_windows(&state);
+        let activity = &windows[ADMIN_ACTIVE_WINDOW_INDEX];
         let bans = state.bans.current();
         let listed = activity
             .keys()

@@ -356,9 +356,9 @@ async fn create_key(State(state): State<ApiState>, body: axum::body::Bytes) -> R
     if let Err(response) = refuse_denied(&state, &request.address) {
         return response;
     }
-    let verified = crate::signed_message::verify(
+    let verified = otedama_chain::signed_message::verify(
         &state.address_rule,
-        &crate::signed_message::message_magic(state.coin_name),
+        &otedama_chain::signed_message::message_magic(state.coin_name),
         &request.address,
         &request.message,
         &request.signature,
@@ -413,7 +413,9 @@ async fn account(State(state): State<ApiState>, Miner(address): Miner) -> Respon
 /// Sends what a command did to the book and trade feed on `/ws`.
 fn publish(state: &ApiState, messages: Vec<Value>) {
     for message in messages {
-        state.pool.publish_event(message);
+        state
+            .pool
+            .publish_event(crate::events::PoolEvent::Exchange(message));
     }
 }
 

@@ -31,21 +31,24 @@ use otedama_shared::http_path::{encode_path, normalize_path};
 
 use crate::audit::AuditLog;
 use crate::bans::BanStore;
-use crate::blocks::BlockStore;
 use crate::payouts::runner::{PayoutRequest, PayoutSettings};
 use crate::stats::PoolState;
+use otedama_chain::blocks::BlockStore;
 use otedama_ledger::ledger::Ledger;
 use otedama_ledger::shares::ShareHistory;
+pub(crate) use otedama_shared::clock::now_ms;
 
 pub mod admin;
 pub mod compliance;
 pub mod dex;
 pub mod openapi;
 pub mod pool;
+pub mod views;
 pub mod ws;
 
 use admin::*;
 use pool::*;
+use views::*;
 use ws::*;
 
 /// Hashrate windows reported, in seconds.
@@ -137,6 +140,8 @@ pub struct ApiState {
     pub ws_clients: Arc<tokio::sync::Semaphore>,
     /// The last stats computed, and when (`STATS_CACHE_MS`).
     pub stats_cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
+    /// The miners' activity last computed, and when (`activity_windows`).
+    pub activity_cache: Arc<Mutex<Option<(std::time::Instant, ActivityWindows)>>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -234,12 +239,6 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
             drop((address_place, place));
         });
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn normalize_request_path(mut request: Request) -> Result<Request, StatusCode> {

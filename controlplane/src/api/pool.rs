@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use otedama_kernels::Algorithm;
 
 use super::*;
-use crate::blocks::BlockRecord;
+use otedama_chain::blocks::BlockRecord;
 
 /// Hashes per unit of share difficulty for the coin's algorithm: 2^256 / difficulty-1 target.
 pub(crate) fn hashes_per_difficulty(algorithm: Algorithm) -> f64 {
@@ -26,12 +26,39 @@ pub(crate) fn hashrate(difficulty_sum: f64, window_s: u64, algorithm: Algorithm)
     difficulty_sum * hashes_per_difficulty(algorithm) / window_s.max(1) as f64
 }
 
+/// Every miner's activity over each of `HASHRATE_WINDOWS_S`, in that order.
+pub(crate) type ActivityWindows = Arc<Vec<BTreeMap<Arc<str>, otedama_ledger::shares::Activity>>>;
+
+/// The miners' activity, computed at most once per `STATS_CACHE_MS` whatever the request
+/// rate. A computation holds the share history's lock, which the payout thread needs to
+/// read shares, for scans of up to `SHARE_HISTORY_MAX` shares: a crowd of scrapers on
+/// `/api/v1/miners/{address}` then costs the payout thread one such hold a second, not
+/// one per request. Called off the async workers.
+pub(crate) fn activity_windows(state: &ApiState) -> ActivityWindows {
+    let mut cached = state.activity_cache.lock().expect("activity cache lock");
+    if let Some((at, windows)) = cached.as_ref() {
+        if at.elapsed() < Duration::from_millis(STATS_CACHE_MS) {
+            return windows.clone();
+        }
+    }
+    let now = now_ms();
+    let windows: Vec<_> = {
+        let history = state.payouts.history.lock().expect("history lock");
+        HASHRATE_WINDOWS_S
+            .iter()
+            .map(|window_s| history.activity(now, window_s * 1000))
+            .collect()
+    };
+    let windows = Arc::new(windows);
+    *cached = Some((std::time::Instant::now(), windows.clone()));
+    windows
+}
+
 /// Pool figures over each hashrate window: hashrate, miners, workers, shares.
-pub(crate) fn pool_windows(state: &ApiState, now: u64) -> Value {
-    let history = state.payouts.history.lock().expect("history lock");
+pub(crate) fn pool_windows(state: &ApiState) -> Value {
+    let activities = activity_windows(state);
     let mut windows = serde_json::Map::new();
-    for window_s in HASHRATE_WINDOWS_S {
-        let activity = history.activity(now, window_s * 1000);
+    for (window_s, activity) in HASHRATE_WINDOWS_S.into_iter().zip(activities.iter()) {
         let difficulty: f64 = activity.values().map(|a| a.difficulty_sum).sum();
         windows.insert(
             format!("{window_s}s"),
@@ -61,7 +88,7 @@ pub(crate) fn stats_json(state: &ApiState) -> Value {
             ledger.balances(&settings.fee_account).unwrap_or_default(),
         )
     };
-    let windows = pool_windows(state, now_ms());
+    let windows = pool_windows(state);
     let block_value = state.pool.block_value().unwrap_or_default();
     json!({
         "shares_accepted": totals.shares_accepted,
@@ -135,25 +162,17 @@ pub(crate) async fn cached_stats(state: &ApiState) -> Option<Value> {
     Some(stats)
 }
 
-/// The blocks as the public sees them: a rejection's reason is the node's own short
-/// token (BIP22: `bad-txns-inputs-missingorspent`, `inconclusive`, ...) or the pool's
-/// category (`stale-prevblk`, `unsubmittable`), never an error text, which can name the
-/// node's RPC URL or wallet. `/api/v1/admin/blocks` has the whole reason.
+/// The blocks as the public sees them (`views::block_json`).
 pub(crate) async fn blocks_list(
     State(state): State<ApiState>,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Response {
-    blocks_page(&state, &page, |block| {
-        let mut shown = json!(block);
-        if let Some(reason) = &block.rejected_reason {
-            shown["rejected_reason"] = json!(public_reject_reason(reason));
-        }
-        shown
-    })
+    off_the_workers(move || blocks_page(&state, &page, block_json)).await
 }
 
 /// The blocks the pool submitted, newest first (by the end of their round), a page at a
-/// time; the cursor is the hash of a page's last block.
+/// time; the cursor is the hash of a page's last block. It reads the whole block store,
+/// so it runs off the async workers.
 pub(crate) fn blocks_page(
     state: &ApiState,
     page: &Page,
@@ -172,63 +191,6 @@ pub(crate) fn blocks_page(
     let shown: Vec<&BlockRecord> = blocks.iter().skip(start).take(limit).collect();
     let next = shown.last().map(|block| block.hash.clone());
     page_response(shown.into_iter().map(show).collect(), limit, next)
-}
-
-/// Longest reject token the public sees. BIP22 tokens are short
-/// (`bad-txns-inputs-missingorspent` is 30 bytes); a longer "token" is text the node or
-/// the pool made up, which stays in the admin API and the log.
-pub(crate) const REJECT_TOKEN_BYTES_MAX: usize = 64;
-
-/// A rejection reason's leading token, when it is one (lower case, digits, `-`, `_`, at
-/// most `REJECT_TOKEN_BYTES_MAX` bytes), or `rejected`.
-pub(crate) fn public_reject_reason(reason: &str) -> String {
-    let token = reason.split(':').next().unwrap_or_default().trim();
-    let is_token = !token.is_empty()
-        && token.len() <= REJECT_TOKEN_BYTES_MAX
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if is_token {
-        token.to_string()
-    } else {
-        "rejected".to_string()
-    }
-}
-
-/// A payment as the public API and the live feed show it: the node's or the wallet's
-/// error text (which can name the node's URL or wallet) stays in the admin API and the
-/// log; the public sees a fixed reason for the state.
-pub(crate) fn payment_json(intent: &otedama_ledger::ledger::PayoutIntent) -> Value {
-    use otedama_ledger::ledger::IntentState;
-    let mut shown = payment_json_full(intent);
-    let reason = match intent.state {
-        IntentState::Open => Some("not taken by the node yet; retrying"),
-        IntentState::Sent => Some("held for the operator"),
-        IntentState::Failed => Some("double-spent"),
-        IntentState::Cancelled => Some("cancelled by the operator"),
-        IntentState::Confirmed => None,
-    }
-    .filter(|_| intent.last_error.is_some());
-    shown["last_error"] = json!(reason);
-    shown
-}
-
-/// A payment with everything the pool knows of it, for the admin API.
-pub(crate) fn payment_json_full(intent: &otedama_ledger::ledger::PayoutIntent) -> Value {
-    json!({
-        "batch_id": intent.batch_id,
-        "txid": intent.txid,
-        "state": intent.state.name(),
-        "created_at_ms": intent.created_at_ms,
-        "sent_at_ms": intent.sent_at_ms,
-        "total": intent.outputs.values().sum::<u64>(),
-        "outputs": intent.outputs,
-        "broadcast_attempts": intent.broadcast_attempts,
-        "last_error": intent.last_error,
-        "confirmations": intent.confirmations,
-        "paid_by_txid": intent.paid_by_txid,
-        "settled_at_ms": intent.settled_at_ms,
-    })
 }
 
 pub(crate) async fn payments_list(
@@ -280,7 +242,6 @@ pub(crate) async fn miner(State(state): State<ApiState>, Path(address): Path<Str
             Ok(canonical) => canonical,
             Err(response) => return response,
         };
-        let now = now_ms();
         let (balances, payout_min, payouts) = {
             let ledger = &state.payouts.ledger_reader;
             (
@@ -294,9 +255,8 @@ pub(crate) async fn miner(State(state): State<ApiState>, Path(address): Path<Str
         let payments: Vec<Value> = payouts.iter().map(miner_payment_json).collect();
         let (mut windows, mut workers) = (serde_json::Map::new(), BTreeMap::new());
         {
-            let history = state.payouts.history.lock().expect("history lock");
-            for window_s in HASHRATE_WINDOWS_S {
-                let activity = history.activity(now, window_s * 1000);
+            let activities = activity_windows(&state);
+            for (window_s, activity) in HASHRATE_WINDOWS_S.into_iter().zip(activities.iter()) {
                 let mine = activity.get(address.as_str()).cloned().unwrap_or_default();
                 windows.insert(
                     format!("{window_s}s"),

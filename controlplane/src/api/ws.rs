@@ -67,10 +67,10 @@ pub(crate) async fn feed(state: ApiState, mut socket: WebSocket) {
 /// the count it missed, so it knows to read the REST API again instead of trusting a feed
 /// with a hole in it. `None` once the pool's event channel is closed.
 pub(crate) fn feed_event(
-    event: Result<Value, tokio::sync::broadcast::error::RecvError>,
+    event: Result<crate::events::PoolEvent, tokio::sync::broadcast::error::RecvError>,
 ) -> Option<Value> {
     match event {
-        Ok(event) => Some(event),
+        Ok(event) => Some(super::views::event_json(&event)),
         Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
             Some(json!({"type": "lagged", "missed": missed}))
         }

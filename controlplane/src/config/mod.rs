@@ -11,8 +11,8 @@ use sha2::Digest;
 
 use otedama_shared::limits::{DATAPLANE_PROCESSES_MAX, DIFFICULTY_MAX, DIFFICULTY_MIN};
 
-use crate::chain::coin::{Coin, CoinParams, Network};
-use crate::chain::rpc::{RpcAuth, RpcClient};
+use otedama_chain::coin::{Coin, CoinParams, Network};
+use otedama_chain::rpc::{RpcAuth, RpcClient};
 use otedama_shared::address::script_for_address;
 use otedama_shared::sv2::noise::AuthorityKey;
 

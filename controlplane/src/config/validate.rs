@@ -85,10 +85,10 @@ impl PoolConfig {
         if self.sv2_certificate_validity_s < 60 {
             bail!("sv2_certificate_validity_s must be at least 60 (miners' clocks drift)");
         }
-        if self.coinbase_tag.len() > crate::jobs::builder::COINBASE_TAG_BYTES_MAX {
+        if self.coinbase_tag.len() > otedama_chain::jobs::builder::COINBASE_TAG_BYTES_MAX {
             bail!(
                 "coinbase_tag is longer than {} bytes",
-                crate::jobs::builder::COINBASE_TAG_BYTES_MAX
+                otedama_chain::jobs::builder::COINBASE_TAG_BYTES_MAX
             );
         }
         Ok(())

@@ -95,7 +95,7 @@ pub fn freeze_orders(dex: &mut DexService, pool: &crate::stats::PoolState, addre
             }
             for (market, events) in done {
                 for message in dex.feed_messages(market, &events) {
-                    pool.publish_event(message);
+                    pool.publish_event(crate::events::PoolEvent::Exchange(message));
                 }
             }
         }

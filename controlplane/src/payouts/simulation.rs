@@ -42,9 +42,9 @@ use otedama_sharelog::writer::{read_share_log, Completed, ShareLog};
 
 use super::runner::{share_log_tails, PayoutRunner, PayoutSettings};
 use crate::api::now_ms;
-use crate::blocks::{BlockRecord, BlockStore};
-use crate::chain::coin::{Coin, CoinParams, Network};
 use crate::stats::{BlockValue, PoolState};
+use otedama_chain::blocks::{BlockRecord, BlockStore};
+use otedama_chain::coin::{Coin, CoinParams, Network};
 use otedama_ledger::ledger::{EntryKind, IntentState, Ledger};
 use otedama_ledger::lifecycle::BlockStatus;
 use otedama_ledger::payments::{self, PayoutPolicy, SignedPayment, TxStatus, Wallet, WalletError};

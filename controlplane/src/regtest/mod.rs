@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::chain::rpc::{RpcAuth, RpcClient};
+use otedama_chain::rpc::{RpcAuth, RpcClient};
 
 const NODE_START_TIMEOUT_S: u64 = 60;
 /// Starts of a new node, each on fresh ports, before its failure is reported.

@@ -12,17 +12,17 @@ use otedama_shared::hex32::display_hex;
 use otedama_shared::sv1::BlockCandidate;
 
 use crate::api::now_ms;
-use crate::blocks::{BlockRecord, BlockStore, STALE_CANDIDATE_REASON_PREFIX};
-use crate::chain::rpc::RpcClient;
 use crate::config::PoolConfig;
-use crate::jobs::scan::{BlockScan, BLOCK_SCAN_BACKFILL_SHARES};
-use crate::jobs::store::JobStore;
-use crate::jobs::submit::{
+use crate::stats::PoolState;
+use otedama_chain::blocks::{BlockRecord, BlockStore, STALE_CANDIDATE_REASON_PREFIX};
+use otedama_chain::jobs::scan::{BlockScan, BLOCK_SCAN_BACKFILL_SHARES};
+use otedama_chain::jobs::store::JobStore;
+use otedama_chain::jobs::submit::{
     chain_place_when_answered, submit_until_settled, CandidateQueue, CandidateSource, ChainPlace,
     Pushed,
 };
-use crate::jobs::{assemble_block, BuiltJob};
-use crate::stats::PoolState;
+use otedama_chain::jobs::{assemble_block, BuiltJob};
+use otedama_chain::rpc::RpcClient;
 use otedama_ledger::lifecycle::{classify, BlockStatus};
 use otedama_sharelog::tail::ShareLogTail;
 
@@ -35,7 +35,7 @@ pub(crate) fn find_job(
     state: &PoolState,
     jobs: &JobStore,
     job_id: u64,
-) -> Result<Option<Arc<BuiltJob>>, crate::jobs::store::JobStoreError> {
+) -> Result<Option<Arc<BuiltJob>>, otedama_chain::jobs::store::JobStoreError> {
     match state.job(job_id) {
         Some(job) => Ok(Some(job)),
         None => Ok(jobs.get(job_id)?.map(Arc::new)),
@@ -201,7 +201,7 @@ pub(crate) fn settle_candidate(
                 .blocks_found
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(%hash, height = candidate.height, worker = %candidate.worker, "block accepted by the node");
-            state.publish_event(serde_json::json!({"type": "block", "block": record}));
+            state.publish_event(crate::events::PoolEvent::BlockAccepted(record.clone()));
             let _ = triggers.send(());
         }
         (Some(_), true) if is_stale => {

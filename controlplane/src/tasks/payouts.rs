@@ -9,12 +9,12 @@ use std::sync::{Mutex, RwLock};
 
 use crate::api::PayoutHandles;
 use crate::audit::AuditLog;
-use crate::blocks::BlockStore;
-use crate::chain::wallet::NodeWallet;
 use crate::config::{ChainSource, PoolConfig};
 use crate::payouts::runner::{fault_file_hook, share_log_tails, PayoutRunner, PayoutSettings};
 use crate::stats::PoolState;
 use crate::tasks::compliance::start_kyc_webhook;
+use otedama_chain::blocks::BlockStore;
+use otedama_chain::wallet::NodeWallet;
 use otedama_ledger::ledger::Ledger;
 use otedama_ledger::payments::PayoutPolicy;
 use otedama_ledger::schemes::Scheme;
@@ -85,7 +85,7 @@ pub(crate) fn start_payouts(
         dex: handles.dex.clone(),
         next_follow_ms: 0,
         cut_waits: Default::default(),
-        block_share_wait_ms: crate::payouts::runner::BLOCK_SHARE_WAIT_MS,
+        block_share_wait_ms: crate::payouts::BLOCK_SHARE_WAIT_MS,
     };
     std::thread::Builder::new()
         .name("payouts".into())

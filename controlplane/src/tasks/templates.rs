@@ -11,13 +11,13 @@ use serde_json::Value;
 use otedama_shared::job::AlgorithmName;
 
 use crate::api::now_ms;
-use crate::chain::rpc::{RpcClient, RpcError};
-use crate::chain::synthetic;
-use crate::chain::template::BlockTemplate;
 use crate::config::PoolConfig;
-use crate::jobs::build_job;
-use crate::jobs::store::JobStore;
 use crate::stats::{BlockValue, PoolState};
+use otedama_chain::jobs::build_job;
+use otedama_chain::jobs::store::JobStore;
+use otedama_chain::rpc::{RpcClient, RpcError};
+use otedama_chain::synthetic;
+use otedama_chain::template::BlockTemplate;
 
 /// Shortest gap between two template fetches, so that a burst of triggers (blocks found
 /// back to back on regtest) cannot become a busy loop.

@@ -334,6 +334,12 @@ pub(crate) fn apply_outcome(
             connection.awaiting_ack().take(1);
             core.queue_pow(PowWork::V2(connection.clone(), pending));
         }
+        Outcome::BlockOnly(block) => {
+            core.counters
+                .rejected(counted_as(error_code::INVALID_CHANNEL_ID));
+            tracing::warn!(worker = %block.worker, "a block from a channel closed while its share was hashed: sent up, not credited");
+            core.send_block_up(*block);
+        }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
             if core.store_share(connection.awaiting_ack(), &accepted.record, block) {

@@ -83,29 +83,7 @@ impl Core {
         block: Option<BlockCandidate>,
     ) -> bool {
         if let Some(block) = block {
-            self.counters
-                .block_candidates
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Behind candidates already held, a new one waits its turn.
-            self.resend_held_candidates();
-            let mut held = self.held_candidates.borrow_mut();
-            let refused = if held.is_empty() {
-                self.upstream
-                    .try_send(Upstream::BlockCandidate(block))
-                    .err()
-                    .map(|refused| refused.into_inner())
-            } else {
-                Some(Upstream::BlockCandidate(block))
-            };
-            if let Some(Upstream::BlockCandidate(block)) = refused {
-                tracing::error!(
-                    held = held.len() + 1,
-                    "upstream queue full: block candidate held for resending"
-                );
-                if let Some(evicted) = held.hold(block) {
-                    log_lost_candidate(&evicted, "BLOCK_CANDIDATES_HELD_MAX reached");
-                }
-            }
+            self.send_block_up(block);
         }
         if let Err(error) = self.share_log.append(self.index, record) {
             tracing::error!(%error, "share not stored");
@@ -114,6 +92,34 @@ impl Core {
         awaiting_ack.take(1);
         self.awaiting_durability.take(1);
         true
+    }
+
+    /// Sends a block candidate to the control plane at once, or holds it for resending if
+    /// the upstream queue is full.
+    pub fn send_block_up(&self, block: BlockCandidate) {
+        self.counters
+            .block_candidates
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Behind candidates already held, a new one waits its turn.
+        self.resend_held_candidates();
+        let mut held = self.held_candidates.borrow_mut();
+        let refused = if held.is_empty() {
+            self.upstream
+                .try_send(Upstream::BlockCandidate(block))
+                .err()
+                .map(|refused| refused.into_inner())
+        } else {
+            Some(Upstream::BlockCandidate(block))
+        };
+        if let Some(Upstream::BlockCandidate(block)) = refused {
+            tracing::error!(
+                held = held.len() + 1,
+                "upstream queue full: block candidate held for resending"
+            );
+            if let Some(evicted) = held.hold(block) {
+                log_lost_candidate(&evicted, "BLOCK_CANDIDATES_HELD_MAX reached");
+            }
+        }
     }
 
     /// Sends what the upstream queue has room for of the held candidates (every second,

@@ -10,6 +10,21 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = 0xff_ffff;
 const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX == (1 << 24) - 1);
 /// The `extension_type` bit that marks a channel message.
 pub const CHANNEL_MSG_BIT: u16 = 0x8000;
+/// Bytes a connection's receive buffer keeps allocated between reads: a miner's ordinary
+/// traffic fits, and what a burst grew it to (up to one 64 KiB read) is given back once
+/// it is drained, instead of being held for the connection's life.
+pub const RECEIVE_BUFFER_KEPT_BYTES_MAX: usize = 4096;
+
+/// Gives back what a burst left allocated in a drained `buffer`, when what comes next
+/// (`incoming` bytes) fits in the kept size; a steady stream of large reads keeps its
+/// allocation and is not reallocated on every read.
+pub fn release_burst(buffer: &mut Vec<u8>, incoming: usize) {
+    if buffer.capacity() > RECEIVE_BUFFER_KEPT_BYTES_MAX
+        && buffer.len() + incoming <= RECEIVE_BUFFER_KEPT_BYTES_MAX
+    {
+        buffer.shrink_to(RECEIVE_BUFFER_KEPT_BYTES_MAX);
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -81,6 +96,7 @@ impl FrameDecoder {
             self.buffer.drain(..self.start);
             self.start = 0;
         }
+        release_burst(&mut self.buffer, bytes.len());
         self.buffer.extend_from_slice(bytes);
     }
 
@@ -114,5 +130,41 @@ impl FrameDecoder {
             header,
             payload: &self.buffer[payload_start..self.start],
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a 64 KiB burst is decoded, the next small read leaves the decoder holding at
+    /// most `RECEIVE_BUFFER_KEPT_BYTES_MAX`; a steady stream of large reads is not
+    /// reallocated down.
+    #[test]
+    fn a_burst_is_given_back_once_decoded() {
+        let frame = |payload: usize| {
+            let mut bytes = vec![0u8, 0, 0x20];
+            bytes.extend_from_slice(&(payload as u32).to_le_bytes()[..3]);
+            bytes.resize(FRAME_HEADER_BYTES + payload, 7);
+            bytes
+        };
+        let mut decoder = FrameDecoder::new(FRAME_PAYLOAD_BYTES_MAX);
+        let burst: Vec<u8> = (0..64).flat_map(|_| frame(1018)).collect();
+        assert_eq!(burst.len(), 64 * 1024);
+        decoder.feed(&burst);
+        let mut frames = 0;
+        while decoder.next_frame().unwrap().is_some() {
+            frames += 1;
+        }
+        assert_eq!(frames, 64);
+        assert!(decoder.buffer.capacity() >= 64 * 1024);
+        // The next read is as large again: the allocation stays.
+        decoder.feed(&burst);
+        assert!(decoder.buffer.capacity() >= 64 * 1024);
+        while decoder.next_frame().unwrap().is_some() {}
+        // A miner's ordinary frame: the burst's memory goes back.
+        decoder.feed(&frame(100));
+        assert!(decoder.buffer.capacity() <= RECEIVE_BUFFER_KEPT_BYTES_MAX);
+        assert!(decoder.next_frame().unwrap().is_some());
     }
 }

@@ -167,6 +167,7 @@ impl NoiseTransport {
             self.inbound.clear();
             self.read_at = 0;
         }
+        super::frame::release_burst(&mut self.inbound, bytes.len());
         self.inbound.extend_from_slice(bytes);
     }
 
@@ -209,6 +210,7 @@ impl NoiseTransport {
             return Ok(None);
         }
         self.plaintext.clear();
+        super::frame::release_burst(&mut self.plaintext, header.msg_length as usize);
         let end = self.read_at + encrypted_len;
         while self.read_at < end {
             let block_end = (self.read_at + NOISE_MESSAGE_BYTES_MAX).min(end);

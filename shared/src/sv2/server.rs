@@ -133,6 +133,10 @@ pub enum Outcome {
     ShareAccepted(Box<AcceptedShare>),
     /// Compute `scrypt_pow(&pending.header)` and pass it to `handle_pow`.
     NeedsPow(Box<PendingPow>),
+    /// A block from a share that can no longer be credited: its channel closed while the
+    /// share was hashed. Nothing is stored for the miner (the refusal is queued), but the
+    /// block is the pool's and goes to the node.
+    BlockOnly(Box<BlockCandidate>),
     /// End the connection; the reason is for logs.
     Close(&'static str),
 }
@@ -156,6 +160,10 @@ pub struct PendingPow {
     channel_id: u32,
     sequence_number: u32,
     extranonce2: [u8; EXTRANONCE2_BYTES],
+    /// The channel's prefix and worker when the share came in, so a block found while the
+    /// channel closes can still be assembled (`Outcome::BlockOnly`).
+    extranonce_prefix: Vec<u8>,
+    worker: String,
 }
 
 impl PartialEq for PendingPow {
@@ -792,6 +800,8 @@ impl Session {
             channel_id,
             sequence_number,
             extranonce2,
+            extranonce_prefix: channel.extranonce_prefix.clone(),
+            worker: channel.worker.clone(),
         };
         match pending.job.algorithm {
             Algorithm::Scrypt if self.config.batch_scrypt => Outcome::NeedsPow(Box::new(pending)),
@@ -843,10 +853,26 @@ impl Session {
             channel_id,
             sequence_number,
             extranonce2,
+            extranonce_prefix,
+            worker,
         } = pending;
-        // The channel may have closed while the share was hashed.
+        // The channel may have closed while the share was hashed: the share is not
+        // credited, but a block it found is still sent up.
         let Some(index) = self.channel_index(channel_id) else {
-            return self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID);
+            let refused = self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID);
+            let is_block = credit_share(&job, terms, header, header_hash, pow, duplicates)
+                .is_ok_and(|credited| credited.valid.is_block);
+            if !is_block {
+                return refused;
+            }
+            return Outcome::BlockOnly(Box::new(BlockCandidate {
+                job_id: terms.job_id,
+                height: job.template.height,
+                header: header.to_vec(),
+                coinbase: job.coinbase(&extranonce_prefix, &extranonce2),
+                worker,
+                found_at_ms: now_s * 1000,
+            }));
         };
         let CreditedShare { valid, difficulty } =
             match credit_share(&job, terms, header, header_hash, pow, duplicates) {

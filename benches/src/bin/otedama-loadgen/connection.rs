@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::de::IgnoredAny;
@@ -21,6 +21,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::report::{encode_histogram, latency_histogram, WorkerReport};
 use crate::Args;
+pub(crate) use otedama_shared::clock::now_us as unix_us;
 
 /// Marker the pool's synthetic chain writes before the publish time in the coinbase, as
 /// it appears in the notify line: hex-encoded inside coinb1 (`/otedama-synthetic/t=`).
@@ -62,12 +63,6 @@ pub(crate) struct Worker {
     pub(crate) pending_total: Cell<usize>,
     /// The transport's shared parts for V2 and QUIC runs.
     pub(crate) v2: Option<crate::v2::Transport>,
-}
-
-pub(crate) fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Runs this process's connections through ramp-up, `on_ready`, the measured run and the

@@ -27,7 +27,15 @@ use std::sync::Mutex;
 
 use otedama_shared::address::{script_for_address, AddressRule};
 
-use super::ledger::{IntentState, Ledger, LedgerError, PayoutIntent};
+use crate::ledger::{IntentState, Ledger, LedgerError, PayoutIntent};
+
+mod follow;
+mod wallet;
+
+pub use follow::{
+    apply_follow_step, cancel_pending, follow_sent, judge_sent, CancelRefusal, FollowStep,
+};
+pub use wallet::{SignedPayment, TxStatus, Wallet, WalletError};
 
 /// Outputs in one payout transaction; larger runs pay the biggest balances first and
 /// leave the rest for the next run.
@@ -46,70 +54,6 @@ pub const BROADCAST_RETRY_MAX_MS: u64 = 600_000;
 const BROADCAST_RETRY_DOUBLINGS_MAX: u32 = 20;
 const _: () =
     assert!(BROADCAST_RETRY_FIRST_MS << BROADCAST_RETRY_DOUBLINGS_MAX >= BROADCAST_RETRY_MAX_MS);
-
-/// A funded, signed transaction from the wallet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignedPayment {
-    pub raw_tx: String,
-    pub txid: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WalletError {
-    /// The request may not have reached the node; trying again is safe.
-    #[error("wallet unreachable: {0}")]
-    Unreachable(String),
-    /// The node refused (insufficient funds, a rejected transaction...).
-    #[error("wallet refused: {0}")]
-    Refused(String),
-}
-
-/// What the payer needs from the node's wallet. Real: `chain::wallet::NodeWallet`.
-pub trait Wallet {
-    /// Funds (fee from the wallet's change) and signs a transaction paying `outputs`.
-    fn build_payment(
-        &mut self,
-        outputs: &BTreeMap<String, u64>,
-    ) -> Result<SignedPayment, WalletError>;
-    /// Sends a raw transaction; one the node already has counts as sent.
-    fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError>;
-    /// Whether the node holds `txid`, in its mempool or its chain.
-    fn knows_transaction(&mut self, txid: &str) -> Result<bool, WalletError>;
-    /// Where transaction `txid` stands on the node.
-    fn transaction_status(&mut self, txid: &str) -> Result<TxStatus, WalletError>;
-    /// Whether transaction `txid` pays every `(output script, amount)` listed, exactly.
-    fn pays_outputs(&mut self, txid: &str, outputs: &[(Vec<u8>, u64)])
-        -> Result<bool, WalletError>;
-    /// Why a raw transaction the node does not hold can never be mined (its inputs are
-    /// spent or do not exist), or `None` if it still could be.
-    fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError>;
-
-    /// Unlocks every coin the wallet holds locked that none of `keep` (raw transactions of
-    /// payouts still pending) spends, and says how many: a payout funded just before a
-    /// crash, whose intent was never written, must not keep its coins locked until the node
-    /// restarts. The pool's node wallet is the pool's: a lock the pool does not hold is not
-    /// an operator's to keep.
-    fn release_stale_locks(&mut self, _keep: &[&str]) -> Result<usize, WalletError> {
-        Ok(0)
-    }
-}
-
-/// Where a payout transaction stands on the node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TxStatus {
-    /// In the active chain, under this many blocks (at least 1).
-    Confirmed(u64),
-    /// In the mempool.
-    InMempool,
-    /// Known to the wallet but in neither the chain nor the mempool (evicted, or lost in a
-    /// node restart): it can be sent again.
-    Dropped,
-    /// Double-spent: these transactions spend some of its inputs, and the first of them
-    /// to be mined is this many blocks deep (0 while none is mined).
-    Conflicted { depth: u64, conflicts: Vec<String> },
-    /// Unknown to the node altogether.
-    Unknown,
-}
 
 /// Where the run may stop on purpose, for crash tests. `Fault` returns `true` to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,261 +189,6 @@ pub fn release_stale_locks(ledger: &Mutex<Ledger>, wallet: &mut dyn Wallet) {
             tracing::warn!(%error, "cannot release stale coin locks; a node restart does")
         }
     }
-}
-
-/// What following a sent payout found it should do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FollowStep {
-    /// Not final yet: record the confirmations seen (negative: conflicted, that deep).
-    Wait(i64),
-    /// Out of the mempool unmined: send the same raw transaction again.
-    SendAgain,
-    /// Final: under enough blocks, itself or through a replacement that pays every output.
-    Confirm {
-        confirmations: i64,
-        paid_by_txid: Option<String>,
-    },
-    /// Double-spent, deeply, by a transaction that pays none of its outputs: give the
-    /// amounts back.
-    Fail { confirmations: i64, reason: String },
-    /// Double-spent by a transaction that pays some of its outputs but not all: neither
-    /// confirming nor failing it is right, so it waits for the operator.
-    Hold { confirmations: i64, reason: String },
-}
-
-/// Decides what to do with one sent payout by asking the node (no ledger access, so the
-/// ledger is not held while the node answers):
-/// - under `confirmations_required` blocks: `Confirm`;
-/// - out of the mempool and unmined: `SendAgain`;
-/// - double-spent: the conflicting transaction that is mined decides. If it pays every
-///   output exactly (a fee bump), the payout confirms with it; if it pays none, the payout
-///   fails once it is `confirmations_required` deep; if it pays some, it is held for the
-///   operator. While no conflict is mined, the payout waits.
-pub fn judge_sent(
-    wallet: &mut dyn Wallet,
-    rule: &AddressRule,
-    intent: &PayoutIntent,
-    confirmations_required: u64,
-) -> Result<FollowStep, PayoutError> {
-    let required = confirmations_required as i64;
-    let conflicts = match wallet.transaction_status(&intent.txid)? {
-        TxStatus::Confirmed(depth) if depth as i64 >= required => {
-            return Ok(FollowStep::Confirm {
-                confirmations: depth as i64,
-                paid_by_txid: None,
-            })
-        }
-        TxStatus::Confirmed(depth) => return Ok(FollowStep::Wait(depth as i64)),
-        TxStatus::InMempool => return Ok(FollowStep::Wait(0)),
-        // Safe to send again: it is the only transaction that may pay these outputs.
-        TxStatus::Dropped | TxStatus::Unknown => return Ok(FollowStep::SendAgain),
-        TxStatus::Conflicted { conflicts, .. } => conflicts,
-    };
-    let mut mined = None;
-    for conflict in &conflicts {
-        if let TxStatus::Confirmed(depth) = wallet.transaction_status(conflict)? {
-            mined = Some((conflict.clone(), depth as i64));
-            break;
-        }
-    }
-    let Some((winner, depth)) = mined else {
-        return Ok(FollowStep::Wait(0));
-    };
-    let scripts = output_scripts(rule, intent)?;
-    if wallet.pays_outputs(&winner, &scripts)? {
-        return Ok(if depth >= required {
-            FollowStep::Confirm {
-                confirmations: depth,
-                paid_by_txid: Some(winner),
-            }
-        } else {
-            FollowStep::Wait(depth)
-        });
-    }
-    let mut pays_some = false;
-    for output in &scripts {
-        pays_some |= wallet.pays_outputs(&winner, std::slice::from_ref(output))?;
-    }
-    if pays_some {
-        let reason = format!(
-            "double-spent by {winner}, which pays some of its outputs but not all: the operator must settle it"
-        );
-        return Ok(FollowStep::Hold {
-            confirmations: -depth,
-            reason,
-        });
-    }
-    if depth < required {
-        return Ok(FollowStep::Wait(-depth));
-    }
-    Ok(FollowStep::Fail {
-        confirmations: -depth,
-        reason: format!(
-            "double-spent by {winner} ({depth} blocks deep); the amounts are back in the balances"
-        ),
-    })
-}
-
-/// Carries out what `judge_sent` decided for `intent`, locking the ledger only to write.
-pub fn apply_follow_step(
-    ledger: &Mutex<Ledger>,
-    wallet: &mut dyn Wallet,
-    intent: &PayoutIntent,
-    step: FollowStep,
-    now_ms: u64,
-) -> Result<(), PayoutError> {
-    let batch_id = intent.batch_id;
-    match step {
-        FollowStep::Wait(confirmations) => {
-            locked(ledger).note_confirmations(batch_id, confirmations)?
-        }
-        FollowStep::SendAgain => match wallet.broadcast(&intent.raw_tx) {
-            Ok(()) => {
-                tracing::warn!(batch_id, txid = %intent.txid, "payout had left the mempool unmined; sent again")
-            }
-            Err(error) => {
-                // If it can never be mined (its inputs went elsewhere, and no conflicting
-                // transaction the node knows pays it), the miners were not paid although
-                // the ledger says so: say it where the operator looks, every time.
-                let never = wallet.never_minable(&intent.raw_tx).ok().flatten();
-                match never {
-                    Some(reason) => {
-                        let reason = format!(
-                            "sent but gone from the node and never minable ({reason}): the operator must settle it"
-                        );
-                        tracing::error!(batch_id, txid = %intent.txid, %reason, "payout lost");
-                        locked(ledger).note_error(batch_id, &reason)?;
-                    }
-                    None => {
-                        tracing::warn!(batch_id, txid = %intent.txid, %error, "payout left the mempool and cannot be sent again yet")
-                    }
-                }
-            }
-        },
-        FollowStep::Confirm {
-            confirmations,
-            paid_by_txid,
-        } => {
-            locked(ledger).confirm_intent(batch_id, confirmations, paid_by_txid.clone(), now_ms)?;
-            tracing::info!(batch_id, txid = %intent.txid, ?paid_by_txid, confirmations, "payout confirmed");
-        }
-        FollowStep::Fail {
-            confirmations,
-            reason,
-        } => {
-            locked(ledger).fail_intent(batch_id, confirmations, &reason, now_ms)?;
-            tracing::error!(batch_id, txid = %intent.txid, %reason, "payout failed");
-        }
-        FollowStep::Hold {
-            confirmations,
-            reason,
-        } => {
-            locked(ledger).note_confirmations(batch_id, confirmations)?;
-            tracing::error!(batch_id, txid = %intent.txid, %reason, "payout held for the operator");
-        }
-    }
-    Ok(())
-}
-
-/// Follows every sent payout one step (`judge_sent`, then `apply_follow_step`), with the
-/// ledger locked only to read the payouts and to record each step; one payout the node
-/// cannot answer about does not stop the others.
-pub fn follow_sent(
-    ledger: &Mutex<Ledger>,
-    wallet: &mut dyn Wallet,
-    rule: &AddressRule,
-    confirmations_required: u64,
-    now_ms: u64,
-) -> Result<(), PayoutError> {
-    let sent = locked(ledger).sent_intents()?;
-    for intent in sent {
-        let step = match judge_sent(wallet, rule, &intent, confirmations_required) {
-            Ok(step) => step,
-            Err(error) => {
-                tracing::warn!(batch_id = intent.batch_id, %error, "cannot follow a sent payout now");
-                continue;
-            }
-        };
-        apply_follow_step(ledger, wallet, &intent, step, now_ms)?;
-    }
-    Ok(())
-}
-
-/// The output scripts and amounts a payout's transaction must pay.
-fn output_scripts(
-    rule: &AddressRule,
-    intent: &PayoutIntent,
-) -> Result<Vec<(Vec<u8>, u64)>, PayoutError> {
-    intent
-        .outputs
-        .iter()
-        .map(|(address, amount)| {
-            script_for_address(rule, address)
-                .map(|script| (script, *amount))
-                .map_err(|e| PayoutError::Wallet(WalletError::Refused(e.to_string())))
-        })
-        .collect()
-}
-
-/// Why a pending payout cannot be cancelled.
-#[derive(Debug, thiserror::Error)]
-pub enum CancelRefusal {
-    #[error("no payout batch {0}")]
-    NoSuchBatch(u64),
-    #[error("batch {0} is not pending (only a batch the node never took can be cancelled)")]
-    NotPending(u64),
-    #[error(
-        "batch {batch_id}'s transaction can still be mined; it is sent again until it is: {detail}"
-    )]
-    StillMinable { batch_id: u64, detail: String },
-    #[error(transparent)]
-    Payout(#[from] PayoutError),
-}
-
-/// Cancels a pending payout the node cannot take (issue 15: one that can never be
-/// broadcast blocked every later run). Only when the node holds no transaction of it and
-/// says it can never be mined, so the same outputs can never be paid twice; its amounts go
-/// back to the balances once (`Ledger::cancel_intent`).
-pub fn cancel_pending(
-    ledger: &Mutex<Ledger>,
-    wallet: &mut dyn Wallet,
-    batch_id: u64,
-    now_ms: u64,
-) -> Result<String, CancelRefusal> {
-    let intent = locked(ledger).intent(batch_id);
-    let intent = intent
-        .map_err(PayoutError::from)?
-        .ok_or(CancelRefusal::NoSuchBatch(batch_id))?;
-    if intent.state != IntentState::Open {
-        return Err(CancelRefusal::NotPending(batch_id));
-    }
-    if wallet
-        .knows_transaction(&intent.txid)
-        .map_err(PayoutError::from)?
-    {
-        return Err(CancelRefusal::StillMinable {
-            batch_id,
-            detail: "the node holds it".into(),
-        });
-    }
-    let Some(reason) = wallet
-        .never_minable(&intent.raw_tx)
-        .map_err(PayoutError::from)?
-    else {
-        return Err(CancelRefusal::StillMinable {
-            batch_id,
-            detail: "the node would accept it".into(),
-        });
-    };
-    let reason = format!("cancelled by the operator: {reason}");
-    let cancelled = locked(ledger)
-        .cancel_intent(batch_id, &reason, now_ms)
-        .map_err(PayoutError::from)?;
-    if cancelled != super::ledger::Applied::Done {
-        return Err(CancelRefusal::NotPending(batch_id));
-    }
-    tracing::warn!(batch_id, txid = %intent.txid, %reason, "pending payout cancelled");
-    Ok(reason)
 }
 
 /// What each address was paid in batches written since `since_ms` (sent or not).
@@ -1230,13 +919,13 @@ mod tests {
             vec![
                 // The exchange takes 600 of A's balance while the first batch is funded.
                 Box::new(move |ledger: &mut Ledger| {
-                    let deposit = super::super::ledger::Transfer {
+                    let deposit = crate::ledger::Transfer {
                         id: 1,
-                        kind: super::super::ledger::TransferKind::Deposit,
+                        kind: crate::ledger::TransferKind::Deposit,
                         account: deposit_of_a,
                         amount: 600,
                         exchange_sequence: 1,
-                        state: super::super::ledger::TransferState::Pending,
+                        state: crate::ledger::TransferState::Pending,
                         created_at_ms: 0,
                     };
                     ledger.begin_transfer(&deposit).unwrap();
@@ -1319,13 +1008,13 @@ mod tests {
             .map(|(index, account)| {
                 let account = account.clone();
                 Box::new(move |ledger: &mut Ledger| {
-                    let deposit = super::super::ledger::Transfer {
+                    let deposit = crate::ledger::Transfer {
                         id: index as u64 + 1,
-                        kind: super::super::ledger::TransferKind::Deposit,
+                        kind: crate::ledger::TransferKind::Deposit,
                         account,
                         amount: 1,
                         exchange_sequence: index as u64 + 1,
-                        state: super::super::ledger::TransferState::Pending,
+                        state: crate::ledger::TransferState::Pending,
                         created_at_ms: 0,
                     };
                     ledger.begin_transfer(&deposit).unwrap();

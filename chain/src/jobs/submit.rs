@@ -22,7 +22,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::blocks::STALE_CANDIDATE_REASON_PREFIX;
-use crate::chain::rpc::{RpcClient, RpcError};
+use crate::rpc::{RpcClient, RpcError};
 
 /// Bitcoin Core's RPC_IN_WARMUP: the node is loading and will answer later.
 const RPC_IN_WARMUP: i64 = -28;

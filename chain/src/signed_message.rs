@@ -108,7 +108,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::coin::{Coin, CoinParams, Network};
+    use crate::coin::{Coin, CoinParams, Network};
 
     /// Made by Litecoin Core 0.21.2.1 on regtest: `signmessagewithprivkey` with the key
     /// 0x11…11 (compressed); `verifymessage` answered true. The key's three addresses come

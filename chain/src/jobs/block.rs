@@ -65,8 +65,8 @@ pub fn assemble_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::template::{BlockTemplate, TemplateTransaction};
     use crate::jobs::build_job;
+    use crate::template::{BlockTemplate, TemplateTransaction};
     use bitcoin::hashes::Hash;
     use otedama_kernels::merkle::merkle_root_from_branch;
     use otedama_shared::job::AlgorithmName;

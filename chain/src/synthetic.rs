@@ -7,7 +7,7 @@
 
 use otedama_kernels::sha256d::sha256;
 
-use crate::chain::template::{BlockTemplate, TemplateTransaction};
+use crate::template::{BlockTemplate, TemplateTransaction};
 
 /// Transactions per synthetic template besides the coinbase: 4,000 leaves need a merkle
 /// branch of 12 hashes, like a full Bitcoin block.

@@ -6,7 +6,7 @@ use otedama_shared::hex32::from_display_hex;
 use otedama_shared::job::{AlgorithmName, HexHash, JobTemplate};
 use otedama_shared::limits::{COINBASE_SCRIPT_SIG_BYTES_MAX, EXTRANONCE1_BYTES, EXTRANONCE2_BYTES};
 
-use crate::chain::template::BlockTemplate;
+use crate::template::BlockTemplate;
 
 /// Longest coinbase tag; with the height and extranonce it stays under 100 bytes.
 pub const COINBASE_TAG_BYTES_MAX: usize = 64;

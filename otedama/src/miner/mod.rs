@@ -1,0 +1,326 @@
+//! `otedama miner`: a multi-threaded CPU miner. Over Stratum V1 it speaks the way cpuminer
+//! does; over Stratum V2 (`stratum2+tcp://HOST:PORT/KEY`, Noise pinned to the pool's
+//! authority key) it is a header-only device on a standard channel. One thread owns the
+//! connection; worker threads scan nonces on the newest work, each on its own extranonce2
+//! (V1) or version bits (V2), and hand what they find back to it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use otedama_kernels::scrypt::scrypt_pow;
+use otedama_kernels::{sha256d, Algorithm, Target};
+use otedama_shared::clock::now_s as unix_now_s;
+use otedama_shared::sv1::client::NotifiedJob;
+use otedama_shared::sv2::noise::decode_authority_public_key;
+
+mod v1;
+mod v2;
+
+use v1::session;
+use v2::{connect_v2, session_v2};
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AlgoArg {
+    Scrypt,
+    Sha256d,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct MinerArgs {
+    /// Pool URL: stratum+tcp://HOST:PORT (V1), stratum2+tcp://HOST:PORT/KEY (V2 with
+    /// Noise, KEY being the pool's authority public key) or stratum2+quic://HOST:PORT (V2
+    /// over QUIC, TLS 1.3).
+    #[arg(long)]
+    pub url: String,
+    /// For stratum2+quic: a PEM certificate to trust, such as the pool's self-signed
+    /// `quic-cert.pem` (default: the system's CA bundle).
+    #[arg(long)]
+    pub quic_ca: Option<std::path::PathBuf>,
+    /// Worker name to authorize, such as ADDRESS.WORKER.
+    #[arg(long)]
+    pub user: String,
+    #[arg(long, default_value = "x")]
+    pub password: String,
+    #[arg(long, value_enum, default_value = "scrypt")]
+    pub algo: AlgoArg,
+    /// Mining threads (default: 1).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// For stratum2: the hash rate (H/s) to declare when opening the channel, which the
+    /// pool sizes the first target for (default: a CPU's, about 5 kH/s scrypt or
+    /// 5 MH/s SHA256d a thread). Declaring far more than the miner does is how an
+    /// overstating ASIC looks to the pool.
+    #[arg(long)]
+    pub declared_hashrate: Option<f32>,
+}
+
+/// What the worker threads mine on; replaced whenever a job or difficulty arrives.
+#[derive(Clone)]
+struct Work {
+    template: WorkTemplate,
+    target: Target,
+    generation: u64,
+}
+
+#[derive(Clone)]
+enum WorkTemplate {
+    /// V1: the miner builds the coinbase and merkle root for each extranonce2.
+    V1 {
+        job: NotifiedJob,
+        extranonce1: Vec<u8>,
+        extranonce2_size: usize,
+    },
+    /// V2 standard channel: the header is given, nonce 0; the miner rolls the nonce and
+    /// the BIP320 version bits.
+    V2 {
+        header: [u8; 80],
+        channel_id: u32,
+        job_id: u32,
+    },
+}
+
+/// A share a worker thread found, for the connection thread to submit.
+struct Found {
+    template: WorkTemplate,
+    extranonce2: Vec<u8>,
+    ntime: u32,
+    nonce: u32,
+    version: u32,
+}
+
+/// Version bits a V2 miner rolls (BIP320), as the pool allows by default.
+const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
+
+/// The pool a URL names.
+enum Endpoint {
+    V1 {
+        address: String,
+    },
+    V2 {
+        address: String,
+        authority: [u8; 32],
+    },
+    Quic {
+        address: String,
+    },
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Endpoint> {
+    if let Some(rest) = url.strip_prefix("stratum+tcp://") {
+        return Ok(Endpoint::V1 {
+            address: rest.trim_end_matches('/').to_string(),
+        });
+    }
+    if let Some(rest) = url.strip_prefix("stratum2+tcp://") {
+        let (address, key) = rest.split_once('/').context(
+            "a stratum2+tcp URL needs the pool's authority key: stratum2+tcp://HOST:PORT/KEY",
+        )?;
+        let authority = decode_authority_public_key(key)
+            .context("the authority key in the URL is not a valid base58check SV2 key")?;
+        return Ok(Endpoint::V2 {
+            address: address.to_string(),
+            authority,
+        });
+    }
+    if let Some(rest) = url.strip_prefix("stratum2+quic://") {
+        return Ok(Endpoint::Quic {
+            address: rest.trim_end_matches('/').to_string(),
+        });
+    }
+    bail!("--url must be stratum+tcp://HOST:PORT, stratum2+tcp://HOST:PORT/KEY or stratum2+quic://HOST:PORT")
+}
+
+struct Shared {
+    work: Mutex<Option<Work>>,
+    generation: AtomicU64,
+    hashes: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    stop: AtomicBool,
+}
+
+pub fn run(args: MinerArgs) -> anyhow::Result<()> {
+    let endpoint = parse_url(&args.url)?;
+    // Built once: its session store lets every reconnection resume, with 0-RTT.
+    let quic_client = match &endpoint {
+        Endpoint::Quic { .. } => Some(otedama_client::quic_client_config(args.quic_ca.as_deref())?),
+        _ => None,
+    };
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let algorithm = match args.algo {
+        AlgoArg::Scrypt => Algorithm::Scrypt,
+        AlgoArg::Sha256d => Algorithm::Sha256d,
+    };
+    let shared = Arc::new(Shared {
+        work: Mutex::new(None),
+        generation: AtomicU64::new(0),
+        hashes: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let (found_tx, found_rx) = crossbeam_channel::unbounded::<Found>();
+    let workers: Vec<_> = (0..args.threads)
+        .map(|index| {
+            let (shared, found_tx) = (shared.clone(), found_tx.clone());
+            std::thread::spawn(move || mine(index, algorithm, &shared, &found_tx))
+        })
+        .collect();
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        let result = match &endpoint {
+            Endpoint::V1 { address } => session(
+                address,
+                &args,
+                &shared,
+                &found_rx,
+                deadline,
+                &mut last_report,
+                started,
+            ),
+            Endpoint::V2 { address, .. } | Endpoint::Quic { address } => {
+                connect_v2(&endpoint, quic_client.as_ref()).and_then(|mut link| {
+                    session_v2(
+                        link.as_mut(),
+                        address,
+                        &args,
+                        &shared,
+                        &found_rx,
+                        deadline,
+                        &mut last_report,
+                        started,
+                    )
+                })
+            }
+        };
+        if let Err(error) = result {
+            eprintln!("miner: {error:#}; reconnecting in 1 s");
+            *shared.work.lock().expect("work lock") = None;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    shared.stop.store(true, Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    println!(
+        "miner done: accepted {} rejected {} hashrate {:.0} H/s",
+        shared.accepted.load(Relaxed),
+        shared.rejected.load(Relaxed),
+        shared.hashes.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn report(shared: &Shared, last_report: &mut Instant, started: Instant) {
+    if last_report.elapsed() >= Duration::from_secs(10) {
+        *last_report = Instant::now();
+        eprintln!(
+            "miner: accepted {} rejected {} hashrate {:.0} H/s",
+            shared.accepted.load(Relaxed),
+            shared.rejected.load(Relaxed),
+            shared.hashes.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn algorithm_of(args: &MinerArgs) -> Algorithm {
+    match args.algo {
+        AlgoArg::Scrypt => Algorithm::Scrypt,
+        AlgoArg::Sha256d => Algorithm::Sha256d,
+    }
+}
+
+static NEXT_SUBMIT_ID: AtomicU64 = AtomicU64::new(100);
+
+fn mine(
+    index: usize,
+    algorithm: Algorithm,
+    shared: &Shared,
+    found: &crossbeam_channel::Sender<Found>,
+) {
+    // Hashes between checks for new work: scrypt is ~1000x slower than SHA256d.
+    let check_every = match algorithm {
+        Algorithm::Scrypt => 64,
+        Algorithm::Sha256d => 65_536,
+    };
+    let mut roll_counter: u64 = 0;
+    while !shared.stop.load(Relaxed) {
+        let Some(work) = shared.work.lock().expect("work lock").clone() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        roll_counter += 1;
+        // Each pass over the nonce space gets new coinbase bytes (V1: extranonce2, thread
+        // index in its top byte) or new version bits (V2: BIP320's 16 bits, thread index
+        // in the top four), so threads never hash the same header.
+        let (mut header, extranonce2, ntime, version) = match &work.template {
+            WorkTemplate::V1 {
+                job,
+                extranonce1,
+                extranonce2_size,
+            } => {
+                let mut extranonce2 = vec![0u8; *extranonce2_size];
+                let counter_bytes = ((index as u64) << 56 | roll_counter).to_be_bytes();
+                let take = extranonce2.len().min(8);
+                extranonce2[..take].copy_from_slice(&counter_bytes[8 - take..]);
+                if take > 0 {
+                    extranonce2[0] = index as u8;
+                }
+                let header = job.header(extranonce1, &extranonce2, job.ntime, job.version);
+                (header, extranonce2, job.ntime, job.version)
+            }
+            WorkTemplate::V2 { header, .. } => {
+                let base_version = u32::from_le_bytes(header[0..4].try_into().expect("4"));
+                let bits = ((index as u32 & 0xf) << 12 | (roll_counter as u32 & 0xfff)) << 13;
+                let version =
+                    (base_version & !VERSION_ROLLING_MASK) | (bits & VERSION_ROLLING_MASK);
+                let min_ntime = u32::from_le_bytes(header[68..72].try_into().expect("4"));
+                let ntime = min_ntime.max(unix_now_s() as u32);
+                let mut header = *header;
+                header[0..4].copy_from_slice(&version.to_le_bytes());
+                header[68..72].copy_from_slice(&ntime.to_le_bytes());
+                (header, Vec::new(), ntime, version)
+            }
+        };
+        let mut nonce: u32 = 0;
+        loop {
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            let pow = match algorithm {
+                Algorithm::Scrypt => scrypt_pow(&header),
+                Algorithm::Sha256d => sha256d(&header),
+            };
+            if work.target.is_met_by(&pow) {
+                let _ = found.send(Found {
+                    template: work.template.clone(),
+                    extranonce2: extranonce2.clone(),
+                    ntime,
+                    nonce,
+                    version,
+                });
+            }
+            nonce = nonce.wrapping_add(1);
+            if nonce % check_every == 0 {
+                shared.hashes.fetch_add(check_every as u64, Relaxed);
+                if shared.stop.load(Relaxed) || shared.generation.load(Relaxed) != work.generation {
+                    break;
+                }
+            }
+            if nonce == 0 {
+                break; // nonce space exhausted: roll the coinbase or the version
+            }
+        }
+    }
+}

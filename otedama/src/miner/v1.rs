@@ -1,0 +1,128 @@
+//! `otedama miner` over Stratum V1: subscribe, authorize (and roll versions where the
+//! pool allows), then relay the newest job to the workers and their finds back as submits.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use otedama_kernels::Target;
+use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
+
+use super::*;
+
+/// One connection: subscribe, authorize, then relay work and submits until it drops.
+pub(super) fn session(
+    address: &str,
+    args: &MinerArgs,
+    shared: &Shared,
+    found: &crossbeam_channel::Receiver<Found>,
+    deadline: Option<Instant>,
+    last_report: &mut Instant,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let mut stream =
+        TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+    stream.write_all(&request_line(
+        1,
+        "mining.subscribe",
+        json!(["otedama-miner/0.1"]),
+    ))?;
+    stream.write_all(&request_line(
+        2,
+        "mining.authorize",
+        json!([args.user, args.password]),
+    ))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut subscription: Option<(Vec<u8>, usize)> = None;
+    let mut difficulty = 1.0;
+    let mut pending_job: Option<NotifiedJob> = None;
+    let mut line = String::new();
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        while let Ok(share) = found.try_recv() {
+            if let WorkTemplate::V1 { job, .. } = &share.template {
+                let id = NEXT_SUBMIT_ID.fetch_add(1, Relaxed);
+                stream.write_all(&submit_line(
+                    id,
+                    &args.user,
+                    &job.job_id,
+                    &share.extranonce2,
+                    share.ntime,
+                    share.nonce,
+                    None,
+                ))?;
+            }
+        }
+        report(shared, last_report, started);
+        match reader.read_line(&mut line) {
+            Ok(0) => bail!("pool closed the connection"),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let message: Value = serde_json::from_str(line.trim()).context("pool sent invalid JSON")?;
+        line.clear();
+        match message["method"].as_str() {
+            Some("mining.notify") => {
+                pending_job = NotifiedJob::from_params(&message["params"]);
+                if pending_job.is_none() {
+                    bail!("pool sent a malformed mining.notify");
+                }
+            }
+            Some("mining.set_difficulty") => {
+                difficulty = message["params"][0]
+                    .as_f64()
+                    .context("malformed set_difficulty")?;
+            }
+            Some(_) => {}
+            None => match message["id"].as_u64() {
+                Some(1) => {
+                    let result = &message["result"];
+                    let extranonce1 =
+                        hex::decode(result[1].as_str().unwrap_or("")).context("bad extranonce1")?;
+                    let size = result[2].as_u64().context("bad extranonce2 size")? as usize;
+                    subscription = Some((extranonce1, size));
+                }
+                Some(2) if message["result"] != json!(true) => {
+                    bail!("authorization refused: {}", message["error"])
+                }
+                Some(id) if id >= 100 => {
+                    if message["result"] == json!(true) {
+                        shared.accepted.fetch_add(1, Relaxed);
+                    } else {
+                        shared.rejected.fetch_add(1, Relaxed);
+                    }
+                }
+                _ => {}
+            },
+        }
+        if let (Some(job), Some((extranonce1, size))) = (pending_job.take(), subscription.as_ref())
+        {
+            let generation = shared.generation.fetch_add(1, Relaxed) + 1;
+            let target =
+                Target::from_difficulty(algorithm_of(args), difficulty).unwrap_or(Target::MAX);
+            *shared.work.lock().expect("work lock") = Some(Work {
+                template: WorkTemplate::V1 {
+                    job,
+                    extranonce1: extranonce1.clone(),
+                    extranonce2_size: *size,
+                },
+                target,
+                generation,
+            });
+        }
+    }
+    Ok(())
+}
