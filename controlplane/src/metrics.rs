@@ -95,6 +95,18 @@ pub fn render(state: &ApiState) -> String {
             count,
         );
     }
+    out.family(
+        "otedama_api_refusals_total",
+        "counter",
+        "Connections and requests the HTTP API refused for a bound of its own, by reason.",
+    );
+    for (reason, count) in state.pool.api_refusals() {
+        out.sample(
+            "otedama_api_refusals_total",
+            &format!("reason=\"{}\"", reason.name()),
+            count,
+        );
+    }
     out.single(
         "otedama_accepted_difficulty_total",
         "counter",

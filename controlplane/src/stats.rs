@@ -31,7 +31,46 @@ pub struct BlockValue {
     pub network_difficulty: f64,
 }
 
+/// What the HTTP API refused for a bound of its own, by reason, for
+/// `otedama_api_refusals_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiRefusal {
+    /// A connection closed at accept: its address had `API_CONNECTIONS_PER_IP_MAX`.
+    ConnectionsPerIp,
+    /// A live-feed upgrade refused: `WS_CLIENTS_MAX` clients were connected.
+    FeedFull,
+    /// A connection cut: no whole request head within `API_HEADER_READ_TIMEOUT_S`.
+    HeaderTimeout,
+    /// A connection cut at `API_CONNECTION_LIFETIME_S`.
+    ConnectionLifetime,
+    /// A request refused with 413: its body was over `API_BODY_BYTES_MAX`.
+    BodyTooLarge,
+}
+
+impl ApiRefusal {
+    pub const ALL: [ApiRefusal; 5] = [
+        ApiRefusal::ConnectionsPerIp,
+        ApiRefusal::FeedFull,
+        ApiRefusal::HeaderTimeout,
+        ApiRefusal::ConnectionLifetime,
+        ApiRefusal::BodyTooLarge,
+    ];
+
+    /// The `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiRefusal::ConnectionsPerIp => "connections_per_ip",
+            ApiRefusal::FeedFull => "feed_full",
+            ApiRefusal::HeaderTimeout => "header_timeout",
+            ApiRefusal::ConnectionLifetime => "connection_lifetime",
+            ApiRefusal::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
 pub struct PoolState {
+    /// `ApiRefusal::ALL`'s counts, in that order.
+    api_refusals: [AtomicU64; ApiRefusal::ALL.len()],
     block_value: Mutex<Option<BlockValue>>,
     dataplanes: Mutex<HashMap<u64, DataplaneCounters>>,
     pub blocks_found: AtomicU64,
@@ -76,6 +115,7 @@ impl PoolState {
         let (job_broadcast, _) = tokio::sync::broadcast::channel(JOBS_BROADCAST_QUEUED_MAX);
         let (events, _) = tokio::sync::broadcast::channel(EVENTS_QUEUED_MAX);
         Arc::new(PoolState {
+            api_refusals: Default::default(),
             block_value: Mutex::new(None),
             dataplanes: Mutex::new(HashMap::new()),
             blocks_found: AtomicU64::new(blocks_found),
@@ -87,6 +127,23 @@ impl PoolState {
             events,
             started_at: std::time::Instant::now(),
         })
+    }
+
+    pub fn api_refused(&self, reason: ApiRefusal) {
+        let index = ApiRefusal::ALL
+            .iter()
+            .position(|listed| *listed == reason)
+            .expect("every reason is listed");
+        self.api_refusals[index].fetch_add(1, Relaxed);
+    }
+
+    /// Each reason with its count, in `ApiRefusal::ALL`'s order.
+    pub fn api_refusals(&self) -> Vec<(ApiRefusal, u64)> {
+        ApiRefusal::ALL
+            .iter()
+            .zip(&self.api_refusals)
+            .map(|(reason, count)| (*reason, count.load(Relaxed)))
+            .collect()
     }
 
     pub fn update_dataplane(&self, link_id: u64, counters: DataplaneCounters) {

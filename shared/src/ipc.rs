@@ -171,16 +171,32 @@ pub enum Refusal {
     /// A QUIC Initial answered with a Retry: too many logins pending on the core, and the
     /// address not yet validated.
     QuicRetry,
+    /// A connection refused or closed by the ban list or the deny list.
+    Banned,
+    /// Closed: the miner did not read what the pool sent (`SEND_BACKLOG_BYTES_MAX`).
+    SendBacklog,
+    /// Closed: a line or frame over its limit.
+    Oversize,
+    /// Closed: what the peer sent is not the protocol (not JSON, a failed handshake, a
+    /// frame that does not decrypt or decode).
+    ProtocolError,
+    /// A QUIC connection refused: its core had `quic_connections_per_core_max`.
+    QuicCoreFull,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::ShareFilterFull,
         Refusal::ConnectionsPerIp,
         Refusal::LoginDeadline,
         Refusal::PartialLineDeadline,
         Refusal::IdleTimeout,
         Refusal::QuicRetry,
+        Refusal::Banned,
+        Refusal::SendBacklog,
+        Refusal::Oversize,
+        Refusal::ProtocolError,
+        Refusal::QuicCoreFull,
     ];
 
     /// The `reason` label.
@@ -192,6 +208,11 @@ impl Refusal {
             Refusal::PartialLineDeadline => "partial_line_deadline",
             Refusal::IdleTimeout => "idle_timeout",
             Refusal::QuicRetry => "quic_retry",
+            Refusal::Banned => "banned",
+            Refusal::SendBacklog => "send_backlog",
+            Refusal::Oversize => "oversize",
+            Refusal::ProtocolError => "protocol_error",
+            Refusal::QuicCoreFull => "quic_core_full",
         }
     }
 }

@@ -366,6 +366,14 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
     );
     let refused = connect_from(banned_source, stratum)?;
     assert!(closed_by_pool(&refused), "and refuses new ones");
+    // Each counted by reason: bob's connection and the network's, closed, and the one
+    // refused at accept.
+    let banned_sample = r#"otedama_dataplane_refusals_total{reason="banned"}"#;
+    wait_until(Duration::from_secs(10), banned_sample, || {
+        pool.get_text("/metrics").is_ok_and(|metrics| {
+            otedama_tests::metric_value(&metrics, banned_sample).is_some_and(|count| count >= 3.0)
+        })
+    })?;
     let mut elsewhere = StratumTestClient::connect(&pool.stratum_address())?;
     elsewhere.start(&format!("{alice}.rig2"))?;
     let (status, _) = ban(

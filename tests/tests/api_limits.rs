@@ -42,6 +42,15 @@ fn the_live_feed_takes_its_limit_of_clients_and_refuses_one_more() {
         Err(status) => assert_eq!(status, 503),
         Ok(_) => panic!("client {} was let in", WS_CLIENTS_MAX + 1),
     }
+    let metrics = pool.metrics().unwrap();
+    assert_eq!(
+        otedama_tests::metric_value(
+            &metrics,
+            r#"otedama_api_refusals_total{reason="feed_full"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     // One leaves; its place is free again once the server has seen it go.
     let mut leaving = clients.pop().unwrap();
     leaving.close(None).unwrap();
@@ -224,4 +233,20 @@ fn slow_crowding_and_oversized_http_clients_are_bounded() {
     let at_limit = post(&vec![b'x'; API_BODY_BYTES_MAX]);
     assert!(at_limit != 413 && at_limit >= 400, "{at_limit}");
     assert_eq!(post(&vec![b'x'; API_BODY_BYTES_MAX + 1]), 413);
+    // Each refusal counted by its reason: exactly the one connection over the cap, a
+    // header timeout for each half request of the crowd (and for any kept-alive client
+    // connection left idle past the same deadline), the one body over the limit.
+    let metrics = pool.metrics().unwrap();
+    let refusals = |reason: &str| {
+        otedama_tests::metric_value(
+            &metrics,
+            &format!("otedama_api_refusals_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refusals("connections_per_ip"), Some(1.0), "{metrics}");
+    assert!(
+        refusals("header_timeout") >= Some(API_CONNECTIONS_PER_IP_MAX as f64),
+        "{metrics}"
+    );
+    assert_eq!(refusals("body_too_large"), Some(1.0), "{metrics}");
 }

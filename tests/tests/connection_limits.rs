@@ -171,3 +171,42 @@ fn a_line_left_unfinished_is_closed_at_its_deadline_however_slowly_it_trickles()
     pool.wait_for_refusals("partial_line_deadline", 1.0)
         .unwrap();
 }
+
+/// A line past `STRATUM_LINE_BYTES_MAX` and a line that is not JSON each end their
+/// connection, counted as `oversize` and `protocol_error`; a line at the limit is read.
+#[test]
+fn oversize_and_malformed_lines_are_closed_and_counted() {
+    use otedama_shared::limits::STRATUM_LINE_BYTES_MAX;
+    let pool = SyntheticPool::start(&[]);
+    let source = Ipv4Addr::new(127, 0, 0, 25);
+    // At the limit exactly (newline included): a request the pool reads and answers.
+    let mut at_limit = StratumTestClient::connect_from(source, &pool.v1).unwrap();
+    let request = r#"{"id":1,"method":"mining.subscribe","params":["#;
+    let padding = STRATUM_LINE_BYTES_MAX - request.len() - r#""]]}"#.len() - 1;
+    let line = format!(r#"{request}"{}"]}}"#, "p".repeat(padding));
+    assert_eq!(line.len() + 1, STRATUM_LINE_BYTES_MAX);
+    at_limit.send_raw(format!("{line}\n").as_bytes()).unwrap();
+    let reply = at_limit.read_message().unwrap();
+    assert_eq!(reply["id"], json!(1), "{reply}");
+
+    let mut oversize = StratumTestClient::connect_from(source, &pool.v1).unwrap();
+    oversize
+        .send_raw(&vec![b'x'; STRATUM_LINE_BYTES_MAX + 1])
+        .unwrap();
+    wait_for_close(&mut oversize, Duration::from_secs(5));
+    pool.wait_for_refusals("oversize", 1.0).unwrap();
+
+    let mut malformed = StratumTestClient::connect_from(source, &pool.v1).unwrap();
+    malformed.send_raw(b"GET / HTTP/1.1\n").unwrap();
+    wait_for_close(&mut malformed, Duration::from_secs(5));
+    pool.wait_for_refusals("protocol_error", 1.0).unwrap();
+    let metrics = pool.metrics().unwrap();
+    assert_eq!(
+        otedama_tests::metric_value(
+            &metrics,
+            r#"otedama_dataplane_refusals_total{reason="oversize"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}

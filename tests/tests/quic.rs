@@ -534,4 +534,5 @@ async fn a_quic_miner_that_stops_reading_is_closed_at_its_send_backlog() {
         nonce as usize * 2 * REFUSAL_FRAME_BYTES > SEND_BACKLOG_BYTES_MAX,
         "closed after {nonce} shares"
     );
+    pool.wait_for_refusals("send_backlog", 1.0).unwrap();
 }

@@ -191,9 +191,23 @@ pub fn router(state: ApiState) -> Router {
 /// `API_CONNECTIONS_PER_IP_MAX` per address), `API_HEADER_READ_TIMEOUT_S` to send headers
 /// or the next request, bodies up to `API_BODY_BYTES_MAX`.
 pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
+    use crate::stats::ApiRefusal;
     use tower::Layer;
-    let app = middleware::map_request(normalize_request_path)
-        .layer(router(state).layer(axum::extract::DefaultBodyLimit::max(API_BODY_BYTES_MAX)));
+    let pool = state.pool.clone();
+    let counted = pool.clone();
+    let app = middleware::map_request(normalize_request_path).layer(
+        router(state)
+            .layer(axum::extract::DefaultBodyLimit::max(API_BODY_BYTES_MAX))
+            .layer(middleware::map_response(move |response: Response| {
+                let counted = counted.clone();
+                async move {
+                    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        counted.api_refused(ApiRefusal::BodyTooLarge);
+                    }
+                    response
+                }
+            })),
+    );
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the API on {address}"))?;
@@ -215,9 +229,11 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
         };
         let Some(address_place) = per_address.admit(peer.ip()) else {
             tracing::debug!(%peer, "too many API connections from one address");
+            pool.api_refused(ApiRefusal::ConnectionsPerIp);
             continue;
         };
         let app = app.clone();
+        let pool = pool.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -231,8 +247,16 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
                 .with_upgrades();
             let lifetime = Duration::from_secs(API_CONNECTION_LIFETIME_S);
             match tokio::time::timeout(lifetime, connection).await {
-                Ok(Err(error)) => tracing::debug!(%error, %peer, "API connection ended"),
-                Err(_) => tracing::debug!(%peer, "API connection outlived its lifetime"),
+                Ok(Err(error)) => {
+                    if error.is_timeout() {
+                        pool.api_refused(ApiRefusal::HeaderTimeout);
+                    }
+                    tracing::debug!(%error, %peer, "API connection ended")
+                }
+                Err(_) => {
+                    pool.api_refused(ApiRefusal::ConnectionLifetime);
+                    tracing::debug!(%peer, "API connection outlived its lifetime")
+                }
                 Ok(Ok(())) => {}
             }
             // Given back however the task ends (a handler's panic included).

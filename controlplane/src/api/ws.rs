@@ -16,6 +16,7 @@ pub(crate) async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let Ok(place) = state.ws_clients.clone().try_acquire_owned() else {
+        state.pool.api_refused(crate::stats::ApiRefusal::FeedFull);
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the live feed has its {WS_CLIENTS_MAX} clients; try again later"),

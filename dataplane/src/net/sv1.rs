@@ -15,13 +15,17 @@ use std::sync::Arc;
 use glommio::net::TcpStream;
 
 use otedama_shared::bans::BanList;
+use otedama_shared::ipc::Refusal;
 use otedama_shared::limits::{EXTRANONCE2_BYTES, STRATUM_LINE_BYTES_MAX};
-use otedama_shared::sv1::{ErrorCode, LineFramer, LineStep, Outcome, Session, SessionConfig};
-use otedama_shared::Job;
+use otedama_shared::sv1::{
+    AcceptedShare, ErrorCode, LineFramer, LineStep, Outcome, PendingPow, Session, SessionConfig,
+};
+use otedama_shared::{Job, JobBook};
 
 use super::now_s;
 use super::wire::Wire;
-use crate::rt::{Acknowledge, AwaitingAck, Core, Protocol};
+use crate::rt::gate::Gate;
+use crate::rt::{AwaitingAck, Core, Peer, Protocol};
 
 /// One connection's state that the core (job broadcast, acknowledgements) can reach.
 pub struct Connection {
@@ -54,11 +58,95 @@ impl Connection {
     }
 }
 
+/// Named by its full path, not imported: `Connection`'s own `send_job` and `flush` stay
+/// the ones this module calls.
+impl crate::rt::Link for Connection {
+    fn send_job(&self, job: &Job, now_s: u64) {
+        Connection::send_job(self, job, now_s);
+    }
+
+    fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
+        Connection::apply_bans(self, bans)
+    }
+
+    fn awaiting_ack(&self) -> &Gate {
+        &self.wire.awaiting_ack
+    }
+
+    fn held_back(&self, now_s: u64) -> bool {
+        self.wire.held_back(now_s)
+    }
+
+    fn session_timeout(&self, now_s: u64, jobs: &JobBook) -> bool {
+        self.session
+            .try_borrow_mut()
+            .is_ok_and(|mut session| session.handle_timeout(now_s, jobs))
+    }
+
+    fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
+        self.wire.close_if_idle_since(cutoff_s)
+    }
+
+    fn flush(&self) {
+        let mut session = self.session.borrow_mut();
+        Connection::flush(self, &mut session);
+    }
+}
+
+/// A V1 share awaiting the share log.
+struct AwaitingDisk {
+    connection: Rc<Connection>,
+    share: Box<AcceptedShare>,
+}
+
+impl crate::rt::AwaitingDisk for AwaitingDisk {
+    fn answer(self: Box<Self>, durable: bool, now_s: u64, jobs: &JobBook) -> (f64, Peer) {
+        let mut session = self.connection.session.borrow_mut();
+        if durable {
+            session.handle_share_durable(&self.share.request_id, now_s, jobs);
+        } else {
+            session.handle_share_store_failed(&self.share.request_id);
+        }
+        drop(session);
+        (self.share.record.difficulty, self.connection)
+    }
+}
+
+/// A V1 scrypt share awaiting the core's hasher.
+struct AwaitingPow {
+    connection: Rc<Connection>,
+    pending: Box<PendingPow>,
+}
+
+impl crate::rt::AwaitingPow for AwaitingPow {
+    fn header(&self) -> [u8; 80] {
+        self.pending.header
+    }
+
+    fn finish(self: Box<Self>, core: &Rc<Core>, pow: &[u8; 32], now_s: u64) {
+        let AwaitingPow {
+            connection,
+            pending,
+        } = *self;
+        let mut session = connection.session.borrow_mut();
+        let outcome = {
+            let mut duplicates = core.duplicates.borrow_mut();
+            session.handle_pow(pending, pow, now_s, &mut duplicates)
+        };
+        core.awaiting_durability.give_back(1);
+        // A session never asks to close from `handle_pow`.
+        let _ = apply_outcome(core, &connection, &mut session, outcome);
+        Connection::flush(&connection, &mut session);
+        connection.wire.awaiting_ack.give_back(1);
+    }
+}
+
 pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     let wire = Wire::new(stream, now_s());
     let bans = core.bans.borrow().clone();
     if wire.peer_ip.is_some_and(|ip| bans.bans_ip(ip)) {
         tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
+        core.counters.refused(Refusal::Banned, 1);
         return;
     }
     // Held until the connection ends: its place under the per-address cap.
@@ -84,11 +172,14 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         wire,
         session: RefCell::new(session),
     });
-    let id = core.register(crate::rt::Peer::V1(connection.clone()));
+    let id = core.register(connection.clone());
     core.counters.connections.fetch_add(1, Relaxed);
     let reason = read_loop(&core, &connection).await;
     tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "connection closed");
     connection.wire.close();
+    if connection.wire.closed_for_backlog() {
+        core.counters.refused(Refusal::SendBacklog, 1);
+    }
     core.unregister(id);
     core.release_extranonce1(connection.session.borrow().extranonce1());
     core.counters.connections.fetch_sub(1, Relaxed);
@@ -129,7 +220,10 @@ async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str
             framer.feed_pausable(&scratch[..read], &mut on_line)
         };
         match (fed, close_reason) {
-            (Err(_), _) => return "line too long",
+            (Err(_), _) => {
+                core.counters.refused(Refusal::Oversize, 1);
+                return "line too long";
+            }
             (Ok(_), Some(reason)) => return reason,
             (Ok(_), None) => {}
         }
@@ -170,18 +264,27 @@ pub(crate) fn apply_outcome(
     match outcome {
         Outcome::Continue => {}
         Outcome::Rejected(code) => core.counters.rejected(code),
-        Outcome::Close(_) => return Err("not JSON"),
+        Outcome::Close(_) => {
+            core.counters.refused(Refusal::ProtocolError, 1);
+            return Err("not JSON");
+        }
         Outcome::NeedsPow(pending) => {
             // Counts against the miner's allowance like a share awaiting the disk, so a
             // flood of scrypt shares stops the reader too.
             connection.wire.awaiting_ack.take(1);
-            core.queue_pow(crate::rt::PowWork::V1(connection.clone(), pending));
+            core.queue_pow(Box::new(AwaitingPow {
+                connection: connection.clone(),
+                pending,
+            }));
         }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
             if core.store_share(&connection.wire.awaiting_ack, &accepted.record, block) {
                 core.await_durability(AwaitingAck {
-                    share: Acknowledge::V1(connection.clone(), accepted),
+                    share: Box::new(AwaitingDisk {
+                        connection: connection.clone(),
+                        share: accepted,
+                    }),
                     protocol: Protocol::V1,
                     validated_at: std::time::Instant::now(),
                 });

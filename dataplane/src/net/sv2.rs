@@ -12,17 +12,20 @@ use std::sync::Arc;
 use glommio::net::TcpStream;
 
 use otedama_shared::bans::BanList;
+use otedama_shared::ipc::Refusal;
 use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
 use otedama_shared::sv1::ErrorCode;
 use otedama_shared::sv2::noise::NoiseServer;
-use otedama_shared::sv2::server::{error_code, Context, Outcome, ServerConfig, Session};
+use otedama_shared::sv2::server::{
+    error_code, AcceptedShare, Context, Outcome, PendingPow, ServerConfig, Session,
+};
 use otedama_shared::sv2::FrameHeader;
-use otedama_shared::Job;
+use otedama_shared::{Job, JobBook};
 
 use super::now_s;
 use super::wire::Wire;
 use crate::rt::gate::Gate;
-use crate::rt::{Acknowledge, AwaitingAck, Core, Peer, PowWork, Protocol};
+use crate::rt::{AwaitingAck, Core, Peer, Protocol};
 
 /// A Stratum V2 connection as the core sees it, whatever carries its frames.
 pub trait V2Link {
@@ -38,9 +41,12 @@ pub trait V2Link {
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool;
     /// Whether the pool holds the reader back (back-pressure): its silence is then the
     /// pool's, not the miner's.
-    fn held_back(&self) -> bool {
+    fn held_back(&self, _now_s: u64) -> bool {
         false
     }
+
+    /// This connection as the core holds it.
+    fn peer(self: Rc<Self>) -> Peer;
 
     fn send_job(&self, job: &Job, now_s: u64) {
         self.session().borrow_mut().handle_new_job(job, now_s);
@@ -56,6 +62,86 @@ pub trait V2Link {
             self.close();
         }
         banned
+    }
+}
+
+/// Every V2 connection, whatever its transport, is a `Link` through what `V2Link` gives.
+/// Named by its full path, not imported, so calls here mean `V2Link`'s methods.
+impl<T: V2Link> crate::rt::Link for T {
+    fn send_job(&self, job: &Job, now_s: u64) {
+        V2Link::send_job(self, job, now_s);
+    }
+
+    fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
+        V2Link::apply_bans(self, bans)
+    }
+
+    fn awaiting_ack(&self) -> &Gate {
+        V2Link::awaiting_ack(self)
+    }
+
+    fn held_back(&self, now_s: u64) -> bool {
+        V2Link::held_back(self, now_s)
+    }
+
+    fn session_timeout(&self, now_s: u64, _jobs: &JobBook) -> bool {
+        self.session()
+            .try_borrow_mut()
+            .is_ok_and(|mut session| session.handle_timeout(now_s))
+    }
+
+    fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
+        V2Link::close_if_idle_since(self, cutoff_s)
+    }
+
+    fn flush(&self) {
+        V2Link::flush(self);
+    }
+}
+
+/// A V2 share awaiting the share log.
+struct AwaitingDisk {
+    link: Rc<dyn V2Link>,
+    share: Box<AcceptedShare>,
+}
+
+impl crate::rt::AwaitingDisk for AwaitingDisk {
+    fn answer(self: Box<Self>, durable: bool, now_s: u64, _jobs: &JobBook) -> (f64, Peer) {
+        let mut session = self.link.session().borrow_mut();
+        if durable {
+            session.handle_share_durable(&self.share, now_s);
+        } else {
+            session.handle_share_store_failed(&self.share);
+        }
+        drop(session);
+        (self.share.record.difficulty, self.link.peer())
+    }
+}
+
+/// A V2 scrypt share awaiting the core's hasher.
+struct AwaitingPow {
+    link: Rc<dyn V2Link>,
+    pending: Box<PendingPow>,
+}
+
+impl crate::rt::AwaitingPow for AwaitingPow {
+    fn header(&self) -> [u8; 80] {
+        self.pending.header
+    }
+
+    fn finish(self: Box<Self>, core: &Rc<Core>, pow: &[u8; 32], now_s: u64) {
+        let AwaitingPow { link, pending } = *self;
+        let outcome = {
+            let mut duplicates = core.duplicates.borrow_mut();
+            link.session()
+                .borrow_mut()
+                .handle_pow(*pending, pow, now_s, &mut duplicates)
+        };
+        core.awaiting_durability.give_back(1);
+        // A session never asks to close from `handle_pow`.
+        let _ = apply_outcome(core, &link, outcome);
+        link.flush();
+        link.awaiting_ack().give_back(1);
     }
 }
 
@@ -91,8 +177,12 @@ impl V2Link for Connection {
         self.wire.close_if_idle_since(cutoff_s)
     }
 
-    fn held_back(&self) -> bool {
-        self.wire.held_back(super::now_s())
+    fn held_back(&self, now_s: u64) -> bool {
+        self.wire.held_back(now_s)
+    }
+
+    fn peer(self: Rc<Self>) -> Peer {
+        self
     }
 
     /// Encrypts and sends what the session queued. Nothing goes out before the handshake
@@ -138,6 +228,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         .is_some_and(|ip| core.bans.borrow().bans_ip(ip))
     {
         tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
+        core.counters.refused(Refusal::Banned, 1);
         return;
     }
     // Held until the connection ends: its place under the per-address cap.
@@ -162,11 +253,14 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         noise: RefCell::new(noise),
     });
     let link: Rc<dyn V2Link> = connection.clone();
-    let id = core.register(Peer::V2(link.clone()));
+    let id = core.register(connection.clone());
     core.counters.connections.fetch_add(1, Relaxed);
     let reason = read_loop(&core, &connection, &link).await;
     tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "SV2 connection closed");
     connection.wire.close();
+    if connection.wire.closed_for_backlog() {
+        core.counters.refused(Refusal::SendBacklog, 1);
+    }
     core.unregister(id);
     release_extranonce_prefixes(&core, &mut connection.session.borrow_mut());
     core.counters.connections.fetch_sub(1, Relaxed);
@@ -204,6 +298,7 @@ async fn read_loop(
                     &mut handshake_reply,
                 );
                 if fed.is_err() {
+                    core.counters.refused(Refusal::ProtocolError, 1);
                     return "noise handshake failed";
                 }
             }
@@ -258,6 +353,11 @@ fn handle_frames(
             Ok(None) => return Ok(false),
             Err(error) => {
                 tracing::debug!(%error, "SV2 transport error");
+                let refusal = match error {
+                    otedama_shared::sv2::noise::NoiseError::TooLarge { .. } => Refusal::Oversize,
+                    _ => Refusal::ProtocolError,
+                };
+                core.counters.refused(refusal, 1);
                 return Err("noise transport error");
             }
         };
@@ -329,10 +429,16 @@ pub(crate) fn apply_outcome(
     match outcome {
         Outcome::Continue => {}
         Outcome::Rejected(code) => core.counters.rejected(counted_as(code)),
-        Outcome::Close(reason) => return Err(reason),
+        Outcome::Close(reason) => {
+            core.counters.refused(Refusal::ProtocolError, 1);
+            return Err(reason);
+        }
         Outcome::NeedsPow(pending) => {
             connection.awaiting_ack().take(1);
-            core.queue_pow(PowWork::V2(connection.clone(), pending));
+            core.queue_pow(Box::new(AwaitingPow {
+                link: connection.clone(),
+                pending,
+            }));
         }
         Outcome::BlockOnly(block) => {
             core.counters
@@ -344,7 +450,10 @@ pub(crate) fn apply_outcome(
             let block = accepted.block.take();
             if core.store_share(connection.awaiting_ack(), &accepted.record, block) {
                 core.await_durability(AwaitingAck {
-                    share: Acknowledge::V2(connection.clone(), accepted),
+                    share: Box::new(AwaitingDisk {
+                        link: connection.clone(),
+                        share: accepted,
+                    }),
                     protocol: connection.protocol(),
                     validated_at: std::time::Instant::now(),
                 });

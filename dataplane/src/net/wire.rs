@@ -29,6 +29,8 @@ pub struct Wire {
     backlog: RefCell<Vec<u8>>,
     backlog_writer_running: Cell<bool>,
     closed: Cell<bool>,
+    /// Closed because the miner did not read (`SEND_BACKLOG_BYTES_MAX`), for the count.
+    closed_for_backlog: Cell<bool>,
     /// Unix seconds of the last read; the core's idle sweep closes silent connections.
     /// (A per-read timeout would keep a timer per idle connection; one sweep keeps none.)
     last_read_s: Cell<u64>,
@@ -58,6 +60,7 @@ impl Wire {
             backlog: RefCell::new(Vec::new()),
             backlog_writer_running: Cell::new(false),
             closed: Cell::new(false),
+            closed_for_backlog: Cell::new(false),
             last_read_s: Cell::new(now_s),
             logged_in: Cell::new(false),
             partial_line_since_s: Cell::new(None),
@@ -71,6 +74,11 @@ impl Wire {
 
     pub fn is_closed(&self) -> bool {
         self.closed.get()
+    }
+
+    /// Whether the pool closed this connection because the miner did not read.
+    pub fn closed_for_backlog(&self) -> bool {
+        self.closed_for_backlog.get()
     }
 
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
@@ -100,6 +108,7 @@ impl Wire {
             if backlog.len() + bytes.len() - sent > SEND_BACKLOG_BYTES_MAX {
                 drop(backlog);
                 tracing::debug!("miner is not reading; disconnecting");
+                self.closed_for_backlog.set(true);
                 self.close();
                 return;
             }

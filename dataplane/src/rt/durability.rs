@@ -155,28 +155,7 @@ impl Core {
                 tracing::error!("share log completed more shares than this core sent");
                 break;
             };
-            let (peer, difficulty) = match share {
-                Acknowledge::V1(connection, share) => {
-                    let mut session = connection.session.borrow_mut();
-                    if done.result.is_ok() {
-                        session.handle_share_durable(&share.request_id, now_s, &self.jobs.borrow());
-                    } else {
-                        session.handle_share_store_failed(&share.request_id);
-                    }
-                    drop(session);
-                    (Peer::V1(connection), share.record.difficulty)
-                }
-                Acknowledge::V2(connection, share) => {
-                    let mut session = connection.session().borrow_mut();
-                    if done.result.is_ok() {
-                        session.handle_share_durable(&share, now_s);
-                    } else {
-                        session.handle_share_store_failed(&share);
-                    }
-                    drop(session);
-                    (Peer::V2(connection), share.record.difficulty)
-                }
-            };
+            let (difficulty, peer) = share.answer(done.result.is_ok(), now_s, &self.jobs.borrow());
             if done.result.is_ok() {
                 self.counters.accepted(difficulty, protocol);
                 self.counters
@@ -190,13 +169,7 @@ impl Core {
             }
         }
         for peer in touched {
-            match peer {
-                Peer::V1(connection) => {
-                    let mut session = connection.session.borrow_mut();
-                    connection.flush(&mut session);
-                }
-                Peer::V2(connection) => connection.flush(),
-            }
+            peer.flush();
         }
         self.awaiting_durability.give_back(done.shares);
     }

@@ -29,9 +29,7 @@ use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 
 use crate::counters::Counters;
 use crate::net::now_s;
-use crate::net::sv2::V2Link;
 use crate::net::wire::Wire;
-use crate::net::{sv1, sv2};
 use crate::DataplaneConfig;
 use admission::{AddressCounts, AddressSlot, Deadline, Deadlines};
 use gate::Gate;
@@ -87,94 +85,61 @@ pub enum Protocol {
     Quic,
 }
 
-/// A connection of any front end, as the core's broadcasts and sweeps see it.
-#[derive(Clone)]
-pub enum Peer {
-    V1(Rc<sv1::Connection>),
-    /// Stratum V2 over any transport (Noise/TCP or QUIC).
-    V2(Rc<dyn V2Link>),
+/// A miner's connection as the core sees it, whatever its protocol (V1, V2) and transport
+/// (TCP, Noise, QUIC): what job broadcasts, ban sweeps, idle and silence sweeps and
+/// acknowledgements need. Each front end implements it, so the core names no protocol.
+pub trait Link {
+    fn send_job(&self, job: &Job, now_s: u64);
+    /// Applies a new ban list; closes the connection, and returns `true`, if it covers the
+    /// peer's network or a worker of the connection.
+    fn apply_bans(&self, bans: &Arc<BanList>) -> bool;
+    /// Shares of this connection in flight (hashing or awaiting the disk).
+    fn awaiting_ack(&self) -> &Gate;
+    /// Whether the pool holds this connection's reader back (back-pressure): its silence
+    /// is then the pool's, not the miner's.
+    fn held_back(&self, now_s: u64) -> bool;
+    /// Lets the session act on time passing (a silent miner's lower difficulty); whether
+    /// it queued anything to send. A session busy elsewhere does nothing this time.
+    fn session_timeout(&self, now_s: u64, jobs: &JobBook) -> bool;
+    /// Closes the connection if it has sent nothing since `cutoff_s`.
+    fn close_if_idle_since(&self, cutoff_s: u64) -> bool;
+    /// Sends what the session queued.
+    fn flush(&self);
 }
 
-impl Peer {
-    fn send_job(&self, job: &Job, now_s: u64) {
-        match self {
-            Peer::V1(connection) => connection.send_job(job, now_s),
-            Peer::V2(connection) => connection.send_job(job, now_s),
-        }
-    }
+/// A connection of any front end.
+pub type Peer = Rc<dyn Link>;
 
-    fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
-        match self {
-            Peer::V1(connection) => connection.apply_bans(bans),
-            Peer::V2(connection) => connection.apply_bans(bans),
-        }
-    }
-
-    fn awaiting_ack(&self) -> &Gate {
-        match self {
-            Peer::V1(connection) => &connection.wire.awaiting_ack,
-            Peer::V2(connection) => connection.awaiting_ack(),
-        }
-    }
-
-    /// Lets the session act on time passing (a silent miner's lower difficulty) and
-    /// sends what it queued. A session busy elsewhere is left for the next sweep, and so
-    /// is one whose silence may be the pool's own: its reader held back by a bound, or
-    /// shares of it still waiting for the hasher or the disk (lowered then, the miner's
-    /// shares queued in the socket at the old difficulty would be credited at the new).
+impl dyn Link {
+    /// Lets the session act on time passing and sends what it queued. A session whose
+    /// silence may be the pool's own is left for the next sweep: its reader held back by
+    /// a bound, or shares of it still waiting for the hasher or the disk (lowered then,
+    /// the miner's shares queued in the socket at the old difficulty would be credited
+    /// at the new).
     fn handle_timeout(&self, now_s: u64, jobs: &JobBook) {
-        let held_back = match self {
-            Peer::V1(connection) => connection.wire.held_back(now_s),
-            Peer::V2(connection) => connection.held_back(),
-        };
-        if held_back || self.awaiting_ack().used() > 0 {
+        if self.held_back(now_s) || self.awaiting_ack().used() > 0 {
             return;
         }
-        match self {
-            Peer::V1(connection) => {
-                let Ok(mut session) = connection.session.try_borrow_mut() else {
-                    return;
-                };
-                if session.handle_timeout(now_s, jobs) {
-                    connection.flush(&mut session);
-                }
-            }
-            Peer::V2(connection) => {
-                let queued = match connection.session().try_borrow_mut() {
-                    Ok(mut session) => session.handle_timeout(now_s),
-                    Err(_) => false,
-                };
-                if queued {
-                    connection.flush();
-                }
-            }
-        }
-    }
-
-    fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
-        match self {
-            Peer::V1(connection) => connection.wire.close_if_idle_since(cutoff_s),
-            Peer::V2(connection) => connection.close_if_idle_since(cutoff_s),
+        if self.session_timeout(now_s, jobs) {
+            self.flush();
         }
     }
 
     /// The connection's address, to tell connections apart.
     fn identity(&self) -> *const () {
-        match self {
-            Peer::V1(connection) => Rc::as_ptr(connection).cast(),
-            Peer::V2(connection) => Rc::as_ptr(connection).cast(),
-        }
+        (self as *const dyn Link).cast()
     }
 }
 
-/// A share whose acknowledgement waits for the disk, with the session that will send it.
-pub enum Acknowledge {
-    V1(Rc<sv1::Connection>, Box<otedama_shared::sv1::AcceptedShare>),
-    V2(
-        Rc<dyn V2Link>,
-        Box<otedama_shared::sv2::server::AcceptedShare>,
-    ),
+/// A share whose acknowledgement waits for the disk, with the session that will give it.
+pub trait AwaitingDisk {
+    /// Gives the miner its answer: accepted once `durable`, or refused because the write
+    /// failed. Returns the share's difficulty and its connection.
+    fn answer(self: Box<Self>, durable: bool, now_s: u64, jobs: &JobBook) -> (f64, Peer);
 }
+
+/// An accepted share waiting for the share log, of any protocol.
+pub type Acknowledge = Box<dyn AwaitingDisk>;
 
 /// An accepted share waiting for its batch to be durable before the miner hears `true`.
 pub struct AwaitingAck {
@@ -184,20 +149,18 @@ pub struct AwaitingAck {
     pub validated_at: std::time::Instant,
 }
 
-/// A scrypt share waiting for the core's batch hasher.
-pub enum PowWork {
-    V1(Rc<sv1::Connection>, Box<otedama_shared::sv1::PendingPow>),
-    V2(Rc<dyn V2Link>, Box<otedama_shared::sv2::server::PendingPow>),
+/// A scrypt share waiting for the core's batch hasher, with the session that finishes it.
+pub trait AwaitingPow {
+    fn header(&self) -> [u8; 80];
+    /// Finishes the share with its proof-of-work value: the session's outcome applied
+    /// (stored, refused, or a block sent up) and its replies sent. Gives back the place
+    /// it held under the core's durability bound before the outcome takes one again
+    /// (`Core::queue_pow`), and the connection's place once done.
+    fn finish(self: Box<Self>, core: &Rc<Core>, pow: &[u8; 32], now_s: u64);
 }
 
-impl PowWork {
-    fn header(&self) -> [u8; 80] {
-        match self {
-            PowWork::V1(_, pending) => pending.header,
-            PowWork::V2(_, pending) => pending.header,
-        }
-    }
-}
+/// A scrypt share of any protocol waiting for the hasher.
+pub type PowWork = Box<dyn AwaitingPow>;
 
 /// Everything one core owns. Only that core's executor ever touches it.
 pub struct Core {
@@ -433,6 +396,7 @@ impl Core {
                 closed += 1;
             }
         }
+        self.counters.refused(Refusal::Banned, closed);
         tracing::info!(
             core = self.index,
             bans = bans.len(),

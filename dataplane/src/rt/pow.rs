@@ -43,7 +43,7 @@ impl Core {
                 batch.extend(queue.drain(..take));
             }
             headers.clear();
-            headers.extend(batch.iter().map(PowWork::header));
+            headers.extend(batch.iter().map(|work| work.header()));
             pows.clear();
             pows.resize(headers.len(), [0u8; 32]);
             if headers.len() == 1 {
@@ -53,37 +53,8 @@ impl Core {
             }
             let now_s = now_s();
             for (work, pow) in batch.drain(..).zip(&pows) {
-                // Neither session asks to close from handle_pow.
-                match work {
-                    PowWork::V1(connection, pending) => {
-                        let mut session = connection.session.borrow_mut();
-                        let outcome = {
-                            let mut duplicates = self.duplicates.borrow_mut();
-                            session.handle_pow(pending, pow, now_s, &mut duplicates)
-                        };
-                        self.awaiting_durability.give_back(1);
-                        let _ = sv1::apply_outcome(&self, &connection, &mut session, outcome);
-                        connection.flush(&mut session);
-                        connection.wire.awaiting_ack.give_back(1);
-                        self.awaiting_pow.give_back(1);
-                    }
-                    PowWork::V2(connection, pending) => {
-                        let outcome = {
-                            let mut duplicates = self.duplicates.borrow_mut();
-                            connection.session().borrow_mut().handle_pow(
-                                *pending,
-                                pow,
-                                now_s,
-                                &mut duplicates,
-                            )
-                        };
-                        self.awaiting_durability.give_back(1);
-                        let _ = sv2::apply_outcome(&self, &connection, outcome);
-                        connection.flush();
-                        connection.awaiting_ack().give_back(1);
-                        self.awaiting_pow.give_back(1);
-                    }
-                }
+                work.finish(&self, pow, now_s);
+                self.awaiting_pow.give_back(1);
             }
             glommio::yield_if_needed().await;
         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use quinn_proto::{ConnectionHandle, Dir, Event, ReadError, StreamEvent, StreamId, VarInt};
 
+use otedama_shared::ipc::Refusal;
 use otedama_shared::sv2::server::Session;
 use otedama_shared::sv2::FrameDecoder;
 
@@ -18,7 +19,7 @@ use crate::net::now_s;
 use crate::net::sv2::{handle_frame, V2Link};
 use crate::net::wire::SEND_BACKLOG_BYTES_MAX;
 use crate::rt::gate::Gate;
-use crate::rt::{Core, Protocol};
+use crate::rt::{Core, Peer, Protocol};
 
 use super::*;
 
@@ -135,7 +136,10 @@ impl QuicConnection {
                 let frame = match decoder.next_frame() {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
-                    Err(_) => return Err("frame too large"),
+                    Err(_) => {
+                        core.counters.refused(Refusal::Oversize, 1);
+                        return Err("frame too large");
+                    }
                 };
                 handle_frame(core, &link, &frame.header, frame.payload, now_s)?;
                 self.note_login();
@@ -238,6 +242,9 @@ impl QuicConnection {
                 pending.clear();
                 drop(pending);
                 tracing::debug!("QUIC miner is not reading; disconnecting");
+                if let Some(core) = self.core.upgrade() {
+                    core.counters.refused(Refusal::SendBacklog, 1);
+                }
                 self.close_with("not reading");
             }
         }
@@ -326,7 +333,11 @@ impl V2Link for QuicConnection {
     }
 
     /// Frames wait in the decoder until the core has room (`resume_when_room`).
-    fn held_back(&self) -> bool {
+    fn peer(self: Rc<Self>) -> Peer {
+        self
+    }
+
+    fn held_back(&self, _now_s: u64) -> bool {
         self.resume_scheduled.get()
     }
 }

@@ -33,6 +33,7 @@ use quinn_proto::{
     TransportConfig, VarInt,
 };
 
+use otedama_shared::ipc::Refusal;
 use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
 use otedama_shared::sv2::server::Session;
 use otedama_shared::sv2::FrameDecoder;
@@ -41,7 +42,7 @@ use super::now_s;
 use super::sv2::{server_config, V2Link};
 use super::wire::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
 use crate::rt::gate::Gate;
-use crate::rt::{Core, Peer};
+use crate::rt::Core;
 
 mod connection;
 mod routing;
@@ -275,6 +276,12 @@ impl QuicFrontEnd {
         buffer.clear();
         if banned || full || over_cap {
             tracing::debug!(%remote, banned, full, over_cap, "QUIC connection refused");
+            // (`Core::admit` counted an address over its cap.)
+            if banned {
+                core.counters.refused(Refusal::Banned, 1);
+            } else if full {
+                core.counters.refused(Refusal::QuicCoreFull, 1);
+            }
             let transmit = self.endpoint.borrow_mut().refuse(incoming, &mut buffer);
             self.send(&transmit, &buffer);
             return;
@@ -333,7 +340,7 @@ impl QuicFrontEnd {
         let link: Rc<dyn V2Link> = connection.clone();
         connection
             .registration
-            .set(Some(core.register(Peer::V2(link))));
+            .set(Some(core.register(link.peer())));
         core.counters.connections.fetch_add(1, Relaxed);
         self.logins_pending.set(self.logins_pending.get() + 1);
         glommio::spawn_local(timer_task(connection.clone())).detach();
