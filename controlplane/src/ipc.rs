@@ -10,9 +10,10 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::tasks::blocks::SourcedCandidate;
+use otedama_chain::jobs::submit::CandidateSource;
 use otedama_shared::ipc::{self, Downstream, Upstream, IPC_LINE_BYTES_MAX};
 use otedama_shared::job::JobTemplate;
-use otedama_shared::sv1::BlockCandidate;
 
 use otedama_shared::bans::BanList;
 
@@ -23,7 +24,7 @@ pub async fn serve(
     socket: &Path,
     state: Arc<PoolState>,
     bans: Arc<BanStore>,
-    candidates: crossbeam_channel::Sender<BlockCandidate>,
+    candidates: crossbeam_channel::Sender<SourcedCandidate>,
 ) -> anyhow::Result<()> {
     // A socket file left by a crashed run would make bind fail.
     let _ = std::fs::remove_file(socket);
@@ -48,7 +49,7 @@ async fn serve_link(
     stream: UnixStream,
     state: Arc<PoolState>,
     mut bans: tokio::sync::watch::Receiver<Arc<BanList>>,
-    candidates: crossbeam_channel::Sender<BlockCandidate>,
+    candidates: crossbeam_channel::Sender<SourcedCandidate>,
 ) {
     let (read_half, mut write_half) = stream.into_split();
     let mut jobs = state.job_broadcast.subscribe();
@@ -86,7 +87,14 @@ async fn serve_link(
     let mut line = Vec::new();
     while read_line(&mut reader, &mut line).await {
         match ipc::decode::<Upstream>(&line[..line.len() - 1]) {
-            Ok(Upstream::BlockCandidate(candidate)) => {
+            Ok(message @ (Upstream::BlockCandidate(_) | Upstream::BlockCandidateResent(_))) => {
+                let candidate = match message {
+                    Upstream::BlockCandidate(candidate) => (candidate, CandidateSource::Live),
+                    Upstream::BlockCandidateResent(candidate) => {
+                        (candidate, CandidateSource::Recovered)
+                    }
+                    Upstream::Counters(_) => unreachable!("matched above"),
+                };
                 // A full queue holds this link back (it reads nothing more until there is
                 // room) rather than drop a block: the wait runs off the async workers.
                 if let Err(crossbeam_channel::TrySendError::Full(candidate)) =

@@ -7,8 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 
-use otedama_shared::sv1::BlockCandidate;
-
 use std::sync::Mutex;
 
 use crate::api::{ApiState, PayoutHandles};
@@ -17,7 +15,7 @@ use crate::config::{ChainSource, PoolConfig};
 use crate::stats::PoolState;
 use crate::tasks::blocks::{
     block_scan_loop, block_status_loop, candidate_channel, discard_candidates,
-    queue_live_candidates, submitter_loop, Candidates,
+    queue_link_candidates, submitter_loop, Candidates, SourcedCandidate,
 };
 use crate::tasks::compliance::{apply_deny_list, audit_housekeeping, freeze_held_orders};
 use crate::tasks::payouts::start_payouts;
@@ -70,7 +68,7 @@ fn start_node_threads(
     config: &PoolConfig,
     state: &Arc<PoolState>,
     store: &Arc<BlockStore>,
-    candidate_rx: Receiver<BlockCandidate>,
+    candidate_rx: Receiver<SourcedCandidate>,
 ) -> anyhow::Result<()> {
     let rpc = config.rpc_client()?;
     let params = config.coin_params();
@@ -98,7 +96,7 @@ fn start_node_threads(
         let queue = queue.clone();
         std::thread::Builder::new()
             .name("candidates".into())
-            .spawn(move || queue_live_candidates(queue, candidate_rx))?;
+            .spawn(move || queue_link_candidates(queue, candidate_rx))?;
     }
     let submit_rpc = rpc.with_read_timeout(Duration::from_secs(SUBMIT_READ_TIMEOUT_S));
     for index in 0..SUBMITTER_THREADS {
@@ -131,7 +129,7 @@ fn serve(
     store: Arc<BlockStore>,
     payouts: PayoutHandles,
     audit: Arc<AuditLog>,
-    candidate_tx: Sender<BlockCandidate>,
+    candidate_tx: Sender<SourcedCandidate>,
 ) -> anyhow::Result<()> {
     let admin_token_sha256 = config.admin_token_sha256()?;
     let bans = Arc::new(crate::bans::BanStore::open(

@@ -39,11 +39,14 @@ pub enum ApiRefusal {
     ConnectionsPerIp,
     /// A live-feed upgrade refused: `WS_CLIENTS_MAX` clients were connected.
     FeedFull,
-    /// A connection cut: no whole request head within `API_HEADER_READ_TIMEOUT_S`.
+    /// A connection cut: no whole request head within `API_HEADER_READ_TIMEOUT_S` (of
+    /// its opening, or of its last answer on a kept-alive connection: an idle browser
+    /// connection ends here too).
     HeaderTimeout,
     /// A connection cut at `API_CONNECTION_LIFETIME_S`.
     ConnectionLifetime,
-    /// A request refused with 413: its body was over `API_BODY_BYTES_MAX`.
+    /// A request refused with 413: its body was over `API_BODY_BYTES_MAX`, or over a
+    /// route's own smaller limit (the KYC callback's).
     BodyTooLarge,
 }
 

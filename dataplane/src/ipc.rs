@@ -68,7 +68,7 @@ impl RecentCandidates {
         self.sent
             .retain(|(taken_at, _, _)| now.saturating_duration_since(*taken_at) < window);
         for (_, written, candidate) in self.sent.iter_mut() {
-            let line = ipc::encode(&Upstream::BlockCandidate(candidate.clone()));
+            let line = ipc::encode(&Upstream::BlockCandidateResent(candidate.clone()));
             if link.write_all(&line).is_err() {
                 return false;
             }
@@ -283,12 +283,14 @@ mod tests {
         }
     }
 
-    fn heights_in(link: &Link) -> Vec<u64> {
+    /// The heights of the candidates written, each with whether it went as a resend.
+    fn heights_in(link: &Link) -> Vec<(u64, bool)> {
         link.written
             .split(|b| *b == b'\n')
             .filter(|line| !line.is_empty())
             .filter_map(|line| match ipc::decode::<Upstream>(line) {
-                Ok(Upstream::BlockCandidate(candidate)) => Some(candidate.height),
+                Ok(Upstream::BlockCandidate(candidate)) => Some((candidate.height, false)),
+                Ok(Upstream::BlockCandidateResent(candidate)) => Some((candidate.height, true)),
                 _ => None,
             })
             .collect()
@@ -308,13 +310,18 @@ mod tests {
             writes_left: 1,
         };
         assert!(pump_upstream(&mut dying, &queue, &counters, &mut recent).is_err());
-        assert_eq!(heights_in(&dying), vec![1], "the second write failed");
+        assert_eq!(
+            heights_in(&dying),
+            vec![(1, false)],
+            "the second write failed"
+        );
         let mut next = Link {
             written: Vec::new(),
             writes_left: 2,
         };
         assert!(pump_upstream(&mut next, &queue, &counters, &mut recent).is_err());
-        assert_eq!(heights_in(&next), vec![1, 2]);
+        // As resends: the control plane asks the node before it calls one stale.
+        assert_eq!(heights_in(&next), vec![(1, true), (2, true)]);
         // Past the window, they are not sent again.
         let later = Instant::now() + Duration::from_secs(CANDIDATE_RESEND_WINDOW_S);
         let mut late = Link {
@@ -341,7 +348,7 @@ mod tests {
         };
         assert!(recent.resend(&mut link, now));
         let heights = heights_in(&link);
-        assert_eq!(heights.first(), Some(&1));
+        assert_eq!(heights.first(), Some(&(1, true)));
         assert_eq!(heights.len(), CANDIDATES_RESENT_MAX);
     }
 

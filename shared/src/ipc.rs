@@ -101,7 +101,12 @@ impl BanListAssembler {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Upstream {
+    /// A block found now: never sent before.
     BlockCandidate(BlockCandidate),
+    /// A block sent on an earlier link, sent again because that link may have died
+    /// before the control plane read it: a control plane before this one may have
+    /// submitted it, so the node is asked before it is judged stale.
+    BlockCandidateResent(BlockCandidate),
     Counters(DataplaneCounters),
 }
 

@@ -374,6 +374,14 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
             otedama_tests::metric_value(&metrics, banned_sample).is_some_and(|count| count >= 3.0)
         })
     })?;
+    // Exactly those: the network ban, applied after bob's, does not count bob's closed
+    // connection again.
+    let metrics = pool.get_text("/metrics")?;
+    assert_eq!(
+        otedama_tests::metric_value(&metrics, banned_sample),
+        Some(3.0),
+        "{metrics}"
+    );
     let mut elsewhere = StratumTestClient::connect(&pool.stratum_address())?;
     elsewhere.start(&format!("{alice}.rig2"))?;
     let (status, _) = ban(

@@ -22,18 +22,25 @@ pub(crate) async fn websocket(
             format!("the live feed has its {WS_CLIENTS_MAX} clients; try again later"),
         );
     };
+    // Subscribed before the upgrade is answered: every event after the client's
+    // handshake reaches it, not only those after the upgraded task first runs (CI on
+    // d675a31 saw an order placed right after the handshake missing from the feed).
+    let events = state.pool.subscribe_events();
     upgrade
         .max_message_size(WS_CLIENT_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_CLIENT_MESSAGE_BYTES_MAX)
         .on_upgrade(move |socket| async move {
-            feed(state, socket).await;
+            feed(state, socket, events).await;
             drop(place);
         })
 }
 
 /// Pool stats every few seconds, and new-block and payment events as they happen.
-pub(crate) async fn feed(state: ApiState, mut socket: WebSocket) {
-    let mut events = state.pool.subscribe_events();
+pub(crate) async fn feed(
+    state: ApiState,
+    mut socket: WebSocket,
+    mut events: tokio::sync::broadcast::Receiver<crate::events::PoolEvent>,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(WS_STATS_INTERVAL_S));
     loop {
         let message = tokio::select! {

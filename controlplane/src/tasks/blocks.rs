@@ -74,16 +74,24 @@ pub(crate) fn block_scan_loop(
 /// meanwhile, so the data plane's own bounded queue takes the back-pressure.
 pub const CANDIDATES_IN_TRANSIT_MAX: usize = 4096;
 
-pub(crate) fn candidate_channel() -> (Sender<BlockCandidate>, Receiver<BlockCandidate>) {
+/// A candidate from a data plane's link, with whether it is new or a resend.
+pub(crate) type SourcedCandidate = (BlockCandidate, CandidateSource);
+
+pub(crate) fn candidate_channel() -> (Sender<SourcedCandidate>, Receiver<SourcedCandidate>) {
     crossbeam_channel::bounded(CANDIDATES_IN_TRANSIT_MAX)
 }
 
 /// The block candidates waiting for a submitter, with where each came from.
 pub(crate) type Candidates = CandidateQueue<(BlockCandidate, CandidateSource)>;
 
-/// Moves candidates from the data planes' links into the submitters' queue.
-pub(crate) fn queue_live_candidates(queue: Arc<Candidates>, candidates: Receiver<BlockCandidate>) {
-    for candidate in candidates {
+/// Moves candidates from the data planes' links into the submitters' queue: a new one as
+/// `Live`, one a data plane sent again on a new link as `Recovered` (an earlier control
+/// plane may have submitted it, so the node is asked before it is called stale).
+pub(crate) fn queue_link_candidates(
+    queue: Arc<Candidates>,
+    candidates: Receiver<SourcedCandidate>,
+) {
+    for (candidate, source) in candidates {
         let Ok(header) = <[u8; 80]>::try_from(candidate.header.as_slice()) else {
             tracing::warn!(
                 job_id = candidate.job_id,
@@ -93,9 +101,7 @@ pub(crate) fn queue_live_candidates(queue: Arc<Candidates>, candidates: Receiver
         };
         let hash = sha256d(&header);
         let height = candidate.height;
-        if let Pushed::QueuedDropping(dropped) =
-            queue.push(hash, height, (candidate, CandidateSource::Live))
-        {
+        if let Pushed::QueuedDropping(dropped) = queue.push(hash, height, (candidate, source)) {
             tracing::warn!(dropped = %display_hex(&dropped), "block candidate queue full: dropped the lowest (the block scan finds it again)");
         }
     }
@@ -247,8 +253,8 @@ pub(crate) fn block_status_loop(rpc: RpcClient, store: Arc<BlockStore>, coinbase
 }
 
 /// With a synthetic chain there is no node to take blocks: count and log them.
-pub(crate) fn discard_candidates(state: Arc<PoolState>, candidates: Receiver<BlockCandidate>) {
-    for candidate in candidates {
+pub(crate) fn discard_candidates(state: Arc<PoolState>, candidates: Receiver<SourcedCandidate>) {
+    for (candidate, _) in candidates {
         state
             .blocks_rejected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -274,13 +280,17 @@ mod tests {
             found_at_ms: 0,
         };
         for _ in 0..CANDIDATES_IN_TRANSIT_MAX {
-            links.try_send(candidate()).expect("room up to the limit");
+            links
+                .try_send((candidate(), CandidateSource::Live))
+                .expect("room up to the limit");
         }
         assert!(matches!(
-            links.try_send(candidate()),
+            links.try_send((candidate(), CandidateSource::Live)),
             Err(crossbeam_channel::TrySendError::Full(_))
         ));
         forwarder.recv().unwrap();
-        links.try_send(candidate()).expect("room again");
+        links
+            .try_send((candidate(), CandidateSource::Live))
+            .expect("room again");
     }
 }

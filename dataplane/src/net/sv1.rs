@@ -46,15 +46,17 @@ impl Connection {
         session.transmitted();
     }
 
-    /// Applies a new ban list; closes the connection, and returns `true`, if it covers the
-    /// peer's network or a worker this connection authorized.
+    /// Applies a new ban list; closes the connection if it covers the peer's network or a
+    /// worker this connection authorized, and returns `true` if that closed it (a
+    /// connection closed already is not closed, nor counted, twice).
     pub(crate) fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
         let by_worker = self.session.borrow_mut().update_bans(bans.clone());
         let banned = by_worker || self.wire.peer_ip.is_some_and(|ip| bans.bans_ip(ip));
-        if banned {
-            self.wire.close();
+        if !banned || self.wire.is_closed() {
+            return false;
         }
-        banned
+        self.wire.close();
+        true
     }
 }
 

@@ -37,6 +37,8 @@ pub trait V2Link {
     fn protocol(&self) -> Protocol;
     fn peer_ip(&self) -> Option<IpAddr>;
     fn close(&self);
+    /// Whether the connection is closed (or closing) already.
+    fn is_closed(&self) -> bool;
     /// Closes the connection if it has sent nothing since `cutoff_s`.
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool;
     /// Whether the pool holds the reader back (back-pressure): its silence is then the
@@ -53,15 +55,17 @@ pub trait V2Link {
         self.flush();
     }
 
-    /// Applies a new ban list; closes the connection, and returns `true`, if it covers the
-    /// peer's network or a worker on one of its channels.
+    /// Applies a new ban list; closes the connection if it covers the peer's network or
+    /// a worker on one of its channels, and returns `true` if that closed it (a
+    /// connection closed already is not closed, nor counted, twice).
     fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
         let by_worker = self.session().borrow_mut().update_bans(bans.clone());
         let banned = by_worker || self.peer_ip().is_some_and(|ip| bans.bans_ip(ip));
-        if banned {
-            self.close();
+        if !banned || self.is_closed() {
+            return false;
         }
-        banned
+        self.close();
+        true
     }
 }
 
@@ -171,6 +175,10 @@ impl V2Link for Connection {
 
     fn close(&self) {
         self.wire.close();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.wire.is_closed()
     }
 
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool {

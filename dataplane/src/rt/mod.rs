@@ -90,8 +90,8 @@ pub enum Protocol {
 /// acknowledgements need. Each front end implements it, so the core names no protocol.
 pub trait Link {
     fn send_job(&self, job: &Job, now_s: u64);
-    /// Applies a new ban list; closes the connection, and returns `true`, if it covers the
-    /// peer's network or a worker of the connection.
+    /// Applies a new ban list; closes the connection if it covers the peer's network or a
+    /// worker of the connection, and returns `true` if that closed it.
     fn apply_bans(&self, bans: &Arc<BanList>) -> bool;
     /// Shares of this connection in flight (hashing or awaiting the disk).
     fn awaiting_ack(&self) -> &Gate;

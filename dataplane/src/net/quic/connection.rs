@@ -324,6 +324,10 @@ impl V2Link for QuicConnection {
         self.send_and_account();
     }
 
+    fn is_closed(&self) -> bool {
+        self.quic.borrow().is_closed()
+    }
+
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool {
         let idle = self.last_read_s.get() < cutoff_s;
         if idle {
