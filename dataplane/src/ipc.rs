@@ -250,17 +250,7 @@ fn pump_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn candidate(height: u64) -> otedama_shared::sv1::BlockCandidate {
-        otedama_shared::sv1::BlockCandidate {
-            job_id: 1,
-            height,
-            header: vec![0; 80],
-            coinbase: vec![1; 60],
-            worker: "w".into(),
-            found_at_ms: 0,
-        }
-    }
+    use crate::test_support::candidate;
 
     /// A link that takes `writes_left` writes, then fails as a dead socket does.
     struct Link {

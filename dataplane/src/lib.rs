@@ -14,6 +14,21 @@ pub mod ipc;
 pub mod net;
 pub mod rt;
 
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A block candidate at `height`, for the tests of the paths that carry candidates.
+    pub fn candidate(height: u64) -> otedama_shared::sv1::BlockCandidate {
+        otedama_shared::sv1::BlockCandidate {
+            job_id: 1,
+            height,
+            header: vec![0; 80],
+            coinbase: vec![1; 60],
+            worker: "w".into(),
+            found_at_ms: 0,
+        }
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -47,6 +62,8 @@ pub struct DataplaneConfig {
     pub share_log_path: PathBuf,
     /// Wait for the WAL to reach the disk before acknowledging shares.
     pub share_log_sync: bool,
+    /// Bytes in each share-log memtable (at most `MEMTABLE_BYTES`).
+    pub share_log_memtable_bytes: usize,
     pub ipc_socket: PathBuf,
     pub version_rolling_mask: u32,
     pub connection_idle_timeout_s: u64,

@@ -240,8 +240,9 @@ impl ShareLog {
         Self::open_with_memtable(path, sync, cores, MEMTABLE_BYTES)
     }
 
-    /// `open` with memtables of `memtable_bytes`; RocksDB sizes its WAL preallocation
-    /// from it, so tests of a full disk use a small one to reach the disk's end soon.
+    /// `open` with memtables of `memtable_bytes` (`share_log_memtable_mib`): less memory
+    /// on a small host. RocksDB sizes its WAL preallocation from it, so tests of a full
+    /// disk use a small one to reach the disk's end soon.
     pub fn open_with_memtable(
         path: &Path,
         sync: bool,

@@ -446,8 +446,23 @@ impl SyntheticPool {
         Self::start_coin("litecoin", SYNTHETIC_LITECOIN_ADDRESS, extra_args)
     }
 
+    /// The Litecoin pool in a data directory the test prepared (its share log on a small
+    /// disk, say).
+    pub fn start_litecoin_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Self {
+        Self::start_coin_in(data_dir, "litecoin", SYNTHETIC_LITECOIN_ADDRESS, extra_args)
+    }
+
     fn start_coin(coin: &str, payout_address: &str, extra_args: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().expect("a temporary directory");
+        Self::start_coin_in(data_dir, coin, payout_address, extra_args)
+    }
+
+    fn start_coin_in(
+        data_dir: tempfile::TempDir,
+        coin: &str,
+        payout_address: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let v1 = format!("127.0.0.1:{}", free_port());
         let sv2 = format!("127.0.0.1:{}", free_port());
         let quic: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
@@ -512,6 +527,16 @@ impl SyntheticPool {
     /// `GET /api/v1/stats`.
     pub fn stats(&self) -> Value {
         self.try_stats().expect("the stats answer")
+    }
+
+    /// `GET /health`: the status code and the body.
+    pub fn health(&self) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}/health", self.api_port);
+        match ureq::get(&url).call() {
+            Ok(response) => Ok((response.status(), response.into_string()?)),
+            Err(ureq::Error::Status(status, response)) => Ok((status, response.into_string()?)),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// `GET /metrics`.

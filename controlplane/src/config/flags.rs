@@ -75,6 +75,9 @@ pub struct ConfigArgs {
     /// fsync the share log before each acknowledgement (true/false).
     #[arg(long, env = "OTEDAMA_SHARE_LOG_SYNC")]
     pub share_log_sync: Option<bool>,
+    /// MiB per share-log memtable, 1 to 64 (default 64): less memory on a small host.
+    #[arg(long, env = "OTEDAMA_SHARE_LOG_MEMTABLE_MIB")]
+    pub share_log_memtable_mib: Option<usize>,
     /// Seconds of silence after which a miner is disconnected.
     #[arg(long, env = "OTEDAMA_CONNECTION_IDLE_TIMEOUT_S")]
     pub connection_idle_timeout_s: Option<u64>,
@@ -188,6 +191,7 @@ impl ConfigArgs {
         take!(
             coinbase_tag,
             share_log_sync,
+            share_log_memtable_mib,
             connection_idle_timeout_s,
             template_refresh_s
         );

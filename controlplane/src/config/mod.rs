@@ -26,6 +26,9 @@ pub use secrets::write_new_private;
 /// The data directory's mode when `otedama` creates it.
 pub const DATA_DIR_MODE: u32 = 0o750;
 
+/// The largest share-log memtable, in MiB: the share log's own (`MEMTABLE_BYTES`).
+pub const SHARE_LOG_MEMTABLE_MIB_MAX: usize = otedama_sharelog::writer::MEMTABLE_BYTES >> 20;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
@@ -70,6 +73,10 @@ pub struct PoolConfig {
     /// fsync the share log's WAL before acknowledging a share. Off, an acknowledged share
     /// survives a process crash but not a power loss; on, it survives both.
     pub share_log_sync: bool,
+    /// MiB in each of the share log's two memtables, 1 to `SHARE_LOG_MEMTABLE_MIB_MAX`
+    /// (64, what `otedama-tune` plans hugepages for). Less saves memory on a small host;
+    /// RocksDB also sizes its WAL preallocation from it.
+    pub share_log_memtable_mib: usize,
     pub version_rolling_mask: u32,
     pub connection_idle_timeout_s: u64,
     /// Stratum TCP connections (V1 and V2) the host holds from one IPv4 address or IPv6
@@ -199,6 +206,7 @@ impl Default for PoolConfig {
             coinbase_tag: "/otedama/".into(),
             cores: Vec::new(),
             share_log_sync: true,
+            share_log_memtable_mib: SHARE_LOG_MEMTABLE_MIB_MAX,
             version_rolling_mask: 0x1fff_e000,
             connection_idle_timeout_s: 900,
             connections_per_ip_max: 4096,

@@ -79,6 +79,9 @@ impl PoolConfig {
         if self.connections_per_ip_max == 0 {
             bail!("connections_per_ip_max must be at least 1");
         }
+        if !(1..=SHARE_LOG_MEMTABLE_MIB_MAX).contains(&self.share_log_memtable_mib) {
+            bail!("share_log_memtable_mib must lie between 1 and {SHARE_LOG_MEMTABLE_MIB_MAX}");
+        }
         if self.quic_connections_per_core_max == 0 {
             bail!("quic_connections_per_core_max must be at least 1");
         }

@@ -361,6 +361,30 @@ impl RegtestPair {
             .context("getnewaddress returned no string")?
             .to_string();
         miner.generate_to(&funding_address, mature_blocks)?;
+        // The wallet learns of new blocks after the node connects them: a spend sent at
+        // once can find no funds yet (CI on 631168a saw "Insufficient funds" here).
+        let coin = match kind {
+            NodeKind::Litecoin => otedama_chain::coin::Coin::Litecoin,
+            NodeKind::Bitcoin => otedama_chain::coin::Coin::Bitcoin,
+        };
+        let maturity =
+            otedama_chain::coin::CoinParams::new(coin, otedama_chain::coin::Network::Regtest)
+                .coinbase_maturity;
+        if mature_blocks > maturity {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while miner
+                .call_wallet(FUNDING_WALLET, "getbalance", json!([]))?
+                .as_f64()
+                .unwrap_or(0.0)
+                <= 0.0
+            {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the funding wallet saw no mature coinbase within 30 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
         Ok(RegtestPair {
             miner,
             peer,

@@ -67,8 +67,9 @@ pub fn cores_for_process(cores: &[usize], process_index: usize, processes: usize
 /// it never returns on its own.
 pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
     let (path, sync) = (config.share_log_path.clone(), config.share_log_sync);
+    let memtable_bytes = config.share_log_memtable_bytes;
     run_with_share_log(config, move |cores| {
-        ShareLog::open(&path, sync, cores)
+        ShareLog::open_with_memtable(&path, sync, cores, memtable_bytes)
             .with_context(|| format!("opening the share log at {}", path.display()))
     })
 }

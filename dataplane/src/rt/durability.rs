@@ -178,17 +178,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn candidate(height: u64) -> BlockCandidate {
-        BlockCandidate {
-            job_id: 1,
-            height,
-            header: vec![0; 80],
-            coinbase: vec![1; 60],
-            worker: "w".into(),
-            found_at_ms: 0,
-        }
-    }
+    use crate::test_support::candidate;
 
     /// `BLOCK_CANDIDATES_HELD_MAX` candidates are held; one more evicts exactly the oldest.
     /// Once the queue has room they go up oldest first, and what does not fit stays held.

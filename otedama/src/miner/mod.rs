@@ -177,32 +177,20 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    while deadline.is_none_or(|d| Instant::now() < d) {
+    let mut run = Run {
+        args: &args,
+        shared: &shared,
+        found: &found_rx,
+        deadline,
+        started: Instant::now(),
+        last_report: Instant::now(),
+    };
+    while run.running() {
         let result = match &endpoint {
-            Endpoint::V1 { address } => session(
-                address,
-                &args,
-                &shared,
-                &found_rx,
-                deadline,
-                &mut last_report,
-                started,
-            ),
+            Endpoint::V1 { address } => session(address, &mut run),
             Endpoint::V2 { address, .. } | Endpoint::Quic { address } => {
-                connect_v2(&endpoint, quic_client.as_ref()).and_then(|mut link| {
-                    session_v2(
-                        link.as_mut(),
-                        address,
-                        &args,
-                        &shared,
-                        &found_rx,
-                        deadline,
-                        &mut last_report,
-                        started,
-                    )
-                })
+                connect_v2(&endpoint, quic_client.as_ref())
+                    .and_then(|mut link| session_v2(link.as_mut(), address, &mut run))
             }
         };
         if let Err(error) = result {
@@ -219,20 +207,38 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         "miner done: accepted {} rejected {} hashrate {:.0} H/s",
         shared.accepted.load(Relaxed),
         shared.rejected.load(Relaxed),
-        shared.hashes.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
+        shared.hashes.load(Relaxed) as f64 / run.started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-fn report(shared: &Shared, last_report: &mut Instant, started: Instant) {
-    if last_report.elapsed() >= Duration::from_secs(10) {
-        *last_report = Instant::now();
-        eprintln!(
-            "miner: accepted {} rejected {} hashrate {:.0} H/s",
-            shared.accepted.load(Relaxed),
-            shared.rejected.load(Relaxed),
-            shared.hashes.load(Relaxed) as f64 / started.elapsed().as_secs_f64()
-        );
+/// What every connection of a run shares: the flags, the workers' state and what they
+/// find, when the run ends, and the progress report's clock.
+struct Run<'a> {
+    args: &'a MinerArgs,
+    shared: &'a Shared,
+    found: &'a crossbeam_channel::Receiver<Found>,
+    deadline: Option<Instant>,
+    started: Instant,
+    last_report: Instant,
+}
+
+impl Run<'_> {
+    fn running(&self) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// Prints the counts and the hash rate every 10 s.
+    fn report(&mut self) {
+        if self.last_report.elapsed() >= Duration::from_secs(10) {
+            self.last_report = Instant::now();
+            eprintln!(
+                "miner: accepted {} rejected {} hashrate {:.0} H/s",
+                self.shared.accepted.load(Relaxed),
+                self.shared.rejected.load(Relaxed),
+                self.shared.hashes.load(Relaxed) as f64 / self.started.elapsed().as_secs_f64()
+            );
+        }
     }
 }
 

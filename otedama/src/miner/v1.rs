@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -15,15 +15,8 @@ use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
 use super::*;
 
 /// One connection: subscribe, authorize, then relay work and submits until it drops.
-pub(super) fn session(
-    address: &str,
-    args: &MinerArgs,
-    shared: &Shared,
-    found: &crossbeam_channel::Receiver<Found>,
-    deadline: Option<Instant>,
-    last_report: &mut Instant,
-    started: Instant,
-) -> anyhow::Result<()> {
+pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
+    let (args, shared, found) = (run.args, run.shared, run.found);
     let mut stream =
         TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
     stream.set_nodelay(true)?;
@@ -43,7 +36,7 @@ pub(super) fn session(
     let mut difficulty = 1.0;
     let mut pending_job: Option<NotifiedJob> = None;
     let mut line = String::new();
-    while deadline.is_none_or(|d| Instant::now() < d) {
+    while run.running() {
         while let Ok(share) = found.try_recv() {
             if let WorkTemplate::V1 { job, .. } = &share.template {
                 let id = NEXT_SUBMIT_ID.fetch_add(1, Relaxed);
@@ -58,7 +51,7 @@ pub(super) fn session(
                 ))?;
             }
         }
-        report(shared, last_report, started);
+        run.report();
         match reader.read_line(&mut line) {
             Ok(0) => bail!("pool closed the connection"),
             Ok(_) => {}

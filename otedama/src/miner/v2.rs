@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -227,17 +227,12 @@ impl FrameLink for QuicLink {
 }
 
 /// One Stratum V2 connection: a standard channel, work in, shares out.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn session_v2(
     link: &mut dyn FrameLink,
     address: &str,
-    args: &MinerArgs,
-    shared: &Shared,
-    found: &crossbeam_channel::Receiver<Found>,
-    deadline: Option<Instant>,
-    last_report: &mut Instant,
-    started: Instant,
+    run: &mut Run<'_>,
 ) -> anyhow::Result<()> {
+    let (args, shared, found) = (run.args, run.shared, run.found);
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
     // The hash rate the pool sizes the first target for; vardiff corrects it.
     let nominal_hash_rate = args.declared_hashrate.unwrap_or(match args.algo {
@@ -251,7 +246,7 @@ pub(super) fn session_v2(
         port.parse().unwrap_or(0),
     );
     let mut published_generation = None;
-    while deadline.is_none_or(|d| Instant::now() < d) {
+    while run.running() {
         while let Ok(share) = found.try_recv() {
             if let WorkTemplate::V2 {
                 channel_id, job_id, ..
@@ -269,7 +264,7 @@ pub(super) fn session_v2(
         }
         link.send(client.transmit_pending())?;
         client.transmitted();
-        report(shared, last_report, started);
+        run.report();
         link.receive(&mut |header, payload| {
             match client
                 .handle_frame(header, payload)
