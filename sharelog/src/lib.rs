@@ -5,4 +5,6 @@
 
 pub mod format;
 pub mod tail;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod writer;

@@ -547,6 +547,7 @@ impl<S: BatchSink> Writer<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::SmallDisk;
 
     fn record(job_id: u64) -> ShareRecord {
         ShareRecord {
@@ -642,52 +643,11 @@ mod tests {
         );
     }
 
-    /// A size-limited tmpfs, unmounted when dropped. Mounting needs root (CAP_SYS_ADMIN);
-    /// without it the test fails and says so, it is never skipped.
-    struct SmallDisk {
-        dir: tempfile::TempDir,
-    }
-
-    impl SmallDisk {
-        fn mount(bytes: usize) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let status = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-                .arg(dir.path())
-                .status()
-                .expect("running mount(8)");
-            assert!(
-                status.success(),
-                "mounting a {bytes}-byte tmpfs for the disk-full test failed: it needs root (CAP_SYS_ADMIN)"
-            );
-            SmallDisk { dir }
-        }
-
-        /// Writes a file until the disk is full.
-        fn fill(&self) -> PathBuf {
-            use std::io::Write;
-            let path = self.dir.path().join("filler");
-            let mut file = std::fs::File::create(&path).unwrap();
-            let chunk = vec![0u8; 64 << 10];
-            while file.write_all(&chunk).is_ok() {}
-            let _ = file.sync_all();
-            path
-        }
-    }
-
-    impl Drop for SmallDisk {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-
     #[test]
     fn a_full_disk_refuses_shares_and_the_log_recovers_by_itself_when_space_returns() {
-        let disk = SmallDisk::mount(32 << 20);
-        let path = disk.dir.path().join("shares");
+        let mount_point = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::mount(mount_point.path().join("disk"), 32 << 20);
+        let path = disk.path().join("shares");
         let (tx, mut rx) = futures_channel::mpsc::unbounded();
         // Small memtables: RocksDB preallocates its WAL from their size, and a write past
         // the preallocation is what meets the full disk.

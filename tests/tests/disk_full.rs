@@ -6,12 +6,11 @@
 //! end is reached after a few thousand shares. Mounting needs root (CAP_SYS_ADMIN);
 //! without it the test fails and says so.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use otedama_sharelog::test_support::SmallDisk;
 use otedama_tests::{wait_until, StratumTestClient, SyntheticPool, SYNTHETIC_LITECOIN_ADDRESS};
 
 /// Room for RocksDB's first files and its preallocated WAL, and little more.
@@ -19,56 +18,10 @@ const SHARE_DISK_BYTES: usize = 16 << 20;
 /// Shares a full disk must refuse within.
 const SHARES_BEFORE_REFUSAL_MAX: u32 = 200_000;
 
-/// A tmpfs of `SHARE_DISK_BYTES` where the pool keeps its share log; unmounted on drop.
-struct SmallDisk {
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: PathBuf) -> Self {
-        std::fs::create_dir_all(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={SHARE_DISK_BYTES}"),
-                "tmpfs",
-            ])
-            .arg(&path)
-            .status()
-            .expect("running mount(8)");
-        assert!(
-            status.success(),
-            "mounting a tmpfs for the disk-full test failed: it needs root (CAP_SYS_ADMIN)"
-        );
-        SmallDisk { path }
-    }
-
-    /// Writes a file until the disk is full.
-    fn fill(&self) -> PathBuf {
-        let path = self.path.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 64 << 10];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_shares_reports_unhealthy_and_recovers_by_itself() {
     let data_dir = tempfile::tempdir().unwrap();
-    let disk = SmallDisk::mount(data_dir.path().join("shares"));
+    let disk = SmallDisk::mount(data_dir.path().join("shares"), SHARE_DISK_BYTES);
     // Every nonce a share, and vardiff off: the test's one thread makes shares quickly.
     let pool = SyntheticPool::start_litecoin_in(
         data_dir,
