@@ -45,11 +45,8 @@ impl RecentCandidates {
     /// one never written at all is logged whole, for the operator to submit by hand.
     pub fn keep(&mut self, candidate: otedama_shared::sv1::BlockCandidate, now: Instant) {
         if self.sent.len() >= CANDIDATES_RESENT_MAX {
-            if let Some((_, false, lost)) = self.sent.pop_front() {
-                tracing::error!(
-                    candidate = %serde_json::to_string(&lost).unwrap_or_default(),
-                    "block candidate never delivered and no longer kept; submit it by hand"
-                );
+            if let Some((_, written, dropped)) = self.sent.pop_front() {
+                log_if_never_written(written, &dropped);
             }
         }
         self.sent.push_back((now, false, candidate));
@@ -65,8 +62,13 @@ impl RecentCandidates {
     /// oldest first, and forgets the older ones. False if the link failed.
     pub fn resend(&mut self, link: &mut impl Write, now: Instant) -> bool {
         let window = Duration::from_secs(CANDIDATE_RESEND_WINDOW_S);
-        self.sent
-            .retain(|(taken_at, _, _)| now.saturating_duration_since(*taken_at) < window);
+        self.sent.retain(|(taken_at, written, candidate)| {
+            let kept = now.saturating_duration_since(*taken_at) < window;
+            if !kept {
+                log_if_never_written(*written, candidate);
+            }
+            kept
+        });
         for (_, written, candidate) in self.sent.iter_mut() {
             let line = ipc::encode(&Upstream::BlockCandidateResent(candidate.clone()));
             if link.write_all(&line).is_err() {
@@ -83,6 +85,17 @@ impl RecentCandidates {
 
     pub fn is_empty(&self) -> bool {
         self.sent.is_empty()
+    }
+}
+
+/// A candidate no longer kept that no link ever took is logged whole, the last copy the
+/// pool has of it (the block scan finds it too if its share was stored).
+fn log_if_never_written(written: bool, candidate: &otedama_shared::sv1::BlockCandidate) {
+    if !written {
+        tracing::error!(
+            candidate = %serde_json::to_string(candidate).unwrap_or_default(),
+            "block candidate never delivered and no longer kept; submit it by hand"
+        );
     }
 }
 

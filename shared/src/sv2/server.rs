@@ -161,7 +161,8 @@ pub struct PendingPow {
     sequence_number: u32,
     extranonce2: [u8; EXTRANONCE2_BYTES],
     /// The channel's prefix and worker when the share came in, so a block found while the
-    /// channel closes can still be assembled (`Outcome::BlockOnly`).
+    /// channel closes can still be assembled (`Outcome::BlockOnly`). Filled only for a
+    /// share that waits for the batch hasher; empty (no allocation) otherwise.
     extranonce_prefix: Vec<u8>,
     worker: String,
 }
@@ -792,7 +793,7 @@ impl Session {
         if let Err(rejection) = claim_share(&job, header_hash, context.duplicates) {
             return self.reject(channel_id, sequence_number, rejection_code(rejection));
         }
-        let pending = PendingPow {
+        let mut pending = PendingPow {
             header_hash,
             header,
             job,
@@ -800,11 +801,19 @@ impl Session {
             channel_id,
             sequence_number,
             extranonce2,
-            extranonce_prefix: channel.extranonce_prefix.clone(),
-            worker: channel.worker.clone(),
+            extranonce_prefix: Vec::new(),
+            worker: String::new(),
         };
         match pending.job.algorithm {
-            Algorithm::Scrypt if self.config.batch_scrypt => Outcome::NeedsPow(Box::new(pending)),
+            Algorithm::Scrypt if self.config.batch_scrypt => {
+                // Only a share that waits for the hasher can see its channel close first
+                // (`Outcome::BlockOnly`); one hashed here is finished at once, without
+                // the copies.
+                let channel = &self.channels[index];
+                pending.extranonce_prefix = channel.extranonce_prefix.clone();
+                pending.worker = channel.worker.clone();
+                Outcome::NeedsPow(Box::new(pending))
+            }
             algorithm => {
                 let pow = pow_hash(algorithm, &pending.header, &pending.header_hash);
                 self.finish_share(pending, &pow, context.now_s, context.duplicates)
