@@ -419,6 +419,9 @@ pub const SYNTHETIC_PAYOUT_ADDRESS: &str = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yy
 /// A Litecoin regtest address (printed by litecoind), for scrypt pools on the synthetic chain.
 pub const SYNTHETIC_LITECOIN_ADDRESS: &str = "rltc1qhpuak4f6hryvjxpu5k08xgu99mwkmyzr40vf4j";
 
+/// Starts of a synthetic pool, each on fresh ports, before its failure is reported.
+const SYNTHETIC_POOL_START_ATTEMPTS_MAX: u32 = 3;
+
 /// `otedama run` on the synthetic chain (SHA256d jobs, no node), listening for Stratum V1,
 /// V2 over Noise and V2 over QUIC on free loopback ports.
 pub struct SyntheticPool {
@@ -458,11 +461,37 @@ impl SyntheticPool {
     }
 
     fn start_coin_in(
-        data_dir: tempfile::TempDir,
+        mut data_dir: tempfile::TempDir,
         coin: &str,
         payout_address: &str,
         extra_args: &[&str],
     ) -> Self {
+        // A chosen port can still be taken before the pool binds it (by another listener):
+        // a pool that exits before its first job starts again on fresh ports.
+        for attempt in 1..=SYNTHETIC_POOL_START_ATTEMPTS_MAX {
+            match Self::launch(data_dir, coin, payout_address, extra_args) {
+                Ok(pool) => return pool,
+                Err((returned_dir, error)) => {
+                    assert!(
+                        attempt < SYNTHETIC_POOL_START_ATTEMPTS_MAX,
+                        "the synthetic pool started: {error:#}"
+                    );
+                    eprintln!("{error:#}; again on other ports");
+                    data_dir = returned_dir;
+                }
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// One start on fresh ports: the pool once it has a job and listens, or the data
+    /// directory back with why it did not.
+    fn launch(
+        data_dir: tempfile::TempDir,
+        coin: &str,
+        payout_address: &str,
+        extra_args: &[&str],
+    ) -> Result<Self, (tempfile::TempDir, anyhow::Error)> {
         let v1 = format!("127.0.0.1:{}", free_port());
         let sv2 = format!("127.0.0.1:{}", free_port());
         let quic: std::net::SocketAddr = format!("127.0.0.1:{}", free_port())
@@ -491,7 +520,7 @@ impl SyntheticPool {
             .next()
             .expect("a URL")
             .to_string();
-        let pool = SyntheticPool {
+        let mut pool = SyntheticPool {
             process: Process {
                 child,
                 name: "run".into(),
@@ -504,19 +533,37 @@ impl SyntheticPool {
             quic_certificate: data_dir.path().join("quic-cert.pem"),
             data_dir,
         };
-        wait_until(Duration::from_secs(60), "the pool's first job", || {
+        let mut exited = None;
+        let started = wait_until(Duration::from_secs(90), "the pool's first job", || {
+            if let Ok(Some(status)) = pool.process.child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
             pool.try_stats()
                 .is_some_and(|s| s["height"].as_u64() > Some(0))
         })
-        .expect("the synthetic pool started");
-        // The control plane answers before the data plane has bound its listeners.
-        wait_until(Duration::from_secs(30), "the Stratum listeners", || {
-            [&pool.v1, &pool.sv2]
-                .iter()
-                .all(|address| TcpStream::connect(address.as_str()).is_ok())
+        .and_then(|()| match exited {
+            Some(status) => bail!("the pool exited before its first job ({status})"),
+            None => Ok(()),
         })
-        .expect("the synthetic pool listens");
-        pool
+        // The control plane answers before the data plane has bound its listeners.
+        .and_then(|()| {
+            wait_until(Duration::from_secs(30), "the Stratum listeners", || {
+                [&pool.v1, &pool.sv2]
+                    .iter()
+                    .all(|address| TcpStream::connect(address.as_str()).is_ok())
+            })
+        });
+        match started {
+            Ok(()) => Ok(pool),
+            Err(error) => {
+                let SyntheticPool {
+                    process, data_dir, ..
+                } = pool;
+                drop(process);
+                Err((data_dir, error))
+            }
+        }
     }
 
     fn try_stats(&self) -> Option<Value> {

@@ -21,8 +21,42 @@ const NODE_START_ATTEMPTS_MAX: u32 = 3;
 const RPC_USER: &str = "otedama";
 const RPC_PASSWORD: &str = "otedama-regtest";
 
-/// A port that was free a moment ago on loopback.
+/// The lowest port `free_port` hands out: above the registered services tests might meet.
+const TEST_PORT_LOW: u32 = 20_000;
+/// Ports `free_port` needs below the ephemeral range to use it at all.
+const TEST_PORTS_MIN: u32 = 1_000;
+
+/// A loopback port that was free (TCP and UDP) a moment ago, chosen below the kernel's
+/// ephemeral range when there is room. A port from `bind(0)` comes from that range, so any
+/// outgoing connection in the meantime (a test opens thousands) can take it as its source
+/// port before the child binds it; below the range only another listener can. Successive
+/// calls in one process walk the range from a start set by the process id, so two tests
+/// of a binary never get the same port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(TEST_PORT_LOW);
+    if span >= TEST_PORTS_MIN {
+        let _ = NEXT.compare_exchange(
+            0,
+            std::process::id().wrapping_mul(7_919) % span + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        for _ in 0..span {
+            let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            let port = (TEST_PORT_LOW + offset) as u16;
+            let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+            if free {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
