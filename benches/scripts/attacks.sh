@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Runs each attack of issue 16 against `otedama run` (synthetic chain, SHA256d, default
-# bounds) while `otedama-loadgen` keeps honest miners busy, on loopback only and bounded in
+# Runs each attack of issue 16 against `otedama run` (synthetic chain, SHA256d or scrypt,
+# default bounds) while `otedama-loadgen` keeps honest miners busy, on loopback only and bounded in
 # time. For each attack it prints one row: honest acked shares/s just before and during the
 # attack (two loadgen runs of the same shape, so the ratio is measured in the same run),
 # the RSS (VmRSS) of the data plane and of the control plane just before the attack, at
 # its peak during it and 60 s after it ended, and what the attacker saw (connections
-# closed by the pool, API answers), then the pool's refusals by reason from /metrics.
+# closed by the pool, API answers), then the pool's refusals by reason from /metrics. It
+# exits 1 if honest throughput during any attack fell below HONEST_RATIO_MIN (0.80) of its
+# rate just before.
 #
 # Usage: benches/scripts/attacks.sh
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
 # 34333), HONEST (loadgen flags for the honest miners), ATTACK_S (default 25), ONLY (the
-# names of the attacks to run, space separated; default all).
+# names of the attacks to run, space separated; default all), COIN (bitcoin, the default:
+# SHA256d shares; or litecoin: scrypt shares, which the pool hashes in batches).
 set -euo pipefail
 
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
@@ -19,7 +22,14 @@ port=${PORT:-34333}
 api_port=$((port + 1))
 quic_port=$((port + 2))
 attack_s=${ATTACK_S:-25}
-payout=bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt
+coin=${COIN:-bitcoin}
+case $coin in
+  bitcoin) payout=bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt ;;
+  litecoin) payout=rltc1qhpuak4f6hryvjxpu5k08xgu99mwkmyzr40vf4j ;;
+  *) echo "COIN must be bitcoin or litecoin" >&2; exit 2 ;;
+esac
+honest_ratio_min=0.80
+below_ratio=()
 read -r -a honest_flags <<<"${HONEST:---connections 200 --rate 5000 --duration 8}"
 
 data_dir=$(mktemp -d /tmp/otedama-attacks.XXXXXX)
@@ -45,7 +55,7 @@ role_rss_kib() {
 # The pool takes any hash as a share (so the honest generator needs no mining), keeps every
 # other default: the bounds under test are the defaults an operator gets.
 RUST_LOG=${RUST_LOG:-warn} "$bin_dir/otedama" run \
-  --chain synthetic --coin bitcoin --network regtest --payout-address "$payout" \
+  --chain synthetic --coin "$coin" --network regtest --payout-address "$payout" \
   --data-dir "$data_dir" --stratum-listen "127.0.0.1:$port" --api-listen "127.0.0.1:$api_port" \
   --quic-listen "127.0.0.1:$quic_port" \
   --difficulty-min 1e-10 --start-difficulty 1e-10 --vardiff-share-interval-s 0 \
@@ -73,7 +83,7 @@ printf '%-20s %10s %10s %7s %18s %18s  %s\n' attack honest/s during ratio \
 run_attack() {
   local name=$1; shift
   [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && return 0
-  local before during result rss
+  local before during result rss ratio
   local data_before data_peak data_after control_before control_peak control_after
   before=$(honest_rate)
   data_before=$(role_rss_kib dataplane) control_before=$(role_rss_kib controlplane)
@@ -93,8 +103,9 @@ run_attack() {
   data_after=$(role_rss_kib dataplane) control_after=$(role_rss_kib controlplane)
   # The attack script prints one JSON line; the share flood is a load generator.
   result=$(grep -m1 -E '^\{|^shares acked/s' "$data_dir/attack.json" || echo "-")
-  printf '%-20s %10s %10s %7s %18s %18s  %s\n' "$name" "$before" "$during" \
-    "$(awk -v b="$before" -v d="$during" 'BEGIN { if (b > 0) printf "%.2f", d / b; else print "-" }')" \
+  ratio=$(awk -v b="$before" -v d="$during" 'BEGIN { if (b > 0) printf "%.2f", d / b; else print "0" }')
+  awk -v r="$ratio" -v m="$honest_ratio_min" 'BEGIN { exit !(r < m) }' && below_ratio+=("$name ($ratio)")
+  printf '%-20s %10s %10s %7s %18s %18s  %s\n' "$name" "$before" "$during" "$ratio" \
     "$((data_before / 1024))/$((data_peak / 1024))/$((data_after / 1024))" \
     "$((control_before / 1024))/$((control_peak / 1024))/$((control_after / 1024))" "$result"
 }
@@ -112,3 +123,8 @@ run_attack quic-initials "$bin_dir/otedama-loadgen" --target "127.0.0.1:$quic_po
 run_attack http-slowloris attack http-slowloris --port "$api_port" --connections 5000 --sources 50
 run_attack api-flood attack api-flood --port "$api_port" --connections 200 --sources 20
 echo "refusals: $(refusals)"
+if ((${#below_ratio[@]})); then
+  echo "honest throughput fell below $honest_ratio_min of its rate before: ${below_ratio[*]}" >&2
+  exit 1
+fi
+echo "honest throughput stayed at or above $honest_ratio_min of its rate before, in every attack"

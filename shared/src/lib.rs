@@ -12,6 +12,7 @@ extern crate self as otedama_shared;
 pub mod address;
 pub mod bans;
 pub mod clock;
+pub mod duplicates;
 #[cfg(any(test, feature = "fuzz-harness"))]
 pub mod fuzz_harness;
 pub mod hex32;

@@ -10,13 +10,14 @@ use otedama_kernels::{Algorithm, Target};
 
 use crate::address::{canonical_worker_for, AddressRule};
 use crate::bans::BanList;
+use crate::duplicates::{Claim, DuplicateFilter};
 use crate::job::{Job, JobBook, JobLookup};
 use crate::limits::{
     DIFFICULTY_CHANGE_GRACE_S, DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX,
     DIFFICULTY_LOWERING_INTERVAL_S, DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX,
     NTIME_FUTURE_SECONDS_MAX, WORKER_NAME_BYTES_MAX,
 };
-use crate::share::{check_pow, Claim, DuplicateFilter, ValidShare};
+use crate::share::{check_pow, ValidShare};
 use crate::vardiff::{Vardiff, VardiffConfig};
 
 /// Why a share was refused, before it is put into a protocol's words.
@@ -397,16 +398,20 @@ pub struct CreditedShare {
 
 /// Claims a share in the duplicate filter as it arrives, before its proof of work is
 /// computed (see `DuplicateFilter`): `Duplicate` if the same header was taken before or is
-/// waiting for its hash, `FilterFull` if the filter is at its bound.
+/// waiting for its hash, `FilterFull` if the filter is at its bound and its sender's place
+/// was the one given up. The extranonce prefix is the part of the coinbase the pool gave the
+/// sender: `claimant` is `claimant_of` it. `terms` are what it would be credited at.
 pub fn claim_share(
     job: &Job,
+    claimant: u64,
+    terms: ShareTerms,
     header_hash: [u8; 32],
     duplicates: &mut DuplicateFilter,
 ) -> Result<(), Rejection> {
-    match duplicates.insert(&job.content_key, header_hash) {
+    match duplicates.insert(&job.content_key, claimant, terms.difficulty, header_hash) {
         Claim::Taken => Ok(()),
         Claim::Duplicate => Err(Rejection::Duplicate),
-        Claim::Full => Err(Rejection::FilterFull),
+        Claim::Full | Claim::Evicted => Err(Rejection::FilterFull),
         Claim::Forgotten => Err(Rejection::StaleJob),
     }
 }
@@ -429,7 +434,7 @@ pub fn credit_share(
             difficulty: terms.difficulty,
         }),
         Err(_) => {
-            duplicates.remove(&job.content_key, &header_hash);
+            duplicates.remove(&job.content_key, terms.difficulty, &header_hash);
             Err(Rejection::LowDifficulty)
         }
     }
@@ -533,22 +538,25 @@ mod tests {
         };
         let mut duplicates = DuplicateFilter::default();
         // A proof-of-work value of zero meets every target.
-        claim_share(&job, [9; 32], &mut duplicates).unwrap();
+        claim_share(&job, 1, terms, [9; 32], &mut duplicates).unwrap();
         let credited =
             credit_share(&job, terms, [0; 80], [9; 32], &[0; 32], &mut duplicates).unwrap();
         assert_eq!(credited.difficulty, 0.5);
         assert!(credited.valid.achieved_difficulty > 1e9);
         assert_eq!(
-            claim_share(&job, [9; 32], &mut duplicates),
+            claim_share(&job, 1, terms, [9; 32], &mut duplicates),
             Err(Rejection::Duplicate)
         );
         // One that falls short gives its claim back: sent again, it is judged again.
-        claim_share(&job, [8; 32], &mut duplicates).unwrap();
+        claim_share(&job, 1, terms, [8; 32], &mut duplicates).unwrap();
         assert_eq!(
             credit_share(&job, terms, [0; 80], [8; 32], &[0xff; 32], &mut duplicates),
             Err(Rejection::LowDifficulty)
         );
-        assert_eq!(claim_share(&job, [8; 32], &mut duplicates), Ok(()));
+        assert_eq!(
+            claim_share(&job, 1, terms, [8; 32], &mut duplicates),
+            Ok(())
+        );
     }
 
     #[test]

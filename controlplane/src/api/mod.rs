@@ -32,7 +32,7 @@ use otedama_shared::http_path::{encode_path, normalize_path};
 use crate::audit::AuditLog;
 use crate::bans::BanStore;
 use crate::payouts::runner::{PayoutRequest, PayoutSettings};
-use crate::stats::PoolState;
+use crate::stats::{ApiRefusal, PoolState};
 use otedama_chain::blocks::BlockStore;
 use otedama_ledger::ledger::Ledger;
 use otedama_ledger::shares::ShareHistory;
@@ -187,11 +187,30 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// How the API's connections are bounded. Production uses `ConnectionBounds::NAMED`, the
+/// named limits; a test passes short ones to reach each edge in a second.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectionBounds {
+    connections_max: usize,
+    per_address_max: u32,
+    header_read_timeout: Duration,
+    lifetime: Duration,
+}
+
+impl ConnectionBounds {
+    pub(crate) const NAMED: ConnectionBounds = ConnectionBounds {
+        connections_max: API_CONNECTIONS_MAX,
+        per_address_max: API_CONNECTIONS_PER_IP_MAX,
+        header_read_timeout: Duration::from_secs(API_HEADER_READ_TIMEOUT_S),
+        lifetime: Duration::from_secs(API_CONNECTION_LIFETIME_S),
+    };
+}
+
 /// Serves the API with its bounds: at most `API_CONNECTIONS_MAX` connections (and
 /// `API_CONNECTIONS_PER_IP_MAX` per address), `API_HEADER_READ_TIMEOUT_S` to send headers
-/// or the next request, bodies up to `API_BODY_BYTES_MAX`.
+/// or the next request, `API_CONNECTION_LIFETIME_S` for a whole connection, bodies up to
+/// `API_BODY_BYTES_MAX`.
 pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
-    use crate::stats::ApiRefusal;
     use tower::Layer;
     let pool = state.pool.clone();
     let counted = pool.clone();
@@ -212,8 +231,29 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API on {address}"))?;
     tracing::info!(%address, "API listening");
-    let places = Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
-    let per_address = otedama_shared::bans::AddressCounts::new(API_CONNECTIONS_PER_IP_MAX);
+    serve_connections(listener, app, ConnectionBounds::NAMED, move |refusal| {
+        pool.api_refused(refusal)
+    })
+    .await
+}
+
+/// Accepts and serves connections within `bounds`, telling `refused` of each one cut or
+/// closed at a bound.
+pub(crate) async fn serve_connections<App>(
+    listener: tokio::net::TcpListener,
+    app: App,
+    bounds: ConnectionBounds,
+    refused: impl Fn(ApiRefusal) + Clone + Send + Sync + 'static,
+) -> anyhow::Result<()>
+where
+    App: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    App::Future: Send,
+{
+    let places = Arc::new(tokio::sync::Semaphore::new(bounds.connections_max));
+    let per_address = otedama_shared::bans::AddressCounts::new(bounds.per_address_max);
     loop {
         // Waiting here, not after accepting, leaves a connection past the cap in the
         // kernel's backlog instead of in a descriptor of ours.
@@ -229,11 +269,11 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
         };
         let Some(address_place) = per_address.admit(peer.ip()) else {
             tracing::debug!(%peer, "too many API connections from one address");
-            pool.api_refused(ApiRefusal::ConnectionsPerIp);
+            refused(ApiRefusal::ConnectionsPerIp);
             continue;
         };
         let app = app.clone();
-        let pool = pool.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -241,20 +281,19 @@ pub async fn serve(address: SocketAddr, state: ApiState) -> anyhow::Result<()> {
                 });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(API_HEADER_READ_TIMEOUT_S));
+                .header_read_timeout(bounds.header_read_timeout);
             let connection = http
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .with_upgrades();
-            let lifetime = Duration::from_secs(API_CONNECTION_LIFETIME_S);
-            match tokio::time::timeout(lifetime, connection).await {
+            match tokio::time::timeout(bounds.lifetime, connection).await {
                 Ok(Err(error)) => {
                     if error.is_timeout() {
-                        pool.api_refused(ApiRefusal::HeaderTimeout);
+                        refused(ApiRefusal::HeaderTimeout);
                     }
                     tracing::debug!(%error, %peer, "API connection ended")
                 }
                 Err(_) => {
-                    pool.api_refused(ApiRefusal::ConnectionLifetime);
+                    refused(ApiRefusal::ConnectionLifetime);
                     tracing::debug!(%peer, "API connection outlived its lifetime")
                 }
                 Ok(Ok(())) => {}
@@ -431,9 +470,141 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::{
-        public_reject_reason, Page, API_LIST_ITEMS_DEFAULT, API_LIST_ITEMS_MAX,
-        AUDIT_ENTRIES_PER_REQUEST_MAX, REJECT_TOKEN_BYTES_MAX,
+        public_reject_reason, serve_connections, ConnectionBounds, Page, API_LIST_ITEMS_DEFAULT,
+        API_LIST_ITEMS_MAX, AUDIT_ENTRIES_PER_REQUEST_MAX, REJECT_TOKEN_BYTES_MAX,
     };
+    use crate::stats::ApiRefusal;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// The accept loop on a real socket with short bounds, and the refusals it counted.
+    fn bounded_server(bounds: ConnectionBounds) -> (u16, Arc<Mutex<Vec<ApiRefusal>>>) {
+        let refusals = Arc::new(Mutex::new(Vec::new()));
+        let counted = refusals.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new().route(
+                    "/echo",
+                    axum::routing::post(|body: String| async move { body }),
+                );
+                let refused = move |refusal| counted.lock().unwrap().push(refusal);
+                let _ = serve_connections(listener, app, bounds, refused).await;
+            })
+        });
+        (port, refusals)
+    }
+
+    /// Whether the server closed the connection (end of stream or reset) within `within`;
+    /// `false` if it was still open then.
+    fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        stream.set_read_timeout(Some(within)).unwrap();
+        let mut byte = [0u8; 1];
+        loop {
+            match stream.read(&mut byte) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// `API_CONNECTION_LIFETIME_S` at its edge (scaled down): a client trickling a body is
+    /// still served just before its connection's lifetime and cut just after, counted as
+    /// `connection_lifetime`; a whole request in time is answered.
+    #[test]
+    fn a_connection_is_cut_at_its_lifetime_and_not_before() {
+        let lifetime = Duration::from_millis(1500);
+        let (port, refusals) = bounded_server(ConnectionBounds {
+            lifetime,
+            header_read_timeout: Duration::from_secs(30),
+            ..ConnectionBounds::NAMED
+        });
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let opened = Instant::now();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+            .unwrap();
+        // A byte every 100 ms: never idle, never done.
+        while opened.elapsed() < lifetime - Duration::from_millis(300) {
+            stream.write_all(b"a").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !closed_within(&mut stream, Duration::from_millis(100)),
+            "cut before its lifetime"
+        );
+        assert!(refusals.lock().unwrap().is_empty());
+        assert!(
+            closed_within(&mut stream, lifetime + Duration::from_secs(3)),
+            "not cut at its lifetime"
+        );
+        assert!(opened.elapsed() >= lifetime);
+        assert_eq!(*refusals.lock().unwrap(), [ApiRefusal::ConnectionLifetime]);
+
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("hi"), "{answer}");
+    }
+
+    /// `API_HEADER_READ_TIMEOUT_S` and `API_CONNECTIONS_PER_IP_MAX` at their edges (scaled
+    /// down): a silent client is closed at the header deadline, counted; an address at its
+    /// cap has its next connection closed at accept, counted, and gets a place again once
+    /// one of its own leaves.
+    #[test]
+    fn a_silent_client_is_closed_at_the_header_deadline_and_an_address_at_its_cap() {
+        let header_read_timeout = Duration::from_millis(1000);
+        let (port, refusals) = bounded_server(ConnectionBounds {
+            header_read_timeout,
+            per_address_max: 2,
+            ..ConnectionBounds::NAMED
+        });
+        let mut first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let opened = Instant::now();
+        let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut third = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert!(
+            closed_within(&mut third, Duration::from_millis(500)),
+            "over the cap"
+        );
+        assert!(!closed_within(&mut first, Duration::from_millis(300)));
+        assert!(closed_within(&mut first, Duration::from_secs(3)));
+        assert!(opened.elapsed() >= header_read_timeout);
+        assert!(closed_within(&mut second, Duration::from_secs(1)));
+        let counted = refusals.lock().unwrap().clone();
+        assert_eq!(
+            counted,
+            [
+                ApiRefusal::ConnectionsPerIp,
+                ApiRefusal::HeaderTimeout,
+                ApiRefusal::HeaderTimeout
+            ]
+        );
+        // Both places are free again: a whole request is answered.
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 
     /// `/api/v1/admin/audit` shows the newest `AUDIT_ENTRIES_PER_REQUEST_MAX` entries: with
     /// one more in the log, exactly the oldest is left out.

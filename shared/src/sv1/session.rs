@@ -438,6 +438,11 @@ impl Session {
         self.outbox.extend_from_slice(b",\"error\":null}\n");
     }
 
+    /// This connection's claimant in the duplicate filter: its extranonce1.
+    pub(super) fn claimant(&self) -> u64 {
+        crate::duplicates::claimant_of(&self.config.extranonce1)
+    }
+
     pub(super) fn reject(&mut self, id: &RequestId, code: ErrorCode, message: &str) -> Outcome {
         self.outbox.extend_from_slice(b"{\"id\":");
         id.write_to(&mut self.outbox);

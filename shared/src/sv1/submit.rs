@@ -83,7 +83,7 @@ impl Session {
         };
         let header = build_header(&job, &submission);
         let header_hash = sha256d_80(&header);
-        match claim_share(&job, header_hash, duplicates) {
+        match claim_share(&job, self.claimant(), terms, header_hash, duplicates) {
             Ok(()) => {}
             Err(Rejection::FilterFull) => {
                 // Not a duplicate as far as anyone knows, so code 20, not 22.

@@ -30,6 +30,7 @@ use otedama_kernels::{Algorithm, Target};
 
 use crate::address::AddressRule;
 use crate::bans::BanList;
+use crate::duplicates::claimant_of;
 use crate::job::{Job, JobBook};
 use crate::limits::{EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, JOBS_REMEMBERED_MAX};
 use crate::share::{build_header, header_from_root, merkle_root, pow_hash, ShareRecord};
@@ -790,7 +791,9 @@ impl Session {
             _ => return self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID),
         };
         let header_hash = sha256d_80(&header);
-        if let Err(rejection) = claim_share(&job, header_hash, context.duplicates) {
+        let claimant = claimant_of(&channel.extranonce_prefix);
+        if let Err(rejection) = claim_share(&job, claimant, terms, header_hash, context.duplicates)
+        {
             return self.reject(channel_id, sequence_number, rejection_code(rejection));
         }
         let mut pending = PendingPow {
