@@ -37,13 +37,13 @@ pub const CANDIDATE_RESEND_WINDOW_S: u64 = 600;
 /// first taken from the queue and whether any write of it went through.
 #[derive(Default)]
 pub struct RecentCandidates {
-    sent: std::collections::VecDeque<(Instant, bool, otedama_shared::sv1::BlockCandidate)>,
+    sent: std::collections::VecDeque<(Instant, bool, otedama_shared::share::BlockCandidate)>,
 }
 
 impl RecentCandidates {
     /// Keeps a candidate about to be written. At `CANDIDATES_RESENT_MAX` the oldest goes;
     /// one never written at all is logged whole, for the operator to submit by hand.
-    pub fn keep(&mut self, candidate: otedama_shared::sv1::BlockCandidate, now: Instant) {
+    pub fn keep(&mut self, candidate: otedama_shared::share::BlockCandidate, now: Instant) {
         if self.sent.len() >= CANDIDATES_RESENT_MAX {
             if let Some((_, written, dropped)) = self.sent.pop_front() {
                 log_if_never_written(written, &dropped);
@@ -90,7 +90,7 @@ impl RecentCandidates {
 
 /// A candidate no longer kept that no link ever took is logged whole, the last copy the
 /// pool has of it (the block scan finds it too if its share was stored).
-fn log_if_never_written(written: bool, candidate: &otedama_shared::sv1::BlockCandidate) {
+fn log_if_never_written(written: bool, candidate: &otedama_shared::share::BlockCandidate) {
     if !written {
         tracing::error!(
             candidate = %serde_json::to_string(candidate).unwrap_or_default(),

@@ -17,8 +17,8 @@ pub mod rt;
 #[cfg(test)]
 pub(crate) mod test_support {
     /// A block candidate at `height`, for the tests of the paths that carry candidates.
-    pub fn candidate(height: u64) -> otedama_shared::sv1::BlockCandidate {
-        otedama_shared::sv1::BlockCandidate {
+    pub fn candidate(height: u64) -> otedama_shared::share::BlockCandidate {
+        otedama_shared::share::BlockCandidate {
             job_id: 1,
             height,
             header: vec![0; 80],

@@ -1,8 +1,11 @@
-//! The duplicate filter: which shares each core has taken for each live job content, and
-//! who took them, so a share is credited once and a flood at the bound costs its sender,
-//! not the honest miners beside it.
+//! The duplicate filter: which shares each core has taken for each live job content, so a
+//! share is credited once, and, when one content fills it, which shares it keeps: those
+//! worth the most work, so a flood of cheap shares costs its sender, not the honest miners
+//! beside it.
 
 use std::collections::{HashMap, HashSet};
+
+use otedama_kernels::Algorithm;
 
 /// Hashes a share's fingerprint as itself: it is already SHA256d output, so SipHash over it
 /// again (the std default, 3 % of a loaded core in a profile) buys nothing. Miners cannot
@@ -40,71 +43,50 @@ impl std::hash::Hasher for FingerprintHasher {
     }
 }
 
-/// Hashes a claimant key (an extranonce prefix the pool assigned, so nobody can aim it)
-/// with one multiply: sequential prefixes spread over the table's buckets and control bytes.
-#[derive(Clone, Copy, Debug, Default)]
-struct ClaimantHashBuilder;
-
-impl std::hash::BuildHasher for ClaimantHashBuilder {
-    type Hasher = ClaimantHasher;
-    fn build_hasher(&self) -> ClaimantHasher {
-        ClaimantHasher(0)
-    }
-}
-
-#[derive(Debug)]
-struct ClaimantHasher(u64);
-
-impl std::hash::Hasher for ClaimantHasher {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-/// What one core's duplicate filter remembers at most, over all live jobs, in shares: each
-/// share counts one, each claimant (channel) that holds shares of a content, or was
-/// evicted from one, counts `DUPLICATE_FILTER_CLAIMANT_COST_SHARES`. A share costs about 17
-/// bytes of table (its 64-bit fingerprint, its claimant's key and a control byte), and a
+/// Shares one core's duplicate filter remembers at most, over all live jobs. Each costs
+/// about 17 bytes of table (a 64-bit fingerprint, its work and a control byte), and a
 /// table is at most half full after it grows, so the filter stays under about 140 MB per
 /// core. At the bound the oldest job content is forgotten first, and its jobs are stale
 /// from then on (`Claim::Forgotten`): a flood only ages jobs out early. With one content
-/// alone at the bound, the claimants whose shares carry the least work (the lowest mean
-/// difficulty) are forgotten first (`Claim::Evicted`): memory goes to the shares worth
-/// the most work, so a flood of cheap shares evicts itself, and pushing an honest miner
-/// out takes shares of its difficulty, that is, its work. At 3,000 shares/s on one core the
-/// bound is 23 minutes of one job.
+/// alone at the bound, its work floor rises (`ContentShares::raise_floor`): the shares of
+/// the least work are forgotten, at least `DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR`th of
+/// the bound at a time, and shares under the floor are refused from then on
+/// (`Claim::BelowFloor`). Memory goes to the shares worth the most work, which the hash
+/// proves: a flood of cheap shares evicts itself, and raising the floor above an honest
+/// miner's shares takes filling the filter with shares of at least their work. At 3,000
+/// shares/s on one core the bound is 23 minutes of one job.
 pub const DUPLICATE_FILTER_SHARES_PER_CORE_MAX: usize = 1 << 22;
 
-/// What one claimant's entry costs against the bound, in shares: about 33 bytes (its key,
-/// share count, work and flag) against a share's 17.
-pub const DUPLICATE_FILTER_CLAIMANT_COST_SHARES: usize = 2;
+/// Block-finding shares one core remembers outside the bound (`DuplicateFilter` lets a
+/// block through a forgotten content or under a floor). Blocks are rare on a real chain;
+/// on regtest, where every share is one, the filter refuses them as any share past this.
+pub const BLOCK_SHARES_REMEMBERED_PER_CORE_MAX: usize = 1024;
 
-/// An eviction pass frees at least `shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR`
-/// shares, so its cost (a sort of the content's claimants and a pass over its shares) is
-/// paid once per that many shares, not once per share.
+/// A pass that raises a content's floor frees at least
+/// `shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR` shares, so its cost (one pass
+/// over the content's shares) is paid once per that many shares taken, not once per share.
 pub const DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR: usize = 16;
 
-/// Who claimed a share: its extranonce prefix (a V1 connection's extranonce1, a V2
-/// channel's prefix), which its header commits to. A duplicate of a share therefore always
-/// has its original's claimant; two claimants folded into one key only share a fate. The
-/// prefix has a fixed length (`EXTRANONCE1_BYTES`, as does what the miner appends), so no
-/// two (prefix, miner part) splits can make the same coinbase.
-pub fn claimant_of(extranonce_prefix: &[u8]) -> u64 {
-    debug_assert_eq!(extranonce_prefix.len(), crate::limits::EXTRANONCE1_BYTES);
-    extranonce_prefix
-        .iter()
-        .fold(0u64, |key, &byte| key.rotate_left(8) ^ u64::from(byte))
+/// The work a proof-of-work value proves, in bits: its leading zero bits as a 256-bit
+/// little-endian number (each bit doubles the hashes it took), at most `WORK_BITS_MAX`.
+/// A copy of a share has the same header, so the same value: the floor judges copies as
+/// it judged the original.
+pub fn work_bits(pow: &[u8; 32]) -> u8 {
+    let mut bits = 0u32;
+    for &byte in pow.iter().rev() {
+        if byte != 0 {
+            bits += byte.leading_zeros();
+            break;
+        }
+        bits += 8;
+    }
+    bits.min(u32::from(WORK_BITS_MAX)) as u8
 }
+
+/// The most work bits a share is recorded with; one more marks a share whose proof of
+/// work is not computed yet.
+pub const WORK_BITS_MAX: u8 = 254;
+const WORK_BITS_PENDING: u8 = WORK_BITS_MAX + 1;
 
 /// The filter's answer to a share arriving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,73 +95,52 @@ pub enum Claim {
     Taken,
     /// The same share was taken before (or waits for its hash now).
     Duplicate,
-    /// The filter's bound is zero: nothing can be remembered, so nothing is taken.
+    /// The filter's bound is too small to hold one share: nothing is taken.
     Full,
     /// This job content's shares were forgotten to make room for a newer one's: its jobs
     /// are stale (a duplicate could no longer be told from a new share).
     Forgotten,
-    /// This claimant's shares of this content were forgotten at the bound (they carried
-    /// the least work): its shares of this content are refused until the content retires.
-    Evicted,
-}
-
-/// One claimant's place in a content's shares.
-#[derive(Debug, Default)]
-struct Claimed {
-    shares: u32,
-    /// The difficulties of its shares, summed: `work / shares` ranks it for eviction.
-    work: f64,
-    /// Its shares were forgotten at the bound: it takes none of this content again.
-    evicted: bool,
+    /// The content filled the filter and its floor rose above this share's work: refused
+    /// (a forgotten share's copy included, since it has the same work).
+    BelowFloor,
 }
 
 /// The shares taken for one job content.
 #[derive(Debug, Default)]
 struct ContentShares {
-    /// Each share's fingerprint and its claimant.
-    fingerprints: HashMap<u64, u64, FingerprintHashBuilder>,
-    claimants: HashMap<u64, Claimed, ClaimantHashBuilder>,
+    /// Each share's fingerprint and its work bits (`WORK_BITS_PENDING` until its proof of
+    /// work is computed).
+    fingerprints: HashMap<u64, u8, FingerprintHashBuilder>,
+    /// Shares of fewer work bits are refused for this content. Never lowered while the
+    /// content lives: every share under it was forgotten.
+    floor_bits: u8,
 }
 
 impl ContentShares {
-    fn is_evicted(&self, claimant: u64) -> bool {
-        self.claimants
-            .get(&claimant)
-            .is_some_and(|claimed| claimed.evicted)
-    }
-
-    /// Forgets the shares of the claimants whose shares carry the least work (then those
-    /// holding the most), until at least `wanted` shares are freed; returns how many were.
-    /// Evicted claimants stay known, so their shares (a forgotten one's copy included) are
-    /// refused from then on.
-    fn evict_cheapest(&mut self, wanted: usize) -> usize {
-        let mut cheapest: Vec<(f64, u32, u64)> = self
-            .claimants
-            .iter()
-            .filter(|(_, claimed)| claimed.shares > 0)
-            .map(|(&claimant, claimed)| {
-                let mean = claimed.work / f64::from(claimed.shares);
-                (mean, claimed.shares, claimant)
-            })
-            .collect();
-        cheapest.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
-        let mut freed = 0;
-        for (_, shares, claimant) in cheapest {
-            if freed >= wanted {
-                break;
+    /// Raises the floor to the lowest value that forgets at least `wanted` shares of known
+    /// work (or all of them) and forgets the shares under it; returns how many went.
+    /// Shares waiting for their proof of work stay (at most the per-core scrypt queue).
+    fn raise_floor(&mut self, wanted: usize) -> usize {
+        let mut counts = [0usize; WORK_BITS_MAX as usize + 1];
+        for &bits in self.fingerprints.values() {
+            if bits != WORK_BITS_PENDING {
+                counts[bits as usize] += 1;
             }
-            let claimed = self.claimants.get_mut(&claimant).expect("listed above");
-            *claimed = Claimed {
-                shares: 0,
-                work: 0.0,
-                evicted: true,
-            };
-            freed += shares as usize;
         }
-        let claimants = &self.claimants;
+        let mut below = 0;
+        let mut floor = 0;
+        while floor <= WORK_BITS_MAX as usize
+            && (below < wanted || floor < self.floor_bits as usize)
+        {
+            below += counts[floor];
+            floor += 1;
+        }
+        self.floor_bits = floor.min(WORK_BITS_PENDING as usize) as u8;
+        let before = self.fingerprints.len();
+        let floor_bits = self.floor_bits;
         self.fingerprints
-            .retain(|_, claimant| !claimants[claimant].evicted);
-        freed
+            .retain(|_, bits| *bits == WORK_BITS_PENDING || *bits >= floor_bits);
+        before - self.fingerprints.len()
     }
 }
 
@@ -196,24 +157,19 @@ impl ContentShares {
 /// can aim), and then the later one is refused, which costs its miner one share and
 /// gives no one anything.
 ///
-/// Each fingerprint is kept with its claimant (`claimant_of`). A duplicate has its
-/// original's claimant, so forgetting one claimant's shares and refusing that claimant
-/// from then on lets no duplicate through, while everyone else keeps mining: that is how
-/// the filter makes room when one content alone fills it (see
-/// `DUPLICATE_FILTER_SHARES_PER_CORE_MAX` for who goes first).
-///
 /// A share is claimed here when it arrives, before its proof of work is computed (which
 /// for scrypt happens later, in a batch), and released if that fails: a copy sent while
 /// the first waits is refused at once, and one still waiting when a new block drops the
-/// set cannot start a fresh set for it.
+/// set cannot start a fresh set for it. A scrypt share's work is known only then, so it is
+/// judged against the floor when it settles (`settle`).
 ///
 /// Each core owns one; extranonce1 values are partitioned per core, so a share can only
 /// ever collide with one accepted on the same core, and no cross-core lookup is needed.
 ///
-/// Invariant: the shares and claimants remembered cost at most `shares_max`, and a share
-/// is never let in unchecked: a content whose shares were forgotten takes no share again
-/// (`Forgotten`) until its jobs retire, nor does a claimant whose shares of a content were
-/// (`Evicted`).
+/// Invariant: `len() <= shares_max`, and a share is never let in unchecked: a content
+/// whose shares were forgotten takes no share again (`Forgotten`) until its jobs retire,
+/// and a content's floor only rises, so every forgotten share of a live content, and each
+/// copy of one, is under it (`BelowFloor`).
 #[derive(Debug)]
 pub struct DuplicateFilter {
     by_content: HashMap<[u8; 32], ContentShares>,
@@ -221,10 +177,11 @@ pub struct DuplicateFilter {
     order: std::collections::VecDeque<[u8; 32]>,
     /// Contents whose shares were forgotten at the bound.
     forgotten: HashSet<[u8; 32]>,
-    /// Fingerprints remembered, over every content.
+    /// Shares that found a block and were taken although the bound would have refused
+    /// them (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`), by content and fingerprint, so their
+    /// copies are still told apart.
+    blocks: HashSet<([u8; 32], u64)>,
     shares: usize,
-    /// Claimant entries, over every content.
-    claimants: usize,
     shares_max: usize,
     refused_full: u64,
 }
@@ -246,36 +203,75 @@ impl DuplicateFilter {
             by_content: HashMap::new(),
             order: Default::default(),
             forgotten: HashSet::new(),
+            blocks: HashSet::new(),
             shares: 0,
-            claimants: 0,
             shares_max,
             refused_full: 0,
         }
     }
 
-    /// What everything remembered costs against the bound.
-    fn cost(&self) -> usize {
-        self.shares + DUPLICATE_FILTER_CLAIMANT_COST_SHARES * self.claimants
-    }
-
     fn forget_content(&mut self, content_key: [u8; 32]) {
         if let Some(content) = self.by_content.remove(&content_key) {
             self.shares -= content.fingerprints.len();
-            self.claimants -= content.claimants.len();
         }
         self.order.retain(|c| *c != content_key);
         self.forgotten.insert(content_key);
     }
 
-    /// Claims the share for its job's content and its claimant (`claimant_of` its
-    /// extranonce prefix); `difficulty` is what it would be credited at.
+    /// Claims the share for its job's content as it arrives. A SHA256d share's work is
+    /// its header hash's, known now; a scrypt share's waits for its proof of work
+    /// (`algorithm` tells which). `is_block`: the share is known to meet the network
+    /// target (a SHA256d share's hash is its proof of work): a found block is never
+    /// refused for the bound's sake, only as a duplicate.
     pub fn insert(
         &mut self,
         content_key: &[u8; 32],
-        claimant: u64,
-        difficulty: f64,
+        algorithm: Algorithm,
+        header_hash: [u8; 32],
+        is_block: bool,
+    ) -> Claim {
+        match self.claim(content_key, algorithm, header_hash) {
+            Claim::Forgotten | Claim::BelowFloor | Claim::Full if is_block => {
+                match self.keep_block(content_key, &header_hash) {
+                    Some(claim) => {
+                        // Counted as refused by `claim`; it was not.
+                        self.refused_full -= 1;
+                        claim
+                    }
+                    None => Claim::Full,
+                }
+            }
+            claim => claim,
+        }
+    }
+
+    /// A block's share taken outside the bound: `Taken`, or `Duplicate` if it was taken
+    /// so before; `None` if `BLOCK_SHARES_REMEMBERED_PER_CORE_MAX` are held already.
+    fn keep_block(&mut self, content_key: &[u8; 32], header_hash: &[u8; 32]) -> Option<Claim> {
+        let key = (*content_key, fingerprint(header_hash));
+        if self.blocks.contains(&key) {
+            return Some(Claim::Duplicate);
+        }
+        if self.blocks.len() >= BLOCK_SHARES_REMEMBERED_PER_CORE_MAX {
+            return None;
+        }
+        self.blocks.insert(key);
+        Some(Claim::Taken)
+    }
+
+    fn claim(
+        &mut self,
+        content_key: &[u8; 32],
+        algorithm: Algorithm,
         header_hash: [u8; 32],
     ) -> Claim {
+        if !self.blocks.is_empty()
+            && self
+                .blocks
+                .contains(&(*content_key, fingerprint(&header_hash)))
+        {
+            return Claim::Duplicate;
+        }
         if self.forgotten.contains(content_key) {
             self.refused_full += 1;
             return Claim::Forgotten;
@@ -284,87 +280,105 @@ impl DuplicateFilter {
             self.refused_full += 1;
             return Claim::Full;
         }
+        let bits = match algorithm {
+            Algorithm::Sha256d => work_bits(&header_hash),
+            Algorithm::Scrypt => WORK_BITS_PENDING,
+        };
         let fingerprint = fingerprint(&header_hash);
-        let mut known_claimant = false;
         if let Some(content) = self.by_content.get(content_key) {
             if content.fingerprints.contains_key(&fingerprint) {
                 return Claim::Duplicate;
             }
-            if let Some(claimed) = content.claimants.get(&claimant) {
-                if claimed.evicted {
-                    self.refused_full += 1;
-                    return Claim::Evicted;
-                }
-                known_claimant = true;
+            if bits < content.floor_bits {
+                self.refused_full += 1;
+                return Claim::BelowFloor;
             }
         }
-        let added = 1 + if known_claimant {
-            0
-        } else {
-            DUPLICATE_FILTER_CLAIMANT_COST_SHARES
-        };
-        while self.cost() + added > self.shares_max {
+        while self.shares >= self.shares_max {
             // Forget the oldest other content; its jobs are stale from now on.
             if let Some(&oldest) = self.order.iter().find(|c| *c != content_key) {
                 self.forget_content(oldest);
                 continue;
             }
-            // This content alone fills the filter: forget the claimants whose shares carry
-            // the least work.
+            // This content alone fills the filter: raise its floor.
             let wanted = (self.shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR).max(1);
-            let (freed, evicted) = match self.by_content.get_mut(content_key) {
-                Some(content) => (content.evict_cheapest(wanted), content.is_evicted(claimant)),
-                None => (0, false),
+            let (freed, floor_bits) = match self.by_content.get_mut(content_key) {
+                Some(content) => (content.raise_floor(wanted), content.floor_bits),
+                None => (0, 0),
             };
             self.shares -= freed;
             if freed == 0 {
-                // Only evicted claimants' entries are left (or the bound is smaller than
-                // one claimant): the content is forgotten, as an old one would be.
+                // Only shares waiting for their proof of work are left (a bound smaller
+                // than the scrypt queue): the content is forgotten, as an old one would be.
                 self.forget_content(*content_key);
                 self.refused_full += 1;
                 return Claim::Forgotten;
             }
-            if evicted {
+            if bits < floor_bits {
                 self.refused_full += 1;
-                return Claim::Evicted;
+                return Claim::BelowFloor;
             }
         }
         let content = self.by_content.entry(*content_key).or_insert_with(|| {
             self.order.push_back(*content_key);
             ContentShares::default()
         });
-        let claimed = content.claimants.entry(claimant).or_insert_with(|| {
-            self.claimants += 1;
-            Claimed::default()
-        });
-        claimed.shares += 1;
-        claimed.work += difficulty;
-        content.fingerprints.insert(fingerprint, claimant);
+        content.fingerprints.insert(fingerprint, bits);
         self.shares += 1;
-        debug_assert!(self.cost() <= self.shares_max);
+        debug_assert!(self.shares <= self.shares_max);
         Claim::Taken
     }
 
-    /// Forgets a share whose claim did not hold (its proof of work fell short), taken at
-    /// `difficulty`. Only a share that was `Taken` may be given back, so this never frees
-    /// another's claim; a claimant left with no share and not evicted is forgotten too.
-    pub fn remove(&mut self, content_key: &[u8; 32], difficulty: f64, header_hash: &[u8; 32]) {
+    /// Records the work of a claimed share whose proof of work `pow` met its target.
+    /// `false` if the content's floor rose above it meanwhile (or it was under it from
+    /// the start, a scrypt share): the share is forgotten and must be refused, as its
+    /// copies will be; unless it found a block (`is_block`), which is kept outside the
+    /// bound instead.
+    pub fn settle(
+        &mut self,
+        content_key: &[u8; 32],
+        header_hash: &[u8; 32],
+        pow: &[u8; 32],
+        is_block: bool,
+    ) -> bool {
         let Some(content) = self.by_content.get_mut(content_key) else {
-            return;
+            // Its content was retired or forgotten while the share was hashed: the share
+            // was first, and any copy is refused as stale.
+            return true;
         };
-        let Some(claimant) = content.fingerprints.remove(&fingerprint(header_hash)) else {
-            return;
-        };
-        self.shares -= 1;
-        let claimed = content
-            .claimants
-            .get_mut(&claimant)
-            .expect("a remembered share's claimant is remembered");
-        claimed.shares -= 1;
-        claimed.work -= difficulty;
-        if claimed.shares == 0 && !claimed.evicted {
-            content.claimants.remove(&claimant);
-            self.claimants -= 1;
+        let bits = work_bits(pow);
+        let fingerprint = fingerprint(header_hash);
+        if bits >= content.floor_bits {
+            if let Some(recorded) = content.fingerprints.get_mut(&fingerprint) {
+                *recorded = bits;
+            }
+            return true;
+        }
+        if content.fingerprints.remove(&fingerprint).is_some() {
+            self.shares -= 1;
+        }
+        if is_block && self.keep_block(content_key, header_hash) == Some(Claim::Taken) {
+            return true;
+        }
+        self.refused_full += 1;
+        false
+    }
+
+    /// Forgets a share whose claim did not hold (its proof of work fell short). Only a
+    /// share that was `Taken` may be given back, so this never frees another's claim.
+    pub fn remove(&mut self, content_key: &[u8; 32], header_hash: &[u8; 32]) {
+        if !self.blocks.is_empty() {
+            self.blocks
+                .remove(&(*content_key, fingerprint(header_hash)));
+        }
+        if let Some(content) = self.by_content.get_mut(content_key) {
+            if content
+                .fingerprints
+                .remove(&fingerprint(header_hash))
+                .is_some()
+            {
+                self.shares -= 1;
+            }
         }
     }
 
@@ -376,15 +390,12 @@ impl DuplicateFilter {
             .retain(|content_key| jobs.holds_content(content_key));
         self.forgotten
             .retain(|content_key| jobs.holds_content(content_key));
+        self.blocks
+            .retain(|(content_key, _)| jobs.holds_content(content_key));
         self.shares = self
             .by_content
             .values()
             .map(|content| content.fingerprints.len())
-            .sum();
-        self.claimants = self
-            .by_content
-            .values()
-            .map(|content| content.claimants.len())
             .sum();
     }
 
@@ -396,8 +407,8 @@ impl DuplicateFilter {
         self.shares == 0
     }
 
-    /// Shares refused because of the filter's bound (`Full`, `Forgotten`, `Evicted`)
-    /// since the last call.
+    /// Shares refused because of the filter's bound (`Full`, `Forgotten`, `BelowFloor`,
+    /// or a settle under the floor) since the last call.
     pub fn take_refused_full(&mut self) -> u64 {
         std::mem::take(&mut self.refused_full)
     }
@@ -408,13 +419,31 @@ mod tests {
     use super::*;
     use crate::job::Job;
 
-    fn hash(n: u32) -> [u8; 32] {
-        let mut hash = [0u8; 32];
+    /// A header hash with `bits` leading zero bits (as a little-endian number) and `n` in
+    /// its fingerprint.
+    fn hash(n: u32, bits: u8) -> [u8; 32] {
+        let mut hash = [0xffu8; 32];
         hash[..4].copy_from_slice(&n.to_le_bytes());
+        let (whole, part) = (bits as usize / 8, bits % 8);
+        for byte in hash.iter_mut().rev().take(whole) {
+            *byte = 0;
+        }
+        if whole < 32 {
+            hash[31 - whole] = 0xff >> part;
+        }
         hash
     }
 
-    const COST: usize = DUPLICATE_FILTER_CLAIMANT_COST_SHARES;
+    const SHA: Algorithm = Algorithm::Sha256d;
+
+    #[test]
+    fn work_bits_count_leading_zero_bits_of_the_number() {
+        assert_eq!(work_bits(&[0xff; 32]), 0);
+        assert_eq!(work_bits(&hash(1, 11)), 11);
+        assert_eq!(work_bits(&hash(1, 32)), 32);
+        assert_eq!(work_bits(&hash(1, 77)), 77);
+        assert_eq!(work_bits(&[0; 32]), WORK_BITS_MAX);
+    }
 
     #[test]
     fn duplicate_filter_keys_on_job_content_and_hash() {
@@ -422,21 +451,19 @@ mod tests {
         let mut book = crate::job::JobBook::default();
         let job = std::sync::Arc::new(Job::new(crate::job::tests::template(5, true)).unwrap());
         let live = job.content_key;
-        assert_eq!(filter.insert(&[1; 32], 7, 1.0, [1; 32]), Claim::Taken);
-        assert_eq!(filter.insert(&[1; 32], 7, 1.0, [1; 32]), Claim::Duplicate);
-        assert_eq!(filter.insert(&live, 7, 1.0, [1; 32]), Claim::Taken);
+        assert_eq!(filter.insert(&[1; 32], SHA, [1; 32], false), Claim::Taken);
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, [1; 32], false),
+            Claim::Duplicate
+        );
+        assert_eq!(filter.insert(&live, SHA, [1; 32], false), Claim::Taken);
         book.insert(job.clone());
         filter.retire_unlisted(&book);
         assert_eq!(filter.len(), 1);
-        assert_eq!(filter.insert(&live, 7, 1.0, [1; 32]), Claim::Duplicate);
-        filter.remove(&live, 1.0, &[1; 32]);
+        assert_eq!(filter.insert(&live, SHA, [1; 32], false), Claim::Duplicate);
+        filter.remove(&live, &[1; 32]);
         assert!(filter.is_empty());
-        assert_eq!(
-            filter.cost(),
-            0,
-            "a claimant left with nothing is forgotten"
-        );
-        assert_eq!(filter.insert(&live, 7, 1.0, [1; 32]), Claim::Taken);
+        assert_eq!(filter.insert(&live, SHA, [1; 32], false), Claim::Taken);
         // The same content under another id and a later ntime shares the set.
         let mut again = crate::job::tests::template(6, true);
         again.ntime += 60;
@@ -455,124 +482,162 @@ mod tests {
 
     #[test]
     fn at_the_bound_the_oldest_content_is_forgotten_and_never_let_in_unchecked() {
-        let mut filter = DuplicateFilter::with_shares_max(3 + COST);
+        let mut filter = DuplicateFilter::with_shares_max(3);
         for n in 0..3 {
-            assert_eq!(filter.insert(&[1; 32], 1, 1.0, hash(n)), Claim::Taken);
-        }
-        assert_eq!((filter.len(), filter.cost()), (3, 3 + COST));
-        // A failed claim frees its place.
-        filter.remove(&[1; 32], 1.0, &hash(2));
-        assert_eq!(filter.len(), 2);
-        assert_eq!(filter.insert(&[1; 32], 1, 1.0, hash(2)), Claim::Taken);
-        // A newer content at the bound: the oldest content is forgotten, and its shares
-        // are refused from then on (never let in unchecked, even a copy of an old one).
-        assert_eq!(filter.insert(&[2; 32], 1, 1.0, hash(5)), Claim::Taken);
-        assert_eq!(filter.len(), 1);
-        assert_eq!(filter.insert(&[1; 32], 1, 1.0, hash(1)), Claim::Forgotten);
-        assert_eq!(filter.insert(&[1; 32], 2, 1.0, hash(7)), Claim::Forgotten);
-        assert_eq!(filter.take_refused_full(), 2);
-        assert_eq!(filter.take_refused_full(), 0);
-        assert_eq!(filter.insert(&[2; 32], 1, 1.0, hash(5)), Claim::Duplicate);
-        // Retiring every content empties it and forgets what was forgotten.
-        filter.retire_unlisted(&crate::job::JobBook::default());
-        assert!(filter.is_empty());
-        assert_eq!(filter.cost(), 0);
-        assert_eq!(filter.insert(&[1; 32], 1, 1.0, hash(1)), Claim::Taken);
-    }
-
-    /// A flood of cheap shares that fills the filter with one job content evicts itself:
-    /// the honest miners beside it, whose shares carry more work each, keep their place,
-    /// and none of the flooder's shares, old or new, gets in again while the content lives.
-    #[test]
-    fn one_content_at_the_bound_evicts_the_cheapest_shares_not_the_honest() {
-        let shares_max = 64;
-        let mut filter = DuplicateFilter::with_shares_max(shares_max);
-        let content = [1; 32];
-        let (flooder, honest_a, honest_b) = (100, 200, 300);
-        let mut next = 0u32;
-        let mut take = |filter: &mut DuplicateFilter, claimant, difficulty| {
-            next += 1;
-            (
-                filter.insert(&content, claimant, difficulty, hash(next)),
-                hash(next),
-            )
-        };
-        let (_, honest_first) = take(&mut filter, honest_a, 1000.0);
-        for _ in 0..5 {
-            take(&mut filter, honest_b, 800.0);
-        }
-        let mut flooded = Vec::new();
-        // Fewer shares than honest_b holds would not do either: work per share decides.
-        while filter.cost() < shares_max {
-            let (claim, share) = take(&mut filter, flooder, 0.001);
-            assert_eq!(claim, Claim::Taken);
-            flooded.push(share);
-        }
-        // At the bound, an honest share makes room by forgetting the flooder.
-        assert_eq!(take(&mut filter, honest_a, 1000.0).0, Claim::Taken);
-        assert_eq!(filter.len(), 7);
-        assert_eq!(
-            filter.insert(&content, honest_a, 1000.0, honest_first),
-            Claim::Duplicate
-        );
-        // The flooder's copies of its forgotten shares and its new shares are refused.
-        for share in &flooded[..3] {
             assert_eq!(
-                filter.insert(&content, flooder, 0.001, *share),
-                Claim::Evicted
-            );
-        }
-        assert_eq!(take(&mut filter, flooder, 0.001).0, Claim::Evicted);
-        assert_eq!(filter.take_refused_full(), 4);
-        assert_eq!(take(&mut filter, honest_b, 800.0).0, Claim::Taken);
-        assert!(filter.cost() <= shares_max);
-    }
-
-    /// Many claimants of one cheap share each (a flooder opening channel after channel)
-    /// go before a miner holding many shares of more work each; a pass frees at least its
-    /// fraction of the bound.
-    #[test]
-    fn many_small_cheap_claimants_go_before_one_honest_miner_and_a_pass_frees_its_fraction() {
-        let shares_max = 160 * (1 + COST);
-        let mut filter = DuplicateFilter::with_shares_max(shares_max);
-        let content = [3; 32];
-        let honest = u64::MAX;
-        let mut n = 0u32;
-        for _ in 0..40 {
-            n += 1;
-            assert_eq!(filter.insert(&content, honest, 50.0, hash(n)), Claim::Taken);
-        }
-        let mut channel = 0u64;
-        while filter.cost() + 1 + COST <= shares_max {
-            n += 1;
-            channel += 1;
-            assert_eq!(
-                filter.insert(&content, channel, 0.01, hash(n)),
+                filter.insert(&[1; 32], SHA, hash(n, 20), false),
                 Claim::Taken
             );
         }
-        let before = filter.len();
-        n += 1;
-        channel += 1;
+        assert_eq!(filter.len(), 3);
+        // A failed claim frees its place.
+        filter.remove(&[1; 32], &hash(2, 20));
+        assert_eq!(filter.len(), 2);
         assert_eq!(
-            filter.insert(&content, channel, 0.01, hash(n)),
+            filter.insert(&[1; 32], SHA, hash(2, 20), false),
             Claim::Taken
         );
-        // At least shares_max / 16 shares went, every one a cheap claimant's.
-        assert!(
-            before + 1 - filter.len() >= shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR
+        // A newer content at the bound: the oldest content is forgotten, and its shares
+        // are refused from then on (never let in unchecked, even a copy of an old one).
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(5, 20), false),
+            Claim::Taken
+        );
+        assert_eq!(filter.len(), 1);
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(1, 20), false),
+            Claim::Forgotten
         );
         assert_eq!(
-            filter.insert(&content, honest, 50.0, hash(1)),
+            filter.insert(&[1; 32], SHA, hash(7, 60), false),
+            Claim::Forgotten
+        );
+        assert_eq!(filter.take_refused_full(), 2);
+        assert_eq!(filter.take_refused_full(), 0);
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(5, 20), false),
             Claim::Duplicate
         );
-        n += 1;
-        assert_eq!(filter.insert(&content, honest, 50.0, hash(n)), Claim::Taken);
+        // Retiring every content empties it and forgets what was forgotten.
+        filter.retire_unlisted(&crate::job::JobBook::default());
+        assert!(filter.is_empty());
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(1, 20), false),
+            Claim::Taken
+        );
     }
 
-    /// The bound holds through a seeded flood over claimants and difficulties, with failed
-    /// claims given back, and when only evicted claimants' entries are left the content is
-    /// forgotten rather than the bound broken.
+    /// A flood of cheap shares that fills the filter with one job content evicts itself:
+    /// the honest miners' shares, of more work each, are kept and go on being taken, and
+    /// none of the flood's shares, old or new, gets in again unless it proves more work
+    /// than the floor.
+    #[test]
+    fn one_content_at_the_bound_forgets_the_cheapest_shares_not_the_honest() {
+        let shares_max = 64;
+        let mut filter = DuplicateFilter::with_shares_max(shares_max);
+        let content = [1; 32];
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let honest: Vec<_> = (0..6).map(|_| hash(next(), 40)).collect();
+        for share in &honest {
+            assert_eq!(filter.insert(&content, SHA, *share, false), Claim::Taken);
+        }
+        let mut flooded = Vec::new();
+        while filter.len() < shares_max {
+            let share = hash(next(), 11 + (flooded.len() % 3) as u8);
+            assert_eq!(filter.insert(&content, SHA, share, false), Claim::Taken);
+            flooded.push(share);
+        }
+        // At the bound, an honest share makes room by raising the floor over the cheapest.
+        assert_eq!(
+            filter.insert(&content, SHA, hash(next(), 40), false),
+            Claim::Taken
+        );
+        assert!(filter.len() <= shares_max - shares_max / 16 + 1);
+        for share in &honest {
+            assert_eq!(
+                filter.insert(&content, SHA, *share, false),
+                Claim::Duplicate
+            );
+        }
+        // The flood's forgotten shares and new shares as cheap are refused; each copy of
+        // a forgotten one, whenever sent, is under the floor too.
+        let forgotten: Vec<_> = flooded
+            .iter()
+            .filter(|share| work_bits(share) < 12)
+            .collect();
+        assert!(!forgotten.is_empty());
+        for share in &forgotten {
+            assert_eq!(
+                filter.insert(&content, SHA, **share, false),
+                Claim::BelowFloor
+            );
+        }
+        assert_eq!(
+            filter.insert(&content, SHA, hash(next(), 11), false),
+            Claim::BelowFloor
+        );
+        // Kept flood shares are still duplicates; honest miners go on.
+        let kept = flooded.iter().find(|share| work_bits(share) >= 12).unwrap();
+        assert_eq!(filter.insert(&content, SHA, *kept, false), Claim::Duplicate);
+        assert_eq!(
+            filter.insert(&content, SHA, hash(next(), 40), false),
+            Claim::Taken
+        );
+    }
+
+    /// A scrypt share's work is known when it settles: one under the floor then is
+    /// forgotten and refused, and so is its copy, claimed again and settled again.
+    #[test]
+    fn a_scrypt_share_is_judged_against_the_floor_when_it_settles() {
+        let shares_max = 32;
+        let mut filter = DuplicateFilter::with_shares_max(shares_max);
+        let content = [7; 32];
+        let scrypt = Algorithm::Scrypt;
+        // Header hashes are only fingerprints for scrypt; the work is the pow's.
+        let (pending, pending_pow) = (hash(1000, 0), hash(1, 5));
+        assert_eq!(
+            filter.insert(&content, scrypt, pending, false),
+            Claim::Taken
+        );
+        for n in 0..shares_max as u32 - 1 {
+            assert_eq!(
+                filter.insert(&content, scrypt, hash(n, 0), false),
+                Claim::Taken
+            );
+            assert!(filter.settle(&content, &hash(n, 0), &hash(n, 8 + (n % 4) as u8), false));
+        }
+        // The bound: the floor rises over the cheapest settled shares; the pending one stays.
+        assert_eq!(
+            filter.insert(&content, scrypt, hash(2000, 0), false),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&content, scrypt, pending, false),
+            Claim::Duplicate
+        );
+        let before = filter.len();
+        assert!(
+            !filter.settle(&content, &pending, &pending_pow, false),
+            "under the floor"
+        );
+        assert_eq!(filter.len(), before - 1);
+        assert_eq!(
+            filter.insert(&content, scrypt, pending, false),
+            Claim::Taken
+        );
+        assert!(
+            !filter.settle(&content, &pending, &pending_pow, false),
+            "its copy too"
+        );
+        assert!(filter.settle(&content, &hash(2000, 0), &hash(3, 30), false));
+    }
+
+    /// The bound holds through a seeded flood over contents and work, with failed claims
+    /// given back and scrypt shares settled late, and a content's floor never falls.
     #[test]
     fn the_bound_holds_through_a_seeded_flood() {
         let shares_max = 500;
@@ -584,21 +649,33 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let mut taken = Vec::new();
+        let mut pending = Vec::new();
+        let mut floors = HashMap::new();
         for n in 0..50_000u32 {
             let roll = next();
             let content = [(roll % 3) as u8; 32];
-            let claimant = (roll >> 8) % 300;
-            let difficulty = [0.001, 1.0, 64.0][((roll >> 20) % 3) as usize];
-            if filter.insert(&content, claimant, difficulty, hash(n)) == Claim::Taken {
-                taken.push((content, difficulty, hash(n)));
+            let bits = (roll >> 8) as u8 % 64;
+            let algorithm = if roll & (1 << 40) == 0 {
+                SHA
+            } else {
+                Algorithm::Scrypt
+            };
+            let share = hash(n, bits);
+            if filter.insert(&content, algorithm, share, false) == Claim::Taken
+                && algorithm == Algorithm::Scrypt
+            {
+                pending.push((content, share));
             }
-            if roll % 5 == 0 {
-                if let Some((content, difficulty, share)) = taken.pop() {
-                    filter.remove(&content, difficulty, &share);
+            if roll % 3 == 0 {
+                if let Some((content, share)) = pending.pop() {
+                    if roll % 2 == 0 {
+                        filter.remove(&content, &share);
+                    } else {
+                        filter.settle(&content, &share, &share, false);
+                    }
                 }
             }
-            assert!(filter.cost() <= shares_max, "at {n}");
+            assert!(filter.len() <= shares_max, "at {n}");
             assert_eq!(
                 filter.shares,
                 filter
@@ -607,30 +684,100 @@ mod tests {
                     .map(|c| c.fingerprints.len())
                     .sum::<usize>()
             );
-            assert_eq!(
-                filter.claimants,
-                filter
-                    .by_content
-                    .values()
-                    .map(|c| c.claimants.len())
-                    .sum::<usize>()
-            );
+            for (key, content) in &filter.by_content {
+                let floor = floors.entry(*key).or_insert(0u8);
+                assert!(content.floor_bits >= *floor, "a floor fell");
+                *floor = content.floor_bits;
+            }
             if n % 10_000 == 9_999 {
                 filter.retire_unlisted(&crate::job::JobBook::default());
+                pending.clear();
+                floors.clear();
             }
         }
+    }
+
+    /// A found block is never refused for the bound's sake: not on a forgotten content,
+    /// not under a floor, not when its scrypt work settles under one; only its copy is,
+    /// as a duplicate, and at `BLOCK_SHARES_REMEMBERED_PER_CORE_MAX` the rule ends.
+    #[test]
+    fn a_block_passes_the_bound_and_its_copy_does_not() {
+        let mut filter = DuplicateFilter::with_shares_max(16);
+        for n in 0..16 {
+            assert_eq!(
+                filter.insert(&[1; 32], SHA, hash(n, 10), false),
+                Claim::Taken
+            );
+        }
+        // A newer content forgets the first one.
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(100, 10), false),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(101, 10), false),
+            Claim::Forgotten
+        );
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(102, 70), true),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(102, 70), true),
+            Claim::Duplicate
+        );
+        assert_eq!(filter.take_refused_full(), 1);
+        // Under a floor: the second content fills the filter and its floor rises.
+        for n in 200..216 {
+            filter.insert(&[2; 32], SHA, hash(n, 10), false);
+        }
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(300, 10), false),
+            Claim::BelowFloor
+        );
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(300, 10), true),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(300, 10), true),
+            Claim::Duplicate
+        );
+        // A scrypt block settling under the floor is kept; its copy is a duplicate.
+        let scrypt = Algorithm::Scrypt;
+        assert_eq!(
+            filter.insert(&[2; 32], scrypt, hash(400, 0), false),
+            Claim::Taken
+        );
+        assert!(filter.settle(&[2; 32], &hash(400, 0), &hash(1, 3), true));
+        assert_eq!(
+            filter.insert(&[2; 32], scrypt, hash(400, 0), false),
+            Claim::Duplicate
+        );
+        // Retired with their contents.
+        filter.retire_unlisted(&crate::job::JobBook::default());
+        assert!(filter.blocks.is_empty());
+        // At the limit, a block is refused as any share would be.
+        let mut filter = DuplicateFilter::with_shares_max(0);
+        for n in 0..BLOCK_SHARES_REMEMBERED_PER_CORE_MAX as u32 {
+            assert_eq!(
+                filter.insert(&[3; 32], SHA, hash(n, 70), true),
+                Claim::Taken
+            );
+        }
+        assert_eq!(
+            filter.insert(&[3; 32], SHA, hash(9_999, 70), true),
+            Claim::Full
+        );
     }
 
     #[test]
     fn a_zero_bound_takes_nothing() {
         let mut filter = DuplicateFilter::with_shares_max(0);
-        assert_eq!(filter.insert(&[1; 32], 1, 1.0, hash(1)), Claim::Full);
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(1, 20), false),
+            Claim::Full
+        );
         assert!(filter.is_empty());
-    }
-
-    #[test]
-    fn claimants_are_the_prefix_bytes_folded() {
-        assert_eq!(claimant_of(&[0, 0, 0, 1]), 1);
-        assert_ne!(claimant_of(&[0, 0, 0, 1]), claimant_of(&[0, 0, 1, 0]));
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bans::{BanList, BANS_MAX};
 use crate::job::JobTemplate;
-use crate::sv1::BlockCandidate;
+use crate::share::BlockCandidate;
 
 /// Longest IPC line accepted; a job with a few thousand branch hashes fits easily.
 pub const IPC_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;

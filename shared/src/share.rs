@@ -157,6 +157,25 @@ pub fn check_pow(
 
 pub use crate::duplicates::{Claim, DuplicateFilter, DUPLICATE_FILTER_SHARES_PER_CORE_MAX};
 
+/// A share that also met the network target: everything the control plane needs, with
+/// the template it kept, to assemble and submit the block.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockCandidate {
+    pub job_id: u64,
+    pub height: u64,
+    #[serde(with = "hex::serde")]
+    pub header: Vec<u8>,
+    /// The coinbase without its witness, exactly as hashed into the merkle root.
+    #[serde(with = "hex::serde")]
+    pub coinbase: Vec<u8>,
+    pub worker: String,
+    /// When the data plane accepted the block's share (`ShareRecord::accepted_at_ms`): the
+    /// block's round ends there, however long its submission takes. 0 from a data plane
+    /// older than this field.
+    #[serde(default)]
+    pub found_at_ms: u64,
+}
+
 /// One accepted share as the share log stores it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShareRecord {

@@ -398,27 +398,28 @@ pub struct CreditedShare {
 
 /// Claims a share in the duplicate filter as it arrives, before its proof of work is
 /// computed (see `DuplicateFilter`): `Duplicate` if the same header was taken before or is
-/// waiting for its hash, `FilterFull` if the filter is at its bound and its sender's place
-/// was the one given up. The extranonce prefix is the part of the coinbase the pool gave the
-/// sender: `claimant` is `claimant_of` it. `terms` are what it would be credited at.
+/// waiting for its hash, `FilterFull` if the filter is at its bound and this share proves
+/// less work than its job's floor, `StaleJob` if its job's shares were forgotten.
 pub fn claim_share(
     job: &Job,
-    claimant: u64,
-    terms: ShareTerms,
     header_hash: [u8; 32],
     duplicates: &mut DuplicateFilter,
 ) -> Result<(), Rejection> {
-    match duplicates.insert(&job.content_key, claimant, terms.difficulty, header_hash) {
+    // A SHA256d share's hash is its proof of work: whether it found a block is known now.
+    let is_block = job.algorithm == otedama_kernels::Algorithm::Sha256d
+        && job.network_target.is_met_by(&header_hash);
+    match duplicates.insert(&job.content_key, job.algorithm, header_hash, is_block) {
         Claim::Taken => Ok(()),
         Claim::Duplicate => Err(Rejection::Duplicate),
-        Claim::Full | Claim::Evicted => Err(Rejection::FilterFull),
+        Claim::Full | Claim::BelowFloor => Err(Rejection::FilterFull),
         Claim::Forgotten => Err(Rejection::StaleJob),
     }
 }
 
-/// The check after the proof of work of a claimed share: the target of its terms. The
-/// credit is the terms' difficulty, whatever the hash achieved (the credit rule on
-/// `SentJob`). A share that falls short gives its claim back.
+/// The check after the proof of work of a claimed share: the target of its terms, then
+/// the duplicate filter's floor (a scrypt share's work is known only now). The credit is
+/// the terms' difficulty, whatever the hash achieved (the credit rule on `SentJob`). A
+/// share that falls short gives its claim back.
 pub fn credit_share(
     job: &Job,
     terms: ShareTerms,
@@ -429,12 +430,15 @@ pub fn credit_share(
 ) -> Result<CreditedShare, Rejection> {
     let share_target = share_target(job.algorithm, terms.difficulty);
     match check_pow(job, header, header_hash, pow, &share_target) {
-        Ok(valid) => Ok(CreditedShare {
-            valid,
-            difficulty: terms.difficulty,
-        }),
+        Ok(valid) if duplicates.settle(&job.content_key, &header_hash, pow, valid.is_block) => {
+            Ok(CreditedShare {
+                valid,
+                difficulty: terms.difficulty,
+            })
+        }
+        Ok(_) => Err(Rejection::FilterFull),
         Err(_) => {
-            duplicates.remove(&job.content_key, terms.difficulty, &header_hash);
+            duplicates.remove(&job.content_key, &header_hash);
             Err(Rejection::LowDifficulty)
         }
     }
@@ -538,25 +542,22 @@ mod tests {
         };
         let mut duplicates = DuplicateFilter::default();
         // A proof-of-work value of zero meets every target.
-        claim_share(&job, 1, terms, [9; 32], &mut duplicates).unwrap();
+        claim_share(&job, [9; 32], &mut duplicates).unwrap();
         let credited =
             credit_share(&job, terms, [0; 80], [9; 32], &[0; 32], &mut duplicates).unwrap();
         assert_eq!(credited.difficulty, 0.5);
         assert!(credited.valid.achieved_difficulty > 1e9);
         assert_eq!(
-            claim_share(&job, 1, terms, [9; 32], &mut duplicates),
+            claim_share(&job, [9; 32], &mut duplicates),
             Err(Rejection::Duplicate)
         );
         // One that falls short gives its claim back: sent again, it is judged again.
-        claim_share(&job, 1, terms, [8; 32], &mut duplicates).unwrap();
+        claim_share(&job, [8; 32], &mut duplicates).unwrap();
         assert_eq!(
             credit_share(&job, terms, [0; 80], [8; 32], &[0xff; 32], &mut duplicates),
             Err(Rejection::LowDifficulty)
         );
-        assert_eq!(
-            claim_share(&job, 1, terms, [8; 32], &mut duplicates),
-            Ok(())
-        );
+        assert_eq!(claim_share(&job, [8; 32], &mut duplicates), Ok(()));
     }
 
     #[test]

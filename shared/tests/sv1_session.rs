@@ -851,17 +851,15 @@ fn a_banned_address_is_refused_at_authorize_and_a_new_ban_names_the_connection()
 }
 
 /// A connection that fills its core's duplicate filter with one job's cheap shares loses
-/// its own place in it: an honest connection's next share (of more work) is taken, and the
-/// flooder's shares, new or a copy of one it sent before, are refused with 20 from then
-/// on, never credited again.
+/// its own place in it: an honest share of more work is taken, the flood's cheapest share
+/// is forgotten, and that share's copy, or a new one as cheap, is refused with 20.
 #[test]
-fn a_flooder_at_the_filter_bound_loses_its_own_place_not_the_honest_ones() {
+fn a_flood_at_the_filter_bound_forgets_its_own_cheap_shares_not_the_honest_ones() {
+    use otedama_shared::duplicates::work_bits;
     let flooded_shares = 4;
-    let (flooder_difficulty, honest_difficulty) = (0.00001, 0.0001);
-    let shares_max =
-        flooded_shares + otedama_shared::duplicates::DUPLICATE_FILTER_CLAIMANT_COST_SHARES;
+    let (flooder_difficulty, honest_difficulty) = (DIFFICULTY_FLOOR_FOR_TESTS, 0.001);
     let mut h = Harness::new(flooder_difficulty);
-    h.duplicates = DuplicateFilter::with_shares_max(shares_max);
+    h.duplicates = DuplicateFilter::with_shares_max(flooded_shares);
     let job = h.ready();
     let flooder_extranonce1 = [0xde, 0xad, 0xbe, 0xef];
     let honest_extranonce1 = [0x0b, 0xad, 0xf0, 0x0d];
@@ -873,25 +871,30 @@ fn a_flooder_at_the_filter_bound_loses_its_own_place_not_the_honest_ones() {
         (1, "mining.subscribe", json!([])),
         (2, "mining.authorize", json!(["addr.honest", "x"])),
     ] {
+        let line = request_line(id, method, params);
         honest.handle_line(
-            &request_line(id, method, params)[..],
+            line.strip_suffix(b"\n").unwrap(),
             NOW_S,
             &h.jobs,
             &mut h.duplicates,
         );
     }
     honest.poll_transmit();
-    let mine_as = |extranonce1: &[u8], extranonce2: &[u8], difficulty: f64| {
-        let target =
-            otedama_kernels::Target::from_difficulty(Algorithm::Sha256d, difficulty).unwrap();
-        let mut header = job.header(extranonce1, extranonce2, job.ntime, job.version);
-        (0u32..)
-            .find(|nonce| {
-                header[76..80].copy_from_slice(&nonce.to_le_bytes());
-                target.is_met_by(&otedama_kernels::sha256d(&header))
-            })
-            .unwrap()
-    };
+    // The first nonce whose header meets `difficulty` and whose work bits pass `wanted`.
+    let mine_where =
+        |extranonce1: &[u8], extranonce2: &[u8], difficulty: f64, wanted: &dyn Fn(u8) -> bool| {
+            let target =
+                otedama_kernels::Target::from_difficulty(Algorithm::Sha256d, difficulty).unwrap();
+            let mut header = job.header(extranonce1, extranonce2, job.ntime, job.version);
+            (0u32..)
+                .find_map(|nonce| {
+                    header[76..80].copy_from_slice(&nonce.to_le_bytes());
+                    let hash = otedama_kernels::sha256d(&header);
+                    let bits = work_bits(&hash);
+                    (target.is_met_by(&hash) && wanted(bits)).then_some((nonce, bits))
+                })
+                .unwrap()
+        };
     let submit = |id: u64, worker: &str, extranonce2: [u8; 4], nonce: u32| {
         let line = submit_line(
             id,
@@ -907,15 +910,28 @@ fn a_flooder_at_the_filter_bound_loses_its_own_place_not_the_honest_ones() {
     let mut flooded = Vec::new();
     for n in 0..flooded_shares as u8 {
         let extranonce2 = [0, 0, 0, n];
-        let nonce = mine_as(&flooder_extranonce1, &extranonce2, flooder_difficulty);
+        let (nonce, bits) = mine_where(
+            &flooder_extranonce1,
+            &extranonce2,
+            flooder_difficulty,
+            &|_| true,
+        );
         let (outcome, _) = h.send(&submit(10 + n as u64, "addr.rig", extranonce2, nonce));
         assert!(matches!(outcome, Outcome::ShareAccepted(_)), "{outcome:?}");
-        flooded.push((extranonce2, nonce));
+        flooded.push((extranonce2, nonce, bits));
     }
     assert_eq!(h.duplicates.len(), flooded_shares);
+    let (cheapest_extranonce2, cheapest_nonce, cheapest_bits) =
+        *flooded.iter().min_by_key(|(_, _, bits)| *bits).unwrap();
 
     let extranonce2 = [0, 0, 1, 0];
-    let nonce = mine_as(&honest_extranonce1, &extranonce2, honest_difficulty);
+    let (nonce, honest_bits) = mine_where(
+        &honest_extranonce1,
+        &extranonce2,
+        honest_difficulty,
+        &|_| true,
+    );
+    assert!(honest_bits > flooded.iter().map(|f| f.2).max().unwrap());
     let outcome = honest.handle_line(
         &submit(20, "addr.honest", extranonce2, nonce),
         NOW_S,
@@ -923,19 +939,35 @@ fn a_flooder_at_the_filter_bound_loses_its_own_place_not_the_honest_ones() {
         &mut h.duplicates,
     );
     assert!(matches!(outcome, Outcome::ShareAccepted(_)), "{outcome:?}");
-    assert_eq!(h.duplicates.len(), 1, "the flooder's shares were forgotten");
+    assert!(
+        h.duplicates.len() < flooded_shares + 1,
+        "the cheapest shares were forgotten"
+    );
 
-    let extranonce2 = [0, 0, 0, 9];
-    let nonce = mine_as(&flooder_extranonce1, &extranonce2, flooder_difficulty);
-    let (outcome, out) = h.send(&submit(30, "addr.rig", extranonce2, nonce));
-    assert_eq!(outcome, Outcome::Rejected(ErrorCode::Other));
-    assert_eq!(error_code(&out[0]), Some(20));
-    let (extranonce2, nonce) = flooded[0];
-    let (outcome, out) = h.send(&submit(31, "addr.rig", extranonce2, nonce));
+    let (outcome, out) = h.send(&submit(
+        30,
+        "addr.rig",
+        cheapest_extranonce2,
+        cheapest_nonce,
+    ));
     assert_eq!(
         outcome,
         Outcome::Rejected(ErrorCode::Other),
         "a forgotten share is not taken again"
+    );
+    assert_eq!(error_code(&out[0]), Some(20));
+    let extranonce2 = [0, 0, 0, 9];
+    let (nonce, _) = mine_where(
+        &flooder_extranonce1,
+        &extranonce2,
+        flooder_difficulty,
+        &|bits| bits == cheapest_bits,
+    );
+    let (outcome, out) = h.send(&submit(31, "addr.rig", extranonce2, nonce));
+    assert_eq!(
+        outcome,
+        Outcome::Rejected(ErrorCode::Other),
+        "a share as cheap is refused"
     );
     assert_eq!(error_code(&out[0]), Some(20));
     assert_eq!(h.duplicates.take_refused_full(), 2);

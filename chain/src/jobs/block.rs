@@ -7,7 +7,7 @@ use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::Witness;
 
 use otedama_kernels::{merkle::merkle_root, sha256d};
-use otedama_shared::sv1::BlockCandidate;
+use otedama_shared::share::BlockCandidate;
 
 use super::builder::{push_compact_size, BuiltJob};
 

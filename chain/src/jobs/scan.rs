@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use otedama_kernels::sha256d;
 use otedama_shared::hex32::display_hex;
-use otedama_shared::sv1::BlockCandidate;
+use otedama_shared::share::BlockCandidate;
 use otedama_shared::{Job, ShareRecord};
 
 use super::store::JobStoreError;

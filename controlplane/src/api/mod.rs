@@ -504,6 +504,16 @@ mod tests {
         (port, refusals)
     }
 
+    /// The refusals counted once there are `count` (the server counts a cut connection
+    /// just after closing it), or as they are after 2 s.
+    fn refusals_when(refusals: &Mutex<Vec<ApiRefusal>>, count: usize) -> Vec<ApiRefusal> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while refusals.lock().unwrap().len() < count && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        refusals.lock().unwrap().clone()
+    }
+
     /// Whether the server closed the connection (end of stream or reset) within `within`;
     /// `false` if it was still open then.
     fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
@@ -551,7 +561,10 @@ mod tests {
             "not cut at its lifetime"
         );
         assert!(opened.elapsed() >= lifetime);
-        assert_eq!(*refusals.lock().unwrap(), [ApiRefusal::ConnectionLifetime]);
+        assert_eq!(
+            refusals_when(&refusals, 1),
+            [ApiRefusal::ConnectionLifetime]
+        );
 
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
@@ -587,9 +600,8 @@ mod tests {
         assert!(closed_within(&mut first, Duration::from_secs(3)));
         assert!(opened.elapsed() >= header_read_timeout);
         assert!(closed_within(&mut second, Duration::from_secs(1)));
-        let counted = refusals.lock().unwrap().clone();
         assert_eq!(
-            counted,
+            refusals_when(&refusals, 3),
             [
                 ApiRefusal::ConnectionsPerIp,
                 ApiRefusal::HeaderTimeout,

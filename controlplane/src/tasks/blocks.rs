@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use otedama_kernels::sha256d;
 use otedama_shared::hex32::display_hex;
-use otedama_shared::sv1::BlockCandidate;
+use otedama_shared::share::BlockCandidate;
 
 use crate::api::now_ms;
 use crate::config::PoolConfig;

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use otedama_shared::bans::BanList;
 use otedama_shared::ipc::Upstream;
-use otedama_shared::sv1::{BlockCandidate, ErrorCode};
+use otedama_shared::share::BlockCandidate;
+use otedama_shared::sv1::ErrorCode;
 use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 
 use crate::counters::Counters;

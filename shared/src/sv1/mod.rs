@@ -11,9 +11,7 @@ mod session;
 mod submit;
 
 pub use framer::{LineFramer, LineStep, LineTooLong};
-pub use session::{
-    AcceptedShare, BlockCandidate, CloseReason, Outcome, PendingPow, Session, SessionConfig,
-};
+pub use session::{AcceptedShare, CloseReason, Outcome, PendingPow, Session, SessionConfig};
 
 use serde_json::{json, Value};
 

@@ -15,7 +15,7 @@ use crate::address::AddressRule;
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::WORKERS_PER_CONNECTION_MAX;
-use crate::share::{DuplicateFilter, ShareRecord};
+use crate::share::{BlockCandidate, DuplicateFilter, ShareRecord};
 use crate::vardiff::VardiffConfig;
 use crate::work::{vet_worker_name, ShareTerms, WorkState};
 
@@ -100,25 +100,6 @@ impl PartialEq for PendingPow {
     fn eq(&self, other: &Self) -> bool {
         self.request_id == other.request_id && self.header == other.header
     }
-}
-
-/// A share that also met the network target: everything the control plane needs, with
-/// the template it kept, to assemble and submit the block.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BlockCandidate {
-    pub job_id: u64,
-    pub height: u64,
-    #[serde(with = "hex::serde")]
-    pub header: Vec<u8>,
-    /// The coinbase without its witness, exactly as hashed into the merkle root.
-    #[serde(with = "hex::serde")]
-    pub coinbase: Vec<u8>,
-    pub worker: String,
-    /// When the data plane accepted the block's share (`ShareRecord::accepted_at_ms`): the
-    /// block's round ends there, however long its submission takes. 0 from a data plane
-    /// older than this field.
-    #[serde(default)]
-    pub found_at_ms: u64,
 }
 
 #[derive(Debug)]
@@ -436,11 +417,6 @@ impl Session {
         self.outbox.extend_from_slice(b",\"result\":");
         self.outbox.extend_from_slice(result_json);
         self.outbox.extend_from_slice(b",\"error\":null}\n");
-    }
-
-    /// This connection's claimant in the duplicate filter: its extranonce1.
-    pub(super) fn claimant(&self) -> u64 {
-        crate::duplicates::claimant_of(&self.config.extranonce1)
     }
 
     pub(super) fn reject(&mut self, id: &RequestId, code: ErrorCode, message: &str) -> Outcome {

@@ -15,8 +15,14 @@ use crate::work::{
 use crate::JobBook;
 
 use super::request::RequestId;
-use super::session::{AcceptedShare, BlockCandidate, Outcome, PendingPow, Session};
+use super::session::{AcceptedShare, Outcome, PendingPow, Session};
 use super::{job_id_from_stratum, ErrorCode};
+use crate::share::BlockCandidate;
+
+/// The reply to a share the duplicate filter cannot take: its job's shares fill the filter
+/// and this one proves less work than those it keeps. Not a duplicate as far as anyone
+/// knows, so code 20, not 22.
+const FILTER_FULL_MESSAGE: &str = "share filter full of shares of more work; wait for new work";
 
 impl Session {
     pub(super) fn handle_submit(
@@ -83,11 +89,10 @@ impl Session {
         };
         let header = build_header(&job, &submission);
         let header_hash = sha256d_80(&header);
-        match claim_share(&job, self.claimant(), terms, header_hash, duplicates) {
+        match claim_share(&job, header_hash, duplicates) {
             Ok(()) => {}
             Err(Rejection::FilterFull) => {
-                // Not a duplicate as far as anyone knows, so code 20, not 22.
-                return self.reject(id, ErrorCode::Other, "share filter full; wait for new work");
+                return self.reject(id, ErrorCode::Other, FILTER_FULL_MESSAGE);
             }
             Err(Rejection::StaleJob) => {
                 return self.reject(id, ErrorCode::JobNotFound, "stale job")
@@ -150,6 +155,9 @@ impl Session {
                 Ok(credited) => credited,
                 Err(Rejection::Duplicate) => {
                     return self.reject(&id, ErrorCode::Duplicate, "duplicate share")
+                }
+                Err(Rejection::FilterFull) => {
+                    return self.reject(&id, ErrorCode::Other, FILTER_FULL_MESSAGE)
                 }
                 Err(_) => {
                     return self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share")

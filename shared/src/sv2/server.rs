@@ -30,12 +30,11 @@ use otedama_kernels::{Algorithm, Target};
 
 use crate::address::AddressRule;
 use crate::bans::BanList;
-use crate::duplicates::claimant_of;
 use crate::job::{Job, JobBook};
 use crate::limits::{EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, JOBS_REMEMBERED_MAX};
+use crate::share::BlockCandidate;
 use crate::share::{build_header, header_from_root, merkle_root, pow_hash, ShareRecord};
 use crate::share::{DuplicateFilter, ShareSubmission};
-use crate::sv1::BlockCandidate;
 use crate::vardiff::VardiffConfig;
 use crate::work::{
     check_ntime, check_version, claim_share, credit_share, share_target, vet_worker_name,
@@ -791,9 +790,7 @@ impl Session {
             _ => return self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID),
         };
         let header_hash = sha256d_80(&header);
-        let claimant = claimant_of(&channel.extranonce_prefix);
-        if let Err(rejection) = claim_share(&job, claimant, terms, header_hash, context.duplicates)
-        {
+        if let Err(rejection) = claim_share(&job, header_hash, context.duplicates) {
             return self.reject(channel_id, sequence_number, rejection_code(rejection));
         }
         let mut pending = PendingPow {
