@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use otedama_shared::error_code::ErrorCode;
 use otedama_shared::ipc::{DataplaneCounters, Refusal, SharesByProtocol, ACK_LATENCY_BUCKETS_S};
-use otedama_shared::sv1::ErrorCode;
 
 use crate::rt::Protocol;
 

@@ -44,8 +44,8 @@ impl std::hash::Hasher for FingerprintHasher {
 }
 
 /// Shares one core's duplicate filter remembers at most, over all live jobs. Each costs
-/// about 17 bytes of table (a 64-bit fingerprint, its work and a control byte), and a
-/// table is at most half full after it grows, so the filter stays under about 140 MB per
+/// about 9 bytes of table (its fingerprint and work in one `u64`, and a control byte), and
+/// a table is at most half full after it grows, so the filter stays under about 75 MB per
 /// core. At the bound the oldest job content is forgotten first, and its jobs are stale
 /// from then on (`Claim::Forgotten`): a flood only ages jobs out early. With one content
 /// alone at the bound, its work floor rises (`ContentShares::raise_floor`): the shares of
@@ -105,12 +105,47 @@ pub enum Claim {
     BelowFloor,
 }
 
+/// A remembered share: its fingerprint (the first 64 bits of its header hash) with the low
+/// 8 bits replaced by its work bits, so a share costs one `u64` of table. Equality and hash
+/// are the fingerprint's 56 bits alone: two different shares share them with odds of
+/// about 2^-56 per pair (the later one is then refused as a duplicate, costing its miner
+/// one share), and a lookup needs no work bits.
+#[derive(Clone, Copy, Debug)]
+struct Remembered(u64);
+
+impl Remembered {
+    fn new(header_hash: &[u8; 32], bits: u8) -> Remembered {
+        Remembered(fingerprint(header_hash) & !0xff | u64::from(bits))
+    }
+
+    fn bits(self) -> u8 {
+        self.0 as u8
+    }
+}
+
+impl PartialEq for Remembered {
+    fn eq(&self, other: &Remembered) -> bool {
+        self.0 >> 8 == other.0 >> 8
+    }
+}
+
+impl Eq for Remembered {}
+
+impl std::hash::Hash for Remembered {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The table takes its bucket from the low bits and its tag from the top 7: both
+        // from the fingerprint's random bits, never the work bits.
+        let print = self.0 >> 8;
+        state.write_u64(print ^ (print << 56));
+    }
+}
+
 /// The shares taken for one job content.
 #[derive(Debug, Default)]
 struct ContentShares {
-    /// Each share's fingerprint and its work bits (`WORK_BITS_PENDING` until its proof of
-    /// work is computed).
-    fingerprints: HashMap<u64, u8, FingerprintHashBuilder>,
+    /// Each share's fingerprint and work bits (`WORK_BITS_PENDING` until its proof of work
+    /// is computed).
+    shares: HashSet<Remembered, FingerprintHashBuilder>,
     /// Shares of fewer work bits are refused for this content. Never lowered while the
     /// content lives: every share under it was forgotten.
     floor_bits: u8,
@@ -118,13 +153,14 @@ struct ContentShares {
 
 impl ContentShares {
     /// Raises the floor to the lowest value that forgets at least `wanted` shares of known
-    /// work (or all of them) and forgets the shares under it; returns how many went.
+    /// work and forgets the shares under it; returns how many went, or `None` when the
+    /// shares of known work are fewer than `wanted` (the caller forgets the content).
     /// Shares waiting for their proof of work stay (at most the per-core scrypt queue).
-    fn raise_floor(&mut self, wanted: usize) -> usize {
+    fn raise_floor(&mut self, wanted: usize) -> Option<usize> {
         let mut counts = [0usize; WORK_BITS_MAX as usize + 1];
-        for &bits in self.fingerprints.values() {
-            if bits != WORK_BITS_PENDING {
-                counts[bits as usize] += 1;
+        for share in &self.shares {
+            if share.bits() != WORK_BITS_PENDING {
+                counts[share.bits() as usize] += 1;
             }
         }
         let mut below = 0;
@@ -135,12 +171,15 @@ impl ContentShares {
             below += counts[floor];
             floor += 1;
         }
-        self.floor_bits = floor.min(WORK_BITS_PENDING as usize) as u8;
-        let before = self.fingerprints.len();
+        if below < wanted {
+            return None;
+        }
+        self.floor_bits = floor as u8;
+        let before = self.shares.len();
         let floor_bits = self.floor_bits;
-        self.fingerprints
-            .retain(|_, bits| *bits == WORK_BITS_PENDING || *bits >= floor_bits);
-        before - self.fingerprints.len()
+        self.shares
+            .retain(|share| share.bits() == WORK_BITS_PENDING || share.bits() >= floor_bits);
+        Some(before - self.shares.len())
     }
 }
 
@@ -151,17 +190,18 @@ impl ContentShares {
 /// with `clean_jobs`) from forgetting the shares already taken for it; a set is dropped
 /// once no live job has its content, when its shares are stale.
 ///
-/// A share is kept as its fingerprint, the first 64 bits of its header hash. Equal shares
-/// always have equal fingerprints, so a duplicate is never let through; two different
-/// shares share one with odds of about 2^-64 per pair (the hash is SHA256d, which no one
-/// can aim), and then the later one is refused, which costs its miner one share and
-/// gives no one anything.
+/// A share is kept as its fingerprint (see `Remembered`). Equal shares always have equal
+/// fingerprints, so a duplicate is never let through.
 ///
 /// A share is claimed here when it arrives, before its proof of work is computed (which
 /// for scrypt happens later, in a batch), and released if that fails: a copy sent while
 /// the first waits is refused at once, and one still waiting when a new block drops the
 /// set cannot start a fresh set for it. A scrypt share's work is known only then, so it is
-/// judged against the floor when it settles (`settle`).
+/// judged against the floor when it settles (`settle`); a SHA256d share's is known, and
+/// judged, at once.
+///
+/// A share that finds a block is also remembered apart (`blocks`), so no copy of it is
+/// taken again whatever happens to its content's set, and the bound never refuses it.
 ///
 /// Each core owns one; extranonce1 values are partitioned per core, so a share can only
 /// ever collide with one accepted on the same core, and no cross-core lookup is needed.
@@ -177,9 +217,8 @@ pub struct DuplicateFilter {
     order: std::collections::VecDeque<[u8; 32]>,
     /// Contents whose shares were forgotten at the bound.
     forgotten: HashSet<[u8; 32]>,
-    /// Shares that found a block and were taken although the bound would have refused
-    /// them (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`), by content and fingerprint, so their
-    /// copies are still told apart.
+    /// Shares that found a block, by content and fingerprint
+    /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`).
     blocks: HashSet<([u8; 32], u64)>,
     shares: usize,
     shares_max: usize,
@@ -212,7 +251,7 @@ impl DuplicateFilter {
 
     fn forget_content(&mut self, content_key: [u8; 32]) {
         if let Some(content) = self.by_content.remove(&content_key) {
-            self.shares -= content.fingerprints.len();
+            self.shares -= content.shares.len();
         }
         self.order.retain(|c| *c != content_key);
         self.forgotten.insert(content_key);
@@ -230,33 +269,36 @@ impl DuplicateFilter {
         header_hash: [u8; 32],
         is_block: bool,
     ) -> Claim {
-        match self.claim(content_key, algorithm, header_hash) {
-            Claim::Forgotten | Claim::BelowFloor | Claim::Full if is_block => {
-                match self.keep_block(content_key, &header_hash) {
-                    Some(claim) => {
-                        // Counted as refused by `claim`; it was not.
-                        self.refused_full -= 1;
-                        claim
-                    }
-                    None => Claim::Full,
+        let claim = self.claim(content_key, algorithm, header_hash);
+        if !is_block {
+            return claim;
+        }
+        match claim {
+            Claim::Taken => {
+                self.remember_block(content_key, &header_hash);
+                Claim::Taken
+            }
+            Claim::Forgotten | Claim::BelowFloor | Claim::Full => {
+                if self.remember_block(content_key, &header_hash) {
+                    // Counted as refused by `claim`; it was not.
+                    self.refused_full -= 1;
+                    Claim::Taken
+                } else {
+                    claim
                 }
             }
-            claim => claim,
+            Claim::Duplicate => Claim::Duplicate,
         }
     }
 
-    /// A block's share taken outside the bound: `Taken`, or `Duplicate` if it was taken
-    /// so before; `None` if `BLOCK_SHARES_REMEMBERED_PER_CORE_MAX` are held already.
-    fn keep_block(&mut self, content_key: &[u8; 32], header_hash: &[u8; 32]) -> Option<Claim> {
-        let key = (*content_key, fingerprint(header_hash));
-        if self.blocks.contains(&key) {
-            return Some(Claim::Duplicate);
-        }
+    /// Remembers a block's share apart from the bound; `false` if
+    /// `BLOCK_SHARES_REMEMBERED_PER_CORE_MAX` are held already.
+    fn remember_block(&mut self, content_key: &[u8; 32], header_hash: &[u8; 32]) -> bool {
         if self.blocks.len() >= BLOCK_SHARES_REMEMBERED_PER_CORE_MAX {
-            return None;
+            return false;
         }
-        self.blocks.insert(key);
-        Some(Claim::Taken)
+        self.blocks.insert((*content_key, fingerprint(header_hash)));
+        true
     }
 
     fn claim(
@@ -284,9 +326,9 @@ impl DuplicateFilter {
             Algorithm::Sha256d => work_bits(&header_hash),
             Algorithm::Scrypt => WORK_BITS_PENDING,
         };
-        let fingerprint = fingerprint(&header_hash);
+        let share = Remembered::new(&header_hash, bits);
         if let Some(content) = self.by_content.get(content_key) {
-            if content.fingerprints.contains_key(&fingerprint) {
+            if content.shares.contains(&share) {
                 return Claim::Duplicate;
             }
             if bits < content.floor_bits {
@@ -302,18 +344,18 @@ impl DuplicateFilter {
             }
             // This content alone fills the filter: raise its floor.
             let wanted = (self.shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR).max(1);
-            let (freed, floor_bits) = match self.by_content.get_mut(content_key) {
-                Some(content) => (content.raise_floor(wanted), content.floor_bits),
-                None => (0, 0),
-            };
-            self.shares -= freed;
-            if freed == 0 {
-                // Only shares waiting for their proof of work are left (a bound smaller
+            let raised = self
+                .by_content
+                .get_mut(content_key)
+                .and_then(|content| Some((content.raise_floor(wanted)?, content.floor_bits)));
+            let Some((freed, floor_bits)) = raised else {
+                // Fewer shares of known work than a pass frees (a bound not much larger
                 // than the scrypt queue): the content is forgotten, as an old one would be.
                 self.forget_content(*content_key);
                 self.refused_full += 1;
                 return Claim::Forgotten;
-            }
+            };
+            self.shares -= freed;
             if bits < floor_bits {
                 self.refused_full += 1;
                 return Claim::BelowFloor;
@@ -323,17 +365,16 @@ impl DuplicateFilter {
             self.order.push_back(*content_key);
             ContentShares::default()
         });
-        content.fingerprints.insert(fingerprint, bits);
+        content.shares.insert(share);
         self.shares += 1;
         debug_assert!(self.shares <= self.shares_max);
         Claim::Taken
     }
 
-    /// Records the work of a claimed share whose proof of work `pow` met its target.
-    /// `false` if the content's floor rose above it meanwhile (or it was under it from
-    /// the start, a scrypt share): the share is forgotten and must be refused, as its
-    /// copies will be; unless it found a block (`is_block`), which is kept outside the
-    /// bound instead.
+    /// Records the work of a claimed scrypt share whose proof of work `pow` met its
+    /// target (a SHA256d share was judged when claimed). `false` if it is under its
+    /// content's floor: the share is forgotten and must be refused, as its copies will be;
+    /// unless it found a block (`is_block`), which is remembered apart instead.
     pub fn settle(
         &mut self,
         content_key: &[u8; 32],
@@ -341,24 +382,20 @@ impl DuplicateFilter {
         pow: &[u8; 32],
         is_block: bool,
     ) -> bool {
+        let bits = work_bits(pow);
+        let share = Remembered::new(header_hash, bits);
+        let remembered_apart = is_block && self.remember_block(content_key, header_hash);
         let Some(content) = self.by_content.get_mut(content_key) else {
             // Its content was retired or forgotten while the share was hashed: the share
             // was first, and any copy is refused as stale.
             return true;
         };
-        let bits = work_bits(pow);
-        let fingerprint = fingerprint(header_hash);
-        if bits >= content.floor_bits {
-            if let Some(recorded) = content.fingerprints.get_mut(&fingerprint) {
-                *recorded = bits;
-            }
+        if bits >= content.floor_bits || remembered_apart {
+            content.shares.replace(share);
             return true;
         }
-        if content.fingerprints.remove(&fingerprint).is_some() {
+        if content.shares.remove(&share) {
             self.shares -= 1;
-        }
-        if is_block && self.keep_block(content_key, header_hash) == Some(Claim::Taken) {
-            return true;
         }
         self.refused_full += 1;
         false
@@ -372,11 +409,7 @@ impl DuplicateFilter {
                 .remove(&(*content_key, fingerprint(header_hash)));
         }
         if let Some(content) = self.by_content.get_mut(content_key) {
-            if content
-                .fingerprints
-                .remove(&fingerprint(header_hash))
-                .is_some()
-            {
+            if content.shares.remove(&Remembered::new(header_hash, 0)) {
                 self.shares -= 1;
             }
         }
@@ -395,7 +428,7 @@ impl DuplicateFilter {
         self.shares = self
             .by_content
             .values()
-            .map(|content| content.fingerprints.len())
+            .map(|content| content.shares.len())
             .sum();
     }
 
@@ -423,7 +456,7 @@ mod tests {
     /// its fingerprint.
     fn hash(n: u32, bits: u8) -> [u8; 32] {
         let mut hash = [0xffu8; 32];
-        hash[..4].copy_from_slice(&n.to_le_bytes());
+        hash[1..5].copy_from_slice(&n.to_le_bytes());
         let (whole, part) = (bits as usize / 8, bits % 8);
         for byte in hash.iter_mut().rev().take(whole) {
             *byte = 0;
@@ -681,7 +714,7 @@ mod tests {
                 filter
                     .by_content
                     .values()
-                    .map(|c| c.fingerprints.len())
+                    .map(|c| c.shares.len())
                     .sum::<usize>()
             );
             for (key, content) in &filter.by_content {
@@ -752,6 +785,36 @@ mod tests {
         assert!(filter.settle(&[2; 32], &hash(400, 0), &hash(1, 3), true));
         assert_eq!(
             filter.insert(&[2; 32], scrypt, hash(400, 0), false),
+            Claim::Duplicate
+        );
+        // A block taken in the ordinary way is remembered apart too: when its content is
+        // forgotten later, its copy is still a duplicate, not a new block.
+        let mut other = DuplicateFilter::with_shares_max(1);
+        assert_eq!(
+            other.insert(&[5; 32], SHA, hash(500, 70), true),
+            Claim::Taken
+        );
+        assert_eq!(
+            other.insert(&[6; 32], SHA, hash(600, 20), false),
+            Claim::Taken
+        );
+        assert_eq!(
+            other.insert(&[5; 32], SHA, hash(501, 20), false),
+            Claim::Forgotten
+        );
+        assert_eq!(
+            other.insert(&[5; 32], SHA, hash(500, 70), true),
+            Claim::Duplicate
+        );
+        // And a scrypt block settled above the floor, whose copy comes after the floor
+        // rose over it.
+        assert_eq!(
+            other.insert(&[6; 32], scrypt, hash(700, 0), false),
+            Claim::Taken
+        );
+        assert!(other.settle(&[6; 32], &hash(700, 0), &hash(7, 25), true));
+        assert_eq!(
+            other.insert(&[6; 32], scrypt, hash(700, 0), false),
             Claim::Duplicate
         );
         // Retired with their contents.

@@ -13,6 +13,7 @@ pub mod address;
 pub mod bans;
 pub mod clock;
 pub mod duplicates;
+pub mod error_code;
 #[cfg(any(test, feature = "fuzz-harness"))]
 pub mod fuzz_harness;
 pub mod hex32;

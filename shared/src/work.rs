@@ -430,7 +430,12 @@ pub fn credit_share(
 ) -> Result<CreditedShare, Rejection> {
     let share_target = share_target(job.algorithm, terms.difficulty);
     match check_pow(job, header, header_hash, pow, &share_target) {
-        Ok(valid) if duplicates.settle(&job.content_key, &header_hash, pow, valid.is_block) => {
+        // A SHA256d share's work was judged when it was claimed; a scrypt share's is known
+        // only now.
+        Ok(valid)
+            if job.algorithm == otedama_kernels::Algorithm::Sha256d
+                || duplicates.settle(&job.content_key, &header_hash, pow, valid.is_block) =>
+        {
             Ok(CreditedShare {
                 valid,
                 difficulty: terms.difficulty,
@@ -531,6 +536,30 @@ mod tests {
             let terms = work.sent_job(1).unwrap().terms(step_s);
             assert_eq!(terms.difficulty, 1.0, "step {step_s}");
         }
+    }
+
+    /// A found block is credited whatever the duplicate filter's bound, and its copy is
+    /// still refused (here the bound is zero: no other share is taken at all).
+    #[test]
+    fn a_block_is_taken_past_the_filter_bound_and_its_copy_is_not() {
+        // SHA256d: whether a share is a block is known when it is claimed.
+        let mut sha256d = template(1, true);
+        sha256d.algorithm = crate::job::AlgorithmName::Sha256d;
+        let job = Job::new(sha256d).unwrap();
+        let terms = ShareTerms {
+            job_id: 1,
+            difficulty: 0.5,
+        };
+        let mut duplicates = DuplicateFilter::with_shares_max(0);
+        // Regtest bits: a hash of all zeros meets the network target.
+        claim_share(&job, [0; 32], &mut duplicates).unwrap();
+        let credited =
+            credit_share(&job, terms, [0; 80], [0; 32], &[0; 32], &mut duplicates).unwrap();
+        assert!(credited.valid.is_block);
+        assert_eq!(
+            claim_share(&job, [0; 32], &mut duplicates),
+            Err(Rejection::Duplicate)
+        );
     }
 
     #[test]

@@ -860,6 +860,11 @@ fn a_flood_at_the_filter_bound_forgets_its_own_cheap_shares_not_the_honest_ones(
     let (flooder_difficulty, honest_difficulty) = (DIFFICULTY_FLOOR_FOR_TESTS, 0.001);
     let mut h = Harness::new(flooder_difficulty);
     h.duplicates = DuplicateFilter::with_shares_max(flooded_shares);
+    // Mainnet's easiest bits, so no share here is a block (a block passes the bound).
+    let mut hard = template(1, true);
+    hard.bits = 0x1d00_ffff;
+    h.jobs = JobBook::default();
+    h.jobs.insert(Arc::new(Job::new(hard).unwrap()));
     let job = h.ready();
     let flooder_extranonce1 = [0xde, 0xad, 0xbe, 0xef];
     let honest_extranonce1 = [0x0b, 0xad, 0xf0, 0x0d];

@@ -467,10 +467,36 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     .await
 }
 
+/// Serves `app` within `bounds` on a loopback port, from a runtime thread of its own: for
+/// tests of the accept loop and of routes over real sockets. Returns the port.
+#[cfg(test)]
+pub(crate) fn serve_on_loopback(
+    app: Router,
+    bounds: ConnectionBounds,
+    refused: impl Fn(ApiRefusal) + Clone + Send + Sync + 'static,
+) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
+            let _ = serve_connections(listener, app, bounds, refused).await;
+        })
+    });
+    port
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
-        public_reject_reason, serve_connections, ConnectionBounds, Page, API_LIST_ITEMS_DEFAULT,
+        public_reject_reason, serve_on_loopback, ConnectionBounds, Page, API_LIST_ITEMS_DEFAULT,
         API_LIST_ITEMS_MAX, AUDIT_ENTRIES_PER_REQUEST_MAX, REJECT_TOKEN_BYTES_MAX,
     };
     use crate::stats::ApiRefusal;
@@ -483,25 +509,12 @@ mod tests {
     fn bounded_server(bounds: ConnectionBounds) -> (u16, Arc<Mutex<Vec<ApiRefusal>>>) {
         let refusals = Arc::new(Mutex::new(Vec::new()));
         let counted = refusals.clone();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = axum::Router::new().route(
-                    "/echo",
-                    axum::routing::post(|body: String| async move { body }),
-                );
-                let refused = move |refusal| counted.lock().unwrap().push(refusal);
-                let _ = serve_connections(listener, app, bounds, refused).await;
-            })
-        });
-        (port, refusals)
+        let app = axum::Router::new().route(
+            "/echo",
+            axum::routing::post(|body: String| async move { body }),
+        );
+        let refused = move |refusal| counted.lock().unwrap().push(refusal);
+        (serve_on_loopback(app, bounds, refused), refusals)
     }
 
     /// The refusals counted once there are `count` (the server counts a cut connection

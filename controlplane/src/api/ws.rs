@@ -123,43 +123,30 @@ mod tests {
     /// `send_timeout`; the moment each feed ends comes out of the returned channel.
     fn feed_server(send_timeout: Duration) -> (u16, std::sync::mpsc::Receiver<Instant>) {
         let (ended_tx, ended_rx) = std::sync::mpsc::channel();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                // Kept by the route: the feed's events never end while the server runs.
-                let (events, _) = tokio::sync::broadcast::channel(16);
-                let route = move |upgrade: WebSocketUpgrade| {
-                    let events = tokio::sync::broadcast::Sender::subscribe(&events);
-                    let ended = ended_tx.clone();
-                    async move {
-                        upgrade.on_upgrade(move |socket| async move {
-                            let pace = FeedPace {
-                                stats_interval: Duration::from_millis(5),
-                                send_timeout,
-                            };
-                            let stats = Value::String("x".repeat(64 * 1024));
-                            run_feed(socket, events, pace, || {
-                                let stats = stats.clone();
-                                async move { Some(stats) }
-                            })
-                            .await;
-                            let _ = ended.send(Instant::now());
-                        })
-                    }
-                };
-                let app = axum::Router::new().route("/ws", axum::routing::get(route));
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let bounds = crate::api::ConnectionBounds::NAMED;
-                let _ = crate::api::serve_connections(listener, app, bounds, |_| {}).await;
-            })
-        });
-        (port, ended_rx)
+        // Kept by the route: the feed's events never end while the server runs.
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let route = move |upgrade: WebSocketUpgrade| {
+            let events = tokio::sync::broadcast::Sender::subscribe(&events);
+            let ended = ended_tx.clone();
+            async move {
+                upgrade.on_upgrade(move |socket| async move {
+                    let pace = FeedPace {
+                        stats_interval: Duration::from_millis(5),
+                        send_timeout,
+                    };
+                    let stats = Value::String("x".repeat(64 * 1024));
+                    run_feed(socket, events, pace, || {
+                        let stats = stats.clone();
+                        async move { Some(stats) }
+                    })
+                    .await;
+                    let _ = ended.send(Instant::now());
+                })
+            }
+        };
+        let app = axum::Router::new().route("/ws", axum::routing::get(route));
+        let bounds = crate::api::ConnectionBounds::NAMED;
+        (crate::api::serve_on_loopback(app, bounds, |_| {}), ended_rx)
     }
 
     /// Opens a live-feed connection: the WebSocket handshake, answered 101.

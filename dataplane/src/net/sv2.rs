@@ -12,9 +12,9 @@ use std::sync::Arc;
 use glommio::net::TcpStream;
 
 use otedama_shared::bans::BanList;
+use otedama_shared::error_code::ErrorCode;
 use otedama_shared::ipc::Refusal;
 use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
-use otedama_shared::sv1::ErrorCode;
 use otedama_shared::sv2::noise::NoiseServer;
 use otedama_shared::sv2::server::{
     error_code, AcceptedShare, Context, Outcome, PendingPow, ServerConfig, Session,

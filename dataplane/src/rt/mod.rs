@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otedama_shared::bans::BanList;
+use otedama_shared::error_code::ErrorCode;
 use otedama_shared::ipc::Upstream;
 use otedama_shared::share::BlockCandidate;
-use otedama_shared::sv1::ErrorCode;
 use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 
 use crate::counters::Counters;

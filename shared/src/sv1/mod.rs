@@ -10,24 +10,13 @@ pub mod request;
 mod session;
 mod submit;
 
+pub use crate::error_code::ErrorCode;
 pub use framer::{LineFramer, LineStep, LineTooLong};
 pub use session::{AcceptedShare, CloseReason, Outcome, PendingPow, Session, SessionConfig};
 
 use serde_json::{json, Value};
 
 use crate::job::JobTemplate;
-
-/// Stratum V1 error codes, as the common pools and miners use them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum ErrorCode {
-    Other = 20,
-    JobNotFound = 21,
-    Duplicate = 22,
-    LowDifficulty = 23,
-    UnauthorizedWorker = 24,
-    NotSubscribed = 25,
-}
 
 /// Stratum's prevhash: the internal-order hash with each 4-byte word byte-swapped, because
 /// cpuminer-style miners load it as eight little-endian words.
