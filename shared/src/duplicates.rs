@@ -46,20 +46,21 @@ impl std::hash::Hasher for FingerprintHasher {
 /// Shares one core's duplicate filter remembers at most, over all live jobs. Each costs
 /// about 9 bytes of table (its fingerprint and work in one `u64`, and a control byte), and
 /// a table is at most half full after it grows, so the filter stays under about 75 MB per
-/// core. At the bound the oldest job content is forgotten first, and its jobs are stale
-/// from then on (`Claim::Forgotten`): a flood only ages jobs out early. With one content
-/// alone at the bound, its work floor rises (`ContentShares::raise_floor`): the shares of
-/// the least work are forgotten, at least `DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR`th of
-/// the bound at a time, and shares under the floor are refused from then on
-/// (`Claim::BelowFloor`). Memory goes to the shares worth the most work, which the hash
-/// proves: a flood of cheap shares evicts itself, and raising the floor above an honest
-/// miner's shares takes filling the filter with shares of at least their work. At 3,000
-/// shares/s on one core the bound is 23 minutes of one job.
+/// core. At the bound the work floor rises (`DuplicateFilter::raise_floors`): the shares
+/// of the least work, of any live job, are forgotten, at least
+/// `DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR`th of the bound at a time, and shares of a
+/// job under its floor are refused from then on (`Claim::BelowFloor`). Memory goes to the
+/// shares worth the most work, which the hash proves: a flood of cheap shares evicts
+/// itself, raising the floor above an honest miner's shares takes filling the filter with
+/// shares of at least their work, and no job goes stale for the bound's sake (a block
+/// found on an older job of the same tip still counts). At 3,000 shares/s on one core the
+/// bound is 23 minutes of shares.
 pub const DUPLICATE_FILTER_SHARES_PER_CORE_MAX: usize = 1 << 22;
 
-/// Block-finding shares one core remembers outside the bound (`DuplicateFilter` lets a
-/// block through a forgotten content or under a floor). Blocks are rare on a real chain;
-/// on regtest, where every share is one, the filter refuses them as any share past this.
+/// Block-finding shares one core remembers apart from the bound (`DuplicateFilter` lets a
+/// block through under a floor, or when nothing is left to forget). Blocks are rare on a
+/// real chain; on regtest, where every share is one, past this the filter judges a block
+/// as any share.
 pub const BLOCK_SHARES_REMEMBERED_PER_CORE_MAX: usize = 1024;
 
 /// A pass that raises a content's floor frees at least
@@ -95,13 +96,11 @@ pub enum Claim {
     Taken,
     /// The same share was taken before (or waits for its hash now).
     Duplicate,
-    /// The filter's bound is too small to hold one share: nothing is taken.
+    /// The filter is at its bound and nothing of known work is left to forget (a bound
+    /// not much larger than the scrypt queue): refused.
     Full,
-    /// This job content's shares were forgotten to make room for a newer one's: its jobs
-    /// are stale (a duplicate could no longer be told from a new share).
-    Forgotten,
-    /// The content filled the filter and its floor rose above this share's work: refused
-    /// (a forgotten share's copy included, since it has the same work).
+    /// The filter is at its bound and this share's job's floor rose above its work:
+    /// refused (a forgotten share's copy included, since it has the same work).
     BelowFloor,
 }
 
@@ -149,38 +148,10 @@ struct ContentShares {
     /// Shares of fewer work bits are refused for this content. Never lowered while the
     /// content lives: every share under it was forgotten.
     floor_bits: u8,
-}
-
-impl ContentShares {
-    /// Raises the floor to the lowest value that forgets at least `wanted` shares of known
-    /// work and forgets the shares under it; returns how many went, or `None` when the
-    /// shares of known work are fewer than `wanted` (the caller forgets the content).
-    /// Shares waiting for their proof of work stay (at most the per-core scrypt queue).
-    fn raise_floor(&mut self, wanted: usize) -> Option<usize> {
-        let mut counts = [0usize; WORK_BITS_MAX as usize + 1];
-        for share in &self.shares {
-            if share.bits() != WORK_BITS_PENDING {
-                counts[share.bits() as usize] += 1;
-            }
-        }
-        let mut below = 0;
-        let mut floor = 0;
-        while floor <= WORK_BITS_MAX as usize
-            && (below < wanted || floor < self.floor_bits as usize)
-        {
-            below += counts[floor];
-            floor += 1;
-        }
-        if below < wanted {
-            return None;
-        }
-        self.floor_bits = floor as u8;
-        let before = self.shares.len();
-        let floor_bits = self.floor_bits;
-        self.shares
-            .retain(|share| share.bits() == WORK_BITS_PENDING || share.bits() >= floor_bits);
-        Some(before - self.shares.len())
-    }
+    /// A block of this content could not be remembered apart
+    /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`): its copy, once the floor rose over it,
+    /// could not be told from a new block, so no block of this content passes the floor.
+    block_unremembered: bool,
 }
 
 /// Remembers the shares taken, grouped by their job's content (`Job::content_key`). The
@@ -206,17 +177,14 @@ impl ContentShares {
 /// Each core owns one; extranonce1 values are partitioned per core, so a share can only
 /// ever collide with one accepted on the same core, and no cross-core lookup is needed.
 ///
-/// Invariant: `len() <= shares_max`, and a share is never let in unchecked: a content
-/// whose shares were forgotten takes no share again (`Forgotten`) until its jobs retire,
-/// and a content's floor only rises, so every forgotten share of a live content, and each
-/// copy of one, is under it (`BelowFloor`).
+/// Invariant: `len() <= shares_max`, and a share is never let in unchecked: a content's
+/// floor only rises while it lives, and every share forgotten is under its content's
+/// floor, so each copy of one is too (`BelowFloor`).
 #[derive(Debug)]
 pub struct DuplicateFilter {
     by_content: HashMap<[u8; 32], ContentShares>,
-    /// The contents of `by_content`, oldest first.
-    order: std::collections::VecDeque<[u8; 32]>,
-    /// Contents whose shares were forgotten at the bound.
-    forgotten: HashSet<[u8; 32]>,
+    /// The chain tip the live jobs build on (`retire_unlisted`).
+    tip: Option<[u8; 32]>,
     /// Shares that found a block, by content and fingerprint
     /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`).
     blocks: HashSet<([u8; 32], u64)>,
@@ -240,8 +208,7 @@ impl DuplicateFilter {
     pub fn with_shares_max(shares_max: usize) -> Self {
         DuplicateFilter {
             by_content: HashMap::new(),
-            order: Default::default(),
-            forgotten: HashSet::new(),
+            tip: None,
             blocks: HashSet::new(),
             shares: 0,
             shares_max,
@@ -249,12 +216,48 @@ impl DuplicateFilter {
         }
     }
 
-    fn forget_content(&mut self, content_key: [u8; 32]) {
-        if let Some(content) = self.by_content.remove(&content_key) {
-            self.shares -= content.shares.len();
+    /// Raises the work floor of every content to the lowest value that forgets at least
+    /// `wanted` shares of known work, and forgets the shares under it; returns how many
+    /// went, or `None` when the shares of known work are fewer than `wanted`. Shares
+    /// waiting for their proof of work stay (at most the per-core scrypt queue). A floor
+    /// never falls: a content already above the new value keeps its own.
+    fn raise_floors(&mut self, wanted: usize) -> Option<usize> {
+        let mut counts = [0usize; WORK_BITS_MAX as usize + 1];
+        for content in self.by_content.values() {
+            for share in &content.shares {
+                if share.bits() != WORK_BITS_PENDING {
+                    counts[share.bits() as usize] += 1;
+                }
+            }
         }
-        self.order.retain(|c| *c != content_key);
-        self.forgotten.insert(content_key);
+        let mut below = 0;
+        let mut floor = 0;
+        while floor <= WORK_BITS_MAX as usize && below < wanted {
+            below += counts[floor];
+            floor += 1;
+        }
+        if below < wanted {
+            return None;
+        }
+        let mut freed = 0;
+        for content in self.by_content.values_mut() {
+            // A content's floor rises just over the most work it forgot, so a job that
+            // lost nothing keeps taking what it took.
+            let mut forgot_bits_max = None;
+            let before = content.shares.len();
+            content.shares.retain(|share| {
+                let kept = share.bits() == WORK_BITS_PENDING || share.bits() >= floor as u8;
+                if !kept {
+                    forgot_bits_max = forgot_bits_max.max(Some(share.bits()));
+                }
+                kept
+            });
+            freed += before - content.shares.len();
+            if let Some(bits) = forgot_bits_max {
+                content.floor_bits = content.floor_bits.max(bits + 1);
+            }
+        }
+        Some(freed)
     }
 
     /// Claims the share for its job's content as it arrives. A SHA256d share's work is
@@ -275,11 +278,15 @@ impl DuplicateFilter {
         }
         match claim {
             Claim::Taken => {
-                self.remember_block(content_key, &header_hash);
+                if !self.remember_block(content_key, &header_hash) {
+                    self.mark_block_unremembered(content_key);
+                }
                 Claim::Taken
             }
-            Claim::Forgotten | Claim::BelowFloor | Claim::Full => {
-                if self.remember_block(content_key, &header_hash) {
+            Claim::BelowFloor | Claim::Full => {
+                if !self.block_unremembered(content_key)
+                    && self.remember_block(content_key, &header_hash)
+                {
                     // Counted as refused by `claim`; it was not.
                     self.refused_full -= 1;
                     Claim::Taken
@@ -288,6 +295,18 @@ impl DuplicateFilter {
                 }
             }
             Claim::Duplicate => Claim::Duplicate,
+        }
+    }
+
+    fn block_unremembered(&self, content_key: &[u8; 32]) -> bool {
+        self.by_content
+            .get(content_key)
+            .is_some_and(|content| content.block_unremembered)
+    }
+
+    fn mark_block_unremembered(&mut self, content_key: &[u8; 32]) {
+        if let Some(content) = self.by_content.get_mut(content_key) {
+            content.block_unremembered = true;
         }
     }
 
@@ -314,10 +333,6 @@ impl DuplicateFilter {
         {
             return Claim::Duplicate;
         }
-        if self.forgotten.contains(content_key) {
-            self.refused_full += 1;
-            return Claim::Forgotten;
-        }
         if self.shares_max == 0 {
             self.refused_full += 1;
             return Claim::Full;
@@ -337,34 +352,22 @@ impl DuplicateFilter {
             }
         }
         while self.shares >= self.shares_max {
-            // Forget the oldest other content; its jobs are stale from now on.
-            if let Some(&oldest) = self.order.iter().find(|c| *c != content_key) {
-                self.forget_content(oldest);
-                continue;
-            }
-            // This content alone fills the filter: raise its floor.
             let wanted = (self.shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR).max(1);
-            let raised = self
-                .by_content
-                .get_mut(content_key)
-                .and_then(|content| Some((content.raise_floor(wanted)?, content.floor_bits)));
-            let Some((freed, floor_bits)) = raised else {
-                // Fewer shares of known work than a pass frees (a bound not much larger
-                // than the scrypt queue): the content is forgotten, as an old one would be.
-                self.forget_content(*content_key);
+            let Some(freed) = self.raise_floors(wanted) else {
                 self.refused_full += 1;
-                return Claim::Forgotten;
+                return Claim::Full;
             };
             self.shares -= freed;
+            let floor_bits = self
+                .by_content
+                .get(content_key)
+                .map_or(0, |content| content.floor_bits);
             if bits < floor_bits {
                 self.refused_full += 1;
                 return Claim::BelowFloor;
             }
         }
-        let content = self.by_content.entry(*content_key).or_insert_with(|| {
-            self.order.push_back(*content_key);
-            ContentShares::default()
-        });
+        let content = self.by_content.entry(*content_key).or_default();
         content.shares.insert(share);
         self.shares += 1;
         debug_assert!(self.shares <= self.shares_max);
@@ -384,14 +387,21 @@ impl DuplicateFilter {
     ) -> bool {
         let bits = work_bits(pow);
         let share = Remembered::new(header_hash, bits);
-        let remembered_apart = is_block && self.remember_block(content_key, header_hash);
+        let remembered_apart = is_block
+            && !self.block_unremembered(content_key)
+            && self.remember_block(content_key, header_hash);
+        if is_block && !remembered_apart {
+            self.mark_block_unremembered(content_key);
+        }
         let Some(content) = self.by_content.get_mut(content_key) else {
-            // Its content was retired or forgotten while the share was hashed: the share
+            // Its content was retired while the share was hashed (a new tip): the share
             // was first, and any copy is refused as stale.
             return true;
         };
         if bits >= content.floor_bits || remembered_apart {
-            content.shares.replace(share);
+            if content.shares.contains(&share) {
+                content.shares.replace(share);
+            }
             return true;
         }
         if content.shares.remove(&share) {
@@ -415,14 +425,19 @@ impl DuplicateFilter {
         }
     }
 
-    /// Forgets the shares of contents no live job in `jobs` has: they can only be stale.
+    /// When the live jobs in `jobs` build on a new tip, forgets the shares of contents no
+    /// live job has: they can only be stale. While the tip stays, nothing is forgotten: a
+    /// content that leaves the live jobs can come back (the same template built again),
+    /// and its shares must still be known then (they count against the bound, and its
+    /// floor rises with the others').
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
+        let tip = jobs.newest().map(|job| job.template.prevhash);
+        if tip.is_some() && tip == self.tip {
+            return;
+        }
+        self.tip = tip;
         self.by_content
             .retain(|content_key, _| jobs.holds_content(content_key));
-        self.order
-            .retain(|content_key| jobs.holds_content(content_key));
-        self.forgotten
-            .retain(|content_key| jobs.holds_content(content_key));
         self.blocks
             .retain(|(content_key, _)| jobs.holds_content(content_key));
         self.shares = self
@@ -440,8 +455,8 @@ impl DuplicateFilter {
         self.shares == 0
     }
 
-    /// Shares refused because of the filter's bound (`Full`, `Forgotten`, `BelowFloor`,
-    /// or a settle under the floor) since the last call.
+    /// Shares refused because of the filter's bound (`Full`, `BelowFloor`, or a settle
+    /// under the floor) since the last call.
     pub fn take_refused_full(&mut self) -> u64 {
         std::mem::take(&mut self.refused_full)
     }
@@ -513,49 +528,47 @@ mod tests {
         );
     }
 
+    /// At the bound the cheapest shares of any live job go, older jobs stay live, and a
+    /// forgotten share is never let in again unchecked.
     #[test]
-    fn at_the_bound_the_oldest_content_is_forgotten_and_never_let_in_unchecked() {
+    fn at_the_bound_the_cheapest_shares_of_any_job_go_and_never_come_back() {
         let mut filter = DuplicateFilter::with_shares_max(3);
-        for n in 0..3 {
+        for (n, bits) in [(0, 20), (1, 30), (2, 40)] {
             assert_eq!(
-                filter.insert(&[1; 32], SHA, hash(n, 20), false),
+                filter.insert(&[1; 32], SHA, hash(n, bits), false),
                 Claim::Taken
             );
         }
         assert_eq!(filter.len(), 3);
         // A failed claim frees its place.
-        filter.remove(&[1; 32], &hash(2, 20));
+        filter.remove(&[1; 32], &hash(2, 40));
         assert_eq!(filter.len(), 2);
         assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(2, 20), false),
+            filter.insert(&[1; 32], SHA, hash(2, 40), false),
             Claim::Taken
         );
-        // A newer content at the bound: the oldest content is forgotten, and its shares
-        // are refused from then on (never let in unchecked, even a copy of an old one).
+        // A newer job at the bound: the cheapest share anywhere goes (the older job's
+        // 20-bit one), and the older job stays live above its new floor.
         assert_eq!(
-            filter.insert(&[2; 32], SHA, hash(5, 20), false),
+            filter.insert(&[2; 32], SHA, hash(5, 35), false),
             Claim::Taken
         );
-        assert_eq!(filter.len(), 1);
+        assert_eq!(filter.len(), 3);
         assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(1, 20), false),
-            Claim::Forgotten
+            filter.insert(&[1; 32], SHA, hash(0, 20), false),
+            Claim::BelowFloor
         );
         assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(7, 60), false),
-            Claim::Forgotten
-        );
-        assert_eq!(filter.take_refused_full(), 2);
-        assert_eq!(filter.take_refused_full(), 0);
-        assert_eq!(
-            filter.insert(&[2; 32], SHA, hash(5, 20), false),
+            filter.insert(&[1; 32], SHA, hash(1, 30), false),
             Claim::Duplicate
         );
-        // Retiring every content empties it and forgets what was forgotten.
+        assert_eq!(filter.take_refused_full(), 1);
+        assert_eq!(filter.take_refused_full(), 0);
+        // Retiring every job empties it and resets the floors.
         filter.retire_unlisted(&crate::job::JobBook::default());
         assert!(filter.is_empty());
         assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(1, 20), false),
+            filter.insert(&[1; 32], SHA, hash(0, 20), false),
             Claim::Taken
         );
     }
@@ -730,44 +743,29 @@ mod tests {
         }
     }
 
-    /// A found block is never refused for the bound's sake: not on a forgotten content,
-    /// not under a floor, not when its scrypt work settles under one; only its copy is,
-    /// as a duplicate, and at `BLOCK_SHARES_REMEMBERED_PER_CORE_MAX` the rule ends.
+    /// A found block is never refused for the bound's sake: not under a floor, not when
+    /// its scrypt work settles under one; only its copy is, as a duplicate, whatever
+    /// became of the original's place; at `BLOCK_SHARES_REMEMBERED_PER_CORE_MAX` the
+    /// rule ends.
     #[test]
     fn a_block_passes_the_bound_and_its_copy_does_not() {
         let mut filter = DuplicateFilter::with_shares_max(16);
         for n in 0..16 {
             assert_eq!(
-                filter.insert(&[1; 32], SHA, hash(n, 10), false),
+                filter.insert(&[2; 32], SHA, hash(n, 10 + (n % 2) as u8), false),
                 Claim::Taken
             );
         }
-        // A newer content forgets the first one.
+        // The floor rises over the 10-bit shares.
         assert_eq!(
-            filter.insert(&[2; 32], SHA, hash(100, 10), false),
+            filter.insert(&[2; 32], SHA, hash(100, 11), false),
             Claim::Taken
         );
-        assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(101, 10), false),
-            Claim::Forgotten
-        );
-        assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(102, 70), true),
-            Claim::Taken
-        );
-        assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(102, 70), true),
-            Claim::Duplicate
-        );
-        assert_eq!(filter.take_refused_full(), 1);
-        // Under a floor: the second content fills the filter and its floor rises.
-        for n in 200..216 {
-            filter.insert(&[2; 32], SHA, hash(n, 10), false);
-        }
         assert_eq!(
             filter.insert(&[2; 32], SHA, hash(300, 10), false),
             Claim::BelowFloor
         );
+        assert_eq!(filter.take_refused_full(), 1);
         assert_eq!(
             filter.insert(&[2; 32], SHA, hash(300, 10), true),
             Claim::Taken
@@ -776,6 +774,7 @@ mod tests {
             filter.insert(&[2; 32], SHA, hash(300, 10), true),
             Claim::Duplicate
         );
+        assert_eq!(filter.take_refused_full(), 0);
         // A scrypt block settling under the floor is kept; its copy is a duplicate.
         let scrypt = Algorithm::Scrypt;
         assert_eq!(
@@ -787,11 +786,11 @@ mod tests {
             filter.insert(&[2; 32], scrypt, hash(400, 0), false),
             Claim::Duplicate
         );
-        // A block taken in the ordinary way is remembered apart too: when its content is
-        // forgotten later, its copy is still a duplicate, not a new block.
+        // A block taken in the ordinary way is remembered apart too: once the floor rose
+        // over its place, its copy is still a duplicate, not a new block.
         let mut other = DuplicateFilter::with_shares_max(1);
         assert_eq!(
-            other.insert(&[5; 32], SHA, hash(500, 70), true),
+            other.insert(&[5; 32], SHA, hash(500, 12), true),
             Claim::Taken
         );
         assert_eq!(
@@ -799,11 +798,12 @@ mod tests {
             Claim::Taken
         );
         assert_eq!(
-            other.insert(&[5; 32], SHA, hash(501, 20), false),
-            Claim::Forgotten
+            other.len(),
+            1,
+            "the block's place went to the share of more work"
         );
         assert_eq!(
-            other.insert(&[5; 32], SHA, hash(500, 70), true),
+            other.insert(&[5; 32], SHA, hash(500, 12), true),
             Claim::Duplicate
         );
         // And a scrypt block settled above the floor, whose copy comes after the floor
@@ -831,6 +831,119 @@ mod tests {
         assert_eq!(
             filter.insert(&[3; 32], SHA, hash(9_999, 70), true),
             Claim::Full
+        );
+    }
+
+    /// While the tip stays, a job content that leaves the live jobs keeps its shares: when
+    /// the same template is built again, a share taken before is still a duplicate. A new
+    /// tip retires what no live job holds.
+    #[test]
+    fn a_content_that_comes_back_on_the_same_tip_still_knows_its_shares() {
+        use crate::job::{tests::template, JobBook};
+        let first = std::sync::Arc::new(Job::new(template(1, true)).unwrap());
+        let mut other = template(2, true);
+        other.coinbase_suffix[0] ^= 1;
+        let other = std::sync::Arc::new(Job::new(other).unwrap());
+        let mut filter = DuplicateFilter::default();
+        let mut book = JobBook::default();
+        book.insert(first.clone());
+        filter.retire_unlisted(&book);
+        assert_eq!(
+            filter.insert(&first.content_key, SHA, hash(1, 20), false),
+            Claim::Taken
+        );
+        // The other job replaces the first (clean), on the same tip.
+        book.insert(other.clone());
+        assert!(!book.holds_content(&first.content_key));
+        filter.retire_unlisted(&book);
+        // The first template comes back.
+        let mut again = template(3, true);
+        again.ntime += 30;
+        let again = std::sync::Arc::new(Job::new(again).unwrap());
+        assert_eq!(again.content_key, first.content_key);
+        book.insert(again.clone());
+        filter.retire_unlisted(&book);
+        assert_eq!(
+            filter.insert(&again.content_key, SHA, hash(1, 20), false),
+            Claim::Duplicate
+        );
+        // A new tip retires every content no live job holds.
+        let mut next_tip = template(4, true);
+        next_tip.prevhash = [0x42; 32];
+        book.insert(std::sync::Arc::new(Job::new(next_tip).unwrap()));
+        filter.retire_unlisted(&book);
+        assert!(filter.is_empty());
+    }
+
+    /// A job that lost no share to a raised floor keeps taking what it took; one that did
+    /// refuses only what is under the work it lost.
+    #[test]
+    fn a_floor_rises_only_over_what_its_job_forgot() {
+        let mut filter = DuplicateFilter::with_shares_max(4);
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(1, 10), false),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(2, 30), false),
+            Claim::Taken
+        );
+        for n in 3..5 {
+            assert_eq!(
+                filter.insert(&[2; 32], SHA, hash(n, 25), false),
+                Claim::Taken
+            );
+        }
+        // The pass forgets the 10-bit share of job 1 only.
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(5, 25), false),
+            Claim::Taken
+        );
+        assert_eq!(filter.len(), 4);
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(6, 10), false),
+            Claim::BelowFloor
+        );
+        // A failed claim frees a place; job 2, which lost nothing, still takes a share of
+        // less work than job 1's floor.
+        filter.remove(&[2; 32], &hash(5, 25));
+        assert_eq!(
+            filter.insert(&[2; 32], SHA, hash(7, 10), false),
+            Claim::Taken
+        );
+    }
+
+    /// When a block cannot be remembered apart (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`
+    /// held), no block of its job passes the floor: its copy could not be told from a new
+    /// one once the floor rose over it.
+    #[test]
+    fn a_block_not_remembered_apart_is_judged_as_any_share() {
+        let mut filter = DuplicateFilter::with_shares_max(2);
+        for n in 0..BLOCK_SHARES_REMEMBERED_PER_CORE_MAX as u32 {
+            filter.blocks.insert(([9; 32], u64::from(n) << 8));
+        }
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(1, 12), true),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(2, 30), false),
+            Claim::Taken
+        );
+        // The floor rises over the block's place; its copy is refused, not taken anew.
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(3, 30), false),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(1, 12), true),
+            Claim::BelowFloor
+        );
+        // Room apart again does not change that for this job.
+        filter.blocks.clear();
+        assert_eq!(
+            filter.insert(&[1; 32], SHA, hash(1, 12), true),
+            Claim::BelowFloor
         );
     }
 
