@@ -99,6 +99,10 @@ pub enum Claim {
     /// The filter is at its bound and nothing of known work is left to forget (a bound
     /// not much larger than the scrypt queue): refused.
     Full,
+    /// This share's job content left the live jobs once on this tip and its shares were
+    /// forgotten: the same template built again could not tell a copy from a new share,
+    /// so its shares are stale.
+    Retired,
     /// The filter is at its bound and this share's job's floor rose above its work:
     /// refused (a forgotten share's copy included, since it has the same work).
     BelowFloor,
@@ -159,7 +163,8 @@ struct ContentShares {
 /// mean the same share, whatever job id it came under. Grouping by content, not by job
 /// id, is what keeps a job re-sent under the same id (after a control-plane reconnect,
 /// with `clean_jobs`) from forgetting the shares already taken for it; a set is dropped
-/// once no live job has its content, when its shares are stale.
+/// once no live job has its content, when its shares are stale, and the content is then
+/// refused until the tip changes (`Claim::Retired`).
 ///
 /// A share is kept as its fingerprint (see `Remembered`). Equal shares always have equal
 /// fingerprints, so a duplicate is never let through.
@@ -185,6 +190,8 @@ pub struct DuplicateFilter {
     by_content: HashMap<[u8; 32], ContentShares>,
     /// The chain tip the live jobs build on (`retire_unlisted`).
     tip: Option<[u8; 32]>,
+    /// Contents retired on this tip (`Claim::Retired`).
+    retired: HashSet<[u8; 32]>,
     /// Shares that found a block, by content and fingerprint
     /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`).
     blocks: HashSet<([u8; 32], u64)>,
@@ -209,6 +216,7 @@ impl DuplicateFilter {
         DuplicateFilter {
             by_content: HashMap::new(),
             tip: None,
+            retired: HashSet::new(),
             blocks: HashSet::new(),
             shares: 0,
             shares_max,
@@ -283,12 +291,14 @@ impl DuplicateFilter {
                 }
                 Claim::Taken
             }
-            Claim::BelowFloor | Claim::Full => {
+            Claim::BelowFloor | Claim::Full | Claim::Retired => {
                 if !self.block_unremembered(content_key)
                     && self.remember_block(content_key, &header_hash)
                 {
-                    // Counted as refused by `claim`; it was not.
-                    self.refused_full -= 1;
+                    if claim != Claim::Retired {
+                        // Counted as refused by `claim`; it was not.
+                        self.refused_full -= 1;
+                    }
                     Claim::Taken
                 } else {
                     claim
@@ -332,6 +342,9 @@ impl DuplicateFilter {
                 .contains(&(*content_key, fingerprint(&header_hash)))
         {
             return Claim::Duplicate;
+        }
+        if !self.retired.is_empty() && self.retired.contains(content_key) {
+            return Claim::Retired;
         }
         if self.shares_max == 0 {
             self.refused_full += 1;
@@ -425,21 +438,30 @@ impl DuplicateFilter {
         }
     }
 
-    /// When the live jobs in `jobs` build on a new tip, forgets the shares of contents no
-    /// live job has: they can only be stale. While the tip stays, nothing is forgotten: a
-    /// content that leaves the live jobs can come back (the same template built again),
-    /// and its shares must still be known then (they count against the bound, and its
-    /// floor rises with the others').
+    /// Forgets the shares of contents no live job in `jobs` has: they can only be stale.
+    /// A content forgotten this way is refused from then on while the tip stays
+    /// (`Claim::Retired`): the same template built again would otherwise take a copy of a
+    /// share it took before (one whose ntime the miner rolled ahead). A new tip clears
+    /// that list with everything else.
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
         let tip = jobs.newest().map(|job| job.template.prevhash);
-        if tip.is_some() && tip == self.tip {
-            return;
+        // No live job at all (before the first) counts as a new tip too.
+        if tip.is_none() || tip != self.tip {
+            self.tip = tip;
+            self.retired.clear();
+            // Blocks are remembered while their tip lasts, their content retired or not:
+            // a block found on a template built again is still told from its copy.
+            self.blocks
+                .retain(|(content_key, _)| jobs.holds_content(content_key));
         }
-        self.tip = tip;
-        self.by_content
-            .retain(|content_key, _| jobs.holds_content(content_key));
-        self.blocks
-            .retain(|(content_key, _)| jobs.holds_content(content_key));
+        let retired = &mut self.retired;
+        self.by_content.retain(|content_key, _| {
+            let live = jobs.holds_content(content_key);
+            if !live {
+                retired.insert(*content_key);
+            }
+            live
+        });
         self.shares = self
             .by_content
             .values()
@@ -564,11 +586,16 @@ mod tests {
         );
         assert_eq!(filter.take_refused_full(), 1);
         assert_eq!(filter.take_refused_full(), 0);
-        // Retiring every job empties it and resets the floors.
+        // Retiring every job empties it; a retired job's shares are stale from then on,
+        // and a new job starts with no floor.
         filter.retire_unlisted(&crate::job::JobBook::default());
         assert!(filter.is_empty());
         assert_eq!(
             filter.insert(&[1; 32], SHA, hash(0, 20), false),
+            Claim::Retired
+        );
+        assert_eq!(
+            filter.insert(&[3; 32], SHA, hash(0, 20), false),
             Claim::Taken
         );
     }
@@ -834,11 +861,11 @@ mod tests {
         );
     }
 
-    /// While the tip stays, a job content that leaves the live jobs keeps its shares: when
-    /// the same template is built again, a share taken before is still a duplicate. A new
-    /// tip retires what no live job holds.
+    /// A job content that leaves the live jobs is forgotten, and refused while the tip
+    /// stays: built again, its template could not tell a copy of a share it took from a
+    /// new one. A block found on it still counts. A new tip clears the list.
     #[test]
-    fn a_content_that_comes_back_on_the_same_tip_still_knows_its_shares() {
+    fn a_retired_content_is_refused_until_the_tip_changes_but_its_blocks_count() {
         use crate::job::{tests::template, JobBook};
         let first = std::sync::Arc::new(Job::new(template(1, true)).unwrap());
         let mut other = template(2, true);
@@ -852,11 +879,16 @@ mod tests {
             filter.insert(&first.content_key, SHA, hash(1, 20), false),
             Claim::Taken
         );
+        assert_eq!(
+            filter.insert(&first.content_key, SHA, hash(2, 70), true),
+            Claim::Taken
+        );
         // The other job replaces the first (clean), on the same tip.
         book.insert(other.clone());
-        assert!(!book.holds_content(&first.content_key));
         filter.retire_unlisted(&book);
-        // The first template comes back.
+        assert!(filter.is_empty());
+        // The first template comes back: its shares are stale, its block's copy too, and
+        // a new block on it is taken.
         let mut again = template(3, true);
         again.ntime += 30;
         let again = std::sync::Arc::new(Job::new(again).unwrap());
@@ -865,14 +897,31 @@ mod tests {
         filter.retire_unlisted(&book);
         assert_eq!(
             filter.insert(&again.content_key, SHA, hash(1, 20), false),
+            Claim::Retired
+        );
+        assert_eq!(
+            filter.insert(&again.content_key, SHA, hash(3, 20), false),
+            Claim::Retired
+        );
+        assert_eq!(
+            filter.insert(&again.content_key, SHA, hash(2, 70), true),
             Claim::Duplicate
         );
-        // A new tip retires every content no live job holds.
+        assert_eq!(
+            filter.insert(&again.content_key, SHA, hash(4, 70), true),
+            Claim::Taken
+        );
+        // A new tip clears the list: a content is judged afresh.
         let mut next_tip = template(4, true);
         next_tip.prevhash = [0x42; 32];
-        book.insert(std::sync::Arc::new(Job::new(next_tip).unwrap()));
+        let next_tip = std::sync::Arc::new(Job::new(next_tip).unwrap());
+        book.insert(next_tip.clone());
         filter.retire_unlisted(&book);
-        assert!(filter.is_empty());
+        assert!(filter.blocks.is_empty());
+        assert_eq!(
+            filter.insert(&next_tip.content_key, SHA, hash(5, 20), false),
+            Claim::Taken
+        );
     }
 
     /// A job that lost no share to a raised floor keeps taking what it took; one that did

@@ -35,8 +35,8 @@ pub enum Rejection {
     LowDifficulty,
     /// The same share was accepted before.
     Duplicate,
-    /// The core's duplicate filter is full (`DUPLICATE_FILTER_SHARES_PER_CORE_MAX`): the
-    /// share cannot be checked, so it is refused until a new job retires old shares.
+    /// The core's duplicate filter is at its bound (`DUPLICATE_FILTER_SHARES_PER_CORE_MAX`)
+    /// and this share proves less work than its job's floor: refused.
     FilterFull,
 }
 
@@ -399,7 +399,7 @@ pub struct CreditedShare {
 /// Claims a share in the duplicate filter as it arrives, before its proof of work is
 /// computed (see `DuplicateFilter`): `Duplicate` if the same header was taken before or is
 /// waiting for its hash, `FilterFull` if the filter is at its bound and this share proves
-/// less work than its job's floor.
+/// less work than its job's floor, `StaleJob` if its job's content was retired on this tip.
 pub fn claim_share(
     job: &Job,
     header_hash: [u8; 32],
@@ -412,6 +412,7 @@ pub fn claim_share(
         Claim::Taken => Ok(()),
         Claim::Duplicate => Err(Rejection::Duplicate),
         Claim::Full | Claim::BelowFloor => Err(Rejection::FilterFull),
+        Claim::Retired => Err(Rejection::StaleJob),
     }
 }
 

@@ -145,18 +145,10 @@ impl crate::rt::AwaitingPow for AwaitingPow {
 
 pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     let wire = Wire::new(stream, now_s());
-    let bans = core.bans.borrow().clone();
-    if wire.peer_ip.is_some_and(|ip| bans.bans_ip(ip)) {
-        tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
-        core.counters.refused(Refusal::Banned, 1);
-        return;
-    }
     // Held until the connection ends: its place under the per-address cap.
-    let Some(_address_slot) = core.admit(wire.peer_ip) else {
-        tracing::debug!(peer_ip = ?wire.peer_ip, "too many connections from one address");
+    let Some(_address_slot) = core.admit_stream(&wire, now_s()) else {
         return;
     };
-    core.watch_login(&wire, now_s());
     // Given back when the connection ends, below.
     let session = Session::new(SessionConfig {
         extranonce1: core.next_extranonce1(),
@@ -168,7 +160,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         vardiff: core.config.vardiff,
         batch_scrypt: true,
         payout_address_rule: core.config.payout_address_rule,
-        bans,
+        bans: core.bans.borrow().clone(),
     });
     let connection = Rc::new(Connection {
         wire,

@@ -231,20 +231,10 @@ pub(crate) fn server_config(core: &Core) -> ServerConfig {
 
 pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     let wire = Wire::new(stream, now_s());
-    if wire
-        .peer_ip
-        .is_some_and(|ip| core.bans.borrow().bans_ip(ip))
-    {
-        tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
-        core.counters.refused(Refusal::Banned, 1);
-        return;
-    }
     // Held until the connection ends: its place under the per-address cap.
-    let Some(_address_slot) = core.admit(wire.peer_ip) else {
-        tracing::debug!(peer_ip = ?wire.peer_ip, "too many connections from one address");
+    let Some(_address_slot) = core.admit_stream(&wire, now_s()) else {
         return;
     };
-    core.watch_login(&wire, now_s());
     let Some(authority) = core.config.sv2_authority.as_ref() else {
         tracing::error!("an SV2 listener without an authority key");
         return;

@@ -240,6 +240,27 @@ impl Core {
     }
 
     /// Starts a new connection's login deadline (`STRATUM_LOGIN_DEADLINE_S`).
+    /// Admits a new TCP connection (V1 or V2): refused and counted if its network is
+    /// banned or its address holds its cap of connections already; otherwise its place
+    /// under the per-address cap, to hold until the connection ends, with its login
+    /// deadline started.
+    pub fn admit_stream(&self, wire: &Rc<Wire>, now_s: u64) -> Option<Option<AddressSlot>> {
+        if wire
+            .peer_ip
+            .is_some_and(|ip| self.bans.borrow().bans_ip(ip))
+        {
+            tracing::debug!(peer_ip = ?wire.peer_ip, "connection from a banned network refused");
+            self.counters.refused(Refusal::Banned, 1);
+            return None;
+        }
+        let Some(slot) = self.admit(wire.peer_ip) else {
+            tracing::debug!(peer_ip = ?wire.peer_ip, "too many connections from one address");
+            return None;
+        };
+        self.watch_login(wire, now_s);
+        Some(slot)
+    }
+
     pub fn watch_login(&self, wire: &Rc<Wire>, now_s: u64) {
         self.deadlines.borrow_mut().push(
             Deadline::Login,
