@@ -140,6 +140,12 @@ pub enum LedgerError {
         amount: u64,
         mature: u64,
     },
+    /// A change whose balances moved by other than its entries say (the conservation
+    /// check at commit): refused whole, nothing written. A bug, never a peer's doing.
+    #[error(
+        "ledger change does not balance: its entries add {expected}, its balances moved {moved}"
+    )]
+    Unbalanced { expected: i128, moved: i128 },
     /// A write refused by `Ledger::fail_next_commits`, for fault-injection tests: RocksDB
     /// itself fails a write only on a full or broken disk, which a test cannot arrange.
     #[error("injected ledger write failure")]
@@ -389,11 +395,20 @@ impl Ledger {
 }
 
 /// One atomic ledger change: log entries and the balances they move, in one batch.
+///
+/// Invariant (checked at `commit`, which refuses the change otherwise): the ledger's total
+/// (every account's immature + mature + paying + paid) moves by exactly what the entries
+/// bring in or take out: `+` a block's or a share's credit, `-` an orphaned block's;
+/// every other entry moves units within an account or between two, and adds nothing.
 struct Change<'a> {
     ledger: &'a mut Ledger,
     batch: WriteBatch,
     balances: BTreeMap<String, Balances>,
     next_sequence: u64,
+    /// The touched accounts' totals before this change.
+    totals_before: i128,
+    /// What the entries say the total moves by.
+    expected_move: i128,
 }
 
 impl<'a> Change<'a> {
@@ -404,12 +419,15 @@ impl<'a> Change<'a> {
             batch: WriteBatch::default(),
             balances: BTreeMap::new(),
             next_sequence,
+            totals_before: 0,
+            expected_move: 0,
         }
     }
 
     fn balances_of(&mut self, account: &str) -> Result<&mut Balances, LedgerError> {
         if !self.balances.contains_key(account) {
             let current = self.ledger.balances(account)?;
+            self.totals_before += i128::from(current.total());
             self.balances.insert(account.to_string(), current);
         }
         Ok(self.balances.get_mut(account).expect("inserted above"))
@@ -435,6 +453,17 @@ impl<'a> Change<'a> {
             serde_json::to_vec(&entry)?,
         );
         self.next_sequence += 1;
+        self.expected_move += match kind {
+            EntryKind::BlockCredit | EntryKind::ShareCredit => i128::from(amount),
+            EntryKind::Orphaned => -i128::from(amount),
+            EntryKind::Matured
+            | EntryKind::PayoutDebit
+            | EntryKind::PayoutSent
+            | EntryKind::PayoutReturned
+            | EntryKind::PayoutCancelled
+            | EntryKind::ExchangeDeposit
+            | EntryKind::ExchangeWithdrawal => 0,
+        };
         update(self.balances_of(account)?);
         Ok(())
     }
@@ -477,6 +506,18 @@ impl<'a> Change<'a> {
     }
 
     fn commit(mut self) -> Result<(), LedgerError> {
+        let totals_after: i128 = self
+            .balances
+            .values()
+            .map(|balances| i128::from(balances.total()))
+            .sum();
+        let moved = totals_after - self.totals_before;
+        if moved != self.expected_move {
+            return Err(LedgerError::Unbalanced {
+                expected: self.expected_move,
+                moved,
+            });
+        }
         for (account, balances) in &self.balances {
             self.batch.put(
                 key(BALANCE_PREFIX, account.as_bytes()),
@@ -506,6 +547,36 @@ impl<'a> Change<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The conservation check at commit: a change whose balances move by other than its
+    /// entries say is refused whole, and nothing of it is written.
+    #[test]
+    fn a_change_that_does_not_balance_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let sequence = ledger.next_sequence;
+        let mut change = Change::new(&mut ledger);
+        // A "maturing" that mints 5 units out of nothing.
+        change
+            .apply("a", EntryKind::Matured, 5, "bad", |b| b.mature += 5)
+            .unwrap();
+        assert!(matches!(
+            change.commit(),
+            Err(LedgerError::Unbalanced {
+                expected: 0,
+                moved: 5
+            })
+        ));
+        assert_eq!(ledger.balances("a").unwrap(), Balances::default());
+        assert_eq!(ledger.next_sequence, sequence);
+        // The same units brought in as a credit balance, and are written.
+        let mut change = Change::new(&mut ledger);
+        change
+            .apply("a", EntryKind::ShareCredit, 5, "ok", |b| b.mature += 5)
+            .unwrap();
+        change.commit().unwrap();
+        assert_eq!(ledger.balances("a").unwrap().mature, 5);
+    }
 
     fn split(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
         pairs.iter().map(|(a, v)| (a.to_string(), *v)).collect()
