@@ -386,8 +386,12 @@ impl LogClock {
         let carried = self
             .floor_ms
             .saturating_add(self.floor_at.elapsed().as_millis() as u64);
+        let previous_ms = self.floor_ms;
         self.floor_ms = now_ms.max(carried);
         self.floor_at = std::time::Instant::now();
+        // Invariant: stamps never go back along one log (`ShareRecord::accepted_at_ms`),
+        // whatever the wall clock does.
+        debug_assert!(self.floor_ms >= previous_ms);
         self.floor_ms
     }
 

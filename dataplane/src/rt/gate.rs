@@ -52,7 +52,16 @@ impl Gate {
     /// finishes, and a flood would turn into wake-ups. Nothing is lost by waiting: while
     /// anyone waits `has_room` is false for all, nothing more is taken, and the gate
     /// drains that far.
+    ///
+    /// Invariant: completions never exceed what was taken (every unit given back was
+    /// taken first); asserted in test builds, and saturating in a release build, so a bug
+    /// there can only make the gate stricter, never let more in.
     pub fn give_back(&self, units: usize) {
+        debug_assert!(
+            units <= self.used.get(),
+            "{units} given back with {} taken",
+            self.used.get()
+        );
         let used = self.used.get().saturating_sub(units);
         self.used.set(used);
         if used <= self.low_water() {
