@@ -99,10 +99,6 @@ pub enum Claim {
     /// The filter is at its bound and nothing of known work is left to forget (a bound
     /// not much larger than the scrypt queue): refused.
     Full,
-    /// This share's job content left the live jobs once on this tip and its shares were
-    /// forgotten: the same template built again could not tell a copy from a new share,
-    /// so its shares are stale.
-    Retired,
     /// The filter is at its bound and this share's job's floor rose above its work:
     /// refused (a forgotten share's copy included, since it has the same work).
     BelowFloor,
@@ -156,15 +152,40 @@ struct ContentShares {
     /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`): its copy, once the floor rose over it,
     /// could not be told from a new block, so no block of this content passes the floor.
     block_unremembered: bool,
+    /// No live job has this content now (`retire_unlisted`); its table was shrunk to its
+    /// shares when it left.
+    retired: bool,
+}
+
+impl ContentShares {
+    /// Nothing here tells a copy from a new share: no share, no floor, no block
+    /// unremembered. Such a content may be dropped and started again with no loss.
+    fn holds_nothing(&self) -> bool {
+        self.shares.is_empty() && self.floor_bits == 0 && !self.block_unremembered
+    }
+
+    /// Gives back table space once at most half of it is used, so a content that was
+    /// large once does not hold its peak: the bound counts shares, memory follows
+    /// capacity.
+    fn shrink_if_sparse(&mut self) {
+        if self.shares.len() <= self.shares.capacity() / 2 {
+            self.shares.shrink_to_fit();
+        }
+    }
 }
 
 /// Remembers the shares taken, grouped by their job's content (`Job::content_key`). The
 /// header commits to the job's content and the miner's fields, so equal header hashes
 /// mean the same share, whatever job id it came under. Grouping by content, not by job
 /// id, is what keeps a job re-sent under the same id (after a control-plane reconnect,
-/// with `clean_jobs`) from forgetting the shares already taken for it; a set is dropped
-/// once no live job has its content, when its shares are stale, and the content is then
-/// refused until the tip changes (`Claim::Retired`).
+/// with `clean_jobs`) from forgetting the shares already taken for it. A content no live
+/// job has any more is kept, with its shares and floor, until the tip changes: the same
+/// template built again on the same tip (the mempool did not change) has the same
+/// content, and must still refuse a copy of a share it took (one whose ntime the miner
+/// rolled ahead) while taking new shares and blocks. Its shares count against the bound
+/// like any other, so it ages out under load; its table is shrunk when it leaves.
+/// Contents are kept per tip: their number is the templates the control plane builds on
+/// one tip, never anything a miner sends.
 ///
 /// A share is kept as its fingerprint (see `Remembered`). Equal shares always have equal
 /// fingerprints, so a duplicate is never let through.
@@ -190,8 +211,6 @@ pub struct DuplicateFilter {
     by_content: HashMap<[u8; 32], ContentShares>,
     /// The chain tip the live jobs build on (`retire_unlisted`).
     tip: Option<[u8; 32]>,
-    /// Contents retired on this tip (`Claim::Retired`).
-    retired: HashSet<[u8; 32]>,
     /// Shares that found a block, by content and fingerprint
     /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`).
     blocks: HashSet<([u8; 32], u64)>,
@@ -216,7 +235,6 @@ impl DuplicateFilter {
         DuplicateFilter {
             by_content: HashMap::new(),
             tip: None,
-            retired: HashSet::new(),
             blocks: HashSet::new(),
             shares: 0,
             shares_max,
@@ -263,6 +281,7 @@ impl DuplicateFilter {
             freed += before - content.shares.len();
             if let Some(bits) = forgot_bits_max {
                 content.floor_bits = content.floor_bits.max(bits + 1);
+                content.shrink_if_sparse();
             }
         }
         Some(freed)
@@ -291,14 +310,12 @@ impl DuplicateFilter {
                 }
                 Claim::Taken
             }
-            Claim::BelowFloor | Claim::Full | Claim::Retired => {
+            Claim::BelowFloor | Claim::Full => {
                 if !self.block_unremembered(content_key)
                     && self.remember_block(content_key, &header_hash)
                 {
-                    if claim != Claim::Retired {
-                        // Counted as refused by `claim`; it was not.
-                        self.refused_full -= 1;
-                    }
+                    // Counted as refused by `claim`; it was not.
+                    self.refused_full -= 1;
                     Claim::Taken
                 } else {
                     claim
@@ -342,9 +359,6 @@ impl DuplicateFilter {
                 .contains(&(*content_key, fingerprint(&header_hash)))
         {
             return Claim::Duplicate;
-        }
-        if !self.retired.is_empty() && self.retired.contains(content_key) {
-            return Claim::Retired;
         }
         if self.shares_max == 0 {
             self.refused_full += 1;
@@ -407,7 +421,7 @@ impl DuplicateFilter {
             self.mark_block_unremembered(content_key);
         }
         let Some(content) = self.by_content.get_mut(content_key) else {
-            // Its content was retired while the share was hashed (a new tip): the share
+            // Its content was dropped while the share was hashed (a new tip): the share
             // was first, and any copy is refused as stale.
             return true;
         };
@@ -438,30 +452,31 @@ impl DuplicateFilter {
         }
     }
 
-    /// Forgets the shares of contents no live job in `jobs` has: they can only be stale.
-    /// A content forgotten this way is refused from then on while the tip stays
-    /// (`Claim::Retired`): the same template built again would otherwise take a copy of a
-    /// share it took before (one whose ntime the miner rolled ahead). A new tip clears
-    /// that list with everything else.
+    /// Follows the live jobs in `jobs`. On a new tip every content no live job has is
+    /// dropped with its blocks: its shares can only be stale, and no job of the old tip
+    /// can come back. On the same tip such a content is kept (see `DuplicateFilter`) and
+    /// its table shrunk; one with nothing to remember is dropped.
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
         let tip = jobs.newest().map(|job| job.template.prevhash);
         // No live job at all (before the first) counts as a new tip too.
         if tip.is_none() || tip != self.tip {
             self.tip = tip;
-            self.retired.clear();
-            // Blocks are remembered while their tip lasts, their content retired or not:
-            // a block found on a template built again is still told from its copy.
+            self.by_content
+                .retain(|content_key, _| jobs.holds_content(content_key));
             self.blocks
                 .retain(|(content_key, _)| jobs.holds_content(content_key));
+        } else {
+            self.by_content.retain(|content_key, content| {
+                let live = jobs.holds_content(content_key);
+                if live {
+                    content.retired = false;
+                } else if !content.retired {
+                    content.retired = true;
+                    content.shares.shrink_to_fit();
+                }
+                live || !content.holds_nothing()
+            });
         }
-        let retired = &mut self.retired;
-        self.by_content.retain(|content_key, _| {
-            let live = jobs.holds_content(content_key);
-            if !live {
-                retired.insert(*content_key);
-            }
-            live
-        });
         self.shares = self
             .by_content
             .values()
@@ -586,14 +601,9 @@ mod tests {
         );
         assert_eq!(filter.take_refused_full(), 1);
         assert_eq!(filter.take_refused_full(), 0);
-        // Retiring every job empties it; a retired job's shares are stale from then on,
-        // and a new job starts with no floor.
+        // No live job at all (a new tip) empties it, and a job starts with no floor.
         filter.retire_unlisted(&crate::job::JobBook::default());
         assert!(filter.is_empty());
-        assert_eq!(
-            filter.insert(&[1; 32], SHA, hash(0, 20), false),
-            Claim::Retired
-        );
         assert_eq!(
             filter.insert(&[3; 32], SHA, hash(0, 20), false),
             Claim::Taken
@@ -861,11 +871,12 @@ mod tests {
         );
     }
 
-    /// A job content that leaves the live jobs is forgotten, and refused while the tip
-    /// stays: built again, its template could not tell a copy of a share it took from a
-    /// new one. A block found on it still counts. A new tip clears the list.
+    /// A job content that leaves the live jobs is kept while the tip stays: built again
+    /// (the same template on the same tip), it refuses a copy of a share it took and
+    /// takes new shares and blocks, scrypt ones included. Its shares still count against
+    /// the bound. A new tip drops it.
     #[test]
-    fn a_retired_content_is_refused_until_the_tip_changes_but_its_blocks_count() {
+    fn a_content_built_again_on_the_same_tip_knows_its_shares() {
         use crate::job::{tests::template, JobBook};
         let first = std::sync::Arc::new(Job::new(template(1, true)).unwrap());
         let mut other = template(2, true);
@@ -875,51 +886,82 @@ mod tests {
         let mut book = JobBook::default();
         book.insert(first.clone());
         filter.retire_unlisted(&book);
+        for n in 0..100 {
+            assert_eq!(
+                filter.insert(&first.content_key, SHA, hash(n, 20), false),
+                Claim::Taken
+            );
+        }
         assert_eq!(
-            filter.insert(&first.content_key, SHA, hash(1, 20), false),
+            filter.insert(&first.content_key, SHA, hash(1000, 70), true),
             Claim::Taken
         );
-        assert_eq!(
-            filter.insert(&first.content_key, SHA, hash(2, 70), true),
-            Claim::Taken
-        );
-        // The other job replaces the first (clean), on the same tip.
+        // The other job replaces the first (clean), on the same tip: the first's shares
+        // stay counted, in a table shrunk to them.
         book.insert(other.clone());
         filter.retire_unlisted(&book);
-        assert!(filter.is_empty());
-        // The first template comes back: its shares are stale, its block's copy too, and
-        // a new block on it is taken.
+        assert_eq!(filter.len(), 101);
+        let kept = &filter.by_content[&first.content_key];
+        assert!(kept.retired && kept.shares.capacity() < 2 * kept.shares.len());
+        // The first template comes back: a copy of its shares or block is refused, new
+        // shares and blocks are taken, a scrypt one too (judged before its hash only as
+        // a copy).
         let mut again = template(3, true);
         again.ntime += 30;
         let again = std::sync::Arc::new(Job::new(again).unwrap());
         assert_eq!(again.content_key, first.content_key);
         book.insert(again.clone());
         filter.retire_unlisted(&book);
+        assert!(!filter.by_content[&again.content_key].retired);
         assert_eq!(
             filter.insert(&again.content_key, SHA, hash(1, 20), false),
-            Claim::Retired
-        );
-        assert_eq!(
-            filter.insert(&again.content_key, SHA, hash(3, 20), false),
-            Claim::Retired
-        );
-        assert_eq!(
-            filter.insert(&again.content_key, SHA, hash(2, 70), true),
             Claim::Duplicate
         );
         assert_eq!(
-            filter.insert(&again.content_key, SHA, hash(4, 70), true),
+            filter.insert(&again.content_key, SHA, hash(1000, 70), true),
+            Claim::Duplicate
+        );
+        assert_eq!(
+            filter.insert(&again.content_key, SHA, hash(2000, 20), false),
             Claim::Taken
         );
-        // A new tip clears the list: a content is judged afresh.
+        assert_eq!(
+            filter.insert(&again.content_key, SHA, hash(2001, 70), true),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&again.content_key, Algorithm::Scrypt, hash(2002, 0), false),
+            Claim::Taken
+        );
+        assert!(filter.settle(&again.content_key, &hash(2002, 0), &hash(9, 70), true));
+        // A content with nothing to remember (its one claim given back) is not kept
+        // when it leaves.
+        let mut empty = template(5, true);
+        empty.coinbase_suffix[0] ^= 2;
+        let empty = std::sync::Arc::new(Job::new(empty).unwrap());
+        book.insert(empty.clone());
+        filter.retire_unlisted(&book);
+        assert_eq!(
+            filter.insert(&empty.content_key, SHA, hash(3000, 20), false),
+            Claim::Taken
+        );
+        filter.remove(&empty.content_key, &hash(3000, 20));
+        assert!(filter.by_content.contains_key(&empty.content_key));
+        book.insert(std::sync::Arc::new(Job::new(template(6, true)).unwrap()));
+        filter.retire_unlisted(&book);
+        assert!(!filter.by_content.contains_key(&empty.content_key));
+        assert!(filter.by_content.contains_key(&first.content_key));
+        // A new tip drops every content of the old one, with its blocks.
         let mut next_tip = template(4, true);
         next_tip.prevhash = [0x42; 32];
         let next_tip = std::sync::Arc::new(Job::new(next_tip).unwrap());
         book.insert(next_tip.clone());
         filter.retire_unlisted(&book);
         assert!(filter.blocks.is_empty());
+        assert!(filter.is_empty());
+        assert_eq!(filter.by_content.len(), 0);
         assert_eq!(
-            filter.insert(&next_tip.content_key, SHA, hash(5, 20), false),
+            filter.insert(&next_tip.content_key, SHA, hash(1, 20), false),
             Claim::Taken
         );
     }
@@ -994,6 +1036,30 @@ mod tests {
             filter.insert(&[1; 32], SHA, hash(1, 12), true),
             Claim::BelowFloor
         );
+    }
+
+    /// Memory follows table capacity, not the shares counted: jobs filled one after
+    /// another, each evicting the last at the bound, do not each hold on to their peak.
+    #[test]
+    fn no_table_holds_on_to_its_peak() {
+        let shares_max = 512;
+        let mut filter = DuplicateFilter::with_shares_max(shares_max);
+        let mut n = 0;
+        for job in 0..16u8 {
+            for _ in 0..shares_max {
+                n += 1;
+                assert_eq!(
+                    filter.insert(&[job; 32], SHA, hash(n, 10 + job), false),
+                    Claim::Taken
+                );
+            }
+            let capacity: usize = filter
+                .by_content
+                .values()
+                .map(|content| content.shares.capacity())
+                .sum();
+            assert!(capacity <= 3 * shares_max, "{capacity} after job {job}");
+        }
     }
 
     #[test]

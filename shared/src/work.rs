@@ -399,7 +399,7 @@ pub struct CreditedShare {
 /// Claims a share in the duplicate filter as it arrives, before its proof of work is
 /// computed (see `DuplicateFilter`): `Duplicate` if the same header was taken before or is
 /// waiting for its hash, `FilterFull` if the filter is at its bound and this share proves
-/// less work than its job's floor, `StaleJob` if its job's content was retired on this tip.
+/// less work than its job's floor.
 pub fn claim_share(
     job: &Job,
     header_hash: [u8; 32],
@@ -412,7 +412,6 @@ pub fn claim_share(
         Claim::Taken => Ok(()),
         Claim::Duplicate => Err(Rejection::Duplicate),
         Claim::Full | Claim::BelowFloor => Err(Rejection::FilterFull),
-        Claim::Retired => Err(Rejection::StaleJob),
     }
 }
 

@@ -94,9 +94,6 @@ impl Session {
             Err(Rejection::FilterFull) => {
                 return self.reject(id, ErrorCode::Other, FILTER_FULL_MESSAGE);
             }
-            Err(Rejection::StaleJob) => {
-                return self.reject(id, ErrorCode::JobNotFound, "stale job")
-            }
             Err(_) => return self.reject(id, ErrorCode::Duplicate, "duplicate share"),
         }
         let pending = PendingPow {
