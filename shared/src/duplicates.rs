@@ -152,8 +152,8 @@ struct ContentShares {
     /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`): its copy, once the floor rose over it,
     /// could not be told from a new block, so no block of this content passes the floor.
     block_unremembered: bool,
-    /// No live job has this content now (`retire_unlisted`); its table was shrunk to its
-    /// shares when it left.
+    /// No live job has this content now (`retire_unlisted`): its shares are the first
+    /// forgotten at the bound (`forget_retired`).
     retired: bool,
 }
 
@@ -164,13 +164,31 @@ impl ContentShares {
         self.shares.is_empty() && self.floor_bits == 0 && !self.block_unremembered
     }
 
-    /// Gives back table space once at most half of it is used, so a content that was
-    /// large once does not hold its peak: the bound counts shares, memory follows
-    /// capacity.
-    fn shrink_if_sparse(&mut self) {
-        if self.shares.len() <= self.shares.capacity() / 2 {
-            self.shares.shrink_to_fit();
+    /// Forgets the shares of known work under `floor_bits` (all of them for
+    /// `WORK_BITS_PENDING`) and raises this content's floor just over the most work it
+    /// forgot, so a content that lost nothing keeps taking what it took, and a copy of a
+    /// forgotten share is under the floor. Returns how many went. Shares waiting for their
+    /// proof of work stay (at most the per-core scrypt queue).
+    fn forget_under(&mut self, floor_bits: u8) -> usize {
+        let mut forgot_bits_max = None;
+        let before = self.shares.len();
+        self.shares.retain(|share| {
+            let kept = share.bits() == WORK_BITS_PENDING || share.bits() >= floor_bits;
+            if !kept {
+                forgot_bits_max = forgot_bits_max.max(Some(share.bits()));
+            }
+            kept
+        });
+        if let Some(bits) = forgot_bits_max {
+            self.floor_bits = self.floor_bits.max(bits + 1);
+            // Gives back table space once at most half of it is used, so a content that
+            // was large once does not hold its peak: the bound counts shares, memory
+            // follows capacity.
+            if self.shares.len() <= self.shares.capacity() / 2 {
+                self.shares.shrink_to_fit();
+            }
         }
+        before - self.shares.len()
     }
 }
 
@@ -182,10 +200,12 @@ impl ContentShares {
 /// job has any more is kept, with its shares and floor, until the tip changes: the same
 /// template built again on the same tip (the mempool did not change) has the same
 /// content, and must still refuse a copy of a share it took (one whose ntime the miner
-/// rolled ahead) while taking new shares and blocks. Its shares count against the bound
-/// like any other, so it ages out under load; its table is shrunk when it leaves.
-/// Contents are kept per tip: their number is the templates the control plane builds on
-/// one tip, never anything a miner sends.
+/// rolled ahead) while taking new shares and blocks. At the bound such contents' shares
+/// are forgotten first, all at once, their floors raised over them as any forgotten
+/// share's (`forget_retired`): only a template built again could use them, so the live
+/// jobs' miners are not refused for the sake of old ones. Contents are kept per tip:
+/// their number is the templates the control plane builds on one tip, never anything a
+/// miner sends.
 ///
 /// A share is kept as its fingerprint (see `Remembered`). Equal shares always have equal
 /// fingerprints, so a duplicate is never let through.
@@ -211,6 +231,8 @@ pub struct DuplicateFilter {
     by_content: HashMap<[u8; 32], ContentShares>,
     /// The chain tip the live jobs build on (`retire_unlisted`).
     tip: Option<[u8; 32]>,
+    /// A retired content may hold shares of known work (`forget_retired` has work).
+    retired_hold_shares: bool,
     /// Shares that found a block, by content and fingerprint
     /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`).
     blocks: HashSet<([u8; 32], u64)>,
@@ -235,6 +257,7 @@ impl DuplicateFilter {
         DuplicateFilter {
             by_content: HashMap::new(),
             tip: None,
+            retired_hold_shares: false,
             blocks: HashSet::new(),
             shares: 0,
             shares_max,
@@ -265,26 +288,23 @@ impl DuplicateFilter {
         if below < wanted {
             return None;
         }
-        let mut freed = 0;
-        for content in self.by_content.values_mut() {
-            // A content's floor rises just over the most work it forgot, so a job that
-            // lost nothing keeps taking what it took.
-            let mut forgot_bits_max = None;
-            let before = content.shares.len();
-            content.shares.retain(|share| {
-                let kept = share.bits() == WORK_BITS_PENDING || share.bits() >= floor as u8;
-                if !kept {
-                    forgot_bits_max = forgot_bits_max.max(Some(share.bits()));
-                }
-                kept
-            });
-            freed += before - content.shares.len();
-            if let Some(bits) = forgot_bits_max {
-                content.floor_bits = content.floor_bits.max(bits + 1);
-                content.shrink_if_sparse();
-            }
-        }
+        let freed = self
+            .by_content
+            .values_mut()
+            .map(|content| content.forget_under(floor as u8))
+            .sum();
         Some(freed)
+    }
+
+    /// Forgets every share of known work of the contents no live job has, raising their
+    /// floors over it; returns how many went.
+    fn forget_retired(&mut self) -> usize {
+        self.retired_hold_shares = false;
+        self.by_content
+            .values_mut()
+            .filter(|content| content.retired)
+            .map(|content| content.forget_under(WORK_BITS_PENDING))
+            .sum()
     }
 
     /// Claims the share for its job's content as it arrives. A SHA256d share's work is
@@ -379,6 +399,10 @@ impl DuplicateFilter {
             }
         }
         while self.shares >= self.shares_max {
+            if self.retired_hold_shares {
+                self.shares -= self.forget_retired();
+                continue;
+            }
             let wanted = (self.shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR).max(1);
             let Some(freed) = self.raise_floors(wanted) else {
                 self.refused_full += 1;
@@ -453,9 +477,11 @@ impl DuplicateFilter {
     }
 
     /// Follows the live jobs in `jobs`. On a new tip every content no live job has is
-    /// dropped with its blocks: its shares can only be stale, and no job of the old tip
-    /// can come back. On the same tip such a content is kept (see `DuplicateFilter`) and
-    /// its table shrunk; one with nothing to remember is dropped.
+    /// dropped with its blocks: its shares can only be stale. (A tip that comes back,
+    /// A→B→A after a reorg or `invalidateblock`, finds its contents forgotten: the same
+    /// template built again could take a copy of a share it took on the first A. Known and
+    /// left: a rare event, on stale work.) On the same tip such a content is kept (see
+    /// `DuplicateFilter`); one with nothing to remember is dropped.
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
         let tip = jobs.newest().map(|job| job.template.prevhash);
         // No live job at all (before the first) counts as a new tip too.
@@ -463,16 +489,19 @@ impl DuplicateFilter {
             self.tip = tip;
             self.by_content
                 .retain(|content_key, _| jobs.holds_content(content_key));
+            for content in self.by_content.values_mut() {
+                content.retired = false;
+            }
+            self.retired_hold_shares = false;
             self.blocks
                 .retain(|(content_key, _)| jobs.holds_content(content_key));
         } else {
+            let retired_hold_shares = &mut self.retired_hold_shares;
             self.by_content.retain(|content_key, content| {
                 let live = jobs.holds_content(content_key);
-                if live {
-                    content.retired = false;
-                } else if !content.retired {
-                    content.retired = true;
-                    content.shares.shrink_to_fit();
+                content.retired = !live;
+                if !live && !content.shares.is_empty() {
+                    *retired_hold_shares = true;
                 }
                 live || !content.holds_nothing()
             });
@@ -873,8 +902,8 @@ mod tests {
 
     /// A job content that leaves the live jobs is kept while the tip stays: built again
     /// (the same template on the same tip), it refuses a copy of a share it took and
-    /// takes new shares and blocks, scrypt ones included. Its shares still count against
-    /// the bound. A new tip drops it.
+    /// takes new shares and blocks, scrypt ones included. Its shares still count. A new
+    /// tip drops it.
     #[test]
     fn a_content_built_again_on_the_same_tip_knows_its_shares() {
         use crate::job::{tests::template, JobBook};
@@ -897,12 +926,11 @@ mod tests {
             Claim::Taken
         );
         // The other job replaces the first (clean), on the same tip: the first's shares
-        // stay counted, in a table shrunk to them.
+        // stay counted.
         book.insert(other.clone());
         filter.retire_unlisted(&book);
         assert_eq!(filter.len(), 101);
-        let kept = &filter.by_content[&first.content_key];
-        assert!(kept.retired && kept.shares.capacity() < 2 * kept.shares.len());
+        assert!(filter.by_content[&first.content_key].retired);
         // The first template comes back: a copy of its shares or block is refused, new
         // shares and blocks are taken, a scrypt one too (judged before its hash only as
         // a copy).
@@ -964,6 +992,75 @@ mod tests {
             filter.insert(&next_tip.content_key, SHA, hash(1, 20), false),
             Claim::Taken
         );
+    }
+
+    /// At the bound the shares of contents no live job has go first, whatever their work,
+    /// and all at once: the live job keeps its shares and its floor. Built again, the old
+    /// content refuses copies of what it forgot (under its raised floor) and takes shares
+    /// of more work and every block.
+    #[test]
+    fn at_the_bound_the_shares_of_jobs_gone_are_forgotten_first() {
+        use crate::job::{tests::template, JobBook};
+        let old = std::sync::Arc::new(Job::new(template(1, true)).unwrap());
+        let mut live = template(2, true);
+        live.coinbase_suffix[0] ^= 1;
+        let live = std::sync::Arc::new(Job::new(live).unwrap());
+        let mut filter = DuplicateFilter::with_shares_max(8);
+        let mut book = JobBook::default();
+        book.insert(old.clone());
+        filter.retire_unlisted(&book);
+        for n in 0..4 {
+            assert_eq!(
+                filter.insert(&old.content_key, SHA, hash(n, 40 + n as u8), false),
+                Claim::Taken
+            );
+        }
+        book.insert(live.clone());
+        filter.retire_unlisted(&book);
+        for n in 10..14 {
+            assert_eq!(
+                filter.insert(&live.content_key, SHA, hash(n, 20), false),
+                Claim::Taken
+            );
+        }
+        assert_eq!(filter.len(), 8);
+        // At the bound: the old job's four shares go, though of more work.
+        assert_eq!(
+            filter.insert(&live.content_key, SHA, hash(14, 20), false),
+            Claim::Taken
+        );
+        assert_eq!(filter.len(), 5);
+        assert_eq!(filter.by_content[&live.content_key].floor_bits, 0);
+        assert_eq!(filter.by_content[&old.content_key].floor_bits, 44);
+        assert_eq!(
+            filter.insert(&live.content_key, SHA, hash(10, 20), false),
+            Claim::Duplicate
+        );
+        // The old template comes back on the same tip.
+        book.insert(std::sync::Arc::new(Job::new(template(3, true)).unwrap()));
+        filter.retire_unlisted(&book);
+        for n in 0..4 {
+            assert_eq!(
+                filter.insert(&old.content_key, SHA, hash(n, 40 + n as u8), false),
+                Claim::BelowFloor,
+                "a copy of a forgotten share"
+            );
+        }
+        assert_eq!(
+            filter.insert(&old.content_key, SHA, hash(20, 44), false),
+            Claim::Taken
+        );
+        assert_eq!(
+            filter.insert(&old.content_key, SHA, hash(21, 30), true),
+            Claim::Taken,
+            "a block under the floor"
+        );
+        assert_eq!(
+            filter.insert(&old.content_key, Algorithm::Scrypt, hash(22, 0), false),
+            Claim::Taken
+        );
+        assert!(filter.settle(&old.content_key, &hash(22, 0), &hash(9, 30), true));
+        assert!(filter.len() <= 8);
     }
 
     /// A job that lost no share to a raised floor keeps taking what it took; one that did

@@ -10,9 +10,10 @@ use otedama_kernels::Algorithm;
 
 use crate::sv1::{Session, SessionConfig};
 use crate::sv2::messages::*;
-use crate::sv2::server::{Context, ServerConfig, Session as ServerSession};
+use crate::sv2::server::{Context, Session as ServerSession};
 use crate::sv2::wire::Str0255;
 use crate::sv2::{Decoded, FrameDecoder, FrameHeader, Message};
+use crate::work::FrontEndConfig;
 use crate::{DuplicateFilter, Job, JobBook};
 
 #[path = "../tests/common/job_template.rs"]
@@ -97,17 +98,19 @@ pub fn sv1_session(data: &[u8]) {
     let mut session = Session::new(SessionConfig {
         extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
         extranonce2_size: 4,
-        start_difficulty: 1e-10,
-        difficulty_min: 1e-10,
-        version_rolling_mask: 0x1fff_e000,
-        algorithm: Algorithm::Sha256d,
-        vardiff: Some(crate::vardiff::VardiffConfig {
+        front_end: FrontEndConfig {
+            start_difficulty: 1e-10,
             difficulty_min: 1e-10,
-            ..Default::default()
-        }),
-        batch_scrypt: false,
-        payout_address_rule: None,
-        bans: Default::default(),
+            version_rolling_mask: 0x1fff_e000,
+            algorithm: Algorithm::Sha256d,
+            vardiff: Some(crate::vardiff::VardiffConfig {
+                difficulty_min: 1e-10,
+                ..Default::default()
+            }),
+            batch_scrypt: false,
+            payout_address_rule: None,
+            bans: Default::default(),
+        },
     });
     for (index, line) in data.split(|b| *b == b'\n').enumerate() {
         // Time moves on a second a line, so vardiff's windows turn over.
@@ -164,7 +167,7 @@ fn sv2_preamble() -> Vec<u8> {
 pub fn sv2_server_session(data: &[u8]) {
     let jobs = jobs();
     let mut duplicates = DuplicateFilter::default();
-    let mut session = ServerSession::new(ServerConfig {
+    let mut session = ServerSession::new(FrontEndConfig {
         start_difficulty: 1e-10,
         difficulty_min: 1e-10,
         version_rolling_mask: 0x1fff_e000,

@@ -20,6 +20,30 @@ use crate::limits::{
 use crate::share::{check_pow, ValidShare};
 use crate::vardiff::{Vardiff, VardiffConfig};
 
+/// The terms a front end holds its miners to, the same for a Stratum V1 connection and a
+/// Stratum V2 channel; each core builds one from the pool's configuration.
+#[derive(Clone, Debug)]
+pub struct FrontEndConfig {
+    pub start_difficulty: f64,
+    /// The pool's floor for a miner's difficulty (at least `limits::DIFFICULTY_MIN`).
+    pub difficulty_min: f64,
+    /// Version bits miners may roll (BIP310, BIP320); 0x1fffe000 is the common choice, 0
+    /// means none.
+    pub version_rolling_mask: u32,
+    pub algorithm: Algorithm,
+    /// `None` keeps the difficulty where the start value or the miner's suggestion put it.
+    pub vardiff: Option<VardiffConfig>,
+    /// Hand scrypt shares back as `Outcome::NeedsPow` so the glue can hash several at once
+    /// (the core's batch hasher); off, the session hashes each share itself.
+    pub batch_scrypt: bool,
+    /// When set, a worker name must start with a payout address of this coin and network
+    /// (`ADDRESS` or `ADDRESS.RIG`): a share is only worth taking if it can be paid.
+    pub payout_address_rule: Option<AddressRule>,
+    /// Addresses refused at authorize; the session's `update_bans` replaces it when the
+    /// operator changes the list.
+    pub bans: Arc<BanList>,
+}
+
 /// Why a share was refused, before it is put into a protocol's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {

@@ -14,6 +14,7 @@ use otedama_kernels::{sha256d, Algorithm, Target};
 use otedama_shared::limits::DIFFICULTY_CHANGE_GRACE_S;
 use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
 use otedama_shared::sv1::{Outcome, Session, SessionConfig};
+use otedama_shared::work::FrontEndConfig;
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 use rand::{Rng, SeedableRng};
 
@@ -155,14 +156,16 @@ impl Miner {
         let session = Session::new(SessionConfig {
             extranonce1: EXTRANONCE1.to_vec(),
             extranonce2_size: 4,
-            start_difficulty: BASE_DIFFICULTY,
-            difficulty_min: 1e-10,
-            version_rolling_mask: 0x1fff_e000,
-            algorithm: Algorithm::Sha256d,
-            vardiff: None,
-            batch_scrypt: false,
-            payout_address_rule: None,
-            bans: Default::default(),
+            front_end: FrontEndConfig {
+                start_difficulty: BASE_DIFFICULTY,
+                difficulty_min: 1e-10,
+                version_rolling_mask: 0x1fff_e000,
+                algorithm: Algorithm::Sha256d,
+                vardiff: None,
+                batch_scrypt: false,
+                payout_address_rule: None,
+                bans: Default::default(),
+            },
         });
         let mut miner = Miner {
             session,

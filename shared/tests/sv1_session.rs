@@ -10,6 +10,7 @@ use otedama_kernels::Algorithm;
 use otedama_shared::job::AlgorithmName;
 use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
 use otedama_shared::sv1::{ErrorCode, Outcome, Session, SessionConfig};
+use otedama_shared::work::FrontEndConfig;
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 
 const NOW_S: u64 = 1_700_000_100;
@@ -33,15 +34,24 @@ fn config(start_difficulty: f64) -> SessionConfig {
     SessionConfig {
         extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
         extranonce2_size: 4,
-        start_difficulty,
-        difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
-        version_rolling_mask: 0x1fff_e000,
-        algorithm: Algorithm::Sha256d,
-        vardiff: None,
-        batch_scrypt: false,
-        payout_address_rule: None,
-        bans: Default::default(),
+        front_end: FrontEndConfig {
+            start_difficulty,
+            difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
+            version_rolling_mask: 0x1fff_e000,
+            algorithm: Algorithm::Sha256d,
+            vardiff: None,
+            batch_scrypt: false,
+            payout_address_rule: None,
+            bans: Default::default(),
+        },
     }
+}
+
+/// `config(start_difficulty)` with its front-end terms changed by `change`.
+fn config_with(start_difficulty: f64, change: impl FnOnce(&mut FrontEndConfig)) -> SessionConfig {
+    let mut config = config(start_difficulty);
+    change(&mut config.front_end);
+    config
 }
 
 impl Harness {
@@ -437,7 +447,7 @@ fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
     // suggestions below come that far apart.
     let at = |step: u64| NOW_S + step * DIFFICULTY_CHANGE_GRACE_S;
     let mut config = config(1.0);
-    config.vardiff = Some(otedama_shared::vardiff::VardiffConfig {
+    config.front_end.vardiff = Some(otedama_shared::vardiff::VardiffConfig {
         share_interval_target_s: 10.0,
         retarget_interval_s: 60,
         difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
@@ -585,10 +595,9 @@ fn worker_name_limit_is_enforced_at_its_edge() {
 #[test]
 fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
     let mut h = Harness::new(0.0001);
-    h.session = Session::new(SessionConfig {
-        vardiff: Some(otedama_shared::vardiff::VardiffConfig::default()),
-        ..config(0.0001)
-    });
+    h.session = Session::new(config_with(0.0001, |terms| {
+        terms.vardiff = Some(otedama_shared::vardiff::VardiffConfig::default())
+    }));
     let job = h.ready();
     let burst = otedama_shared::vardiff::VARDIFF_BURST_SHARES_MAX;
     let mut retargeted = Vec::new();
@@ -692,11 +701,10 @@ fn scrypt_harness(batch_scrypt: bool) -> Harness {
     let mut jobs = JobBook::default();
     jobs.insert(Arc::new(Job::new(scrypt_template()).unwrap()));
     Harness {
-        session: Session::new(SessionConfig {
-            algorithm: Algorithm::Scrypt,
-            batch_scrypt,
-            ..config(DIFFICULTY_FLOOR_FOR_TESTS)
-        }),
+        session: Session::new(config_with(DIFFICULTY_FLOOR_FOR_TESTS, |terms| {
+            terms.algorithm = Algorithm::Scrypt;
+            terms.batch_scrypt = batch_scrypt;
+        })),
         jobs,
         duplicates: DuplicateFilter::default(),
     }
@@ -787,10 +795,9 @@ fn a_worker_without_a_payout_address_of_the_network_is_refused_at_authorize() {
         bech32_hrp: "rltc",
     };
     let mut h = Harness::new(0.5);
-    h.session = Session::new(SessionConfig {
-        payout_address_rule: Some(rule),
-        ..config(0.5)
-    });
+    h.session = Session::new(config_with(0.5, |terms| {
+        terms.payout_address_rule = Some(rule)
+    }));
     h.send(&request_line(1, "mining.subscribe", json!([])));
     // Printed by litecoind -regtest getnewaddress; the checksum of the second is broken,
     // the third is a Bitcoin mainnet address.
@@ -816,10 +823,9 @@ fn a_banned_address_is_refused_at_authorize_and_a_new_ban_names_the_connection()
     let mut bans = otedama_shared::bans::BanList::default();
     bans.addresses.insert("banned".into());
     let mut h = Harness::new(0.5);
-    h.session = Session::new(SessionConfig {
-        bans: std::sync::Arc::new(bans.clone()),
-        ..config(0.5)
-    });
+    h.session = Session::new(config_with(0.5, |terms| {
+        terms.bans = std::sync::Arc::new(bans.clone())
+    }));
     h.send(&request_line(1, "mining.subscribe", json!([])));
     let (outcome, out) = h.send(&request_line(
         2,

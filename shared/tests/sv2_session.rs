@@ -10,13 +10,14 @@ use otedama_kernels::{Algorithm, Target};
 use otedama_shared::job::JobTemplate;
 use otedama_shared::sv2::messages::*;
 use otedama_shared::sv2::server::{
-    error_code, Context, Outcome, ServerConfig, Session, CHANNELS_PER_CONNECTION_MAX,
+    error_code, Context, Outcome, Session, CHANNELS_PER_CONNECTION_MAX,
     CHANNEL_OPENS_PER_CONNECTION_MAX, SETUP_FLAG_REQUIRES_STANDARD_JOBS,
     SETUP_FLAG_REQUIRES_WORK_SELECTION,
 };
 use otedama_shared::sv2::wire::{Str0255, B032};
 use otedama_shared::sv2::{Decoded, FrameDecoder, FrameHeader, Message};
 use otedama_shared::vardiff::VardiffConfig;
+use otedama_shared::work::FrontEndConfig;
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 
 const NOW_S: u64 = 1_700_000_100;
@@ -26,8 +27,8 @@ const EASY: f64 = 1e-6;
 mod job_template;
 use job_template::template;
 
-fn config(start_difficulty: f64) -> ServerConfig {
-    ServerConfig {
+fn config(start_difficulty: f64) -> FrontEndConfig {
+    FrontEndConfig {
         start_difficulty,
         difficulty_min: 1e-9,
         version_rolling_mask: 0x1fff_e000,
@@ -59,7 +60,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(config: ServerConfig) -> Self {
+    fn new(config: FrontEndConfig) -> Self {
         let mut jobs = JobBook::default();
         jobs.insert(Arc::new(Job::new(template(1, true)).unwrap()));
         Harness {
@@ -840,14 +841,7 @@ fn one_share_over_v1_and_v2_is_recorded_and_credited_identically() {
     let mut v1 = sv1::Session::new(sv1::SessionConfig {
         extranonce1: prefix,
         extranonce2_size: 4,
-        start_difficulty: 1e-4,
-        difficulty_min: 1e-9,
-        version_rolling_mask: 0x1fff_e000,
-        algorithm: Algorithm::Sha256d,
-        vardiff: None,
-        batch_scrypt: false,
-        payout_address_rule: None,
-        bans: Default::default(),
+        front_end: config(1e-4),
     });
     let mut duplicates = DuplicateFilter::default();
     for line in [
@@ -874,7 +868,7 @@ fn one_share_over_v1_and_v2_is_recorded_and_credited_identically() {
 #[test]
 fn a_silent_channel_gets_an_easier_target() {
     use otedama_shared::vardiff::{VARDIFF_SILENT_SHARE_INTERVALS, VARDIFF_STEP_FACTOR_MAX};
-    let mut h = Harness::new(ServerConfig {
+    let mut h = Harness::new(FrontEndConfig {
         vardiff: Some(VardiffConfig {
             share_interval_target_s: 10.0,
             difficulty_min: 1e-9,
@@ -960,7 +954,7 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
     };
     let block_target = Target::from_compact(scrypt_template.bits).unwrap();
     for (sequence_number, wants_block) in [(1u32, true), (2, false)] {
-        let mut h = Harness::new(ServerConfig {
+        let mut h = Harness::new(FrontEndConfig {
             algorithm: Algorithm::Scrypt,
             batch_scrypt: true,
             ..config(EASY)

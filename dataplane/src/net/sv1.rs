@@ -153,14 +153,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     let session = Session::new(SessionConfig {
         extranonce1: core.next_extranonce1(),
         extranonce2_size: EXTRANONCE2_BYTES,
-        start_difficulty: core.config.start_difficulty,
-        difficulty_min: core.config.difficulty_min,
-        version_rolling_mask: core.config.version_rolling_mask,
-        algorithm: core.config.algorithm,
-        vardiff: core.config.vardiff,
-        batch_scrypt: true,
-        payout_address_rule: core.config.payout_address_rule,
-        bans: core.bans.borrow().clone(),
+        front_end: core.front_end_config(),
     });
     let connection = Rc::new(Connection {
         wire,

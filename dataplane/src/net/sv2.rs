@@ -17,7 +17,7 @@ use otedama_shared::ipc::Refusal;
 use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
 use otedama_shared::sv2::noise::NoiseServer;
 use otedama_shared::sv2::server::{
-    error_code, AcceptedShare, Context, Outcome, PendingPow, ServerConfig, Session,
+    error_code, AcceptedShare, Context, Outcome, PendingPow, Session,
 };
 use otedama_shared::sv2::FrameHeader;
 use otedama_shared::{Job, JobBook};
@@ -215,20 +215,6 @@ impl V2Link for Connection {
     }
 }
 
-/// The session settings of the core's front end.
-pub(crate) fn server_config(core: &Core) -> ServerConfig {
-    ServerConfig {
-        start_difficulty: core.config.start_difficulty,
-        difficulty_min: core.config.difficulty_min,
-        version_rolling_mask: core.config.version_rolling_mask,
-        algorithm: core.config.algorithm,
-        vardiff: core.config.vardiff,
-        batch_scrypt: true,
-        payout_address_rule: core.config.payout_address_rule,
-        bans: core.bans.borrow().clone(),
-    }
-}
-
 pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     let wire = Wire::new(stream, now_s());
     // Held until the connection ends: its place under the per-address cap.
@@ -247,7 +233,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     );
     let connection = Rc::new(Connection {
         wire,
-        session: RefCell::new(Session::new(server_config(&core))),
+        session: RefCell::new(Session::new(core.front_end_config())),
         noise: RefCell::new(noise),
     });
     let link: Rc<dyn V2Link> = connection.clone();

@@ -26,6 +26,7 @@ use otedama_shared::bans::BanList;
 use otedama_shared::error_code::ErrorCode;
 use otedama_shared::ipc::Upstream;
 use otedama_shared::share::BlockCandidate;
+use otedama_shared::work::FrontEndConfig;
 use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 
 use crate::counters::Counters;
@@ -206,6 +207,21 @@ pub struct Core {
 }
 
 impl Core {
+    /// The terms this core holds its miners to, V1 connections and V2 channels alike.
+    /// Scrypt shares always go to the core's batch hasher.
+    pub fn front_end_config(&self) -> FrontEndConfig {
+        FrontEndConfig {
+            start_difficulty: self.config.start_difficulty,
+            difficulty_min: self.config.difficulty_min,
+            version_rolling_mask: self.config.version_rolling_mask,
+            algorithm: self.config.algorithm,
+            vardiff: self.config.vardiff,
+            batch_scrypt: true,
+            payout_address_rule: self.config.payout_address_rule,
+            bans: self.bans.borrow().clone(),
+        }
+    }
+
     /// Extranonce1 is `partition ‖ 24-bit counter`, where the partition byte is unique per
     /// process and core. Two cores never hand out the same value, and the header commits to
     /// extranonce1, so equal shares can only arrive on one core: each core checks

@@ -61,7 +61,7 @@ impl Session {
                     _ => return self.reject(id, ErrorCode::Other, "min-bit-count must be 0..=32"),
                 },
             };
-            let mask = requested_mask & self.config.version_rolling_mask;
+            let mask = requested_mask & self.config.front_end.version_rolling_mask;
             if mask.count_ones() < min_bit_count || mask == 0 {
                 self.version_mask = None;
                 result.insert(name.to_string(), Value::Bool(false));

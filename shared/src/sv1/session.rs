@@ -9,15 +9,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use otedama_kernels::Algorithm;
-
-use crate::address::AddressRule;
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::WORKERS_PER_CONNECTION_MAX;
 use crate::share::{BlockCandidate, DuplicateFilter, ShareRecord};
-use crate::vardiff::VardiffConfig;
-use crate::work::{vet_worker_name, ShareTerms, WorkState};
+use crate::work::{vet_worker_name, FrontEndConfig, ShareTerms, WorkState};
 
 use super::request::{parse_borrowed, RequestId};
 use super::{set_difficulty_line, ErrorCode};
@@ -31,23 +27,8 @@ const OUTBOX_KEEP_BYTES_MAX: usize = 256;
 pub struct SessionConfig {
     pub extranonce1: Vec<u8>,
     pub extranonce2_size: usize,
-    pub start_difficulty: f64,
-    /// The pool's floor for this miner's difficulty (at least `limits::DIFFICULTY_MIN`).
-    pub difficulty_min: f64,
-    /// Version bits the pool lets miners roll (BIP310); 0x1fffe000 is the common choice.
-    pub version_rolling_mask: u32,
-    pub algorithm: Algorithm,
-    /// `None` keeps the difficulty where the start value or the miner's suggestion put it.
-    pub vardiff: Option<VardiffConfig>,
-    /// Hand scrypt shares back as `Outcome::NeedsPow` so the glue can hash several at once;
-    /// off, the session hashes each share itself.
-    pub batch_scrypt: bool,
-    /// When set, a worker name must start with a payout address of this coin and network
-    /// (`ADDRESS` or `ADDRESS.RIG`): a share is only worth taking if it can be paid.
-    pub payout_address_rule: Option<AddressRule>,
-    /// Addresses refused at authorize; `Session::update_bans` replaces it when the
-    /// operator changes the list.
-    pub bans: Arc<BanList>,
+    /// The terms every front end holds its miners to, V2 channels included.
+    pub front_end: FrontEndConfig,
 }
 
 /// What the glue must do after a line.
@@ -121,9 +102,9 @@ pub struct Session {
 impl Session {
     pub fn new(config: SessionConfig) -> Self {
         let work = WorkState::new(
-            config.start_difficulty,
-            config.difficulty_min,
-            config.vardiff,
+            config.front_end.start_difficulty,
+            config.front_end.difficulty_min,
+            config.front_end.vardiff,
         );
         Session {
             config,
@@ -286,8 +267,8 @@ impl Session {
         }
         let recorded = match vet_worker_name(
             name,
-            self.config.payout_address_rule.as_ref(),
-            &self.config.bans,
+            self.config.front_end.payout_address_rule.as_ref(),
+            &self.config.front_end.bans,
         ) {
             Ok(recorded) => recorded,
             Err(refusal) => {
@@ -354,7 +335,7 @@ impl Session {
             .workers
             .iter()
             .any(|(_, recorded)| bans.bans_worker(recorded));
-        self.config.bans = bans;
+        self.config.front_end.bans = bans;
         banned
     }
 
@@ -445,14 +426,16 @@ mod tests {
         let mut session = Session::new(SessionConfig {
             extranonce1: vec![0; 4],
             extranonce2_size: 4,
-            start_difficulty: 1.0,
-            difficulty_min: 1.0,
-            version_rolling_mask: 0,
-            algorithm: otedama_kernels::Algorithm::Sha256d,
-            vardiff: None,
-            batch_scrypt: false,
-            payout_address_rule: None,
-            bans: Default::default(),
+            front_end: FrontEndConfig {
+                start_difficulty: 1.0,
+                difficulty_min: 1.0,
+                version_rolling_mask: 0,
+                algorithm: otedama_kernels::Algorithm::Sha256d,
+                vardiff: None,
+                batch_scrypt: false,
+                payout_address_rule: None,
+                bans: Default::default(),
+            },
         });
         session.outbox = Vec::with_capacity(OUTBOX_KEEP_BYTES_MAX);
         session.outbox.push(b'x');

@@ -109,7 +109,9 @@ impl Session {
         };
         match pending.job.algorithm {
             // Boxed only here: a share hashed at once never leaves the stack.
-            Algorithm::Scrypt if self.config.batch_scrypt => Outcome::NeedsPow(Box::new(pending)),
+            Algorithm::Scrypt if self.config.front_end.batch_scrypt => {
+                Outcome::NeedsPow(Box::new(pending))
+            }
             algorithm => {
                 let pow = pow_hash(algorithm, &pending.header, &pending.header_hash);
                 self.finish_share(pending, &pow, now_s, duplicates)

@@ -28,17 +28,15 @@ use std::sync::Arc;
 use otedama_kernels::sha256d::sha256d_80;
 use otedama_kernels::{Algorithm, Target};
 
-use crate::address::AddressRule;
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::{EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, JOBS_REMEMBERED_MAX};
 use crate::share::BlockCandidate;
 use crate::share::{build_header, header_from_root, merkle_root, pow_hash, ShareRecord};
 use crate::share::{DuplicateFilter, ShareSubmission};
-use crate::vardiff::VardiffConfig;
 use crate::work::{
     check_ntime, check_version, claim_share, credit_share, share_target, vet_worker_name,
-    CreditedShare, Rejection, ShareTerms, WorkState,
+    CreditedShare, FrontEndConfig, Rejection, ShareTerms, WorkState,
 };
 
 use super::frame::FrameHeader;
@@ -97,21 +95,6 @@ pub fn rejection_code(rejection: Rejection) -> &'static str {
         Rejection::Duplicate => error_code::DUPLICATE_SHARE,
         Rejection::FilterFull => error_code::SHARE_FILTER_FULL,
     }
-}
-
-/// Settings of one V2 front end, chosen by the core that accepted the connection.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub start_difficulty: f64,
-    pub difficulty_min: f64,
-    /// Version bits miners may roll (BIP320); 0 means none.
-    pub version_rolling_mask: u32,
-    pub algorithm: Algorithm,
-    pub vardiff: Option<VardiffConfig>,
-    /// Hand scrypt shares back as `Outcome::NeedsPow` for the core's batch hasher.
-    pub batch_scrypt: bool,
-    pub payout_address_rule: Option<AddressRule>,
-    pub bans: Arc<BanList>,
 }
 
 /// What the core provides to a connection for one call.
@@ -208,7 +191,7 @@ struct Channel {
 /// The state machine of one connection.
 #[derive(Debug)]
 pub struct Session {
-    config: ServerConfig,
+    config: FrontEndConfig,
     setup_done: bool,
     /// The client asked for version rolling and the pool allows it.
     version_rolling: bool,
@@ -273,7 +256,7 @@ fn encode_set_new_prev_hash(channel_id: u32, job: &Job, out: &mut Vec<u8>) {
 const SUBMIT_SUCCESS_FRAME_BYTES: usize = 6 + 4 + 4 + 4 + 8;
 
 impl Session {
-    pub fn new(config: ServerConfig) -> Self {
+    pub fn new(config: FrontEndConfig) -> Self {
         Session {
             config,
             setup_done: false,
@@ -1015,7 +998,7 @@ mod outbox_tests {
     /// exactly that is kept, one byte more is given back.
     #[test]
     fn the_outbox_kept_between_flushes_holds_its_limit() {
-        let mut session = Session::new(ServerConfig {
+        let mut session = Session::new(FrontEndConfig {
             start_difficulty: 1.0,
             difficulty_min: 1.0,
             version_rolling_mask: 0,

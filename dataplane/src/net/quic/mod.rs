@@ -39,7 +39,7 @@ use otedama_shared::sv2::server::Session;
 use otedama_shared::sv2::FrameDecoder;
 
 use super::now_s;
-use super::sv2::{server_config, V2Link};
+use super::sv2::V2Link;
 use super::wire::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
 use crate::rt::gate::Gate;
 use crate::rt::Core;
@@ -317,7 +317,7 @@ impl QuicFrontEnd {
             front: self.clone(),
             handle,
             quic: RefCell::new(quic),
-            session: RefCell::new(Session::new(server_config(core))),
+            session: RefCell::new(Session::new(core.front_end_config())),
             stream: Cell::new(None),
             decoder: RefCell::new(FrameDecoder::new(SV2_PAYLOAD_BYTES_MAX)),
             pending_send: RefCell::new(Vec::new()),
