@@ -45,9 +45,10 @@ impl std::hash::Hasher for FingerprintHasher {
 
 /// Shares one core's duplicate filter remembers at most, over all live jobs. Each costs
 /// about 9 bytes of table (its fingerprint and work in one `u64`, and a control byte), and
-/// a table is at most half full after it grows, so the filter stays under about 75 MB per
-/// core. At the bound the work floor rises (`DuplicateFilter::raise_floors`): the shares
-/// of the least work, of any live job, are forgotten, at least
+/// a table is at most half full after it grows or shrinks, so the filter stays under about
+/// 75 MB per core in one table, 86 MB spread over many. At the bound the work floor rises
+/// (`DuplicateFilter::forget_least_work`): the shares of the least work are forgotten,
+/// those of jobs no longer live first, at least
 /// `DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR`th of the bound at a time, and shares of a
 /// job under its floor are refused from then on (`Claim::BelowFloor`). Memory goes to the
 /// shares worth the most work, which the hash proves: a flood of cheap shares evicts
@@ -60,7 +61,8 @@ pub const DUPLICATE_FILTER_SHARES_PER_CORE_MAX: usize = 1 << 22;
 /// Block-finding shares one core remembers apart from the bound (`DuplicateFilter` lets a
 /// block through under a floor, or when nothing is left to forget). Blocks are rare on a
 /// real chain; on regtest, where every share is one, past this the filter judges a block
-/// as any share.
+/// as any share (and a job that had a block it could not remember lets none of its blocks
+/// under its floor).
 pub const BLOCK_SHARES_REMEMBERED_PER_CORE_MAX: usize = 1024;
 
 /// A pass that raises a content's floor frees at least
@@ -153,7 +155,7 @@ struct ContentShares {
     /// could not be told from a new block, so no block of this content passes the floor.
     block_unremembered: bool,
     /// No live job has this content now (`retire_unlisted`): its shares are the first
-    /// forgotten at the bound (`forget_retired`).
+    /// forgotten at the bound (`forget_least_work`).
     retired: bool,
 }
 
@@ -201,9 +203,10 @@ impl ContentShares {
 /// template built again on the same tip (the mempool did not change) has the same
 /// content, and must still refuse a copy of a share it took (one whose ntime the miner
 /// rolled ahead) while taking new shares and blocks. At the bound such contents' shares
-/// are forgotten first, all at once, their floors raised over them as any forgotten
-/// share's (`forget_retired`): only a template built again could use them, so the live
-/// jobs' miners are not refused for the sake of old ones. Contents are kept per tip:
+/// are forgotten first, the least work first, their floors raised over them as any
+/// forgotten share's (`forget_least_work`): only a template built again could use them,
+/// so the live jobs' miners are not refused for the sake of old ones. Contents are kept
+/// per tip:
 /// their number is the templates the control plane builds on one tip, never anything a
 /// miner sends.
 ///
@@ -231,7 +234,7 @@ pub struct DuplicateFilter {
     by_content: HashMap<[u8; 32], ContentShares>,
     /// The chain tip the live jobs build on (`retire_unlisted`).
     tip: Option<[u8; 32]>,
-    /// A retired content may hold shares of known work (`forget_retired` has work).
+    /// A retired content may hold shares (`forget_least_work` may have work there).
     retired_hold_shares: bool,
     /// Shares that found a block, by content and fingerprint
     /// (`BLOCK_SHARES_REMEMBERED_PER_CORE_MAX`).
@@ -265,14 +268,17 @@ impl DuplicateFilter {
         }
     }
 
-    /// Raises the work floor of every content to the lowest value that forgets at least
-    /// `wanted` shares of known work, and forgets the shares under it; returns how many
-    /// went, or `None` when the shares of known work are fewer than `wanted`. Shares
-    /// waiting for their proof of work stay (at most the per-core scrypt queue). A floor
-    /// never falls: a content already above the new value keeps its own.
-    fn raise_floors(&mut self, wanted: usize) -> Option<usize> {
+    /// Raises the work floors to the lowest value that forgets at least `wanted` shares of
+    /// known work, the least work first, and forgets the shares under it; returns how many
+    /// went. `retired_only`: only of the contents no live job has, and all of theirs when
+    /// they hold fewer than `wanted`; otherwise of every content, and `None` (nothing
+    /// forgotten) when they hold fewer. Shares waiting for their proof of work stay (at
+    /// most the per-core scrypt queue). A floor never falls: a content already above the
+    /// new value keeps its own, and one that forgot nothing keeps taking what it took.
+    fn forget_least_work(&mut self, wanted: usize, retired_only: bool) -> Option<usize> {
+        let in_scope = |content: &ContentShares| !retired_only || content.retired;
         let mut counts = [0usize; WORK_BITS_MAX as usize + 1];
-        for content in self.by_content.values() {
+        for content in self.by_content.values().filter(|c| in_scope(c)) {
             for share in &content.shares {
                 if share.bits() != WORK_BITS_PENDING {
                     counts[share.bits() as usize] += 1;
@@ -285,26 +291,17 @@ impl DuplicateFilter {
             below += counts[floor];
             floor += 1;
         }
-        if below < wanted {
+        if below < wanted && !retired_only {
             return None;
         }
-        let freed = self
-            .by_content
-            .values_mut()
-            .map(|content| content.forget_under(floor as u8))
-            .sum();
-        Some(freed)
-    }
-
-    /// Forgets every share of known work of the contents no live job has, raising their
-    /// floors over it; returns how many went.
-    fn forget_retired(&mut self) -> usize {
-        self.retired_hold_shares = false;
-        self.by_content
-            .values_mut()
-            .filter(|content| content.retired)
-            .map(|content| content.forget_under(WORK_BITS_PENDING))
-            .sum()
+        let floor = floor as u8;
+        Some(
+            self.by_content
+                .values_mut()
+                .filter(|content| in_scope(content))
+                .map(|content| content.forget_under(floor))
+                .sum(),
+        )
     }
 
     /// Claims the share for its job's content as it arrives. A SHA256d share's work is
@@ -399,12 +396,20 @@ impl DuplicateFilter {
             }
         }
         while self.shares >= self.shares_max {
-            if self.retired_hold_shares {
-                self.shares -= self.forget_retired();
-                continue;
-            }
             let wanted = (self.shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR).max(1);
-            let Some(freed) = self.raise_floors(wanted) else {
+            // Jobs no longer live go first: only a template built again could use their
+            // shares, so live jobs' miners are not refused for old jobs' sake.
+            if self.retired_hold_shares {
+                let freed = self.forget_least_work(wanted, true).unwrap_or(0);
+                if freed < wanted {
+                    self.retired_hold_shares = false;
+                }
+                if freed > 0 {
+                    self.shares -= freed;
+                    continue;
+                }
+            }
+            let Some(freed) = self.forget_least_work(wanted, false) else {
                 self.refused_full += 1;
                 return Claim::Full;
             };
@@ -748,10 +753,14 @@ mod tests {
         assert!(filter.settle(&content, &hash(2000, 0), &hash(3, 30), false));
     }
 
-    /// The bound holds through a seeded flood over contents and work, with failed claims
-    /// given back and scrypt shares settled late, and a content's floor never falls.
+    /// The bound holds through a seeded flood over three jobs of one tip that come and go
+    /// (clean jobs retire the others, which may come back), with copies of taken shares
+    /// sent again, failed claims given back and scrypt shares settled late, retired or
+    /// not; a new tip now and then. No copy of a share that was taken is ever taken again
+    /// on the same tip, the count matches the tables, and a content's floor never falls.
     #[test]
     fn the_bound_holds_through_a_seeded_flood() {
+        use crate::job::{tests::template, JobBook};
         let shares_max = 500;
         let mut filter = DuplicateFilter::with_shares_max(shares_max);
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -761,31 +770,73 @@ mod tests {
             state ^= state << 17;
             state
         };
+        let mut job_id = 0;
+        let mut job = |variant: u8, clean: bool| {
+            job_id += 1;
+            let mut template = template(job_id, clean);
+            template.coinbase_suffix[0] ^= variant;
+            std::sync::Arc::new(Job::new(template).unwrap())
+        };
+        let mut book = JobBook::default();
+        book.insert(job(0, true));
+        filter.retire_unlisted(&book);
         let mut pending = Vec::new();
+        let mut taken: Vec<([u8; 32], Algorithm, [u8; 32])> = Vec::new();
         let mut floors = HashMap::new();
-        for n in 0..50_000u32 {
+        let (mut copies_sent, mut retired_seen) = (0, 0);
+        for n in 0..60_000u32 {
             let roll = next();
-            let content = [(roll % 3) as u8; 32];
-            let bits = (roll >> 8) as u8 % 64;
-            let algorithm = if roll & (1 << 40) == 0 {
-                SHA
+            let live: Vec<[u8; 32]> = (0..3u8)
+                .map(|variant| {
+                    let mut template = template(0, false);
+                    template.coinbase_suffix[0] ^= variant;
+                    Job::new(template).unwrap().content_key
+                })
+                .filter(|key| book.holds_content(key))
+                .collect();
+            if roll % 4 == 0 && !taken.is_empty() {
+                // A copy of a share taken on this tip, its job live again or still.
+                let (content, algorithm, share) = taken[(roll >> 20) as usize % taken.len()];
+                if book.holds_content(&content) {
+                    copies_sent += 1;
+                    let claim = filter.insert(&content, algorithm, share, false);
+                    // A scrypt copy of a forgotten share is claimed before its hash; its
+                    // work, the same as the first's, is under the floor when it settles.
+                    let credited = claim == Claim::Taken
+                        && (algorithm == SHA || filter.settle(&content, &share, &share, false));
+                    assert!(!credited, "a copy credited at {n}: {claim:?} {algorithm:?}");
+                }
             } else {
-                Algorithm::Scrypt
-            };
-            let share = hash(n, bits);
-            if filter.insert(&content, algorithm, share, false) == Claim::Taken
-                && algorithm == Algorithm::Scrypt
-            {
-                pending.push((content, share));
+                let content = live[(roll >> 12) as usize % live.len()];
+                let bits = (roll >> 8) as u8 % 64;
+                let algorithm = if roll & (1 << 40) == 0 {
+                    SHA
+                } else {
+                    Algorithm::Scrypt
+                };
+                let share = hash(n, bits);
+                if filter.insert(&content, algorithm, share, false) == Claim::Taken {
+                    if algorithm == Algorithm::Scrypt {
+                        pending.push((content, share));
+                    } else {
+                        taken.push((content, SHA, share));
+                    }
+                }
             }
             if roll % 3 == 0 {
                 if let Some((content, share)) = pending.pop() {
                     if roll % 2 == 0 {
                         filter.remove(&content, &share);
-                    } else {
-                        filter.settle(&content, &share, &share, false);
+                    } else if filter.settle(&content, &share, &share, false) {
+                        taken.push((content, Algorithm::Scrypt, share));
                     }
                 }
+            }
+            if n % 700 == 699 {
+                // A new job on the same tip: clean (the others retire) or not.
+                book.insert(job((roll >> 30) as u8 % 3, roll & (1 << 50) != 0));
+                filter.retire_unlisted(&book);
+                retired_seen += filter.by_content.values().filter(|c| c.retired).count();
             }
             assert!(filter.len() <= shares_max, "at {n}");
             assert_eq!(
@@ -801,12 +852,22 @@ mod tests {
                 assert!(content.floor_bits >= *floor, "a floor fell");
                 *floor = content.floor_bits;
             }
-            if n % 10_000 == 9_999 {
-                filter.retire_unlisted(&crate::job::JobBook::default());
+            if n % 20_000 == 19_999 {
+                // A new tip: every job and what the filter knew of it goes.
+                book = JobBook::default();
+                filter.retire_unlisted(&book);
+                assert!(filter.is_empty() && filter.by_content.is_empty());
+                book.insert(job(0, true));
+                filter.retire_unlisted(&book);
                 pending.clear();
+                taken.clear();
                 floors.clear();
             }
         }
+        assert!(
+            copies_sent > 5_000 && retired_seen > 50,
+            "{copies_sent} {retired_seen}"
+        );
     }
 
     /// A found block is never refused for the bound's sake: not under a floor, not when
@@ -995,9 +1056,10 @@ mod tests {
     }
 
     /// At the bound the shares of contents no live job has go first, whatever their work,
-    /// and all at once: the live job keeps its shares and its floor. Built again, the old
-    /// content refuses copies of what it forgot (under its raised floor) and takes shares
-    /// of more work and every block.
+    /// the least work first: the live job keeps its shares and its floor. Built again, the
+    /// old content refuses copies of what it forgot (under its raised floor) and takes
+    /// shares of more work and every block. A share waiting for its hash is never
+    /// forgotten; once the old jobs hold only those, the live jobs' cheapest shares go.
     #[test]
     fn at_the_bound_the_shares_of_jobs_gone_are_forgotten_first() {
         use crate::job::{tests::template, JobBook};
@@ -1005,6 +1067,7 @@ mod tests {
         let mut live = template(2, true);
         live.coinbase_suffix[0] ^= 1;
         let live = std::sync::Arc::new(Job::new(live).unwrap());
+        let scrypt = Algorithm::Scrypt;
         let mut filter = DuplicateFilter::with_shares_max(8);
         let mut book = JobBook::default();
         book.insert(old.clone());
@@ -1015,37 +1078,41 @@ mod tests {
                 Claim::Taken
             );
         }
+        let waiting = hash(5, 0);
+        assert_eq!(
+            filter.insert(&old.content_key, scrypt, waiting, false),
+            Claim::Taken
+        );
         book.insert(live.clone());
         filter.retire_unlisted(&book);
-        for n in 10..14 {
+        for n in 10..13 {
             assert_eq!(
                 filter.insert(&live.content_key, SHA, hash(n, 20), false),
                 Claim::Taken
             );
         }
         assert_eq!(filter.len(), 8);
-        // At the bound: the old job's four shares go, though of more work.
+        // At the bound: the old job's cheapest share goes, though of more work than the
+        // live job's, and each share after takes the next.
         assert_eq!(
-            filter.insert(&live.content_key, SHA, hash(14, 20), false),
+            filter.insert(&live.content_key, SHA, hash(13, 20), false),
             Claim::Taken
         );
-        assert_eq!(filter.len(), 5);
+        assert_eq!(filter.len(), 8);
         assert_eq!(filter.by_content[&live.content_key].floor_bits, 0);
-        assert_eq!(filter.by_content[&old.content_key].floor_bits, 44);
+        assert_eq!(filter.by_content[&old.content_key].floor_bits, 41);
         assert_eq!(
-            filter.insert(&live.content_key, SHA, hash(10, 20), false),
+            filter.insert(&old.content_key, SHA, hash(0, 40), false),
+            Claim::BelowFloor
+        );
+        assert_eq!(
+            filter.insert(&old.content_key, SHA, hash(1, 41), false),
             Claim::Duplicate
         );
-        // The old template comes back on the same tip.
+        // The old template comes back on the same tip: a copy of a forgotten share is
+        // under its floor, one of more work is taken, a block under the floor too.
         book.insert(std::sync::Arc::new(Job::new(template(3, true)).unwrap()));
         filter.retire_unlisted(&book);
-        for n in 0..4 {
-            assert_eq!(
-                filter.insert(&old.content_key, SHA, hash(n, 40 + n as u8), false),
-                Claim::BelowFloor,
-                "a copy of a forgotten share"
-            );
-        }
         assert_eq!(
             filter.insert(&old.content_key, SHA, hash(20, 44), false),
             Claim::Taken
@@ -1055,11 +1122,37 @@ mod tests {
             Claim::Taken,
             "a block under the floor"
         );
+        // The live job leaves again, the old one with it; a third job is live.
+        let mut third = template(4, true);
+        third.coinbase_suffix[0] ^= 2;
+        let third = std::sync::Arc::new(Job::new(third).unwrap());
+        book.insert(third.clone());
+        filter.retire_unlisted(&book);
+        // Every old share of known work goes, the least work first (the live job's four
+        // 20-bit ones went when the old job came back); the waiting one stays.
+        for n in 30..37 {
+            assert_eq!(
+                filter.insert(&third.content_key, SHA, hash(n, 25), false),
+                Claim::Taken
+            );
+        }
+        assert_eq!(filter.by_content[&third.content_key].floor_bits, 0);
+        assert_eq!(filter.len(), 8);
+        assert_eq!(filter.shares, 8);
         assert_eq!(
-            filter.insert(&old.content_key, Algorithm::Scrypt, hash(22, 0), false),
-            Claim::Taken
+            filter.insert(&old.content_key, scrypt, waiting, false),
+            Claim::Duplicate,
+            "still waiting"
         );
-        assert!(filter.settle(&old.content_key, &hash(22, 0), &hash(9, 30), true));
+        assert!(filter.settle(&old.content_key, &waiting, &hash(9, 60), false));
+        // Only the third job's shares are left to forget: its cheapest go now.
+        for n in 40..42 {
+            assert_eq!(
+                filter.insert(&third.content_key, SHA, hash(n, 26), false),
+                Claim::Taken
+            );
+        }
+        assert!(filter.by_content[&third.content_key].floor_bits > 0);
         assert!(filter.len() <= 8);
     }
 

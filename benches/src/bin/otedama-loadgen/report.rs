@@ -113,6 +113,15 @@ impl Summary {
         self.total.shares_acked as f64 / self.duration.as_secs_f64().max(1e-9)
     }
 
+    /// Shares the pool answered, accepted or not, per second: what a pool validated and
+    /// replied to, comparable between pools that judge the same shares differently (one
+    /// whose lowest difficulty is above the load's refuses them all, after the same work).
+    fn answered_per_s(&self) -> f64 {
+        let t = &self.total;
+        (t.shares_acked + t.shares_stale + t.shares_rejected) as f64
+            / self.duration.as_secs_f64().max(1e-9)
+    }
+
     pub fn print(&self, args: &Args) {
         let t = &self.total;
         let quantile_us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
@@ -138,6 +147,7 @@ impl Summary {
             t.shares_sent, t.shares_acked, t.shares_stale, t.shares_rejected, t.throttled
         );
         println!("shares acked/s       {:.0}", self.shares_per_s());
+        println!("shares answered/s    {:.0}", self.answered_per_s());
         println!(
             "wire bytes per share {:.1}  (both directions, IP and TCP/UDP headers included)",
             self.wire_bytes_per_share()
@@ -172,6 +182,7 @@ impl Summary {
             "connections": t.connections_held,
             "shares_acked": t.shares_acked,
             "shares_per_s": (self.shares_per_s() * 10.0).round() / 10.0,
+            "answered_per_s": (self.answered_per_s() * 10.0).round() / 10.0,
             "wire_bytes_per_share": (self.wire_bytes_per_share() * 10.0).round() / 10.0,
             "protocol": args.protocol.name(),
             "ack_p50_us": quantile_us(&self.ack_us, 0.5),
