@@ -203,7 +203,7 @@ impl ContentShares {
 /// template built again on the same tip (the mempool did not change) has the same
 /// content, and must still refuse a copy of a share it took (one whose ntime the miner
 /// rolled ahead) while taking new shares and blocks. At the bound such contents' shares
-/// are forgotten first, the least work first, their floors raised over them as any
+/// are forgotten first (when they hold enough for a pass), the least work first, their floors raised over them as any
 /// forgotten share's (`forget_least_work`): only a template built again could use them,
 /// so the live jobs' miners are not refused for the sake of old ones. Contents are kept
 /// per tip:
@@ -270,11 +270,10 @@ impl DuplicateFilter {
 
     /// Raises the work floors to the lowest value that forgets at least `wanted` shares of
     /// known work, the least work first, and forgets the shares under it; returns how many
-    /// went. `retired_only`: only of the contents no live job has, and all of theirs when
-    /// they hold fewer than `wanted`; otherwise of every content, and `None` (nothing
-    /// forgotten) when they hold fewer. Shares waiting for their proof of work stay (at
-    /// most the per-core scrypt queue). A floor never falls: a content already above the
-    /// new value keeps its own, and one that forgot nothing keeps taking what it took.
+    /// went, or `None` (nothing forgotten) when there are fewer. `retired_only`: only of
+    /// the contents no live job has. Shares waiting for their proof of work stay (at most
+    /// the per-core scrypt queue). A floor never falls: a content already above the new
+    /// value keeps its own, and one that forgot nothing keeps taking what it took.
     fn forget_least_work(&mut self, wanted: usize, retired_only: bool) -> Option<usize> {
         let in_scope = |content: &ContentShares| !retired_only || content.retired;
         let mut counts = [0usize; WORK_BITS_MAX as usize + 1];
@@ -291,7 +290,7 @@ impl DuplicateFilter {
             below += counts[floor];
             floor += 1;
         }
-        if below < wanted && !retired_only {
+        if below < wanted {
             return None;
         }
         let floor = floor as u8;
@@ -398,15 +397,17 @@ impl DuplicateFilter {
         while self.shares >= self.shares_max {
             let wanted = (self.shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR).max(1);
             // Jobs no longer live go first: only a template built again could use their
-            // shares, so live jobs' miners are not refused for old jobs' sake.
+            // shares, so live jobs' miners are not refused for old jobs' sake. When they
+            // hold too few for a pass, the pass goes over every job instead: forgetting
+            // all of theirs would shut a template built again out of every share but its
+            // best, where the least work everywhere raises each floor only that far.
             if self.retired_hold_shares {
-                let freed = self.forget_least_work(wanted, true).unwrap_or(0);
-                if freed < wanted {
-                    self.retired_hold_shares = false;
-                }
-                if freed > 0 {
-                    self.shares -= freed;
-                    continue;
+                match self.forget_least_work(wanted, true) {
+                    Some(freed) => {
+                        self.shares -= freed;
+                        continue;
+                    }
+                    None => self.retired_hold_shares = false,
                 }
             }
             let Some(freed) = self.forget_least_work(wanted, false) else {
@@ -780,10 +781,11 @@ mod tests {
         let mut book = JobBook::default();
         book.insert(job(0, true));
         filter.retire_unlisted(&book);
-        let mut pending = Vec::new();
-        let mut taken: Vec<([u8; 32], Algorithm, [u8; 32])> = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        // (content, algorithm, share, found a block)
+        let mut taken: Vec<([u8; 32], Algorithm, [u8; 32], bool)> = Vec::new();
         let mut floors = HashMap::new();
-        let (mut copies_sent, mut retired_seen) = (0, 0);
+        let (mut copies_sent, mut retired_forgets, mut blocks_taken) = (0, 0, 0);
         for n in 0..60_000u32 {
             let roll = next();
             let live: Vec<[u8; 32]> = (0..3u8)
@@ -796,10 +798,14 @@ mod tests {
                 .collect();
             if roll % 4 == 0 && !taken.is_empty() {
                 // A copy of a share taken on this tip, its job live again or still.
-                let (content, algorithm, share) = taken[(roll >> 20) as usize % taken.len()];
+                let (content, algorithm, share, is_block) =
+                    taken[(roll >> 20) as usize % taken.len()];
                 if book.holds_content(&content) {
                     copies_sent += 1;
-                    let claim = filter.insert(&content, algorithm, share, false);
+                    let claim = filter.insert(&content, algorithm, share, is_block);
+                    if is_block {
+                        assert_eq!(claim, Claim::Duplicate, "a block's copy at {n}");
+                    }
                     // A scrypt copy of a forgotten share is claimed before its hash; its
                     // work, the same as the first's, is under the floor when it settles.
                     let credited = claim == Claim::Taken
@@ -808,35 +814,39 @@ mod tests {
                 }
             } else {
                 let content = live[(roll >> 12) as usize % live.len()];
-                let bits = (roll >> 8) as u8 % 64;
+                // Work above the share's difficulty is geometric: each bit more, half as
+                // many shares.
+                let bits = 8 + (next().trailing_zeros() as u8).min(50);
                 let algorithm = if roll & (1 << 40) == 0 {
                     SHA
                 } else {
                     Algorithm::Scrypt
                 };
+                let is_block = algorithm == SHA && roll % 97 == 0;
                 let share = hash(n, bits);
-                if filter.insert(&content, algorithm, share, false) == Claim::Taken {
+                if filter.insert(&content, algorithm, share, is_block) == Claim::Taken {
                     if algorithm == Algorithm::Scrypt {
-                        pending.push((content, share));
+                        pending.push_back((content, share));
                     } else {
-                        taken.push((content, SHA, share));
+                        blocks_taken += is_block as u32;
+                        taken.push((content, SHA, share, is_block));
                     }
                 }
             }
-            if roll % 3 == 0 {
-                if let Some((content, share)) = pending.pop() {
-                    if roll % 2 == 0 {
+            // The hasher keeps up: shares settle (or fail) oldest first, as they came.
+            if roll % 2 == 0 {
+                if let Some((content, share)) = pending.pop_front() {
+                    if roll % 3 == 0 {
                         filter.remove(&content, &share);
                     } else if filter.settle(&content, &share, &share, false) {
-                        taken.push((content, Algorithm::Scrypt, share));
+                        taken.push((content, Algorithm::Scrypt, share, false));
                     }
                 }
             }
-            if n % 700 == 699 {
+            if n % 400 == 399 {
                 // A new job on the same tip: clean (the others retire) or not.
                 book.insert(job((roll >> 30) as u8 % 3, roll & (1 << 50) != 0));
                 filter.retire_unlisted(&book);
-                retired_seen += filter.by_content.values().filter(|c| c.retired).count();
             }
             assert!(filter.len() <= shares_max, "at {n}");
             assert_eq!(
@@ -850,9 +860,12 @@ mod tests {
             for (key, content) in &filter.by_content {
                 let floor = floors.entry(*key).or_insert(0u8);
                 assert!(content.floor_bits >= *floor, "a floor fell");
+                if content.retired && content.floor_bits > *floor {
+                    retired_forgets += 1;
+                }
                 *floor = content.floor_bits;
             }
-            if n % 20_000 == 19_999 {
+            if n % 6_000 == 5_999 {
                 // A new tip: every job and what the filter knew of it goes.
                 book = JobBook::default();
                 filter.retire_unlisted(&book);
@@ -865,8 +878,8 @@ mod tests {
             }
         }
         assert!(
-            copies_sent > 5_000 && retired_seen > 50,
-            "{copies_sent} {retired_seen}"
+            copies_sent > 5_000 && retired_forgets > 20 && blocks_taken > 50,
+            "{copies_sent} copies, {retired_forgets} retired forgets, {blocks_taken} blocks"
         );
     }
 
