@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs `otedama run` on a synthetic chain (no node needed, SHA256d, every hash a valid share)
-# and drives it with `otedama-loadgen` on loopback. Prints the load generator's summary, then
+# and drives it with `otedama-loadgen` on loopback. Prints the load generator's summary (with
+# the pool's acknowledgement stages over the run, from its /metrics), then
 # the data plane's memory (VmRSS summed over its processes, from /proc/PID/status) and the
 # kernel's slab growth while the connections were held.
 #
@@ -55,7 +56,7 @@ rss_before=$(dataplane_rss_kib)
 slab_before=$(slab_kib)
 
 ${LOADGEN_PREFIX:-} "$bin_dir/otedama-loadgen" --target "127.0.0.1:$port" --user "$payout.loadgen" \
-  "${loadgen_flags[@]}" &
+  --pool-metrics "127.0.0.1:$api_port" "${loadgen_flags[@]}" &
 loadgen_pid=$!
 # Sample memory while the connections are held: the peak over the run.
 rss_peak=$rss_before

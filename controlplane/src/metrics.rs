@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api::ApiState;
-use otedama_shared::ipc::ACK_LATENCY_BUCKETS_S;
+use otedama_shared::ipc::{ACK_LATENCY_BUCKETS_S, ACK_STAGES, ACK_STAGE_BUCKETS_S};
 
 use otedama_chain::rpc::{RPC_LATENCY_BUCKETS_S, RPC_STATS};
 use otedama_ledger::ledger::IntentState;
@@ -184,6 +184,37 @@ pub fn render(state: &ApiState) -> String {
         "",
         totals.ack_latency_count,
     );
+    out.family(
+        "otedama_share_ack_stage_seconds",
+        "histogram",
+        "The acknowledgement's stages: queue (validated until the share log's writer takes the batch), disk (the batch's write and fsync), handoff (durable until the core handles it), reply (until the miners' replies are written).",
+    );
+    for (stage, totals) in ACK_STAGES.iter().zip(&totals.ack_stages) {
+        let mut cumulative = 0;
+        for (index, bound) in ACK_STAGE_BUCKETS_S.iter().enumerate() {
+            cumulative += totals.buckets.get(index).copied().unwrap_or(0);
+            out.sample(
+                "otedama_share_ack_stage_seconds_bucket",
+                &format!("stage=\"{stage}\",le=\"{bound}\""),
+                cumulative,
+            );
+        }
+        out.sample(
+            "otedama_share_ack_stage_seconds_bucket",
+            &format!("stage=\"{stage}\",le=\"+Inf\""),
+            totals.count,
+        );
+        out.sample(
+            "otedama_share_ack_stage_seconds_sum",
+            &format!("stage=\"{stage}\""),
+            totals.sum_us as f64 / 1e6,
+        );
+        out.sample(
+            "otedama_share_ack_stage_seconds_count",
+            &format!("stage=\"{stage}\""),
+            totals.count,
+        );
+    }
     out.single(
         "otedama_connections",
         "gauge",

@@ -103,6 +103,8 @@ pub struct PoolTotals {
     pub ack_latency_buckets: Vec<u64>,
     pub ack_latency_count: u64,
     pub ack_latency_sum_us: u64,
+    /// By stage, in `otedama_shared::ipc::ACK_STAGES` order.
+    pub ack_stages: Vec<otedama_shared::ipc::LatencyTotals>,
     /// Data-plane refusals by reason (`otedama_shared::ipc::Refusal`).
     pub refusals: BTreeMap<String, u64>,
     /// Data planes whose share log cannot write now.
@@ -181,6 +183,14 @@ impl PoolState {
             totals.accepted_difficulty_sum += counters.accepted_difficulty_sum;
             totals.block_candidates += counters.block_candidates;
             totals.quic_datagrams_forwarded += counters.quic_datagrams_forwarded;
+            if totals.ack_stages.len() < counters.ack_stages.len() {
+                totals
+                    .ack_stages
+                    .resize(counters.ack_stages.len(), Default::default());
+            }
+            for (total, stage) in totals.ack_stages.iter_mut().zip(&counters.ack_stages) {
+                total.add(stage);
+            }
             totals.ack_latency_count += counters.ack_latency_count;
             totals.ack_latency_sum_us += counters.ack_latency_sum_us;
             totals

@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use otedama_shared::error_code::ErrorCode;
-use otedama_shared::ipc::{DataplaneCounters, Refusal, SharesByProtocol, ACK_LATENCY_BUCKETS_S};
+use otedama_shared::ipc::{
+    DataplaneCounters, LatencyTotals, Refusal, SharesByProtocol, ACK_LATENCY_BUCKETS_S, ACK_STAGES,
+    ACK_STAGE_BUCKETS_S,
+};
 
 use crate::rt::Protocol;
 
@@ -17,7 +20,44 @@ const REJECT_CODES: [ErrorCode; 6] = [
     ErrorCode::NotSubscribed,
 ];
 
-#[derive(Default)]
+/// A latency histogram over fixed bucket bounds (`N` of them, in seconds) that cores add
+/// to without locks.
+pub struct LatencyHistogram<const N: usize> {
+    bounds_s: &'static [f64; N],
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl<const N: usize> LatencyHistogram<N> {
+    pub fn new(bounds_s: &'static [f64; N]) -> Self {
+        LatencyHistogram {
+            bounds_s,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `count` observations of `latency_us` each.
+    pub fn record(&self, latency_us: u64, count: u64) {
+        let seconds = latency_us as f64 / 1e6;
+        if let Some(bucket) = self.bounds_s.iter().position(|b| seconds <= *b) {
+            self.buckets[bucket].fetch_add(count, Relaxed);
+        }
+        self.count.fetch_add(count, Relaxed);
+        self.sum_us.fetch_add(latency_us * count, Relaxed);
+    }
+
+    pub fn totals(&self) -> LatencyTotals {
+        LatencyTotals {
+            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            count: self.count.load(Relaxed),
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+}
+
 pub struct Counters {
     pub connections: AtomicU64,
     pub shares_accepted: AtomicU64,
@@ -29,9 +69,9 @@ pub struct Counters {
     /// QUIC datagrams a core passed to the core owning their connection (migrations).
     pub quic_datagrams_forwarded: AtomicU64,
     rejected: [AtomicU64; 6],
-    ack_latency_buckets: [AtomicU64; ACK_LATENCY_BUCKETS_S.len()],
-    ack_latency_count: AtomicU64,
-    ack_latency_sum_us: AtomicU64,
+    ack_latency: LatencyHistogram<{ ACK_LATENCY_BUCKETS_S.len() }>,
+    /// `ack_latency` by stage, in `ACK_STAGES` order.
+    pub ack_stages: [LatencyHistogram<{ ACK_STAGE_BUCKETS_S.len() }>; ACK_STAGES.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
     /// The most scrypt shares one core held for its hasher at once, since start
     /// (`SCRYPT_SHARES_QUEUED_PER_CORE_MAX` bounds it).
@@ -41,6 +81,26 @@ pub struct Counters {
     pub durability_queued_peak: AtomicU64,
     /// The share log's writer status, once the log is open.
     pub share_log: std::sync::OnceLock<std::sync::Arc<otedama_sharelog::writer::ShareLogStatus>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            connections: AtomicU64::new(0),
+            shares_accepted: AtomicU64::new(0),
+            shares_accepted_by_protocol: Default::default(),
+            accepted_difficulty_micro: AtomicU64::new(0),
+            block_candidates: AtomicU64::new(0),
+            quic_datagrams_forwarded: AtomicU64::new(0),
+            rejected: Default::default(),
+            ack_latency: LatencyHistogram::new(&ACK_LATENCY_BUCKETS_S),
+            ack_stages: std::array::from_fn(|_| LatencyHistogram::new(&ACK_STAGE_BUCKETS_S)),
+            refusals: Default::default(),
+            scrypt_queued_peak: AtomicU64::new(0),
+            durability_queued_peak: AtomicU64::new(0),
+            share_log: Default::default(),
+        }
+    }
 }
 
 impl Counters {
@@ -76,12 +136,7 @@ impl Counters {
 
     /// Records one acknowledgement `latency_us` after its share passed validation.
     pub fn acknowledged(&self, latency_us: u64) {
-        let seconds = latency_us as f64 / 1e6;
-        if let Some(bucket) = ACK_LATENCY_BUCKETS_S.iter().position(|b| seconds <= *b) {
-            self.ack_latency_buckets[bucket].fetch_add(1, Relaxed);
-        }
-        self.ack_latency_count.fetch_add(1, Relaxed);
-        self.ack_latency_sum_us.fetch_add(latency_us, Relaxed);
+        self.ack_latency.record(latency_us, 1);
     }
 
     pub fn snapshot(&self) -> DataplaneCounters {
@@ -90,6 +145,7 @@ impl Counters {
             .zip(&self.rejected)
             .map(|(c, n)| (*c as i32, n.load(Relaxed)))
             .collect();
+        let ack_latency = self.ack_latency.totals();
         DataplaneCounters {
             connections: self.connections.load(Relaxed),
             shares_accepted: self.shares_accepted.load(Relaxed),
@@ -103,13 +159,10 @@ impl Counters {
             accepted_difficulty_sum: self.accepted_difficulty_micro.load(Relaxed) as f64 / 1e6,
             block_candidates: self.block_candidates.load(Relaxed),
             quic_datagrams_forwarded: self.quic_datagrams_forwarded.load(Relaxed),
-            ack_latency_buckets: self
-                .ack_latency_buckets
-                .iter()
-                .map(|b| b.load(Relaxed))
-                .collect(),
-            ack_latency_count: self.ack_latency_count.load(Relaxed),
-            ack_latency_sum_us: self.ack_latency_sum_us.load(Relaxed),
+            ack_latency_buckets: ack_latency.buckets,
+            ack_latency_count: ack_latency.count,
+            ack_latency_sum_us: ack_latency.sum_us,
+            ack_stages: self.ack_stages.iter().map(|stage| stage.totals()).collect(),
             share_log_failing: self
                 .share_log
                 .get()

@@ -116,6 +116,45 @@ pub const ACK_LATENCY_BUCKETS_S: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// The stages of a share's way from validation to its acknowledgement, in order; the
+/// first three make up the acknowledgement latency (`ACK_LATENCY_BUCKETS_S`), the last
+/// follows it:
+/// - `queue`: from passing validation until the share log's writer takes its batch;
+/// - `disk`: the batch's write and fsync;
+/// - `handoff`: from durable until the share's core handles the completion;
+/// - `reply`: from then until the core has written the miner's replies.
+pub const ACK_STAGES: [&str; 4] = ["queue", "disk", "handoff", "reply"];
+
+/// Upper bounds, in seconds, of the stage histograms (`ACK_STAGES`): finer than the
+/// acknowledgement's, since a stage can take microseconds.
+pub const ACK_STAGE_BUCKETS_S: [f64; 15] = [
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
+];
+
+/// A latency histogram's running totals: counts per bucket (not cumulative; slower ones
+/// only in `count`), the count and the sum.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyTotals {
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl LatencyTotals {
+    /// Adds another process's totals (of the same bucket bounds).
+    pub fn add(&mut self, other: &LatencyTotals) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (total, count) in self.buckets.iter_mut().zip(&other.buckets) {
+            *total += count;
+        }
+        self.count += other.count;
+        self.sum_us += other.sum_us;
+    }
+}
+
 /// Running totals since the data plane started; the control plane keeps the latest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DataplaneCounters {
@@ -140,6 +179,10 @@ pub struct DataplaneCounters {
     pub ack_latency_count: u64,
     #[serde(default)]
     pub ack_latency_sum_us: u64,
+    /// The acknowledgement latency by stage, in `ACK_STAGES` order, over
+    /// `ACK_STAGE_BUCKETS_S`.
+    #[serde(default)]
+    pub ack_stages: Vec<LatencyTotals>,
     /// Refusals by `Refusal::name`.
     #[serde(default)]
     pub refusals: std::collections::BTreeMap<String, u64>,

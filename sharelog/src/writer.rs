@@ -100,6 +100,10 @@ pub struct PendingShare {
 pub struct Completed {
     pub shares: usize,
     pub result: Result<(), StoreError>,
+    /// When the writer took the batch off the queue.
+    pub taken_at: std::time::Instant,
+    /// When the batch's write (and fsync) returned.
+    pub written_at: std::time::Instant,
 }
 
 /// A cloneable handle that cores use to append shares.
@@ -501,6 +505,7 @@ impl<S: BatchSink> Writer<S> {
                     Err(_) => break,
                 }
             }
+            let taken_at = std::time::Instant::now();
             // Stamped only once the sink is ready: while it was being reopened its lock was
             // free, and a control plane that took the writer for gone may have moved the
             // log's clock to its own now; a stamp taken before would fall below it.
@@ -514,6 +519,7 @@ impl<S: BatchSink> Writer<S> {
                 clock_written_ms = clock_written_ms.max(through);
                 Ok(())
             });
+            let written_at = std::time::Instant::now();
             match &result {
                 Ok(()) => {
                     self.next_sequence += batch.len() as u64;
@@ -540,6 +546,8 @@ impl<S: BatchSink> Writer<S> {
                     let _ = cores[core].unbounded_send(Completed {
                         shares: *shares,
                         result: result.clone(),
+                        taken_at,
+                        written_at,
                     });
                     *shares = 0;
                 }

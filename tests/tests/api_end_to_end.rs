@@ -408,13 +408,25 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
+    // Each of the acknowledgement's stages is measured.
+    let stages_counted = |metrics: &str| {
+        otedama_shared::ipc::ACK_STAGES.iter().all(|stage| {
+            let prefix = format!("otedama_share_ack_stage_seconds_count{{stage=\"{stage}\"}} ");
+            metrics.lines().any(|l| {
+                l.strip_prefix(&prefix)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    };
     wait_until(
         Duration::from_secs(10),
-        "accepted shares in the metrics",
+        "accepted shares, their acknowledgement latency and its stages in the metrics",
         || {
             pool.get_text("/metrics").is_ok_and(|m| {
                 accepted_shares(&m) > 0
                     && !m.contains("otedama_share_ack_latency_seconds_count 0\n")
+                    && stages_counted(&m)
             })
         },
     )?;

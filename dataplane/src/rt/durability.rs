@@ -143,6 +143,14 @@ impl Core {
     pub(super) fn complete_shares(&self, done: Completed) {
         let now_s = now_s();
         let now = std::time::Instant::now();
+        let [queue, disk, handoff, reply] = &self.counters.ack_stages;
+        let micros = |from: std::time::Instant, to: std::time::Instant| {
+            to.saturating_duration_since(from).as_micros() as u64
+        };
+        if done.result.is_ok() {
+            disk.record(micros(done.taken_at, done.written_at), done.shares as u64);
+            handoff.record(micros(done.written_at, now), done.shares as u64);
+        }
         let mut touched: Vec<Peer> = Vec::new();
         let mut touched_wires: std::collections::HashSet<*const ()> = Default::default();
         for _ in 0..done.shares {
@@ -158,8 +166,8 @@ impl Core {
             let (difficulty, peer) = share.answer(done.result.is_ok(), now_s, &self.jobs.borrow());
             if done.result.is_ok() {
                 self.counters.accepted(difficulty, protocol);
-                self.counters
-                    .acknowledged(now.duration_since(validated_at).as_micros() as u64);
+                self.counters.acknowledged(micros(validated_at, now));
+                queue.record(micros(validated_at, done.taken_at), 1);
             } else {
                 self.counters.rejected(ErrorCode::Other);
             }
@@ -170,6 +178,9 @@ impl Core {
         }
         for peer in touched {
             peer.flush();
+        }
+        if done.result.is_ok() {
+            reply.record(micros(now, std::time::Instant::now()), done.shares as u64);
         }
         self.awaiting_durability.give_back(done.shares);
     }

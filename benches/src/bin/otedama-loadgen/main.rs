@@ -15,6 +15,7 @@
 
 mod connection;
 mod initial_flood;
+mod pool_metrics;
 mod report;
 mod v2;
 
@@ -82,6 +83,11 @@ pub struct Args {
     /// turn (counted as `throttled`) instead of queueing without bound.
     #[arg(long, default_value_t = 64)]
     pub inflight_max: usize,
+    /// The pool's API address (`api_listen`, loopback): its `/metrics` is read as the
+    /// measured run starts and ends, and the acknowledgement latency is printed split into
+    /// the pool's stages (queue, disk, handoff, reply) over just that run.
+    #[arg(long)]
+    pub pool_metrics: Option<SocketAddr>,
     /// Send `mining.suggest_difficulty` with this value after authorizing.
     #[arg(long)]
     pub suggest_difficulty: Option<f64>,
@@ -214,8 +220,12 @@ fn main() -> anyhow::Result<()> {
     match args.worker_index {
         Some(index) => run_child(&args, target, index),
         None if args.processes == 1 => {
-            let report = connection::run_worker(&args, target, 0, |_| Ok(()))?;
-            print_summary(&args, &[report])
+            let mut before = None;
+            let report = connection::run_worker(&args, target, 0, |_| {
+                before = read_pool_metrics(&args)?;
+                Ok(())
+            })?;
+            print_summary(&args, &[report], before)
         }
         None => run_parent(&args),
     }
@@ -268,6 +278,7 @@ fn run_parent(args: &Args) -> anyhow::Result<()> {
         "loadgen: {held} of {} connections up in {} processes; measuring for {} s",
         args.connections, args.processes, args.duration
     );
+    let before = read_pool_metrics(args)?;
     for child in &mut children {
         let stdin = child.stdin.as_mut().expect("piped stdin");
         writeln!(stdin, "go")?;
@@ -284,11 +295,25 @@ fn run_parent(args: &Args) -> anyhow::Result<()> {
     for mut child in children {
         let _ = child.wait();
     }
-    print_summary(args, &reports)
+    print_summary(args, &reports, before)
 }
 
-fn print_summary(args: &Args, reports: &[WorkerReport]) -> anyhow::Result<()> {
+/// The pool's `/metrics`, when `--pool-metrics` names it.
+fn read_pool_metrics(args: &Args) -> anyhow::Result<Option<pool_metrics::Histograms>> {
+    args.pool_metrics.map(pool_metrics::read).transpose()
+}
+
+/// `before`: the pool's metrics as the measured run began.
+fn print_summary(
+    args: &Args,
+    reports: &[WorkerReport],
+    before: Option<pool_metrics::Histograms>,
+) -> anyhow::Result<()> {
+    let stages = match before {
+        Some(before) => Some(read_pool_metrics(args)?.unwrap_or_default().since(&before)),
+        None => None,
+    };
     let summary = Summary::merge(reports, Duration::from_secs(args.duration))?;
-    summary.print(args);
+    summary.print(args, stages.as_ref());
     Ok(())
 }

@@ -122,7 +122,8 @@ impl Summary {
             / self.duration.as_secs_f64().max(1e-9)
     }
 
-    pub fn print(&self, args: &Args) {
+    /// `stages`: the pool's own histograms over the measured run (`--pool-metrics`).
+    pub fn print(&self, args: &Args, stages: Option<&crate::pool_metrics::Histograms>) {
         let t = &self.total;
         let quantile_us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q);
         println!(
@@ -175,6 +176,36 @@ impl Summary {
                 }
             );
         }
+        let mut stage_figures = serde_json::Map::new();
+        if let Some(stages) = stages {
+            let ms = |seconds: Option<f64>| match seconds {
+                Some(s) if s.is_finite() => format!("{:.3}", s * 1e3),
+                Some(_) => "more".to_string(),
+                None => "-".to_string(),
+            };
+            println!("pool's ack stages    (its /metrics over this run; p50/p99 are bucket bounds: at most)");
+            for key in ["queue", "disk", "handoff", "reply", "ack"] {
+                let Some(h) = stages.get(key) else { continue };
+                let (p50, p99) = (h.quantile_bound_s(0.5), h.quantile_bound_s(0.99));
+                println!(
+                    "  {key:<8} shares {:>9}  mean {:>8} ms  p50 <= {:>7} ms  p99 <= {:>7} ms",
+                    h.count,
+                    ms(h.mean_s()),
+                    ms(p50),
+                    ms(p99)
+                );
+                let finite_ms = |s: Option<f64>| s.filter(|s| s.is_finite()).map(|s| s * 1e3);
+                stage_figures.insert(
+                    key.to_string(),
+                    serde_json::json!({
+                        "count": h.count,
+                        "mean_ms": h.mean_s().map(|s| s * 1e3),
+                        "p50_le_ms": finite_ms(p50),
+                        "p99_le_ms": finite_ms(p99),
+                    }),
+                );
+            }
+        }
         println!("errors               {}", self.errors());
         let broadcast_p99_ms = (!self.broadcast_us.is_empty())
             .then(|| quantile_us(&self.broadcast_us, 0.99) as f64 / 1000.0);
@@ -190,6 +221,7 @@ impl Summary {
             "ack_p999_us": quantile_us(&self.ack_us, 0.999),
             "broadcast_p99_ms": broadcast_p99_ms,
             "errors": self.errors(),
+            "pool_stages": stage_figures,
         });
         println!("{line}");
     }
