@@ -5,6 +5,21 @@
 /// rolling is under 250 bytes; 4 KiB leaves room for long worker names and passwords.
 pub const STRATUM_LINE_BYTES_MAX: usize = 4096;
 
+/// Outbox capacity a connection keeps between sends, V1 or V2: share replies and
+/// acknowledgements fit, a job (about 1.3 KB as a V1 notify with a 12-level branch, over a
+/// kilobyte of V2 frames for an extended channel) is given back after sending.
+pub const OUTBOX_KEEP_BYTES_MAX: usize = 256;
+
+/// Empties a session's outbox once its bytes are sent, keeping at most
+/// `OUTBOX_KEEP_BYTES_MAX` of capacity: an idle connection holds no job-sized buffer.
+pub(crate) fn empty_outbox(outbox: &mut Vec<u8>) {
+    if outbox.capacity() > OUTBOX_KEEP_BYTES_MAX {
+        *outbox = Vec::new();
+    } else {
+        outbox.clear();
+    }
+}
+
 /// Longest worker name accepted by `mining.authorize`.
 pub const WORKER_NAME_BYTES_MAX: usize = 128;
 

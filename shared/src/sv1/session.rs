@@ -11,16 +11,12 @@ use serde_json::{json, Value};
 
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
-use crate::limits::WORKERS_PER_CONNECTION_MAX;
+use crate::limits::{empty_outbox, WORKERS_PER_CONNECTION_MAX};
 use crate::share::{BlockCandidate, DuplicateFilter, ShareRecord};
 use crate::work::{vet_worker_name, FrontEndConfig, ShareTerms, WorkState};
 
 use super::request::{parse_borrowed, RequestId};
 use super::{set_difficulty_line, ErrorCode};
-
-/// Outbox capacity a connection keeps between messages: enough for share replies, less
-/// than a notify (about 1.3 KB with a 12-level branch), which is freed after sending.
-const OUTBOX_KEEP_BYTES_MAX: usize = 256;
 
 /// Per-connection settings chosen by the core that accepted it.
 #[derive(Clone, Debug)]
@@ -136,11 +132,7 @@ impl Session {
     /// The bytes from `transmit_pending` are sent (or copied elsewhere). An idle connection
     /// should not keep a notify-sized buffer, so a large outbox is given back.
     pub fn transmitted(&mut self) {
-        if self.outbox.capacity() > OUTBOX_KEEP_BYTES_MAX {
-            self.outbox = Vec::new();
-        } else {
-            self.outbox.clear();
-        }
+        empty_outbox(&mut self.outbox);
     }
 
     pub fn is_mining(&self) -> bool {
@@ -418,6 +410,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::OUTBOX_KEEP_BYTES_MAX;
 
     /// Between messages a connection keeps an outbox of at most `OUTBOX_KEEP_BYTES_MAX`:
     /// exactly that is kept, one byte more is given back.

@@ -30,7 +30,7 @@ use otedama_kernels::{Algorithm, Target};
 
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
-use crate::limits::{EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, JOBS_REMEMBERED_MAX};
+use crate::limits::{empty_outbox, EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, JOBS_REMEMBERED_MAX};
 use crate::share::BlockCandidate;
 use crate::share::{build_header, header_from_root, merkle_root, pow_hash, ShareRecord};
 use crate::share::{DuplicateFilter, ShareSubmission};
@@ -212,10 +212,6 @@ pub struct Session {
     last_success_at: Option<usize>,
 }
 
-/// Outbox capacity a connection keeps between flushes: acknowledgements fit, a job's
-/// frames (over a kilobyte for an extended channel) are given back after sending.
-const OUTBOX_KEEP_BYTES_MAX: usize = 256;
-
 /// NewExtendedMiningJob for a channel or a group.
 fn encode_extended_job(
     channel_id: u32,
@@ -278,11 +274,7 @@ impl Session {
     }
 
     pub fn transmitted(&mut self) {
-        if self.outbox.capacity() > OUTBOX_KEEP_BYTES_MAX {
-            self.outbox = Vec::new();
-        } else {
-            self.outbox.clear();
-        }
+        empty_outbox(&mut self.outbox);
         self.last_success_at = None;
     }
 
@@ -993,6 +985,7 @@ impl Session {
 #[cfg(test)]
 mod outbox_tests {
     use super::*;
+    use crate::limits::OUTBOX_KEEP_BYTES_MAX;
 
     /// Between flushes a connection keeps an outbox of at most `OUTBOX_KEEP_BYTES_MAX`:
     /// exactly that is kept, one byte more is given back.
