@@ -1,7 +1,8 @@
 //! `otedama-loadgen` against a real `otedama run` on the synthetic chain: over Stratum V1,
 //! V2 over Noise/TCP and V2 over QUIC it holds its connections across several processes,
 //! gets every share acknowledged, sees new jobs, counts the bytes on the wire, ends by
-//! itself and prints the JSON line scripts read. It refuses non-loopback targets.
+//! itself and prints the JSON line scripts read, with the pool's acknowledgement stages
+//! read from its /metrics. It refuses non-loopback targets.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,11 +11,13 @@ use serde_json::Value;
 
 use otedama_tests::{workspace_binary, SyntheticPool};
 
-const LOADGEN_JSON_KEYS: [&str; 10] = [
+const LOADGEN_JSON_KEYS: [&str; 12] = [
     "connections",
     "protocol",
     "shares_acked",
     "shares_per_s",
+    "answered_per_s",
+    "pool_stages",
     "wire_bytes_per_share",
     "ack_p50_us",
     "ack_p99_us",
@@ -51,6 +54,7 @@ fn loadgen_drives_a_synthetic_pool_and_reports_fixed_keys() {
             .arg(&pool.quic_certificate)
             .args(["--connections", "200", "--rate", "2000"])
             .args(["--duration", "4", "--processes", "2"])
+            .args(["--pool-metrics", &format!("127.0.0.1:{}", pool.api_port)])
             .output()
             .expect("running otedama-loadgen");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -85,6 +89,15 @@ fn loadgen_drives_a_synthetic_pool_and_reports_fixed_keys() {
             summary["broadcast_p99_ms"].is_number(),
             "{protocol}: a new job reached the miners during the run: {stdout}"
         );
+        // The pool's own account of the run, from its /metrics: every stage saw shares.
+        for stage in ["queue", "disk", "handoff", "reply", "ack"] {
+            let count = summary["pool_stages"][stage]["count"].as_u64();
+            assert!(
+                count.is_some_and(|n| n > 0),
+                "{protocol}: stage {stage}: {stdout}"
+            );
+        }
+        assert!(summary["answered_per_s"].as_f64() >= summary["shares_per_s"].as_f64());
         // A share costs at least its own bytes and an acknowledgement's, with headers.
         let wire = summary["wire_bytes_per_share"].as_f64().unwrap();
         assert!(wire > 60.0, "{protocol}: {wire} bytes per share: {stdout}");
