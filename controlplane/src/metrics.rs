@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api::ApiState;
-use otedama_shared::ipc::{ACK_LATENCY_BUCKETS_S, ACK_STAGES, ACK_STAGE_BUCKETS_S};
+use otedama_shared::ipc::{LatencyTotals, ACK_LATENCY_BUCKETS_S, ACK_STAGES, ACK_STAGE_BUCKETS_S};
 
 use otedama_chain::rpc::{RPC_LATENCY_BUCKETS_S, RPC_STATS};
 use otedama_ledger::ledger::IntentState;
@@ -30,6 +30,24 @@ impl Families {
     fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
         self.family(name, kind, help);
         self.sample(name, "", value);
+    }
+
+    /// One histogram's samples from `totals`, counted per bucket of `bounds_s` (not
+    /// cumulative; slower ones only in the count); `labels` go before `le`.
+    fn histogram(&mut self, name: &str, labels: &str, bounds_s: &[f64], totals: &LatencyTotals) {
+        let with_le = |le: &str| match labels {
+            "" => format!("le=\"{le}\""),
+            _ => format!("{labels},le=\"{le}\""),
+        };
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0;
+        for (index, bound) in bounds_s.iter().enumerate() {
+            cumulative += totals.buckets.get(index).copied().unwrap_or(0);
+            self.sample(&bucket, &with_le(&bound.to_string()), cumulative);
+        }
+        self.sample(&bucket, &with_le("+Inf"), totals.count);
+        self.sample(&format!("{name}_sum"), labels, totals.sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), labels, totals.count);
     }
 }
 
@@ -160,59 +178,27 @@ pub fn render(state: &ApiState) -> String {
         "histogram",
         "From a share passing validation to its acknowledgement being sent (the share log's durability wait).",
     );
-    let mut cumulative = 0;
-    for (index, bound) in ACK_LATENCY_BUCKETS_S.iter().enumerate() {
-        cumulative += totals.ack_latency_buckets.get(index).copied().unwrap_or(0);
-        out.sample(
-            "otedama_share_ack_latency_seconds_bucket",
-            &format!("le=\"{bound}\""),
-            cumulative,
-        );
-    }
-    out.sample(
-        "otedama_share_ack_latency_seconds_bucket",
-        "le=\"+Inf\"",
-        totals.ack_latency_count,
-    );
-    out.sample(
-        "otedama_share_ack_latency_seconds_sum",
+    out.histogram(
+        "otedama_share_ack_latency_seconds",
         "",
-        totals.ack_latency_sum_us as f64 / 1e6,
-    );
-    out.sample(
-        "otedama_share_ack_latency_seconds_count",
-        "",
-        totals.ack_latency_count,
+        &ACK_LATENCY_BUCKETS_S,
+        &LatencyTotals {
+            buckets: totals.ack_latency_buckets.clone(),
+            count: totals.ack_latency_count,
+            sum_us: totals.ack_latency_sum_us,
+        },
     );
     out.family(
         "otedama_share_ack_stage_seconds",
         "histogram",
         "The acknowledgement's stages: queue (validated until the share log's writer takes the batch), disk (the batch's write and fsync), handoff (durable until the core handles it), reply (until the miners' replies are written).",
     );
-    for (stage, totals) in ACK_STAGES.iter().zip(&totals.ack_stages) {
-        let mut cumulative = 0;
-        for (index, bound) in ACK_STAGE_BUCKETS_S.iter().enumerate() {
-            cumulative += totals.buckets.get(index).copied().unwrap_or(0);
-            out.sample(
-                "otedama_share_ack_stage_seconds_bucket",
-                &format!("stage=\"{stage}\",le=\"{bound}\""),
-                cumulative,
-            );
-        }
-        out.sample(
-            "otedama_share_ack_stage_seconds_bucket",
-            &format!("stage=\"{stage}\",le=\"+Inf\""),
-            totals.count,
-        );
-        out.sample(
-            "otedama_share_ack_stage_seconds_sum",
+    for (stage, stage_totals) in ACK_STAGES.iter().zip(&totals.ack_stages) {
+        out.histogram(
+            "otedama_share_ack_stage_seconds",
             &format!("stage=\"{stage}\""),
-            totals.sum_us as f64 / 1e6,
-        );
-        out.sample(
-            "otedama_share_ack_stage_seconds_count",
-            &format!("stage=\"{stage}\""),
-            totals.count,
+            &ACK_STAGE_BUCKETS_S,
+            stage_totals,
         );
     }
     out.single(
