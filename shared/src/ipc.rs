@@ -119,7 +119,8 @@ pub const ACK_LATENCY_BUCKETS_S: [f64; 12] = [
 /// The stages of a share's way from validation to its acknowledgement, in order; the
 /// first three make up the acknowledgement latency (`ACK_LATENCY_BUCKETS_S`), the last
 /// follows it:
-/// - `queue`: from passing validation until the share log's writer takes its batch;
+/// - `queue`: from passing validation (just before the append) until the share log's
+///   writer takes its batch;
 /// - `disk`: the batch's write and fsync;
 /// - `handoff`: from durable until the share's core handles the completion;
 /// - `reply`: from then until the core has written the miner's replies.

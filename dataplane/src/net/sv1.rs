@@ -266,6 +266,8 @@ pub(crate) fn apply_outcome(
         }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
+            // Stamped before the append: the writer may take the share at once.
+            let validated_at = std::time::Instant::now();
             if core.store_share(&connection.wire.awaiting_ack, &accepted.record, block) {
                 core.await_durability(AwaitingAck {
                     share: Box::new(AwaitingDisk {
@@ -273,7 +275,7 @@ pub(crate) fn apply_outcome(
                         share: accepted,
                     }),
                     protocol: Protocol::V1,
-                    validated_at: std::time::Instant::now(),
+                    validated_at,
                 });
             } else {
                 session.handle_share_store_failed(&accepted.request_id);

@@ -432,6 +432,8 @@ pub(crate) fn apply_outcome(
         }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
+            // Stamped before the append: the writer may take the share at once.
+            let validated_at = std::time::Instant::now();
             if core.store_share(connection.awaiting_ack(), &accepted.record, block) {
                 core.await_durability(AwaitingAck {
                     share: Box::new(AwaitingDisk {
@@ -439,7 +441,7 @@ pub(crate) fn apply_outcome(
                         share: accepted,
                     }),
                     protocol: connection.protocol(),
-                    validated_at: std::time::Instant::now(),
+                    validated_at,
                 });
             } else {
                 connection

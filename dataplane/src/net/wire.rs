@@ -120,7 +120,14 @@ impl Wire {
         drop(backlog);
         if start_writer {
             self.backlog_writer_running.set(true);
-            glommio::spawn_local(drain_backlog(self.clone())).detach();
+            // Into the default task queue whoever sends (the acknowledger's queue, which
+            // the executor favours, is for acknowledging only).
+            glommio::spawn_local_into(
+                drain_backlog(self.clone()),
+                glommio::TaskQueueHandle::default(),
+            )
+            .expect("every executor has its default task queue")
+            .detach();
         }
     }
 
