@@ -108,6 +108,7 @@ pub fn sv1_session(data: &[u8]) {
                 ..Default::default()
             }),
             batch_scrypt: false,
+            network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
             payout_address_rule: None,
             bans: Default::default(),
         },
@@ -174,6 +175,7 @@ pub fn sv2_server_session(data: &[u8]) {
         algorithm: Algorithm::Sha256d,
         vardiff: Some(Default::default()),
         batch_scrypt: false,
+        network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
         payout_address_rule: None,
         bans: Default::default(),
     });

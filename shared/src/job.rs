@@ -64,6 +64,9 @@ pub struct Job {
     pub coinbase_prefix_midstate: Midstate,
     pub merkle_branch: Vec<[u8; 32]>,
     pub network_target: Target,
+    /// The network target's difficulty: the most a miner is held to on this job
+    /// (`WorkState::follow_network`).
+    pub network_difficulty: f64,
     /// The complete `mining.notify` line, newline included.
     pub notify_line: Arc<[u8]>,
     /// A digest of everything a share's header commits to besides the miner's own fields
@@ -107,9 +110,11 @@ impl Job {
             Target::from_compact(template.bits).map_err(|_| JobError::BadBits(template.bits))?;
         let notify_line = crate::sv1::notify_line(&template, template.clean_jobs).into();
         let content_key = content_key(&template);
+        let algorithm: Algorithm = template.algorithm.into();
         Ok(Job {
             content_key,
-            algorithm: template.algorithm.into(),
+            algorithm,
+            network_difficulty: network_target.to_difficulty(algorithm),
             coinbase_prefix_midstate: Midstate::new(&template.coinbase_prefix),
             merkle_branch: template.merkle_branch.iter().map(|h| h.0).collect(),
             network_target,
@@ -120,6 +125,16 @@ impl Job {
 
     pub fn job_id(&self) -> u64 {
         self.template.job_id
+    }
+
+    /// The target a share of this job held to `difficulty` must meet
+    /// (`work::share_target_within_network`).
+    pub fn share_target(&self, difficulty: f64) -> Target {
+        crate::work::share_target_within_network(
+            self.algorithm,
+            difficulty,
+            Some((self.network_difficulty, self.network_target)),
+        )
     }
 
     /// Full coinbase (without witness) for the given extranonces.

@@ -61,6 +61,15 @@ pub const DIFFICULTY_MIN: f64 = 1e-10;
 /// Highest difficulty a miner may be given.
 pub const DIFFICULTY_MAX: f64 = 1e15;
 
+/// The lowest network difficulty a miner's difficulty is capped at
+/// (`WorkState::bounded`). Above it, a miner is never held above the network's difficulty,
+/// or it would not send the blocks whose hashes fall between. Below it is a test chain:
+/// regtest (where one hash in two is a block) or a testnet's minimum-difficulty blocks.
+/// Capping there would make every share a block and flood the node, so a miner may be
+/// held up to difficulty 1 (2^32 SHA256d hashes, 65,536 scrypt hashes), as ckpool does.
+/// The main chains this pool mines are many orders of magnitude above it.
+pub const NETWORK_DIFFICULTY_CAP_MIN: f64 = 1.0;
+
 /// How many times more a share at the default floor costs the miner than it costs the pool.
 ///
 /// The rule behind the default `difficulty_min`: every share costs the pool one hash of

@@ -15,7 +15,7 @@ use crate::job::{Job, JobBook, JobLookup};
 use crate::limits::{
     DIFFICULTY_CHANGE_GRACE_S, DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX,
     DIFFICULTY_LOWERING_INTERVAL_S, DIFFICULTY_MAX, DIFFICULTY_MIN, JOBS_REMEMBERED_MAX,
-    NTIME_FUTURE_SECONDS_MAX, WORKER_NAME_BYTES_MAX,
+    NETWORK_DIFFICULTY_CAP_MIN, NTIME_FUTURE_SECONDS_MAX, WORKER_NAME_BYTES_MAX,
 };
 use crate::share::{check_pow, ValidShare};
 use crate::vardiff::{Vardiff, VardiffConfig};
@@ -36,6 +36,11 @@ pub struct FrontEndConfig {
     /// Hand scrypt shares back as `Outcome::NeedsPow` so the glue can hash several at once
     /// (the core's batch hasher); off, the session hashes each share itself.
     pub batch_scrypt: bool,
+    /// The network difficulty below which a chain counts as a test chain and a miner's
+    /// difficulty is capped at this instead (`WorkState::bounded`): normally
+    /// `limits::NETWORK_DIFFICULTY_CAP_MIN`; simulations that cannot mine at difficulty 1
+    /// set it lower.
+    pub network_difficulty_cap_min: f64,
     /// When set, a worker name must start with a payout address of this coin and network
     /// (`ADDRESS` or `ADDRESS.RIG`): a share is only worth taking if it can be paid.
     pub payout_address_rule: Option<AddressRule>,
@@ -187,6 +192,11 @@ pub struct WorkState {
     lowerings: u32,
     lowering_window_start_s: u64,
     vardiff: Option<Vardiff>,
+    /// See `FrontEndConfig::network_difficulty_cap_min`.
+    network_difficulty_cap_min: f64,
+    /// The network's difficulty and target of the newest job this miner was given
+    /// (`follow_network`); `None` before the first.
+    network: Option<(f64, Target)>,
     /// Oldest first, at most `JOBS_REMEMBERED_MAX`.
     sent_jobs: Vec<SentJob>,
 }
@@ -207,25 +217,74 @@ impl WorkState {
             lowerings: 0,
             lowering_window_start_s: 0,
             vardiff: vardiff.map(Vardiff::new),
+            network_difficulty_cap_min: NETWORK_DIFFICULTY_CAP_MIN,
+            network: None,
             sent_jobs: Vec::new(),
         }
+    }
+
+    /// A miner's state under a front end's terms, starting at `start_difficulty`.
+    pub fn for_front_end(config: &FrontEndConfig, start_difficulty: f64) -> Self {
+        let mut work = WorkState::new(start_difficulty, config.difficulty_min, config.vardiff);
+        work.network_difficulty_cap_min = config.network_difficulty_cap_min;
+        work
     }
 
     pub fn difficulty(&self) -> f64 {
         self.difficulty
     }
 
+    /// The target of the current difficulty, as Stratum V2 announces it
+    /// (`share_target_within_network`).
+    pub fn share_target(&self, algorithm: Algorithm) -> Target {
+        share_target_within_network(algorithm, self.difficulty, self.network)
+    }
+
+    /// Where a difficulty from vardiff, a suggestion or the operator lands: within the
+    /// floor and `DIFFICULTY_MAX`, and never above the network difficulty of the newest
+    /// job unless that is below `network_difficulty_cap_min` or the floor is above it.
+    ///
+    /// Invariant (no block is lost to the share target): on a chain of real difficulty a
+    /// miner is never held above the network's. A miner only sends what meets its share
+    /// target, so one held above the network's would keep every block whose hash falls
+    /// between the two, by accident (a big miner on a testnet, whose difficulty vardiff
+    /// raises past the network's) or on purpose (a suggestion far above it). The floor (the
+    /// operator's, or a Stratum V2 device's `max_target`) may be above it; so may any
+    /// difficulty up to `network_difficulty_cap_min` on a test chain.
+    fn bounded(&self, difficulty: f64) -> f64 {
+        let cap = self
+            .network
+            .map_or(f64::INFINITY, |(network_difficulty, _)| {
+                network_difficulty.max(self.network_difficulty_cap_min)
+            });
+        difficulty
+            .min(cap)
+            .clamp(self.difficulty_floor, DIFFICULTY_MAX)
+    }
+
+    /// Takes the network difficulty of `job`, the newest this miner is given, and lowers
+    /// the difficulty (and vardiff's measure) to it if they are above (`bounded`). Returns
+    /// whether the difficulty changed. When the network's difficulty rises again, vardiff
+    /// raises the miner's as its shares come.
+    pub fn follow_network(&mut self, job: &Job) -> bool {
+        self.network = Some((job.network_difficulty, job.network_target));
+        let before = self.difficulty;
+        self.difficulty = self.bounded(self.difficulty);
+        self.measured_difficulty = self.bounded(self.measured_difficulty);
+        self.difficulty != before
+    }
+
     /// Raises (or lowers) the floor, for a miner that states the easiest target it takes
     /// (Stratum V2's `max_target`); the difficulty moves up to it if needed.
     pub fn set_difficulty_floor(&mut self, difficulty_floor: f64) {
         self.difficulty_floor = difficulty_floor.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
-        self.difficulty = self.difficulty.max(self.difficulty_floor);
-        self.measured_difficulty = self.measured_difficulty.max(self.difficulty_floor);
+        self.difficulty = self.bounded(self.difficulty);
+        self.measured_difficulty = self.bounded(self.measured_difficulty);
     }
 
-    /// Sets the difficulty outright, kept within the pool's floor and `DIFFICULTY_MAX`.
+    /// Sets the difficulty outright, within `bounded`'s limits.
     pub fn set_difficulty(&mut self, difficulty: f64) {
-        self.difficulty = difficulty.clamp(self.difficulty_floor, DIFFICULTY_MAX);
+        self.difficulty = self.bounded(difficulty);
     }
 
     /// Takes a miner's suggestion (V1 `mining.suggest_difficulty`) as a hint within bounds:
@@ -243,7 +302,7 @@ impl WorkState {
         if self.sent_jobs.iter().any(|sent| now_s < sent.grace_until_s) {
             return false;
         }
-        let suggested = suggested.clamp(self.difficulty_floor, DIFFICULTY_MAX);
+        let suggested = self.bounded(suggested);
         // Silence is counted from when the miner learns the difficulty it asked for.
         if let Some(vardiff) = self.vardiff.as_mut() {
             vardiff.note_activity(now_s);
@@ -268,21 +327,23 @@ impl WorkState {
         }
     }
 
-    /// Gives vardiff a chance to retarget before a job goes out, which catches miners that
-    /// stopped sending shares altogether. Returns whether the difficulty changed.
-    pub fn retarget_before_job(&mut self, now_s: u64) -> bool {
+    /// Before `job` goes out: follows its network difficulty (`follow_network`), then
+    /// gives vardiff a chance to retarget, which catches miners that stopped sending
+    /// shares altogether. Returns whether the difficulty changed.
+    pub fn retarget_before_job(&mut self, job: &Job, now_s: u64) -> bool {
+        let followed = self.follow_network(job);
         let current = self.difficulty;
         let next = self
             .vardiff
             .as_mut()
             .and_then(|v| v.retarget(now_s, current));
-        self.take_vardiff(next, now_s)
+        self.take_vardiff(next, now_s) || followed
     }
 
-    /// Takes vardiff's new difficulty, if any, never below this miner's floor (a V2
-    /// channel's `max_target` can set it above the pool's); whether it changed.
+    /// Takes vardiff's new difficulty, if any, within `bounded`'s limits (a V2 channel's
+    /// `max_target` can set the floor above the pool's); whether it changed.
     fn take_vardiff(&mut self, next: Option<f64>, now_s: u64) -> bool {
-        let Some(next) = next.map(|next| next.max(self.difficulty_floor)) else {
+        let Some(next) = next.map(|next| self.bounded(next)) else {
             return false;
         };
         if next == self.difficulty {
@@ -451,7 +512,7 @@ pub fn credit_share(
     pow: &[u8; 32],
     duplicates: &mut DuplicateFilter,
 ) -> Result<CreditedShare, Rejection> {
-    let share_target = share_target(job.algorithm, terms.difficulty);
+    let share_target = job.share_target(terms.difficulty);
     match check_pow(job, header, header_hash, pow, &share_target) {
         // A SHA256d share's work was judged when it was claimed; a scrypt share's is known
         // only now.
@@ -477,10 +538,102 @@ pub fn share_target(algorithm: Algorithm, difficulty: f64) -> Target {
     Target::from_difficulty(algorithm, difficulty).unwrap_or(Target::MAX)
 }
 
+/// The target of a difficulty on a network of the given difficulty and target. At or
+/// below the network's difficulty it is never harder than the network target: a
+/// difficulty capped at the network's (`WorkState::bounded`) goes through a float, and
+/// the round trip could make its target a hair harder than the network's, refusing (and
+/// telling a miner not to send) a hash that is a block.
+pub fn share_target_within_network(
+    algorithm: Algorithm,
+    difficulty: f64,
+    network: Option<(f64, Target)>,
+) -> Target {
+    let target = share_target(algorithm, difficulty);
+    match network {
+        Some((network_difficulty, network_target)) if difficulty <= network_difficulty => {
+            target.max(network_target)
+        }
+        _ => target,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::job::tests::template;
+
+    /// A scrypt job of the test template with other bits: 0x1e0ffff0 (Litecoin's easiest)
+    /// is scrypt difficulty 16, 0x1d00ffff is 65,536.
+    fn job_with_bits(job_id: u64, bits: u32) -> Job {
+        let mut template = template(job_id, true);
+        template.bits = bits;
+        Job::new(template).unwrap()
+    }
+
+    /// However a miner's difficulty is raised (its suggestion, vardiff, the operator), it
+    /// is held to at most the network's, and a hash exactly at the network target is taken
+    /// as a block and credited at the network's difficulty: the block is never lost to a
+    /// share target above it. A floor may stay above, and so may difficulties up to
+    /// `NETWORK_DIFFICULTY_CAP_MIN` on a test chain.
+    #[test]
+    fn a_miner_is_never_held_above_the_network_difficulty() {
+        let job = job_with_bits(1, 0x1e0f_fff0);
+        let network_difficulty = job.network_difficulty;
+        assert!(
+            (network_difficulty - 16.0).abs() < 1e-3,
+            "{network_difficulty}"
+        );
+        let mut work = WorkState::new(1_000.0, 1e-6, None);
+        assert!(work.retarget_before_job(&job, 0));
+        assert_eq!(work.difficulty(), network_difficulty);
+        // Within the network's difficulty, the target is never harder than the network's.
+        assert!(work.share_target(job.algorithm) >= job.network_target);
+        work.record_sent(&job, 0);
+        // Above it by suggestion or outright: still the network's.
+        work.suggest_difficulty(1e6, DIFFICULTY_CHANGE_GRACE_S);
+        assert_eq!(work.difficulty(), network_difficulty);
+        work.set_difficulty(1e9);
+        assert_eq!(work.difficulty(), network_difficulty);
+        let terms = work.sent_job(1).unwrap().terms(DIFFICULTY_CHANGE_GRACE_S);
+        assert_eq!(terms.difficulty, network_difficulty);
+        // The hardest hash that is a block: exactly the network target.
+        let pow = job.network_target.to_le_bytes();
+        let mut duplicates = DuplicateFilter::default();
+        claim_share(&job, [5; 32], &mut duplicates).unwrap();
+        let credited = credit_share(&job, terms, [0; 80], [5; 32], &pow, &mut duplicates).unwrap();
+        assert!(credited.valid.is_block);
+        assert_eq!(credited.difficulty, network_difficulty);
+        // A network that gets harder does not raise the miner by itself (vardiff does).
+        let harder = job_with_bits(2, 0x1d00_ffff);
+        assert!(!work.retarget_before_job(&harder, 100));
+        assert_eq!(work.difficulty(), network_difficulty);
+        work.set_difficulty(1_000.0);
+        assert_eq!(work.difficulty(), 1_000.0);
+        // A floor above the network's stays: the operator's choice.
+        let mut floored = WorkState::new(1.0, 32.0, None);
+        floored.retarget_before_job(&job, 0);
+        assert_eq!(floored.difficulty(), 32.0);
+        assert!(floored.share_target(job.algorithm) < job.network_target);
+        // Regtest (scrypt difficulty about 2^-15): held to at most 1, not to the network's.
+        let regtest = Job::new(template(3, true)).unwrap();
+        assert!(regtest.network_difficulty < 1e-4);
+        let mut on_regtest = WorkState::new(4.0, 1e-6, None);
+        assert!(on_regtest.retarget_before_job(&regtest, 0));
+        assert_eq!(on_regtest.difficulty(), NETWORK_DIFFICULTY_CAP_MIN);
+        on_regtest.set_difficulty(0.01);
+        assert_eq!(on_regtest.difficulty(), 0.01);
+    }
+
+    /// A difficulty capped at the network's goes through a float. For some bits (about one
+    /// in twelve of those sampled) the plain round trip lands a hair harder than the network
+    /// target and would refuse a block; `share_target_within_network` never does.
+    #[test]
+    fn the_network_difficulty_gives_back_the_network_target() {
+        let job = job_with_bits(1, 0x1801_f334);
+        let plain = share_target(job.algorithm, job.network_difficulty);
+        assert!(plain < job.network_target);
+        assert_eq!(job.share_target(job.network_difficulty), job.network_target);
+    }
 
     #[test]
     fn version_may_differ_only_inside_the_mask() {
@@ -668,7 +821,7 @@ mod tests {
         // The same value again is no further lowering.
         assert!(work.suggest_difficulty(0.5, start_s + 1));
         // Vardiff measures the miner at 2 (a burst of shares at 0.5).
-        work.retarget_before_job(start_s + 1);
+        work.retarget_before_job(&job_with_bits(1, 0x1d00_ffff), start_s + 1);
         for _ in 0..crate::vardiff::VARDIFF_BURST_SHARES_MAX {
             work.on_share_durable(start_s + 2);
         }

@@ -2,7 +2,9 @@
 //! SHA256d shares through the real Stratum V1 session, on a virtual clock, and each one's
 //! credit is compared with the work it did. The rule under test (on `work::SentJob`): a
 //! share is credited at the difficulty it was required to meet when it arrived, so the
-//! expected credit per hash is `diff1_target / 2^256` for every strategy.
+//! expected credit per hash is `diff1_target / 2^256` for every strategy. And no strategy
+//! can keep a block from the pool: every hash that meets the network target is sent and
+//! taken as a block, even by a miner that asks for a difficulty above the network's.
 //!
 //! Each run prints its seed on failure; `OTEDAMA_CREDIT_SEED=N` replays one seed.
 
@@ -21,6 +23,13 @@ use rand::{Rng, SeedableRng};
 #[path = "common/job_template.rs"]
 mod job_template;
 
+/// The network of most games: bits 0x1f0fffff, SHA256d difficulty about 2^-20, far above
+/// every difficulty the strategies ask for; about a hundred hashes of a game are blocks.
+const NETWORK_BITS: u32 = 0x1f0f_ffff;
+/// The network of `Strategy::AboveTheNetwork`: about 2^-26, one hash in 64 is a block.
+const EASY_NETWORK_BITS: u32 = 0x2003_ffff;
+/// What `Strategy::AboveTheNetwork` asks for, far above `EASY_NETWORK_BITS`'s difficulty.
+const ABOVE_THE_NETWORK_DIFFICULTY: f64 = 1.0;
 /// The difficulty honest miners are given: 2^-29, where one hash in about eight meets the
 /// target, so a run of a few hundred thousand hashes has thousands of credited shares.
 const BASE_DIFFICULTY: f64 = 1.0 / (1u64 << 29) as f64;
@@ -58,15 +67,21 @@ enum Strategy {
     /// Reconnects for every job: a fresh session that starts low and is raised at once,
     /// mining low.
     ReconnectEachJob,
+    /// On a network easier than what it asks for (a big miner on a testnet, or one that
+    /// would rather keep the blocks it finds), asks for a difficulty far above the
+    /// network's after each job and mines at what it is told. Were it held to what it
+    /// asked, it would send none of the blocks whose hashes fall between.
+    AboveTheNetwork,
 }
 
-const STRATEGIES: [Strategy; 6] = [
+const STRATEGIES: [Strategy; 7] = [
     Strategy::Honest,
     Strategy::RaiseAndKeepMiningLow,
     Strategy::Oscillate,
     Strategy::DipAndRaise,
     Strategy::Resubmit,
     Strategy::ReconnectEachJob,
+    Strategy::AboveTheNetwork,
 ];
 
 /// What one miner earned for what it did.
@@ -78,6 +93,10 @@ struct Tally {
     credited_difficulty_squares: f64,
     accepted: u64,
     rejected: u64,
+    /// Hashes that met the network target, sent or not.
+    blocks_found: u64,
+    /// Accepted shares that are blocks.
+    blocks_taken: u64,
 }
 
 impl Tally {
@@ -104,15 +123,17 @@ struct Pool {
     duplicates: DuplicateFilter,
     next_job_id: u64,
     block_count: u8,
+    bits: u32,
 }
 
 impl Pool {
-    fn new() -> Self {
+    fn new(bits: u32) -> Self {
         let mut pool = Pool {
             jobs: JobBook::default(),
             duplicates: DuplicateFilter::default(),
             next_job_id: 1,
             block_count: 0,
+            bits,
         };
         pool.new_block();
         pool
@@ -122,6 +143,7 @@ impl Pool {
         self.block_count += 1;
         let mut template = job_template::template(self.next_job_id, true);
         template.prevhash = [self.block_count; 32];
+        template.bits = self.bits;
         self.next_job_id += 1;
         self.publish(template)
     }
@@ -163,6 +185,7 @@ impl Miner {
                 algorithm: Algorithm::Sha256d,
                 vardiff: None,
                 batch_scrypt: false,
+                network_difficulty_cap_min: otedama_shared::limits::DIFFICULTY_MIN,
                 payout_address_rule: None,
                 bans: Default::default(),
             },
@@ -234,6 +257,7 @@ impl Miner {
     ) {
         let job = self.job.clone().expect("the miner has work");
         let target = Target::from_difficulty(Algorithm::Sha256d, submit_difficulty).unwrap();
+        let network_target = Target::from_compact(pool.bits).unwrap();
         let extranonce2 = self.extranonce2.to_be_bytes();
         let ntime = job.ntime + (now_s - START_S) as u32;
         let mut header = job.header(&EXTRANONCE1, &extranonce2, ntime, job.version);
@@ -242,7 +266,9 @@ impl Miner {
             self.nonce += 1;
             header[76..80].copy_from_slice(&nonce.to_le_bytes());
             tally.hashes += 1;
-            if !target.is_met_by(&sha256d(&header)) {
+            let hash = sha256d(&header);
+            tally.blocks_found += network_target.is_met_by(&hash) as u64;
+            if !target.is_met_by(&hash) {
                 continue;
             }
             let line = submit_line(
@@ -275,6 +301,7 @@ impl Miner {
                 tally.credited_difficulty += credit;
                 tally.credited_difficulty_squares += credit * credit;
                 tally.accepted += 1;
+                tally.blocks_taken += share.record.is_block as u64;
                 self.session
                     .handle_share_durable(&share.request_id, now_s, &pool.jobs);
                 true
@@ -320,10 +347,16 @@ fn read_lines(bytes: Vec<u8>) -> Vec<Value> {
 /// Plays one strategy for `RUN_SECONDS` virtual seconds.
 fn play(strategy: Strategy, seed: u64) -> Tally {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ strategy as u64);
-    let mut pool = Pool::new();
+    let mut pool = Pool::new(match strategy {
+        Strategy::AboveTheNetwork => EASY_NETWORK_BITS,
+        _ => NETWORK_BITS,
+    });
     let mut tally = Tally::default();
     let (mut miner, replies) = Miner::connect(&pool, &mut rng, START_S);
     miner.hear(&replies);
+    if strategy == Strategy::AboveTheNetwork {
+        miner.suggest(&pool, ABOVE_THE_NETWORK_DIFFICULTY, START_S);
+    }
     let high = BASE_DIFFICULTY * RAISE_FACTOR;
     for second in 0..RUN_SECONDS {
         let now_s = START_S + second;
@@ -336,6 +369,9 @@ fn play(strategy: Strategy, seed: u64) -> Tally {
             } else {
                 miner.hear_job(&job, now_s);
             }
+            if strategy == Strategy::AboveTheNetwork {
+                miner.suggest(&pool, ABOVE_THE_NETWORK_DIFFICULTY, now_s);
+            }
             if strategy == Strategy::Resubmit {
                 miner.resubmit_all(&mut pool, now_s, &mut tally);
             }
@@ -347,7 +383,9 @@ fn play(strategy: Strategy, seed: u64) -> Tally {
             }
         }
         let submit_difficulty = match strategy {
-            Strategy::Honest | Strategy::Resubmit => miner.told_difficulty,
+            Strategy::Honest | Strategy::Resubmit | Strategy::AboveTheNetwork => {
+                miner.told_difficulty
+            }
             Strategy::RaiseAndKeepMiningLow | Strategy::ReconnectEachJob => {
                 if miner.told_difficulty != high {
                     miner.suggest(&pool, high, now_s);
@@ -399,8 +437,21 @@ fn every_strategy_earns_its_work_and_no_more() {
             let (ratio, tolerance) = (tally.ratio(), tally.tolerance());
             println!(
                 "seed {seed} {strategy:?}: credit/work {ratio:.4} (allowed ±{tolerance:.4}), \
-                 {} hashes, {} accepted, {} rejected",
-                tally.hashes, tally.accepted, tally.rejected
+                 {} hashes, {} accepted, {} rejected, {} of {} blocks taken",
+                tally.hashes,
+                tally.accepted,
+                tally.rejected,
+                tally.blocks_taken,
+                tally.blocks_found
+            );
+            assert!(
+                tally.blocks_found > 0,
+                "seed {seed} {strategy:?}: no block to lose"
+            );
+            assert_eq!(
+                tally.blocks_taken, tally.blocks_found,
+                "seed {seed} {strategy:?}: blocks were lost \
+                 (replay with OTEDAMA_CREDIT_SEED={seed})"
             );
             // The bound must be tight enough to see the old rule's gain (about 1.9× here).
             assert!(

@@ -41,6 +41,7 @@ fn config(start_difficulty: f64) -> SessionConfig {
             algorithm: Algorithm::Sha256d,
             vardiff: None,
             batch_scrypt: false,
+            network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
             payout_address_rule: None,
             bans: Default::default(),
         },
@@ -470,10 +471,10 @@ fn a_miner_cannot_keep_suggesting_its_way_back_below_vardiff() {
     // A raise is taken (and becomes what the next lowering is measured against only once
     // vardiff says so: here, the floor the miner chose stays the measured value).
     let (_, out) = h.send_at(
-        &request_line(5, "mining.suggest_difficulty", json!([4.0])),
+        &request_line(5, "mining.suggest_difficulty", json!([0.5])),
         at(1),
     );
-    assert_eq!(set_difficulty(&out), Some(4.0));
+    assert_eq!(set_difficulty(&out), Some(0.5));
     let (_, out) = h.send_at(
         &request_line(6, "mining.suggest_difficulty", json!([1e-12])),
         at(2),

@@ -35,6 +35,7 @@ fn config(start_difficulty: f64) -> FrontEndConfig {
         algorithm: Algorithm::Sha256d,
         vardiff: None,
         batch_scrypt: false,
+        network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
         payout_address_rule: None,
         bans: Default::default(),
     }
@@ -874,7 +875,7 @@ fn a_silent_channel_gets_an_easier_target() {
             difficulty_min: 1e-9,
             ..VardiffConfig::default()
         }),
-        ..config(64.0)
+        ..config(0.5)
     });
     h.setup();
     let channel = open_standard_channel(&mut h);
@@ -889,7 +890,7 @@ fn a_silent_channel_gets_an_easier_target() {
     };
     assert_eq!(set.channel_id, channel.channel_id);
     let easier =
-        otedama_shared::work::share_target(Algorithm::Sha256d, 64.0 / VARDIFF_STEP_FACTOR_MAX);
+        otedama_shared::work::share_target(Algorithm::Sha256d, 0.5 / VARDIFF_STEP_FACTOR_MAX);
     assert_eq!(set.maximum_target, easier.to_le_bytes());
 }
 
@@ -957,6 +958,7 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
         let mut h = Harness::new(FrontEndConfig {
             algorithm: Algorithm::Scrypt,
             batch_scrypt: true,
+            network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
             ..config(EASY)
         });
         h.jobs = JobBook::default();
@@ -1017,4 +1019,41 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
         assert_eq!(block.worker, "addr.rig");
         assert_eq!(block.height, scrypt_template.height);
     }
+}
+
+/// A channel is never held above the network's difficulty (`WorkState::bounded`): opened
+/// at a far higher start, its first target is the network target itself; when a job on
+/// an easier network comes, SetTarget moves it there before the job. Otherwise the miner
+/// would not send the blocks whose hashes fall between.
+#[test]
+fn a_channel_target_never_goes_above_the_network_target() {
+    let with_bits = |job_id: u64, bits: u32| {
+        let mut job = template(job_id, true);
+        job.bits = bits;
+        Arc::new(Job::new(job).unwrap())
+    };
+    // SHA256d difficulty about 16,307, then 1 (bits 0x1d00ffff).
+    let first = with_bits(1, 0x1b04_04cb);
+    let mut h = Harness::new(config(1e9));
+    h.jobs = JobBook::default();
+    h.jobs.insert(first.clone());
+    h.setup();
+    let (_, out) = h.send(open_standard(10, "addr.rig", [0xff; 32]));
+    let Message::OpenStandardMiningChannelSuccess(success) = out[0].message() else {
+        panic!("{:?}", out[0].message())
+    };
+    assert_eq!(success.target, first.network_target.to_le_bytes());
+    assert!(out[1..]
+        .iter()
+        .all(|sent| !matches!(sent.message(), Message::SetTarget(_))));
+    let easier = with_bits(2, 0x1d00_ffff);
+    h.jobs.insert(easier.clone());
+    h.session.handle_new_job(&easier, NOW_S);
+    let out = h.drain();
+    let Message::SetTarget(set) = out[0].message() else {
+        panic!("{:?}", out[0].message())
+    };
+    assert_eq!(set.maximum_target, easier.network_target.to_le_bytes());
+    // The channel is in a group: its job goes to the group.
+    assert!(matches!(out[1].message(), Message::NewExtendedMiningJob(_)));
 }

@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
 use otedama_shared::job::AlgorithmName;
+use otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN;
 
 use crate::api::now_ms;
 use crate::config::PoolConfig;
@@ -127,6 +128,7 @@ pub(crate) fn template_loop(
     let mut fees = FeeHistory::default();
     let refresh = Duration::from_secs(config.template_refresh_s.max(1));
     let mut failed = false;
+    let mut floor_above_network = false;
     loop {
         let fetched_at = Instant::now();
         let failed_before = std::mem::take(&mut failed);
@@ -136,11 +138,25 @@ pub(crate) fn template_loop(
         {
             Ok(Ok(template)) => {
                 fees.record(template.height, template.fees());
+                let network_difficulty = network_difficulty(&template.bits, params.algorithm);
                 state.set_block_value(BlockValue {
                     subsidy: template.coinbasevalue.saturating_sub(template.fees()),
                     fees_mean: fees.mean(),
-                    network_difficulty: network_difficulty(&template.bits, params.algorithm),
+                    network_difficulty,
                 });
+                // Miners are held to at most the network's difficulty, except by the
+                // floor (`WorkState::bounded`): one above it loses the blocks between.
+                let floor = config.difficulty_floor();
+                let above =
+                    network_difficulty >= NETWORK_DIFFICULTY_CAP_MIN && floor > network_difficulty;
+                if above && !floor_above_network {
+                    tracing::warn!(
+                        network_difficulty,
+                        difficulty_min = floor,
+                        "the pool's difficulty floor is above the network's: miners will not send the blocks whose hashes fall between; lower difficulty_min"
+                    );
+                }
+                floor_above_network = above;
                 let key = TemplateKey::of(&template);
                 let clean = last.as_ref().is_none_or(|l| l.prevhash != key.prevhash);
                 let changed = clean

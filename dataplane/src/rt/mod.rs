@@ -217,6 +217,7 @@ impl Core {
             algorithm: self.config.algorithm,
             vardiff: self.config.vardiff,
             batch_scrypt: true,
+            network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
             payout_address_rule: self.config.payout_address_rule,
             bans: self.bans.borrow().clone(),
         }

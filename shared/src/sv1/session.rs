@@ -97,11 +97,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(config: SessionConfig) -> Self {
-        let work = WorkState::new(
-            config.front_end.start_difficulty,
-            config.front_end.difficulty_min,
-            config.front_end.vardiff,
-        );
+        let work = WorkState::for_front_end(&config.front_end, config.front_end.start_difficulty);
         Session {
             config,
             subscribed: false,
@@ -335,7 +331,7 @@ impl Session {
         if !self.is_mining() {
             return;
         }
-        self.work.retarget_before_job(now_s);
+        self.work.retarget_before_job(job, now_s);
         self.announce_difficulty();
         self.work.record_sent(job, now_s);
         self.outbox.extend_from_slice(&job.notify_line);
@@ -426,6 +422,7 @@ mod tests {
                 algorithm: otedama_kernels::Algorithm::Sha256d,
                 vardiff: None,
                 batch_scrypt: false,
+                network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
                 payout_address_rule: None,
                 bans: Default::default(),
             },

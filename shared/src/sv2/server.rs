@@ -35,8 +35,8 @@ use crate::share::BlockCandidate;
 use crate::share::{build_header, header_from_root, merkle_root, pow_hash, ShareRecord};
 use crate::share::{DuplicateFilter, ShareSubmission};
 use crate::work::{
-    check_ntime, check_version, claim_share, credit_share, share_target, vet_worker_name,
-    CreditedShare, FrontEndConfig, Rejection, ShareTerms, WorkState,
+    check_ntime, check_version, claim_share, credit_share, vet_worker_name, CreditedShare,
+    FrontEndConfig, Rejection, ShareTerms, WorkState,
 };
 
 use super::frame::FrameHeader;
@@ -456,13 +456,15 @@ impl Session {
         if miner_floor > crate::limits::DIFFICULTY_MAX {
             return refuse(self, error_code::MAX_TARGET_OUT_OF_RANGE);
         }
-        let mut work = WorkState::new(
-            self.start_difficulty(nominal_hash_rate),
-            self.config.difficulty_min,
-            self.config.vardiff,
-        );
+        let mut work =
+            WorkState::for_front_end(&self.config, self.start_difficulty(nominal_hash_rate));
         if miner_floor > work.difficulty() {
             work.set_difficulty_floor(miner_floor.max(self.config.difficulty_min));
+        }
+        // The first target already within the network's difficulty of the job the channel
+        // gets next.
+        if let Some(job) = context.jobs.newest() {
+            work.follow_network(job);
         }
         self.channel_opens += 1;
         let prefix = (context.allocate_extranonce_prefix)();
@@ -484,7 +486,7 @@ impl Session {
         } else {
             0
         };
-        let target = share_target(algorithm, work.difficulty()).to_le_bytes();
+        let target = work.share_target(algorithm).to_le_bytes();
         let channel = Channel {
             id,
             kind,
@@ -621,7 +623,7 @@ impl Session {
     /// Records `job` on a channel (retarget, the jobs it holds, its merkle root) and, unless
     /// the group carries it, sends it.
     fn send_job_to_channel(&mut self, index: usize, job: &Job, now_s: u64, via_group: bool) {
-        if self.channels[index].work.retarget_before_job(now_s) {
+        if self.channels[index].work.retarget_before_job(job, now_s) {
             self.announce_target(index, now_s);
         }
         let version_rolling = self.version_rolling;
@@ -683,7 +685,7 @@ impl Session {
         channel.work.apply_difficulty_to_sent_jobs(now_s);
         let message = Message::SetTarget(SetTarget {
             channel_id: channel.id,
-            maximum_target: share_target(algorithm, difficulty).to_le_bytes(),
+            maximum_target: channel.work.share_target(algorithm).to_le_bytes(),
         });
         self.push(&message);
     }
@@ -998,6 +1000,7 @@ mod outbox_tests {
             algorithm: otedama_kernels::Algorithm::Sha256d,
             vardiff: None,
             batch_scrypt: false,
+            network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
             payout_address_rule: None,
             bans: Default::default(),
         });
