@@ -116,7 +116,7 @@ impl Workload {
             Side::Sell
         };
         let roll = self.rng.below(100);
-        if roll % 16 == 0 {
+        if roll.is_multiple_of(16) {
             // The mid drifts, so levels come and go.
             self.mid = (self.mid + self.rng.below(3)).saturating_sub(1).max(100);
         }

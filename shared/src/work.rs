@@ -62,6 +62,11 @@ pub enum Rejection {
     VersionBitsNotAllowed,
     /// The proof of work does not meet the share target.
     LowDifficulty,
+    /// The proof of work misses the share target but meets the network's: the hash is a
+    /// block (a floor above the network's, or a miner sending below its target). The
+    /// share is refused as low difficulty and earns nothing, since crediting it would
+    /// break the credit rule, but the front end sends the block up.
+    BlockBelowShareTarget,
     /// The same share was accepted before.
     Duplicate,
     /// The core's duplicate filter is at its bound (`DUPLICATE_FILTER_SHARES_PER_CORE_MAX`)
@@ -125,15 +130,19 @@ pub struct SentJob {
     /// credited at it): they were mined before the miner heard of the change.
     pub grace_difficulty: f64,
     pub grace_until_s: u64,
+    /// The job's network difficulty and target: a miner's difficulty stays under the
+    /// easiest of the jobs it holds (`WorkState::follow_network`).
+    pub network: (f64, Target),
 }
 
 impl SentJob {
-    fn new(job_id: u64, difficulty: f64) -> Self {
+    fn new(job: &Job, difficulty: f64) -> Self {
         SentJob {
-            job_id,
+            job_id: job.job_id(),
             difficulty,
             grace_difficulty: difficulty,
             grace_until_s: 0,
+            network: (job.network_difficulty, job.network_target),
         }
     }
 
@@ -179,10 +188,23 @@ pub struct ShareTerms {
     pub difficulty: f64,
 }
 
+/// How far under the network's difficulty a capped miner is held (relative): a Stratum V1
+/// miner computes its target from a float, and for about one bits value in twelve the
+/// exact network difficulty comes back a hair harder than the network target, so a hash in
+/// that sliver would not be sent. A billionth below leaves room for any float rounding; it
+/// costs the miner a billionth of the credit of such shares.
+const NETWORK_DIFFICULTY_CAP_MARGIN: f64 = 1e-9;
+
 /// The difficulty of one miner and the jobs it holds.
 #[derive(Clone, Debug)]
 pub struct WorkState {
+    /// What the miner is held to: `wanted_difficulty` under the network's cap (`capped`).
     difficulty: f64,
+    /// The difficulty the pool would give the miner on any network: the start value,
+    /// suggestions, vardiff's retargets, within the floor and `DIFFICULTY_MAX`. Kept while
+    /// a network below it caps `difficulty`, so the miner gets it back when the network
+    /// rises again (a testnet's minimum-difficulty blocks come and go).
+    wanted_difficulty: f64,
     difficulty_floor: f64,
     /// The difficulty the pool chose for this miner: the start value, then each of
     /// vardiff's retargets (and a lowering it allowed). Suggestions below it are limited
@@ -194,8 +216,8 @@ pub struct WorkState {
     vardiff: Option<Vardiff>,
     /// See `FrontEndConfig::network_difficulty_cap_min`.
     network_difficulty_cap_min: f64,
-    /// The network's difficulty and target of the newest job this miner was given
-    /// (`follow_network`); `None` before the first.
+    /// The easiest network difficulty and target among the jobs the miner holds
+    /// (`follow_network`); `None` before the first job.
     network: Option<(f64, Target)>,
     /// Oldest first, at most `JOBS_REMEMBERED_MAX`.
     sent_jobs: Vec<SentJob>,
@@ -212,6 +234,7 @@ impl WorkState {
         let difficulty = start_difficulty.clamp(difficulty_floor, DIFFICULTY_MAX);
         WorkState {
             difficulty,
+            wanted_difficulty: difficulty,
             difficulty_floor,
             measured_difficulty: difficulty,
             lowerings: 0,
@@ -230,6 +253,7 @@ impl WorkState {
         work
     }
 
+    /// The difficulty the miner is held to now.
     pub fn difficulty(&self) -> f64 {
         self.difficulty
     }
@@ -240,51 +264,72 @@ impl WorkState {
         share_target_within_network(algorithm, self.difficulty, self.network)
     }
 
-    /// Where a difficulty from vardiff, a suggestion or the operator lands: within the
-    /// floor and `DIFFICULTY_MAX`, and never above the network difficulty of the newest
-    /// job unless that is below `network_difficulty_cap_min` or the floor is above it.
+    /// The most a miner is held to on the networks of the jobs it holds, or `INFINITY`
+    /// before the first job: just under the easiest network difficulty
+    /// (`NETWORK_DIFFICULTY_CAP_MARGIN`), or `network_difficulty_cap_min` on a chain below
+    /// that.
     ///
     /// Invariant (no block is lost to the share target): on a chain of real difficulty a
-    /// miner is never held above the network's. A miner only sends what meets its share
-    /// target, so one held above the network's would keep every block whose hash falls
-    /// between the two, by accident (a big miner on a testnet, whose difficulty vardiff
-    /// raises past the network's) or on purpose (a suggestion far above it). The floor (the
-    /// operator's, or a Stratum V2 device's `max_target`) may be above it; so may any
-    /// difficulty up to `network_difficulty_cap_min` on a test chain.
-    fn bounded(&self, difficulty: f64) -> f64 {
-        let cap = self
-            .network
+    /// miner is never held above the network difficulty of any job it holds. A miner only
+    /// sends what meets its share target, so one held above the network's would keep
+    /// every block whose hash falls between the two, by accident (a big miner on a testnet,
+    /// whose difficulty vardiff raises past the network's) or on purpose (a suggestion far
+    /// above it). Two things may hold it above: the floor (the operator's, or a Stratum V2
+    /// device's `max_target`), and, on a chain below `network_difficulty_cap_min`
+    /// (regtest), any difficulty up to that.
+    fn network_cap(&self) -> f64 {
+        self.network
             .map_or(f64::INFINITY, |(network_difficulty, _)| {
-                network_difficulty.max(self.network_difficulty_cap_min)
-            });
-        difficulty
-            .min(cap)
-            .clamp(self.difficulty_floor, DIFFICULTY_MAX)
+                if network_difficulty < self.network_difficulty_cap_min {
+                    self.network_difficulty_cap_min
+                } else {
+                    network_difficulty * (1.0 - NETWORK_DIFFICULTY_CAP_MARGIN)
+                }
+            })
     }
 
-    /// Takes the network difficulty of `job`, the newest this miner is given, and lowers
-    /// the difficulty (and vardiff's measure) to it if they are above (`bounded`). Returns
-    /// whether the difficulty changed. When the network's difficulty rises again, vardiff
-    /// raises the miner's as its shares come.
-    pub fn follow_network(&mut self, job: &Job) -> bool {
-        self.network = Some((job.network_difficulty, job.network_target));
+    /// Sets `difficulty` from `wanted_difficulty` under the network's cap, never below the
+    /// floor; whether it changed.
+    fn settle(&mut self) -> bool {
         let before = self.difficulty;
-        self.difficulty = self.bounded(self.difficulty);
-        self.measured_difficulty = self.bounded(self.measured_difficulty);
+        self.difficulty = self
+            .wanted_difficulty
+            .min(self.network_cap())
+            .clamp(self.difficulty_floor, DIFFICULTY_MAX);
         self.difficulty != before
+    }
+
+    /// Before `job` goes out: the miner's difficulty is capped by the easiest network among
+    /// `job` and the jobs it keeps holding (all of them, unless `job` is clean), and goes
+    /// back up to what the pool wants for it when the network rises. Returns whether the
+    /// difficulty changed.
+    pub fn follow_network(&mut self, job: &Job) -> bool {
+        let mut easiest = (job.network_difficulty, job.network_target);
+        if !job.template.clean_jobs {
+            for sent in &self.sent_jobs {
+                if sent.network.0 < easiest.0 {
+                    easiest = sent.network;
+                }
+            }
+        }
+        self.network = Some(easiest);
+        self.settle()
     }
 
     /// Raises (or lowers) the floor, for a miner that states the easiest target it takes
     /// (Stratum V2's `max_target`); the difficulty moves up to it if needed.
     pub fn set_difficulty_floor(&mut self, difficulty_floor: f64) {
         self.difficulty_floor = difficulty_floor.clamp(DIFFICULTY_MIN, DIFFICULTY_MAX);
-        self.difficulty = self.bounded(self.difficulty);
-        self.measured_difficulty = self.bounded(self.measured_difficulty);
+        self.wanted_difficulty = self.wanted_difficulty.max(self.difficulty_floor);
+        self.measured_difficulty = self.measured_difficulty.max(self.difficulty_floor);
+        self.settle();
     }
 
-    /// Sets the difficulty outright, within `bounded`'s limits.
+    /// Sets the difficulty outright, within the floor and `DIFFICULTY_MAX` (and held under
+    /// the network's cap).
     pub fn set_difficulty(&mut self, difficulty: f64) {
-        self.difficulty = self.bounded(difficulty);
+        self.wanted_difficulty = difficulty.clamp(self.difficulty_floor, DIFFICULTY_MAX);
+        self.settle();
     }
 
     /// Takes a miner's suggestion (V1 `mining.suggest_difficulty`) as a hint within bounds:
@@ -297,34 +342,37 @@ impl WorkState {
     /// starts the grace again at the easiest difficulty of the one before, so raising a
     /// little every second would keep a miner held (and credited) at one lowering's
     /// difficulty for ever. Returns whether the suggestion was taken as asked (within the
-    /// floor and maximum).
+    /// floor and maximum; the network's cap still applies).
     pub fn suggest_difficulty(&mut self, suggested: f64, now_s: u64) -> bool {
         if self.sent_jobs.iter().any(|sent| now_s < sent.grace_until_s) {
             return false;
         }
-        let suggested = self.bounded(suggested);
+        let suggested = suggested.clamp(self.difficulty_floor, DIFFICULTY_MAX);
         // Silence is counted from when the miner learns the difficulty it asked for.
         if let Some(vardiff) = self.vardiff.as_mut() {
             vardiff.note_activity(now_s);
         }
-        if suggested >= self.measured_difficulty {
-            self.difficulty = suggested;
-            return true;
-        }
-        if now_s >= self.lowering_window_start_s + DIFFICULTY_LOWERING_INTERVAL_S {
-            self.lowering_window_start_s = now_s;
-            self.lowerings = 0;
-        }
-        if self.lowerings < DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX {
-            self.lowerings += 1;
-            self.difficulty = suggested;
-            // Asking for the same value again is then no further lowering.
-            self.measured_difficulty = suggested;
+        let taken = if suggested >= self.measured_difficulty {
+            self.wanted_difficulty = suggested;
             true
         } else {
-            self.difficulty = self.measured_difficulty;
-            false
-        }
+            if now_s >= self.lowering_window_start_s + DIFFICULTY_LOWERING_INTERVAL_S {
+                self.lowering_window_start_s = now_s;
+                self.lowerings = 0;
+            }
+            if self.lowerings < DIFFICULTY_LOWERINGS_PER_INTERVAL_MAX {
+                self.lowerings += 1;
+                self.wanted_difficulty = suggested;
+                // Asking for the same value again is then no further lowering.
+                self.measured_difficulty = suggested;
+                true
+            } else {
+                self.wanted_difficulty = self.measured_difficulty;
+                false
+            }
+        };
+        self.settle();
+        taken
     }
 
     /// Before `job` goes out: follows its network difficulty (`follow_network`), then
@@ -340,21 +388,25 @@ impl WorkState {
         self.take_vardiff(next, now_s) || followed
     }
 
-    /// Takes vardiff's new difficulty, if any, within `bounded`'s limits (a V2 channel's
-    /// `max_target` can set the floor above the pool's); whether it changed.
+    /// Takes vardiff's new difficulty, if any, within the floor (a V2 channel's
+    /// `max_target` can set it above the pool's) and `DIFFICULTY_MAX`; whether the
+    /// difficulty changed. A raise while the network caps the miner is dropped: vardiff
+    /// sees the share rate at the cap, not at what the pool wants, and taking it would
+    /// overwrite the difficulty the miner goes back to when the network rises.
     fn take_vardiff(&mut self, next: Option<f64>, now_s: u64) -> bool {
-        let Some(next) = next.map(|next| self.bounded(next)) else {
+        let Some(next) = next.map(|next| next.clamp(self.difficulty_floor, DIFFICULTY_MAX)) else {
             return false;
         };
-        if next == self.difficulty {
+        let capped = self.difficulty < self.wanted_difficulty;
+        if next == self.difficulty || (capped && next > self.difficulty) {
             return false;
         }
-        self.difficulty = next;
+        self.wanted_difficulty = next;
         self.measured_difficulty = next;
         if let Some(vardiff) = self.vardiff.as_mut() {
             vardiff.note_activity(now_s);
         }
-        true
+        self.settle()
     }
 
     /// The miner submitted a share (any, good or not): it is not silent.
@@ -407,7 +459,7 @@ impl WorkState {
             if self.sent_jobs.len() >= JOBS_REMEMBERED_MAX {
                 self.sent_jobs.remove(0);
             }
-            self.sent_jobs.push(SentJob::new(job_id, difficulty));
+            self.sent_jobs.push(SentJob::new(job, difficulty));
         }
     }
 
@@ -526,6 +578,14 @@ pub fn credit_share(
             })
         }
         Ok(_) => Err(Rejection::FilterFull),
+        Err(_) if job.network_target.is_met_by(pow) => {
+            // The claim stays (a scrypt one is settled as a block), so the block goes up
+            // once and a copy is refused as a duplicate.
+            if job.algorithm == otedama_kernels::Algorithm::Scrypt {
+                duplicates.settle(&job.content_key, &header_hash, pow, true);
+            }
+            Err(Rejection::BlockBelowShareTarget)
+        }
         Err(_) => {
             duplicates.remove(&job.content_key, &header_hash);
             Err(Rejection::LowDifficulty)
@@ -571,9 +631,9 @@ mod tests {
     }
 
     /// However a miner's difficulty is raised (its suggestion, vardiff, the operator), it
-    /// is held to at most the network's, and a hash exactly at the network target is taken
-    /// as a block and credited at the network's difficulty: the block is never lost to a
-    /// share target above it. A floor may stay above, and so may difficulties up to
+    /// is held to just under the network's, and a hash exactly at the network target is
+    /// taken as a block. When the network rises again, the miner gets back what the pool
+    /// wants for it. A floor may stay above, and so may difficulties up to
     /// `NETWORK_DIFFICULTY_CAP_MIN` on a test chain.
     #[test]
     fn a_miner_is_never_held_above_the_network_difficulty() {
@@ -583,32 +643,33 @@ mod tests {
             (network_difficulty - 16.0).abs() < 1e-3,
             "{network_difficulty}"
         );
+        let cap = network_difficulty * (1.0 - NETWORK_DIFFICULTY_CAP_MARGIN);
         let mut work = WorkState::new(1_000.0, 1e-6, None);
         assert!(work.retarget_before_job(&job, 0));
-        assert_eq!(work.difficulty(), network_difficulty);
-        // Within the network's difficulty, the target is never harder than the network's.
+        assert_eq!(work.difficulty(), cap);
+        // Under the network's difficulty, the target is never harder than the network's.
         assert!(work.share_target(job.algorithm) >= job.network_target);
         work.record_sent(&job, 0);
-        // Above it by suggestion or outright: still the network's.
+        // Above it by suggestion or outright: still capped.
         work.suggest_difficulty(1e6, DIFFICULTY_CHANGE_GRACE_S);
-        assert_eq!(work.difficulty(), network_difficulty);
+        assert_eq!(work.difficulty(), cap);
         work.set_difficulty(1e9);
-        assert_eq!(work.difficulty(), network_difficulty);
+        assert_eq!(work.difficulty(), cap);
         let terms = work.sent_job(1).unwrap().terms(DIFFICULTY_CHANGE_GRACE_S);
-        assert_eq!(terms.difficulty, network_difficulty);
+        assert_eq!(terms.difficulty, cap);
         // The hardest hash that is a block: exactly the network target.
         let pow = job.network_target.to_le_bytes();
         let mut duplicates = DuplicateFilter::default();
         claim_share(&job, [5; 32], &mut duplicates).unwrap();
         let credited = credit_share(&job, terms, [0; 80], [5; 32], &pow, &mut duplicates).unwrap();
         assert!(credited.valid.is_block);
-        assert_eq!(credited.difficulty, network_difficulty);
-        // A network that gets harder does not raise the miner by itself (vardiff does).
-        let harder = job_with_bits(2, 0x1d00_ffff);
-        assert!(!work.retarget_before_job(&harder, 100));
-        assert_eq!(work.difficulty(), network_difficulty);
-        work.set_difficulty(1_000.0);
-        assert_eq!(work.difficulty(), 1_000.0);
+        assert_eq!(credited.difficulty, cap);
+        // A network that gets harder gives the miner back what the pool wants (here the
+        // 1e9 set above), up to the new network's.
+        let harder = job_with_bits(2, 0x1b00_ffff);
+        assert!(harder.network_difficulty > 1e9);
+        assert!(work.retarget_before_job(&harder, 100));
+        assert_eq!(work.difficulty(), 1e9);
         // A floor above the network's stays: the operator's choice.
         let mut floored = WorkState::new(1.0, 32.0, None);
         floored.retarget_before_job(&job, 0);
@@ -622,6 +683,50 @@ mod tests {
         assert_eq!(on_regtest.difficulty(), NETWORK_DIFFICULTY_CAP_MIN);
         on_regtest.set_difficulty(0.01);
         assert_eq!(on_regtest.difficulty(), 0.01);
+    }
+
+    /// A job on an easier network that does not replace the ones held (not clean) caps
+    /// the miner by the easiest of them: Stratum V2's SetTarget covers every job a channel
+    /// holds, and a block on the older one must still be sent.
+    #[test]
+    fn the_easiest_network_among_the_jobs_held_caps_the_miner() {
+        let easy = job_with_bits(1, 0x1e0f_fff0);
+        let mut hard_template = template(2, false);
+        hard_template.bits = 0x1d00_ffff;
+        let hard = Job::new(hard_template).unwrap();
+        let mut work = WorkState::new(1e9, 1e-6, None);
+        work.retarget_before_job(&easy, 0);
+        work.record_sent(&easy, 0);
+        work.retarget_before_job(&hard, 1);
+        work.record_sent(&hard, 1);
+        assert!(work.difficulty() < easy.network_difficulty);
+        // A clean job replaces them all: its own network alone counts.
+        let clean = job_with_bits(3, 0x1d00_ffff);
+        work.retarget_before_job(&clean, 2);
+        assert!(work.difficulty() > 60_000.0, "{}", work.difficulty());
+    }
+
+    /// While the network caps a miner, vardiff's raises (it sees the share rate at the
+    /// cap) do not overwrite what the miner goes back to; its lowerings do.
+    #[test]
+    fn vardiff_under_the_cap_keeps_what_the_miner_goes_back_to() {
+        let vardiff = VardiffConfig {
+            difficulty_min: 1e-6,
+            ..VardiffConfig::default()
+        };
+        let mut work = WorkState::new(1_000.0, 1e-6, Some(vardiff));
+        let dip = job_with_bits(1, 0x1e0f_fff0);
+        work.retarget_before_job(&dip, 0);
+        let capped = work.difficulty();
+        assert!(capped < 16.0);
+        // A burst of shares at the cap: vardiff would raise, but the cap holds.
+        for _ in 0..crate::vardiff::VARDIFF_BURST_SHARES_MAX {
+            assert!(!work.on_share_durable(1));
+        }
+        assert_eq!(work.difficulty(), capped);
+        let back = job_with_bits(2, 0x1d00_ffff);
+        assert!(work.retarget_before_job(&back, 2));
+        assert_eq!(work.difficulty(), 1_000.0);
     }
 
     /// A difficulty capped at the network's goes through a float. For some bits (about one

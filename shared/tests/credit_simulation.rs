@@ -26,8 +26,10 @@ mod job_template;
 /// The network of most games: bits 0x1f0fffff, SHA256d difficulty about 2^-20, far above
 /// every difficulty the strategies ask for; about a hundred hashes of a game are blocks.
 const NETWORK_BITS: u32 = 0x1f0f_ffff;
-/// The network of `Strategy::AboveTheNetwork`: about 2^-26, one hash in 64 is a block.
-const EASY_NETWORK_BITS: u32 = 0x2003_ffff;
+/// The networks of `Strategy::AboveTheNetwork`, by block in turn: about 2^-26 (one hash
+/// in 64 is a block) for the first and third, 2^-25 for the second and fourth, so the cap
+/// follows the network up and down.
+const EASY_NETWORK_BITS: [u32; 2] = [0x2001_ffff, 0x2003_ffff];
 /// What `Strategy::AboveTheNetwork` asks for, far above `EASY_NETWORK_BITS`'s difficulty.
 const ABOVE_THE_NETWORK_DIFFICULTY: f64 = 1.0;
 /// The difficulty honest miners are given: 2^-29, where one hash in about eight meets the
@@ -123,11 +125,12 @@ struct Pool {
     duplicates: DuplicateFilter,
     next_job_id: u64,
     block_count: u8,
-    bits: u32,
+    /// The bits of even and odd blocks (the first is block 1).
+    bits: [u32; 2],
 }
 
 impl Pool {
-    fn new(bits: u32) -> Self {
+    fn new(bits: [u32; 2]) -> Self {
         let mut pool = Pool {
             jobs: JobBook::default(),
             duplicates: DuplicateFilter::default(),
@@ -143,7 +146,7 @@ impl Pool {
         self.block_count += 1;
         let mut template = job_template::template(self.next_job_id, true);
         template.prevhash = [self.block_count; 32];
-        template.bits = self.bits;
+        template.bits = self.bits[self.block_count as usize % 2];
         self.next_job_id += 1;
         self.publish(template)
     }
@@ -257,7 +260,7 @@ impl Miner {
     ) {
         let job = self.job.clone().expect("the miner has work");
         let target = Target::from_difficulty(Algorithm::Sha256d, submit_difficulty).unwrap();
-        let network_target = Target::from_compact(pool.bits).unwrap();
+        let network_target = pool.jobs.newest().unwrap().network_target;
         let extranonce2 = self.extranonce2.to_be_bytes();
         let ntime = job.ntime + (now_s - START_S) as u32;
         let mut header = job.header(&EXTRANONCE1, &extranonce2, ntime, job.version);
@@ -349,7 +352,7 @@ fn play(strategy: Strategy, seed: u64) -> Tally {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ strategy as u64);
     let mut pool = Pool::new(match strategy {
         Strategy::AboveTheNetwork => EASY_NETWORK_BITS,
-        _ => NETWORK_BITS,
+        _ => [NETWORK_BITS; 2],
     });
     let mut tally = Tally::default();
     let (mut miner, replies) = Miner::connect(&pool, &mut rng, START_S);

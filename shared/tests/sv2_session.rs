@@ -787,9 +787,15 @@ fn update_channel_cannot_buy_credit_above_the_work() {
     // After the grace: the old target is refused, the new one credited at the new one.
     let after_s = NOW_S + DIFFICULTY_CHANGE_GRACE_S;
     let another_low = only_low_from(only_low + 1);
-    assert_eq!(
-        submit(&mut h, 3, another_low, after_s),
-        Outcome::Rejected(error_code::DIFFICULTY_TOO_LOW)
+    // On regtest such a hash is also a block: then it goes up, but is credited no more.
+    let outcome = submit(&mut h, 3, another_low, after_s);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Rejected(error_code::DIFFICULTY_TOO_LOW)
+                | Outcome::BlockOnly(_, error_code::DIFFICULTY_TOO_LOW)
+        ),
+        "{outcome:?}"
     );
     let another_high = (high + 1..)
         .find(|n| {
@@ -1005,7 +1011,7 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
             assert_eq!(outcome, Outcome::Rejected(error_code::INVALID_CHANNEL_ID));
             continue;
         }
-        let Outcome::BlockOnly(block) = outcome else {
+        let Outcome::BlockOnly(block, _) = outcome else {
             panic!("{outcome:?}")
         };
         let mut coinbase = scrypt_template.coinbase_prefix.clone();
@@ -1021,10 +1027,10 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
     }
 }
 
-/// A channel is never held above the network's difficulty (`WorkState::bounded`): opened
-/// at a far higher start, its first target is the network target itself; when a job on
-/// an easier network comes, SetTarget moves it there before the job. Otherwise the miner
-/// would not send the blocks whose hashes fall between.
+/// A channel is never held above the network's difficulty (`WorkState::network_cap`):
+/// opened at a far higher start, its first target is just easier than the network target;
+/// when a job on an easier network comes, SetTarget moves it there before the job.
+/// Otherwise the miner would not send the blocks whose hashes fall between.
 #[test]
 fn a_channel_target_never_goes_above_the_network_target() {
     let with_bits = |job_id: u64, bits: u32| {
@@ -1042,7 +1048,12 @@ fn a_channel_target_never_goes_above_the_network_target() {
     let Message::OpenStandardMiningChannelSuccess(success) = out[0].message() else {
         panic!("{:?}", out[0].message())
     };
-    assert_eq!(success.target, first.network_target.to_le_bytes());
+    let just_easier = |target: &[u8; 32], job: &Job| {
+        let target = Target::from_le_bytes(target);
+        let ratio = target.to_difficulty(Algorithm::Sha256d) / job.network_difficulty;
+        target >= job.network_target && ratio > 1.0 - 1e-8
+    };
+    assert!(just_easier(&success.target, &first));
     assert!(out[1..]
         .iter()
         .all(|sent| !matches!(sent.message(), Message::SetTarget(_))));
@@ -1053,7 +1064,7 @@ fn a_channel_target_never_goes_above_the_network_target() {
     let Message::SetTarget(set) = out[0].message() else {
         panic!("{:?}", out[0].message())
     };
-    assert_eq!(set.maximum_target, easier.network_target.to_le_bytes());
+    assert!(just_easier(&set.maximum_target, &easier));
     // The channel is in a group: its job goes to the group.
     assert!(matches!(out[1].message(), Message::NewExtendedMiningJob(_)));
 }

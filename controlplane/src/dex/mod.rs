@@ -326,7 +326,7 @@ impl DexService {
             }
         }
         let applied = self.dex.exchange.applied();
-        if applied % SNAPSHOT_INTERVAL_COMMANDS == 0 {
+        if applied.is_multiple_of(SNAPSHOT_INTERVAL_COMMANDS) {
             if let Err(error) = self.dex.journal.save_snapshot(&self.dex.exchange) {
                 tracing::error!(%error, applied, "exchange snapshot failed; replay will be longer");
             }
@@ -561,7 +561,7 @@ fn price_ticks(spec: &MarketSpec, quote_units_per_coin: u64) -> Result<u64, DexE
 
 /// A quantity given in base minor units, in lots: refused unless a whole number of lots.
 fn lots(spec: &MarketSpec, base_units: u64) -> Result<u64, DexError> {
-    if base_units % spec.lot_size != 0 {
+    if !base_units.is_multiple_of(spec.lot_size) {
         return Err(DexError::Invalid(format!(
             "quantity must be a multiple of the lot size {}",
             coins_text(u128::from(spec.lot_size))

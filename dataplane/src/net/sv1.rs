@@ -255,6 +255,11 @@ pub(crate) fn apply_outcome(
             core.counters.refused(Refusal::ProtocolError, 1);
             return Err("not JSON");
         }
+        Outcome::BlockOnly(block) => {
+            core.counters.rejected(ErrorCode::LowDifficulty);
+            tracing::warn!(worker = %block.worker, "a block from a share below its share target: sent up, not credited");
+            core.send_block_up(*block);
+        }
         Outcome::NeedsPow(pending) => {
             // Counts against the miner's allowance like a share awaiting the disk, so a
             // flood of scrypt shares stops the reader too.

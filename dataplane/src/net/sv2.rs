@@ -424,10 +424,9 @@ pub(crate) fn apply_outcome(
                 pending,
             }));
         }
-        Outcome::BlockOnly(block) => {
-            core.counters
-                .rejected(counted_as(error_code::INVALID_CHANNEL_ID));
-            tracing::warn!(worker = %block.worker, "a block from a channel closed while its share was hashed: sent up, not credited");
+        Outcome::BlockOnly(block, code) => {
+            core.counters.rejected(counted_as(code));
+            tracing::warn!(worker = %block.worker, refused_with = code, "a block from a share that cannot be credited (its channel closed, or it missed the share target): sent up, not credited");
             core.send_block_up(*block);
         }
         Outcome::ShareAccepted(mut accepted) => {

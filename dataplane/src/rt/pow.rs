@@ -1,4 +1,5 @@
-//! Scrypt shares wait for the core's batch hasher (`SCRYPT_LANES_MAX` lanes at once),
+//! Scrypt shares wait for the core's batch hasher (`scrypt_lanes()` at once: 16 with
+//! AVX-512, 8 with AVX2),
 //! bounded by `SCRYPT_SHARES_QUEUED_PER_CORE_MAX`; SHA256d shares are validated inline.
 
 use super::*;
@@ -18,7 +19,8 @@ impl Core {
         }
     }
 
-    /// Hashes queued scrypt shares, up to `SCRYPT_LANES_MAX` at a time, and finishes them.
+    /// Hashes queued scrypt shares, as many at a time as the widest kernel takes, and
+    /// finishes them.
     /// The hasher runs after the tasks already woken (the readers), so shares that arrive
     /// together are hashed together; a lone share goes through the one-lane crate, which is
     /// cheaper than a mostly empty multi-lane pass.
@@ -26,6 +28,7 @@ impl Core {
         let mut batch: Vec<PowWork> = Vec::with_capacity(SCRYPT_LANES_MAX);
         let mut headers = Vec::with_capacity(SCRYPT_LANES_MAX);
         let mut pows = Vec::with_capacity(SCRYPT_LANES_MAX);
+        let lanes = otedama_kernels::scrypt::scrypt_lanes();
         loop {
             std::future::poll_fn(|cx| {
                 if self.pow_queue.borrow().is_empty() {
@@ -39,7 +42,7 @@ impl Core {
             futures_lite::future::yield_now().await;
             {
                 let mut queue = self.pow_queue.borrow_mut();
-                let take = queue.len().min(SCRYPT_LANES_MAX);
+                let take = queue.len().min(lanes);
                 batch.extend(queue.drain(..take));
             }
             headers.clear();

@@ -318,7 +318,7 @@ fn mine(
                 });
             }
             nonce = nonce.wrapping_add(1);
-            if nonce % check_every == 0 {
+            if nonce.is_multiple_of(check_every) {
                 shared.hashes.fetch_add(check_every as u64, Relaxed);
                 if shared.stop.load(Relaxed) || shared.generation.load(Relaxed) != work.generation {
                     break;

@@ -40,6 +40,10 @@ pub enum Outcome {
     /// `scrypt_pow(&pending.header)` (batched with others, if the glue likes) and pass it to
     /// `handle_pow`. Only with `SessionConfig::batch_scrypt`.
     NeedsPow(Box<PendingPow>),
+    /// A block from a share that cannot be credited: its hash missed the share target but
+    /// met the network's (`Rejection::BlockBelowShareTarget`). The low-difficulty refusal
+    /// is queued; the block is the pool's and goes to the node.
+    BlockOnly(Box<BlockCandidate>),
     /// Close this connection (the reason is for logs and counters).
     Close(CloseReason),
 }

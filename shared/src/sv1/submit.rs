@@ -149,9 +149,21 @@ impl Session {
             extranonce2,
             extranonce2_len,
         } = pending;
+        let extranonce2 = &extranonce2[..extranonce2_len];
         let CreditedShare { valid, difficulty } =
             match credit_share(&job, terms, header, header_hash, pow, duplicates) {
                 Ok(credited) => credited,
+                Err(Rejection::BlockBelowShareTarget) => {
+                    self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share");
+                    return Outcome::BlockOnly(Box::new(BlockCandidate {
+                        job_id,
+                        height: job.template.height,
+                        header: header.to_vec(),
+                        coinbase: job.coinbase(&self.config.extranonce1, extranonce2),
+                        worker,
+                        found_at_ms: now_s * 1000,
+                    }));
+                }
                 Err(Rejection::Duplicate) => {
                     return self.reject(&id, ErrorCode::Duplicate, "duplicate share")
                 }
@@ -162,7 +174,6 @@ impl Session {
                     return self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share")
                 }
             };
-        let extranonce2 = &extranonce2[..extranonce2_len];
         let block = valid.is_block.then(|| BlockCandidate {
             job_id,
             height: job.template.height,

@@ -91,7 +91,9 @@ pub fn rejection_code(rejection: Rejection) -> &'static str {
         Rejection::StaleJob => error_code::STALE_SHARE,
         Rejection::NtimeOutOfRange => error_code::INVALID_SHARE,
         Rejection::VersionBitsNotAllowed => error_code::VERSION_ROLLING_NOT_ALLOWED,
-        Rejection::LowDifficulty => error_code::DIFFICULTY_TOO_LOW,
+        Rejection::LowDifficulty | Rejection::BlockBelowShareTarget => {
+            error_code::DIFFICULTY_TOO_LOW
+        }
         Rejection::Duplicate => error_code::DUPLICATE_SHARE,
         Rejection::FilterFull => error_code::SHARE_FILTER_FULL,
     }
@@ -116,10 +118,11 @@ pub enum Outcome {
     ShareAccepted(Box<AcceptedShare>),
     /// Compute `scrypt_pow(&pending.header)` and pass it to `handle_pow`.
     NeedsPow(Box<PendingPow>),
-    /// A block from a share that can no longer be credited: its channel closed while the
-    /// share was hashed. Nothing is stored for the miner (the refusal is queued), but the
-    /// block is the pool's and goes to the node.
-    BlockOnly(Box<BlockCandidate>),
+    /// A block from a share that cannot be credited: its channel closed while the share
+    /// was hashed, or its hash missed the share target but met the network's
+    /// (`Rejection::BlockBelowShareTarget`). Nothing is stored for the miner (the refusal,
+    /// with this code, is queued), but the block is the pool's and goes to the node.
+    BlockOnly(Box<BlockCandidate>, &'static str),
     /// End the connection; the reason is for logs.
     Close(&'static str),
 }
@@ -846,23 +849,44 @@ impl Session {
         // credited, but a block it found is still sent up.
         let Some(index) = self.channel_index(channel_id) else {
             let refused = self.reject(channel_id, sequence_number, error_code::INVALID_CHANNEL_ID);
-            let is_block = credit_share(&job, terms, header, header_hash, pow, duplicates)
-                .is_ok_and(|credited| credited.valid.is_block);
+            let is_block = match credit_share(&job, terms, header, header_hash, pow, duplicates) {
+                Ok(credited) => credited.valid.is_block,
+                Err(rejection) => rejection == Rejection::BlockBelowShareTarget,
+            };
             if !is_block {
                 return refused;
             }
-            return Outcome::BlockOnly(Box::new(BlockCandidate {
-                job_id: terms.job_id,
-                height: job.template.height,
-                header: header.to_vec(),
-                coinbase: job.coinbase(&extranonce_prefix, &extranonce2),
-                worker,
-                found_at_ms: now_s * 1000,
-            }));
+            return Outcome::BlockOnly(
+                Box::new(BlockCandidate {
+                    job_id: terms.job_id,
+                    height: job.template.height,
+                    header: header.to_vec(),
+                    coinbase: job.coinbase(&extranonce_prefix, &extranonce2),
+                    worker,
+                    found_at_ms: now_s * 1000,
+                }),
+                error_code::INVALID_CHANNEL_ID,
+            );
         };
         let CreditedShare { valid, difficulty } =
             match credit_share(&job, terms, header, header_hash, pow, duplicates) {
                 Ok(credited) => credited,
+                Err(Rejection::BlockBelowShareTarget) => {
+                    let code = rejection_code(Rejection::BlockBelowShareTarget);
+                    self.reject(channel_id, sequence_number, code);
+                    let channel = &self.channels[index];
+                    return Outcome::BlockOnly(
+                        Box::new(BlockCandidate {
+                            job_id: terms.job_id,
+                            height: job.template.height,
+                            header: header.to_vec(),
+                            coinbase: job.coinbase(&channel.extranonce_prefix, &extranonce2),
+                            worker: channel.worker.clone(),
+                            found_at_ms: now_s * 1000,
+                        }),
+                        code,
+                    );
+                }
                 Err(rejection) => {
                     return self.reject(channel_id, sequence_number, rejection_code(rejection))
                 }
