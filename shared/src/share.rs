@@ -176,6 +176,53 @@ pub struct BlockCandidate {
     pub found_at_ms: u64,
 }
 
+/// A block from a share that earns nothing: its hash missed the share target but met the
+/// network's (`work::Rejection::BlockBelowShareTarget`), or its Stratum V2 channel closed
+/// while it was hashed. The block goes up, and its record, credited at difficulty 0, goes
+/// to the share log, so that a candidate lost on the way is found there again like any
+/// other block.
+#[derive(Debug, PartialEq)]
+pub struct UncreditedBlock {
+    pub record: ShareRecord,
+    pub block: BlockCandidate,
+}
+
+impl UncreditedBlock {
+    /// The record and candidate of a block found on `job` with this header and proof of
+    /// work, at `now_s`.
+    pub fn new(
+        job: &Job,
+        header: [u8; 80],
+        pow: &[u8; 32],
+        worker: String,
+        (extranonce1, extranonce2): (&[u8], &[u8]),
+        now_s: u64,
+    ) -> Self {
+        UncreditedBlock {
+            block: BlockCandidate {
+                job_id: job.job_id(),
+                height: job.template.height,
+                header: header.to_vec(),
+                coinbase: job.coinbase(extranonce1, extranonce2),
+                worker: worker.clone(),
+                found_at_ms: now_s * 1000,
+            },
+            record: ShareRecord {
+                accepted_at_ms: now_s * 1000,
+                job_id: job.job_id(),
+                height: job.template.height,
+                worker,
+                difficulty: 0.0,
+                achieved_difficulty: Target::hash_difficulty(job.algorithm, pow),
+                is_block: true,
+                header,
+                extranonce1: extranonce1.to_vec(),
+                extranonce2: extranonce2.to_vec(),
+            },
+        }
+    }
+}
+
 /// One accepted share as the share log stores it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShareRecord {

@@ -1036,7 +1036,8 @@ fn set_difficulty_follows_the_network_below_the_miners_difficulty() {
 
 /// A hash that misses the miner's target but meets the network's (here regtest, where the
 /// miner is held at difficulty 1 and one hash in two is a block) is a block: refused as
-/// low difficulty and not credited, but handed up as a block, once; a copy is a duplicate.
+/// low difficulty and not credited, but handed up as a block with a record at difficulty
+/// 0 for the share log, once; a copy is a duplicate.
 #[test]
 fn a_block_below_the_share_target_goes_up_uncredited() {
     let mut h = Harness::new(1.0);
@@ -1052,10 +1053,13 @@ fn a_block_below_the_share_target_goes_up_uncredited() {
     );
     let line = submit_line(7, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
     let (outcome, out) = h.send(&line);
-    let Outcome::BlockOnly(block) = outcome else {
+    let Outcome::BlockOnly(uncredited) = outcome else {
         panic!("{outcome:?}")
     };
-    assert_eq!(block.worker, "addr.rig");
+    assert_eq!(uncredited.block.worker, "addr.rig");
+    assert_eq!(uncredited.record.difficulty, 0.0);
+    assert!(uncredited.record.is_block);
+    assert_eq!(uncredited.record.header[..], uncredited.block.header[..]);
     assert_eq!(error_code(&out[0]), Some(23), "{out:?}");
     let (outcome, out) = h.send(&line);
     assert_eq!(outcome, Outcome::Rejected(ErrorCode::Duplicate));

@@ -1011,9 +1011,12 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
             assert_eq!(outcome, Outcome::Rejected(error_code::INVALID_CHANNEL_ID));
             continue;
         }
-        let Outcome::BlockOnly(block, _) = outcome else {
+        let Outcome::BlockOnly(uncredited, code) = outcome else {
             panic!("{outcome:?}")
         };
+        assert_eq!(code, error_code::INVALID_CHANNEL_ID);
+        assert_eq!(uncredited.record.difficulty, 0.0);
+        let block = uncredited.block;
         let mut coinbase = scrypt_template.coinbase_prefix.clone();
         coinbase.extend_from_slice(&channel.extranonce);
         coinbase.extend_from_slice(&scrypt_template.coinbase_suffix);

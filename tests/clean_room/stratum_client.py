@@ -86,11 +86,21 @@ def pow_value(header):
     return int.from_bytes(digest, "little")
 
 
+def network_target(job):
+    bits = int(job[6], 16)
+    return (bits & 0xFFFFFF) << (8 * ((bits >> 24) - 3))
+
+
 def find_nonce(job, extranonce1, extranonce2, difficulty, want_valid=True):
+    """A nonce that meets the share target, or (want_valid=False) one that meets neither it
+    nor the network's: on regtest a hash below the share target is often a block, which the
+    pool rightly submits though it refuses the share."""
     target = int(DIFF1_SCRYPT / difficulty)
     for nonce in range(0, 1 << 32):
-        valid = pow_value(header_for(job, extranonce1, extranonce2, nonce)) <= target
-        if valid == want_valid:
+        value = pow_value(header_for(job, extranonce1, extranonce2, nonce))
+        if want_valid and value <= target:
+            return nonce
+        if not want_valid and value > target and value > network_target(job):
             return nonce
     raise RuntimeError("nonce space exhausted")
 

@@ -255,10 +255,10 @@ pub(crate) fn apply_outcome(
             core.counters.refused(Refusal::ProtocolError, 1);
             return Err("not JSON");
         }
-        Outcome::BlockOnly(block) => {
+        Outcome::BlockOnly(uncredited) => {
             core.counters.rejected(ErrorCode::LowDifficulty);
-            tracing::warn!(worker = %block.worker, "a block from a share below its share target: sent up, not credited");
-            core.send_block_up(*block);
+            tracing::warn!(worker = %uncredited.block.worker, "a block from a share below its share target: sent up and recorded, not credited");
+            core.store_uncredited_block(connection.clone(), *uncredited, Protocol::V1);
         }
         Outcome::NeedsPow(pending) => {
             // Counts against the miner's allowance like a share awaiting the disk, so a
@@ -281,6 +281,7 @@ pub(crate) fn apply_outcome(
                     }),
                     protocol: Protocol::V1,
                     validated_at,
+                    credited: true,
                 });
             } else {
                 session.handle_share_store_failed(&accepted.request_id);

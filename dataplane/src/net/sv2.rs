@@ -424,10 +424,11 @@ pub(crate) fn apply_outcome(
                 pending,
             }));
         }
-        Outcome::BlockOnly(block, code) => {
+        Outcome::BlockOnly(uncredited, code) => {
             core.counters.rejected(counted_as(code));
-            tracing::warn!(worker = %block.worker, refused_with = code, "a block from a share that cannot be credited (its channel closed, or it missed the share target): sent up, not credited");
-            core.send_block_up(*block);
+            tracing::warn!(worker = %uncredited.block.worker, refused_with = code, "a block from a share that cannot be credited (its channel closed, or it missed the share target): sent up and recorded, not credited");
+            let protocol = connection.protocol();
+            core.store_uncredited_block(connection.clone().peer(), *uncredited, protocol);
         }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
@@ -441,6 +442,7 @@ pub(crate) fn apply_outcome(
                     }),
                     protocol: connection.protocol(),
                     validated_at,
+                    credited: true,
                 });
             } else {
                 connection

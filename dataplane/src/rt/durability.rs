@@ -94,6 +94,31 @@ impl Core {
         true
     }
 
+    /// A block from a share that earns nothing (`UncreditedBlock`): the block goes up at
+    /// once, and its record (difficulty 0) to the share log, where a candidate lost on the
+    /// way is found again. The miner's refusal is already queued; nothing more is said to
+    /// it when the record is durable.
+    pub fn store_uncredited_block(
+        &self,
+        peer: Peer,
+        uncredited: UncreditedBlock,
+        protocol: Protocol,
+    ) {
+        let validated_at = std::time::Instant::now();
+        if self.store_share(
+            peer.awaiting_ack(),
+            &uncredited.record,
+            Some(uncredited.block),
+        ) {
+            self.await_durability(AwaitingAck {
+                share: Box::new(UncreditedOnDisk { peer }),
+                protocol,
+                validated_at,
+                credited: false,
+            });
+        }
+    }
+
     /// Sends a block candidate to the control plane at once, or holds it for resending if
     /// the upstream queue is full.
     pub fn send_block_up(&self, block: BlockCandidate) {
@@ -158,13 +183,16 @@ impl Core {
                 share,
                 protocol,
                 validated_at,
+                credited,
             }) = self.awaiting.borrow_mut().pop_front()
             else {
                 tracing::error!("share log completed more shares than this core sent");
                 break;
             };
             let (difficulty, peer) = share.answer(done.result.is_ok(), now_s, &self.jobs.borrow());
-            if done.result.is_ok() {
+            if !credited {
+                // An uncredited block's record: counted as refused when it was found.
+            } else if done.result.is_ok() {
                 self.counters.accepted(difficulty, protocol);
                 self.counters.acknowledged(micros(validated_at, now));
                 queue.record(micros(validated_at, done.taken_at), 1);
@@ -183,6 +211,20 @@ impl Core {
             reply.record(micros(now, std::time::Instant::now()), done.shares as u64);
         }
         self.awaiting_durability.give_back(done.shares);
+    }
+}
+
+/// The record of an uncredited block on its way to the disk: nothing to tell the miner.
+struct UncreditedOnDisk {
+    peer: Peer,
+}
+
+impl AwaitingDisk for UncreditedOnDisk {
+    fn answer(self: Box<Self>, durable: bool, _now_s: u64, _jobs: &JobBook) -> (f64, Peer) {
+        if !durable {
+            tracing::error!("the record of an uncredited block could not be stored; the block went up, but a restart before its submission loses it");
+        }
+        (0.0, self.peer)
     }
 }
 

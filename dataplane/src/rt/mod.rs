@@ -25,7 +25,7 @@ use std::time::Duration;
 use otedama_shared::bans::BanList;
 use otedama_shared::error_code::ErrorCode;
 use otedama_shared::ipc::Upstream;
-use otedama_shared::share::BlockCandidate;
+use otedama_shared::share::{BlockCandidate, UncreditedBlock};
 use otedama_shared::work::FrontEndConfig;
 use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
 
@@ -149,6 +149,9 @@ pub struct AwaitingAck {
     pub protocol: Protocol,
     /// When the share passed validation, for the acknowledgement latency histogram.
     pub validated_at: std::time::Instant,
+    /// `false` for the record of an uncredited block (`Core::store_uncredited_block`):
+    /// not counted as accepted or acknowledged.
+    pub credited: bool,
 }
 
 /// A scrypt share waiting for the core's batch hasher, with the session that finishes it.

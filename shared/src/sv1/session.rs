@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::{empty_outbox, WORKERS_PER_CONNECTION_MAX};
-use crate::share::{BlockCandidate, DuplicateFilter, ShareRecord};
+use crate::share::{BlockCandidate, DuplicateFilter, ShareRecord, UncreditedBlock};
 use crate::work::{vet_worker_name, FrontEndConfig, ShareTerms, WorkState};
 
 use super::request::{parse_borrowed, RequestId};
@@ -43,7 +43,7 @@ pub enum Outcome {
     /// A block from a share that cannot be credited: its hash missed the share target but
     /// met the network's (`Rejection::BlockBelowShareTarget`). The low-difficulty refusal
     /// is queued; the block is the pool's and goes to the node.
-    BlockOnly(Box<BlockCandidate>),
+    BlockOnly(Box<UncreditedBlock>),
     /// Close this connection (the reason is for logs and counters).
     Close(CloseReason),
 }

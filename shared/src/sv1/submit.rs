@@ -17,7 +17,7 @@ use crate::JobBook;
 use super::request::RequestId;
 use super::session::{AcceptedShare, Outcome, PendingPow, Session};
 use super::{job_id_from_stratum, ErrorCode};
-use crate::share::BlockCandidate;
+use crate::share::{BlockCandidate, UncreditedBlock};
 
 /// The reply to a share the duplicate filter cannot take: its job's shares fill the filter
 /// and this one proves less work than those it keeps. Not a duplicate as far as anyone
@@ -155,14 +155,14 @@ impl Session {
                 Ok(credited) => credited,
                 Err(Rejection::BlockBelowShareTarget) => {
                     self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share");
-                    return Outcome::BlockOnly(Box::new(BlockCandidate {
-                        job_id,
-                        height: job.template.height,
-                        header: header.to_vec(),
-                        coinbase: job.coinbase(&self.config.extranonce1, extranonce2),
+                    return Outcome::BlockOnly(Box::new(UncreditedBlock::new(
+                        &job,
+                        header,
+                        pow,
                         worker,
-                        found_at_ms: now_s * 1000,
-                    }));
+                        (&self.config.extranonce1, extranonce2),
+                        now_s,
+                    )));
                 }
                 Err(Rejection::Duplicate) => {
                     return self.reject(&id, ErrorCode::Duplicate, "duplicate share")

@@ -31,8 +31,8 @@ use otedama_kernels::{Algorithm, Target};
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::{empty_outbox, EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, JOBS_REMEMBERED_MAX};
-use crate::share::BlockCandidate;
 use crate::share::{build_header, header_from_root, merkle_root, pow_hash, ShareRecord};
+use crate::share::{BlockCandidate, UncreditedBlock};
 use crate::share::{DuplicateFilter, ShareSubmission};
 use crate::work::{
     check_ntime, check_version, claim_share, credit_share, vet_worker_name, CreditedShare,
@@ -122,7 +122,7 @@ pub enum Outcome {
     /// was hashed, or its hash missed the share target but met the network's
     /// (`Rejection::BlockBelowShareTarget`). Nothing is stored for the miner (the refusal,
     /// with this code, is queued), but the block is the pool's and goes to the node.
-    BlockOnly(Box<BlockCandidate>, &'static str),
+    BlockOnly(Box<UncreditedBlock>, &'static str),
     /// End the connection; the reason is for logs.
     Close(&'static str),
 }
@@ -857,14 +857,14 @@ impl Session {
                 return refused;
             }
             return Outcome::BlockOnly(
-                Box::new(BlockCandidate {
-                    job_id: terms.job_id,
-                    height: job.template.height,
-                    header: header.to_vec(),
-                    coinbase: job.coinbase(&extranonce_prefix, &extranonce2),
+                Box::new(UncreditedBlock::new(
+                    &job,
+                    header,
+                    pow,
                     worker,
-                    found_at_ms: now_s * 1000,
-                }),
+                    (&extranonce_prefix, &extranonce2),
+                    now_s,
+                )),
                 error_code::INVALID_CHANNEL_ID,
             );
         };
@@ -876,14 +876,14 @@ impl Session {
                     self.reject(channel_id, sequence_number, code);
                     let channel = &self.channels[index];
                     return Outcome::BlockOnly(
-                        Box::new(BlockCandidate {
-                            job_id: terms.job_id,
-                            height: job.template.height,
-                            header: header.to_vec(),
-                            coinbase: job.coinbase(&channel.extranonce_prefix, &extranonce2),
-                            worker: channel.worker.clone(),
-                            found_at_ms: now_s * 1000,
-                        }),
+                        Box::new(UncreditedBlock::new(
+                            &job,
+                            header,
+                            pow,
+                            channel.worker.clone(),
+                            (&channel.extranonce_prefix, &extranonce2),
+                            now_s,
+                        )),
                         code,
                     );
                 }
