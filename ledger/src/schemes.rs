@@ -127,6 +127,10 @@ pub fn pplns_weights<'a>(
             break;
         }
         let units = work_units(share.difficulty).min(window_units - counted);
+        if units == 0 {
+            // An uncredited block's record (difficulty 0): no work to count.
+            continue;
+        }
         counted += units;
         *weights.entry(share.address.clone()).or_insert(0) += units;
     }
@@ -139,7 +143,10 @@ pub fn prop_weights<'a>(
 ) -> BTreeMap<String, u128> {
     let mut weights = BTreeMap::new();
     for share in shares {
-        *weights.entry(share.address.clone()).or_insert(0) += work_units(share.difficulty);
+        let units = work_units(share.difficulty);
+        if units > 0 {
+            *weights.entry(share.address.clone()).or_insert(0) += units;
+        }
     }
     weights
 }
@@ -154,7 +161,12 @@ pub fn pplnt_weights(
 ) -> BTreeMap<String, u128> {
     let round_ms = round_end_ms.saturating_sub(round_start_ms).max(1);
     let mut spans: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for share in shares {
+    // Presence comes from shares of work only: an uncredited block's record (difficulty
+    // 0, nearly free on a cheap chain) must not open a miner's span.
+    for share in shares
+        .iter()
+        .filter(|share| work_units(share.difficulty) > 0)
+    {
         let span = spans
             .entry(&share.address)
             .or_insert((share.accepted_at_ms, share.accepted_at_ms));
@@ -448,6 +460,26 @@ mod tests {
             1000,
         );
         assert_eq!(split.credits, credits(&[("a", 2000), ("b", 200)]));
+        // Uncredited block records (difficulty 0) of b early in the round give b no
+        // presence and no weight.
+        let with_records = [
+            share("a", 1.0, 1000),
+            share("b", 1.0, 1000),
+            share("b", 1.0, 900),
+            share("b", 0.0, 2),
+            share("a", 1.0, 1),
+        ];
+        let split_with_records = super::tests::split(
+            Scheme::Pplnt { presence_min: 0.5 },
+            2200,
+            0,
+            "a",
+            &with_records,
+            1.0,
+            0,
+            1000,
+        );
+        assert_eq!(split_with_records.credits, split.credits);
     }
 
     /// Rounds are half-open, (start, end]: a share in the millisecond (or, with the data

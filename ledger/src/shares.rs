@@ -224,7 +224,8 @@ impl ShareHistory {
             if share.accepted_at_ms <= since {
                 break;
             }
-            if share.accepted_at_ms > now_ms {
+            // Not a share: an uncredited block's record.
+            if share.accepted_at_ms > now_ms || share.difficulty <= 0.0 {
                 continue;
             }
             let miner = miners.entry(share.address.clone()).or_default();

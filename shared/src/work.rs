@@ -581,8 +581,9 @@ pub fn credit_share(
         Err(_) if job.network_target.is_met_by(pow) => {
             // The claim stays (a scrypt one is settled as a block), so the block goes up
             // once and a copy is refused as a duplicate. A scrypt block the filter cannot
-            // keep (its blocks of this tip at their bound, under the floor) is refused as
-            // an accepted one would be: sent up, a copy could be claimed and sent again.
+            // keep (its blocks of this tip at their bound, under the floor: regtest only)
+            // is refused and not sent, as an accepted one would be: were it sent, a copy
+            // could be claimed and sent again.
             if job.algorithm == otedama_kernels::Algorithm::Scrypt
                 && !duplicates.settle(&job.content_key, &header_hash, pow, true)
             {

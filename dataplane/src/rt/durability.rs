@@ -116,6 +116,8 @@ impl Core {
                 validated_at,
                 credited: false,
             });
+        } else {
+            tracing::error!("the record of an uncredited block could not be stored; the block went up, but a restart before its submission loses it");
         }
     }
 
