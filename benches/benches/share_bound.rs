@@ -48,17 +48,7 @@ fn session_path(job: &std::sync::Arc<Job>, shares: u32) -> f64 {
     let mut session = Session::new(SessionConfig {
         extranonce1: vec![1, 2, 3, 4],
         extranonce2_size: 4,
-        front_end: FrontEndConfig {
-            start_difficulty: 1e-10,
-            difficulty_min: 1e-10,
-            version_rolling_mask: 0x1fff_e000,
-            algorithm: Algorithm::Sha256d,
-            vardiff: None,
-            batch_scrypt: false,
-            network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
-            payout_address_rule: None,
-            bans: Default::default(),
-        },
+        front_end: FrontEndConfig::plain(Algorithm::Sha256d, 1e-10, 1e-10),
     });
     let mut duplicates = DuplicateFilter::default();
     let send = |session: &mut Session, line: &[u8], duplicates: &mut DuplicateFilter| {

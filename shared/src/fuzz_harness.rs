@@ -99,18 +99,11 @@ pub fn sv1_session(data: &[u8]) {
         extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
         extranonce2_size: 4,
         front_end: FrontEndConfig {
-            start_difficulty: 1e-10,
-            difficulty_min: 1e-10,
-            version_rolling_mask: 0x1fff_e000,
-            algorithm: Algorithm::Sha256d,
             vardiff: Some(crate::vardiff::VardiffConfig {
                 difficulty_min: 1e-10,
                 ..Default::default()
             }),
-            batch_scrypt: false,
-            network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
-            payout_address_rule: None,
-            bans: Default::default(),
+            ..FrontEndConfig::plain(Algorithm::Sha256d, 1e-10, 1e-10)
         },
     });
     for (index, line) in data.split(|b| *b == b'\n').enumerate() {
@@ -169,15 +162,8 @@ pub fn sv2_server_session(data: &[u8]) {
     let jobs = jobs();
     let mut duplicates = DuplicateFilter::default();
     let mut session = ServerSession::new(FrontEndConfig {
-        start_difficulty: 1e-10,
-        difficulty_min: 1e-10,
-        version_rolling_mask: 0x1fff_e000,
-        algorithm: Algorithm::Sha256d,
         vardiff: Some(Default::default()),
-        batch_scrypt: false,
-        network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
-        payout_address_rule: None,
-        bans: Default::default(),
+        ..FrontEndConfig::plain(Algorithm::Sha256d, 1e-10, 1e-10)
     });
     let mut next_prefix = 0u32;
     let mut allocate = || {

@@ -49,6 +49,25 @@ pub struct FrontEndConfig {
     pub bans: Arc<BanList>,
 }
 
+impl FrontEndConfig {
+    /// The plainest terms for `algorithm`: this start and floor, the common version mask
+    /// (0x1fffe000), no vardiff, no batching, no payout-address rule, no bans. Tests,
+    /// benches and fuzz targets start here and change what they are about.
+    pub fn plain(algorithm: Algorithm, start_difficulty: f64, difficulty_min: f64) -> Self {
+        FrontEndConfig {
+            start_difficulty,
+            difficulty_min,
+            version_rolling_mask: 0x1fff_e000,
+            algorithm,
+            vardiff: None,
+            batch_scrypt: false,
+            network_difficulty_cap_min: NETWORK_DIFFICULTY_CAP_MIN,
+            payout_address_rule: None,
+            bans: Default::default(),
+        }
+    }
+}
+
 /// Why a share was refused, before it is put into a protocol's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {

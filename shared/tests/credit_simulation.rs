@@ -182,15 +182,10 @@ impl Miner {
             extranonce1: EXTRANONCE1.to_vec(),
             extranonce2_size: 4,
             front_end: FrontEndConfig {
-                start_difficulty: BASE_DIFFICULTY,
-                difficulty_min: 1e-10,
-                version_rolling_mask: 0x1fff_e000,
-                algorithm: Algorithm::Sha256d,
-                vardiff: None,
-                batch_scrypt: false,
+                // The games' networks are far below difficulty 1 (a simulation cannot
+                // mine there): the cap follows them all the way down.
                 network_difficulty_cap_min: otedama_shared::limits::DIFFICULTY_MIN,
-                payout_address_rule: None,
-                bans: Default::default(),
+                ..FrontEndConfig::plain(Algorithm::Sha256d, BASE_DIFFICULTY, 1e-10)
             },
         });
         let mut miner = Miner {

@@ -34,17 +34,11 @@ fn config(start_difficulty: f64) -> SessionConfig {
     SessionConfig {
         extranonce1: vec![0xde, 0xad, 0xbe, 0xef],
         extranonce2_size: 4,
-        front_end: FrontEndConfig {
+        front_end: FrontEndConfig::plain(
+            Algorithm::Sha256d,
             start_difficulty,
-            difficulty_min: DIFFICULTY_FLOOR_FOR_TESTS,
-            version_rolling_mask: 0x1fff_e000,
-            algorithm: Algorithm::Sha256d,
-            vardiff: None,
-            batch_scrypt: false,
-            network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
-            payout_address_rule: None,
-            bans: Default::default(),
-        },
+            DIFFICULTY_FLOOR_FOR_TESTS,
+        ),
     }
 }
 

@@ -28,17 +28,7 @@ mod job_template;
 use job_template::template;
 
 fn config(start_difficulty: f64) -> FrontEndConfig {
-    FrontEndConfig {
-        start_difficulty,
-        difficulty_min: 1e-9,
-        version_rolling_mask: 0x1fff_e000,
-        algorithm: Algorithm::Sha256d,
-        vardiff: None,
-        batch_scrypt: false,
-        network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
-        payout_address_rule: None,
-        bans: Default::default(),
-    }
+    FrontEndConfig::plain(Algorithm::Sha256d, start_difficulty, 1e-9)
 }
 
 /// A frame the session sent, kept as bytes and decoded on demand.
@@ -964,7 +954,6 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
         let mut h = Harness::new(FrontEndConfig {
             algorithm: Algorithm::Scrypt,
             batch_scrypt: true,
-            network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
             ..config(EASY)
         });
         h.jobs = JobBook::default();

@@ -419,17 +419,7 @@ mod tests {
         let mut session = Session::new(SessionConfig {
             extranonce1: vec![0; 4],
             extranonce2_size: 4,
-            front_end: FrontEndConfig {
-                start_difficulty: 1.0,
-                difficulty_min: 1.0,
-                version_rolling_mask: 0,
-                algorithm: otedama_kernels::Algorithm::Sha256d,
-                vardiff: None,
-                batch_scrypt: false,
-                network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
-                payout_address_rule: None,
-                bans: Default::default(),
-            },
+            front_end: FrontEndConfig::plain(otedama_kernels::Algorithm::Sha256d, 1.0, 1.0),
         });
         session.outbox = Vec::with_capacity(OUTBOX_KEEP_BYTES_MAX);
         session.outbox.push(b'x');

@@ -1017,17 +1017,11 @@ mod outbox_tests {
     /// exactly that is kept, one byte more is given back.
     #[test]
     fn the_outbox_kept_between_flushes_holds_its_limit() {
-        let mut session = Session::new(FrontEndConfig {
-            start_difficulty: 1.0,
-            difficulty_min: 1.0,
-            version_rolling_mask: 0,
-            algorithm: otedama_kernels::Algorithm::Sha256d,
-            vardiff: None,
-            batch_scrypt: false,
-            network_difficulty_cap_min: crate::limits::NETWORK_DIFFICULTY_CAP_MIN,
-            payout_address_rule: None,
-            bans: Default::default(),
-        });
+        let mut session = Session::new(FrontEndConfig::plain(
+            otedama_kernels::Algorithm::Sha256d,
+            1.0,
+            1.0,
+        ));
         session.outbox = Vec::with_capacity(OUTBOX_KEEP_BYTES_MAX);
         session.outbox.push(1);
         session.transmitted();
