@@ -62,12 +62,13 @@ pub const DIFFICULTY_MIN: f64 = 1e-10;
 pub const DIFFICULTY_MAX: f64 = 1e15;
 
 /// The lowest network difficulty a miner's difficulty is capped at
-/// (`WorkState::bounded`). Above it, a miner is never held above the network's difficulty,
-/// or it would not send the blocks whose hashes fall between. Below it is a test chain:
-/// regtest (where one hash in two is a block) or a testnet's minimum-difficulty blocks.
-/// Capping there would make every share a block and flood the node, so a miner may be
-/// held up to difficulty 1 (2^32 SHA256d hashes, 65,536 scrypt hashes), as ckpool does.
-/// The main chains this pool mines are many orders of magnitude above it.
+/// (`WorkState::network_cap`). Above it, a miner is never held above the network's
+/// difficulty, or it would not send the blocks whose hashes fall between. Below it is a
+/// test chain such as regtest, where one hash in two is a block: capping there would make
+/// every share a block and flood the node, so a miner may be held up to difficulty 1 (2^32
+/// SHA256d hashes, 65,536 scrypt hashes). The main chains this pool mines, and their
+/// testnets' minimum difficulties (1 for Bitcoin's, 16 in scrypt's units for Litecoin's),
+/// are at or above it.
 pub const NETWORK_DIFFICULTY_CAP_MIN: f64 = 1.0;
 
 /// How many times more a share at the default floor costs the miner than it costs the pool.

@@ -37,7 +37,7 @@ pub struct FrontEndConfig {
     /// (the core's batch hasher); off, the session hashes each share itself.
     pub batch_scrypt: bool,
     /// The network difficulty below which a chain counts as a test chain and a miner's
-    /// difficulty is capped at this instead (`WorkState::bounded`): normally
+    /// difficulty is capped at this instead (`WorkState::network_cap`): normally
     /// `limits::NETWORK_DIFFICULTY_CAP_MIN`; simulations that cannot mine at difficulty 1
     /// set it lower.
     pub network_difficulty_cap_min: f64,
@@ -624,7 +624,7 @@ pub fn share_target(algorithm: Algorithm, difficulty: f64) -> Target {
 
 /// The target of a difficulty on a network of the given difficulty and target. At or
 /// below the network's difficulty it is never harder than the network target: a
-/// difficulty capped at the network's (`WorkState::bounded`) goes through a float, and
+/// difficulty capped at the network's (`WorkState::network_cap`) goes through a float, and
 /// the round trip could make its target a hair harder than the network's, refusing (and
 /// telling a miner not to send) a hash that is a block.
 pub fn share_target_within_network(

@@ -145,7 +145,7 @@ pub(crate) fn template_loop(
                     network_difficulty,
                 });
                 // Miners are held to at most the network's difficulty, except by the
-                // floor (`WorkState::bounded`): one above it loses the blocks between.
+                // floor (`WorkState::network_cap`): one above it loses the blocks between.
                 let floor = config.difficulty_floor();
                 let above =
                     network_difficulty >= NETWORK_DIFFICULTY_CAP_MIN && floor > network_difficulty;
