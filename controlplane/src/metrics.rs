@@ -182,11 +182,7 @@ pub fn render(state: &ApiState) -> String {
         "otedama_share_ack_latency_seconds",
         "",
         &ACK_LATENCY_BUCKETS_S,
-        &LatencyTotals {
-            buckets: totals.ack_latency_buckets.clone(),
-            count: totals.ack_latency_count,
-            sum_us: totals.ack_latency_sum_us,
-        },
+        &totals.ack_latency,
     );
     out.family(
         "otedama_share_ack_stage_seconds",

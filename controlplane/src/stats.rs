@@ -100,9 +100,7 @@ pub struct PoolTotals {
     pub block_candidates: u64,
     pub quic_datagrams_forwarded: u64,
     /// Summed over data planes, as in `DataplaneCounters`.
-    pub ack_latency_buckets: Vec<u64>,
-    pub ack_latency_count: u64,
-    pub ack_latency_sum_us: u64,
+    pub ack_latency: otedama_shared::ipc::LatencyTotals,
     /// By stage, in `otedama_shared::ipc::ACK_STAGES` order.
     pub ack_stages: Vec<otedama_shared::ipc::LatencyTotals>,
     /// Data-plane refusals by reason (`otedama_shared::ipc::Refusal`).
@@ -191,18 +189,11 @@ impl PoolState {
             for (total, stage) in totals.ack_stages.iter_mut().zip(&counters.ack_stages) {
                 total.add(stage);
             }
-            totals.ack_latency_count += counters.ack_latency_count;
-            totals.ack_latency_sum_us += counters.ack_latency_sum_us;
-            totals
-                .ack_latency_buckets
-                .resize(otedama_shared::ipc::ACK_LATENCY_BUCKETS_S.len(), 0);
-            for (total, count) in totals
-                .ack_latency_buckets
-                .iter_mut()
-                .zip(&counters.ack_latency_buckets)
-            {
-                *total += count;
-            }
+            totals.ack_latency.add_parts(
+                &counters.ack_latency_buckets,
+                counters.ack_latency_count,
+                counters.ack_latency_sum_us,
+            );
             for (code, count) in &counters.shares_rejected_by_code {
                 *totals.shares_rejected_by_code.entry(*code).or_default() += count;
             }

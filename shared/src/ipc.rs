@@ -145,14 +145,19 @@ pub struct LatencyTotals {
 impl LatencyTotals {
     /// Adds another process's totals (of the same bucket bounds).
     pub fn add(&mut self, other: &LatencyTotals) {
-        if self.buckets.len() < other.buckets.len() {
-            self.buckets.resize(other.buckets.len(), 0);
+        self.add_parts(&other.buckets, other.count, other.sum_us);
+    }
+
+    /// `add` for totals held as separate fields (`DataplaneCounters::ack_latency_*`).
+    pub fn add_parts(&mut self, buckets: &[u64], count: u64, sum_us: u64) {
+        if self.buckets.len() < buckets.len() {
+            self.buckets.resize(buckets.len(), 0);
         }
-        for (total, count) in self.buckets.iter_mut().zip(&other.buckets) {
+        for (total, count) in self.buckets.iter_mut().zip(buckets) {
             *total += count;
         }
-        self.count += other.count;
-        self.sum_us += other.sum_us;
+        self.count += count;
+        self.sum_us += sum_us;
     }
 }
 

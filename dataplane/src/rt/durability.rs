@@ -117,7 +117,7 @@ impl Core {
                 credited: false,
             });
         } else {
-            tracing::error!("the record of an uncredited block could not be stored; the block went up, but a restart before its submission loses it");
+            tracing::error!("{UNCREDITED_RECORD_NOT_STORED}");
         }
     }
 
@@ -216,6 +216,9 @@ impl Core {
     }
 }
 
+const UNCREDITED_RECORD_NOT_STORED: &str =
+    "the record of an uncredited block could not be stored; the block went up, but a restart before its submission loses it";
+
 /// The record of an uncredited block on its way to the disk: nothing to tell the miner.
 struct UncreditedOnDisk {
     peer: Peer,
@@ -224,7 +227,7 @@ struct UncreditedOnDisk {
 impl AwaitingDisk for UncreditedOnDisk {
     fn answer(self: Box<Self>, durable: bool, _now_s: u64, _jobs: &JobBook) -> (f64, Peer) {
         if !durable {
-            tracing::error!("the record of an uncredited block could not be stored; the block went up, but a restart before its submission loses it");
+            tracing::error!("{UNCREDITED_RECORD_NOT_STORED}");
         }
         (0.0, self.peer)
     }
