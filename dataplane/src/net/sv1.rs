@@ -102,7 +102,7 @@ struct AwaitingDisk {
 }
 
 impl crate::rt::AwaitingDisk for AwaitingDisk {
-    fn answer(self: Box<Self>, durable: bool, now_s: u64, jobs: &JobBook) -> (f64, Peer) {
+    fn answer(self: Box<Self>, durable: bool, now_s: u64, jobs: &JobBook) -> (Option<f64>, Peer) {
         let mut session = self.connection.session.borrow_mut();
         if durable {
             session.handle_share_durable(&self.share.request_id, now_s, jobs);
@@ -110,7 +110,7 @@ impl crate::rt::AwaitingDisk for AwaitingDisk {
             session.handle_share_store_failed(&self.share.request_id);
         }
         drop(session);
-        (self.share.record.difficulty, self.connection)
+        (Some(self.share.record.difficulty), self.connection)
     }
 }
 
@@ -281,7 +281,6 @@ pub(crate) fn apply_outcome(
                     }),
                     protocol: Protocol::V1,
                     validated_at,
-                    credited: true,
                 });
             } else {
                 session.handle_share_store_failed(&accepted.request_id);

@@ -110,7 +110,7 @@ struct AwaitingDisk {
 }
 
 impl crate::rt::AwaitingDisk for AwaitingDisk {
-    fn answer(self: Box<Self>, durable: bool, now_s: u64, _jobs: &JobBook) -> (f64, Peer) {
+    fn answer(self: Box<Self>, durable: bool, now_s: u64, _jobs: &JobBook) -> (Option<f64>, Peer) {
         let mut session = self.link.session().borrow_mut();
         if durable {
             session.handle_share_durable(&self.share, now_s);
@@ -118,7 +118,7 @@ impl crate::rt::AwaitingDisk for AwaitingDisk {
             session.handle_share_store_failed(&self.share);
         }
         drop(session);
-        (self.share.record.difficulty, self.link.peer())
+        (Some(self.share.record.difficulty), self.link.peer())
     }
 }
 
@@ -442,7 +442,6 @@ pub(crate) fn apply_outcome(
                     }),
                     protocol: connection.protocol(),
                     validated_at,
-                    credited: true,
                 });
             } else {
                 connection

@@ -114,7 +114,6 @@ impl Core {
                 share: Box::new(UncreditedOnDisk { peer }),
                 protocol,
                 validated_at,
-                credited: false,
             });
         } else {
             tracing::error!("{UNCREDITED_RECORD_NOT_STORED}");
@@ -185,20 +184,18 @@ impl Core {
                 share,
                 protocol,
                 validated_at,
-                credited,
             }) = self.awaiting.borrow_mut().pop_front()
             else {
                 tracing::error!("share log completed more shares than this core sent");
                 break;
             };
-            let (difficulty, peer) = share.answer(done.result.is_ok(), now_s, &self.jobs.borrow());
-            if !credited {
-                // An uncredited block's record: counted as refused when it was found.
-            } else if done.result.is_ok() {
+            let (credited, peer) = share.answer(done.result.is_ok(), now_s, &self.jobs.borrow());
+            // An uncredited block's record (`None`) was counted as refused when it was found.
+            if let (Some(difficulty), true) = (credited, done.result.is_ok()) {
                 self.counters.accepted(difficulty, protocol);
                 self.counters.acknowledged(micros(validated_at, now));
                 queue.record(micros(validated_at, done.taken_at), 1);
-            } else {
+            } else if credited.is_some() {
                 self.counters.rejected(ErrorCode::Other);
             }
             peer.awaiting_ack().give_back(1);
@@ -225,11 +222,11 @@ struct UncreditedOnDisk {
 }
 
 impl AwaitingDisk for UncreditedOnDisk {
-    fn answer(self: Box<Self>, durable: bool, _now_s: u64, _jobs: &JobBook) -> (f64, Peer) {
+    fn answer(self: Box<Self>, durable: bool, _now_s: u64, _jobs: &JobBook) -> (Option<f64>, Peer) {
         if !durable {
             tracing::error!("{UNCREDITED_RECORD_NOT_STORED}");
         }
-        (0.0, self.peer)
+        (None, self.peer)
     }
 }
 

@@ -136,8 +136,9 @@ impl dyn Link {
 /// A share whose acknowledgement waits for the disk, with the session that will give it.
 pub trait AwaitingDisk {
     /// Gives the miner its answer: accepted once `durable`, or refused because the write
-    /// failed. Returns the share's difficulty and its connection.
-    fn answer(self: Box<Self>, durable: bool, now_s: u64, jobs: &JobBook) -> (f64, Peer);
+    /// failed. Returns the difficulty the share is credited at (`None` for an uncredited
+    /// block's record, not counted as a share) and its connection.
+    fn answer(self: Box<Self>, durable: bool, now_s: u64, jobs: &JobBook) -> (Option<f64>, Peer);
 }
 
 /// An accepted share waiting for the share log, of any protocol.
@@ -149,9 +150,6 @@ pub struct AwaitingAck {
     pub protocol: Protocol,
     /// When the share passed validation, for the acknowledgement latency histogram.
     pub validated_at: std::time::Instant,
-    /// `false` for the record of an uncredited block (`Core::store_uncredited_block`):
-    /// not counted as accepted or acknowledged.
-    pub credited: bool,
 }
 
 /// A scrypt share waiting for the core's batch hasher, with the session that finishes it.
