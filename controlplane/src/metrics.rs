@@ -89,15 +89,15 @@ pub fn render(state: &ApiState) -> String {
         totals.share_log_failed_batches,
     );
     out.single(
-        "otedama_dataplane_scrypt_queued_peak",
+        "otedama_dataplane_pow_queued_peak",
         "gauge",
-        "The most scrypt shares one core held for its hasher at once since start; bounded by SCRYPT_SHARES_QUEUED_PER_CORE_MAX (4096). At the bound, readers wait.",
-        totals.scrypt_queued_peak,
+        "The most shares one core held for its batch hasher at once since start (scrypt, and Stratum V1 SHA256d); bounded by SHARES_AWAITING_POW_PER_CORE_MAX (4096). At the bound, readers wait.",
+        totals.pow_queued_peak,
     );
     out.single(
         "otedama_dataplane_durability_queued_peak",
         "gauge",
-        "The most shares one core held waiting for the share log at once since start (scrypt shares count from when they queue for the hasher); bounded by SHARES_AWAITING_DURABILITY_PER_CORE_MAX (16384).",
+        "The most shares one core held waiting for the share log at once since start (shares count from when they queue for the batch hasher); bounded by SHARES_AWAITING_DURABILITY_PER_CORE_MAX (16384).",
         totals.durability_queued_peak,
     );
     out.family(

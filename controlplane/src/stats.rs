@@ -109,7 +109,7 @@ pub struct PoolTotals {
     pub share_log_failing_planes: u64,
     pub share_log_failed_batches: u64,
     /// The highest of any data plane's per-core peaks.
-    pub scrypt_queued_peak: u64,
+    pub pow_queued_peak: u64,
     pub durability_queued_peak: u64,
 }
 
@@ -199,7 +199,7 @@ impl PoolState {
             }
             totals.share_log_failing_planes += counters.share_log_failing as u64;
             totals.share_log_failed_batches += counters.share_log_failed_batches;
-            totals.scrypt_queued_peak = totals.scrypt_queued_peak.max(counters.scrypt_queued_peak);
+            totals.pow_queued_peak = totals.pow_queued_peak.max(counters.pow_queued_peak);
             totals.durability_queued_peak = totals
                 .durability_queued_peak
                 .max(counters.durability_queued_peak);

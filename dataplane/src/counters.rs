@@ -73,9 +73,9 @@ pub struct Counters {
     /// `ack_latency` by stage, in `ACK_STAGES` order.
     pub ack_stages: [LatencyHistogram<{ ACK_STAGE_BUCKETS_S.len() }>; ACK_STAGES.len()],
     refusals: [AtomicU64; Refusal::ALL.len()],
-    /// The most scrypt shares one core held for its hasher at once, since start
-    /// (`SCRYPT_SHARES_QUEUED_PER_CORE_MAX` bounds it).
-    pub scrypt_queued_peak: AtomicU64,
+    /// The most shares one core held for its batch hasher at once, since start
+    /// (`SHARES_AWAITING_POW_PER_CORE_MAX` bounds it).
+    pub pow_queued_peak: AtomicU64,
     /// The most accepted shares one core held waiting for the disk at once, since start
     /// (`SHARES_AWAITING_DURABILITY_PER_CORE_MAX` bounds it).
     pub durability_queued_peak: AtomicU64,
@@ -96,7 +96,7 @@ impl Default for Counters {
             ack_latency: LatencyHistogram::new(&ACK_LATENCY_BUCKETS_S),
             ack_stages: std::array::from_fn(|_| LatencyHistogram::new(&ACK_STAGE_BUCKETS_S)),
             refusals: Default::default(),
-            scrypt_queued_peak: AtomicU64::new(0),
+            pow_queued_peak: AtomicU64::new(0),
             durability_queued_peak: AtomicU64::new(0),
             share_log: Default::default(),
         }
@@ -171,7 +171,7 @@ impl Counters {
                 .share_log
                 .get()
                 .map_or(0, |status| status.failed_batches()),
-            scrypt_queued_peak: self.scrypt_queued_peak.load(Relaxed),
+            pow_queued_peak: self.pow_queued_peak.load(Relaxed),
             durability_queued_peak: self.durability_queued_peak.load(Relaxed),
             refusals: Refusal::ALL
                 .iter()

@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use otedama_kernels::Algorithm;
 
+use crate::share_set::ShareSet;
+
 /// Hashes a share's fingerprint as itself: it is already SHA256d output, so SipHash over it
 /// again (the std default, 3 % of a loaded core in a profile) buys nothing. Miners cannot
 /// aim those bytes without doing the work of finding them.
@@ -107,10 +109,10 @@ pub enum Claim {
 }
 
 /// A remembered share: its fingerprint (the first 64 bits of its header hash) with the low
-/// 8 bits replaced by its work bits, so a share costs one `u64` of table. Equality and hash
-/// are the fingerprint's 56 bits alone: two different shares share them with odds of
-/// about 2^-56 per pair (the later one is then refused as a duplicate, costing its miner
-/// one share), and a lookup needs no work bits.
+/// 8 bits replaced by its work bits, so a share costs one `u64` of table (`ShareSet`).
+/// The table compares and places shares by the fingerprint's 56 bits alone: two different
+/// shares share them with odds of about 2^-56 per pair (the later one is then refused as
+/// a duplicate, costing its miner one share), and a lookup needs no work bits.
 #[derive(Clone, Copy, Debug)]
 struct Remembered(u64);
 
@@ -124,29 +126,12 @@ impl Remembered {
     }
 }
 
-impl PartialEq for Remembered {
-    fn eq(&self, other: &Remembered) -> bool {
-        self.0 >> 8 == other.0 >> 8
-    }
-}
-
-impl Eq for Remembered {}
-
-impl std::hash::Hash for Remembered {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The table takes its bucket from the low bits and its tag from the top 7: both
-        // from the fingerprint's random bits, never the work bits.
-        let print = self.0 >> 8;
-        state.write_u64(print ^ (print << 56));
-    }
-}
-
 /// The shares taken for one job content.
 #[derive(Debug, Default)]
 struct ContentShares {
     /// Each share's fingerprint and work bits (`WORK_BITS_PENDING` until its proof of work
     /// is computed).
-    shares: HashSet<Remembered, FingerprintHashBuilder>,
+    shares: ShareSet,
     /// Shares of fewer work bits are refused for this content. Never lowered while the
     /// content lives: every share under it was forgotten.
     floor_bits: u8,
@@ -175,6 +160,7 @@ impl ContentShares {
         let mut forgot_bits_max = None;
         let before = self.shares.len();
         self.shares.retain(|share| {
+            let share = Remembered(share);
             let kept = share.bits() == WORK_BITS_PENDING || share.bits() >= floor_bits;
             if !kept {
                 forgot_bits_max = forgot_bits_max.max(Some(share.bits()));
@@ -213,12 +199,14 @@ impl ContentShares {
 /// A share is kept as its fingerprint (see `Remembered`). Equal shares always have equal
 /// fingerprints, so a duplicate is never let through.
 ///
-/// A share is claimed here when it arrives, before its proof of work is computed (which
-/// for scrypt happens later, in a batch), and released if that fails: a copy sent while
-/// the first waits is refused at once, and one still waiting when a new block drops the
-/// set cannot start a fresh set for it. A scrypt share's work is known only then, so it is
-/// judged against the floor when it settles (`settle`); a SHA256d share's is known, and
-/// judged, at once.
+/// A scrypt share is claimed here when it arrives, before its proof of work is computed
+/// (later, in a batch), and released if that fails: a copy sent while the first waits is
+/// refused at once, and one still waiting when a new block drops the set cannot start a
+/// fresh set for it. Its work is known only then, so it is judged against the floor when it
+/// settles (`settle`). A SHA256d share is claimed once its header is hashed (its hash is
+/// its fingerprint and its work, judged at once), which for a Stratum V1 share waiting for
+/// the batch hasher is after the wait: such a share is claimed only if no new tip dropped
+/// sets since it arrived (`tip_generation`), so no copy finds its first's set gone.
 ///
 /// A share that finds a block is also remembered apart (`blocks`), so no copy of it is
 /// taken again whatever happens to its content's set, and the bound never refuses it.
@@ -231,9 +219,13 @@ impl ContentShares {
 /// floor, so each copy of one is too (`BelowFloor`).
 #[derive(Debug)]
 pub struct DuplicateFilter {
-    by_content: HashMap<[u8; 32], ContentShares>,
+    /// Keyed by `Job::content_key`, itself a SHA-256 the pool computes, so hashed as a
+    /// fingerprint like the shares.
+    by_content: HashMap<[u8; 32], ContentShares, FingerprintHashBuilder>,
     /// The chain tip the live jobs build on (`retire_unlisted`).
     tip: Option<[u8; 32]>,
+    /// How many times a new tip dropped sets (`tip_generation`).
+    tip_generation: u64,
     /// A retired content may hold shares (`forget_least_work` may have work there).
     retired_hold_shares: bool,
     /// Shares that found a block, by content and fingerprint
@@ -258,8 +250,9 @@ fn fingerprint(header_hash: &[u8; 32]) -> u64 {
 impl DuplicateFilter {
     pub fn with_shares_max(shares_max: usize) -> Self {
         DuplicateFilter {
-            by_content: HashMap::new(),
+            by_content: HashMap::default(),
             tip: None,
+            tip_generation: 0,
             retired_hold_shares: false,
             blocks: HashSet::new(),
             shares: 0,
@@ -278,7 +271,7 @@ impl DuplicateFilter {
         let in_scope = |content: &ContentShares| !retired_only || content.retired;
         let mut counts = [0usize; WORK_BITS_MAX as usize + 1];
         for content in self.by_content.values().filter(|c| in_scope(c)) {
-            for share in &content.shares {
+            for share in content.shares.iter().map(Remembered) {
                 if share.bits() != WORK_BITS_PENDING {
                     counts[share.bits() as usize] += 1;
                 }
@@ -385,13 +378,26 @@ impl DuplicateFilter {
             Algorithm::Scrypt => WORK_BITS_PENDING,
         };
         let share = Remembered::new(&header_hash, bits);
-        if let Some(content) = self.by_content.get(content_key) {
-            if content.shares.contains(&share) {
-                return Claim::Duplicate;
-            }
+        let below_bound = self.shares < self.shares_max;
+        if let Some(content) = self.by_content.get_mut(content_key) {
             if bits < content.floor_bits {
+                if content.shares.contains(share.0) {
+                    return Claim::Duplicate;
+                }
                 self.refused_full += 1;
                 return Claim::BelowFloor;
+            }
+            // The common case in one probe of the set: a share of a known content, with
+            // room under the bound.
+            if below_bound {
+                if !content.shares.insert(share.0) {
+                    return Claim::Duplicate;
+                }
+                self.shares += 1;
+                return Claim::Taken;
+            }
+            if content.shares.contains(share.0) {
+                return Claim::Duplicate;
             }
         }
         while self.shares >= self.shares_max {
@@ -425,7 +431,7 @@ impl DuplicateFilter {
             }
         }
         let content = self.by_content.entry(*content_key).or_default();
-        content.shares.insert(share);
+        content.shares.insert(share.0);
         self.shares += 1;
         debug_assert!(self.shares <= self.shares_max);
         Claim::Taken
@@ -456,12 +462,12 @@ impl DuplicateFilter {
             return true;
         };
         if bits >= content.floor_bits || remembered_apart {
-            if content.shares.contains(&share) {
-                content.shares.replace(share);
+            if content.shares.contains(share.0) {
+                content.shares.replace(share.0);
             }
             return true;
         }
-        if content.shares.remove(&share) {
+        if content.shares.remove(share.0) {
             self.shares -= 1;
         }
         self.refused_full += 1;
@@ -476,10 +482,27 @@ impl DuplicateFilter {
                 .remove(&(*content_key, fingerprint(header_hash)));
         }
         if let Some(content) = self.by_content.get_mut(content_key) {
-            if content.shares.remove(&Remembered::new(header_hash, 0)) {
+            if content.shares.remove(Remembered::new(header_hash, 0).0) {
                 self.shares -= 1;
             }
         }
+    }
+
+    /// Asks the CPU for the slot where a claim of this share on this content would look, so
+    /// the claim soon after finds it in cache (`pow_batch::prefetch_claims`). Changes
+    /// nothing.
+    pub fn prefetch(&self, content_key: &[u8; 32], header_hash: &[u8; 32]) {
+        if let Some(content) = self.by_content.get(content_key) {
+            content.shares.prefetch(Remembered::new(header_hash, 0).0);
+        }
+    }
+
+    /// Counts the new tips `retire_unlisted` has followed, each of which dropped the sets
+    /// of every content no live job has. A share that arrived under one generation and is
+    /// claimed under another may be the copy of a share whose set is gone; the session
+    /// refuses it as stale instead.
+    pub fn tip_generation(&self) -> u64 {
+        self.tip_generation
     }
 
     /// Follows the live jobs in `jobs`. On a new tip every content no live job has is
@@ -493,6 +516,7 @@ impl DuplicateFilter {
         // No live job at all (before the first) counts as a new tip too.
         if tip.is_none() || tip != self.tip {
             self.tip = tip;
+            self.tip_generation += 1;
             self.by_content
                 .retain(|content_key, _| jobs.holds_content(content_key));
             for content in self.by_content.values_mut() {

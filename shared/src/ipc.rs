@@ -199,9 +199,10 @@ pub struct DataplaneCounters {
     /// Share-log batches whose write failed; their shares were refused.
     #[serde(default)]
     pub share_log_failed_batches: u64,
-    /// The most scrypt shares one core of this data plane held for its hasher at once.
-    #[serde(default)]
-    pub scrypt_queued_peak: u64,
+    /// The most shares one core of this data plane held for its batch hasher at once.
+    /// (Named `scrypt_queued_peak` before SHA256d shares waited there too.)
+    #[serde(default, alias = "scrypt_queued_peak")]
+    pub pow_queued_peak: u64,
     /// The most accepted shares one core of this data plane held for the disk at once.
     #[serde(default)]
     pub durability_queued_peak: u64,

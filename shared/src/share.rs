@@ -80,6 +80,21 @@ pub fn header_from_root(
     header
 }
 
+/// `build_header` for two shares, of one job or two, their merkle branches folded as two
+/// interleaved streams. Branches of different depths (jobs of two templates) are folded
+/// one at a time.
+pub fn build_headers_x2(jobs: [&Job; 2], submissions: [&ShareSubmission<'_>; 2]) -> [[u8; 80]; 2] {
+    if jobs[0].merkle_branch.len() != jobs[1].merkle_branch.len() {
+        return [0, 1].map(|i| build_header(jobs[i], submissions[i]));
+    }
+    let coinbases = [0, 1].map(|i| coinbase_hash(jobs[i], submissions[i]));
+    let roots = merkle_roots_from_branches_x2(
+        [&coinbases[0], &coinbases[1]],
+        [&jobs[0].merkle_branch, &jobs[1].merkle_branch],
+    );
+    [0, 1].map(|i| header_with_root(jobs[i], submissions[i], &roots[i]))
+}
+
 /// The merkle root of a job for the given extranonces.
 pub fn merkle_root(job: &Job, extranonce1: &[u8], extranonce2: &[u8]) -> [u8; 32] {
     let submission = ShareSubmission {
@@ -121,15 +136,7 @@ pub fn validate_share_pair(
     share_target: &Target,
 ) -> [Result<ValidShare, f64>; 2] {
     debug_assert_eq!(job.algorithm, Algorithm::Sha256d);
-    let coinbases = submissions.map(|submission| coinbase_hash(job, submission));
-    let roots = merkle_roots_from_branches_x2(
-        [&coinbases[0], &coinbases[1]],
-        [&job.merkle_branch, &job.merkle_branch],
-    );
-    let headers = [
-        header_with_root(job, submissions[0], &roots[0]),
-        header_with_root(job, submissions[1], &roots[1]),
-    ];
+    let headers = build_headers_x2([job, job], submissions);
     let hashes = sha256d_80_x2(&headers[0], &headers[1]);
     [0, 1].map(|i| check_pow(job, headers[i], hashes[i], &hashes[i], share_target))
 }

@@ -33,9 +33,11 @@ pub struct FrontEndConfig {
     pub algorithm: Algorithm,
     /// `None` keeps the difficulty where the start value or the miner's suggestion put it.
     pub vardiff: Option<VardiffConfig>,
-    /// Hand scrypt shares back as `Outcome::NeedsPow` so the glue can hash several at once
-    /// (the core's batch hasher); off, the session hashes each share itself.
-    pub batch_scrypt: bool,
+    /// Hand shares back as `Outcome::NeedsPow` so the glue can hash several at once (the
+    /// core's batch hasher, `pow_batch::hash_batch`): scrypt shares of both protocols, and
+    /// Stratum V1 SHA256d shares, whose coinbase and merkle branch are per share. Off, the
+    /// session hashes each share itself.
+    pub defer_pow: bool,
     /// The network difficulty below which a chain counts as a test chain and a miner's
     /// difficulty is capped at this instead (`WorkState::network_cap`): normally
     /// `limits::NETWORK_DIFFICULTY_CAP_MIN`; simulations that cannot mine at difficulty 1
@@ -60,7 +62,7 @@ impl FrontEndConfig {
             version_rolling_mask: 0x1fff_e000,
             algorithm,
             vardiff: None,
-            batch_scrypt: false,
+            defer_pow: false,
             network_difficulty_cap_min: NETWORK_DIFFICULTY_CAP_MIN,
             payout_address_rule: None,
             bans: Default::default(),
@@ -189,12 +191,10 @@ impl SentJob {
         self.difficulty = difficulty;
     }
 
-    /// What a share for this job arriving at `now_s` must meet.
-    pub fn terms(&self, now_s: u64) -> ShareTerms {
-        ShareTerms {
-            job_id: self.job_id,
-            difficulty: self.required_difficulty(now_s),
-        }
+    /// What a share for this job (`job`, the job this was recorded for) arriving at
+    /// `now_s` must meet.
+    pub fn terms(&self, job: &Job, now_s: u64) -> ShareTerms {
+        ShareTerms::new(job, self.required_difficulty(now_s))
     }
 }
 
@@ -205,7 +205,23 @@ impl SentJob {
 pub struct ShareTerms {
     pub job_id: u64,
     pub difficulty: f64,
+    /// What the share's proof of work must meet: `Job::share_target(difficulty)`.
+    pub share_target: Target,
 }
+
+impl ShareTerms {
+    pub fn new(job: &Job, difficulty: f64) -> Self {
+        ShareTerms {
+            job_id: job.job_id(),
+            difficulty,
+            share_target: job.share_target(difficulty),
+        }
+    }
+}
+
+/// What `Job::share_target` depends on: the algorithm, the network's bits and the
+/// difficulty's bits.
+type ShareTargetKey = (Algorithm, u32, u64);
 
 /// How far under the network's difficulty a capped miner is held (relative): a Stratum V1
 /// miner computes its target from a float, and for about one bits value in twelve the
@@ -240,6 +256,10 @@ pub struct WorkState {
     network: Option<(f64, Target)>,
     /// Oldest first, at most `JOBS_REMEMBERED_MAX`.
     sent_jobs: Vec<SentJob>,
+    /// The last share target `resolve` computed: a miner's shares are nearly all held to
+    /// one difficulty on one network, and a target from a difficulty costs about a tenth
+    /// of a SHA256d share's validation (BENCHMARKS.md).
+    last_share_target: std::cell::Cell<Option<(ShareTargetKey, Target)>>,
 }
 
 impl WorkState {
@@ -262,6 +282,7 @@ impl WorkState {
             network_difficulty_cap_min: NETWORK_DIFFICULTY_CAP_MIN,
             network: None,
             sent_jobs: Vec::new(),
+            last_share_target: std::cell::Cell::new(None),
         }
     }
 
@@ -509,6 +530,20 @@ impl WorkState {
             .copied()
     }
 
+    /// `job.share_target(difficulty)`, from `last_share_target` when it was the last one
+    /// computed.
+    fn share_target_of(&self, job: &Job, difficulty: f64) -> Target {
+        let key = (job.algorithm, job.template.bits, difficulty.to_bits());
+        match self.last_share_target.get() {
+            Some((last_key, target)) if last_key == key => target,
+            _ => {
+                let target = job.share_target(difficulty);
+                self.last_share_target.set(Some((key, target)));
+                target
+            }
+        }
+    }
+
     /// The job a share arriving at `now_s` names, if this miner may still submit to it,
     /// with the terms the share is held to.
     pub fn resolve(
@@ -519,7 +554,16 @@ impl WorkState {
     ) -> Result<(Arc<Job>, ShareTerms), Rejection> {
         let sent = self.sent_job(job_id);
         match (jobs.lookup(job_id), sent) {
-            (JobLookup::Current(job), Some(sent)) => Ok((job.clone(), sent.terms(now_s))),
+            (JobLookup::Current(job), Some(sent)) => {
+                let difficulty = sent.required_difficulty(now_s);
+                let terms = ShareTerms {
+                    job_id,
+                    difficulty,
+                    share_target: self.share_target_of(job, difficulty),
+                };
+                debug_assert_eq!(terms, sent.terms(job, now_s));
+                Ok((job.clone(), terms))
+            }
             (JobLookup::Unknown, None) => Err(Rejection::UnknownJob),
             _ => Err(Rejection::StaleJob),
         }
@@ -583,8 +627,7 @@ pub fn credit_share(
     pow: &[u8; 32],
     duplicates: &mut DuplicateFilter,
 ) -> Result<CreditedShare, Rejection> {
-    let share_target = job.share_target(terms.difficulty);
-    match check_pow(job, header, header_hash, pow, &share_target) {
+    match check_pow(job, header, header_hash, pow, &terms.share_target) {
         // A SHA256d share's work was judged when it was claimed; a scrypt share's is known
         // only now.
         Ok(valid)
@@ -679,7 +722,10 @@ mod tests {
         assert_eq!(work.difficulty(), cap);
         work.set_difficulty(1e9);
         assert_eq!(work.difficulty(), cap);
-        let terms = work.sent_job(1).unwrap().terms(DIFFICULTY_CHANGE_GRACE_S);
+        let terms = work
+            .sent_job(1)
+            .unwrap()
+            .terms(&job, DIFFICULTY_CHANGE_GRACE_S);
         assert_eq!(terms.difficulty, cap);
         // The hardest hash that is a block: exactly the network target.
         let pow = job.network_target.to_le_bytes();
@@ -838,7 +884,7 @@ mod tests {
             let difficulty = if step_s % 2 == 1 { 1000.0 } else { 1.0 };
             work.set_difficulty(difficulty);
             work.apply_difficulty_to_sent_jobs(step_s);
-            let terms = work.sent_job(1).unwrap().terms(step_s);
+            let terms = work.sent_job(1).unwrap().terms(&job, step_s);
             assert_eq!(terms.difficulty, 1.0, "step {step_s}");
         }
     }
@@ -851,10 +897,7 @@ mod tests {
         let mut sha256d = template(1, true);
         sha256d.algorithm = crate::job::AlgorithmName::Sha256d;
         let job = Job::new(sha256d).unwrap();
-        let terms = ShareTerms {
-            job_id: 1,
-            difficulty: 0.5,
-        };
+        let terms = ShareTerms::new(&job, 0.5);
         let mut duplicates = DuplicateFilter::with_shares_max(0);
         // Regtest bits: a hash of all zeros meets the network target.
         claim_share(&job, [0; 32], &mut duplicates).unwrap();
@@ -870,10 +913,7 @@ mod tests {
     #[test]
     fn a_share_is_credited_at_its_terms_whatever_its_hash_achieved() {
         let job = Job::new(template(1, true)).unwrap();
-        let terms = ShareTerms {
-            job_id: 1,
-            difficulty: 0.5,
-        };
+        let terms = ShareTerms::new(&job, 0.5);
         let mut duplicates = DuplicateFilter::default();
         // A proof-of-work value of zero meets every target.
         claim_share(&job, [9; 32], &mut duplicates).unwrap();

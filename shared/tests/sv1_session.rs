@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 
 use otedama_kernels::Algorithm;
 use otedama_shared::job::AlgorithmName;
+use otedama_shared::pow_batch::{hash_batch, HashedShare};
 use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
-use otedama_shared::sv1::{ErrorCode, Outcome, Session, SessionConfig};
+use otedama_shared::sv1::{ErrorCode, Outcome, PendingPow, Session, SessionConfig};
 use otedama_shared::work::FrontEndConfig;
 use otedama_shared::{DuplicateFilter, Job, JobBook};
 
@@ -671,7 +672,8 @@ fn vardiff_raises_a_fast_miner_and_credits_the_new_difficulty() {
     assert!(
         matches!(
             outcome,
-            Outcome::Rejected(ErrorCode::LowDifficulty) | Outcome::BlockOnly(_)
+            Outcome::Rejected(ErrorCode::LowDifficulty)
+                | Outcome::BlockOnly(_, ErrorCode::LowDifficulty)
         ),
         "{outcome:?}"
     );
@@ -698,14 +700,21 @@ fn scrypt_share_line(job: &NotifiedJob) -> Vec<u8> {
     )
 }
 
+/// What the core's batch hasher computes for one waiting share.
+fn hash_one(pending: &PendingPow) -> HashedShare {
+    let mut hashed = Vec::new();
+    hash_batch(&[pending.input()], &mut hashed);
+    hashed[0]
+}
+
 /// A scrypt session on `scrypt_template`, batching its hashes or not.
-fn scrypt_harness(batch_scrypt: bool) -> Harness {
+fn scrypt_harness(defer_pow: bool) -> Harness {
     let mut jobs = JobBook::default();
     jobs.insert(Arc::new(Job::new(scrypt_template()).unwrap()));
     Harness {
         session: Session::new(config_with(DIFFICULTY_FLOOR_FOR_TESTS, |terms| {
             terms.algorithm = Algorithm::Scrypt;
-            terms.batch_scrypt = batch_scrypt;
+            terms.defer_pow = defer_pow;
         })),
         jobs,
         duplicates: DuplicateFilter::default(),
@@ -717,23 +726,23 @@ fn scrypt_harness(batch_scrypt: bool) -> Harness {
 #[test]
 fn batched_scrypt_shares_finish_like_hashed_ones() {
     let mut outcomes = Vec::new();
-    for batch_scrypt in [false, true] {
-        let mut h = scrypt_harness(batch_scrypt);
+    for defer_pow in [false, true] {
+        let mut h = scrypt_harness(defer_pow);
         let job = h.ready();
         let line = scrypt_share_line(&job);
         let finish = |h: &mut Harness| {
             let (outcome, _) = h.send(&line);
             match outcome {
                 Outcome::NeedsPow(pending) => {
-                    assert!(batch_scrypt, "only batching sessions defer the hash");
-                    let pow = otedama_kernels::scrypt::scrypt_pow(&pending.header);
+                    assert!(defer_pow, "only batching sessions defer the hash");
+                    let hashed = hash_one(&pending);
                     h.session
-                        .handle_pow(pending, &pow, NOW_S, &mut h.duplicates)
+                        .handle_pow(pending, &hashed, NOW_S, &mut h.duplicates)
                 }
                 // A refusal needs no hash: a duplicate is refused as it arrives.
                 outcome => {
                     assert!(
-                        !batch_scrypt || matches!(outcome, Outcome::Rejected(_)),
+                        !defer_pow || matches!(outcome, Outcome::Rejected(_)),
                         "a batching session must defer scrypt"
                     );
                     outcome
@@ -773,8 +782,10 @@ fn a_share_waiting_for_its_scrypt_hash_cannot_be_taken_twice() {
     h.session.handle_new_job(&next, NOW_S);
     h.drain();
     // The first copy was sent while its job was live: its work counts, once.
-    let pow = otedama_kernels::scrypt::scrypt_pow(&first.header);
-    let outcome = h.session.handle_pow(first, &pow, NOW_S, &mut h.duplicates);
+    let hashed = hash_one(&first);
+    let outcome = h
+        .session
+        .handle_pow(first, &hashed, NOW_S, &mut h.duplicates);
     assert!(matches!(outcome, Outcome::ShareAccepted(_)), "{outcome:?}");
     let (outcome, _) = h.send(&line);
     assert_eq!(
@@ -1047,7 +1058,7 @@ fn a_block_below_the_share_target_goes_up_uncredited() {
     );
     let line = submit_line(7, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
     let (outcome, out) = h.send(&line);
-    let Outcome::BlockOnly(uncredited) = outcome else {
+    let Outcome::BlockOnly(uncredited, ErrorCode::LowDifficulty) = outcome else {
         panic!("{outcome:?}")
     };
     assert_eq!(uncredited.block.worker, "addr.rig");
@@ -1058,4 +1069,150 @@ fn a_block_below_the_share_target_goes_up_uncredited() {
     let (outcome, out) = h.send(&line);
     assert_eq!(outcome, Outcome::Rejected(ErrorCode::Duplicate));
     assert_eq!(error_code(&out[0]), Some(22), "{out:?}");
+}
+
+/// A SHA256d session at difficulty 0.001 that hands its hashes to the core's batch hasher
+/// (`defer_pow`), on a job with these bits.
+fn deferring_harness(bits: u32, defer_pow: bool) -> Harness {
+    let mut first = template(1, true);
+    first.bits = bits;
+    let mut jobs = JobBook::default();
+    jobs.insert(Arc::new(Job::new(first).unwrap()));
+    Harness {
+        session: Session::new(config_with(1e-3, |terms| terms.defer_pow = defer_pow)),
+        jobs,
+        duplicates: DuplicateFilter::default(),
+    }
+}
+
+/// A new block: job 2 on another tip, sent to the session, the filter following it.
+fn new_tip(h: &mut Harness, bits: u32) {
+    let mut next = template(2, true);
+    next.prevhash = [0x99; 32];
+    next.bits = bits;
+    let next = Arc::new(Job::new(next).unwrap());
+    h.jobs.insert(next.clone());
+    h.duplicates.retire_unlisted(&h.jobs);
+    h.session.handle_new_job(&next, NOW_S);
+    h.drain();
+}
+
+/// Stratum V1 SHA256d shares that wait for the batch hasher, hashed two at a time, end
+/// exactly where shares the session hashes itself do: the same records, and a copy that
+/// waited beside its first is a duplicate (22).
+#[test]
+fn deferred_sha256d_shares_finish_like_hashed_ones() {
+    const BITS: u32 = 0x1d00_ffff;
+    let mut results = Vec::new();
+    for defer_pow in [false, true] {
+        let mut h = deferring_harness(BITS, defer_pow);
+        let job = h.ready();
+        let lines: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| {
+                let en2 = [0, 0, 1, i % 4];
+                let nonce = mine(&job, &en2, job.ntime, job.version, 1e-3);
+                submit_line(
+                    10 + u64::from(i),
+                    "addr.rig",
+                    &job.job_id,
+                    &en2,
+                    job.ntime,
+                    nonce,
+                    None,
+                )
+            })
+            .collect();
+        // The fifth is a copy of the first.
+        let mut outcomes = Vec::new();
+        let mut waiting = Vec::new();
+        for line in &lines {
+            match h.send(line).0 {
+                Outcome::NeedsPow(pending) => waiting.push(pending),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        assert_eq!(waiting.len(), if defer_pow { 5 } else { 0 });
+        let inputs: Vec<_> = waiting.iter().map(|pending| pending.input()).collect();
+        let mut hashed = Vec::new();
+        hash_batch(&inputs, &mut hashed);
+        drop(inputs);
+        for (pending, hashed) in waiting.into_iter().zip(&hashed) {
+            outcomes.push(
+                h.session
+                    .handle_pow(pending, hashed, NOW_S, &mut h.duplicates),
+            );
+        }
+        let records: Vec<_> = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Outcome::ShareAccepted(accepted) => Some(accepted.record.clone()),
+                other => {
+                    assert_eq!(*other, Outcome::Rejected(ErrorCode::Duplicate));
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(records.iter().flatten().count(), 4, "{outcomes:?}");
+        results.push(records);
+    }
+    assert_eq!(results[0], results[1]);
+}
+
+/// A share claimed once its hash is known must not be credited twice across a new tip:
+/// its copy, sent while the first waited for the hasher, finds the first's set dropped by
+/// the new tip. It is refused as stale (21), not credited.
+#[test]
+fn a_copy_waiting_across_a_new_tip_is_not_credited_again() {
+    const BITS: u32 = 0x1d00_ffff;
+    let mut h = deferring_harness(BITS, true);
+    let job = h.ready();
+    let en2 = [0, 0, 0, 3];
+    let nonce = mine(&job, &en2, job.ntime, job.version, 1e-3);
+    let line = submit_line(7, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
+    let (Outcome::NeedsPow(first), _) = h.send(&line) else {
+        panic!("a deferring session hands SHA256d to the hasher")
+    };
+    let (Outcome::NeedsPow(copy), _) = h.send(&line) else {
+        panic!("a copy is not known until its hash is")
+    };
+    let hashed_first = hash_one(&first);
+    let hashed_copy = hash_one(&copy);
+    let outcome = h
+        .session
+        .handle_pow(first, &hashed_first, NOW_S, &mut h.duplicates);
+    assert!(matches!(outcome, Outcome::ShareAccepted(_)), "{outcome:?}");
+    h.drain();
+    new_tip(&mut h, BITS);
+    let outcome = h
+        .session
+        .handle_pow(copy, &hashed_copy, NOW_S, &mut h.duplicates);
+    assert_eq!(outcome, Outcome::Rejected(ErrorCode::JobNotFound));
+    assert_eq!(error_code(&h.drain()[0]), Some(21));
+}
+
+/// A block that waited for the hasher while a new tip came is not credited (it may be a
+/// copy), and not lost either: it goes up, recorded at difficulty 0, as a block hashed on
+/// arrival would have.
+#[test]
+fn a_block_waiting_across_a_new_tip_goes_up_uncredited() {
+    const REGTEST_BITS: u32 = 0x207f_ffff;
+    let mut h = deferring_harness(REGTEST_BITS, true);
+    let job = h.ready();
+    let en2 = [0, 0, 0, 4];
+    let nonce = mine(&job, &en2, job.ntime, job.version, 1e-3);
+    let line = submit_line(8, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
+    let (Outcome::NeedsPow(pending), _) = h.send(&line) else {
+        panic!("a deferring session hands SHA256d to the hasher")
+    };
+    new_tip(&mut h, REGTEST_BITS);
+    let hashed = hash_one(&pending);
+    let outcome = h
+        .session
+        .handle_pow(pending, &hashed, NOW_S, &mut h.duplicates);
+    let Outcome::BlockOnly(uncredited, ErrorCode::JobNotFound) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(uncredited.record.difficulty, 0.0);
+    assert_eq!(uncredited.block.header[..], hashed.header[..]);
+    assert_eq!(error_code(&h.drain()[0]), Some(21));
 }

@@ -953,7 +953,7 @@ fn a_block_found_as_its_channel_closes_still_goes_up() {
     for (sequence_number, wants_block) in [(1u32, true), (2, false)] {
         let mut h = Harness::new(FrontEndConfig {
             algorithm: Algorithm::Scrypt,
-            batch_scrypt: true,
+            defer_pow: true,
             ..config(EASY)
         });
         h.jobs = JobBook::default();

@@ -1,5 +1,5 @@
 //! The per-core bound on scrypt shares waiting for the hasher
-//! (`SCRYPT_SHARES_QUEUED_PER_CORE_MAX`), at its edge, on a real pool (`otedama run` on the
+//! (`SHARES_AWAITING_POW_PER_CORE_MAX`), at its edge, on a real pool (`otedama run` on the
 //! synthetic chain, Litecoin, one core): more connections than the bound can hold flood
 //! shares at once. The core's queue fills to the bound exactly and never past it, the
 //! readers wait instead, and every share is still answered.
@@ -9,15 +9,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use otedama_dataplane::net::wire::SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
-use otedama_dataplane::rt::SCRYPT_SHARES_QUEUED_PER_CORE_MAX;
+use otedama_dataplane::rt::SHARES_AWAITING_POW_PER_CORE_MAX;
 use otedama_sharelog::writer::SHARES_AWAITING_DURABILITY_PER_CORE_MAX;
 use otedama_tests::{metric_value, wait_until, StratumTestClient, SyntheticPool};
 
 #[test]
 fn the_scrypt_queue_fills_to_its_bound_and_every_share_is_answered() {
     // Twice the bound in flight if nothing held the readers back.
-    let connections =
-        2 * SCRYPT_SHARES_QUEUED_PER_CORE_MAX / SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
+    let connections = 2 * SHARES_AWAITING_POW_PER_CORE_MAX / SHARES_AWAITING_ACK_PER_CONNECTION_MAX;
     let shares_per_connection = SHARES_AWAITING_ACK_PER_CONNECTION_MAX + 44;
     let pool = SyntheticPool::start_litecoin(&["--cores", "0"]);
     let worker = format!("{}.flood", otedama_tests::SYNTHETIC_LITECOIN_ADDRESS);
@@ -56,24 +55,24 @@ fn the_scrypt_queue_fills_to_its_bound_and_every_share_is_answered() {
             }
         }
     }
-    let sample = "otedama_dataplane_scrypt_queued_peak";
+    let sample = "otedama_dataplane_pow_queued_peak";
     let mut peak = None;
     // Each core publishes its peaks once a second, and the control plane reads them on
     // its own period: wait for the flood's peak to show, then check it is exactly the bound.
     let _ = wait_until(Duration::from_secs(10), "the counters to come up", || {
         peak = pool.metrics().ok().and_then(|m| metric_value(&m, sample));
-        peak.is_some_and(|p| p >= SCRYPT_SHARES_QUEUED_PER_CORE_MAX as f64)
+        peak.is_some_and(|p| p >= SHARES_AWAITING_POW_PER_CORE_MAX as f64)
     });
     assert_eq!(
         peak,
-        Some(SCRYPT_SHARES_QUEUED_PER_CORE_MAX as f64),
+        Some(SHARES_AWAITING_POW_PER_CORE_MAX as f64),
         "the queue reached its bound and never passed it"
     );
     // Queued scrypt shares hold their place under the durability bound too.
     let metrics = pool.metrics().unwrap();
     let durability = metric_value(&metrics, "otedama_dataplane_durability_queued_peak").unwrap();
     assert!(
-        durability >= SCRYPT_SHARES_QUEUED_PER_CORE_MAX as f64
+        durability >= SHARES_AWAITING_POW_PER_CORE_MAX as f64
             && durability <= SHARES_AWAITING_DURABILITY_PER_CORE_MAX as f64,
         "durability peak {durability}"
     );

@@ -17,6 +17,7 @@ use glommio::net::TcpStream;
 use otedama_shared::bans::BanList;
 use otedama_shared::ipc::Refusal;
 use otedama_shared::limits::{EXTRANONCE2_BYTES, STRATUM_LINE_BYTES_MAX};
+use otedama_shared::pow_batch::{HashedShare, PowInput};
 use otedama_shared::sv1::{
     AcceptedShare, ErrorCode, LineFramer, LineStep, Outcome, PendingPow, Session, SessionConfig,
 };
@@ -114,18 +115,18 @@ impl crate::rt::AwaitingDisk for AwaitingDisk {
     }
 }
 
-/// A V1 scrypt share awaiting the core's hasher.
+/// A V1 share awaiting the core's hasher.
 struct AwaitingPow {
     connection: Rc<Connection>,
     pending: Box<PendingPow>,
 }
 
 impl crate::rt::AwaitingPow for AwaitingPow {
-    fn header(&self) -> [u8; 80] {
-        self.pending.header
+    fn input(&self) -> PowInput<'_> {
+        self.pending.input()
     }
 
-    fn finish(self: Box<Self>, core: &Rc<Core>, pow: &[u8; 32], now_s: u64) {
+    fn finish(self: Box<Self>, core: &Rc<Core>, hashed: &HashedShare, now_s: u64) {
         let AwaitingPow {
             connection,
             pending,
@@ -133,7 +134,7 @@ impl crate::rt::AwaitingPow for AwaitingPow {
         let mut session = connection.session.borrow_mut();
         let outcome = {
             let mut duplicates = core.duplicates.borrow_mut();
-            session.handle_pow(pending, pow, now_s, &mut duplicates)
+            session.handle_pow(pending, hashed, now_s, &mut duplicates)
         };
         core.awaiting_durability.give_back(1);
         // A session never asks to close from `handle_pow`.
@@ -241,7 +242,7 @@ fn handle_line(
 }
 
 /// Acts on what the session decided: count a rejection, store an accepted share (and send
-/// its block at once), or queue a scrypt share for the core's batch hasher.
+/// its block at once), or queue a share for the core's batch hasher.
 pub(crate) fn apply_outcome(
     core: &Rc<Core>,
     connection: &Rc<Connection>,
@@ -255,14 +256,14 @@ pub(crate) fn apply_outcome(
             core.counters.refused(Refusal::ProtocolError, 1);
             return Err("not JSON");
         }
-        Outcome::BlockOnly(uncredited) => {
-            core.counters.rejected(ErrorCode::LowDifficulty);
-            tracing::warn!(worker = %uncredited.block.worker, "a block from a share below its share target: sent up and recorded, not credited");
+        Outcome::BlockOnly(uncredited, code) => {
+            core.counters.rejected(code);
+            tracing::warn!(worker = %uncredited.block.worker, ?code, "a block from a share that cannot be credited (below its share target, or a new tip while it waited): sent up and recorded, not credited");
             core.store_uncredited_block(connection.clone(), *uncredited, Protocol::V1);
         }
         Outcome::NeedsPow(pending) => {
             // Counts against the miner's allowance like a share awaiting the disk, so a
-            // flood of scrypt shares stops the reader too.
+            // flood of shares stops the reader too.
             connection.wire.awaiting_ack.take(1);
             core.queue_pow(Box::new(AwaitingPow {
                 connection: connection.clone(),

@@ -15,6 +15,7 @@ use otedama_shared::bans::BanList;
 use otedama_shared::error_code::ErrorCode;
 use otedama_shared::ipc::Refusal;
 use otedama_shared::limits::SV2_PAYLOAD_BYTES_MAX;
+use otedama_shared::pow_batch::{HashedShare, PowInput};
 use otedama_shared::sv2::noise::NoiseServer;
 use otedama_shared::sv2::server::{
     error_code, AcceptedShare, Context, Outcome, PendingPow, Session,
@@ -129,17 +130,17 @@ struct AwaitingPow {
 }
 
 impl crate::rt::AwaitingPow for AwaitingPow {
-    fn header(&self) -> [u8; 80] {
-        self.pending.header
+    fn input(&self) -> PowInput<'_> {
+        self.pending.input()
     }
 
-    fn finish(self: Box<Self>, core: &Rc<Core>, pow: &[u8; 32], now_s: u64) {
+    fn finish(self: Box<Self>, core: &Rc<Core>, hashed: &HashedShare, now_s: u64) {
         let AwaitingPow { link, pending } = *self;
         let outcome = {
             let mut duplicates = core.duplicates.borrow_mut();
             link.session()
                 .borrow_mut()
-                .handle_pow(*pending, pow, now_s, &mut duplicates)
+                .handle_pow(*pending, &hashed.pow, now_s, &mut duplicates)
         };
         core.awaiting_durability.give_back(1);
         // A session never asks to close from `handle_pow`.

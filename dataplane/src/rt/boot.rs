@@ -182,7 +182,7 @@ pub fn run_with_share_log(
                     connections: RefCell::new(HashMap::new()),
                     awaiting: RefCell::new(VecDeque::new()),
                     awaiting_durability: Gate::new(SHARES_AWAITING_DURABILITY_PER_CORE_MAX),
-                    awaiting_pow: Gate::new(SCRYPT_SHARES_QUEUED_PER_CORE_MAX),
+                    awaiting_pow: Gate::new(SHARES_AWAITING_POW_PER_CORE_MAX),
                     receive_buffer: RefCell::new(vec![0; RECEIVE_BUFFER_BYTES].into()),
                     pow_queue: RefCell::new(Vec::new()),
                     pow_waiter: RefCell::new(None),
@@ -271,7 +271,7 @@ pub(super) async fn core_main(
         }
     })
     .detach();
-    glommio::spawn_local(core.clone().hash_scrypt_shares()).detach();
+    glommio::spawn_local(core.clone().hash_queued_shares()).detach();
     let acknowledger = core.clone();
     // Acknowledgements run in their own task queue, latency-sensitive: behind a thousand
     // connection tasks in the default queue, a durable batch waited tens of milliseconds

@@ -25,6 +25,7 @@ use std::time::Duration;
 use otedama_shared::bans::BanList;
 use otedama_shared::error_code::ErrorCode;
 use otedama_shared::ipc::Upstream;
+use otedama_shared::pow_batch::{HashedShare, PowInput};
 use otedama_shared::share::{BlockCandidate, UncreditedBlock};
 use otedama_shared::work::FrontEndConfig;
 use otedama_shared::{DuplicateFilter, Job, JobBook, ShareRecord};
@@ -61,12 +62,13 @@ fn upstream_queue() -> (
 }
 /// The core's one receive buffer; every connection's reads land here in turn.
 pub const RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
-/// Scrypt shares one core holds waiting for its batch hasher: about 0.3 s of hashing at
-/// 14,000 hashes/s. The read path stops taking lines and frames at this bound (as at the
+/// Shares one core holds waiting for its batch hasher (scrypt, and Stratum V1 SHA256d,
+/// `pow_batch::hash_batch`): for scrypt about 0.1 s of hashing at 36,000 hashes/s, for
+/// SHA256d about 8 ms. The read path stops taking lines and frames at this bound (as at the
 /// durability bound) and goes on once the hasher has made room, so a flood of shares
 /// with any nonce (scrypt runs before the target check) waits in its own socket instead of
 /// in the pool's memory.
-pub const SCRYPT_SHARES_QUEUED_PER_CORE_MAX: usize = 4096;
+pub const SHARES_AWAITING_POW_PER_CORE_MAX: usize = 4096;
 /// Connections a job broadcast serves before it lets the core's other tasks run, so that
 /// sending a job to 100,000 miners does not hold up their shares.
 const BROADCAST_CONNECTIONS_PER_SLICE: usize = 512;
@@ -152,17 +154,18 @@ pub struct AwaitingAck {
     pub validated_at: std::time::Instant,
 }
 
-/// A scrypt share waiting for the core's batch hasher, with the session that finishes it.
+/// A share waiting for the core's batch hasher, with the session that finishes it.
 pub trait AwaitingPow {
-    fn header(&self) -> [u8; 80];
-    /// Finishes the share with its proof-of-work value: the session's outcome applied
-    /// (stored, refused, or a block sent up) and its replies sent. Gives back the place
-    /// it held under the core's durability bound before the outcome takes one again
+    /// What the hasher computes for it.
+    fn input(&self) -> PowInput<'_>;
+    /// Finishes the share with what the hasher computed for `input`: the session's outcome
+    /// applied (stored, refused, or a block sent up) and its replies sent. Gives back the
+    /// place it held under the core's durability bound before the outcome takes one again
     /// (`Core::queue_pow`), and the connection's place once done.
-    fn finish(self: Box<Self>, core: &Rc<Core>, pow: &[u8; 32], now_s: u64);
+    fn finish(self: Box<Self>, core: &Rc<Core>, hashed: &HashedShare, now_s: u64);
 }
 
-/// A scrypt share of any protocol waiting for the hasher.
+/// A share of any protocol waiting for the hasher.
 pub type PowWork = Box<dyn AwaitingPow>;
 
 /// Everything one core owns. Only that core's executor ever touches it.
@@ -179,7 +182,7 @@ pub struct Core {
     /// writer completes them in.
     pub awaiting: RefCell<VecDeque<AwaitingAck>>,
     pub awaiting_durability: Gate,
-    /// Scrypt shares queued for the batch hasher (`SCRYPT_SHARES_QUEUED_PER_CORE_MAX`).
+    /// Shares queued for the batch hasher (`SHARES_AWAITING_POW_PER_CORE_MAX`).
     pub awaiting_pow: Gate,
     pub receive_buffer: RefCell<Box<[u8]>>,
     /// Scrypt shares waiting for the batch hasher, and the hasher's waker.
@@ -209,7 +212,7 @@ pub struct Core {
 
 impl Core {
     /// The terms this core holds its miners to, V1 connections and V2 channels alike.
-    /// Scrypt shares always go to the core's batch hasher.
+    /// Shares wait for the core's batch hasher (`Core::queue_pow`): scrypt, and V1 SHA256d.
     pub fn front_end_config(&self) -> FrontEndConfig {
         FrontEndConfig {
             start_difficulty: self.config.start_difficulty,
@@ -217,7 +220,7 @@ impl Core {
             version_rolling_mask: self.config.version_rolling_mask,
             algorithm: self.config.algorithm,
             vardiff: self.config.vardiff,
-            batch_scrypt: true,
+            defer_pow: true,
             network_difficulty_cap_min: otedama_shared::limits::NETWORK_DIFFICULTY_CAP_MIN,
             payout_address_rule: self.config.payout_address_rule,
             bans: self.bans.borrow().clone(),
@@ -455,7 +458,7 @@ impl Core {
 
     /// Whether a connection with `allowance` may have its next line or frame handled: it
     /// and the core are below every bound on shares in flight (awaiting the disk, awaiting
-    /// the scrypt hasher). Checked before each line or frame, so no read, however large,
+    /// the batch hasher). Checked before each line or frame, so no read, however large,
     /// takes a core past a bound by more than the one share being handled.
     pub fn has_room(&self, allowance: &Gate) -> bool {
         allowance.has_room() && self.awaiting_durability.has_room() && self.awaiting_pow.has_room()
@@ -480,7 +483,7 @@ impl Core {
             .durability_queued_peak
             .fetch_max(self.awaiting_durability.peak() as u64, Relaxed);
         counters
-            .scrypt_queued_peak
+            .pow_queued_peak
             .fetch_max(self.awaiting_pow.peak() as u64, Relaxed);
     }
 

@@ -1,14 +1,22 @@
-//! Scrypt shares wait for the core's batch hasher (`scrypt_lanes()` at once: 16 with
-//! AVX-512, 8 with AVX2),
-//! bounded by `SCRYPT_SHARES_QUEUED_PER_CORE_MAX`; SHA256d shares are validated inline.
+//! The core's batch hasher: shares waiting for their proof of work (scrypt of either
+//! protocol, Stratum V1 SHA256d) are hashed together by `pow_batch::hash_batch`, scrypt
+//! `scrypt_lanes()` at once (16 with AVX-512, 8 with AVX2), SHA256d in pairs. Bounded by
+//! `SHARES_AWAITING_POW_PER_CORE_MAX`.
+
+use otedama_shared::pow_batch::{hash_batch, prefetch_claims, HashedShare};
 
 use super::*;
 
+/// Shares the hasher takes in one pass before the core's other tasks may run: the widest
+/// scrypt kernel's lanes, about 0.45 ms of scrypt on this machine kind (BENCHMARKS.md), or
+/// 8 SHA256d pairs, about 25 µs.
+pub const POW_SHARES_PER_PASS_MAX: usize = SCRYPT_LANES_MAX;
+
 impl Core {
-    /// Queues a scrypt share for the batch hasher. It also holds a place under the core's
+    /// Queues a share for the batch hasher. It also holds a place under the core's
     /// durability bound while it waits, given back just before its outcome is applied
     /// (which takes one again if the share is stored): otherwise up to
-    /// `SCRYPT_SHARES_QUEUED_PER_CORE_MAX` hashed shares could land on a core already at
+    /// `SHARES_AWAITING_POW_PER_CORE_MAX` hashed shares could land on a core already at
     /// `SHARES_AWAITING_DURABILITY_PER_CORE_MAX` and fill the share log's queue.
     pub fn queue_pow(&self, work: PowWork) {
         self.awaiting_pow.take(1);
@@ -19,16 +27,12 @@ impl Core {
         }
     }
 
-    /// Hashes queued scrypt shares, as many at a time as the widest kernel takes, and
-    /// finishes them.
+    /// Hashes queued shares, up to `POW_SHARES_PER_PASS_MAX` a pass, and finishes them.
     /// The hasher runs after the tasks already woken (the readers), so shares that arrive
-    /// together are hashed together; a lone share goes through the one-lane crate, which is
-    /// cheaper than a mostly empty multi-lane pass.
-    pub(super) async fn hash_scrypt_shares(self: Rc<Self>) {
-        let mut batch: Vec<PowWork> = Vec::with_capacity(SCRYPT_LANES_MAX);
-        let mut headers = Vec::with_capacity(SCRYPT_LANES_MAX);
-        let mut pows = Vec::with_capacity(SCRYPT_LANES_MAX);
-        let lanes = otedama_kernels::scrypt::scrypt_lanes();
+    /// together are hashed together.
+    pub(super) async fn hash_queued_shares(self: Rc<Self>) {
+        let mut batch: Vec<PowWork> = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
+        let mut hashed: Vec<HashedShare> = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
         loop {
             std::future::poll_fn(|cx| {
                 if self.pow_queue.borrow().is_empty() {
@@ -42,23 +46,19 @@ impl Core {
             futures_lite::future::yield_now().await;
             {
                 let mut queue = self.pow_queue.borrow_mut();
-                let take = queue.len().min(lanes);
+                let take = queue.len().min(POW_SHARES_PER_PASS_MAX);
                 batch.extend(queue.drain(..take));
             }
-            headers.clear();
-            headers.extend(batch.iter().map(|work| work.header()));
-            pows.clear();
-            pows.resize(headers.len(), [0u8; 32]);
-            if headers.len() == 1 {
-                pows[0] = otedama_kernels::scrypt::scrypt_pow(&headers[0]);
-            } else {
-                otedama_kernels::scrypt::scrypt_pow_many(&headers, &mut pows);
-            }
+            let inputs: Vec<_> = batch.iter().map(|work| work.input()).collect();
+            hash_batch(&inputs, &mut hashed);
+            prefetch_claims(&inputs, &hashed, &self.duplicates.borrow());
+            drop(inputs);
             let now_s = now_s();
-            for (work, pow) in batch.drain(..).zip(&pows) {
-                work.finish(&self, pow, now_s);
+            for (work, hashed) in batch.drain(..).zip(&hashed) {
+                work.finish(&self, hashed, now_s);
                 self.awaiting_pow.give_back(1);
             }
+            self.count_filter_refusals(&mut self.duplicates.borrow_mut());
             glommio::yield_if_needed().await;
         }
     }

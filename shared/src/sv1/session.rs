@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::{empty_outbox, WORKERS_PER_CONNECTION_MAX};
+use crate::pow_batch::{OwnedSubmission, PowInput};
 use crate::share::{BlockCandidate, DuplicateFilter, ShareRecord, UncreditedBlock};
 use crate::work::{vet_worker_name, FrontEndConfig, ShareTerms, WorkState};
 
@@ -36,14 +37,15 @@ pub enum Outcome {
     Rejected(ErrorCode),
     /// Store the share durably, then call `handle_share_durable(request_id)`.
     ShareAccepted(Box<AcceptedShare>),
-    /// A scrypt share passed every check but the proof of work: compute
-    /// `scrypt_pow(&pending.header)` (batched with others, if the glue likes) and pass it to
-    /// `handle_pow`. Only with `SessionConfig::batch_scrypt`.
+    /// A share passed every check that comes before its hash: hash it with the others
+    /// waiting (`PendingPow::input`, `pow_batch::hash_batch`) and pass the result to
+    /// `handle_pow`. Only with `FrontEndConfig::defer_pow`, for scrypt and SHA256d alike.
     NeedsPow(Box<PendingPow>),
     /// A block from a share that cannot be credited: its hash missed the share target but
-    /// met the network's (`Rejection::BlockBelowShareTarget`). The low-difficulty refusal
-    /// is queued; the block is the pool's and goes to the node.
-    BlockOnly(Box<UncreditedBlock>),
+    /// met the network's (`Rejection::BlockBelowShareTarget`), or a new tip came while it
+    /// waited for the hasher. The refusal with this code is queued; the block is the
+    /// pool's and goes to the node.
+    BlockOnly(Box<UncreditedBlock>, ErrorCode),
     /// Close this connection (the reason is for logs and counters).
     Close(CloseReason),
 }
@@ -66,20 +68,40 @@ pub struct AcceptedShare {
 #[derive(Debug)]
 pub struct PendingPow {
     pub(super) request_id: RequestId,
-    /// The header to hash with the job's algorithm.
-    pub header: [u8; 80],
-    pub(super) header_hash: [u8; 32],
     pub(super) job: std::sync::Arc<Job>,
     pub(super) job_id: u64,
     pub(super) terms: ShareTerms,
     pub(super) worker: String,
-    pub(super) extranonce2: [u8; crate::limits::EXTRANONCE2_BYTES * 2],
-    pub(super) extranonce2_len: usize,
+    pub(super) submission: OwnedSubmission,
+    /// A scrypt share's header and its SHA256d, with which it was claimed in the duplicate
+    /// filter before the wait. `None` for a SHA256d share: the hasher builds its header,
+    /// and its claim (the SHA256d is the fingerprint) follows in `handle_pow`.
+    pub(super) claimed: Option<([u8; 80], [u8; 32])>,
+    /// `DuplicateFilter::tip_generation` when the share arrived.
+    pub(super) tip_generation: u64,
+}
+
+impl PendingPow {
+    /// What the batch hasher computes for this share.
+    pub fn input(&self) -> PowInput<'_> {
+        match &self.claimed {
+            Some((header, header_hash)) => PowInput::Scrypt {
+                header,
+                header_hash,
+            },
+            None => PowInput::Sha256d {
+                job: &self.job,
+                submission: self.submission.get(),
+            },
+        }
+    }
 }
 
 impl PartialEq for PendingPow {
     fn eq(&self, other: &Self) -> bool {
-        self.request_id == other.request_id && self.header == other.header
+        self.request_id == other.request_id
+            && self.submission == other.submission
+            && self.claimed == other.claimed
     }
 }
 
@@ -160,7 +182,7 @@ impl Session {
             if request.method == "mining.submit" {
                 let Some(id) = request
                     .id
-                    .map_or(Some(RequestId::Null), |raw| RequestId::from_json(raw.get()))
+                    .map_or(Some(RequestId::Null), RequestId::from_json)
                 else {
                     return self.reject(&RequestId::Null, ErrorCode::Other, "request id too long");
                 };

@@ -8,6 +8,7 @@ use crate::limits::EXTRANONCE2_BYTES;
 use otedama_kernels::sha256d::sha256d_80;
 use otedama_kernels::Algorithm;
 
+use crate::pow_batch::{HashedShare, OwnedSubmission};
 use crate::share::{build_header, pow_hash, DuplicateFilter, ShareRecord, ShareSubmission};
 use crate::work::{
     check_ntime, check_version, claim_share, credit_share, CreditedShare, Rejection,
@@ -87,82 +88,143 @@ impl Session {
             nonce,
             version,
         };
-        let header = build_header(&job, &submission);
+        let Some(owned) = OwnedSubmission::new(&submission) else {
+            // Only a session configured with an extranonce1 longer than the pool hands out.
+            return self.reject(id, ErrorCode::Other, "extranonce1 too long for this pool");
+        };
+        let mut pending = PendingPow {
+            request_id: id.clone(),
+            job,
+            job_id,
+            terms,
+            worker,
+            submission: owned,
+            claimed: None,
+            tip_generation: duplicates.tip_generation(),
+        };
+        let defer = self.config.front_end.defer_pow;
+        if defer && pending.job.algorithm == Algorithm::Sha256d {
+            // Boxed only here: a share hashed at once never leaves the stack.
+            return Outcome::NeedsPow(Box::new(pending));
+        }
+        let header = build_header(&pending.job, &submission);
         let header_hash = sha256d_80(&header);
-        match claim_share(&job, header_hash, duplicates) {
+        match claim_share(&pending.job, header_hash, duplicates) {
             Ok(()) => {}
             Err(Rejection::FilterFull) => {
                 return self.reject(id, ErrorCode::Other, FILTER_FULL_MESSAGE);
             }
             Err(_) => return self.reject(id, ErrorCode::Duplicate, "duplicate share"),
         }
-        let pending = PendingPow {
-            request_id: id.clone(),
-            header_hash,
-            header,
-            job,
-            job_id,
-            terms,
-            worker,
-            extranonce2,
-            extranonce2_len: extranonce2_size,
-        };
+        pending.claimed = Some((header, header_hash));
         match pending.job.algorithm {
-            // Boxed only here: a share hashed at once never leaves the stack.
-            Algorithm::Scrypt if self.config.front_end.batch_scrypt => {
-                Outcome::NeedsPow(Box::new(pending))
-            }
+            Algorithm::Scrypt if defer => Outcome::NeedsPow(Box::new(pending)),
             algorithm => {
-                let pow = pow_hash(algorithm, &pending.header, &pending.header_hash);
-                self.finish_share(pending, &pow, now_s, duplicates)
+                let hashed = HashedShare {
+                    header,
+                    header_hash,
+                    pow: pow_hash(algorithm, &header, &header_hash),
+                };
+                self.finish_share(pending, &hashed, now_s, duplicates)
             }
         }
     }
 
-    /// Finishes a share whose proof-of-work value the glue computed (`Outcome::NeedsPow`).
+    /// Finishes a share the glue hashed (`Outcome::NeedsPow`): `hashed` is what
+    /// `pow_batch::hash_batch` computed for `pending.input()`. A SHA256d share is claimed in
+    /// the duplicate filter now that its hash is known.
     pub fn handle_pow(
         &mut self,
         pending: Box<PendingPow>,
-        pow: &[u8; 32],
+        hashed: &HashedShare,
         now_s: u64,
         duplicates: &mut DuplicateFilter,
     ) -> Outcome {
-        self.finish_share(*pending, pow, now_s, duplicates)
+        let pending = *pending;
+        match pending.claimed {
+            // Hashed from this header: the glue computed the scrypt alone.
+            Some((header, header_hash)) => {
+                debug_assert_eq!((header, header_hash), (hashed.header, hashed.header_hash));
+            }
+            // A new tip dropped sets while the share waited: it may be the copy of one
+            // credited before, so it is not credited (`DuplicateFilter::tip_generation`).
+            // Nor is it lost if it is a block, which goes up uncredited as it would have
+            // had it been hashed on arrival.
+            None if pending.tip_generation != duplicates.tip_generation() => {
+                self.reject(&pending.request_id, ErrorCode::JobNotFound, "stale job");
+                if !pending.job.network_target.is_met_by(&hashed.pow) {
+                    return Outcome::Rejected(ErrorCode::JobNotFound);
+                }
+                return Outcome::BlockOnly(
+                    Box::new(UncreditedBlock::new(
+                        &pending.job,
+                        hashed.header,
+                        &hashed.pow,
+                        pending.worker,
+                        (&self.config.extranonce1, pending.submission.extranonce2()),
+                        now_s,
+                    )),
+                    ErrorCode::JobNotFound,
+                );
+            }
+            None => match claim_share(&pending.job, hashed.header_hash, duplicates) {
+                Ok(()) => {}
+                Err(Rejection::FilterFull) => {
+                    return self.reject(&pending.request_id, ErrorCode::Other, FILTER_FULL_MESSAGE)
+                }
+                Err(_) => {
+                    return self.reject(
+                        &pending.request_id,
+                        ErrorCode::Duplicate,
+                        "duplicate share",
+                    )
+                }
+            },
+        }
+        self.finish_share(pending, hashed, now_s, duplicates)
     }
 
     /// The checks after the proof of work: target, duplicate, record.
     fn finish_share(
         &mut self,
         pending: PendingPow,
-        pow: &[u8; 32],
+        hashed: &HashedShare,
         now_s: u64,
         duplicates: &mut DuplicateFilter,
     ) -> Outcome {
         let PendingPow {
             request_id: id,
-            header,
-            header_hash,
             job,
             job_id,
             terms,
             worker,
-            extranonce2,
-            extranonce2_len,
+            submission,
+            claimed: _,
+            tip_generation: _,
         } = pending;
-        let extranonce2 = &extranonce2[..extranonce2_len];
+        let HashedShare {
+            header,
+            header_hash,
+            pow,
+        } = hashed;
+        let (header, pow) = (*header, pow);
+        let extranonce2 = submission.extranonce2();
         let CreditedShare { valid, difficulty } =
-            match credit_share(&job, terms, header, header_hash, pow, duplicates) {
+            match credit_share(&job, terms, header, *header_hash, pow, duplicates) {
                 Ok(credited) => credited,
                 Err(Rejection::BlockBelowShareTarget) => {
                     self.reject(&id, ErrorCode::LowDifficulty, "low difficulty share");
-                    return Outcome::BlockOnly(Box::new(UncreditedBlock::new(
-                        &job,
-                        header,
-                        pow,
-                        worker,
-                        (&self.config.extranonce1, extranonce2),
-                        now_s,
-                    )));
+                    return Outcome::BlockOnly(
+                        Box::new(UncreditedBlock::new(
+                            &job,
+                            header,
+                            pow,
+                            worker,
+                            (&self.config.extranonce1, extranonce2),
+                            now_s,
+                        )),
+                        ErrorCode::LowDifficulty,
+                    );
                 }
                 Err(Rejection::Duplicate) => {
                     return self.reject(&id, ErrorCode::Duplicate, "duplicate share")

@@ -153,6 +153,17 @@ pub struct PendingPow {
     worker: String,
 }
 
+impl PendingPow {
+    /// What the batch hasher computes for this share (`pow_batch::hash_batch`): its
+    /// scrypt; header and hash are known.
+    pub fn input(&self) -> crate::pow_batch::PowInput<'_> {
+        crate::pow_batch::PowInput::Scrypt {
+            header: &self.header,
+            header_hash: &self.header_hash,
+        }
+    }
+}
+
 impl PartialEq for PendingPow {
     fn eq(&self, other: &Self) -> bool {
         (self.channel_id, self.sequence_number, self.header)
@@ -785,7 +796,7 @@ impl Session {
             worker: String::new(),
         };
         match pending.job.algorithm {
-            Algorithm::Scrypt if self.config.batch_scrypt => {
+            Algorithm::Scrypt if self.config.defer_pow => {
                 // Only a share that waits for the hasher can see its channel close first
                 // (`Outcome::BlockOnly`); one hashed here is finished at once, without
                 // the copies.
