@@ -117,22 +117,30 @@ impl ShareSet {
         }
     }
 
-    /// Removes the value of `value`'s fingerprint; `false` if none was held. The values
-    /// after it in its run move back into the gap, so no probe ever stops short of a value
-    /// it should find (and no slot is left as a tombstone).
+    /// Removes the value of `value`'s fingerprint; `false` if none was held.
     pub fn remove(&mut self, value: u64) -> bool {
-        let Some(mut gap) = self.find_value(value) else {
-            return false;
-        };
+        match self.find_value(value) {
+            Some(slot) => {
+                self.remove_at(slot);
+                self.len -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Empties `gap`. The values after it in its run move back into it, so no probe ever
+    /// stops short of a value it should find (and no slot is left as a tombstone). Values
+    /// only move back towards `gap` along their run, never before it.
+    fn remove_at(&mut self, mut gap: usize) {
         let mask = self.slots.len() - 1;
         self.slots[gap] = EMPTY;
-        self.len -= 1;
         let mut slot = gap;
         loop {
             slot = (slot + 1) & mask;
             let moved = self.slots[slot];
             if moved == EMPTY {
-                return true;
+                return;
             }
             let home = self.home(key(moved));
             // The value at `slot` may fill the gap if the gap lies on its way from its home.
@@ -148,17 +156,21 @@ impl ShareSet {
         self.slots.iter().copied().filter(|value| *value != EMPTY)
     }
 
-    /// Keeps the values `keep` says to, in a table sized for them.
+    /// Keeps the values `keep` says to, in place (no second table at the bound's size).
+    /// `keep` may see a value more than once (one moved back past the scan, or one from
+    /// the start of the table that a run wrapping round brought to its end); it must
+    /// answer the same each time.
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
-        let kept: Vec<u64> = self.iter().filter(|value| keep(*value)).collect();
-        if kept.len() == self.len {
-            return;
-        }
-        self.slots = Box::default();
-        self.len = 0;
-        self.rebuild(kept.len());
-        for value in kept {
-            self.insert(value);
+        let mut slot = 0;
+        while slot < self.slots.len() {
+            let value = self.slots[slot];
+            if value != EMPTY && !keep(value) {
+                // A later value of the run may now sit here: look at this slot again.
+                self.remove_at(slot);
+                self.len -= 1;
+            } else {
+                slot += 1;
+            }
         }
     }
 
@@ -293,6 +305,7 @@ mod tests {
         assert!(table.insert((full as u64 + 1) << 8));
         assert_eq!(table.slots.len(), SLOTS_MIN * 2);
         table.retain(|_| false);
+        table.shrink_to_fit();
         assert_eq!((table.len(), table.slots.len()), (0, 0));
     }
 }

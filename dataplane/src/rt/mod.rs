@@ -400,7 +400,19 @@ impl Core {
 
     /// Makes `job` current and sends it to every miner, in slices so that shares keep
     /// flowing on this core while a broadcast to many connections is under way.
-    async fn publish_job(&self, job: Arc<Job>) {
+    async fn publish_job(self: &Rc<Self>, job: Arc<Job>) {
+        let new_tip = self
+            .jobs
+            .borrow()
+            .newest()
+            .map(|newest| newest.template.prevhash)
+            != Some(job.template.prevhash);
+        if new_tip {
+            // A new tip drops the duplicate filter's sets of the old one; a SHA256d share
+            // is claimed only once hashed, so every one still waiting is finished first,
+            // as it would have been had it been hashed on arrival.
+            self.finish_waiting_sha256d();
+        }
         self.jobs.borrow_mut().insert(job.clone());
         self.duplicates
             .borrow_mut()

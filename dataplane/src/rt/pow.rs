@@ -3,7 +3,7 @@
 //! `scrypt_lanes()` at once (16 with AVX-512, 8 with AVX2), SHA256d in pairs. Bounded by
 //! `SHARES_AWAITING_POW_PER_CORE_MAX`.
 
-use otedama_shared::pow_batch::{hash_batch, prefetch_claims, HashedShare};
+use otedama_shared::pow_batch::{hash_batch, prefetch_claims, HashedShare, PowInput};
 
 use super::*;
 
@@ -27,11 +27,47 @@ impl Core {
         }
     }
 
+    /// Hashes and finishes, at once, every queued share that is claimed in the duplicate
+    /// filter only once hashed (Stratum V1 SHA256d), leaving the others (scrypt, claimed
+    /// on arrival) queued. Called before a new tip drops the filter's sets, so no share
+    /// waits across one: its copy credited before the tip could not be told from it after
+    /// (`DuplicateFilter::tip_generation`, whose refusal then never fires here). At most
+    /// `SHARES_AWAITING_POW_PER_CORE_MAX` SHA256d hashes, about 7 ms, once a block.
+    pub(super) fn finish_waiting_sha256d(self: &Rc<Self>) {
+        let waiting: Vec<PowWork> = {
+            let mut queue = self.pow_queue.borrow_mut();
+            let (sha256d, rest): (Vec<PowWork>, Vec<PowWork>) = queue
+                .drain(..)
+                .partition(|work| matches!(work.input(), PowInput::Sha256d { .. }));
+            *queue = rest;
+            sha256d
+        };
+        let mut hashed = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
+        let mut waiting = waiting.into_iter().peekable();
+        while waiting.peek().is_some() {
+            let batch: Vec<PowWork> = waiting.by_ref().take(POW_SHARES_PER_PASS_MAX).collect();
+            self.finish_batch(batch, &mut hashed);
+        }
+    }
+
+    /// Hashes one batch and finishes its shares.
+    fn finish_batch(self: &Rc<Self>, batch: Vec<PowWork>, hashed: &mut Vec<HashedShare>) {
+        let inputs: Vec<_> = batch.iter().map(|work| work.input()).collect();
+        hash_batch(&inputs, hashed);
+        prefetch_claims(&inputs, hashed, &self.duplicates.borrow());
+        drop(inputs);
+        let now_s = now_s();
+        for (work, hashed) in batch.into_iter().zip(hashed.iter()) {
+            work.finish(self, hashed, now_s);
+            self.awaiting_pow.give_back(1);
+        }
+        self.count_filter_refusals(&mut self.duplicates.borrow_mut());
+    }
+
     /// Hashes queued shares, up to `POW_SHARES_PER_PASS_MAX` a pass, and finishes them.
     /// The hasher runs after the tasks already woken (the readers), so shares that arrive
     /// together are hashed together.
     pub(super) async fn hash_queued_shares(self: Rc<Self>) {
-        let mut batch: Vec<PowWork> = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
         let mut hashed: Vec<HashedShare> = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
         loop {
             std::future::poll_fn(|cx| {
@@ -44,21 +80,12 @@ impl Core {
             })
             .await;
             futures_lite::future::yield_now().await;
-            {
+            let batch: Vec<PowWork> = {
                 let mut queue = self.pow_queue.borrow_mut();
                 let take = queue.len().min(POW_SHARES_PER_PASS_MAX);
-                batch.extend(queue.drain(..take));
-            }
-            let inputs: Vec<_> = batch.iter().map(|work| work.input()).collect();
-            hash_batch(&inputs, &mut hashed);
-            prefetch_claims(&inputs, &hashed, &self.duplicates.borrow());
-            drop(inputs);
-            let now_s = now_s();
-            for (work, hashed) in batch.drain(..).zip(&hashed) {
-                work.finish(&self, hashed, now_s);
-                self.awaiting_pow.give_back(1);
-            }
-            self.count_filter_refusals(&mut self.duplicates.borrow_mut());
+                queue.drain(..take).collect()
+            };
+            self.finish_batch(batch, &mut hashed);
             glommio::yield_if_needed().await;
         }
     }
