@@ -6,8 +6,9 @@
 # kernel's slab growth while the connections were held.
 #
 # Usage: benches/scripts/loadtest.sh [pool flags...] -- [loadgen flags...]
-# Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default 33333),
-# COIN (bitcoin: SHA256d shares, the default; litecoin: scrypt shares), LOADGEN_PREFIX (a
+# Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default 23333:
+# below the ephemeral port range, so no client socket of a big run, nor its TIME_WAIT, holds
+# it or the API port after it), COIN (bitcoin: SHA256d shares, the default; litecoin: scrypt shares), LOADGEN_PREFIX (a
 # command to run the generator under, such as `taskset -c 1`), POOL_LOG (where the pool's log
 # goes; by default it is deleted with the run's data directory). With
 # RUST_LOG=otedama_dataplane=info the log has one "job broadcast" line per core and job,
@@ -15,7 +16,7 @@
 set -euo pipefail
 
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
-port=${PORT:-33333}
+port=${PORT:-23333}
 api_port=$((port + 1))
 pool_flags=()
 while [[ $# -gt 0 && $1 != "--" ]]; do pool_flags+=("$1"); shift; done
