@@ -27,7 +27,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/otedama-broadcast.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# Every baseline process writes to its share of the sockets, all starting together.
+# The baseline writes to its share of the sockets in PROCESSES parts, one after another.
 baseline() {
   local name=$1 receivers
   for receivers in idle reading; do
@@ -72,6 +72,10 @@ for name, values in baseline.items():
     print(f"baseline {name} (ms per round): {' '.join(f'{v:.1f}' for v in values)}")
 print(f"pool, jobs that reached all {connections} (ms): {' '.join(map(str, pool))}")
 pool_median = statistics.median(pool)
+waited = sum(json.load(open(f"{work}/{when}-{mode}.{p}.json"))["would_block"]
+             for when in ("before", "after") for mode in ("idle", "reading") for p in range(processes))
+if waited:
+    print(f"warning: the baseline found a socket buffer full {waited} times; its figures include that wait")
 for mode in ("idle", "reading"):
     bound = statistics.median(baseline[f"before, receivers {mode}"] + baseline[f"after, receivers {mode}"])
     print(f"pool median {pool_median:.0f} ms / baseline ({mode} receivers) median {bound:.1f} ms"

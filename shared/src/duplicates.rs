@@ -47,8 +47,9 @@ impl std::hash::Hasher for FingerprintHasher {
 
 /// Shares one core's duplicate filter remembers at most, over all live jobs. Each is one
 /// `u64` slot of a table (`ShareSet`: its fingerprint and work) that is at most three
-/// quarters full and at least three eighths after it grows, so the filter stays under
-/// 64 MB per core in one table, about 86 MB spread over many. At the bound the work floor rises
+/// quarters full and at least three eighths after it grows, so the filter takes 64 MiB per
+/// core in one table at the bound (96 MiB for a moment while it grows to that), about
+/// 86 MB spread over many. At the bound the work floor rises
 /// (`DuplicateFilter::forget_least_work`): the shares of the least work are forgotten,
 /// those of jobs no longer live first, at least
 /// `DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR`th of the bound at a time, and shares of a

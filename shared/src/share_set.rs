@@ -157,9 +157,10 @@ impl ShareSet {
     }
 
     /// Keeps the values `keep` says to, in place (no second table at the bound's size).
-    /// `keep` may see a value more than once (one moved back past the scan, or one from
-    /// the start of the table that a run wrapping round brought to its end); it must
-    /// answer the same each time.
+    /// Values not yet seen only move back to the slot being looked at or beyond it, so none
+    /// is skipped; one already seen may be seen again (a run wrapping round the end brings
+    /// values from the start of the table back to its end), so `keep` must answer the
+    /// same each time.
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
         let mut slot = 0;
         while slot < self.slots.len() {
@@ -277,6 +278,40 @@ mod tests {
         held.sort_unstable();
         expected.sort_unstable();
         assert_eq!(held, expected);
+    }
+
+    /// A run that wraps round the end of the table: removing from it, one value or in a
+    /// `retain`, leaves every other value found, and `retain` judges each value it keeps.
+    #[test]
+    fn a_run_wrapping_round_the_end_stays_whole() {
+        let mut table = ShareSet::default();
+        assert!(table.insert(1 << 8));
+        let last = table.slots.len() - 1;
+        // Fingerprints whose home is the last slot: their run goes on at slot 0.
+        let wrapping: Vec<u64> = (2..100_000u64)
+            .filter(|print| table.home(*print) == last)
+            .take(4)
+            .map(|print| print << 8)
+            .collect();
+        assert_eq!(wrapping.len(), 4);
+        for value in &wrapping {
+            assert!(table.insert(*value));
+        }
+        assert_ne!(table.slots[0], EMPTY, "the run wrapped");
+        assert!(table.remove(wrapping[0]));
+        for value in &wrapping[1..] {
+            assert!(table.contains(*value));
+        }
+        let mut judged = std::collections::HashSet::new();
+        table.retain(|value| {
+            judged.insert(value);
+            value != wrapping[1]
+        });
+        assert!(!table.contains(wrapping[1]));
+        for value in wrapping[2..].iter().chain([&(1 << 8)]) {
+            assert!(table.contains(*value) && judged.contains(value));
+        }
+        assert_eq!(table.len(), 3);
     }
 
     /// The fingerprint 0 is kept (as 1), so it is never mistaken for an empty slot: held

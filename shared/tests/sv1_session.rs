@@ -1097,6 +1097,20 @@ fn new_tip(h: &mut Harness, bits: u32) {
     h.drain();
 }
 
+/// A share mined at difficulty 0.001 (extranonce2 ending in `extranonce2_last`) sent to a
+/// deferring session: its line, and the share waiting for the hasher.
+fn waiting_share(h: &mut Harness, extranonce2_last: u8) -> (Vec<u8>, Box<PendingPow>) {
+    let job = h.ready();
+    let en2 = [0, 0, 0, extranonce2_last];
+    let nonce = mine(&job, &en2, job.ntime, job.version, 1e-3);
+    let id = 10 + u64::from(extranonce2_last);
+    let line = submit_line(id, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
+    let (Outcome::NeedsPow(pending), _) = h.send(&line) else {
+        panic!("a deferring session hands SHA256d to the hasher")
+    };
+    (line, pending)
+}
+
 /// Stratum V1 SHA256d shares that wait for the batch hasher, hashed two at a time, end
 /// exactly where shares the session hashes itself do: the same records, and a copy that
 /// waited beside its first is a duplicate (22).
@@ -1165,13 +1179,7 @@ fn deferred_sha256d_shares_finish_like_hashed_ones() {
 fn a_copy_waiting_across_a_new_tip_is_not_credited_again() {
     const BITS: u32 = 0x1d00_ffff;
     let mut h = deferring_harness(BITS, true);
-    let job = h.ready();
-    let en2 = [0, 0, 0, 3];
-    let nonce = mine(&job, &en2, job.ntime, job.version, 1e-3);
-    let line = submit_line(7, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
-    let (Outcome::NeedsPow(first), _) = h.send(&line) else {
-        panic!("a deferring session hands SHA256d to the hasher")
-    };
+    let (line, first) = waiting_share(&mut h, 3);
     let (Outcome::NeedsPow(copy), _) = h.send(&line) else {
         panic!("a copy is not known until its hash is")
     };
@@ -1197,13 +1205,7 @@ fn a_copy_waiting_across_a_new_tip_is_not_credited_again() {
 fn a_block_waiting_across_a_new_tip_goes_up_uncredited() {
     const REGTEST_BITS: u32 = 0x207f_ffff;
     let mut h = deferring_harness(REGTEST_BITS, true);
-    let job = h.ready();
-    let en2 = [0, 0, 0, 4];
-    let nonce = mine(&job, &en2, job.ntime, job.version, 1e-3);
-    let line = submit_line(8, "addr.rig", &job.job_id, &en2, job.ntime, nonce, None);
-    let (Outcome::NeedsPow(pending), _) = h.send(&line) else {
-        panic!("a deferring session hands SHA256d to the hasher")
-    };
+    let (_, pending) = waiting_share(&mut h, 4);
     new_tip(&mut h, REGTEST_BITS);
     let hashed = hash_one(&pending);
     let outcome = h

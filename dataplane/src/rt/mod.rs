@@ -20,7 +20,6 @@ use extranonce::ExtranonceAllocator;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use otedama_shared::bans::BanList;
 use otedama_shared::error_code::ErrorCode;
@@ -401,6 +400,9 @@ impl Core {
     /// Makes `job` current and sends it to every miner, in slices so that shares keep
     /// flowing on this core while a broadcast to many connections is under way.
     async fn publish_job(self: &Rc<Self>, job: Arc<Job>) {
+        // Timed from here: the SHA256d shares finished first are time without serving
+        // shares too, and they hold the job back.
+        let started = std::time::Instant::now();
         let new_tip = self
             .jobs
             .borrow()
@@ -413,14 +415,13 @@ impl Core {
             // as it would have been had it been hashed on arrival.
             self.finish_waiting_sha256d();
         }
+        let mut longest_slice = started.elapsed();
         self.jobs.borrow_mut().insert(job.clone());
         self.duplicates
             .borrow_mut()
             .retire_unlisted(&self.jobs.borrow());
         let connections: Vec<Peer> = self.connections.borrow().values().cloned().collect();
         let now_s = now_s();
-        let started = std::time::Instant::now();
-        let mut longest_slice = Duration::ZERO;
         for slice in connections.chunks(BROADCAST_CONNECTIONS_PER_SLICE) {
             let slice_started = std::time::Instant::now();
             for connection in slice {
@@ -429,7 +430,8 @@ impl Core {
             longest_slice = longest_slice.max(slice_started.elapsed());
             glommio::yield_if_needed().await;
         }
-        // The longest slice is the longest this core went without serving shares.
+        // The longest slice (the waiting SHA256d shares finished first count as one) is the
+        // longest this core went without serving shares.
         tracing::info!(
             core = self.index,
             job_id = job.job_id(),

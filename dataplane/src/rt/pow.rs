@@ -32,7 +32,9 @@ impl Core {
     /// on arrival) queued. Called before a new tip drops the filter's sets, so no share
     /// waits across one: its copy credited before the tip could not be told from it after
     /// (`DuplicateFilter::tip_generation`, whose refusal then never fires here). At most
-    /// `SHARES_AWAITING_POW_PER_CORE_MAX` SHA256d hashes, about 7 ms, once a block.
+    /// `SHARES_AWAITING_POW_PER_CORE_MAX` shares, once a block: about 7 ms of hashing, plus
+    /// each share's claim, record, append to the share log and reply (not measured apart;
+    /// the job broadcast's log line counts it in its `longest_slice_us`).
     pub(super) fn finish_waiting_sha256d(self: &Rc<Self>) {
         let waiting: Vec<PowWork> = {
             let mut queue = self.pow_queue.borrow_mut();

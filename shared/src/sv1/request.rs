@@ -121,13 +121,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for StringParams<'a> {
 
 /// Parses `line` in place if it is a request with only plain-string params.
 pub fn parse_borrowed(line: &[u8]) -> Option<BorrowedRequest<'_>> {
-    scan_request(line).or_else(|| {
-        let request: SerdeRequest<'_> = serde_json::from_slice(line).ok()?;
-        Some(BorrowedRequest {
-            id: request.id.map(RawValue::get),
-            method: request.method,
-            params: request.params,
-        })
+    scan_request(line).or_else(|| parse_with_serde(line))
+}
+
+fn parse_with_serde(line: &[u8]) -> Option<BorrowedRequest<'_>> {
+    let request: SerdeRequest<'_> = serde_json::from_slice(line).ok()?;
+    Some(BorrowedRequest {
+        id: request.id.map(RawValue::get),
+        method: request.method,
+        params: request.params,
     })
 }
 
@@ -323,32 +325,26 @@ mod tests {
         );
     }
 
-    fn serde_reads(line: &[u8]) -> Option<(Option<String>, String, Vec<String>)> {
-        let request: SerdeRequest<'_> = serde_json::from_slice(line).ok()?;
-        Some((
-            request.id.map(|raw| raw.get().to_owned()),
-            request.method.to_owned(),
-            request
-                .params
-                .as_slice()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        ))
+    /// A request as owned values, to compare.
+    type Read = (Option<String>, String, Vec<String>);
+
+    fn owned(request: Option<BorrowedRequest<'_>>) -> Option<Read> {
+        request.map(|request| {
+            let params = request.params.as_slice().iter().map(|s| s.to_string());
+            (
+                request.id.map(str::to_owned),
+                request.method.to_owned(),
+                params.collect(),
+            )
+        })
     }
 
-    fn scanner_reads(line: &[u8]) -> Option<(Option<String>, String, Vec<String>)> {
-        let request = scan_request(line)?;
-        Some((
-            request.id.map(str::to_owned),
-            request.method.to_owned(),
-            request
-                .params
-                .as_slice()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        ))
+    fn serde_reads(line: &[u8]) -> Option<Read> {
+        owned(parse_with_serde(line))
+    }
+
+    fn scanner_reads(line: &[u8]) -> Option<Read> {
+        owned(scan_request(line))
     }
 
     /// A random request line, mostly of the shapes miners send, with every variation the

@@ -1,7 +1,8 @@
 //! `mining.submit`: every check a share must pass, in the order that gives the miner the
 //! most useful code: subscription (25), shape (20), worker (24), job (21), field sizes and
-//! ranges (20), duplicate (22, claimed before the proof of work, see `DuplicateFilter`),
-//! target (23).
+//! ranges (20), duplicate (22: a scrypt share claimed before its proof of work, a SHA256d
+//! share once hashed, which with `defer_pow` is in the core's batch hasher; see
+//! `DuplicateFilter`), target (23).
 
 use crate::hex32::decode_u32_be;
 use crate::limits::EXTRANONCE2_BYTES;
@@ -13,7 +14,7 @@ use crate::share::{build_header, pow_hash, DuplicateFilter, ShareRecord, ShareSu
 use crate::work::{
     check_ntime, check_version, claim_share, credit_share, CreditedShare, Rejection,
 };
-use crate::JobBook;
+use crate::{Job, JobBook};
 
 use super::request::RequestId;
 use super::session::{AcceptedShare, Outcome, PendingPow, Session};
@@ -109,12 +110,8 @@ impl Session {
         }
         let header = build_header(&pending.job, &submission);
         let header_hash = sha256d_80(&header);
-        match claim_share(&pending.job, header_hash, duplicates) {
-            Ok(()) => {}
-            Err(Rejection::FilterFull) => {
-                return self.reject(id, ErrorCode::Other, FILTER_FULL_MESSAGE);
-            }
-            Err(_) => return self.reject(id, ErrorCode::Duplicate, "duplicate share"),
+        if let Err(refused) = self.claim(id, &pending.job, header_hash, duplicates) {
+            return refused;
         }
         pending.claimed = Some((header, header_hash));
         match pending.job.algorithm {
@@ -167,21 +164,37 @@ impl Session {
                     ErrorCode::JobNotFound,
                 );
             }
-            None => match claim_share(&pending.job, hashed.header_hash, duplicates) {
-                Ok(()) => {}
-                Err(Rejection::FilterFull) => {
-                    return self.reject(&pending.request_id, ErrorCode::Other, FILTER_FULL_MESSAGE)
+            None => {
+                let claimed = self.claim(
+                    &pending.request_id,
+                    &pending.job,
+                    hashed.header_hash,
+                    duplicates,
+                );
+                if let Err(refused) = claimed {
+                    return refused;
                 }
-                Err(_) => {
-                    return self.reject(
-                        &pending.request_id,
-                        ErrorCode::Duplicate,
-                        "duplicate share",
-                    )
-                }
-            },
+            }
         }
         self.finish_share(pending, hashed, now_s, duplicates)
+    }
+
+    /// Claims the share in the duplicate filter, or queues its refusal (22, or 20 when the
+    /// filter is full of shares of more work) and returns it.
+    fn claim(
+        &mut self,
+        id: &RequestId,
+        job: &Job,
+        header_hash: [u8; 32],
+        duplicates: &mut DuplicateFilter,
+    ) -> Result<(), Outcome> {
+        match claim_share(job, header_hash, duplicates) {
+            Ok(()) => Ok(()),
+            Err(Rejection::FilterFull) => {
+                Err(self.reject(id, ErrorCode::Other, FILTER_FULL_MESSAGE))
+            }
+            Err(_) => Err(self.reject(id, ErrorCode::Duplicate, "duplicate share")),
+        }
     }
 
     /// The checks after the proof of work: target, duplicate, record.
