@@ -185,6 +185,34 @@ const PLAIN_STRING_BYTES: [bool; 256] = {
     plain
 };
 
+/// How many bytes at the start of `bytes` a plain string may hold (`PLAIN_STRING_BYTES`),
+/// eight at a time: a byte under 0x20 or over 0x7e, a quote or a backslash ends the run.
+/// Each test below sets a byte's high bit where it fails; a borrow or carry between bytes
+/// only spoils bytes after the first one set, so the lowest set bit is exact.
+fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+        let above_tilde = word.wrapping_add(ONES) | word;
+        let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+        let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+        let ends = (below_space | above_tilde | quote | backslash) & HIGH_BITS;
+        if ends != 0 {
+            return at + ends.trailing_zeros() as usize / 8;
+        }
+        at += 8;
+    }
+    let rest = &bytes[at..];
+    at + rest
+        .iter()
+        .position(|&byte| !PLAIN_STRING_BYTES[usize::from(byte)])
+        .unwrap_or(rest.len())
+}
+
 struct Scanner<'a> {
     line: &'a [u8],
     at: usize,
@@ -212,9 +240,7 @@ impl<'a> Scanner<'a> {
     fn plain_string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let start = self.at;
-        let length = self.line[start..]
-            .iter()
-            .position(|&byte| !PLAIN_STRING_BYTES[usize::from(byte)])?;
+        let length = plain_run(&self.line[start..]);
         // The closing quote right there: `expect` would skip whitespace before it.
         self.at = start + length + 1;
         if self.line.get(start + length) != Some(&b'"') {
@@ -323,6 +349,32 @@ mod tests {
             parse_borrowed(br#"{"id":1,"method":"m","params":["1","2","3","4","5","6","7"]}"#)
                 .is_none()
         );
+    }
+
+    /// The eight-at-a-time run agrees with the byte table: every byte value at every place
+    /// of a 20-byte plain string ends it there exactly when the table says it must.
+    #[test]
+    fn the_plain_run_ends_where_the_table_says() {
+        for at in 0..20 {
+            for byte in 0..=255u8 {
+                let mut bytes = [b'a'; 20];
+                bytes[at] = byte;
+                let expected = if PLAIN_STRING_BYTES[usize::from(byte)] {
+                    20
+                } else {
+                    at
+                };
+                assert_eq!(plain_run(&bytes), expected, "byte {byte:#x} at {at}");
+                // And with a later non-plain byte, which must not move the end.
+                bytes[19] = b'"';
+                let expected = expected.min(19);
+                assert_eq!(
+                    plain_run(&bytes),
+                    expected,
+                    "byte {byte:#x} at {at}, quote at 19"
+                );
+            }
+        }
     }
 
     /// A request as owned values, to compare.
