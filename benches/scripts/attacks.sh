@@ -11,14 +11,14 @@
 #
 # Usage: benches/scripts/attacks.sh
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
-# 34333), HONEST (loadgen flags for the honest miners), ATTACK_S (default 25), ONLY (the
+# 24333, below the ephemeral port range like every script here), HONEST (loadgen flags for the honest miners), ATTACK_S (default 25), ONLY (the
 # names of the attacks to run, space separated; default all), COIN (bitcoin, the default:
 # SHA256d shares; or litecoin: scrypt shares, which the pool hashes in batches).
 set -euo pipefail
 
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
 here=$(cd "$(dirname "$0")" && pwd)
-port=${PORT:-34333}
+port=${PORT:-24333}
 api_port=$((port + 1))
 quic_port=$((port + 2))
 attack_s=${ATTACK_S:-25}

@@ -7,11 +7,11 @@
 #
 # Usage: benches/scripts/memory-after-flood.sh
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
-# 35333), ROUNDS, AFTER_S.
+# 25333, below the ephemeral port range), ROUNDS, AFTER_S.
 set -euo pipefail
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
 here=$(cd "$(dirname "$0")" && pwd)
-port=${PORT:-35333}
+port=${PORT:-25333}
 data_dir=$(mktemp -d /tmp/otedama-memory.XXXXXX)
 RUST_LOG=warn "$bin_dir/otedama" run --chain synthetic --coin bitcoin --network regtest \
   --payout-address bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt --data-dir "$data_dir" \

@@ -10,12 +10,12 @@
 # Usage: benches/scripts/protocols.sh [loadgen flags...]   (default: --connections 1000
 #        --rate 10000 --duration 20)
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
-# 34333; the run uses PORT to PORT+3), LOADGEN_PREFIX (such as `taskset -c 1`), POOL_FLAGS
+# 24433, below the ephemeral port range; the run uses PORT to PORT+3), LOADGEN_PREFIX (such as `taskset -c 1`), POOL_FLAGS
 # (more flags for the pool, such as `--cores 0`).
 set -euo pipefail
 
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
-port=${PORT:-34333}
+port=${PORT:-24433}
 v1_port=$port sv2_port=$((port + 1)) quic_port=$((port + 2)) api_port=$((port + 3))
 loadgen_flags=("$@")
 [[ ${#loadgen_flags[@]} -eq 0 ]] && loadgen_flags=(--connections 1000 --rate 10000 --duration 20)

@@ -16,7 +16,7 @@
 # Usage: benches/scripts/sidebyside.sh OTHER_HOST:PORT [loadgen flags...]   (default flags:
 #        --connections 1000 --rate 100000 --duration 20)
 # Environment: OTEDAMA_BIN_DIR (default: the release target directory), PORT (default
-# 34353; the run uses PORT and PORT+1), ROUNDS (default 2), OTHER_USER (the worker name for
+# 24353, below the ephemeral port range; the run uses PORT and PORT+1), ROUNDS (default 2), OTHER_USER (the worker name for
 # the other pool; default: the one Otedama is given), LOADGEN_PREFIX, POOL_FLAGS.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ set -euo pipefail
 other=$1
 shift
 bin_dir=${OTEDAMA_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/otedama-target}/release}
-port=${PORT:-34353}
+port=${PORT:-24353}
 v1_port=$port api_port=$((port + 1))
 rounds=${ROUNDS:-2}
 loadgen_flags=("$@")
