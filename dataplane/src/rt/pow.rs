@@ -45,21 +45,22 @@ impl Core {
             sha256d
         };
         let mut hashed = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
+        let mut batch = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
         let mut waiting = waiting.into_iter().peekable();
         while waiting.peek().is_some() {
-            let batch: Vec<PowWork> = waiting.by_ref().take(POW_SHARES_PER_PASS_MAX).collect();
-            self.finish_batch(batch, &mut hashed);
+            batch.extend(waiting.by_ref().take(POW_SHARES_PER_PASS_MAX));
+            self.finish_batch(&mut batch, &mut hashed);
         }
     }
 
-    /// Hashes one batch and finishes its shares.
-    fn finish_batch(self: &Rc<Self>, batch: Vec<PowWork>, hashed: &mut Vec<HashedShare>) {
+    /// Hashes one batch and finishes its shares, leaving `batch` empty for the next.
+    fn finish_batch(self: &Rc<Self>, batch: &mut Vec<PowWork>, hashed: &mut Vec<HashedShare>) {
         let inputs: Vec<_> = batch.iter().map(|work| work.input()).collect();
         hash_batch(&inputs, hashed);
         prefetch_claims(&inputs, hashed, &self.duplicates.borrow());
         drop(inputs);
         let now_s = now_s();
-        for (work, hashed) in batch.into_iter().zip(hashed.iter()) {
+        for (work, hashed) in batch.drain(..).zip(hashed.iter()) {
             work.finish(self, hashed, now_s);
             self.awaiting_pow.give_back(1);
         }
@@ -71,6 +72,7 @@ impl Core {
     /// together are hashed together.
     pub(super) async fn hash_queued_shares(self: Rc<Self>) {
         let mut hashed: Vec<HashedShare> = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
+        let mut batch: Vec<PowWork> = Vec::with_capacity(POW_SHARES_PER_PASS_MAX);
         loop {
             std::future::poll_fn(|cx| {
                 if self.pow_queue.borrow().is_empty() {
@@ -82,12 +84,12 @@ impl Core {
             })
             .await;
             futures_lite::future::yield_now().await;
-            let batch: Vec<PowWork> = {
+            {
                 let mut queue = self.pow_queue.borrow_mut();
                 let take = queue.len().min(POW_SHARES_PER_PASS_MAX);
-                queue.drain(..take).collect()
-            };
-            self.finish_batch(batch, &mut hashed);
+                batch.extend(queue.drain(..take));
+            }
+            self.finish_batch(&mut batch, &mut hashed);
             glommio::yield_if_needed().await;
         }
     }
