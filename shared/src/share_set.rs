@@ -42,11 +42,58 @@ fn stored(value: u64) -> u64 {
     }
 }
 
+/// A slot of the table being left (`ShareSet::leaving`) whose value was removed before it
+/// moved over: not empty, so the runs through it stay whole for the values after it, and
+/// of fingerprint 0, which no stored value has (`stored`), so no lookup stops at it.
+const LEFT: u64 = 1;
+/// Slots of the table being left that move over with each insert. A table grows at three
+/// quarters full into one of twice the slots or more, so it is left after at most a
+/// quarter of its slot count in inserts; by then it held at most its own slot count of
+/// values, against the new table's room for one and a half times that. The new table so
+/// never fills before the old one is empty, and no insert ever pays for a whole table.
+const SLOTS_MOVED_PER_INSERT: usize = 4;
+
+/// Where a fingerprint's value is held.
+enum Place {
+    Current(usize),
+    Leaving(usize),
+}
+
+/// The slot of `key`'s home in `slots` (a power of two long).
+fn home_in(slots: &[u64], key: u64) -> usize {
+    let bits = slots.len().trailing_zeros();
+    ((key ^ seed()).wrapping_mul(SPREAD) >> (64 - bits)) as usize
+}
+
+/// `Ok(slot)` holding `key`, or `Err(slot)`: the empty slot where it would go. `slots`
+/// must not be empty.
+fn find_in(slots: &[u64], key: u64) -> Result<usize, usize> {
+    let mask = slots.len() - 1;
+    let mut slot = home_in(slots, key);
+    loop {
+        match slots[slot] {
+            EMPTY => return Err(slot),
+            value if self::key(value) == key => return Ok(slot),
+            _ => slot = (slot + 1) & mask,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ShareSet {
     /// Empty, or a power of two at least `SLOTS_MIN` long.
     slots: Box<[u64]>,
+    /// Values held in both tables.
     len: usize,
+    /// While the table grows: the table before, whose slots from `moved` on still hold
+    /// their values until they move over (`SLOTS_MOVED_PER_INSERT` at each insert), so a
+    /// growth costs no share more than a few slots: moving a whole table of hundreds of
+    /// thousands of shares at once held its core for 6 to 16 ms (BENCHMARKS.md, issue 19).
+    /// Empty otherwise. Invariant: a fingerprint is held in `slots` or in
+    /// `leaving[moved..]`, never both; one found in `leaving[..moved]` alone was removed
+    /// after it moved.
+    leaving: Box<[u64]>,
+    moved: usize,
 }
 
 impl ShareSet {
@@ -63,70 +110,124 @@ impl ShareSet {
         self.slots.len() / LOAD_DENOMINATOR * LOAD_NUMERATOR
     }
 
+    #[cfg(test)]
     fn home(&self, key: u64) -> usize {
-        let bits = self.slots.len().trailing_zeros();
-        ((key ^ seed()).wrapping_mul(SPREAD) >> (64 - bits)) as usize
+        home_in(&self.slots, key)
     }
 
-    /// `Ok(slot)` holding `key`, or `Err(slot)`: the empty slot where it would go.
-    /// The table must have slots.
-    fn find(&self, key: u64) -> Result<usize, usize> {
-        let mask = self.slots.len() - 1;
-        let mut slot = self.home(key);
-        loop {
-            match self.slots[slot] {
-                EMPTY => return Err(slot),
-                value if self::key(value) == key => return Ok(slot),
-                _ => slot = (slot + 1) & mask,
+    fn locate(&self, key: u64) -> Option<Place> {
+        if !self.slots.is_empty() {
+            if let Ok(slot) = find_in(&self.slots, key) {
+                return Some(Place::Current(slot));
             }
         }
-    }
-
-    fn find_value(&self, value: u64) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
+        if !self.leaving.is_empty() {
+            if let Ok(slot) = find_in(&self.leaving, key) {
+                if slot >= self.moved {
+                    return Some(Place::Leaving(slot));
+                }
+            }
         }
-        self.find(key(stored(value))).ok()
+        None
     }
 
     /// Whether a value of the same fingerprint is held.
     pub fn contains(&self, value: u64) -> bool {
-        self.find_value(value).is_some()
+        self.locate(key(stored(value))).is_some()
     }
 
     /// Adds `value`; `false` (and nothing changed) if one of its fingerprint is held.
     pub fn insert(&mut self, value: u64) -> bool {
-        if self.len + 1 > self.capacity() {
-            self.rebuild((self.len + 1).max(self.len * 2));
-        }
         let value = stored(value);
-        match self.find(key(value)) {
-            Ok(_) => false,
-            Err(slot) => {
-                self.slots[slot] = value;
-                self.len += 1;
-                true
+        let key = key(value);
+        if self.leaving.is_empty() && self.len < self.capacity() {
+            // Neither growing nor full: one lookup.
+            return match find_in(&self.slots, key) {
+                Ok(_) => false,
+                Err(slot) => {
+                    self.slots[slot] = value;
+                    self.len += 1;
+                    true
+                }
+            };
+        }
+        if self.locate(key).is_some() {
+            return false;
+        }
+        if self.len >= self.capacity() {
+            // While growing this cannot happen (`SLOTS_MOVED_PER_INSERT`); if it did, the
+            // old table would be finished first, at once: slower, never wrong.
+            debug_assert!(
+                self.leaving.is_empty(),
+                "the new table filled while growing"
+            );
+            self.finish_moving();
+            self.start_growing();
+        }
+        match find_in(&self.slots, key) {
+            Err(slot) => self.slots[slot] = value,
+            Ok(_) => unreachable!("a fingerprint not held was found"),
+        }
+        self.len += 1;
+        self.move_some(SLOTS_MOVED_PER_INSERT);
+        true
+    }
+
+    /// Starts moving into a table of twice the room (or more); the values go over a few
+    /// at a time from now on.
+    fn start_growing(&mut self) {
+        let slots = vec![EMPTY; Self::slots_for((self.len + 1).max(self.len * 2))];
+        let before = std::mem::replace(&mut self.slots, slots.into_boxed_slice());
+        if self.len > 0 {
+            self.leaving = before;
+            self.moved = 0;
+        }
+    }
+
+    /// Moves the next `count` slots of the table being left, and lets it go once all have.
+    fn move_some(&mut self, count: usize) {
+        if self.leaving.is_empty() {
+            return;
+        }
+        let end = self.moved.saturating_add(count).min(self.leaving.len());
+        for index in self.moved..end {
+            let value = self.leaving[index];
+            if value != EMPTY && value != LEFT {
+                match find_in(&self.slots, key(value)) {
+                    Err(slot) => self.slots[slot] = value,
+                    Ok(_) => unreachable!("a value is held in one table only"),
+                }
             }
         }
+        self.moved = end;
+        if end == self.leaving.len() {
+            self.leaving = Box::default();
+            self.moved = 0;
+        }
+    }
+
+    fn finish_moving(&mut self) {
+        self.move_some(usize::MAX);
     }
 
     /// Replaces the held value of `value`'s fingerprint (its work bits change), if any.
     pub fn replace(&mut self, value: u64) {
-        if let Some(slot) = self.find_value(value) {
-            self.slots[slot] = stored(value);
+        match self.locate(key(stored(value))) {
+            Some(Place::Current(slot)) => self.slots[slot] = stored(value),
+            Some(Place::Leaving(slot)) => self.leaving[slot] = stored(value),
+            None => {}
         }
     }
 
     /// Removes the value of `value`'s fingerprint; `false` if none was held.
     pub fn remove(&mut self, value: u64) -> bool {
-        match self.find_value(value) {
-            Some(slot) => {
-                self.remove_at(slot);
-                self.len -= 1;
-                true
-            }
-            None => false,
+        match self.locate(key(stored(value))) {
+            Some(Place::Current(slot)) => self.remove_at(slot),
+            Some(Place::Leaving(slot)) => self.leaving[slot] = LEFT,
+            None => return false,
         }
+        self.len -= 1;
+        true
     }
 
     /// Empties `gap`. The values after it in its run move back into it, so no probe ever
@@ -142,7 +243,7 @@ impl ShareSet {
             if moved == EMPTY {
                 return;
             }
-            let home = self.home(key(moved));
+            let home = home_in(&self.slots, key(moved));
             // The value at `slot` may fill the gap if the gap lies on its way from its home.
             if gap.wrapping_sub(home) & mask < slot.wrapping_sub(home) & mask {
                 self.slots[gap] = moved;
@@ -153,15 +254,21 @@ impl ShareSet {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.slots.iter().copied().filter(|value| *value != EMPTY)
+        let leaving = self.leaving.get(self.moved..).unwrap_or_default();
+        self.slots
+            .iter()
+            .chain(leaving)
+            .copied()
+            .filter(|value| *value != EMPTY && *value != LEFT)
     }
 
     /// Keeps the values `keep` says to, in place (no second table at the bound's size).
     /// Values not yet seen only move back to the slot being looked at or beyond it, so none
     /// is skipped; one already seen may be seen again (a run wrapping round the end brings
     /// values from the start of the table back to its end), so `keep` must answer the
-    /// same each time.
+    /// same each time. A growth under way is finished first.
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        self.finish_moving();
         let mut slot = 0;
         while slot < self.slots.len() {
             let value = self.slots[slot];
@@ -175,8 +282,9 @@ impl ShareSet {
         }
     }
 
-    /// Gives back slots beyond what the values held need.
+    /// Gives back slots beyond what the values held need (finishing a growth under way).
     pub fn shrink_to_fit(&mut self) {
+        self.finish_moving();
         if Self::slots_for(self.len) < self.slots.len() {
             self.rebuild(self.len);
         }
@@ -192,14 +300,16 @@ impl ShareSet {
             .max(SLOTS_MIN)
     }
 
-    /// Moves every value into a table with room for `values`.
+    /// Moves every value into a table with room for `values`, at once (only to shrink,
+    /// which the filter does when forgetting at its bound).
     fn rebuild(&mut self, values: usize) {
+        debug_assert!(self.leaving.is_empty());
         let old = std::mem::replace(
             &mut self.slots,
             vec![EMPTY; Self::slots_for(values.max(self.len))].into_boxed_slice(),
         );
         for value in old.iter().copied().filter(|value| *value != EMPTY) {
-            match self.find(key(value)) {
+            match find_in(&self.slots, key(value)) {
                 Err(slot) => self.slots[slot] = value,
                 Ok(_) => unreachable!("a table never holds a fingerprint twice"),
             }
@@ -209,19 +319,22 @@ impl ShareSet {
     /// Asks the CPU to fetch the slot where `value`'s lookup starts, so a `contains` or
     /// `insert` soon after finds it in cache. Changes nothing.
     pub fn prefetch(&self, value: u64) {
-        if self.slots.is_empty() {
-            return;
+        let key = key(stored(value));
+        for table in [&self.slots, &self.leaving] {
+            if table.is_empty() {
+                continue;
+            }
+            let slot = &table[home_in(table, key)];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing architecturally and cannot fault; the
+            // address is a slot of this table anyway.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>((slot as *const u64).cast());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = slot;
         }
-        let slot = &self.slots[self.home(key(stored(value)))];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch reads nothing architecturally and cannot fault; the address
-        // is a slot of this table anyway.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>((slot as *const u64).cast());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
     }
 }
 
@@ -278,6 +391,127 @@ mod tests {
         held.sort_unstable();
         expected.sort_unstable();
         assert_eq!(held, expected);
+    }
+
+    /// The same against the model while the table keeps growing: fingerprints from a range
+    /// that widens with the steps, so most steps fall while a growth is under way, with
+    /// removals and replacements of values not yet moved and values moved already. No
+    /// retain here (it finishes a growth at once).
+    #[test]
+    fn the_table_answers_as_a_map_does_while_it_grows() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1919);
+        let mut table = ShareSet::default();
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut steps_while_growing = 0;
+        for step in 0..300_000u64 {
+            let print = rng.gen_range(0..step / 2 + 64);
+            let value = print << 8 | rng.gen_range(0..=255u64);
+            let growing_before = !table.leaving.is_empty();
+            let moved_before = table.moved;
+            match rng.gen_range(0..10) {
+                0..=5 => {
+                    let fresh = !model.contains_key(&key(stored(value)));
+                    assert_eq!(table.insert(value), fresh, "step {step}");
+                    model.entry(key(stored(value))).or_insert(stored(value));
+                    if growing_before && !table.leaving.is_empty() {
+                        assert!(table.moved - moved_before <= SLOTS_MOVED_PER_INSERT);
+                    }
+                }
+                6 => {
+                    let held = model.remove(&key(stored(value))).is_some();
+                    assert_eq!(table.remove(value), held, "step {step}");
+                }
+                7 => {
+                    table.replace(value);
+                    if let Some(held) = model.get_mut(&key(stored(value))) {
+                        *held = stored(value);
+                    }
+                }
+                _ => assert_eq!(
+                    table.contains(value),
+                    model.contains_key(&key(stored(value))),
+                    "step {step}"
+                ),
+            }
+            steps_while_growing += usize::from(!table.leaving.is_empty());
+            assert_eq!(table.len(), model.len());
+            if step % 10_007 == 0 {
+                let mut held: Vec<u64> = table.iter().collect();
+                let mut expected: Vec<u64> = model.values().copied().collect();
+                held.sort_unstable();
+                expected.sort_unstable();
+                assert_eq!(held, expected, "step {step}");
+            }
+        }
+        assert!(
+            steps_while_growing > 100_000,
+            "only {steps_while_growing} steps fell in a growth"
+        );
+        table.shrink_to_fit();
+        assert!(table.leaving.is_empty());
+        let mut held: Vec<u64> = table.iter().collect();
+        let mut expected: Vec<u64> = model.into_values().collect();
+        held.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(held, expected);
+    }
+
+    /// A growth at its edges: the value that finds the table full starts it and is held at
+    /// once; a value removed before it moved is neither found nor moved, and may be
+    /// inserted again; a value replaced before it moved moves with its new work; the last
+    /// insert of the growth lets the old table go.
+    #[test]
+    fn a_growth_moves_every_value_once_and_lets_the_old_table_go() {
+        let mut table = ShareSet::default();
+        let full = (SLOTS_MIN * 64) / LOAD_DENOMINATOR * LOAD_NUMERATOR;
+        for print in 1..=full as u64 {
+            assert!(table.insert(print << 8));
+        }
+        while table.slots.len() < SLOTS_MIN * 64 {
+            table.finish_moving();
+            let next = table.len() as u64 + 1;
+            assert!(table.insert(next << 8));
+        }
+        let full = table.len();
+        assert_eq!(full, table.capacity());
+        assert!(table.leaving.is_empty());
+        let old_slots = table.slots.len();
+        assert!(table.insert((full as u64 + 1) << 8));
+        assert_eq!(table.slots.len(), old_slots * 2);
+        assert_eq!(table.leaving.len(), old_slots);
+        assert_eq!(table.moved, SLOTS_MOVED_PER_INSERT);
+        // Values still waiting in the old table.
+        let waiting: Vec<u64> = table.leaving[table.moved..]
+            .iter()
+            .copied()
+            .filter(|value| *value != EMPTY)
+            .take(3)
+            .collect();
+        assert!(table.remove(waiting[0]));
+        assert!(!table.contains(waiting[0]));
+        assert!(!table.remove(waiting[0]));
+        table.replace(waiting[1] | 0x7f);
+        assert!(!table.insert(waiting[2]), "a waiting value is held");
+        let before = table.len();
+        assert!(table.insert(waiting[0]), "a removed value comes back");
+        assert_eq!(table.len(), before + 1);
+        let mut inserts = 0;
+        while !table.leaving.is_empty() {
+            let next = (1 << 40) + inserts;
+            assert!(table.insert(next << 8));
+            inserts += 1;
+        }
+        assert!(inserts as usize <= old_slots / SLOTS_MOVED_PER_INSERT);
+        let held: Vec<u64> = table.iter().collect();
+        assert_eq!(held.len(), table.len());
+        assert_eq!(
+            held.iter()
+                .filter(|value| key(**value) == key(waiting[0]))
+                .count(),
+            1
+        );
+        assert!(held.contains(&(waiting[1] | 0x7f)));
+        assert!(held.contains(&waiting[2]));
     }
 
     /// A run that wraps round the end of the table: removing from it, one value or in a
