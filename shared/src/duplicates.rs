@@ -48,7 +48,8 @@ impl std::hash::Hasher for FingerprintHasher {
 /// Shares one core's duplicate filter remembers at most, over all live jobs. Each is one
 /// `u64` slot of a table (`ShareSet`: its fingerprint and work) that is at most three
 /// quarters full and at least three eighths after it grows, so the filter takes 64 MiB per
-/// core in one table at the bound (96 MiB for a moment while it grows to that), about
+/// core in one table at the bound (96 MiB while it grows to that: a minute at most, see
+/// `GROWTH_SLOTS_MOVED_PER_TICK`), about
 /// 86 MB spread over many. At the bound the work floor rises
 /// (`DuplicateFilter::forget_least_work`): the shares of the least work are forgotten,
 /// those of jobs no longer live first, at least
@@ -67,6 +68,13 @@ pub const DUPLICATE_FILTER_SHARES_PER_CORE_MAX: usize = 1 << 22;
 /// as any share (and a job that had a block it could not remember lets none of its blocks
 /// under its floor).
 pub const BLOCK_SHARES_REMEMBERED_PER_CORE_MAX: usize = 1024;
+
+/// Slots of share tables' growths a core moves on each second besides those its inserts
+/// move (`DuplicateFilter::advance_growths`): a table whose job was superseded while it grew
+/// gets few inserts or none, and would hold its old and new tables until its content is
+/// dropped. A growth at the bound's size (4,194,304 slots left) so ends within 64 s, and
+/// each second's step costs about a millisecond of the core.
+pub const GROWTH_SLOTS_MOVED_PER_TICK: usize = 1 << 16;
 
 /// A pass that raises a content's floor frees at least
 /// `shares_max / DUPLICATE_FILTER_EVICTED_FRACTION_DIVISOR` shares, so its cost (one pass
@@ -542,6 +550,19 @@ impl DuplicateFilter {
             .values()
             .map(|content| content.shares.len())
             .sum();
+    }
+
+    /// Moves on, by at most `slots` slots in all, the growths of share tables that take
+    /// no more shares (see `GROWTH_SLOTS_MOVED_PER_TICK`); returns the slots moved.
+    pub fn advance_growths(&mut self, slots: usize) -> usize {
+        let mut moved = 0;
+        for content in self.by_content.values_mut() {
+            if moved >= slots {
+                break;
+            }
+            moved += content.shares.advance_growth(slots - moved);
+        }
+        moved
     }
 
     pub fn len(&self) -> usize {

@@ -210,6 +210,22 @@ impl ShareSet {
         self.move_some(usize::MAX);
     }
 
+    /// Moves up to `slots` slots of a growth under way and returns how many it moved: for
+    /// a table that takes no more inserts (its job superseded, its miners gone), whose
+    /// growth would otherwise hold both tables until the content is dropped.
+    pub fn advance_growth(&mut self, slots: usize) -> usize {
+        let before = self.moved;
+        let leaving = self.leaving.len();
+        self.move_some(slots);
+        if leaving == 0 {
+            0
+        } else if self.leaving.is_empty() {
+            leaving - before
+        } else {
+            self.moved - before
+        }
+    }
+
     /// Replaces the held value of `value`'s fingerprint (its work bits change), if any.
     pub fn replace(&mut self, value: u64) {
         match self.locate(key(stored(value))) {
@@ -512,6 +528,35 @@ mod tests {
         );
         assert!(held.contains(&(waiting[1] | 0x7f)));
         assert!(held.contains(&waiting[2]));
+    }
+
+    /// A growth that gets no more inserts is finished by `advance_growth`, a bounded
+    /// number of slots at a time, and every value is still found afterwards.
+    #[test]
+    fn a_growth_without_inserts_is_moved_on_in_bounded_steps() {
+        let mut table = ShareSet::default();
+        let mut print = 1u64;
+        while table.leaving.is_empty() || table.leaving.len() < 4096 {
+            table.finish_moving();
+            assert!(table.insert(print << 8));
+            print += 1;
+        }
+        let leaving = table.leaving.len();
+        let mut steps = 0;
+        let mut moved = table.moved;
+        while !table.leaving.is_empty() {
+            let step = table.advance_growth(1000);
+            assert!(step <= 1000);
+            moved += step;
+            steps += 1;
+        }
+        assert_eq!(moved, leaving);
+        assert_eq!(steps, (leaving - SLOTS_MOVED_PER_INSERT).div_ceil(1000));
+        assert_eq!(table.advance_growth(1000), 0, "nothing under way");
+        for held in 1..print {
+            assert!(table.contains(held << 8), "{held}");
+        }
+        assert_eq!(table.len(), print as usize - 1);
     }
 
     /// A run that wraps round the end of the table: removing from it, one value or in a

@@ -267,6 +267,10 @@ pub(super) async fn core_main(
             enforcer.publish_queue_peaks();
             enforcer.retarget_silent_miners(now_s()).await;
             enforcer.trim_memory();
+            enforcer
+                .duplicates
+                .borrow_mut()
+                .advance_growths(otedama_shared::duplicates::GROWTH_SLOTS_MOVED_PER_TICK);
             enforcer.resend_held_candidates();
         }
     })

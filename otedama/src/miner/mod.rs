@@ -3,6 +3,11 @@
 //! authority key) it is a header-only device on a standard channel. One thread owns the
 //! connection; worker threads scan nonces on the newest work, each on its own extranonce2
 //! (V1) or version bits (V2), and hand what they find back to it.
+//!
+//! Several `--url`s are pool slots, as mining firmware has: the miner mines on the first
+//! that answers, moves to the next when its pool refuses the connection, drops it or says
+//! nothing for `--silent-timeout-s` while a request waits, and goes back to an earlier slot
+//! as soon as that one answers again (checked every `--failback-interval-s`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -32,9 +37,22 @@ pub enum AlgoArg {
 pub struct MinerArgs {
     /// Pool URL: stratum+tcp://HOST:PORT (V1), stratum2+tcp://HOST:PORT/KEY (V2 with
     /// Noise, KEY being the pool's authority public key) or stratum2+quic://HOST:PORT (V2
-    /// over QUIC, TLS 1.3).
-    #[arg(long)]
-    pub url: String,
+    /// over QUIC, TLS 1.3). Repeat it for backup pools, in order of preference (at most 8):
+    /// the miner moves to the next on a refused, dropped or silent connection and returns
+    /// to an earlier one once it answers again.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
+    /// Seconds a request of the miner's (subscribe, authorize, channel setup, a share) may
+    /// wait with nothing at all from the pool before the miner takes the pool for dead
+    /// and moves to the next URL. A pool with nothing asked of it may stay quiet (no new
+    /// template, no share found) without counting as silent.
+    #[arg(long, default_value_t = 120)]
+    pub silent_timeout_s: u64,
+    /// While mining on a backup URL, seconds between checks whether an earlier one answers
+    /// again (a V1 subscribe or the V2 Noise handshake's first message; QUIC URLs are not
+    /// checked: the miner returns to them only when the later ones fail).
+    #[arg(long, default_value_t = 60)]
+    pub failback_interval_s: u64,
     /// For stratum2+quic: a PEM certificate to trust, such as the pool's self-signed
     /// `quic-cert.pem` (default: the system's CA bundle).
     #[arg(long)]
@@ -98,6 +116,7 @@ struct Found {
 const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
 
 /// The pool a URL names.
+#[derive(Clone)]
 enum Endpoint {
     V1 {
         address: String,
@@ -110,6 +129,96 @@ enum Endpoint {
         address: String,
     },
 }
+
+/// Pool URLs one miner takes at most: firmware has three slots; a few more cost nothing.
+pub const POOL_URLS_MAX: usize = 8;
+/// How long a failback check waits for an earlier pool's connection, and then for its
+/// answer.
+const FAILBACK_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+impl Endpoint {
+    fn address(&self) -> &str {
+        match self {
+            Endpoint::V1 { address }
+            | Endpoint::V2 { address, .. }
+            | Endpoint::Quic { address } => address,
+        }
+    }
+
+    /// Whether the pool takes a connection and answers within `FAILBACK_CONNECT_TIMEOUT_MS`
+    /// for each step: V1, a `mining.subscribe` answered; V2, the whole Noise handshake, so
+    /// a host that now holds another authority key does not count. A pool that only
+    /// completes the TCP handshake (its process hung, or still starting) does not count
+    /// either, so the miner does not leave a working slot for it.
+    fn answers(&self) -> bool {
+        let timeout = Duration::from_millis(FAILBACK_CONNECT_TIMEOUT_MS);
+        match self {
+            Endpoint::V1 { address } => {
+                let Ok(mut stream) = connect_tcp_within(address, timeout) else {
+                    return false;
+                };
+                let subscribe = otedama_shared::sv1::client::request_line(
+                    1,
+                    "mining.subscribe",
+                    serde_json::json!(["otedama-miner/0.1"]),
+                );
+                let mut byte = [0u8; 1];
+                stream.set_read_timeout(Some(timeout)).is_ok()
+                    && std::io::Write::write_all(&mut stream, &subscribe).is_ok()
+                    && matches!(std::io::Read::read(&mut stream, &mut byte), Ok(1))
+            }
+            Endpoint::V2 { address, authority } => {
+                v2::NoiseLink::connect_within(address, *authority, timeout, timeout).is_ok()
+            }
+            // No handshake to try without a whole QUIC connection.
+            Endpoint::Quic { .. } => false,
+        }
+    }
+}
+
+/// How long a connection to a pool may take before the miner tries the next slot (the
+/// system's own wait for a host that drops the handshake is minutes).
+const CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// A TCP connection to `address` (HOST:PORT, each resolved address tried in turn), with
+/// Nagle off, or the error of the last address tried.
+fn connect_tcp(address: &str) -> anyhow::Result<std::net::TcpStream> {
+    connect_tcp_within(address, Duration::from_millis(CONNECT_TIMEOUT_MS))
+}
+
+/// `connect_tcp` with each address given `timeout`.
+fn connect_tcp_within(address: &str, timeout: Duration) -> anyhow::Result<std::net::TcpStream> {
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .with_context(|| format!("resolving {address}"))?;
+    let mut last_error = None;
+    for candidate in resolved {
+        match std::net::TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(match last_error {
+        Some(error) => anyhow::Error::new(error).context(format!("connecting to {address}")),
+        None => anyhow::anyhow!("{address} resolves to no address"),
+    })
+}
+
+/// A session ended because an earlier pool slot takes connections again.
+#[derive(Debug)]
+struct FailBack {
+    slot: usize,
+}
+
+impl std::fmt::Display for FailBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pool slot {} answers again", self.slot + 1)
+    }
+}
+
+impl std::error::Error for FailBack {}
 
 fn parse_url(url: &str) -> anyhow::Result<Endpoint> {
     if let Some(rest) = url.strip_prefix("stratum+tcp://") {
@@ -146,14 +255,28 @@ struct Shared {
 }
 
 pub fn run(args: MinerArgs) -> anyhow::Result<()> {
-    let endpoint = parse_url(&args.url)?;
+    if args.url.len() > POOL_URLS_MAX {
+        bail!("at most {POOL_URLS_MAX} --url (POOL_URLS_MAX)");
+    }
+    let endpoints = args
+        .url
+        .iter()
+        .map(|url| parse_url(url).with_context(|| format!("--url {url}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Built once: its session store lets every reconnection resume, with 0-RTT.
-    let quic_client = match &endpoint {
-        Endpoint::Quic { .. } => Some(otedama_client::quic_client_config(args.quic_ca.as_deref())?),
-        _ => None,
+    let quic_client = if endpoints
+        .iter()
+        .any(|endpoint| matches!(endpoint, Endpoint::Quic { .. }))
+    {
+        Some(otedama_client::quic_client_config(args.quic_ca.as_deref())?)
+    } else {
+        None
     };
     if args.threads == 0 {
         bail!("--threads must be at least 1");
+    }
+    if args.silent_timeout_s == 0 || args.failback_interval_s == 0 {
+        bail!("--silent-timeout-s and --failback-interval-s must be at least 1");
     }
     let algorithm = match args.algo {
         AlgoArg::Scrypt => Algorithm::Scrypt,
@@ -184,19 +307,54 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         deadline,
         started: Instant::now(),
         last_report: Instant::now(),
+        last_heard: Instant::now(),
+        earlier: Vec::new(),
+        next_failback_check: Instant::now(),
     };
+    let mut slot = 0;
     while run.running() {
-        let result = match &endpoint {
+        let endpoint = &endpoints[slot];
+        // Earlier slots a failback check may return to, best first (QUIC ones cannot be
+        // checked without a whole connection).
+        run.earlier = endpoints[..slot]
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(_, earlier)| !matches!(earlier, Endpoint::Quic { .. }))
+            .collect();
+        run.next_failback_check = Instant::now() + Duration::from_secs(args.failback_interval_s);
+        run.last_heard = Instant::now();
+        let result = match endpoint {
             Endpoint::V1 { address } => session(address, &mut run),
             Endpoint::V2 { address, .. } | Endpoint::Quic { address } => {
-                connect_v2(&endpoint, quic_client.as_ref())
+                connect_v2(endpoint, quic_client.as_ref())
                     .and_then(|mut link| session_v2(link.as_mut(), address, &mut run))
             }
         };
-        if let Err(error) = result {
-            eprintln!("miner: {error:#}; reconnecting in 1 s");
-            *shared.work.lock().expect("work lock") = None;
+        let Err(error) = result else { continue };
+        // Work from the pool left behind is worth nothing to the next one.
+        *shared.work.lock().expect("work lock") = None;
+        if let Some(FailBack { slot: earlier }) = error.downcast_ref::<FailBack>() {
+            eprintln!("miner: {error}: back to {}", args.url[*earlier]);
+            slot = *earlier;
+            continue;
+        }
+        slot += 1;
+        if slot == endpoints.len() {
+            // Every slot failed in turn: start again from the first, after a pause.
+            slot = 0;
+            eprintln!(
+                "miner: {}: {error:#}; trying {} in 1 s",
+                endpoint.address(),
+                args.url[slot]
+            );
             std::thread::sleep(Duration::from_secs(1));
+        } else {
+            eprintln!(
+                "miner: {}: {error:#}; moving to {}",
+                endpoint.address(),
+                args.url[slot]
+            );
         }
     }
     shared.stop.store(true, Relaxed);
@@ -221,11 +379,43 @@ struct Run<'a> {
     deadline: Option<Instant>,
     started: Instant,
     last_report: Instant,
+    /// When the pool of this session last sent anything.
+    last_heard: Instant,
+    /// Earlier pool slots (index, pool) a failback check tries, best first.
+    earlier: Vec<(usize, Endpoint)>,
+    next_failback_check: Instant,
 }
 
 impl Run<'_> {
     fn running(&self) -> bool {
         self.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// The pool of this session sent something.
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// Ends the session (`Err`) when its pool has sent nothing for `--silent-timeout-s`
+    /// while `awaiting_answer` (a request of the miner's waits for its answer), or with a
+    /// `FailBack` when an earlier slot answers again (`Endpoint::answers`). Called on every
+    /// turn of a session's loop, which turns at least every 50 ms.
+    fn check_pool(&mut self, awaiting_answer: bool) -> anyhow::Result<()> {
+        let silent_s = self.last_heard.elapsed().as_secs();
+        if awaiting_answer && silent_s >= self.args.silent_timeout_s {
+            bail!("the pool sent nothing for {silent_s} s while a request waited (--silent-timeout-s)");
+        }
+        if self.earlier.is_empty() || Instant::now() < self.next_failback_check {
+            return Ok(());
+        }
+        self.next_failback_check =
+            Instant::now() + Duration::from_secs(self.args.failback_interval_s);
+        for (slot, earlier) in &self.earlier {
+            if earlier.answers() {
+                return Err(FailBack { slot: *slot }.into());
+            }
+        }
+        Ok(())
     }
 
     /// Prints the counts and the hash rate every 10 s.

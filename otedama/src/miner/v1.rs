@@ -2,7 +2,6 @@
 //! pool allows), then relay the newest job to the workers and their finds back as submits.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -17,9 +16,7 @@ use super::*;
 /// One connection: subscribe, authorize, then relay work and submits until it drops.
 pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
     let (args, shared, found) = (run.args, run.shared, run.found);
-    let mut stream =
-        TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect_tcp(address)?;
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     stream.write_all(&request_line(
         1,
@@ -36,6 +33,8 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
     let mut difficulty = 1.0;
     let mut pending_job: Option<NotifiedJob> = None;
     let mut line = String::new();
+    // Requests sent (subscribe and authorize so far) that the pool has not answered.
+    let mut unanswered: u64 = 2;
     while run.running() {
         while let Ok(share) = found.try_recv() {
             if let WorkTemplate::V1 { job, .. } = &share.template {
@@ -49,12 +48,14 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
                     share.nonce,
                     None,
                 ))?;
+                unanswered += 1;
             }
         }
         run.report();
+        run.check_pool(unanswered > 0)?;
         match reader.read_line(&mut line) {
             Ok(0) => bail!("pool closed the connection"),
-            Ok(_) => {}
+            Ok(_) => run.heard(),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -67,6 +68,10 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
         }
         let message: Value = serde_json::from_str(line.trim()).context("pool sent invalid JSON")?;
         line.clear();
+        if message["method"].is_null() && !message["id"].is_null() {
+            // The answer to one of the miner's requests.
+            unanswered = unanswered.saturating_sub(1);
+        }
         match message["method"].as_str() {
             Some("mining.notify") => {
                 pending_job = NotifiedJob::from_params(&message["params"]);

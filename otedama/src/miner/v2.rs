@@ -49,11 +49,28 @@ pub(super) struct NoiseLink {
     buffer: Vec<u8>,
 }
 
+/// How long the Noise handshake may take once connected.
+const NOISE_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
 impl NoiseLink {
     fn connect(address: &str, authority: [u8; 32]) -> anyhow::Result<Self> {
-        let mut stream =
-            TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
-        stream.set_nodelay(true)?;
+        Self::connect_within(
+            address,
+            authority,
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            Duration::from_millis(NOISE_HANDSHAKE_TIMEOUT_MS),
+        )
+    }
+
+    /// Connects and completes the Noise handshake, the pool proving it holds `authority`'s
+    /// key, each step within its timeout.
+    pub(super) fn connect_within(
+        address: &str,
+        authority: [u8; 32],
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut stream = connect_tcp_within(address, connect_timeout)?;
         let (mut noise, request) = NoiseClient::start(
             authority,
             SV2_DEVICE_PAYLOAD_BYTES_MAX,
@@ -61,7 +78,7 @@ impl NoiseLink {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         stream.write_all(&request)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(handshake_timeout))?;
         let mut buffer = vec![0u8; 64 * 1024];
         let transport = loop {
             let read = std::io::Read::read(&mut stream, &mut buffer)?;
@@ -246,6 +263,9 @@ pub(super) fn session_v2(
         port.parse().unwrap_or(0),
     );
     let mut published_generation = None;
+    // Shares sent and shares the pool has answered (accepted or refused): a share waits
+    // for its answer, as the setup does until the first work arrives.
+    let (mut submitted, mut answered) = (0u64, 0u64);
     while run.running() {
         while let Ok(share) = found.try_recv() {
             if let WorkTemplate::V2 {
@@ -260,27 +280,36 @@ pub(super) fn session_v2(
                     generation: 0,
                 };
                 client.submit(&work, share.nonce, share.ntime, share.version);
+                submitted += 1;
             }
         }
         link.send(client.transmit_pending())?;
         client.transmitted();
         run.report();
+        run.check_pool(client.work().is_none() || submitted > answered)?;
+        let mut heard = false;
         link.receive(&mut |header, payload| {
+            heard = true;
             match client
                 .handle_frame(header, payload)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
                 ClientEvent::SharesAccepted { count, .. } => {
                     shared.accepted.fetch_add(count as u64, Relaxed);
+                    answered += count as u64;
                 }
                 ClientEvent::ShareRejected { code, .. } => {
                     shared.rejected.fetch_add(1, Relaxed);
+                    answered += 1;
                     eprintln!("miner: share rejected: {code}");
                 }
                 _ => {}
             }
             Ok(())
         })?;
+        if heard {
+            run.heard();
+        }
         if let Some(work) = client.work() {
             if published_generation != Some(work.generation) {
                 published_generation = Some(work.generation);
