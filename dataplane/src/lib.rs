@@ -74,6 +74,8 @@ pub struct DataplaneConfig {
     /// Refuse at authorize a worker whose name does not start with a payout address of
     /// this coin and network.
     pub payout_address_rule: Option<otedama_shared::address::AddressRule>,
+    /// Cluster mode: ship this process's share log to JetStream (`otedama_cluster`).
+    pub share_shipping: Option<otedama_cluster::ShipperConfig>,
 }
 
 pub use rt::run;

@@ -118,5 +118,13 @@ pub fn dataplane_config(
             }
         }),
         payout_address_rule: Some(config.coin_params().address),
+        share_shipping: (!config.nats_urls.is_empty()).then(|| otedama_cluster::ShipperConfig {
+            nats_urls: config.nats_urls.clone(),
+            host: config.cluster_host.clone().unwrap_or_default(),
+            process: process_index as u32,
+            share_log: config.share_log_path(process_index),
+            tail_dir: config.data_dir.join(format!("shares-ship-{process_index}")),
+            replicas: config.share_stream_replicas,
+        }),
     })
 }

@@ -113,6 +113,7 @@ fn start_dataplane(
         connections_per_ip_max: 1024,
         vardiff: None,
         payout_address_rule: None,
+        share_shipping: None,
     };
     std::thread::spawn(move || {
         let result =

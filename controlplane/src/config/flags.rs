@@ -138,6 +138,16 @@ pub struct ConfigArgs {
     /// A deny list (OFAC SDN XML or CSV, or one address per line); repeatable.
     #[arg(long = "deny-list-file")]
     pub deny_list_file: Vec<PathBuf>,
+    /// NATS server of the cluster (nats://HOST:PORT); repeat for several. Turns on cluster
+    /// mode: each data-plane process ships its share log to JetStream.
+    #[arg(long = "nats-url", env = "OTEDAMA_NATS_URL", value_delimiter = ',')]
+    pub nats_url: Vec<String>,
+    /// This host's name in the cluster (letters, digits, '-', '_'), needed with --nats-url.
+    #[arg(long, env = "OTEDAMA_CLUSTER_HOST")]
+    pub cluster_host: Option<String>,
+    /// Copies the share stream keeps, 1 to 5 (default 3).
+    #[arg(long, env = "OTEDAMA_SHARE_STREAM_REPLICAS")]
+    pub share_stream_replicas: Option<usize>,
     /// Seconds between re-reads of the deny lists.
     #[arg(long, env = "OTEDAMA_DENY_LIST_RELOAD_S")]
     pub deny_list_reload_s: Option<u64>,
@@ -219,6 +229,13 @@ impl ConfigArgs {
         if !self.deny_list_file.is_empty() {
             config.deny_list_file = self.deny_list_file.clone();
         }
+        if !self.nats_url.is_empty() {
+            config.nats_urls = self.nats_url.clone();
+        }
+        if let Some(host) = &self.cluster_host {
+            config.cluster_host = Some(host.clone());
+        }
+        take!(share_stream_replicas);
         take!(dex_enabled, kyc_period_days);
         if !self.kyc_threshold.is_empty() {
             config.kyc_threshold = self.kyc_threshold.iter().cloned().collect();

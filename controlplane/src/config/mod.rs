@@ -96,6 +96,18 @@ pub struct PoolConfig {
     /// it costs the pool); see `difficulty_floor`. Load tests set it near `DIFFICULTY_MIN`,
     /// where every hash is a valid share.
     pub difficulty_min: Option<f64>,
+    /// NATS servers of the cluster (`nats://HOST:PORT`, several for failover). Empty is
+    /// single-host mode, which needs no NATS. Given, each data-plane process ships its
+    /// share log to the replicated JetStream stream `OTEDAMA_SHARES`
+    /// (`otedama_cluster::shares`).
+    pub nats_urls: Vec<String>,
+    /// This host's name in the cluster (letters, digits, `-`, `_`), unique among the
+    /// data-plane hosts: its processes ship shares on `otedama.shares.HOST.PROCESS`.
+    /// Needed with `nats_urls`.
+    pub cluster_host: Option<String>,
+    /// Copies the share stream keeps, 1 to 5: 3 on a three-server cluster, so one server
+    /// may fail without losing a shipped share or stopping the shipping.
+    pub share_stream_replicas: usize,
     /// Data-plane processes on this host. They share the Stratum ports through SO_REUSEPORT
     /// and each takes its own slice of the extranonce1 space and its own share log. More
     /// than one is needed where a per-process open-files limit caps the connections one
@@ -207,6 +219,9 @@ impl Default for PoolConfig {
             cores: Vec::new(),
             share_log_sync: true,
             share_log_memtable_mib: SHARE_LOG_MEMTABLE_MIB_MAX,
+            nats_urls: Vec::new(),
+            cluster_host: None,
+            share_stream_replicas: 3,
             version_rolling_mask: 0x1fff_e000,
             connection_idle_timeout_s: 900,
             connections_per_ip_max: 4096,

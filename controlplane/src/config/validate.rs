@@ -82,6 +82,19 @@ impl PoolConfig {
         if !(1..=SHARE_LOG_MEMTABLE_MIB_MAX).contains(&self.share_log_memtable_mib) {
             bail!("share_log_memtable_mib must lie between 1 and {SHARE_LOG_MEMTABLE_MIB_MAX}");
         }
+        if !self.nats_urls.is_empty() {
+            let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            match &self.cluster_host {
+                Some(host) if !host.is_empty() && host.chars().all(token) => {}
+                Some(host) => {
+                    bail!("cluster_host {host:?} must be letters, digits, '-' and '_' only")
+                }
+                None => bail!("nats_urls (cluster mode) needs cluster_host, this host's name"),
+            }
+            if !(1..=5).contains(&self.share_stream_replicas) {
+                bail!("share_stream_replicas must lie between 1 and 5");
+            }
+        }
         if self.quic_connections_per_core_max == 0 {
             bail!("quic_connections_per_core_max must be at least 1");
         }

@@ -68,10 +68,23 @@ pub fn cores_for_process(cores: &[usize], process_index: usize, processes: usize
 pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
     let (path, sync) = (config.share_log_path.clone(), config.share_log_sync);
     let memtable_bytes = config.share_log_memtable_bytes;
-    run_with_share_log(config, move |cores| {
-        ShareLog::open_with_memtable(&path, sync, cores, memtable_bytes)
-            .with_context(|| format!("opening the share log at {}", path.display()))
-    })
+    let shipping = config.share_shipping.clone();
+    let mut shipper = None;
+    let result = run_with_share_log(config, |cores| {
+        let log = ShareLog::open_with_memtable(&path, sync, cores, memtable_bytes)
+            .with_context(|| format!("opening the share log at {}", path.display()))?;
+        if let Some(shipping) = shipping {
+            // Started once the log exists, which the shipper follows as a secondary.
+            shipper = Some(
+                otedama_cluster::ShareShipper::start(shipping)
+                    .context("starting the share shipper")?,
+            );
+        }
+        Ok(log)
+    });
+    // Ships what the closed log holds, unless the cluster cannot be reached.
+    drop(shipper);
+    result
 }
 
 /// Lifts this process's soft open-files limit to its hard limit, so the number of miners

@@ -1,0 +1,27 @@
+//! The pool across hosts, on NATS JetStream: what a data-plane host sends to the cluster
+//! and how. Single-host mode needs none of it.
+//!
+//! So far: the share shipper (`shares`), which copies a data-plane process's local share
+//! log into a replicated JetStream stream, exactly once and in order, resuming from the
+//! stream itself after any failure.
+
+pub mod shares;
+
+pub use shares::{
+    decode_batch, encode_batch, message_id, share_subject, ShareShipper, ShipperConfig,
+    ShipperStatus, SHARES_PER_BATCH_MAX, SHARE_BATCH_BYTES_MAX, SHARE_STREAM,
+};
+
+/// Parses `--nats-url` values (`nats://HOST:PORT`, `tls://HOST:PORT`) into the client's
+/// server list.
+pub fn server_addresses(urls: &[String]) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    if urls.is_empty() {
+        anyhow::bail!("no NATS URL given");
+    }
+    urls.iter()
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|error| anyhow::anyhow!("NATS URL {url}: {error}"))
+        })
+        .collect()
+}

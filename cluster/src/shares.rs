@@ -1,0 +1,458 @@
+//! The share shipper: copies one data-plane process's share log into the replicated
+//! JetStream stream `SHARE_STREAM`, on the subject `otedama.shares.HOST.PROCESS`.
+//!
+//! The local share log stays the first durable stage (a miner's `true` still waits for
+//! it); the shipper follows it as a RocksDB secondary (`ShareLogTail`) and publishes its
+//! records in batches of at most `SHARES_PER_BATCH_MAX` records and `SHARE_BATCH_BYTES_MAX`
+//! bytes, one batch at a time, each acknowledged by the stream (after its replicas'
+//! quorum has it) before the next goes.
+//!
+//! Invariant: every record of the log reaches the stream exactly once, in log order.
+//! - The shipper keeps no cursor of its own: after a start or any failure it reads where
+//!   to go on from the stream (the last batch on its subject) and follows the log from the
+//!   record after it. A batch the stream took whose acknowledgement was lost is therefore
+//!   not sent again.
+//! - Each batch names the stream sequence of the batch before it on its subject
+//!   (`Nats-Expected-Last-Subject-Sequence`), so a batch that would follow anything but
+//!   the batch the shipper last saw (one that landed while the shipper could not tell, a
+//!   second shipper on the same subject) is refused by the stream and the shipper reads
+//!   its place again.
+//! - Each batch also carries a message id (`message_id`: host, process, first and last
+//!   sequence) for the stream's duplicate window.
+//!
+//! The stream is created with no limits: the shipper's place is the subject's last batch,
+//! so a retention policy must keep at least that one.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::{BufMut, Bytes, BytesMut};
+
+use otedama_shared::ShareRecord;
+use otedama_sharelog::tail::ShareLogTail;
+
+/// The stream every data-plane process ships its shares to.
+pub const SHARE_STREAM: &str = "OTEDAMA_SHARES";
+const SHARE_SUBJECT_PREFIX: &str = "otedama.shares";
+/// Records in one batch at most: one share-log group commit is at most 4,096 too.
+pub const SHARES_PER_BATCH_MAX: usize = 4096;
+/// Bytes of one batch's payload at most, below NATS's default 1 MiB message limit.
+pub const SHARE_BATCH_BYTES_MAX: usize = 512 * 1024;
+/// How long a batch waits for the stream's acknowledgement before the shipper takes the
+/// connection for broken and reads its place again.
+pub const SHIP_ACK_TIMEOUT_MS: u64 = 10_000;
+/// Pause before a new session after a failed one.
+pub const SHIP_RETRY_DELAY_MS: u64 = 500;
+/// Pause between looks at a log with nothing new.
+const SHIP_IDLE_POLL_MS: u64 = 20;
+/// The stream's duplicate window (the message ids' reach).
+const SHARE_STREAM_DUPLICATE_WINDOW_S: u64 = 120;
+const BATCH_FORMAT_VERSION: u8 = 1;
+/// Per record: sequence (8 bytes) and length (4).
+const RECORD_HEADER_BYTES: usize = 12;
+/// Version (1) and record count (4).
+const BATCH_HEADER_BYTES: usize = 5;
+
+/// The subject one process's batches go to. `host` must be a subject token
+/// (`ShipperConfig::validate`).
+pub fn share_subject(host: &str, process: u32) -> String {
+    format!("{SHARE_SUBJECT_PREFIX}.{host}.{process}")
+}
+
+/// A batch's message id: its origin and the first and last sequence it holds.
+pub fn message_id(host: &str, process: u32, first: u64, last: u64) -> String {
+    format!("{host}:{process}:{first}-{last}")
+}
+
+/// A batch's payload: version, count, then each record's sequence, length and bytes (the
+/// share log's own encoding), all little-endian.
+pub fn encode_batch(records: &[(u64, Vec<u8>)]) -> Bytes {
+    let bytes = BATCH_HEADER_BYTES
+        + records
+            .iter()
+            .map(|(_, record)| RECORD_HEADER_BYTES + record.len())
+            .sum::<usize>();
+    let mut out = BytesMut::with_capacity(bytes);
+    out.put_u8(BATCH_FORMAT_VERSION);
+    out.put_u32_le(records.len() as u32);
+    for (sequence, record) in records {
+        out.put_u64_le(*sequence);
+        out.put_u32_le(record.len() as u32);
+        out.put_slice(record);
+    }
+    out.freeze()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("share batch of format {0}, not {BATCH_FORMAT_VERSION}")]
+    Version(u8),
+    #[error("share batch cut short")]
+    Truncated,
+    #[error("share batch with bytes after its last record")]
+    Trailing,
+    #[error("share batch with no record")]
+    Empty,
+    #[error("share batch whose sequences do not rise")]
+    Order,
+    #[error("share record {0} unreadable")]
+    Record(u64),
+}
+
+/// Reads a batch `encode_batch` made; every fault of a foreign or damaged payload is an
+/// error, never a panic.
+pub fn decode_batch(payload: &[u8]) -> Result<Vec<(u64, ShareRecord)>, BatchError> {
+    let (&version, rest) = payload.split_first().ok_or(BatchError::Truncated)?;
+    if version != BATCH_FORMAT_VERSION {
+        return Err(BatchError::Version(version));
+    }
+    let (count, mut rest) = rest.split_first_chunk::<4>().ok_or(BatchError::Truncated)?;
+    let count = u32::from_le_bytes(*count) as usize;
+    if count == 0 {
+        return Err(BatchError::Empty);
+    }
+    // Each record takes at least its header, so a count the payload cannot hold is refused
+    // before anything is reserved for it.
+    if count > rest.len() / RECORD_HEADER_BYTES {
+        return Err(BatchError::Truncated);
+    }
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (sequence, after) = rest.split_first_chunk::<8>().ok_or(BatchError::Truncated)?;
+        let (length, after) = after
+            .split_first_chunk::<4>()
+            .ok_or(BatchError::Truncated)?;
+        let sequence = u64::from_le_bytes(*sequence);
+        let length = u32::from_le_bytes(*length) as usize;
+        if after.len() < length {
+            return Err(BatchError::Truncated);
+        }
+        let (record, after) = after.split_at(length);
+        if records
+            .last()
+            .is_some_and(|(previous, _)| *previous >= sequence)
+        {
+            return Err(BatchError::Order);
+        }
+        let record = ShareRecord::decode(record).map_err(|_| BatchError::Record(sequence))?;
+        records.push((sequence, record));
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(BatchError::Trailing);
+    }
+    Ok(records)
+}
+
+/// What one shipper needs.
+#[derive(Clone, Debug)]
+pub struct ShipperConfig {
+    /// `nats://HOST:PORT` of one or more servers of the cluster.
+    pub nats_urls: Vec<String>,
+    /// This host's name in the cluster: letters, digits, `-` and `_`.
+    pub host: String,
+    /// The data-plane process whose log this is (its index on the host).
+    pub process: u32,
+    /// The process's share log (the primary's directory).
+    pub share_log: PathBuf,
+    /// A directory of the shipper's own for its secondary instance.
+    pub tail_dir: PathBuf,
+    /// Copies the stream keeps (1 to 5; 3 on a three-server cluster).
+    pub replicas: usize,
+}
+
+impl ShipperConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.host.is_empty() || !self.host.chars().all(token) {
+            anyhow::bail!(
+                "host name {:?} must be letters, digits, '-' and '_' only (a NATS subject token)",
+                self.host
+            );
+        }
+        if !(1..=5).contains(&self.replicas) {
+            anyhow::bail!("stream replicas must be 1 to 5, not {}", self.replicas);
+        }
+        crate::server_addresses(&self.nats_urls)?;
+        Ok(())
+    }
+}
+
+/// How far a shipper has come, shared with whoever watches it (metrics, tests).
+#[derive(Debug, Default)]
+pub struct ShipperStatus {
+    /// Every record below this sequence is in the stream.
+    pub shipped_through: AtomicU64,
+    /// Batches the stream acknowledged.
+    pub batches: AtomicU64,
+    /// Sessions that failed and were started again.
+    pub failed_sessions: AtomicU64,
+    /// Whether the current session is connected and knows its place.
+    pub connected: AtomicBool,
+}
+
+/// The shipper's thread and its controls.
+pub struct ShareShipper {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    status: Arc<ShipperStatus>,
+}
+
+impl ShareShipper {
+    /// Starts shipping on a thread of its own (a current-thread tokio runtime: the data
+    /// plane's cores run glommio, which the NATS client cannot use).
+    pub fn start(config: ShipperConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(ShipperStatus::default());
+        let (thread_stop, thread_status) = (stop.clone(), status.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("share-ship-{}", config.process))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "share shipper: no runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(ship(config, thread_status, thread_stop));
+            })?;
+        Ok(ShareShipper {
+            thread: Some(thread),
+            stop,
+            status,
+        })
+    }
+
+    pub fn status(&self) -> Arc<ShipperStatus> {
+        self.status.clone()
+    }
+
+    /// Stops once what the log holds now is shipped (or at once, if the cluster cannot
+    /// be reached), and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ShareShipper {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn ship(config: ShipperConfig, status: Arc<ShipperStatus>, stop: Arc<AtomicBool>) {
+    loop {
+        match session(&config, &status, &stop).await {
+            Ok(()) => return,
+            Err(error) => {
+                status.connected.store(false, Relaxed);
+                status.failed_sessions.fetch_add(1, Relaxed);
+                if stop.load(Relaxed) {
+                    tracing::warn!(%error, "share shipper stopped with shares not shipped");
+                    return;
+                }
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "share shipper: reading its place again"
+                );
+                tokio::time::sleep(Duration::from_millis(SHIP_RETRY_DELAY_MS)).await;
+            }
+        }
+    }
+}
+
+/// One connection: find the place in the stream, then ship until stopped or failed.
+async fn session(
+    config: &ShipperConfig,
+    status: &ShipperStatus,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_millis(SHIP_ACK_TIMEOUT_MS)))
+        .connect(crate::server_addresses(&config.nats_urls)?)
+        .await?;
+    let context = jetstream::new(client);
+    let stream = context
+        .get_or_create_stream(jetstream::stream::Config {
+            name: SHARE_STREAM.to_string(),
+            subjects: vec![format!("{SHARE_SUBJECT_PREFIX}.>")],
+            num_replicas: config.replicas,
+            duplicate_window: Duration::from_secs(SHARE_STREAM_DUPLICATE_WINDOW_S),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("the share stream: {error}"))?;
+    let subject = share_subject(&config.host, config.process);
+    let (mut next_sequence, mut last_on_subject) =
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => {
+                let records = decode_batch(&message.payload)?;
+                let (last, _) = records.last().ok_or(BatchError::Empty)?;
+                (last + 1, message.sequence)
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                (0, 0)
+            }
+            Err(error) => anyhow::bail!("reading the last batch of {subject}: {error}"),
+        };
+    status.shipped_through.store(next_sequence, Relaxed);
+    status.connected.store(true, Relaxed);
+    tracing::info!(%subject, next_sequence, "share shipper: shipping");
+    let mut tail = ShareLogTail::new(
+        config.process,
+        config.share_log.clone(),
+        config.tail_dir.clone(),
+        Some(next_sequence),
+        0,
+    );
+    loop {
+        let read = tail.poll()?;
+        if read.is_empty() {
+            if stop.load(Relaxed) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(SHIP_IDLE_POLL_MS)).await;
+            continue;
+        }
+        let mut pending = read
+            .into_iter()
+            .map(|(sequence, record)| (sequence, record.encode()))
+            .peekable();
+        while pending.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut bytes = BATCH_HEADER_BYTES;
+            while let Some((_, record)) = pending.peek() {
+                let size = RECORD_HEADER_BYTES + record.len();
+                if batch.len() == SHARES_PER_BATCH_MAX
+                    || (!batch.is_empty() && bytes + size > SHARE_BATCH_BYTES_MAX)
+                {
+                    break;
+                }
+                bytes += size;
+                batch.push(pending.next().expect("peeked"));
+            }
+            let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
+            debug_assert!(first >= next_sequence, "the log is followed forward only");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                message_id(&config.host, config.process, first, last).as_str(),
+            );
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                last_on_subject.to_string().as_str(),
+            );
+            let ack = context
+                .publish_with_headers(subject.clone(), headers, encode_batch(&batch))
+                .await?;
+            let ack = tokio::time::timeout(Duration::from_millis(SHIP_ACK_TIMEOUT_MS), ack)
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("no acknowledgement within {SHIP_ACK_TIMEOUT_MS} ms")
+                })??;
+            last_on_subject = ack.sequence;
+            next_sequence = last + 1;
+            status.shipped_through.store(next_sequence, Relaxed);
+            status.batches.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(job_id: u64) -> ShareRecord {
+        ShareRecord {
+            accepted_at_ms: 1_700_000_000_000 + job_id,
+            job_id,
+            height: 7,
+            worker: format!("addr.rig{job_id}"),
+            difficulty: 1.5,
+            achieved_difficulty: 3.0,
+            is_block: job_id.is_multiple_of(2),
+            header: [job_id as u8; 80],
+            extranonce1: vec![1, 2, 3, 4],
+            extranonce2: vec![5, 6, 7, 8],
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_written() {
+        let records: Vec<(u64, Vec<u8>)> = [3u64, 4, 9]
+            .iter()
+            .map(|sequence| (*sequence, record(*sequence).encode()))
+            .collect();
+        let decoded = decode_batch(&encode_batch(&records)).unwrap();
+        assert_eq!(decoded.len(), 3);
+        for ((sequence, record), (expected_sequence, bytes)) in decoded.iter().zip(&records) {
+            assert_eq!(sequence, expected_sequence);
+            assert_eq!(&record.encode(), bytes);
+        }
+    }
+
+    /// Every cut of a good batch, a wrong version, a count the payload cannot hold,
+    /// trailing bytes, falling sequences and a damaged record are errors, not panics.
+    #[test]
+    fn every_damaged_batch_is_refused() {
+        let records: Vec<(u64, Vec<u8>)> = (0..3)
+            .map(|sequence| (sequence, record(sequence).encode()))
+            .collect();
+        let good = encode_batch(&records);
+        for cut in 0..good.len() {
+            assert!(decode_batch(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut wrong_version = good.to_vec();
+        wrong_version[0] = 2;
+        assert_eq!(decode_batch(&wrong_version), Err(BatchError::Version(2)));
+        let mut huge_count = good.to_vec();
+        huge_count[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_batch(&huge_count), Err(BatchError::Truncated));
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert_eq!(decode_batch(&trailing), Err(BatchError::Trailing));
+        assert_eq!(decode_batch(&encode_batch(&[])), Err(BatchError::Empty));
+        let falling = encode_batch(&[records[1].clone(), records[0].clone()]);
+        assert_eq!(decode_batch(&falling), Err(BatchError::Order));
+        let damaged = encode_batch(&[(5, vec![0xff; 10])]);
+        assert_eq!(decode_batch(&damaged), Err(BatchError::Record(5)));
+    }
+
+    #[test]
+    fn a_host_name_must_be_one_subject_token() {
+        let config = |host: &str| ShipperConfig {
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            host: host.into(),
+            process: 0,
+            share_log: PathBuf::new(),
+            tail_dir: PathBuf::new(),
+            replicas: 3,
+        };
+        assert!(config("dp-1_a").validate().is_ok());
+        for bad in ["", "a.b", "a*", "a>", "a b"] {
+            assert!(config(bad).validate().is_err(), "{bad:?}");
+        }
+    }
+}

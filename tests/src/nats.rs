@@ -1,0 +1,126 @@
+//! A NATS cluster with JetStream on loopback, from Debian's `nats-server`: each server
+//! with its own store directory, client port and route port, all routed to each other.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::{free_port, Process};
+
+/// One server of the cluster.
+pub struct NatsServer {
+    pub process: Option<Process>,
+    pub name: String,
+    pub client_port: u16,
+    pub route_port: u16,
+    config: PathBuf,
+}
+
+impl NatsServer {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// SIGKILL, as a crashed host.
+    pub fn kill_9(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill_9();
+        }
+    }
+
+    /// Starts it again on the same ports and store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill_9();
+        self.process = Some(spawn(&self.name, &self.config)?);
+        wait_listening(self.client_port)
+    }
+}
+
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers with JetStream, routed to each other, and waits until each
+    /// takes connections. (JetStream elects its meta leader a moment later; clients retry.)
+    pub fn start(size: usize) -> anyhow::Result<Self> {
+        // A missing server fails here, with what to install.
+        which_nats_server()?;
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let mut servers = Vec::new();
+        for (index, (client_port, route_port)) in ports.iter().copied().enumerate() {
+            let name = format!("n{index}");
+            let store = dir.path().join(&name);
+            std::fs::create_dir_all(&store)?;
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|(_, other)| *other != route_port)
+                .map(|(_, other)| format!("\"nats-route://127.0.0.1:{other}\""))
+                .collect();
+            let config = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client_port}\n\
+                     jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\n\
+                     cluster {{ name: otedama, listen: 127.0.0.1:{route_port}, routes: [{}] }}\n",
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )?;
+            servers.push(NatsServer {
+                process: Some(spawn(&name, &config)?),
+                name,
+                client_port,
+                route_port,
+                config,
+            });
+        }
+        for server in &servers {
+            wait_listening(server.client_port)?;
+        }
+        Ok(NatsCluster { servers, _dir: dir })
+    }
+
+    /// Every server's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(NatsServer::url).collect()
+    }
+}
+
+fn which_nats_server() -> anyhow::Result<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+        let path = Path::new(dir).join("nats-server");
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    anyhow::bail!(
+        "nats-server not found: `cargo xtask test` installs it (Debian package nats-server)"
+    )
+}
+
+fn spawn(name: &str, config: &Path) -> anyhow::Result<Process> {
+    let child = Command::new(which_nats_server()?)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nats-server")?;
+    Ok(Process {
+        child,
+        name: format!("nats-server {name}"),
+    })
+}
+
+fn wait_listening(port: u16) -> anyhow::Result<()> {
+    crate::wait_until(Duration::from_secs(30), "nats-server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}

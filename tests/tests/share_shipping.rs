@@ -1,0 +1,209 @@
+//! The share shipper (issue 20) against a real three-server NATS JetStream cluster: a
+//! data-plane process's share log reaches the replicated stream exactly once and in order
+//! while one server is killed, waits without acknowledging anything while two are, goes
+//! on once they return, and a shipper started again goes on from the stream's last batch
+//! without sending any record twice.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use otedama_cluster::{decode_batch, share_subject, ShareShipper, ShipperConfig, SHARE_STREAM};
+use otedama_shared::ShareRecord;
+use otedama_sharelog::writer::ShareLog;
+use otedama_tests::nats::NatsCluster;
+use otedama_tests::{spawn_miner_at, wait_until, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
+
+const HOST: &str = "dp-a";
+
+fn record(job_id: u64) -> ShareRecord {
+    ShareRecord {
+        accepted_at_ms: 1,
+        job_id,
+        height: 2,
+        worker: "addr.rig".into(),
+        difficulty: 1.0,
+        achieved_difficulty: 2.0,
+        is_block: false,
+        header: [(job_id % 251) as u8; 80],
+        extranonce1: vec![1, 2, 3, 4],
+        extranonce2: job_id.to_le_bytes().to_vec(),
+    }
+}
+
+/// Appends records whose job ids run over `ids` (the log numbers them from its end).
+fn append(log: &ShareLog, ids: std::ops::Range<u64>) {
+    let handle = log.handle();
+    for id in ids {
+        while handle.append(0, &record(id)).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Every batch on the process's subject, in stream order, flattened: (sequence, job id).
+fn shipped(urls: &[String], host: &str) -> Vec<(u64, u64)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(otedama_cluster::server_addresses(urls).unwrap())
+            .await
+            .unwrap();
+        let context = async_nats::jetstream::new(client);
+        // None yet: the shipper makes it once the cluster has elected its leader.
+        let Ok(mut stream) = context.get_stream(SHARE_STREAM).await else {
+            return Vec::new();
+        };
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let subject = share_subject(host, 0);
+        let mut out = Vec::new();
+        for sequence in 1..=last {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            if message.subject.as_str() != subject {
+                continue;
+            }
+            for (sequence, record) in decode_batch(&message.payload).unwrap() {
+                out.push((sequence, record.job_id));
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn the_share_log_reaches_the_stream_once_and_in_order_through_a_killed_server() {
+    let mut cluster = NatsCluster::start(3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("shares");
+    let (completions, _completed) = futures_channel::mpsc::unbounded();
+    let log = ShareLog::open(&log_path, false, vec![completions]).unwrap();
+    let urls = cluster.urls();
+    let config = |tail: &str| ShipperConfig {
+        nats_urls: urls.clone(),
+        host: HOST.into(),
+        process: 0,
+        share_log: log_path.clone(),
+        tail_dir: dir.path().join(tail),
+        replicas: 3,
+    };
+
+    append(&log, 0..20_000);
+    let shipper = ShareShipper::start(config("tail-1")).unwrap();
+    let status = shipper.status();
+    wait_until(Duration::from_secs(60), "a first part shipped", || {
+        status
+            .shipped_through
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5_000
+    })
+    .unwrap();
+    let shipped_through = || status.shipped_through.load(Relaxed);
+    // A server of the three dies while batches go; the other two hold the quorum.
+    cluster.servers[1].kill_9();
+    append(&log, 20_000..30_000);
+    wait_until(Duration::from_secs(120), "30,000 shipped", || {
+        shipped_through() >= 30_000
+    })
+    .unwrap();
+    // A second one dies: no quorum, nothing is acknowledged, the shipper keeps trying.
+    cluster.servers[2].kill_9();
+    append(&log, 30_000..35_000);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(shipped_through(), 30_000, "acknowledged without a quorum");
+    cluster.servers[1].restart().unwrap();
+    cluster.servers[2].restart().unwrap();
+    wait_until(Duration::from_secs(120), "35,000 shipped", || {
+        shipped_through() >= 35_000
+    })
+    .unwrap();
+    assert!(
+        status.failed_sessions.load(Relaxed) >= 1,
+        "the lost quorum failed a session, which read its place again"
+    );
+    shipper.stop();
+
+    // A new shipper (a restarted data plane) reads its place from the stream.
+    append(&log, 35_000..40_000);
+    let again = ShareShipper::start(config("tail-2")).unwrap();
+    let status = again.status();
+    wait_until(Duration::from_secs(120), "40,000 shipped", || {
+        status
+            .shipped_through
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 40_000
+    })
+    .unwrap();
+    again.stop();
+    log.close();
+
+    let records = shipped(&urls, HOST);
+    assert_eq!(records.len(), 40_000, "each record once");
+    for (index, (sequence, job_id)) in records.iter().enumerate() {
+        assert_eq!(*sequence, index as u64, "in log order, no gap");
+        assert_eq!(*job_id, index as u64);
+    }
+}
+
+/// `otedama run --nats-url … --cluster-host NAME`: every share the pool accepted from a
+/// miner reaches the stream, on the data-plane process's subject.
+#[test]
+fn a_pool_in_cluster_mode_ships_every_accepted_share() {
+    let cluster = NatsCluster::start(3).unwrap();
+    let urls = cluster.urls();
+    let mut flags = vec![
+        "--start-difficulty",
+        "1e-6",
+        "--difficulty-min",
+        "1e-9",
+        "--vardiff-share-interval-s",
+        "0",
+        "--synthetic-job-interval-ms",
+        "60000",
+        "--cluster-host",
+        "dp-e2e",
+    ];
+    for url in &urls {
+        flags.extend(["--nats-url", url.as_str()]);
+    }
+    let pool = SyntheticPool::start(&flags);
+    let accepted = || pool.stats()["shares_accepted"].as_u64().unwrap_or(0);
+    let mut miner = spawn_miner_at(
+        &format!("stratum+tcp://{}", pool.v1),
+        &format!("{SYNTHETIC_PAYOUT_ADDRESS}.cluster"),
+        1,
+        &["--algo", "sha256d"],
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(60), "shares accepted", || {
+        accepted() >= 50
+    })
+    .unwrap();
+    miner.terminate();
+    // The counters reach the API once a second: wait until they stand still.
+    let mut last = accepted();
+    loop {
+        std::thread::sleep(Duration::from_millis(2_500));
+        let now = accepted();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let mut shipped_count = 0;
+    wait_until(
+        Duration::from_secs(60),
+        "every accepted share shipped",
+        || {
+            shipped_count = shipped(&urls, "dp-e2e").len() as u64;
+            shipped_count >= last
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        shipped_count, last,
+        "shipped as many as accepted, none twice"
+    );
+}
