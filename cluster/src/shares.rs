@@ -12,13 +12,23 @@
 //!   to go on from the stream (the last batch on its subject) and follows the log from the
 //!   record after it. A batch the stream took whose acknowledgement was lost is therefore
 //!   not sent again.
+//! - Each batch's message id names its first record (`message_id`: host, process, first
+//!   sequence). A batch proposed before a failure whose fate the shipper could not learn
+//!   (no quorum, a lost acknowledgement) and a batch sent after it from the same record
+//!   carry the same id, whatever their lengths, so the stream keeps only the first within
+//!   its duplicate window; an acknowledgement that says `duplicate` makes the shipper read
+//!   its place again. (nats-server before 2.9.21 checks the header below only against
+//!   batches already stored, not against one still being replicated: this id is what
+//!   covers that case there.)
 //! - Each batch names the stream sequence of the batch before it on its subject
 //!   (`Nats-Expected-Last-Subject-Sequence`), so a batch that would follow anything but
-//!   the batch the shipper last saw (one that landed while the shipper could not tell, a
-//!   second shipper on the same subject) is refused by the stream and the shipper reads
-//!   its place again.
-//! - Each batch also carries a message id (`message_id`: host, process, first and last
-//!   sequence) for the stream's duplicate window.
+//!   the batch the shipper last saw is refused and the shipper reads its place again.
+//! - On resuming, the shipper reads the log from the stream's last record, not after it,
+//!   and goes on only if the log holds that very record. A log that lost records the
+//!   stream has (a power loss with `share_log_sync` off, a data directory wiped, a second
+//!   host under the same name) would otherwise reuse their numbers for new shares, which
+//!   would never be shipped. It stops shipping that log instead (`ShipperStatus::diverged`
+//!   and an error in the log) until an operator looks; the local log keeps every share.
 //!
 //! The stream is created with no limits: the shipper's place is the subject's last batch,
 //! so a retention policy must keep at least that one.
@@ -42,9 +52,12 @@ const SHARE_SUBJECT_PREFIX: &str = "otedama.shares";
 pub const SHARES_PER_BATCH_MAX: usize = 4096;
 /// Bytes of one batch's payload at most, below NATS's default 1 MiB message limit.
 pub const SHARE_BATCH_BYTES_MAX: usize = 512 * 1024;
-/// How long a batch waits for the stream's acknowledgement before the shipper takes the
-/// connection for broken and reads its place again.
+/// How long a batch waits for the stream's acknowledgement (and any JetStream request for
+/// its answer) before the shipper takes the connection for broken and reads its place
+/// again.
 pub const SHIP_ACK_TIMEOUT_MS: u64 = 10_000;
+/// Failed sessions in a row between two warnings while the cluster stays unreachable.
+const FAILURES_PER_WARNING: u64 = 60;
 /// Pause before a new session after a failed one.
 pub const SHIP_RETRY_DELAY_MS: u64 = 500;
 /// Pause between looks at a log with nothing new.
@@ -63,9 +76,10 @@ pub fn share_subject(host: &str, process: u32) -> String {
     format!("{SHARE_SUBJECT_PREFIX}.{host}.{process}")
 }
 
-/// A batch's message id: its origin and the first and last sequence it holds.
-pub fn message_id(host: &str, process: u32, first: u64, last: u64) -> String {
-    format!("{host}:{process}:{first}-{last}")
+/// A batch's message id: its origin and its first record's sequence (not its last: two
+/// batches from the same record are the same batch to the stream; see the module's doc).
+pub fn message_id(host: &str, process: u32, first: u64) -> String {
+    format!("{host}:{process}:{first}")
 }
 
 /// A batch's payload: version, count, then each record's sequence, length and bytes (the
@@ -193,6 +207,20 @@ pub struct ShipperStatus {
     pub failed_sessions: AtomicU64,
     /// Whether the current session is connected and knows its place.
     pub connected: AtomicBool,
+    /// The log does not hold the stream's last record of it: shipping has stopped for an
+    /// operator to look (see the module's doc).
+    pub diverged: AtomicBool,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// Worth another session: the cluster, the connection, an acknowledgement.
+    #[error(transparent)]
+    Retry(#[from] anyhow::Error),
+    /// Not worth another: the log and the stream disagree.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 /// The shipper's thread and its controls.
@@ -236,8 +264,9 @@ impl ShareShipper {
         self.status.clone()
     }
 
-    /// Stops once what the log holds now is shipped (or at once, if the cluster cannot
-    /// be reached), and waits for the thread.
+    /// Stops after the batch under way (its acknowledgement waited for, at most
+    /// `SHIP_ACK_TIMEOUT_MS`) and waits for the thread. What is not shipped yet is shipped
+    /// by the next shipper of this log, from the stream's last batch.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -256,38 +285,86 @@ impl Drop for ShareShipper {
 }
 
 async fn ship(config: ShipperConfig, status: Arc<ShipperStatus>, stop: Arc<AtomicBool>) {
+    let mut failures_in_a_row = 0u64;
     loop {
+        let shipped_before = status.batches.load(Relaxed);
         match session(&config, &status, &stop).await {
             Ok(()) => return,
-            Err(error) => {
+            Err(SessionError::Diverged(why)) => {
+                status.connected.store(false, Relaxed);
+                status.diverged.store(true, Relaxed);
+                tracing::error!(
+                    process = config.process,
+                    why,
+                    "share shipper stopped: the share log and the stream disagree; the log keeps every share, and nothing more is shipped from it until an operator looks"
+                );
+                return;
+            }
+            Err(SessionError::Retry(error)) => {
                 status.connected.store(false, Relaxed);
                 status.failed_sessions.fetch_add(1, Relaxed);
+                if status.batches.load(Relaxed) > shipped_before {
+                    failures_in_a_row = 0;
+                }
+                if failures_in_a_row.is_multiple_of(FAILURES_PER_WARNING) {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        failures_in_a_row,
+                        "share shipper: reading its place again"
+                    );
+                }
+                failures_in_a_row += 1;
                 if stop.load(Relaxed) {
-                    tracing::warn!(%error, "share shipper stopped with shares not shipped");
                     return;
                 }
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "share shipper: reading its place again"
-                );
                 tokio::time::sleep(Duration::from_millis(SHIP_RETRY_DELAY_MS)).await;
             }
         }
     }
 }
 
-/// One connection: find the place in the stream, then ship until stopped or failed.
+/// The stream's last record of this log and the stream sequence of its batch, if any.
+async fn last_shipped(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> Result<(Option<(u64, Vec<u8>)>, u64), SessionError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => {
+            let records = decode_batch(&message.payload).map_err(|error| {
+                SessionError::Diverged(format!(
+                    "the last message on {subject} is not a share batch: {error}"
+                ))
+            })?;
+            let (last, record) = records.last().expect("a decoded batch holds records");
+            Ok((Some((*last, record.encode())), message.sequence))
+        }
+        Err(error)
+            if matches!(
+                error.kind(),
+                jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            Ok((None, 0))
+        }
+        Err(error) => Err(anyhow::anyhow!("reading the last batch of {subject}: {error}").into()),
+    }
+}
+
+/// One connection: find the place in the stream, check the log still holds it, then ship
+/// until stopped or failed.
 async fn session(
     config: &ShipperConfig,
     status: &ShipperStatus,
     stop: &AtomicBool,
-) -> anyhow::Result<()> {
+) -> Result<(), SessionError> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_millis(SHIP_ACK_TIMEOUT_MS)))
         .connect(crate::server_addresses(&config.nats_urls)?)
-        .await?;
-    let context = jetstream::new(client);
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut context = jetstream::new(client);
+    context.set_timeout(Duration::from_millis(SHIP_ACK_TIMEOUT_MS));
     let stream = context
         .get_or_create_stream(jetstream::stream::Config {
             name: SHARE_STREAM.to_string(),
@@ -300,39 +377,54 @@ async fn session(
         .await
         .map_err(|error| anyhow::anyhow!("the share stream: {error}"))?;
     let subject = share_subject(&config.host, config.process);
-    let (mut next_sequence, mut last_on_subject) =
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => {
-                let records = decode_batch(&message.payload)?;
-                let (last, _) = records.last().ok_or(BatchError::Empty)?;
-                (last + 1, message.sequence)
-            }
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                ) =>
-            {
-                (0, 0)
-            }
-            Err(error) => anyhow::bail!("reading the last batch of {subject}: {error}"),
-        };
+    let (mut to_check, mut last_on_subject) = last_shipped(&stream, &subject).await?;
+    let mut next_sequence = match &to_check {
+        Some((last, _)) => last.checked_add(1).ok_or_else(|| {
+            SessionError::Diverged(format!("the last record on {subject} is numbered {last}"))
+        })?,
+        None => 0,
+    };
     status.shipped_through.store(next_sequence, Relaxed);
     status.connected.store(true, Relaxed);
     tracing::info!(%subject, next_sequence, "share shipper: shipping");
+    // Read from the last shipped record itself, to check that the log still holds it.
     let mut tail = ShareLogTail::new(
         config.process,
         config.share_log.clone(),
         config.tail_dir.clone(),
-        Some(next_sequence),
+        Some(to_check.as_ref().map_or(0, |(last, _)| *last)),
         0,
     );
     loop {
-        let read = tail.poll()?;
-        if read.is_empty() {
-            if stop.load(Relaxed) {
-                return Ok(());
+        if stop.load(Relaxed) {
+            return Ok(());
+        }
+        let mut read = tail.poll().map_err(anyhow::Error::from)?;
+        if let Some((last, shipped)) = to_check.take() {
+            match read.first() {
+                None => {
+                    // Not read yet. (A log shorter than the stream waits here, shipping
+                    // nothing, until it reaches that number; then it is checked.)
+                    to_check = Some((last, shipped));
+                    tokio::time::sleep(Duration::from_millis(SHIP_IDLE_POLL_MS)).await;
+                    continue;
+                }
+                Some((sequence, record)) if *sequence == last && record.encode() == shipped => {
+                    read.remove(0);
+                }
+                Some((sequence, _)) => {
+                    let holds = if *sequence == last {
+                        "holds with other contents"
+                    } else {
+                        "does not hold"
+                    };
+                    return Err(SessionError::Diverged(format!(
+                        "the stream's last record of this log is number {last}, which the log {holds} (it reads {sequence} there)"
+                    )));
+                }
             }
+        }
+        if read.is_empty() {
             tokio::time::sleep(Duration::from_millis(SHIP_IDLE_POLL_MS)).await;
             continue;
         }
@@ -341,6 +433,9 @@ async fn session(
             .map(|(sequence, record)| (sequence, record.encode()))
             .peekable();
         while pending.peek().is_some() {
+            if stop.load(Relaxed) {
+                return Ok(());
+            }
             let mut batch = Vec::new();
             let mut bytes = BATCH_HEADER_BYTES;
             while let Some((_, record)) = pending.peek() {
@@ -358,7 +453,7 @@ async fn session(
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                message_id(&config.host, config.process, first, last).as_str(),
+                message_id(&config.host, config.process, first).as_str(),
             );
             headers.insert(
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -366,12 +461,20 @@ async fn session(
             );
             let ack = context
                 .publish_with_headers(subject.clone(), headers, encode_batch(&batch))
-                .await?;
+                .await
+                .map_err(anyhow::Error::from)?;
             let ack = tokio::time::timeout(Duration::from_millis(SHIP_ACK_TIMEOUT_MS), ack)
                 .await
-                .map_err(|_| {
-                    anyhow::anyhow!("no acknowledgement within {SHIP_ACK_TIMEOUT_MS} ms")
-                })??;
+                .map_err(|_| anyhow::anyhow!("no acknowledgement within {SHIP_ACK_TIMEOUT_MS} ms"))?
+                .map_err(anyhow::Error::from)?;
+            if ack.duplicate {
+                // A batch from the same record is in the stream already, sent before a
+                // failure; it may end before or after this one. Its end is the place.
+                return Err(anyhow::anyhow!(
+                    "a batch from record {first} was in the stream already"
+                )
+                .into());
+            }
             last_on_subject = ack.sequence;
             next_sequence = last + 1;
             status.shipped_through.store(next_sequence, Relaxed);

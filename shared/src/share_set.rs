@@ -360,6 +360,15 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::collections::HashMap;
 
+    /// The table's values, all of them, are the model's.
+    fn assert_holds_the_model(table: &ShareSet, model: &HashMap<u64, u64>, when: &str) {
+        let mut held: Vec<u64> = table.iter().collect();
+        let mut expected: Vec<u64> = model.values().copied().collect();
+        held.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(held, expected, "{when}");
+    }
+
     /// A seeded run of inserts, removes, replaces and retains against a `HashMap` of
     /// fingerprint to value: the table answers every lookup as the map does, whatever the
     /// order, and through its growths and rebuilds. Fingerprints come from a small range so
@@ -402,11 +411,7 @@ mod tests {
             }
             assert_eq!(table.len(), model.len());
         }
-        let mut held: Vec<u64> = table.iter().collect();
-        let mut expected: Vec<u64> = model.into_values().collect();
-        held.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(held, expected);
+        assert_holds_the_model(&table, &model, "the end");
     }
 
     /// The same against the model while the table keeps growing: fingerprints from a range
@@ -452,11 +457,7 @@ mod tests {
             steps_while_growing += usize::from(!table.leaving.is_empty());
             assert_eq!(table.len(), model.len());
             if step % 10_007 == 0 {
-                let mut held: Vec<u64> = table.iter().collect();
-                let mut expected: Vec<u64> = model.values().copied().collect();
-                held.sort_unstable();
-                expected.sort_unstable();
-                assert_eq!(held, expected, "step {step}");
+                assert_holds_the_model(&table, &model, &format!("step {step}"));
             }
         }
         assert!(
@@ -465,11 +466,7 @@ mod tests {
         );
         table.shrink_to_fit();
         assert!(table.leaving.is_empty());
-        let mut held: Vec<u64> = table.iter().collect();
-        let mut expected: Vec<u64> = model.into_values().collect();
-        held.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(held, expected);
+        assert_holds_the_model(&table, &model, "the end");
     }
 
     /// A growth at its edges: the value that finds the table full starts it and is held at

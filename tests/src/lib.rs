@@ -425,6 +425,19 @@ const SYNTHETIC_POOL_START_ATTEMPTS_MAX: u32 = 3;
 
 /// `otedama run` on the synthetic chain (SHA256d jobs, no node), listening for Stratum V1,
 /// V2 over Noise and V2 over QUIC on free loopback ports.
+/// Flags for a synthetic pool where nearly any nonce is a share (difficulty 1e-6, floor
+/// 1e-9, no vardiff) and jobs stay put for a minute.
+pub const EASY_SHARE_FLAGS: [&str; 8] = [
+    "--start-difficulty",
+    "1e-6",
+    "--difficulty-min",
+    "1e-9",
+    "--vardiff-share-interval-s",
+    "0",
+    "--synthetic-job-interval-ms",
+    "60000",
+];
+
 pub struct SyntheticPool {
     pub process: Process,
     pub v1: String,

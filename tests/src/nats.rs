@@ -62,14 +62,22 @@ impl NatsCluster {
                 .map(|(_, other)| format!("\"nats-route://127.0.0.1:{other}\""))
                 .collect();
             let config = dir.path().join(format!("{name}.conf"));
+            // One server alone runs JetStream without a cluster block.
+            let cluster = if size > 1 {
+                format!(
+                    "cluster {{ name: otedama, listen: 127.0.0.1:{route_port}, routes: [{}] }}\n",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
             std::fs::write(
                 &config,
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client_port}\n\
                      jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\n\
-                     cluster {{ name: otedama, listen: 127.0.0.1:{route_port}, routes: [{}] }}\n",
+                     {cluster}",
                     store.display(),
-                    routes.join(", ")
                 ),
             )?;
             servers.push(NatsServer {

@@ -9,20 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use otedama_tests::{spawn_miner_at, wait_until, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
+use otedama_tests::{
+    spawn_miner_at, wait_until, SyntheticPool, EASY_SHARE_FLAGS, SYNTHETIC_PAYOUT_ADDRESS,
+};
 
 /// A pool where nearly any nonce is a share and jobs stay put, plus `more` flags.
 fn start_pool(more: &[&str]) -> SyntheticPool {
-    let mut flags = vec![
-        "--start-difficulty",
-        "1e-6",
-        "--difficulty-min",
-        "1e-9",
-        "--vardiff-share-interval-s",
-        "0",
-        "--synthetic-job-interval-ms",
-        "60000",
-    ];
+    let mut flags = EASY_SHARE_FLAGS.to_vec();
     flags.extend_from_slice(more);
     SyntheticPool::start(&flags)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use otedama_shared::sv2::client::{ClientEvent, MiningWork, StandardClient};
 use otedama_shared::sv2::FrameDecoder;
-use otedama_tests::{wait_until, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
+use otedama_tests::{wait_until, SyntheticPool, EASY_SHARE_FLAGS, SYNTHETIC_PAYOUT_ADDRESS};
 
 const PAYOUT_ADDRESS: &str = SYNTHETIC_PAYOUT_ADDRESS;
 
@@ -21,20 +21,8 @@ fn start_pool(cores: &str, connections_per_core_max: usize) -> SyntheticPool {
 /// A pool on `cores` where any nonce is a share and jobs stay put, plus `more` flags.
 fn start_pool_with(cores: &str, connections_per_core_max: usize, more: &[&str]) -> SyntheticPool {
     let limit = connections_per_core_max.to_string();
-    let mut flags = vec![
-        "--cores",
-        cores,
-        "--quic-connections-per-core-max",
-        &limit,
-        "--start-difficulty",
-        "1e-6",
-        "--difficulty-min",
-        "1e-9",
-        "--vardiff-share-interval-s",
-        "0",
-        "--synthetic-job-interval-ms",
-        "60000",
-    ];
+    let mut flags = vec!["--cores", cores, "--quic-connections-per-core-max", &limit];
+    flags.extend_from_slice(&EASY_SHARE_FLAGS);
     flags.extend_from_slice(more);
     SyntheticPool::start(&flags)
 }

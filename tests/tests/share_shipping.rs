@@ -11,7 +11,9 @@ use otedama_cluster::{decode_batch, share_subject, ShareShipper, ShipperConfig, 
 use otedama_shared::ShareRecord;
 use otedama_sharelog::writer::ShareLog;
 use otedama_tests::nats::NatsCluster;
-use otedama_tests::{spawn_miner_at, wait_until, SyntheticPool, SYNTHETIC_PAYOUT_ADDRESS};
+use otedama_tests::{
+    spawn_miner_at, wait_until, SyntheticPool, EASY_SHARE_FLAGS, SYNTHETIC_PAYOUT_ADDRESS,
+};
 
 const HOST: &str = "dp-a";
 
@@ -65,7 +67,8 @@ fn shipped(urls: &[String], host: &str) -> Vec<(u64, u64)> {
             if message.subject.as_str() != subject {
                 continue;
             }
-            for (sequence, record) in decode_batch(&message.payload).unwrap() {
+            // A stray message (one test puts one there) is no batch.
+            for (sequence, record) in decode_batch(&message.payload).unwrap_or_default() {
                 out.push((sequence, record.job_id));
             }
         }
@@ -153,18 +156,8 @@ fn the_share_log_reaches_the_stream_once_and_in_order_through_a_killed_server() 
 fn a_pool_in_cluster_mode_ships_every_accepted_share() {
     let cluster = NatsCluster::start(3).unwrap();
     let urls = cluster.urls();
-    let mut flags = vec![
-        "--start-difficulty",
-        "1e-6",
-        "--difficulty-min",
-        "1e-9",
-        "--vardiff-share-interval-s",
-        "0",
-        "--synthetic-job-interval-ms",
-        "60000",
-        "--cluster-host",
-        "dp-e2e",
-    ];
+    let mut flags = EASY_SHARE_FLAGS.to_vec();
+    flags.extend(["--cluster-host", "dp-e2e"]);
     for url in &urls {
         flags.extend(["--nats-url", url.as_str()]);
     }
@@ -206,4 +199,75 @@ fn a_pool_in_cluster_mode_ships_every_accepted_share() {
         shipped_count, last,
         "shipped as many as accepted, none twice"
     );
+}
+
+/// A log that lost the stream's last record of it (here: a new, empty data directory
+/// under the same host name) would number new shares as the lost ones were; the shipper
+/// sees that the log does not hold that record and stops shipping it, so no share is
+/// skipped for a number the stream already has. So does a message on the subject that
+/// is not a share batch.
+#[test]
+fn a_log_that_lost_the_streams_last_record_is_not_shipped_over() {
+    let cluster = NatsCluster::start(1).unwrap();
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |log: &str, tail: &str| ShipperConfig {
+        nats_urls: urls.clone(),
+        host: HOST.into(),
+        process: 0,
+        share_log: dir.path().join(log),
+        tail_dir: dir.path().join(tail),
+        replicas: 1,
+    };
+    let (completions, _completed) = futures_channel::mpsc::unbounded();
+    let first = ShareLog::open(&dir.path().join("first"), false, vec![completions]).unwrap();
+    append(&first, 0..1_000);
+    let shipper = ShareShipper::start(config("first", "tail-first")).unwrap();
+    let status = shipper.status();
+    wait_until(Duration::from_secs(60), "1,000 shipped", || {
+        status.shipped_through.load(Relaxed) >= 1_000
+    })
+    .unwrap();
+    shipper.stop();
+    first.close();
+
+    let (completions, _completed) = futures_channel::mpsc::unbounded();
+    let second = ShareLog::open(&dir.path().join("second"), false, vec![completions]).unwrap();
+    append(&second, 5_000..7_000);
+    let shipper = ShareShipper::start(config("second", "tail-second")).unwrap();
+    let status = shipper.status();
+    wait_until(Duration::from_secs(60), "the divergence seen", || {
+        status.diverged.load(Relaxed)
+    })
+    .unwrap();
+    shipper.stop();
+    second.close();
+    let records = shipped(&urls, HOST);
+    assert_eq!(records.len(), 1_000, "nothing of the second log shipped");
+    assert!(records.iter().all(|(sequence, job_id)| sequence == job_id));
+
+    // A stray message on the subject.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(otedama_cluster::server_addresses(&urls).unwrap())
+            .await
+            .unwrap();
+        let context = async_nats::jetstream::new(client);
+        context
+            .publish(share_subject(HOST, 0), "not a batch".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    let shipper = ShareShipper::start(config("first", "tail-third")).unwrap();
+    let status = shipper.status();
+    wait_until(Duration::from_secs(60), "the stray message refused", || {
+        status.diverged.load(Relaxed)
+    })
+    .unwrap();
+    assert_eq!(status.batches.load(Relaxed), 0);
 }

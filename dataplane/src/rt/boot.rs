@@ -82,7 +82,7 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
         }
         Ok(log)
     });
-    // Ships what the closed log holds, unless the cluster cannot be reached.
+    // Stops after its batch under way; the next start ships the rest.
     drop(shipper);
     result
 }
