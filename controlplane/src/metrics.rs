@@ -89,6 +89,30 @@ pub fn render(state: &ApiState) -> String {
         totals.share_log_failed_batches,
     );
     out.single(
+        "otedama_share_shipping_planes",
+        "gauge",
+        "Cluster mode: data planes that ship their share log to the cluster's stream.",
+        totals.share_shipping_planes,
+    );
+    out.single(
+        "otedama_share_shipping_disconnected",
+        "gauge",
+        "Cluster mode: shipping data planes not connected to the cluster now (their shares wait in their local logs).",
+        totals.share_shipping_disconnected_planes,
+    );
+    out.single(
+        "otedama_share_shipping_diverged",
+        "gauge",
+        "Cluster mode: data planes whose shipping stopped because their log does not hold the stream's last record of it; an operator must look.",
+        totals.share_shipping_diverged_planes,
+    );
+    out.single(
+        "otedama_share_shipping_failed_sessions_total",
+        "counter",
+        "Cluster mode: shipping sessions that failed and started again (a server gone, a lost acknowledgement).",
+        totals.share_shipping_failed_sessions,
+    );
+    out.single(
         "otedama_dataplane_pow_queued_peak",
         "gauge",
         "The most shares one core held for its batch hasher at once since start (scrypt, and Stratum V1 SHA256d); bounded by SHARES_AWAITING_POW_PER_CORE_MAX (4096). At the bound, readers wait.",

@@ -108,6 +108,13 @@ pub struct PoolTotals {
     /// Data planes whose share log cannot write now.
     pub share_log_failing_planes: u64,
     pub share_log_failed_batches: u64,
+    /// Cluster mode: data planes that ship their share logs, those not connected to the
+    /// cluster now, those whose shipping stopped (log and stream disagree), and their
+    /// failed sessions.
+    pub share_shipping_planes: u64,
+    pub share_shipping_disconnected_planes: u64,
+    pub share_shipping_diverged_planes: u64,
+    pub share_shipping_failed_sessions: u64,
     /// The highest of any data plane's per-core peaks.
     pub pow_queued_peak: u64,
     pub durability_queued_peak: u64,
@@ -167,6 +174,9 @@ impl PoolState {
             counters.connections = 0;
             // Gone, it reports nothing; whatever its log does is its restart's to tell.
             counters.share_log_failing = false;
+            counters.share_shipping = false;
+            counters.share_shipping_connected = false;
+            counters.share_shipping_diverged = false;
         }
     }
 
@@ -199,6 +209,14 @@ impl PoolState {
             }
             totals.share_log_failing_planes += counters.share_log_failing as u64;
             totals.share_log_failed_batches += counters.share_log_failed_batches;
+            if counters.share_shipping {
+                totals.share_shipping_planes += 1;
+                totals.share_shipping_disconnected_planes +=
+                    u64::from(!counters.share_shipping_connected);
+                totals.share_shipping_diverged_planes +=
+                    u64::from(counters.share_shipping_diverged);
+                totals.share_shipping_failed_sessions += counters.share_shipping_failed_sessions;
+            }
             totals.pow_queued_peak = totals.pow_queued_peak.max(counters.pow_queued_peak);
             totals.durability_queued_peak = totals
                 .durability_queued_peak

@@ -81,6 +81,8 @@ pub struct Counters {
     pub durability_queued_peak: AtomicU64,
     /// The share log's writer status, once the log is open.
     pub share_log: std::sync::OnceLock<std::sync::Arc<otedama_sharelog::writer::ShareLogStatus>>,
+    /// Cluster mode: the share shipper's progress.
+    pub share_shipping: std::sync::OnceLock<std::sync::Arc<otedama_cluster::ShipperStatus>>,
 }
 
 impl Default for Counters {
@@ -99,6 +101,7 @@ impl Default for Counters {
             pow_queued_peak: AtomicU64::new(0),
             durability_queued_peak: AtomicU64::new(0),
             share_log: Default::default(),
+            share_shipping: Default::default(),
         }
     }
 }
@@ -171,6 +174,23 @@ impl Counters {
                 .share_log
                 .get()
                 .map_or(0, |status| status.failed_batches()),
+            share_shipping: self.share_shipping.get().is_some(),
+            share_shipped_through: self
+                .share_shipping
+                .get()
+                .map_or(0, |status| status.shipped_through.load(Relaxed)),
+            share_shipping_connected: self
+                .share_shipping
+                .get()
+                .is_some_and(|status| status.connected.load(Relaxed)),
+            share_shipping_diverged: self
+                .share_shipping
+                .get()
+                .is_some_and(|status| status.diverged.load(Relaxed)),
+            share_shipping_failed_sessions: self
+                .share_shipping
+                .get()
+                .map_or(0, |status| status.failed_sessions.load(Relaxed)),
             pow_queued_peak: self.pow_queued_peak.load(Relaxed),
             durability_queued_peak: self.durability_queued_peak.load(Relaxed),
             refusals: Refusal::ALL

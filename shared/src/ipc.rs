@@ -202,6 +202,20 @@ pub struct DataplaneCounters {
     /// Share-log batches whose write failed; their shares were refused.
     #[serde(default)]
     pub share_log_failed_batches: u64,
+    /// Cluster mode: whether this data plane ships its share log to the cluster's stream
+    /// (`otedama_cluster::shares`); the fields below are its shipper's.
+    #[serde(default)]
+    pub share_shipping: bool,
+    /// Every share of this data plane's log below this sequence is in the stream.
+    #[serde(default)]
+    pub share_shipped_through: u64,
+    #[serde(default)]
+    pub share_shipping_connected: bool,
+    /// Shipping stopped because the log does not hold the stream's last record of it.
+    #[serde(default)]
+    pub share_shipping_diverged: bool,
+    #[serde(default)]
+    pub share_shipping_failed_sessions: u64,
     /// The most shares one core of this data plane held for its batch hasher at once.
     /// (Named `scrypt_queued_peak` before SHA256d shares waited there too.)
     #[serde(default, alias = "scrypt_queued_peak")]

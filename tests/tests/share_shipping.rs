@@ -12,7 +12,8 @@ use otedama_shared::ShareRecord;
 use otedama_sharelog::writer::ShareLog;
 use otedama_tests::nats::NatsCluster;
 use otedama_tests::{
-    spawn_miner_at, wait_until, SyntheticPool, EASY_SHARE_FLAGS, SYNTHETIC_PAYOUT_ADDRESS,
+    metric_value, spawn_miner_at, wait_until, SyntheticPool, EASY_SHARE_FLAGS,
+    SYNTHETIC_PAYOUT_ADDRESS,
 };
 
 const HOST: &str = "dp-a";
@@ -198,6 +199,19 @@ fn a_pool_in_cluster_mode_ships_every_accepted_share() {
     assert_eq!(
         shipped_count, last,
         "shipped as many as accepted, none twice"
+    );
+    // What an operator sees of it (counters reach the API once a second).
+    wait_until(Duration::from_secs(10), "the shipper in /metrics", || {
+        pool.metrics().is_ok_and(|metrics| {
+            metric_value(&metrics, "otedama_share_shipping_planes") == Some(1.0)
+                && metric_value(&metrics, "otedama_share_shipping_disconnected") == Some(0.0)
+        })
+    })
+    .unwrap();
+    let metrics = pool.metrics().unwrap();
+    assert_eq!(
+        metric_value(&metrics, "otedama_share_shipping_diverged"),
+        Some(0.0)
     );
 }
 

@@ -63,6 +63,11 @@ pub fn cores_for_process(cores: &[usize], process_index: usize, processes: usize
         .collect()
 }
 
+/// This process's share shipper's progress (cluster mode), for its counters. One data
+/// plane runs per process.
+static SHIPPER_STATUS: std::sync::OnceLock<Arc<otedama_cluster::ShipperStatus>> =
+    std::sync::OnceLock::new();
+
 /// Runs the data plane with the RocksDB share log from the configuration, until it fails;
 /// it never returns on its own.
 pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
@@ -75,10 +80,10 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
             .with_context(|| format!("opening the share log at {}", path.display()))?;
         if let Some(shipping) = shipping {
             // Started once the log exists, which the shipper follows as a secondary.
-            shipper = Some(
-                otedama_cluster::ShareShipper::start(shipping)
-                    .context("starting the share shipper")?,
-            );
+            let started = otedama_cluster::ShareShipper::start(shipping)
+                .context("starting the share shipper")?;
+            let _ = SHIPPER_STATUS.set(started.status());
+            shipper = Some(started);
         }
         Ok(log)
     });
@@ -137,6 +142,9 @@ pub fn run_with_share_log(
     let share_log = open_share_log(completion_senders)?;
     let counters = Arc::new(Counters::default());
     let _ = counters.share_log.set(share_log.status());
+    if let Some(status) = SHIPPER_STATUS.get() {
+        let _ = counters.share_shipping.set(status.clone());
+    }
     let addresses = AddressCounts::new(config.connections_per_ip_max);
     let (upstream_tx, upstream_rx) = upstream_queue();
     // QUIC: one endpoint per core and listen address, with a channel from every core to

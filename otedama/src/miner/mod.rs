@@ -49,8 +49,8 @@ pub struct MinerArgs {
     #[arg(long, default_value_t = 120)]
     pub silent_timeout_s: u64,
     /// While mining on a backup URL, seconds between checks whether an earlier one answers
-    /// again (a V1 subscribe or the V2 Noise handshake's first message; QUIC URLs are not
-    /// checked: the miner returns to them only when the later ones fail).
+    /// again (a V1 subscribe answered, or the whole V2 Noise handshake with the URL's key;
+    /// QUIC URLs are not checked: the miner returns to them only when the later ones fail).
     #[arg(long, default_value_t = 60)]
     pub failback_interval_s: u64,
     /// For stratum2+quic: a PEM certificate to trust, such as the pool's self-signed
