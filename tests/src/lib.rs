@@ -423,8 +423,6 @@ pub const SYNTHETIC_LITECOIN_ADDRESS: &str = "rltc1qhpuak4f6hryvjxpu5k08xgu99mwk
 /// Starts of a synthetic pool, each on fresh ports, before its failure is reported.
 const SYNTHETIC_POOL_START_ATTEMPTS_MAX: u32 = 3;
 
-/// `otedama run` on the synthetic chain (SHA256d jobs, no node), listening for Stratum V1,
-/// V2 over Noise and V2 over QUIC on free loopback ports.
 /// Flags for a synthetic pool where nearly any nonce is a share (difficulty 1e-6, floor
 /// 1e-9, no vardiff) and jobs stay put for a minute.
 pub const EASY_SHARE_FLAGS: [&str; 8] = [
@@ -438,6 +436,8 @@ pub const EASY_SHARE_FLAGS: [&str; 8] = [
     "60000",
 ];
 
+/// `otedama run` on the synthetic chain (SHA256d jobs, no node), listening for Stratum V1,
+/// V2 over Noise and V2 over QUIC on free loopback ports.
 pub struct SyntheticPool {
     pub process: Process,
     pub v1: String,

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use otedama_tests::fault_proxy::{Fault, FaultMix, FaultProxy};
-use otedama_tests::{ledger_total, wait_until, PoolSetup, RegtestPair};
+use otedama_tests::{ledger_total, wait_blocks_settled, wait_until, PoolSetup, RegtestPair};
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
 const PREMINED_BLOCKS: u64 = 101;
@@ -77,6 +77,9 @@ fn the_chain_and_the_pools_blocks_match_across_node_faults_and_kill_9() -> anyho
     }
     std::thread::sleep(Duration::from_secs(2));
     drop(miner);
+    // A block found last may still be on its way to the node (a dropped reply is followed
+    // by asking the node, with back-off): let the counts stand still first.
+    wait_blocks_settled(&pool, &nodes)?;
 
     // Every block on the chain is the pool's (nothing else mines): each must end up among
     // its accepted blocks, once, and nothing else may.
@@ -131,25 +134,47 @@ fn the_chain_and_the_pools_blocks_match_across_node_faults_and_kill_9() -> anyho
     );
 
     // The ledger credits exactly the accepted blocks' rewards (the fee account included).
-    let rewards: u64 = accepted()?
-        .iter()
-        .map(|b| b["reward"].as_u64().unwrap())
-        .sum();
-    // Generous: under a loaded CI machine, crediting the last blocks after the fifth
-    // restart once took over 30 s (it is the outcome that is checked, not its speed).
-    wait_until(
-        Duration::from_secs(90),
-        "every block to be credited",
-        || ledger_total(&pool, ADMIN_TOKEN).is_ok_and(|(credited, _)| credited == rewards),
-    )
+    // Both sides are read again at each look: a block still being submitted when the
+    // lists first matched (a dropped reply, then the node asked again with back-off) joins
+    // the chain, the pool's blocks and the ledger later, together. Generous: under a
+    // loaded CI machine the last rounds' credits once took over 30 s (the outcome is
+    // checked, not its speed).
+    let mut seen = (0u64, 0u64, 0usize);
+    wait_until(Duration::from_secs(90), "every block to be credited", || {
+        let (Ok(blocks), Ok((credited, _))) = (accepted(), ledger_total(&pool, ADMIN_TOKEN))
+        else {
+            return false;
+        };
+        let rewards: u64 = blocks
+            .iter()
+            .map(|b| b["reward"].as_u64().unwrap_or(0))
+            .sum();
+        seen = (credited, rewards, blocks.len());
+        credited == rewards
+    })
     .map_err(|e| {
         let log = std::fs::read_to_string(root.path().join("controlplane.log")).unwrap_or_default();
         anyhow::anyhow!(
-            "{e}: credited {:?}, rewards {rewards}\ncontrol-plane log tail:\n{}",
-            ledger_total(&pool, ADMIN_TOKEN).map(|(total, _)| total),
+            "{e}: credited {}, rewards {} of {} accepted blocks, {:?} blocks on the chain\ncontrol-plane log tail:\n{}",
+            seen.0,
+            seen.1,
+            seen.2,
+            chain_above_premine(&nodes).map(|chain| chain.len()),
             tail(&log)
         )
     })?;
+    // And the pool's blocks are still the chain's, each once.
+    let mut pool_hashes: Vec<String> = accepted()?
+        .iter()
+        .filter_map(|b| b["hash"].as_str().map(str::to_string))
+        .collect();
+    pool_hashes.sort_unstable();
+    let mut chain_hashes: Vec<String> = chain_above_premine(&nodes)?.into_values().collect();
+    chain_hashes.sort_unstable();
+    assert_eq!(
+        pool_hashes, chain_hashes,
+        "the pool's blocks and the chain's"
+    );
     Ok(())
 }
 
