@@ -181,8 +181,7 @@ pub struct ShipperConfig {
 
 impl ShipperConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if self.host.is_empty() || !self.host.chars().all(token) {
+        if !otedama_shared::ipc::is_cluster_host_name(&self.host) {
             anyhow::bail!(
                 "host name {:?} must be letters, digits, '-' and '_' only (a NATS subject token)",
                 self.host

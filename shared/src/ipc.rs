@@ -97,6 +97,15 @@ impl BanListAssembler {
     }
 }
 
+/// Whether `name` can name a data-plane host in cluster mode: one NATS subject token of
+/// letters, digits, `-` and `_` (its shares go to `otedama.shares.NAME.PROCESS`).
+pub fn is_cluster_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Data plane → control plane.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -83,9 +83,8 @@ impl PoolConfig {
             bail!("share_log_memtable_mib must lie between 1 and {SHARE_LOG_MEMTABLE_MIB_MAX}");
         }
         if !self.nats_urls.is_empty() {
-            let token = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
             match &self.cluster_host {
-                Some(host) if !host.is_empty() && host.chars().all(token) => {}
+                Some(host) if otedama_shared::ipc::is_cluster_host_name(host) => {}
                 Some(host) => {
                     bail!("cluster_host {host:?} must be letters, digits, '-' and '_' only")
                 }

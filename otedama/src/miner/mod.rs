@@ -157,11 +157,7 @@ impl Endpoint {
                 let Ok(mut stream) = connect_tcp_within(address, timeout) else {
                     return false;
                 };
-                let subscribe = otedama_shared::sv1::client::request_line(
-                    1,
-                    "mining.subscribe",
-                    serde_json::json!(["otedama-miner/0.1"]),
-                );
+                let subscribe = v1::subscribe_line();
                 let mut byte = [0u8; 1];
                 stream.set_read_timeout(Some(timeout)).is_ok()
                     && std::io::Write::write_all(&mut stream, &subscribe).is_ok()

@@ -13,16 +13,18 @@ use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
 
 use super::*;
 
+/// The miner's `mining.subscribe` (id 1), the first line of a session and the failback
+/// check's question.
+pub(super) fn subscribe_line() -> Vec<u8> {
+    request_line(1, "mining.subscribe", json!(["otedama-miner/0.1"]))
+}
+
 /// One connection: subscribe, authorize, then relay work and submits until it drops.
 pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
     let (args, shared, found) = (run.args, run.shared, run.found);
     let mut stream = connect_tcp(address)?;
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
-    stream.write_all(&request_line(
-        1,
-        "mining.subscribe",
-        json!(["otedama-miner/0.1"]),
-    ))?;
+    stream.write_all(&subscribe_line())?;
     stream.write_all(&request_line(
         2,
         "mining.authorize",
