@@ -1,11 +1,17 @@
 //! The pool across hosts, on NATS JetStream: what a data-plane host sends to the cluster
 //! and how. Single-host mode needs none of it.
 //!
-//! So far: the share shipper (`shares`), which copies a data-plane process's local share
-//! log into a replicated JetStream stream, exactly once and in order, resuming from the
-//! stream itself after any failure.
+//! So far:
+//! - the share shipper (`shares`), which copies a data-plane process's local share log
+//!   into a replicated JetStream stream, exactly once and in order, resuming from the
+//!   stream itself after any failure;
+//! - host identity (`host`): each data-plane process holds a slot of the cluster by a
+//!   lease, and its extranonce1 values start with that slot.
 
+pub mod host;
 pub mod shares;
+
+pub use host::{HostLease, HostLeaseConfig, LeaseStatus};
 
 pub use shares::{
     decode_batch, encode_batch, message_id, share_subject, ShareShipper, ShipperConfig,

@@ -76,6 +76,19 @@ pub struct DataplaneConfig {
     pub payout_address_rule: Option<otedama_shared::address::AddressRule>,
     /// Cluster mode: ship this process's share log to JetStream (`otedama_cluster`).
     pub share_shipping: Option<otedama_cluster::ShipperConfig>,
+    /// Cluster mode: claim a slot of the cluster (`otedama_cluster::host`) before taking
+    /// any miner; `run` claims it and sets `cluster_slot`.
+    pub host_lease: Option<otedama_cluster::HostLeaseConfig>,
+    /// Cluster mode, once claimed: the slot every extranonce1 of this process starts
+    /// with, and the lease without which the process takes no miner.
+    pub cluster_slot: Option<ClusterSlot>,
+}
+
+/// A slot of the cluster this process holds (`otedama_cluster::host`).
+#[derive(Clone, Debug)]
+pub struct ClusterSlot {
+    pub slot: u8,
+    pub lease: std::sync::Arc<otedama_cluster::LeaseStatus>,
 }
 
 pub use rt::run;

@@ -126,5 +126,16 @@ pub fn dataplane_config(
             tail_dir: config.data_dir.join(format!("shares-ship-{process_index}")),
             replicas: config.share_stream_replicas,
         }),
+        host_lease: (!config.nats_urls.is_empty()).then(|| otedama_cluster::HostLeaseConfig {
+            nats_urls: config.nats_urls.clone(),
+            host: config.cluster_host.clone().unwrap_or_default(),
+            process: process_index as u32,
+            identity_file: config
+                .data_dir
+                .join(format!("cluster-identity-{process_index}")),
+            replicas: config.share_stream_replicas,
+            claim_wait_ms: otedama_cluster::host::HOST_CLAIM_WAIT_MS,
+        }),
+        cluster_slot: None,
     })
 }

@@ -168,7 +168,7 @@ pub fn sv2_server_session(data: &[u8]) {
     let mut next_prefix = 0u32;
     let mut allocate = || {
         next_prefix += 1;
-        next_prefix.to_be_bytes().to_vec()
+        Some(next_prefix.to_be_bytes().to_vec())
     };
     // The preamble must really open both channels, and they get a job, so that the
     // fuzzed frames reach shares (every nonce is one at this difficulty) and not only

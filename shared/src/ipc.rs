@@ -263,10 +263,16 @@ pub enum Refusal {
     ProtocolError,
     /// A QUIC connection refused: its core had `quic_connections_per_core_max`.
     QuicCoreFull,
+    /// A connection or channel refused: its core had every extranonce1 it can hand out
+    /// held by live ones.
+    ExtranoncesExhausted,
+    /// Cluster mode: a connection refused, or closed, because the host's lease on its
+    /// identity lapsed (another host may be given its extranonce1 values).
+    ClusterLeaseLost,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::ShareFilterFull,
         Refusal::ConnectionsPerIp,
         Refusal::LoginDeadline,
@@ -278,6 +284,8 @@ impl Refusal {
         Refusal::Oversize,
         Refusal::ProtocolError,
         Refusal::QuicCoreFull,
+        Refusal::ExtranoncesExhausted,
+        Refusal::ClusterLeaseLost,
     ];
 
     /// The `reason` label.
@@ -294,6 +302,8 @@ impl Refusal {
             Refusal::Oversize => "oversize",
             Refusal::ProtocolError => "protocol_error",
             Refusal::QuicCoreFull => "quic_core_full",
+            Refusal::ExtranoncesExhausted => "extranonces_exhausted",
+            Refusal::ClusterLeaseLost => "cluster_lease_lost",
         }
     }
 }

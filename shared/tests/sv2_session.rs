@@ -72,7 +72,7 @@ impl Harness {
         let next_prefix = &mut self.next_prefix;
         let mut allocate = || {
             *next_prefix += 1;
-            next_prefix.to_be_bytes().to_vec()
+            Some(next_prefix.to_be_bytes().to_vec())
         };
         let mut context = Context {
             now_s,

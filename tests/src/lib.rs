@@ -458,6 +458,11 @@ impl SyntheticPool {
         Self::start_coin("bitcoin", SYNTHETIC_PAYOUT_ADDRESS, extra_args)
     }
 
+    /// The pool in a data directory kept from another run (a restart after a crash).
+    pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Self {
+        Self::start_coin_in(data_dir, "bitcoin", SYNTHETIC_PAYOUT_ADDRESS, extra_args)
+    }
+
     /// The same pool for Litecoin (scrypt shares), paying `SYNTHETIC_LITECOIN_ADDRESS`.
     pub fn start_litecoin(extra_args: &[&str]) -> Self {
         Self::start_coin("litecoin", SYNTHETIC_LITECOIN_ADDRESS, extra_args)

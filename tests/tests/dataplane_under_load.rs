@@ -114,6 +114,8 @@ fn start_dataplane(
         vardiff: None,
         payout_address_rule: None,
         share_shipping: None,
+        host_lease: None,
+        cluster_slot: None,
     };
     std::thread::spawn(move || {
         let result =

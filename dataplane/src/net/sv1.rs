@@ -151,8 +151,13 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         return;
     };
     // Given back when the connection ends, below.
+    let Some(extranonce1) = core.next_extranonce1() else {
+        core.counters.refused(Refusal::ExtranoncesExhausted, 1);
+        wire.close();
+        return;
+    };
     let session = Session::new(SessionConfig {
-        extranonce1: core.next_extranonce1(),
+        extranonce1,
         extranonce2_size: EXTRANONCE2_BYTES,
         front_end: core.front_end_config(),
     });

@@ -373,7 +373,13 @@ pub(crate) fn handle_frame(
         let outcome = {
             let jobs = core.jobs.borrow();
             let mut duplicates = core.duplicates.borrow_mut();
-            let mut allocate = || core.next_extranonce1();
+            let mut allocate = || {
+                let prefix = core.next_extranonce1();
+                if prefix.is_none() {
+                    core.counters.refused(Refusal::ExtranoncesExhausted, 1);
+                }
+                prefix
+            };
             let mut context = Context {
                 now_s,
                 jobs: &jobs,

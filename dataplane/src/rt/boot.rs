@@ -70,7 +70,19 @@ static SHIPPER_STATUS: std::sync::OnceLock<Arc<otedama_cluster::ShipperStatus>> 
 
 /// Runs the data plane with the RocksDB share log from the configuration, until it fails;
 /// it never returns on its own.
-pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
+pub fn run(mut config: DataplaneConfig) -> anyhow::Result<()> {
+    // Claimed before the share log opens: a process that cannot hold a slot takes no miner.
+    let host_lease = match config.host_lease.clone() {
+        Some(lease) => {
+            let lease = otedama_cluster::HostLease::claim(lease).context("claiming a host slot")?;
+            config.cluster_slot = Some(crate::ClusterSlot {
+                slot: lease.slot(),
+                lease: lease.status(),
+            });
+            Some(lease)
+        }
+        None => None,
+    };
     let (path, sync) = (config.share_log_path.clone(), config.share_log_sync);
     let memtable_bytes = config.share_log_memtable_bytes;
     let shipping = config.share_shipping.clone();
@@ -89,6 +101,7 @@ pub fn run(config: DataplaneConfig) -> anyhow::Result<()> {
     });
     // Stops after its batch under way; the next start ships the rest.
     drop(shipper);
+    drop(host_lease);
     result
 }
 
@@ -210,7 +223,10 @@ pub fn run_with_share_log(
                     next_connection_id: Cell::new(0),
                     closed_since_trim: Cell::new(0),
                     extranonces: RefCell::new(ExtranonceAllocator::new(
-                        partition,
+                        &match &config.cluster_slot {
+                            Some(cluster) => vec![cluster.slot, partition],
+                            None => vec![partition],
+                        },
                         rand::random::<u32>(),
                     )),
                     rng: RefCell::new(rand::SeedableRng::from_entropy()),
@@ -284,6 +300,7 @@ pub(super) async fn core_main(
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
+            enforcer.enforce_cluster_lease();
             enforcer.enforce_deadlines(now_s());
             enforcer.publish_queue_peaks();
             enforcer.retarget_silent_miners(now_s()).await;

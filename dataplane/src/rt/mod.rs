@@ -227,12 +227,17 @@ impl Core {
     }
 
     /// Extranonce1 is `partition ‖ 24-bit counter`, where the partition byte is unique per
-    /// process and core. Two cores never hand out the same value, and the header commits to
-    /// extranonce1, so equal shares can only arrive on one core: each core checks
-    /// duplicates on its own, with no shared table. (Routing by share hash would need a
-    /// cross-core hop for every share; partitioning needs none.) See `ExtranonceAllocator`.
-    pub fn next_extranonce1(&self) -> Vec<u8> {
-        self.extranonces.borrow_mut().allocate().to_vec()
+    /// process and core (in cluster mode `slot ‖ partition ‖ 16-bit counter`, the slot
+    /// unique per process across the cluster). Two cores never hand out the same value,
+    /// and the header commits to extranonce1, so equal shares can only arrive on one core:
+    /// each core checks duplicates on its own, with no shared table. (Routing by share hash
+    /// would need a cross-core hop for every share; partitioning needs none.) `None` when
+    /// every value is held. See `ExtranonceAllocator`.
+    pub fn next_extranonce1(&self) -> Option<Vec<u8>> {
+        self.extranonces
+            .borrow_mut()
+            .allocate()
+            .map(|value| value.to_vec())
     }
 
     /// Gives back an extranonce1 `next_extranonce1` handed out, once its connection or
@@ -245,6 +250,10 @@ impl Core {
     /// (counted) if its address already has `connections_per_ip_max`. The slot is given
     /// back when dropped, so the caller holds it for the connection's life.
     pub fn admit(&self, peer_ip: Option<std::net::IpAddr>) -> Option<Option<AddressSlot>> {
+        if !self.holds_cluster_lease() {
+            self.counters.refused(Refusal::ClusterLeaseLost, 1);
+            return None;
+        }
         let Some(ip) = peer_ip else {
             // No address to count against (the socket is already gone): let the reader
             // find the closed stream.
@@ -460,6 +469,41 @@ impl Core {
             closed,
             "ban list applied"
         );
+    }
+
+    /// Whether this process may take miners: always on a single host; in cluster mode
+    /// while its lease on its slot holds (`otedama_cluster::host`).
+    pub fn holds_cluster_lease(&self) -> bool {
+        self.config
+            .cluster_slot
+            .as_ref()
+            .is_none_or(|cluster| cluster.lease.held())
+    }
+
+    /// Cluster mode: once the lease on this process's slot is not held, closes every
+    /// connection, as `admit` refuses new ones, until it is held again. The slot may be
+    /// given to another process `HOST_LEASE_TTL_MS − HOST_LEASE_HELD_MS` after the lease
+    /// stops being held here, and that process would hand out these connections'
+    /// extranonce1 values: one share sent to both would be credited twice. This check runs
+    /// every second, well within that margin.
+    fn enforce_cluster_lease(&self) {
+        if self.holds_cluster_lease() {
+            return;
+        }
+        let connections: Vec<Peer> = self.connections.borrow().values().cloned().collect();
+        let closed = connections
+            .iter()
+            .filter(|connection| connection.close_if_idle_since(u64::MAX))
+            .count();
+        if closed > 0 {
+            self.counters
+                .refused(Refusal::ClusterLeaseLost, closed as u64);
+            tracing::warn!(
+                core = self.index,
+                closed,
+                "host lease not held: connections closed"
+            );
+        }
     }
 
     /// Moves the duplicate filter's count of shares it refused when full into the counters.

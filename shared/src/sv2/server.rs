@@ -104,8 +104,9 @@ pub struct Context<'a> {
     pub now_s: u64,
     pub jobs: &'a JobBook,
     pub duplicates: &'a mut DuplicateFilter,
-    /// A fresh `EXTRANONCE1_BYTES` prefix from the core's allocator.
-    pub allocate_extranonce_prefix: &'a mut dyn FnMut() -> Vec<u8>,
+    /// A fresh `EXTRANONCE1_BYTES` prefix from the core's allocator; `None` when every
+    /// prefix the core can hand out is held (the channel is refused).
+    pub allocate_extranonce_prefix: &'a mut dyn FnMut() -> Option<Vec<u8>>,
 }
 
 /// What the glue must do after a frame.
@@ -481,7 +482,9 @@ impl Session {
             work.follow_network(job);
         }
         self.channel_opens += 1;
-        let prefix = (context.allocate_extranonce_prefix)();
+        let Some(prefix) = (context.allocate_extranonce_prefix)() else {
+            return refuse(self, error_code::CHANNEL_CAPACITY_EXHAUSTED);
+        };
         debug_assert_eq!(prefix.len(), EXTRANONCE1_BYTES);
         let id = self.allocate_channel_id();
         let in_group = kind == ChannelKind::Standard && !self.requires_standard_jobs;
