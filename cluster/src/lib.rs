@@ -6,16 +6,19 @@
 //!   into a replicated JetStream stream, exactly once and in order, resuming from the
 //!   stream itself after any failure;
 //! - host identity (`host`): each data-plane process holds a slot of the cluster by a
-//!   lease, and its extranonce1 values start with that slot.
+//!   lease, and its extranonce1 values start with that slot;
+//! - the share mirror (`mirror`): the control plane's copy of every process's log, read
+//!   from the stream, which its payouts and block scan follow as local logs.
 
 pub mod host;
+pub mod mirror;
 pub mod shares;
 
 pub use host::{HostLease, HostLeaseConfig, LeaseStatus};
 
 pub use shares::{
-    decode_batch, encode_batch, message_id, share_subject, ShareShipper, ShipperConfig,
-    ShipperStatus, SHARES_PER_BATCH_MAX, SHARE_BATCH_BYTES_MAX, SHARE_STREAM,
+    clock_subject, decode_batch, encode_batch, message_id, share_subject, ShareShipper,
+    ShipperConfig, ShipperStatus, SHARES_PER_BATCH_MAX, SHARE_BATCH_BYTES_MAX, SHARE_STREAM,
 };
 
 /// Parses `--nats-url` values (`nats://HOST:PORT`, `tls://HOST:PORT`) into the client's

@@ -30,6 +30,14 @@
 //!   would never be shipped. It stops shipping that log instead (`ShipperStatus::diverged`
 //!   and an error in the log) until an operator looks; the local log keeps every share.
 //!
+//! The shipper also publishes the log's clock (`clock_subject`): a time T such that every
+//! record of the log stamped at or before T is in the stream before the clock message.
+//! It is sent only once every record the shipper has read is acknowledged, at most every
+//! `SHIP_CLOCK_INTERVAL_MS`, and rolls up the one before it, so the subject holds one
+//! message. A reader of the stream (`crate::mirror`) thereby knows how far in time it
+//! has read each log, even one with no share for a while, as a local reader knows from
+//! the log's own clock.
+//!
 //! The stream is created with no limits: the shipper's place is the subject's last batch,
 //! so a retention policy must keep at least that one.
 
@@ -48,6 +56,9 @@ use otedama_sharelog::tail::ShareLogTail;
 /// The stream every data-plane process ships its shares to.
 pub const SHARE_STREAM: &str = "OTEDAMA_SHARES";
 const SHARE_SUBJECT_PREFIX: &str = "otedama.shares";
+const CLOCK_SUBJECT_PREFIX: &str = "otedama.clocks";
+/// Least time between two clock messages of one log.
+pub const SHIP_CLOCK_INTERVAL_MS: u64 = 1_000;
 /// Records in one batch at most: one share-log group commit is at most 4,096 too.
 pub const SHARES_PER_BATCH_MAX: usize = 4096;
 /// Bytes of one batch's payload at most, below NATS's default 1 MiB message limit.
@@ -74,6 +85,71 @@ const BATCH_HEADER_BYTES: usize = 5;
 /// (`ShipperConfig::validate`).
 pub fn share_subject(host: &str, process: u32) -> String {
     format!("{SHARE_SUBJECT_PREFIX}.{host}.{process}")
+}
+
+/// The subject one process's log clock goes to (see the module's doc).
+pub fn clock_subject(host: &str, process: u32) -> String {
+    format!("{CLOCK_SUBJECT_PREFIX}.{host}.{process}")
+}
+
+/// Both of one process's subjects, batches and clock, in one filter.
+pub fn log_subjects(host: &str, process: u32) -> String {
+    format!("otedama.*.{host}.{process}")
+}
+
+/// The host and process a share subject names.
+pub fn parse_share_subject(subject: &str) -> Option<(String, u32)> {
+    let rest = subject
+        .strip_prefix(SHARE_SUBJECT_PREFIX)?
+        .strip_prefix('.')?;
+    let (host, process) = rest.split_once('.')?;
+    if !otedama_shared::ipc::is_cluster_host_name(host) {
+        return None;
+    }
+    Some((host.to_string(), process.parse().ok()?))
+}
+
+/// A clock message's payload: milliseconds, little-endian.
+pub fn decode_clock(payload: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(payload).ok().map(u64::from_le_bytes)
+}
+
+/// The share stream, made if missing (by whichever process comes first) with both
+/// subjects and roll-ups allowed; one made before the clock subjects existed is updated.
+pub async fn share_stream(
+    context: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    let config = jetstream::stream::Config {
+        name: SHARE_STREAM.to_string(),
+        subjects: vec![
+            format!("{SHARE_SUBJECT_PREFIX}.>"),
+            format!("{CLOCK_SUBJECT_PREFIX}.>"),
+        ],
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(SHARE_STREAM_DUPLICATE_WINDOW_S),
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        ..Default::default()
+    };
+    let mut stream = context
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("the share stream: {error}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|error| anyhow::anyhow!("the share stream: {error}"))?;
+    if !info.config.allow_rollup || info.config.subjects != config.subjects {
+        let mut updated = info.config.clone();
+        updated.subjects = config.subjects;
+        updated.allow_rollup = true;
+        context
+            .update_stream(updated)
+            .await
+            .map_err(|error| anyhow::anyhow!("updating the share stream: {error}"))?;
+    }
+    Ok(stream)
 }
 
 /// A batch's message id: its origin and its first record's sequence (not its last: two
@@ -364,18 +440,11 @@ async fn session(
         .map_err(anyhow::Error::from)?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(SHIP_ACK_TIMEOUT_MS));
-    let stream = context
-        .get_or_create_stream(jetstream::stream::Config {
-            name: SHARE_STREAM.to_string(),
-            subjects: vec![format!("{SHARE_SUBJECT_PREFIX}.>")],
-            num_replicas: config.replicas,
-            duplicate_window: Duration::from_secs(SHARE_STREAM_DUPLICATE_WINDOW_S),
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|error| anyhow::anyhow!("the share stream: {error}"))?;
+    let stream = share_stream(&context, config.replicas).await?;
     let subject = share_subject(&config.host, config.process);
+    let clock = clock_subject(&config.host, config.process);
+    let mut clock_sent_ms = 0u64;
+    let mut clock_sent_at: Option<std::time::Instant> = None;
     let (mut to_check, mut last_on_subject) = last_shipped(&stream, &subject).await?;
     let mut next_sequence = match &to_check {
         Some((last, _)) => last.checked_add(1).ok_or_else(|| {
@@ -397,6 +466,31 @@ async fn session(
     loop {
         if stop.load(Relaxed) {
             return Ok(());
+        }
+        // Every record read so far is acknowledged here (the last poll's were shipped
+        // below before this turn), so the tail's clock holds for the stream.
+        let through_ms = tail.written_through_ms();
+        if to_check.is_none()
+            && through_ms > clock_sent_ms
+            && clock_sent_at
+                .is_none_or(|at| at.elapsed() >= Duration::from_millis(SHIP_CLOCK_INTERVAL_MS))
+        {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+            let ack = context
+                .publish_with_headers(
+                    clock.clone(),
+                    headers,
+                    Bytes::copy_from_slice(&through_ms.to_le_bytes()),
+                )
+                .await
+                .map_err(anyhow::Error::from)?;
+            tokio::time::timeout(Duration::from_millis(SHIP_ACK_TIMEOUT_MS), ack)
+                .await
+                .map_err(|_| anyhow::anyhow!("no acknowledgement within {SHIP_ACK_TIMEOUT_MS} ms"))?
+                .map_err(anyhow::Error::from)?;
+            clock_sent_ms = through_ms;
+            clock_sent_at = Some(std::time::Instant::now());
         }
         let mut read = tail.poll().map_err(anyhow::Error::from)?;
         if let Some((last, shipped)) = to_check.take() {

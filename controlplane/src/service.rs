@@ -15,7 +15,7 @@ use crate::config::{ChainSource, PoolConfig};
 use crate::stats::PoolState;
 use crate::tasks::blocks::{
     block_scan_loop, block_status_loop, candidate_channel, discard_candidates,
-    queue_link_candidates, submitter_loop, Candidates, SourcedCandidate,
+    queue_link_candidates, submitter_loop, Candidates, ScanMirror, SourcedCandidate,
 };
 use crate::tasks::compliance::{apply_deny_list, audit_housekeeping, freeze_held_orders};
 use crate::tasks::payouts::start_payouts;
@@ -34,9 +34,41 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     );
     let (found, rejected) = store.counts();
     let state = PoolState::new(found, rejected);
+    let audit = Arc::new(
+        AuditLog::open(&config.data_dir.join("audit"))
+            .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?,
+    );
+    // Cluster mode: every host's share log, copied from the stream (held until the process
+    // ends).
+    let mirror = match config.nats_urls.is_empty() {
+        true => None,
+        false => Some(
+            otedama_cluster::mirror::ShareMirror::start(otedama_cluster::mirror::MirrorConfig {
+                nats_urls: config.nats_urls.clone(),
+                root: config.data_dir.join("share-mirror"),
+                replicas: config.share_stream_replicas,
+            })
+            .context("starting the share mirror")?,
+        ),
+    };
+    let payouts = start_payouts(
+        &config,
+        &state,
+        &store,
+        &audit,
+        mirror.as_ref().map(|mirror| mirror.status()),
+    )?;
     let (candidate_tx, candidate_rx) = candidate_channel();
     match config.chain {
-        ChainSource::Node => start_node_threads(&config, &state, &store, candidate_rx)?,
+        ChainSource::Node => {
+            // Cluster mode: the block scan reads every host's mirrored log, numbered by
+            // the ledger as the payout thread numbers them.
+            let scan_mirror = mirror.as_ref().map(|mirror| ScanMirror {
+                status: mirror.status(),
+                ledger: payouts.ledger.clone(),
+            });
+            start_node_threads(&config, &state, &store, candidate_rx, scan_mirror)?
+        }
         ChainSource::Synthetic => {
             tracing::warn!("synthetic chain: jobs are made up and no block is ever submitted");
             let (config, state_for_jobs) = (config.clone(), state.clone());
@@ -49,11 +81,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
                 .spawn(move || discard_candidates(state, candidate_rx))?;
         }
     }
-    let audit = Arc::new(
-        AuditLog::open(&config.data_dir.join("audit"))
-            .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?,
-    );
-    let payouts = start_payouts(&config, &state, &store, &audit)?;
+
     {
         let (audit, retention_days) = (audit.clone(), config.audit_retention_days);
         std::thread::Builder::new()
@@ -69,6 +97,7 @@ fn start_node_threads(
     state: &Arc<PoolState>,
     store: &Arc<BlockStore>,
     candidate_rx: Receiver<SourcedCandidate>,
+    scan_mirror: Option<ScanMirror>,
 ) -> anyhow::Result<()> {
     let rpc = config.rpc_client()?;
     let params = config.coin_params();
@@ -111,7 +140,7 @@ fn start_node_threads(
         let (jobs, queue) = (jobs.clone(), queue.clone());
         std::thread::Builder::new()
             .name("block-scan".into())
-            .spawn(move || block_scan_loop(config, state, store, jobs, queue))?;
+            .spawn(move || block_scan_loop(config, state, store, jobs, queue, scan_mirror))?;
     }
     {
         let (rpc, store, maturity) = (rpc.clone(), store.clone(), config.coinbase_maturity);

@@ -24,6 +24,7 @@ mod credits;
 mod intents;
 mod transfers;
 
+pub use credits::CLUSTER_LOG_ID_BASE;
 use intents::stage_intent_indexes;
 
 /// One account's balances.
@@ -159,6 +160,10 @@ const INTENT_PREFIX: &[u8] = b"p/";
 const CURSOR_PREFIX: &[u8] = b"c/";
 const SETTING_PREFIX: &[u8] = b"s/";
 const PPS_CREDITED_KEY: &[u8] = b"m/pps_credited";
+/// A mirrored share log's id (cluster mode), by its name: `l/{HOST.PROCESS}` → the id.
+const LOG_ID_PREFIX: &[u8] = b"l/";
+/// The id the next mirrored log is given.
+const LOG_ID_NEXT_KEY: &[u8] = b"m/log_id_next";
 const TRANSFER_PREFIX: &[u8] = b"t/";
 const KYC_PREFIX: &[u8] = b"y/";
 const KYC_CALLBACK_PREFIX: &[u8] = b"q/";
@@ -853,6 +858,22 @@ mod tests {
         let ledger = Ledger::open(dir.path()).unwrap();
         ledger.assert_intent_indexes("an intent written behind the index");
         assert_eq!(unsettled(&ledger), [5, 6]);
+    }
+
+    /// A mirrored log keeps its id across opens, and no two names share one.
+    #[test]
+    fn a_mirrored_log_is_given_one_id_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let a = ledger.log_id("dp-a.0").unwrap();
+        let b = ledger.log_id("dp-b.0").unwrap();
+        assert_eq!(a, CLUSTER_LOG_ID_BASE);
+        assert_eq!(b, a + 1);
+        assert_eq!(ledger.log_id("dp-a.0").unwrap(), a);
+        drop(ledger);
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.log_id("dp-b.0").unwrap(), b);
+        assert_eq!(ledger.log_id("dp-a.1").unwrap(), b + 1);
     }
 
     #[test]

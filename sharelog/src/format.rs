@@ -19,6 +19,10 @@ pub fn share_log_sequence(key: &[u8]) -> Option<u64> {
 /// with no share since. The key is shorter than a sequence key and zero, so it sorts
 /// before every share and the last key is still the last share's.
 pub const SHARE_LOG_CLOCK_KEY: &[u8] = &[0];
+/// A mirrored copy's position in the cluster's share stream (`mirror`). A prefix of every
+/// sequence key sorts before it, so, as the clock key, it is never read as a share and the
+/// last key is still the last share's.
+pub const MIRROR_POSITION_KEY: &[u8] = &[0, 0];
 /// How often an idle share-log writer moves its clock forward.
 pub const SHARE_LOG_CLOCK_INTERVAL_MS: u64 = 100;
 
@@ -31,5 +35,7 @@ mod tests {
         assert!(SHARE_LOG_CLOCK_KEY < &share_log_key(0)[..]);
         assert_eq!(share_log_sequence(SHARE_LOG_CLOCK_KEY), None);
         assert_eq!(share_log_sequence(&share_log_key(77)), Some(77));
+        assert!(MIRROR_POSITION_KEY < &share_log_key(0)[..]);
+        assert_eq!(share_log_sequence(MIRROR_POSITION_KEY), None);
     }
 }

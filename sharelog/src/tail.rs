@@ -35,6 +35,9 @@ pub struct ShareLogTail {
     clock_seen: Option<(u64, std::time::Instant)>,
     /// With no start sequence: how many of the newest shares to read at first.
     backfill: usize,
+    /// Whether a log whose clock stands still is asked if its writer is gone (a local
+    /// log). A mirrored copy's clock is kept by its mirror, which judges that itself.
+    writer_check: bool,
 }
 
 /// How far a tail has read.
@@ -67,7 +70,14 @@ impl ShareLogTail {
                 written_through_ms: 0,
             },
             backfill,
+            writer_check: true,
         }
+    }
+
+    /// For a mirrored copy (`crate::mirror`): its clock alone says how far it is written.
+    pub fn without_writer_check(mut self) -> Self {
+        self.writer_check = false;
+        self
     }
 
     /// The next sequence this tail will read.
@@ -101,9 +111,10 @@ impl ShareLogTail {
         // Asked only when the clock has stood still for long (a live writer moves it every
         // `SHARE_LOG_CLOCK_INTERVAL_MS`): a stopped data plane must not hold every round
         // of the pool back.
-        let writer_gone = self
-            .clock_seen
-            .is_some_and(|(_, since)| since.elapsed().as_millis() as u64 >= SHARE_LOG_STILL_MS)
+        let writer_gone = self.writer_check
+            && self
+                .clock_seen
+                .is_some_and(|(_, since)| since.elapsed().as_millis() as u64 >= SHARE_LOG_STILL_MS)
             && !primary_lock_held(&self.primary);
         if self.db.is_none() {
             if !self.primary.join("CURRENT").exists() {

@@ -55,20 +55,30 @@ impl BlockScan {
         tails: impl Fn(u32, Option<u64>) -> ShareLogTail,
         processes: u32,
     ) -> Self {
-        let logs = (0..processes)
-            .map(|process| {
-                let cursor = store.scan_cursor(process).unwrap_or_else(|error| {
-                    tracing::error!(%error, process, "cannot read the block scan cursor; scanning from the backfill");
-                    None
-                });
-                LogScan {
-                    tail: tails(process, cursor),
-                    unsettled: VecDeque::new(),
-                    cursor_saved: cursor,
-                }
-            })
-            .collect();
-        BlockScan { logs }
+        let mut scan = BlockScan { logs: Vec::new() };
+        for process in 0..processes {
+            scan.add_log(store, process, |cursor| tails(process, cursor));
+        }
+        scan
+    }
+
+    /// Adds log `process` (in cluster mode, a mirrored log found after the start, under
+    /// its ledger id), scanned from its saved cursor or, the first time, its backfill.
+    pub fn add_log(
+        &mut self,
+        store: &BlockStore,
+        process: u32,
+        tail: impl FnOnce(Option<u64>) -> ShareLogTail,
+    ) {
+        let cursor = store.scan_cursor(process).unwrap_or_else(|error| {
+            tracing::error!(%error, process, "cannot read the block scan cursor; scanning from the backfill");
+            None
+        });
+        self.logs.push(LogScan {
+            tail: tail(cursor),
+            unsettled: VecDeque::new(),
+            cursor_saved: cursor,
+        });
     }
 
     /// Reads what the logs gained, hands the block shares the live path has not settled

@@ -103,6 +103,8 @@ pub struct PayoutRunner {
     /// Every batch written and every batch the node took is recorded here.
     pub audit: Arc<crate::audit::AuditLog>,
     pub tails: Vec<ShareLogTail>,
+    /// Cluster mode: the logs the share mirror copies, tailed as they are found.
+    pub mirrored: Option<MirroredLogs>,
     pub wallet: Option<Box<dyn Wallet + Send>>,
     pub fault: FaultHook,
     /// New KYC holds, for the provider's webhook.
@@ -130,28 +132,56 @@ pub fn share_log_tails(
         .enumerate()
         .map(|(index, primary)| {
             let process = index as u32;
-            // Per-share schemes read the history's backfill before the cursor too (the
-            // runner credits only from the cursor on): a block found before a restart
-            // needs its share record to cut its round.
-            let start = if per_share {
-                Some(
-                    ledger
-                        .share_cursor(process)?
-                        .unwrap_or(0)
-                        .saturating_sub(backfill as u64),
-                )
-            } else {
-                None
-            };
             Ok(ShareLogTail::new(
                 process,
                 primary.clone(),
                 secondary_root.join(format!("share-tail-{index}")),
-                start,
+                tail_start(ledger, process, per_share, backfill)?,
                 backfill,
             ))
         })
         .collect()
+}
+
+/// Where a tail of log `process` starts: per-share schemes read the history's backfill
+/// before the ledger's cursor too (the runner credits only from the cursor on: a block
+/// found before a restart needs its share record to cut its round); others read the
+/// newest `backfill` shares.
+fn tail_start(
+    ledger: &Ledger,
+    process: u32,
+    per_share: bool,
+    backfill: usize,
+) -> anyhow::Result<Option<u64>> {
+    Ok(if per_share {
+        Some(
+            ledger
+                .share_cursor(process)?
+                .unwrap_or(0)
+                .saturating_sub(backfill as u64),
+        )
+    } else {
+        None
+    })
+}
+
+/// Cluster mode: the logs the share mirror (`otedama_cluster::mirror`) copies, which the
+/// payout thread follows as it finds them, each under its ledger id (`Ledger::log_id`).
+pub struct MirroredLogs {
+    pub status: Arc<otedama_cluster::mirror::MirrorStatus>,
+    /// Where the tails' secondary instances live.
+    pub tail_root: PathBuf,
+    followed: std::collections::BTreeSet<String>,
+}
+
+impl MirroredLogs {
+    pub fn new(status: Arc<otedama_cluster::mirror::MirrorStatus>, tail_root: PathBuf) -> Self {
+        MirroredLogs {
+            status,
+            tail_root,
+            followed: Default::default(),
+        }
+    }
 }
 
 impl PayoutRunner {
@@ -267,10 +297,42 @@ impl PayoutRunner {
             * 1000
     }
 
+    /// Cluster mode: a tail for every log the mirror found since the last pass, started
+    /// as a local log's tail starts.
+    fn follow_mirrored_logs(&mut self, per_share: bool) -> anyhow::Result<()> {
+        let Some(mirrored) = self.mirrored.as_mut() else {
+            return Ok(());
+        };
+        for log in mirrored.status.logs() {
+            if mirrored.followed.contains(&log.name) {
+                continue;
+            }
+            let mut ledger = self.ledger.lock().expect("ledger lock");
+            let id = ledger.log_id(&log.name)?;
+            let backfill = SHARE_HISTORY_MAX / (self.tails.len() + 1);
+            let start = tail_start(&ledger, id, per_share, backfill)?;
+            drop(ledger);
+            tracing::info!(log = %log.name, id, ?start, "following a mirrored share log");
+            self.tails.push(
+                ShareLogTail::new(
+                    id,
+                    log.path.clone(),
+                    mirrored.tail_root.join(format!("share-tail-{}", log.name)),
+                    start,
+                    backfill,
+                )
+                .without_writer_check(),
+            );
+            mirrored.followed.insert(log.name);
+        }
+        Ok(())
+    }
+
     /// Reads new shares, credits what can be credited and settles blocks that changed.
     pub fn pass(&mut self, now_ms: u64) -> anyhow::Result<()> {
         let settings = self.settings.read().expect("settings lock").clone();
         let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
+        self.follow_mirrored_logs(per_share)?;
         let block_value = self.pool.block_value();
         // Per-share schemes need the current block's value; until a template has given it,
         // shares wait in the log. Other schemes only keep the history.
@@ -508,6 +570,7 @@ mod tests {
             pool,
             audit: Arc::new(crate::audit::AuditLog::open(&dir.join("audit")).unwrap()),
             tails,
+            mirrored: None,
             wallet: None,
             fault: Box::new(|_| false),
             kyc_notices: None,

@@ -375,6 +375,7 @@ impl Simulation {
             pool,
             audit: Arc::new(crate::audit::AuditLog::open(&root.join("audit")).expect("audit")),
             tails,
+            mirrored: None,
             wallet: Some(Box::new(FlakyWallet {
                 node: self.node.clone(),
                 rng: StdRng::seed_from_u64(self.rng.gen()),

@@ -42,15 +42,27 @@ pub(crate) fn find_job(
     }
 }
 
-/// Reads the share logs for block shares the live path missed (see `jobs::scan`).
+/// Cluster mode: the share mirror's logs and the ledger that numbers them.
+pub(crate) struct ScanMirror {
+    pub status: Arc<otedama_cluster::mirror::MirrorStatus>,
+    pub ledger: Arc<std::sync::Mutex<otedama_ledger::ledger::Ledger>>,
+}
+
+/// Reads the share logs for block shares the live path missed (see `jobs::scan`): the
+/// local data planes' logs, or in cluster mode the copies of every host's log (the scan
+/// is then how a block share found on another host reaches this host's submitters).
 pub(crate) fn block_scan_loop(
     config: PoolConfig,
     state: Arc<PoolState>,
     store: Arc<BlockStore>,
     jobs: Arc<JobStore>,
     queue: Arc<Candidates>,
+    mirror: Option<ScanMirror>,
 ) {
-    let processes = config.dataplane_processes as u32;
+    let processes = match mirror {
+        Some(_) => 0,
+        None => config.dataplane_processes as u32,
+    };
     let tail = |process: u32, cursor: Option<u64>| {
         ShareLogTail::new(
             process,
@@ -62,7 +74,33 @@ pub(crate) fn block_scan_loop(
     };
     let mut scan = BlockScan::new(&store, tail, processes);
     let job = |job_id: u64| find_job(&state, &jobs, job_id);
+    let mut followed = std::collections::BTreeSet::new();
     loop {
+        if let Some(mirror) = &mirror {
+            for log in mirror.status.logs() {
+                if followed.contains(&log.name) {
+                    continue;
+                }
+                let id = match mirror.ledger.lock().expect("ledger lock").log_id(&log.name) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        tracing::error!(%error, log = %log.name, "cannot number a mirrored share log; trying again");
+                        break;
+                    }
+                };
+                scan.add_log(&store, id, |cursor| {
+                    ShareLogTail::new(
+                        id,
+                        log.path.clone(),
+                        config.data_dir.join(format!("block-scan-{}", log.name)),
+                        cursor,
+                        BLOCK_SCAN_BACKFILL_SHARES,
+                    )
+                    .without_writer_check()
+                });
+                followed.insert(log.name);
+            }
+        }
         scan.step(&store, &queue, &job);
         std::thread::sleep(Duration::from_millis(BLOCK_SCAN_INTERVAL_MS));
     }

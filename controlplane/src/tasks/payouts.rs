@@ -10,7 +10,9 @@ use std::sync::{Mutex, RwLock};
 use crate::api::PayoutHandles;
 use crate::audit::AuditLog;
 use crate::config::{ChainSource, PoolConfig};
-use crate::payouts::runner::{fault_file_hook, share_log_tails, PayoutRunner, PayoutSettings};
+use crate::payouts::runner::{
+    fault_file_hook, share_log_tails, MirroredLogs, PayoutRunner, PayoutSettings,
+};
 use crate::stats::PoolState;
 use crate::tasks::compliance::start_kyc_webhook;
 use otedama_chain::blocks::BlockStore;
@@ -27,6 +29,7 @@ pub(crate) fn start_payouts(
     state: &Arc<PoolState>,
     store: &Arc<BlockStore>,
     audit: &Arc<AuditLog>,
+    mirror: Option<Arc<otedama_cluster::mirror::MirrorStatus>>,
 ) -> anyhow::Result<PayoutHandles> {
     let params = config.coin_params();
     let fee_account = if config.pool_fee_address.is_empty() {
@@ -53,11 +56,22 @@ pub(crate) fn start_payouts(
     };
     let ledger = Ledger::open(&config.ledger_path())
         .with_context(|| format!("opening the ledger {}", config.ledger_path().display()))?;
-    let logs: Vec<_> = (0..config.dataplane_processes)
-        .map(|index| config.share_log_path(index))
-        .collect();
     let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
-    let tails = share_log_tails(&ledger, &logs, &config.data_dir, per_share)?;
+    // In cluster mode every data plane, this host's too, ships its log to the stream, and
+    // only the mirror's copies are read: a local log read as well would count its shares
+    // twice.
+    let tails = match &mirror {
+        Some(_) => {
+            refuse_local_cursors(&ledger)?;
+            Vec::new()
+        }
+        None => {
+            let logs: Vec<_> = (0..config.dataplane_processes)
+                .map(|index| config.share_log_path(index))
+                .collect();
+            share_log_tails(&ledger, &logs, &config.data_dir, per_share)?
+        }
+    };
     let wallet: Option<Box<dyn otedama_ledger::payments::Wallet + Send>> = match config.chain {
         ChainSource::Node => Some(Box::new(NodeWallet::new(config.wallet_rpc_client()?))),
         ChainSource::Synthetic => None,
@@ -79,6 +93,7 @@ pub(crate) fn start_payouts(
         pool: state.clone(),
         audit: audit.clone(),
         tails,
+        mirrored: mirror.map(|status| MirroredLogs::new(status, config.data_dir.clone())),
         wallet,
         fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
         kyc_notices: start_kyc_webhook(config)?,
@@ -91,6 +106,22 @@ pub(crate) fn start_payouts(
         .name("payouts".into())
         .spawn(move || runner.run(requests))?;
     Ok(handles)
+}
+
+/// Cluster mode reads shares under the mirrored logs' ids (`Ledger::log_id`), not the
+/// local processes' numbers: a ledger whose per-share credits stand at a local log's
+/// cursor would credit that log's shares again from the stream. Such a ledger is refused
+/// rather than paid twice from.
+fn refuse_local_cursors(ledger: &Ledger) -> anyhow::Result<()> {
+    for process in 0..256u32 {
+        if let Some(cursor) = ledger.share_cursor(process)? {
+            anyhow::bail!(
+                "this ledger credited shares per share from the local share log of data-plane process {process} (through {cursor}); \
+                 cluster mode reads every log from the stream and would credit them again: start the cluster's control plane on a new ledger"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Payout runs the admin API may have waiting at once; one more hears 503 at once.

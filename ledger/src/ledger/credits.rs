@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The first id a mirrored share log is given (`Ledger::log_id`): local data-plane
+/// processes are numbered from 0, and a host runs at most 256 of them.
+pub const CLUSTER_LOG_ID_BASE: u32 = 1 << 16;
+
 impl Ledger {
     /// Where a credited block stands; `None` if it was never credited.
     pub fn block_state(&self, block: &str) -> Result<Option<BlockState>, LedgerError> {
@@ -103,6 +107,29 @@ impl Ledger {
     /// The next share-log sequence not yet credited under PPS/FPPS, per data-plane process.
     pub fn share_cursor(&self, process: u32) -> Result<Option<u64>, LedgerError> {
         self.get(&key(CURSOR_PREFIX, &process.to_be_bytes()))
+    }
+
+    /// The id of a share log mirrored from the cluster (`HOST.PROCESS`), under which its
+    /// cursor and its shares' history keys are kept: given on first sight, written
+    /// durably before it is used, and never given to another name, so two hosts' logs
+    /// never share a cursor. Ids start at `CLUSTER_LOG_ID_BASE`, above every local
+    /// process index.
+    pub fn log_id(&mut self, name: &str) -> Result<u32, LedgerError> {
+        let name_key = key(LOG_ID_PREFIX, name.as_bytes());
+        if let Some(id) = self.get::<u32>(&name_key)? {
+            return Ok(id);
+        }
+        let id = self
+            .get::<u32>(LOG_ID_NEXT_KEY)?
+            .unwrap_or(CLUSTER_LOG_ID_BASE);
+        let next = id.checked_add(1).expect("fewer than 2^32 share logs");
+        let mut change = Change::new(self);
+        change.batch.put(name_key, serde_json::to_vec(&id)?);
+        change
+            .batch
+            .put(LOG_ID_NEXT_KEY, serde_json::to_vec(&next)?);
+        change.commit()?;
+        Ok(id)
     }
 
     /// Everything PPS/FPPS has credited so far: the pool's side of its risk.

@@ -1,0 +1,331 @@
+//! The control plane's copy of every data-plane process's share log, read from the share
+//! stream: one `MirrorLog` per log (`otedama_sharelog::mirror`), in the share log's own
+//! format, which the payout thread and the block scan then follow as they follow a local
+//! log. A control plane in cluster mode thus credits the shares of every host the same
+//! way it credits its own host's.
+//!
+//! Each log is read on its own (`log_subjects`: its batches and its clock, in stream
+//! order), from the position its copy stores, one message at a time, so a restart or a
+//! lost connection goes on where the copy stands and a message read twice changes
+//! nothing (see `MirrorLog`). New logs are found by listing the stream's subjects every
+//! `MIRROR_DISCOVER_MS`.
+//!
+//! A log's clock comes from its shipper (`crate::shares`). A log whose host has said
+//! nothing (no batch, no clock) for `MIRROR_LOG_SILENT_MS` while this mirror is connected
+//! and has read all there is, has its copy's clock moved to now, so a host that is gone
+//! does not hold every round of the pool back. Shares it shipped later (it had them on
+//! its disk) are still read and counted, in the rounds open when they arrive.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_lite::StreamExt;
+
+use otedama_sharelog::mirror::MirrorLog;
+
+use crate::shares::{decode_batch, decode_clock, log_subjects, parse_share_subject, share_stream};
+
+/// How often the stream's subjects are listed for new logs.
+pub const MIRROR_DISCOVER_MS: u64 = 2_000;
+/// How long a log may say nothing before its copy's clock is moved to now.
+pub const MIRROR_LOG_SILENT_MS: u64 = 20_000;
+/// Messages read from one log before the next log has its turn.
+const MIRROR_MESSAGES_PER_TURN: usize = 64;
+const MIRROR_IDLE_POLL_MS: u64 = 20;
+const MIRROR_RETRY_DELAY_MS: u64 = 500;
+const MIRROR_REQUEST_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Clone, Debug)]
+pub struct MirrorConfig {
+    pub nats_urls: Vec<String>,
+    /// Where the copies live, one directory per log (`HOST.PROCESS`).
+    pub root: PathBuf,
+    /// Copies the share stream keeps, if this mirror is the one to make it.
+    pub replicas: usize,
+}
+
+/// One log the mirror copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirroredLog {
+    /// `HOST.PROCESS`: the log's name, for the ledger's log ids.
+    pub name: String,
+    /// The copy, to follow as a share log (`ShareLogTail::without_writer_check`).
+    pub path: PathBuf,
+}
+
+/// How far the mirror has come, shared with its readers.
+#[derive(Debug, Default)]
+pub struct MirrorStatus {
+    pub connected: AtomicBool,
+    /// Stream messages applied.
+    pub messages: AtomicU64,
+    pub failed_sessions: AtomicU64,
+    logs: Mutex<Vec<MirroredLog>>,
+}
+
+impl MirrorStatus {
+    /// Every log found so far, in the order found.
+    pub fn logs(&self) -> Vec<MirroredLog> {
+        self.logs.lock().expect("mirror logs").clone()
+    }
+}
+
+pub struct ShareMirror {
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    status: Arc<MirrorStatus>,
+}
+
+impl ShareMirror {
+    /// Opens the copies already on disk (so their logs are known before the cluster
+    /// answers) and mirrors on a thread of its own.
+    pub fn start(config: MirrorConfig) -> anyhow::Result<Self> {
+        crate::server_addresses(&config.nats_urls)?;
+        std::fs::create_dir_all(&config.root)?;
+        let status = Arc::new(MirrorStatus::default());
+        let mut copies = BTreeMap::new();
+        let mut names: Vec<String> = std::fs::read_dir(&config.root)?
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| {
+                name.split_once('.').is_some_and(|(host, process)| {
+                    parse_share_subject(&format!("otedama.shares.{host}.{process}")).is_some()
+                })
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            let copy = Copy::open(&config.root, &name)?;
+            status.logs.lock().expect("mirror logs").push(MirroredLog {
+                name: name.clone(),
+                path: config.root.join(&name),
+            });
+            copies.insert(name, copy);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_status, thread_stop) = (status.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("share-mirror".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "share mirror: no runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(mirror(config, copies, thread_status, thread_stop));
+            })?;
+        Ok(ShareMirror {
+            thread: Some(thread),
+            stop,
+            status,
+        })
+    }
+
+    pub fn status(&self) -> Arc<MirrorStatus> {
+        self.status.clone()
+    }
+}
+
+impl Drop for ShareMirror {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One log's copy and what the mirror knows of it.
+struct Copy {
+    log: MirrorLog,
+    filter: String,
+    /// When its host last said something (or the mirror started).
+    last_heard: Instant,
+    /// Whether the silence has been logged.
+    silent: bool,
+}
+
+impl Copy {
+    fn open(root: &std::path::Path, name: &str) -> anyhow::Result<Self> {
+        let (host, process) = name
+            .split_once('.')
+            .and_then(|(host, process)| Some((host, process.parse::<u32>().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("{name} names no log"))?;
+        Ok(Copy {
+            log: MirrorLog::open(&root.join(name))
+                .map_err(|error| anyhow::anyhow!("the copy of {name}: {error}"))?,
+            filter: log_subjects(host, process),
+            last_heard: Instant::now(),
+            silent: false,
+        })
+    }
+}
+
+async fn mirror(
+    config: MirrorConfig,
+    mut copies: BTreeMap<String, Copy>,
+    status: Arc<MirrorStatus>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut failures_in_a_row = 0u64;
+    while !stop.load(Relaxed) {
+        let applied_before = status.messages.load(Relaxed);
+        if let Err(error) = session(&config, &mut copies, &status, &stop).await {
+            status.connected.store(false, Relaxed);
+            status.failed_sessions.fetch_add(1, Relaxed);
+            if status.messages.load(Relaxed) > applied_before {
+                failures_in_a_row = 0;
+            }
+            if failures_in_a_row.is_multiple_of(60) {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    failures_in_a_row,
+                    "share mirror: starting again"
+                );
+            }
+            failures_in_a_row += 1;
+            tokio::time::sleep(Duration::from_millis(MIRROR_RETRY_DELAY_MS)).await;
+        }
+    }
+}
+
+async fn session(
+    config: &MirrorConfig,
+    copies: &mut BTreeMap<String, Copy>,
+    status: &MirrorStatus,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_millis(MIRROR_REQUEST_TIMEOUT_MS)))
+        .connect(crate::server_addresses(&config.nats_urls)?)
+        .await?;
+    let mut context = jetstream::new(client);
+    context.set_timeout(Duration::from_millis(MIRROR_REQUEST_TIMEOUT_MS));
+    let stream = share_stream(&context, config.replicas).await?;
+    status.connected.store(true, Relaxed);
+    let mut discovered_at: Option<Instant> = None;
+    while !stop.load(Relaxed) {
+        if discovered_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(MIRROR_DISCOVER_MS))
+        {
+            discover(&stream, &config.root, copies, status).await?;
+            discovered_at = Some(Instant::now());
+        }
+        let mut applied = 0;
+        for (name, copy) in copies.iter_mut() {
+            let mut caught_up = false;
+            for _ in 0..MIRROR_MESSAGES_PER_TURN {
+                let after = copy.log.position()?;
+                let message = match stream
+                    .get_first_raw_message_by_subject(&copy.filter, after + 1)
+                    .await
+                {
+                    Ok(message) => message,
+                    Err(error)
+                        if error.kind()
+                            == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                    {
+                        caught_up = true;
+                        break;
+                    }
+                    Err(error) => anyhow::bail!("reading {name}: {error}"),
+                };
+                apply(name, copy, &message)?;
+                applied += 1;
+                status.messages.fetch_add(1, Relaxed);
+            }
+            if caught_up && copy.last_heard.elapsed() >= Duration::from_millis(MIRROR_LOG_SILENT_MS)
+            {
+                if !copy.silent {
+                    tracing::warn!(log = %name, silent_ms = MIRROR_LOG_SILENT_MS, "share log silent: it no longer holds rounds back");
+                    copy.silent = true;
+                }
+                let position = copy.log.position()?;
+                copy.log
+                    .apply_clock(otedama_shared::clock::now_ms().saturating_sub(1), position)?;
+            }
+        }
+        if applied == 0 {
+            tokio::time::sleep(Duration::from_millis(MIRROR_IDLE_POLL_MS)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Opens a copy for every log the stream holds that has none yet.
+async fn discover(
+    stream: &jetstream::stream::Stream,
+    root: &std::path::Path,
+    copies: &mut BTreeMap<String, Copy>,
+    status: &MirrorStatus,
+) -> anyhow::Result<()> {
+    let mut subjects = stream.info_with_subjects("otedama.shares.>").await?;
+    let mut found = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject?;
+        if let Some((host, process)) = parse_share_subject(&subject) {
+            found.push(format!("{host}.{process}"));
+        }
+    }
+    found.sort();
+    for name in found {
+        if copies.contains_key(&name) {
+            continue;
+        }
+        let copy = Copy::open(root, &name)?;
+        tracing::info!(log = %name, "share log found in the stream: mirrored from now on");
+        copies.insert(name.clone(), copy);
+        status.logs.lock().expect("mirror logs").push(MirroredLog {
+            path: root.join(&name),
+            name,
+        });
+    }
+    Ok(())
+}
+
+/// Writes one message into its log's copy: a batch's records, or the log's clock.
+fn apply(
+    name: &str,
+    copy: &mut Copy,
+    message: &jetstream::message::StreamMessage,
+) -> anyhow::Result<()> {
+    let subject = message.subject.as_str();
+    if subject.starts_with("otedama.shares.") {
+        match decode_batch(&message.payload) {
+            Ok(records) => {
+                let encoded: Vec<(u64, Vec<u8>)> = records
+                    .into_iter()
+                    .map(|(sequence, record)| (sequence, record.encode()))
+                    .collect();
+                copy.log.apply_records(&encoded, message.sequence)?;
+            }
+            Err(error) => {
+                // Not a batch of ours: stepped over (its place kept), never a reason to
+                // stop reading the log.
+                tracing::error!(log = %name, sequence = message.sequence, %error, "a message in the share stream is not a share batch: skipped");
+                copy.log.apply_clock(0, message.sequence)?;
+                return Ok(());
+            }
+        }
+    } else {
+        match decode_clock(&message.payload) {
+            Some(clock_ms) => copy.log.apply_clock(clock_ms, message.sequence)?,
+            None => copy.log.apply_clock(0, message.sequence)?,
+        }
+    }
+    copy.last_heard = Instant::now();
+    if copy.silent {
+        tracing::info!(log = %name, "share log heard from again");
+        copy.silent = false;
+    }
+    Ok(())
+}

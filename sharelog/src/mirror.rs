@@ -1,0 +1,134 @@
+//! A copy of another host's share log, kept by the control plane from the cluster's share
+//! stream (`otedama_cluster::mirror`), in the share log's own format, so the control
+//! plane's readers (`tail::ShareLogTail`) follow it as they follow a local log.
+//!
+//! Applying is idempotent: a record is written under its own sequence with its own bytes,
+//! and the clock only moves forward, so a message applied twice (a restart re-reads from
+//! the last position written) changes nothing. Each write carries the stream position of
+//! the message it applies, in the same batch, so the copy and its position never part,
+//! whatever is lost with the page cache: the copy is rebuilt from the stream, not synced.
+
+use std::path::Path;
+
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+
+use crate::format::{share_log_key, MIRROR_POSITION_KEY, SHARE_LOG_CLOCK_KEY};
+
+pub struct MirrorLog {
+    db: DB,
+}
+
+impl MirrorLog {
+    pub fn open(path: &Path) -> Result<Self, rocksdb::Error> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        Ok(MirrorLog {
+            db: DB::open(&options, path)?,
+        })
+    }
+
+    /// The stream sequence of the last message applied; 0 before any.
+    pub fn position(&self) -> Result<u64, rocksdb::Error> {
+        self.read_u64(MIRROR_POSITION_KEY)
+    }
+
+    /// The copy's clock (`SHARE_LOG_CLOCK_KEY`); 0 before any.
+    pub fn clock_ms(&self) -> Result<u64, rocksdb::Error> {
+        self.read_u64(SHARE_LOG_CLOCK_KEY)
+    }
+
+    fn read_u64(&self, key: &[u8]) -> Result<u64, rocksdb::Error> {
+        Ok(self
+            .db
+            .get(key)?
+            .and_then(|value| <[u8; 8]>::try_from(value.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes))
+    }
+
+    /// Writes a batch's records (sequence, encoded record) and the message's position.
+    pub fn apply_records(
+        &self,
+        records: &[(u64, Vec<u8>)],
+        position: u64,
+    ) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        for (sequence, record) in records {
+            batch.put(share_log_key(*sequence), record);
+        }
+        batch.put(MIRROR_POSITION_KEY, position.to_le_bytes());
+        self.write(batch)
+    }
+
+    /// Moves the clock to `clock_ms` if that is later (every record stamped at or before
+    /// it is in the copy), with the message's position.
+    pub fn apply_clock(&self, clock_ms: u64, position: u64) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        if clock_ms > self.clock_ms()? {
+            batch.put(SHARE_LOG_CLOCK_KEY, clock_ms.to_le_bytes());
+        }
+        batch.put(
+            MIRROR_POSITION_KEY,
+            position.max(self.position()?).to_le_bytes(),
+        );
+        self.write(batch)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
+        // The WAL stays on (the tails replay it as secondaries); no sync: see the module's doc.
+        self.db.write_opt(batch, &WriteOptions::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tail::ShareLogTail;
+    use otedama_shared::ShareRecord;
+
+    fn record(index: u64) -> ShareRecord {
+        ShareRecord {
+            accepted_at_ms: 1_000 + index,
+            job_id: 1,
+            height: 100,
+            worker: "miner.rig".into(),
+            difficulty: 1.0,
+            achieved_difficulty: 2.0,
+            is_block: false,
+            header: [index as u8; 80],
+            extranonce1: vec![1, 2, 3, 4],
+            extranonce2: index.to_le_bytes().to_vec(),
+        }
+    }
+
+    /// A copy reads back through a tail as the log it copies, applying a message twice
+    /// changes nothing, the clock never goes back, and the position is kept.
+    #[test]
+    fn a_mirror_reads_as_a_share_log_and_applies_idempotently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy");
+        let mirror = MirrorLog::open(&path).unwrap();
+        assert_eq!(mirror.position().unwrap(), 0);
+        let first: Vec<(u64, Vec<u8>)> = (0..5).map(|i| (i, record(i).encode())).collect();
+        mirror.apply_records(&first, 3).unwrap();
+        mirror.apply_records(&first, 3).unwrap();
+        mirror.apply_clock(1_010, 4).unwrap();
+        mirror.apply_clock(1_002, 4).unwrap();
+        assert_eq!(mirror.clock_ms().unwrap(), 1_010);
+        assert_eq!(mirror.position().unwrap(), 4);
+        let mut tail = ShareLogTail::new(7, path.clone(), dir.path().join("tail"), Some(0), 0)
+            .without_writer_check();
+        let read = tail.poll().unwrap();
+        assert_eq!(read.len(), 5);
+        assert!(read
+            .iter()
+            .enumerate()
+            .all(|(i, (sequence, r))| *sequence == i as u64
+                && r.encode() == record(i as u64).encode()));
+        assert_eq!(tail.written_through_ms(), 1_010);
+        let second: Vec<(u64, Vec<u8>)> = (5..8).map(|i| (i, record(i).encode())).collect();
+        mirror.apply_records(&second, 9).unwrap();
+        assert_eq!(tail.poll().unwrap().len(), 3);
+        drop(mirror);
+        assert_eq!(MirrorLog::open(&path).unwrap().position().unwrap(), 9);
+    }
+}
