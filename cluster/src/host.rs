@@ -21,8 +21,10 @@
 //! and for the two clocks' rates to differ.
 //!
 //! A restarted process with the same data directory (same identity) takes its own claim
-//! back at once; the share log's lock keeps two processes off one data directory. The
-//! identity file must therefore not be copied to another machine.
+//! back at once; the identity's lock (`load_or_create_identity`) keeps two processes off
+//! one data directory. The identity file must therefore not be copied to another machine.
+//! It also binds the directory to the host name it was first claimed under: its share log
+//! shipped under a second name would be read, and counted, twice.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -158,40 +160,80 @@ pub fn choose_free_slot(taken: &std::collections::BTreeSet<u8>, pick: u64) -> Op
         .nth((pick % free as u64) as usize)
 }
 
-/// This process's identity: read from `path`, or made (random, never 0) and written there
-/// durably on the first start.
-pub fn load_or_create_identity(path: &Path) -> anyhow::Result<u64> {
+/// This process's identity in the cluster, kept in its data directory: a random number
+/// made on the first start and the host name it was first claimed under. While held,
+/// the lock beside it keeps a second process off the same directory: one started there by
+/// mistake would otherwise take this claim "back" as its own and, failing later on the
+/// share log's lock, let it go under a process still using the slot.
+#[derive(Debug)]
+pub struct Identity {
+    pub id: u64,
+    _lock: std::fs::File,
+}
+
+/// Takes `path`'s lock and reads the identity there, or makes one (random, never 0)
+/// bound to `host` and writes it durably. A directory first claimed under another name
+/// is refused: its share log was shipped under that name, and shipped under a new one it
+/// would be read, and counted, again.
+pub fn load_or_create_identity(path: &Path, host: &str) -> anyhow::Result<Identity> {
     use anyhow::Context;
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let identity = u64::from_str_radix(text.trim(), 16)
-                .ok()
-                .filter(|identity| *identity != 0)
-                .with_context(|| format!("{} does not hold a cluster identity", path.display()))?;
-            Ok(identity)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let identity = rand::random::<u64>().max(1);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let temporary = path.with_extension("new");
-            {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&temporary)?;
-                writeln!(file, "{identity:016x}")?;
-                file.sync_all()?;
-            }
-            std::fs::rename(&temporary, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(identity)
-        }
-        Err(error) => {
-            Err(error).with_context(|| format!("reading the cluster identity {}", path.display()))
-        }
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another process runs on this data directory ({} is locked)",
+            lock_path.display()
+        );
+    }
+    let written = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("reading the cluster identity {}", path.display()))
+        }
+    };
+    let id = match written {
+        Some(text) => {
+            let mut parts = text.split_whitespace();
+            let id = parts
+                .next()
+                .and_then(|id| u64::from_str_radix(id, 16).ok())
+                .filter(|id| *id != 0)
+                .with_context(|| format!("{} does not hold a cluster identity", path.display()))?;
+            match parts.next() {
+                Some(named) if named != host => anyhow::bail!(
+                    "this data directory's share log was shipped as host {named:?}: as {host:?} it would be shipped, and counted, again \
+                     (give it back its name, or start {host:?} on a new data directory)"
+                ),
+                Some(_) => return Ok(Identity { id, _lock: lock }),
+                None => id,
+            }
+        }
+        None => rand::random::<u64>().max(1),
+    };
+    let temporary = path.with_extension("new");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        writeln!(file, "{id:016x} {host}")?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(Identity { id, _lock: lock })
 }
 
 /// A claim this process holds: both keys and the revisions it last wrote.
@@ -422,6 +464,8 @@ async fn open_bucket(config: &HostLeaseConfig) -> anyhow::Result<kv::Store> {
 /// A slot claimed, and the thread that keeps the lease.
 pub struct HostLease {
     slot: u8,
+    /// Held for the process's life: its lock keeps a second process off the directory.
+    _identity: Identity,
     status: Arc<LeaseStatus>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -439,7 +483,7 @@ impl HostLease {
             );
         }
         crate::server_addresses(&config.nats_urls)?;
-        let identity = load_or_create_identity(&config.identity_file)?;
+        let identity = load_or_create_identity(&config.identity_file, &config.host)?;
         let status = Arc::new(LeaseStatus::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (claimed_tx, claimed_rx) = std::sync::mpsc::channel::<anyhow::Result<u8>>();
@@ -459,7 +503,7 @@ impl HostLease {
                 };
                 runtime.block_on(keep_lease(
                     config,
-                    identity,
+                    identity.id,
                     thread_status,
                     thread_stop,
                     claimed_tx,
@@ -475,6 +519,7 @@ impl HostLease {
         };
         Ok(HostLease {
             slot,
+            _identity: identity,
             status,
             stop,
             thread: Some(thread),
@@ -678,18 +723,29 @@ mod tests {
         assert_eq!(slot_of_key("name.a.0"), None);
     }
 
+    /// Made once and read back; held by one process at a time; bound to its first name;
+    /// a damaged file refused.
     #[test]
-    fn an_identity_is_made_once_and_read_back() {
+    fn an_identity_is_made_once_locked_and_bound_to_its_name() {
         let dir = std::env::temp_dir().join(format!("otedama-identity-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("cluster-identity");
-        let made = load_or_create_identity(&path).unwrap();
-        assert_ne!(made, 0);
-        assert_eq!(load_or_create_identity(&path).unwrap(), made);
+        let made = load_or_create_identity(&path, "dp-a").unwrap();
+        assert_ne!(made.id, 0);
+        let busy = load_or_create_identity(&path, "dp-a").unwrap_err();
+        assert!(format!("{busy:#}").contains("another process"), "{busy:#}");
+        let id = made.id;
+        drop(made);
+        assert_eq!(load_or_create_identity(&path, "dp-a").unwrap().id, id);
+        let renamed = load_or_create_identity(&path, "dp-b").unwrap_err();
+        assert!(
+            format!("{renamed:#}").contains("shipped as host \"dp-a\""),
+            "{renamed:#}"
+        );
         std::fs::write(&path, "not hex\n").unwrap();
-        assert!(load_or_create_identity(&path).is_err());
-        std::fs::write(&path, "0\n").unwrap();
-        assert!(load_or_create_identity(&path).is_err());
+        assert!(load_or_create_identity(&path, "dp-a").is_err());
+        std::fs::write(&path, "0 dp-a\n").unwrap();
+        assert!(load_or_create_identity(&path, "dp-a").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

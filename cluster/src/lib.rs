@@ -8,9 +8,12 @@
 //! - host identity (`host`): each data-plane process holds a slot of the cluster by a
 //!   lease, and its extranonce1 values start with that slot;
 //! - the share mirror (`mirror`): the control plane's copy of every process's log, read
-//!   from the stream, which its payouts and block scan follow as local logs.
+//!   from the stream, which its payouts and block scan follow as local logs;
+//! - the control-plane link over NATS (`link`): the local socket's byte stream in
+//!   numbered chunks, so a data-plane host needs no control plane of its own.
 
 pub mod host;
+pub mod link;
 pub mod mirror;
 pub mod shares;
 

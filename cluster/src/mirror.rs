@@ -12,9 +12,11 @@
 //!
 //! A log's clock comes from its shipper (`crate::shares`). A log whose host has said
 //! nothing (no batch, no clock) for `MIRROR_LOG_SILENT_MS` while this mirror is connected
-//! and has read all there is, has its copy's clock moved to now, so a host that is gone
-//! does not hold every round of the pool back. Shares it shipped later (it had them on
-//! its disk) are still read and counted, in the rounds open when they arrive.
+//! and has read all there is, and whose host holds no claim in the host bucket any more
+//! (it takes no miner), has its copy's clock moved to now, so a host that is gone does
+//! not hold every round of the pool back. Shares it ships later (it had them on its disk)
+//! are still read; they are credited under per-share schemes, and count in rounds whose
+//! window still reaches their time, but a round already cut before them is not cut again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,8 +34,12 @@ use crate::shares::{decode_batch, decode_clock, log_subjects, parse_share_subjec
 
 /// How often the stream's subjects are listed for new logs.
 pub const MIRROR_DISCOVER_MS: u64 = 2_000;
-/// How long a log may say nothing before its copy's clock is moved to now.
+/// How long a log may say nothing before its copy's clock is moved to now, if its host
+/// holds no claim any more (`host_gone`).
 pub const MIRROR_LOG_SILENT_MS: u64 = 20_000;
+/// How long a log may say nothing while its host still holds its claim before it stops
+/// holding rounds back all the same (a host whose shipper stopped for good).
+pub const MIRROR_LOG_SILENT_WITH_LEASE_MS: u64 = 600_000;
 /// Messages read from one log before the next log has its turn.
 const MIRROR_MESSAGES_PER_TURN: usize = 64;
 const MIRROR_IDLE_POLL_MS: u64 = 20;
@@ -66,9 +72,15 @@ pub struct MirrorStatus {
     pub messages: AtomicU64,
     pub failed_sessions: AtomicU64,
     logs: Mutex<Vec<MirroredLog>>,
+    /// Whether the stream's logs have been listed once: before, a log may be missing.
+    discovered: AtomicBool,
 }
 
 impl MirrorStatus {
+    pub fn discovered(&self) -> bool {
+        self.discovered.load(Relaxed)
+    }
+
     /// Every log found so far, in the order found.
     pub fn logs(&self) -> Vec<MirroredLog> {
         self.logs.lock().expect("mirror logs").clone()
@@ -152,6 +164,8 @@ struct Copy {
     last_heard: Instant,
     /// Whether the silence has been logged.
     silent: bool,
+    /// When the host bucket was last asked about this silent log's host.
+    gone_checked_at: Option<Instant>,
 }
 
 impl Copy {
@@ -166,7 +180,23 @@ impl Copy {
             filter: log_subjects(host, process),
             last_heard: Instant::now(),
             silent: false,
+            gone_checked_at: None,
         })
+    }
+}
+
+impl Copy {
+    /// Makes the copy count in the stream made at `epoch`, from its start if its position
+    /// is in another stream or past this one's last message.
+    fn follow(&mut self, name: &str, epoch: u64, last_sequence: u64) -> anyhow::Result<()> {
+        let (stream, position) = (self.log.stream()?, self.log.position()?);
+        if stream != epoch || position > last_sequence {
+            if stream != 0 {
+                tracing::warn!(log = %name, position, last_sequence, "the share stream was made anew: its copy is read again from the start");
+            }
+            self.log.follow_stream(epoch)?;
+        }
+        Ok(())
     }
 }
 
@@ -211,14 +241,24 @@ async fn session(
         .await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(MIRROR_REQUEST_TIMEOUT_MS));
-    let stream = share_stream(&context, config.replicas).await?;
+    let mut stream = share_stream(&context, config.replicas).await?;
+    let info = stream.info().await?;
+    // The stream's identity across its lives: when it was made, in nanoseconds.
+    let epoch = info
+        .created
+        .unix_timestamp_nanos()
+        .clamp(1, u64::MAX as i128) as u64;
+    for (name, copy) in copies.iter_mut() {
+        copy.follow(name, epoch, info.state.last_sequence)?;
+    }
     status.connected.store(true, Relaxed);
     let mut discovered_at: Option<Instant> = None;
     while !stop.load(Relaxed) {
         if discovered_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(MIRROR_DISCOVER_MS))
         {
-            discover(&stream, &config.root, copies, status).await?;
+            discover(&stream, &config.root, copies, status, epoch).await?;
             discovered_at = Some(Instant::now());
+            status.discovered.store(true, Relaxed);
         }
         let mut applied = 0;
         for (name, copy) in copies.iter_mut() {
@@ -245,13 +285,22 @@ async fn session(
             }
             if caught_up && copy.last_heard.elapsed() >= Duration::from_millis(MIRROR_LOG_SILENT_MS)
             {
-                if !copy.silent {
-                    tracing::warn!(log = %name, silent_ms = MIRROR_LOG_SILENT_MS, "share log silent: it no longer holds rounds back");
-                    copy.silent = true;
+                let now_ms = otedama_shared::clock::now_ms().saturating_sub(1);
+                // Once a second at most: the copy's clock is a write, the look a request.
+                let due = copy
+                    .gone_checked_at
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+                if due && now_ms >= copy.log.clock_ms()? + 1_000 && {
+                    copy.gone_checked_at = Some(Instant::now());
+                    host_gone(&context, name, copy.last_heard.elapsed()).await
+                } {
+                    if !copy.silent {
+                        tracing::warn!(log = %name, silent_ms = MIRROR_LOG_SILENT_MS, "share log silent and its host gone: it no longer holds rounds back");
+                        copy.silent = true;
+                    }
+                    let position = copy.log.position()?;
+                    copy.log.apply_clock(now_ms, position)?;
                 }
-                let position = copy.log.position()?;
-                copy.log
-                    .apply_clock(otedama_shared::clock::now_ms().saturating_sub(1), position)?;
             }
         }
         if applied == 0 {
@@ -261,12 +310,40 @@ async fn session(
     Ok(())
 }
 
+/// Whether a silent log's host is gone: it holds no claim in the host bucket
+/// (`crate::host`), or has been silent for `MIRROR_LOG_SILENT_WITH_LEASE_MS` while
+/// holding one (its shipper stopped for good: a log at odds with the stream). A host that
+/// holds its claim still takes shares, which it will ship, so its log holds rounds back.
+async fn host_gone(context: &jetstream::Context, name: &str, silent_for: Duration) -> bool {
+    if silent_for >= Duration::from_millis(MIRROR_LOG_SILENT_WITH_LEASE_MS) {
+        return true;
+    }
+    let Some((host, process)) = name
+        .split_once('.')
+        .and_then(|(host, process)| Some((host, process.parse::<u32>().ok()?)))
+    else {
+        return true;
+    };
+    let bucket = match context.get_key_value(crate::host::HOST_BUCKET).await {
+        Ok(bucket) => bucket,
+        // No bucket: no host has ever claimed a slot.
+        Err(_) => return true,
+    };
+    match bucket.entry(crate::host::name_key(host, process)).await {
+        Ok(Some(entry)) => entry.operation != jetstream::kv::Operation::Put,
+        Ok(None) => true,
+        // Unknown: the log keeps holding rounds back until the bucket answers.
+        Err(_) => false,
+    }
+}
+
 /// Opens a copy for every log the stream holds that has none yet.
 async fn discover(
     stream: &jetstream::stream::Stream,
     root: &std::path::Path,
     copies: &mut BTreeMap<String, Copy>,
     status: &MirrorStatus,
+    epoch: u64,
 ) -> anyhow::Result<()> {
     let mut subjects = stream.info_with_subjects("otedama.shares.>").await?;
     let mut found = Vec::new();
@@ -281,7 +358,8 @@ async fn discover(
         if copies.contains_key(&name) {
             continue;
         }
-        let copy = Copy::open(root, &name)?;
+        let mut copy = Copy::open(root, &name)?;
+        copy.follow(&name, epoch, u64::MAX)?;
         tracing::info!(log = %name, "share log found in the stream: mirrored from now on");
         copies.insert(name.clone(), copy);
         status.logs.lock().expect("mirror logs").push(MirroredLog {

@@ -28,7 +28,9 @@
 //!   stream has (a power loss with `share_log_sync` off, a data directory wiped, a second
 //!   host under the same name) would otherwise reuse their numbers for new shares, which
 //!   would never be shipped. It stops shipping that log instead (`ShipperStatus::diverged`
-//!   and an error in the log) until an operator looks; the local log keeps every share.
+//!   and an error in the log) until an operator looks; the local log keeps every share,
+//!   and the data plane takes no miner while its shipper has stopped so (`Core::admit`):
+//!   in cluster mode only shipped shares are counted.
 //!
 //! The shipper also publishes the log's clock (`clock_subject`): a time T such that every
 //! record of the log stamped at or before T is in the stream before the clock message.
@@ -496,11 +498,13 @@ async fn session(
         if let Some((last, shipped)) = to_check.take() {
             match read.first() {
                 None => {
-                    // Not read yet. (A log shorter than the stream waits here, shipping
-                    // nothing, until it reaches that number; then it is checked.)
-                    to_check = Some((last, shipped));
-                    tokio::time::sleep(Duration::from_millis(SHIP_IDLE_POLL_MS)).await;
-                    continue;
+                    // The log (open before the shipper starts, and read to its end) ends
+                    // before that record: it lost records the stream has, and its next
+                    // shares would reuse their numbers. Found at once, before the data
+                    // plane acknowledges shares that could never be shipped.
+                    return Err(SessionError::Diverged(format!(
+                        "the stream's last record of this log is number {last}, past the log's end"
+                    )));
                 }
                 Some((sequence, record)) if *sequence == last && record.encode() == shipped => {
                     read.remove(0);

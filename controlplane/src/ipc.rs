@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 use crate::tasks::blocks::SourcedCandidate;
 use otedama_chain::jobs::submit::CandidateSource;
@@ -20,6 +20,31 @@ use otedama_shared::bans::BanList;
 use crate::bans::BanStore;
 use crate::stats::PoolState;
 
+/// Every link's id, whichever way it came (the socket, a NATS session).
+static NEXT_LINK: AtomicU64 = AtomicU64::new(0);
+
+/// Cluster mode: serves data planes on other hosts through sessions over NATS
+/// (`otedama_cluster::link`), each exactly as a data plane on the socket, until the
+/// connection to the cluster fails.
+pub async fn serve_nats(
+    nats_urls: &[String],
+    state: Arc<PoolState>,
+    bans: Arc<BanStore>,
+    candidates: crossbeam_channel::Sender<SourcedCandidate>,
+) -> anyhow::Result<()> {
+    otedama_cluster::link::serve_sessions(nats_urls, |stream, session| {
+        let link_id = NEXT_LINK.fetch_add(1, Relaxed);
+        tracing::info!(link_id, %session, "data plane connected over NATS");
+        let (state, candidates, bans) = (state.clone(), candidates.clone(), bans.subscribe());
+        tokio::spawn(async move {
+            serve_link(link_id, stream, state.clone(), bans, candidates).await;
+            state.dataplane_gone(link_id);
+            tracing::warn!(link_id, %session, "data plane disconnected");
+        });
+    })
+    .await
+}
+
 pub async fn serve(
     socket: &Path,
     state: Arc<PoolState>,
@@ -30,7 +55,6 @@ pub async fn serve(
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("binding IPC socket {}", socket.display()))?;
-    static NEXT_LINK: AtomicU64 = AtomicU64::new(0);
     loop {
         let (stream, _) = listener.accept().await.context("accepting a data plane")?;
         let link_id = NEXT_LINK.fetch_add(1, Relaxed);
@@ -46,12 +70,12 @@ pub async fn serve(
 
 async fn serve_link(
     link_id: u64,
-    stream: UnixStream,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     state: Arc<PoolState>,
     mut bans: tokio::sync::watch::Receiver<Arc<BanList>>,
     candidates: crossbeam_channel::Sender<SourcedCandidate>,
 ) {
-    let (read_half, mut write_half) = stream.into_split();
+    let (read_half, mut write_half) = tokio::io::split(stream);
     let mut jobs = state.job_broadcast.subscribe();
     let mut lagged = false;
     let first = state.current_job();

@@ -272,6 +272,7 @@ fn serve(
     let (link_done_tx, link_done) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let socket = config.ipc_socket();
     let link_state = state.clone();
+    let nats_urls = config.nats_urls.clone();
     std::thread::Builder::new()
         .name("dataplane-link".into())
         .spawn(move || {
@@ -280,7 +281,33 @@ fn serve(
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|runtime| {
-                    runtime.block_on(crate::ipc::serve(&socket, link_state, bans, candidate_tx))
+                    runtime.block_on(async move {
+                        // Cluster mode: data planes of other hosts over NATS too, served
+                        // again whenever the cluster was out of reach.
+                        if !nats_urls.is_empty() {
+                            let (state, bans, candidates) =
+                                (link_state.clone(), bans.clone(), candidate_tx.clone());
+                            tokio::spawn(async move {
+                                loop {
+                                    let served = crate::ipc::serve_nats(
+                                        &nats_urls,
+                                        state.clone(),
+                                        bans.clone(),
+                                        candidates.clone(),
+                                    )
+                                    .await;
+                                    if let Err(error) = served {
+                                        tracing::warn!(
+                                            error = format!("{error:#}"),
+                                            "data-plane sessions over NATS: starting again"
+                                        );
+                                    }
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            });
+                        }
+                        crate::ipc::serve(&socket, link_state, bans, candidate_tx).await
+                    })
                 });
             let _ = link_done_tx.send(result);
         })?;

@@ -99,21 +99,55 @@ fn log_if_never_written(written: bool, candidate: &otedama_shared::share::BlockC
     }
 }
 
+/// How the data plane reaches its control plane.
+#[derive(Clone, Debug)]
+pub enum LinkTransport {
+    /// The control plane's Unix socket on this host.
+    Socket(PathBuf),
+    /// Cluster mode: a session over NATS (`otedama_cluster::link`) with whichever
+    /// control plane answers, as `HOST.PROCESS`.
+    Nats {
+        nats_urls: Vec<String>,
+        host: String,
+        process: u32,
+    },
+}
+
+impl LinkTransport {
+    fn connect(&self) -> anyhow::Result<UnixStream> {
+        match self {
+            LinkTransport::Socket(socket) => Ok(UnixStream::connect(socket)?),
+            LinkTransport::Nats {
+                nats_urls,
+                host,
+                process,
+            } => otedama_cluster::link::open_session(nats_urls, host, *process),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            LinkTransport::Socket(socket) => socket.display().to_string(),
+            LinkTransport::Nats { nats_urls, .. } => format!("NATS {}", nats_urls.join(",")),
+        }
+    }
+}
+
 /// Starts the link. Jobs go to `cores`; `upstream` carries block candidates from the cores.
 pub fn start(
-    socket: PathBuf,
+    transport: LinkTransport,
     cores: Vec<UnboundedSender<CoreCommand>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
 ) {
     std::thread::Builder::new()
         .name("ipc".into())
-        .spawn(move || link_loop(socket, cores, upstream, counters))
+        .spawn(move || link_loop(transport, cores, upstream, counters))
         .expect("spawning the IPC thread");
 }
 
 fn link_loop(
-    socket: PathBuf,
+    transport: LinkTransport,
     cores: Vec<UnboundedSender<CoreCommand>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
@@ -121,11 +155,11 @@ fn link_loop(
     let mut warned = false;
     let mut recent = RecentCandidates::default();
     loop {
-        let stream = match UnixStream::connect(&socket) {
+        let stream = match transport.connect() {
             Ok(stream) => stream,
             Err(error) => {
                 if !warned {
-                    tracing::warn!(%error, socket = %socket.display(), "waiting for the control plane");
+                    tracing::warn!(error = format!("{error:#}"), link = %transport.describe(), "waiting for the control plane");
                     warned = true;
                 }
                 std::thread::sleep(Duration::from_millis(RECONNECT_DELAY_MS));
@@ -133,7 +167,7 @@ fn link_loop(
             }
         };
         warned = false;
-        tracing::info!(socket = %socket.display(), "connected to the control plane");
+        tracing::info!(link = %transport.describe(), "connected to the control plane");
         let reader = stream.try_clone().expect("cloning a Unix socket");
         let cores_for_reader = cores.clone();
         let reader_thread = std::thread::spawn(move || read_jobs(reader, &cores_for_reader));

@@ -23,6 +23,9 @@ pub const SHARE_LOG_CLOCK_KEY: &[u8] = &[0];
 /// sequence key sorts before it, so, as the clock key, it is never read as a share and the
 /// last key is still the last share's.
 pub const MIRROR_POSITION_KEY: &[u8] = &[0, 0];
+/// Which stream a mirrored copy's position is in (its creation time): a stream made anew
+/// numbers its messages from 1 again. Sorts before every share as the keys above.
+pub const MIRROR_STREAM_KEY: &[u8] = &[0, 0, 0];
 /// How often an idle share-log writer moves its clock forward.
 pub const SHARE_LOG_CLOCK_INTERVAL_MS: u64 = 100;
 
@@ -37,5 +40,7 @@ mod tests {
         assert_eq!(share_log_sequence(&share_log_key(77)), Some(77));
         assert!(MIRROR_POSITION_KEY < &share_log_key(0)[..]);
         assert_eq!(share_log_sequence(MIRROR_POSITION_KEY), None);
+        assert!(MIRROR_STREAM_KEY < &share_log_key(0)[..]);
+        assert_eq!(share_log_sequence(MIRROR_STREAM_KEY), None);
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
-use crate::format::{share_log_key, MIRROR_POSITION_KEY, SHARE_LOG_CLOCK_KEY};
+use crate::format::{share_log_key, MIRROR_POSITION_KEY, MIRROR_STREAM_KEY, SHARE_LOG_CLOCK_KEY};
 
 pub struct MirrorLog {
     db: DB,
@@ -30,6 +30,22 @@ impl MirrorLog {
     /// The stream sequence of the last message applied; 0 before any.
     pub fn position(&self) -> Result<u64, rocksdb::Error> {
         self.read_u64(MIRROR_POSITION_KEY)
+    }
+
+    /// Which stream `position` counts in (`MIRROR_STREAM_KEY`); 0 before any.
+    pub fn stream(&self) -> Result<u64, rocksdb::Error> {
+        self.read_u64(MIRROR_STREAM_KEY)
+    }
+
+    /// Reads from the start of `stream` from now on: a stream made anew (deleted, its
+    /// storage lost) numbers its messages from 1 again, and a position in the old one
+    /// would skip the new one's first messages. Its records, shipped again from the logs,
+    /// are the same records under the same numbers, so applying them again is harmless.
+    pub fn follow_stream(&self, stream: u64) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        batch.put(MIRROR_STREAM_KEY, stream.to_le_bytes());
+        batch.put(MIRROR_POSITION_KEY, 0u64.to_le_bytes());
+        self.write(batch)
     }
 
     /// The copy's clock (`SHARE_LOG_CLOCK_KEY`); 0 before any.
@@ -129,6 +145,13 @@ mod tests {
         mirror.apply_records(&second, 9).unwrap();
         assert_eq!(tail.poll().unwrap().len(), 3);
         drop(mirror);
-        assert_eq!(MirrorLog::open(&path).unwrap().position().unwrap(), 9);
+        let mirror = MirrorLog::open(&path).unwrap();
+        assert_eq!(mirror.position().unwrap(), 9);
+        mirror.follow_stream(77).unwrap();
+        assert_eq!(
+            (mirror.stream().unwrap(), mirror.position().unwrap()),
+            (77, 0)
+        );
+        assert_eq!(mirror.clock_ms().unwrap(), 1_010, "the clock stays");
     }
 }

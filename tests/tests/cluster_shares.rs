@@ -1,11 +1,12 @@
 //! Cluster mode (issue 20): the control plane counts the shares of every data-plane host
 //! from the replicated share stream (its mirror of each host's log), each exactly once,
 //! against a real three-server NATS JetStream cluster. Two hosts (each a data plane with
-//! its own data directory, ports and share log; host B takes its jobs over host A's link
-//! socket) are mined on by `otedama miner`, and the shares the miners were told `true`
-//! for are the shares the control plane's history holds: none missing, none twice, the
-//! co-located host's local log not read beside its copy, through a killed NATS server
-//! and a control plane started again.
+//! its own data directory, ports and share log; host B has no control plane and takes its
+//! jobs over a link session through NATS) are mined on by `otedama miner`, and the shares
+//! the two logs hold, every one the miners were told `true` for among them, are the
+//! shares the control plane's history holds: none missing, none twice, the co-located
+//! host's local log not read beside its copy, through a killed NATS server and a control
+//! plane started again (host B's session then opened again).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -66,16 +67,9 @@ fn shares_in_history(pool: &SyntheticPool) -> u64 {
         .unwrap_or(0)
 }
 
-/// A data plane on its own "host": its own data directory, ports and share log, taking
-/// its jobs over `link` (host A's control-plane socket).
-fn start_host_b(
-    dir: &std::path::Path,
-    link: &std::path::Path,
-    flags: &[&str],
-) -> (Process, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let _ = std::fs::remove_file(dir.join("ipc.sock"));
-    std::os::unix::fs::symlink(link, dir.join("ipc.sock")).unwrap();
+/// A data plane on its own "host": its own data directory, ports and share log, and no
+/// control plane (its link goes over NATS).
+fn start_host_b(dir: &std::path::Path, flags: &[&str]) -> (Process, String) {
     let v1 = format!("127.0.0.1:{}", free_port());
     let child = Command::new(otedama_binary())
         .args(["dataplane", "--chain", "synthetic", "--coin", "bitcoin"])
@@ -118,11 +112,7 @@ fn every_share_acknowledged_on_either_host_is_counted_once_from_the_stream() {
     };
     let a = SyntheticPool::start(&flags("dp-a"));
     let b_dir = tempfile::tempdir().unwrap();
-    let (_b, b_v1) = start_host_b(
-        b_dir.path(),
-        &a.data_dir.path().join("ipc.sock"),
-        &flags("dp-b"),
-    );
+    let (_b, b_v1) = start_host_b(b_dir.path(), &flags("dp-b"));
 
     let mut acknowledged = 0;
     let url = |address: &str| format!("stratum+tcp://{address}");

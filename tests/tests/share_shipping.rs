@@ -12,7 +12,7 @@ use otedama_shared::ShareRecord;
 use otedama_sharelog::writer::ShareLog;
 use otedama_tests::nats::NatsCluster;
 use otedama_tests::{
-    metric_value, spawn_miner_at, wait_until, SyntheticPool, EASY_SHARE_FLAGS,
+    metric_value, spawn_miner_at, wait_until, StratumTestClient, SyntheticPool, EASY_SHARE_FLAGS,
     SYNTHETIC_PAYOUT_ADDRESS,
 };
 
@@ -256,6 +256,18 @@ fn a_log_that_lost_the_streams_last_record_is_not_shipped_over() {
     .unwrap();
     shipper.stop();
     second.close();
+    // A log with fewer records than the stream (a wiped data directory under the same
+    // name) is found out at once, before it could reach those numbers.
+    let (completions, _completed) = futures_channel::mpsc::unbounded();
+    let empty = ShareLog::open(&dir.path().join("empty"), false, vec![completions]).unwrap();
+    let shipper = ShareShipper::start(config("empty", "tail-empty")).unwrap();
+    let status = shipper.status();
+    wait_until(Duration::from_secs(30), "the shorter log seen", || {
+        status.diverged.load(Relaxed)
+    })
+    .unwrap();
+    shipper.stop();
+    empty.close();
     let records = shipped(&urls, HOST);
     assert_eq!(records.len(), 1_000, "nothing of the second log shipped");
     assert!(records.iter().all(|(sequence, job_id)| sequence == job_id));
@@ -284,4 +296,68 @@ fn a_log_that_lost_the_streams_last_record_is_not_shipped_over() {
     })
     .unwrap();
     assert_eq!(status.batches.load(Relaxed), 0);
+}
+
+/// A host whose share log lost what it had shipped (its data directory's log wiped, the
+/// host started again under its name) takes no miner: the shares it would acknowledge
+/// could never be shipped, and in cluster mode only shipped shares are counted.
+#[test]
+fn a_pool_whose_log_lost_shipped_shares_takes_no_miner() {
+    let cluster = NatsCluster::start(1).unwrap();
+    let urls = cluster.urls();
+    let mut flags = EASY_SHARE_FLAGS.to_vec();
+    flags.extend(["--cluster-host", "dp-w", "--share-stream-replicas", "1"]);
+    for url in &urls {
+        flags.extend(["--nats-url", url.as_str()]);
+    }
+    let pool = SyntheticPool::start(&flags);
+    let accepted = || pool.stats()["shares_accepted"].as_u64().unwrap_or(0);
+    let mut miner = spawn_miner_at(
+        &format!("stratum+tcp://{}", pool.v1),
+        &format!("{SYNTHETIC_PAYOUT_ADDRESS}.wiped"),
+        1,
+        &["--algo", "sha256d"],
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(60), "shares accepted", || {
+        accepted() >= 20
+    })
+    .unwrap();
+    miner.terminate();
+    wait_until(Duration::from_secs(60), "shares shipped", || {
+        shipped(&urls, "dp-w").len() >= 20
+    })
+    .unwrap();
+
+    let otedama_tests::SyntheticPool {
+        mut process,
+        data_dir,
+        ..
+    } = pool;
+    process.kill_9();
+    std::fs::remove_dir_all(data_dir.path().join("shares")).unwrap();
+    let pool = SyntheticPool::start_in(data_dir, &flags);
+    let refused = |pool: &SyntheticPool| {
+        let mut client = StratumTestClient::connect(&pool.v1).unwrap();
+        client.set_read_timeout(Duration::from_secs(5)).unwrap();
+        client
+            .start(&format!("{SYNTHETIC_PAYOUT_ADDRESS}.again"))
+            .is_err()
+    };
+    wait_until(Duration::from_secs(30), "new miners refused", || {
+        refused(&pool)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(refused(&pool), "still refused");
+    wait_until(
+        Duration::from_secs(10),
+        "the divergence in /metrics",
+        || {
+            pool.metrics().is_ok_and(|metrics| {
+                metric_value(&metrics, "otedama_share_shipping_diverged") == Some(1.0)
+            })
+        },
+    )
+    .unwrap();
 }

@@ -165,12 +165,18 @@ impl PayoutRunner {
             .into_iter()
             .filter(|b| b.rejected_reason.is_none())
             .collect();
-        let read_through_ms = self
-            .tails
-            .iter()
-            .map(ShareLogTail::written_through_ms)
-            .min()
-            .unwrap_or(u64::MAX);
+        let read_through_ms = match &self.mirrored {
+            // Cluster mode: nothing is read through before the stream's logs are known (the
+            // mirror's first listing), nor while no log is: a round cut then would leave
+            // out every share not yet read.
+            Some(mirrored) if !mirrored.listed || self.tails.is_empty() => 0,
+            _ => self
+                .tails
+                .iter()
+                .map(ShareLogTail::written_through_ms)
+                .min()
+                .unwrap_or(u64::MAX),
+        };
         let ledger = self.ledger.clone();
         let mut ledger = ledger.lock().expect("ledger lock");
         // Shares a per-share scheme paid (before a switch to this one) are in no round.

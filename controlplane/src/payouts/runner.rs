@@ -172,6 +172,9 @@ pub struct MirroredLogs {
     /// Where the tails' secondary instances live.
     pub tail_root: PathBuf,
     followed: std::collections::BTreeSet<String>,
+    /// Whether every log of the stream's first listing is followed: read before the
+    /// logs are, since the mirror adds a listing's logs before it says it has listed.
+    pub listed: bool,
 }
 
 impl MirroredLogs {
@@ -180,6 +183,7 @@ impl MirroredLogs {
             status,
             tail_root,
             followed: Default::default(),
+            listed: false,
         }
     }
 }
@@ -303,6 +307,7 @@ impl PayoutRunner {
         let Some(mirrored) = self.mirrored.as_mut() else {
             return Ok(());
         };
+        let listed = mirrored.status.discovered();
         for log in mirrored.status.logs() {
             if mirrored.followed.contains(&log.name) {
                 continue;
@@ -325,6 +330,7 @@ impl PayoutRunner {
             );
             mirrored.followed.insert(log.name);
         }
+        mirrored.listed = listed;
         Ok(())
     }
 

@@ -243,12 +243,17 @@ pub fn run_with_share_log(
             .map_err(|e| anyhow::anyhow!("starting the executor for core {cpu}: {e}"))?;
         handles.push(handle);
     }
-    crate::ipc::start(
-        config.ipc_socket.clone(),
-        job_senders,
-        upstream_rx,
-        counters,
-    );
+    // Cluster mode: the link goes over NATS to whichever control plane answers, so a host
+    // needs no control plane of its own.
+    let transport = match &config.host_lease {
+        Some(lease) => crate::ipc::LinkTransport::Nats {
+            nats_urls: lease.nats_urls.clone(),
+            host: lease.host.clone(),
+            process: lease.process,
+        },
+        None => crate::ipc::LinkTransport::Socket(config.ipc_socket.clone()),
+    };
+    crate::ipc::start(transport, job_senders, upstream_rx, counters);
     tracing::info!(
         cores = ?cores,
         stratum_listen = ?config.stratum_listen,

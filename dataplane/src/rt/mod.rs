@@ -472,12 +472,16 @@ impl Core {
     }
 
     /// Whether this process may take miners: always on a single host; in cluster mode
-    /// while its lease on its slot holds (`otedama_cluster::host`).
+    /// while its lease on its slot holds (`otedama_cluster::host`) and its shipper has not
+    /// stopped for a log that disagrees with the stream (the control plane counts only
+    /// shipped shares, so a share acknowledged then would never be paid).
     pub fn holds_cluster_lease(&self) -> bool {
-        self.config
-            .cluster_slot
-            .as_ref()
-            .is_none_or(|cluster| cluster.lease.held())
+        self.config.cluster_slot.as_ref().is_none_or(|cluster| {
+            cluster.lease.held()
+                && !self.counters.share_shipping.get().is_some_and(|status| {
+                    status.diverged.load(std::sync::atomic::Ordering::Relaxed)
+                })
+        })
     }
 
     /// Cluster mode: once the lease on this process's slot is not held, closes every
@@ -501,7 +505,7 @@ impl Core {
             tracing::warn!(
                 core = self.index,
                 closed,
-                "host lease not held: connections closed"
+                "host lease not held, or the share log no longer shipped: connections closed"
             );
         }
     }
