@@ -426,11 +426,16 @@ impl Claimant<'_> {
     }
 }
 
-async fn open_bucket(config: &HostLeaseConfig) -> anyhow::Result<kv::Store> {
+/// The host bucket (made if missing), which also holds the control planes' leader key
+/// (`crate::leader`).
+pub(crate) async fn open_bucket(
+    nats_urls: &[String],
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_millis(KV_REQUEST_TIMEOUT_MS)))
-        .connect(crate::server_addresses(&config.nats_urls)?)
+        .connect(crate::server_addresses(nats_urls)?)
         .await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(KV_REQUEST_TIMEOUT_MS));
@@ -445,7 +450,7 @@ async fn open_bucket(config: &HostLeaseConfig) -> anyhow::Result<kv::Store> {
             max_messages_per_subject: 1,
             max_age: ttl,
             duplicate_window: ttl,
-            num_replicas: config.replicas,
+            num_replicas: replicas,
             storage: jetstream::stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
@@ -566,7 +571,7 @@ async fn keep_lease(
     let deadline = Instant::now() + Duration::from_millis(config.claim_wait_ms);
     let mut last_reason;
     let store = loop {
-        match open_bucket(&config).await {
+        match open_bucket(&config.nats_urls, config.replicas).await {
             Ok(store) => break store,
             Err(error) => last_reason = format!("{error:#}"),
         }

@@ -10,9 +10,14 @@
 //! - the share mirror (`mirror`): the control plane's copy of every process's log, read
 //!   from the stream, which its payouts and block scan follow as local logs;
 //! - the control-plane link over NATS (`link`): the local socket's byte stream in
-//!   numbered chunks, so a data-plane host needs no control plane of its own.
+//!   numbered chunks, so a data-plane host needs no control plane of its own;
+//! - the ledger's writes in a replicated stream (`ledger`), fenced by position, so a
+//!   standby control plane holds the leader's exact ledger, and the leader's lease
+//!   (`leader`) that says which control plane writes.
 
 pub mod host;
+pub mod leader;
+pub mod ledger;
 pub mod link;
 pub mod mirror;
 pub mod shares;

@@ -222,10 +222,11 @@ pub fn open_session(
 }
 
 /// The control plane's side: answers session requests until the connection to the
-/// cluster fails, giving `serve` each new session's end (an in-memory duplex stream that
-/// behaves as an accepted socket) and its name.
+/// cluster fails, while `accepting` says so, giving `serve` each new session's end (an
+/// in-memory duplex stream that behaves as an accepted socket) and its name.
 pub async fn serve_sessions(
     nats_urls: &[String],
+    accepting: impl Fn() -> bool,
     serve: impl Fn(tokio::io::DuplexStream, String),
 ) -> anyhow::Result<()> {
     let client = connect(nats_urls).await?;
@@ -240,6 +241,12 @@ pub async fn serve_sessions(
         let name = String::from_utf8_lossy(&request.payload).to_string();
         if !is_session_name(&name) {
             client.publish(reply, "not a session name".into()).await?;
+            continue;
+        }
+        // A standby control plane leaves sessions to the leader (the data plane asks
+        // again, and the queue group picks again).
+        if !accepting() {
+            client.publish(reply, "not the leader".into()).await?;
             continue;
         }
         if sessions.load(Relaxed) >= LINK_SESSIONS_MAX {

@@ -23,16 +23,18 @@ use crate::stats::PoolState;
 /// Every link's id, whichever way it came (the socket, a NATS session).
 static NEXT_LINK: AtomicU64 = AtomicU64::new(0);
 
-/// Cluster mode: serves data planes on other hosts through sessions over NATS
-/// (`otedama_cluster::link`), each exactly as a data plane on the socket, until the
+/// Cluster mode: serves data planes through sessions over NATS (`otedama_cluster::link`),
+/// each exactly as a data plane on the socket, while this control plane leads, until the
 /// connection to the cluster fails.
 pub async fn serve_nats(
     nats_urls: &[String],
     state: Arc<PoolState>,
     bans: Arc<BanStore>,
     candidates: crossbeam_channel::Sender<SourcedCandidate>,
+    leading: Arc<otedama_cluster::LeaseStatus>,
 ) -> anyhow::Result<()> {
-    otedama_cluster::link::serve_sessions(nats_urls, |stream, session| {
+    let accepting = || leading.held();
+    otedama_cluster::link::serve_sessions(nats_urls, accepting, |stream, session| {
         let link_id = NEXT_LINK.fetch_add(1, Relaxed);
         tracing::info!(link_id, %session, "data plane connected over NATS");
         let (state, candidates, bans) = (state.clone(), candidates.clone(), bans.subscribe());

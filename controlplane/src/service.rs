@@ -51,12 +51,36 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             .context("starting the share mirror")?,
         ),
     };
+    // Cluster mode: this control plane stands for leader; its ledger follows the ledger
+    // stream and writes only while it leads (both held until the process ends).
+    let leader = match config.nats_urls.is_empty() {
+        true => None,
+        false => Some((
+            otedama_cluster::leader::LeaderLease::start(
+                config.nats_urls.clone(),
+                config.share_stream_replicas,
+                &config.data_dir.join("controlplane-identity"),
+                config
+                    .cluster_host
+                    .clone()
+                    .unwrap_or_else(|| "controlplane".into()),
+            )
+            .context("standing for leader")?,
+            otedama_cluster::ledger::LedgerStream::start(
+                config.nats_urls.clone(),
+                config.share_stream_replicas,
+            )?,
+        )),
+    };
     let payouts = start_payouts(
         &config,
         &state,
         &store,
         &audit,
         mirror.as_ref().map(|mirror| mirror.status()),
+        leader
+            .as_ref()
+            .map(|(lease, stream)| (stream.clone(), lease.status())),
     )?;
     let (candidate_tx, candidate_rx) = candidate_channel();
     match config.chain {
@@ -88,7 +112,8 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             .name("audit".into())
             .spawn(move || audit_housekeeping(&audit, retention_days))?;
     }
-    serve(config, state, store, payouts, audit, candidate_tx)
+    let leading = leader.as_ref().map(|(lease, _)| lease.status());
+    serve(config, state, store, payouts, audit, candidate_tx, leading)
 }
 
 /// Template polling, long-polling and block submission against the node.
@@ -159,6 +184,7 @@ fn serve(
     payouts: PayoutHandles,
     audit: Arc<AuditLog>,
     candidate_tx: Sender<SourcedCandidate>,
+    leading: Option<Arc<otedama_cluster::LeaseStatus>>,
 ) -> anyhow::Result<()> {
     let admin_token_sha256 = config.admin_token_sha256()?;
     let bans = Arc::new(crate::bans::BanStore::open(
@@ -284,7 +310,7 @@ fn serve(
                     runtime.block_on(async move {
                         // Cluster mode: data planes of other hosts over NATS too, served
                         // again whenever the cluster was out of reach.
-                        if !nats_urls.is_empty() {
+                        if let Some(leading) = leading {
                             let (state, bans, candidates) =
                                 (link_state.clone(), bans.clone(), candidate_tx.clone());
                             tokio::spawn(async move {
@@ -294,6 +320,7 @@ fn serve(
                                         state.clone(),
                                         bans.clone(),
                                         candidates.clone(),
+                                        leading.clone(),
                                     )
                                     .await;
                                     if let Err(error) = served {

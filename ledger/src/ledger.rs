@@ -151,6 +151,21 @@ pub enum LedgerError {
     /// itself fails a write only on a full or broken disk, which a test cannot arrange.
     #[error("injected ledger write failure")]
     InjectedFault,
+    /// Cluster mode: the write could not be made durable in the replicated stream first
+    /// (the cluster out of reach, or another control plane wrote since: this one is no
+    /// longer the leader). Nothing was written.
+    #[error("ledger write not replicated: {0}")]
+    Replication(String),
+}
+
+/// Cluster mode: where a ledger sends each write before it makes it, so that a standby
+/// control plane that applies the same writes in the same order holds the same ledger
+/// (`Ledger::apply_replicated`). The writes are RocksDB write batches, byte for byte:
+/// nothing is recomputed on the standby, so nothing can come out different there.
+pub trait Replicator: Send + Sync {
+    /// Makes `batch` durable in order after every write this ledger has applied, or
+    /// fails (nothing is then written here); the position it took, stored with it.
+    fn replicate(&mut self, batch: &[u8], after: u64) -> Result<u64, String>;
 }
 
 const ENTRY_PREFIX: &[u8] = b"e/";
@@ -178,6 +193,8 @@ const INTENT_TOTALS_KEY: &[u8] = b"m/intent_totals";
 /// Present once the three indexes above cover every intent (ledgers written before them
 /// are indexed once, at open).
 const INTENT_INDEX_KEY: &[u8] = b"m/intent_index_v1";
+/// Cluster mode: the position in the replicated stream of the last write applied.
+const REPLICA_POSITION_KEY: &[u8] = b"m/replica_position";
 
 /// A block's split, as credited, and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,10 +298,23 @@ pub struct PayoutIntent {
 pub struct Ledger {
     db: std::sync::Arc<DB>,
     next_sequence: u64,
+    /// Cluster mode: every write goes here first (`Replicator`).
+    replicator: Option<Box<dyn Replicator>>,
     /// Commits still to refuse (see `fail_next_commits`).
     commits_to_fail: u32,
     /// Commits left before the process "dies" (see `crash_after_commits`).
     commits_until_crash: Option<u32>,
+}
+
+/// The last ledger entry's sequence.
+fn last_entry_sequence(db: &DB) -> Option<u64> {
+    db
+        // "e0" sorts just after every "e/…" key: the first entry key below it is the last.
+        .iterator(IteratorMode::From(b"e0", rocksdb::Direction::Reverse))
+        .filter_map(Result::ok)
+        .find(|(k, _)| k.starts_with(ENTRY_PREFIX))
+        .and_then(|(k, _)| k[ENTRY_PREFIX.len()..].try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -296,16 +326,11 @@ impl Ledger {
         let mut options = Options::default();
         options.create_if_missing(true);
         let db = DB::open(&options, path)?;
-        let next_sequence = db
-            // "e0" sorts just after every "e/…" key: the first entry key below it is the last.
-            .iterator(IteratorMode::From(b"e0", rocksdb::Direction::Reverse))
-            .filter_map(Result::ok)
-            .find(|(k, _)| k.starts_with(ENTRY_PREFIX))
-            .and_then(|(k, _)| k[ENTRY_PREFIX.len()..].try_into().ok())
-            .map_or(0, |bytes: [u8; 8]| u64::from_be_bytes(bytes) + 1);
+        let next_sequence = last_entry_sequence(&db).map_or(0, |last| last + 1);
         let ledger = Ledger {
             db: std::sync::Arc::new(db),
             next_sequence,
+            replicator: None,
             commits_to_fail: 0,
             commits_until_crash: None,
         };
@@ -321,9 +346,54 @@ impl Ledger {
         std::sync::Arc::new(Ledger {
             db: self.db.clone(),
             next_sequence: self.next_sequence,
+            replicator: None,
             commits_to_fail: 0,
             commits_until_crash: None,
         })
+    }
+
+    /// Cluster mode: sends every later write to `replicator` before making it.
+    pub fn set_replicator(&mut self, replicator: Option<Box<dyn Replicator>>) {
+        self.replicator = replicator;
+    }
+
+    /// The replicated stream's position of the last write applied here; 0 before any.
+    pub fn replica_position(&self) -> Result<u64, LedgerError> {
+        Ok(self.get(REPLICA_POSITION_KEY)?.unwrap_or(0))
+    }
+
+    /// A standby's step: applies the write another control plane replicated at
+    /// `position`, if it is past the last one applied (a write seen twice is skipped).
+    pub fn apply_replicated(&mut self, batch: &[u8], position: u64) -> Result<bool, LedgerError> {
+        if position <= self.replica_position()? {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::from_data(batch);
+        batch.put(REPLICA_POSITION_KEY, serde_json::to_vec(&position)?);
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        self.next_sequence = last_entry_sequence(&self.db).map_or(0, |last| last + 1);
+        Ok(true)
+    }
+
+    /// Every ledger write: replicated first in cluster mode (with its position stored in
+    /// the same write), then written and synced.
+    fn write(&mut self, mut batch: WriteBatch) -> Result<(), LedgerError> {
+        let after = match self.replicator {
+            Some(_) => Some(self.get(REPLICA_POSITION_KEY)?.unwrap_or(0)),
+            None => None,
+        };
+        if let (Some(after), Some(replicator)) = (after, self.replicator.as_mut()) {
+            let position = replicator
+                .replicate(batch.data(), after)
+                .map_err(LedgerError::Replication)?;
+            batch.put(REPLICA_POSITION_KEY, serde_json::to_vec(&position)?);
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
     }
 
     /// Makes the next `count` batch commits fail as a full disk would, writing nothing:
@@ -391,11 +461,12 @@ impl Ledger {
     }
 
     pub fn set_payout_min(&mut self, account: &str, amount: u64) -> Result<(), LedgerError> {
-        self.db.put(
+        let mut batch = WriteBatch::default();
+        batch.put(
             key(SETTING_PREFIX, account.as_bytes()),
             serde_json::to_vec(&amount)?,
-        )?;
-        Ok(())
+        );
+        self.write(batch)
     }
 }
 
@@ -539,11 +610,7 @@ impl<'a> Change<'a> {
             }
             *left -= 1;
         }
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.ledger
-            .db
-            .write_opt(std::mem::take(&mut self.batch), &options)?;
+        self.ledger.write(std::mem::take(&mut self.batch))?;
         self.ledger.next_sequence = self.next_sequence;
         Ok(())
     }
@@ -858,6 +925,102 @@ mod tests {
         let ledger = Ledger::open(dir.path()).unwrap();
         ledger.assert_intent_indexes("an intent written behind the index");
         assert_eq!(unsettled(&ledger), [5, 6]);
+    }
+
+    /// The replicated stream, in memory: every write in order, with a position each, and
+    /// a switch that makes the next write fail as an unreachable cluster would.
+    #[derive(Clone, Default)]
+    struct MemoryStream {
+        writes: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Replicator for MemoryStream {
+        fn replicate(&mut self, batch: &[u8], after: u64) -> Result<u64, String> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("out of reach".into());
+            }
+            let mut writes = self.writes.lock().unwrap();
+            // The stream's fencing: a write must follow the last one its writer applied.
+            if after != writes.len() as u64 {
+                return Err(format!(
+                    "expected to follow {after}, the stream is at {}",
+                    writes.len()
+                ));
+            }
+            writes.push(batch.to_vec());
+            Ok(writes.len() as u64)
+        }
+    }
+
+    fn dump(ledger: &Ledger) -> Vec<(Vec<u8>, Vec<u8>)> {
+        ledger
+            .db
+            .iterator(IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    /// A standby that applies the leader's replicated writes in order holds the very same
+    /// database; a write the stream did not take is not made; a write applied twice is
+    /// skipped; a leader behind the stream (another wrote meanwhile) is refused.
+    #[test]
+    fn a_standby_applying_the_replicated_writes_holds_the_same_ledger() {
+        let (leader_dir, standby_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = Ledger::open(leader_dir.path()).unwrap();
+        let stream = MemoryStream::default();
+        leader.set_replicator(Some(Box::new(stream.clone())));
+        leader
+            .credit_shares(
+                &BTreeMap::from([(0u32, 10u64)]),
+                &split(&[("a", 5), ("b", 7)]),
+            )
+            .unwrap();
+        leader
+            .credit_block_round("blk", &split(&[("a", 100), ("c", 50)]), None)
+            .unwrap();
+        leader.mature_block("blk").unwrap();
+        leader.set_payout_min("a", 42).unwrap();
+        leader.log_id("dp-a.0").unwrap();
+        stream
+            .down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let before = dump(&leader);
+        let refused = leader.credit_block_round("blk2", &split(&[("a", 9)]), None);
+        assert!(matches!(refused, Err(LedgerError::Replication(_))));
+        assert_eq!(dump(&leader), before, "nothing written");
+        stream
+            .down
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+
+        let mut standby = Ledger::open(standby_dir.path()).unwrap();
+        let writes = stream.writes.lock().unwrap().clone();
+        for (index, write) in writes.iter().enumerate() {
+            assert!(standby.apply_replicated(write, index as u64 + 1).unwrap());
+        }
+        assert!(
+            !standby.apply_replicated(&writes[0], 1).unwrap(),
+            "seen twice"
+        );
+        assert_eq!(dump(&standby), dump(&leader));
+        assert_eq!(standby.replica_position().unwrap(), writes.len() as u64);
+        assert_eq!(standby.next_sequence, leader.next_sequence);
+
+        // The standby takes over and writes on; the old leader, behind, is fenced off.
+        standby.set_replicator(Some(Box::new(stream.clone())));
+        standby
+            .credit_block_round("blk3", &split(&[("d", 3)]), None)
+            .unwrap();
+        let fenced = leader.credit_block_round("blk4", &split(&[("e", 4)]), None);
+        assert!(
+            matches!(fenced, Err(LedgerError::Replication(_))),
+            "{fenced:?}"
+        );
+        assert_eq!(standby.balances("d").unwrap().immature, 3);
     }
 
     /// A mirrored log keeps its id across opens, and no two names share one.

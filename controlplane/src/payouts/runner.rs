@@ -105,6 +105,9 @@ pub struct PayoutRunner {
     pub tails: Vec<ShareLogTail>,
     /// Cluster mode: the logs the share mirror copies, tailed as they are found.
     pub mirrored: Option<MirroredLogs>,
+    /// Cluster mode: the ledger stream this runner's ledger follows, and whether this
+    /// control plane leads (only the leader credits and pays).
+    pub cluster: Option<ClusterRole>,
     pub wallet: Option<Box<dyn Wallet + Send>>,
     pub fault: FaultHook,
     /// New KYC holds, for the provider's webhook.
@@ -165,6 +168,15 @@ fn tail_start(
     })
 }
 
+/// Cluster mode: this control plane's part (`otedama_cluster::leader`, `::ledger`).
+pub struct ClusterRole {
+    pub stream: otedama_cluster::ledger::LedgerStream,
+    pub leading: Arc<otedama_cluster::LeaseStatus>,
+    /// Whether it led at the last pass: on taking over, what the former leader left open
+    /// is settled before anything new is built.
+    pub was_leading: bool,
+}
+
 /// Cluster mode: the logs the share mirror (`otedama_cluster::mirror`) copies, which the
 /// payout thread follows as it finds them, each under its ledger id (`Ledger::log_id`).
 pub struct MirroredLogs {
@@ -215,7 +227,10 @@ impl PayoutRunner {
     }
 
     pub fn run(mut self, requests: Receiver<PayoutRequest>) {
-        self.start(now_ms());
+        // In cluster mode the leader does this when it takes over (`follow_cluster`).
+        if self.cluster.is_none() {
+            self.start(now_ms());
+        }
         let mut next_run_ms = now_ms() + self.interval_ms();
         loop {
             let now = now_ms();
@@ -334,8 +349,33 @@ impl PayoutRunner {
         Ok(())
     }
 
+    /// Cluster mode: applies the ledger stream's new writes, then says whether this
+    /// control plane leads; on taking over, settles what the former leader left open.
+    /// Outside cluster mode it always leads.
+    fn follow_cluster(&mut self, now_ms: u64) -> anyhow::Result<bool> {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Ok(true);
+        };
+        {
+            let mut ledger = self.ledger.lock().expect("ledger lock");
+            otedama_cluster::ledger::catch_up(&cluster.stream, &mut ledger)?;
+        }
+        let leads = cluster.leading.held();
+        let took_over = leads && !cluster.was_leading;
+        cluster.was_leading = leads;
+        if took_over {
+            tracing::warn!("this control plane leads: settling what the former leader left open");
+            self.start(now_ms);
+        }
+        Ok(leads)
+    }
+
     /// Reads new shares, credits what can be credited and settles blocks that changed.
+    /// In cluster mode a standby only follows the leader's ledger.
     pub fn pass(&mut self, now_ms: u64) -> anyhow::Result<()> {
+        if !self.follow_cluster(now_ms)? {
+            return Ok(());
+        }
         let settings = self.settings.read().expect("settings lock").clone();
         let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
         self.follow_mirrored_logs(per_share)?;
@@ -365,6 +405,9 @@ impl PayoutRunner {
 
     /// One payout run.
     pub fn pay(&mut self, now_ms: u64) -> anyhow::Result<RunReport> {
+        if !self.follow_cluster(now_ms)? {
+            anyhow::bail!("this control plane is a standby: the leader pays");
+        }
         let Some(wallet) = self.wallet.as_mut() else {
             anyhow::bail!("no wallet: payouts need chain = \"node\"");
         };
@@ -577,6 +620,7 @@ mod tests {
             audit: Arc::new(crate::audit::AuditLog::open(&dir.join("audit")).unwrap()),
             tails,
             mirrored: None,
+            cluster: None,
             wallet: None,
             fault: Box::new(|_| false),
             kyc_notices: None,

@@ -376,6 +376,7 @@ impl Simulation {
             audit: Arc::new(crate::audit::AuditLog::open(&root.join("audit")).expect("audit")),
             tails,
             mirrored: None,
+            cluster: None,
             wallet: Some(Box::new(FlakyWallet {
                 node: self.node.clone(),
                 rng: StdRng::seed_from_u64(self.rng.gen()),

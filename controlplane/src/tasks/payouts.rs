@@ -11,7 +11,7 @@ use crate::api::PayoutHandles;
 use crate::audit::AuditLog;
 use crate::config::{ChainSource, PoolConfig};
 use crate::payouts::runner::{
-    fault_file_hook, share_log_tails, MirroredLogs, PayoutRunner, PayoutSettings,
+    fault_file_hook, share_log_tails, ClusterRole, MirroredLogs, PayoutRunner, PayoutSettings,
 };
 use crate::stats::PoolState;
 use crate::tasks::compliance::start_kyc_webhook;
@@ -30,6 +30,10 @@ pub(crate) fn start_payouts(
     store: &Arc<BlockStore>,
     audit: &Arc<AuditLog>,
     mirror: Option<Arc<otedama_cluster::mirror::MirrorStatus>>,
+    cluster: Option<(
+        otedama_cluster::ledger::LedgerStream,
+        Arc<otedama_cluster::LeaseStatus>,
+    )>,
 ) -> anyhow::Result<PayoutHandles> {
     let params = config.coin_params();
     let fee_account = if config.pool_fee_address.is_empty() {
@@ -54,8 +58,15 @@ pub(crate) fn start_payouts(
             kyc: config.kyc_rule()?,
         },
     };
-    let ledger = Ledger::open(&config.ledger_path())
+    let mut ledger = Ledger::open(&config.ledger_path())
         .with_context(|| format!("opening the ledger {}", config.ledger_path().display()))?;
+    // Cluster mode: every write goes to the ledger stream first, and only while leading.
+    if let Some((stream, leading)) = &cluster {
+        ledger.set_replicator(Some(Box::new(otedama_cluster::ledger::StreamReplicator {
+            stream: stream.clone(),
+            leading: leading.clone(),
+        })));
+    }
     let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
     // In cluster mode every data plane, this host's too, ships its log to the stream, and
     // only the mirror's copies are read: a local log read as well would count its shares
@@ -94,6 +105,11 @@ pub(crate) fn start_payouts(
         audit: audit.clone(),
         tails,
         mirrored: mirror.map(|status| MirroredLogs::new(status, config.data_dir.clone())),
+        cluster: cluster.map(|(stream, leading)| ClusterRole {
+            stream,
+            leading,
+            was_leading: false,
+        }),
         wallet,
         fault: fault_file_hook(std::env::var_os("OTEDAMA_FAULT_FILE").map(Into::into)),
         kyc_notices: start_kyc_webhook(config)?,

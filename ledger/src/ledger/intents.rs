@@ -279,7 +279,9 @@ impl Ledger {
             return Ok(());
         };
         if change(&mut intent) {
-            self.db.put(intent_key, serde_json::to_vec(&intent)?)?;
+            let mut batch = WriteBatch::default();
+            batch.put(intent_key, serde_json::to_vec(&intent)?);
+            self.write(batch)?;
         }
         Ok(())
     }

@@ -88,14 +88,12 @@ impl Ledger {
         account: &str,
         record: &otedama_compliance::kyc::KycRecord,
     ) -> Result<(), LedgerError> {
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.db.put_opt(
+        let mut batch = WriteBatch::default();
+        batch.put(
             key(KYC_PREFIX, account.as_bytes()),
             serde_json::to_vec(record)?,
-            &options,
-        )?;
-        Ok(())
+        );
+        self.write(batch)
     }
 
     /// Records a KYC provider's verdict under its callback id, once: `false` (and nothing
@@ -117,9 +115,7 @@ impl Ledger {
             key(KYC_PREFIX, account.as_bytes()),
             serde_json::to_vec(record)?,
         );
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
+        self.write(batch)?;
         Ok(true)
     }
 

@@ -1,0 +1,239 @@
+//! Cluster mode: the ledger's writes in the replicated stream `LEDGER_STREAM`, so a
+//! standby control plane holds the leader's exact ledger and can take over.
+//!
+//! The leader sends every write (a RocksDB write batch, byte for byte) to the stream
+//! before making it (`otedama_ledger::ledger::Replicator`), naming the stream position of
+//! the last write its ledger applied (`Nats-Expected-Last-Sequence`): the stream takes it
+//! only if nothing was written since, so a control plane that is no longer the leader,
+//! or is behind, cannot write. A standby reads the writes after its own position and
+//! applies them in order (`Ledger::apply_replicated`); the leader does the same before
+//! each pass, so it always writes after the last write in the stream.
+//!
+//! The stream must hold nothing but ledger writes: its positions are the ledger's.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+
+/// The stream of ledger writes.
+pub const LEDGER_STREAM: &str = "OTEDAMA_LEDGER";
+const LEDGER_SUBJECT: &str = "otedama.ledger";
+/// How long one request to the stream may take.
+pub const LEDGER_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Writes read per request at most when catching up.
+pub const LEDGER_WRITES_PER_FETCH_MAX: usize = 1_024;
+
+/// Ledger writes with their stream positions, in order.
+pub type Writes = Vec<(u64, Vec<u8>)>;
+
+enum Request {
+    Replicate {
+        batch: Vec<u8>,
+        after: u64,
+        reply: mpsc::Sender<Result<u64, String>>,
+    },
+    Fetch {
+        after: u64,
+        reply: mpsc::Sender<Result<Writes, String>>,
+    },
+}
+
+/// The connection to the ledger stream, on a thread of its own (callers are blocking code:
+/// the payout thread, the API's handlers off their workers).
+#[derive(Clone)]
+pub struct LedgerStream {
+    requests: tokio::sync::mpsc::UnboundedSender<Request>,
+}
+
+impl LedgerStream {
+    pub fn start(nats_urls: Vec<String>, replicas: usize) -> anyhow::Result<Self> {
+        crate::server_addresses(&nats_urls)?;
+        let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<Request>();
+        std::thread::Builder::new()
+            .name("ledger-stream".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "ledger stream: no runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(serve(nats_urls, replicas, incoming));
+            })?;
+        Ok(LedgerStream { requests })
+    }
+
+    fn ask<T>(
+        &self,
+        request: impl FnOnce(mpsc::Sender<Result<T, String>>) -> Request,
+    ) -> Result<T, String> {
+        let (reply, answer) = mpsc::channel();
+        self.requests
+            .send(request(reply))
+            .map_err(|_| "the ledger stream's thread has ended".to_string())?;
+        answer
+            .recv_timeout(Duration::from_millis(2 * LEDGER_REQUEST_TIMEOUT_MS))
+            .map_err(|_| "no answer from the ledger stream".to_string())?
+    }
+
+    /// Appends `batch` if the stream's last write is at `after`; its position.
+    pub fn append(&self, batch: &[u8], after: u64) -> Result<u64, String> {
+        self.ask(|reply| Request::Replicate {
+            batch: batch.to_vec(),
+            after,
+            reply,
+        })
+    }
+
+    /// The writes after position `after`, in order, up to `LEDGER_WRITES_PER_FETCH_MAX`.
+    pub fn after(&self, after: u64) -> Result<Writes, String> {
+        self.ask(|reply| Request::Fetch { after, reply })
+    }
+}
+
+/// The leader's replicator: appends through the stream, only while `leading` says so.
+pub struct StreamReplicator {
+    pub stream: LedgerStream,
+    /// Whether this control plane holds the leader's lease now.
+    pub leading: std::sync::Arc<crate::host::LeaseStatus>,
+}
+
+impl otedama_ledger::ledger::Replicator for StreamReplicator {
+    fn replicate(&mut self, batch: &[u8], after: u64) -> Result<u64, String> {
+        if !self.leading.held() {
+            return Err("this control plane is not the leader".into());
+        }
+        self.stream.append(batch, after)
+    }
+}
+
+/// Applies every write of the stream after the ledger's own position; how many.
+pub fn catch_up(
+    stream: &LedgerStream,
+    ledger: &mut otedama_ledger::ledger::Ledger,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let writes = stream
+            .after(ledger.replica_position()?)
+            .map_err(|error| anyhow::anyhow!("reading the ledger stream: {error}"))?;
+        if writes.is_empty() {
+            return Ok(applied);
+        }
+        for (position, write) in writes {
+            if ledger.apply_replicated(&write, position)? {
+                applied += 1;
+            }
+        }
+    }
+}
+
+async fn serve(
+    nats_urls: Vec<String>,
+    replicas: usize,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<Request>,
+) {
+    let mut stream: Option<(jetstream::Context, jetstream::stream::Stream)> = None;
+    while let Some(request) = incoming.recv().await {
+        if stream.is_none() {
+            match open(&nats_urls, replicas).await {
+                Ok(opened) => stream = Some(opened),
+                Err(error) => {
+                    let error = format!("{error:#}");
+                    match request {
+                        Request::Replicate { reply, .. } => drop(reply.send(Err(error))),
+                        Request::Fetch { reply, .. } => drop(reply.send(Err(error))),
+                    }
+                    continue;
+                }
+            }
+        }
+        let (context, handle) = stream.as_ref().expect("opened above");
+        match request {
+            Request::Replicate {
+                batch,
+                after,
+                reply,
+            } => {
+                let result = append(context, batch, after).await;
+                let _ = reply.send(result);
+            }
+            Request::Fetch { after, reply } => {
+                let result = fetch(handle, after).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+async fn open(
+    nats_urls: &[String],
+    replicas: usize,
+) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS)))
+        .connect(crate::server_addresses(nats_urls)?)
+        .await?;
+    let mut context = jetstream::new(client);
+    context.set_timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS));
+    let stream = context
+        .get_or_create_stream(jetstream::stream::Config {
+            name: LEDGER_STREAM.to_string(),
+            subjects: vec![LEDGER_SUBJECT.to_string()],
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("the ledger stream: {error}"))?;
+    Ok((context, stream))
+}
+
+async fn append(context: &jetstream::Context, batch: Vec<u8>, after: u64) -> Result<u64, String> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        after.to_string().as_str(),
+    );
+    let ack = context
+        .publish_with_headers(LEDGER_SUBJECT, headers, Bytes::from(batch))
+        .await
+        .map_err(|error| format!("sending a ledger write: {error}"))?;
+    let ack = tokio::time::timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS), ack)
+        .await
+        .map_err(|_| "no acknowledgement of a ledger write".to_string())?
+        .map_err(|error| format!("a ledger write refused: {error}"))?;
+    Ok(ack.sequence)
+}
+
+async fn fetch(
+    stream: &jetstream::stream::Stream,
+    after: u64,
+) -> Result<Writes, String> {
+    let mut writes = Vec::new();
+    let mut next = after + 1;
+    while writes.len() < LEDGER_WRITES_PER_FETCH_MAX {
+        match stream.get_raw_message(next).await {
+            Ok(message) => {
+                writes.push((message.sequence, message.payload.to_vec()));
+                next = message.sequence + 1;
+            }
+            Err(error)
+                if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                break
+            }
+            Err(error) => return Err(format!("reading ledger write {next}: {error}")),
+        }
+    }
+    Ok(writes)
+}

@@ -1,0 +1,124 @@
+//! Control-plane failover's ledger (issue 20), against a real three-server NATS JetStream
+//! cluster: two control planes stand for leader; only the one holding the lease writes
+//! its ledger, each write first made durable in the replicated ledger stream; the standby
+//! applies the same writes and holds the same ledger; when the leader lets go, the
+//! standby leads and writes on from the stream's last write, and the former leader can
+//! no longer write. One NATS server is killed on the way.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use otedama_cluster::leader::LeaderLease;
+use otedama_cluster::ledger::{catch_up, LedgerStream, StreamReplicator};
+use otedama_ledger::ledger::{Ledger, LedgerError};
+use otedama_tests::nats::NatsCluster;
+use otedama_tests::wait_until;
+
+struct ControlPlane {
+    lease: Option<LeaderLease>,
+    ledger: Ledger,
+    stream: LedgerStream,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    fn start(urls: &[String], name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+        let stream = LedgerStream::start(urls.to_vec(), 3).unwrap();
+        let lease = LeaderLease::start(urls.to_vec(), 3, &dir.path().join("identity"), name.into())
+            .unwrap();
+        ledger.set_replicator(Some(Box::new(StreamReplicator {
+            stream: stream.clone(),
+            leading: lease.status(),
+        })));
+        ControlPlane {
+            lease: Some(lease),
+            ledger,
+            stream,
+            _dir: dir,
+        }
+    }
+
+    fn leads(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|lease| lease.status().held())
+    }
+
+    /// A block credited, after catching up with the stream as every pass does.
+    fn credit(&mut self, block: &str, account: &str, amount: u64) -> Result<(), LedgerError> {
+        catch_up(&self.stream, &mut self.ledger).unwrap();
+        let credits = BTreeMap::from([(account.to_string(), amount)]);
+        self.ledger
+            .credit_block_round(block, &credits, None)
+            .map(|_| ())
+    }
+
+    fn state(
+        &self,
+    ) -> (
+        BTreeMap<String, otedama_ledger::ledger::Balances>,
+        usize,
+        u64,
+    ) {
+        (
+            self.ledger.all_balances().unwrap(),
+            self.ledger.entries().unwrap().len(),
+            self.ledger.replica_position().unwrap(),
+        )
+    }
+}
+
+#[test]
+fn the_standby_holds_the_leaders_ledger_and_takes_over_without_a_write_lost_or_doubled() {
+    let mut cluster = NatsCluster::start(3).unwrap();
+    let urls = cluster.urls();
+    let mut a = ControlPlane::start(&urls, "cp-a");
+    wait_until(Duration::from_secs(60), "cp-a leads", || a.leads()).unwrap();
+    let mut b = ControlPlane::start(&urls, "cp-b");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!b.leads(), "one leader");
+
+    for index in 0..20 {
+        a.credit(&format!("blk-{index}"), "miner-1", 100 + index)
+            .unwrap();
+        if index == 8 {
+            // A quorum remains.
+            cluster.servers[2].kill_9();
+        }
+    }
+    let refused = b.credit("blk-b", "miner-2", 7);
+    assert!(
+        matches!(refused, Err(LedgerError::Replication(_))),
+        "{refused:?}"
+    );
+    catch_up(&b.stream, &mut b.ledger).unwrap();
+    assert_eq!(
+        b.state(),
+        a.state(),
+        "the standby holds the leader's ledger"
+    );
+    assert_eq!(a.state().2, 20, "one stream write per ledger write");
+
+    // The leader stops cleanly: its lease goes at once and the standby leads.
+    drop(a.lease.take());
+    wait_until(Duration::from_secs(30), "cp-b leads", || b.leads()).unwrap();
+    for index in 20..25 {
+        b.credit(&format!("blk-{index}"), "miner-2", index).unwrap();
+    }
+    let fenced = a.credit("blk-late", "miner-1", 1);
+    assert!(
+        matches!(fenced, Err(LedgerError::Replication(_))),
+        "{fenced:?}"
+    );
+    catch_up(&a.stream, &mut a.ledger).unwrap();
+    assert_eq!(a.state(), b.state(), "the former leader follows");
+    let balances = b.ledger.all_balances().unwrap();
+    let total: u64 = balances.values().map(|b| b.immature).sum();
+    assert_eq!(
+        total,
+        (100..120).sum::<u64>() + (20..25).sum::<u64>(),
+        "each credit once"
+    );
+}
