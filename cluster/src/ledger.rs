@@ -12,7 +12,7 @@
 //! The stream must hold nothing but ledger writes: its positions are the ledger's.
 
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -22,6 +22,10 @@ pub const LEDGER_STREAM: &str = "OTEDAMA_LEDGER";
 const LEDGER_SUBJECT: &str = "otedama.ledger";
 /// How long one request to the stream may take.
 pub const LEDGER_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Bytes of one ledger write at most: under NATS's default 1 MiB message limit. A write
+/// over it (a block credit to thousands of accounts at once) is refused whole, with this
+/// error, rather than half made; raise the servers' `max_payload` for such pools.
+pub const LEDGER_WRITE_BYTES_MAX: usize = 1024 * 1024 - 4096;
 /// Writes read per request at most when catching up.
 pub const LEDGER_WRITES_PER_FETCH_MAX: usize = 1_024;
 
@@ -33,12 +37,20 @@ enum Request {
         batch: Vec<u8>,
         after: u64,
         reply: mpsc::Sender<Result<u64, String>>,
+        deadline: Instant,
     },
     Fetch {
         after: u64,
         reply: mpsc::Sender<Result<Writes, String>>,
+        deadline: Instant,
     },
 }
+
+/// How long a caller waits for its answer; a request still queued after that is dropped
+/// unanswered, so nothing is written after its caller was told it failed.
+const LEDGER_CALLER_WAIT_MS: u64 = 2 * LEDGER_REQUEST_TIMEOUT_MS + 1_000;
+/// How long one catch-up read may take before it returns what it has.
+const LEDGER_FETCH_BUDGET_MS: u64 = 2_000;
 
 /// The connection to the ledger stream, on a thread of its own (callers are blocking code:
 /// the payout thread, the API's handlers off their workers).
@@ -71,29 +83,37 @@ impl LedgerStream {
 
     fn ask<T>(
         &self,
-        request: impl FnOnce(mpsc::Sender<Result<T, String>>) -> Request,
+        request: impl FnOnce(mpsc::Sender<Result<T, String>>, Instant) -> Request,
     ) -> Result<T, String> {
         let (reply, answer) = mpsc::channel();
+        // The thread gives up on it a second before the caller does.
+        let deadline = Instant::now() + Duration::from_millis(LEDGER_CALLER_WAIT_MS - 1_000);
         self.requests
-            .send(request(reply))
+            .send(request(reply, deadline))
             .map_err(|_| "the ledger stream's thread has ended".to_string())?;
         answer
-            .recv_timeout(Duration::from_millis(2 * LEDGER_REQUEST_TIMEOUT_MS))
+            .recv_timeout(Duration::from_millis(LEDGER_CALLER_WAIT_MS))
             .map_err(|_| "no answer from the ledger stream".to_string())?
     }
 
     /// Appends `batch` if the stream's last write is at `after`; its position.
     pub fn append(&self, batch: &[u8], after: u64) -> Result<u64, String> {
-        self.ask(|reply| Request::Replicate {
+        self.ask(|reply, deadline| Request::Replicate {
             batch: batch.to_vec(),
             after,
             reply,
+            deadline,
         })
     }
 
-    /// The writes after position `after`, in order, up to `LEDGER_WRITES_PER_FETCH_MAX`.
+    /// The writes after position `after`, in order, up to `LEDGER_WRITES_PER_FETCH_MAX`
+    /// or what `LEDGER_FETCH_BUDGET_MS` allows.
     pub fn after(&self, after: u64) -> Result<Writes, String> {
-        self.ask(|reply| Request::Fetch { after, reply })
+        self.ask(|reply, deadline| Request::Fetch {
+            after,
+            reply,
+            deadline,
+        })
     }
 }
 
@@ -110,6 +130,30 @@ impl otedama_ledger::ledger::Replicator for StreamReplicator {
             return Err("this control plane is not the leader".into());
         }
         self.stream.append(batch, after)
+    }
+}
+
+/// `catch_up` for a ledger others use too: the stream is read without the lock, which is
+/// taken only to apply what was read.
+pub fn catch_up_shared(
+    stream: &LedgerStream,
+    ledger: &std::sync::Mutex<otedama_ledger::ledger::Ledger>,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let position = ledger.lock().expect("ledger lock").replica_position()?;
+        let writes = stream
+            .after(position)
+            .map_err(|error| anyhow::anyhow!("reading the ledger stream: {error}"))?;
+        if writes.is_empty() {
+            return Ok(applied);
+        }
+        let mut ledger = ledger.lock().expect("ledger lock");
+        for (position, write) in writes {
+            if ledger.apply_replicated(&write, position)? {
+                applied += 1;
+            }
+        }
     }
 }
 
@@ -157,15 +201,40 @@ async fn serve(
         let (context, handle) = stream.as_ref().expect("opened above");
         match request {
             Request::Replicate {
+                reply, deadline, ..
+            } if Instant::now() >= deadline => {
+                let _ = reply.send(Err("expired before it was sent".into()));
+            }
+            Request::Replicate {
                 batch,
                 after,
                 reply,
+                ..
             } => {
-                let result = append(context, batch, after).await;
+                let result = match append(context, &batch, after).await {
+                    Ok(position) => Ok(position),
+                    // The outcome is unknown (no acknowledgement) or a refusal: the write
+                    // is ours only if the stream holds these very bytes right after
+                    // `after`. Otherwise it was not taken, or someone else's was.
+                    Err(error) => match handle.get_raw_message(after + 1).await {
+                        Ok(message) if message.payload.as_ref() == batch.as_slice() => {
+                            Ok(message.sequence)
+                        }
+                        _ => Err(error),
+                    },
+                };
                 let _ = reply.send(result);
             }
-            Request::Fetch { after, reply } => {
-                let result = fetch(handle, after).await;
+            Request::Fetch {
+                after,
+                reply,
+                deadline,
+            } => {
+                let result = if Instant::now() >= deadline {
+                    Err("expired before it was read".into())
+                } else {
+                    fetch(handle, after).await
+                };
                 let _ = reply.send(result);
             }
         }
@@ -198,14 +267,20 @@ async fn open(
     Ok((context, stream))
 }
 
-async fn append(context: &jetstream::Context, batch: Vec<u8>, after: u64) -> Result<u64, String> {
+async fn append(context: &jetstream::Context, batch: &[u8], after: u64) -> Result<u64, String> {
+    if batch.len() > LEDGER_WRITE_BYTES_MAX {
+        return Err(format!(
+            "a ledger write of {} bytes is over the stream's {LEDGER_WRITE_BYTES_MAX}-byte limit",
+            batch.len()
+        ));
+    }
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
         after.to_string().as_str(),
     );
     let ack = context
-        .publish_with_headers(LEDGER_SUBJECT, headers, Bytes::from(batch))
+        .publish_with_headers(LEDGER_SUBJECT, headers, Bytes::copy_from_slice(batch))
         .await
         .map_err(|error| format!("sending a ledger write: {error}"))?;
     let ack = tokio::time::timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS), ack)
@@ -215,13 +290,11 @@ async fn append(context: &jetstream::Context, batch: Vec<u8>, after: u64) -> Res
     Ok(ack.sequence)
 }
 
-async fn fetch(
-    stream: &jetstream::stream::Stream,
-    after: u64,
-) -> Result<Writes, String> {
+async fn fetch(stream: &jetstream::stream::Stream, after: u64) -> Result<Writes, String> {
     let mut writes = Vec::new();
     let mut next = after + 1;
-    while writes.len() < LEDGER_WRITES_PER_FETCH_MAX {
+    let budget = Instant::now() + Duration::from_millis(LEDGER_FETCH_BUDGET_MS);
+    while writes.len() < LEDGER_WRITES_PER_FETCH_MAX && Instant::now() < budget {
         match stream.get_raw_message(next).await {
             Ok(message) => {
                 writes.push((message.sequence, message.payload.to_vec()));

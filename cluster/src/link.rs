@@ -95,6 +95,7 @@ async fn pump(
     pipe: impl AsyncRead + AsyncWrite,
     out_subject: String,
     mut incoming: Subscriber,
+    still_serving: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
     let (mut from_pipe, mut to_pipe) = tokio::io::split(pipe);
     let mut out_sequence = 0u64;
@@ -120,6 +121,9 @@ async fn pump(
                 heartbeat.reset();
             }
             _ = heartbeat.tick() => {
+                if !still_serving() {
+                    anyhow::bail!("no longer the leader: the session ends");
+                }
                 // An empty chunk: numbered like the others, so a lost one is seen too.
                 send(out_sequence, Bytes::new()).await?;
                 out_sequence += 1;
@@ -204,7 +208,9 @@ pub fn open_session(
                 match opened {
                     Ok((client, incoming, pipe)) => {
                         let _ = opened_tx.send(Ok(()));
-                        if let Err(error) = pump(client, pipe, up_subject(&session), incoming).await {
+                        if let Err(error) =
+                            pump(client, pipe, up_subject(&session), incoming, || true).await
+                        {
                             tracing::warn!(error = format!("{error:#}"), %session, "control-plane link session ended");
                         }
                     }
@@ -226,7 +232,7 @@ pub fn open_session(
 /// in-memory duplex stream that behaves as an accepted socket) and its name.
 pub async fn serve_sessions(
     nats_urls: &[String],
-    accepting: impl Fn() -> bool,
+    accepting: impl Fn() -> bool + Clone + Send + 'static,
     serve: impl Fn(tokio::io::DuplexStream, String),
 ) -> anyhow::Result<()> {
     let client = connect(nats_urls).await?;
@@ -259,8 +265,19 @@ pub async fn serve_sessions(
         client.publish(reply, "ok".into()).await?;
         sessions.fetch_add(1, Relaxed);
         let (client, sessions, session) = (client.clone(), sessions.clone(), name.clone());
+        let still_serving = accepting.clone();
         tokio::spawn(async move {
-            if let Err(error) = pump(client, ours, down_subject(&session), incoming).await {
+            // A control plane that stops leading ends its sessions within a heartbeat:
+            // the data planes then find the new leader.
+            if let Err(error) = pump(
+                client,
+                ours,
+                down_subject(&session),
+                incoming,
+                still_serving,
+            )
+            .await
+            {
                 tracing::warn!(error = format!("{error:#}"), %session, "data-plane link session ended");
             }
             sessions.fetch_sub(1, Relaxed);

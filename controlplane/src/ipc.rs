@@ -33,7 +33,7 @@ pub async fn serve_nats(
     candidates: crossbeam_channel::Sender<SourcedCandidate>,
     leading: Arc<otedama_cluster::LeaseStatus>,
 ) -> anyhow::Result<()> {
-    let accepting = || leading.held();
+    let accepting = move || leading.held();
     otedama_cluster::link::serve_sessions(nats_urls, accepting, |stream, session| {
         let link_id = NEXT_LINK.fetch_add(1, Relaxed);
         tracing::info!(link_id, %session, "data plane connected over NATS");

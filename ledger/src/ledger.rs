@@ -357,6 +357,11 @@ impl Ledger {
         self.replicator = replicator;
     }
 
+    /// Whether any money has moved in this ledger (an entry exists).
+    pub fn has_entries(&self) -> bool {
+        self.next_sequence > 0
+    }
+
     /// The replicated stream's position of the last write applied here; 0 before any.
     pub fn replica_position(&self) -> Result<u64, LedgerError> {
         Ok(self.get(REPLICA_POSITION_KEY)?.unwrap_or(0))

@@ -319,6 +319,110 @@ pub fn spawn_miner_at(
     })
 }
 
+/// Runs `otedama miner --algo sha256d` on `url` for `seconds` as `SYNTHETIC_PAYOUT_ADDRESS.
+/// worker` and returns how many shares the pool answered `true` (the miner's own count).
+pub fn mine_for(url: &str, worker: &str, seconds: u64) -> u64 {
+    let output = Command::new(otedama_binary())
+        .args(["miner", "--url", url, "--algo", "sha256d"])
+        .args(["--user", &format!("{SYNTHETIC_PAYOUT_ADDRESS}.{worker}")])
+        .args(["--duration", &seconds.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("running otedama miner");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let done = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("miner done: accepted "))
+        .unwrap_or_else(|| panic!("the miner's summary: {stdout}"));
+    done.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// The records of a share log, read as the control plane reads one (a RocksDB secondary
+/// in a fresh directory under `scratch`).
+pub fn share_log_records(log: &Path, scratch: &Path) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let secondary = scratch.join(format!(
+        "count-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut tail =
+        otedama_sharelog::tail::ShareLogTail::new(0, log.to_path_buf(), secondary, Some(0), 0);
+    let mut count = 0;
+    loop {
+        let read = tail.poll().expect("reading a share log").len() as u64;
+        if read == 0 {
+            return count;
+        }
+        count += read;
+    }
+}
+
+/// The shares the control plane on `api_port` holds in its share history from the last
+/// hour (`/api/v1/stats`).
+pub fn history_shares(api_port: u16) -> Option<u64> {
+    let url = format!("http://127.0.0.1:{api_port}/api/v1/stats");
+    let stats: Value = ureq::get(&url).call().ok()?.into_json().ok()?;
+    stats["windows"]["3600s"]["shares"].as_u64()
+}
+
+/// `otedama ROLE` on the synthetic chain (Bitcoin regtest, paying
+/// `SYNTHETIC_PAYOUT_ADDRESS`) in `dir`, with `flags` after the common ones.
+fn spawn_synthetic_role(role: &str, dir: &Path, flags: &[&str], listen: &[String]) -> Process {
+    let child = Command::new(otedama_binary())
+        .args([role, "--chain", "synthetic", "--coin", "bitcoin"])
+        .args(["--network", "regtest"])
+        .args(["--payout-address", SYNTHETIC_PAYOUT_ADDRESS])
+        .args(listen)
+        .args(["--share-log-sync", "false"])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting otedama");
+    Process {
+        child,
+        name: format!("{role} in {}", dir.display()),
+    }
+}
+
+/// A data plane on its own "host" (cluster mode: `flags` give `--nats-url` and
+/// `--cluster-host`): its own data directory, ports and share log, and no control plane
+/// (its link goes over NATS). Returns it once its V1 port listens, with that address.
+pub fn spawn_synthetic_dataplane(dir: &Path, flags: &[&str]) -> (Process, String) {
+    let v1 = format!("127.0.0.1:{}", free_port());
+    let listen = [
+        "--stratum-listen".to_string(),
+        v1.clone(),
+        "--sv2-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--quic-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let process = spawn_synthetic_role("dataplane", dir, flags, &listen);
+    wait_until(Duration::from_secs(90), "the data plane's listener", || {
+        TcpStream::connect(&v1).is_ok()
+    })
+    .expect("the data plane listens");
+    (process, v1)
+}
+
+/// A control plane alone (cluster mode: `flags` give `--nats-url` and `--cluster-host`),
+/// once its API answers, with the API's port.
+pub fn spawn_synthetic_controlplane(dir: &Path, flags: &[&str]) -> (Process, u16) {
+    let api_port = free_port();
+    let listen = ["--api-listen".to_string(), format!("127.0.0.1:{api_port}")];
+    let process = spawn_synthetic_role("controlplane", dir, flags, &listen);
+    wait_until(Duration::from_secs(90), "the control plane's API", || {
+        history_shares(api_port).is_some()
+    })
+    .expect("the control plane answers");
+    (process, api_port)
+}
+
 /// `GET path` on the admin API with the bearer token.
 pub fn admin_get(pool: &PoolSetup, path: &str, token: &str) -> anyhow::Result<Value> {
     let url = format!("http://127.0.0.1:{}{path}", pool.api_port);

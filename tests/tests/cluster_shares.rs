@@ -8,94 +8,16 @@
 //! host's local log not read beside its copy, through a killed NATS server and a control
 //! plane started again (host B's session then opened again).
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use otedama_tests::nats::NatsCluster;
 use otedama_tests::{
-    free_port, otedama_binary, wait_until, Process, SyntheticPool, EASY_SHARE_FLAGS,
-    SYNTHETIC_PAYOUT_ADDRESS,
+    history_shares, mine_for, share_log_records, spawn_synthetic_dataplane, wait_until,
+    SyntheticPool, EASY_SHARE_FLAGS,
 };
 
-/// Mines on `url` for `seconds` and returns how many shares the pool answered `true`.
-fn mine(url: &str, worker: &str, seconds: u64) -> u64 {
-    let output = Command::new(otedama_binary())
-        .args(["miner", "--url", url, "--algo", "sha256d"])
-        .args(["--user", &format!("{SYNTHETIC_PAYOUT_ADDRESS}.{worker}")])
-        .args(["--duration", &seconds.to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .expect("running otedama miner");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let done = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("miner done: accepted "))
-        .unwrap_or_else(|| panic!("the miner's summary: {stdout}"));
-    done.split(' ').next().unwrap().parse().unwrap()
-}
-
-/// The records of a share log, read as the control plane reads one (a RocksDB secondary).
-fn log_records(log: &std::path::Path, scratch: &std::path::Path) -> u64 {
-    let mut tail = otedama_sharelog::tail::ShareLogTail::new(
-        0,
-        log.to_path_buf(),
-        scratch.join(format!("count-{}", rand_suffix())),
-        Some(0),
-        0,
-    );
-    let mut count = 0;
-    loop {
-        let read = tail.poll().expect("reading a share log").len() as u64;
-        if read == 0 {
-            return count;
-        }
-        count += read;
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// The shares the control plane's share history holds from the last hour.
 fn shares_in_history(pool: &SyntheticPool) -> u64 {
-    pool.stats()["windows"]["3600s"]["shares"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// A data plane on its own "host": its own data directory, ports and share log, and no
-/// control plane (its link goes over NATS).
-fn start_host_b(dir: &std::path::Path, flags: &[&str]) -> (Process, String) {
-    let v1 = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(otedama_binary())
-        .args(["dataplane", "--chain", "synthetic", "--coin", "bitcoin"])
-        .args(["--network", "regtest"])
-        .args(["--payout-address", SYNTHETIC_PAYOUT_ADDRESS])
-        .args(["--stratum-listen", &v1])
-        .args(["--sv2-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--quic-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--share-log-sync", "false"])
-        .args(flags)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let process = Process {
-        child,
-        name: "dataplane dp-b".into(),
-    };
-    wait_until(Duration::from_secs(90), "host B's listener", || {
-        std::net::TcpStream::connect(&v1).is_ok()
-    })
-    .unwrap();
-    (process, v1)
+    history_shares(pool.api_port).unwrap_or(0)
 }
 
 #[test]
@@ -112,14 +34,14 @@ fn every_share_acknowledged_on_either_host_is_counted_once_from_the_stream() {
     };
     let a = SyntheticPool::start(&flags("dp-a"));
     let b_dir = tempfile::tempdir().unwrap();
-    let (_b, b_v1) = start_host_b(b_dir.path(), &flags("dp-b"));
+    let (_b, b_v1) = spawn_synthetic_dataplane(b_dir.path(), &flags("dp-b"));
 
     let mut acknowledged = 0;
     let url = |address: &str| format!("stratum+tcp://{address}");
     let (url_a, url_b) = (url(&a.v1), url(&b_v1));
     let miners = std::thread::scope(|scope| {
-        let on_a = scope.spawn(|| mine(&url_a, "on-a", 12));
-        let on_b = scope.spawn(|| mine(&url_b, "on-b", 12));
+        let on_a = scope.spawn(|| mine_for(&url_a, "on-a", 12));
+        let on_b = scope.spawn(|| mine_for(&url_b, "on-b", 12));
         // One server of three killed while both hosts ship: a quorum remains.
         std::thread::sleep(Duration::from_secs(4));
         cluster.servers[2].kill_9();
@@ -134,8 +56,8 @@ fn every_share_acknowledged_on_either_host_is_counted_once_from_the_stream() {
     // answer the miner, stopping, did not wait for.
     let scratch = tempfile::tempdir().unwrap();
     let written = || {
-        log_records(&a.data_dir.path().join("shares"), scratch.path())
-            + log_records(&b_dir.path().join("shares"), scratch.path())
+        share_log_records(&a.data_dir.path().join("shares"), scratch.path())
+            + share_log_records(&b_dir.path().join("shares"), scratch.path())
     };
     let mut counted = 0;
     wait_until(
@@ -166,10 +88,10 @@ fn every_share_acknowledged_on_either_host_is_counted_once_from_the_stream() {
     } = a;
     process.kill_9();
     let a = SyntheticPool::start_in(data_dir, &flags("dp-a"));
-    acknowledged += mine(&url_b, "on-b-again", 6);
+    acknowledged += mine_for(&url_b, "on-b-again", 6);
     let written = || {
-        log_records(&a.data_dir.path().join("shares"), scratch.path())
-            + log_records(&b_dir.path().join("shares"), scratch.path())
+        share_log_records(&a.data_dir.path().join("shares"), scratch.path())
+            + share_log_records(&b_dir.path().join("shares"), scratch.path())
     };
     wait_until(
         Duration::from_secs(90),

@@ -356,10 +356,7 @@ impl PayoutRunner {
         let Some(cluster) = self.cluster.as_mut() else {
             return Ok(true);
         };
-        {
-            let mut ledger = self.ledger.lock().expect("ledger lock");
-            otedama_cluster::ledger::catch_up(&cluster.stream, &mut ledger)?;
-        }
+        otedama_cluster::ledger::catch_up_shared(&cluster.stream, &self.ledger)?;
         let leads = cluster.leading.held();
         let took_over = leads && !cluster.was_leading;
         cluster.was_leading = leads;

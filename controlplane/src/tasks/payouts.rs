@@ -62,6 +62,13 @@ pub(crate) fn start_payouts(
         .with_context(|| format!("opening the ledger {}", config.ledger_path().display()))?;
     // Cluster mode: every write goes to the ledger stream first, and only while leading.
     if let Some((stream, leading)) = &cluster {
+        // Its history is not in the stream: a standby would get only what changes after.
+        if ledger.has_entries() && ledger.replica_position()? == 0 {
+            anyhow::bail!(
+                "this ledger has history that is not in the cluster's ledger stream (it was a single host's): \
+                 start the cluster's control planes on new ledgers"
+            );
+        }
         ledger.set_replicator(Some(Box::new(otedama_cluster::ledger::StreamReplicator {
             stream: stream.clone(),
             leading: leading.clone(),

@@ -426,11 +426,9 @@ impl Ledger {
         intent.broadcast_attempts += 1;
         intent.next_attempt_ms = next_attempt_ms;
         intent.last_error = Some(error.to_string());
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.db
-            .put_opt(intent_key, serde_json::to_vec(&intent)?, &options)?;
-        Ok(())
+        let mut batch = WriteBatch::default();
+        batch.put(intent_key, serde_json::to_vec(&intent)?);
+        self.write(batch)
     }
 }
 
