@@ -493,26 +493,9 @@ impl HostLease {
         let stop = Arc::new(AtomicBool::new(false));
         let (claimed_tx, claimed_rx) = std::sync::mpsc::channel::<anyhow::Result<u8>>();
         let (thread_status, thread_stop) = (status.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("host-lease-{}", config.process))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = claimed_tx.send(Err(error.into()));
-                        return;
-                    }
-                };
-                runtime.block_on(keep_lease(
-                    config,
-                    identity.id,
-                    thread_status,
-                    thread_stop,
-                    claimed_tx,
-                ));
+        let thread =
+            crate::spawn_on_runtime(format!("host-lease-{}", config.process), move || {
+                keep_lease(config, identity.id, thread_status, thread_stop, claimed_tx)
             })?;
         let slot = match claimed_rx.recv() {
             Ok(Ok(slot)) => slot,

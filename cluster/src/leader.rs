@@ -48,21 +48,9 @@ impl LeaderLease {
         let stop = Arc::new(AtomicBool::new(false));
         let value = format!("{name} {:016x}", identity.id);
         let (thread_status, thread_stop) = (status.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("leader-lease".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, "leader lease: no runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(keep(nats_urls, replicas, value, thread_status, thread_stop));
-            })?;
+        let thread = crate::spawn_on_runtime("leader-lease", move || {
+            keep(nats_urls, replicas, value, thread_status, thread_stop)
+        })?;
         Ok(LeaderLease {
             _identity: identity,
             status,

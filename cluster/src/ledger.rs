@@ -63,21 +63,9 @@ impl LedgerStream {
     pub fn start(nats_urls: Vec<String>, replicas: usize) -> anyhow::Result<Self> {
         crate::server_addresses(&nats_urls)?;
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<Request>();
-        std::thread::Builder::new()
-            .name("ledger-stream".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, "ledger stream: no runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(serve(nats_urls, replicas, incoming));
-            })?;
+        crate::spawn_on_runtime("ledger-stream", move || {
+            serve(nats_urls, replicas, incoming)
+        })?;
         Ok(LedgerStream { requests })
     }
 

@@ -29,6 +29,31 @@ pub use shares::{
     ShipperConfig, ShipperStatus, SHARES_PER_BATCH_MAX, SHARE_BATCH_BYTES_MAX, SHARE_STREAM,
 };
 
+/// Runs `task` on a thread of its own with a current-thread tokio runtime: the NATS client
+/// needs one, and its callers are the data plane's glommio cores or blocking code. A
+/// runtime that cannot be built ends the thread at once (logged), which its owner sees as
+/// a closed channel or a status that never moves.
+pub(crate) fn spawn_on_runtime<F, Fut>(
+    name: impl Into<String>,
+    task: F,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(task()),
+                Err(error) => tracing::error!(%error, "no async runtime for a cluster thread"),
+            }
+        })
+}
+
 /// Parses `--nats-url` values (`nats://HOST:PORT`, `tls://HOST:PORT`) into the client's
 /// server list.
 pub fn server_addresses(urls: &[String]) -> anyhow::Result<Vec<async_nats::ServerAddr>> {

@@ -171,55 +171,43 @@ pub fn open_session(
     let session = session_name(host, process, rand::random());
     let nats_urls = nats_urls.to_vec();
     let (opened_tx, opened_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
-    std::thread::Builder::new()
-        .name("link-session".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = opened_tx.send(Err(error.into()));
-                    return;
+    crate::spawn_on_runtime("link-session", move || async move {
+        let opened = async {
+            let client = connect(&nats_urls).await?;
+            let incoming = client.subscribe(down_subject(&session)).await?;
+            let answer = tokio::time::timeout(
+                Duration::from_millis(LINK_OPEN_TIMEOUT_MS),
+                client.request(LINK_OPEN_SUBJECT, Bytes::from(session.clone())),
+            )
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no control plane answered within {LINK_OPEN_TIMEOUT_MS} ms")
+            })?
+            .map_err(|error| anyhow::anyhow!("asking for a session: {error}"))?;
+            anyhow::ensure!(
+                answer.payload.as_ref() == b"ok",
+                "session refused: {}",
+                String::from_utf8_lossy(&answer.payload)
+            );
+            theirs.set_nonblocking(true)?;
+            let pipe = tokio::net::UnixStream::from_std(theirs)?;
+            Ok::<_, anyhow::Error>((client, incoming, pipe))
+        }
+        .await;
+        match opened {
+            Ok((client, incoming, pipe)) => {
+                let _ = opened_tx.send(Ok(()));
+                if let Err(error) =
+                    pump(client, pipe, up_subject(&session), incoming, || true).await
+                {
+                    tracing::warn!(error = format!("{error:#}"), %session, "control-plane link session ended");
                 }
-            };
-            runtime.block_on(async move {
-                let opened = async {
-                    let client = connect(&nats_urls).await?;
-                    let incoming = client.subscribe(down_subject(&session)).await?;
-                    let answer = tokio::time::timeout(
-                        Duration::from_millis(LINK_OPEN_TIMEOUT_MS),
-                        client.request(LINK_OPEN_SUBJECT, Bytes::from(session.clone())),
-                    )
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no control plane answered within {LINK_OPEN_TIMEOUT_MS} ms"))?
-                    .map_err(|error| anyhow::anyhow!("asking for a session: {error}"))?;
-                    anyhow::ensure!(
-                        answer.payload.as_ref() == b"ok",
-                        "session refused: {}",
-                        String::from_utf8_lossy(&answer.payload)
-                    );
-                    theirs.set_nonblocking(true)?;
-                    let pipe = tokio::net::UnixStream::from_std(theirs)?;
-                    Ok::<_, anyhow::Error>((client, incoming, pipe))
-                }
-                .await;
-                match opened {
-                    Ok((client, incoming, pipe)) => {
-                        let _ = opened_tx.send(Ok(()));
-                        if let Err(error) =
-                            pump(client, pipe, up_subject(&session), incoming, || true).await
-                        {
-                            tracing::warn!(error = format!("{error:#}"), %session, "control-plane link session ended");
-                        }
-                    }
-                    Err(error) => {
-                        let _ = opened_tx.send(Err(error));
-                    }
-                }
-            });
-        })?;
+            }
+            Err(error) => {
+                let _ = opened_tx.send(Err(error));
+            }
+        }
+    })?;
     match opened_rx.recv() {
         Ok(Ok(())) => Ok(ours),
         Ok(Err(error)) => Err(error),

@@ -120,21 +120,9 @@ impl ShareMirror {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (thread_status, thread_stop) = (status.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("share-mirror".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, "share mirror: no runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(mirror(config, copies, thread_status, thread_stop));
-            })?;
+        let thread = crate::spawn_on_runtime("share-mirror", move || {
+            mirror(config, copies, thread_status, thread_stop)
+        })?;
         Ok(ShareMirror {
             thread: Some(thread),
             stop,

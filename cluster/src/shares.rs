@@ -315,20 +315,9 @@ impl ShareShipper {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ShipperStatus::default());
         let (thread_stop, thread_status) = (stop.clone(), status.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("share-ship-{}", config.process))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        tracing::error!(%error, "share shipper: no runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(ship(config, thread_status, thread_stop));
+        let thread =
+            crate::spawn_on_runtime(format!("share-ship-{}", config.process), move || {
+                ship(config, thread_status, thread_stop)
             })?;
         Ok(ShareShipper {
             thread: Some(thread),

@@ -366,6 +366,42 @@ pub fn history_shares(api_port: u16) -> Option<u64> {
     stats["windows"]["3600s"]["shares"].as_u64()
 }
 
+/// Waits up to `timeout` for the control plane on `api_port` to hold in its history every
+/// share the share `logs` hold, then checks, a few seconds later, that it holds exactly
+/// that many (none twice) and that the logs hold at least the `acknowledged` shares (each
+/// one a miner was told `true` for). Returns the count.
+pub fn assert_history_holds_each_share_once(
+    api_port: u16,
+    logs: &[PathBuf],
+    scratch: &Path,
+    acknowledged: u64,
+    timeout: Duration,
+) -> u64 {
+    let written = || {
+        logs.iter()
+            .map(|log| share_log_records(log, scratch))
+            .sum::<u64>()
+    };
+    let mut counted = 0;
+    wait_until(timeout, "every written share in the history", || {
+        counted = history_shares(api_port).unwrap_or(0);
+        counted >= written()
+    })
+    .unwrap_or_else(|error| panic!("{error:#}: {counted} of {}", written()));
+    std::thread::sleep(Duration::from_secs(3));
+    let total = written();
+    assert!(
+        total >= acknowledged,
+        "{total} written, {acknowledged} acknowledged"
+    );
+    assert_eq!(
+        history_shares(api_port),
+        Some(total),
+        "each share counted once"
+    );
+    total
+}
+
 /// `otedama ROLE` on the synthetic chain (Bitcoin regtest, paying
 /// `SYNTHETIC_PAYOUT_ADDRESS`) in `dir`, with `flags` after the common ones.
 fn spawn_synthetic_role(role: &str, dir: &Path, flags: &[&str], listen: &[String]) -> Process {

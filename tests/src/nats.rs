@@ -100,6 +100,17 @@ impl NatsCluster {
     }
 }
 
+/// `EASY_SHARE_FLAGS`, then the flags that put an `otedama` process in the cluster at
+/// `urls` as `name` (`--cluster-host`, `--nats-url` for each server).
+pub fn cluster_flags<'a>(urls: &'a [String], name: &'a str) -> Vec<&'a str> {
+    let mut flags = crate::EASY_SHARE_FLAGS.to_vec();
+    flags.extend(["--cluster-host", name]);
+    for url in urls {
+        flags.extend(["--nats-url", url.as_str()]);
+    }
+    flags
+}
+
 fn which_nats_server() -> anyhow::Result<PathBuf> {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
         let path = Path::new(dir).join("nats-server");

@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use otedama_tests::nats::NatsCluster;
+use otedama_tests::nats::{cluster_flags, NatsCluster};
 use otedama_tests::{
-    history_shares, mine_for, share_log_records, spawn_synthetic_controlplane,
-    spawn_synthetic_dataplane, wait_until, EASY_SHARE_FLAGS,
+    assert_history_holds_each_share_once, history_shares, mine_for, share_log_records,
+    spawn_synthetic_controlplane, spawn_synthetic_dataplane, wait_until,
 };
 
 /// How long the standby may take to lead once the leader is killed: the lease's 20 s
@@ -21,14 +21,7 @@ const TAKEOVER_S_MAX: u64 = 45;
 fn a_killed_leader_is_replaced_and_every_written_share_is_counted_once() {
     let cluster = NatsCluster::start(3).unwrap();
     let urls = cluster.urls();
-    let flags = |name: &'static str| {
-        let mut flags = EASY_SHARE_FLAGS.to_vec();
-        flags.extend(["--cluster-host", name]);
-        for url in &urls {
-            flags.extend(["--nats-url", url.as_str()]);
-        }
-        flags
-    };
+    let flags = |name: &'static str| cluster_flags(&urls, name);
     let root = tempfile::tempdir().unwrap();
     let (mut leader, leader_api) =
         spawn_synthetic_controlplane(&root.path().join("cp-a"), &flags("cp-a"));
@@ -43,16 +36,14 @@ fn a_killed_leader_is_replaced_and_every_written_share_is_counted_once() {
         first > 0,
         "the data plane took shares: it had a job from the leader"
     );
-    let mut counted = 0;
-    wait_until(
+    let logs = [dataplane_dir.join("shares")];
+    assert_history_holds_each_share_once(
+        leader_api,
+        &logs,
+        &scratch,
+        first,
         Duration::from_secs(60),
-        "the leader counted every share",
-        || {
-            counted = history_shares(leader_api).unwrap_or(0);
-            counted >= written()
-        },
-    )
-    .unwrap_or_else(|error| panic!("{error:#}: {counted} of {}", written()));
+    );
     let (_standby, standby_api) =
         spawn_synthetic_controlplane(&root.path().join("cp-b"), &flags("cp-b"));
     std::thread::sleep(Duration::from_secs(3));
@@ -79,21 +70,11 @@ fn a_killed_leader_is_replaced_and_every_written_share_is_counted_once() {
     // The data plane's link moves to the new leader; its new shares are counted too.
     let second = mine_for(&url, "after", 8);
     assert!(second > 0, "shares taken after the failover");
-    wait_until(
+    assert_history_holds_each_share_once(
+        standby_api,
+        &logs,
+        &scratch,
+        first + second,
         Duration::from_secs(60),
-        "the new leader counted the new shares",
-        || {
-            counted = history_shares(standby_api).unwrap_or(0);
-            counted >= written()
-        },
-    )
-    .unwrap_or_else(|error| panic!("{error:#}: {counted} of {}", written()));
-    std::thread::sleep(Duration::from_secs(3));
-    let total = written();
-    assert!(total >= first + second, "every acknowledged share written");
-    assert_eq!(
-        history_shares(standby_api),
-        Some(total),
-        "counted once each"
     );
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use otedama_cluster::host::{HostLease, HostLeaseConfig, HOST_LEASE_TTL_MS};
-use otedama_tests::nats::NatsCluster;
+use otedama_tests::nats::{cluster_flags, NatsCluster};
 use otedama_tests::{
-    closed_by_peer, metric_value, wait_until, StratumTestClient, SyntheticPool, EASY_SHARE_FLAGS,
+    closed_by_peer, metric_value, wait_until, StratumTestClient, SyntheticPool,
     SYNTHETIC_PAYOUT_ADDRESS,
 };
 
@@ -92,14 +92,7 @@ fn extranonce1(pool: &SyntheticPool) -> anyhow::Result<Vec<u8>> {
 fn two_hosts_never_share_an_extranonce1_and_a_host_without_its_lease_takes_no_miner() {
     let mut cluster = NatsCluster::start(3).unwrap();
     let urls = cluster.urls();
-    let flags = |host: &'static str| {
-        let mut flags = EASY_SHARE_FLAGS.to_vec();
-        flags.extend(["--cluster-host", host]);
-        for url in &urls {
-            flags.extend(["--nats-url", url.as_str()]);
-        }
-        flags
-    };
+    let flags = |host: &'static str| cluster_flags(&urls, host);
     let a = SyntheticPool::start(&flags("dp-a"));
     let b = SyntheticPool::start(&flags("dp-b"));
     let (mut from_a, mut from_b) = (Vec::new(), Vec::new());

@@ -164,6 +164,11 @@ pub(crate) fn template_loop(
                         .as_ref()
                         .is_some_and(|l| l.txids != key.txids || l.has_mweb != key.has_mweb);
                 if changed {
+                    // Ids follow the wall clock (ms) as well as the store: in cluster mode
+                    // a new leader must never reuse a former leader's ids (data planes hold
+                    // jobs by id, and a block share names its job by id), and it takes over
+                    // a lease term (20 s) after the former one's last job.
+                    next_job_id = next_job_id.max(now_ms());
                     match build_job(
                         &template,
                         next_job_id,
@@ -262,6 +267,8 @@ pub(crate) fn synthetic_loop(config: PoolConfig, state: Arc<PoolState>) {
     let mut job_id = now_ms();
     for sequence in 0.. {
         let now = now_ms();
+        // As the node's jobs: never below the wall clock (see `template_loop`).
+        job_id = job_id.max(now);
         let template = synthetic::template(sequence, now);
         let tag = synthetic::coinbase_tag(now);
         match build_job(
