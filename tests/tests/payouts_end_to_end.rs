@@ -181,6 +181,9 @@ fn a_crash_between_funding_and_intent_leaves_no_coin_locked() -> anyhow::Result<
     for miner in owed.keys() {
         assert_eq!(scenario.received(miner)?, 0, "nothing was sent");
     }
+    // The payout thread unlocks the coins as it starts, which may be before the restarted
+    // control plane's API listens.
+    scenario.pool.wait_ready(Duration::from_secs(60))?;
     assert_eq!(scenario.owed_nonzero()?, owed);
     let mut ran = None;
     wait_until(Duration::from_secs(30), "a payout run", || {
