@@ -98,23 +98,8 @@ impl MirrorLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tail::tests::record;
     use crate::tail::ShareLogTail;
-    use otedama_shared::ShareRecord;
-
-    fn record(index: u64) -> ShareRecord {
-        ShareRecord {
-            accepted_at_ms: 1_000 + index,
-            job_id: 1,
-            height: 100,
-            worker: "miner.rig".into(),
-            difficulty: 1.0,
-            achieved_difficulty: 2.0,
-            is_block: false,
-            header: [index as u8; 80],
-            extranonce1: vec![1, 2, 3, 4],
-            extranonce2: index.to_le_bytes().to_vec(),
-        }
-    }
 
     /// A copy reads back through a tail as the log it copies, applying a message twice
     /// changes nothing, the clock never goes back, and the position is kept.

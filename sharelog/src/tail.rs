@@ -260,10 +260,11 @@ fn primary_lock_held(primary: &std::path::Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(index: u64) -> ShareRecord {
+    /// A share record numbered `index` (the mirror's tests use it too).
+    pub(crate) fn record(index: u64) -> ShareRecord {
         ShareRecord {
             accepted_at_ms: 1_000 + index,
             job_id: 1,

@@ -10,9 +10,9 @@ use std::time::Duration;
 use otedama_cluster::{decode_batch, share_subject, ShareShipper, ShipperConfig, SHARE_STREAM};
 use otedama_shared::ShareRecord;
 use otedama_sharelog::writer::ShareLog;
-use otedama_tests::nats::NatsCluster;
+use otedama_tests::nats::{cluster_flags, NatsCluster};
 use otedama_tests::{
-    metric_value, spawn_miner_at, wait_until, StratumTestClient, SyntheticPool, EASY_SHARE_FLAGS,
+    metric_value, spawn_miner_at, wait_until, StratumTestClient, SyntheticPool,
     SYNTHETIC_PAYOUT_ADDRESS,
 };
 
@@ -157,11 +157,7 @@ fn the_share_log_reaches_the_stream_once_and_in_order_through_a_killed_server() 
 fn a_pool_in_cluster_mode_ships_every_accepted_share() {
     let cluster = NatsCluster::start(3).unwrap();
     let urls = cluster.urls();
-    let mut flags = EASY_SHARE_FLAGS.to_vec();
-    flags.extend(["--cluster-host", "dp-e2e"]);
-    for url in &urls {
-        flags.extend(["--nats-url", url.as_str()]);
-    }
+    let flags = cluster_flags(&urls, "dp-e2e");
     let pool = SyntheticPool::start(&flags);
     let accepted = || pool.stats()["shares_accepted"].as_u64().unwrap_or(0);
     let mut miner = spawn_miner_at(
@@ -305,11 +301,8 @@ fn a_log_that_lost_the_streams_last_record_is_not_shipped_over() {
 fn a_pool_whose_log_lost_shipped_shares_takes_no_miner() {
     let cluster = NatsCluster::start(1).unwrap();
     let urls = cluster.urls();
-    let mut flags = EASY_SHARE_FLAGS.to_vec();
-    flags.extend(["--cluster-host", "dp-w", "--share-stream-replicas", "1"]);
-    for url in &urls {
-        flags.extend(["--nats-url", url.as_str()]);
-    }
+    let mut flags = cluster_flags(&urls, "dp-w");
+    flags.extend(["--share-stream-replicas", "1"]);
     let pool = SyntheticPool::start(&flags);
     let accepted = || pool.stats()["shares_accepted"].as_u64().unwrap_or(0);
     let mut miner = spawn_miner_at(
