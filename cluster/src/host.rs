@@ -71,11 +71,47 @@ pub struct LeaseStatus {
     pub renewals: AtomicU64,
     /// Times the lease ran out or was found taken while the process ran.
     pub lapses: AtomicU64,
+    /// Terms begun: a holder that takes the lease (again) begins a new one.
+    terms: AtomicU64,
+    /// The bucket's revision when the current (or last) term began: it grows with every
+    /// write to the bucket, so a later term's is greater than any earlier term's.
+    term_revision: AtomicU64,
+    /// Asked of the holder by its process: let the lease go (it cannot act on it).
+    release_asked: AtomicBool,
 }
 
 impl LeaseStatus {
     pub fn held(&self) -> bool {
         self.held_at(monotonic_ms())
+    }
+
+    /// The current term's number (see `began_term`).
+    pub fn term(&self) -> u64 {
+        self.terms.load(Ordering::Acquire)
+    }
+
+    /// The holder is taking the lease anew at bucket revision `revision` (called before
+    /// the `renewed` that holds it): whatever was true of the last term, such as having
+    /// read what others wrote, is not of this one.
+    pub fn began_term(&self, revision: u64) {
+        self.term_revision.store(revision, Ordering::Release);
+        self.terms.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The bucket revision at which the current (or last) term began: what this holder
+    /// stamps its writes with, so that a newer holder's readers can tell them late.
+    pub fn term_revision(&self) -> u64 {
+        self.term_revision.load(Ordering::Acquire)
+    }
+
+    /// Asks the lease's keeper to let it go and stand aside for a while.
+    pub fn ask_release(&self) {
+        self.release_asked.store(true, Ordering::Release);
+    }
+
+    /// Whether a release was asked, clearing the request.
+    pub fn take_release_request(&self) -> bool {
+        self.release_asked.swap(false, Ordering::AcqRel)
     }
 
     pub fn held_at(&self, now_ms: u64) -> bool {

@@ -19,6 +19,9 @@ use crate::host::{monotonic_ms, LeaseStatus, HOST_LEASE_RENEW_MS, HOST_LEASE_RET
 
 /// The key naming the leading control plane.
 pub const LEADER_KEY: &str = "leader.controlplane";
+/// How long a control plane that let the lease go because it could not lead on it
+/// (`crate::records::Leadership`) waits before it stands for leader again.
+pub const LEADER_STAND_ASIDE_MS: u64 = 60_000;
 
 pub struct LeaderLease {
     /// Held for the process's life (its lock keeps a second process off the directory).
@@ -143,6 +146,9 @@ async fn keep(
             match attempt(bucket, &value, revision).await {
                 Ok(Some(renewed)) => {
                     revision = Some(renewed);
+                    if !leading {
+                        status.began_term(renewed);
+                    }
                     status.renewed(sent_ms);
                     if !leading {
                         tracing::warn!(%value, "this control plane leads now");
@@ -170,11 +176,27 @@ async fn keep(
                 }
             }
         }
-        let wait = if status.held() {
+        // Asked to let go (this process holds the lease but cannot lead on it): the
+        // key is deleted so another control plane leads at once, and this one stands
+        // aside for `LEADER_STAND_ASIDE_MS` before it stands again.
+        let mut wait = if status.held() {
             HOST_LEASE_RENEW_MS
         } else {
             HOST_LEASE_RETRY_MS
         };
+        if status.take_release_request() && leading {
+            if let (Some(bucket), Some(held)) = (&store, revision.take()) {
+                status.lost();
+                status.lapses.fetch_add(1, Relaxed);
+                let _ = bucket.delete_expect_revision(LEADER_KEY, Some(held)).await;
+                tracing::error!(
+                    stand_aside_ms = LEADER_STAND_ASIDE_MS,
+                    "leadership let go: this control plane held the lease but could not lead on it"
+                );
+                leading = false;
+                wait = LEADER_STAND_ASIDE_MS;
+            }
+        }
         let until = std::time::Instant::now() + Duration::from_millis(wait);
         while std::time::Instant::now() < until && !stop.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -13,13 +13,16 @@
 //!   numbered chunks, so a data-plane host needs no control plane of its own;
 //! - the ledger's writes in a replicated stream (`ledger`), fenced by position, so a
 //!   standby control plane holds the leader's exact ledger, and the leader's lease
-//!   (`leader`) that says which control plane writes.
+//!   (`leader`) that says which control plane writes;
+//! - the found blocks and built jobs in replicated streams (`records`), so a new leader
+//!   holds every block and job the former one made.
 
 pub mod host;
 pub mod leader;
 pub mod ledger;
 pub mod link;
 pub mod mirror;
+pub mod records;
 pub mod shares;
 
 pub use host::{HostLease, HostLeaseConfig, LeaseStatus};

@@ -20,7 +20,7 @@ use crate::tasks::blocks::{
 use crate::tasks::compliance::{apply_deny_list, audit_housekeeping, freeze_held_orders};
 use crate::tasks::payouts::start_payouts;
 use crate::tasks::templates::{best_block_poll_loop, synthetic_loop, template_loop, wait_for_node};
-use otedama_chain::blocks::BlockStore;
+use otedama_chain::blocks::{Applied, BlockStore};
 use otedama_chain::jobs::store::JobStore;
 use otedama_chain::jobs::submit::{CandidateQueue, SUBMITTER_THREADS, SUBMIT_READ_TIMEOUT_S};
 
@@ -72,6 +72,28 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             )?,
         )),
     };
+    let leadership = leader
+        .as_ref()
+        .map(|(lease, _)| otedama_cluster::records::Leadership::new(lease.status()));
+    // Jobs, and in cluster mode the block and job streams, come before the payout thread:
+    // it may lead only once both are read to the end (`Leadership::leads`).
+    let node_records = match config.chain {
+        ChainSource::Node => {
+            let jobs_path = config.data_dir.join("jobs");
+            let jobs = Arc::new(
+                JobStore::open(&jobs_path)
+                    .with_context(|| format!("opening the job store {}", jobs_path.display()))?,
+            );
+            let job_publisher = match &leadership {
+                Some(leadership) => {
+                    Some(follow_records(&config, &state, &store, &jobs, leadership)?)
+                }
+                None => None,
+            };
+            Some((jobs, job_publisher))
+        }
+        ChainSource::Synthetic => None,
+    };
     let payouts = start_payouts(
         &config,
         &state,
@@ -80,20 +102,31 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         mirror.as_ref().map(|mirror| mirror.status()),
         leader
             .as_ref()
-            .map(|(lease, stream)| (stream.clone(), lease.status())),
+            .zip(leadership.as_ref())
+            .map(|((_, stream), leadership)| (stream.clone(), leadership.clone())),
     )?;
     let (candidate_tx, candidate_rx) = candidate_channel();
-    match config.chain {
-        ChainSource::Node => {
+    match (config.chain, node_records) {
+        (ChainSource::Node, Some((jobs, job_publisher))) => {
             // Cluster mode: the block scan reads every host's mirrored log, numbered by
             // the ledger as the payout thread numbers them.
             let scan_mirror = mirror.as_ref().map(|mirror| ScanMirror {
                 status: mirror.status(),
                 ledger: payouts.ledger.clone(),
             });
-            start_node_threads(&config, &state, &store, candidate_rx, scan_mirror)?
+            let cluster = leadership.clone().zip(job_publisher);
+            start_node_threads(
+                &config,
+                &state,
+                &store,
+                jobs,
+                candidate_rx,
+                scan_mirror,
+                cluster,
+            )?
         }
-        ChainSource::Synthetic => {
+        (ChainSource::Node, None) => unreachable!("a node's job store is opened above"),
+        (ChainSource::Synthetic, _) => {
             tracing::warn!("synthetic chain: jobs are made up and no block is ever submitted");
             let (config, state_for_jobs) = (config.clone(), state.clone());
             std::thread::Builder::new()
@@ -116,28 +149,153 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     serve(config, state, store, payouts, audit, candidate_tx, leading)
 }
 
+/// Cluster mode: the found blocks and built jobs of other control planes, read from their
+/// streams into this one's stores, and this one's sent there before it writes them
+/// (`otedama_cluster::records`). The leader may act on blocks and jobs only once both
+/// are read to the end. Returns the job publisher, for the template thread.
+fn follow_records(
+    config: &PoolConfig,
+    state: &Arc<PoolState>,
+    store: &Arc<BlockStore>,
+    jobs: &Arc<JobStore>,
+    leadership: &Arc<otedama_cluster::records::Leadership>,
+) -> anyhow::Result<otedama_cluster::records::RecordPublisher> {
+    use otedama_cluster::records::{follow, Publisher, RecordKind, RecordPublisher};
+    let (urls, replicas) = (config.nats_urls.clone(), config.share_stream_replicas);
+    // This run's name on the streams: a follower passes over what its own process sent.
+    let origin = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let publisher = Publisher {
+        origin: origin.clone(),
+        lease: leadership.lease().clone(),
+    };
+    let blocks_out = RecordPublisher::start(
+        urls.clone(),
+        replicas,
+        RecordKind::Blocks,
+        publisher.clone(),
+    )?;
+    store.replicate_with(Box::new(move |record| {
+        let payload = serde_json::to_vec(record).expect("block records serialize");
+        blocks_out.publish(&record.hash, &payload)
+    }));
+    let (blocks_in, block_state) = (store.clone(), state.clone());
+    let blocks = follow(
+        urls.clone(),
+        replicas,
+        RecordKind::Blocks,
+        origin.clone(),
+        config.data_dir.join("blocks-stream-position"),
+        Box::new(move |key, payload| apply_block_record(&blocks_in, &block_state, key, payload)),
+    )?;
+    leadership.wait_for(blocks);
+    let jobs_in = jobs.clone();
+    let job_follower = follow(
+        urls.clone(),
+        replicas,
+        RecordKind::Jobs,
+        origin.clone(),
+        config.data_dir.join("jobs-stream-position"),
+        Box::new(move |key, payload| apply_job(&jobs_in, key, payload)),
+    )?;
+    leadership.wait_for(job_follower);
+    RecordPublisher::start(urls, replicas, RecordKind::Jobs, publisher)
+}
+
+/// Writes a block record another control plane made; a found block counts once here too.
+/// A record that does not read is logged and passed over (never retried forever).
+fn apply_block_record(
+    store: &BlockStore,
+    state: &PoolState,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let record: otedama_chain::blocks::BlockRecord = match serde_json::from_slice(payload) {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::error!(%error, block = %key, "an unreadable record in the block stream: passed over");
+            return Ok(());
+        }
+    };
+    if record.hash != key {
+        tracing::error!(block = %key, hash = %record.hash, "a block record under another block's key: passed over");
+        return Ok(());
+    }
+    let before = match store.apply_replicated(&record)? {
+        Applied::Kept(kept) => {
+            tracing::warn!(block = %key, status = ?kept.status, "a replicated block record would change a final status: kept as it is");
+            return Ok(());
+        }
+        Applied::Written(before) => before,
+    };
+    if before.is_none() && !record.is_stale_candidate() {
+        let counter = match record.rejected_reason {
+            None => &state.blocks_found,
+            Some(_) => &state.blocks_rejected,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Stores a job another control plane built. One that does not read is logged and
+/// passed over.
+fn apply_job(jobs: &JobStore, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+    let Ok(job_id) = key.parse::<u64>() else {
+        tracing::error!(job = %key, "a job in the job stream under a key that is not a job id: passed over");
+        return Ok(());
+    };
+    let job = match JobStore::decode(job_id, payload) {
+        Ok(job) if job.job.job_id == job_id => job,
+        Ok(job) => {
+            tracing::error!(
+                job_id,
+                inside = job.job.job_id,
+                "a job under another job's id in the job stream: passed over"
+            );
+            return Ok(());
+        }
+        Err(error) => {
+            tracing::error!(%error, "an unreadable job in the job stream: passed over");
+            return Ok(());
+        }
+    };
+    jobs.put(&job)?;
+    Ok(())
+}
+
+/// Cluster mode: whether this control plane leads, and where its jobs go before miners.
+pub(crate) type NodeCluster = (
+    Arc<otedama_cluster::records::Leadership>,
+    otedama_cluster::records::RecordPublisher,
+);
+
 /// Template polling, long-polling and block submission against the node.
 fn start_node_threads(
     config: &PoolConfig,
     state: &Arc<PoolState>,
     store: &Arc<BlockStore>,
+    jobs: Arc<JobStore>,
     candidate_rx: Receiver<SourcedCandidate>,
     scan_mirror: Option<ScanMirror>,
+    cluster: Option<NodeCluster>,
 ) -> anyhow::Result<()> {
     let rpc = config.rpc_client()?;
     let params = config.coin_params();
-    let jobs_path = config.data_dir.join("jobs");
-    let jobs = Arc::new(
-        JobStore::open(&jobs_path)
-            .with_context(|| format!("opening the job store {}", jobs_path.display()))?,
-    );
     wait_for_node(&rpc, params.template_rules())?;
+    let leadership = cluster.as_ref().map(|(leadership, _)| leadership.clone());
     let (trigger_tx, trigger_rx) = crossbeam_channel::unbounded();
     {
         let (config, rpc, state, jobs) = (config.clone(), rpc.clone(), state.clone(), jobs.clone());
         std::thread::Builder::new()
             .name("templates".into())
-            .spawn(move || template_loop(config, rpc, state, jobs, trigger_rx))?;
+            .spawn(move || template_loop(config, rpc, state, jobs, trigger_rx, cluster))?;
     }
     {
         let (rpc, triggers) = (rpc.clone(), trigger_tx.clone());
@@ -156,22 +314,25 @@ fn start_node_threads(
     for index in 0..SUBMITTER_THREADS {
         let (rpc, state, store) = (submit_rpc.clone(), state.clone(), store.clone());
         let (jobs, queue, triggers) = (jobs.clone(), queue.clone(), trigger_tx.clone());
+        let leadership = leadership.clone();
         std::thread::Builder::new()
             .name(format!("submitter-{index}"))
-            .spawn(move || submitter_loop(rpc, state, store, jobs, queue, triggers))?;
+            .spawn(move || submitter_loop(rpc, state, store, jobs, queue, triggers, leadership))?;
     }
     {
         let (config, state, store) = (config.clone(), state.clone(), store.clone());
-        let (jobs, queue) = (jobs.clone(), queue.clone());
+        let (jobs, queue, leadership) = (jobs.clone(), queue.clone(), leadership.clone());
         std::thread::Builder::new()
             .name("block-scan".into())
-            .spawn(move || block_scan_loop(config, state, store, jobs, queue, scan_mirror))?;
+            .spawn(move || {
+                block_scan_loop(config, state, store, jobs, queue, scan_mirror, leadership)
+            })?;
     }
     {
         let (rpc, store, maturity) = (rpc.clone(), store.clone(), config.coinbase_maturity);
         std::thread::Builder::new()
             .name("block-status".into())
-            .spawn(move || block_status_loop(rpc, store, maturity))?;
+            .spawn(move || block_status_loop(rpc, store, maturity, leadership))?;
     }
     Ok(())
 }

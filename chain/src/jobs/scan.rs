@@ -83,12 +83,15 @@ impl BlockScan {
 
     /// Reads what the logs gained, hands the block shares the live path has not settled
     /// in time to `queue`, and saves each cursor. `job` finds a job by id (`Err` when the
-    /// disk cannot say, and the share stays unsettled).
+    /// disk cannot say, and the share stays unsettled). Unless `settle` (a standby control
+    /// plane, whose records come from the leader), nothing is handed on or recorded: the
+    /// block shares without a record stay unsettled, and the cursors wait before them.
     pub fn step(
         &mut self,
         store: &BlockStore,
         queue: &CandidateQueue<(BlockCandidate, CandidateSource)>,
         job: &dyn Fn(u64) -> Result<Option<Arc<BuiltJob>>, JobStoreError>,
+        settle: bool,
     ) {
         for log in &mut self.logs {
             loop {
@@ -116,15 +119,17 @@ impl BlockScan {
                 .retain(|u| !store.contains(&display_hex(&u.hash)).unwrap_or(false));
             let grace = Duration::from_millis(BLOCK_SCAN_GRACE_MS);
             log.unsettled.retain(|u| {
-                if u.seen_at.elapsed() < grace || queue.is_pending(&u.hash) {
+                if !settle || u.seen_at.elapsed() < grace || queue.is_pending(&u.hash) {
                     return true;
                 }
                 let job = match job(u.record.job_id) {
                     Ok(Some(job)) => job,
+                    // Settled once recorded; a record that could not be written (the
+                    // disk, or in cluster mode the block stream) leaves it unsettled, so
+                    // the payout thread never waits for it without end.
                     Ok(None) => {
                         tracing::error!(hash = %display_hex(&u.hash), job_id = u.record.job_id, "block share for a job that is not stored: cannot rebuild its block");
-                        record_unsubmittable(store, u, "its job is not stored");
-                        return false;
+                        return !record_unsubmittable(store, u, "its job is not stored");
                     }
                     // The disk could not say: keep it unsettled and ask again next time.
                     Err(error) => {
@@ -146,8 +151,7 @@ impl BlockScan {
                     }
                     None => {
                         tracing::error!(hash = %display_hex(&u.hash), "block share does not match its job");
-                        record_unsubmittable(store, u, "it does not match its job");
-                        false
+                        !record_unsubmittable(store, u, "it does not match its job")
                     }
                 }
             });
@@ -168,8 +172,9 @@ impl BlockScan {
 
 /// Records a block share whose block cannot be rebuilt, as refused with why: the operator
 /// sees it among the rejected blocks, and the payout thread knows it will never become a
-/// block (rounds after it wait for every block share to be recorded).
-fn record_unsubmittable(store: &BlockStore, unsettled: &Unsettled, why: &str) {
+/// block (rounds after it wait for every block share to be recorded). Whether the record
+/// is written.
+fn record_unsubmittable(store: &BlockStore, unsettled: &Unsettled, why: &str) -> bool {
     let record = crate::blocks::BlockRecord {
         hash: display_hex(&unsettled.hash),
         height: unsettled.record.height,
@@ -184,8 +189,12 @@ fn record_unsubmittable(store: &BlockStore, unsettled: &Unsettled, why: &str) {
         header: hex::encode(unsettled.record.header),
         found_at_ms: unsettled.record.accepted_at_ms,
     };
-    if let Err(error) = store.record(&record, true) {
-        tracing::error!(%error, hash = %record.hash, "cannot record an unsubmittable block share");
+    match store.record(&record, true) {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::error!(%error, hash = %record.hash, "cannot record an unsubmittable block share; trying again");
+            false
+        }
     }
 }
 

@@ -49,8 +49,9 @@ impl JobStore {
         })
     }
 
-    /// Stores `job` durably and drops the oldest past `JOBS_STORED_MAX`.
-    pub fn put(&self, job: &BuiltJob) -> Result<(), JobStoreError> {
+    /// `job` as the store keeps it, which is also how it is sent to other control planes
+    /// (cluster mode); `decode` reads it back.
+    pub fn encode(job: &BuiltJob) -> Vec<u8> {
         let stored = StoredJob {
             job: job.job.clone(),
             transactions: job.transactions.iter().map(hex::encode).collect(),
@@ -59,9 +60,14 @@ impl JobStore {
             mweb: job.mweb.as_ref().map(hex::encode),
             coinbase_value: job.coinbase_value,
         };
+        serde_json::to_vec(&stored).expect("jobs serialize")
+    }
+
+    /// Stores `job` durably and drops the oldest past `JOBS_STORED_MAX`.
+    pub fn put(&self, job: &BuiltJob) -> Result<(), JobStoreError> {
         let key = job.job.job_id.to_be_bytes();
         let mut batch = WriteBatch::default();
-        batch.put(key, serde_json::to_vec(&stored).expect("jobs serialize"));
+        batch.put(key, Self::encode(job));
         let stored_ids: Vec<Box<[u8]>> = self
             .db
             .iterator(IteratorMode::Start)
@@ -88,9 +94,14 @@ impl JobStore {
         let Some(bytes) = self.db.get_pinned(job_id.to_be_bytes())? else {
             return Ok(None);
         };
+        Self::decode(job_id, &bytes).map(Some)
+    }
+
+    /// A job from `encode`'s bytes; `job_id` names it in errors.
+    pub fn decode(job_id: u64, bytes: &[u8]) -> Result<BuiltJob, JobStoreError> {
         let corrupt = |detail: String| JobStoreError::Corrupt { job_id, detail };
         let stored: StoredJob =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let bytes_of = |text: &String| hex::decode(text).map_err(|e| corrupt(e.to_string()));
         let txids = stored
             .txids
@@ -101,7 +112,7 @@ impl JobStore {
                 Ok(txid)
             })
             .collect::<Result<_, JobStoreError>>()?;
-        Ok(Some(BuiltJob {
+        Ok(BuiltJob {
             job: stored.job,
             transactions: stored
                 .transactions
@@ -112,7 +123,7 @@ impl JobStore {
             has_witness_commitment: stored.has_witness_commitment,
             mweb: stored.mweb.as_ref().map(bytes_of).transpose()?,
             coinbase_value: stored.coinbase_value,
-        }))
+        })
     }
 
     /// The greatest job id stored: a new process numbers its jobs after it, so an id

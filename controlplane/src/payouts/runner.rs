@@ -171,7 +171,9 @@ fn tail_start(
 /// Cluster mode: this control plane's part (`otedama_cluster::leader`, `::ledger`).
 pub struct ClusterRole {
     pub stream: otedama_cluster::ledger::LedgerStream,
-    pub leading: Arc<otedama_cluster::LeaseStatus>,
+    /// Whether this control plane leads: its lease, and the block and job records read
+    /// to the end since it began.
+    pub leading: Arc<otedama_cluster::records::Leadership>,
     /// Whether it led at the last pass: on taking over, what the former leader left open
     /// is settled before anything new is built.
     pub was_leading: bool,
@@ -357,7 +359,7 @@ impl PayoutRunner {
             return Ok(true);
         };
         otedama_cluster::ledger::catch_up_shared(&cluster.stream, &self.ledger)?;
-        let leads = cluster.leading.held();
+        let leads = cluster.leading.leads();
         let took_over = leads && !cluster.was_leading;
         cluster.was_leading = leads;
         if took_over {

@@ -23,6 +23,7 @@ use otedama_chain::jobs::submit::{
 };
 use otedama_chain::jobs::{assemble_block, BuiltJob};
 use otedama_chain::rpc::RpcClient;
+use otedama_cluster::records::Leadership;
 use otedama_ledger::lifecycle::{classify, BlockStatus};
 use otedama_sharelog::tail::ShareLogTail;
 
@@ -58,6 +59,7 @@ pub(crate) fn block_scan_loop(
     jobs: Arc<JobStore>,
     queue: Arc<Candidates>,
     mirror: Option<ScanMirror>,
+    leadership: Option<Arc<Leadership>>,
 ) {
     let processes = match mirror {
         Some(_) => 0,
@@ -101,7 +103,13 @@ pub(crate) fn block_scan_loop(
                 followed.insert(log.name);
             }
         }
-        scan.step(&store, &queue, &job);
+        // A standby reads the logs too, but only the leader submits what it finds: the
+        // standby's found blocks come from the leader's records, and its scan hands on
+        // what is still unrecorded once it leads.
+        let settle = leadership
+            .as_ref()
+            .is_none_or(|leadership| leadership.leads());
+        scan.step(&store, &queue, &job, settle);
         std::thread::sleep(Duration::from_millis(BLOCK_SCAN_INTERVAL_MS));
     }
 }
@@ -145,8 +153,30 @@ pub(crate) fn queue_link_candidates(
     }
 }
 
+/// How long a submitter holds a candidate for this control plane to lead (cluster mode:
+/// a data plane's link may reach a new leader before it has read the former one's
+/// records) before it lets the candidate go to the block scan.
+pub(crate) const SUBMIT_LEAD_WAIT_MS: u64 = 30_000;
+
+/// Whether this control plane leads, waiting up to `SUBMIT_LEAD_WAIT_MS` for it; always
+/// outside cluster mode.
+fn leads_within(leadership: Option<&Leadership>) -> bool {
+    let Some(leadership) = leadership else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_millis(SUBMIT_LEAD_WAIT_MS);
+    while !leadership.leads() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 /// One of `SUBMITTER_THREADS`: takes the best candidate, settles it with the node and
-/// records the outcome.
+/// records the outcome. In cluster mode only the leader does; a standby leaves candidates
+/// unrecorded, and the block scan hands them over again once one leads.
 pub(crate) fn submitter_loop(
     rpc: RpcClient,
     state: Arc<PoolState>,
@@ -154,9 +184,15 @@ pub(crate) fn submitter_loop(
     jobs: Arc<JobStore>,
     queue: Arc<Candidates>,
     triggers: Sender<()>,
+    leadership: Option<Arc<Leadership>>,
 ) {
     loop {
         let (hash, (candidate, source)) = queue.pop();
+        if !leads_within(leadership.as_deref()) {
+            tracing::warn!(hash = %display_hex(&hash), "block candidate not submitted: this control plane does not lead (the leader's block scan hands it on)");
+            queue.done(&hash);
+            continue;
+        }
         match find_job(&state, &jobs, candidate.job_id) {
             Ok(Some(job)) => {
                 settle_candidate(&rpc, &state, &store, &job, &candidate, source, &triggers)
@@ -235,10 +271,15 @@ pub(crate) fn settle_candidate(
         header: hex::encode(&candidate.header),
         found_at_ms: candidate.found_at_ms,
     };
-    let first_time = store.record(&record, !is_stale).unwrap_or_else(|error| {
-        tracing::error!(%error, %hash, "cannot record block outcome");
-        true
-    });
+    let first_time = match store.record(&record, !is_stale) {
+        Ok(first_time) => first_time,
+        // Not recorded, so not counted: the block scan hands the share over again, and
+        // the node is asked whether it has the block.
+        Err(error) => {
+            tracing::error!(%error, %hash, reason = ?reason, "cannot record block outcome; the block scan settles it again");
+            return;
+        }
+    };
     match (&reason, first_time) {
         (None, true) => {
             state
@@ -265,10 +306,19 @@ pub(crate) fn settle_candidate(
 pub(crate) const BLOCK_STATUS_CHECK_INTERVAL_S: u64 = 10;
 
 /// Follows every accepted, not yet final block on the node: pending → confirmed once it
-/// has `coinbase_maturity` confirmations, or orphaned once it leaves the best chain.
-pub(crate) fn block_status_loop(rpc: RpcClient, store: Arc<BlockStore>, coinbase_maturity: u64) {
+/// has `coinbase_maturity` confirmations, or orphaned once it leaves the best chain. In
+/// cluster mode only the leader does (a standby has the leader's records).
+pub(crate) fn block_status_loop(
+    rpc: RpcClient,
+    store: Arc<BlockStore>,
+    coinbase_maturity: u64,
+    leadership: Option<Arc<Leadership>>,
+) {
     loop {
-        for block in store.pending() {
+        let leads = leadership
+            .as_ref()
+            .is_none_or(|leadership| leadership.leads());
+        for block in store.pending().into_iter().filter(|_| leads) {
             let confirmations = match rpc.call("getblockheader", serde_json::json!([block.hash])) {
                 Ok(header) => header["confirmations"].as_i64().unwrap_or(0),
                 Err(error) => {

@@ -32,7 +32,7 @@ pub(crate) fn start_payouts(
     mirror: Option<Arc<otedama_cluster::mirror::MirrorStatus>>,
     cluster: Option<(
         otedama_cluster::ledger::LedgerStream,
-        Arc<otedama_cluster::LeaseStatus>,
+        Arc<otedama_cluster::records::Leadership>,
     )>,
 ) -> anyhow::Result<PayoutHandles> {
     let params = config.coin_params();
@@ -71,7 +71,7 @@ pub(crate) fn start_payouts(
         }
         ledger.set_replicator(Some(Box::new(otedama_cluster::ledger::StreamReplicator {
             stream: stream.clone(),
-            leading: leading.clone(),
+            leading: leading.lease().clone(),
         })));
     }
     let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);

@@ -107,13 +107,16 @@ pub fn network_difficulty(bits_hex: &str, algorithm: otedama_kernels::Algorithm)
 }
 
 /// Builds and publishes jobs from templates. Fetches on a trigger (a new best block or an
-/// accepted block) and every `template_refresh_s`.
+/// accepted block) and every `template_refresh_s`. In cluster mode only the leader builds
+/// jobs, and each goes to the job stream before any miner has it (a standby must be able
+/// to rebuild a block found on it).
 pub(crate) fn template_loop(
     config: PoolConfig,
     rpc: RpcClient,
     state: Arc<PoolState>,
     jobs: Arc<JobStore>,
     triggers: Receiver<()>,
+    cluster: Option<crate::service::NodeCluster>,
 ) {
     let params = config.coin_params();
     let payout_script = config.payout_script().expect("validated at start");
@@ -130,6 +133,18 @@ pub(crate) fn template_loop(
     let mut failed = false;
     let mut floor_above_network = false;
     loop {
+        // A standby builds nothing (and does not load the node): it looks every second
+        // whether it leads, so it builds work at once when it takes over (the tip may have
+        // moved during the lease's lapse), and its first job is clean.
+        if cluster
+            .as_ref()
+            .is_some_and(|(leadership, _)| !leadership.leads())
+        {
+            last = None;
+            let _ = triggers.recv_timeout(Duration::from_millis(TEMPLATE_RETRY_AFTER_FAILURE_MS));
+            while triggers.try_recv().is_ok() {}
+            continue;
+        }
         let fetched_at = Instant::now();
         let failed_before = std::mem::take(&mut failed);
         match rpc
@@ -167,8 +182,14 @@ pub(crate) fn template_loop(
                     // Ids follow the wall clock (ms) as well as the store: in cluster mode
                     // a new leader must never reuse a former leader's ids (data planes hold
                     // jobs by id, and a block share names its job by id), and it takes over
-                    // a lease term (20 s) after the former one's last job.
-                    next_job_id = next_job_id.max(now_ms());
+                    // a lease term (20 s) after the former one's last job, whose record it
+                    // has read (its clock may be behind the former leader's).
+                    let stored_next = jobs
+                        .newest_job_id()
+                        .ok()
+                        .flatten()
+                        .map_or(0, |id| id.saturating_add(1));
+                    next_job_id = next_job_id.max(now_ms()).max(stored_next);
                     match build_job(
                         &template,
                         next_job_id,
@@ -179,7 +200,14 @@ pub(crate) fn template_loop(
                     ) {
                         // On disk before any miner can find a block on it; a job that
                         // cannot be stored is not published (the next fetch tries again).
-                        Ok(job) => match jobs.put(&job) {
+                        Ok(job) => match jobs.put(&job).map_err(|e| e.to_string()).and_then(|()| {
+                            match &cluster {
+                                Some((_, publisher)) => publisher
+                                    .publish(&job.job.job_id.to_string(), &JobStore::encode(&job))
+                                    .map_err(|error| format!("not in the job stream: {error}")),
+                                None => Ok(()),
+                            }
+                        }) {
                             Ok(()) => {
                                 tracing::info!(
                                     job_id = next_job_id,
@@ -194,7 +222,8 @@ pub(crate) fn template_loop(
                                 last = Some(key);
                             }
                             Err(error) => {
-                                tracing::error!(%error, "cannot store the new job, so it is not sent to miners: a block found on it could not be rebuilt after a restart")
+                                failed = true;
+                                tracing::error!(%error, "cannot store the new job, so it is not sent to miners: a block found on it could not be rebuilt after a restart or a failover")
                             }
                         },
                         Err(error) => {
