@@ -1,6 +1,7 @@
 //! The control plane's end of the data-plane link: a Unix socket that data planes connect
-//! to. Each gets the current job at once and every new one after; its block candidates go
-//! to the submitter and its counters into the pool state.
+//! to. Each gets a job built for it at once (a new job of the current work) and every new
+//! one after; its block candidates go to the submitter and its counters into the pool
+//! state.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -79,12 +80,15 @@ async fn serve_link(
 ) {
     let (read_half, mut write_half) = tokio::io::split(stream);
     let mut jobs = state.job_broadcast.subscribe();
-    let mut lagged = false;
-    let first = state.current_job();
+    // A new link is sent no job built before it opened: the data plane may have served
+    // that job before a restart (its duplicate filter then empty) or under an extranonce1
+    // space now another process's. A new job of the current work is built at once, and
+    // reaches this link marked clean, as after a gap, so nothing older stays live.
+    let mut lagged = true;
+    state.request_fresh_job();
     let writer = tokio::spawn(async move {
         // The bans go first, so no miner of a banned address is served even briefly.
-        let mut first_messages = ipc::ban_messages(&bans.borrow_and_update());
-        first_messages.extend(first.map(Downstream::Job));
+        let first_messages = ipc::ban_messages(&bans.borrow_and_update());
         for message in first_messages {
             if write_half.write_all(&ipc::encode(&message)).await.is_err() {
                 return;

@@ -291,6 +291,7 @@ fn start_node_threads(
     wait_for_node(&rpc, params.template_rules())?;
     let leadership = cluster.as_ref().map(|(leadership, _)| leadership.clone());
     let (trigger_tx, trigger_rx) = crossbeam_channel::unbounded();
+    state.wake_for_fresh_jobs(trigger_tx.clone());
     {
         let (config, rpc, state, jobs) = (config.clone(), rpc.clone(), state.clone(), jobs.clone());
         std::thread::Builder::new()

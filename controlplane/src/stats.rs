@@ -83,6 +83,12 @@ pub struct PoolState {
     jobs: Mutex<BTreeMap<u64, Arc<BuiltJob>>>,
     current_job: Mutex<Option<JobTemplate>>,
     pub job_broadcast: tokio::sync::broadcast::Sender<JobTemplate>,
+    /// A data plane linked since the last job was built: it may have restarted, and a
+    /// restarted one serves no job it may have served before
+    /// (`otedama_dataplane::served_jobs`), so it needs a new one.
+    fresh_job_requested: std::sync::atomic::AtomicBool,
+    /// Wakes the job builder for such a request.
+    fresh_job_waker: std::sync::OnceLock<crossbeam_channel::Sender<()>>,
     /// New-block, payment and exchange events for the `/ws` feed.
     events: tokio::sync::broadcast::Sender<PoolEvent>,
     pub started_at: std::time::Instant,
@@ -134,9 +140,35 @@ impl PoolState {
             jobs: Mutex::new(BTreeMap::new()),
             current_job: Mutex::new(None),
             job_broadcast,
+            fresh_job_requested: Default::default(),
+            fresh_job_waker: Default::default(),
             events,
             started_at: std::time::Instant::now(),
         })
+    }
+
+    /// Asks the job builder for a new job of the current work (see `fresh_job_requested`).
+    pub fn request_fresh_job(&self) {
+        self.fresh_job_requested.store(true, Relaxed);
+        if let Some(waker) = self.fresh_job_waker.get() {
+            let _ = waker.try_send(());
+        }
+    }
+
+    /// Whether a new job was asked for since the last call.
+    pub fn take_fresh_job_request(&self) -> bool {
+        self.fresh_job_requested.swap(false, Relaxed)
+    }
+
+    /// A request taken could not be met: it stands, for the builder's next turn (without
+    /// waking it at once, so a failure is not retried in a loop).
+    pub fn keep_fresh_job_request(&self) {
+        self.fresh_job_requested.store(true, Relaxed);
+    }
+
+    /// The job builder's wake-up channel, set once.
+    pub fn wake_for_fresh_jobs(&self, waker: crossbeam_channel::Sender<()>) {
+        let _ = self.fresh_job_waker.set(waker);
     }
 
     pub fn api_refused(&self, reason: ApiRefusal) {
@@ -273,18 +305,6 @@ impl PoolState {
             .expect("jobs lock")
             .as_ref()
             .map(|job| job.prevhash)
-    }
-
-    /// The newest job, marked clean, for a data plane that just connected.
-    pub fn current_job(&self) -> Option<JobTemplate> {
-        self.current_job
-            .lock()
-            .expect("jobs lock")
-            .clone()
-            .map(|mut job| {
-                job.clean_jobs = true;
-                job
-            })
     }
 }
 

@@ -22,6 +22,7 @@ use otedama_shared::Job;
 use crate::rt::CoreCommand;
 
 use crate::counters::Counters;
+use crate::served_jobs::{Admission, ServedJob, ServedJobs};
 
 const RECONNECT_DELAY_MS: u64 = 200;
 const COUNTERS_INTERVAL_MS: u64 = 1000;
@@ -133,16 +134,19 @@ impl LinkTransport {
     }
 }
 
-/// Starts the link. Jobs go to `cores`; `upstream` carries block candidates from the cores.
+/// Starts the link. Jobs go to `cores` once `served` has recorded them; `upstream`
+/// carries block candidates from the cores.
 pub fn start(
     transport: LinkTransport,
     cores: Vec<UnboundedSender<CoreCommand>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
+    served: ServedJobs,
 ) {
+    let served = Arc::new(std::sync::Mutex::new(served));
     std::thread::Builder::new()
         .name("ipc".into())
-        .spawn(move || link_loop(transport, cores, upstream, counters))
+        .spawn(move || link_loop(transport, cores, upstream, counters, served))
         .expect("spawning the IPC thread");
 }
 
@@ -151,6 +155,7 @@ fn link_loop(
     cores: Vec<UnboundedSender<CoreCommand>>,
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
+    served: Arc<std::sync::Mutex<ServedJobs>>,
 ) {
     let mut warned = false;
     let mut recent = RecentCandidates::default();
@@ -169,8 +174,9 @@ fn link_loop(
         warned = false;
         tracing::info!(link = %transport.describe(), "connected to the control plane");
         let reader = stream.try_clone().expect("cloning a Unix socket");
-        let cores_for_reader = cores.clone();
-        let reader_thread = std::thread::spawn(move || read_jobs(reader, &cores_for_reader));
+        let (cores_for_reader, served) = (cores.clone(), served.clone());
+        let reader_thread =
+            std::thread::spawn(move || read_jobs(reader, &cores_for_reader, &served));
         write_upstream(stream, &upstream, &counters, &mut recent);
         let _ = reader_thread.join();
         tracing::warn!("control plane link lost; reconnecting");
@@ -196,7 +202,11 @@ fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> bool {
     }
 }
 
-fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<CoreCommand>]) {
+fn read_jobs(
+    stream: UnixStream,
+    cores: &[UnboundedSender<CoreCommand>],
+    served: &std::sync::Mutex<ServedJobs>,
+) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     // A new link starts a new list: parts of one cut short by a lost link are dropped.
@@ -210,9 +220,26 @@ fn read_jobs(stream: UnixStream, cores: &[UnboundedSender<CoreCommand>]) {
             // snapshot into its job book.
             Ok(Downstream::Job(template)) => match Job::new(template) {
                 Ok(job) => {
-                    let job = Arc::new(job);
-                    for core in cores {
-                        let _ = core.unbounded_send(CoreCommand::Job(job.clone()));
+                    let admission = served.lock().expect("served jobs").admit(ServedJob {
+                        job_id: job.job_id(),
+                        prevhash: job.template.prevhash,
+                    });
+                    match admission {
+                        Admission::Admitted => {
+                            let job = Arc::new(job);
+                            for core in cores {
+                                let _ = core.unbounded_send(CoreCommand::Job(job.clone()));
+                            }
+                        }
+                        Admission::ServedBeforeStart => tracing::info!(
+                            job_id = job.job_id(),
+                            "a job served before this process started is not served again (a newer one is on its way)"
+                        ),
+                        Admission::NotRecorded(error) => tracing::error!(
+                            job_id = job.job_id(),
+                            %error,
+                            "cannot record the newest job served, so it is not served"
+                        ),
                     }
                 }
                 Err(error) => tracing::error!(%error, "control plane sent an unusable job"),

@@ -13,6 +13,7 @@ pub mod counters;
 pub mod ipc;
 pub mod net;
 pub mod rt;
+pub mod served_jobs;
 
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -8,13 +8,22 @@ use otedama_shared::limits::{COINBASE_SCRIPT_SIG_BYTES_MAX, EXTRANONCE1_BYTES, E
 
 use crate::template::BlockTemplate;
 
-/// Longest coinbase tag; with the height and extranonce it stays under 100 bytes.
+/// Longest coinbase tag; with the height, the job id and the extranonce it stays under
+/// 100 bytes.
 pub const COINBASE_TAG_BYTES_MAX: usize = 64;
+/// Bytes of the job id every coinbase carries (see `coinbase_parts`).
+pub const COINBASE_JOB_ID_BYTES: usize = 8;
 
 /// The longest scriptSig `coinbase_parts` writes (a height push of at most 9 bytes, the
-/// tag's push, the extranonce's push) is within consensus's limit.
+/// tag's push, the job id's push, the extranonce's push) is within consensus's limit.
 const _: () = assert!(
-    9 + 1 + COINBASE_TAG_BYTES_MAX + 1 + EXTRANONCE1_BYTES + EXTRANONCE2_BYTES
+    9 + 1
+        + COINBASE_TAG_BYTES_MAX
+        + 1
+        + COINBASE_JOB_ID_BYTES
+        + 1
+        + EXTRANONCE1_BYTES
+        + EXTRANONCE2_BYTES
         <= COINBASE_SCRIPT_SIG_BYTES_MAX
 );
 
@@ -89,6 +98,7 @@ pub fn build_job(
     let (coinbase_prefix, coinbase_suffix) = coinbase_parts(
         template.height,
         coinbase_tag,
+        job_id,
         template.coinbasevalue,
         payout_script,
         witness_commitment.as_deref(),
@@ -121,11 +131,17 @@ pub fn build_job(
 }
 
 /// The coinbase without witness, split where the extranonce goes. Its scriptSig is
-/// `<height> <tag> <push 8: extranonce1 ‖ extranonce2>`, a valid script whose first push is
-/// the BIP34 height exactly as `CScript() << height` encodes it.
+/// `<height> <tag> <push 8: job id> <push 8: extranonce1 ‖ extranonce2>`, a valid script
+/// whose first push is the BIP34 height exactly as `CScript() << height` encodes it.
+///
+/// The job id makes every job's work its own: two jobs built from one template differ in
+/// their coinbase, so a share found on one is worthless on the other. A data plane that
+/// restarted relies on it (`otedama_dataplane::served_jobs`): the new job it is sent
+/// instead of one it may have served before takes none of the shares sent on that one.
 fn coinbase_parts(
     height: u64,
     tag: &[u8],
+    job_id: u64,
     value: u64,
     payout_script: &[u8],
     witness_commitment: Option<&[u8]>,
@@ -140,6 +156,8 @@ fn coinbase_parts(
         script_head.push(tag.len() as u8);
         script_head.extend_from_slice(tag);
     }
+    script_head.push(COINBASE_JOB_ID_BYTES as u8);
+    script_head.extend_from_slice(&job_id.to_le_bytes());
     script_head.push(extranonce_bytes as u8);
     let script_len = script_head.len() + extranonce_bytes;
     debug_assert!(script_len <= COINBASE_SCRIPT_SIG_BYTES_MAX);
@@ -215,6 +233,7 @@ mod tests {
             let (prefix, suffix) = coinbase_parts(
                 height,
                 b"/otedama/",
+                0x0102_0304_0506_0708,
                 5_000_000_000,
                 &payout,
                 Some(&commitment),
@@ -232,7 +251,10 @@ mod tests {
                 script_sig.starts_with(expected.as_bytes()),
                 "height {height}"
             );
-            assert!(script_sig.ends_with(&[8, 1, 2, 3, 4, 5, 6, 7, 8]));
+            assert!(script_sig.ends_with(&[
+                8, 8, 7, 6, 5, 4, 3, 2, 1, // the job id, little-endian
+                8, 1, 2, 3, 4, 5, 6, 7, 8 // the extranonce
+            ]));
             assert_eq!(tx.output[0].value.to_sat(), 5_000_000_000);
             assert_eq!(tx.output[0].script_pubkey.as_bytes(), &payout[..]);
             assert_eq!(tx.output[1].script_pubkey.as_bytes(), &commitment[..]);
@@ -242,7 +264,21 @@ mod tests {
     #[test]
     fn height_432_encodes_as_core_does() {
         // CScript() << 432 is a two-byte push: 0x02 0xb0 0x01.
-        let (prefix, _) = coinbase_parts(432, b"", 0, &[0x51], None);
-        assert_eq!(&prefix[41..45], &[12, 0x02, 0xb0, 0x01]);
+        let (prefix, _) = coinbase_parts(432, b"", 7, 0, &[0x51], None);
+        assert_eq!(&prefix[41..45], &[21, 0x02, 0xb0, 0x01]);
+    }
+
+    /// Two jobs built from one template differ in their coinbase, so their work differs:
+    /// a share found on one is worthless on the other.
+    #[test]
+    fn two_jobs_of_one_template_have_different_coinbases() {
+        let payout = [0x51];
+        let (first, suffix_first) =
+            coinbase_parts(432, b"/t/", 1_700_000_000_000, 50, &payout, None);
+        let (second, suffix_second) =
+            coinbase_parts(432, b"/t/", 1_700_000_000_001, 50, &payout, None);
+        assert_ne!(first, second);
+        assert_eq!(first.len(), second.len());
+        assert_eq!(suffix_first, suffix_second);
     }
 }

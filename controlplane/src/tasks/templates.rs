@@ -106,10 +106,74 @@ pub fn network_difficulty(bits_hex: &str, algorithm: otedama_kernels::Algorithm)
         .map_or(0.0, |target| target.to_difficulty(algorithm))
 }
 
+/// Builds jobs, stores them (and in cluster mode sends them to the job stream), and
+/// publishes them: a job no other control plane could rebuild a block from is never sent
+/// to miners.
+struct JobMaker<'a> {
+    config: &'a PoolConfig,
+    payout_script: Vec<u8>,
+    algorithm: AlgorithmName,
+    jobs: &'a JobStore,
+    state: &'a PoolState,
+    cluster: Option<&'a crate::service::NodeCluster>,
+    next_job_id: u64,
+}
+
+impl JobMaker<'_> {
+    /// Builds, stores and publishes a job of `template`; the error says why it was not
+    /// published.
+    fn make(&mut self, template: &BlockTemplate, clean: bool) -> Result<(), String> {
+        // Ids follow the wall clock (ms) as well as the store: in cluster mode a new
+        // leader must never reuse a former leader's ids (data planes hold jobs by id, and
+        // a block share names its job by id), and it takes over a lease term (20 s) after
+        // the former one's last job, whose record it has read (its clock may be behind the
+        // former leader's).
+        let stored_next = self
+            .jobs
+            .newest_job_id()
+            .ok()
+            .flatten()
+            .map_or(0, |id| id.saturating_add(1));
+        self.next_job_id = self.next_job_id.max(now_ms()).max(stored_next);
+        let job = build_job(
+            template,
+            self.next_job_id,
+            &self.payout_script,
+            self.config.coinbase_tag.as_bytes(),
+            clean,
+            self.algorithm,
+        )
+        .map_err(|error| format!("cannot build a job from the template: {error}"))?;
+        // On disk (and in the job stream) before any miner can find a block on it.
+        self.jobs.put(&job).map_err(|error| {
+            format!("cannot store the new job, so it is not sent to miners: {error}")
+        })?;
+        if let Some((_, publisher)) = self.cluster {
+            publisher
+                .publish(&job.job.job_id.to_string(), &JobStore::encode(&job))
+                .map_err(|error| {
+                    format!("the new job is not in the job stream, so it is not sent to miners: {error}")
+                })?;
+        }
+        tracing::info!(
+            job_id = self.next_job_id,
+            height = template.height,
+            clean,
+            txs = template.transactions.len(),
+            mweb = template.mweb.is_some(),
+            "new job"
+        );
+        self.next_job_id += 1;
+        self.state.publish_job(Arc::new(job));
+        Ok(())
+    }
+}
+
 /// Builds and publishes jobs from templates. Fetches on a trigger (a new best block or an
-/// accepted block) and every `template_refresh_s`. In cluster mode only the leader builds
-/// jobs, and each goes to the job stream before any miner has it (a standby must be able
-/// to rebuild a block found on it).
+/// accepted block) and every `template_refresh_s`; a data plane that links gets a new job
+/// of the newest template at once, without a fetch (`PoolState::request_fresh_job`). In
+/// cluster mode only the leader builds jobs, and each goes to the job stream before any
+/// miner has it (a standby must be able to rebuild a block found on it).
 pub(crate) fn template_loop(
     config: PoolConfig,
     rpc: RpcClient,
@@ -119,15 +183,23 @@ pub(crate) fn template_loop(
     cluster: Option<crate::service::NodeCluster>,
 ) {
     let params = config.coin_params();
-    let payout_script = config.payout_script().expect("validated at start");
-    let algorithm = algorithm_name(&config);
     // Ids continue after the stored ones, so one id never names two jobs.
     let stored_newest = jobs.newest_job_id().unwrap_or_else(|error| {
         tracing::error!(%error, "cannot read the newest stored job id");
         None
     });
-    let mut next_job_id = now_ms().max(stored_newest.map_or(0, |id| id + 1));
+    let mut maker = JobMaker {
+        config: &config,
+        payout_script: config.payout_script().expect("validated at start"),
+        algorithm: algorithm_name(&config),
+        jobs: &jobs,
+        state: &state,
+        cluster: cluster.as_ref(),
+        next_job_id: now_ms().max(stored_newest.map_or(0, |id| id.saturating_add(1))),
+    };
     let mut last: Option<TemplateKey> = None;
+    // The template of the newest job: a fresh job is built from it.
+    let mut newest_template: Option<BlockTemplate> = None;
     let mut fees = FeeHistory::default();
     let refresh = Duration::from_secs(config.template_refresh_s.max(1));
     let mut failed = false;
@@ -141,9 +213,21 @@ pub(crate) fn template_loop(
             .is_some_and(|(leadership, _)| !leadership.leads())
         {
             last = None;
+            newest_template = None;
             let _ = triggers.recv_timeout(Duration::from_millis(TEMPLATE_RETRY_AFTER_FAILURE_MS));
             while triggers.try_recv().is_ok() {}
             continue;
+        }
+        // A data plane linked: a new job of the newest template, now, whatever the node
+        // does (with no template yet, the first one's job is new to every link).
+        if state.take_fresh_job_request() {
+            if let Some(template) = &newest_template {
+                if let Err(error) = maker.make(template, false) {
+                    tracing::error!(%error, "no new job for a data plane that linked; trying again");
+                    state.keep_fresh_job_request();
+                    failed = true;
+                }
+            }
         }
         let fetched_at = Instant::now();
         let failed_before = std::mem::take(&mut failed);
@@ -179,55 +263,15 @@ pub(crate) fn template_loop(
                         .as_ref()
                         .is_some_and(|l| l.txids != key.txids || l.has_mweb != key.has_mweb);
                 if changed {
-                    // Ids follow the wall clock (ms) as well as the store: in cluster mode
-                    // a new leader must never reuse a former leader's ids (data planes hold
-                    // jobs by id, and a block share names its job by id), and it takes over
-                    // a lease term (20 s) after the former one's last job, whose record it
-                    // has read (its clock may be behind the former leader's).
-                    let stored_next = jobs
-                        .newest_job_id()
-                        .ok()
-                        .flatten()
-                        .map_or(0, |id| id.saturating_add(1));
-                    next_job_id = next_job_id.max(now_ms()).max(stored_next);
-                    match build_job(
-                        &template,
-                        next_job_id,
-                        &payout_script,
-                        config.coinbase_tag.as_bytes(),
-                        clean,
-                        algorithm,
-                    ) {
-                        // On disk before any miner can find a block on it; a job that
-                        // cannot be stored is not published (the next fetch tries again).
-                        Ok(job) => match jobs.put(&job).map_err(|e| e.to_string()).and_then(|()| {
-                            match &cluster {
-                                Some((_, publisher)) => publisher
-                                    .publish(&job.job.job_id.to_string(), &JobStore::encode(&job))
-                                    .map_err(|error| format!("not in the job stream: {error}")),
-                                None => Ok(()),
-                            }
-                        }) {
-                            Ok(()) => {
-                                tracing::info!(
-                                    job_id = next_job_id,
-                                    height = template.height,
-                                    clean,
-                                    txs = template.transactions.len(),
-                                    mweb = key.has_mweb,
-                                    "new job"
-                                );
-                                next_job_id += 1;
-                                state.publish_job(Arc::new(job));
-                                last = Some(key);
-                            }
-                            Err(error) => {
-                                failed = true;
-                                tracing::error!(%error, "cannot store the new job, so it is not sent to miners: a block found on it could not be rebuilt after a restart or a failover")
-                            }
-                        },
+                    // A job not published is tried again at the next fetch.
+                    match maker.make(&template, clean) {
+                        Ok(()) => {
+                            last = Some(key);
+                            newest_template = Some(template);
+                        }
                         Err(error) => {
-                            tracing::error!(%error, "cannot build a job from the template")
+                            failed = true;
+                            tracing::error!(%error, "no new job from the template")
                         }
                     }
                 }
@@ -288,13 +332,19 @@ pub(crate) fn algorithm_name(config: &PoolConfig) -> AlgorithmName {
     }
 }
 
-/// Publishes a synthetic block every `synthetic_job_interval_ms` (load tests only).
+/// Publishes a synthetic block every `synthetic_job_interval_ms` (load tests only), and
+/// a new job of the same block whenever one is asked for (`PoolState::request_fresh_job`).
 pub(crate) fn synthetic_loop(config: PoolConfig, state: Arc<PoolState>) {
     let payout_script = config.payout_script().expect("validated at start");
     let algorithm = algorithm_name(&config);
     let interval = Duration::from_millis(config.synthetic_job_interval_ms.max(1));
+    let (waker, woken) = crossbeam_channel::bounded(1);
+    state.wake_for_fresh_jobs(waker);
     let mut job_id = now_ms();
-    for sequence in 0.. {
+    let mut sequence = 0u64;
+    let mut next_block = Instant::now() + interval;
+    let mut new_block = true;
+    loop {
         let now = now_ms();
         // As the node's jobs: never below the wall clock (see `template_loop`).
         job_id = job_id.max(now);
@@ -305,7 +355,7 @@ pub(crate) fn synthetic_loop(config: PoolConfig, state: Arc<PoolState>) {
             job_id,
             &payout_script,
             tag.as_bytes(),
-            true,
+            new_block,
             algorithm,
         ) {
             Ok(job) => {
@@ -315,7 +365,19 @@ pub(crate) fn synthetic_loop(config: PoolConfig, state: Arc<PoolState>) {
             }
             Err(error) => tracing::error!(%error, "cannot build a synthetic job"),
         }
-        std::thread::sleep(interval);
+        // Until the next block is due, only a request for a new job wakes the loop.
+        new_block = loop {
+            let _ = woken.recv_timeout(next_block.saturating_duration_since(Instant::now()));
+            if Instant::now() >= next_block {
+                state.take_fresh_job_request();
+                sequence += 1;
+                next_block = Instant::now() + interval;
+                break true;
+            }
+            if state.take_fresh_job_request() {
+                break false;
+            }
+        };
     }
 }
 

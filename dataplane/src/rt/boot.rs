@@ -141,6 +141,10 @@ pub fn run_with_share_log(
     } else {
         config.cores.clone()
     };
+    // Read before any core runs: a restart must not serve the jobs served before it.
+    let served = crate::served_jobs::ServedJobs::load(crate::served_jobs::served_jobs_path(
+        &config.share_log_path,
+    ))?;
     match raise_open_files_limit() {
         Ok(limit) => tracing::info!(open_files_max = limit, "open-files limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
@@ -253,7 +257,7 @@ pub fn run_with_share_log(
         },
         None => crate::ipc::LinkTransport::Socket(config.ipc_socket.clone()),
     };
-    crate::ipc::start(transport, job_senders, upstream_rx, counters);
+    crate::ipc::start(transport, job_senders, upstream_rx, counters, served);
     tracing::info!(
         cores = ?cores,
         stratum_listen = ?config.stratum_listen,
