@@ -986,6 +986,23 @@ impl StratumTestClient {
         unreachable!("the nonce space holds a share at test difficulties")
     }
 
+    /// Finds a SHA256d nonce that meets the current difficulty on the current job.
+    pub fn mine_sha256d(&self, extranonce2: &[u8]) -> u32 {
+        let job = self.job.as_ref().expect("a job");
+        let target = otedama_kernels::Target::from_difficulty(
+            otedama_kernels::Algorithm::Sha256d,
+            self.difficulty,
+        )
+        .unwrap();
+        let mut header = job.header(&self.extranonce1, extranonce2, job.ntime, job.version);
+        (0u32..)
+            .find(|nonce| {
+                header[76..80].copy_from_slice(&nonce.to_le_bytes());
+                target.is_met_by(&otedama_kernels::sha256d::sha256d(&header))
+            })
+            .expect("the nonce space holds a share at test difficulties")
+    }
+
     /// Mines and submits one share on the current job; returns the reply.
     /// Submits `nonce` on the current job at its ntime (with rolled `version_bits`, the
     /// BIP310 sixth parameter, if given) and returns the reply.

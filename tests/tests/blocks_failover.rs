@@ -17,13 +17,11 @@ use serde_json::{json, Value};
 use otedama_tests::nats::NatsCluster;
 use otedama_tests::{ledger_total, wait_until, NodeKind, PoolSetup, Process, RegtestPair};
 
-/// About 650 scrypt hashes a share: blocks every second or so on a 2-core machine.
-const START_DIFFICULTY: f64 = 0.01;
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
-const COINBASE_MATURITY: u64 = 100;
+use payout_scenario::{ADMIN_TOKEN, COINBASE_MATURITY, START_DIFFICULTY};
+
 /// How long the standby may take to lead once the leader is killed: the lease's 20 s
 /// term, a pass, and room for a loaded machine.
-const TAKEOVER_S_MAX: u64 = 60;
+const TAKEOVER_S_MAX: u64 = 90;
 
 /// A pool role on the regtest node in the cluster as `name`, in its own data directory.
 fn role_setup(
@@ -33,34 +31,14 @@ fn role_setup(
     urls: &[String],
 ) -> PoolSetup {
     let mut setup = PoolSetup::new(nodes, &root.join(name), START_DIFFICULTY);
-    let token_file = root.join("admin-token");
-    setup.extra_args = [
-        "--payout-scheme",
-        "pplns",
-        "--pool-fee-percent",
-        "1",
-        "--coinbase-maturity",
-        &COINBASE_MATURITY.to_string(),
-        "--payout-interval-s",
-        "86400",
-        "--node-wallet",
-        "otedama",
-        "--pplns-window-factor",
-        "200000000",
-        "--cluster-host",
-        name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "--admin-token-file".into(),
-        token_file.display().to_string(),
-    ])
-    .chain(
-        urls.iter()
-            .flat_map(|url| ["--nats-url".to_string(), url.clone()]),
-    )
-    .collect();
+    setup.extra_args = payout_scenario::payout_flags("pplns", &root.join("admin-token"))
+        .into_iter()
+        .chain(["--cluster-host".to_string(), name.to_string()])
+        .chain(
+            urls.iter()
+                .flat_map(|url| ["--nats-url".to_string(), url.clone()]),
+        )
+        .collect();
     setup.log_file = Some(root.join(format!("{name}.log")));
     setup
 }

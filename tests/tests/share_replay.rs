@@ -19,23 +19,6 @@ use otedama_tests::{
     StratumTestClient, EASY_SHARE_FLAGS, SYNTHETIC_PAYOUT_ADDRESS,
 };
 
-/// A nonce that makes a SHA256d share at the client's difficulty on its current job.
-fn sha256d_share(client: &StratumTestClient, extranonce2: &[u8]) -> u32 {
-    let job = client.job.as_ref().expect("a job");
-    let target = otedama_kernels::Target::from_difficulty(
-        otedama_kernels::Algorithm::Sha256d,
-        client.difficulty,
-    )
-    .unwrap();
-    let mut header = job.header(&client.extranonce1, extranonce2, job.ntime, job.version);
-    (0u32..)
-        .find(|nonce| {
-            header[76..80].copy_from_slice(&nonce.to_le_bytes());
-            target.is_met_by(&otedama_kernels::sha256d::sha256d(&header))
-        })
-        .expect("the nonce space holds a share at test difficulties")
-}
-
 #[test]
 fn a_restarted_data_plane_takes_no_share_again_on_a_job_it_served_before() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,7 +31,7 @@ fn a_restarted_data_plane_takes_no_share_again_on_a_job_it_served_before() {
     before.start(&worker).unwrap();
     let served = before.job.clone().unwrap();
     let extranonce2 = vec![7u8; before.extranonce2_size];
-    let nonce = sha256d_share(&before, &extranonce2);
+    let nonce = before.mine_sha256d(&extranonce2);
     let reply = before
         .submit_nonce(&worker, &extranonce2, nonce, None)
         .unwrap();
@@ -87,7 +70,7 @@ fn a_restarted_data_plane_takes_no_share_again_on_a_job_it_served_before() {
     assert_eq!(replay["result"], json!(null), "{replay}");
     assert_eq!(replay["error"][0], json!(21), "job not found: {replay}");
     // The new job takes shares; the history holds the first share and this one only.
-    let nonce = sha256d_share(&after, &extranonce2);
+    let nonce = after.mine_sha256d(&extranonce2);
     let reply = after
         .submit_nonce(&worker, &extranonce2, nonce, None)
         .unwrap();

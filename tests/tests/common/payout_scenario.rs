@@ -125,32 +125,10 @@ fn start_full(
     if let Some(proxy) = &proxy {
         pool.rpc_url = proxy.url();
     }
-    pool.extra_args = [
-        "--payout-scheme",
-        scheme,
-        "--pool-fee-percent",
-        "1",
-        "--coinbase-maturity",
-        &COINBASE_MATURITY.to_string(),
-        "--payout-interval-s",
-        "86400",
-        "--payout-min",
-        "0.001",
-        "--node-wallet",
-        "otedama",
-        // Regtest's network difficulty is ~5e-10: a window of a few shares needs a factor
-        // far above mainnet's 2.
-        "--pplns-window-factor",
-        "200000000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "--admin-token-file".into(),
-        token_file.display().to_string(),
-    ])
-    .chain(extra_args.iter().map(|s| s.to_string()))
-    .collect();
+    pool.extra_args = payout_flags(scheme, &token_file)
+        .into_iter()
+        .chain(extra_args.iter().map(|s| s.to_string()))
+        .collect();
     pool.env = vec![(
         "OTEDAMA_FAULT_FILE".into(),
         fault_file.display().to_string(),
@@ -168,6 +146,38 @@ fn start_full(
         },
         run,
     ))
+}
+
+/// The flags every payout scenario's pool runs with: `scheme`, a 1 % fee,
+/// `COINBASE_MATURITY`, no scheduled payout (the tests ask for each), the node wallet
+/// `POOL_WALLET`, a PPLNS window wide enough for regtest and the admin token in
+/// `token_file`.
+pub fn payout_flags(scheme: &str, token_file: &std::path::Path) -> Vec<String> {
+    [
+        "--payout-scheme",
+        scheme,
+        "--pool-fee-percent",
+        "1",
+        "--coinbase-maturity",
+        &COINBASE_MATURITY.to_string(),
+        "--payout-interval-s",
+        "86400",
+        "--payout-min",
+        "0.001",
+        "--node-wallet",
+        POOL_WALLET,
+        // Regtest's network difficulty is ~5e-10: a window of a few shares needs a factor
+        // far above mainnet's 2.
+        "--pplns-window-factor",
+        "200000000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--admin-token-file".into(),
+        token_file.display().to_string(),
+    ])
+    .collect()
 }
 
 impl Scenario {
