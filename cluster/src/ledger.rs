@@ -9,6 +9,11 @@
 //! applies them in order (`Ledger::apply_replicated`); the leader does the same before
 //! each pass, so it always writes after the last write in the stream.
 //!
+//! A write larger than one message goes in chunks at consecutive positions, each fenced
+//! the same way; readers put them back together (`LedgerChunks`) and apply the write at
+//! its last chunk's position, or, if anything stands between its chunks, void it (every
+//! reader alike, since all read the same stream in the same order).
+//!
 //! The stream must hold nothing but ledger writes: its positions are the ledger's.
 
 use std::sync::mpsc;
@@ -22,15 +27,127 @@ pub const LEDGER_STREAM: &str = "OTEDAMA_LEDGER";
 const LEDGER_SUBJECT: &str = "otedama.ledger";
 /// How long one request to the stream may take.
 pub const LEDGER_REQUEST_TIMEOUT_MS: u64 = 10_000;
-/// Bytes of one ledger write at most: under NATS's default 1 MiB message limit. A write
-/// over it (a block credit to thousands of accounts at once) is refused whole, with this
-/// error, rather than half made; raise the servers' `max_payload` for such pools.
-pub const LEDGER_WRITE_BYTES_MAX: usize = 1024 * 1024 - 4096;
-/// Writes read per request at most when catching up.
+/// Bytes of one stream message at most: half NATS's default 1 MiB message limit. A
+/// larger write (a block credited to tens of thousands of accounts at once) goes in
+/// chunks of this size, each in the next position (`LedgerChunks`): a write whose chunks
+/// are not all in a row, one after another, is void for every reader alike.
+pub const LEDGER_CHUNK_BYTES: usize = 512 * 1024;
+/// Chunks of one write at most (256 MiB).
+pub const LEDGER_CHUNKS_MAX: usize = 512;
+/// Messages read per request at most when catching up.
 pub const LEDGER_WRITES_PER_FETCH_MAX: usize = 1_024;
+/// The header of a chunk of a chunked write: `INDEX/COUNT`. A message without it is a
+/// whole write.
+const CHUNK_HEADER: &str = "Otedama-Chunk";
+/// The header of a message that voids the chunked write left unfinished before it (a
+/// writer that failed or died between its chunks).
+const VOID_HEADER: &str = "Otedama-Void";
 
-/// Ledger writes with their stream positions, in order.
-pub type Writes = Vec<(u64, Vec<u8>)>;
+/// One message of the ledger stream, as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerMessage {
+    pub position: u64,
+    pub kind: MessageKind,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    Whole,
+    Chunk {
+        index: usize,
+        count: usize,
+    },
+    /// Voids the unfinished chunked write before it.
+    Void,
+}
+
+/// Ledger stream messages, in order.
+pub type Writes = Vec<LedgerMessage>;
+
+/// What a reader does with the stream, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Apply this write at this position.
+    Apply { position: u64, batch: Vec<u8> },
+    /// Nothing to apply up to this position (a void write, a marker).
+    Skip { through: u64 },
+}
+
+/// Puts chunked writes back together. Every reader reads the same messages in the same
+/// order, so every reader makes the same writes and voids the same ones: a chunked write
+/// counts only if its chunks come one after another from index 0 to the last, with
+/// nothing between them; anything else that comes first voids it.
+#[derive(Default)]
+pub struct LedgerChunks {
+    /// The chunks read so far of the write in progress: its count, and (position,
+    /// payload) of each.
+    partial: Option<(usize, Vec<PlacedChunk>)>,
+}
+
+/// A chunk read, with its stream position.
+type PlacedChunk = (u64, Vec<u8>);
+
+impl LedgerChunks {
+    /// The steps `message` makes.
+    pub fn take(&mut self, message: LedgerMessage) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let continues = match (&self.partial, message.kind) {
+            (Some((count, chunks)), MessageKind::Chunk { index, count: of }) => {
+                of == *count
+                    && index == chunks.len()
+                    && chunks
+                        .last()
+                        .is_some_and(|(last, _)| message.position == last + 1)
+            }
+            _ => false,
+        };
+        if !continues {
+            if let Some((_, chunks)) = self.partial.take() {
+                let through = chunks.last().map_or(0, |(position, _)| *position);
+                steps.push(Step::Skip { through });
+            }
+        }
+        match message.kind {
+            MessageKind::Whole => steps.push(Step::Apply {
+                position: message.position,
+                batch: message.payload,
+            }),
+            MessageKind::Void => steps.push(Step::Skip {
+                through: message.position,
+            }),
+            MessageKind::Chunk { index, count } => {
+                if continues {
+                    let (_, chunks) = self.partial.as_mut().expect("continues");
+                    chunks.push((message.position, message.payload));
+                } else if index == 0 && count >= 2 {
+                    self.partial = Some((count, vec![(message.position, message.payload)]));
+                } else {
+                    // A chunk of a write whose start was voided or never seen.
+                    steps.push(Step::Skip {
+                        through: message.position,
+                    });
+                }
+                if self
+                    .partial
+                    .as_ref()
+                    .is_some_and(|(count, chunks)| chunks.len() == *count)
+                {
+                    let (_, chunks) = self.partial.take().expect("complete");
+                    let position = chunks.last().map_or(0, |(position, _)| *position);
+                    let batch = chunks.into_iter().flat_map(|(_, chunk)| chunk).collect();
+                    steps.push(Step::Apply { position, batch });
+                }
+            }
+        }
+        steps
+    }
+
+    /// Whether a chunked write is unfinished at the end of what was read.
+    pub fn unfinished(&self) -> bool {
+        self.partial.is_some()
+    }
+}
 
 enum Request {
     Replicate {
@@ -38,6 +155,8 @@ enum Request {
         after: u64,
         reply: mpsc::Sender<Result<u64, String>>,
         deadline: Instant,
+        /// Chunks sent at most: all but in fault-injection tests.
+        chunks_max: usize,
     },
     Fetch {
         after: u64,
@@ -91,6 +210,20 @@ impl LedgerStream {
             after,
             reply,
             deadline,
+            chunks_max: usize::MAX,
+        })
+    }
+
+    /// Fault injection for tests: appends only the first `chunks` chunks of `batch`, as a
+    /// writer killed between two chunks leaves it, and fails.
+    #[doc(hidden)]
+    pub fn append_cut_short(&self, batch: &[u8], after: u64, chunks: usize) -> Result<u64, String> {
+        self.ask(|reply, deadline| Request::Replicate {
+            batch: batch.to_vec(),
+            after,
+            reply,
+            deadline,
+            chunks_max: chunks,
         })
     }
 
@@ -127,43 +260,61 @@ pub fn catch_up_shared(
     stream: &LedgerStream,
     ledger: &std::sync::Mutex<otedama_ledger::ledger::Ledger>,
 ) -> anyhow::Result<usize> {
-    let mut applied = 0;
-    loop {
-        let position = ledger.lock().expect("ledger lock").replica_position()?;
-        let writes = stream
-            .after(position)
-            .map_err(|error| anyhow::anyhow!("reading the ledger stream: {error}"))?;
-        if writes.is_empty() {
-            return Ok(applied);
-        }
-        let mut ledger = ledger.lock().expect("ledger lock");
-        for (position, write) in writes {
-            if ledger.apply_replicated(&write, position)? {
-                applied += 1;
-            }
-        }
-    }
+    let start = ledger.lock().expect("ledger lock").replica_position()?;
+    follow(stream, start, |steps| {
+        apply_steps(&mut ledger.lock().expect("ledger lock"), steps)
+    })
 }
 
-/// Applies every write of the stream after the ledger's own position; how many.
+/// Applies every write of the stream after the ledger's own position; how many. A chunked
+/// write still unfinished at the stream's end is left for a later call.
 pub fn catch_up(
     stream: &LedgerStream,
     ledger: &mut otedama_ledger::ledger::Ledger,
 ) -> anyhow::Result<usize> {
-    let mut applied = 0;
+    let start = ledger.replica_position()?;
+    follow(stream, start, |steps| apply_steps(ledger, steps))
+}
+
+/// Reads the stream after `start` to its end, handing each batch of steps to `apply`.
+fn follow(
+    stream: &LedgerStream,
+    start: u64,
+    mut apply: impl FnMut(Vec<Step>) -> anyhow::Result<usize>,
+) -> anyhow::Result<usize> {
+    let (mut chunks, mut read_through, mut applied) = (LedgerChunks::default(), start, 0);
     loop {
-        let writes = stream
-            .after(ledger.replica_position()?)
+        let messages = stream
+            .after(read_through)
             .map_err(|error| anyhow::anyhow!("reading the ledger stream: {error}"))?;
-        if writes.is_empty() {
+        let Some(last) = messages.last() else {
             return Ok(applied);
-        }
-        for (position, write) in writes {
-            if ledger.apply_replicated(&write, position)? {
-                applied += 1;
+        };
+        read_through = last.position;
+        let steps: Vec<Step> = messages
+            .into_iter()
+            .flat_map(|message| chunks.take(message))
+            .collect();
+        applied += apply(steps)?;
+    }
+}
+
+fn apply_steps(
+    ledger: &mut otedama_ledger::ledger::Ledger,
+    steps: Vec<Step>,
+) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    for step in steps {
+        match step {
+            Step::Apply { position, batch } => {
+                if ledger.apply_replicated(&batch, position)? {
+                    applied += 1;
+                }
             }
+            Step::Skip { through } => ledger.skip_replicated(through)?,
         }
     }
+    Ok(applied)
 }
 
 async fn serve(
@@ -197,20 +348,22 @@ async fn serve(
                 batch,
                 after,
                 reply,
-                ..
+                deadline,
+                chunks_max,
             } => {
-                let result = match append(context, &batch, after).await {
-                    Ok(position) => Ok(position),
-                    // The outcome is unknown (no acknowledgement) or a refusal: the write
-                    // is ours only if the stream holds these very bytes right after
-                    // `after`. Otherwise it was not taken, or someone else's was.
-                    Err(error) => match handle.get_raw_message(after + 1).await {
-                        Ok(message) if message.payload.as_ref() == batch.as_slice() => {
-                            Ok(message.sequence)
+                let result =
+                    match append(context, handle, &batch, after, deadline, chunks_max).await {
+                        Ok(position) => Ok(position),
+                        // A fault injected: the cut-short write stays as a killed writer leaves it.
+                        Err(error) if chunks_max != usize::MAX => Err(error),
+                        Err(error) => {
+                            // Refused: if what stands after `after` is a chunked write left
+                            // unfinished (its writer failed or died between chunks), it is
+                            // voided, so that the next try, after a catch-up, can write.
+                            void_unfinished(context, handle, after).await;
+                            Err(error)
                         }
-                        _ => Err(error),
-                    },
-                };
+                    };
                 let _ = reply.send(result);
             }
             Request::Fetch {
@@ -255,20 +408,69 @@ async fn open(
     Ok((context, stream))
 }
 
-async fn append(context: &jetstream::Context, batch: &[u8], after: u64) -> Result<u64, String> {
-    if batch.len() > LEDGER_WRITE_BYTES_MAX {
+/// Appends `batch` right after position `after`: whole, or in `LEDGER_CHUNK_BYTES` chunks
+/// at the positions after it, each only if the stream's last position is the one before
+/// it, and only before `deadline`. A chunk whose acknowledgement was lost is ours if the
+/// stream holds its very bytes at its position. The write's position is its last
+/// message's.
+async fn append(
+    context: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
+    batch: &[u8],
+    after: u64,
+    deadline: Instant,
+    chunks_max: usize,
+) -> Result<u64, String> {
+    let chunks: Vec<&[u8]> = if batch.len() <= LEDGER_CHUNK_BYTES {
+        vec![batch]
+    } else {
+        batch.chunks(LEDGER_CHUNK_BYTES).collect()
+    };
+    if chunks.len() > LEDGER_CHUNKS_MAX {
         return Err(format!(
-            "a ledger write of {} bytes is over the stream's {LEDGER_WRITE_BYTES_MAX}-byte limit",
+            "a ledger write of {} bytes is over the stream's {LEDGER_CHUNKS_MAX} chunks of {LEDGER_CHUNK_BYTES} bytes",
             batch.len()
         ));
     }
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
-        after.to_string().as_str(),
-    );
+    let count = chunks.len();
+    let mut position = after;
+    for (index, chunk) in chunks.into_iter().enumerate() {
+        // Nothing is sent after the caller was told it failed: a write cut short here is
+        // void for every reader.
+        if index > 0 && Instant::now() >= deadline {
+            return Err("the caller's wait ran out between the chunks of a ledger write".into());
+        }
+        if index >= chunks_max {
+            return Err(format!(
+                "cut short after {chunks_max} chunks (fault injection)"
+            ));
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+            position.to_string().as_str(),
+        );
+        if count > 1 {
+            headers.insert(CHUNK_HEADER, format!("{index}/{count}").as_str());
+        }
+        position = match publish(context, headers, chunk).await {
+            Ok(sequence) => sequence,
+            Err(error) => match stream.get_raw_message(position + 1).await {
+                Ok(message) if message.payload.as_ref() == chunk => message.sequence,
+                _ => return Err(error),
+            },
+        };
+    }
+    Ok(position)
+}
+
+async fn publish(
+    context: &jetstream::Context,
+    headers: async_nats::HeaderMap,
+    payload: &[u8],
+) -> Result<u64, String> {
     let ack = context
-        .publish_with_headers(LEDGER_SUBJECT, headers, Bytes::copy_from_slice(batch))
+        .publish_with_headers(LEDGER_SUBJECT, headers, Bytes::copy_from_slice(payload))
         .await
         .map_err(|error| format!("sending a ledger write: {error}"))?;
     let ack = tokio::time::timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS), ack)
@@ -278,6 +480,51 @@ async fn append(context: &jetstream::Context, batch: &[u8], after: u64) -> Resul
     Ok(ack.sequence)
 }
 
+/// If the stream after `after` holds nothing but the first chunks of one chunked write,
+/// without its last, appends a void marker after them (only if nothing came since), so
+/// every reader voids that write and the ledger's writer can go on.
+async fn void_unfinished(
+    context: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
+    after: u64,
+) {
+    let Ok(messages) = fetch(stream, after).await else {
+        return;
+    };
+    // The first chunks of one write, in a row from `after + 1`, and nothing else.
+    let unfinished = match messages.first().map(|first| first.kind) {
+        Some(MessageKind::Chunk { count, .. }) => {
+            messages.len() < count
+                && messages.iter().enumerate().all(|(index, message)| {
+                    message.kind == MessageKind::Chunk { index, count }
+                        && message.position == after + 1 + index as u64
+                })
+        }
+        _ => false,
+    };
+    let Some(last) = messages.last().map(|message| message.position) else {
+        return;
+    };
+    if !unfinished {
+        return;
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        last.to_string().as_str(),
+    );
+    headers.insert(VOID_HEADER, "1");
+    match publish(context, headers, &[]).await {
+        Ok(position) => {
+            tracing::warn!(
+                position,
+                "a chunked ledger write left unfinished was voided"
+            )
+        }
+        Err(error) => tracing::warn!(%error, "could not void an unfinished ledger write"),
+    }
+}
+
 async fn fetch(stream: &jetstream::stream::Stream, after: u64) -> Result<Writes, String> {
     let mut writes = Vec::new();
     let mut next = after + 1;
@@ -285,7 +532,7 @@ async fn fetch(stream: &jetstream::stream::Stream, after: u64) -> Result<Writes,
     while writes.len() < LEDGER_WRITES_PER_FETCH_MAX && Instant::now() < budget {
         match stream.get_raw_message(next).await {
             Ok(message) => {
-                writes.push((message.sequence, message.payload.to_vec()));
+                writes.push(ledger_message(&message));
                 next = message.sequence + 1;
             }
             Err(error)
@@ -297,4 +544,166 @@ async fn fetch(stream: &jetstream::stream::Stream, after: u64) -> Result<Writes,
         }
     }
     Ok(writes)
+}
+
+/// A stream message as the ledger's readers take it: a chunk header that does not parse
+/// makes it a chunk of nothing, which voids what it interrupts and is skipped.
+fn ledger_message(message: &jetstream::message::StreamMessage) -> LedgerMessage {
+    let header = |name: &str| {
+        message
+            .headers
+            .get(name)
+            .map(|value| AsRef::<str>::as_ref(value).to_string())
+    };
+    let kind = if header(VOID_HEADER).is_some() {
+        MessageKind::Void
+    } else if let Some(chunk) = header(CHUNK_HEADER) {
+        chunk
+            .split_once('/')
+            .and_then(|(index, count)| Some((index.parse().ok()?, count.parse().ok()?)))
+            .filter(|(index, count): &(usize, usize)| {
+                *index < *count && (2..=LEDGER_CHUNKS_MAX).contains(count)
+            })
+            .map_or(
+                MessageKind::Chunk { index: 1, count: 0 },
+                |(index, count)| MessageKind::Chunk { index, count },
+            )
+    } else {
+        MessageKind::Whole
+    };
+    LedgerMessage {
+        position: message.sequence,
+        kind,
+        payload: message.payload.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(position: u64, kind: MessageKind, payload: &[u8]) -> LedgerMessage {
+        LedgerMessage {
+            position,
+            kind,
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn chunk(position: u64, index: usize, count: usize, payload: &[u8]) -> LedgerMessage {
+        message(position, MessageKind::Chunk { index, count }, payload)
+    }
+
+    fn steps(messages: Vec<LedgerMessage>) -> Vec<Step> {
+        let mut chunks = LedgerChunks::default();
+        messages
+            .into_iter()
+            .flat_map(|message| chunks.take(message))
+            .collect()
+    }
+
+    /// A chunked write whose chunks come in a row is applied whole, at its last chunk's
+    /// position; whole writes around it are applied as they are.
+    #[test]
+    fn chunks_in_a_row_make_one_write() {
+        assert_eq!(
+            steps(vec![
+                message(1, MessageKind::Whole, b"a"),
+                chunk(2, 0, 3, b"bb"),
+                chunk(3, 1, 3, b"cc"),
+                chunk(4, 2, 3, b"d"),
+                message(5, MessageKind::Whole, b"e"),
+            ]),
+            vec![
+                Step::Apply {
+                    position: 1,
+                    batch: b"a".to_vec()
+                },
+                Step::Apply {
+                    position: 4,
+                    batch: b"bbccd".to_vec()
+                },
+                Step::Apply {
+                    position: 5,
+                    batch: b"e".to_vec()
+                },
+            ]
+        );
+    }
+
+    /// A chunked write interrupted (by another write, a void marker, a new write's first
+    /// chunk) is void, and so is a chunk of it that comes after: every reader, reading
+    /// the same stream, voids the same writes.
+    #[test]
+    fn an_interrupted_chunked_write_is_void_for_every_reader() {
+        assert_eq!(
+            steps(vec![
+                chunk(1, 0, 3, b"x"),
+                chunk(2, 1, 3, b"y"),
+                message(3, MessageKind::Whole, b"w"),
+                chunk(4, 2, 3, b"z"),
+            ]),
+            vec![
+                Step::Skip { through: 2 },
+                Step::Apply {
+                    position: 3,
+                    batch: b"w".to_vec()
+                },
+                Step::Skip { through: 4 },
+            ]
+        );
+        assert_eq!(
+            steps(vec![
+                chunk(1, 0, 2, b"x"),
+                message(2, MessageKind::Void, b""),
+                chunk(3, 0, 2, b"p"),
+                chunk(4, 1, 2, b"q"),
+            ]),
+            vec![
+                Step::Skip { through: 1 },
+                Step::Skip { through: 2 },
+                Step::Apply {
+                    position: 4,
+                    batch: b"pq".to_vec()
+                },
+            ]
+        );
+        // A new write's first chunk interrupts the last one.
+        assert_eq!(
+            steps(vec![
+                chunk(1, 0, 2, b"x"),
+                chunk(2, 0, 2, b"p"),
+                chunk(3, 1, 2, b"q")
+            ]),
+            vec![
+                Step::Skip { through: 1 },
+                Step::Apply {
+                    position: 3,
+                    batch: b"pq".to_vec()
+                },
+            ]
+        );
+    }
+
+    /// Chunks out of order, of another count, or unreadable are never put together.
+    #[test]
+    fn stray_chunks_are_skipped() {
+        assert_eq!(
+            steps(vec![
+                chunk(1, 1, 2, b"late"),
+                chunk(2, 0, 2, b"a"),
+                chunk(3, 1, 3, b"other count"),
+                message(4, MessageKind::Chunk { index: 1, count: 0 }, b"unreadable"),
+            ]),
+            vec![
+                Step::Skip { through: 1 },
+                Step::Skip { through: 2 },
+                Step::Skip { through: 3 },
+                Step::Skip { through: 4 },
+            ]
+        );
+        let mut chunks = LedgerChunks::default();
+        assert!(chunks.take(chunk(7, 0, 2, b"a")).is_empty());
+        assert!(chunks.unfinished(), "left for a later read");
+    }
 }

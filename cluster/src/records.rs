@@ -441,6 +441,7 @@ impl Follower {
             // A stream made again (or the first read): its positions are new.
             self.position = Position { epoch, sequence: 0 };
             self.in_part.clear();
+            self.newest_term = 0;
         }
         let filter = format!("{}.>", self.kind.prefix());
         let mut saved = self.position;
@@ -472,6 +473,7 @@ impl Follower {
                             tracing::warn!(stream = self.kind.stream(), position = self.position.sequence, last = info.state.last_sequence, "the record stream is behind this follower (made again, or its tail lost): reading it again from its start");
                             self.position = Position { epoch, sequence: 0 };
                             self.in_part.clear();
+                            self.newest_term = 0;
                             self.save_position()?;
                             saved = self.position;
                             continue;

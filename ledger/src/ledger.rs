@@ -382,6 +382,22 @@ impl Ledger {
         Ok(true)
     }
 
+    /// A standby's step past stream positions that hold no write to apply (a chunked
+    /// write voided, a marker): the position moves on, so the next write follows them.
+    pub fn skip_replicated(&mut self, through: u64) -> Result<(), LedgerError> {
+        if through <= self.replica_position()? {
+            return Ok(());
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.put_opt(
+            REPLICA_POSITION_KEY,
+            serde_json::to_vec(&through)?,
+            &options,
+        )?;
+        Ok(())
+    }
+
     /// Every ledger write: replicated first in cluster mode (with its position stored in
     /// the same write), then written and synced.
     fn write(&mut self, mut batch: WriteBatch) -> Result<(), LedgerError> {

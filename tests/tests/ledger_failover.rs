@@ -3,7 +3,8 @@
 //! its ledger, each write first made durable in the replicated ledger stream; the standby
 //! applies the same writes and holds the same ledger; when the leader lets go, the
 //! standby leads and writes on from the stream's last write, and the former leader can
-//! no longer write. One NATS server is killed on the way.
+//! no longer write. One NATS server is killed on the way. A write far over one NATS
+//! message goes in chunks and is applied whole.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,5 +141,61 @@ fn the_standby_holds_the_leaders_ledger_and_takes_over_without_a_write_lost_or_d
         total,
         (100..120).sum::<u64>() + (20..25).sum::<u64>(),
         "each credit once"
+    );
+
+    // A write far over one NATS message (a block credited to 40,000 accounts) goes in
+    // chunks at consecutive positions, and the follower applies it whole.
+    let credits: BTreeMap<String, u64> = (0..40_000u64)
+        .map(|index| (format!("miner-{index:05}"), 1 + index))
+        .collect();
+    b.catch_up();
+    let before = b.state().2;
+    b.ledger
+        .credit_block_round("blk-big", &credits, None)
+        .unwrap();
+    let after = b.state().2;
+    eprintln!(
+        "a credit to 40,000 accounts took stream positions {} to {after}",
+        before + 1
+    );
+    assert!(
+        after > before + 1,
+        "the write went in chunks: positions {before} to {after}"
+    );
+    a.catch_up();
+    assert_eq!(a.state(), b.state(), "the follower holds the chunked write");
+    let total: u64 = a
+        .ledger
+        .all_balances()
+        .unwrap()
+        .values()
+        .map(|balances| balances.immature)
+        .sum();
+    assert_eq!(
+        total,
+        (100..120).sum::<u64>() + (20..25).sum::<u64>() + (1..=40_000).sum::<u64>(),
+        "the chunked credit once, whole"
+    );
+
+    // A writer killed between two chunks of a write (injected: only the first 2 of its 4
+    // chunks reach the stream) leaves it unfinished. Neither control plane applies any
+    // of it (its bytes are not even a write batch); the leader's next write voids it and
+    // goes on; the follower voids it too and holds the same ledger.
+    b.catch_up();
+    let position = b.state().2;
+    let cut = b
+        .stream
+        .append_cut_short(&vec![0xEE; 4 * 512 * 1024], position, 2);
+    assert!(cut.is_err(), "{cut:?}");
+    b.credit("blk-after-cut", "miner-2", 9);
+    a.catch_up();
+    assert_eq!(a.state(), b.state(), "both voided the unfinished write");
+    assert!(
+        b.state().2 >= position + 4,
+        "past the two chunks, the void marker and the next write"
+    );
+    assert_eq!(
+        b.ledger.all_balances().unwrap()["miner-2"].immature,
+        (20..25).sum::<u64>() + 9
     );
 }
