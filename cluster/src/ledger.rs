@@ -34,6 +34,8 @@ pub const LEDGER_REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const LEDGER_CHUNK_BYTES: usize = 512 * 1024;
 /// Chunks of one write at most (256 MiB).
 pub const LEDGER_CHUNKS_MAX: usize = 512;
+/// How much longer a caller waits for each chunk of a large write after the first.
+pub const LEDGER_CHUNK_WAIT_MS: u64 = 2_000;
 /// Messages read per request at most when catching up.
 pub const LEDGER_WRITES_PER_FETCH_MAX: usize = 1_024;
 /// The header of a chunk of a chunked write: `INDEX/COUNT`. A message without it is a
@@ -42,6 +44,11 @@ const CHUNK_HEADER: &str = "Otedama-Chunk";
 /// The header of a message that voids the chunked write left unfinished before it (a
 /// writer that failed or died between its chunks).
 const VOID_HEADER: &str = "Otedama-Void";
+
+/// Messages a write of `bytes` bytes takes.
+fn chunk_count(bytes: usize) -> usize {
+    bytes.div_ceil(LEDGER_CHUNK_BYTES).max(1)
+}
 
 /// One message of the ledger stream, as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,29 +195,35 @@ impl LedgerStream {
         Ok(LedgerStream { requests })
     }
 
+    /// Sends a request and waits for its answer: `LEDGER_CALLER_WAIT_MS`, and
+    /// `LEDGER_CHUNK_WAIT_MS` more for each chunk after the first of a large write.
     fn ask<T>(
         &self,
+        extra_chunks: usize,
         request: impl FnOnce(mpsc::Sender<Result<T, String>>, Instant) -> Request,
     ) -> Result<T, String> {
         let (reply, answer) = mpsc::channel();
+        let wait_ms = LEDGER_CALLER_WAIT_MS + extra_chunks as u64 * LEDGER_CHUNK_WAIT_MS;
         // The thread gives up on it a second before the caller does.
-        let deadline = Instant::now() + Duration::from_millis(LEDGER_CALLER_WAIT_MS - 1_000);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms - 1_000);
         self.requests
             .send(request(reply, deadline))
             .map_err(|_| "the ledger stream's thread has ended".to_string())?;
         answer
-            .recv_timeout(Duration::from_millis(LEDGER_CALLER_WAIT_MS))
+            .recv_timeout(Duration::from_millis(wait_ms))
             .map_err(|_| "no answer from the ledger stream".to_string())?
     }
 
     /// Appends `batch` if the stream's last write is at `after`; its position.
     pub fn append(&self, batch: &[u8], after: u64) -> Result<u64, String> {
-        self.ask(|reply, deadline| Request::Replicate {
-            batch: batch.to_vec(),
-            after,
-            reply,
-            deadline,
-            chunks_max: usize::MAX,
+        self.ask(chunk_count(batch.len()) - 1, |reply, deadline| {
+            Request::Replicate {
+                batch: batch.to_vec(),
+                after,
+                reply,
+                deadline,
+                chunks_max: usize::MAX,
+            }
         })
     }
 
@@ -218,19 +231,21 @@ impl LedgerStream {
     /// writer killed between two chunks leaves it, and fails.
     #[doc(hidden)]
     pub fn append_cut_short(&self, batch: &[u8], after: u64, chunks: usize) -> Result<u64, String> {
-        self.ask(|reply, deadline| Request::Replicate {
-            batch: batch.to_vec(),
-            after,
-            reply,
-            deadline,
-            chunks_max: chunks,
+        self.ask(chunk_count(batch.len()) - 1, |reply, deadline| {
+            Request::Replicate {
+                batch: batch.to_vec(),
+                after,
+                reply,
+                deadline,
+                chunks_max: chunks,
+            }
         })
     }
 
     /// The writes after position `after`, in order, up to `LEDGER_WRITES_PER_FETCH_MAX`
     /// or what `LEDGER_FETCH_BUDGET_MS` allows.
     pub fn after(&self, after: u64) -> Result<Writes, String> {
-        self.ask(|reply, deadline| Request::Fetch {
+        self.ask(0, |reply, deadline| Request::Fetch {
             after,
             reply,
             deadline,
@@ -421,7 +436,7 @@ async fn append(
     deadline: Instant,
     chunks_max: usize,
 ) -> Result<u64, String> {
-    let chunks: Vec<&[u8]> = if batch.len() <= LEDGER_CHUNK_BYTES {
+    let chunks: Vec<&[u8]> = if chunk_count(batch.len()) == 1 {
         vec![batch]
     } else {
         batch.chunks(LEDGER_CHUNK_BYTES).collect()
@@ -435,8 +450,8 @@ async fn append(
     let count = chunks.len();
     let mut position = after;
     for (index, chunk) in chunks.into_iter().enumerate() {
-        // Nothing is sent after the caller was told it failed: a write cut short here is
-        // void for every reader.
+        // Nothing is sent after the caller's wait: a write cut short here is void for
+        // every reader.
         if index > 0 && Instant::now() >= deadline {
             return Err("the caller's wait ran out between the chunks of a ledger write".into());
         }
@@ -455,13 +470,43 @@ async fn append(
         }
         position = match publish(context, headers, chunk).await {
             Ok(sequence) => sequence,
-            Err(error) => match stream.get_raw_message(position + 1).await {
-                Ok(message) if message.payload.as_ref() == chunk => message.sequence,
-                _ => return Err(error),
+            Err(error) => match settle_unknown(context, stream, position, chunk).await {
+                Some(sequence) => sequence,
+                None => return Err(error),
             },
         };
     }
     Ok(position)
+}
+
+/// A message sent after `position` whose outcome is unknown (no acknowledgement) or that
+/// was refused: its position if the stream holds its very bytes right after `position`.
+/// Otherwise a void marker is appended there, fenced the same way, so the message can no
+/// longer land later (the caller is told the write failed, and it must stay unwritten):
+/// if the marker is refused, whatever took the place is read again.
+async fn settle_unknown(
+    context: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
+    position: u64,
+    payload: &[u8],
+) -> Option<u64> {
+    let ours = |message: &Result<jetstream::message::StreamMessage, _>| match message {
+        Ok(message) if message.payload.as_ref() == payload => Some(message.sequence),
+        _ => None,
+    };
+    if let Some(sequence) = ours(&stream.get_raw_message(position + 1).await) {
+        return Some(sequence);
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+        position.to_string().as_str(),
+    );
+    headers.insert(VOID_HEADER, "1");
+    if publish(context, headers, &[]).await.is_ok() {
+        return None;
+    }
+    ours(&stream.get_raw_message(position + 1).await)
 }
 
 async fn publish(
@@ -482,28 +527,27 @@ async fn publish(
 
 /// If the stream after `after` holds nothing but the first chunks of one chunked write,
 /// without its last, appends a void marker after them (only if nothing came since), so
-/// every reader voids that write and the ledger's writer can go on.
+/// every reader voids that write and the ledger's writer can go on. Only the first
+/// message after `after` and the stream's last are read: each chunk is fenced on the one
+/// before, so a first chunk 0 of N at `after + 1` and a last chunk I of N at
+/// `after + 1 + I` are one write's first I + 1 chunks.
 async fn void_unfinished(
     context: &jetstream::Context,
     stream: &jetstream::stream::Stream,
     after: u64,
 ) {
-    let Ok(messages) = fetch(stream, after).await else {
+    let (Ok(first), Ok(last)) = (
+        stream.get_raw_message(after + 1).await,
+        stream.get_last_raw_message_by_subject(LEDGER_SUBJECT).await,
+    ) else {
         return;
     };
-    // The first chunks of one write, in a row from `after + 1`, and nothing else.
-    let unfinished = match messages.first().map(|first| first.kind) {
-        Some(MessageKind::Chunk { count, .. }) => {
-            messages.len() < count
-                && messages.iter().enumerate().all(|(index, message)| {
-                    message.kind == MessageKind::Chunk { index, count }
-                        && message.position == after + 1 + index as u64
-                })
+    let (first, last) = (ledger_message(&first), ledger_message(&last));
+    let unfinished = match (first.kind, last.kind) {
+        (MessageKind::Chunk { index: 0, count }, MessageKind::Chunk { index, count: of }) => {
+            of == count && index + 1 < count && last.position == after + 1 + index as u64
         }
         _ => false,
-    };
-    let Some(last) = messages.last().map(|message| message.position) else {
-        return;
     };
     if !unfinished {
         return;
@@ -511,7 +555,7 @@ async fn void_unfinished(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
-        last.to_string().as_str(),
+        last.position.to_string().as_str(),
     );
     headers.insert(VOID_HEADER, "1");
     match publish(context, headers, &[]).await {
