@@ -638,6 +638,13 @@ mod tests {
         message(position, MessageKind::Chunk { index, count }, payload)
     }
 
+    fn apply(position: u64, batch: &[u8]) -> Step {
+        Step::Apply {
+            position,
+            batch: batch.to_vec(),
+        }
+    }
+
     fn steps(messages: Vec<LedgerMessage>) -> Vec<Step> {
         let mut chunks = LedgerChunks::default();
         messages
@@ -658,20 +665,7 @@ mod tests {
                 chunk(4, 2, 3, b"d"),
                 message(5, MessageKind::Whole, b"e"),
             ]),
-            vec![
-                Step::Apply {
-                    position: 1,
-                    batch: b"a".to_vec()
-                },
-                Step::Apply {
-                    position: 4,
-                    batch: b"bbccd".to_vec()
-                },
-                Step::Apply {
-                    position: 5,
-                    batch: b"e".to_vec()
-                },
-            ]
+            vec![apply(1, b"a"), apply(4, b"bbccd"), apply(5, b"e"),]
         );
     }
 
@@ -689,10 +683,7 @@ mod tests {
             ]),
             vec![
                 Step::Skip { through: 2 },
-                Step::Apply {
-                    position: 3,
-                    batch: b"w".to_vec()
-                },
+                apply(3, b"w"),
                 Step::Skip { through: 4 },
             ]
         );
@@ -706,10 +697,7 @@ mod tests {
             vec![
                 Step::Skip { through: 1 },
                 Step::Skip { through: 2 },
-                Step::Apply {
-                    position: 4,
-                    batch: b"pq".to_vec()
-                },
+                apply(4, b"pq"),
             ]
         );
         // A new write's first chunk interrupts the last one.
@@ -719,13 +707,7 @@ mod tests {
                 chunk(2, 0, 2, b"p"),
                 chunk(3, 1, 2, b"q")
             ]),
-            vec![
-                Step::Skip { through: 1 },
-                Step::Apply {
-                    position: 3,
-                    batch: b"pq".to_vec()
-                },
-            ]
+            vec![Step::Skip { through: 1 }, apply(3, b"pq"),]
         );
     }
 

@@ -971,34 +971,34 @@ impl StratumTestClient {
     /// Finds a scrypt nonce that meets the current difficulty on the current job.
     pub fn mine(&self, extranonce2: &[u8]) -> (u32, u32) {
         let job = self.job.as_ref().expect("a job");
-        let target = otedama_kernels::Target::from_difficulty(
-            otedama_kernels::Algorithm::Scrypt,
-            self.difficulty,
-        )
-        .unwrap();
-        let mut header = job.header(&self.extranonce1, extranonce2, job.ntime, job.version);
-        for nonce in 0u32.. {
-            header[76..80].copy_from_slice(&nonce.to_le_bytes());
-            if target.is_met_by(&otedama_kernels::scrypt::scrypt_pow(&header)) {
-                return (job.ntime, nonce);
-            }
-        }
-        unreachable!("the nonce space holds a share at test difficulties")
+        let nonce = self.find_nonce(extranonce2, otedama_kernels::Algorithm::Scrypt, |header| {
+            otedama_kernels::scrypt::scrypt_pow(header)
+        });
+        (job.ntime, nonce)
     }
 
     /// Finds a SHA256d nonce that meets the current difficulty on the current job.
     pub fn mine_sha256d(&self, extranonce2: &[u8]) -> u32 {
+        self.find_nonce(extranonce2, otedama_kernels::Algorithm::Sha256d, |header| {
+            otedama_kernels::sha256d::sha256d(header)
+        })
+    }
+
+    /// The first nonce whose header, at the job's ntime, meets the current difficulty
+    /// under `algorithm`, whose proof of work `pow` computes.
+    fn find_nonce(
+        &self,
+        extranonce2: &[u8],
+        algorithm: otedama_kernels::Algorithm,
+        pow: impl Fn(&[u8; 80]) -> [u8; 32],
+    ) -> u32 {
         let job = self.job.as_ref().expect("a job");
-        let target = otedama_kernels::Target::from_difficulty(
-            otedama_kernels::Algorithm::Sha256d,
-            self.difficulty,
-        )
-        .unwrap();
+        let target = otedama_kernels::Target::from_difficulty(algorithm, self.difficulty).unwrap();
         let mut header = job.header(&self.extranonce1, extranonce2, job.ntime, job.version);
         (0u32..)
             .find(|nonce| {
                 header[76..80].copy_from_slice(&nonce.to_le_bytes());
-                target.is_met_by(&otedama_kernels::sha256d::sha256d(&header))
+                target.is_met_by(&pow(&header))
             })
             .expect("the nonce space holds a share at test difficulties")
     }
