@@ -77,6 +77,9 @@ pub struct DataplaneConfig {
     pub payout_address_rule: Option<otedama_shared::address::AddressRule>,
     /// Cluster mode: ship this process's share log to JetStream (`otedama_cluster`).
     pub share_shipping: Option<otedama_cluster::ShipperConfig>,
+    /// Cluster mode: hold each acknowledgement until the share shipper has the share's
+    /// batch in the replicated stream (`share_ack = "replicated"`), not only the local log.
+    pub share_ack_replicated: bool,
     /// Cluster mode: claim a slot of the cluster (`otedama_cluster::host`) before taking
     /// any miner; `run` claims it and sets `cluster_slot`.
     pub host_lease: Option<otedama_cluster::HostLeaseConfig>,

@@ -126,6 +126,8 @@ pub fn dataplane_config(
             tail_dir: config.data_dir.join(format!("shares-ship-{process_index}")),
             replicas: config.share_stream_replicas,
         }),
+        share_ack_replicated: !config.nats_urls.is_empty()
+            && config.share_ack == otedama_controlplane::config::ShareAck::Replicated,
         host_lease: (!config.nats_urls.is_empty()).then(|| otedama_cluster::HostLeaseConfig {
             nats_urls: config.nats_urls.clone(),
             host: config.cluster_host.clone().unwrap_or_default(),

@@ -135,8 +135,14 @@ pub const ACK_LATENCY_BUCKETS_S: [f64; 19] = [
 ///   writer takes its batch;
 /// - `disk`: the batch's write and fsync;
 /// - `handoff`: from durable until the share's core handles the completion;
-/// - `reply`: from then until the core has written the miner's replies.
-pub const ACK_STAGES: [&str; 4] = ["queue", "disk", "handoff", "reply"];
+/// - `reply`: from then until the core has written the miner's replies;
+/// - `replicate` (cluster mode with `share_ack = "replicated"` only): from durable until the
+///   share shipper has the batch in the replicated stream; `handoff` then counts from there.
+///   Last in the list, though between `disk` and `handoff` in time, so a data plane of an
+///   older release, which sends four stages, is read right.
+pub const ACK_STAGES: [&str; 5] = ["queue", "disk", "handoff", "reply", "replicate"];
+/// The stages every acknowledgement passes (`replicate` is cluster mode's).
+pub const ACK_STAGES_ALWAYS: usize = 4;
 
 /// Upper bounds, in seconds, of the stage histograms (`ACK_STAGES`): finer than the
 /// acknowledgement's at the low end, since a stage can take microseconds.

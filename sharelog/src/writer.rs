@@ -85,6 +85,10 @@ pub enum StoreError {
     Write(String),
     #[error("share log cannot write until it reopens: {0}")]
     Unavailable(String),
+    /// Stored in the log, but its shipper stopped for good (the log and the replicated
+    /// stream disagree), so with `share_ack = "replicated"` it is not acknowledged.
+    #[error("share stored but not replicated: {0}")]
+    NotReplicated(String),
 }
 
 /// One encoded share on its way to the writer.
@@ -104,6 +108,10 @@ pub struct Completed {
     pub taken_at: std::time::Instant,
     /// When the batch's write (and fsync) returned.
     pub written_at: std::time::Instant,
+    /// The sequence the log's next share gets after this batch: on `Ok`, every share of
+    /// the batch is numbered below it, which is what a wait for the share shipper compares
+    /// with (`ShipperStatus::shipped_through`).
+    pub through_sequence: u64,
 }
 
 /// A cloneable handle that cores use to append shares.
@@ -548,6 +556,7 @@ impl<S: BatchSink> Writer<S> {
                         result: result.clone(),
                         taken_at,
                         written_at,
+                        through_sequence: self.next_sequence,
                     });
                     *shares = 0;
                 }

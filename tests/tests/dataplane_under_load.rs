@@ -114,6 +114,7 @@ fn start_dataplane(
         vardiff: None,
         payout_address_rule: None,
         share_shipping: None,
+        share_ack_replicated: false,
         host_lease: None,
         cluster_slot: None,
     };

@@ -354,3 +354,126 @@ fn a_pool_whose_log_lost_shipped_shares_takes_no_miner() {
     )
     .unwrap();
 }
+
+/// The extranonce2 of every record on the process's subject (a share's own mark here).
+fn shipped_extranonce2s(urls: &[String], host: &str) -> Vec<Vec<u8>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(otedama_cluster::server_addresses(urls).unwrap())
+            .await
+            .unwrap();
+        let context = async_nats::jetstream::new(client);
+        let Ok(mut stream) = context.get_stream(SHARE_STREAM).await else {
+            return Vec::new();
+        };
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let subject = share_subject(host, 0);
+        let mut out = Vec::new();
+        for sequence in 1..=last {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            if message.subject.as_str() == subject {
+                for (_, record) in decode_batch(&message.payload).unwrap() {
+                    out.push(record.extranonce2);
+                }
+            }
+        }
+        out
+    })
+}
+
+/// `--share-ack replicated`: a miner hears `true` only once the replicated stream holds
+/// its share. Each share is looked for in the stream right after its `true`; with two of
+/// the three servers killed (no quorum) a share gets no answer at all, and its `true`
+/// comes once they are back, with the share in the stream.
+#[test]
+fn a_replicated_acknowledgement_waits_for_the_stream() {
+    let mut cluster = NatsCluster::start(3).unwrap();
+    let urls = cluster.urls();
+    let mut flags = cluster_flags(&urls, "dp-r");
+    flags.extend(["--share-ack", "replicated"]);
+    let pool = SyntheticPool::start(&flags);
+    let worker = format!("{SYNTHETIC_PAYOUT_ADDRESS}.replicated");
+    let mut client = StratumTestClient::connect(&pool.v1).unwrap();
+    client.set_read_timeout(Duration::from_secs(60)).unwrap();
+    client.start(&worker).unwrap();
+
+    for index in 0u32..10 {
+        let extranonce2 = index.to_be_bytes();
+        let nonce = client.mine_sha256d(&extranonce2);
+        let reply = client
+            .submit_nonce(&worker, &extranonce2, nonce, None)
+            .unwrap();
+        assert_eq!(reply["result"], serde_json::json!(true), "{reply}");
+        assert!(
+            shipped_extranonce2s(&urls, "dp-r").contains(&extranonce2.to_vec()),
+            "share {index} was acknowledged before the stream held it"
+        );
+    }
+
+    // No quorum: the share is stored on the host, but not acknowledged.
+    cluster.servers[1].kill_9();
+    cluster.servers[2].kill_9();
+    let extranonce2 = 1000u32.to_be_bytes();
+    let nonce = client.mine_sha256d(&extranonce2);
+    client.set_read_timeout(Duration::from_secs(5)).unwrap();
+    let unanswered = client.submit_nonce(&worker, &extranonce2, nonce, None);
+    assert!(
+        unanswered.is_err(),
+        "answered without a quorum: {unanswered:?}"
+    );
+    cluster.servers[1].restart().unwrap();
+    cluster.servers[2].restart().unwrap();
+    client.set_read_timeout(Duration::from_secs(90)).unwrap();
+    let reply = loop {
+        let message = client.read_message().unwrap();
+        if message.get("result").is_some() && !message["id"].is_null() {
+            break message;
+        }
+    };
+    assert_eq!(reply["result"], serde_json::json!(true), "{reply}");
+    assert!(
+        shipped_extranonce2s(&urls, "dp-r").contains(&extranonce2.to_vec()),
+        "the share held through the outage was acknowledged before the stream held it"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the replicate stage in /metrics",
+        || {
+            pool.metrics().is_ok_and(|metrics| {
+                metric_value(
+                    &metrics,
+                    "otedama_share_ack_stage_seconds_count{stage=\"replicate\"}",
+                )
+                .is_some_and(|count| count >= 11.0)
+            })
+        },
+    )
+    .unwrap();
+}
+
+/// `share_ack = "replicated"` without cluster mode has no stream to wait for: refused at
+/// start with the reason.
+#[test]
+fn replicated_acknowledgements_need_cluster_mode() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(otedama_tests::otedama_binary())
+        .args(["run", "--chain", "synthetic", "--coin", "bitcoin"])
+        .args([
+            "--network",
+            "regtest",
+            "--payout-address",
+            SYNTHETIC_PAYOUT_ADDRESS,
+        ])
+        .args(["--share-ack", "replicated", "--data-dir"])
+        .arg(data_dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs cluster mode"), "{stderr}");
+}

@@ -148,6 +148,10 @@ pub struct ConfigArgs {
     /// Copies the share stream keeps, 1 to 5 (default 3).
     #[arg(long, env = "OTEDAMA_SHARE_STREAM_REPLICAS")]
     pub share_stream_replicas: Option<usize>,
+    /// When a miner hears `true`: once the share log has the share (local, the default) or
+    /// once the replicated share stream has it too (replicated; needs --nats-url).
+    #[arg(long, env = "OTEDAMA_SHARE_ACK")]
+    pub share_ack: Option<ShareAck>,
     /// Seconds between re-reads of the deny lists.
     #[arg(long, env = "OTEDAMA_DENY_LIST_RELOAD_S")]
     pub deny_list_reload_s: Option<u64>,
@@ -235,7 +239,7 @@ impl ConfigArgs {
         if let Some(host) = &self.cluster_host {
             config.cluster_host = Some(host.clone());
         }
-        take!(share_stream_replicas);
+        take!(share_stream_replicas, share_ack);
         take!(dex_enabled, kyc_period_days);
         if !self.kyc_threshold.is_empty() {
             config.kyc_threshold = self.kyc_threshold.iter().cloned().collect();

@@ -108,6 +108,13 @@ pub struct PoolConfig {
     /// Copies the share stream keeps, 1 to 5: 3 on a three-server cluster, so one server
     /// may fail without losing a shipped share or stopping the shipping.
     pub share_stream_replicas: usize,
+    /// When a miner hears `true` for a share in cluster mode: once the host's share log has
+    /// it (`local`, the default), or only once the replicated share stream has it too
+    /// (`replicated`: a quorum of the NATS servers holds the batch). `replicated` survives
+    /// the loss of the whole host, disk and all, at the cost of the stream's round trip on
+    /// every acknowledgement (BENCHMARKS.md); while the stream has no quorum, acknowledgements
+    /// wait (the miners' firmware moves on to its next pool slot).
+    pub share_ack: ShareAck,
     /// Data-plane processes on this host. They share the Stratum ports through SO_REUSEPORT
     /// and each takes its own slice of the extranonce1 space and its own share log. More
     /// than one is needed where a per-process open-files limit caps the connections one
@@ -182,6 +189,17 @@ pub enum PayoutScheme {
     Pplnt,
 }
 
+/// What a share's acknowledgement waits for (`PoolConfig::share_ack`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareAck {
+    /// The host's share log (fsynced with `share_log_sync`).
+    #[default]
+    Local,
+    /// The share log and then the replicated share stream (cluster mode only).
+    Replicated,
+}
+
 /// The source of block templates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -222,6 +240,7 @@ impl Default for PoolConfig {
             nats_urls: Vec::new(),
             cluster_host: None,
             share_stream_replicas: 3,
+            share_ack: ShareAck::Local,
             version_rolling_mask: 0x1fff_e000,
             connection_idle_timeout_s: 900,
             connections_per_ip_max: 4096,
@@ -466,6 +485,36 @@ mod tests {
         assert_eq!(config.dataplane_processes, 3);
         assert_eq!(config.chain, ChainSource::Synthetic);
         assert_eq!(config.synthetic_job_interval_ms, 500);
+    }
+
+    /// `share_ack` reads from the file and the flag, and `replicated` needs cluster mode.
+    #[test]
+    fn a_replicated_acknowledgement_needs_cluster_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("otedama.toml");
+        std::fs::write(&file, "share_ack = \"replicated\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let alone = Flags::parse_from(["otedama", "--config", path]);
+        let error = alone.config.load().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("needs cluster mode"),
+            "{error:#}"
+        );
+        let clustered = Flags::parse_from([
+            "otedama",
+            "--config",
+            path,
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            "--cluster-host",
+            "dp-a",
+        ]);
+        assert_eq!(
+            clustered.config.load().unwrap().share_ack,
+            ShareAck::Replicated
+        );
+        let flagged = Flags::parse_from(["otedama", "--config", path, "--share-ack", "local"]);
+        assert_eq!(flagged.config.load().unwrap().share_ack, ShareAck::Local);
     }
 
     #[test]

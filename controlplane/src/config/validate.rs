@@ -94,6 +94,9 @@ impl PoolConfig {
                 bail!("share_stream_replicas must lie between 1 and 5");
             }
         }
+        if self.share_ack == ShareAck::Replicated && self.nats_urls.is_empty() {
+            bail!("share_ack = \"replicated\" needs cluster mode (nats_urls): single-host mode has no share stream");
+        }
         if self.quic_connections_per_core_max == 0 {
             bail!("quic_connections_per_core_max must be at least 1");
         }

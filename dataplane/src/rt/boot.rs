@@ -86,6 +86,9 @@ pub fn run(mut config: DataplaneConfig) -> anyhow::Result<()> {
     let (path, sync) = (config.share_log_path.clone(), config.share_log_sync);
     let memtable_bytes = config.share_log_memtable_bytes;
     let shipping = config.share_shipping.clone();
+    if config.share_ack_replicated && shipping.is_none() {
+        anyhow::bail!("share_ack = \"replicated\" needs a share shipper (cluster mode)");
+    }
     let mut shipper = None;
     let result = run_with_share_log(config, |cores| {
         let log = ShareLog::open_with_memtable(&path, sync, cores, memtable_bytes)
@@ -335,8 +338,9 @@ pub(super) async fn core_main(
     );
     glommio::spawn_local_into(
         async move {
-            while let Some(done) = completions.next().await {
-                acknowledger.complete_shares(done);
+            while let Some(mut done) = completions.next().await {
+                let replicated_at = acknowledger.await_replication(&mut done).await;
+                acknowledger.complete_shares(done, replicated_at);
             }
         },
         acknowledge_queue,

@@ -3,6 +3,13 @@
 //! share log reports it durable (or refused if the write failed).
 
 use super::*;
+use otedama_sharelog::writer::StoreError;
+use std::sync::atomic::Ordering;
+
+/// How often a core looks at the share shipper's progress while acknowledgements wait
+/// for replication (`share_ack = "replicated"`): well under the stream's own quorum round
+/// trip, so the look adds little to it. It is also the wake-up the shipper gets.
+const REPLICATION_POLL_US: u64 = 200;
 
 /// Block candidates one core holds after the upstream queue refused them, resent every
 /// second. Each is a few hundred bytes; a found block is rare outside regtest, so the
@@ -162,20 +169,66 @@ impl Core {
         self.awaiting.borrow_mut().push_back(awaiting);
     }
 
+    /// With `share_ack = "replicated"`: waits until the share shipper has every share of
+    /// `done` in the replicated stream, and returns when it had (`None` without that
+    /// setting, or for a batch that was not stored). The core's completions are taken one
+    /// at a time in order, so later batches wait behind this one; how many can wait is
+    /// bounded by the core's durability allowance, which stops the core taking shares
+    /// once full.
+    ///
+    /// Invariant: a share is acknowledged `true` only once the stream holds it (its
+    /// number is below `shipped_through`). A shipper that stopped for good (the log and
+    /// the stream disagree, `diverged`) never will, so the batch is refused instead;
+    /// so is every batch when replication was asked for but no shipper runs.
+    pub(super) async fn await_replication(
+        &self,
+        done: &mut Completed,
+    ) -> Option<std::time::Instant> {
+        if !self.config.share_ack_replicated || done.result.is_err() {
+            return None;
+        }
+        let Some(shipper) = self.counters.share_shipping.get() else {
+            done.result = Err(StoreError::NotReplicated("no share shipper runs".into()));
+            return None;
+        };
+        loop {
+            if shipper.shipped_through.load(Ordering::Acquire) >= done.through_sequence {
+                return Some(std::time::Instant::now());
+            }
+            if shipper.diverged.load(Ordering::Acquire) {
+                done.result = Err(StoreError::NotReplicated(
+                    "the share shipper stopped: the log and the stream disagree".into(),
+                ));
+                return None;
+            }
+            shipper.wake();
+            glommio::timer::sleep(std::time::Duration::from_micros(REPLICATION_POLL_US)).await;
+        }
+    }
+
     /// The share log made the next `done.shares` of this core's shares durable (or failed
     /// to): answer each miner, in order, and let readers go on. Each connection's replies
     /// are sent once at the end, so a batch's acknowledgements share a send (and, in V2,
-    /// fold into one SubmitShares.Success per channel).
-    pub(super) fn complete_shares(&self, done: Completed) {
+    /// fold into one SubmitShares.Success per channel). `replicated_at`: when the stream
+    /// had the batch too (`await_replication`).
+    pub(super) fn complete_shares(
+        &self,
+        done: Completed,
+        replicated_at: Option<std::time::Instant>,
+    ) {
         let now_s = now_s();
         let now = std::time::Instant::now();
-        let [queue, disk, handoff, reply] = &self.counters.ack_stages;
+        let [queue, disk, handoff, reply, replicate] = &self.counters.ack_stages;
         let micros = |from: std::time::Instant, to: std::time::Instant| {
             to.saturating_duration_since(from).as_micros() as u64
         };
         if done.result.is_ok() {
             disk.record(micros(done.taken_at, done.written_at), done.shares as u64);
-            handoff.record(micros(done.written_at, now), done.shares as u64);
+            if let Some(replicated_at) = replicated_at {
+                replicate.record(micros(done.written_at, replicated_at), done.shares as u64);
+            }
+            let handed_at = replicated_at.unwrap_or(done.written_at);
+            handoff.record(micros(handed_at, now), done.shares as u64);
         }
         let mut touched: Vec<Peer> = Vec::new();
         let mut touched_wires: std::collections::HashSet<*const ()> = Default::default();

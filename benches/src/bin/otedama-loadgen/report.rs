@@ -184,8 +184,12 @@ impl Summary {
                 None => "-".to_string(),
             };
             println!("pool's ack stages    (its /metrics over this run; p50/p99 are bucket bounds: at most)");
-            for key in ["queue", "disk", "handoff", "reply", "ack"] {
+            for key in ["queue", "disk", "replicate", "handoff", "reply", "ack"] {
                 let Some(h) = stages.get(key) else { continue };
+                if key == "replicate" && h.count == 0 {
+                    // Only a pool that acknowledges replicated shares has this stage.
+                    continue;
+                }
                 let (p50, p99) = (h.quantile_bound_s(0.5), h.quantile_bound_s(0.99));
                 println!(
                     "  {key:<8} shares {:>9}  mean {:>8} ms  p50 <= {:>7} ms  p99 <= {:>7} ms",
