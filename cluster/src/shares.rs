@@ -276,7 +276,8 @@ impl ShipperConfig {
 /// How far a shipper has come, shared with whoever watches it (metrics, tests).
 #[derive(Debug, Default)]
 pub struct ShipperStatus {
-    /// Every record below this sequence is in the stream.
+    /// Every record below this sequence is in the stream, and the log holds the stream's
+    /// last record of it (a log that lost records never moves this on).
     pub shipped_through: AtomicU64,
     /// Batches the stream acknowledged.
     pub batches: AtomicU64,
@@ -287,6 +288,9 @@ pub struct ShipperStatus {
     /// The log does not hold the stream's last record of it: shipping has stopped for an
     /// operator to look (see the module's doc).
     pub diverged: AtomicBool,
+    /// The shipper's thread has ended (stopped, or failed): nothing more will be shipped
+    /// by this shipper.
+    pub ended: AtomicBool,
     /// Rung by whoever waits for a record to be shipped (`wake`): the shipper then reads
     /// the log at once instead of after its idle pause.
     log_grew: tokio::sync::Notify,
@@ -362,6 +366,16 @@ impl Drop for ShareShipper {
 }
 
 async fn ship(config: ShipperConfig, status: Arc<ShipperStatus>, stop: Arc<AtomicBool>) {
+    /// Marks the shipper ended however its thread ends, a panic included, so that nobody
+    /// waits on it (`ShipperStatus::ended`).
+    struct Ended(Arc<ShipperStatus>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.connected.store(false, Relaxed);
+            self.0.ended.store(true, Relaxed);
+        }
+    }
+    let _ended = Ended(status.clone());
     let mut failures_in_a_row = 0u64;
     loop {
         let shipped_before = status.batches.load(Relaxed);
@@ -454,7 +468,10 @@ async fn session(
         })?,
         None => 0,
     };
-    status.shipped_through.store(next_sequence, Relaxed);
+    if to_check.is_none() {
+        // Nothing of this log in the stream yet: nothing to check.
+        status.shipped_through.store(next_sequence, Relaxed);
+    }
     status.connected.store(true, Relaxed);
     tracing::info!(%subject, next_sequence, "share shipper: shipping");
     // Read from the last shipped record itself, to check that the log still holds it.
@@ -508,6 +525,11 @@ async fn session(
                 }
                 Some((sequence, record)) if *sequence == last && record.encode() == shipped => {
                     read.remove(0);
+                    // Only now, with the log known to hold the stream's last record of
+                    // it: set before, a log that lost records would have its new shares,
+                    // numbered as the lost ones, taken for shipped (a `share_ack =
+                    // "replicated"` acknowledgement waits on this figure).
+                    status.shipped_through.store(next_sequence, Relaxed);
                 }
                 Some((sequence, _)) => {
                     let holds = if *sequence == last {

@@ -88,6 +88,14 @@ pub fn render(state: &ApiState) -> String {
         "Share-log batches whose write failed; their shares were refused, never acknowledged.",
         totals.share_log_failed_batches,
     );
+    if let Some(leadership) = &state.leadership {
+        out.single(
+            "otedama_cluster_leading",
+            "gauge",
+            "Cluster mode: 1 while this control plane leads (holds the lease and has read the block and job streams to their end), 0 while it stands by.",
+            u64::from(leadership.leads()),
+        );
+    }
     out.single(
         "otedama_share_shipping_planes",
         "gauge",
@@ -211,7 +219,7 @@ pub fn render(state: &ApiState) -> String {
     out.family(
         "otedama_share_ack_stage_seconds",
         "histogram",
-        "The acknowledgement's stages: queue (validated until the share log's writer takes the batch), disk (the batch's write and fsync), handoff (durable until the core handles it), reply (until the miners' replies are written).",
+        "The acknowledgement's stages: queue (validated until the share log's writer takes the batch), disk (the batch's write and fsync), handoff (durable, or with share_ack = replicated in the stream, until the core handles it), reply (until the miners' replies are written), replicate (share_ack = replicated only: durable until the replicated share stream has the batch).",
     );
     for (stage, stage_totals) in ACK_STAGES.iter().zip(&totals.ack_stages) {
         out.histogram(

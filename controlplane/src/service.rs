@@ -145,8 +145,15 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             .name("audit".into())
             .spawn(move || audit_housekeeping(&audit, retention_days))?;
     }
-    let leading = leader.as_ref().map(|(lease, _)| lease.status());
-    serve(config, state, store, payouts, audit, candidate_tx, leading)
+    serve(
+        config,
+        state,
+        store,
+        payouts,
+        audit,
+        candidate_tx,
+        leadership,
+    )
 }
 
 /// Cluster mode: the found blocks and built jobs of other control planes, read from their
@@ -346,8 +353,12 @@ fn serve(
     payouts: PayoutHandles,
     audit: Arc<AuditLog>,
     candidate_tx: Sender<SourcedCandidate>,
-    leading: Option<Arc<otedama_cluster::LeaseStatus>>,
+    leadership: Option<Arc<otedama_cluster::records::Leadership>>,
 ) -> anyhow::Result<()> {
+    // Link sessions follow the lease itself (`ipc`), not the catch-up on the streams.
+    let leading = leadership
+        .as_ref()
+        .map(|leadership| leadership.lease().clone());
     let admin_token_sha256 = config.admin_token_sha256()?;
     let bans = Arc::new(crate::bans::BanStore::open(
         config.data_dir.join("bans.json"),
@@ -454,6 +465,7 @@ fn serve(
         ws_clients: Arc::new(tokio::sync::Semaphore::new(crate::api::WS_CLIENTS_MAX)),
         stats_cache: Default::default(),
         activity_cache: Default::default(),
+        leadership,
     };
     // The data-plane link (jobs down, block candidates up) runs on a thread and runtime of
     // its own: whatever the API's handlers do, they cannot hold up a found block or a job.

@@ -82,6 +82,14 @@ pub fn dataplane_config(
     } else {
         Some(quic_tls(config)?)
     };
+    if config.share_ack == otedama_controlplane::config::ShareAck::Replicated
+        && config.share_stream_replicas < 2
+    {
+        tracing::warn!(
+            share_stream_replicas = config.share_stream_replicas,
+            "share_ack = \"replicated\" with one copy of the share stream: an acknowledged share lives on one NATS server only"
+        );
+    }
     Ok(otedama_dataplane::DataplaneConfig {
         stratum_listen: config.stratum_listen.clone(),
         sv2_listen: config.sv2_listen.clone(),

@@ -198,7 +198,13 @@ impl PoolSetup {
 
     /// The blocks the pool found that the node accepted, from `/api/v1/blocks`.
     pub fn accepted_blocks(&self) -> anyhow::Result<Vec<Value>> {
-        let blocks = self.get_json("/api/v1/blocks")?;
+        // One page of the most the API gives (`API_LIST_ITEMS_MAX`); the default page of
+        // 100 would leave out the oldest blocks of a long run.
+        let blocks = self.get_json("/api/v1/blocks?limit=1000")?;
+        anyhow::ensure!(
+            blocks.as_array().map_or(0, Vec::len) < 1000,
+            "a thousand blocks or more: this helper reads one page"
+        );
         Ok(blocks
             .as_array()
             .map(|all| {

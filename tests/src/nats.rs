@@ -143,3 +143,76 @@ fn wait_listening(port: u16) -> anyhow::Result<()> {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
 }
+
+/// Every share record in the cluster's share stream (`OTEDAMA_SHARES`), in stream order,
+/// with the subject of its batch (`otedama.shares.HOST.PROCESS`) and its number in that
+/// log; only the subject `subject` when given. Empty while the stream does not exist yet.
+/// A message that is not a share batch (one test puts one there) is passed over.
+pub fn shipped_records(
+    urls: &[String],
+    subject: Option<&str>,
+) -> Vec<(String, u64, otedama_shared::ShareRecord)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(
+            otedama_cluster::server_addresses(urls).expect("NATS server addresses"),
+        )
+        .await
+        .expect("connecting to the NATS cluster");
+        let context = async_nats::jetstream::new(client);
+        let Ok(mut stream) = context.get_stream(otedama_cluster::SHARE_STREAM).await else {
+            return Vec::new();
+        };
+        let last = stream
+            .info()
+            .await
+            .expect("the share stream's state")
+            .state
+            .last_sequence;
+        let mut out = Vec::new();
+        for sequence in 1..=last {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            let on = message.subject.as_str();
+            if otedama_cluster::shares::parse_share_subject(on).is_none()
+                || subject.is_some_and(|wanted| wanted != on)
+            {
+                continue;
+            }
+            for (number, record) in
+                otedama_cluster::decode_batch(&message.payload).unwrap_or_default()
+            {
+                out.push((on.to_string(), number, record));
+            }
+        }
+        out
+    })
+}
+
+/// The name of the server that leads `stream` (its RAFT group's leader), if the cluster
+/// has elected one, and how many of its other replicas are current (caught up with it).
+pub fn stream_leader(urls: &[String], stream: &str) -> Option<(String, usize)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(otedama_cluster::server_addresses(urls).ok()?)
+            .await
+            .ok()?;
+        let context = async_nats::jetstream::new(client);
+        let mut stream = context.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        let cluster = info.cluster.as_ref()?;
+        let current = cluster
+            .replicas
+            .iter()
+            .filter(|peer| peer.current && !peer.offline)
+            .count();
+        Some((cluster.leader.clone()?, current))
+    })
+}

@@ -7,64 +7,24 @@
 //! the former leader's blocks as well as its own: every accepted block is credited once,
 //! and the credits add up to the coinbases the node paid the pool, to the unit.
 
+#[path = "common/cluster_roles.rs"]
+mod cluster_roles;
 #[path = "common/payout_scenario.rs"]
 mod payout_scenario;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use otedama_tests::nats::NatsCluster;
 use otedama_tests::{ledger_total, wait_until, NodeKind, PoolSetup, Process, RegtestPair};
 
-use payout_scenario::{ADMIN_TOKEN, COINBASE_MATURITY, START_DIFFICULTY};
+use cluster_roles::{accepted, balance, role_setup};
+use payout_scenario::{ADMIN_TOKEN, COINBASE_MATURITY};
 
 /// How long the standby may take to lead once the leader is killed: the lease's 20 s
 /// term, a pass, and room for a loaded machine.
 const TAKEOVER_S_MAX: u64 = 90;
-
-/// A pool role on the regtest node in the cluster as `name`, in its own data directory.
-fn role_setup(
-    nodes: &RegtestPair,
-    root: &std::path::Path,
-    name: &str,
-    urls: &[String],
-) -> PoolSetup {
-    let mut setup = PoolSetup::new(nodes, &root.join(name), START_DIFFICULTY);
-    setup.extra_args = payout_scenario::payout_flags("pplns", &root.join("admin-token"))
-        .into_iter()
-        .chain(["--cluster-host".to_string(), name.to_string()])
-        .chain(
-            urls.iter()
-                .flat_map(|url| ["--nats-url".to_string(), url.clone()]),
-        )
-        .collect();
-    setup.log_file = Some(root.join(format!("{name}.log")));
-    setup
-}
-
-/// The accepted blocks a control plane lists, by hash, with their rewards.
-fn accepted(pool: &PoolSetup) -> std::collections::BTreeMap<String, u64> {
-    pool.accepted_blocks()
-        .unwrap_or_default()
-        .iter()
-        .map(|b| {
-            (
-                b["hash"].as_str().unwrap().to_string(),
-                b["reward"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// What the ledger of `pool` says `address` has: (immature, mature).
-fn balance(pool: &PoolSetup, address: &str) -> Option<(u64, u64)> {
-    let page: Value = pool.get_json(&format!("/api/v1/miners/{address}")).ok()?;
-    Some((
-        page["balance_immature"].as_u64()?,
-        page["balance_mature"].as_u64()?,
-    ))
-}
 
 /// Mines on `dataplane` as `address` until `pool` has `found_at_least` accepted blocks.
 fn mine_until(dataplane: &PoolSetup, pool: &PoolSetup, address: &str, found_at_least: usize) {
@@ -208,7 +168,7 @@ fn a_new_leader_holds_and_matures_every_block_the_former_leader_found() {
         Duration::from_secs(120),
         "every found block to be confirmed",
         || {
-            b.get_json("/api/v1/blocks").is_ok_and(|blocks| {
+            b.get_json("/api/v1/blocks?limit=1000").is_ok_and(|blocks| {
                 blocks
                     .as_array()
                     .unwrap()

@@ -7,10 +7,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use otedama_cluster::{decode_batch, share_subject, ShareShipper, ShipperConfig, SHARE_STREAM};
+use otedama_cluster::{share_subject, ShareShipper, ShipperConfig};
 use otedama_shared::ShareRecord;
 use otedama_sharelog::writer::ShareLog;
-use otedama_tests::nats::{cluster_flags, NatsCluster};
+use otedama_tests::nats::{cluster_flags, shipped_records, NatsCluster};
 use otedama_tests::{
     metric_value, spawn_miner_at, wait_until, StratumTestClient, SyntheticPool,
     SYNTHETIC_PAYOUT_ADDRESS,
@@ -43,38 +43,12 @@ fn append(log: &ShareLog, ids: std::ops::Range<u64>) {
     }
 }
 
-/// Every batch on the process's subject, in stream order, flattened: (sequence, job id).
+/// Every record on the process's subject, in stream order: (its number in the log, job id).
 fn shipped(urls: &[String], host: &str) -> Vec<(u64, u64)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = async_nats::connect(otedama_cluster::server_addresses(urls).unwrap())
-            .await
-            .unwrap();
-        let context = async_nats::jetstream::new(client);
-        // None yet: the shipper makes it once the cluster has elected its leader.
-        let Ok(mut stream) = context.get_stream(SHARE_STREAM).await else {
-            return Vec::new();
-        };
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let subject = share_subject(host, 0);
-        let mut out = Vec::new();
-        for sequence in 1..=last {
-            let Ok(message) = stream.get_raw_message(sequence).await else {
-                continue;
-            };
-            if message.subject.as_str() != subject {
-                continue;
-            }
-            // A stray message (one test puts one there) is no batch.
-            for (sequence, record) in decode_batch(&message.payload).unwrap_or_default() {
-                out.push((sequence, record.job_id));
-            }
-        }
-        out
-    })
+    shipped_records(urls, Some(&share_subject(host, 0)))
+        .into_iter()
+        .map(|(_, number, record)| (number, record.job_id))
+        .collect()
 }
 
 #[test]
@@ -357,33 +331,10 @@ fn a_pool_whose_log_lost_shipped_shares_takes_no_miner() {
 
 /// The extranonce2 of every record on the process's subject (a share's own mark here).
 fn shipped_extranonce2s(urls: &[String], host: &str) -> Vec<Vec<u8>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = async_nats::connect(otedama_cluster::server_addresses(urls).unwrap())
-            .await
-            .unwrap();
-        let context = async_nats::jetstream::new(client);
-        let Ok(mut stream) = context.get_stream(SHARE_STREAM).await else {
-            return Vec::new();
-        };
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let subject = share_subject(host, 0);
-        let mut out = Vec::new();
-        for sequence in 1..=last {
-            let Ok(message) = stream.get_raw_message(sequence).await else {
-                continue;
-            };
-            if message.subject.as_str() == subject {
-                for (_, record) in decode_batch(&message.payload).unwrap() {
-                    out.push(record.extranonce2);
-                }
-            }
-        }
-        out
-    })
+    shipped_records(urls, Some(&share_subject(host, 0)))
+        .into_iter()
+        .map(|(_, _, record)| record.extranonce2)
+        .collect()
 }
 
 /// `--share-ack replicated`: a miner hears `true` only once the replicated stream holds
@@ -420,7 +371,10 @@ fn a_replicated_acknowledgement_waits_for_the_stream() {
     cluster.servers[2].kill_9();
     let extranonce2 = 1000u32.to_be_bytes();
     let nonce = client.mine_sha256d(&extranonce2);
-    client.set_read_timeout(Duration::from_secs(5)).unwrap();
+    // Not long: without a quorum the host's lease is not renewed either, and it closes
+    // its miners once the lease lapses (`HOST_LEASE_HELD_MS`, 15 s after the last
+    // renewal), which the servers' return and elections must come well within.
+    client.set_read_timeout(Duration::from_secs(3)).unwrap();
     let unanswered = client.submit_nonce(&worker, &extranonce2, nonce, None);
     assert!(
         unanswered.is_err(),

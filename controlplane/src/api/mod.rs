@@ -142,6 +142,8 @@ pub struct ApiState {
     pub stats_cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
     /// The miners' activity last computed, and when (`activity_windows`).
     pub activity_cache: Arc<Mutex<Option<(std::time::Instant, ActivityWindows)>>>,
+    /// Cluster mode: whether this control plane leads (`otedama_cluster_leading`).
+    pub leadership: Option<Arc<otedama_cluster::records::Leadership>>,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 /// How often a core looks at the share shipper's progress while acknowledgements wait
 /// for replication (`share_ack = "replicated"`): well under the stream's own quorum round
-/// trip, so the look adds little to it. It is also the wake-up the shipper gets.
+/// trip, so the look adds little to it.
 const REPLICATION_POLL_US: u64 = 200;
 
 /// Block candidates one core holds after the upstream queue refused them, resent every
@@ -178,8 +178,9 @@ impl Core {
     ///
     /// Invariant: a share is acknowledged `true` only once the stream holds it (its
     /// number is below `shipped_through`). A shipper that stopped for good (the log and
-    /// the stream disagree, `diverged`) never will, so the batch is refused instead;
-    /// so is every batch when replication was asked for but no shipper runs.
+    /// the stream disagree, `diverged`) or whose thread ended never will, so the batch is
+    /// refused instead; so is every batch when replication was asked for but no shipper
+    /// runs.
     pub(super) async fn await_replication(
         &self,
         done: &mut Completed,
@@ -191,17 +192,28 @@ impl Core {
             done.result = Err(StoreError::NotReplicated("no share shipper runs".into()));
             return None;
         };
+        // Once per batch: the shipper then reads the log at once, and goes on polling on
+        // its own while it has records to ship (a wake every look would keep it catching
+        // up with the log thousands of times a second when it cannot move on).
+        shipper.wake();
         loop {
-            if shipper.shipped_through.load(Ordering::Acquire) >= done.through_sequence {
-                return Some(std::time::Instant::now());
-            }
+            // Looked at first: a shipper that stopped has the last word, whatever figure
+            // it left behind.
             if shipper.diverged.load(Ordering::Acquire) {
                 done.result = Err(StoreError::NotReplicated(
                     "the share shipper stopped: the log and the stream disagree".into(),
                 ));
                 return None;
             }
-            shipper.wake();
+            if shipper.shipped_through.load(Ordering::Acquire) >= done.through_sequence {
+                return Some(std::time::Instant::now());
+            }
+            if shipper.ended.load(Ordering::Acquire) {
+                done.result = Err(StoreError::NotReplicated(
+                    "the share shipper has ended".into(),
+                ));
+                return None;
+            }
             glommio::timer::sleep(std::time::Duration::from_micros(REPLICATION_POLL_US)).await;
         }
     }

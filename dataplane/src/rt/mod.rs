@@ -412,6 +412,11 @@ impl Core {
         // Timed from here: the SHA256d shares finished first are time without serving
         // shares too, and they hold the job back.
         let started = std::time::Instant::now();
+        // A job's id is the control plane's wall clock in milliseconds when it built the
+        // job (or just past the id before it), so this is how long the job took to reach
+        // this core: over the Unix socket or NATS, plus the control plane's own steps.
+        // Across hosts it is only as good as their clocks' agreement.
+        let since_built_ms = otedama_shared::clock::now_ms().saturating_sub(job.job_id());
         let new_tip = self
             .jobs
             .borrow()
@@ -444,6 +449,7 @@ impl Core {
         tracing::info!(
             core = self.index,
             job_id = job.job_id(),
+            since_built_ms,
             connections = connections.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             longest_slice_us = longest_slice.as_micros() as u64,

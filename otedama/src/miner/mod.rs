@@ -76,6 +76,12 @@ pub struct MinerArgs {
     /// overstating ASIC looks to the pool.
     #[arg(long)]
     pub declared_hashrate: Option<f32>,
+    /// Append a line for each share the pool answers `true` to over Stratum V1:
+    /// EXTRANONCE1 EXTRANONCE2 NTIME NONCE in hex, so that each acknowledged share can be
+    /// looked for in the pool's records. (Stratum V2 acknowledges shares by count, not one
+    /// by one, so its shares are not listed.)
+    #[arg(long)]
+    pub accepted_log: Option<std::path::PathBuf>,
 }
 
 /// What the worker threads mine on; replaced whenever a job or difficulty arrives.
@@ -287,6 +293,7 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         stop: AtomicBool::new(false),
     });
     let (found_tx, found_rx) = crossbeam_channel::unbounded::<Found>();
+    crate::signals::install_stop_handler();
     let workers: Vec<_> = (0..args.threads)
         .map(|index| {
             let (shared, found_tx) = (shared.clone(), found_tx.clone());
@@ -306,6 +313,16 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         last_heard: Instant::now(),
         earlier: Vec::new(),
         next_failback_check: Instant::now(),
+        accepted_log: match &args.accepted_log {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ),
+            None => None,
+        },
     };
     let mut slot = 0;
     while run.running() {
@@ -380,11 +397,15 @@ struct Run<'a> {
     /// Earlier pool slots (index, pool) a failback check tries, best first.
     earlier: Vec<(usize, Endpoint)>,
     next_failback_check: Instant,
+    /// `--accepted-log`, open for appending.
+    accepted_log: Option<std::fs::File>,
 }
 
 impl Run<'_> {
+    /// Until `--duration` is up, or SIGINT/SIGTERM asks the miner to stop (it then ends
+    /// its session and prints its summary, as at the end of `--duration`).
     fn running(&self) -> bool {
-        self.deadline.is_none_or(|d| Instant::now() < d)
+        self.deadline.is_none_or(|d| Instant::now() < d) && !crate::signals::stop_requested()
     }
 
     /// The pool of this session sent something.

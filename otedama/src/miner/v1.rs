@@ -37,10 +37,28 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
     let mut line = String::new();
     // Requests sent (subscribe and authorize so far) that the pool has not answered.
     let mut unanswered: u64 = 2;
+    // With `--accepted-log`: each share this session submitted and the pool has not
+    // answered, by request id, as its line in the log. Answered ones leave at once.
+    let mut submitted: std::collections::HashMap<u64, String> = Default::default();
     while run.running() {
         while let Ok(share) = found.try_recv() {
-            if let WorkTemplate::V1 { job, .. } = &share.template {
+            if let WorkTemplate::V1 {
+                job, extranonce1, ..
+            } = &share.template
+            {
                 let id = NEXT_SUBMIT_ID.fetch_add(1, Relaxed);
+                if run.accepted_log.is_some() {
+                    submitted.insert(
+                        id,
+                        format!(
+                            "{} {} {:08x} {:08x}\n",
+                            hex::encode(extranonce1),
+                            hex::encode(&share.extranonce2),
+                            share.ntime,
+                            share.nonce
+                        ),
+                    );
+                }
                 stream.write_all(&submit_line(
                     id,
                     &args.user,
@@ -99,8 +117,13 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
                     bail!("authorization refused: {}", message["error"])
                 }
                 Some(id) if id >= 100 => {
+                    let line = submitted.remove(&id);
                     if message["result"] == json!(true) {
                         shared.accepted.fetch_add(1, Relaxed);
+                        if let (Some(log), Some(line)) = (run.accepted_log.as_mut(), line) {
+                            log.write_all(line.as_bytes())
+                                .context("writing --accepted-log")?;
+                        }
                     } else {
                         shared.rejected.fetch_add(1, Relaxed);
                     }

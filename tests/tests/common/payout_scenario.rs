@@ -230,14 +230,16 @@ impl Scenario {
             Duration::from_secs(90),
             "every found block to be confirmed",
             || {
-                self.pool.get_json("/api/v1/blocks").is_ok_and(|blocks| {
-                    blocks
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|b| b["rejected_reason"].is_null())
-                        .all(|b| b["status"] == "confirmed")
-                })
+                self.pool
+                    .get_json("/api/v1/blocks?limit=1000")
+                    .is_ok_and(|blocks| {
+                        blocks
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|b| b["rejected_reason"].is_null())
+                            .all(|b| b["status"] == "confirmed")
+                    })
             },
         )?;
         // The payout thread settles confirmed blocks within a pass.

@@ -1,0 +1,457 @@
+//! Issue 20's acceptance run, every part a real process on loopback: litecoind regtest, a
+//! three-server NATS JetStream cluster, two data-plane hosts (each with its own data
+//! directory, ports and share log, acknowledging a share only once the replicated stream
+//! holds it: `--share-ack replicated`), two control planes (one leads, one stands by),
+//! and `otedama miner`s given both data-plane hosts as pool slots, in opposite orders.
+//! While they mine, each part is killed with SIGKILL in turn:
+//! - the NATS server leading the share stream, twice (each started again after): shares
+//!   go on being acknowledged;
+//! - one data-plane host, for good (its disk taken for lost): its miners move to the other;
+//! - the leading control plane, in the middle of a payout (the node has taken the payment,
+//!   the ledger has not recorded it): the standby leads, records that payment, and sends
+//!   it neither twice nor not at all, by the node wallet's own account;
+//! - the new leader in turn, while the miners mine, once the first is back as a standby:
+//!   the first leads again, and shares and blocks go on.
+//!
+//! Every share a miner was told `true` for is credited once: the new leader's history
+//! holds exactly the records of the share stream (none twice), and the stream holds at
+//! least as many as the miners counted (each acknowledged share is in it, by
+//! `--share-ack replicated`), through every kill. The ledger's credits are the coinbases
+//! the node paid the pool, and what it has not paid out is what the pool's wallet holds.
+
+#[path = "common/cluster_roles.rs"]
+mod cluster_roles;
+#[path = "common/payout_scenario.rs"]
+mod payout_scenario;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use otedama_tests::nats::{shipped_records, stream_leader, NatsCluster};
+use otedama_tests::{
+    history_shares, ledger_total, otedama_binary, wait_until, NodeKind, PoolSetup, Process,
+    RegtestPair,
+};
+
+use cluster_roles::{accepted, role_setup};
+use payout_scenario::{Scenario, ADMIN_TOKEN, COINBASE_MATURITY, MINERS_WALLET, POOL_WALLET};
+
+/// Shares each phase waits to see credited before the next kill.
+const SHARES_PER_PHASE: u64 = 20;
+/// Seconds between a miner's shares that vardiff aims for. On regtest nearly every share
+/// is a block, and litecoind cannot build block 432, where MWEB activates, without a
+/// peg-in (`bad-txns-vin-empty`), so the whole run must stay below that height: 101
+/// blocks to start, 100 to mature, and the pool's blocks.
+const VARDIFF_SHARE_INTERVAL_S: &str = "2";
+/// The height litecoind regtest cannot mine past without an MWEB peg-in.
+const MWEB_ACTIVATION_HEIGHT: u64 = 432;
+/// How long a standby may take to lead once the leader is killed: the lease's 20 s term,
+/// a pass, and room for a loaded 2-core machine (the figure measured is printed).
+const TAKEOVER_S_MAX: u64 = 90;
+/// How long a phase may take to reach its shares.
+const PHASE_S_MAX: u64 = 120;
+
+/// `otedama miner` on every URL in turn (its pool slots), as `user`, writing its output
+/// (the summary with its count of shares answered `true`) to `output`, and each share
+/// answered `true` to `output` with the extension `accepted` (`--accepted-log`, appended).
+fn spawn_miner(urls: &[&str], user: &str, output: &Path) -> Process {
+    let child = Command::new(otedama_binary())
+        .arg("miner")
+        .args(urls.iter().flat_map(|url| ["--url", url]))
+        .args(["--user", user, "--algo", "scrypt"])
+        .arg("--accepted-log")
+        .arg(output.with_extension("accepted"))
+        // A killed host's connections end with the process; a silent one is left soon.
+        .args(["--silent-timeout-s", "10", "--failback-interval-s", "5"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(output).expect("the miner's output file"))
+        .stderr(std::fs::File::create(output.with_extension("log")).expect("its log file"))
+        .spawn()
+        .expect("starting otedama miner");
+    Process {
+        child,
+        name: format!("miner {user}"),
+    }
+}
+
+/// Stops a miner with SIGTERM and returns its own count of shares answered `true`.
+fn stop_miner(mut miner: Process, output: &Path) -> u64 {
+    miner.terminate();
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("miner done: accepted "))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the miner's summary in {}: {text}", output.display()))
+}
+
+/// Whether the control plane's `/metrics` says it leads.
+fn leads(pool: &PoolSetup) -> Option<bool> {
+    let metrics = pool.get_text("/metrics").ok()?;
+    otedama_tests::metric_value(&metrics, "otedama_cluster_leading").map(|value| value == 1.0)
+}
+
+/// Waits until the control plane on `pool` has credited `more` shares beyond `from`.
+fn wait_for_shares(pool: &PoolSetup, from: u64, more: u64, what: &str) -> u64 {
+    let mut now = 0;
+    wait_until(Duration::from_secs(PHASE_S_MAX), what, || {
+        now = history_shares(pool.api_port).unwrap_or(0);
+        now >= from + more
+    })
+    .unwrap_or_else(|error| panic!("{error:#}: {now} shares, from {from}"));
+    now
+}
+
+/// Waits until `SHARES_PER_PHASE` shares beyond those in the stream now are in the
+/// stream and credited by the control plane on `pool`.
+fn wait_for_shipped_and_credited(urls: &[String], pool: &PoolSetup, what: &str) {
+    let from = shipped_records(urls, None).len() as u64;
+    wait_for_shares(pool, from, SHARES_PER_PHASE, what);
+}
+
+/// Kills the server leading the share stream (once its two followers are current) and
+/// waits until the control plane on `pool` credits `SHARES_PER_PHASE` more shares without
+/// it; then starts it again.
+fn kill_the_stream_leader(cluster: &mut NatsCluster, urls: &[String], pool: &PoolSetup) {
+    let mut leader = String::new();
+    wait_until(
+        Duration::from_secs(PHASE_S_MAX),
+        "the share stream's replicas to be current",
+        || match stream_leader(urls, otedama_cluster::SHARE_STREAM) {
+            Some((name, current)) => {
+                leader = name;
+                current == 2
+            }
+            None => false,
+        },
+    )
+    .unwrap();
+    let server = cluster
+        .servers
+        .iter_mut()
+        .find(|server| server.name == leader)
+        .expect("the leader is one of ours");
+    server.kill_9();
+    let from = history_shares(pool.api_port).unwrap_or(0);
+    wait_for_shares(
+        pool,
+        from,
+        SHARES_PER_PHASE,
+        &format!("shares credited with {leader} killed"),
+    );
+    server.restart().unwrap();
+    eprintln!("{leader} (the share stream's leader) killed and started again");
+}
+
+#[test]
+fn the_cluster_loses_and_doubles_nothing_through_each_kill() {
+    let mut cluster = NatsCluster::start(3).unwrap();
+    let urls = cluster.urls();
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().to_path_buf();
+    let nodes = RegtestPair::start_kind(&root_path, 101, NodeKind::Litecoin).unwrap();
+    nodes
+        .miner
+        .call("createwallet", json!([MINERS_WALLET]))
+        .unwrap();
+    let miners: Vec<String> = (0..2)
+        .map(|_| {
+            nodes
+                .miner
+                .call_wallet(MINERS_WALLET, "getnewaddress", json!(["", "bech32"]))
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    std::fs::write(root_path.join("admin-token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let fault_file = root_path.join("fault-cp-a");
+
+    let mut a = role_setup(&nodes, &root_path, "cp-a", &urls);
+    a.env = vec![(
+        "OTEDAMA_FAULT_FILE".into(),
+        fault_file.display().to_string(),
+    )];
+    let mut leader = a.spawn("controlplane").unwrap();
+    wait_until(
+        Duration::from_secs(90),
+        "the first control plane to lead",
+        || leads(&a) == Some(true),
+    )
+    .unwrap();
+    let dataplanes: Vec<PoolSetup> = ["dp-1", "dp-2"]
+        .iter()
+        .map(|name| {
+            let mut setup = role_setup(&nodes, &root_path, name, &urls);
+            setup.extra_args.extend(
+                [
+                    "--share-ack",
+                    "replicated",
+                    "--vardiff-share-interval-s",
+                    VARDIFF_SHARE_INTERVAL_S,
+                ]
+                .map(String::from),
+            );
+            setup
+        })
+        .collect();
+    let mut dataplane_processes: Vec<Process> = dataplanes
+        .iter()
+        .map(|setup| setup.spawn("dataplane").unwrap())
+        .collect();
+    for setup in &dataplanes {
+        wait_until(Duration::from_secs(90), "a data plane's listener", || {
+            std::net::TcpStream::connect(setup.stratum_address()).is_ok()
+        })
+        .unwrap();
+    }
+    let b = role_setup(&nodes, &root_path, "cp-b", &urls);
+    let mut standby = b.spawn("controlplane").unwrap();
+    wait_until(Duration::from_secs(90), "the standby to stand by", || {
+        leads(&b) == Some(false)
+    })
+    .unwrap();
+
+    // Each miner prefers one host and has the other as its backup slot.
+    let (url_1, url_2) = (dataplanes[0].stratum_url(), dataplanes[1].stratum_url());
+    let slots = [
+        [url_1.as_str(), url_2.as_str()],
+        [url_2.as_str(), url_1.as_str()],
+    ];
+    let outputs: Vec<_> = (0..miners.len())
+        .map(|i| root_path.join(format!("miner-{i}.out")))
+        .collect();
+    let running: Vec<Process> = miners
+        .iter()
+        .enumerate()
+        .map(|(i, address)| spawn_miner(&slots[i], &format!("{address}.rig{i}"), &outputs[i]))
+        .collect();
+
+    // Everything up: shares and blocks.
+    wait_for_shares(&a, 0, SHARES_PER_PHASE, "shares credited");
+    wait_until(Duration::from_secs(PHASE_S_MAX), "blocks found", || {
+        accepted(&a).len() >= 2
+    })
+    .unwrap();
+    // The NATS server leading the share stream, twice over.
+    kill_the_stream_leader(&mut cluster, &urls, &a);
+    kill_the_stream_leader(&mut cluster, &urls, &a);
+    // One data-plane host, for good: its miners move to the other.
+    dataplane_processes[0].kill_9();
+    let from = history_shares(a.api_port).unwrap_or(0);
+    wait_for_shares(&a, from, SHARES_PER_PHASE, "shares credited with dp-1 gone");
+    let mut acknowledged: u64 = running
+        .into_iter()
+        .zip(&outputs)
+        .map(|(miner, output)| stop_miner(miner, output))
+        .sum();
+    eprintln!("{acknowledged} shares acknowledged before the payout");
+
+    // The leader pays, and is killed between the node taking the payment and the ledger
+    // recording it.
+    let mut scenario = Scenario {
+        root,
+        nodes,
+        pool: a,
+        miners: miners.clone(),
+        fault_file,
+        proxy: None,
+    };
+    let height = scenario
+        .nodes
+        .miner
+        .call("getblockcount", json!([]))
+        .unwrap();
+    assert!(
+        height.as_u64().unwrap() + COINBASE_MATURITY < MWEB_ACTIVATION_HEIGHT - 60,
+        "height {height}: too near MWEB activation to mature and mine on"
+    );
+    scenario.mature().unwrap();
+    let owed = scenario.owed_nonzero().unwrap();
+    assert!(!owed.is_empty(), "the miners are owed something");
+    std::fs::write(&scenario.fault_file, "payout:broadcast").unwrap();
+    let _ = scenario.run_payout();
+    wait_until(
+        Duration::from_secs(60),
+        "the leader to be killed mid-payout",
+        || matches!(leader.child.try_wait(), Ok(Some(_))),
+    )
+    .unwrap();
+    let killed_at = Instant::now();
+    leader.kill_9();
+    assert!(!scenario.fault_file.exists(), "the fault fired");
+    // The standby leads, finds the payment the node took and records it, once.
+    let former = std::mem::replace(&mut scenario.pool, b);
+    wait_until(
+        Duration::from_secs(TAKEOVER_S_MAX),
+        "the standby to lead",
+        || leads(&scenario.pool) == Some(true),
+    )
+    .unwrap();
+    eprintln!(
+        "the standby led {:.1} s after the leader was killed",
+        killed_at.elapsed().as_secs_f64()
+    );
+    scenario.wait_paid(&owed).unwrap();
+    let sends: Vec<String> = scenario
+        .nodes
+        .miner
+        .call_wallet(
+            POOL_WALLET,
+            "listtransactions",
+            json!(["*", 100_000, 0, true]),
+        )
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["category"] == "send")
+        .map(|entry| entry["txid"].as_str().unwrap().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(sends.len(), 1, "one payment transaction: {sends:?}");
+    for (miner, amount) in &owed {
+        assert_eq!(
+            scenario.received(miner).unwrap(),
+            *amount,
+            "{miner} paid once"
+        );
+    }
+
+    // The new leader serves: the miners mine on the host left, and it finds blocks. Then
+    // the former leader, started again on its data directory, stands by, and the new
+    // leader is killed in turn (plainly, mid-mining): the former leads again and serves.
+    let found_before = accepted(&scenario.pool).len();
+    let running: Vec<Process> = miners
+        .iter()
+        .enumerate()
+        .map(|(i, address)| {
+            spawn_miner(&[url_2.as_str()], &format!("{address}.rig{i}"), &outputs[i])
+        })
+        .collect();
+    wait_for_shipped_and_credited(&urls, &scenario.pool, "shares credited by the new leader");
+    wait_until(
+        Duration::from_secs(PHASE_S_MAX),
+        "a block found under the new leader",
+        || accepted(&scenario.pool).len() > found_before,
+    )
+    .unwrap();
+    leader = former.spawn("controlplane").unwrap();
+    wait_until(
+        Duration::from_secs(90),
+        "the former leader to stand by",
+        || leads(&former) == Some(false),
+    )
+    .unwrap();
+    standby.kill_9();
+    let killed_at = Instant::now();
+    let second = std::mem::replace(&mut scenario.pool, former);
+    wait_until(
+        Duration::from_secs(TAKEOVER_S_MAX),
+        "the former leader to lead again",
+        || leads(&scenario.pool) == Some(true),
+    )
+    .unwrap();
+    eprintln!(
+        "the former leader led again {:.1} s after the second leader was killed",
+        killed_at.elapsed().as_secs_f64()
+    );
+    wait_for_shipped_and_credited(
+        &urls,
+        &scenario.pool,
+        "shares credited after the second kill",
+    );
+    acknowledged += running
+        .into_iter()
+        .zip(&outputs)
+        .map(|(miner, output)| stop_miner(miner, output))
+        .sum::<u64>();
+
+    // Every acknowledged share is in the stream, by the miners' own list of `true`s, and
+    // no share is in it twice.
+    let shipped: std::collections::HashSet<String> = shipped_records(&urls, None)
+        .iter()
+        .map(|(_, _, record)| {
+            let word =
+                |at: usize| u32::from_le_bytes(record.header[at..at + 4].try_into().unwrap());
+            format!(
+                "{} {} {:08x} {:08x}",
+                hex::encode(&record.extranonce1),
+                hex::encode(&record.extranonce2),
+                word(68),
+                word(76)
+            )
+        })
+        .collect();
+    assert_eq!(
+        shipped.len(),
+        shipped_records(&urls, None).len(),
+        "no share twice in the stream"
+    );
+    let mut listed = 0u64;
+    for output in &outputs {
+        let accepted = std::fs::read_to_string(output.with_extension("accepted")).unwrap();
+        for line in accepted.lines() {
+            listed += 1;
+            assert!(
+                shipped.contains(line),
+                "a share the miner was told true for is not in the stream: {line}"
+            );
+        }
+    }
+    assert_eq!(
+        listed, acknowledged,
+        "the miners list every true they counted"
+    );
+
+    // Every acknowledged share credited once: the history is the stream's records, and
+    // those are at least the miners' count of `true`s.
+    let mut in_stream = 0;
+    wait_until(
+        Duration::from_secs(60),
+        "the history to hold the stream's records",
+        || {
+            in_stream = shipped_records(&urls, None).len() as u64;
+            history_shares(scenario.pool.api_port) == Some(in_stream)
+        },
+    )
+    .unwrap_or_else(|error| {
+        panic!(
+            "{error:#}: {in_stream} in the stream, {:?} credited",
+            history_shares(scenario.pool.api_port)
+        )
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        history_shares(scenario.pool.api_port),
+        Some(shipped_records(&urls, None).len() as u64),
+        "each record credited once"
+    );
+    assert!(
+        in_stream >= acknowledged,
+        "{in_stream} shares in the stream, {acknowledged} acknowledged"
+    );
+    eprintln!(
+        "{acknowledged} shares acknowledged, {in_stream} in the stream and credited once; the chain at height {}",
+        scenario.nodes.miner.call("getblockcount", json!([])).unwrap()
+    );
+
+    // The ledger against the chain: credits are the coinbases, and what is not paid out
+    // is what the wallet holds.
+    let rewards: u64 = accepted(&scenario.pool).values().sum();
+    wait_until(Duration::from_secs(60), "every block credited", || {
+        ledger_total(&scenario.pool, ADMIN_TOKEN).is_ok_and(|(credited, _)| credited == rewards)
+    })
+    .unwrap_or_else(|error| {
+        panic!(
+            "{error:#}: {rewards} in rewards, {:?} credited",
+            ledger_total(&scenario.pool, ADMIN_TOKEN).map(|(credited, _)| credited)
+        )
+    });
+    scenario.check_conservation().unwrap();
+    drop((leader, second, dataplane_processes));
+}
