@@ -45,7 +45,7 @@ const SHARES_PER_PHASE: u64 = 20;
 /// is a block, and litecoind cannot build block 432, where MWEB activates, without a
 /// peg-in (`bad-txns-vin-empty`), so the whole run must stay below that height: 101
 /// blocks to start, 100 to mature, and the pool's blocks.
-const VARDIFF_SHARE_INTERVAL_S: &str = "2";
+const VARDIFF_SHARE_INTERVAL_S: &str = "3";
 /// The height litecoind regtest cannot mine past without an MWEB peg-in.
 const MWEB_ACTIVATION_HEIGHT: u64 = 432;
 /// How long a standby may take to lead once the leader is killed: the lease's 20 s term,
