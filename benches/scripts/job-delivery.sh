@@ -54,10 +54,10 @@ for port in 23333 23343; do
 done
 for pid in "${loaders[@]}"; do wait "$pid"; done
 
-# One line per job and core: host, job id, since_built_ms, elapsed_ms, connections.
+# One line per job and core: host, job id:core, since_built_ms, elapsed_ms, connections.
 for host in socket-host nats-host; do
   sed 's/\x1b\[[0-9;]*m//g' "$dir/$host.log" | grep 'job broadcast' |
-    sed -E 's/.*job_id=([0-9]+).*since_built_ms=([0-9]+).*connections=([0-9]+).*elapsed_ms=([0-9]+).*/\1 \2 \4 \3/' |
+    sed -E 's/.*core=([0-9]+).*job_id=([0-9]+).*since_built_ms=([0-9]+).*connections=([0-9]+).*elapsed_ms=([0-9]+).*/\2:\1 \3 \5 \4/' |
     awk -v host="$host" 'NF == 4 && $4 > 0 { print host, $1, $2, $3, $4 }'
 done >"$dir/jobs.txt"
 
@@ -73,9 +73,9 @@ for host in socket-host nats-host; do
   read -r _ b50 b90 bmax <<<"$(quantiles "$host" 4)"
   printf '%-12s %6s  %-28s %-28s\n' "$host" "$n" "$a50 / $a90 / $amax" "$b50 / $b90 / $bmax"
 done
-# Job for job: the NATS host's delay minus the socket host's, for jobs both sent.
+# Job for job and core for core: the NATS host's delay minus the socket host's.
 awk '$1 == "socket-host" { s[$2] = $3 } $1 == "nats-host" { n[$2] = $3 }
   END { for (j in n) if (j in s) print n[j] - s[j] }' "$dir/jobs.txt" | sort -n |
   awk '{ v[NR] = $1 } END { if (NR == 0) { print "no job reached both hosts"; exit }
-    printf "NATS minus socket, same job (%d jobs): p50 %d ms, p90 %d ms, max %d ms\n",
+    printf "NATS minus socket, same job and core (%d): p50 %d ms, p90 %d ms, max %d ms\n",
       NR, v[int((NR - 1) * 0.5) + 1], v[int((NR - 1) * 0.9) + 1], v[NR] }'

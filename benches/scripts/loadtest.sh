@@ -53,6 +53,18 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 sleep 1
+# Cluster mode: the load starts once the control plane leads and the share shipper is
+# connected, so a run measures the cluster at work, not its start (electing the stream's
+# leader, taking the lease), which replicated acknowledgements would wait through.
+metric() { curl -s "http://127.0.0.1:$api_port/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+if [[ " ${pool_flags[*]} " == *" --nats-url "* ]]; then
+  command -v curl >/dev/null || { echo "cluster mode needs curl to see the cluster ready" >&2; exit 2; }
+  for _ in $(seq 600); do
+    if [[ $(metric otedama_cluster_leading) == 1 && $(metric otedama_share_shipping_planes) -ge 1 &&
+      $(metric otedama_share_shipping_disconnected) == 0 ]]; then break; fi
+    sleep 0.1
+  done
+fi
 rss_before=$(dataplane_rss_kib)
 slab_before=$(slab_kib)
 
