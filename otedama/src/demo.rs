@@ -1,5 +1,7 @@
 //! `otedama demo`: a whole pool on one machine. It starts two peered regtest nodes
-//! (Litecoin by default, or Bitcoin with `--coin bitcoin`), mines 101 blocks so the pool's wallet has mature coins, runs `otedama run`
+//! (Litecoin by default, or Bitcoin with `--coin bitcoin`), mines 101 blocks so the pool's
+//! wallet has mature coins (Litecoin: up to MWEB activation, with a peg-in, as mainnet has
+//! it), runs `otedama run`
 //! against them with two CPU miners, each mining for its own address in a second wallet,
 //! and prints the pool's progress and each miner's balances until Ctrl-C or `--duration`.
 //! Once the first blocks have their 100 confirmations the pool pays the miners from the
@@ -104,6 +106,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         root.path().display()
     );
     let nodes = RegtestPair::start_kind(root.path(), 101, kind)?;
+    if kind == NodeKind::Litecoin {
+        // Blocks come about twice a second: without this the chain would stop at MWEB
+        // activation (height 432) after about three minutes.
+        nodes.activate_mweb()?;
+    }
     let payout = nodes.wallet_address.clone();
     let start_height = nodes.miner.block_count()?;
     // The miners' addresses live in a wallet of their own, so what the node says they

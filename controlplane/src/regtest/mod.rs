@@ -427,3 +427,53 @@ impl RegtestPair {
         })
     }
 }
+
+impl RegtestPair {
+    /// Litecoin: brings the chain past MWEB activation now, as mainnet has been since
+    /// 2022 (see `activate_mweb`). A chain left before it stops at height 431 unless a
+    /// peg-in is sent in time, so whatever mines for long (the demo, the longest tests)
+    /// starts here; the tests of the pool's own first MWEB block do not.
+    pub fn activate_mweb(&self) -> anyhow::Result<()> {
+        activate_mweb(&self.miner, &self.funding_address)
+    }
+}
+
+/// The height at which Litecoin's regtest activates MWEB (BIP9 by height, always signalled).
+pub const LITECOIN_REGTEST_MWEB_HEIGHT: u64 = 432;
+
+/// Brings a Litecoin regtest chain past MWEB activation: mines to the block before it,
+/// pegs a coin of the funding wallet into the MWEB, and mines the activating block with
+/// that peg-in. litecoind cannot build the first MWEB block without one (its integrating
+/// transaction would have no input: `bad-txns-vin-empty`), so without it a node stops at
+/// height 431; after it every template carries the MWEB block the pool must append. (A
+/// peg-in sent before height 431 would make litecoind's templates before activation fail
+/// instead, so it is sent only there.)
+fn activate_mweb(node: &RegtestNode, funding_address: &str) -> anyhow::Result<()> {
+    let height = node
+        .call("getblockcount", json!([]))?
+        .as_u64()
+        .context("getblockcount returned no number")?;
+    if height >= LITECOIN_REGTEST_MWEB_HEIGHT {
+        return Ok(());
+    }
+    node.generate_to(funding_address, LITECOIN_REGTEST_MWEB_HEIGHT - 1 - height)?;
+    let mweb_address = node
+        .call_wallet(FUNDING_WALLET, "getnewaddress", json!(["", "mweb"]))?
+        .as_str()
+        .context("getnewaddress returned no MWEB address")?
+        .to_string();
+    // The wallet sees the coinbases it can spend once the node has connected them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match node.call_wallet(FUNDING_WALLET, "sendtoaddress", json!([mweb_address, 1])) {
+            Ok(_) => break,
+            Err(error) if std::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "peg-in not sent yet");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(error) => return Err(error.context("pegging a coin into the MWEB")),
+        }
+    }
+    node.generate_to(funding_address, 1)?;
+    Ok(())
+}
