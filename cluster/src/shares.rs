@@ -75,6 +75,9 @@ const FAILURES_PER_WARNING: u64 = 60;
 pub const SHIP_RETRY_DELAY_MS: u64 = 500;
 /// Pause between looks at a log with nothing new.
 const SHIP_IDLE_POLL_MS: u64 = 20;
+/// How long a session reads the log again when it comes back empty before the stream's
+/// last record of it is found, before taking the log for one that lost it.
+const LOG_CHECK_WAIT_MS: u64 = 3_000;
 /// The stream's duplicate window (the message ids' reach).
 const SHARE_STREAM_DUPLICATE_WINDOW_S: u64 = 120;
 const BATCH_FORMAT_VERSION: u8 = 1;
@@ -330,9 +333,10 @@ impl ShareShipper {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ShipperStatus::default());
         let (thread_stop, thread_status) = (stop.clone(), status.clone());
+        let ended = EndedGuard(status.clone());
         let thread =
             crate::spawn_on_runtime(format!("share-ship-{}", config.process), move || {
-                ship(config, thread_status, thread_stop)
+                ship(config, thread_status, thread_stop, ended)
             })?;
         Ok(ShareShipper {
             thread: Some(thread),
@@ -365,17 +369,24 @@ impl Drop for ShareShipper {
     }
 }
 
-async fn ship(config: ShipperConfig, status: Arc<ShipperStatus>, stop: Arc<AtomicBool>) {
-    /// Marks the shipper ended however its thread ends, a panic included, so that nobody
-    /// waits on it (`ShipperStatus::ended`).
-    struct Ended(Arc<ShipperStatus>);
-    impl Drop for Ended {
-        fn drop(&mut self) {
-            self.0.connected.store(false, Relaxed);
-            self.0.ended.store(true, Relaxed);
-        }
+/// Marks the shipper ended however its thread ends, so that nobody waits on it
+/// (`ShipperStatus::ended`): held by the thread's task, it is dropped when the task
+/// returns or panics, and with the task itself if the thread could not build its runtime.
+struct EndedGuard(Arc<ShipperStatus>);
+
+impl Drop for EndedGuard {
+    fn drop(&mut self) {
+        self.0.connected.store(false, Relaxed);
+        self.0.ended.store(true, Relaxed);
     }
-    let _ended = Ended(status.clone());
+}
+
+async fn ship(
+    config: ShipperConfig,
+    status: Arc<ShipperStatus>,
+    stop: Arc<AtomicBool>,
+    _ended: EndedGuard,
+) {
     let mut failures_in_a_row = 0u64;
     loop {
         let shipped_before = status.batches.load(Relaxed);
@@ -461,6 +472,7 @@ async fn session(
     let clock = clock_subject(&config.host, config.process);
     let mut clock_sent_ms = 0u64;
     let mut clock_sent_at: Option<std::time::Instant> = None;
+    let session_started = std::time::Instant::now();
     let (mut to_check, mut last_on_subject) = last_shipped(&stream, &subject).await?;
     let mut next_sequence = match &to_check {
         Some((last, _)) => last.checked_add(1).ok_or_else(|| {
@@ -514,11 +526,21 @@ async fn session(
         let mut read = tail.poll().map_err(anyhow::Error::from)?;
         if let Some((last, shipped)) = to_check.take() {
             match read.first() {
+                None if session_started.elapsed() < Duration::from_millis(LOG_CHECK_WAIT_MS) => {
+                    // A read can come back empty short of records the log holds (a
+                    // catch-up that met a WAL file being retired stops at the gap it
+                    // saw): read again before calling the log short.
+                    to_check = Some((last, shipped));
+                    tokio::time::sleep(Duration::from_millis(SHIP_IDLE_POLL_MS)).await;
+                    continue;
+                }
                 None => {
                     // The log (open before the shipper starts, and read to its end) ends
                     // before that record: it lost records the stream has, and its next
-                    // shares would reuse their numbers. Found at once, before the data
-                    // plane acknowledges shares that could never be shipped.
+                    // shares would reuse their numbers. Found within `LOG_CHECK_WAIT_MS`
+                    // of the session's start. With `share_ack = "replicated"` no share of
+                    // this log is acknowledged meanwhile; with acks local, the few taken
+                    // before this stay in the local log only, for the operator.
                     return Err(SessionError::Diverged(format!(
                         "the stream's last record of this log is number {last}, past the log's end"
                     )));

@@ -479,13 +479,15 @@ impl Core {
 
     /// Whether this process may take miners: always on a single host; in cluster mode
     /// while its lease on its slot holds (`otedama_cluster::host`) and its shipper has not
-    /// stopped for a log that disagrees with the stream (the control plane counts only
-    /// shipped shares, so a share acknowledged then would never be paid).
+    /// stopped, for a log that disagrees with the stream or because its thread ended (the
+    /// control plane counts only shipped shares, so a share acknowledged then would never
+    /// be paid).
     pub fn holds_cluster_lease(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
         self.config.cluster_slot.as_ref().is_none_or(|cluster| {
             cluster.lease.held()
                 && !self.counters.share_shipping.get().is_some_and(|status| {
-                    status.diverged.load(std::sync::atomic::Ordering::Relaxed)
+                    status.diverged.load(Relaxed) || status.ended.load(Relaxed)
                 })
         })
     }
