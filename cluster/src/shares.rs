@@ -472,7 +472,9 @@ async fn session(
     let clock = clock_subject(&config.host, config.process);
     let mut clock_sent_ms = 0u64;
     let mut clock_sent_at: Option<std::time::Instant> = None;
-    let session_started = std::time::Instant::now();
+    // When a read first came back empty while the stream's last record was still to be
+    // found in the log: the re-reads are counted from there.
+    let mut first_empty_read: Option<std::time::Instant> = None;
     let (mut to_check, mut last_on_subject) = last_shipped(&stream, &subject).await?;
     let mut next_sequence = match &to_check {
         Some((last, _)) => last.checked_add(1).ok_or_else(|| {
@@ -526,7 +528,11 @@ async fn session(
         let mut read = tail.poll().map_err(anyhow::Error::from)?;
         if let Some((last, shipped)) = to_check.take() {
             match read.first() {
-                None if session_started.elapsed() < Duration::from_millis(LOG_CHECK_WAIT_MS) => {
+                None if first_empty_read
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    < Duration::from_millis(LOG_CHECK_WAIT_MS) =>
+                {
                     // A read can come back empty short of records the log holds (a
                     // catch-up that met a WAL file being retired stops at the gap it
                     // saw): read again before calling the log short.
@@ -538,7 +544,7 @@ async fn session(
                     // The log (open before the shipper starts, and read to its end) ends
                     // before that record: it lost records the stream has, and its next
                     // shares would reuse their numbers. Found within `LOG_CHECK_WAIT_MS`
-                    // of the session's start. With `share_ack = "replicated"` no share of
+                    // of the first empty read. With `share_ack = "replicated"` no share of
                     // this log is acknowledged meanwhile; with acks local, the few taken
                     // before this stay in the local log only, for the operator.
                     return Err(SessionError::Diverged(format!(
