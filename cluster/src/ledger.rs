@@ -216,19 +216,12 @@ impl LedgerStream {
 
     /// Appends `batch` if the stream's last write is at `after`; its position.
     pub fn append(&self, batch: &[u8], after: u64) -> Result<u64, String> {
-        self.ask(chunk_count(batch.len()) - 1, |reply, deadline| {
-            Request::Replicate {
-                batch: batch.to_vec(),
-                after,
-                reply,
-                deadline,
-                chunks_max: usize::MAX,
-            }
-        })
+        self.append_cut_short(batch, after, usize::MAX)
     }
 
     /// Fault injection for tests: appends only the first `chunks` chunks of `batch`, as a
-    /// writer killed between two chunks leaves it, and fails.
+    /// writer killed between two chunks leaves it, and fails (with `chunks` at least the
+    /// batch's, it is `append`).
     #[doc(hidden)]
     pub fn append_cut_short(&self, batch: &[u8], after: u64, chunks: usize) -> Result<u64, String> {
         self.ask(chunk_count(batch.len()) - 1, |reply, deadline| {

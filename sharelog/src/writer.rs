@@ -85,8 +85,9 @@ pub enum StoreError {
     Write(String),
     #[error("share log cannot write until it reopens: {0}")]
     Unavailable(String),
-    /// Stored in the log, but its shipper stopped for good (the log and the replicated
-    /// stream disagree), so with `share_ack = "replicated"` it is not acknowledged.
+    /// Stored in the log, but with `share_ack = "replicated"` not acknowledged: its
+    /// shipper stopped for good (the log and the replicated stream disagree, or its thread
+    /// ended) or none runs.
     #[error("share stored but not replicated: {0}")]
     NotReplicated(String),
 }

@@ -216,6 +216,13 @@ impl PoolSetup {
             .unwrap_or_default())
     }
 
+    /// Whether every block the node accepted from the pool is confirmed (the ones it
+    /// rejected have no status to reach).
+    pub fn accepted_blocks_confirmed(&self) -> bool {
+        self.accepted_blocks()
+            .is_ok_and(|blocks| blocks.iter().all(|block| block["status"] == "confirmed"))
+    }
+
     /// `POST path` on the API with a bearer token; the status and the JSON body, whatever
     /// the status.
     pub fn post_admin(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {

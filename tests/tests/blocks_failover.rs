@@ -167,16 +167,7 @@ fn a_new_leader_holds_and_matures_every_block_the_former_leader_found() {
     wait_until(
         Duration::from_secs(120),
         "every found block to be confirmed",
-        || {
-            b.get_json("/api/v1/blocks?limit=1000").is_ok_and(|blocks| {
-                blocks
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|block| block["rejected_reason"].is_null())
-                    .all(|block| block["status"] == "confirmed")
-            })
-        },
+        || b.accepted_blocks_confirmed(),
     )
     .unwrap();
     // Each accepted block credited once: the credits are the rewards, and the rewards are

@@ -229,18 +229,7 @@ impl Scenario {
         wait_until(
             Duration::from_secs(90),
             "every found block to be confirmed",
-            || {
-                self.pool
-                    .get_json("/api/v1/blocks?limit=1000")
-                    .is_ok_and(|blocks| {
-                        blocks
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .filter(|b| b["rejected_reason"].is_null())
-                            .all(|b| b["status"] == "confirmed")
-                    })
-            },
+            || self.pool.accepted_blocks_confirmed(),
         )?;
         // The payout thread settles confirmed blocks within a pass.
         wait_until(Duration::from_secs(30), "the ledger to mature them", || {
