@@ -50,6 +50,12 @@ pub const HOST_SLOTS_MAX: usize = 256;
 /// How long a start waits for its claim (a name still held by a previous machine's lease
 /// is free after `HOST_LEASE_TTL_MS`).
 pub const HOST_CLAIM_WAIT_MS: u64 = 60_000;
+/// How long a process whose slot another holds keeps asking for it back before it gives
+/// up (`LeaseStatus::given_up`). Its cores hand out extranonce1 values that begin with the
+/// slot, so it cannot move to another slot while it runs; a data plane that gives up ends,
+/// and its next start claims a free slot. A `Taken` answer is never transient: a renewal
+/// whose answer was lost is recognised as ours (`Claimant::rewrite`).
+pub const HOST_SLOT_TAKEN_GIVE_UP_MS: u64 = 10_000;
 /// How long one request to the bucket may take.
 const KV_REQUEST_TIMEOUT_MS: u64 = 3_000;
 
@@ -78,6 +84,9 @@ pub struct LeaseStatus {
     term_revision: AtomicU64,
     /// Asked of the holder by its process: let the lease go (it cannot act on it).
     release_asked: AtomicBool,
+    /// Another process has held this slot for `HOST_SLOT_TAKEN_GIVE_UP_MS`: the keeper
+    /// has stopped, and the lease will not be held again in this process's life.
+    given_up: AtomicBool,
 }
 
 impl LeaseStatus {
@@ -128,6 +137,13 @@ impl LeaseStatus {
     /// Someone else holds the claim now: stop at once.
     pub fn lost(&self) {
         self.held_until_ms.store(0, Ordering::Release);
+    }
+
+    /// Whether the keeper gave the slot up to another process for good (see
+    /// `HOST_SLOT_TAKEN_GIVE_UP_MS`): the process should end, so that its next start
+    /// claims another slot.
+    pub fn given_up(&self) -> bool {
+        self.given_up.load(Ordering::Acquire)
     }
 }
 
@@ -371,23 +387,26 @@ impl Claimant<'_> {
             .await?;
         let our_slot_value = self.slot_value();
         let is_our_slot = |value: &[u8]| value == our_slot_value.as_bytes();
-        let slot = match wanted.or(named_before) {
+        let first_choice = match wanted.or(named_before) {
             Some(slot) => slot,
-            None => {
-                let mut taken = std::collections::BTreeSet::new();
-                let mut keys = self.store.keys().await?;
-                while let Some(key) = keys.next().await {
-                    if let Some(slot) = slot_of_key(&key?) {
-                        taken.insert(slot);
-                    }
-                }
-                choose_free_slot(&taken, rand::random())
-                    .ok_or_else(|| ClaimError::Taken("every slot is held".into()))?
-            }
+            None => self.free_slot().await?,
         };
-        let slot_revision = self
-            .take_key(&slot_key(slot), our_slot_value.clone(), is_our_slot)
-            .await?;
+        let (slot, slot_revision) = match self
+            .take_key(&slot_key(first_choice), our_slot_value.clone(), is_our_slot)
+            .await
+        {
+            Ok(revision) => (first_choice, revision),
+            // At a start (`wanted` is none: no miner holds a value of the slot yet) the
+            // slot the name held before may be another's by now: take a free one.
+            Err(ClaimError::Taken(_)) if wanted.is_none() && named_before.is_some() => {
+                let slot = self.free_slot().await?;
+                let revision = self
+                    .take_key(&slot_key(slot), our_slot_value.clone(), is_our_slot)
+                    .await?;
+                (slot, revision)
+            }
+            Err(error) => return Err(error),
+        };
         let name_revision = self
             .update(
                 &self.name(),
@@ -400,6 +419,19 @@ impl Claimant<'_> {
             name_revision,
             slot_revision,
         })
+    }
+
+    /// A slot no key names, picked at random among the free ones.
+    async fn free_slot(&self) -> Result<u8, ClaimError> {
+        let mut taken = std::collections::BTreeSet::new();
+        let mut keys = self.store.keys().await?;
+        while let Some(key) = keys.next().await {
+            if let Some(slot) = slot_of_key(&key?) {
+                taken.insert(slot);
+            }
+        }
+        choose_free_slot(&taken, rand::random())
+            .ok_or_else(|| ClaimError::Taken("every slot is held".into()))
     }
 
     async fn update(&self, key: &str, value: String, revision: u64) -> Result<u64, ClaimError> {
@@ -635,6 +667,8 @@ async fn keep_lease(
     tracing::info!(host = %config.host, process = config.process, slot = claim.slot, "host slot claimed");
     let _ = claimed.send(Ok(claim.slot));
     let mut lost = false;
+    // When the answers began to say another process holds the slot.
+    let mut taken_since: Option<Instant> = None;
     loop {
         let wait = if lost || !status.held() {
             HOST_LEASE_RETRY_MS
@@ -657,6 +691,7 @@ async fn keep_lease(
                 }
                 claim = renewed;
                 lost = false;
+                taken_since = None;
                 status.renewed(sent_ms);
             }
             Err(ClaimError::Taken(why)) => {
@@ -670,6 +705,16 @@ async fn keep_lease(
                     );
                 }
                 lost = true;
+                let since = *taken_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(HOST_SLOT_TAKEN_GIVE_UP_MS) {
+                    tracing::error!(
+                        slot = claim.slot,
+                        why,
+                        "another process has held this slot for {HOST_SLOT_TAKEN_GIVE_UP_MS} ms: giving it up"
+                    );
+                    status.given_up.store(true, Ordering::Release);
+                    return;
+                }
             }
             Err(ClaimError::Unreachable(error)) => {
                 if status.held() && !status.held_at(monotonic_ms() + HOST_LEASE_RENEW_MS) {

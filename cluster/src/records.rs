@@ -1,7 +1,8 @@
 //! Cluster mode: the control plane's records that a standby must hold before it can lead,
 //! in replicated streams keyed by subject: every block found and what became of it
-//! (`RecordKind::Blocks`), and every job built (`RecordKind::Jobs`), which a block share
-//! names by id and which the block cannot be rebuilt without.
+//! (`RecordKind::Blocks`), every job built (`RecordKind::Jobs`), which a block share
+//! names by id and which the block cannot be rebuilt without, and the operator's ban list
+//! (`RecordKind::Bans`), which must not lapse when the leader changes.
 //!
 //! The leader publishes each record before it writes it itself (`RecordPublisher`); a
 //! record the stream did not take is not written, so no control plane holds a record the
@@ -71,13 +72,24 @@ pub enum RecordKind {
     Blocks,
     /// Keyed by job id (decimal); the payload is the stored job.
     Jobs,
+    /// The operator's ban list, under one key (`BAN_LIST_KEY`); the payload is the list
+    /// as JSON. Only the newest is kept, so a control plane started late, or a standby
+    /// that takes over, enforces the list the last leader published.
+    Bans,
 }
+
+/// The key of the operator's ban list in `RecordKind::Bans`.
+pub const BAN_LIST_KEY: &str = "operator";
+/// Messages the ban stream keeps: the chunks of one list at most (a full list of
+/// `BANS_MAX` entries takes about 13).
+pub const BAN_STREAM_MESSAGES_MAX: i64 = RECORD_CHUNKS_MAX as i64;
 
 impl RecordKind {
     pub fn stream(self) -> &'static str {
         match self {
             RecordKind::Blocks => "OTEDAMA_BLOCKS",
             RecordKind::Jobs => "OTEDAMA_JOBS",
+            RecordKind::Bans => "OTEDAMA_BANS",
         }
     }
 
@@ -85,6 +97,7 @@ impl RecordKind {
         match self {
             RecordKind::Blocks => "otedama.blocks",
             RecordKind::Jobs => "otedama.jobs",
+            RecordKind::Bans => "otedama.bans",
         }
     }
 
@@ -101,6 +114,7 @@ impl RecordKind {
         match self {
             RecordKind::Blocks => config.max_messages = BLOCK_STREAM_MESSAGES_MAX,
             RecordKind::Jobs => config.max_bytes = JOB_STREAM_BYTES_MAX,
+            RecordKind::Bans => config.max_messages = BAN_STREAM_MESSAGES_MAX,
         }
         config
     }
@@ -597,8 +611,35 @@ impl Leadership {
         &self.lease
     }
 
+    /// Whether this control plane may act as the leader now. The callers that act on the
+    /// answer call this: it starts the catch-up clock of a new term, and lets the lease go
+    /// when the catch-up has taken over `LEAD_CATCH_UP_MAX_MS`.
     pub fn leads(&self) -> bool {
         self.leads_at(monotonic_ms())
+    }
+
+    /// The same answer as `leads` from what the callers that act have seen, without taking
+    /// any decision: for metrics and status pages, whose reads must not change what the
+    /// process does.
+    pub fn observed_leading(&self) -> bool {
+        self.observed_leading_at(monotonic_ms())
+    }
+
+    fn observed_leading_at(&self, now_ms: u64) -> bool {
+        let term = self.lease.term();
+        if !self.lease.held_at(now_ms) || self.lease.term() != term {
+            return false;
+        }
+        let Some((seen_term, since_ms)) = *self.term_seen.lock().expect("term seen") else {
+            return false;
+        };
+        seen_term == term
+            && self
+                .followers
+                .lock()
+                .expect("followers")
+                .iter()
+                .all(|follower| follower.caught_up_after(since_ms))
     }
 
     fn leads_at(&self, now_ms: u64) -> bool {
@@ -729,5 +770,28 @@ mod tests {
         assert!(!lease.take_release_request());
         assert!(!leadership.leads_at(1_000 + LEAD_CATCH_UP_MAX_MS));
         assert!(lease.take_release_request());
+    }
+
+    /// A metric's read of the leadership takes no decision: it neither starts a term's
+    /// catch-up clock nor lets the lease go, and agrees with `leads` once that has looked.
+    #[test]
+    fn observing_the_leadership_changes_nothing() {
+        let lease = Arc::new(LeaseStatus::default());
+        let leadership = Leadership::new(lease.clone());
+        let follower = Arc::new(FollowerStatus::default());
+        leadership.wait_for(follower.clone());
+        lease.began_term(3);
+        lease.renewed(1_000);
+        assert!(!leadership.observed_leading_at(1_000));
+        assert!(leadership.term_seen.lock().unwrap().is_none());
+        lease.renewed(1_000 + LEAD_CATCH_UP_MAX_MS);
+        assert!(!leadership.observed_leading_at(1_000 + LEAD_CATCH_UP_MAX_MS));
+        assert!(!lease.take_release_request());
+        assert!(!leadership.leads_at(1_000 + LEAD_CATCH_UP_MAX_MS));
+        follower
+            .caught_up_at_ms
+            .store(1_001 + LEAD_CATCH_UP_MAX_MS, Relaxed);
+        assert!(leadership.observed_leading_at(1_002 + LEAD_CATCH_UP_MAX_MS));
+        assert!(leadership.leads_at(1_002 + LEAD_CATCH_UP_MAX_MS));
     }
 }

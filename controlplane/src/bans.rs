@@ -8,6 +8,15 @@
 //! The compliance deny list (see `otedama_compliance::deny_list`) joins the operator's
 //! list in what the data planes receive, so a denied address cannot authorize either; it
 //! is never written to `bans.json`, because it is re-read from its own files.
+//!
+//! Cluster mode: the operator's list lives in the replicated stream `OTEDAMA_BANS`
+//! (`otedama_cluster::records`), and `bans.json` is each control plane's copy. Only the
+//! leader changes it, and only once it has read that stream to its end
+//! (`Leadership::leads`), so a change is always made to the newest list; the change goes
+//! to the stream before it is written here, and every other control plane writes what it
+//! reads there (`replace_operator_list`). A standby that takes over thus enforces every
+//! ban the former leader made. Invariant: no change is enforced anywhere that the stream
+//! did not take.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -34,6 +43,24 @@ pub enum BanError {
     TooMany(usize),
     #[error("saving the ban list: {0}")]
     Storage(String),
+    /// Cluster mode: this control plane stands by (or has not read the ban stream to its
+    /// end since it began to lead).
+    #[error("this control plane does not lead the cluster: change the bans on the leader (otedama_cluster_leading 1)")]
+    NotLeading,
+    /// Cluster mode: the replicated stream did not take the change, so it was not made.
+    #[error("the cluster's ban stream did not take the change, which was not made: {0}")]
+    NotReplicated(String),
+}
+
+/// Sends a ban list to the cluster's stream; `Err` says why it was not taken.
+pub type PublishBanList = Box<dyn Fn(&BanList) -> Result<(), String> + Send + Sync>;
+
+/// Cluster mode: how changes reach the other control planes.
+pub struct BanReplication {
+    /// Whether this control plane may change the list now (`Leadership::leads`).
+    pub leads: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Sends the operator's whole list to the stream; `Ok` once the stream holds it.
+    pub publish: PublishBanList,
 }
 
 pub struct BanStore {
@@ -43,6 +70,8 @@ pub struct BanStore {
     lists: Mutex<(BanList, BTreeSet<String>)>,
     /// What the data planes enforce: both lists together.
     current: watch::Sender<Arc<BanList>>,
+    /// Cluster mode only.
+    replication: std::sync::OnceLock<BanReplication>,
 }
 
 impl BanStore {
@@ -67,7 +96,53 @@ impl BanStore {
             path,
             current: watch::Sender::new(Arc::new(list.clone())),
             lists: Mutex::new((list, BTreeSet::new())),
+            replication: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: changes go to the stream first, and only the leader makes them.
+    pub fn replicate_with(&self, replication: BanReplication) {
+        let _ = self.replication.set(replication);
+    }
+
+    /// Cluster mode: sends the operator's list as this control plane holds it to the
+    /// stream, if it leads. A new leader does this once it has read the stream to its
+    /// end, so the stream holds a list from then on even if no ban was ever changed in
+    /// cluster mode (a list kept from single-host mode, say); a list read from the stream
+    /// is sent back unchanged. `Ok(false)` when it does not lead.
+    pub fn publish_current(&self) -> Result<bool, BanError> {
+        let Some(replication) = self.replication.get() else {
+            return Ok(false);
+        };
+        let lists = self.lists.lock().expect("ban list lock");
+        if !(replication.leads)() {
+            return Ok(false);
+        }
+        (replication.publish)(&lists.0).map_err(BanError::NotReplicated)?;
+        Ok(true)
+    }
+
+    /// Cluster mode: the operator's list another control plane published, read from the
+    /// stream: written here and enforced. A list that together with this control plane's
+    /// deny list is over `BANS_MAX` is written but not sent to the data planes (they would
+    /// refuse it whole), which keep the list enforced before; logged.
+    pub fn replace_operator_list(&self, list: BanList) -> anyhow::Result<()> {
+        let mut lists = self.lists.lock().expect("ban list lock");
+        if list == lists.0 {
+            return Ok(());
+        }
+        self.save(&list)?;
+        let merged = merge(&list, &lists.1);
+        lists.0 = list;
+        if merged.len() > BANS_MAX {
+            tracing::error!(
+                entries = merged.len(),
+                "the cluster's ban list and this control plane's deny list exceed BANS_MAX together: the data planes keep the list they had"
+            );
+            return Ok(());
+        }
+        self.current.send_replace(Arc::new(merged));
+        Ok(())
     }
 
     /// Rewrites the operator's list with each address of the pool's coin and network in
@@ -146,11 +221,28 @@ impl BanStore {
         if merged.len() > BANS_MAX {
             return Err(BanError::TooMany(merged.len()));
         }
-        self.save(&list)
-            .map_err(|e| BanError::Storage(format!("{e:#}")))?;
+        let replicated = match self.replication.get() {
+            Some(replication) => {
+                // Under the lock: no other change, nor a list read from the stream, comes
+                // between the check, the stream and this copy.
+                if !(replication.leads)() {
+                    return Err(BanError::NotLeading);
+                }
+                (replication.publish)(&list).map_err(BanError::NotReplicated)?;
+                true
+            }
+            None => false,
+        };
+        let saved = match self.save(&list) {
+            Err(error) if !replicated => return Err(BanError::Storage(format!("{error:#}"))),
+            saved => saved,
+        };
+        // Cluster mode: enforced even if this copy could not be written, since the stream
+        // has it and the other control planes enforce it.
         lists.0 = list;
         let merged = Arc::new(merged);
         self.current.send_replace(merged.clone());
+        saved.map_err(|e| BanError::Storage(format!("{e:#}")))?;
         Ok(merged)
     }
 
@@ -203,6 +295,68 @@ mod tests {
         assert!(store.current().bans_worker(&format!("{current}.rig")));
         let reopened = BanStore::open(path).unwrap();
         assert!(reopened.current().bans_worker(&current));
+    }
+
+    /// Cluster mode: a change is made only while leading and only once the stream took
+    /// it; a list read from the stream replaces the operator's and is enforced.
+    #[test]
+    fn a_replicated_change_needs_the_lead_and_the_stream() {
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.json");
+        let store = BanStore::open(path.clone()).unwrap();
+        let (leading, taking) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let sent = Arc::new(Mutex::new(Vec::<BanList>::new()));
+        let (l, t, out) = (leading.clone(), taking.clone(), sent.clone());
+        store.replicate_with(BanReplication {
+            leads: Box::new(move || l.load(Relaxed)),
+            publish: Box::new(move |list| {
+                if !t.load(Relaxed) {
+                    return Err("no quorum".into());
+                }
+                out.lock().unwrap().push(list.clone());
+                Ok(())
+            }),
+        });
+        let change = BanChange {
+            addresses: vec!["addr".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.apply(&change, true),
+            Err(BanError::NotLeading)
+        ));
+        assert!(!store.publish_current().unwrap());
+        leading.store(true, Relaxed);
+        assert!(matches!(
+            store.apply(&change, true),
+            Err(BanError::NotReplicated(_))
+        ));
+        assert!(store.current().addresses.is_empty(), "nothing enforced");
+        assert!(!path.exists(), "nothing written");
+        taking.store(true, Relaxed);
+        store.apply(&change, true).unwrap();
+        assert!(store.current().bans_worker("addr.rig"));
+        assert_eq!(sent.lock().unwrap().last(), Some(&store.operator_list()));
+        assert!(store.publish_current().unwrap());
+        assert_eq!(sent.lock().unwrap().len(), 2);
+
+        // Another control plane's list, read from the stream.
+        let mut theirs = BanList::default();
+        theirs.addresses.insert("other".into());
+        store
+            .set_denied(BTreeSet::from(["denied".to_string()]))
+            .unwrap();
+        store.replace_operator_list(theirs.clone()).unwrap();
+        assert_eq!(store.operator_list(), theirs);
+        assert!(
+            store.current().bans_worker("other.rig") && store.current().bans_worker("denied.x")
+        );
+        assert!(!store.current().bans_worker("addr.rig"));
+        assert_eq!(*BanStore::open(path).unwrap().current(), theirs);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn render(state: &ApiState) -> String {
             "otedama_cluster_leading",
             "gauge",
             "Cluster mode: 1 while this control plane leads (holds the lease and has read the block and job streams to their end), 0 while it stands by.",
-            u64::from(leadership.leads()),
+            u64::from(leadership.observed_leading()),
         );
     }
     out.single(

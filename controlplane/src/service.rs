@@ -75,6 +75,23 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     let leadership = leader
         .as_ref()
         .map(|(lease, _)| otedama_cluster::records::Leadership::new(lease.status()));
+    // This run's name on the record streams: a follower passes over what its own process
+    // sent.
+    let origin = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let bans = Arc::new(crate::bans::BanStore::open(
+        config.data_dir.join("bans.json"),
+    )?);
+    bans.canonicalize(&config.coin_params().address)?;
+    if let Some(leadership) = &leadership {
+        replicate_bans(&config, &bans, leadership, &origin)?;
+    }
     // Jobs, and in cluster mode the block and job streams, come before the payout thread:
     // it may lead only once both are read to the end (`Leadership::leads`).
     let node_records = match config.chain {
@@ -85,9 +102,9 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
                     .with_context(|| format!("opening the job store {}", jobs_path.display()))?,
             );
             let job_publisher = match &leadership {
-                Some(leadership) => {
-                    Some(follow_records(&config, &state, &store, &jobs, leadership)?)
-                }
+                Some(leadership) => Some(follow_records(
+                    &config, &state, &store, &jobs, leadership, &origin,
+                )?),
                 None => None,
             };
             Some((jobs, job_publisher))
@@ -150,10 +167,91 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         state,
         store,
         payouts,
-        audit,
+        (audit, bans),
         candidate_tx,
         leadership,
     )
+}
+
+/// Cluster mode: the operator's ban list in the replicated stream (`crate::bans`): read
+/// from it into this control plane's copy, changed only by the leader once it has read it
+/// to the end, and sent there again by each new leader.
+fn replicate_bans(
+    config: &PoolConfig,
+    bans: &Arc<crate::bans::BanStore>,
+    leadership: &Arc<otedama_cluster::records::Leadership>,
+    origin: &str,
+) -> anyhow::Result<()> {
+    use otedama_cluster::records::{follow, Publisher, RecordKind, RecordPublisher, BAN_LIST_KEY};
+    let (urls, replicas) = (config.nats_urls.clone(), config.share_stream_replicas);
+    let bans_in = bans.clone();
+    let follower = follow(
+        urls.clone(),
+        replicas,
+        RecordKind::Bans,
+        origin.to_string(),
+        config.data_dir.join("bans-stream-position"),
+        Box::new(move |key, payload| {
+            if key != BAN_LIST_KEY {
+                tracing::error!(
+                    key,
+                    "a record in the ban stream under another key: passed over"
+                );
+                return Ok(());
+            }
+            match serde_json::from_slice::<otedama_shared::bans::BanList>(payload) {
+                Ok(list) => bans_in.replace_operator_list(list),
+                Err(error) => {
+                    tracing::error!(%error, "an unreadable ban list in the ban stream: passed over");
+                    Ok(())
+                }
+            }
+        }),
+    )?;
+    leadership.wait_for(follower);
+    let publisher = RecordPublisher::start(
+        urls,
+        replicas,
+        RecordKind::Bans,
+        Publisher {
+            origin: origin.to_string(),
+            lease: leadership.lease().clone(),
+        },
+    )?;
+    let leads = leadership.clone();
+    bans.replicate_with(crate::bans::BanReplication {
+        leads: Box::new(move || leads.leads()),
+        publish: Box::new(move |list| {
+            let payload = serde_json::to_vec(list).expect("ban lists serialize");
+            publisher.publish(BAN_LIST_KEY, &payload)
+        }),
+    });
+    // Each term of this control plane's lead, once it has read the streams to their end:
+    // its list (now the newest) to the stream.
+    let (bans, leadership) = (bans.clone(), leadership.clone());
+    std::thread::Builder::new()
+        .name("bans-publish".into())
+        .spawn(move || {
+            let mut published_term = None;
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let term = leadership.lease().term();
+                if published_term == Some(term) || !leadership.leads() {
+                    continue;
+                }
+                match bans.publish_current() {
+                    Ok(true) => {
+                        tracing::info!(term, "ban list sent to the cluster's stream as leader");
+                        published_term = Some(term);
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "ban list not sent to the stream; trying again")
+                    }
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Cluster mode: the found blocks and built jobs of other control planes, read from their
@@ -166,18 +264,11 @@ fn follow_records(
     store: &Arc<BlockStore>,
     jobs: &Arc<JobStore>,
     leadership: &Arc<otedama_cluster::records::Leadership>,
+    origin: &str,
 ) -> anyhow::Result<otedama_cluster::records::RecordPublisher> {
     use otedama_cluster::records::{follow, Publisher, RecordKind, RecordPublisher};
     let (urls, replicas) = (config.nats_urls.clone(), config.share_stream_replicas);
-    // This run's name on the streams: a follower passes over what its own process sent.
-    let origin = format!(
-        "{:x}{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    );
+    let origin = origin.to_string();
     let publisher = Publisher {
         origin: origin.clone(),
         lease: leadership.lease().clone(),
@@ -351,7 +442,7 @@ fn serve(
     state: Arc<PoolState>,
     store: Arc<BlockStore>,
     payouts: PayoutHandles,
-    audit: Arc<AuditLog>,
+    (audit, bans): (Arc<AuditLog>, Arc<crate::bans::BanStore>),
     candidate_tx: Sender<SourcedCandidate>,
     leadership: Option<Arc<otedama_cluster::records::Leadership>>,
 ) -> anyhow::Result<()> {
@@ -360,10 +451,6 @@ fn serve(
         .as_ref()
         .map(|leadership| leadership.lease().clone());
     let admin_token_sha256 = config.admin_token_sha256()?;
-    let bans = Arc::new(crate::bans::BanStore::open(
-        config.data_dir.join("bans.json"),
-    )?);
-    bans.canonicalize(&config.coin_params().address)?;
     if !config.deny_list_file.is_empty() {
         let ticker = config.deny_list_ticker();
         // A deny list that cannot be read at start stops the start: running without the

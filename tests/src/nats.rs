@@ -216,3 +216,23 @@ pub fn stream_leader(urls: &[String], stream: &str) -> Option<(String, usize)> {
         Some((cluster.leader.clone()?, current))
     })
 }
+
+/// Writes `value` under `key` in the key-value bucket `bucket`, as another process of the
+/// cluster would (a test takes a slot this way).
+pub fn put_key(urls: &[String], bucket: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = async_nats::connect(otedama_cluster::server_addresses(urls)?).await?;
+        let store = async_nats::jetstream::new(client)
+            .get_key_value(bucket)
+            .await
+            .map_err(|error| anyhow::anyhow!("the bucket {bucket}: {error}"))?;
+        store
+            .put(key, value.to_string().into())
+            .await
+            .map_err(|error| anyhow::anyhow!("writing {key}: {error}"))?;
+        Ok(())
+    })
+}

@@ -45,9 +45,12 @@ const SHARES_PER_PHASE: u64 = 20;
 /// Seconds between a miner's shares that vardiff aims for: on regtest about every other
 /// share is a block too, and each block is a new job for every miner.
 const VARDIFF_SHARE_INTERVAL_S: &str = "3";
-/// How long a standby may take to lead once the leader is killed: the lease's 20 s term,
-/// a pass, and room for a loaded 2-core machine (the figure measured is printed).
-const TAKEOVER_S_MAX: u64 = 90;
+/// How long a standby may take to lead once the leader is killed, as the issue asks: the
+/// lease's 20 s term, then a read of the block and job streams to their end (measured
+/// 17–21 s here; the figure is printed).
+const TAKEOVER_S_MAX: u64 = 30;
+/// How long the test waits for a takeover at all, so a slow one fails with its time.
+const TAKEOVER_WAIT_S_MAX: u64 = 120;
 /// How long a phase may take to reach its shares.
 const PHASE_S_MAX: u64 = 120;
 
@@ -120,14 +123,20 @@ fn leads(pool: &PoolSetup) -> Option<bool> {
 /// (the leader's kill) it did.
 fn wait_to_lead(pool: &PoolSetup, killed_at: Instant, who: &str) {
     wait_until(
-        Duration::from_secs(TAKEOVER_S_MAX),
+        Duration::from_secs(TAKEOVER_WAIT_S_MAX),
         &format!("{who} to lead"),
         || leads(pool) == Some(true),
     )
     .unwrap();
+    let took = killed_at.elapsed();
     eprintln!(
         "{who} led {:.1} s after the leader was killed",
-        killed_at.elapsed().as_secs_f64()
+        took.as_secs_f64()
+    );
+    assert!(
+        took <= Duration::from_secs(TAKEOVER_S_MAX),
+        "{who} led {:.1} s after the leader was killed; at most {TAKEOVER_S_MAX} s",
+        took.as_secs_f64()
     );
 }
 

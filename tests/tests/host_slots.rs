@@ -2,13 +2,17 @@
 //! cluster: every data-plane process holds a slot of the cluster by a lease and starts
 //! every extranonce1 with it, so two hosts never hand out the same extranonce1; a second
 //! machine under a name in use waits; a process that loses its lease closes its miners
-//! and refuses new ones until it holds it again; a restart after a crash keeps its slot.
+//! and refuses new ones until it holds it again; a restart after a crash keeps its slot;
+//! a process whose slot another holds gives it up, ends, and starts again on a free one.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use otedama_cluster::host::{HostLease, HostLeaseConfig, HOST_LEASE_TTL_MS};
-use otedama_tests::nats::{cluster_flags, NatsCluster};
+use otedama_cluster::host::{
+    slot_key, HostLease, HostLeaseConfig, HOST_BUCKET, HOST_LEASE_RENEW_MS, HOST_LEASE_TTL_MS,
+    HOST_SLOT_TAKEN_GIVE_UP_MS,
+};
+use otedama_tests::nats::{cluster_flags, put_key, NatsCluster};
 use otedama_tests::{
     closed_by_peer, metric_value, wait_until, StratumTestClient, SyntheticPool,
     SYNTHETIC_PAYOUT_ADDRESS,
@@ -156,4 +160,60 @@ fn two_hosts_never_share_an_extranonce1_and_a_host_without_its_lease_takes_no_mi
         })
     })
     .unwrap();
+}
+
+/// Another process takes this host's slot (as a second cluster sharing the bucket could,
+/// or a process whose lease the bucket dropped while it was cut off): the host closes its
+/// miners, asks for the slot back for `HOST_SLOT_TAKEN_GIVE_UP_MS`, then ends, and `otedama
+/// run` starts it again on a free slot, where it serves miners once more.
+#[test]
+fn a_host_whose_slot_another_holds_ends_and_starts_again_on_a_free_one() {
+    let cluster = NatsCluster::start(3).unwrap();
+    let urls = cluster.urls();
+    let pool = SyntheticPool::start(&cluster_flags(&urls, "dp-t"));
+    let slot = extranonce1(&pool).unwrap()[0];
+    let mut held = StratumTestClient::connect(&pool.v1).unwrap();
+    held.start(&format!("{SYNTHETIC_PAYOUT_ADDRESS}.held"))
+        .unwrap();
+    held.set_read_timeout(Duration::from_millis(
+        HOST_LEASE_RENEW_MS + HOST_SLOT_TAKEN_GIVE_UP_MS,
+    ))
+    .unwrap();
+
+    // The intruder writes the slot as a holder does, renewing it until the test ends.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let intruder = {
+        let (urls, stop) = (urls.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                put_key(
+                    &urls,
+                    HOST_BUCKET,
+                    &slot_key(slot),
+                    "intruder.0.00000000000000ff",
+                )
+                .unwrap();
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        })
+    };
+    let closed = loop {
+        match held.read_message() {
+            Ok(_) => continue,
+            Err(error) => break error,
+        }
+    };
+    assert!(closed_by_peer(&closed), "closed by the pool: {closed:#}");
+
+    // Started again by `otedama run`, the data plane claims another slot and takes miners.
+    wait_until(
+        Duration::from_secs(60),
+        "miners taken on another slot",
+        || extranonce1(&pool).is_ok_and(|value| value[0] != slot),
+    )
+    .unwrap();
+    // The cores of one process all begin their values with the slot it claimed at start,
+    // so another slot means the data plane ended and was started again.
+    stop.store(true, Relaxed);
+    intruder.join().unwrap();
 }

@@ -517,6 +517,32 @@ mod tests {
         assert_eq!(flagged.config.load().unwrap().share_ack, ShareAck::Local);
     }
 
+    /// The exchange is not replicated, so cluster mode refuses it rather than run a book
+    /// per control plane.
+    #[test]
+    fn the_exchange_needs_single_host_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("otedama.toml");
+        std::fs::write(&file, "dex_enabled = true\n").unwrap();
+        let path = file.to_str().unwrap();
+        let alone = Flags::parse_from(["otedama", "--config", path]);
+        assert!(alone.config.load().unwrap().dex_enabled);
+        let clustered = Flags::parse_from([
+            "otedama",
+            "--config",
+            path,
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            "--cluster-host",
+            "cp-a",
+        ]);
+        let error = clustered.config.load().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("exchange is not replicated"),
+            "{error:#}"
+        );
+    }
+
     #[test]
     fn exchange_markets_and_kyc_thresholds_come_from_the_file_and_flags() {
         let dir = tempfile::tempdir().unwrap();

@@ -79,6 +79,7 @@ pub fn run(mut config: DataplaneConfig) -> anyhow::Result<()> {
                 slot: lease.slot(),
                 lease: lease.status(),
             });
+            end_when_the_slot_is_given_up(lease.status())?;
             Some(lease)
         }
         None => None,
@@ -106,6 +107,34 @@ pub fn run(mut config: DataplaneConfig) -> anyhow::Result<()> {
     drop(shipper);
     drop(host_lease);
     result
+}
+
+/// The exit status of a data plane whose host slot another process took
+/// (`EX_TEMPFAIL`): its supervisor (`otedama run`, systemd) starts it again, and that start
+/// claims a free slot.
+pub const EXIT_SLOT_GIVEN_UP: i32 = 75;
+
+/// Cluster mode: ends the process once its lease keeper gives its slot up to another
+/// process (`otedama_cluster::host::HOST_SLOT_TAKEN_GIVE_UP_MS`). By then its cores have
+/// closed every connection and refused new ones for that long (`holds_cluster_lease`), so
+/// no share is in flight; and every share acknowledged is already in the share log, which
+/// the next start ships. Ending is the only way out: the cores' extranonce1 values begin
+/// with the slot, so the process cannot take another while it runs.
+fn end_when_the_slot_is_given_up(status: Arc<otedama_cluster::LeaseStatus>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("slot-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if status.given_up() {
+                tracing::error!(
+                    exit_status = EXIT_SLOT_GIVEN_UP,
+                    "this process's host slot is held by another process: ending, so that the next start claims a free one"
+                );
+                std::process::exit(EXIT_SLOT_GIVEN_UP);
+            }
+        })
+        .context("starting the slot watch")?;
+    Ok(())
 }
 
 /// Lifts this process's soft open-files limit to its hard limit, so the number of miners
