@@ -52,6 +52,20 @@ os.makedirs(root + "/proc", exist_ok=True)
 open(root + "/proc/meminfo", "w").write(open("/proc/meminfo").read())
 '
 
+# The cluster's TLS: a CA and this host's certificate (server and client), made once so
+# the second run finds the same files.
+mkdir -p /srv/nats-tls
+(
+    cd /srv/nats-tls
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout ca.key -out ca.pem -subj /CN=otedama-sandbox-ca 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout host.key -out host.csr -subj /CN=sandbox 2>/dev/null
+    printf 'subjectAltName=DNS:sandbox,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > host.ext
+    openssl x509 -req -in host.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile host.ext -out host.pem 2>/dev/null
+)
+
 cd "$ansible_dir"
 for run in 1 2; do
     "$venv/bin/ansible-playbook" -i tests/sandbox-inventory.yml site.yml \
@@ -62,11 +76,12 @@ done
 units=(/etc/systemd/system/otedama-controlplane.service
        /etc/systemd/system/otedama-dataplane@.service
        /etc/systemd/system/otedama-tune.service
-       /etc/systemd/system/litecoind.service)
+       /etc/systemd/system/litecoind.service
+       /lib/systemd/system/nats-server.service)
 # A template is verified through an instance of it.
 mkdir -p /run/verify
 cp /etc/systemd/system/otedama-dataplane@.service /run/verify/otedama-dataplane@0.service
-systemd-analyze verify "${units[0]}" /run/verify/otedama-dataplane@0.service "${units[2]}" "${units[3]}" \
+systemd-analyze verify "${units[0]}" /run/verify/otedama-dataplane@0.service "${units[2]}" "${units[3]}" "${units[4]}" \
     > "$out/verify.log" 2>&1 && echo "verify: ok" >> "$out/verify.log" \
     || echo "verify: failed" >> "$out/verify.log"
 
@@ -74,7 +89,10 @@ systemd-analyze verify "${units[0]}" /run/verify/otedama-dataplane@0.service "${
     id otedama
     id litecoin
     stat -c '%n %U:%G %a' /etc/otedama /etc/otedama/otedama.toml /etc/otedama/admin-token /var/lib/otedama /usr/local/bin/otedama /usr/local/bin/otedama-tune
-    for file in "${units[@]}" /srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf /srv/tune-root/etc/sysctl.d/60-otedama.conf; do
+    stat -c '%n %U:%G %a' /etc/nats-server.conf /etc/nats/tls/server.key /etc/otedama/nats/client.key
+    /usr/sbin/nats-server -t -c /etc/nats-server.conf >/dev/null 2>&1 && echo "nats config: ok" || echo "nats config: rejected"
+    grep -E '^(nats_urls|cluster_host|nats_tls_ca_file) ' /etc/otedama/otedama.toml
+    for file in "${units[@]}" /etc/systemd/system/nats-server.service.d/60-otedama.conf /srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf /srv/tune-root/etc/sysctl.d/60-otedama.conf; do
         if [ -f "$file" ]; then echo "present: $file"; else echo "missing: $file"; fi
     done
     echo "--- otedama.toml"

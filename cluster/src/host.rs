@@ -51,10 +51,12 @@ pub const HOST_SLOTS_MAX: usize = 256;
 /// is free after `HOST_LEASE_TTL_MS`).
 pub const HOST_CLAIM_WAIT_MS: u64 = 60_000;
 /// How long a process whose slot another holds keeps asking for it back before it gives
-/// up (`LeaseStatus::given_up`). Its cores hand out extranonce1 values that begin with the
-/// slot, so it cannot move to another slot while it runs; a data plane that gives up ends,
-/// and its next start claims a free slot. A `Taken` answer is never transient: a renewal
-/// whose answer was lost is recognised as ours (`Claimant::rewrite`).
+/// up (`LeaseStatus::given_up`): every answer in that time must say the slot or name is
+/// another's (an unreachable bucket starts the count again). Its cores hand out
+/// extranonce1 values that begin with the slot, so it cannot move to another slot while
+/// it runs; a data plane that gives up ends, and its next start claims a free slot. A
+/// single `Taken` answer can come from a race with another claimant that then lets go;
+/// ten seconds of them cannot.
 pub const HOST_SLOT_TAKEN_GIVE_UP_MS: u64 = 10_000;
 /// How long one request to the bucket may take.
 const KV_REQUEST_TIMEOUT_MS: u64 = 3_000;
@@ -500,11 +502,7 @@ pub(crate) async fn open_bucket(
     nats_urls: &[String],
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_millis(KV_REQUEST_TIMEOUT_MS)))
-        .connect(crate::server_addresses(nats_urls)?)
-        .await?;
+    let client = crate::connect(nats_urls, Some(KV_REQUEST_TIMEOUT_MS)).await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(KV_REQUEST_TIMEOUT_MS));
     // The bucket's stream, made as the key-value layer makes one. (The client's own
@@ -717,6 +715,7 @@ async fn keep_lease(
                 }
             }
             Err(ClaimError::Unreachable(error)) => {
+                taken_since = None;
                 if status.held() && !status.held_at(monotonic_ms() + HOST_LEASE_RENEW_MS) {
                     tracing::warn!(
                         error = format!("{error:#}"),

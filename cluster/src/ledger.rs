@@ -394,11 +394,7 @@ async fn open(
     nats_urls: &[String],
     replicas: usize,
 ) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS)))
-        .connect(crate::server_addresses(nats_urls)?)
-        .await?;
+    let client = crate::connect(nats_urls, Some(LEDGER_REQUEST_TIMEOUT_MS)).await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS));
     let stream = context

@@ -57,6 +57,87 @@ where
         })
 }
 
+/// How this process proves itself to the NATS servers and checks them: TLS with the
+/// operator's CA (and a client certificate where the servers verify clients), and a NATS
+/// credentials file (a user JWT and its NKey seed, as `nsc` writes them). Set once at
+/// start, before any connection (`set_security`); every connection of the process uses it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsSecurity {
+    /// PEM CA certificates that sign the servers' certificates; given, TLS is required.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and its key, for servers that verify clients (`verify: true`).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// A NATS `.creds` file.
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
+impl NatsSecurity {
+    /// Whether each file named is readable and the certificate and key come together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            anyhow::bail!("nats_tls_cert_file and nats_tls_key_file go together");
+        }
+        for path in [
+            &self.tls_ca_file,
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            &self.credentials_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            std::fs::File::open(path)
+                .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+static SECURITY: std::sync::OnceLock<NatsSecurity> = std::sync::OnceLock::new();
+
+/// Sets how every NATS connection of this process is secured; refused once set to
+/// something else (a process belongs to one cluster).
+pub fn set_security(security: NatsSecurity) -> anyhow::Result<()> {
+    security.check()?;
+    let set = SECURITY.get_or_init(|| security.clone());
+    if *set != security {
+        anyhow::bail!("the NATS connection security was already set to something else");
+    }
+    Ok(())
+}
+
+/// Connects to the cluster's servers `urls` as every part of this crate does: 5 s to
+/// connect, `request_timeout_ms` for a request (the client's default when `None`),
+/// secured as `set_security` said.
+pub(crate) async fn connect(
+    urls: &[String],
+    request_timeout_ms: Option<u64>,
+) -> anyhow::Result<async_nats::Client> {
+    let mut options =
+        async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(ms) = request_timeout_ms {
+        options = options.request_timeout(Some(std::time::Duration::from_millis(ms)));
+    }
+    if let Some(security) = SECURITY.get() {
+        if let Some(path) = &security.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|error| anyhow::anyhow!("NATS credentials {}: {error}", path.display()))?;
+        }
+        if let Some(path) = &security.tls_ca_file {
+            options = options
+                .require_tls(true)
+                .add_root_certificates(path.clone());
+        }
+        if let (Some(cert), Some(key)) = (&security.tls_cert_file, &security.tls_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    Ok(options.connect(server_addresses(urls)?).await?)
+}
+
 /// Parses `--nats-url` values (`nats://HOST:PORT`, `tls://HOST:PORT`) into the client's
 /// server list.
 pub fn server_addresses(urls: &[String]) -> anyhow::Result<Vec<async_nats::ServerAddr>> {

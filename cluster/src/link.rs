@@ -153,10 +153,7 @@ async fn pump(
 }
 
 async fn connect(nats_urls: &[String]) -> anyhow::Result<Client> {
-    Ok(async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(crate::server_addresses(nats_urls)?)
-        .await?)
+    crate::connect(nats_urls, None).await
 }
 
 /// The data plane's side: opens a session and returns its end of it, an ordinary Unix

@@ -222,11 +222,7 @@ async fn session(
     status: &MirrorStatus,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_millis(MIRROR_REQUEST_TIMEOUT_MS)))
-        .connect(crate::server_addresses(&config.nats_urls)?)
-        .await?;
+    let client = crate::connect(&config.nats_urls, Some(MIRROR_REQUEST_TIMEOUT_MS)).await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(MIRROR_REQUEST_TIMEOUT_MS));
     let mut stream = share_stream(&context, config.replicas).await?;

@@ -93,6 +93,15 @@ impl RecordKind {
         }
     }
 
+    /// Whether a follower writes the records its own process published too. The ban
+    /// list's only copy that counts is the stream's: its publisher writes it only from
+    /// there, in stream order, so a publication whose answer was lost (stored, but
+    /// reported failed) is still enforced here as everywhere, and two changes are never
+    /// applied out of order.
+    fn applies_own(self) -> bool {
+        matches!(self, RecordKind::Bans)
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             RecordKind::Blocks => "otedama.blocks",
@@ -147,7 +156,10 @@ fn chunk_count(bytes: usize) -> usize {
 struct Publish {
     key: String,
     payload: Vec<u8>,
-    reply: mpsc::Sender<Result<(), String>>,
+    /// Only if the stream has no record under `key`.
+    if_absent: bool,
+    /// Whether the record was sent (`false`: `if_absent` and one was there).
+    reply: mpsc::Sender<Result<bool, String>>,
     deadline: Instant,
 }
 
@@ -183,6 +195,16 @@ impl RecordPublisher {
 
     /// Sends record `key`; `Ok` once the stream holds all of it.
     pub fn publish(&self, key: &str, payload: &[u8]) -> Result<(), String> {
+        self.request(key, payload, false).map(|_| ())
+    }
+
+    /// Sends record `key` only if the stream holds no record under it (none was ever
+    /// published, or the stream was made again); whether it was sent.
+    pub fn publish_if_absent(&self, key: &str, payload: &[u8]) -> Result<bool, String> {
+        self.request(key, payload, true)
+    }
+
+    fn request(&self, key: &str, payload: &[u8], if_absent: bool) -> Result<bool, String> {
         if !is_record_key(key) {
             return Err(format!("{key:?} is not a record key"));
         }
@@ -199,6 +221,7 @@ impl RecordPublisher {
             .send(Publish {
                 key: key.to_string(),
                 payload: payload.to_vec(),
+                if_absent,
                 reply,
                 deadline,
             })
@@ -214,11 +237,7 @@ async fn connect(
     replicas: usize,
     kind: RecordKind,
 ) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_millis(RECORD_REQUEST_TIMEOUT_MS)))
-        .connect(crate::server_addresses(nats_urls)?)
-        .await?;
+    let client = crate::connect(nats_urls, Some(RECORD_REQUEST_TIMEOUT_MS)).await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(RECORD_REQUEST_TIMEOUT_MS));
     let stream = context
@@ -235,7 +254,7 @@ async fn publish_loop(
     publisher: Publisher,
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<Publish>,
 ) {
-    let mut context: Option<jetstream::Context> = None;
+    let mut context: Option<(jetstream::Context, jetstream::stream::Stream)> = None;
     let mut publications = 0u64;
     while let Some(request) = incoming.recv().await {
         publications += 1;
@@ -245,21 +264,34 @@ async fn publish_loop(
         }
         if context.is_none() {
             match connect(&nats_urls, replicas, kind).await {
-                Ok((opened, _)) => context = Some(opened),
+                Ok(opened) => context = Some(opened),
                 Err(error) => {
                     let _ = request.reply.send(Err(format!("{error:#}")));
                     continue;
                 }
             }
         }
-        let result = send(
-            context.as_ref().expect("connected above"),
-            kind,
-            &publisher,
-            publications,
-            &request,
-        )
-        .await;
+        let (opened, stream) = context.as_ref().expect("connected above");
+        let result = match request.if_absent {
+            true => match stream
+                .get_last_raw_message_by_subject(&chunk_subject(kind, &request.key, 0))
+                .await
+            {
+                Ok(_) => Ok(false),
+                Err(error)
+                    if error.kind()
+                        == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    send(opened, kind, &publisher, publications, &request)
+                        .await
+                        .map(|()| true)
+                }
+                Err(error) => Err(format!("reading the {} stream: {error}", kind.stream())),
+            },
+            false => send(opened, kind, &publisher, publications, &request)
+                .await
+                .map(|()| true),
+        };
         if result.is_err() {
             // Connect again for the next one: this connection may be what failed.
             context = None;
@@ -341,7 +373,8 @@ impl FollowerStatus {
 pub type ApplyRecord = Box<dyn FnMut(&str, &[u8]) -> anyhow::Result<()> + Send>;
 
 /// Follows `kind`'s stream on a thread of its own for the process's life, writing with
-/// `apply` every record published by another origin than `origin`, and keeping its place
+/// `apply` every record published by another origin than `origin` (every record, for
+/// kinds whose own records are applied too: `RecordKind::applies_own`), and keeping its place
 /// in `position_file`.
 pub fn follow(
     nats_urls: Vec<String>,
@@ -526,7 +559,11 @@ impl Follower {
         let term = header(TERM_HEADER)
             .and_then(|text| text.parse::<u64>().ok())
             .unwrap_or(0);
-        if header(ORIGIN_HEADER).as_deref() == Some(self.origin.as_str()) {
+        // Its own blocks and jobs a control plane wrote before it published them; its own
+        // ban lists it takes from the stream like anyone's (`RecordKind::applies_own`).
+        if !self.kind.applies_own()
+            && header(ORIGIN_HEADER).as_deref() == Some(self.origin.as_str())
+        {
             self.newest_term = self.newest_term.max(term);
             return Ok(false);
         }

@@ -459,12 +459,7 @@ async fn session(
     status: &ShipperStatus,
     stop: &AtomicBool,
 ) -> Result<(), SessionError> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_millis(SHIP_ACK_TIMEOUT_MS)))
-        .connect(crate::server_addresses(&config.nats_urls)?)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let client = crate::connect(&config.nats_urls, Some(SHIP_ACK_TIMEOUT_MS)).await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(SHIP_ACK_TIMEOUT_MS));
     let stream = share_stream(&context, config.replicas).await?;

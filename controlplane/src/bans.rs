@@ -11,12 +11,13 @@
 //!
 //! Cluster mode: the operator's list lives in the replicated stream `OTEDAMA_BANS`
 //! (`otedama_cluster::records`), and `bans.json` is each control plane's copy. Only the
-//! leader changes it, and only once it has read that stream to its end
-//! (`Leadership::leads`), so a change is always made to the newest list; the change goes
-//! to the stream before it is written here, and every other control plane writes what it
-//! reads there (`replace_operator_list`). A standby that takes over thus enforces every
-//! ban the former leader made. Invariant: no change is enforced anywhere that the stream
-//! did not take.
+//! leader changes it, one change at a time, and only once it has read that stream to its
+//! end (`Leadership::leads`), so a change is always made to the newest list. A change goes
+//! to the stream only; every control plane, the one that made it included, writes and
+//! enforces what it reads there, in stream order (`replace_operator_list`). A standby
+//! that takes over thus enforces every ban the former leader made. Invariants: no change
+//! is enforced anywhere that the stream did not take, and every list the stream took is
+//! enforced everywhere, also one whose publisher was told it failed (an answer lost).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -47,13 +48,21 @@ pub enum BanError {
     /// end since it began to lead).
     #[error("this control plane does not lead the cluster: change the bans on the leader (otedama_cluster_leading 1)")]
     NotLeading,
-    /// Cluster mode: the replicated stream did not take the change, so it was not made.
-    #[error("the cluster's ban stream did not take the change, which was not made: {0}")]
+    /// Cluster mode: the replicated stream did not confirm the change. It was not made
+    /// unless the stream took it and only the answer was lost; then every control plane
+    /// applies it: read the list back.
+    #[error("the cluster's ban stream did not confirm the change, which is made only if the stream took it (read the list back): {0}")]
     NotReplicated(String),
+    /// Cluster mode: the stream took the change, and this control plane has not applied
+    /// its copy within `BAN_CHANGE_APPLIED_WAIT_MS`; it will.
+    #[error("the cluster's ban stream took the change; this control plane has not applied it yet")]
+    NotYetApplied,
 }
 
 /// Sends a ban list to the cluster's stream; `Err` says why it was not taken.
 pub type PublishBanList = Box<dyn Fn(&BanList) -> Result<(), String> + Send + Sync>;
+/// Sends a ban list to the cluster's stream if it holds none; whether it was sent.
+pub type SeedBanList = Box<dyn Fn(&BanList) -> Result<bool, String> + Send + Sync>;
 
 /// Cluster mode: how changes reach the other control planes.
 pub struct BanReplication {
@@ -61,6 +70,8 @@ pub struct BanReplication {
     pub leads: Box<dyn Fn() -> bool + Send + Sync>,
     /// Sends the operator's whole list to the stream; `Ok` once the stream holds it.
     pub publish: PublishBanList,
+    /// The same, only if the stream holds no list; whether it was sent.
+    pub seed: SeedBanList,
 }
 
 pub struct BanStore {
@@ -72,7 +83,13 @@ pub struct BanStore {
     current: watch::Sender<Arc<BanList>>,
     /// Cluster mode only.
     replication: std::sync::OnceLock<BanReplication>,
+    /// Cluster mode: held for a whole change, from reading the list to seeing the stream's
+    /// copy applied, so no two changes are computed from the same list.
+    changing: Mutex<()>,
 }
+
+/// Cluster mode: how long a change waits to see the stream's copy applied here.
+pub const BAN_CHANGE_APPLIED_WAIT_MS: u64 = 10_000;
 
 impl BanStore {
     /// Opens the list at `path`; a missing file is an empty list.
@@ -97,6 +114,7 @@ impl BanStore {
             current: watch::Sender::new(Arc::new(list.clone())),
             lists: Mutex::new((list, BTreeSet::new())),
             replication: std::sync::OnceLock::new(),
+            changing: Mutex::new(()),
         })
     }
 
@@ -106,20 +124,21 @@ impl BanStore {
     }
 
     /// Cluster mode: sends the operator's list as this control plane holds it to the
-    /// stream, if it leads. A new leader does this once it has read the stream to its
-    /// end, so the stream holds a list from then on even if no ban was ever changed in
-    /// cluster mode (a list kept from single-host mode, say); a list read from the stream
-    /// is sent back unchanged. `Ok(false)` when it does not lead.
-    pub fn publish_current(&self) -> Result<bool, BanError> {
+    /// stream if the stream holds none (a cluster started from a single-host pool's
+    /// `bans.json`, or a stream made again), and this control plane leads, which it does
+    /// only once it has read the stream to its end. A list the stream holds is never
+    /// replaced this way: a leader with a fresh data directory cannot wipe it. An empty
+    /// list is not sent. Whether a list was sent.
+    pub fn seed_if_absent(&self) -> Result<bool, BanError> {
         let Some(replication) = self.replication.get() else {
             return Ok(false);
         };
-        let lists = self.lists.lock().expect("ban list lock");
-        if !(replication.leads)() {
+        let _changing = self.changing.lock().expect("ban change lock");
+        let list = self.operator_list();
+        if list.is_empty() || !(replication.leads)() {
             return Ok(false);
         }
-        (replication.publish)(&lists.0).map_err(BanError::NotReplicated)?;
-        Ok(true)
+        (replication.seed)(&list).map_err(BanError::NotReplicated)
     }
 
     /// Cluster mode: the operator's list another control plane published, read from the
@@ -199,51 +218,54 @@ impl BanStore {
 
     /// Adds (`ban`) or removes the change's entries, saves the list and publishes it.
     pub fn apply(&self, change: &BanChange, ban: bool) -> Result<Arc<BanList>, BanError> {
+        if let Some(replication) = self.replication.get() {
+            return self.apply_replicated(replication, change, ban);
+        }
         let mut lists = self.lists.lock().expect("ban list lock");
-        let mut list = lists.0.clone();
-        for address in &change.addresses {
-            // Stored as the data planes compare them (bech32 in lower case).
-            let address = otedama_shared::address::canonical_address(address).into_owned();
-            if ban {
-                list.addresses.insert(address);
-            } else {
-                list.addresses.remove(&address);
-            }
-        }
-        for network in &change.networks {
-            if ban {
-                list.networks.insert(*network);
-            } else {
-                list.networks.remove(network);
-            }
-        }
+        let list = changed(&lists.0, change, ban);
         let merged = merge(&list, &lists.1);
         if merged.len() > BANS_MAX {
             return Err(BanError::TooMany(merged.len()));
         }
-        let replicated = match self.replication.get() {
-            Some(replication) => {
-                // Under the lock: no other change, nor a list read from the stream, comes
-                // between the check, the stream and this copy.
-                if !(replication.leads)() {
-                    return Err(BanError::NotLeading);
-                }
-                (replication.publish)(&list).map_err(BanError::NotReplicated)?;
-                true
-            }
-            None => false,
-        };
-        let saved = match self.save(&list) {
-            Err(error) if !replicated => return Err(BanError::Storage(format!("{error:#}"))),
-            saved => saved,
-        };
-        // Cluster mode: enforced even if this copy could not be written, since the stream
-        // has it and the other control planes enforce it.
+        self.save(&list)
+            .map_err(|e| BanError::Storage(format!("{e:#}")))?;
         lists.0 = list;
         let merged = Arc::new(merged);
         self.current.send_replace(merged.clone());
-        saved.map_err(|e| BanError::Storage(format!("{e:#}")))?;
         Ok(merged)
+    }
+
+    /// Cluster mode: the change to the stream, then, once this control plane's follower
+    /// has applied the stream's copy (`replace_operator_list`), the list enforced. The
+    /// list is never changed here directly, so the stream's order is the only order.
+    fn apply_replicated(
+        &self,
+        replication: &BanReplication,
+        change: &BanChange,
+        ban: bool,
+    ) -> Result<Arc<BanList>, BanError> {
+        let _changing = self.changing.lock().expect("ban change lock");
+        if !(replication.leads)() {
+            return Err(BanError::NotLeading);
+        }
+        let (list, denied) = {
+            let lists = self.lists.lock().expect("ban list lock");
+            (changed(&lists.0, change, ban), lists.1.clone())
+        };
+        let merged = merge(&list, &denied);
+        if merged.len() > BANS_MAX {
+            return Err(BanError::TooMany(merged.len()));
+        }
+        (replication.publish)(&list).map_err(BanError::NotReplicated)?;
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(BAN_CHANGE_APPLIED_WAIT_MS);
+        while self.operator_list() != list {
+            if std::time::Instant::now() >= deadline {
+                return Err(BanError::NotYetApplied);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(self.current())
     }
 
     fn save(&self, list: &BanList) -> anyhow::Result<()> {
@@ -255,6 +277,28 @@ impl BanStore {
         std::fs::rename(&temporary, &self.path)?;
         Ok(())
     }
+}
+
+/// `list` with the change's entries added (`ban`) or removed.
+fn changed(list: &BanList, change: &BanChange, ban: bool) -> BanList {
+    let mut list = list.clone();
+    for address in &change.addresses {
+        // Stored as the data planes compare them (bech32 in lower case).
+        let address = otedama_shared::address::canonical_address(address).into_owned();
+        if ban {
+            list.addresses.insert(address);
+        } else {
+            list.addresses.remove(&address);
+        }
+    }
+    for network in &change.networks {
+        if ban {
+            list.networks.insert(*network);
+        } else {
+            list.networks.remove(network);
+        }
+    }
+    list
 }
 
 fn merge(operator: &BanList, denied: &BTreeSet<String>) -> BanList {
@@ -297,20 +341,28 @@ mod tests {
         assert!(reopened.current().bans_worker(&current));
     }
 
-    /// Cluster mode: a change is made only while leading and only once the stream took
-    /// it; a list read from the stream replaces the operator's and is enforced.
+    /// Cluster mode: a change is made only while leading, goes to the stream, and is
+    /// enforced only from the stream's copy; a list is seeded only into an empty stream.
     #[test]
     fn a_replicated_change_needs_the_lead_and_the_stream() {
         use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bans.json");
-        let store = BanStore::open(path.clone()).unwrap();
+        let store = Arc::new(BanStore::open(path.clone()).unwrap());
         let (leading, taking) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
         );
-        let sent = Arc::new(Mutex::new(Vec::<BanList>::new()));
-        let (l, t, out) = (leading.clone(), taking.clone(), sent.clone());
+        // The stream: what it took, in order; its follower applies each, as the
+        // control plane's follower thread does.
+        let stream = Arc::new(Mutex::new(Vec::<BanList>::new()));
+        let (l, t, out, follower) = (
+            leading.clone(),
+            taking.clone(),
+            stream.clone(),
+            store.clone(),
+        );
+        let (t2, out2) = (taking.clone(), stream.clone());
         store.replicate_with(BanReplication {
             leads: Box::new(move || l.load(Relaxed)),
             publish: Box::new(move |list| {
@@ -318,7 +370,19 @@ mod tests {
                     return Err("no quorum".into());
                 }
                 out.lock().unwrap().push(list.clone());
+                follower.replace_operator_list(list.clone()).unwrap();
                 Ok(())
+            }),
+            seed: Box::new(move |list| {
+                if !t2.load(Relaxed) {
+                    return Err("no quorum".into());
+                }
+                let mut taken = out2.lock().unwrap();
+                if !taken.is_empty() {
+                    return Ok(false);
+                }
+                taken.push(list.clone());
+                Ok(true)
             }),
         });
         let change = BanChange {
@@ -329,7 +393,10 @@ mod tests {
             store.apply(&change, true),
             Err(BanError::NotLeading)
         ));
-        assert!(!store.publish_current().unwrap());
+        assert!(
+            !store.seed_if_absent().unwrap(),
+            "an empty list is not seeded"
+        );
         leading.store(true, Relaxed);
         assert!(matches!(
             store.apply(&change, true),
@@ -340,9 +407,9 @@ mod tests {
         taking.store(true, Relaxed);
         store.apply(&change, true).unwrap();
         assert!(store.current().bans_worker("addr.rig"));
-        assert_eq!(sent.lock().unwrap().last(), Some(&store.operator_list()));
-        assert!(store.publish_current().unwrap());
-        assert_eq!(sent.lock().unwrap().len(), 2);
+        assert_eq!(stream.lock().unwrap().last(), Some(&store.operator_list()));
+        assert!(!store.seed_if_absent().unwrap(), "the stream holds a list");
+        assert_eq!(stream.lock().unwrap().len(), 1);
 
         // Another control plane's list, read from the stream.
         let mut theirs = BanList::default();
@@ -356,7 +423,12 @@ mod tests {
             store.current().bans_worker("other.rig") && store.current().bans_worker("denied.x")
         );
         assert!(!store.current().bans_worker("addr.rig"));
-        assert_eq!(*BanStore::open(path).unwrap().current(), theirs);
+        assert_eq!(*BanStore::open(path.clone()).unwrap().current(), theirs);
+
+        // A store whose stream is empty seeds it with its list.
+        stream.lock().unwrap().clear();
+        assert!(store.seed_if_absent().unwrap());
+        assert_eq!(stream.lock().unwrap().as_slice(), &[theirs]);
     }
 
     #[test]

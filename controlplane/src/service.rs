@@ -28,6 +28,9 @@ use otedama_chain::jobs::submit::{CandidateQueue, SUBMITTER_THREADS, SUBMIT_READ
 pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     config.ensure_data_dir()?;
     config.check_before_start()?;
+    if !config.nats_urls.is_empty() {
+        otedama_cluster::set_security(config.nats_security())?;
+    }
     let store = Arc::new(
         BlockStore::open(&config.control_db_path())
             .with_context(|| format!("opening {}", config.control_db_path().display()))?,
@@ -219,35 +222,40 @@ fn replicate_bans(
         },
     )?;
     let leads = leadership.clone();
+    let seeder = publisher.clone();
     bans.replicate_with(crate::bans::BanReplication {
         leads: Box::new(move || leads.leads()),
         publish: Box::new(move |list| {
             let payload = serde_json::to_vec(list).expect("ban lists serialize");
             publisher.publish(BAN_LIST_KEY, &payload)
         }),
+        seed: Box::new(move |list| {
+            let payload = serde_json::to_vec(list).expect("ban lists serialize");
+            seeder.publish_if_absent(BAN_LIST_KEY, &payload)
+        }),
     });
     // Each term of this control plane's lead, once it has read the streams to their end:
-    // its list (now the newest) to the stream.
+    // its list to a stream that holds none (a cluster started from a single-host pool's
+    // bans, a stream made again).
     let (bans, leadership) = (bans.clone(), leadership.clone());
     std::thread::Builder::new()
-        .name("bans-publish".into())
+        .name("bans-seed".into())
         .spawn(move || {
-            let mut published_term = None;
+            let mut seeded_term = None;
             loop {
                 std::thread::sleep(Duration::from_secs(1));
                 let term = leadership.lease().term();
-                if published_term == Some(term) || !leadership.leads() {
+                if seeded_term == Some(term) || !leadership.leads() {
                     continue;
                 }
-                match bans.publish_current() {
-                    Ok(true) => {
-                        tracing::info!(term, "ban list sent to the cluster's stream as leader");
-                        published_term = Some(term);
+                match bans.seed_if_absent() {
+                    Ok(sent) => {
+                        if sent {
+                            tracing::info!(term, "ban list sent to the cluster's empty ban stream");
+                        }
+                        seeded_term = Some(term);
                     }
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "ban list not sent to the stream; trying again")
-                    }
+                    Err(error) => tracing::warn!(%error, "ban stream not checked; trying again"),
                 }
             }
         })?;

@@ -17,6 +17,9 @@ pub struct DataplaneArgs {
 pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     config.ensure_data_dir()?;
+    if !config.nats_urls.is_empty() {
+        otedama_cluster::set_security(config.nats_security())?;
+    }
     anyhow::ensure!(
         args.process_index < config.dataplane_processes,
         "--process-index {} is not below dataplane_processes ({})",

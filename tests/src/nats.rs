@@ -47,6 +47,12 @@ impl NatsCluster {
     /// Starts `size` servers with JetStream, routed to each other, and waits until each
     /// takes connections. (JetStream elects its meta leader a moment later; clients retry.)
     pub fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_with(size, "")
+    }
+
+    /// The same, with `more` appended to each server's configuration (a `tls { … }` block
+    /// for its client port, say).
+    pub fn start_with(size: usize, more: &str) -> anyhow::Result<Self> {
         // A missing server fails here, with what to install.
         which_nats_server()?;
         let dir = tempfile::tempdir()?;
@@ -76,7 +82,7 @@ impl NatsCluster {
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client_port}\n\
                      jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\n\
-                     {cluster}",
+                     {cluster}{more}\n",
                     store.display(),
                 ),
             )?;

@@ -126,6 +126,13 @@ fn the_playbook_deploys_and_a_second_run_changes_nothing() {
         "present: /srv/tune-root/etc/sysctl.d/60-otedama.conf",
         "tune check: ok",
         "config: ok",
+        "/etc/nats-server.conf root:nats 640",
+        "/etc/nats/tls/server.key root:nats 640",
+        "/etc/otedama/nats/client.key root:otedama 640",
+        "nats config: ok",
+        "nats_urls = [\"tls://sandbox:4222\"]",
+        "cluster_host = \"sandbox\"",
+        "present: /etc/systemd/system/nats-server.service.d/60-otedama.conf",
     ] {
         assert!(
             checks.contains(expected),

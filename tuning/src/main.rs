@@ -51,6 +51,26 @@ enum Command {
     Check(TargetArgs),
     /// Restore everything apply replaced. Needs root.
     Revert,
+    /// Size a NATS server of cluster mode for the pool's load: its JetStream store, open
+    /// files, write and network rates and CPU, each with its reason.
+    Nats(NatsArgs),
+}
+
+#[derive(Args)]
+struct NatsArgs {
+    /// Shares per second the whole pool takes.
+    #[arg(long)]
+    shares_per_second: u64,
+    /// Days of shares the disk must hold at that load (the share stream keeps every share
+    /// until an operator trims it).
+    #[arg(long, default_value_t = 7)]
+    retention_days: u64,
+    /// NATS servers in the cluster.
+    #[arg(long, default_value_t = 3)]
+    servers: u64,
+    /// Copies of each stream (share_stream_replicas).
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
 }
 
 #[derive(Args)]
@@ -143,6 +163,40 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Nats(args) => {
+            let sizing = otedama_tune::nats::size(&otedama_tune::nats::NatsLoad {
+                shares_per_second: args.shares_per_second,
+                retention_days: args.retention_days,
+                servers: args.servers,
+                replicas: args.replicas,
+            })?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&sizing)?);
+            } else {
+                println!("max_file_store     {}", Bytes(sizing.max_file_store_bytes));
+                println!(
+                    "max_memory_store   {}",
+                    Bytes(sizing.max_memory_store_bytes)
+                );
+                println!("LimitNOFILE        {}", sizing.open_files_max);
+                println!(
+                    "share stream       {}/s written on this server",
+                    Bytes(sizing.stream_write_bytes_per_second)
+                );
+                println!(
+                    "replication        {}/s sent while leading",
+                    Bytes(sizing.replication_send_bytes_per_second)
+                );
+                println!(
+                    "cpu                {} millicores at most",
+                    sizing.cpu_cores_millis
+                );
+                for reason in &sizing.reasons {
+                    println!("  - {reason}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Revert => {
             require_root(&cli.root, "revert")?;

@@ -21,13 +21,15 @@ const DEMO_PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind"];
 /// And what the tests add: python3 runs the clean-room Stratum client test and Ansible,
 /// prometheus brings `promtool` for the metrics check, chromium renders the dashboard
 /// headless, systemd brings `systemd-analyze verify` for the deployed units, nats-server
-/// runs the JetStream cluster of the scale-out tests.
+/// runs the JetStream cluster of the scale-out tests, openssl makes the deployment
+/// sandbox's TLS certificates.
 const TEST_PACKAGES: &[&str] = &[
     "python3",
     "prometheus",
     "chromium",
     "systemd",
     "nats-server",
+    "openssl",
 ];
 /// Ansible from PyPI, pinned, in a virtualenv beside the target directory.
 const ANSIBLE_PACKAGES: &[&str] = &["ansible-core==2.19.14", "ansible-lint==26.10.1"];

@@ -310,17 +310,25 @@ pub(crate) fn change_bans(state: ApiState, body: axum::body::Bytes, ban: bool) -
         };
     }
     change.addresses = canonical.into_iter().collect();
+    let action = if ban { "bans.add" } else { "bans.remove" };
+    let changed = |state: &ApiState| {
+        audit(state, action, json!(change));
+        tracing::info!(
+            action,
+            addresses = change.addresses.len(),
+            networks = change.networks.len(),
+            "ban list changed"
+        );
+    };
     match state.bans.apply(&change, ban) {
         Ok(list) => {
-            let action = if ban { "bans.add" } else { "bans.remove" };
-            audit(&state, action, json!(change));
-            tracing::info!(
-                action,
-                addresses = change.addresses.len(),
-                networks = change.networks.len(),
-                "ban list changed"
-            );
+            changed(&state);
             Json(&*list).into_response()
+        }
+        // Made: the stream has it, and this control plane applies it soon.
+        Err(e @ crate::bans::BanError::NotYetApplied) => {
+            changed(&state);
+            error(StatusCode::ACCEPTED, e.to_string())
         }
         Err(e @ crate::bans::BanError::TooMany(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ (crate::bans::BanError::NotLeading | crate::bans::BanError::NotReplicated(_))) => {

@@ -145,6 +145,18 @@ pub struct ConfigArgs {
     /// This host's name in the cluster (letters, digits, '-', '_'), needed with --nats-url.
     #[arg(long, env = "OTEDAMA_CLUSTER_HOST")]
     pub cluster_host: Option<String>,
+    /// PEM CA certificates of the NATS servers: connect over TLS and check them.
+    #[arg(long, env = "OTEDAMA_NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for NATS servers that verify clients (with --nats-tls-key-file).
+    #[arg(long, env = "OTEDAMA_NATS_TLS_CERT_FILE")]
+    pub nats_tls_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM key.
+    #[arg(long, env = "OTEDAMA_NATS_TLS_KEY_FILE")]
+    pub nats_tls_key_file: Option<PathBuf>,
+    /// A NATS credentials file (.creds: user JWT and NKey seed).
+    #[arg(long, env = "OTEDAMA_NATS_CREDENTIALS_FILE")]
+    pub nats_credentials_file: Option<PathBuf>,
     /// Copies the share stream keeps, 1 to 5 (default 3).
     #[arg(long, env = "OTEDAMA_SHARE_STREAM_REPLICAS")]
     pub share_stream_replicas: Option<usize>,
@@ -239,7 +251,14 @@ impl ConfigArgs {
         if let Some(host) = &self.cluster_host {
             config.cluster_host = Some(host.clone());
         }
-        take!(share_stream_replicas, share_ack);
+        take!(
+            share_stream_replicas,
+            share_ack,
+            nats_tls_ca_file,
+            nats_tls_cert_file,
+            nats_tls_key_file,
+            nats_credentials_file
+        );
         take!(dex_enabled, kyc_period_days);
         if !self.kyc_threshold.is_empty() {
             config.kyc_threshold = self.kyc_threshold.iter().cloned().collect();

@@ -115,6 +115,14 @@ pub struct PoolConfig {
     /// every acknowledgement (BENCHMARKS.md); while the stream has no quorum, acknowledgements
     /// wait (the miners' firmware moves on to its next pool slot).
     pub share_ack: ShareAck,
+    /// PEM CA certificates that sign the NATS servers' certificates: given, every
+    /// connection to the cluster uses TLS and checks the server against them.
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for NATS servers that verify clients.
+    pub nats_tls_cert_file: Option<PathBuf>,
+    pub nats_tls_key_file: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed, as `nsc` writes them).
+    pub nats_credentials_file: Option<PathBuf>,
     /// Data-plane processes on this host. They share the Stratum ports through SO_REUSEPORT
     /// and each takes its own slice of the extranonce1 space and its own share log. More
     /// than one is needed where a per-process open-files limit caps the connections one
@@ -241,6 +249,10 @@ impl Default for PoolConfig {
             cluster_host: None,
             share_stream_replicas: 3,
             share_ack: ShareAck::Local,
+            nats_tls_ca_file: None,
+            nats_tls_cert_file: None,
+            nats_tls_key_file: None,
+            nats_credentials_file: None,
             version_rolling_mask: 0x1fff_e000,
             connection_idle_timeout_s: 900,
             connections_per_ip_max: 4096,
@@ -386,6 +398,16 @@ impl PoolConfig {
         self.data_dir.join("ledger")
     }
 
+    /// How this process's connections to the NATS cluster are secured.
+    pub fn nats_security(&self) -> otedama_cluster::NatsSecurity {
+        otedama_cluster::NatsSecurity {
+            tls_ca_file: self.nats_tls_ca_file.clone(),
+            tls_cert_file: self.nats_tls_cert_file.clone(),
+            tls_key_file: self.nats_tls_key_file.clone(),
+            credentials_file: self.nats_credentials_file.clone(),
+        }
+    }
+
     pub fn ipc_socket(&self) -> PathBuf {
         self.data_dir.join("ipc.sock")
     }
@@ -515,6 +537,43 @@ mod tests {
         );
         let flagged = Flags::parse_from(["otedama", "--config", path, "--share-ack", "local"]);
         assert_eq!(flagged.config.load().unwrap().share_ack, ShareAck::Local);
+    }
+
+    /// The NATS connection settings come from flags (and the file), need cluster mode, and
+    /// a client certificate needs its key; the files named must be readable at start.
+    #[test]
+    fn nats_tls_settings_need_cluster_mode_and_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let ca = ca.to_str().unwrap();
+        let alone = Flags::parse_from(["otedama", "--nats-tls-ca-file", ca]);
+        let error = alone.config.load().unwrap_err();
+        assert!(format!("{error:#}").contains("need nats_urls"), "{error:#}");
+        let cluster = [
+            "otedama",
+            "--nats-url",
+            "tls://127.0.0.1:4222",
+            "--cluster-host",
+            "dp-a",
+            "--nats-tls-ca-file",
+            ca,
+        ];
+        let config = Flags::parse_from(cluster).config.load().unwrap();
+        assert_eq!(
+            config.nats_security().tls_ca_file.as_deref(),
+            Some(std::path::Path::new(ca))
+        );
+        config.nats_security().check().unwrap();
+        let mut half = cluster.to_vec();
+        half.extend(["--nats-tls-cert-file", ca]);
+        let config = Flags::parse_from(half).config.load().unwrap();
+        let error = config.nats_security().check().unwrap_err();
+        assert!(format!("{error:#}").contains("go together"), "{error:#}");
+        let mut missing = cluster.to_vec();
+        missing.extend(["--nats-credentials-file", "/nonexistent/pool.creds"]);
+        let config = Flags::parse_from(missing).config.load().unwrap();
+        assert!(config.nats_security().check().is_err());
     }
 
     /// The exchange is not replicated, so cluster mode refuses it rather than run a book

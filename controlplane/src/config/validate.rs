@@ -19,6 +19,9 @@ impl PoolConfig {
             otedama_compliance::deny_list::load(&self.deny_list_file, self.deny_list_ticker())
                 .context("reading the deny lists")?;
         }
+        self.nats_security()
+            .check()
+            .context("the NATS connection settings")?;
         Ok(())
     }
 
@@ -93,6 +96,10 @@ impl PoolConfig {
             if !(1..=5).contains(&self.share_stream_replicas) {
                 bail!("share_stream_replicas must lie between 1 and 5");
             }
+        } else if self.nats_security() != otedama_cluster::NatsSecurity::default() {
+            bail!(
+                "the nats_tls_* and nats_credentials_file settings need nats_urls (cluster mode)"
+            );
         }
         // The exchange's journal and accounts live in this process's own store and are not
         // in the replicated ledger stream: a standby would take orders on a book of its

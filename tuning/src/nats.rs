@@ -1,0 +1,167 @@
+//! Sizing a NATS server of cluster mode from the load it must carry, with the figures
+//! measured in BENCHMARKS.md ("Replicated acknowledgements, jobs over NATS, and ten
+//! hosts"): what each server stores, writes, sends and spends per share. A pure function
+//! of its input, like the plan; the `otedama_nats` Ansible role writes its result into
+//! the server's configuration and unit.
+
+use serde::Serialize;
+
+/// Bytes one share takes in the share stream on each server that holds a replica
+/// (measured: about 200 B per share per server on a three-server R3 cluster).
+pub const STREAM_BYTES_PER_SHARE: u64 = 200;
+/// NATS CPU per share, every server together, at most (measured 4–7 µs).
+pub const CPU_NS_PER_SHARE: u64 = 7_000;
+/// What the other streams hold at most, on every server: the job stream's bound
+/// (`JOB_STREAM_BYTES_MAX`), and room for the ledger, block, ban and host records.
+pub const OTHER_STREAMS_BYTES: u64 = 256 * 1024 * 1024 + 768 * 1024 * 1024;
+/// The pool's streams are all file-backed; memory storage only holds the server's own.
+pub const MEMORY_STORE_BYTES: u64 = 256 * 1024 * 1024;
+/// Headroom on the computed store: JetStream refuses writes at its limit, and a share
+/// stream that refuses batches holds every replicated acknowledgement.
+pub const STORE_HEADROOM_PERCENT: u64 = 25;
+/// Open files: each pool process keeps a handful of connections, and the file store a
+/// file per block of each stream.
+pub const OPEN_FILES_MAX: u64 = 65_536;
+
+#[derive(Clone, Copy, Debug)]
+pub struct NatsLoad {
+    /// Shares per second the whole pool takes.
+    pub shares_per_second: u64,
+    /// Days of shares the servers' disks must hold at that load: the share stream keeps
+    /// every share (its consumers need a subject's last batch), so this is how long until
+    /// an operator must trim it or add disk.
+    pub retention_days: u64,
+    /// NATS servers in the cluster.
+    pub servers: u64,
+    /// Copies of each stream (`share_stream_replicas`).
+    pub replicas: u64,
+}
+
+/// What one server needs, with the reason for each figure.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NatsSizing {
+    pub max_file_store_bytes: u64,
+    pub max_memory_store_bytes: u64,
+    pub open_files_max: u64,
+    /// Share-stream bytes each server writes per second (replicas spread over servers).
+    pub stream_write_bytes_per_second: u64,
+    /// Bytes each server sends to the others per second, leading a stream: each batch to
+    /// every other replica.
+    pub replication_send_bytes_per_second: u64,
+    /// Cores of NATS CPU per server, if one server leads every stream (the worst case).
+    pub cpu_cores_millis: u64,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NatsSizingError {
+    #[error("--servers must be at least 1")]
+    NoServers,
+    #[error("--replicas must lie between 1 and 5 and not exceed --servers ({servers})")]
+    Replicas { servers: u64 },
+    #[error("--retention-days must be at least 1")]
+    NoRetention,
+}
+
+pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
+    if load.servers == 0 {
+        return Err(NatsSizingError::NoServers);
+    }
+    if !(1..=5).contains(&load.replicas) || load.replicas > load.servers {
+        return Err(NatsSizingError::Replicas {
+            servers: load.servers,
+        });
+    }
+    if load.retention_days == 0 {
+        return Err(NatsSizingError::NoRetention);
+    }
+    // Each share's batch lands on `replicas` of the `servers`; spread evenly, each server
+    // holds replicas/servers of the stream.
+    let stream_write =
+        (load.shares_per_second * STREAM_BYTES_PER_SHARE * load.replicas).div_ceil(load.servers);
+    let stream_bytes = stream_write * 86_400 * load.retention_days;
+    let store = (stream_bytes + OTHER_STREAMS_BYTES) * (100 + STORE_HEADROOM_PERCENT) / 100;
+    let send = load.shares_per_second * STREAM_BYTES_PER_SHARE * (load.replicas - 1);
+    let cpu_millis = (load.shares_per_second * CPU_NS_PER_SHARE).div_ceil(1_000_000);
+    let reasons = vec![
+        format!(
+            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B x {} replicas / {} servers = {} B/s of share stream on this server, for {} days, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %",
+            load.shares_per_second, load.replicas, load.servers, stream_write, load.retention_days, OTHER_STREAMS_BYTES
+        ),
+        format!("max_memory_store: the pool's streams are file-backed; {MEMORY_STORE_BYTES} B for the server's own"),
+        format!("LimitNOFILE: {OPEN_FILES_MAX}, for the pool processes' connections and the file store's blocks"),
+        format!(
+            "network: leading the share stream, a server sends each batch to its {} other replicas: {} B/s",
+            load.replicas - 1,
+            send
+        ),
+        format!(
+            "cpu: at most {CPU_NS_PER_SHARE} ns of NATS CPU per share: {} millicores if one server leads every stream",
+            cpu_millis
+        ),
+    ];
+    Ok(NatsSizing {
+        max_file_store_bytes: store,
+        max_memory_store_bytes: MEMORY_STORE_BYTES,
+        open_files_max: OPEN_FILES_MAX,
+        stream_write_bytes_per_second: stream_write,
+        replication_send_bytes_per_second: send,
+        cpu_cores_millis: cpu_millis,
+        reasons,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(shares_per_second: u64, servers: u64, replicas: u64) -> NatsLoad {
+        NatsLoad {
+            shares_per_second,
+            retention_days: 7,
+            servers,
+            replicas,
+        }
+    }
+
+    /// A million miners at a share every 10 s on three servers: 20 MB/s of stream on
+    /// each, 12 TB for a week with headroom, and 0.7 core of NATS CPU at most.
+    #[test]
+    fn a_million_miners_on_three_servers() {
+        let sizing = size(&load(100_000, 3, 3)).unwrap();
+        assert_eq!(sizing.stream_write_bytes_per_second, 20_000_000);
+        assert_eq!(
+            sizing.max_file_store_bytes,
+            (20_000_000 * 86_400 * 7 + OTHER_STREAMS_BYTES) * 125 / 100
+        );
+        assert_eq!(sizing.replication_send_bytes_per_second, 40_000_000);
+        assert_eq!(sizing.cpu_cores_millis, 700);
+    }
+
+    /// Five servers share three replicas: each holds three fifths of the stream.
+    #[test]
+    fn replicas_spread_over_more_servers() {
+        let three = size(&load(10_000, 3, 3)).unwrap();
+        let five = size(&load(10_000, 5, 3)).unwrap();
+        assert_eq!(
+            five.stream_write_bytes_per_second * 5,
+            three.stream_write_bytes_per_second * 3
+        );
+    }
+
+    #[test]
+    fn impossible_loads_are_refused() {
+        assert_eq!(size(&load(1, 0, 1)), Err(NatsSizingError::NoServers));
+        assert_eq!(
+            size(&load(1, 2, 3)),
+            Err(NatsSizingError::Replicas { servers: 2 })
+        );
+        assert_eq!(
+            size(&load(1, 6, 6)),
+            Err(NatsSizingError::Replicas { servers: 6 })
+        );
+        let mut none = load(1, 3, 3);
+        none.retention_days = 0;
+        assert_eq!(size(&none), Err(NatsSizingError::NoRetention));
+    }
+}
