@@ -53,6 +53,13 @@ pub enum BanError {
     /// applies it: read the list back.
     #[error("the cluster's ban stream did not confirm the change, which is made only if the stream took it (read the list back): {0}")]
     NotReplicated(String),
+    /// Cluster mode: an earlier change (perhaps one reported failed, which the stream may
+    /// still have taken) is not applied here yet: nothing was changed.
+    #[error("an earlier ban change is not applied on this control plane yet (its stream follower is behind or failing): nothing was changed; try again")]
+    EarlierNotApplied,
+    /// Cluster mode: the list would be over `BAN_LIST_CLUSTER_BYTES_MAX`.
+    #[error("in cluster mode the operator's ban list is one message of at most {BAN_LIST_CLUSTER_BYTES_MAX} bytes as JSON, and this one would be {0}: put long lists in deny_list_file")]
+    TooLargeForCluster(usize),
     /// Cluster mode: the stream took the change, and this control plane has not applied
     /// its copy within `BAN_CHANGE_APPLIED_WAIT_MS`; it will.
     #[error("the cluster's ban stream took the change; this control plane has not applied it yet")]
@@ -72,6 +79,10 @@ pub struct BanReplication {
     pub publish: PublishBanList,
     /// The same, only if the stream holds no list; whether it was sent.
     pub seed: SeedBanList,
+    /// Whether this control plane's follower has read the stream to its end, applying
+    /// every list in it, with a read sent after `at_ms` (`otedama_cluster::host::
+    /// monotonic_ms`).
+    pub applied_after: Box<dyn Fn(u64) -> bool + Send + Sync>,
 }
 
 pub struct BanStore {
@@ -84,12 +95,16 @@ pub struct BanStore {
     /// Cluster mode only.
     replication: std::sync::OnceLock<BanReplication>,
     /// Cluster mode: held for a whole change, from reading the list to seeing the stream's
-    /// copy applied, so no two changes are computed from the same list.
-    changing: Mutex<()>,
+    /// copy applied, so no two changes are computed from the same list; it holds when the
+    /// last publication's answer came (`monotonic_ms`, 0 before any).
+    changing: Mutex<u64>,
 }
 
 /// Cluster mode: how long a change waits to see the stream's copy applied here.
 pub const BAN_CHANGE_APPLIED_WAIT_MS: u64 = 10_000;
+/// Cluster mode: the operator's list as JSON at most, one record chunk (about 7,000
+/// addresses): long lists belong in `deny_list_file`, which each control plane reads.
+pub const BAN_LIST_CLUSTER_BYTES_MAX: usize = otedama_cluster::records::RECORD_CHUNK_BYTES;
 
 impl BanStore {
     /// Opens the list at `path`; a missing file is an empty list.
@@ -114,7 +129,7 @@ impl BanStore {
             current: watch::Sender::new(Arc::new(list.clone())),
             lists: Mutex::new((list, BTreeSet::new())),
             replication: std::sync::OnceLock::new(),
-            changing: Mutex::new(()),
+            changing: Mutex::new(0),
         })
     }
 
@@ -133,12 +148,15 @@ impl BanStore {
         let Some(replication) = self.replication.get() else {
             return Ok(false);
         };
-        let _changing = self.changing.lock().expect("ban change lock");
+        let mut answered_ms = self.changing.lock().expect("ban change lock");
         let list = self.operator_list();
         if list.is_empty() || !(replication.leads)() {
             return Ok(false);
         }
-        (replication.seed)(&list).map_err(BanError::NotReplicated)
+        cluster_sized(&list)?;
+        let sent = (replication.seed)(&list);
+        *answered_ms = otedama_cluster::host::monotonic_ms();
+        sent.map_err(BanError::NotReplicated)
     }
 
     /// Cluster mode: the operator's list another control plane published, read from the
@@ -244,9 +262,15 @@ impl BanStore {
         change: &BanChange,
         ban: bool,
     ) -> Result<Arc<BanList>, BanError> {
-        let _changing = self.changing.lock().expect("ban change lock");
+        let mut answered_ms = self.changing.lock().expect("ban change lock");
         if !(replication.leads)() {
             return Err(BanError::NotLeading);
+        }
+        // Every earlier publication, whatever its answer said (one that timed out may be in
+        // the stream), applied here first: the change is made to the stream's newest list,
+        // never to an older copy that would undo it.
+        if !wait_applied(replication, *answered_ms) {
+            return Err(BanError::EarlierNotApplied);
         }
         let (list, denied) = {
             let lists = self.lists.lock().expect("ban list lock");
@@ -256,14 +280,12 @@ impl BanStore {
         if merged.len() > BANS_MAX {
             return Err(BanError::TooMany(merged.len()));
         }
-        (replication.publish)(&list).map_err(BanError::NotReplicated)?;
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_millis(BAN_CHANGE_APPLIED_WAIT_MS);
-        while self.operator_list() != list {
-            if std::time::Instant::now() >= deadline {
-                return Err(BanError::NotYetApplied);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        cluster_sized(&list)?;
+        let published = (replication.publish)(&list);
+        *answered_ms = otedama_cluster::host::monotonic_ms();
+        published.map_err(BanError::NotReplicated)?;
+        if !wait_applied(replication, *answered_ms) {
+            return Err(BanError::NotYetApplied);
         }
         Ok(self.current())
     }
@@ -277,6 +299,31 @@ impl BanStore {
         std::fs::rename(&temporary, &self.path)?;
         Ok(())
     }
+}
+
+/// Waits up to `BAN_CHANGE_APPLIED_WAIT_MS` for the follower to have applied the stream
+/// through a read sent after `at_ms`; whether it has.
+fn wait_applied(replication: &BanReplication, at_ms: u64) -> bool {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(BAN_CHANGE_APPLIED_WAIT_MS);
+    while !(replication.applied_after)(at_ms) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Cluster mode: the operator's list goes to the stream as one message, so every reader
+/// has each list whole or not at all (a list in several chunks could be left half
+/// replaced by a publisher that failed between them). `BAN_LIST_CLUSTER_BYTES_MAX`.
+fn cluster_sized(list: &BanList) -> Result<(), BanError> {
+    let bytes = serde_json::to_vec(list).expect("ban lists serialize").len();
+    if bytes > BAN_LIST_CLUSTER_BYTES_MAX {
+        return Err(BanError::TooLargeForCluster(bytes));
+    }
+    Ok(())
 }
 
 /// `list` with the change's entries added (`ban`) or removed.
@@ -363,6 +410,8 @@ mod tests {
             store.clone(),
         );
         let (t2, out2) = (taking.clone(), stream.clone());
+        let applied = Arc::new(AtomicBool::new(true));
+        let caught_up = applied.clone();
         store.replicate_with(BanReplication {
             leads: Box::new(move || l.load(Relaxed)),
             publish: Box::new(move |list| {
@@ -384,6 +433,7 @@ mod tests {
                 taken.push(list.clone());
                 Ok(true)
             }),
+            applied_after: Box::new(move |_| caught_up.load(Relaxed)),
         });
         let change = BanChange {
             addresses: vec!["addr".into()],
@@ -410,6 +460,24 @@ mod tests {
         assert_eq!(stream.lock().unwrap().last(), Some(&store.operator_list()));
         assert!(!store.seed_if_absent().unwrap(), "the stream holds a list");
         assert_eq!(stream.lock().unwrap().len(), 1);
+
+        // A follower behind the stream: no change is computed from its older copy.
+        applied.store(false, Relaxed);
+        assert!(matches!(
+            store.apply(&change, false),
+            Err(BanError::EarlierNotApplied)
+        ));
+        assert_eq!(stream.lock().unwrap().len(), 1, "nothing sent");
+        applied.store(true, Relaxed);
+        // One message of the stream holds the whole list, or the change is refused.
+        let long = BanChange {
+            addresses: (0..9_000).map(|i| format!("address-{i:056}")).collect(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.apply(&long, true),
+            Err(BanError::TooLargeForCluster(_))
+        ));
 
         // Another control plane's list, read from the stream.
         let mut theirs = BanList::default();

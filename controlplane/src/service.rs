@@ -211,7 +211,7 @@ fn replicate_bans(
             }
         }),
     )?;
-    leadership.wait_for(follower);
+    leadership.wait_for(follower.clone());
     let publisher = RecordPublisher::start(
         urls,
         replicas,
@@ -233,6 +233,7 @@ fn replicate_bans(
             let payload = serde_json::to_vec(list).expect("ban lists serialize");
             seeder.publish_if_absent(BAN_LIST_KEY, &payload)
         }),
+        applied_after: Box::new(move |at_ms| follower.caught_up_after(at_ms)),
     });
     // Each term of this control plane's lead, once it has read the streams to their end:
     // its list to a stream that holds none (a cluster started from a single-host pool's
@@ -253,6 +254,10 @@ fn replicate_bans(
                         if sent {
                             tracing::info!(term, "ban list sent to the cluster's empty ban stream");
                         }
+                        seeded_term = Some(term);
+                    }
+                    Err(error @ crate::bans::BanError::TooLargeForCluster(_)) => {
+                        tracing::error!(%error, "ban list not sent to the cluster's empty ban stream");
                         seeded_term = Some(term);
                     }
                     Err(error) => tracing::warn!(%error, "ban stream not checked; trying again"),

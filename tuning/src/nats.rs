@@ -43,7 +43,8 @@ pub struct NatsSizing {
     pub max_file_store_bytes: u64,
     pub max_memory_store_bytes: u64,
     pub open_files_max: u64,
-    /// Share-stream bytes each server writes per second (replicas spread over servers).
+    /// Share-stream bytes each server that holds a replica writes per second. The share
+    /// stream is one stream: each of its `replicas` servers holds all of it.
     pub stream_write_bytes_per_second: u64,
     /// Bytes each server sends to the others per second, leading a stream: each batch to
     /// every other replica.
@@ -75,18 +76,17 @@ pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
     if load.retention_days == 0 {
         return Err(NatsSizingError::NoRetention);
     }
-    // Each share's batch lands on `replicas` of the `servers`; spread evenly, each server
-    // holds replicas/servers of the stream.
-    let stream_write =
-        (load.shares_per_second * STREAM_BYTES_PER_SHARE * load.replicas).div_ceil(load.servers);
+    // One stream: each of the `replicas` servers that hold it writes all of it, and any
+    // server may be one of them (the cluster places replicas, and moves them on failure).
+    let stream_write = load.shares_per_second * STREAM_BYTES_PER_SHARE;
     let stream_bytes = stream_write * 86_400 * load.retention_days;
     let store = (stream_bytes + OTHER_STREAMS_BYTES) * (100 + STORE_HEADROOM_PERCENT) / 100;
     let send = load.shares_per_second * STREAM_BYTES_PER_SHARE * (load.replicas - 1);
     let cpu_millis = (load.shares_per_second * CPU_NS_PER_SHARE).div_ceil(1_000_000);
     let reasons = vec![
         format!(
-            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B x {} replicas / {} servers = {} B/s of share stream on this server, for {} days, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %",
-            load.shares_per_second, load.replicas, load.servers, stream_write, load.retention_days, OTHER_STREAMS_BYTES
+            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B = {} B/s of share stream on each server holding one of its {} replicas (any of the {} may), for {} days, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %",
+            load.shares_per_second, stream_write, load.replicas, load.servers, load.retention_days, OTHER_STREAMS_BYTES
         ),
         format!("max_memory_store: the pool's streams are file-backed; {MEMORY_STORE_BYTES} B for the server's own"),
         format!("LimitNOFILE: {OPEN_FILES_MAX}, for the pool processes' connections and the file store's blocks"),
@@ -138,15 +138,14 @@ mod tests {
         assert_eq!(sizing.cpu_cores_millis, 700);
     }
 
-    /// Five servers share three replicas: each holds three fifths of the stream.
+    /// The share stream is one stream: with five servers and three replicas, any server may
+    /// hold a whole replica, so each is sized for one.
     #[test]
-    fn replicas_spread_over_more_servers() {
+    fn every_server_is_sized_for_a_whole_replica() {
         let three = size(&load(10_000, 3, 3)).unwrap();
         let five = size(&load(10_000, 5, 3)).unwrap();
-        assert_eq!(
-            five.stream_write_bytes_per_second * 5,
-            three.stream_write_bytes_per_second * 3
-        );
+        assert_eq!(five.max_file_store_bytes, three.max_file_store_bytes);
+        assert_eq!(five.stream_write_bytes_per_second, 2_000_000);
     }
 
     #[test]
