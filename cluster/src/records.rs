@@ -15,6 +15,10 @@
 //! precedes that (it stops writing before the lease can lapse, see `crate::host`), so a
 //! new leader never acts on blocks or jobs without every record the former one made.
 //!
+//! The ban list is published fenced (`RecordPublisher::publish_fenced`): one message, taken
+//! only if the stream's last one of it is the one its publisher's list was made from, so
+//! no publisher can replace a newer list with a change to an older one.
+//!
 //! A job may be larger than one NATS message (a template full of transactions): it goes
 //! in chunks of `RECORD_CHUNK_BYTES`, one subject each, and a follower writes it once it
 //! holds every chunk. A follower keeps where it stands (stream identity and position) in
@@ -153,14 +157,49 @@ fn chunk_count(bytes: usize) -> usize {
     bytes.div_ceil(RECORD_CHUNK_BYTES).max(1)
 }
 
+/// What the publisher's thread is asked.
+enum Request {
+    /// Send the record; `fence`: only if the stream's last message of it (one message: a
+    /// fenced record is never chunked) is at this sequence, 0 for none.
+    Send {
+        payload: Vec<u8>,
+        fence: Option<u64>,
+    },
+    /// Read the stream's last message of the record.
+    Look,
+}
+
+/// What the publisher's thread answers.
+enum Answer {
+    /// Taken, at this stream sequence (its last chunk's).
+    Taken(u64),
+    /// The last message of the record and its sequence, if any.
+    Last(Option<(Vec<u8>, u64)>),
+}
+
 struct Publish {
     key: String,
-    payload: Vec<u8>,
-    /// Only if the stream has no record under `key`.
-    if_absent: bool,
-    /// Whether the record was sent (`false`: `if_absent` and one was there).
-    reply: mpsc::Sender<Result<bool, String>>,
+    request: Request,
+    reply: mpsc::Sender<Result<Answer, SendError>>,
     deadline: Instant,
+}
+
+/// Why a record was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// A fenced record whose fence did not hold: the stream's last message of it is at
+    /// another sequence (someone published since, or the caller's copy is behind).
+    Stale,
+    Failed(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Stale => write!(f, "the stream holds a newer record"),
+            SendError::Failed(why) => write!(f, "{why}"),
+        }
+    }
 }
 
 /// Who publishes: this control plane's id for this run (its own follower passes over
@@ -195,19 +234,6 @@ impl RecordPublisher {
 
     /// Sends record `key`; `Ok` once the stream holds all of it.
     pub fn publish(&self, key: &str, payload: &[u8]) -> Result<(), String> {
-        self.request(key, payload, false).map(|_| ())
-    }
-
-    /// Sends record `key` only if the stream holds no record under it (none was ever
-    /// published, or the stream was made again); whether it was sent.
-    pub fn publish_if_absent(&self, key: &str, payload: &[u8]) -> Result<bool, String> {
-        self.request(key, payload, true)
-    }
-
-    fn request(&self, key: &str, payload: &[u8], if_absent: bool) -> Result<bool, String> {
-        if !is_record_key(key) {
-            return Err(format!("{key:?} is not a record key"));
-        }
         if chunk_count(payload.len()) > RECORD_CHUNKS_MAX {
             return Err(format!(
                 "a {}-byte record is over the {} chunks of {RECORD_CHUNK_BYTES} bytes a record may have",
@@ -215,20 +241,72 @@ impl RecordPublisher {
                 RECORD_CHUNKS_MAX
             ));
         }
+        let request = Request::Send {
+            payload: payload.to_vec(),
+            fence: None,
+        };
+        match self.ask(key, request) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Sends record `key` as one message, taken by the stream only if its last message of
+    /// `key` is at `after_sequence` (0: it has none), atomically: a publisher whose copy
+    /// is behind the stream, or a second publisher, cannot overwrite a newer record. The
+    /// stream sequence it was taken at.
+    pub fn publish_fenced(
+        &self,
+        key: &str,
+        payload: &[u8],
+        after_sequence: u64,
+    ) -> Result<u64, SendError> {
+        if payload.len() > RECORD_CHUNK_BYTES {
+            return Err(SendError::Failed(format!(
+                "a fenced record is one message of at most {RECORD_CHUNK_BYTES} bytes"
+            )));
+        }
+        let request = Request::Send {
+            payload: payload.to_vec(),
+            fence: Some(after_sequence),
+        };
+        match self.ask(key, request)? {
+            Answer::Taken(sequence) => Ok(sequence),
+            Answer::Last(_) => Err(SendError::Failed("a send answered as a look".into())),
+        }
+    }
+
+    /// The stream's last message of record `key` (whole only for a record of one message,
+    /// as fenced ones are) and its sequence; `None` if it has none.
+    pub fn last_message(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, String> {
+        match self.ask(key, Request::Look) {
+            Ok(Answer::Last(last)) => Ok(last),
+            Ok(Answer::Taken(_)) => Err("a look answered as a send".into()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    fn ask(&self, key: &str, request: Request) -> Result<Answer, SendError> {
+        if !is_record_key(key) {
+            return Err(SendError::Failed(format!("{key:?} is not a record key")));
+        }
         let (reply, answer) = mpsc::channel();
         let deadline = Instant::now() + Duration::from_millis(RECORD_CALLER_WAIT_MS - 1_000);
         self.requests
             .send(Publish {
                 key: key.to_string(),
-                payload: payload.to_vec(),
-                if_absent,
+                request,
                 reply,
                 deadline,
             })
-            .map_err(|_| format!("the {} publisher has ended", self.kind.stream()))?;
+            .map_err(|_| {
+                SendError::Failed(format!("the {} publisher has ended", self.kind.stream()))
+            })?;
         answer
             .recv_timeout(Duration::from_millis(RECORD_CALLER_WAIT_MS))
-            .map_err(|_| format!("no answer from the {} stream", self.kind.stream()))?
+            .map_err(|_| {
+                SendError::Failed(format!("no answer from the {} stream", self.kind.stream()))
+            })?
     }
 }
 
@@ -259,40 +337,38 @@ async fn publish_loop(
     while let Some(request) = incoming.recv().await {
         publications += 1;
         if Instant::now() >= request.deadline {
-            let _ = request.reply.send(Err("expired before it was sent".into()));
+            let _ = request
+                .reply
+                .send(Err(SendError::Failed("expired before it was sent".into())));
             continue;
         }
         if context.is_none() {
             match connect(&nats_urls, replicas, kind).await {
                 Ok(opened) => context = Some(opened),
                 Err(error) => {
-                    let _ = request.reply.send(Err(format!("{error:#}")));
+                    let _ = request
+                        .reply
+                        .send(Err(SendError::Failed(format!("{error:#}"))));
                     continue;
                 }
             }
         }
         let (opened, stream) = context.as_ref().expect("connected above");
-        let result = match request.if_absent {
-            true => match stream
-                .get_last_raw_message_by_subject(&chunk_subject(kind, &request.key, 0))
-                .await
-            {
-                Ok(_) => Ok(false),
-                Err(error)
-                    if error.kind()
-                        == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    send(opened, kind, &publisher, publications, &request)
-                        .await
-                        .map(|()| true)
-                }
-                Err(error) => Err(format!("reading the {} stream: {error}", kind.stream())),
-            },
-            false => send(opened, kind, &publisher, publications, &request)
-                .await
-                .map(|()| true),
+        let result = match &request.request {
+            Request::Look => look(stream, kind, &request.key).await.map(Answer::Last),
+            Request::Send { payload, fence } => send(
+                opened,
+                kind,
+                &publisher,
+                publications,
+                &request,
+                payload,
+                *fence,
+            )
+            .await
+            .map(Answer::Taken),
         };
-        if result.is_err() {
+        if matches!(result, Err(SendError::Failed(_))) {
             // Connect again for the next one: this connection may be what failed.
             context = None;
         }
@@ -300,38 +376,75 @@ async fn publish_loop(
     }
 }
 
+/// The stream's last message of record `key` (its chunk 0) and its sequence.
+async fn look(
+    stream: &jetstream::stream::Stream,
+    kind: RecordKind,
+    key: &str,
+) -> Result<Option<(Vec<u8>, u64)>, SendError> {
+    match stream
+        .get_last_raw_message_by_subject(&chunk_subject(kind, key, 0))
+        .await
+    {
+        Ok(message) => Ok(Some((message.payload.to_vec(), message.sequence))),
+        Err(error)
+            if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(SendError::Failed(format!(
+            "reading the {} stream: {error}",
+            kind.stream()
+        ))),
+    }
+}
+
 /// Sends one record's chunks, each only while the lease is held and the caller still
-/// waits (a former leader, or an answer given up on, sends nothing more).
+/// waits (a former leader, or an answer given up on, sends nothing more); a fenced one
+/// (one chunk) with the stream's check of its subject's last sequence. The sequence of
+/// its last chunk.
 async fn send(
     context: &jetstream::Context,
     kind: RecordKind,
     publisher: &Publisher,
     publication: u64,
     request: &Publish,
-) -> Result<(), String> {
-    let (key, payload) = (request.key.as_str(), request.payload.as_slice());
+    payload: &[u8],
+    fence: Option<u64>,
+) -> Result<u64, SendError> {
+    let key = request.key.as_str();
+    let failed = |why: String| SendError::Failed(why);
     let chunks: Vec<&[u8]> = if payload.is_empty() {
         vec![&[]]
     } else {
         payload.chunks(RECORD_CHUNK_BYTES).collect()
     };
+    if fence.is_some() && chunks.len() != 1 {
+        return Err(failed(format!("fenced record {key} is over one message")));
+    }
     let publication = format!("{}-{publication}", publisher.origin);
     let term = publisher.lease.term_revision().to_string();
     let mut acks = Vec::with_capacity(chunks.len());
     for (index, chunk) in chunks.iter().enumerate() {
         if !publisher.lease.held() {
-            return Err(format!(
+            return Err(failed(format!(
                 "record {key} not sent: this control plane does not hold the lease"
-            ));
+            )));
         }
         if Instant::now() >= request.deadline {
-            return Err(format!("record {key} not sent in time"));
+            return Err(failed(format!("record {key} not sent in time")));
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(ORIGIN_HEADER, publisher.origin.as_str());
         headers.insert(PUBLICATION_HEADER, publication.as_str());
         headers.insert(TERM_HEADER, term.as_str());
         headers.insert(CHUNKS_HEADER, chunks.len().to_string().as_str());
+        if let Some(after) = fence {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                after.to_string().as_str(),
+            );
+        }
         let ack = context
             .publish_with_headers(
                 chunk_subject(kind, key, index),
@@ -339,16 +452,26 @@ async fn send(
                 Bytes::copy_from_slice(chunk),
             )
             .await
-            .map_err(|error| format!("sending record {key}: {error}"))?;
+            .map_err(|error| failed(format!("sending record {key}: {error}")))?;
         acks.push(ack);
     }
+    let mut last = 0;
     for ack in acks {
-        tokio::time::timeout(Duration::from_millis(RECORD_REQUEST_TIMEOUT_MS), ack)
+        let taken = tokio::time::timeout(Duration::from_millis(RECORD_REQUEST_TIMEOUT_MS), ack)
             .await
-            .map_err(|_| format!("no acknowledgement of record {key}"))?
-            .map_err(|error| format!("record {key} refused: {error}"))?;
+            .map_err(|_| failed(format!("no acknowledgement of record {key}")))?;
+        match taken {
+            Ok(ack) => last = ack.sequence,
+            Err(error)
+                if fence.is_some()
+                    && error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                return Err(SendError::Stale)
+            }
+            Err(error) => return Err(failed(format!("record {key} refused: {error}"))),
+        }
     }
-    Ok(())
+    Ok(last)
 }
 
 /// How far a follower has read, shared with `Leadership`.
@@ -370,7 +493,8 @@ impl FollowerStatus {
 
 /// Writes one record a follower read: its key and payload. An error stops the follower
 /// at that record, which it reads again after `FOLLOW_RETRY_DELAY_MS`.
-pub type ApplyRecord = Box<dyn FnMut(&str, &[u8]) -> anyhow::Result<()> + Send>;
+/// Its third argument is the stream sequence of the record's last message.
+pub type ApplyRecord = Box<dyn FnMut(&str, &[u8], u64) -> anyhow::Result<()> + Send>;
 
 /// Follows `kind`'s stream on a thread of its own for the process's life, writing with
 /// `apply` every record published by another origin than `origin` (every record, for
@@ -582,7 +706,7 @@ impl Follower {
         };
         if chunks == 1 {
             self.in_part.remove(&key);
-            (self.apply)(&key, &message.payload)?;
+            (self.apply)(&key, &message.payload, message.sequence)?;
             return Ok(true);
         }
         if !self.in_part.contains_key(&key) && self.in_part.len() >= RECORDS_IN_PART_MAX {
@@ -614,7 +738,7 @@ impl Follower {
             .iter()
             .flat_map(|chunk| chunk.as_ref().expect("every chunk").iter().copied())
             .collect();
-        (self.apply)(&key, &whole)?;
+        (self.apply)(&key, &whole, message.sequence)?;
         self.in_part.remove(&key);
         Ok(true)
     }

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use otedama_cluster::records::SendError;
 use otedama_shared::bans::{BanList, IpNetwork, BANS_MAX};
 
 /// A change the admin API asks for.
@@ -53,9 +54,10 @@ pub enum BanError {
     /// applies it: read the list back.
     #[error("the cluster's ban stream did not confirm the change, which is made only if the stream took it (read the list back): {0}")]
     NotReplicated(String),
-    /// Cluster mode: an earlier change (perhaps one reported failed, which the stream may
-    /// still have taken) is not applied here yet: nothing was changed.
-    #[error("an earlier ban change is not applied on this control plane yet (its stream follower is behind or failing): nothing was changed; try again")]
+    /// Cluster mode: the stream holds a newer list than this control plane has applied (an
+    /// earlier change, perhaps one reported failed that the stream took after all): the
+    /// stream refused this one, computed from the older list. Nothing was changed.
+    #[error("the cluster's ban stream holds a newer list than this control plane has applied yet: nothing was changed; try again")]
     EarlierNotApplied,
     /// Cluster mode: the list would be over `BAN_LIST_CLUSTER_BYTES_MAX`.
     #[error("in cluster mode the operator's ban list is one message of at most {BAN_LIST_CLUSTER_BYTES_MAX} bytes as JSON, and this one would be {0}: put long lists in deny_list_file")]
@@ -66,23 +68,18 @@ pub enum BanError {
     NotYetApplied,
 }
 
-/// Sends a ban list to the cluster's stream; `Err` says why it was not taken.
-pub type PublishBanList = Box<dyn Fn(&BanList) -> Result<(), String> + Send + Sync>;
-/// Sends a ban list to the cluster's stream if it holds none; whether it was sent.
-pub type SeedBanList = Box<dyn Fn(&BanList) -> Result<bool, String> + Send + Sync>;
+/// Sends a ban list to the cluster's stream as one message, taken only if the stream's
+/// last list is at the given sequence (0: none); the sequence it was taken at.
+pub type PublishBanList = Box<dyn Fn(&BanList, u64) -> Result<u64, SendError> + Send + Sync>;
+/// The stream's last list and its sequence, if it holds one.
+pub type LastBanList = Box<dyn Fn() -> Result<Option<(BanList, u64)>, String> + Send + Sync>;
 
 /// Cluster mode: how changes reach the other control planes.
 pub struct BanReplication {
     /// Whether this control plane may change the list now (`Leadership::leads`).
     pub leads: Box<dyn Fn() -> bool + Send + Sync>,
-    /// Sends the operator's whole list to the stream; `Ok` once the stream holds it.
     pub publish: PublishBanList,
-    /// The same, only if the stream holds no list; whether it was sent.
-    pub seed: SeedBanList,
-    /// Whether this control plane's follower has read the stream to its end, applying
-    /// every list in it, with a read sent after `at_ms` (`otedama_cluster::host::
-    /// monotonic_ms`).
-    pub applied_after: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    pub last: LastBanList,
 }
 
 pub struct BanStore {
@@ -95,9 +92,11 @@ pub struct BanStore {
     /// Cluster mode only.
     replication: std::sync::OnceLock<BanReplication>,
     /// Cluster mode: held for a whole change, from reading the list to seeing the stream's
-    /// copy applied, so no two changes are computed from the same list; it holds when the
-    /// last publication's answer came (`monotonic_ms`, 0 before any).
-    changing: Mutex<u64>,
+    /// copy applied, so no two changes of this process are computed from the same list.
+    changing: Mutex<()>,
+    /// Cluster mode: the stream sequence of the list held here (0: none known). A change
+    /// is published fenced on it, so the stream refuses one computed from an older list.
+    stream_sequence: std::sync::atomic::AtomicU64,
 }
 
 /// Cluster mode: how long a change waits to see the stream's copy applied here.
@@ -129,7 +128,8 @@ impl BanStore {
             current: watch::Sender::new(Arc::new(list.clone())),
             lists: Mutex::new((list, BTreeSet::new())),
             replication: std::sync::OnceLock::new(),
-            changing: Mutex::new(0),
+            changing: Mutex::new(()),
+            stream_sequence: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -148,27 +148,37 @@ impl BanStore {
         let Some(replication) = self.replication.get() else {
             return Ok(false);
         };
-        let mut answered_ms = self.changing.lock().expect("ban change lock");
+        let _changing = self.changing.lock().expect("ban change lock");
         let list = self.operator_list();
         if list.is_empty() || !(replication.leads)() {
             return Ok(false);
         }
         cluster_sized(&list)?;
-        let sent = (replication.seed)(&list);
-        *answered_ms = otedama_cluster::host::monotonic_ms();
-        sent.map_err(BanError::NotReplicated)
+        // Fenced on "none": atomic, whoever else publishes meanwhile.
+        match (replication.publish)(&list, 0) {
+            Ok(_) => Ok(true),
+            Err(SendError::Stale) => Ok(false),
+            Err(SendError::Failed(why)) => Err(BanError::NotReplicated(why)),
+        }
     }
 
     /// Cluster mode: the operator's list another control plane published, read from the
     /// stream: written here and enforced. A list that together with this control plane's
     /// deny list is over `BANS_MAX` is written but not sent to the data planes (they would
     /// refuse it whole), which keep the list enforced before; logged.
-    pub fn replace_operator_list(&self, list: BanList) -> anyhow::Result<()> {
+    ///
+    /// `stream_sequence` is the stream message's: the list held here is the stream's as of
+    /// it, which a change's publication is fenced on.
+    pub fn replace_operator_list(&self, list: BanList, stream_sequence: u64) -> anyhow::Result<()> {
         let mut lists = self.lists.lock().expect("ban list lock");
         if list == lists.0 {
+            self.stream_sequence
+                .store(stream_sequence, std::sync::atomic::Ordering::Release);
             return Ok(());
         }
         self.save(&list)?;
+        self.stream_sequence
+            .store(stream_sequence, std::sync::atomic::Ordering::Release);
         let merged = merge(&list, &lists.1);
         lists.0 = list;
         if merged.len() > BANS_MAX {
@@ -262,32 +272,52 @@ impl BanStore {
         change: &BanChange,
         ban: bool,
     ) -> Result<Arc<BanList>, BanError> {
-        let mut answered_ms = self.changing.lock().expect("ban change lock");
+        use std::sync::atomic::Ordering::Acquire;
+        let _changing = self.changing.lock().expect("ban change lock");
         if !(replication.leads)() {
             return Err(BanError::NotLeading);
         }
-        // Every earlier publication, whatever its answer said (one that timed out may be in
-        // the stream), applied here first: the change is made to the stream's newest list,
-        // never to an older copy that would undo it.
-        if !wait_applied(replication, *answered_ms) {
-            return Err(BanError::EarlierNotApplied);
+        // At most twice: a second time only when the first found this copy's sequence
+        // unknown (after a restart) while its list is the stream's.
+        for _ in 0..2 {
+            let after = self.stream_sequence.load(Acquire);
+            let (list, denied) = {
+                let lists = self.lists.lock().expect("ban list lock");
+                (changed(&lists.0, change, ban), lists.1.clone())
+            };
+            let merged = merge(&list, &denied);
+            if merged.len() > BANS_MAX {
+                return Err(BanError::TooMany(merged.len()));
+            }
+            cluster_sized(&list)?;
+            match (replication.publish)(&list, after) {
+                Ok(sequence) => {
+                    // Enforced once this control plane's follower applied it, as everywhere.
+                    let deadline = std::time::Instant::now()
+                        + std::time::Duration::from_millis(BAN_CHANGE_APPLIED_WAIT_MS);
+                    while self.stream_sequence.load(Acquire) < sequence {
+                        if std::time::Instant::now() >= deadline {
+                            return Err(BanError::NotYetApplied);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    return Ok(self.current());
+                }
+                // The stream's list is not the one this change was made to.
+                Err(SendError::Stale) => match (replication.last)() {
+                    Ok(Some((theirs, sequence))) if theirs == self.operator_list() => self
+                        .stream_sequence
+                        .store(sequence, std::sync::atomic::Ordering::Release),
+                    Ok(None) => self
+                        .stream_sequence
+                        .store(0, std::sync::atomic::Ordering::Release),
+                    Ok(Some(_)) => return Err(BanError::EarlierNotApplied),
+                    Err(why) => return Err(BanError::NotReplicated(why)),
+                },
+                Err(SendError::Failed(why)) => return Err(BanError::NotReplicated(why)),
+            }
         }
-        let (list, denied) = {
-            let lists = self.lists.lock().expect("ban list lock");
-            (changed(&lists.0, change, ban), lists.1.clone())
-        };
-        let merged = merge(&list, &denied);
-        if merged.len() > BANS_MAX {
-            return Err(BanError::TooMany(merged.len()));
-        }
-        cluster_sized(&list)?;
-        let published = (replication.publish)(&list);
-        *answered_ms = otedama_cluster::host::monotonic_ms();
-        published.map_err(BanError::NotReplicated)?;
-        if !wait_applied(replication, *answered_ms) {
-            return Err(BanError::NotYetApplied);
-        }
-        Ok(self.current())
+        Err(BanError::EarlierNotApplied)
     }
 
     fn save(&self, list: &BanList) -> anyhow::Result<()> {
@@ -299,20 +329,6 @@ impl BanStore {
         std::fs::rename(&temporary, &self.path)?;
         Ok(())
     }
-}
-
-/// Waits up to `BAN_CHANGE_APPLIED_WAIT_MS` for the follower to have applied the stream
-/// through a read sent after `at_ms`; whether it has.
-fn wait_applied(replication: &BanReplication, at_ms: u64) -> bool {
-    let deadline =
-        std::time::Instant::now() + std::time::Duration::from_millis(BAN_CHANGE_APPLIED_WAIT_MS);
-    while !(replication.applied_after)(at_ms) {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    true
 }
 
 /// Cluster mode: the operator's list goes to the stream as one message, so every reader
@@ -388,59 +404,67 @@ mod tests {
         assert!(reopened.current().bans_worker(&current));
     }
 
-    /// Cluster mode: a change is made only while leading, goes to the stream, and is
-    /// enforced only from the stream's copy; a list is seeded only into an empty stream.
+    /// The cluster's ban stream as the tests see it: every list it took with its sequence,
+    /// fenced as JetStream fences a subject; a live follower applies each to `follower`.
+    #[derive(Default)]
+    struct FakeStream {
+        lists: Vec<(BanList, u64)>,
+        next_sequence: u64,
+        taking: bool,
+    }
+
+    fn replicate(
+        store: &Arc<BanStore>,
+        stream: &Arc<Mutex<FakeStream>>,
+        leading: &Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (out, look, follower, leads) = (
+            stream.clone(),
+            stream.clone(),
+            store.clone(),
+            leading.clone(),
+        );
+        store.replicate_with(BanReplication {
+            leads: Box::new(move || leads.load(Relaxed)),
+            publish: Box::new(move |list, after| {
+                let mut stream = out.lock().unwrap();
+                if !stream.taking {
+                    return Err(SendError::Failed("no quorum".into()));
+                }
+                if stream.lists.last().map_or(0, |(_, at)| *at) != after {
+                    return Err(SendError::Stale);
+                }
+                stream.next_sequence += 1;
+                let sequence = stream.next_sequence;
+                stream.lists.push((list.clone(), sequence));
+                follower
+                    .replace_operator_list(list.clone(), sequence)
+                    .unwrap();
+                Ok(sequence)
+            }),
+            last: Box::new(move || Ok(look.lock().unwrap().lists.last().cloned())),
+        });
+    }
+
+    /// Cluster mode: a change is made only while leading, goes to the stream fenced on the
+    /// list it was made to, and is enforced from the stream's copy; a list is seeded only
+    /// into an empty stream.
     #[test]
-    fn a_replicated_change_needs_the_lead_and_the_stream() {
+    fn a_replicated_change_needs_the_lead_and_the_newest_list() {
         use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bans.json");
         let store = Arc::new(BanStore::open(path.clone()).unwrap());
-        let (leading, taking) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        // The stream: what it took, in order; its follower applies each, as the
-        // control plane's follower thread does.
-        let stream = Arc::new(Mutex::new(Vec::<BanList>::new()));
-        let (l, t, out, follower) = (
-            leading.clone(),
-            taking.clone(),
-            stream.clone(),
-            store.clone(),
-        );
-        let (t2, out2) = (taking.clone(), stream.clone());
-        let applied = Arc::new(AtomicBool::new(true));
-        let caught_up = applied.clone();
-        store.replicate_with(BanReplication {
-            leads: Box::new(move || l.load(Relaxed)),
-            publish: Box::new(move |list| {
-                if !t.load(Relaxed) {
-                    return Err("no quorum".into());
-                }
-                out.lock().unwrap().push(list.clone());
-                follower.replace_operator_list(list.clone()).unwrap();
-                Ok(())
-            }),
-            seed: Box::new(move |list| {
-                if !t2.load(Relaxed) {
-                    return Err("no quorum".into());
-                }
-                let mut taken = out2.lock().unwrap();
-                if !taken.is_empty() {
-                    return Ok(false);
-                }
-                taken.push(list.clone());
-                Ok(true)
-            }),
-            applied_after: Box::new(move |_| caught_up.load(Relaxed)),
-        });
-        let change = BanChange {
-            addresses: vec!["addr".into()],
+        let stream = Arc::new(Mutex::new(FakeStream::default()));
+        let leading = Arc::new(AtomicBool::new(false));
+        replicate(&store, &stream, &leading);
+        let change = |address: &str| BanChange {
+            addresses: vec![address.into()],
             ..Default::default()
         };
         assert!(matches!(
-            store.apply(&change, true),
+            store.apply(&change("a"), true),
             Err(BanError::NotLeading)
         ));
         assert!(
@@ -449,54 +473,74 @@ mod tests {
         );
         leading.store(true, Relaxed);
         assert!(matches!(
-            store.apply(&change, true),
+            store.apply(&change("a"), true),
             Err(BanError::NotReplicated(_))
         ));
         assert!(store.current().addresses.is_empty(), "nothing enforced");
         assert!(!path.exists(), "nothing written");
-        taking.store(true, Relaxed);
-        store.apply(&change, true).unwrap();
-        assert!(store.current().bans_worker("addr.rig"));
-        assert_eq!(stream.lock().unwrap().last(), Some(&store.operator_list()));
+        stream.lock().unwrap().taking = true;
+        store.apply(&change("a"), true).unwrap();
+        assert!(store.current().bans_worker("a.rig"));
         assert!(!store.seed_if_absent().unwrap(), "the stream holds a list");
-        assert_eq!(stream.lock().unwrap().len(), 1);
 
-        // A follower behind the stream: no change is computed from its older copy.
-        applied.store(false, Relaxed);
+        // A list this control plane has not applied yet (one it sent whose answer was
+        // lost, say): a change made to the older copy is refused, and made once the
+        // follower has applied the newer list.
+        let newer = {
+            let mut stream = stream.lock().unwrap();
+            let mut newer = stream.lists.last().unwrap().0.clone();
+            newer.addresses.insert("b".into());
+            stream.next_sequence += 1;
+            let sequence = stream.next_sequence;
+            stream.lists.push((newer.clone(), sequence));
+            (newer, sequence)
+        };
         assert!(matches!(
-            store.apply(&change, false),
+            store.apply(&change("c"), true),
             Err(BanError::EarlierNotApplied)
         ));
-        assert_eq!(stream.lock().unwrap().len(), 1, "nothing sent");
-        applied.store(true, Relaxed);
+        store.replace_operator_list(newer.0, newer.1).unwrap();
+        store.apply(&change("c"), true).unwrap();
+        assert!(["a.1", "b.1", "c.1"]
+            .iter()
+            .all(|worker| store.current().bans_worker(worker)));
+
+        // After a restart the list's sequence is unknown; the stream's list is the one
+        // held, so the change goes through.
+        let restarted = Arc::new(BanStore::open(path.clone()).unwrap());
+        replicate(&restarted, &stream, &leading);
+        restarted.apply(&change("d"), true).unwrap();
+        assert!(restarted.current().bans_worker("d.1") && restarted.current().bans_worker("a.1"));
+
         // One message of the stream holds the whole list, or the change is refused.
         let long = BanChange {
             addresses: (0..9_000).map(|i| format!("address-{i:056}")).collect(),
             ..Default::default()
         };
         assert!(matches!(
-            store.apply(&long, true),
+            restarted.apply(&long, true),
             Err(BanError::TooLargeForCluster(_))
         ));
 
         // Another control plane's list, read from the stream.
         let mut theirs = BanList::default();
         theirs.addresses.insert("other".into());
-        store
+        restarted
             .set_denied(BTreeSet::from(["denied".to_string()]))
             .unwrap();
-        store.replace_operator_list(theirs.clone()).unwrap();
-        assert_eq!(store.operator_list(), theirs);
+        restarted.replace_operator_list(theirs.clone(), 99).unwrap();
+        assert_eq!(restarted.operator_list(), theirs);
         assert!(
-            store.current().bans_worker("other.rig") && store.current().bans_worker("denied.x")
+            restarted.current().bans_worker("other.rig")
+                && restarted.current().bans_worker("denied.x")
         );
-        assert!(!store.current().bans_worker("addr.rig"));
+        assert!(!restarted.current().bans_worker("a.rig"));
         assert_eq!(*BanStore::open(path.clone()).unwrap().current(), theirs);
 
         // A store whose stream is empty seeds it with its list.
-        stream.lock().unwrap().clear();
-        assert!(store.seed_if_absent().unwrap());
-        assert_eq!(stream.lock().unwrap().as_slice(), &[theirs]);
+        stream.lock().unwrap().lists.clear();
+        assert!(restarted.seed_if_absent().unwrap());
+        assert_eq!(stream.lock().unwrap().lists.len(), 1);
     }
 
     #[test]

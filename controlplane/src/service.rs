@@ -194,7 +194,7 @@ fn replicate_bans(
         RecordKind::Bans,
         origin.to_string(),
         config.data_dir.join("bans-stream-position"),
-        Box::new(move |key, payload| {
+        Box::new(move |key, payload, sequence| {
             if key != BAN_LIST_KEY {
                 tracing::error!(
                     key,
@@ -203,7 +203,7 @@ fn replicate_bans(
                 return Ok(());
             }
             match serde_json::from_slice::<otedama_shared::bans::BanList>(payload) {
-                Ok(list) => bans_in.replace_operator_list(list),
+                Ok(list) => bans_in.replace_operator_list(list, sequence),
                 Err(error) => {
                     tracing::error!(%error, "an unreadable ban list in the ban stream: passed over");
                     Ok(())
@@ -211,7 +211,7 @@ fn replicate_bans(
             }
         }),
     )?;
-    leadership.wait_for(follower.clone());
+    leadership.wait_for(follower);
     let publisher = RecordPublisher::start(
         urls,
         replicas,
@@ -222,18 +222,21 @@ fn replicate_bans(
         },
     )?;
     let leads = leadership.clone();
-    let seeder = publisher.clone();
+    let looker = publisher.clone();
     bans.replicate_with(crate::bans::BanReplication {
         leads: Box::new(move || leads.leads()),
-        publish: Box::new(move |list| {
+        publish: Box::new(move |list, after| {
             let payload = serde_json::to_vec(list).expect("ban lists serialize");
-            publisher.publish(BAN_LIST_KEY, &payload)
+            publisher.publish_fenced(BAN_LIST_KEY, &payload, after)
         }),
-        seed: Box::new(move |list| {
-            let payload = serde_json::to_vec(list).expect("ban lists serialize");
-            seeder.publish_if_absent(BAN_LIST_KEY, &payload)
+        last: Box::new(move || {
+            let Some((payload, sequence)) = looker.last_message(BAN_LIST_KEY)? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(&payload)
+                .map(|list| Some((list, sequence)))
+                .map_err(|error| format!("the ban stream's last list does not read: {error}"))
         }),
-        applied_after: Box::new(move |at_ms| follower.caught_up_after(at_ms)),
     });
     // Each term of this control plane's lead, once it has read the streams to their end:
     // its list to a stream that holds none (a cluster started from a single-host pool's
@@ -303,7 +306,7 @@ fn follow_records(
         RecordKind::Blocks,
         origin.clone(),
         config.data_dir.join("blocks-stream-position"),
-        Box::new(move |key, payload| apply_block_record(&blocks_in, &block_state, key, payload)),
+        Box::new(move |key, payload, _| apply_block_record(&blocks_in, &block_state, key, payload)),
     )?;
     leadership.wait_for(blocks);
     let jobs_in = jobs.clone();
@@ -313,7 +316,7 @@ fn follow_records(
         RecordKind::Jobs,
         origin.clone(),
         config.data_dir.join("jobs-stream-position"),
-        Box::new(move |key, payload| apply_job(&jobs_in, key, payload)),
+        Box::new(move |key, payload, _| apply_job(&jobs_in, key, payload)),
     )?;
     leadership.wait_for(job_follower);
     RecordPublisher::start(urls, replicas, RecordKind::Jobs, publisher)

@@ -330,10 +330,14 @@ pub(crate) fn change_bans(state: ApiState, body: axum::body::Bytes, ban: bool) -
             changed(&state);
             error(StatusCode::ACCEPTED, e.to_string())
         }
-        Err(e @ crate::bans::BanError::TooMany(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e @ (crate::bans::BanError::NotLeading | crate::bans::BanError::NotReplicated(_))) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        }
+        Err(
+            e @ (crate::bans::BanError::TooMany(_) | crate::bans::BanError::TooLargeForCluster(_)),
+        ) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(
+            e @ (crate::bans::BanError::NotLeading
+            | crate::bans::BanError::NotReplicated(_)
+            | crate::bans::BanError::EarlierNotApplied),
+        ) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
