@@ -691,11 +691,14 @@ impl Follower {
             self.newest_term = self.newest_term.max(term);
             return Ok(false);
         }
-        if term < self.newest_term {
+        // A fenced kind's stream order is its only order (the stream took each record over
+        // the one before it), so its records are never passed over: one passed over would
+        // stay the stream's last while no follower holds it.
+        if term < self.newest_term && !self.kind.applies_own() {
             tracing::warn!(subject = %message.subject, term, newest_term = self.newest_term, "a record of a former leader's term after a newer term's: passed over");
             return Ok(false);
         }
-        self.newest_term = term;
+        self.newest_term = self.newest_term.max(term);
         let publication = header(PUBLICATION_HEADER).unwrap_or_default();
         let chunks = header(CHUNKS_HEADER)
             .and_then(|text| text.parse::<usize>().ok())

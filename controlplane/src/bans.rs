@@ -171,14 +171,18 @@ impl BanStore {
     /// it, which a change's publication is fenced on.
     pub fn replace_operator_list(&self, list: BanList, stream_sequence: u64) -> anyhow::Result<()> {
         let mut lists = self.lists.lock().expect("ban list lock");
+        // The sequence last, once the list is in force: a change waiting for it then
+        // answers with the list it made.
+        let applied = |store: &Self| {
+            store
+                .stream_sequence
+                .store(stream_sequence, std::sync::atomic::Ordering::Release)
+        };
         if list == lists.0 {
-            self.stream_sequence
-                .store(stream_sequence, std::sync::atomic::Ordering::Release);
+            applied(self);
             return Ok(());
         }
         self.save(&list)?;
-        self.stream_sequence
-            .store(stream_sequence, std::sync::atomic::Ordering::Release);
         let merged = merge(&list, &lists.1);
         lists.0 = list;
         if merged.len() > BANS_MAX {
@@ -186,9 +190,10 @@ impl BanStore {
                 entries = merged.len(),
                 "the cluster's ban list and this control plane's deny list exceed BANS_MAX together: the data planes keep the list they had"
             );
-            return Ok(());
+        } else {
+            self.current.send_replace(Arc::new(merged));
         }
-        self.current.send_replace(Arc::new(merged));
+        applied(self);
         Ok(())
     }
 
@@ -305,9 +310,11 @@ impl BanStore {
                 }
                 // The stream's list is not the one this change was made to.
                 Err(SendError::Stale) => match (replication.last)() {
-                    Ok(Some((theirs, sequence))) if theirs == self.operator_list() => self
-                        .stream_sequence
-                        .store(sequence, std::sync::atomic::Ordering::Release),
+                    Ok(Some((theirs, sequence))) if theirs == self.operator_list() => {
+                        // Never below what the follower stored meanwhile.
+                        self.stream_sequence
+                            .fetch_max(sequence, std::sync::atomic::Ordering::AcqRel);
+                    }
                     Ok(None) => self
                         .stream_sequence
                         .store(0, std::sync::atomic::Ordering::Release),

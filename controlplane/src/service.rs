@@ -91,7 +91,11 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     let bans = Arc::new(crate::bans::BanStore::open(
         config.data_dir.join("bans.json"),
     )?);
-    bans.canonicalize(&config.coin_params().address)?;
+    // Cluster mode: the list is the stream's, whose lists the admin API made canonical; a
+    // copy rewritten here would no longer be the stream's last list.
+    if config.nats_urls.is_empty() {
+        bans.canonicalize(&config.coin_params().address)?;
+    }
     if let Some(leadership) = &leadership {
         replicate_bans(&config, &bans, leadership, &origin)?;
     }
@@ -187,13 +191,25 @@ fn replicate_bans(
 ) -> anyhow::Result<()> {
     use otedama_cluster::records::{follow, Publisher, RecordKind, RecordPublisher, BAN_LIST_KEY};
     let (urls, replicas) = (config.nats_urls.clone(), config.share_stream_replicas);
+    // Read from its start at every start (it keeps one message a list subject, at most
+    // `BAN_STREAM_MESSAGES_MAX`): the stream's last list is then applied here again, with
+    // its sequence, whatever `bans.json` holds (a copy edited by hand, one from an older
+    // release).
+    let position = config.data_dir.join("bans-stream-position");
+    match std::fs::remove_file(&position) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("removing {}", position.display()))
+        }
+    }
     let bans_in = bans.clone();
     let follower = follow(
         urls.clone(),
         replicas,
         RecordKind::Bans,
         origin.to_string(),
-        config.data_dir.join("bans-stream-position"),
+        position,
         Box::new(move |key, payload, sequence| {
             if key != BAN_LIST_KEY {
                 tracing::error!(
