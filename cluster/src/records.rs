@@ -97,12 +97,13 @@ impl RecordKind {
         }
     }
 
-    /// Whether a follower writes the records its own process published too. The ban
-    /// list's only copy that counts is the stream's: its publisher writes it only from
-    /// there, in stream order, so a publication whose answer was lost (stored, but
-    /// reported failed) is still enforced here as everywhere, and two changes are never
-    /// applied out of order.
-    fn applies_own(self) -> bool {
+    /// Whether the kind is published fenced (`RecordPublisher::publish_fenced`), so the
+    /// stream's order is its only order. Its followers then write every record: their own
+    /// process's too (its publisher writes it only from there, so a publication whose
+    /// answer was lost is still enforced here as everywhere), and one of an older lease
+    /// term (the fence already ordered it; passed over, it would stay the stream's last
+    /// while no follower holds it).
+    fn is_fenced(self) -> bool {
         matches!(self, RecordKind::Bans)
     }
 
@@ -498,7 +499,7 @@ pub type ApplyRecord = Box<dyn FnMut(&str, &[u8], u64) -> anyhow::Result<()> + S
 
 /// Follows `kind`'s stream on a thread of its own for the process's life, writing with
 /// `apply` every record published by another origin than `origin` (every record, for
-/// kinds whose own records are applied too: `RecordKind::applies_own`), and keeping its place
+/// fenced kinds: `RecordKind::is_fenced`), and keeping its place
 /// in `position_file`.
 pub fn follow(
     nats_urls: Vec<String>,
@@ -684,17 +685,13 @@ impl Follower {
             .and_then(|text| text.parse::<u64>().ok())
             .unwrap_or(0);
         // Its own blocks and jobs a control plane wrote before it published them; its own
-        // ban lists it takes from the stream like anyone's (`RecordKind::applies_own`).
-        if !self.kind.applies_own()
-            && header(ORIGIN_HEADER).as_deref() == Some(self.origin.as_str())
+        // ban lists it takes from the stream like anyone's (`RecordKind::is_fenced`).
+        if !self.kind.is_fenced() && header(ORIGIN_HEADER).as_deref() == Some(self.origin.as_str())
         {
             self.newest_term = self.newest_term.max(term);
             return Ok(false);
         }
-        // A fenced kind's stream order is its only order (the stream took each record over
-        // the one before it), so its records are never passed over: one passed over would
-        // stay the stream's last while no follower holds it.
-        if term < self.newest_term && !self.kind.applies_own() {
+        if term < self.newest_term && !self.kind.is_fenced() {
             tracing::warn!(subject = %message.subject, term, newest_term = self.newest_term, "a record of a former leader's term after a newer term's: passed over");
             return Ok(false);
         }
@@ -790,29 +787,37 @@ impl Leadership {
     }
 
     fn observed_leading_at(&self, now_ms: u64) -> bool {
-        let term = self.lease.term();
-        if !self.lease.held_at(now_ms) || self.lease.term() != term {
+        let Some(term) = self.held_term(now_ms) else {
             return false;
-        }
+        };
         let Some((seen_term, since_ms)) = *self.term_seen.lock().expect("term seen") else {
             return false;
         };
-        seen_term == term
-            && self
-                .followers
-                .lock()
-                .expect("followers")
-                .iter()
-                .all(|follower| follower.caught_up_after(since_ms))
+        seen_term == term && self.followers_caught_up_after(since_ms)
+    }
+
+    /// The lease term, if the lease is held at `now_ms`. The term is read on both sides
+    /// of the lease: a term that ends and another that begins between the reads is never
+    /// taken for the one seen before.
+    fn held_term(&self, now_ms: u64) -> Option<u64> {
+        let term = self.lease.term();
+        (self.lease.held_at(now_ms) && self.lease.term() == term).then_some(term)
+    }
+
+    /// Whether every follower has read its stream to the end with a read sent after
+    /// `since_ms`.
+    fn followers_caught_up_after(&self, since_ms: u64) -> bool {
+        self.followers
+            .lock()
+            .expect("followers")
+            .iter()
+            .all(|follower| follower.caught_up_after(since_ms))
     }
 
     fn leads_at(&self, now_ms: u64) -> bool {
-        // The term is read on both sides of the lease: a term that ends and another that
-        // begins between the reads is never taken for the one seen before.
-        let term = self.lease.term();
-        if !self.lease.held_at(now_ms) || self.lease.term() != term {
+        let Some(term) = self.held_term(now_ms) else {
             return false;
-        }
+        };
         let since_ms = {
             let mut seen = self.term_seen.lock().expect("term seen");
             match *seen {
@@ -823,12 +828,7 @@ impl Leadership {
                 }
             }
         };
-        let caught_up = self
-            .followers
-            .lock()
-            .expect("followers")
-            .iter()
-            .all(|follower| follower.caught_up_after(since_ms));
+        let caught_up = self.followers_caught_up_after(since_ms);
         if !caught_up && now_ms.saturating_sub(since_ms) >= LEAD_CATCH_UP_MAX_MS {
             tracing::error!(
                 waited_ms = now_ms - since_ms,
