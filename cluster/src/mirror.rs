@@ -17,11 +17,25 @@
 //! not hold every round of the pool back. Shares it ships later (it had them on its disk)
 //! are still read; they are credited under per-share schemes, and count in rounds whose
 //! window still reaches their time, but a round already cut before them is not cut again.
+//!
+//! Retention (`Retention`, set by the control plane once its readers exist): every
+//! `Retention::pass_interval_ms` each copy is cut below its release point, and the
+//! leader also purges the share stream's batches that lie wholly below it
+//! (`purge_below`). Invariant: a record is released only once (a) it lies below the
+//! floor the control plane gives for its log, the lowest sequence any of its readers
+//! would read again after a restart (the ledger's crediting cursor less the share
+//! history, the block scan's cursor), so it is credited in the replicated ledger and
+//! scanned for blocks, and (b) it was stamped longer than `Retention::keep_ms` ago. A
+//! log's last record, and in the stream its last batch (the shipper's place), are never
+//! released. The stream is purged only by the leader, with its own floors: a standby's
+//! block scan is not the one whose cursor guards unrecorded blocks. A standby whose copy
+//! was behind finds a hole where the purged batches were, which its readers step over:
+//! every share in it is credited, and outside every round a restart would cut.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,7 +44,9 @@ use futures_lite::StreamExt;
 
 use otedama_sharelog::mirror::MirrorLog;
 
-use crate::shares::{decode_batch, decode_clock, log_subjects, parse_share_subject, share_stream};
+use crate::shares::{
+    decode_batch, decode_clock, log_subjects, parse_share_subject, share_stream, share_subject,
+};
 
 /// How often the stream's subjects are listed for new logs.
 pub const MIRROR_DISCOVER_MS: u64 = 2_000;
@@ -45,6 +61,34 @@ const MIRROR_MESSAGES_PER_TURN: usize = 64;
 const MIRROR_IDLE_POLL_MS: u64 = 20;
 const MIRROR_RETRY_DELAY_MS: u64 = 500;
 const MIRROR_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// How often the copies, and on the leader the share stream, are cut (`Retention`).
+pub const SHARE_RETENTION_PASS_INTERVAL_MS: u64 = 60_000;
+
+/// The lowest sequence of the log named (`HOST.PROCESS`) that the control plane's readers
+/// would read again after a restart, given the copy's next sequence (`Retention::floor`).
+pub type LogFloor = Box<dyn Fn(&str, u64) -> Option<u64> + Send + Sync>;
+
+/// What decides how far the copies and the share stream are cut (see the module's doc).
+pub struct Retention {
+    /// Records stamped less than this long ago are kept, whatever the floor.
+    pub keep_ms: u64,
+    pub pass_interval_ms: u64,
+    /// The lowest sequence of the log named (`HOST.PROCESS`) that this control plane's
+    /// readers would read again after a restart, given the copy's next sequence; `None`
+    /// while not known, and nothing of that log is cut.
+    pub floor: LogFloor,
+    /// Whether this control plane purges the stream too: only the leader does.
+    pub purges_stream: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("keep_ms", &self.keep_ms)
+            .field("pass_interval_ms", &self.pass_interval_ms)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct MirrorConfig {
@@ -74,11 +118,21 @@ pub struct MirrorStatus {
     logs: Mutex<Vec<MirroredLog>>,
     /// Whether the stream's logs have been listed once: before, a log may be missing.
     discovered: AtomicBool,
+    retention: OnceLock<Retention>,
+    /// Records cut from the copies (`Retention`).
+    pub released_records: AtomicU64,
+    /// Share batches this control plane purged from the stream.
+    pub purged_batches: AtomicU64,
 }
 
 impl MirrorStatus {
     pub fn discovered(&self) -> bool {
         self.discovered.load(Relaxed)
+    }
+
+    /// Starts cutting the copies and (when leading) the stream; a second call is ignored.
+    pub fn set_retention(&self, retention: Retention) {
+        let _ = self.retention.set(retention);
     }
 
     /// Every log found so far, in the order found.
@@ -148,6 +202,10 @@ impl Drop for ShareMirror {
 struct Copy {
     log: MirrorLog,
     filter: String,
+    /// The subject of the log's batches.
+    subject: String,
+    /// The copy's first record when this control plane last purged the stream below it.
+    purged_below: u64,
     /// When its host last said something (or the mirror started).
     last_heard: Instant,
     /// Whether the silence has been logged.
@@ -166,6 +224,8 @@ impl Copy {
             log: MirrorLog::open(&root.join(name))
                 .map_err(|error| anyhow::anyhow!("the copy of {name}: {error}"))?,
             filter: log_subjects(host, process),
+            subject: share_subject(host, process),
+            purged_below: 0,
             last_heard: Instant::now(),
             silent: false,
             gone_checked_at: None,
@@ -237,6 +297,7 @@ async fn session(
     }
     status.connected.store(true, Relaxed);
     let mut discovered_at: Option<Instant> = None;
+    let mut cut_at: Option<Instant> = None;
     while !stop.load(Relaxed) {
         if discovered_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(MIRROR_DISCOVER_MS))
         {
@@ -287,11 +348,143 @@ async fn session(
                 }
             }
         }
+        if let Some(retention) = status.retention.get() {
+            if cut_at
+                .is_none_or(|at| at.elapsed() >= Duration::from_millis(retention.pass_interval_ms))
+            {
+                cut_at = Some(Instant::now());
+                cut(&stream, copies, retention, status).await;
+            }
+        }
         if applied == 0 {
             tokio::time::sleep(Duration::from_millis(MIRROR_IDLE_POLL_MS)).await;
         }
     }
     Ok(())
+}
+
+/// One retention pass (see the module's doc): each copy is cut below its release point,
+/// and when this control plane leads, the stream below each copy's first record. A
+/// failure is logged and tried again on the next pass; mirroring goes on meanwhile.
+async fn cut(
+    stream: &jetstream::stream::Stream,
+    copies: &mut BTreeMap<String, Copy>,
+    retention: &Retention,
+    status: &MirrorStatus,
+) {
+    let keep_from_ms = otedama_shared::clock::now_ms().saturating_sub(retention.keep_ms);
+    let purges_stream = (retention.purges_stream)();
+    for (name, copy) in copies.iter_mut() {
+        let first = match cut_copy(name, &copy.log, retention, keep_from_ms, status) {
+            Ok(Some(first)) => first,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(log = %name, %error, "cannot cut a share log's copy; trying again later");
+                continue;
+            }
+        };
+        // Every record before the copy's first was released here or never reached it
+        // (the stream had lost it already): the stream may lose it too.
+        if !purges_stream || first <= copy.purged_below {
+            continue;
+        }
+        match purge_below(stream, &copy.subject, first).await {
+            Ok(purged) => {
+                copy.purged_below = first;
+                status.purged_batches.fetch_add(purged, Relaxed);
+                if purged > 0 {
+                    tracing::debug!(log = %name, below = first, purged, "share stream purged");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(log = %name, error = format!("{error:#}"), "cannot purge the share stream; trying again later")
+            }
+        }
+    }
+}
+
+/// Cuts one copy below its release point; returns its first record after the cut, if it
+/// holds any.
+fn cut_copy(
+    name: &str,
+    log: &MirrorLog,
+    retention: &Retention,
+    keep_from_ms: u64,
+    status: &MirrorStatus,
+) -> anyhow::Result<Option<u64>> {
+    let Some((first, last)) = log.record_range()? else {
+        return Ok(None);
+    };
+    let Some(floor) = (retention.floor)(name, last + 1) else {
+        return Ok(Some(first));
+    };
+    let Some(release) = log.release_point(floor, keep_from_ms)? else {
+        return Ok(Some(first));
+    };
+    log.release_below(release)?;
+    status
+        .released_records
+        .fetch_add(release.saturating_sub(first), Relaxed);
+    Ok(log.record_range()?.map(|(first, _)| first))
+}
+
+/// Purges `subject`'s batches whose records all lie before `release`, never its last batch
+/// (the shipper's place); returns how many went. A binary search over stream sequences
+/// finds the first batch to keep, since a log's batches hold ever higher records: about
+/// log2(stream length) requests, whatever the stream holds.
+async fn purge_below(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    release: u64,
+) -> anyhow::Result<u64> {
+    let released = |message: &jetstream::message::StreamMessage| {
+        decode_batch(&message.payload)
+            .ok()
+            .and_then(|records| records.last().map(|(sequence, _)| *sequence < release))
+            .unwrap_or(false)
+    };
+    let first = match stream.get_first_raw_message_by_subject(subject, 1).await {
+        Ok(message) => message,
+        Err(error)
+            if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            return Ok(0)
+        }
+        Err(error) => anyhow::bail!("reading {subject}'s first batch: {error}"),
+    };
+    if !released(&first) {
+        return Ok(0);
+    }
+    let last = stream
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .map_err(|error| anyhow::anyhow!("reading {subject}'s last batch: {error}"))?
+        .sequence;
+    // Invariants: every batch of the subject at or before `below` is released; `keep` is
+    // the last batch or one not released; the subject has no batch in [bound, keep).
+    let (mut below, mut bound, mut keep) = (first.sequence, last, last);
+    while below + 1 < bound {
+        let middle = below + (bound - below) / 2;
+        let message = stream
+            .get_first_raw_message_by_subject(subject, middle)
+            .await
+            .map_err(|error| anyhow::anyhow!("reading {subject} from {middle}: {error}"))?;
+        if message.sequence >= bound {
+            bound = middle;
+        } else if released(&message) {
+            below = message.sequence;
+        } else {
+            keep = message.sequence;
+            bound = middle;
+        }
+    }
+    let response = stream
+        .purge()
+        .filter(subject)
+        .sequence(keep)
+        .await
+        .map_err(|error| anyhow::anyhow!("purging {subject} below {keep}: {error}"))?;
+    Ok(response.purged)
 }
 
 /// Whether a silent log's host is gone: it holds no claim in the host bucket

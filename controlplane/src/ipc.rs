@@ -80,6 +80,7 @@ async fn serve_link(
 ) {
     let (read_half, mut write_half) = tokio::io::split(stream);
     let mut jobs = state.job_broadcast.subscribe();
+    let mut floors = state.share_log_floors.subscribe();
     // A new link is sent no job built before it opened: the data plane may have served
     // that job before a restart (its duplicate filter then empty) or under an extranonce1
     // space now another process's. A new job of the current work is built at once, and
@@ -88,7 +89,13 @@ async fn serve_link(
     state.request_fresh_job();
     let writer = tokio::spawn(async move {
         // The bans go first, so no miner of a banned address is served even briefly.
-        let first_messages = ipc::ban_messages(&bans.borrow_and_update());
+        let mut first_messages = ipc::ban_messages(&bans.borrow_and_update());
+        let known_floors = floors.borrow_and_update().clone();
+        if !known_floors.is_empty() {
+            first_messages.push(Downstream::ShareLogFloors {
+                floors: (*known_floors).clone(),
+            });
+        }
         for message in first_messages {
             if write_half.write_all(&ipc::encode(&message)).await.is_err() {
                 return;
@@ -103,6 +110,12 @@ async fn serve_link(
                 },
                 changed = bans.changed() => match changed {
                     Ok(()) => ipc::ban_messages(&bans.borrow_and_update()),
+                    Err(_) => return,
+                },
+                changed = floors.changed() => match changed {
+                    Ok(()) => vec![Downstream::ShareLogFloors {
+                        floors: (**floors.borrow_and_update()).clone(),
+                    }],
                     Err(_) => return,
                 },
             };

@@ -129,6 +129,15 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             .zip(leadership.as_ref())
             .map(|((_, stream), leadership)| (stream.clone(), leadership.clone())),
     )?;
+    if let Some((mirror, leadership)) = mirror.as_ref().zip(leadership.as_ref()) {
+        crate::tasks::payouts::start_share_retention(
+            &config,
+            &mirror.status(),
+            payouts.ledger_reader.clone(),
+            store.clone(),
+            leadership.clone(),
+        );
+    }
     let (candidate_tx, candidate_rx) = candidate_channel();
     match (config.chain, node_records) {
         (ChainSource::Node, Some((jobs, job_publisher))) => {

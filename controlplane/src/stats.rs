@@ -92,6 +92,9 @@ pub struct PoolState {
     /// New-block, payment and exchange events for the `/ws` feed.
     events: tokio::sync::broadcast::Sender<PoolEvent>,
     pub started_at: std::time::Instant,
+    /// Single-host mode: below which sequence each local share log may be cut
+    /// (`otedama_shared::ipc::Downstream::ShareLogFloors`), from the payout thread.
+    pub share_log_floors: tokio::sync::watch::Sender<Arc<BTreeMap<u32, u64>>>,
 }
 
 /// Totals across data planes, as the API reports them.
@@ -143,6 +146,7 @@ impl PoolState {
             fresh_job_requested: Default::default(),
             fresh_job_waker: Default::default(),
             events,
+            share_log_floors: tokio::sync::watch::Sender::new(Default::default()),
             started_at: std::time::Instant::now(),
         })
     }

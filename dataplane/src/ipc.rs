@@ -134,6 +134,14 @@ impl LinkTransport {
     }
 }
 
+/// Where the link puts this process's share-log floor from the control plane
+/// (`Downstream::ShareLogFloors`, read by `rt::retention`).
+#[derive(Clone)]
+pub struct ShareLogFloor {
+    pub process: u32,
+    pub floor: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Starts the link. Jobs go to `cores` once `served` has recorded them; `upstream`
 /// carries block candidates from the cores.
 pub fn start(
@@ -142,11 +150,12 @@ pub fn start(
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
     served: ServedJobs,
+    floor: ShareLogFloor,
 ) {
     let served = Arc::new(std::sync::Mutex::new(served));
     std::thread::Builder::new()
         .name("ipc".into())
-        .spawn(move || link_loop(transport, cores, upstream, counters, served))
+        .spawn(move || link_loop(transport, cores, upstream, counters, served, floor))
         .expect("spawning the IPC thread");
 }
 
@@ -156,6 +165,7 @@ fn link_loop(
     upstream: Receiver<Upstream>,
     counters: Arc<Counters>,
     served: Arc<std::sync::Mutex<ServedJobs>>,
+    floor: ShareLogFloor,
 ) {
     let mut warned = false;
     let mut recent = RecentCandidates::default();
@@ -174,9 +184,9 @@ fn link_loop(
         warned = false;
         tracing::info!(link = %transport.describe(), "connected to the control plane");
         let reader = stream.try_clone().expect("cloning a Unix socket");
-        let (cores_for_reader, served) = (cores.clone(), served.clone());
+        let (cores_for_reader, served, floor) = (cores.clone(), served.clone(), floor.clone());
         let reader_thread =
-            std::thread::spawn(move || read_jobs(reader, &cores_for_reader, &served));
+            std::thread::spawn(move || read_jobs(reader, &cores_for_reader, &served, &floor));
         write_upstream(stream, &upstream, &counters, &mut recent);
         let _ = reader_thread.join();
         tracing::warn!("control plane link lost; reconnecting");
@@ -206,6 +216,7 @@ fn read_jobs(
     stream: UnixStream,
     cores: &[UnboundedSender<CoreCommand>],
     served: &std::sync::Mutex<ServedJobs>,
+    floor: &ShareLogFloor,
 ) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -256,6 +267,15 @@ fn read_jobs(
                     Some(Err(max)) => {
                         tracing::error!(max, "the control plane sent a ban list over its limit; the previous one stays")
                     }
+                }
+            }
+            Ok(Downstream::ShareLogFloors { floors }) => {
+                // The control plane's latest word, even if lower than before: a lower floor
+                // only cuts less.
+                if let Some(&below) = floors.get(&floor.process) {
+                    floor
+                        .floor
+                        .store(below, std::sync::atomic::Ordering::Release);
                 }
             }
             Err(error) => tracing::error!(%error, "undecodable IPC message"),

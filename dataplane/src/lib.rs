@@ -65,6 +65,9 @@ pub struct DataplaneConfig {
     pub share_log_sync: bool,
     /// Bytes in each share-log memtable (at most `MEMTABLE_BYTES`).
     pub share_log_memtable_bytes: usize,
+    /// Milliseconds a share stays in the share log at least (`share_retention_hours`):
+    /// older ones go once nobody needs them (`rt::retention`).
+    pub share_retention_ms: u64,
     pub ipc_socket: PathBuf,
     pub version_rolling_mask: u32,
     pub connection_idle_timeout_s: u64,

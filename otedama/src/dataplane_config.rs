@@ -111,6 +111,7 @@ pub fn dataplane_config(
         share_log_path: config.share_log_path(process_index),
         share_log_sync: config.share_log_sync,
         share_log_memtable_bytes: config.share_log_memtable_mib << 20,
+        share_retention_ms: config.share_retention_hours * 3_600_000,
         ipc_socket: config.ipc_socket(),
         version_rolling_mask: config.version_rolling_mask,
         connection_idle_timeout_s: config.connection_idle_timeout_s,

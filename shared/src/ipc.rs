@@ -3,6 +3,8 @@
 //! small (a job per block or template change, a counter update per second), so a readable
 //! format costs nothing that matters and makes the link easy to inspect.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::bans::{BanList, BANS_MAX};
@@ -28,7 +30,20 @@ pub enum Downstream {
         part: BanList,
         last: bool,
     },
+    /// Single-host mode: for each data-plane process (by its index), the sequence below
+    /// which its share log holds nothing the control plane would read again, even after a
+    /// restart: every share there is credited and scanned for blocks, with the share
+    /// history a restart reads kept above it. The data plane may cut its log below it,
+    /// once the shares are also older than `share_retention_hours`
+    /// (`otedama_sharelog::retention`). Sent on change, at most every
+    /// `SHARE_LOG_FLOORS_INTERVAL_MS`, and at link start once known.
+    ShareLogFloors {
+        floors: BTreeMap<u32, u64>,
+    },
 }
+
+/// Least time between two `Downstream::ShareLogFloors` of a control plane.
+pub const SHARE_LOG_FLOORS_INTERVAL_MS: u64 = 10_000;
 
 /// The messages that carry `list`, each at most `BAN_MESSAGE_BYTES_MAX` of entries; an
 /// empty list is one message.

@@ -13,6 +13,7 @@ use std::path::Path;
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
 use crate::format::{share_log_key, MIRROR_POSITION_KEY, MIRROR_STREAM_KEY, SHARE_LOG_CLOCK_KEY};
+use crate::retention;
 
 pub struct MirrorLog {
     db: DB,
@@ -89,6 +90,25 @@ impl MirrorLog {
         self.write(batch)
     }
 
+    /// The copy's first and last record's sequences (`retention::record_range`).
+    pub fn record_range(&self) -> Result<Option<(u64, u64)>, rocksdb::Error> {
+        retention::record_range(&self.db)
+    }
+
+    /// Where the copy may be cut (`retention::release_point`).
+    pub fn release_point(
+        &self,
+        floor: u64,
+        keep_from_ms: u64,
+    ) -> Result<Option<u64>, rocksdb::Error> {
+        retention::release_point(&self.db, floor, keep_from_ms)
+    }
+
+    /// Deletes every record before `sequence` (`retention::release_below`).
+    pub fn release_below(&self, sequence: u64) -> Result<(), rocksdb::Error> {
+        retention::release_below(&self.db, sequence, &WriteOptions::default())
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
         // The WAL stays on (the tails replay it as secondaries); no sync: see the module's doc.
         self.db.write_opt(batch, &WriteOptions::default())
@@ -138,5 +158,60 @@ mod tests {
             (77, 0)
         );
         assert_eq!(mirror.clock_ms().unwrap(), 1_010, "the clock stays");
+    }
+
+    /// A copy is cut only below its readers' floor, only where records are older than the
+    /// retention, never at its last record, and at most a given number of records at a
+    /// time; the cut copy reads on as before, and its clock and position stay.
+    #[test]
+    fn a_copy_is_cut_only_below_its_floor_and_its_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy");
+        let mirror = MirrorLog::open(&path).unwrap();
+        assert_eq!(mirror.release_point(100, u64::MAX).unwrap(), None);
+        // Records 10..30, stamped 1_010..1_029.
+        let records: Vec<(u64, Vec<u8>)> = (10..30).map(|i| (i, record(i).encode())).collect();
+        mirror.apply_records(&records, 5).unwrap();
+        mirror.apply_clock(1_030, 6).unwrap();
+        assert_eq!(mirror.record_range().unwrap(), Some((10, 29)));
+        // The floor decides.
+        assert_eq!(mirror.release_point(15, u64::MAX).unwrap(), Some(15));
+        assert_eq!(mirror.release_point(10, u64::MAX).unwrap(), None);
+        assert_eq!(mirror.release_point(3, u64::MAX).unwrap(), None);
+        // The retention decides: records stamped 1_020 and later are kept.
+        assert_eq!(mirror.release_point(25, 1_020).unwrap(), Some(20));
+        assert_eq!(mirror.release_point(25, 1_010).unwrap(), None);
+        for keep_from_ms in 1_010..1_040 {
+            let expected = (keep_from_ms - 1_000).clamp(10, 25);
+            assert_eq!(
+                mirror.release_point(25, keep_from_ms).unwrap(),
+                (expected > 10).then_some(expected),
+                "keep from {keep_from_ms}"
+            );
+        }
+        // The last record stays, whatever the floor.
+        assert_eq!(mirror.release_point(u64::MAX, u64::MAX).unwrap(), Some(29));
+        mirror.release_below(13).unwrap();
+        assert_eq!(mirror.record_range().unwrap(), Some((13, 29)));
+        assert_eq!(mirror.release_point(25, u64::MAX).unwrap(), Some(25));
+        mirror.release_below(25).unwrap();
+        assert_eq!(mirror.record_range().unwrap(), Some((25, 29)));
+        // A hole (records a purged stream never brought) is cut across.
+        let late: Vec<(u64, Vec<u8>)> = (40..45).map(|i| (i, record(i).encode())).collect();
+        mirror.apply_records(&late, 7).unwrap();
+        assert_eq!(mirror.release_point(42, u64::MAX).unwrap(), Some(42));
+        // A floor inside the hole cuts at the hole's start: the same records.
+        assert_eq!(mirror.release_point(35, u64::MAX).unwrap(), Some(30));
+        assert_eq!(mirror.release_point(42, 1_041).unwrap(), Some(41));
+        mirror.apply_clock(1_030, 8).unwrap();
+        assert_eq!(
+            (mirror.clock_ms().unwrap(), mirror.position().unwrap()),
+            (1_030, 8)
+        );
+        mirror.release_below(42).unwrap();
+        let mut tail = ShareLogTail::new(7, path.clone(), dir.path().join("tail"), Some(42), 0)
+            .without_writer_check();
+        let read: Vec<u64> = tail.poll().unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(read, (42..45).collect::<Vec<_>>());
     }
 }

@@ -23,6 +23,10 @@
 //! so `/health` and `/metrics`) whether the log can write. After a reopen the next
 //! sequence is read back from the log, so a batch that reached the disk even though its
 //! write reported an error keeps its numbers: none is written twice and none skipped.
+//!
+//! The log is cut below what nobody needs any more on request (`ShareLogHandle::release`,
+//! `crate::retention`), by the writer between two batches: one range deletion, never the
+//! last record, so numbering goes on from it after any restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -36,6 +40,7 @@ use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 use crate::format::{
     share_log_key, share_log_sequence, SHARE_LOG_CLOCK_INTERVAL_MS, SHARE_LOG_CLOCK_KEY,
 };
+use crate::retention;
 use otedama_shared::clock::now_ms;
 use otedama_shared::ShareRecord;
 
@@ -52,6 +57,8 @@ pub const SHARE_LOG_REOPEN_INTERVAL_MS: u64 = 1000;
 pub struct ShareLogStatus {
     writable: AtomicBool,
     failed_batches: AtomicU64,
+    /// Records cut from the log (`ShareLogHandle::release`).
+    pub released_records: AtomicU64,
 }
 
 impl Default for ShareLogStatus {
@@ -59,6 +66,7 @@ impl Default for ShareLogStatus {
         ShareLogStatus {
             writable: AtomicBool::new(true),
             failed_batches: AtomicU64::new(0),
+            released_records: AtomicU64::new(0),
         }
     }
 }
@@ -115,10 +123,19 @@ pub struct Completed {
     pub through_sequence: u64,
 }
 
+/// What may be cut from the log (`ShareLogHandle::release`, `crate::retention`): records
+/// below `floor` stamped before `keep_from_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub floor: u64,
+    pub keep_from_ms: u64,
+}
+
 /// A cloneable handle that cores use to append shares.
 #[derive(Clone)]
 pub struct ShareLogHandle {
     queue: Sender<PendingShare>,
+    releases: Sender<Release>,
 }
 
 impl ShareLogHandle {
@@ -137,6 +154,13 @@ impl ShareLogHandle {
             Err(TrySendError::Full(_)) => Err(StoreError::QueueFull),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
         }
+    }
+
+    /// Asks the writer to cut the log (see `Release`), between two batches. One request
+    /// waits at most: a newer one while it waits is dropped, and the next one asked for
+    /// (they come periodically) cuts at least as far.
+    pub fn release(&self, release: Release) {
+        let _ = self.releases.try_send(release);
     }
 }
 
@@ -163,6 +187,12 @@ pub trait BatchSink: Send + 'static {
     /// what is stored (`None`: go on with the writer's own count).
     fn recover(&mut self) -> Result<Option<u64>, StoreError> {
         Ok(None)
+    }
+
+    /// Cuts the log as `release` allows (`crate::retention`); returns how many records
+    /// went.
+    fn release(&mut self, _release: Release) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }
 
@@ -215,6 +245,22 @@ impl BatchSink for RocksSink {
         let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
         self.db = Some(db);
         Ok(Some(next_sequence))
+    }
+
+    fn release(&mut self, release: Release) -> Result<u64, StoreError> {
+        let db = self.open_db()?;
+        let error = |e: rocksdb::Error| StoreError::Write(e.to_string());
+        let Some((first, _)) = retention::record_range(db).map_err(error)? else {
+            return Ok(0);
+        };
+        let Some(below) =
+            retention::release_point(db, release.floor, release.keep_from_ms).map_err(error)?
+        else {
+            return Ok(0);
+        };
+        // Not synced: a deletion lost with the page cache is made again by the next request.
+        retention::release_below(db, below, &WriteOptions::default()).map_err(error)?;
+        Ok(below - first)
     }
 }
 
@@ -316,6 +362,7 @@ impl ShareLog {
         // core was allowed to accept.
         let (queue, receiver) =
             bounded(cores.len().max(1) * SHARES_AWAITING_DURABILITY_PER_CORE_MAX);
+        let (releases, release_requests) = bounded(1);
         let status = Arc::new(ShareLogStatus::default());
         let writer_status = status.clone();
         let writer = std::thread::Builder::new()
@@ -327,12 +374,12 @@ impl ShareLog {
                     next_sequence,
                     broken_since: None,
                 };
-                writer.run(receiver, clock_floor_ms, cores)
+                writer.run(receiver, release_requests, clock_floor_ms, cores)
             })
             .expect("spawning the share log writer");
         ShareLog {
             writer: Some(writer),
-            handle: Some(ShareLogHandle { queue }),
+            handle: Some(ShareLogHandle { queue, releases }),
             status,
         }
     }
@@ -477,9 +524,31 @@ impl<S: BatchSink> Writer<S> {
         self.status.writable.store(false, Relaxed);
     }
 
+    /// Cuts the log if asked to, while it can write.
+    fn release_if_asked(&mut self, requests: &Receiver<Release>) {
+        let Ok(release) = requests.try_recv() else {
+            return;
+        };
+        if self.broken_since.is_some() {
+            return;
+        }
+        match self.sink.release(release) {
+            Ok(released) => {
+                self.status.released_records.fetch_add(released, Relaxed);
+                if released > 0 {
+                    tracing::debug!(released, below = release.floor, "share log cut");
+                }
+            }
+            // Not a failed share write: nothing is refused for it, and the next request
+            // tries again.
+            Err(error) => tracing::warn!(%error, "cannot cut the share log"),
+        }
+    }
+
     fn run(
         &mut self,
         receiver: Receiver<PendingShare>,
+        release_requests: Receiver<Release>,
         clock_floor_ms: u64,
         cores: Vec<UnboundedSender<Completed>>,
     ) {
@@ -489,6 +558,7 @@ impl<S: BatchSink> Writer<S> {
         let mut clock_written_ms = clock_floor_ms.saturating_sub(1);
         let idle = std::time::Duration::from_millis(SHARE_LOG_CLOCK_INTERVAL_MS);
         loop {
+            self.release_if_asked(&release_requests);
             let first = match receiver.recv_timeout(idle) {
                 Ok(first) => first,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -613,6 +683,65 @@ mod tests {
             .map(|r| r.job_id)
             .collect();
         assert_eq!(ids, (0..=100).collect::<Vec<_>>());
+    }
+
+    /// A release cuts only what its floor and retention allow, never the last record, and
+    /// numbering goes on after it across a restart.
+    #[test]
+    fn a_release_cuts_below_its_floor_and_numbering_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = futures_channel::mpsc::unbounded();
+        let log = ShareLog::open(dir.path(), true, vec![tx]).unwrap();
+        let (handle, status) = (log.handle(), log.status());
+        for i in 0..100 {
+            handle.append(0, &record(i)).unwrap();
+        }
+        let mut durable = 0;
+        while durable < 100 {
+            match rx.try_recv() {
+                Ok(completed) => durable += completed.shares,
+                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        let released = |expected: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while status.released_records.load(Relaxed) != expected {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "released {}",
+                    status.released_records.load(Relaxed)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        // Stamped now: a retention from an hour ago keeps them all.
+        let hour_ago = now_ms() - 3_600_000;
+        handle.release(Release {
+            floor: 60,
+            keep_from_ms: hour_ago,
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        handle.release(Release {
+            floor: 60,
+            keep_from_ms: u64::MAX,
+        });
+        released(60);
+        handle.release(Release {
+            floor: u64::MAX,
+            keep_from_ms: u64::MAX,
+        });
+        released(99);
+        drop(handle);
+        log.close();
+        completions_of(dir.path(), 100..103);
+        let ids: Vec<u64> = read_share_log(dir.path())
+            .unwrap()
+            .iter()
+            .map(|r| r.job_id)
+            .collect();
+        assert_eq!(ids, vec![99, 100, 101, 102]);
+        let db = DB::open_for_read_only(&Options::default(), dir.path(), false).unwrap();
+        assert_eq!(retention::record_range(&db).unwrap(), Some((99, 102)));
     }
 
     fn clock_of(path: &Path) -> u64 {

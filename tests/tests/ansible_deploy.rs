@@ -132,6 +132,7 @@ fn the_playbook_deploys_and_a_second_run_changes_nothing() {
         "nats config: ok",
         "nats_urls = [\"tls://sandbox:4222\"]",
         "cluster_host = \"sandbox\"",
+        "share_retention_hours = 24",
         "present: /etc/systemd/system/nats-server.service.d/60-otedama.conf",
     ] {
         assert!(

@@ -107,6 +107,7 @@ fn start_dataplane(
         share_log_path: share_log_path.clone(),
         share_log_sync: false,
         share_log_memtable_bytes: otedama_sharelog::writer::MEMTABLE_BYTES,
+        share_retention_ms: 48 * 3_600_000,
         ipc_socket,
         version_rolling_mask: 0x1fff_e000,
         connection_idle_timeout_s: IDLE_TIMEOUT_S,

@@ -61,10 +61,12 @@ struct NatsArgs {
     /// Shares per second the whole pool takes.
     #[arg(long)]
     shares_per_second: u64,
-    /// Days of shares the disk must hold at that load (the share stream keeps every share
-    /// until an operator trims it).
-    #[arg(long, default_value_t = 7)]
-    retention_days: u64,
+    /// Hours of shares the share stream holds (the pool's share_retention_hours).
+    #[arg(long, default_value_t = 48)]
+    retention_hours: u64,
+    /// Share logs in the cluster: data-plane processes over every host.
+    #[arg(long, default_value_t = 16)]
+    share_logs: u64,
     /// NATS servers in the cluster.
     #[arg(long, default_value_t = 3)]
     servers: u64,
@@ -167,7 +169,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Nats(args) => {
             let sizing = otedama_tune::nats::size(&otedama_tune::nats::NatsLoad {
                 shares_per_second: args.shares_per_second,
-                retention_days: args.retention_days,
+                retention_hours: args.retention_hours,
+                share_logs: args.share_logs,
                 servers: args.servers,
                 replicas: args.replicas,
             })?;

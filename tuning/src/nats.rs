@@ -19,6 +19,11 @@ pub const MEMORY_STORE_BYTES: u64 = 256 * 1024 * 1024;
 /// Headroom on the computed store: JetStream refuses writes at its limit, and a share
 /// stream that refuses batches holds every replicated acknowledgement.
 pub const STORE_HEADROOM_PERCENT: u64 = 25;
+/// Share records of each log the stream keeps whatever their age: the share history a
+/// control plane reads again after a restart (`otedama_ledger::shares::SHARE_HISTORY_MAX`).
+pub const SHARE_HISTORY_RECORDS_PER_LOG: u64 = 1_000_000;
+/// The longest retention sized: a year, as the pool's `share_retention_hours` allows.
+pub const RETENTION_HOURS_MAX: u64 = 24 * 366;
 /// Open files: each pool process keeps a handful of connections, and the file store a
 /// file per block of each stream.
 pub const OPEN_FILES_MAX: u64 = 65_536;
@@ -27,10 +32,12 @@ pub const OPEN_FILES_MAX: u64 = 65_536;
 pub struct NatsLoad {
     /// Shares per second the whole pool takes.
     pub shares_per_second: u64,
-    /// Days of shares the servers' disks must hold at that load: the share stream keeps
-    /// every share (its consumers need a subject's last batch), so this is how long until
-    /// an operator must trim it or add disk.
-    pub retention_days: u64,
+    /// Hours of shares the share stream holds (the pool's `share_retention_hours`): the
+    /// leader control plane purges older ones once they are credited.
+    pub retention_hours: u64,
+    /// Share logs in the cluster (data-plane processes over every host): the stream keeps
+    /// each one's share history whatever its age (`SHARE_HISTORY_RECORDS_PER_LOG`).
+    pub share_logs: u64,
     /// NATS servers in the cluster.
     pub servers: u64,
     /// Copies of each stream (`share_stream_replicas`).
@@ -60,8 +67,8 @@ pub enum NatsSizingError {
     NoServers,
     #[error("--replicas must lie between 1 and 5 and not exceed --servers ({servers})")]
     Replicas { servers: u64 },
-    #[error("--retention-days must be at least 1")]
-    NoRetention,
+    #[error("--retention-hours must be at most {RETENTION_HOURS_MAX}")]
+    RetentionTooLong,
 }
 
 pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
@@ -73,20 +80,21 @@ pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
             servers: load.servers,
         });
     }
-    if load.retention_days == 0 {
-        return Err(NatsSizingError::NoRetention);
+    if load.retention_hours > RETENTION_HOURS_MAX {
+        return Err(NatsSizingError::RetentionTooLong);
     }
     // One stream: each of the `replicas` servers that hold it writes all of it, and any
     // server may be one of them (the cluster places replicas, and moves them on failure).
     let stream_write = load.shares_per_second * STREAM_BYTES_PER_SHARE;
-    let stream_bytes = stream_write * 86_400 * load.retention_days;
+    let history_bytes = load.share_logs * SHARE_HISTORY_RECORDS_PER_LOG * STREAM_BYTES_PER_SHARE;
+    let stream_bytes = stream_write * 3_600 * load.retention_hours + history_bytes;
     let store = (stream_bytes + OTHER_STREAMS_BYTES) * (100 + STORE_HEADROOM_PERCENT) / 100;
     let send = load.shares_per_second * STREAM_BYTES_PER_SHARE * (load.replicas - 1);
     let cpu_millis = (load.shares_per_second * CPU_NS_PER_SHARE).div_ceil(1_000_000);
     let reasons = vec![
         format!(
-            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B = {} B/s of share stream on each server holding one of its {} replicas (any of the {} may), for {} days, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %",
-            load.shares_per_second, stream_write, load.replicas, load.servers, load.retention_days, OTHER_STREAMS_BYTES
+            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B = {} B/s of share stream on each server holding one of its {} replicas (any of the {} may), for {} hours, plus {} logs' share history ({SHARE_HISTORY_RECORDS_PER_LOG} records each) = {} B, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %. Shares the control planes have not credited yet stay too: keep the leader up, or add the outage's shares",
+            load.shares_per_second, stream_write, load.replicas, load.servers, load.retention_hours, load.share_logs, history_bytes, OTHER_STREAMS_BYTES
         ),
         format!("max_memory_store: the pool's streams are file-backed; {MEMORY_STORE_BYTES} B for the server's own"),
         format!("LimitNOFILE: {OPEN_FILES_MAX}, for the pool processes' connections and the file store's blocks"),
@@ -118,21 +126,22 @@ mod tests {
     fn load(shares_per_second: u64, servers: u64, replicas: u64) -> NatsLoad {
         NatsLoad {
             shares_per_second,
-            retention_days: 7,
+            retention_hours: 48,
+            share_logs: 6,
             servers,
             replicas,
         }
     }
 
     /// A million miners at a share every 10 s on three servers: 20 MB/s of stream on
-    /// each, 12 TB for a week with headroom, and 0.7 core of NATS CPU at most.
+    /// each, 4.3 TB for two days with headroom, and 0.7 core of NATS CPU at most.
     #[test]
     fn a_million_miners_on_three_servers() {
         let sizing = size(&load(100_000, 3, 3)).unwrap();
         assert_eq!(sizing.stream_write_bytes_per_second, 20_000_000);
         assert_eq!(
             sizing.max_file_store_bytes,
-            (20_000_000 * 86_400 * 7 + OTHER_STREAMS_BYTES) * 125 / 100
+            (20_000_000 * 3_600 * 48 + 6 * 1_000_000 * 200 + OTHER_STREAMS_BYTES) * 125 / 100
         );
         assert_eq!(sizing.replication_send_bytes_per_second, 40_000_000);
         assert_eq!(sizing.cpu_cores_millis, 700);
@@ -159,8 +168,14 @@ mod tests {
             size(&load(1, 6, 6)),
             Err(NatsSizingError::Replicas { servers: 6 })
         );
-        let mut none = load(1, 3, 3);
-        none.retention_days = 0;
-        assert_eq!(size(&none), Err(NatsSizingError::NoRetention));
+        let mut long = load(1, 3, 3);
+        long.retention_hours = RETENTION_HOURS_MAX + 1;
+        assert_eq!(size(&long), Err(NatsSizingError::RetentionTooLong));
+        // No retention still keeps every log's history.
+        long.retention_hours = 0;
+        assert_eq!(
+            size(&long).unwrap().max_file_store_bytes,
+            (6 * 1_000_000 * 200 + OTHER_STREAMS_BYTES) * 125 / 100
+        );
     }
 }

@@ -160,6 +160,10 @@ pub struct ConfigArgs {
     /// Copies the share stream keeps, 1 to 5 (default 3).
     #[arg(long, env = "OTEDAMA_SHARE_STREAM_REPLICAS")]
     pub share_stream_replicas: Option<usize>,
+    /// Hours a share stays in the share logs (and the share stream) at least (default
+    /// 48); it goes only once credited and scanned for blocks.
+    #[arg(long, env = "OTEDAMA_SHARE_RETENTION_HOURS")]
+    pub share_retention_hours: Option<u64>,
     /// When a miner hears `true`: once the share log has the share (local, the default) or
     /// once the replicated share stream has it too (replicated; needs --nats-url).
     #[arg(long, env = "OTEDAMA_SHARE_ACK")]
@@ -253,6 +257,7 @@ impl ConfigArgs {
         }
         take!(
             share_stream_replicas,
+            share_retention_hours,
             share_ack,
             nats_tls_ca_file,
             nats_tls_cert_file,

@@ -29,6 +29,12 @@ pub const DATA_DIR_MODE: u32 = 0o750;
 /// The largest share-log memtable, in MiB: the share log's own (`MEMTABLE_BYTES`).
 pub const SHARE_LOG_MEMTABLE_MIB_MAX: usize = otedama_sharelog::writer::MEMTABLE_BYTES >> 20;
 
+/// `share_retention_hours` unless set: two days, time to look into a miner's complaint
+/// about yesterday's shares.
+pub const SHARE_RETENTION_HOURS_DEFAULT: u64 = 48;
+/// The longest `share_retention_hours`: a year.
+pub const SHARE_RETENTION_HOURS_MAX: u64 = 24 * 366;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
@@ -115,6 +121,14 @@ pub struct PoolConfig {
     /// every acknowledgement (BENCHMARKS.md); while the stream has no quorum, acknowledgements
     /// wait (the miners' firmware moves on to its next pool slot).
     pub share_ack: ShareAck,
+    /// Hours a share stays in the share logs at least (and in cluster mode in the share
+    /// stream and the control planes' copies). A share goes after that only once nobody
+    /// needs it: credited, with the share history a restart reads again kept behind it,
+    /// and scanned for blocks (single-host mode: `Downstream::ShareLogFloors`; cluster
+    /// mode: `otedama_cluster::mirror::Retention`, and each data-plane host's log once
+    /// the stream has it). So this bounds how much of the past is kept, never what is
+    /// paid. 0 keeps only what is needed. Size the NATS servers with `otedama-tune nats`.
+    pub share_retention_hours: u64,
     /// PEM CA certificates that sign the NATS servers' certificates: given, every
     /// connection to the cluster uses TLS and checks the server against them.
     pub nats_tls_ca_file: Option<PathBuf>,
@@ -248,6 +262,7 @@ impl Default for PoolConfig {
             nats_urls: Vec::new(),
             cluster_host: None,
             share_stream_replicas: 3,
+            share_retention_hours: SHARE_RETENTION_HOURS_DEFAULT,
             share_ack: ShareAck::Local,
             nats_tls_ca_file: None,
             nats_tls_cert_file: None,
@@ -574,6 +589,29 @@ mod tests {
         missing.extend(["--nats-credentials-file", "/nonexistent/pool.creds"]);
         let config = Flags::parse_from(missing).config.load().unwrap();
         assert!(config.nats_security().check().is_err());
+    }
+
+    /// The share retention: two days unless set, from the file, a flag or the
+    /// environment, and at most a year.
+    #[test]
+    fn share_retention_is_two_days_unless_set_and_at_most_a_year() {
+        let cluster = [
+            "otedama",
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            "--cluster-host",
+            "cp-a",
+        ];
+        let config = Flags::parse_from(cluster).config.load().unwrap();
+        assert_eq!(config.share_retention_hours, 48);
+        let mut set = cluster.to_vec();
+        set.extend(["--share-retention-hours", "0"]);
+        let config = Flags::parse_from(set).config.load().unwrap();
+        assert_eq!(config.share_retention_hours, 0);
+        let mut too_long = cluster.to_vec();
+        too_long.extend(["--share-retention-hours", "8785"]);
+        let error = Flags::parse_from(too_long).config.load().unwrap_err();
+        assert!(format!("{error:#}").contains("at most 8784"), "{error:#}");
     }
 
     /// The exchange is not replicated, so cluster mode refuses it rather than run a book

@@ -96,6 +96,9 @@ impl PoolConfig {
             if !(1..=5).contains(&self.share_stream_replicas) {
                 bail!("share_stream_replicas must lie between 1 and 5");
             }
+            if self.share_retention_hours > SHARE_RETENTION_HOURS_MAX {
+                bail!("share_retention_hours must be at most {SHARE_RETENTION_HOURS_MAX}");
+            }
         } else if self.nats_security() != otedama_cluster::NatsSecurity::default() {
             bail!(
                 "the nats_tls_* and nats_credentials_file settings need nats_urls (cluster mode)"

@@ -118,6 +118,8 @@ pub struct PayoutRunner {
     pub cut_waits: BTreeMap<String, u64>,
     /// `BLOCK_SHARE_WAIT_MS`, unless a test says otherwise.
     pub block_share_wait_ms: u64,
+    /// When the local share logs' floors are next worked out (`publish_share_log_floors`).
+    pub next_floors_ms: u64,
     /// The exchange once open: a KYC hold cancels the address's resting orders there.
     pub dex: Arc<std::sync::OnceLock<crate::dex::SharedDex>>,
 }
@@ -166,6 +168,34 @@ fn tail_start(
     } else {
         None
     })
+}
+
+/// The lowest sequence of a share log that this control plane would read again after a
+/// restart, below which the log's records may go (`otedama_cluster::mirror::Retention`):
+/// - the payout tail's start (`tail_start`) with the largest backfill any restart gives,
+///   the whole share history: from the crediting cursor under per-share schemes, so
+///   every share below it is credited, or from the log's end (`next`, its next sequence)
+///   under the others, whose rounds are cut from the history;
+/// - the block scan's cursor, which never passes a block share whose block has no record
+///   (`otedama_chain::jobs::scan`).
+///
+/// `None` while either is unknown (a per-share scheme that has credited nothing from this
+/// log, a scan that has not yet saved its cursor): nothing of the log may go.
+pub fn retention_floor(
+    per_share: bool,
+    credit_cursor: Option<u64>,
+    next: u64,
+    scan_cursor: Option<u64>,
+) -> Option<u64> {
+    let read_from = match per_share {
+        true => credit_cursor?.min(next),
+        false => next,
+    };
+    Some(
+        read_from
+            .saturating_sub(SHARE_HISTORY_MAX as u64)
+            .min(scan_cursor?),
+    )
 }
 
 /// Cluster mode: this control plane's part (`otedama_cluster::leader`, `::ledger`).
@@ -318,6 +348,41 @@ impl PayoutRunner {
             * 1000
     }
 
+    /// Single-host mode: tells the data planes below which sequence each local share log
+    /// may be cut (`retention_floor`, `Downstream::ShareLogFloors`). Cluster mode cuts the
+    /// mirror's copies and the stream instead (`tasks::payouts::start_share_retention`),
+    /// and each data-plane host cuts its own log below what it has shipped.
+    fn publish_share_log_floors(&mut self, per_share: bool) -> anyhow::Result<()> {
+        if self.mirrored.is_some() {
+            return Ok(());
+        }
+        let mut floors = std::collections::BTreeMap::new();
+        let ledger = self.ledger.lock().expect("ledger lock");
+        for tail in &self.tails {
+            let Some(next) = tail.next_sequence() else {
+                continue;
+            };
+            let floor = retention_floor(
+                per_share,
+                ledger.share_cursor(tail.process)?,
+                next,
+                self.blocks.scan_cursor(tail.process)?,
+            );
+            if let Some(floor) = floor {
+                floors.insert(tail.process, floor);
+            }
+        }
+        drop(ledger);
+        self.pool.share_log_floors.send_if_modified(|known| {
+            let changed = **known != floors;
+            if changed {
+                *known = Arc::new(floors);
+            }
+            changed
+        });
+        Ok(())
+    }
+
     /// Cluster mode: a tail for every log the mirror found since the last pass, started
     /// as a local log's tail starts.
     fn follow_mirrored_logs(&mut self, per_share: bool) -> anyhow::Result<()> {
@@ -387,6 +452,10 @@ impl PayoutRunner {
             (true, None) => {}
         }
         self.credit_blocks(&settings, now_ms)?;
+        if now_ms >= self.next_floors_ms {
+            self.next_floors_ms = now_ms + otedama_shared::ipc::SHARE_LOG_FLOORS_INTERVAL_MS;
+            self.publish_share_log_floors(per_share)?;
+        }
         if now_ms >= self.next_follow_ms {
             self.next_follow_ms = now_ms + PAYOUT_FOLLOW_INTERVAL_MS;
             if let Some(wallet) = self.wallet.as_mut() {
@@ -563,6 +632,41 @@ mod tests {
 
     const SHARES: u64 = 10;
 
+    /// A share log's records may go only below where a restart would read it again:
+    /// the crediting cursor (per-share) or the log's end (rounds), less the whole share
+    /// history, and the block scan's cursor; nothing while either is unknown.
+    #[test]
+    fn a_log_is_released_only_below_what_its_readers_would_read_again() {
+        let history = SHARE_HISTORY_MAX as u64;
+        let next = 5 * history;
+        // Per-share: the crediting cursor decides, never past the log's end.
+        assert_eq!(
+            retention_floor(true, Some(3 * history), next, Some(next)),
+            Some(2 * history)
+        );
+        assert_eq!(
+            retention_floor(true, Some(9 * history), next, Some(next)),
+            Some(4 * history)
+        );
+        assert_eq!(retention_floor(true, None, next, Some(next)), None);
+        // Rounds: the log's end decides.
+        assert_eq!(
+            retention_floor(false, None, next, Some(next)),
+            Some(4 * history)
+        );
+        // The block scan's cursor holds it back, and a scan not saved yet holds all.
+        assert_eq!(
+            retention_floor(false, None, next, Some(history + 7)),
+            Some(history + 7)
+        );
+        assert_eq!(retention_floor(false, None, next, None), None);
+        // Within the history nothing goes.
+        assert_eq!(
+            retention_floor(false, None, history - 1, Some(history)),
+            Some(0)
+        );
+    }
+
     fn share(worker: &str) -> ShareRecord {
         ShareRecord {
             accepted_at_ms: 1_700_000_000_000,
@@ -626,6 +730,7 @@ mod tests {
             next_follow_ms: 0,
             cut_waits: BTreeMap::new(),
             block_share_wait_ms: BLOCK_SHARE_WAIT_MS,
+            next_floors_ms: 0,
             dex: Default::default(),
         }
     }

@@ -393,6 +393,7 @@ impl Simulation {
             cut_waits: BTreeMap::new(),
             // Every block share is written in the end; never cut a round by time here.
             block_share_wait_ms: u64::MAX / 4,
+            next_floors_ms: 0,
             dex: Default::default(),
         };
         runner.start(self.now_ms);

@@ -23,6 +23,43 @@ use otedama_ledger::schemes::Scheme;
 use otedama_ledger::shares::ShareHistory;
 use otedama_ledger::Amount;
 
+/// Cluster mode: cuts the share mirror's copies and, while this control plane leads, the
+/// share stream, below what its payouts and its block scan still need and older than
+/// `share_retention_hours` (`otedama_cluster::mirror::Retention`, `retention_floor`). The
+/// floors are read from the ledger's replica and the block store, never written.
+pub(crate) fn start_share_retention(
+    config: &PoolConfig,
+    mirror: &otedama_cluster::mirror::MirrorStatus,
+    ledger: Arc<Ledger>,
+    store: Arc<BlockStore>,
+    leadership: Arc<otedama_cluster::records::Leadership>,
+) {
+    let per_share = matches!(config.scheme(), Scheme::Pps | Scheme::Fpps);
+    let floor = move |name: &str, next: u64| {
+        let read = || -> anyhow::Result<Option<u64>> {
+            let Some(id) = ledger.known_log_id(name)? else {
+                return Ok(None);
+            };
+            Ok(crate::payouts::runner::retention_floor(
+                per_share,
+                ledger.share_cursor(id)?,
+                next,
+                store.scan_cursor(id)?,
+            ))
+        };
+        read().unwrap_or_else(|error| {
+            tracing::warn!(log = name, %error, "cannot read how far a share log was read; it is kept");
+            None
+        })
+    };
+    mirror.set_retention(otedama_cluster::mirror::Retention {
+        keep_ms: config.share_retention_hours * 3_600_000,
+        pass_interval_ms: otedama_cluster::mirror::SHARE_RETENTION_PASS_INTERVAL_MS,
+        floor: Box::new(floor),
+        purges_stream: Box::new(move || leadership.leads()),
+    });
+}
+
 /// The ledger and the payout thread.
 pub(crate) fn start_payouts(
     config: &PoolConfig,
@@ -124,6 +161,7 @@ pub(crate) fn start_payouts(
         next_follow_ms: 0,
         cut_waits: Default::default(),
         block_share_wait_ms: crate::payouts::BLOCK_SHARE_WAIT_MS,
+        next_floors_ms: 0,
     };
     std::thread::Builder::new()
         .name("payouts".into())

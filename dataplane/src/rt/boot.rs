@@ -189,6 +189,15 @@ pub fn run_with_share_log(
     let (completion_senders, completion_receivers): (Vec<_>, Vec<_>) =
         cores.iter().map(|_| unbounded::<Completed>()).unzip();
     let share_log = open_share_log(completion_senders)?;
+    // Single-host mode: where the control plane says this log may be cut (the link sets it).
+    let share_log_floor = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    super::retention::start(
+        share_log.handle(),
+        share_log_floor.clone(),
+        config.share_retention_ms,
+        SHIPPER_STATUS.get().cloned(),
+    )
+    .context("starting the share retention")?;
     let counters = Arc::new(Counters::default());
     let _ = counters.share_log.set(share_log.status());
     if let Some(status) = SHIPPER_STATUS.get() {
@@ -289,7 +298,17 @@ pub fn run_with_share_log(
         },
         None => crate::ipc::LinkTransport::Socket(config.ipc_socket.clone()),
     };
-    crate::ipc::start(transport, job_senders, upstream_rx, counters, served);
+    crate::ipc::start(
+        transport,
+        job_senders,
+        upstream_rx,
+        counters,
+        served,
+        crate::ipc::ShareLogFloor {
+            process: config.process_index as u32,
+            floor: share_log_floor,
+        },
+    );
     tracing::info!(
         cores = ?cores,
         stratum_listen = ?config.stratum_listen,

@@ -9,6 +9,7 @@ mod durability;
 pub mod extranonce;
 pub mod gate;
 mod pow;
+pub mod retention;
 
 pub use boot::{
     cores_for_process, extranonce1_partition, raise_open_files_limit, run, run_with_share_log,

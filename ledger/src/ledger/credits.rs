@@ -109,6 +109,11 @@ impl Ledger {
         self.get(&key(CURSOR_PREFIX, &process.to_be_bytes()))
     }
 
+    /// The id `log_id` gave the log named, if it gave one; never gives one.
+    pub fn known_log_id(&self, name: &str) -> Result<Option<u32>, LedgerError> {
+        self.get(&key(LOG_ID_PREFIX, name.as_bytes()))
+    }
+
     /// The id of a share log mirrored from the cluster (`HOST.PROCESS`), under which its
     /// cursor and its shares' history keys are kept: given on first sight, written
     /// durably before it is used, and never given to another name, so two hosts' logs
