@@ -93,7 +93,7 @@ async fn serve_link(
         let known_floors = floors.borrow_and_update().clone();
         if !known_floors.is_empty() {
             first_messages.push(Downstream::ShareLogFloors {
-                floors: (*known_floors).clone(),
+                floors: known_floors.iter().map(|(p, f)| (*p, *f)).collect(),
             });
         }
         for message in first_messages {
@@ -114,7 +114,11 @@ async fn serve_link(
                 },
                 changed = floors.changed() => match changed {
                     Ok(()) => vec![Downstream::ShareLogFloors {
-                        floors: (**floors.borrow_and_update()).clone(),
+                        floors: floors
+                            .borrow_and_update()
+                            .iter()
+                            .map(|(p, f)| (*p, *f))
+                            .collect(),
                     }],
                     Err(_) => return,
                 },

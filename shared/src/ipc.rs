@@ -3,8 +3,6 @@
 //! small (a job per block or template change, a counter update per second), so a readable
 //! format costs nothing that matters and makes the link easy to inspect.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::bans::{BanList, BANS_MAX};
@@ -36,9 +34,10 @@ pub enum Downstream {
     /// history a restart reads kept above it. The data plane may cut its log below it,
     /// once the shares are also older than `share_retention_hours`
     /// (`otedama_sharelog::retention`). Sent on change, at most every
-    /// `SHARE_LOG_FLOORS_INTERVAL_MS`, and at link start once known.
+    /// `SHARE_LOG_FLOORS_INTERVAL_MS`, and at link start once known. Pairs (process,
+    /// floor), not a map: an internally tagged enum cannot read a map's number keys back.
     ShareLogFloors {
-        floors: BTreeMap<u32, u64>,
+        floors: Vec<(u32, u64)>,
     },
 }
 

@@ -779,6 +779,30 @@ mod tests {
         thread.join().unwrap();
     }
 
+    /// Single-host mode: the payout thread tells the data planes each log's floor
+    /// (`retention_floor` of its crediting cursor, end and block-scan cursor), none before
+    /// the block scan has saved its cursor, and again only once the interval has passed.
+    #[test]
+    fn the_share_log_floors_follow_the_credits_and_the_block_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runner = pps_runner(dir.path(), &regtest_address(1));
+        let floors = runner.pool.share_log_floors.subscribe();
+        runner.pass(0).unwrap();
+        assert!(floors.borrow().is_empty(), "no block-scan cursor yet");
+        runner.blocks.set_scan_cursor(0, 7).unwrap();
+        runner.pass(1).unwrap();
+        assert!(floors.borrow().is_empty(), "before the interval");
+        runner
+            .pass(otedama_shared::ipc::SHARE_LOG_FLOORS_INTERVAL_MS)
+            .unwrap();
+        let expected = retention_floor(true, Some(SHARES), SHARES, Some(7)).unwrap();
+        assert_eq!(
+            **floors.borrow(),
+            BTreeMap::from([(0u32, expected)]),
+            "credited through {SHARES}, scanned through 7"
+        );
+    }
+
     /// Issue 15, point 4: a failed credit commit must not move the share cursor past the
     /// shares it was crediting.
     #[test]
