@@ -61,8 +61,12 @@ const MIRROR_MESSAGES_PER_TURN: usize = 64;
 const MIRROR_IDLE_POLL_MS: u64 = 20;
 const MIRROR_RETRY_DELAY_MS: u64 = 500;
 const MIRROR_REQUEST_TIMEOUT_MS: u64 = 5_000;
-/// How often the copies, and on the leader the share stream, are cut (`Retention`).
+/// How often the copies are cut (`Retention`).
 pub const SHARE_RETENTION_PASS_INTERVAL_MS: u64 = 60_000;
+/// How often the leader purges one log's batches from the share stream at most: each
+/// purge looks for its place with about log2(stream length) reads of whole batches (up to
+/// `SHARE_BATCH_BYTES_MAX` each), so they are spread out.
+pub const SHARE_STREAM_PURGE_INTERVAL_MS: u64 = 600_000;
 
 /// The lowest sequence of the log named (`HOST.PROCESS`) that the control plane's readers
 /// would read again after a restart, given the copy's next sequence (`Retention::floor`).
@@ -73,6 +77,8 @@ pub struct Retention {
     /// Records stamped less than this long ago are kept, whatever the floor.
     pub keep_ms: u64,
     pub pass_interval_ms: u64,
+    /// Least time between two purges of one log's batches (`SHARE_STREAM_PURGE_INTERVAL_MS`).
+    pub purge_interval_ms: u64,
     /// The lowest sequence of the log named (`HOST.PROCESS`) that this control plane's
     /// readers would read again after a restart, given the copy's next sequence; `None`
     /// while not known, and nothing of that log is cut.
@@ -204,8 +210,10 @@ struct Copy {
     filter: String,
     /// The subject of the log's batches.
     subject: String,
-    /// The copy's first record when this control plane last purged the stream below it.
+    /// The copy's first record when this control plane last purged the stream below it,
+    /// and when.
     purged_below: u64,
+    purged_at: Option<Instant>,
     /// When its host last said something (or the mirror started).
     last_heard: Instant,
     /// Whether the silence has been logged.
@@ -226,6 +234,7 @@ impl Copy {
             filter: log_subjects(host, process),
             subject: share_subject(host, process),
             purged_below: 0,
+            purged_at: None,
             last_heard: Instant::now(),
             silent: false,
             gone_checked_at: None,
@@ -385,9 +394,13 @@ async fn cut(
         };
         // Every record before the copy's first was released here or never reached it
         // (the stream had lost it already): the stream may lose it too.
-        if !purges_stream || first <= copy.purged_below {
+        let purged_lately = copy
+            .purged_at
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(retention.purge_interval_ms));
+        if !purges_stream || first <= copy.purged_below || purged_lately {
             continue;
         }
+        copy.purged_at = Some(Instant::now());
         match purge_below(stream, &copy.subject, first).await {
             Ok(purged) => {
                 copy.purged_below = first;

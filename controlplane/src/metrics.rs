@@ -88,6 +88,12 @@ pub fn render(state: &ApiState) -> String {
         "Share-log batches whose write failed; their shares were refused, never acknowledged.",
         totals.share_log_failed_batches,
     );
+    out.single(
+        "otedama_share_log_released_records_total",
+        "counter",
+        "Share-log records cut by retention: credited, scanned for blocks and older than share_retention_hours (the connected data planes' counts since their start).",
+        totals.share_log_released_records,
+    );
     if let Some(leadership) = &state.leadership {
         out.single(
             "otedama_cluster_leading",

@@ -135,6 +135,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             &mirror.status(),
             payouts.ledger_reader.clone(),
             store.clone(),
+            state.clone(),
             leadership.clone(),
         );
     }

@@ -95,6 +95,10 @@ pub struct PoolState {
     /// Single-host mode: below which sequence each local share log may be cut
     /// (`otedama_shared::ipc::Downstream::ShareLogFloors`), from the payout thread.
     pub share_log_floors: tokio::sync::watch::Sender<Arc<BTreeMap<u32, u64>>>,
+    /// Where the payout thread's tail of each share log (by ledger id) has read to, while
+    /// it leads: in cluster mode the retention keeps what it has not read yet
+    /// (`tasks::payouts::start_share_retention`). Empty on a standby.
+    pub share_log_read_positions: Mutex<BTreeMap<u32, u64>>,
 }
 
 /// Totals across data planes, as the API reports them.
@@ -117,6 +121,7 @@ pub struct PoolTotals {
     /// Data planes whose share log cannot write now.
     pub share_log_failing_planes: u64,
     pub share_log_failed_batches: u64,
+    pub share_log_released_records: u64,
     /// Cluster mode: data planes that ship their share logs, those not connected to the
     /// cluster now, those whose shipping stopped (log and stream disagree), and their
     /// failed sessions.
@@ -147,6 +152,7 @@ impl PoolState {
             fresh_job_waker: Default::default(),
             events,
             share_log_floors: tokio::sync::watch::Sender::new(Default::default()),
+            share_log_read_positions: Default::default(),
             started_at: std::time::Instant::now(),
         })
     }
@@ -245,6 +251,7 @@ impl PoolState {
             }
             totals.share_log_failing_planes += counters.share_log_failing as u64;
             totals.share_log_failed_batches += counters.share_log_failed_batches;
+            totals.share_log_released_records += counters.share_log_released_records;
             if counters.share_shipping {
                 totals.share_shipping_planes += 1;
                 totals.share_shipping_disconnected_planes +=

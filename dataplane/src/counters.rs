@@ -174,6 +174,10 @@ impl Counters {
                 .share_log
                 .get()
                 .map_or(0, |status| status.failed_batches()),
+            share_log_released_records: self
+                .share_log
+                .get()
+                .map_or(0, |status| status.released_records.load(Relaxed)),
             share_shipping: self.share_shipping.get().is_some(),
             share_shipped_through: self
                 .share_shipping

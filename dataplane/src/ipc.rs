@@ -270,13 +270,15 @@ fn read_jobs(
                 }
             }
             Ok(Downstream::ShareLogFloors { floors }) => {
-                // The control plane's latest word, even if lower than before: a lower floor
-                // only cuts less.
-                if let Some(&(_, below)) = floors.iter().find(|(p, _)| *p == floor.process) {
-                    floor
-                        .floor
-                        .store(below, std::sync::atomic::Ordering::Release);
-                }
+                // The control plane's latest word, even if lower than before (a lower floor
+                // only cuts less), and none if it names no floor for this process.
+                let below = floors
+                    .iter()
+                    .find(|(process, _)| *process == floor.process)
+                    .map_or(0, |(_, below)| *below);
+                floor
+                    .floor
+                    .store(below, std::sync::atomic::Ordering::Release);
             }
             Err(error) => tracing::error!(%error, "undecodable IPC message"),
         }
@@ -417,9 +419,8 @@ mod tests {
         assert!(recent.is_empty());
     }
 
-    /// `CANDIDATES_RESENT_MAX` are kept; one more lets exactly the oldest go.
     /// A data plane takes its own process's share-log floor from the control plane's
-    /// message, leaves it where a message does not name it, and follows a lower one.
+    /// message, follows a lower one, and has none once a message does not name it.
     #[test]
     fn the_share_log_floor_is_this_process_s_from_the_control_plane() {
         let dir = tempfile::tempdir().unwrap();
@@ -428,40 +429,28 @@ mod tests {
             process: 1,
             floor: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
-        let (mut control_plane, data_plane) = UnixStream::pair().unwrap();
         let floors = |pairs: &[(u32, u64)]| {
             ipc::encode(&Downstream::ShareLogFloors {
                 floors: pairs.to_vec(),
             })
         };
-        let send = |messages: &[Vec<u8>], control_plane: &mut UnixStream| {
+        // Each link sends its messages and ends; the floor is read after the last.
+        let after = |messages: &[Vec<u8>]| {
+            let (mut control_plane, data_plane) = UnixStream::pair().unwrap();
             for message in messages {
                 control_plane.write_all(message).unwrap();
             }
+            drop(control_plane);
+            read_jobs(data_plane, &[], &served, &floor);
+            floor.floor.load(std::sync::atomic::Ordering::Acquire)
         };
-        // Read to the link's end each time.
-        send(
-            &[floors(&[(0, 5), (1, 9)]), floors(&[(0, 7)])],
-            &mut control_plane,
-        );
-        drop(control_plane);
-        read_jobs(data_plane, &[], &served, &floor);
-        assert_eq!(floor.floor.load(std::sync::atomic::Ordering::Acquire), 9);
-        let (mut control_plane, data_plane) = UnixStream::pair().unwrap();
-        send(
-            &[floors(&[(1, 12)]), floors(&[(1, 4), (0, 30)])],
-            &mut control_plane,
-        );
-        drop(control_plane);
-        read_jobs(data_plane, &[], &served, &floor);
-        assert_eq!(floor.floor.load(std::sync::atomic::Ordering::Acquire), 4);
-        let (mut control_plane, data_plane) = UnixStream::pair().unwrap();
-        send(&[floors(&[(1, 12)])], &mut control_plane);
-        drop(control_plane);
-        read_jobs(data_plane, &[], &served, &floor);
-        assert_eq!(floor.floor.load(std::sync::atomic::Ordering::Acquire), 12);
+        assert_eq!(after(&[floors(&[(0, 5), (1, 9)])]), 9);
+        assert_eq!(after(&[floors(&[(1, 12)]), floors(&[(1, 4), (0, 30)])]), 4);
+        assert_eq!(after(&[floors(&[(1, 12)]), floors(&[(0, 30)])]), 0);
+        assert_eq!(after(&[floors(&[(1, 12)])]), 12);
     }
 
+    /// `CANDIDATES_RESENT_MAX` are kept; one more lets exactly the oldest go.
     #[test]
     fn recent_candidates_hold_their_limit() {
         let mut recent = RecentCandidates::default();

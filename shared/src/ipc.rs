@@ -231,6 +231,9 @@ pub struct DataplaneCounters {
     /// Share-log batches whose write failed; their shares were refused.
     #[serde(default)]
     pub share_log_failed_batches: u64,
+    /// Records cut from the share log by retention (`otedama_sharelog::retention`).
+    #[serde(default)]
+    pub share_log_released_records: u64,
     /// Cluster mode: whether this data plane ships its share log to the cluster's stream
     /// (`otedama_cluster::shares`); the fields below are its shipper's.
     #[serde(default)]
@@ -455,6 +458,14 @@ mod tests {
         let job = Downstream::Job(crate::job::tests::template(5, true));
         let line = encode(&job);
         assert_eq!(decode::<Downstream>(&line[..line.len() - 1]).unwrap(), job);
+        let floors = Downstream::ShareLogFloors {
+            floors: vec![(0, 7), (3, u64::MAX)],
+        };
+        let line = encode(&floors);
+        assert_eq!(
+            decode::<Downstream>(&line[..line.len() - 1]).unwrap(),
+            floors
+        );
         let up = Upstream::Counters(DataplaneCounters {
             connections: 3,
             ..Default::default()

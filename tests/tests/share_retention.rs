@@ -126,6 +126,7 @@ fn the_leader_cuts_the_share_stream_only_below_what_is_credited_and_old() {
     status.set_retention(Retention {
         keep_ms: 3_600_000,
         pass_interval_ms: 100,
+        purge_interval_ms: 100,
         floor: Box::new(move |name, _next| match name {
             "a.0" => Some(floors.0.load(Relaxed)),
             "b.0" => Some(floors.1.load(Relaxed)).filter(|floor| *floor != u64::MAX),

@@ -67,6 +67,10 @@ struct NatsArgs {
     /// Share logs in the cluster: data-plane processes over every host.
     #[arg(long, default_value_t = 16)]
     share_logs: u64,
+    /// Hours the stream must take shares while nothing is purged (no leader, the node
+    /// down): nobody's credit is purged.
+    #[arg(long, default_value_t = 24)]
+    outage_hours: u64,
     /// NATS servers in the cluster.
     #[arg(long, default_value_t = 3)]
     servers: u64,
@@ -171,6 +175,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 shares_per_second: args.shares_per_second,
                 retention_hours: args.retention_hours,
                 share_logs: args.share_logs,
+                outage_hours: args.outage_hours,
                 servers: args.servers,
                 replicas: args.replicas,
             })?;

@@ -38,6 +38,10 @@ pub struct NatsLoad {
     /// Share logs in the cluster (data-plane processes over every host): the stream keeps
     /// each one's share history whatever its age (`SHARE_HISTORY_RECORDS_PER_LOG`).
     pub share_logs: u64,
+    /// Hours the pool may go on taking shares while nothing is purged (no leader, the
+    /// ledger stream or the node down, a block share not yet recorded): the stream keeps
+    /// every share nobody has credited, so it fills after this long.
+    pub outage_hours: u64,
     /// NATS servers in the cluster.
     pub servers: u64,
     /// Copies of each stream (`share_stream_replicas`).
@@ -69,6 +73,8 @@ pub enum NatsSizingError {
     Replicas { servers: u64 },
     #[error("--retention-hours must be at most {RETENTION_HOURS_MAX}")]
     RetentionTooLong,
+    #[error("--outage-hours must be at most {RETENTION_HOURS_MAX}")]
+    OutageTooLong,
 }
 
 pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
@@ -83,18 +89,22 @@ pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
     if load.retention_hours > RETENTION_HOURS_MAX {
         return Err(NatsSizingError::RetentionTooLong);
     }
+    if load.outage_hours > RETENTION_HOURS_MAX {
+        return Err(NatsSizingError::OutageTooLong);
+    }
     // One stream: each of the `replicas` servers that hold it writes all of it, and any
     // server may be one of them (the cluster places replicas, and moves them on failure).
     let stream_write = load.shares_per_second * STREAM_BYTES_PER_SHARE;
     let history_bytes = load.share_logs * SHARE_HISTORY_RECORDS_PER_LOG * STREAM_BYTES_PER_SHARE;
-    let stream_bytes = stream_write * 3_600 * load.retention_hours + history_bytes;
+    let stream_bytes =
+        stream_write * 3_600 * (load.retention_hours + load.outage_hours) + history_bytes;
     let store = (stream_bytes + OTHER_STREAMS_BYTES) * (100 + STORE_HEADROOM_PERCENT) / 100;
     let send = load.shares_per_second * STREAM_BYTES_PER_SHARE * (load.replicas - 1);
     let cpu_millis = (load.shares_per_second * CPU_NS_PER_SHARE).div_ceil(1_000_000);
     let reasons = vec![
         format!(
-            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B = {} B/s of share stream on each server holding one of its {} replicas (any of the {} may), for {} hours, plus {} logs' share history ({SHARE_HISTORY_RECORDS_PER_LOG} records each) = {} B, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %. Shares the control planes have not credited yet stay too: keep the leader up, or add the outage's shares",
-            load.shares_per_second, stream_write, load.replicas, load.servers, load.retention_hours, load.share_logs, history_bytes, OTHER_STREAMS_BYTES
+            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B = {} B/s of share stream on each server holding one of its {} replicas (any of the {} may), for {} hours of retention and {} hours of outage (while nothing is credited, nothing is purged), plus {} logs' share history ({SHARE_HISTORY_RECORDS_PER_LOG} records each) = {} B, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %",
+            load.shares_per_second, stream_write, load.replicas, load.servers, load.retention_hours, load.outage_hours, load.share_logs, history_bytes, OTHER_STREAMS_BYTES
         ),
         format!("max_memory_store: the pool's streams are file-backed; {MEMORY_STORE_BYTES} B for the server's own"),
         format!("LimitNOFILE: {OPEN_FILES_MAX}, for the pool processes' connections and the file store's blocks"),
@@ -128,20 +138,22 @@ mod tests {
             shares_per_second,
             retention_hours: 48,
             share_logs: 6,
+            outage_hours: 24,
             servers,
             replicas,
         }
     }
 
     /// A million miners at a share every 10 s on three servers: 20 MB/s of stream on
-    /// each, 4.3 TB for two days with headroom, and 0.7 core of NATS CPU at most.
+    /// each, 6.5 TB for two days and a day's outage with headroom, and 0.7 core of NATS
+    /// CPU at most.
     #[test]
     fn a_million_miners_on_three_servers() {
         let sizing = size(&load(100_000, 3, 3)).unwrap();
         assert_eq!(sizing.stream_write_bytes_per_second, 20_000_000);
         assert_eq!(
             sizing.max_file_store_bytes,
-            (20_000_000 * 3_600 * 48 + 6 * 1_000_000 * 200 + OTHER_STREAMS_BYTES) * 125 / 100
+            (20_000_000 * 3_600 * 72 + 6 * 1_000_000 * 200 + OTHER_STREAMS_BYTES) * 125 / 100
         );
         assert_eq!(sizing.replication_send_bytes_per_second, 40_000_000);
         assert_eq!(sizing.cpu_cores_millis, 700);
@@ -171,8 +183,12 @@ mod tests {
         let mut long = load(1, 3, 3);
         long.retention_hours = RETENTION_HOURS_MAX + 1;
         assert_eq!(size(&long), Err(NatsSizingError::RetentionTooLong));
-        // No retention still keeps every log's history.
         long.retention_hours = 0;
+        long.outage_hours = RETENTION_HOURS_MAX + 1;
+        assert_eq!(size(&long), Err(NatsSizingError::OutageTooLong));
+        // No retention and no outage still keep every log's history.
+        long.retention_hours = 0;
+        long.outage_hours = 0;
         assert_eq!(
             size(&long).unwrap().max_file_store_bytes,
             (6 * 1_000_000 * 200 + OTHER_STREAMS_BYTES) * 125 / 100

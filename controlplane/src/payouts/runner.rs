@@ -438,6 +438,12 @@ impl PayoutRunner {
     /// In cluster mode a standby only follows the leader's ledger.
     pub fn pass(&mut self, now_ms: u64) -> anyhow::Result<()> {
         if !self.follow_cluster(now_ms)? {
+            // A standby reads no log: its copies are kept from their ends back.
+            self.pool
+                .share_log_read_positions
+                .lock()
+                .expect("read positions")
+                .clear();
             return Ok(());
         }
         let settings = self.settings.read().expect("settings lock").clone();
@@ -450,6 +456,18 @@ impl PayoutRunner {
             (false, _) => self.read_shares(&settings, None)?,
             (true, Some(value)) => self.read_shares(&settings, Some(value))?,
             (true, None) => {}
+        }
+        {
+            let mut positions = self
+                .pool
+                .share_log_read_positions
+                .lock()
+                .expect("read positions");
+            for tail in &self.tails {
+                if let Some(next) = tail.next_sequence() {
+                    positions.insert(tail.process, next);
+                }
+            }
         }
         self.credit_blocks(&settings, now_ms)?;
         if now_ms >= self.next_floors_ms {

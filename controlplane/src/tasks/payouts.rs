@@ -26,12 +26,15 @@ use otedama_ledger::Amount;
 /// Cluster mode: cuts the share mirror's copies and, while this control plane leads, the
 /// share stream, below what its payouts and its block scan still need and older than
 /// `share_retention_hours` (`otedama_cluster::mirror::Retention`, `retention_floor`). The
-/// floors are read from the ledger's replica and the block store, never written.
+/// floors are read from the ledger's replica, the block store and, while leading, where
+/// the payout thread's tails have read to (a leader whose passes fail keeps what it has
+/// not read, however far the mirror gets); never written.
 pub(crate) fn start_share_retention(
     config: &PoolConfig,
     mirror: &otedama_cluster::mirror::MirrorStatus,
     ledger: Arc<Ledger>,
     store: Arc<BlockStore>,
+    pool: Arc<PoolState>,
     leadership: Arc<otedama_cluster::records::Leadership>,
 ) {
     let per_share = matches!(config.scheme(), Scheme::Pps | Scheme::Fpps);
@@ -40,10 +43,16 @@ pub(crate) fn start_share_retention(
             let Some(id) = ledger.known_log_id(name)? else {
                 return Ok(None);
             };
+            let read_to = pool
+                .share_log_read_positions
+                .lock()
+                .expect("read positions")
+                .get(&id)
+                .map_or(next, |read_to| next.min(*read_to));
             Ok(crate::payouts::runner::retention_floor(
                 per_share,
                 ledger.share_cursor(id)?,
-                next,
+                read_to,
                 store.scan_cursor(id)?,
             ))
         };
@@ -55,6 +64,7 @@ pub(crate) fn start_share_retention(
     mirror.set_retention(otedama_cluster::mirror::Retention {
         keep_ms: config.share_retention_hours * 3_600_000,
         pass_interval_ms: otedama_cluster::mirror::SHARE_RETENTION_PASS_INTERVAL_MS,
+        purge_interval_ms: otedama_cluster::mirror::SHARE_STREAM_PURGE_INTERVAL_MS,
         floor: Box::new(floor),
         purges_stream: Box::new(move || leadership.leads()),
     });
