@@ -183,6 +183,9 @@ fn link_loop(
         };
         warned = false;
         tracing::info!(link = %transport.describe(), "connected to the control plane");
+        // A new link's control plane may be another (restarted, restored): nothing is cut
+        // until it says how far.
+        floor.floor.store(0, std::sync::atomic::Ordering::Release);
         let reader = stream.try_clone().expect("cloning a Unix socket");
         let (cores_for_reader, served, floor) = (cores.clone(), served.clone(), floor.clone());
         let reader_thread =

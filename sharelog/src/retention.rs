@@ -7,6 +7,13 @@
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
+/// The least time a record stays, whatever the retention says: JetStream syncs its files
+/// only every two minutes by default, so a power loss of every NATS server can take the
+/// last acknowledged batches of a stream back (the share stream's, which a data plane then
+/// ships again from its log; the ledger stream's, which a control plane's floors were
+/// read from). Well past that interval.
+pub const SHARE_LOG_KEEP_MIN_MS: u64 = 15 * 60_000;
+
 use crate::format::{share_log_key, share_log_sequence};
 use otedama_shared::ShareRecord;
 

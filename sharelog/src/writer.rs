@@ -25,8 +25,10 @@
 //! write reported an error keeps its numbers: none is written twice and none skipped.
 //!
 //! The log is cut below what nobody needs any more on request (`ShareLogHandle::release`,
-//! `crate::retention`), by the writer between two batches: one range deletion, never the
-//! last record, so numbering goes on from it after any restart.
+//! `crate::retention`) by a thread of its own, not the writer: the cut's files are dropped
+//! with a MANIFEST write and unlinked there, which must not hold acknowledgements back. It
+//! is one range deletion, never the last record, so numbering goes on from it after any
+//! restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -156,9 +158,10 @@ impl ShareLogHandle {
         }
     }
 
-    /// Asks the writer to cut the log (see `Release`), between two batches. One request
-    /// waits at most: a newer one while it waits is dropped, and the next one asked for
-    /// (they come periodically) cuts at least as far.
+    /// Asks the log's cutting thread to cut it (see `Release`). One request waits at most:
+    /// a newer one while it waits is dropped, and the next one asked for (they come
+    /// periodically) cuts at least as far. A log written through a test's sink is never
+    /// cut.
     pub fn release(&self, release: Release) {
         let _ = self.releases.try_send(release);
     }
@@ -188,17 +191,15 @@ pub trait BatchSink: Send + 'static {
     fn recover(&mut self) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }
-
-    /// Cuts the log as `release` allows (`crate::retention`); returns how many records
-    /// went.
-    fn release(&mut self, _release: Release) -> Result<u64, StoreError> {
-        Ok(0)
-    }
 }
 
 struct RocksSink {
     /// `None` while closed after a failure, until `recover` opens it again.
-    db: Option<DB>,
+    db: Option<Arc<DB>>,
+    /// The open database for the cutting thread (`cut_on_request`), which holds it only
+    /// while it cuts: a reopen that finds it still held fails and is tried again a second
+    /// later.
+    shared: Arc<std::sync::Mutex<std::sync::Weak<DB>>>,
     path: PathBuf,
     open_options: Options,
     options: WriteOptions,
@@ -243,32 +244,58 @@ impl BatchSink for RocksSink {
         let db = DB::open(&self.open_options, &self.path)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
+        let db = Arc::new(db);
+        *self.shared.lock().expect("shared log") = Arc::downgrade(&db);
         self.db = Some(db);
         Ok(Some(next_sequence))
-    }
-
-    fn release(&mut self, release: Release) -> Result<u64, StoreError> {
-        let db = self.open_db()?;
-        let error = |e: rocksdb::Error| StoreError::Write(e.to_string());
-        let Some((first, _)) = retention::record_range(db).map_err(error)? else {
-            return Ok(0);
-        };
-        let Some(below) =
-            retention::release_point(db, release.floor, release.keep_from_ms).map_err(error)?
-        else {
-            return Ok(0);
-        };
-        // Not synced: a deletion lost with the page cache is made again by the next request.
-        retention::release_below(db, below, &WriteOptions::default()).map_err(error)?;
-        Ok(below - first)
     }
 }
 
 impl RocksSink {
     fn open_db(&self) -> Result<&DB, StoreError> {
         self.db
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| StoreError::Unavailable("closed after a failed write".into()))
+    }
+}
+
+/// The cutting thread: each request cuts the open log (`crate::retention`), until every
+/// handle is gone. The database is held only during a cut, and the count is raised once
+/// it is let go.
+fn cut_on_request(
+    requests: Receiver<Release>,
+    shared: Arc<std::sync::Mutex<std::sync::Weak<DB>>>,
+    status: Arc<ShareLogStatus>,
+) {
+    for release in requests {
+        let Some(db) = shared.lock().expect("shared log").upgrade() else {
+            continue;
+        };
+        let cut = (|| -> Result<u64, rocksdb::Error> {
+            let Some((first, _)) = retention::record_range(&db)? else {
+                return Ok(0);
+            };
+            let Some(below) = retention::release_point(&db, release.floor, release.keep_from_ms)?
+            else {
+                return Ok(0);
+            };
+            // Not synced: a deletion lost with the page cache is made again by the next
+            // request.
+            retention::release_below(&db, below, &WriteOptions::default())?;
+            Ok(below - first)
+        })();
+        drop(db);
+        match cut {
+            Ok(released) => {
+                status.released_records.fetch_add(released, Relaxed);
+                if released > 0 {
+                    tracing::debug!(released, below = release.floor, "share log cut");
+                }
+            }
+            // Not a failed share write: nothing is refused for it, and the next request
+            // tries again.
+            Err(error) => tracing::warn!(%error, "cannot cut the share log"),
+        }
     }
 }
 
@@ -336,14 +363,30 @@ impl ShareLog {
             options.set_sync(sync);
             options
         };
+        let db = Arc::new(db);
+        let shared = Arc::new(std::sync::Mutex::new(Arc::downgrade(&db)));
         let sink = RocksSink {
             db: Some(db),
+            shared: shared.clone(),
             path: path.to_path_buf(),
             open_options: options,
             options: options_synced(),
             clock_options: options_synced(),
         };
-        Ok(ShareLog::start(sink, next_sequence, clock_floor_ms, cores))
+        let (releases, requests) = bounded(1);
+        let status = Arc::new(ShareLogStatus::default());
+        let cut_status = status.clone();
+        std::thread::Builder::new()
+            .name("share-log-cut".into())
+            .spawn(move || cut_on_request(requests, shared, cut_status))
+            .expect("spawning the share log's cutting thread");
+        Ok(ShareLog::start(
+            sink,
+            next_sequence,
+            clock_floor_ms,
+            cores,
+            (releases, status),
+        ))
     }
 
     /// A log that writes through `sink`; for fault-injection tests.
@@ -352,7 +395,10 @@ impl ShareLog {
         next_sequence: u64,
         cores: Vec<UnboundedSender<Completed>>,
     ) -> Self {
-        ShareLog::start(sink, next_sequence, 0, cores)
+        // No cutting thread: a request goes nowhere.
+        let (releases, _) = bounded(1);
+        let status = Arc::new(ShareLogStatus::default());
+        ShareLog::start(sink, next_sequence, 0, cores, (releases, status))
     }
 
     fn start(
@@ -360,13 +406,12 @@ impl ShareLog {
         next_sequence: u64,
         clock_floor_ms: u64,
         cores: Vec<UnboundedSender<Completed>>,
+        (releases, status): (Sender<Release>, Arc<ShareLogStatus>),
     ) -> Self {
         // Every core may have its full allowance queued; the queue never refuses a share a
         // core was allowed to accept.
         let (queue, receiver) =
             bounded(cores.len().max(1) * SHARES_AWAITING_DURABILITY_PER_CORE_MAX);
-        let (releases, release_requests) = bounded(1);
-        let status = Arc::new(ShareLogStatus::default());
         let writer_status = status.clone();
         let writer = std::thread::Builder::new()
             .name("share-log".into())
@@ -377,7 +422,7 @@ impl ShareLog {
                     next_sequence,
                     broken_since: None,
                 };
-                writer.run(receiver, release_requests, clock_floor_ms, cores)
+                writer.run(receiver, clock_floor_ms, cores)
             })
             .expect("spawning the share log writer");
         ShareLog {
@@ -527,31 +572,9 @@ impl<S: BatchSink> Writer<S> {
         self.status.writable.store(false, Relaxed);
     }
 
-    /// Cuts the log if asked to, while it can write.
-    fn release_if_asked(&mut self, requests: &Receiver<Release>) {
-        let Ok(release) = requests.try_recv() else {
-            return;
-        };
-        if self.broken_since.is_some() {
-            return;
-        }
-        match self.sink.release(release) {
-            Ok(released) => {
-                self.status.released_records.fetch_add(released, Relaxed);
-                if released > 0 {
-                    tracing::debug!(released, below = release.floor, "share log cut");
-                }
-            }
-            // Not a failed share write: nothing is refused for it, and the next request
-            // tries again.
-            Err(error) => tracing::warn!(%error, "cannot cut the share log"),
-        }
-    }
-
     fn run(
         &mut self,
         receiver: Receiver<PendingShare>,
-        release_requests: Receiver<Release>,
         clock_floor_ms: u64,
         cores: Vec<UnboundedSender<Completed>>,
     ) {
@@ -561,7 +584,6 @@ impl<S: BatchSink> Writer<S> {
         let mut clock_written_ms = clock_floor_ms.saturating_sub(1);
         let idle = std::time::Duration::from_millis(SHARE_LOG_CLOCK_INTERVAL_MS);
         loop {
-            self.release_if_asked(&release_requests);
             let first = match receiver.recv_timeout(idle) {
                 Ok(first) => first,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {

@@ -62,7 +62,10 @@ pub(crate) fn start_share_retention(
         })
     };
     mirror.set_retention(otedama_cluster::mirror::Retention {
-        keep_ms: config.share_retention_hours * 3_600_000,
+        // The ledger stream, like the share stream, is synced to disk every two minutes: a
+        // floor read from it is kept a while before it counts.
+        keep_ms: (config.share_retention_hours * 3_600_000)
+            .max(otedama_sharelog::retention::SHARE_LOG_KEEP_MIN_MS),
         pass_interval_ms: otedama_cluster::mirror::SHARE_RETENTION_PASS_INTERVAL_MS,
         purge_interval_ms: otedama_cluster::mirror::SHARE_STREAM_PURGE_INTERVAL_MS,
         floor: Box::new(floor),

@@ -8,42 +8,58 @@
 //! - cluster mode: no control plane reads this log, only the share shipper; every record
 //!   below `ShipperStatus::shipped_through` is in the replicated stream, and the stream's
 //!   last record of the log, by which the shipper checks the log at each start, stays.
-//!   Nothing is cut while the shipper is not connected or has stopped on a log at odds
-//!   with the stream (its `shipped_through` may then be a former session's).
+//!   The floor is what the stream held `SHARE_LOG_KEEP_MIN_MS` ago (`ShippedSamples`), not
+//!   now: JetStream syncs its files only every two minutes by default, so a power loss of
+//!   every NATS server can take the stream's last acknowledged batches back, and the
+//!   shipper then ships them again from this log, which must still hold them, however old
+//!   their shares are (a shipper catching up after an outage ships old shares). Samples
+//!   are taken only while the shipper is connected and agrees with the stream.
 //!
-//! Whatever `share_retention_hours` says, a record stays `SHARE_LOG_KEEP_MIN_MS` at least:
-//! JetStream syncs its files only every two minutes by default, so a power loss of every
-//! NATS server can take the stream's last acknowledged batches back, and the shipper
-//! then ships them again from this log, which must still hold them.
+//! Whatever `share_retention_hours` says, a record stays `SHARE_LOG_KEEP_MIN_MS` at least.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use otedama_cluster::host::monotonic_ms;
 use otedama_cluster::ShipperStatus;
 use otedama_shared::clock::now_ms;
+use otedama_sharelog::retention::SHARE_LOG_KEEP_MIN_MS;
 use otedama_sharelog::writer::{Release, ShareLogHandle};
 
 /// How often the share log is asked to cut.
 pub const SHARE_LOG_RELEASE_INTERVAL_MS: u64 = 60_000;
-/// The least time a record stays in the share log, whatever the retention (see the
-/// module's doc): well past JetStream's two-minute sync interval.
-pub const SHARE_LOG_KEEP_MIN_MS: u64 = 15 * 60_000;
 
-/// Below which sequence this process's share log may be cut (see the module's doc).
-pub fn release_floor(shipper: Option<&ShipperStatus>, control_plane_floor: u64) -> u64 {
-    match shipper {
-        Some(status)
-            if status.connected.load(Ordering::Acquire)
-                && !status.diverged.load(Ordering::Acquire) =>
-        {
-            status
-                .shipped_through
-                .load(Ordering::Acquire)
-                .saturating_sub(1)
+/// Cluster mode: what the shipper had shipped, sampled over time, so that the floor is
+/// what the stream held `SHARE_LOG_KEEP_MIN_MS` ago (see the module's doc). Sans-IO: it
+/// takes a monotonic `now_ms`. At most one sample older than that is kept, so it holds
+/// about `SHARE_LOG_KEEP_MIN_MS / SHARE_LOG_RELEASE_INTERVAL_MS` samples.
+#[derive(Debug, Default)]
+pub struct ShippedSamples {
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl ShippedSamples {
+    /// Notes the shipper's state at `now_ms` and returns the floor: below the stream's
+    /// last record of the log as of `SHARE_LOG_KEEP_MIN_MS` ago, or 0.
+    pub fn floor(&mut self, shipper: &ShipperStatus, now_ms: u64) -> u64 {
+        if shipper.connected.load(Ordering::Acquire) && !shipper.diverged.load(Ordering::Acquire) {
+            let shipped_through = shipper.shipped_through.load(Ordering::Acquire);
+            self.samples.push_back((now_ms, shipped_through));
         }
-        Some(_) => 0,
-        None => control_plane_floor,
+        let Some(settled_before) = now_ms.checked_sub(SHARE_LOG_KEEP_MIN_MS) else {
+            return 0;
+        };
+        while self.samples.len() > 1 && self.samples[1].0 <= settled_before {
+            self.samples.pop_front();
+        }
+        match self.samples.front() {
+            // The stream's last record as of then stays: the shipper checks the log by it.
+            Some(&(at_ms, shipped_through)) if at_ms <= settled_before => {
+                shipped_through.saturating_sub(1)
+            }
+            _ => 0,
+        }
     }
 }
 
@@ -56,17 +72,21 @@ pub fn start(
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("share-retention".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(SHARE_LOG_RELEASE_INTERVAL_MS));
-            let floor = release_floor(
-                shipper.as_deref(),
-                control_plane_floor.load(Ordering::Acquire),
-            );
-            if floor > 0 {
-                log.release(Release {
-                    floor,
-                    keep_from_ms: now_ms().saturating_sub(retention_ms.max(SHARE_LOG_KEEP_MIN_MS)),
-                });
+        .spawn(move || {
+            let mut samples = ShippedSamples::default();
+            loop {
+                std::thread::sleep(Duration::from_millis(SHARE_LOG_RELEASE_INTERVAL_MS));
+                let floor = match &shipper {
+                    Some(shipper) => samples.floor(shipper, monotonic_ms()),
+                    None => control_plane_floor.load(Ordering::Acquire),
+                };
+                if floor > 0 {
+                    log.release(Release {
+                        floor,
+                        keep_from_ms: now_ms()
+                            .saturating_sub(retention_ms.max(SHARE_LOG_KEEP_MIN_MS)),
+                    });
+                }
             }
         })
         .map(drop)
@@ -76,26 +96,40 @@ pub fn start(
 mod tests {
     use super::*;
 
-    /// Cluster mode cuts below the stream's last record of the log, never it, and only
-    /// while the shipper is connected and agrees with the stream; single-host mode below
-    /// what the control plane said.
+    /// Cluster mode cuts below the stream's last record of the log as of
+    /// `SHARE_LOG_KEEP_MIN_MS` ago, never it, with samples only from a shipper connected
+    /// and at one with the stream.
     #[test]
-    fn the_floor_is_the_control_planes_or_the_stream_s_last_record() {
-        assert_eq!(release_floor(None, 0), 0);
-        assert_eq!(release_floor(None, 1_234), 1_234);
+    fn the_floor_is_what_the_stream_held_a_while_ago() {
+        const MINUTE: u64 = 60_000;
+        let keep = SHARE_LOG_KEEP_MIN_MS;
         let shipper = ShipperStatus::default();
+        let mut samples = ShippedSamples::default();
         shipper.connected.store(true, Ordering::Release);
-        assert_eq!(release_floor(Some(&shipper), 1_234), 0);
-        shipper.shipped_through.store(501, Ordering::Release);
-        assert_eq!(release_floor(Some(&shipper), 1_234), 500);
+        shipper.shipped_through.store(100, Ordering::Release);
+        assert_eq!(samples.floor(&shipper, 0), 0, "nothing is old enough yet");
+        shipper.shipped_through.store(5_000, Ordering::Release);
+        assert_eq!(samples.floor(&shipper, keep - 1), 0);
+        assert_eq!(samples.floor(&shipper, keep), 99, "as of the first sample");
+        assert_eq!(samples.floor(&shipper, 2 * keep - 2), 99);
+        assert_eq!(
+            samples.floor(&shipper, 2 * keep - 1),
+            4_999,
+            "as of the second"
+        );
+        // Disconnected or at odds with the stream: no new sample, old ones still count.
+        shipper.shipped_through.store(9_000, Ordering::Release);
         shipper.connected.store(false, Ordering::Release);
-        assert_eq!(release_floor(Some(&shipper), 1_234), 0, "not connected");
+        assert_eq!(samples.floor(&shipper, 2 * keep + MINUTE), 4_999);
         shipper.connected.store(true, Ordering::Release);
         shipper.diverged.store(true, Ordering::Release);
-        assert_eq!(
-            release_floor(Some(&shipper), 1_234),
-            0,
-            "at odds with the stream"
-        );
+        assert_eq!(samples.floor(&shipper, 3 * keep + 2 * MINUTE), 4_999);
+        // Bounded: one sample a minute, and at most one older than the keep.
+        shipper.diverged.store(false, Ordering::Release);
+        for minute in 0..1_000 {
+            samples.floor(&shipper, 4 * keep + minute * MINUTE);
+        }
+        assert!(samples.samples.len() as u64 <= keep / MINUTE + 2);
+        assert_eq!(samples.floor(&shipper, 4 * keep + 1_000 * MINUTE), 8_999);
     }
 }
