@@ -480,6 +480,10 @@ async fn session(
     if to_check.is_none() {
         // Nothing of this log in the stream yet: nothing to check.
         status.shipped_through.store(next_sequence, Relaxed);
+    } else {
+        // A stream that lost its last batches (every server's power at once) ends lower
+        // than a former session saw: the figure never claims more than the stream holds.
+        status.shipped_through.fetch_min(next_sequence, Relaxed);
     }
     status.connected.store(true, Relaxed);
     tracing::info!(%subject, next_sequence, "share shipper: shipping");

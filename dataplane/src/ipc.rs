@@ -187,11 +187,14 @@ fn link_loop(
         // until it says how far.
         floor.floor.store(0, std::sync::atomic::Ordering::Release);
         let reader = stream.try_clone().expect("cloning a Unix socket");
-        let (cores_for_reader, served, floor) = (cores.clone(), served.clone(), floor.clone());
+        let (cores_for_reader, served, link_floor) = (cores.clone(), served.clone(), floor.clone());
         let reader_thread =
-            std::thread::spawn(move || read_jobs(reader, &cores_for_reader, &served, &floor));
+            std::thread::spawn(move || read_jobs(reader, &cores_for_reader, &served, &link_floor));
         write_upstream(stream, &upstream, &counters, &mut recent);
         let _ = reader_thread.join();
+        // No control plane says how far now: nothing is cut until the next one does. (The
+        // reader is joined, so no floor of the lost link lands after this.)
+        floor.floor.store(0, std::sync::atomic::Ordering::Release);
         tracing::warn!("control plane link lost; reconnecting");
     }
 }

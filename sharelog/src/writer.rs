@@ -137,6 +137,12 @@ pub struct Release {
 #[derive(Clone)]
 pub struct ShareLogHandle {
     queue: Sender<PendingShare>,
+}
+
+/// Asks the log to be cut (`ShareLog::releaser`): kept apart from `ShareLogHandle`, so a
+/// thread that only cuts never holds the writer's queue open.
+#[derive(Clone)]
+pub struct ShareLogReleaser {
     releases: Sender<Release>,
 }
 
@@ -157,7 +163,9 @@ impl ShareLogHandle {
             Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
         }
     }
+}
 
+impl ShareLogReleaser {
     /// Asks the log's cutting thread to cut it (see `Release`). One request waits at most:
     /// a newer one while it waits is dropped, and the next one asked for (they come
     /// periodically) cuts at least as far. A log written through a test's sink is never
@@ -199,7 +207,7 @@ struct RocksSink {
     /// The open database for the cutting thread (`cut_on_request`), which holds it only
     /// while it cuts: a reopen that finds it still held fails and is tried again a second
     /// later.
-    shared: Arc<std::sync::Mutex<std::sync::Weak<DB>>>,
+    shared: SharedLog,
     path: PathBuf,
     open_options: Options,
     options: WriteOptions,
@@ -259,16 +267,18 @@ impl RocksSink {
     }
 }
 
+/// The open share log as the cutting thread reaches it: a weak reference, under a lock
+/// the cut holds throughout (so `ShareLog::close` waits for a cut under way; the writer
+/// takes it only to publish a reopened database).
+type SharedLog = Arc<std::sync::Mutex<std::sync::Weak<DB>>>;
+
 /// The cutting thread: each request cuts the open log (`crate::retention`), until every
-/// handle is gone. The database is held only during a cut, and the count is raised once
+/// releaser is gone. The database is held only during a cut, and the count is raised once
 /// it is let go.
-fn cut_on_request(
-    requests: Receiver<Release>,
-    shared: Arc<std::sync::Mutex<std::sync::Weak<DB>>>,
-    status: Arc<ShareLogStatus>,
-) {
+fn cut_on_request(requests: Receiver<Release>, shared: SharedLog, status: Arc<ShareLogStatus>) {
     for release in requests {
-        let Some(db) = shared.lock().expect("shared log").upgrade() else {
+        let held = shared.lock().expect("shared log");
+        let Some(db) = held.upgrade() else {
             continue;
         };
         let cut = (|| -> Result<u64, rocksdb::Error> {
@@ -285,6 +295,7 @@ fn cut_on_request(
             Ok(below - first)
         })();
         drop(db);
+        drop(held);
         match cut {
             Ok(released) => {
                 status.released_records.fetch_add(released, Relaxed);
@@ -312,7 +323,11 @@ const HUGE_PAGE_BYTES: usize = 2 << 20;
 pub struct ShareLog {
     writer: Option<JoinHandle<()>>,
     handle: Option<ShareLogHandle>,
+    releaser: ShareLogReleaser,
     status: Arc<ShareLogStatus>,
+    /// The cutting thread's hold on the database (`cut_on_request`): taken at close, so a
+    /// cut under way ends, and its hold goes, before `close` returns.
+    cut_gate: SharedLog,
 }
 
 impl ShareLog {
@@ -364,7 +379,8 @@ impl ShareLog {
             options
         };
         let db = Arc::new(db);
-        let shared = Arc::new(std::sync::Mutex::new(Arc::downgrade(&db)));
+        let shared: SharedLog = Arc::new(std::sync::Mutex::new(Arc::downgrade(&db)));
+        let (shared_for_cut, shared_for_close) = (shared.clone(), shared.clone());
         let sink = RocksSink {
             db: Some(db),
             shared: shared.clone(),
@@ -378,14 +394,14 @@ impl ShareLog {
         let cut_status = status.clone();
         std::thread::Builder::new()
             .name("share-log-cut".into())
-            .spawn(move || cut_on_request(requests, shared, cut_status))
+            .spawn(move || cut_on_request(requests, shared_for_cut, cut_status))
             .expect("spawning the share log's cutting thread");
         Ok(ShareLog::start(
             sink,
             next_sequence,
             clock_floor_ms,
             cores,
-            (releases, status),
+            (releases, status, shared_for_close),
         ))
     }
 
@@ -398,7 +414,13 @@ impl ShareLog {
         // No cutting thread: a request goes nowhere.
         let (releases, _) = bounded(1);
         let status = Arc::new(ShareLogStatus::default());
-        ShareLog::start(sink, next_sequence, 0, cores, (releases, status))
+        ShareLog::start(
+            sink,
+            next_sequence,
+            0,
+            cores,
+            (releases, status, SharedLog::default()),
+        )
     }
 
     fn start(
@@ -406,7 +428,7 @@ impl ShareLog {
         next_sequence: u64,
         clock_floor_ms: u64,
         cores: Vec<UnboundedSender<Completed>>,
-        (releases, status): (Sender<Release>, Arc<ShareLogStatus>),
+        (releases, status, cut_gate): (Sender<Release>, Arc<ShareLogStatus>, SharedLog),
     ) -> Self {
         // Every core may have its full allowance queued; the queue never refuses a share a
         // core was allowed to accept.
@@ -427,8 +449,10 @@ impl ShareLog {
             .expect("spawning the share log writer");
         ShareLog {
             writer: Some(writer),
-            handle: Some(ShareLogHandle { queue, releases }),
+            handle: Some(ShareLogHandle { queue }),
+            releaser: ShareLogReleaser { releases },
             status,
+            cut_gate,
         }
     }
 
@@ -436,17 +460,24 @@ impl ShareLog {
         self.handle.clone().expect("handle exists until close")
     }
 
+    /// Where to ask for the log to be cut (`Release`).
+    pub fn releaser(&self) -> ShareLogReleaser {
+        self.releaser.clone()
+    }
+
     /// Whether the log can write, shared with the writer.
     pub fn status(&self) -> Arc<ShareLogStatus> {
         self.status.clone()
     }
 
-    /// Stops the writer after it has drained the queue.
+    /// Stops the writer after it has drained the queue, and any cut under way; the
+    /// database is closed when this returns.
     pub fn close(mut self) {
         self.handle.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        *self.cut_gate.lock().expect("shared log") = std::sync::Weak::new();
     }
 }
 
@@ -717,7 +748,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = futures_channel::mpsc::unbounded();
         let log = ShareLog::open(dir.path(), true, vec![tx]).unwrap();
-        let (handle, status) = (log.handle(), log.status());
+        let (handle, releaser, status) = (log.handle(), log.releaser(), log.status());
         for i in 0..100 {
             handle.append(0, &record(i)).unwrap();
         }
@@ -741,7 +772,7 @@ mod tests {
         };
         // Stamped now: a retention from an hour ago keeps them all.
         let hour_ago = now_ms() - 3_600_000;
-        handle.release(Release {
+        releaser.release(Release {
             floor: 60,
             keep_from_ms: hour_ago,
         });
@@ -751,12 +782,12 @@ mod tests {
             0,
             "every record is younger than the retention"
         );
-        handle.release(Release {
+        releaser.release(Release {
             floor: 60,
             keep_from_ms: u64::MAX,
         });
         released(60);
-        handle.release(Release {
+        releaser.release(Release {
             floor: u64::MAX,
             keep_from_ms: u64::MAX,
         });

@@ -192,7 +192,7 @@ pub fn run_with_share_log(
     // Single-host mode: where the control plane says this log may be cut (the link sets it).
     let share_log_floor = Arc::new(std::sync::atomic::AtomicU64::new(0));
     super::retention::start(
-        share_log.handle(),
+        share_log.releaser(),
         share_log_floor.clone(),
         config.share_retention_ms,
         SHIPPER_STATUS.get().cloned(),

@@ -25,15 +25,17 @@ use otedama_cluster::host::monotonic_ms;
 use otedama_cluster::ShipperStatus;
 use otedama_shared::clock::now_ms;
 use otedama_sharelog::retention::SHARE_LOG_KEEP_MIN_MS;
-use otedama_sharelog::writer::{Release, ShareLogHandle};
+use otedama_sharelog::writer::{Release, ShareLogReleaser};
 
 /// How often the share log is asked to cut.
 pub const SHARE_LOG_RELEASE_INTERVAL_MS: u64 = 60_000;
 
 /// Cluster mode: what the shipper had shipped, sampled over time, so that the floor is
-/// what the stream held `SHARE_LOG_KEEP_MIN_MS` ago (see the module's doc). Sans-IO: it
-/// takes a monotonic `now_ms`. At most one sample older than that is kept, so it holds
-/// about `SHARE_LOG_KEEP_MIN_MS / SHARE_LOG_RELEASE_INTERVAL_MS` samples.
+/// what the stream has held without a break for `SHARE_LOG_KEEP_MIN_MS` (see the module's
+/// doc). The samples go whenever the shipper is not connected or at odds with the stream,
+/// and none is higher than a later one. Sans-IO: it takes a monotonic `now_ms`. At most
+/// one sample older than the keep is kept, so it holds about
+/// `SHARE_LOG_KEEP_MIN_MS / SHARE_LOG_RELEASE_INTERVAL_MS` samples.
 #[derive(Debug, Default)]
 pub struct ShippedSamples {
     samples: std::collections::VecDeque<(u64, u64)>,
@@ -43,10 +45,19 @@ impl ShippedSamples {
     /// Notes the shipper's state at `now_ms` and returns the floor: below the stream's
     /// last record of the log as of `SHARE_LOG_KEEP_MIN_MS` ago, or 0.
     pub fn floor(&mut self, shipper: &ShipperStatus, now_ms: u64) -> u64 {
-        if shipper.connected.load(Ordering::Acquire) && !shipper.diverged.load(Ordering::Acquire) {
-            let shipped_through = shipper.shipped_through.load(Ordering::Acquire);
-            self.samples.push_back((now_ms, shipped_through));
+        if !shipper.connected.load(Ordering::Acquire) || shipper.diverged.load(Ordering::Acquire) {
+            // The stream may have lost what it held (every server down): nothing it held
+            // before counts until it has held it again for a while.
+            self.samples.clear();
+            return 0;
         }
+        let shipped_through = shipper.shipped_through.load(Ordering::Acquire);
+        // A stream that took records back (a new session found its last record lower) takes
+        // them back from every sample too.
+        for sample in &mut self.samples {
+            sample.1 = sample.1.min(shipped_through);
+        }
+        self.samples.push_back((now_ms, shipped_through));
         let Some(settled_before) = now_ms.checked_sub(SHARE_LOG_KEEP_MIN_MS) else {
             return 0;
         };
@@ -65,7 +76,7 @@ impl ShippedSamples {
 
 /// Asks the share log to cut, on a thread of its own, for as long as the process runs.
 pub fn start(
-    log: ShareLogHandle,
+    log: ShareLogReleaser,
     control_plane_floor: Arc<AtomicU64>,
     retention_ms: u64,
     shipper: Option<Arc<ShipperStatus>>,
@@ -117,15 +128,21 @@ mod tests {
             4_999,
             "as of the second"
         );
-        // Disconnected or at odds with the stream: no new sample, old ones still count.
+        // A new session that found the stream's last record lower lowers every sample.
+        shipper.shipped_through.store(3_000, Ordering::Release);
+        assert_eq!(samples.floor(&shipper, 2 * keep + MINUTE), 2_999);
+        // Disconnected, or at odds with the stream: every sample goes, and the floor
+        // waits a whole keep again.
         shipper.shipped_through.store(9_000, Ordering::Release);
         shipper.connected.store(false, Ordering::Release);
-        assert_eq!(samples.floor(&shipper, 2 * keep + MINUTE), 4_999);
+        assert_eq!(samples.floor(&shipper, 2 * keep + 2 * MINUTE), 0);
         shipper.connected.store(true, Ordering::Release);
+        assert_eq!(samples.floor(&shipper, 2 * keep + 3 * MINUTE), 0);
         shipper.diverged.store(true, Ordering::Release);
-        assert_eq!(samples.floor(&shipper, 3 * keep + 2 * MINUTE), 4_999);
-        // Bounded: one sample a minute, and at most one older than the keep.
+        assert_eq!(samples.floor(&shipper, 3 * keep + 3 * MINUTE), 0);
         shipper.diverged.store(false, Ordering::Release);
+        assert_eq!(samples.floor(&shipper, 3 * keep + 4 * MINUTE), 0);
+        // Bounded: one sample a minute, and at most one older than the keep.
         for minute in 0..1_000 {
             samples.floor(&shipper, 4 * keep + minute * MINUTE);
         }
