@@ -23,9 +23,10 @@
 //! leader also purges the share stream's batches that lie wholly below it
 //! (`purge_below`). Invariant: a record is released only once (a) it lies below the
 //! floor the control plane gives for its log, the lowest sequence any of its readers
-//! would read again after a restart (the ledger's crediting cursor less the share
-//! history, the block scan's cursor), so it is credited in the replicated ledger and
-//! scanned for blocks, and (b) it was stamped longer than `Retention::keep_ms` ago. A
+//! would read again after a restart (the ledger's crediting cursor, or on the leader
+//! where its payout tails have read to, less the share history; the block scan's cursor),
+//! so it is credited in the replicated ledger and scanned for blocks, and (b) it was
+//! stamped longer than `Retention::keep_ms` ago (15 minutes at least). A
 //! log's last record, and in the stream its last batch (the shipper's place), are never
 //! released. The stream is purged only by the leader, with its own floors: a standby's
 //! block scan is not the one whose cursor guards unrecorded blocks. A standby whose copy

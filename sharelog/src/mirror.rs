@@ -23,7 +23,8 @@ impl MirrorLog {
     pub fn open(path: &Path) -> Result<Self, rocksdb::Error> {
         let mut options = Options::default();
         options.create_if_missing(true);
-        // Files a cut leaves are deleted in the background, not by the mirror's thread.
+        // Files a compaction leaves are deleted in the background, not by the mirror's
+        // thread (a cut's own files go on it: `retention::release_below`).
         options.set_avoid_unnecessary_blocking_io(true);
         Ok(MirrorLog {
             db: DB::open(&options, path)?,

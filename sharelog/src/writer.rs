@@ -24,7 +24,7 @@
 //! sequence is read back from the log, so a batch that reached the disk even though its
 //! write reported an error keeps its numbers: none is written twice and none skipped.
 //!
-//! The log is cut below what nobody needs any more on request (`ShareLogHandle::release`,
+//! The log is cut below what nobody needs any more on request (`ShareLogReleaser::release`,
 //! `crate::retention`) by a thread of its own, not the writer: the cut's files are dropped
 //! with a MANIFEST write and unlinked there, which must not hold acknowledgements back. It
 //! is one range deletion, never the last record, so numbering goes on from it after any
@@ -59,7 +59,7 @@ pub const SHARE_LOG_REOPEN_INTERVAL_MS: u64 = 1000;
 pub struct ShareLogStatus {
     writable: AtomicBool,
     failed_batches: AtomicU64,
-    /// Records cut from the log (`ShareLogHandle::release`).
+    /// Records cut from the log (`ShareLogReleaser::release`).
     pub released_records: AtomicU64,
 }
 
@@ -125,7 +125,7 @@ pub struct Completed {
     pub through_sequence: u64,
 }
 
-/// What may be cut from the log (`ShareLogHandle::release`, `crate::retention`): records
+/// What may be cut from the log (`ShareLogReleaser::release`, `crate::retention`): records
 /// below `floor` stamped before `keep_from_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Release {
@@ -358,8 +358,8 @@ impl ShareLog {
         // The memtables take huge pages where `otedama-tune` reserved them (vm.nr_hugepages);
         // RocksDB falls back to malloc where none are free.
         options.set_memtable_huge_page_size(HUGE_PAGE_BYTES);
-        // Files a cut or a compaction leaves are deleted by RocksDB's background threads,
-        // not by the writer thread that acknowledges shares.
+        // Files a compaction leaves are deleted by RocksDB's background threads, not by the
+        // writer thread that acknowledges shares (a cut's go on the cutting thread).
         options.set_avoid_unnecessary_blocking_io(true);
         let db = DB::open(&options, path)?;
         let next_sequence = last_sequence(&db).map_or(0, |s| s + 1);
