@@ -50,6 +50,8 @@ pub const HOST_SLOTS_MAX: usize = 256;
 /// How long a start waits for its claim (a name still held by a previous machine's lease
 /// is free after `HOST_LEASE_TTL_MS`).
 pub const HOST_CLAIM_WAIT_MS: u64 = 60_000;
+/// How often a claim that keeps waiting says why in the log.
+const CLAIM_REPORT_INTERVAL_MS: u64 = 10_000;
 /// How long a process whose slot another holds keeps asking for it back before it gives
 /// up (`LeaseStatus::given_up`): every answer in that time must say the slot or name is
 /// another's (an unreachable bucket starts the count again). Its cores hand out
@@ -619,11 +621,21 @@ async fn keep_lease(
 ) {
     let deadline = Instant::now() + Duration::from_millis(config.claim_wait_ms);
     let mut last_reason;
+    // Why the claim waits, now and then: a data plane takes no miner meanwhile, and its log
+    // must say why.
+    let mut next_report = Instant::now() + Duration::from_millis(CLAIM_REPORT_INTERVAL_MS);
+    let mut report = |reason: &str| {
+        if Instant::now() >= next_report {
+            tracing::warn!(host = %config.host, process = config.process, reason, "waiting to claim a host slot");
+            next_report = Instant::now() + Duration::from_millis(CLAIM_REPORT_INTERVAL_MS);
+        }
+    };
     let store = loop {
         match open_bucket(&config.nats_urls, config.replicas).await {
             Ok(store) => break store,
             Err(error) => last_reason = format!("{error:#}"),
         }
+        report(&last_reason);
         if Instant::now() >= deadline || pause(HOST_LEASE_RETRY_MS, &stop).await {
             let _ = claimed.send(Err(anyhow::anyhow!(
                 "no host slot claimed within {} ms: {last_reason}",
@@ -654,6 +666,7 @@ async fn keep_lease(
             Err(ClaimError::Taken(why)) => last_reason = why,
             Err(ClaimError::Unreachable(error)) => last_reason = format!("{error:#}"),
         }
+        report(&last_reason);
         if Instant::now() >= deadline || pause(HOST_LEASE_RETRY_MS, &stop).await {
             let _ = claimed.send(Err(anyhow::anyhow!(
                 "no host slot claimed within {} ms: {last_reason}",
