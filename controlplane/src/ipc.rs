@@ -71,6 +71,16 @@ pub async fn serve(
     }
 }
 
+/// The share-log floors as the link carries them: (process, floor) pairs.
+fn floors_message(floors: &std::collections::BTreeMap<u32, u64>) -> Downstream {
+    Downstream::ShareLogFloors {
+        floors: floors
+            .iter()
+            .map(|(process, floor)| (*process, *floor))
+            .collect(),
+    }
+}
+
 async fn serve_link(
     link_id: u64,
     stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
@@ -92,9 +102,7 @@ async fn serve_link(
         let mut first_messages = ipc::ban_messages(&bans.borrow_and_update());
         let known_floors = floors.borrow_and_update().clone();
         if !known_floors.is_empty() {
-            first_messages.push(Downstream::ShareLogFloors {
-                floors: known_floors.iter().map(|(p, f)| (*p, *f)).collect(),
-            });
+            first_messages.push(floors_message(&known_floors));
         }
         for message in first_messages {
             if write_half.write_all(&ipc::encode(&message)).await.is_err() {
@@ -113,13 +121,7 @@ async fn serve_link(
                     Err(_) => return,
                 },
                 changed = floors.changed() => match changed {
-                    Ok(()) => vec![Downstream::ShareLogFloors {
-                        floors: floors
-                            .borrow_and_update()
-                            .iter()
-                            .map(|(p, f)| (*p, *f))
-                            .collect(),
-                    }],
+                    Ok(()) => vec![floors_message(&floors.borrow_and_update())],
                     Err(_) => return,
                 },
             };

@@ -22,10 +22,14 @@ pub fn record_range(db: &DB) -> Result<Option<(u64, u64)>, rocksdb::Error> {
     let Some((first, _)) = record_from(db, 0)? else {
         return Ok(None);
     };
+    Ok(last_sequence(db)?.map(|last| (first, last)))
+}
+
+/// The log's last record's sequence: its last key, since every other key sorts before
+/// the records.
+pub fn last_sequence(db: &DB) -> Result<Option<u64>, rocksdb::Error> {
     let last = db.iterator(IteratorMode::End).next().transpose()?;
-    Ok(last
-        .and_then(|(key, _)| share_log_sequence(&key))
-        .map(|last| (first, last)))
+    Ok(last.and_then(|(key, _)| share_log_sequence(&key)))
 }
 
 /// Where the log may be cut (`release_below`): the first sequence to keep, if any record

@@ -498,8 +498,7 @@ fn read_all(db: &DB) -> Vec<ShareRecord> {
 
 /// The last share's sequence (the clock key sorts first, so the last key is a share's).
 fn last_sequence(db: &DB) -> Option<u64> {
-    let (key, _) = db.iterator(rocksdb::IteratorMode::End).next()?.ok()?;
-    share_log_sequence(&key)
+    retention::last_sequence(db).ok().flatten()
 }
 
 /// The writer's stamps. Invariant: a stamp is never below `floor_ms`, and every clock
