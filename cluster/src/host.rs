@@ -487,16 +487,53 @@ impl Claimant<'_> {
 
     /// Lets the claim go on a clean stop, so the slot and name are free at once.
     async fn release(&self, claim: &Claim) {
-        let _ = self
-            .store
-            .delete_expect_revision(slot_key(claim.slot), Some(claim.slot_revision))
-            .await;
-        let _ = self
-            .store
-            .delete_expect_revision(self.name(), Some(claim.name_revision))
+        self.forget(
+            &slot_key(claim.slot),
+            self.slot_value(),
+            claim.slot_revision,
+        )
+        .await;
+        let name_value = name_value(self.identity, Some(claim.slot));
+        self.forget(&self.name(), name_value, claim.name_revision)
             .await;
     }
+
+    /// Deletes `key` if it still holds `value` (ours): over `revision`, or, when a renewal
+    /// whose answer was lost moved the key on, over the revision that holds our value.
+    /// Left to lapse by its time-to-live (logged) if neither can be done within
+    /// `RELEASE_ATTEMPTS_MAX` attempts; never deleted once another value is in it.
+    async fn forget(&self, key: &str, value: String, revision: u64) {
+        let mut revision = revision;
+        for _ in 0..RELEASE_ATTEMPTS_MAX {
+            if self
+                .store
+                .delete_expect_revision(key, Some(revision))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            match self.store.entry(key).await {
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put && entry.value == value.as_bytes() =>
+                {
+                    revision = entry.revision;
+                }
+                // Gone already, or another's now.
+                Ok(_) => return,
+                Err(_) => {}
+            }
+        }
+        tracing::warn!(
+            key,
+            lapses_in_ms = HOST_LEASE_TTL_MS,
+            "could not let a host key go: it lapses by itself"
+        );
+    }
 }
+
+/// Attempts a clean stop makes at deleting each of its keys.
+const RELEASE_ATTEMPTS_MAX: usize = 3;
 
 /// The host bucket (made if missing), which also holds the control planes' leader key
 /// (`crate::leader`).

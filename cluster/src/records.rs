@@ -311,6 +311,159 @@ impl RecordPublisher {
     }
 }
 
+/// A data-plane host's side (cluster mode): reads whole records by key, as their
+/// publisher's last publication has them, without following the stream. The host's block
+/// relay reads the job a block was found on this way, so the host can build the block
+/// and submit it itself.
+#[derive(Clone)]
+pub struct RecordReader {
+    kind: RecordKind,
+    requests: tokio::sync::mpsc::UnboundedSender<ReadRequest>,
+}
+
+struct ReadRequest {
+    key: String,
+    reply: mpsc::Sender<Result<Option<Vec<u8>>, String>>,
+    deadline: Instant,
+}
+
+impl RecordReader {
+    /// Starts the reader's thread; it connects at its first read. It never makes the
+    /// stream: a record the leader never published is not there.
+    pub fn start(nats_urls: Vec<String>, kind: RecordKind) -> anyhow::Result<Self> {
+        crate::server_addresses(&nats_urls)?;
+        let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<ReadRequest>();
+        crate::spawn_on_runtime(format!("{}-read", kind.prefix()), move || {
+            read_loop(nats_urls, kind, incoming)
+        })?;
+        Ok(RecordReader { kind, requests })
+    }
+
+    /// Record `key` whole; `None` if the stream has none of it. Gives up by `deadline`
+    /// (between two chunks' requests, each of which may take `RECORD_REQUEST_TIMEOUT_MS`).
+    pub fn read(&self, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, String> {
+        if !is_record_key(key) {
+            return Err(format!("{key:?} is not a record key"));
+        }
+        let (reply, answer) = mpsc::channel();
+        self.requests
+            .send(ReadRequest {
+                key: key.to_string(),
+                reply,
+                deadline,
+            })
+            .map_err(|_| format!("the {} reader has ended", self.kind.stream()))?;
+        let wait = deadline.saturating_duration_since(Instant::now())
+            + Duration::from_millis(RECORD_REQUEST_TIMEOUT_MS);
+        answer
+            .recv_timeout(wait)
+            .map_err(|_| format!("no answer from the {} stream", self.kind.stream()))?
+    }
+}
+
+async fn read_loop(
+    nats_urls: Vec<String>,
+    kind: RecordKind,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<ReadRequest>,
+) {
+    let mut opened: Option<jetstream::stream::Stream> = None;
+    while let Some(request) = incoming.recv().await {
+        if Instant::now() >= request.deadline {
+            let _ = request.reply.send(Err("expired before it was read".into()));
+            continue;
+        }
+        if opened.is_none() {
+            match open_existing(&nats_urls, kind).await {
+                Ok(stream) => opened = Some(stream),
+                Err(error) => {
+                    let _ = request.reply.send(Err(format!("{error:#}")));
+                    continue;
+                }
+            }
+        }
+        let stream = opened.as_ref().expect("opened above");
+        let result = read_whole(stream, kind, &request.key, request.deadline).await;
+        if result.is_err() {
+            // Open it again for the next one: this connection may be what failed.
+            opened = None;
+        }
+        let _ = request.reply.send(result);
+    }
+}
+
+async fn open_existing(
+    nats_urls: &[String],
+    kind: RecordKind,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    let client = crate::connect(nats_urls, Some(RECORD_REQUEST_TIMEOUT_MS)).await?;
+    let mut context = jetstream::new(client);
+    context.set_timeout(Duration::from_millis(RECORD_REQUEST_TIMEOUT_MS));
+    context
+        .get_stream(kind.stream())
+        .await
+        .map_err(|error| anyhow::anyhow!("the {} stream: {error}", kind.stream()))
+}
+
+/// Every chunk of record `key`'s last publication, put together. Chunks of two
+/// publications are never mixed: a chunk of another publication than chunk 0's (one under
+/// way) makes the read fail, and its caller may read again.
+async fn read_whole(
+    stream: &jetstream::stream::Stream,
+    kind: RecordKind,
+    key: &str,
+    deadline: Instant,
+) -> Result<Option<Vec<u8>>, String> {
+    let mut whole = Vec::new();
+    let mut publication = None;
+    let mut chunks = 1;
+    let mut index = 0;
+    while index < chunks {
+        if Instant::now() >= deadline {
+            return Err(format!("record {key} not read in time"));
+        }
+        let message = match stream
+            .get_last_raw_message_by_subject(&chunk_subject(kind, key, index))
+            .await
+        {
+            Ok(message) => message,
+            Err(error)
+                if index == 0
+                    && error.kind()
+                        == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                return Ok(None)
+            }
+            Err(error) => {
+                return Err(format!(
+                    "reading chunk {index} of record {key} in {}: {error}",
+                    kind.stream()
+                ))
+            }
+        };
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|value| AsRef::<str>::as_ref(value).to_string())
+        };
+        let this_publication = header(PUBLICATION_HEADER).unwrap_or_default();
+        if index == 0 {
+            chunks = header(CHUNKS_HEADER)
+                .and_then(|text| text.parse::<usize>().ok())
+                .filter(|count| (1..=RECORD_CHUNKS_MAX).contains(count))
+                .ok_or_else(|| format!("record {key} has no valid chunk count"))?;
+            publication = Some(this_publication);
+        } else if publication.as_deref() != Some(this_publication.as_str()) {
+            return Err(format!(
+                "record {key} is being published again: its chunks are of two publications"
+            ));
+        }
+        whole.extend_from_slice(&message.payload);
+        index += 1;
+    }
+    Ok(Some(whole))
+}
+
 async fn connect(
     nats_urls: &[String],
     replicas: usize,

@@ -89,6 +89,10 @@ pub struct DataplaneConfig {
     /// Cluster mode, once claimed: the slot every extranonce1 of this process starts
     /// with, and the lease without which the process takes no miner.
     pub cluster_slot: Option<ClusterSlot>,
+    /// Cluster mode: every block candidate also goes here, to a thread that submits it to
+    /// the node straight from this host (`otedama::block_relay`), so a found block does not
+    /// wait for a control plane that is failing over.
+    pub block_relay: Option<crossbeam_channel::Sender<otedama_shared::share::BlockCandidate>>,
 }
 
 /// A slot of the cluster this process holds (`otedama_cluster::host`).

@@ -26,8 +26,18 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         args.process_index,
         config.dataplane_processes
     );
-    otedama_dataplane::run(dataplane_config::dataplane_config(
-        &config,
-        args.process_index,
-    )?)
+    let mut dataplane = dataplane_config::dataplane_config(&config, args.process_index)?;
+    if !config.nats_urls.is_empty() {
+        dataplane.block_relay = match config.rpc_client() {
+            Ok(rpc) => {
+                tracing::info!(node = %rpc.url(), "cluster mode: this host submits the blocks its miners find to the node too");
+                Some(crate::block_relay::start(rpc, config.nats_urls.clone())?)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cluster mode without node RPC credentials: this host's blocks go to the node through the control plane only");
+                None
+            }
+        };
+    }
+    otedama_dataplane::run(dataplane)
 }

@@ -148,5 +148,6 @@ pub fn dataplane_config(
             claim_wait_ms: otedama_cluster::host::HOST_CLAIM_WAIT_MS,
         }),
         cluster_slot: None,
+        block_relay: None,
     })
 }

@@ -4,6 +4,7 @@
 //! Each subcommand is one file of the same name; this one only parses and dispatches.
 
 mod audit;
+mod block_relay;
 mod config;
 mod controlplane;
 mod dataplane;

@@ -118,6 +118,7 @@ fn start_dataplane(
         share_ack_replicated: false,
         host_lease: None,
         cluster_slot: None,
+        block_relay: None,
     };
     std::thread::spawn(move || {
         let result =

@@ -77,9 +77,16 @@ fn a_name_in_use_waits_and_a_cluster_out_of_reach_lapses_the_lease() {
     let again =
         HostLease::claim(lease_config(&urls, "dp-y", &dir.path().join("y"), 10_000)).unwrap();
 
-    // Let go on a clean stop: the other machine may have the name now.
+    // Let go on a clean stop: the other machine may have the name now, well before the
+    // name's time-to-live (`HOST_LEASE_TTL_MS`) could have let it go.
     drop(first);
-    let other = HostLease::claim(lease_config(&urls, "dp-x", &other_identity, 20_000)).unwrap();
+    let other = HostLease::claim(lease_config(
+        &urls,
+        "dp-x",
+        &other_identity,
+        HOST_LEASE_TTL_MS / 2,
+    ))
+    .unwrap();
     assert!(other.status().held());
     assert_ne!(other.slot(), again.slot());
 }

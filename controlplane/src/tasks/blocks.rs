@@ -174,6 +174,18 @@ fn leads_within(leadership: Option<&Leadership>) -> bool {
     true
 }
 
+/// Where a candidate may have been submitted from already: in cluster mode anywhere, as
+/// every data-plane host submits its blocks itself too (`otedama::block_relay`), so the
+/// node is asked before a candidate whose previous block is no longer the tip is called
+/// stale (the tip may be that very block).
+fn source_in_mode(source: CandidateSource, cluster_mode: bool) -> CandidateSource {
+    if cluster_mode {
+        CandidateSource::Recovered
+    } else {
+        source
+    }
+}
+
 /// One of `SUBMITTER_THREADS`: takes the best candidate, settles it with the node and
 /// records the outcome. In cluster mode only the leader does; a standby leaves candidates
 /// unrecorded, and the block scan hands them over again once one leads.
@@ -188,6 +200,10 @@ pub(crate) fn submitter_loop(
 ) {
     loop {
         let (hash, (candidate, source)) = queue.pop();
+        // In cluster mode a data-plane host submits its blocks to the node itself as well
+        // (`otedama::block_relay`), and the pool's tip may have moved on to this very
+        // block: no candidate is called stale before the node is asked.
+        let source = source_in_mode(source, leadership.is_some());
         if !leads_within(leadership.as_deref()) {
             tracing::warn!(hash = %display_hex(&hash), "block candidate not submitted: this control plane does not lead (the leader's block scan hands it on)");
             queue.done(&hash);
@@ -238,10 +254,20 @@ pub(crate) fn settle_candidate(
     let reason = match (can_still_win(), source) {
         // Never submitted, and it cannot win: no round trip.
         (false, CandidateSource::Live) => Some(stale),
-        // A process before this one may have submitted it: ask the node first.
+        // A process before this one, or a data-plane host, may have submitted it: ask
+        // the node first.
         (false, CandidateSource::Recovered) => match chain_place_when_answered(rpc, &hash) {
             Ok(ChainPlace::Active) => None,
-            Ok(_) => Some(stale),
+            // Unknown to this node, yet it may be out there (a host's relay may have given
+            // it to another node): submitted, it is ours if it is on the chain now, and
+            // stale as before otherwise.
+            Ok(ChainPlace::Unknown) => match assemble_block(job, candidate) {
+                Ok(block) => {
+                    submit_until_settled(rpc, &hex::encode(&block), &hash, &|| false).map(|_| stale)
+                }
+                Err(error) => Some(format!("assembly-failed: {error}")),
+            },
+            Ok(ChainPlace::Aside) => Some(stale),
             // Left unrecorded: the block scan hands it over again later.
             Err(error) => {
                 tracing::error!(%hash, %error, "the node does not say whether it has a recovered block; asking again later");
@@ -353,6 +379,16 @@ pub(crate) fn discard_candidates(state: Arc<PoolState>, candidates: Receiver<Sou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In cluster mode no candidate counts as never submitted, so none is called stale
+    /// before the node is asked; outside it a live candidate stays live.
+    #[test]
+    fn in_cluster_mode_every_candidate_may_have_been_submitted() {
+        for source in [CandidateSource::Live, CandidateSource::Recovered] {
+            assert_eq!(source_in_mode(source, true), CandidateSource::Recovered);
+            assert_eq!(source_in_mode(source, false), source);
+        }
+    }
 
     /// Candidates in transit stop at `CANDIDATES_IN_TRANSIT_MAX`; one more is refused at
     /// once (the link then waits for room) rather than queued without bound.

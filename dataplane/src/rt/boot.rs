@@ -278,6 +278,7 @@ pub fn run_with_share_log(
                     share_log,
                     upstream,
                     held_candidates: RefCell::default(),
+                    block_relay: config.block_relay.clone(),
                     counters,
                     bans: RefCell::new(Arc::default()),
                     addresses,

@@ -128,11 +128,21 @@ impl Core {
     }
 
     /// Sends a block candidate to the control plane at once, or holds it for resending if
-    /// the upstream queue is full.
+    /// the upstream queue is full; in cluster mode to the host's own submitter as well.
     pub fn send_block_up(&self, block: BlockCandidate) {
         self.counters
             .block_candidates
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(relay) = &self.block_relay {
+            // The relay only hastens a block: one it has no room for still goes up the
+            // link and into the share log, where the control plane finds it.
+            if relay.try_send(block.clone()).is_err() {
+                tracing::warn!(
+                    height = block.height,
+                    "the host's block submitter is busy or gone: this block goes through the control plane only"
+                );
+            }
+        }
         // Behind candidates already held, a new one waits its turn.
         self.resend_held_candidates();
         let mut held = self.held_candidates.borrow_mut();

@@ -201,6 +201,9 @@ pub struct Core {
     pub upstream: crossbeam_channel::Sender<Upstream>,
     /// Block candidates the upstream queue refused, resent every second.
     held_candidates: RefCell<durability::HeldCandidates>,
+    /// Cluster mode: the host's own submitter of block candidates
+    /// (`DataplaneConfig::block_relay`).
+    pub block_relay: Option<crossbeam_channel::Sender<BlockCandidate>>,
     pub counters: Arc<Counters>,
     /// The newest ban list: new connections and sessions start from it.
     pub bans: RefCell<Arc<BanList>>,
