@@ -28,8 +28,9 @@ pub mod shares;
 pub use host::{HostLease, HostLeaseConfig, LeaseStatus};
 
 pub use shares::{
-    clock_subject, decode_batch, encode_batch, message_id, share_subject, ShareShipper,
-    ShipperConfig, ShipperStatus, SHARES_PER_BATCH_MAX, SHARE_BATCH_BYTES_MAX, SHARE_STREAM,
+    clock_subject, decode_batch, encode_batch, message_id, parse_share_stream_name,
+    share_stream_name, share_subject, ShareShipper, ShipperConfig, ShipperStatus,
+    SHARES_PER_BATCH_MAX, SHARE_BATCH_BYTES_MAX, SHARE_STREAM_PREFIX,
 };
 
 /// Runs `task` on a thread of its own with a current-thread tokio runtime: the NATS client

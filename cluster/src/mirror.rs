@@ -1,14 +1,15 @@
-//! The control plane's copy of every data-plane process's share log, read from the share
-//! stream: one `MirrorLog` per log (`otedama_sharelog::mirror`), in the share log's own
+//! The control plane's copy of every data-plane process's share log, read from the log's
+//! share stream: one `MirrorLog` per log (`otedama_sharelog::mirror`), in the share log's own
 //! format, which the payout thread and the block scan then follow as they follow a local
 //! log. A control plane in cluster mode thus credits the shares of every host the same
 //! way it credits its own host's.
 //!
-//! Each log is read on its own (`log_subjects`: its batches and its clock, in stream
-//! order), from the position its copy stores, one message at a time, so a restart or a
-//! lost connection goes on where the copy stands and a message read twice changes
-//! nothing (see `MirrorLog`). New logs are found by listing the stream's subjects every
-//! `MIRROR_DISCOVER_MS`.
+//! Each log is read on its own, from its own stream (`crate::shares::share_stream_name`:
+//! its batches and its clock, in stream order), from the position its copy stores, one
+//! message at a time, so a restart or a lost connection goes on where the copy stands and
+//! a message read twice changes nothing (see `MirrorLog`). A stream that cannot be read
+//! (its replicas electing a leader) holds back only its own log; the others go on. New
+//! logs are found by listing the share streams every `MIRROR_DISCOVER_MS`.
 //!
 //! A log's clock comes from its shipper (`crate::shares`). A log whose host has said
 //! nothing (no batch, no clock) for `MIRROR_LOG_SILENT_MS` while this mirror is connected
@@ -20,7 +21,7 @@
 //!
 //! Retention (`Retention`, set by the control plane once its readers exist): every
 //! `Retention::pass_interval_ms` each copy is cut below its release point, and the
-//! leader also purges the share stream's batches that lie wholly below it
+//! leader also purges the log's stream of the batches that lie wholly below it
 //! (`purge_below`). Invariant: a record is released only once (a) it lies below the
 //! floor the control plane gives for its log, the lowest sequence any of its readers
 //! would read again after a restart (the ledger's crediting cursor, or on the leader
@@ -46,10 +47,11 @@ use futures_lite::StreamExt;
 use otedama_sharelog::mirror::MirrorLog;
 
 use crate::shares::{
-    decode_batch, decode_clock, log_subjects, parse_share_subject, share_stream, share_subject,
+    decode_batch, decode_clock, log_subjects, parse_share_stream_name, share_stream_name,
+    share_subject, LEGACY_SHARE_STREAM,
 };
 
-/// How often the stream's subjects are listed for new logs.
+/// How often the share streams are listed for new logs.
 pub const MIRROR_DISCOVER_MS: u64 = 2_000;
 /// How long a log may say nothing before its copy's clock is moved to now, if its host
 /// holds no claim any more (`host_gone`).
@@ -61,6 +63,17 @@ pub const MIRROR_LOG_SILENT_WITH_LEASE_MS: u64 = 600_000;
 const MIRROR_MESSAGES_PER_TURN: usize = 64;
 const MIRROR_IDLE_POLL_MS: u64 = 20;
 const MIRROR_RETRY_DELAY_MS: u64 = 500;
+/// Least time between two warnings about one log whose stream cannot be read.
+const MIRROR_LOG_WARN_MS: u64 = 30_000;
+/// The first and the longest pause before a log whose stream could not be read is tried
+/// again; it doubles from one to the other.
+const MIRROR_LOG_RETRY_MIN_MS: u64 = 500;
+const MIRROR_LOG_RETRY_MAX_MS: u64 = 30_000;
+/// How often a caught-up log's stream is asked whether it is still the stream the copy
+/// follows (made again, or short of the copy's place: the copy then reads it from its
+/// start, `Copy::follow`).
+const MIRROR_STREAM_CHECK_MS: u64 = 2_000;
+
 const MIRROR_REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// How often the copies are cut (`Retention`).
 pub const SHARE_RETENTION_PASS_INTERVAL_MS: u64 = 60_000;
@@ -102,8 +115,6 @@ pub struct MirrorConfig {
     pub nats_urls: Vec<String>,
     /// Where the copies live, one directory per log (`HOST.PROCESS`).
     pub root: PathBuf,
-    /// Copies the share stream keeps, if this mirror is the one to make it.
-    pub replicas: usize,
 }
 
 /// One log the mirror copies.
@@ -165,8 +176,12 @@ impl ShareMirror {
         let mut names: Vec<String> = std::fs::read_dir(&config.root)?
             .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
             .filter(|name| {
+                // One directory per log: `dp.01` is not a second copy of `dp.1`.
                 name.split_once('.').is_some_and(|(host, process)| {
-                    parse_share_subject(&format!("otedama.shares.{host}.{process}")).is_some()
+                    process.parse::<u32>().is_ok_and(|process| {
+                        format!("{host}.{process}") == *name
+                            && parse_share_stream_name(&share_stream_name(host, process)).is_some()
+                    })
                 })
             })
             .collect();
@@ -208,6 +223,20 @@ impl Drop for ShareMirror {
 /// One log's copy and what the mirror knows of it.
 struct Copy {
     log: MirrorLog,
+    /// The log's stream (`share_stream_name`).
+    stream_name: String,
+    /// The log's stream as opened in this session; `None` until opened (its copy then
+    /// follows it: `Copy::follow`), and again after a failed read.
+    stream: Option<jetstream::stream::Stream>,
+    /// When opening or reading the stream last failed, for the log's warnings.
+    failed_at: Option<Instant>,
+    /// Failures in a row, and when the log is tried again: a log whose stream cannot be
+    /// read is tried less and less often (`MIRROR_LOG_RETRY_MAX_MS` at most), so it does
+    /// not slow the turns of the others.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// When the stream's identity was last checked (`MIRROR_STREAM_CHECK_MS`).
+    checked_at: Option<Instant>,
     filter: String,
     /// The subject of the log's batches.
     subject: String,
@@ -232,6 +261,12 @@ impl Copy {
         Ok(Copy {
             log: MirrorLog::open(&root.join(name))
                 .map_err(|error| anyhow::anyhow!("the copy of {name}: {error}"))?,
+            stream_name: share_stream_name(host, process),
+            stream: None,
+            failed_at: None,
+            failures: 0,
+            retry_at: None,
+            checked_at: None,
             filter: log_subjects(host, process),
             subject: share_subject(host, process),
             purged_below: 0,
@@ -295,15 +330,8 @@ async fn session(
     let client = crate::connect(&config.nats_urls, Some(MIRROR_REQUEST_TIMEOUT_MS)).await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(MIRROR_REQUEST_TIMEOUT_MS));
-    let mut stream = share_stream(&context, config.replicas).await?;
-    let info = stream.info().await?;
-    // The stream's identity across its lives: when it was made, in nanoseconds.
-    let epoch = info
-        .created
-        .unix_timestamp_nanos()
-        .clamp(1, u64::MAX as i128) as u64;
-    for (name, copy) in copies.iter_mut() {
-        copy.follow(name, epoch, info.state.last_sequence)?;
+    for copy in copies.values_mut() {
+        copy.stream = None;
     }
     status.connected.store(true, Relaxed);
     let mut discovered_at: Option<Instant> = None;
@@ -311,33 +339,41 @@ async fn session(
     while !stop.load(Relaxed) {
         if discovered_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(MIRROR_DISCOVER_MS))
         {
-            discover(&stream, &config.root, copies, status, epoch).await?;
+            discover(&context, &config.root, copies, status).await?;
             discovered_at = Some(Instant::now());
             status.discovered.store(true, Relaxed);
         }
         let mut applied = 0;
         for (name, copy) in copies.iter_mut() {
-            let mut caught_up = false;
-            for _ in 0..MIRROR_MESSAGES_PER_TURN {
-                let after = copy.log.position()?;
-                let message = match stream
-                    .get_first_raw_message_by_subject(&copy.filter, after + 1)
-                    .await
-                {
-                    Ok(message) => message,
-                    Err(error)
-                        if error.kind()
-                            == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                    {
-                        caught_up = true;
-                        break;
-                    }
-                    Err(error) => anyhow::bail!("reading {name}: {error}"),
-                };
-                apply(name, copy, &message)?;
-                applied += 1;
-                status.messages.fetch_add(1, Relaxed);
+            if copy.retry_at.is_some_and(|at| Instant::now() < at) {
+                continue;
             }
+            let caught_up = match read_log(&context, name, copy, status).await {
+                Ok((read, caught_up)) => {
+                    applied += read;
+                    copy.failures = 0;
+                    copy.retry_at = None;
+                    caught_up
+                }
+                Err(error) => {
+                    // This log waits, holding rounds back; the others go on. Its stream
+                    // is opened again after a pause that grows while it keeps failing.
+                    copy.stream = None;
+                    copy.failures = copy.failures.saturating_add(1);
+                    let pause_ms = MIRROR_LOG_RETRY_MIN_MS
+                        .saturating_mul(1 << copy.failures.min(16).saturating_sub(1))
+                        .min(MIRROR_LOG_RETRY_MAX_MS);
+                    copy.retry_at = Some(Instant::now() + Duration::from_millis(pause_ms));
+                    if copy
+                        .failed_at
+                        .is_none_or(|at| at.elapsed() >= Duration::from_millis(MIRROR_LOG_WARN_MS))
+                    {
+                        tracing::warn!(log = %name, error = format!("{error:#}"), "share mirror: cannot read this log's stream; trying again");
+                        copy.failed_at = Some(Instant::now());
+                    }
+                    false
+                }
+            };
             if caught_up && copy.last_heard.elapsed() >= Duration::from_millis(MIRROR_LOG_SILENT_MS)
             {
                 let now_ms = otedama_shared::clock::now_ms().saturating_sub(1);
@@ -363,7 +399,7 @@ async fn session(
                 .is_none_or(|at| at.elapsed() >= Duration::from_millis(retention.pass_interval_ms))
             {
                 cut_at = Some(Instant::now());
-                cut(&stream, copies, retention, status).await;
+                cut(copies, retention, status).await;
             }
         }
         if applied == 0 {
@@ -373,15 +409,94 @@ async fn session(
     Ok(())
 }
 
+/// Reads up to `MIRROR_MESSAGES_PER_TURN` messages of one log into its copy, opening its
+/// stream first if this session has not. How many were read, and whether the copy has
+/// all the stream holds (only then may the log's silence count).
+///
+/// A stream that is not there is an error, so the log holds rounds back: the copy was
+/// made when the stream was found, and a stream answered as missing may be one whose
+/// replicas are electing a leader. A log's stream is therefore never deleted while a
+/// control plane keeps its copy.
+async fn read_log(
+    context: &jetstream::Context,
+    name: &str,
+    copy: &mut Copy,
+    status: &MirrorStatus,
+) -> anyhow::Result<(usize, bool)> {
+    if copy.stream.is_none() {
+        let stream = match context.get_stream(&copy.stream_name).await {
+            Ok(stream) => stream,
+            Err(error) if stream_missing(&error) => {
+                anyhow::bail!(
+                    "{} is missing: this log holds rounds back",
+                    copy.stream_name
+                )
+            }
+            Err(error) => anyhow::bail!("opening {}: {error}", copy.stream_name),
+        };
+        let info = stream.cached_info();
+        copy.follow(name, stream_epoch(info), info.state.last_sequence)?;
+        copy.checked_at = Some(Instant::now());
+        copy.stream = Some(stream);
+    }
+    let stream = copy.stream.clone().expect("opened above");
+    let mut read = 0;
+    for _ in 0..MIRROR_MESSAGES_PER_TURN {
+        let after = copy.log.position()?;
+        let message = match stream
+            .get_first_raw_message_by_subject(&copy.filter, after + 1)
+            .await
+        {
+            Ok(message) => message,
+            Err(error)
+                if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                // Nothing after the copy's place. Now and then the stream is asked whether
+                // it is still the one the copy follows: one made again under the same name
+                // (or short of the copy's place) is read from its start.
+                if copy
+                    .checked_at
+                    .is_none_or(|at| at.elapsed() >= Duration::from_millis(MIRROR_STREAM_CHECK_MS))
+                {
+                    copy.checked_at = Some(Instant::now());
+                    let info = stream.get_info().await?;
+                    let followed = copy.log.position()?;
+                    copy.follow(name, stream_epoch(&info), info.state.last_sequence)?;
+                    if copy.log.position()? != followed {
+                        return Ok((read, false));
+                    }
+                }
+                return Ok((read, true));
+            }
+            Err(error) => anyhow::bail!("reading {}: {error}", copy.stream_name),
+        };
+        apply(name, copy, &message)?;
+        read += 1;
+        status.messages.fetch_add(1, Relaxed);
+    }
+    Ok((read, false))
+}
+
+/// A stream's identity across its lives: when it was made, in nanoseconds.
+fn stream_epoch(info: &jetstream::stream::Info) -> u64 {
+    info.created
+        .unix_timestamp_nanos()
+        .clamp(1, u64::MAX as i128) as u64
+}
+
+/// Whether opening a stream failed because there is none of that name.
+fn stream_missing(error: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(error)
+            if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 /// One retention pass (see the module's doc): each copy is cut below its release point,
 /// and when this control plane leads, the stream below each copy's first record. A
 /// failure is logged and tried again on the next pass; mirroring goes on meanwhile.
-async fn cut(
-    stream: &jetstream::stream::Stream,
-    copies: &mut BTreeMap<String, Copy>,
-    retention: &Retention,
-    status: &MirrorStatus,
-) {
+async fn cut(copies: &mut BTreeMap<String, Copy>, retention: &Retention, status: &MirrorStatus) {
     let keep_from_ms = otedama_shared::clock::now_ms().saturating_sub(retention.keep_ms);
     let purges_stream = (retention.purges_stream)();
     for (name, copy) in copies.iter_mut() {
@@ -401,8 +516,12 @@ async fn cut(
         if !purges_stream || first <= copy.purged_below || purged_lately {
             continue;
         }
+        // Purged only through a stream this session has opened and read from.
+        let Some(stream) = copy.stream.clone() else {
+            continue;
+        };
         copy.purged_at = Some(Instant::now());
-        match purge_below(stream, &copy.subject, first).await {
+        match purge_below(&stream, &copy.subject, first).await {
             Ok(purged) => {
                 copy.purged_below = first;
                 status.purged_batches.fetch_add(purged, Relaxed);
@@ -528,30 +647,52 @@ async fn host_gone(context: &jetstream::Context, name: &str, silent_for: Duratio
     }
 }
 
-/// Opens a copy for every log the stream holds that has none yet.
+/// Opens a copy for every log that has a share stream and no copy yet.
 async fn discover(
-    stream: &jetstream::stream::Stream,
+    context: &jetstream::Context,
     root: &std::path::Path,
     copies: &mut BTreeMap<String, Copy>,
     status: &MirrorStatus,
-    epoch: u64,
 ) -> anyhow::Result<()> {
-    let mut subjects = stream.info_with_subjects("otedama.shares.>").await?;
+    let mut names = context.stream_names();
     let mut found = Vec::new();
-    while let Some(subject) = subjects.next().await {
-        let (subject, _) = subject?;
-        if let Some((host, process)) = parse_share_subject(&subject) {
-            found.push(format!("{host}.{process}"));
+    while let Some(name) = names.next().await {
+        let name = name?;
+        // Its shippers' shares are not in the streams read here; moving on without them
+        // (a silent log's clock moved to now) would cut rounds short of them.
+        anyhow::ensure!(
+            name != LEGACY_SHARE_STREAM,
+            "the cluster still has the stream {LEGACY_SHARE_STREAM}, which every log shared before a stream per log: nothing is read until it is gone (see the README's upgrade steps)"
+        );
+        if let Some((host, process)) = parse_share_stream_name(&name) {
+            found.push((
+                format!("{host}.{process}"),
+                share_subject(&host, process),
+                name,
+            ));
         }
     }
     found.sort();
-    for name in found {
+    for (name, subject, stream_name) in found {
         if copies.contains_key(&name) {
             continue;
         }
-        let mut copy = Copy::open(root, &name)?;
-        copy.follow(&name, epoch, u64::MAX)?;
-        tracing::info!(log = %name, "share log found in the stream: mirrored from now on");
+        // A log counts from its first batch, as it did when a stream's subjects were
+        // listed: a stream made by a shipper that has shipped nothing yet holds no round
+        // back.
+        // One that cannot be read now is looked at again on the next pass.
+        let Ok(stream) = context.get_stream(&stream_name).await else {
+            continue;
+        };
+        if stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let copy = Copy::open(root, &name)?;
+        tracing::info!(log = %name, "share log found in the cluster: mirrored from now on");
         copies.insert(name.clone(), copy);
         status.logs.lock().expect("mirror logs").push(MirroredLog {
             path: root.join(&name),

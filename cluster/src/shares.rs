@@ -1,5 +1,8 @@
-//! The share shipper: copies one data-plane process's share log into the replicated
-//! JetStream stream `SHARE_STREAM`, on the subject `otedama.shares.HOST.PROCESS`.
+//! The share shipper: copies one data-plane process's share log into a replicated
+//! JetStream stream of its own (`share_stream_name`: `OTEDAMA_SHARES_HOST_PROCESS`), on
+//! the subject `otedama.shares.HOST.PROCESS`. One stream per log, so the writes of a
+//! cluster's logs spread over the stream leaders the servers elect (each stream is a
+//! replication group of its own) instead of all going through one.
 //!
 //! The local share log stays the first durable stage (a miner's `true` still waits for
 //! it); the shipper follows it as a RocksDB secondary (`ShareLogTail`) and publishes its
@@ -40,7 +43,7 @@
 //! has read each log, even one with no share for a while, as a local reader knows from
 //! the log's own clock.
 //!
-//! The stream is created with no limits: the shipper's place is the subject's last batch,
+//! Each stream is created with no limits: the shipper's place is the subject's last batch,
 //! so a retention policy must keep at least that one.
 
 use std::path::PathBuf;
@@ -55,8 +58,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use otedama_shared::ShareRecord;
 use otedama_sharelog::tail::ShareLogTail;
 
-/// The stream every data-plane process ships its shares to.
-pub const SHARE_STREAM: &str = "OTEDAMA_SHARES";
+/// The beginning of every share stream's name (`share_stream_name`).
+pub const SHARE_STREAM_PREFIX: &str = "OTEDAMA_SHARES_";
+/// The one stream every log shared before a stream per log. No log's stream can be made
+/// beside it (its subjects cover theirs), and the control planes' mirrors read nothing
+/// while it exists: its shares are in no stream they read.
+pub const LEGACY_SHARE_STREAM: &str = "OTEDAMA_SHARES";
 const SHARE_SUBJECT_PREFIX: &str = "otedama.shares";
 const CLOCK_SUBJECT_PREFIX: &str = "otedama.clocks";
 /// Least time between two clock messages of one log.
@@ -85,6 +92,24 @@ const BATCH_FORMAT_VERSION: u8 = 1;
 const RECORD_HEADER_BYTES: usize = 12;
 /// Version (1) and record count (4).
 const BATCH_HEADER_BYTES: usize = 5;
+
+/// The stream of one process's log: its batches and its clock. `host` must be a subject
+/// token (`ShipperConfig::validate`), which is also a valid stream name.
+pub fn share_stream_name(host: &str, process: u32) -> String {
+    format!("{SHARE_STREAM_PREFIX}{host}_{process}")
+}
+
+/// The host and process a share stream's name names, if it is one `share_stream_name`
+/// makes (a host may hold `_`; the process is the digits after the last one).
+pub fn parse_share_stream_name(name: &str) -> Option<(String, u32)> {
+    let (host, process) = name.strip_prefix(SHARE_STREAM_PREFIX)?.rsplit_once('_')?;
+    if !otedama_shared::ipc::is_cluster_host_name(host) {
+        return None;
+    }
+    let process: u32 = process.parse().ok()?;
+    // One name per log: `+1` or `01` would parse to a process another name has.
+    (share_stream_name(host, process) == name).then(|| (host.to_string(), process))
+}
 
 /// The subject one process's batches go to. `host` must be a subject token
 /// (`ShipperConfig::validate`).
@@ -119,32 +144,37 @@ pub fn decode_clock(payload: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(payload).ok().map(u64::from_le_bytes)
 }
 
-/// The share stream, made if missing (by whichever process comes first) with both
-/// subjects and roll-ups allowed; one made before the clock subjects existed is updated.
+/// One process's share stream, made by its shipper if missing, with both subjects and
+/// roll-ups allowed.
 pub async fn share_stream(
     context: &jetstream::Context,
     replicas: usize,
+    host: &str,
+    process: u32,
 ) -> anyhow::Result<jetstream::stream::Stream> {
     let config = jetstream::stream::Config {
-        name: SHARE_STREAM.to_string(),
-        subjects: vec![
-            format!("{SHARE_SUBJECT_PREFIX}.>"),
-            format!("{CLOCK_SUBJECT_PREFIX}.>"),
-        ],
+        name: share_stream_name(host, process),
+        subjects: vec![share_subject(host, process), clock_subject(host, process)],
         num_replicas: replicas,
         duplicate_window: Duration::from_secs(SHARE_STREAM_DUPLICATE_WINDOW_S),
         storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
         ..Default::default()
     };
+    let name = config.name.clone();
+    if context.get_stream(LEGACY_SHARE_STREAM).await.is_ok() {
+        anyhow::bail!(
+            "the cluster still has the stream {LEGACY_SHARE_STREAM}, which every log shared before a stream per log: {name} cannot be made beside it (see the README's upgrade steps)"
+        );
+    }
     let mut stream = context
         .get_or_create_stream(config.clone())
         .await
-        .map_err(|error| anyhow::anyhow!("the share stream: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("the share stream {name}: {error}"))?;
     let info = stream
         .info()
         .await
-        .map_err(|error| anyhow::anyhow!("the share stream: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("the share stream {name}: {error}"))?;
     if !info.config.allow_rollup || info.config.subjects != config.subjects {
         let mut updated = info.config.clone();
         updated.subjects = config.subjects;
@@ -152,7 +182,7 @@ pub async fn share_stream(
         context
             .update_stream(updated)
             .await
-            .map_err(|error| anyhow::anyhow!("updating the share stream: {error}"))?;
+            .map_err(|error| anyhow::anyhow!("updating the share stream {name}: {error}"))?;
     }
     Ok(stream)
 }
@@ -264,7 +294,7 @@ impl ShipperConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if !otedama_shared::ipc::is_cluster_host_name(&self.host) {
             anyhow::bail!(
-                "host name {:?} must be letters, digits, '-' and '_' only (a NATS subject token)",
+                "host name {:?} must be letters, digits, '-' and '_' only, at most 64 bytes (a NATS subject token)",
                 self.host
             );
         }
@@ -462,7 +492,7 @@ async fn session(
     let client = crate::connect(&config.nats_urls, Some(SHIP_ACK_TIMEOUT_MS)).await?;
     let mut context = jetstream::new(client);
     context.set_timeout(Duration::from_millis(SHIP_ACK_TIMEOUT_MS));
-    let stream = share_stream(&context, config.replicas).await?;
+    let stream = share_stream(&context, config.replicas, &config.host, config.process).await?;
     let subject = share_subject(&config.host, config.process);
     let clock = clock_subject(&config.host, config.process);
     let mut clock_sent_ms = 0u64;
@@ -649,6 +679,33 @@ mod tests {
             header: [job_id as u8; 80],
             extranonce1: vec![1, 2, 3, 4],
             extranonce2: vec![5, 6, 7, 8],
+        }
+    }
+
+    /// Each log has one stream name and each name one log; a name of anything else, or
+    /// another spelling of a process number, names none.
+    #[test]
+    fn a_share_stream_name_names_one_log() {
+        for (host, process) in [("dp-1", 0u32), ("a_b", 12), ("h", u32::MAX)] {
+            let name = share_stream_name(host, process);
+            assert_eq!(
+                parse_share_stream_name(&name),
+                Some((host.to_string(), process))
+            );
+        }
+        for name in [
+            "OTEDAMA_SHARES",
+            "OTEDAMA_SHARES_",
+            "OTEDAMA_SHARES_dp",
+            "OTEDAMA_SHARES_dp_",
+            "OTEDAMA_SHARES__1",
+            "OTEDAMA_SHARES_dp_01",
+            "OTEDAMA_SHARES_dp_+1",
+            "OTEDAMA_SHARES_d.p_1",
+            "OTEDAMA_SHARES_dp_4294967296",
+            "OTEDAMA_JOBS",
+        ] {
+            assert_eq!(parse_share_stream_name(name), None, "{name}");
         }
     }
 

@@ -49,7 +49,6 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
             otedama_cluster::mirror::ShareMirror::start(otedama_cluster::mirror::MirrorConfig {
                 nats_urls: config.nats_urls.clone(),
                 root: config.data_dir.join("share-mirror"),
-                replicas: config.share_stream_replicas,
             })
             .context("starting the share mirror")?,
         ),

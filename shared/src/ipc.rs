@@ -111,10 +111,16 @@ impl BanListAssembler {
     }
 }
 
+/// Bytes of a data-plane host's name at most: it is part of stream names
+/// (`OTEDAMA_SHARES_NAME_PROCESS`), which NATS bounds, and of every share subject.
+pub const CLUSTER_HOST_NAME_BYTES_MAX: usize = 64;
+
 /// Whether `name` can name a data-plane host in cluster mode: one NATS subject token of
-/// letters, digits, `-` and `_` (its shares go to `otedama.shares.NAME.PROCESS`).
+/// letters, digits, `-` and `_`, of at most `CLUSTER_HOST_NAME_BYTES_MAX` bytes (its
+/// shares go to `otedama.shares.NAME.PROCESS`, in the stream `OTEDAMA_SHARES_NAME_PROCESS`).
 pub fn is_cluster_host_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= CLUSTER_HOST_NAME_BYTES_MAX
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -452,6 +458,21 @@ mod tests {
     }
 
     use super::*;
+
+    /// A host name is one subject token of at most `CLUSTER_HOST_NAME_BYTES_MAX` bytes.
+    #[test]
+    fn a_host_name_holds_its_limit() {
+        assert!(is_cluster_host_name(
+            &"a".repeat(CLUSTER_HOST_NAME_BYTES_MAX)
+        ));
+        assert!(!is_cluster_host_name(
+            &"a".repeat(CLUSTER_HOST_NAME_BYTES_MAX + 1)
+        ));
+        assert!(is_cluster_host_name("dp-1_a"));
+        for bad in ["", "dp.1", "dp 1", "dp*", "dp>", "dé"] {
+            assert!(!is_cluster_host_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn messages_round_trip() {

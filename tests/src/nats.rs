@@ -150,14 +150,16 @@ fn wait_listening(port: u16) -> anyhow::Result<()> {
     })
 }
 
-/// Every share record in the cluster's share stream (`OTEDAMA_SHARES`), in stream order,
-/// with the subject of its batch (`otedama.shares.HOST.PROCESS`) and its number in that
-/// log; only the subject `subject` when given. Empty while the stream does not exist yet.
-/// A message that is not a share batch (one test puts one there) is passed over.
+/// Every share record in the cluster's share streams (`OTEDAMA_SHARES_HOST_PROCESS`, one
+/// per log), log by log in the order of the streams' names and in stream order within
+/// each, with the subject of its batch (`otedama.shares.HOST.PROCESS`) and its number in
+/// that log; only the subject `subject` when given. Empty while no stream exists yet. A
+/// message that is not a share batch (one test puts one there) is passed over.
 pub fn shipped_records(
     urls: &[String],
     subject: Option<&str>,
 ) -> Vec<(String, u64, otedama_shared::ShareRecord)> {
+    use futures_lite::StreamExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,30 +171,41 @@ pub fn shipped_records(
         .await
         .expect("connecting to the NATS cluster");
         let context = async_nats::jetstream::new(client);
-        let Ok(mut stream) = context.get_stream(otedama_cluster::SHARE_STREAM).await else {
-            return Vec::new();
-        };
-        let last = stream
-            .info()
-            .await
-            .expect("the share stream's state")
-            .state
-            .last_sequence;
+        let mut names = Vec::new();
+        let mut listed = context.stream_names();
+        while let Some(name) = listed.next().await {
+            let name = name.expect("the stream names");
+            if otedama_cluster::parse_share_stream_name(&name).is_some() {
+                names.push(name);
+            }
+        }
+        names.sort();
         let mut out = Vec::new();
-        for sequence in 1..=last {
-            let Ok(message) = stream.get_raw_message(sequence).await else {
+        for name in names {
+            let Ok(mut stream) = context.get_stream(&name).await else {
                 continue;
             };
-            let on = message.subject.as_str();
-            if otedama_cluster::shares::parse_share_subject(on).is_none()
-                || subject.is_some_and(|wanted| wanted != on)
-            {
-                continue;
-            }
-            for (number, record) in
-                otedama_cluster::decode_batch(&message.payload).unwrap_or_default()
-            {
-                out.push((on.to_string(), number, record));
+            let last = stream
+                .info()
+                .await
+                .expect("the share stream's state")
+                .state
+                .last_sequence;
+            for sequence in 1..=last {
+                let Ok(message) = stream.get_raw_message(sequence).await else {
+                    continue;
+                };
+                let on = message.subject.as_str();
+                if otedama_cluster::shares::parse_share_subject(on).is_none()
+                    || subject.is_some_and(|wanted| wanted != on)
+                {
+                    continue;
+                }
+                for (number, record) in
+                    otedama_cluster::decode_batch(&message.payload).unwrap_or_default()
+                {
+                    out.push((on.to_string(), number, record));
+                }
             }
         }
         out

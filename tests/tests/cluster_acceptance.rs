@@ -199,15 +199,16 @@ fn wait_for_shipped_and_credited(urls: &[String], pool: &PoolSetup, what: &str) 
     wait_for_shares(pool, from, SHARES_PER_PHASE, what);
 }
 
-/// Kills the server leading the share stream (once its two followers are current) and
-/// waits until the control plane on `pool` credits `SHARES_PER_PHASE` more shares without
-/// it; then starts it again.
+/// Kills the server leading the share stream of the first host's log (once its two
+/// followers are current) and waits until the control plane on `pool` credits
+/// `SHARES_PER_PHASE` more shares without it; then starts it again.
 fn kill_the_stream_leader(cluster: &mut NatsCluster, urls: &[String], pool: &PoolSetup) {
     let mut leader = String::new();
+    let stream = otedama_cluster::share_stream_name("dp-1", 0);
     wait_until(
         Duration::from_secs(PHASE_S_MAX),
         "the share stream's replicas to be current",
-        || match stream_leader(urls, otedama_cluster::SHARE_STREAM) {
+        || match stream_leader(urls, &stream) {
             Some((name, current)) => {
                 leader = name;
                 current == 2
@@ -352,13 +353,20 @@ fn the_cluster_loses_and_doubles_nothing_through_each_kill() {
     let owed = scenario.owed_nonzero().unwrap();
     assert!(!owed.is_empty(), "the miners are owed something");
     std::fs::write(&scenario.fault_file, "payout:broadcast").unwrap();
-    let _ = scenario.run_payout();
+    let payout = scenario.run_payout();
     wait_until(
         Duration::from_secs(60),
         "the leader to be killed mid-payout",
         || matches!(leader.child.try_wait(), Ok(Some(_))),
     )
-    .unwrap();
+    .unwrap_or_else(|error| {
+        let log = std::fs::read_to_string(root_path.join("cp-a.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "{error:#}: the payout answered {payout:?}; the leader's log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    });
     let killed_at = Instant::now();
     leader.kill_9();
     assert!(!scenario.fault_file.exists(), "the fault fired");

@@ -1,7 +1,7 @@
 //! Share retention in cluster mode (issue 20) against a real NATS JetStream server: the
 //! control plane's mirror cuts its copies below the floor its readers give and older than
-//! the retention, the leader alone purges the share stream's batches that lie wholly
-//! below a copy's first record, another log's batches and every log's last batch stay,
+//! the retention, the leader alone purges a log's stream of the batches that lie wholly
+//! below its copy's first record, another log's batches and every log's last batch stay,
 //! and a copy made after the purge starts where the stream now starts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -72,13 +72,17 @@ fn the_leader_cuts_the_share_stream_only_below_what_is_credited_and_old() {
             .unwrap();
         async_nats::jetstream::new(client)
     });
-    let stream = runtime
-        .block_on(otedama_cluster::shares::share_stream(&context, 1))
+    // Each log's stream, as its shipper makes it.
+    let a_stream = runtime
+        .block_on(otedama_cluster::shares::share_stream(&context, 1, "a", 0))
+        .unwrap();
+    let b_stream = runtime
+        .block_on(otedama_cluster::shares::share_stream(&context, 1, "b", 0))
         .unwrap();
     let (a, b) = (share_subject("a", 0), share_subject("b", 0));
     let now_ms = otedama_shared::clock::now_ms();
-    // Two logs' batches interleaved, with a clock message among them: `a`'s first 150
-    // records are old, `b`'s are all old.
+    // Two logs' batches, with a clock message among `a`'s: `a`'s first 150 records are
+    // old, `b`'s are all old.
     runtime.block_on(async {
         for batch in 0..BATCHES {
             let numbers = batch * RECORDS_PER_BATCH..(batch + 1) * RECORDS_PER_BATCH;
@@ -111,7 +115,6 @@ fn the_leader_cuts_the_share_stream_only_below_what_is_credited_and_old() {
     let mirror = ShareMirror::start(MirrorConfig {
         nats_urls: urls.clone(),
         root: root.path().to_path_buf(),
-        replicas: 1,
     })
     .unwrap();
     let status = mirror.status();
@@ -141,7 +144,7 @@ fn the_leader_cuts_the_share_stream_only_below_what_is_credited_and_old() {
     });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(status.purged_batches.load(Relaxed), 0);
-    let all_a = runtime.block_on(batches(&stream, &a));
+    let all_a = runtime.block_on(batches(&a_stream, &a));
     assert_eq!(all_a.len() as u64, BATCHES);
 
     // Leading, it purges `a`'s batches wholly below 120 and nothing else.
@@ -149,10 +152,13 @@ fn the_leader_cuts_the_share_stream_only_below_what_is_credited_and_old() {
     wait_for("the stream purged", || {
         status.purged_batches.load(Relaxed) == 24
     });
-    let kept_a = runtime.block_on(batches(&stream, &a));
+    let kept_a = runtime.block_on(batches(&a_stream, &a));
     assert_eq!(kept_a, all_a[24..].to_vec());
     assert_eq!(kept_a[0].1, (120..125).collect::<Vec<_>>());
-    assert_eq!(runtime.block_on(batches(&stream, &b)).len() as u64, BATCHES);
+    assert_eq!(
+        runtime.block_on(batches(&b_stream, &b)).len() as u64,
+        BATCHES
+    );
 
     // The floor past everything: the retention keeps `a`'s recent records, and `b`, all
     // old, keeps its last record in the copy and its last batch in the stream.
@@ -161,18 +167,18 @@ fn the_leader_cuts_the_share_stream_only_below_what_is_credited_and_old() {
     wait_for("the stream purged again", || {
         status.purged_batches.load(Relaxed) == 24 + 6 + (BATCHES - 1)
     });
-    let kept_a = runtime.block_on(batches(&stream, &a));
+    let kept_a = runtime.block_on(batches(&a_stream, &a));
     assert_eq!(kept_a[0].1[0], A_OLD_BELOW);
     assert_eq!(
         kept_a.len() as u64,
         BATCHES - A_OLD_BELOW / RECORDS_PER_BATCH
     );
-    let kept_b = runtime.block_on(batches(&stream, &b));
+    let kept_b = runtime.block_on(batches(&b_stream, &b));
     assert_eq!(kept_b.len(), 1);
     assert_eq!(*kept_b[0].1.last().unwrap(), last);
     assert_eq!(
         runtime
-            .block_on(stream.get_last_raw_message_by_subject(&clock_subject("a", 0)))
+            .block_on(a_stream.get_last_raw_message_by_subject(&clock_subject("a", 0)))
             .map(|message| message.payload.to_vec())
             .unwrap(),
         now_ms.to_le_bytes().to_vec(),
@@ -193,7 +199,6 @@ fn the_leader_cuts_the_share_stream_only_below_what_is_credited_and_old() {
     let mirror = ShareMirror::start(MirrorConfig {
         nats_urls: urls,
         root: fresh.path().to_path_buf(),
-        replicas: 1,
     })
     .unwrap();
     let status = mirror.status();

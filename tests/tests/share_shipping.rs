@@ -87,9 +87,13 @@ fn the_share_log_reaches_the_stream_once_and_in_order_through_a_killed_server() 
     })
     .unwrap();
     // A second one dies: no quorum, nothing is acknowledged, the shipper keeps trying.
+    // Down past the acknowledgement timeout, so the batch in flight fails its session
+    // whatever the machine's speed (back sooner, its acknowledgement may still arrive).
     cluster.servers[2].kill_9();
     append(&log, 30_000..35_000);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(
+        otedama_cluster::shares::SHIP_ACK_TIMEOUT_MS + 2_000,
+    ));
     assert_eq!(shipped_through(), 30_000, "acknowledged without a quorum");
     cluster.servers[1].restart().unwrap();
     cluster.servers[2].restart().unwrap();

@@ -92,8 +92,9 @@ pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
     if load.outage_hours > RETENTION_HOURS_MAX {
         return Err(NatsSizingError::OutageTooLong);
     }
-    // One stream: each of the `replicas` servers that hold it writes all of it, and any
-    // server may be one of them (the cluster places replicas, and moves them on failure).
+    // A stream per share log, each written in full by the `replicas` servers that hold it;
+    // any server may hold a replica of every one (the cluster places replicas, and moves
+    // them on failure), so each is sized for all of them.
     let stream_write = load.shares_per_second * STREAM_BYTES_PER_SHARE;
     let history_bytes = load.share_logs * SHARE_HISTORY_RECORDS_PER_LOG * STREAM_BYTES_PER_SHARE;
     let stream_bytes =
@@ -103,13 +104,13 @@ pub fn size(load: &NatsLoad) -> Result<NatsSizing, NatsSizingError> {
     let cpu_millis = (load.shares_per_second * CPU_NS_PER_SHARE).div_ceil(1_000_000);
     let reasons = vec![
         format!(
-            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B = {} B/s of share stream on each server holding one of its {} replicas (any of the {} may), for {} hours of retention and {} hours of outage (while nothing is credited, nothing is purged), plus {} logs' share history ({SHARE_HISTORY_RECORDS_PER_LOG} records each) = {} B, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %",
+            "max_file_store: {} shares/s x {STREAM_BYTES_PER_SHARE} B = {} B/s of share streams on a server holding one of the {} replicas of every log's stream (any of the {} may), for {} hours of retention and {} hours of outage (while nothing is credited, nothing is purged), plus {} logs' share history ({SHARE_HISTORY_RECORDS_PER_LOG} records each) = {} B, plus {} B for the other streams, plus {STORE_HEADROOM_PERCENT} %",
             load.shares_per_second, stream_write, load.replicas, load.servers, load.retention_hours, load.outage_hours, load.share_logs, history_bytes, OTHER_STREAMS_BYTES
         ),
         format!("max_memory_store: the pool's streams are file-backed; {MEMORY_STORE_BYTES} B for the server's own"),
         format!("LimitNOFILE: {OPEN_FILES_MAX}, for the pool processes' connections and the file store's blocks"),
         format!(
-            "network: leading the share stream, a server sends each batch to its {} other replicas: {} B/s",
+            "network: leading every log's share stream (the most it can lead), a server sends each batch to its {} other replicas: {} B/s",
             load.replicas - 1,
             send
         ),
@@ -159,8 +160,8 @@ mod tests {
         assert_eq!(sizing.cpu_cores_millis, 700);
     }
 
-    /// The share stream is one stream: with five servers and three replicas, any server may
-    /// hold a whole replica, so each is sized for one.
+    /// With five servers and three replicas, any server may hold a replica of every log's
+    /// share stream, so each is sized for all of them.
     #[test]
     fn every_server_is_sized_for_a_whole_replica() {
         let three = size(&load(10_000, 3, 3)).unwrap();

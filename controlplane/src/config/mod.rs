@@ -104,7 +104,7 @@ pub struct PoolConfig {
     pub difficulty_min: Option<f64>,
     /// NATS servers of the cluster (`nats://HOST:PORT`, several for failover). Empty is
     /// single-host mode, which needs no NATS. Given, each data-plane process ships its
-    /// share log to the replicated JetStream stream `OTEDAMA_SHARES`
+    /// share log to a replicated JetStream stream of its own (`OTEDAMA_SHARES_HOST_PROCESS`)
     /// (`otedama_cluster::shares`).
     pub nats_urls: Vec<String>,
     /// This host's name in the cluster (letters, digits, `-`, `_`), unique among the

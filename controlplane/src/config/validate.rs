@@ -89,7 +89,10 @@ impl PoolConfig {
             match &self.cluster_host {
                 Some(host) if otedama_shared::ipc::is_cluster_host_name(host) => {}
                 Some(host) => {
-                    bail!("cluster_host {host:?} must be letters, digits, '-' and '_' only")
+                    bail!(
+                        "cluster_host {host:?} must be letters, digits, '-' and '_' only, at most {} bytes",
+                        otedama_shared::ipc::CLUSTER_HOST_NAME_BYTES_MAX
+                    )
                 }
                 None => bail!("nats_urls (cluster mode) needs cluster_host, this host's name"),
             }
