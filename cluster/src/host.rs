@@ -52,6 +52,11 @@ pub const HOST_SLOTS_MAX: usize = 256;
 pub const HOST_CLAIM_WAIT_MS: u64 = 60_000;
 /// How often a claim that keeps waiting says why in the log.
 const CLAIM_REPORT_INTERVAL_MS: u64 = 10_000;
+/// How long one attempt of a claim (opening the bucket, or claiming and renewing once)
+/// may take: every request in it has its own timeout, but an await the client never ends
+/// (a connection that hangs mid-handshake) must not hold a data plane that serves nobody
+/// past its claim's deadline without a word.
+const CLAIM_ATTEMPT_MS: u64 = 4 * KV_REQUEST_TIMEOUT_MS + 5_000;
 /// How long a process whose slot another holds keeps asking for it back before it gives
 /// up (`LeaseStatus::given_up`): every answer in that time must say the slot or name is
 /// another's (an unreachable bucket starts the count again). Its cores hand out
@@ -667,10 +672,14 @@ async fn keep_lease(
             next_report = Instant::now() + Duration::from_millis(CLAIM_REPORT_INTERVAL_MS);
         }
     };
+    let attempt = Duration::from_millis(CLAIM_ATTEMPT_MS);
     let store = loop {
-        match open_bucket(&config.nats_urls, config.replicas).await {
-            Ok(store) => break store,
-            Err(error) => last_reason = format!("{error:#}"),
+        match tokio::time::timeout(attempt, open_bucket(&config.nats_urls, config.replicas)).await {
+            Ok(Ok(store)) => break store,
+            Ok(Err(error)) => last_reason = format!("{error:#}"),
+            Err(_) => {
+                last_reason = format!("opening the host bucket took over {CLAIM_ATTEMPT_MS} ms")
+            }
         }
         report(&last_reason);
         if Instant::now() >= deadline || pause(HOST_LEASE_RETRY_MS, &stop).await {
@@ -691,9 +700,17 @@ async fn keep_lease(
     // the claim was not overwritten by a racing one.
     let mut claim = loop {
         let sent_ms = monotonic_ms();
-        let result = match claimant.claim(None).await {
-            Ok(mut claim) => claimant.renew(&mut claim).await.map(|()| claim),
-            Err(error) => Err(error),
+        let claimed_and_renewed = async {
+            let mut claim = claimant.claim(None).await?;
+            claimant.renew(&mut claim).await.map(|()| claim)
+        };
+        // A claim cut short by the bound may have written its keys: they hold this
+        // process's identity, so the next attempt takes them again.
+        let result = match tokio::time::timeout(attempt, claimed_and_renewed).await {
+            Ok(result) => result,
+            Err(_) => Err(ClaimError::Unreachable(anyhow::anyhow!(
+                "a claim took over {CLAIM_ATTEMPT_MS} ms"
+            ))),
         };
         match result {
             Ok(claim) => {

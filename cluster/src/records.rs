@@ -673,7 +673,7 @@ pub fn follow(
         in_part: BTreeMap::new(),
         newest_term: 0,
     };
-    follower.position = follower.load_position();
+    (follower.position, follower.newest_term) = follower.load_position();
     let thread_status = status.clone();
     crate::spawn_on_runtime(format!("{}-in", kind.prefix()), move || async move {
         loop {
@@ -706,6 +706,9 @@ struct InPart {
     /// The stream position of its first chunk read: the follower's saved place stays
     /// before it until the record is whole.
     first_sequence: u64,
+    /// The newest term read before that chunk: saved with that place, so a restart
+    /// decides every message after it as this run did.
+    term_before: u64,
 }
 
 struct Follower {
@@ -716,34 +719,42 @@ struct Follower {
     position: Position,
     in_part: BTreeMap<String, InPart>,
     /// The newest lease term read on the stream, own records included: a record of an
-    /// older term after it is a former leader's, sent late, and is passed over.
+    /// older term after it is a former leader's, sent late, and is passed over. Kept with
+    /// the follower's place (`save_position`): a follower started again after a newer
+    /// term's record still passes over a former leader's late one.
     newest_term: u64,
 }
 
 impl Follower {
-    fn load_position(&self) -> Position {
+    /// The saved place and the newest term read up to it (0 from a file saved before
+    /// terms were kept).
+    fn load_position(&self) -> (Position, u64) {
         let Ok(text) = std::fs::read_to_string(&self.position_file) else {
-            return Position::default();
+            return (Position::default(), 0);
         };
         let mut fields = text.split_whitespace().map(str::parse::<u64>);
-        match (fields.next(), fields.next()) {
-            (Some(Ok(epoch)), Some(Ok(sequence))) => Position { epoch, sequence },
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(epoch)), Some(Ok(sequence)), term) => (
+                Position { epoch, sequence },
+                term.and_then(Result::ok).unwrap_or(0),
+            ),
             _ => {
                 tracing::warn!(file = %self.position_file.display(), "unreadable record stream position: reading the stream from its start");
-                Position::default()
+                (Position::default(), 0)
             }
         }
     }
 
-    /// Saves the place to start from after a restart: before any record still in part.
+    /// Saves the place to start from after a restart, before any record still in part,
+    /// with the newest term read up to that place.
     fn save_position(&self) -> anyhow::Result<()> {
-        let before_in_part = self
+        let (before_in_part, term) = self
             .in_part
             .values()
-            .map(|part| part.first_sequence.saturating_sub(1))
-            .min()
-            .unwrap_or(self.position.sequence);
-        let text = format!("{} {}\n", self.position.epoch, before_in_part);
+            .min_by_key(|part| part.first_sequence)
+            .map(|part| (part.first_sequence.saturating_sub(1), part.term_before))
+            .unwrap_or((self.position.sequence, self.newest_term));
+        let text = format!("{} {} {}\n", self.position.epoch, before_in_part, term);
         let temporary = self.position_file.with_extension("new");
         std::fs::write(&temporary, text)?;
         std::fs::rename(&temporary, &self.position_file)?;
@@ -837,6 +848,7 @@ impl Follower {
         let term = header(TERM_HEADER)
             .and_then(|text| text.parse::<u64>().ok())
             .unwrap_or(0);
+        let term_before = self.newest_term;
         // Its own blocks and jobs a control plane wrote before it published them; its own
         // ban lists it takes from the stream like anyone's (`RecordKind::is_fenced`).
         if !self.kind.is_fenced() && header(ORIGIN_HEADER).as_deref() == Some(self.origin.as_str())
@@ -876,6 +888,7 @@ impl Follower {
             publication: publication.clone(),
             chunks: vec![None; chunks],
             first_sequence: message.sequence,
+            term_before,
         };
         let part = self.in_part.entry(key.clone()).or_insert_with(fresh);
         if part.publication != publication || part.chunks.len() != chunks {
@@ -998,6 +1011,76 @@ impl Leadership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn follower(position_file: PathBuf) -> Follower {
+        Follower {
+            kind: RecordKind::Blocks,
+            origin: "test".into(),
+            position_file,
+            apply: Box::new(|_, _, _| Ok(())),
+            position: Position::default(),
+            in_part: BTreeMap::new(),
+            newest_term: 0,
+        }
+    }
+
+    /// A follower started again knows the newest term read up to its saved place, so a
+    /// former leader's late record is passed over after a restart as before it; with a
+    /// record in part, the place and the term are those from before its first chunk. A
+    /// file saved before terms were kept reads as term 0.
+    #[test]
+    fn the_newest_term_is_kept_with_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("position");
+        let mut saving = follower(file.clone());
+        saving.position = Position {
+            epoch: 7,
+            sequence: 40,
+        };
+        saving.newest_term = 12;
+        saving.save_position().unwrap();
+        assert_eq!(
+            follower(file.clone()).load_position(),
+            (
+                Position {
+                    epoch: 7,
+                    sequence: 40
+                },
+                12
+            )
+        );
+        saving.in_part.insert(
+            "abc".into(),
+            InPart {
+                publication: "p".into(),
+                chunks: vec![None; 2],
+                first_sequence: 31,
+                term_before: 9,
+            },
+        );
+        saving.save_position().unwrap();
+        assert_eq!(
+            follower(file.clone()).load_position(),
+            (
+                Position {
+                    epoch: 7,
+                    sequence: 30
+                },
+                9
+            )
+        );
+        std::fs::write(&file, "7 40\n").unwrap();
+        assert_eq!(
+            follower(file).load_position(),
+            (
+                Position {
+                    epoch: 7,
+                    sequence: 40
+                },
+                0
+            )
+        );
+    }
 
     /// Keys are single subject tokens: no key can reach into another's subjects.
     #[test]

@@ -95,8 +95,19 @@ fn wait_listening(setup: &PoolSetup, process: &mut Process) {
             .and_then(|path| std::fs::read_to_string(path).ok())
             .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        // Where a process that neither listens nor ends is waiting (ci50, ci68).
+        let threads = if exited.is_none() {
+            std::process::Command::new("gdb")
+                .args(["-batch", "-ex", "thread apply all bt 12", "-p"])
+                .arg(process.child.id().to_string())
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_else(|error| format!("no thread dump (gdb: {error})"))
+        } else {
+            String::new()
+        };
         panic!(
-            "the data plane on {} did not listen ({listening:?}, exit {exited:?}); its log ends:\n{}",
+            "the data plane on {} did not listen ({listening:?}, exit {exited:?}); its log ends:\n{}\n{threads}",
             setup.stratum_address(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
