@@ -22,6 +22,7 @@ pub mod leader;
 pub mod ledger;
 pub mod link;
 pub mod mirror;
+pub mod permissions;
 pub mod records;
 pub mod shares;
 

@@ -47,6 +47,42 @@ enum Command {
     /// Check the configuration (file, environment and flags) without starting anything,
     /// and print it as TOML with every default filled in. Exits non-zero on a bad one.
     Config(ConfigArgs),
+    /// Print the nats-server `authorization` user that gives a data-plane host only what
+    /// it needs on the cluster (see the README's "Permissions per role").
+    NatsUser(NatsUserArgs),
+}
+
+#[derive(clap::Args)]
+struct NatsUserArgs {
+    /// The host's `cluster_host` name.
+    #[arg(long)]
+    host: String,
+    /// The host's `dataplane_processes`.
+    #[arg(long, default_value_t = 1)]
+    processes: u32,
+    /// The user the server maps the host's connections to: with `verify_and_map`, its
+    /// certificate's subject (`CN=dp-a`); in operator mode leave it to the user JWT.
+    #[arg(long)]
+    user: String,
+}
+
+fn nats_user(args: NatsUserArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        otedama_shared::ipc::is_cluster_host_name(&args.host),
+        "--host {:?} is no cluster host name (letters, digits, '-' and '_', at most {} bytes)",
+        args.host,
+        otedama_shared::ipc::CLUSTER_HOST_NAME_BYTES_MAX
+    );
+    anyhow::ensure!(
+        (1..=otedama_shared::limits::DATAPLANE_PROCESSES_MAX as u32).contains(&args.processes),
+        "--processes must be 1 to {}",
+        otedama_shared::limits::DATAPLANE_PROCESSES_MAX
+    );
+    println!(
+        "{}",
+        otedama_cluster::permissions::nats_user(&args.user, &args.host, args.processes)
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,5 +107,6 @@ fn main() -> anyhow::Result<()> {
         Command::Miner(args) => miner::run(args),
         Command::Audit { command } => audit::run(command),
         Command::Config(args) => config::run(args),
+        Command::NatsUser(args) => nats_user(args),
     }
 }

@@ -4,6 +4,8 @@
 //! them; a client without a certificate the server accepts gets nowhere. And against a
 //! server that runs NATS accounts (operator mode): a pool given a user's `.creds` file
 //! (`--nats-credentials-file`) does the same, where a client without one is refused.
+//! And with roles: a data-plane host whose certificate the server maps to the user
+//! `otedama nats-user` prints works, and can write nothing of the control planes'.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,8 +21,10 @@ use otedama_tests::nats::NatsCluster;
 use otedama_tests::{history_shares, mine_for, wait_until, SyntheticPool, EASY_SHARE_FLAGS};
 
 /// A CA, and a server and a client certificate it signs, as PEM files in `dir`:
-/// `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1), `client.pem`/`client.key`.
-fn make_certificates(dir: &Path) {
+/// `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1), `client.pem`/`client.key`; and
+/// for each of `roles`, `ROLE.pem`/`ROLE.key`, a client certificate whose subject is
+/// `CN=otedama-ROLE` and nothing else (as the servers map it to a user).
+fn make_certificates(dir: &Path, roles: &[&str]) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -43,12 +47,23 @@ fn make_certificates(dir: &Path) {
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
     }
+    for role in roles {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("otedama-{role}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{role}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{role}.key")), key.serialize_pem()).unwrap();
+    }
 }
 
 #[test]
 fn a_pool_mines_through_a_cluster_that_takes_only_verified_tls_clients() {
     let dir = tempfile::tempdir().unwrap();
-    make_certificates(dir.path());
+    make_certificates(dir.path(), &[]);
     let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let tls = format!(
         "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true, timeout: 5 }}",
@@ -224,4 +239,125 @@ fn a_pool_mines_through_a_cluster_that_takes_only_users_of_its_account() {
         creds_path.as_str(),
     ];
     mine_and_see_credited(&flags, "creds");
+}
+
+/// Roles (issue 20): the server maps each client certificate to a user
+/// (`verify_and_map`); the control plane's may do anything, the data-plane host's only
+/// what `otedama_cluster::permissions` lists for it. With those permissions the host
+/// claims its slot, ships its shares, takes jobs over its link, and the control plane
+/// credits the shares; with its certificate, nothing a control plane alone writes can be
+/// written: not the ledger stream, the leader's key, the job or the block records.
+#[test]
+fn a_data_plane_host_works_with_its_role_permissions_and_can_write_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path(), &["cp", "dp"]);
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let host = "dp-perm";
+    // The user as the operator gets it: `otedama nats-user`.
+    let printed = std::process::Command::new(otedama_tests::otedama_binary())
+        .args(["nats-user", "--host", host, "--processes", "1"])
+        .args(["--user", "CN=otedama-dp"])
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let dataplane_user = String::from_utf8(printed.stdout).unwrap();
+    let config = format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify_and_map: true, timeout: 5 }}\n\
+         authorization {{ users = [\n\
+           {{ user: \"CN=otedama-cp\", permissions: {{ publish: \">\", subscribe: \">\" }} }}\n\
+           {}\n\
+         ] }}",
+        file("server.pem"),
+        file("server.key"),
+        file("ca.pem"),
+        dataplane_user
+    );
+    let cluster = NatsCluster::start_with(1, &config).unwrap();
+    let url = format!("tls://127.0.0.1:{}", cluster.servers[0].client_port);
+    let ca = file("ca.pem");
+    let role_flags = |role: &str, name: &'static str| -> Vec<String> {
+        let mut flags: Vec<String> = EASY_SHARE_FLAGS.iter().map(|f| f.to_string()).collect();
+        flags.extend(
+            [
+                "--cluster-host",
+                name,
+                "--nats-url",
+                url.as_str(),
+                "--nats-tls-ca-file",
+                ca.as_str(),
+                "--share-stream-replicas",
+                "1",
+            ]
+            .map(String::from),
+        );
+        flags.extend([
+            "--nats-tls-cert-file".to_string(),
+            file(&format!("{role}.pem")),
+            "--nats-tls-key-file".to_string(),
+            file(&format!("{role}.key")),
+        ]);
+        flags
+    };
+    let cp_flags = role_flags("cp", "cp-perm");
+    let dp_flags = role_flags("dp", "dp-perm");
+    fn as_str(flags: &[String]) -> Vec<&str> {
+        flags.iter().map(String::as_str).collect()
+    }
+    let (cp_dir, dp_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_controlplane, api_port) =
+        otedama_tests::spawn_synthetic_controlplane(cp_dir.path(), &as_str(&cp_flags));
+    let (_dataplane, v1) =
+        otedama_tests::spawn_synthetic_dataplane(dp_dir.path(), &as_str(&dp_flags));
+    let accepted = mine_for(&format!("stratum+tcp://{v1}"), "perm", 5);
+    assert!(
+        accepted > 0,
+        "the host took shares: it holds its slot and a job"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the host's shipped shares credited",
+        || history_shares(api_port).unwrap_or(0) >= accepted,
+    )
+    .unwrap();
+
+    // With the host's certificate, a client writes nothing of the control planes'.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(dir.path().join("ca.pem"))
+            .add_client_certificate(dir.path().join("dp.pem"), dir.path().join("dp.key"))
+            .connect(url.as_str())
+            .await
+            .unwrap();
+        let mut context = async_nats::jetstream::new(client);
+        context.set_timeout(Duration::from_secs(3));
+        for subject in [
+            "otedama.ledger".to_string(),
+            format!(
+                "$KV.{}.leader.controlplane",
+                otedama_cluster::host::HOST_BUCKET
+            ),
+            // Streams the control plane made: each publish below would be taken with
+            // looser permissions.
+            "otedama.jobs.1.0".to_string(),
+            "otedama.blocks.00.0".to_string(),
+        ] {
+            let taken = match context.publish(subject.clone(), "forged".into()).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            assert!(!taken, "a data-plane host's certificate wrote {subject}");
+        }
+        let purge = context
+            .get_stream(otedama_cluster::share_stream_name(host, 0))
+            .await
+            .unwrap()
+            .purge()
+            .await;
+        assert!(purge.is_err(), "a host cannot purge even its own stream");
+    });
 }
