@@ -430,12 +430,22 @@ impl Claimant<'_> {
         })
     }
 
-    /// A slot no key names, picked at random among the free ones.
+    /// A slot no key names, picked at random among the free ones. The slots in use are
+    /// the bucket's `slot.*` subjects, as the stream's information lists them: one
+    /// request, and no consumer, which a data-plane host may not make (consumers could
+    /// deliver the bucket's messages to any subject, see `crate::permissions`). A slot let
+    /// go by a delete still has its marker there and counts as taken until it lapses.
     async fn free_slot(&self) -> Result<u8, ClaimError> {
         let mut taken = std::collections::BTreeSet::new();
-        let mut keys = self.store.keys().await?;
-        while let Some(key) = keys.next().await {
-            if let Some(slot) = slot_of_key(&key?) {
+        let prefix = format!("$KV.{HOST_BUCKET}.");
+        let mut subjects = self
+            .store
+            .stream
+            .info_with_subjects(format!("{prefix}slot.*"))
+            .await?;
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject?;
+            if let Some(slot) = subject.strip_prefix(&prefix).and_then(slot_of_key) {
                 taken.insert(slot);
             }
         }

@@ -112,12 +112,33 @@ pub fn set_security(security: NatsSecurity) -> anyhow::Result<()> {
 /// Connects to the cluster's servers `urls` as every part of this crate does: 5 s to
 /// connect, `request_timeout_ms` for a request (the client's default when `None`),
 /// secured as `set_security` said.
+/// The prefix of a data-plane host's reply subjects: its own, so its permissions let it
+/// read the replies to its requests and no one else's (`permissions::dataplane_subscribe`).
+pub fn inbox_prefix(host: &str) -> String {
+    format!("_INBOX_{host}")
+}
+
+/// The reply prefix of every connection of this process, once a data-plane process sets
+/// it (`set_dataplane_host`); the client's default otherwise.
+static INBOX_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every connection of this process use data-plane host `host`'s reply prefix. Set
+/// once at a data plane's start, before any connection; a second call is refused.
+pub fn set_dataplane_host(host: &str) -> anyhow::Result<()> {
+    INBOX_PREFIX
+        .set(inbox_prefix(host))
+        .map_err(|_| anyhow::anyhow!("the data-plane host is set once"))
+}
+
 pub(crate) async fn connect(
     urls: &[String],
     request_timeout_ms: Option<u64>,
 ) -> anyhow::Result<async_nats::Client> {
     let mut options =
         async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(prefix) = INBOX_PREFIX.get() {
+        options = options.custom_inbox_prefix(prefix);
+    }
     if let Some(ms) = request_timeout_ms {
         options = options.request_timeout(Some(std::time::Duration::from_millis(ms)));
     }

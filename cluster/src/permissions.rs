@@ -3,7 +3,7 @@
 //!
 //! A data-plane host faces miners and is the part of a pool most exposed to attack; one
 //! taken over must not be able to write the ledger, the block, job or ban records, the
-//! leader's key, another host's share stream or its name's claim. So it may only:
+//! leader's key, or another host's shares or name. So it may only:
 //! - ship its own logs (`OTEDAMA_SHARES_HOST_PROCESS`: make, read and write them);
 //! - claim and renew its host slot (the host bucket's `slot.*` keys, which every host
 //!   takes from, and its own `name.HOST.*` keys; not `leader.controlplane`);
@@ -11,9 +11,17 @@
 //! - read the job stream, where its block relay finds a block's job (`otedama::block_relay`).
 //!
 //! The JetStream API is reached by publishing requests to `$JS.API.…`, so reading and
-//! writing streams is allowed stream by stream. An operator maps each host's TLS
-//! certificate (or NATS user) to these lists in the servers' `authorization` block
-//! (`nats_user`).
+//! writing streams is allowed stream by stream. No consumer may be made: a push
+//! consumer's delivery subject is not checked against its maker's permissions, so it
+//! could copy the host bucket's messages onto any subject. Replies come under the host's
+//! own prefix (`crate::inbox_prefix`), so it reads no one else's. An operator maps each
+//! host's TLS certificate (or NATS user) to these lists in the servers' `authorization`
+//! block (`nats_user`).
+//!
+//! Not closed by these lists (see the README's "Permissions per role"): a host makes its
+//! own share streams, with a configuration no permission checks; it writes the shared
+//! slot keys without a compare the server could enforce; it may make the host bucket if
+//! none exists; and a link request names its own host.
 
 use crate::host::HOST_BUCKET;
 use crate::shares::LEGACY_SHARE_STREAM;
@@ -50,11 +58,6 @@ pub fn dataplane_publish(host: &str, processes: u32) -> Vec<String> {
         format!("$JS.API.STREAM.MSG.GET.{bucket}"),
         format!("$JS.API.DIRECT.GET.{bucket}"),
         format!("$JS.API.DIRECT.GET.{bucket}.>"),
-        format!("$JS.API.CONSUMER.CREATE.{bucket}"),
-        format!("$JS.API.CONSUMER.CREATE.{bucket}.>"),
-        format!("$JS.API.CONSUMER.DELETE.{bucket}.>"),
-        format!("$JS.API.CONSUMER.INFO.{bucket}.>"),
-        format!("$JS.FC.{bucket}.>"),
         format!("$KV.{HOST_BUCKET}.slot.*"),
         format!("$KV.{HOST_BUCKET}.name.{host}.*"),
         // Its link to a control plane.
@@ -69,9 +72,13 @@ pub fn dataplane_publish(host: &str, processes: u32) -> Vec<String> {
     subjects
 }
 
-/// The subjects data-plane host `host` may subscribe to: replies, and its link sessions.
+/// The subjects data-plane host `host` may subscribe to: replies to its own requests
+/// (its inbox prefix, `crate::inbox_prefix`), and its link sessions.
 pub fn dataplane_subscribe(host: &str) -> Vec<String> {
-    vec!["_INBOX.>".into(), format!("otedama.link.{host}.>")]
+    vec![
+        format!("{}.>", crate::inbox_prefix(host)),
+        format!("otedama.link.{host}.>"),
+    ]
 }
 
 /// One user of a nats-server `authorization { users = [...] }` block: `user` (with
@@ -127,8 +134,9 @@ mod tests {
             .any(|subject| subject.ends_with("OTEDAMA_SHARES_dp-a_2")));
         assert_eq!(
             dataplane_subscribe("dp-a"),
-            ["_INBOX.>", "otedama.link.dp-a.>"]
+            ["_INBOX_dp-a.>", "otedama.link.dp-a.>"]
         );
+        assert!(!publish.iter().any(|subject| subject.contains("CONSUMER")));
         let user = nats_user("CN=dp-a", "dp-a", 1);
         assert!(user.starts_with("{ user: \"CN=dp-a\", permissions: { publish: { allow: ["));
     }

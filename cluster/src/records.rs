@@ -874,6 +874,12 @@ impl Follower {
             (self.apply)(&key, &message.payload, message.sequence)?;
             return Ok(true);
         }
+        // A publisher sends a record's chunks in order, so a record is begun only at its
+        // chunk 0: a later chunk with nothing begun belongs to a record written before
+        // this follower's place (read again after a restart) and would never complete.
+        if index != 0 && !self.in_part.contains_key(&key) {
+            return Ok(false);
+        }
         if !self.in_part.contains_key(&key) && self.in_part.len() >= RECORDS_IN_PART_MAX {
             let oldest = self
                 .in_part

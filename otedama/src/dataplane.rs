@@ -19,6 +19,9 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     config.ensure_data_dir()?;
     if !config.nats_urls.is_empty() {
         otedama_cluster::set_security(config.nats_security())?;
+        // Replies to this host's requests come to its own prefix, which its permissions
+        // may limit it to (`otedama nats-user`).
+        otedama_cluster::set_dataplane_host(config.cluster_host.as_deref().unwrap_or_default())?;
     }
     anyhow::ensure!(
         args.process_index < config.dataplane_processes,

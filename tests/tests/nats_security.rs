@@ -330,6 +330,8 @@ fn a_data_plane_host_works_with_its_role_permissions_and_can_write_nothing_more(
             .require_tls(true)
             .add_root_certificates(dir.path().join("ca.pem"))
             .add_client_certificate(dir.path().join("dp.pem"), dir.path().join("dp.key"))
+            // Replies come only under the host's own prefix.
+            .custom_inbox_prefix(otedama_cluster::inbox_prefix(host))
             .connect(url.as_str())
             .await
             .unwrap();
