@@ -150,6 +150,24 @@ fn wait_listening(port: u16) -> anyhow::Result<()> {
     })
 }
 
+/// A share record stamped `accepted_at_ms`, encoded as a share log holds it: the
+/// records of the tests that write share batches to the streams themselves.
+pub fn encoded_share(accepted_at_ms: u64) -> Vec<u8> {
+    otedama_shared::ShareRecord {
+        accepted_at_ms,
+        job_id: 1,
+        height: 100,
+        worker: "ltc1qminer.rig".into(),
+        difficulty: 1.0,
+        achieved_difficulty: 1.0,
+        is_block: false,
+        header: [0; 80],
+        extranonce1: vec![0; 4],
+        extranonce2: vec![0; 4],
+    }
+    .encode()
+}
+
 /// Every share record in the cluster's share streams (`OTEDAMA_SHARES_HOST_PROCESS`, one
 /// per log), log by log in the order of the streams' names and in stream order within
 /// each, with the subject of its batch (`otedama.shares.HOST.PROCESS`) and its number in

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use otedama_cluster::mirror::{MirrorConfig, Retention, ShareMirror};
 use otedama_cluster::{clock_subject, encode_batch, share_subject};
-use otedama_shared::ShareRecord;
 use otedama_sharelog::mirror::MirrorLog;
 use otedama_tests::nats::NatsCluster;
 
@@ -20,19 +19,7 @@ const RECORDS_PER_BATCH: u64 = 5;
 const A_OLD_BELOW: u64 = 150;
 
 fn record(stamp_ms: u64) -> Vec<u8> {
-    ShareRecord {
-        accepted_at_ms: stamp_ms,
-        job_id: 1,
-        height: 100,
-        worker: "ltc1qminer.rig".into(),
-        difficulty: 1.0,
-        achieved_difficulty: 1.0,
-        is_block: false,
-        header: [0; 80],
-        extranonce1: vec![0; 4],
-        extranonce2: vec![0; 4],
-    }
-    .encode()
+    otedama_tests::nats::encoded_share(stamp_ms)
 }
 
 /// Every batch on `subject`, in stream order: its stream sequence and its records' numbers.

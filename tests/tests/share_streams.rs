@@ -11,30 +11,14 @@ use std::time::{Duration, Instant};
 use otedama_cluster::mirror::{MirrorConfig, ShareMirror, MIRROR_LOG_SILENT_MS};
 use otedama_cluster::shares::{share_stream, LEGACY_SHARE_STREAM};
 use otedama_cluster::{encode_batch, share_stream_name, share_subject};
-use otedama_shared::ShareRecord;
 use otedama_sharelog::mirror::MirrorLog;
 use otedama_tests::nats::NatsCluster;
 
 /// A share batch of records numbered `numbers`, as a shipper sends it.
 fn batch(numbers: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
-    let records: Vec<(u64, Vec<u8>)> = numbers
-        .map(|n| {
-            let record = ShareRecord {
-                accepted_at_ms: 1_000 + n,
-                job_id: 1,
-                height: 100,
-                worker: "ltc1qminer.rig".into(),
-                difficulty: 1.0,
-                achieved_difficulty: 1.0,
-                is_block: false,
-                header: [0; 80],
-                extranonce1: vec![0; 4],
-                extranonce2: vec![0; 4],
-            };
-            (n, record.encode())
-        })
-        .collect();
-    records
+    numbers
+        .map(|n| (n, otedama_tests::nats::encoded_share(1_000 + n)))
+        .collect()
 }
 
 fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
