@@ -754,10 +754,21 @@ async fn keep_lease(
             break;
         }
         let sent_ms = monotonic_ms();
-        let result = if lost {
-            claimant.claim(Some(claim.slot)).await
-        } else {
-            claimant.renew(&mut claim).await.map(|()| claim)
+        // Bounded as a claim is: a renewal that hangs must neither keep the lease looking
+        // renewed (it lapses by `status`'s clock meanwhile) nor hold a stop for ever.
+        let renewal = async {
+            if lost {
+                claimant.claim(Some(claim.slot)).await
+            } else {
+                let mut renewed = claim;
+                claimant.renew(&mut renewed).await.map(|()| renewed)
+            }
+        };
+        let result = match tokio::time::timeout(attempt, renewal).await {
+            Ok(result) => result,
+            Err(_) => Err(ClaimError::Unreachable(anyhow::anyhow!(
+                "a renewal took over {CLAIM_ATTEMPT_MS} ms"
+            ))),
         };
         match result {
             Ok(renewed) => {
@@ -812,7 +823,8 @@ async fn keep_lease(
         }
     }
     if !lost {
-        claimant.release(&claim).await;
+        // A stop waits for this: bounded, and the keys lapse by themselves if it is cut.
+        let _ = tokio::time::timeout(attempt, claimant.release(&claim)).await;
     }
 }
 
