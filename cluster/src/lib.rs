@@ -112,6 +112,14 @@ pub fn set_security(security: NatsSecurity) -> anyhow::Result<()> {
 /// Connects to the cluster's servers `urls` as every part of this crate does: 5 s to
 /// connect, `request_timeout_ms` for a request (the client's default when `None`),
 /// secured as `set_security` said.
+/// A stream's identity across its lives: when it was made, in nanoseconds (never 0, which
+/// stands for no stream).
+pub(crate) fn stream_epoch(info: &async_nats::jetstream::stream::Info) -> u64 {
+    info.created
+        .unix_timestamp_nanos()
+        .clamp(1, u64::MAX as i128) as u64
+}
+
 /// The prefix of a data-plane host's reply subjects: its own, so its permissions let it
 /// read the replies to its requests and no one else's (`permissions::dataplane_subscribe`).
 pub fn inbox_prefix(host: &str) -> String {

@@ -435,7 +435,7 @@ async fn read_log(
             Err(error) => anyhow::bail!("opening {}: {error}", copy.stream_name),
         };
         let info = stream.cached_info();
-        copy.follow(name, stream_epoch(info), info.state.last_sequence)?;
+        copy.follow(name, crate::stream_epoch(info), info.state.last_sequence)?;
         copy.checked_at = Some(Instant::now());
         copy.stream = Some(stream);
     }
@@ -461,7 +461,7 @@ async fn read_log(
                     copy.checked_at = Some(Instant::now());
                     let info = stream.get_info().await?;
                     let followed = copy.log.position()?;
-                    copy.follow(name, stream_epoch(&info), info.state.last_sequence)?;
+                    copy.follow(name, crate::stream_epoch(&info), info.state.last_sequence)?;
                     if copy.log.position()? != followed {
                         return Ok((read, false));
                     }
@@ -475,13 +475,6 @@ async fn read_log(
         status.messages.fetch_add(1, Relaxed);
     }
     Ok((read, false))
-}
-
-/// A stream's identity across its lives: when it was made, in nanoseconds.
-fn stream_epoch(info: &jetstream::stream::Info) -> u64 {
-    info.created
-        .unix_timestamp_nanos()
-        .clamp(1, u64::MAX as i128) as u64
 }
 
 /// Whether opening a stream failed because there is none of that name.

@@ -769,10 +769,7 @@ impl Follower {
     ) -> anyhow::Result<()> {
         let (_, mut stream) = connect(nats_urls, replicas, self.kind).await?;
         let info = stream.info().await?;
-        let epoch = info
-            .created
-            .unix_timestamp_nanos()
-            .clamp(1, u64::MAX as i128) as u64;
+        let epoch = crate::stream_epoch(info);
         if epoch != self.position.epoch {
             // A stream made again (or the first read): its positions are new.
             self.position = Position { epoch, sequence: 0 };
@@ -799,10 +796,7 @@ impl Follower {
                     if checked_at.elapsed() >= Duration::from_millis(FOLLOW_STREAM_CHECK_MS) {
                         checked_at = Instant::now();
                         let info = stream.info().await?;
-                        let epoch = info
-                            .created
-                            .unix_timestamp_nanos()
-                            .clamp(1, u64::MAX as i128) as u64;
+                        let epoch = crate::stream_epoch(info);
                         if epoch != self.position.epoch
                             || info.state.last_sequence < self.position.sequence
                         {
