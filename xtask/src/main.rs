@@ -198,7 +198,72 @@ fn target_dir() -> PathBuf {
     }
 }
 
+/// The free space a build of the workspace and its tests may need in the target
+/// directory's file system: a cold build of every target wrote 6.5 GiB (2026-12-07),
+/// and each fresh clone at a new path writes another set beside the old one.
+const BUILD_FREE_BYTES_MIN: u64 = 20 << 30;
+
+/// Makes room for the build when the disk under the target directory runs short.
+///
+/// The target directory lives outside the checkout and outlives it, so every fresh clone
+/// at a new path adds a full set of test binaries (cargo names a workspace crate's
+/// artifacts after its path). Left alone, that filled CI's disk mid-link. Incremental
+/// caches go first, then the whole debug build (the RocksDB archive is kept apart, so a
+/// rebuild costs minutes, not the C++ compile); if the disk is still short the task stops
+/// and says how short, rather than failing later inside the linker.
+fn ensure_build_room() -> Result<(), String> {
+    let target = target_dir();
+    let debug = target.join("debug");
+    for (what, path) in [
+        ("incremental caches", debug.join("incremental")),
+        ("debug build", debug.clone()),
+    ] {
+        let free = free_bytes(&target)?;
+        if free >= BUILD_FREE_BYTES_MIN || !path.exists() {
+            continue;
+        }
+        eprintln!(
+            "xtask: {} GiB free under {}, below the {} GiB a build needs: removing the {what} ({})",
+            free >> 30,
+            target.display(),
+            BUILD_FREE_BYTES_MIN >> 30,
+            path.display()
+        );
+        std::fs::remove_dir_all(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+    }
+    let free = free_bytes(&target)?;
+    if free < BUILD_FREE_BYTES_MIN {
+        return Err(format!(
+            "{} GiB free under {}, and a build needs {} GiB: free disk space and rerun",
+            free >> 30,
+            target.display(),
+            BUILD_FREE_BYTES_MIN >> 30
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes available to this user on the file system holding `path` (or its nearest
+/// existing ancestor, before the first build makes it), as `df` reports them.
+fn free_bytes(path: &std::path::Path) -> Result<u64, String> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(existing)
+        .output()
+        .map_err(|e| format!("cannot run df: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .ok_or_else(|| format!("cannot read the free space under {}", existing.display()))
+}
+
 fn demo(rest: &[String]) -> Result<(), String> {
+    ensure_build_room()?;
     run(cargo().arg("build").args(SELECTION))?;
     keep_prebuilt_rocksdb()?;
     // `cargo xtask demo -- --duration 60`: the `--` separates our flags from the demo's.
@@ -210,6 +275,7 @@ fn demo(rest: &[String]) -> Result<(), String> {
 
 fn test(rest: &[String]) -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    ensure_build_room()?;
     run(cargo()
         .arg("clippy")
         .args(SELECTION)
@@ -329,4 +395,17 @@ fn sibling_target_dir(name: &str) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "otedama-target".into());
     main.with_file_name(format!("{file_name}-{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_read_before_the_target_directory_exists() {
+        let missing = std::env::temp_dir().join("otedama-xtask-no-such-dir/debug");
+        assert!(!missing.exists());
+        let free = free_bytes(&missing).expect("df reads the nearest existing ancestor");
+        assert!(free > 0, "a writable temp dir has free space");
+    }
 }
