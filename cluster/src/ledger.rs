@@ -15,6 +15,10 @@
 //! reader alike, since all read the same stream in the same order).
 //!
 //! The stream must hold nothing but ledger writes: its positions are the ledger's.
+//!
+//! The exchange's writes (its journal and its accounts) go the same way in a stream of
+//! their own, `EXCHANGE_STREAM` (`ReplicatedLog::EXCHANGE`), whose positions are the
+//! exchange's.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -25,6 +29,27 @@ use bytes::Bytes;
 /// The stream of ledger writes.
 pub const LEDGER_STREAM: &str = "OTEDAMA_LEDGER";
 const LEDGER_SUBJECT: &str = "otedama.ledger";
+/// The stream of the exchange's writes.
+pub const EXCHANGE_STREAM: &str = "OTEDAMA_EXCHANGE";
+const EXCHANGE_SUBJECT: &str = "otedama.exchange";
+
+/// A stream of fenced writes and the one subject it takes them on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicatedLog {
+    pub stream: &'static str,
+    pub subject: &'static str,
+}
+
+impl ReplicatedLog {
+    pub const LEDGER: ReplicatedLog = ReplicatedLog {
+        stream: LEDGER_STREAM,
+        subject: LEDGER_SUBJECT,
+    };
+    pub const EXCHANGE: ReplicatedLog = ReplicatedLog {
+        stream: EXCHANGE_STREAM,
+        subject: EXCHANGE_SUBJECT,
+    };
+}
 /// How long one request to the stream may take.
 pub const LEDGER_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Bytes of one stream message at most: half NATS's default 1 MiB message limit. A
@@ -186,11 +211,21 @@ pub struct LedgerStream {
 }
 
 impl LedgerStream {
+    /// The ledger's stream.
     pub fn start(nats_urls: Vec<String>, replicas: usize) -> anyhow::Result<Self> {
+        Self::start_for(ReplicatedLog::LEDGER, nats_urls, replicas)
+    }
+
+    /// The stream of `log`.
+    pub fn start_for(
+        log: ReplicatedLog,
+        nats_urls: Vec<String>,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
         crate::server_addresses(&nats_urls)?;
         let (requests, incoming) = tokio::sync::mpsc::unbounded_channel::<Request>();
-        crate::spawn_on_runtime("ledger-stream", move || {
-            serve(nats_urls, replicas, incoming)
+        crate::spawn_on_runtime(log.subject, move || {
+            serve(log, nats_urls, replicas, incoming)
         })?;
         Ok(LedgerStream { requests })
     }
@@ -284,8 +319,9 @@ pub fn catch_up(
     follow(stream, start, |steps| apply_steps(ledger, steps))
 }
 
-/// Reads the stream after `start` to its end, handing each batch of steps to `apply`.
-fn follow(
+/// Reads the stream after `start` to its end, handing each batch of steps to `apply`
+/// (the ledger's, or the exchange's for its own stream).
+pub fn follow(
     stream: &LedgerStream,
     start: u64,
     mut apply: impl FnMut(Vec<Step>) -> anyhow::Result<usize>,
@@ -326,6 +362,7 @@ fn apply_steps(
 }
 
 async fn serve(
+    log: ReplicatedLog,
     nats_urls: Vec<String>,
     replicas: usize,
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<Request>,
@@ -333,7 +370,7 @@ async fn serve(
     let mut stream: Option<(jetstream::Context, jetstream::stream::Stream)> = None;
     while let Some(request) = incoming.recv().await {
         if stream.is_none() {
-            match open(&nats_urls, replicas).await {
+            match open(log, &nats_urls, replicas).await {
                 Ok(opened) => stream = Some(opened),
                 Err(error) => {
                     let error = format!("{error:#}");
@@ -360,7 +397,7 @@ async fn serve(
                 chunks_max,
             } => {
                 let result =
-                    match append(context, handle, &batch, after, deadline, chunks_max).await {
+                    match append(log, context, handle, &batch, after, deadline, chunks_max).await {
                         Ok(position) => Ok(position),
                         // A fault injected: the cut-short write stays as a killed writer leaves it.
                         Err(error) if chunks_max != usize::MAX => Err(error),
@@ -368,7 +405,7 @@ async fn serve(
                             // Refused: if what stands after `after` is a chunked write left
                             // unfinished (its writer failed or died between chunks), it is
                             // voided, so that the next try, after a catch-up, can write.
-                            void_unfinished(context, handle, after).await;
+                            void_unfinished(log, context, handle, after).await;
                             Err(error)
                         }
                     };
@@ -391,6 +428,7 @@ async fn serve(
 }
 
 async fn open(
+    log: ReplicatedLog,
     nats_urls: &[String],
     replicas: usize,
 ) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
@@ -399,8 +437,8 @@ async fn open(
     context.set_timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS));
     let stream = context
         .get_or_create_stream(jetstream::stream::Config {
-            name: LEDGER_STREAM.to_string(),
-            subjects: vec![LEDGER_SUBJECT.to_string()],
+            name: log.stream.to_string(),
+            subjects: vec![log.subject.to_string()],
             num_replicas: replicas,
             storage: jetstream::stream::StorageType::File,
             deny_delete: true,
@@ -408,7 +446,7 @@ async fn open(
             ..Default::default()
         })
         .await
-        .map_err(|error| anyhow::anyhow!("the ledger stream: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("the stream {}: {error}", log.stream))?;
     Ok((context, stream))
 }
 
@@ -418,6 +456,7 @@ async fn open(
 /// stream holds its very bytes at its position. The write's position is its last
 /// message's.
 async fn append(
+    log: ReplicatedLog,
     context: &jetstream::Context,
     stream: &jetstream::stream::Stream,
     batch: &[u8],
@@ -457,9 +496,9 @@ async fn append(
         if count > 1 {
             headers.insert(CHUNK_HEADER, format!("{index}/{count}").as_str());
         }
-        position = match publish(context, headers, chunk).await {
+        position = match publish(log, context, headers, chunk).await {
             Ok(sequence) => sequence,
-            Err(error) => match settle_unknown(context, stream, position, chunk).await {
+            Err(error) => match settle_unknown(log, context, stream, position, chunk).await {
                 Some(sequence) => sequence,
                 None => return Err(error),
             },
@@ -474,6 +513,7 @@ async fn append(
 /// longer land later (the caller is told the write failed, and it must stay unwritten):
 /// if the marker is refused, whatever took the place is read again.
 async fn settle_unknown(
+    log: ReplicatedLog,
     context: &jetstream::Context,
     stream: &jetstream::stream::Stream,
     position: u64,
@@ -492,19 +532,20 @@ async fn settle_unknown(
         position.to_string().as_str(),
     );
     headers.insert(VOID_HEADER, "1");
-    if publish(context, headers, &[]).await.is_ok() {
+    if publish(log, context, headers, &[]).await.is_ok() {
         return None;
     }
     ours(&stream.get_raw_message(position + 1).await)
 }
 
 async fn publish(
+    log: ReplicatedLog,
     context: &jetstream::Context,
     headers: async_nats::HeaderMap,
     payload: &[u8],
 ) -> Result<u64, String> {
     let ack = context
-        .publish_with_headers(LEDGER_SUBJECT, headers, Bytes::copy_from_slice(payload))
+        .publish_with_headers(log.subject, headers, Bytes::copy_from_slice(payload))
         .await
         .map_err(|error| format!("sending a ledger write: {error}"))?;
     let ack = tokio::time::timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS), ack)
@@ -521,13 +562,14 @@ async fn publish(
 /// before, so a first chunk 0 of N at `after + 1` and a last chunk I of N at
 /// `after + 1 + I` are one write's first I + 1 chunks.
 async fn void_unfinished(
+    log: ReplicatedLog,
     context: &jetstream::Context,
     stream: &jetstream::stream::Stream,
     after: u64,
 ) {
     let (Ok(first), Ok(last)) = (
         stream.get_raw_message(after + 1).await,
-        stream.get_last_raw_message_by_subject(LEDGER_SUBJECT).await,
+        stream.get_last_raw_message_by_subject(log.subject).await,
     ) else {
         return;
     };
@@ -547,7 +589,7 @@ async fn void_unfinished(
         last.position.to_string().as_str(),
     );
     headers.insert(VOID_HEADER, "1");
-    match publish(context, headers, &[]).await {
+    match publish(log, context, headers, &[]).await {
         Ok(position) => {
             tracing::warn!(
                 position,

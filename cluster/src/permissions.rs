@@ -115,6 +115,8 @@ mod tests {
                 "otedama.bans",
                 "leader",
                 "OTEDAMA_LEDGER",
+                "otedama.exchange",
+                "OTEDAMA_EXCHANGE",
                 "STREAM.PURGE",
                 "STREAM.DELETE",
                 "MSG.DELETE",

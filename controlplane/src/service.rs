@@ -555,20 +555,39 @@ fn serve(
     };
     let dex = if config.dex_enabled {
         let empty = crate::dex::build_exchange(config.coin.symbol(), &config.markets())?;
-        let mut ledger = payouts.ledger.lock().expect("ledger lock");
-        let service =
-            crate::dex::DexService::open(&config.data_dir.join("dex"), empty, &mut ledger)
-                .context("opening the exchange")?;
+        let dir = config.data_dir.join("dex");
+        let service = match &leading {
+            None => {
+                let mut ledger = payouts.ledger.lock().expect("ledger lock");
+                crate::dex::DexService::open(&dir, empty, &mut ledger)
+            }
+            // Cluster mode: a standby until the payout thread, leading, takes it over.
+            Some(lease) => crate::dex::DexService::open_replicated(
+                &dir,
+                empty,
+                crate::dex::Replication::new(
+                    otedama_cluster::ledger::LedgerStream::start_for(
+                        otedama_cluster::ledger::ReplicatedLog::EXCHANGE,
+                        config.nats_urls.clone(),
+                        config.share_stream_replicas,
+                    )?,
+                    lease.clone(),
+                ),
+            ),
+        }
+        .context("opening the exchange")?;
         tracing::info!(
             markets = service.exchange().market_specs().count(),
             applied = service.exchange().applied(),
             "exchange open"
         );
-        drop(ledger);
         let service = Arc::new(Mutex::new(service));
         let _ = payouts.dex.set(service.clone());
-        // Addresses denied or held before this start have no order left resting.
-        freeze_held_orders(&service, &state, &payouts);
+        // Addresses denied or held before this start have no order left resting (in
+        // cluster mode, the take-over does this).
+        if leading.is_none() {
+            freeze_held_orders(&service, &state, &payouts);
+        }
         Some(service)
     } else {
         None

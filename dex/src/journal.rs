@@ -13,6 +13,15 @@ use crate::exchange::{Command, Exchange, ExchangeReject, State};
 
 const JOURNAL_PREFIX: u8 = b'j';
 const SNAPSHOT_PREFIX: u8 = b's';
+/// Cluster mode: the replicated stream's position of the last write applied here (8
+/// bytes, big-endian). Its prefix sorts between the journal's and the snapshots', and
+/// its length differs from theirs, so neither's scan ever takes it.
+pub const REPLICA_POSITION_KEY: &[u8] = b"r/position";
+
+/// Cluster mode: every journal write passes here before it is made. The gate sends the
+/// batch to the replicated stream, then may add to it (its stream position); an error
+/// stops the write, and nothing is written here.
+pub type WriteGate = Box<dyn FnMut(&mut WriteBatch) -> Result<(), String> + Send>;
 /// Longest encoded command, a `Replace`: tag, market, account, order id, price, quantity
 /// (a limit `Place` takes 31 bytes, a market one 30).
 pub const COMMAND_BYTES_MAX: usize = 1
@@ -36,6 +45,20 @@ pub enum JournalError {
     },
     #[error("journal has a gap: expected entry {expected}, found {found}")]
     Gap { expected: u64, found: u64 },
+    /// Cluster mode: the write was not made durable in the replicated stream first, so it
+    /// was not made here either (whether the stream holds it, a catch-up says).
+    #[error("journal write not replicated: {0}")]
+    Replication(String),
+}
+
+/// The stream position stored in `db` under `REPLICA_POSITION_KEY`; 0 if none.
+pub fn replica_position(db: &DB) -> Result<u64, JournalError> {
+    match db.get(REPLICA_POSITION_KEY)? {
+        None => Ok(0),
+        Some(bytes) => Ok(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
+            |_| JournalError::Replication("the stored stream position is not 8 bytes".into()),
+        )?)),
+    }
 }
 
 /// The highest sequence stored under `prefix`.
@@ -228,6 +251,8 @@ pub struct Journal {
     /// The sequence the next appended command gets (the first is 1).
     next_sequence: u64,
     buffer: Vec<u8>,
+    /// Cluster mode: the replicated stream, ahead of every write.
+    gate: Option<WriteGate>,
 }
 
 impl Journal {
@@ -244,7 +269,40 @@ impl Journal {
             write_options,
             next_sequence,
             buffer: Vec::with_capacity(COMMAND_BYTES_MAX),
+            gate: None,
         })
+    }
+
+    /// Cluster mode: sends every later write through `gate` before making it.
+    pub fn set_gate(&mut self, gate: Option<WriteGate>) {
+        self.gate = gate;
+    }
+
+    /// The write every append makes: through the gate first, if there is one.
+    fn write(&mut self, mut batch: WriteBatch) -> Result<(), JournalError> {
+        if let Some(gate) = self.gate.as_mut() {
+            gate(&mut batch).map_err(JournalError::Replication)?;
+        }
+        self.db.write_opt(batch, &self.write_options)?;
+        Ok(())
+    }
+
+    /// Cluster mode: the stream position of the last write applied here; 0 before any.
+    pub fn replica_position(&self) -> Result<u64, JournalError> {
+        replica_position(&self.db)
+    }
+
+    /// Cluster mode, a standby's step: makes a write another control plane replicated at
+    /// `position` (its batch, byte for byte), with that position, and no gate. The
+    /// commands it adds are applied to an exchange by `replay_into`.
+    pub fn apply_replicated(&mut self, batch: &[u8], position: u64) -> Result<(), JournalError> {
+        let mut batch = WriteBatch::from_data(batch);
+        batch.put(REPLICA_POSITION_KEY, position.to_be_bytes());
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        self.next_sequence = last_key(&self.db, JOURNAL_PREFIX)?.map_or(1, |last| last + 1);
+        Ok(())
     }
 
     pub fn next_sequence(&self) -> u64 {
@@ -256,11 +314,9 @@ impl Journal {
         self.buffer.clear();
         encode(command, &mut self.buffer);
         let sequence = self.next_sequence;
-        self.db.put_opt(
-            key(JOURNAL_PREFIX, sequence),
-            &self.buffer,
-            &self.write_options,
-        )?;
+        let mut batch = WriteBatch::default();
+        batch.put(key(JOURNAL_PREFIX, sequence), &self.buffer);
+        self.write(batch)?;
         self.next_sequence += 1;
         Ok(sequence)
     }
@@ -286,7 +342,7 @@ impl Journal {
                 &self.buffer,
             );
         }
-        self.db.write_opt(batch, &self.write_options)?;
+        self.write(batch)?;
         self.next_sequence += commands.len() as u64;
         Ok(())
     }

@@ -398,6 +398,14 @@ impl Ledger {
         Ok(())
     }
 
+    /// Cluster mode, on taking over: a write that holds nothing but its stream position.
+    /// Once it is in the stream, a write a former leader still had on its way (fenced on
+    /// an earlier position) can no longer land after this leader has read the stream, so
+    /// what the new leader settles from what it read stays settled.
+    pub fn fence(&mut self) -> Result<(), LedgerError> {
+        self.write(WriteBatch::default())
+    }
+
     /// Every ledger write: replicated first in cluster mode (with its position stored in
     /// the same write), then written and synced.
     fn write(&mut self, mut batch: WriteBatch) -> Result<(), LedgerError> {

@@ -5,6 +5,7 @@
 //! moves to it, and the shares the data plane wrote, before and after the kill, are the
 //! shares the new leader's history holds: none lost, none twice. The operator's bans,
 //! changed only on the leader, are the new leader's too, and its data planes enforce them.
+//! The exchange runs on both, and only the leader takes its requests, the new one too.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,17 @@ fn authorizes(v1: &str, user: &str) -> bool {
     client.start(user).is_ok()
 }
 
+/// The status of a request for an API key challenge: only the control plane running the
+/// exchange issues them.
+fn key_challenge_status(api_port: u16) -> u16 {
+    let url = format!("http://127.0.0.1:{api_port}/api/v1/dex/keys/challenge");
+    match ureq::post(&url).send_json(json!({"address": SYNTHETIC_PAYOUT_ADDRESS})) {
+        Ok(response) => response.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(error) => panic!("POST {url}: {error}"),
+    }
+}
+
 /// How long the standby may take to lead once the leader is killed: the lease's 20 s
 /// term, a pass, and room for a loaded machine.
 const TAKEOVER_S_MAX: u64 = 45;
@@ -74,6 +86,7 @@ fn a_killed_leader_is_replaced_and_every_written_share_is_counted_once() {
     let control_flags = |name: &'static str| {
         let mut all = flags(name);
         all.extend(["--admin-token-file", token_path.as_str()]);
+        all.extend(["--dex-enabled", "true"]);
         all
     };
     let (mut leader, leader_api) =
@@ -112,6 +125,16 @@ fn a_killed_leader_is_replaced_and_every_written_share_is_counted_once() {
     let change = json!({"addresses": [banned]});
     let (status, answer) = admin_post(standby_api, "/api/v1/admin/bans/add", &change);
     assert_eq!(status, 503, "a standby changes no ban: {answer}");
+    assert_eq!(
+        key_challenge_status(standby_api),
+        503,
+        "a standby's exchange takes no request"
+    );
+    assert_eq!(
+        key_challenge_status(leader_api),
+        200,
+        "the leader runs the exchange"
+    );
     let (status, answer) = admin_post(leader_api, "/api/v1/admin/bans/add", &change);
     assert_eq!(status, 200, "the leader bans: {answer}");
     wait_until(Duration::from_secs(30), "the standby holds the ban", || {
@@ -142,6 +165,12 @@ fn a_killed_leader_is_replaced_and_every_written_share_is_counted_once() {
         Some(vec![banned.clone()]),
         "the new leader holds the former leader's ban"
     );
+    wait_until(
+        Duration::from_secs(30),
+        "the new leader runs the exchange",
+        || key_challenge_status(standby_api) == 200,
+    )
+    .unwrap();
 
     // The data plane's link moves to the new leader; its new shares are counted too.
     let second = mine_for(&url, "after", 8);

@@ -614,10 +614,10 @@ mod tests {
         assert!(format!("{error:#}").contains("at most 8784"), "{error:#}");
     }
 
-    /// The exchange is not replicated, so cluster mode refuses it rather than run a book
-    /// per control plane.
+    /// The exchange runs in either mode: in cluster mode its writes go through the
+    /// exchange stream and only the leader takes commands (`dex::replication`).
     #[test]
-    fn the_exchange_needs_single_host_mode() {
+    fn the_exchange_runs_in_single_host_and_cluster_mode() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("otedama.toml");
         std::fs::write(&file, "dex_enabled = true\n").unwrap();
@@ -633,11 +633,7 @@ mod tests {
             "--cluster-host",
             "cp-a",
         ]);
-        let error = clustered.config.load().unwrap_err();
-        assert!(
-            format!("{error:#}").contains("exchange is not replicated"),
-            "{error:#}"
-        );
+        assert!(clustered.config.load().unwrap().dex_enabled);
     }
 
     #[test]

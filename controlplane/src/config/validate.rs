@@ -107,13 +107,6 @@ impl PoolConfig {
                 "the nats_tls_* and nats_credentials_file settings need nats_urls (cluster mode)"
             );
         }
-        // The exchange's journal and accounts live in this process's own store and are not
-        // in the replicated ledger stream: a standby would take orders on a book of its
-        // own, and after a failover the new leader would not know the deposits, resting
-        // orders and trades the ledger's replicated balances stand for.
-        if self.dex_enabled && !self.nats_urls.is_empty() {
-            bail!("dex_enabled needs single-host mode: the exchange is not replicated across control planes (cluster mode, nats_urls)");
-        }
         if self.share_ack == ShareAck::Replicated && self.nats_urls.is_empty() {
             bail!("share_ack = \"replicated\" needs cluster mode (nats_urls): single-host mode has no share stream");
         }

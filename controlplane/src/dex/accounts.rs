@@ -37,9 +37,7 @@ impl DexService {
             prefixed(ADDRESS_PREFIX, &id.to_be_bytes()),
             address.as_bytes(),
         );
-        let mut sync = rocksdb::WriteOptions::default();
-        sync.set_sync(true);
-        self.accounts.write_opt(batch, &sync)?;
+        self.write_accounts(batch)?;
         self.next_account += 1;
         Ok(id)
     }
@@ -86,9 +84,7 @@ impl DexService {
         batch.put(prefixed(KEY_PREFIX, &digest), serde_json::to_vec(&record)?);
         batch.put(prefixed(KEY_OF_ADDRESS_PREFIX, address.as_bytes()), digest);
         batch.put(serial_key, challenge_serial.to_be_bytes());
-        let mut sync = rocksdb::WriteOptions::default();
-        sync.set_sync(true);
-        self.accounts.write_opt(batch, &sync)?;
+        self.write_accounts(batch)?;
         Ok(Some(key))
     }
 

@@ -29,8 +29,11 @@ use otedama_ledger::amount::{coins_text, Amount, UNITS_PER_COIN};
 use otedama_ledger::ledger::{Ledger, Transfer, TransferKind, TransferState};
 
 mod accounts;
+mod replication;
 mod transfers;
 mod views;
+
+pub use replication::{follow_leadership, Replication};
 
 use views::price_coins;
 
@@ -71,6 +74,10 @@ pub enum DexError {
     Held(String),
     #[error(transparent)]
     Refused(#[from] ExchangeReject),
+    /// Cluster mode: this control plane does not run the exchange now (a standby, or a
+    /// leader that lost its place in the exchange stream until it reads it again).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -164,6 +171,14 @@ pub struct DexService {
     /// Set when a journal write failed: whether that command is in the journal is unknown
     /// until a restart reads it back, so nothing more is taken until then.
     journal_failed: bool,
+    /// Cluster mode: the exchange stream every write goes through first.
+    replication: Option<replication::SharedReplication>,
+    /// Cluster mode: the lease term in which this control plane took the exchange over
+    /// (`take_over`).
+    taken_term: Option<u64>,
+    /// Cluster mode: a write failed whose outcome the stream knows, so the stream is read
+    /// (`catch_up`) before the next command.
+    behind: bool,
 }
 
 fn parse_positive(what: &str, text: &str) -> Result<u64, DexError> {
@@ -244,9 +259,21 @@ fn key_digest(key: &str) -> [u8; 32] {
 }
 
 impl DexService {
-    /// Opens the journal and the accounts under `dir`, then finishes every transfer a
-    /// crash left pending.
+    /// Opens the journal and the accounts under `dir`, counts this start, then finishes
+    /// every transfer a crash left pending (single-host mode).
     pub fn open(dir: &Path, empty: Exchange, ledger: &mut Ledger) -> anyhow::Result<Self> {
+        let mut service = Self::open_store(dir, empty)?;
+        let start_count = service.start_count + 1;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(START_COUNT_KEY, start_count.to_be_bytes());
+        service.write_accounts(batch)?;
+        service.start_count = start_count;
+        service.recover_transfers(ledger)?;
+        Ok(service)
+    }
+
+    /// The journal and the accounts under `dir`, as stored.
+    fn open_store(dir: &Path, empty: Exchange) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let configured: Vec<MarketSpec> = empty.market_specs().cloned().collect();
         let configured_assets = empty.assets().to_vec();
@@ -263,36 +290,19 @@ impl DexService {
         let mut options = Options::default();
         options.create_if_missing(true);
         let accounts = DB::open(&options, dir.join("accounts"))?;
-        let next_account = accounts
-            .prefix_iterator(ADDRESS_PREFIX)
-            .filter_map(Result::ok)
-            .take_while(|(k, _)| k.starts_with(ADDRESS_PREFIX))
-            .count() as AccountId
-            + 1;
-        let start_count = match accounts.get(START_COUNT_KEY)? {
-            Some(stored) => u64::from_be_bytes(
-                stored
-                    .as_slice()
-                    .try_into()
-                    .context("the stored start count is not 8 bytes")?,
-            ),
-            None => 0,
-        } + 1;
-        let mut sync = rocksdb::WriteOptions::default();
-        sync.set_sync(true);
-        accounts.put_opt(START_COUNT_KEY, start_count.to_be_bytes(), &sync)?;
-        let mut service = DexService {
+        Ok(DexService {
             dex,
+            next_account: replication::next_account_id(&accounts)?,
+            start_count: replication::stored_start_count(&accounts)?,
             accounts,
-            next_account,
             accounts_max: ACCOUNTS_MAX,
-            start_count,
             pool_asset: 0,
             events: Vec::new(),
             journal_failed: false,
-        };
-        service.recover_transfers(ledger)?;
-        Ok(service)
+            replication: None,
+            taken_term: None,
+            behind: false,
+        })
     }
 
     pub fn exchange(&self) -> &Exchange {
@@ -315,10 +325,18 @@ impl DexService {
                 "the exchange journal failed a write; the exchange takes commands again after a restart",
             ));
         }
+        self.ensure_leads()?;
         self.events.clear();
         match self.dex.submit(command, &mut self.events) {
             Ok(Ok(())) => {}
             Ok(Err(reject)) => return Err(reject.into()),
+            // Cluster mode: the stream holds every write made, so it, not a restart, says
+            // whether this one was; it is read before the next command.
+            Err(e) if self.replication.is_some() => {
+                self.behind = true;
+                tracing::error!(error = %e, "exchange write failed; the stream is read before the next command");
+                return Err(DexError::Unavailable(format!("exchange journal: {e}")));
+            }
             Err(e) => {
                 self.journal_failed = true;
                 tracing::error!(error = %e, "exchange journal write failed; the exchange stops taking commands");
@@ -365,6 +383,7 @@ impl DexService {
         address: &str,
         request: &OrderRequest,
     ) -> Result<(MarketId, Vec<Event>), DexError> {
+        self.ensure_leads()?;
         let (market, spec) = self.market(&request.market)?;
         let spec = spec.clone();
         let quantity = lots(&spec, parse_positive("quantity", &request.quantity)?)?;
@@ -579,6 +598,7 @@ pub fn status_of(error: &DexError) -> u16 {
         DexError::Refused(ExchangeReject::Book(Reject::UnknownOrder | Reject::NotYourOrder)) => 404,
         DexError::Refused(_) => 422,
         DexError::Internal(_) => 500,
+        DexError::Unavailable(_) => 503,
     }
 }
 

@@ -78,6 +78,9 @@ impl DexService {
         now_ms: u64,
         kind: TransferKind,
     ) -> Result<Transfer, DexError> {
+        // First: in cluster mode this reads the stream if a write's outcome is unknown, so
+        // the journal sequence the transfer names is the next one.
+        self.ensure_leads()?;
         let account = self.ensure_account(address)?;
         let mut transfer = Transfer {
             id: ledger.next_transfer_id().map_err(DexError::internal)?,
@@ -123,6 +126,7 @@ impl DexService {
         asset_symbol: &str,
         amount: u64,
     ) -> Result<(), DexError> {
+        self.ensure_leads()?;
         let asset = self.asset(asset_symbol)?;
         if asset == self.pool_asset {
             return Err(DexError::Invalid(format!(

@@ -420,18 +420,41 @@ impl PayoutRunner {
     /// control plane leads; on taking over, settles what the former leader left open.
     /// Outside cluster mode it always leads.
     fn follow_cluster(&mut self, now_ms: u64) -> anyhow::Result<bool> {
-        let Some(cluster) = self.cluster.as_mut() else {
+        let Some(cluster) = self.cluster.as_ref() else {
             return Ok(true);
         };
         otedama_cluster::ledger::catch_up_shared(&cluster.stream, &self.ledger)?;
         let leads = cluster.leading.leads();
         let took_over = leads && !cluster.was_leading;
-        cluster.was_leading = leads;
         if took_over {
             tracing::warn!("this control plane leads: settling what the former leader left open");
+            // Fenced first: nothing the former leader still had on its way can land in the
+            // ledger after what is settled below was read. Until the fence is in, the next
+            // pass tries again (the take-over is not done).
+            self.ledger.lock().expect("ledger lock").fence()?;
+        }
+        if let Some(dex) = self.dex.get().cloned() {
+            let mut dex = dex.lock().expect("dex lock");
+            // A lease lost and held again between two passes is a new term that no edge
+            // here shows: the exchange is taken over in every term, fencing the ledger
+            // again unless it was just fenced above.
+            if crate::dex::follow_leadership(&mut dex, &self.ledger, leads, took_over)? {
+                self.freeze_held_orders(&mut dex);
+            }
+        }
+        if took_over {
             self.start(now_ms);
         }
+        self.cluster.as_mut().expect("cluster mode").was_leading = leads;
         Ok(leads)
+    }
+
+    /// On taking over the exchange: what held addresses have resting is taken off the
+    /// books, as at a start (the former leader may have died before it did).
+    fn freeze_held_orders(&self, dex: &mut crate::dex::DexService) {
+        for address in crate::tasks::compliance::held_addresses(&self.settings, &self.ledger) {
+            crate::dex::freeze_orders(dex, &self.pool, &address);
+        }
     }
 
     /// Reads new shares, credits what can be credited and settles blocks that changed.

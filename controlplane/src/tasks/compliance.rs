@@ -18,8 +18,19 @@ pub(crate) fn freeze_held_orders(
     state: &PoolState,
     payouts: &PayoutHandles,
 ) {
-    let mut held: Vec<String> = payouts
-        .settings
+    let held = held_addresses(&payouts.settings, &payouts.ledger);
+    let mut dex = dex.lock().expect("dex lock");
+    for address in held {
+        crate::dex::freeze_orders(&mut dex, state, &address);
+    }
+}
+
+/// The addresses whose value is held: frozen by the deny list, or waiting on KYC.
+pub(crate) fn held_addresses(
+    settings: &std::sync::RwLock<crate::payouts::runner::PayoutSettings>,
+    ledger: &std::sync::Mutex<otedama_ledger::ledger::Ledger>,
+) -> Vec<String> {
+    let mut held: Vec<String> = settings
         .read()
         .expect("settings lock")
         .policy
@@ -27,7 +38,7 @@ pub(crate) fn freeze_held_orders(
         .iter()
         .cloned()
         .collect();
-    match payouts.ledger.lock().expect("ledger lock").kyc_records() {
+    match ledger.lock().expect("ledger lock").kyc_records() {
         Ok(records) => held.extend(
             records
                 .into_iter()
@@ -36,10 +47,7 @@ pub(crate) fn freeze_held_orders(
         ),
         Err(error) => tracing::error!(%error, "cannot read KYC records"),
     }
-    let mut dex = dex.lock().expect("dex lock");
-    for address in held {
-        crate::dex::freeze_orders(&mut dex, state, &address);
-    }
+    held
 }
 
 /// Puts a deny list in force: the data planes refuse its addresses at authorize (and

@@ -9,7 +9,7 @@ use axum::Json;
 use rand::RngCore;
 use serde_json::json;
 
-use super::{body_json, dex_of, refuse_denied, with_dex};
+use super::{body_json, dex_of, refusal, refuse_denied, with_dex};
 use crate::api::{error, now_ms, ApiState};
 
 /// Seconds a key challenge may be answered in.
@@ -29,6 +29,8 @@ pub const KEY_CHALLENGE_TTL_S: u64 = 600;
 /// a count of challenges issued since: it grows across restarts whatever the wall clock
 /// does, so a clock set wrong for a while can never leave an address unable to get a key.
 pub struct KeyChallenges {
+    /// The exchange's start these challenges belong to.
+    start_count: u64,
     secret: [u8; 32],
     /// The serial the next challenge gets.
     next_serial: u128,
@@ -54,8 +56,18 @@ impl KeyChallenges {
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
         KeyChallenges {
+            start_count,
             secret,
             next_serial: (u128::from(start_count) << 64) + 1,
+        }
+    }
+
+    /// Cluster mode: a control plane that takes over the exchange counts a start of its
+    /// own, above every start of the former leader's, so its serials are above every
+    /// serial the former leader issued; challenges issued before are void here.
+    pub fn follow_start(&mut self, start_count: u64) {
+        if start_count != self.start_count {
+            *self = KeyChallenges::new(start_count);
         }
     }
 
@@ -139,11 +151,22 @@ pub(super) async fn key_challenge(
         Ok(canonical) => canonical,
         Err(response) => return response,
     };
-    let (message, expires_at_ms) = state
-        .key_challenges
-        .lock()
-        .expect("challenges lock")
-        .issue(&request.address, now_ms());
+    // Cluster mode: only the control plane that runs the exchange issues challenges, under
+    // its own start.
+    let start_count = match with_dex(&state, |dex, _| {
+        dex.ensure_leads().map(|()| dex.start_count())
+    })
+    .await
+    {
+        Ok(Ok(start_count)) => start_count,
+        Ok(Err(e)) => return refusal(e),
+        Err(response) => return response,
+    };
+    let (message, expires_at_ms) = {
+        let mut challenges = state.key_challenges.lock().expect("challenges lock");
+        challenges.follow_start(start_count);
+        challenges.issue(&request.address, now_ms())
+    };
     Json(json!({
         "address": request.address,
         "message": message,
@@ -199,7 +222,9 @@ pub(super) async fn create_key(State(state): State<ApiState>, body: axum::body::
     };
     let address = request.address.clone();
     let created = with_dex(&state, move |dex, _| {
+        dex.ensure_leads()?;
         dex.create_key(&address, challenge.serial, now_ms())
+            .map_err(crate::dex::DexError::Internal)
     })
     .await;
     match created {
@@ -217,7 +242,7 @@ pub(super) async fn create_key(State(state): State<ApiState>, body: axum::body::
             .await;
             Json(json!({"address": request.address, "api_key": key})).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => refusal(e),
         Err(response) => response,
     }
 }
@@ -274,7 +299,8 @@ mod tests {
             last = serial;
         }
         assert!(challenges.check("addr", &owners, 1_001).is_some());
-        assert_eq!(std::mem::size_of_val(&challenges), 48);
+        // The start, the secret and the next serial: nothing per request.
+        assert_eq!(std::mem::size_of_val(&challenges), 64);
         // The next start's serials are above every one of this start's.
         let mut restarted = KeyChallenges::new(1);
         let (message, _) = restarted.issue("addr", 1_000);

@@ -1,0 +1,338 @@
+//! Cluster mode: the exchange on every control plane, run by the leader alone.
+//!
+//! Every write the exchange makes (a journal entry, an account or API key) goes first to
+//! the replicated exchange stream, fenced on the stream position of the last write this
+//! control plane applied, exactly as the ledger's writes go to theirs
+//! (`otedama_cluster::ledger`). A standby applies the same writes in the same order and
+//! replays the journal entries into its own book, so it holds the leader's exchange.
+//!
+//! Invariants:
+//! - Only the leader takes commands (`ensure_leads`): a standby answers 503.
+//! - On taking over, the new leader reads the stream to its end and then writes a fence
+//!   of its own (the start count, which also keeps key-challenge serials rising across
+//!   leaders). A write the former leader still had on its way is fenced on an earlier
+//!   position, so after the fence it can no longer land: the pending transfers the new
+//!   leader then settles, from what it read, stay settled (no deposit given twice).
+//! - A write the stream did not take is not made here either; whether the stream holds it
+//!   after all, the next catch-up reads, before the next command.
+
+use super::*;
+
+use otedama_cluster::ledger::{LedgerStream, Step};
+use otedama_dex::journal::REPLICA_POSITION_KEY;
+
+/// The first byte of each stream message: which store the write is for.
+const JOURNAL_WRITE: u8 = b'j';
+const ACCOUNTS_WRITE: u8 = b'a';
+
+/// Cluster mode: the exchange stream and this control plane's place in it.
+pub struct Replication {
+    pub stream: LedgerStream,
+    /// Whether this control plane holds the leader's lease now.
+    pub leading: Arc<otedama_cluster::host::LeaseStatus>,
+    /// The stream position of the last write made or applied here.
+    position: u64,
+}
+
+impl Replication {
+    pub fn new(stream: LedgerStream, leading: Arc<otedama_cluster::host::LeaseStatus>) -> Self {
+        Replication {
+            stream,
+            leading,
+            position: 0,
+        }
+    }
+
+    /// Sends `batch`, for the store `target`, to the stream right after the last write
+    /// made here, and adds its stream position to it.
+    fn replicate(&mut self, target: u8, batch: &mut rocksdb::WriteBatch) -> Result<(), String> {
+        if !self.leading.held() {
+            return Err("this control plane is not the leader".into());
+        }
+        let mut payload = Vec::with_capacity(1 + batch.size_in_bytes());
+        payload.push(target);
+        payload.extend_from_slice(batch.data());
+        let position = self.stream.append(&payload, self.position)?;
+        batch.put(REPLICA_POSITION_KEY, position.to_be_bytes());
+        self.position = position;
+        Ok(())
+    }
+}
+
+pub type SharedReplication = Arc<Mutex<Replication>>;
+
+/// Why a standby or a leader that lost its place takes no command.
+fn unavailable(why: impl std::fmt::Display) -> DexError {
+    DexError::Unavailable(format!(
+        "{why}: exchange commands go to the leading control plane"
+    ))
+}
+
+impl DexService {
+    /// Cluster mode: opens the exchange as a standby whose writes go through
+    /// `replication`. It takes no command until `take_over`.
+    pub fn open_replicated(
+        dir: &Path,
+        empty: Exchange,
+        replication: Replication,
+    ) -> anyhow::Result<Self> {
+        let mut service = Self::open_store(dir, empty)?;
+        let position = service.replica_position()?;
+        // Its history is not in the stream: a standby would get only what changes after.
+        if position == 0 && (service.dex.exchange.applied() > 0 || service.next_account > 1) {
+            anyhow::bail!(
+                "this exchange has history that is not in the cluster's exchange stream (it was a single host's): \
+                 start the cluster's control planes on new exchange stores"
+            );
+        }
+        let replication = Arc::new(Mutex::new(Replication {
+            position,
+            ..replication
+        }));
+        let gate = replication.clone();
+        service
+            .dex
+            .journal
+            .set_gate(Some(Box::new(move |batch: &mut rocksdb::WriteBatch| {
+                gate.lock()
+                    .expect("replication lock")
+                    .replicate(JOURNAL_WRITE, batch)
+            })));
+        service.replication = Some(replication);
+        Ok(service)
+    }
+
+    /// The stream position of the last write applied here (0 outside cluster mode): the
+    /// later of the journal's and the accounts', since each write goes to one of them and
+    /// they are applied in order.
+    pub fn replica_position(&self) -> anyhow::Result<u64> {
+        let journal = self
+            .dex
+            .journal
+            .replica_position()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let accounts = otedama_dex::journal::replica_position(&self.accounts)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(journal.max(accounts))
+    }
+
+    /// Whether this exchange takes commands: always outside cluster mode; in it, while
+    /// this control plane holds the lease in the term it took the exchange over in (a
+    /// lease lost and held again is a new term, whose take-over reads what another
+    /// leader may have written in between).
+    pub fn leads(&self) -> bool {
+        match &self.replication {
+            None => true,
+            Some(replication) => {
+                let leading = &replication.lock().expect("replication lock").leading;
+                leading.held() && self.taken_term == Some(leading.term())
+            }
+        }
+    }
+
+    /// Refuses a command unless this exchange leads; after a write the stream may or may
+    /// not hold, reads the stream first.
+    pub fn ensure_leads(&mut self) -> Result<(), DexError> {
+        if !self.leads() {
+            return Err(unavailable("this control plane is a standby"));
+        }
+        if self.behind {
+            self.catch_up()
+                .map_err(|e| unavailable(format!("reading the exchange stream: {e:#}")))?;
+        }
+        Ok(())
+    }
+
+    /// Every accounts write: through the stream first in cluster mode, then synced here.
+    pub(super) fn write_accounts(&mut self, mut batch: rocksdb::WriteBatch) -> anyhow::Result<()> {
+        if let Some(replication) = &self.replication {
+            if let Err(error) = replication
+                .lock()
+                .expect("replication lock")
+                .replicate(ACCOUNTS_WRITE, &mut batch)
+            {
+                self.behind = true;
+                anyhow::bail!("exchange write not replicated: {error}");
+            }
+        }
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        if let Err(error) = self.accounts.write_opt(batch, &sync) {
+            // The stream may hold what this store does not: read it again first.
+            self.behind = true;
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: applies every write in the stream after this exchange's position;
+    /// how many. A standby calls it every pass; the leader after a write whose outcome it
+    /// does not know, and before it takes over.
+    pub fn catch_up(&mut self) -> anyhow::Result<usize> {
+        let Some(replication) = self.replication.clone() else {
+            return Ok(0);
+        };
+        let stream = replication.lock().expect("replication lock").stream.clone();
+        let start = self.replica_position()?;
+        let applied =
+            otedama_cluster::ledger::follow(&stream, start, |steps| self.apply_steps(steps))?;
+        replication.lock().expect("replication lock").position = self.replica_position()?;
+        self.behind = false;
+        Ok(applied)
+    }
+
+    fn apply_steps(&mut self, steps: Vec<Step>) -> anyhow::Result<usize> {
+        let mut applied = 0;
+        for step in steps {
+            let position = self.replica_position()?;
+            match step {
+                Step::Apply {
+                    position: at,
+                    batch,
+                } if at > position => {
+                    self.apply_replicated(&batch, at)?;
+                    applied += 1;
+                }
+                Step::Skip { through } if through > position => {
+                    let mut sync = rocksdb::WriteOptions::default();
+                    sync.set_sync(true);
+                    self.accounts
+                        .put_opt(REPLICA_POSITION_KEY, through.to_be_bytes(), &sync)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Makes one write the leader made at `position`, and brings what this process holds
+    /// in memory (the book, the next account, the start count) up to it.
+    fn apply_replicated(&mut self, payload: &[u8], position: u64) -> anyhow::Result<()> {
+        match payload.split_first() {
+            Some((&JOURNAL_WRITE, batch)) => {
+                self.dex
+                    .journal
+                    .apply_replicated(batch, position)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let before = self.dex.exchange.applied();
+                self.dex
+                    .journal
+                    .replay_into(&mut self.dex.exchange)
+                    .map_err(|e| {
+                        anyhow::anyhow!("replaying the exchange stream's write {position}: {e}")
+                    })?;
+                let after = self.dex.exchange.applied();
+                if after / SNAPSHOT_INTERVAL_COMMANDS > before / SNAPSHOT_INTERVAL_COMMANDS {
+                    if let Err(error) = self.dex.journal.save_snapshot(&self.dex.exchange) {
+                        tracing::error!(%error, after, "exchange snapshot failed; replay will be longer");
+                    }
+                }
+            }
+            Some((&ACCOUNTS_WRITE, batch)) => {
+                let mut batch = rocksdb::WriteBatch::from_data(batch);
+                batch.put(REPLICA_POSITION_KEY, position.to_be_bytes());
+                let mut sync = rocksdb::WriteOptions::default();
+                sync.set_sync(true);
+                self.accounts.write_opt(batch, &sync)?;
+                self.next_account = next_account_id(&self.accounts)?;
+                self.start_count = stored_start_count(&self.accounts)?;
+            }
+            _ => anyhow::bail!(
+                "the exchange stream's write {position} is for no store this version knows"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Cluster mode, on taking over: reads the stream to its end, fences it with a write
+    /// of its own (the next start count), then settles the transfers the former leader
+    /// left pending. Until this returns `Ok`, the exchange takes no command; on an error
+    /// the next pass tries again.
+    pub fn take_over(&mut self, ledger: &mut Ledger) -> anyhow::Result<()> {
+        self.taken_term = None;
+        let Some(replication) = self.replication.clone() else {
+            return Ok(());
+        };
+        let term = replication.lock().expect("replication lock").leading.term();
+        self.catch_up()?;
+        let start_count = self.start_count + 1;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(START_COUNT_KEY, start_count.to_be_bytes());
+        self.write_accounts(batch)?;
+        self.start_count = start_count;
+        self.recover_transfers(ledger)?;
+        self.taken_term = Some(term);
+        tracing::warn!(
+            applied = self.dex.exchange.applied(),
+            start_count,
+            "this control plane runs the exchange"
+        );
+        Ok(())
+    }
+
+    /// Cluster mode: this control plane no longer leads; it takes no command.
+    pub fn step_down(&mut self) {
+        if self.taken_term.take().is_some() {
+            tracing::warn!("this control plane no longer runs the exchange");
+        }
+    }
+}
+
+/// Cluster mode, at every payout pass, with the ledger read to the stream's end: a
+/// standby's exchange follows the leader's; a leader's is taken over once in each term
+/// it leads, with the ledger fenced in that term first (`ledger_fenced` if the caller
+/// did). Whether it took the exchange over now.
+pub fn follow_leadership(
+    dex: &mut DexService,
+    ledger: &Mutex<Ledger>,
+    leads: bool,
+    ledger_fenced: bool,
+) -> anyhow::Result<bool> {
+    if !leads {
+        dex.step_down();
+        dex.catch_up()?;
+        return Ok(false);
+    }
+    if dex.leads() {
+        return Ok(false);
+    }
+    // Lock order: the exchange (the caller's), then the ledger.
+    let mut ledger = ledger.lock().expect("ledger lock");
+    if !ledger_fenced {
+        ledger.fence()?;
+    }
+    dex.take_over(&mut ledger)?;
+    Ok(true)
+}
+
+/// The id the next new account gets: one past the highest (ids are given in order from 1).
+pub(super) fn next_account_id(accounts: &DB) -> anyhow::Result<AccountId> {
+    let mut end = ADDRESS_PREFIX.to_vec();
+    end.extend_from_slice(&u64::MAX.to_be_bytes());
+    let mut newest = accounts.iterator(rocksdb::IteratorMode::From(
+        &end,
+        rocksdb::Direction::Reverse,
+    ));
+    match newest.next().transpose()? {
+        Some((key, _))
+            if key.len() == ADDRESS_PREFIX.len() + 8 && key.starts_with(ADDRESS_PREFIX) =>
+        {
+            let id: [u8; 8] = key[ADDRESS_PREFIX.len()..].try_into().expect("8 bytes");
+            Ok(u64::from_be_bytes(id) + 1)
+        }
+        _ => Ok(1),
+    }
+}
+
+/// The start count kept in the accounts store; 0 before the first start.
+pub(super) fn stored_start_count(accounts: &DB) -> anyhow::Result<u64> {
+    Ok(match accounts.get(START_COUNT_KEY)? {
+        Some(stored) => u64::from_be_bytes(
+            stored
+                .as_slice()
+                .try_into()
+                .context("the stored start count is not 8 bytes")?,
+        ),
+        None => 0,
+    })
+}
