@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use otedama_tests::nats::{shipped_records, stream_leader, NatsCluster};
+use otedama_tests::nats::{shipped_records, stream_leader, streams_not_current, NatsCluster};
 use otedama_tests::{
     history_shares, ledger_total, otedama_binary, wait_until, NodeKind, PoolSetup, Process,
     RegtestPair,
@@ -228,6 +228,19 @@ fn kill_the_stream_leader(cluster: &mut NatsCluster, urls: &[String], pool: &Poo
         },
     )
     .unwrap();
+    // Every other stream's too (the ledger's, the other host's shares, the buckets): a
+    // server killed while the one started again before has not caught up on some stream
+    // leaves that stream without a quorum, which is two servers lost, not one.
+    let mut lagging = None;
+    wait_until(
+        Duration::from_secs(PHASE_S_MAX),
+        "every stream's replicas to be current",
+        || {
+            lagging = streams_not_current(urls);
+            lagging.as_ref().is_some_and(Vec::is_empty)
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error:#}: {lagging:?}"));
     let server = cluster
         .servers
         .iter_mut()
