@@ -17,7 +17,7 @@
 //! The stream must hold nothing but ledger writes: its positions are the ledger's.
 //!
 //! The exchange's writes (its journal and its accounts) go the same way in a stream of
-//! their own, `EXCHANGE_STREAM` (`ReplicatedLog::EXCHANGE`), whose positions are the
+//! their own, `EXCHANGE_STREAM` (`ReplicatedLog::exchange`), whose positions are the
 //! exchange's.
 
 use std::sync::mpsc;
@@ -33,22 +33,39 @@ const LEDGER_SUBJECT: &str = "otedama.ledger";
 pub const EXCHANGE_STREAM: &str = "OTEDAMA_EXCHANGE";
 const EXCHANGE_SUBJECT: &str = "otedama.exchange";
 
+/// Bytes the exchange stream holds at most (on each server), unless configured
+/// (`exchange_stream_bytes_max`). Its writes come from miners' requests, so without a
+/// bound one account could grow it, on the servers that also hold the ledger's stream,
+/// until JetStream's storage is full and ledger writes fail too. Once full, the exchange
+/// takes no more commands (a write the stream refuses is made nowhere) while credits and
+/// payouts go on. JetStream sets the bound aside on each replica when the stream is made,
+/// so it must fit the servers' `max_file_store`.
+pub const EXCHANGE_STREAM_BYTES_MAX_DEFAULT: u64 = 1 << 30;
+
 /// A stream of fenced writes and the one subject it takes them on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicatedLog {
     pub stream: &'static str,
     pub subject: &'static str,
+    /// Bytes the stream holds at most; -1: no bound.
+    pub bytes_max: i64,
 }
 
 impl ReplicatedLog {
     pub const LEDGER: ReplicatedLog = ReplicatedLog {
         stream: LEDGER_STREAM,
         subject: LEDGER_SUBJECT,
+        bytes_max: -1,
     };
-    pub const EXCHANGE: ReplicatedLog = ReplicatedLog {
-        stream: EXCHANGE_STREAM,
-        subject: EXCHANGE_SUBJECT,
-    };
+
+    /// The exchange's stream, holding at most `bytes_max` bytes on each server.
+    pub fn exchange(bytes_max: u64) -> ReplicatedLog {
+        ReplicatedLog {
+            stream: EXCHANGE_STREAM,
+            subject: EXCHANGE_SUBJECT,
+            bytes_max: i64::try_from(bytes_max).unwrap_or(i64::MAX),
+        }
+    }
 }
 /// How long one request to the stream may take.
 pub const LEDGER_REQUEST_TIMEOUT_MS: u64 = 10_000;
@@ -439,6 +456,9 @@ async fn open(
         .get_or_create_stream(jetstream::stream::Config {
             name: log.stream.to_string(),
             subjects: vec![log.subject.to_string()],
+            max_bytes: log.bytes_max,
+            // Full: new writes are refused; nothing written is ever dropped.
+            discard: jetstream::stream::DiscardPolicy::New,
             num_replicas: replicas,
             storage: jetstream::stream::StorageType::File,
             deny_delete: true,
@@ -547,11 +567,11 @@ async fn publish(
     let ack = context
         .publish_with_headers(log.subject, headers, Bytes::copy_from_slice(payload))
         .await
-        .map_err(|error| format!("sending a ledger write: {error}"))?;
+        .map_err(|error| format!("sending a write to {}: {error}", log.stream))?;
     let ack = tokio::time::timeout(Duration::from_millis(LEDGER_REQUEST_TIMEOUT_MS), ack)
         .await
-        .map_err(|_| "no acknowledgement of a ledger write".to_string())?
-        .map_err(|error| format!("a ledger write refused: {error}"))?;
+        .map_err(|_| format!("no acknowledgement of a write to {}", log.stream))?
+        .map_err(|error| format!("a write to {} refused: {error}", log.stream))?;
     Ok(ack.sequence)
 }
 

@@ -567,7 +567,9 @@ fn serve(
                 empty,
                 crate::dex::Replication::new(
                     otedama_cluster::ledger::LedgerStream::start_for(
-                        otedama_cluster::ledger::ReplicatedLog::EXCHANGE,
+                        otedama_cluster::ledger::ReplicatedLog::exchange(
+                            config.exchange_stream_bytes_max,
+                        ),
                         config.nats_urls.clone(),
                         config.share_stream_replicas,
                     )?,

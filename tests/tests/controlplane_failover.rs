@@ -86,7 +86,14 @@ fn a_killed_leader_is_replaced_and_every_written_share_is_counted_once() {
     let control_flags = |name: &'static str| {
         let mut all = flags(name);
         all.extend(["--admin-token-file", token_path.as_str()]);
-        all.extend(["--dex-enabled", "true"]);
+        // The exchange's stream sets its bound aside on each server: 64 MiB of the test
+        // servers' 1 GB.
+        all.extend([
+            "--dex-enabled",
+            "true",
+            "--exchange-stream-bytes-max",
+            "67108864",
+        ]);
         all
     };
     let (mut leader, leader_api) =

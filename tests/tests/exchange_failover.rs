@@ -4,8 +4,9 @@
 //! exchange stream, and the standby holds the same book, balances, accounts and API keys.
 //! The leader dies between a deposit's ledger write and its exchange command; the standby
 //! takes over, fences both streams and gives that deposit exactly once; a write the former
-//! leader still had on its way cannot land after the fence; and the former leader,
-//! restarted, follows the new one.
+//! leader still had on its way cannot land after the fence; a write of the new leader's
+//! that the stream refuses stops the exchange until the next pass has settled what it left
+//! pending; and the former leader, restarted, follows the new one.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -46,7 +47,7 @@ impl ControlPlane {
         let mut ledger = Ledger::open(&dir.join("ledger")).unwrap();
         let ledger_stream = LedgerStream::start(urls.to_vec(), 3).unwrap();
         let exchange_stream =
-            LedgerStream::start_for(ReplicatedLog::EXCHANGE, urls.to_vec(), 3).unwrap();
+            LedgerStream::start_for(ReplicatedLog::exchange(64 << 20), urls.to_vec(), 3).unwrap();
         let lease =
             LeaderLease::start(urls.to_vec(), 3, &dir.join("identity"), name.into()).unwrap();
         ledger.set_replicator(Some(Box::new(StreamReplicator {
@@ -247,6 +248,35 @@ fn the_standby_runs_the_leaders_exchange_after_a_failover_without_a_deposit_lost
     b.order("miner-3", "buy", "0.01000000", "0.5").unwrap();
     let trades = b.dex.trades_json("LTC-BTC").unwrap();
     assert_eq!(trades.as_array().unwrap().len(), 2, "{trades}");
+
+    // A write of the new leader's that the stream refuses (another write took its place)
+    // leaves a deposit pending in the ledger: the exchange answers nothing more until the
+    // next pass has read the stream and settled the deposit, once.
+    let position = b.dex.replica_position().unwrap();
+    b.exchange_stream.append(&late, position).unwrap();
+    let failed = {
+        let mut ledger = b.ledger.lock().unwrap();
+        b.dex
+            .transfer(&mut ledger, "miner-1", COIN / 2, 4, TransferKind::Deposit)
+    };
+    assert!(matches!(failed, Err(DexError::Internal(_))), "{failed:?}");
+    let refused = b.order("miner-3", "buy", "0.00800000", "0.01");
+    assert!(
+        matches!(refused, Err(DexError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(b.pass(), "taken over again");
+    let pool_coin_in_exchange: u64 = b.dex.totals()["LTC"].try_into().unwrap();
+    assert_eq!(
+        pool_coin_in_exchange,
+        3 * COIN + COIN / 2,
+        "the deposit, given once"
+    );
+    assert_eq!(
+        b.view()["exchange_account"].as_u64().unwrap(),
+        pool_coin_in_exchange
+    );
+    b.order("miner-3", "buy", "0.00800000", "0.01").unwrap();
 
     // The former leader, restarted, follows the new one.
     let dir = a.dir.clone();

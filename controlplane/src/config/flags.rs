@@ -160,6 +160,9 @@ pub struct ConfigArgs {
     /// Copies the share stream keeps, 1 to 5 (default 3).
     #[arg(long, env = "OTEDAMA_SHARE_STREAM_REPLICAS")]
     pub share_stream_replicas: Option<usize>,
+    /// Bytes the exchange's stream holds at most on each NATS server (default 1 GiB).
+    #[arg(long, env = "OTEDAMA_EXCHANGE_STREAM_BYTES_MAX")]
+    pub exchange_stream_bytes_max: Option<u64>,
     /// Hours a share stays in the share logs (and the share stream) at least (default
     /// 48); it goes only once credited and scanned for blocks.
     #[arg(long, env = "OTEDAMA_SHARE_RETENTION_HOURS")]
@@ -257,6 +260,7 @@ impl ConfigArgs {
         }
         take!(
             share_stream_replicas,
+            exchange_stream_bytes_max,
             share_retention_hours,
             share_ack,
             nats_tls_ca_file,

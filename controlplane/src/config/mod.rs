@@ -114,6 +114,10 @@ pub struct PoolConfig {
     /// Copies the share stream keeps, 1 to 5: 3 on a three-server cluster, so one server
     /// may fail without losing a shipped share or stopping the shipping.
     pub share_stream_replicas: usize,
+    /// Bytes the exchange's stream holds at most on each NATS server (cluster mode with
+    /// `dex_enabled`); it must fit the servers' JetStream `max_file_store`. Once full, the
+    /// exchange takes no more commands.
+    pub exchange_stream_bytes_max: u64,
     /// When a miner hears `true` for a share in cluster mode: once the host's share log has
     /// it (`local`, the default), or only once the replicated share stream has it too
     /// (`replicated`: a quorum of the NATS servers holds the batch). `replicated` survives
@@ -262,6 +266,7 @@ impl Default for PoolConfig {
             nats_urls: Vec::new(),
             cluster_host: None,
             share_stream_replicas: 3,
+            exchange_stream_bytes_max: otedama_cluster::ledger::EXCHANGE_STREAM_BYTES_MAX_DEFAULT,
             share_retention_hours: SHARE_RETENTION_HOURS_DEFAULT,
             share_ack: ShareAck::Local,
             nats_tls_ca_file: None,
@@ -634,6 +639,32 @@ mod tests {
             "cp-a",
         ]);
         assert!(clustered.config.load().unwrap().dex_enabled);
+    }
+
+    /// The exchange stream's bound has a floor, at its edge.
+    #[test]
+    fn the_exchange_stream_bound_has_a_floor() {
+        let bound = |bytes: u64| {
+            let bytes = bytes.to_string();
+            Flags::parse_from([
+                "otedama",
+                "--nats-url",
+                "nats://127.0.0.1:4222",
+                "--cluster-host",
+                "cp-a",
+                "--exchange-stream-bytes-max",
+                bytes.as_str(),
+            ])
+            .config
+            .load()
+        };
+        let floor = validate::EXCHANGE_STREAM_BYTES_MIN;
+        assert_eq!(bound(floor).unwrap().exchange_stream_bytes_max, floor);
+        let error = bound(floor - 1).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("exchange_stream_bytes_max"),
+            "{error:#}"
+        );
     }
 
     #[test]

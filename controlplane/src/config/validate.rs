@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The smallest exchange stream accepted: room for some thousands of commands.
+pub const EXCHANGE_STREAM_BYTES_MIN: u64 = 1 << 20;
+
 impl PoolConfig {
     /// Everything the control plane reads at a start and can find wrong, checked at once:
     /// `otedama run` calls it (and checks each data plane's settings, which the `otedama`
@@ -98,6 +101,9 @@ impl PoolConfig {
             }
             if !(1..=5).contains(&self.share_stream_replicas) {
                 bail!("share_stream_replicas must lie between 1 and 5");
+            }
+            if self.exchange_stream_bytes_max < EXCHANGE_STREAM_BYTES_MIN {
+                bail!("exchange_stream_bytes_max must be at least {EXCHANGE_STREAM_BYTES_MIN} (1 MiB)");
             }
             if self.share_retention_hours > SHARE_RETENTION_HOURS_MAX {
                 bail!("share_retention_hours must be at most {SHARE_RETENTION_HOURS_MAX}");

@@ -176,9 +176,6 @@ pub struct DexService {
     /// Cluster mode: the lease term in which this control plane took the exchange over
     /// (`take_over`).
     taken_term: Option<u64>,
-    /// Cluster mode: a write failed whose outcome the stream knows, so the stream is read
-    /// (`catch_up`) before the next command.
-    behind: bool,
 }
 
 fn parse_positive(what: &str, text: &str) -> Result<u64, DexError> {
@@ -301,7 +298,6 @@ impl DexService {
             journal_failed: false,
             replication: None,
             taken_term: None,
-            behind: false,
         })
     }
 
@@ -331,11 +327,15 @@ impl DexService {
             Ok(Ok(())) => {}
             Ok(Err(reject)) => return Err(reject.into()),
             // Cluster mode: the stream holds every write made, so it, not a restart, says
-            // whether this one was; it is read before the next command.
+            // whether this one was: the exchange takes nothing more until the next
+            // take-over has read it and settled what the write left pending.
             Err(e) if self.replication.is_some() => {
-                self.behind = true;
-                tracing::error!(error = %e, "exchange write failed; the stream is read before the next command");
-                return Err(DexError::Unavailable(format!("exchange journal: {e}")));
+                self.lose_place(&e);
+                return Err(DexError::internal(format!(
+                    "the exchange could not confirm this command (journal sequence {}): whether it \
+                     was taken is known once the exchange stream is read again; check before retrying ({e})",
+                    self.dex.journal.next_sequence()
+                )));
             }
             Err(e) => {
                 self.journal_failed = true;

@@ -13,13 +13,19 @@
 //!   leaders). A write the former leader still had on its way is fenced on an earlier
 //!   position, so after the fence it can no longer land: the pending transfers the new
 //!   leader then settles, from what it read, stay settled (no deposit given twice).
-//! - A write the stream did not take is not made here either; whether the stream holds it
-//!   after all, the next catch-up reads, before the next command.
+//! - A write the stream did not take is not made here either. After any failed write the
+//!   exchange takes no command until it is taken over again (the payout thread's next
+//!   pass): the take-over reads whether the stream holds the write after all, and settles
+//!   a transfer it left pending before anything else takes the journal's next sequence.
 
 use super::*;
 
 use otedama_cluster::ledger::{LedgerStream, Step};
 use otedama_dex::journal::REPLICA_POSITION_KEY;
+
+/// Batches of the exchange stream (up to `LEDGER_WRITES_PER_FETCH_MAX` writes, or 2 s,
+/// each) a standby reads in one pass at most, holding the exchange's lock.
+pub const STANDBY_FETCHES_PER_PASS_MAX: usize = 2;
 
 /// The first byte of each stream message: which store the write is for.
 const JOURNAL_WRITE: u8 = b'j';
@@ -77,7 +83,19 @@ impl DexService {
         replication: Replication,
     ) -> anyhow::Result<Self> {
         let mut service = Self::open_store(dir, empty)?;
-        let position = service.replica_position()?;
+        let (journal, accounts) = service.store_positions()?;
+        // Every command needs an account, and every take-over writes the accounts first:
+        // a journal that followed the stream beside accounts that never did is a store
+        // lost or restored on its own, whose account ids would be given again.
+        if journal > 0 && accounts == 0 {
+            anyhow::bail!(
+                "the exchange journal in {} follows the exchange stream but its accounts store does not \
+                 (lost or restored on its own): restore both from one backup, or start this control plane \
+                 on a new exchange store",
+                dir.display()
+            );
+        }
+        let position = journal.max(accounts);
         // Its history is not in the stream: a standby would get only what changes after.
         if position == 0 && (service.dex.exchange.applied() > 0 || service.next_account > 1) {
             anyhow::bail!(
@@ -104,8 +122,14 @@ impl DexService {
 
     /// The stream position of the last write applied here (0 outside cluster mode): the
     /// later of the journal's and the accounts', since each write goes to one of them and
-    /// they are applied in order.
+    /// they are applied in order. The next write is fenced on it.
     pub fn replica_position(&self) -> anyhow::Result<u64> {
+        let (journal, accounts) = self.store_positions()?;
+        Ok(journal.max(accounts))
+    }
+
+    /// The stream positions of the last write applied to the journal and to the accounts.
+    fn store_positions(&self) -> anyhow::Result<(u64, u64)> {
         let journal = self
             .dex
             .journal
@@ -113,7 +137,7 @@ impl DexService {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let accounts = otedama_dex::journal::replica_position(&self.accounts)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(journal.max(accounts))
+        Ok((journal, accounts))
     }
 
     /// Whether this exchange takes commands: always outside cluster mode; in it, while
@@ -130,54 +154,90 @@ impl DexService {
         }
     }
 
-    /// Refuses a command unless this exchange leads; after a write the stream may or may
-    /// not hold, reads the stream first.
-    pub fn ensure_leads(&mut self) -> Result<(), DexError> {
-        if !self.leads() {
-            return Err(unavailable("this control plane is a standby"));
+    /// Refuses a command unless this exchange leads.
+    pub fn ensure_leads(&self) -> Result<(), DexError> {
+        match self.leads() {
+            true => Ok(()),
+            false => Err(unavailable(
+                "this control plane does not run the exchange now",
+            )),
         }
-        if self.behind {
-            self.catch_up()
-                .map_err(|e| unavailable(format!("reading the exchange stream: {e:#}")))?;
+    }
+
+    /// Cluster mode, after a write that failed (not taken by the stream, or taken but not
+    /// made here): no command until the next take-over.
+    pub(super) fn lose_place(&mut self, error: &dyn std::fmt::Display) {
+        if self.taken_term.take().is_some() {
+            tracing::error!(%error, "exchange write failed; no command until the exchange stream is read again at the next pass");
         }
-        Ok(())
     }
 
     /// Every accounts write: through the stream first in cluster mode, then synced here.
     pub(super) fn write_accounts(&mut self, mut batch: rocksdb::WriteBatch) -> anyhow::Result<()> {
         if let Some(replication) = &self.replication {
-            if let Err(error) = replication
+            let replicated = replication
                 .lock()
                 .expect("replication lock")
-                .replicate(ACCOUNTS_WRITE, &mut batch)
-            {
-                self.behind = true;
+                .replicate(ACCOUNTS_WRITE, &mut batch);
+            if let Err(error) = replicated {
+                self.lose_place(&error);
                 anyhow::bail!("exchange write not replicated: {error}");
             }
         }
         let mut sync = rocksdb::WriteOptions::default();
         sync.set_sync(true);
         if let Err(error) = self.accounts.write_opt(batch, &sync) {
-            // The stream may hold what this store does not: read it again first.
-            self.behind = true;
+            // The stream may hold what this store does not: it is read again first.
+            self.lose_place(&error);
             return Err(error.into());
         }
         Ok(())
     }
 
     /// Cluster mode: applies every write in the stream after this exchange's position;
-    /// how many. A standby calls it every pass; the leader after a write whose outcome it
-    /// does not know, and before it takes over.
+    /// how many. The leader reads to the end before it takes over
+    /// (`STANDBY_FETCHES_PER_PASS_MAX` is for a standby's passes).
     pub fn catch_up(&mut self) -> anyhow::Result<usize> {
+        self.catch_up_for(usize::MAX)
+    }
+
+    /// `catch_up`, reading at most `fetches_max` batches of the stream: a standby far
+    /// behind (a first start, a leader writing as fast as it reads) catches up over
+    /// several passes instead of holding the exchange's lock, and its pass, without end.
+    fn catch_up_for(&mut self, fetches_max: usize) -> anyhow::Result<usize> {
         let Some(replication) = self.replication.clone() else {
             return Ok(0);
         };
         let stream = replication.lock().expect("replication lock").stream.clone();
-        let start = self.replica_position()?;
-        let applied =
-            otedama_cluster::ledger::follow(&stream, start, |steps| self.apply_steps(steps))?;
+        let mut chunks = otedama_cluster::ledger::LedgerChunks::default();
+        let (mut read_through, mut applied) = (self.replica_position()?, 0);
+        for _ in 0..fetches_max {
+            let messages = stream
+                .after(read_through)
+                .map_err(|error| anyhow::anyhow!("reading the exchange stream: {error}"))?;
+            let Some(last) = messages.last() else {
+                break;
+            };
+            read_through = last.position;
+            let steps: Vec<Step> = messages
+                .into_iter()
+                .flat_map(|message| chunks.take(message))
+                .collect();
+            applied += self.apply_steps(steps)?;
+        }
         replication.lock().expect("replication lock").position = self.replica_position()?;
-        self.behind = false;
+        // Every journal entry applied to the book: a replay that failed once is tried
+        // again here, every pass, rather than leave the book behind its journal.
+        self.dex
+            .journal
+            .replay_into(&mut self.dex.exchange)
+            .map_err(|e| anyhow::anyhow!("replaying the exchange journal: {e}"))?;
+        anyhow::ensure!(
+            self.dex.exchange.applied() + 1 == self.dex.journal.next_sequence(),
+            "the exchange's book ({}) is not at its journal's end ({})",
+            self.dex.exchange.applied(),
+            self.dex.journal.next_sequence() - 1
+        );
         Ok(applied)
     }
 
@@ -290,7 +350,7 @@ pub fn follow_leadership(
 ) -> anyhow::Result<bool> {
     if !leads {
         dex.step_down();
-        dex.catch_up()?;
+        dex.catch_up_for(STANDBY_FETCHES_PER_PASS_MAX)?;
         return Ok(false);
     }
     if dex.leads() {

@@ -103,17 +103,26 @@ impl DexService {
                     coins_text(u128::from(amount))
                 )))
             }
-            Err(e) => return Err(DexError::internal(e)),
+            // Cluster mode: the ledger stream may hold the pending transfer even so; no
+            // command takes its journal sequence before a take-over has settled it.
+            Err(e) => {
+                self.lose_place(&e);
+                return Err(DexError::internal(e));
+            }
         }
         let outcome = match self.submit(&command) {
             Ok(_) => TransferState::Done,
             Err(DexError::Refused(_)) => TransferState::Failed,
-            // The journal failed: the transfer stays pending, and the next start settles it.
+            // The journal failed: the transfer stays pending, and the next start (in
+            // cluster mode, the next take-over) settles it.
             Err(e) => return Err(e),
         };
-        ledger
-            .finish_transfer(transfer.id, outcome)
-            .map_err(DexError::internal)?;
+        if let Err(e) = ledger.finish_transfer(transfer.id, outcome) {
+            // Settled by the next take-over too (its command is in the journal at its
+            // sequence, or it was refused and nothing moved).
+            self.lose_place(&e);
+            return Err(DexError::internal(e));
+        }
         transfer.state = outcome;
         Ok(transfer)
     }

@@ -438,8 +438,15 @@ impl PayoutRunner {
             // A lease lost and held again between two passes is a new term that no edge
             // here shows: the exchange is taken over in every term, fencing the ledger
             // again unless it was just fenced above.
-            if crate::dex::follow_leadership(&mut dex, &self.ledger, leads, took_over)? {
-                self.freeze_held_orders(&mut dex);
+            match crate::dex::follow_leadership(&mut dex, &self.ledger, leads, took_over) {
+                Ok(true) => self.freeze_held_orders(&mut dex),
+                Ok(false) => {}
+                // The exchange answers 503 until it can follow or take over again; credits
+                // and payouts go on without it.
+                Err(error) => tracing::error!(
+                    error = %format!("{error:#}"),
+                    "the exchange cannot read or fence its stream; it takes no command until it can"
+                ),
             }
         }
         if took_over {

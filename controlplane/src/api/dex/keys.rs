@@ -136,6 +136,19 @@ struct ChallengeRequest {
     address: String,
 }
 
+/// The exchange's start count, if this control plane runs the exchange (503 if not).
+async fn leading_start(state: &ApiState) -> Result<u64, Response> {
+    match with_dex(state, |dex, _| {
+        dex.ensure_leads().map(|()| dex.start_count())
+    })
+    .await
+    {
+        Ok(Ok(start_count)) => Ok(start_count),
+        Ok(Err(e)) => Err(refusal(e)),
+        Err(response) => Err(response),
+    }
+}
+
 pub(super) async fn key_challenge(
     State(state): State<ApiState>,
     body: axum::body::Bytes,
@@ -153,13 +166,8 @@ pub(super) async fn key_challenge(
     };
     // Cluster mode: only the control plane that runs the exchange issues challenges, under
     // its own start.
-    let start_count = match with_dex(&state, |dex, _| {
-        dex.ensure_leads().map(|()| dex.start_count())
-    })
-    .await
-    {
-        Ok(Ok(start_count)) => start_count,
-        Ok(Err(e)) => return refusal(e),
+    let start_count = match leading_start(&state).await {
+        Ok(start_count) => start_count,
         Err(response) => return response,
     };
     let (message, expires_at_ms) = {
@@ -209,12 +217,19 @@ pub(super) async fn create_key(State(state): State<ApiState>, body: axum::body::
     if let Err(e) = verified {
         return error(StatusCode::UNAUTHORIZED, e.to_string());
     }
+    // Cluster mode: challenges another term of this process issued are void (their
+    // serials are below the current start's).
+    let start_count = match leading_start(&state).await {
+        Ok(start_count) => start_count,
+        Err(response) => return response,
+    };
     // The challenge is spent only by a valid signature: a wrong guess cannot burn it.
-    let Some(challenge) = state.key_challenges.lock().expect("challenges lock").check(
-        &request.address,
-        &request.message,
-        now_ms(),
-    ) else {
+    let checked = {
+        let mut challenges = state.key_challenges.lock().expect("challenges lock");
+        challenges.follow_start(start_count);
+        challenges.check(&request.address, &request.message, now_ms())
+    };
+    let Some(challenge) = checked else {
         return error(
             StatusCode::UNAUTHORIZED,
             "the message is not an open challenge for this address (POST /api/v1/dex/keys/challenge)",
