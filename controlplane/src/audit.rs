@@ -90,6 +90,9 @@ pub struct AuditLog {
     /// (next sequence, hash of the last entry, time of the last entry): appends are
     /// serialized through it.
     head: Mutex<(u64, String, u64)>,
+    /// The last verification's outcome (`record_verification`): 0 none yet, 1 intact,
+    /// 2 broken.
+    verified: std::sync::atomic::AtomicU8,
 }
 
 impl AuditLog {
@@ -101,6 +104,7 @@ impl AuditLog {
         Ok(AuditLog {
             db,
             head: Mutex::new(head),
+            verified: Default::default(),
         })
     }
 
@@ -111,7 +115,24 @@ impl AuditLog {
         Ok(AuditLog {
             db,
             head: Mutex::new(head),
+            verified: Default::default(),
         })
+    }
+
+    /// Keeps what the last full verification (`verify`) found, for `/metrics`.
+    pub fn record_verification(&self, intact: bool) {
+        let state = if intact { 1 } else { 2 };
+        self.verified
+            .store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the chain held at the last verification; `None` before the first.
+    pub fn verified_intact(&self) -> Option<bool> {
+        match self.verified.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
     }
 
     pub fn head(&self) -> ChainHead {

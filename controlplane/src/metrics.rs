@@ -169,6 +169,20 @@ pub fn render(state: &ApiState) -> String {
         "Sum of the difficulty of accepted shares.",
         totals.accepted_difficulty_sum,
     );
+    // The same as hashes, for the coin's algorithm: its rate is the pool's hash rate.
+    out.single(
+        "otedama_accepted_hashes_total",
+        "counter",
+        "Hashes the accepted shares stand for on average (difficulty times hashes per difficulty one).",
+        totals.accepted_difficulty_sum
+            * crate::api::pool::hashes_per_difficulty(state.algorithm),
+    );
+    out.single(
+        "otedama_job_age_seconds",
+        "gauge",
+        "Seconds since the newest job was built (since the start, before the first).",
+        state.pool.job_age_s(),
+    );
     out.family(
         "otedama_blocks_total",
         "counter",
@@ -330,6 +344,14 @@ pub fn render(state: &ApiState) -> String {
         "Smallest units of batches double-spent after the node took them; back in the miners' balances.",
         tally(IntentState::Failed).amount,
     );
+    if let Some(intact) = state.audit.verified_intact() {
+        out.single(
+            "otedama_audit_chain_intact",
+            "gauge",
+            "1 if every audit entry's hash link held at the last verification (every 300 s), 0 if one is broken.",
+            u8::from(intact),
+        );
+    }
     let head = state.audit.head();
     out.family(
         "otedama_audit_chain_entries",

@@ -92,6 +92,9 @@ pub struct PoolState {
     /// New-block, payment and exchange events for the `/ws` feed.
     events: tokio::sync::broadcast::Sender<PoolEvent>,
     pub started_at: std::time::Instant,
+    /// When the newest job was published, in ms since `started_at`, plus one; 0 before
+    /// the first.
+    job_published_ms: AtomicU64,
     /// Single-host mode: below which sequence each local share log may be cut
     /// (`otedama_shared::ipc::Downstream::ShareLogFloors`), from the payout thread.
     pub share_log_floors: tokio::sync::watch::Sender<Arc<BTreeMap<u32, u64>>>,
@@ -154,6 +157,7 @@ impl PoolState {
             share_log_floors: tokio::sync::watch::Sender::new(Default::default()),
             share_log_read_positions: Default::default(),
             started_at: std::time::Instant::now(),
+            job_published_ms: AtomicU64::new(0),
         })
     }
 
@@ -299,9 +303,19 @@ impl PoolState {
         }
         self.height
             .store(template.height.saturating_sub(1), Relaxed);
+        self.job_published_ms
+            .store(self.started_at.elapsed().as_millis() as u64 + 1, Relaxed);
         *self.current_job.lock().expect("jobs lock") = Some(template.clone());
         // No data plane listening is fine: it gets the current job when it connects.
         let _ = self.job_broadcast.send(template);
+    }
+
+    /// Seconds since the newest job was published, or since the start before the first:
+    /// a template that stops changing (a node stuck or unreachable) shows here.
+    pub fn job_age_s(&self) -> f64 {
+        let now_ms = self.started_at.elapsed().as_millis() as u64;
+        let published_ms = self.job_published_ms.load(Relaxed).saturating_sub(1);
+        now_ms.saturating_sub(published_ms) as f64 / 1000.0
     }
 
     pub fn job(&self, job_id: u64) -> Option<Arc<BuiltJob>> {

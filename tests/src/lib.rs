@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 pub use otedama_controlplane::regtest::{free_port, NodeKind, RegtestNode, RegtestPair};
 
 pub mod fault_proxy;
+pub mod monitoring;
 pub mod nats;
 
 /// The `otedama` binary built beside this test executable.

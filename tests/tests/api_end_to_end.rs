@@ -452,6 +452,27 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+    // Every metric the shipped alert rules and dashboard name is one this pool exports
+    // (`monitoring/`), so neither watches a name that no longer exists.
+    let families: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    // Exported in cluster mode only; `cluster_acceptance` runs that mode.
+    const CLUSTER_ONLY: &[&str] = &["otedama_cluster_leading"];
+    for name in otedama_tests::monitoring::metric_names_used() {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| families.contains(base))
+            })
+            .unwrap_or(&name);
+        assert!(
+            families.contains(family) || CLUSTER_ONLY.contains(&family),
+            "monitoring/ uses {name}, which /metrics does not export"
+        );
+    }
 
     // Mature alice's blocks and pay her, so the dashboard has a payment to show.
     nodes

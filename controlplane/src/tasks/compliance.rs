@@ -140,6 +140,15 @@ pub(crate) fn audit_housekeeping(audit: &AuditLog, retention_days: u64) {
     loop {
         let head = audit.head();
         tracing::info!(entries = head.entries, head = %head.hash, "audit chain head");
+        // Every entry's link checked again, for `otedama_audit_chain_intact` and its alert.
+        match audit.verify() {
+            Ok(Ok(_)) => audit.record_verification(true),
+            Ok(Err(broken)) => {
+                tracing::error!(sequence = broken.sequence, why = %broken.why, "the audit chain is broken");
+                audit.record_verification(false);
+            }
+            Err(error) => tracing::error!(%error, "cannot verify the audit chain"),
+        }
         if retention_days > 0 {
             let cutoff_ms = now_ms().saturating_sub(retention_days * 86_400_000);
             match audit.first_at_or_after(cutoff_ms) {
