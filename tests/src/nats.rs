@@ -230,9 +230,13 @@ pub fn shipped_records(
     })
 }
 
-/// The name of the server that leads `stream` (its RAFT group's leader), if the cluster
-/// has elected one, and how many of its other replicas are current (caught up with it).
-pub fn stream_leader(urls: &[String], stream: &str) -> Option<(String, usize)> {
+/// Runs `ask` against the cluster's JetStream on a runtime of its own; `None` if the
+/// cluster cannot be reached or `ask` finds nothing.
+fn with_jetstream<T, F, Fut>(urls: &[String], ask: F) -> Option<T>
+where
+    F: FnOnce(async_nats::jetstream::Context) -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -241,7 +245,14 @@ pub fn stream_leader(urls: &[String], stream: &str) -> Option<(String, usize)> {
         let client = async_nats::connect(otedama_cluster::server_addresses(urls).ok()?)
             .await
             .ok()?;
-        let context = async_nats::jetstream::new(client);
+        ask(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// The name of the server that leads `stream` (its RAFT group's leader), if the cluster
+/// has elected one, and how many of its other replicas are current (caught up with it).
+pub fn stream_leader(urls: &[String], stream: &str) -> Option<(String, usize)> {
+    with_jetstream(urls, |context| async move {
         let mut stream = context.get_stream(stream).await.ok()?;
         let info = stream.info().await.ok()?;
         let cluster = info.cluster.as_ref()?;
@@ -259,16 +270,8 @@ pub fn stream_leader(urls: &[String], stream: &str) -> Option<(String, usize)> {
 /// another has not caught up on some stream leaves that stream without a quorum, so a
 /// test that kills servers one at a time waits for this to be empty first.
 pub fn streams_not_current(urls: &[String]) -> Option<Vec<String>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
+    with_jetstream(urls, |context| async move {
         use futures_lite::StreamExt;
-        let client = async_nats::connect(otedama_cluster::server_addresses(urls).ok()?)
-            .await
-            .ok()?;
-        let context = async_nats::jetstream::new(client);
         let mut names = context.stream_names();
         let mut lagging = Vec::new();
         while let Some(name) = names.next().await {

@@ -260,13 +260,20 @@ impl DexService {
     /// every transfer a crash left pending (single-host mode).
     pub fn open(dir: &Path, empty: Exchange, ledger: &mut Ledger) -> anyhow::Result<Self> {
         let mut service = Self::open_store(dir, empty)?;
-        let start_count = service.start_count + 1;
+        service.begin_start(ledger)?;
+        Ok(service)
+    }
+
+    /// Counts a start of the exchange (key challenge serials rise with it), then settles
+    /// every transfer left pending. In cluster mode the count's write is also the new
+    /// leader's fence in the exchange stream.
+    fn begin_start(&mut self, ledger: &mut Ledger) -> anyhow::Result<()> {
+        let start_count = self.start_count + 1;
         let mut batch = rocksdb::WriteBatch::default();
         batch.put(START_COUNT_KEY, start_count.to_be_bytes());
-        service.write_accounts(batch)?;
-        service.start_count = start_count;
-        service.recover_transfers(ledger)?;
-        Ok(service)
+        self.write_accounts(batch)?;
+        self.start_count = start_count;
+        self.recover_transfers(ledger)
     }
 
     /// The journal and the accounts under `dir`, as stored.

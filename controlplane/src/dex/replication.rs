@@ -315,16 +315,11 @@ impl DexService {
         };
         let term = replication.lock().expect("replication lock").leading.term();
         self.catch_up()?;
-        let start_count = self.start_count + 1;
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put(START_COUNT_KEY, start_count.to_be_bytes());
-        self.write_accounts(batch)?;
-        self.start_count = start_count;
-        self.recover_transfers(ledger)?;
+        self.begin_start(ledger)?;
         self.taken_term = Some(term);
         tracing::warn!(
             applied = self.dex.exchange.applied(),
-            start_count,
+            start_count = self.start_count,
             "this control plane runs the exchange"
         );
         Ok(())
