@@ -42,6 +42,12 @@ const EXCHANGE_SUBJECT: &str = "otedama.exchange";
 /// so it must fit the servers' `max_file_store`.
 pub const EXCHANGE_STREAM_BYTES_MAX_DEFAULT: u64 = 1 << 30;
 
+/// Bytes the exchange stream takes beyond `exchange_stream_bytes_max`: user commands stop
+/// at the bound, and this is left for what must still be written after it (a take-over's
+/// fence, the settling of a pending transfer, commands taken between two looks at the
+/// stream's size), so that the exchange is never left unable to settle.
+pub const EXCHANGE_STREAM_RESERVE_BYTES: u64 = 8 << 20;
+
 /// A stream of fenced writes and the one subject it takes them on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicatedLog {
@@ -58,12 +64,14 @@ impl ReplicatedLog {
         bytes_max: -1,
     };
 
-    /// The exchange's stream, holding at most `bytes_max` bytes on each server.
+    /// The exchange's stream, for user commands up to `bytes_max` bytes on each server
+    /// (and `EXCHANGE_STREAM_RESERVE_BYTES` more for settling).
     pub fn exchange(bytes_max: u64) -> ReplicatedLog {
         ReplicatedLog {
             stream: EXCHANGE_STREAM,
             subject: EXCHANGE_SUBJECT,
-            bytes_max: i64::try_from(bytes_max).unwrap_or(i64::MAX),
+            bytes_max: i64::try_from(bytes_max.saturating_add(EXCHANGE_STREAM_RESERVE_BYTES))
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -212,6 +220,11 @@ enum Request {
         reply: mpsc::Sender<Result<Writes, String>>,
         deadline: Instant,
     },
+    /// The bytes the stream holds.
+    Bytes {
+        reply: mpsc::Sender<Result<u64, String>>,
+        deadline: Instant,
+    },
 }
 
 /// How long a caller waits for its answer; a request still queued after that is dropped
@@ -295,6 +308,18 @@ impl LedgerStream {
             reply,
             deadline,
         })
+    }
+
+    /// The bytes the stream holds (on each server), within `wait_ms`.
+    pub fn bytes(&self, wait_ms: u64) -> Result<u64, String> {
+        let (reply, answer) = mpsc::channel();
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        self.requests
+            .send(Request::Bytes { reply, deadline })
+            .map_err(|_| "the stream's thread has ended".to_string())?;
+        answer
+            .recv_timeout(Duration::from_millis(wait_ms))
+            .map_err(|_| "no answer from the stream".to_string())?
     }
 }
 
@@ -394,6 +419,7 @@ async fn serve(
                     match request {
                         Request::Replicate { reply, .. } => drop(reply.send(Err(error))),
                         Request::Fetch { reply, .. } => drop(reply.send(Err(error))),
+                        Request::Bytes { reply, .. } => drop(reply.send(Err(error))),
                     }
                     continue;
                 }
@@ -437,6 +463,15 @@ async fn serve(
                     Err("expired before it was read".into())
                 } else {
                     fetch(handle, after).await
+                };
+                let _ = reply.send(result);
+            }
+            Request::Bytes { reply, deadline } => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let result = match tokio::time::timeout(left, handle.get_info()).await {
+                    Ok(Ok(info)) => Ok(info.state.bytes),
+                    Ok(Err(error)) => Err(format!("the stream's size: {error}")),
+                    Err(_) => Err("no answer for the stream's size in time".into()),
                 };
                 let _ = reply.send(result);
             }

@@ -574,6 +574,7 @@ fn serve(
                         config.share_stream_replicas,
                     )?,
                     lease.clone(),
+                    config.exchange_stream_bytes_max,
                 ),
             ),
         }

@@ -44,10 +44,15 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn start(urls: &[String], dir: &std::path::Path, name: &str) -> Self {
+        Self::start_bounded(urls, dir, name, 32 << 20)
+    }
+
+    /// With user commands refused once the exchange stream holds `bytes_max` bytes.
+    fn start_bounded(urls: &[String], dir: &std::path::Path, name: &str, bytes_max: u64) -> Self {
         let mut ledger = Ledger::open(&dir.join("ledger")).unwrap();
         let ledger_stream = LedgerStream::start(urls.to_vec(), 3).unwrap();
         let exchange_stream =
-            LedgerStream::start_for(ReplicatedLog::exchange(64 << 20), urls.to_vec(), 3).unwrap();
+            LedgerStream::start_for(ReplicatedLog::exchange(32 << 20), urls.to_vec(), 3).unwrap();
         let lease =
             LeaderLease::start(urls.to_vec(), 3, &dir.join("identity"), name.into()).unwrap();
         ledger.set_replicator(Some(Box::new(StreamReplicator {
@@ -57,7 +62,7 @@ impl ControlPlane {
         let dex = DexService::open_replicated(
             &dir.join("dex"),
             build_exchange("LTC", &markets()).unwrap(),
-            Replication::new(exchange_stream.clone(), lease.status()),
+            Replication::new(exchange_stream.clone(), lease.status(), bytes_max),
         )
         .unwrap();
         ControlPlane {
@@ -285,4 +290,27 @@ fn the_standby_runs_the_leaders_exchange_after_a_failover_without_a_deposit_lost
     assert!(!a.pass());
     assert_eq!(a.view(), b.view(), "the former leader follows the new one");
     assert_eq!(a.dex.authenticate(&key).as_deref(), Some("miner-1"));
+}
+
+/// A full exchange stream refuses users' commands, not the writes that settle: a leader
+/// still takes the exchange over (its fence goes into the stream's reserve) and keeps it.
+#[test]
+fn a_full_exchange_stream_refuses_commands_but_not_the_take_over() {
+    let cluster = NatsCluster::start(3).unwrap();
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    // Full once it holds a byte: the take-over's fence fills it.
+    let mut a = ControlPlane::start_bounded(&urls, dir.path(), "cp-a", 1);
+    wait_until(Duration::from_secs(60), "cp-a leads", || a.leads()).unwrap();
+    assert!(a.pass(), "the take-over writes into the reserve");
+    let refused = a.dex.credit_external("miner-1", "BTC", COIN);
+    match refused {
+        Err(DexError::Unavailable(why)) => assert!(why.contains("full"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        a.dex.leads(),
+        "a full stream does not cost the leader its take-over"
+    );
+    assert!(!a.pass(), "nothing to take over again");
 }

@@ -328,7 +328,13 @@ impl DexService {
                 "the exchange journal failed a write; the exchange takes commands again after a restart",
             ));
         }
-        self.ensure_leads()?;
+        if let Err(refused) = self.ensure_leads() {
+            // A command after a transfer's ledger write (its lease lapsed in between): the
+            // transfer is pending, and no other command may take its journal sequence
+            // before a take-over has settled it.
+            self.lose_place(&refused);
+            return Err(refused);
+        }
         self.events.clear();
         match self.dex.submit(command, &mut self.events) {
             Ok(Ok(())) => {}

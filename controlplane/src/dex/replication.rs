@@ -31,22 +31,67 @@ pub const STANDBY_FETCHES_PER_PASS_MAX: usize = 2;
 const JOURNAL_WRITE: u8 = b'j';
 const ACCOUNTS_WRITE: u8 = b'a';
 
+/// How often the exchange stream's size is asked at most, and how long an answer may take.
+const ROOM_CHECK_INTERVAL_MS: u64 = 1_000;
+const ROOM_CHECK_WAIT_MS: u64 = 2_000;
+
+/// In the accounts store, with every accounts write the leader makes: the journal's stream
+/// position at that moment. A journal found behind it at open was lost or restored older
+/// than the accounts, and its book would be stale.
+const JOURNAL_SEEN_KEY: &[u8] = b"r/journal-position";
+
 /// Cluster mode: the exchange stream and this control plane's place in it.
 pub struct Replication {
     pub stream: LedgerStream,
     /// Whether this control plane holds the leader's lease now.
     pub leading: Arc<otedama_cluster::host::LeaseStatus>,
+    /// Bytes of the stream past which user commands are refused
+    /// (`exchange_stream_bytes_max`; the stream keeps a reserve beyond it for settling).
+    bytes_max: u64,
+    /// When the stream's size was last asked, and whether it was under `bytes_max`.
+    room: Option<(std::time::Instant, bool)>,
     /// The stream position of the last write made or applied here.
     position: u64,
 }
 
 impl Replication {
-    pub fn new(stream: LedgerStream, leading: Arc<otedama_cluster::host::LeaseStatus>) -> Self {
+    pub fn new(
+        stream: LedgerStream,
+        leading: Arc<otedama_cluster::host::LeaseStatus>,
+        bytes_max: u64,
+    ) -> Self {
         Replication {
             stream,
             leading,
+            bytes_max,
+            room: None,
             position: 0,
         }
+    }
+
+    /// Whether the stream has room for user commands, asked at most once a
+    /// `ROOM_CHECK_INTERVAL_MS`; while it cannot be asked, the last answer stands.
+    fn has_room(&mut self) -> bool {
+        let fresh = self.room.is_some_and(|(at, _)| {
+            at.elapsed() < std::time::Duration::from_millis(ROOM_CHECK_INTERVAL_MS)
+        });
+        if !fresh {
+            let room = match self.stream.bytes(ROOM_CHECK_WAIT_MS) {
+                Ok(bytes) => bytes < self.bytes_max,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot ask the exchange stream's size");
+                    self.room.is_none_or(|(_, room)| room)
+                }
+            };
+            if !room && self.room.is_none_or(|(_, before)| before) {
+                tracing::error!(
+                    bytes_max = self.bytes_max,
+                    "the exchange stream is full (exchange_stream_bytes_max): the exchange takes no more commands"
+                );
+            }
+            self.room = Some((std::time::Instant::now(), room));
+        }
+        self.room.is_none_or(|(_, room)| room)
     }
 
     /// Sends `batch`, for the store `target`, to the stream right after the last write
@@ -92,6 +137,23 @@ impl DexService {
                 "the exchange journal in {} follows the exchange stream but its accounts store does not \
                  (lost or restored on its own): restore both from one backup, or start this control plane \
                  on a new exchange store",
+                dir.display()
+            );
+        }
+        let journal_seen = match service.accounts.get(JOURNAL_SEEN_KEY)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .context("the stored journal position is not 8 bytes")?,
+            ),
+            None => 0,
+        };
+        if journal < journal_seen {
+            anyhow::bail!(
+                "the exchange journal in {} is behind its accounts store (stream position {journal} \
+                 against {journal_seen}: lost or restored on its own): restore both from one backup, \
+                 or start this control plane on a new exchange store",
                 dir.display()
             );
         }
@@ -154,14 +216,22 @@ impl DexService {
         }
     }
 
-    /// Refuses a command unless this exchange leads.
-    pub fn ensure_leads(&self) -> Result<(), DexError> {
-        match self.leads() {
-            true => Ok(()),
-            false => Err(unavailable(
+    /// Refuses a command unless this exchange leads and its stream has room for it.
+    pub fn ensure_leads(&mut self) -> Result<(), DexError> {
+        if !self.leads() {
+            return Err(unavailable(
                 "this control plane does not run the exchange now",
-            )),
+            ));
         }
+        if let Some(replication) = &self.replication {
+            if !replication.lock().expect("replication lock").has_room() {
+                return Err(DexError::Unavailable(
+                    "the exchange stream is full (exchange_stream_bytes_max): the exchange takes no more commands"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Cluster mode, after a write that failed (not taken by the stream, or taken but not
@@ -175,6 +245,12 @@ impl DexService {
     /// Every accounts write: through the stream first in cluster mode, then synced here.
     pub(super) fn write_accounts(&mut self, mut batch: rocksdb::WriteBatch) -> anyhow::Result<()> {
         if let Some(replication) = &self.replication {
+            let journal = self
+                .dex
+                .journal
+                .replica_position()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            batch.put(JOURNAL_SEEN_KEY, journal.to_be_bytes());
             let replicated = replication
                 .lock()
                 .expect("replication lock")
@@ -351,6 +427,9 @@ pub fn follow_leadership(
     if dex.leads() {
         return Ok(false);
     }
+    // Read first, without the ledger's lock: the take-over's own catch-up then finds
+    // little or nothing.
+    dex.catch_up()?;
     // Lock order: the exchange (the caller's), then the ledger.
     let mut ledger = ledger.lock().expect("ledger lock");
     if !ledger_fenced {

@@ -113,9 +113,13 @@ impl DexService {
         let outcome = match self.submit(&command) {
             Ok(_) => TransferState::Done,
             Err(DexError::Refused(_)) => TransferState::Failed,
-            // The journal failed: the transfer stays pending, and the next start (in
-            // cluster mode, the next take-over) settles it.
-            Err(e) => return Err(e),
+            // The journal failed, or the command was not tried: the transfer stays
+            // pending, and the next start (in cluster mode, the next take-over, before any
+            // other command) settles it.
+            Err(e) => {
+                self.lose_place(&e);
+                return Err(e);
+            }
         };
         if let Err(e) = ledger.finish_transfer(transfer.id, outcome) {
             // Settled by the next take-over too (its command is in the journal at its
