@@ -328,13 +328,18 @@ impl DexService {
                 "the exchange journal failed a write; the exchange takes commands again after a restart",
             ));
         }
-        if let Err(refused) = self.ensure_leads() {
+        if !self.leads() {
             // A command after a transfer's ledger write (its lease lapsed in between): the
             // transfer is pending, and no other command may take its journal sequence
             // before a take-over has settled it.
+            let refused =
+                replication::unavailable("this control plane does not run the exchange now");
             self.lose_place(&refused);
             return Err(refused);
         }
+        // The stream's room: a refusal here keeps the take-over (another would only spend
+        // the stream's reserve); `transfer` drops it itself when its ledger write is made.
+        self.ensure_leads()?;
         self.events.clear();
         match self.dex.submit(command, &mut self.events) {
             Ok(Ok(())) => {}

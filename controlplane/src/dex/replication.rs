@@ -113,7 +113,7 @@ impl Replication {
 pub type SharedReplication = Arc<Mutex<Replication>>;
 
 /// Why a standby or a leader that lost its place takes no command.
-fn unavailable(why: impl std::fmt::Display) -> DexError {
+pub(super) fn unavailable(why: impl std::fmt::Display) -> DexError {
     DexError::Unavailable(format!(
         "{why}: exchange commands go to the leading control plane"
     ))
