@@ -75,7 +75,8 @@ pub enum DexError {
     #[error(transparent)]
     Refused(#[from] ExchangeReject),
     /// Cluster mode: this control plane does not run the exchange now (a standby, or a
-    /// leader that lost its place in the exchange stream until it reads it again).
+    /// leader after a failed write until its next take-over), or the exchange stream is
+    /// full.
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]

@@ -78,8 +78,9 @@ impl DexService {
         now_ms: u64,
         kind: TransferKind,
     ) -> Result<Transfer, DexError> {
-        // First: in cluster mode this reads the stream if a write's outcome is unknown, so
-        // the journal sequence the transfer names is the next one.
+        // First: in cluster mode only an exchange taken over in this term, with room in its
+        // stream, goes on; after any failed write it was taken over again (the stream read,
+        // pending transfers settled), so the journal sequence the transfer names is free.
         self.ensure_leads()?;
         let account = self.ensure_account(address)?;
         let mut transfer = Transfer {
