@@ -249,6 +249,80 @@ impl Wallet for NodeWallet {
             Err(error) => Err(wallet_error(error)),
         }
     }
+
+    fn sends_since(&mut self, since_unix_s: u64) -> Result<Vec<String>, WalletError> {
+        let chain = self
+            .rpc
+            .call("getblockchaininfo", json!([]))
+            .map_err(wallet_error)?;
+        if chain["initialblockdownload"].as_bool() != Some(false) {
+            return Err(WalletError::Unreachable(
+                "the node is in its initial block download: its wallet may not list every payment yet".into(),
+            ));
+        }
+        let wallet = self
+            .rpc
+            .call("getwalletinfo", json!([]))
+            .map_err(wallet_error)?;
+        if wallet["scanning"].is_object() {
+            return Err(WalletError::Unreachable(
+                "the wallet is rescanning: it may not list every payment yet".into(),
+            ));
+        }
+        // `listsinceblock` from the newest block whose time is before `since_unix_s`
+        // gives every wallet transaction in a later block or in none: one call, however
+        // long the wallet's history. Block times may run up to two hours out of order,
+        // which the caller's margin covers; the search only picks where to start.
+        let tip = chain["blocks"]
+            .as_u64()
+            .ok_or_else(|| WalletError::Refused("getblockchaininfo without blocks".into()))?;
+        let block_time = |height: u64| -> Result<u64, WalletError> {
+            let hash = self
+                .rpc
+                .call("getblockhash", json!([height]))
+                .map_err(wallet_error)?;
+            let header = self
+                .rpc
+                .call("getblockheader", json!([hash]))
+                .map_err(wallet_error)?;
+            header["time"]
+                .as_u64()
+                .ok_or_else(|| WalletError::Refused(format!("block {height} has no time")))
+        };
+        let start = if block_time(0)? >= since_unix_s {
+            String::new()
+        } else {
+            // The highest height whose block time is before `since_unix_s`.
+            let (mut below, mut above) = (0u64, tip + 1);
+            while above - below > 1 {
+                let middle = below + (above - below) / 2;
+                if block_time(middle)? < since_unix_s {
+                    below = middle;
+                } else {
+                    above = middle;
+                }
+            }
+            let hash = self
+                .rpc
+                .call("getblockhash", json!([below]))
+                .map_err(wallet_error)?;
+            hash.as_str().unwrap_or_default().to_string()
+        };
+        let listed = self
+            .rpc
+            .call("listsinceblock", json!([start, 1, true]))
+            .map_err(wallet_error)?;
+        let mut sends = std::collections::BTreeSet::new();
+        for entry in listed["transactions"].as_array().into_iter().flatten() {
+            let sent = entry["category"] == "send"
+                && entry["abandoned"].as_bool() != Some(true)
+                && entry["confirmations"].as_i64().unwrap_or(0) >= 0;
+            if let (true, Some(txid)) = (sent, entry["txid"].as_str()) {
+                sends.insert(txid.to_string());
+            }
+        }
+        Ok(sends.into_iter().collect())
+    }
 }
 
 impl NodeWallet {

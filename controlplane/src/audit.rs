@@ -110,7 +110,13 @@ impl AuditLog {
 
     /// Opens a log another process may be writing, to read or verify it.
     pub fn open_read_only(path: &Path) -> Result<Self, AuditError> {
-        let db = DB::open_for_read_only(&Options::default(), path, false)?;
+        Self::open_read_only_with(&Options::default(), path)
+    }
+
+    /// `open_read_only` with the caller's options (a backup's check keeps RocksDB's info
+    /// log out of the backup with `set_db_log_dir`).
+    pub fn open_read_only_with(options: &Options, path: &Path) -> Result<Self, AuditError> {
+        let db = DB::open_for_read_only(options, path, false)?;
         let head = read_head(&db)?;
         Ok(AuditLog {
             db,

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod bans;
 pub mod config;
 pub mod dex;

@@ -344,6 +344,15 @@ pub fn render(state: &ApiState) -> String {
         "Smallest units of batches double-spent after the node took them; back in the miners' balances.",
         tally(IntentState::Failed).amount,
     );
+    out.single(
+        "otedama_payouts_held_after_restore",
+        "gauge",
+        "Wallet payments since the restored backup that the ledger does not know; while above 0 no payout is sent.",
+        state
+            .pool
+            .payouts_held_after_restore
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     if let Some(intact) = state.audit.verified_intact() {
         out.single(
             "otedama_audit_chain_intact",

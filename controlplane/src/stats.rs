@@ -102,6 +102,9 @@ pub struct PoolState {
     /// it leads: in cluster mode the retention keeps what it has not read yet
     /// (`tasks::payouts::start_share_retention`). Empty on a standby.
     pub share_log_read_positions: Mutex<BTreeMap<u32, u64>>,
+    /// After a restore (`backup::RESTORE_HOLD_FILE`): the wallet payments since the backup
+    /// that the restored ledger does not know, which hold payouts back; 0 when not held.
+    pub payouts_held_after_restore: AtomicU64,
 }
 
 /// Totals across data planes, as the API reports them.
@@ -156,6 +159,7 @@ impl PoolState {
             events,
             share_log_floors: tokio::sync::watch::Sender::new(Default::default()),
             share_log_read_positions: Default::default(),
+            payouts_held_after_restore: Default::default(),
             started_at: std::time::Instant::now(),
             job_published_ms: AtomicU64::new(0),
         })

@@ -1,9 +1,11 @@
 //! `otedama`: one binary for every role. `run` supervises a control plane and a data plane
 //! on one host; `dataplane` and `controlplane` run one half; `demo` runs a whole pool on a
-//! Litecoin regtest node with CPU miners; `miner` is a CPU miner over Stratum V1, V2 (Noise) or V2 over QUIC.
+//! Litecoin regtest node with CPU miners; `miner` is a CPU miner over Stratum V1, V2 (Noise) or V2 over QUIC;
+//! `backup` and `restore` copy a data directory and put it back.
 //! Each subcommand is one file of the same name; this one only parses and dispatches.
 
 mod audit;
+mod backup;
 mod block_relay;
 mod config;
 mod controlplane;
@@ -44,6 +46,12 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Back up a pool's data directory, running or not (`otedama backup --data-dir DIR
+    /// --to DEST`), or check a backup (`otedama backup verify DEST`).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an empty data directory; payouts stay held until the node's
+    /// wallet agrees with the restored ledger.
+    Restore(backup::RestoreArgs),
     /// Check the configuration (file, environment and flags) without starting anything,
     /// and print it as TOML with every default filled in. Exits non-zero on a bad one.
     Config(ConfigArgs),
@@ -106,6 +114,8 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Miner(args) => miner::run(args),
         Command::Audit { command } => audit::run(command),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Config(args) => config::run(args),
         Command::NatsUser(args) => nats_user(args),
     }

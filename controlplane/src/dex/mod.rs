@@ -177,6 +177,9 @@ pub struct DexService {
     /// Cluster mode: the lease term in which this control plane took the exchange over
     /// (`take_over`).
     taken_term: Option<u64>,
+    /// Held by each transfer between its ledger and journal writes, and by a backup while
+    /// it copies the two (`backup::TransferGate`).
+    transfer_gate: crate::backup::TransferGate,
 }
 
 fn parse_positive(what: &str, text: &str) -> Result<u64, DexError> {
@@ -295,6 +298,7 @@ impl DexService {
         let mut options = Options::default();
         options.create_if_missing(true);
         let accounts = DB::open(&options, dir.join("accounts"))?;
+        let transfer_gate = crate::backup::TransferGate::open(dir)?;
         Ok(DexService {
             dex,
             next_account: replication::next_account_id(&accounts)?,
@@ -306,6 +310,7 @@ impl DexService {
             journal_failed: false,
             replication: None,
             taken_term: None,
+            transfer_gate,
         })
     }
 

@@ -4,8 +4,19 @@
 
 use super::*;
 
+/// How long a transfer waits for a backup's copy of the exchange and the ledger before it
+/// answers 503.
+const TRANSFER_GATE_WAIT_MS: u64 = 2_000;
+/// How long settling pending transfers (at start, on taking over) waits for one.
+const TRANSFER_GATE_RECOVERY_WAIT_MS: u64 = 120_000;
+
 impl DexService {
     pub(super) fn recover_transfers(&mut self, ledger: &mut Ledger) -> anyhow::Result<()> {
+        // Settling writes the journal and the ledger, as a transfer does.
+        let _gate = self
+            .transfer_gate
+            .for_transfer(TRANSFER_GATE_RECOVERY_WAIT_MS)?
+            .context("a backup held the exchange's transfer gate; settling waits for it")?;
         for transfer in ledger.transfers()? {
             if transfer.state != TransferState::Pending {
                 continue;
@@ -82,6 +93,18 @@ impl DexService {
         // stream, goes on; after any failed write it was taken over again (the stream read,
         // pending transfers settled), so the journal sequence the transfer names is free.
         self.ensure_leads()?;
+        // Held from the first ledger write to the last, so a backup never copies the
+        // ledger and the journal from the middle of a transfer.
+        let _gate = self
+            .transfer_gate
+            .for_transfer(TRANSFER_GATE_WAIT_MS)
+            .map_err(DexError::internal)?
+            .ok_or_else(|| {
+                DexError::Unavailable(
+                    "a backup is copying the exchange and the ledger; try again in a few seconds"
+                        .into(),
+                )
+            })?;
         let account = self.ensure_account(address)?;
         let mut transfer = Transfer {
             id: ledger.next_transfer_id().map_err(DexError::internal)?,

@@ -122,6 +122,61 @@ pub struct PayoutRunner {
     pub next_floors_ms: u64,
     /// The exchange once open: a KYC hold cancels the address's resting orders there.
     pub dex: Arc<std::sync::OnceLock<crate::dex::SharedDex>>,
+    /// The data directory, where a restore leaves its hold on payouts
+    /// (`backup::RESTORE_HOLD_FILE`); `None` in tests that never restore.
+    pub restore_hold_dir: Option<PathBuf>,
+}
+
+/// After a restore, payouts wait until the node's wallet shows no payment since the
+/// backup that the restored ledger does not know: such a payment paid for shares the
+/// restored ledger credits again from the share logs, so paying now could pay them twice.
+/// Once none is left (the operator restored a later backup, or removed the hold file
+/// after accounting for them), the hold goes and the lift is audited.
+fn check_restore_hold(
+    data_dir: &std::path::Path,
+    ledger: &Mutex<Ledger>,
+    wallet: &mut dyn Wallet,
+    pool: &PoolState,
+    audit: &crate::audit::AuditLog,
+    now_ms: u64,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(hold) = crate::backup::RestoreHold::read(data_dir)? else {
+        pool.payouts_held_after_restore.store(0, Relaxed);
+        return Ok(());
+    };
+    // Held until shown otherwise: a wallet that cannot list its payments yet (the node
+    // syncing, the wallet rescanning) keeps the hold and the alert.
+    pool.payouts_held_after_restore.fetch_max(1, Relaxed);
+    let sends = wallet.sends_since(hold.compare_from_unix_s())?;
+    let unknown = crate::backup::unknown_sends(&ledger.lock().expect("ledger lock"), &sends)?;
+    pool.payouts_held_after_restore
+        .store(unknown.len().max(1) as u64, Relaxed);
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "payouts held after a restore: the wallet made {} payment(s) since the backup that the restored ledger does not know ({}); \
+             restore a backup taken after them (removing {} pays their shares again)",
+            unknown.len(),
+            unknown.join(", "),
+            data_dir.join(crate::backup::RESTORE_HOLD_FILE).display()
+        );
+    }
+    audit.append(
+        now_ms,
+        "payouts",
+        "payouts_resumed_after_restore",
+        serde_json::json!({
+            "backup_created_at_unix_s": hold.backup_created_at_unix_s,
+            "wallet_payments_compared": sends.len(),
+        }),
+    )?;
+    std::fs::remove_file(data_dir.join(crate::backup::RESTORE_HOLD_FILE))?;
+    pool.payouts_held_after_restore.store(0, Relaxed);
+    tracing::info!(
+        compared = sends.len(),
+        "payouts resume after the restore: every wallet payment since the backup is in the ledger"
+    );
+    Ok(())
 }
 
 /// Tails for every data-plane process, starting where the ledger's PPS cursors say (per
@@ -527,6 +582,16 @@ impl PayoutRunner {
         let Some(wallet) = self.wallet.as_mut() else {
             anyhow::bail!("no wallet: payouts need chain = \"node\"");
         };
+        if let Some(data_dir) = &self.restore_hold_dir {
+            check_restore_hold(
+                data_dir,
+                &self.ledger,
+                wallet.as_mut(),
+                &self.pool,
+                &self.audit,
+                now_ms,
+            )?;
+        }
         let settings = self.settings.clone();
         let policy = move || settings.read().expect("settings lock").policy.clone();
         let report = payments::run(
@@ -779,6 +844,7 @@ mod tests {
             cut_waits: BTreeMap::new(),
             block_share_wait_ms: BLOCK_SHARE_WAIT_MS,
             next_floors_ms: 0,
+            restore_hold_dir: None,
             dex: Default::default(),
         }
     }

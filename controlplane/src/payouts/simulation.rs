@@ -212,6 +212,11 @@ impl Wallet for FlakyWallet {
         self.ledger_is_free();
         Ok(0)
     }
+
+    fn sends_since(&mut self, _: u64) -> Result<Vec<String>, WalletError> {
+        self.ledger_is_free();
+        Ok(self.node.lock().unwrap().held.keys().cloned().collect())
+    }
 }
 
 /// One share this simulation wrote, as it knows it apart from the runner.
@@ -394,6 +399,7 @@ impl Simulation {
             // Every block share is written in the end; never cut a round by time here.
             block_share_wait_ms: u64::MAX / 4,
             next_floors_ms: 0,
+            restore_hold_dir: None,
             dex: Default::default(),
         };
         runner.start(self.now_ms);

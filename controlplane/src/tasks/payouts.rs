@@ -153,6 +153,12 @@ pub(crate) fn start_payouts(
         run_now,
         dex: Default::default(),
     };
+    if crate::backup::RestoreHold::read(&config.data_dir)?.is_some() {
+        // Shown from the start, not only from the first payout run.
+        state
+            .payouts_held_after_restore
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let runner = PayoutRunner {
         ledger: handles.ledger.clone(),
         history: handles.history.clone(),
@@ -175,6 +181,7 @@ pub(crate) fn start_payouts(
         cut_waits: Default::default(),
         block_share_wait_ms: crate::payouts::BLOCK_SHARE_WAIT_MS,
         next_floors_ms: 0,
+        restore_hold_dir: Some(config.data_dir.clone()),
     };
     std::thread::Builder::new()
         .name("payouts".into())

@@ -587,6 +587,9 @@ mod tests {
         fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError> {
             Ok(self.never_minable.get(raw_tx).cloned())
         }
+        fn sends_since(&mut self, _: u64) -> Result<Vec<String>, WalletError> {
+            Ok(self.status.keys().cloned().collect())
+        }
     }
 
     /// A ledger with one sent payout (txid `t1`) of 300 to each of `miners`, from a
@@ -867,6 +870,10 @@ mod tests {
         fn never_minable(&mut self, _: &str) -> Result<Option<String>, WalletError> {
             self.ledger_is_free("never_minable");
             Ok(None)
+        }
+        fn sends_since(&mut self, _: u64) -> Result<Vec<String>, WalletError> {
+            self.ledger_is_free("sends_since");
+            Ok(self.held.iter().cloned().collect())
         }
         fn release_stale_locks(&mut self, _: &[&str]) -> Result<usize, WalletError> {
             self.ledger_is_free("release_stale_locks");

@@ -40,6 +40,11 @@ pub trait Wallet {
     /// Why a raw transaction the node does not hold can never be mined (its inputs are
     /// spent or do not exist), or `None` if it still could be.
     fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError>;
+    /// The txids of every payment the wallet made (sent, not abandoned, not conflicted)
+    /// since `since_unix_s` (at least: older ones may be listed too): after a restore, each
+    /// must be a payout the ledger knows. Fails while the wallet cannot list them all (the
+    /// node in its initial block download, the wallet rescanning).
+    fn sends_since(&mut self, since_unix_s: u64) -> Result<Vec<String>, WalletError>;
 
     /// Unlocks every coin the wallet holds locked that none of `keep` (raw transactions of
     /// payouts still pending) spends, and says how many: a payout funded just before a
