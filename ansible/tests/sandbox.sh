@@ -88,10 +88,11 @@ systemd-analyze verify "${units[0]}" /run/verify/otedama-dataplane@0.service "${
 {
     id otedama
     id litecoin
-    stat -c '%n %U:%G %a' /etc/otedama /etc/otedama/otedama.toml /etc/otedama/admin-token /var/lib/otedama /usr/local/bin/otedama /usr/local/bin/otedama-tune
+    stat -c '%n %U:%G %a' /etc/otedama /etc/otedama/otedama.toml /etc/otedama/admin-token /var/lib/otedama /var/backups/otedama /usr/local/bin/otedama /usr/local/bin/otedama-tune
     stat -c '%n %U:%G %a' /etc/nats-server.conf /etc/nats/tls/server.key /etc/otedama/nats/client.key
     /usr/sbin/nats-server -t -c /etc/nats-server.conf >/dev/null 2>&1 && echo "nats config: ok" || echo "nats config: rejected"
-    grep -E '^(nats_urls|cluster_host|nats_tls_ca_file|share_retention_hours) ' /etc/otedama/otedama.toml
+    grep -E '^(nats_urls|cluster_host|nats_tls_ca_file|share_retention_hours|backup_dir|backup_interval_s|backups_kept) ' /etc/otedama/otedama.toml
+    grep -E '^ReadWritePaths=' /etc/systemd/system/otedama-controlplane.service
     for file in "${units[@]}" /etc/systemd/system/nats-server.service.d/60-otedama.conf /srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf /srv/tune-root/etc/sysctl.d/60-otedama.conf; do
         if [ -f "$file" ]; then echo "present: $file"; else echo "missing: $file"; fi
     done

@@ -684,9 +684,103 @@ pub fn verify(from: &Path) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
+fn is_share_log(path: &str) -> bool {
+    copy_rank(path) == copy_rank("shares")
+}
+
+/// The last share record of the store at `path` (a share log), if it has one.
+fn last_share(db: &DB) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    match db.iterator(IteratorMode::End).next().transpose()? {
+        Some((key, value)) if otedama_sharelog::format::share_log_sequence(&key).is_some() => {
+            Ok(Some((key.to_vec(), value.to_vec())))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Point-in-time recovery: the restored data directory (`staging`) takes from `live` (a
+/// data directory whose logs go on where the backup's stop, its ledger lost or damaged)
+/// every share record after the backup's last one, every job, and the data planes' lists of
+/// jobs served, so the restored control plane credits every share written after the
+/// backup. Records are added to the backup's copies, never put in their place: what live
+/// retention cut since the backup (credited there, maybe not in the backup's ledger) stays
+/// as the backup has it. Each of the backup's share logs must go on in `live`: the live log
+/// holds the backup's last record, byte for byte, so nothing after it was cut and the log
+/// is the same log (not one wiped and started again, whose numbers mean other shares).
+fn replay_from(live: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Result<Vec<String>> {
+    let scratch = tempfile::tempdir()?;
+    let items = survey(live)?;
+    let mut replayed = Vec::new();
+    for item in &items {
+        let path = item.path().to_string();
+        let target = staging.join(&path);
+        match item {
+            Item::Store(_) if is_share_log(&path) || path == "jobs" => {
+                let source = open_secondary(&live.join(&path), &scratch.path().join(&path))?;
+                let mut options = quiet_options(scratch.path());
+                options.create_if_missing(true);
+                let restored = DB::open(&options, &target)
+                    .with_context(|| format!("opening {}", target.display()))?;
+                let from = match is_share_log(&path) {
+                    true => match last_share(&restored)? {
+                        Some((key, value)) => {
+                            ensure!(
+                                source.get(&key)?.as_deref() == Some(value.as_slice()),
+                                "share log {path} in {} does not hold the backup's last record ({}) as the backup has it: \
+                                 it is not the log the backup was taken of, or it was cut or wiped since",
+                                live.display(),
+                                otedama_sharelog::format::share_log_sequence(&key).expect("a share key")
+                            );
+                            Some(key)
+                        }
+                        None => None,
+                    },
+                    false => None,
+                };
+                let mut batch = WriteBatch::default();
+                let mut added = 0u64;
+                for record in source.iterator(IteratorMode::Start) {
+                    let (key, value) = record?;
+                    // A share log's own keys (its clock) sort before every share and are
+                    // taken as live has them; shares only after the backup's last.
+                    let is_share = otedama_sharelog::format::share_log_sequence(&key).is_some();
+                    if is_share && from.as_deref().is_some_and(|last| *key <= *last) {
+                        continue;
+                    }
+                    batch.put(&key, &value);
+                    added += 1;
+                    if batch.size_in_bytes() >= COPY_BATCH_BYTES_MAX {
+                        restored.write(std::mem::take(&mut batch))?;
+                    }
+                }
+                restored.write(batch)?;
+                restored.flush()?;
+                tracing::info!(store = %path, added, "records after the backup taken from the live data directory");
+                replayed.push(path);
+            }
+            Item::File(_) if path.ends_with(".jobs-served") => {
+                std::fs::copy(live.join(&path), &target)
+                    .with_context(|| format!("copying {path} from {}", live.display()))?;
+                replayed.push(path);
+            }
+            _ => {}
+        }
+    }
+    for store in manifest.stores.iter().filter(|s| is_share_log(&s.path)) {
+        ensure!(
+            replayed.contains(&store.path),
+            "{} has no share log {}: the backup's shares would go on nowhere",
+            live.display(),
+            store.path
+        );
+    }
+    Ok(replayed)
+}
+
 /// Verifies the backup at `from`, then makes `data_dir` (missing or empty) a copy of it,
-/// with payouts held (`RESTORE_HOLD_FILE`).
-pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Manifest> {
+/// with payouts held (`RESTORE_HOLD_FILE`); with `replay`, its share logs and jobs come
+/// from that live data directory instead (`replay_from`).
+pub fn restore(from: &Path, data_dir: &Path, replay: Option<&Path>) -> anyhow::Result<Manifest> {
     ensure!(
         dir_is_empty_or_missing(data_dir)?,
         "{} is not empty: a restore goes into an empty data directory",
@@ -722,6 +816,10 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Manifest> {
             "{} changed while it was copied",
             entry.path
         );
+    }
+    if let Some(live) = replay {
+        let replaced = replay_from(live, staging.path(), &manifest)?;
+        tracing::info!(from = %live.display(), ?replaced, "share logs and jobs taken from the live data directory");
     }
     // A backup of a data directory whose own restore hold was still in force keeps the
     // earlier time: payments since then are still unaccounted for.
@@ -884,7 +982,7 @@ mod tests {
 
         assert_eq!(verify(&backup).unwrap(), manifest);
         let restored = root.path().join("restored");
-        restore(&backup, &restored).unwrap();
+        restore(&backup, &restored, None).unwrap();
         assert_eq!(read_all(&restored.join("shares")).len(), 1000);
         assert_eq!(
             read_all(&restored.join("ledger")),
@@ -905,7 +1003,7 @@ mod tests {
         let again = root.path().join("backup-again");
         take(&restored, &again, 1_800_000_000).unwrap();
         let twice = root.path().join("restored-twice");
-        restore(&again, &twice).unwrap();
+        restore(&again, &twice, None).unwrap();
         assert_eq!(
             RestoreHold::read(&twice)
                 .unwrap()
@@ -913,6 +1011,52 @@ mod tests {
                 .backup_created_at_unix_s,
             1_700_000_000
         );
+    }
+
+    /// Point-in-time: the backup's ledger with the live share logs written since, and a
+    /// live log that is not the backup's (wiped and written again) refused.
+    #[test]
+    fn a_restore_replays_the_live_share_logs_only_if_they_go_on_from_the_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let data_dir = root.path().join("pool");
+        let live = pool_dir(&data_dir);
+        let backup = root.path().join("backup");
+        take(&data_dir, &backup, 1).unwrap();
+        for sequence in 1000u64..1500 {
+            live.put(sequence.to_be_bytes(), [8u8; 64]).unwrap();
+        }
+        // Live retention cut the oldest shares since: the backup's copies of them stay.
+        let mut cut = WriteBatch::default();
+        cut.delete_range(0u64.to_be_bytes(), 500u64.to_be_bytes());
+        live.write(cut).unwrap();
+        drop(live);
+        std::fs::write(data_dir.join("shares.jobs-served"), b"1 2").unwrap();
+        let restored = root.path().join("restored");
+        restore(&backup, &restored, Some(&data_dir)).unwrap();
+        assert_eq!(read_all(&restored.join("shares")).len(), 1500);
+        assert_eq!(
+            std::fs::read(restored.join("shares.jobs-served")).unwrap(),
+            b"1 2"
+        );
+        // The ledger is the backup's.
+        assert_eq!(
+            read_all(&restored.join("ledger")),
+            read_all(&backup.join("data/ledger"))
+        );
+
+        // The live log wiped and written again: its record 999 is another share.
+        std::fs::remove_dir_all(data_dir.join("shares")).unwrap();
+        store(
+            &data_dir.join("shares"),
+            &[(&999u64.to_be_bytes(), b"other")],
+        );
+        let refused = root.path().join("refused");
+        let error = restore(&backup, &refused, Some(&data_dir)).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("last record (999)"),
+            "{error:#}"
+        );
+        assert!(!refused.exists());
     }
 
     #[test]
@@ -928,7 +1072,7 @@ mod tests {
         let occupied = root.path().join("occupied");
         std::fs::create_dir_all(&occupied).unwrap();
         std::fs::write(occupied.join("keep"), b"x").unwrap();
-        let error = restore(&backup, &occupied).unwrap_err().to_string();
+        let error = restore(&backup, &occupied, None).unwrap_err().to_string();
         assert!(error.contains("not empty"), "{error}");
         assert_eq!(std::fs::read(occupied.join("keep")).unwrap(), b"x");
 
@@ -938,7 +1082,7 @@ mod tests {
         let error = verify(&backup).unwrap_err().to_string();
         assert!(error.contains("bans.json differs"), "{error}");
         let target = root.path().join("target");
-        assert!(restore(&backup, &target).is_err());
+        assert!(restore(&backup, &target, None).is_err());
         assert!(!target.exists());
         std::fs::write(backup.join("data/bans.json"), b"{}").unwrap();
         verify(&backup).unwrap();

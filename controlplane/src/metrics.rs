@@ -353,6 +353,43 @@ pub fn render(state: &ApiState) -> String {
             .payouts_held_after_restore
             .load(std::sync::atomic::Ordering::Relaxed),
     );
+    let backups = &state.pool.backups;
+    out.single(
+        "otedama_backup_interval_seconds",
+        "gauge",
+        "Seconds between scheduled backups of the data directory; 0 when none are scheduled.",
+        backups.interval_s.load(Relaxed),
+    );
+    out.single(
+        "otedama_backup_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the newest complete scheduled backup in backup_dir; 0 if there is none.",
+        backups.last_success_unix_s.load(Relaxed),
+    );
+    out.single(
+        "otedama_backup_last_duration_seconds",
+        "gauge",
+        "How long the last scheduled backup took.",
+        backups.last_duration_ms.load(Relaxed) as f64 / 1000.0,
+    );
+    out.single(
+        "otedama_backup_last_bytes",
+        "gauge",
+        "Bytes the last scheduled backup wrote.",
+        backups.last_bytes.load(Relaxed),
+    );
+    out.single(
+        "otedama_backups_taken_total",
+        "counter",
+        "Scheduled backups completed since this control plane started.",
+        backups.taken.load(Relaxed),
+    );
+    out.single(
+        "otedama_backup_failures_total",
+        "counter",
+        "Scheduled backups that failed since this control plane started (each one's directory removed).",
+        backups.failures.load(Relaxed),
+    );
     if let Some(intact) = state.audit.verified_intact() {
         out.single(
             "otedama_audit_chain_intact",

@@ -172,6 +172,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         }
     }
 
+    crate::tasks::backups::start(&config, &state)?;
     {
         let (audit, retention_days) = (audit.clone(), config.audit_retention_days);
         std::thread::Builder::new()

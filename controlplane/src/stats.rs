@@ -105,6 +105,8 @@ pub struct PoolState {
     /// After a restore (`backup::RESTORE_HOLD_FILE`): the wallet payments since the backup
     /// that the restored ledger does not know, which hold payouts back; 0 when not held.
     pub payouts_held_after_restore: AtomicU64,
+    /// Scheduled backups (`tasks::backups`).
+    pub backups: crate::tasks::backups::BackupCounters,
 }
 
 /// Totals across data planes, as the API reports them.
@@ -160,6 +162,7 @@ impl PoolState {
             share_log_floors: tokio::sync::watch::Sender::new(Default::default()),
             share_log_read_positions: Default::default(),
             payouts_held_after_restore: Default::default(),
+            backups: Default::default(),
             started_at: std::time::Instant::now(),
             job_published_ms: AtomicU64::new(0),
         })

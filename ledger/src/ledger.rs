@@ -338,6 +338,71 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// A ledger another process may be writing, to read: a RocksDB secondary instance
+    /// (its own files in `scratch`) caught up with the writer as of this call.
+    pub fn open_secondary(path: &Path, scratch: &Path) -> Result<Self, LedgerError> {
+        let mut options = Options::default();
+        options.set_max_open_files(-1);
+        options.set_db_log_dir(scratch);
+        let db = DB::open_as_secondary(&options, path, scratch)?;
+        db.try_catch_up_with_primary()?;
+        let next_sequence = last_entry_sequence(&db).map_or(0, |last| last + 1);
+        Ok(Ledger {
+            db: std::sync::Arc::new(db),
+            next_sequence,
+            replicator: None,
+            commits_to_fail: 0,
+            commits_until_crash: None,
+        })
+    }
+
+    /// What this ledger owes and has credited, as a SHA-256 digest (hex) that two ledgers
+    /// share whenever they credited the same blocks and shares to the same accounts,
+    /// however they got there (a live ledger, and a backup of it that credited the share
+    /// logs written since): every account's balances, every credited block's split and
+    /// state (not orphaned blocks: their credits went back, and a ledger that never
+    /// credited one, because it saw it orphaned first, owes the same), and the
+    /// per-share schemes' cursors and total. Left out, because they record how and when,
+    /// not what: entry numbers and how passes grouped them, every time, payout intents'
+    /// progress, settings, KYC records, exchange transfers and cluster positions.
+    pub fn state_hash(&self) -> Result<String, LedgerError> {
+        use sha2::Digest;
+        #[derive(Serialize)]
+        struct State {
+            balances: BTreeMap<String, [u64; 4]>,
+            blocks: BTreeMap<String, (BlockState, BTreeMap<String, u64>)>,
+            share_cursors: BTreeMap<u32, u64>,
+            pps_credited: u64,
+        }
+        let state = State {
+            balances: self
+                .all_balances()?
+                .into_iter()
+                .map(|(account, b)| (account, [b.immature, b.mature, b.paying, b.paid]))
+                .collect(),
+            blocks: self
+                .scan::<CreditedBlock>(BLOCK_PREFIX)?
+                .into_iter()
+                .filter(|(_, block)| block.state != BlockState::Orphaned)
+                .map(|(hash, block)| {
+                    let hash = String::from_utf8_lossy(&hash).into_owned();
+                    (hash, (block.state, block.credits))
+                })
+                .collect(),
+            share_cursors: self
+                .scan::<u64>(CURSOR_PREFIX)?
+                .into_iter()
+                .filter_map(|(process, next)| {
+                    Some((u32::from_be_bytes(process.try_into().ok()?), next))
+                })
+                .collect(),
+            pps_credited: self.pps_credited()?,
+        };
+        Ok(hex::encode(sha2::Sha256::digest(serde_json::to_vec(
+            &state,
+        )?)))
+    }
+
     /// A handle on the same database for reads, which needs no lock: the API reads
     /// balances, payments and KYC records through one, so it never waits for a writer. It
     /// takes `&self` methods only, and no public `&self` method writes (indexing at open
@@ -716,6 +781,48 @@ mod tests {
             .map(|e| e.sequence)
             .collect();
         assert_eq!(sequences, vec![0, 1, 2]);
+    }
+
+    /// Two ledgers that credited the same blocks and shares, in other orders and passes and
+    /// one with an orphan the other never credited, share a state hash; a unit more to
+    /// anyone, or a block's state, changes it; a secondary reads the writer's.
+    #[test]
+    fn the_state_hash_follows_what_is_owed_not_how_it_got_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut live = Ledger::open(&dir.path().join("live")).unwrap();
+        let mut replayed = Ledger::open(&dir.path().join("replayed")).unwrap();
+        live.credit_block("h1", &split(&[("a", 600), ("b", 400)]))
+            .unwrap();
+        live.credit_block("orphan", &split(&[("a", 50)])).unwrap();
+        live.credit_block("h2", &split(&[("b", 1_000)])).unwrap();
+        live.orphan_block("orphan").unwrap();
+        live.mature_block("h1").unwrap();
+        live.credit_shares(&BTreeMap::from([(0, 10)]), &split(&[("a", 3), ("b", 2)]))
+            .unwrap();
+        live.credit_shares(&BTreeMap::from([(0, 20)]), &split(&[("a", 1)]))
+            .unwrap();
+
+        replayed
+            .credit_block("h2", &split(&[("b", 1_000)]))
+            .unwrap();
+        replayed
+            .credit_shares(&BTreeMap::from([(0, 20)]), &split(&[("a", 4), ("b", 2)]))
+            .unwrap();
+        replayed
+            .credit_block("h1", &split(&[("a", 600), ("b", 400)]))
+            .unwrap();
+        assert_ne!(live.state_hash().unwrap(), replayed.state_hash().unwrap());
+        replayed.mature_block("h1").unwrap();
+        assert_eq!(live.state_hash().unwrap(), replayed.state_hash().unwrap());
+        assert_ne!(live.entries().unwrap(), replayed.entries().unwrap());
+
+        let scratch = tempfile::tempdir().unwrap();
+        let reader = Ledger::open_secondary(&dir.path().join("live"), scratch.path()).unwrap();
+        assert_eq!(reader.state_hash().unwrap(), live.state_hash().unwrap());
+        replayed
+            .credit_shares(&BTreeMap::from([(0, 21)]), &split(&[("b", 1)]))
+            .unwrap();
+        assert_ne!(live.state_hash().unwrap(), replayed.state_hash().unwrap());
     }
 
     #[test]

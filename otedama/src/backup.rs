@@ -38,6 +38,38 @@ pub struct RestoreArgs {
     /// The data directory to fill: missing or empty. Start the pool on it afterwards.
     #[arg(long, env = "OTEDAMA_DATA_DIR")]
     data_dir: PathBuf,
+    /// Point-in-time recovery: take the share logs, the jobs and the data planes' lists of
+    /// jobs served from this data directory (the damaged live one, its pool stopped), so
+    /// the restored ledger credits every share written after the backup. Each of its share
+    /// logs must go on from the backup's.
+    #[arg(long)]
+    replay_share_logs_from: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum LedgerCommand {
+    /// Print the ledger's state hash: a digest of every balance, every credited block's
+    /// split and the per-share cursors, equal for two ledgers that owe the same (a live
+    /// one, and a restore that replayed the share logs since). Safe while the pool runs.
+    Hash {
+        /// The pool's data directory (the ledger is its `ledger/`).
+        #[arg(long, env = "OTEDAMA_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+pub fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
+    let LedgerCommand::Hash { data_dir } = command;
+    let path = data_dir.join("ledger");
+    anyhow::ensure!(path.is_dir(), "no ledger at {}", path.display());
+    let scratch = tempfile::tempdir()?;
+    let ledger = otedama_ledger::ledger::Ledger::open_secondary(&path, scratch.path())
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    let hash = ledger
+        .state_hash()
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    println!("{hash}");
+    Ok(())
 }
 
 fn now_unix_s() -> u64 {
@@ -96,7 +128,11 @@ fn audit_text(manifest: &backup::Manifest) -> String {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let manifest = backup::restore(&args.from, &args.data_dir)?;
+    let manifest = backup::restore(
+        &args.from,
+        &args.data_dir,
+        args.replay_share_logs_from.as_deref(),
+    )?;
     println!(
         "restored {} into {}: {} stores, {} files{}",
         args.from.display(),

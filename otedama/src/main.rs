@@ -52,6 +52,11 @@ enum Command {
     /// Restore a backup into an empty data directory; payouts stay held until the node's
     /// wallet agrees with the restored ledger.
     Restore(backup::RestoreArgs),
+    /// The ledger: `otedama ledger hash --data-dir DIR` prints its state hash.
+    Ledger {
+        #[command(subcommand)]
+        command: backup::LedgerCommand,
+    },
     /// Check the configuration (file, environment and flags) without starting anything,
     /// and print it as TOML with every default filled in. Exits non-zero on a bad one.
     Config(ConfigArgs),
@@ -116,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Command::Audit { command } => audit::run(command),
         Command::Backup(args) => backup::backup(args),
         Command::Restore(args) => backup::restore(args),
+        Command::Ledger { command } => backup::ledger(command),
         Command::Config(args) => config::run(args),
         Command::NatsUser(args) => nats_user(args),
     }

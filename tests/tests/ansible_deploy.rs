@@ -133,6 +133,11 @@ fn the_playbook_deploys_and_a_second_run_changes_nothing() {
         "nats_urls = [\"tls://sandbox:4222\"]",
         "cluster_host = \"sandbox\"",
         "share_retention_hours = 24",
+        "/var/backups/otedama otedama:otedama 750",
+        "backup_dir = \"/var/backups/otedama\"",
+        "backup_interval_s = 3600",
+        "backups_kept = 7",
+        "ReadWritePaths=/var/lib/otedama /var/backups/otedama",
         "present: /etc/systemd/system/nats-server.service.d/60-otedama.conf",
     ] {
         assert!(

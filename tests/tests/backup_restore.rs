@@ -5,6 +5,8 @@
 //! pool must not pay again: it holds payouts while the node's wallet shows that payment,
 //! and the node's received amounts stay as they were. Restored from a backup taken after
 //! that payout, the hold lifts by itself at the first payout run, and is audited.
+//! Meanwhile the original pool takes scheduled backups every 10 s and keeps the newest 2,
+//! each of which verifies.
 
 #[path = "common/payout_scenario.rs"]
 mod payout_scenario;
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use otedama_controlplane::backup::RESTORE_HOLD_FILE;
 use otedama_tests::{otedama_binary, wait_until, PoolSetup};
-use payout_scenario::{start, ADMIN_TOKEN, START_DIFFICULTY};
+use payout_scenario::{start_with, ADMIN_TOKEN, START_DIFFICULTY};
 
 fn otedama(args: &[&str], paths: &[&Path]) -> anyhow::Result<Output> {
     Ok(std::process::Command::new(otedama_binary())
@@ -68,7 +70,19 @@ fn metric(pool: &PoolSetup, name: &str) -> Option<u64> {
 
 #[test]
 fn a_restored_pool_never_pays_what_was_paid_after_its_backup() -> anyhow::Result<()> {
-    let (scenario, mut run) = start("pplns")?;
+    let scheduled = tempfile::tempdir()?;
+    let scheduled_dir = scheduled.path().display().to_string();
+    let (scenario, mut run) = start_with(
+        "pplns",
+        &[
+            "--backup-dir",
+            &scheduled_dir,
+            "--backup-interval-s",
+            "10",
+            "--backups-kept",
+            "2",
+        ],
+    )?;
     scenario.mine(3)?;
     scenario.mature()?;
 
@@ -125,10 +139,42 @@ fn a_restored_pool_never_pays_what_was_paid_after_its_backup() -> anyhow::Result
     };
     let received_after_payout = received(&scenario.miners)?;
 
-    // Backup 2, after the payout; then the pool stops for good.
+    // Backup 2, after the payout; then the pool stops for good, once it has taken three
+    // scheduled backups.
     let backup_2 = scenario.root.path().join("backup-2");
     backup(&scenario.pool.data_dir, &backup_2)?;
+    wait_until(Duration::from_secs(90), "three scheduled backups", || {
+        metric(&scenario.pool, "otedama_backups_taken_total") >= Some(3)
+    })?;
+    assert_eq!(
+        metric(&scenario.pool, "otedama_backup_failures_total"),
+        Some(0)
+    );
+    assert!(
+        metric(
+            &scenario.pool,
+            "otedama_backup_last_success_timestamp_seconds"
+        ) > Some(0)
+    );
     run.terminate();
+    // Complete ones: the pool may have stopped in the middle of one more.
+    let mut kept: Vec<_> = std::fs::read_dir(scheduled.path())?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|dir| {
+            dir.join(otedama_controlplane::backup::MANIFEST_FILE)
+                .exists()
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for dir in &kept {
+        succeeds(
+            otedama(&["backup", "verify"], &[dir])?,
+            "verify a scheduled backup",
+        );
+    }
 
     // A restore refuses a data directory that holds anything, the live one included.
     let refused = restore(&backup_1, &scenario.pool.data_dir)?;

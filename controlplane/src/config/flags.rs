@@ -135,6 +135,15 @@ pub struct ConfigArgs {
     /// Days of audit entries kept (0: all).
     #[arg(long, env = "OTEDAMA_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
+    /// Take scheduled backups of the data directory into this directory (outside it).
+    #[arg(long, env = "OTEDAMA_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds between scheduled backups (default 86400, at least 10).
+    #[arg(long, env = "OTEDAMA_BACKUP_INTERVAL_S")]
+    pub backup_interval_s: Option<u64>,
+    /// Scheduled backups kept, newest first (default 7); older ones are deleted.
+    #[arg(long, env = "OTEDAMA_BACKUPS_KEPT")]
+    pub backups_kept: Option<u32>,
     /// A deny list (OFAC SDN XML or CSV, or one address per line); repeatable.
     #[arg(long = "deny-list-file")]
     pub deny_list_file: Vec<PathBuf>,
@@ -249,6 +258,7 @@ impl ConfigArgs {
             audit_retention_days,
             deny_list_reload_s
         );
+        take!(backup_dir, backup_interval_s, backups_kept);
         if !self.deny_list_file.is_empty() {
             config.deny_list_file = self.deny_list_file.clone();
         }

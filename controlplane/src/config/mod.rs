@@ -35,6 +35,15 @@ pub const SHARE_RETENTION_HOURS_DEFAULT: u64 = 48;
 /// The longest `share_retention_hours`: a year.
 pub const SHARE_RETENTION_HOURS_MAX: u64 = 24 * 366;
 
+/// `backup_interval_s` unless set: a backup a day.
+pub const BACKUP_INTERVAL_S_DEFAULT: u64 = 86_400;
+/// The shortest `backup_interval_s`: a backup copies every store, so not more often.
+pub const BACKUP_INTERVAL_S_MIN: u64 = 10;
+/// `backups_kept` unless set: a week of daily backups.
+pub const BACKUPS_KEPT_DEFAULT: u32 = 7;
+/// The most `backups_kept`.
+pub const BACKUPS_KEPT_MAX: u32 = 1_000;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
@@ -175,6 +184,13 @@ pub struct PoolConfig {
     /// Days of audit entries kept; older ones are pruned at a checkpoint that keeps the
     /// chain verifiable. 0 keeps everything.
     pub audit_retention_days: u64,
+    /// Scheduled backups (`tasks::backups`): each `backup_interval_s` the control plane
+    /// backs up the data directory into a new `otedama-UNIXTIME` directory here (outside
+    /// the data directory), keeping the newest `backups_kept`. None: no scheduled backups
+    /// (`otedama backup` still takes one by hand).
+    pub backup_dir: Option<PathBuf>,
+    pub backup_interval_s: u64,
+    pub backups_kept: u32,
     /// Deny lists: OFAC SDN XML or CSV (the pool coin's "Digital Currency Address"
     /// entries), or plain files of one address per line. Denied addresses cannot
     /// authorize, and their balances are held, not paid.
@@ -293,6 +309,9 @@ impl Default for PoolConfig {
             pplnt_presence_min: 0.5,
             admin_token_file: None,
             audit_retention_days: 0,
+            backup_dir: None,
+            backup_interval_s: BACKUP_INTERVAL_S_DEFAULT,
+            backups_kept: BACKUPS_KEPT_DEFAULT,
             deny_list_file: Vec::new(),
             deny_list_reload_s: 3600,
             dex_enabled: false,
@@ -639,6 +658,61 @@ mod tests {
             "cp-a",
         ]);
         assert!(clustered.config.load().unwrap().dex_enabled);
+    }
+
+    /// Scheduled backups' limits, at their edges, and a backup directory that would copy
+    /// itself.
+    #[test]
+    fn scheduled_backups_are_bounded_and_kept_out_of_the_data_dir() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["otedama", "--data-dir", "/var/lib/otedama"];
+            all.extend_from_slice(args);
+            Flags::parse_from(all).config.load()
+        };
+        let min = BACKUP_INTERVAL_S_MIN.to_string();
+        let below = (BACKUP_INTERVAL_S_MIN - 1).to_string();
+        let most = BACKUPS_KEPT_MAX.to_string();
+        let beyond = (BACKUPS_KEPT_MAX + 1).to_string();
+        let dir = ["--backup-dir", "/backup/otedama"];
+        let config = load(
+            &[
+                &dir[..],
+                &["--backup-interval-s", &min, "--backups-kept", &most],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(config.backup_interval_s, BACKUP_INTERVAL_S_MIN);
+        assert_eq!(config.backups_kept, BACKUPS_KEPT_MAX);
+        for (args, why) in [
+            (
+                vec!["--backup-interval-s", below.as_str()],
+                "backup_interval_s",
+            ),
+            (vec!["--backups-kept", "0"], "backups_kept"),
+            (vec!["--backups-kept", beyond.as_str()], "backups_kept"),
+        ] {
+            let error = load(&[&dir[..], &args].concat()).unwrap_err();
+            assert!(format!("{error:#}").contains(why), "{error:#}");
+        }
+        for inside in [
+            "/var/lib/otedama/backups",
+            "/var/lib/otedama/./x/..",
+            "/var/lib",
+            "/",
+        ] {
+            let error = load(&["--backup-dir", inside]).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("hold one another"),
+                "{inside}: {error:#}"
+            );
+        }
+        // Without a backup directory nothing is scheduled, whatever the interval.
+        assert!(load(&["--backup-interval-s", "1"])
+            .unwrap()
+            .backup_dir
+            .is_none());
+        assert!(load(&["--backup-dir", "/var/lib/otedama-backups"]).is_ok());
     }
 
     /// The exchange stream's bound has a floor, at its edge.

@@ -39,6 +39,22 @@ impl PoolConfig {
         if !(0.0..=1.0).contains(&self.pplnt_presence_min) {
             bail!("pplnt_presence_min must lie between 0 and 1");
         }
+        if let Some(backup_dir) = &self.backup_dir {
+            if self.backup_interval_s < BACKUP_INTERVAL_S_MIN {
+                bail!("backup_interval_s must be at least {BACKUP_INTERVAL_S_MIN}");
+            }
+            if !(1..=BACKUPS_KEPT_MAX).contains(&self.backups_kept) {
+                bail!("backups_kept must lie between 1 and {BACKUPS_KEPT_MAX}");
+            }
+            let (backups, data) = (absolute(backup_dir), absolute(&self.data_dir));
+            if backups.starts_with(&data) || data.starts_with(&backups) {
+                bail!(
+                    "backup_dir {} and data_dir {} must not hold one another (a backup would copy itself)",
+                    backup_dir.display(),
+                    self.data_dir.display()
+                );
+            }
+        }
         if self.deny_list_reload_s == 0 {
             bail!("deny_list_reload_s must be at least 1");
         }
@@ -130,4 +146,23 @@ impl PoolConfig {
         }
         Ok(())
     }
+}
+
+/// `path` made absolute against the working directory and cleaned of `.` and `..`
+/// without touching the disk (either directory may not exist yet).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    let joined = std::env::current_dir()
+        .map(|cwd| cwd.join(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    let mut clean = std::path::PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
 }

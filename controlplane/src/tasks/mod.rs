@@ -1,6 +1,7 @@
 //! The control plane's long-running work, one file per concern; `service` starts it and
 //! wires the threads together.
 
+pub mod backups;
 pub mod blocks;
 pub mod compliance;
 pub mod payouts;
