@@ -273,6 +273,13 @@ fn survey(data_dir: &Path) -> anyhow::Result<Vec<Item>> {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
+            // A symlink is followed to a store only (one on a disk of its own): a link to
+            // any other directory (the backups' own, `/`) is not the pool's data.
+            let linked = entry.file_type().is_ok_and(|kind| kind.is_symlink());
+            if linked && !(meta.is_dir() && is_store(&path)) {
+                tracing::warn!(path = %path.display(), "a symlink to something other than a store: not backed up");
+                continue;
+            }
             if meta.is_dir() {
                 if FOLLOWER_DIR_PREFIXES.iter().any(|p| name.starts_with(p)) {
                     continue;
@@ -503,6 +510,14 @@ pub fn take(data_dir: &Path, to: &Path, now_unix_s: u64) -> anyhow::Result<Manif
     );
     let data = to.join(BACKUP_DATA_DIR);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    if std::fs::canonicalize(to)?.starts_with(std::fs::canonicalize(data_dir)?) {
+        let _ = std::fs::remove_dir_all(to);
+        bail!(
+            "{} lies inside the data directory {}: the backup would copy itself",
+            to.display(),
+            data_dir.display()
+        );
+    }
     let scratch = tempfile::tempdir().context("a scratch directory for the copy")?;
     let items = survey(data_dir)?;
     let in_cut: Vec<String> = items
@@ -688,6 +703,48 @@ fn is_share_log(path: &str) -> bool {
     copy_rank(path) == copy_rank("shares")
 }
 
+/// A local share log's data-plane process, from its path (`shares`, `shares-N`).
+fn share_log_process(path: &str) -> Option<u32> {
+    match path {
+        "shares" => Some(0),
+        _ => path.strip_prefix("shares-")?.parse().ok(),
+    }
+}
+
+/// Written by a point-in-time restore (`replay_from`) into the data directory: where each
+/// local share log's records from the live directory begin and end. Until the payout
+/// thread has read every log past its `last`, it reads each log from `first` less the
+/// share history a restart reads back (not from the log's end), so every round after the
+/// backup is cut from its own shares however many there are, and nothing of the logs is
+/// cut by retention; then it removes the file.
+pub const REPLAY_START_FILE: &str = "replay-start.json";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplayStart {
+    /// By data-plane process.
+    pub logs: BTreeMap<u32, ReplayLog>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplayLog {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl ReplayStart {
+    pub fn read(data_dir: &Path) -> anyhow::Result<Option<ReplayStart>> {
+        let path = data_dir.join(REPLAY_START_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
 /// The last share record of the store at `path` (a share log), if it has one.
 fn last_share(db: &DB) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
     match db.iterator(IteratorMode::End).next().transpose()? {
@@ -710,7 +767,20 @@ fn last_share(db: &DB) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
 fn replay_from(live: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Result<Vec<String>> {
     let scratch = tempfile::tempdir()?;
     let items = survey(live)?;
+    // Two pools on one chain's worth of shares would both pay them.
+    for item in &items {
+        let path = item.path();
+        if matches!(item, Item::Store(_)) && (is_share_log(path) || path == "ledger") {
+            ensure!(
+                !otedama_sharelog::tail::primary_lock_held(&live.join(path)),
+                "{} is open in a running pool: stop the pool on {} before replaying its share logs",
+                path,
+                live.display()
+            );
+        }
+    }
     let mut replayed = Vec::new();
+    let mut marker = ReplayStart::default();
     for item in &items {
         let path = item.path().to_string();
         let target = staging.join(&path);
@@ -738,7 +808,7 @@ fn replay_from(live: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Resu
                     false => None,
                 };
                 let mut batch = WriteBatch::default();
-                let mut added = 0u64;
+                let (mut added, mut shares_added) = (0u64, 0u64);
                 for record in source.iterator(IteratorMode::Start) {
                     let (key, value) = record?;
                     // A share log's own keys (its clock) sort before every share and are
@@ -747,6 +817,7 @@ fn replay_from(live: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Resu
                     if is_share && from.as_deref().is_some_and(|last| *key <= *last) {
                         continue;
                     }
+                    shares_added += u64::from(is_share && is_share_log(&path));
                     batch.put(&key, &value);
                     added += 1;
                     if batch.size_in_bytes() >= COPY_BATCH_BYTES_MAX {
@@ -755,6 +826,16 @@ fn replay_from(live: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Resu
                 }
                 restored.write(batch)?;
                 restored.flush()?;
+                if let (Some(process), true) = (share_log_process(&path), shares_added > 0) {
+                    let first = from
+                        .as_deref()
+                        .and_then(otedama_sharelog::format::share_log_sequence)
+                        .map_or(0, |last| last + 1);
+                    let last = last_share(&restored)?
+                        .and_then(|(key, _)| otedama_sharelog::format::share_log_sequence(&key))
+                        .unwrap_or(first);
+                    marker.logs.insert(process, ReplayLog { first, last });
+                }
                 tracing::info!(store = %path, added, "records after the backup taken from the live data directory");
                 replayed.push(path);
             }
@@ -773,6 +854,12 @@ fn replay_from(live: &Path, staging: &Path, manifest: &Manifest) -> anyhow::Resu
             live.display(),
             store.path
         );
+    }
+    if !marker.logs.is_empty() {
+        std::fs::write(
+            staging.join(REPLAY_START_FILE),
+            serde_json::to_vec_pretty(&marker)?,
+        )?;
     }
     Ok(replayed)
 }
@@ -1037,6 +1124,16 @@ mod tests {
         assert_eq!(
             std::fs::read(restored.join("shares.jobs-served")).unwrap(),
             b"1 2"
+        );
+        assert_eq!(
+            ReplayStart::read(&restored).unwrap().unwrap().logs,
+            BTreeMap::from([(
+                0,
+                ReplayLog {
+                    first: 1000,
+                    last: 1499
+                }
+            )])
         );
         // The ledger is the backup's.
         assert_eq!(

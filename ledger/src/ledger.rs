@@ -367,10 +367,12 @@ impl Ledger {
     /// progress, settings, KYC records, exchange transfers and cluster positions.
     pub fn state_hash(&self) -> Result<String, LedgerError> {
         use sha2::Digest;
+        /// A block's state, split, and where its round ended.
+        type BlockOwed = (BlockState, BTreeMap<String, u64>, Option<ShareKey>);
         #[derive(Serialize)]
         struct State {
             balances: BTreeMap<String, [u64; 4]>,
-            blocks: BTreeMap<String, (BlockState, BTreeMap<String, u64>)>,
+            blocks: BTreeMap<String, BlockOwed>,
             share_cursors: BTreeMap<u32, u64>,
             pps_credited: u64,
         }
@@ -378,6 +380,9 @@ impl Ledger {
             balances: self
                 .all_balances()?
                 .into_iter()
+                // An account whose only credit went back (an orphan) owes what one never
+                // credited owes.
+                .filter(|(_, b)| b.total() > 0)
                 .map(|(account, b)| (account, [b.immature, b.mature, b.paying, b.paid]))
                 .collect(),
             blocks: self
@@ -386,7 +391,8 @@ impl Ledger {
                 .filter(|(_, block)| block.state != BlockState::Orphaned)
                 .map(|(hash, block)| {
                     let hash = String::from_utf8_lossy(&hash).into_owned();
-                    (hash, (block.state, block.credits))
+                    // Where its round ended: the next round is cut from there.
+                    (hash, (block.state, block.credits, block.round_end))
                 })
                 .collect(),
             share_cursors: self

@@ -62,9 +62,19 @@ pub fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
     let LedgerCommand::Hash { data_dir } = command;
     let path = data_dir.join("ledger");
     anyhow::ensure!(path.is_dir(), "no ledger at {}", path.display());
-    let scratch = tempfile::tempdir()?;
-    let ledger = otedama_ledger::ledger::Ledger::open_secondary(&path, scratch.path())
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    // A secondary can meet a table file the writer's compaction just removed: tried again.
+    let mut attempt = 0;
+    let (ledger, _scratch) = loop {
+        attempt += 1;
+        let scratch = tempfile::tempdir()?;
+        match otedama_ledger::ledger::Ledger::open_secondary(&path, scratch.path()) {
+            Ok(ledger) => break (ledger, scratch),
+            Err(error) if attempt >= 5 => {
+                anyhow::bail!("opening {}: {error}", path.display())
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    };
     let hash = ledger
         .state_hash()
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;

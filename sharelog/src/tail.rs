@@ -243,7 +243,7 @@ fn gap_passed(
 /// cannot see a lock this process holds (a data plane in the same process, as in tests);
 /// it is asked only of a log whose clock stood still for `SHARE_LOG_STILL_MS`. When it
 /// cannot tell, the writer is taken to be there.
-fn primary_lock_held(primary: &std::path::Path) -> bool {
+pub fn primary_lock_held(primary: &std::path::Path) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(file) = std::fs::File::open(primary.join("LOCK")) else {
         return true;

@@ -112,6 +112,9 @@ fn a_backup_replays_the_share_logs_written_after_it_to_the_live_ledger() -> anyh
         "--replay-share-logs-from".as_ref(),
         scenario.pool.data_dir.as_os_str(),
     ])?;
+    assert!(restored
+        .join(otedama_controlplane::backup::REPLAY_START_FILE)
+        .exists());
     let mut pool = PoolSetup::new(&scenario.nodes, &restored, START_DIFFICULTY);
     pool.extra_args = scenario.pool.extra_args.clone();
     let mut run_restored = pool.spawn("run")?;
@@ -132,6 +135,12 @@ fn a_backup_replays_the_share_logs_written_after_it_to_the_live_ledger() -> anyh
             ledger_hash(&restored)?
         );
     }
+    // The replay is over once every log was read past what it added.
+    wait_until(Duration::from_secs(30), "the replay to finish", || {
+        !restored
+            .join(otedama_controlplane::backup::REPLAY_START_FILE)
+            .exists()
+    })?;
     run_restored.terminate();
     Ok(())
 }

@@ -5,8 +5,9 @@
 use super::*;
 
 /// How long a transfer waits for a backup's copy of the exchange and the ledger before it
-/// answers 503.
-const TRANSFER_GATE_WAIT_MS: u64 = 2_000;
+/// answers 503: not at all, since it holds the exchange's and the ledger's locks (which
+/// share crediting needs) while it waits.
+const TRANSFER_GATE_WAIT_MS: u64 = 0;
 /// How long settling pending transfers (at start, on taking over) waits for one.
 const TRANSFER_GATE_RECOVERY_WAIT_MS: u64 = 120_000;
 

@@ -125,6 +125,10 @@ pub struct PayoutRunner {
     /// The data directory, where a restore leaves its hold on payouts
     /// (`backup::RESTORE_HOLD_FILE`); `None` in tests that never restore.
     pub restore_hold_dir: Option<PathBuf>,
+    /// After a point-in-time restore, until every tail has read its log past the replayed
+    /// records (`backup::REPLAY_START_FILE`, removed then): no retention floor is published
+    /// meanwhile, so nothing the replay still needs is cut.
+    pub replay: Option<crate::backup::ReplayStart>,
 }
 
 /// After a restore, payouts wait until the node's wallet shows no payment since the
@@ -148,7 +152,19 @@ fn check_restore_hold(
     // Held until shown otherwise: a wallet that cannot list its payments yet (the node
     // syncing, the wallet rescanning) keeps the hold and the alert.
     pool.payouts_held_after_restore.fetch_max(1, Relaxed);
-    let sends = wallet.sends_since(hold.compare_from_unix_s())?;
+    // From the backup's time, or from the restored ledger's newest payout if that is
+    // earlier: a clock that ran fast when the backup was taken must not hide a payment.
+    let newest_payout_s = ledger
+        .lock()
+        .expect("ledger lock")
+        .intents_newest_first(None, 1)?
+        .first()
+        .map(|intent| intent.created_at_ms / 1000);
+    let since = newest_payout_s.map_or(hold.compare_from_unix_s(), |newest| {
+        hold.compare_from_unix_s()
+            .min(newest.saturating_sub(crate::backup::RESTORE_HOLD_MARGIN_S))
+    });
+    let sends = wallet.sends_since(since)?;
     let unknown = crate::backup::unknown_sends(&ledger.lock().expect("ledger lock"), &sends)?;
     pool.payouts_held_after_restore
         .store(unknown.len().max(1) as u64, Relaxed);
@@ -186,6 +202,7 @@ pub fn share_log_tails(
     logs: &[PathBuf],
     secondary_root: &std::path::Path,
     per_share: bool,
+    replay: Option<&crate::backup::ReplayStart>,
 ) -> anyhow::Result<Vec<ShareLogTail>> {
     let backfill = SHARE_HISTORY_MAX / logs.len().max(1);
     logs.iter()
@@ -196,7 +213,12 @@ pub fn share_log_tails(
                 process,
                 primary.clone(),
                 secondary_root.join(format!("share-tail-{index}")),
-                tail_start(ledger, process, per_share, backfill)?,
+                match (per_share, replay.and_then(|r| r.logs.get(&process))) {
+                    // After a point-in-time restore: from the first replayed share, with
+                    // the history before it, however far from the log's end.
+                    (false, Some(replayed)) => Some(replayed.first.saturating_sub(backfill as u64)),
+                    _ => tail_start(ledger, process, per_share, backfill)?,
+                },
                 backfill,
             ))
         })
@@ -408,7 +430,7 @@ impl PayoutRunner {
     /// mirror's copies and the stream instead (`tasks::payouts::start_share_retention`),
     /// and each data-plane host cuts its own log below what it has shipped.
     fn publish_share_log_floors(&mut self, per_share: bool) -> anyhow::Result<()> {
-        if self.mirrored.is_some() {
+        if self.mirrored.is_some() || self.replay.is_some() {
             return Ok(());
         }
         let mut floors = std::collections::BTreeMap::new();
@@ -555,6 +577,7 @@ impl PayoutRunner {
             }
         }
         self.credit_blocks(&settings, now_ms)?;
+        self.finish_replay()?;
         if now_ms >= self.next_floors_ms {
             self.next_floors_ms = now_ms + otedama_shared::ipc::SHARE_LOG_FLOORS_INTERVAL_MS;
             self.publish_share_log_floors(per_share)?;
@@ -570,6 +593,33 @@ impl PayoutRunner {
                     now_ms,
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// Ends a point-in-time restore's replay once every tail has read its log past the
+    /// replayed records and the pass has credited what it read.
+    fn finish_replay(&mut self) -> anyhow::Result<()> {
+        let Some(replay) = &self.replay else {
+            return Ok(());
+        };
+        let done = replay.logs.iter().all(|(process, log)| {
+            self.tails
+                .iter()
+                .find(|tail| tail.process == *process)
+                .is_none_or(|tail| tail.next_sequence().is_some_and(|next| next > log.last))
+        });
+        if done {
+            if let Some(dir) = &self.restore_hold_dir {
+                match std::fs::remove_file(dir.join(crate::backup::REPLAY_START_FILE)) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error.into())
+                    }
+                    _ => {}
+                }
+            }
+            tracing::info!("the share logs replayed after the restore are read and credited");
+            self.replay = None;
         }
         Ok(())
     }
@@ -748,6 +798,30 @@ mod tests {
     /// A share log's records may go only below where a restart would read it again:
     /// the crediting cursor (per-share) or the log's end (rounds), less the whole share
     /// history, and the block scan's cursor; nothing while either is unknown.
+    /// After a point-in-time restore, a round scheme's tail starts from the first replayed
+    /// share less the history, however far from the log's end; otherwise from the end.
+    #[test]
+    fn a_replay_starts_the_tails_at_the_replayed_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger")).unwrap();
+        let logs = [dir.path().join("shares"), dir.path().join("shares-1")];
+        let replay = crate::backup::ReplayStart {
+            logs: BTreeMap::from([(
+                1,
+                crate::backup::ReplayLog {
+                    first: 5_000_000,
+                    last: 9_000_000,
+                },
+            )]),
+        };
+        let tails = share_log_tails(&ledger, &logs, dir.path(), false, Some(&replay)).unwrap();
+        let backfill = (SHARE_HISTORY_MAX / 2) as u64;
+        assert_eq!(tails[0].next_sequence(), None);
+        assert_eq!(tails[1].next_sequence(), Some(5_000_000 - backfill));
+        let plain = share_log_tails(&ledger, &logs, dir.path(), false, None).unwrap();
+        assert_eq!(plain[1].next_sequence(), None);
+    }
+
     #[test]
     fn a_log_is_released_only_below_what_its_readers_would_read_again() {
         let history = SHARE_HISTORY_MAX as u64;
@@ -807,7 +881,7 @@ mod tests {
         }
         log.close();
         let ledger = Ledger::open(&dir.join("ledger")).unwrap();
-        let tails = share_log_tails(&ledger, &[log_path], dir, true).unwrap();
+        let tails = share_log_tails(&ledger, &[log_path], dir, true, None).unwrap();
         let pool = PoolState::new(0, 0);
         pool.set_block_value(BlockValue {
             subsidy: 50_0000_0000,
@@ -845,6 +919,7 @@ mod tests {
             block_share_wait_ms: BLOCK_SHARE_WAIT_MS,
             next_floors_ms: 0,
             restore_hold_dir: None,
+            replay: None,
             dex: Default::default(),
         }
     }

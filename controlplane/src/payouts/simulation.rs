@@ -348,7 +348,8 @@ impl Simulation {
         let root = self.dir.path();
         let ledger = Ledger::open(&root.join("ledger")).expect("ledger opens");
         let logs: Vec<PathBuf> = self.planes.iter().map(|p| p.path.clone()).collect();
-        let tails = share_log_tails(&ledger, &logs, root, per_share(self.scheme)).expect("tails");
+        let tails =
+            share_log_tails(&ledger, &logs, root, per_share(self.scheme), None).expect("tails");
         let pool = PoolState::new(0, 0);
         pool.set_block_value(BlockValue {
             subsidy: SUBSIDY,
@@ -400,6 +401,7 @@ impl Simulation {
             block_share_wait_ms: u64::MAX / 4,
             next_floors_ms: 0,
             restore_hold_dir: None,
+            replay: None,
             dex: Default::default(),
         };
         runner.start(self.now_ms);

@@ -122,11 +122,13 @@ pub fn start(config: &PoolConfig, state: &Arc<PoolState>) -> anyhow::Result<()> 
 
 fn run(data_dir: &Path, backup_dir: &Path, interval_s: u64, kept: usize, state: &PoolState) {
     let started = now_unix_s();
-    // The newest complete backup counts, across restarts.
+    // The newest complete backup counts, across restarts; one dated after now (the clock
+    // was ahead when it was taken) is not trusted to put the next one off.
     let last = scheduled_backups(backup_dir)
         .ok()
         .and_then(|all| all.iter().rev().find(|b| b.complete).cloned())
-        .map(|b| b.created_at_unix_s);
+        .map(|b| b.created_at_unix_s)
+        .filter(|last| *last <= started);
     if let Some(last) = last {
         state.backups.last_success_unix_s.store(last, Relaxed);
     }
@@ -140,12 +142,15 @@ fn run(data_dir: &Path, backup_dir: &Path, interval_s: u64, kept: usize, state: 
             std::thread::sleep(Duration::from_secs((next - now).min(5)));
             continue;
         }
-        // A name no earlier backup has: a second after the newest, if the clock says less.
-        let newest = scheduled_backups(backup_dir)
-            .ok()
-            .and_then(|all| all.last().map(|b| b.created_at_unix_s));
-        let created = newest.map_or(now, |newest| now.max(newest + 1));
+        // Named and dated by the clock as it is: never by an earlier backup's time, which a
+        // clock that ran ahead once would carry forward (and with it the restore hold's
+        // window). Two in one second wait for the next.
+        let created = now;
         let target = backup_dir.join(format!("{BACKUP_NAME_PREFIX}{created}"));
+        if target.exists() {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
         let clock = std::time::Instant::now();
         match crate::backup::take(data_dir, &target, created) {
             Ok(manifest) => {
@@ -156,7 +161,6 @@ fn run(data_dir: &Path, backup_dir: &Path, interval_s: u64, kept: usize, state: 
                     .last_duration_ms
                     .store(clock.elapsed().as_millis() as u64, Relaxed);
                 state.backups.last_bytes.store(bytes, Relaxed);
-                state.backups.taken.fetch_add(1, Relaxed);
                 tracing::info!(backup = %target.display(), bytes, stores = manifest.stores.len(), "scheduled backup taken");
                 next = created + interval_s;
             }
@@ -171,18 +175,43 @@ fn run(data_dir: &Path, backup_dir: &Path, interval_s: u64, kept: usize, state: 
                 next = now + interval_s.min(BACKUP_RETRY_S);
             }
         }
-        match scheduled_backups(backup_dir) {
-            Ok(all) => {
-                for path in to_delete(&all, kept) {
-                    match std::fs::remove_dir_all(&path) {
-                        Ok(()) => tracing::info!(backup = %path.display(), "old backup deleted"),
-                        Err(error) => {
-                            tracing::warn!(%error, backup = %path.display(), "cannot delete an old backup")
-                        }
-                    }
-                }
+        prune(backup_dir, kept);
+        // Counted once retention has run, so a count is a state of the directory too.
+        if state.backups.last_success_unix_s.load(Relaxed) == created {
+            state.backups.taken.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Retention: deletes what `to_delete` names, each first renamed out of the names
+/// `scheduled_backups` reads (a deletion cut short must not leave a manifest behind that
+/// makes half a backup count as complete), and what such a deletion left before.
+fn prune(backup_dir: &Path, kept: usize) {
+    let all = match scheduled_backups(backup_dir) {
+        Ok(all) => all,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the backup directory");
+            return;
+        }
+    };
+    for path in to_delete(&all, kept) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let doomed = backup_dir.join(format!(".{}.deleting", name.unwrap_or_default()));
+        if let Err(error) = std::fs::rename(&path, &doomed) {
+            tracing::warn!(%error, backup = %path.display(), "cannot delete an old backup");
+            continue;
+        }
+        tracing::info!(backup = %path.display(), "old backup deleted");
+    }
+    let Ok(entries) = std::fs::read_dir(backup_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!(".{BACKUP_NAME_PREFIX}")) && name.ends_with(".deleting") {
+            if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(%error, path = %entry.path().display(), "cannot delete an old backup");
             }
-            Err(error) => tracing::warn!(%error, "cannot list the backup directory"),
         }
     }
 }
@@ -236,5 +265,22 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    #[test]
+    fn pruning_renames_before_it_deletes_and_finishes_a_deletion_cut_short() {
+        let root = tempfile::tempdir().unwrap();
+        backup(root.path(), 100, true);
+        backup(root.path(), 200, true);
+        // A deletion killed midway: renamed, half gone.
+        let leftover = root.path().join(".otedama-50.deleting");
+        std::fs::create_dir_all(leftover.join("data")).unwrap();
+        prune(root.path(), 1);
+        let mut names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["otedama-200"]);
     }
 }

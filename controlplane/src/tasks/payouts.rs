@@ -125,6 +125,10 @@ pub(crate) fn start_payouts(
         })));
     }
     let per_share = matches!(settings.scheme, Scheme::Pps | Scheme::Fpps);
+    let replay = match &mirror {
+        None => crate::backup::ReplayStart::read(&config.data_dir)?,
+        Some(_) => None,
+    };
     // In cluster mode every data plane, this host's too, ships its log to the stream, and
     // only the mirror's copies are read: a local log read as well would count its shares
     // twice.
@@ -137,7 +141,7 @@ pub(crate) fn start_payouts(
             let logs: Vec<_> = (0..config.dataplane_processes)
                 .map(|index| config.share_log_path(index))
                 .collect();
-            share_log_tails(&ledger, &logs, &config.data_dir, per_share)?
+            share_log_tails(&ledger, &logs, &config.data_dir, per_share, replay.as_ref())?
         }
     };
     let wallet: Option<Box<dyn otedama_ledger::payments::Wallet + Send>> = match config.chain {
@@ -182,6 +186,7 @@ pub(crate) fn start_payouts(
         block_share_wait_ms: crate::payouts::BLOCK_SHARE_WAIT_MS,
         next_floors_ms: 0,
         restore_hold_dir: Some(config.data_dir.clone()),
+        replay,
     };
     std::thread::Builder::new()
         .name("payouts".into())
