@@ -91,6 +91,11 @@ systemd-analyze verify "${units[0]}" /run/verify/otedama-dataplane@0.service "${
     stat -c '%n %U:%G %a' /etc/otedama /etc/otedama/otedama.toml /etc/otedama/admin-token /var/lib/otedama /var/backups/otedama /usr/local/bin/otedama /usr/local/bin/otedama-tune
     stat -c '%n %U:%G %a' /etc/nats-server.conf /etc/nats/tls/server.key /etc/otedama/nats/client.key
     /usr/sbin/nats-server -t -c /etc/nats-server.conf >/dev/null 2>&1 && echo "nats config: ok" || echo "nats config: rejected"
+    promtool check config /etc/prometheus/prometheus.yml >/dev/null 2>&1 && echo "prometheus config: ok" || echo "prometheus config: rejected"
+    grep -A3 'job_name: otedama' /etc/prometheus/prometheus.yml
+    stat -c '%n %U:%G %a' /etc/prometheus/otedama.rules.yml /etc/grafana/provisioning/datasources/otedama.yml \
+        /etc/grafana/provisioning/dashboards/otedama.yml /var/lib/grafana/dashboards/otedama/otedama.json
+    cmp /etc/prometheus/otedama.rules.yml "$ansible_dir/../monitoring/prometheus/otedama.rules.yml" && echo "rules: as in the repository"
     grep -E '^(nats_urls|cluster_host|nats_tls_ca_file|share_retention_hours|backup_dir|backup_interval_s|backups_kept) ' /etc/otedama/otedama.toml
     grep -E '^ReadWritePaths=' /etc/systemd/system/otedama-controlplane.service
     for file in "${units[@]}" /etc/systemd/system/nats-server.service.d/60-otedama.conf /srv/tune-root/etc/systemd/system/otedama-dataplane@.service.d/60-otedama-tune.conf /srv/tune-root/etc/sysctl.d/60-otedama.conf; do

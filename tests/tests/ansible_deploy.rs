@@ -138,6 +138,15 @@ fn the_playbook_deploys_and_a_second_run_changes_nothing() {
         "backup_interval_s = 3600",
         "backups_kept = 7",
         "ReadWritePaths=/var/lib/otedama /var/backups/otedama",
+        // The monitoring role: Prometheus with the repository's rules, scraping the
+        // control plane; Grafana's provisioning and the dashboard.
+        "prometheus config: ok",
+        "rules: as in the repository",
+        "- \"sandbox:8080\"",
+        "/etc/prometheus/otedama.rules.yml root:root 644",
+        "/etc/grafana/provisioning/datasources/otedama.yml root:root 644",
+        "/etc/grafana/provisioning/dashboards/otedama.yml root:root 644",
+        "/var/lib/grafana/dashboards/otedama/otedama.json root:root 644",
         "present: /etc/systemd/system/nats-server.service.d/60-otedama.conf",
     ] {
         assert!(
