@@ -195,15 +195,19 @@ impl RestoreHold {
     }
 
     pub fn read(data_dir: &Path) -> anyhow::Result<Option<RestoreHold>> {
-        let path = data_dir.join(RESTORE_HOLD_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-        }
+        read_marker(&data_dir.join(RESTORE_HOLD_FILE))
+    }
+}
+
+/// A JSON file a restore leaves in the data directory, or `None` if there is none.
+fn read_marker<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
 }
 
@@ -733,15 +737,7 @@ pub struct ReplayLog {
 
 impl ReplayStart {
     pub fn read(data_dir: &Path) -> anyhow::Result<Option<ReplayStart>> {
-        let path = data_dir.join(REPLAY_START_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-        }
+        read_marker(&data_dir.join(REPLAY_START_FILE))
     }
 }
 

@@ -255,6 +255,23 @@ pub fn render(state: &ApiState) -> String {
         "Open miner connections.",
         totals.connections,
     );
+    out.family(
+        "otedama_protocol_connections",
+        "gauge",
+        "Open miner connections by front end: Stratum V1, V2 over TCP (Noise), V2 over QUIC.",
+    );
+    let by_protocol = &totals.connections_by_protocol;
+    for (protocol, count) in [
+        ("v1", by_protocol.v1),
+        ("v2", by_protocol.v2),
+        ("quic", by_protocol.quic),
+    ] {
+        out.sample(
+            "otedama_protocol_connections",
+            &format!("protocol=\"{protocol}\""),
+            count,
+        );
+    }
     out.single(
         "otedama_chain_height",
         "gauge",

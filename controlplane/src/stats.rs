@@ -113,6 +113,7 @@ pub struct PoolState {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct PoolTotals {
     pub connections: u64,
+    pub connections_by_protocol: otedama_shared::ipc::SharesByProtocol,
     pub shares_accepted: u64,
     pub shares_accepted_by_protocol: otedama_shared::ipc::SharesByProtocol,
     pub shares_rejected: u64,
@@ -225,6 +226,7 @@ impl PoolState {
             .get_mut(&link_id)
         {
             counters.connections = 0;
+            counters.connections_by_protocol = Default::default();
             // Gone, it reports nothing; whatever its log does is its restart's to tell.
             counters.share_log_failing = false;
             counters.share_shipping = false;
@@ -238,6 +240,7 @@ impl PoolState {
         let mut totals = PoolTotals::default();
         for counters in planes.values() {
             totals.connections += counters.connections;
+            totals.connections_by_protocol += counters.connections_by_protocol;
             totals.shares_accepted += counters.shares_accepted;
             totals.shares_accepted_by_protocol += counters.shares_accepted_by_protocol;
             totals.shares_rejected += counters.shares_rejected;

@@ -58,8 +58,19 @@ impl<const N: usize> LatencyHistogram<N> {
     }
 }
 
+/// The index of a front end in the per-protocol counters.
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::V1 => 0,
+        Protocol::V2 => 1,
+        Protocol::Quic => 2,
+    }
+}
+
 pub struct Counters {
-    pub connections: AtomicU64,
+    /// Open connections (`connected`/`disconnected`), and by front end as below.
+    connections: AtomicU64,
+    connections_by_protocol: [AtomicU64; 3],
     pub shares_accepted: AtomicU64,
     /// Accepted shares by front end: V1, V2 over TCP, V2 over QUIC.
     shares_accepted_by_protocol: [AtomicU64; 3],
@@ -89,6 +100,7 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             connections: AtomicU64::new(0),
+            connections_by_protocol: Default::default(),
             shares_accepted: AtomicU64::new(0),
             shares_accepted_by_protocol: Default::default(),
             accepted_difficulty_micro: AtomicU64::new(0),
@@ -125,14 +137,26 @@ impl Counters {
         }
     }
 
+    /// A miner's connection opened (after its front end took it).
+    pub fn connected(&self, protocol: Protocol) {
+        self.connections.fetch_add(1, Relaxed);
+        self.connections_by_protocol[protocol_index(protocol)].fetch_add(1, Relaxed);
+    }
+
+    /// A connection `connected` counted closed.
+    pub fn disconnected(&self, protocol: Protocol) {
+        self.connections.fetch_sub(1, Relaxed);
+        self.connections_by_protocol[protocol_index(protocol)].fetch_sub(1, Relaxed);
+    }
+
+    /// Open connections, over every front end.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Relaxed)
+    }
+
     pub fn accepted(&self, difficulty: f64, protocol: Protocol) {
         self.shares_accepted.fetch_add(1, Relaxed);
-        let index = match protocol {
-            Protocol::V1 => 0,
-            Protocol::V2 => 1,
-            Protocol::Quic => 2,
-        };
-        self.shares_accepted_by_protocol[index].fetch_add(1, Relaxed);
+        self.shares_accepted_by_protocol[protocol_index(protocol)].fetch_add(1, Relaxed);
         self.accepted_difficulty_micro
             .fetch_add((difficulty * 1e6) as u64, Relaxed);
     }
@@ -151,6 +175,11 @@ impl Counters {
         let ack_latency = self.ack_latency.totals();
         DataplaneCounters {
             connections: self.connections.load(Relaxed),
+            connections_by_protocol: SharesByProtocol {
+                v1: self.connections_by_protocol[0].load(Relaxed),
+                v2: self.connections_by_protocol[1].load(Relaxed),
+                quic: self.connections_by_protocol[2].load(Relaxed),
+            },
             shares_accepted: self.shares_accepted.load(Relaxed),
             shares_accepted_by_protocol: SharesByProtocol {
                 v1: self.shares_accepted_by_protocol[0].load(Relaxed),

@@ -203,6 +203,9 @@ impl LatencyTotals {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DataplaneCounters {
     pub connections: u64,
+    /// `connections` by front end (counted the way accepted shares are).
+    #[serde(default)]
+    pub connections_by_protocol: SharesByProtocol,
     pub shares_accepted: u64,
     #[serde(default)]
     pub shares_accepted_by_protocol: SharesByProtocol,

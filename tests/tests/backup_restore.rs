@@ -87,16 +87,7 @@ fn a_restored_pool_never_pays_what_was_paid_after_its_backup() -> anyhow::Result
     scenario.mature()?;
 
     // Backup 1, taken while every miner submits shares.
-    let mut miners = scenario
-        .miners
-        .iter()
-        .enumerate()
-        .map(|(i, address)| {
-            scenario
-                .pool
-                .spawn_miner_as(&format!("{address}.rig{i}"), 1)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut miners = scenario.spawn_miners()?;
     let accepted = || {
         scenario
             .pool

@@ -137,6 +137,18 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
                 })
         },
     )?;
+    // Every front end's miners are counted as its connections, in the API and /metrics.
+    let open = pool.stats()?["connections_by_protocol"].clone();
+    let metrics = pool.get_text("/metrics")?;
+    for protocol in ["v1", "v2", "quic"] {
+        assert!(open[protocol].as_u64() >= Some(1), "{open}");
+        let sample = format!("otedama_protocol_connections{{protocol=\"{protocol}\"}} ");
+        let exported = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&sample))
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        assert!(exported >= Some(1), "{protocol}: {exported:?}");
+    }
     for miner in &mut miners {
         miner.terminate();
     }

@@ -65,16 +65,7 @@ fn a_backup_replays_the_share_logs_written_after_it_to_the_live_ledger() -> anyh
             .ok()
             .and_then(|s| s["blocks_found"].as_u64())
     };
-    let mut miners = scenario
-        .miners
-        .iter()
-        .enumerate()
-        .map(|(i, address)| {
-            scenario
-                .pool
-                .spawn_miner_as(&format!("{address}.rig{i}"), 1)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut miners = scenario.spawn_miners()?;
     std::thread::sleep(Duration::from_secs(2));
     let backup = scenario.root.path().join("backup");
     otedama(&[

@@ -101,6 +101,7 @@ pub(crate) fn stats_json(state: &ApiState) -> Value {
         "blocks_rejected": state.pool.blocks_rejected.load(Relaxed),
         "block_candidates": totals.block_candidates,
         "connections": totals.connections,
+        "connections_by_protocol": totals.connections_by_protocol,
         "height": state.pool.height.load(Relaxed),
         "accepted_difficulty_sum": totals.accepted_difficulty_sum,
         "uptime_s": state.pool.started_at.elapsed().as_secs(),

@@ -9,7 +9,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use glommio::net::TcpStream;
@@ -166,7 +165,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         session: RefCell::new(session),
     });
     let id = core.register(connection.clone());
-    core.counters.connections.fetch_add(1, Relaxed);
+    core.counters.connected(Protocol::V1);
     let reason = read_loop(&core, &connection).await;
     tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "connection closed");
     connection.wire.close();
@@ -175,7 +174,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     }
     core.unregister(id);
     core.release_extranonce1(connection.session.borrow().extranonce1());
-    core.counters.connections.fetch_sub(1, Relaxed);
+    core.counters.disconnected(Protocol::V1);
 }
 
 async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str {

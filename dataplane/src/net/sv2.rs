@@ -6,7 +6,6 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use glommio::net::TcpStream;
@@ -239,7 +238,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     });
     let link: Rc<dyn V2Link> = connection.clone();
     let id = core.register(connection.clone());
-    core.counters.connections.fetch_add(1, Relaxed);
+    core.counters.connected(Protocol::V2);
     let reason = read_loop(&core, &connection, &link).await;
     tracing::debug!(peer = ?connection.wire.peer_addr(), reason, "SV2 connection closed");
     connection.wire.close();
@@ -248,7 +247,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     }
     core.unregister(id);
     release_extranonce_prefixes(&core, &mut connection.session.borrow_mut());
-    core.counters.connections.fetch_sub(1, Relaxed);
+    core.counters.disconnected(Protocol::V2);
 }
 
 async fn read_loop(

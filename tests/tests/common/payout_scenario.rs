@@ -184,12 +184,7 @@ impl Scenario {
     /// Mines with every miner until `blocks` more blocks are found, then lets it settle.
     pub fn mine(&self, blocks: u64) -> anyhow::Result<()> {
         let found = self.pool.stats()?["blocks_found"].as_u64().unwrap();
-        let mut processes = self
-            .miners
-            .iter()
-            .enumerate()
-            .map(|(i, address)| self.pool.spawn_miner_as(&format!("{address}.rig{i}"), 1))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut processes = self.spawn_miners()?;
         wait_until(Duration::from_secs(240), "blocks to be found", || {
             self.pool
                 .stats()
@@ -200,6 +195,15 @@ impl Scenario {
         }
         std::thread::sleep(Duration::from_secs(3));
         Ok(())
+    }
+
+    /// A CPU miner (one thread) for each miner address, worker `rig<index>`.
+    pub fn spawn_miners(&self) -> anyhow::Result<Vec<otedama_tests::Process>> {
+        self.miners
+            .iter()
+            .enumerate()
+            .map(|(i, address)| self.pool.spawn_miner_as(&format!("{address}.rig{i}"), 1))
+            .collect()
     }
 
     /// Mines two blocks at a time until every miner has earned more than `units` (immature

@@ -5,7 +5,6 @@
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -280,7 +279,7 @@ impl QuicConnection {
             if let (Some(core), Some(id)) = (self.core.upgrade(), self.registration.take()) {
                 core.unregister(id);
                 crate::net::sv2::release_extranonce_prefixes(&core, &mut self.session.borrow_mut());
-                core.counters.connections.fetch_sub(1, Relaxed);
+                core.counters.disconnected(crate::rt::Protocol::Quic);
             }
         }
         self.timer_notified.set(true);

@@ -341,7 +341,7 @@ impl QuicFrontEnd {
         connection
             .registration
             .set(Some(core.register(link.peer())));
-        core.counters.connections.fetch_add(1, Relaxed);
+        core.counters.connected(crate::rt::Protocol::Quic);
         self.logins_pending.set(self.logins_pending.get() + 1);
         glommio::spawn_local(timer_task(connection.clone())).detach();
         glommio::spawn_local(login_deadline(connection.clone())).detach();
