@@ -38,10 +38,10 @@ pub struct RestoreArgs {
     /// The data directory to fill: missing or empty. Start the pool on it afterwards.
     #[arg(long, env = "OTEDAMA_DATA_DIR")]
     data_dir: PathBuf,
-    /// Point-in-time recovery: take the share logs, the jobs and the data planes' lists of
-    /// jobs served from this data directory (the damaged live one, its pool stopped), so
-    /// the restored ledger credits every share written after the backup. Each of its share
-    /// logs must go on from the backup's.
+    /// Point-in-time recovery: add from this data directory (the damaged live one, its pool
+    /// stopped) every share record after the backup's last, every job, and the data
+    /// planes' lists of jobs served, so the restored ledger credits every share written
+    /// after the backup. Each of its share logs must still hold the backup's last record.
     #[arg(long)]
     replay_share_logs_from: Option<PathBuf>,
 }
