@@ -82,12 +82,6 @@ pub fn ledger(command: LedgerCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn now_unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     if let Some(BackupCommand::Verify { from }) = args.command {
         let manifest = backup::verify(&from)?;
@@ -106,7 +100,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
             "usage: otedama backup --data-dir DIR --to DEST, or otedama backup verify DEST"
         );
     };
-    let manifest = backup::take(&data_dir, &to, now_unix_s())?;
+    let manifest = backup::take(&data_dir, &to, otedama_shared::clock::now_s())?;
     for store in &manifest.stores {
         println!("  {:<24} {:>12} records", store.path, store.records);
     }

@@ -95,12 +95,6 @@ fn to_delete(backups: &[Taken], kept: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-fn now_unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Starts the backup thread if `backup_dir` is set.
 pub fn start(config: &PoolConfig, state: &Arc<PoolState>) -> anyhow::Result<()> {
     let Some(backup_dir) = config.backup_dir.clone() else {
@@ -121,7 +115,7 @@ pub fn start(config: &PoolConfig, state: &Arc<PoolState>) -> anyhow::Result<()> 
 }
 
 fn run(data_dir: &Path, backup_dir: &Path, interval_s: u64, kept: usize, state: &PoolState) {
-    let started = now_unix_s();
+    let started = otedama_shared::clock::now_s();
     // The newest complete backup counts, across restarts; one dated after now (the clock
     // was ahead when it was taken) is not trusted to put the next one off.
     let last = scheduled_backups(backup_dir)
@@ -137,7 +131,7 @@ fn run(data_dir: &Path, backup_dir: &Path, interval_s: u64, kept: usize, state: 
         .map_or(started, |last| last + interval_s)
         .max(started + first_delay_s);
     loop {
-        let now = now_unix_s();
+        let now = otedama_shared::clock::now_s();
         if now < next {
             std::thread::sleep(Duration::from_secs((next - now).min(5)));
             continue;
