@@ -53,10 +53,14 @@ pub struct DataplaneConfig {
     pub quic_connections_per_core_max: usize,
     /// Cores to run on; empty means every online core.
     pub cores: Vec<usize>,
-    /// This process's place among the host's data-plane processes; with `cores`, it picks
-    /// the slices of the extranonce1 space this process hands out.
+    /// The share-log slot this process writes, among the host's `processes` slots (two
+    /// per data-plane process, so an upgrade's two copies of one run side by side); with
+    /// `cores`, it picks the slices of the extranonce1 space this process hands out.
     pub process_index: usize,
     pub processes: usize,
+    /// Seconds this process takes to hand its miners over once told to drain
+    /// (`rt::request_drain`): the first half spreads the requests to reconnect.
+    pub drain_s: u64,
     pub start_difficulty: f64,
     pub difficulty_min: f64,
     pub algorithm: Algorithm,

@@ -1,9 +1,21 @@
 //! `otedama dataplane`: one data-plane process (Stratum front end, share validation, share
 //! log) of the host's `dataplane_processes`.
+//!
+//! Process `i` writes share-log slot `i`, or slot `i + dataplane_processes` when another
+//! copy of it holds slot `i` (an upgrade under way): the slot's lock file decides, so two
+//! copies never write one log or hand out one extranonce1. SIGUSR2 drains the process (it
+//! hands its miners over and exits); SIGHUP, unless `otedama run` supervises it, starts a
+//! replacement from the same executable path and drains once that one accepts miners.
 
-use otedama_controlplane::config::ConfigArgs;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::dataplane_config;
+use anyhow::Context;
+
+use otedama_controlplane::config::{ConfigArgs, PoolConfig};
+
+use crate::{dataplane_config, handover};
 
 #[derive(clap::Args)]
 pub struct DataplaneArgs {
@@ -15,6 +27,9 @@ pub struct DataplaneArgs {
 }
 
 pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
+    // Read before anything else: after an upgrade the path holds the new binary, which is
+    // what a replacement must run.
+    let executable = std::env::current_exe().context("finding our own executable")?;
     let config = args.config.load()?;
     config.ensure_data_dir()?;
     if !config.nats_urls.is_empty() {
@@ -29,7 +44,22 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         args.process_index,
         config.dataplane_processes
     );
-    let mut dataplane = dataplane_config::dataplane_config(&config, args.process_index)?;
+    let (slot, _slot_lock) = claim_slot(&config, args.process_index)?;
+    tracing::info!(
+        process_index = args.process_index,
+        slot,
+        share_log = %config.share_log_path(slot).display(),
+        "share-log slot claimed"
+    );
+    crate::signals::install_drain_handler();
+    if std::env::var_os(handover::SUPERVISED_ENV).is_some() {
+        crate::signals::ignore_replace_requests();
+    } else {
+        crate::signals::install_replace_handler();
+        start_replacer(executable)?;
+    }
+    otedama_dataplane::rt::drain::on_accepting(handover::report_ready);
+    let mut dataplane = dataplane_config::dataplane_config(&config, slot)?;
     if !config.nats_urls.is_empty() {
         dataplane.block_relay = match config.rpc_client() {
             Ok(rpc) => {
@@ -43,4 +73,115 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         };
     }
     otedama_dataplane::run(dataplane)
+}
+
+/// Takes the first free of process `process_index`'s two share-log slots, holding its
+/// lock file (`flock`, released by the kernel however the process ends) for as long as
+/// the returned file lives.
+fn claim_slot(config: &PoolConfig, process_index: usize) -> anyhow::Result<(usize, std::fs::File)> {
+    let slots = [process_index, process_index + config.dataplane_processes];
+    for slot in slots {
+        let path = config.share_log_slot_lock(slot);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok((slot, file));
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(error).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    anyhow::bail!(
+        "data-plane process {process_index} already runs twice (share-log slots {} and {} are both held): \
+         an earlier replacement is still draining; try again once it has exited",
+        slots[0],
+        slots[1]
+    )
+}
+
+/// Unsupervised (systemd): on SIGHUP, starts a copy of this process from `executable`
+/// with the same arguments, and drains once it accepts miners; if it does not, stops it
+/// and keeps serving.
+fn start_replacer(executable: PathBuf) -> anyhow::Result<()> {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    std::thread::Builder::new()
+        .name("replacer".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if !crate::signals::take_replace_request() {
+                continue;
+            }
+            tracing::info!(executable = %executable.display(), "SIGHUP: starting a replacement");
+            match replace_with(&executable, &args) {
+                Ok(pid) => {
+                    tracing::info!(
+                        replacement_pid = pid,
+                        "the replacement accepts miners; draining"
+                    );
+                    otedama_dataplane::rt::drain::request_drain();
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "the replacement did not start; this process keeps serving"
+                    )
+                }
+            }
+        })
+        .context("starting the replacer")?;
+    Ok(())
+}
+
+/// Starts the replacement and waits until it accepts miners; returns its pid. It is not
+/// this process's to reap: it outlives this one (systemd follows it from its `MAINPID=`).
+fn replace_with(executable: &std::path::Path, args: &[std::ffi::OsString]) -> anyhow::Result<u32> {
+    let mut command = std::process::Command::new(executable);
+    command.args(args);
+    let mut starting = handover::spawn_with_ready_pipe(&mut command)?;
+    let wait = Duration::from_secs(handover::REPLACEMENT_READY_WAIT_S_MAX);
+    if starting.wait_ready(wait)? {
+        return Ok(starting.child.id());
+    }
+    let _ = starting.child.kill();
+    let status = starting.child.wait()?;
+    anyhow::bail!(
+        "the replacement did not accept miners within {} s ({status})",
+        wait.as_secs()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process's first copy takes slot `i`, a second (an upgrade's replacement) slot
+    /// `i + N`, a third is refused; once the first exits its slot is free again.
+    #[test]
+    fn each_process_has_two_slots_and_no_third_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = PoolConfig {
+            data_dir: dir.path().to_path_buf(),
+            dataplane_processes: 3,
+            ..PoolConfig::default()
+        };
+        let (first, first_lock) = claim_slot(&config, 1).unwrap();
+        let (second, _second_lock) = claim_slot(&config, 1).unwrap();
+        assert_eq!((first, second), (1, 4));
+        let error = claim_slot(&config, 1).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("already runs twice"),
+            "{error:#}"
+        );
+        // Other processes' slots are their own.
+        assert_eq!(claim_slot(&config, 0).unwrap().0, 0);
+        drop(first_lock);
+        assert_eq!(claim_slot(&config, 1).unwrap().0, 1);
+    }
 }

@@ -9,9 +9,14 @@ use otedama_controlplane::config::{write_new_private, PoolConfig};
 /// Each data-plane process's settings, built as its start would build them: `otedama run`
 /// and `otedama config` refuse a configuration that fails here.
 pub fn check_dataplanes(config: &PoolConfig) -> anyhow::Result<()> {
-    for index in 0..config.dataplane_processes {
-        dataplane_config(config, index)
-            .with_context(|| format!("the data plane {index}'s settings"))?;
+    for slot in 0..config.share_log_slots() {
+        let config = dataplane_config(config, slot)
+            .with_context(|| format!("the data plane in share-log slot {slot}'s settings"))?;
+        let cores = config.cores.len().max(1);
+        for core in 0..cores {
+            otedama_dataplane::rt::extranonce1_partition(slot, config.processes, cores, core)
+                .with_context(|| format!("the data plane in share-log slot {slot}"))?;
+        }
     }
     Ok(())
 }
@@ -55,11 +60,15 @@ pub fn quic_tls(config: &PoolConfig) -> anyhow::Result<otedama_dataplane::net::q
     })
 }
 
-/// What data-plane process `process_index` (of `dataplane_processes`) needs.
+/// What a data-plane process writing share-log slot `slot` (`PoolConfig::share_log_slots`)
+/// needs: it runs on the cores of process `slot % dataplane_processes`, and everything
+/// that must differ between two copies of one process running at once during an upgrade
+/// (share log, extranonce1 partition, cluster identity) follows the slot.
 pub fn dataplane_config(
     config: &PoolConfig,
-    process_index: usize,
+    slot: usize,
 ) -> anyhow::Result<otedama_dataplane::DataplaneConfig> {
+    let process_index = slot % config.dataplane_processes;
     if config.difficulty_floor_below_default() {
         tracing::warn!(
                 difficulty_min = config.difficulty_floor(),
@@ -103,12 +112,13 @@ pub fn dataplane_config(
             process_index,
             config.dataplane_processes,
         ),
-        process_index,
-        processes: config.dataplane_processes,
+        process_index: slot,
+        processes: config.share_log_slots(),
+        drain_s: config.dataplane_drain_s,
         difficulty_min: config.difficulty_floor(),
         start_difficulty: config.start_difficulty,
         algorithm: config.coin_params().algorithm,
-        share_log_path: config.share_log_path(process_index),
+        share_log_path: config.share_log_path(slot),
         share_log_sync: config.share_log_sync,
         share_log_memtable_bytes: config.share_log_memtable_mib << 20,
         share_retention_ms: config.share_retention_hours * 3_600_000,
@@ -130,9 +140,9 @@ pub fn dataplane_config(
         share_shipping: (!config.nats_urls.is_empty()).then(|| otedama_cluster::ShipperConfig {
             nats_urls: config.nats_urls.clone(),
             host: config.cluster_host.clone().unwrap_or_default(),
-            process: process_index as u32,
-            share_log: config.share_log_path(process_index),
-            tail_dir: config.data_dir.join(format!("shares-ship-{process_index}")),
+            process: slot as u32,
+            share_log: config.share_log_path(slot),
+            tail_dir: config.data_dir.join(format!("shares-ship-{slot}")),
             replicas: config.share_stream_replicas,
         }),
         share_ack_replicated: !config.nats_urls.is_empty()
@@ -140,10 +150,8 @@ pub fn dataplane_config(
         host_lease: (!config.nats_urls.is_empty()).then(|| otedama_cluster::HostLeaseConfig {
             nats_urls: config.nats_urls.clone(),
             host: config.cluster_host.clone().unwrap_or_default(),
-            process: process_index as u32,
-            identity_file: config
-                .data_dir
-                .join(format!("cluster-identity-{process_index}")),
+            process: slot as u32,
+            identity_file: config.data_dir.join(format!("cluster-identity-{slot}")),
             replicas: config.share_stream_replicas,
             claim_wait_ms: otedama_cluster::host::HOST_CLAIM_WAIT_MS,
         }),

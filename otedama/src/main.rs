@@ -12,6 +12,7 @@ mod controlplane;
 mod dataplane;
 mod dataplane_config;
 mod demo;
+mod handover;
 mod miner;
 mod run;
 mod signals;

@@ -1,5 +1,11 @@
 //! `otedama run`: starts the control plane and the data plane as child processes of this
 //! binary, restarts whichever exits, and stops both on SIGINT or SIGTERM.
+//!
+//! SIGHUP upgrades in place, from whatever binary is now at this one's path: the control
+//! plane is restarted (the data planes keep their miners meanwhile and link up again),
+//! then each data-plane process is replaced without dropping its miners
+//! (`crate::handover`): its replacement starts in the process's other share-log slot, and
+//! only once that one accepts miners is the old one told to drain.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -99,6 +105,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     let effective = data_dir.join("effective.toml");
     write_private(&effective, &toml::to_string(&config)?)?;
     crate::signals::install_stop_handler();
+    crate::signals::install_replace_handler();
     let executable = std::env::current_exe().context("finding our own executable")?;
     let new_role = |name: String, args: Vec<String>| Role {
         name,
@@ -122,28 +129,112 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         role.child = Some(spawn(&executable, role, &effective)?);
     }
     let mut outcome = Ok(());
+    // Replaced data planes handing their miners over; reaped, never restarted.
+    let mut draining: Vec<(String, Child)> = Vec::new();
     while !crate::signals::stop_requested() && outcome.is_ok() {
+        if crate::signals::take_replace_request() {
+            replace_all(&mut roles, &mut draining, &executable, &effective);
+        }
         for role in &mut roles {
             if let Err(error) = supervise_role(role, &executable, &effective) {
                 outcome = Err(error);
                 break;
             }
         }
+        draining.retain_mut(|(name, child)| match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                tracing::info!(role = %name, %status, "the replaced data plane has drained and exited");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(role = %name, %error, "cannot read a draining data plane's state");
+                false
+            }
+        });
         std::thread::sleep(Duration::from_millis(100));
     }
-    for role in &mut roles {
-        if let Some(mut child) = role.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    let children = roles
+        .iter_mut()
+        .filter_map(|role| role.child.take())
+        .chain(draining.into_iter().map(|(_, child)| child));
+    for mut child in children {
+        stop_child(&mut child, Duration::from_secs(5));
     }
     outcome
+}
+
+/// SIGTERM, then SIGKILL after `wait`; reaped either way.
+fn stop_child(child: &mut Child, wait: Duration) {
+    crate::handover::signal(child, libc::SIGTERM);
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGHUP: restarts the control plane, then replaces each data plane in turn (its
+/// replacement accepting before the old one drains). A replacement that does not start
+/// is stopped and the old process keeps its miners; the failure is logged for the
+/// operator, and the others are still replaced.
+fn replace_all(
+    roles: &mut [Role],
+    draining: &mut Vec<(String, Child)>,
+    executable: &Path,
+    config: &Path,
+) {
+    tracing::info!(executable = %executable.display(), "SIGHUP: upgrading in place");
+    for role in roles.iter_mut() {
+        if role.name == "controlplane" {
+            // The data planes keep serving: their link waits for the new control plane,
+            // and shares stay in their logs until it reads them.
+            if let Some(mut child) = role.child.take() {
+                stop_child(&mut child, Duration::from_secs(30));
+            }
+            match spawn(executable, role, config) {
+                Ok(child) => role.child = Some(child),
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "cannot start the new control plane; the supervisor tries again"
+                ),
+            }
+            role.started_at = Instant::now();
+            role.backoff = Backoff::default();
+            continue;
+        }
+        let mut command = command_for(executable, role, config);
+        let started =
+            crate::handover::spawn_with_ready_pipe(&mut command).and_then(|mut starting| {
+                let wait = Duration::from_secs(crate::handover::REPLACEMENT_READY_WAIT_S_MAX);
+                if starting.wait_ready(wait)? {
+                    return Ok(starting.child);
+                }
+                let _ = starting.child.kill();
+                let status = starting.child.wait()?;
+                anyhow::bail!(
+                    "it did not accept miners within {} s ({status})",
+                    wait.as_secs()
+                )
+            });
+        match started {
+            Ok(replacement) => {
+                tracing::info!(role = %role.name, pid = replacement.id(), "the replacement accepts miners; the old process drains");
+                if let Some(old) = role.child.replace(replacement) {
+                    crate::handover::signal(&old, libc::SIGUSR2);
+                    draining.push((role.name.clone(), old));
+                }
+                role.started_at = Instant::now();
+                role.backoff = Backoff::default();
+            }
+            Err(error) => tracing::error!(
+                role = %role.name,
+                error = format!("{error:#}"),
+                "the replacement did not start; the running process keeps its miners"
+            ),
+        }
+    }
 }
 
 /// Restarts `role`'s child if it exited, with back-off; gives up (an error for the
@@ -185,8 +276,19 @@ fn supervise_role(role: &mut Role, executable: &Path, config: &Path) -> anyhow::
 
 fn spawn(executable: &Path, role: &Role, config: &Path) -> anyhow::Result<Child> {
     tracing::info!(role = %role.name, "starting");
+    command_for(executable, role, config)
+        .spawn()
+        .with_context(|| format!("starting the {}", role.name))
+}
+
+/// How `role`'s process is started: supervised, and stopped with the supervisor.
+fn command_for(executable: &Path, role: &Role, config: &Path) -> Command {
     let mut command = Command::new(executable);
-    command.args(&role.args).arg("--config").arg(config);
+    command
+        .args(&role.args)
+        .arg("--config")
+        .arg(config)
+        .env(crate::handover::SUPERVISED_ENV, "1");
     // SAFETY: prctl is async-signal-safe; it makes the child stop if the supervisor dies,
     // so a killed `otedama run` leaves no orphan holding the ports.
     unsafe {
@@ -196,8 +298,6 @@ fn spawn(executable: &Path, role: &Role, config: &Path) -> anyhow::Result<Child>
         });
     }
     command
-        .spawn()
-        .with_context(|| format!("starting the {}", role.name))
 }
 
 /// Writes a file only the owner can read: it holds the node's RPC password.

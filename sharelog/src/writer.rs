@@ -328,6 +328,9 @@ pub struct ShareLog {
     /// The cutting thread's hold on the database (`cut_on_request`): taken at close, so a
     /// cut under way ends, and its hold goes, before `close` returns.
     cut_gate: SharedLog,
+    /// Set by `close`: the writer ends once its queue is empty even while a handle still
+    /// exists (an executor that ended without dropping its tasks keeps theirs).
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ShareLog {
@@ -435,6 +438,8 @@ impl ShareLog {
         let (queue, receiver) =
             bounded(cores.len().max(1) * SHARES_AWAITING_DURABILITY_PER_CORE_MAX);
         let writer_status = status.clone();
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_closing = closing.clone();
         let writer = std::thread::Builder::new()
             .name("share-log".into())
             .spawn(move || {
@@ -444,7 +449,7 @@ impl ShareLog {
                     next_sequence,
                     broken_since: None,
                 };
-                writer.run(receiver, clock_floor_ms, cores)
+                writer.run(receiver, clock_floor_ms, cores, &writer_closing)
             })
             .expect("spawning the share log writer");
         ShareLog {
@@ -453,6 +458,7 @@ impl ShareLog {
             releaser: ShareLogReleaser { releases },
             status,
             cut_gate,
+            closing,
         }
     }
 
@@ -471,8 +477,11 @@ impl ShareLog {
     }
 
     /// Stops the writer after it has drained the queue, and any cut under way; the
-    /// database is closed when this returns.
+    /// database is closed when this returns. Called once nothing appends any more: a
+    /// share queued after the queue was seen empty would not be written.
     pub fn close(mut self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.handle.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -607,6 +616,7 @@ impl<S: BatchSink> Writer<S> {
         receiver: Receiver<PendingShare>,
         clock_floor_ms: u64,
         cores: Vec<UnboundedSender<Completed>>,
+        closing: &std::sync::atomic::AtomicBool,
     ) {
         let mut batch: Vec<PendingShare> = Vec::with_capacity(SHARE_BATCH_MAX);
         let mut per_core = vec![0usize; cores.len()];
@@ -617,6 +627,9 @@ impl<S: BatchSink> Writer<S> {
             let first = match receiver.recv_timeout(idle) {
                 Ok(first) => first,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if closing.load(std::sync::atomic::Ordering::SeqCst) && receiver.is_empty() {
+                        return;
+                    }
                     if let Some(through) = clock.idle(now_ms(), clock_written_ms) {
                         let written = self.ready().and_then(|()| self.sink.write_clock(through));
                         match written {

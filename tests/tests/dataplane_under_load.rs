@@ -100,6 +100,7 @@ fn start_dataplane(
         quic_connections_per_core_max: 1,
         cores: vec![0],
         process_index: 0,
+        drain_s: 60,
         processes: 1,
         start_difficulty: DIFFICULTY_ANY_HASH,
         difficulty_min: DIFFICULTY_ANY_HASH,

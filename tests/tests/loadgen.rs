@@ -11,8 +11,10 @@ use serde_json::Value;
 
 use otedama_tests::{workspace_binary, SyntheticPool};
 
-const LOADGEN_JSON_KEYS: [&str; 12] = [
+const LOADGEN_JSON_KEYS: [&str; 14] = [
     "connections",
+    "connect_errors",
+    "reconnects",
     "protocol",
     "shares_acked",
     "shares_per_s",

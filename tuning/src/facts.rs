@@ -26,6 +26,7 @@ pub const SYSCTL_KEYS: &[&str] = &[
     "net.ipv4.tcp_keepalive_time",
     "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_migrate_req",
     "vm.nr_hugepages",
     "kernel.io_uring_disabled",
 ];

@@ -348,6 +348,11 @@ pub fn plan(facts: &Facts, target: &Target) -> Result<Plan, PlanError> {
         .next_power_of_two()
         .clamp(4096, 262_144);
     sysctl(
+        "net.ipv4.tcp_migrate_req",
+        "1".into(),
+        "a data plane replaced during an upgrade closes its listeners: connections queued on them move to the replacement's instead of being reset".into(),
+    );
+    sysctl(
         "net.core.netdev_max_backlog",
         at_least(current("net.core.netdev_max_backlog"), backlog),
         format!("packets queued per CPU between the NIC and TCP: 50 ms of {packets_per_second} packets/s (shares plus a reconnect storm)"),

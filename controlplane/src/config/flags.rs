@@ -96,6 +96,9 @@ pub struct ConfigArgs {
     /// Data-plane processes sharing the Stratum ports (SO_REUSEPORT).
     #[arg(long, env = "OTEDAMA_DATAPLANE_PROCESSES")]
     pub dataplane_processes: Option<usize>,
+    /// Seconds a replaced data plane takes to hand its miners over (default 60).
+    #[arg(long, env = "OTEDAMA_DATAPLANE_DRAIN_S")]
+    pub dataplane_drain_s: Option<u64>,
     /// Job source: the node, or synthetic jobs for load tests.
     #[arg(long, env = "OTEDAMA_CHAIN")]
     pub chain: Option<ChainSource>,
@@ -240,7 +243,8 @@ impl ConfigArgs {
         take!(
             vardiff_share_interval_s,
             difficulty_min,
-            dataplane_processes
+            dataplane_processes,
+            dataplane_drain_s
         );
         take!(chain, synthetic_job_interval_ms);
         take!(

@@ -44,6 +44,11 @@ pub const BACKUPS_KEPT_DEFAULT: u32 = 7;
 /// The most `backups_kept`.
 pub const BACKUPS_KEPT_MAX: u32 = 1_000;
 
+/// `dataplane_drain_s` unless set: a minute for a replaced data plane's miners to move.
+pub const DATAPLANE_DRAIN_S_DEFAULT: u64 = 60;
+/// The longest `dataplane_drain_s`: an hour. Both copies of a process run that long.
+pub const DATAPLANE_DRAIN_S_MAX: u64 = 3_600;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
@@ -155,6 +160,12 @@ pub struct PoolConfig {
     /// than one is needed where a per-process open-files limit caps the connections one
     /// process can hold; it is also how a data plane restarts without closing the port.
     pub dataplane_processes: usize,
+    /// Seconds a data plane being replaced (`otedama run` or the unit on SIGHUP) takes
+    /// to hand its miners over: it stops accepting at once, asks its miners to reconnect
+    /// (`client.reconnect`; V2 miners are closed, since V2 has no such message in use)
+    /// spread over the first half, closes whoever is left at the end, and exits once its
+    /// share log is flushed. The new process accepts meanwhile (1 to 3600).
+    pub dataplane_drain_s: u64,
     /// Where jobs come from: the node (`node`), or, for load tests only, a generator that
     /// needs no node (`synthetic`) and never submits a block.
     pub chain: ChainSource,
@@ -296,6 +307,7 @@ impl Default for PoolConfig {
             vardiff_share_interval_s: 10.0,
             difficulty_min: None,
             dataplane_processes: 1,
+            dataplane_drain_s: DATAPLANE_DRAIN_S_DEFAULT,
             chain: ChainSource::Node,
             synthetic_job_interval_ms: 10_000,
             payout_scheme: PayoutScheme::Pplns,
@@ -451,7 +463,21 @@ impl PoolConfig {
         self.data_dir.join("ipc.sock")
     }
 
-    /// Each data-plane process has a share log of its own: RocksDB allows one writer.
+    /// Share-log slots of this host: data-plane process `i` writes slot `i`, or while an
+    /// earlier copy of it still drains (an upgrade), slot `i + dataplane_processes`. Each
+    /// slot is a log of its own with its own extranonce1 partition, so the two copies never
+    /// share a writer or hand out the same extranonce1.
+    pub fn share_log_slots(&self) -> usize {
+        2 * self.dataplane_processes
+    }
+
+    /// The lock file a data-plane process holds while it writes share-log slot `slot`.
+    pub fn share_log_slot_lock(&self, slot: usize) -> PathBuf {
+        self.data_dir.join(format!("dataplane-slot-{slot}.lock"))
+    }
+
+    /// Each share-log slot (`share_log_slots`) has a log of its own: RocksDB allows one
+    /// writer.
     pub fn share_log_path(&self, process_index: usize) -> PathBuf {
         match process_index {
             0 => self.data_dir.join("shares"),
@@ -658,6 +684,45 @@ mod tests {
             "cp-a",
         ]);
         assert!(clustered.config.load().unwrap().dex_enabled);
+    }
+
+    /// A replaced data plane's drain, at its edges; and the share-log slots, two per
+    /// process, each with a path and a lock of its own.
+    #[test]
+    fn the_drain_is_bounded_and_each_process_has_two_slots() {
+        let load = |args: &[&str]| {
+            let mut all = vec!["otedama", "--data-dir", "/var/lib/otedama"];
+            all.extend_from_slice(args);
+            Flags::parse_from(all).config.load()
+        };
+        let most = DATAPLANE_DRAIN_S_MAX.to_string();
+        assert_eq!(
+            load(&["--dataplane-drain-s", "1"])
+                .unwrap()
+                .dataplane_drain_s,
+            1
+        );
+        assert_eq!(
+            load(&["--dataplane-drain-s", &most])
+                .unwrap()
+                .dataplane_drain_s,
+            DATAPLANE_DRAIN_S_MAX
+        );
+        for beyond in ["0".to_string(), (DATAPLANE_DRAIN_S_MAX + 1).to_string()] {
+            let error = load(&["--dataplane-drain-s", &beyond]).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("dataplane_drain_s"),
+                "{error:#}"
+            );
+        }
+        let config = load(&["--dataplane-processes", "3"]).unwrap();
+        assert_eq!(config.share_log_slots(), 6);
+        let paths: std::collections::BTreeSet<_> =
+            (0..6).map(|slot| config.share_log_path(slot)).collect();
+        let locks: std::collections::BTreeSet<_> = (0..6)
+            .map(|slot| config.share_log_slot_lock(slot))
+            .collect();
+        assert_eq!((paths.len(), locks.len()), (6, 6));
     }
 
     /// Scheduled backups' limits, at their edges, and a backup directory that would copy

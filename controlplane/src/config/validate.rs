@@ -92,6 +92,9 @@ impl PoolConfig {
         if !(1..=DATAPLANE_PROCESSES_MAX).contains(&self.dataplane_processes) {
             bail!("dataplane_processes must lie between 1 and {DATAPLANE_PROCESSES_MAX}");
         }
+        if !(1..=DATAPLANE_DRAIN_S_MAX).contains(&self.dataplane_drain_s) {
+            bail!("dataplane_drain_s must lie between 1 and {DATAPLANE_DRAIN_S_MAX}");
+        }
         if self.stratum_listen.is_empty() {
             bail!("at least one stratum_listen address is needed");
         }

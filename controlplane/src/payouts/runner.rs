@@ -195,16 +195,23 @@ fn check_restore_hold(
     Ok(())
 }
 
-/// Tails for every data-plane process, starting where the ledger's PPS cursors say (per
-/// share schemes) or with enough history to cut the next round.
+/// Tails for every share log of the host's `processes` data-plane processes (each
+/// process's slots, `PoolConfig::share_log_slots`), starting where the ledger's PPS cursors
+/// say (per share schemes) or with enough history to cut the next round.
+///
+/// Each log reads its process's whole part of the history, not half of it per slot: one
+/// process's two slots wrote one after the other (an upgrade moves its miners from one to
+/// the other), so its newest shares are all among the newest of the slot that wrote them,
+/// and reading each slot that far leaves no hole in time between them.
 pub fn share_log_tails(
     ledger: &Ledger,
     logs: &[PathBuf],
+    processes: usize,
     secondary_root: &std::path::Path,
     per_share: bool,
     replay: Option<&crate::backup::ReplayStart>,
 ) -> anyhow::Result<Vec<ShareLogTail>> {
-    let backfill = SHARE_HISTORY_MAX / logs.len().max(1);
+    let backfill = SHARE_HISTORY_MAX / processes.max(1);
     logs.iter()
         .enumerate()
         .map(|(index, primary)| {
@@ -814,11 +821,11 @@ mod tests {
                 },
             )]),
         };
-        let tails = share_log_tails(&ledger, &logs, dir.path(), false, Some(&replay)).unwrap();
+        let tails = share_log_tails(&ledger, &logs, 2, dir.path(), false, Some(&replay)).unwrap();
         let backfill = (SHARE_HISTORY_MAX / 2) as u64;
         assert_eq!(tails[0].next_sequence(), None);
         assert_eq!(tails[1].next_sequence(), Some(5_000_000 - backfill));
-        let plain = share_log_tails(&ledger, &logs, dir.path(), false, None).unwrap();
+        let plain = share_log_tails(&ledger, &logs, 2, dir.path(), false, None).unwrap();
         assert_eq!(plain[1].next_sequence(), None);
     }
 
@@ -881,7 +888,7 @@ mod tests {
         }
         log.close();
         let ledger = Ledger::open(&dir.join("ledger")).unwrap();
-        let tails = share_log_tails(&ledger, &[log_path], dir, true, None).unwrap();
+        let tails = share_log_tails(&ledger, &[log_path], 1, dir, true, None).unwrap();
         let pool = PoolState::new(0, 0);
         pool.set_block_value(BlockValue {
             subsidy: 50_0000_0000,

@@ -348,8 +348,15 @@ impl Simulation {
         let root = self.dir.path();
         let ledger = Ledger::open(&root.join("ledger")).expect("ledger opens");
         let logs: Vec<PathBuf> = self.planes.iter().map(|p| p.path.clone()).collect();
-        let tails =
-            share_log_tails(&ledger, &logs, root, per_share(self.scheme), None).expect("tails");
+        let tails = share_log_tails(
+            &ledger,
+            &logs,
+            logs.len(),
+            root,
+            per_share(self.scheme),
+            None,
+        )
+        .expect("tails");
         let pool = PoolState::new(0, 0);
         pool.set_block_value(BlockValue {
             subsidy: SUBSIDY,

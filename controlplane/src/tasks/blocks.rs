@@ -63,7 +63,8 @@ pub(crate) fn block_scan_loop(
 ) {
     let processes = match mirror {
         Some(_) => 0,
-        None => config.dataplane_processes as u32,
+        // Both slots of every process: a log written during an upgrade holds shares too.
+        None => config.share_log_slots() as u32,
     };
     let tail = |process: u32, cursor: Option<u64>| {
         ShareLogTail::new(

@@ -138,10 +138,18 @@ pub(crate) fn start_payouts(
             Vec::new()
         }
         None => {
-            let logs: Vec<_> = (0..config.dataplane_processes)
-                .map(|index| config.share_log_path(index))
+            // Every slot, written or not yet: a log that does not exist reads as empty.
+            let logs: Vec<_> = (0..config.share_log_slots())
+                .map(|slot| config.share_log_path(slot))
                 .collect();
-            share_log_tails(&ledger, &logs, &config.data_dir, per_share, replay.as_ref())?
+            share_log_tails(
+                &ledger,
+                &logs,
+                config.dataplane_processes,
+                &config.data_dir,
+                per_share,
+                replay.as_ref(),
+            )?
         }
     };
     let wallet: Option<Box<dyn otedama_ledger::payments::Wallet + Send>> = match config.chain {

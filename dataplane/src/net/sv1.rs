@@ -93,6 +93,17 @@ impl crate::rt::Link for Connection {
         let mut session = self.session.borrow_mut();
         Connection::flush(self, &mut session);
     }
+
+    fn ask_to_reconnect(&self) -> bool {
+        let mut session = self.session.borrow_mut();
+        session.request_reconnect();
+        Connection::flush(self, &mut session);
+        true
+    }
+
+    fn close(&self) {
+        self.wire.close();
+    }
 }
 
 /// A V1 share awaiting the share log.

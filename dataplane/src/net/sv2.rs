@@ -101,6 +101,16 @@ impl<T: V2Link> crate::rt::Link for T {
     fn flush(&self) {
         V2Link::flush(self);
     }
+
+    /// The V2 mining protocol's `Reconnect` is not sent: a V2 miner whose connection
+    /// closes reconnects to the same address by itself.
+    fn ask_to_reconnect(&self) -> bool {
+        false
+    }
+
+    fn close(&self) {
+        V2Link::close(self);
+    }
 }
 
 /// A V2 share awaiting the share log.

@@ -229,6 +229,7 @@ pub fn run_with_share_log(
     let mut quic_forward_receivers = quic_forward_receivers.into_iter();
     let mut job_senders = Vec::new();
     let mut handles = Vec::new();
+    let accepting = super::drain::Accepting::new(cores.len());
     let config = Arc::new(config);
     for ((index, cpu), completions) in cores.iter().copied().enumerate().zip(completion_receivers) {
         let (job_tx, job_rx) = unbounded();
@@ -241,12 +242,13 @@ pub fn run_with_share_log(
                 quic_forward_receivers.next().expect("one per core"),
             )
         });
-        let (config, share_log, upstream, counters, addresses) = (
+        let (config, share_log, upstream, counters, addresses, accepting) = (
             config.clone(),
             share_log.handle(),
             upstream_tx.clone(),
             counters.clone(),
             addresses.clone(),
+            accepting.clone(),
         );
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("core-{index}"))
@@ -284,7 +286,7 @@ pub fn run_with_share_log(
                     addresses,
                     deadlines: RefCell::new(Deadlines::default()),
                 });
-                core_main(core, job_rx, completions, quic).await
+                core_main(core, job_rx, completions, quic, accepting).await
             })
             .map_err(|e| anyhow::anyhow!("starting the executor for core {cpu}: {e}"))?;
         handles.push(handle);
@@ -299,6 +301,13 @@ pub fn run_with_share_log(
         },
         None => crate::ipc::LinkTransport::Socket(config.ipc_socket.clone()),
     };
+    let drain_senders = job_senders.clone();
+    super::drain::watch(config.drain_s, move |plan| {
+        for sender in &drain_senders {
+            let _ = sender.unbounded_send(CoreCommand::Drain(plan));
+        }
+    })
+    .context("starting the drain watch")?;
     crate::ipc::start(
         transport,
         job_senders,
@@ -317,12 +326,15 @@ pub fn run_with_share_log(
         quic_listen = ?config.quic_listen,
         "data plane running"
     );
+    // The cores end only after a drain (or on failure); the log is closed after the last
+    // of them, so every share they handed it is written before the process exits.
     for handle in handles {
         handle
             .join()
             .map_err(|e| anyhow::anyhow!("core executor failed: {e}"))??;
     }
     share_log.close();
+    tracing::info!("drained: every share handed to the share log is written; exiting");
     Ok(())
 }
 
@@ -346,6 +358,7 @@ pub(super) async fn core_main(
     mut commands: UnboundedReceiver<CoreCommand>,
     mut completions: UnboundedReceiver<Completed>,
     quic: Option<CoreQuic>,
+    accepting: Arc<super::drain::Accepting>,
 ) -> anyhow::Result<()> {
     let sweeper = core.clone();
     glommio::spawn_local(async move {
@@ -419,11 +432,33 @@ pub(super) async fn core_main(
     // start. Until then connections wait in the listen backlog.
     let mut quic = quic;
     let mut accept_tasks = Vec::new();
-    while let Some(command) = commands.next().await {
+    let mut drained: Option<futures_channel::oneshot::Receiver<()>> = None;
+    let mut accepting_reported = false;
+    loop {
+        let next = match drained.as_mut() {
+            None => commands.next().await,
+            // Draining: jobs still come (the miners not yet moved mine them) until the
+            // drain ends.
+            Some(done) => {
+                let command = async { commands.next().await.map(Some) };
+                let ended = async {
+                    let _ = done.await;
+                    None
+                };
+                match futures_lite::future::or(command, ended).await {
+                    Some(command) => command,
+                    None => break,
+                }
+            }
+        };
+        let Some(command) = next else { break };
         match command {
             CoreCommand::Job(job) => core.publish_job(job).await,
             CoreCommand::Bans(bans) => {
                 core.apply_bans(bans);
+                if drained.is_some() {
+                    continue;
+                }
                 for (listener, front_end) in listeners.drain(..) {
                     let core = core.clone();
                     accept_tasks.push(glommio::spawn_local(accept_loop(core, listener, front_end)));
@@ -440,6 +475,27 @@ pub(super) async fn core_main(
                         quic::start(&core, address, shared.clone(), forward_to, forwarded)?;
                     }
                 }
+                if !accepting_reported {
+                    accepting_reported = true;
+                    accepting.core_accepts();
+                }
+            }
+            CoreCommand::Drain(plan) => {
+                if drained.is_some() {
+                    continue;
+                }
+                // Dropping an accept task cancels it and closes its listener: from here
+                // the kernel gives new connections to the replacement's listeners only.
+                accept_tasks.clear();
+                listeners.clear();
+                let (done_tx, done_rx) = futures_channel::oneshot::channel();
+                drained = Some(done_rx);
+                let draining = core.clone();
+                glommio::spawn_local(async move {
+                    draining.drain(plan).await;
+                    let _ = done_tx.send(());
+                })
+                .detach();
             }
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod admission;
 mod boot;
+pub mod drain;
 mod durability;
 pub mod extranonce;
 pub mod gate;
@@ -77,6 +78,8 @@ const BROADCAST_CONNECTIONS_PER_SLICE: usize = 512;
 pub enum CoreCommand {
     Job(Arc<Job>),
     Bans(Arc<BanList>),
+    /// Hand the miners over to a replacement and stop (`drain`).
+    Drain(drain::DrainPlan),
 }
 
 /// Which front end a share came in through, for the per-protocol counters.
@@ -109,6 +112,11 @@ pub trait Link {
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool;
     /// Sends what the session queued.
     fn flush(&self);
+    /// Asks the miner to reconnect (the process is draining); `false` where the protocol
+    /// has no way to ask, and the connection is then closed instead.
+    fn ask_to_reconnect(&self) -> bool;
+    /// Closes the connection.
+    fn close(&self);
 }
 
 /// A connection of any front end.
@@ -381,6 +389,57 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Hands this core's miners over to the replacement process (`drain`): asks them to
+    /// reconnect at the plan's pace (V2 connections, which have no such request here, are
+    /// closed instead once none of their shares is in flight), closes whoever is left at
+    /// the plan's grace, and returns once no connection is left. The listeners are closed
+    /// before this is called, so reconnecting miners reach only the replacement.
+    pub(super) async fn drain(self: &Rc<Self>, plan: drain::DrainPlan) {
+        let started = std::time::Instant::now();
+        let per_tick = plan.asked_per_tick(self.connections.borrow().len());
+        let mut asked = std::collections::HashSet::new();
+        let mut reconnects_asked = 0u64;
+        let mut closed = 0u64;
+        loop {
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let due: Vec<(u64, Peer)> = self
+                .connections
+                .borrow()
+                .iter()
+                .filter(|(id, _)| !asked.contains(*id))
+                .take(per_tick)
+                .map(|(id, peer)| (*id, peer.clone()))
+                .collect();
+            for (id, peer) in due {
+                if peer.ask_to_reconnect() {
+                    reconnects_asked += 1;
+                    asked.insert(id);
+                } else if peer.awaiting_ack().used() == 0 {
+                    // Closed only with nothing in flight, so no answer is cut off.
+                    peer.close();
+                    closed += 1;
+                    asked.insert(id);
+                }
+            }
+            if self.connections.borrow().is_empty() || plan.over(elapsed_ms) {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(drain::DRAIN_TICK_MS)).await;
+        }
+        let left: Vec<Peer> = self.connections.borrow().values().cloned().collect();
+        for peer in &left {
+            peer.close();
+        }
+        tracing::info!(
+            core = self.index,
+            reconnects_asked,
+            closed_without_request = closed,
+            closed_at_grace = left.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "drained"
+        );
     }
 
     pub fn register(&self, connection: Peer) -> u64 {

@@ -353,6 +353,14 @@ impl Session {
         banned
     }
 
+    /// Asks the miner to reconnect to the same address (`client.reconnect` with no
+    /// parameters): the pool process is handing its miners to its replacement. Shares the
+    /// miner still sends on this connection are taken as before.
+    pub fn request_reconnect(&mut self) {
+        self.outbox
+            .extend_from_slice(b"{\"id\":null,\"method\":\"client.reconnect\",\"params\":[]}\n");
+    }
+
     pub fn handle_new_job(&mut self, job: &Job, now_s: u64) {
         if !self.is_mining() {
             return;

@@ -34,6 +34,9 @@ const DRAIN_S: u64 = 3;
 const READ_BUFFER_BYTES: usize = 2048;
 /// Request ids below this are the handshake; submits count up from it.
 const FIRST_SUBMIT_ID: u64 = 16;
+/// After the pool asks a connection to reconnect, how long it waits for the answers to
+/// the shares it already sent before it closes and connects again.
+const RECONNECT_ANSWERS_WAIT_S: u64 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Phase {
@@ -61,6 +64,8 @@ pub(crate) struct Worker {
     pub(crate) ready: Cell<usize>,
     pub(crate) settled: Cell<usize>,
     pub(crate) pending_total: Cell<usize>,
+    /// Acknowledged shares as `EXTRANONCE1 EXTRANONCE2` lines (`--acked-shares-out`).
+    pub(crate) acked_shares: RefCell<Vec<u8>>,
     /// The transport's shared parts for V2 and QUIC runs.
     pub(crate) v2: Option<crate::v2::Transport>,
 }
@@ -97,6 +102,7 @@ pub fn run_worker(
             ready: Cell::new(0),
             settled: Cell::new(0),
             pending_total: Cell::new(0),
+            acked_shares: RefCell::new(Vec::new()),
             v2,
         });
         worker.report.borrow_mut().connections_attempted = mine.len() as u64;
@@ -146,6 +152,10 @@ pub fn run_worker(
         report.ack_us = encode_histogram(&worker.ack_us.borrow());
         report.broadcast_us = encode_histogram(&worker.broadcast_us.borrow());
         report.broadcast_stamped = worker.stamped.get() && !worker.unstamped.get();
+        if let Some(path) = &args.acked_shares_out {
+            std::fs::write(path, &*worker.acked_shares.borrow())
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        }
         Ok(report)
     })
 }
@@ -211,8 +221,12 @@ struct Client {
     ready: bool,
     next_id: u64,
     extranonce2: u64,
-    /// Submits awaiting their reply, in send order: (request id, sent at).
-    pending: VecDeque<(u64, Instant)>,
+    /// Submits awaiting their reply, in send order: (request id, sent at, extranonce2).
+    pending: VecDeque<(u64, Instant, u64)>,
+    /// This connection's extranonce1 (hex), from the subscribe answer.
+    extranonce1: String,
+    /// When the pool asked this connection to reconnect (`client.reconnect`).
+    reconnect_asked: Option<Instant>,
     sent_in_measure: u64,
     settled: bool,
 }
@@ -253,22 +267,82 @@ async fn run_connection(worker: Rc<Worker>, global_index: usize) {
         next_id: FIRST_SUBMIT_ID,
         extranonce2: 0,
         pending: VecDeque::new(),
+        extranonce1: String::new(),
+        reconnect_asked: None,
         sent_in_measure: 0,
         settled: false,
     };
-    let stream = match connect(&worker, global_index).await {
+    let mut phase_rx = worker.phase.subscribe();
+    let mut ticker: Option<(Interval, Instant, f64)> = None;
+    let mut wire_at_start = None;
+    // One pass per TCP connection: a pool that asks this miner to reconnect gets a new one,
+    // with the schedule carrying on.
+    let ended = loop {
+        let ended = run_session(
+            &worker,
+            &mut client,
+            &mut phase_rx,
+            &mut ticker,
+            &mut wire_at_start,
+        )
+        .await;
+        if ended != Ended::Reconnect {
+            break ended;
+        }
+        worker.report.borrow_mut().reconnects += 1;
+        worker
+            .pending_total
+            .set(worker.pending_total.get() - client.pending.len());
+        client.pending.clear();
+        client.job = None;
+        client.authorized = false;
+        client.reconnect_asked = None;
+    };
+    let mut report = worker.report.borrow_mut();
+    match ended {
+        Ended::ByPool => report.disconnects += 1,
+        Ended::ConnectFailed => {}
+        _ if client.ready => report.connections_held += 1,
+        _ => {}
+    }
+    drop(report);
+    worker
+        .pending_total
+        .set(worker.pending_total.get() - client.pending.len());
+    settle(&worker, &mut client);
+}
+
+/// How one TCP connection of a miner ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// The run is over.
+    Stopped,
+    /// The pool closed it, or a write failed.
+    ByPool,
+    /// The pool asked for a reconnect, and this one's answers are in (or waited for).
+    Reconnect,
+    ConnectFailed,
+}
+
+async fn run_session(
+    worker: &Rc<Worker>,
+    client: &mut Client,
+    phase_rx: &mut watch::Receiver<Phase>,
+    ticker: &mut Option<(Interval, Instant, f64)>,
+    wire_at_start: &mut Option<u64>,
+) -> Ended {
+    let stream = match connect(worker, client.global_index).await {
         Ok(stream) => stream,
         Err(error) => {
             if worker.report.borrow().connect_errors == 0 {
                 eprintln!("loadgen: connect failed: {error}");
             }
             worker.report.borrow_mut().connect_errors += 1;
-            settle(&worker, &mut client);
-            return;
+            settle(worker, client);
+            return Ended::ConnectFailed;
         }
     };
     let fd = stream.as_raw_fd();
-    let mut wire_at_start = None;
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let mut out = Vec::with_capacity(256);
@@ -289,30 +363,45 @@ async fn run_connection(worker: Rc<Worker>, global_index: usize) {
         );
     }
     if write_half.write_all(&out).await.is_err() {
-        worker.report.borrow_mut().disconnects += 1;
-        settle(&worker, &mut client);
-        return;
+        settle(worker, client);
+        return Ended::ByPool;
     }
-    let mut phase_rx = worker.phase.subscribe();
-    let mut ticker: Option<(Interval, Instant, f64)> = None;
+    if matches!(*phase_rx.borrow(), Phase::Measure { .. }) && wire_at_start.is_none() {
+        *wire_at_start = tcp_wire_bytes(fd);
+    }
     let mut line = Vec::with_capacity(256);
     let user_json = user;
-    let closed_by_peer = loop {
+    let reconnect_wait = Duration::from_secs(RECONNECT_ANSWERS_WAIT_S);
+    loop {
+        if let Some(asked) = client.reconnect_asked {
+            if client.pending.is_empty() || asked.elapsed() >= reconnect_wait {
+                add_wire_bytes(worker, wire_at_start, fd);
+                return Ended::Reconnect;
+            }
+        }
         tokio::select! {
             read = reader.read_until(b'\n', &mut line) => {
                 match read {
-                    Ok(0) | Err(_) => break true,
+                    Ok(0) | Err(_) => {
+                        add_wire_bytes(worker, wire_at_start, fd);
+                        // Asked to reconnect, a close by the pool is the reconnect.
+                        return match client.reconnect_asked {
+                            Some(_) => Ended::Reconnect,
+                            None => Ended::ByPool,
+                        };
+                    }
                     Ok(_) if line.last() != Some(&b'\n') => continue,
                     Ok(_) => {}
                 }
                 let received_unix_us = unix_us();
-                let keep = handle_line(&worker, &mut client, &line, received_unix_us, &phase_rx);
+                let keep = handle_line(worker, client, &line, received_unix_us, phase_rx);
                 line.clear();
                 if !keep {
-                    break true;
+                    add_wire_bytes(worker, wire_at_start, fd);
+                    return Ended::ByPool;
                 }
             }
-            _ = next_tick(&mut ticker) => {
+            _ = next_tick(ticker) => {
                 let Some((_, started, period_s)) = ticker.as_ref() else { continue };
                 let due = (started.elapsed().as_secs_f64() / period_s) as u64 + 1;
                 let mut wanted = due.saturating_sub(client.sent_in_measure);
@@ -320,66 +409,71 @@ async fn run_connection(worker: Rc<Worker>, global_index: usize) {
                 while wanted > 0 {
                     wanted -= 1;
                     client.sent_in_measure += 1;
+                    if client.reconnect_asked.is_some() {
+                        // Not sent to a pool that is handing this miner over.
+                        continue;
+                    }
                     if client.pending.len() >= worker.args.inflight_max {
                         worker.report.borrow_mut().throttled += 1;
                         continue;
                     }
-                    let Some((job_id, ntime)) = client.job.as_ref() else { break };
+                    // After a reconnect, only once authorized again.
+                    let Some((job_id, ntime)) = client.job.as_ref().filter(|_| client.authorized) else {
+                        break;
+                    };
                     let id = client.next_id;
                     client.next_id += 1;
                     client.extranonce2 += 1;
                     let width = client.extranonce2_size * 2;
                     let mask = if width >= 16 { u64::MAX } else { (1u64 << (width * 4)) - 1 };
+                    let extranonce2 = client.extranonce2 & mask;
                     let _ = writeln!(
                         out,
-                        r#"{{"id":{id},"method":"mining.submit","params":[{user_json},"{job_id}","{:0width$x}","{ntime:08x}","{:08x}"]}}"#,
-                        client.extranonce2 & mask,
+                        r#"{{"id":{id},"method":"mining.submit","params":[{user_json},"{job_id}","{extranonce2:0width$x}","{ntime:08x}","{:08x}"]}}"#,
                         client.global_index as u32,
                     );
-                    client.pending.push_back((id, Instant::now()));
+                    client.pending.push_back((id, Instant::now(), extranonce2));
                     worker.pending_total.set(worker.pending_total.get() + 1);
                     worker.report.borrow_mut().shares_sent += 1;
                 }
                 if !out.is_empty() && write_half.write_all(&out).await.is_err() {
-                    break true;
+                    add_wire_bytes(worker, wire_at_start, fd);
+                    return match client.reconnect_asked {
+                        Some(_) => Ended::Reconnect,
+                        None => Ended::ByPool,
+                    };
                 }
             }
+            _ = tokio::time::sleep(Duration::from_millis(100)), if client.reconnect_asked.is_some() => {}
             changed = phase_rx.changed() => {
                 if changed.is_err() {
-                    break false;
+                    return Ended::Stopped;
                 }
                 let phase = *phase_rx.borrow_and_update();
                 match phase {
-                    Phase::Measure { .. } => wire_at_start = tcp_wire_bytes(fd),
+                    Phase::Measure { .. } => *wire_at_start = tcp_wire_bytes(fd),
                     // A run whose shares are all acknowledged goes from Drain to Stop at
                     // once, and a watch receiver may see only the last.
-                    Phase::Drain | Phase::Stop => {
-                        if let (Some(start), Some(end)) = (wire_at_start.take(), tcp_wire_bytes(fd)) {
-                            worker.report.borrow_mut().wire_bytes += end.saturating_sub(start);
-                        }
-                    }
+                    Phase::Drain | Phase::Stop => add_wire_bytes(worker, wire_at_start, fd),
                     _ => {}
                 }
                 match phase {
-                    Phase::Measure { .. } => ticker = submit_schedule(&worker, global_index),
-                    Phase::Drain => ticker = None,
-                    Phase::Stop => break false,
+                    Phase::Measure { .. } => *ticker = submit_schedule(worker, client.global_index),
+                    Phase::Drain => *ticker = None,
+                    Phase::Stop => return Ended::Stopped,
                     _ => {}
                 }
             }
         }
-    };
-    let mut report = worker.report.borrow_mut();
-    if closed_by_peer {
-        report.disconnects += 1;
-    } else if client.ready {
-        report.connections_held += 1;
     }
-    drop(report);
-    worker
-        .pending_total
-        .set(worker.pending_total.get() - client.pending.len());
-    settle(&worker, &mut client);
+}
+
+/// Adds this connection's bytes on the wire since the measured run (or its reconnect)
+/// began.
+fn add_wire_bytes(worker: &Worker, wire_at_start: &mut Option<u64>, fd: std::os::fd::RawFd) {
+    if let (Some(start), Some(end)) = (wire_at_start.take(), tcp_wire_bytes(fd)) {
+        worker.report.borrow_mut().wire_bytes += end.saturating_sub(start);
+    }
 }
 
 /// The submit schedule of one connection for the measured run: one share per
@@ -435,6 +529,12 @@ fn handle_line(
         eprintln!("loadgen: the pool sent a line that is not JSON");
         return false;
     };
+    if message.method == Some("client.reconnect") {
+        // To the same address (a pool handing its miners to its replacement): the answers
+        // to shares already sent are awaited first (`run_session`).
+        client.reconnect_asked.get_or_insert_with(Instant::now);
+        return true;
+    }
     if message.method == Some("mining.notify") {
         let Some(params) = message.params else {
             return false;
@@ -465,8 +565,9 @@ fn handle_line(
         1 => {
             if let Some(size) = message
                 .result
-                .and_then(|r| serde_json::from_str::<(IgnoredAny, IgnoredAny, usize)>(r.get()).ok())
+                .and_then(|r| serde_json::from_str::<(IgnoredAny, String, usize)>(r.get()).ok())
             {
+                client.extranonce1 = size.1;
                 client.extranonce2_size = size.2.clamp(1, 8);
             }
             true
@@ -486,14 +587,23 @@ fn handle_line(
             true
         }
         id if id >= FIRST_SUBMIT_ID => {
-            let Some(position) = client.pending.iter().position(|(p, _)| *p == id) else {
+            let Some(position) = client.pending.iter().position(|(p, _, _)| *p == id) else {
                 return true;
             };
-            let (_, sent_at) = client.pending.remove(position).expect("position is valid");
+            let (_, sent_at, extranonce2) =
+                client.pending.remove(position).expect("position is valid");
             worker.pending_total.set(worker.pending_total.get() - 1);
             let mut report = worker.report.borrow_mut();
             if ok {
                 report.shares_acked += 1;
+                if worker.args.acked_shares_out.is_some() {
+                    let width = client.extranonce2_size * 2;
+                    let _ = writeln!(
+                        worker.acked_shares.borrow_mut(),
+                        "{} {extranonce2:0width$x}",
+                        client.extranonce1
+                    );
+                }
                 worker
                     .ack_us
                     .borrow_mut()

@@ -96,6 +96,11 @@ pub struct Args {
     /// attacker's spoofed handshakes; see `initial_flood`).
     #[arg(long)]
     pub quic_initial_flood: bool,
+    /// Write each acknowledged V1 share as `EXTRANONCE1 EXTRANONCE2` (hex) to this file, one
+    /// per line, so a test can look for every one of them in the pool's share log (one
+    /// process only).
+    #[arg(long)]
+    pub acked_shares_out: Option<std::path::PathBuf>,
     /// Internal: run as child number N of a multi-process run.
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,
@@ -213,6 +218,10 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=args.connections).contains(&args.processes),
         "--processes must lie between 1 and --connections"
+    );
+    anyhow::ensure!(
+        args.acked_shares_out.is_none() || (args.processes == 1 && args.protocol == Protocol::V1),
+        "--acked-shares-out takes one process and --protocol v1"
     );
     if args.quic_initial_flood {
         return initial_flood::run(&args, target);

@@ -27,6 +27,10 @@ pub struct WorkerReport {
     pub connect_errors: u64,
     pub authorize_errors: u64,
     pub disconnects: u64,
+    /// Times the pool asked a connection to reconnect (`client.reconnect`, a pool handing
+    /// its miners to a replacement) and it did: not errors.
+    #[serde(default)]
+    pub reconnects: u64,
     pub shares_sent: u64,
     pub shares_acked: u64,
     /// Shares the pool called stale (code 21): in flight across a new block, not a fault.
@@ -82,6 +86,7 @@ impl Summary {
             total.connect_errors += report.connect_errors;
             total.authorize_errors += report.authorize_errors;
             total.disconnects += report.disconnects;
+            total.reconnects += report.reconnects;
             total.shares_sent += report.shares_sent;
             total.shares_acked += report.shares_acked;
             total.shares_stale += report.shares_stale;
@@ -143,6 +148,9 @@ impl Summary {
             t.authorize_errors,
             t.disconnects
         );
+        if t.reconnects > 0 {
+            println!("reconnects           {} (asked by the pool)", t.reconnects);
+        }
         println!(
             "shares               sent {}  acked {}  stale {}  rejected {}  throttled {}",
             t.shares_sent, t.shares_acked, t.shares_stale, t.shares_rejected, t.throttled
@@ -225,6 +233,8 @@ impl Summary {
             "ack_p999_us": quantile_us(&self.ack_us, 0.999),
             "broadcast_p99_ms": broadcast_p99_ms,
             "errors": self.errors(),
+            "connect_errors": t.connect_errors,
+            "reconnects": t.reconnects,
             "pool_stages": stage_figures,
         });
         println!("{line}");
