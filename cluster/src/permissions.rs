@@ -28,7 +28,8 @@ use crate::shares::LEGACY_SHARE_STREAM;
 
 /// The subjects data-plane host `host`, running `processes` data-plane processes, may
 /// publish to. (A NATS wildcard stands for whole tokens only, and a stream's name is one
-/// token of a JetStream API subject, so each process's stream is named.)
+/// token of a JetStream API subject, so each share-log slot's stream is named: two per
+/// process, the second written by a replacement during an upgrade.)
 pub fn dataplane_publish(host: &str, processes: u32) -> Vec<String> {
     let bucket = format!("KV_{HOST_BUCKET}");
     let jobs = crate::records::RecordKind::Jobs.stream();
@@ -38,8 +39,8 @@ pub fn dataplane_publish(host: &str, processes: u32) -> Vec<String> {
         format!("otedama.clocks.{host}.*"),
         "$JS.API.INFO".into(),
     ];
-    for process in 0..processes {
-        let shares = crate::shares::share_stream_name(host, process);
+    for slot in 0..2 * processes {
+        let shares = crate::shares::share_stream_name(host, slot);
         subjects.extend([
             format!("$JS.API.STREAM.CREATE.{shares}"),
             format!("$JS.API.STREAM.UPDATE.{shares}"),
@@ -130,10 +131,11 @@ mod tests {
             );
         }
         assert!(publish.contains(&"otedama.shares.dp-a.*".to_string()));
-        assert!(publish.contains(&"$JS.API.STREAM.CREATE.OTEDAMA_SHARES_dp-a_1".to_string()));
+        // Two processes, two slots each.
+        assert!(publish.contains(&"$JS.API.STREAM.CREATE.OTEDAMA_SHARES_dp-a_3".to_string()));
         assert!(!publish
             .iter()
-            .any(|subject| subject.ends_with("OTEDAMA_SHARES_dp-a_2")));
+            .any(|subject| subject.ends_with("OTEDAMA_SHARES_dp-a_4")));
         assert_eq!(
             dataplane_subscribe("dp-a"),
             ["_INBOX_dp-a.>", "otedama.link.dp-a.>"]

@@ -15,6 +15,7 @@ pub mod bans;
 pub mod config;
 pub mod dex;
 pub mod events;
+pub mod hashrate_history;
 pub mod ipc;
 pub mod metrics;
 pub mod payouts;

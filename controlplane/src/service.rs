@@ -599,6 +599,19 @@ fn serve(
     let start_count = dex
         .as_ref()
         .map_or(0, |dex| dex.lock().expect("dex lock").start_count());
+    let hashrate_history = Arc::new(
+        crate::hashrate_history::HashrateHistory::open(
+            &config.data_dir.join("hashrate"),
+            config.hashrate_sample_interval_s,
+        )
+        .context("opening the hash-rate history")?,
+    );
+    crate::tasks::hashrate::start_hashrate_sampler(
+        hashrate_history.clone(),
+        payouts.history.clone(),
+        config.coin_params().algorithm,
+    )?;
+    let connect = Arc::new(connect_json(&config, sv2_authority_key.as_deref()));
     let api_state = ApiState {
         pool: state.clone(),
         sv2_authority_key,
@@ -617,6 +630,8 @@ fn serve(
         stats_cache: Default::default(),
         activity_cache: Default::default(),
         leadership,
+        hashrate_history,
+        connect,
     };
     // The data-plane link (jobs down, block candidates up) runs on a thread and runtime of
     // its own: whatever the API's handlers do, they cannot hold up a found block or a job.
@@ -674,5 +689,29 @@ fn serve(
             result = link_done => result.unwrap_or_else(|_| Err(anyhow::anyhow!("the data-plane link thread ended"))),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
+    })
+}
+
+/// How miners connect, as the web page shows it: every listening URL (V2 with the
+/// authority key its miners check), the worker name's form and the start difficulty. An
+/// unspecified address (`0.0.0.0`) is shown as such; the page puts the host it was
+/// loaded from in its place.
+pub fn connect_json(config: &PoolConfig, sv2_authority_key: Option<&str>) -> serde_json::Value {
+    let urls = |scheme: &str, addresses: &[std::net::SocketAddr], suffix: &str| {
+        addresses
+            .iter()
+            .map(|address| format!("{scheme}://{address}{suffix}"))
+            .collect::<Vec<_>>()
+    };
+    let key_suffix = sv2_authority_key
+        .map(|key| format!("/{key}"))
+        .unwrap_or_default();
+    serde_json::json!({
+        "stratum_v1": urls("stratum+tcp", &config.stratum_listen, ""),
+        "stratum_v2": urls("stratum2+tcp", &config.sv2_listen, &key_suffix),
+        "stratum_v2_quic": urls("stratum2+quic", &config.quic_listen, ""),
+        "start_difficulty": config.start_difficulty,
+        "worker": "PAYOUT_ADDRESS or PAYOUT_ADDRESS.RIG",
+        "password": "anything",
     })
 }

@@ -87,8 +87,17 @@ impl HistoryShare {
 pub struct Activity {
     pub shares: u64,
     pub difficulty_sum: f64,
-    /// Worker name → (shares, last share time).
-    pub workers: BTreeMap<String, (u64, u64)>,
+    pub workers: BTreeMap<String, WorkerActivity>,
+}
+
+/// One worker's shares in a window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerActivity {
+    pub shares: u64,
+    pub difficulty_sum: f64,
+    pub last_share_ms: u64,
+    /// The difficulty of its newest share: what the pool asks of it now.
+    pub last_difficulty: f64,
 }
 
 /// Recent shares in canonical order, bounded by `SHARE_HISTORY_MAX`.
@@ -172,6 +181,27 @@ impl ShareHistory {
         }
     }
 
+    /// The difficulty of the shares accepted in `(after_ms, through_ms]` (a round, for its
+    /// effort), or `None` when the history does not reach back that far: a sum over part
+    /// of a round would understate its effort.
+    pub fn difficulty_between(&self, after_ms: u64, through_ms: u64) -> Option<f64> {
+        if self.oldest_ms().is_none_or(|oldest| oldest > after_ms) {
+            return None;
+        }
+        let start = self
+            .shares
+            .partition_point(|s| s.accepted_at_ms <= after_ms);
+        let end = self
+            .shares
+            .partition_point(|s| s.accepted_at_ms <= through_ms);
+        Some(
+            self.shares
+                .range(start..end.max(start))
+                .map(|s| s.difficulty.max(0.0))
+                .sum(),
+        )
+    }
+
     /// The oldest share kept, if any.
     pub fn oldest_ms(&self) -> Option<u64> {
         self.shares.front().map(|s| s.accepted_at_ms)
@@ -232,8 +262,13 @@ impl ShareHistory {
             miner.shares += 1;
             miner.difficulty_sum += share.difficulty;
             let worker = miner.workers.entry(share.worker.to_string()).or_default();
-            worker.0 += 1;
-            worker.1 = worker.1.max(share.accepted_at_ms);
+            worker.shares += 1;
+            worker.difficulty_sum += share.difficulty;
+            // Newest first: the first share seen of a worker is its newest.
+            if worker.shares == 1 {
+                worker.last_share_ms = share.accepted_at_ms;
+                worker.last_difficulty = share.difficulty;
+            }
         }
         miners
     }
@@ -328,6 +363,21 @@ mod tests {
     }
 
     #[test]
+    fn a_round_s_difficulty_is_known_only_if_the_history_covers_it() {
+        let mut history = ShareHistory::default();
+        history.insert(vec![
+            share(10, 0, 0, "a"),
+            share(20, 0, 1, "b"),
+            share(30, 0, 2, "a"),
+        ]);
+        assert_eq!(history.difficulty_between(10, 30), Some(2.0));
+        assert_eq!(history.difficulty_between(10, 25), Some(1.0));
+        assert_eq!(history.difficulty_between(30, 40), Some(0.0));
+        // A round that began before the oldest share kept: unknown, not understated.
+        assert_eq!(history.difficulty_between(5, 30), None);
+    }
+
+    #[test]
     fn activity_counts_workers_inside_the_window_only() {
         let mut history = ShareHistory::default();
         history.insert(vec![
@@ -339,7 +389,10 @@ mod tests {
         let activity = history.activity(300, 150);
         let a = &activity["a"];
         assert_eq!((a.shares, a.difficulty_sum), (2, 2.0));
-        assert_eq!(a.workers["a.rig2"], (2, 250));
+        let rig2 = &a.workers["a.rig2"];
+        assert_eq!((rig2.shares, rig2.last_share_ms), (2, 250));
+        assert_eq!(rig2.difficulty_sum, 2.0);
+        assert_eq!(rig2.last_difficulty, 1.0);
         assert!(!a.workers.contains_key("a.rig1"));
         assert_eq!(activity["b"].shares, 1);
     }

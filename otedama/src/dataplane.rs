@@ -75,21 +75,42 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     otedama_dataplane::run(dataplane)
 }
 
-/// Takes the first free of process `process_index`'s two share-log slots, holding its
-/// lock file (`flock`, released by the kernel however the process ends) for as long as
-/// the returned file lives.
+/// Takes the first free of process `process_index`'s share-log slots (two, or one where
+/// the second does not fit, `dataplane_config::upgrade_slots_fit`), holding its lock
+/// file (`flock`, released by the kernel however the process ends) for as long as the
+/// returned file lives. The file records the `dataplane_processes` its holder runs with:
+/// a copy started with another value would cut the extranonce1 space differently from
+/// the running ones and could hand out their values, so it is refused (that change needs
+/// a restart of every data plane, not a replacement).
 fn claim_slot(config: &PoolConfig, process_index: usize) -> anyhow::Result<(usize, std::fs::File)> {
-    let slots = [process_index, process_index + config.dataplane_processes];
-    for slot in slots {
+    use std::io::{Seek, Write};
+    let processes = config.dataplane_processes;
+    for (slot, running_with) in held_slots(config)? {
+        anyhow::ensure!(
+            running_with == processes,
+            "the data plane in share-log slot {slot} runs with dataplane_processes = {running_with}, \
+             this one with {processes}: changing dataplane_processes needs every data plane stopped first \
+             (a restart), not a replacement"
+        );
+    }
+    let mut slots = vec![process_index];
+    if crate::dataplane_config::upgrade_slots_fit(config) {
+        slots.push(process_index + processes);
+    }
+    for &slot in &slots {
         let path = config.share_log_slot_lock(slot);
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{processes}")?;
             return Ok((slot, file));
         }
         let error = std::io::Error::last_os_error();
@@ -98,11 +119,45 @@ fn claim_slot(config: &PoolConfig, process_index: usize) -> anyhow::Result<(usiz
         }
     }
     anyhow::bail!(
-        "data-plane process {process_index} already runs twice (share-log slots {} and {} are both held): \
-         an earlier replacement is still draining; try again once it has exited",
-        slots[0],
-        slots[1]
+        "data-plane process {process_index} already runs in every share-log slot it has ({slots:?}): \
+         an earlier replacement is still draining, or this host's cores leave room for one slot \
+         per process (then upgrade by a restart)"
     )
+}
+
+/// The share-log slots a running data plane holds, with the `dataplane_processes` each
+/// runs with (as its lock file records it).
+fn held_slots(config: &PoolConfig) -> anyhow::Result<Vec<(usize, usize)>> {
+    let mut held = Vec::new();
+    let entries = std::fs::read_dir(&config.data_dir)
+        .with_context(|| format!("listing {}", config.data_dir.display()))?;
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(slot) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("dataplane-slot-"))
+            .and_then(|rest| rest.strip_suffix(".lock"))
+            .and_then(|slot| slot.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let path = config.share_log_slot_lock(slot);
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor this function owns; a shared lock taken here is
+        // released when `file` is dropped.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            continue;
+        }
+        let running_with = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok());
+        if let Some(running_with) = running_with {
+            held.push((slot, running_with));
+        }
+    }
+    Ok(held)
 }
 
 /// Unsupervised (systemd): on SIGHUP, starts a copy of this process from `executable`
@@ -176,12 +231,22 @@ mod tests {
         assert_eq!((first, second), (1, 4));
         let error = claim_slot(&config, 1).unwrap_err();
         assert!(
-            format!("{error:#}").contains("already runs twice"),
+            format!("{error:#}").contains("already runs in every"),
             "{error:#}"
         );
         // Other processes' slots are their own.
         assert_eq!(claim_slot(&config, 0).unwrap().0, 0);
         drop(first_lock);
         assert_eq!(claim_slot(&config, 1).unwrap().0, 1);
+        // A copy started with another dataplane_processes is refused while these run.
+        let changed = PoolConfig {
+            dataplane_processes: 2,
+            ..config.clone()
+        };
+        let error = claim_slot(&changed, 0).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("needs every data plane stopped"),
+            "{error:#}"
+        );
     }
 }

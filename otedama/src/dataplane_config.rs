@@ -9,7 +9,11 @@ use otedama_controlplane::config::{write_new_private, PoolConfig};
 /// Each data-plane process's settings, built as its start would build them: `otedama run`
 /// and `otedama config` refuse a configuration that fails here.
 pub fn check_dataplanes(config: &PoolConfig) -> anyhow::Result<()> {
-    for slot in 0..config.share_log_slots() {
+    let slots = match upgrade_slots_fit(config) {
+        true => config.share_log_slots(),
+        false => config.dataplane_processes,
+    };
+    for slot in 0..slots {
         let config = dataplane_config(config, slot)
             .with_context(|| format!("the data plane in share-log slot {slot}'s settings"))?;
         let cores = config.cores.len().max(1);
@@ -60,6 +64,31 @@ pub fn quic_tls(config: &PoolConfig) -> anyhow::Result<otedama_dataplane::net::q
     })
 }
 
+/// The host's data-plane cores: `cores`, or every online core.
+fn host_cores(config: &PoolConfig) -> Vec<usize> {
+    if config.cores.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        config.cores.clone()
+    }
+}
+
+/// Whether each process's second share-log slot fits the extranonce1 partition byte:
+/// two slots per process take `2 × dataplane_processes × cores per process` of its 256
+/// values. A host with more data-plane cores than that has one slot per process, and
+/// upgrades it by a restart.
+pub fn upgrade_slots_fit(config: &PoolConfig) -> bool {
+    let host_cores = host_cores(config);
+    let most_cores = (0..config.dataplane_processes)
+        .map(|index| {
+            otedama_dataplane::rt::cores_for_process(&host_cores, index, config.dataplane_processes)
+                .len()
+        })
+        .max()
+        .unwrap_or(1);
+    config.share_log_slots() * most_cores <= 256
+}
+
 /// What a data-plane process writing share-log slot `slot` (`PoolConfig::share_log_slots`)
 /// needs: it runs on the cores of process `slot % dataplane_processes`, and everything
 /// that must differ between two copies of one process running at once during an upgrade
@@ -69,6 +98,14 @@ pub fn dataplane_config(
     slot: usize,
 ) -> anyhow::Result<otedama_dataplane::DataplaneConfig> {
     let process_index = slot % config.dataplane_processes;
+    let slots_in_use = match upgrade_slots_fit(config) {
+        true => config.share_log_slots(),
+        false => config.dataplane_processes,
+    };
+    anyhow::ensure!(
+        slot < slots_in_use,
+        "share-log slot {slot} is not in use on this host (its data-plane cores leave room for one slot per process)"
+    );
     if config.difficulty_floor_below_default() {
         tracing::warn!(
                 difficulty_min = config.difficulty_floor(),
@@ -76,11 +113,7 @@ pub fn dataplane_config(
                 "difficulty_min is below the algorithm's floor: a share may cost the pool more than the miner"
             );
     }
-    let host_cores: Vec<usize> = if config.cores.is_empty() {
-        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
-    } else {
-        config.cores.clone()
-    };
+    let host_cores = host_cores(config);
     let sv2_authority = if config.sv2_listen.is_empty() {
         None
     } else {
@@ -113,7 +146,7 @@ pub fn dataplane_config(
             config.dataplane_processes,
         ),
         process_index: slot,
-        processes: config.share_log_slots(),
+        processes: slots_in_use,
         drain_s: config.dataplane_drain_s,
         difficulty_min: config.difficulty_floor(),
         start_difficulty: config.start_difficulty,

@@ -63,12 +63,13 @@ pub fn spawn_with_ready_pipe(command: &mut Command) -> anyhow::Result<Starting> 
 
 impl Starting {
     /// Waits up to `wait` for the child's readiness byte: `Ok(true)` once it accepts,
-    /// `Ok(false)` if it ended or closed the pipe first, or the wait ran out.
+    /// `Ok(false)` if it ended or closed the pipe first, the wait ran out, or this process
+    /// was asked to stop.
     pub fn wait_ready(&mut self, wait: Duration) -> anyhow::Result<bool> {
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || crate::signals::stop_requested() {
                 return Ok(false);
             }
             let mut poll = libc::pollfd {

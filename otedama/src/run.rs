@@ -23,6 +23,11 @@ use otedama_controlplane::config::PoolConfig;
 /// so the longest delay is `RESTART_DELAY_LONGEST_MS`.
 const RESTART_DELAY_MIN_MS: u64 = 200;
 const RESTART_DELAY_LONGEST_MS: u64 = RESTART_DELAY_MIN_MS << (QUICK_EXITS_IN_A_ROW_MAX - 1);
+/// A replaced data plane still running this long after its drain should have ended
+/// (`dataplane_drain_s`, plus its share shipper's and link's last waits) is killed: a
+/// drain stuck on a broken disk must not hold its share-log slot, and with it every
+/// later upgrade, for ever.
+const DRAIN_OVERRUN_S: u64 = 120;
 /// A child that exits within this long of its start failed at start.
 const QUICK_EXIT_S: u64 = 10;
 /// Failures at start in a row after which `otedama run` stops everything and exits
@@ -129,11 +134,20 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
         role.child = Some(spawn(&executable, role, &effective)?);
     }
     let mut outcome = Ok(());
-    // Replaced data planes handing their miners over; reaped, never restarted.
-    let mut draining: Vec<(String, Child)> = Vec::new();
+    // Replaced data planes handing their miners over, with when they must have exited;
+    // reaped, never restarted.
+    let mut draining: Vec<(String, Child, Instant)> = Vec::new();
+    let drain_deadline = Duration::from_secs(config.dataplane_drain_s + DRAIN_OVERRUN_S);
     while !crate::signals::stop_requested() && outcome.is_ok() {
         if crate::signals::take_replace_request() {
-            replace_all(&mut roles, &mut draining, &executable, &effective);
+            let mut replaced = Vec::new();
+            replace_all(&mut roles, &mut replaced, &executable, &effective);
+            let must_exit_by = Instant::now() + drain_deadline;
+            draining.extend(
+                replaced
+                    .into_iter()
+                    .map(|(name, child)| (name, child, must_exit_by)),
+            );
         }
         for role in &mut roles {
             if let Err(error) = supervise_role(role, &executable, &effective) {
@@ -141,8 +155,14 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
                 break;
             }
         }
-        draining.retain_mut(|(name, child)| match child.try_wait() {
-            Ok(None) => true,
+        draining.retain_mut(|(name, child, must_exit_by)| match child.try_wait() {
+            Ok(None) if Instant::now() < *must_exit_by => true,
+            Ok(None) => {
+                tracing::error!(role = %name, "the replaced data plane did not finish its drain in time; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+                false
+            }
             Ok(Some(status)) => {
                 tracing::info!(role = %name, %status, "the replaced data plane has drained and exited");
                 false
@@ -157,7 +177,7 @@ pub fn run(config: PoolConfig) -> anyhow::Result<()> {
     let children = roles
         .iter_mut()
         .filter_map(|role| role.child.take())
-        .chain(draining.into_iter().map(|(_, child)| child));
+        .chain(draining.into_iter().map(|(_, child, _)| child));
     for mut child in children {
         stop_child(&mut child, Duration::from_secs(5));
     }
@@ -187,6 +207,9 @@ fn replace_all(
 ) {
     tracing::info!(executable = %executable.display(), "SIGHUP: upgrading in place");
     for role in roles.iter_mut() {
+        if crate::signals::stop_requested() {
+            return;
+        }
         if role.name == "controlplane" {
             // The data planes keep serving: their link waits for the new control plane,
             // and shares stay in their logs until it reads them.

@@ -61,6 +61,9 @@ pub struct ShareLogStatus {
     failed_batches: AtomicU64,
     /// Records cut from the log (`ShareLogReleaser::release`).
     pub released_records: AtomicU64,
+    /// The sequence the next record will get: every record below it is written (or was
+    /// lost to a failed write, and its number never used again).
+    pub next_sequence: AtomicU64,
 }
 
 impl Default for ShareLogStatus {
@@ -69,6 +72,7 @@ impl Default for ShareLogStatus {
             writable: AtomicBool::new(true),
             failed_batches: AtomicU64::new(0),
             released_records: AtomicU64::new(0),
+            next_sequence: AtomicU64::new(0),
         }
     }
 }
@@ -623,6 +627,7 @@ impl<S: BatchSink> Writer<S> {
         let mut clock = LogClock::new(clock_floor_ms);
         let mut clock_written_ms = clock_floor_ms.saturating_sub(1);
         let idle = std::time::Duration::from_millis(SHARE_LOG_CLOCK_INTERVAL_MS);
+        self.status.next_sequence.store(self.next_sequence, Relaxed);
         loop {
             let first = match receiver.recv_timeout(idle) {
                 Ok(first) => first,
@@ -683,6 +688,7 @@ impl<S: BatchSink> Writer<S> {
                     }
                 }
             }
+            self.status.next_sequence.store(self.next_sequence, Relaxed);
             for item in batch.drain(..) {
                 per_core[item.core] += 1;
             }

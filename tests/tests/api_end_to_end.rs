@@ -152,6 +152,37 @@ fn coins(units: u64) -> String {
     otedama_ledger::Amount::from_units(units).to_string()
 }
 
+/// The value of attribute `name` of the element with id `id`.
+fn element_attribute<'a>(dom: &'a str, id: &str, name: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("id=\"{id}\""))?;
+    let tag_start = dom[..start].rfind('<')?;
+    let tag = &dom[tag_start..start + dom[start..].find('>')?];
+    let value_start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    Some(&tag[value_start..value_start + tag[value_start..].find('"')?])
+}
+
+/// A screenshot of `url` as a 1280-pixel-wide browser shows it, after its scripts ran.
+fn chromium_screenshot(url: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let status = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--window-size=1280,1800",
+            "--virtual-time-budget=15000",
+        ])
+        .arg(format!("--screenshot={}", file.display()))
+        .arg(url)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .context("running chromium")?;
+    anyhow::ensure!(status.success(), "chromium failed: {status:?}");
+    Ok(())
+}
+
 fn chromium_dom(url: &str) -> anyhow::Result<String> {
     let output = Command::new("chromium")
         .args([
@@ -202,6 +233,9 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
         "otedama".into(),
         "--admin-token-file".into(),
         token_file.display().to_string(),
+        // Charts get points within the test: the pool every 10 s, each miner every 100 s.
+        "--hashrate-sample-interval-s".into(),
+        "10".into(),
     ];
     // Everything the pool logs at info level goes to a file the test reads at the end.
     let log_path = root.path().join("pool.log");
@@ -536,12 +570,82 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
             .is_ok_and(|m| m["paid"].as_u64() > Some(0))
     })?;
 
-    // The dashboard shows the numbers the API gives.
+    // The web page shows the numbers the API gives, on the miner's own page
+    // (/miner/ADDRESS, bookmarkable) and on the pool's.
+    wait_until(
+        Duration::from_secs(150),
+        "a hash-rate sample of alice and the pool",
+        || {
+            let sampled = |path: &str| {
+                pool.get_json(path).is_ok_and(|chart| {
+                    chart["points"]
+                        .as_array()
+                        .is_some_and(|points| points.iter().any(|p| p[1].as_f64() > Some(0.0)))
+                })
+            };
+            sampled(&format!("/api/v1/miners/{alice}/hashrate?span=1h"))
+                && sampled("/api/v1/hashrate?span=1h")
+        },
+    )?;
+    for span in ["24h", "7d"] {
+        let chart = pool.get_json(&format!("/api/v1/hashrate?span={span}"))?;
+        assert_eq!(chart["span"], span);
+        assert!(chart["points"].as_array().is_some_and(|p| !p.is_empty()));
+    }
+    let (status, _) = http(port, "GET", "/api/v1/hashrate?span=2h", &[], "");
+    assert_eq!(status, 400, "only the offered spans");
     let stats = pool.stats()?;
     let alice_now = pool.get_json(&format!("/api/v1/miners/{alice}"))?;
     let blocks = pool.get_json("/api/v1/blocks")?;
-    let url = format!("http://127.0.0.1:{port}/#miner={alice}");
+    let url = format!("http://127.0.0.1:{port}/miner/{alice}");
     let dom = chromium_dom(&url)?;
+    assert_eq!(element_text(&dom, "miner-title"), alice);
+    let workers_start = dom.find("id=\"miner-workers\"").unwrap();
+    let workers_table =
+        &dom[workers_start..workers_start + dom[workers_start..].find("</tbody>").unwrap()];
+    let workers = alice_now["workers"].as_object().unwrap();
+    assert_eq!(
+        workers_table.matches("<tr>").count(),
+        workers.len(),
+        "{workers_table}"
+    );
+    assert!(
+        workers_table.contains(&format!("{alice}.rig1")),
+        "{workers_table}"
+    );
+    for chart in ["pool-chart", "miner-chart"] {
+        let points: usize = element_attribute(&dom, chart, "data-points")
+            .unwrap_or_else(|| panic!("{chart} drew no line"))
+            .parse()?;
+        assert!(points >= 1, "{chart}");
+    }
+    let connect = element_text(&dom, "connect");
+    assert!(
+        dom.contains(&format!("stratum+tcp://127.0.0.1:{}", pool.stratum_port)),
+        "how to connect lists the Stratum URL: {connect}"
+    );
+    let legacy = chromium_dom(&format!("http://127.0.0.1:{port}/#miner={alice}"))?;
+    assert_eq!(
+        element_text(&legacy, "miner-title"),
+        alice,
+        "old links still open the miner's view"
+    );
+    let screenshots = std::env::var_os("OTEDAMA_SCREENSHOT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.path().join("screenshots"));
+    std::fs::create_dir_all(&screenshots)?;
+    for (name, page) in [
+        ("pool", format!("http://127.0.0.1:{port}/")),
+        ("miner", url.clone()),
+    ] {
+        let file = screenshots.join(format!("{name}.png"));
+        chromium_screenshot(&page, &file)?;
+        let bytes = std::fs::metadata(&file)?.len();
+        assert!(
+            bytes > 20_000,
+            "{name}.png is a page, not a blank: {bytes} bytes"
+        );
+    }
     assert_eq!(
         element_text(&dom, "blocks-found"),
         stats["blocks_found"].to_string()

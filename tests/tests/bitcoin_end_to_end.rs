@@ -27,7 +27,9 @@ const START_DIFFICULTY: f64 = 0.001;
 #[test]
 fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
-    let nodes = RegtestPair::start_kind(root.path(), 101, NodeKind::Bitcoin)?;
+    // Four mature coinbases: the three spends below each have a confirmed coin of their
+    // own (CI on 1517262 saw "Insufficient funds" for one with a single mature coin).
+    let nodes = RegtestPair::start_kind(root.path(), 104, NodeKind::Bitcoin)?;
     let version = nodes.miner.call("getnetworkinfo", json!([]))?["subversion"].clone();
     eprintln!("node: {version}");
     // The load generator's default worker, and the synthetic chain's payout address (the

@@ -136,10 +136,17 @@ fn a_data_plane_is_replaced_under_load_without_dropping_a_miner() {
     // Every acknowledged share is in the share log of the slot that took it.
     let mut logged = HashSet::new();
     let mut per_slot = Vec::new();
+    let mut partitions = Vec::new();
     for log in ["shares", "shares-1"] {
         let records = otedama_sharelog::writer::read_share_log(&pool.data_dir.path().join(log))
             .unwrap_or_else(|error| panic!("reading {log}: {error}"));
         per_slot.push(records.len());
+        partitions.push(
+            records
+                .iter()
+                .map(|record| record.extranonce1[0])
+                .collect::<HashSet<u8>>(),
+        );
         for record in records {
             logged.insert(format!(
                 "{} {}",
@@ -151,6 +158,13 @@ fn a_data_plane_is_replaced_under_load_without_dropping_a_miner() {
     assert!(
         per_slot.iter().all(|&n| n > 0),
         "both slots took shares: {per_slot:?}"
+    );
+    // The two copies, running side by side, never handed out one extranonce1 partition.
+    assert!(
+        partitions[0].is_disjoint(&partitions[1]),
+        "slot 0 used {:?}, slot 1 {:?}",
+        partitions[0],
+        partitions[1]
     );
     let lines = std::fs::read_to_string(&acked_file).expect("the acknowledged shares");
     let mut checked = 0u64;

@@ -64,7 +64,8 @@ struct NatsArgs {
     /// Hours of shares the share stream holds (the pool's share_retention_hours).
     #[arg(long, default_value_t = 48)]
     retention_hours: u64,
-    /// Share logs in the cluster: data-plane processes over every host.
+    /// Share logs in the cluster: two per data-plane process over every host (each
+    /// process's second slot is written during an upgrade).
     #[arg(long, default_value_t = 16)]
     share_logs: u64,
     /// Hours the stream must take shares while nothing is purged (no leader, the node

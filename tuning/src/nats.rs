@@ -35,7 +35,8 @@ pub struct NatsLoad {
     /// Hours of shares the share stream holds (the pool's `share_retention_hours`): the
     /// leader control plane purges older ones once they are credited.
     pub retention_hours: u64,
-    /// Share logs in the cluster (data-plane processes over every host): the stream keeps
+    /// Share logs in the cluster (two slots per data-plane process over every host): the
+    /// stream keeps
     /// each one's share history whatever its age (`SHARE_HISTORY_RECORDS_PER_LOG`).
     pub share_logs: u64,
     /// Hours the pool may go on taking shares while nothing is purged (no leader, the

@@ -144,6 +144,11 @@ pub struct ApiState {
     pub activity_cache: Arc<Mutex<Option<(std::time::Instant, ActivityWindows)>>>,
     /// Cluster mode: whether this control plane leads (`otedama_cluster_leading`).
     pub leadership: Option<Arc<otedama_cluster::records::Leadership>>,
+    /// The pool's and each miner's hash rate over time, for the charts.
+    pub hashrate_history: Arc<crate::hashrate_history::HashrateHistory>,
+    /// How miners connect: every listening URL and the start difficulty
+    /// (`connect_json`), shown on the web page.
+    pub connect: Arc<Value>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -178,11 +183,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/miners/{address}", get(miner))
         .route("/api/v1/miners/{address}/settings", get(miner_settings))
         .route("/api/v1/miners/{address}/payments", get(miner_payments))
+        .route("/api/v1/miners/{address}/hashrate", get(miner_hashrate))
+        .route("/api/v1/hashrate", get(pool_hashrate))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
         .route("/", get(dashboard))
+        // A miner's own page, to bookmark: the same page, opened on the miner's view.
+        .route("/miner/{address}", get(dashboard))
         .merge(crate::api::dex::routes())
         .merge(crate::api::compliance::routes())
         .merge(admin)

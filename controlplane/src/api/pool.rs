@@ -94,6 +94,7 @@ pub(crate) fn stats_json(state: &ApiState) -> Value {
         "shares_accepted": totals.shares_accepted,
         "shares_accepted_by_protocol": totals.shares_accepted_by_protocol,
         "sv2_authority_key": state.sv2_authority_key,
+        "connect": &*state.connect,
         "quic_datagrams_forwarded": totals.quic_datagrams_forwarded,
         "shares_rejected": totals.shares_rejected,
         "shares_rejected_by_code": totals.shares_rejected_by_code,
@@ -168,7 +169,40 @@ pub(crate) async fn blocks_list(
     State(state): State<ApiState>,
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Response {
-    off_the_workers(move || blocks_page(&state, &page, block_json)).await
+    off_the_workers(move || {
+        let efforts = block_efforts(&state);
+        blocks_page(&state, &page, |block| {
+            let mut shown = block_json(block);
+            shown["effort"] = json!(efforts.get(&block.hash));
+            shown
+        })
+    })
+    .await
+}
+
+/// Each accepted block's effort: the difficulty of its round's shares (after the previous
+/// accepted block's share, through its own) over the network difficulty; 1.0 is a round
+/// of exactly the expected work, below is luck. Only rounds the share history still holds
+/// whole have one.
+fn block_efforts(state: &ApiState) -> std::collections::HashMap<String, f64> {
+    let mut blocks: Vec<BlockRecord> = state
+        .blocks
+        .submitted()
+        .into_iter()
+        .filter(|block| block.rejected_reason.is_none())
+        .collect();
+    blocks.sort_by_key(BlockRecord::round_end_ms);
+    let history = state.payouts.history.lock().expect("history lock");
+    blocks
+        .windows(2)
+        .filter_map(|pair| {
+            let (previous, block) = (&pair[0], &pair[1]);
+            let difficulty =
+                history.difficulty_between(previous.round_end_ms(), block.round_end_ms())?;
+            (block.network_difficulty > 0.0)
+                .then(|| (block.hash.clone(), difficulty / block.network_difficulty))
+        })
+        .collect()
 }
 
 /// The blocks the pool submitted, newest first (by the end of their round), a page at a
@@ -264,10 +298,15 @@ pub(crate) async fn miner(State(state): State<ApiState>, Path(address): Path<Str
                     json!({"hashrate": hashrate(mine.difficulty_sum, window_s, state.algorithm), "shares": mine.shares}),
                 );
                 if window_s == 3600 {
-                    for (name, (shares, last_ms)) in &mine.workers {
+                    for (name, worker) in &mine.workers {
                         workers.insert(
                             name.clone(),
-                            json!({"shares_1h": shares, "last_share_ms": last_ms}),
+                            json!({
+                                "shares_1h": worker.shares,
+                                "hashrate_1h": hashrate(worker.difficulty_sum, window_s, state.algorithm),
+                                "last_share_ms": worker.last_share_ms,
+                                "difficulty": worker.last_difficulty,
+                            }),
                         );
                     }
                 }
@@ -363,4 +402,95 @@ pub(crate) async fn miner_settings(
         "payout_min_pool": pool_min,
     }))
     .into_response()
+}
+
+/// `?span=1h|24h|7d` of the hash-rate charts (`hashrate_history::CHART_SPANS`); 1h unless
+/// given.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ChartSpan {
+    span: Option<String>,
+}
+
+impl ChartSpan {
+    /// The span's name and length, or `None` for a span not offered.
+    fn seconds(&self) -> Option<(&'static str, u64)> {
+        let wanted = self.span.as_deref().unwrap_or("1h");
+        crate::hashrate_history::CHART_SPANS
+            .into_iter()
+            .find(|(name, _)| *name == wanted)
+    }
+}
+
+fn unknown_span() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "span must be one of 1h, 24h and 7d",
+    )
+}
+
+fn chart_json(name: &str, interval_s: u64, points: &[(u64, f64)]) -> Value {
+    json!({
+        "span": name,
+        "sample_interval_s": interval_s,
+        "points": points.iter().map(|(at_s, hashrate)| json!([at_s, hashrate])).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /api/v1/hashrate?span=`: the pool's hash rate over the span, one sample per
+/// `hashrate_sample_interval_s` (each the rate over the 10 minutes before it).
+pub(crate) async fn pool_hashrate(
+    State(state): State<ApiState>,
+    axum::extract::Query(span): axum::extract::Query<ChartSpan>,
+) -> Response {
+    let Some((name, span_s)) = span.seconds() else {
+        return unknown_span();
+    };
+    off_the_workers(move || {
+        let now_s = otedama_shared::clock::now_s();
+        match state
+            .hashrate_history
+            .pool_series(now_s.saturating_sub(span_s), now_s + 1)
+        {
+            Ok(points) => Json(chart_json(
+                name,
+                state.hashrate_history.pool_interval_s(),
+                &points,
+            ))
+            .into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
+    .await
+}
+
+/// `GET /api/v1/miners/{address}/hashrate?span=`: the miner's hash rate over the span,
+/// one sample per `HashrateHistory::miner_interval_s`.
+pub(crate) async fn miner_hashrate(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    axum::extract::Query(span): axum::extract::Query<ChartSpan>,
+) -> Response {
+    let Some((name, span_s)) = span.seconds() else {
+        return unknown_span();
+    };
+    off_the_workers(move || {
+        let address = match canonical_account(&state, &address) {
+            Ok(canonical) => canonical,
+            Err(response) => return response,
+        };
+        let now_s = otedama_shared::clock::now_s();
+        match state
+            .hashrate_history
+            .miner_series(&address, now_s.saturating_sub(span_s), now_s + 1)
+        {
+            Ok(points) => Json(chart_json(
+                name,
+                state.hashrate_history.miner_interval_s(),
+                &points,
+            ))
+            .into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
+    .await
 }

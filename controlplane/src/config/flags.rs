@@ -99,6 +99,9 @@ pub struct ConfigArgs {
     /// Seconds a replaced data plane takes to hand its miners over (default 60).
     #[arg(long, env = "OTEDAMA_DATAPLANE_DRAIN_S")]
     pub dataplane_drain_s: Option<u64>,
+    /// Seconds between the pool's hash-rate samples for the charts (default 60).
+    #[arg(long, env = "OTEDAMA_HASHRATE_SAMPLE_INTERVAL_S")]
+    pub hashrate_sample_interval_s: Option<u64>,
     /// Job source: the node, or synthetic jobs for load tests.
     #[arg(long, env = "OTEDAMA_CHAIN")]
     pub chain: Option<ChainSource>,
@@ -244,7 +247,8 @@ impl ConfigArgs {
             vardiff_share_interval_s,
             difficulty_min,
             dataplane_processes,
-            dataplane_drain_s
+            dataplane_drain_s,
+            hashrate_sample_interval_s
         );
         take!(chain, synthetic_job_interval_ms);
         take!(

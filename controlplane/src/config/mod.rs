@@ -166,6 +166,9 @@ pub struct PoolConfig {
     /// spread over the first half, closes whoever is left at the end, and exits once its
     /// share log is flushed. The new process accepts meanwhile (1 to 3600).
     pub dataplane_drain_s: u64,
+    /// Seconds between the pool's hash-rate samples for the web page's charts (10 to
+    /// 3600); each miner is sampled 10 times less often. Kept a week in `hashrate/`.
+    pub hashrate_sample_interval_s: u64,
     /// Where jobs come from: the node (`node`), or, for load tests only, a generator that
     /// needs no node (`synthetic`) and never submits a block.
     pub chain: ChainSource,
@@ -308,6 +311,7 @@ impl Default for PoolConfig {
             difficulty_min: None,
             dataplane_processes: 1,
             dataplane_drain_s: DATAPLANE_DRAIN_S_DEFAULT,
+            hashrate_sample_interval_s: crate::hashrate_history::POOL_SAMPLE_INTERVAL_S_DEFAULT,
             chain: ChainSource::Node,
             synthetic_job_interval_ms: 10_000,
             payout_scheme: PayoutScheme::Pplns,

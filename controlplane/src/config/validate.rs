@@ -95,6 +95,16 @@ impl PoolConfig {
         if !(1..=DATAPLANE_DRAIN_S_MAX).contains(&self.dataplane_drain_s) {
             bail!("dataplane_drain_s must lie between 1 and {DATAPLANE_DRAIN_S_MAX}");
         }
+        {
+            use crate::hashrate_history::{POOL_SAMPLE_INTERVAL_S_MAX, POOL_SAMPLE_INTERVAL_S_MIN};
+            if !(POOL_SAMPLE_INTERVAL_S_MIN..=POOL_SAMPLE_INTERVAL_S_MAX)
+                .contains(&self.hashrate_sample_interval_s)
+            {
+                bail!(
+                    "hashrate_sample_interval_s must lie between {POOL_SAMPLE_INTERVAL_S_MIN} and {POOL_SAMPLE_INTERVAL_S_MAX}"
+                );
+            }
+        }
         if self.stratum_listen.is_empty() {
             bail!("at least one stratum_listen address is needed");
         }

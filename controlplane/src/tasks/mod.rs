@@ -4,5 +4,6 @@
 pub mod backups;
 pub mod blocks;
 pub mod compliance;
+pub mod hashrate;
 pub mod payouts;
 pub mod templates;

@@ -91,9 +91,11 @@ pub fn run(mut config: DataplaneConfig) -> anyhow::Result<()> {
         anyhow::bail!("share_ack = \"replicated\" needs a share shipper (cluster mode)");
     }
     let mut shipper = None;
+    let mut log_status = None;
     let result = run_with_share_log(config, |cores| {
         let log = ShareLog::open_with_memtable(&path, sync, cores, memtable_bytes)
             .with_context(|| format!("opening the share log at {}", path.display()))?;
+        log_status = Some(log.status());
         if let Some(shipping) = shipping {
             // Started once the log exists, which the shipper follows as a secondary.
             let started = otedama_cluster::ShareShipper::start(shipping)
@@ -103,10 +105,57 @@ pub fn run(mut config: DataplaneConfig) -> anyhow::Result<()> {
         }
         Ok(log)
     });
+    // After a drain this slot may not run again for long (until the next upgrade): what
+    // its log holds goes to the stream now, within a bound, not at its next start.
+    if let (Some(shipper), Some(log), true) =
+        (&shipper, &log_status, super::drain::drain_requested())
+    {
+        ship_the_rest(&shipper.status(), log);
+    }
     // Stops after its batch under way; the next start ships the rest.
     drop(shipper);
     drop(host_lease);
     result
+}
+
+/// The longest a drained data plane waits for the link to take what the cores queued for
+/// the control plane (block candidates, counters) before it exits.
+const UPSTREAM_FLUSH_WAIT_S_MAX: u64 = 10;
+
+/// The longest a drained data plane waits for its share shipper to have the log's last
+/// records in the stream before it exits anyway (the slot's next start ships the rest).
+pub const DRAIN_SHIP_WAIT_S_MAX: u64 = 60;
+
+/// Waits until the shipper has shipped every record the log wrote, or
+/// `DRAIN_SHIP_WAIT_S_MAX`, or the shipper ended.
+fn ship_the_rest(
+    shipper: &otedama_cluster::ShipperStatus,
+    log: &otedama_sharelog::writer::ShareLogStatus,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let written = log.next_sequence.load(Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(DRAIN_SHIP_WAIT_S_MAX);
+    while shipper.shipped_through.load(Relaxed) < written
+        && !shipper.ended.load(Relaxed)
+        && !shipper.diverged.load(Relaxed)
+        && std::time::Instant::now() < deadline
+    {
+        shipper.wake();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shipped = shipper.shipped_through.load(Relaxed);
+    if shipped < written {
+        tracing::error!(
+            shipped_through = shipped,
+            written,
+            "drained with records not yet in the share stream: the slot's next start ships them"
+        );
+    } else {
+        tracing::info!(
+            shipped_through = shipped,
+            "every record of the drained log is in the share stream"
+        );
+    }
 }
 
 /// The exit status of a data plane whose host slot another process took
@@ -285,6 +334,7 @@ pub fn run_with_share_log(
                     bans: RefCell::new(Arc::default()),
                     addresses,
                     deadlines: RefCell::new(Deadlines::default()),
+                    draining: Cell::new(false),
                 });
                 core_main(core, job_rx, completions, quic, accepting).await
             })
@@ -334,6 +384,18 @@ pub fn run_with_share_log(
             .map_err(|e| anyhow::anyhow!("core executor failed: {e}"))??;
     }
     share_log.close();
+    // Block candidates still queued for the control plane go before the process does
+    // (the link thread takes them while it is connected).
+    let deadline = std::time::Instant::now() + Duration::from_secs(UPSTREAM_FLUSH_WAIT_S_MAX);
+    while !upstream_tx.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !upstream_tx.is_empty() {
+        tracing::error!(
+            queued = upstream_tx.len(),
+            "exiting with messages for the control plane still queued: block candidates among them are in the share log, where the control plane's block scan finds them"
+        );
+    }
     tracing::info!("drained: every share handed to the share log is written; exiting");
     Ok(())
 }
@@ -488,6 +550,7 @@ pub(super) async fn core_main(
                 // the kernel gives new connections to the replacement's listeners only.
                 accept_tasks.clear();
                 listeners.clear();
+                core.draining.set(true);
                 let (done_tx, done_rx) = futures_channel::oneshot::channel();
                 drained = Some(done_rx);
                 let draining = core.clone();

@@ -20,6 +20,10 @@ use std::sync::{Arc, Mutex};
 /// are left.
 pub const DRAIN_TICK_MS: u64 = 50;
 
+/// Connections a draining core looks at per one it may move in a tick: V2 connections
+/// with shares in flight are passed over, and this bounds the look.
+pub const CANDIDATES_PER_ASK: usize = 4;
+
 /// Set by `request_drain`; the drain watcher (`watch`) passes it on to every core.
 static DRAIN_REQUESTED: AtomicBool = AtomicBool::new(false);
 

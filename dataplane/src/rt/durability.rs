@@ -62,13 +62,18 @@ impl HeldCandidates {
         self.held.len()
     }
 
+    /// Every candidate still held, oldest first.
+    pub fn take_all(&mut self) -> Vec<BlockCandidate> {
+        self.held.drain(..).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
 }
 
 /// Logs a candidate the pool can no longer submit by itself, whole, so the operator can.
-fn log_lost_candidate(candidate: &BlockCandidate, why: &str) {
+pub(super) fn log_lost_candidate(candidate: &BlockCandidate, why: &str) {
     tracing::error!(
         candidate = %serde_json::to_string(candidate).unwrap_or_default(),
         why,

@@ -219,6 +219,8 @@ pub struct Core {
     addresses: Arc<AddressCounts>,
     /// Login and partial-line deadlines of this core's TCP connections.
     deadlines: RefCell<Deadlines>,
+    /// Set once the core drains (`drain`): no new connection is taken.
+    pub draining: Cell<bool>,
 }
 
 impl Core {
@@ -404,24 +406,33 @@ impl Core {
         let mut closed = 0u64;
         loop {
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            let due: Vec<(u64, Peer)> = self
+            // A V2 connection with shares in flight is passed over this tick and does not
+            // count against it, so busy ones do not hold back the rest; a few times the
+            // tick's quota are looked at, so a tick stays short however many are busy.
+            let candidates: Vec<(u64, Peer)> = self
                 .connections
                 .borrow()
                 .iter()
                 .filter(|(id, _)| !asked.contains(*id))
-                .take(per_tick)
+                .take(per_tick.saturating_mul(drain::CANDIDATES_PER_ASK))
                 .map(|(id, peer)| (*id, peer.clone()))
                 .collect();
-            for (id, peer) in due {
+            let mut moved = 0;
+            for (id, peer) in candidates {
+                if moved == per_tick {
+                    break;
+                }
                 if peer.ask_to_reconnect() {
                     reconnects_asked += 1;
-                    asked.insert(id);
                 } else if peer.awaiting_ack().used() == 0 {
                     // Closed only with nothing in flight, so no answer is cut off.
                     peer.close();
                     closed += 1;
-                    asked.insert(id);
+                } else {
+                    continue;
                 }
+                moved += 1;
+                asked.insert(id);
             }
             if self.connections.borrow().is_empty() || plan.over(elapsed_ms) {
                 break;
@@ -432,6 +443,18 @@ impl Core {
         for peer in &left {
             peer.close();
         }
+        // Block candidates the upstream queue refused go up now if it has room; any it
+        // still refuses are logged whole, since this core stops resending them (the
+        // control plane's block scan finds them too if their share was stored).
+        let mut held = self.held_candidates.borrow_mut();
+        held.resend(&self.upstream);
+        for candidate in held.take_all() {
+            durability::log_lost_candidate(
+                &candidate,
+                "the data plane drained with the upstream queue full",
+            );
+        }
+        drop(held);
         tracing::info!(
             core = self.index,
             reconnects_asked,

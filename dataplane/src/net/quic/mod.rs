@@ -261,12 +261,15 @@ impl QuicFrontEnd {
         let remote = incoming.remote_address();
         let banned = core.bans.borrow().bans_ip(remote.ip());
         let full = self.connections.borrow().len() >= self.shared.connections_per_core_max;
+        // A draining process takes no new miner: the client's next attempt may reach the
+        // replacement.
+        let draining = core.draining.get();
         // An address a Retry has proved counts against its cap from its first packet, so
         // it cannot hold more handshakes than connections; an unproved one counts once
         // its handshake proves it (`Event::Connected`), since its source may be spoofed.
         let mut proven_slot = None;
         let mut over_cap = false;
-        if !banned && !full && incoming.remote_address_validated() {
+        if !banned && !full && !draining && incoming.remote_address_validated() {
             match core.admit(Some(remote.ip())) {
                 Some(slot) => proven_slot = slot,
                 None => over_cap = true,
@@ -274,8 +277,8 @@ impl QuicFrontEnd {
         }
         let mut buffer = self.send_buffer.borrow_mut();
         buffer.clear();
-        if banned || full || over_cap {
-            tracing::debug!(%remote, banned, full, over_cap, "QUIC connection refused");
+        if banned || full || over_cap || draining {
+            tracing::debug!(%remote, banned, full, over_cap, draining, "QUIC connection refused");
             // (`Core::admit` counted an address over its cap.)
             if banned {
                 core.counters.refused(Refusal::Banned, 1);
