@@ -181,19 +181,20 @@ impl ShareHistory {
         }
     }
 
-    /// The difficulty of the shares accepted in `(after_ms, through_ms]` (a round, for its
-    /// effort), or `None` when the history does not reach back that far: a sum over part
-    /// of a round would understate its effort.
-    pub fn difficulty_between(&self, after_ms: u64, through_ms: u64) -> Option<f64> {
-        if self.oldest_ms().is_none_or(|oldest| oldest > after_ms) {
+    /// The difficulty of the shares after `after` through `through` in the canonical
+    /// order (a round, from the previous block's share to its own, for its effort), or
+    /// `None` when the history does not reach back that far: a sum over part of a round
+    /// would understate its effort.
+    pub fn difficulty_between(&self, after: ShareKey, through: ShareKey) -> Option<f64> {
+        if self
+            .shares
+            .front()
+            .is_none_or(|oldest| oldest.key() > after)
+        {
             return None;
         }
-        let start = self
-            .shares
-            .partition_point(|s| s.accepted_at_ms <= after_ms);
-        let end = self
-            .shares
-            .partition_point(|s| s.accepted_at_ms <= through_ms);
+        let start = self.shares.partition_point(|s| s.key() <= after);
+        let end = self.shares.partition_point(|s| s.key() <= through);
         Some(
             self.shares
                 .range(start..end.max(start))
@@ -370,11 +371,14 @@ mod tests {
             share(20, 0, 1, "b"),
             share(30, 0, 2, "a"),
         ]);
-        assert_eq!(history.difficulty_between(10, 30), Some(2.0));
-        assert_eq!(history.difficulty_between(10, 25), Some(1.0));
-        assert_eq!(history.difficulty_between(30, 40), Some(0.0));
+        let at = |ms| ShareKey::after_ms(ms);
+        let first = history.shares.front().unwrap().key();
+        // From the oldest share on (a block's share ends its round and is not in the next).
+        assert_eq!(history.difficulty_between(first, at(30)), Some(2.0));
+        assert_eq!(history.difficulty_between(at(10), at(25)), Some(1.0));
+        assert_eq!(history.difficulty_between(at(30), at(40)), Some(0.0));
         // A round that began before the oldest share kept: unknown, not understated.
-        assert_eq!(history.difficulty_between(5, 30), None);
+        assert_eq!(history.difficulty_between(at(5), at(30)), None);
     }
 
     #[test]

@@ -688,6 +688,18 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
         "{table}"
     );
     assert!(table.contains("confirmed"));
+    // Each block after the first has its round's effort, in the API and on the page.
+    let efforts: Vec<f64> = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["effort"].as_f64())
+        .collect();
+    assert!(
+        efforts.len() + 1 >= accepted_blocks.min(20) && efforts.iter().all(|e| *e > 0.0),
+        "{efforts:?}"
+    );
+    assert_eq!(table.matches(" %</td>").count(), efforts.len(), "{table}");
 
     // Every admin action and the batch are in the audit trail; no secret is in any
     // response or log line.

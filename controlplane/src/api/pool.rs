@@ -185,20 +185,30 @@ pub(crate) async fn blocks_list(
 /// of exactly the expected work, below is luck. Only rounds the share history still holds
 /// whole have one.
 fn block_efforts(state: &ApiState) -> std::collections::HashMap<String, f64> {
-    let mut blocks: Vec<BlockRecord> = state
+    let blocks: Vec<BlockRecord> = state
         .blocks
         .submitted()
         .into_iter()
         .filter(|block| block.rejected_reason.is_none())
         .collect();
-    blocks.sort_by_key(BlockRecord::round_end_ms);
+    // Where each round ends: its block's share, as the ledger recorded it when crediting
+    // the block, or else just after the block's found time.
+    let ledger = &state.payouts.ledger_reader;
+    let mut ends: Vec<(otedama_ledger::shares::ShareKey, &BlockRecord)> = blocks
+        .iter()
+        .map(|block| {
+            let end = ledger.round_end(&block.hash).ok().flatten().unwrap_or(
+                otedama_ledger::shares::ShareKey::after_ms(block.round_end_ms()),
+            );
+            (end, block)
+        })
+        .collect();
+    ends.sort_by_key(|(end, _)| *end);
     let history = state.payouts.history.lock().expect("history lock");
-    blocks
-        .windows(2)
+    ends.windows(2)
         .filter_map(|pair| {
-            let (previous, block) = (&pair[0], &pair[1]);
-            let difficulty =
-                history.difficulty_between(previous.round_end_ms(), block.round_end_ms())?;
+            let ((previous_end, _), (end, block)) = (pair[0], pair[1]);
+            let difficulty = history.difficulty_between(previous_end, end)?;
             (block.network_difficulty > 0.0)
                 .then(|| (block.hash.clone(), difficulty / block.network_difficulty))
         })
