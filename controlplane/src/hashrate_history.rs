@@ -9,9 +9,11 @@
 //! (`HASHRATE_HISTORY_KEEP_S`) is one range deletion, and a miner's series is one point
 //! read per sample time.
 //!
-//! Bounds: a sample stores at most `MINERS_PER_SAMPLE_MAX` miners (the fastest), and a
-//! chart at most `CHART_POINTS_MAX` points (averaged buckets), so neither a pool with a
-//! crowd of tiny miners nor a week-long chart grows without limit.
+//! Bounds: the store holds at most `MINER_SAMPLES_KEPT_MAX` miner samples (each sample
+//! time keeps the fastest miners, as many as that allows over a week at the configured
+//! interval), and a chart at most `CHART_POINTS_MAX` points (averaged buckets), so
+//! neither a crowd of tiny miners (one address each, a share each now and then) nor a
+//! week-long chart grows without limit.
 
 use std::path::Path;
 
@@ -30,8 +32,9 @@ pub const MINER_SAMPLES_PER_POOL_SAMPLE: u64 = 10;
 pub const SAMPLE_WINDOW_S: u64 = 600;
 /// How long samples are kept: the longest chart, a week.
 pub const HASHRATE_HISTORY_KEEP_S: u64 = 7 * 86_400;
-/// Miners one sample stores at most, the fastest first.
-pub const MINERS_PER_SAMPLE_MAX: usize = 100_000;
+/// Miner samples the store keeps at most over `HASHRATE_HISTORY_KEEP_S`, about 1.2 GB
+/// of keys at its fullest.
+pub const MINER_SAMPLES_KEPT_MAX: u64 = 20_000_000;
 /// Points one chart holds at most; a longer series is averaged into this many buckets.
 pub const CHART_POINTS_MAX: usize = 360;
 /// The charts the API offers, by name and span in seconds.
@@ -123,6 +126,15 @@ impl HashrateHistory {
         self.pool_interval_s * MINER_SAMPLES_PER_POOL_SAMPLE
     }
 
+    /// Miners one sample time stores at most, the fastest first: `MINER_SAMPLES_KEPT_MAX`
+    /// spread over the week's sample times (about 20,000 at the default interval).
+    pub fn miners_per_sample_max(&self) -> usize {
+        let sample_times = HASHRATE_HISTORY_KEEP_S
+            .div_ceil(self.miner_interval_s())
+            .max(1);
+        (MINER_SAMPLES_KEPT_MAX / sample_times).max(1) as usize
+    }
+
     pub fn record_pool(&self, at_s: u64, sample: PoolSample) -> Result<(), rocksdb::Error> {
         let mut value = sample.hashrate.to_le_bytes().to_vec();
         value.extend_from_slice(&sample.miners.to_le_bytes());
@@ -130,16 +142,17 @@ impl HashrateHistory {
         self.db.put(pool_key(at_s), value)
     }
 
-    /// Stores each miner's hash rate at `at_s`: the `MINERS_PER_SAMPLE_MAX` fastest of
+    /// Stores each miner's hash rate at `at_s`: the `miners_per_sample_max` fastest of
     /// `miners`, in one write.
     pub fn record_miners(
         &self,
         at_s: u64,
         mut miners: Vec<(&str, f64)>,
     ) -> Result<(), rocksdb::Error> {
-        if miners.len() > MINERS_PER_SAMPLE_MAX {
-            miners.select_nth_unstable_by(MINERS_PER_SAMPLE_MAX - 1, |a, b| b.1.total_cmp(&a.1));
-            miners.truncate(MINERS_PER_SAMPLE_MAX);
+        let most = self.miners_per_sample_max();
+        if miners.len() > most {
+            miners.select_nth_unstable_by(most - 1, |a, b| b.1.total_cmp(&a.1));
+            miners.truncate(most);
         }
         let mut batch = rocksdb::WriteBatch::default();
         for (address, hashrate) in miners {
@@ -282,9 +295,12 @@ mod tests {
     fn a_sample_keeps_only_the_fastest_miners_at_its_bound() {
         let dir = tempfile::tempdir().unwrap();
         let history = HashrateHistory::open(dir.path(), 60).unwrap();
-        let names: Vec<String> = (0..MINERS_PER_SAMPLE_MAX + 1)
-            .map(|i| format!("m{i}"))
-            .collect();
+        let most = history.miners_per_sample_max();
+        assert_eq!(
+            most, 19_841,
+            "20 M samples over a week of 10-minute samples"
+        );
+        let names: Vec<String> = (0..most + 1).map(|i| format!("m{i}")).collect();
         let miners: Vec<(&str, f64)> = names
             .iter()
             .enumerate()
@@ -294,10 +310,10 @@ mod tests {
         // The slowest (m0) is the one left out.
         assert!(history.miner_series("m0", 0, 1200).unwrap().is_empty());
         assert_eq!(history.miner_series("m1", 0, 1200).unwrap(), [(600, 2.0)]);
-        let fastest = format!("m{MINERS_PER_SAMPLE_MAX}");
+        let fastest = format!("m{most}");
         assert_eq!(
             history.miner_series(&fastest, 0, 1200).unwrap(),
-            [(600, (MINERS_PER_SAMPLE_MAX + 1) as f64)]
+            [(600, (most + 1) as f64)]
         );
     }
 }

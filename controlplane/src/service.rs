@@ -631,6 +631,7 @@ fn serve(
         activity_cache: Default::default(),
         leadership,
         hashrate_history,
+        efforts: Default::default(),
         connect,
     };
     // The data-plane link (jobs down, block candidates up) runs on a thread and runtime of

@@ -78,25 +78,42 @@ pub fn run(args: DataplaneArgs) -> anyhow::Result<()> {
 /// Takes the first free of process `process_index`'s share-log slots (two, or one where
 /// the second does not fit, `dataplane_config::upgrade_slots_fit`), holding its lock
 /// file (`flock`, released by the kernel however the process ends) for as long as the
-/// returned file lives. The file records the `dataplane_processes` its holder runs with:
-/// a copy started with another value would cut the extranonce1 space differently from
-/// the running ones and could hand out their values, so it is refused (that change needs
-/// a restart of every data plane, not a replacement).
+/// returned file lives. The file records how its holder cuts the extranonce1 space
+/// (`dataplane_processes` and the slots in use): a copy that would cut it differently
+/// from the running ones could hand out their values, so it is refused (such a change
+/// needs a restart of every data plane, not a replacement). The look at the running
+/// copies and the claim happen under one lock of the data directory's
+/// (`dataplane-slots.lock`), so copies starting together see each other.
 fn claim_slot(config: &PoolConfig, process_index: usize) -> anyhow::Result<(usize, std::fs::File)> {
     use std::io::{Seek, Write};
+    let claim_path = config.data_dir.join("dataplane-slots.lock");
+    let claim = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&claim_path)
+        .with_context(|| format!("opening {}", claim_path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; released when `claim` is dropped
+    // at the end of this function. Held for a directory listing and a few small writes.
+    if unsafe { libc::flock(claim.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("locking {}", claim_path.display()));
+    }
     let processes = config.dataplane_processes;
+    let slots_in_use = match crate::dataplane_config::upgrade_slots_fit(config) {
+        true => config.share_log_slots(),
+        false => processes,
+    };
+    let layout = format!("{processes} {slots_in_use}");
     for (slot, running_with) in held_slots(config)? {
         anyhow::ensure!(
-            running_with == processes,
-            "the data plane in share-log slot {slot} runs with dataplane_processes = {running_with}, \
-             this one with {processes}: changing dataplane_processes needs every data plane stopped first \
-             (a restart), not a replacement"
+            running_with == layout,
+            "the data plane in share-log slot {slot} runs with dataplane_processes and slots {running_with}, \
+             this one with {layout}: changing dataplane_processes or the data-plane cores needs every \
+             data plane stopped first (a restart), not a replacement"
         );
     }
-    let mut slots = vec![process_index];
-    if crate::dataplane_config::upgrade_slots_fit(config) {
-        slots.push(process_index + processes);
-    }
+    let slots: Vec<usize> = (process_index..slots_in_use).step_by(processes).collect();
     for &slot in &slots {
         let path = config.share_log_slot_lock(slot);
         let mut file = std::fs::OpenOptions::new()
@@ -110,7 +127,7 @@ fn claim_slot(config: &PoolConfig, process_index: usize) -> anyhow::Result<(usiz
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             file.set_len(0)?;
             file.rewind()?;
-            writeln!(file, "{processes}")?;
+            writeln!(file, "{layout}")?;
             return Ok((slot, file));
         }
         let error = std::io::Error::last_os_error();
@@ -125,9 +142,11 @@ fn claim_slot(config: &PoolConfig, process_index: usize) -> anyhow::Result<(usiz
     )
 }
 
-/// The share-log slots a running data plane holds, with the `dataplane_processes` each
-/// runs with (as its lock file records it).
-fn held_slots(config: &PoolConfig) -> anyhow::Result<Vec<(usize, usize)>> {
+/// The share-log slots a running data plane holds, with the extranonce1 layout each runs
+/// with (`dataplane_processes` and slots in use, as its lock file records it). Called
+/// under the claim lock: no slot file is being claimed or written meanwhile, so probing
+/// one with a shared lock cannot fail another's claim.
+fn held_slots(config: &PoolConfig) -> anyhow::Result<Vec<(usize, String)>> {
     let mut held = Vec::new();
     let entries = std::fs::read_dir(&config.data_dir)
         .with_context(|| format!("listing {}", config.data_dir.display()))?;
@@ -150,11 +169,8 @@ fn held_slots(config: &PoolConfig) -> anyhow::Result<Vec<(usize, usize)>> {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
             continue;
         }
-        let running_with = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| text.trim().parse::<usize>().ok());
-        if let Some(running_with) = running_with {
-            held.push((slot, running_with));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            held.push((slot, text.trim().to_string()));
         }
     }
     Ok(held)

@@ -146,6 +146,8 @@ pub struct ApiState {
     pub leadership: Option<Arc<otedama_cluster::records::Leadership>>,
     /// The pool's and each miner's hash rate over time, for the charts.
     pub hashrate_history: Arc<crate::hashrate_history::HashrateHistory>,
+    /// Each block's effort once worked out (`pool::block_efforts`), by hash.
+    pub efforts: Arc<Mutex<std::collections::HashMap<String, f64>>>,
     /// How miners connect: every listening URL and the start difficulty
     /// (`connect_json`), shown on the web page.
     pub connect: Arc<Value>,
@@ -451,9 +453,17 @@ pub(crate) fn audit_as(state: &ApiState, actor: &str, action: &str, detail: Valu
     }
 }
 
+/// The page's only script and style are its own, inline; it talks to this origin only
+/// (its API and `/ws`), loads nothing from elsewhere and may not be framed.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 async fn dashboard() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+        ],
         Body::from(include_str!("dashboard.html")),
     )
         .into_response()

@@ -170,7 +170,7 @@ pub(crate) async fn blocks_list(
     axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Response {
     off_the_workers(move || {
-        let efforts = block_efforts(&state);
+        let efforts = block_efforts(&state, &state.blocks.submitted());
         blocks_page(&state, &page, |block| {
             let mut shown = block_json(block);
             shown["effort"] = json!(efforts.get(&block.hash));
@@ -183,35 +183,41 @@ pub(crate) async fn blocks_list(
 /// Each accepted block's effort: the difficulty of its round's shares (after the previous
 /// accepted block's share, through its own) over the network difficulty; 1.0 is a round
 /// of exactly the expected work, below is luck. Only rounds the share history still holds
-/// whole have one.
-fn block_efforts(state: &ApiState) -> std::collections::HashMap<String, f64> {
-    let blocks: Vec<BlockRecord> = state
-        .blocks
-        .submitted()
-        .into_iter()
+/// whole have one. An effort from the ledger's round ends never changes, so it is worked
+/// out once per block (`ApiState::efforts`): a crowd reloading the blocks does not hold
+/// the share history's lock, which crediting needs, once per request.
+fn block_efforts(
+    state: &ApiState,
+    blocks: &[BlockRecord],
+) -> std::collections::HashMap<String, f64> {
+    let mut accepted: Vec<&BlockRecord> = blocks
+        .iter()
         .filter(|block| block.rejected_reason.is_none())
         .collect();
-    // Where each round ends: its block's share, as the ledger recorded it when crediting
-    // the block, or else just after the block's found time.
+    accepted.sort_by_key(|block| block.round_end_ms());
+    let mut known = state.efforts.lock().expect("efforts lock");
     let ledger = &state.payouts.ledger_reader;
-    let mut ends: Vec<(otedama_ledger::shares::ShareKey, &BlockRecord)> = blocks
+    let round_end = |block: &BlockRecord| ledger.round_end(&block.hash).ok().flatten();
+    let mut history = None;
+    for pair in accepted.windows(2) {
+        let (previous, block) = (pair[0], pair[1]);
+        if known.contains_key(&block.hash) || block.network_difficulty <= 0.0 {
+            continue;
+        }
+        // Both ends as the ledger recorded them when it credited the blocks; a block not
+        // credited yet has no effort until it is.
+        let (Some(after), Some(through)) = (round_end(previous), round_end(block)) else {
+            continue;
+        };
+        let history =
+            history.get_or_insert_with(|| state.payouts.history.lock().expect("history lock"));
+        if let Some(difficulty) = history.difficulty_between(after, through) {
+            known.insert(block.hash.clone(), difficulty / block.network_difficulty);
+        }
+    }
+    accepted
         .iter()
-        .map(|block| {
-            let end = ledger.round_end(&block.hash).ok().flatten().unwrap_or(
-                otedama_ledger::shares::ShareKey::after_ms(block.round_end_ms()),
-            );
-            (end, block)
-        })
-        .collect();
-    ends.sort_by_key(|(end, _)| *end);
-    let history = state.payouts.history.lock().expect("history lock");
-    ends.windows(2)
-        .filter_map(|pair| {
-            let ((previous_end, _), (end, block)) = (pair[0], pair[1]);
-            let difficulty = history.difficulty_between(previous_end, end)?;
-            (block.network_difficulty > 0.0)
-                .then(|| (block.hash.clone(), difficulty / block.network_difficulty))
-        })
+        .filter_map(|block| Some((block.hash.clone(), *known.get(&block.hash)?)))
         .collect()
 }
 

@@ -44,11 +44,11 @@ pub(crate) fn start_hashrate_sampler(
                     crate::api::pool::hashrate(difficulty_sum, SAMPLE_WINDOW_S, algorithm)
                 };
                 let mut written = Ok(());
-                if let Some(at_s) = pool_due {
-                    let activity = activity_at(at_s);
+                let pool_activity = pool_due.map(|at_s| (at_s, activity_at(at_s)));
+                if let Some((at_s, activity)) = &pool_activity {
                     let difficulty: f64 = activity.values().map(|a| a.difficulty_sum).sum();
                     written = history.record_pool(
-                        at_s,
+                        *at_s,
                         PoolSample {
                             hashrate: rate(difficulty),
                             miners: activity.len() as u32,
@@ -57,7 +57,11 @@ pub(crate) fn start_hashrate_sampler(
                     );
                 }
                 if let (Some(at_s), Ok(())) = (miners_due, &written) {
-                    let activity = activity_at(at_s);
+                    // The pool's activity when both fall on one time (every miner sample).
+                    let activity = match pool_activity {
+                        Some((pool_at_s, activity)) if pool_at_s == at_s => activity,
+                        _ => activity_at(at_s),
+                    };
                     let miners = activity
                         .iter()
                         .map(|(address, a)| (&**address, rate(a.difficulty_sum)))

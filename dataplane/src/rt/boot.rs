@@ -484,10 +484,13 @@ pub(super) async fn core_main(
                 .map(|address| (*address, FrontEnd::V2)),
         )
         .collect::<Vec<_>>();
+    // Each listener's descriptor, to shut it down when the core drains.
+    let mut listener_fds = Vec::new();
     for (address, front_end) in front_ends {
-        let listener = TcpListener::bind(address)
+        let (listener, fd) = bind_listener(address)
             .map_err(|e| anyhow::anyhow!("binding {front_end:?} listener {address}: {e}"))?;
         listeners.push((listener, front_end));
+        listener_fds.push(fd);
     }
     // Miners are accepted only once the control plane's ban and deny list has arrived (it
     // comes first on every link), so no denied address can authorize in the gap after a
@@ -546,11 +549,20 @@ pub(super) async fn core_main(
                 if drained.is_some() {
                     continue;
                 }
-                // Dropping an accept task cancels it and closes its listener: from here
-                // the kernel gives new connections to the replacement's listeners only.
-                accept_tasks.clear();
-                listeners.clear();
+                // A shut-down listener leaves the SO_REUSEPORT group at once: from here the
+                // kernel gives new connections to the replacement's listeners only, and
+                // (with `net.ipv4.tcp_migrate_req`) moves those queued on this one there
+                // too. Its accept task ends on the error that follows; a connection the
+                // task had already taken is served and asked to move like the others.
+                // (Cancelling the task instead could drop one the kernel had just handed
+                // over, a miner's connection closed without a word.)
                 core.draining.set(true);
+                for &fd in &listener_fds {
+                    // SAFETY: shutdown(2) on a listening socket this core owns; its
+                    // descriptor stays open until the accept task drops the listener.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+                listeners.clear();
                 let (done_tx, done_rx) = futures_channel::oneshot::channel();
                 drained = Some(done_rx);
                 let draining = core.clone();
@@ -563,6 +575,31 @@ pub(super) async fn core_main(
         }
     }
     Ok(())
+}
+
+/// The accept queue each listener asks for, as glommio's own listeners do (the kernel
+/// caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A TCP listener on `address` sharing its port with the host's other cores and data
+/// planes (SO_REUSEPORT), with its descriptor.
+fn bind_listener(
+    address: std::net::SocketAddr,
+) -> std::io::Result<(TcpListener, std::os::fd::RawFd)> {
+    use std::os::fd::IntoRawFd;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    let fd = socket.into_raw_fd();
+    // SAFETY: a bound, listening socket whose descriptor only this listener owns from
+    // here (the copy of its number is only ever passed to shutdown(2)).
+    let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok((listener, fd))
 }
 
 /// The protocol a TCP listener speaks.
@@ -607,6 +644,8 @@ pub(super) async fn accept_loop(core: Rc<Core>, listener: TcpListener, front_end
                     }
                 };
             }
+            // The core drains: its listener was shut down (`core_main`).
+            Err(_) if core.draining.get() => return,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_DELAY_MS)).await;
