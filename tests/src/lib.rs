@@ -569,6 +569,17 @@ pub fn wait_blocks_settled(pool: &PoolSetup, nodes: &RegtestPair) -> anyhow::Res
     })
 }
 
+/// A synthetic pool for load: every nonce is a valid share (the difficulty floor is below
+/// 2^-32) and difficulty never moves, so `otedama-loadgen` can submit at any rate.
+pub const EVERY_NONCE_A_SHARE: [&str; 6] = [
+    "--difficulty-min",
+    "1e-10",
+    "--start-difficulty",
+    "1e-10",
+    "--vardiff-share-interval-s",
+    "0",
+];
+
 /// A Bitcoin regtest address, for pools on the synthetic chain.
 pub const SYNTHETIC_PAYOUT_ADDRESS: &str = "bcrt1qqypqxpq9qcrsszg2pvxq6rs0zqg3yyc5phstwt";
 /// A Litecoin regtest address (printed by litecoind), for scrypt pools on the synthetic chain.

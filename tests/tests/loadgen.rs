@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use otedama_tests::{workspace_binary, SyntheticPool};
+use otedama_tests::{workspace_binary, SyntheticPool, EVERY_NONCE_A_SHARE};
 
 const LOADGEN_JSON_KEYS: [&str; 14] = [
     "connections",
@@ -30,18 +30,18 @@ const LOADGEN_JSON_KEYS: [&str; 14] = [
 
 #[test]
 fn loadgen_drives_a_synthetic_pool_and_reports_fixed_keys() {
-    let mut pool = SyntheticPool::start(&[
-        "--difficulty-min",
-        "1e-10",
-        "--start-difficulty",
-        "1e-10",
-        "--vardiff-share-interval-s",
-        "0",
-        "--synthetic-job-interval-ms",
-        "1000",
-        "--dataplane-processes",
-        "2",
-    ]);
+    let mut pool = SyntheticPool::start(
+        &[
+            &EVERY_NONCE_A_SHARE[..],
+            &[
+                "--synthetic-job-interval-ms",
+                "1000",
+                "--dataplane-processes",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
     // Give both data-plane processes time to receive their first job.
     std::thread::sleep(Duration::from_secs(2));
     for (protocol, target) in [

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use otedama_tests::{wait_until, workspace_binary, SyntheticPool};
+use otedama_tests::{wait_until, workspace_binary, SyntheticPool, EVERY_NONCE_A_SHARE};
 
 const MINERS: usize = 300;
 const DRAIN_S: &str = "6";
@@ -68,18 +68,18 @@ fn upgrade(supervisor: u32, old: u32) -> u32 {
 #[test]
 fn a_data_plane_is_replaced_under_load_without_dropping_a_miner() {
     migrate_queued_connections();
-    let mut pool = SyntheticPool::start(&[
-        "--difficulty-min",
-        "1e-10",
-        "--start-difficulty",
-        "1e-10",
-        "--vardiff-share-interval-s",
-        "0",
-        "--synthetic-job-interval-ms",
-        "2000",
-        "--dataplane-drain-s",
-        DRAIN_S,
-    ]);
+    let mut pool = SyntheticPool::start(
+        &[
+            &EVERY_NONCE_A_SHARE[..],
+            &[
+                "--synthetic-job-interval-ms",
+                "2000",
+                "--dataplane-drain-s",
+                DRAIN_S,
+            ],
+        ]
+        .concat(),
+    );
     let supervisor = pool.process.child.id();
     let first = dataplanes(supervisor);
     assert_eq!(first.len(), 1, "one data plane at the start: {first:?}");

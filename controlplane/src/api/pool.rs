@@ -444,12 +444,21 @@ fn unknown_span() -> Response {
     )
 }
 
-fn chart_json(name: &str, interval_s: u64, points: &[(u64, f64)]) -> Value {
-    json!({
-        "span": name,
-        "sample_interval_s": interval_s,
-        "points": points.iter().map(|(at_s, hashrate)| json!([at_s, hashrate])).collect::<Vec<_>>(),
-    })
+/// A chart's answer: the span, the sample interval and the points as `[time_s, H/s]`.
+fn chart_response(
+    name: &str,
+    interval_s: u64,
+    points: Result<Vec<(u64, f64)>, rocksdb::Error>,
+) -> Response {
+    match points {
+        Ok(points) => Json(json!({
+            "span": name,
+            "sample_interval_s": interval_s,
+            "points": points.iter().map(|(at_s, hashrate)| json!([at_s, hashrate])).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// `GET /api/v1/hashrate?span=`: the pool's hash rate over the span, one sample per
@@ -463,18 +472,12 @@ pub(crate) async fn pool_hashrate(
     };
     off_the_workers(move || {
         let now_s = otedama_shared::clock::now_s();
-        match state
-            .hashrate_history
-            .pool_series(now_s.saturating_sub(span_s), now_s + 1)
-        {
-            Ok(points) => Json(chart_json(
-                name,
-                state.hashrate_history.pool_interval_s(),
-                &points,
-            ))
-            .into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
+        let history = &state.hashrate_history;
+        chart_response(
+            name,
+            history.pool_interval_s(),
+            history.pool_series(now_s.saturating_sub(span_s), now_s + 1),
+        )
     })
     .await
 }
@@ -495,18 +498,12 @@ pub(crate) async fn miner_hashrate(
             Err(response) => return response,
         };
         let now_s = otedama_shared::clock::now_s();
-        match state
-            .hashrate_history
-            .miner_series(&address, now_s.saturating_sub(span_s), now_s + 1)
-        {
-            Ok(points) => Json(chart_json(
-                name,
-                state.hashrate_history.miner_interval_s(),
-                &points,
-            ))
-            .into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
+        let history = &state.hashrate_history;
+        chart_response(
+            name,
+            history.miner_interval_s(),
+            history.miner_series(&address, now_s.saturating_sub(span_s), now_s + 1),
+        )
     })
     .await
 }
