@@ -35,6 +35,7 @@ fn record(stamp_ms: u64) -> Vec<u8> {
         header: [7; 80],
         extranonce1: vec![1; 4],
         extranonce2: vec![2; 8],
+        protocol: None,
     }
     .encode()
 }

@@ -679,6 +679,7 @@ mod tests {
             header: [job_id as u8; 80],
             extranonce1: vec![1, 2, 3, 4],
             extranonce2: vec![5, 6, 7, 8],
+            protocol: None,
         }
     }
 

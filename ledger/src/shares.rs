@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use otedama_shared::address::payout_address_of;
-use otedama_shared::ShareRecord;
+use otedama_shared::{Protocol, ShareRecord};
 
 use super::schemes::RoundShare;
 
@@ -59,6 +59,8 @@ pub struct HistoryShare {
     pub address: Arc<str>,
     pub worker: Arc<str>,
     pub difficulty: f64,
+    /// The front end it came through, where its record says (statistics only).
+    pub protocol: Option<Protocol>,
 }
 
 impl HistoryShare {
@@ -70,6 +72,7 @@ impl HistoryShare {
             address: payout_address_of(&record.worker).into(),
             worker: record.worker.as_str().into(),
             difficulty: record.difficulty,
+            protocol: record.protocol,
         }
     }
 
@@ -98,6 +101,8 @@ pub struct WorkerActivity {
     pub last_share_ms: u64,
     /// The difficulty of its newest share: what the pool asks of it now.
     pub last_difficulty: f64,
+    /// The front end of its newest share.
+    pub protocol: Option<Protocol>,
 }
 
 /// Recent shares in canonical order, bounded by `SHARE_HISTORY_MAX`.
@@ -269,6 +274,7 @@ impl ShareHistory {
             if worker.shares == 1 {
                 worker.last_share_ms = share.accepted_at_ms;
                 worker.last_difficulty = share.difficulty;
+                worker.protocol = share.protocol;
             }
         }
         miners
@@ -287,6 +293,7 @@ mod tests {
             address: otedama_shared::address::payout_address_of(worker).into(),
             worker: worker.into(),
             difficulty: 1.0,
+            protocol: None,
         }
     }
 
@@ -386,8 +393,15 @@ mod tests {
         let mut history = ShareHistory::default();
         history.insert(vec![
             share(100, 0, 0, "a.rig1"),
-            share(200, 0, 1, "a.rig2"),
-            share(250, 0, 2, "a.rig2"),
+            HistoryShare {
+                protocol: Some(Protocol::V1),
+                ..share(200, 0, 1, "a.rig2")
+            },
+            // The rig moved to QUIC: its newest share says so.
+            HistoryShare {
+                protocol: Some(Protocol::Quic),
+                ..share(250, 0, 2, "a.rig2")
+            },
             share(300, 0, 3, "b"),
         ]);
         let activity = history.activity(300, 150);
@@ -397,6 +411,7 @@ mod tests {
         assert_eq!((rig2.shares, rig2.last_share_ms), (2, 250));
         assert_eq!(rig2.difficulty_sum, 2.0);
         assert_eq!(rig2.last_difficulty, 1.0);
+        assert_eq!(rig2.protocol, Some(Protocol::Quic));
         assert!(!a.workers.contains_key("a.rig1"));
         assert_eq!(activity["b"].shares, 1);
     }

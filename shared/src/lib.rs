@@ -30,4 +30,4 @@ pub mod vardiff;
 pub mod work;
 
 pub use job::{Job, JobBook, JobLookup};
-pub use share::{DuplicateFilter, ShareRecord};
+pub use share::{DuplicateFilter, Protocol, ShareRecord};

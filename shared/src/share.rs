@@ -225,7 +225,47 @@ impl UncreditedBlock {
                 header,
                 extranonce1: extranonce1.to_vec(),
                 extranonce2: extranonce2.to_vec(),
+                // The front end's glue knows which one it is.
+                protocol: None,
             },
+        }
+    }
+}
+
+/// Which front end a share came in through: Stratum V1, Stratum V2 over TCP with Noise,
+/// or Stratum V2 over QUIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    V1,
+    V2,
+    Quic,
+}
+
+impl Protocol {
+    /// The name the API, the metrics and the page use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V1 => "v1",
+            Protocol::V2 => "v2",
+            Protocol::Quic => "quic",
+        }
+    }
+
+    /// Its byte in a share record.
+    fn code(self) -> u8 {
+        match self {
+            Protocol::V1 => 1,
+            Protocol::V2 => 2,
+            Protocol::Quic => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Protocol::V1),
+            2 => Some(Protocol::V2),
+            3 => Some(Protocol::Quic),
+            _ => None,
         }
     }
 }
@@ -247,6 +287,10 @@ pub struct ShareRecord {
     pub header: [u8; 80],
     pub extranonce1: Vec<u8>,
     pub extranonce2: Vec<u8>,
+    /// The front end the share came through; `None` in records written before the field
+    /// was, or by a later writer with a front end this one does not know. It describes the
+    /// share and never changes what it earns.
+    pub protocol: Option<Protocol>,
 }
 
 /// Why stored share bytes could not be decoded.
@@ -263,7 +307,10 @@ const _: () = assert!(crate::limits::EXTRANONCE2_BYTES <= u8::MAX as usize);
 const ACCEPTED_AT_OFFSET: usize = 1;
 
 impl ShareRecord {
-    /// A compact, versioned binary form: fixed fields first, then length-prefixed ones.
+    /// A compact, versioned binary form: fixed fields first, then length-prefixed ones,
+    /// then optional trailing fields. A reader takes the trailing fields it knows and
+    /// ignores any after them, so a writer may add one at the end without a new version,
+    /// and old and new binaries read each other's logs during an upgrade.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.worker.len());
         out.push(SHARE_RECORD_VERSION);
@@ -281,6 +328,9 @@ impl ShareRecord {
         ] {
             out.push(u8::try_from(field.len()).expect("fields are bounded by named limits"));
             out.extend_from_slice(field);
+        }
+        if let Some(protocol) = self.protocol {
+            out.push(protocol.code());
         }
         out
     }
@@ -308,6 +358,7 @@ impl ShareRecord {
         let at = reader.at;
         let worker =
             String::from_utf8(reader.prefixed()?.to_vec()).map_err(|_| ShareDecodeError(at))?;
+        let protocol = reader.optional_byte().and_then(Protocol::from_code);
         Ok(ShareRecord {
             accepted_at_ms,
             job_id,
@@ -319,6 +370,7 @@ impl ShareRecord {
             header,
             extranonce1,
             extranonce2,
+            protocol,
         })
     }
 }
@@ -348,6 +400,10 @@ impl<'a> Reader<'a> {
         let len = self.take(1)?[0] as usize;
         self.take(len)
     }
+    /// A trailing field's byte, if the record has one.
+    fn optional_byte(&mut self) -> Option<u8> {
+        self.take(1).ok().map(|byte| byte[0])
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +422,7 @@ mod tests {
             header: [9; 80],
             extranonce1: vec![0, 1, 2, 3],
             extranonce2: vec![4, 5, 6, 7],
+            protocol: Some(Protocol::Quic),
         }
     }
 
@@ -429,8 +486,46 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let bytes = record().encode();
-        for cut in 0..bytes.len() {
+        // The last byte is the optional protocol: without it the record is an older one.
+        let required = bytes.len() - 1;
+        for cut in 0..required {
             assert!(ShareRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+        let older = ShareRecord::decode(&bytes[..required]).unwrap();
+        assert_eq!(older.protocol, None);
+        assert_eq!(
+            older,
+            ShareRecord {
+                protocol: None,
+                ..record()
+            }
+        );
+    }
+
+    #[test]
+    fn every_protocol_round_trips_and_later_fields_are_ignored() {
+        for protocol in [
+            None,
+            Some(Protocol::V1),
+            Some(Protocol::V2),
+            Some(Protocol::Quic),
+        ] {
+            let record = ShareRecord {
+                protocol,
+                ..record()
+            };
+            assert_eq!(ShareRecord::decode(&record.encode()).unwrap(), record);
+        }
+        // A later writer's front end this reader does not know, and a field after it.
+        let mut bytes = ShareRecord {
+            protocol: None,
+            ..record()
+        }
+        .encode();
+        bytes.extend_from_slice(&[200, 7, 7]);
+        assert_eq!(ShareRecord::decode(&bytes).unwrap().protocol, None);
+        let mut bytes = record().encode();
+        bytes.push(9);
+        assert_eq!(ShareRecord::decode(&bytes).unwrap(), record());
     }
 }

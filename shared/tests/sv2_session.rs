@@ -18,7 +18,7 @@ use otedama_shared::sv2::wire::{Str0255, B032};
 use otedama_shared::sv2::{Decoded, FrameDecoder, FrameHeader, Message};
 use otedama_shared::vardiff::VardiffConfig;
 use otedama_shared::work::FrontEndConfig;
-use otedama_shared::{DuplicateFilter, Job, JobBook};
+use otedama_shared::{DuplicateFilter, Job, JobBook, Protocol, ShareRecord};
 
 const NOW_S: u64 = 1_700_000_100;
 const EASY: f64 = 1e-6;
@@ -851,7 +851,14 @@ fn one_share_over_v1_and_v2_is_recorded_and_credited_identically() {
     ] {
         let outcome = v1.handle_line(line.as_bytes(), NOW_S, &h.jobs, &mut duplicates);
         if let sv1::Outcome::ShareAccepted(v1_share) = outcome {
-            assert_eq!(v1_share.record, v2.record);
+            // The same share, told apart only by the front end it came through.
+            assert_eq!(v1_share.record.protocol, Some(Protocol::V1));
+            assert_eq!(v2.record.protocol, Some(Protocol::V2));
+            let any_front_end = |record: &ShareRecord| ShareRecord {
+                protocol: None,
+                ..record.clone()
+            };
+            assert_eq!(any_front_end(&v1_share.record), any_front_end(&v2.record));
             assert_eq!(v1_share.block, v2.block);
             return;
         }
@@ -1059,4 +1066,33 @@ fn a_channel_target_never_goes_above_the_network_target() {
     assert!(just_easier(&set.maximum_target, &easier));
     // The channel is in a group: its job goes to the group.
     assert!(matches!(out[1].message(), Message::NewExtendedMiningJob(_)));
+}
+
+/// A draining pool asks a set-up connection to reconnect to the same place, once; a
+/// connection that has not set up yet is not asked (it has not said it mines). The shared
+/// client reads the request as one.
+#[test]
+fn reconnect_is_asked_once_and_only_after_setup() {
+    use otedama_shared::sv2::client::{ClientEvent, StandardClient};
+    let mut h = Harness::new(config(1.0));
+    assert!(!h.session.request_reconnect(), "not before SetupConnection");
+    assert!(h.drain().is_empty());
+    h.setup();
+    open_standard_channel(&mut h);
+    assert!(h.session.request_reconnect());
+    assert!(!h.session.request_reconnect(), "asked once");
+    let out = h.drain();
+    assert_eq!(out.len(), 1);
+    let Message::Reconnect(reconnect) = out[0].message() else {
+        panic!("{:?}", out[0].message())
+    };
+    assert_eq!((reconnect.new_host.as_str(), reconnect.new_port), ("", 0));
+    let mut client = StandardClient::new("addr.rig", 1.0, "127.0.0.1", 3336);
+    assert_eq!(
+        client.handle_frame(&out[0].0, &out[0].1),
+        Ok(ClientEvent::Reconnect {
+            new_host: String::new(),
+            new_port: 0
+        })
+    );
 }

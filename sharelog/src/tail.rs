@@ -276,6 +276,7 @@ pub(crate) mod tests {
             header: [0; 80],
             extranonce1: vec![0; 4],
             extranonce2: vec![0; 4],
+            protocol: None,
         }
     }
 

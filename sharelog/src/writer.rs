@@ -727,6 +727,7 @@ mod tests {
             header: [0; 80],
             extranonce1: vec![1],
             extranonce2: vec![2],
+            protocol: None,
         }
     }
 

@@ -416,10 +416,16 @@ pub fn assert_history_holds_each_share_once(
     total
 }
 
-/// `otedama ROLE` on the synthetic chain (Bitcoin regtest, paying
+/// The command for `otedama ROLE` on the synthetic chain (Bitcoin regtest, paying
 /// `SYNTHETIC_PAYOUT_ADDRESS`) in `dir`, with `flags` after the common ones.
-fn spawn_synthetic_role(role: &str, dir: &Path, flags: &[&str], listen: &[String]) -> Process {
-    let child = Command::new(otedama_binary())
+pub fn synthetic_role_command(
+    role: &str,
+    dir: &Path,
+    flags: &[&str],
+    listen: &[String],
+) -> Command {
+    let mut command = Command::new(otedama_binary());
+    command
         .args([role, "--chain", "synthetic", "--coin", "bitcoin"])
         .args(["--network", "regtest"])
         .args(["--payout-address", SYNTHETIC_PAYOUT_ADDRESS])
@@ -430,7 +436,13 @@ fn spawn_synthetic_role(role: &str, dir: &Path, flags: &[&str], listen: &[String
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
+/// `otedama ROLE` on the synthetic chain (`synthetic_role_command`), started.
+fn spawn_synthetic_role(role: &str, dir: &Path, flags: &[&str], listen: &[String]) -> Process {
+    let child = synthetic_role_command(role, dir, flags, listen)
         .spawn()
         .expect("starting otedama");
     Process {

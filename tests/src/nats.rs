@@ -164,6 +164,7 @@ pub fn encoded_share(accepted_at_ms: u64) -> Vec<u8> {
         header: [0; 80],
         extranonce1: vec![0; 4],
         extranonce2: vec![0; 4],
+        protocol: None,
     }
     .encode()
 }

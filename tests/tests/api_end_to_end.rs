@@ -613,6 +613,14 @@ fn api_auth_bans_metrics_and_dashboard_against_a_running_pool() -> anyhow::Resul
         workers_table.contains(&format!("{alice}.rig1")),
         "{workers_table}"
     );
+    for (name, worker) in workers {
+        assert_eq!(worker["protocol"], "v1", "{name}: {worker}");
+    }
+    assert_eq!(
+        workers_table.matches("<td>Stratum V1</td>").count(),
+        workers.len(),
+        "each worker's protocol is shown: {workers_table}"
+    );
     for chart in ["pool-chart", "miner-chart"] {
         let points: usize = element_attribute(&dom, chart, "data-points")
             .unwrap_or_else(|| panic!("{chart} drew no line"))

@@ -139,6 +139,25 @@ fn bitcoin_pool_finds_blocks_the_node_accepts_for_every_address_type() -> anyhow
                 })
         },
     )?;
+    // Each worker of the address mining through all three front ends is listed with its own
+    // (its shares' records carry it from the data plane to the miner's page).
+    let worker_protocols = [
+        (format!("{sv2_address}.bech32"), "v1"),
+        (format!("{sv2_address}.v2rig"), "v2"),
+        (format!("{sv2_address}.quicrig"), "quic"),
+    ];
+    wait_until(
+        Duration::from_secs(60),
+        "every worker listed with its protocol",
+        || {
+            pool.get_json(&format!("/api/v1/miners/{sv2_address}"))
+                .is_ok_and(|m| {
+                    worker_protocols
+                        .iter()
+                        .all(|(worker, protocol)| m["workers"][worker]["protocol"] == *protocol)
+                })
+        },
+    )?;
     // Every front end's miners are counted as its connections, in the API and /metrics.
     let open = pool.stats()?["connections_by_protocol"].clone();
     let metrics = pool.get_text("/metrics")?;

@@ -30,6 +30,7 @@ fn record(job_id: u64) -> ShareRecord {
         header: [(job_id % 251) as u8; 80],
         extranonce1: vec![1, 2, 3, 4],
         extranonce2: job_id.to_le_bytes().to_vec(),
+        protocol: None,
     }
 }
 

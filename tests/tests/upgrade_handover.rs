@@ -1,9 +1,12 @@
-//! An upgrade under load: `otedama run` gets SIGHUP while `otedama-loadgen` keeps 300
-//! miners submitting, twice in a row. Each time the data plane's replacement starts in the
-//! process's other share-log slot, accepts, and the old process hands its miners over
-//! with `client.reconnect` and exits. From the miners' side: no connection refused, no
-//! error, every miner reconnected; from the pool's side: every share a miner heard `true`
-//! for is in one of the two share logs.
+//! An upgrade under load: `otedama run` gets SIGHUP while `otedama-loadgen` keeps 300 V1
+//! miners and 60 V2 (Noise) miners submitting, twice in a row. Each time the data plane's
+//! replacement starts in the process's other share-log slot, accepts, and the old process
+//! hands its miners over (`client.reconnect` over V1, Reconnect over V2) and exits. From
+//! the miners' side: no connection refused, no error, every miner reconnected; from the
+//! pool's side: every share a V1 miner heard `true` for is in one of the two share logs.
+//! QUIC miners are not in it: the kernel spreads UDP by a hash over the sockets bound to
+//! the port, so when the replacement binds some of the old process's QUIC packets reach
+//! it, and those miners reconnect on their own (the README says so).
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -14,6 +17,7 @@ use serde_json::Value;
 use otedama_tests::{wait_until, workspace_binary, SyntheticPool, EVERY_NONCE_A_SHARE};
 
 const MINERS: usize = 300;
+const V2_MINERS: usize = 60;
 const DRAIN_S: &str = "6";
 
 /// Connections queued on a listener when it closes move to the replacement's listener
@@ -94,6 +98,15 @@ fn a_data_plane_is_replaced_under_load_without_dropping_a_miner() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting otedama-loadgen");
+    let v2_loadgen = Command::new(workspace_binary("otedama-loadgen"))
+        .args(["--target", &pool.sv2, "--protocol", "v2"])
+        .args(["--authority-key", &pool.authority_key])
+        .args(["--connections", &V2_MINERS.to_string(), "--rate", "600"])
+        .args(["--duration", "40", "--connect-rate", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting otedama-loadgen for V2");
     std::thread::sleep(Duration::from_secs(6));
     let started = Instant::now();
     let second = upgrade(supervisor, first[0]);
@@ -131,6 +144,33 @@ fn a_data_plane_is_replaced_under_load_without_dropping_a_miner() {
         "every miner was asked to move, twice, and did: {reconnects} reconnects: {stdout}"
     );
     let acked = summary["shares_acked"].as_u64().unwrap();
+
+    let output = v2_loadgen
+        .wait_with_output()
+        .expect("otedama-loadgen for V2 ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "V2 loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{stdout}");
+    let v2: Value = serde_json::from_str(stdout.lines().last().expect("a summary")).expect("JSON");
+    assert_eq!(
+        v2["connect_errors"], 0,
+        "V2: no connection refused: {stdout}"
+    );
+    assert_eq!(v2["errors"], 0, "V2: {stdout}");
+    assert_eq!(
+        v2["connections"], V2_MINERS,
+        "V2: every miner held: {stdout}"
+    );
+    let v2_reconnects = v2["reconnects"].as_u64().unwrap();
+    assert!(
+        v2_reconnects >= 2 * V2_MINERS as u64,
+        "every V2 miner was sent Reconnect, twice, and followed it: {v2_reconnects}: {stdout}"
+    );
+    assert!(v2["shares_acked"].as_u64() > Some(1_000), "{stdout}");
     pool.process.terminate();
 
     // Every acknowledged share is in the share log of the slot that took it.

@@ -13,6 +13,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use otedama_kernels::Algorithm;
+use otedama_shared::Protocol;
 
 use super::*;
 use otedama_chain::blocks::BlockRecord;
@@ -322,6 +323,7 @@ pub(crate) async fn miner(State(state): State<ApiState>, Path(address): Path<Str
                                 "hashrate_1h": hashrate(worker.difficulty_sum, window_s, state.algorithm),
                                 "last_share_ms": worker.last_share_ms,
                                 "difficulty": worker.last_difficulty,
+                                "protocol": worker.protocol.map(Protocol::as_str),
                             }),
                         );
                     }

@@ -873,6 +873,7 @@ mod tests {
             header: [0; 80],
             extranonce1: vec![1, 2, 3, 4],
             extranonce2: vec![0; 4],
+            protocol: None,
         }
     }
 
@@ -1041,6 +1042,7 @@ mod tests {
             address: miner.into(),
             worker: format!("{miner}.rig").into(),
             difficulty: 1.0,
+            protocol: None,
         }
     }
 

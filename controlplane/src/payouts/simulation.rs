@@ -446,6 +446,7 @@ impl Simulation {
             header,
             extranonce1: vec![0; 4],
             extranonce2: vec![0; 4],
+            protocol: None,
         };
         (record, difficulty)
     }

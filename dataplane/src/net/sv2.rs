@@ -102,10 +102,19 @@ impl<T: V2Link> crate::rt::Link for T {
         V2Link::flush(self);
     }
 
-    /// The V2 mining protocol's `Reconnect` is not sent: a V2 miner whose connection
-    /// closes reconnects to the same address by itself.
+    /// Sends Reconnect (to the same host and port) once the connection is set up; `false`
+    /// before that, or while its session is busy elsewhere this moment.
     fn ask_to_reconnect(&self) -> bool {
-        false
+        let Ok(mut session) = self.session().try_borrow_mut() else {
+            // Busy elsewhere this moment; asked on a later tick.
+            return false;
+        };
+        let asked = session.request_reconnect();
+        drop(session);
+        if asked {
+            V2Link::flush(self);
+        }
+        asked
     }
 
     fn close(&self) {
@@ -448,6 +457,8 @@ pub(crate) fn apply_outcome(
         }
         Outcome::ShareAccepted(mut accepted) => {
             let block = accepted.block.take();
+            // The session cannot tell TCP from QUIC; the record says which it was.
+            accepted.record.protocol = Some(connection.protocol());
             // Stamped before the append: the writer may take the share at once.
             let validated_at = std::time::Instant::now();
             if core.store_share(connection.awaiting_ack(), &accepted.record, block) {

@@ -577,9 +577,13 @@ pub(super) async fn core_main(
     Ok(())
 }
 
-/// The accept queue each listener asks for, as glommio's own listeners do (the kernel
-/// caps it at `net.core.somaxconn`).
-const LISTEN_BACKLOG: i32 = 1024;
+/// The accept queue each listener asks for: the most `somaxconn` can be
+/// (`otedama_tune`'s `ACCEPT_QUEUE_MAX`), so the kernel's `net.core.somaxconn` alone sets
+/// it. `otedama-tune` sizes that for every miner reconnecting within a few seconds after
+/// a restart; a fixed smaller value here would quietly undo it (connections past a full
+/// queue are dropped and retried by the miner a second or more later). It bounds queued
+/// connections, not memory set aside.
+const LISTEN_BACKLOG: i32 = 65_535;
 
 /// A TCP listener on `address` sharing its port with the host's other cores and data
 /// planes (SO_REUSEPORT), with its descriptor.

@@ -20,9 +20,15 @@ use std::sync::{Arc, Mutex};
 /// are left.
 pub const DRAIN_TICK_MS: u64 = 50;
 
-/// Connections a draining core looks at per one it may move in a tick: V2 connections
-/// with shares in flight are passed over, and this bounds the look.
+/// Connections a draining core looks at per one it may move in a tick: connections that
+/// cannot be asked and have shares in flight are passed over, and this bounds the look.
 pub const CANDIDATES_PER_ASK: usize = 4;
+
+/// A miner asked to reconnect and still connected this long after is closed as soon as
+/// none of its shares is in flight. Not every miner follows the request (a V1 device
+/// without `client.reconnect`, a V2 one that ignores Reconnect); left to the end of the
+/// drain, all of those would reconnect at the same moment instead of at the plan's pace.
+pub const RECONNECT_FOLLOW_WAIT_MS: u64 = 5_000;
 
 /// Set by `request_drain`; the drain watcher (`watch`) passes it on to every core.
 static DRAIN_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -109,6 +115,42 @@ impl DrainPlan {
     }
 }
 
+/// Connections asked to reconnect, oldest request first, for closing those that stay
+/// (`RECONNECT_FOLLOW_WAIT_MS`).
+#[derive(Debug, Default)]
+pub(super) struct AskedToReconnect {
+    /// (when asked, ms from the drain's start; connection id), in the order asked.
+    asked: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl AskedToReconnect {
+    pub(super) fn asked(&mut self, id: u64, at_ms: u64) {
+        debug_assert!(self
+            .asked
+            .back()
+            .is_none_or(|(last_ms, _)| *last_ms <= at_ms));
+        self.asked.push_back((at_ms, id));
+    }
+
+    /// Takes out the connections asked `RECONNECT_FOLLOW_WAIT_MS` or more before `now_ms`,
+    /// oldest first. Those that cannot be closed yet go back with `not_yet`.
+    pub(super) fn overdue(&mut self, now_ms: u64) -> Vec<(u64, u64)> {
+        let due = self
+            .asked
+            .iter()
+            .take_while(|(at_ms, _)| now_ms.saturating_sub(*at_ms) >= RECONNECT_FOLLOW_WAIT_MS)
+            .count();
+        self.asked.drain(..due).collect()
+    }
+
+    /// Puts back overdue connections still busy, ahead of the rest, to be looked at again.
+    pub(super) fn not_yet(&mut self, busy: Vec<(u64, u64)>) {
+        for entry in busy.into_iter().rev() {
+            self.asked.push_front(entry);
+        }
+    }
+}
+
 /// Starts the thread that passes a drain request on to every core, through `drain_core`
 /// (which sends the core its command).
 pub(super) fn watch(
@@ -162,6 +204,30 @@ mod tests {
         let short = DrainPlan::new(1);
         assert_eq!(short.asked_per_tick(100), 10);
         assert_eq!(DrainPlan::new(0).asked_per_tick(7), 7);
+    }
+
+    /// A connection is overdue at exactly `RECONNECT_FOLLOW_WAIT_MS` after its request, not a
+    /// millisecond before; busy ones put back come first again, in their order.
+    #[test]
+    fn asked_connections_are_overdue_at_the_wait_and_busy_ones_wait_in_order() {
+        let mut asked = AskedToReconnect::default();
+        asked.asked(1, 0);
+        asked.asked(2, 0);
+        asked.asked(3, 100);
+        assert!(asked.overdue(RECONNECT_FOLLOW_WAIT_MS - 1).is_empty());
+        let due = asked.overdue(RECONNECT_FOLLOW_WAIT_MS);
+        assert_eq!(due, vec![(0, 1), (0, 2)]);
+        asked.not_yet(due);
+        asked.asked(4, RECONNECT_FOLLOW_WAIT_MS);
+        assert_eq!(
+            asked.overdue(RECONNECT_FOLLOW_WAIT_MS + 100),
+            vec![(0, 1), (0, 2), (100, 3)]
+        );
+        assert_eq!(
+            asked.overdue(2 * RECONNECT_FOLLOW_WAIT_MS),
+            vec![(RECONNECT_FOLLOW_WAIT_MS, 4)]
+        );
+        assert!(asked.overdue(u64::MAX).is_empty());
     }
 
     #[test]

@@ -113,9 +113,10 @@ impl Core {
     pub fn store_uncredited_block(
         &self,
         peer: Peer,
-        uncredited: UncreditedBlock,
+        mut uncredited: UncreditedBlock,
         protocol: Protocol,
     ) {
+        uncredited.record.protocol = Some(protocol);
         let validated_at = std::time::Instant::now();
         if self.store_share(
             peer.awaiting_ack(),

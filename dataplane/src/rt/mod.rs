@@ -82,15 +82,9 @@ pub enum CoreCommand {
     Drain(drain::DrainPlan),
 }
 
-/// Which front end a share came in through, for the per-protocol counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    V1,
-    /// Stratum V2 over TCP with Noise.
-    V2,
-    /// Stratum V2 over QUIC.
-    Quic,
-}
+/// Which front end a share came in through, for the per-protocol counters and the share's
+/// record.
+pub use otedama_shared::Protocol;
 
 /// A miner's connection as the core sees it, whatever its protocol (V1, V2) and transport
 /// (TCP, Noise, QUIC): what job broadcasts, ban sweeps, idle and silence sweeps and
@@ -112,8 +106,9 @@ pub trait Link {
     fn close_if_idle_since(&self, cutoff_s: u64) -> bool;
     /// Sends what the session queued.
     fn flush(&self);
-    /// Asks the miner to reconnect (the process is draining); `false` where the protocol
-    /// has no way to ask, and the connection is then closed instead.
+    /// Asks the miner to reconnect to the same address (the process is draining): V1's
+    /// `client.reconnect`, V2's Reconnect. `false` where it cannot be asked (a V2
+    /// connection before SetupConnection), and it is then closed once idle instead.
     fn ask_to_reconnect(&self) -> bool;
     /// Closes the connection.
     fn close(&self);
@@ -394,20 +389,39 @@ impl Core {
     }
 
     /// Hands this core's miners over to the replacement process (`drain`): asks them to
-    /// reconnect at the plan's pace (V2 connections, which have no such request here, are
-    /// closed instead once none of their shares is in flight), closes whoever is left at
-    /// the plan's grace, and returns once no connection is left. The listeners are closed
-    /// before this is called, so reconnecting miners reach only the replacement.
+    /// reconnect at the plan's pace (one that cannot be asked is closed instead once none
+    /// of its shares is in flight; one asked that stays `RECONNECT_FOLLOW_WAIT_MS` is closed
+    /// the same way), closes whoever is left at the plan's grace, and returns once no
+    /// connection is left. The listeners are closed before this is called, so
+    /// reconnecting miners reach only the replacement.
     pub(super) async fn drain(self: &Rc<Self>, plan: drain::DrainPlan) {
         let started = std::time::Instant::now();
         let per_tick = plan.asked_per_tick(self.connections.borrow().len());
         let mut asked = std::collections::HashSet::new();
+        let mut staying = drain::AskedToReconnect::default();
         let mut reconnects_asked = 0u64;
         let mut closed = 0u64;
+        let mut closed_after_asking = 0u64;
         loop {
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            // A V2 connection with shares in flight is passed over this tick and does not
-            // count against it, so busy ones do not hold back the rest; a few times the
+            let overdue = staying.overdue(elapsed_ms);
+            let mut busy = Vec::new();
+            for (at_ms, id) in overdue {
+                let peer = self.connections.borrow().get(&id).cloned();
+                match peer {
+                    // Gone: it followed the request.
+                    None => {}
+                    Some(peer) if peer.awaiting_ack().used() == 0 => {
+                        peer.close();
+                        closed_after_asking += 1;
+                    }
+                    Some(_) => busy.push((at_ms, id)),
+                }
+            }
+            staying.not_yet(busy);
+            // A connection that cannot be asked and has shares in flight is passed over
+            // this tick and does not count against it, so busy ones do not hold back the
+            // rest; a few times the
             // tick's quota are looked at, so a tick stays short however many are busy.
             let candidates: Vec<(u64, Peer)> = self
                 .connections
@@ -424,6 +438,7 @@ impl Core {
                 }
                 if peer.ask_to_reconnect() {
                     reconnects_asked += 1;
+                    staying.asked(id, elapsed_ms);
                 } else if peer.awaiting_ack().used() == 0 {
                     // Closed only with nothing in flight, so no answer is cut off.
                     peer.close();
@@ -459,6 +474,7 @@ impl Core {
             core = self.index,
             reconnects_asked,
             closed_without_request = closed,
+            closed_after_asking,
             closed_at_grace = left.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "drained"

@@ -40,7 +40,19 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
     // With `--accepted-log`: each share this session submitted and the pool has not
     // answered, by request id, as its line in the log. Answered ones leave at once.
     let mut submitted: std::collections::HashMap<u64, String> = Default::default();
+    // The pool asked for a reconnect (`client.reconnect`, a pool handing its miners to its
+    // replacement): nothing more is submitted here, and once every request is answered
+    // the session ends and the miner connects to the same address again.
+    let mut reconnect_asked = false;
     while run.running() {
+        if reconnect_asked {
+            // Found on this session's job: worth nothing on the next connection.
+            while found.try_recv().is_ok() {}
+            if unanswered == 0 {
+                eprintln!("miner: the pool asked to reconnect: connecting again");
+                return Ok(());
+            }
+        }
         while let Ok(share) = found.try_recv() {
             if let WorkTemplate::V1 {
                 job, extranonce1, ..
@@ -74,6 +86,10 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
         run.report();
         run.check_pool(unanswered > 0)?;
         match reader.read_line(&mut line) {
+            Ok(0) if reconnect_asked => {
+                eprintln!("miner: the pool asked to reconnect and closed: connecting again");
+                return Ok(());
+            }
             Ok(0) => bail!("pool closed the connection"),
             Ok(_) => run.heard(),
             Err(e)
@@ -104,6 +120,11 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
                     .as_f64()
                     .context("malformed set_difficulty")?;
             }
+            // To the same address whatever it names: the miner mines where it was told.
+            Some("client.reconnect") => {
+                reconnect_asked = true;
+                *shared.work.lock().expect("work lock") = None;
+            }
             Some(_) => {}
             None => match message["id"].as_u64() {
                 Some(1) => {
@@ -130,6 +151,9 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
                 }
                 _ => {}
             },
+        }
+        if reconnect_asked {
+            pending_job = None;
         }
         if let (Some(job), Some((extranonce1, size))) = (pending_job.take(), subscription.as_ref())
         {

@@ -266,7 +266,17 @@ pub(super) fn session_v2(
     // Shares sent and shares the pool has answered (accepted or refused): a share waits
     // for its answer, as the setup does until the first work arrives.
     let (mut submitted, mut answered) = (0u64, 0u64);
+    // As over V1: asked to reconnect (Reconnect), nothing more is submitted, and once every
+    // share is answered the session ends and the miner connects to the same address again.
+    let mut reconnect_asked = false;
     while run.running() {
+        if reconnect_asked {
+            while found.try_recv().is_ok() {}
+            if submitted == answered {
+                eprintln!("miner: the pool asked to reconnect: connecting again");
+                return Ok(());
+            }
+        }
         while let Ok(share) = found.try_recv() {
             if let WorkTemplate::V2 {
                 channel_id, job_id, ..
@@ -288,7 +298,7 @@ pub(super) fn session_v2(
         run.report();
         run.check_pool(client.work().is_none() || submitted > answered)?;
         let mut heard = false;
-        link.receive(&mut |header, payload| {
+        let received = link.receive(&mut |header, payload| {
             heard = true;
             match client
                 .handle_frame(header, payload)
@@ -303,14 +313,26 @@ pub(super) fn session_v2(
                     answered += 1;
                     eprintln!("miner: share rejected: {code}");
                 }
+                ClientEvent::Reconnect { .. } => {
+                    reconnect_asked = true;
+                    *shared.work.lock().expect("work lock") = None;
+                }
                 _ => {}
             }
             Ok(())
-        })?;
+        });
+        let received = match received {
+            Err(_) if reconnect_asked => {
+                eprintln!("miner: the pool asked to reconnect and closed: connecting again");
+                return Ok(());
+            }
+            received => received,
+        };
+        received?;
         if heard {
             run.heard();
         }
-        if let Some(work) = client.work() {
+        if let Some(work) = client.work().filter(|_| !reconnect_asked) {
             if published_generation != Some(work.generation) {
                 published_generation = Some(work.generation);
                 let generation = shared.generation.fetch_add(1, Relaxed) + 1;

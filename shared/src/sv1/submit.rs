@@ -10,6 +10,7 @@ use otedama_kernels::sha256d::sha256d_80;
 use otedama_kernels::Algorithm;
 
 use crate::pow_batch::{HashedShare, OwnedSubmission};
+use crate::share::Protocol;
 use crate::share::{build_header, pow_hash, DuplicateFilter, ShareRecord, ShareSubmission};
 use crate::work::{
     check_ntime, check_version, claim_share, credit_share, CreditedShare, Rejection,
@@ -268,6 +269,7 @@ impl Session {
             header: valid.header,
             extranonce1: self.config.extranonce1.clone(),
             extranonce2: extranonce2.to_vec(),
+            protocol: Some(Protocol::V1),
         };
         Outcome::ShareAccepted(Box::new(AcceptedShare {
             request_id: id,

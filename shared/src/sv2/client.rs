@@ -48,6 +48,13 @@ pub enum ClientEvent {
         sequence_number: u32,
         code: String,
     },
+    /// The pool asks for a new connection (Reconnect): to `new_host:new_port`, where an
+    /// empty host or a port of 0 means the one connected to now. A client goes once its
+    /// shares in flight are answered, and opens its channel anew there.
+    Reconnect {
+        new_host: String,
+        new_port: u16,
+    },
 }
 
 /// Why the pool's side of the conversation cannot go on.
@@ -246,6 +253,10 @@ impl StandardClient {
             Message::SubmitSharesError(error) => ClientEvent::ShareRejected {
                 sequence_number: error.sequence_number,
                 code: error.error_code.as_str().into(),
+            },
+            Message::Reconnect(reconnect) => ClientEvent::Reconnect {
+                new_host: reconnect.new_host.as_str().into(),
+                new_port: reconnect.new_port,
             },
             _ => ClientEvent::Nothing,
         })

@@ -32,7 +32,7 @@ use crate::bans::BanList;
 use crate::job::{Job, JobBook};
 use crate::limits::{empty_outbox, EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, JOBS_REMEMBERED_MAX};
 use crate::share::{build_header, header_from_root, merkle_root, pow_hash, ShareRecord};
-use crate::share::{BlockCandidate, UncreditedBlock};
+use crate::share::{BlockCandidate, Protocol, UncreditedBlock};
 use crate::share::{DuplicateFilter, ShareSubmission};
 use crate::work::{
     check_ntime, check_version, claim_share, credit_share, vet_worker_name, CreditedShare,
@@ -225,6 +225,8 @@ pub struct Session {
     /// Where the last frame in the outbox, a SubmitShares.Success, starts, so the next
     /// acknowledgement for the same channel folds into it.
     last_success_at: Option<usize>,
+    /// A Reconnect was queued (`request_reconnect`): it is sent once.
+    reconnect_requested: bool,
 }
 
 /// NewExtendedMiningJob for a channel or a group.
@@ -280,6 +282,7 @@ impl Session {
             next_channel_id: 1,
             outbox: Vec::new(),
             last_success_at: None,
+            reconnect_requested: false,
         }
     }
 
@@ -291,6 +294,22 @@ impl Session {
     pub fn transmitted(&mut self) {
         empty_outbox(&mut self.outbox);
         self.last_success_at = None;
+    }
+
+    /// Queues a Reconnect to this same host and port (empty host, port 0), which a client
+    /// answers by connecting again and opening its channels anew: how a draining data plane
+    /// hands a miner to its replacement. Sent once, and only after SetupConnection (before
+    /// it the client has not said it speaks the mining protocol); `true` if queued now.
+    pub fn request_reconnect(&mut self) -> bool {
+        if self.reconnect_requested || !self.setup_done {
+            return false;
+        }
+        self.reconnect_requested = true;
+        self.push(&Message::Reconnect(Reconnect {
+            new_host: Str0255::new("").expect("empty"),
+            new_port: 0,
+        }));
+        true
     }
 
     pub fn channel_count(&self) -> usize {
@@ -925,6 +944,8 @@ impl Session {
             header: valid.header,
             extranonce1: channel.extranonce_prefix.clone(),
             extranonce2: extranonce2.to_vec(),
+            // Over QUIC the data plane's glue says so.
+            protocol: Some(Protocol::V2),
         };
         Outcome::ShareAccepted(Box::new(AcceptedShare {
             channel_id,

@@ -36,7 +36,7 @@ const READ_BUFFER_BYTES: usize = 2048;
 const FIRST_SUBMIT_ID: u64 = 16;
 /// After the pool asks a connection to reconnect, how long it waits for the answers to
 /// the shares it already sent before it closes and connects again.
-const RECONNECT_ANSWERS_WAIT_S: u64 = 5;
+pub(crate) const RECONNECT_ANSWERS_WAIT_S: u64 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Phase {

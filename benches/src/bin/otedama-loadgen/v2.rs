@@ -21,7 +21,7 @@ use otedama_shared::sv2::FrameDecoder;
 
 use crate::connection::{
     next_tick, record_broadcast, settle_once, submit_schedule, tcp_wire_bytes, unix_us, Phase,
-    Worker,
+    Worker, RECONNECT_ANSWERS_WAIT_S,
 };
 use crate::{Args, Protocol};
 
@@ -202,6 +202,9 @@ async fn open_link(worker: &Worker, global_index: usize) -> anyhow::Result<Link>
 }
 
 /// One V2 connection: open a standard channel, wait for work, then submit on schedule.
+/// Asked to reconnect (Reconnect, from a pool handing its miners to a replacement), it
+/// stops submitting, waits for the answers to what it sent (`RECONNECT_ANSWERS_WAIT_S` at
+/// most), connects to the same address again and opens a new channel.
 pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
     let mut settled = false;
     let mut link = match open_link(&worker, global_index).await {
@@ -227,7 +230,40 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
     let mut ticker: Option<(Interval, Instant, f64)> = None;
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     let mut out = Vec::new();
+    let mut reconnect_asked: Option<Instant> = None;
+    // The pool closed the connection after asking for a reconnect: the reconnect itself.
+    let mut closed_after_asking = false;
+    let reconnect_wait = Duration::from_secs(RECONNECT_ANSWERS_WAIT_S);
     let closed_by_peer = 'connection: loop {
+        if let Some(asked) = reconnect_asked {
+            if closed_after_asking || pending.is_empty() || asked.elapsed() >= reconnect_wait {
+                if let (Some(start), Some(end)) = (wire_at_start, link.meter.bytes()) {
+                    worker.report.borrow_mut().wire_bytes += end.saturating_sub(start);
+                }
+                // Unanswered ones are given up, as a miner would on a reconnect.
+                worker
+                    .pending_total
+                    .set(worker.pending_total.get() - pending.len());
+                pending.clear();
+                link = match open_link(&worker, global_index).await {
+                    Ok(link) => link,
+                    Err(error) => {
+                        if worker.report.borrow().connect_errors == 0 {
+                            eprintln!("loadgen: reconnect failed: {error:#}");
+                        }
+                        worker.report.borrow_mut().connect_errors += 1;
+                        break 'connection true;
+                    }
+                };
+                wire_at_start = wire_at_start.and(link.meter.bytes());
+                client = StandardClient::new(&user, 0.0, "127.0.0.1", worker.target.port());
+                // The new connection's first job is not a broadcast to time.
+                prev_hash = None;
+                reconnect_asked = None;
+                closed_after_asking = false;
+                worker.report.borrow_mut().reconnects += 1;
+            }
+        }
         // Whatever the client queued (SetupConnection, the channel open, shares) goes out.
         if !client.transmit_pending().is_empty() {
             out.clear();
@@ -239,12 +275,20 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
             }
             client.transmitted();
             if link.writer.write_all(&out).await.is_err() {
+                if reconnect_asked.is_some() {
+                    closed_after_asking = true;
+                    continue;
+                }
                 break true;
             }
         }
         tokio::select! {
             read = link.reader.read(&mut buffer) => {
                 let length = match read {
+                    Ok(0) | Err(_) if reconnect_asked.is_some() => {
+                        closed_after_asking = true;
+                        continue;
+                    }
                     Ok(0) | Err(_) => break true,
                     Ok(length) => length,
                 };
@@ -321,6 +365,10 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
                                 report.shares_rejected += 1;
                             }
                         }
+                        ClientEvent::Reconnect { .. } => {
+                            // To the same address whatever it names: the run measures one pool.
+                            reconnect_asked.get_or_insert_with(Instant::now);
+                        }
                         ClientEvent::NewWork => {
                             let Some(work) = client.work() else { continue };
                             let block: [u8; 32] = work.header[4..36].try_into().expect("32 bytes");
@@ -351,6 +399,10 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
                 while wanted > 0 {
                     wanted -= 1;
                     sent_in_measure += 1;
+                    if reconnect_asked.is_some() {
+                        // Not sent to a pool that is handing this miner over.
+                        continue;
+                    }
                     if pending.len() >= worker.args.inflight_max {
                         worker.report.borrow_mut().throttled += 1;
                         continue;
@@ -365,6 +417,8 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
                     worker.report.borrow_mut().shares_sent += 1;
                 }
             }
+            // Looks again whether the answers are in or the wait is over.
+            _ = tokio::time::sleep(Duration::from_millis(100)), if reconnect_asked.is_some() => {}
             changed = phase_rx.changed() => {
                 if changed.is_err() {
                     break false;

@@ -1,0 +1,169 @@
+//! `systemctl reload` of a data-plane unit, without systemd: the control plane and the data
+//! plane run as two processes, as the units start them, and the data plane is given a
+//! notification socket the way systemd gives one to a `Type=notify` unit. The unit's
+//! `ExecReload` is `kill -HUP $MAINPID`, so the test sends SIGHUP to whichever process last
+//! said `MAINPID=`. Each time the replacement must say `READY=1` with its own pid (systemd
+//! then follows it as the unit's main process), the process it replaced must exit, and the
+//! miners of `otedama-loadgen` must see no connection refused and no error.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use otedama_tests::{
+    free_port, spawn_synthetic_controlplane, synthetic_role_command, wait_until, workspace_binary,
+    EVERY_NONCE_A_SHARE,
+};
+
+const MINERS: usize = 100;
+
+/// What a data plane told the notification socket: its `MAINPID` once it said `READY=1`.
+fn next_ready(socket: &UnixDatagram, within: Duration) -> u32 {
+    let deadline = Instant::now() + within;
+    let mut buffer = [0u8; 512];
+    while Instant::now() < deadline {
+        let Ok(length) = socket.recv(&mut buffer) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buffer[..length]).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        if !lines.contains(&"READY=1") {
+            continue;
+        }
+        return lines
+            .iter()
+            .find_map(|line| line.strip_prefix("MAINPID="))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("READY=1 without MAINPID: {text:?}"));
+    }
+    panic!("no READY=1 within {within:?}");
+}
+
+fn alive(pid: u32) -> bool {
+    // A replaced process that has exited but not been reaped is a zombie: gone for this.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a data plane this test started (or its replacement).
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
+}
+
+/// Stops the data plane that is the unit's main process now, whichever it is, however the
+/// test ends.
+struct MainProcess(u32);
+
+impl Drop for MainProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the data plane this test started or its replacement.
+        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive(self.0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_reload_hands_the_unit_to_the_replacement_and_keeps_every_miner() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags: Vec<&str> = [
+        &EVERY_NONCE_A_SHARE[..],
+        &[
+            "--synthetic-job-interval-ms",
+            "2000",
+            "--dataplane-drain-s",
+            "4",
+        ],
+    ]
+    .concat();
+    let (mut control, _api_port) = spawn_synthetic_controlplane(dir.path(), &flags);
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let v1 = format!("127.0.0.1:{}", free_port());
+    let listen = [
+        "--stratum-listen".to_string(),
+        v1.clone(),
+        "--sv2-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--quic-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let mut first = synthetic_role_command("dataplane", dir.path(), &flags, &listen)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .spawn()
+        .expect("starting the data plane");
+    let first_pid = first.id();
+    let mut main = MainProcess(first_pid);
+    // The first data plane is this test's child: reaped as soon as it ends.
+    let first_exit = std::thread::spawn(move || first.wait());
+    assert_eq!(
+        next_ready(&notify, Duration::from_secs(90)),
+        first_pid,
+        "the data plane says it is the unit's main process"
+    );
+    let loadgen = std::process::Command::new(workspace_binary("otedama-loadgen"))
+        .args(["--target", &v1, "--protocol", "v1"])
+        .args(["--connections", &MINERS.to_string(), "--rate", "1000"])
+        .args(["--duration", "30", "--connect-rate", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting otedama-loadgen");
+    std::thread::sleep(Duration::from_secs(5));
+    for reload in 1..=2 {
+        let old = main.0;
+        signal(old, libc::SIGHUP);
+        let new = next_ready(&notify, Duration::from_secs(90));
+        assert_ne!(new, old, "reload {reload}: the replacement reports itself");
+        // Only the pid changes hands: the old process is left to drain, not stopped.
+        main.0 = new;
+        // The old process drains (4 s) and exits.
+        wait_until(
+            Duration::from_secs(60),
+            "the replaced data plane to exit",
+            || !alive(old),
+        )
+        .unwrap();
+        assert!(alive(new), "reload {reload}: the replacement runs");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let status = first_exit.join().unwrap().unwrap();
+    assert!(
+        status.success(),
+        "the replaced data plane exits cleanly: {status}"
+    );
+    let output = loadgen.wait_with_output().expect("otedama-loadgen ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(stdout.lines().last().expect("a summary")).expect("JSON");
+    assert_eq!(
+        summary["connect_errors"], 0,
+        "no connection refused: {stdout}"
+    );
+    assert_eq!(summary["errors"], 0, "{stdout}");
+    assert_eq!(summary["connections"], MINERS, "every miner held: {stdout}");
+    assert!(
+        summary["reconnects"].as_u64() >= Some(2 * MINERS as u64),
+        "every miner moved twice: {stdout}"
+    );
+    drop(main);
+    control.terminate();
+}
