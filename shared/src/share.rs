@@ -251,7 +251,8 @@ impl Protocol {
         }
     }
 
-    /// Its byte in a share record.
+    /// Its byte in a share record. 0 is kept for "unknown": a field added after this one
+    /// must write it, so that this byte is always present before the new field.
     fn code(self) -> u8 {
         match self {
             Protocol::V1 => 1,
@@ -333,6 +334,24 @@ impl ShareRecord {
             out.push(protocol.code());
         }
         out
+    }
+
+    /// The same share in both: every field equal but the front end, which one of them may
+    /// lack (written, or decoded and encoded again on its way, by a binary from before the
+    /// field). What a check of a copy against its original must compare.
+    pub fn same_share(&self, other: &ShareRecord) -> bool {
+        let protocols_agree = match (self.protocol, other.protocol) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => true,
+        };
+        protocols_agree
+            && ShareRecord {
+                protocol: None,
+                ..self.clone()
+            } == ShareRecord {
+                protocol: None,
+                ..other.clone()
+            }
     }
 
     /// Replaces `accepted_at_ms` in an encoded record (the share-log writer's stamp).
@@ -527,5 +546,27 @@ mod tests {
         let mut bytes = record().encode();
         bytes.push(9);
         assert_eq!(ShareRecord::decode(&bytes).unwrap(), record());
+    }
+
+    /// A copy that lost the front end (an older binary passed it on) is the same share; one
+    /// that differs in anything else, or names another front end, is not.
+    #[test]
+    fn the_same_share_whatever_a_copy_kept_of_its_front_end() {
+        let older_copy = ShareRecord {
+            protocol: None,
+            ..record()
+        };
+        assert!(record().same_share(&older_copy));
+        assert!(older_copy.same_share(&record()));
+        let other_front_end = ShareRecord {
+            protocol: Some(Protocol::V1),
+            ..record()
+        };
+        assert!(!record().same_share(&other_front_end));
+        let other_nonce = ShareRecord {
+            extranonce2: vec![9],
+            ..older_copy.clone()
+        };
+        assert!(!record().same_share(&other_nonce));
     }
 }

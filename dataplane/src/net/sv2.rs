@@ -103,10 +103,10 @@ impl<T: V2Link> crate::rt::Link for T {
     }
 
     /// Sends Reconnect (to the same host and port) once the connection is set up; `false`
-    /// before that, or while its session is busy elsewhere this moment.
+    /// before that, or while its session is borrowed elsewhere this moment (then the drain
+    /// treats it as one it cannot ask: closed once owed nothing).
     fn ask_to_reconnect(&self) -> bool {
         let Ok(mut session) = self.session().try_borrow_mut() else {
-            // Busy elsewhere this moment; asked on a later tick.
             return false;
         };
         let asked = session.request_reconnect();

@@ -577,9 +577,9 @@ pub(super) async fn core_main(
     Ok(())
 }
 
-/// The accept queue each listener asks for: the most `somaxconn` can be
-/// (`otedama_tune`'s `ACCEPT_QUEUE_MAX`), so the kernel's `net.core.somaxconn` alone sets
-/// it. `otedama-tune` sizes that for every miner reconnecting within a few seconds after
+/// The accept queue each listener asks for: 65,535, what `otedama-tune` plans at most for
+/// `somaxconn` (`ACCEPT_QUEUE_MAX`), so up to that the kernel's `net.core.somaxconn` alone
+/// sets it. `otedama-tune` sizes that for every miner reconnecting within a few seconds after
 /// a restart; a fixed smaller value here would quietly undo it (connections past a full
 /// queue are dropped and retried by the miner a second or more later). It bounds queued
 /// connections, not memory set aside.

@@ -118,6 +118,13 @@ pub trait Link {
 pub type Peer = Rc<dyn Link>;
 
 impl dyn Link {
+    /// Whether closing the connection now cuts off nothing the pool owes the miner: no
+    /// share of it hashing or awaiting the disk, and no request read but held back
+    /// (a reader paused at a limit has lines it has not handled yet).
+    fn owes_nothing(&self, now_s: u64) -> bool {
+        self.awaiting_ack().used() == 0 && !self.held_back(now_s)
+    }
+
     /// Lets the session act on time passing and sends what it queued. A session whose
     /// silence may be the pool's own is left for the next sweep: its reader held back by
     /// a bound, or shares of it still waiting for the hasher or the disk (lowered then,
@@ -389,9 +396,9 @@ impl Core {
     }
 
     /// Hands this core's miners over to the replacement process (`drain`): asks them to
-    /// reconnect at the plan's pace (one that cannot be asked is closed instead once none
-    /// of its shares is in flight; one asked that stays `RECONNECT_FOLLOW_WAIT_MS` is closed
-    /// the same way), closes whoever is left at the plan's grace, and returns once no
+    /// reconnect at the plan's pace (one that cannot be asked is closed instead once it is
+    /// owed nothing, `owes_nothing`; one asked that stays `RECONNECT_FOLLOW_WAIT_MS` is
+    /// closed the same way), closes whoever is left at the plan's grace, and returns once no
     /// connection is left. The listeners are closed before this is called, so
     /// reconnecting miners reach only the replacement.
     pub(super) async fn drain(self: &Rc<Self>, plan: drain::DrainPlan) {
@@ -411,7 +418,7 @@ impl Core {
                 match peer {
                     // Gone: it followed the request.
                     None => {}
-                    Some(peer) if peer.awaiting_ack().used() == 0 => {
+                    Some(peer) if peer.owes_nothing(now_s()) => {
                         peer.close();
                         closed_after_asking += 1;
                     }
@@ -419,10 +426,10 @@ impl Core {
                 }
             }
             staying.not_yet(busy);
-            // A connection that cannot be asked and has shares in flight is passed over
-            // this tick and does not count against it, so busy ones do not hold back the
-            // rest; a few times the
-            // tick's quota are looked at, so a tick stays short however many are busy.
+            // A connection that cannot be asked and is owed something is passed over this
+            // tick and does not count against it, so busy ones do not hold back the rest;
+            // a few times the tick's quota are looked at, so a tick stays short however
+            // many are busy.
             let candidates: Vec<(u64, Peer)> = self
                 .connections
                 .borrow()
@@ -439,7 +446,7 @@ impl Core {
                 if peer.ask_to_reconnect() {
                     reconnects_asked += 1;
                     staying.asked(id, elapsed_ms);
-                } else if peer.awaiting_ack().used() == 0 {
+                } else if peer.owes_nothing(now_s()) {
                     // Closed only with nothing in flight, so no answer is cut off.
                     peer.close();
                     closed += 1;

@@ -111,12 +111,18 @@ enum WorkTemplate {
 
 /// A share a worker thread found, for the connection thread to submit.
 struct Found {
+    /// The generation of the work it was found on (`Work::generation`).
+    generation: u64,
     template: WorkTemplate,
     extranonce2: Vec<u8>,
     ntime: u32,
     nonce: u32,
     version: u32,
 }
+
+/// The least time between two reconnects a pool asked for (`client.reconnect`,
+/// Reconnect), so a pool asking again and again cannot spin the miner.
+const RECONNECT_INTERVAL_MIN_MS: u64 = 1_000;
 
 /// Version bits a V2 miner rolls (BIP320), as the pool allows by default.
 const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
@@ -256,6 +262,16 @@ struct Shared {
     stop: AtomicBool,
 }
 
+impl Shared {
+    /// Takes the work away (a connection ended or is ending): the mining threads stop on
+    /// the generation's change. Returns the new generation: finds from work before it
+    /// belong to a connection that is gone and are not submitted on the next one.
+    fn withdraw_work(&self) -> u64 {
+        *self.work.lock().expect("work lock") = None;
+        self.generation.fetch_add(1, Relaxed) + 1
+    }
+}
+
 pub fn run(args: MinerArgs) -> anyhow::Result<()> {
     if args.url.len() > POOL_URLS_MAX {
         bail!("at most {POOL_URLS_MAX} --url (POOL_URLS_MAX)");
@@ -325,6 +341,7 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         },
     };
     let mut slot = 0;
+    let mut last_reconnect: Option<Instant> = None;
     while run.running() {
         let endpoint = &endpoints[slot];
         // Earlier slots a failback check may return to, best first (QUIC ones cannot be
@@ -344,9 +361,18 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
                     .and_then(|mut link| session_v2(link.as_mut(), address, &mut run))
             }
         };
-        let Err(error) = result else { continue };
+        let Err(error) = result else {
+            // The pool asked for a reconnect: to the same URL at once, but not more often
+            // than RECONNECT_INTERVAL_MIN_MS whatever a pool asks.
+            let pause = Duration::from_millis(RECONNECT_INTERVAL_MIN_MS);
+            if let Some(since) = last_reconnect.map(|at| at.elapsed()) {
+                std::thread::sleep(pause.saturating_sub(since));
+            }
+            last_reconnect = Some(Instant::now());
+            continue;
+        };
         // Work from the pool left behind is worth nothing to the next one.
-        *shared.work.lock().expect("work lock") = None;
+        shared.withdraw_work();
         if let Some(FailBack { slot: earlier }) = error.downcast_ref::<FailBack>() {
             eprintln!("miner: {error}: back to {}", args.url[*earlier]);
             slot = *earlier;
@@ -517,6 +543,7 @@ fn mine(
             };
             if work.target.is_met_by(&pow) {
                 let _ = found.send(Found {
+                    generation: work.generation,
                     template: work.template.clone(),
                     extranonce2: extranonce2.clone(),
                     ntime,

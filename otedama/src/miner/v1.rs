@@ -22,6 +22,8 @@ pub(super) fn subscribe_line() -> Vec<u8> {
 /// One connection: subscribe, authorize, then relay work and submits until it drops.
 pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
     let (args, shared, found) = (run.args, run.shared, run.found);
+    // Finds on an earlier connection's work are not this connection's to submit.
+    let session_start = shared.withdraw_work();
     let mut stream = connect_tcp(address)?;
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     stream.write_all(&subscribe_line())?;
@@ -54,6 +56,9 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
             }
         }
         while let Ok(share) = found.try_recv() {
+            if share.generation <= session_start {
+                continue;
+            }
             if let WorkTemplate::V1 {
                 job, extranonce1, ..
             } = &share.template
@@ -100,6 +105,11 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
             {
                 continue
             }
+            // A reset after the request is the reconnect too.
+            Err(_) if reconnect_asked => {
+                eprintln!("miner: the pool asked to reconnect and closed: connecting again");
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         }
         let message: Value = serde_json::from_str(line.trim()).context("pool sent invalid JSON")?;
@@ -123,7 +133,7 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
             // To the same address whatever it names: the miner mines where it was told.
             Some("client.reconnect") => {
                 reconnect_asked = true;
-                *shared.work.lock().expect("work lock") = None;
+                shared.withdraw_work();
             }
             Some(_) => {}
             None => match message["id"].as_u64() {

@@ -250,6 +250,8 @@ pub(super) fn session_v2(
     run: &mut Run<'_>,
 ) -> anyhow::Result<()> {
     let (args, shared, found) = (run.args, run.shared, run.found);
+    // Finds on an earlier connection's work are not this connection's to submit.
+    let session_start = shared.withdraw_work();
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
     // The hash rate the pool sizes the first target for; vardiff corrects it.
     let nominal_hash_rate = args.declared_hashrate.unwrap_or(match args.algo {
@@ -278,6 +280,9 @@ pub(super) fn session_v2(
             }
         }
         while let Ok(share) = found.try_recv() {
+            if share.generation <= session_start {
+                continue;
+            }
             if let WorkTemplate::V2 {
                 channel_id, job_id, ..
             } = share.template
@@ -315,7 +320,7 @@ pub(super) fn session_v2(
                 }
                 ClientEvent::Reconnect { .. } => {
                     reconnect_asked = true;
-                    *shared.work.lock().expect("work lock") = None;
+                    shared.withdraw_work();
                 }
                 _ => {}
             }

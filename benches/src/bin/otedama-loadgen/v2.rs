@@ -201,6 +201,26 @@ async fn open_link(worker: &Worker, global_index: usize) -> anyhow::Result<Link>
     }
 }
 
+/// Tries a reconnect's new connection a few times before giving up: over QUIC, whose
+/// datagrams the kernel spreads over every socket on the port, the first attempt may
+/// reach the draining process, which refuses it.
+const REOPEN_ATTEMPTS_MAX: usize = 5;
+const REOPEN_PAUSE_MS: u64 = 200;
+
+async fn reopen_link(worker: &Worker, global_index: usize) -> anyhow::Result<Link> {
+    let mut attempt = 1;
+    loop {
+        match open_link(worker, global_index).await {
+            Ok(link) => return Ok(link),
+            Err(error) if attempt == REOPEN_ATTEMPTS_MAX => return Err(error),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(REOPEN_PAUSE_MS)).await;
+            }
+        }
+    }
+}
+
 /// One V2 connection: open a standard channel, wait for work, then submit on schedule.
 /// Asked to reconnect (Reconnect, from a pool handing its miners to a replacement), it
 /// stops submitting, waits for the answers to what it sent (`RECONNECT_ANSWERS_WAIT_S` at
@@ -245,7 +265,7 @@ pub(crate) async fn run_connection(worker: Rc<Worker>, global_index: usize) {
                     .pending_total
                     .set(worker.pending_total.get() - pending.len());
                 pending.clear();
-                link = match open_link(&worker, global_index).await {
+                link = match reopen_link(&worker, global_index).await {
                     Ok(link) => link,
                     Err(error) => {
                         if worker.report.borrow().connect_errors == 0 {
