@@ -455,6 +455,17 @@ fn spawn_synthetic_role(role: &str, dir: &Path, flags: &[&str], listen: &[String
 /// `--cluster-host`): its own data directory, ports and share log, and no control plane
 /// (its link goes over NATS). Returns it once its V1 port listens, with that address.
 pub fn spawn_synthetic_dataplane(dir: &Path, flags: &[&str]) -> (Process, String) {
+    let (v1, listen) = dataplane_listen_flags();
+    let process = spawn_synthetic_role("dataplane", dir, flags, &listen);
+    wait_until(Duration::from_secs(90), "the data plane's listener", || {
+        TcpStream::connect(&v1).is_ok()
+    })
+    .expect("the data plane listens");
+    (process, v1)
+}
+
+/// A data plane's listen flags on free loopback ports (V1, V2, QUIC), with the V1 address.
+pub fn dataplane_listen_flags() -> (String, [String; 6]) {
     let v1 = format!("127.0.0.1:{}", free_port());
     let listen = [
         "--stratum-listen".to_string(),
@@ -464,12 +475,47 @@ pub fn spawn_synthetic_dataplane(dir: &Path, flags: &[&str]) -> (Process, String
         "--quic-listen".into(),
         format!("127.0.0.1:{}", free_port()),
     ];
-    let process = spawn_synthetic_role("dataplane", dir, flags, &listen);
-    wait_until(Duration::from_secs(90), "the data plane's listener", || {
-        TcpStream::connect(&v1).is_ok()
-    })
-    .expect("the data plane listens");
-    (process, v1)
+    (v1, listen)
+}
+
+/// The JSON summary (the last line) of an `otedama-loadgen` run that must have succeeded,
+/// with its whole stdout for messages.
+pub fn loadgen_summary(output: &std::process::Output, what: &str) -> (Value, String) {
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{what}: loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().expect("a summary");
+    let summary = serde_json::from_str(last).expect("the last line is JSON");
+    (summary, stdout)
+}
+
+/// Checks a loadgen summary of miners handed from one data plane to another `handovers`
+/// times: no connection refused, no error, every miner held at the end and reconnected
+/// each time.
+pub fn assert_every_miner_handed_over(
+    summary: &Value,
+    stdout: &str,
+    what: &str,
+    miners: usize,
+    handovers: u64,
+) {
+    assert_eq!(
+        summary["connect_errors"], 0,
+        "{what}: no connection refused: {stdout}"
+    );
+    assert_eq!(summary["errors"], 0, "{what}: {stdout}");
+    assert_eq!(
+        summary["connections"], miners,
+        "{what}: every miner held at the end: {stdout}"
+    );
+    let reconnects = summary["reconnects"].as_u64().unwrap_or(0);
+    assert!(
+        reconnects >= handovers * miners as u64,
+        "{what}: every miner was asked to move {handovers} times and did: {reconnects} reconnects: {stdout}"
+    );
 }
 
 /// A control plane alone (cluster mode: `flags` give `--nats-url` and `--cluster-host`),

@@ -7,9 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use otedama_tests::{workspace_binary, SyntheticPool, EVERY_NONCE_A_SHARE};
+use otedama_tests::{loadgen_summary, workspace_binary, SyntheticPool, EVERY_NONCE_A_SHARE};
 
 const LOADGEN_JSON_KEYS: [&str; 14] = [
     "connections",
@@ -59,14 +57,8 @@ fn loadgen_drives_a_synthetic_pool_and_reports_fixed_keys() {
             .args(["--pool-metrics", &format!("127.0.0.1:{}", pool.api_port)])
             .output()
             .expect("running otedama-loadgen");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{protocol}: loadgen failed: {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let (summary, stdout) = loadgen_summary(&output, protocol);
         let last = stdout.lines().last().expect("a summary");
-        let summary: Value = serde_json::from_str(last).expect("the last line is JSON");
         let mut keys: Vec<&str> = summary
             .as_object()
             .unwrap()

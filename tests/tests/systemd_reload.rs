@@ -15,11 +15,10 @@ use std::process::Stdio;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use otedama_dataplane::rt::drain::RECONNECT_FOLLOW_WAIT_MS;
 use otedama_tests::{
-    free_port, spawn_synthetic_controlplane, synthetic_role_command, wait_until, workspace_binary,
+    assert_every_miner_handed_over, dataplane_listen_flags, loadgen_summary,
+    spawn_synthetic_controlplane, synthetic_role_command, wait_until, workspace_binary,
     EVERY_NONCE_A_SHARE, SYNTHETIC_PAYOUT_ADDRESS,
 };
 
@@ -128,15 +127,7 @@ fn a_reload_hands_the_unit_to_the_replacement_and_keeps_every_miner() {
     notify
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let v1 = format!("127.0.0.1:{}", free_port());
-    let listen = [
-        "--stratum-listen".to_string(),
-        v1.clone(),
-        "--sv2-listen".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--quic-listen".into(),
-        format!("127.0.0.1:{}", free_port()),
-    ];
+    let (v1, listen) = dataplane_listen_flags();
     let mut first = synthetic_role_command("dataplane", dir.path(), &flags, &listen)
         .env("NOTIFY_SOCKET", &notify_path)
         .spawn()
@@ -202,24 +193,8 @@ fn a_reload_hands_the_unit_to_the_replacement_and_keeps_every_miner() {
         "the replaced data plane exits cleanly: {status}"
     );
     let output = loadgen.wait_with_output().expect("otedama-loadgen ends");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value =
-        serde_json::from_str(stdout.lines().last().expect("a summary")).expect("JSON");
-    assert_eq!(
-        summary["connect_errors"], 0,
-        "no connection refused: {stdout}"
-    );
-    assert_eq!(summary["errors"], 0, "{stdout}");
-    assert_eq!(summary["connections"], MINERS, "every miner held: {stdout}");
-    assert!(
-        summary["reconnects"].as_u64() >= Some(2 * MINERS as u64),
-        "every miner moved twice: {stdout}"
-    );
+    let (summary, stdout) = loadgen_summary(&output, "V1");
+    assert_every_miner_handed_over(&summary, &stdout, "V1", MINERS, 2);
     drop(main);
     control.terminate();
 }

@@ -22,7 +22,7 @@ const DEMO_PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind"];
 /// prometheus brings `promtool` for the metrics check, chromium renders the dashboard
 /// headless, systemd brings `systemd-analyze verify` for the deployed units, nats-server
 /// runs the JetStream cluster of the scale-out tests, openssl makes the deployment
-/// sandbox's TLS certificates.
+/// sandbox's TLS certificates, monero brings the regtest monerod of the Monero tests.
 const TEST_PACKAGES: &[&str] = &[
     "python3",
     "prometheus",
@@ -30,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "nats-server",
     "openssl",
+    "monero",
 ];
 /// Ansible from PyPI, pinned, in a virtualenv beside the target directory.
 const ANSIBLE_PACKAGES: &[&str] = &["ansible-core==2.19.14", "ansible-lint==26.10.1"];

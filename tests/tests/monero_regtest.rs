@@ -1,0 +1,140 @@
+//! Issue 22's first slice against a real monerod: the pool's RPC client asks a regtest
+//! daemon for a template with room for the pool's extra nonce, writes one there, and
+//! submits the block, which the daemon accepts (with `--fixed-difficulty 1` every hash
+//! meets the target, so no RandomX search is needed yet). A resubmission changes nothing;
+//! an extra nonce too long for the reserved bytes, a malformed block and a bad payout
+//! address are refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use otedama_chain::monero::{MoneroRpc, RESERVE_SIZE_MAX};
+use otedama_chain::rpc::RpcError;
+use otedama_tests::{free_port, wait_until};
+
+/// The Monero project's general fund address (mainnet; regtest takes mainnet addresses).
+const PAYOUT_ADDRESS: &str =
+    "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+const EXTRA_NONCE_BYTES: u8 = 8;
+
+fn monerod() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/monerod");
+    assert!(
+        path.is_file(),
+        "no monerod at {}: `cargo xtask test` installs it (Debian's monero package; \
+         apt-get install monero)",
+        path.display()
+    );
+    path
+}
+
+/// A regtest monerod in `dir`, offline, stopped when dropped.
+struct Daemon {
+    child: Child,
+    rpc: MoneroRpc,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Self {
+        let rpc_port = free_port();
+        let child = Command::new(monerod())
+            .args(["--regtest", "--offline", "--fixed-difficulty", "1"])
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--log-file")
+            .arg(dir.join("monerod.log"))
+            .args(["--rpc-bind-ip", "127.0.0.1", "--rpc-bind-port"])
+            .arg(rpc_port.to_string())
+            .args(["--p2p-bind-ip", "127.0.0.1", "--p2p-bind-port"])
+            .arg(free_port().to_string())
+            .args([
+                "--no-zmq",
+                "--no-igd",
+                "--non-interactive",
+                "--disable-rpc-ban",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting monerod");
+        let rpc = MoneroRpc::new(&format!("http://127.0.0.1:{rpc_port}"));
+        let daemon = Daemon { child, rpc };
+        wait_until(Duration::from_secs(120), "monerod's RPC", || {
+            daemon.rpc.last_block_header().is_ok()
+        })
+        .unwrap();
+        daemon
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn monerod_accepts_a_block_with_the_pools_extra_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let rpc = &daemon.rpc;
+    let genesis = rpc.last_block_header().unwrap();
+    assert_eq!(genesis.height, 0);
+
+    let template = rpc
+        .block_template(PAYOUT_ADDRESS, EXTRA_NONCE_BYTES)
+        .unwrap();
+    assert_eq!(template.height, 1);
+    assert_eq!(template.difficulty, 1);
+    assert_eq!(template.prev_hash, genesis.hash);
+    assert_eq!(
+        template.seed_hash, genesis.hash,
+        "the first seed is genesis"
+    );
+    assert!(template.expected_reward > 0);
+    assert!(
+        template.hashing_blob.len() >= 76,
+        "{}",
+        template.hashing_blob.len()
+    );
+    assert_eq!(
+        template.with_extra_nonce(&[0xee; EXTRA_NONCE_BYTES as usize + 1]),
+        None,
+        "one byte past the reserved space is refused"
+    );
+    let blob = template
+        .with_extra_nonce(&[0xab; EXTRA_NONCE_BYTES as usize])
+        .unwrap();
+    assert_ne!(blob, template.blob);
+    rpc.submit_block(&blob)
+        .expect("the daemon accepts the block");
+    let tip = rpc.last_block_header().unwrap();
+    assert_eq!(tip.height, 1);
+    assert_eq!(
+        tip.reward, template.expected_reward,
+        "the coinbase pays what the template said"
+    );
+
+    // The same block again: the daemon knows it (and says OK), and nothing changes.
+    let _ = rpc.submit_block(&blob);
+    assert_eq!(rpc.last_block_header().unwrap(), tip);
+    // A truncated block: refused, not taken.
+    let next = rpc
+        .block_template(PAYOUT_ADDRESS, RESERVE_SIZE_MAX)
+        .unwrap();
+    assert_eq!(next.height, 2);
+    assert_eq!(next.prev_hash, tip.hash);
+    assert!(rpc.submit_block(&next.blob[..next.blob.len() / 2]).is_err());
+    assert_eq!(rpc.last_block_header().unwrap().height, 1);
+    // One byte past the most worth asking for: monerod builds no template.
+    assert!(rpc
+        .block_template(PAYOUT_ADDRESS, RESERVE_SIZE_MAX + 1)
+        .is_err());
+    // A payout address that is not one.
+    assert!(matches!(
+        rpc.block_template("not-an-address", EXTRA_NONCE_BYTES),
+        Err(RpcError::Node { .. })
+    ));
+}
