@@ -18,13 +18,18 @@ use crate::rpc::RpcError;
 pub const RESERVE_SIZE_MAX: u8 = 127;
 /// How long one call may take; a template with a full mempool is built in milliseconds.
 pub const MONERO_RPC_TIMEOUT_S: u64 = 30;
+/// The longest reply read from the daemon: a template of the largest block (a few MB,
+/// twice over in hex) fits many times; a reply past it is an error, not memory spent.
+pub const MONERO_RPC_REPLY_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
 /// A monerod block template, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MoneroBlockTemplate {
     /// The whole block, to be submitted once its nonce and extra nonce are set.
     pub blob: Vec<u8>,
-    /// What miners hash (the header, the tree root and the transaction count).
+    /// What miners hash (the header, the transactions' tree root and their count) for the
+    /// blob as sent, with the reserved bytes zero. Once an extra nonce is written the
+    /// coinbase changes and so does the tree root in it: this one is then stale.
     pub hashing_blob: Vec<u8>,
     pub difficulty: u128,
     pub height: u64,
@@ -87,22 +92,23 @@ impl MoneroRpc {
     /// Calls `method` and returns its `result`.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let body = json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params});
-        let reply: Value = match self.agent.post(&self.url).send_json(body) {
-            Ok(response) => response.into_json(),
+        let response = match self.agent.post(&self.url).send_json(body) {
+            Ok(response) => response,
             Err(ureq::Error::Status(401, _)) => {
                 return Err(RpcError::Unauthorized {
                     url: self.url.clone(),
                 })
             }
-            Err(ureq::Error::Status(_, response)) => response.into_json(),
+            Err(ureq::Error::Status(_, response)) => response,
             Err(ureq::Error::Transport(transport)) => {
                 return Err(RpcError::Unreachable {
                     url: self.url.clone(),
                     detail: transport.to_string(),
                 })
             }
-        }
-        .map_err(|e| malformed(method, e))?;
+        };
+        let reader = std::io::Read::take(response.into_reader(), MONERO_RPC_REPLY_BYTES_MAX);
+        let reply: Value = serde_json::from_reader(reader).map_err(|e| malformed(method, e))?;
         if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
             return Err(RpcError::Node {
                 method: method.into(),
@@ -110,7 +116,17 @@ impl MoneroRpc {
                 message: error["message"].as_str().unwrap_or("").to_string(),
             });
         }
-        Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+        let result = reply.get("result").cloned().unwrap_or(Value::Null);
+        // An answer with a status other than OK is the daemon declining: "BUSY" while it
+        // syncs, for one.
+        match result["status"].as_str() {
+            None | Some("OK") => Ok(result),
+            Some(status) => Err(RpcError::Node {
+                method: method.into(),
+                code: 0,
+                message: format!("status {status}"),
+            }),
+        }
     }
 
     /// `get_block_template` paying the coinbase to `wallet_address`, with `reserve_size`
@@ -126,8 +142,10 @@ impl MoneroRpc {
             json!({"wallet_address": wallet_address, "reserve_size": reserve_size}),
         )?;
         let blob = hex_field(&result, "blocktemplate_blob", METHOD)?;
-        let reserved_offset = u64_field(&result, "reserved_offset", METHOD)? as usize;
-        if reserved_offset + reserve_size as usize > blob.len() {
+        let reserved_offset = usize::try_from(u64_field(&result, "reserved_offset", METHOD)?)
+            .map_err(|e| malformed(METHOD, e))?;
+        let reserved_end = reserved_offset.checked_add(reserve_size as usize);
+        if reserved_end.is_none_or(|end| end > blob.len()) {
             return Err(malformed(
                 METHOD,
                 format!(
@@ -138,10 +156,13 @@ impl MoneroRpc {
         }
         // `wide_difficulty` (a hex string) carries all 128 bits; `difficulty` only the low 64.
         let difficulty = match result["wide_difficulty"].as_str() {
-            Some(wide) => u128::from_str_radix(wide.trim_start_matches("0x"), 16)
+            Some(wide) => u128::from_str_radix(wide.strip_prefix("0x").unwrap_or(wide), 16)
                 .map_err(|e| malformed(METHOD, format!("wide_difficulty {wide}: {e}")))?,
             None => u128::from(u64_field(&result, "difficulty", METHOD)?),
         };
+        if difficulty == 0 {
+            return Err(malformed(METHOD, "difficulty 0"));
+        }
         let next_seed_hash = match result["next_seed_hash"].as_str() {
             None | Some("") => None,
             Some(_) => Some(hash_field(&result, "next_seed_hash", METHOD)?),
@@ -160,7 +181,10 @@ impl MoneroRpc {
         })
     }
 
-    /// `submit_block`: `Ok` when the daemon took the block; its refusal as `RpcError::Node`.
+    /// `submit_block`: `Ok` when the daemon did not reject the block, which includes a
+    /// block it already had and one that only joined a side chain; whether a found block
+    /// is in the chain is for the caller to confirm from the chain. A rejection is
+    /// `RpcError::Node`.
     pub fn submit_block(&self, blob: &[u8]) -> Result<(), RpcError> {
         let result = self.call("submit_block", json!([hex::encode(blob)]))?;
         match result["status"].as_str() {
