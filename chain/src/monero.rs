@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::rpc::RpcError;
+use crate::rpc::{json_rpc_result, RpcError};
 
 /// The most bytes monerod reserves in a template's extra field for the pool
 /// (`get_block_template`'s `reserve_size`). The call takes up to 255, but monerod 0.18
@@ -92,31 +92,12 @@ impl MoneroRpc {
     /// Calls `method` and returns its `result`.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let body = json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params});
-        let response = match self.agent.post(&self.url).send_json(body) {
-            Ok(response) => response,
-            Err(ureq::Error::Status(401, _)) => {
-                return Err(RpcError::Unauthorized {
-                    url: self.url.clone(),
-                })
-            }
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(ureq::Error::Transport(transport)) => {
-                return Err(RpcError::Unreachable {
-                    url: self.url.clone(),
-                    detail: transport.to_string(),
-                })
-            }
-        };
-        let reader = std::io::Read::take(response.into_reader(), MONERO_RPC_REPLY_BYTES_MAX);
-        let reply: Value = serde_json::from_reader(reader).map_err(|e| malformed(method, e))?;
-        if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
-            return Err(RpcError::Node {
-                method: method.into(),
-                code: error["code"].as_i64().unwrap_or(0),
-                message: error["message"].as_str().unwrap_or("").to_string(),
-            });
-        }
-        let result = reply.get("result").cloned().unwrap_or(Value::Null);
+        let result = json_rpc_result(
+            self.agent.post(&self.url).send_json(body),
+            &self.url,
+            method,
+            Some(MONERO_RPC_REPLY_BYTES_MAX),
+        )?;
         // An answer with a status other than OK is the daemon declining: "BUSY" while it
         // syncs, for one.
         match result["status"].as_str() {

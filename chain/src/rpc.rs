@@ -173,35 +173,7 @@ impl RpcClient {
             .post(&self.url)
             .set("Authorization", &self.authorization()?)
             .send_json(body);
-        let reply: Value = match response {
-            Ok(response) => response.into_json(),
-            // Bitcoin Core answers RPC errors with HTTP 500 (or 404 for unknown methods) and
-            // a JSON body that carries the real error.
-            Err(ureq::Error::Status(401, _)) => {
-                return Err(RpcError::Unauthorized {
-                    url: self.url.clone(),
-                })
-            }
-            Err(ureq::Error::Status(_, response)) => response.into_json(),
-            Err(ureq::Error::Transport(transport)) => {
-                return Err(RpcError::Unreachable {
-                    url: self.url.clone(),
-                    detail: transport.to_string(),
-                })
-            }
-        }
-        .map_err(|e| RpcError::Malformed {
-            method: method.into(),
-            detail: e.to_string(),
-        })?;
-        if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
-            return Err(RpcError::Node {
-                method: method.into(),
-                code: error["code"].as_i64().unwrap_or(0),
-                message: error["message"].as_str().unwrap_or("").to_string(),
-            });
-        }
-        Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+        json_rpc_result(response, &self.url, method, None)
     }
 
     /// getblocktemplate with the rules this coin needs.
@@ -231,4 +203,45 @@ impl RpcClient {
     pub fn get_blockchain_info(&self) -> Result<Value, RpcError> {
         self.call("getblockchaininfo", json!([]))
     }
+}
+
+/// A JSON-RPC reply turned into its `result`, the same for every node this crate speaks
+/// to (Bitcoin Core's dialect, monerod's): 401 is bad credentials, a transport failure an
+/// unreachable node, and any other HTTP status carries the node's error in its body (Bitcoin
+/// Core answers errors with 500, or 404 for unknown methods). With `reply_bytes_max` the
+/// reply is read to that many bytes at most.
+pub(crate) fn json_rpc_result(
+    response: Result<ureq::Response, ureq::Error>,
+    url: &str,
+    method: &str,
+    reply_bytes_max: Option<u64>,
+) -> Result<Value, RpcError> {
+    let response = match response {
+        Ok(response) => response,
+        Err(ureq::Error::Status(401, _)) => return Err(RpcError::Unauthorized { url: url.into() }),
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(ureq::Error::Transport(transport)) => {
+            return Err(RpcError::Unreachable {
+                url: url.into(),
+                detail: transport.to_string(),
+            })
+        }
+    };
+    let malformed = |detail: String| RpcError::Malformed {
+        method: method.into(),
+        detail,
+    };
+    let reply: Value = match reply_bytes_max {
+        Some(max) => serde_json::from_reader(std::io::Read::take(response.into_reader(), max))
+            .map_err(|e| malformed(e.to_string()))?,
+        None => response.into_json().map_err(|e| malformed(e.to_string()))?,
+    };
+    if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
+        return Err(RpcError::Node {
+            method: method.into(),
+            code: error["code"].as_i64().unwrap_or(0),
+            message: error["message"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    Ok(reply.get("result").cloned().unwrap_or(Value::Null))
 }
