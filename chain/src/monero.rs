@@ -1,6 +1,9 @@
-//! monerod's JSON-RPC, as a pool needs it (issue 22, first slice): block templates with
-//! room reserved for the pool's extra nonce, block submission, and the chain's tip. The
-//! same `RpcError` as the Bitcoin-family client, so callers handle one error type.
+//! Monero for the pool: monerod's JSON-RPC (block templates with room reserved for the
+//! pool's extra nonce, block submission, the chain's tip, the daemon's own proof-of-work
+//! hash for a cross-check), the work a template gives a miner (the hashing blob for one
+//! extra nonce, rebuilt through the `monero` crate's block decoding), RandomX's seed
+//! schedule, and payout addresses. The same `RpcError` as the Bitcoin-family client, so
+//! callers handle one error type.
 //!
 //! monerod speaks JSON-RPC 2.0 at `/json_rpc`, without credentials unless started with
 //! `--rpc-login` (not supported here yet: bind it to loopback or a private network).
@@ -59,6 +62,187 @@ impl MoneroBlockTemplate {
             .copy_from_slice(extra_nonce);
         Some(blob)
     }
+}
+
+impl MoneroBlockTemplate {
+    /// The work for one extra nonce: the block with `extra_nonce` in the reserved bytes,
+    /// decoded, and what a miner hashes for it. The coinbase's hash, and with it the
+    /// transactions' tree root in the hashing blob, changes with every extra nonce, so each
+    /// one has its own hashing blob.
+    pub fn work(&self, extra_nonce: &[u8]) -> Result<MoneroWork, MoneroBlobError> {
+        let blob =
+            self.with_extra_nonce(extra_nonce)
+                .ok_or(MoneroBlobError::ExtraNonceTooLong {
+                    length: extra_nonce.len(),
+                    reserved: self.reserve_size,
+                })?;
+        MoneroWork::from_block_blob(blob)
+    }
+}
+
+/// Why a block blob cannot be worked on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MoneroBlobError {
+    #[error("extra nonce of {length} bytes, {reserved} reserved")]
+    ExtraNonceTooLong { length: usize, reserved: u8 },
+    #[error("block blob does not decode: {0}")]
+    Undecodable(String),
+    #[error("block blob decodes but does not encode back to the same bytes")]
+    NotCanonical,
+}
+
+/// One miner's work from a template: the whole block (to submit once a nonce meets the
+/// network's difficulty) and its hashing blob (header, transactions' tree root, their
+/// count), each with the nonce at `nonce_offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoneroWork {
+    pub block_blob: Vec<u8>,
+    pub hashing_blob: Vec<u8>,
+    /// Where the 4 nonce bytes sit, the same in both blobs (the header starts both).
+    pub nonce_offset: usize,
+}
+
+/// Bytes of a Monero nonce, as a miner sends them (8 hex digits) and as the blob holds them.
+pub const MONERO_NONCE_BYTES: usize = 4;
+
+impl MoneroWork {
+    /// Decodes a block blob. Invariant: the blob encodes back to exactly these bytes, so
+    /// the hashing blob derived from the decoded block is the one monerod derives from the
+    /// bytes submitted; a blob the decoder reads otherwise is refused, never mined.
+    pub fn from_block_blob(block_blob: Vec<u8>) -> Result<Self, MoneroBlobError> {
+        let block: monero::Block = monero::consensus::deserialize(&block_blob)
+            .map_err(|e| MoneroBlobError::Undecodable(e.to_string()))?;
+        if monero::consensus::serialize(&block) != block_blob {
+            return Err(MoneroBlobError::NotCanonical);
+        }
+        let header = monero::consensus::serialize(&block.header);
+        let nonce_offset = header.len() - MONERO_NONCE_BYTES;
+        let hashing_blob = block.serialize_hashable();
+        debug_assert_eq!(hashing_blob[..header.len()], block_blob[..header.len()]);
+        Ok(MoneroWork {
+            block_blob,
+            hashing_blob,
+            nonce_offset,
+        })
+    }
+
+    fn nonce_range(&self) -> std::ops::Range<usize> {
+        self.nonce_offset..self.nonce_offset + MONERO_NONCE_BYTES
+    }
+
+    /// The hashing blob with a miner's nonce bytes, as its RandomX input.
+    pub fn hashing_blob_with_nonce(&self, nonce: [u8; MONERO_NONCE_BYTES]) -> Vec<u8> {
+        let mut blob = self.hashing_blob.clone();
+        blob[self.nonce_range()].copy_from_slice(&nonce);
+        blob
+    }
+
+    /// The block with a miner's nonce bytes, as submitted.
+    pub fn block_blob_with_nonce(&self, nonce: [u8; MONERO_NONCE_BYTES]) -> Vec<u8> {
+        let mut blob = self.block_blob.clone();
+        blob[self.nonce_range()].copy_from_slice(&nonce);
+        blob
+    }
+
+    /// The block's id with this nonce, as monerod names it once accepted.
+    pub fn block_id(&self, nonce: [u8; MONERO_NONCE_BYTES]) -> [u8; 32] {
+        let blob = self.block_blob_with_nonce(nonce);
+        let block: monero::Block =
+            monero::consensus::deserialize(&blob).expect("decoded when the work was made");
+        block.id().to_fixed_bytes()
+    }
+}
+
+/// Blocks between RandomX seed changes, and how long after a change's height the new seed
+/// takes over (monerod's `rx_seedheight`).
+pub const RANDOMX_SEED_EPOCH_BLOCKS: u64 = 2048;
+pub const RANDOMX_SEED_LAG_BLOCKS: u64 = 64;
+
+/// The height whose block hash seeds RandomX for a block at `height`.
+pub fn randomx_seed_height(height: u64) -> u64 {
+    if height <= RANDOMX_SEED_EPOCH_BLOCKS + RANDOMX_SEED_LAG_BLOCKS {
+        0
+    } else {
+        (height - RANDOMX_SEED_LAG_BLOCKS - 1) & !(RANDOMX_SEED_EPOCH_BLOCKS - 1)
+    }
+}
+
+/// A Monero payout address, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoneroAddress {
+    /// The address as its canonical base58 encoding, which is also how it must be given.
+    pub text: String,
+    pub kind: MoneroAddressKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoneroAddressKind {
+    Standard,
+    Subaddress,
+    /// With the 8-byte payment id an exchange tells its deposits apart by.
+    Integrated {
+        payment_id: [u8; 8],
+    },
+}
+
+/// Longest Monero address: an integrated one, 106 characters.
+pub const MONERO_ADDRESS_BYTES_MAX: usize = 106;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MoneroAddressError {
+    #[error("an address of {length} bytes is longer than any Monero address ({MONERO_ADDRESS_BYTES_MAX})")]
+    TooLong { length: usize },
+    #[error("{address:?} is not a Monero address: {why}")]
+    Undecodable { address: String, why: String },
+    #[error("{address:?} is a {found:?} address, not {expected:?}")]
+    WrongNetwork {
+        address: String,
+        found: monero::Network,
+        expected: monero::Network,
+    },
+    #[error("{address:?} is not in its canonical encoding")]
+    NotCanonical { address: String },
+}
+
+/// Checks a payout address for `network` (regtest takes mainnet's): the base58 blocks, the
+/// checksum, both public keys on the curve, and the network byte. Only the canonical
+/// encoding is taken, so one address has one text for bans, the ledger and payouts.
+pub fn parse_monero_address(
+    text: &str,
+    network: monero::Network,
+) -> Result<MoneroAddress, MoneroAddressError> {
+    if text.len() > MONERO_ADDRESS_BYTES_MAX {
+        return Err(MoneroAddressError::TooLong { length: text.len() });
+    }
+    let address: monero::Address = text.parse().map_err(|e: monero::util::address::Error| {
+        MoneroAddressError::Undecodable {
+            address: text.into(),
+            why: e.to_string(),
+        }
+    })?;
+    if address.network != network {
+        return Err(MoneroAddressError::WrongNetwork {
+            address: text.into(),
+            found: address.network,
+            expected: network,
+        });
+    }
+    if address.to_string() != text {
+        return Err(MoneroAddressError::NotCanonical {
+            address: text.into(),
+        });
+    }
+    let kind = match address.addr_type {
+        monero::AddressType::Standard => MoneroAddressKind::Standard,
+        monero::AddressType::SubAddress => MoneroAddressKind::Subaddress,
+        monero::AddressType::Integrated(payment_id) => MoneroAddressKind::Integrated {
+            payment_id: payment_id.to_fixed_bytes(),
+        },
+    };
+    Ok(MoneroAddress {
+        text: text.into(),
+        kind,
+    })
 }
 
 /// The chain's tip as monerod reports it.
@@ -174,17 +358,55 @@ impl MoneroRpc {
         }
     }
 
+    /// `calc_pow`: the daemon's own RandomX hash of `hashing_blob` under `seed_hash`, to
+    /// check the pool's kernel against.
+    pub fn calc_pow(
+        &self,
+        major_version: u8,
+        height: u64,
+        hashing_blob: &[u8],
+        seed_hash: &[u8; 32],
+    ) -> Result<[u8; 32], RpcError> {
+        const METHOD: &str = "calc_pow";
+        let result = self.call(
+            METHOD,
+            json!({
+                "major_version": major_version,
+                "height": height,
+                "block_blob": hex::encode(hashing_blob),
+                "seed_hash": hex::encode(seed_hash),
+            }),
+        )?;
+        let text = result
+            .as_str()
+            .ok_or_else(|| malformed(METHOD, format!("not a string: {result}")))?;
+        hex::decode(text)
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| malformed(METHOD, format!("not a 32-byte hash: {text}")))
+    }
+
+    /// `get_block_header_by_hash`: a block the daemon has, in the chain or not.
+    pub fn block_header_by_hash(&self, hash: &[u8; 32]) -> Result<MoneroBlockHeader, RpcError> {
+        const METHOD: &str = "get_block_header_by_hash";
+        let result = self.call(METHOD, json!({"hash": hex::encode(hash)}))?;
+        header_of(&result["block_header"], METHOD)
+    }
+
     /// `get_last_block_header`: the tip.
     pub fn last_block_header(&self) -> Result<MoneroBlockHeader, RpcError> {
         const METHOD: &str = "get_last_block_header";
         let result = self.call(METHOD, json!({}))?;
-        let header = &result["block_header"];
-        Ok(MoneroBlockHeader {
-            height: u64_field(header, "height", METHOD)?,
-            hash: hash_field(header, "hash", METHOD)?,
-            reward: u64_field(header, "reward", METHOD)?,
-        })
+        header_of(&result["block_header"], METHOD)
     }
+}
+
+fn header_of(header: &Value, method: &str) -> Result<MoneroBlockHeader, RpcError> {
+    Ok(MoneroBlockHeader {
+        height: u64_field(header, "height", method)?,
+        hash: hash_field(header, "hash", method)?,
+        reward: u64_field(header, "reward", method)?,
+    })
 }
 
 fn malformed(method: &str, detail: impl std::fmt::Display) -> RpcError {
@@ -232,6 +454,114 @@ mod tests {
             expected_reward: 1,
             prev_hash: [0; 32],
         }
+    }
+
+    /// monerod's `rx_seedheight`: the first seed serves through height 2048 + 64; each
+    /// later one takes over 64 blocks after its epoch's first height.
+    #[test]
+    fn the_seed_height_follows_monerods_schedule() {
+        for (height, seed) in [
+            (0, 0),
+            (1, 0),
+            (2112, 0),
+            (2113, 2048),
+            (4160, 2048),
+            (4161, 4096),
+            (3_000_000, 2_998_272),
+            // Mainnet heights whose seeds the RandomX vectors use.
+            (2_845_298, 2_844_672),
+            (3_258_003, 3_256_320),
+            (3_258_099, 3_256_320),
+            (3_456_098, 3_454_976),
+            (3_455_040, 3_452_928),
+            (3_455_041, 3_454_976),
+        ] {
+            assert_eq!(randomx_seed_height(height), seed, "height {height}");
+        }
+    }
+
+    /// The Monero project's general fund, a mainnet standard address.
+    const GENERAL_FUND: &str =
+        "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+
+    #[test]
+    fn addresses_are_checked_for_their_network_and_form() {
+        let standard = parse_monero_address(GENERAL_FUND, monero::Network::Mainnet).unwrap();
+        assert_eq!(standard.kind, MoneroAddressKind::Standard);
+        assert_eq!(standard.text, GENERAL_FUND);
+        assert!(matches!(
+            parse_monero_address(GENERAL_FUND, monero::Network::Stagenet),
+            Err(MoneroAddressError::WrongNetwork { .. })
+        ));
+        // The same keys as an integrated address (with a payment id) and as a subaddress
+        // of another network: each is told apart.
+        let keys: monero::Address = GENERAL_FUND.parse().unwrap();
+        let payment_id = monero::util::address::PaymentId::from([9; 8]);
+        let integrated = monero::Address::integrated(
+            monero::Network::Mainnet,
+            keys.public_spend,
+            keys.public_view,
+            payment_id,
+        )
+        .to_string();
+        assert_eq!(integrated.len(), MONERO_ADDRESS_BYTES_MAX);
+        assert_eq!(
+            parse_monero_address(&integrated, monero::Network::Mainnet)
+                .unwrap()
+                .kind,
+            MoneroAddressKind::Integrated { payment_id: [9; 8] }
+        );
+        let sub = monero::Address::subaddress(
+            monero::Network::Testnet,
+            keys.public_spend,
+            keys.public_view,
+        )
+        .to_string();
+        assert_eq!(
+            parse_monero_address(&sub, monero::Network::Testnet)
+                .unwrap()
+                .kind,
+            MoneroAddressKind::Subaddress
+        );
+        // One character changed fails the checksum; one past the longest is refused
+        // before decoding; trailing text is not the same address.
+        let mut broken = GENERAL_FUND.to_string();
+        broken.replace_range(
+            10..11,
+            if &GENERAL_FUND[10..11] == "a" {
+                "b"
+            } else {
+                "a"
+            },
+        );
+        assert!(matches!(
+            parse_monero_address(&broken, monero::Network::Mainnet),
+            Err(MoneroAddressError::Undecodable { .. })
+        ));
+        let long = format!("{integrated}1");
+        assert_eq!(
+            parse_monero_address(&long, monero::Network::Mainnet),
+            Err(MoneroAddressError::TooLong {
+                length: MONERO_ADDRESS_BYTES_MAX + 1
+            })
+        );
+        assert!(
+            parse_monero_address(&format!("{GENERAL_FUND}1"), monero::Network::Mainnet).is_err()
+        );
+        assert!(parse_monero_address("", monero::Network::Mainnet).is_err());
+    }
+
+    /// A blob that is not a block, or one cut short, gives no work.
+    #[test]
+    fn a_blob_that_is_not_a_block_gives_no_work() {
+        assert!(matches!(
+            MoneroWork::from_block_blob(vec![0; 100]),
+            Err(MoneroBlobError::Undecodable(_))
+        ));
+        assert!(matches!(
+            MoneroWork::from_block_blob(Vec::new()),
+            Err(MoneroBlobError::Undecodable(_))
+        ));
     }
 
     /// An extra nonce fills the reserved bytes exactly, and one byte more is refused.

@@ -1,16 +1,19 @@
-//! Issue 22's first slice against a real monerod: the pool's RPC client asks a regtest
-//! daemon for a template with room for the pool's extra nonce, writes one there, and
-//! submits the block, which the daemon accepts (with `--fixed-difficulty 1` every hash
-//! meets the target, so no RandomX search is needed yet). A resubmission changes nothing;
-//! an extra nonce too long for the reserved bytes, a malformed block and a bad payout
-//! address are refused.
+//! Issue 22 against a real monerod: the pool's RPC client asks a regtest daemon for a
+//! template with room for the pool's extra nonce and writes one there; the pool rebuilds
+//! the hashing blob for it (the coinbase, and so the transactions' tree root, changed),
+//! hashes it with its RandomX kernel, and the daemon's own `calc_pow` gives the same hash.
+//! The block with that nonce is accepted under the id the pool computed for it (with
+//! `--fixed-difficulty 1` every hash meets the target, so no search is needed). A
+//! resubmission changes nothing; an extra nonce too long for the reserved bytes, a
+//! malformed block and a bad payout address are refused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use otedama_chain::monero::{MoneroRpc, RESERVE_SIZE_MAX};
+use otedama_chain::monero::{MoneroBlobError, MoneroRpc, RESERVE_SIZE_MAX};
 use otedama_chain::rpc::RpcError;
+use otedama_kernels::randomx::{meets_difficulty, RandomXMode, RandomXSeed};
 use otedama_tests::{free_port, wait_until};
 
 /// The Monero project's general fund address (mainnet; regtest takes mainnet addresses).
@@ -104,14 +107,61 @@ fn monerod_accepts_a_block_with_the_pools_extra_nonce() {
         None,
         "one byte past the reserved space is refused"
     );
-    let blob = template
-        .with_extra_nonce(&[0xab; EXTRA_NONCE_BYTES as usize])
-        .unwrap();
+    // With the reserved bytes still zero, the pool's hashing blob is the daemon's.
+    assert_eq!(
+        template
+            .work(&[0; EXTRA_NONCE_BYTES as usize])
+            .unwrap()
+            .hashing_blob,
+        template.hashing_blob
+    );
+    assert_eq!(
+        template.work(&[0; EXTRA_NONCE_BYTES as usize + 1]),
+        Err(MoneroBlobError::ExtraNonceTooLong {
+            length: EXTRA_NONCE_BYTES as usize + 1,
+            reserved: EXTRA_NONCE_BYTES
+        })
+    );
+    let extra_nonce = [0xab; EXTRA_NONCE_BYTES as usize];
+    let work = template.work(&extra_nonce).unwrap();
+    let blob = template.with_extra_nonce(&extra_nonce).unwrap();
     assert_ne!(blob, template.blob);
+    assert_eq!(work.block_blob, blob);
+    assert_ne!(
+        work.hashing_blob, template.hashing_blob,
+        "the tree root follows the coinbase"
+    );
+    // The pool's RandomX against the daemon's, on the blob a miner would hash.
+    let nonce = [0x01, 0x02, 0x03, 0x04];
+    let hashing_blob = work.hashing_blob_with_nonce(nonce);
+    assert_eq!(
+        &hashing_blob[work.nonce_offset..work.nonce_offset + 4],
+        &nonce
+    );
+    let seed = RandomXSeed::prepare(&template.seed_hash, RandomXMode::Light).unwrap();
+    let pool_hash = seed.vm().unwrap().hash(&hashing_blob).unwrap();
+    let major_version = hashing_blob[0];
+    let node_hash = rpc
+        .calc_pow(
+            major_version,
+            template.height,
+            &hashing_blob,
+            &template.seed_hash,
+        )
+        .unwrap();
+    assert_eq!(pool_hash, node_hash, "RandomX as monerod computes it");
+    assert!(meets_difficulty(&pool_hash, template.difficulty));
+    let blob = work.block_blob_with_nonce(nonce);
     rpc.submit_block(&blob)
         .expect("the daemon accepts the block");
     let tip = rpc.last_block_header().unwrap();
     assert_eq!(tip.height, 1);
+    assert_eq!(
+        tip.hash,
+        work.block_id(nonce),
+        "the block's id as the pool computed it"
+    );
+    assert_eq!(rpc.block_header_by_hash(&tip.hash).unwrap(), tip);
     assert_eq!(
         tip.reward, template.expected_reward,
         "the coinbase pays what the template said"

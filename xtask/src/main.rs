@@ -15,9 +15,10 @@ use std::env;
 use std::path::PathBuf;
 use std::process::{exit, Command};
 
-/// Debian packages the demo needs: clang and libclang-dev build RocksDB's bindings, and
-/// litecoind is the node.
-const DEMO_PACKAGES: &[&str] = &["clang", "libclang-dev", "litecoind"];
+/// Debian packages the demo needs: clang and libclang-dev build RocksDB's bindings, cmake
+/// and g++ build RandomX's reference implementation (`randomx-rs`), and litecoind is the
+/// node.
+const DEMO_PACKAGES: &[&str] = &["clang", "libclang-dev", "cmake", "g++", "litecoind"];
 /// And what the tests add: python3 runs the clean-room Stratum client test and Ansible,
 /// prometheus brings `promtool` for the metrics check, chromium renders the dashboard
 /// headless, systemd brings `systemd-analyze verify` for the deployed units, nats-server
