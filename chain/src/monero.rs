@@ -50,10 +50,11 @@ pub struct MoneroBlockTemplate {
 }
 
 impl MoneroBlockTemplate {
-    /// The blob with `extra_nonce` written at the start of the reserved bytes; `None` if it
-    /// does not fit in them.
+    /// The blob with `extra_nonce` written over the reserved bytes; `None` unless it is
+    /// exactly as long as they are. A shorter one would leave the template's zeros after
+    /// it, so `[1]` and `[1, 0]` would be the same work under two names.
     pub fn with_extra_nonce(&self, extra_nonce: &[u8]) -> Option<Vec<u8>> {
-        if extra_nonce.len() > self.reserve_size as usize {
+        if extra_nonce.len() != self.reserve_size as usize {
             return None;
         }
         let end = self.reserved_offset.checked_add(extra_nonce.len())?;
@@ -70,12 +71,12 @@ impl MoneroBlockTemplate {
     /// transactions' tree root in the hashing blob, changes with every extra nonce, so each
     /// one has its own hashing blob.
     pub fn work(&self, extra_nonce: &[u8]) -> Result<MoneroWork, MoneroBlobError> {
-        let blob =
-            self.with_extra_nonce(extra_nonce)
-                .ok_or(MoneroBlobError::ExtraNonceTooLong {
-                    length: extra_nonce.len(),
-                    reserved: self.reserve_size,
-                })?;
+        let blob = self
+            .with_extra_nonce(extra_nonce)
+            .ok_or(MoneroBlobError::ExtraNonceLength {
+                length: extra_nonce.len(),
+                reserved: self.reserve_size,
+            })?;
         MoneroWork::from_block_blob(blob)
     }
 }
@@ -83,8 +84,8 @@ impl MoneroBlockTemplate {
 /// Why a block blob cannot be worked on.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MoneroBlobError {
-    #[error("extra nonce of {length} bytes, {reserved} reserved")]
-    ExtraNonceTooLong { length: usize, reserved: u8 },
+    #[error("extra nonce of {length} bytes where {reserved} are reserved")]
+    ExtraNonceLength { length: usize, reserved: u8 },
     #[error("block blob does not decode: {0}")]
     Undecodable(String),
     #[error("block blob decodes but does not encode back to the same bytes")]
@@ -94,12 +95,13 @@ pub enum MoneroBlobError {
 /// One miner's work from a template: the whole block (to submit once a nonce meets the
 /// network's difficulty) and its hashing blob (header, transactions' tree root, their
 /// count), each with the nonce at `nonce_offset`.
+/// Its fields stay private: the nonce's place is only right for the blobs it was found in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MoneroWork {
-    pub block_blob: Vec<u8>,
-    pub hashing_blob: Vec<u8>,
+    block_blob: Vec<u8>,
+    hashing_blob: Vec<u8>,
     /// Where the 4 nonce bytes sit, the same in both blobs (the header starts both).
-    pub nonce_offset: usize,
+    nonce_offset: usize,
 }
 
 /// Bytes of a Monero nonce, as a miner sends them (8 hex digits) and as the blob holds them.
@@ -126,6 +128,19 @@ impl MoneroWork {
         })
     }
 
+    pub fn block_blob(&self) -> &[u8] {
+        &self.block_blob
+    }
+
+    /// What miners hash, with the nonce as the template has it.
+    pub fn hashing_blob(&self) -> &[u8] {
+        &self.hashing_blob
+    }
+
+    pub fn nonce_offset(&self) -> usize {
+        self.nonce_offset
+    }
+
     fn nonce_range(&self) -> std::ops::Range<usize> {
         self.nonce_offset..self.nonce_offset + MONERO_NONCE_BYTES
     }
@@ -144,12 +159,15 @@ impl MoneroWork {
         blob
     }
 
-    /// The block's id with this nonce, as monerod names it once accepted.
+    /// The block's id with this nonce, as monerod names it once accepted: Keccak-256 of
+    /// the hashing blob after its length, so an id monerod reports for a submitted block
+    /// also proves the blob the pool hashed was the block's. (Monero keeps one historical
+    /// exception, mainnet block 202612, which no block made now can be.)
     pub fn block_id(&self, nonce: [u8; MONERO_NONCE_BYTES]) -> [u8; 32] {
-        let blob = self.block_blob_with_nonce(nonce);
-        let block: monero::Block =
-            monero::consensus::deserialize(&blob).expect("decoded when the work was made");
-        block.id().to_fixed_bytes()
+        let blob = self.hashing_blob_with_nonce(nonce);
+        let mut preimage = monero::consensus::serialize(&monero::VarInt(blob.len() as u64));
+        preimage.extend_from_slice(&blob);
+        monero::cryptonote::hash::keccak_256(&preimage)
     }
 }
 
@@ -164,6 +182,62 @@ pub fn randomx_seed_height(height: u64) -> u64 {
         0
     } else {
         (height - RANDOMX_SEED_LAG_BLOCKS - 1) & !(RANDOMX_SEED_EPOCH_BLOCKS - 1)
+    }
+}
+
+/// The most RandomX seeds held at once: the one jobs use and the next, prepared before
+/// the switch. Each is 256 MiB in light mode and about 2.3 GiB in fast mode, so this bound
+/// is the pool's RandomX memory (`RandomXSeed::memory_bytes` each).
+pub const RANDOMX_SEEDS_HELD_MAX: usize = 2;
+
+/// What to do with a seed's prepared cache and dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeedAction {
+    /// Prepare it; jobs under it wait for it when it is the current seed.
+    Prepare([u8; 32]),
+    /// Let it go (VMs still hashing under it keep it until they are replaced).
+    Release([u8; 32]),
+}
+
+/// Which seeds the pool holds, decided from each template alone (sans-IO: the caller
+/// prepares and releases). monerod names the next seed (`next_seed_hash`) 64 blocks before
+/// the switch, so its dataset is ready when the first job under it comes.
+///
+/// Invariants, checked by a seeded simulation of heights with reorganisations: after each
+/// template the current seed is held; never more than `RANDOMX_SEEDS_HELD_MAX` are; a
+/// seed named as next before its switch is never prepared again at the switch.
+#[derive(Debug, Default)]
+pub struct SeedPlan {
+    held: Vec<[u8; 32]>,
+}
+
+impl SeedPlan {
+    pub fn held(&self) -> &[[u8; 32]] {
+        &self.held
+    }
+
+    /// The seeds `template`'s jobs need (`seed_hash`, and `next_seed_hash` if named):
+    /// releases first, so memory never holds more than the bound, then the current seed's
+    /// preparation, then the next's.
+    pub fn on_template(&mut self, seed: [u8; 32], next: Option<[u8; 32]>) -> Vec<SeedAction> {
+        let wanted: Vec<[u8; 32]> = std::iter::once(seed)
+            .chain(next.filter(|next| *next != seed))
+            .collect();
+        let mut actions: Vec<SeedAction> = self
+            .held
+            .iter()
+            .filter(|held| !wanted.contains(held))
+            .map(|held| SeedAction::Release(*held))
+            .collect();
+        self.held.retain(|held| wanted.contains(held));
+        for want in wanted {
+            if !self.held.contains(&want) {
+                self.held.push(want);
+                actions.push(SeedAction::Prepare(want));
+            }
+        }
+        debug_assert!(self.held.len() <= RANDOMX_SEEDS_HELD_MAX);
+        actions
     }
 }
 
@@ -332,7 +406,7 @@ impl MoneroRpc {
             None | Some("") => None,
             Some(_) => Some(hash_field(&result, "next_seed_hash", METHOD)?),
         };
-        Ok(MoneroBlockTemplate {
+        let template = MoneroBlockTemplate {
             hashing_blob: hex_field(&result, "blockhashing_blob", METHOD)?,
             blob,
             difficulty,
@@ -343,7 +417,20 @@ impl MoneroRpc {
             next_seed_hash,
             expected_reward: u64_field(&result, "expected_reward", METHOD)?,
             prev_hash: hash_field(&result, "prev_hash", METHOD)?,
-        })
+        };
+        // Invariant: the pool's rebuild of the hashing blob is the daemon's for the
+        // template as sent (reserved bytes zero). A block format the decoder reads but
+        // roots differently (a hard fork ahead of the crate) would otherwise have every
+        // miner hash a blob no block has, and every block found be lost unnoticed.
+        let rebuilt = MoneroWork::from_block_blob(template.blob.clone())
+            .map_err(|e| malformed(METHOD, format!("template blob: {e}")))?;
+        if rebuilt.hashing_blob != template.hashing_blob {
+            return Err(malformed(
+                METHOD,
+                "the hashing blob rebuilt from the template is not monerod's",
+            ));
+        }
+        Ok(template)
     }
 
     /// `submit_block`: `Ok` when the daemon did not reject the block, which includes a
@@ -480,6 +567,50 @@ mod tests {
         }
     }
 
+    /// A seeded walk of the chain's height, mostly forward with reorganisations back
+    /// across seed changes, with templates as monerod makes them (the next seed named
+    /// from 64 blocks before its switch): the current seed is always held, never more than
+    /// two are, and a switch the next seed was named ahead of prepares nothing.
+    #[test]
+    fn seeds_are_prepared_before_their_switch_and_held_two_at_most() {
+        let seed_of = |height: u64| -> [u8; 32] {
+            let mut seed = [0; 32];
+            seed[..8].copy_from_slice(&randomx_seed_height(height).to_le_bytes());
+            seed
+        };
+        let mut plan = SeedPlan::default();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut height = 1u64;
+        let (mut switches_seen, mut prepared_at_switch) = (0, 0);
+        let mut previous: Option<([u8; 32], Option<[u8; 32]>)> = None;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            height = match state % 1000 {
+                0 => height.saturating_sub(state % 300).max(1),
+                _ => height + 1,
+            };
+            let seed = seed_of(height);
+            let next = seed_of(height + RANDOMX_SEED_LAG_BLOCKS);
+            let next = (next != seed).then_some(next);
+            let actions = plan.on_template(seed, next);
+            assert!(plan.held().contains(&seed), "height {height}");
+            assert!(plan.held().len() <= RANDOMX_SEEDS_HELD_MAX);
+            if let Some((previous_seed, Some(named))) = previous {
+                if seed != previous_seed && seed == named {
+                    switches_seen += 1;
+                    if actions.contains(&SeedAction::Prepare(seed)) {
+                        prepared_at_switch += 1;
+                    }
+                }
+            }
+            previous = Some((seed, next));
+        }
+        assert!(switches_seen > 50, "{switches_seen} switches");
+        assert_eq!(prepared_at_switch, 0);
+    }
+
     /// The Monero project's general fund, a mainnet standard address.
     const GENERAL_FUND: &str =
         "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
@@ -551,6 +682,43 @@ mod tests {
         assert!(parse_monero_address("", monero::Network::Mainnet).is_err());
     }
 
+    /// A mainnet block (version 12, only its coinbase) and the hashing blob monerod
+    /// derives from it: the rebuild gives the same, with the nonce after the header's
+    /// three varints and the previous block's hash.
+    #[test]
+    fn a_mainnet_block_gives_monerods_hashing_blob() {
+        let block = hex::decode(
+            "0c0c94debaf805beb3489c722a285c092a32e7c6893abfc7d069699c8326fc3445a749c5276b62\
+             00000000029b892201ffdf882201b699d4c8b1ec020223df524af2a2ef5f870adb6e1ceb03a475\
+             c39f8b9ef76aa50b46ddd2a18349402b012839bfa19b7524ec7488917714c216ca254b38ed0424\
+             ca65ae828a7c006aeaf10208f5316a7f6b99cca60000",
+        )
+        .unwrap();
+        let work = MoneroWork::from_block_blob(block.clone()).unwrap();
+        assert_eq!(
+            hex::encode(work.hashing_blob()),
+            "0c0c94debaf805beb3489c722a285c092a32e7c6893abfc7d069699c8326fc3445a749c5276b62\
+             00000000602d0d4710e2c2d38da0cce097accdf5dc18b1d34323880c1aae90ab8f6be6e201"
+        );
+        // Two one-byte versions, a five-byte timestamp, 32 bytes of previous hash.
+        assert_eq!(work.nonce_offset(), 39);
+        let nonce = [0xde, 0xad, 0xbe, 0xef];
+        assert_eq!(&work.block_blob_with_nonce(nonce)[39..43], &nonce);
+        assert_eq!(&work.hashing_blob_with_nonce(nonce)[39..43], &nonce);
+        // The minor version written as a two-byte varint: the same number, other bytes.
+        // It is refused, never mined as a block whose bytes the node would read apart.
+        let mut padded = vec![block[0], 0x8c, 0x00];
+        padded.extend_from_slice(&block[2..]);
+        assert!(matches!(
+            MoneroWork::from_block_blob(padded),
+            Err(MoneroBlobError::NotCanonical | MoneroBlobError::Undecodable(_))
+        ));
+        // Trailing bytes after the block.
+        let mut longer = block;
+        longer.push(0);
+        assert!(MoneroWork::from_block_blob(longer).is_err());
+    }
+
     /// A blob that is not a block, or one cut short, gives no work.
     #[test]
     fn a_blob_that_is_not_a_block_gives_no_work() {
@@ -573,6 +741,11 @@ mod tests {
         assert_eq!(&blob[..90], &template.blob[..90]);
         assert_eq!(&blob[98..], &template.blob[98..]);
         assert_eq!(template.with_extra_nonce(&[7; 9]), None);
+        assert_eq!(
+            template.with_extra_nonce(&[7; 7]),
+            None,
+            "shorter is refused too"
+        );
         // A template whose reserved bytes run past its blob (never from a checked reply).
         let short = MoneroBlockTemplate {
             reserved_offset: 95,

@@ -21,6 +21,10 @@ pub const RANDOMX_INPUT_BYTES_MAX: usize = 256;
 pub const RANDOMX_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// One dataset item.
 const RANDOMX_DATASET_ITEM_BYTES: u64 = 64;
+/// The dataset: RandomX's base size (2 GiB) and its extra items (32 MiB less one item).
+pub const RANDOMX_DATASET_BYTES: u64 = 2_147_483_648 + 33_554_368;
+/// What fast mode holds for one seed: the cache and the dataset.
+pub const RANDOMX_FAST_MODE_BYTES: u64 = RANDOMX_CACHE_BYTES + RANDOMX_DATASET_BYTES;
 
 /// How a seed is prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +70,10 @@ unsafe impl Sync for RandomXSeed {}
 impl RandomXSeed {
     /// Prepares `key` for `wanted`: large pages first, then ordinary memory, and in fast
     /// mode light mode last. In fast mode the dataset is initialised here, on this thread
-    /// (a minute or more on one core: do it before the seed is needed).
+    /// (a minute or more on one core: do it before the seed is needed). The fall-back
+    /// catches an allocation refused, not one the kernel grants and then cannot back: with
+    /// overcommit a dataset in ordinary pages is granted and the process killed as it is
+    /// written, so ask for fast mode only where `RANDOMX_FAST_MODE_BYTES` is available.
     pub fn prepare(
         key: &[u8; RANDOMX_SEED_BYTES],
         wanted: RandomXMode,
@@ -138,11 +145,16 @@ impl RandomXSeed {
         RANDOMX_CACHE_BYTES + dataset
     }
 
-    /// A VM for one core, sharing this seed's cache or dataset.
+    /// A VM for one core, sharing this seed's cache or dataset. Its own 2 MiB scratchpad
+    /// is in ordinary pages: `randomx-rs` does not check the library's VM for null, and a
+    /// scratchpad that cannot get a large page is the likeliest null (large pages all taken
+    /// by the seeds), which would crash at the first hash; a 2 MiB scratchpad gains little
+    /// from them.
     pub fn vm(&self) -> Result<RandomXVm, RandomXFailure> {
+        let flags = self.flags & !RandomXFlag::FLAG_LARGE_PAGES;
         let vm = match &self.dataset {
-            Some(dataset) => RandomXVM::new(self.flags, None, Some(dataset.clone()))?,
-            None => RandomXVM::new(self.flags, Some(self.cache.clone()), None)?,
+            Some(dataset) => RandomXVM::new(flags, None, Some(dataset.clone()))?,
+            None => RandomXVM::new(flags, Some(self.cache.clone()), None)?,
         };
         Ok(RandomXVm { key: self.key, vm })
     }
@@ -179,10 +191,60 @@ impl RandomXVm {
         for input in inputs {
             check_input(input)?;
         }
-        for hash in self.vm.calculate_hash_set(inputs)? {
-            out.push(to_hash(hash)?);
+        // The library's pipelined calls leave the SSE control register as the last
+        // program set it (rounding mode, flush-to-zero), where its one-at-a-time call
+        // restores it; every float after them on this thread would be computed under
+        // that state. Restored here, on success or failure.
+        #[cfg(target_arch = "x86_64")]
+        let hashes = {
+            let saved = sse_control();
+            let hashes = self.vm.calculate_hash_set(inputs);
+            set_sse_control(saved);
+            hashes
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let hashes: Result<Vec<Vec<u8>>, RandomXError> = inputs
+            .iter()
+            .map(|input| self.vm.calculate_hash(input))
+            .collect();
+        let result = hashes.map_err(RandomXFailure::from).and_then(|hashes| {
+            if hashes.len() != inputs.len() {
+                return Err(RandomXFailure::OutputSize(hashes.len()));
+            }
+            hashes.into_iter().try_for_each(|hash| {
+                out.push(to_hash(hash)?);
+                Ok(())
+            })
+        });
+        if result.is_err() {
+            out.clear();
         }
-        Ok(())
+        result
+    }
+}
+
+/// The SSE control and status register (MXCSR).
+#[cfg(target_arch = "x86_64")]
+fn sse_control() -> u32 {
+    let mut value: u32 = 0;
+    // SAFETY: `stmxcsr` writes the register into the 4 bytes given and touches nothing
+    // else.
+    unsafe {
+        std::arch::asm!("stmxcsr [{}]", in(reg) &mut value, options(nostack, preserves_flags));
+    }
+    value
+}
+
+#[cfg(target_arch = "x86_64")]
+fn set_sse_control(value: u32) {
+    // SAFETY: `value` was read by `sse_control` on this thread before RandomX changed the
+    // register, so this puts back the state the surrounding Rust code runs under.
+    unsafe {
+        std::arch::asm!(
+            "ldmxcsr [{}]",
+            in(reg) &value,
+            options(nostack, preserves_flags, readonly)
+        );
     }
 }
 
@@ -296,6 +358,31 @@ mod tests {
         assert_eq!(batch, one_at_a_time);
         assert_eq!(batch[0], batch[2]);
         assert_ne!(batch[0], batch[1]);
+    }
+
+    /// A batch leaves the SSE control register (rounding, flush-to-zero) as it found it,
+    /// so the floats after it (difficulties, vardiff) are computed as Rust expects.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_batch_leaves_the_float_state_as_it_was() {
+        let vm = RandomXSeed::prepare(&[3; 32], RandomXMode::Light)
+            .unwrap()
+            .vm()
+            .unwrap();
+        let before = sse_control();
+        let inputs: Vec<Vec<u8>> = (0..32u8).map(|i| vec![i; 76]).collect();
+        let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        let mut out = Vec::new();
+        vm.hash_batch(&refs, &mut out).unwrap();
+        assert_eq!(out.len(), inputs.len());
+        assert_eq!(sse_control(), before);
+        assert_eq!(1.0f64 / 3.0, 0.333_333_333_333_333_3);
+    }
+
+    #[test]
+    fn the_dataset_is_the_size_stated() {
+        let items = u64::from(RandomXDataset::count().unwrap());
+        assert_eq!(items * RANDOMX_DATASET_ITEM_BYTES, RANDOMX_DATASET_BYTES);
     }
 
     /// Inputs a miner shapes: empty and one byte past `RANDOMX_INPUT_BYTES_MAX` are
