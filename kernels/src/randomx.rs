@@ -148,8 +148,10 @@ impl RandomXSeed {
     /// A VM for one core, sharing this seed's cache or dataset. Its own 2 MiB scratchpad
     /// is in ordinary pages: `randomx-rs` does not check the library's VM for null, and a
     /// scratchpad that cannot get a large page is the likeliest null (large pages all taken
-    /// by the seeds), which would crash at the first hash; a 2 MiB scratchpad gains little
-    /// from them.
+    /// by the seeds), which would crash at the first hash. Whatever large pages would give
+    /// the scratchpad is given up for that (not measured; the bench's VMs are all made
+    /// so). The other null, JIT memory refused by a host that forbids writable and
+    /// executable pages, is not caught here.
     pub fn vm(&self) -> Result<RandomXVm, RandomXFailure> {
         let flags = self.flags & !RandomXFlag::FLAG_LARGE_PAGES;
         let vm = match &self.dataset {
