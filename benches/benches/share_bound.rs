@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use otedama_kernels::{sha256d::compress_only, sha_ni, Algorithm, Target};
 use otedama_shared::job::Job;
-use otedama_shared::pow_batch::{hash_batch, prefetch_claims, HashedShare};
+use otedama_shared::pow_batch::{hash_batch, HashedShare};
 use otedama_shared::share::{validate_share, validate_share_pair};
 use otedama_shared::sv1::client::{request_line, submit_line, NotifiedJob};
 use otedama_shared::sv1::{Outcome, Session, SessionConfig};
@@ -149,8 +149,7 @@ impl SessionPath {
                 continue;
             }
             let inputs: Vec<_> = waiting.iter().map(|(_, pending)| pending.input()).collect();
-            hash_batch(&inputs, &mut self.hashed);
-            prefetch_claims(&inputs, &self.hashed, &self.duplicates);
+            hash_batch(&inputs, &mut self.hashed, Some(&self.duplicates));
             drop(inputs);
             for (at, (connection, pending)) in waiting.into_iter().enumerate() {
                 let hashed = self.hashed[at];

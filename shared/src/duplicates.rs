@@ -498,7 +498,7 @@ impl DuplicateFilter {
     }
 
     /// Asks the CPU for the slot where a claim of this share on this content would look, so
-    /// the claim soon after finds it in cache (`pow_batch::prefetch_claims`). Changes
+    /// the claim soon after finds it in cache (`pow_batch::hash_batch`). Changes
     /// nothing.
     pub fn prefetch(&self, content_key: &[u8; 32], header_hash: &[u8; 32]) {
         if let Some(content) = self.by_content.get(content_key) {

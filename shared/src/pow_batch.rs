@@ -115,7 +115,22 @@ impl HashedShare {
 /// shares go `scrypt_lanes()` at a time (a lone one through the one-lane kernel, cheaper
 /// than a mostly empty multi-lane pass), SHA256d shares two at a time in input order; an
 /// odd one out is hashed alone.
-pub fn hash_batch(inputs: &[PowInput<'_>], hashed: &mut Vec<HashedShare>) {
+///
+/// With `claims_in`, each SHA256d share's duplicate-filter slot is asked of the CPU as
+/// soon as its hash is known (`DuplicateFilter::prefetch`): at a core's share rate the
+/// filter is far larger than the cache, and a slot asked for while the rest of the batch
+/// hashes is there when the share is claimed. Asked for only after the whole batch, the
+/// first claims still waited for memory (BENCHMARKS.md, issue 19).
+pub fn hash_batch(
+    inputs: &[PowInput<'_>],
+    hashed: &mut Vec<HashedShare>,
+    claims_in: Option<&DuplicateFilter>,
+) {
+    let prefetch = |job: &Job, hashed: &HashedShare| {
+        if let Some(duplicates) = claims_in {
+            duplicates.prefetch(&job.content_key, &hashed.header_hash);
+        }
+    };
     hashed.clear();
     hashed.resize(inputs.len(), HashedShare::EMPTY);
     // Made on the first scrypt share: its buffers are a kilobyte and a half to clear.
@@ -141,6 +156,8 @@ pub fn hash_batch(inputs: &[PowInput<'_>], hashed: &mut Vec<HashedShare>) {
                     let hashes = sha256d_80_x2(&headers[0], &headers[1]);
                     hashed[first] = HashedShare::sha256d(headers[0], hashes[0]);
                     hashed[index] = HashedShare::sha256d(headers[1], hashes[1]);
+                    prefetch(first_job, &hashed[first]);
+                    prefetch(job, &hashed[index]);
                 }
             },
         }
@@ -148,26 +165,10 @@ pub fn hash_batch(inputs: &[PowInput<'_>], hashed: &mut Vec<HashedShare>) {
     if let Some((index, job, submission)) = waiting_sha256d {
         let header = build_header(job, submission);
         hashed[index] = HashedShare::sha256d(header, sha256d_80(&header));
+        prefetch(job, &hashed[index]);
     }
     if let Some(mut scrypt) = scrypt {
         scrypt.finish(hashed);
-    }
-}
-
-/// Asks the CPU for the duplicate-filter slots the hashed SHA256d shares of a batch will
-/// be claimed in (`hashed[i]` of `inputs[i]`), before the first claim: at a core's share
-/// rate the filter is far larger than the cache, and the claims, made one after another as
-/// each share is finished, then wait for memory about once for the batch instead of once
-/// each (BENCHMARKS.md).
-pub fn prefetch_claims(
-    inputs: &[PowInput<'_>],
-    hashed: &[HashedShare],
-    duplicates: &DuplicateFilter,
-) {
-    for (input, hashed) in inputs.iter().zip(hashed) {
-        if let PowInput::Sha256d { job, .. } = input {
-            duplicates.prefetch(&job.content_key, &hashed.header_hash);
-        }
     }
 }
 
@@ -260,7 +261,14 @@ mod tests {
             .collect();
         let scrypt_headers: Vec<[u8; 80]> = (0..19u8).map(|i| [i; 80]).collect();
         let scrypt_hashes: Vec<[u8; 32]> = scrypt_headers.iter().map(sha256d_80).collect();
-        for count in [0, 1, 2, 3, 17, 41] {
+        // A filter holding one job's content, so the prefetches have a table to ask for;
+        // with it or without, the hashes are the same.
+        let mut duplicates = DuplicateFilter::default();
+        crate::work::claim_share(&jobs[0], [7; 32], &mut duplicates).unwrap();
+        for (count, claims_in) in [0, 1, 2, 3, 17, 41]
+            .into_iter()
+            .zip([None, Some(&duplicates)].into_iter().cycle())
+        {
             let mut inputs = Vec::new();
             for (i, owned) in submissions.iter().take(count).enumerate() {
                 inputs.push(PowInput::Sha256d {
@@ -275,7 +283,7 @@ mod tests {
                 }
             }
             let mut hashed = vec![HashedShare::EMPTY; 3];
-            hash_batch(&inputs, &mut hashed);
+            hash_batch(&inputs, &mut hashed, claims_in);
             assert_eq!(hashed.len(), inputs.len());
             for (input, result) in inputs.iter().zip(&hashed) {
                 let alone = match input {

@@ -53,6 +53,10 @@ const LEFT: u64 = 1;
 /// never fills before the old one is empty, and no insert ever pays for a whole table.
 const SLOTS_MOVED_PER_INSERT: usize = 4;
 
+/// How far past a lookup's home slot `ShareSet::prefetch` asks for a second slot: one
+/// 64-byte cache line of `u64` slots, so the line after the home's.
+const PREFETCH_SLOTS_AHEAD: usize = 64 / std::mem::size_of::<u64>();
+
 /// Where a fingerprint's value is held.
 enum Place {
     Current(usize),
@@ -332,24 +336,31 @@ impl ShareSet {
         }
     }
 
-    /// Asks the CPU to fetch the slot where `value`'s lookup starts, so a `contains` or
-    /// `insert` soon after finds it in cache. Changes nothing.
+    /// Asks the CPU to fetch the slots where `value`'s lookup starts, so a `contains` or
+    /// `insert` soon after finds them in cache: the home slot's cache line and the next
+    /// (`PREFETCH_SLOTS_AHEAD`). A probe often runs past the home line: up to three
+    /// quarters full, an insert's probe averages several slots, and a home near the end of
+    /// its line crosses into the next; the profile showed the first slot found in cache
+    /// and the wait moved to the next line (BENCHMARKS.md, issue 19). Changes nothing.
     pub fn prefetch(&self, value: u64) {
         let key = key(stored(value));
         for table in [&self.slots, &self.leaving] {
             if table.is_empty() {
                 continue;
             }
-            let slot = &table[home_in(table, key)];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch reads nothing architecturally and cannot fault; the
-            // address is a slot of this table anyway.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>((slot as *const u64).cast());
+            let home = home_in(table, key);
+            let next_line = (home + PREFETCH_SLOTS_AHEAD) & (table.len() - 1);
+            for slot in [&table[home], &table[next_line]] {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a prefetch reads nothing architecturally and cannot fault; the
+                // address is a slot of this table anyway.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    _mm_prefetch::<_MM_HINT_T0>((slot as *const u64).cast());
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = slot;
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = slot;
         }
     }
 }

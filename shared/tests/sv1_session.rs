@@ -703,7 +703,7 @@ fn scrypt_share_line(job: &NotifiedJob) -> Vec<u8> {
 /// What the core's batch hasher computes for one waiting share.
 fn hash_one(pending: &PendingPow) -> HashedShare {
     let mut hashed = Vec::new();
-    hash_batch(&[pending.input()], &mut hashed);
+    hash_batch(&[pending.input()], &mut hashed, None);
     hashed[0]
 }
 
@@ -1148,7 +1148,7 @@ fn deferred_sha256d_shares_finish_like_hashed_ones() {
         assert_eq!(waiting.len(), if defer_pow { 5 } else { 0 });
         let inputs: Vec<_> = waiting.iter().map(|pending| pending.input()).collect();
         let mut hashed = Vec::new();
-        hash_batch(&inputs, &mut hashed);
+        hash_batch(&inputs, &mut hashed, None);
         drop(inputs);
         for (pending, hashed) in waiting.into_iter().zip(&hashed) {
             outcomes.push(

@@ -3,7 +3,7 @@
 //! `scrypt_lanes()` at once (16 with AVX-512, 8 with AVX2), SHA256d in pairs. Bounded by
 //! `SHARES_AWAITING_POW_PER_CORE_MAX`.
 
-use otedama_shared::pow_batch::{hash_batch, prefetch_claims, HashedShare, PowInput};
+use otedama_shared::pow_batch::{hash_batch, HashedShare, PowInput};
 
 use super::*;
 
@@ -56,8 +56,7 @@ impl Core {
     /// Hashes one batch and finishes its shares, leaving `batch` empty for the next.
     fn finish_batch(self: &Rc<Self>, batch: &mut Vec<PowWork>, hashed: &mut Vec<HashedShare>) {
         let inputs: Vec<_> = batch.iter().map(|work| work.input()).collect();
-        hash_batch(&inputs, hashed);
-        prefetch_claims(&inputs, hashed, &self.duplicates.borrow());
+        hash_batch(&inputs, hashed, Some(&self.duplicates.borrow()));
         drop(inputs);
         let now_s = now_s();
         for (work, hashed) in batch.drain(..).zip(hashed.iter()) {

@@ -213,6 +213,19 @@ fn plain_run(bytes: &[u8]) -> usize {
         .unwrap_or(rest.len())
 }
 
+/// `bytes` as text, for bytes the scanner has already read as printable ASCII (a plain
+/// run, its quotes, a sign and digits). Checking them as UTF-8 again cost about 3 % of a
+/// SHA256d share's time on one core (BENCHMARKS.md, issue 19).
+fn ascii_str(bytes: &[u8]) -> &str {
+    debug_assert!(
+        bytes.is_ascii(),
+        "the scanner passed bytes that are not ASCII"
+    );
+    // SAFETY: every byte is below 0x80 (the callers' scans, checked again in debug
+    // builds), and ASCII is UTF-8.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
 struct Scanner<'a> {
     line: &'a [u8],
     at: usize,
@@ -246,8 +259,7 @@ impl<'a> Scanner<'a> {
         if self.line.get(start + length) != Some(&b'"') {
             return None;
         }
-        // Printable ASCII only, so always UTF-8.
-        std::str::from_utf8(&self.line[start..start + length]).ok()
+        Some(ascii_str(&self.line[start..start + length]))
     }
 
     /// The id's JSON text, `None` inside for `null`.
@@ -261,9 +273,8 @@ impl<'a> Scanner<'a> {
         if rest.first() == Some(&b'"') {
             let start = self.at;
             self.plain_string()?;
-            return std::str::from_utf8(&self.line[start..self.at])
-                .ok()
-                .map(Some);
+            // The quotes and the plain run between them.
+            return Some(Some(ascii_str(&self.line[start..self.at])));
         }
         // An integer as JSON writes it: no leading zeros, no fraction or exponent.
         let sign = usize::from(rest.first() == Some(&b'-'));
@@ -280,7 +291,8 @@ impl<'a> Scanner<'a> {
         }
         let text = &rest[..sign + digits];
         self.at += text.len();
-        std::str::from_utf8(text).ok().map(Some)
+        // A sign and digits.
+        Some(Some(ascii_str(text)))
     }
 
     fn string_params(&mut self) -> Option<StringParams<'a>> {
