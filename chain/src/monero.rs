@@ -1,8 +1,8 @@
 //! Monero for the pool: monerod's JSON-RPC (block templates with room reserved for the
 //! pool's extra nonce, block submission, the chain's tip, the daemon's own proof-of-work
-//! hash for a cross-check), the work a template gives a miner (the hashing blob for one
-//! extra nonce, rebuilt through the `monero` crate's block decoding), RandomX's seed
-//! schedule, and payout addresses. The same `RpcError` as the Bitcoin-family client, so
+//! hash for a cross-check), the work a template gives a miner (through
+//! `otedama_shared::monero`, which the data plane shares), RandomX's seed schedule, and
+//! payout addresses (checked in `otedama_shared::monero`, re-exported here). The same `RpcError` as the Bitcoin-family client, so
 //! callers handle one error type.
 //!
 //! monerod speaks JSON-RPC 2.0 at `/json_rpc`, without credentials unless started with
@@ -13,6 +13,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::rpc::{json_rpc_result, RpcError};
+pub use otedama_shared::monero::{
+    blob_with_extra_nonce, parse_monero_address, MoneroAddress, MoneroAddressError,
+    MoneroAddressKind, MoneroBlobError, MoneroWork, MONERO_ADDRESS_BYTES_MAX, MONERO_NONCE_BYTES,
+};
 
 /// The most bytes monerod reserves in a template's extra field for the pool
 /// (`get_block_template`'s `reserve_size`). The call takes up to 255, but monerod 0.18
@@ -54,14 +58,13 @@ impl MoneroBlockTemplate {
     /// exactly as long as they are. A shorter one would leave the template's zeros after
     /// it, so `[1]` and `[1, 0]` would be the same work under two names.
     pub fn with_extra_nonce(&self, extra_nonce: &[u8]) -> Option<Vec<u8>> {
-        if extra_nonce.len() != self.reserve_size as usize {
-            return None;
-        }
-        let end = self.reserved_offset.checked_add(extra_nonce.len())?;
-        let mut blob = self.blob.clone();
-        blob.get_mut(self.reserved_offset..end)?
-            .copy_from_slice(extra_nonce);
-        Some(blob)
+        blob_with_extra_nonce(
+            &self.blob,
+            self.reserved_offset,
+            self.reserve_size,
+            extra_nonce,
+        )
+        .ok()
     }
 }
 
@@ -71,103 +74,13 @@ impl MoneroBlockTemplate {
     /// transactions' tree root in the hashing blob, changes with every extra nonce, so each
     /// one has its own hashing blob.
     pub fn work(&self, extra_nonce: &[u8]) -> Result<MoneroWork, MoneroBlobError> {
-        let blob = self
-            .with_extra_nonce(extra_nonce)
-            .ok_or(MoneroBlobError::ExtraNonceLength {
-                length: extra_nonce.len(),
-                reserved: self.reserve_size,
-            })?;
+        let blob = blob_with_extra_nonce(
+            &self.blob,
+            self.reserved_offset,
+            self.reserve_size,
+            extra_nonce,
+        )?;
         MoneroWork::from_block_blob(blob)
-    }
-}
-
-/// Why a block blob cannot be worked on.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum MoneroBlobError {
-    #[error("extra nonce of {length} bytes where {reserved} are reserved")]
-    ExtraNonceLength { length: usize, reserved: u8 },
-    #[error("block blob does not decode: {0}")]
-    Undecodable(String),
-    #[error("block blob decodes but does not encode back to the same bytes")]
-    NotCanonical,
-}
-
-/// One miner's work from a template: the whole block (to submit once a nonce meets the
-/// network's difficulty) and its hashing blob (header, transactions' tree root, their
-/// count), each with the nonce at `nonce_offset`.
-/// Its fields stay private: the nonce's place is only right for the blobs it was found in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MoneroWork {
-    block_blob: Vec<u8>,
-    hashing_blob: Vec<u8>,
-    /// Where the 4 nonce bytes sit, the same in both blobs (the header starts both).
-    nonce_offset: usize,
-}
-
-/// Bytes of a Monero nonce, as a miner sends them (8 hex digits) and as the blob holds them.
-pub const MONERO_NONCE_BYTES: usize = 4;
-
-impl MoneroWork {
-    /// Decodes a block blob. Invariant: the blob encodes back to exactly these bytes, so
-    /// the hashing blob derived from the decoded block is the one monerod derives from the
-    /// bytes submitted; a blob the decoder reads otherwise is refused, never mined.
-    pub fn from_block_blob(block_blob: Vec<u8>) -> Result<Self, MoneroBlobError> {
-        let block: monero::Block = monero::consensus::deserialize(&block_blob)
-            .map_err(|e| MoneroBlobError::Undecodable(e.to_string()))?;
-        if monero::consensus::serialize(&block) != block_blob {
-            return Err(MoneroBlobError::NotCanonical);
-        }
-        let header = monero::consensus::serialize(&block.header);
-        let nonce_offset = header.len() - MONERO_NONCE_BYTES;
-        let hashing_blob = block.serialize_hashable();
-        debug_assert_eq!(hashing_blob[..header.len()], block_blob[..header.len()]);
-        Ok(MoneroWork {
-            block_blob,
-            hashing_blob,
-            nonce_offset,
-        })
-    }
-
-    pub fn block_blob(&self) -> &[u8] {
-        &self.block_blob
-    }
-
-    /// What miners hash, with the nonce as the template has it.
-    pub fn hashing_blob(&self) -> &[u8] {
-        &self.hashing_blob
-    }
-
-    pub fn nonce_offset(&self) -> usize {
-        self.nonce_offset
-    }
-
-    fn nonce_range(&self) -> std::ops::Range<usize> {
-        self.nonce_offset..self.nonce_offset + MONERO_NONCE_BYTES
-    }
-
-    /// The hashing blob with a miner's nonce bytes, as its RandomX input.
-    pub fn hashing_blob_with_nonce(&self, nonce: [u8; MONERO_NONCE_BYTES]) -> Vec<u8> {
-        let mut blob = self.hashing_blob.clone();
-        blob[self.nonce_range()].copy_from_slice(&nonce);
-        blob
-    }
-
-    /// The block with a miner's nonce bytes, as submitted.
-    pub fn block_blob_with_nonce(&self, nonce: [u8; MONERO_NONCE_BYTES]) -> Vec<u8> {
-        let mut blob = self.block_blob.clone();
-        blob[self.nonce_range()].copy_from_slice(&nonce);
-        blob
-    }
-
-    /// The block's id with this nonce, as monerod names it once accepted: Keccak-256 of
-    /// the hashing blob after its length, so an id monerod reports for a submitted block
-    /// also proves the blob the pool hashed was the block's. (Monero keeps one historical
-    /// exception, mainnet block 202612, which no block made now can be.)
-    pub fn block_id(&self, nonce: [u8; MONERO_NONCE_BYTES]) -> [u8; 32] {
-        let blob = self.hashing_blob_with_nonce(nonce);
-        let mut preimage = monero::consensus::serialize(&monero::VarInt(blob.len() as u64));
-        preimage.extend_from_slice(&blob);
-        monero::cryptonote::hash::keccak_256(&preimage)
     }
 }
 
@@ -239,84 +152,6 @@ impl SeedPlan {
         debug_assert!(self.held.len() <= RANDOMX_SEEDS_HELD_MAX);
         actions
     }
-}
-
-/// A Monero payout address, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MoneroAddress {
-    /// The address as its canonical base58 encoding, which is also how it must be given.
-    pub text: String,
-    pub kind: MoneroAddressKind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MoneroAddressKind {
-    Standard,
-    Subaddress,
-    /// With the 8-byte payment id an exchange tells its deposits apart by.
-    Integrated {
-        payment_id: [u8; 8],
-    },
-}
-
-/// Longest Monero address: an integrated one, 106 characters.
-pub const MONERO_ADDRESS_BYTES_MAX: usize = 106;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum MoneroAddressError {
-    #[error("an address of {length} bytes is longer than any Monero address ({MONERO_ADDRESS_BYTES_MAX})")]
-    TooLong { length: usize },
-    #[error("{address:?} is not a Monero address: {why}")]
-    Undecodable { address: String, why: String },
-    #[error("{address:?} is a {found:?} address, not {expected:?}")]
-    WrongNetwork {
-        address: String,
-        found: monero::Network,
-        expected: monero::Network,
-    },
-    #[error("{address:?} is not in its canonical encoding")]
-    NotCanonical { address: String },
-}
-
-/// Checks a payout address for `network` (regtest takes mainnet's): the base58 blocks, the
-/// checksum, both public keys on the curve, and the network byte. Only the canonical
-/// encoding is taken, so one address has one text for bans, the ledger and payouts.
-pub fn parse_monero_address(
-    text: &str,
-    network: monero::Network,
-) -> Result<MoneroAddress, MoneroAddressError> {
-    if text.len() > MONERO_ADDRESS_BYTES_MAX {
-        return Err(MoneroAddressError::TooLong { length: text.len() });
-    }
-    let address: monero::Address = text.parse().map_err(|e: monero::util::address::Error| {
-        MoneroAddressError::Undecodable {
-            address: text.into(),
-            why: e.to_string(),
-        }
-    })?;
-    if address.network != network {
-        return Err(MoneroAddressError::WrongNetwork {
-            address: text.into(),
-            found: address.network,
-            expected: network,
-        });
-    }
-    if address.to_string() != text {
-        return Err(MoneroAddressError::NotCanonical {
-            address: text.into(),
-        });
-    }
-    let kind = match address.addr_type {
-        monero::AddressType::Standard => MoneroAddressKind::Standard,
-        monero::AddressType::SubAddress => MoneroAddressKind::Subaddress,
-        monero::AddressType::Integrated(payment_id) => MoneroAddressKind::Integrated {
-            payment_id: payment_id.to_fixed_bytes(),
-        },
-    };
-    Ok(MoneroAddress {
-        text: text.into(),
-        kind,
-    })
 }
 
 /// The chain's tip as monerod reports it.
@@ -424,7 +259,7 @@ impl MoneroRpc {
         // miner hash a blob no block has, and every block found be lost unnoticed.
         let rebuilt = MoneroWork::from_block_blob(template.blob.clone())
             .map_err(|e| malformed(METHOD, format!("template blob: {e}")))?;
-        if rebuilt.hashing_blob != template.hashing_blob {
+        if rebuilt.hashing_blob() != template.hashing_blob {
             return Err(malformed(
                 METHOD,
                 "the hashing blob rebuilt from the template is not monerod's",
@@ -612,126 +447,6 @@ mod tests {
     }
 
     /// The Monero project's general fund, a mainnet standard address.
-    const GENERAL_FUND: &str =
-        "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
-
-    #[test]
-    fn addresses_are_checked_for_their_network_and_form() {
-        let standard = parse_monero_address(GENERAL_FUND, monero::Network::Mainnet).unwrap();
-        assert_eq!(standard.kind, MoneroAddressKind::Standard);
-        assert_eq!(standard.text, GENERAL_FUND);
-        assert!(matches!(
-            parse_monero_address(GENERAL_FUND, monero::Network::Stagenet),
-            Err(MoneroAddressError::WrongNetwork { .. })
-        ));
-        // The same keys as an integrated address (with a payment id) and as a subaddress
-        // of another network: each is told apart.
-        let keys: monero::Address = GENERAL_FUND.parse().unwrap();
-        let payment_id = monero::util::address::PaymentId::from([9; 8]);
-        let integrated = monero::Address::integrated(
-            monero::Network::Mainnet,
-            keys.public_spend,
-            keys.public_view,
-            payment_id,
-        )
-        .to_string();
-        assert_eq!(integrated.len(), MONERO_ADDRESS_BYTES_MAX);
-        assert_eq!(
-            parse_monero_address(&integrated, monero::Network::Mainnet)
-                .unwrap()
-                .kind,
-            MoneroAddressKind::Integrated { payment_id: [9; 8] }
-        );
-        let sub = monero::Address::subaddress(
-            monero::Network::Testnet,
-            keys.public_spend,
-            keys.public_view,
-        )
-        .to_string();
-        assert_eq!(
-            parse_monero_address(&sub, monero::Network::Testnet)
-                .unwrap()
-                .kind,
-            MoneroAddressKind::Subaddress
-        );
-        // One character changed fails the checksum; one past the longest is refused
-        // before decoding; trailing text is not the same address.
-        let mut broken = GENERAL_FUND.to_string();
-        broken.replace_range(
-            10..11,
-            if &GENERAL_FUND[10..11] == "a" {
-                "b"
-            } else {
-                "a"
-            },
-        );
-        assert!(matches!(
-            parse_monero_address(&broken, monero::Network::Mainnet),
-            Err(MoneroAddressError::Undecodable { .. })
-        ));
-        let long = format!("{integrated}1");
-        assert_eq!(
-            parse_monero_address(&long, monero::Network::Mainnet),
-            Err(MoneroAddressError::TooLong {
-                length: MONERO_ADDRESS_BYTES_MAX + 1
-            })
-        );
-        assert!(
-            parse_monero_address(&format!("{GENERAL_FUND}1"), monero::Network::Mainnet).is_err()
-        );
-        assert!(parse_monero_address("", monero::Network::Mainnet).is_err());
-    }
-
-    /// A mainnet block (version 12, only its coinbase) and the hashing blob monerod
-    /// derives from it: the rebuild gives the same, with the nonce after the header's
-    /// three varints and the previous block's hash.
-    #[test]
-    fn a_mainnet_block_gives_monerods_hashing_blob() {
-        let block = hex::decode(
-            "0c0c94debaf805beb3489c722a285c092a32e7c6893abfc7d069699c8326fc3445a749c5276b62\
-             00000000029b892201ffdf882201b699d4c8b1ec020223df524af2a2ef5f870adb6e1ceb03a475\
-             c39f8b9ef76aa50b46ddd2a18349402b012839bfa19b7524ec7488917714c216ca254b38ed0424\
-             ca65ae828a7c006aeaf10208f5316a7f6b99cca60000",
-        )
-        .unwrap();
-        let work = MoneroWork::from_block_blob(block.clone()).unwrap();
-        assert_eq!(
-            hex::encode(work.hashing_blob()),
-            "0c0c94debaf805beb3489c722a285c092a32e7c6893abfc7d069699c8326fc3445a749c5276b62\
-             00000000602d0d4710e2c2d38da0cce097accdf5dc18b1d34323880c1aae90ab8f6be6e201"
-        );
-        // Two one-byte versions, a five-byte timestamp, 32 bytes of previous hash.
-        assert_eq!(work.nonce_offset(), 39);
-        let nonce = [0xde, 0xad, 0xbe, 0xef];
-        assert_eq!(&work.block_blob_with_nonce(nonce)[39..43], &nonce);
-        assert_eq!(&work.hashing_blob_with_nonce(nonce)[39..43], &nonce);
-        // The minor version written as a two-byte varint: the same number, other bytes.
-        // It is refused, never mined as a block whose bytes the node would read apart.
-        let mut padded = vec![block[0], 0x8c, 0x00];
-        padded.extend_from_slice(&block[2..]);
-        assert!(matches!(
-            MoneroWork::from_block_blob(padded),
-            Err(MoneroBlobError::NotCanonical | MoneroBlobError::Undecodable(_))
-        ));
-        // Trailing bytes after the block.
-        let mut longer = block;
-        longer.push(0);
-        assert!(MoneroWork::from_block_blob(longer).is_err());
-    }
-
-    /// A blob that is not a block, or one cut short, gives no work.
-    #[test]
-    fn a_blob_that_is_not_a_block_gives_no_work() {
-        assert!(matches!(
-            MoneroWork::from_block_blob(vec![0; 100]),
-            Err(MoneroBlobError::Undecodable(_))
-        ));
-        assert!(matches!(
-            MoneroWork::from_block_blob(Vec::new()),
-            Err(MoneroBlobError::Undecodable(_))
-        ));
-    }
-
     /// An extra nonce fills the reserved bytes exactly, and one byte more is refused.
     #[test]
     fn an_extra_nonce_fits_its_reserved_bytes_and_no_more() {

@@ -522,22 +522,26 @@ impl DuplicateFilter {
     /// `DuplicateFilter`); one with nothing to remember is dropped.
     pub fn retire_unlisted(&mut self, jobs: &crate::job::JobBook) {
         let tip = jobs.newest().map(|job| job.template.prevhash);
+        self.retire_unheld(tip, |content_key| jobs.holds_content(content_key));
+    }
+
+    /// `retire_unlisted` for any coin's jobs: `tip` is the newest live job's previous
+    /// block (`None` without one), `holds` whether a live job has a content.
+    pub fn retire_unheld(&mut self, tip: Option<[u8; 32]>, holds: impl Fn(&[u8; 32]) -> bool) {
         // No live job at all (before the first) counts as a new tip too.
         if tip.is_none() || tip != self.tip {
             self.tip = tip;
             self.tip_generation += 1;
-            self.by_content
-                .retain(|content_key, _| jobs.holds_content(content_key));
+            self.by_content.retain(|content_key, _| holds(content_key));
             for content in self.by_content.values_mut() {
                 content.retired = false;
             }
             self.retired_hold_shares = false;
-            self.blocks
-                .retain(|(content_key, _)| jobs.holds_content(content_key));
+            self.blocks.retain(|(content_key, _)| holds(content_key));
         } else {
             let retired_hold_shares = &mut self.retired_hold_shares;
             self.by_content.retain(|content_key, content| {
-                let live = jobs.holds_content(content_key);
+                let live = holds(content_key);
                 content.retired = !live;
                 if !live && !content.shares.is_empty() {
                     *retired_hold_shares = true;

@@ -18,6 +18,8 @@ use crate::{DuplicateFilter, Job, JobBook};
 
 #[path = "../tests/common/job_template.rs"]
 mod job_template;
+#[path = "../tests/common/monero_template.rs"]
+pub(crate) mod monero_template;
 
 /// What a target does with one input.
 pub type Target = fn(&[u8]);
@@ -29,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sv1_session", sv1_session),
     ("sv2_server_session", sv2_server_session),
     ("http_path", http_path),
+    ("monero_session", monero_session),
 ];
 
 fn jobs() -> JobBook {
@@ -112,6 +115,65 @@ pub fn sv1_session(data: &[u8]) {
         let outcome = session.handle_line(line, now_s, &jobs, &mut duplicates);
         if let crate::sv1::Outcome::ShareAccepted(share) = outcome {
             session.handle_share_durable(&share.request_id, now_s, &jobs);
+        }
+        let _ = session.poll_transmit();
+    }
+}
+
+/// The Monero Stratum session on arbitrary lines from a miner: login, getjob, submit,
+/// keepalived or garbage, in any order. It answers, refuses or closes; it never panics.
+/// A share that waits for its hash is finished with the hash it claims (the pool's check
+/// of the claim is a RandomX hash, which the fuzzer cannot reach; a wrong claim closes)
+/// or with a hash of all ones when the line's first byte is odd, so acceptance,
+/// duplicates, blocks and refusals after the hash are all reached (seeds in
+/// `fuzz/seeds/monero_session`).
+pub fn monero_session(data: &[u8]) {
+    use crate::monero::stratum::*;
+    let (blob, reserved_offset) = monero_template::template_blob(0);
+    let mut jobs = MoneroJobBook::default();
+    jobs.insert(Arc::new(
+        MoneroJob::new(
+            1,
+            100,
+            [1; 32],
+            [2; 32],
+            // Difficulty 2: about half the hashes are blocks.
+            2,
+            blob,
+            reserved_offset,
+            monero_template::EXTRA_NONCE_BYTES,
+        )
+        .expect("the fixture is a valid template"),
+    ));
+    let mut duplicates = DuplicateFilter::default();
+    let mut session = MoneroSession::new(MoneroSessionConfig {
+        session_id: "s".into(),
+        extra_nonce: vec![7; usize::from(monero_template::EXTRA_NONCE_BYTES)],
+        // Nicehash mode for inputs of even length.
+        nicehash_byte: data.len().is_multiple_of(2).then_some(0x5a),
+        network: monero::Network::Mainnet,
+        front_end: FrontEndConfig {
+            vardiff: Some(crate::vardiff::VardiffConfig::default()),
+            ..FrontEndConfig::plain(Algorithm::Sha256d, 1.0, 1.0)
+        },
+    });
+    for (index, line) in data.split(|b| *b == b'\n').enumerate() {
+        let now_s = 1_700_000_000 + index as u64;
+        let mut outcome = session.handle_line(line, now_s, &jobs, &mut duplicates);
+        if let MoneroOutcome::NeedsPow(pending) = outcome {
+            let pow = if line.first().is_some_and(|byte| byte % 2 == 1) {
+                [0xff; 32]
+            } else {
+                pending.claimed_result()
+            };
+            outcome = session.handle_pow(*pending, &pow, &mut duplicates);
+        }
+        match outcome {
+            MoneroOutcome::ShareAccepted(share) => {
+                session.handle_share_durable(&share.request_id, now_s, &jobs)
+            }
+            MoneroOutcome::Close(_) => return,
+            _ => {}
         }
         let _ = session.poll_transmit();
     }

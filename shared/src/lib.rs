@@ -21,6 +21,7 @@ pub mod http_path;
 pub mod ipc;
 pub mod job;
 pub mod limits;
+pub mod monero;
 pub mod pow_batch;
 pub mod share;
 mod share_set;

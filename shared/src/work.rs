@@ -156,14 +156,39 @@ pub struct SentJob {
     pub network: (f64, Target),
 }
 
-impl SentJob {
-    fn new(job: &Job, difficulty: f64) -> Self {
-        SentJob {
+/// What the rules of `WorkState` need of a job, whatever its coin: its id, whether it
+/// replaces every job before it, and its network's difficulty and target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WorkJob {
+    pub job_id: u64,
+    pub clean: bool,
+    pub network: (f64, Target),
+}
+
+impl From<&Job> for WorkJob {
+    fn from(job: &Job) -> Self {
+        WorkJob {
             job_id: job.job_id(),
+            clean: job.template.clean_jobs,
+            network: (job.network_difficulty, job.network_target),
+        }
+    }
+}
+
+impl From<&Arc<Job>> for WorkJob {
+    fn from(job: &Arc<Job>) -> Self {
+        WorkJob::from(&**job)
+    }
+}
+
+impl SentJob {
+    fn new(job: WorkJob, difficulty: f64) -> Self {
+        SentJob {
+            job_id: job.job_id,
             difficulty,
             grace_difficulty: difficulty,
             grace_until_s: 0,
-            network: (job.network_difficulty, job.network_target),
+            network: job.network,
         }
     }
 
@@ -343,9 +368,10 @@ impl WorkState {
     /// `job` and the jobs it keeps holding (all of them, unless `job` is clean), and goes
     /// back up to what the pool wants for it when the network rises. Returns whether the
     /// difficulty changed.
-    pub fn follow_network(&mut self, job: &Job) -> bool {
-        let mut easiest = (job.network_difficulty, job.network_target);
-        if !job.template.clean_jobs {
+    pub fn follow_network(&mut self, job: impl Into<WorkJob>) -> bool {
+        let job = job.into();
+        let mut easiest = job.network;
+        if !job.clean {
             for sent in &self.sent_jobs {
                 if sent.network.0 < easiest.0 {
                     easiest = sent.network;
@@ -418,7 +444,7 @@ impl WorkState {
     /// Before `job` goes out: follows its network difficulty (`follow_network`), then
     /// gives vardiff a chance to retarget, which catches miners that stopped sending
     /// shares altogether. Returns whether the difficulty changed.
-    pub fn retarget_before_job(&mut self, job: &Job, now_s: u64) -> bool {
+    pub fn retarget_before_job(&mut self, job: impl Into<WorkJob>, now_s: u64) -> bool {
         let followed = self.follow_network(job);
         let current = self.difficulty;
         let next = self
@@ -487,9 +513,10 @@ impl WorkState {
 
     /// Records that `job` goes out at the current difficulty. A clean job forgets every
     /// earlier one. A job sent again at a new difficulty changes as `SentJob` describes.
-    pub fn record_sent(&mut self, job: &Job, now_s: u64) {
-        let job_id = job.job_id();
-        if job.template.clean_jobs {
+    pub fn record_sent(&mut self, job: impl Into<WorkJob>, now_s: u64) {
+        let job = job.into();
+        let job_id = job.job_id;
+        if job.clean {
             self.sent_jobs.retain(|e| e.job_id == job_id);
         }
         let difficulty = self.difficulty;

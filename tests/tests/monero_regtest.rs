@@ -204,3 +204,118 @@ fn monerod_accepts_a_block_with_the_pools_extra_nonce() {
         Err(RpcError::Node { .. })
     ));
 }
+
+/// A miner speaking the Monero Stratum dialect finds a block on the daemon's own template:
+/// the session logs it in, sends it its connection's blob, takes its share, hashes it as
+/// the data plane's glue will (RandomX under the template's seed), and hands back the
+/// block, which monerod accepts under the id the session computed. A second miner's copy
+/// of the first's nonce is other work (its own extra nonce), and the first's copy of its
+/// own share is refused without a hash.
+#[test]
+fn a_stratum_miner_finds_a_block_the_daemon_accepts() {
+    use otedama_shared::duplicates::DuplicateFilter;
+    use otedama_shared::monero::stratum::{
+        MoneroJob, MoneroJobBook, MoneroOutcome, MoneroSession, MoneroSessionConfig,
+    };
+    use otedama_shared::work::FrontEndConfig;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let rpc = &daemon.rpc;
+    let template = rpc
+        .block_template(PAYOUT_ADDRESS, EXTRA_NONCE_BYTES)
+        .unwrap();
+    let mut jobs = MoneroJobBook::default();
+    jobs.insert(Arc::new(
+        MoneroJob::new(
+            1,
+            template.height,
+            template.prev_hash,
+            template.seed_hash,
+            template.difficulty,
+            template.blob.clone(),
+            template.reserved_offset,
+            template.reserve_size,
+        )
+        .unwrap(),
+    ));
+    let mut duplicates = DuplicateFilter::default();
+    let seed = RandomXSeed::prepare(&template.seed_hash, RandomXMode::Light).unwrap();
+    let vm = seed.vm().unwrap();
+    let mut session_for = |connection: u8| {
+        let mut session = MoneroSession::new(MoneroSessionConfig {
+            session_id: format!("miner-{connection}"),
+            extra_nonce: vec![connection; EXTRA_NONCE_BYTES as usize],
+            nicehash_byte: None,
+            network: monero::Network::Mainnet,
+            front_end: FrontEndConfig::plain(otedama_kernels::Algorithm::Sha256d, 1.0, 1.0),
+        });
+        let login = json!({"id": 1, "jsonrpc": "2.0", "method": "login",
+            "params": {"login": PAYOUT_ADDRESS, "pass": "x", "agent": "otedama-test",
+                       "algo": ["rx/0"]}});
+        let outcome = session.handle_line(
+            &serde_json::to_vec(&login).unwrap(),
+            1,
+            &jobs,
+            &mut duplicates,
+        );
+        assert_eq!(outcome, MoneroOutcome::Continue);
+        let reply: Value = serde_json::from_slice(&session.poll_transmit().unwrap()).unwrap();
+        assert_eq!(reply["result"]["status"], "OK", "{reply}");
+        (session, reply["result"]["job"].clone())
+    };
+    let (mut first, first_job) = session_for(1);
+    let (mut second, second_job) = session_for(2);
+    assert_ne!(first_job["blob"], second_job["blob"]);
+
+    // The miner's side: its blob with a nonce, hashed.
+    let nonce = [0x11, 0x22, 0x33, 0x44];
+    let mine = |job: &Value| {
+        let mut blob = hex::decode(job["blob"].as_str().unwrap()).unwrap();
+        blob[39..43].copy_from_slice(&nonce);
+        let hash = vm.hash(&blob).unwrap();
+        json!({"id": 2, "jsonrpc": "2.0", "method": "submit",
+            "params": {"id": job["id"], "job_id": job["job_id"],
+                       "nonce": hex::encode(nonce), "result": hex::encode(hash)}})
+    };
+    let submit = serde_json::to_vec(&mine(&first_job)).unwrap();
+    let MoneroOutcome::NeedsPow(pending) = first.handle_line(&submit, 2, &jobs, &mut duplicates)
+    else {
+        panic!("the share waits for its hash")
+    };
+    // The glue's side: the hash under the job's seed.
+    assert_eq!(pending.seed_hash(), &template.seed_hash);
+    let pow = vm.hash(pending.input()).unwrap();
+    let MoneroOutcome::ShareAccepted(share) = first.handle_pow(*pending, &pow, &mut duplicates)
+    else {
+        panic!("the share is taken")
+    };
+    let block = share.block.expect("at difficulty 1 every hash is a block");
+    rpc.submit_block(&block.blob)
+        .expect("the daemon accepts the block");
+    let tip = rpc.last_block_header().unwrap();
+    assert_eq!(tip.height, template.height);
+    assert_eq!(tip.hash, block.block_id, "the id the session computed");
+    first.handle_share_durable(&share.request_id, 2, &jobs);
+    let ok: Value = serde_json::from_slice(&first.poll_transmit().unwrap()).unwrap();
+    assert_eq!(ok["result"]["status"], "OK");
+
+    // The first miner's copy: refused before any hash.
+    assert!(matches!(
+        first.handle_line(&submit, 3, &jobs, &mut duplicates),
+        MoneroOutcome::Rejected(_)
+    ));
+    // The second miner's same nonce: its own work, taken.
+    let submit = serde_json::to_vec(&mine(&second_job)).unwrap();
+    let MoneroOutcome::NeedsPow(pending) = second.handle_line(&submit, 3, &jobs, &mut duplicates)
+    else {
+        panic!("the share waits for its hash")
+    };
+    let pow = vm.hash(pending.input()).unwrap();
+    assert!(matches!(
+        second.handle_pow(*pending, &pow, &mut duplicates),
+        MoneroOutcome::ShareAccepted(_)
+    ));
+}

@@ -337,6 +337,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "sv1_session",
     "sv2_server_session",
     "http_path",
+    "monero_session",
 ];
 
 /// Runs every cargo-fuzz target for a bounded time (installing a nightly toolchain and
