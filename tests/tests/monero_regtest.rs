@@ -319,3 +319,125 @@ fn a_stratum_miner_finds_a_block_the_daemon_accepts() {
         MoneroOutcome::ShareAccepted(_)
     ));
 }
+
+/// `otedama miner --algo randomx` against the dialect's session over a real socket, on
+/// the daemon's templates: the miner logs in with the payout address, hashes the blob it
+/// is sent with RandomX under the template's seed, and submits; each share is hashed
+/// again on the pool's side and, at the daemon's difficulty 1, is a block, which the
+/// daemon accepts under the id the session computed. After each block the next template
+/// goes out as a new job; the miner follows it to three blocks.
+#[test]
+fn the_cpu_miner_finds_blocks_the_daemon_accepts() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::Arc;
+
+    use otedama_shared::duplicates::DuplicateFilter;
+    use otedama_shared::monero::stratum::{
+        MoneroJob, MoneroJobBook, MoneroOutcome, MoneroSession, MoneroSessionConfig,
+    };
+    use otedama_shared::work::FrontEndConfig;
+
+    const BLOCKS: u64 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let rpc = &daemon.rpc;
+    let next_job = |job_id: u64| {
+        let template = rpc
+            .block_template(PAYOUT_ADDRESS, EXTRA_NONCE_BYTES)
+            .unwrap();
+        Arc::new(
+            MoneroJob::new(
+                job_id,
+                template.height,
+                template.prev_hash,
+                template.seed_hash,
+                template.difficulty,
+                template.blob,
+                template.reserved_offset,
+                template.reserve_size,
+            )
+            .unwrap(),
+        )
+    };
+    let mut jobs = MoneroJobBook::default();
+    jobs.insert(next_job(1));
+    let seed = RandomXSeed::prepare(&jobs.newest().unwrap().seed_hash, RandomXMode::Light).unwrap();
+    let vm = seed.vm().unwrap();
+    let mut duplicates = DuplicateFilter::default();
+    let mut front_end = FrontEndConfig::plain(otedama_kernels::Algorithm::Sha256d, 16.0, 1.0);
+    // Regtest's difficulty 1 would cap the miner at 1: every hash a share.
+    front_end.network_difficulty_cap_min = 1e9;
+    let mut session = MoneroSession::new(MoneroSessionConfig {
+        session_id: "cpu-miner".into(),
+        extra_nonce: vec![0x42; EXTRA_NONCE_BYTES as usize],
+        nicehash_byte: None,
+        network: monero::Network::Mainnet,
+        front_end,
+    });
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("stratum+tcp://{}", listener.local_addr().unwrap());
+    let mut miner = otedama_tests::spawn_miner_at(
+        &url,
+        &format!("{PAYOUT_ADDRESS}.cpu"),
+        1,
+        &["--algo", "randomx", "--duration", "120"],
+    )
+    .unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut accepted_blocks = Vec::new();
+    let mut line = String::new();
+    let started = std::time::Instant::now();
+    while (accepted_blocks.len() as u64) < BLOCKS {
+        assert!(
+            started.elapsed() < Duration::from_secs(100),
+            "{} blocks in 100 s",
+            accepted_blocks.len()
+        );
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the miner hung up"
+        );
+        let mut outcome =
+            session.handle_line(line.trim_end().as_bytes(), 1, &jobs, &mut duplicates);
+        if let MoneroOutcome::NeedsPow(pending) = outcome {
+            let pow = vm.hash(pending.input()).unwrap();
+            outcome = session.handle_pow(*pending, &pow, &mut duplicates);
+        }
+        let block = match outcome {
+            MoneroOutcome::ShareAccepted(share) => {
+                session.handle_share_durable(&share.request_id, 1, &jobs);
+                share.block
+            }
+            MoneroOutcome::BlockOnly(block, _) => Some(*block),
+            MoneroOutcome::Close(reason) => panic!("the session closed: {reason:?}"),
+            _ => None,
+        };
+        if let Some(block) = block {
+            rpc.submit_block(&block.blob).unwrap();
+            let tip = rpc.last_block_header().unwrap();
+            if tip.hash == block.block_id {
+                assert_eq!(tip.height, block.height);
+                assert!(block.worker.ends_with(".cpu"));
+                accepted_blocks.push(block);
+                // The next template, as a job of the new tip.
+                jobs.insert(next_job(accepted_blocks.len() as u64 + 1));
+                jobs.retire_in(&mut duplicates);
+                session.handle_new_job(&jobs.newest().unwrap().clone(), 1);
+            }
+        }
+        if let Some(bytes) = session.poll_transmit() {
+            writer.write_all(&bytes).unwrap();
+        }
+    }
+    assert_eq!(rpc.last_block_header().unwrap().height, BLOCKS);
+    let heights: Vec<u64> = accepted_blocks.iter().map(|block| block.height).collect();
+    assert_eq!(heights, (1..=BLOCKS).collect::<Vec<_>>());
+    miner.kill_9();
+}

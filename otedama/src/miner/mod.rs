@@ -2,7 +2,9 @@
 //! does; over Stratum V2 (`stratum2+tcp://HOST:PORT/KEY`, Noise pinned to the pool's
 //! authority key) it is a header-only device on a standard channel. One thread owns the
 //! connection; worker threads scan nonces on the newest work, each on its own extranonce2
-//! (V1) or version bits (V2), and hand what they find back to it.
+//! (V1) or version bits (V2), and hand what they find back to it. With `--algo randomx`
+//! a `stratum+tcp://` URL speaks Monero's dialect instead (`monero`): RandomX on the
+//! pool's blob, each thread on its own part of the nonce.
 //!
 //! Several `--url`s are pool slots, as mining firmware has: the miner mines on the first
 //! that answers, moves to the next when its pool refuses the connection, drops it or says
@@ -21,6 +23,7 @@ use otedama_shared::clock::now_s as unix_now_s;
 use otedama_shared::sv1::client::NotifiedJob;
 use otedama_shared::sv2::noise::decode_authority_public_key;
 
+mod monero;
 mod v1;
 mod v2;
 
@@ -31,6 +34,8 @@ use v2::{connect_v2, session_v2};
 pub enum AlgoArg {
     Scrypt,
     Sha256d,
+    /// Monero's RandomX, over Monero's Stratum dialect (`stratum+tcp://` only).
+    Randomx,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -64,6 +69,10 @@ pub struct MinerArgs {
     pub password: String,
     #[arg(long, value_enum, default_value = "scrypt")]
     pub algo: AlgoArg,
+    /// With `--algo randomx`: hash in RandomX's fast mode (a 2 GiB dataset per seed,
+    /// prepared for a minute or more, then several times the light mode's rate).
+    #[arg(long)]
+    pub randomx_fast: bool,
     /// Mining threads (default: 1).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -107,6 +116,15 @@ enum WorkTemplate {
         channel_id: u32,
         job_id: u32,
     },
+    /// Monero: the pool's hashing blob; the miner writes the nonce at
+    /// `monero::NONCE_OFFSET`, keeping its last byte in nicehash mode.
+    Monero {
+        blob: Vec<u8>,
+        job_id: String,
+        session_id: String,
+        seed_hash: [u8; 32],
+        nicehash: bool,
+    },
 }
 
 /// A share a worker thread found, for the connection thread to submit.
@@ -118,6 +136,8 @@ struct Found {
     ntime: u32,
     nonce: u32,
     version: u32,
+    /// The proof-of-work hash it was found with (Monero's `submit` carries it).
+    pow: [u8; 32],
 }
 
 /// The least time between two reconnects a pool asked for (`client.reconnect`,
@@ -260,6 +280,8 @@ struct Shared {
     accepted: AtomicU64,
     rejected: AtomicU64,
     stop: AtomicBool,
+    /// With `--algo randomx`: the seed of the newest job, which every thread's VM uses.
+    randomx: Mutex<Option<Arc<otedama_kernels::randomx::RandomXSeed>>>,
 }
 
 impl Shared {
@@ -296,10 +318,14 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
     if args.silent_timeout_s == 0 || args.failback_interval_s == 0 {
         bail!("--silent-timeout-s and --failback-interval-s must be at least 1");
     }
-    let algorithm = match args.algo {
-        AlgoArg::Scrypt => Algorithm::Scrypt,
-        AlgoArg::Sha256d => Algorithm::Sha256d,
-    };
+    if matches!(args.algo, AlgoArg::Randomx)
+        && endpoints
+            .iter()
+            .any(|endpoint| !matches!(endpoint, Endpoint::V1 { .. }))
+    {
+        bail!("--algo randomx speaks Monero's dialect over stratum+tcp:// URLs only");
+    }
+    let algo = args.algo;
     let shared = Arc::new(Shared {
         work: Mutex::new(None),
         generation: AtomicU64::new(0),
@@ -307,13 +333,14 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         accepted: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        randomx: Mutex::new(None),
     });
     let (found_tx, found_rx) = crossbeam_channel::unbounded::<Found>();
     crate::signals::install_stop_handler();
     let workers: Vec<_> = (0..args.threads)
         .map(|index| {
             let (shared, found_tx) = (shared.clone(), found_tx.clone());
-            std::thread::spawn(move || mine(index, algorithm, &shared, &found_tx))
+            std::thread::spawn(move || mine(index, algo, &shared, &found_tx))
         })
         .collect();
     let deadline = args
@@ -355,6 +382,9 @@ pub fn run(args: MinerArgs) -> anyhow::Result<()> {
         run.next_failback_check = Instant::now() + Duration::from_secs(args.failback_interval_s);
         run.last_heard = Instant::now();
         let result = match endpoint {
+            Endpoint::V1 { address } if matches!(args.algo, AlgoArg::Randomx) => {
+                monero::session(address, &mut run)
+            }
             Endpoint::V1 { address } => session(address, &mut run),
             Endpoint::V2 { address, .. } | Endpoint::Quic { address } => {
                 connect_v2(endpoint, quic_client.as_ref())
@@ -475,32 +505,35 @@ impl Run<'_> {
     }
 }
 
+/// The Bitcoin-family algorithm of `--algo` (RandomX never reaches the V1 and V2
+/// sessions: `run` sends it to Monero's).
 fn algorithm_of(args: &MinerArgs) -> Algorithm {
     match args.algo {
         AlgoArg::Scrypt => Algorithm::Scrypt,
-        AlgoArg::Sha256d => Algorithm::Sha256d,
+        AlgoArg::Sha256d | AlgoArg::Randomx => Algorithm::Sha256d,
     }
 }
 
 static NEXT_SUBMIT_ID: AtomicU64 = AtomicU64::new(100);
 
-fn mine(
-    index: usize,
-    algorithm: Algorithm,
-    shared: &Shared,
-    found: &crossbeam_channel::Sender<Found>,
-) {
+fn mine(index: usize, algo: AlgoArg, shared: &Shared, found: &crossbeam_channel::Sender<Found>) {
     // Hashes between checks for new work: scrypt is ~1000x slower than SHA256d.
-    let check_every = match algorithm {
-        Algorithm::Scrypt => 64,
-        Algorithm::Sha256d => 65_536,
+    let (algorithm, check_every) = match algo {
+        AlgoArg::Scrypt => (Algorithm::Scrypt, 64),
+        AlgoArg::Sha256d | AlgoArg::Randomx => (Algorithm::Sha256d, 65_536),
     };
     let mut roll_counter: u64 = 0;
+    // The thread's RandomX VM, for the seed it was made with.
+    let mut randomx: Option<otedama_kernels::randomx::RandomXVm> = None;
     while !shared.stop.load(Relaxed) {
         let Some(work) = shared.work.lock().expect("work lock").clone() else {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
+        if let WorkTemplate::Monero { .. } = &work.template {
+            mine_randomx(index, &work, &mut randomx, shared, found);
+            continue;
+        }
         roll_counter += 1;
         // Each pass over the nonce space gets new coinbase bytes (V1: extranonce2, thread
         // index in its top byte) or new version bits (V2: BIP320's 16 bits, thread index
@@ -521,6 +554,7 @@ fn mine(
                 let header = job.header(extranonce1, &extranonce2, job.ntime, job.version);
                 (header, extranonce2, job.ntime, job.version)
             }
+            WorkTemplate::Monero { .. } => unreachable!("mined by mine_randomx"),
             WorkTemplate::V2 { header, .. } => {
                 let base_version = u32::from_le_bytes(header[0..4].try_into().expect("4"));
                 let bits = ((index as u32 & 0xf) << 12 | (roll_counter as u32 & 0xfff)) << 13;
@@ -549,6 +583,7 @@ fn mine(
                     ntime,
                     nonce,
                     version,
+                    pow,
                 });
             }
             nonce = nonce.wrapping_add(1);
@@ -562,5 +597,80 @@ fn mine(
                 break; // nonce space exhausted: roll the coinbase or the version
             }
         }
+    }
+}
+
+/// Hashes a Monero job's blob until new work comes or this thread's part of the nonce is
+/// spent: the nonce's last byte is the thread's (or, in nicehash mode, the pool's, with
+/// the thread's in the byte before), the rest counts up.
+fn mine_randomx(
+    index: usize,
+    work: &Work,
+    vm: &mut Option<otedama_kernels::randomx::RandomXVm>,
+    shared: &Shared,
+    found: &crossbeam_channel::Sender<Found>,
+) {
+    let WorkTemplate::Monero {
+        blob,
+        seed_hash,
+        nicehash,
+        ..
+    } = &work.template
+    else {
+        return;
+    };
+    if vm.as_ref().is_none_or(|vm| vm.key() != seed_hash) {
+        let seed = shared.randomx.lock().expect("seed lock").clone();
+        *vm = match seed.filter(|seed| seed.key() == seed_hash) {
+            Some(seed) => match seed.vm() {
+                Ok(made) => Some(made),
+                Err(error) => {
+                    eprintln!("miner: thread {index}: no RandomX VM: {error:?}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    return;
+                }
+            },
+            // The connection thread is still preparing the job's seed.
+            None => {
+                std::thread::sleep(Duration::from_millis(20));
+                return;
+            }
+        };
+    }
+    let vm = vm.as_ref().expect("made above");
+    let mut blob = blob.clone();
+    let offset = monero::NONCE_OFFSET;
+    let (fixed, counter_bits) = if *nicehash {
+        let pool_byte = u32::from(blob[offset + 3]);
+        (pool_byte << 24 | (index as u32 & 0xff) << 16, 16)
+    } else {
+        ((index as u32 & 0xff) << 24, 24)
+    };
+    for counter in 0..(1u32 << counter_bits) {
+        let nonce = fixed | counter;
+        blob[offset..offset + 4].copy_from_slice(&nonce.to_le_bytes());
+        let Ok(pow) = vm.hash(&blob) else {
+            eprintln!("miner: thread {index}: RandomX refused the blob");
+            return;
+        };
+        shared.hashes.fetch_add(1, Relaxed);
+        if work.target.is_met_by(&pow) {
+            let _ = found.send(Found {
+                generation: work.generation,
+                template: work.template.clone(),
+                extranonce2: Vec::new(),
+                ntime: 0,
+                nonce,
+                version: 0,
+                pow,
+            });
+        }
+        if shared.stop.load(Relaxed) || shared.generation.load(Relaxed) != work.generation {
+            return;
+        }
+    }
+    // This thread's nonces are spent: wait for the next job.
+    while !shared.stop.load(Relaxed) && shared.generation.load(Relaxed) == work.generation {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -256,7 +256,7 @@ pub(super) fn session_v2(
     // The hash rate the pool sizes the first target for; vardiff corrects it.
     let nominal_hash_rate = args.declared_hashrate.unwrap_or(match args.algo {
         AlgoArg::Scrypt => 5_000.0 * args.threads as f32,
-        AlgoArg::Sha256d => 5_000_000.0 * args.threads as f32,
+        AlgoArg::Sha256d | AlgoArg::Randomx => 5_000_000.0 * args.threads as f32,
     });
     let mut client = StandardClient::new(
         &args.user,

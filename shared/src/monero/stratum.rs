@@ -39,6 +39,22 @@ pub const MONERO_ALGORITHM: &str = "rx/0";
 pub const MONERO_LOGIN_BYTES_MAX: usize = WORKER_NAME_BYTES_MAX;
 /// Jobs of one tip a book holds; a job older than these is refused as stale.
 pub const MONERO_JOBS_HELD_MAX: usize = JOBS_REMEMBERED_MAX;
+/// Shares of one session that may wait for their RandomX hash at once. A miner that sends
+/// more is refused (code 20) until they are finished: each costs the pool milliseconds of
+/// a core, so a burst of claimed results must not turn into as many hashes. An honest
+/// miner at a sane difficulty has one or two in flight.
+pub const MONERO_SHARES_WAITING_PER_SESSION_MAX: usize = 4;
+/// What one share costs the pool in a miner's RandomX hashes: one hash to validate it, in
+/// light mode about 7 times a fast-mode miner's (34 against 230 hashes a second a core,
+/// BENCHMARKS.md), so 8; the fixed cost of a durable share (about 16 µs) is small beside
+/// it.
+pub const RANDOMX_POOL_COST_PER_SHARE_HASHES: f64 = 8.0;
+/// The default floor of a Monero miner's difficulty (`limits::SHARE_COST_MARGIN` times
+/// the pool's cost, in hashes: Monero's difficulty 1 is one hash), for the operator's
+/// `difficulty_min`. Tests and regtest may set a lower one, as for the other coins.
+pub const MONERO_DIFFICULTY_FLOOR: f64 =
+    crate::limits::SHARE_COST_MARGIN * RANDOMX_POOL_COST_PER_SHARE_HASHES;
+
 /// Where the nonce's last byte sits in a hashing blob of today's header (two one-byte
 /// versions, a timestamp varint of five bytes, the previous block's hash, then the
 /// nonce). In nicehash mode the pool fixes this byte per connection and the miner
@@ -332,6 +348,39 @@ struct SentMoneroJob {
     job: Arc<MoneroJob>,
     /// This connection's hashing blob (its extra nonce, and its nicehash byte if any).
     hashing_blob: Vec<u8>,
+    /// The session's sends (`MoneroSession::sends`) that carried this job: its wire ids
+    /// are those of `first_send..=last_send`.
+    first_send: u32,
+    last_send: u32,
+}
+
+/// A job's id on the wire: its own id (16 hex digits) and the session's send count (8),
+/// so a job sent again at a new difficulty has a new id, and a share names both.
+fn wire_job_id(job_id: u64, send: u32) -> String {
+    format!("{job_id:016x}{send:08x}")
+}
+
+fn parse_wire_job_id(text: &str) -> Option<(u64, u32)> {
+    let bytes = crate::hex32::decode_exact::<12>(text)?;
+    let (job, send) = bytes.split_at(8);
+    Some((
+        u64::from_be_bytes(job.try_into().ok()?),
+        u32::from_be_bytes(send.try_into().ok()?),
+    ))
+}
+
+/// The 64-bit target of `difficulty` for `job`: `share_target64`, but at or below the
+/// network's difficulty never harder than the network's own bound, so no hash that is a
+/// block fails the miner's test (the difficulty is capped just under the network's, and
+/// the float's rounding could put the share target a hair under the block's).
+fn target64_within_network(difficulty: f64, job: &MoneroJob) -> u64 {
+    let target64 = share_target64(difficulty);
+    if difficulty > job.network_difficulty as f64 {
+        return target64;
+    }
+    let network = job.network_target.to_le_bytes();
+    let network_top = u64::from_le_bytes(network[24..32].try_into().expect("8 bytes"));
+    target64.max(network_top.saturating_add(1))
 }
 
 #[derive(Debug)]
@@ -342,6 +391,12 @@ pub struct MoneroSession {
     work: WorkState,
     /// Oldest first, at most `JOBS_REMEMBERED_MAX`, as `WorkState` remembers them.
     sent: Vec<SentMoneroJob>,
+    /// Jobs sent so far (the wire ids' second part).
+    sends: u32,
+    /// Shares handed to the glue for their hash and not finished or abandoned.
+    waiting: usize,
+    /// The miner sent a result that is not its input's hash: every later line closes.
+    lied: bool,
     outbox: Vec<u8>,
 }
 
@@ -353,6 +408,9 @@ impl MoneroSession {
             worker: None,
             work,
             sent: Vec::new(),
+            sends: 0,
+            waiting: 0,
+            lied: false,
             outbox: Vec::new(),
         }
     }
@@ -389,6 +447,9 @@ impl MoneroSession {
         jobs: &MoneroJobBook,
         duplicates: &mut DuplicateFilter,
     ) -> MoneroOutcome {
+        if self.lied {
+            return MoneroOutcome::Close(MoneroCloseReason::ResultMismatch);
+        }
         let Ok(message) = serde_json::from_slice::<Value>(line) else {
             return MoneroOutcome::Close(MoneroCloseReason::NotJson);
         };
@@ -516,21 +577,39 @@ impl MoneroSession {
     /// when this connection's extra nonce does not fit the template (a configuration
     /// fault, never the miner's).
     fn job_object(&mut self, job: &Arc<MoneroJob>, now_s: u64) -> Option<Value> {
-        let work = job.work(&self.config.extra_nonce).ok()?;
-        let mut hashing_blob = work.hashing_blob().to_vec();
-        if let Some(byte) = self.config.nicehash_byte {
-            hashing_blob[NICEHASH_BYTE_OFFSET] = byte;
-        }
+        // A job sent before (again, at a new difficulty, or asked for with `getjob`)
+        // keeps its blob: the rebuild decodes the whole block and hashes its tree.
+        let earlier = self
+            .sent
+            .iter()
+            .position(|sent| {
+                sent.job.job_id == job.job_id && sent.job.content_key == job.content_key
+            })
+            .map(|at| self.sent.remove(at));
+        let (hashing_blob, first_send) = match earlier {
+            Some(sent) => (sent.hashing_blob, sent.first_send),
+            None => {
+                let work = job.work(&self.config.extra_nonce).ok()?;
+                let mut hashing_blob = work.hashing_blob().to_vec();
+                if let Some(byte) = self.config.nicehash_byte {
+                    hashing_blob[NICEHASH_BYTE_OFFSET] = byte;
+                }
+                (hashing_blob, self.sends)
+            }
+        };
         self.work.retarget_before_job(job.work_job(), now_s);
         self.work.record_sent(job.work_job(), now_s);
-        self.sent.retain(|sent| sent.job.job_id != job.job_id);
         if self.sent.len() >= JOBS_REMEMBERED_MAX {
             self.sent.remove(0);
         }
-        let target64 = share_target64(self.work.difficulty());
+        let target64 = target64_within_network(self.work.difficulty(), job);
+        // Each send has its own id: some miners take a job whose id they saw before for a
+        // duplicate and reconnect, or start their nonces over (`wire_job_id`).
+        let send = self.sends;
+        self.sends = self.sends.wrapping_add(1);
         let object = json!({
             "blob": hex::encode(&hashing_blob),
-            "job_id": format!("{:016x}", job.job_id),
+            "job_id": wire_job_id(job.job_id, send),
             "target": hex::encode(target64.to_le_bytes()),
             "id": self.config.session_id,
             "height": job.height,
@@ -540,6 +619,8 @@ impl MoneroSession {
         self.sent.push(SentMoneroJob {
             job: job.clone(),
             hashing_blob,
+            first_send,
+            last_send: send,
         });
         Some(object)
     }
@@ -559,18 +640,29 @@ impl MoneroSession {
                 return self.reject(id, ErrorCode::Other, "this pool mines rx/0 only");
             }
         }
-        let Some(job_id) = field("job_id")
-            .and_then(crate::hex32::decode_exact::<8>)
-            .map(u64::from_be_bytes)
-        else {
+        let Some((job_id, send)) = field("job_id").and_then(parse_wire_job_id) else {
             return self.reject(id, ErrorCode::JobNotFound, "Invalid job id");
         };
-        let Some(sent) = self.sent.iter().find(|sent| sent.job.job_id == job_id) else {
+        let Some(sent) = self.sent.iter().find(|sent| {
+            sent.job.job_id == job_id && (sent.first_send..=sent.last_send).contains(&send)
+        }) else {
             return self.reject(id, ErrorCode::JobNotFound, "Invalid job id");
         };
         let (job, hashing_blob) = (sent.job.clone(), sent.hashing_blob.clone());
-        if jobs.lookup(job_id).is_none() {
+        // Live means this very template: the same id minted again for another (a second
+        // control plane after a failover) is not the job this share was mined on.
+        if jobs
+            .lookup(job_id)
+            .is_none_or(|live| live.content_key != job.content_key)
+        {
             return self.reject(id, ErrorCode::JobNotFound, "Block expired");
+        }
+        if self.waiting >= MONERO_SHARES_WAITING_PER_SESSION_MAX {
+            return self.reject(
+                id,
+                ErrorCode::Other,
+                "too many shares waiting for their hash",
+            );
         }
         let Some(nonce) = field("nonce").and_then(crate::hex32::decode_exact::<4>) else {
             return self.reject(id, ErrorCode::Other, "nonce must be 8 hex digits");
@@ -591,7 +683,7 @@ impl MoneroSession {
         let Some(sent_job) = self.work.sent_job(job_id) else {
             return self.reject(id, ErrorCode::JobNotFound, "Invalid job id");
         };
-        let target64 = share_target64(sent_job.required_difficulty(now_s));
+        let target64 = target64_within_network(sent_job.required_difficulty(now_s), &job);
         let nonce_offset = NICEHASH_BYTE_OFFSET + 1 - MONERO_NONCE_BYTES;
         let mut input = hashing_blob;
         input[nonce_offset..nonce_offset + MONERO_NONCE_BYTES].copy_from_slice(&nonce);
@@ -622,6 +714,7 @@ impl MoneroSession {
             }
         }
         let worker = self.worker.clone().expect("logged in");
+        self.waiting += 1;
         MoneroOutcome::NeedsPow(Box::new(MoneroPendingPow {
             request_id: id.clone(),
             job,
@@ -654,13 +747,21 @@ impl MoneroSession {
             worker,
             tip_generation,
         } = pending;
-        if *pow != claimed_result {
-            // The claim stays: the same input again is the same lie.
-            self.reject(&id, ErrorCode::Other, "Invalid result");
-            return MoneroOutcome::Close(MoneroCloseReason::ResultMismatch);
-        }
+        self.waiting = self.waiting.saturating_sub(1);
         let is_block = meets_difficulty(pow, job.network_difficulty);
         let block = is_block.then(|| self.block(&job, nonce, pow, &worker));
+        if *pow != claimed_result {
+            // The claim stays, with the true hash's work so the filter may forget it
+            // like any other: the same input again is the same lie. The session is done
+            // (`lied`); a block the input proves is still the pool's.
+            self.lied = true;
+            let kept = duplicates.settle(&job.content_key, &fingerprint, pow, is_block);
+            self.reject(&id, ErrorCode::Other, "Invalid result");
+            return match block {
+                Some(block) if kept => MoneroOutcome::BlockOnly(Box::new(block), ErrorCode::Other),
+                _ => MoneroOutcome::Close(MoneroCloseReason::ResultMismatch),
+            };
+        }
         if tip_generation != duplicates.tip_generation() {
             // A new tip dropped the filter's sets while the share was hashed: it may be the
             // copy of one credited before, so it is not credited. A block still goes up.
@@ -672,8 +773,17 @@ impl MoneroSession {
         }
         if !meets_target64(pow, target64) {
             if let Some(block) = block {
-                // Kept claimed and remembered as a block, so a copy is refused.
-                duplicates.settle(&job.content_key, &fingerprint, pow, true);
+                // Kept claimed and remembered as a block, so a copy is refused. A block
+                // the filter cannot keep (its blocks of this tip at their bound, under
+                // the floor: regtest only) is refused and not sent, as for scrypt
+                // (`work::credit_share`): were it sent, a copy could be sent again.
+                if !duplicates.settle(&job.content_key, &fingerprint, pow, true) {
+                    return self.reject(
+                        &id,
+                        ErrorCode::Other,
+                        "share filter full of shares of more work; wait for new work",
+                    );
+                }
                 self.reject(&id, ErrorCode::LowDifficulty, "Low difficulty share");
                 return MoneroOutcome::BlockOnly(Box::new(block), ErrorCode::LowDifficulty);
             }
@@ -696,6 +806,13 @@ impl MoneroSession {
             pow: *pow,
             block,
         }))
+    }
+
+    /// Gives back the claim of a share the glue will not hash (the connection closed,
+    /// the seed's VM is gone): its copy may then be sent again and counted once.
+    pub fn abandon(&mut self, pending: MoneroPendingPow, duplicates: &mut DuplicateFilter) {
+        self.waiting = self.waiting.saturating_sub(1);
+        duplicates.remove(&pending.job.content_key, &pending.fingerprint);
     }
 
     /// The block a share found: the connection's work rebuilt from the template (its
@@ -1072,7 +1189,7 @@ mod tests {
         assert_eq!(job["algo"], "rx/0");
         assert_eq!(job["height"], 100);
         assert_eq!(job["seed_hash"], hex::encode(SEED));
-        assert_eq!(job["job_id"], "0000000000000001");
+        assert_eq!(job["job_id"], "000000000000000100000000");
         assert_eq!(job["target"], "ffffffffffffffff");
         // The blob is this connection's: its extra nonce's hashing blob.
         let expected = pool.jobs.newest().unwrap().work(&[1; 8]).unwrap();
@@ -1170,7 +1287,7 @@ mod tests {
         }
         // An unknown job, and another session's id.
         let mut unknown = job.clone();
-        unknown["job_id"] = json!("00000000000000ff");
+        unknown["job_id"] = json!("00000000000000ff00000000");
         pool.submit(&mut miner, &unknown, "03000000", &hex::encode([0; 32]));
         assert_eq!(error_message(&mut miner), "Invalid job id");
         let mut short = job.clone();
@@ -1251,7 +1368,7 @@ mod tests {
         let second = sent(&mut miner).remove(0);
         assert_eq!(second["method"], "job");
         let second = second["params"].clone();
-        assert_eq!(second["job_id"], "0000000000000002");
+        assert_eq!(second["job_id"], "000000000000000200000001");
         assert!(matches!(
             pool.submit_honestly(&mut miner, &old, [1, 0, 0, 0]),
             MoneroOutcome::ShareAccepted(_)
@@ -1349,5 +1466,133 @@ mod tests {
         );
         assert_eq!(error_message(&mut early), "no work yet, try again shortly");
         assert!(!early.is_mining());
+    }
+
+    /// A share of a job id this session was sent under another send, or of an id the book
+    /// holds for another template, is not taken; a job sent again (here by `getjob`) gets
+    /// a new id and keeps its blob, and shares of either id count.
+    #[test]
+    fn wire_ids_name_one_send_of_one_template() {
+        let mut pool = Pool::new(u128::MAX);
+        let mut miner = MoneroSession::new(config(1, 1.0));
+        let first = pool.login(&mut miner);
+        pool.send(
+            &mut miner,
+            json!({"id": 5, "method": "getjob", "params": {"id": "s1"}}),
+        );
+        let again = sent(&mut miner).remove(0)["result"].clone();
+        assert_eq!(again["job_id"], "000000000000000100000001");
+        assert_eq!(again["blob"], first["blob"]);
+        for (job, nonce) in [(&first, [1, 0, 0, 0]), (&again, [2, 0, 0, 0])] {
+            assert!(matches!(
+                pool.submit_honestly(&mut miner, job, nonce),
+                MoneroOutcome::ShareAccepted(_)
+            ));
+        }
+        let mut unsent = first.clone();
+        unsent["job_id"] = json!("000000000000000100000002");
+        pool.submit(&mut miner, &unsent, "03000000", &hex::encode([0; 32]));
+        assert_eq!(error_message(&mut miner), "Invalid job id");
+        // Job id 1 minted again for another template (a second control plane): the
+        // session's job 1 is not live.
+        pool.jobs.insert(job(1, 0x10, u128::MAX));
+        assert_eq!(
+            pool.submit(&mut miner, &first, "04000000", &hex::encode([0; 32])),
+            MoneroOutcome::Rejected(ErrorCode::JobNotFound)
+        );
+        assert_eq!(error_message(&mut miner), "Block expired");
+    }
+
+    /// At most `MONERO_SHARES_WAITING_PER_SESSION_MAX` shares of a session wait for their
+    /// hash; the next is refused until one is finished or abandoned, and an abandoned
+    /// share's claim is given back.
+    #[test]
+    fn a_session_has_a_bounded_number_of_hashes_in_flight() {
+        let mut pool = Pool::new(u128::MAX);
+        let mut miner = MoneroSession::new(config(1, 1.0));
+        let job = pool.login(&mut miner);
+        let mut waiting = Vec::new();
+        for nonce in 0..MONERO_SHARES_WAITING_PER_SESSION_MAX as u8 {
+            let MoneroOutcome::NeedsPow(pending) = pool.submit(
+                &mut miner,
+                &job,
+                &hex::encode([nonce, 0, 0, 0]),
+                &hex::encode([0; 32]),
+            ) else {
+                panic!("share {nonce} waits")
+            };
+            waiting.push(pending);
+        }
+        assert_eq!(
+            pool.submit(&mut miner, &job, "ff000000", &hex::encode([0; 32])),
+            MoneroOutcome::Rejected(ErrorCode::Other)
+        );
+        assert_eq!(
+            error_message(&mut miner),
+            "too many shares waiting for their hash"
+        );
+        let first = waiting.remove(0);
+        let input = first.input().to_vec();
+        miner.abandon(*first, &mut pool.duplicates);
+        // Its copy is taken again (the claim was given back), and fills the free place.
+        let mut blob = hex::decode(job["blob"].as_str().unwrap()).unwrap();
+        blob[39..43].copy_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(blob, input);
+        assert!(matches!(
+            pool.submit(&mut miner, &job, "00000000", &hex::encode([0; 32])),
+            MoneroOutcome::NeedsPow(_)
+        ));
+    }
+
+    /// After a false result every line closes, and a false result whose input is a block
+    /// still hands the block to the pool.
+    #[test]
+    fn a_false_result_ends_the_session_but_keeps_a_block() {
+        let mut pool = Pool::new(1);
+        let mut miner = MoneroSession::new(config(1, 1.0));
+        let job = pool.login(&mut miner);
+        let MoneroOutcome::NeedsPow(pending) =
+            pool.submit(&mut miner, &job, "01000000", &hex::encode([0; 32]))
+        else {
+            panic!("a meeting result is hashed")
+        };
+        let pow = randomx(pending.input());
+        let MoneroOutcome::BlockOnly(block, ErrorCode::Other) =
+            miner.handle_pow(*pending, &pow, &mut pool.duplicates)
+        else {
+            panic!("the block is kept")
+        };
+        assert_eq!(block.pow, pow);
+        assert_eq!(error_message(&mut miner), "Invalid result");
+        assert_eq!(
+            pool.send(
+                &mut miner,
+                json!({"id": 9, "method": "keepalived", "params": {"id": "s1"}})
+            ),
+            MoneroOutcome::Close(MoneroCloseReason::ResultMismatch)
+        );
+    }
+
+    /// A miner held at the network's difficulty is sent a target no harder than the
+    /// block's bound: every hash that is a block meets it.
+    #[test]
+    fn a_capped_target_is_never_harder_than_the_networks() {
+        for network_difficulty in [3u128, 1000, 123_456_789, 300_000_000_000] {
+            let job = job(1, 0, network_difficulty);
+            let capped = network_difficulty as f64 * (1.0 - 1e-9);
+            let target64 = target64_within_network(capped, &job);
+            let network = job.network_target.to_le_bytes();
+            let network_top = u64::from_le_bytes(network[24..32].try_into().unwrap());
+            assert!(target64 > network_top, "{network_difficulty}");
+            // The largest hash that is a block meets the share target.
+            assert!(meets_target64(&network, target64));
+            assert!(meets_difficulty(&network, network_difficulty));
+        }
+        let job = job(1, 0, 1000);
+        assert_eq!(
+            target64_within_network(4000.0, &job),
+            share_target64(4000.0)
+        );
+        assert_eq!(MONERO_DIFFICULTY_FLOOR, 128.0);
     }
 }
