@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod coin;
 pub mod jobs;
 pub mod monero;
+pub mod monero_wallet;
 pub mod rpc;
 pub mod signed_message;
 pub mod synthetic;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::rpc::{json_rpc_result, RpcError};
+use crate::rpc::{json_reply, json_rpc_result, RpcError};
 pub use otedama_shared::monero::{
     blob_with_extra_nonce, parse_monero_address, MoneroAddress, MoneroAddressError,
     MoneroAddressKind, MoneroBlobError, MoneroWork, MONERO_ADDRESS_BYTES_MAX, MONERO_NONCE_BYTES,
@@ -165,6 +165,8 @@ pub struct MoneroBlockHeader {
 /// A blocking monerod RPC client.
 #[derive(Clone)]
 pub struct MoneroRpc {
+    /// `http://HOST:PORT`, for the endpoints outside JSON-RPC.
+    base_url: String,
     url: String,
     agent: ureq::Agent,
 }
@@ -176,9 +178,32 @@ impl MoneroRpc {
             .timeout_connect(Duration::from_secs(5))
             .timeout(Duration::from_secs(MONERO_RPC_TIMEOUT_S))
             .build();
+        let base_url = base_url.trim_end_matches('/').to_string();
         MoneroRpc {
-            url: format!("{}/json_rpc", base_url.trim_end_matches('/')),
+            url: format!("{base_url}/json_rpc"),
+            base_url,
             agent,
+        }
+    }
+
+    /// Calls one of monerod's endpoints outside JSON-RPC (`get_transactions`,
+    /// `is_key_image_spent`), whose reply is the result itself, with the same check of its
+    /// status.
+    pub fn call_endpoint(&self, endpoint: &str, body: Value) -> Result<Value, RpcError> {
+        let url = format!("{}/{endpoint}", self.base_url);
+        let reply = json_reply(
+            self.agent.post(&url).send_json(body),
+            &url,
+            endpoint,
+            Some(MONERO_RPC_REPLY_BYTES_MAX),
+        )?;
+        match reply["status"].as_str() {
+            Some("OK") => Ok(reply),
+            status => Err(RpcError::Node {
+                method: endpoint.into(),
+                code: 0,
+                message: format!("status {}", status.unwrap_or("missing")),
+            }),
         }
     }
 

@@ -216,6 +216,26 @@ pub(crate) fn json_rpc_result(
     method: &str,
     reply_bytes_max: Option<u64>,
 ) -> Result<Value, RpcError> {
+    let reply = json_reply(response, url, method, reply_bytes_max)?;
+    if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
+        return Err(RpcError::Node {
+            method: method.into(),
+            code: error["code"].as_i64().unwrap_or(0),
+            message: error["message"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+}
+
+/// A reply's whole JSON body, with `json_rpc_result`'s handling of the transport and the
+/// HTTP status: for monerod's endpoints outside JSON-RPC (`/get_transactions`), whose
+/// body is the result itself.
+pub(crate) fn json_reply(
+    response: Result<ureq::Response, ureq::Error>,
+    url: &str,
+    method: &str,
+    reply_bytes_max: Option<u64>,
+) -> Result<Value, RpcError> {
     let response = match response {
         Ok(response) => response,
         Err(ureq::Error::Status(401, _)) => return Err(RpcError::Unauthorized { url: url.into() }),
@@ -231,17 +251,9 @@ pub(crate) fn json_rpc_result(
         method: method.into(),
         detail,
     };
-    let reply: Value = match reply_bytes_max {
+    match reply_bytes_max {
         Some(max) => serde_json::from_reader(std::io::Read::take(response.into_reader(), max))
-            .map_err(|e| malformed(e.to_string()))?,
-        None => response.into_json().map_err(|e| malformed(e.to_string()))?,
-    };
-    if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
-        return Err(RpcError::Node {
-            method: method.into(),
-            code: error["code"].as_i64().unwrap_or(0),
-            message: error["message"].as_str().unwrap_or("").to_string(),
-        });
+            .map_err(|e| malformed(e.to_string())),
+        None => response.into_json().map_err(|e| malformed(e.to_string())),
     }
-    Ok(reply.get("result").cloned().unwrap_or(Value::Null))
 }

@@ -36,6 +36,7 @@ fn monerod() -> PathBuf {
 struct Daemon {
     child: Child,
     rpc: MoneroRpc,
+    rpc_port: u16,
 }
 
 impl Daemon {
@@ -62,7 +63,11 @@ impl Daemon {
             .spawn()
             .expect("starting monerod");
         let rpc = MoneroRpc::new(&format!("http://127.0.0.1:{rpc_port}"));
-        let daemon = Daemon { child, rpc };
+        let daemon = Daemon {
+            child,
+            rpc,
+            rpc_port,
+        };
         wait_until(Duration::from_secs(120), "monerod's RPC", || {
             daemon.rpc.last_block_header().is_ok()
         })
@@ -440,4 +445,164 @@ fn the_cpu_miner_finds_blocks_the_daemon_accepts() {
     let heights: Vec<u64> = accepted_blocks.iter().map(|block| block.height).collect();
     assert_eq!(heights, (1..=BLOCKS).collect::<Vec<_>>());
     miner.kill_9();
+}
+
+/// monero-wallet-rpc on `dir`, using `daemon`, stopped when dropped.
+struct WalletProcess {
+    child: Child,
+    url: String,
+}
+
+impl WalletProcess {
+    fn start(dir: &Path, daemon_rpc_port: u16) -> Self {
+        let path = PathBuf::from("/usr/bin/monero-wallet-rpc");
+        assert!(
+            path.is_file(),
+            "no monero-wallet-rpc at {}: Debian's monero package has it (apt-get install monero)",
+            path.display()
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let child = Command::new(path)
+            .arg("--daemon-address")
+            .arg(format!("127.0.0.1:{daemon_rpc_port}"))
+            .args([
+                "--trusted-daemon",
+                "--disable-rpc-login",
+                "--non-interactive",
+            ])
+            .args(["--rpc-bind-ip", "127.0.0.1", "--rpc-bind-port"])
+            .arg(port.to_string())
+            .arg("--wallet-dir")
+            .arg(dir)
+            .arg("--log-file")
+            .arg(dir.join("wallet-rpc.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting monero-wallet-rpc");
+        let url = format!("http://127.0.0.1:{port}");
+        let process = WalletProcess { child, url };
+        let probe = otedama_chain::monero_wallet::MoneroWallet::new(
+            &process.url,
+            MoneroRpc::new(&format!("http://127.0.0.1:{daemon_rpc_port}")),
+        );
+        wait_until(Duration::from_secs(60), "monero-wallet-rpc", || {
+            probe.call("get_version", serde_json::json!({})).is_ok()
+        })
+        .unwrap();
+        process
+    }
+}
+
+impl Drop for WalletProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pool's wallet pays miners through monero-wallet-rpc, as the ledger's payout path
+/// drives it: the coinbases the pool mined unlock after 60 blocks; one payment to three
+/// miners is signed without being relayed, relayed, relayed again as a restart would
+/// (the same transaction: no second payment), confirmed, and each miner's wallet holds
+/// exactly its amount. The wallet's own record says what the payment paid, and a payment
+/// whose key images are spent can never be mined again.
+#[test]
+fn the_pool_wallet_pays_miners_exactly_once() {
+    use otedama_chain::monero_wallet::MoneroWallet;
+    use otedama_ledger::payments::{TxStatus, Wallet};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let daemon_port: u16 = daemon.rpc_port;
+    let daemon_rpc = || MoneroRpc::new(&format!("http://127.0.0.1:{daemon_port}"));
+    let pool_process = WalletProcess::start(&dir.path().join("pool-wallet"), daemon_port);
+    let miners_process = WalletProcess::start(&dir.path().join("miner-wallets"), daemon_port);
+    let mut pool = MoneroWallet::new(&pool_process.url, daemon_rpc());
+    let miners = MoneroWallet::new(&miners_process.url, daemon_rpc());
+    pool.create_wallet("pool").unwrap();
+    let pool_address = pool.primary_address().unwrap();
+    let mut addresses = Vec::new();
+    for name in ["miner-a", "miner-b", "miner-c"] {
+        miners.create_wallet(name).unwrap();
+        addresses.push(miners.primary_address().unwrap());
+    }
+    let generate = |blocks: u64, address: &str| {
+        daemon
+            .rpc
+            .call(
+                "generateblocks",
+                json!({"amount_of_blocks": blocks, "wallet_address": address}),
+            )
+            .unwrap();
+    };
+    // The pool's blocks, then 60 more (to another address) so its coinbases unlock.
+    generate(20, &pool_address);
+    generate(60, PAYOUT_ADDRESS);
+    pool.refresh().unwrap();
+    let before = pool.balance().unwrap();
+    assert!(
+        before.unlocked > 0 && before.unlocked == before.total,
+        "{before:?}"
+    );
+
+    let amounts = [1_000_000_000_000u64, 2_500_000_000_001, 1];
+    let outputs: BTreeMap<String, u64> = addresses.iter().cloned().zip(amounts).collect();
+    let payment = pool.build_payment(&outputs).unwrap();
+    // Signed, not relayed: the daemon has not seen it.
+    assert!(!pool.knows_transaction(&payment.txid).unwrap());
+    assert_eq!(pool.never_minable(&payment.raw_tx).unwrap(), None);
+    pool.broadcast(&payment.raw_tx).unwrap();
+    pool.broadcast(&payment.raw_tx).unwrap();
+    assert!(pool.knows_transaction(&payment.txid).unwrap());
+    assert_eq!(
+        pool.transaction_status(&payment.txid).unwrap(),
+        TxStatus::InMempool
+    );
+    generate(10, PAYOUT_ADDRESS);
+    assert_eq!(
+        pool.transaction_status(&payment.txid).unwrap(),
+        TxStatus::Confirmed(10)
+    );
+    // Relayed once more after it is mined: nothing changes.
+    let _ = pool.broadcast(&payment.raw_tx);
+    pool.refresh().unwrap();
+    let scripts: Vec<(Vec<u8>, u64)> = outputs
+        .iter()
+        .map(|(address, amount)| (address.as_bytes().to_vec(), *amount))
+        .collect();
+    assert!(pool.pays_outputs(&payment.txid, &scripts).unwrap());
+    let wrong = vec![(addresses[0].as_bytes().to_vec(), amounts[0] + 1)];
+    assert!(!pool.pays_outputs(&payment.txid, &wrong).unwrap());
+    assert!(pool.sends_since(0).unwrap().contains(&payment.txid));
+    assert!(pool.never_minable(&payment.raw_tx).unwrap().is_some());
+    assert_eq!(
+        pool.transaction_status(&"00".repeat(32)).unwrap(),
+        TxStatus::Unknown
+    );
+    let after = pool.balance().unwrap();
+    let paid: u64 = amounts.iter().sum();
+    assert!(
+        before.total - after.total > paid,
+        "the pool paid the amounts and a fee"
+    );
+    // Each miner holds exactly its amount, once.
+    for ((name, address), amount) in ["miner-a", "miner-b", "miner-c"]
+        .iter()
+        .zip(&addresses)
+        .zip(amounts)
+    {
+        miners.open_wallet(name).unwrap();
+        assert_eq!(&miners.primary_address().unwrap(), address);
+        miners.refresh().unwrap();
+        assert_eq!(miners.balance().unwrap().total, amount, "{name}");
+    }
+    // Too many destinations for one transaction: refused before the wallet is asked.
+    let many: BTreeMap<String, u64> = (0..16)
+        .map(|i| (format!("{PAYOUT_ADDRESS}{i}"), 1))
+        .collect();
+    assert!(pool.build_payment(&many).is_err());
 }
