@@ -28,6 +28,11 @@ work=$(mktemp -d /tmp/otedama-broadcast.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 # The baseline writes to its share of the sockets in PROCESSES parts, one after another.
+# With more than one process, a third baseline ("split"): PROCESSES writers at once on core
+# 0, each to its part, their rounds started together, as the pool's processes broadcast a
+# job together; a round is as long as its slowest writer. It carries the cost the split
+# itself puts on the core (switching between processes, each with its own sockets), which
+# a host whose file limit lets one process hold every connection does not pay.
 baseline() {
   local name=$1 receivers
   for receivers in idle reading; do
@@ -37,6 +42,18 @@ baseline() {
         --rounds 5 >"$work/$name-$receivers.$p.json"
     done
   done
+  if ((processes > 1)); then
+    local start_ms=$(($(date +%s%3N) + 5000 + connections / 10))
+    local pids=()
+    for ((p = 0; p < processes; p++)); do
+      "$bin_dir/otedama-broadcast-baseline" --connections $((connections / processes)) \
+        --line-bytes "$notify_bytes" --core 0 --receivers idle --receivers-core 1 \
+        --rounds 5 --rounds-at-unix-ms "$start_ms" --round-interval-ms 3000 \
+        >"$work/$name-split.$p.json" &
+      pids+=($!)
+    done
+    wait "${pids[@]}"
+  fi
 }
 
 baseline before
@@ -56,6 +73,15 @@ def rounds(name):
     return [sum(run["rounds_ms"][r] for run in runs) for r in range(len(runs[0]["rounds_ms"]))]
 baseline = {f"{when}, receivers {mode}": rounds(f"{when}-{mode}")
             for mode in ("idle", "reading") for when in ("before", "after")}
+if processes > 1:
+    # The writers ran at once: a round is as long as its slowest writer.
+    for when in ("before", "after"):
+        runs = [json.load(open(f"{work}/{when}-split.{p}.json")) for p in range(processes)]
+        late = sum(run["late_rounds"] for run in runs)
+        if late:
+            print(f"warning: {late} split-baseline rounds started late ({when}); they overlapped less")
+        baseline[f"{when}, split"] = [max(run["rounds_ms"][r] for run in runs)
+                                      for r in range(len(runs[0]["rounds_ms"]))]
 jobs = {}
 for line in open(f"{work}/pool.log"):
     line = re.sub(r"\x1b\[[0-9;]*m", "", line)
@@ -73,12 +99,17 @@ for name, values in baseline.items():
 print(f"pool, jobs that reached all {connections} (ms): {' '.join(map(str, pool))}")
 pool_median = statistics.median(pool)
 waited = sum(json.load(open(f"{work}/{when}-{mode}.{p}.json"))["would_block"]
-             for when in ("before", "after") for mode in ("idle", "reading") for p in range(processes))
+             for when in ("before", "after")
+             for mode in (("idle", "reading", "split") if processes > 1 else ("idle", "reading"))
+             for p in range(processes))
 if waited:
     print(f"warning: the baseline found a socket buffer full {waited} times; its figures include that wait")
-for mode in ("idle", "reading"):
-    bound = statistics.median(baseline[f"before, receivers {mode}"] + baseline[f"after, receivers {mode}"])
-    print(f"pool median {pool_median:.0f} ms / baseline ({mode} receivers) median {bound:.1f} ms"
+modes = [("idle", "receivers idle"), ("reading", "receivers reading")]
+if processes > 1:
+    modes.append(("split: processes at once, idle", "split"))
+for mode, key in modes:
+    bound = statistics.median(baseline[f"before, {key}"] + baseline[f"after, {key}"])
+    print(f"pool median {pool_median:.0f} ms / baseline ({mode}) median {bound:.1f} ms"
           f" = {pool_median / bound:.2f}  ({bound * 1000 / connections:.2f} us a socket for the"
           f" baseline, {pool_median * 1000 / connections:.2f} for the pool)")
 EOF

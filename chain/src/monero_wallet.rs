@@ -30,8 +30,11 @@ pub const MONERO_WALLET_RPC_TIMEOUT_S: u64 = 120;
 /// The longest reply read from the wallet: a pending transaction's metadata is tens of
 /// kilobytes; a transfer list of a busy wallet more.
 pub const MONERO_WALLET_REPLY_BYTES_MAX: u64 = 64 * 1024 * 1024;
-/// Marks a `raw_tx` as this wallet's: `xmr1:METADATA:BLOB`, both hex.
+/// Marks a `raw_tx` as this wallet's: `xmr1:TXID:METADATA:BLOB`, all hex.
 const RAW_TX_PREFIX: &str = "xmr1:";
+/// monero-wallet-rpc's WALLET_RPC_ERROR_CODE_NOT_OPEN: a restarted wallet-rpc has no
+/// wallet open until it is told to open one.
+const WALLET_NOT_OPEN: i64 = -13;
 
 /// The wallet's balance in atomic units (piconero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,9 @@ pub struct MoneroWallet {
     url: String,
     agent: ureq::Agent,
     daemon: MoneroRpc,
+    /// The wallet file this client opened or created, opened again when a restarted
+    /// wallet-rpc has none open.
+    wallet_name: std::sync::Mutex<Option<String>>,
 }
 
 impl MoneroWallet {
@@ -60,11 +66,11 @@ impl MoneroWallet {
             url: format!("{}/json_rpc", wallet_url.trim_end_matches('/')),
             agent,
             daemon,
+            wallet_name: std::sync::Mutex::new(None),
         }
     }
 
-    /// Calls `method` on the wallet and returns its `result`.
-    pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+    fn call_once(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
         let body = json!({"jsonrpc": "2.0", "id": "0", "method": method, "params": params});
         json_rpc_result(
             self.agent.post(&self.url).send_json(body),
@@ -74,18 +80,37 @@ impl MoneroWallet {
         )
     }
 
+    /// Calls `method` on the wallet and returns its `result`. A wallet-rpc restarted since
+    /// this client opened its wallet has none open: it is opened again and the call made
+    /// once more.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        match self.call_once(method, &params) {
+            Err(RpcError::Node { code, .. }) if code == WALLET_NOT_OPEN => {
+                let name = self.wallet_name.lock().expect("name lock").clone();
+                let Some(name) = name else {
+                    return self.call_once(method, &params);
+                };
+                self.call_once("open_wallet", &json!({"filename": name, "password": ""}))?;
+                self.call_once(method, &params)
+            }
+            other => other,
+        }
+    }
+
     /// Creates a wallet file in the wallet's directory and opens it.
     pub fn create_wallet(&self, name: &str) -> Result<(), RpcError> {
         self.call(
             "create_wallet",
             json!({"filename": name, "password": "", "language": "English"}),
-        )
-        .map(drop)
+        )?;
+        *self.wallet_name.lock().expect("name lock") = Some(name.to_string());
+        Ok(())
     }
 
     pub fn open_wallet(&self, name: &str) -> Result<(), RpcError> {
-        self.call("open_wallet", json!({"filename": name, "password": ""}))
-            .map(drop)
+        self.call("open_wallet", json!({"filename": name, "password": ""}))?;
+        *self.wallet_name.lock().expect("name lock") = Some(name.to_string());
+        Ok(())
     }
 
     /// The open wallet's primary address.
@@ -166,16 +191,34 @@ fn wallet_error(error: RpcError) -> WalletError {
 }
 
 /// A payment as the ledger keeps it.
-fn raw_tx(metadata: &str, blob: &str) -> String {
-    format!("{RAW_TX_PREFIX}{metadata}:{blob}")
+fn raw_tx(txid: &str, metadata: &str, blob: &str) -> String {
+    format!("{RAW_TX_PREFIX}{txid}:{metadata}:{blob}")
 }
 
-/// The pending transaction's metadata and the signed transaction, from a `raw_tx`.
-fn parts(raw_tx: &str) -> Result<(&str, &str), WalletError> {
-    raw_tx
+/// A kept payment's parts.
+struct Kept<'a> {
+    txid: &'a str,
+    /// The wallet's pending transaction, which `relay_tx` takes.
+    metadata: &'a str,
+    /// The signed transaction.
+    blob: &'a str,
+}
+
+fn parts(raw_tx: &str) -> Result<Kept<'_>, WalletError> {
+    let mut fields = raw_tx
         .strip_prefix(RAW_TX_PREFIX)
-        .and_then(|rest| rest.split_once(':'))
-        .ok_or_else(|| WalletError::Refused("not a payment of the Monero wallet".into()))
+        .map(|rest| rest.splitn(3, ':'));
+    let mut next = || fields.as_mut().and_then(Iterator::next);
+    match (next(), next(), next()) {
+        (Some(txid), Some(metadata), Some(blob)) if !txid.is_empty() => Ok(Kept {
+            txid,
+            metadata,
+            blob,
+        }),
+        _ => Err(WalletError::Refused(
+            "not a payment of the Monero wallet".into(),
+        )),
+    }
 }
 
 /// The key images a signed transaction spends.
@@ -226,15 +269,28 @@ impl Wallet for MoneroWallet {
                 .ok_or_else(|| WalletError::Refused(format!("transfer returned no {name}")))
         };
         let (txid, metadata, blob) = (text("tx_hash")?, text("tx_metadata")?, text("tx_blob")?);
+        // Its coins frozen, so no other payment is built from them while this one waits
+        // to be written, relayed or mined (a wallet puts a dropped transaction's coins
+        // back): `release_stale_locks` thaws those of a payment that was never written.
+        let images = key_images(blob)?;
+        for (at, image) in images.iter().enumerate() {
+            if let Err(error) = self.call("freeze", json!({"key_image": image})) {
+                for frozen in &images[..at] {
+                    let _ = self.call("thaw", json!({"key_image": frozen}));
+                }
+                return Err(wallet_error(error));
+            }
+        }
+        let _ = self.call("store", json!({}));
         Ok(SignedPayment {
-            raw_tx: raw_tx(metadata, blob),
+            raw_tx: raw_tx(txid, metadata, blob),
             txid: txid.to_string(),
         })
     }
 
     fn broadcast(&mut self, raw_tx: &str) -> Result<(), WalletError> {
-        let (metadata, _) = parts(raw_tx)?;
-        self.call("relay_tx", json!({"hex": metadata}))
+        let kept = parts(raw_tx)?;
+        self.call("relay_tx", json!({"hex": kept.metadata}))
             .map(drop)
             .map_err(wallet_error)
     }
@@ -291,8 +347,8 @@ impl Wallet for MoneroWallet {
 
     fn never_minable(&mut self, raw_tx: &str) -> Result<Option<String>, WalletError> {
         const METHOD: &str = "is_key_image_spent";
-        let (_, blob) = parts(raw_tx)?;
-        let images = key_images(blob)?;
+        let kept = parts(raw_tx)?;
+        let images = key_images(kept.blob)?;
         let reply = self
             .daemon
             .call_endpoint(METHOD, json!({"key_images": images}))
@@ -301,23 +357,52 @@ impl Wallet for MoneroWallet {
             .as_array()
             .filter(|statuses| statuses.len() == images.len())
             .ok_or_else(|| wallet_error(malformed(METHOD, "one status per key image")))?;
-        // 1: spent in the chain (by it, or by another); 2: in the pool, which may still
-        // drop the other transaction.
-        Ok(statuses
-            .iter()
-            .position(|status| status == 1)
-            .map(|at| format!("its key image {} is spent in the chain", images[at])))
+        // 1: spent in the chain; 2: in the pool, which may still drop the other
+        // transaction.
+        let Some(at) = statuses.iter().position(|status| status == 1) else {
+            return Ok(None);
+        };
+        // Spent by this very transaction (mined while the ledger did not see it) is not
+        // "never": it is paid.
+        if self
+            .daemon_transaction(kept.txid)
+            .map_err(wallet_error)?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "its key image {} is spent in the chain by another transaction",
+            images[at]
+        )))
     }
 
     fn sends_since(&mut self, since_unix_s: u64) -> Result<Vec<String>, WalletError> {
+        // A list from a daemon still syncing, or a wallet behind it (restored, rescanning),
+        // would miss sends: refused until both are at the tip.
+        let info = self
+            .daemon
+            .call("get_info", json!({}))
+            .map_err(wallet_error)?;
+        if info["synchronized"] != json!(true) || info["busy_syncing"] == json!(true) {
+            return Err(WalletError::Unreachable(
+                "monerod is still syncing: the wallet's sends are not all known".into(),
+            ));
+        }
+        let daemon_height = info["height"].as_u64().unwrap_or(u64::MAX);
+        let wallet_height = self.call("get_height", json!({})).map_err(wallet_error)?["height"]
+            .as_u64()
+            .unwrap_or(0);
+        if wallet_height < daemon_height {
+            return Err(WalletError::Unreachable(format!(
+                "the wallet has read {wallet_height} of {daemon_height} blocks: its sends are not all known"
+            )));
+        }
         let result = self
-            .call(
-                "get_transfers",
-                json!({"out": true, "pending": true, "pool": true}),
-            )
+            .call("get_transfers", json!({"out": true, "pending": true}))
             .map_err(wallet_error)?;
         let mut sends = Vec::new();
-        for kind in ["out", "pending", "pool"] {
+        for kind in ["out", "pending"] {
             for transfer in result[kind].as_array().into_iter().flatten() {
                 if transfer["timestamp"].as_u64().unwrap_or(u64::MAX) >= since_unix_s {
                     if let Some(txid) = transfer["txid"].as_str() {
@@ -330,6 +415,42 @@ impl Wallet for MoneroWallet {
         sends.dedup();
         Ok(sends)
     }
+
+    /// Thaws every frozen coin that no payment in `keep` spends: coins frozen for a
+    /// payment that was built and never written (the pool stopped, or the batch changed
+    /// while it was built).
+    fn release_stale_locks(&mut self, keep: &[&str]) -> Result<usize, WalletError> {
+        let mut kept_images = std::collections::BTreeSet::new();
+        for raw_tx in keep {
+            // A pending payment that cannot be read keeps every coin frozen.
+            let Ok(kept) = parts(raw_tx) else {
+                return Ok(0);
+            };
+            let Ok(images) = key_images(kept.blob) else {
+                return Ok(0);
+            };
+            kept_images.extend(images);
+        }
+        let result = self
+            .call("incoming_transfers", json!({"transfer_type": "available"}))
+            .map_err(wallet_error)?;
+        let mut thawed = 0;
+        for transfer in result["transfers"].as_array().into_iter().flatten() {
+            let Some(image) = transfer["key_image"].as_str() else {
+                continue;
+            };
+            if transfer["frozen"] == json!(true) && !kept_images.contains(image) {
+                self.call("thaw", json!({"key_image": image}))
+                    .map_err(wallet_error)?;
+                thawed += 1;
+            }
+        }
+        Ok(thawed)
+    }
+
+    fn payment_outputs_max(&self) -> usize {
+        MONERO_PAYMENT_DESTINATIONS_MAX
+    }
 }
 
 #[cfg(test)]
@@ -340,9 +461,20 @@ mod tests {
     /// is not this wallet's.
     #[test]
     fn a_kept_payment_splits_into_its_parts() {
-        let kept = raw_tx("abcd", "0102");
-        assert_eq!(parts(&kept).unwrap(), ("abcd", "0102"));
-        for other in ["0200000001", "xmr1:abcd", "xmr2:ab:cd", ""] {
+        let kept = raw_tx("ee", "abcd", "0102");
+        let parts_of = parts(&kept).unwrap();
+        assert_eq!(
+            (parts_of.txid, parts_of.metadata, parts_of.blob),
+            ("ee", "abcd", "0102")
+        );
+        for other in [
+            "0200000001",
+            "xmr1:abcd",
+            "xmr1:ab:cd",
+            "xmr1::ab:cd",
+            "xmr2:ee:ab:cd",
+            "",
+        ] {
             assert!(parts(other).is_err(), "{other}");
         }
         assert!(key_images("zz").is_err());

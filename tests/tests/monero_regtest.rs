@@ -549,6 +549,18 @@ fn the_pool_wallet_pays_miners_exactly_once() {
         "{before:?}"
     );
 
+    // A payment built and never written (the pool stopped before its intent): its coins
+    // stay frozen, kept while the ledger holds it, thawed once it does not.
+    let unwritten = pool
+        .build_payment(&BTreeMap::from([(addresses[0].clone(), 5)]))
+        .unwrap();
+    assert_eq!(pool.release_stale_locks(&[&unwritten.raw_tx]).unwrap(), 0);
+    assert!(pool.release_stale_locks(&[]).unwrap() > 0);
+    assert_eq!(pool.release_stale_locks(&[]).unwrap(), 0);
+    // A wallet-rpc with no wallet open (as after its restart): opened again by the client.
+    pool.call("close_wallet", json!({})).unwrap();
+    assert_eq!(pool.balance().unwrap(), before);
+
     let amounts = [1_000_000_000_000u64, 2_500_000_000_001, 1];
     let outputs: BTreeMap<String, u64> = addresses.iter().cloned().zip(amounts).collect();
     let payment = pool.build_payment(&outputs).unwrap();
@@ -578,7 +590,8 @@ fn the_pool_wallet_pays_miners_exactly_once() {
     let wrong = vec![(addresses[0].as_bytes().to_vec(), amounts[0] + 1)];
     assert!(!pool.pays_outputs(&payment.txid, &wrong).unwrap());
     assert!(pool.sends_since(0).unwrap().contains(&payment.txid));
-    assert!(pool.never_minable(&payment.raw_tx).unwrap().is_some());
+    // Its key images are spent, by itself: it is paid, not "never minable".
+    assert_eq!(pool.never_minable(&payment.raw_tx).unwrap(), None);
     assert_eq!(
         pool.transaction_status(&"00".repeat(32)).unwrap(),
         TxStatus::Unknown
@@ -600,6 +613,7 @@ fn the_pool_wallet_pays_miners_exactly_once() {
         miners.refresh().unwrap();
         assert_eq!(miners.balance().unwrap().total, amount, "{name}");
     }
+    assert_eq!(pool.payment_outputs_max(), 15);
     // Too many destinations for one transaction: refused before the wallet is asked.
     let many: BTreeMap<String, u64> = (0..16)
         .map(|i| (format!("{PAYOUT_ADDRESS}{i}"), 1))

@@ -50,6 +50,14 @@ struct Args {
     /// The core the receiving process is pinned to (the load generator's core).
     #[arg(long)]
     receivers_core: Option<usize>,
+    /// Start round `r` at this Unix time plus `r` times --round-interval-ms (waiting for
+    /// it), so several baseline processes write their rounds at the same time, as the
+    /// pool's processes broadcast a job at the same time. Default: each round 100 ms after
+    /// the one before.
+    #[arg(long)]
+    rounds_at_unix_ms: Option<u64>,
+    #[arg(long, default_value_t = 2_000)]
+    round_interval_ms: u64,
     /// Child mode: connect this many sockets to --address and hold them until stdin closes.
     #[arg(long, hide = true)]
     hold: bool,
@@ -122,13 +130,26 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mut elapsed = Vec::with_capacity(args.rounds);
     let mut would_block = 0u64;
-    for _ in 0..args.rounds {
+    // Rounds that began late (the sockets were still connecting at their time), which
+    // then do not overlap the other processes' as planned.
+    let mut late_rounds = 0u32;
+    for round in 0..args.rounds {
+        if let Some(first_ms) = args.rounds_at_unix_ms {
+            let at = Duration::from_millis(first_ms + round as u64 * args.round_interval_ms);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            match at.checked_sub(now) {
+                Some(wait) => std::thread::sleep(wait),
+                None => late_rounds += 1,
+            }
+        }
         let started = Instant::now();
         for socket in &sockets {
             would_block += write_all(socket.as_raw_fd(), &line)?;
         }
         elapsed.push(started.elapsed());
-        std::thread::sleep(Duration::from_millis(100));
+        if args.rounds_at_unix_ms.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let rounds_ms: Vec<String> = elapsed
         .iter()
@@ -145,7 +166,7 @@ fn main() -> anyhow::Result<()> {
     let median = elapsed_sorted[elapsed.len() / 2];
     let per_socket_us = median.as_secs_f64() * 1e6 / args.connections as f64;
     println!(
-        "{{\"receivers\":\"{:?}\",\"connections\":{},\"line_bytes\":{},\"rounds\":{},\"rounds_ms\":[{}],\"min_ms\":{:.3},\"median_ms\":{:.3},\"max_ms\":{:.3},\"median_us_per_socket\":{:.3},\"would_block\":{}}}",
+        "{{\"receivers\":\"{:?}\",\"connections\":{},\"line_bytes\":{},\"rounds\":{},\"rounds_ms\":[{}],\"min_ms\":{:.3},\"median_ms\":{:.3},\"max_ms\":{:.3},\"median_us_per_socket\":{:.3},\"would_block\":{},\"late_rounds\":{}}}",
         args.receivers,
         args.connections,
         args.line_bytes,
@@ -155,7 +176,8 @@ fn main() -> anyhow::Result<()> {
         median.as_secs_f64() * 1e3,
         elapsed_sorted[elapsed.len() - 1].as_secs_f64() * 1e3,
         per_socket_us,
-        would_block
+        would_block,
+        late_rounds
     );
     Ok(())
 }

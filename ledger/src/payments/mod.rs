@@ -213,6 +213,16 @@ pub fn payable(
     policy: &PayoutPolicy,
     now_ms: u64,
 ) -> Result<Payable, LedgerError> {
+    payable_at_most(ledger, policy, now_ms, PAYOUT_OUTPUTS_PER_BATCH_MAX)
+}
+
+/// `payable`, with at most `outputs_max` outputs (the wallet's `payment_outputs_max`).
+pub fn payable_at_most(
+    ledger: &Ledger,
+    policy: &PayoutPolicy,
+    now_ms: u64,
+    outputs_max: usize,
+) -> Result<Payable, LedgerError> {
     let paid_in_period = match policy.kyc {
         Some(rule) => paid_since(ledger, now_ms.saturating_sub(rule.period_ms))?,
         None => BTreeMap::new(),
@@ -261,7 +271,7 @@ pub fn payable(
     Ok(Payable {
         outputs: candidates
             .into_iter()
-            .take(PAYOUT_OUTPUTS_PER_BATCH_MAX)
+            .take(outputs_max.min(PAYOUT_OUTPUTS_PER_BATCH_MAX))
             .map(|(amount, account)| (account, amount))
             .collect(),
         kyc_held,
@@ -283,10 +293,11 @@ pub fn run(
     if !report.still_open.is_empty() {
         return Ok(report);
     }
+    let outputs_max = wallet.payment_outputs_max().max(1);
     let Payable {
         mut outputs,
         kyc_held,
-    } = payable(&locked(ledger), &policy(), now_ms)?;
+    } = payable_at_most(&locked(ledger), &policy(), now_ms, outputs_max)?;
     report.kyc_held = kyc_held;
     let (signed, mut written) = loop {
         if outputs.is_empty() {
@@ -303,7 +314,7 @@ pub fn run(
         // held an address since. The batch is written only if every output is payable now,
         // for the same amount; otherwise it is dropped unsent (its coins unlocked) and
         // funded again without the accounts that changed.
-        let now_payable = payable(&written, &policy(), now_ms)?.outputs;
+        let now_payable = payable_at_most(&written, &policy(), now_ms, outputs_max)?.outputs;
         let changed: Vec<String> = outputs
             .iter()
             .filter(|(account, amount)| now_payable.get(*account) != Some(*amount))
@@ -408,6 +419,13 @@ mod tests {
             kyc: None,
         };
         assert_eq!(payable(&ledger, &policy, 0).unwrap().outputs.len(), 2);
+        // A wallet that pays one output a payment (`Wallet::payment_outputs_max`) gets the
+        // biggest balance first.
+        let one = payable_at_most(&ledger, &policy, 0, 1).unwrap().outputs;
+        assert_eq!(
+            one.into_iter().collect::<Vec<_>>(),
+            [(denied.clone(), 7_000)]
+        );
         // The list holds the canonical form; the ledger may hold another case of it.
         policy.frozen.insert(denied.clone());
         let paid = payable(&ledger, &policy, 0).unwrap().outputs;

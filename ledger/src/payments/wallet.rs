@@ -54,6 +54,13 @@ pub trait Wallet {
     fn release_stale_locks(&mut self, _keep: &[&str]) -> Result<usize, WalletError> {
         Ok(0)
     }
+
+    /// The most outputs one payment may pay (a Monero transaction has 16, one of them the
+    /// change); a run pays the largest balances first, up to it, and leaves the rest for
+    /// the next run.
+    fn payment_outputs_max(&self) -> usize {
+        super::PAYOUT_OUTPUTS_PER_BATCH_MAX
+    }
 }
 
 /// Where a payout transaction stands on the node.
