@@ -74,13 +74,12 @@ impl MoneroBlockTemplate {
     /// transactions' tree root in the hashing blob, changes with every extra nonce, so each
     /// one has its own hashing blob.
     pub fn work(&self, extra_nonce: &[u8]) -> Result<MoneroWork, MoneroBlobError> {
-        let blob = blob_with_extra_nonce(
+        MoneroWork::for_extra_nonce(
             &self.blob,
             self.reserved_offset,
             self.reserve_size,
             extra_nonce,
-        )?;
-        MoneroWork::from_block_blob(blob)
+        )
     }
 }
 

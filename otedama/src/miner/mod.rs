@@ -516,6 +516,26 @@ fn algorithm_of(args: &MinerArgs) -> Algorithm {
 
 static NEXT_SUBMIT_ID: AtomicU64 = AtomicU64::new(100);
 
+/// Reads a line from the pool into `line`: `Ok(None)` when none came within the socket's
+/// read timeout (the session loop then turns again), `Ok(Some(0))` when the pool closed.
+fn read_pool_line(
+    reader: &mut impl std::io::BufRead,
+    line: &mut String,
+) -> std::io::Result<Option<usize>> {
+    match reader.read_line(line) {
+        Ok(read) => Ok(Some(read)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn mine(index: usize, algo: AlgoArg, shared: &Shared, found: &crossbeam_channel::Sender<Found>) {
     // Hashes between checks for new work: scrypt is ~1000x slower than SHA256d.
     let (algorithm, check_every) = match algo {

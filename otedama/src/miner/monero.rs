@@ -4,7 +4,7 @@
 //! goes back as `submit` with the nonce and the hash. The miner keeps the nonce's last
 //! byte when the pool's login reply names the `nicehash` extension.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -124,18 +124,10 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
         }
         run.report();
         run.check_pool(unanswered > 0)?;
-        match reader.read_line(&mut text) {
-            Ok(0) => bail!("pool closed the connection"),
-            Ok(_) => run.heard(),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e.into()),
+        match read_pool_line(&mut reader, &mut text)? {
+            None => continue,
+            Some(0) => bail!("pool closed the connection"),
+            Some(_) => run.heard(),
         }
         let message: Value = serde_json::from_str(text.trim()).context("pool sent invalid JSON")?;
         text.clear();

@@ -1,7 +1,7 @@
 //! `otedama miner` over Stratum V1: subscribe, authorize (and roll versions where the
 //! pool allows), then relay the newest job to the workers and their finds back as submits.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -90,21 +90,14 @@ pub(super) fn session(address: &str, run: &mut Run<'_>) -> anyhow::Result<()> {
         }
         run.report();
         run.check_pool(unanswered > 0)?;
-        match reader.read_line(&mut line) {
-            Ok(0) if reconnect_asked => {
+        match read_pool_line(&mut reader, &mut line) {
+            Ok(Some(0)) if reconnect_asked => {
                 eprintln!("miner: the pool asked to reconnect and closed: connecting again");
                 return Ok(());
             }
-            Ok(0) => bail!("pool closed the connection"),
-            Ok(_) => run.heard(),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
+            Ok(Some(0)) => bail!("pool closed the connection"),
+            Ok(Some(_)) => run.heard(),
+            Ok(None) => continue,
             // A reset after the request is the reconnect too.
             Err(_) if reconnect_asked => {
                 eprintln!("miner: the pool asked to reconnect and closed: connecting again");

@@ -78,6 +78,21 @@ impl MoneroWork {
         })
     }
 
+    /// The work of a template's block for one extra nonce (`blob_with_extra_nonce`).
+    pub fn for_extra_nonce(
+        blob: &[u8],
+        reserved_offset: usize,
+        reserve_size: u8,
+        extra_nonce: &[u8],
+    ) -> Result<Self, MoneroBlobError> {
+        Self::from_block_blob(blob_with_extra_nonce(
+            blob,
+            reserved_offset,
+            reserve_size,
+            extra_nonce,
+        )?)
+    }
+
     pub fn block_blob(&self) -> &[u8] {
         &self.block_blob
     }

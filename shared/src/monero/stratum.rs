@@ -25,12 +25,10 @@ use crate::bans::BanList;
 use crate::duplicates::{Claim, DuplicateFilter};
 use crate::error_code::ErrorCode;
 use crate::limits::{empty_outbox, JOBS_REMEMBERED_MAX, WORKER_NAME_BYTES_MAX};
-use crate::sv1::request::RequestId;
+use crate::sv1::request::{read_envelope, Envelope, RequestId};
 use crate::work::{FrontEndConfig, WorkJob, WorkState};
 
-use super::{
-    blob_with_extra_nonce, parse_monero_address, MoneroBlobError, MoneroWork, MONERO_NONCE_BYTES,
-};
+use super::{parse_monero_address, MoneroBlobError, MoneroWork, MONERO_NONCE_BYTES};
 
 /// The one algorithm this dialect serves: RandomX as Monero runs it.
 pub const MONERO_ALGORITHM: &str = "rx/0";
@@ -124,13 +122,12 @@ impl MoneroJob {
 
     /// One connection's work: the block with its extra nonce in the reserved bytes.
     pub fn work(&self, extra_nonce: &[u8]) -> Result<MoneroWork, MoneroBlobError> {
-        let blob = blob_with_extra_nonce(
+        MoneroWork::for_extra_nonce(
             &self.blob,
             self.reserved_offset,
             self.reserve_size,
             extra_nonce,
-        )?;
-        MoneroWork::from_block_blob(blob)
+        )
     }
 
     pub fn reserve_size(&self) -> u8 {
@@ -450,30 +447,18 @@ impl MoneroSession {
         if self.lied {
             return MoneroOutcome::Close(MoneroCloseReason::ResultMismatch);
         }
-        let Ok(message) = serde_json::from_slice::<Value>(line) else {
-            return MoneroOutcome::Close(MoneroCloseReason::NotJson);
+        let (id, method, params) = match read_envelope(line) {
+            Envelope::NotJson => return MoneroOutcome::Close(MoneroCloseReason::NotJson),
+            Envelope::Refused(id, message) => return self.reject(&id, ErrorCode::Other, message),
+            Envelope::Reply => return MoneroOutcome::Continue,
+            Envelope::Request { id, method, params } => (id, method, params),
         };
-        let Value::Object(request) = message else {
-            return self.reject(
-                &RequestId::Null,
-                ErrorCode::Other,
-                "request must be an object",
-            );
+        let params = match params {
+            Value::Null => Map::new(),
+            Value::Object(params) => params,
+            _ => return self.reject(&id, ErrorCode::Other, "params must be an object"),
         };
-        let id = RequestId::from_value(request.get("id"));
-        let Some(method) = request.get("method") else {
-            // A reply to something the pool sent (it sends only notifications).
-            return MoneroOutcome::Continue;
-        };
-        let Some(method) = method.as_str() else {
-            return self.reject(&id, ErrorCode::Other, "method must be a string");
-        };
-        let empty = Map::new();
-        let params = match request.get("params") {
-            None | Some(Value::Null) => &empty,
-            Some(Value::Object(params)) => params,
-            Some(_) => return self.reject(&id, ErrorCode::Other, "params must be an object"),
-        };
+        let (method, params) = (method.as_str(), &params);
         if method == "login" {
             return self.handle_login(&id, params, jobs, now_s);
         }
@@ -1441,7 +1426,7 @@ mod tests {
             MoneroOutcome::Close(MoneroCloseReason::NotJson)
         );
         pool.send(&mut miner, json!([1, 2]));
-        assert_eq!(error_message(&mut miner), "request must be an object");
+        assert_eq!(error_message(&mut miner), "request must be a JSON object");
         pool.send(
             &mut miner,
             json!({"id": 1, "method": "login", "params": [ADDRESS]}),

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 /// Longest request id the pool echoes; ids are usually small integers.
 pub const REQUEST_ID_BYTES_MAX: usize = 64;
@@ -171,6 +172,44 @@ fn scan_request(line: &[u8]) -> Option<BorrowedRequest<'_>> {
         method: method?,
         params: params?,
     })
+}
+
+/// A request line read as JSON-RPC up to its method, as both line dialects (Stratum V1
+/// and Monero's) read it before their own methods and params.
+#[derive(Debug, PartialEq)]
+pub enum Envelope {
+    /// Not JSON at all: the connection closes.
+    NotJson,
+    /// Refused with this message, under this id.
+    Refused(RequestId, &'static str),
+    /// A reply to something the pool sent (it sends only notifications): nothing to do.
+    Reply,
+    /// A request; `params` is `Null` when absent.
+    Request {
+        id: RequestId,
+        method: String,
+        params: Value,
+    },
+}
+
+pub fn read_envelope(line: &[u8]) -> Envelope {
+    let Ok(message) = serde_json::from_slice::<Value>(line) else {
+        return Envelope::NotJson;
+    };
+    let Value::Object(mut request) = message else {
+        return Envelope::Refused(RequestId::Null, "request must be a JSON object");
+    };
+    let id = RequestId::from_value(request.get("id"));
+    let method = match request.remove("method") {
+        None => return Envelope::Reply,
+        Some(Value::String(method)) => method,
+        Some(_) => return Envelope::Refused(id, "method must be a string"),
+    };
+    Envelope::Request {
+        id,
+        method,
+        params: request.remove("params").unwrap_or(Value::Null),
+    }
 }
 
 /// The bytes a plain string holds: printable ASCII but the quote and the backslash. One

@@ -16,7 +16,7 @@ use crate::pow_batch::{OwnedSubmission, PowInput};
 use crate::share::{BlockCandidate, DuplicateFilter, ShareRecord, UncreditedBlock};
 use crate::work::{vet_worker_name, FrontEndConfig, ShareTerms, WorkState};
 
-use super::request::{parse_borrowed, RequestId};
+use super::request::{parse_borrowed, read_envelope, Envelope, RequestId};
 use super::{set_difficulty_line, ErrorCode};
 
 /// Per-connection settings chosen by the core that accepted it.
@@ -189,30 +189,19 @@ impl Session {
                 return self.handle_submit(&id, request.params.as_slice(), now_s, jobs, duplicates);
             }
         }
-        let Ok(message) = serde_json::from_slice::<Value>(line_bytes) else {
-            return Outcome::Close(CloseReason::NotJson);
-        };
-        let Value::Object(request) = message else {
-            return self.reject(
-                &RequestId::Null,
-                ErrorCode::Other,
-                "request must be a JSON object",
-            );
-        };
-        let id = RequestId::from_value(request.get("id"));
-        let Some(method) = request.get("method") else {
+        let (id, method, params) = match read_envelope(line_bytes) {
+            Envelope::NotJson => return Outcome::Close(CloseReason::NotJson),
+            Envelope::Refused(id, message) => return self.reject(&id, ErrorCode::Other, message),
             // A reply to something we sent (we send only notifications): nothing to do.
-            return Outcome::Continue;
+            Envelope::Reply => return Outcome::Continue,
+            Envelope::Request { id, method, params } => (id, method, params),
         };
-        let Some(method) = method.as_str() else {
-            return self.reject(&id, ErrorCode::Other, "method must be a string");
+        let params = match params {
+            Value::Null => Vec::new(),
+            Value::Array(params) => params,
+            _ => return self.reject(&id, ErrorCode::Other, "params must be an array"),
         };
-        let empty = Vec::new();
-        let params = match request.get("params") {
-            None | Some(Value::Null) => &empty,
-            Some(Value::Array(params)) => params,
-            Some(_) => return self.reject(&id, ErrorCode::Other, "params must be an array"),
-        };
+        let (method, params) = (method.as_str(), &params);
         match method {
             "mining.subscribe" => self.handle_subscribe(&id, params, jobs, now_s),
             "mining.authorize" => self.handle_authorize(&id, params, jobs, now_s),
