@@ -43,7 +43,9 @@ baseline() {
     done
   done
   if ((processes > 1)); then
-    local start_ms=$(($(date +%s%3N) + 5000 + connections / 10))
+    # Time for every writer to connect its sockets first: at 100,000 in all, 15 s was
+    # too little (every round started late).
+    local start_ms=$(($(date +%s%3N) + 10000 + connections * 6 / 10))
     local pids=()
     for ((p = 0; p < processes; p++)); do
       "$bin_dir/otedama-broadcast-baseline" --connections $((connections / processes)) \
