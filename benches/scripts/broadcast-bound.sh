@@ -87,7 +87,7 @@ if processes > 1:
 jobs = {}
 for line in open(f"{work}/pool.log"):
     line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-    match = re.search(r"job broadcast .*job_id=(\d+) connections=(\d+) elapsed_ms=(\d+)", line)
+    match = re.search(r"job broadcast .*job_id=(\d+) .*connections=(\d+) elapsed_ms=(\d+)", line)
     if match:
         job, count, ms = match.groups()
         jobs.setdefault(job, []).append((int(count), int(ms)))
