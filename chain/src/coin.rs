@@ -2,7 +2,7 @@
 //! the getblocktemplate rules the node insists on.
 
 use otedama_kernels::Algorithm;
-use otedama_shared::address::AddressRule;
+use otedama_shared::address::{AddressRule, BitcoinAddressRule};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -51,13 +51,14 @@ pub struct CoinParams {
 
 impl CoinParams {
     pub fn new(coin: Coin, network: Network) -> Self {
-        let rule =
-            |network_name, pubkey_hash_prefix, script_hash_prefixes, bech32_hrp| AddressRule {
+        let rule = |network_name, pubkey_hash_prefix, script_hash_prefixes, bech32_hrp| {
+            AddressRule::Bitcoin(BitcoinAddressRule {
                 network_name,
                 pubkey_hash_prefix,
                 script_hash_prefixes,
                 bech32_hrp,
-            };
+            })
+        };
         let address = match (coin, network) {
             (Coin::Bitcoin, Network::Mainnet) => rule("bitcoin mainnet", 0, &[5], "bc"),
             (Coin::Bitcoin, Network::Testnet) => rule("bitcoin testnet", 111, &[196], "tb"),

@@ -13,10 +13,30 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::rpc::{json_reply, json_rpc_result, RpcError};
+use otedama_shared::address::{AddressRule, MoneroAddressRule};
 pub use otedama_shared::monero::{
-    blob_with_extra_nonce, parse_monero_address, MoneroAddress, MoneroAddressError,
+    blob_with_extra_nonce, parse_monero_address, payout_address, MoneroAddress, MoneroAddressError,
     MoneroAddressKind, MoneroBlobError, MoneroWork, MONERO_ADDRESS_BYTES_MAX, MONERO_NONCE_BYTES,
 };
+
+/// Blocks before a coinbase output can be spent (`CRYPTONOTE_MINED_MONEY_UNLOCK_WINDOW`):
+/// a found block's reward is credited as immature until then.
+pub const MONERO_COINBASE_MATURITY: u64 = 60;
+
+/// The payout address rule for a Monero network, for the ledger, bans and payouts.
+/// Regtest takes mainnet's addresses.
+pub fn monero_address_rule(network: crate::coin::Network) -> AddressRule {
+    use crate::coin::Network;
+    let (network_name, network) = match network {
+        Network::Mainnet => ("monero mainnet", monero::Network::Mainnet),
+        Network::Testnet => ("monero testnet", monero::Network::Testnet),
+        Network::Regtest => ("monero regtest", monero::Network::Mainnet),
+    };
+    AddressRule::Monero(MoneroAddressRule {
+        network_name,
+        network,
+    })
+}
 
 /// The most bytes monerod reserves in a template's extra field for the pool
 /// (`get_block_template`'s `reserve_size`). The call takes up to 255, but monerod 0.18

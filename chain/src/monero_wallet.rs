@@ -9,6 +9,13 @@
 //! it again after a crash sends the same transaction: the same key images, so it can never
 //! pay twice.
 //!
+//! The pending transaction holds the transaction's secret key, so the ledger (and its
+//! backups) now hold it too. With it, and a recipient's address, anyone can prove that
+//! this transaction paid that address that amount; it spends nothing. The ledger already
+//! holds every payout's addresses, amounts and txid in the clear, and its own intent is
+//! that proof in all but cryptography, so the key tells a reader of the ledger nothing the
+//! ledger does not. It is never shown by the API (`payment_json_full` leaves `raw_tx` out).
+//!
 //! Monero's outputs are not readable from the chain without the recipients' keys, so what
 //! a transaction pays comes from the wallet's own record of it (`get_transfer_by_txid`),
 //! and an output is named by its address (the canonical text's bytes) where the Bitcoin

@@ -1,14 +1,35 @@
 //! Payout addresses: decode and check an address for one coin and network, and produce
-//! the output script that pays it. Base58Check and bech32/bech32m decoding come from the
-//! `bitcoin` crate; only the per-coin prefixes are ours. The data plane checks a miner's
-//! address with this at authorize time; the control plane builds coinbases and payouts
-//! with it.
+//! the bytes that name its destination in a payment: the output script in the Bitcoin
+//! family, the canonical address text in Monero (whose outputs are one-time keys no
+//! script names). Base58Check and bech32/bech32m decoding come from the `bitcoin` crate,
+//! Monero's from the `monero` crate; only the per-coin prefixes are ours. The data plane
+//! checks a miner's address with this at authorize time; the control plane builds
+//! coinbases and payouts with it.
 
 use bitcoin::bech32;
 
+use crate::monero::{payout_address as monero_payout_address, MoneroAddressError};
+
 /// What makes an address belong to one coin on one network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AddressRule {
+pub enum AddressRule {
+    /// Base58Check and bech32 addresses that stand for an output script.
+    Bitcoin(BitcoinAddressRule),
+    /// Monero's own base58: standard addresses and subaddresses (`monero::payout_address`).
+    Monero(MoneroAddressRule),
+}
+
+/// A Monero network's addresses. Regtest takes mainnet's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoneroAddressRule {
+    /// For error messages: `monero regtest`.
+    pub network_name: &'static str,
+    pub network: monero::Network,
+}
+
+/// The prefixes of one Bitcoin-family coin on one network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitcoinAddressRule {
     /// For error messages: `litecoin regtest`.
     pub network_name: &'static str,
     pub pubkey_hash_prefix: u8,
@@ -27,9 +48,12 @@ pub enum AddressError {
     Unsupported { address: String, why: &'static str },
     #[error("an address of {length} bytes is longer than any ({ADDRESS_BYTES_MAX} at most)")]
     TooLong { length: usize },
+    #[error(transparent)]
+    Monero(#[from] MoneroAddressError),
 }
 
-/// Longest address accepted; bech32 addresses are at most 90 characters.
+/// Longest Bitcoin-family address accepted; bech32 addresses are at most 90 characters.
+/// (Monero's bound is `monero::MONERO_ADDRESS_BYTES_MAX`.)
 pub const ADDRESS_BYTES_MAX: usize = 90;
 
 /// The payout address in a worker name: miners authorize as `ADDRESS` or `ADDRESS.RIG`.
@@ -53,7 +77,12 @@ pub fn canonical_address(address: &str) -> std::borrow::Cow<'_, str> {
 /// script are the same party to bans, deny lists, KYC and the ledger. `Err` for text that
 /// is not an address of this coin and network.
 pub fn canonical_address_for(rule: &AddressRule, address: &str) -> Result<String, AddressError> {
-    let script = script_for_address(rule, address)?;
+    let rule = match rule {
+        AddressRule::Bitcoin(rule) => rule,
+        // Only the canonical text is taken at all.
+        AddressRule::Monero(rule) => return Ok(monero_payout_address(address, rule.network)?.text),
+    };
+    let script = bitcoin_script_for_address(rule, address)?;
     let is_script_hash = script.len() == 23 && script[0] == 0xa9 && script[1] == 0x14;
     let base58 = bitcoin::base58::decode_check(address).is_ok();
     if !(base58 && is_script_hash) {
@@ -79,8 +108,22 @@ pub fn payout_address_of(worker: &str) -> &str {
         .map_or(worker, |(address, _)| address)
 }
 
-/// Returns the scriptPubKey that pays `address`.
+/// The bytes that name `address`'s destination in a payment: the scriptPubKey that pays
+/// it, or for Monero the address's canonical text (what monero-wallet-rpc reports a
+/// payment's destinations by).
 pub fn script_for_address(rule: &AddressRule, address: &str) -> Result<Vec<u8>, AddressError> {
+    match rule {
+        AddressRule::Bitcoin(rule) => bitcoin_script_for_address(rule, address),
+        AddressRule::Monero(rule) => Ok(monero_payout_address(address, rule.network)?
+            .text
+            .into_bytes()),
+    }
+}
+
+fn bitcoin_script_for_address(
+    rule: &BitcoinAddressRule,
+    address: &str,
+) -> Result<Vec<u8>, AddressError> {
     let undecodable = || AddressError::Undecodable {
         address: address.to_string(),
     };
@@ -155,12 +198,12 @@ mod tests {
     /// (`M…`) encodings, and a bech32 address in upper case.
     #[test]
     fn every_encoding_of_one_script_has_one_canonical_form() {
-        let rule = AddressRule {
+        let rule = AddressRule::Bitcoin(BitcoinAddressRule {
             network_name: "litecoin mainnet",
             pubkey_hash_prefix: 48,
             script_hash_prefixes: &[50, 5],
             bech32_hrp: "ltc",
-        };
+        });
         let hash = [0x42u8; 20];
         let encode = |prefix: u8| {
             let mut payload = vec![prefix];
@@ -188,14 +231,61 @@ mod tests {
         assert!(canonical_address_for(&rule, "not an address").is_err());
     }
 
+    /// A Monero rule names a destination by its canonical text; an integrated address (the
+    /// same keys under a payment id) and another network's address are not payable.
+    #[test]
+    fn a_monero_address_is_its_own_destination() {
+        const GENERAL_FUND: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+        let rule = AddressRule::Monero(MoneroAddressRule {
+            network_name: "monero regtest",
+            network: monero::Network::Mainnet,
+        });
+        assert_eq!(
+            script_for_address(&rule, GENERAL_FUND).unwrap(),
+            GENERAL_FUND.as_bytes()
+        );
+        assert_eq!(
+            canonical_worker_for(&rule, &format!("{GENERAL_FUND}.rig")).unwrap(),
+            format!("{GENERAL_FUND}.rig")
+        );
+        let keys: monero::Address = GENERAL_FUND.parse().unwrap();
+        let integrated = monero::Address::integrated(
+            monero::Network::Mainnet,
+            keys.public_spend,
+            keys.public_view,
+            monero::util::address::PaymentId::from([1; 8]),
+        )
+        .to_string();
+        assert!(matches!(
+            script_for_address(&rule, &integrated),
+            Err(AddressError::Monero(MoneroAddressError::Integrated { .. }))
+        ));
+        let stagenet = monero::Address::standard(
+            monero::Network::Stagenet,
+            keys.public_spend,
+            keys.public_view,
+        )
+        .to_string();
+        assert!(canonical_address_for(&rule, &stagenet).is_err());
+        // Neither family takes the other's addresses.
+        let litecoin = AddressRule::Bitcoin(BitcoinAddressRule {
+            network_name: "litecoin regtest",
+            pubkey_hash_prefix: 111,
+            script_hash_prefixes: &[58, 196],
+            bech32_hrp: "rltc",
+        });
+        assert!(script_for_address(&litecoin, GENERAL_FUND).is_err());
+        assert!(script_for_address(&rule, "n3q3PuGf8c1cPVizoR2PvJKr88E8RJ6M6r").is_err());
+    }
+
     #[test]
     fn an_address_over_the_limit_is_refused_before_decoding() {
-        let rule = AddressRule {
+        let rule = AddressRule::Bitcoin(BitcoinAddressRule {
             network_name: "test",
             pubkey_hash_prefix: 0,
             script_hash_prefixes: &[5],
             bech32_hrp: "bc",
-        };
+        });
         // At the limit the length is not what refuses it; one byte more is.
         let at_limit = format!("bc1q{}", "q".repeat(ADDRESS_BYTES_MAX - 4));
         assert!(!matches!(

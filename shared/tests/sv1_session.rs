@@ -801,12 +801,14 @@ fn a_share_waiting_for_its_scrypt_hash_cannot_be_taken_twice() {
 
 #[test]
 fn a_worker_without_a_payout_address_of_the_network_is_refused_at_authorize() {
-    let rule = otedama_shared::address::AddressRule {
-        network_name: "litecoin regtest",
-        pubkey_hash_prefix: 111,
-        script_hash_prefixes: &[58, 196],
-        bech32_hrp: "rltc",
-    };
+    let rule = otedama_shared::address::AddressRule::Bitcoin(
+        otedama_shared::address::BitcoinAddressRule {
+            network_name: "litecoin regtest",
+            pubkey_hash_prefix: 111,
+            script_hash_prefixes: &[58, 196],
+            bech32_hrp: "rltc",
+        },
+    );
     let mut h = Harness::new(0.5);
     h.session = Session::new(config_with(0.5, |terms| {
         terms.payout_address_rule = Some(rule)

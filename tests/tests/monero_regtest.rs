@@ -502,12 +502,15 @@ impl Drop for WalletProcess {
     }
 }
 
-/// The pool's wallet pays miners through monero-wallet-rpc, as the ledger's payout path
-/// drives it: the coinbases the pool mined unlock after 60 blocks; one payment to three
-/// miners is signed without being relayed, relayed, relayed again as a restart would
-/// (the same transaction: no second payment), confirmed, and each miner's wallet holds
-/// exactly its amount. The wallet's own record says what the payment paid, and a payment
-/// whose key images are spent can never be mined again.
+/// The pool's wallet pays miners through monero-wallet-rpc: the coinbases the pool mined
+/// unlock after 60 blocks; one payment to three miners is signed without being relayed,
+/// relayed, relayed again as a restart would (the same transaction: no second payment),
+/// confirmed, and each miner's wallet holds exactly its amount. The wallet's own record
+/// says what the payment paid, and a payment whose key images are spent can never be
+/// mined again. Then the ledger drives it: the reward of a block the pool found, split by
+/// PPLNS, is paid by the ledger's payout run to four miners (one at a subaddress) with
+/// the pool stopped between the relay and the intent's completion, and every miner's
+/// wallet gains exactly what the ledger says it paid.
 #[test]
 fn the_pool_wallet_pays_miners_exactly_once() {
     use otedama_chain::monero_wallet::MoneroWallet;
@@ -530,6 +533,15 @@ fn the_pool_wallet_pays_miners_exactly_once() {
         miners.create_wallet(name).unwrap();
         addresses.push(miners.primary_address().unwrap());
     }
+    // A fourth miner is paid at a subaddress of its wallet.
+    miners.create_wallet("miner-d").unwrap();
+    let subaddress = miners
+        .call("create_address", json!({"account_index": 0}))
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(subaddress, miners.primary_address().unwrap());
     let generate = |blocks: u64, address: &str| {
         daemon
             .rpc
@@ -541,6 +553,7 @@ fn the_pool_wallet_pays_miners_exactly_once() {
     };
     // The pool's blocks, then 60 more (to another address) so its coinbases unlock.
     generate(20, &pool_address);
+    let found = daemon.rpc.last_block_header().unwrap();
     generate(60, PAYOUT_ADDRESS);
     pool.refresh().unwrap();
     let before = pool.balance().unwrap();
@@ -619,4 +632,148 @@ fn the_pool_wallet_pays_miners_exactly_once() {
         .map(|i| (format!("{PAYOUT_ADDRESS}{i}"), 1))
         .collect();
     assert!(pool.build_payment(&many).is_err());
+
+    ledger_pays_a_found_block(
+        &daemon,
+        &mut pool,
+        &miners,
+        &found,
+        &pool_address,
+        &addresses,
+        &subaddress,
+        dir.path(),
+    );
+}
+
+/// The ledger's payout run over the pool's wallet (see `the_pool_wallet_pays_miners_exactly_once`).
+#[allow(clippy::too_many_arguments)]
+fn ledger_pays_a_found_block(
+    daemon: &Daemon,
+    pool: &mut otedama_chain::monero_wallet::MoneroWallet,
+    miners: &otedama_chain::monero_wallet::MoneroWallet,
+    found: &otedama_chain::monero::MoneroBlockHeader,
+    pool_address: &str,
+    addresses: &[String],
+    subaddress: &str,
+    dir: &Path,
+) {
+    use otedama_chain::coin::Network;
+    use otedama_chain::monero::{monero_address_rule, MONERO_COINBASE_MATURITY};
+    use otedama_ledger::ledger::{IntentState, Ledger};
+    use otedama_ledger::payments::{self, PayoutError, PayoutPolicy, PayoutStep, Wallet};
+    use otedama_ledger::schemes::{split_block, Round, RoundShare, Scheme};
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    let rule = monero_address_rule(Network::Regtest);
+    let wallets = ["miner-a", "miner-b", "miner-c", "miner-d"];
+    let accounts: Vec<String> = addresses
+        .iter()
+        .cloned()
+        .chain([subaddress.to_string()])
+        .collect();
+    // What each miner's wallet holds before the ledger pays.
+    let held = |name: &str| {
+        miners.open_wallet(name).unwrap();
+        miners.refresh().unwrap();
+        miners.balance().unwrap().total
+    };
+    let before: Vec<u64> = wallets.iter().map(|name| held(name)).collect();
+
+    // The round: shares of unequal work, newest first, all inside the PPLNS window.
+    let shares: Vec<RoundShare> = [(0, 5_000.0), (3, 1_300.0), (1, 700.0), (2, 3.0), (3, 1.0)]
+        .iter()
+        .enumerate()
+        .map(|(at, &(miner, difficulty))| RoundShare {
+            address: accounts[miner].clone(),
+            difficulty,
+            accepted_at_ms: 1_000 - at as u64,
+        })
+        .collect();
+    let split = split_block(
+        Scheme::Pplns { window_factor: 1.0 },
+        found.reward,
+        10_000,
+        &Round {
+            finder: &accounts[0],
+            shares_newest_first: &shares,
+            round_shares: shares.len(),
+            network_difficulty: 7_004.0,
+            start_ms: 0,
+            end_ms: 1_000,
+        },
+    );
+    assert_eq!(split.credits.len(), 4, "{split:?}");
+    assert_eq!(
+        split.pool + split.credits.values().sum::<u64>(),
+        found.reward
+    );
+    let block = hex::encode(found.hash);
+    let ledger = Mutex::new(Ledger::open(&dir.join("ledger")).unwrap());
+    {
+        let mut ledger = ledger.lock().unwrap();
+        let mut credits = split.credits.clone();
+        credits.insert(pool_address.to_string(), split.pool);
+        ledger.credit_block(&block, &credits).unwrap();
+        // The found block is past Monero's coinbase maturity on the daemon.
+        let tip = daemon.rpc.last_block_header().unwrap().height;
+        assert!(tip >= found.height + MONERO_COINBASE_MATURITY, "{tip}");
+        ledger.mature_block(&block).unwrap();
+    }
+    let policy = PayoutPolicy {
+        payout_min: 1,
+        address_rule: rule,
+        // The pool's own part stays in its wallet.
+        never_pay: vec![pool_address.to_string()],
+        frozen: Default::default(),
+        kyc: None,
+    };
+    let now_ms = 1_700_000_000_000;
+    // The pool stops after the relay, before the intent is completed.
+    let stopped = payments::run(&ledger, pool, &|| policy.clone(), now_ms, &mut |step| {
+        step == PayoutStep::Broadcast
+    });
+    assert!(
+        matches!(stopped, Err(PayoutError::Stopped(PayoutStep::Broadcast))),
+        "{stopped:?}"
+    );
+    let intent = ledger.lock().unwrap().open_intents().unwrap().remove(0);
+    assert_eq!(intent.outputs, split.credits);
+    // Restarted: the open intent is found on the daemon and completed; nothing else is
+    // payable, so no second payment is built.
+    let report = payments::run(&ledger, pool, &|| policy.clone(), now_ms + 1, &mut |_| {
+        false
+    })
+    .unwrap();
+    assert_eq!(report.completed, [intent.batch_id]);
+    assert_eq!(report.batch, None);
+    daemon
+        .rpc
+        .call(
+            "generateblocks",
+            json!({"amount_of_blocks": 10, "wallet_address": PAYOUT_ADDRESS}),
+        )
+        .unwrap();
+    pool.refresh().unwrap();
+    payments::follow_sent(&ledger, pool, &rule, 10, now_ms + 2).unwrap();
+    let ledger = ledger.lock().unwrap();
+    let settled = ledger.intent(intent.batch_id).unwrap().unwrap();
+    assert_eq!(settled.state, IntentState::Confirmed, "{settled:?}");
+    // Every miner's wallet gained exactly what the ledger paid it; the pool's part stayed.
+    for ((name, account), before) in wallets.iter().zip(&accounts).zip(before) {
+        let balances = ledger.balances(account).unwrap();
+        assert_eq!(
+            (balances.mature, balances.paying, balances.paid),
+            (0, 0, split.credits[account]),
+            "{name}"
+        );
+        assert_eq!(held(name) - before, balances.paid, "{name}");
+    }
+    assert_eq!(ledger.balances(pool_address).unwrap().mature, split.pool);
+    drop(ledger);
+    assert_eq!(
+        pool.sends_since(0).unwrap().len(),
+        2,
+        "one payment per run that paid"
+    );
 }

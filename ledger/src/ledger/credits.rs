@@ -69,8 +69,8 @@ impl Ledger {
     }
 
     /// Takes back an orphaned block's immature credits, once. A matured block cannot be
-    /// orphaned any more: maturity is 100 confirmations, past any reorganization the pool
-    /// is built to survive.
+    /// orphaned any more: maturity (100 confirmations, 60 for Monero) is past any
+    /// reorganization the pool is built to survive.
     pub fn orphan_block(&mut self, block: &str) -> Result<Applied, LedgerError> {
         self.settle(block, BlockState::Orphaned)
     }

@@ -388,12 +388,13 @@ mod tests {
     use super::*;
 
     /// Litecoin regtest's address rule, as the control plane's coin parameters give it.
-    const LITECOIN_REGTEST: AddressRule = AddressRule {
-        network_name: "litecoin regtest",
-        pubkey_hash_prefix: 111,
-        script_hash_prefixes: &[58, 196],
-        bech32_hrp: "rltc",
-    };
+    const LITECOIN_REGTEST: AddressRule =
+        AddressRule::Bitcoin(otedama_shared::address::BitcoinAddressRule {
+            network_name: "litecoin regtest",
+            pubkey_hash_prefix: 111,
+            script_hash_prefixes: &[58, 196],
+            bech32_hrp: "rltc",
+        });
 
     /// A distinct, valid Litecoin regtest address (P2WPKH) for each index.
     fn regtest_address(index: u8) -> String {

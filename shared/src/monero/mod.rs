@@ -171,6 +171,31 @@ pub enum MoneroAddressError {
     },
     #[error("{address:?} is not in its canonical encoding")]
     NotCanonical { address: String },
+    #[error(
+        "{address:?} is an integrated address: give the wallet's standard address or a \
+         subaddress (payment ids are not taken)"
+    )]
+    Integrated { address: String },
+}
+
+/// The address a miner may be paid at: `parse_monero_address`, and not an integrated
+/// address. Invariant: one wallet key pair has one payout text. An integrated address is
+/// the standard address's keys with a payment id of the sender's choosing, 2^64 texts for
+/// one wallet; taking them would let a banned or deny-listed wallet come back under a
+/// fresh text, and split one wallet's balance across ledger accounts. (A subaddress has
+/// keys of its own that no one without the view key can tie to its wallet, as a fresh
+/// Bitcoin address has; nothing the pool could compare would tell them apart.)
+pub fn payout_address(
+    text: &str,
+    network: monero::Network,
+) -> Result<MoneroAddress, MoneroAddressError> {
+    let address = parse_monero_address(text, network)?;
+    if let MoneroAddressKind::Integrated { .. } = address.kind {
+        return Err(MoneroAddressError::Integrated {
+            address: text.into(),
+        });
+    }
+    Ok(address)
 }
 
 /// Checks a payout address for `network` (regtest takes mainnet's): the base58 blocks, the
@@ -248,6 +273,19 @@ mod tests {
                 .unwrap()
                 .kind,
             MoneroAddressKind::Integrated { payment_id: [9; 8] }
+        );
+        // Parsed, but not a payout address: the standard one is.
+        assert_eq!(
+            payout_address(&integrated, monero::Network::Mainnet),
+            Err(MoneroAddressError::Integrated {
+                address: integrated.clone()
+            })
+        );
+        assert_eq!(
+            payout_address(GENERAL_FUND, monero::Network::Mainnet)
+                .unwrap()
+                .text,
+            GENERAL_FUND
         );
         let sub = monero::Address::subaddress(
             monero::Network::Testnet,

@@ -28,7 +28,7 @@ use crate::limits::{empty_outbox, JOBS_REMEMBERED_MAX, WORKER_NAME_BYTES_MAX};
 use crate::sv1::request::{read_envelope, Envelope, RequestId};
 use crate::work::{FrontEndConfig, WorkJob, WorkState};
 
-use super::{parse_monero_address, MoneroBlobError, MoneroWork, MONERO_NONCE_BYTES};
+use super::{payout_address, MoneroBlobError, MoneroWork, MONERO_NONCE_BYTES};
 
 /// The one algorithm this dialect serves: RandomX as Monero runs it.
 pub const MONERO_ALGORITHM: &str = "rx/0";
@@ -867,8 +867,9 @@ impl MoneroSession {
 }
 
 /// A `login` as the name shares are recorded under: `ADDRESS` or `ADDRESS.RIG` (the rig
-/// from the login, else from `rigid`), the address checked for `network` and in its
-/// canonical form (so one wallet is one party to the ledger and bans), the rig printable,
+/// from the login, else from `rigid`), the address checked for `network`, in its
+/// canonical form and not integrated (`payout_address`: so one wallet is one party to the
+/// ledger and bans), the rig printable,
 /// the whole at most `MONERO_LOGIN_BYTES_MAX`.
 pub fn vet_login(
     login: &str,
@@ -890,7 +891,7 @@ pub fn vet_login(
             return Err("rig name must be printable ASCII without spaces".into());
         }
     }
-    let address = parse_monero_address(address, network).map_err(|error| error.to_string())?;
+    let address = payout_address(address, network).map_err(|error| error.to_string())?;
     let recorded = match rig {
         Some(rig) => format!("{}.{rig}", address.text),
         None => address.text,
@@ -1134,8 +1135,16 @@ mod tests {
             keys.public_view,
         )
         .to_string();
+        let integrated = monero::Address::integrated(
+            monero::Network::Mainnet,
+            keys.public_spend,
+            keys.public_view,
+            monero::util::address::PaymentId::from([7; 8]),
+        )
+        .to_string();
         for (params, expected) in [
             (json!({"login": stagenet}), "is a Stagenet address"),
+            (json!({"login": integrated}), "is an integrated address"),
             (
                 json!({"login": format!("{ADDRESS}x")}),
                 "not a Monero address",
