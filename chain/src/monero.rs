@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::jobs::submit::{settle_block, ChainPlace, Verdict};
 use crate::rpc::{json_reply, json_rpc_result, RpcError};
 use otedama_shared::address::{AddressRule, MoneroAddressRule};
 pub use otedama_shared::monero::{
@@ -367,6 +368,59 @@ impl MoneroRpc {
     }
 }
 
+/// monerod's CORE_RPC_ERROR_CODE_INTERNAL_ERROR, which `get_block_header_by_hash` answers
+/// for a block the daemon does not have (tried on regtest).
+const MONERO_RPC_UNKNOWN_BLOCK: i64 = -5;
+/// CORE_RPC_ERROR_CODE_CORE_BUSY: the daemon is syncing and will answer later.
+const MONERO_RPC_CORE_BUSY: i64 = -9;
+
+/// Reads one answer to `submit_block`. monerod answers OK for a block it already had and
+/// for one it only put on a side chain, so OK is settled by the chain, not by the answer.
+pub fn judge_monero_submit(answer: &Result<(), RpcError>) -> Verdict {
+    match answer {
+        Ok(()) => Verdict::AskChain("taken, but not on the active chain".into()),
+        Err(RpcError::Node { code, message, .. }) if *code != MONERO_RPC_CORE_BUSY => {
+            Verdict::Rejected(format!("rpc-error {code}: {message}"))
+        }
+        Err(error) => Verdict::NoAnswer(error.to_string()),
+    }
+}
+
+/// Where monerod has block `id`: on its main chain, on a side chain (`orphan_status`), or
+/// not at all. `Err` when it did not answer.
+pub fn monero_chain_place(rpc: &MoneroRpc, id: &[u8; 32]) -> Result<ChainPlace, RpcError> {
+    const METHOD: &str = "get_block_header_by_hash";
+    match rpc.call(METHOD, json!({"hash": hex::encode(id)})) {
+        Ok(result) => match result["block_header"]["orphan_status"].as_bool() {
+            Some(false) => Ok(ChainPlace::Active),
+            Some(true) => Ok(ChainPlace::Aside),
+            None => Err(malformed(METHOD, "no orphan_status")),
+        },
+        Err(RpcError::Node { code, .. }) if code == MONERO_RPC_UNKNOWN_BLOCK => {
+            Ok(ChainPlace::Unknown)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Submits a found block (`blob`, whose id is `id`) until monerod settles it, with the
+/// guarantees of `jobs::submit::settle_block`: `None` once it is on the main chain, else
+/// the reason it is not.
+pub fn monero_submit_until_settled(
+    rpc: &MoneroRpc,
+    blob: &[u8],
+    id: &[u8; 32],
+    can_still_win: &dyn Fn() -> bool,
+) -> Option<String> {
+    settle_block(
+        &hex::encode(id),
+        || judge_monero_submit(&rpc.submit_block(blob)),
+        || monero_chain_place(rpc, id),
+        can_still_win,
+        |delay_ms| std::thread::sleep(Duration::from_millis(delay_ms)),
+    )
+}
+
 fn header_of(header: &Value, method: &str) -> Result<MoneroBlockHeader, RpcError> {
     Ok(MoneroBlockHeader {
         height: u64_field(header, "height", method)?,
@@ -406,6 +460,33 @@ fn hash_field(value: &Value, name: &str, method: &str) -> Result<[u8; 32], RpcEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// OK is settled by the chain (a known block and a side-chain block are both OK); a
+    /// busy daemon and a lost reply are retried; any other refusal is final.
+    #[test]
+    fn a_submit_answer_is_judged_as_monerod_means_it() {
+        let node = |code| {
+            Err(RpcError::Node {
+                method: "submit_block".into(),
+                code,
+                message: "m".into(),
+            })
+        };
+        assert!(matches!(judge_monero_submit(&Ok(())), Verdict::AskChain(_)));
+        assert!(matches!(
+            judge_monero_submit(&node(-7)),
+            Verdict::Rejected(_)
+        ));
+        assert!(matches!(
+            judge_monero_submit(&node(MONERO_RPC_CORE_BUSY)),
+            Verdict::NoAnswer(_)
+        ));
+        let lost = Err(RpcError::Unreachable {
+            url: "u".into(),
+            detail: "d".into(),
+        });
+        assert!(matches!(judge_monero_submit(&lost), Verdict::NoAnswer(_)));
+    }
 
     fn template() -> MoneroBlockTemplate {
         MoneroBlockTemplate {

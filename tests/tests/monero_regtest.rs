@@ -3,15 +3,20 @@
 //! the hashing blob for it (the coinbase, and so the transactions' tree root, changed),
 //! hashes it with its RandomX kernel, and the daemon's own `calc_pow` gives the same hash.
 //! The block with that nonce is accepted under the id the pool computed for it (with
-//! `--fixed-difficulty 1` every hash meets the target, so no search is needed). A
-//! resubmission changes nothing; an extra nonce too long for the reserved bytes, a
-//! malformed block and a bad payout address are refused.
+//! `--fixed-difficulty 1` every hash meets the target, so no search is needed), and the
+//! pool's submitter settles it as on the main chain. A resubmission changes nothing; a
+//! rival block at the same height is taken onto a side chain and settled as not accepted;
+//! an extra nonce too long for the reserved bytes, a malformed block and a bad payout
+//! address are refused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use otedama_chain::monero::{MoneroBlobError, MoneroRpc, RESERVE_SIZE_MAX};
+use otedama_chain::jobs::submit::ChainPlace;
+use otedama_chain::monero::{
+    monero_chain_place, monero_submit_until_settled, MoneroBlobError, MoneroRpc, RESERVE_SIZE_MAX,
+};
 use otedama_chain::rpc::RpcError;
 use otedama_kernels::randomx::{meets_difficulty, RandomXMode, RandomXSeed};
 use otedama_tests::{free_port, wait_until};
@@ -165,8 +170,13 @@ fn monerod_accepts_a_block_with_the_pools_extra_nonce() {
         proven.saturating_mul(2).max(2)
     ));
     let blob = work.block_blob_with_nonce(nonce);
-    rpc.submit_block(&blob)
-        .expect("the daemon accepts the block");
+    let id = work.block_id(nonce);
+    assert_eq!(monero_chain_place(rpc, &id).unwrap(), ChainPlace::Unknown);
+    assert_eq!(
+        monero_submit_until_settled(rpc, &blob, &id, &|| true),
+        None,
+        "the daemon accepts the block, and it is on the main chain"
+    );
     let tip = rpc.last_block_header().unwrap();
     assert_eq!(tip.height, 1);
     // The id is computed from the hashing blob the pool hashed: monerod naming the block
@@ -187,6 +197,26 @@ fn monerod_accepts_a_block_with_the_pools_extra_nonce() {
     rpc.submit_block(&blob)
         .expect("a known block is not rejected");
     assert_eq!(rpc.last_block_header().unwrap(), tip);
+    assert_eq!(
+        monero_submit_until_settled(rpc, &blob, &id, &|| false),
+        None
+    );
+    // A rival at the same height (the same template under another extra nonce): monerod
+    // takes it with the same OK, onto a side chain. Settled as not accepted.
+    let rival = template.work(&[0xcd; EXTRA_NONCE_BYTES as usize]).unwrap();
+    let rival_id = rival.block_id(nonce);
+    assert_eq!(
+        monero_submit_until_settled(rpc, &rival.block_blob_with_nonce(nonce), &rival_id, &|| {
+            true
+        })
+        .as_deref(),
+        Some("taken, but not on the active chain")
+    );
+    assert_eq!(
+        monero_chain_place(rpc, &rival_id).unwrap(),
+        ChainPlace::Aside
+    );
+    assert_eq!(rpc.last_block_header().unwrap(), tip);
     // A truncated block: refused, not taken.
     let next = rpc
         .block_template(PAYOUT_ADDRESS, RESERVE_SIZE_MAX)
@@ -197,6 +227,14 @@ fn monerod_accepts_a_block_with_the_pools_extra_nonce() {
         rpc.submit_block(&next.blob[..next.blob.len() / 2]),
         Err(RpcError::Node { .. })
     ));
+    let refused =
+        monero_submit_until_settled(rpc, &next.blob[..next.blob.len() / 2], &[7; 32], &|| true);
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|r| r.starts_with("rpc-error")),
+        "{refused:?}"
+    );
     assert_eq!(rpc.last_block_header().unwrap().height, 1);
     // One byte past the most worth asking for: monerod builds no template.
     assert!(matches!(

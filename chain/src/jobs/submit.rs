@@ -160,17 +160,40 @@ pub fn submit_until_settled(
     hash: &str,
     can_still_win: &dyn Fn() -> bool,
 ) -> Option<String> {
+    settle_block(
+        hash,
+        || judge_submit_answer(&rpc.submit_block(block_hex)),
+        || chain_place(rpc, hash),
+        can_still_win,
+        |delay_ms| std::thread::sleep(Duration::from_millis(delay_ms)),
+    )
+}
+
+/// The submission loop of every coin: `submit` once and judge the answer, ask the chain
+/// (`place`) whenever the answer alone does not settle it, and `pause` by
+/// `retry_delays_ms` before trying again. `None` once the block is on the active chain,
+/// else the final reason it is not. Invariant: a block is never called lost on an answer
+/// that could be a lost reply; only the node's final refusal, the chain not holding it
+/// on its active chain after the node took it, or the node not knowing it once it can no
+/// longer win end the loop.
+pub fn settle_block<E: std::fmt::Display>(
+    name: &str,
+    mut submit: impl FnMut() -> Verdict,
+    mut place: impl FnMut() -> Result<ChainPlace, E>,
+    can_still_win: &dyn Fn() -> bool,
+    mut pause: impl FnMut(u64),
+) -> Option<String> {
     let mut delays_ms = retry_delays_ms();
     loop {
-        let why = match judge_submit_answer(&rpc.submit_block(block_hex)) {
+        let why = match submit() {
             Verdict::Accepted => return None,
             Verdict::Rejected(reason) => return Some(reason),
-            Verdict::AskChain(reason) => match chain_place(rpc, hash) {
+            Verdict::AskChain(reason) => match place() {
                 Ok(ChainPlace::Active) => return None,
                 Ok(_) => return Some(reason),
-                Err(error) => format!("{reason}, then getblockheader: {error}"),
+                Err(error) => format!("{reason}, then asking the chain: {error}"),
             },
-            Verdict::NoAnswer(why) => match chain_place(rpc, hash) {
+            Verdict::NoAnswer(why) => match place() {
                 Ok(ChainPlace::Active) => return None,
                 Ok(ChainPlace::Unknown) if !can_still_win() => {
                     return Some(format!("{STALE_CANDIDATE_REASON_PREFIX} (after: {why})"))
@@ -179,8 +202,8 @@ pub fn submit_until_settled(
             },
         };
         let delay_ms = delays_ms.next().expect("the delays never end");
-        tracing::warn!(%hash, reason = %why, retry_in_ms = delay_ms, "block not settled on the node; retrying");
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        tracing::warn!(block = %name, reason = %why, retry_in_ms = delay_ms, "block not settled on the node; retrying");
+        pause(delay_ms);
     }
 }
 
@@ -291,6 +314,81 @@ impl<T> CandidateQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A seeded walk through what a node can answer: `settle_block` ends only on an
+    /// answer that settles the block, and says accepted only when the node took it or the
+    /// chain holds it; a stale verdict needs the node not to know the block and the block
+    /// to be unable to win. 2,000 walks of up to 12 answers each.
+    #[test]
+    fn a_block_is_settled_only_by_an_answer_that_settles_it() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for _ in 0..2_000 {
+            let can_win = next(2) == 0;
+            let answers: Vec<(u64, u64)> = (0..12).map(|_| (next(4), next(4))).collect();
+            let (mut submits, mut places, mut pauses) = (0usize, 0usize, 0usize);
+            let mut last = (None, None);
+            let outcome = settle_block(
+                "b",
+                || {
+                    // The last answer of a walk always settles it, so every walk ends.
+                    let verdict = match answers.get(submits).map(|a| a.0).unwrap_or(2) {
+                        0 => Verdict::NoAnswer("lost".into()),
+                        1 => Verdict::AskChain("duplicate".into()),
+                        2 => Verdict::Rejected("bad".into()),
+                        _ => Verdict::Accepted,
+                    };
+                    submits += 1;
+                    last.0 = Some(verdict.clone());
+                    verdict
+                },
+                || {
+                    let place = match answers.get(places).map(|a| a.1).unwrap_or(0) {
+                        0 => Err("down"),
+                        1 => Ok(ChainPlace::Active),
+                        2 => Ok(ChainPlace::Aside),
+                        _ => Ok(ChainPlace::Unknown),
+                    };
+                    places += 1;
+                    last.1 = Some(place);
+                    place
+                },
+                &|| can_win,
+                |_| pauses += 1,
+            );
+            assert_eq!(pauses + 1, submits, "one pause between attempts");
+            let (verdict, place) = last;
+            let asked_after_last_submit = places == submits
+                && !matches!(verdict, Some(Verdict::Accepted | Verdict::Rejected(_)));
+            let place = place.filter(|_| asked_after_last_submit);
+            match outcome {
+                None => assert!(
+                    verdict == Some(Verdict::Accepted) || place == Some(Ok(ChainPlace::Active)),
+                    "{verdict:?} {place:?}"
+                ),
+                Some(reason) if reason.starts_with(STALE_CANDIDATE_REASON_PREFIX) => {
+                    assert!(!can_win);
+                    assert_eq!(verdict, Some(Verdict::NoAnswer("lost".into())));
+                    assert_eq!(place, Some(Ok(ChainPlace::Unknown)));
+                }
+                Some(reason) => match verdict {
+                    Some(Verdict::Rejected(_)) => assert_eq!(reason, "bad"),
+                    Some(Verdict::AskChain(_)) => {
+                        assert!(matches!(
+                            place,
+                            Some(Ok(ChainPlace::Aside | ChainPlace::Unknown))
+                        ))
+                    }
+                    other => panic!("settled as {reason:?} on {other:?} then {place:?}"),
+                },
+            }
+        }
+    }
 
     /// The node is asked exactly `CHAIN_ASKS_MAX` times, with pauses doubling up to
     /// `SUBMIT_RETRY_DELAY_MAX_MS` and never past it; an answer at the last ask is taken.
