@@ -142,7 +142,9 @@ async fn serve_link(
                     Upstream::BlockCandidateResent(candidate) => {
                         (candidate, CandidateSource::Recovered)
                     }
-                    Upstream::Counters(_) => unreachable!("matched above"),
+                    Upstream::Counters(_) | Upstream::MoneroBlock(_) => {
+                        unreachable!("matched above")
+                    }
                 };
                 // A full queue holds this link back (it reads nothing more until there is
                 // room) rather than drop a block: the wait runs off the async workers.
@@ -154,6 +156,12 @@ async fn serve_link(
                 }
             }
             Ok(Upstream::Counters(counters)) => state.update_dataplane(link_id, counters),
+            // The control plane has no Monero chain yet (issue 22): the block is logged
+            // whole, for the operator to submit by hand, never dropped quietly.
+            Ok(Upstream::MoneroBlock(block)) => tracing::error!(
+                block = %String::from_utf8_lossy(&ipc::encode(&Upstream::MoneroBlock(block))),
+                "a data plane found a Monero block, and this control plane serves no Monero chain: submit its blob by hand"
+            ),
             Err(error) => tracing::error!(%error, "undecodable message from a data plane"),
         }
     }

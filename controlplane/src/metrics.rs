@@ -258,13 +258,14 @@ pub fn render(state: &ApiState) -> String {
     out.family(
         "otedama_protocol_connections",
         "gauge",
-        "Open miner connections by front end: Stratum V1, V2 over TCP (Noise), V2 over QUIC.",
+        "Open miner connections by front end: Stratum V1, V2 over TCP (Noise), V2 over QUIC, Monero's Stratum.",
     );
     let by_protocol = &totals.connections_by_protocol;
     for (protocol, count) in [
         ("v1", by_protocol.v1),
         ("v2", by_protocol.v2),
         ("quic", by_protocol.quic),
+        ("monero", by_protocol.monero),
     ] {
         out.sample(
             "otedama_protocol_connections",

@@ -64,16 +64,17 @@ fn protocol_index(protocol: Protocol) -> usize {
         Protocol::V1 => 0,
         Protocol::V2 => 1,
         Protocol::Quic => 2,
+        Protocol::Monero => 3,
     }
 }
 
 pub struct Counters {
     /// Open connections (`connected`/`disconnected`), and by front end as below.
     connections: AtomicU64,
-    connections_by_protocol: [AtomicU64; 3],
+    connections_by_protocol: [AtomicU64; 4],
     pub shares_accepted: AtomicU64,
-    /// Accepted shares by front end: V1, V2 over TCP, V2 over QUIC.
-    shares_accepted_by_protocol: [AtomicU64; 3],
+    /// Accepted shares by front end: V1, V2 over TCP, V2 over QUIC, Monero.
+    shares_accepted_by_protocol: [AtomicU64; 4],
     /// Accepted difficulty, in millionths, so it can be summed atomically as an integer.
     pub accepted_difficulty_micro: AtomicU64,
     pub block_candidates: AtomicU64,
@@ -179,12 +180,14 @@ impl Counters {
                 v1: self.connections_by_protocol[0].load(Relaxed),
                 v2: self.connections_by_protocol[1].load(Relaxed),
                 quic: self.connections_by_protocol[2].load(Relaxed),
+                monero: self.connections_by_protocol[3].load(Relaxed),
             },
             shares_accepted: self.shares_accepted.load(Relaxed),
             shares_accepted_by_protocol: SharesByProtocol {
                 v1: self.shares_accepted_by_protocol[0].load(Relaxed),
                 v2: self.shares_accepted_by_protocol[1].load(Relaxed),
                 quic: self.shares_accepted_by_protocol[2].load(Relaxed),
+                monero: self.shares_accepted_by_protocol[3].load(Relaxed),
             },
             shares_rejected: by_code.iter().map(|(_, n)| n).sum(),
             shares_rejected_by_code: by_code,

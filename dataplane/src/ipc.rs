@@ -142,6 +142,57 @@ pub struct ShareLogFloor {
     pub floor: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// RandomX seeds prepared for the cores' VMs, here on the link's thread so no core waits
+/// for one: the newest `MONERO_VMS_PER_CORE_MAX`, each shared by every core's VM.
+pub struct MoneroSeeds {
+    /// `None` when this process serves no Monero listeners.
+    mode: Option<otedama_kernels::randomx::RandomXMode>,
+    held: Vec<Arc<otedama_kernels::randomx::RandomXSeed>>,
+}
+
+impl MoneroSeeds {
+    pub fn new(mode: Option<otedama_kernels::randomx::RandomXMode>) -> Self {
+        MoneroSeeds {
+            mode,
+            held: Vec::new(),
+        }
+    }
+
+    /// The prepared seed `key`, prepared now if it is new (light mode: about a second;
+    /// fast mode: a minute or more).
+    fn prepared(
+        &mut self,
+        key: &[u8; 32],
+    ) -> Result<Arc<otedama_kernels::randomx::RandomXSeed>, String> {
+        let Some(mode) = self.mode else {
+            return Err("this data plane has no Monero listeners".into());
+        };
+        if let Some(held) = self.held.iter().find(|seed| seed.key() == key) {
+            return Ok(held.clone());
+        }
+        let started = Instant::now();
+        let seed = otedama_kernels::randomx::RandomXSeed::prepare(key, mode)
+            .map_err(|error| error.to_string())?;
+        tracing::info!(
+            seed = %hex::encode(key),
+            mode = ?seed.mode(),
+            large_pages = seed.large_pages(),
+            memory_bytes = seed.memory_bytes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "RandomX seed prepared"
+        );
+        if seed.mode() != mode {
+            tracing::warn!(wanted = ?mode, had = ?seed.mode(), "RandomX seed prepared in another mode than asked (not enough memory for the dataset)");
+        }
+        if self.held.len() >= crate::net::monero::MONERO_VMS_PER_CORE_MAX {
+            self.held.remove(0);
+        }
+        let seed = Arc::new(seed);
+        self.held.push(seed.clone());
+        Ok(seed)
+    }
+}
+
 /// Starts the link. Jobs go to `cores` once `served` has recorded them; `upstream`
 /// carries block candidates from the cores.
 pub fn start(
@@ -151,11 +202,13 @@ pub fn start(
     counters: Arc<Counters>,
     served: ServedJobs,
     floor: ShareLogFloor,
+    seeds: MoneroSeeds,
 ) {
     let served = Arc::new(std::sync::Mutex::new(served));
+    let seeds = Arc::new(std::sync::Mutex::new(seeds));
     std::thread::Builder::new()
         .name("ipc".into())
-        .spawn(move || link_loop(transport, cores, upstream, counters, served, floor))
+        .spawn(move || link_loop(transport, cores, upstream, counters, served, floor, seeds))
         .expect("spawning the IPC thread");
 }
 
@@ -166,6 +219,7 @@ fn link_loop(
     counters: Arc<Counters>,
     served: Arc<std::sync::Mutex<ServedJobs>>,
     floor: ShareLogFloor,
+    seeds: Arc<std::sync::Mutex<MoneroSeeds>>,
 ) {
     let mut warned = false;
     let mut recent = RecentCandidates::default();
@@ -187,9 +241,11 @@ fn link_loop(
         // until it says how far.
         floor.floor.store(0, std::sync::atomic::Ordering::Release);
         let reader = stream.try_clone().expect("cloning a Unix socket");
-        let (cores_for_reader, served, link_floor) = (cores.clone(), served.clone(), floor.clone());
-        let reader_thread =
-            std::thread::spawn(move || read_jobs(reader, &cores_for_reader, &served, &link_floor));
+        let (cores_for_reader, served, link_floor, seeds) =
+            (cores.clone(), served.clone(), floor.clone(), seeds.clone());
+        let reader_thread = std::thread::spawn(move || {
+            read_jobs(reader, &cores_for_reader, &served, &link_floor, &seeds)
+        });
         write_upstream(stream, &upstream, &counters, &mut recent);
         let _ = reader_thread.join();
         // No control plane says how far now: nothing is cut until the next one does. (The
@@ -223,6 +279,7 @@ fn read_jobs(
     cores: &[UnboundedSender<CoreCommand>],
     served: &std::sync::Mutex<ServedJobs>,
     floor: &ShareLogFloor,
+    seeds: &std::sync::Mutex<MoneroSeeds>,
 ) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -286,10 +343,68 @@ fn read_jobs(
                     .floor
                     .store(below, std::sync::atomic::Ordering::Release);
             }
+            Ok(Downstream::MoneroJob(template)) => {
+                let job_id = template.job_id;
+                match monero_job(template, &mut seeds.lock().expect("seeds")) {
+                    Ok((job, seed)) => {
+                        // As for every job: one served before this process started is not
+                        // served again, so no extranonce1 handed out since can meet its
+                        // old shares under an empty duplicate filter.
+                        let admission = served.lock().expect("served jobs").admit(ServedJob {
+                            job_id,
+                            prevhash: job.prev_hash,
+                        });
+                        match admission {
+                            Admission::Admitted => {
+                                let job = Arc::new(job);
+                                for core in cores {
+                                    let _ = core.unbounded_send(CoreCommand::MoneroJob(
+                                        job.clone(),
+                                        seed.clone(),
+                                    ));
+                                }
+                            }
+                            Admission::ServedBeforeStart => {
+                                tracing::info!(job_id, "a Monero job served before this process started is not served again")
+                            }
+                            Admission::NotRecorded(error) => {
+                                tracing::error!(job_id, %error, "cannot record the newest job served, so it is not served")
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(job_id, %error, "control plane sent an unusable Monero job")
+                    }
+                }
+            }
             Err(error) => tracing::error!(%error, "undecodable IPC message"),
         }
     }
     let _ = reader.into_inner().shutdown(std::net::Shutdown::Both);
+}
+
+/// A Monero template as the cores' job, with its seed prepared. Refused unless its
+/// reserved room is the size every connection's extra nonce is.
+fn monero_job(
+    template: otedama_shared::ipc::MoneroJobTemplate,
+    seeds: &mut MoneroSeeds,
+) -> Result<
+    (
+        otedama_shared::monero::stratum::MoneroJob,
+        Arc<otedama_kernels::randomx::RandomXSeed>,
+    ),
+    String,
+> {
+    use crate::net::monero::MONERO_EXTRA_NONCE_BYTES;
+    if template.reserve_size != MONERO_EXTRA_NONCE_BYTES {
+        return Err(format!(
+            "{} bytes reserved, not {MONERO_EXTRA_NONCE_BYTES}",
+            template.reserve_size
+        ));
+    }
+    let job = template.into_job()?;
+    let seed = seeds.prepared(&job.seed_hash)?;
+    Ok((job, seed))
 }
 
 fn write_upstream(
@@ -447,7 +562,13 @@ mod tests {
                 control_plane.write_all(message).unwrap();
             }
             drop(control_plane);
-            read_jobs(data_plane, &[], &served, &floor);
+            read_jobs(
+                data_plane,
+                &[],
+                &served,
+                &floor,
+                &std::sync::Mutex::new(MoneroSeeds::new(None)),
+            );
             floor.floor.load(std::sync::atomic::Ordering::Acquire)
         };
         assert_eq!(after(&[floors(&[(0, 5), (1, 9)])]), 9);

@@ -97,6 +97,22 @@ pub struct DataplaneConfig {
     /// the node straight from this host (`otedama::block_relay`), so a found block does not
     /// wait for a control plane that is failing over.
     pub block_relay: Option<crossbeam_channel::Sender<otedama_shared::share::BlockCandidate>>,
+    /// Monero's Stratum listeners (`net::monero`), if this process serves Monero.
+    pub monero: Option<MoneroListenConfig>,
+}
+
+/// What a data plane needs to serve Monero miners.
+#[derive(Clone, Debug)]
+pub struct MoneroListenConfig {
+    pub listen: Vec<SocketAddr>,
+    /// The network whose addresses may log in.
+    pub addresses: otedama_shared::address::MoneroAddressRule,
+    /// How the link prepares each seed for the cores' VMs (light: 256 MiB a seed; fast:
+    /// about 2 GiB more, hashes several times faster).
+    pub randomx_mode: otedama_kernels::randomx::RandomXMode,
+    /// In hashes (Monero's difficulty 1 is one hash).
+    pub start_difficulty: f64,
+    pub difficulty_min: f64,
 }
 
 /// A slot of the cluster this process holds (`otedama_cluster::host`).

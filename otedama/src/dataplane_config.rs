@@ -132,7 +132,29 @@ pub fn dataplane_config(
             "share_ack = \"replicated\" with one copy of the share stream: an acknowledged share lives on one NATS server only"
         );
     }
+    let monero = if config.monero_listen.is_empty() {
+        None
+    } else {
+        let otedama_shared::address::AddressRule::Monero(addresses) =
+            otedama_chain::monero::monero_address_rule(config.network)
+        else {
+            unreachable!("a Monero rule")
+        };
+        Some(otedama_dataplane::MoneroListenConfig {
+            listen: config.monero_listen.clone(),
+            addresses,
+            randomx_mode: match config.randomx_fast {
+                true => otedama_kernels::randomx::RandomXMode::Fast,
+                false => otedama_kernels::randomx::RandomXMode::Light,
+            },
+            start_difficulty: config
+                .monero_start_difficulty
+                .max(config.monero_difficulty_min),
+            difficulty_min: config.monero_difficulty_min,
+        })
+    };
     Ok(otedama_dataplane::DataplaneConfig {
+        monero,
         stratum_listen: config.stratum_listen.clone(),
         sv2_listen: config.sv2_listen.clone(),
         sv2_authority,

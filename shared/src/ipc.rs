@@ -39,6 +39,65 @@ pub enum Downstream {
     ShareLogFloors {
         floors: Vec<(u32, u64)>,
     },
+    /// A Monero block template, for the data plane's Monero listeners.
+    MoneroJob(MoneroJobTemplate),
+}
+
+/// A Monero block template as the control plane sends it (`MoneroJob` once decoded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneroJobTemplate {
+    pub job_id: u64,
+    pub height: u64,
+    #[serde(with = "hex::serde")]
+    pub prev_hash: [u8; 32],
+    #[serde(with = "hex::serde")]
+    pub seed_hash: [u8; 32],
+    /// In decimal: a JSON number past 2^53 is not read exactly by every reader.
+    pub network_difficulty: String,
+    /// The whole block, its reserved bytes zero.
+    #[serde(with = "hex::serde")]
+    pub blob: Vec<u8>,
+    pub reserved_offset: usize,
+    pub reserve_size: u8,
+}
+
+impl MoneroJobTemplate {
+    /// The job, checked as `MoneroJob::new` checks a template.
+    pub fn into_job(self) -> Result<crate::monero::stratum::MoneroJob, String> {
+        let difficulty: u128 = self
+            .network_difficulty
+            .parse()
+            .map_err(|_| format!("network difficulty {:?}", self.network_difficulty))?;
+        crate::monero::stratum::MoneroJob::new(
+            self.job_id,
+            self.height,
+            self.prev_hash,
+            self.seed_hash,
+            difficulty,
+            self.blob,
+            self.reserved_offset,
+            self.reserve_size,
+        )
+        .map_err(|error| error.to_string())
+    }
+}
+
+/// A block a Monero share found, on its way to `submit_block`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneroBlockCandidate {
+    pub job_id: u64,
+    pub height: u64,
+    /// The whole block, with the share's extra nonce and nonce.
+    #[serde(with = "hex::serde")]
+    pub blob: Vec<u8>,
+    /// The id monerod gives it.
+    #[serde(with = "hex::serde")]
+    pub block_id: [u8; 32],
+    pub worker: String,
+    pub found_at_ms: u64,
+    /// False for a block whose share was not credited (below its share target, or a new
+    /// tip while it was hashed): the block is the pool's all the same.
+    pub credited: bool,
 }
 
 /// Least time between two `Downstream::ShareLogFloors` of a control plane.
@@ -137,6 +196,8 @@ pub enum Upstream {
     /// submitted it, so the node is asked before it is judged stale.
     BlockCandidateResent(BlockCandidate),
     Counters(DataplaneCounters),
+    /// A block a Monero share found.
+    MoneroBlock(MoneroBlockCandidate),
 }
 
 /// Upper bounds, in seconds, of the share acknowledgement latency histogram: from a share
@@ -348,6 +409,9 @@ pub struct SharesByProtocol {
     pub v2: u64,
     /// Stratum V2 over QUIC.
     pub quic: u64,
+    /// Monero's Stratum dialect.
+    #[serde(default)]
+    pub monero: u64,
 }
 
 impl std::ops::AddAssign for SharesByProtocol {
@@ -355,6 +419,7 @@ impl std::ops::AddAssign for SharesByProtocol {
         self.v1 += other.v1;
         self.v2 += other.v2;
         self.quic += other.quic;
+        self.monero += other.monero;
     }
 }
 

@@ -239,6 +239,9 @@ pub enum Protocol {
     V1,
     V2,
     Quic,
+    /// Monero's Stratum dialect (`monero::stratum`). Its records have their own form
+    /// (`ShareRecord::monero`).
+    Monero,
 }
 
 impl Protocol {
@@ -248,6 +251,7 @@ impl Protocol {
             Protocol::V1 => "v1",
             Protocol::V2 => "v2",
             Protocol::Quic => "quic",
+            Protocol::Monero => "monero",
         }
     }
 
@@ -258,6 +262,7 @@ impl Protocol {
             Protocol::V1 => 1,
             Protocol::V2 => 2,
             Protocol::Quic => 3,
+            Protocol::Monero => 4,
         }
     }
 
@@ -266,6 +271,7 @@ impl Protocol {
             1 => Some(Protocol::V1),
             2 => Some(Protocol::V2),
             3 => Some(Protocol::Quic),
+            4 => Some(Protocol::Monero),
             _ => None,
         }
     }

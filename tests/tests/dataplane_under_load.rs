@@ -91,6 +91,7 @@ fn start_dataplane(
     let port = free_port();
     let share_log_path = dir.join("shares");
     let config = DataplaneConfig {
+        monero: None,
         stratum_listen: vec![format!("127.0.0.1:{port}").parse().unwrap()],
         sv2_listen: Vec::new(),
         sv2_authority: None,

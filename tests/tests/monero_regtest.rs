@@ -815,3 +815,231 @@ fn ledger_pays_a_found_block(
         "one payment per run that paid"
     );
 }
+
+/// The data plane serves Monero miners (`otedama dataplane --monero-listen`): this test
+/// stands in for the control plane on the IPC socket and sends it monerod's templates as
+/// jobs; `otedama miner --algo randomx` mines on the data plane's Monero port; each share
+/// is hashed by the core's RandomX VM, stored in the share log before the miner hears
+/// `OK`, and (at the daemon's difficulty 1) is a block, which comes up the link and which
+/// monerod accepts on its main chain. A raw client's bad submits each get their error
+/// while the miner carries on; its false result closes it, and the block that false
+/// result's input still proved comes up uncredited and is accepted as the pool's.
+#[test]
+fn the_data_plane_serves_monero_miners_blocks_the_daemon_accepts() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    use otedama_shared::ipc::{self, Downstream, MoneroJobTemplate, Upstream};
+
+    const BLOCKS: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("monerod")).unwrap();
+    let daemon = Daemon::start(&dir.path().join("monerod"));
+    let rpc = &daemon.rpc;
+    let pool_dir = dir.path().join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    let ipc_socket = pool_dir.join("ipc.sock");
+    let control = UnixListener::bind(&ipc_socket).unwrap();
+    let monero_port = free_port();
+    let monero_address = format!("127.0.0.1:{monero_port}");
+    let stratum_listen = format!("127.0.0.1:{}", free_port());
+    let mut dataplane = otedama_tests::Process {
+        child: Command::new(otedama_tests::otedama_binary())
+            .args(["dataplane", "--coin", "bitcoin", "--network", "regtest"])
+            .args(["--payout-address", otedama_tests::SYNTHETIC_PAYOUT_ADDRESS])
+            .args(["--stratum-listen", &stratum_listen])
+            .args(["--monero-listen", &monero_address])
+            .args([
+                "--monero-start-difficulty",
+                "1",
+                "--monero-difficulty-min",
+                "1",
+            ])
+            .args(["--share-log-sync", "true", "--cores", "0"])
+            .arg("--data-dir")
+            .arg(&pool_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("dataplane.log")).unwrap())
+            .spawn()
+            .expect("starting the data plane"),
+        name: "dataplane".into(),
+    };
+    // The data plane connects to its control plane's socket; if it exits first, its log
+    // says why.
+    control.set_nonblocking(true).unwrap();
+    let started = std::time::Instant::now();
+    let link = loop {
+        match control.accept() {
+            Ok((link, _)) => break link,
+            Err(_) => {
+                let log = dir.path().join("dataplane.log");
+                assert!(
+                    dataplane.child.try_wait().unwrap().is_none()
+                        && started.elapsed() < Duration::from_secs(60),
+                    "the data plane did not connect: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    link.set_nonblocking(false).unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut to_dataplane = link.try_clone().unwrap();
+    let mut from_dataplane = BufReader::new(link);
+    let mut job_id = otedama_shared::clock::now_ms();
+    let mut send_template = |to: &mut std::os::unix::net::UnixStream| {
+        let template = rpc
+            .block_template(PAYOUT_ADDRESS, EXTRA_NONCE_BYTES)
+            .unwrap();
+        job_id += 1;
+        let job = Downstream::MoneroJob(MoneroJobTemplate {
+            job_id,
+            height: template.height,
+            prev_hash: template.prev_hash,
+            seed_hash: template.seed_hash,
+            network_difficulty: template.difficulty.to_string(),
+            blob: template.blob,
+            reserved_offset: template.reserved_offset,
+            reserve_size: template.reserve_size,
+        });
+        to.write_all(&ipc::encode(&job)).unwrap();
+    };
+    // The ban list opens the listeners; then the first job.
+    to_dataplane
+        .write_all(&ipc::encode(&Downstream::Bans {
+            part: Default::default(),
+            last: true,
+        }))
+        .unwrap();
+    send_template(&mut to_dataplane);
+    wait_until(Duration::from_secs(60), "the Monero listener", || {
+        std::net::TcpStream::connect(&monero_address).is_ok()
+    })
+    .unwrap();
+
+    // A raw client: bad submits get their errors.
+    let raw = std::net::TcpStream::connect(&monero_address).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut raw_writer = raw.try_clone().unwrap();
+    let mut raw_reader = BufReader::new(raw);
+    let mut ask = |request: serde_json::Value| -> serde_json::Value {
+        raw_writer
+            .write_all(format!("{request}\n").as_bytes())
+            .unwrap();
+        loop {
+            let mut line = String::new();
+            raw_reader.read_line(&mut line).unwrap();
+            let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if reply["id"] == request["id"] {
+                return reply;
+            }
+        }
+    };
+    // Until the first job's seed is prepared there is no work: the login is refused, and
+    // asked again.
+    let started = std::time::Instant::now();
+    let login = loop {
+        let login = ask(
+            serde_json::json!({"id": 1, "jsonrpc": "2.0", "method": "login",
+            "params": {"login": format!("{PAYOUT_ADDRESS}.raw"), "pass": "x", "agent": "test"}}),
+        );
+        if login["result"]["status"] == "OK" {
+            break login;
+        }
+        assert!(
+            login["error"]["message"] == "no work yet, try again shortly"
+                && started.elapsed() < Duration::from_secs(60),
+            "{login}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let session_id = login["result"]["id"].as_str().unwrap().to_string();
+    let wire_job = login["result"]["job"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (nonce, job, result, expected) in [
+        ("zz", wire_job.as_str(), "00", "nonce"),
+        ("01020304", "00000000000000000000000a", "00", "job"),
+        // At the daemon's difficulty 1 every result meets the target, so this one is
+        // hashed by the core's VM, found false, and the session is done.
+        ("01020304", wire_job.as_str(), "ff", "invalid result"),
+    ] {
+        let reply = ask(
+            serde_json::json!({"id": 2, "jsonrpc": "2.0", "method": "submit",
+            "params": {"id": session_id, "job_id": job, "nonce": nonce, "result": result.repeat(32)}}),
+        );
+        let message = reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(message.contains(expected), "{reply}");
+    }
+    raw_writer
+        .write_all(b"{\"id\":3,\"method\":\"keepalived\",\"params\":{}}\n")
+        .unwrap();
+    let mut rest = String::new();
+    assert_eq!(
+        raw_reader.read_line(&mut rest).unwrap_or(0),
+        0,
+        "a miner that lied is closed: {rest}"
+    );
+
+    let mut miner = otedama_tests::spawn_miner_at(
+        &format!("stratum+tcp://{monero_address}"),
+        &format!("{PAYOUT_ADDRESS}.cpu"),
+        1,
+        &["--algo", "randomx", "--duration", "180"],
+    )
+    .unwrap();
+    // The raw client's false result was still a block (every hash is, at difficulty 1):
+    // it comes up uncredited, and is the pool's all the same. The miner's shares are
+    // credited blocks. A block of a job whose tip moved on loses its race: monerod keeps
+    // it off its main chain, and the submitter says so.
+    let mut heights = Vec::new();
+    let (mut uncredited, mut credited) = (0, 0);
+    let mut line = String::new();
+    while credited < BLOCKS {
+        line.clear();
+        assert!(
+            from_dataplane.read_line(&mut line).unwrap() > 0,
+            "the data plane closed its link"
+        );
+        let Ok(Upstream::MoneroBlock(block)) = ipc::decode::<Upstream>(line.trim_end().as_bytes())
+        else {
+            continue;
+        };
+        let tip = rpc.last_block_header().unwrap().height;
+        let can_win = block.height > tip;
+        let settled = monero_submit_until_settled(rpc, &block.blob, &block.block_id, &|| can_win);
+        if !can_win {
+            assert!(
+                settled.is_some(),
+                "a block of an old tip is not on the main chain"
+            );
+            continue;
+        }
+        assert_eq!(settled, None, "monerod takes the block onto its main chain");
+        assert_eq!(rpc.last_block_header().unwrap().hash, block.block_id);
+        if block.credited {
+            assert!(block.worker.ends_with(".cpu"), "{}", block.worker);
+            credited += 1;
+        } else {
+            assert!(block.worker.ends_with(".raw"), "{}", block.worker);
+            uncredited += 1;
+        }
+        heights.push(block.height);
+        // The new tip's template, as a new job.
+        send_template(&mut to_dataplane);
+    }
+    assert_eq!(uncredited, 1, "the lying client's block");
+    assert_eq!(heights, (1..=heights.len() as u64).collect::<Vec<_>>());
+    miner.kill_9();
+    dataplane.terminate();
+    // Each block's share is in the share log (and the miner heard OK only after that).
+    let stored = otedama_tests::share_log_records(&pool_dir.join("shares"), dir.path());
+    assert!(stored >= credited as u64, "{stored} shares stored");
+}

@@ -57,6 +57,18 @@ pub struct ConfigArgs {
     /// QUIC connections one data-plane core holds at most.
     #[arg(long, env = "OTEDAMA_QUIC_CONNECTIONS_PER_CORE_MAX")]
     pub quic_connections_per_core_max: Option<usize>,
+    /// Monero Stratum listen address; repeat the flag for several.
+    #[arg(long, env = "OTEDAMA_MONERO_LISTEN", value_delimiter = ',')]
+    pub monero_listen: Vec<SocketAddr>,
+    /// The difficulty Monero miners start at, in hashes.
+    #[arg(long, env = "OTEDAMA_MONERO_START_DIFFICULTY")]
+    pub monero_start_difficulty: Option<f64>,
+    /// The lowest difficulty a Monero miner may be given, in hashes.
+    #[arg(long, env = "OTEDAMA_MONERO_DIFFICULTY_MIN")]
+    pub monero_difficulty_min: Option<f64>,
+    /// Prepare RandomX seeds in fast mode (true/false).
+    #[arg(long, env = "OTEDAMA_RANDOMX_FAST")]
+    pub randomx_fast: Option<bool>,
     /// Difficulty new connections start at; fractions such as 0.001 are fine.
     #[arg(long, env = "OTEDAMA_START_DIFFICULTY")]
     pub start_difficulty: Option<f64>,
@@ -229,6 +241,9 @@ impl ConfigArgs {
             )*};
         }
         take!(
+            monero_start_difficulty,
+            monero_difficulty_min,
+            randomx_fast,
             coin,
             network,
             payout_address,
@@ -317,6 +332,9 @@ impl ConfigArgs {
         }
         if !self.sv2_listen.is_empty() {
             config.sv2_listen = self.sv2_listen.clone();
+        }
+        if !self.monero_listen.is_empty() {
+            config.monero_listen = self.monero_listen.clone();
         }
         if let Some(path) = &self.admin_token_file {
             config.admin_token_file = Some(path.clone());

@@ -82,6 +82,17 @@ pub struct PoolConfig {
     /// QUIC connections one data-plane core holds at most; more are refused. (TCP miners
     /// are bounded by the open-files limit; QUIC ones by this.)
     pub quic_connections_per_core_max: usize,
+    /// Monero Stratum listen addresses, served by the data plane (`net::monero`); none by
+    /// default. Their jobs come from the control plane's Monero templates.
+    pub monero_listen: Vec<SocketAddr>,
+    /// The difficulty Monero miners start at, in hashes.
+    pub monero_start_difficulty: f64,
+    /// The lowest difficulty a Monero miner may be given, in hashes (default
+    /// `MONERO_DIFFICULTY_FLOOR`: below it a share costs the pool more than the miner).
+    pub monero_difficulty_min: f64,
+    /// Prepare RandomX seeds in fast mode (about 2.3 GiB a seed, hugepages where the host
+    /// has them) instead of light mode (256 MiB, several times slower hashes).
+    pub randomx_fast: bool,
     pub start_difficulty: f64,
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
@@ -286,6 +297,10 @@ impl Default for PoolConfig {
             quic_cert_file: None,
             quic_key_file: None,
             quic_connections_per_core_max: 200_000,
+            monero_listen: Vec::new(),
+            monero_start_difficulty: 10_000.0,
+            monero_difficulty_min: otedama_shared::monero::stratum::MONERO_DIFFICULTY_FLOOR,
+            randomx_fast: false,
             start_difficulty: 1.0,
             data_dir: PathBuf::from("otedama-data"),
             api_listen: "127.0.0.1:8080".parse().expect("literal address"),

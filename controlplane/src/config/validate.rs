@@ -74,6 +74,14 @@ impl PoolConfig {
                 "coinbase_maturity, payout_interval_s and payout_confirmations must be at least 1"
             );
         }
+        for (name, value) in [
+            ("monero_start_difficulty", self.monero_start_difficulty),
+            ("monero_difficulty_min", self.monero_difficulty_min),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("{name} must be a positive number, not {value}");
+            }
+        }
         if !(self.start_difficulty.is_finite() && self.start_difficulty > 0.0) {
             bail!(
                 "start_difficulty must be a positive number, not {}",

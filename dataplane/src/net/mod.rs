@@ -1,5 +1,6 @@
 //! Network front ends: the glue between sockets and the sans-IO protocol sessions.
 
+pub mod monero;
 pub mod quic;
 pub mod sv1;
 pub mod sv2;

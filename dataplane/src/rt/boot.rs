@@ -335,6 +335,10 @@ pub fn run_with_share_log(
                     addresses,
                     deadlines: RefCell::new(Deadlines::default()),
                     draining: Cell::new(false),
+                    monero: config
+                        .monero
+                        .as_ref()
+                        .map(|_| Rc::new(crate::net::monero::MoneroCore::default())),
                 });
                 core_main(core, job_rx, completions, quic, accepting).await
             })
@@ -368,6 +372,7 @@ pub fn run_with_share_log(
             process: config.process_index as u32,
             floor: share_log_floor,
         },
+        crate::ipc::MoneroSeeds::new(config.monero.as_ref().map(|monero| monero.randomx_mode)),
     );
     tracing::info!(
         cores = ?cores,
@@ -450,6 +455,12 @@ pub(super) async fn core_main(
     })
     .detach();
     glommio::spawn_local(core.clone().hash_queued_shares()).detach();
+    if core.monero.is_some() {
+        glommio::spawn_local(crate::net::monero::MoneroCore::hash_queued_shares(
+            core.clone(),
+        ))
+        .detach();
+    }
     let acknowledger = core.clone();
     // Acknowledgements run in their own task queue, latency-sensitive: behind a thousand
     // connection tasks in the default queue, a durable batch waited tens of milliseconds
@@ -482,6 +493,13 @@ pub(super) async fn core_main(
                 .sv2_listen
                 .iter()
                 .map(|address| (*address, FrontEnd::V2)),
+        )
+        .chain(
+            core.config
+                .monero
+                .iter()
+                .flat_map(|monero| monero.listen.iter())
+                .map(|address| (*address, FrontEnd::Monero)),
         )
         .collect::<Vec<_>>();
     // Each listener's descriptor, to shut it down when the core drains.
@@ -519,6 +537,9 @@ pub(super) async fn core_main(
         let Some(command) = next else { break };
         match command {
             CoreCommand::Job(job) => core.publish_job(job).await,
+            CoreCommand::MoneroJob(job, seed) => {
+                crate::net::monero::MoneroCore::publish(&core, job, seed).await
+            }
             CoreCommand::Bans(bans) => {
                 core.apply_bans(bans);
                 if drained.is_some() {
@@ -611,6 +632,7 @@ fn bind_listener(
 pub(super) enum FrontEnd {
     V1,
     V2,
+    Monero,
 }
 
 /// Keepalive probes (timed by the host's `tcp_keepalive_*`, which `otedama-tune` sets) find
@@ -645,6 +667,10 @@ pub(super) async fn accept_loop(core: Rc<Core>, listener: TcpListener, front_end
                     }
                     FrontEnd::V2 => {
                         glommio::spawn_local(sv2::serve_connection(core, stream)).detach()
+                    }
+                    FrontEnd::Monero => {
+                        glommio::spawn_local(crate::net::monero::serve_connection(core, stream))
+                            .detach()
                     }
                 };
             }

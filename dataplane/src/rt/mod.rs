@@ -77,6 +77,11 @@ const BROADCAST_CONNECTIONS_PER_SLICE: usize = 512;
 /// What the control plane link hands each core.
 pub enum CoreCommand {
     Job(Arc<Job>),
+    /// A Monero job, with its seed prepared (`net::monero`).
+    MoneroJob(
+        Arc<otedama_shared::monero::stratum::MoneroJob>,
+        Arc<otedama_kernels::randomx::RandomXSeed>,
+    ),
     Bans(Arc<BanList>),
     /// Hand the miners over to a replacement and stop (`drain`).
     Drain(drain::DrainPlan),
@@ -91,6 +96,9 @@ pub use otedama_shared::Protocol;
 /// acknowledgements need. Each front end implements it, so the core names no protocol.
 pub trait Link {
     fn send_job(&self, job: &Job, now_s: u64);
+    /// Sends a Monero job; only Monero connections have anything to do with one.
+    fn send_monero_job(&self, _job: &Arc<otedama_shared::monero::stratum::MoneroJob>, _now_s: u64) {
+    }
     /// Applies a new ban list; closes the connection if it covers the peer's network or a
     /// worker of the connection, and returns `true` if that closed it.
     fn apply_bans(&self, bans: &Arc<BanList>) -> bool;
@@ -223,9 +231,48 @@ pub struct Core {
     deadlines: RefCell<Deadlines>,
     /// Set once the core drains (`drain`): no new connection is taken.
     pub draining: Cell<bool>,
+    /// Monero's state, if this process serves Monero (`DataplaneConfig::monero`).
+    pub monero: Option<Rc<crate::net::monero::MoneroCore>>,
 }
 
 impl Core {
+    /// The terms Monero miners are held to: Monero's own start and floor, the pool's vardiff.
+    pub fn monero_front_end_config(&self) -> FrontEndConfig {
+        let mut terms = self.front_end_config();
+        if let Some(monero) = &self.config.monero {
+            terms.start_difficulty = monero.start_difficulty;
+            terms.difficulty_min = monero.difficulty_min;
+            if let Some(vardiff) = &mut terms.vardiff {
+                vardiff.difficulty_min = monero.difficulty_min;
+                vardiff.difficulty_max = vardiff.difficulty_max.max(monero.difficulty_min);
+            }
+        }
+        terms.payout_address_rule = None;
+        terms
+    }
+
+    /// Sends a Monero job to every connection, in slices as `publish_job` does.
+    pub(crate) async fn broadcast_monero_job(
+        &self,
+        job: &Arc<otedama_shared::monero::stratum::MoneroJob>,
+    ) {
+        let connections: Vec<Peer> = self.connections.borrow().values().cloned().collect();
+        let now_s = now_s();
+        for slice in connections.chunks(BROADCAST_CONNECTIONS_PER_SLICE) {
+            for connection in slice {
+                connection.send_monero_job(job, now_s);
+            }
+            glommio::yield_if_needed().await;
+        }
+        tracing::info!(
+            core = self.index,
+            job_id = job.job_id,
+            height = job.height,
+            connections = connections.len(),
+            "Monero job broadcast"
+        );
+    }
+
     /// The terms this core holds its miners to, V1 connections and V2 channels alike.
     /// Shares wait for the core's batch hasher (`Core::queue_pow`): scrypt, and V1 SHA256d.
     pub fn front_end_config(&self) -> FrontEndConfig {

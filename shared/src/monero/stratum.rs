@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use otedama_kernels::randomx::meets_difficulty;
+use otedama_kernels::randomx::{hash_difficulty, meets_difficulty};
 use otedama_kernels::sha256d::sha256d;
 use otedama_kernels::Target;
 use serde_json::{json, Map, Value};
@@ -25,6 +25,7 @@ use crate::bans::BanList;
 use crate::duplicates::{Claim, DuplicateFilter};
 use crate::error_code::ErrorCode;
 use crate::limits::{empty_outbox, JOBS_REMEMBERED_MAX, WORKER_NAME_BYTES_MAX};
+use crate::share::{Protocol, ShareRecord};
 use crate::sv1::request::{read_envelope, Envelope, RequestId};
 use crate::work::{FrontEndConfig, WorkJob, WorkState};
 
@@ -336,7 +337,33 @@ pub struct MoneroAcceptedShare {
     /// The credit: the work its target demands (`target64_difficulty`).
     pub difficulty: f64,
     pub pow: [u8; 32],
+    pub nonce: [u8; MONERO_NONCE_BYTES],
     pub block: Option<MoneroBlock>,
+}
+
+impl MoneroAcceptedShare {
+    /// The share as the share log keeps it, for the connection of `extra_nonce`. A Monero
+    /// record's `header` holds the share's RandomX hash in its first 32 bytes and zeros
+    /// after (a Monero hashing blob has no fixed length, and a block goes up whole in its
+    /// candidate); `extranonce1` is the connection's extra nonce and `extranonce2` the
+    /// nonce; `protocol` is `Monero`, by which a reader tells the form apart.
+    pub fn record(&self, extra_nonce: &[u8], accepted_at_ms: u64) -> ShareRecord {
+        let mut header = [0u8; 80];
+        header[..32].copy_from_slice(&self.pow);
+        ShareRecord {
+            accepted_at_ms,
+            job_id: self.job_id,
+            height: self.height,
+            worker: self.worker.clone(),
+            difficulty: self.difficulty,
+            achieved_difficulty: hash_difficulty(&self.pow),
+            is_block: self.block.is_some(),
+            header,
+            extranonce1: extra_nonce.to_vec(),
+            extranonce2: self.nonce.to_vec(),
+            protocol: Some(Protocol::Monero),
+        }
+    }
 }
 
 /// One job as this connection was sent it.
@@ -434,6 +461,16 @@ impl MoneroSession {
 
     pub fn is_mining(&self) -> bool {
         self.worker.is_some()
+    }
+
+    /// The name shares are recorded under, once logged in.
+    pub fn worker(&self) -> Option<&str> {
+        self.worker.as_deref()
+    }
+
+    /// This connection's extra nonce (`MoneroSessionConfig::extra_nonce`).
+    pub fn extra_nonce(&self) -> &[u8] {
+        &self.config.extra_nonce
     }
 
     /// Handles one request line at `now_s` (Unix seconds).
@@ -789,6 +826,7 @@ impl MoneroSession {
             worker,
             difficulty: target64_difficulty(target64),
             pow: *pow,
+            nonce,
             block,
         }))
     }
@@ -798,6 +836,19 @@ impl MoneroSession {
     pub fn abandon(&mut self, pending: MoneroPendingPow, duplicates: &mut DuplicateFilter) {
         self.waiting = self.waiting.saturating_sub(1);
         duplicates.remove(&pending.job.content_key, &pending.fingerprint);
+    }
+
+    /// `abandon`, for a share the glue could not hash (its seed's VM is gone, or the hash
+    /// failed): the miner hears it is stale.
+    pub fn abandon_stale(&mut self, pending: MoneroPendingPow, duplicates: &mut DuplicateFilter) {
+        let id = pending.request_id.clone();
+        self.abandon(pending, duplicates);
+        self.reject(&id, ErrorCode::JobNotFound, "Block expired");
+    }
+
+    /// An accepted share the share log could not keep: refused, not credited.
+    pub fn handle_share_store_failed(&mut self, request_id: &RequestId) {
+        self.reject(request_id, ErrorCode::Other, "share could not be stored");
     }
 
     /// The block a share found: the connection's work rebuilt from the template (its
