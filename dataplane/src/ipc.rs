@@ -142,8 +142,13 @@ pub struct ShareLogFloor {
     pub floor: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// RandomX seeds prepared for the cores' VMs, here on the link's thread so no core waits
-/// for one: the newest `MONERO_VMS_PER_CORE_MAX`, each shared by every core's VM.
+/// Monero jobs the seed preparer holds, in order, while it prepares a seed; past this a
+/// job is dropped (logged), and a newer one follows.
+pub const MONERO_JOBS_PREPARING_MAX: usize = 16;
+
+/// RandomX seeds prepared for the cores' VMs, on their own thread (`start_seed_preparer`)
+/// so neither a core nor the link waits for one (light mode about a second, fast mode a
+/// minute or more): the newest `MONERO_VMS_PER_CORE_MAX`, each shared by every core's VM.
 pub struct MoneroSeeds {
     /// `None` when this process serves no Monero listeners.
     mode: Option<otedama_kernels::randomx::RandomXMode>,
@@ -193,6 +198,40 @@ impl MoneroSeeds {
     }
 }
 
+/// Starts the thread that prepares each Monero job's seed and then hands the job to every
+/// core, in the order the jobs came; `None` without Monero listeners.
+fn start_seed_preparer(
+    mut seeds: MoneroSeeds,
+    cores: Vec<UnboundedSender<CoreCommand>>,
+) -> Option<crossbeam_channel::Sender<otedama_shared::monero::stratum::MoneroJob>> {
+    seeds.mode?;
+    let (jobs, preparing) = crossbeam_channel::bounded::<otedama_shared::monero::stratum::MoneroJob>(
+        MONERO_JOBS_PREPARING_MAX,
+    );
+    std::thread::Builder::new()
+        .name("randomx-seeds".into())
+        .spawn(move || {
+            for job in preparing {
+                match seeds.prepared(&job.seed_hash) {
+                    Ok(seed) => {
+                        let job = Arc::new(job);
+                        for core in &cores {
+                            let _ = core
+                                .unbounded_send(CoreCommand::MoneroJob(job.clone(), seed.clone()));
+                        }
+                    }
+                    Err(error) => tracing::error!(
+                        job_id = job.job_id,
+                        %error,
+                        "cannot prepare this Monero job's RandomX seed: the job is not served"
+                    ),
+                }
+            }
+        })
+        .expect("spawning the RandomX seed thread");
+    Some(jobs)
+}
+
 /// Starts the link. Jobs go to `cores` once `served` has recorded them; `upstream`
 /// carries block candidates from the cores.
 pub fn start(
@@ -205,7 +244,7 @@ pub fn start(
     seeds: MoneroSeeds,
 ) {
     let served = Arc::new(std::sync::Mutex::new(served));
-    let seeds = Arc::new(std::sync::Mutex::new(seeds));
+    let seeds = start_seed_preparer(seeds, cores.clone());
     std::thread::Builder::new()
         .name("ipc".into())
         .spawn(move || link_loop(transport, cores, upstream, counters, served, floor, seeds))
@@ -219,7 +258,7 @@ fn link_loop(
     counters: Arc<Counters>,
     served: Arc<std::sync::Mutex<ServedJobs>>,
     floor: ShareLogFloor,
-    seeds: Arc<std::sync::Mutex<MoneroSeeds>>,
+    seeds: Option<crossbeam_channel::Sender<otedama_shared::monero::stratum::MoneroJob>>,
 ) {
     let mut warned = false;
     let mut recent = RecentCandidates::default();
@@ -279,7 +318,7 @@ fn read_jobs(
     cores: &[UnboundedSender<CoreCommand>],
     served: &std::sync::Mutex<ServedJobs>,
     floor: &ShareLogFloor,
-    seeds: &std::sync::Mutex<MoneroSeeds>,
+    monero_jobs: &Option<crossbeam_channel::Sender<otedama_shared::monero::stratum::MoneroJob>>,
 ) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -343,36 +382,22 @@ fn read_jobs(
                     .floor
                     .store(below, std::sync::atomic::Ordering::Release);
             }
+            // Not kept in `served`: a Monero job's work differs from any earlier run's
+            // by the cores' salt (`MoneroCore`), and its tips would push the Bitcoin
+            // family's out of that short list.
             Ok(Downstream::MoneroJob(template)) => {
                 let job_id = template.job_id;
-                match monero_job(template, &mut seeds.lock().expect("seeds")) {
-                    Ok((job, seed)) => {
-                        // As for every job: one served before this process started is not
-                        // served again, so no extranonce1 handed out since can meet its
-                        // old shares under an empty duplicate filter.
-                        let admission = served.lock().expect("served jobs").admit(ServedJob {
-                            job_id,
-                            prevhash: job.prev_hash,
-                        });
-                        match admission {
-                            Admission::Admitted => {
-                                let job = Arc::new(job);
-                                for core in cores {
-                                    let _ = core.unbounded_send(CoreCommand::MoneroJob(
-                                        job.clone(),
-                                        seed.clone(),
-                                    ));
-                                }
-                            }
-                            Admission::ServedBeforeStart => {
-                                tracing::info!(job_id, "a Monero job served before this process started is not served again")
-                            }
-                            Admission::NotRecorded(error) => {
-                                tracing::error!(job_id, %error, "cannot record the newest job served, so it is not served")
-                            }
+                match (monero_job(template), monero_jobs) {
+                    (Ok(job), Some(preparer)) => {
+                        if preparer.try_send(job).is_err() {
+                            tracing::warn!(job_id, "Monero jobs arrive faster than their seeds are prepared: this one is dropped, a newer one follows");
                         }
                     }
-                    Err(error) => {
+                    (Ok(_), None) => tracing::error!(
+                        job_id,
+                        "control plane sent a Monero job, and this data plane has no Monero listeners"
+                    ),
+                    (Err(error), _) => {
                         tracing::error!(job_id, %error, "control plane sent an unusable Monero job")
                     }
                 }
@@ -383,18 +408,11 @@ fn read_jobs(
     let _ = reader.into_inner().shutdown(std::net::Shutdown::Both);
 }
 
-/// A Monero template as the cores' job, with its seed prepared. Refused unless its
-/// reserved room is the size every connection's extra nonce is.
+/// A Monero template as the cores' job. Refused unless its reserved room is the size
+/// every connection's extra nonce is.
 fn monero_job(
     template: otedama_shared::ipc::MoneroJobTemplate,
-    seeds: &mut MoneroSeeds,
-) -> Result<
-    (
-        otedama_shared::monero::stratum::MoneroJob,
-        Arc<otedama_kernels::randomx::RandomXSeed>,
-    ),
-    String,
-> {
+) -> Result<otedama_shared::monero::stratum::MoneroJob, String> {
     use crate::net::monero::MONERO_EXTRA_NONCE_BYTES;
     if template.reserve_size != MONERO_EXTRA_NONCE_BYTES {
         return Err(format!(
@@ -402,9 +420,7 @@ fn monero_job(
             template.reserve_size
         ));
     }
-    let job = template.into_job()?;
-    let seed = seeds.prepared(&job.seed_hash)?;
-    Ok((job, seed))
+    template.into_job()
 }
 
 fn write_upstream(
@@ -447,6 +463,7 @@ fn pump_upstream(
         };
         let line = ipc::encode(&message);
         let is_candidate = matches!(message, Upstream::BlockCandidate(_));
+        let is_monero_block = matches!(message, Upstream::MoneroBlock(_));
         if let Upstream::BlockCandidate(candidate) = message {
             recent.keep(candidate, Instant::now());
         }
@@ -454,6 +471,14 @@ fn pump_upstream(
             if is_candidate {
                 tracing::error!(
                     "block candidate not delivered: link down; sent again on the next link"
+                );
+            }
+            // Not kept for the next link (no control plane submits Monero blocks yet):
+            // logged whole, never dropped quietly.
+            if is_monero_block {
+                tracing::error!(
+                    block = %String::from_utf8_lossy(&line),
+                    "Monero block not delivered: link down; submit its blob by hand"
                 );
             }
             return Err(());
@@ -562,13 +587,7 @@ mod tests {
                 control_plane.write_all(message).unwrap();
             }
             drop(control_plane);
-            read_jobs(
-                data_plane,
-                &[],
-                &served,
-                &floor,
-                &std::sync::Mutex::new(MoneroSeeds::new(None)),
-            );
+            read_jobs(data_plane, &[], &served, &floor, &None);
             floor.floor.load(std::sync::atomic::Ordering::Acquire)
         };
         assert_eq!(after(&[floors(&[(0, 5), (1, 9)])]), 9);

@@ -855,6 +855,7 @@ fn the_data_plane_serves_monero_miners_blocks_the_daemon_accepts() {
                 "--monero-difficulty-min",
                 "1",
             ])
+            .args(["--monero-uncredited-preview", "true"])
             .args(["--share-log-sync", "true", "--cores", "0"])
             .arg("--data-dir")
             .arg(&pool_dir)

@@ -103,7 +103,12 @@ impl BlockScan {
                     }
                 };
                 let full = read.len() >= SHARES_PER_POLL_MAX;
-                for (sequence, record) in read.into_iter().filter(|(_, r)| r.is_block) {
+                // Monero blocks go up whole in their candidates; a Monero record's header
+                // is not a block header (`MoneroAcceptedShare::record`).
+                let blocks = read.into_iter().filter(|(_, r)| {
+                    r.is_block && r.protocol != Some(otedama_shared::Protocol::Monero)
+                });
+                for (sequence, record) in blocks {
                     log.unsettled.push_back(Unsettled {
                         sequence,
                         hash: sha256d(&record.header),

@@ -69,6 +69,10 @@ pub struct ConfigArgs {
     /// Prepare RandomX seeds in fast mode (true/false).
     #[arg(long, env = "OTEDAMA_RANDOMX_FAST")]
     pub randomx_fast: Option<bool>,
+    /// Serve --monero-listen although nothing credits Monero shares yet (true/false; tests
+    /// and development only).
+    #[arg(long, env = "OTEDAMA_MONERO_UNCREDITED_PREVIEW")]
+    pub monero_uncredited_preview: Option<bool>,
     /// Difficulty new connections start at; fractions such as 0.001 are fine.
     #[arg(long, env = "OTEDAMA_START_DIFFICULTY")]
     pub start_difficulty: Option<f64>,
@@ -244,6 +248,7 @@ impl ConfigArgs {
             monero_start_difficulty,
             monero_difficulty_min,
             randomx_fast,
+            monero_uncredited_preview,
             coin,
             network,
             payout_address,

@@ -93,6 +93,10 @@ pub struct PoolConfig {
     /// Prepare RandomX seeds in fast mode (about 2.3 GiB a seed, hugepages where the host
     /// has them) instead of light mode (256 MiB, several times slower hashes).
     pub randomx_fast: bool,
+    /// Serve `monero_listen` although no control plane credits Monero shares or submits
+    /// Monero blocks yet (issue 22): for tests and development only. Without it a
+    /// `monero_listen` is refused, since its miners would mine for nothing.
+    pub monero_uncredited_preview: bool,
     pub start_difficulty: f64,
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
@@ -301,6 +305,7 @@ impl Default for PoolConfig {
             monero_start_difficulty: 10_000.0,
             monero_difficulty_min: otedama_shared::monero::stratum::MONERO_DIFFICULTY_FLOOR,
             randomx_fast: false,
+            monero_uncredited_preview: false,
             start_difficulty: 1.0,
             data_dir: PathBuf::from("otedama-data"),
             api_listen: "127.0.0.1:8080".parse().expect("literal address"),
@@ -591,6 +596,35 @@ mod tests {
         assert_eq!(config.dataplane_processes, 3);
         assert_eq!(config.chain, ChainSource::Synthetic);
         assert_eq!(config.synthetic_job_interval_ms, 500);
+    }
+
+    /// A Monero listener is refused unless its preview is asked for (nothing credits its
+    /// shares yet), and a Monero difficulty must be a positive number.
+    #[test]
+    fn a_monero_listener_needs_its_preview() {
+        let refused = Flags::parse_from(["otedama", "--monero-listen", "127.0.0.1:1"]);
+        let error = refused.config.load().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("monero_uncredited_preview"),
+            "{error:#}"
+        );
+        let taken = Flags::parse_from([
+            "otedama",
+            "--monero-listen",
+            "127.0.0.1:1",
+            "--monero-uncredited-preview",
+            "true",
+            "--randomx-fast",
+            "true",
+            "--monero-start-difficulty",
+            "500",
+        ]);
+        let config = taken.config.load().unwrap();
+        assert_eq!(config.monero_listen.len(), 1);
+        assert!(config.randomx_fast);
+        assert_eq!(config.monero_start_difficulty, 500.0);
+        let zero = Flags::parse_from(["otedama", "--monero-difficulty-min", "0"]);
+        assert!(zero.config.load().is_err());
     }
 
     /// `share_ack` reads from the file and the flag, and `replicated` needs cluster mode.

@@ -74,6 +74,11 @@ impl PoolConfig {
                 "coinbase_maturity, payout_interval_s and payout_confirmations must be at least 1"
             );
         }
+        if !self.monero_listen.is_empty() && !self.monero_uncredited_preview {
+            bail!(
+                "monero_listen: no control plane credits Monero shares or submits Monero blocks yet (issue 22), so its miners would mine for nothing; set monero_uncredited_preview = true to serve them anyway (tests and development)"
+            );
+        }
         for (name, value) in [
             ("monero_start_difficulty", self.monero_start_difficulty),
             ("monero_difficulty_min", self.monero_difficulty_min),

@@ -76,6 +76,12 @@ impl PayoutRunner {
             }
             let credit_from = credited_to.get(index).copied().unwrap_or(u64::MAX);
             for (sequence, record) in read {
+                // Invariant: a share is credited only in its own coin's units. A Monero
+                // record's difficulty is in RandomX hashes, and this control plane pays
+                // its own coin: the record is passed over, not credited, not a round's.
+                if record.protocol == Some(otedama_shared::Protocol::Monero) {
+                    continue;
+                }
                 let share = HistoryShare::from_record(tail.process, sequence, &record);
                 if record.is_block {
                     let hash = display_hex(&otedama_kernels::sha256d(&record.header));

@@ -880,12 +880,20 @@ mod tests {
     /// A runner over a real share log written by the data plane's writer, a real ledger
     /// and block store, under PPS.
     fn pps_runner(dir: &std::path::Path, miner: &str) -> PayoutRunner {
+        pps_runner_with(dir, miner, &[])
+    }
+
+    /// `pps_runner`, with `extra` records after the miner's shares.
+    fn pps_runner_with(dir: &std::path::Path, miner: &str, extra: &[ShareRecord]) -> PayoutRunner {
         let log_path = dir.join("shares");
         let (completions, _ignored) = futures_channel::mpsc::unbounded();
         let log =
             otedama_sharelog::writer::ShareLog::open(&log_path, false, vec![completions]).unwrap();
         for _ in 0..SHARES {
             log.handle().append(0, &share(miner)).unwrap();
+        }
+        for record in extra {
+            log.handle().append(0, record).unwrap();
         }
         log.close();
         let ledger = Ledger::open(&dir.join("ledger")).unwrap();
@@ -930,6 +938,31 @@ mod tests {
             replay: None,
             dex: Default::default(),
         }
+    }
+
+    /// A Monero record in the share log (a data plane with `monero_listen`) is credited by
+    /// no Bitcoin-family control plane, nor counted in its rounds or its block scan: its
+    /// difficulty is in RandomX hashes, not this coin's units. Its worker here is a valid
+    /// address of this coin, so only the record's protocol keeps it out.
+    #[test]
+    fn monero_records_are_not_credited_as_this_coins_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let (miner, other) = (regtest_address(1), regtest_address(2));
+        let mut monero = share(&other);
+        monero.protocol = Some(otedama_shared::Protocol::Monero);
+        monero.difficulty = 1e12;
+        monero.is_block = true;
+        let mut runner = pps_runner_with(dir.path(), &miner, &[monero.clone(), monero]);
+        runner.pass(0).unwrap();
+        let ledger = runner.ledger.lock().unwrap();
+        assert!(ledger.balances(&miner).unwrap().total() > 0);
+        assert_eq!(ledger.balances(&other).unwrap().total(), 0);
+        drop(ledger);
+        assert_eq!(runner.history.lock().unwrap().len(), SHARES as usize);
+        assert!(
+            runner.blocks.all().is_empty(),
+            "no block row from a Monero record"
+        );
     }
 
     /// A request is started or abandoned, never both; the payout thread drops an

@@ -24,7 +24,7 @@ use otedama_kernels::randomx::{RandomXSeed, RandomXVm};
 use otedama_shared::bans::BanList;
 use otedama_shared::duplicates::DuplicateFilter;
 use otedama_shared::ipc::{MoneroBlockCandidate, Refusal, Upstream};
-use otedama_shared::limits::STRATUM_LINE_BYTES_MAX;
+use otedama_shared::limits::{EXTRANONCE1_BYTES, STRATUM_LINE_BYTES_MAX};
 use otedama_shared::monero::stratum::{
     MoneroAcceptedShare, MoneroBlock, MoneroJob, MoneroJobBook, MoneroOutcome, MoneroPendingPow,
     MoneroSession, MoneroSessionConfig,
@@ -39,20 +39,49 @@ use crate::rt::{AwaitingAck, Core, Peer};
 
 /// Bytes of the template's reserved room the pool asks monerod for and fills per
 /// connection: the connection's extranonce1 (unique among the host's live connections),
-/// then zeros. A job whose template reserved another size is refused by the link.
+/// then the core's salt (`MoneroCore::salt`). A job whose template reserved another size
+/// is refused by the link.
 pub const MONERO_EXTRA_NONCE_BYTES: u8 = 8;
+const _: () = assert!(EXTRANONCE1_BYTES + 4 <= MONERO_EXTRA_NONCE_BYTES as usize);
 /// Seeds a core keeps a VM for: the current one and the next (RandomX's seed changes
 /// every 2048 blocks, and jobs of both can be live around the switch).
 pub const MONERO_VMS_PER_CORE_MAX: usize = 2;
+/// Shares one core holds waiting for a RandomX hash: about a second of the core in light
+/// mode (about 30 ms a hash), an eighth of one in fast mode. Monero readers stop taking
+/// lines at this bound; the Bitcoin family's readers do not (their hasher's bound,
+/// `SHARES_AWAITING_POW_PER_CORE_MAX`, is sized for hashes of microseconds, and a RandomX
+/// flood must not hold them back).
+pub const MONERO_HASHES_WAITING_PER_CORE_MAX: usize = 32;
 
 /// One core's Monero state.
-#[derive(Default)]
 pub struct MoneroCore {
+    /// Random at each start, the bytes after extranonce1 in every extra nonce this core
+    /// hands out. Invariant: no connection of this run has the work of a connection of an
+    /// earlier run, even with the same job and extranonce1, so a share from before a
+    /// restart (whose duplicate filter is gone) is never valid again. (The Bitcoin
+    /// family gets the same from never serving a job served before a start.)
+    salt: [u8; MONERO_EXTRA_NONCE_BYTES as usize - EXTRANONCE1_BYTES],
     pub jobs: RefCell<MoneroJobBook>,
     pub duplicates: RefCell<DuplicateFilter>,
     vms: RefCell<Vec<RandomXVm>>,
     queue: RefCell<VecDeque<AwaitingMoneroPow>>,
+    /// Shares in `queue` (`MONERO_HASHES_WAITING_PER_CORE_MAX`).
+    waiting: Gate,
     waiter: RefCell<Option<std::task::Waker>>,
+}
+
+impl Default for MoneroCore {
+    fn default() -> Self {
+        MoneroCore {
+            salt: rand::random(),
+            jobs: RefCell::default(),
+            duplicates: RefCell::default(),
+            vms: RefCell::default(),
+            queue: RefCell::default(),
+            waiting: Gate::new(MONERO_HASHES_WAITING_PER_CORE_MAX),
+            waiter: RefCell::default(),
+        }
+    }
 }
 
 /// A share waiting for the core's RandomX hasher.
@@ -96,7 +125,7 @@ impl MoneroCore {
 
     fn queue_pow(&self, core: &Core, work: AwaitingMoneroPow) {
         work.connection.wire.awaiting_ack.take(1);
-        core.awaiting_pow.take(1);
+        self.waiting.take(1);
         core.awaiting_durability.take(1);
         self.queue.borrow_mut().push_back(work);
         if let Some(waker) = self.waiter.borrow_mut().take() {
@@ -111,6 +140,16 @@ impl MoneroCore {
             connection,
             pending,
         } = work;
+        if connection.session.borrow().has_lied() {
+            // Closed for a false result: the rest of its claims are not worth a hash each
+            // (a liar can claim any result), so they are given back unhashed.
+            self.waiting.give_back(1);
+            core.awaiting_durability.give_back(1);
+            let mut session = connection.session.borrow_mut();
+            session.abandon(pending, &mut self.duplicates.borrow_mut());
+            connection.wire.awaiting_ack.give_back(1);
+            return;
+        }
         let hash = {
             let vms = self.vms.borrow();
             vms.iter()
@@ -118,7 +157,7 @@ impl MoneroCore {
                 .map(|vm| vm.hash(pending.input()))
         };
         core.awaiting_durability.give_back(1);
-        core.awaiting_pow.give_back(1);
+        self.waiting.give_back(1);
         let mut session = connection.session.borrow_mut();
         let outcome = match hash {
             Some(Ok(pow)) => session.handle_pow(pending, &pow, &mut self.duplicates.borrow_mut()),
@@ -138,6 +177,16 @@ impl MoneroCore {
         }
         connection.flush(&mut session);
         connection.wire.awaiting_ack.give_back(1);
+    }
+
+    /// Finishes every share still waiting, before the core stops (a drain): a block
+    /// among them still goes up.
+    pub fn finish_all(&self, core: &Rc<Core>) {
+        loop {
+            let next = self.queue.borrow_mut().pop_front();
+            let Some(work) = next else { break };
+            self.finish(core, work);
+        }
     }
 
     /// The core's RandomX hasher: one share at a time, the core's other tasks between.
@@ -188,11 +237,12 @@ impl crate::rt::Link for MoneroConnection {
     }
 
     fn apply_bans(&self, bans: &Arc<BanList>) -> bool {
-        let by_worker = self
-            .session
-            .borrow()
+        let mut session = self.session.borrow_mut();
+        session.update_bans(bans.clone());
+        let by_worker = session
             .worker()
             .is_some_and(|worker| bans.bans_worker(worker));
+        drop(session);
         let banned = by_worker || self.wire.peer_ip.is_some_and(|ip| bans.bans_ip(ip));
         if !banned || self.wire.is_closed() {
             return false;
@@ -271,7 +321,7 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         return;
     };
     let mut extra_nonce = extranonce1.clone();
-    extra_nonce.resize(usize::from(MONERO_EXTRA_NONCE_BYTES), 0);
+    extra_nonce.extend_from_slice(&monero.salt);
     let session = MoneroSession::new(MoneroSessionConfig {
         session_id: hex::encode(&extranonce1),
         extra_nonce,
@@ -306,7 +356,7 @@ async fn read_loop(
     loop {
         let mut close_reason = None;
         let mut on_line = |line: &[u8]| {
-            if !core.has_room(&wire.awaiting_ack) {
+            if !core.has_room(&wire.awaiting_ack) || !monero.waiting.has_room() {
                 return LineStep::Pause;
             }
             let mut session = connection.session.borrow_mut();
@@ -328,7 +378,10 @@ async fn read_loop(
             }
         };
         let fed = if framer.held_bytes() > 0 {
-            wire.wait_for_room(core).await;
+            while !(core.has_room(&wire.awaiting_ack) && monero.waiting.has_room()) {
+                wire.wait_for_room(core).await;
+                wire.wait_at(&monero.waiting).await;
+            }
             if wire.is_closed() {
                 return "closed by the pool";
             }

@@ -174,6 +174,17 @@ impl Wire {
         self.ungated_at_s.set(super::now_s());
     }
 
+    /// Waits until `gate` has room, counting as gated meanwhile (`wait_for_room`).
+    pub async fn wait_at(&self, gate: &crate::rt::gate::Gate) {
+        if gate.has_room() {
+            return;
+        }
+        self.gated.set(true);
+        gate.below_limit().await;
+        self.gated.set(false);
+        self.ungated_at_s.set(super::now_s());
+    }
+
     /// Whether the pool holds this reader back at `now_s`: it waits at a gate, or left
     /// one less than 2 s ago and may still be reading what the miner sent meanwhile. Its
     /// silence is then the pool's, not the miner's.

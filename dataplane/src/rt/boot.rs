@@ -595,6 +595,9 @@ pub(super) async fn core_main(
             }
         }
     }
+    if let Some(monero) = &core.monero {
+        monero.finish_all(&core);
+    }
     Ok(())
 }
 

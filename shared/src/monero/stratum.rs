@@ -463,6 +463,17 @@ impl MoneroSession {
         self.worker.is_some()
     }
 
+    /// Whether the miner sent a result that is not its input's hash: its shares still
+    /// waiting need not be hashed (`abandon` them).
+    pub fn has_lied(&self) -> bool {
+        self.lied
+    }
+
+    /// A new ban list, for the logins still to come on this connection.
+    pub fn update_bans(&mut self, bans: Arc<BanList>) {
+        self.config.front_end.bans = bans;
+    }
+
     /// The name shares are recorded under, once logged in.
     pub fn worker(&self) -> Option<&str> {
         self.worker.as_deref()
