@@ -24,12 +24,12 @@ use otedama_kernels::randomx::{RandomXSeed, RandomXVm};
 use otedama_shared::bans::BanList;
 use otedama_shared::duplicates::DuplicateFilter;
 use otedama_shared::ipc::{MoneroBlockCandidate, Refusal, Upstream};
-use otedama_shared::limits::{EXTRANONCE1_BYTES, STRATUM_LINE_BYTES_MAX};
+use otedama_shared::limits::EXTRANONCE1_BYTES;
 use otedama_shared::monero::stratum::{
     MoneroAcceptedShare, MoneroBlock, MoneroJob, MoneroJobBook, MoneroOutcome, MoneroPendingPow,
     MoneroSession, MoneroSessionConfig,
 };
-use otedama_shared::sv1::{ErrorCode, LineFramer, LineStep};
+use otedama_shared::sv1::ErrorCode;
 use otedama_shared::{JobBook, Protocol};
 
 use super::now_s;
@@ -351,14 +351,11 @@ async fn read_loop(
     monero: &Rc<MoneroCore>,
     connection: &Rc<MoneroConnection>,
 ) -> &'static str {
-    let mut framer = LineFramer::new(STRATUM_LINE_BYTES_MAX);
-    let wire = &connection.wire;
-    loop {
-        let mut close_reason = None;
-        let mut on_line = |line: &[u8]| {
-            if !core.has_room(&wire.awaiting_ack) || !monero.waiting.has_room() {
-                return LineStep::Pause;
-            }
+    super::read_lines(
+        core,
+        &connection.wire,
+        Some(&monero.waiting),
+        |line| {
             let mut session = connection.session.borrow_mut();
             let outcome = {
                 let jobs = monero.jobs.borrow();
@@ -369,44 +366,11 @@ async fn read_loop(
             };
             let result = apply_outcome(core, connection, &mut session, outcome);
             connection.flush(&mut session);
-            match result {
-                Ok(()) => LineStep::Next,
-                Err(reason) => {
-                    close_reason = Some(reason);
-                    LineStep::Stop
-                }
-            }
-        };
-        let fed = if framer.held_bytes() > 0 {
-            while !(core.has_room(&wire.awaiting_ack) && monero.waiting.has_room()) {
-                wire.wait_for_room(core).await;
-                wire.wait_at(&monero.waiting).await;
-            }
-            if wire.is_closed() {
-                return "closed by the pool";
-            }
-            framer.resume(&mut on_line)
-        } else {
-            let read = match wire.read_for_session(core).await {
-                Ok(read) => read,
-                Err(reason) => return reason,
-            };
-            let scratch = core.receive_buffer.borrow();
-            framer.feed_pausable(&scratch[..read], &mut on_line)
-        };
-        match (fed, close_reason) {
-            (Err(_), _) => {
-                core.counters.refused(Refusal::Oversize, 1);
-                return "line too long";
-            }
-            (Ok(_), Some(reason)) => return reason,
-            (Ok(_), None) => {}
-        }
-        core.note_partial_line(wire, framer.buffered_bytes() > 0, now_s());
-        if !wire.logged_in.get() && connection.session.borrow().is_mining() {
-            wire.logged_in.set(true);
-        }
-    }
+            result
+        },
+        || connection.session.borrow().is_mining(),
+    )
+    .await
 }
 
 /// Acts on what the session decided: count a refusal, queue a share for the hasher, or

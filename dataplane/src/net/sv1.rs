@@ -15,11 +15,9 @@ use glommio::net::TcpStream;
 
 use otedama_shared::bans::BanList;
 use otedama_shared::ipc::Refusal;
-use otedama_shared::limits::{EXTRANONCE2_BYTES, STRATUM_LINE_BYTES_MAX};
+use otedama_shared::limits::EXTRANONCE2_BYTES;
 use otedama_shared::pow_batch::{HashedShare, PowInput};
-use otedama_shared::sv1::{
-    AcceptedShare, ErrorCode, LineFramer, LineStep, Outcome, PendingPow, Session, SessionConfig,
-};
+use otedama_shared::sv1::{AcceptedShare, ErrorCode, Outcome, PendingPow, Session, SessionConfig};
 use otedama_shared::{Job, JobBook};
 
 use super::now_s;
@@ -189,52 +187,14 @@ pub async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
 }
 
 async fn read_loop(core: &Rc<Core>, connection: &Rc<Connection>) -> &'static str {
-    let mut framer = LineFramer::new(STRATUM_LINE_BYTES_MAX);
-    let wire = &connection.wire;
-    loop {
-        // Each line is taken only while the connection and the core have room for another
-        // share in flight (`Core::has_room`); at a bound the rest of the read is held
-        // and handled once there is room, before anything more is read.
-        let mut close_reason = None;
-        let mut on_line = |line: &[u8]| {
-            if !core.has_room(&wire.awaiting_ack) {
-                return LineStep::Pause;
-            }
-            match handle_line(core, connection, line) {
-                Ok(()) => LineStep::Next,
-                Err(reason) => {
-                    close_reason = Some(reason);
-                    LineStep::Stop
-                }
-            }
-        };
-        let fed = if framer.held_bytes() > 0 {
-            wire.wait_for_room(core).await;
-            if wire.is_closed() {
-                return "closed by the pool";
-            }
-            framer.resume(&mut on_line)
-        } else {
-            let read = match wire.read_for_session(core).await {
-                Ok(read) => read,
-                Err(reason) => return reason,
-            };
-            let scratch = core.receive_buffer.borrow();
-            framer.feed_pausable(&scratch[..read], &mut on_line)
-        };
-        match (fed, close_reason) {
-            (Err(_), _) => {
-                core.counters.refused(Refusal::Oversize, 1);
-                return "line too long";
-            }
-            (Ok(_), Some(reason)) => return reason,
-            (Ok(_), None) => {}
-        }
-        core.note_partial_line(wire, framer.buffered_bytes() > 0, now_s());
-        if !wire.logged_in.get() && connection.session.borrow().is_mining() {
-            wire.logged_in.set(true);
-        }
-    }
+    super::read_lines(
+        core,
+        &connection.wire,
+        None,
+        |line| handle_line(core, connection, line),
+        || connection.session.borrow().is_mining(),
+    )
+    .await
 }
 
 /// Runs one line through the session; accepted shares go to the share log.
