@@ -158,8 +158,12 @@ impl Counters {
     pub fn accepted(&self, difficulty: f64, protocol: Protocol) {
         self.shares_accepted.fetch_add(1, Relaxed);
         self.shares_accepted_by_protocol[protocol_index(protocol)].fetch_add(1, Relaxed);
-        self.accepted_difficulty_micro
-            .fetch_add((difficulty * 1e6) as u64, Relaxed);
+        // The sum is in the pool's coin's difficulty (its hash rate is read from it); a
+        // Monero share's is in RandomX hashes, another unit, and is left out.
+        if protocol != Protocol::Monero {
+            self.accepted_difficulty_micro
+                .fetch_add((difficulty * 1e6) as u64, Relaxed);
+        }
     }
 
     /// Records one acknowledgement `latency_us` after its share passed validation.

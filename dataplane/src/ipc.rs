@@ -198,19 +198,76 @@ impl MoneroSeeds {
     }
 }
 
+/// The way into the seed preparer: jobs in the order they came, at most
+/// `MONERO_JOBS_PREPARING_MAX`, the oldest dropped for a new one (the newest job is the
+/// one worth serving: a new tip's).
+#[derive(Clone)]
+pub struct SeedPreparer {
+    jobs: crossbeam_channel::Sender<otedama_shared::monero::stratum::MoneroJob>,
+    oldest: crossbeam_channel::Receiver<otedama_shared::monero::stratum::MoneroJob>,
+    /// Cleared when the preparer's thread ends (it never should; a panic would).
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Clears `SeedPreparer::alive` when the preparer's thread ends, however it ends.
+struct Alive(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl SeedPreparer {
+    fn send(&self, mut job: otedama_shared::monero::stratum::MoneroJob) {
+        if !self.alive.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::error!(
+                job_id = job.job_id,
+                "the RandomX seed thread is gone: no Monero job is served any more"
+            );
+            return;
+        }
+        loop {
+            match self.jobs.try_send(job) {
+                Ok(()) => return,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    if let Ok(dropped) = self.oldest.try_recv() {
+                        tracing::warn!(
+                            job_id = dropped.job_id,
+                            "Monero jobs arrive faster than their seeds are prepared: the oldest waiting is dropped"
+                        );
+                    }
+                    job = back;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(back)) => {
+                    tracing::error!(
+                        job_id = back.job_id,
+                        "the RandomX seed thread is gone: no Monero job is served any more"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Starts the thread that prepares each Monero job's seed and then hands the job to every
 /// core, in the order the jobs came; `None` without Monero listeners.
 fn start_seed_preparer(
     mut seeds: MoneroSeeds,
     cores: Vec<UnboundedSender<CoreCommand>>,
-) -> Option<crossbeam_channel::Sender<otedama_shared::monero::stratum::MoneroJob>> {
+) -> Option<SeedPreparer> {
     seeds.mode?;
     let (jobs, preparing) = crossbeam_channel::bounded::<otedama_shared::monero::stratum::MoneroJob>(
         MONERO_JOBS_PREPARING_MAX,
     );
+    let oldest = preparing.clone();
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let guard = Alive(alive.clone());
     std::thread::Builder::new()
         .name("randomx-seeds".into())
         .spawn(move || {
+            let _alive = guard;
             for job in preparing {
                 match seeds.prepared(&job.seed_hash) {
                     Ok(seed) => {
@@ -229,7 +286,11 @@ fn start_seed_preparer(
             }
         })
         .expect("spawning the RandomX seed thread");
-    Some(jobs)
+    Some(SeedPreparer {
+        jobs,
+        oldest,
+        alive,
+    })
 }
 
 /// Starts the link. Jobs go to `cores` once `served` has recorded them; `upstream`
@@ -258,7 +319,7 @@ fn link_loop(
     counters: Arc<Counters>,
     served: Arc<std::sync::Mutex<ServedJobs>>,
     floor: ShareLogFloor,
-    seeds: Option<crossbeam_channel::Sender<otedama_shared::monero::stratum::MoneroJob>>,
+    seeds: Option<SeedPreparer>,
 ) {
     let mut warned = false;
     let mut recent = RecentCandidates::default();
@@ -318,7 +379,7 @@ fn read_jobs(
     cores: &[UnboundedSender<CoreCommand>],
     served: &std::sync::Mutex<ServedJobs>,
     floor: &ShareLogFloor,
-    monero_jobs: &Option<crossbeam_channel::Sender<otedama_shared::monero::stratum::MoneroJob>>,
+    monero_jobs: &Option<SeedPreparer>,
 ) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -388,11 +449,7 @@ fn read_jobs(
             Ok(Downstream::MoneroJob(template)) => {
                 let job_id = template.job_id;
                 match (monero_job(template), monero_jobs) {
-                    (Ok(job), Some(preparer)) => {
-                        if preparer.try_send(job).is_err() {
-                            tracing::warn!(job_id, "Monero jobs arrive faster than their seeds are prepared: this one is dropped, a newer one follows");
-                        }
-                    }
+                    (Ok(job), Some(preparer)) => preparer.send(job),
                     (Ok(_), None) => tracing::error!(
                         job_id,
                         "control plane sent a Monero job, and this data plane has no Monero listeners"
@@ -493,6 +550,29 @@ fn pump_upstream(
 mod tests {
     use super::*;
     use crate::test_support::candidate;
+
+    /// At `MONERO_JOBS_PREPARING_MAX` waiting, a new job pushes out the oldest (the newest
+    /// is the one worth serving); once the preparer's thread is gone nothing is queued.
+    #[test]
+    fn the_seed_preparer_keeps_the_newest_jobs() {
+        use otedama_shared::fuzz_harness::monero_fixture_job;
+        let (jobs, queued) = crossbeam_channel::bounded(MONERO_JOBS_PREPARING_MAX);
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let preparer = SeedPreparer {
+            jobs,
+            oldest: queued.clone(),
+            alive: alive.clone(),
+        };
+        let sent = MONERO_JOBS_PREPARING_MAX as u64 + 2;
+        for job_id in 1..=sent {
+            preparer.send(monero_fixture_job(job_id));
+        }
+        let kept: Vec<u64> = queued.try_iter().map(|job| job.job_id).collect();
+        assert_eq!(kept, (3..=sent).collect::<Vec<_>>());
+        drop(Alive(alive));
+        preparer.send(monero_fixture_job(sent + 1));
+        assert!(queued.is_empty());
+    }
 
     /// A link that takes `writes_left` writes, then fails as a dead socket does.
     struct Link {

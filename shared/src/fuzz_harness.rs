@@ -120,6 +120,22 @@ pub fn sv1_session(data: &[u8]) {
     }
 }
 
+/// A valid Monero job on the fixture template (8 reserved bytes), for tests of the glue.
+pub fn monero_fixture_job(job_id: u64) -> crate::monero::stratum::MoneroJob {
+    let (blob, reserved_offset) = monero_template::template_blob(0);
+    crate::monero::stratum::MoneroJob::new(
+        job_id,
+        100,
+        [1; 32],
+        [2; 32],
+        2,
+        blob,
+        reserved_offset,
+        monero_template::EXTRA_NONCE_BYTES,
+    )
+    .expect("the fixture is a valid template")
+}
+
 /// The Monero Stratum session on arbitrary lines from a miner: login, getjob, submit,
 /// keepalived or garbage, in any order. It answers, refuses or closes; it never panics.
 /// A share that waits for its hash is finished with the hash it claims (the pool's check

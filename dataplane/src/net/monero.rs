@@ -141,8 +141,11 @@ impl MoneroCore {
             pending,
         } = work;
         if connection.session.borrow().has_lied() {
-            // Closed for a false result: the rest of its claims are not worth a hash each
-            // (a liar can claim any result), so they are given back unhashed.
+            // Closed for a false result: the rest of its claims (at most
+            // `MONERO_SHARES_WAITING_PER_SESSION_MAX` - 1) are given back unhashed. A liar
+            // can claim any result, so hashing them would let it spend the pool's core at
+            // will; a block among them, as likely as among any three shares, is forfeited
+            // for that. (The false share itself was hashed, and its block, if any, kept.)
             self.waiting.give_back(1);
             core.awaiting_durability.give_back(1);
             let mut session = connection.session.borrow_mut();
